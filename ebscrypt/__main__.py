@@ -1,0 +1,3 @@
+from ebscrypt.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""Who is calling, where, and the engines a handler may use.
+
+A handler receives a :class:`RequestContext`: the authenticated :class:`Caller` (account,
+region from the SigV4 scope) and the process-wide :class:`Runtime` holding the engines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ebscrypt.clock import Clock
+
+if TYPE_CHECKING:  # imported only for types: engines import this module too
+    from ebscrypt.engines.jobs import JobRunner
+    from ebscrypt.storage.db import Database
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated principal. In dev auth mode every principal is its account's root."""
+
+    account: str
+    region: str
+    access_key: str = ""
+    arn: str = ""
+    user_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.arn:
+            object.__setattr__(self, "arn", f"arn:aws:iam::{self.account}:root")
+        if not self.user_id:
+            object.__setattr__(self, "user_id", self.account)
+
+
+@dataclass
+class Settings:
+    """Server settings; every field has the embedded default."""
+
+    data_dir: Path = Path(".ebscrypt")
+    host: str = "127.0.0.1"
+    port: int = 4566
+    db_url: str | None = None  # default: sqlite file in data_dir
+    auth: str = "dev"  # "dev" | "strict"
+    default_account: str = "000000000000"
+    credentials_file: Path | None = None
+    max_body_bytes: int = 2 * 1024 * 1024
+    job_workers: int = 2
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{(self.data_dir / 'metadata.db').resolve()}"
+
+
+@dataclass
+class Runtime:
+    """The engines of one server process. Built once by :func:`ebscrypt.runtime.build_runtime`.
+
+    Engines that later layers add (``kms``, ``blocks``) are set as attributes by their
+    ``open_*`` functions; handlers reach them as ``ctx.runtime.kms`` and so on.
+    """
+
+    settings: Settings
+    db: "Database"
+    clock: Clock
+    jobs: "JobRunner"
+    engines: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for attributes not found normally: look up a registered engine.
+        engines = self.__dict__.get("engines", {})
+        if name in engines:
+            return engines[name]
+        raise AttributeError(name)
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    caller: Caller
+    runtime: Runtime
+    request_id: str
+    service: str
+    operation: str

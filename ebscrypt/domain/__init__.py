@@ -1,0 +1,1 @@
+"""The rules, pure: encryption outcomes, key policies and grants, sharing, state machines."""

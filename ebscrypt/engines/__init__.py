@@ -1,0 +1,1 @@
+"""Engines: KMS (key store, envelope encryption, audit), blocks (encrypted store), jobs."""

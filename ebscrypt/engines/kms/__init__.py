@@ -1,0 +1,10 @@
+"""KMS engine (being built under issue 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def open_engine(runtime: Any) -> Any:
+    # Replaced by the KMS engine; returns nothing until it lands.
+    return None

@@ -1,0 +1,38 @@
+"""Builds the process-wide :class:`Runtime`: database, clock, engines, job runner."""
+
+from __future__ import annotations
+
+import os
+
+from ebscrypt.clock import Clock
+from ebscrypt.context import Runtime, Settings
+from ebscrypt.engines import blocks as blocks_engine
+from ebscrypt.engines import kms as kms_engine
+from ebscrypt.engines.jobs import JobRunner
+from ebscrypt.services import registry
+from ebscrypt.storage.db import Database
+
+
+def build_runtime(settings: Settings, *, start_jobs: bool = True) -> Runtime:
+    """Open (or create) everything under ``settings.data_dir`` and start the job workers."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.data_dir, 0o700)
+    db = Database(settings.database_url)
+    runtime: Runtime
+    jobs = JobRunner(lambda: runtime, workers=settings.job_workers)
+    runtime = Runtime(settings=settings, db=db, clock=Clock(), jobs=jobs)
+    runtime.engines["kms"] = kms_engine.open_engine(runtime)
+    runtime.engines["blocks"] = blocks_engine.open_engine(runtime)
+    registry.load_all()  # handlers and the job kinds they register
+    if start_jobs:
+        jobs.start()
+    return runtime
+
+
+def close_runtime(runtime: Runtime) -> None:
+    runtime.jobs.stop()
+    for engine in runtime.engines.values():
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
+    runtime.db.dispose()

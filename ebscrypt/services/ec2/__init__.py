@@ -1,0 +1,1 @@
+"""EC2 operations, one module per resource family."""

@@ -1,0 +1,1 @@
+"""Persistence: metadata (SQLAlchemy Core) and block objects (directory or object store)."""

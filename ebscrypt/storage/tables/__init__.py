@@ -1,0 +1,1 @@
+"""Table declarations, one module per area, all on ``ebscrypt.storage.schema.metadata``."""

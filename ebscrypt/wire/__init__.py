@@ -1,0 +1,1 @@
+"""The wire: HTTP requests to (operation, params) and results back, per AWS protocol."""
