@@ -1,0 +1,156 @@
+"""The ASGI application: HTTP in, one service handler called, HTTP out.
+
+Per request: read the body (refusing oversized ones before reading them whole), read the
+SigV4 scope, authenticate, route to a service, parse with that service's model-driven
+codec, run the handler in a worker thread (handlers do blocking SQL and crypto), and
+serialize the result or the error in the protocol's own envelope.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ebscrypt.context import RequestContext, Runtime, Settings
+from ebscrypt.errors import InternalFailure, PayloadTooLarge, ServiceError, UnknownOperation
+from ebscrypt.identity import Authenticator, load_credentials
+from ebscrypt.runtime import build_runtime, close_runtime
+from ebscrypt.services import registry
+from ebscrypt.wire import routing, sigv4
+from ebscrypt.wire.codec import codec_for
+from ebscrypt.wire.http import HttpRequest, HttpResponse
+
+log = logging.getLogger("ebscrypt.app")
+
+# A model operation this server has no handler for: each protocol's own wording.
+_NOT_IMPLEMENTED_CODE = {
+    "ec2": "UnsupportedOperation",
+    "sts": "InvalidAction",
+    "kms": "UnsupportedOperationException",
+    "ebs": "ValidationException",
+}
+_INTERNAL_CODE = {
+    "ec2": "InternalError",
+    "sts": "InternalFailure",
+    "kms": "KMSInternalException",
+    "ebs": "InternalServerException",
+}
+
+
+class Gateway:
+    """Everything one request needs, built once per process."""
+
+    def __init__(self, settings: Settings, runtime: Runtime) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        credentials = load_credentials(settings.credentials_file) if settings.credentials_file else None
+        self.auth = Authenticator(settings.auth, settings.default_account, credentials)
+
+    async def handle(self, request: Request) -> Response:
+        request_id = str(uuid.uuid4())
+        service = "ec2"  # the envelope for errors raised before a service is known
+        operation = None
+        try:
+            http = await _read(request, self.settings.max_body_bytes)
+            scope = sigv4.read_scope(http)
+            routed = routing.service_for(http, scope.service if scope else None)
+            if routed is None:
+                raise UnknownOperation("The request names no AWS service or action this endpoint serves.")
+            service = routed
+            caller = self.auth.authenticate(http, scope, self.runtime.clock.now())
+            codec = codec_for(service)
+            operation, params = codec.parse(http)
+            handler = registry.handler_for(service, operation.name)
+            if handler is None:
+                raise ServiceError(
+                    f"The operation {operation.name} is not supported by ebscrypt.",
+                    code=_NOT_IMPLEMENTED_CODE[service],
+                )
+            ctx = RequestContext(caller, self.runtime, request_id, service, operation.name)
+            result = await run_in_threadpool(handler, ctx, params)
+            return _to_starlette(codec.serialize(operation, result or {}, request_id))
+        except ServiceError as error:
+            return _to_starlette(codec_for(service).serialize_error(error, request_id, operation))
+        except Exception:
+            log.exception("internal error in %s %s (request %s)", service, operation and operation.name, request_id)
+            error = InternalFailure(
+                "An internal error occurred; the request changed nothing that was not acknowledged.",
+                code=_INTERNAL_CODE[service],
+            )
+            return _to_starlette(codec_for(service).serialize_error(error, request_id, operation))
+
+
+async def _read(request: Request, limit: int) -> HttpRequest:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"The request body is larger than the {limit} bytes this endpoint accepts.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is larger than the {limit} bytes this endpoint accepts.")
+        chunks.append(chunk)
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    return HttpRequest(
+        method=request.method,
+        path=raw_path.decode("latin-1"),
+        query=request.scope.get("query_string", b"").decode("latin-1"),
+        headers={k.lower(): v for k, v in request.headers.items()},
+        body=b"".join(chunks),
+    )
+
+
+def _to_starlette(response: HttpResponse) -> Response:
+    out = Response(content=response.body, status_code=response.status)
+    for name, value in response.headers:
+        out.headers[name] = value
+    return out
+
+
+def build_app(settings: Settings) -> Starlette:
+    """The ASGI app; the runtime (database, engines, job workers) lives with its lifespan."""
+    state: dict[str, Gateway] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        runtime = build_runtime(settings)
+        state["gateway"] = Gateway(settings, runtime)
+        try:
+            yield
+        finally:
+            close_runtime(runtime)
+
+    async def aws(request: Request) -> Response:
+        return await state["gateway"].handle(request)
+
+    async def health(_request: Request) -> Response:
+        return JSONResponse({"status": "ok", "auth": settings.auth})
+
+    async def advance_clock(request: Request) -> Response:
+        # Lets tests reach the end of waiting periods (KMS key deletion, snapshot
+        # timeouts). Only in dev auth: a real deployment's clock is not for callers.
+        if settings.auth != "dev":
+            return JSONResponse({"message": "not available in strict auth mode"}, status_code=403)
+        try:
+            seconds = float(request.query_params.get("seconds", ""))
+        except ValueError:
+            return JSONResponse({"message": "seconds must be a number"}, status_code=400)
+        now = state["gateway"].runtime.clock.advance(seconds)
+        return JSONResponse({"now": now.isoformat()})
+
+    methods = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH"]
+    routes = [
+        Route("/_ebscrypt/health", health, methods=["GET"]),
+        Route("/_ebscrypt/clock/advance", advance_clock, methods=["POST"]),
+        Route("/{path:path}", aws, methods=methods),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
