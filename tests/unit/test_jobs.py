@@ -1,0 +1,128 @@
+"""The durable job runner: submit, run, progress, failure hooks, recovery after a crash."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from sqlalchemy import select, update
+
+from ebscrypt.clock import Clock
+from ebscrypt.context import Runtime, Settings
+from ebscrypt.engines.jobs import RESTART_REASON, JobRunner, job_kind
+from ebscrypt.storage.db import Database
+from ebscrypt.storage.schema import jobs
+
+RAN: list[tuple[str, dict]] = []
+FAILED: list[tuple[dict, str]] = []
+
+
+@job_kind("test_ok", resumable=True)
+def _ok(ctx) -> None:  # type: ignore[no-untyped-def]
+    ctx.progress(50, {"half": True})
+    RAN.append((ctx.job_id, ctx.payload))
+
+
+@job_kind("test_boom", resumable=True, on_fail=lambda runtime, payload, reason: FAILED.append((payload, reason)))
+def _boom(ctx) -> None:  # type: ignore[no-untyped-def]
+    raise ValueError("disk on fire")
+
+
+@job_kind("test_once", resumable=False, on_fail=lambda runtime, payload, reason: FAILED.append((payload, reason)))
+def _once(ctx) -> None:  # type: ignore[no-untyped-def]
+    RAN.append((ctx.job_id, ctx.payload))
+
+
+def make_runtime(tmp_path: Path) -> Runtime:
+    runtime: Runtime
+    db = Database(f"sqlite:///{tmp_path / 'm.db'}")
+    runner = JobRunner(lambda: runtime, workers=1, poll_seconds=0.05)
+    runtime = Runtime(settings=Settings(data_dir=tmp_path), db=db, clock=Clock(), jobs=runner)
+    return runtime
+
+
+def test_submitted_job_runs_and_records_progress(tmp_path: Path) -> None:
+    RAN.clear()
+    rt = make_runtime(tmp_path)
+    job_id = rt.jobs.submit("test_ok", {"x": 1})
+    assert rt.jobs.run_pending() == 1
+    assert RAN == [(job_id, {"x": 1})]
+    state = rt.jobs.state(job_id)
+    assert state["state"] == "done" and state["progress"] == 100.0
+    assert json.loads(state["checkpoint"]) == {"half": True}
+
+
+def test_failing_job_calls_on_fail_with_reason(tmp_path: Path) -> None:
+    FAILED.clear()
+    rt = make_runtime(tmp_path)
+    job_id = rt.jobs.submit("test_boom", {"snap": "snap-1"})
+    rt.jobs.run_pending()
+    assert FAILED == [({"snap": "snap-1"}, "disk on fire")]
+    assert rt.jobs.state(job_id)["state"] == "failed"
+
+
+def test_job_in_rolled_back_transaction_does_not_exist(tmp_path: Path) -> None:
+    rt = make_runtime(tmp_path)
+    try:
+        with rt.db.begin() as conn:
+            rt.jobs.submit("test_ok", {}, conn=conn)
+            raise RuntimeError("handler failed after submitting")
+    except RuntimeError:
+        pass
+    assert rt.jobs.run_pending() == 0
+
+
+def test_delayed_job_waits_for_its_time(tmp_path: Path) -> None:
+    RAN.clear()
+    rt = make_runtime(tmp_path)
+    rt.jobs.submit("test_ok", {"later": True}, delay_seconds=3600)
+    assert rt.jobs.run_pending() == 0
+    rt.clock.advance(3601)
+    assert rt.jobs.run_pending() == 1
+
+
+def test_restart_resumes_resumable_and_fails_others(tmp_path: Path) -> None:
+    RAN.clear()
+    FAILED.clear()
+    rt = make_runtime(tmp_path)
+    resumable = rt.jobs.submit("test_ok", {"n": 1})
+    once = rt.jobs.submit("test_once", {"n": 2})
+    # A killed server leaves its claimed jobs in state running.
+    with rt.db.begin() as conn:
+        conn.execute(update(jobs).values(state="running"))
+    rt2 = make_runtime(tmp_path)  # a new process over the same database
+    rt2.jobs._recover()
+    assert rt2.jobs.state(resumable)["state"] == "queued"
+    assert rt2.jobs.state(once)["state"] == "failed"
+    assert FAILED == [({"n": 2}, RESTART_REASON)]
+    rt2.jobs.run_pending()
+    assert [payload for _, payload in RAN] == [{"n": 1}]
+
+
+def test_worker_threads_pick_up_jobs(tmp_path: Path) -> None:
+    RAN.clear()
+    rt = make_runtime(tmp_path)
+    rt.jobs.start()
+    try:
+        ids = {rt.jobs.submit("test_ok", {"i": i}) for i in range(5)}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not ids <= {job_id for job_id, _ in RAN}:
+            time.sleep(0.02)
+        assert ids <= {job_id for job_id, _ in RAN}
+    finally:
+        rt.jobs.stop()
+    with rt.db.read() as conn:
+        states = {row.state for row in conn.execute(select(jobs.c.state))}
+    assert states == {"done"}
+
+
+def test_schema_version_recorded_and_reopen_is_idempotent(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    Database(url).dispose()
+    db = Database(url)
+    with db.read() as conn:
+        assert conn.execute(text("select version from schema_version")).scalar() >= 1
+        assert conn.execute(text("pragma journal_mode")).scalar() == "wal"
