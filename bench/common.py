@@ -1,0 +1,350 @@
+"""Shared benchmark harness: ebscrypt and moto's server side by side, in one run.
+
+A benchmark module (``bench/bench_<area>.py``) declares ``WORKLOADS``, a list of
+:class:`Workload`, and ends with::
+
+    if __name__ == "__main__":
+        raise SystemExit(main(WORKLOADS))
+
+Each workload is one AWS call (``call(ctx)``), optionally prepared once per side by
+``setup(ctx)``. The harness starts ``python -m ebscrypt serve`` (temporary data dir) and
+moto's server on free loopback ports, waits until both answer, then times the workload
+in interleaved rounds — ebscrypt, moto, ebscrypt, moto, … — so that machine drift (CPU
+frequency, other load) hits both sides alike. It prints calls/s per side (median over
+rounds) and the ratio ebscrypt/moto (> 1 means ebscrypt is faster).
+
+``ctx.client(service, account=..., region=...)`` gives one cached boto3 client per
+(side, service, account, region); ``ctx.state`` is a dict for what ``setup`` prepares
+(ids of created resources…); ``ctx.side`` is ``"ebscrypt"`` or ``"moto"``.
+
+Nothing here names a tool outside this repository except moto, the comparison target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ACCOUNT = "111111111111"
+DEFAULT_REGION = "us-east-1"
+SIDES = ("ebscrypt", "moto")
+
+
+# ----------------------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A child server process on a loopback port; ``stop()`` ends only this process."""
+
+    def __init__(self, name: str, cmd: list[str], port: int, ready_path: str,
+                 env: dict[str, str] | None = None, workdir: Path | None = None) -> None:
+        self.name = name
+        self.cmd = cmd
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.ready_path = ready_path
+        self.env = env
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path: Path | None = None
+
+    def start(self, timeout: float = 60.0) -> "Server":
+        log_dir = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-log-"))
+        self.log_path = log_dir / "server.log"
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
+                                     env=self.env, cwd=self.workdir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + self.ready_path, timeout=1):
+                    return self
+            except urllib.error.HTTPError:
+                return self  # it answered HTTP: it is up
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not become ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class External:
+    """An already running endpoint given with ``--ebscrypt-url`` / ``--moto-url``."""
+
+    def __init__(self, name: str, url: str) -> None:
+        self.name, self.url = name, url.rstrip("/")
+
+    def stop(self) -> None:
+        pass
+
+
+def start_ebscrypt(data_dir: Path, port: int | None = None) -> Server:
+    port = port or free_port()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    cmd = [sys.executable, "-m", "ebscrypt", "serve", "--port", str(port),
+           "--data-dir", str(data_dir), "--log-level", "warning"]
+    return Server("ebscrypt", cmd, port, "/_ebscrypt/health", env=env, workdir=REPO_ROOT).start()
+
+
+def moto_available() -> bool:
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def start_moto(port: int | None = None) -> Server:
+    port = port or free_port()
+    exe = shutil.which("moto_server")
+    cmd = [exe] if exe else [sys.executable, "-m", "moto.server"]
+    cmd += ["-H", "127.0.0.1", "-p", str(port)]
+    return Server("moto", cmd, port, "/moto-api/").start()
+
+
+# ----------------------------------------------------------------------------- clients
+
+
+def make_client(endpoint: str, service: str, account: str = DEFAULT_ACCOUNT,
+                region: str = DEFAULT_REGION) -> Any:
+    """A boto3 client; its 12-digit access key acts as ``account`` on ebscrypt (dev auth)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=account,
+        aws_secret_access_key="bench-secret",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=10, read_timeout=300),
+    )
+
+
+@dataclass
+class Ctx:
+    """What a workload sees of one side."""
+
+    side: str
+    endpoint: str
+    state: dict[str, Any] = field(default_factory=dict)
+    _clients: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+
+    def client(self, service: str, account: str = DEFAULT_ACCOUNT, region: str = DEFAULT_REGION) -> Any:
+        key = (service, account, region)
+        if key not in self._clients:
+            self._clients[key] = make_client(self.endpoint, service, account, region)
+        return self._clients[key]
+
+
+@dataclass
+class Workload:
+    name: str
+    call: Callable[[Ctx], Any]
+    setup: Callable[[Ctx], Any] | None = None
+    # Sides this workload can run on (e.g. an EBS direct API moto lacks: ("ebscrypt",)).
+    sides: tuple[str, ...] = SIDES
+    # Count of AWS calls one ``call`` makes, so the figure stays calls/s.
+    calls_per_iteration: int = 1
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def time_round(ctx: Ctx, wl: Workload, seconds: float, min_calls: int) -> float:
+    """Run ``wl.call`` for at least ``seconds`` and ``min_calls`` iterations; calls/s."""
+    n = 0
+    start = time.perf_counter()
+    while True:
+        wl.call(ctx)
+        n += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds and n >= min_calls:
+            return n * wl.calls_per_iteration / elapsed
+
+
+@dataclass
+class Result:
+    workload: str
+    rounds: dict[str, list[float]]
+
+    def median(self, side: str) -> float | None:
+        r = self.rounds.get(side)
+        return statistics.median(r) if r else None
+
+    @property
+    def ratio(self) -> float | None:
+        a, b = self.median("ebscrypt"), self.median("moto")
+        return a / b if a and b else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "workload": self.workload,
+            "ebscrypt_calls_per_s": self.median("ebscrypt"),
+            "moto_calls_per_s": self.median("moto"),
+            "ratio_ebscrypt_over_moto": self.ratio,
+            "rounds": self.rounds,
+        }
+
+
+def run_workload(wl: Workload, endpoints: dict[str, str], rounds: int, seconds: float,
+                 min_calls: int, warmup: int) -> Result:
+    sides = [s for s in SIDES if s in wl.sides and s in endpoints]
+    ctxs = {s: Ctx(s, endpoints[s]) for s in sides}
+    for s in sides:
+        if wl.setup is not None:
+            wl.setup(ctxs[s])
+        for _ in range(warmup):
+            wl.call(ctxs[s])
+    out: dict[str, list[float]] = {s: [] for s in sides}
+    for i in range(rounds):
+        # Alternate which side goes first, so neither always runs right after the other.
+        order = sides if i % 2 == 0 else list(reversed(sides))
+        for s in order:
+            out[s].append(time_round(ctxs[s], wl, seconds, min_calls))
+    return Result(wl.name, out)
+
+
+def _fmt(v: float | None, spec: str = "10.1f") -> str:
+    return format(v, spec) if v is not None else f"{'n/a':>10}"
+
+
+def print_header() -> None:
+    print(f"{'workload':<34} {'ebscrypt/s':>10} {'moto/s':>10} {'ratio':>7}  rounds(ebscrypt | moto)")
+
+
+def print_result(r: Result) -> None:
+    ratio = f"{r.ratio:7.2f}" if r.ratio is not None else f"{'n/a':>7}"
+    detail = " | ".join(
+        " ".join(f"{v:.0f}" for v in r.rounds.get(s, [])) or "-" for s in SIDES
+    )
+    print(f"{r.workload:<34} {_fmt(r.median('ebscrypt'))} {_fmt(r.median('moto'))} {ratio}  {detail}",
+          flush=True)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def parser(description: str = "ebscrypt vs moto benchmark") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per side (default 5)")
+    p.add_argument("--seconds", type=float, default=1.0, help="minimum seconds per round (default 1)")
+    p.add_argument("--min-calls", type=int, default=20, help="minimum calls per round (default 20)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed calls per side first (default 10)")
+    p.add_argument("--only", action="append", default=[], help="run workloads whose name contains this")
+    p.add_argument("--no-moto", action="store_true", help="time ebscrypt alone")
+    p.add_argument("--ebscrypt-url", help="use this running ebscrypt instead of starting one")
+    p.add_argument("--moto-url", help="use this running moto server instead of starting one")
+    p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    return p
+
+
+class Servers:
+    """Start (or attach to) both sides; a context manager that stops what it started."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.started: list[Any] = []
+        self.endpoints: dict[str, str] = {}
+        self.tmp: str | None = None
+
+    def __enter__(self) -> "Servers":
+        a = self.args
+        try:
+            if a.ebscrypt_url:
+                srv: Any = External("ebscrypt", a.ebscrypt_url)
+            else:
+                self.tmp = tempfile.mkdtemp(prefix="bench-ebscrypt-")
+                srv = start_ebscrypt(Path(self.tmp) / "data")
+                self.started.append(srv)
+            self.endpoints["ebscrypt"] = srv.url
+            if not a.no_moto:
+                if a.moto_url:
+                    self.endpoints["moto"] = External("moto", a.moto_url).url
+                elif moto_available():
+                    m = start_moto()
+                    self.started.append(m)
+                    self.endpoints["moto"] = m.url
+                else:
+                    print("moto is not installed (pip install 'moto[server]'): timing ebscrypt alone",
+                          file=sys.stderr)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for srv in reversed(self.started):
+            srv.stop()
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def selected(workloads: Iterable[Workload], only: Sequence[str]) -> list[Workload]:
+    wls = list(workloads)
+    return [w for w in wls if not only or any(o.lower() in w.name.lower() for o in only)]
+
+
+def run_all(workloads: Sequence[Workload], args: argparse.Namespace) -> list[Result]:
+    wls = selected(workloads, args.only)
+    results: list[Result] = []
+    with Servers(args) as servers:
+        print(f"ebscrypt: {servers.endpoints.get('ebscrypt')}   moto: {servers.endpoints.get('moto', 'not run')}"
+              f"   rounds={args.rounds} x >= {args.seconds}s, median shown", flush=True)
+        print_header()
+        for wl in wls:
+            try:
+                r = run_workload(wl, servers.endpoints, args.rounds, args.seconds, args.min_calls, args.warmup)
+            except Exception as exc:  # one failing workload does not hide the others
+                print(f"{wl.name:<34} FAILED: {type(exc).__name__}: {exc}", flush=True)
+                continue
+            print_result(r)
+            results.append(r)
+    if args.json:
+        args.json.write_text(json.dumps([r.as_dict() for r in results], indent=2))
+    return results
+
+
+def main(workloads: Sequence[Workload], argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    results = run_all(workloads, args)
+    return 0 if len(results) == len(selected(workloads, args.only)) else 1
