@@ -1,0 +1,299 @@
+"""The ``query`` protocol (STS) and its ``ec2`` variant.
+
+Request: form fields (body, or the query string for GET) with ``Action`` and
+``Version``; nested members flattened into dotted names. The two variants differ only
+in naming, which is where botocore's ``EC2Serializer`` differs too:
+
+- query: a member is named by its ``locationName`` (or member name); a list is
+  ``Name.member.N`` (``member`` = the list member's ``locationName``), or ``Name.N`` when
+  flattened; an empty list is sent as ``Name=``; maps are ``Name.entry.N.key/value``.
+- ec2: a member is named by its ``queryName``, else its ``locationName`` with the first
+  letter upper-cased, else the member name; every list is ``Name.N`` (never
+  ``.member``), and an empty list is not sent at all.
+
+Response: XML. ec2 puts the members right under ``<OpResponse>`` beside
+``<requestId>``; query wraps them in ``<OpResult>`` (the output shape's
+``resultWrapper``) followed by ``<ResponseMetadata><RequestId>``. Lists are
+``<name><item|member>…</…></name>``, booleans ``true``/``false``, timestamps ISO 8601
+with milliseconds and ``Z``, blobs base64.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl
+
+from ebscrypt.errors import ServiceError, UnknownOperation, ValidationError
+
+from . import Codec
+from . import values as V
+from ebscrypt.wire.http import HttpRequest, HttpResponse
+
+_LEAF = None  # key under which a tree node keeps its own value
+
+
+def _escape(text: str) -> str:
+    # \r would be normalised to \n by any XML parser, so it travels as a character reference.
+    return (
+        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
+    )
+
+
+def _field_tree(pairs: list[tuple[str, str]]) -> dict:
+    """``[("Filter.1.Name", "x")]`` → ``{"Filter": {"1": {"Name": {None: "x"}}}}``."""
+    root: dict = {}
+    for key, value in pairs:
+        node = root
+        for part in key.split("."):
+            node = node.setdefault(part, {})
+        node[_LEAF] = value
+    return root
+
+
+def _indexed(node: dict) -> list[tuple[int, dict]]:
+    items = [(int(k), v) for k, v in node.items() if k is not None and k.isdigit()]
+    items.sort(key=lambda kv: kv[0])
+    return items
+
+
+class QueryCodec(Codec):
+    def __init__(self, service_model: Any) -> None:
+        super().__init__(service_model)
+        self.protocol = "ec2" if service_model.protocol == "ec2" else "query"
+        self.ec2 = self.protocol == "ec2"
+        ns = service_model.metadata.get("xmlNamespace", "")
+        if self.ec2 and ns and not ns.endswith("/"):
+            ns += "/"  # EC2 answers with the trailing slash its model omits
+        self.namespace = ns
+        self._ops = set(service_model.operation_names)
+
+    # -- request ------------------------------------------------------------------
+
+    def parse(self, request: HttpRequest) -> tuple[Any, dict[str, Any]]:
+        pairs: list[tuple[str, str]] = []
+        if request.query:
+            pairs.extend(parse_qsl(request.query, keep_blank_values=True))
+        if request.body:
+            try:
+                text = request.body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise self._invalid("(body)", "<binary>", "The request body must be UTF-8 form data.") from None
+            pairs.extend(parse_qsl(text, keep_blank_values=True))
+        fields = dict(pairs)
+        action = fields.get("Action")
+        if not action:
+            raise UnknownOperation(
+                "The request must contain the parameter Action", code="MissingAction", status=400
+            )
+        if action not in self._ops:
+            raise UnknownOperation(f"The action {action} is not valid for this web service.")
+        operation = self.operation(action)
+        shape = operation.input_shape
+        if shape is None:
+            return operation, {}
+        return operation, self._read_members(shape, _field_tree(pairs), "")
+
+    def _wire_name(self, member: Any, name: str) -> str:
+        ser = member.serialization
+        if self.ec2:
+            if "queryName" in ser:
+                return ser["queryName"]
+            if "name" in ser:
+                return ser["name"][:1].upper() + ser["name"][1:]
+            return name
+        if member.type_name == "list" and ser.get("flattened") and member.member.serialization.get("name"):
+            return member.member.serialization["name"]
+        return ser.get("name", name)
+
+    def _missing(self, path: str) -> ValidationError:
+        return ValidationError(f"The request must contain the parameter {path}", missing=True)
+
+    def _invalid(self, path: str, text: str, reason: str) -> ValidationError:
+        return ValidationError(f"Value ({text}) for parameter {path} is invalid. {reason}")
+
+    def _read_members(self, shape: Any, node: dict, path: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, member in shape.members.items():
+            wire = self._wire_name(member, name)
+            child = node.get(wire)
+            if child is None:
+                continue
+            full = f"{path}.{wire}" if path else wire
+            value = self._read(member, child, full)
+            if value is not None:
+                out[name] = value
+        for name in shape.required_members:
+            if name not in out:
+                wire = self._wire_name(shape.members[name], name)
+                raise self._missing(f"{path}.{wire}" if path else wire)
+        return out
+
+    def _read(self, shape: Any, node: dict, path: str) -> Any:
+        t = shape.type_name
+        if t == "structure":
+            return self._read_members(shape, node, path)
+        if t == "list":
+            return self._read_list(shape, node, path)
+        if t == "map":
+            return self._read_map(shape, node, path)
+        text = node.get(_LEAF)
+        if text is None:
+            raise self._invalid(path, "", "Expected a single value, not a structure.")
+        try:
+            if t == "string":
+                return text
+            if t in ("integer", "long"):
+                return V.parse_int(text)
+            if t in ("float", "double"):
+                return V.parse_float(text)
+            if t == "boolean":
+                return V.parse_bool(text)
+            if t == "timestamp":
+                return V.parse_timestamp(text)
+            if t == "blob":
+                return V.parse_blob_b64(text)
+        except V.BadValue as exc:
+            raise self._invalid(path, text, f"It {exc}.") from None
+        return text
+
+    def _read_list(self, shape: Any, node: dict, path: str) -> list:
+        if self.ec2 or shape.serialization.get("flattened"):
+            container, item_path = node, path
+        else:
+            item_name = shape.member.serialization.get("name", "member")
+            container = node.get(item_name, {})
+            item_path = f"{path}.{item_name}"
+        items = _indexed(container)
+        if not items:
+            leaf = node.get(_LEAF)
+            if leaf is None or leaf == "":
+                return []  # query protocol's explicit empty list: ``Name=``
+            if shape.member.type_name not in ("structure", "list", "map"):
+                return [self._read(shape.member, node, path)]  # lenient: ``Name=value``
+            raise self._invalid(path, leaf, "Expected a list.")
+        return [self._read(shape.member, child, f"{item_path}.{i}") for i, child in items]
+
+    def _read_map(self, shape: Any, node: dict, path: str) -> dict:
+        if shape.serialization.get("flattened"):
+            container, entry_path = node, path
+        else:
+            container, entry_path = node.get("entry", {}), f"{path}.entry"
+        key_name = shape.key.serialization.get("name", "key")
+        value_name = shape.value.serialization.get("name", "value")
+        out = {}
+        for i, entry in _indexed(container):
+            if key_name not in entry:
+                raise self._missing(f"{entry_path}.{i}.{key_name}")
+            key = self._read(shape.key, entry[key_name], f"{entry_path}.{i}.{key_name}")
+            if value_name in entry:
+                out[key] = self._read(shape.value, entry[value_name], f"{entry_path}.{i}.{value_name}")
+        return out
+
+    # -- response -----------------------------------------------------------------
+
+    def serialize(self, operation: Any, result: dict[str, Any], request_id: str) -> HttpResponse:
+        name = operation.name
+        shape = operation.output_shape
+        result = result or {}
+        out = [f'<?xml version="1.0" encoding="UTF-8"?>\n<{name}Response xmlns="{self.namespace}">']
+        if self.ec2:
+            out.append(f"<requestId>{_escape(request_id)}</requestId>")
+            if shape is not None:
+                self._write_members(out, shape, result)
+        else:
+            if shape is not None:
+                wrapper = shape.serialization.get("resultWrapper")
+                if wrapper:
+                    out.append(f"<{wrapper}>")
+                self._write_members(out, shape, result)
+                if wrapper:
+                    out.append(f"</{wrapper}>")
+            out.append(
+                f"<ResponseMetadata><RequestId>{_escape(request_id)}</RequestId></ResponseMetadata>"
+            )
+        out.append(f"</{name}Response>")
+        return HttpResponse(200, self._headers(request_id), "".join(out).encode("utf-8"))
+
+    def _write_members(self, out: list[str], shape: Any, value: dict[str, Any]) -> None:
+        for name, member in shape.members.items():
+            v = value.get(name)
+            if v is None:
+                continue
+            if member.type_name == "list" and member.serialization.get("flattened"):
+                tag = member.member.serialization.get("name") or member.serialization.get("name", name)
+                for item in v:
+                    if item is not None:
+                        self._write(out, member.member, item, tag)
+            else:
+                self._write(out, member, v, member.serialization.get("name", name))
+
+    def _write(self, out: list[str], shape: Any, value: Any, tag: str) -> None:
+        t = shape.type_name
+        if t == "structure":
+            out.append(f"<{tag}>")
+            self._write_members(out, shape, value)
+            out.append(f"</{tag}>")
+        elif t == "list":
+            item_tag = shape.member.serialization.get("name", "member")
+            out.append(f"<{tag}>")
+            for item in value:
+                if item is not None:
+                    self._write(out, shape.member, item, item_tag)
+            out.append(f"</{tag}>")
+        elif t == "map":
+            key_tag = shape.key.serialization.get("name", "key")
+            value_tag = shape.value.serialization.get("name", "value")
+            flattened = shape.serialization.get("flattened")
+            if not flattened:
+                out.append(f"<{tag}>")
+            for k, v in value.items():
+                out.append(f"<{tag}>" if flattened else "<entry>")
+                self._write(out, shape.key, k, key_tag)
+                if v is not None:
+                    self._write(out, shape.value, v, value_tag)
+                out.append(f"</{tag}>" if flattened else "</entry>")
+            if not flattened:
+                out.append(f"</{tag}>")
+        else:
+            out.append(f"<{tag}>{_escape(self._scalar_text(shape, value))}</{tag}>")
+
+    @staticmethod
+    def _scalar_text(shape: Any, value: Any) -> str:
+        t = shape.type_name
+        if t == "boolean":
+            return V.format_bool(value)
+        if t in ("integer", "long"):
+            return str(int(value))
+        if t in ("float", "double"):
+            return V.format_float(value)
+        if t == "timestamp":
+            return str(V.format_timestamp(value, shape.serialization.get("timestampFormat", "iso8601")))
+        if t == "blob":
+            return V.b64(value)
+        return value if isinstance(value, str) else str(value)
+
+    # -- errors -------------------------------------------------------------------
+
+    def error_response(
+        self, code: str, status: int, message: str, error: ServiceError, request_id: str
+    ) -> HttpResponse:
+        code_x, msg_x, rid_x = _escape(code), _escape(message), _escape(request_id)
+        if self.ec2:
+            body = (
+                '<?xml version="1.0" encoding="UTF-8"?>\n'
+                f"<Response><Errors><Error><Code>{code_x}</Code><Message>{msg_x}</Message></Error>"
+                f"</Errors><RequestID>{rid_x}</RequestID></Response>"
+            )
+        else:
+            kind = "Receiver" if status >= 500 else "Sender"
+            body = (
+                '<?xml version="1.0" encoding="UTF-8"?>\n'
+                f'<ErrorResponse xmlns="{self.namespace}"><Error><Type>{kind}</Type>'
+                f"<Code>{code_x}</Code><Message>{msg_x}</Message></Error>"
+                f"<RequestId>{rid_x}</RequestId></ErrorResponse>"
+            )
+        return HttpResponse(status, self._headers(request_id), body.encode("utf-8"))
+
+    @staticmethod
+    def _headers(request_id: str) -> list[tuple[str, str]]:
+        return [("Content-Type", "text/xml;charset=UTF-8"), ("x-amzn-RequestId", request_id)]
