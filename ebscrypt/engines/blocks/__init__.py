@@ -1,4 +1,7 @@
-"""Block engine (being built under issue 5)."""
+"""Block engine: encrypted 512 KiB block store, snapshot lineage, copies that re-encrypt.
+
+See :mod:`ebscrypt.engines.blocks.engine` for the API (``runtime.blocks``).
+"""
 
 from __future__ import annotations
 
@@ -6,5 +9,14 @@ from typing import Any
 
 
 def open_engine(runtime: Any) -> Any:
-    # Replaced by the block engine; returns nothing until it lands.
-    return None
+    from ebscrypt.engines.blocks.engine import BlockEngine
+    from ebscrypt.engines.blocks.store import LocalDirStore
+
+    settings = runtime.settings
+    processes = int(getattr(settings, "block_workers", 2) or 0)
+    return BlockEngine(
+        runtime.db,
+        LocalDirStore(settings.data_dir / "blocks"),
+        clock=runtime.clock,
+        processes=processes,
+    )

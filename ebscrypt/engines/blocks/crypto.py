@@ -1,0 +1,166 @@
+"""Block object format and crypto: AES-256-GCM per block, index and key id bound as AAD.
+
+Stored object layout (format version 1)::
+
+    b"EBSB" | version (1 byte) | mode (1 byte) | body
+    mode 1 (AES-256-GCM): body = nonce (12) | ciphertext (524288) | tag (16)
+    mode 0 (plain):       body = data (524288), checked against the SHA-256 in metadata
+
+The associated data binds the format version, the data-key id and the block index, so
+a block moved to another index or another resource's key, truncated or altered fails
+with one opaque :class:`BlockIntegrityError` — never wrong bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import struct
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ebscrypt.errors import InternalFailure
+
+BLOCK_SIZE = 524288
+MAGIC = b"EBSB"
+VERSION = 1
+MODE_PLAIN = 0
+MODE_GCM = 1
+HEADER = 6
+NONCE = 12
+TAG = 16
+GCM_OBJECT_SIZE = HEADER + NONCE + BLOCK_SIZE + TAG
+PLAIN_OBJECT_SIZE = HEADER + BLOCK_SIZE
+ZERO_BLOCK = bytes(BLOCK_SIZE)
+ZERO_CHECKSUM = base64.b64encode(hashlib.sha256(ZERO_BLOCK).digest()).decode()
+_SEALED_PREFIX = "e1:"
+
+
+class BlockIntegrityError(InternalFailure):
+    """A stored block (or its sealed checksum) failed authentication or its checksum.
+
+    Deliberately carries no detail: which check failed is nobody's business but the log's.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("A stored block failed its integrity check.")
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """A resource's plaintext data key, in memory only. ``key_id`` is its stable id."""
+
+    key_id: str
+    plaintext: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.plaintext) != 32:
+            raise ValueError("a data key is 32 bytes (AES-256)")
+        if not self.key_id:
+            raise ValueError("a data key needs a key_id")
+
+
+def block_aad(key_id: str, index: int) -> bytes:
+    kid = key_id.encode()
+    return MAGIC + bytes([VERSION, MODE_GCM]) + struct.pack(">H", len(kid)) + kid + struct.pack(">Q", index)
+
+
+def checksum_aad(key_id: str, index: int) -> bytes:
+    return b"ebscrypt-checksum-v1" + block_aad(key_id, index)
+
+
+def sha256_b64(data: bytes | memoryview) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+class BlockCipher:
+    """Seals and opens block objects for one data key (or none), reusing its buffers.
+
+    Not thread-safe (the buffers are shared): one per thread or worker process.
+    """
+
+    def __init__(self, key: DataKey | None) -> None:
+        self.key = key
+        self._aead = AESGCM(key.plaintext) if key is not None else None
+        self._obj = bytearray(GCM_OBJECT_SIZE if key is not None else PLAIN_OBJECT_SIZE)
+        self._plain = bytearray(BLOCK_SIZE)
+
+    # -- sealing ------------------------------------------------------------------------
+
+    def seal(self, index: int, data: bytes | bytearray | memoryview) -> memoryview:
+        """The stored object for ``data`` at ``index`` (a view of an internal buffer)."""
+        if len(data) != BLOCK_SIZE:
+            raise ValueError(f"a block is exactly {BLOCK_SIZE} bytes")
+        obj = self._obj
+        view = memoryview(obj)
+        if self._aead is None:
+            obj[0:HEADER] = MAGIC + bytes([VERSION, MODE_PLAIN])
+            view[HEADER:] = data
+            return view
+        assert self.key is not None
+        nonce = os.urandom(NONCE)
+        obj[0:HEADER] = MAGIC + bytes([VERSION, MODE_GCM])
+        obj[HEADER : HEADER + NONCE] = nonce
+        self._aead.encrypt_into(nonce, data, block_aad(self.key.key_id, index), view[HEADER + NONCE :])
+        return view
+
+    def open(self, index: int, obj: bytes | bytearray | memoryview, checksum: str) -> memoryview:
+        """The plaintext of a stored object (a view of an internal buffer).
+
+        ``checksum`` is the entry's stored checksum field: verified for plain objects
+        (authentication covers encrypted ones).
+        """
+        view = memoryview(obj)
+        if len(view) < HEADER or bytes(view[:4]) != MAGIC or view[4] != VERSION:
+            raise BlockIntegrityError()
+        mode = view[5]
+        if self._aead is None:
+            if mode != MODE_PLAIN or len(view) != PLAIN_OBJECT_SIZE:
+                raise BlockIntegrityError()
+            body = view[HEADER:]
+            if not hmac.compare_digest(sha256_b64(body), checksum):
+                raise BlockIntegrityError()
+            return body
+        assert self.key is not None
+        if mode != MODE_GCM or len(view) != GCM_OBJECT_SIZE:
+            raise BlockIntegrityError()
+        nonce = bytes(view[HEADER : HEADER + NONCE])
+        try:
+            self._aead.decrypt_into(nonce, view[HEADER + NONCE :], block_aad(self.key.key_id, index), self._plain)
+        except InvalidTag:
+            raise BlockIntegrityError() from None
+        return memoryview(self._plain)
+
+    # -- checksums ----------------------------------------------------------------------
+
+    def seal_checksum(self, index: int, checksum_b64: str) -> str:
+        """The checksum as stored in metadata: sealed under the data key when encrypted."""
+        if self._aead is None:
+            return checksum_b64
+        assert self.key is not None
+        nonce = os.urandom(NONCE)
+        ct = self._aead.encrypt(nonce, base64.b64decode(checksum_b64), checksum_aad(self.key.key_id, index))
+        return _SEALED_PREFIX + base64.b64encode(nonce + ct).decode()
+
+    def open_checksum(self, index: int, stored: str) -> str:
+        if not stored.startswith(_SEALED_PREFIX):
+            if self._aead is not None:
+                raise BlockIntegrityError()
+            return stored
+        if self._aead is None:
+            raise BlockIntegrityError()
+        assert self.key is not None
+        raw = base64.b64decode(stored[len(_SEALED_PREFIX) :])
+        try:
+            digest = self._aead.decrypt(raw[:NONCE], raw[NONCE:], checksum_aad(self.key.key_id, index))
+        except InvalidTag:
+            raise BlockIntegrityError() from None
+        return base64.b64encode(digest).decode()
+
+
+def is_sealed_checksum(stored: str) -> bool:
+    return stored.startswith(_SEALED_PREFIX)

@@ -1,0 +1,168 @@
+"""Object backends for block objects: immutable blobs addressed by a key.
+
+:class:`ObjectStore` is the interface (a local directory now; an S3-compatible store can
+implement the same calls). ``put`` is atomic and durable when it returns: no partial
+object is ever visible under its key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Iterable, Iterator, Protocol, runtime_checkable
+
+_KEY_RE = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{32}$")
+
+
+class ObjectMissing(KeyError):
+    """No object under that key."""
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None: ...
+
+    def put_many(self, items: Iterable[tuple[str, bytes | bytearray | memoryview]]) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def read_into(self, key: str, buf: bytearray) -> memoryview: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def keys(self) -> Iterator[tuple[str, float]]: ...
+
+
+def new_object_key(shard: str | None = None) -> str:
+    """A fresh random object key ``ss/<32 hex>``; a batch may share one shard."""
+    return f"{shard or secrets.token_hex(1)}/{secrets.token_hex(16)}"
+
+
+def new_shard() -> str:
+    return secrets.token_hex(1)
+
+
+class LocalDirStore:
+    """Objects as files under ``root/<shard>/<name>``.
+
+    ``put``: write a temp file in the same directory, fdatasync it, rename it to the
+    final name, fsync the directory — only then is the object acknowledged. A crash
+    leaves at most a ``.tmp-*`` file, which no key names (swept later).
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]  # picklable for worker processes
+        return (LocalDirStore, (str(self.root),))
+
+    def _path(self, key: str) -> Path:
+        if not _KEY_RE.match(key):
+            raise ValueError(f"bad object key {key!r}")
+        return self.root / key
+
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        self.put_many([(key, data)])
+
+    def put_many(self, items: Iterable[tuple[str, bytes | bytearray | memoryview]]) -> None:
+        """Store several objects durably, one directory fsync per directory touched.
+
+        ``items`` is consumed lazily: each object is written before the next is pulled,
+        so a generator may reuse one buffer.
+        """
+        pending: list[tuple[str, Path]] = []
+        dirs: set[Path] = set()
+        try:
+            for key, data in items:
+                path = self._path(key)
+                path.parent.mkdir(mode=0o700, exist_ok=True)
+                tmp = path.parent / f".tmp-{path.name}-{secrets.token_hex(4)}"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                pending.append((str(tmp), path))
+                try:
+                    view = memoryview(data)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            while pending:
+                tmp, path = pending[0]
+                os.rename(tmp, path)
+                pending.pop(0)
+                dirs.add(path.parent)
+            for d in dirs:
+                _fsync_dir(d)
+        finally:
+            for tmp, _ in pending:  # failed before renaming: leave nothing behind
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+
+    def get(self, key: str) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+
+    def read_into(self, key: str, buf: bytearray) -> memoryview:
+        """Read an object into ``buf`` (reused), returning the view of the bytes read.
+
+        Give ``buf`` one byte more than the expected size: a view that long means the
+        object is too long, and fails the caller's length check.
+        """
+        try:
+            with open(self._path(key), "rb", buffering=0) as f:
+                n = 0
+                view = memoryview(buf)
+                while n < len(buf):
+                    got = f.readinto(view[n:])
+                    if not got:
+                        break
+                    n += got
+                return view[:n]
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def keys(self) -> Iterator[tuple[str, float]]:
+        """Every stored name with its modification time (temp files included)."""
+        for shard in sorted(self.root.iterdir()):
+            if not shard.is_dir():
+                continue
+            for entry in os.scandir(shard):
+                yield f"{shard.name}/{entry.name}", entry.stat().st_mtime
+
+    def remove_raw(self, name: str) -> None:
+        """Remove a leftover temp file by its relative name (sweeping)."""
+        path = self.root / name
+        if path.parent.parent == self.root and path.name.startswith(".tmp-"):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
