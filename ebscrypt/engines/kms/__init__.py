@@ -1,10 +1,16 @@
-"""KMS engine (being built under issue 3)."""
+"""KMS engine: key store (material wrapped by a root key), envelope encryption, key
+policies and grants, audit trail. See :mod:`ebscrypt.engines.kms.engine`."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from ebscrypt.engines.kms.engine import KeyEngine, KeyInfo
 
-def open_engine(runtime: Any) -> Any:
-    # Replaced by the KMS engine; returns nothing until it lands.
-    return None
+__all__ = ["KeyEngine", "KeyInfo", "open_engine"]
+
+
+def open_engine(runtime: Any) -> KeyEngine:
+    """The KMS engine of ``runtime`` (``runtime.kms``): loads/creates the root key and
+    destroys keys whose deletion waiting period has passed."""
+    return KeyEngine(runtime)

@@ -1,0 +1,67 @@
+"""Self-describing symmetric ciphertext blobs.
+
+Layout (all fixed size before the ciphertext)::
+
+    version (1 byte, 0x01) | key id (16 bytes, UUID) | material id (16 bytes) |
+    nonce (12 bytes) | AES-256-GCM ciphertext || tag (16 bytes)
+
+The associated data is the 45-byte header followed by the canonical encryption context
+(JSON, keys sorted, no spaces; empty when there is none): changing any header byte, the
+ciphertext, or the context makes decryption fail with one opaque error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Mapping
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+VERSION = 1
+HEADER = 1 + 16 + 16 + 12
+TAG = 16
+
+
+class BadCiphertext(ValueError):
+    """The blob is malformed, tampered, or bound to another context/key (opaque on purpose)."""
+
+
+@dataclass(frozen=True)
+class BlobHeader:
+    key_id: str
+    material_id: str
+    raw: bytes  # the header bytes (part of the AAD)
+
+
+def canonical_context(context: Mapping[str, str] | None) -> bytes:
+    if not context:
+        return b""
+    return json.dumps(dict(context), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def parse_header(blob: bytes) -> BlobHeader:
+    if len(blob) < HEADER + TAG or blob[0] != VERSION:
+        raise BadCiphertext()
+    return BlobHeader(
+        key_id=str(uuid.UUID(bytes=blob[1:17])),
+        material_id=blob[17:33].hex(),
+        raw=blob[:HEADER],
+    )
+
+
+def seal(key_id: str, material_id: str, material: bytes, plaintext: bytes, context: Mapping[str, str] | None) -> bytes:
+    nonce = os.urandom(12)
+    header = bytes([VERSION]) + uuid.UUID(key_id).bytes + bytes.fromhex(material_id) + nonce
+    return header + AESGCM(material).encrypt(nonce, plaintext, header + canonical_context(context))
+
+
+def open_blob(header: BlobHeader, blob: bytes, material: bytes, context: Mapping[str, str] | None) -> bytes:
+    nonce = header.raw[33:45]
+    try:
+        return AESGCM(material).decrypt(nonce, blob[HEADER:], header.raw + canonical_context(context))
+    except (InvalidTag, ValueError):
+        raise BadCiphertext() from None
