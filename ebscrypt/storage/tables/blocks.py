@@ -33,7 +33,7 @@ blk_owners = Table(
     # A re-encrypting copy in progress pins the frozen source layer it reads from.
     Column("pin_id", String(32), nullable=True, index=True),
     Column("data_key_id", String(128), nullable=True),
-    Column("encrypted", Boolean, nullable=False),
+    Column("encrypted", Boolean, nullable=True),  # NULL until the first write decides
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
