@@ -527,7 +527,7 @@ class KeyEngine:
         raise kms_error(
             "AccessDeniedException",
             f"User: {caller.arn} is not authorized to perform: {action} on resource: "
-            f"{row.arn} because no resource-based policy allows the {action} action",
+            f"{row.arn} because no resource-based policy allows the {action} action.",
         )
 
     def _check_grant_tokens(self, tokens: Sequence[str]) -> None:
@@ -571,7 +571,7 @@ class KeyEngine:
             raise kms_error(
                 "AccessDeniedException",
                 f"User: {caller.arn} is not authorized to perform: {action} on resource: "
-                f"{row.arn} because no resource-based policy allows the {action} action",
+                f"{row.arn} because no resource-based policy allows the {action} action.",
             )
 
     # ------------------------------------------------------- symmetric crypto core
@@ -1313,7 +1313,7 @@ class KeyEngine:
         if len(plaintext) > limit:
             raise kms_error(
                 "ValidationException",
-                f"Plaintext is too large for {alg} with a {row.key_spec} key: at most {limit} bytes.",
+                f"Algorithm {alg} and key spec {row.key_spec} cannot encrypt data larger than {limit} bytes.",
             )
         return asym.rsa_encrypt(row.public_key, plaintext, alg)
 
