@@ -1,0 +1,64 @@
+"""Account settings per account and region (R-ACC): encryption by default, default EBS key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from ebscrypt.storage.tables.ec2 import ec2_account_settings
+
+AWS_EBS_ALIAS = "alias/aws/ebs"
+
+
+@dataclass(frozen=True)
+class AccountSettings:
+    ebd: bool
+    default_key: str | None  # a key ARN; None = the AWS managed alias/aws/ebs
+
+
+def alias_arn(account: str, region: str, alias: str = AWS_EBS_ALIAS) -> str:
+    return f"arn:aws:kms:{region}:{account}:{alias}"
+
+
+def get_settings(conn: Connection, account: str, region: str) -> AccountSettings:
+    row = conn.execute(
+        select(ec2_account_settings).where(
+            ec2_account_settings.c.account == account, ec2_account_settings.c.region == region
+        )
+    ).mappings().first()
+    if row is None:
+        return AccountSettings(ebd=False, default_key=None)
+    return AccountSettings(ebd=bool(row["ebs_encryption_by_default"]), default_key=row["default_kms_key"])
+
+
+def _upsert(conn: Connection, account: str, region: str, **values: Any) -> None:
+    where = (ec2_account_settings.c.account == account, ec2_account_settings.c.region == region)
+    if conn.execute(select(ec2_account_settings.c.account).where(*where)).first() is None:
+        base = dict(account=account, region=region, ebs_encryption_by_default=False, default_kms_key=None)
+        base.update(values)
+        conn.execute(insert(ec2_account_settings).values(**base))
+    else:
+        conn.execute(update(ec2_account_settings).where(*where).values(**values))
+
+
+def set_ebd(conn: Connection, account: str, region: str, enabled: bool) -> None:
+    _upsert(conn, account, region, ebs_encryption_by_default=enabled)
+
+
+def set_default_key(conn: Connection, account: str, region: str, key_arn: str | None) -> None:
+    _upsert(conn, account, region, default_kms_key=key_arn)
+
+
+def default_key_arn(ctx: Any) -> str:
+    """The caller's default EBS key ARN in its region. [KMS, no conn]
+
+    A customer key when one was set; otherwise the AWS managed key (created on first use).
+    """
+    caller = ctx.caller
+    with ctx.runtime.db.read() as conn:
+        settings = get_settings(conn, caller.account, caller.region)
+    if settings.default_key:
+        return settings.default_key
+    return ctx.runtime.kms.default_ebs_key(caller.account, caller.region).arn

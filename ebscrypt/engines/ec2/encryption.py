@@ -1,0 +1,145 @@
+"""Which key encrypts a new resource (SPEC §2 via domain/outcome.py), key checks, data keys.
+
+Key checks (R-KEY-5, R-KEY-6, R-KEY-7): the chosen key is described *as the caller*, so a
+key the caller may not use (key policy) is as unusable as one that does not exist. A key
+problem never raises here: it is returned in ``EncryptionPlan.problem`` and the resource
+built from the plan ends in its error state with that message.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from ebscrypt.domain.outcome import Source, decide, reuses_data_key
+from ebscrypt.engines.ec2.account import AWS_EBS_ALIAS, alias_arn, get_settings
+from ebscrypt.engines.ec2.ids import via_ec2
+from ebscrypt.engines.ec2.records import Snapshot, Volume
+from ebscrypt.errors import ServiceError
+
+GRANT_OPERATIONS = ["Decrypt"]
+
+
+@dataclass(frozen=True)
+class EncryptionPlan:
+    encrypted: bool
+    key_arn: str | None
+    reuse_source_data_key: bool
+    rule: str
+    problem: str | None = None  # R-KEY-6: the resource must end in error with this message
+    key_manager: str | None = None  # "AWS" for alias/aws/ebs, "CUSTOMER" otherwise
+
+
+@dataclass(frozen=True)
+class WrappedDataKey:
+    key_arn: str
+    data_key_id: str
+    blob: bytes
+    context: dict[str, str]
+
+    @property
+    def context_json(self) -> str:
+        return json.dumps(self.context, sort_keys=True)
+
+
+def source_of(snapshot: Snapshot | None, account: str) -> Source | None:
+    if snapshot is None:
+        return None
+    return Source(encrypted=bool(snapshot.encrypted), key=snapshot.kms_key_arn, owned=snapshot.account == account)
+
+
+def _is_aws_ebs_alias(key: str, account: str, region: str) -> bool:
+    return key == AWS_EBS_ALIAS or key == alias_arn(account, region)
+
+
+def key_problem(info: Any, region: str) -> str | None:
+    """Why a described key cannot encrypt EBS resources in ``region`` (None: it can)."""
+    if info.state == "Disabled":
+        return f"Client.InvalidKMSKey.InvalidState: The KMS key {info.arn} is disabled."
+    if info.state == "PendingDeletion":
+        return f"Client.InvalidKMSKey.InvalidState: The KMS key {info.arn} is pending deletion."
+    if info.state not in ("Enabled",):
+        return f"Client.InvalidKMSKey.InvalidState: The KMS key {info.arn} is in state {info.state}."
+    if info.key_spec != "SYMMETRIC_DEFAULT" or info.key_usage != "ENCRYPT_DECRYPT":  # R-KEY-5
+        return (f"Client.InvalidKMSKey.InvalidState: The KMS key {info.arn} is asymmetric "
+                f"({info.key_spec}); EBS supports only symmetric encryption keys.")
+    if info.region != region:
+        return f"Client.InvalidKMSKey.InvalidState: The KMS key {info.arn} is not in region {region}."
+    return None
+
+
+def describe_for_ebs(ctx: Any, key: str) -> tuple[str, str | None, str | None]:
+    """(key ARN, problem, key manager) of ``key`` as the caller sees it. [KMS, no conn]"""
+    caller = ctx.caller
+    kms = ctx.runtime.kms
+    try:
+        if _is_aws_ebs_alias(key, caller.account, caller.region):
+            info = kms.default_ebs_key(caller.account, caller.region)
+        else:
+            info = kms.describe_key(caller, key)
+    except ServiceError as err:
+        shown = key if key.startswith("arn:") else key
+        return shown, (f"Client.InvalidKMSKey.NotFound: The KMS key {shown} does not exist or is "
+                       f"not accessible ({err.code}: {err.message})"), None
+    return info.arn, key_problem(info, caller.region), info.key_manager
+
+
+def resolve_encryption(
+    ctx: Any,
+    source: Snapshot | None,
+    encrypted: bool | None,
+    kms_key_id: str | None,
+    *,
+    cross_region: bool = False,
+) -> EncryptionPlan:
+    """Apply the outcome rule for ``ctx.caller`` in its region and check the chosen key.
+
+    [KMS, no conn]. Raises InvalidParameterDependency (R-OUT-1) only.
+    """
+    caller = ctx.caller
+    with ctx.runtime.db.read() as conn:
+        settings = get_settings(conn, caller.account, caller.region)
+    src = source_of(source, caller.account)
+    default = settings.default_key or AWS_EBS_ALIAS
+    outcome = decide(src, encrypted=encrypted, kms_key_id=kms_key_id or None, ebd=settings.ebd,
+                     default_key=default, cross_region=cross_region)
+    if not outcome.encrypted or outcome.key is None:
+        return EncryptionPlan(False, None, False, outcome.rule)
+    key_arn, problem, manager = describe_for_ebs(ctx, outcome.key)
+    reuse = problem is None and reuses_data_key(src, key_arn, cross_region=cross_region)
+    return EncryptionPlan(True, key_arn, reuse, outcome.rule, problem, manager)
+
+
+def new_data_key(ctx: Any, key_arn: str, resource_id: str) -> WrappedDataKey:
+    """R-KEY-1: GenerateDataKeyWithoutPlaintext on the caller's behalf, via EC2. [KMS, no conn]"""
+    context = {"aws:ebs:id": resource_id}
+    arn, blob = ctx.runtime.kms.generate_data_key_without_plaintext(
+        ctx.caller, key_arn, encryption_context=context, via_service=via_ec2(ctx.caller.region)
+    )
+    return WrappedDataKey(arn, uuid.uuid4().hex, blob, context)
+
+
+def unwrap(ctx: Any, key_arn: str, blob: bytes, context: dict[str, str], data_key_id: str,
+           *, region: str, grant: bool = True) -> Any:
+    """R-KEY-3: grant for EC2, then Decrypt the wrapped data key. Returns a blocks DataKey."""
+    from ebscrypt.engines.blocks.engine import DataKey
+
+    kms = ctx.runtime.kms
+    via = via_ec2(region)
+    if grant:
+        kms.create_grant_for_service(ctx.caller, key_arn, via_service=via, operations=GRANT_OPERATIONS)
+    _arn, plaintext = kms.decrypt(ctx.caller, blob, encryption_context=context, via_service=via, key_id=key_arn)
+    return DataKey(data_key_id, plaintext)
+
+
+def data_key_for(ctx: Any, resource: Volume | Snapshot, *, grant: bool = True) -> Any:
+    """The plaintext data key of ``resource`` for a data operation (None if unencrypted)."""
+    if not resource.encrypted:
+        return None
+    if resource.data_key_blob is None or resource.kms_key_arn is None or resource.data_key_id is None:
+        raise ServiceError(f"The data key of {resource.id} is not available (state {resource.state}).",
+                           code="IncorrectState")
+    return unwrap(ctx, resource.kms_key_arn, resource.data_key_blob, resource.encryption_context,
+                  resource.data_key_id, region=resource.region, grant=grant)

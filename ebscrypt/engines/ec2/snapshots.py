@@ -1,0 +1,409 @@
+"""EBS snapshots: from a volume (R-SNAP-1), copies (R-SNAP-2, §2), EBS direct (StartSnapshot),
+visibility and sharing (§5), deletion (R-SNAP-3). Lifecycle: ``pending`` with a progress %
+then ``completed`` or ``error`` with a StateMessage (R-LIFE-1, R-KEY-6).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sqlalchemy import Connection, delete, insert, or_, select, update
+
+from ebscrypt.domain.sharing import check_grantees, check_share
+from ebscrypt.engines.ec2.encryption import (
+    EncryptionPlan,
+    WrappedDataKey,
+    data_key_for,
+    describe_for_ebs,
+    new_data_key,
+    resolve_encryption,
+)
+from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
+from ebscrypt.engines.ec2.records import Snapshot
+from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags
+from ebscrypt.engines.ec2.volumes import get_volume
+from ebscrypt.engines.jobs import JobContext, job_kind
+from ebscrypt.errors import ServiceError
+from ebscrypt.storage.tables.ec2 import ec2_snapshot_permissions, ec2_snapshots
+
+log = logging.getLogger("ebscrypt.ec2.snapshots")
+
+COPY_VOLUME_ID = "vol-ffffffff"  # AWS shows this volume id on copied / direct snapshots
+
+InUseChecker = Callable[[Connection, str], "str | None"]
+SnapshotListener = Callable[[Any, str, str], None]
+_in_use_checkers: list[InUseChecker] = []
+_listeners: list[SnapshotListener] = []
+
+
+def register_snapshot_in_use_checker(fn: InUseChecker) -> None:
+    """R-SNAP-3: ``fn(conn, snapshot_id) -> image id | None``; a non-None answer blocks deletion."""
+    if fn not in _in_use_checkers:
+        _in_use_checkers.append(fn)
+
+
+def register_snapshot_listener(fn: SnapshotListener) -> None:
+    """``fn(runtime, snapshot_id, state)`` runs after a snapshot reaches completed/error."""
+    if fn not in _listeners:
+        _listeners.append(fn)
+
+
+def _notify(runtime: Any, snapshot_id: str, state: str) -> None:
+    for fn in list(_listeners):
+        try:
+            fn(runtime, snapshot_id, state)
+        except Exception:
+            log.exception("snapshot listener failed for %s", snapshot_id)
+
+
+# ----------------------------------------------------------------------------- reads
+
+
+def _row(conn: Connection, snapshot_id: str) -> Snapshot | None:
+    row = conn.execute(select(ec2_snapshots).where(ec2_snapshots.c.id == snapshot_id)).mappings().first()
+    return Snapshot.from_row(row) if row else None
+
+
+def not_found(snapshot_id: str) -> ServiceError:
+    return ServiceError(f"The snapshot '{snapshot_id}' does not exist.", code="InvalidSnapshot.NotFound")
+
+
+def grantees(conn: Connection, snapshot_id: str) -> set[str]:
+    return {r.grantee for r in conn.execute(select(ec2_snapshot_permissions.c.grantee).where(
+        ec2_snapshot_permissions.c.snapshot_id == snapshot_id))}
+
+
+def snapshot_is_owned(snapshot: Snapshot, caller: Any) -> bool:
+    return snapshot.account == caller.account
+
+
+def get_snapshot(conn: Connection, caller: Any, snapshot_id: str, region: str | None = None) -> Snapshot:
+    """A snapshot the caller may see in ``region`` (default: its own): owned, shared with its
+    account, or public (R-SHARE-1). InvalidSnapshot.NotFound otherwise. [conn]"""
+    check_id(snapshot_id, "snap", "InvalidSnapshotID.Malformed")
+    snap = _row(conn, snapshot_id)
+    if snap is None or snap.region != (region or caller.region):
+        raise not_found(snapshot_id)
+    if snap.account != caller.account and not (grantees(conn, snapshot_id) & {caller.account, "all"}):
+        raise not_found(snapshot_id)
+    return snap
+
+
+def visible_snapshots(conn: Connection, caller: Any) -> list[Snapshot]:
+    """Every snapshot in the caller's region it owns or may restore, ordered by id. [conn]"""
+    shared = select(ec2_snapshot_permissions.c.snapshot_id).where(
+        ec2_snapshot_permissions.c.grantee.in_((caller.account, "all")))
+    rows = conn.execute(select(ec2_snapshots).where(
+        ec2_snapshots.c.region == caller.region,
+        or_(ec2_snapshots.c.account == caller.account, ec2_snapshots.c.id.in_(shared)),
+    ).order_by(ec2_snapshots.c.id)).mappings()
+    return [Snapshot.from_row(r) for r in rows]
+
+
+def permissions_of(conn: Connection, ids: list[str]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {i: set() for i in ids}
+    for chunk in range(0, len(ids), 500):
+        for r in conn.execute(select(ec2_snapshot_permissions).where(
+                ec2_snapshot_permissions.c.snapshot_id.in_(ids[chunk:chunk + 500]))):
+            out[r.snapshot_id].add(r.grantee)
+    return out
+
+
+# ----------------------------------------------------------------------------- from a volume
+
+
+def _insert(conn: Connection, values: dict[str, Any], tags: list[dict[str, str]] | None) -> Snapshot:
+    conn.execute(insert(ec2_snapshots).values(**values))
+    if tags:
+        put_tags(conn, values["account"], values["region"], values["id"], tags)
+    return Snapshot.from_row(values)
+
+
+def _base(snapshot_id: str, caller: Any, now: Any, **kw: Any) -> dict[str, Any]:
+    values = dict(id=snapshot_id, account=caller.account, region=caller.region, state="pending",
+                  state_message=None, progress=0, encrypted=False, kms_key_arn=None, data_key_id=None,
+                  data_key_blob=None, data_key_context=None, volume_id=COPY_VOLUME_ID, parent_id=None,
+                  source_snapshot_id=None, source_region=None, description=None, origin="volume",
+                  client_token=None, start_time=now, completion_time=None)
+    values.update(kw)
+    return values
+
+
+def create_snapshot_from_volume(ctx: Any, conn: Connection, volume_id: str, description: str | None = None,
+                                tags: list[dict[str, str]] | None = None) -> Snapshot:
+    """R-SNAP-1: same encryption, key and data key as the volume; EBD plays no part. [conn]
+
+    Submits the ``ec2_snapshot_create`` job; call ``ctx.runtime.jobs.notify()`` after commit.
+    """
+    caller = ctx.caller
+    vol = get_volume(conn, caller, volume_id)
+    if vol.state not in ("available", "in-use"):
+        raise ServiceError(f"The volume '{volume_id}' is in the '{vol.state}' state.", code="IncorrectState")
+    parent = conn.execute(select(ec2_snapshots.c.id).where(
+        ec2_snapshots.c.volume_id == volume_id, ec2_snapshots.c.account == caller.account,
+        ec2_snapshots.c.state != "error").order_by(ec2_snapshots.c.start_time.desc())).first()
+    values = _base(new_id("snap"), caller, ctx.runtime.clock.now(), volume_size=vol.size,
+                   encrypted=vol.encrypted, kms_key_arn=vol.kms_key_arn, data_key_id=vol.data_key_id,
+                   data_key_blob=vol.data_key_blob, data_key_context=vol.data_key_context,
+                   volume_id=volume_id, parent_id=parent.id if parent else None,
+                   description=description, origin="volume")
+    snap = _insert(conn, values, tags)
+    ctx.runtime.jobs.submit("ec2_snapshot_create", {"snapshot_id": snap.id}, conn=conn)
+    return snap
+
+
+def set_progress(runtime: Any, snapshot_id: str, percent: float) -> None:
+    with runtime.db.begin() as conn:
+        conn.execute(update(ec2_snapshots).where(ec2_snapshots.c.id == snapshot_id,
+                                                 ec2_snapshots.c.state == "pending")
+                     .values(progress=max(0, min(99, int(percent)))))
+
+
+def complete_snapshot(runtime: Any, snapshot_id: str) -> None:
+    """pending -> completed, progress 100% (EBS CompleteSnapshot, jobs)."""
+    with runtime.db.begin() as conn:
+        conn.execute(update(ec2_snapshots).where(ec2_snapshots.c.id == snapshot_id,
+                                                 ec2_snapshots.c.state == "pending")
+                     .values(state="completed", progress=100, completion_time=runtime.clock.now()))
+    _notify(runtime, snapshot_id, "completed")
+
+
+def fail_snapshot(runtime: Any, snapshot_id: str, message: str) -> None:
+    """pending -> error with a StateMessage naming the cause (R-KEY-6)."""
+    with runtime.db.begin() as conn:
+        conn.execute(update(ec2_snapshots).where(ec2_snapshots.c.id == snapshot_id,
+                                                 ec2_snapshots.c.state == "pending")
+                     .values(state="error", state_message=message))
+    _notify(runtime, snapshot_id, "error")
+
+
+def _on_fail(runtime: Any, payload: dict[str, Any], reason: str) -> None:
+    fail_snapshot(runtime, payload["snapshot_id"], reason)
+
+
+@job_kind("ec2_snapshot_create", resumable=True, on_fail=_on_fail)
+def _create_job(job: JobContext) -> None:
+    runtime = job.runtime
+    with runtime.db.read() as conn:
+        snap = _row(conn, job.payload["snapshot_id"])
+    if snap is None or snap.state != "pending":
+        return
+    blocks = runtime.blocks
+    if blocks is None:
+        raise RuntimeError("the block engine is not available")
+    blocks.share(snap.volume_id, snap.id)  # same data key: a point-in-time reference, no data moved
+    complete_snapshot(runtime, snap.id)
+
+
+# ----------------------------------------------------------------------------- copies
+
+
+@dataclass
+class CopyPlan:
+    source: Snapshot
+    cross_region: bool
+    plan: EncryptionPlan
+    snapshot_id: str
+    data_key: WrappedDataKey | None
+
+
+def prepare_copy(ctx: Any, source_snapshot_id: str, source_region: str | None = None,
+                 encrypted: bool | None = None, kms_key_id: str | None = None) -> CopyPlan:
+    """Validate a copy and decide its encryption (§2, R-SNAP-2). [KMS, no conn]"""
+    caller = ctx.caller
+    src_region = source_region or caller.region
+    with ctx.runtime.db.read() as conn:
+        source = get_snapshot(conn, caller, source_snapshot_id, region=src_region)
+    if source.state != "completed":
+        raise ServiceError(f"Snapshot {source_snapshot_id} is in invalid state - {source.state}",
+                           code="IncorrectState")
+    cross = src_region != caller.region
+    plan = resolve_encryption(ctx, source, encrypted, kms_key_id, cross_region=cross)
+    snapshot_id = new_id("snap")
+    data_key = None
+    if plan.encrypted and plan.problem is None:
+        if plan.reuse_source_data_key:
+            data_key = WrappedDataKey(source.kms_key_arn or "", source.data_key_id or "",
+                                      source.data_key_blob or b"", source.encryption_context)
+        else:
+            try:
+                data_key = new_data_key(ctx, plan.key_arn or "", snapshot_id)
+            except ServiceError as err:
+                plan = EncryptionPlan(True, plan.key_arn, False, plan.rule,
+                                      f"Client.InvalidKMSKey.InvalidState: The KMS key {plan.key_arn} cannot be "
+                                      f"used ({err.code}: {err.message})", plan.key_manager)
+    return CopyPlan(source, cross, plan, snapshot_id, data_key)
+
+
+def insert_copy(ctx: Any, conn: Connection, cp: CopyPlan, description: str | None = None,
+                tags: list[dict[str, str]] | None = None) -> Snapshot:
+    """Write the copy (``pending``) and submit its job. [conn]"""
+    caller = ctx.caller
+    dk = cp.data_key
+    values = _base(cp.snapshot_id, caller, ctx.runtime.clock.now(), volume_size=cp.source.volume_size,
+                   encrypted=cp.plan.encrypted, kms_key_arn=cp.plan.key_arn,
+                   data_key_id=dk.data_key_id if dk else None, data_key_blob=dk.blob if dk else None,
+                   data_key_context=dk.context_json if dk else None, source_snapshot_id=cp.source.id,
+                   source_region=cp.source.region, description=description, origin="copy")
+    snap = _insert(conn, values, tags)
+    ctx.runtime.jobs.submit("ec2_snapshot_copy", {
+        "snapshot_id": snap.id, "account": caller.account, "region": caller.region,
+        "problem": cp.plan.problem,
+    }, conn=conn)
+    return snap
+
+
+def copy_snapshot(ctx: Any, source_snapshot_id: str, source_region: str | None = None,
+                  encrypted: bool | None = None, kms_key_id: str | None = None,
+                  description: str | None = None, tags: list[dict[str, str]] | None = None) -> Snapshot:
+    """CopySnapshot: prepare, insert, wake the jobs. [KMS, no conn]"""
+    cp = prepare_copy(ctx, source_snapshot_id, source_region, encrypted, kms_key_id)
+    with ctx.runtime.db.begin() as conn:
+        snap = insert_copy(ctx, conn, cp, description, tags)
+    ctx.runtime.jobs.notify()
+    return snap
+
+
+@job_kind("ec2_snapshot_copy", resumable=True, on_fail=_on_fail)
+def _copy_job(job: JobContext) -> None:
+    runtime = job.runtime
+    p = job.payload
+    if p.get("problem"):
+        fail_snapshot(runtime, p["snapshot_id"], p["problem"])
+        return
+    with runtime.db.read() as conn:
+        dst = _row(conn, p["snapshot_id"])
+        src = _row(conn, dst.source_snapshot_id) if dst and dst.source_snapshot_id else None
+    if dst is None or dst.state != "pending":
+        return
+    if src is None:
+        fail_snapshot(runtime, dst.id, f"The source snapshot {dst.source_snapshot_id} no longer exists.")
+        return
+    blocks = runtime.blocks
+    if blocks is None:
+        raise RuntimeError("the block engine is not available")
+    ctx = job_ctx(runtime, p["account"], p["region"], "CopySnapshot")
+    src_key = data_key_for(ctx, src)  # R-SHARE-4: the copier must be allowed the source key
+    if src.data_key_id == dst.data_key_id:  # R-SNAP-2: same key, same region -> incremental
+        blocks.share(src.id, dst.id)
+    else:
+        dst_key = data_key_for(ctx, dst)
+        last = [0.0]
+
+        def progress(pct: float) -> None:
+            job.progress(pct)
+            if pct - last[0] >= 5 or pct >= 99:
+                last[0] = pct
+                set_progress(runtime, dst.id, pct)
+
+        blocks.reencrypt(src.id, src_key, dst.id, dst_key, progress=progress)
+    complete_snapshot(runtime, dst.id)
+
+
+# ----------------------------------------------------------------------------- EBS direct
+
+
+def new_snapshot_record(ctx: Any, *, volume_size: int, encrypted: bool | None = None,
+                        kms_key_id: str | None = None, parent_snapshot_id: str | None = None,
+                        description: str | None = None, client_token: str | None = None,
+                        tags: list[dict[str, str]] | None = None) -> Snapshot:
+    """EBS StartSnapshot: a ``pending`` snapshot with its data key ready. [KMS, no conn]
+
+    The outcome rule applies with the parent as source (same key -> the parent's data key,
+    R-KEY-2). A key problem raises ServiceError(code="AccessDeniedException",
+    Reason="DEPENDENCY_ACCESS_DENIED") naming the key and cause.
+    """
+    caller = ctx.caller
+    with ctx.runtime.db.read() as conn:
+        if client_token:
+            row = conn.execute(select(ec2_snapshots).where(
+                ec2_snapshots.c.client_token == client_token, ec2_snapshots.c.account == caller.account,
+                ec2_snapshots.c.region == caller.region)).mappings().first()
+            if row is not None:
+                return Snapshot.from_row(row)
+        parent = get_snapshot(conn, caller, parent_snapshot_id) if parent_snapshot_id else None
+    if parent is not None and parent.state != "completed":
+        raise ServiceError(f"The parent snapshot {parent.id} is not completed.", code="ValidationException",
+                           Reason="INVALID_PARENT_SNAPSHOT")
+    plan = resolve_encryption(ctx, parent, encrypted, kms_key_id)
+    if plan.problem:
+        raise ServiceError(plan.problem, code="AccessDeniedException", status=403, Reason="DEPENDENCY_ACCESS_DENIED")
+    snapshot_id = new_id("snap")
+    dk: WrappedDataKey | None = None
+    if plan.encrypted:
+        if plan.reuse_source_data_key and parent is not None:
+            dk = WrappedDataKey(parent.kms_key_arn or "", parent.data_key_id or "", parent.data_key_blob or b"",
+                                parent.encryption_context)
+        else:
+            dk = new_data_key(ctx, plan.key_arn or "", snapshot_id)
+    values = _base(snapshot_id, caller, ctx.runtime.clock.now(), volume_size=volume_size,
+                   encrypted=plan.encrypted, kms_key_arn=plan.key_arn,
+                   data_key_id=dk.data_key_id if dk else None, data_key_blob=dk.blob if dk else None,
+                   data_key_context=dk.context_json if dk else None,
+                   parent_id=parent.id if parent else None, description=description, origin="direct",
+                   client_token=client_token)
+    with ctx.runtime.db.begin() as conn:
+        return _insert(conn, values, tags)
+
+
+# ----------------------------------------------------------------------------- delete, share
+
+
+def delete_snapshot(ctx: Any, snapshot_id: str) -> None:
+    """DeleteSnapshot: owner only; refused while an image uses it (R-SNAP-3). [no conn]"""
+    with ctx.runtime.db.begin() as conn:
+        snap = get_snapshot(conn, ctx.caller, snapshot_id)
+        if snap.account != ctx.caller.account:
+            raise ServiceError("You are not authorized to perform this operation.",
+                               code="UnauthorizedOperation", status=403)
+        for check in list(_in_use_checkers):
+            image_id = check(conn, snapshot_id)
+            if image_id:
+                raise ServiceError(f"The snapshot {snapshot_id} is currently in use by {image_id}",
+                                   code="InvalidSnapshot.InUse")
+        conn.execute(delete(ec2_snapshots).where(ec2_snapshots.c.id == snapshot_id))
+        conn.execute(delete(ec2_snapshot_permissions).where(ec2_snapshot_permissions.c.snapshot_id == snapshot_id))
+        delete_tags_of(conn, snapshot_id)
+    blocks = ctx.runtime.blocks
+    if blocks is not None:
+        blocks.release(snapshot_id)
+
+
+def owned_snapshot(conn: Connection, caller: Any, snapshot_id: str) -> Snapshot:
+    snap = get_snapshot(conn, caller, snapshot_id)
+    if snap.account != caller.account:
+        raise ServiceError("You are not authorized to perform this operation.", code="UnauthorizedOperation",
+                           status=403)
+    return snap
+
+
+def modify_create_volume_permission(ctx: Any, snapshot_id: str, *, add_users: list[str], add_groups: list[str],
+                                    remove_users: list[str], remove_groups: list[str]) -> None:
+    """ModifySnapshotAttribute createVolumePermission (R-SHARE-1/2/3). [KMS, no conn]"""
+    with ctx.runtime.db.read() as conn:
+        snap = owned_snapshot(conn, ctx.caller, snapshot_id)
+    check_grantees(remove_users, remove_groups)
+    aws_managed = False
+    if snap.encrypted and (add_users or add_groups) and snap.kms_key_arn:
+        _arn, _problem, manager = describe_for_ebs(ctx, snap.kms_key_arn)
+        aws_managed = manager == "AWS"
+    check_share(encrypted=snap.encrypted, aws_managed_key=aws_managed, add_users=add_users, add_groups=add_groups)
+    with ctx.runtime.db.begin() as conn:
+        have = grantees(conn, snapshot_id)
+        for g in set(add_users) | set(add_groups):
+            if g not in have:
+                conn.execute(insert(ec2_snapshot_permissions).values(snapshot_id=snapshot_id, grantee=g))
+                have.add(g)
+        gone = set(remove_users) | set(remove_groups)
+        if gone:
+            conn.execute(delete(ec2_snapshot_permissions).where(
+                ec2_snapshot_permissions.c.snapshot_id == snapshot_id,
+                ec2_snapshot_permissions.c.grantee.in_(gone)))
+
+
+def reset_create_volume_permission(ctx: Any, snapshot_id: str) -> None:
+    with ctx.runtime.db.begin() as conn:
+        owned_snapshot(conn, ctx.caller, snapshot_id)
+        conn.execute(delete(ec2_snapshot_permissions).where(ec2_snapshot_permissions.c.snapshot_id == snapshot_id))

@@ -1,0 +1,111 @@
+"""Generic EC2 tags, keyed by resource id (every resource type shares one table)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from ebscrypt.errors import ServiceError
+from ebscrypt.storage.tables.ec2 import ec2_tags
+
+MAX_TAGS = 50
+
+_TYPES = {
+    "vol": "volume", "snap": "snapshot", "ami": "image", "i": "instance", "lt": "launch-template",
+    "sg": "security-group", "vpc": "vpc", "subnet": "subnet", "key": "key-pair", "eni": "network-interface",
+    "igw": "internet-gateway", "rtb": "route-table", "acl": "network-acl", "dopt": "dhcp-options",
+}
+
+
+def resource_type_of(resource_id: str) -> str:
+    return _TYPES.get(resource_id.split("-", 1)[0], "unknown")
+
+
+def _check(tags: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
+    out = []
+    for t in tags:
+        key = t.get("Key")
+        if key is None:
+            raise ServiceError("The request must contain the parameter Tag.Key", code="MissingParameter")
+        if key.lower().startswith("aws:"):
+            raise ServiceError("Tag keys starting with 'aws:' are reserved for internal use",
+                               code="InvalidParameterValue")
+        if len(key) > 128 or len(t.get("Value") or "") > 256:
+            raise ServiceError(f"Tag key or value too long: '{key[:140]}'", code="InvalidParameterValue")
+        out.append({"Key": key, "Value": t.get("Value") or ""})
+    return out
+
+
+def tag_specs(specs: list[dict[str, Any]] | None, resource_type: str) -> list[dict[str, str]]:
+    """The tags of ``TagSpecifications`` entries for ``resource_type`` (validated)."""
+    tags: list[dict[str, Any]] = []
+    for spec in specs or []:
+        rtype = spec.get("ResourceType")
+        if rtype is None:
+            raise ServiceError("Tag specification resource type must have a value", code="InvalidParameterValue")
+        if rtype == resource_type:
+            tags.extend(spec.get("Tags") or [])
+    return _check(tags)
+
+
+def put_tags(conn: Connection, account: str, region: str, resource_id: str,
+             tags: Iterable[dict[str, Any]]) -> None:
+    """Create or overwrite tags on ``resource_id``. [conn]"""
+    tags = _check(tags)
+    existing = {
+        r.key for r in conn.execute(select(ec2_tags.c.key).where(ec2_tags.c.resource_id == resource_id))
+    }
+    if len(existing | {t["Key"] for t in tags}) > MAX_TAGS:
+        raise ServiceError(f"The number of tags on {resource_id} would exceed {MAX_TAGS}.",
+                           code="TagLimitExceeded")
+    rtype = resource_type_of(resource_id)
+    for t in tags:
+        if t["Key"] in existing:
+            conn.execute(update(ec2_tags).where(ec2_tags.c.resource_id == resource_id,
+                                                ec2_tags.c.key == t["Key"]).values(value=t["Value"]))
+        else:
+            conn.execute(insert(ec2_tags).values(resource_id=resource_id, key=t["Key"], value=t["Value"],
+                                                 resource_type=rtype, account=account, region=region))
+            existing.add(t["Key"])
+
+
+def remove_tags(conn: Connection, resource_id: str, tags: list[dict[str, Any]] | None) -> None:
+    """DeleteTags semantics: no tags = all; a tag with a Value deletes only on a match. [conn]"""
+    if not tags:
+        delete_tags_of(conn, resource_id)
+        return
+    for t in tags:
+        cond = [ec2_tags.c.resource_id == resource_id, ec2_tags.c.key == t.get("Key")]
+        if "Value" in t and t["Value"] is not None:
+            cond.append(ec2_tags.c.value == t["Value"])
+        conn.execute(delete(ec2_tags).where(*cond))
+
+
+def delete_tags_of(conn: Connection, resource_id: str) -> None:
+    conn.execute(delete(ec2_tags).where(ec2_tags.c.resource_id == resource_id))
+
+
+def tags_for(conn: Connection, account: str, ids: Iterable[str]) -> dict[str, list[dict[str, str]]]:
+    """Tags of each resource that ``account`` owns (others' tags are not shown). [conn]"""
+    ids = list(ids)
+    out: dict[str, list[dict[str, str]]] = {i: [] for i in ids}
+    for chunk in range(0, len(ids), 500):
+        part = ids[chunk:chunk + 500]
+        rows = conn.execute(
+            select(ec2_tags.c.resource_id, ec2_tags.c.key, ec2_tags.c.value)
+            .where(ec2_tags.c.resource_id.in_(part), ec2_tags.c.account == account)
+            .order_by(ec2_tags.c.resource_id, ec2_tags.c.key)
+        )
+        for r in rows:
+            out[r.resource_id].append({"Key": r.key, "Value": r.value})
+    return out
+
+
+def all_tags(conn: Connection, account: str, region: str) -> list[dict[str, str]]:
+    rows = conn.execute(
+        select(ec2_tags).where(ec2_tags.c.account == account, ec2_tags.c.region == region)
+        .order_by(ec2_tags.c.resource_id, ec2_tags.c.key)
+    ).mappings()
+    return [dict(ResourceId=r["resource_id"], ResourceType=r["resource_type"], Key=r["key"], Value=r["value"])
+            for r in rows]

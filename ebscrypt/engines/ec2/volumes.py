@@ -1,0 +1,544 @@
+"""EBS volumes: validation, creation (empty or from a snapshot), attachments, deletion.
+
+Creation is two-phase so KMS is never called inside a write transaction (see the package
+docstring): :func:`prepare_volume` validates, applies §2 and makes the data key;
+:func:`insert_volume` writes the row and submits the ``ec2_volume_create`` job, which moves
+the data (share blocks under the same data key, else re-encrypt: R-KEY-2) and makes the
+volume ``available`` (or ``in-use`` when created attached), or ``error`` (R-KEY-6).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from ebscrypt.domain import regions
+from ebscrypt.engines.ec2.encryption import EncryptionPlan, WrappedDataKey, data_key_for, new_data_key, resolve_encryption
+from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
+from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume
+from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags
+from ebscrypt.engines.jobs import JobContext, job_kind
+from ebscrypt.errors import ServiceError
+from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_volume_attachments, ec2_volume_modifications, ec2_volumes
+
+log = logging.getLogger("ebscrypt.ec2.volumes")
+
+VOLUME_TYPES = ("standard", "io1", "io2", "gp2", "sc1", "st1", "gp3")
+_SIZE = {"gp2": (1, 16384), "gp3": (1, 16384), "io1": (4, 16384), "io2": (4, 65536),
+         "st1": (125, 16384), "sc1": (125, 16384), "standard": (1, 1024)}
+_IOPS = {"gp3": (3000, 80000, 500), "io1": (100, 64000, 50), "io2": (100, 256000, 1000)}
+
+VolumeListener = Callable[[Any, str, str], None]
+_volume_listeners: list[VolumeListener] = []
+InstanceLookup = Callable[[Connection, Any, str], str]  # -> the instance's availability zone
+_instance_lookup: list[InstanceLookup] = []
+
+
+def register_volume_listener(fn: VolumeListener) -> None:
+    """``fn(runtime, volume_id, state)`` runs after a job puts a volume in a final state."""
+    if fn not in _volume_listeners:
+        _volume_listeners.append(fn)
+
+
+def register_instance_lookup(fn: InstanceLookup) -> None:
+    """ec2images: ``fn(conn, caller, instance_id) -> availability zone`` (raises
+    InvalidInstanceID.NotFound). AttachVolume uses it to validate instances."""
+    _instance_lookup[:] = [fn]
+
+
+def _notify(runtime: Any, volume_id: str, state: str) -> None:
+    for fn in list(_volume_listeners):
+        try:
+            fn(runtime, volume_id, state)
+        except Exception:  # a listener's fault must not undo the volume's own state
+            log.exception("volume listener failed for %s", volume_id)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    volume_type: str
+    size: int
+    iops: int | None
+    throughput: int | None
+
+
+def gp2_iops(size: int) -> int:
+    return min(max(100, 3 * size), 16000)
+
+
+def validate_volume_spec(volume_type: str | None, size: int | None, iops: int | None,
+                         throughput: int | None, *, snapshot_id: str | None = None,
+                         snapshot_size: int | None = None) -> VolumeSpec:
+    """AWS's CreateVolume rules for type, size, IOPS and throughput; fills the defaults."""
+    vtype = volume_type or "gp2"
+    if vtype not in VOLUME_TYPES:
+        raise ServiceError(f"Value ({vtype}) for parameter volumeType is invalid. "
+                           f"Valid values are: {', '.join(VOLUME_TYPES)}.", code="InvalidParameterValue")
+    if size is None:
+        if snapshot_size is None:
+            raise ServiceError("The request must contain the parameter size or snapshotId",
+                               code="MissingParameter")
+        size = snapshot_size
+    if snapshot_size is not None and size < snapshot_size:
+        raise ServiceError(f"Volume of size {size}GB is smaller than snapshot '{snapshot_id}', "
+                           f"expect size >= {snapshot_size}GB", code="InvalidParameterValue")
+    low, high = _SIZE[vtype]
+    if size < low:
+        raise ServiceError(f"The volume size is invalid for {vtype} volumes: {size} GiB. {vtype} volumes "
+                           f"must be at least {low} GiB in size.", code="InvalidParameterValue")
+    if size > high:
+        raise ServiceError(f"Volume of {size}GiB is too large for volume type {vtype}; maximum is {high}GiB",
+                           code="InvalidParameterValue")
+    if throughput is not None and vtype != "gp3":
+        raise ServiceError(f"The parameter throughput is not supported for {vtype} volumes.",
+                           code="InvalidParameterCombination")
+    if vtype in _IOPS:
+        lo, hi, ratio = _IOPS[vtype]
+        if iops is None:
+            if vtype != "gp3":
+                raise ServiceError("The request must contain the parameter iops", code="MissingParameter")
+            iops = 3000
+        if not lo <= iops <= hi:
+            raise ServiceError(f"Value ({iops}) for parameter iops is invalid. Expected a value between "
+                               f"{lo} and {hi}.", code="InvalidParameterValue")
+        if vtype != "gp3" or iops > 3000:
+            if iops > ratio * size:
+                raise ServiceError(f"Iops to volume size ratio of {iops / size:.6f} is too high; maximum is "
+                                   f"{float(ratio):.6f}", code="InvalidParameterValue")
+    elif iops is not None:
+        raise ServiceError(f"The parameter iops is not supported for {vtype} volumes.",
+                           code="InvalidParameterCombination")
+    if vtype == "gp3":
+        throughput = 125 if throughput is None else throughput
+        if not 125 <= throughput <= 2000:
+            raise ServiceError(f"Value ({throughput}) for parameter throughput is invalid. Expected a value "
+                               "between 125 and 2000.", code="InvalidParameterValue")
+        if throughput > (iops or 3000) // 4 and throughput > 125:
+            raise ServiceError(f"Throughput ({throughput} MiB/s) is too high for {iops} IOPS; the maximum "
+                               "is 0.25 MiB/s per provisioned IOPS.", code="InvalidParameterValue")
+    if vtype == "gp2":
+        iops = gp2_iops(size)
+    return VolumeSpec(vtype, size, iops, throughput)
+
+
+def check_zone(zone: str | None, region: str) -> str:
+    if not zone:
+        raise ServiceError("The request must contain the parameter availabilityZone", code="MissingParameter")
+    if not regions.is_zone_in_region(zone, region):
+        raise ServiceError(f"The zone '{zone}' does not exist.", code="InvalidZone.NotFound")
+    return zone
+
+
+# ----------------------------------------------------------------------------- reads
+
+
+def _row(conn: Connection, volume_id: str) -> Volume | None:
+    row = conn.execute(select(ec2_volumes).where(ec2_volumes.c.id == volume_id)).mappings().first()
+    return Volume.from_row(row) if row else None
+
+
+def get_volume(conn: Connection, caller: Any, volume_id: str) -> Volume:
+    """The caller's volume in its region; InvalidVolume.NotFound otherwise. [conn]"""
+    check_id(volume_id, "vol", "InvalidVolumeID.Malformed")
+    vol = _row(conn, volume_id)
+    if vol is None or vol.account != caller.account or vol.region != caller.region:
+        raise ServiceError(f"The volume '{volume_id}' does not exist.", code="InvalidVolume.NotFound")
+    return vol
+
+
+def attachments_of(conn: Connection, volume_ids: list[str]) -> dict[str, list[Attachment]]:
+    out: dict[str, list[Attachment]] = {v: [] for v in volume_ids}
+    for chunk in range(0, len(volume_ids), 500):
+        rows = conn.execute(select(ec2_volume_attachments).where(
+            ec2_volume_attachments.c.volume_id.in_(volume_ids[chunk:chunk + 500]))).mappings()
+        for r in rows:
+            out[r["volume_id"]].append(Attachment.from_row(r))
+    return out
+
+
+def volumes_of_instance(conn: Connection, instance_id: str) -> list[tuple[Volume, Attachment]]:
+    rows = conn.execute(select(ec2_volume_attachments).where(
+        ec2_volume_attachments.c.instance_id == instance_id)).mappings().all()
+    out = []
+    for r in rows:
+        vol = _row(conn, r["volume_id"])
+        if vol is not None:
+            out.append((vol, Attachment.from_row(r)))
+    return out
+
+
+# ----------------------------------------------------------------------------- create
+
+
+@dataclass(frozen=True)
+class Attach:
+    instance_id: str
+    device: str
+    delete_on_termination: bool = False
+
+
+@dataclass
+class VolumePrep:
+    volume_id: str
+    zone: str
+    spec: VolumeSpec
+    plan: EncryptionPlan
+    source: Snapshot | None
+    data_key: WrappedDataKey | None
+    multi_attach: bool = False
+    client_token: str | None = None
+    tags: list[dict[str, str]] = field(default_factory=list)
+    attach: Attach | None = None
+    existing: Volume | None = None  # ClientToken replay
+
+
+def load_source_snapshot(conn: Connection, caller: Any, snapshot_id: str) -> Snapshot:
+    from ebscrypt.engines.ec2.snapshots import get_snapshot
+
+    snap = get_snapshot(conn, caller, snapshot_id)
+    if snap.state != "completed":
+        raise ServiceError(f"Snapshot is in invalid state - {snap.state}", code="IncorrectState")
+    return snap
+
+
+def prepare_volume(ctx: Any, *, availability_zone: str | None, size: int | None = None,
+                   volume_type: str | None = None, iops: int | None = None, throughput: int | None = None,
+                   snapshot_id: str | None = None, encrypted: bool | None = None,
+                   kms_key_id: str | None = None, multi_attach: bool = False,
+                   client_token: str | None = None, tags: list[dict[str, str]] | None = None,
+                   attach: Attach | None = None) -> VolumePrep:
+    """Validate and decide everything about a new volume. [KMS, no conn]"""
+    caller = ctx.caller
+    zone = check_zone(availability_zone, caller.region)
+    source = None
+    with ctx.runtime.db.read() as conn:
+        if client_token:
+            row = conn.execute(select(ec2_volumes).where(
+                ec2_volumes.c.client_token == client_token, ec2_volumes.c.account == caller.account,
+                ec2_volumes.c.region == caller.region)).mappings().first()
+            if row is not None:
+                vol = Volume.from_row(row)
+                return VolumePrep(vol.id, vol.availability_zone,
+                                  VolumeSpec(vol.volume_type, vol.size, vol.iops, vol.throughput),
+                                  EncryptionPlan(vol.encrypted, vol.kms_key_arn, False, "replay"), None, None,
+                                  existing=vol)
+        if snapshot_id:
+            source = load_source_snapshot(conn, caller, snapshot_id)
+    spec = validate_volume_spec(volume_type, size, iops, throughput, snapshot_id=snapshot_id,
+                                snapshot_size=source.volume_size if source else None)
+    if multi_attach and spec.volume_type not in ("io1", "io2"):
+        raise ServiceError("The multi-attach feature is only supported for io1 and io2 volumes.",
+                           code="InvalidParameterCombination")
+    plan = resolve_encryption(ctx, source, encrypted, kms_key_id)
+    volume_id = new_id("vol")
+    data_key = None
+    if plan.encrypted and plan.problem is None:
+        if plan.reuse_source_data_key and source is not None:
+            data_key = WrappedDataKey(source.kms_key_arn or "", source.data_key_id or "",
+                                      source.data_key_blob or b"", source.encryption_context)
+        else:
+            try:
+                data_key = new_data_key(ctx, plan.key_arn or "", volume_id)
+            except ServiceError as err:
+                plan = _with_problem(plan, err)
+    return VolumePrep(volume_id, zone, spec, plan, source, data_key, multi_attach, client_token,
+                      list(tags or []), attach)
+
+
+def _with_problem(plan: EncryptionPlan, err: ServiceError) -> EncryptionPlan:
+    return EncryptionPlan(plan.encrypted, plan.key_arn, False, plan.rule,
+                          f"Client.InvalidKMSKey.InvalidState: The KMS key {plan.key_arn} cannot be used "
+                          f"({err.code}: {err.message})", plan.key_manager)
+
+
+def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep) -> Volume:
+    """Write the volume (state ``creating``) and submit its creation job. [conn]
+
+    Call ``ctx.runtime.jobs.notify()`` after the transaction commits.
+    """
+    if prep.existing is not None:
+        return prep.existing
+    caller = ctx.caller
+    now = ctx.runtime.clock.now()
+    dk = prep.data_key
+    values = dict(
+        id=prep.volume_id, account=caller.account, region=caller.region, availability_zone=prep.zone,
+        size=prep.spec.size, volume_type=prep.spec.volume_type, iops=prep.spec.iops,
+        throughput=prep.spec.throughput, multi_attach=prep.multi_attach, state="creating",
+        state_message=None, encrypted=prep.plan.encrypted, kms_key_arn=prep.plan.key_arn,
+        data_key_id=dk.data_key_id if dk else None, data_key_blob=dk.blob if dk else None,
+        data_key_context=dk.context_json if dk else None,
+        snapshot_id=prep.source.id if prep.source else None, client_token=prep.client_token,
+        auto_enable_io=False, create_time=now,
+    )
+    conn.execute(insert(ec2_volumes).values(**values))
+    if prep.tags:
+        put_tags(conn, caller.account, caller.region, prep.volume_id, prep.tags)
+    if prep.attach is not None:
+        conn.execute(insert(ec2_volume_attachments).values(
+            volume_id=prep.volume_id, instance_id=prep.attach.instance_id, device=prep.attach.device,
+            state="attaching", attach_time=now, delete_on_termination=prep.attach.delete_on_termination))
+    ctx.runtime.jobs.submit("ec2_volume_create", {
+        "volume_id": prep.volume_id, "account": caller.account, "region": caller.region,
+        "problem": prep.plan.problem,
+    }, conn=conn)
+    return Volume.from_row(values)
+
+
+def create_volume(ctx: Any, **kwargs: Any) -> Volume:
+    """Prepare + insert in its own transaction + wake the jobs. [KMS, no conn]"""
+    prep = prepare_volume(ctx, **kwargs)
+    with ctx.runtime.db.begin() as conn:
+        vol = insert_volume(ctx, conn, prep)
+    ctx.runtime.jobs.notify()
+    return vol
+
+
+def set_volume_state(runtime: Any, volume_id: str, state: str, message: str | None = None) -> None:
+    with runtime.db.begin() as conn:
+        conn.execute(update(ec2_volumes).where(ec2_volumes.c.id == volume_id)
+                     .values(state=state, state_message=message))
+        if state == "error":
+            conn.execute(delete(ec2_volume_attachments).where(ec2_volume_attachments.c.volume_id == volume_id))
+    _notify(runtime, volume_id, state)
+
+
+def _volume_failed(runtime: Any, payload: dict[str, Any], reason: str) -> None:
+    set_volume_state(runtime, payload["volume_id"], "error", reason)
+
+
+@job_kind("ec2_volume_create", resumable=True, on_fail=_volume_failed)
+def _create_job(job: JobContext) -> None:
+    runtime = job.runtime
+    p = job.payload
+    if p.get("problem"):
+        set_volume_state(runtime, p["volume_id"], "error", p["problem"])
+        return
+    with runtime.db.read() as conn:
+        vol = _row(conn, p["volume_id"])
+        if vol is None or vol.state != "creating":
+            return  # deleted meanwhile, or already done (resumed job)
+        src_row = (conn.execute(select(ec2_snapshots).where(ec2_snapshots.c.id == vol.snapshot_id))
+                   .mappings().first() if vol.snapshot_id else None)
+    ctx = job_ctx(runtime, p["account"], p["region"], "CreateVolume")
+    dst_key = data_key_for(ctx, vol)  # R-KEY-3: grant + decrypt; proves the key is usable
+    if src_row is not None:
+        src = Snapshot.from_row(src_row)
+        blocks = runtime.blocks
+        if blocks is None:
+            raise RuntimeError("the block engine is not available")
+        if src.data_key_id == vol.data_key_id:  # R-KEY-2 same data key (or both unencrypted)
+            if src.encrypted:
+                data_key_for(ctx, src)  # R-SHARE-4: the caller must be allowed the source key
+            blocks.share(src.id, vol.id)
+        else:
+            src_key = data_key_for(ctx, src)  # R-SHARE-4
+            blocks.reencrypt(src.id, src_key, vol.id, dst_key, progress=lambda pct: job.progress(pct))
+    with runtime.db.begin() as conn:
+        attached = conn.execute(select(ec2_volume_attachments).where(
+            ec2_volume_attachments.c.volume_id == vol.id)).first() is not None
+        if attached:
+            conn.execute(update(ec2_volume_attachments).where(ec2_volume_attachments.c.volume_id == vol.id)
+                         .values(state="attached"))
+        state = "in-use" if attached else "available"
+        conn.execute(update(ec2_volumes).where(ec2_volumes.c.id == vol.id, ec2_volumes.c.state == "creating")
+                     .values(state=state))
+    _notify(runtime, vol.id, state)
+
+
+# ----------------------------------------------------------------------------- attachments
+
+
+def attach_volume(ctx: Any, volume_id: str, instance_id: str, device: str, *,
+                  instance_az: str | None = None, delete_on_termination: bool = False) -> Attachment:
+    """AttachVolume. [KMS, no conn]: the key is checked by grant + decrypt (R-KEY-3)."""
+    caller = ctx.caller
+    with ctx.runtime.db.read() as conn:
+        vol = get_volume(conn, caller, volume_id)
+        if instance_az is None:
+            if not _instance_lookup:
+                raise ServiceError(f"The instance ID '{instance_id}' does not exist",
+                                   code="InvalidInstanceID.NotFound")
+            instance_az = _instance_lookup[0](conn, caller, instance_id)
+        current = attachments_of(conn, [volume_id])[volume_id]
+    if current and not vol.multi_attach:
+        raise ServiceError(f"{volume_id} is already attached to an instance", code="VolumeInUse")
+    if vol.state not in ("available", "in-use"):
+        raise ServiceError(f"The volume '{volume_id}' is not 'available'.", code="IncorrectState")
+    if instance_az != vol.availability_zone:
+        raise ServiceError(f"The volume '{volume_id}' is not in the same availability zone as instance "
+                           f"'{instance_id}'", code="InvalidVolume.ZoneMismatch")
+    try:
+        data_key_for(ctx, vol)
+    except ServiceError as err:
+        raise ServiceError(f"The KMS key {vol.kms_key_arn} of volume '{volume_id}' cannot be used: "
+                           f"{err.code}: {err.message}", code="IncorrectState") from err
+    now = ctx.runtime.clock.now()
+    with ctx.runtime.db.begin() as conn:
+        conn.execute(insert(ec2_volume_attachments).values(
+            volume_id=volume_id, instance_id=instance_id, device=device, state="attached",
+            attach_time=now, delete_on_termination=delete_on_termination))
+        conn.execute(update(ec2_volumes).where(ec2_volumes.c.id == volume_id).values(state="in-use"))
+    return Attachment(volume_id, instance_id, device, "attaching", now, delete_on_termination)
+
+
+def detach_volume(ctx: Any, volume_id: str, instance_id: str | None = None, *,
+                  device: str | None = None, force: bool = False) -> Attachment:
+    """DetachVolume. [no conn]"""
+    caller = ctx.caller
+    with ctx.runtime.db.begin() as conn:
+        vol = get_volume(conn, caller, volume_id)
+        atts = attachments_of(conn, [volume_id])[volume_id]
+        if not atts:
+            raise ServiceError(f"Volume '{volume_id}' is in the '{vol.state}' state.", code="IncorrectState")
+        match = [a for a in atts if (instance_id is None or a.instance_id == instance_id)
+                 and (device is None or a.device == device)]
+        if not match:
+            raise ServiceError(f"Volume {volume_id} can not be detached from {instance_id} because it is not "
+                               "attached", code="InvalidAttachment.NotFound")
+        att = match[0]
+        conn.execute(delete(ec2_volume_attachments).where(
+            ec2_volume_attachments.c.volume_id == volume_id,
+            ec2_volume_attachments.c.instance_id == att.instance_id))
+        if len(atts) == 1:
+            conn.execute(update(ec2_volumes).where(ec2_volumes.c.id == volume_id).values(state="available"))
+    return Attachment(att.volume_id, att.instance_id, att.device, "detaching", att.attach_time,
+                      att.delete_on_termination)
+
+
+def set_attachment_state(conn: Connection, volume_id: str, instance_id: str, state: str) -> None:
+    conn.execute(update(ec2_volume_attachments).where(
+        ec2_volume_attachments.c.volume_id == volume_id,
+        ec2_volume_attachments.c.instance_id == instance_id).values(state=state))
+
+
+def set_delete_on_termination(conn: Connection, volume_id: str, instance_id: str, value: bool) -> None:
+    conn.execute(update(ec2_volume_attachments).where(
+        ec2_volume_attachments.c.volume_id == volume_id,
+        ec2_volume_attachments.c.instance_id == instance_id).values(delete_on_termination=value))
+
+
+def delete_attachments_of_instance(conn: Connection, instance_id: str, *,
+                                   honour_delete_on_termination: bool = True) -> list[str]:
+    """Instance terminated: detach its volumes; delete those marked DeleteOnTermination.
+
+    Returns the ids of deleted volumes: call :func:`release_volumes` after commit. [conn]
+    """
+    deleted = []
+    for vol, att in volumes_of_instance(conn, instance_id):
+        conn.execute(delete(ec2_volume_attachments).where(
+            ec2_volume_attachments.c.volume_id == vol.id, ec2_volume_attachments.c.instance_id == instance_id))
+        if honour_delete_on_termination and att.delete_on_termination:
+            _delete_rows(conn, vol.id)
+            deleted.append(vol.id)
+        else:
+            remaining = conn.execute(select(ec2_volume_attachments.c.volume_id).where(
+                ec2_volume_attachments.c.volume_id == vol.id)).first()
+            if remaining is None:
+                conn.execute(update(ec2_volumes).where(ec2_volumes.c.id == vol.id).values(state="available"))
+    return deleted
+
+
+def release_volumes(runtime: Any, volume_ids: list[str]) -> None:
+    blocks = runtime.blocks
+    if blocks is None:
+        return
+    for vid in volume_ids:
+        blocks.release(vid)
+
+
+def _delete_rows(conn: Connection, volume_id: str) -> None:
+    conn.execute(delete(ec2_volumes).where(ec2_volumes.c.id == volume_id))
+    conn.execute(delete(ec2_volume_modifications).where(ec2_volume_modifications.c.volume_id == volume_id))
+    delete_tags_of(conn, volume_id)
+
+
+def delete_volume(ctx: Any, volume_id: str) -> None:
+    """DeleteVolume; VolumeInUse while attached. [no conn]"""
+    with ctx.runtime.db.begin() as conn:
+        get_volume(conn, ctx.caller, volume_id)
+        atts = attachments_of(conn, [volume_id])[volume_id]
+        if atts:
+            raise ServiceError(f"Volume {volume_id} is currently attached to {atts[0].instance_id}",
+                               code="VolumeInUse")
+        _delete_rows(conn, volume_id)
+    release_volumes(ctx.runtime, [volume_id])
+
+
+# ----------------------------------------------------------------------------- modifications
+
+
+def modify_volume(ctx: Any, volume_id: str, *, size: int | None = None, volume_type: str | None = None,
+                  iops: int | None = None, throughput: int | None = None,
+                  multi_attach: bool | None = None) -> dict[str, Any]:
+    """ModifyVolume: record the modification (``modifying``) and complete it in a job. [no conn]"""
+    now = ctx.runtime.clock.now()
+    with ctx.runtime.db.begin() as conn:
+        vol = get_volume(conn, ctx.caller, volume_id)
+        if vol.state not in ("available", "in-use"):
+            raise ServiceError(f"Volume '{volume_id}' is in the '{vol.state}' state.", code="IncorrectState")
+        open_mod = conn.execute(select(ec2_volume_modifications.c.id).where(
+            ec2_volume_modifications.c.volume_id == volume_id,
+            ec2_volume_modifications.c.state.in_(("modifying", "optimizing")))).first()
+        if open_mod is not None:
+            raise ServiceError(f"Volume {volume_id} is already being modified.",
+                               code="IncorrectModificationState")
+        if size is None and volume_type is None and iops is None and throughput is None and multi_attach is None:
+            raise ServiceError("Modification request must specify at least one of size, volume type, iops, "
+                               "throughput or multi-attach.", code="MissingParameter")
+        if size is not None and size < vol.size:
+            raise ServiceError(f"New size cannot be smaller than existing size ({vol.size} GiB).",
+                               code="InvalidParameterValue")
+        new_type = volume_type or vol.volume_type
+        keep_iops = iops if iops is not None else (vol.iops if new_type in _IOPS and vol.volume_type == new_type
+                                                   else None)
+        keep_tp = throughput if throughput is not None else (vol.throughput if new_type == "gp3"
+                                                             and vol.volume_type == "gp3" else None)
+        spec = validate_volume_spec(new_type, size if size is not None else vol.size, keep_iops, keep_tp)
+        target_multi = vol.multi_attach if multi_attach is None else multi_attach
+        row = dict(volume_id=volume_id, state="modifying", original_size=vol.size, target_size=spec.size,
+                   original_type=vol.volume_type, target_type=spec.volume_type, original_iops=vol.iops,
+                   target_iops=spec.iops, original_throughput=vol.throughput, target_throughput=spec.throughput,
+                   original_multi_attach=vol.multi_attach, target_multi_attach=target_multi, progress=0,
+                   start_time=now, end_time=None)
+        mod_id = conn.execute(insert(ec2_volume_modifications).values(**row)).inserted_primary_key[0]
+        ctx.runtime.jobs.submit("ec2_volume_modify", {"modification_id": mod_id}, conn=conn)
+    ctx.runtime.jobs.notify()
+    return row
+
+
+@job_kind("ec2_volume_modify", resumable=True)
+def _modify_job(job: JobContext) -> None:
+    runtime = job.runtime
+    now = runtime.clock.now()
+    with runtime.db.begin() as conn:
+        mod = conn.execute(select(ec2_volume_modifications).where(
+            ec2_volume_modifications.c.id == job.payload["modification_id"])).mappings().first()
+        if mod is None or mod["state"] == "completed":
+            return
+        conn.execute(update(ec2_volumes).where(ec2_volumes.c.id == mod["volume_id"]).values(
+            size=mod["target_size"], volume_type=mod["target_type"], iops=mod["target_iops"],
+            throughput=mod["target_throughput"], multi_attach=mod["target_multi_attach"]))
+        conn.execute(update(ec2_volume_modifications).where(ec2_volume_modifications.c.id == mod["id"])
+                     .values(state="completed", progress=100, end_time=now))
+
+
+def modifications(conn: Connection, caller: Any, volume_ids: list[str] | None) -> list[dict[str, Any]]:
+    q = (select(ec2_volume_modifications).join(ec2_volumes, ec2_volumes.c.id == ec2_volume_modifications.c.volume_id)
+         .where(ec2_volumes.c.account == caller.account, ec2_volumes.c.region == caller.region)
+         .order_by(ec2_volume_modifications.c.id))
+    if volume_ids:
+        q = q.where(ec2_volume_modifications.c.volume_id.in_(volume_ids))
+    return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def set_auto_enable_io(ctx: Any, volume_id: str, value: bool) -> None:
+    with ctx.runtime.db.begin() as conn:
+        get_volume(conn, ctx.caller, volume_id)
+        conn.execute(update(ec2_volumes).where(ec2_volumes.c.id == volume_id).values(auto_enable_io=value))
