@@ -14,9 +14,11 @@ def open_engine(runtime: Any) -> Any:
 
     settings = runtime.settings
     processes = int(getattr(settings, "block_workers", 2) or 0)
-    return BlockEngine(
+    engine = BlockEngine(
         runtime.db,
         LocalDirStore(settings.data_dir / "blocks"),
         clock=runtime.clock,
         processes=processes,
     )
+    engine.start_maintenance()
+    return engine

@@ -137,10 +137,46 @@ class BlockEngine:
         self._local = threading.local()
         self._pool: ProcessPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._periodic: dict[str, tuple[Callable[[], Any], float]] = {}
+        self._periodic_last: dict[str, float] = {}
+        self._maint: threading.Thread | None = None
+        self._stop = threading.Event()
 
     # ---------------------------------------------------------------- lifecycle
 
+    def add_periodic(self, name: str, fn: Callable[[], Any], seconds: float) -> None:
+        """Run ``fn`` about every ``seconds`` in the engine's maintenance thread (once per
+        name; the garbage sweep runs there too). Errors are logged, never fatal."""
+        with self._pool_lock:
+            if name not in self._periodic:
+                self._periodic[name] = (fn, seconds)
+            if self._maint is None and not self._stop.is_set():
+                self._maint = threading.Thread(target=self._maintain, name="ebscrypt-blocks-maint", daemon=True)
+                self._maint.start()
+
+    def start_maintenance(self) -> None:
+        """Start the maintenance thread (periodic garbage sweep)."""
+        self.add_periodic("sweep", self.sweep, max(5.0, self.gc_grace_seconds / 2))
+
+    def _maintain(self) -> None:
+        import time
+
+        while not self._stop.wait(0.5):
+            now = time.monotonic()
+            for name, (fn, seconds) in list(self._periodic.items()):
+                if now - self._periodic_last.get(name, 0.0) < seconds:
+                    continue
+                self._periodic_last[name] = now
+                try:
+                    fn()
+                except Exception:
+                    log.exception("periodic task %s failed", name)
+
     def close(self) -> None:
+        self._stop.set()
+        if self._maint is not None:
+            self._maint.join(5)
+            self._maint = None
         with self._pool_lock:
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
@@ -280,6 +316,26 @@ class BlockEngine:
         with self.db.read() as conn:
             owner = self._get_owner(conn, owner_id)
             return owner.data_key_id if owner else None
+
+    def own_blocks(self, owner_id: str, key: DataKey | None = None) -> list[tuple[int, str | None]]:
+        """(index, base64 SHA-256) of the blocks written to the owner itself since it was
+        created or shared from (its head layer), by index. Checksums as in list_blocks."""
+        with self.db.read() as conn:
+            owner = self._get_owner(conn, owner_id)
+            if owner is None:
+                return []
+            rows = conn.execute(
+                select(blk_entries).where(blk_entries.c.layer_id == owner.head_id).order_by(blk_entries.c.block_index)
+            ).mappings().all()
+        cipher = self._cipher(key)
+        out: list[tuple[int, str | None]] = []
+        for row in rows:
+            ref = _ref(row)
+            if ref.data_key_id is None:
+                out.append((ref.index, ref.checksum))
+            else:
+                out.append((ref.index, cipher.open_checksum(ref.index, ref.checksum) if key is not None else None))
+        return out
 
     def own_block_count(self, owner_id: str) -> int:
         """Blocks stored in the owner's head layer (written since its creation/share)."""

@@ -12,7 +12,7 @@ source's lineage.
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, DateTime, Index, Integer, String, Table
+from sqlalchemy import Boolean, Column, DateTime, Index, Integer, LargeBinary, String, Table
 
 from ebscrypt.storage.schema import metadata
 
@@ -57,4 +57,23 @@ blk_garbage = Table(
     metadata,
     Column("object_key", String(96), primary_key=True),
     Column("since", DateTime(timezone=True), nullable=False),
+)
+
+# EBS direct API write sessions (StartSnapshot .. CompleteSnapshot): the Timeout clock.
+ebs_sessions = Table(
+    "ebs_sessions",
+    metadata,
+    Column("snapshot_id", String(64), primary_key=True),
+    Column("account", String(12), nullable=False),
+    Column("region", String(32), nullable=False),
+    Column("timeout_minutes", Integer, nullable=False),
+    Column("last_activity", DateTime(timezone=True), nullable=False),
+)
+
+# Server secrets of the block layer (the HMAC key of EBS block and page tokens).
+blk_secrets = Table(
+    "blk_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", LargeBinary, nullable=False),
 )
