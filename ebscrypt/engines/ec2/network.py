@@ -5,10 +5,30 @@ Also the EC2 ``Filters`` matcher shared by the describe operations of this area.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
+import itertools
+import json
 import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping
 
+from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ebscrypt.domain import regions as R
 from ebscrypt.errors import ServiceError
+from ebscrypt.storage.tables.ec2_net import (
+    ec2_net_defaults,
+    ec2_security_group_rules,
+    ec2_security_groups,
+    ec2_subnets,
+    ec2_vpcs,
+)
 
 # --------------------------------------------------------------------------- filters
 
@@ -85,7 +105,7 @@ def matches(
     return True
 
 
-def select(
+def select_matching(
     objs: Iterable[Any],
     filters: list[dict] | None,
     getters: Mapping[str, Getter],
@@ -105,4 +125,634 @@ def dry_run_check(params: Mapping[str, Any]) -> None:
         )
 
 
-__all__ = ["select", "matches", "check_filters", "invalid_filter", "dry_run_check"]
+
+# --------------------------------------------------------------------------- paging
+
+
+def paginate(items: list[Any], params: Mapping[str, Any], *, lo: int = 5, hi: int = 1000) -> tuple[list[Any], str | None]:
+    """EC2 MaxResults/NextToken over an already ordered list (token = opaque offset)."""
+    max_results = params.get("MaxResults")
+    token = params.get("NextToken")
+    start = 0
+    if token:
+        try:
+            start = int(base64.urlsafe_b64decode(token.encode()).decode().removeprefix("o:"))
+            if start < 0:
+                raise ValueError
+        except (ValueError, UnicodeDecodeError, binascii.Error):
+            raise ServiceError(f"Invalid NextToken: {token}", code="InvalidParameterValue") from None
+    if max_results is None:
+        return items[start:], None
+    if not lo <= max_results <= hi:
+        raise ServiceError(
+            f"Value ( {max_results} ) for parameter maxResults is invalid. "
+            f"Expecting a value between {lo} and {hi}.",
+            code="InvalidParameterValue",
+        )
+    page = items[start:start + max_results]
+    end = start + max_results
+    nxt = base64.urlsafe_b64encode(f"o:{end}".encode()).decode() if end < len(items) else None
+    return page, nxt
+
+
+# --------------------------------------------------------------------------- ids, tags
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(9)[:17]}"
+
+
+def arn(region: str, account: str, kind: str, rid: str) -> str:
+    return f"arn:aws:ec2:{region}:{account}:{kind}/{rid}"
+
+
+def tags_from_specifications(specs: list[dict] | None, resource_type: str) -> list[dict[str, str]]:
+    """The tags of ``TagSpecifications`` for ``resource_type`` (ec2core's generic tags)."""
+    from ebscrypt.engines.ec2 import tags as T
+
+    return T.tag_specs(specs, resource_type)
+
+
+def put_tags(conn: Connection, resource_id: str, account: str, region: str,
+             tags: list[dict[str, str]]) -> None:
+    # Tags live in ec2core's generic tag store so CreateTags/DescribeTags see them too.
+    from ebscrypt.engines.ec2 import tags as T
+
+    if tags:
+        T.put_tags(conn, account, region, resource_id, tags)
+
+
+def tags_of(conn: Connection, account: str, resource_ids: list[str]) -> dict[str, dict[str, str]]:
+    from ebscrypt.engines.ec2 import tags as T
+
+    return {rid: {t["Key"]: t["Value"] for t in ts} for rid, ts in T.tags_for(conn, account, resource_ids).items()}
+
+
+def drop_tags(conn: Connection, resource_ids: list[str]) -> None:
+    from ebscrypt.engines.ec2 import tags as T
+
+    for rid in resource_ids:
+        T.delete_tags_of(conn, rid)
+
+
+def tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+
+
+# --------------------------------------------------------------------------- default VPC
+
+DEFAULT_VPC_CIDR = "172.31.0.0/16"
+DEFAULT_SUBNET_PREFIX = 20
+# AWS reserves 5 addresses in every subnet.
+DEFAULT_SUBNET_FREE_IPS = 2 ** (32 - DEFAULT_SUBNET_PREFIX) - 5
+
+
+def ensure_defaults(conn: Connection, account: str, region: str, now: datetime) -> str:
+    """The default VPC id of ``account`` in ``region``, creating the default VPC, one
+    default subnet per Availability Zone and the VPC's default security group on first use
+    (as AWS has them for a new account)."""
+    row = conn.execute(
+        select(ec2_net_defaults.c.default_vpc_id).where(
+            ec2_net_defaults.c.account == account, ec2_net_defaults.c.region == region
+        )
+    ).first()
+    if row is not None:
+        return row.default_vpc_id
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(ec2_net_defaults).values(account=account, region=region,
+                                                         default_vpc_id=None, created_at=now))
+    except IntegrityError:  # another request created them concurrently (PostgreSQL)
+        return ensure_defaults(conn, account, region, now)
+    vpc_id = new_id("vpc")
+    conn.execute(insert(ec2_vpcs).values(
+        id=vpc_id, account=account, region=region, cidr_block=DEFAULT_VPC_CIDR,
+        cidr_association_id=new_id("vpc-cidr-assoc"), dhcp_options_id=new_id("dopt"),
+        instance_tenancy="default", is_default=True, state="available", create_time=now,
+    ))
+    base = ipaddress.ip_network(DEFAULT_VPC_CIDR)
+    subnets = list(base.subnets(new_prefix=DEFAULT_SUBNET_PREFIX))
+    for zone, cidr in zip(R.availability_zones(region), subnets):
+        conn.execute(insert(ec2_subnets).values(
+            id=new_id("subnet"), account=account, region=region, vpc_id=vpc_id,
+            availability_zone=zone.name, availability_zone_id=zone.zone_id, cidr_block=str(cidr),
+            default_for_az=True, map_public_ip_on_launch=True,
+            available_ip_count=DEFAULT_SUBNET_FREE_IPS, state="available", create_time=now,
+        ))
+    _create_default_group(conn, account, region, vpc_id, now)
+    conn.execute(update(ec2_net_defaults)
+                 .where(ec2_net_defaults.c.account == account, ec2_net_defaults.c.region == region)
+                 .values(default_vpc_id=vpc_id))
+    return vpc_id
+
+
+def _create_default_group(conn: Connection, account: str, region: str, vpc_id: str, now: datetime) -> str:
+    gid = new_id("sg")
+    conn.execute(insert(ec2_security_groups).values(
+        id=gid, account=account, region=region, vpc_id=vpc_id, name="default",
+        description="default VPC security group", is_default=True, create_time=now,
+    ))
+    # Inbound: all traffic from members of the group itself. Outbound: all traffic.
+    _insert_rule(conn, gid, account, region, Rule(False, "-1", None, None, ref_group_id=gid, ref_user_id=account))
+    _insert_rule(conn, gid, account, region, Rule(True, "-1", None, None, cidr_ipv4="0.0.0.0/0"))
+    return gid
+
+
+def vpc_rows(conn: Connection, account: str, region: str) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(
+        select(ec2_vpcs).where(ec2_vpcs.c.account == account, ec2_vpcs.c.region == region)
+        .order_by(ec2_vpcs.c.create_time, ec2_vpcs.c.id)
+    ).mappings()]
+
+
+def subnet_rows(conn: Connection, account: str, region: str) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(
+        select(ec2_subnets).where(ec2_subnets.c.account == account, ec2_subnets.c.region == region)
+        .order_by(ec2_subnets.c.availability_zone, ec2_subnets.c.id)
+    ).mappings()]
+
+
+def get_vpc(conn: Connection, account: str, region: str, vpc_id: str) -> dict[str, Any]:
+    row = conn.execute(select(ec2_vpcs).where(
+        ec2_vpcs.c.id == vpc_id, ec2_vpcs.c.account == account, ec2_vpcs.c.region == region
+    )).mappings().first()
+    if row is None:
+        raise ServiceError(f"The vpc ID '{vpc_id}' does not exist", code="InvalidVpcID.NotFound")
+    return dict(row)
+
+
+def get_subnet(conn: Connection, account: str, region: str, subnet_id: str) -> dict[str, Any]:
+    """A subnet of the caller (for RunInstances ``SubnetId``); InvalidSubnetID.NotFound if none."""
+    row = conn.execute(select(ec2_subnets).where(
+        ec2_subnets.c.id == subnet_id, ec2_subnets.c.account == account, ec2_subnets.c.region == region
+    )).mappings().first()
+    if row is None:
+        raise ServiceError(f"The subnet ID '{subnet_id}' does not exist", code="InvalidSubnetID.NotFound")
+    return dict(row)
+
+
+def default_subnet(conn: Connection, account: str, region: str, now: datetime,
+                   availability_zone: str | None = None) -> dict[str, Any] | None:
+    """The default subnet for ``availability_zone`` (or of the first zone) — what
+    RunInstances uses when the caller names no subnet."""
+    vpc_id = ensure_defaults(conn, account, region, now)
+    q = select(ec2_subnets).where(ec2_subnets.c.vpc_id == vpc_id, ec2_subnets.c.default_for_az.is_(True))
+    if availability_zone:
+        q = q.where(ec2_subnets.c.availability_zone == availability_zone)
+    row = conn.execute(q.order_by(ec2_subnets.c.availability_zone)).mappings().first()
+    return dict(row) if row else None
+
+
+# --------------------------------------------------------------------------- security groups
+
+_SG_ID = re.compile(r"^sg-[0-9a-f]{8}([0-9a-f]{9})?$")
+_SGR_ID = re.compile(r"^sgr-[0-9a-f]{8}([0-9a-f]{9})?$")
+
+
+def group_not_found(ref: str) -> ServiceError:
+    return ServiceError(f"The security group '{ref}' does not exist", code="InvalidGroup.NotFound")
+
+
+def check_group_id(gid: str) -> None:
+    if not _SG_ID.match(gid or ""):
+        raise ServiceError(f'Invalid id: "{gid}" (expecting "sg-...")', code="InvalidGroupId.Malformed")
+
+
+def group_rows(conn: Connection, account: str, region: str) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(
+        select(ec2_security_groups)
+        .where(ec2_security_groups.c.account == account, ec2_security_groups.c.region == region)
+        .order_by(ec2_security_groups.c.create_time, ec2_security_groups.c.id)
+    ).mappings()]
+
+
+def get_group(conn: Connection, account: str, region: str, group_id: str) -> dict[str, Any]:
+    check_group_id(group_id)
+    row = conn.execute(select(ec2_security_groups).where(
+        ec2_security_groups.c.id == group_id, ec2_security_groups.c.account == account,
+        ec2_security_groups.c.region == region,
+    )).mappings().first()
+    if row is None:
+        raise group_not_found(group_id)
+    return dict(row)
+
+
+def get_group_by_name(conn: Connection, account: str, region: str, name: str, now: datetime,
+                      vpc_id: str | None = None) -> dict[str, Any]:
+    """A group by name in ``vpc_id`` (default: the default VPC, as EC2's GroupName does)."""
+    in_default = vpc_id is None
+    vpc_id = vpc_id or ensure_defaults(conn, account, region, now)
+    row = conn.execute(select(ec2_security_groups).where(
+        ec2_security_groups.c.account == account, ec2_security_groups.c.region == region,
+        ec2_security_groups.c.vpc_id == vpc_id, ec2_security_groups.c.name == name,
+    )).mappings().first()
+    if row is None:
+        where = "default VPC" if in_default else "VPC"
+        raise ServiceError(f"The security group '{name}' does not exist in {where} '{vpc_id}'",
+                           code="InvalidGroup.NotFound")
+    return dict(row)
+
+
+def resolve_groups(conn: Connection, account: str, region: str, now: datetime, *,
+                   ids: Iterable[str] = (), names: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Groups by id and/or name (names in the default VPC) — for RunInstances."""
+    out = [get_group(conn, account, region, g) for g in ids]
+    out += [get_group_by_name(conn, account, region, n, now) for n in names]
+    return out
+
+
+def default_group(conn: Connection, account: str, region: str, vpc_id: str) -> dict[str, Any]:
+    row = conn.execute(select(ec2_security_groups).where(
+        ec2_security_groups.c.vpc_id == vpc_id, ec2_security_groups.c.is_default.is_(True),
+        ec2_security_groups.c.account == account, ec2_security_groups.c.region == region,
+    )).mappings().first()
+    if row is None:  # cannot happen: created with the VPC
+        raise ServiceError(f"VPC {vpc_id} has no default security group", code="InternalFailure", status=500)
+    return dict(row)
+
+
+def create_group(conn: Connection, account: str, region: str, now: datetime, *, name: str,
+                 description: str, vpc_id: str | None) -> dict[str, Any]:
+    if not name:
+        raise ServiceError("The request must contain the parameter GroupName", code="MissingParameter")
+    if description is None or description == "":
+        raise ServiceError("The request must contain the parameter GroupDescription", code="MissingParameter")
+    if len(name) > 255:
+        raise ServiceError(f"Value ({name}) for parameter GroupName is invalid. "
+                           "Group name must be no more than 255 characters", code="InvalidParameterValue")
+    if len(description) > 255:
+        raise ServiceError("Value for parameter GroupDescription is invalid. "
+                           "Group description must be no more than 255 characters", code="InvalidParameterValue")
+    if name.lower().startswith("sg-"):
+        raise ServiceError("Group names may not be in the format sg-*.", code="InvalidParameterValue")
+    default_vpc = ensure_defaults(conn, account, region, now)
+    vpc_id = vpc_id or default_vpc
+    get_vpc(conn, account, region, vpc_id)
+    exists = conn.execute(select(ec2_security_groups.c.id).where(
+        ec2_security_groups.c.vpc_id == vpc_id, ec2_security_groups.c.name == name
+    )).first()
+    dup = ServiceError(f"The security group '{name}' already exists for VPC '{vpc_id}'",
+                       code="InvalidGroup.Duplicate")
+    if exists:
+        raise dup
+    gid = new_id("sg")
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(ec2_security_groups).values(
+                id=gid, account=account, region=region, vpc_id=vpc_id, name=name,
+                description=description, is_default=False, create_time=now,
+            ))
+    except IntegrityError:
+        raise dup from None
+    # A new VPC security group allows all outbound traffic.
+    _insert_rule(conn, gid, account, region, Rule(True, "-1", None, None, cidr_ipv4="0.0.0.0/0"))
+    return get_group(conn, account, region, gid)
+
+
+def delete_group(conn: Connection, account: str, region: str, group: dict[str, Any]) -> None:
+    gid = group["id"]
+    if group["is_default"]:
+        raise ServiceError(f'the specified group: "{gid}" name: "{group["name"]}" cannot be deleted by a user',
+                           code="CannotDelete")
+    referencing = conn.execute(select(ec2_security_group_rules.c.group_id).where(
+        ec2_security_group_rules.c.ref_group_id == gid, ec2_security_group_rules.c.group_id != gid
+    )).first()
+    if referencing is not None or _used_by_instance(conn, account, region, gid):
+        raise ServiceError(f"resource {gid} has a dependent object", code="DependencyViolation")
+    rule_ids = [r.id for r in conn.execute(select(ec2_security_group_rules.c.id)
+                                            .where(ec2_security_group_rules.c.group_id == gid))]
+    conn.execute(delete(ec2_security_group_rules).where(ec2_security_group_rules.c.group_id == gid))
+    conn.execute(delete(ec2_security_groups).where(ec2_security_groups.c.id == gid))
+    drop_tags(conn, [gid, *rule_ids])
+
+
+def _used_by_instance(conn: Connection, account: str, region: str, gid: str) -> bool:
+    """A group in use by a not-yet-terminated instance (ec2images' records) cannot go."""
+    try:
+        from ebscrypt.storage.tables.ec2_images import ec2_instances
+    except ImportError:
+        return False
+    rows = conn.execute(select(ec2_instances.c.security_groups).where(
+        ec2_instances.c.account == account, ec2_instances.c.region == region,
+        ec2_instances.c.state != "terminated", ec2_instances.c.security_groups.contains(gid),
+    ))
+    for r in rows:
+        try:
+            if any(g.get("GroupId") == gid for g in json.loads(r.security_groups or "[]")):
+                return True
+        except (ValueError, AttributeError):
+            continue
+    return False
+
+
+# --------------------------------------------------------------------------- rules
+
+_PROTOCOL_NAMES = {"tcp": "tcp", "6": "tcp", "udp": "udp", "17": "udp", "icmp": "icmp", "1": "icmp",
+                   "icmpv6": "icmpv6", "58": "icmpv6", "-1": "-1", "all": "-1"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One security group rule: a direction, a protocol and port range, and one peer."""
+
+    is_egress: bool
+    ip_protocol: str
+    from_port: int | None
+    to_port: int | None
+    cidr_ipv4: str | None = None
+    cidr_ipv6: str | None = None
+    prefix_list_id: str | None = None
+    ref_group_id: str | None = None
+    ref_user_id: str | None = None
+    description: str | None = None
+
+    @property
+    def identity(self) -> tuple[Any, ...]:
+        return (self.is_egress, self.ip_protocol, self.from_port, self.to_port, self.cidr_ipv4,
+                self.cidr_ipv6, self.prefix_list_id, self.ref_group_id)
+
+    def peer(self) -> str:
+        return self.cidr_ipv4 or self.cidr_ipv6 or self.prefix_list_id or self.ref_group_id or ""
+
+    def describe_for_error(self) -> str:
+        proto = {"-1": "ALL"}.get(self.ip_protocol, self.ip_protocol.upper())
+        parts = [f"peer: {self.peer()}", proto]
+        if self.ip_protocol in ("tcp", "udp"):
+            parts += [f"from port: {self.from_port}", f"to port: {self.to_port}"]
+        elif self.ip_protocol in ("icmp", "icmpv6"):
+            parts += [f"type: {self.from_port}", f"code: {self.to_port}"]
+        parts.append("ALLOW")
+        return ", ".join(parts)
+
+
+def _row_to_rule(r: Mapping[str, Any]) -> Rule:
+    return Rule(r["is_egress"], r["ip_protocol"], r["from_port"], r["to_port"], r["cidr_ipv4"],
+                r["cidr_ipv6"], r["prefix_list_id"], r["ref_group_id"], r["ref_user_id"], r["description"])
+
+
+def normalize_protocol(value: Any) -> str:
+    raw = str(value).strip().lower() if value is not None else ""
+    if raw in _PROTOCOL_NAMES:
+        return _PROTOCOL_NAMES[raw]
+    if raw.isdigit() and 0 <= int(raw) <= 255:
+        return raw
+    raise ServiceError(f"Invalid value '{value}' for IP protocol. Unknown protocol.", code="InvalidParameterValue")
+
+
+def _ports(proto: str, from_port: Any, to_port: Any) -> tuple[int | None, int | None]:
+    if proto in ("tcp", "udp"):
+        if from_port is None or to_port is None:
+            missing = "fromPort" if from_port is None else "toPort"
+            raise ServiceError(f"Invalid value 'null' for {missing}. "
+                               f"You must specify a port range for protocol {proto}.",
+                               code="InvalidParameterValue")
+        if not (0 <= from_port <= 65535 and 0 <= to_port <= 65535) or from_port > to_port:
+            raise ServiceError(f"Invalid TCP/UDP port range {from_port}-{to_port}: ports must be 0-65535 "
+                               "and fromPort <= toPort", code="InvalidParameterValue")
+        return from_port, to_port
+    if proto in ("icmp", "icmpv6"):
+        f = -1 if from_port is None else from_port
+        t = -1 if to_port is None else to_port
+        if not (-1 <= f <= 255 and -1 <= t <= 255):
+            raise ServiceError(f"Invalid ICMP type/code {f}/{t}", code="InvalidParameterValue")
+        return f, t
+    return None, None  # all protocols, or a protocol without ports
+
+
+def _cidr(value: str, version: int) -> str:
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        net = None
+    if net is None or net.version != version or "/" not in value:
+        raise ServiceError(f"CIDR block {value} is malformed", code="InvalidParameterValue")
+    return value
+
+
+def rules_from_permissions(conn: Connection, account: str, region: str, now: datetime,
+                           permissions: list[dict], *, is_egress: bool) -> list[Rule]:
+    """Expand IpPermissions into one :class:`Rule` per peer, validated."""
+    rules: list[Rule] = []
+    for perm in permissions:
+        proto = normalize_protocol(perm.get("IpProtocol"))
+        fp, tp = _ports(proto, perm.get("FromPort"), perm.get("ToPort"))
+        base = dict(is_egress=is_egress, ip_protocol=proto, from_port=fp, to_port=tp)
+        peers = 0
+        for r in perm.get("IpRanges") or []:
+            rules.append(Rule(**base, cidr_ipv4=_cidr(r.get("CidrIp", ""), 4), description=r.get("Description")))
+            peers += 1
+        for r in perm.get("Ipv6Ranges") or []:
+            rules.append(Rule(**base, cidr_ipv6=_cidr(r.get("CidrIpv6", ""), 6), description=r.get("Description")))
+            peers += 1
+        for r in perm.get("PrefixListIds") or []:
+            pl = r.get("PrefixListId", "")
+            if not re.match(r"^pl-[0-9a-f]+$", pl):
+                raise ServiceError(f"The prefix list ID '{pl}' is malformed", code="InvalidPrefixListId.Malformed")
+            rules.append(Rule(**base, prefix_list_id=pl, description=r.get("Description")))
+            peers += 1
+        for pair in perm.get("UserIdGroupPairs") or []:
+            user = pair.get("UserId") or account
+            if pair.get("GroupId"):
+                check_group_id(pair["GroupId"])
+                target = conn.execute(select(ec2_security_groups).where(
+                    ec2_security_groups.c.id == pair["GroupId"], ec2_security_groups.c.account == user,
+                    ec2_security_groups.c.region == region,
+                )).mappings().first()
+                if target is None:
+                    raise group_not_found(pair["GroupId"])
+            elif pair.get("GroupName"):
+                target = get_group_by_name(conn, user, region, pair["GroupName"], now)
+            else:
+                raise ServiceError("A source group must be given by GroupId or GroupName in UserIdGroupPairs",
+                                   code="MissingParameter")
+            rules.append(Rule(**base, ref_group_id=target["id"], ref_user_id=user,
+                              description=pair.get("Description")))
+            peers += 1
+        if peers == 0:
+            # An IpPermission with no peer means "from anywhere" for nothing: EC2 refuses it.
+            raise ServiceError("The request must contain the parameter ipPermissions.N.ipRanges, "
+                               "ipv6Ranges, prefixListIds or groups", code="MissingParameter")
+    return rules
+
+
+def legacy_permissions(params: Mapping[str, Any]) -> list[dict]:
+    """The pre-IpPermissions form (IpProtocol/FromPort/ToPort/CidrIp/SourceSecurityGroup*)."""
+    perms = list(params.get("IpPermissions") or [])
+    if params.get("CidrIp") or params.get("IpProtocol") is not None:
+        if params.get("CidrIp"):
+            perms.append({"IpProtocol": params.get("IpProtocol", "-1"), "FromPort": params.get("FromPort"),
+                          "ToPort": params.get("ToPort"), "IpRanges": [{"CidrIp": params["CidrIp"]}]})
+    if params.get("SourceSecurityGroupName"):
+        perms.append({"IpProtocol": "-1", "UserIdGroupPairs": [{
+            "GroupName": params["SourceSecurityGroupName"],
+            "UserId": params.get("SourceSecurityGroupOwnerId")}]})
+    return perms
+
+
+def rule_rows(conn: Connection, account: str, region: str, group_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    q = select(ec2_security_group_rules).where(ec2_security_group_rules.c.account == account,
+                                               ec2_security_group_rules.c.region == region)
+    if group_ids is not None:
+        if not group_ids:
+            return []
+        q = q.where(ec2_security_group_rules.c.group_id.in_(group_ids))
+    return [dict(r) for r in conn.execute(q.order_by(ec2_security_group_rules.c.position)).mappings()]
+
+
+_position = itertools.count()
+
+
+def _insert_rule(conn: Connection, gid: str, account: str, region: str, rule: Rule) -> dict[str, Any]:
+    # position orders rules by creation; a wall-clock-based value keeps it increasing
+    # across processes sharing a database.
+    pos = time.time_ns() // 1000 * 1000 + next(_position) % 1000
+    row = dict(id=new_id("sgr"), group_id=gid, account=account, region=region, is_egress=rule.is_egress,
+               ip_protocol=rule.ip_protocol, from_port=rule.from_port, to_port=rule.to_port,
+               cidr_ipv4=rule.cidr_ipv4, cidr_ipv6=rule.cidr_ipv6, prefix_list_id=rule.prefix_list_id,
+               ref_group_id=rule.ref_group_id, ref_user_id=rule.ref_user_id, description=rule.description,
+               position=pos)
+    conn.execute(insert(ec2_security_group_rules).values(**row))
+    return row
+
+
+def authorize(conn: Connection, account: str, region: str, group: dict[str, Any], rules: list[Rule],
+              tags: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Add ``rules`` to ``group`` all or nothing; a rule already there → InvalidPermission.Duplicate."""
+    existing = {_row_to_rule(r).identity for r in rule_rows(conn, account, region, [group["id"]])}
+    seen: set[tuple[Any, ...]] = set()
+    for rule in rules:
+        if rule.identity in existing or rule.identity in seen:
+            raise ServiceError(f'the specified rule "{rule.describe_for_error()}" already exists',
+                               code="InvalidPermission.Duplicate")
+        seen.add(rule.identity)
+    rows = [_insert_rule(conn, group["id"], account, region, rule) for rule in rules]
+    for row in rows:
+        put_tags(conn, row["id"], account, region, tags)
+    return rows
+
+
+def revoke_matching(conn: Connection, account: str, region: str, group: dict[str, Any],
+                    rules: list[Rule]) -> tuple[list[dict[str, Any]], list[Rule]]:
+    """Remove the rules of ``group`` equal to ``rules``; return (revoked rows, unknown rules)."""
+    by_identity = {_row_to_rule(r).identity: r for r in rule_rows(conn, account, region, [group["id"]])}
+    revoked, unknown = [], []
+    for rule in rules:
+        row = by_identity.pop(rule.identity, None)
+        if row is None:
+            unknown.append(rule)
+        else:
+            revoked.append(row)
+    _delete_rules(conn, [r["id"] for r in revoked])
+    return revoked, unknown
+
+
+def revoke_ids(conn: Connection, account: str, region: str, group: dict[str, Any], rule_ids: list[str],
+               *, is_egress: bool) -> list[dict[str, Any]]:
+    rows = {r["id"]: r for r in rule_rows(conn, account, region, [group["id"]]) if r["is_egress"] == is_egress}
+    for rid in rule_ids:
+        if not _SGR_ID.match(rid):
+            raise ServiceError(f'Invalid id: "{rid}" (expecting "sgr-...")',
+                               code="InvalidSecurityGroupRuleId.Malformed")
+        if rid not in rows:
+            raise ServiceError(f"The security group rule ID '{rid}' does not exist",
+                               code="InvalidSecurityGroupRuleId.NotFound")
+    revoked = [rows[rid] for rid in dict.fromkeys(rule_ids)]
+    _delete_rules(conn, [r["id"] for r in revoked])
+    return revoked
+
+
+def _delete_rules(conn: Connection, ids: list[str]) -> None:
+    if ids:
+        conn.execute(delete(ec2_security_group_rules).where(ec2_security_group_rules.c.id.in_(ids)))
+        drop_tags(conn, ids)
+
+
+def check_rule_id(rid: str) -> None:
+    if not _SGR_ID.match(rid or ""):
+        raise ServiceError(f'Invalid id: "{rid}" (expecting "sgr-...")', code="InvalidSecurityGroupRuleId.Malformed")
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def rule_dict(row: Mapping[str, Any], group_owner: str, tags: Mapping[str, str]) -> dict[str, Any]:
+    """A SecurityGroupRule as DescribeSecurityGroupRules/Authorize* return it."""
+    out: dict[str, Any] = {
+        "SecurityGroupRuleId": row["id"],
+        "GroupId": row["group_id"],
+        "GroupOwnerId": group_owner,
+        "IsEgress": row["is_egress"],
+        "IpProtocol": row["ip_protocol"],
+        "FromPort": -1 if row["from_port"] is None else row["from_port"],
+        "ToPort": -1 if row["to_port"] is None else row["to_port"],
+    }
+    if row["cidr_ipv4"]:
+        out["CidrIpv4"] = row["cidr_ipv4"]
+    if row["cidr_ipv6"]:
+        out["CidrIpv6"] = row["cidr_ipv6"]
+    if row["prefix_list_id"]:
+        out["PrefixListId"] = row["prefix_list_id"]
+    if row["ref_group_id"]:
+        out["ReferencedGroupInfo"] = {"GroupId": row["ref_group_id"], "UserId": row["ref_user_id"]}
+    if row["description"] is not None:
+        out["Description"] = row["description"]
+    out["Tags"] = tag_list(tags)
+    out["SecurityGroupRuleArn"] = arn(row["region"], group_owner, "security-group-rule", row["id"])
+    return out
+
+
+def revoked_rule_dict(row: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "SecurityGroupRuleId": row["id"], "GroupId": row["group_id"], "IsEgress": row["is_egress"],
+        "IpProtocol": row["ip_protocol"],
+        "FromPort": -1 if row["from_port"] is None else row["from_port"],
+        "ToPort": -1 if row["to_port"] is None else row["to_port"],
+    }
+    for col, key in (("cidr_ipv4", "CidrIpv4"), ("cidr_ipv6", "CidrIpv6"), ("prefix_list_id", "PrefixListId"),
+                     ("ref_group_id", "ReferencedGroupId"), ("description", "Description")):
+        if row[col] is not None:
+            out[key] = row[col]
+    return out
+
+
+def permissions(rows: Iterable[Mapping[str, Any]], vpc_of: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Group rule rows into IpPermissions as DescribeSecurityGroups shows them."""
+    perms: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        key = (r["ip_protocol"], r["from_port"], r["to_port"])
+        p = perms.get(key)
+        if p is None:
+            p = {"IpProtocol": r["ip_protocol"]}
+            if r["from_port"] is not None:
+                p["FromPort"] = r["from_port"]
+                p["ToPort"] = r["to_port"]
+            p.update(UserIdGroupPairs=[], IpRanges=[], Ipv6Ranges=[], PrefixListIds=[])
+            perms[key] = p
+        desc = {"Description": r["description"]} if r["description"] is not None else {}
+        if r["cidr_ipv4"]:
+            p["IpRanges"].append({**desc, "CidrIp": r["cidr_ipv4"]})
+        elif r["cidr_ipv6"]:
+            p["Ipv6Ranges"].append({**desc, "CidrIpv6": r["cidr_ipv6"]})
+        elif r["prefix_list_id"]:
+            p["PrefixListIds"].append({**desc, "PrefixListId": r["prefix_list_id"]})
+        elif r["ref_group_id"]:
+            pair = {**desc, "UserId": r["ref_user_id"], "GroupId": r["ref_group_id"]}
+            if vpc_of and r["ref_group_id"] in vpc_of:
+                pair["VpcId"] = vpc_of[r["ref_group_id"]]
+            p["UserIdGroupPairs"].append(pair)
+    return list(perms.values())
+
+
+def rule_as_permission(rule: Rule) -> dict[str, Any]:
+    p: dict[str, Any] = {"IpProtocol": rule.ip_protocol}
+    if rule.from_port is not None:
+        p["FromPort"], p["ToPort"] = rule.from_port, rule.to_port
+    if rule.cidr_ipv4:
+        p["IpRanges"] = [{"CidrIp": rule.cidr_ipv4}]
+    if rule.cidr_ipv6:
+        p["Ipv6Ranges"] = [{"CidrIpv6": rule.cidr_ipv6}]
+    if rule.prefix_list_id:
+        p["PrefixListIds"] = [{"PrefixListId": rule.prefix_list_id}]
+    if rule.ref_group_id:
+        p["UserIdGroupPairs"] = [{"GroupId": rule.ref_group_id, "UserId": rule.ref_user_id}]
+    return p

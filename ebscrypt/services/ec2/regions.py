@@ -6,7 +6,7 @@ from typing import Any
 
 from ebscrypt.context import RequestContext
 from ebscrypt.domain import regions as R
-from ebscrypt.engines.ec2.network import dry_run_check, select
+from ebscrypt.engines.ec2.network import dry_run_check, select_matching
 from ebscrypt.errors import ServiceError
 from ebscrypt.services.registry import operation
 
@@ -53,7 +53,7 @@ def describe_regions(ctx: RequestContext, params: dict[str, Any]) -> dict[str, A
         regions = [r for r in regions if r["RegionName"] in names]
     elif not params.get("AllRegions"):
         regions = [r for r in regions if r["OptInStatus"] != R.NOT_OPTED_IN]
-    return {"Regions": select(regions, params.get("Filters"), _REGION_FILTERS)}
+    return {"Regions": select_matching(regions, params.get("Filters"), _REGION_FILTERS)}
 
 
 def _zone_dict(z: R.Zone) -> dict[str, Any]:
@@ -88,4 +88,4 @@ def describe_availability_zones(ctx: RequestContext, params: dict[str, Any]) -> 
     if names or ids:
         wanted = set(names) | {by_id[i]["ZoneName"] for i in ids}
         zones = [z for z in zones if z["ZoneName"] in wanted]
-    return {"AvailabilityZones": select(zones, params.get("Filters"), _ZONE_FILTERS)}
+    return {"AvailabilityZones": select_matching(zones, params.get("Filters"), _ZONE_FILTERS)}

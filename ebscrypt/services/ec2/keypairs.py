@@ -1,0 +1,123 @@
+"""CreateKeyPair, ImportKeyPair, DescribeKeyPairs, DeleteKeyPair."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ebscrypt.context import RequestContext
+from ebscrypt.engines.ec2 import keypairs as K
+from ebscrypt.engines.ec2.network import (
+    check_filters,
+    drop_tags,
+    dry_run_check,
+    matches,
+    put_tags,
+    tag_list,
+    tags_from_specifications,
+    tags_of,
+)
+from ebscrypt.errors import ServiceError
+from ebscrypt.services.registry import operation
+
+_FILTERS = {
+    "key-pair-id": lambda k: k["id"],
+    "key-name": lambda k: k["name"],
+    "fingerprint": lambda k: k["fingerprint"],
+    "key-type": lambda k: k["key_type"],
+}
+
+
+@operation("ec2", "CreateKeyPair")
+def create_key_pair(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    c = ctx.caller
+    tags = tags_from_specifications(params.get("TagSpecifications"), "key-pair")
+    with ctx.runtime.db.begin() as conn:
+        row, material = K.create(conn, account=c.account, region=c.region, name=params.get("KeyName"),
+                                 key_type=params.get("KeyType", "rsa"), key_format=params.get("KeyFormat", "pem"),
+                                 now=ctx.runtime.clock.now())
+        put_tags(conn, row["id"], c.account, c.region, tags)
+    out = {"KeyFingerprint": row["fingerprint"], "KeyMaterial": material, "KeyName": row["name"],
+           "KeyPairId": row["id"]}
+    if tags:
+        out["Tags"] = tags
+    return out
+
+
+@operation("ec2", "ImportKeyPair")
+def import_key_pair(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    c = ctx.caller
+    material = params.get("PublicKeyMaterial")
+    if material is None:
+        raise ServiceError("The request must contain the parameter PublicKeyMaterial", code="MissingParameter")
+    if isinstance(material, str):
+        material = material.encode()
+    tags = tags_from_specifications(params.get("TagSpecifications"), "key-pair")
+    with ctx.runtime.db.begin() as conn:
+        row = K.import_(conn, account=c.account, region=c.region, name=params.get("KeyName"),
+                        material=material, now=ctx.runtime.clock.now())
+        put_tags(conn, row["id"], c.account, c.region, tags)
+    out = {"KeyFingerprint": row["fingerprint"], "KeyName": row["name"], "KeyPairId": row["id"]}
+    if tags:
+        out["Tags"] = tags
+    return out
+
+
+def _info(row: dict[str, Any], tags: dict[str, str], include_public: bool) -> dict[str, Any]:
+    out = {
+        "KeyPairId": row["id"],
+        "KeyFingerprint": row["fingerprint"],
+        "KeyName": row["name"],
+        "KeyType": row["key_type"],
+        "Tags": tag_list(tags),
+        "CreateTime": row["create_time"],
+    }
+    if include_public:
+        out["PublicKey"] = f"{row['public_key']} {row['name']}"
+    return out
+
+
+@operation("ec2", "DescribeKeyPairs")
+def describe_key_pairs(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    c = ctx.caller
+    filters = params.get("Filters")
+    check_filters(filters, _FILTERS, tags=True)
+    names = params.get("KeyNames") or []
+    ids = params.get("KeyPairIds") or []
+    with ctx.runtime.db.read() as conn:
+        rows = K.list_(conn, c.account, c.region)
+        tags = tags_of(conn, c.account, [r["id"] for r in rows])
+    by_name = {r["name"]: r for r in rows}
+    by_id = {r["id"]: r for r in rows}
+    for n in names:
+        if n not in by_name:
+            raise K.not_found(n)
+    for i in ids:
+        if i not in by_id:
+            raise K.not_found_id(i)
+    if names or ids:
+        wanted = set(names) | {by_id[i]["name"] for i in ids}
+        rows = [r for r in rows if r["name"] in wanted]
+    rows = [r for r in rows if matches(r, filters, _FILTERS, lambda r: tags[r["id"]])]
+    include = bool(params.get("IncludePublicKey"))
+    return {"KeyPairs": [_info(r, tags[r["id"]], include) for r in rows]}
+
+
+@operation("ec2", "DeleteKeyPair")
+def delete_key_pair(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    c = ctx.caller
+    name, key_id = params.get("KeyName"), params.get("KeyPairId")
+    if not name and not key_id:
+        raise ServiceError("The request must contain the parameter KeyName or KeyPairId", code="MissingParameter")
+    with ctx.runtime.db.begin() as conn:
+        deleted = K.delete_(conn, c.account, c.region, name=name, key_id=key_id)
+        if deleted:
+            drop_tags(conn, [deleted])
+    # Deleting a key pair that does not exist succeeds, as on AWS.
+    out: dict[str, Any] = {"Return": True}
+    if deleted:
+        out["KeyPairId"] = deleted
+    return out

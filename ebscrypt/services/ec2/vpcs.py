@@ -1,0 +1,150 @@
+"""DescribeVpcs and DescribeSubnets: the default VPC and its default subnets, per account
+and region, created on first use as AWS has them for a new account."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ebscrypt.context import RequestContext
+from ebscrypt.engines.ec2 import network as N
+from ebscrypt.errors import ServiceError
+from ebscrypt.services.registry import operation
+
+_VPC_FILTERS = {
+    "vpc-id": lambda v: v["id"],
+    "is-default": lambda v: v["is_default"],
+    "cidr": lambda v: v["cidr_block"],
+    "cidr-block-association.cidr-block": lambda v: v["cidr_block"],
+    "cidr-block-association.association-id": lambda v: v["cidr_association_id"],
+    "cidr-block-association.state": lambda v: "associated",
+    "dhcp-options-id": lambda v: v["dhcp_options_id"],
+    "owner-id": lambda v: v["account"],
+    "state": lambda v: v["state"],
+}
+
+_SUBNET_FILTERS = {
+    "subnet-id": lambda s: s["id"],
+    "subnet-arn": lambda s: N.arn(s["region"], s["account"], "subnet", s["id"]),
+    "vpc-id": lambda s: s["vpc_id"],
+    "availability-zone": lambda s: s["availability_zone"],
+    "availabilityZone": lambda s: s["availability_zone"],
+    "availability-zone-id": lambda s: s["availability_zone_id"],
+    "availabilityZoneId": lambda s: s["availability_zone_id"],
+    "available-ip-address-count": lambda s: s["available_ip_count"],
+    "cidr-block": lambda s: s["cidr_block"],
+    "cidr": lambda s: s["cidr_block"],
+    "cidrBlock": lambda s: s["cidr_block"],
+    "default-for-az": lambda s: s["default_for_az"],
+    "defaultForAz": lambda s: s["default_for_az"],
+    "map-public-ip-on-launch": lambda s: s["map_public_ip_on_launch"],
+    "owner-id": lambda s: s["account"],
+    "state": lambda s: s["state"],
+}
+
+_BPA = {"InternetGatewayBlockMode": "off"}
+
+
+def _vpc(v: dict[str, Any], tags: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "OwnerId": v["account"],
+        "InstanceTenancy": v["instance_tenancy"],
+        "CidrBlockAssociationSet": [{
+            "AssociationId": v["cidr_association_id"],
+            "CidrBlock": v["cidr_block"],
+            "CidrBlockState": {"State": "associated"},
+        }],
+        "IsDefault": v["is_default"],
+        "BlockPublicAccessStates": dict(_BPA),
+        "VpcId": v["id"],
+        "State": v["state"],
+        "CidrBlock": v["cidr_block"],
+        "DhcpOptionsId": v["dhcp_options_id"],
+    }
+    if tags:
+        out["Tags"] = N.tag_list(tags)
+    return out
+
+
+def _subnet(s: dict[str, Any], tags: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "AvailabilityZoneId": s["availability_zone_id"],
+        "MapCustomerOwnedIpOnLaunch": False,
+        "OwnerId": s["account"],
+        "AssignIpv6AddressOnCreation": False,
+        "Ipv6CidrBlockAssociationSet": [],
+        "SubnetArn": N.arn(s["region"], s["account"], "subnet", s["id"]),
+        "EnableDns64": False,
+        "Ipv6Native": False,
+        "PrivateDnsNameOptionsOnLaunch": {
+            "HostnameType": "ip-name",
+            "EnableResourceNameDnsARecord": False,
+            "EnableResourceNameDnsAAAARecord": False,
+        },
+        "BlockPublicAccessStates": dict(_BPA),
+        "SubnetId": s["id"],
+        "State": s["state"],
+        "VpcId": s["vpc_id"],
+        "CidrBlock": s["cidr_block"],
+        "AvailableIpAddressCount": s["available_ip_count"],
+        "AvailabilityZone": s["availability_zone"],
+        "DefaultForAz": s["default_for_az"],
+        "MapPublicIpOnLaunch": s["map_public_ip_on_launch"],
+    }
+    if tags:
+        out["Tags"] = N.tag_list(tags)
+    return out
+
+
+def _lookup(rows: list[dict[str, Any]], ids: list[str], error) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    if not ids:
+        return rows
+    known = {r["id"] for r in rows}
+    for i in ids:
+        if i not in known:
+            raise error(i)
+    wanted = set(ids)
+    return [r for r in rows if r["id"] in wanted]
+
+
+@operation("ec2", "DescribeVpcs")
+def describe_vpcs(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    N.dry_run_check(params)
+    c = ctx.caller
+    N.check_filters(params.get("Filters"), _VPC_FILTERS, tags=True)
+    with ctx.runtime.db.begin() as conn:
+        N.ensure_defaults(conn, c.account, c.region, ctx.runtime.clock.now())
+        rows = N.vpc_rows(conn, c.account, c.region)
+        tags = N.tags_of(conn, c.account, [r["id"] for r in rows])
+
+    def missing(i: str) -> ServiceError:
+        return ServiceError(f"The vpc ID '{i}' does not exist", code="InvalidVpcID.NotFound")
+
+    rows = _lookup(rows, params.get("VpcIds") or [], missing)
+    rows = [r for r in rows if N.matches(r, params.get("Filters"), _VPC_FILTERS, lambda r: tags[r["id"]])]
+    page, token = N.paginate(rows, params)
+    out: dict[str, Any] = {"Vpcs": [_vpc(r, tags[r["id"]]) for r in page]}
+    if token:
+        out["NextToken"] = token
+    return out
+
+
+@operation("ec2", "DescribeSubnets")
+def describe_subnets(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    N.dry_run_check(params)
+    c = ctx.caller
+    N.check_filters(params.get("Filters"), _SUBNET_FILTERS, tags=True)
+    with ctx.runtime.db.begin() as conn:
+        N.ensure_defaults(conn, c.account, c.region, ctx.runtime.clock.now())
+        rows = N.subnet_rows(conn, c.account, c.region)
+        tags = N.tags_of(conn, c.account, [r["id"] for r in rows])
+
+    def missing(i: str) -> ServiceError:
+        return ServiceError(f"The subnet ID '{i}' does not exist", code="InvalidSubnetID.NotFound")
+
+    rows = _lookup(rows, params.get("SubnetIds") or [], missing)
+    rows = [r for r in rows if N.matches(r, params.get("Filters"), _SUBNET_FILTERS, lambda r: tags[r["id"]])]
+    page, token = N.paginate(rows, params)
+    out: dict[str, Any] = {"Subnets": [_subnet(r, tags[r["id"]]) for r in page]}
+    if token:
+        out["NextToken"] = token
+    return out
