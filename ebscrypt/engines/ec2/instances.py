@@ -1,0 +1,786 @@
+"""Instances: launch, describe, start/stop/terminate. They run no code; their states,
+volumes and attachments are real.
+
+RunInstances (R-RUN-1): the image's block device mappings, overridden per device by the
+launch template's and then the request's, become one volume per EBS mapping, each made
+through ec2core's volume creation, i.e. SPEC §2 with the mapping's own ``Encrypted`` /
+``KmsKeyId``. Volumes are created attached (``Attach``); ec2core's volume job moves the data
+and does R-KEY-3 (grant + Decrypt of the data key as the caller). When every volume of a
+launch is ``in-use`` the instance is ``running``; if one ends in ``error`` (a key the
+caller may not use: R-KEY-6, R-SHARE-4) the instance ends ``terminated`` with StateReason
+``Client.InvalidKMSKey.InvalidState``, as EC2 does. Encrypted and unencrypted volumes may
+be attached at once (R-RUN-3). With encryption by default on, instance types that cannot
+attach encrypted volumes are refused (R-RUN-2, domain/instance_types.py).
+
+Lifecycle (R-LIFE-1) through jobs: pending → running, stopping → stopped,
+shutting-down → terminated (DeleteOnTermination volumes deleted, the others detached).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any, Callable
+
+from sqlalchemy import Connection, insert, select, update
+
+from ebscrypt.context import RequestContext
+from ebscrypt.domain import instance_types as it
+from ebscrypt.domain import regions
+from ebscrypt.engines import ec2 as core
+from ebscrypt.engines.ec2 import images as images_engine
+from ebscrypt.engines.ec2 import templates as templates_engine
+from ebscrypt.engines.ec2.encryption import WrappedDataKey, new_data_key, resolve_encryption
+from ebscrypt.engines.ec2.ids import is_well_formed, job_ctx, new_id
+from ebscrypt.engines.ec2.network import select as filter_select
+from ebscrypt.engines.ec2.records import Snapshot, aware
+from ebscrypt.engines.ec2.volumes import (
+    VolumePrep,
+    register_instance_lookup,
+    release_volumes,
+    validate_volume_spec,
+)
+from ebscrypt.engines.jobs import JobContext, job_kind
+from ebscrypt.errors import ServiceError
+from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_volumes
+from ebscrypt.storage.tables.ec2_images import ec2_instances as instances_t
+
+MAX_INSTANCES_PER_CALL = 20
+TERMINATED_VISIBLE_FOR = timedelta(hours=1)  # EC2 keeps terminated instances visible ~1 h
+
+KMS_STATE_REASON = ("Client.InvalidKMSKey.InvalidState",
+                    "Client.InvalidKMSKey.InvalidState: The KMS key provided is in an incorrect state")
+USER_SHUTDOWN_REASON = ("Client.UserInitiatedShutdown", "Client.UserInitiatedShutdown: User initiated shutdown")
+
+
+# ============================================================================ records
+
+
+@dataclass(frozen=True)
+class Instance:
+    instance_id: str
+    reservation_id: str
+    account: str
+    region: str
+    image_id: str
+    instance_type: str
+    state: str
+    state_reason_code: str | None
+    state_reason_message: str | None
+    state_transition_reason: str | None
+    launch_time: datetime
+    key_name: str | None
+    subnet_id: str | None
+    vpc_id: str | None
+    security_groups: list[dict[str, str]]
+    availability_zone: str
+    private_ip: str
+    ami_launch_index: int
+    root_device_name: str | None
+    architecture: str | None
+    virtualization_type: str | None
+    ena_support: bool | None
+    ebs_optimized: bool
+    client_token: str | None
+    launch_plan: list[dict[str, Any]]
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Instance":
+        values = dict(row)
+        values["security_groups"] = json.loads(values["security_groups"] or "[]")
+        values["launch_plan"] = json.loads(values["launch_plan"] or "[]")
+        values["launch_time"] = aware(values["launch_time"])
+        values["updated_at"] = aware(values["updated_at"])
+        values["ebs_optimized"] = bool(values["ebs_optimized"])
+        return cls(**values)
+
+
+@lru_cache(maxsize=1)
+def known_instance_types() -> frozenset[str]:
+    """Every instance type name the EC2 model knows (its ``InstanceType`` enum)."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("ec2")
+    return frozenset(model.shape_for("InstanceType").enum)
+
+
+# ============================================================================ errors
+
+
+def _malformed(instance_id: str) -> ServiceError:
+    return ServiceError(f'Invalid id: "{instance_id}"', code="InvalidInstanceID.Malformed")
+
+
+def _not_found(ids: list[str]) -> ServiceError:
+    if len(ids) == 1:
+        return ServiceError(f"The instance ID '{ids[0]}' does not exist", code="InvalidInstanceID.NotFound")
+    return ServiceError(f"The instance IDs '{', '.join(ids)}' do not exist", code="InvalidInstanceID.NotFound")
+
+
+def check_instance_ids(ids: list[str]) -> None:
+    for instance_id in ids:
+        if not is_well_formed(instance_id, "i"):
+            raise _malformed(instance_id)
+
+
+# ============================================================================ lookups
+
+
+def _visible(instance: Instance, now: datetime) -> bool:
+    return not (instance.state == it.TERMINATED and now - instance.updated_at > TERMINATED_VISIBLE_FOR)
+
+
+def get_instance(conn: Connection, account: str, region: str, instance_id: str, now: datetime | None = None) -> Instance:
+    """The caller's instance (InvalidInstanceID.Malformed / .NotFound otherwise). [conn]"""
+    check_instance_ids([instance_id])
+    row = conn.execute(
+        select(instances_t).where(instances_t.c.instance_id == instance_id, instances_t.c.account == account,
+                                  instances_t.c.region == region)
+    ).mappings().first()
+    if row is None:
+        raise _not_found([instance_id])
+    instance = Instance.from_row(row)
+    if now is not None and not _visible(instance, now):
+        raise _not_found([instance_id])
+    return instance
+
+
+def _instance_az(conn: Connection, caller: Any, instance_id: str) -> str:
+    """ec2core's AttachVolume asks this for the instance's zone (and existence)."""
+    instance = get_instance(conn, caller.account, caller.region, instance_id)
+    if instance.state not in (it.RUNNING, it.STOPPED):
+        raise ServiceError(f"Instance '{instance_id}' is not 'running'.", code="IncorrectState")
+    return instance.availability_zone
+
+
+register_instance_lookup(_instance_az)
+
+
+# ============================================================================ views
+
+
+def _private_dns(ip: str, region: str) -> str:
+    suffix = "ec2.internal" if region == "us-east-1" else f"{region}.compute.internal"
+    return f"ip-{ip.replace('.', '-')}.{suffix}"
+
+
+def instance_view(instance: Instance, attachments: list[tuple[Any, Any]], tags: list[dict[str, str]]) -> dict[str, Any]:
+    """The model's ``Instance`` structure."""
+    out: dict[str, Any] = {
+        "InstanceId": instance.instance_id,
+        "ImageId": instance.image_id,
+        "State": {"Code": it.STATE_CODES[instance.state], "Name": instance.state},
+        "PrivateDnsName": _private_dns(instance.private_ip, instance.region) if instance.state != it.TERMINATED else "",
+        "PublicDnsName": "",
+        "StateTransitionReason": instance.state_transition_reason or "",
+        "AmiLaunchIndex": instance.ami_launch_index,
+        "ProductCodes": [],
+        "InstanceType": instance.instance_type,
+        "LaunchTime": instance.launch_time,
+        "Placement": {"AvailabilityZone": instance.availability_zone, "GroupName": "", "Tenancy": "default"},
+        "Monitoring": {"State": "disabled"},
+        "Architecture": instance.architecture or "x86_64",
+        "RootDeviceType": "ebs",
+        "BlockDeviceMappings": [
+            {
+                "DeviceName": att.device,
+                "Ebs": {
+                    "AttachTime": att.attach_time,
+                    "DeleteOnTermination": bool(att.delete_on_termination),
+                    "Status": att.state,
+                    "VolumeId": vol.id,
+                },
+            }
+            for vol, att in sorted(attachments, key=lambda va: va[1].device)
+        ],
+        "VirtualizationType": instance.virtualization_type or "hvm",
+        "Hypervisor": "xen",
+        "SecurityGroups": instance.security_groups,
+        "SourceDestCheck": True,
+        "EbsOptimized": instance.ebs_optimized,
+        "PlatformDetails": "Linux/UNIX",
+        "UsageOperation": "RunInstances",
+        "NetworkInterfaces": [],
+    }
+    if instance.state != it.TERMINATED:
+        out["PrivateIpAddress"] = instance.private_ip
+    if instance.root_device_name:
+        out["RootDeviceName"] = instance.root_device_name
+    if instance.key_name:
+        out["KeyName"] = instance.key_name
+    if instance.subnet_id:
+        out["SubnetId"] = instance.subnet_id
+    if instance.vpc_id:
+        out["VpcId"] = instance.vpc_id
+    if instance.ena_support is not None:
+        out["EnaSupport"] = instance.ena_support
+    if instance.client_token:
+        out["ClientToken"] = instance.client_token
+    if instance.state_reason_code:
+        out["StateReason"] = {"Code": instance.state_reason_code, "Message": instance.state_reason_message or ""}
+    if tags:
+        out["Tags"] = tags
+    return out
+
+
+def _views(conn: Connection, instances: list[Instance], account: str) -> list[dict[str, Any]]:
+    tags = core.tags_for(conn, account, [i.instance_id for i in instances])
+    return [instance_view(i, core.volumes_of_instance(conn, i.instance_id), tags.get(i.instance_id) or []) for i in instances]
+
+
+# ============================================================================ launch planning
+
+
+def _merge_mappings(base: list[dict[str, Any]], overrides: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per device: an override replaces or amends the base mapping; NoDevice drops it."""
+    merged: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    for m in base:
+        merged[m["DeviceName"]] = json.loads(json.dumps(m))
+        order.append(m["DeviceName"])
+    for o in overrides:
+        device = o.get("DeviceName")
+        if not device:
+            raise ServiceError("The request must contain the parameter DeviceName", code="MissingParameter")
+        if o.get("NoDevice") is not None:
+            merged[device] = {"DeviceName": device, "NoDevice": ""}
+        elif o.get("VirtualName"):
+            merged[device] = {"DeviceName": device, "VirtualName": o["VirtualName"]}
+        else:
+            current = merged.get(device) or {"DeviceName": device}
+            ebs = dict(current.get("Ebs") or {})
+            # A mapping's own encryption request (R-RUN-1), kept apart from the image's
+            # descriptive Encrypted flag.
+            request = dict(current.get("_request") or {})
+            for k, v in (o.get("Ebs") or {}).items():
+                if v is None:
+                    continue
+                if k in ("Encrypted", "KmsKeyId"):
+                    request[k] = v
+                else:
+                    ebs[k] = v
+            merged[device] = {"DeviceName": device, "Ebs": ebs, "_request": request}
+        if device not in order:
+            order.append(device)
+    return [merged[d] for d in order if "NoDevice" not in merged[d]]
+
+
+def _snapshot_for_launch(conn: Connection, caller: Any, snapshot_id: str, image: Any) -> Snapshot:
+    """The source snapshot of an image mapping. Launch permission on the image is enough:
+    the snapshot itself need not be shared (EC2 behaves so); others need visibility."""
+    if snapshot_id in image.snapshot_ids():
+        row = conn.execute(select(ec2_snapshots).where(ec2_snapshots.c.id == snapshot_id)).mappings().first()
+        if row is None:
+            raise ServiceError(f"The snapshot '{snapshot_id}' does not exist.", code="InvalidSnapshot.NotFound")
+        return Snapshot.from_row(row)
+    return core.get_snapshot(conn, caller, snapshot_id)
+
+
+def _prepare_volume(ctx: RequestContext, *, zone: str, source: Snapshot | None, ebs: dict[str, Any],
+                    request: dict[str, Any], attach: Any) -> VolumePrep:
+    """ec2core's prepare_volume, with the source snapshot already authorised by the image's
+    launch permission. [KMS, no conn]"""
+    if source is not None and source.state != "completed":
+        raise ServiceError(f"Snapshot is in invalid state - {source.state}", code="IncorrectState")
+    spec = validate_volume_spec(ebs.get("VolumeType"), ebs.get("VolumeSize"), ebs.get("Iops"), ebs.get("Throughput"),
+                                snapshot_id=source.id if source else None,
+                                snapshot_size=source.volume_size if source else None)
+    plan = resolve_encryption(ctx, source, request.get("Encrypted"), request.get("KmsKeyId"))
+    volume_id = new_id("vol")
+    data_key = None
+    if plan.encrypted and plan.problem is None:
+        if plan.reuse_source_data_key and source is not None:  # R-KEY-2
+            data_key = WrappedDataKey(source.kms_key_arn or "", source.data_key_id or "",
+                                      source.data_key_blob or b"", source.encryption_context)
+        else:
+            try:
+                data_key = new_data_key(ctx, plan.key_arn or "", volume_id)
+            except ServiceError as err:
+                from ebscrypt.engines.ec2.encryption import EncryptionPlan
+
+                plan = EncryptionPlan(plan.encrypted, plan.key_arn, False, plan.rule,
+                                      f"Client.InvalidKMSKey.InvalidState: The KMS key {plan.key_arn} cannot be "
+                                      f"used ({err.code}: {err.message})", plan.key_manager)
+    return VolumePrep(volume_id, zone, spec, plan, source, data_key, attach=attach)
+
+
+def _effective_params(ctx: RequestContext, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """RunInstances parameters with a launch template's version data underneath."""
+    spec = params.get("LaunchTemplate")
+    if not spec:
+        return dict(params), None
+    ident, data = templates_engine.resolve(ctx, spec)
+    out = dict(data)
+    for k, v in params.items():
+        if k in ("LaunchTemplate", "BlockDeviceMappings", "TagSpecifications"):
+            continue
+        out[k] = v
+    out["BlockDeviceMappings"] = _merge_plain(data.get("BlockDeviceMappings") or [], params.get("BlockDeviceMappings") or [])
+    out["TagSpecifications"] = list(data.get("TagSpecifications") or []) + list(params.get("TagSpecifications") or [])
+    return out, ident
+
+
+def _merge_plain(base: list[dict[str, Any]], overrides: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_device = {m.get("DeviceName"): m for m in base}
+    order = [m.get("DeviceName") for m in base]
+    for o in overrides:
+        d = o.get("DeviceName")
+        if d in by_device and o.get("Ebs") and by_device[d].get("Ebs"):
+            by_device[d] = dict(by_device[d], Ebs={**by_device[d]["Ebs"], **o["Ebs"]})
+        else:
+            by_device[d] = o
+        if d not in order:
+            order.append(d)
+    return [by_device[d] for d in order]
+
+
+def _check_instance_type(instance_type: str) -> None:
+    if instance_type not in known_instance_types():
+        raise ServiceError(f"The instance type '{instance_type}' does not exist.",
+                           code="InvalidParameterValue")
+
+
+def _zone(params: dict[str, Any], region: str) -> str:
+    placement = params.get("Placement") or {}
+    zone = placement.get("AvailabilityZone")
+    if zone:
+        if not regions.is_zone_in_region(zone, region):
+            raise ServiceError(f"Invalid availability zone: [{zone}]", code="InvalidParameterValue")
+        return zone
+    zones = regions.availability_zones(region)
+    if not zones:
+        raise ServiceError(f"The region {region} has no availability zones.", code="InvalidParameterValue")
+    return zones[0].name
+
+
+def _private_ip() -> str:
+    return f"172.31.{random.randint(0, 255)}.{random.randint(4, 254)}"
+
+
+# ============================================================================ RunInstances
+
+
+def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    caller = ctx.caller
+    p, template_ident = _effective_params(ctx, params)
+    min_count = int(p.get("MinCount") or 1)
+    max_count = int(p.get("MaxCount") or min_count)
+    if min_count < 1 or max_count < min_count:
+        raise ServiceError("MinCount must be at least 1 and at most MaxCount.", code="InvalidParameterValue")
+    if min_count > MAX_INSTANCES_PER_CALL:
+        raise ServiceError(
+            f"You have requested more instances ({min_count}) than your current instance limit of "
+            f"{MAX_INSTANCES_PER_CALL} allows for the specified instance type. Please visit "
+            "http://aws.amazon.com/contact-us/ec2-request to request an adjustment to this limit.",
+            code="InstanceLimitExceeded",
+        )
+    count = min(max_count, MAX_INSTANCES_PER_CALL)
+    image_id = images_engine.check_image_id(p.get("ImageId"))
+    instance_type = p.get("InstanceType") or it.DEFAULT_INSTANCE_TYPE
+    _check_instance_type(instance_type)
+    zone = _zone(p, caller.region)
+    token = p.get("ClientToken")
+    instance_tags = core.tag_specs(p.get("TagSpecifications"), "instance")
+    volume_tags = core.tag_specs(p.get("TagSpecifications"), "volume")
+
+    with ctx.runtime.db.read() as conn:
+        if token:
+            rows = conn.execute(
+                select(instances_t).where(instances_t.c.account == caller.account, instances_t.c.region == caller.region,
+                                          instances_t.c.client_token == token)
+                .order_by(instances_t.c.ami_launch_index)
+            ).mappings().all()
+            if rows:  # idempotent retry: the same reservation again
+                found = [Instance.from_row(r) for r in rows]
+                return _reservation(conn, found, caller.account)
+        image = images_engine.get_image(conn, caller.account, caller.region, image_id)
+        if image.state != "available":
+            raise ServiceError(f"Image {image_id} is not available (state {image.state}).",
+                               code="InvalidAMIID.Unavailable")
+        ebd = core.get_settings(conn, caller.account, caller.region).ebd
+        mappings = _merge_mappings(image.mappings, p.get("BlockDeviceMappings") or [])
+        sources: dict[str, Snapshot | None] = {}
+        for m in mappings:
+            ebs = m.get("Ebs")
+            if ebs is None:
+                continue
+            snap_id = ebs.get("SnapshotId")
+            sources[m["DeviceName"]] = _snapshot_for_launch(conn, caller, snap_id, image) if snap_id else None
+    ebs_mappings = [m for m in mappings if m.get("Ebs") is not None]
+    if not ebs_mappings:
+        raise ServiceError("The image has no EBS root device.", code="InvalidBlockDeviceMapping")
+    for m in ebs_mappings:
+        request = m.get("_request") or {}
+        if request.get("KmsKeyId") and request.get("Encrypted") is not True:  # R-OUT-1
+            raise ServiceError("The parameter KmsKeyId requires the parameter Encrypted to be set.",
+                               code="InvalidParameterDependency")
+        if sources[m["DeviceName"]] is None and "Encrypted" not in request and m["Ebs"].get("Encrypted"):
+            request["Encrypted"] = True  # an image's encrypted empty-volume mapping
+            m["_request"] = request
+    # R-RUN-2: with EBD on (or any volume to be encrypted) the type must support encryption.
+    needs_encryption = ebd or any(
+        (m.get("_request") or {}).get("Encrypted") or (sources[m["DeviceName"]] and sources[m["DeviceName"]].encrypted)
+        for m in ebs_mappings
+    )
+    refusal = it.encryption_refusal(instance_type, needs_encryption=needs_encryption)
+    if refusal:
+        raise ServiceError(refusal, code="InvalidParameterCombination")
+
+    reservation_id = new_id("r")
+    now = ctx.runtime.clock.now()
+    security_groups = [{"GroupId": g, "GroupName": g} for g in p.get("SecurityGroupIds") or []] + [
+        {"GroupName": g, "GroupId": g} for g in p.get("SecurityGroups") or []
+    ]
+    launched: list[Instance] = []
+    preps_per_instance: list[list[VolumePrep]] = []
+    for index in range(count):  # [KMS, no conn]: §2 and data keys per mapping, per instance
+        instance_id = new_id("i")
+        preps = []
+        for m in ebs_mappings:
+            ebs = m["Ebs"]
+            dot = ebs.get("DeleteOnTermination")
+            preps.append(_prepare_volume(
+                ctx, zone=zone, source=sources[m["DeviceName"]], ebs=ebs, request=m.get("_request") or {},
+                attach=core.Attach(instance_id, m["DeviceName"], True if dot is None else bool(dot)),
+            ))
+        plan = [{"device": prep.attach.device, "volume_id": prep.volume_id} for prep in preps]
+        row = dict(
+            instance_id=instance_id, reservation_id=reservation_id, account=caller.account, region=caller.region,
+            image_id=image_id, instance_type=instance_type, state=it.PENDING, state_reason_code=None,
+            state_reason_message=None, state_transition_reason="", launch_time=now, key_name=p.get("KeyName"),
+            subnet_id=p.get("SubnetId"), vpc_id=None, security_groups=json.dumps(security_groups),
+            availability_zone=zone, private_ip=_private_ip(), ami_launch_index=index,
+            root_device_name=image.root_device_name, architecture=image.architecture,
+            virtualization_type=image.virtualization_type, ena_support=image.ena_support,
+            ebs_optimized=bool(p.get("EbsOptimized")), client_token=token, launch_plan=json.dumps(plan),
+            updated_at=now,
+        )
+        launched.append(Instance.from_row(row))
+        preps_per_instance.append(preps)
+    with ctx.runtime.db.begin() as conn:
+        for instance, preps in zip(launched, preps_per_instance):
+            values = {k: getattr(instance, k) for k in instance.__dataclass_fields__}
+            values["security_groups"] = json.dumps(instance.security_groups)
+            values["launch_plan"] = json.dumps(instance.launch_plan)
+            conn.execute(insert(instances_t).values(**values))
+            for prep in preps:
+                prep.tags = list(volume_tags)
+                core.insert_volume(ctx, conn, prep)
+            if instance_tags:
+                core.put_tags(conn, caller.account, caller.region, instance.instance_id, instance_tags)
+        result = _reservation(conn, launched, caller.account)
+    ctx.runtime.jobs.notify()
+    return result
+
+
+def _reservation(conn: Connection, instances: list[Instance], account: str) -> dict[str, Any]:
+    first = instances[0]
+    return {
+        "ReservationId": first.reservation_id,
+        "OwnerId": first.account,
+        "Groups": [],
+        "Instances": _views(conn, instances, account),
+    }
+
+
+# ============================================================================ launch outcome
+
+
+def _launch_volume_states(conn: Connection, instance: Instance) -> list[tuple[str, str | None]]:
+    ids = [p["volume_id"] for p in instance.launch_plan]
+    if not ids:
+        return []
+    found = {r.id: (r.state, r.state_message) for r in conn.execute(
+        select(ec2_volumes.c.id, ec2_volumes.c.state, ec2_volumes.c.state_message).where(ec2_volumes.c.id.in_(ids)))}
+    return [found.get(v, ("error", f"volume {v} no longer exists")) for v in ids]
+
+
+def _settle_launch(runtime: Any, instance_id: str) -> None:
+    """A pending (launching) instance → running when its volumes are in use, or →
+    terminated when one of them failed (KMS key problem: Client.InvalidKMSKey.InvalidState)."""
+    deleted: list[str] = []
+    with runtime.db.begin() as conn:
+        row = conn.execute(select(instances_t).where(instances_t.c.instance_id == instance_id)).mappings().first()
+        if row is None:
+            return
+        instance = Instance.from_row(row)
+        if instance.state != it.PENDING or not instance.launch_plan:
+            return
+        states = _launch_volume_states(conn, instance)
+        now = runtime.clock.now()
+        if any(s == "error" for s, _m in states):
+            messages = [m or "" for s, m in states if s == "error"]
+            kms = any("KMS" in m or "kms" in m.lower() for m in messages)
+            code, message = KMS_STATE_REASON if kms else ("Server.InternalError",
+                                                           "Server.InternalError: Internal error on launch")
+            deleted = core.delete_attachments_of_instance(conn, instance_id)
+            conn.execute(update(instances_t).where(instances_t.c.instance_id == instance_id).values(
+                state=it.TERMINATED, state_reason_code=code, state_reason_message=message,
+                state_transition_reason=message, launch_plan="[]", updated_at=now))
+        elif all(s == "in-use" for s, _m in states):
+            conn.execute(update(instances_t).where(instances_t.c.instance_id == instance_id).values(
+                state=it.RUNNING, launch_plan="[]", updated_at=now))
+    if deleted:
+        release_volumes(runtime, deleted)
+
+
+def _on_volume_final(runtime: Any, volume_id: str, state: str) -> None:
+    with runtime.db.read() as conn:
+        ids = [r.instance_id for r in conn.execute(
+            select(instances_t.c.instance_id).where(instances_t.c.state == it.PENDING,
+                                                    instances_t.c.launch_plan.like(f'%"{volume_id}"%')))]
+    for instance_id in ids:
+        _settle_launch(runtime, instance_id)
+
+
+core.register_volume_listener(_on_volume_final)
+
+
+# ============================================================================ start / stop / terminate
+
+
+def _fail_transition(runtime: Any, payload: dict[str, Any], reason: str) -> None:
+    with runtime.db.begin() as conn:
+        conn.execute(update(instances_t).where(instances_t.c.instance_id == payload["instance_id"],
+                                               instances_t.c.state == payload.get("from")).values(
+            state=payload.get("fallback", it.STOPPED), state_reason_code="Server.InternalError",
+            state_reason_message=f"Server.InternalError: {reason}", updated_at=runtime.clock.now()))
+
+
+@job_kind("ec2_instance_transition", resumable=True, on_fail=_fail_transition)
+def _transition_job(job: JobContext) -> None:
+    runtime = job.runtime
+    p = job.payload
+    instance_id, from_state, to_state = p["instance_id"], p["from"], p["to"]
+    with runtime.db.read() as conn:
+        row = conn.execute(select(instances_t).where(instances_t.c.instance_id == instance_id)).mappings().first()
+        if row is None or row["state"] != from_state:
+            return  # already moved on (resumed job, or a later request)
+        instance = Instance.from_row(row)
+        attached = core.volumes_of_instance(conn, instance_id)
+    values: dict[str, Any] = {"state": to_state, "updated_at": runtime.clock.now()}
+    deleted: list[str] = []
+    if to_state == it.RUNNING:
+        # R-KEY-3 on start: the service is granted the key and decrypts each data key.
+        ctx = job_ctx(runtime, instance.account, instance.region, "StartInstances")
+        try:
+            for vol, _att in attached:
+                core.data_key_for(ctx, vol)
+        except ServiceError:
+            code, message = KMS_STATE_REASON
+            values.update(state=it.STOPPED, state_reason_code=code, state_reason_message=message,
+                          state_transition_reason=message)
+    with runtime.db.begin() as conn:
+        if to_state == it.TERMINATED:
+            deleted = core.delete_attachments_of_instance(conn, instance_id)
+        conn.execute(update(instances_t).where(instances_t.c.instance_id == instance_id,
+                                               instances_t.c.state == from_state).values(**values))
+    if deleted:
+        release_volumes(runtime, deleted)
+
+
+def _state_change(ctx: RequestContext, ids: list[str], transition: Callable[[str], it.Transition],
+                  verb: str) -> list[dict[str, Any]]:
+    caller = ctx.caller
+    if not ids:
+        raise ServiceError("The request must contain the parameter InstanceId", code="MissingParameter")
+    check_instance_ids(ids)
+    now = ctx.runtime.clock.now()
+    changes = []
+    with ctx.runtime.db.begin() as conn:
+        instances = []
+        missing = []
+        for instance_id in ids:
+            try:
+                instances.append(get_instance(conn, caller.account, caller.region, instance_id, now))
+            except ServiceError:
+                missing.append(instance_id)
+        if missing:
+            raise _not_found(missing)
+        for instance in instances:  # all-or-nothing: check every instance first
+            t = transition(instance.state)
+            if t.error:
+                raise ServiceError(it.incorrect_state_message(instance.instance_id, t.error),
+                                   code="IncorrectInstanceState")
+        for instance in instances:
+            t = transition(instance.state)
+            previous = instance.state
+            current = previous
+            if t.to is not None:
+                current = t.to
+                values: dict[str, Any] = {"state": t.to, "updated_at": now}
+                if verb in ("stop", "terminate"):
+                    stamp = now.strftime("%Y-%m-%d %H:%M:%S GMT")
+                    values.update(state_transition_reason=f"User initiated ({stamp})",
+                                  state_reason_code=USER_SHUTDOWN_REASON[0],
+                                  state_reason_message=USER_SHUTDOWN_REASON[1])
+                else:
+                    values.update(state_transition_reason="", state_reason_code=None, state_reason_message=None)
+                if verb == "terminate" and previous == it.PENDING and instance.launch_plan:
+                    values["launch_plan"] = "[]"  # the launch is abandoned
+                conn.execute(update(instances_t).where(instances_t.c.instance_id == instance.instance_id).values(**values))
+                ctx.runtime.jobs.submit("ec2_instance_transition", {
+                    "instance_id": instance.instance_id, "from": t.to, "to": t.then,
+                    "fallback": previous if verb == "start" else t.to,
+                }, conn=conn)
+            changes.append({
+                "InstanceId": instance.instance_id,
+                "CurrentState": {"Code": it.STATE_CODES[current], "Name": current},
+                "PreviousState": {"Code": it.STATE_CODES[previous], "Name": previous},
+            })
+    ctx.runtime.jobs.notify()
+    return changes
+
+
+def start_instances(ctx: RequestContext, ids: list[str]) -> list[dict[str, Any]]:
+    return _state_change(ctx, ids, it.start, "start")
+
+
+def stop_instances(ctx: RequestContext, ids: list[str]) -> list[dict[str, Any]]:
+    return _state_change(ctx, ids, it.stop, "stop")
+
+
+def terminate_instances(ctx: RequestContext, ids: list[str]) -> list[dict[str, Any]]:
+    return _state_change(ctx, ids, it.terminate, "terminate")
+
+
+# ============================================================================ describe
+
+
+_TRANSITIONAL = (it.PENDING, it.STOPPING, it.SHUTTING_DOWN)
+
+
+def _bdm(key: str) -> Callable[[Any], Any]:
+    def get(entry: tuple[Instance, list, list]) -> Any:
+        out = []
+        for vol, att in entry[1]:
+            out.append({"volume-id": vol.id, "device-name": att.device, "status": att.state,
+                        "delete-on-termination": att.delete_on_termination,
+                        "attach-time": att.attach_time.strftime("%Y-%m-%dT%H:%M:%S.000Z")}[key])
+        return out
+    return get
+
+
+_FILTERS: dict[str, Callable[[Any], Any]] = {
+    "instance-id": lambda e: e[0].instance_id,
+    "instance-state-name": lambda e: e[0].state,
+    "instance-state-code": lambda e: it.STATE_CODES[e[0].state],
+    "instance-type": lambda e: e[0].instance_type,
+    "image-id": lambda e: e[0].image_id,
+    "reservation-id": lambda e: e[0].reservation_id,
+    "owner-id": lambda e: e[0].account,
+    "availability-zone": lambda e: e[0].availability_zone,
+    "key-name": lambda e: e[0].key_name,
+    "subnet-id": lambda e: e[0].subnet_id,
+    "vpc-id": lambda e: e[0].vpc_id,
+    "private-ip-address": lambda e: e[0].private_ip,
+    "root-device-name": lambda e: e[0].root_device_name,
+    "root-device-type": lambda e: "ebs",
+    "architecture": lambda e: e[0].architecture,
+    "virtualization-type": lambda e: e[0].virtualization_type,
+    "launch-index": lambda e: e[0].ami_launch_index,
+    "client-token": lambda e: e[0].client_token,
+    "state-reason-code": lambda e: e[0].state_reason_code,
+    "instance.group-id": lambda e: [g.get("GroupId") for g in e[0].security_groups],
+    "block-device-mapping.volume-id": _bdm("volume-id"),
+    "block-device-mapping.device-name": _bdm("device-name"),
+    "block-device-mapping.status": _bdm("status"),
+    "block-device-mapping.delete-on-termination": _bdm("delete-on-termination"),
+    "block-device-mapping.attach-time": _bdm("attach-time"),
+}
+
+
+def describe_instances(ctx: RequestContext, ids: list[str], filters: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Reservations of the caller's instances (region-scoped), filtered."""
+    caller = ctx.caller
+    check_instance_ids(ids)
+
+    def read() -> list[Instance]:
+        now = ctx.runtime.clock.now()
+        with ctx.runtime.db.read() as conn:
+            query = select(instances_t).where(instances_t.c.account == caller.account, instances_t.c.region == caller.region)
+            if ids:
+                query = query.where(instances_t.c.instance_id.in_(ids))
+            rows = conn.execute(query.order_by(instances_t.c.launch_time, instances_t.c.reservation_id,
+                                               instances_t.c.ami_launch_index)).mappings()
+            return [i for i in (Instance.from_row(r) for r in rows) if _visible(i, now)]
+
+    instances = read()
+    if ids:
+        found = {i.instance_id for i in instances}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise _not_found(missing)
+    moving = [i.instance_id for i in instances if i.state in _TRANSITIONAL]
+    if moving:
+        for instance_id in [i.instance_id for i in instances if i.state == it.PENDING and i.launch_plan]:
+            _settle_launch(ctx.runtime, instance_id)  # repairs a launch whose listener was missed
+
+        def states() -> list[str]:
+            with ctx.runtime.db.read() as conn:
+                return [r.state for r in conn.execute(select(instances_t.c.state).where(instances_t.c.instance_id.in_(moving)))]
+
+        images_engine.settle(states, _TRANSITIONAL)
+        instances = read()
+    with ctx.runtime.db.read() as conn:
+        tags = core.tags_for(conn, caller.account, [i.instance_id for i in instances])
+        entries = [(i, core.volumes_of_instance(conn, i.instance_id), tags.get(i.instance_id) or []) for i in instances]
+    selected = filter_select(entries, filters, _FILTERS, tag_getter=lambda e: {t["Key"]: t["Value"] for t in e[2]})
+    reservations: dict[str, dict[str, Any]] = {}
+    for instance, attachments, instance_tags in selected:
+        res = reservations.setdefault(instance.reservation_id, {
+            "ReservationId": instance.reservation_id, "OwnerId": instance.account, "Groups": [], "Instances": [],
+        })
+        res["Instances"].append(instance_view(instance, attachments, instance_tags))
+    return list(reservations.values())
+
+
+def describe_attribute(ctx: RequestContext, instance_id: str, attribute: str) -> dict[str, Any]:
+    caller = ctx.caller
+    with ctx.runtime.db.read() as conn:
+        instance = get_instance(conn, caller.account, caller.region, instance_id, ctx.runtime.clock.now())
+        out: dict[str, Any] = {"InstanceId": instance_id}
+        if attribute == "blockDeviceMapping":
+            view = instance_view(instance, core.volumes_of_instance(conn, instance_id), [])
+            out["BlockDeviceMappings"] = view["BlockDeviceMappings"]
+        elif attribute == "instanceType":
+            out["InstanceType"] = {"Value": instance.instance_type}
+        elif attribute == "rootDeviceName":
+            out["RootDeviceName"] = {"Value": instance.root_device_name} if instance.root_device_name else {}
+        elif attribute == "ebsOptimized":
+            out["EbsOptimized"] = {"Value": instance.ebs_optimized}
+        elif attribute == "enaSupport":
+            out["EnaSupport"] = {"Value": bool(instance.ena_support)}
+        elif attribute == "groupSet":
+            out["Groups"] = instance.security_groups
+        elif attribute == "sourceDestCheck":
+            out["SourceDestCheck"] = {"Value": True}
+        elif attribute == "disableApiTermination":
+            out["DisableApiTermination"] = {"Value": False}
+        elif attribute == "disableApiStop":
+            out["DisableApiStop"] = {"Value": False}
+        elif attribute == "instanceInitiatedShutdownBehavior":
+            out["InstanceInitiatedShutdownBehavior"] = {"Value": "stop"}
+        elif attribute in ("kernel", "ramdisk", "userData", "productCodes", "sriovNetSupport", "enclaveOptions"):
+            if attribute == "productCodes":
+                out["ProductCodes"] = []
+        else:
+            raise ServiceError(f"Value ({attribute}) for parameter attribute is invalid. Unknown attribute.",
+                               code="InvalidParameterValue")
+        return out
+
+
+def owned_instance_for_image(ctx: RequestContext, instance_id: str) -> Instance:
+    """CreateImage's instance: the caller's, running or stopped."""
+    caller = ctx.caller
+    with ctx.runtime.db.read() as conn:
+        instance = get_instance(conn, caller.account, caller.region, instance_id, ctx.runtime.clock.now())
+    if instance.state not in (it.RUNNING, it.STOPPED, it.STOPPING):
+        raise ServiceError(f"Instance '{instance_id}' is not in a state from which it can be imaged "
+                           f"(state {instance.state}).", code="IncorrectInstanceState")
+    return instance
+

@@ -1,0 +1,83 @@
+"""Image (AMI) operations (R-IMG-1..3, R-SHARE for images): thin handlers over
+:mod:`ebscrypt.engines.ec2.images`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ebscrypt.context import RequestContext
+from ebscrypt.engines.ec2 import images as engine
+from ebscrypt.engines.ec2 import instances as instances_engine
+from ebscrypt.engines.ec2.network import dry_run_check
+from ebscrypt.engines.ec2.paging import page
+from ebscrypt.errors import ServiceError
+from ebscrypt.services.registry import operation
+
+
+@operation("ec2", "RegisterImage")
+def register_image(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    return {"ImageId": engine.register_image(ctx, params)}
+
+
+@operation("ec2", "CreateImage")
+def create_image(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    if not params.get("InstanceId"):
+        raise ServiceError("The request must contain the parameter InstanceId", code="MissingParameter")
+    instance = instances_engine.owned_instance_for_image(ctx, params["InstanceId"])
+    return {"ImageId": engine.create_image(ctx, params, instance)}
+
+
+@operation("ec2", "CopyImage")
+def copy_image(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    return {"ImageId": engine.copy_image(ctx, params)}
+
+
+@operation("ec2", "DeregisterImage")
+def deregister_image(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    if params.get("DeleteAssociatedSnapshots"):
+        raise ServiceError(
+            "DeleteAssociatedSnapshots is not supported by ebscrypt: deregister the image, then "
+            "delete its snapshots with DeleteSnapshot.",
+            code="UnsupportedOperation",
+        )
+    engine.deregister_image(ctx, engine.check_image_id(params.get("ImageId")))
+    return {"Return": True}
+
+
+@operation("ec2", "DescribeImages")
+def describe_images(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    images = engine.describe_images(ctx, params)
+    chunk, token = page(images, params, lambda d: d["ImageId"], low=1, high=1000, ids_param="ImageIds")
+    out: dict[str, Any] = {"Images": chunk}
+    if token:
+        out["NextToken"] = token
+    return out
+
+
+@operation("ec2", "DescribeImageAttribute")
+def describe_image_attribute(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    image_id = engine.check_image_id(params.get("ImageId"))
+    if not params.get("Attribute"):
+        raise ServiceError("The request must contain the parameter Attribute", code="MissingParameter")
+    return engine.describe_attribute(ctx, image_id, params["Attribute"])
+
+
+@operation("ec2", "ModifyImageAttribute")
+def modify_image_attribute(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    engine.modify_attribute(ctx, params)
+    return {}
+
+
+@operation("ec2", "ResetImageAttribute")
+def reset_image_attribute(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    image_id = engine.check_image_id(params.get("ImageId"))
+    engine.reset_attribute(ctx, image_id, params.get("Attribute") or "")
+    return {}

@@ -1,0 +1,57 @@
+"""Instance operations (R-RUN-1..3): thin handlers over :mod:`ebscrypt.engines.ec2.instances`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ebscrypt.context import RequestContext
+from ebscrypt.engines.ec2 import instances as engine
+from ebscrypt.engines.ec2.network import dry_run_check
+from ebscrypt.engines.ec2.paging import page
+from ebscrypt.errors import ServiceError
+from ebscrypt.services.registry import operation
+
+
+@operation("ec2", "RunInstances")
+def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    return engine.run_instances(ctx, params)
+
+
+@operation("ec2", "DescribeInstances")
+def describe_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    reservations = engine.describe_instances(ctx, params.get("InstanceIds") or [], params.get("Filters"))
+    chunk, token = page(reservations, params, lambda r: r["ReservationId"], low=5, high=1000, ids_param="InstanceIds")
+    out: dict[str, Any] = {"Reservations": chunk}
+    if token:
+        out["NextToken"] = token
+    return out
+
+
+@operation("ec2", "StartInstances")
+def start_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    return {"StartingInstances": engine.start_instances(ctx, params.get("InstanceIds") or [])}
+
+
+@operation("ec2", "StopInstances")
+def stop_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    return {"StoppingInstances": engine.stop_instances(ctx, params.get("InstanceIds") or [])}
+
+
+@operation("ec2", "TerminateInstances")
+def terminate_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    return {"TerminatingInstances": engine.terminate_instances(ctx, params.get("InstanceIds") or [])}
+
+
+@operation("ec2", "DescribeInstanceAttribute")
+def describe_instance_attribute(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    if not params.get("InstanceId"):
+        raise ServiceError("The request must contain the parameter InstanceId", code="MissingParameter")
+    if not params.get("Attribute"):
+        raise ServiceError("The request must contain the parameter Attribute", code="MissingParameter")
+    return engine.describe_attribute(ctx, params["InstanceId"], params["Attribute"])
