@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -84,9 +85,15 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
     print(f"ebscrypt {__version__} serving on {endpoint} (auth: {auth}, data: {args.data_dir.resolve()})")
     print(f"try:  aws --endpoint-url {endpoint} ec2 describe-regions")
     sys.stdout.flush()
-    # uvicorn handles SIGINT/SIGTERM: it stops accepting, finishes requests, then runs
-    # the lifespan shutdown (job workers stopped, database closed).
-    uvicorn.run(build_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    # uvicorn catches SIGINT/SIGTERM: it stops accepting, finishes requests, runs the
+    # lifespan shutdown (job workers stopped, database closed), then re-raises the signal
+    # to the handlers below, so a requested stop exits with status 0.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        uvicorn.run(build_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    print("ebscrypt stopped")
     return 0
 
 
