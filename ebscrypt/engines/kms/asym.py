@@ -67,7 +67,8 @@ def signing_algorithms(key_spec: str) -> tuple[str, ...]:
 
 
 def _hash_of(alg: str) -> hashes.HashAlgorithm:
-    return _HASHES[alg[-7:]]()
+    name = "SHA_1" if alg.endswith("SHA_1") else alg[-7:]
+    return _HASHES[name]()
 
 
 def digest_size(alg: str) -> int:

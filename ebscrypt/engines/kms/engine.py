@@ -404,7 +404,7 @@ class KeyEngine:
         if region != caller.region or not _UUID_RE.match(key_id):
             raise kms_error("NotFoundException", f"Key '{arn}' does not exist" if _UUID_RE.match(key_id) else f"Invalid keyId '{key_ref}'")
         row = self._load(key_id)
-        if row is None or row.account != account:
+        if row is None or row.account != account or row.region != region:
             raise kms_error("NotFoundException", f"Key '{arn}' does not exist")
         self._note_resource(row.arn)
         return row
