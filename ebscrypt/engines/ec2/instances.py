@@ -18,6 +18,7 @@ shutting-down → terminated (DeleteOnTermination volumes deleted, the others de
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import random
 from dataclasses import dataclass
@@ -32,10 +33,11 @@ from ebscrypt.domain import instance_types as it
 from ebscrypt.domain import regions
 from ebscrypt.engines import ec2 as core
 from ebscrypt.engines.ec2 import images as images_engine
+from ebscrypt.engines.ec2 import network
 from ebscrypt.engines.ec2 import templates as templates_engine
 from ebscrypt.engines.ec2.encryption import WrappedDataKey, new_data_key, resolve_encryption
 from ebscrypt.engines.ec2.ids import is_well_formed, job_ctx, new_id
-from ebscrypt.engines.ec2.network import select as filter_select
+from ebscrypt.engines.ec2.network import select_matching as filter_select
 from ebscrypt.engines.ec2.records import Snapshot, aware
 from ebscrypt.engines.ec2.volumes import (
     VolumePrep,
@@ -357,8 +359,12 @@ def _zone(params: dict[str, Any], region: str) -> str:
     return zones[0].name
 
 
-def _private_ip() -> str:
-    return f"172.31.{random.randint(0, 255)}.{random.randint(4, 254)}"
+def _private_ip(cidr: str | None) -> str:
+    """A free-looking address of the subnet (AWS reserves the first four and the last)."""
+    if not cidr:
+        return f"172.31.{random.randint(0, 255)}.{random.randint(4, 254)}"
+    net = ipaddress.ip_network(cidr)
+    return str(net.network_address + random.randint(4, max(4, net.num_addresses - 2)))
 
 
 # ============================================================================ RunInstances
@@ -382,7 +388,6 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
     image_id = images_engine.check_image_id(p.get("ImageId"))
     instance_type = p.get("InstanceType") or it.DEFAULT_INSTANCE_TYPE
     _check_instance_type(instance_type)
-    zone = _zone(p, caller.region)
     token = p.get("ClientToken")
     instance_tags = core.tag_specs(p.get("TagSpecifications"), "instance")
     volume_tags = core.tag_specs(p.get("TagSpecifications"), "volume")
@@ -397,6 +402,16 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
             if rows:  # idempotent retry: the same reservation again
                 found = [Instance.from_row(r) for r in rows]
                 return _reservation(conn, found, caller.account)
+        subnet = network.get_subnet(conn, caller.account, caller.region, p["SubnetId"]) if p.get("SubnetId") else None
+        if subnet is not None:
+            placement_zone = (p.get("Placement") or {}).get("AvailabilityZone")
+            if placement_zone and placement_zone != subnet["availability_zone"]:
+                raise ServiceError(
+                    f"The specified AvailabilityZone ({placement_zone}) does not match the subnet's "
+                    f"({subnet['availability_zone']}).", code="InvalidParameterCombination")
+            zone = subnet["availability_zone"]
+        else:
+            zone = _zone(p, caller.region)
         image = images_engine.get_image(conn, caller.account, caller.region, image_id)
         if image.state != "available":
             raise ServiceError(f"Image {image_id} is not available (state {image.state}).",
@@ -432,9 +447,6 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
 
     reservation_id = new_id("r")
     now = ctx.runtime.clock.now()
-    security_groups = [{"GroupId": g, "GroupName": g} for g in p.get("SecurityGroupIds") or []] + [
-        {"GroupName": g, "GroupId": g} for g in p.get("SecurityGroups") or []
-    ]
     launched: list[Instance] = []
     preps_per_instance: list[list[VolumePrep]] = []
     for index in range(count):  # [KMS, no conn]: §2 and data keys per mapping, per instance
@@ -448,12 +460,12 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
                 attach=core.Attach(instance_id, m["DeviceName"], True if dot is None else bool(dot)),
             ))
         plan = [{"device": prep.attach.device, "volume_id": prep.volume_id} for prep in preps]
-        row = dict(
+        row = dict(  # network fields are filled in the write transaction below
             instance_id=instance_id, reservation_id=reservation_id, account=caller.account, region=caller.region,
             image_id=image_id, instance_type=instance_type, state=it.PENDING, state_reason_code=None,
             state_reason_message=None, state_transition_reason="", launch_time=now, key_name=p.get("KeyName"),
-            subnet_id=p.get("SubnetId"), vpc_id=None, security_groups=json.dumps(security_groups),
-            availability_zone=zone, private_ip=_private_ip(), ami_launch_index=index,
+            subnet_id=None, vpc_id=None, security_groups="[]",
+            availability_zone=zone, private_ip="", ami_launch_index=index,
             root_device_name=image.root_device_name, architecture=image.architecture,
             virtualization_type=image.virtualization_type, ena_support=image.ena_support,
             ebs_optimized=bool(p.get("EbsOptimized")), client_token=token, launch_plan=json.dumps(plan),
@@ -462,9 +474,25 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
         launched.append(Instance.from_row(row))
         preps_per_instance.append(preps)
     with ctx.runtime.db.begin() as conn:
+        # Networking (ec2net): the named subnet or the zone's default subnet of the default
+        # VPC; the named security groups or the VPC's default group.
+        if subnet is None:
+            subnet = network.default_subnet(conn, caller.account, caller.region, now, availability_zone=zone)
+        vpc_id = subnet["vpc_id"] if subnet else None
+        groups = network.resolve_groups(conn, caller.account, caller.region, now,
+                                        ids=p.get("SecurityGroupIds") or [], names=p.get("SecurityGroups") or [])
+        if not groups and vpc_id:
+            groups = [network.default_group(conn, caller.account, caller.region, vpc_id)]
+        security_groups = [{"GroupId": g["id"], "GroupName": g["name"]} for g in groups]
+        finished = []
         for instance, preps in zip(launched, preps_per_instance):
             values = {k: getattr(instance, k) for k in instance.__dataclass_fields__}
-            values["security_groups"] = json.dumps(instance.security_groups)
+            values.update(
+                subnet_id=subnet["id"] if subnet else None, vpc_id=vpc_id,
+                security_groups=json.dumps(security_groups),
+                private_ip=_private_ip(subnet["cidr_block"] if subnet else None),
+            )
+            finished.append(Instance.from_row(dict(values, launch_plan=json.dumps(instance.launch_plan))))
             values["launch_plan"] = json.dumps(instance.launch_plan)
             conn.execute(insert(instances_t).values(**values))
             for prep in preps:
@@ -472,7 +500,7 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
                 core.insert_volume(ctx, conn, prep)
             if instance_tags:
                 core.put_tags(conn, caller.account, caller.region, instance.instance_id, instance_tags)
-        result = _reservation(conn, launched, caller.account)
+        result = _reservation(conn, finished, caller.account)
     ctx.runtime.jobs.notify()
     return result
 
