@@ -39,7 +39,12 @@ Volumes
       ``available`` / ``in-use`` (or ``error`` on a key problem).
       Two-step form for callers inside their own transaction:
         prep = prepare_volume(ctx, ...) [KMS, no conn]; insert_volume(ctx, conn, prep) [conn]
-        then ctx.runtime.jobs.notify() after commit.
+        then ctx.runtime.jobs.notify() after commit. (Or insert_volume(..., defer_job=True)
+        and, after commit, finish_volume(runtime, {"volume_id", "account", "region",
+        "problem": prep.plan.problem}) in your thread when is_cheap(prep).)
+  register_instance_lookup(fn(conn, caller, instance_id) -> {"availability_zone",
+      "root_device_name"})  (ec2images: lets AttachVolume/CreateSnapshots validate instances)
+  release_volumes(runtime, ids)  (after deleting volume rows: frees their blocks)
   get_volume(conn, caller, volume_id) -> Volume  (owner only; InvalidVolume.NotFound)  [conn]
   volumes_of_instance(conn, instance_id) -> list[(Volume, Attachment)]              [conn]
   attach_volume(ctx, volume_id, instance_id, device, *, instance_az=None,
@@ -55,6 +60,9 @@ Snapshots
                kms_key_id=None) -> CopyPlan                                      [KMS, no conn]
   insert_copy(ctx, conn, plan, description=None, tags=None) -> Snapshot              [conn]
   copy_snapshot(ctx, source_snapshot_id, ...) -> Snapshot   (both steps + notify)    [no conn]
+  create_snapshot_from_volume(..., defer_job=True) + finish_snapshot(runtime, id) after commit:
+      completes the O(1) snapshot in your thread (the job stays as a crash backstop).
+  insert_copy(..., defer_job=True) + finish_copy(runtime, payload) when copy_is_cheap(plan).
   new_snapshot_record(ctx, *, volume_size, encrypted=None, kms_key_id=None,
                       parent_snapshot_id=None, description=None, client_token=None,
                       tags=None) -> Snapshot                                     [KMS, no conn]
@@ -70,7 +78,8 @@ Snapshots
   register_snapshot_listener(fn(runtime, snapshot_id, state)): called after a job moves a
       resource to a final state (available/in-use/error, completed/error).
 
-Tags (generic, any resource id)
+Tags (generic, any resource id; services.ec2.tags.register_tag_target(prefix, fn) lets
+CreateTags/DeleteTags check that an "ami-"/"i-"/... id exists and is the caller's)
   put_tags(conn, account, region, resource_id, tags: list[{"Key","Value"}])       [conn]
   tags_for(conn, account, ids) -> dict[id, list[{"Key","Value"}]]                [conn]
   tag_specs(params_tag_specifications, resource_type) -> list[{"Key","Value"}]
@@ -93,6 +102,9 @@ from ebscrypt.engines.ec2.ids import job_ctx, new_id
 from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume
 from ebscrypt.engines.ec2.snapshots import (
     CopyPlan,
+    copy_is_cheap,
+    finish_copy,
+    finish_snapshot,
     complete_snapshot,
     copy_snapshot,
     create_snapshot_from_volume,
@@ -114,8 +126,14 @@ from ebscrypt.engines.ec2.volumes import (
     delete_volume,
     detach_volume,
     get_volume,
+    finish_volume,
     insert_volume,
+    is_cheap,
+    lookup_instance,
+    modify_volume,
     prepare_volume,
+    register_instance_lookup,
+    release_volumes,
     register_volume_listener,
     set_attachment_state,
     validate_volume_spec,
@@ -133,4 +151,6 @@ __all__ = [
     "Attach", "attach_volume", "create_volume", "delete_attachments_of_instance", "delete_volume",
     "detach_volume", "get_volume", "insert_volume", "prepare_volume", "register_volume_listener",
     "set_attachment_state", "validate_volume_spec", "volumes_of_instance",
+    "copy_is_cheap", "finish_copy", "finish_snapshot", "finish_volume", "is_cheap", "lookup_instance",
+    "modify_volume", "register_instance_lookup", "release_volumes",
 ]

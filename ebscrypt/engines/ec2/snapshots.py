@@ -20,6 +20,7 @@ from ebscrypt.engines.ec2.encryption import (
     new_data_key,
     resolve_encryption,
 )
+from ebscrypt.engines.ec2 import waits
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.records import Snapshot
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags
@@ -51,6 +52,7 @@ def register_snapshot_listener(fn: SnapshotListener) -> None:
 
 
 def _notify(runtime: Any, snapshot_id: str, state: str) -> None:
+    waits.done(snapshot_id)
     for fn in list(_listeners):
         try:
             fn(runtime, snapshot_id, state)
@@ -132,10 +134,12 @@ def _base(snapshot_id: str, caller: Any, now: Any, **kw: Any) -> dict[str, Any]:
 
 
 def create_snapshot_from_volume(ctx: Any, conn: Connection, volume_id: str, description: str | None = None,
-                                tags: list[dict[str, str]] | None = None) -> Snapshot:
+                                tags: list[dict[str, str]] | None = None, *, defer_job: bool = False) -> Snapshot:
     """R-SNAP-1: same encryption, key and data key as the volume; EBD plays no part. [conn]
 
     Submits the ``ec2_snapshot_create`` job; call ``ctx.runtime.jobs.notify()`` after commit.
+    ``defer_job``: the caller calls :func:`finish_snapshot` right after commit (O(1)); the
+    job then only runs later as a crash-safety backstop.
     """
     caller = ctx.caller
     vol = get_volume(conn, caller, volume_id)
@@ -150,8 +154,18 @@ def create_snapshot_from_volume(ctx: Any, conn: Connection, volume_id: str, desc
                    volume_id=volume_id, parent_id=parent.id if parent else None,
                    description=description, origin="volume")
     snap = _insert(conn, values, tags)
-    ctx.runtime.jobs.submit("ec2_snapshot_create", {"snapshot_id": snap.id}, conn=conn)
+    ctx.runtime.jobs.submit("ec2_snapshot_create", {"snapshot_id": snap.id}, conn=conn,
+                            delay_seconds=30.0 if defer_job else 0.0)
     return snap
+
+
+def finish_snapshot(runtime: Any, snapshot_id: str) -> None:
+    """Finish a snapshot of a volume now (idempotent); failure -> ``error``."""
+    try:
+        _finish_from_volume(runtime, snapshot_id)
+    except Exception as exc:
+        log.warning("snapshot %s failed: %s", snapshot_id, exc)
+        fail_snapshot(runtime, snapshot_id, getattr(exc, "message", None) or str(exc) or type(exc).__name__)
 
 
 def set_progress(runtime: Any, snapshot_id: str, percent: float) -> None:
@@ -185,9 +199,12 @@ def _on_fail(runtime: Any, payload: dict[str, Any], reason: str) -> None:
 
 @job_kind("ec2_snapshot_create", resumable=True, on_fail=_on_fail)
 def _create_job(job: JobContext) -> None:
-    runtime = job.runtime
+    _finish_from_volume(job.runtime, job.payload["snapshot_id"])
+
+
+def _finish_from_volume(runtime: Any, snapshot_id: str) -> None:
     with runtime.db.read() as conn:
-        snap = _row(conn, job.payload["snapshot_id"])
+        snap = _row(conn, snapshot_id)
     if snap is None or snap.state != "pending":
         return
     blocks = runtime.blocks
@@ -237,9 +254,21 @@ def prepare_copy(ctx: Any, source_snapshot_id: str, source_region: str | None = 
     return CopyPlan(source, cross, plan, snapshot_id, data_key)
 
 
+def copy_is_cheap(cp: CopyPlan) -> bool:
+    """No re-encryption: the same data key (or both unencrypted), or a doomed key."""
+    if cp.plan.problem:
+        return True
+    if cp.data_key is None:
+        return not cp.source.encrypted
+    return cp.data_key.data_key_id == cp.source.data_key_id
+
+
 def insert_copy(ctx: Any, conn: Connection, cp: CopyPlan, description: str | None = None,
-                tags: list[dict[str, str]] | None = None) -> Snapshot:
-    """Write the copy (``pending``) and submit its job. [conn]"""
+                tags: list[dict[str, str]] | None = None, *, defer_job: bool = False) -> Snapshot:
+    """Write the copy (``pending``) and submit its job. [conn]
+
+    ``defer_job``: the caller runs :func:`finish_copy` after commit; the job is a backstop.
+    """
     caller = ctx.caller
     dk = cp.data_key
     values = _base(cp.snapshot_id, caller, ctx.runtime.clock.now(), volume_size=cp.source.volume_size,
@@ -251,25 +280,46 @@ def insert_copy(ctx: Any, conn: Connection, cp: CopyPlan, description: str | Non
     ctx.runtime.jobs.submit("ec2_snapshot_copy", {
         "snapshot_id": snap.id, "account": caller.account, "region": caller.region,
         "problem": cp.plan.problem,
-    }, conn=conn)
+    }, conn=conn, delay_seconds=30.0 if defer_job else 0.0)
     return snap
 
 
 def copy_snapshot(ctx: Any, source_snapshot_id: str, source_region: str | None = None,
                   encrypted: bool | None = None, kms_key_id: str | None = None,
-                  description: str | None = None, tags: list[dict[str, str]] | None = None) -> Snapshot:
-    """CopySnapshot: prepare, insert, wake the jobs. [KMS, no conn]"""
+                  description: str | None = None, tags: list[dict[str, str]] | None = None,
+                  wait_seconds: float = 3.0) -> Snapshot:
+    """CopySnapshot: prepare, insert, then finish inline (cheap) or wait briefly for the
+    re-encryption job (R-LIFE-1). [KMS, no conn]"""
     cp = prepare_copy(ctx, source_snapshot_id, source_region, encrypted, kms_key_id)
+    cheap = copy_is_cheap(cp)
+    event = None if cheap else waits.expect(cp.snapshot_id)
     with ctx.runtime.db.begin() as conn:
-        snap = insert_copy(ctx, conn, cp, description, tags)
-    ctx.runtime.jobs.notify()
+        snap = insert_copy(ctx, conn, cp, description, tags, defer_job=cheap)
+    payload = {"snapshot_id": snap.id, "account": ctx.caller.account, "region": ctx.caller.region,
+               "problem": cp.plan.problem}
+    if cheap:
+        finish_copy(ctx.runtime, payload)
+    else:
+        ctx.runtime.jobs.notify()
+        if event is not None:
+            event.wait(wait_seconds)
     return snap
+
+
+def finish_copy(runtime: Any, payload: dict[str, Any]) -> None:
+    try:
+        _finish_copy(runtime, payload, None)
+    except Exception as exc:
+        log.warning("copy %s failed: %s", payload["snapshot_id"], exc)
+        fail_snapshot(runtime, payload["snapshot_id"], getattr(exc, "message", None) or str(exc) or type(exc).__name__)
 
 
 @job_kind("ec2_snapshot_copy", resumable=True, on_fail=_on_fail)
 def _copy_job(job: JobContext) -> None:
-    runtime = job.runtime
-    p = job.payload
+    _finish_copy(job.runtime, job.payload, job.progress)
+
+
+def _finish_copy(runtime: Any, p: dict[str, Any], report: Callable[[float], None] | None) -> None:
     if p.get("problem"):
         fail_snapshot(runtime, p["snapshot_id"], p["problem"])
         return
@@ -293,7 +343,8 @@ def _copy_job(job: JobContext) -> None:
         last = [0.0]
 
         def progress(pct: float) -> None:
-            job.progress(pct)
+            if report is not None:
+                report(pct)
             if pct - last[0] >= 5 or pct >= 99:
                 last[0] = pct
                 set_progress(runtime, dst.id, pct)

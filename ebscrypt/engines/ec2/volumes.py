@@ -19,6 +19,7 @@ from ebscrypt.domain import regions
 from ebscrypt.engines.ec2.encryption import EncryptionPlan, WrappedDataKey, data_key_for, new_data_key, resolve_encryption
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume
+from ebscrypt.engines.ec2 import waits
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags
 from ebscrypt.engines.jobs import JobContext, job_kind
 from ebscrypt.errors import ServiceError
@@ -33,7 +34,8 @@ _IOPS = {"gp3": (3000, 80000, 500), "io1": (100, 64000, 50), "io2": (100, 256000
 
 VolumeListener = Callable[[Any, str, str], None]
 _volume_listeners: list[VolumeListener] = []
-InstanceLookup = Callable[[Connection, Any, str], str]  # -> the instance's availability zone
+# -> {"availability_zone": ..., "root_device_name": ...}; raises InvalidInstanceID.NotFound
+InstanceLookup = Callable[[Connection, Any, str], dict]
 _instance_lookup: list[InstanceLookup] = []
 
 
@@ -44,12 +46,20 @@ def register_volume_listener(fn: VolumeListener) -> None:
 
 
 def register_instance_lookup(fn: InstanceLookup) -> None:
-    """ec2images: ``fn(conn, caller, instance_id) -> availability zone`` (raises
-    InvalidInstanceID.NotFound). AttachVolume uses it to validate instances."""
+    """ec2images: ``fn(conn, caller, instance_id) -> {"availability_zone", "root_device_name"}``
+    (raises InvalidInstanceID.NotFound). AttachVolume and CreateSnapshots use it."""
     _instance_lookup[:] = [fn]
 
 
+def lookup_instance(conn: Connection, caller: Any, instance_id: str) -> dict | None:
+    """The registered instance lookup's answer; None when no lookup is registered."""
+    if not _instance_lookup:
+        return None
+    return _instance_lookup[0](conn, caller, instance_id)
+
+
 def _notify(runtime: Any, volume_id: str, state: str) -> None:
+    waits.done(volume_id)
     for fn in list(_volume_listeners):
         try:
             fn(runtime, volume_id, state)
@@ -257,10 +267,21 @@ def _with_problem(plan: EncryptionPlan, err: ServiceError) -> EncryptionPlan:
                           f"({err.code}: {err.message})", plan.key_manager)
 
 
-def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep) -> Volume:
+def is_cheap(prep: VolumePrep) -> bool:
+    """No data to re-encrypt: empty, same data key (share), or doomed by a key problem."""
+    if prep.source is None or prep.plan.problem:
+        return True
+    if prep.data_key is None:
+        return not prep.source.encrypted
+    return prep.data_key.data_key_id == prep.source.data_key_id
+
+
+def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep, *, defer_job: bool = False) -> Volume:
     """Write the volume (state ``creating``) and submit its creation job. [conn]
 
-    Call ``ctx.runtime.jobs.notify()`` after the transaction commits.
+    Call ``ctx.runtime.jobs.notify()`` after the transaction commits. ``defer_job``: the
+    caller finishes the volume itself right after commit (:func:`finish_volume`); the job
+    only runs later as a crash-safety backstop.
     """
     if prep.existing is not None:
         return prep.existing
@@ -287,17 +308,40 @@ def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep) -> Volume:
     ctx.runtime.jobs.submit("ec2_volume_create", {
         "volume_id": prep.volume_id, "account": caller.account, "region": caller.region,
         "problem": prep.plan.problem,
-    }, conn=conn)
+    }, conn=conn, delay_seconds=30.0 if defer_job else 0.0)
     return Volume.from_row(values)
 
 
-def create_volume(ctx: Any, **kwargs: Any) -> Volume:
-    """Prepare + insert in its own transaction + wake the jobs. [KMS, no conn]"""
+def create_volume(ctx: Any, *, wait_seconds: float = 3.0, **kwargs: Any) -> Volume:
+    """Prepare + insert in its own transaction, then finish it. [KMS, no conn]
+
+    Cheap volumes (see :func:`is_cheap`) are finished in this thread; a re-encryption runs
+    as a job, waited for up to ``wait_seconds`` (boto3 waiters then see it done at once).
+    """
     prep = prepare_volume(ctx, **kwargs)
+    if prep.existing is not None:
+        return prep.existing
+    cheap = is_cheap(prep)
+    event = None if cheap else waits.expect(prep.volume_id)
     with ctx.runtime.db.begin() as conn:
-        vol = insert_volume(ctx, conn, prep)
-    ctx.runtime.jobs.notify()
+        vol = insert_volume(ctx, conn, prep, defer_job=cheap)
+    if cheap:
+        finish_volume(ctx.runtime, {"volume_id": vol.id, "account": vol.account, "region": vol.region,
+                                    "problem": prep.plan.problem})
+    else:
+        ctx.runtime.jobs.notify()
+        if event is not None:
+            event.wait(wait_seconds)
     return vol
+
+
+def finish_volume(runtime: Any, payload: dict[str, Any]) -> None:
+    """Run the creation work now (idempotent); a failure puts the volume in ``error``."""
+    try:
+        _finish(runtime, payload, None)
+    except Exception as exc:  # as the job runner would: the resource records why
+        log.warning("volume %s failed: %s", payload["volume_id"], exc)
+        _volume_failed(runtime, payload, getattr(exc, "message", None) or str(exc) or type(exc).__name__)
 
 
 def set_volume_state(runtime: Any, volume_id: str, state: str, message: str | None = None) -> None:
@@ -315,8 +359,10 @@ def _volume_failed(runtime: Any, payload: dict[str, Any], reason: str) -> None:
 
 @job_kind("ec2_volume_create", resumable=True, on_fail=_volume_failed)
 def _create_job(job: JobContext) -> None:
-    runtime = job.runtime
-    p = job.payload
+    _finish(job.runtime, job.payload, job.progress)
+
+
+def _finish(runtime: Any, p: dict[str, Any], report: Callable[[float], None] | None) -> None:
     if p.get("problem"):
         set_volume_state(runtime, p["volume_id"], "error", p["problem"])
         return
@@ -339,7 +385,7 @@ def _create_job(job: JobContext) -> None:
             blocks.share(src.id, vol.id)
         else:
             src_key = data_key_for(ctx, src)  # R-SHARE-4
-            blocks.reencrypt(src.id, src_key, vol.id, dst_key, progress=lambda pct: job.progress(pct))
+            blocks.reencrypt(src.id, src_key, vol.id, dst_key, progress=report)
     with runtime.db.begin() as conn:
         attached = conn.execute(select(ec2_volume_attachments).where(
             ec2_volume_attachments.c.volume_id == vol.id)).first() is not None
@@ -362,10 +408,11 @@ def attach_volume(ctx: Any, volume_id: str, instance_id: str, device: str, *,
     with ctx.runtime.db.read() as conn:
         vol = get_volume(conn, caller, volume_id)
         if instance_az is None:
-            if not _instance_lookup:
+            info = lookup_instance(conn, caller, instance_id)
+            if info is None:
                 raise ServiceError(f"The instance ID '{instance_id}' does not exist",
                                    code="InvalidInstanceID.NotFound")
-            instance_az = _instance_lookup[0](conn, caller, instance_id)
+            instance_az = info["availability_zone"]
         current = attachments_of(conn, [volume_id])[volume_id]
     if current and not vol.multi_attach:
         raise ServiceError(f"{volume_id} is already attached to an instance", code="VolumeInUse")

@@ -1,0 +1,46 @@
+"""EC2 ``MaxResults`` / ``NextToken`` paging over id-ordered lists (opaque tokens)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Callable, Sequence, TypeVar
+
+from ebscrypt.errors import ServiceError
+
+T = TypeVar("T")
+
+
+def _encode(last_id: str) -> str:
+    return base64.urlsafe_b64encode(f"v1:{last_id}".encode()).decode()
+
+
+def _decode(token: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(token.encode()).decode()
+    except Exception:
+        raw = ""
+    if not raw.startswith("v1:"):
+        raise ServiceError(f"The token '{token}' is invalid.", code="InvalidNextToken")
+    return raw[3:]
+
+
+def page(items: Sequence[T], params: dict[str, Any], key: Callable[[T], str], *,
+         low: int = 5, high: int = 1000, ids_param: str | None = None) -> tuple[list[T], str | None]:
+    """One page of ``items`` (already sorted by ``key``) and the NextToken, if more remain."""
+    max_results = params.get("MaxResults")
+    token = params.get("NextToken")
+    if max_results is not None and ids_param and params.get(ids_param):
+        raise ServiceError(f"The parameter {ids_param} cannot be used with the parameter maxResults",
+                           code="InvalidParameterCombination")
+    if max_results is not None and not low <= max_results <= high:
+        raise ServiceError(f"Value ( {max_results} ) for parameter maxResults is invalid. Expecting a value "
+                           f"between {low} and {high}.", code="InvalidParameterValue")
+    start = 0
+    if token:
+        after = _decode(token)
+        start = next((i for i, item in enumerate(items) if key(item) > after), len(items))
+    if max_results is None:
+        return list(items[start:]), None
+    chunk = list(items[start:start + max_results])
+    more = start + max_results < len(items)
+    return chunk, (_encode(key(chunk[-1])) if more and chunk else None)

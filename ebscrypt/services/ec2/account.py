@@ -1,0 +1,75 @@
+"""EBS account settings (R-ACC): encryption by default and the default KMS key, per
+account and region. EBD changes no existing resource; only symmetric keys may be default."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ebscrypt.context import RequestContext
+from ebscrypt.engines.ec2 import account as acct
+from ebscrypt.engines.ec2.encryption import describe_for_ebs
+from ebscrypt.engines.ec2.filters import dry_run_check
+from ebscrypt.errors import ServiceError
+from ebscrypt.services.registry import operation
+
+
+def _settings(ctx: RequestContext) -> acct.AccountSettings:
+    with ctx.runtime.db.read() as conn:
+        return acct.get_settings(conn, ctx.caller.account, ctx.caller.region)
+
+
+def _set_ebd(ctx: RequestContext, params: dict[str, Any], enabled: bool) -> dict[str, Any]:
+    dry_run_check(params)
+    with ctx.runtime.db.begin() as conn:
+        acct.set_ebd(conn, ctx.caller.account, ctx.caller.region, enabled)
+    return {"EbsEncryptionByDefault": enabled}
+
+
+@operation("ec2", "EnableEbsEncryptionByDefault")
+def enable_ebd(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    return _set_ebd(ctx, params, True)
+
+
+@operation("ec2", "DisableEbsEncryptionByDefault")
+def disable_ebd(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    return _set_ebd(ctx, params, False)
+
+
+@operation("ec2", "GetEbsEncryptionByDefault")
+def get_ebd(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    return {"EbsEncryptionByDefault": _settings(ctx).ebd, "SseType": "sse-ebs"}
+
+
+def _default_key(ctx: RequestContext) -> str:
+    return _settings(ctx).default_key or acct.alias_arn(ctx.caller.account, ctx.caller.region)
+
+
+@operation("ec2", "GetEbsDefaultKmsKeyId")
+def get_default_key(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    return {"KmsKeyId": _default_key(ctx)}
+
+
+@operation("ec2", "ModifyEbsDefaultKmsKeyId")
+def modify_default_key(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    key = params.get("KmsKeyId")
+    if not key:
+        raise ServiceError("The request must contain the parameter KmsKeyId", code="MissingParameter")
+    arn, problem, manager = describe_for_ebs(ctx, key)
+    if problem:
+        raise ServiceError(f"Invalid KMS key {key}: {problem.split(': ', 1)[-1]}", code="InvalidParameterValue")
+    caller = ctx.caller
+    stored = None if manager == "AWS" else arn  # the AWS managed key is the reset state
+    with ctx.runtime.db.begin() as conn:
+        acct.set_default_key(conn, caller.account, caller.region, stored)
+    return {"KmsKeyId": stored or acct.alias_arn(caller.account, caller.region)}
+
+
+@operation("ec2", "ResetEbsDefaultKmsKeyId")
+def reset_default_key(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    with ctx.runtime.db.begin() as conn:
+        acct.set_default_key(conn, ctx.caller.account, ctx.caller.region, None)
+    return {"KmsKeyId": acct.alias_arn(ctx.caller.account, ctx.caller.region)}

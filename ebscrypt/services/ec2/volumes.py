@@ -1,0 +1,225 @@
+"""EBS volume operations (R-VOL): thin handlers over :mod:`ebscrypt.engines.ec2.volumes`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from ebscrypt.context import RequestContext
+from ebscrypt.engines.ec2 import volumes as V
+from ebscrypt.engines.ec2.ids import check_id
+from ebscrypt.engines.ec2.filters import apply_filters as filter_select, dry_run_check
+from ebscrypt.engines.ec2.paging import page
+from ebscrypt.engines.ec2.records import Attachment, Volume
+from ebscrypt.engines.ec2.tags import tag_specs, tags_for
+from ebscrypt.errors import ServiceError
+from ebscrypt.services.registry import operation
+from ebscrypt.storage.tables.ec2 import ec2_volumes
+
+
+def attachment_dict(a: Attachment) -> dict[str, Any]:
+    return {"VolumeId": a.volume_id, "InstanceId": a.instance_id, "Device": a.device, "State": a.state,
+            "AttachTime": a.attach_time, "DeleteOnTermination": bool(a.delete_on_termination)}
+
+
+def volume_dict(v: Volume, attachments: list[Attachment], tags: list[dict[str, str]]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "VolumeId": v.id, "Size": v.size, "SnapshotId": v.snapshot_id or "",
+        "AvailabilityZone": v.availability_zone, "State": v.state, "CreateTime": v.create_time,
+        "Attachments": [attachment_dict(a) for a in attachments], "Encrypted": bool(v.encrypted),
+        "VolumeType": v.volume_type, "MultiAttachEnabled": bool(v.multi_attach),
+    }
+    if v.encrypted and v.kms_key_arn:
+        out["KmsKeyId"] = v.kms_key_arn
+    if v.iops is not None:
+        out["Iops"] = v.iops
+    if v.throughput is not None:
+        out["Throughput"] = v.throughput
+    if tags:
+        out["Tags"] = tags
+    return out
+
+
+_FILTERS = {
+    "attachment.attach-time": lambda d: [a["AttachTime"].isoformat() for a in d["Attachments"]],
+    "attachment.delete-on-termination": lambda d: [a["DeleteOnTermination"] for a in d["Attachments"]],
+    "attachment.device": lambda d: [a["Device"] for a in d["Attachments"]],
+    "attachment.instance-id": lambda d: [a["InstanceId"] for a in d["Attachments"]],
+    "attachment.status": lambda d: [a["State"] for a in d["Attachments"]],
+    "availability-zone": lambda d: d["AvailabilityZone"],
+    "create-time": lambda d: d["CreateTime"].isoformat(),
+    "encrypted": lambda d: d["Encrypted"],
+    "kms-key-id": lambda d: d.get("KmsKeyId"),
+    "multi-attach-enabled": lambda d: d["MultiAttachEnabled"],
+    "size": lambda d: d["Size"],
+    "snapshot-id": lambda d: d["SnapshotId"],
+    "status": lambda d: d["State"],
+    "volume-id": lambda d: d["VolumeId"],
+    "volume-type": lambda d: d["VolumeType"],
+    "iops": lambda d: d.get("Iops"),
+    "throughput": lambda d: d.get("Throughput"),
+}
+
+
+def _tag_map(d: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in d.get("Tags", [])}
+
+
+def describe(ctx: RequestContext, volume_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    caller = ctx.caller
+    for vid in volume_ids or []:
+        check_id(vid, "vol", "InvalidVolumeID.Malformed")
+    with ctx.runtime.db.read() as conn:
+        q = select(ec2_volumes).where(ec2_volumes.c.account == caller.account,
+                                      ec2_volumes.c.region == caller.region).order_by(ec2_volumes.c.id)
+        if volume_ids:
+            q = q.where(ec2_volumes.c.id.in_(volume_ids))
+        vols = [Volume.from_row(r) for r in conn.execute(q).mappings()]
+        ids = [v.id for v in vols]
+        atts = V.attachments_of(conn, ids)
+        tags = tags_for(conn, caller.account, ids)
+    if volume_ids:
+        missing = sorted(set(volume_ids) - set(ids))
+        if missing:
+            raise ServiceError(f"The volume '{missing[0]}' does not exist.", code="InvalidVolume.NotFound")
+    return [volume_dict(v, atts[v.id], tags[v.id]) for v in vols]
+
+
+def _get(ctx: RequestContext, volume_id: str) -> dict[str, Any]:
+    return describe(ctx, [volume_id])[0]
+
+
+@operation("ec2", "CreateVolume")
+def create_volume(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    if params.get("AvailabilityZoneId") and not params.get("AvailabilityZone"):
+        from ebscrypt.domain import regions
+
+        z = regions.zone(params["AvailabilityZoneId"])
+        if z is None:
+            raise ServiceError(f"The zone '{params['AvailabilityZoneId']}' does not exist.",
+                               code="InvalidZone.NotFound")
+        params = {**params, "AvailabilityZone": z.name}
+    if params.get("SnapshotId"):
+        check_id(params["SnapshotId"], "snap", "InvalidSnapshotID.Malformed")
+    vol = V.create_volume(
+        ctx, availability_zone=params.get("AvailabilityZone"), size=params.get("Size"),
+        volume_type=params.get("VolumeType"), iops=params.get("Iops"), throughput=params.get("Throughput"),
+        snapshot_id=params.get("SnapshotId"), encrypted=params.get("Encrypted"),
+        kms_key_id=params.get("KmsKeyId"), multi_attach=bool(params.get("MultiAttachEnabled")),
+        client_token=params.get("ClientToken"), tags=tag_specs(params.get("TagSpecifications"), "volume"),
+    )
+    with ctx.runtime.db.read() as conn:
+        tags = tags_for(conn, ctx.caller.account, [vol.id])[vol.id]
+    return volume_dict(vol, [], tags)
+
+
+@operation("ec2", "DescribeVolumes")
+def describe_volumes(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    items = describe(ctx, params.get("VolumeIds"))
+    items = filter_select(items, params.get("Filters"), _FILTERS, _tag_map)
+    chunk, token = page(items, params, lambda d: d["VolumeId"], low=5, high=500, ids_param="VolumeIds")
+    out: dict[str, Any] = {"Volumes": chunk}
+    if token:
+        out["NextToken"] = token
+    return out
+
+
+@operation("ec2", "DeleteVolume")
+def delete_volume(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    V.delete_volume(ctx, params["VolumeId"])
+    return {}
+
+
+@operation("ec2", "AttachVolume")
+def attach_volume(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    att = V.attach_volume(ctx, params["VolumeId"], params["InstanceId"], params["Device"])
+    return attachment_dict(att)
+
+
+@operation("ec2", "DetachVolume")
+def detach_volume(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    att = V.detach_volume(ctx, params["VolumeId"], params.get("InstanceId"), device=params.get("Device"),
+                          force=bool(params.get("Force")))
+    return attachment_dict(att)
+
+
+def modification_dict(m: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "VolumeId": m["volume_id"], "ModificationState": m["state"], "TargetSize": m["target_size"],
+        "TargetVolumeType": m["target_type"], "OriginalSize": m["original_size"],
+        "OriginalVolumeType": m["original_type"], "Progress": m["progress"], "StartTime": m["start_time"],
+        "TargetMultiAttachEnabled": bool(m["target_multi_attach"]),
+        "OriginalMultiAttachEnabled": bool(m["original_multi_attach"]),
+    }
+    for key, col in (("TargetIops", "target_iops"), ("OriginalIops", "original_iops"),
+                     ("TargetThroughput", "target_throughput"), ("OriginalThroughput", "original_throughput"),
+                     ("EndTime", "end_time"), ("StatusMessage", "status_message")):
+        if m.get(col) is not None:
+            out[key] = m[col]
+    if out["StartTime"].tzinfo is None:
+        from datetime import timezone
+
+        out["StartTime"] = out["StartTime"].replace(tzinfo=timezone.utc)
+        if "EndTime" in out:
+            out["EndTime"] = out["EndTime"].replace(tzinfo=timezone.utc)
+    return out
+
+
+@operation("ec2", "ModifyVolume")
+def modify_volume(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    row = V.modify_volume(ctx, params["VolumeId"], size=params.get("Size"), volume_type=params.get("VolumeType"),
+                          iops=params.get("Iops"), throughput=params.get("Throughput"),
+                          multi_attach=params.get("MultiAttachEnabled"))
+    return {"VolumeModification": modification_dict(row)}
+
+
+_MOD_FILTERS = {
+    "modification-state": lambda d: d["ModificationState"],
+    "volume-id": lambda d: d["VolumeId"],
+    "target-size": lambda d: d["TargetSize"],
+    "target-volume-type": lambda d: d["TargetVolumeType"],
+    "original-size": lambda d: d["OriginalSize"],
+    "original-volume-type": lambda d: d["OriginalVolumeType"],
+}
+
+
+@operation("ec2", "DescribeVolumesModifications")
+def describe_modifications(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    ids = params.get("VolumeIds")
+    if ids:
+        describe(ctx, ids)  # NotFound / Malformed as AWS
+    with ctx.runtime.db.read() as conn:
+        mods = [modification_dict(m) for m in V.modifications(conn, ctx.caller, ids)]
+    mods = filter_select(mods, params.get("Filters"), _MOD_FILTERS)
+    return {"VolumesModifications": mods}
+
+
+@operation("ec2", "DescribeVolumeAttribute")
+def describe_volume_attribute(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    attribute = params.get("Attribute")
+    with ctx.runtime.db.read() as conn:
+        vol = V.get_volume(conn, ctx.caller, params["VolumeId"])
+    if attribute == "autoEnableIO":
+        return {"VolumeId": vol.id, "AutoEnableIO": {"Value": bool(vol.auto_enable_io)}}
+    if attribute == "productCodes":
+        return {"VolumeId": vol.id, "ProductCodes": []}
+    raise ServiceError(f"Value ({attribute}) for parameter attribute is invalid.", code="InvalidParameterValue")
+
+
+@operation("ec2", "ModifyVolumeAttribute")
+def modify_volume_attribute(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    value = (params.get("AutoEnableIO") or {}).get("Value")
+    if value is None:
+        raise ServiceError("The request must contain the parameter AutoEnableIO", code="MissingParameter")
+    V.set_auto_enable_io(ctx, params["VolumeId"], bool(value))
+    return {}
