@@ -19,7 +19,6 @@ import logging
 import os
 import struct
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -114,7 +113,7 @@ class _KeyCache:
         if not snap.encrypted:
             return None
         ident = (id(ctx.runtime), snap.id)
-        now = time.monotonic()
+        now = ctx.runtime.clock.now().timestamp()  # the server clock: tests may advance it
         with self._lock:
             hit = self._items.get(ident)
             if hit is not None and hit[0] > now and hit[2] == ctx.caller.account:
@@ -130,6 +129,8 @@ class _KeyCache:
             if len(self._items) > 256:
                 self._items = {k: v for k, v in self._items.items() if v[0] > now}
             self._items[ident] = (now + KEY_CACHE_SECONDS, key, ctx.caller.account)
+        # (a cache hit skips KMS: a key disabled or deleted meanwhile stops working within
+        # KEY_CACHE_SECONDS)
         return key
 
     def drop(self, ctx: Any, snapshot_id: str) -> None:
@@ -290,8 +291,8 @@ def start_snapshot(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
                 "INVALID_PARAMETER_VALUE",
             )
     kms_key = params.get("KmsKeyArn")
-    if kms_key and encrypted is None and not parent_id:
-        encrypted = True  # a KmsKeyArn alone asks for encryption under that key
+    if kms_key and encrypted is None:
+        encrypted = True  # a KmsKeyArn asks for encryption under that key (with a parent too)
     tags = params.get("Tags") or []
     for tag in tags:
         if not tag.get("Key") or str(tag.get("Key", "")).startswith("aws:"):
