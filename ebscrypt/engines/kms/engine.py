@@ -412,7 +412,7 @@ class KeyEngine:
     def _load(self, key_id: str) -> Any:
         """The key row, after lazy deletion (past DeletionDate) and automatic rotation."""
         with self.db.read() as conn:
-            row = conn.execute(select(kms_keys).where(kms_keys.c.key_id == key_id)).first()
+            row = conn.execute(self._key_query(key_id)).first()
         if row is None:
             return None
         now = self.clock.now()
@@ -422,8 +422,18 @@ class KeyEngine:
         if row.rotation_enabled and row.next_rotation_date is not None and _utc(row.next_rotation_date) <= now:
             self._auto_rotate(key_id)
             with self.db.read() as conn:
-                row = conn.execute(select(kms_keys).where(kms_keys.c.key_id == key_id)).first()
+                row = conn.execute(self._key_query(key_id)).first()
         return row
+
+    @staticmethod
+    def _key_query(key_id: str) -> Any:
+        """The key row plus the id of its current backing material (one round trip)."""
+        current = and_(kms_key_material.c.key_id == kms_keys.c.key_id, kms_key_material.c.is_current.is_(True))
+        return (
+            select(kms_keys, kms_key_material.c.material_id.label("current_material_id"))
+            .outerjoin(kms_key_material, current)
+            .where(kms_keys.c.key_id == key_id)
+        )
 
     def _auto_rotate(self, key_id: str) -> None:
         with self.db.begin() as conn:
@@ -577,8 +587,12 @@ class KeyEngine:
     # ------------------------------------------------------- symmetric crypto core
 
     def _seal(self, row: Any, plaintext: bytes, context: Mapping[str, str] | None) -> bytes:
-        with self.db.read() as conn:
-            material_id, material = self._current_material(conn, row.key_id)
+        material_id = getattr(row, "current_material_id", None)
+        if material_id is not None:
+            material = self._material(row.key_id, material_id)
+        else:
+            with self.db.read() as conn:
+                material_id, material = self._current_material(conn, row.key_id)
         return blobfmt.seal(row.key_id, material_id, material, plaintext, context)
 
     def _blob_key(self, caller: Caller, blob: bytes, key_ref: str | None, algorithm: str | None) -> tuple[Any, Any]:
