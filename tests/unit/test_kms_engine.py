@@ -116,6 +116,13 @@ def test_cross_account_use_needs_the_key_policy(engine: KeyEngine) -> None:
     assert engine.describe_key(CB, md["Arn"]).key_id == md["KeyId"]
     grant_id = engine.create_grant_for_service(CB, md["Arn"], via_service=VIA, operations=["Decrypt"])
     assert len(grant_id) == 64
+    # asking again (every attach does) returns the same grant instead of piling up grants
+    assert engine.create_grant_for_service(CB, md["Arn"], via_service=VIA, operations=["Decrypt"]) == grant_id
+    assert engine.create_grant_for_service(CA, md["Arn"], via_service=VIA, operations=["Decrypt"]) != grant_id
+    grants = engine.op_ListGrants(CA, {"KeyId": md["KeyId"]})["Grants"]
+    assert len(grants) == 2
+    mine = next(g for g in grants if g["GrantId"] == grant_id)
+    assert mine["GranteePrincipal"] == VIA and mine["IssuingAccount"] == f"arn:aws:iam::{B}:root"
 
 
 def test_service_grant_alone_lets_ec2_decrypt(engine: KeyEngine) -> None:

@@ -1,8 +1,8 @@
 """The KMS audit trail: one CloudTrail-format JSON record per line.
 
 Every KMS API call and every key use the EC2/EBS side makes on a caller's behalf is
-appended to ``<data_dir>/audit/kms-audit.jsonl`` (flushed per record, a lock for
-threads). Records hold no secrets: no plaintext, no key material, no ciphertext.
+appended to ``<data_dir>/audit/kms-audit.jsonl`` (written through per record, a lock
+for threads). Records hold no secrets: no plaintext, no key material, no ciphertext.
 """
 
 from __future__ import annotations
@@ -22,26 +22,30 @@ def audit_path(data_dir: Path | str) -> Path:
 
 
 class AuditLog:
+    """Appends records; each record is one ``write(2)`` on an ``O_APPEND`` descriptor, so
+    lines from threads (a lock) and from several server processes never interleave."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._file: TextIO | None = None
+        self._fd: int | None = None
 
     def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":"), default=str) + "\n"
+        line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
         with self._lock:
-            if self._file is None:
+            if self._fd is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-                self._file = os.fdopen(fd, "a", encoding="utf-8")
-            self._file.write(line)
-            self._file.flush()
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            view = memoryview(line)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
 
     def close(self) -> None:
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 def read_events(data_dir: Path | str) -> Iterator[dict[str, Any]]:

@@ -658,7 +658,12 @@ class KeyEngine:
         operations: Sequence[str],
         encryption_context_subset: Mapping[str, str] | None = None,
     ) -> str:
-        """A grant to the service principal (GrantIsForAWSResource=true); returns the grant id."""
+        """A grant to the service principal (GrantIsForAWSResource=true); returns the grant id.
+
+        Idempotent: the same caller account asking again for the same service, operations
+        and constraints on the same key gets the existing grant (still checked and audited),
+        so repeated attaches do not pile up grants.
+        """
         params = {"KeyId": key_id, "GranteePrincipal": via_service, "Operations": list(operations)}
         with self.audited(caller, "CreateGrant", params, via_service=via_service):
             row = self._resolve(caller, key_id)
@@ -675,6 +680,7 @@ class KeyEngine:
                 name=None,
                 via_service=via_service,
                 for_aws_resource=True,
+                reuse_identical=True,
             )
             return grant_id
 
@@ -1128,6 +1134,7 @@ class KeyEngine:
         for_aws_resource: bool = False,
         grant_tokens: Sequence[str] | None = None,
         dry_run: bool = False,
+        reuse_identical: bool = False,
     ) -> tuple[str, str]:
         try:
             grant_rules.validate_grant(operations, constraints, grantee, retiring)
@@ -1158,12 +1165,14 @@ class KeyEngine:
         ops_json = json.dumps(sorted(set(operations)))
         cons_json = json.dumps(constraints, sort_keys=True) if constraints else None
         with self.db.begin() as conn:
-            if name:
-                existing = conn.execute(
-                    select(kms_grants).where(kms_grants.c.key_id == row.key_id, kms_grants.c.name == name)
-                ).all()
-                for g in existing:
-                    if (g.grantee, g.retiring, g.operations, g.constraints) == (grantee, retiring, ops_json, cons_json):
+            if name or reuse_identical:
+                q = select(kms_grants).where(kms_grants.c.key_id == row.key_id, kms_grants.c.grantee == grantee)
+                q = q.where(kms_grants.c.name == name) if name else q.where(kms_grants.c.name.is_(None))
+                for g in conn.execute(q).all():
+                    same = (g.retiring, g.operations, g.constraints, g.issuing_account, bool(g.for_aws_resource)) == (
+                        retiring, ops_json, cons_json, caller.account, for_aws_resource
+                    )
+                    if same:
                         return g.grant_id, g.token
             grant_id = os.urandom(32).hex()
             token = base64.urlsafe_b64encode(b"ebscrypt-grant:" + os.urandom(48)).decode().rstrip("=")
