@@ -267,3 +267,29 @@ def test_audit_records_engine_use_with_invoked_by(engine: KeyEngine, capsys: pyt
         assert {"eventVersion", "eventTime", "eventID", "requestID", "readOnly"} <= set(e)
     assert print_log(engine.runtime.settings.data_dir) == 3
     assert capsys.readouterr().out.count("\n") == 3
+
+
+def test_concurrent_use_keeps_audit_lines_whole(engine: KeyEngine) -> None:
+    import threading
+
+    md = cmk(engine)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(20):
+                with engine.audited(CA, "GenerateDataKey", {"KeyId": md["KeyId"], "Policy": "p" * 9000}):
+                    out = engine.op_GenerateDataKey(CA, {"KeyId": md["KeyId"], "NumberOfBytes": 32})
+                _arn, pt = engine.decrypt(CA, out["CiphertextBlob"], encryption_context=None, via_service=None)
+                assert pt == out["Plaintext"]
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    events = list(read_events(engine.runtime.settings.data_dir))  # every line parses
+    assert len(events) == 4 * 20 * 2

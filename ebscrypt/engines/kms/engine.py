@@ -1237,7 +1237,6 @@ class KeyEngine:
     def op_ListGrants(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
         row = self._resolve(caller, p["KeyId"])
         self._authorize(caller, row, "kms:ListGrants")
-        self._require_not_pending(row)
         q = select(kms_grants).where(kms_grants.c.key_id == row.key_id)
         if p.get("GrantId"):
             q = q.where(kms_grants.c.grant_id == p["GrantId"])
