@@ -1,8 +1,9 @@
 """The ``json`` protocol (1.0/1.1), as KMS speaks it.
 
 Request: ``POST /`` with ``X-Amz-Target: <targetPrefix>.<Operation>`` and a JSON object
-body (members by name, blobs base64, timestamps epoch seconds). Response: the output
-structure as JSON; errors ``{"__type": code, "message": msg}``. The request id travels
+body (members by name, blobs base64, timestamps epoch seconds). Bodies that do not deserialize (bad JSON, wrong JSON types,
+bad base64) are ``SerializationException``; constraint failures (required, min/max,
+enum) ``ValidationException``. Response: the output structure as JSON; errors ``{"__type": code, "message": msg}``. The request id travels
 in the ``x-amzn-RequestId`` header.
 """
 
@@ -18,17 +19,26 @@ from . import jsonshape
 from ebscrypt.wire.http import HttpRequest, HttpResponse
 
 
-def decode_json_object(body: bytes) -> dict[str, Any]:
+# What AWS's JSON 1.1 services answer for a body that does not deserialize: malformed
+# JSON, a member of the wrong JSON type, a blob that is not base64.
+SERIALIZATION = "SerializationException"
+
+
+def decode_json_object(body: bytes, code: str | None = None) -> dict[str, Any]:
     """A request body as a JSON object ({} when empty); ValidationError otherwise."""
     if not body.strip():
         return {}
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        raise ValidationError("Request body is not valid JSON (expected a JSON object)") from None
-    if not isinstance(doc, dict):
-        raise ValidationError("Request body must be a JSON object")
-    return doc
+        error = ValidationError("Request body is not valid JSON (expected a JSON object)")
+    else:
+        if isinstance(doc, dict):
+            return doc
+        error = ValidationError("Request body must be a JSON object")
+    if code:
+        error.code = code
+    raise error
 
 
 class JsonRpcCodec(Codec):
@@ -47,11 +57,11 @@ class JsonRpcCodec(Codec):
             shown = name or target or "(none)"
             raise UnknownOperation(f"Operation {shown} is not supported by this service.")
         operation = self.operation(name)
-        doc = decode_json_object(request.body)
+        doc = decode_json_object(request.body, SERIALIZATION)
         shape = operation.input_shape
         if shape is None:
             return operation, {}
-        reader = jsonshape.JsonReader(constraints=True)
+        reader = jsonshape.JsonReader(constraints=True, type_code=SERIALIZATION)
         params = reader.read_members(shape, doc, "")
         reader.finish()
         return operation, params

@@ -49,8 +49,11 @@ def validation_error(problems: list[tuple[str, str, str]], *, missing: bool = Fa
 class JsonReader:
     """Convert one decoded JSON document to Python along ``shape``; raise on bad input."""
 
-    def __init__(self, *, constraints: bool = True) -> None:
+    def __init__(self, *, constraints: bool = True, type_code: str | None = None) -> None:
         self.constraints = constraints
+        # JSON 1.1 services (KMS) answer a wrongly typed member with SerializationException
+        # rather than ValidationException; rest-json callers keep the default.
+        self.type_code = type_code
         self.problems: list[tuple[str, str, str]] = []
         self.missing = False
 
@@ -60,7 +63,10 @@ class JsonReader:
                 p[0] == "Value null" for p in self.problems))
 
     def type_error(self, shape: Any, value: Any, path: str, expected: str) -> ValidationError:
-        return validation_error([(_show(shape, value), path, f"Member must be {expected}")])
+        error = validation_error([(_show(shape, value), path, f"Member must be {expected}")])
+        if self.type_code:
+            error.code = self.type_code
+        return error
 
     def check(self, shape: Any, value: Any, path: str) -> None:
         if self.constraints:
