@@ -139,7 +139,7 @@ def create_snapshot_from_volume(ctx: Any, conn: Connection, volume_id: str, desc
 
     Submits the ``ec2_snapshot_create`` job; call ``ctx.runtime.jobs.notify()`` after commit.
     ``defer_job``: the caller calls :func:`finish_snapshot` right after commit (O(1)); the
-    job then only runs later as a crash-safety backstop.
+    job is then a crash-safety backstop that finds the work done.
     """
     caller = ctx.caller
     vol = get_volume(conn, caller, volume_id)
@@ -155,7 +155,7 @@ def create_snapshot_from_volume(ctx: Any, conn: Connection, volume_id: str, desc
                    description=description, origin="volume")
     snap = _insert(conn, values, tags)
     ctx.runtime.jobs.submit("ec2_snapshot_create", {"snapshot_id": snap.id}, conn=conn,
-                            delay_seconds=30.0 if defer_job else 0.0)
+                            )  # with defer_job: a backstop (idempotent)
     return snap
 
 
@@ -280,7 +280,7 @@ def insert_copy(ctx: Any, conn: Connection, cp: CopyPlan, description: str | Non
     ctx.runtime.jobs.submit("ec2_snapshot_copy", {
         "snapshot_id": snap.id, "account": caller.account, "region": caller.region,
         "problem": cp.plan.problem,
-    }, conn=conn, delay_seconds=30.0 if defer_job else 0.0)
+    }, conn=conn)  # with defer_job: a backstop (idempotent)
     return snap
 
 

@@ -281,7 +281,7 @@ def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep, *, defer_job: bo
 
     Call ``ctx.runtime.jobs.notify()`` after the transaction commits. ``defer_job``: the
     caller finishes the volume itself right after commit (:func:`finish_volume`); the job
-    only runs later as a crash-safety backstop.
+    is then a crash-safety backstop that finds the work done (every step is idempotent).
     """
     if prep.existing is not None:
         return prep.existing
@@ -308,7 +308,7 @@ def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep, *, defer_job: bo
     ctx.runtime.jobs.submit("ec2_volume_create", {
         "volume_id": prep.volume_id, "account": caller.account, "region": caller.region,
         "problem": prep.plan.problem,
-    }, conn=conn, delay_seconds=30.0 if defer_job else 0.0)
+    }, conn=conn)  # with defer_job: a backstop (idempotent)
     return Volume.from_row(values)
 
 
