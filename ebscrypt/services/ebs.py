@@ -70,12 +70,17 @@ def _ec2() -> Any:
     return ec2
 
 
-def _snapshot(ctx: Any, snapshot_id: str, *, owned: bool = False) -> Any:
-    """The EC2 snapshot record the caller may see, with EBS's error shapes."""
+def _snapshot(ctx: Any, snapshot_id: str, *, owned: bool = False, session: list[Any] | None = None) -> Any:
+    """The EC2 snapshot record the caller may see, with EBS's error shapes. With
+    ``session`` (a list), its write session row is appended, read in the same transaction."""
     ec2 = _ec2()
     try:
         with ctx.runtime.db.read() as conn:
             snap = ec2.get_snapshot(conn, ctx.caller, snapshot_id)
+            if session is not None:
+                session.append(
+                    conn.execute(select(ebs_sessions).where(ebs_sessions.c.snapshot_id == snapshot_id)).first()
+                )
     except ServiceError as err:
         if err.code.endswith("Malformed"):
             raise validation(f"The snapshot ID '{snapshot_id}' is not valid.", "INVALID_SNAPSHOT_ID") from None
@@ -223,23 +228,40 @@ def _now(ctx: Any) -> datetime:
     return ctx.runtime.clock.now()
 
 
-def _session(ctx: Any, snapshot_id: str) -> Any:
-    with ctx.runtime.db.read() as conn:
-        return conn.execute(select(ebs_sessions).where(ebs_sessions.c.snapshot_id == snapshot_id)).first()
+class _ProgressMemo:
+    """Last Progress recorded per snapshot, so the record is written when it moves by
+    5 points (or reaches 99+), not on every block."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[tuple[int, str], int] = {}
+
+    def advanced(self, ctx: Any, snapshot_id: str, value: int) -> bool:
+        ident = (id(ctx.runtime), snapshot_id)
+        with self._lock:
+            last = self._last.get(ident, -100)
+            if value >= last + 5 or (value >= 99 and value > last):
+                if len(self._last) > 4096:
+                    self._last.clear()
+                self._last[ident] = value
+                return True
+            return False
+
+
+_progress = _ProgressMemo()
 
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-def _check_write_session(ctx: Any, snap: Any) -> None:
+def _check_write_session(ctx: Any, snap: Any, session: Any) -> None:
     """The snapshot accepts writes: pending, started here, not past its Timeout."""
     if snap.state != "pending":
         raise validation(
             f"The snapshot '{snap.id}' is in the '{snap.state}' state and no longer accepts writes.",
             "INVALID_SNAPSHOT_ID",
         )
-    session = _session(ctx, snap.id)
     if session is None:
         raise validation(f"The snapshot '{snap.id}' was not started with StartSnapshot.", "INVALID_SNAPSHOT_ID")
     deadline = _aware(session.last_activity) + timedelta(minutes=session.timeout_minutes)
@@ -249,8 +271,11 @@ def _check_write_session(ctx: Any, snap: Any) -> None:
         raise validation(f"The snapshot '{snap.id}' timed out.", "WRITE_REQUEST_TIMEOUT")
 
 
-def _touch(ctx: Any, snapshot_id: str) -> None:
+def _touch(ctx: Any, snapshot_id: str, session: Any) -> None:
+    """Push the Timeout deadline on (written at most every 30 s, not per block)."""
     now = _now(ctx)
+    if now - _aware(session.last_activity) < timedelta(seconds=30):
+        return
     with ctx.runtime.db.begin() as conn:
         conn.execute(
             update(ebs_sessions)
@@ -393,8 +418,9 @@ def put_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     snapshot_id = params["SnapshotId"]
     index = int(params["BlockIndex"])
     data: bytes = params.get("BlockData") or b""
-    snap = _snapshot(ctx, snapshot_id, owned=True)
-    _check_write_session(ctx, snap)
+    found: list[Any] = []
+    snap = _snapshot(ctx, snapshot_id, owned=True, session=found)
+    _check_write_session(ctx, snap, found[0])
     if index >= _max_blocks(snap):
         raise validation(
             f"The block index {index} is outside the {snap.volume_size} GiB volume (last index {_max_blocks(snap) - 1}).",
@@ -415,9 +441,9 @@ def put_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
         _blocks(ctx).write_block(snapshot_id, index, data, key)
     except BlockIntegrityError:
         raise internal("The block could not be stored.") from None
-    _touch(ctx, snapshot_id)
+    _touch(ctx, snapshot_id, found[0])
     progress = params.get("Progress")
-    if progress is not None:
+    if progress is not None and _progress.advanced(ctx, snapshot_id, int(progress)):
         from ebscrypt.engines.ec2.snapshots import set_progress
 
         set_progress(ctx.runtime, snapshot_id, int(progress))
@@ -430,7 +456,9 @@ def complete_snapshot(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     snap = _snapshot(ctx, snapshot_id, owned=True)
     if snap.state == "completed":
         return {"Status": "completed"}
-    _check_write_session(ctx, snap)
+    found: list[Any] = []
+    snap = _snapshot(ctx, snapshot_id, owned=True, session=found)
+    _check_write_session(ctx, snap, found[0])
     blocks = _blocks(ctx)
     key = _keys.get(ctx, snap)
     own = blocks.own_blocks(snapshot_id, key)
