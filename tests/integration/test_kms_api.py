@@ -425,6 +425,11 @@ def test_on_demand_rotation_keeps_old_ciphertexts_readable(kms_a: Any) -> None:
     assert kms_a.decrypt(CiphertextBlob=new)["Plaintext"] == b"after rotation"
     rotations = kms_a.list_key_rotations(KeyId=key)["Rotations"]
     assert [r["RotationType"] for r in rotations] == ["ON_DEMAND"]
+    assert rotations[0]["KeyMaterialState"] == "CURRENT"
+    current = kms_a.describe_key(KeyId=key)["KeyMetadata"]["CurrentKeyMaterialId"]
+    assert current == rotations[0]["KeyMaterialId"]
+    assert kms_a.decrypt(CiphertextBlob=new)["KeyMaterialId"] == current
+    assert kms_a.decrypt(CiphertextBlob=old)["KeyMaterialId"] != current
     status = kms_a.get_key_rotation_status(KeyId=key)
     assert status["KeyRotationEnabled"] is False
     kms_a.enable_key_rotation(KeyId=key, RotationPeriodInDays=90)

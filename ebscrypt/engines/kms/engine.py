@@ -327,7 +327,7 @@ class KeyEngine:
             )
         )
         self._add_material(conn, key_id, material)
-        return conn.execute(select(kms_keys).where(kms_keys.c.key_id == key_id)).one()
+        return conn.execute(self._key_query(key_id)).one()
 
     def _ensure_ebs_key(self, account: str, region: str) -> None:
         with self.db.read() as conn:
@@ -960,7 +960,14 @@ class KeyEngine:
             ).all()
         page, out = _page(rows, p, default=100, max_limit=1000)
         out["Rotations"] = [
-            {"KeyId": row.arn, "RotationDate": _utc(r.created_at), "RotationType": r.rotation_type} for r in page
+            {
+                "KeyId": row.arn,
+                "KeyMaterialId": r.material_id,
+                "KeyMaterialState": "CURRENT" if r.is_current else "NON_CURRENT",
+                "RotationDate": _utc(r.created_at),
+                "RotationType": r.rotation_type,
+            }
+            for r in page
         ]
         return out
 
@@ -1373,7 +1380,11 @@ class KeyEngine:
         )
         if p.get("DryRun"):
             raise kms_error("DryRunOperationException", "The request would have succeeded, but the DryRun flag is set.")
-        return {"KeyId": row.arn, "Plaintext": plaintext, "EncryptionAlgorithm": alg or "SYMMETRIC_DEFAULT"}
+        out = {"KeyId": row.arn, "Plaintext": plaintext, "EncryptionAlgorithm": alg or "SYMMETRIC_DEFAULT"}
+        material_id = _blob_material_id(p.get("CiphertextBlob"), row)
+        if material_id:
+            out["KeyMaterialId"] = material_id
+        return out
 
     def op_ReEncrypt(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
         src_ec = _context(p.get("SourceEncryptionContext"))
@@ -1396,6 +1407,10 @@ class KeyEngine:
             "KeyId": dst.arn,
             "SourceEncryptionAlgorithm": src_alg or "SYMMETRIC_DEFAULT",
             "DestinationEncryptionAlgorithm": dst_alg,
+            **_present(
+                SourceKeyMaterialId=_blob_material_id(p.get("CiphertextBlob"), src),
+                DestinationKeyMaterialId=_blob_material_id(blob, dst),
+            ),
         }
 
     def _data_key(self, caller: Caller, p: dict[str, Any], action: str) -> tuple[Any, bytes, bytes]:
@@ -1433,7 +1448,8 @@ class KeyEngine:
         if "Recipient" in p:
             raise kms_error("UnsupportedOperationException", "Recipient (Nitro Enclaves) is not supported by ebscrypt.")
         row, plaintext, blob = self._data_key(caller, p, "kms:GenerateDataKey")
-        return {"CiphertextBlob": blob, "Plaintext": plaintext, "KeyId": row.arn}
+        return {"CiphertextBlob": blob, "Plaintext": plaintext, "KeyId": row.arn,
+                "KeyMaterialId": _blob_material_id(blob, row)}
 
     def op_GenerateDataKeyWithoutPlaintext(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
         row, _plaintext, blob = self._data_key(caller, p, "kms:GenerateDataKeyWithoutPlaintext")
@@ -1620,8 +1636,25 @@ def _metadata(row: Any) -> dict[str, Any]:
     }
     if row.state == "PendingDeletion" and row.deletion_date is not None:
         md["DeletionDate"] = _utc(row.deletion_date)
+    if row.key_spec == "SYMMETRIC_DEFAULT" and getattr(row, "current_material_id", None):
+        md["CurrentKeyMaterialId"] = row.current_material_id
     md.update(_algorithms(row))
     return md
+
+
+def _present(**members: Any) -> dict[str, Any]:
+    """Only the members that have a value (absent members are omitted, never None)."""
+    return {k: v for k, v in members.items() if v is not None}
+
+
+def _blob_material_id(blob: Any, row: Any) -> str | None:
+    """The backing material id a symmetric blob names (None for asymmetric keys)."""
+    if row.key_spec != "SYMMETRIC_DEFAULT" or not isinstance(blob, (bytes, bytearray)):
+        return None
+    try:
+        return blobfmt.parse_header(bytes(blob)).material_id
+    except (blobfmt.BadCiphertext, ValueError):
+        return None
 
 
 def _context(ec: Any) -> dict[str, str] | None:
