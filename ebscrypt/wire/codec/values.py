@@ -28,7 +28,7 @@ class BadValue(ValueError):
 
 _INT_RE = re.compile(r"[+-]?\d+\Z")
 _ISO_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?"
+    r"(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?)?"
     r"\s*(Z|z|[+-]\d{2}:?\d{2})?\Z"
 )
 
@@ -77,7 +77,8 @@ def parse_timestamp(text: str | int | float) -> _dt.datetime:
         micro = int((frac or "0")[:6].ljust(6, "0"))
         try:
             value = _dt.datetime(
-                int(year), int(month), int(day), int(hour), int(minute), int(sec or 0), micro, tzinfo=UTC
+                int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(sec or 0), micro,
+                tzinfo=UTC,
             )
         except ValueError:
             raise BadValue("must be a valid timestamp") from None
