@@ -401,6 +401,9 @@ def test_retire_grant_and_list_retirable_grants_paging(aws: Callable[..., Any]) 
     retirer.retire_grant(KeyId=f"arn:aws:kms:{REGION}:444444444403:key/{key}", GrantId=grants[1]["GrantId"])
     assert [g["GrantId"] for g in owner.list_grants(KeyId=key)["Grants"]] == [grants[2]["GrantId"]]
     assert err(retirer.retire_grant, GrantToken="bogus-token")[0] == "InvalidGrantTokenException"
+    assert err(owner.revoke_grant, KeyId=key, GrantId="not-a-grant-id")[0] == "InvalidGrantIdException"
+    # only the retiring principal's own account may list its retirable grants
+    assert err(grantee.list_retirable_grants, RetiringPrincipal=retiring)[0] == "AccessDeniedException"
 
 
 def test_bad_grant_requests(kms_a: Any) -> None:

@@ -1259,6 +1259,12 @@ class KeyEngine:
             grant_rules.validate_principal(principal, "RetiringPrincipal")
         except grant_rules.GrantError as exc:
             raise kms_error("ValidationException", str(exc)) from None
+        if not policy_rules.principal_matches(principal, caller.arn, caller.account):
+            raise kms_error(
+                "AccessDeniedException",
+                f"User: {caller.arn} is not authorized to perform: kms:ListRetirableGrants for "
+                f"retiring principal {principal} of another account",
+            )
         with self.db.read() as conn:
             rows = conn.execute(
                 select(kms_grants)
@@ -1276,6 +1282,7 @@ class KeyEngine:
             if g is None:
                 raise kms_error("InvalidGrantTokenException", "Grant token provided is not valid")
         elif key_ref and grant_id:
+            _check_grant_id(grant_id)
             row = self._resolve(caller, key_ref)
             with self.db.read() as conn:
                 g = conn.execute(
@@ -1300,6 +1307,7 @@ class KeyEngine:
         return {}
 
     def op_RevokeGrant(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        _check_grant_id(p["GrantId"])
         row = self._resolve(caller, p["KeyId"])
         self._authorize(caller, row, "kms:RevokeGrant")
         with self.db.begin() as conn:
@@ -1640,6 +1648,14 @@ def _metadata(row: Any) -> dict[str, Any]:
         md["CurrentKeyMaterialId"] = row.current_material_id
     md.update(_algorithms(row))
     return md
+
+
+_GRANT_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_grant_id(grant_id: Any) -> None:
+    if not isinstance(grant_id, str) or not _GRANT_ID_RE.match(grant_id):
+        raise kms_error("InvalidGrantIdException", f"Invalid grant ID {grant_id!r}")
 
 
 def _present(**members: Any) -> dict[str, Any]:
