@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ebscrypt.domain.outcome import Source, decide, reuses_data_key
@@ -128,9 +128,11 @@ def unwrap(ctx: Any, key_arn: str, blob: bytes, context: dict[str, str], data_ke
 
     kms = ctx.runtime.kms
     via = via_ec2(region)
+    # The key lives in the resource's region: a cross-region copy reads its source there.
+    caller = ctx.caller if ctx.caller.region == region else replace(ctx.caller, region=region)
     if grant:
-        kms.create_grant_for_service(ctx.caller, key_arn, via_service=via, operations=GRANT_OPERATIONS)
-    _arn, plaintext = kms.decrypt(ctx.caller, blob, encryption_context=context, via_service=via, key_id=key_arn)
+        kms.create_grant_for_service(caller, key_arn, via_service=via, operations=GRANT_OPERATIONS)
+    _arn, plaintext = kms.decrypt(caller, blob, encryption_context=context, via_service=via, key_id=key_arn)
     return DataKey(data_key_id, plaintext)
 
 

@@ -35,7 +35,7 @@ _IOPS = {"gp3": (3000, 80000, 500), "io1": (100, 64000, 50), "io2": (100, 256000
 VolumeListener = Callable[[Any, str, str], None]
 _volume_listeners: list[VolumeListener] = []
 # -> {"availability_zone": ..., "root_device_name": ...}; raises InvalidInstanceID.NotFound
-InstanceLookup = Callable[[Connection, Any, str], dict]
+InstanceLookup = Callable[[Connection, Any, str], "dict | str"]  # a bare str = the zone
 _instance_lookup: list[InstanceLookup] = []
 
 
@@ -55,7 +55,10 @@ def lookup_instance(conn: Connection, caller: Any, instance_id: str) -> dict | N
     """The registered instance lookup's answer; None when no lookup is registered."""
     if not _instance_lookup:
         return None
-    return _instance_lookup[0](conn, caller, instance_id)
+    info = _instance_lookup[0](conn, caller, instance_id)
+    if isinstance(info, str):  # the first form of the contract: just the zone
+        return {"availability_zone": info, "root_device_name": None}
+    return dict(info)
 
 
 def _notify(runtime: Any, volume_id: str, state: str) -> None:
