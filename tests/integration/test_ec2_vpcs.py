@@ -50,6 +50,7 @@ def test_filters_and_ids(aws) -> None:
     ec2 = aws("ec2", account="444444444444", region="eu-west-1")
     vpc_id = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
     assert ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["false"]}])["Vpcs"] == []
+    assert ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"] == vpc_id
     assert ec2.describe_vpcs(VpcIds=[vpc_id])["Vpcs"][0]["VpcId"] == vpc_id
     sub = ec2.describe_subnets(Filters=[{"Name": "availability-zone", "Values": ["eu-west-1b"]},
                                         {"Name": "default-for-az", "Values": ["true"]}])["Subnets"]

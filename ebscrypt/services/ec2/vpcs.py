@@ -13,6 +13,7 @@ from ebscrypt.services.registry import operation
 _VPC_FILTERS = {
     "vpc-id": lambda v: v["id"],
     "is-default": lambda v: v["is_default"],
+    "isDefault": lambda v: v["is_default"],  # legacy spelling, still accepted by EC2
     "cidr": lambda v: v["cidr_block"],
     "cidr-block-association.cidr-block": lambda v: v["cidr_block"],
     "cidr-block-association.association-id": lambda v: v["cidr_association_id"],
