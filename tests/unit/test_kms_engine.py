@@ -293,3 +293,29 @@ def test_concurrent_use_keeps_audit_lines_whole(engine: KeyEngine) -> None:
     assert errors == []
     events = list(read_events(engine.runtime.settings.data_dir))  # every line parses
     assert len(events) == 4 * 20 * 2
+
+
+def test_destroyed_key_leaves_no_wrapped_material_in_the_database(tmp_path: Path) -> None:
+    """R-KEY-8: after the waiting period even the wrapped material is gone from the file."""
+    from sqlalchemy import select
+
+    from ebscrypt.storage.tables.kms import kms_key_material
+
+    clock = Clock()
+    engine = make_engine(tmp_path / "d", clock)
+    md = cmk(engine)
+    with engine.db.read() as conn:
+        wrapped = conn.execute(
+            select(kms_key_material.c.wrapped).where(kms_key_material.c.key_id == md["KeyId"])
+        ).scalar_one()
+    engine.op_ScheduleKeyDeletion(CA, {"KeyId": md["KeyId"], "PendingWindowInDays": 7})
+    clock.advance(8 * 86400)
+    assert engine.sweep_deletions() == 1
+    raw = engine.db.engine.raw_connection()
+    try:
+        raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        raw.close()
+    engine.db.dispose()
+    data = b"".join(p.read_bytes() for p in (tmp_path / "d").iterdir() if p.is_file())
+    assert wrapped not in data

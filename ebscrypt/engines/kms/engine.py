@@ -417,9 +417,10 @@ class KeyEngine:
             return None
         now = self.clock.now()
         if row.state == "PendingDeletion" and _utc(row.deletion_date) <= now:
-            self._destroy(key_id)
-            return None
-        if row.rotation_enabled and row.next_rotation_date is not None and _utc(row.next_rotation_date) <= now:
+            if self._destroy(key_id):
+                return None
+            return self._load(key_id)
+        if row.state == "Enabled" and row.rotation_enabled and row.next_rotation_date is not None and _utc(row.next_rotation_date) <= now:
             self._auto_rotate(key_id)
             with self.db.read() as conn:
                 row = conn.execute(self._key_query(key_id)).first()
@@ -438,7 +439,7 @@ class KeyEngine:
     def _auto_rotate(self, key_id: str) -> None:
         with self.db.begin() as conn:
             row = conn.execute(select(kms_keys).where(kms_keys.c.key_id == key_id)).first()
-            if row is None or not row.rotation_enabled or row.next_rotation_date is None:
+            if row is None or row.state != "Enabled" or not row.rotation_enabled or row.next_rotation_date is None:
                 return
             now = self.clock.now()
             due = _utc(row.next_rotation_date)
@@ -450,15 +451,25 @@ class KeyEngine:
                 due += period
             conn.execute(update(kms_keys).where(kms_keys.c.key_id == key_id).values(next_rotation_date=due))
 
-    def _destroy(self, key_id: str) -> None:
-        """Crypto-shred: delete the wrapped material and every record of the key."""
+    def _destroy(self, key_id: str) -> bool:
+        """Crypto-shred a key whose deletion date has passed: delete its wrapped material
+        and every record of it. Re-checked inside the transaction (a concurrent
+        CancelKeyDeletion wins). SQLite overwrites the freed pages (secure_delete)."""
         with self.db.begin() as conn:
+            if self.db.is_sqlite:
+                conn.exec_driver_sql("PRAGMA secure_delete=ON")
+            row = conn.execute(
+                select(kms_keys.c.state, kms_keys.c.deletion_date).where(kms_keys.c.key_id == key_id)
+            ).first()
+            if row is None or row.state != "PendingDeletion" or _utc(row.deletion_date) > self.clock.now():
+                return False
             for table in (kms_key_material, kms_aliases, kms_grants, kms_tags):
                 col = table.c.target_key_id if table is kms_aliases else table.c.key_id
                 conn.execute(delete(table).where(col == key_id))
             conn.execute(delete(kms_keys).where(kms_keys.c.key_id == key_id))
         for k in [k for k in self._materials if k[0] == key_id]:
             self._materials.pop(k, None)
+        return True
 
     def sweep_deletions(self) -> int:
         """Destroy every key whose deletion date has passed; return how many."""
@@ -469,8 +480,7 @@ class KeyEngine:
             ).all()
         n = 0
         for r in rows:
-            if _utc(r.deletion_date) <= now:
-                self._destroy(r.key_id)
+            if _utc(r.deletion_date) <= now and self._destroy(r.key_id):
                 n += 1
         return n
 
