@@ -5,6 +5,7 @@ See :mod:`ebscrypt.engines.blocks.engine` for the API (``runtime.blocks``).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
@@ -14,11 +15,14 @@ def open_engine(runtime: Any) -> Any:
 
     settings = runtime.settings
     processes = int(getattr(settings, "block_workers", 2) or 0)
+    # Fault injection for crash tests only: pause (seconds) after each re-encrypted batch.
+    delay = float(os.environ.get("EBSCRYPT_FAULT_COPY_BATCH_DELAY", "0") or 0)
     engine = BlockEngine(
         runtime.db,
         LocalDirStore(settings.data_dir / "blocks"),
         clock=runtime.clock,
         processes=processes,
+        copy_batch_delay=delay,
     )
     engine.start_maintenance()
     return engine

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 import uuid
 from collections import OrderedDict
@@ -127,12 +128,15 @@ class BlockEngine:
         clock: Any = None,
         processes: int = 2,
         gc_grace_seconds: float = 60.0,
+        copy_batch_delay: float = 0.0,
     ) -> None:
         self.db = db
         self.store = store
         self._clock = clock
         self.processes = processes
         self.gc_grace_seconds = gc_grace_seconds
+        # Fault-injection knob for crash tests: a pause after each committed copy batch.
+        self.copy_batch_delay = copy_batch_delay
         self._layer_cache: dict[str, tuple[str | None, str | None]] = {}  # id -> (parent, origin)
         self._local = threading.local()
         self._pool: ProcessPoolExecutor | None = None
@@ -155,8 +159,9 @@ class BlockEngine:
                 self._maint.start()
 
     def start_maintenance(self) -> None:
-        """Start the maintenance thread (periodic garbage sweep)."""
+        """Start the maintenance thread: garbage sweep, and orphans left by crashes."""
         self.add_periodic("sweep", self.sweep, max(5.0, self.gc_grace_seconds / 2))
+        self.add_periodic("orphans", lambda: self.sweep_orphans(3600.0), 900.0)
 
     def _maintain(self) -> None:
         import time
@@ -502,6 +507,10 @@ class BlockEngine:
             copied += len(batch)
             if progress and total:
                 progress(min(99.9, 100.0 * copied / total))
+            if self.copy_batch_delay:
+                import time
+
+                time.sleep(self.copy_batch_delay)
 
         if len(objects) <= self.INLINE_BLOCKS or self.processes <= 0:
             for batch in batches:
@@ -796,7 +805,12 @@ class BlockEngine:
         with self._pool_lock:
             if self._pool is None:
                 # 'spawn': the server is multi-threaded, and fork would copy its locks.
-                self._pool = ProcessPoolExecutor(max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"))
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self.processes,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=workers.init_worker,
+                    initargs=(os.getpid(),),
+                )
             return self._pool
 
 

@@ -16,6 +16,22 @@ _CIPHERS: "OrderedDict[Any, BlockCipher]" = OrderedDict()
 _READBUF = bytearray(GCM_OBJECT_SIZE + 1)
 
 
+def init_worker(parent_pid: int) -> None:
+    """Worker start-up: exit as soon as the server that started us is gone (a SIGKILLed
+    server cannot shut its pool down, and the pool's pipes would keep us waiting)."""
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(0)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _cipher(key: tuple[str, bytes] | None) -> BlockCipher:
     cipher = _CIPHERS.get(key)
     if cipher is None:
