@@ -121,6 +121,9 @@ def test_delete_by_name_and_id_is_idempotent(aws) -> None:
     assert out["Return"] is True and out["KeyPairId"] == k1["KeyPairId"]
     assert ec2.delete_key_pair(KeyName=n1)["Return"] is True  # gone already: still success
     ec2.delete_key_pair(KeyPairId=k2["KeyPairId"])
+    with pytest.raises(ClientError) as e:  # an id must name an existing pair
+        ec2.delete_key_pair(KeyPairId=k2["KeyPairId"])
+    assert err(e) == ("InvalidKeyPair.NotFound", f"The key pair ID '{k2['KeyPairId']}' does not exist")
     names = {k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]}
     assert n1 not in names and n2 not in names
     # the name is free again
@@ -142,6 +145,8 @@ def test_filters(aws) -> None:
     assert names(Filters=[{"Name": "tag:env", "Values": ["prod"]}]) == {"filt-a"}
     assert names(Filters=[{"Name": "tag-key", "Values": ["env"]}]) == {"filt-a"}
     assert names(Filters=[{"Name": "key-pair-id", "Values": [a["KeyPairId"]]}]) == {"filt-a"}
+    assert names(Filters=[{"Name": "key-name", "Values": ["filt-?", "other"]},
+                          {"Name": "tag:env", "Values": ["prod", "dev"]}]) == {"filt-a"}
     with pytest.raises(ClientError) as e:
         ec2.describe_key_pairs(Filters=[{"Name": "nonsense", "Values": ["x"]}])
     assert err(e)[0] == "InvalidParameterValue"

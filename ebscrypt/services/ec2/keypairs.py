@@ -23,7 +23,6 @@ _FILTERS = {
     "key-pair-id": lambda k: k["id"],
     "key-name": lambda k: k["name"],
     "fingerprint": lambda k: k["fingerprint"],
-    "key-type": lambda k: k["key_type"],
 }
 
 
@@ -116,7 +115,10 @@ def delete_key_pair(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
         deleted = K.delete_(conn, c.account, c.region, name=name, key_id=key_id)
         if deleted:
             drop_tags(conn, [deleted])
-    # Deleting a key pair that does not exist succeeds, as on AWS.
+        elif key_id:
+            # A key pair id must name one of the caller's pairs.
+            raise K.not_found_id(key_id)
+    # Deleting by a name that does not exist succeeds, as on AWS.
     out: dict[str, Any] = {"Return": True}
     if deleted:
         out["KeyPairId"] = deleted
