@@ -459,7 +459,8 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
                 ctx, zone=zone, source=sources[m["DeviceName"]], ebs=ebs, request=m.get("_request") or {},
                 attach=core.Attach(instance_id, m["DeviceName"], True if dot is None else bool(dot)),
             ))
-        plan = [{"device": prep.attach.device, "volume_id": prep.volume_id} for prep in preps]
+        plan = [{"device": prep.attach.device, "volume_id": prep.volume_id,
+                 "delete_on_termination": prep.attach.delete_on_termination} for prep in preps]
         row = dict(  # network fields are filled in the write transaction below
             instance_id=instance_id, reservation_id=reservation_id, account=caller.account, region=caller.region,
             image_id=image_id, instance_type=instance_type, state=it.PENDING, state_reason_code=None,
@@ -531,6 +532,7 @@ def _settle_launch(runtime: Any, instance_id: str) -> None:
     """A pending (launching) instance → running when its volumes are in use, or →
     terminated when one of them failed (KMS key problem: Client.InvalidKMSKey.InvalidState)."""
     deleted: list[str] = []
+    failed_volumes: list[str] = []
     with runtime.db.begin() as conn:
         row = conn.execute(select(instances_t).where(instances_t.c.instance_id == instance_id)).mappings().first()
         if row is None:
@@ -541,6 +543,9 @@ def _settle_launch(runtime: Any, instance_id: str) -> None:
         states = _launch_volume_states(conn, instance)
         now = runtime.clock.now()
         if any(s == "error" for s, _m in states):
+            # Volumes that never came up go with the instance (they were DeleteOnTermination).
+            failed_volumes = [p["volume_id"] for p, (s, _m) in zip(instance.launch_plan, states)
+                              if s == "error" and p.get("delete_on_termination", True)]
             messages = [m or "" for s, m in states if s == "error"]
             kms = any("KMS" in m or "kms" in m.lower() for m in messages)
             code, message = KMS_STATE_REASON if kms else ("Server.InternalError",
@@ -554,6 +559,13 @@ def _settle_launch(runtime: Any, instance_id: str) -> None:
                 state=it.RUNNING, launch_plan="[]", updated_at=now))
     if deleted:
         release_volumes(runtime, deleted)
+    if failed_volumes:
+        ctx = job_ctx(runtime, instance.account, instance.region, "RunInstances")
+        for volume_id in failed_volumes:
+            try:
+                core.delete_volume(ctx, volume_id)
+            except ServiceError:
+                pass  # already gone
 
 
 def _on_volume_final(runtime: Any, volume_id: str, state: str) -> None:
