@@ -202,3 +202,23 @@ def untag_resource(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any
 @operation("kms", "ListResourceTags")
 def list_resource_tags(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     return _run(ctx, "ListResourceTags", params)
+
+
+@operation("kms", "GenerateMac")
+def generate_mac(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    return _run(ctx, "GenerateMac", params)
+
+
+@operation("kms", "VerifyMac")
+def verify_mac(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    return _run(ctx, "VerifyMac", params)
+
+
+@operation("kms", "GenerateDataKeyPair")
+def generate_data_key_pair(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    return _run(ctx, "GenerateDataKeyPair", params)
+
+
+@operation("kms", "GenerateDataKeyPairWithoutPlaintext")
+def generate_data_key_pair_without_plaintext(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    return _run(ctx, "GenerateDataKeyPairWithoutPlaintext", params)

@@ -544,10 +544,8 @@ def test_bad_input_codes(kms_a: Any) -> None:
     assert err(kms_a.describe_key, KeyId=f"arn:aws:kms:{REGION}:{A}:key/11111111-2222-3333-4444-555555555555")[0] == (
         "NotFoundException"
     )
-    assert err(kms_a.create_key, KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")[0] in (
-        "UnsupportedOperationException",
-        "ValidationException",
-    )
+    assert err(kms_a.create_key, KeySpec="SM2", KeyUsage="SIGN_VERIFY")[0] == "UnsupportedOperationException"
+    assert err(kms_a.create_key, KeySpec="HMAC_256", KeyUsage="ENCRYPT_DECRYPT")[0] == "ValidationException"
     raw = unvalidated(kms_a)
     assert err(raw.generate_random, NumberOfBytes=0)[0] == "ValidationException"
     assert err(raw.generate_random, NumberOfBytes=1025)[0] == "ValidationException"
@@ -614,3 +612,37 @@ def test_audit_file_has_one_record_per_operation(server_factory: Callable[..., A
                          capture_output=True, text=True, timeout=60)
     if out.returncode == 0:
         assert out.stdout.count("kms.amazonaws.com") == len(events)
+
+
+def test_hmac_keys(kms_a: Any) -> None:
+    import hashlib
+    import hmac as hmac_mod
+
+    key = kms_a.create_key(KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]
+    assert key["MacAlgorithms"] == ["HMAC_SHA_256"]
+    mac = kms_a.generate_mac(KeyId=key["KeyId"], Message=b"hello", MacAlgorithm="HMAC_SHA_256")["Mac"]
+    assert len(mac) == hashlib.sha256().digest_size
+    ok = kms_a.verify_mac(KeyId=key["KeyId"], Message=b"hello", Mac=mac, MacAlgorithm="HMAC_SHA_256")
+    assert ok["MacValid"] is True
+    code, _ = err(kms_a.verify_mac, KeyId=key["KeyId"], Message=b"hellO", Mac=mac, MacAlgorithm="HMAC_SHA_256")
+    assert code == "KMSInvalidMacException"
+    assert not hmac_mod.compare_digest(mac, b"\0" * 32)
+    assert err(kms_a.generate_mac, KeyId=key["KeyId"], Message=b"m", MacAlgorithm="HMAC_SHA_512")[0] == (
+        "InvalidKeyUsageException"
+    )
+    assert err(kms_a.encrypt, KeyId=key["KeyId"], Plaintext=b"x")[0] == "InvalidKeyUsageException"
+    assert err(kms_a.get_public_key, KeyId=key["KeyId"])[0] == "UnsupportedOperationException"
+
+
+def test_data_key_pairs(kms_a: Any) -> None:
+    key = kms_a.create_key()["KeyMetadata"]["KeyId"]
+    pair = kms_a.generate_data_key_pair(KeyId=key, KeyPairSpec="ECC_NIST_P256", EncryptionContext={"k": "v"})
+    private = serialization.load_der_private_key(pair["PrivateKeyPlaintext"], password=None)
+    public = serialization.load_der_public_key(pair["PublicKey"])
+    assert private.public_key().public_numbers() == public.public_numbers()
+    unwrapped = kms_a.decrypt(CiphertextBlob=pair["PrivateKeyCiphertextBlob"], EncryptionContext={"k": "v"})
+    assert unwrapped["Plaintext"] == pair["PrivateKeyPlaintext"]
+    w = kms_a.generate_data_key_pair_without_plaintext(KeyId=key, KeyPairSpec="RSA_2048")
+    assert "PrivateKeyPlaintext" not in w and w["KeyPairSpec"] == "RSA_2048"
+    rsa_priv = kms_a.decrypt(CiphertextBlob=w["PrivateKeyCiphertextBlob"])["Plaintext"]
+    assert serialization.load_der_private_key(rsa_priv, password=None).key_size == 2048

@@ -6,6 +6,9 @@ keys are DER SubjectPublicKeyInfo as GetPublicKey returns them.
 
 from __future__ import annotations
 
+import hmac
+import os
+
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
@@ -17,9 +20,11 @@ ECC_CURVES = {
     "ECC_NIST_P521": ec.SECP521R1,
     "ECC_SECG_P256K1": ec.SECP256K1,
 }
-SUPPORTED_SPECS = ("SYMMETRIC_DEFAULT", *RSA_BITS, *ECC_CURVES)
+HMAC_BYTES = {"HMAC_224": 28, "HMAC_256": 32, "HMAC_384": 48, "HMAC_512": 64}
+SUPPORTED_SPECS = ("SYMMETRIC_DEFAULT", *RSA_BITS, *ECC_CURVES, *HMAC_BYTES)
 USAGES = {
     "SYMMETRIC_DEFAULT": ("ENCRYPT_DECRYPT",),
+    **{s: ("GENERATE_VERIFY_MAC",) for s in HMAC_BYTES},
     **{s: ("ENCRYPT_DECRYPT", "SIGN_VERIFY") for s in RSA_BITS},
     **{s: ("SIGN_VERIFY",) for s in ECC_CURVES},
 }
@@ -35,8 +40,10 @@ _RSA_SIGNING = tuple(
 )
 
 
-def generate(key_spec: str) -> tuple[bytes, bytes]:
-    """(private key PKCS#8 DER, public key SPKI DER)."""
+def generate(key_spec: str) -> tuple[bytes, bytes | None]:
+    """(private key PKCS#8 DER, public key SPKI DER); HMAC keys: (random key, None)."""
+    if key_spec in HMAC_BYTES:
+        return os.urandom(HMAC_BYTES[key_spec]), None
     if key_spec in RSA_BITS:
         priv = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS[key_spec])
     elif key_spec in ECC_CURVES:
@@ -128,3 +135,23 @@ def verify(public_der: bytes, message: bytes, signature: bytes, alg: str, *, dig
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+# --------------------------------------------------------------------------- HMAC
+
+
+def mac_algorithms(key_spec: str) -> tuple[str, ...]:
+    return (f"HMAC_SHA_{key_spec[5:]}",) if key_spec in HMAC_BYTES else ()
+
+
+def generate_mac(key: bytes, message: bytes, alg: str) -> bytes:
+    return hmac.new(key, message, f"sha{alg.rsplit('_', 1)[1]}").digest()
+
+
+def verify_mac(key: bytes, message: bytes, mac: bytes, alg: str) -> bool:
+    return hmac.compare_digest(generate_mac(key, message, alg), mac)
+
+
+# ------------------------------------------------------------------ data key pairs
+
+KEY_PAIR_SPECS = (*RSA_BITS, "ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521", "ECC_SECG_P256K1")

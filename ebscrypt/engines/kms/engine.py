@@ -747,7 +747,10 @@ class KeyEngine:
             raise kms_error(
                 "ValidationException", "You cannot specify KeySpec and CustomerMasterKeySpec in the same request."
             )
-        key_usage = p.get("KeyUsage") or ("SIGN_VERIFY" if key_spec.startswith("ECC_") else "ENCRYPT_DECRYPT")
+        key_usage = p.get("KeyUsage") or (
+            "SIGN_VERIFY" if key_spec.startswith("ECC_")
+            else "GENERATE_VERIFY_MAC" if key_spec.startswith("HMAC_") else "ENCRYPT_DECRYPT"
+        )
         if key_spec not in asym.SUPPORTED_SPECS:
             raise kms_error("UnsupportedOperationException", f"KeySpec {key_spec} is not supported by ebscrypt.")
         if key_usage not in asym.USAGES[key_spec]:
@@ -1489,10 +1492,10 @@ class KeyEngine:
         row = self._resolve(caller, p["KeyId"])
         self._authorize(caller, row, "kms:GetPublicKey", grant_tokens=p.get("GrantTokens"))
         self._require_enabled(row)
-        if row.key_spec == "SYMMETRIC_DEFAULT":
+        if row.public_key is None:
             raise kms_error(
                 "UnsupportedOperationException",
-                f"{row.arn} key spec is SYMMETRIC_DEFAULT: GetPublicKey is supported only for asymmetric KMS keys.",
+                f"{row.arn} key spec is {row.key_spec}: GetPublicKey is supported only for asymmetric KMS keys.",
             )
         out: dict[str, Any] = {
             "KeyId": row.arn,
@@ -1542,6 +1545,78 @@ class KeyEngine:
         if not asym.verify(row.public_key, message, bytes(sig), alg, digest=msg_type == "DIGEST"):
             raise kms_error("KMSInvalidSignatureException", "The signature is not valid for this message.")
         return {"KeyId": row.arn, "SignatureValid": True, "SigningAlgorithm": alg}
+
+    # ---- HMAC keys
+
+    def _mac_key(self, caller: Caller, p: dict[str, Any], action: str) -> tuple[Any, bytes, str]:
+        row = self._resolve(caller, p["KeyId"])
+        self._authorize(caller, row, action, grant_tokens=p.get("GrantTokens"))
+        self._require_enabled(row)
+        if row.key_usage != "GENERATE_VERIFY_MAC":
+            raise kms_error(
+                "InvalidKeyUsageException",
+                f"{row.arn} key usage is {row.key_usage} which is not valid for {action.split(':')[1]}.",
+            )
+        alg = p["MacAlgorithm"]
+        if alg not in asym.mac_algorithms(row.key_spec):
+            raise kms_error("InvalidKeyUsageException", f"Algorithm {alg} is incompatible with key spec {row.key_spec}.")
+        message = p.get("Message")
+        if not isinstance(message, (bytes, bytearray)) or not 1 <= len(message) <= 4096:
+            raise kms_error("ValidationException", "Message must be between 1 and 4096 bytes")
+        return row, bytes(message), alg
+
+    def op_GenerateMac(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        row, message, alg = self._mac_key(caller, p, "kms:GenerateMac")
+        with self.db.read() as conn:
+            _mid, key = self._current_material(conn, row.key_id)
+        if p.get("DryRun"):
+            raise kms_error("DryRunOperationException", "The request would have succeeded, but the DryRun flag is set.")
+        return {"Mac": asym.generate_mac(key, message, alg), "MacAlgorithm": alg, "KeyId": row.arn}
+
+    def op_VerifyMac(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        row, message, alg = self._mac_key(caller, p, "kms:VerifyMac")
+        with self.db.read() as conn:
+            _mid, key = self._current_material(conn, row.key_id)
+        if not asym.verify_mac(key, message, bytes(p.get("Mac") or b""), alg):
+            raise kms_error("KMSInvalidMacException", "The MAC is not valid for this message and key.")
+        if p.get("DryRun"):
+            raise kms_error("DryRunOperationException", "The request would have succeeded, but the DryRun flag is set.")
+        return {"KeyId": row.arn, "MacValid": True, "MacAlgorithm": alg}
+
+    # ---- data key pairs
+
+    def _data_key_pair(self, caller: Caller, p: dict[str, Any], action: str) -> dict[str, Any]:
+        row = self._resolve(caller, p["KeyId"])
+        ec = _context(p.get("EncryptionContext"))
+        self._authorize(caller, row, action, encryption_context=ec, grant_tokens=p.get("GrantTokens"))
+        self._require_enabled(row)
+        self._require_symmetric(row, action.split(":")[1])
+        spec = p["KeyPairSpec"]
+        if spec not in asym.KEY_PAIR_SPECS:
+            raise kms_error("UnsupportedOperationException", f"KeyPairSpec {spec} is not supported by ebscrypt.")
+        private_der, public_der = asym.generate(spec)
+        blob = self._seal(row, private_der, ec)
+        if p.get("DryRun"):
+            raise kms_error("DryRunOperationException", "The request would have succeeded, but the DryRun flag is set.")
+        out = {
+            "PrivateKeyCiphertextBlob": blob,
+            "PrivateKeyPlaintext": private_der,
+            "PublicKey": public_der,
+            "KeyId": row.arn,
+            "KeyPairSpec": spec,
+            "KeyMaterialId": _blob_material_id(blob, row),
+        }
+        return out
+
+    def op_GenerateDataKeyPair(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        if "Recipient" in p:
+            raise kms_error("UnsupportedOperationException", "Recipient (Nitro Enclaves) is not supported by ebscrypt.")
+        return self._data_key_pair(caller, p, "kms:GenerateDataKeyPair")
+
+    def op_GenerateDataKeyPairWithoutPlaintext(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        out = self._data_key_pair(caller, p, "kms:GenerateDataKeyPairWithoutPlaintext")
+        del out["PrivateKeyPlaintext"]
+        return out
 
     # ---- tags
 
@@ -1631,6 +1706,8 @@ def _info(row: Any) -> KeyInfo:
 
 
 def _algorithms(row: Any) -> dict[str, Any]:
+    if row.key_usage == "GENERATE_VERIFY_MAC":
+        return {"MacAlgorithms": list(asym.mac_algorithms(row.key_spec))}
     if row.key_usage == "ENCRYPT_DECRYPT":
         return {"EncryptionAlgorithms": list(asym.encryption_algorithms(row.key_spec, row.key_usage))}
     return {"SigningAlgorithms": list(asym.signing_algorithms(row.key_spec))}
