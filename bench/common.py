@@ -15,7 +15,8 @@ rounds) and the ratio ebscrypt/moto (> 1 means ebscrypt is faster).
 
 ``ctx.client(service, account=..., region=...)`` gives one cached boto3 client per
 (side, service, account, region); ``ctx.state`` is a dict for what ``setup`` prepares
-(ids of created resources…); ``ctx.side`` is ``"ebscrypt"`` or ``"moto"``.
+(ids of created resources…), one per side, kept for the whole run (later workloads see
+what earlier setups stored); ``ctx.side`` is ``"ebscrypt"`` or ``"moto"``.
 
 Nothing here names a tool outside this repository except moto, the comparison target.
 """
@@ -226,21 +227,33 @@ class Result:
         }
 
 
+class SideError(Exception):
+    """A workload failed on one side; says which."""
+
+
 def run_workload(wl: Workload, endpoints: dict[str, str], rounds: int, seconds: float,
-                 min_calls: int, warmup: int) -> Result:
+                 min_calls: int, warmup: int, ctxs: dict[str, Ctx] | None = None) -> Result:
+    """Time ``wl``. ``ctxs`` (one per side) may be shared by the workloads of a run, so
+    that ``ctx.state`` and the cached clients carry over from one workload to the next."""
     sides = [s for s in SIDES if s in wl.sides and s in endpoints]
-    ctxs = {s: Ctx(s, endpoints[s]) for s in sides}
+    ctxs = ctxs if ctxs is not None else {s: Ctx(s, endpoints[s]) for s in sides}
     for s in sides:
-        if wl.setup is not None:
-            wl.setup(ctxs[s])
-        for _ in range(warmup):
-            wl.call(ctxs[s])
+        try:
+            if wl.setup is not None:
+                wl.setup(ctxs[s])
+            for _ in range(warmup):
+                wl.call(ctxs[s])
+        except Exception as exc:
+            raise SideError(f"on {s}: {type(exc).__name__}: {exc}") from exc
     out: dict[str, list[float]] = {s: [] for s in sides}
     for i in range(rounds):
         # Alternate which side goes first, so neither always runs right after the other.
         order = sides if i % 2 == 0 else list(reversed(sides))
         for s in order:
-            out[s].append(time_round(ctxs[s], wl, seconds, min_calls))
+            try:
+                out[s].append(time_round(ctxs[s], wl, seconds, min_calls))
+            except Exception as exc:
+                raise SideError(f"on {s}: {type(exc).__name__}: {exc}") from exc
     return Result(wl.name, out)
 
 
@@ -248,16 +261,16 @@ def _fmt(v: float | None, spec: str = "10.1f") -> str:
     return format(v, spec) if v is not None else f"{'n/a':>10}"
 
 
-def print_header() -> None:
-    print(f"{'workload':<34} {'ebscrypt/s':>10} {'moto/s':>10} {'ratio':>7}  rounds(ebscrypt | moto)")
+def print_header(width: int = 34) -> None:
+    print(f"{'workload':<{width}} {'ebscrypt/s':>10} {'moto/s':>10} {'ratio':>7}  rounds(ebscrypt | moto)")
 
 
-def print_result(r: Result) -> None:
+def print_result(r: Result, width: int = 34) -> None:
     ratio = f"{r.ratio:7.2f}" if r.ratio is not None else f"{'n/a':>7}"
     detail = " | ".join(
         " ".join(f"{v:.0f}" for v in r.rounds.get(s, [])) or "-" for s in SIDES
     )
-    print(f"{r.workload:<34} {_fmt(r.median('ebscrypt'))} {_fmt(r.median('moto'))} {ratio}  {detail}",
+    print(f"{r.workload:<{width}} {_fmt(r.median('ebscrypt'))} {_fmt(r.median('moto'))} {ratio}  {detail}",
           flush=True)
 
 
@@ -330,14 +343,19 @@ def run_all(workloads: Sequence[Workload], args: argparse.Namespace) -> list[Res
     with Servers(args) as servers:
         print(f"ebscrypt: {servers.endpoints.get('ebscrypt')}   moto: {servers.endpoints.get('moto', 'not run')}"
               f"   rounds={args.rounds} x >= {args.seconds}s, median shown", flush=True)
-        print_header()
+        width = max([34, *(len(w.name) for w in wls)])
+        print_header(width)
+        # One context per side for the whole run: ctx.state and clients carry over.
+        ctxs = {side: Ctx(side, url) for side, url in servers.endpoints.items()}
         for wl in wls:
             try:
-                r = run_workload(wl, servers.endpoints, args.rounds, args.seconds, args.min_calls, args.warmup)
+                r = run_workload(wl, servers.endpoints, args.rounds, args.seconds, args.min_calls, args.warmup,
+                                 ctxs)
             except Exception as exc:  # one failing workload does not hide the others
-                print(f"{wl.name:<34} FAILED: {type(exc).__name__}: {exc}", flush=True)
+                msg = str(exc) if isinstance(exc, SideError) else f"{type(exc).__name__}: {exc}"
+                print(f"{wl.name:<{width}} FAILED {msg}"[:400], flush=True)
                 continue
-            print_result(r)
+            print_result(r, width)
             results.append(r)
     if args.json:
         args.json.write_text(json.dumps([r.as_dict() for r in results], indent=2))
