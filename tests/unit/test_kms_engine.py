@@ -319,3 +319,22 @@ def test_destroyed_key_leaves_no_wrapped_material_in_the_database(tmp_path: Path
     engine.db.dispose()
     data = b"".join(p.read_bytes() for p in (tmp_path / "d").iterdir() if p.is_file())
     assert wrapped not in data
+
+
+def test_grant_with_create_grant_only_delegates_a_subset(engine: KeyEngine) -> None:
+    md = cmk(engine)
+    engine.op_CreateGrant(
+        CA, {"KeyId": md["KeyId"], "GranteePrincipal": f"arn:aws:iam::{B}:root", "Operations": ["Decrypt", "CreateGrant"]}
+    )
+    c = Caller("333333333333", REGION)
+    ok = engine.op_CreateGrant(
+        CB, {"KeyId": md["Arn"], "GranteePrincipal": f"arn:aws:iam::{c.account}:root", "Operations": ["Decrypt"]}
+    )
+    assert len(ok["GrantId"]) == 64
+    assert code_of(
+        engine.op_CreateGrant,
+        CB,
+        {"KeyId": md["Arn"], "GranteePrincipal": f"arn:aws:iam::{c.account}:root", "Operations": ["Encrypt"]},
+    ) == "AccessDeniedException"
+    blob = engine.op_Encrypt(CA, {"KeyId": md["KeyId"], "Plaintext": b"abc"})["CiphertextBlob"]
+    assert engine.op_Decrypt(c, {"CiphertextBlob": blob})["Plaintext"] == b"abc"

@@ -542,13 +542,24 @@ class KeyEngine:
                     principal_account=caller.account,
                     encryption_context=encryption_context,
                     via_service=via_service,
-                ):
+                ) and self._grant_covers_new_grant(g, operation, extra):
                     return
         raise kms_error(
             "AccessDeniedException",
             f"User: {caller.arn} is not authorized to perform: {action} on resource: "
             f"{row.arn} because no resource-based policy allows the {action} action.",
         )
+
+    @staticmethod
+    def _grant_covers_new_grant(g: grant_rules.Grant, operation: str, extra: Mapping[str, Any] | None) -> bool:
+        """A grant that allows CreateGrant lets its grantee grant only a subset of its own
+        operations (and, if it is constrained, only as constrained grants)."""
+        if operation != "CreateGrant" or not extra:
+            return True
+        ops = set(extra.get("kms:GrantOperations") or ())
+        if not ops <= set(g.operations):
+            return False
+        return not g.constraints or bool(extra.get("kms:GrantConstraintType"))
 
     def _check_grant_tokens(self, tokens: Sequence[str]) -> None:
         if len(tokens) > 10:
@@ -1167,6 +1178,8 @@ class KeyEngine:
         }
         if retiring:
             extra["kms:RetiringPrincipal"] = retiring
+        if constraints:
+            extra["kms:GrantConstraintType"] = sorted(constraints)
         ec = None
         if constraints:
             ec = constraints.get("EncryptionContextEquals") or constraints.get("EncryptionContextSubset")
