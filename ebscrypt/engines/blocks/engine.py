@@ -118,7 +118,7 @@ class BlockEngine:
 
     # Copies smaller than this run in the calling thread (no worker start-up cost).
     INLINE_BLOCKS = 48
-    BATCH_BLOCKS = 16
+    BATCH_BLOCKS = 32
 
     def __init__(
         self,
@@ -596,8 +596,28 @@ class BlockEngine:
                 dst = self._get_owner(conn, dst_owner_id, lock=True)
                 if dst is None or dst.head_id != copy_layer:
                     raise BlockError(f"copy destination {dst_owner_id} was released during the copy")
-                for index, object_key, checksum in rows:
-                    self._put_entry(conn, copy_layer, index, object_key, checksum, dst_key)
+                indices = [r[0] for r in rows]
+                old = [
+                    r.object_key
+                    for r in conn.execute(
+                        select(blk_entries.c.object_key).where(
+                            blk_entries.c.layer_id == copy_layer, blk_entries.c.block_index.in_(indices)
+                        )
+                    )
+                ]
+                if old:  # only when a resumed copy redoes a block (defensive)
+                    conn.execute(
+                        delete(blk_entries).where(blk_entries.c.layer_id == copy_layer, blk_entries.c.block_index.in_(indices))
+                    )
+                    self._to_garbage(conn, [k for k in old if k is not None])
+                key_id = dst_key.key_id if dst_key is not None else None
+                conn.execute(
+                    insert(blk_entries),
+                    [
+                        dict(layer_id=copy_layer, block_index=i, object_key=k, checksum=c, data_key_id=key_id)
+                        for i, k, c in rows
+                    ],
+                )
         except BaseException:
             _delete_quietly(self.store, [r[1] for r in rows if r[1] is not None])
             raise

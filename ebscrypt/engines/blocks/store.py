@@ -71,12 +71,14 @@ class LocalDirStore:
         self.put_many([(key, data)])
 
     def put_many(self, items: Iterable[tuple[str, bytes | bytearray | memoryview]]) -> None:
-        """Store several objects durably, one directory fsync per directory touched.
+        """Store several objects durably: all data flushed before any rename, then one
+        directory fsync per directory touched.
 
         ``items`` is consumed lazily: each object is written before the next is pulled,
-        so a generator may reuse one buffer.
+        so a generator may reuse one buffer. Several objects are flushed with one
+        ``syncfs`` (one device flush) instead of one ``fdatasync`` each.
         """
-        pending: list[tuple[str, Path]] = []
+        pending: list[tuple[str, Path, int]] = []  # (temp path, final path, open fd or -1)
         dirs: set[Path] = set()
         try:
             for key, data in items:
@@ -84,24 +86,32 @@ class LocalDirStore:
                 path.parent.mkdir(mode=0o700, exist_ok=True)
                 tmp = path.parent / f".tmp-{path.name}-{secrets.token_hex(4)}"
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                pending.append((str(tmp), path))
-                try:
-                    view = memoryview(data)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
+                pending.append((str(tmp), path, fd))
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+            if len(pending) >= _SYNCFS_MIN and _syncfs is not None:
+                if _syncfs(pending[0][2]) != 0:
+                    for _, _, fd in pending:
+                        os.fdatasync(fd)
+            else:
+                for _, _, fd in pending:
                     os.fdatasync(fd)
-                finally:
-                    os.close(fd)
+            for i, (tmp, path, fd) in enumerate(pending):
+                os.close(fd)
+                pending[i] = (tmp, path, -1)
             while pending:
-                tmp, path = pending[0]
+                tmp, path, _ = pending[0]
                 os.rename(tmp, path)
                 pending.pop(0)
                 dirs.add(path.parent)
             for d in dirs:
                 _fsync_dir(d)
         finally:
-            for tmp, _ in pending:  # failed before renaming: leave nothing behind
+            for tmp, _, fd in pending:  # failed before renaming: leave nothing behind
+                if fd >= 0:
+                    os.close(fd)
                 try:
                     os.unlink(tmp)
                 except FileNotFoundError:
@@ -158,6 +168,25 @@ class LocalDirStore:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+def _load_syncfs():  # type: ignore[no-untyped-def]
+    """libc ``syncfs(fd)`` (Linux): flush one file system with a single device flush."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.syncfs
+        fn.argtypes = [ctypes.c_int]
+        fn.restype = ctypes.c_int
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
+_SYNCFS_MIN = 4  # fewer objects: fdatasync each (cheaper than flushing the file system)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,0 +1,313 @@
+"""Data-path benchmark: EBS direct API upload/download, re-encrypting copy, same-key share.
+
+Self-contained (``python bench/bench_data.py [--size-mib 256]``); every figure of one run
+is measured on this machine in this run, and printed with its ratio:
+
+1. ``ebscrypt upload`` / ``ebscrypt download`` of a random image (default 256 MiB;
+   ``--size-mib 1024`` for the 1 GiB of issue 5), 8 boto3 threads, against ebscrypt and
+   against moto's server (which implements the EBS direct APIs) — MiB/s and the ratio.
+2. Re-encrypting CopySnapshot of that dense snapshot to another KMS key (through the API,
+   until ``completed``) and the block engine's re-encryption alone (in-process) — MiB/s,
+   and their ratios to ``dd if=/dev/zero bs=1M conv=fsync`` of the same size on the same
+   file system and to ``openssl speed -evp aes-256-gcm`` (16 KiB blocks). Goal: at least
+   half of the disk's fsync'd write rate.
+3. Same-key share: CopySnapshot of the dense snapshot vs of a one-block snapshot (API),
+   and ``share()`` of 1 GiB vs 16 GiB block maps in the engine — time should be flat.
+
+Moto is skipped (figures shown as n/a) when it is not installed (``--no-moto`` too).
+This module has no ``WORKLOADS``: ``bench/run.py`` skips it; run it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import REPO_ROOT, make_client, moto_available, start_ebscrypt, start_moto  # noqa: E402
+
+MIB = 1024 * 1024
+BLOCK = 524288
+ACCOUNT = "111111111111"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def make_image(path: Path, size_mib: int) -> None:
+    with open(path, "wb") as f:
+        for _ in range(size_mib):
+            f.write(os.urandom(MIB))
+
+
+def cli(*args: str) -> dict[str, Any]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run([sys.executable, "-m", "ebscrypt", *args, "--no-progress"], capture_output=True,
+                          text=True, env=env, cwd=REPO_ROOT, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ebscrypt {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def transfer(endpoint: str, image: Path, size_mib: int, threads: int, encrypted: bool) -> dict[str, Any]:
+    extra = ["--encrypted"] if encrypted else []
+    t0 = time.perf_counter()
+    up = cli("upload", str(image), "--endpoint-url", endpoint, "--account", ACCOUNT, "--threads", str(threads), *extra)
+    t_up = time.perf_counter() - t0
+    out = image.with_suffix(".out")
+    t0 = time.perf_counter()
+    down = cli("download", up["SnapshotId"], str(out), "--endpoint-url", endpoint, "--account", ACCOUNT,
+               "--threads", str(threads))
+    t_down = time.perf_counter() - t0
+    same = _same_prefix(image, out)
+    out.unlink()
+    return {
+        "snapshot": up["SnapshotId"],
+        "upload_mibps": size_mib / t_up,
+        "download_mibps": size_mib / t_down,
+        "checksum_match": up["Checksum"] == down["Checksum"],
+        "bytes_match": same,
+    }
+
+
+def _same_prefix(a: Path, b: Path) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x = fa.read(8 * MIB)
+            if not x:
+                return True
+            if fb.read(len(x)) != x:
+                return False
+
+
+def wait_completed(ec2: Any, snapshot_id: str, timeout: float = 3600) -> float:
+    """Seconds until the snapshot is completed (polled every 20 ms)."""
+    t0 = time.perf_counter()
+    while True:
+        snap = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
+        if snap["State"] == "completed":
+            return time.perf_counter() - t0
+        if snap["State"] == "error" or time.perf_counter() - t0 > timeout:
+            raise RuntimeError(f"{snapshot_id}: {snap['State']} {snap.get('StateMessage')}")
+        time.sleep(0.02)
+
+
+def timed_copy(ec2: Any, snapshot_id: str, **kw: Any) -> float:
+    t0 = time.perf_counter()
+    copy = ec2.copy_snapshot(SourceSnapshotId=snapshot_id, SourceRegion="us-east-1", **kw)["SnapshotId"]
+    wait_completed(ec2, copy)
+    return time.perf_counter() - t0
+
+
+def dd_rate(directory: Path, size_mib: int) -> float:
+    target = directory / "dd.tmp"
+    t0 = time.perf_counter()
+    subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={size_mib}", "conv=fsync"],
+                   check=True, capture_output=True)
+    elapsed = time.perf_counter() - t0
+    target.unlink()
+    return size_mib / elapsed
+
+
+def openssl_rate() -> float | None:
+    """AES-256-GCM MiB/s at 16 KiB blocks, from ``openssl speed`` (kB = 1000 bytes)."""
+    if not shutil.which("openssl"):
+        return None
+    proc = subprocess.run(["openssl", "speed", "-evp", "aes-256-gcm", "-seconds", "2"], capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.upper().startswith("AES-256-GCM"):
+            values = re.findall(r"([\d.]+)k", line)
+            if values:
+                return float(values[-1]) * 1000 / MIB
+    return None
+
+
+def engine_reencrypt_rate(size_mib: int, workdir: Path) -> tuple[float, float]:
+    """(MiB/s of BlockEngine.reencrypt on a dense store, MiB/s of writing it) in-process."""
+    from ebscrypt.engines.blocks.engine import BlockEngine, DataKey
+    from ebscrypt.engines.blocks.store import LocalDirStore
+    from ebscrypt.storage.db import Database
+
+    db = Database(f"sqlite:///{workdir / 'engine.db'}")
+    engine = BlockEngine(db, LocalDirStore(workdir / "engine-blocks"), processes=2)
+    try:
+        k1, k2 = DataKey("k1", os.urandom(32)), DataKey("k2", os.urandom(32))
+        data = os.urandom(BLOCK)
+        n = size_mib * MIB // BLOCK
+        t0 = time.perf_counter()
+        for i in range(n):
+            engine.write_block("src", i, data[:-8] + i.to_bytes(8, "big"), k1)
+        write = size_mib / (time.perf_counter() - t0)
+        engine.reencrypt("src", k1, "warm", k2)  # start the worker processes (untimed)
+        t0 = time.perf_counter()
+        engine.reencrypt("src", k1, "dst", k2)
+        rate = size_mib / (time.perf_counter() - t0)
+        assert engine.read_block("dst", n - 1, k2) == data[:-8] + (n - 1).to_bytes(8, "big")
+        return rate, write
+    finally:
+        engine.close()
+        db.dispose()
+
+
+def engine_share_times(workdir: Path) -> dict[int, float]:
+    """Seconds for share() of block maps of 1 GiB and 16 GiB (2048 / 32768 entries).
+
+    The maps are filled in metadata directly (share never reads objects: one stored
+    object stands for every entry), so 16 GiB of disk is not needed to time it.
+    """
+    from sqlalchemy import insert
+
+    from ebscrypt.engines.blocks.engine import BlockEngine, DataKey
+    from ebscrypt.engines.blocks.store import LocalDirStore
+    from ebscrypt.storage.db import Database
+    from ebscrypt.storage.tables.blocks import blk_entries
+
+    db = Database(f"sqlite:///{workdir / 'share.db'}")
+    engine = BlockEngine(db, LocalDirStore(workdir / "share-blocks"), processes=0)
+    key = DataKey("k", os.urandom(32))
+    out: dict[int, float] = {}
+    try:
+        for gib in (1, 16):
+            owner = f"vol-{gib}"
+            engine.write_block(owner, 0, os.urandom(BLOCK), key)
+            ref = engine.block_ref(owner, 0)
+            rows = [dict(layer_id=ref.layer_id, block_index=i, object_key=ref.object_key, checksum=ref.checksum,
+                         data_key_id="k") for i in range(1, gib * 2048)]
+            with db.begin() as conn:
+                for i in range(0, len(rows), 5000):
+                    conn.execute(insert(blk_entries), rows[i:i + 5000])
+            times = []
+            for r in range(5):
+                t0 = time.perf_counter()
+                engine.share(owner, f"snap-{gib}-{r}")
+                times.append(time.perf_counter() - t0)
+            out[gib] = statistics.median(times)
+            assert len(engine.list_block_refs(f"snap-{gib}-0")) == gib * 2048
+    finally:
+        engine.close()
+        db.dispose()
+    return out
+
+
+def fmt(v: float | None, spec: str = ".1f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return "n/a" if not a or not b else f"{a / b:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size-mib", type=int, default=256, help="image size in MiB (default 256; 1024 for 1 GiB)")
+    p.add_argument("--threads", type=int, default=8, help="upload/download threads (default 8)")
+    p.add_argument("--no-moto", action="store_true")
+    p.add_argument("--json", help="also write the figures to this file")
+    args = p.parse_args(argv)
+    size = args.size_mib
+    work = Path(tempfile.mkdtemp(prefix="bench-data-"))
+    servers = []
+    results: dict[str, Any] = {"size_mib": size}
+    try:
+        image = work / "disk.img"
+        log(f"writing a {size} MiB random image")
+        make_image(image, size)
+        eb = start_ebscrypt(work / "ebscrypt-data")
+        servers.append(eb)
+        mo = None
+        if not args.no_moto and moto_available():
+            mo = start_moto()
+            servers.append(mo)
+
+        log("ebscrypt: upload/download")
+        results["ebscrypt"] = transfer(eb.url, image, size, args.threads, encrypted=True)
+        if mo is not None:
+            log("moto: upload/download")
+            try:
+                results["moto"] = transfer(mo.url, image, size, args.threads, encrypted=False)
+            except Exception as exc:  # report, do not hide
+                results["moto"] = {"error": str(exc)[:500]}
+
+        ec2 = make_client(eb.url, "ec2", ACCOUNT)
+        kms = make_client(eb.url, "kms", ACCOUNT)
+        key = kms.create_key()["KeyMetadata"]["Arn"]
+        snap = results["ebscrypt"]["snapshot"]
+        ebs = make_client(eb.url, "ebs", ACCOUNT)
+        tiny = ebs.start_snapshot(VolumeSize=1, Encrypted=True)["SnapshotId"]
+        data = os.urandom(BLOCK)
+        import base64
+        import hashlib
+
+        ebs.put_snapshot_block(SnapshotId=tiny, BlockIndex=0, BlockData=data, DataLength=BLOCK,
+                               Checksum=base64.b64encode(hashlib.sha256(data).digest()).decode(),
+                               ChecksumAlgorithm="SHA256")
+        ebs.complete_snapshot(SnapshotId=tiny, ChangedBlocksCount=1)
+        log("ebscrypt: re-encrypting copy (warm-up on a small snapshot first)")
+        timed_copy(ec2, tiny, Encrypted=True, KmsKeyId=key)
+        results["copy_reencrypt_mibps"] = size / timed_copy(ec2, snap, Encrypted=True, KmsKeyId=key)
+        log("ebscrypt: same-key copies (dense vs one block)")
+        results["copy_same_key_dense_s"] = statistics.median(timed_copy(ec2, snap) for _ in range(3))
+        results["copy_same_key_tiny_s"] = statistics.median(timed_copy(ec2, tiny) for _ in range(3))
+
+        log("engine: in-process re-encryption")
+        results["engine_reencrypt_mibps"], results["engine_write_mibps"] = engine_reencrypt_rate(min(size, 512), work)
+        log("engine: share of 1 GiB vs 16 GiB block maps")
+        shares = engine_share_times(work)
+        results["engine_share_1gib_s"], results["engine_share_16gib_s"] = shares[1], shares[16]
+        log("dd and openssl")
+        results["dd_fsync_mibps"] = dd_rate(work, size)
+        results["openssl_aes256gcm_mibps"] = openssl_rate()
+    finally:
+        for s in servers:
+            s.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    e, m = results["ebscrypt"], results.get("moto") or {}
+    dd, ossl = results["dd_fsync_mibps"], results["openssl_aes256gcm_mibps"]
+    print(f"\nData path benchmark, {size} MiB random image, {args.threads} threads (MiB/s; ratio > 1: ebscrypt faster)")
+    print(f"{'figure':44} {'ebscrypt':>10} {'moto':>10} {'ratio':>7}")
+    print(f"{'upload (ebscrypt upload, encrypted vs moto)':44} {fmt(e['upload_mibps']):>10} "
+          f"{fmt(m.get('upload_mibps')):>10} {ratio(e['upload_mibps'], m.get('upload_mibps')):>7}")
+    print(f"{'download (ebscrypt download)':44} {fmt(e['download_mibps']):>10} "
+          f"{fmt(m.get('download_mibps')):>10} {ratio(e['download_mibps'], m.get('download_mibps')):>7}")
+    if "error" in m:
+        print(f"  moto failed: {m['error']}")
+    print(f"  ebscrypt round trip: checksum match {e['checksum_match']}, bytes match {e['bytes_match']}"
+          + (f"; moto bytes match {m.get('bytes_match')}" if m and 'error' not in m else ""))
+    print(f"\n{'re-encryption':44} {'MiB/s':>10} {'/dd fsync':>10} {'/openssl':>9}")
+    for label, v in (("CopySnapshot to another key (API, end to end)", results["copy_reencrypt_mibps"]),
+                     ("BlockEngine.reencrypt (in-process, 2 workers)", results["engine_reencrypt_mibps"])):
+        print(f"{label:44} {fmt(v):>10} {ratio(v, dd):>10} {ratio(v, ossl):>9}")
+    print(f"{'dd if=/dev/zero bs=1M conv=fsync':44} {fmt(dd):>10}")
+    print(f"{'openssl speed -evp aes-256-gcm (16 KiB)':44} {fmt(ossl):>10}")
+    print(f"{'engine write_block (1 thread, for reference)':44} {fmt(results['engine_write_mibps']):>10}")
+    goal = results["copy_reencrypt_mibps"] / dd if dd else 0
+    print(f"goal (re-encrypting copy >= 0.5 x dd fsync): {'met' if goal >= 0.5 else 'NOT met'} ({goal:.2f})")
+    print(f"\n{'same-key share (flat in size)':44} {'seconds':>10} {'ratio':>7}")
+    print(f"{'CopySnapshot same key, ' + str(size) + ' MiB dense':44} {results['copy_same_key_dense_s']:>10.3f}")
+    print(f"{'CopySnapshot same key, one block':44} {results['copy_same_key_tiny_s']:>10.3f} "
+          f"{results['copy_same_key_dense_s'] / results['copy_same_key_tiny_s']:>7.2f}")
+    print(f"{'engine share(), 1 GiB block map':44} {results['engine_share_1gib_s']:>10.4f}")
+    print(f"{'engine share(), 16 GiB block map':44} {results['engine_share_16gib_s']:>10.4f} "
+          f"{results['engine_share_16gib_s'] / results['engine_share_1gib_s']:>7.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
