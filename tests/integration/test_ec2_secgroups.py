@@ -223,3 +223,34 @@ def test_accounts_are_isolated(aws) -> None:
     assert a.describe_security_groups(GroupIds=[gid])["SecurityGroups"][0]["IpPermissions"] == []
     assert gid not in {g["GroupId"] for g in aws("ec2", account=A, region="eu-west-1")
                        .describe_security_groups()["SecurityGroups"]}
+
+
+def _image(ec2) -> str:
+    vol = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
+    ec2.get_waiter("volume_available").wait(VolumeIds=[vol], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    snap = ec2.create_snapshot(VolumeId=vol)["SnapshotId"]
+    ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[snap], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    return ec2.register_image(Name=gname(), RootDeviceName="/dev/xvda", Architecture="x86_64",
+                              VirtualizationType="hvm", BlockDeviceMappings=[
+                                  {"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snap}}])["ImageId"]
+
+
+def test_group_in_use_by_an_instance_cannot_be_deleted_until_it_terminates(aws) -> None:
+    """Packer deletes its temporary group after terminating the instance (retrying on
+    DependencyViolation); RunInstances places the instance in the default VPC's subnet."""
+    ec2 = aws("ec2", account="888888888888")
+    gid = ec2.create_security_group(GroupName=gname(), Description="in use")["GroupId"]
+    key = f"kp-{uuid.uuid4().hex[:8]}"
+    ec2.create_key_pair(KeyName=key, KeyType="ed25519")
+    inst = ec2.run_instances(ImageId=_image(ec2), InstanceType="t3.micro", MinCount=1, MaxCount=1,
+                             KeyName=key, SecurityGroupIds=[gid])["Instances"][0]
+    assert inst["VpcId"] == default_vpc(ec2)
+    assert inst["SubnetId"] in {s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]}
+    assert [g["GroupId"] for g in inst["SecurityGroups"]] == [gid]
+    with pytest.raises(ClientError) as e:
+        ec2.delete_security_group(GroupId=gid)
+    assert err(e) == ("DependencyViolation", f"resource {gid} has a dependent object")
+    ec2.terminate_instances(InstanceIds=[inst["InstanceId"]])
+    ec2.get_waiter("instance_terminated").wait(InstanceIds=[inst["InstanceId"]],
+                                               WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    assert ec2.delete_security_group(GroupId=gid)["Return"] is True
