@@ -38,8 +38,8 @@ def _digests(ebs: Any, sid: str) -> dict[int, str]:
 
 
 def test_sigkill_mid_copy_then_restart(server_factory: Callable[..., Any], monkeypatch: Any) -> None:
-    # Slow the copy down (0.4 s per 16-block batch) so the kill lands mid-way.
-    monkeypatch.setenv("EBSCRYPT_FAULT_COPY_BATCH_DELAY", "0.4")
+    # Slow the copy down (1 s per 32-block batch) so the kill lands mid-way.
+    monkeypatch.setenv("EBSCRYPT_FAULT_COPY_BATCH_DELAY", "1.0")
     srv = server_factory()
     ebs, ec2, kms = srv.client("ebs"), srv.client("ec2"), srv.client("kms")
     n = 160  # 80 MiB
