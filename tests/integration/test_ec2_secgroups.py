@@ -185,6 +185,22 @@ def test_egress_rules_and_legacy_parameters(aws) -> None:
     assert err(e)[0] == "InvalidGroup.NotFound"
 
 
+def test_rules_per_group_quota(aws) -> None:
+    ec2 = aws("ec2", account=A)
+    gid = ec2.create_security_group(GroupName=gname(), Description="quota")["GroupId"]
+    ranges = [{"CidrIp": f"10.0.{i}.0/24"} for i in range(61)]
+    with pytest.raises(ClientError) as e:
+        ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": ranges}])
+    assert err(e) == ("RulesPerSecurityGroupLimitExceeded",
+                      "The maximum number of rules per security group has been reached.")
+    ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": ranges[:60]},
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}])
+    [g] = ec2.describe_security_groups(GroupIds=[gid])["SecurityGroups"]
+    assert len(g["IpPermissions"][0]["IpRanges"]) == 60 and len(g["IpPermissions"][0]["Ipv6Ranges"]) == 1
+
+
 def test_filters_and_names(aws) -> None:
     ec2 = aws("ec2", account="777777777777")
     g1 = ec2.create_security_group(GroupName="web", Description="web tier", TagSpecifications=[

@@ -625,10 +625,30 @@ def authorize(conn: Connection, account: str, region: str, group: dict[str, Any]
             raise ServiceError(f'the specified rule "{rule.describe_for_error()}" already exists',
                                code="InvalidPermission.Duplicate")
         seen.add(rule.identity)
+    _check_rule_quota(conn, account, region, group, rules)
     rows = [_insert_rule(conn, group["id"], account, region, rule) for rule in rules]
     for row in rows:
         put_tags(conn, row["id"], account, region, tags)
     return rows
+
+
+# EC2 quota "Inbound or outbound rules per security group": 60, counted separately for
+# IPv4 and IPv6 peers (a prefix list or group peer counts as IPv4).
+RULES_PER_GROUP = 60
+
+
+def _check_rule_quota(conn: Connection, account: str, region: str, group: dict[str, Any],
+                      rules: list[Rule]) -> None:
+    counts: dict[tuple[bool, bool], int] = {}
+    for r in rule_rows(conn, account, region, [group["id"]]):
+        key = (r["is_egress"], r["cidr_ipv6"] is not None)
+        counts[key] = counts.get(key, 0) + 1
+    for rule in rules:
+        key = (rule.is_egress, rule.cidr_ipv6 is not None)
+        counts[key] = counts.get(key, 0) + 1
+        if counts[key] > RULES_PER_GROUP:
+            raise ServiceError("The maximum number of rules per security group has been reached.",
+                               code="RulesPerSecurityGroupLimitExceeded")
 
 
 def revoke_matching(conn: Connection, account: str, region: str, group: dict[str, Any],
