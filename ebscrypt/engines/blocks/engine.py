@@ -367,6 +367,8 @@ class BlockEngine:
             if src is None:
                 self._create_owner(conn, dst_owner_id, None, None)
                 return
+            if src.pin_id is not None:
+                raise BlockError(f"{src_owner_id} is still being copied; share it once the copy is done")
             base = self._freeze_head(conn, src)
             self._create_owner(conn, dst_owner_id, base, None, data_key_id=src.data_key_id, encrypted=src.encrypted)
 

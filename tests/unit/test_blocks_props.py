@@ -1,0 +1,59 @@
+"""Property tests of the block format (hypothesis): round trips, and any single-bit change,
+truncation or re-binding fails authentication (R-DATA-1)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, GCM_OBJECT_SIZE, BlockCipher, BlockIntegrityError, DataKey
+
+keys = st.builds(DataKey, st.text(alphabet="abcdef0123456789-", min_size=1, max_size=40), st.binary(min_size=32, max_size=32))
+indices = st.integers(min_value=0, max_value=2**40)
+
+
+def block(seed: int) -> bytes:
+    return random.Random(seed).randbytes(BLOCK_SIZE)
+
+
+@settings(max_examples=25, deadline=None)
+@given(keys, indices, st.integers())
+def test_round_trip(key: DataKey, index: int, seed: int) -> None:
+    data = block(seed)
+    cipher = BlockCipher(key)
+    obj = bytes(cipher.seal(index, data))
+    assert len(obj) == GCM_OBJECT_SIZE
+    assert bytes(BlockCipher(key).open(index, obj, "")) == data
+    checksum = "n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg="
+    assert cipher.open_checksum(index, cipher.seal_checksum(index, checksum)) == checksum
+
+
+@settings(max_examples=40, deadline=None)
+@given(keys, indices, st.integers(min_value=0, max_value=GCM_OBJECT_SIZE * 8 - 1))
+def test_any_bit_flip_fails(key: DataKey, index: int, bit: int) -> None:
+    obj = bytearray(BlockCipher(key).seal(index, block(index)))
+    obj[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(BlockIntegrityError):
+        BlockCipher(key).open(index, obj, "")
+
+
+@settings(max_examples=25, deadline=None)
+@given(keys, indices, st.integers(min_value=1, max_value=GCM_OBJECT_SIZE))
+def test_truncation_fails(key: DataKey, index: int, cut: int) -> None:
+    obj = bytes(BlockCipher(key).seal(index, block(1)))
+    with pytest.raises(BlockIntegrityError):
+        BlockCipher(key).open(index, obj[: GCM_OBJECT_SIZE - cut], "")
+
+
+@settings(max_examples=25, deadline=None)
+@given(keys, indices, indices, st.text(min_size=1, max_size=10))
+def test_rebinding_fails(key: DataKey, index: int, other: int, suffix: str) -> None:
+    obj = bytes(BlockCipher(key).seal(index, block(2)))
+    if other != index:
+        with pytest.raises(BlockIntegrityError):
+            BlockCipher(key).open(other, obj, "")
+    with pytest.raises(BlockIntegrityError):
+        BlockCipher(DataKey(key.key_id + suffix, key.plaintext)).open(index, obj, "")
