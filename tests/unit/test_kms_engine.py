@@ -338,3 +338,26 @@ def test_grant_with_create_grant_only_delegates_a_subset(engine: KeyEngine) -> N
     ) == "AccessDeniedException"
     blob = engine.op_Encrypt(CA, {"KeyId": md["KeyId"], "Plaintext": b"abc"})["CiphertextBlob"]
     assert engine.op_Decrypt(c, {"CiphertextBlob": blob})["Plaintext"] == b"abc"
+
+
+def test_two_engines_on_one_database_share_the_managed_key(tmp_path: Path) -> None:
+    """Scale-out: several server processes over one metadata store make one alias/aws/ebs."""
+    import threading
+
+    d = tmp_path / "d"
+    engines = [make_engine(d), make_engine(d)]
+    found: list[str] = []
+
+    def get(e: KeyEngine) -> None:
+        found.append(e.default_ebs_key("555555555555", REGION).key_id)
+
+    threads = [threading.Thread(target=get, args=(engines[i % 2],)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(found) == 6 and len(set(found)) == 1
+    # what one engine wraps, the other (same root key file) unwraps
+    md = cmk(engines[0])
+    blob = engines[0].op_Encrypt(CA, {"KeyId": md["KeyId"], "Plaintext": b"shared"})["CiphertextBlob"]
+    assert engines[1].op_Decrypt(CA, {"CiphertextBlob": blob})["Plaintext"] == b"shared"

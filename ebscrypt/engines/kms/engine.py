@@ -30,6 +30,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator, Mapping, Sequence
 
 from sqlalchemy import Connection, and_, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from ebscrypt.context import Caller
 from ebscrypt.domain import grants as grant_rules
@@ -333,6 +334,15 @@ class KeyEngine:
         with self.db.read() as conn:
             if self._alias_row(conn, account, region, EBS_ALIAS) is not None:
                 return
+        try:
+            self._create_ebs_key(account, region)
+        except IntegrityError:
+            # Another server process (scale-out) created it first: use theirs.
+            with self.db.read() as conn:
+                if self._alias_row(conn, account, region, EBS_ALIAS) is None:
+                    raise
+
+    def _create_ebs_key(self, account: str, region: str) -> None:
         with self._lock:
             with self.db.begin() as conn:
                 if self._alias_row(conn, account, region, EBS_ALIAS) is not None:
