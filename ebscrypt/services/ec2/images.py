@@ -8,7 +8,7 @@ from typing import Any
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import images as engine
 from ebscrypt.engines.ec2 import instances as instances_engine
-from ebscrypt.engines.ec2.network import dry_run_check
+from ebscrypt.engines.ec2.filters import dry_run_check
 from ebscrypt.engines.ec2.paging import page
 from ebscrypt.errors import ServiceError
 from ebscrypt.services.registry import operation
@@ -51,7 +51,7 @@ def deregister_image(ctx: RequestContext, params: dict[str, Any]) -> dict[str, A
 @operation("ec2", "DescribeImages")
 def describe_images(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    images = engine.describe_images(ctx, params)
+    images = sorted(engine.describe_images(ctx, params), key=lambda d: d["ImageId"])  # paging order
     chunk, token = page(images, params, lambda d: d["ImageId"], low=1, high=1000, ids_param="ImageIds")
     out: dict[str, Any] = {"Images": chunk}
     if token:

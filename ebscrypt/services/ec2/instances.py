@@ -6,7 +6,7 @@ from typing import Any
 
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import instances as engine
-from ebscrypt.engines.ec2.network import dry_run_check
+from ebscrypt.engines.ec2.filters import dry_run_check
 from ebscrypt.engines.ec2.paging import page
 from ebscrypt.errors import ServiceError
 from ebscrypt.services.registry import operation
@@ -22,6 +22,7 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
 def describe_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
     reservations = engine.describe_instances(ctx, params.get("InstanceIds") or [], params.get("Filters"))
+    reservations.sort(key=lambda r: r["ReservationId"])  # paging order
     chunk, token = page(reservations, params, lambda r: r["ReservationId"], low=5, high=1000, ids_param="InstanceIds")
     out: dict[str, Any] = {"Reservations": chunk}
     if token:

@@ -6,7 +6,7 @@ from typing import Any
 
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import templates as engine
-from ebscrypt.engines.ec2.network import dry_run_check
+from ebscrypt.engines.ec2.filters import dry_run_check
 from ebscrypt.engines.ec2.network import select_matching as filter_select
 from ebscrypt.engines.ec2.paging import page
 from ebscrypt.services.registry import operation
@@ -62,7 +62,8 @@ def modify_launch_template(ctx: RequestContext, params: dict[str, Any]) -> dict[
 def describe_launch_templates(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
     items = engine.describe_templates(ctx, ids=params.get("LaunchTemplateIds"), names=params.get("LaunchTemplateNames"))
-    items = filter_select(items, params.get("Filters"), _TEMPLATE_FILTERS, tag_getter=_tags)
+    items = sorted(filter_select(items, params.get("Filters"), _TEMPLATE_FILTERS, tag_getter=_tags),
+                   key=lambda t: t["LaunchTemplateId"])  # paging order
     chunk, token = page(items, params, lambda t: t["LaunchTemplateId"], low=1, high=200)
     out: dict[str, Any] = {"LaunchTemplates": chunk}
     if token:
@@ -78,7 +79,9 @@ def describe_launch_template_versions(ctx: RequestContext, params: dict[str, Any
         versions=params.get("Versions"), min_version=params.get("MinVersion"), max_version=params.get("MaxVersion"),
     )
     items = filter_select(items, params.get("Filters"), _VERSION_FILTERS)
-    chunk, token = page(items, params, lambda v: f"{v['LaunchTemplateId']}:{v['VersionNumber']:012d}", low=1, high=200)
+    # newest version first, as EC2 lists them; the key sorts the same way
+    chunk, token = page(items, params, lambda v: f"{v['LaunchTemplateId']}:{10**12 - v['VersionNumber']:012d}",
+                        low=1, high=200)
     out: dict[str, Any] = {"LaunchTemplateVersions": chunk}
     if token:
         out["NextToken"] = token
