@@ -502,7 +502,7 @@ def get_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     check_block_token(ctx.runtime, snapshot_id, ref, params["BlockToken"], _now(ctx))
     key = _keys.get(ctx, snap)
     try:
-        data, checksum, now_ref = blocks.read_block_checked(snapshot_id, index, key)
+        data, checksum, now_ref = blocks.read_block_checked(snapshot_id, index, key, ref=ref)
     except BlockIntegrityError:
         log.error("block %d of %s failed its integrity check", index, snapshot_id)
         raise internal("The block failed its integrity check and cannot be returned.") from None

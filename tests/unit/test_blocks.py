@@ -180,6 +180,36 @@ def test_metadata_holds_no_plaintext_checksum(engine: BlockEngine, key: DataKey,
     assert engine.list_blocks("vol-a", None) == [(0, None), (1, None)]
 
 
+def test_concurrent_writes_share_commits_and_keep_errors_apart(engine: BlockEngine, key: DataKey) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    other = DataKey("dk-other", os.urandom(32))
+    engine.write_block("vol-x", 0, rand_block(), key)
+    data = {(f"vol-{i % 4}", i): rand_block() for i in range(64)}
+    before = engine.group_commits
+
+    def write(item):  # type: ignore[no-untyped-def]
+        (owner, index), block = item
+        return engine.write_block(owner, index, block, key)
+
+    def bad(_):  # type: ignore[no-untyped-def]
+        with pytest.raises(KeyMismatch):
+            engine.write_block("vol-x", 1, rand_block(), other)
+
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(write, item) for item in data.items()] + [pool.submit(bad, None) for _ in range(4)]
+        for f in futures:
+            f.result()
+    assert engine.group_commits - before < len(data) + 4  # flushes were shared
+    for (owner, index), block in data.items():
+        assert engine.read_block(owner, index, key) == block
+    assert engine.read_block("vol-x", 1, key) == ZERO  # the refused writes left nothing
+    engine.sweep(0)
+    with engine.db.read() as conn:
+        refs = {r.object_key for r in conn.execute(select(blk_entries.c.object_key)) if r.object_key}
+    assert {f"{p.parent.name}/{p.name}" for p in object_paths(engine)} == refs
+
+
 # ------------------------------------------------------------------ object store
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol, runtime_checkable
 
@@ -35,6 +36,16 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def keys(self) -> Iterator[tuple[str, float]]: ...
+
+
+@dataclass
+class Staged:
+    """An object written to a temp file by ``stage``, not yet durable nor visible."""
+
+    tmp: str
+    path: Path
+    fd: int
+    renamed: bool = False
 
 
 def new_object_key(shard: str | None = None) -> str:
@@ -78,42 +89,67 @@ class LocalDirStore:
         so a generator may reuse one buffer. Several objects are flushed with one
         ``syncfs`` (one device flush) instead of one ``fdatasync`` each.
         """
-        pending: list[tuple[str, Path, int]] = []  # (temp path, final path, open fd or -1)
-        dirs: set[Path] = set()
+        staged: list[Staged] = []
         try:
             for key, data in items:
-                path = self._path(key)
-                path.parent.mkdir(mode=0o700, exist_ok=True)
-                tmp = path.parent / f".tmp-{path.name}-{secrets.token_hex(4)}"
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                pending.append((str(tmp), path, fd))
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-            if len(pending) >= _SYNCFS_MIN and _syncfs is not None:
-                if _syncfs(pending[0][2]) != 0:
-                    for _, _, fd in pending:
-                        os.fdatasync(fd)
+                staged.append(self.stage(key, data))
+            self.publish(staged)
+        except BaseException:
+            self.discard(staged)
+            raise
+
+    # Two-phase writes, so concurrent writers can share one flush (group commit):
+    # ``stage`` writes a temp file (not yet durable, invisible under the key);
+    # ``publish`` makes a list of staged objects durable and visible; ``discard`` drops them.
+
+    def stage(self, key: str, data: bytes | bytearray | memoryview) -> "Staged":
+        path = self._path(key)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        tmp = path.parent / f".tmp-{path.name}-{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        staged = Staged(str(tmp), path, fd)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+        except BaseException:
+            self.discard([staged])
+            raise
+        return staged
+
+    def publish(self, staged: list["Staged"]) -> None:
+        """Flush every staged object, then rename each into place, then fsync the
+        directories. On failure nothing staged is left behind."""
+        try:
+            if len(staged) >= _SYNCFS_MIN and _syncfs is not None and _syncfs(staged[0].fd) == 0:
+                pass
             else:
-                for _, _, fd in pending:
-                    os.fdatasync(fd)
-            for i, (tmp, path, fd) in enumerate(pending):
-                os.close(fd)
-                pending[i] = (tmp, path, -1)
-            while pending:
-                tmp, path, _ = pending[0]
-                os.rename(tmp, path)
-                pending.pop(0)
-                dirs.add(path.parent)
+                for st in staged:
+                    os.fdatasync(st.fd)
+            for st in staged:
+                os.close(st.fd)
+                st.fd = -1
+            dirs: set[Path] = set()
+            for st in staged:
+                os.rename(st.tmp, st.path)
+                st.renamed = True
+                dirs.add(st.path.parent)
             for d in dirs:
                 _fsync_dir(d)
-        finally:
-            for tmp, _, fd in pending:  # failed before renaming: leave nothing behind
-                if fd >= 0:
-                    os.close(fd)
+        except BaseException:
+            self.discard(staged)
+            raise
+
+    @staticmethod
+    def discard(staged: list["Staged"]) -> None:
+        for st in staged:
+            if st.fd >= 0:
+                os.close(st.fd)
+                st.fd = -1
+            if not st.renamed:
                 try:
-                    os.unlink(tmp)
+                    os.unlink(st.tmp)
                 except FileNotFoundError:
                     pass
 
