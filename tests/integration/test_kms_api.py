@@ -646,3 +646,23 @@ def test_data_key_pairs(kms_a: Any) -> None:
     assert "PrivateKeyPlaintext" not in w and w["KeyPairSpec"] == "RSA_2048"
     rsa_priv = kms_a.decrypt(CiphertextBlob=w["PrivateKeyCiphertextBlob"])["Plaintext"]
     assert serialization.load_der_private_key(rsa_priv, password=None).key_size == 2048
+
+
+def test_key_management_has_no_cross_account_use(kms_a: Any, kms_b: Any) -> None:
+    key = kms_a.create_key()["KeyMetadata"]
+    # even a policy giving B everything does not let B manage A's key (AWS: no cross-account use)
+    kms_a.put_key_policy(KeyId=key["KeyId"], PolicyName="default", Policy=policy_with(
+        A, {"Effect": "Allow", "Principal": {"AWS": B}, "Action": "kms:*", "Resource": "*"}))
+    for call, kw in (
+        (kms_b.disable_key, {}),
+        (kms_b.schedule_key_deletion, {"PendingWindowInDays": 7}),
+        (kms_b.get_key_policy, {"PolicyName": "default"}),
+        (kms_b.tag_resource, {"Tags": [{"TagKey": "k", "TagValue": "v"}]}),
+        (kms_b.enable_key_rotation, {}),
+    ):
+        assert err(call, KeyId=key["Arn"], **kw)[0] == "NotFoundException"
+    # cryptographic use and DescribeKey are cross-account
+    blob = kms_b.encrypt(KeyId=key["Arn"], Plaintext=b"b")["CiphertextBlob"]
+    assert kms_a.decrypt(CiphertextBlob=blob)["Plaintext"] == b"b"
+    assert kms_b.describe_key(KeyId=key["Arn"])["KeyMetadata"]["KeyState"] == "Enabled"
+    assert kms_b.get_key_rotation_status(KeyId=key["Arn"])["KeyRotationEnabled"] is False

@@ -380,8 +380,12 @@ class KeyEngine:
             )
         ).first()
 
-    def _resolve(self, caller: Caller, key_ref: str, *, allow_alias: bool = True) -> Any:
-        """The key row ``key_ref`` names for ``caller`` (id, key ARN, alias, alias ARN)."""
+    def _resolve(self, caller: Caller, key_ref: str, *, allow_alias: bool = True, own_account: bool = False) -> Any:
+        """The key row ``key_ref`` names for ``caller`` (id, key ARN, alias, alias ARN).
+
+        ``own_account``: the operation has no cross-account use in AWS (key management),
+        so a key of another account named by ARN does not exist for it.
+        """
         if not isinstance(key_ref, str) or not key_ref:
             raise kms_error("ValidationException", "KeyId must be a non-empty string")
         account, region = caller.account, caller.region
@@ -414,7 +418,8 @@ class KeyEngine:
         if region != caller.region or not _UUID_RE.match(key_id):
             raise kms_error("NotFoundException", f"Key '{arn}' does not exist" if _UUID_RE.match(key_id) else f"Invalid keyId '{key_ref}'")
         row = self._load(key_id)
-        if row is None or row.account != account or row.region != region:
+        foreign = own_account and account != caller.account
+        if row is None or row.account != account or row.region != region or foreign:
             raise kms_error("NotFoundException", f"Key '{arn}' does not exist")
         self._note_resource(row.arn)
         return row
@@ -855,7 +860,7 @@ class KeyEngine:
         return out
 
     def op_UpdateKeyDescription(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"])
+        row = self._resolve(caller, p["KeyId"], own_account=True)
         self._authorize(caller, row, "kms:UpdateKeyDescription")
         self._require_customer(row, caller, "kms:UpdateKeyDescription")
         self._require_not_pending(row)
@@ -870,7 +875,7 @@ class KeyEngine:
             conn.execute(update(kms_keys).where(kms_keys.c.key_id == key_id).values(**values))
 
     def op_EnableKey(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"])
+        row = self._resolve(caller, p["KeyId"], own_account=True)
         self._authorize(caller, row, "kms:EnableKey")
         self._require_customer(row, caller, "kms:EnableKey")
         self._require_not_pending(row)
@@ -878,7 +883,7 @@ class KeyEngine:
         return {}
 
     def op_DisableKey(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"])
+        row = self._resolve(caller, p["KeyId"], own_account=True)
         self._authorize(caller, row, "kms:DisableKey")
         self._require_customer(row, caller, "kms:DisableKey")
         self._require_not_pending(row)
@@ -886,7 +891,7 @@ class KeyEngine:
         return {}
 
     def op_ScheduleKeyDeletion(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"])
+        row = self._resolve(caller, p["KeyId"], own_account=True)
         self._authorize(caller, row, "kms:ScheduleKeyDeletion")
         self._require_customer(row, caller, "kms:ScheduleKeyDeletion")
         days = p.get("PendingWindowInDays", 30)
@@ -902,7 +907,7 @@ class KeyEngine:
         return {"KeyId": row.arn, "DeletionDate": when, "KeyState": "PendingDeletion", "PendingWindowInDays": days}
 
     def op_CancelKeyDeletion(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"])
+        row = self._resolve(caller, p["KeyId"], own_account=True)
         self._authorize(caller, row, "kms:CancelKeyDeletion")
         self._require_customer(row, caller, "kms:CancelKeyDeletion")
         if row.state != "PendingDeletion":
@@ -913,7 +918,7 @@ class KeyEngine:
     # ---- rotation
 
     def op_EnableKeyRotation(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"])
+        row = self._resolve(caller, p["KeyId"], own_account=True)
         self._authorize(caller, row, "kms:EnableKeyRotation")
         self._require_customer(row, caller, "kms:EnableKeyRotation")
         self._require_rotatable(row)
@@ -934,7 +939,7 @@ class KeyEngine:
         return {}
 
     def op_DisableKeyRotation(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"])
+        row = self._resolve(caller, p["KeyId"], own_account=True)
         self._authorize(caller, row, "kms:DisableKeyRotation")
         self._require_customer(row, caller, "kms:DisableKeyRotation")
         self._require_rotatable(row)
@@ -961,7 +966,7 @@ class KeyEngine:
         return out
 
     def op_RotateKeyOnDemand(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"])
+        row = self._resolve(caller, p["KeyId"], own_account=True)
         self._authorize(caller, row, "kms:RotateKeyOnDemand")
         self._require_customer(row, caller, "kms:RotateKeyOnDemand")
         self._require_rotatable(row)
@@ -983,7 +988,7 @@ class KeyEngine:
         return {"KeyId": row.arn}
 
     def op_ListKeyRotations(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"])
+        row = self._resolve(caller, p["KeyId"], own_account=True)
         self._authorize(caller, row, "kms:ListKeyRotations")
         self._require_rotatable(row)
         with self.db.read() as conn:
@@ -1008,7 +1013,7 @@ class KeyEngine:
     # ---- policies
 
     def op_GetKeyPolicy(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"])
+        row = self._resolve(caller, p["KeyId"], own_account=True)
         self._authorize(caller, row, "kms:GetKeyPolicy")
         self._check_policy_name(p.get("PolicyName", POLICY_NAME))
         return {"Policy": row.policy, "PolicyName": POLICY_NAME}
@@ -1019,14 +1024,14 @@ class KeyEngine:
             raise kms_error("NotFoundException", f"No such policy exists: {name}")
 
     def op_ListKeyPolicies(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"])
+        row = self._resolve(caller, p["KeyId"], own_account=True)
         self._authorize(caller, row, "kms:ListKeyPolicies")
         page, out = _page([POLICY_NAME], p, default=100, max_limit=1000)
         out["PolicyNames"] = page
         return out
 
     def op_PutKeyPolicy(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"])
+        row = self._resolve(caller, p["KeyId"], own_account=True)
         self._authorize(caller, row, "kms:PutKeyPolicy")
         self._require_customer(row, caller, "kms:PutKeyPolicy")
         self._check_policy_name(p.get("PolicyName", POLICY_NAME))
@@ -1644,7 +1649,7 @@ class KeyEngine:
     # ---- tags
 
     def op_TagResource(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"], allow_alias=False)
+        row = self._resolve(caller, p["KeyId"], allow_alias=False, own_account=True)
         self._authorize(caller, row, "kms:TagResource")
         self._require_customer(row, caller, "kms:TagResource")
         self._require_not_pending(row)
@@ -1667,7 +1672,7 @@ class KeyEngine:
         return {}
 
     def op_UntagResource(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"], allow_alias=False)
+        row = self._resolve(caller, p["KeyId"], allow_alias=False, own_account=True)
         self._authorize(caller, row, "kms:UntagResource")
         self._require_customer(row, caller, "kms:UntagResource")
         self._require_not_pending(row)
@@ -1678,7 +1683,7 @@ class KeyEngine:
         return {}
 
     def op_ListResourceTags(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"], allow_alias=False)
+        row = self._resolve(caller, p["KeyId"], allow_alias=False, own_account=True)
         self._authorize(caller, row, "kms:ListResourceTags")
         with self.db.read() as conn:
             rows = conn.execute(
