@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
+import re
 import string
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,7 +36,7 @@ from ebscrypt.wire.http import HttpRequest
 
 SERVICES = ["ec2", "kms", "ebs", "sts"]
 SCALE = int(os.environ.get("CODEC_EXAMPLES", "1"))
-EXAMPLES = {"ec2": 6 * SCALE, "kms": 30 * SCALE, "ebs": 60 * SCALE, "sts": 20 * SCALE}
+EXAMPLES = {"ec2": 4 * SCALE, "kms": 25 * SCALE, "ebs": 50 * SCALE, "sts": 20 * SCALE}
 UTC = dt.timezone.utc
 
 # Text an AWS response can carry in XML 1.0: no C0 controls other than \t \n \r, no
@@ -93,6 +94,12 @@ class ShapeStrategies:
             if meta.get("enum"):
                 return st.sampled_from(meta["enum"])
             lo = meta.get("min", 0)
+            if "pattern" in meta and self.direction == "input" and self.protocol in ("json", "rest-json"):
+                # KMS/EBS enforce patterns: draw matching strings (within the length bounds).
+                hi = meta.get("max", 64)
+                # re.ASCII: \d, \w are ASCII classes in the models' (Java) regex dialect.
+                return st.from_regex(re.compile(meta["pattern"], re.ASCII), fullmatch=True).filter(
+                    lambda s, lo=max(lo, 1 if location == "uri" else 0), hi=hi: lo <= len(s) <= hi)
             if location == "uri":
                 lo = max(lo, 1)  # an empty label cannot be routed (botocore would send '//')
             hi = max(lo, min(meta.get("max", 10), lo + 10))

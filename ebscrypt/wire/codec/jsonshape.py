@@ -3,7 +3,8 @@
 Shared by the JSON 1.1 (KMS) and rest-json (EBS) codecs. Reading validates as AWS's
 JSON services do: a wrong JSON type stops at once; required members and min/max/enum
 traits are collected and reported together as
-``N validation error(s) detected: Value … at 'member' failed to satisfy constraint: …``.
+``N validation error(s) detected: Value … at 'member' failed to satisfy constraint: …``
+(min/max length or value, enum, and the model's regular expression pattern).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import binascii
 import calendar
 import datetime as _dt
 import email.utils
+import functools
 import math
 import re
 from typing import Any
@@ -172,8 +173,18 @@ def format_bool(value: Any) -> str:
 # -- model constraints ----------------------------------------------------------------
 
 
-def constraint_problems(shape: Any, value: Any, *, enums: bool = True) -> list[str]:
-    """Reasons ``value`` breaks the shape's min/max/enum traits, AWS-worded."""
+@functools.lru_cache(maxsize=512)
+def _pattern(regex: str) -> re.Pattern[str] | None:
+    # Model patterns are Java/ECMA regexes, not implicitly anchored (Smithy @pattern);
+    # ASCII classes as in Java. One Python cannot compile is simply not enforced.
+    try:
+        return re.compile(regex, re.ASCII)
+    except re.error:
+        return None
+
+
+def constraint_problems(shape: Any, value: Any, *, enums: bool = True, patterns: bool = True) -> list[str]:
+    """Reasons ``value`` breaks the shape's min/max/enum/pattern traits, AWS-worded."""
     meta = shape.metadata
     problems: list[str] = []
     type_name = shape.type_name
@@ -185,6 +196,10 @@ def constraint_problems(shape: Any, value: Any, *, enums: bool = True) -> list[s
             problems.append(f"Member must have length less than or equal to {meta['max']}")
         if enums and type_name == "string" and meta.get("enum") and value not in meta["enum"]:
             problems.append("Member must satisfy enum value set: [" + ", ".join(meta["enum"]) + "]")
+        elif patterns and type_name == "string" and "pattern" in meta:
+            compiled = _pattern(meta["pattern"])
+            if compiled is not None and not compiled.search(value):
+                problems.append(f"Member must satisfy regular expression pattern: {meta['pattern']}")
     elif type_name in ("integer", "long", "float", "double"):
         if "min" in meta and value < meta["min"]:
             problems.append(f"Member must have value greater than or equal to {meta['min']}")
