@@ -366,6 +366,22 @@ def test_reencrypt_copies_under_new_key(tmp_path: Path, processes: int) -> None:
         db.dispose()
 
 
+def test_concurrent_inline_copies_do_not_share_buffers(engine: BlockEngine) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = [DataKey(f"dk-{i}", os.urandom(32)) for i in range(5)]
+    data = _fill(engine, "snap-src", keys[0], 8)
+
+    def copy(i: int) -> None:
+        engine.reencrypt("snap-src", keys[0], f"snap-c{i}", keys[i])
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(copy, range(1, 5)))
+    for i in range(1, 5):
+        for index, block in data.items():
+            assert engine.read_block(f"snap-c{i}", index, keys[i]) == block
+
+
 def test_reencrypt_plain_to_encrypted_and_back(engine: BlockEngine, key: DataKey) -> None:
     data = _fill(engine, "snap-plain", None, 3)
     engine.reencrypt("snap-plain", None, "snap-enc", key)

@@ -83,11 +83,14 @@ class BlockCipher:
     Not thread-safe (the buffers are shared): one per thread or worker process.
     """
 
-    def __init__(self, key: DataKey | None) -> None:
+    def __init__(self, key: DataKey | None, *, obj_buf: bytearray | None = None, plain_buf: bytearray | None = None) -> None:
+        """``obj_buf`` (GCM_OBJECT_SIZE bytes) / ``plain_buf`` (BLOCK_SIZE): buffers to reuse
+        across ciphers (worker processes keep buffers, not keys, between batches)."""
         self.key = key
         self._aead = AESGCM(key.plaintext) if key is not None else None
-        self._obj = bytearray(GCM_OBJECT_SIZE if key is not None else PLAIN_OBJECT_SIZE)
-        self._plain = bytearray(BLOCK_SIZE)
+        size = GCM_OBJECT_SIZE if key is not None else PLAIN_OBJECT_SIZE
+        self._obj = obj_buf if obj_buf is not None and len(obj_buf) == size else bytearray(size)
+        self._plain = plain_buf if plain_buf is not None and len(plain_buf) == BLOCK_SIZE else bytearray(BLOCK_SIZE)
 
     # -- sealing ------------------------------------------------------------------------
 

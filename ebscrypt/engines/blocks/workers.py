@@ -2,25 +2,37 @@
 
 ``cryptography``'s AES-GCM holds the GIL, so re-encryption uses processes. Keys travel
 to the workers through the pool's pipe, in memory only; each worker keeps one cipher
-(with preallocated buffers) per key it has seen recently.
+set of preallocated buffers (per thread: the engine also runs small copies in-process),
+but no key beyond the batch it is working on.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import threading
 from typing import Any, Iterator
 
-from ebscrypt.engines.blocks.crypto import GCM_OBJECT_SIZE, BlockCipher, DataKey
+from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, GCM_OBJECT_SIZE, PLAIN_OBJECT_SIZE, BlockCipher, DataKey
 
-_CIPHERS: "OrderedDict[Any, BlockCipher]" = OrderedDict()
-_READBUF = bytearray(GCM_OBJECT_SIZE + 1)
+# Buffers live as long as the worker (one set per thread); keys only as long as one batch.
+_local = threading.local()
+
+
+def _buffers() -> tuple[bytearray, bytearray, bytearray, bytearray]:
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = (
+            bytearray(GCM_OBJECT_SIZE + 1),  # read
+            bytearray(BLOCK_SIZE),  # plaintext
+            bytearray(GCM_OBJECT_SIZE),  # sealed object
+            bytearray(PLAIN_OBJECT_SIZE),  # plain object
+        )
+    return bufs
 
 
 def init_worker(parent_pid: int) -> None:
     """Worker start-up: exit as soon as the server that started us is gone (a SIGKILLed
     server cannot shut its pool down, and the pool's pipes would keep us waiting)."""
     import os
-    import threading
     import time
 
     def watch() -> None:
@@ -30,15 +42,6 @@ def init_worker(parent_pid: int) -> None:
             time.sleep(0.5)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _cipher(key: tuple[str, bytes] | None) -> BlockCipher:
-    cipher = _CIPHERS.get(key)
-    if cipher is None:
-        cipher = _CIPHERS[key] = BlockCipher(DataKey(*key) if key is not None else None)
-        while len(_CIPHERS) > 4:
-            _CIPHERS.popitem(last=False)
-    return cipher
 
 
 def reencrypt_batch(
@@ -52,12 +55,13 @@ def reencrypt_batch(
 
     The caller owns the destination keys: it records them (or deletes them on failure).
     """
-    src = _cipher(src_key)
-    dst = _cipher(dst_key)
+    readbuf, plain, obj_gcm, obj_plain = _buffers()
+    src = BlockCipher(DataKey(*src_key) if src_key else None, plain_buf=plain)
+    dst = BlockCipher(DataKey(*dst_key) if dst_key else None, obj_buf=obj_gcm if dst_key else obj_plain)
 
     def sealed() -> Iterator[tuple[str, memoryview]]:
         for index, src_object, checksum, dst_object in items:
-            obj = store.read_into(src_object, _READBUF) if hasattr(store, "read_into") else store.get(src_object)
+            obj = store.read_into(src_object, readbuf) if hasattr(store, "read_into") else store.get(src_object)
             plain = src.open(index, obj, checksum)
             yield dst_object, dst.seal(index, plain)
 
