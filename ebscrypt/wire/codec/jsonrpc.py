@@ -30,7 +30,7 @@ def decode_json_object(body: bytes, code: str | None = None) -> dict[str, Any]:
         return {}
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         error = ValidationError("Request body is not valid JSON (expected a JSON object)")
     else:
         if isinstance(doc, dict):

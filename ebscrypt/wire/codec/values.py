@@ -87,7 +87,10 @@ def parse_timestamp(text: str | int | float) -> _dt.datetime:
             sign = 1 if tz[0] == "+" else -1
             digits = tz[1:].replace(":", "")
             offset = _dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
-            value = value - sign * offset
+            try:
+                value = value - sign * offset
+            except OverflowError:
+                raise BadValue("is out of range for a timestamp") from None
         return value
     try:
         return _from_epoch(float(text))
