@@ -41,6 +41,15 @@ def test_ec2_response_document() -> None:
     assert item.findtext(f"{EC2_NS}tagSet/{EC2_NS}item/{EC2_NS}value") == "<x>"
 
 
+def test_ec2_operation_without_output_returns_true() -> None:
+    op = _op("ec2", "DeleteVolume")
+    assert op.output_shape is None
+    root = ET.fromstring(codec_for("ec2").serialize(op, {}, "rid").body)
+    assert root.tag == EC2_NS + "DeleteVolumeResponse"
+    assert root.findtext(EC2_NS + "requestId") == "rid"
+    assert root.findtext(EC2_NS + "return") == "true"
+
+
 def test_ec2_error_document() -> None:
     err = ServiceError("The volume 'vol-1' does not exist.", code="InvalidVolume.NotFound")
     resp = codec_for("ec2").serialize_error(err, "rid-e")

@@ -200,6 +200,9 @@ class QueryCodec(Codec):
             out.append(f"<requestId>{_escape(request_id)}</requestId>")
             if shape is not None:
                 self._write_members(out, shape, result)
+            else:
+                # Operations the model gives no output (DeleteVolume, …) answer <return>true</return>.
+                out.append("<return>true</return>")
         else:
             if shape is not None:
                 wrapper = shape.serialization.get("resultWrapper")
