@@ -28,6 +28,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -181,8 +182,6 @@ class BlockEngine:
         self.add_periodic("orphans", lambda: self.sweep_orphans(3600.0), 900.0)
 
     def _maintain(self) -> None:
-        import time
-
         while not self._stop.wait(0.5):
             now = time.monotonic()
             for name, (fn, seconds) in list(self._periodic.items()):
@@ -590,8 +589,6 @@ class BlockEngine:
             if progress and total:
                 progress(min(99.9, 100.0 * copied / total))
             if self.copy_batch_delay:
-                import time
-
                 time.sleep(self.copy_batch_delay)
 
         if len(objects) <= self.INLINE_BLOCKS or self.processes <= 0:
@@ -775,8 +772,6 @@ class BlockEngine:
     def sweep_orphans(self, min_age_seconds: float = 3600.0) -> int:
         """Delete stored objects no entry references (left by a crash between store and
         commit) once older than ``min_age_seconds``, so in-flight writes are never hit."""
-        import time
-
         cutoff = time.time() - min_age_seconds
         candidates = [(k, m) for k, m in self.store.keys() if m <= cutoff]
         removed = 0

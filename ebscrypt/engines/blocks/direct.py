@@ -1,0 +1,307 @@
+"""EBS direct-API machinery of the block layer: write sessions (Timeout), opaque block and
+page tokens, the short-lived data-key cache, and the LINEAR aggregated checksum.
+
+The handlers in :mod:`ebscrypt.services.ebs` stay thin: they call these and the engine.
+
+Block and page tokens are opaque: base64 of an expiry and an HMAC (a server secret kept
+in the metadata store) over the snapshot id, the block index, the stored object and its
+layer, so a token cannot be forged, moved to another block or snapshot, or outlive a
+rewrite of its block.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import struct
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from ebscrypt.engines.blocks.crypto import DataKey
+from ebscrypt.engines.blocks.engine import BlockRef
+from ebscrypt.errors import ServiceError
+from ebscrypt.storage.tables.blocks import blk_secrets, ebs_sessions
+
+log = logging.getLogger("ebscrypt.ebs")
+
+TOKEN_LIFETIME = timedelta(hours=24)
+KEY_CACHE_SECONDS = 60.0
+
+
+def _ec2() -> Any:
+    import ebscrypt.engines.ec2 as ec2
+
+    return ec2
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def validation(message: str, reason: str | None = None) -> ServiceError:
+    fields = {"Reason": reason} if reason else {}
+    return ServiceError(message, code="ValidationException", status=400, **fields)
+
+
+def not_found(snapshot_id: str) -> ServiceError:
+    return ServiceError(
+        f"The snapshot '{snapshot_id}' does not exist.",
+        code="ResourceNotFoundException",
+        status=404,
+        Reason="SNAPSHOT_NOT_FOUND",
+    )
+
+
+def access_denied(message: str, reason: str = "UNAUTHORIZED_ACCOUNT") -> ServiceError:
+    return ServiceError(message, code="AccessDeniedException", status=403, Reason=reason)
+
+
+def internal(message: str) -> ServiceError:
+    return ServiceError(message, code="InternalServerException", status=500)
+
+
+# --------------------------------------------------------------------------- data keys
+
+
+class _KeyCache:
+    """Plaintext data keys of snapshots in use, in memory for a short while only (R-KEY-1).
+
+    A write session would otherwise Decrypt once per block. Entries expire after
+    ``KEY_CACHE_SECONDS`` and are dropped when a snapshot completes.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[tuple[int, str], tuple[float, DataKey | None, str]] = {}
+
+    def get(self, ctx: Any, snap: Any) -> DataKey | None:
+        if not snap.encrypted:
+            return None
+        ident = (id(ctx.runtime), snap.id)
+        now = ctx.runtime.clock.now().timestamp()  # the server clock: tests may advance it
+        with self._lock:
+            hit = self._items.get(ident)
+            if hit is not None and hit[0] > now and hit[2] == ctx.caller.account:
+                return hit[1]
+        try:
+            key = _ec2().data_key_for(ctx, snap)
+        except ServiceError as err:
+            raise access_denied(
+                f"The KMS key of snapshot '{snap.id}' cannot be used: {err.code}: {err.message}",
+                "DEPENDENCY_ACCESS_DENIED",
+            ) from None
+        with self._lock:
+            if len(self._items) > 256:
+                self._items = {k: v for k, v in self._items.items() if v[0] > now}
+            self._items[ident] = (now + KEY_CACHE_SECONDS, key, ctx.caller.account)
+        # (a cache hit skips KMS: a key disabled or deleted meanwhile stops working within
+        # KEY_CACHE_SECONDS)
+        return key
+
+    def drop(self, ctx: Any, snapshot_id: str) -> None:
+        with self._lock:
+            self._items.pop((id(ctx.runtime), snapshot_id), None)
+
+
+keys = _KeyCache()
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+_secret_lock = threading.Lock()
+_secrets: dict[int, bytes] = {}
+
+
+def _secret(runtime: Any) -> bytes:
+    ident = id(runtime)
+    with _secret_lock:
+        if ident in _secrets:
+            return _secrets[ident]
+        with runtime.db.begin() as conn:
+            row = conn.execute(select(blk_secrets.c.value).where(blk_secrets.c.name == "ebs-token")).first()
+            if row is None:
+                value = os.urandom(32)
+                conn.execute(insert(blk_secrets).values(name="ebs-token", value=value))
+            else:
+                value = bytes(row.value)
+        _secrets[ident] = value
+        return value
+
+
+def _mac(runtime: Any, *parts: str | int) -> bytes:
+    msg = "\x1f".join(str(p) for p in parts).encode()
+    return hmac.new(_secret(runtime), msg, hashlib.sha256).digest()[:18]
+
+
+def block_token(runtime: Any, snapshot_id: str, ref: BlockRef, expiry: datetime) -> str:
+    exp = int(expiry.timestamp())
+    mac = _mac(runtime, "block", snapshot_id, ref.index, ref.object_key or "zero", ref.layer_id, exp)
+    return base64.b64encode(struct.pack(">BI", 1, exp) + mac).decode()
+
+
+def check_block_token(runtime: Any, snapshot_id: str, ref: BlockRef | None, token: str, now: datetime) -> None:
+    bad = validation("The block token is not valid.", "INVALID_BLOCK_TOKEN")
+    try:
+        raw = base64.b64decode(token, validate=True)
+    except ValueError:
+        raise bad from None
+    if ref is None or len(raw) != 23 or raw[0] != 1:
+        raise bad
+    (exp,) = struct.unpack(">I", raw[1:5])
+    want = _mac(runtime, "block", snapshot_id, ref.index, ref.object_key or "zero", ref.layer_id, exp)
+    if not hmac.compare_digest(want, raw[5:]) or exp < int(now.timestamp()):
+        raise bad
+
+
+def page_token(runtime: Any, scope: str, next_index: int, expiry: datetime) -> str:
+    exp = int(expiry.timestamp())
+    mac = _mac(runtime, "page", scope, next_index, exp)
+    return base64.b64encode(struct.pack(">BII", 1, next_index, exp) + mac).decode()
+
+
+def read_page_token(runtime: Any, scope: str, token: str, now: datetime) -> int:
+    bad = validation("The pagination token is not valid.", "INVALID_PAGE_TOKEN")
+    try:
+        raw = base64.b64decode(token, validate=True)
+    except ValueError:
+        raise bad from None
+    if len(raw) != 27 or raw[0] != 1:
+        raise bad
+    _, index, exp = struct.unpack(">BII", raw[:9])
+    if not hmac.compare_digest(_mac(runtime, "page", scope, index, exp), raw[9:]) or exp < int(now.timestamp()):
+        raise bad
+    return index
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+class _ProgressMemo:
+    """Last Progress recorded per snapshot, so the record is written when it moves by
+    5 points (or reaches 99+), not on every block."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[tuple[int, str], int] = {}
+
+    def advanced(self, ctx: Any, snapshot_id: str, value: int) -> bool:
+        ident = (id(ctx.runtime), snapshot_id)
+        with self._lock:
+            last = self._last.get(ident, -100)
+            if value >= last + 5 or (value >= 99 and value > last):
+                if len(self._last) > 4096:
+                    self._last.clear()
+                self._last[ident] = value
+                return True
+            return False
+
+
+progress = _ProgressMemo()
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def session_row(conn: Connection, snapshot_id: str) -> Any:
+    """The StartSnapshot write session of a snapshot (None if it has none). [conn]"""
+    return conn.execute(select(ebs_sessions).where(ebs_sessions.c.snapshot_id == snapshot_id)).first()
+
+
+def start_session(runtime: Any, snapshot_id: str, account: str, region: str, timeout_minutes: int) -> bool:
+    """Open the write session of a new snapshot; False if it already has one (retries)."""
+    now = runtime.clock.now()
+    with runtime.db.begin() as conn:
+        if session_row(conn, snapshot_id) is not None:
+            return False
+        conn.execute(
+            insert(ebs_sessions).values(
+                snapshot_id=snapshot_id,
+                account=account,
+                region=region,
+                timeout_minutes=timeout_minutes,
+                last_activity=now,
+            )
+        )
+    runtime.blocks.add_periodic("ebs-timeouts", lambda: reap_timed_out(runtime), 2.0)
+    return True
+
+
+def check_write_session(ctx: Any, snap: Any, session: Any) -> None:
+    """The snapshot accepts writes: pending, started here, not past its Timeout."""
+    if snap.state != "pending":
+        raise validation(
+            f"The snapshot '{snap.id}' is in the '{snap.state}' state and no longer accepts writes.",
+            "INVALID_SNAPSHOT_ID",
+        )
+    if session is None:
+        raise validation(f"The snapshot '{snap.id}' was not started with StartSnapshot.", "INVALID_SNAPSHOT_ID")
+    deadline = _aware(session.last_activity) + timedelta(minutes=session.timeout_minutes)
+    if ctx.runtime.clock.now() >= deadline:
+        _ec2().fail_snapshot(ctx.runtime, snap.id, "The snapshot timed out before it was completed.")
+        end_session(ctx.runtime, snap.id)
+        raise validation(f"The snapshot '{snap.id}' timed out.", "WRITE_REQUEST_TIMEOUT")
+
+
+def touch(ctx: Any, snapshot_id: str, session: Any) -> None:
+    """Push the Timeout deadline on (written at most every 30 s, not per block)."""
+    now = ctx.runtime.clock.now()
+    if now - _aware(session.last_activity) < timedelta(seconds=30):
+        return
+    with ctx.runtime.db.begin() as conn:
+        conn.execute(
+            update(ebs_sessions)
+            .where(ebs_sessions.c.snapshot_id == snapshot_id, ebs_sessions.c.last_activity < now - timedelta(seconds=30))
+            .values(last_activity=now)
+        )
+
+
+def aggregate_checksum(checksums: Any) -> str:
+    """LINEAR aggregation: SHA-256 over the concatenated per-block SHA-256 digests, in
+    ascending block index, base64."""
+    h = hashlib.sha256()
+    for c in checksums:
+        h.update(base64.b64decode(c))
+    return base64.b64encode(h.digest()).decode()
+
+
+# --------------------------------------------------------------------------- timeout
+
+
+def reap_timed_out(runtime: Any) -> int:
+    """Move every StartSnapshot session past its Timeout to ``error``. Returns how many.
+
+    Runs every few seconds in the block engine's maintenance thread (and may be called
+    directly). A session's deadline is its last write plus its Timeout.
+    """
+    from ebscrypt.context import Caller
+
+    ec2 = _ec2()
+    now = runtime.clock.now()
+    with runtime.db.read() as conn:
+        sessions = conn.execute(select(ebs_sessions)).all()
+    failed = 0
+    for s in sessions:
+        if now < _aware(s.last_activity) + timedelta(minutes=s.timeout_minutes):
+            continue
+        try:
+            with runtime.db.read() as conn:
+                snap = ec2.get_snapshot(conn, Caller(account=s.account, region=s.region), s.snapshot_id)
+        except ServiceError:
+            snap = None
+        if snap is not None and snap.state == "pending":
+            ec2.fail_snapshot(runtime, s.snapshot_id, "The snapshot timed out before it was completed.")
+            failed += 1
+        end_session(runtime, s.snapshot_id)
+    return failed
+
+
+def end_session(runtime: Any, snapshot_id: str) -> None:
+    with runtime.db.begin() as conn:
+        conn.execute(delete(ebs_sessions).where(ebs_sessions.c.snapshot_id == snapshot_id))
