@@ -322,3 +322,30 @@ def test_create_image_keeps_each_volume_key(ec2: Any, kms: Any, base_image: str)
     # CreateImage needs the caller's own instance
     code, _ = error_of(lambda: ec2.create_image(InstanceId="i-0123456789abcdef0", Name="nope"))
     assert code == "InvalidInstanceID.NotFound"
+
+
+# ------------------------------------------------------------------------ crash safety
+
+
+def test_launch_and_image_survive_a_server_kill(server_factory: Callable[..., Any]) -> None:
+    """kill -9 right after RunInstances / CopyImage: after a restart the instance reaches
+    running and the image available (resumed jobs, repaired states), nothing half-done."""
+    srv = server_factory()
+    account = new_account()
+    ec2, kms = srv.client("ec2", account=account), srv.client("kms", account=account)
+    key = new_key(kms)
+    image_id = register(ec2, "crash-src", empty_snapshot(ec2, encrypted=True, kms_key_id=key),
+                        ("/dev/sdb", empty_snapshot(ec2)))
+    iid = ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                            BlockDeviceMappings=[{"DeviceName": "/dev/sdb", "Ebs": {"Encrypted": True,
+                                                                                    "KmsKeyId": key}}])["Instances"][0]["InstanceId"]
+    copy = ec2.copy_image(Name="crash-copy", SourceImageId=image_id, SourceRegion=REGION, Encrypted=True,
+                          KmsKeyId=new_key(kms))["ImageId"]
+    srv.kill()
+    srv.start()
+    ec2 = srv.client("ec2", account=account)
+    ec2.get_waiter("instance_running").wait(InstanceIds=[iid])
+    ec2.get_waiter("image_available").wait(ImageIds=[copy])
+    vols = volumes_of(ec2, iid)
+    assert {d: (v["State"], v["KmsKeyId"]) for d, v in vols.items()} == {
+        "/dev/xvda": ("in-use", key), "/dev/sdb": ("in-use", key)}
