@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -379,13 +380,41 @@ def test_crypto_shredding(server_factory: Callable[..., Any]) -> None:
     data = (marker * (BLOCK // len(marker) + 1))[:BLOCK]
     sid = upload(ebs, {0: data}, Encrypted=True, KmsKeyArn=key)
     assert download(ebs, sid) == {0: data}
+    kept = upload(ebs, {0: data}, Encrypted=True, KmsKeyArn=kms.create_key()["KeyMetadata"]["Arn"])  # control
     kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
     srv.advance_clock(8 * 86400)
     time.sleep(1)
     token = list_all(ebs, sid)[0]["BlockToken"]
     code, _, _ = error_of(lambda: ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=0, BlockToken=token))
-    assert code in ("AccessDeniedException", "ValidationException", "ResourceNotFoundException")
+    assert code == "AccessDeniedException", code  # DEPENDENCY_ACCESS_DENIED: the KMS key is gone
     srv.stop()
     for path in srv.data_dir.rglob("*"):
         if path.is_file():
             assert marker not in path.read_bytes()
+    # Reading the store directly: the only way to the block key is the wrapped data key,
+    # and KMS can no longer unwrap it — even with the server's own files at hand.
+    from sqlalchemy import select
+
+    from ebscrypt.context import Caller, Settings
+    from ebscrypt.errors import ServiceError
+    from ebscrypt.runtime import build_runtime, close_runtime
+    from ebscrypt.storage.tables.ec2 import ec2_snapshots
+
+    runtime = build_runtime(Settings(data_dir=srv.data_dir), start_jobs=False)
+    try:
+        def unwrap(snapshot_id: str) -> bytes:
+            with runtime.db.read() as conn:
+                row = conn.execute(select(ec2_snapshots).where(ec2_snapshots.c.id == snapshot_id)).mappings().first()
+            assert row["data_key_blob"] and row["encrypted"]
+            return runtime.kms.decrypt(Caller(account="111111111111", region="us-east-1"), row["data_key_blob"],
+                                       encryption_context=json.loads(row["data_key_context"]),
+                                       via_service="ec2.us-east-1.amazonaws.com")[1]
+
+        assert len(unwrap(kept)) == 32  # the same path works while the key exists
+        with pytest.raises(ServiceError):
+            unwrap(sid)
+        ref = runtime.blocks.block_ref(sid, 0)
+        raw = (srv.data_dir / "blocks" / ref.object_key).read_bytes()
+        assert marker not in raw and len(raw) == BLOCK + 34
+    finally:
+        close_runtime(runtime)
