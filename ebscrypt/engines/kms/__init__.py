@@ -13,4 +13,8 @@ __all__ = ["KeyEngine", "KeyInfo", "open_engine"]
 def open_engine(runtime: Any) -> KeyEngine:
     """The KMS engine of ``runtime`` (``runtime.kms``): loads/creates the root key and
     destroys keys whose deletion waiting period has passed."""
-    return KeyEngine(runtime)
+    engine = KeyEngine(runtime)
+    engines = getattr(runtime, "engines", None)
+    if isinstance(engines, dict):
+        engines["kms"] = engine  # reachable as runtime.kms even before build_runtime assigns it
+    return engine
