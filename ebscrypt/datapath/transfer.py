@@ -5,7 +5,8 @@ PutSnapshotBlock by a pool of threads (x-amz-Checksum per block, x-amz-Progress)
 CompleteSnapshot with the LINEAR aggregated checksum (SHA-256 over the per-block SHA-256
 digests, ascending block index). With ``--parent``, blocks that are zero in the image
 but written in the parent are sent as zeros, so the new snapshot reads exactly as the
-image.
+image; with ``--parent`` and ``--base-image OLD.img`` (the image the parent holds) only
+the blocks that differ from OLD.img are sent — a truly incremental upload.
 
 Download: ListSnapshotBlocks, then GetSnapshotBlock by a pool of threads into a sparse
 file of the volume's size; every block's checksum is verified.
@@ -194,12 +195,19 @@ def upload_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kms-key-id", default=None, help="KMS key ARN to encrypt the snapshot under")
     parser.add_argument("--encrypted", action="store_true", help="encrypt (under the default key unless --kms-key-id)")
     parser.add_argument("--parent", default=None, help="parent snapshot id (incremental lineage)")
+    parser.add_argument(
+        "--base-image",
+        default=None,
+        help="with --parent: the image the parent was made from; only blocks that differ from it are sent",
+    )
     parser.add_argument("--volume-size", type=int, default=None, help="volume size in GiB (default: image size rounded up)")
     parser.add_argument("--description", default=None)
     parser.add_argument("--timeout", type=int, default=None, help="StartSnapshot Timeout in minutes")
     parser.add_argument("--wait", action="store_true", help="wait until the snapshot is completed (real AWS)")
     _common(parser)
     args = parser.parse_args(argv)
+    if args.base_image and not args.parent:
+        parser.error("--base-image needs --parent (the snapshot made from that image)")
     try:
         return _upload(args)
     except KeyboardInterrupt:
@@ -249,15 +257,26 @@ def _upload(args: argparse.Namespace) -> int:
     digests: dict[int, bytes] = {}
 
     def blocks() -> Any:
-        with open(args.image, "rb", buffering=0) as f:
-            for index in range(n_blocks):
-                data = f.read(BLOCK_SIZE)
-                if len(data) < BLOCK_SIZE:
-                    data = data + bytes(BLOCK_SIZE - len(data))
-                if data == _ZERO and index not in parent_blocks:
-                    progress.advance(scanned=min(BLOCK_SIZE, size - index * BLOCK_SIZE))
-                    continue
-                yield index, data
+        base = open(args.base_image, "rb", buffering=0) if args.base_image else None
+        try:
+            with open(args.image, "rb", buffering=0) as f:
+                for index in range(n_blocks):
+                    data = f.read(BLOCK_SIZE)
+                    if len(data) < BLOCK_SIZE:
+                        data = data + bytes(BLOCK_SIZE - len(data))
+                    if base is not None:
+                        old = base.read(BLOCK_SIZE)
+                        old = old + bytes(BLOCK_SIZE - len(old))
+                        unchanged = data == old
+                    else:
+                        unchanged = data == _ZERO and index not in parent_blocks
+                    if unchanged:
+                        progress.advance(scanned=min(BLOCK_SIZE, size - index * BLOCK_SIZE))
+                        continue
+                    yield index, data
+        finally:
+            if base is not None:
+                base.close()
         for index in sorted(i for i in parent_blocks if i >= n_blocks):
             yield index, _ZERO  # beyond the image's end but written in the parent
 

@@ -36,12 +36,25 @@ def test_upload_then_download_same_bytes(endpoint: str, tmp_path: Path, aws) -> 
     # Incremental upload on a parent: a block zeroed in the new image reads as zeros.
     data2 = bytearray(data)
     data2[0:BLOCK] = bytes(BLOCK)
-    image.write_bytes(data2)
-    child = run("upload", str(image), "--endpoint-url", endpoint, "--account", account, "--parent", up["SnapshotId"])
+    image2 = tmp_path / "disk2.img"
+    image2.write_bytes(data2)
+    child = run("upload", str(image2), "--endpoint-url", endpoint, "--account", account, "--parent", up["SnapshotId"])
     out2 = tmp_path / "out2.img"
     run("download", child["SnapshotId"], str(out2), "--endpoint-url", endpoint, "--account", account)
     with open(out2, "rb") as f:
         assert f.read(len(data2)) == bytes(data2)
+    # Truly incremental with the parent's image: only the changed blocks travel.
+    data3 = bytearray(data2)
+    data3[BLOCK * 7 : BLOCK * 7 + 10] = b"0123456789"
+    image3 = tmp_path / "disk3.img"
+    image3.write_bytes(data3)
+    grand = run("upload", str(image3), "--endpoint-url", endpoint, "--account", account,
+                "--parent", child["SnapshotId"], "--base-image", str(image2))
+    assert grand["BlocksWritten"] == 1
+    out3 = tmp_path / "out3.img"
+    run("download", grand["SnapshotId"], str(out3), "--endpoint-url", endpoint, "--account", account)
+    with open(out3, "rb") as f:
+        assert f.read(len(data3)) == bytes(data3)
 
 
 def test_upload_reports_errors_cleanly(endpoint: str, tmp_path: Path) -> None:
