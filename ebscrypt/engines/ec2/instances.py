@@ -38,7 +38,7 @@ from ebscrypt.engines.ec2 import templates as templates_engine
 from ebscrypt.engines.ec2.encryption import WrappedDataKey, new_data_key, resolve_encryption
 from ebscrypt.engines.ec2.ids import is_well_formed, job_ctx, new_id
 from ebscrypt.engines.ec2.network import select_matching as filter_select
-from ebscrypt.engines.ec2.records import Snapshot, aware
+from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume, aware
 from ebscrypt.engines.ec2.volumes import (
     VolumePrep,
     register_instance_lookup,
@@ -47,7 +47,7 @@ from ebscrypt.engines.ec2.volumes import (
 )
 from ebscrypt.engines.jobs import JobContext, job_kind
 from ebscrypt.errors import ServiceError
-from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_volumes
+from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_volume_attachments, ec2_volumes
 from ebscrypt.storage.tables.ec2_images import ec2_instances as instances_t
 
 MAX_INSTANCES_PER_CALL = 20
@@ -229,9 +229,27 @@ def instance_view(instance: Instance, attachments: list[tuple[Any, Any]], tags: 
     return out
 
 
+def attachments_by_instance(conn: Connection, instance_ids: list[str]) -> dict[str, list[tuple[Volume, Attachment]]]:
+    """ec2core's ``volumes_of_instance`` for many instances in two queries. [conn]"""
+    out: dict[str, list[tuple[Volume, Attachment]]] = {i: [] for i in instance_ids}
+    for chunk in range(0, len(instance_ids), 500):
+        part = instance_ids[chunk:chunk + 500]
+        atts = [Attachment.from_row(r) for r in conn.execute(
+            select(ec2_volume_attachments).where(ec2_volume_attachments.c.instance_id.in_(part))).mappings()]
+        vol_ids = [a.volume_id for a in atts]
+        vols = {r["id"]: Volume.from_row(r) for r in conn.execute(
+            select(ec2_volumes).where(ec2_volumes.c.id.in_(vol_ids))).mappings()} if vol_ids else {}
+        for att in atts:
+            if att.volume_id in vols:
+                out[att.instance_id].append((vols[att.volume_id], att))
+    return out
+
+
 def _views(conn: Connection, instances: list[Instance], account: str) -> list[dict[str, Any]]:
-    tags = core.tags_for(conn, account, [i.instance_id for i in instances])
-    return [instance_view(i, core.volumes_of_instance(conn, i.instance_id), tags.get(i.instance_id) or []) for i in instances]
+    ids = [i.instance_id for i in instances]
+    tags = core.tags_for(conn, account, ids)
+    atts = attachments_by_instance(conn, ids)
+    return [instance_view(i, atts[i.instance_id], tags.get(i.instance_id) or []) for i in instances]
 
 
 # ============================================================================ launch planning
@@ -767,8 +785,10 @@ def describe_instances(ctx: RequestContext, ids: list[str], filters: list[dict[s
         images_engine.settle(states, _TRANSITIONAL)
         instances = read()
     with ctx.runtime.db.read() as conn:
-        tags = core.tags_for(conn, caller.account, [i.instance_id for i in instances])
-        entries = [(i, core.volumes_of_instance(conn, i.instance_id), tags.get(i.instance_id) or []) for i in instances]
+        ids_seen = [i.instance_id for i in instances]
+        tags = core.tags_for(conn, caller.account, ids_seen)
+        atts = attachments_by_instance(conn, ids_seen)
+        entries = [(i, atts[i.instance_id], tags.get(i.instance_id) or []) for i in instances]
     selected = filter_select(entries, filters, _FILTERS, tag_getter=lambda e: {t["Key"]: t["Value"] for t in e[2]})
     reservations: dict[str, dict[str, Any]] = {}
     for instance, attachments, instance_tags in selected:
