@@ -415,8 +415,10 @@ class KeyEngine:
             key_id = a.target_key_id
         assert key_id is not None
         arn = f"arn:aws:kms:{region}:{account}:key/{key_id}"
-        if region != caller.region or not _UUID_RE.match(key_id):
-            raise kms_error("NotFoundException", f"Key '{arn}' does not exist" if _UUID_RE.match(key_id) else f"Invalid keyId '{key_ref}'")
+        if not _UUID_RE.match(key_id):
+            raise kms_error("NotFoundException", f"Invalid keyId '{key_ref}'")
+        if region != caller.region:
+            raise kms_error("NotFoundException", f"Key '{arn}' does not exist")
         row = self._load(key_id)
         foreign = own_account and account != caller.account
         if row is None or row.account != account or row.region != region or foreign:
@@ -435,7 +437,8 @@ class KeyEngine:
             if self._destroy(key_id):
                 return None
             return self._load(key_id)
-        if row.state == "Enabled" and row.rotation_enabled and row.next_rotation_date is not None and _utc(row.next_rotation_date) <= now:
+        due = row.next_rotation_date
+        if row.state == "Enabled" and row.rotation_enabled and due is not None and _utc(due) <= now:
             self._auto_rotate(key_id)
             with self.db.read() as conn:
                 row = conn.execute(self._key_query(key_id)).first()
@@ -1092,7 +1095,7 @@ class KeyEngine:
         with self.db.read() as conn:
             alias = self._alias_row(conn, caller.account, caller.region, name)
         if alias is None:
-            raise kms_error("NotFoundException", f"Alias arn:aws:kms:{caller.region}:{caller.account}:{name} is not found.")
+            raise _alias_not_found(caller, name)
         old = self._load(alias.target_key_id)
         new = self._resolve(caller, p["TargetKeyId"], allow_alias=False)
         if new.account != caller.account:
@@ -1126,7 +1129,7 @@ class KeyEngine:
         with self.db.read() as conn:
             alias = self._alias_row(conn, caller.account, caller.region, name)
         if alias is None:
-            raise kms_error("NotFoundException", f"Alias arn:aws:kms:{caller.region}:{caller.account}:{name} is not found.")
+            raise _alias_not_found(caller, name)
         row = self._load(alias.target_key_id)
         if row is not None:
             self._note_resource(row.arn)
@@ -1702,6 +1705,10 @@ def _invalid_ciphertext() -> ServiceError:
         "InvalidCiphertextException",
         "The ciphertext is invalid, was tampered with, or its encryption context does not match.",
     )
+
+
+def _alias_not_found(caller: Caller, name: str) -> ServiceError:
+    return kms_error("NotFoundException", f"Alias arn:aws:kms:{caller.region}:{caller.account}:{name} is not found.")
 
 
 def _grant_of(r: Any) -> grant_rules.Grant:
