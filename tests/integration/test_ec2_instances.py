@@ -62,8 +62,10 @@ def launch(ec2: Any, image_id: str, *, wait: bool = True, **kw: Any) -> str:
 def test_run_describe_stop_start_terminate(ec2: Any, acct: str, base_image: str) -> None:
     """R-LIFE-1: pending → running, stopping → stopped, pending → running, shutting-down →
     terminated, each through boto3's default waiters; DeleteOnTermination volumes go."""
+    assert error_of(lambda: launch(ec2, base_image, wait=False, KeyName="no-such-pair"))[0] == "InvalidKeyPair.NotFound"
+    ec2.create_key_pair(KeyName="ops")
     res = ec2.run_instances(ImageId=base_image, MinCount=2, MaxCount=2, InstanceType="m5.large",
-                            KeyName="none", TagSpecifications=[
+                            KeyName="ops", TagSpecifications=[
                                 {"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "web"}]},
                                 {"ResourceType": "volume", "Tags": [{"Key": "disk", "Value": "root"}]}])
     assert res["OwnerId"] == acct and res["ReservationId"].startswith("r-")
@@ -74,7 +76,7 @@ def test_run_describe_stop_start_terminate(ec2: Any, acct: str, base_image: str)
     assert first["State"]["Name"] == "running" and first["InstanceType"] == "m5.large"
     assert first["ImageId"] == base_image and first["RootDeviceName"] == "/dev/xvda"
     assert first["Placement"]["AvailabilityZone"].startswith(REGION)
-    assert first["Tags"] == [{"Key": "Name", "Value": "web"}]
+    assert first["Tags"] == [{"Key": "Name", "Value": "web"}] and first["KeyName"] == "ops"
     assert first["SubnetId"].startswith("subnet-") and first["VpcId"].startswith("vpc-")
     assert first["SecurityGroups"] and first["SecurityGroups"][0]["GroupName"] == "default"
     root = volumes_of(ec2, ids[0])["/dev/xvda"]

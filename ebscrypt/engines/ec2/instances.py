@@ -33,7 +33,7 @@ from ebscrypt.domain import instance_types as it
 from ebscrypt.domain import regions
 from ebscrypt.engines import ec2 as core
 from ebscrypt.engines.ec2 import images as images_engine
-from ebscrypt.engines.ec2 import network
+from ebscrypt.engines.ec2 import keypairs, network
 from ebscrypt.engines.ec2 import templates as templates_engine
 from ebscrypt.engines.ec2.encryption import WrappedDataKey, new_data_key, resolve_encryption
 from ebscrypt.engines.ec2.ids import is_well_formed, job_ctx, new_id
@@ -430,6 +430,8 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
             zone = subnet["availability_zone"]
         else:
             zone = _zone(p, caller.region)
+        if p.get("KeyName") and not keypairs.key_pair_exists(conn, caller.account, caller.region, p["KeyName"]):
+            raise keypairs.not_found(p["KeyName"])
         image = images_engine.get_image(conn, caller.account, caller.region, image_id)
         if image.state != "available":
             raise ServiceError(f"Image {image_id} is not available (state {image.state}).",
