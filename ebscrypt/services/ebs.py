@@ -35,15 +35,21 @@ def _ec2() -> Any:
     return ec2
 
 
-def _snapshot(ctx: Any, snapshot_id: str, *, owned: bool = False, session: list[Any] | None = None) -> Any:
-    """The EC2 snapshot record the caller may see, with EBS's error shapes. With
-    ``session`` (a list), its write session row is appended, read in the same transaction."""
+def _snapshot(
+    ctx: Any, snapshot_id: str, *, owned: bool = False, session: list[Any] | None = None, block: int | None = None
+) -> Any:
+    """The EC2 snapshot record the caller may see, with EBS's error shapes. In the same
+    transaction: with ``session`` (a list), its write session row is appended to it; with
+    ``block``, the entry of that block is returned too (``(snap, ref)``)."""
     ec2 = _ec2()
+    ref = None
     try:
         with ctx.runtime.db.read() as conn:
             snap = ec2.get_snapshot(conn, ctx.caller, snapshot_id)
             if session is not None:
                 session.append(direct.session_row(conn, snapshot_id))
+            if block is not None:
+                ref = _blocks(ctx).block_ref(snapshot_id, block, conn=conn)
     except ServiceError as err:
         if err.code.endswith("Malformed"):
             raise direct.validation(f"The snapshot ID '{snapshot_id}' is not valid.", "INVALID_SNAPSHOT_ID") from None
@@ -52,7 +58,7 @@ def _snapshot(ctx: Any, snapshot_id: str, *, owned: bool = False, session: list[
         raise
     if owned and not ec2.snapshot_is_owned(snap, ctx.caller):
         raise direct.access_denied(f"The snapshot '{snapshot_id}' is not owned by account {ctx.caller.account}.")
-    return snap
+    return (snap, ref) if block is not None else snap
 
 
 def _completed(snap: Any) -> None:
@@ -269,10 +275,9 @@ def complete_snapshot(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
 def get_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     snapshot_id = params["SnapshotId"]
     index = int(params["BlockIndex"])
-    snap = _snapshot(ctx, snapshot_id)
+    snap, ref = _snapshot(ctx, snapshot_id, block=index)
     _completed(snap)
     blocks = _blocks(ctx)
-    ref = blocks.block_ref(snapshot_id, index)
     direct.check_block_token(ctx.runtime, snapshot_id, ref, params["BlockToken"], _now(ctx))
     key = direct.keys.get(ctx, snap)
     try:

@@ -351,15 +351,19 @@ class BlockEngine:
         if (key is None) != (ref.data_key_id is None):
             raise BlockIntegrityError()
 
-    def block_ref(self, owner_id: str, index: int) -> BlockRef | None:
-        with self.db.read() as conn:
-            owner = self._get_owner(conn, owner_id)
-            if owner is None:
-                return None
-            chain = self._chain(conn, owner.head_id)
-            rows = conn.execute(
-                select(blk_entries).where(blk_entries.c.layer_id.in_(chain), blk_entries.c.block_index == index)
-            ).mappings().all()
+    def block_ref(self, owner_id: str, index: int, *, conn: Connection | None = None) -> BlockRef | None:
+        """The entry that holds the owner's block (None: never written). With ``conn``,
+        read in the caller's transaction (one transaction per request)."""
+        if conn is None:
+            with self.db.read() as own:
+                return self.block_ref(owner_id, index, conn=own)
+        owner = self._get_owner(conn, owner_id)
+        if owner is None:
+            return None
+        chain = self._chain(conn, owner.head_id)
+        rows = conn.execute(
+            select(blk_entries).where(blk_entries.c.layer_id.in_(chain), blk_entries.c.block_index == index)
+        ).mappings().all()
         if not rows:
             return None
         pos = {layer: i for i, layer in enumerate(chain)}
