@@ -81,3 +81,51 @@ def test_policy_refusing_ec2_is_enforced_for_ec2_use(server_factory: Callable[..
             time.sleep(0.2)
             state = ec2.describe_volumes(VolumeIds=[vol["VolumeId"]])["Volumes"][0]["State"]
         assert state == "error"  # R-KEY-6: never encrypted under some other key
+
+
+def test_deleting_the_key_shreds_ebs_data(server_factory: Callable[..., Any]) -> None:
+    """R-KEY-8: once the key's waiting period is over, data under it cannot be read."""
+    import base64
+    import hashlib
+
+    import pytest
+    from botocore.exceptions import ClientError
+
+    srv = server_factory()
+    kms = srv.client("kms", account=A)
+    ebs = srv.client("ebs", account=A)
+    ec2 = srv.client("ec2", account=A)
+    key = kms.create_key()["KeyMetadata"]
+    snap = ebs.start_snapshot(VolumeSize=1, Encrypted=True, KmsKeyArn=key["Arn"])["SnapshotId"]
+    data = bytes(range(256)) * 2048  # one 512 KiB block
+    checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    ebs.put_snapshot_block(SnapshotId=snap, BlockIndex=0, BlockData=data, DataLength=len(data),
+                           Checksum=checksum, ChecksumAlgorithm="SHA256")
+    ebs.complete_snapshot(SnapshotId=snap, ChangedBlocksCount=1)
+    deadline = time.monotonic() + 20
+    while ec2.describe_snapshots(SnapshotIds=[snap])["Snapshots"][0]["State"] == "pending":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+    def read() -> bytes:
+        token = ebs.list_snapshot_blocks(SnapshotId=snap)["Blocks"][0]["BlockToken"]
+        return ebs.get_snapshot_block(SnapshotId=snap, BlockIndex=0, BlockToken=token)["BlockData"].read()
+
+    assert read() == data
+    wait_for(srv, lambda e: e["eventName"] == "Decrypt" and "errorCode" not in e
+             and e["resources"] and e["resources"][0]["ARN"] == key["Arn"])
+    kms.schedule_key_deletion(KeyId=key["KeyId"], PendingWindowInDays=7)
+    srv.advance_clock(120)  # past the EBS side's short-lived data-key cache
+    with pytest.raises(ClientError):
+        read()  # pending deletion: unusable, still recoverable
+    kms.cancel_key_deletion(KeyId=key["KeyId"])
+    kms.enable_key(KeyId=key["KeyId"])
+    assert read() == data
+    kms.schedule_key_deletion(KeyId=key["KeyId"], PendingWindowInDays=7)
+    srv.advance_clock(7 * 86400 + 60)
+    with pytest.raises(ClientError) as exc:
+        read()
+    assert key["Arn"] in exc.value.response["Error"]["Message"] or "KMS" in exc.value.response["Error"]["Message"]
+    with pytest.raises(ClientError) as exc:
+        kms.describe_key(KeyId=key["KeyId"])
+    assert exc.value.response["Error"]["Code"] == "NotFoundException"
