@@ -223,7 +223,8 @@ class BlockEngine:
         cipher = self._cipher(key)
         item = _PendingWrite(owner_id, index, key, None, cipher.seal_checksum(index, checksum))
         if data != ZERO_BLOCK:
-            item.object_key = new_object_key()
+            # Writes close in time share a directory, so a group commit fsyncs one directory.
+            item.object_key = new_object_key(f"{int(time.time() // 8) % 256:02x}")
             sealed = cipher.seal(index, data)
             stage = getattr(self.store, "stage", None)
             if stage is not None:
