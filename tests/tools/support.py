@@ -48,9 +48,7 @@ def tools_home() -> Path:
 def ansible_playbook() -> Path | None:
     """ansible-playbook of the venv ci/install-tools.sh makes (EBSCRYPT_ANSIBLE_PLAYBOOK overrides)."""
     env = os.environ.get("EBSCRYPT_ANSIBLE_PLAYBOOK")
-    if env:
-        return Path(env)
-    path = tools_home() / f"ansible-{ANSIBLE_VERSION}" / "bin" / "ansible-playbook"
+    path = Path(env) if env else tools_home() / f"ansible-{ANSIBLE_VERSION}" / "bin" / "ansible-playbook"
     return path if path.exists() else None
 
 
