@@ -42,7 +42,7 @@ def test_sigkill_mid_copy_then_restart(server_factory: Callable[..., Any], monke
     monkeypatch.setenv("EBSCRYPT_FAULT_COPY_BATCH_DELAY", "1.0")
     srv = server_factory()
     ebs, ec2, kms = srv.client("ebs"), srv.client("ec2"), srv.client("kms")
-    n = 160  # 80 MiB
+    n = 128  # 64 MiB: four 32-block copy batches
     seed = os.urandom(BLOCK)
     blocks = {i: hashlib.sha256(i.to_bytes(4, "big")).digest() + seed[32:] for i in range(n)}
     sid = ebs.start_snapshot(VolumeSize=1, Encrypted=True)["SnapshotId"]
