@@ -418,3 +418,36 @@ def test_crypto_shredding(server_factory: Callable[..., Any]) -> None:
         assert marker not in raw and len(raw) == BLOCK + 34
     finally:
         close_runtime(runtime)
+
+
+def test_shared_snapshot_readable_only_with_key_permission(ebs: Any, ec2: Any, aws: Callable[..., Any], account: str) -> None:
+    """R-SHARE-1/4: a snapshot shared with another account reads back there when the key
+    policy lets that account use the key; without it, the read is refused."""
+    other, stranger = next(_accounts), next(_accounts)
+    kms = aws("kms", account=account)
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "owner", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+             "Action": "kms:*", "Resource": "*"},
+            {"Sid": "recipient", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{other}:root"},
+             "Action": ["kms:Decrypt", "kms:DescribeKey", "kms:CreateGrant", "kms:GenerateDataKeyWithoutPlaintext",
+                        "kms:ReEncryptFrom", "kms:ReEncryptTo"], "Resource": "*"},
+        ],
+    }
+    key = kms.create_key(Policy=json.dumps(policy))["KeyMetadata"]["Arn"]
+    blocks = {4: os.urandom(BLOCK)}
+    sid = upload(ebs, blocks, Encrypted=True, KmsKeyArn=key)
+    ec2.modify_snapshot_attribute(SnapshotId=sid, Attribute="createVolumePermission", OperationType="add",
+                                  UserIds=[other, stranger])
+    assert download(aws("ebs", account=other), sid) == blocks
+    stranger_ebs = aws("ebs", account=stranger)
+    token = list_all(stranger_ebs, sid)[0]["BlockToken"]
+    code, reason, status = error_of(lambda: stranger_ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=4, BlockToken=token))
+    assert (code, reason, status) == ("AccessDeniedException", "DEPENDENCY_ACCESS_DENIED", 403)
+    # Writing into someone else's snapshot is never allowed.
+    pending = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+    ec2.modify_snapshot_attribute(SnapshotId=pending, Attribute="createVolumePermission", OperationType="add",
+                                  UserIds=[other])
+    assert error_of(lambda: put(aws("ebs", account=other), pending, 0, os.urandom(BLOCK))) == (
+        "AccessDeniedException", "UNAUTHORIZED_ACCOUNT", 403)
