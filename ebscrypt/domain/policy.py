@@ -193,8 +193,9 @@ def _parse_statement(raw: Any) -> Statement:
         raise PolicyError("A key policy statement must have exactly one of Principal or NotPrincipal.")
     if ("Action" in raw) == ("NotAction" in raw):
         raise PolicyError("A policy statement must have exactly one of Action or NotAction.")
-    if "Resource" in raw and "NotResource" in raw:
-        raise PolicyError("A policy statement cannot have both Resource and NotResource.")
+    if ("Resource" in raw) == ("NotResource" in raw):
+        # A key policy statement names its resource ("*": this key).
+        raise PolicyError("A key policy statement must have exactly one of Resource or NotResource.")
     return Statement(
         effect=effect,
         sid=sid,

@@ -278,6 +278,7 @@ def test_condition_keys_are_case_insensitive() -> None:
         json.dumps({"Statement": [{**allow(A, "kms:*"), "Unknown": "x"}]}),
         json.dumps({"Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]}),  # no principal
         json.dumps({"Statement": [{"Effect": "Allow", "Principal": "*", "Resource": "*"}]}),  # no action
+        json.dumps({"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*"}]}),  # no resource
         json.dumps({"Statement": [allow({"AWS": "not-an-account"}, "kms:*")]}),
         json.dumps({"Statement": [allow({"Robot": "x"}, "kms:*")]}),
         json.dumps({"Statement": [allow(A, "Decrypt")]}),  # action without service prefix
