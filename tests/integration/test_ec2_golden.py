@@ -136,7 +136,7 @@ def test_golden_ami_refused_when_key_policy_does_not_name_recipient(aws: Callabl
         ec2_c.get_waiter("image_available").wait(ImageIds=[copy])
     assert "failed" in str(waited.value)
     img = image(ec2_c, copy)
-    assert img["State"] == "failed" and img["StateReason"]["Code"].startswith("Client.")
+    assert img["State"] == "failed" and img["StateReason"]["Code"] == "Client.InvalidKMSKey.InvalidState"
     assert b["key_golden"].split("/")[-1] in img["StateReason"]["Message"]
 
     iid = ec2_c.run_instances(ImageId=b["golden"], MinCount=1, MaxCount=1,

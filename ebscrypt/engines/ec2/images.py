@@ -15,8 +15,9 @@ snapshots themselves are ec2core's records. The rules:
   deletion or asymmetric key) ends ``failed`` with a StateReason naming key and cause.
 - R-SHARE-2/3 an image with an encrypted snapshot cannot be made public; one with a
   snapshot under the AWS managed key ``alias/aws/ebs`` cannot be shared at all.
-- R-LIFE-1 images start ``pending``; ec2core's snapshot listener moves them to
-  ``available``/``failed`` when their snapshots reach a final state.
+- R-LIFE-1 images made by CreateImage / CopyImage start ``pending``; ec2core's snapshot
+  listener moves them to ``available``/``failed`` when their snapshots reach a final
+  state. RegisterImage over completed snapshots is available at once (nothing to copy).
 """
 
 from __future__ import annotations
@@ -253,12 +254,19 @@ def settle(read_states: Callable[[], list[str]], transitional: Iterable[str], *,
 
 
 def _reason_parts(message: str | None) -> tuple[str, str]:
-    """``"Client.InvalidKMSKey.InvalidState: The KMS key … is disabled."`` → (code, message)."""
+    """A snapshot's StateMessage → the image's StateReason (code, message).
+
+    ``"Client.InvalidKMSKey.InvalidState: The KMS key … is disabled."`` keeps its code; a
+    bare KMS refusal (the copier may not use the source key, R-SHARE-4) is reported as
+    EC2 reports key problems, ``Client.InvalidKMSKey.InvalidState``, with the cause.
+    """
     message = message or "Client.Error: a snapshot of the image could not be created"
     head, sep, _rest = message.partition(": ")
     if sep and re.match(r"^[A-Za-z]+(\.[A-Za-z]+)+$", head):
         return head, message
-    return "Client.Error", message
+    if re.search(r"kms|KMS key|[Kk]ey '", message):
+        return "Client.InvalidKMSKey.InvalidState", f"Client.InvalidKMSKey.InvalidState: {message}"
+    return "Client.Error", f"Client.Error: {message}"
 
 
 def refresh_image(conn: Connection, image_id: str) -> str | None:
@@ -339,13 +347,15 @@ def _check_name(conn: Connection, account: str, region: str, name: str | None) -
 
 
 def _insert_image(conn: Connection, ctx: RequestContext, image_id: str, values: dict[str, Any],
-                  mappings: list[dict[str, Any]], tags: list[dict[str, str]]) -> None:
+                  mappings: list[dict[str, Any]], tags: list[dict[str, str]], *, ready: bool = False) -> None:
+    """Write the image; ``ready``: its snapshots are all completed already, so it is
+    ``available`` at once (RegisterImage), else ``pending`` until they are."""
     caller = ctx.caller
     row = dict(
         image_id=image_id,
         account=caller.account,
         region=caller.region,
-        state=states.IMAGE_PENDING,
+        state=states.IMAGE_AVAILABLE if ready else states.IMAGE_PENDING,
         architecture="x86_64",
         virtualization_type="hvm",
         root_device_type="ebs",
@@ -359,7 +369,8 @@ def _insert_image(conn: Connection, ctx: RequestContext, image_id: str, values: 
         conn.execute(insert(image_snaps_t).values(image_id=image_id, snapshot_id=snap))
     if tags:
         core.put_tags(conn, caller.account, caller.region, image_id, tags)
-    ctx.runtime.jobs.submit("image_finalize", {"image_id": image_id}, conn=conn)
+    if not ready:
+        ctx.runtime.jobs.submit("image_finalize", {"image_id": image_id}, conn=conn)
 
 
 def _ebs_mapping(device: str, *, snapshot_id: str | None, size: int, volume_type: str | None,
@@ -415,6 +426,7 @@ def register_image(ctx: RequestContext, params: dict[str, Any]) -> str:
         name = _check_name(conn, caller.account, caller.region, params.get("Name"))
         mappings: list[dict[str, Any]] = []
         seen: set[str] = set()
+        all_completed = True
         for bdm in requested:
             device = bdm.get("DeviceName")
             if not device:
@@ -445,6 +457,7 @@ def register_image(ctx: RequestContext, params: dict[str, Any]) -> str:
                     )
                 if snapshot.state == "error":
                     raise ServiceError(f"Snapshot {snap_id} is in state error.", code="IncorrectState")
+                all_completed = all_completed and snapshot.state == "completed"
                 size = _size_check(ebs.get("VolumeSize"), snapshot)
                 encrypted = bool(snapshot.encrypted)
             else:
@@ -482,7 +495,7 @@ def register_image(ctx: RequestContext, params: dict[str, Any]) -> str:
             imds_support=params.get("ImdsSupport"),
             kernel_id=params.get("KernelId"),
             ramdisk_id=params.get("RamdiskId"),
-        ), mappings, tags)
+        ), mappings, tags, ready=all_completed)
     ctx.runtime.jobs.notify()
     return image_id
 

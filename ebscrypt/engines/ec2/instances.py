@@ -151,15 +151,16 @@ def get_instance(conn: Connection, account: str, region: str, instance_id: str, 
     return instance
 
 
-def _instance_az(conn: Connection, caller: Any, instance_id: str) -> str:
-    """ec2core's AttachVolume asks this for the instance's zone (and existence)."""
+def _instance_lookup(conn: Connection, caller: Any, instance_id: str) -> dict[str, Any]:
+    """ec2core's AttachVolume / CreateSnapshots ask this for the instance's zone and root
+    device (and its existence: InvalidInstanceID.NotFound / .Malformed)."""
     instance = get_instance(conn, caller.account, caller.region, instance_id)
     if instance.state not in (it.RUNNING, it.STOPPED):
         raise ServiceError(f"Instance '{instance_id}' is not 'running'.", code="IncorrectState")
-    return instance.availability_zone
+    return {"availability_zone": instance.availability_zone, "root_device_name": instance.root_device_name}
 
 
-register_instance_lookup(_instance_az)
+register_instance_lookup(_instance_lookup)
 
 
 # ============================================================================ views
