@@ -665,3 +665,35 @@ def test_key_management_has_no_cross_account_use(kms_a: Any, kms_b: Any) -> None
     assert kms_a.decrypt(CiphertextBlob=blob)["Plaintext"] == b"b"
     assert kms_b.describe_key(KeyId=key["Arn"])["KeyMetadata"]["KeyState"] == "Enabled"
     assert kms_b.get_key_rotation_status(KeyId=key["Arn"])["KeyRotationEnabled"] is False
+
+
+def test_alias_condition_keys(aws: Callable[..., Any]) -> None:
+    kms = aws("kms", account="444444444408")
+    acct = "444444444408"
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.create_alias(AliasName="alias/app-data", TargetKeyId=key)
+    kms.create_alias(AliasName="alias/other", TargetKeyId=key)
+    kms.put_key_policy(KeyId=key, PolicyName="default", Policy=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": acct}, "Resource": "*", "NotAction": ["kms:Encrypt", "kms:Sign"]},
+            # Encrypt only when the caller names the key by an app-* alias
+            {"Effect": "Allow", "Principal": {"AWS": acct}, "Resource": "*", "Action": "kms:Encrypt",
+             "Condition": {"StringLike": {"kms:RequestAlias": "alias/app-*"}}},
+        ],
+    }))
+    kms.encrypt(KeyId="alias/app-data", Plaintext=b"x")
+    assert err(kms.encrypt, KeyId="alias/other", Plaintext=b"x")[0] == "AccessDeniedException"
+    assert err(kms.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
+    # kms:ResourceAliases: the key's aliases, whatever the request named it by
+    kms.put_key_policy(KeyId=key, PolicyName="default", Policy=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": acct}, "Resource": "*", "NotAction": ["kms:Encrypt"]},
+            {"Effect": "Allow", "Principal": {"AWS": acct}, "Resource": "*", "Action": "kms:Encrypt",
+             "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": "alias/app-data"}}},
+        ],
+    }))
+    kms.encrypt(KeyId=key, Plaintext=b"x")
+    kms.delete_alias(AliasName="alias/app-data")
+    assert err(kms.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"

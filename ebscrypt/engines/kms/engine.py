@@ -87,6 +87,8 @@ class _Event:
     read_only: bool
     time: datetime
     resources: list[str] = field(default_factory=list)
+    # key id -> the alias the request named it by (condition key kms:RequestAlias)
+    request_aliases: dict[str, str] = field(default_factory=dict)
     error: tuple[str, str] | None = None
 
 
@@ -413,6 +415,9 @@ class KeyEngine:
             if a is None:
                 raise kms_error("NotFoundException", f"Alias {alias_arn} is not found.")
             key_id = a.target_key_id
+            ev = _CURRENT.get()
+            if ev is not None:
+                ev.request_aliases[key_id] = alias_name
         assert key_id is not None
         arn = f"arn:aws:kms:{region}:{account}:key/{key_id}"
         if not _UUID_RE.match(key_id):
@@ -532,6 +537,11 @@ class KeyEngine:
             for k, v in encryption_context.items():
                 ctx[f"kms:EncryptionContext:{k}"] = v
             ctx["kms:EncryptionContextKeys"] = list(encryption_context)
+        ev = _CURRENT.get()
+        if ev is not None and row.key_id in ev.request_aliases:
+            ctx["kms:RequestAlias"] = ev.request_aliases[row.key_id]
+        if "kms:resourcealiases" in row.policy.lower():
+            ctx["kms:ResourceAliases"] = self._aliases_of(row)
         if extra:
             ctx.update(extra)
         request = policy_rules.Request(
@@ -567,6 +577,19 @@ class KeyEngine:
             f"User: {caller.arn} is not authorized to perform: {action} on resource: "
             f"{row.arn} because no resource-based policy allows the {action} action.",
         )
+
+    def _aliases_of(self, row: Any) -> list[str]:
+        with self.db.read() as conn:
+            return [
+                r.name
+                for r in conn.execute(
+                    select(kms_aliases.c.name).where(
+                        kms_aliases.c.target_key_id == row.key_id,
+                        kms_aliases.c.account == row.account,
+                        kms_aliases.c.region == row.region,
+                    )
+                )
+            ]
 
     @staticmethod
     def _grant_covers_new_grant(g: grant_rules.Grant, operation: str, extra: Mapping[str, Any] | None) -> bool:
