@@ -22,6 +22,7 @@ import pytest
 TOOLS_DIR = Path(__file__).resolve().parent
 REPO = TOOLS_DIR.parent.parent
 REGION = "us-east-1"
+OTHER_REGION = "eu-west-1"
 BLOCK = 524288
 SECRET = "ebscrypt-dev-secret"
 ANSIBLE_VERSION = "12.3.0"
