@@ -55,8 +55,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def make_clients(args: argparse.Namespace, threads: int) -> tuple[Any, Any]:
-    """(ebs, ec2) boto3 clients for the chosen endpoint, with a connection per thread."""
+def make_clients(args: argparse.Namespace, threads: int, *, kms: bool = False) -> Any:
+    """(ebs, ec2[, kms]) boto3 clients for the chosen endpoint, a connection per thread."""
     import boto3
     from botocore.config import Config
 
@@ -81,6 +81,8 @@ def make_clients(args: argparse.Namespace, threads: int) -> tuple[Any, Any]:
     )
     ebs = session.client("ebs", endpoint_url=endpoint, region_name=region, config=config, **kwargs)
     ec2 = session.client("ec2", endpoint_url=endpoint, region_name=region, config=config, **kwargs)
+    if kms:
+        return ebs, ec2, session.client("kms", endpoint_url=endpoint, region_name=region, config=config, **kwargs)
     return ebs, ec2
 
 
@@ -192,7 +194,9 @@ def _client_error(exc: Exception) -> str:
 def upload_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ebscrypt upload", description="Upload a disk image as an EBS snapshot.")
     parser.add_argument("image", help="raw disk image file")
-    parser.add_argument("--kms-key-id", default=None, help="KMS key ARN to encrypt the snapshot under")
+    parser.add_argument(
+        "--kms-key-id", default=None, help="KMS key (id, ARN, alias name or alias ARN) to encrypt the snapshot under"
+    )
     parser.add_argument("--encrypted", action="store_true", help="encrypt (under the default key unless --kms-key-id)")
     parser.add_argument("--parent", default=None, help="parent snapshot id (incremental lineage)")
     parser.add_argument(
@@ -224,14 +228,17 @@ def _upload(args: argparse.Namespace) -> int:
     if volume_gib * GIB < size:
         return _fail(f"--volume-size {volume_gib} GiB is smaller than the image ({size} bytes)")
     threads = max(1, args.threads)
-    ebs, ec2 = make_clients(args, threads)
+    ebs, ec2, kms = make_clients(args, threads, kms=True)
     start: dict[str, Any] = {"VolumeSize": volume_gib}
     if args.parent:
         start["ParentSnapshotId"] = args.parent
     elif args.encrypted or args.kms_key_id:
         start["Encrypted"] = True
     if args.kms_key_id:
-        start["KmsKeyArn"] = args.kms_key_id
+        key = args.kms_key_id
+        if not (key.startswith("arn:") and ":key/" in key):  # StartSnapshot takes a key ARN only
+            key = kms.describe_key(KeyId=key)["KeyMetadata"]["Arn"]
+        start["KmsKeyArn"] = key
     if args.description:
         start["Description"] = args.description
     if args.timeout:

@@ -57,6 +57,17 @@ def test_upload_then_download_same_bytes(endpoint: str, tmp_path: Path, aws) -> 
         assert f.read(len(data3)) == bytes(data3)
 
 
+def test_upload_under_a_key_alias(endpoint: str, tmp_path: Path, aws) -> None:
+    account = "555000099003"
+    kms = aws("kms", account=account)
+    key = kms.create_key()["KeyMetadata"]
+    kms.create_alias(AliasName="alias/disks", TargetKeyId=key["KeyId"])
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(BLOCK * 2))
+    up = run("upload", str(image), "--endpoint-url", endpoint, "--account", account, "--kms-key-id", "alias/disks")
+    assert up["KmsKeyArn"] == key["Arn"]
+
+
 def test_upload_reports_errors_cleanly(endpoint: str, tmp_path: Path) -> None:
     image = tmp_path / "disk.img"
     image.write_bytes(os.urandom(BLOCK))
