@@ -194,12 +194,12 @@ def _seed_from_parent(ctx: Any, blocks: Any, parent: Any, snap: Any) -> None:
             src_key = direct.keys.get(ctx, parent)
             dst_key = direct.keys.get(ctx, snap)
             blocks.reencrypt(parent.id, src_key, snap.id, dst_key)
+    except BlockIntegrityError:  # (a ServiceError too: caught first)
+        _ec2().fail_snapshot(ctx.runtime, snap.id, "The parent snapshot's data failed its integrity check.")
+        raise direct.internal("The parent snapshot's data failed its integrity check.") from None
     except ServiceError:
         _ec2().fail_snapshot(ctx.runtime, snap.id, "The parent snapshot's data could not be read.")
         raise
-    except BlockIntegrityError:
-        _ec2().fail_snapshot(ctx.runtime, snap.id, "The parent snapshot's data failed its integrity check.")
-        raise direct.internal("The parent snapshot's data failed its integrity check.") from None
 
 
 @operation("ebs", "PutSnapshotBlock")
