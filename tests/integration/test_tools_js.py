@@ -51,6 +51,16 @@ def test_js_sdk_golden_path(node: str, endpoint: str, aws: Callable[..., Any], t
         assert types[parsed] == "number", (parsed, types)
     assert types["expiryTime"] == "Date" and types["startTime"] == "Date"
 
+    # errors surface as the SDK's typed exceptions, as AWS's would
+    errors = {k: (v["name"], v["status"], v["fault"]) for k, v in out["errors"].items()}
+    assert errors == {
+        "describeVolumes": ("InvalidVolume.NotFound", 400, "client"),
+        "copyImageKeyWithoutEncrypted": ("InvalidParameterDependency", 400, "client"),   # R-OUT-1
+        "describeKey": ("NotFoundException", 400, "client"),
+        "getSnapshotBlock": ("ResourceNotFoundException", 404, "client"),
+    }
+    assert out["errors"]["getSnapshotBlock"]["reason"] == "SNAPSHOT_NOT_FOUND"
+
     # cross-check with boto3: keys, and the bytes (R-IMG-1, R-DATA-1)
     ec2, ebs = aws("ec2", account=account, region=REGION), aws("ebs", account=account, region=REGION)
     golden = ec2.describe_images(ImageIds=[out["golden"]])["Images"][0]

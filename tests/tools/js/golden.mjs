@@ -179,7 +179,28 @@ types.wireStartVolumeSize = typeof wireStart.VolumeSize;
 types.wireStartBlockSize = typeof wireStart.BlockSize;
 types.wireStartTime = typeof wireStart.StartTime;
 
+// errors come back as the SDK's typed exceptions, with code, status and (EBS) Reason (R-WIRE, R-OUT-1)
+const errors = {};
+async function expectError(label, client, command) {
+  try {
+    await client.send(command);
+    assert.fail(`${label}: no error`);
+  } catch (e) {
+    if (e.code === "ERR_ASSERTION") throw e;
+    errors[label] = { name: e.name, status: e.$metadata?.httpStatusCode, fault: e.$fault, reason: e.Reason, message: e.message };
+  }
+}
+await expectError("describeVolumes", ec2, new DescribeVolumesCommand({ VolumeIds: ["vol-0123456789abcdef0"] }));
+await expectError("copyImageKeyWithoutEncrypted", ec2, new CopyImageCommand({
+  SourceImageId: base, SourceRegion: region, Name: `${tag}-bad`, KmsKeyId: goldenKey.Arn,
+}));
+await expectError("describeKey", kms, new DescribeKeyCommand({ KeyId: `alias/${tag}-nope` }));
+await expectError("getSnapshotBlock", ebs, new GetSnapshotBlockCommand({
+  SnapshotId: "snap-0123456789abcdef0", BlockIndex: 0, BlockToken: listed.Blocks[0].BlockToken,
+}));
+
 console.log(JSON.stringify({
+  errors,
   buildKey: buildKey.Arn, goldenKey: goldenKey.Arn, volume: vol.VolumeId, dataSnapshot: dataSnap.SnapshotId,
   rootSnapshot: root.SnapshotId, base, golden, goldenSnapshots: snapIds, readBack, types,
 }));
