@@ -362,6 +362,9 @@ def test_start_snapshot_timeout(server_factory: Callable[..., Any]) -> None:
     ebs, ec2 = srv.client("ebs"), srv.client("ec2")
     sid = ebs.start_snapshot(VolumeSize=1, Timeout=10)["SnapshotId"]
     put(ebs, sid, 0, os.urandom(BLOCK))
+    srv.stop()  # a restart does not forget the session's deadline
+    srv.start()
+    ebs, ec2 = srv.client("ebs"), srv.client("ec2")
     srv.advance_clock(11 * 60)
     deadline = time.monotonic() + 15
     while ec2.describe_snapshots(SnapshotIds=[sid])["Snapshots"][0]["State"] != "error":

@@ -25,4 +25,9 @@ def open_engine(runtime: Any) -> Any:
         copy_batch_delay=delay,
     )
     engine.start_maintenance()
+    # EBS direct-API write sessions past their Timeout go to error (also those a restart
+    # interrupted).
+    from ebscrypt.engines.blocks import direct
+
+    engine.add_periodic("ebs-timeouts", lambda: direct.reap_timed_out(runtime), 2.0)
     return engine
