@@ -285,7 +285,7 @@ def get_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     except BlockIntegrityError:
         log.error("block %d of %s failed its integrity check", index, snapshot_id)
         raise direct.internal("The block failed its integrity check and cannot be returned.") from None
-    if now_ref != ref:  # rewritten between token check and read: the token named the old block
+    if (now_ref.object_key if now_ref else None) != (ref.object_key if ref else None):  # rewritten meanwhile
         raise direct.validation("The block token is not valid.", "INVALID_BLOCK_TOKEN")
     return {"BlockData": data, "DataLength": len(data), "Checksum": checksum, "ChecksumAlgorithm": "SHA256"}
 

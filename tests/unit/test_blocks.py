@@ -459,6 +459,32 @@ def test_release_reclaims_only_unreferenced_objects(engine: BlockEngine, key: Da
     assert _row_counts(engine) == (0, 0, 0)
 
 
+def test_shadowed_blocks_are_reclaimed_when_their_snapshot_goes(engine: BlockEngine, key: DataKey) -> None:
+    """A block overwritten after a snapshot is only kept for that snapshot: once the
+    snapshot is released, the old object is reclaimed and the chain gets shorter."""
+    data = _fill(engine, "vol-1", key, 4)  # indices 0, 3, 6, 9
+    engine.share("vol-1", "snap-1")
+    new0 = rand_block()
+    engine.write_block("vol-1", 0, new0, key)
+    engine.share("vol-1", "snap-2")  # a later snapshot of the same volume
+    assert len(object_paths(engine)) == 5
+    engine.release("snap-1")
+    engine.sweep(0)
+    assert len(object_paths(engine)) == 4  # the shadowed first version of block 0 is gone
+    for owner in ("vol-1", "snap-2"):
+        assert engine.read_block(owner, 0, key) == new0
+        for index in (3, 6, 9):
+            assert engine.read_block(owner, index, key) == data[index]
+    with engine.db.read() as conn:
+        head = conn.execute(select(blk_owners.c.head_id).where(blk_owners.c.owner_id == "snap-2")).scalar()
+        assert len(engine._chain(conn, head)) == 2  # head + one frozen layer (was 3)
+    assert engine.changed_blocks("snap-2", "vol-1") == []
+    engine.release("vol-1")
+    engine.release("snap-2")
+    engine.sweep(0)
+    assert object_paths(engine) == [] and _row_counts(engine) == (0, 0, 0)
+
+
 def test_overwrite_garbage_waits_for_grace_period(tmp_path: Path, key: DataKey) -> None:
     db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
     engine = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=3600)

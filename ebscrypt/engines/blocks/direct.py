@@ -4,8 +4,8 @@ page tokens, the short-lived data-key cache, and the LINEAR aggregated checksum.
 The handlers in :mod:`ebscrypt.services.ebs` stay thin: they call these and the engine.
 
 Block and page tokens are opaque: base64 of an expiry and an HMAC (a server secret kept
-in the metadata store) over the snapshot id, the block index, the stored object and its
-layer, so a token cannot be forged, moved to another block or snapshot, or outlive a
+in the metadata store) over the snapshot id, the block index and the stored object (unique per write),
+so a token cannot be forged, moved to another block or snapshot, or outlive a
 rewrite of its block.
 """
 
@@ -141,7 +141,7 @@ def _mac(runtime: Any, *parts: str | int) -> bytes:
 
 def block_token(runtime: Any, snapshot_id: str, ref: BlockRef, expiry: datetime) -> str:
     exp = int(expiry.timestamp())
-    mac = _mac(runtime, "block", snapshot_id, ref.index, ref.object_key or "zero", ref.layer_id, exp)
+    mac = _mac(runtime, "block", snapshot_id, ref.index, ref.object_key or "zero", exp)
     return base64.b64encode(struct.pack(">BI", 1, exp) + mac).decode()
 
 
@@ -154,7 +154,7 @@ def check_block_token(runtime: Any, snapshot_id: str, ref: BlockRef | None, toke
     if ref is None or len(raw) != 23 or raw[0] != 1:
         raise bad
     (exp,) = struct.unpack(">I", raw[1:5])
-    want = _mac(runtime, "block", snapshot_id, ref.index, ref.object_key or "zero", ref.layer_id, exp)
+    want = _mac(runtime, "block", snapshot_id, ref.index, ref.object_key or "zero", exp)
     if not hmac.compare_digest(want, raw[5:]) or exp < int(now.timestamp()):
         raise bad
 

@@ -518,7 +518,10 @@ class BlockEngine:
         out: list[str] = []
         layer: str | None = head_id
         while layer is not None:
-            parent, origin = self._layer(conn, layer)
+            try:
+                parent, origin = self._layer(conn, layer)
+            except BlockError:  # an origin that has since been released: the lineage ends
+                break
             if origin is not None:
                 layer = origin  # mirrors the origin chain exactly: contributes no change
                 continue
@@ -730,9 +733,12 @@ class BlockEngine:
         self.sweep()
 
     def _drop_unreferenced(self, conn: Connection, candidates: list[str]) -> None:
+        """Drop layers nothing references any more (their objects to the garbage list), up
+        the parent chain; a frozen layer left with a single child is merged into it."""
         while candidates:
             layer = candidates.pop()
             if self._layer_referenced(conn, layer):
+                self._merge_into_only_child(conn, layer)
                 continue
             parent, _ = self._layer(conn, layer)
             keys = [
@@ -746,6 +752,46 @@ class BlockEngine:
             self._layer_cache.pop(layer, None)
             if parent is not None:
                 candidates.append(parent)
+
+    def _merge_into_only_child(self, conn: Connection, layer: str) -> None:
+        """Compaction: a frozen layer that only one child layer still needs (no owner's head
+        or pin, no copy mirroring it) is folded into that child. Its entries the child
+        shadows are unreachable by every owner: their objects are reclaimed. Chains get
+        shorter; contents of every owner stay the same."""
+        if (
+            conn.execute(select(blk_owners.c.owner_id).where(blk_owners.c.head_id == layer).limit(1)).first() is not None
+            or conn.execute(select(blk_owners.c.owner_id).where(blk_owners.c.pin_id == layer).limit(1)).first() is not None
+            or conn.execute(select(blk_layers.c.id).where(blk_layers.c.origin_id == layer).limit(1)).first() is not None
+        ):
+            return
+        children = [r.id for r in conn.execute(select(blk_layers.c.id).where(blk_layers.c.parent_id == layer).limit(2))]
+        if len(children) != 1:
+            return
+        child = children[0]
+        parent, _origin = self._layer(conn, layer)
+        shadowed = {
+            r.block_index: r.object_key
+            for r in conn.execute(
+                select(blk_entries.c.block_index, blk_entries.c.object_key).where(
+                    blk_entries.c.layer_id == layer,
+                    blk_entries.c.block_index.in_(
+                        select(blk_entries.c.block_index).where(blk_entries.c.layer_id == child)
+                    ),
+                )
+            )
+        }
+        self._to_garbage(conn, [k for k in shadowed.values() if k is not None])
+        if shadowed:
+            conn.execute(
+                delete(blk_entries).where(blk_entries.c.layer_id == layer, blk_entries.c.block_index.in_(list(shadowed)))
+            )
+        conn.execute(update(blk_entries).where(blk_entries.c.layer_id == layer).values(layer_id=child))
+        conn.execute(update(blk_layers).where(blk_layers.c.id == child).values(parent_id=parent))
+        conn.execute(delete(blk_layers).where(blk_layers.c.id == layer))
+        # (the only place a layer's parent changes: a stale cached chain elsewhere still
+        # resolves the same blocks — the merged layer is then merely empty)
+        self._layer_cache[child] = (parent, self._layer(conn, child)[1])
+        self._layer_cache.pop(layer, None)
 
     @staticmethod
     def _layer_referenced(conn: Connection, layer: str) -> bool:
