@@ -93,14 +93,17 @@ def resolve_encryption(
     kms_key_id: str | None,
     *,
     cross_region: bool = False,
+    settings: Any = None,
 ) -> EncryptionPlan:
     """Apply the outcome rule for ``ctx.caller`` in its region and check the chosen key.
 
-    [KMS, no conn]. Raises InvalidParameterDependency (R-OUT-1) only.
+    [KMS, no conn]. Raises InvalidParameterDependency (R-OUT-1) only. ``settings``: the
+    caller's AccountSettings when already read (saves a transaction).
     """
     caller = ctx.caller
-    with ctx.runtime.db.read() as conn:
-        settings = get_settings(conn, caller.account, caller.region)
+    if settings is None:
+        with ctx.runtime.db.read() as conn:
+            settings = get_settings(conn, caller.account, caller.region)
     src = source_of(source, caller.account)
     default = settings.default_key or AWS_EBS_ALIAS
     outcome = decide(src, encrypted=encrypted, kms_key_id=kms_key_id or None, ebd=settings.ebd,

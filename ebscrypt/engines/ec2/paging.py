@@ -24,6 +24,15 @@ def _decode(token: str) -> str:
     return raw[3:]
 
 
+def encode_token(last_id: str) -> str:
+    return _encode(last_id)
+
+
+def page_after(token: str | None) -> str | None:
+    """The last id of the previous page (validated), or None for the first page."""
+    return _decode(token) if token else None
+
+
 def page(items: Sequence[T], params: dict[str, Any], key: Callable[[T], str], *,
          low: int = 5, high: int = 1000, ids_param: str | None = None) -> tuple[list[T], str | None]:
     """One page of ``items`` (already sorted by ``key``) and the NextToken, if more remain."""

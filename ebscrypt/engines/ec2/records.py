@@ -15,14 +15,41 @@ def aware(value: datetime | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 def _from_row(cls: type, row: Mapping[str, Any]) -> Any:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in fields(cls))
+    data = row if isinstance(row, dict) else dict(row)
     values = {}
-    for f in fields(cls):
-        v = row.get(f.name)
-        if isinstance(v, datetime):
-            v = aware(v)
-        values[f.name] = v
+    for name in names:
+        v = data.get(name)
+        if v.__class__ is datetime and v.tzinfo is None:
+            v = v.replace(tzinfo=timezone.utc)
+        values[name] = v
     return cls(**values)
+
+
+def from_result(cls: type, result: Any) -> list[Any]:
+    """Build ``cls`` records from a SQLAlchemy Result of full-table rows (fast path:
+    positional tuples, no per-key mapping lookups)."""
+    keys = list(result.keys())
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in fields(cls))
+    index = [keys.index(n) if n in keys else None for n in names]
+    out = []
+    for row in result:
+        values = {}
+        for name, i in zip(names, index):
+            v = None if i is None else row[i]
+            if v.__class__ is datetime and v.tzinfo is None:
+                v = v.replace(tzinfo=timezone.utc)
+            values[name] = v
+        out.append(cls(**values))
+    return out
 
 
 @dataclass(frozen=True)

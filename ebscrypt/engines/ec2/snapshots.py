@@ -22,7 +22,7 @@ from ebscrypt.engines.ec2.encryption import (
 )
 from ebscrypt.engines.ec2 import waits
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
-from ebscrypt.engines.ec2.records import Snapshot
+from ebscrypt.engines.ec2.records import Snapshot, from_result
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags
 from ebscrypt.engines.ec2.volumes import get_volume
 from ebscrypt.engines.jobs import JobContext, job_kind
@@ -97,11 +97,11 @@ def visible_snapshots(conn: Connection, caller: Any) -> list[Snapshot]:
     """Every snapshot in the caller's region it owns or may restore, ordered by id. [conn]"""
     shared = select(ec2_snapshot_permissions.c.snapshot_id).where(
         ec2_snapshot_permissions.c.grantee.in_((caller.account, "all")))
-    rows = conn.execute(select(ec2_snapshots).where(
+    result = conn.execute(select(ec2_snapshots).where(
         ec2_snapshots.c.region == caller.region,
         or_(ec2_snapshots.c.account == caller.account, ec2_snapshots.c.id.in_(shared)),
-    ).order_by(ec2_snapshots.c.id)).mappings()
-    return [Snapshot.from_row(r) for r in rows]
+    ).order_by(ec2_snapshots.c.id))
+    return from_result(Snapshot, result)
 
 
 def permissions_of(conn: Connection, ids: list[str]) -> dict[str, set[str]]:

@@ -16,7 +16,15 @@ from typing import Any, Callable
 from sqlalchemy import Connection, delete, insert, select, update
 
 from ebscrypt.domain import regions
-from ebscrypt.engines.ec2.encryption import EncryptionPlan, WrappedDataKey, data_key_for, new_data_key, resolve_encryption
+from ebscrypt.engines.ec2.account import get_settings
+from ebscrypt.engines.ec2.encryption import (
+    EncryptionPlan,
+    WrappedDataKey,
+    data_key_for,
+    new_data_key,
+    resolve_encryption,
+    unwrap,
+)
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume
 from ebscrypt.engines.ec2 import waits
@@ -231,6 +239,7 @@ def prepare_volume(ctx: Any, *, availability_zone: str | None, size: int | None 
     zone = check_zone(availability_zone, caller.region)
     source = None
     with ctx.runtime.db.read() as conn:
+        settings = get_settings(conn, caller.account, caller.region)
         if client_token:
             row = conn.execute(select(ec2_volumes).where(
                 ec2_volumes.c.client_token == client_token, ec2_volumes.c.account == caller.account,
@@ -248,7 +257,7 @@ def prepare_volume(ctx: Any, *, availability_zone: str | None, size: int | None 
     if multi_attach and spec.volume_type not in ("io1", "io2"):
         raise ServiceError("The multi-attach feature is only supported for io1 and io2 volumes.",
                            code="InvalidParameterCombination")
-    plan = resolve_encryption(ctx, source, encrypted, kms_key_id)
+    plan = resolve_encryption(ctx, source, encrypted, kms_key_id, settings=settings)
     volume_id = new_id("vol")
     data_key = None
     if plan.encrypted and plan.problem is None:
@@ -258,6 +267,9 @@ def prepare_volume(ctx: Any, *, availability_zone: str | None, size: int | None 
         else:
             try:
                 data_key = new_data_key(ctx, plan.key_arn or "", volume_id)
+                if source is None:  # an empty volume is ready once its key is proven usable
+                    unwrap(ctx, data_key.key_arn, data_key.blob, data_key.context, data_key.data_key_id,
+                           region=caller.region)
             except ServiceError as err:
                 plan = _with_problem(plan, err)
     return VolumePrep(volume_id, zone, spec, plan, source, data_key, multi_attach, client_token,
@@ -279,12 +291,15 @@ def is_cheap(prep: VolumePrep) -> bool:
     return prep.data_key.data_key_id == prep.source.data_key_id
 
 
-def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep, *, defer_job: bool = False) -> Volume:
+def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep, *, defer_job: bool = False,
+                  ready: bool = False) -> Volume:
     """Write the volume (state ``creating``) and submit its creation job. [conn]
 
     Call ``ctx.runtime.jobs.notify()`` after the transaction commits. ``defer_job``: the
     caller finishes the volume itself right after commit (:func:`finish_volume`); the job
     is then a crash-safety backstop that finds the work done (every step is idempotent).
+    ``ready``: an empty, unattached volume whose key was proven in :func:`prepare_volume`:
+    stored ``available`` (or ``error`` with the key problem) at once, no job.
     """
     if prep.existing is not None:
         return prep.existing
@@ -301,6 +316,14 @@ def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep, *, defer_job: bo
         snapshot_id=prep.source.id if prep.source else None, client_token=prep.client_token,
         auto_enable_io=False, create_time=now,
     )
+    ready = ready and prep.source is None and prep.attach is None
+    if ready:
+        stored = dict(values, state="error" if prep.plan.problem else "available",
+                      state_message=prep.plan.problem)
+        conn.execute(insert(ec2_volumes).values(**stored))
+        if prep.tags:
+            put_tags(conn, caller.account, caller.region, prep.volume_id, prep.tags)
+        return Volume.from_row(values)  # the answer shows "creating", as AWS's does
     conn.execute(insert(ec2_volumes).values(**values))
     if prep.tags:
         put_tags(conn, caller.account, caller.region, prep.volume_id, prep.tags)
@@ -324,6 +347,10 @@ def create_volume(ctx: Any, *, wait_seconds: float = 3.0, **kwargs: Any) -> Volu
     prep = prepare_volume(ctx, **kwargs)
     if prep.existing is not None:
         return prep.existing
+    if prep.source is None:
+        with ctx.runtime.db.begin() as conn:
+            vol = insert_volume(ctx, conn, prep, ready=True)
+        return vol  # not attached to anything: no listener needs to hear of it
     cheap = is_cheap(prep)
     event = None if cheap else waits.expect(prep.volume_id)
     with ctx.runtime.db.begin() as conn:

@@ -10,8 +10,8 @@ from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import volumes as V
 from ebscrypt.engines.ec2.ids import check_id
 from ebscrypt.engines.ec2.filters import apply_filters as filter_select, dry_run_check
-from ebscrypt.engines.ec2.paging import page
-from ebscrypt.engines.ec2.records import Attachment, Volume
+from ebscrypt.engines.ec2.paging import encode_token, page, page_after
+from ebscrypt.engines.ec2.records import Attachment, Volume, from_result
 from ebscrypt.engines.ec2.tags import tag_specs, tags_for
 from ebscrypt.errors import ServiceError
 from ebscrypt.services.registry import operation
@@ -66,7 +66,9 @@ def _tag_map(d: dict[str, Any]) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in d.get("Tags", [])}
 
 
-def describe(ctx: RequestContext, volume_ids: list[str] | None = None) -> list[dict[str, Any]]:
+def describe(ctx: RequestContext, volume_ids: list[str] | None = None, *, after: str | None = None,
+             limit: int | None = None) -> list[dict[str, Any]]:
+    """The caller's volumes (by id order), optionally only ids > ``after``, at most ``limit``."""
     caller = ctx.caller
     for vid in volume_ids or []:
         check_id(vid, "vol", "InvalidVolumeID.Malformed")
@@ -75,7 +77,11 @@ def describe(ctx: RequestContext, volume_ids: list[str] | None = None) -> list[d
                                       ec2_volumes.c.region == caller.region).order_by(ec2_volumes.c.id)
         if volume_ids:
             q = q.where(ec2_volumes.c.id.in_(volume_ids))
-        vols = [Volume.from_row(r) for r in conn.execute(q).mappings()]
+        if after is not None:
+            q = q.where(ec2_volumes.c.id > after)
+        if limit is not None:
+            q = q.limit(limit)
+        vols = from_result(Volume, conn.execute(q))
         ids = [v.id for v in vols]
         atts = V.attachments_of(conn, ids)
         tags = tags_for(conn, caller.account, ids)
@@ -103,24 +109,33 @@ def create_volume(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
         params = {**params, "AvailabilityZone": z.name}
     if params.get("SnapshotId"):
         check_id(params["SnapshotId"], "snap", "InvalidSnapshotID.Malformed")
+    tags = tag_specs(params.get("TagSpecifications"), "volume")
     vol = V.create_volume(
         ctx, availability_zone=params.get("AvailabilityZone"), size=params.get("Size"),
         volume_type=params.get("VolumeType"), iops=params.get("Iops"), throughput=params.get("Throughput"),
         snapshot_id=params.get("SnapshotId"), encrypted=params.get("Encrypted"),
         kms_key_id=params.get("KmsKeyId"), multi_attach=bool(params.get("MultiAttachEnabled")),
-        client_token=params.get("ClientToken"), tags=tag_specs(params.get("TagSpecifications"), "volume"),
+        client_token=params.get("ClientToken"), tags=tags,
     )
-    with ctx.runtime.db.read() as conn:
-        tags = tags_for(conn, ctx.caller.account, [vol.id])[vol.id]
+    if vol.client_token and params.get("ClientToken") and vol.state != "creating":  # a replay
+        return describe(ctx, [vol.id])[0]
     return volume_dict(vol, [], tags)
 
 
 @operation("ec2", "DescribeVolumes")
 def describe_volumes(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    items = describe(ctx, params.get("VolumeIds"))
-    items = filter_select(items, params.get("Filters"), _FILTERS, _tag_map)
-    chunk, token = page(items, params, lambda d: d["VolumeId"], low=5, high=500, ids_param="VolumeIds")
+    if not params.get("Filters") and not params.get("VolumeIds") and params.get("MaxResults"):
+        # Page in SQL: one more row than asked tells whether a NextToken is due.
+        page([], params, lambda d: d, low=5, high=500)  # validates MaxResults
+        after = page_after(params.get("NextToken"))
+        rows = describe(ctx, after=after, limit=params["MaxResults"] + 1)
+        chunk, more = rows[:params["MaxResults"]], len(rows) > params["MaxResults"]
+        token = encode_token(chunk[-1]["VolumeId"]) if more and chunk else None
+    else:
+        items = describe(ctx, params.get("VolumeIds"))
+        items = filter_select(items, params.get("Filters"), _FILTERS, _tag_map)
+        chunk, token = page(items, params, lambda d: d["VolumeId"], low=5, high=500, ids_param="VolumeIds")
     out: dict[str, Any] = {"Volumes": chunk}
     if token:
         out["NextToken"] = token
