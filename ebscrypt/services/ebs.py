@@ -18,7 +18,7 @@ from typing import Any
 
 from ebscrypt.engines.blocks import direct
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, BlockIntegrityError
-from ebscrypt.engines.blocks.engine import UnrelatedLineage
+from ebscrypt.engines.blocks.engine import CopyInProgress, UnrelatedLineage
 from ebscrypt.errors import ServiceError
 from ebscrypt.services.registry import operation
 
@@ -230,6 +230,13 @@ def put_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
         _blocks(ctx).write_block(snapshot_id, index, data, key)
     except BlockIntegrityError:
         raise direct.internal("The block could not be stored.") from None
+    except CopyInProgress:  # its parent's blocks are still being re-encrypted into it
+        raise ServiceError(
+            f"The snapshot '{snapshot_id}' is still being prepared from its parent; retry shortly.",
+            code="RequestThrottledException",
+            status=400,
+            Reason="RESOURCE_LEVEL_THROTTLE",
+        ) from None
     direct.touch(ctx, snapshot_id, found[0])
     progress = params.get("Progress")
     if progress is not None and direct.progress.advanced(ctx, snapshot_id, int(progress)):

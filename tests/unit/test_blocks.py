@@ -432,6 +432,30 @@ def test_reencrypt_resumes_after_a_crash(engine: BlockEngine, monkeypatch: pytes
     assert {f"{p.parent.name}/{p.name}" for p in object_paths(engine)} == refs
 
 
+def test_no_writes_into_a_copy_in_progress(engine: BlockEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ebscrypt.engines.blocks.engine import CopyInProgress
+
+    k1, k2 = DataKey("dk-1", os.urandom(32)), DataKey("dk-2", os.urandom(32))
+    data = _fill(engine, "snap-src", k1, 4)
+    engine.BATCH_BLOCKS = 2
+    real = workers.reencrypt_batch
+    seen: list[type] = []
+
+    def write_midway(*args):  # type: ignore[no-untyped-def]
+        try:
+            engine.write_block("snap-dst", 0, rand_block(), k2)
+        except CopyInProgress as exc:
+            seen.append(type(exc))
+        return real(*args)
+
+    monkeypatch.setattr(workers, "reencrypt_batch", write_midway)
+    engine.reencrypt("snap-src", k1, "snap-dst", k2)
+    assert seen and all(t is CopyInProgress for t in seen)
+    assert engine.read_block("snap-dst", 0, k2) == data[0]  # the copy's block, not a lost race
+    engine.write_block("snap-dst", 0, ZERO, k2)  # after the copy: fine
+    assert engine.read_block("snap-dst", 0, k2) == ZERO
+
+
 def test_written_after_reencrypt_is_a_new_layer(engine: BlockEngine, key: DataKey) -> None:
     k2 = DataKey("dk-2", os.urandom(32))
     _fill(engine, "snap-parent", key, 3)

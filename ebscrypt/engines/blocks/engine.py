@@ -59,6 +59,7 @@ __all__ = [
     "BlockIntegrityError",
     "BlockRef",
     "ChangedBlock",
+    "CopyInProgress",
     "DataKey",
     "KeyMismatch",
     "UnrelatedLineage",
@@ -73,6 +74,10 @@ class BlockError(Exception):
 
 class KeyMismatch(BlockError):
     """The key given does not match the owner's data key (or its encryption)."""
+
+
+class CopyInProgress(BlockError):
+    """The owner is the destination of a copy still running: it takes no writes yet."""
 
 
 class UnrelatedLineage(BlockError):
@@ -275,6 +280,8 @@ class BlockEngine:
                         owner = self._get_owner(conn, it.owner_id, lock=True) or self._create_owner(
                             conn, it.owner_id, None, it.key
                         )
+                        if owner.pin_id is not None:
+                            raise CopyInProgress(f"{it.owner_id} is still being copied into")
                         self._check_key(owner, it.key, adopt=conn)
                         self._put_entry(conn, owner.head_id, it.index, it.object_key, it.checksum, it.key)
                         savepoint.commit()
