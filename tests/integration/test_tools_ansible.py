@@ -75,8 +75,8 @@ def test_ansible_playbook_builds_encrypted_golden_ami(first_run: dict[str, Any],
     ec2 = aws("ec2", account=first_run["account"])
     keys = first_run["keys"]
     assert len(set(keys.values())) == 3
-    aliases = {a["AliasName"]: a["TargetKeyId"] for a in aws("kms", account=first_run["account"]).list_aliases()["Aliases"]
-               if a["AliasName"].startswith("alias/golden-")}
+    listed = aws("kms", account=first_run["account"]).list_aliases()["Aliases"]
+    aliases = {a["AliasName"]: a["TargetKeyId"] for a in listed if a["AliasName"].startswith("alias/golden-")}
     assert {name: keys[name.split("-")[-1]].split("/")[-1] for name in aliases} == aliases
     vol = ec2.describe_volumes(VolumeIds=[first_run["volume"]])["Volumes"][0]
     assert vol["Encrypted"] and vol["KmsKeyId"] == keys["build"] and vol["Size"] == 1

@@ -54,7 +54,8 @@ def packer_build(packer: str, template: str | Path, endpoint: str, account: str,
     t0 = time.monotonic()
     proc = run(cmd, env=env, cwd=tmp_path, timeout=240, check=False)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"packer build exited {proc.returncode} after {time.monotonic() - t0:.1f}s:\n{out[-6000:]}"
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, f"packer build exited {proc.returncode} after {took:.1f}s:\n{out[-6000:]}"
     # machine-readable: "<ts>,amazon-ebs,artifact,0,id,us-east-1:ami-..."
     found = re.findall(r",artifact,0,id,([^,\n]+)", out)
     assert found, f"no artifact id in packer output:\n{out[-4000:]}"
@@ -153,7 +154,8 @@ def regions_template(tmp_path: Path, keys: dict[str, str]) -> Path:
     return path
 
 
-def regions_inputs(aws: Callable[..., Any], account: str, tag: str, tmp_path: Path) -> tuple[dict[str, Any], Path, str, str]:
+def regions_inputs(aws: Callable[..., Any], account: str, tag: str,
+                   tmp_path: Path) -> tuple[dict[str, Any], Path, str, str]:
     ctx = build_inputs(aws, account, tag)
     second = aws("kms", account=account, region=OTHER_REGION).create_key(Description="eu key")["KeyMetadata"]["Arn"]
     data_key = ctx["kms"].create_key(Description="data volume key")["KeyMetadata"]["Arn"]
@@ -183,7 +185,8 @@ def test_packer_two_regions_each_under_its_own_key(packer: str, aws: Callable[..
         assert {(s["Encrypted"], s["KmsKeyId"]) for s in snaps.values()} == {(True, key)}
         assert snaps["/dev/sdf"]["VolumeSize"] == 2
         assert all({"Key": "Purpose", "Value": "golden"} in s["Tags"] for s in snaps.values())
-        assert read_blocks(aws("ebs", account=account, region=region), snaps["/dev/xvda"]["SnapshotId"]) == ctx["blocks"]
+        ebs = aws("ebs", account=account, region=region)
+        assert read_blocks(ebs, snaps["/dev/xvda"]["SnapshotId"]) == ctx["blocks"]
     # only the two results and the source remain; Packer's intermediate image is gone
     assert sorted(i["ImageId"] for i in ctx["ec2"].describe_images(Owners=["self"])["Images"]) == sorted(
         [ctx["base"], amis[REGION]])

@@ -136,9 +136,9 @@ def source_ami(ec2: Any, ebs: Any, name: str, blocks: dict[int, bytes], **start:
     """RegisterImage over an uploaded root snapshot; returns (image id, snapshot id)."""
     snap = upload_snapshot(ebs, blocks, **start)
     ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[snap], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    mappings = [{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snap}}]
     image_id = ec2.register_image(Name=name, RootDeviceName="/dev/xvda", Architecture="x86_64",
-                                  VirtualizationType="hvm", EnaSupport=True,
-                                  BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snap}}])["ImageId"]
+                                  VirtualizationType="hvm", EnaSupport=True, BlockDeviceMappings=mappings)["ImageId"]
     ec2.get_waiter("image_available").wait(ImageIds=[image_id], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
     return image_id, snap
 
