@@ -16,6 +16,10 @@
 #   EBSCRYPT_TOOLS_HOME (default ~/.cache/ebscrypt-tools)/ansible-<version>   the Ansible venv
 #   tests/tools/js/node_modules                                               the npm packages
 #
+# Measured here (2 cores): a first install takes about 2.5 minutes (apt-get update + packer ~10 s,
+# the Ansible wheel ~115 s with an empty pip cache or ~35 s with a warm one, npm ci ~15 s);
+# with everything in place the script takes ~3 s.
+#
 # Options (environment): EBSCRYPT_SKIP_TOOLS=1 installs nothing; EBSCRYPT_TOOLS_TIMEOUT=secs
 # bounds each registry step (default 600).
 # No `set -e`/`set -u`: whatever goes wrong here must not fail the CI run (exit is always 0).
