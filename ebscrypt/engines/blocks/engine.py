@@ -3,23 +3,32 @@
 Public surface (``runtime.blocks``)::
 
     DataKey(key_id, plaintext)                       # plaintext only ever in memory
-    write_block(owner_id, index, data, key)          # data: exactly 524288 bytes
+    write_block(owner_id, index, data, key)          # data: exactly 524288 bytes; durable on return
     read_block(owner_id, index, key) -> bytes        # zeros when never written
-    share(src_owner_id, dst_owner_id)                # same data key, O(1), no data moved
+    share(src_owner_id, dst_owner_id)                # same data key, O(1), no data moved; idempotent
     reencrypt(src, src_key, dst, dst_key, progress)  # full copy under another key; resumable
     list_blocks(owner_id, key=None) -> [(index, checksum)]
     changed_blocks(a, b) -> [ChangedBlock]           # from lineage; UnrelatedLineage if none
     release(owner_id)                                # drop an owner; objects GC'd safely
+    # also: block_ref / list_block_refs / read_block_checked / own_blocks (EBS direct APIs),
+    # exists, sweep / sweep_orphans, add_periodic, close
 
-Owners are volume or snapshot ids; ``key=None`` means an unencrypted resource.
+Owners are volume or snapshot ids; ``key=None`` means an unencrypted resource. Errors:
+:class:`BlockIntegrityError` (opaque: tampered, truncated, moved or wrong key — never
+wrong bytes), :class:`UnrelatedLineage`, :class:`CopyInProgress`, :class:`KeyMismatch`.
 
 Model: block *entries* live in *layers*; an owner points at its mutable head layer, and
 a layer may have a parent. ``share`` freezes the source's head (it becomes the common
 parent) and gives both owners a fresh empty head. Objects in the store are immutable,
 each referenced by exactly one entry; a layer lives while an owner's head, an owner's
-pin (a copy in progress reads from it) or a child layer references it. Unreferenced
-objects go to a garbage list and are deleted after a grace period, so a read that
-resolved an entry just before it was dropped still finds its object.
+pin (a copy in progress reads from it) or a child layer references it, and a frozen
+layer left with one child is merged into it (blocks it shadowed are reclaimed).
+Unreferenced objects go to a garbage list and are deleted after a grace period, so a
+read that resolved an entry just before it was dropped still finds its object.
+
+Concurrent ``write_block`` calls share their flushes (group commit). ``reencrypt`` runs
+in worker processes (AES-GCM holds the GIL) with preallocated buffers, one ``syncfs``
+per batch, and records progress per batch so a restarted copy skips finished blocks.
 """
 
 from __future__ import annotations
