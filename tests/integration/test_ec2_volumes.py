@@ -353,3 +353,26 @@ def test_dry_run(ec2) -> None:
     with pytest.raises(ClientError) as err:
         ec2.create_volume(AvailabilityZone=AZ, Size=1, DryRun=True)
     assert error_code(err.value) == "DryRunOperation"
+
+
+def test_r_key_3_service_grant_for_encrypted_volume(ec2, kms, acct) -> None:
+    key = create_key(kms, acct)
+    before = kms.list_grants(KeyId=key)["Grants"]
+    vol = ec2.create_volume(AvailabilityZone=AZ, Size=1, Encrypted=True, KmsKeyId=key)
+    assert final_volume(ec2, vol["VolumeId"])["State"] == "available"
+    grants = kms.list_grants(KeyId=key)["Grants"]
+    assert len(grants) > len(before)
+    assert any(g["GranteePrincipal"] == "ec2.us-east-1.amazonaws.com" and "Decrypt" in g["Operations"]
+               for g in grants)
+
+
+def test_r_key_7_key_policy_without_ebs_actions_is_unusable(aws) -> None:
+    """A key whose policy does not give the caller's account the EBS actions cannot be used."""
+    owner, user = new_account(), new_account()
+    key = create_key(aws("kms", account=owner), owner)  # policy names only the owner
+    ec2 = aws("ec2", account=user)
+    vol = ec2.create_volume(AvailabilityZone=AZ, Size=1, Encrypted=True, KmsKeyId=key)
+    assert final_volume(ec2, vol["VolumeId"])["State"] == "error"
+    owner_ec2 = aws("ec2", account=owner)
+    ok = owner_ec2.create_volume(AvailabilityZone=AZ, Size=1, Encrypted=True, KmsKeyId=key)
+    assert final_volume(owner_ec2, ok["VolumeId"])["State"] == "available"
