@@ -45,6 +45,9 @@ Volumes
   register_instance_lookup(fn(conn, caller, instance_id) -> {"availability_zone",
       "root_device_name"})  (ec2images: lets AttachVolume/CreateSnapshots validate instances)
   release_volumes(runtime, ids)  (after deleting volume rows: frees their blocks)
+      Empty volumes created by create_volume (no attach) are stored ``available`` at once
+      (their key is proven in prepare_volume: generate + grant + decrypt); the answer still
+      shows ``creating``. insert_volume(..., ready=True) does the same for other callers.
   get_volume(conn, caller, volume_id) -> Volume  (owner only; InvalidVolume.NotFound)  [conn]
   volumes_of_instance(conn, instance_id) -> list[(Volume, Attachment)]              [conn]
   attach_volume(ctx, volume_id, instance_id, device, *, instance_az=None,
@@ -85,7 +88,9 @@ CreateTags/DeleteTags check that an "ami-"/"i-"/... id exists and is the caller'
   tag_specs(params_tag_specifications, resource_type) -> list[{"Key","Value"}]
   delete_tags_of(conn, resource_id)                                              [conn]
 
-Helpers: new_id(prefix) ("vol-"+17 hex), job_ctx(runtime, account, region).
+Helpers: new_id(prefix) ("vol-"+17 hex), job_ctx(runtime, account, region),
+  filters.apply_filters / filters.dry_run_check, paging.page (MaxResults/NextToken),
+  records.from_result(cls, result) (fast rows -> records).
 """
 
 from __future__ import annotations
