@@ -9,7 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
@@ -19,8 +19,8 @@ from ebscrypt.engines.blocks.store import LocalDirStore
 from ebscrypt.storage.db import Database
 from ebscrypt.storage.tables.blocks import blk_entries
 
-OWNERS = ["a", "b", "c", "d"]
-INDICES = 4
+OWNERS = ["a", "b", "c"]
+INDICES = 3
 ZERO = bytes(BLOCK_SIZE)
 
 
@@ -48,6 +48,10 @@ def referenced_objects(engine: BlockEngine) -> set[str]:
 
 @settings(max_examples=int(os.environ.get("EBSCRYPT_MODEL_EXAMPLES", "30")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(ops, min_size=1, max_size=18))
+@example([("write", "a", 0, 1), ("share", "a", "b"), ("write", "a", 0, 2), ("release", "b")])  # compaction
+@example([("write", "a", 0, 1), ("write", "a", 1, 2), ("share", "a", "b"), ("write", "b", 1, 0), ("share", "b", "c"),
+          ("release", "b"), ("write", "c", 0, 3), ("release", "a")])
+@example([("write", "a", 0, 1), ("copy", "a", "b"), ("write", "b", 1, 3), ("release", "a"), ("share", "b", "c")])
 def test_engine_matches_model(steps: list[tuple]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = Database(f"sqlite:///{Path(tmp) / 'meta.db'}")
