@@ -362,3 +362,32 @@ def test_data_survives_cross_account_cross_region_reencrypting_copies(aws, ec2, 
         got = their_ebs.get_snapshot_block(SnapshotId=out["SnapshotId"], BlockIndex=b["BlockIndex"],
                                            BlockToken=b["BlockToken"])
         assert got["BlockData"].read() == data[b["BlockIndex"]]
+
+
+def test_aws_cli_snapshot_calls(endpoint, aws_cli_env, aws) -> None:
+    import subprocess
+
+    acct = new_account("32")
+    env = dict(aws_cli_env, AWS_ACCESS_KEY_ID=acct)
+
+    def cli(*args: str) -> str:
+        out = subprocess.run(["aws", "--endpoint-url", endpoint, "ec2", *args, "--output", "text"],
+                             env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    vol = cli("create-volume", "--availability-zone", "us-east-1a", "--size", "1", "--encrypted",
+              "--query", "VolumeId")
+    cli("wait", "volume-available", "--volume-ids", vol)
+    snap = cli("create-snapshot", "--volume-id", vol, "--description", "cli", "--query", "SnapshotId")
+    cli("wait", "snapshot-completed", "--snapshot-ids", snap)
+    copy_id = cli("copy-snapshot", "--source-snapshot-id", snap, "--source-region", "us-east-1",
+                  "--query", "SnapshotId")
+    cli("wait", "snapshot-completed", "--snapshot-ids", copy_id)
+    state, encrypted = cli("describe-snapshots", "--snapshot-ids", copy_id, "--query",
+                           "Snapshots[0].[State,Encrypted]").split()
+    assert (state, encrypted) == ("completed", "True")
+    out = subprocess.run(["aws", "--endpoint-url", endpoint, "ec2", "create-volume", "--availability-zone",
+                          "us-east-1a", "--size", "1", "--kms-key-id", "alias/aws/ebs"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "InvalidParameterDependency" in out.stderr
