@@ -307,6 +307,11 @@ def test_paging(ec2) -> None:
     paginated = [v["VolumeId"] for p in ec2.get_paginator("describe_volumes").paginate(
         PaginationConfig={"PageSize": 5}) for v in p["Volumes"]]
     assert sorted(paginated) == sorted(seen)
+    # Above 500 AWS returns at most 500 rather than refusing (the AWS CLI sends 1000); below 5 it refuses.
+    assert sorted(v["VolumeId"] for v in ec2.describe_volumes(MaxResults=1000)["Volumes"]) == sorted(seen)
+    with pytest.raises(ClientError) as err:
+        ec2.describe_volumes(MaxResults=4)
+    assert error_code(err.value) == "InvalidParameterValue"
 
 
 # ------------------------------------------------------------------ lifecycle, modify, attributes

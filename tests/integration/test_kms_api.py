@@ -393,6 +393,7 @@ def test_retire_grant_and_list_retirable_grants_paging(aws: Callable[..., Any]) 
     assert rest["Truncated"] is False and len(rest["Grants"]) == 1
     lg = owner.list_grants(KeyId=key, Limit=1)
     assert lg["Truncated"] is True and len(lg["Grants"]) == 1
+    assert lg["Grants"][0]["Name"] == ""  # an unnamed grant is listed with an empty Name, as AWS does
     # the grantee (without RetireGrant) may not retire; the retiring principal may, by token or id
     grantee = aws("kms", account="444444444405")
     assert err(grantee.retire_grant, GrantToken=grants[0]["GrantToken"])[0] == "AccessDeniedException"

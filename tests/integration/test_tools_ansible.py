@@ -93,9 +93,6 @@ def test_ansible_playbook_builds_encrypted_golden_ami(first_run: dict[str, Any],
     assert golden_snap["SnapshotId"] not in (first_run["snapshot"], first_run["copy"])
 
 
-@pytest.mark.xfail(reason="kms_key's second run fails with KeyError 'name': KMS ListGrants omits Name for "
-                          "unnamed grants (the EC2 service grant); AWS returns \"Name\": \"\" (kms)",
-                   strict=True)
 def test_ansible_second_run_is_idempotent(first_run: dict[str, Any], playbook_cmd: Callable[..., Any],
                                           endpoint: str, aws: Callable[..., Any]) -> None:
     second = playbook_cmd(endpoint, first_run["account"], "golden", first_run["home"], second_run=True)

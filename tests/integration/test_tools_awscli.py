@@ -133,9 +133,6 @@ def test_awscli_describe_snapshots_default_paging(endpoint: str, aws: Callable[.
     assert [s["SnapshotId"] for s in out["Snapshots"]] == [snap]
 
 
-@pytest.mark.xfail(reason="plain `aws ec2 describe-volumes` sends MaxResults=1000 (the CLI's EC2PageSizeInjector); "
-                          "ebscrypt answers InvalidParameterValue 'Expecting a value between 5 and 500', AWS "
-                          "returns at most 500 volumes per page instead (ec2core)", strict=True)
 def test_awscli_describe_volumes_default_paging(endpoint: str, aws: Callable[..., Any], tmp_path: Path) -> None:
     account = new_account()
     vol = aws("ec2", account=account).create_volume(AvailabilityZone=f"{REGION}a", Size=1)["VolumeId"]

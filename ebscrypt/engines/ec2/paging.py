@@ -33,17 +33,33 @@ def page_after(token: str | None) -> str | None:
     return _decode(token) if token else None
 
 
-def page(items: Sequence[T], params: dict[str, Any], key: Callable[[T], str], *,
-         low: int = 5, high: int = 1000, ids_param: str | None = None) -> tuple[list[T], str | None]:
-    """One page of ``items`` (already sorted by ``key``) and the NextToken, if more remain."""
+def page_size(params: dict[str, Any], *, low: int, high: int, ids_param: str | None = None,
+              clamp: bool = False) -> int | None:
+    """The validated MaxResults of a request (None when absent); see ``page``."""
     max_results = params.get("MaxResults")
-    token = params.get("NextToken")
-    if max_results is not None and ids_param and params.get(ids_param):
+    if max_results is None:
+        return None
+    if ids_param and params.get(ids_param):
         raise ServiceError(f"The parameter {ids_param} cannot be used with the parameter maxResults",
                            code="InvalidParameterCombination")
-    if max_results is not None and not low <= max_results <= high:
+    if clamp and max_results > high:
+        return high
+    if not low <= max_results <= high:
         raise ServiceError(f"Value ( {max_results} ) for parameter maxResults is invalid. Expecting a value "
                            f"between {low} and {high}.", code="InvalidParameterValue")
+    return int(max_results)
+
+
+def page(items: Sequence[T], params: dict[str, Any], key: Callable[[T], str], *,
+         low: int = 5, high: int = 1000, ids_param: str | None = None,
+         clamp: bool = False) -> tuple[list[T], str | None]:
+    """One page of ``items`` (already sorted by ``key``) and the NextToken, if more remain.
+
+    ``clamp``: a MaxResults above ``high`` returns ``high`` items instead of being refused
+    (DescribeVolumes does this; the AWS CLI sends MaxResults=1000 to it by default).
+    """
+    max_results = page_size(params, low=low, high=high, ids_param=ids_param, clamp=clamp)
+    token = params.get("NextToken")
     start = 0
     if token:
         after = _decode(token)

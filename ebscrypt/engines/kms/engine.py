@@ -1297,9 +1297,9 @@ class KeyEngine:
                 "GranteePrincipal": r.grantee,
                 "IssuingAccount": f"arn:aws:iam::{r.issuing_account}:root",
                 "Operations": json.loads(r.operations),
+                # AWS lists an unnamed grant with "Name": "" (tools index it: Ansible kms_key).
+                "Name": r.name or "",
             }
-            if r.name:
-                g["Name"] = r.name
             if r.retiring:
                 g["RetiringPrincipal"] = r.retiring
             if r.constraints:

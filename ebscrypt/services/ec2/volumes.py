@@ -10,7 +10,7 @@ from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import volumes as V
 from ebscrypt.engines.ec2.ids import check_id
 from ebscrypt.engines.ec2.filters import apply_filters as filter_select, dry_run_check
-from ebscrypt.engines.ec2.paging import encode_token, page, page_after
+from ebscrypt.engines.ec2.paging import encode_token, page, page_after, page_size
 from ebscrypt.engines.ec2.records import Attachment, Volume, from_result
 from ebscrypt.engines.ec2.tags import tag_specs, tags_for
 from ebscrypt.errors import ServiceError
@@ -127,15 +127,16 @@ def describe_volumes(ctx: RequestContext, params: dict[str, Any]) -> dict[str, A
     dry_run_check(params)
     if not params.get("Filters") and not params.get("VolumeIds") and params.get("MaxResults"):
         # Page in SQL: one more row than asked tells whether a NextToken is due.
-        page([], params, lambda d: d, low=5, high=500)  # validates MaxResults
+        size = page_size(params, low=5, high=500, clamp=True) or 500
         after = page_after(params.get("NextToken"))
-        rows = describe(ctx, after=after, limit=params["MaxResults"] + 1)
-        chunk, more = rows[:params["MaxResults"]], len(rows) > params["MaxResults"]
+        rows = describe(ctx, after=after, limit=size + 1)
+        chunk, more = rows[:size], len(rows) > size
         token = encode_token(chunk[-1]["VolumeId"]) if more and chunk else None
     else:
         items = describe(ctx, params.get("VolumeIds"))
         items = filter_select(items, params.get("Filters"), _FILTERS, _tag_map)
-        chunk, token = page(items, params, lambda d: d["VolumeId"], low=5, high=500, ids_param="VolumeIds")
+        chunk, token = page(items, params, lambda d: d["VolumeId"], low=5, high=500, ids_param="VolumeIds",
+                            clamp=True)
     out: dict[str, Any] = {"Volumes": chunk}
     if token:
         out["NextToken"] = token
