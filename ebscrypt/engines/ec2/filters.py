@@ -31,39 +31,61 @@ def _strings(value: Any) -> list[str]:
         return []
     if isinstance(value, bool):
         return ["true" if value else "false"]
-    if isinstance(value, (list, tuple, set)):
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [s for v in value for s in _strings(v)]
     return [str(value)]
 
 
+def invalid_filter(name: str) -> ServiceError:
+    return ServiceError(f"The filter '{name}' is invalid", code="InvalidParameterValue")
+
+
+def check_filters(filters: list[dict] | None, getters: Mapping[str, Getter], *, tags: bool) -> None:
+    """Refuse unknown filter names before anything is read, as EC2 does."""
+    for f in filters or []:
+        name = f.get("Name", "")
+        if name in getters:
+            continue
+        if tags and (name.startswith("tag:") or name in ("tag-key", "tag-value")):
+            continue
+        raise invalid_filter(name)
+
+
+def matches(obj: Any, filters: list[dict] | None, getters: Mapping[str, Getter],
+            tag_getter: Callable[[Any], Mapping[str, str]] | None = None) -> bool:
+    """True if ``obj`` passes every filter (values within one filter are alternatives)."""
+    for f in filters or []:
+        name = f.get("Name", "")
+        patterns = [_pattern(v) for v in f.get("Values") or []]
+        if name in getters:
+            candidates = _strings(getters[name](obj))
+        elif tag_getter is not None and name.startswith("tag:"):
+            t = tag_getter(obj)
+            candidates = [t[name[4:]]] if name[4:] in t else []
+        elif tag_getter is not None and name == "tag-key":
+            candidates = list(tag_getter(obj).keys())
+        elif tag_getter is not None and name == "tag-value":
+            candidates = list(tag_getter(obj).values())
+        else:
+            raise invalid_filter(name)
+        if not any(p.fullmatch(c) for p in patterns for c in candidates):
+            return False
+    return True
+
+
 def apply_filters(items: Iterable[Any], filters: list[dict] | None, getters: Mapping[str, Getter],
                   tags: Callable[[Any], Mapping[str, str]] | None = None) -> list[Any]:
-    """Items passing every filter (the values of one filter are alternatives)."""
-    filters = filters or []
-    for f in filters:
-        name = f.get("Name", "")
-        if name not in getters and not (tags and (name.startswith("tag:") or name in ("tag-key", "tag-value"))):
-            raise ServiceError(f"The filter '{name}' is invalid", code="InvalidParameterValue")
+    """Items passing every filter; unknown filter names are refused before any is tried."""
+    check_filters(filters, getters, tags=tags is not None)
     if not filters:
         return list(items)
-    compiled = [(f["Name"], [_pattern(v) for v in f.get("Values") or []]) for f in filters]
-    out = []
-    for item in items:
-        for name, patterns in compiled:
-            if name in getters:
-                candidates = _strings(getters[name](item))
-            elif name.startswith("tag:"):
-                t = tags(item) if tags else {}
-                candidates = [t[name[4:]]] if name[4:] in t else []
-            elif name == "tag-key":
-                candidates = list((tags(item) if tags else {}).keys())
-            else:
-                candidates = list((tags(item) if tags else {}).values())
-            if not any(p.fullmatch(c) for p in patterns for c in candidates):
-                break
-        else:
-            out.append(item)
-    return out
+    return [item for item in items if matches(item, filters, getters, tags)]
+
+
+def select_matching(objs: Iterable[Any], filters: list[dict] | None, getters: Mapping[str, Getter],
+                    tag_getter: Callable[[Any], Mapping[str, str]] | None = None) -> list[Any]:
+    """``apply_filters`` with the tag getter named as the network and image modules name it."""
+    return apply_filters(objs, filters, getters, tag_getter)
 
 
 def dry_run_check(params: Mapping[str, Any]) -> None:
