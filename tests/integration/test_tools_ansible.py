@@ -132,9 +132,6 @@ def test_ansible_ec2_vol_attaches_encrypted_volume(playbook_cmd: Callable[..., A
     assert ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [out["volume"]]}])["Volumes"] == []
 
 
-@pytest.mark.xfail(reason="ec2_ami sends ModifyImageAttribute Attribute=LaunchPermission (register with "
-                          "launch_permissions) and Attribute=Description (description update); ebscrypt accepts only "
-                          "launchPermission/description and answers InvalidParameterValue (ec2images)", strict=True)
 def test_ansible_ec2_ami_launch_permissions_and_description(playbook_cmd: Callable[..., Any], endpoint: str,
                                                             aws: Callable[..., Any], tmp_path: Path) -> None:
     account, consumer = new_account(), new_account()

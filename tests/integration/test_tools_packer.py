@@ -110,9 +110,6 @@ def test_packer_builds_encrypted_golden_ami(packer: str, aws: Callable[..., Any]
     assert ctx["ec2"].describe_volumes()["Volumes"] == []
 
 
-@pytest.mark.xfail(reason="ModifyImageAttribute legacy form (LaunchPermission.Add.N.UserId + UserId.N, "
-                          "no OperationType) answered MissingParameter; AWS accepts it (ec2images)",
-                   strict=True)
 def test_packer_ami_users_shares_with_second_account(packer: str, aws: Callable[..., Any], endpoint: str,
                                                    tmp_path: Any) -> None:
     account, consumer = new_account(), new_account()
@@ -127,9 +124,6 @@ def test_packer_ami_users_shares_with_second_account(packer: str, aws: Callable[
     assert [i["ImageId"] for i in seen] == [ami]
 
 
-@pytest.mark.xfail(reason="ModifySnapshotAttribute legacy form (CreateVolumePermission.Add.N.UserId, no "
-                          "OperationType/Attribute) is refused; AWS accepts it (ec2core)",
-                   strict=True)
 def test_packer_snapshot_users_shares_snapshots_with_second_account(packer: str, aws: Callable[..., Any],
                                                                   endpoint: str, tmp_path: Any) -> None:
     account, consumer = new_account(), new_account()

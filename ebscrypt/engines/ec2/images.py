@@ -34,9 +34,11 @@ from sqlalchemy import Connection, delete, insert, select, update
 from ebscrypt.context import RequestContext
 from ebscrypt.domain import instance_types as states
 from ebscrypt.engines import ec2 as core
+from ebscrypt.engines.ec2.attributes import canonical, canonical_names, legacy_operation
 from ebscrypt.engines.ec2.ids import check_id, is_well_formed, new_id
 from ebscrypt.engines.ec2.network import select_matching as filter_select
 from ebscrypt.engines.ec2.records import Snapshot, aware
+from ebscrypt.engines.ec2.snapshots import delete_snapshot
 from ebscrypt.engines.jobs import JobContext, job_kind
 from ebscrypt.errors import ServiceError
 from ebscrypt.storage.tables.ec2 import ec2_snapshots
@@ -664,15 +666,43 @@ def copy_image(ctx: RequestContext, params: dict[str, Any]) -> str:
 # ============================================================================ Deregister
 
 
-def deregister_image(ctx: RequestContext, image_id: str) -> None:
-    """R-IMG-3: the image goes; its snapshots stay (and become deletable)."""
+def deregister_image(ctx: RequestContext, image_id: str, *, delete_snapshots: bool = False) -> list[dict[str, str]]:
+    """R-IMG-3: the image goes; its snapshots stay (and become deletable).
+
+    ``delete_snapshots`` (DeleteAssociatedSnapshots): each snapshot of the image is then
+    deleted as DeleteSnapshot would, and the outcome reported per snapshot (the model's
+    ``DeleteSnapshotResults``). The image is deregistered whatever those outcomes.
+    """
     caller = ctx.caller
     with ctx.runtime.db.begin() as conn:
-        get_image(conn, caller.account, caller.region, image_id, owner_only=True)
+        image = get_image(conn, caller.account, caller.region, image_id, owner_only=True)
         conn.execute(delete(image_snaps_t).where(image_snaps_t.c.image_id == image_id))
         conn.execute(delete(perms_t).where(perms_t.c.image_id == image_id))
         conn.execute(delete(images_t).where(images_t.c.image_id == image_id))
         core.delete_tags_of(conn, image_id)
+    if not delete_snapshots:
+        return []
+    # after the image's own rows are gone, so that only *other* images pin a snapshot
+    return [{"SnapshotId": s, "ReturnCode": _delete_associated(ctx, s)} for s in dict.fromkeys(image.snapshot_ids())]
+
+
+# DeleteSnapshot's refusals → the model's SnapshotReturnCodes.
+_DELETE_RETURN_CODES = {
+    "InvalidSnapshot.InUse": "skipped",           # another image still names it
+    "UnauthorizedOperation": "missing-permissions",
+    "AuthFailure": "missing-permissions",
+}
+
+
+def _delete_associated(ctx: RequestContext, snapshot_id: str) -> str:
+    """Delete one snapshot of a deregistered image; its SnapshotReturnCode. [no conn]"""
+    try:
+        delete_snapshot(ctx, snapshot_id)
+    except ServiceError as err:
+        if err.status >= 500:
+            return "internal-error"
+        return _DELETE_RETURN_CODES.get(err.code, "client-error")
+    return "success"
 
 
 # ============================================================================ Describe
@@ -808,9 +838,35 @@ def _repair(ctx: RequestContext, image_ids: list[str]) -> None:
 # ============================================================================ attributes
 
 
+# ImageAttributeName, matched without regard to case (engines.ec2.attributes).
+_IMAGE_ATTRIBUTES = canonical_names((
+    "description", "kernel", "ramdisk", "launchPermission", "productCodes", "blockDeviceMapping",
+    "sriovNetSupport", "bootMode", "tpmSupport", "uefiData", "lastLaunchedTime", "imdsSupport",
+    "deregistrationProtection"))
+
+# What ModifyImageAttribute can change (its Attribute: "description | imdsSupport | launchPermission").
+_MODIFIABLE = ("description", "imdsSupport", "launchPermission")
+
+# The flat lists of the older launchPermission form (OperationType + lists), with the
+# LaunchPermission item key each one stands for.
+_LEGACY_LISTS = (("UserIds", "UserId"), ("UserGroups", "Group"), ("OrganizationArns", "OrganizationArn"),
+                 ("OrganizationalUnitArns", "OrganizationalUnitArn"))
+
+
+def canonical_attribute(attribute: str | None) -> str | None:
+    """The model's spelling of an image attribute name (unknown names come back unchanged)."""
+    return None if attribute is None else canonical(attribute, _IMAGE_ATTRIBUTES)
+
+
+def unknown_attribute(attribute: str) -> ServiceError:
+    return ServiceError(f"Value ({attribute}) for parameter attribute is invalid. Unknown attribute.",
+                        code="InvalidParameterValue")
+
+
 def describe_attribute(ctx: RequestContext, image_id: str, attribute: str) -> dict[str, Any]:
     caller = ctx.caller
     with ctx.runtime.db.read() as conn:
+        attribute = canonical_attribute(attribute) or ""
         owner_only = attribute in ("launchPermission",)
         image = get_image(conn, caller.account, caller.region, image_id, owner_only=owner_only)
         out: dict[str, Any] = {"ImageId": image_id}
@@ -842,24 +898,20 @@ def describe_attribute(ctx: RequestContext, image_id: str, attribute: str) -> di
         elif attribute in ("uefiData", "lastLaunchedTime"):
             pass
         else:
-            raise ServiceError(f"Value ({attribute}) for parameter attribute is invalid. Unknown attribute.",
-                               code="InvalidParameterValue")
+            raise unknown_attribute(attribute)
         return out
 
 
 def _permission_changes(params: dict[str, Any]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(add, remove) LaunchPermission items from the structured and the flat-list forms."""
     add: list[dict[str, str]] = []
     remove: list[dict[str, str]] = []
     lp = params.get("LaunchPermission") or {}
     add.extend(lp.get("Add") or [])
     remove.extend(lp.get("Remove") or [])
-    legacy = [{"UserId": u} for u in params.get("UserIds") or []] + [{"Group": g} for g in params.get("UserGroups") or []]
+    legacy = [{key: value} for member, key in _LEGACY_LISTS for value in params.get(member) or []]
     if legacy:
-        op = params.get("OperationType")
-        if op not in ("add", "remove"):
-            raise ServiceError("The request must contain the parameter OperationType (add or remove)",
-                               code="MissingParameter")
-        (add if op == "add" else remove).extend(legacy)
+        (add if legacy_operation(params) == "add" else remove).extend(legacy)
     for item in add + remove:
         if item.get("OrganizationArn") or item.get("OrganizationalUnitArn"):
             raise ServiceError("Sharing with organizations is not supported by ebscrypt.", code="UnsupportedOperation")
@@ -897,17 +949,27 @@ def _uses_aws_managed_key(ctx: RequestContext, image: Image) -> bool:
     return False
 
 
+def _attribute_value(params: dict[str, Any], member: str, attribute: str | None, name: str) -> str | None:
+    """A new value given as ``<member>.Value``, or as ``Value`` with ``Attribute=<name>``."""
+    value = (params.get(member) or {}).get("Value")
+    if value is None and attribute == name:
+        value = params.get("Value")
+    return value
+
+
 def modify_attribute(ctx: RequestContext, params: dict[str, Any]) -> None:
     caller = ctx.caller
     image_id = check_image_id(params.get("ImageId"))
-    attribute = params.get("Attribute")
-    description = (params.get("Description") or {}).get("Value")
-    if attribute == "description" and description is None:
-        description = params.get("Value")
-    add, remove = _permission_changes(params)
-    if attribute not in (None, "launchPermission", "description"):
+    attribute = canonical_attribute(params.get("Attribute"))
+    if attribute is not None and attribute not in _MODIFIABLE:
         raise ServiceError(f"Value ({attribute}) for parameter attribute is invalid.", code="InvalidParameterValue")
-    if not add and not remove and description is None:
+    description = _attribute_value(params, "Description", attribute, "description")
+    imds = _attribute_value(params, "ImdsSupport", attribute, "imdsSupport")
+    if imds is not None and imds != "v2.0":
+        raise ServiceError(f"Value ({imds}) for parameter imdsSupport is invalid. The only valid value is v2.0.",
+                           code="InvalidParameterValue")
+    add, remove = _permission_changes(params)
+    if not add and not remove and description is None and imds is None:
         raise ServiceError("No attributes specified.", code="InvalidParameterCombination")
     with ctx.runtime.db.read() as conn:
         image = get_image(conn, caller.account, caller.region, image_id, owner_only=True)
@@ -920,8 +982,10 @@ def modify_attribute(ctx: RequestContext, params: dict[str, Any]) -> None:
     with ctx.runtime.db.begin() as conn:
         if description is not None:
             conn.execute(update(images_t).where(images_t.c.image_id == image_id).values(description=description))
+        if imds is not None:  # v2.0 is one-way: AWS offers no value to set it back
+            conn.execute(update(images_t).where(images_t.c.image_id == image_id).values(imds_support=imds))
         existing = set(launch_permissions(conn, image_id))
-        for user in dict.fromkeys(adds_users):
+        for user in dict.fromkeys(adds_users):  # Packer names each user twice (flat list and Add)
             if user not in existing:
                 conn.execute(insert(perms_t).values(image_id=image_id, user_id=user))
         for item in remove:
@@ -933,8 +997,11 @@ def modify_attribute(ctx: RequestContext, params: dict[str, Any]) -> None:
             conn.execute(update(images_t).where(images_t.c.image_id == image_id).values(public=False))
 
 
-def reset_attribute(ctx: RequestContext, image_id: str, attribute: str) -> None:
+def reset_attribute(ctx: RequestContext, image_id: str, attribute: str | None) -> None:
     caller = ctx.caller
+    if not attribute:
+        raise ServiceError("The request must contain the parameter Attribute", code="MissingParameter")
+    attribute = canonical_attribute(attribute)
     if attribute != "launchPermission":
         raise ServiceError(f"Value ({attribute}) for parameter attribute is invalid. Only launchPermission can be reset.",
                            code="InvalidParameterValue")

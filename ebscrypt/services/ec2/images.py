@@ -38,14 +38,13 @@ def copy_image(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
 @operation("ec2", "DeregisterImage")
 def deregister_image(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    if params.get("DeleteAssociatedSnapshots"):
-        raise ServiceError(
-            "DeleteAssociatedSnapshots is not supported by ebscrypt: deregister the image, then "
-            "delete its snapshots with DeleteSnapshot.",
-            code="UnsupportedOperation",
-        )
-    engine.deregister_image(ctx, engine.check_image_id(params.get("ImageId")))
-    return {"Return": True}
+    image_id = engine.check_image_id(params.get("ImageId"))
+    delete_snapshots = bool(params.get("DeleteAssociatedSnapshots"))
+    results = engine.deregister_image(ctx, image_id, delete_snapshots=delete_snapshots)
+    out: dict[str, Any] = {"Return": True}
+    if delete_snapshots:
+        out["DeleteSnapshotResults"] = results
+    return out
 
 
 @operation("ec2", "DescribeImages")
@@ -79,5 +78,5 @@ def modify_image_attribute(ctx: RequestContext, params: dict[str, Any]) -> dict[
 def reset_image_attribute(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
     image_id = engine.check_image_id(params.get("ImageId"))
-    engine.reset_attribute(ctx, image_id, params.get("Attribute") or "")
+    engine.reset_attribute(ctx, image_id, params.get("Attribute"))
     return {}

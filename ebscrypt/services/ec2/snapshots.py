@@ -8,6 +8,7 @@ from typing import Any
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import snapshots as S
 from ebscrypt.engines.ec2 import volumes as V
+from ebscrypt.engines.ec2.attributes import canonical_names, legacy_operation
 from ebscrypt.engines.ec2.ids import check_id
 from ebscrypt.engines.ec2.filters import apply_filters as filter_select, dry_run_check
 from ebscrypt.engines.ec2.paging import page
@@ -177,12 +178,18 @@ def describe_snapshots(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
     return out
 
 
+# SnapshotAttributeName, matched without regard to case (engines.ec2.attributes).
+_SNAPSHOT_ATTRIBUTES = canonical_names(("createVolumePermission", "productCodes"))
+
+
 def _check_attribute(params: dict[str, Any]) -> str:
     attribute = params.get("Attribute")
-    if attribute not in (None, "createVolumePermission", "productCodes"):
+    if attribute is None:
+        return "createVolumePermission"
+    if attribute.lower() not in _SNAPSHOT_ATTRIBUTES:
         raise ServiceError(f"Value ({attribute}) for parameter attribute is invalid. Unknown attribute.",
                            code="InvalidParameterValue")
-    return attribute or "createVolumePermission"
+    return _SNAPSHOT_ATTRIBUTES[attribute.lower()]
 
 
 @operation("ec2", "DescribeSnapshotAttribute")
@@ -214,10 +221,10 @@ def modify_snapshot_attribute(ctx: RequestContext, params: dict[str, Any]) -> di
         (add_groups if "Group" in p else add_users).append(p.get("Group") or p.get("UserId"))
     for p in mods.get("Remove") or []:
         (rm_groups if "Group" in p else rm_users).append(p.get("Group") or p.get("UserId"))
-    op = params.get("OperationType")
     if params.get("UserIds") or params.get("GroupNames"):
-        if op not in ("add", "remove"):
-            raise ServiceError("The request must contain the parameter OperationType", code="MissingParameter")
+        # the flat-list form; Packer's snapshot_users sends it beside CreateVolumePermission.Add
+        # with no OperationType (engines.ec2.attributes)
+        op = legacy_operation(params)
         (add_users if op == "add" else rm_users).extend(params.get("UserIds") or [])
         (add_groups if op == "add" else rm_groups).extend(params.get("GroupNames") or [])
     if not (add_users or add_groups or rm_users or rm_groups):
