@@ -7,14 +7,113 @@ for threads). Records hold no secrets: no plaintext, no key material, no ciphert
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import sys
 import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Iterator, Mapping, TextIO
+
+from ebscrypt.context import Caller
 
 AUDIT_RELATIVE = Path("audit") / "kms-audit.jsonl"
+
+READ_ONLY_EVENTS = {
+    "DescribeKey",
+    "ListKeys",
+    "ListAliases",
+    "GetKeyPolicy",
+    "ListKeyPolicies",
+    "GetKeyRotationStatus",
+    "ListKeyRotations",
+    "ListGrants",
+    "ListRetirableGrants",
+    "ListResourceTags",
+    "GetPublicKey",
+}
+# Request members never written to the audit trail (secrets, or bulky/irrelevant bytes).
+_SECRET_MEMBERS = {"Plaintext", "CiphertextBlob", "Message", "Signature", "GrantTokens"}
+
+
+@dataclass
+class AuditEvent:
+    """One KMS event in progress (the engine's ``audited`` block)."""
+
+    caller: Caller
+    name: str
+    params: dict[str, Any]
+    via_service: str | None
+    request_id: str
+    read_only: bool
+    time: datetime
+    resources: list[str] = field(default_factory=list)
+    # key id -> the alias the request named it by (condition key kms:RequestAlias)
+    request_aliases: dict[str, str] = field(default_factory=dict)
+    error: tuple[str, str] | None = None
+
+
+# The event of the running request, so that key resolution can note resources and aliases.
+CURRENT_EVENT: contextvars.ContextVar[AuditEvent | None] = contextvars.ContextVar("kms_audit_event", default=None)
+
+
+def _camel(name: str) -> str:
+    return name[:1].lower() + name[1:]
+
+
+def audit_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``requestParameters``: the request without secrets or bytes, camelCase as CloudTrail."""
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        if k in _SECRET_MEMBERS or isinstance(v, (bytes, bytearray)):
+            continue
+        if isinstance(v, datetime):
+            v = v.isoformat()
+        out[_camel(k)] = v
+    return out
+
+
+def cloudtrail_record(ev: AuditEvent) -> dict[str, Any]:
+    c = ev.caller
+    ident: dict[str, Any] = {
+        "type": "Root" if c.arn.endswith(":root") else ("AssumedRole" if ":assumed-role/" in c.arn else "IAMUser"),
+        "principalId": c.user_id,
+        "arn": c.arn,
+        "accountId": c.account,
+    }
+    if c.access_key:
+        ident["accessKeyId"] = c.access_key
+    if ev.via_service:
+        ident["invokedBy"] = ev.via_service.split(".")[0] + ".amazonaws.com"
+    rec: dict[str, Any] = {
+        "eventVersion": "1.08",
+        "userIdentity": ident,
+        "eventTime": ev.time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "eventSource": "kms.amazonaws.com",
+        "eventName": ev.name,
+        "awsRegion": c.region,
+        "sourceIPAddress": ident.get("invokedBy", "ebscrypt-client"),
+        "userAgent": ident.get("invokedBy", "ebscrypt"),
+        "requestParameters": ev.params or None,
+        "responseElements": None,
+        "requestID": ev.request_id,
+        "eventID": str(uuid.uuid4()),
+        "readOnly": ev.read_only,
+        "resources": [
+            {"accountId": arn.split(":")[4], "type": "AWS::KMS::Key", "ARN": arn}
+            for arn in dict.fromkeys(ev.resources)
+        ],
+        "eventType": "AwsApiCall",
+        "managementEvent": True,
+        "recipientAccountId": c.account,
+        "eventCategory": "Management",
+    }
+    if ev.error:
+        rec["errorCode"], rec["errorMessage"] = ev.error
+    return rec
 
 
 def audit_path(data_dir: Path | str) -> Path:

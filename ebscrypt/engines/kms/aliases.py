@@ -1,0 +1,151 @@
+"""Aliases: CreateAlias, UpdateAlias, DeleteAlias, ListAliases, and the alias lookup key
+resolution uses. ``alias/aws/...`` names belong to AWS managed keys (``alias/aws/ebs``,
+made on first use by :mod:`.keys`).
+
+A mixin of :class:`ebscrypt.engines.kms.engine.KeyEngine`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from ebscrypt.context import Caller
+from ebscrypt.engines.kms.errors import kms_error
+from ebscrypt.engines.kms.metadata import utc
+from ebscrypt.engines.kms.paging import page
+from ebscrypt.errors import ServiceError
+from ebscrypt.storage.tables.kms import kms_aliases
+
+EBS_ALIAS = "alias/aws/ebs"
+_ALIAS_NAME_RE = re.compile(r"^alias/[a-zA-Z0-9/_-]+$")
+
+
+def _named(account: str, region: str, name: str) -> tuple[Any, ...]:
+    """The WHERE clause of the alias ``name`` of ``account`` in ``region``."""
+    return (kms_aliases.c.account == account, kms_aliases.c.region == region, kms_aliases.c.name == name)
+
+
+def alias_row(conn: Connection, account: str, region: str, name: str) -> Any:
+    return conn.execute(select(kms_aliases).where(*_named(account, region, name))).first()
+
+
+def insert_alias(conn: Connection, account: str, region: str, name: str, key_id: str, now: datetime) -> None:
+    conn.execute(
+        insert(kms_aliases).values(
+            account=account, region=region, name=name, target_key_id=key_id, creation_date=now, last_updated=now
+        )
+    )
+
+
+def _alias_not_found(caller: Caller, name: str) -> ServiceError:
+    return kms_error("NotFoundException", f"Alias arn:aws:kms:{caller.region}:{caller.account}:{name} is not found.")
+
+
+def _check_alias_name(name: Any) -> None:
+    if not isinstance(name, str) or not _ALIAS_NAME_RE.match(name) or len(name) > 256:
+        raise kms_error(
+            "ValidationException",
+            f"1 validation error detected: Value '{name}' at 'aliasName' failed to satisfy constraint: "
+            "Member must satisfy regular expression pattern: ^alias/[a-zA-Z0-9/_-]+$",
+        )
+    if name.startswith("alias/aws/"):
+        raise kms_error(
+            "NotAuthorizedException", "Alias names that begin with alias/aws/ are reserved for AWS managed keys."
+        )
+
+
+class AliasOperations:
+    """CreateAlias, UpdateAlias, DeleteAlias, ListAliases."""
+
+    def _own_target(self, caller: Caller, key_ref: str) -> Any:
+        """The key an alias of the caller may point to: named by key id or key ARN, and
+        of the caller's own account."""
+        row = self._resolve(caller, key_ref, allow_alias=False)
+        if row.account != caller.account:
+            raise kms_error("NotFoundException", f"Key '{row.arn}' does not exist")
+        return row
+
+    def _existing_alias(self, caller: Caller, name: Any) -> Any:
+        _check_alias_name(name)
+        with self.db.read() as conn:
+            alias = alias_row(conn, caller.account, caller.region, name)
+        if alias is None:
+            raise _alias_not_found(caller, name)
+        return alias
+
+    def op_CreateAlias(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        name = p["AliasName"]
+        _check_alias_name(name)
+        row = self._own_target(caller, p["TargetKeyId"])
+        self._authorize(caller, row, "kms:CreateAlias")
+        self._require_customer(row, caller, "kms:CreateAlias")
+        self._require_not_pending(row)
+        now = self.clock.now()
+        with self.db.begin() as conn:
+            if alias_row(conn, caller.account, caller.region, name) is not None:
+                raise kms_error(
+                    "AlreadyExistsException",
+                    f"An alias with the name arn:aws:kms:{caller.region}:{caller.account}:{name} already exists",
+                )
+            insert_alias(conn, caller.account, caller.region, name, row.key_id, now)
+        return {}
+
+    def op_UpdateAlias(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        name = p["AliasName"]
+        alias = self._existing_alias(caller, name)
+        old = self._load(alias.target_key_id)
+        new = self._own_target(caller, p["TargetKeyId"])
+        if old is not None:
+            self._note_resource(old.arn)
+            self._authorize(caller, old, "kms:UpdateAlias")
+        self._authorize(caller, new, "kms:UpdateAlias")
+        self._require_customer(new, caller, "kms:UpdateAlias")
+        self._require_not_pending(new)
+        if old is not None and (old.key_spec, old.key_usage) != (new.key_spec, new.key_usage):
+            raise kms_error(
+                "ValidationException",
+                "The new target key must have the same key spec and key usage as the current target key.",
+            )
+        with self.db.begin() as conn:
+            conn.execute(
+                update(kms_aliases)
+                .where(*_named(caller.account, caller.region, name))
+                .values(target_key_id=new.key_id, last_updated=self.clock.now())
+            )
+        return {}
+
+    def op_DeleteAlias(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        name = p["AliasName"]
+        alias = self._existing_alias(caller, name)
+        row = self._load(alias.target_key_id)
+        if row is not None:
+            self._note_resource(row.arn)
+            self._authorize(caller, row, "kms:DeleteAlias")
+        with self.db.begin() as conn:
+            conn.execute(delete(kms_aliases).where(*_named(caller.account, caller.region, name)))
+        return {}
+
+    def op_ListAliases(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        self.sweep_deletions()
+        q = select(kms_aliases).where(kms_aliases.c.account == caller.account, kms_aliases.c.region == caller.region)
+        if p.get("KeyId"):
+            row = self._own_target(caller, p["KeyId"])
+            q = q.where(kms_aliases.c.target_key_id == row.key_id)
+        with self.db.read() as conn:
+            rows = conn.execute(q.order_by(kms_aliases.c.name)).all()
+        items, out = page(rows, p, default=50, max_limit=100)
+        out["Aliases"] = [
+            {
+                "AliasName": r.name,
+                "AliasArn": f"arn:aws:kms:{r.region}:{r.account}:{r.name}",
+                "TargetKeyId": r.target_key_id,
+                "CreationDate": utc(r.creation_date),
+                "LastUpdatedDate": utc(r.last_updated),
+            }
+            for r in items
+        ]
+        return out

@@ -1,0 +1,259 @@
+"""Keys: creation (customer keys and the AWS managed ``alias/aws/ebs`` key), description,
+listing, enable/disable, scheduled deletion and the crypto-shredding that ends it.
+
+A mixin of :class:`ebscrypt.engines.kms.engine.KeyEngine`; resolution, authorization
+and the key store are the engine's.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ebscrypt.context import Caller
+from ebscrypt.domain import policy as policy_rules
+from ebscrypt.engines.kms import asym
+from ebscrypt.engines.kms.aliases import EBS_ALIAS, alias_row, insert_alias
+from ebscrypt.engines.kms.errors import kms_error, out_of_range
+from ebscrypt.engines.kms.metadata import key_metadata, utc
+from ebscrypt.engines.kms.paging import page
+from ebscrypt.engines.kms.tags import validate_tags
+from ebscrypt.storage.tables.kms import kms_aliases, kms_grants, kms_key_material, kms_keys, kms_tags
+
+MAX_DESCRIPTION_CHARS = 8192
+
+
+def _description(p: dict[str, Any]) -> str:
+    desc = p.get("Description", "")
+    if len(desc) > MAX_DESCRIPTION_CHARS:
+        raise kms_error("ValidationException", f"Description must be at most {MAX_DESCRIPTION_CHARS} characters")
+    return desc
+
+
+class KeyOperations:
+    """CreateKey, DescribeKey, ListKeys, UpdateKeyDescription, EnableKey, DisableKey,
+    ScheduleKeyDeletion, CancelKeyDeletion."""
+
+    # ------------------------------------------------------------- key creation
+
+    def _insert_key(
+        self,
+        conn: Connection,
+        *,
+        account: str,
+        region: str,
+        key_spec: str,
+        key_usage: str,
+        key_manager: str,
+        policy: str,
+        description: str,
+        rotation: bool = False,
+    ) -> Any:
+        key_id = str(uuid.uuid4())
+        arn = f"arn:aws:kms:{region}:{account}:key/{key_id}"
+        now = self.clock.now()
+        public = None
+        if key_spec == "SYMMETRIC_DEFAULT":
+            material = os.urandom(32)
+        else:
+            material, public = asym.generate(key_spec)
+        conn.execute(
+            insert(kms_keys).values(
+                key_id=key_id,
+                account=account,
+                region=region,
+                arn=arn,
+                key_spec=key_spec,
+                key_usage=key_usage,
+                key_manager=key_manager,
+                state="Enabled",
+                description=description,
+                policy=policy,
+                creation_date=now,
+                deletion_date=None,
+                rotation_enabled=rotation,
+                rotation_period_days=365 if rotation else None,
+                next_rotation_date=now + timedelta(days=365) if rotation else None,
+                public_key=public,
+            )
+        )
+        self._add_material(conn, key_id, material)
+        return conn.execute(self._key_query(key_id)).one()
+
+    def _ensure_ebs_key(self, account: str, region: str) -> None:
+        with self.db.read() as conn:
+            if alias_row(conn, account, region, EBS_ALIAS) is not None:
+                return
+        try:
+            self._create_ebs_key(account, region)
+        except IntegrityError:
+            # Another server process (scale-out) created it first: use theirs.
+            with self.db.read() as conn:
+                if alias_row(conn, account, region, EBS_ALIAS) is None:
+                    raise
+
+    def _create_ebs_key(self, account: str, region: str) -> None:
+        with self._lock:
+            with self.db.begin() as conn:
+                if alias_row(conn, account, region, EBS_ALIAS) is not None:
+                    return
+                row = self._insert_key(
+                    conn,
+                    account=account,
+                    region=region,
+                    key_spec="SYMMETRIC_DEFAULT",
+                    key_usage="ENCRYPT_DECRYPT",
+                    key_manager="AWS",
+                    policy=policy_rules.aws_managed_policy(account, region),
+                    description="Default key that protects my EBS volumes when no other key is defined",
+                    rotation=True,
+                )
+                insert_alias(conn, account, region, EBS_ALIAS, row.key_id, self.clock.now())
+
+    def op_CreateKey(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        key_spec = p.get("KeySpec") or p.get("CustomerMasterKeySpec") or "SYMMETRIC_DEFAULT"
+        if "KeySpec" in p and "CustomerMasterKeySpec" in p:
+            raise kms_error(
+                "ValidationException", "You cannot specify KeySpec and CustomerMasterKeySpec in the same request."
+            )
+        key_usage = p.get("KeyUsage") or (
+            "SIGN_VERIFY" if key_spec.startswith("ECC_")
+            else "GENERATE_VERIFY_MAC" if key_spec.startswith("HMAC_") else "ENCRYPT_DECRYPT"
+        )
+        if key_spec not in asym.SUPPORTED_SPECS:
+            raise kms_error("UnsupportedOperationException", f"KeySpec {key_spec} is not supported by ebscrypt.")
+        if key_usage not in asym.USAGES[key_spec]:
+            raise kms_error(
+                "ValidationException", f"KeyUsage {key_usage} is not compatible with KeySpec {key_spec}"
+            )
+        origin = p.get("Origin", "AWS_KMS")
+        if origin != "AWS_KMS":
+            raise kms_error("UnsupportedOperationException", f"Origin {origin} is not supported by ebscrypt.")
+        if p.get("MultiRegion"):
+            raise kms_error("UnsupportedOperationException", "Multi-Region keys are not supported by ebscrypt.")
+        description = _description(p)
+        tags = validate_tags(p.get("Tags") or [])
+        if "Policy" in p:
+            policy_text = p["Policy"]
+            self._validate_policy(policy_text)
+        else:
+            policy_text = policy_rules.default_key_policy(caller.account)
+        with self.db.begin() as conn:
+            # The lockout check needs the ARN, known only once the key row exists.
+            row = self._insert_key(
+                conn,
+                account=caller.account,
+                region=caller.region,
+                key_spec=key_spec,
+                key_usage=key_usage,
+                key_manager="CUSTOMER",
+                policy=policy_text,
+                description=description,
+            )
+            if "Policy" in p and not p.get("BypassPolicyLockoutSafetyCheck"):
+                self._lockout_check(caller, row, policy_text)
+            for k, v in tags.items():
+                conn.execute(insert(kms_tags).values(key_id=row.key_id, tag_key=k, tag_value=v))
+        self._note_resource(row.arn)
+        return {"KeyMetadata": key_metadata(row)}
+
+    # --------------------------------------------------------- reading keys
+
+    def op_DescribeKey(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        row = self._resolve(caller, p["KeyId"])
+        self._authorize(caller, row, "kms:DescribeKey", grant_tokens=p.get("GrantTokens"))
+        return {"KeyMetadata": key_metadata(row)}
+
+    def op_ListKeys(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        self.sweep_deletions()
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(kms_keys.c.key_id, kms_keys.c.arn)
+                .where(kms_keys.c.account == caller.account, kms_keys.c.region == caller.region)
+                .order_by(kms_keys.c.creation_date, kms_keys.c.key_id)
+            ).all()
+        items, out = page(rows, p, default=100, max_limit=1000)
+        out["Keys"] = [{"KeyId": r.key_id, "KeyArn": r.arn} for r in items]
+        return out
+
+    # --------------------------------------------------------- changing keys
+
+    def _update(self, key_id: str, **values: Any) -> None:
+        with self.db.begin() as conn:
+            conn.execute(update(kms_keys).where(kms_keys.c.key_id == key_id).values(**values))
+
+    def op_UpdateKeyDescription(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        row = self._key_to_change(caller, p["KeyId"], "kms:UpdateKeyDescription")
+        self._require_not_pending(row)
+        desc = _description(p)
+        self._update(row.key_id, description=desc)
+        return {}
+
+    def _set_state(self, caller: Caller, p: dict[str, Any], action: str, state: str) -> dict[str, Any]:
+        row = self._key_to_change(caller, p["KeyId"], action)
+        self._require_not_pending(row)
+        self._update(row.key_id, state=state)
+        return {}
+
+    def op_EnableKey(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        return self._set_state(caller, p, "kms:EnableKey", "Enabled")
+
+    def op_DisableKey(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        return self._set_state(caller, p, "kms:DisableKey", "Disabled")
+
+    # --------------------------------------------------------------- deletion
+
+    def op_ScheduleKeyDeletion(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        row = self._key_to_change(caller, p["KeyId"], "kms:ScheduleKeyDeletion")
+        days = p.get("PendingWindowInDays", 30)
+        if not isinstance(days, int) or not 7 <= days <= 30:
+            raise out_of_range(days, "pendingWindowInDays", 7, 30)
+        self._require_not_pending(row)
+        when = self.clock.now() + timedelta(days=days)
+        self._update(row.key_id, state="PendingDeletion", deletion_date=when)
+        return {"KeyId": row.arn, "DeletionDate": when, "KeyState": "PendingDeletion", "PendingWindowInDays": days}
+
+    def op_CancelKeyDeletion(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        row = self._key_to_change(caller, p["KeyId"], "kms:CancelKeyDeletion")
+        if row.state != "PendingDeletion":
+            raise kms_error("KMSInvalidStateException", f"{row.arn} is not pending deletion.")
+        self._update(row.key_id, state="Disabled", deletion_date=None)
+        return {"KeyId": row.arn}
+
+    def _destroy(self, key_id: str) -> bool:
+        """Crypto-shred a key whose deletion date has passed: delete its wrapped material
+        and every record of it. Re-checked inside the transaction (a concurrent
+        CancelKeyDeletion wins). SQLite overwrites the freed pages (secure_delete)."""
+        with self.db.begin() as conn:
+            if self.db.is_sqlite:
+                conn.exec_driver_sql("PRAGMA secure_delete=ON")
+            row = conn.execute(
+                select(kms_keys.c.state, kms_keys.c.deletion_date).where(kms_keys.c.key_id == key_id)
+            ).first()
+            if row is None or row.state != "PendingDeletion" or utc(row.deletion_date) > self.clock.now():
+                return False
+            for table in (kms_key_material, kms_aliases, kms_grants, kms_tags):
+                col = table.c.target_key_id if table is kms_aliases else table.c.key_id
+                conn.execute(delete(table).where(col == key_id))
+            conn.execute(delete(kms_keys).where(kms_keys.c.key_id == key_id))
+        for k in [k for k in self._materials if k[0] == key_id]:
+            self._materials.pop(k, None)
+        return True
+
+    def sweep_deletions(self) -> int:
+        """Destroy every key whose deletion date has passed; return how many."""
+        now = self.clock.now()
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(kms_keys.c.key_id, kms_keys.c.deletion_date).where(kms_keys.c.state == "PendingDeletion")
+            ).all()
+        n = 0
+        for r in rows:
+            if utc(r.deletion_date) <= now and self._destroy(r.key_id):
+                n += 1
+        return n

@@ -1,0 +1,82 @@
+"""Key tags: TagResource, UntagResource, ListResourceTags (CreateKey's ``Tags`` are
+checked here too). At most 50 tags a key; ``aws:`` keys are reserved.
+
+A mixin of :class:`ebscrypt.engines.kms.engine.KeyEngine`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from sqlalchemy import and_, delete, insert, select, update
+
+from ebscrypt.context import Caller
+from ebscrypt.engines.kms.errors import kms_error
+from ebscrypt.engines.kms.paging import page
+from ebscrypt.errors import ServiceError
+from ebscrypt.storage.tables.kms import kms_tags
+
+MAX_TAGS = 50
+
+
+def validate_tags(tags: Sequence[Mapping[str, str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for t in tags:
+        k, v = t.get("TagKey"), t.get("TagValue")
+        if not isinstance(k, str) or not 1 <= len(k) <= 128 or not isinstance(v, str) or len(v) > 256:
+            raise kms_error("TagException", "Tag keys must be 1-128 characters and tag values 0-256 characters.")
+        if k.startswith("aws:"):
+            raise kms_error("TagException", "Tag keys beginning with aws: are reserved.")
+        out[k] = v
+    if len(out) > MAX_TAGS:
+        raise _too_many_tags()
+    return out
+
+
+def _too_many_tags() -> ServiceError:
+    return kms_error("LimitExceededException", f"A KMS key can have at most {MAX_TAGS} tags.")
+
+
+class TagOperations:
+    """TagResource, UntagResource, ListResourceTags."""
+
+    def op_TagResource(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        row = self._key_to_change(caller, p["KeyId"], "kms:TagResource", allow_alias=False)
+        self._require_not_pending(row)
+        tags = validate_tags(p.get("Tags") or [])
+        with self.db.begin() as conn:
+            existing = {
+                r.tag_key for r in conn.execute(select(kms_tags.c.tag_key).where(kms_tags.c.key_id == row.key_id))
+            }
+            if len(existing | set(tags)) > MAX_TAGS:
+                raise _too_many_tags()
+            for k, v in tags.items():
+                if k in existing:
+                    conn.execute(
+                        update(kms_tags)
+                        .where(kms_tags.c.key_id == row.key_id, kms_tags.c.tag_key == k)
+                        .values(tag_value=v)
+                    )
+                else:
+                    conn.execute(insert(kms_tags).values(key_id=row.key_id, tag_key=k, tag_value=v))
+        return {}
+
+    def op_UntagResource(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        row = self._key_to_change(caller, p["KeyId"], "kms:UntagResource", allow_alias=False)
+        self._require_not_pending(row)
+        keys = p.get("TagKeys") or []
+        with self.db.begin() as conn:
+            for k in keys:
+                conn.execute(delete(kms_tags).where(and_(kms_tags.c.key_id == row.key_id, kms_tags.c.tag_key == k)))
+        return {}
+
+    def op_ListResourceTags(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+        row = self._resolve(caller, p["KeyId"], allow_alias=False, own_account=True)
+        self._authorize(caller, row, "kms:ListResourceTags")
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(kms_tags).where(kms_tags.c.key_id == row.key_id).order_by(kms_tags.c.tag_key)
+            ).all()
+        items, out = page(rows, p, default=50, max_limit=50)
+        out["Tags"] = [{"TagKey": r.tag_key, "TagValue": r.tag_value} for r in items]
+        return out

@@ -1,0 +1,116 @@
+"""The cross-member API (``runtime.kms``) the EC2/EBS side calls on a caller's behalf
+("via ec2"): describe_key, default_ebs_key, create_grant_for_service,
+generate_data_key_without_plaintext, decrypt.
+
+Each is checked exactly as the direct KMS call would be (key state, key policy with
+``kms:ViaService``, grants) and recorded in the audit trail with ``invokedBy``.
+
+A mixin of :class:`ebscrypt.engines.kms.engine.KeyEngine`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+from ebscrypt.context import Caller
+from ebscrypt.engines.kms.aliases import EBS_ALIAS, alias_row
+from ebscrypt.engines.kms.metadata import KeyInfo, key_info
+
+
+class ViaServiceApi:
+    """What the EC2/EBS side may ask of KMS for a caller."""
+
+
+    def describe_key(self, caller: Caller, key_id: str, *, via_service: str | None = None) -> KeyInfo:
+        """Key metadata for ``key_id`` (id, ARN, alias, alias ARN); checks kms:DescribeKey."""
+        with self.audited(caller, "DescribeKey", {"KeyId": key_id}, via_service=via_service):
+            row = self._resolve(caller, key_id)
+            self._authorize(caller, row, "kms:DescribeKey", via_service=via_service)
+            return key_info(row)
+
+    def default_ebs_key(self, account: str, region: str) -> KeyInfo:
+        """The AWS managed ``alias/aws/ebs`` key of ``account`` in ``region`` (made on first use)."""
+        self._ensure_ebs_key(account, region)
+        with self.db.read() as conn:
+            alias = alias_row(conn, account, region, EBS_ALIAS)
+        row = self._load(alias.target_key_id)
+        return key_info(row)
+
+    def create_grant_for_service(
+        self,
+        caller: Caller,
+        key_id: str,
+        *,
+        via_service: str,
+        operations: Sequence[str],
+        encryption_context_subset: Mapping[str, str] | None = None,
+    ) -> str:
+        """A grant to the service principal (GrantIsForAWSResource=true); returns the grant id.
+
+        Idempotent: the same caller account asking again for the same service, operations
+        and constraints on the same key gets the existing grant (still checked and audited),
+        so repeated attaches do not pile up grants.
+        """
+        params = {"KeyId": key_id, "GranteePrincipal": via_service, "Operations": list(operations)}
+        with self.audited(caller, "CreateGrant", params, via_service=via_service):
+            row = self._resolve(caller, key_id)
+            constraints = (
+                {"EncryptionContextSubset": dict(encryption_context_subset)} if encryption_context_subset else None
+            )
+            grant_id, _token = self._create_grant(
+                caller,
+                row,
+                grantee=via_service,
+                operations=list(operations),
+                retiring=None,
+                constraints=constraints,
+                name=None,
+                via_service=via_service,
+                for_aws_resource=True,
+                reuse_identical=True,
+            )
+            return grant_id
+
+    def generate_data_key_without_plaintext(
+        self,
+        caller: Caller,
+        key_id: str,
+        *,
+        encryption_context: Mapping[str, str] | None,
+        via_service: str | None,
+    ) -> tuple[str, bytes]:
+        """A fresh AES-256 data key, wrapped under ``key_id``: (key ARN, ciphertext blob)."""
+        params = {"KeyId": key_id, "EncryptionContext": dict(encryption_context or {}), "KeySpec": "AES_256"}
+        with self.audited(caller, "GenerateDataKeyWithoutPlaintext", params, via_service=via_service):
+            row = self._resolve(caller, key_id)
+            self._authorize(
+                caller,
+                row,
+                "kms:GenerateDataKeyWithoutPlaintext",
+                via_service=via_service,
+                encryption_context=encryption_context,
+            )
+            self._require_enabled(row)
+            self._require_symmetric(row, "GenerateDataKeyWithoutPlaintext")
+            return row.arn, self._seal(row, os.urandom(32), encryption_context)
+
+    def decrypt(
+        self,
+        caller: Caller,
+        blob: bytes,
+        *,
+        encryption_context: Mapping[str, str] | None,
+        via_service: str | None,
+        key_id: str | None = None,
+    ) -> tuple[str, bytes]:
+        """Unwrap a data key: (key ARN, plaintext). Checks kms:Decrypt as a direct call would."""
+        params: dict[str, Any] = {"EncryptionContext": dict(encryption_context or {})}
+        if key_id:
+            params["KeyId"] = key_id
+        with self.audited(caller, "Decrypt", params, via_service=via_service):
+            row, header = self._blob_key(caller, blob, key_id, None)
+            self._authorize(caller, row, "kms:Decrypt", via_service=via_service, encryption_context=encryption_context)
+            self._require_enabled(row)
+            return row.arn, self._open(row, header, blob, encryption_context)
+
