@@ -107,9 +107,6 @@ def test_ansible_second_run_is_idempotent(first_run: dict[str, Any], playbook_cm
     assert len(ec2.describe_volumes()["Volumes"]) == 1
 
 
-@pytest.mark.xfail(reason="ec2_vol delete_on_termination on an attached volume calls ModifyInstanceAttribute "
-                          "(BlockDeviceMapping.1.Ebs.DeleteOnTermination), answered UnsupportedOperation (ec2images)",
-                   strict=True)
 def test_ansible_ec2_vol_attaches_encrypted_volume(playbook_cmd: Callable[..., Any], endpoint: str,
                                                    aws: Callable[..., Any], tmp_path: Path) -> None:
     account = new_account()

@@ -187,8 +187,6 @@ def test_packer_two_regions_each_under_its_own_key(packer: str, aws: Callable[..
     assert ctx["ec2"].describe_volumes()["Volumes"] == []
 
 
-@pytest.mark.xfail(reason="ena_support: true makes Packer call ModifyInstanceAttribute EnaSupport.Value=true on the "
-                          "stopped instance; ebscrypt answers UnsupportedOperation (ec2images)", strict=True)
 def test_packer_ena_support(packer: str, aws: Callable[..., Any], endpoint: str, tmp_path: Path) -> None:
     account = new_account()
     ctx, template, _, data_key = regions_inputs(aws, account, "packer-ena", tmp_path)

@@ -14,10 +14,16 @@ attach encrypted volumes are refused (R-RUN-2, domain/instance_types.py).
 
 Lifecycle (R-LIFE-1) through jobs: pending → running, stopping → stopped,
 shutting-down → terminated (DeleteOnTermination volumes deleted, the others detached).
+Termination protection (``disableApiTermination``) and stop protection (``disableApiStop``,
+which EC2 also applies to termination) refuse TerminateInstances / StopInstances with
+OperationNotPermitted. ModifyInstanceAttribute / DescribeInstanceAttribute /
+DescribeInstanceStatus are in instance_attributes.py.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
 import random
@@ -26,7 +32,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Callable
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 
 from ebscrypt.context import RequestContext
 from ebscrypt.domain import instance_types as it
@@ -49,6 +55,7 @@ from ebscrypt.engines.jobs import JobContext, job_kind
 from ebscrypt.errors import ServiceError
 from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_volume_attachments, ec2_volumes
 from ebscrypt.storage.tables.ec2_images import ec2_instances as instances_t
+from ebscrypt.storage.tables.ec2_instance_attrs import ec2_instance_attributes as attrs_t
 
 MAX_INSTANCES_PER_CALL = 20
 TERMINATED_VISIBLE_FOR = timedelta(hours=1)  # EC2 keeps terminated instances visible ~1 h
@@ -56,6 +63,8 @@ TERMINATED_VISIBLE_FOR = timedelta(hours=1)  # EC2 keeps terminated instances vi
 KMS_STATE_REASON = ("Client.InvalidKMSKey.InvalidState",
                     "Client.InvalidKMSKey.InvalidState: The KMS key provided is in an incorrect state")
 USER_SHUTDOWN_REASON = ("Client.UserInitiatedShutdown", "Client.UserInitiatedShutdown: User initiated shutdown")
+SHUTDOWN_BEHAVIORS = ("stop", "terminate")
+USER_DATA_LIMIT = 16384  # bytes, before base64 (EC2's user data limit)
 
 
 # ============================================================================ records
@@ -108,6 +117,63 @@ def known_instance_types() -> frozenset[str]:
 
     model = botocore.session.get_session().get_service_model("ec2")
     return frozenset(model.shape_for("InstanceType").enum)
+
+
+@dataclass(frozen=True)
+class InstanceAttrs:
+    """The instance attributes kept in ``ec2_instance_attributes``; the defaults are EC2's
+    (an instance without a row has them)."""
+
+    disable_api_termination: bool = False
+    disable_api_stop: bool = False
+    shutdown_behavior: str = "stop"
+    source_dest_check: bool = True
+    sriov_net_support: str | None = None
+    kernel_id: str | None = None
+    ramdisk_id: str | None = None
+    user_data: str | None = None  # base64
+
+    @classmethod
+    def from_row(cls, row: Any) -> "InstanceAttrs":
+        values = dict(row)
+        values.pop("instance_id", None)
+        for flag in ("disable_api_termination", "disable_api_stop", "source_dest_check"):
+            values[flag] = bool(values[flag])
+        return cls(**values)
+
+
+def attributes_of(conn: Connection, instance_ids: list[str]) -> dict[str, InstanceAttrs]:
+    """Each instance's attributes (defaults for those without a row). [conn]"""
+    out = {i: InstanceAttrs() for i in instance_ids}
+    for chunk in range(0, len(instance_ids), 500):
+        part = instance_ids[chunk:chunk + 500]
+        for row in conn.execute(select(attrs_t).where(attrs_t.c.instance_id.in_(part))).mappings():
+            out[row["instance_id"]] = InstanceAttrs.from_row(row)
+    return out
+
+
+def save_attributes(conn: Connection, instance_id: str, attrs: InstanceAttrs) -> None:
+    """Replace the instance's attribute row. [conn]"""
+    conn.execute(delete(attrs_t).where(attrs_t.c.instance_id == instance_id))
+    conn.execute(insert(attrs_t).values(instance_id=instance_id, **attrs.__dict__))
+
+
+def check_user_data(user_data: str) -> str:
+    """User data as EC2 takes it: base64 of at most 16 KiB (InvalidParameterValue otherwise)."""
+    try:
+        raw = base64.b64decode(user_data.encode(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ServiceError("Invalid BASE64 encoding of user data.", code="InvalidParameterValue") from None
+    if len(raw) > USER_DATA_LIMIT:
+        raise ServiceError(f"User data is limited to {USER_DATA_LIMIT} bytes", code="InvalidParameterValue")
+    return user_data
+
+
+def check_shutdown_behavior(value: str) -> str:
+    if value not in SHUTDOWN_BEHAVIORS:
+        raise ServiceError(f"Value ({value}) for parameter instanceInitiatedShutdownBehavior is invalid. "
+                           "Valid values: stop | terminate", code="InvalidParameterValue")
+    return value
 
 
 # ============================================================================ errors
@@ -171,8 +237,10 @@ def _private_dns(ip: str, region: str) -> str:
     return f"ip-{ip.replace('.', '-')}.{suffix}"
 
 
-def instance_view(instance: Instance, attachments: list[tuple[Any, Any]], tags: list[dict[str, str]]) -> dict[str, Any]:
+def instance_view(instance: Instance, attachments: list[tuple[Any, Any]], tags: list[dict[str, str]],
+                  attrs: InstanceAttrs | None = None) -> dict[str, Any]:
     """The model's ``Instance`` structure."""
+    attrs = attrs or InstanceAttrs()
     out: dict[str, Any] = {
         "InstanceId": instance.instance_id,
         "ImageId": instance.image_id,
@@ -203,7 +271,7 @@ def instance_view(instance: Instance, attachments: list[tuple[Any, Any]], tags: 
         "VirtualizationType": instance.virtualization_type or "hvm",
         "Hypervisor": "xen",
         "SecurityGroups": instance.security_groups,
-        "SourceDestCheck": True,
+        "SourceDestCheck": attrs.source_dest_check,
         "EbsOptimized": instance.ebs_optimized,
         "PlatformDetails": "Linux/UNIX",
         "UsageOperation": "RunInstances",
@@ -221,6 +289,12 @@ def instance_view(instance: Instance, attachments: list[tuple[Any, Any]], tags: 
         out["VpcId"] = instance.vpc_id
     if instance.ena_support is not None:
         out["EnaSupport"] = instance.ena_support
+    if attrs.sriov_net_support:
+        out["SriovNetSupport"] = attrs.sriov_net_support
+    if attrs.kernel_id:
+        out["KernelId"] = attrs.kernel_id
+    if attrs.ramdisk_id:
+        out["RamdiskId"] = attrs.ramdisk_id
     if instance.client_token:
         out["ClientToken"] = instance.client_token
     if instance.state_reason_code:
@@ -250,7 +324,9 @@ def _views(conn: Connection, instances: list[Instance], account: str) -> list[di
     ids = [i.instance_id for i in instances]
     tags = core.tags_for(conn, account, ids)
     atts = attachments_by_instance(conn, ids)
-    return [instance_view(i, atts[i.instance_id], tags.get(i.instance_id) or []) for i in instances]
+    attrs = attributes_of(conn, ids)
+    return [instance_view(i, atts[i.instance_id], tags.get(i.instance_id) or [], attrs[i.instance_id])
+            for i in instances]
 
 
 # ============================================================================ launch planning
@@ -378,6 +454,27 @@ def _zone(params: dict[str, Any], region: str) -> str:
     return zones[0].name
 
 
+def _launch_attributes(p: dict[str, Any], image: Any) -> InstanceAttrs:
+    """The launch's own attributes (RunInstances parameters over the image's kernel,
+    RAM disk and SR-IOV setting)."""
+    for param, from_image in (("KernelId", image.kernel_id), ("RamdiskId", image.ramdisk_id)):
+        given = p.get(param) or (p.get("RamDiskId") if param == "RamdiskId" else None)  # template spelling
+        if given and given != from_image:
+            # No kernel (aki-) or RAM disk (ari-) images exist in ebscrypt to launch with.
+            raise ServiceError(f"{param} is not supported by ebscrypt: it has no kernel or RAM disk images.",
+                               code="UnsupportedOperation")
+    user_data = p.get("UserData")
+    return InstanceAttrs(
+        disable_api_termination=bool(p.get("DisableApiTermination")),
+        disable_api_stop=bool(p.get("DisableApiStop")),
+        shutdown_behavior=check_shutdown_behavior(p.get("InstanceInitiatedShutdownBehavior") or "stop"),
+        sriov_net_support=image.sriov_net_support,
+        kernel_id=image.kernel_id,
+        ramdisk_id=image.ramdisk_id,
+        user_data=check_user_data(user_data) if user_data else None,
+    )
+
+
 def _private_ip(cidr: str | None) -> str:
     """A free-looking address of the subnet (AWS reserves the first four and the last)."""
     if not cidr:
@@ -446,6 +543,7 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
                 continue
             snap_id = ebs.get("SnapshotId")
             sources[m["DeviceName"]] = _snapshot_for_launch(conn, caller, snap_id, image) if snap_id else None
+    launch_attrs = _launch_attributes(p, image)
     ebs_mappings = [m for m in mappings if m.get("Ebs") is not None]
     if not ebs_mappings:
         raise ServiceError("The image has no EBS root device.", code="InvalidBlockDeviceMapping")
@@ -517,6 +615,7 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
             finished.append(Instance.from_row(dict(values, launch_plan=json.dumps(instance.launch_plan))))
             values["launch_plan"] = json.dumps(instance.launch_plan)
             conn.execute(insert(instances_t).values(**values))
+            save_attributes(conn, instance.instance_id, launch_attrs)
             for prep in preps:
                 prep.tags = list(volume_tags)
                 core.insert_volume(ctx, conn, prep)
@@ -644,6 +743,21 @@ def _transition_job(job: JobContext) -> None:
         release_volumes(runtime, deleted)
 
 
+def _check_protection(instance_id: str, attrs: InstanceAttrs, verb: str) -> None:
+    """Termination / stop protection. Stop protection guards against termination too (EC2
+    documents it so) without setting disableApiTermination."""
+    blocking = None
+    if verb == "terminate":
+        blocking = ("disableApiTermination" if attrs.disable_api_termination
+                    else "disableApiStop" if attrs.disable_api_stop else None)
+    elif verb == "stop" and attrs.disable_api_stop:
+        blocking = "disableApiStop"
+    if blocking:
+        done = "terminated" if verb == "terminate" else "stopped"
+        raise ServiceError(f"The instance '{instance_id}' may not be {done}. Modify its '{blocking}' instance "
+                           "attribute and try again.", code="OperationNotPermitted")
+
+
 def _state_change(ctx: RequestContext, ids: list[str], transition: Callable[[str], it.Transition],
                   verb: str) -> list[dict[str, Any]]:
     caller = ctx.caller
@@ -662,11 +776,14 @@ def _state_change(ctx: RequestContext, ids: list[str], transition: Callable[[str
                 missing.append(instance_id)
         if missing:
             raise _not_found(missing)
+        protection = attributes_of(conn, [i.instance_id for i in instances])
         for instance in instances:  # all-or-nothing: check every instance first
             t = transition(instance.state)
             if t.error:
                 raise ServiceError(it.incorrect_state_message(instance.instance_id, t.error),
                                    code="IncorrectInstanceState")
+            if t.to is not None:
+                _check_protection(instance.instance_id, protection[instance.instance_id], verb)
         for instance in instances:
             t = transition(instance.state)
             previous = instance.state
@@ -791,6 +908,7 @@ def describe_instances(ctx: RequestContext, ids: list[str], filters: list[dict[s
         ids_seen = [i.instance_id for i in instances]
         tags = core.tags_for(conn, caller.account, ids_seen)
         atts = attachments_by_instance(conn, ids_seen)
+        attrs = attributes_of(conn, ids_seen)
         entries = [(i, atts[i.instance_id], tags.get(i.instance_id) or []) for i in instances]
     selected = filter_select(entries, filters, _FILTERS, tag_getter=lambda e: {t["Key"]: t["Value"] for t in e[2]})
     reservations: dict[str, dict[str, Any]] = {}
@@ -798,43 +916,8 @@ def describe_instances(ctx: RequestContext, ids: list[str], filters: list[dict[s
         res = reservations.setdefault(instance.reservation_id, {
             "ReservationId": instance.reservation_id, "OwnerId": instance.account, "Groups": [], "Instances": [],
         })
-        res["Instances"].append(instance_view(instance, attachments, instance_tags))
+        res["Instances"].append(instance_view(instance, attachments, instance_tags, attrs[instance.instance_id]))
     return list(reservations.values())
-
-
-def describe_attribute(ctx: RequestContext, instance_id: str, attribute: str) -> dict[str, Any]:
-    caller = ctx.caller
-    with ctx.runtime.db.read() as conn:
-        instance = get_instance(conn, caller.account, caller.region, instance_id, ctx.runtime.clock.now())
-        out: dict[str, Any] = {"InstanceId": instance_id}
-        if attribute == "blockDeviceMapping":
-            view = instance_view(instance, core.volumes_of_instance(conn, instance_id), [])
-            out["BlockDeviceMappings"] = view["BlockDeviceMappings"]
-        elif attribute == "instanceType":
-            out["InstanceType"] = {"Value": instance.instance_type}
-        elif attribute == "rootDeviceName":
-            out["RootDeviceName"] = {"Value": instance.root_device_name} if instance.root_device_name else {}
-        elif attribute == "ebsOptimized":
-            out["EbsOptimized"] = {"Value": instance.ebs_optimized}
-        elif attribute == "enaSupport":
-            out["EnaSupport"] = {"Value": bool(instance.ena_support)}
-        elif attribute == "groupSet":
-            out["Groups"] = instance.security_groups
-        elif attribute == "sourceDestCheck":
-            out["SourceDestCheck"] = {"Value": True}
-        elif attribute == "disableApiTermination":
-            out["DisableApiTermination"] = {"Value": False}
-        elif attribute == "disableApiStop":
-            out["DisableApiStop"] = {"Value": False}
-        elif attribute == "instanceInitiatedShutdownBehavior":
-            out["InstanceInitiatedShutdownBehavior"] = {"Value": "stop"}
-        elif attribute in ("kernel", "ramdisk", "userData", "productCodes", "sriovNetSupport", "enclaveOptions"):
-            if attribute == "productCodes":
-                out["ProductCodes"] = []
-        else:
-            raise ServiceError(f"Value ({attribute}) for parameter attribute is invalid. Unknown attribute.",
-                               code="InvalidParameterValue")
-        return out
 
 
 def owned_instance_for_image(ctx: RequestContext, instance_id: str) -> Instance:

@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from ebscrypt.context import RequestContext
+from ebscrypt.engines.ec2 import instance_attributes as attributes
 from ebscrypt.engines.ec2 import instances as engine
 from ebscrypt.engines.ec2.filters import dry_run_check
 from ebscrypt.engines.ec2.paging import page
 from ebscrypt.errors import ServiceError
 from ebscrypt.services.registry import operation
+
+MAX_STATUS_IDS = 100  # DescribeInstanceStatus: "Maximum 100 explicitly specified instance IDs"
 
 
 @operation("ec2", "RunInstances")
@@ -55,4 +58,28 @@ def describe_instance_attribute(ctx: RequestContext, params: dict[str, Any]) -> 
         raise ServiceError("The request must contain the parameter InstanceId", code="MissingParameter")
     if not params.get("Attribute"):
         raise ServiceError("The request must contain the parameter Attribute", code="MissingParameter")
-    return engine.describe_attribute(ctx, params["InstanceId"], params["Attribute"])
+    return attributes.describe_attribute(ctx, params["InstanceId"], params["Attribute"])
+
+
+@operation("ec2", "ModifyInstanceAttribute")
+def modify_instance_attribute(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    if not params.get("InstanceId"):
+        raise ServiceError("The request must contain the parameter InstanceId", code="MissingParameter")
+    attributes.modify_attribute(ctx, params["InstanceId"], params)
+    return {}
+
+
+@operation("ec2", "DescribeInstanceStatus")
+def describe_instance_status(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    dry_run_check(params)
+    ids = params.get("InstanceIds") or []
+    if len(ids) > MAX_STATUS_IDS:
+        raise ServiceError(f"The maximum number of instance IDs that can be specified is {MAX_STATUS_IDS}.",
+                           code="InvalidParameterValue")
+    statuses = attributes.describe_status(ctx, ids, params.get("Filters"), bool(params.get("IncludeAllInstances")))
+    chunk, token = page(statuses, params, lambda s: s["InstanceId"], low=5, high=1000, ids_param="InstanceIds")
+    out: dict[str, Any] = {"InstanceStatuses": chunk}
+    if token:
+        out["NextToken"] = token
+    return out

@@ -1,0 +1,374 @@
+"""ModifyInstanceAttribute, DescribeInstanceAttribute and DescribeInstanceStatus.
+
+ModifyInstanceAttribute changes one attribute per call, named either by ``Attribute`` +
+``Value`` or by one structured member (``EnaSupport.Value``, ``BlockDeviceMapping.N`` …);
+two attributes in one call are refused as EC2 does (InvalidParameterCombination "Fields
+for multiple attribute types specified"). Where each attribute lives:
+
+- instance type, EBS optimization, ENA support, security groups: the instance row
+  (CreateImage copies the instance's ENA support into the image, as EC2 does);
+- DeleteOnTermination: ec2core's attachment row, which TerminateInstances obeys;
+- the rest: ``ec2_instance_attributes`` (instances.py ``InstanceAttrs``).
+
+EC2 changes the instance type, user data, kernel, RAM disk, EBS optimization, ENA and
+SR-IOV support only on a stopped instance (IncorrectInstanceState "The instance '…' is
+not in the 'stopped' state."); the others also on a running one.
+
+DescribeInstanceStatus: ebscrypt's instances run no code, so a running instance's
+instance, system and attached-EBS checks pass ("ok"); any other state is
+"not-applicable", listed only with IncludeAllInstances, as EC2 does.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import replace
+from functools import lru_cache
+from typing import Any, Callable
+
+from sqlalchemy import Connection, select, update
+
+from ebscrypt.context import RequestContext
+from ebscrypt.domain import instance_types as it
+from ebscrypt.engines import ec2 as core
+from ebscrypt.engines.ec2 import network
+from ebscrypt.engines.ec2.filters import select_matching
+from ebscrypt.engines.ec2.instances import (
+    Instance,
+    InstanceAttrs,
+    _not_found,
+    _visible,
+    attributes_of,
+    check_instance_ids,
+    check_shutdown_behavior,
+    check_user_data,
+    get_instance,
+    instance_view,
+    known_instance_types,
+    save_attributes,
+)
+from ebscrypt.errors import ServiceError
+from ebscrypt.storage.tables.ec2 import ec2_volume_attachments
+from ebscrypt.storage.tables.ec2_images import ec2_instances as instances_t
+
+#: Structured request members → the attribute each one modifies.
+_MEMBERS = {
+    "InstanceType": "instanceType",
+    "Kernel": "kernel",
+    "Ramdisk": "ramdisk",
+    "UserData": "userData",
+    "DisableApiTermination": "disableApiTermination",
+    "DisableApiStop": "disableApiStop",
+    "InstanceInitiatedShutdownBehavior": "instanceInitiatedShutdownBehavior",
+    "SourceDestCheck": "sourceDestCheck",
+    "EbsOptimized": "ebsOptimized",
+    "EnaSupport": "enaSupport",
+    "SriovNetSupport": "sriovNetSupport",
+    "BlockDeviceMappings": "blockDeviceMapping",
+    "Groups": "groupSet",
+}
+_BOOLEAN = frozenset({"disableApiTermination", "disableApiStop", "sourceDestCheck", "ebsOptimized", "enaSupport"})
+_LISTS = frozenset({"blockDeviceMapping", "groupSet"})
+_STOPPED_ONLY = frozenset({"instanceType", "userData", "kernel", "ramdisk", "ebsOptimized", "enaSupport",
+                           "sriovNetSupport"})
+_NOT_MODIFIABLE = frozenset({"rootDeviceName", "productCodes", "enclaveOptions"})
+
+
+@lru_cache(maxsize=1)
+def _attribute_names() -> frozenset[str]:
+    """The model's ``InstanceAttributeName`` enum."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("ec2")
+    return frozenset(model.shape_for("InstanceAttributeName").enum)
+
+
+def _unknown_attribute(name: str) -> ServiceError:
+    return ServiceError(f"Value ({name}) for parameter attribute is invalid. Unknown attribute.",
+                        code="InvalidParameterValue")
+
+
+# ============================================================================ the request
+
+
+def _parse_boolean(text: Any) -> bool:
+    if isinstance(text, bool):
+        return text
+    lowered = str(text).lower()
+    if lowered not in ("true", "false"):
+        raise ServiceError(f"Value ({text}) for parameter value is invalid. Expected: 'true' or 'false'.",
+                           code="InvalidParameterValue")
+    return lowered == "true"
+
+
+def _member_value(member: str, attribute: str, raw: Any) -> Any:
+    """A structured member's value (``X.Value``, or the list itself)."""
+    if attribute in _LISTS:
+        return raw
+    value = raw.get("Value") if isinstance(raw, dict) else None
+    if value is None:
+        raise ServiceError(f"The request must contain the parameter {member}.Value", code="MissingParameter")
+    if attribute == "userData":  # a blob: the codec has already decoded the base64
+        return base64.b64encode(value if isinstance(value, bytes) else str(value).encode()).decode()
+    return value
+
+
+def requested_change(params: dict[str, Any]) -> tuple[str, Any]:
+    """The one (attribute, value) a ModifyInstanceAttribute request asks for."""
+    found = {attr: _member_value(member, attr, params[member])
+             for member, attr in _MEMBERS.items() if params.get(member) not in (None, [])}
+    named = params.get("Attribute")
+    if named:
+        if named not in _attribute_names():
+            raise _unknown_attribute(named)
+        if named in _NOT_MODIFIABLE:
+            raise ServiceError(f"Value ({named}) for parameter attribute is invalid. The attribute cannot be "
+                               "modified.", code="InvalidParameterValue")
+        if named not in found:
+            if named in _LISTS:  # a list cannot travel in Value
+                member = next(m for m, a in _MEMBERS.items() if a == named)
+                raise ServiceError(f"The request must contain the parameter {member}", code="MissingParameter")
+            if params.get("Value") is None:
+                raise ServiceError("The request must contain the parameter value", code="MissingParameter")
+            found[named] = params["Value"]
+    if not found:
+        raise ServiceError("No attributes specified.", code="InvalidParameterCombination")
+    if len(found) > 1:
+        raise ServiceError(f"Fields for multiple attribute types specified: {', '.join(sorted(found))}",
+                           code="InvalidParameterCombination")
+    attribute, value = next(iter(found.items()))
+    if attribute in _BOOLEAN:
+        value = _parse_boolean(value)
+    elif attribute == "userData":
+        value = check_user_data(value)
+    elif attribute not in _LISTS and not isinstance(value, str):
+        value = str(value)
+    return attribute, value
+
+
+# ============================================================================ ModifyInstanceAttribute
+
+
+def _check_state(instance: Instance, attribute: str) -> None:
+    if attribute in _STOPPED_ONLY and instance.state != it.STOPPED:
+        raise ServiceError(f"The instance '{instance.instance_id}' is not in the 'stopped' state.",
+                           code="IncorrectInstanceState")
+    if instance.state in (it.SHUTTING_DOWN, it.TERMINATED):
+        raise ServiceError(f"The instance '{instance.instance_id}' is not in a state from which it can be "
+                           "modified.", code="IncorrectInstanceState")
+
+
+def _set_row(conn: Connection, instance: Instance, **values: Any) -> None:
+    conn.execute(update(instances_t).where(instances_t.c.instance_id == instance.instance_id).values(**values))
+
+
+def _set_attrs(conn: Connection, instance: Instance, **changes: Any) -> None:
+    current = attributes_of(conn, [instance.instance_id])[instance.instance_id]
+    save_attributes(conn, instance.instance_id, replace(current, **changes))
+
+
+def _instance_type(conn: Connection, instance: Instance, value: str) -> None:
+    if value not in known_instance_types():
+        raise ServiceError(f"Value ({value}) for parameter instanceType is invalid. Invalid instance type.",
+                           code="InvalidInstanceAttributeValue")
+    # R-RUN-2 after launch: a type that cannot attach encrypted volumes cannot run one.
+    encrypted = any(vol.encrypted for vol, _att in core.volumes_of_instance(conn, instance.instance_id))
+    refusal = it.encryption_refusal(value, needs_encryption=encrypted)
+    if refusal:
+        raise ServiceError(refusal, code="InvalidParameterCombination")
+    _set_row(conn, instance, instance_type=value)
+
+
+def _sriov(conn: Connection, instance: Instance, value: str) -> None:
+    # "simple" is the only value; EC2 offers no way to turn it off again.
+    if value != "simple":
+        raise ServiceError(f"Value ({value}) for parameter sriovNetSupport is invalid. Valid values: simple",
+                           code="InvalidParameterValue")
+    _set_attrs(conn, instance, sriov_net_support=value)
+
+
+def _kernel_or_ramdisk(conn: Connection, instance: Instance, value: str) -> None:
+    raise ServiceError("Kernels and RAM disks are not supported by ebscrypt: it has no kernel (aki-) or "
+                       "RAM disk (ari-) images.", code="UnsupportedOperation")
+
+
+def _groups(conn: Connection, instance: Instance, group_ids: list[str]) -> None:
+    groups: list[dict[str, str]] = []
+    for group_id in dict.fromkeys(group_ids):
+        group = network.get_group(conn, instance.account, instance.region, group_id)
+        if group["vpc_id"] != instance.vpc_id:
+            raise ServiceError(f"Security group {group_id} and subnet {instance.subnet_id} belong to different "
+                               "networks.", code="InvalidParameter")
+        groups.append({"GroupId": group["id"], "GroupName": group["name"]})
+    _set_row(conn, instance, security_groups=json.dumps(groups))
+
+
+def _delete_on_termination(conn: Connection, instance: Instance, mappings: list[dict[str, Any]]) -> None:
+    """BlockDeviceMapping.N: DeleteOnTermination (default true) of volumes attached now."""
+    attached = {att.device: att for _vol, att in core.volumes_of_instance(conn, instance.instance_id)}
+    changes: dict[str, bool] = {}
+    for mapping in mappings:
+        device = mapping.get("DeviceName")
+        if not device:
+            raise ServiceError("The request must contain the parameter DeviceName", code="MissingParameter")
+        if mapping.get("VirtualName") or mapping.get("NoDevice") is not None:
+            # Instance store volumes are added at launch only; nothing else can change here.
+            raise ServiceError(f"Only DeleteOnTermination of an attached EBS volume can be modified ({device}).",
+                               code="InvalidInstanceAttributeValue")
+        if device not in attached:
+            raise ServiceError(f"No device is currently mapped at {device}", code="InvalidInstanceAttributeValue")
+        dot = (mapping.get("Ebs") or {}).get("DeleteOnTermination")
+        changes[device] = True if dot is None else bool(dot)
+    for device, dot in changes.items():
+        att = attached[device]
+        conn.execute(update(ec2_volume_attachments).where(
+            ec2_volume_attachments.c.volume_id == att.volume_id,
+            ec2_volume_attachments.c.instance_id == instance.instance_id).values(delete_on_termination=dot))
+
+
+_APPLY: dict[str, Callable[[Connection, Instance, Any], None]] = {
+    "instanceType": _instance_type,
+    "ebsOptimized": lambda conn, i, v: _set_row(conn, i, ebs_optimized=v),
+    "enaSupport": lambda conn, i, v: _set_row(conn, i, ena_support=v),
+    "groupSet": _groups,
+    "blockDeviceMapping": _delete_on_termination,
+    "userData": lambda conn, i, v: _set_attrs(conn, i, user_data=v),
+    "disableApiTermination": lambda conn, i, v: _set_attrs(conn, i, disable_api_termination=v),
+    "disableApiStop": lambda conn, i, v: _set_attrs(conn, i, disable_api_stop=v),
+    "sourceDestCheck": lambda conn, i, v: _set_attrs(conn, i, source_dest_check=v),
+    "instanceInitiatedShutdownBehavior":
+        lambda conn, i, v: _set_attrs(conn, i, shutdown_behavior=check_shutdown_behavior(v)),
+    "sriovNetSupport": _sriov,
+    "kernel": _kernel_or_ramdisk,
+    "ramdisk": _kernel_or_ramdisk,
+}
+
+
+def modify_attribute(ctx: RequestContext, instance_id: str, params: dict[str, Any]) -> None:
+    """ModifyInstanceAttribute: validated completely before anything changes."""
+    attribute, value = requested_change(params)
+    caller = ctx.caller
+    with ctx.runtime.db.begin() as conn:
+        instance = get_instance(conn, caller.account, caller.region, instance_id, ctx.runtime.clock.now())
+        _check_state(instance, attribute)
+        _APPLY[attribute](conn, instance, value)
+
+
+# ============================================================================ DescribeInstanceAttribute
+
+
+def _value(value: Any) -> dict[str, Any]:
+    """An AttributeValue: ``{}`` when unset, as EC2 answers."""
+    return {} if value is None else {"Value": value}
+
+
+def describe_attribute(ctx: RequestContext, instance_id: str, attribute: str) -> dict[str, Any]:
+    caller = ctx.caller
+    if attribute not in _attribute_names():
+        raise _unknown_attribute(attribute)
+    with ctx.runtime.db.read() as conn:
+        instance = get_instance(conn, caller.account, caller.region, instance_id, ctx.runtime.clock.now())
+        attrs = attributes_of(conn, [instance_id])[instance_id]
+        attached = core.volumes_of_instance(conn, instance_id) if attribute == "blockDeviceMapping" else []
+    answers: dict[str, Callable[[], tuple[str, Any]]] = {
+        "instanceType": lambda: ("InstanceType", _value(instance.instance_type)),
+        "kernel": lambda: ("KernelId", _value(attrs.kernel_id)),
+        "ramdisk": lambda: ("RamdiskId", _value(attrs.ramdisk_id)),
+        "userData": lambda: ("UserData", _value(attrs.user_data)),
+        "disableApiTermination": lambda: ("DisableApiTermination", _value(attrs.disable_api_termination)),
+        "disableApiStop": lambda: ("DisableApiStop", _value(attrs.disable_api_stop)),
+        "instanceInitiatedShutdownBehavior":
+            lambda: ("InstanceInitiatedShutdownBehavior", _value(attrs.shutdown_behavior)),
+        "rootDeviceName": lambda: ("RootDeviceName", _value(instance.root_device_name)),
+        "blockDeviceMapping": lambda: ("BlockDeviceMappings", instance_view(instance, attached, [])[
+            "BlockDeviceMappings"]),
+        "productCodes": lambda: ("ProductCodes", []),
+        "sourceDestCheck": lambda: ("SourceDestCheck", _value(attrs.source_dest_check)),
+        "groupSet": lambda: ("Groups", instance.security_groups),
+        "ebsOptimized": lambda: ("EbsOptimized", _value(instance.ebs_optimized)),
+        "sriovNetSupport": lambda: ("SriovNetSupport", _value(attrs.sriov_net_support)),
+        "enaSupport": lambda: ("EnaSupport", _value(bool(instance.ena_support))),
+        "enclaveOptions": lambda: ("EnclaveOptions", {"Enabled": False}),
+    }
+    key, value = answers[attribute]()
+    return {"InstanceId": instance_id, key: value}
+
+
+# ============================================================================ DescribeInstanceStatus
+
+_PASSED = [{"Name": "reachability", "Status": "passed"}]
+
+
+def _status(instance: Instance) -> dict[str, Any]:
+    """The model's ``InstanceStatus`` for one instance."""
+    if instance.state == it.RUNNING:
+        check = {"Status": "ok", "Details": list(_PASSED)}
+    else:
+        check = {"Status": "not-applicable"}
+    return {
+        "InstanceId": instance.instance_id,
+        "AvailabilityZone": instance.availability_zone,
+        "InstanceState": {"Code": it.STATE_CODES[instance.state], "Name": instance.state},
+        "InstanceStatus": dict(check),
+        "SystemStatus": dict(check),
+        "AttachedEbsStatus": dict(check),
+        "Events": [],
+    }
+
+
+def _reachability(key: str) -> Callable[[dict[str, Any]], list[str]]:
+    return lambda s: [d["Status"] for d in s[key].get("Details", []) if d["Name"] == "reachability"]
+
+
+_STATUS_FILTERS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "availability-zone": lambda s: s["AvailabilityZone"],
+    "instance-state-name": lambda s: s["InstanceState"]["Name"],
+    "instance-state-code": lambda s: s["InstanceState"]["Code"],
+    "instance-status.status": lambda s: s["InstanceStatus"]["Status"],
+    "instance-status.reachability": _reachability("InstanceStatus"),
+    "system-status.status": lambda s: s["SystemStatus"]["Status"],
+    "system-status.reachability": _reachability("SystemStatus"),
+    "attached-ebs-status.status": lambda s: s["AttachedEbsStatus"]["Status"],
+    # no scheduled events ever exist for these instances
+    "event.code": lambda s: [],
+    "event.description": lambda s: [],
+    "event.instance-event-id": lambda s: [],
+    "event.not-after": lambda s: [],
+    "event.not-before": lambda s: [],
+    "event.not-before-deadline": lambda s: [],
+    "operator.managed": lambda s: False,
+}
+
+
+def describe_status(ctx: RequestContext, ids: list[str], filters: list[dict[str, Any]] | None,
+                    include_all: bool) -> list[dict[str, Any]]:
+    """Statuses of the caller's instances, ordered by instance id (for paging)."""
+    caller = ctx.caller
+    check_instance_ids(ids)
+    now = ctx.runtime.clock.now()
+    with ctx.runtime.db.read() as conn:
+        instances = []
+        missing = []
+        for instance_id in dict.fromkeys(ids):
+            try:
+                instances.append(get_instance(conn, caller.account, caller.region, instance_id, now))
+            except ServiceError:
+                missing.append(instance_id)
+        if missing:
+            raise _not_found(missing)
+        if not ids:
+            instances = _all_visible(conn, caller.account, caller.region, now)
+    if not include_all:
+        instances = [i for i in instances if i.state == it.RUNNING]
+    statuses = sorted((_status(i) for i in instances), key=lambda s: s["InstanceId"])
+    return select_matching(statuses, filters, _STATUS_FILTERS)
+
+
+def _all_visible(conn: Connection, account: str, region: str, now: Any) -> list[Instance]:
+    rows = conn.execute(select(instances_t).where(instances_t.c.account == account,
+                                                  instances_t.c.region == region)).mappings()
+    return [i for i in (Instance.from_row(r) for r in rows) if _visible(i, now)]
+
+
+__all__ = ["InstanceAttrs", "describe_attribute", "describe_status", "modify_attribute", "requested_change"]
