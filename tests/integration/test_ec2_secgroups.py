@@ -270,3 +270,13 @@ def test_group_in_use_by_an_instance_cannot_be_deleted_until_it_terminates(aws) 
     ec2.get_waiter("instance_terminated").wait(InstanceIds=[inst["InstanceId"]],
                                                WaiterConfig={"Delay": 1, "MaxAttempts": 60})
     assert ec2.delete_security_group(GroupId=gid)["Return"] is True
+
+
+def test_rule_tags_are_typed_security_group_rule(aws) -> None:
+    ec2 = aws("ec2", account=A)
+    gid = ec2.create_security_group(GroupName=gname(), Description="tagged rules")["GroupId"]
+    [rule] = ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[SSH])["SecurityGroupRules"]
+    ec2.create_tags(Resources=[rule["SecurityGroupRuleId"]], Tags=[{"Key": "why", "Value": "ssh"}])
+    tags = ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [rule["SecurityGroupRuleId"]]}])["Tags"]
+    assert tags == [{"Key": "why", "Value": "ssh", "ResourceId": rule["SecurityGroupRuleId"],
+                     "ResourceType": "security-group-rule"}]

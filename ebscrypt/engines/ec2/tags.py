@@ -13,7 +13,7 @@ MAX_TAGS = 50
 
 _TYPES = {
     "vol": "volume", "snap": "snapshot", "ami": "image", "i": "instance", "lt": "launch-template",
-    "sg": "security-group", "vpc": "vpc", "subnet": "subnet", "key": "key-pair", "eni": "network-interface",
+    "sg": "security-group", "sgr": "security-group-rule", "vpc": "vpc", "subnet": "subnet", "key": "key-pair", "eni": "network-interface",
     "igw": "internet-gateway", "rtb": "route-table", "acl": "network-acl", "dopt": "dhcp-options",
 }
 
