@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from ebscrypt.engines.blocks import workers
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, GCM_OBJECT_SIZE, BlockCipher, BlockIntegrityError, DataKey
-from ebscrypt.engines.blocks.engine import BlockEngine, KeyMismatch, UnrelatedLineage
+from ebscrypt.engines.blocks.engine import BlockEngine, CopyCancelled, KeyMismatch, UnrelatedLineage
 from ebscrypt.engines.blocks.store import LocalDirStore, new_object_key
 from ebscrypt.storage.db import Database
 from ebscrypt.storage.tables.blocks import blk_entries, blk_layers, blk_owners
@@ -541,6 +541,40 @@ def test_running_copy_pins_its_source(engine: BlockEngine, monkeypatch: pytest.M
         assert engine.read_block("snap-dst", index, k2) == block
     engine.sweep(0)
     assert len(object_paths(engine)) == 6  # the source's objects went once the copy finished
+
+
+@pytest.mark.parametrize("processes", [0, 2])
+def test_releasing_a_copy_destination_cancels_the_copy(tmp_path: Path, processes: int) -> None:
+    """The destination released mid-copy (its volume/snapshot deleted): the copy stops with
+    CopyCancelled, and the store is left with the source's objects only — at once, not
+    after the garbage grace period (no reader can hold a copy destination's blocks)."""
+    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
+    engine = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=processes, gc_grace_seconds=3600)
+    engine.INLINE_BLOCKS = 2
+    engine.BATCH_BLOCKS = 2
+    try:
+        k1, k2 = DataKey("dk-1", os.urandom(32)), DataKey("dk-2", os.urandom(32))
+        data = _fill(engine, "snap-src", k1, 8)
+        before = object_paths(engine)
+        seen: list[float] = []
+
+        def progress(pct: float) -> None:
+            seen.append(pct)
+            if 0 < pct < 100 and engine.exists("snap-dst"):
+                engine.release("snap-dst")  # after a batch was recorded: DeleteSnapshot mid-copy
+
+        with pytest.raises(CopyCancelled):
+            engine.reencrypt("snap-src", k1, "snap-dst", k2, progress=progress)
+        assert 0 < seen[-1] < 100
+        assert not engine.exists("snap-dst")
+        assert object_paths(engine) == before
+        assert engine.sweep(0) == 0  # nothing was left waiting for the sweep either
+        for index, block in data.items():
+            assert engine.read_block("snap-src", index, k1) == block
+        assert engine.reencrypt("snap-src", k1, "snap-dst", k2) == 8  # a new copy starts afresh
+    finally:
+        engine.close()
+        db.dispose()
 
 
 def test_orphans_from_a_crash_are_swept(engine: BlockEngine, key: DataKey) -> None:

@@ -9,13 +9,14 @@ Public surface (``runtime.blocks``)::
     reencrypt(src, src_key, dst, dst_key, progress)  # full copy under another key; resumable
     list_blocks(owner_id, key=None) -> [(index, checksum)]
     changed_blocks(a, b) -> [ChangedBlock]           # from lineage; UnrelatedLineage if none
-    release(owner_id)                                # drop an owner; objects GC'd safely
+    release(owner_id)                                # drop an owner; objects GC'd safely; cancels its copy
     # also: block_ref / list_block_refs / read_block_checked / own_blocks (EBS direct APIs),
     # exists, sweep / sweep_orphans, add_periodic, close
 
 Owners are volume or snapshot ids; ``key=None`` means an unencrypted resource. Errors:
 :class:`BlockIntegrityError` (opaque: tampered, truncated, moved or wrong key — never
-wrong bytes), :class:`UnrelatedLineage`, :class:`CopyInProgress`, :class:`KeyMismatch`.
+wrong bytes), :class:`UnrelatedLineage`, :class:`CopyInProgress`, :class:`CopyCancelled`,
+:class:`KeyMismatch`.
 
 Model: block *entries* live in *layers*; an owner points at its mutable head layer, and
 a layer may have a parent. ``share`` freezes the source's head (it becomes the common
@@ -68,6 +69,7 @@ __all__ = [
     "BlockIntegrityError",
     "BlockRef",
     "ChangedBlock",
+    "CopyCancelled",
     "CopyInProgress",
     "DataKey",
     "KeyMismatch",
@@ -87,6 +89,11 @@ class KeyMismatch(BlockError):
 
 class CopyInProgress(BlockError):
     """The owner is the destination of a copy still running: it takes no writes yet."""
+
+
+class CopyCancelled(BlockError):
+    """The copy's destination was released while the copy ran: the copy stopped, and what
+    it had stored is reclaimed. Its caller's resource was deleted; nothing failed."""
 
 
 class UnrelatedLineage(BlockError):
@@ -698,7 +705,7 @@ class BlockEngine:
             with self.db.begin() as conn:
                 dst = self._get_owner(conn, dst_owner_id, lock=True)
                 if dst is None or dst.head_id != copy_layer:
-                    raise BlockError(f"copy destination {dst_owner_id} was released during the copy")
+                    raise CopyCancelled(f"copy destination {dst_owner_id} was released during the copy")
                 indices = [r[0] for r in rows]
                 old = [
                     r.object_key
@@ -729,7 +736,7 @@ class BlockEngine:
         with self.db.begin() as conn:
             dst = self._get_owner(conn, dst_owner_id, lock=True)
             if dst is None:
-                raise BlockError(f"copy destination {dst_owner_id} was released during the copy")
+                raise CopyCancelled(f"copy destination {dst_owner_id} was released during the copy")
             if dst.pin_id is None:
                 return
             head = self._new_layer(conn, dst.head_id)  # the copy layer is frozen from here on
@@ -739,18 +746,48 @@ class BlockEngine:
     # ---------------------------------------------------------------- release / GC
 
     def release(self, owner_id: str) -> None:
-        """Forget an owner. Blocks no other owner (or running copy) references are reclaimed."""
+        """Forget an owner. Blocks no other owner (or running copy) references are reclaimed.
+
+        Releasing the destination of a copy still running cancels that copy: its next step
+        finds the owner gone, deletes what it had just stored and raises
+        :class:`CopyCancelled`. The blocks it had already recorded are deleted at once,
+        without the garbage grace period: that grace protects readers that resolved an entry
+        just before it was dropped, and a copy destination has none — it is readable only
+        once the copy is done (EBS reads need a completed snapshot; a volume still being
+        created cannot be attached).
+        """
         with self.db.begin() as conn:
             owner = self._get_owner(conn, owner_id, lock=True)
             if owner is None:
                 return
             conn.execute(delete(blk_owners).where(blk_owners.c.owner_id == owner_id))
-            self._drop_unreferenced(conn, [owner.head_id] + ([owner.pin_id] if owner.pin_id else []))
+            unread = {owner.head_id} if owner.pin_id is not None else set()
+            at_once = self._drop_unreferenced(
+                conn, [owner.head_id] + ([owner.pin_id] if owner.pin_id else []), reclaim_now=unread
+            )
         self.sweep()
+        if at_once:
+            self._collect(at_once)
 
-    def _drop_unreferenced(self, conn: Connection, candidates: list[str]) -> None:
+    def _collect(self, keys: list[str]) -> None:
+        """Delete garbage objects now (no grace period), then their garbage rows. A crash in
+        between leaves them listed: the regular sweep finishes the job."""
+        for key in keys:
+            self.store.delete(key)
+        with self.db.begin() as conn:
+            for start in range(0, len(keys), 500):
+                conn.execute(delete(blk_garbage).where(blk_garbage.c.object_key.in_(keys[start : start + 500])))
+
+    def _drop_unreferenced(
+        self, conn: Connection, candidates: list[str], *, reclaim_now: set[str] | None = None
+    ) -> list[str]:
         """Drop layers nothing references any more (their objects to the garbage list), up
-        the parent chain; a frozen layer left with a single child is merged into it."""
+        the parent chain; a frozen layer left with a single child is merged into it.
+
+        Returns the objects of the dropped layers named in ``reclaim_now`` (no reader can
+        hold them): the caller deletes them after commit instead of after the grace period.
+        """
+        now_keys: list[str] = []
         while candidates:
             layer = candidates.pop()
             if self._layer_referenced(conn, layer):
@@ -763,11 +800,14 @@ class BlockEngine:
                 if r.object_key is not None
             ]
             self._to_garbage(conn, keys)
+            if reclaim_now and layer in reclaim_now:
+                now_keys.extend(keys)
             conn.execute(delete(blk_entries).where(blk_entries.c.layer_id == layer))
             conn.execute(delete(blk_layers).where(blk_layers.c.id == layer))
             self._layer_cache.pop(layer, None)
             if parent is not None:
                 candidates.append(parent)
+        return now_keys
 
     def _merge_into_only_child(self, conn: Connection, layer: str) -> None:
         """Compaction: a frozen layer that only one child layer still needs (no owner's head

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from sqlalchemy import Connection, delete, insert, or_, select, update
 
 from ebscrypt.domain.sharing import check_grantees, check_share
+from ebscrypt.engines.blocks.engine import CopyCancelled
 from ebscrypt.engines.ec2.encryption import (
     EncryptionPlan,
     WrappedDataKey,
@@ -211,7 +212,20 @@ def _finish_from_volume(runtime: Any, snapshot_id: str) -> None:
     if blocks is None:
         raise RuntimeError("the block engine is not available")
     blocks.share(snap.volume_id, snap.id)  # same data key: a point-in-time reference, no data moved
+    if _released_if_deleted(runtime, snap.id):
+        return
     complete_snapshot(runtime, snap.id)
+
+
+def _released_if_deleted(runtime: Any, snapshot_id: str) -> bool:
+    """After a job stored a snapshot's blocks: True (and its blocks released) when the
+    snapshot was deleted meanwhile — its DeleteSnapshot may have released them before the
+    job created them, and nothing else would (release is idempotent)."""
+    with runtime.db.read() as conn:
+        if _row(conn, snapshot_id) is not None:
+            return False
+    runtime.blocks.release(snapshot_id)
+    return True
 
 
 # ----------------------------------------------------------------------------- copies
@@ -336,6 +350,22 @@ def _finish_copy(runtime: Any, p: dict[str, Any], report: Callable[[float], None
         raise RuntimeError("the block engine is not available")
     ctx = job_ctx(runtime, p["account"], p["region"], "CopySnapshot")
     src_key = data_key_for(ctx, src)  # R-SHARE-4: the copier must be allowed the source key
+    try:
+        _copy_blocks(runtime, src, src_key, dst, ctx, report)
+    except CopyCancelled:
+        if not _released_if_deleted(runtime, dst.id):
+            raise  # released by something other than DeleteSnapshot: a real failure
+        return  # DeleteSnapshot released the copy mid-way: it stopped and left nothing
+    if _released_if_deleted(runtime, dst.id):
+        return
+    complete_snapshot(runtime, dst.id)
+
+
+def _copy_blocks(runtime: Any, src: Snapshot, src_key: Any, dst: Snapshot, ctx: Any,
+                 report: Callable[[float], None] | None) -> None:
+    """Give ``dst`` the blocks of ``src``: shared (same data key) or re-encrypted, with the
+    copy's progress on the snapshot (R-LIFE-1)."""
+    blocks = runtime.blocks
     if src.data_key_id == dst.data_key_id:  # R-SNAP-2: same key, same region -> incremental
         blocks.share(src.id, dst.id)
     else:
@@ -350,7 +380,6 @@ def _finish_copy(runtime: Any, p: dict[str, Any], report: Callable[[float], None
                 set_progress(runtime, dst.id, pct)
 
         blocks.reencrypt(src.id, src_key, dst.id, dst_key, progress=progress)
-    complete_snapshot(runtime, dst.id)
 
 
 # ----------------------------------------------------------------------------- EBS direct

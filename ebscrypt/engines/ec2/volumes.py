@@ -16,6 +16,7 @@ from typing import Any, Callable
 from sqlalchemy import Connection, delete, insert, select, update
 
 from ebscrypt.domain import regions
+from ebscrypt.engines.blocks.engine import CopyCancelled
 from ebscrypt.engines.ec2.account import get_settings
 from ebscrypt.engines.ec2.encryption import (
     EncryptionPlan,
@@ -409,23 +410,40 @@ def _finish(runtime: Any, p: dict[str, Any], report: Callable[[float], None] | N
         blocks = runtime.blocks
         if blocks is None:
             raise RuntimeError("the block engine is not available")
-        if src.data_key_id == vol.data_key_id:  # R-KEY-2 same data key (or both unencrypted)
-            if src.encrypted:
-                data_key_for(ctx, src)  # R-SHARE-4: the caller must be allowed the source key
-            blocks.share(src.id, vol.id)
-        else:
-            src_key = data_key_for(ctx, src)  # R-SHARE-4
-            blocks.reencrypt(src.id, src_key, vol.id, dst_key, progress=report)
+        try:
+            if src.data_key_id == vol.data_key_id:  # R-KEY-2 same data key (or both unencrypted)
+                if src.encrypted:
+                    data_key_for(ctx, src)  # R-SHARE-4: the caller must be allowed the source key
+                blocks.share(src.id, vol.id)
+            else:
+                src_key = data_key_for(ctx, src)  # R-SHARE-4
+                blocks.reencrypt(src.id, src_key, vol.id, dst_key, progress=report)
+        except CopyCancelled:
+            if _exists(runtime, vol.id):
+                raise  # released by something other than DeleteVolume: a real failure
+            return  # DeleteVolume released the copy mid-way: it stopped and left nothing
     with runtime.db.begin() as conn:
-        attached = conn.execute(select(ec2_volume_attachments).where(
-            ec2_volume_attachments.c.volume_id == vol.id)).first() is not None
-        if attached:
-            conn.execute(update(ec2_volume_attachments).where(ec2_volume_attachments.c.volume_id == vol.id)
-                         .values(state="attached"))
-        state = "in-use" if attached else "available"
-        conn.execute(update(ec2_volumes).where(ec2_volumes.c.id == vol.id, ec2_volumes.c.state == "creating")
-                     .values(state=state))
+        gone = _row(conn, vol.id) is None
+        if not gone:
+            attached = conn.execute(select(ec2_volume_attachments).where(
+                ec2_volume_attachments.c.volume_id == vol.id)).first() is not None
+            if attached:
+                conn.execute(update(ec2_volume_attachments).where(ec2_volume_attachments.c.volume_id == vol.id)
+                             .values(state="attached"))
+            state = "in-use" if attached else "available"
+            conn.execute(update(ec2_volumes).where(ec2_volumes.c.id == vol.id, ec2_volumes.c.state == "creating")
+                         .values(state=state))
+    if gone:
+        # Deleted after this job read it: its DeleteVolume may have released the blocks
+        # before the share/copy above created them. Release them again (idempotent).
+        release_volumes(runtime, [vol.id])
+        return
     _notify(runtime, vol.id, state)
+
+
+def _exists(runtime: Any, volume_id: str) -> bool:
+    with runtime.db.read() as conn:
+        return _row(conn, volume_id) is not None
 
 
 # ----------------------------------------------------------------------------- attachments
