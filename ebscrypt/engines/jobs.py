@@ -19,10 +19,10 @@ import threading
 import traceback
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Callable
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, or_, select, update
 
 from ebscrypt.storage.schema import jobs
 
@@ -181,24 +181,34 @@ class JobRunner:
             self._fail(row["id"], row["kind"], json.loads(row["payload"]), RESTART_REASON)
 
     def _claim(self) -> dict[str, Any] | None:
+        """Mark the oldest due queued job running and return it (None if none is due).
+
+        Due-ness is decided in SQL, so jobs delayed into the future (``not_before``) never
+        hide due jobs queued after them. The select and the update are one transaction:
+        SQLite's BEGIN IMMEDIATE holds the write lock across both (other processes
+        included); PostgreSQL locks the row (SKIP LOCKED lets other workers pass it).
+        """
         runtime = self._runtime_ref()
         now = runtime.clock.now()
-        with self._claim_lock:  # one process: a lock suffices; PostgreSQL: SKIP LOCKED
+        with self._claim_lock:  # in-process: workers do not queue up on the database lock
             with runtime.db.begin() as conn:
-                query = select(jobs).where(jobs.c.state == "queued").order_by(jobs.c.created_at).limit(8)
+                query = (
+                    select(jobs)
+                    .where(jobs.c.state == "queued", or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now))
+                    .order_by(jobs.c.created_at, jobs.c.id)
+                    .limit(1)
+                )
                 if not runtime.db.is_sqlite:
                     query = query.with_for_update(skip_locked=True)
-                for row in conn.execute(query).mappings():
-                    not_before = row["not_before"]
-                    if not_before is not None and _aware(not_before) > now:
-                        continue
-                    conn.execute(
-                        update(jobs)
-                        .where(jobs.c.id == row["id"])
-                        .values(state="running", attempts=row["attempts"] + 1, updated_at=now)
-                    )
-                    return dict(row)
-        return None
+                row = conn.execute(query).mappings().first()
+                if row is None:
+                    return None
+                claimed = conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == row["id"], jobs.c.state == "queued")
+                    .values(state="running", attempts=jobs.c.attempts + 1, updated_at=now)
+                ).rowcount
+                return dict(row) if claimed == 1 else None
 
     def _work(self) -> None:
         while not self._stopping.is_set():
@@ -263,8 +273,3 @@ def _reason(exc: Exception) -> str:
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     return str(message)
 
-
-def _aware(value: datetime) -> datetime:
-    from datetime import timezone
-
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

@@ -126,3 +126,35 @@ def test_schema_version_recorded_and_reopen_is_idempotent(tmp_path: Path) -> Non
     with db.read() as conn:
         assert conn.execute(text("select version from schema_version")).scalar() >= 1
         assert conn.execute(text("pragma journal_mode")).scalar() == "wal"
+
+
+def test_due_job_is_not_stalled_behind_delayed_jobs(tmp_path: Path) -> None:
+    # Jobs delayed into the future, queued first, must not hide a due job queued after
+    # them (the claim once looked at the 8 oldest queued jobs only).
+    RAN.clear()
+    rt = make_runtime(tmp_path)
+    delayed = [rt.jobs.submit("test_ok", {"later": i}, delay_seconds=3600) for i in range(10)]
+    rt.jobs.start()
+    try:
+        due = rt.jobs.submit("test_ok", {"now": True})
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and due not in {job_id for job_id, _ in RAN}:
+            time.sleep(0.02)
+        assert [job_id for job_id, _ in RAN] == [due]
+    finally:
+        rt.jobs.stop()
+    assert {rt.jobs.state(job_id)["state"] for job_id in delayed} == {"queued"}
+    rt.clock.advance(3601)
+    assert rt.jobs.run_pending() == 10  # and they run once their time has come
+
+
+def test_claim_takes_due_jobs_oldest_first_and_each_once(tmp_path: Path) -> None:
+    RAN.clear()
+    rt = make_runtime(tmp_path)
+    first = rt.jobs.submit("test_ok", {"n": 1})
+    rt.jobs.submit("test_ok", {"n": "later"}, delay_seconds=60)
+    second = rt.jobs.submit("test_ok", {"n": 2})
+    assert rt.jobs.run_pending() == 2
+    assert [job_id for job_id, _ in RAN] == [first, second]
+    assert rt.jobs.state(first)["attempts"] == 1 and rt.jobs.state(second)["attempts"] == 1
+    assert rt.jobs.run_pending() == 0  # done jobs are never claimed again
