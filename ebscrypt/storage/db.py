@@ -8,10 +8,10 @@ a function taking a connection), in order, inside one transaction.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from sqlalchemy import Connection, Engine, create_engine, event, insert, select, update
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 from ebscrypt.storage.schema import load_tables, schema_version
 
@@ -19,6 +19,15 @@ SCHEMA_VERSION = 1
 
 # version N -> function that upgrades a database at version N-1 to N.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+
+# Execution option marking a connection of ``Database.read()`` (see ``_sqlite_begin``).
+_READ_ONLY = "ebscrypt_read_only"
+
+# SQLite connections kept open between uses: more than the request threads (anyio's
+# default of 40) plus the job and maintenance threads, so a busy server does not reopen
+# connections (and re-run the PRAGMAs) per request.
+SQLITE_POOL_SIZE = 48
 
 
 class SchemaTooNew(RuntimeError):
@@ -32,32 +41,45 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
-            # One connection per checkout keeps SQLite's locking simple across threads;
-            # WAL lets readers proceed while one writer commits.
             self.engine: Engine = create_engine(
                 url,
                 connect_args={"check_same_thread": False, "timeout": 30},
-                poolclass=NullPool if ":memory:" not in url else None,
+                **_sqlite_pool_args(url),
             )
             event.listen(self.engine, "connect", _sqlite_pragmas)
-            # SQLite's own BEGIN is deferred: take the write lock at BEGIN so two writers
-            # never deadlock upgrading a read lock.
-            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+            event.listen(self.engine, "begin", _sqlite_begin)
         else:
             self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
         self._migrate()
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        """A connection inside a transaction: committed on success, rolled back on error."""
+        """A connection inside a read-write transaction: committed on success, rolled back
+        on error. On SQLite it holds the write lock from its start (BEGIN IMMEDIATE)."""
         with self.engine.begin() as conn:
             yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A connection for reads (still transactional, so reads are consistent)."""
-        with self.engine.begin() as conn:
-            yield conn
+        """A connection inside a read-only transaction: one consistent snapshot, no lock
+        held against writers (SQLite WAL). Writing through it is an error on SQLite."""
+        if not self.is_sqlite:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self.engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            # query_only turns a write slipped into a read path into an immediate error;
+            # a deferred transaction that writes would otherwise fail only under
+            # contention (SQLITE_BUSY when upgrading a read snapshot to a write).
+            raw.execute("PRAGMA query_only=1")
+            try:
+                conn.execution_options(**{_READ_ONLY: True})  # _sqlite_begin: a deferred BEGIN
+                with conn.begin():
+                    yield conn
+            finally:
+                _leave_query_only(conn)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -82,13 +104,45 @@ class Database:
                 conn.execute(update(schema_version).values(version=SCHEMA_VERSION))
 
 
+def _sqlite_pool_args(url: str) -> dict[str, Any]:
+    if ":memory:" in url or "mode=memory" in url:
+        return {}  # SQLAlchemy's default (one connection per thread) keeps the database alive
+    # No overflow limit: like one connection per checkout before, a thread that holds a
+    # connection and opens a second (a read inside a write) never waits on the pool.
+    return {"poolclass": QueuePool, "pool_size": SQLITE_POOL_SIZE, "max_overflow": -1}
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
     # The driver's own transaction handling is turned off so SQLAlchemy's "begin" event
-    # (BEGIN IMMEDIATE) is the only BEGIN issued.
+    # (_sqlite_begin) is the only BEGIN issued.
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit is on disk (the WAL fsync'd) before it is acknowledged.
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # Writers take the write lock at BEGIN (IMMEDIATE), so two writers never deadlock
+    # upgrading read locks, and wait for each other through busy_timeout. Readers use a
+    # deferred BEGIN: under WAL they read a snapshot and never wait for a writer.
+    if conn.get_execution_options().get(_READ_ONLY):
+        conn.exec_driver_sql("BEGIN")
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _leave_query_only(conn: Connection) -> None:
+    """Clear query_only before the connection goes back to the pool for any use."""
+    if conn.invalidated:
+        return
+    try:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        raw.execute("PRAGMA query_only=0")
+    except Exception:
+        conn.invalidate()  # never pool a connection that may still refuse writes
+        raise
