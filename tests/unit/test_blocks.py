@@ -432,6 +432,38 @@ def test_reencrypt_resumes_after_a_crash(engine: BlockEngine, monkeypatch: pytes
     assert {f"{p.parent.name}/{p.name}" for p in object_paths(engine)} == refs
 
 
+@pytest.mark.parametrize("source", ["empty", "missing"])
+def test_repeating_a_finished_copy_of_an_empty_source_is_a_no_op(engine: BlockEngine, source: str) -> None:
+    """A resumed job repeats its copy after a crash: when the source held no block, the first
+    attempt already made the (empty) destination, and the repeat must accept it."""
+    k1, k2 = DataKey("dk-1", os.urandom(32)), DataKey("dk-2", os.urandom(32))
+    if source == "empty":
+        engine.share("vol-never-written", "snap-src")  # an owner with no block
+    for _ in range(2):
+        assert engine.reencrypt("snap-src", k1, "vol-dst", k2) == 0
+        assert engine.list_blocks("vol-dst", k2) == []
+    for _ in range(2):  # an unencrypted destination too
+        assert engine.reencrypt("snap-src", k1, "vol-plain", None) == 0
+    assert object_paths(engine) == []
+    engine.write_block("vol-dst", 3, pattern_block(b"after"), k2)  # the copy is done: writable, under k2
+    with pytest.raises(KeyMismatch):
+        engine.write_block("vol-dst", 4, rand_block(), k1)
+
+
+def test_copy_onto_an_owner_that_is_not_an_earlier_attempt_is_refused(engine: BlockEngine) -> None:
+    from ebscrypt.engines.blocks.engine import BlockError
+
+    k1, k2 = DataKey("dk-1", os.urandom(32)), DataKey("dk-2", os.urandom(32))
+    _fill(engine, "snap-src", k1, 2)
+    engine.write_block("vol-written", 0, rand_block(), k2)  # holds a block of its own
+    engine.reencrypt("snap-empty", k1, "vol-other-key", DataKey("dk-3", os.urandom(32)))  # empty, another key
+    for dst in ("vol-written", "vol-other-key"):
+        with pytest.raises(BlockError, match="already exists"):
+            engine.reencrypt("snap-src", k1, dst, k2)
+    with pytest.raises(BlockError, match="already exists"):  # an empty copy repeated under another key
+        engine.reencrypt("snap-empty", k1, "vol-other-key", k2)
+
+
 def test_no_writes_into_a_copy_in_progress(engine: BlockEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     from ebscrypt.engines.blocks.engine import CopyInProgress
 

@@ -566,7 +566,8 @@ class BlockEngine:
 
         Reads a frozen view of src taken at the first call (pinned until done), so later
         writes to src never leak into the copy. Resumable and idempotent: a repeated call
-        after a crash skips blocks dst already holds; a call on a finished copy is a no-op.
+        after a crash skips blocks dst already holds; a call on a finished copy (an empty
+        source's included) is a no-op.
         The source is never modified.
         """
         if src_owner_id == dst_owner_id:
@@ -673,16 +674,11 @@ class BlockEngine:
         with self.db.begin() as conn:
             dst = self._get_owner(conn, dst_owner_id, lock=True)
             if dst is not None:
-                parent, origin = self._layer(conn, dst.head_id)
-                if dst.pin_id is not None and origin is not None:
-                    return dst.head_id, dst.pin_id  # resume
-                if dst.pin_id is None and (origin is not None or (parent is not None and self._layer(conn, parent)[1])):
-                    return None, None  # already finished
-                raise BlockError(f"copy destination {dst_owner_id} already exists")
+                return self._earlier_copy(conn, dst, dst_key)
             src = self._get_owner(conn, src_owner_id, lock=True)
             frozen = self._freeze_head(conn, src) if src is not None else None
             copy_layer = self._new_layer(conn, None, origin=frozen) if frozen is not None else None
-            if copy_layer is None:
+            if copy_layer is None:  # nothing to copy: dst is complete as created
                 self._create_owner(conn, dst_owner_id, None, dst_key)
                 return None, None
             now = self.now()
@@ -697,6 +693,34 @@ class BlockEngine:
                 )
             )
             return copy_layer, frozen
+
+    def _earlier_copy(self, conn: Connection, dst: _Owner, dst_key: DataKey | None) -> tuple[str | None, str | None]:
+        """What an earlier call of the same copy left in ``dst`` (a resumed job repeats its
+        copy after a crash at any point): (copy layer, pin) to resume, (None, None) when it
+        is complete. Whatever else already owns the id is a caller's error.
+
+        ``_start_copy`` creates dst in one transaction, so an earlier call left one of three
+        states, never a half-made owner: a copy in progress (pinned copy layer), a finished
+        copy (the copy layer under a fresh head), or — when the source held no block — an
+        empty owner under dst's key, which is that copy complete.
+        """
+        parent, origin = self._layer(conn, dst.head_id)
+        if dst.pin_id is not None and origin is not None:
+            return dst.head_id, dst.pin_id  # resume: finished blocks are skipped
+        if dst.pin_id is None and (origin is not None or (parent is not None and self._layer(conn, parent)[1])):
+            return None, None  # already finished
+        if dst.pin_id is None and parent is None and self._is_empty_copy_of(conn, dst, dst_key):
+            return None, None  # an empty source's copy, already made
+        raise BlockError(f"copy destination {dst.owner_id} already exists")
+
+    @staticmethod
+    def _is_empty_copy_of(conn: Connection, dst: _Owner, dst_key: DataKey | None) -> bool:
+        """dst holds no block and is stored under ``dst_key`` (unencrypted when None: an
+        empty owner made without a key has ``encrypted`` NULL, "the first write decides")."""
+        if bool(dst.encrypted) != (dst_key is not None) or dst.data_key_id != (dst_key.key_id if dst_key else None):
+            return False
+        entry = select(blk_entries.c.block_index).where(blk_entries.c.layer_id == dst.head_id).limit(1)
+        return conn.execute(entry).first() is None
 
     def _commit_copied(
         self, dst_owner_id: str, copy_layer: str, rows: list[tuple[int, str | None, str]], dst_key: DataKey | None
