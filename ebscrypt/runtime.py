@@ -8,6 +8,7 @@ from ebscrypt.clock import Clock
 from ebscrypt.context import Runtime, Settings
 from ebscrypt.engines import blocks as blocks_engine
 from ebscrypt.engines import kms as kms_engine
+from ebscrypt.engines.ec2.reconcile import release_stray_block_owners
 from ebscrypt.engines.jobs import JobRunner
 from ebscrypt.services import registry
 from ebscrypt.storage.db import Database
@@ -24,6 +25,7 @@ def build_runtime(settings: Settings, *, start_jobs: bool = True) -> Runtime:
     runtime.engines["kms"] = kms_engine.open_engine(runtime)
     runtime.engines["blocks"] = blocks_engine.open_engine(runtime)
     registry.load_all()  # handlers and the job kinds they register
+    release_stray_block_owners(runtime)  # deletes cut short by a kill, before any job runs
     if start_jobs:
         jobs.start()
     return runtime

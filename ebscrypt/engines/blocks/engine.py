@@ -420,6 +420,11 @@ class BlockEngine:
     def open_checksum(self, ref: BlockRef, key: DataKey | None) -> str:
         return self._cipher(key).open_checksum(ref.index, ref.checksum)
 
+    def owner_ids(self) -> list[str]:
+        """Every owner the store keeps blocks for (to reconcile with the resource records)."""
+        with self.db.read() as conn:
+            return [r.owner_id for r in conn.execute(select(blk_owners.c.owner_id))]
+
     def exists(self, owner_id: str) -> bool:
         with self.db.read() as conn:
             return self._get_owner(conn, owner_id) is not None
