@@ -8,7 +8,8 @@ a function taking a connection), in order, inside one transaction.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator, overload
 
 from sqlalchemy import Connection, Engine, create_engine, event, insert, select, update
 from sqlalchemy.pool import QueuePool
@@ -28,6 +29,17 @@ _READ_ONLY = "ebscrypt_read_only"
 # default of 40) plus the job and maintenance threads, so a busy server does not reopen
 # connections (and re-run the PRAGMAs) per request.
 SQLITE_POOL_SIZE = 48
+
+
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
+def as_utc(value: datetime | None) -> datetime | None:
+    """A stored time as aware UTC: SQLite hands datetimes back naive (they were stored as UTC)."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 class SchemaTooNew(RuntimeError):

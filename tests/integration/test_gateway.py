@@ -16,8 +16,6 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.conftest import make_client
-
 
 def test_two_accounts_are_two_identities(aws) -> None:
     a = aws("sts", account="111111111111").get_caller_identity()

@@ -18,7 +18,7 @@ import logging
 import os
 import struct
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
@@ -26,6 +26,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from ebscrypt.engines.blocks.crypto import DataKey
 from ebscrypt.engines.blocks.engine import BlockRef
 from ebscrypt.errors import ServiceError
+from ebscrypt.storage.db import as_utc
 from ebscrypt.storage.tables.blocks import blk_secrets, ebs_sessions
 
 log = logging.getLogger("ebscrypt.ebs")
@@ -205,10 +206,6 @@ class _ProgressMemo:
 progress = _ProgressMemo()
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
 def session_row(conn: Connection, snapshot_id: str) -> Any:
     """The StartSnapshot write session of a snapshot (None if it has none). [conn]"""
     return conn.execute(select(ebs_sessions).where(ebs_sessions.c.snapshot_id == snapshot_id)).first()
@@ -242,7 +239,7 @@ def check_write_session(ctx: Any, snap: Any, session: Any) -> None:
         )
     if session is None:
         raise validation(f"The snapshot '{snap.id}' was not started with StartSnapshot.", "INVALID_SNAPSHOT_ID")
-    deadline = _aware(session.last_activity) + timedelta(minutes=session.timeout_minutes)
+    deadline = as_utc(session.last_activity) + timedelta(minutes=session.timeout_minutes)
     if ctx.runtime.clock.now() >= deadline:
         _ec2().fail_snapshot(ctx.runtime, snap.id, "The snapshot timed out before it was completed.")
         end_session(ctx.runtime, snap.id)
@@ -252,7 +249,7 @@ def check_write_session(ctx: Any, snap: Any, session: Any) -> None:
 def touch(ctx: Any, snapshot_id: str, session: Any) -> None:
     """Push the Timeout deadline on (written at most every 30 s, not per block)."""
     now = ctx.runtime.clock.now()
-    if now - _aware(session.last_activity) < timedelta(seconds=30):
+    if now - as_utc(session.last_activity) < timedelta(seconds=30):
         return
     with ctx.runtime.db.begin() as conn:
         conn.execute(
@@ -288,7 +285,7 @@ def reap_timed_out(runtime: Any) -> int:
         sessions = conn.execute(select(ebs_sessions)).all()
     failed = 0
     for s in sessions:
-        if now < _aware(s.last_activity) + timedelta(minutes=s.timeout_minutes):
+        if now < as_utc(s.last_activity) + timedelta(minutes=s.timeout_minutes):
             continue
         try:
             with runtime.db.read() as conn:

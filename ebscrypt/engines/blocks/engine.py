@@ -60,6 +60,7 @@ from ebscrypt.engines.blocks.crypto import (
     sha256_b64,
 )
 from ebscrypt.engines.blocks.store import LocalDirStore, ObjectMissing, ObjectStore, new_object_key, new_shard
+from ebscrypt.storage.db import as_utc
 from ebscrypt.storage.tables.blocks import blk_entries, blk_garbage, blk_layers, blk_owners
 
 __all__ = [
@@ -897,7 +898,7 @@ class BlockEngine:
         cutoff = self.now() - timedelta(seconds=grace)
         with self.db.read() as conn:
             rows = conn.execute(select(blk_garbage)).all()
-        due = [r.object_key for r in rows if _aware(r.since) <= cutoff]
+        due = [r.object_key for r in rows if as_utc(r.since) <= cutoff]
         for key in due:
             self.store.delete(key)
         if due:
@@ -1054,10 +1055,6 @@ def _ref(row: Any) -> BlockRef:
 def _check_index(index: int) -> None:
     if not isinstance(index, int) or index < 0:
         raise ValueError("block index must be a non-negative integer")
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def _delete_quietly(store: ObjectStore, keys: list[str]) -> None:

@@ -36,7 +36,7 @@ from ebscrypt.domain import instance_types as states
 from ebscrypt.engines import ec2 as core
 from ebscrypt.engines.ec2.attributes import canonical, canonical_names, legacy_operation
 from ebscrypt.engines.ec2.ids import check_id, is_well_formed, new_id
-from ebscrypt.engines.ec2.network import select_matching as filter_select
+from ebscrypt.engines.ec2.filters import select_matching as filter_select
 from ebscrypt.engines.ec2.records import Snapshot, aware
 from ebscrypt.engines.ec2.snapshots import delete_snapshot
 from ebscrypt.engines.jobs import JobContext, job_kind

@@ -43,7 +43,7 @@ from ebscrypt.engines.ec2 import keypairs, network
 from ebscrypt.engines.ec2 import templates as templates_engine
 from ebscrypt.engines.ec2.encryption import WrappedDataKey, new_data_key, resolve_encryption
 from ebscrypt.engines.ec2.ids import is_well_formed, job_ctx, new_id
-from ebscrypt.engines.ec2.network import select_matching as filter_select
+from ebscrypt.engines.ec2.filters import select_matching as filter_select
 from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume, aware
 from ebscrypt.engines.ec2.volumes import (
     VolumePrep,

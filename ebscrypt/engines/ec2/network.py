@@ -15,15 +15,12 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ebscrypt.domain import regions as R
-from ebscrypt.engines.ec2.filters import (  # noqa: F401  (network callers use them as N.*)
-    Getter, check_filters, dry_run_check, invalid_filter, matches, select_matching,
-)
 from ebscrypt.errors import ServiceError
 from ebscrypt.storage.tables.ec2_net import (
     ec2_net_defaults,

@@ -7,13 +7,9 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from ebscrypt.storage.db import as_utc
 
-def aware(value: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes; every time here is UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
+aware = as_utc  # SQLite times come back naive; every time here is UTC (others import records.aware)
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
 

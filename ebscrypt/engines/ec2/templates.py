@@ -13,7 +13,7 @@ import re
 import secrets
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags, tag_specs, tags_for

@@ -4,17 +4,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from ebscrypt.engines.kms import asym
+from ebscrypt.storage.db import as_utc
 
 
-def utc(dt: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back naive; they were stored as UTC."""
-    if dt is None:
-        return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+utc = as_utc  # SQLite hands datetimes back naive; they were stored as UTC
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,9 @@ from typing import Any
 
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import keypairs as K
+from ebscrypt.engines.ec2.filters import check_filters, dry_run_check, matches
 from ebscrypt.engines.ec2.network import (
-    check_filters,
     drop_tags,
-    dry_run_check,
-    matches,
     put_tags,
     tag_list,
     tags_from_specifications,

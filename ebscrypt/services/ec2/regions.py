@@ -6,7 +6,7 @@ from typing import Any
 
 from ebscrypt.context import RequestContext
 from ebscrypt.domain import regions as R
-from ebscrypt.engines.ec2.network import dry_run_check, select_matching
+from ebscrypt.engines.ec2.filters import dry_run_check, select_matching
 from ebscrypt.errors import ServiceError
 from ebscrypt.services.registry import operation
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ebscrypt.context import RequestContext
+from ebscrypt.engines.ec2 import filters as F
 from ebscrypt.engines.ec2 import network as N
 from ebscrypt.errors import ServiceError
 from ebscrypt.services.registry import operation
@@ -109,9 +110,9 @@ def _lookup(rows: list[dict[str, Any]], ids: list[str], error) -> list[dict[str,
 
 @operation("ec2", "DescribeVpcs")
 def describe_vpcs(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    N.dry_run_check(params)
+    F.dry_run_check(params)
     c = ctx.caller
-    N.check_filters(params.get("Filters"), _VPC_FILTERS, tags=True)
+    F.check_filters(params.get("Filters"), _VPC_FILTERS, tags=True)
     with ctx.runtime.db.begin() as conn:
         N.ensure_defaults(conn, c.account, c.region, ctx.runtime.clock.now())
         rows = N.vpc_rows(conn, c.account, c.region)
@@ -121,7 +122,7 @@ def describe_vpcs(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
         return ServiceError(f"The vpc ID '{i}' does not exist", code="InvalidVpcID.NotFound")
 
     rows = _lookup(rows, params.get("VpcIds") or [], missing)
-    rows = [r for r in rows if N.matches(r, params.get("Filters"), _VPC_FILTERS, lambda r: tags[r["id"]])]
+    rows = [r for r in rows if F.matches(r, params.get("Filters"), _VPC_FILTERS, lambda r: tags[r["id"]])]
     page, token = N.paginate(rows, params)
     out: dict[str, Any] = {"Vpcs": [_vpc(r, tags[r["id"]]) for r in page]}
     if token:
@@ -131,9 +132,9 @@ def describe_vpcs(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
 
 @operation("ec2", "DescribeSubnets")
 def describe_subnets(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    N.dry_run_check(params)
+    F.dry_run_check(params)
     c = ctx.caller
-    N.check_filters(params.get("Filters"), _SUBNET_FILTERS, tags=True)
+    F.check_filters(params.get("Filters"), _SUBNET_FILTERS, tags=True)
     with ctx.runtime.db.begin() as conn:
         N.ensure_defaults(conn, c.account, c.region, ctx.runtime.clock.now())
         rows = N.subnet_rows(conn, c.account, c.region)
@@ -143,7 +144,7 @@ def describe_subnets(ctx: RequestContext, params: dict[str, Any]) -> dict[str, A
         return ServiceError(f"The subnet ID '{i}' does not exist", code="InvalidSubnetID.NotFound")
 
     rows = _lookup(rows, params.get("SubnetIds") or [], missing)
-    rows = [r for r in rows if N.matches(r, params.get("Filters"), _SUBNET_FILTERS, lambda r: tags[r["id"]])]
+    rows = [r for r in rows if F.matches(r, params.get("Filters"), _SUBNET_FILTERS, lambda r: tags[r["id"]])]
     page, token = N.paginate(rows, params)
     out: dict[str, Any] = {"Subnets": [_subnet(r, tags[r["id"]]) for r in page]}
     if token:

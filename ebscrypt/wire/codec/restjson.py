@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from ebscrypt.errors import ServiceError, UnknownOperation, ValidationError
+from ebscrypt.errors import ServiceError, UnknownOperation
 
 from . import Codec
 from . import jsonshape
