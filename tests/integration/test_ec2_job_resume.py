@@ -258,3 +258,76 @@ def test_snapshot_of_a_volume_killed_after_its_share_finishes_on_restart(setup: 
     assert (job["state"], job["error"], job["attempts"]) == ("done", None, 2), job
     _assert_no_orphans(data_dir, before, 0)
     assert _snapshot_bytes(ebs, snap_id) == {i: _data(setup["full"], i) for i in range(N_BLOCKS)}
+
+
+# ------------------------------------------------------------------------ a source deleted under a queued copy
+
+
+def _queued_then_source_deleted(data_dir: Path, start: Callable[[Any, Any], str], source: str) -> str:
+    """Queue the copy (no workers), delete its source snapshot as DeleteSnapshot does, then run the job."""
+    from ebscrypt.context import Settings
+    from ebscrypt.engines.ec2 import snapshots
+    from ebscrypt.engines.ec2.ids import job_ctx
+    from ebscrypt.runtime import build_runtime, close_runtime
+
+    runtime = build_runtime(Settings(data_dir=data_dir), start_jobs=False)
+    try:
+        ctx = job_ctx(runtime, DEFAULT_ACCOUNT, REGION, "Test")
+        rid = start(runtime, ctx)
+        snapshots.delete_snapshot(ctx, source)
+        runtime.jobs.run_pending()
+    finally:
+        close_runtime(runtime)
+    return rid
+
+
+def test_volume_from_a_snapshot_deleted_before_its_job_ends_in_error(setup: dict[str, Any]) -> None:
+    """Never an empty volume standing for a snapshot's data (R-KEY-6 style: error with a reason)."""
+    srv, data_dir, sid = setup["srv"], Path(setup["srv"].data_dir), setup["full"]
+    vid = _queued_then_source_deleted(data_dir, _create_volume(sid, setup["key"]), sid)
+    srv.start()
+    vol = srv.client("ec2").describe_volumes(VolumeIds=[vid])["Volumes"][0]
+    assert vol["State"] == "error"
+
+
+def test_copy_of_a_snapshot_deleted_before_its_job_ends_in_error(setup: dict[str, Any]) -> None:
+    srv, data_dir, sid = setup["srv"], Path(setup["srv"].data_dir), setup["full"]
+    cid = _queued_then_source_deleted(data_dir, _copy_snapshot(sid, setup["key"]), sid)
+    srv.start()
+    snap = srv.client("ec2").describe_snapshots(SnapshotIds=[cid])["Snapshots"][0]
+    assert snap["State"] == "error" and sid in snap["StateMessage"]
+
+
+def test_source_deleted_after_the_job_read_it_is_caught_after_the_copy(setup: dict[str, Any],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window between the job's read of the source record and the copy: the engine sees no
+    source owner and would copy nothing; the job must notice the record is gone and fail."""
+    from ebscrypt.context import Settings
+    from ebscrypt.engines.ec2 import snapshots, volumes
+    from ebscrypt.engines.ec2.ids import job_ctx
+    from ebscrypt.runtime import build_runtime, close_runtime
+
+    srv, data_dir, sid = setup["srv"], Path(setup["srv"].data_dir), setup["full"]
+    runtime = build_runtime(Settings(data_dir=data_dir), start_jobs=False)
+    try:
+        ctx = job_ctx(runtime, DEFAULT_ACCOUNT, REGION, "Test")
+        vid = volumes.create_volume(ctx, wait_seconds=0, availability_zone=ZONE, snapshot_id=sid,
+                                    encrypted=True, kms_key_id=setup["key"]).id
+        real_data_key_for = volumes.data_key_for
+        deleted: list[str] = []
+
+        def data_key_then_delete(c: Any, resource: Any, **kw: Any) -> Any:
+            out = real_data_key_for(c, resource, **kw)
+            if resource.id == sid and not deleted:  # the job has read the source: delete it now
+                deleted.append(sid)
+                snapshots.delete_snapshot(ctx, sid)
+            return out
+
+        monkeypatch.setattr(volumes, "data_key_for", data_key_then_delete)
+        runtime.jobs.run_pending()
+    finally:
+        close_runtime(runtime)
+    assert deleted == [sid]
+    srv.start()
+    vol = srv.client("ec2").describe_volumes(VolumeIds=[vid])["Volumes"][0]
+    assert vol["State"] == "error"

@@ -361,6 +361,29 @@ def _finish_copy(runtime: Any, p: dict[str, Any], report: Callable[[float], None
     complete_snapshot(runtime, dst.id)
 
 
+class SourceSnapshotGone(Exception):
+    """A copy's source snapshot was deleted before the copy could pin its blocks."""
+
+    def __init__(self, snapshot_id: str) -> None:
+        super().__init__(f"The snapshot '{snapshot_id}' was deleted before its blocks could be copied.")
+
+
+def check_source_survived(runtime: Any, source_id: str, dst_owner_id: str) -> None:
+    """Refuse a copy that may have read a deleted source as empty.
+
+    The block engine copies a source it no longer has as an empty one, which is right for
+    a snapshot that never held a block and wrong for one deleted (record first, then its
+    blocks) between the job's read of the record and the copy. While the record still
+    exists its blocks were there when the copy pinned them; once it is gone, only a copy
+    that received blocks can be trusted.
+    """
+    with runtime.db.read() as conn:
+        if _row(conn, source_id) is not None:
+            return
+    if not runtime.blocks.list_block_refs(dst_owner_id):
+        raise SourceSnapshotGone(source_id)
+
+
 def _copy_blocks(runtime: Any, src: Snapshot, src_key: Any, dst: Snapshot, ctx: Any,
                  report: Callable[[float], None] | None) -> None:
     """Give ``dst`` the blocks of ``src``: shared (same data key) or re-encrypted, with the
@@ -380,6 +403,7 @@ def _copy_blocks(runtime: Any, src: Snapshot, src_key: Any, dst: Snapshot, ctx: 
                 set_progress(runtime, dst.id, pct)
 
         blocks.reencrypt(src.id, src_key, dst.id, dst_key, progress=progress)
+    check_source_survived(runtime, src.id, dst.id)
 
 
 # ----------------------------------------------------------------------------- EBS direct

@@ -394,6 +394,8 @@ def _create_job(job: JobContext) -> None:
 
 
 def _finish(runtime: Any, p: dict[str, Any], report: Callable[[float], None] | None) -> None:
+    from ebscrypt.engines.ec2.snapshots import SourceSnapshotGone, check_source_survived  # (import cycle)
+
     if p.get("problem"):
         set_volume_state(runtime, p["volume_id"], "error", p["problem"])
         return
@@ -403,6 +405,9 @@ def _finish(runtime: Any, p: dict[str, Any], report: Callable[[float], None] | N
             return  # deleted meanwhile, or already done (resumed job)
         src_row = (conn.execute(select(ec2_snapshots).where(ec2_snapshots.c.id == vol.snapshot_id))
                    .mappings().first() if vol.snapshot_id else None)
+    if vol.snapshot_id and src_row is None:  # DeleteSnapshot came first: nothing to build from
+        set_volume_state(runtime, vol.id, "error", SourceSnapshotGone(vol.snapshot_id).args[0])
+        return
     ctx = job_ctx(runtime, p["account"], p["region"], "CreateVolume")
     dst_key = data_key_for(ctx, vol)  # R-KEY-3: grant + decrypt; proves the key is usable
     if src_row is not None:
@@ -418,6 +423,7 @@ def _finish(runtime: Any, p: dict[str, Any], report: Callable[[float], None] | N
             else:
                 src_key = data_key_for(ctx, src)  # R-SHARE-4
                 blocks.reencrypt(src.id, src_key, vol.id, dst_key, progress=report)
+            check_source_survived(runtime, src.id, vol.id)
         except CopyCancelled:
             if _exists(runtime, vol.id):
                 raise  # released by something other than DeleteVolume: a real failure
