@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ebscrypt.engines.ec2 import filters as F
 from ebscrypt.engines.ec2 import network as N
 from ebscrypt.errors import ServiceError
 
@@ -16,7 +17,7 @@ OBJS = [
 
 
 def names(filters):
-    return [o["name"] for o in N.select_matching(OBJS, filters, GETTERS, lambda o: o["tags"])]
+    return [o["name"] for o in F.select_matching(OBJS, filters, GETTERS, lambda o: o["tags"])]
 
 
 @pytest.mark.parametrize("filters,expected", [
@@ -40,10 +41,10 @@ def test_filter_semantics(filters, expected) -> None:
 
 def test_unknown_filter_is_refused_even_with_no_objects() -> None:
     with pytest.raises(ServiceError) as e:
-        N.select_matching([], [{"Name": "nope", "Values": ["x"]}], GETTERS, None)
+        F.select_matching([], [{"Name": "nope", "Values": ["x"]}], GETTERS, None)
     assert (e.value.code, e.value.message) == ("InvalidParameterValue", "The filter 'nope' is invalid")
     with pytest.raises(ServiceError):  # tag filters only where the resource has tags
-        N.select_matching([], [{"Name": "tag:x", "Values": ["y"]}], GETTERS, None)
+        F.select_matching([], [{"Name": "tag:x", "Values": ["y"]}], GETTERS, None)
 
 
 def test_paginate() -> None:
