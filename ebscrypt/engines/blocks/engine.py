@@ -201,7 +201,12 @@ class BlockEngine:
     def start_maintenance(self) -> None:
         """Start the maintenance thread: garbage sweep, and orphans left by crashes."""
         self.add_periodic("sweep", self.sweep, max(5.0, self.gc_grace_seconds / 2))
-        self.add_periodic("orphans", lambda: self.sweep_orphans(3600.0), 900.0)
+        # Objects older than this engine were written by an earlier process: none of them can
+        # be an in-flight write, so the first sweep (right after start) takes every
+        # unreferenced one; later objects wait an hour, long past any write still to commit.
+        # (Two seconds of margin: file mtimes come from a coarser clock than time.time().)
+        started = time.time() - 2.0
+        self.add_periodic("orphans", lambda: self.sweep_orphans(min(3600.0, time.time() - started)), 900.0)
 
     def _maintain(self) -> None:
         while not self._stop.wait(0.5):
