@@ -133,9 +133,10 @@ def unwrap(ctx: Any, key_arn: str, blob: bytes, context: dict[str, str], data_ke
     via = via_ec2(region)
     # The key lives in the resource's region: a cross-region copy reads its source there.
     caller = ctx.caller if ctx.caller.region == region else replace(ctx.caller, region=region)
-    if grant:
-        kms.create_grant_for_service(caller, key_arn, via_service=via, operations=GRANT_OPERATIONS)
-    _arn, plaintext = kms.decrypt(caller, blob, encryption_context=context, via_service=via, key_id=key_arn)
+    with kms.key_row_scope():  # both uses checked against one read of the key row
+        if grant:
+            kms.create_grant_for_service(caller, key_arn, via_service=via, operations=GRANT_OPERATIONS)
+        _arn, plaintext = kms.decrypt(caller, blob, encryption_context=context, via_service=via, key_id=key_arn)
     return DataKey(data_key_id, plaintext)
 
 

@@ -258,6 +258,18 @@ def prepare_volume(ctx: Any, *, availability_zone: str | None, size: int | None 
     if multi_attach and spec.volume_type not in ("io1", "io2"):
         raise ServiceError("The multi-attach feature is only supported for io1 and io2 volumes.",
                            code="InvalidParameterCombination")
+    # One request's KMS uses of its key (describe, generate, grant, decrypt) read the key
+    # row once; each is still authorized, state-checked and audited (R-KEY-3).
+    with ctx.runtime.kms.key_row_scope():
+        plan, data_key, volume_id = _plan_and_key(ctx, source, encrypted, kms_key_id, settings)
+    return VolumePrep(volume_id, zone, spec, plan, source, data_key, multi_attach, client_token,
+                      list(tags or []), attach)
+
+
+def _plan_and_key(ctx: Any, source: Snapshot | None, encrypted: bool | None, kms_key_id: str | None,
+                  settings: Any) -> tuple[EncryptionPlan, WrappedDataKey | None, str]:
+    """§2's outcome for a new volume, its id and (when encrypted) its data key. [KMS, no conn]"""
+    caller = ctx.caller
     plan = resolve_encryption(ctx, source, encrypted, kms_key_id, settings=settings)
     volume_id = new_id("vol")
     data_key = None
@@ -273,8 +285,7 @@ def prepare_volume(ctx: Any, *, availability_zone: str | None, size: int | None 
                            region=caller.region)
             except ServiceError as err:
                 plan = _with_problem(plan, err)
-    return VolumePrep(volume_id, zone, spec, plan, source, data_key, multi_attach, client_token,
-                      list(tags or []), attach)
+    return plan, data_key, volume_id
 
 
 def _with_problem(plan: EncryptionPlan, err: ServiceError) -> EncryptionPlan:

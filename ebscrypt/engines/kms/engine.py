@@ -19,6 +19,7 @@ through ``self``:
 
 from __future__ import annotations
 
+import contextvars
 import os
 import re
 import threading
@@ -26,7 +27,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Sequence
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
 from ebscrypt.context import Caller
 from ebscrypt.domain import grants as grant_rules
@@ -61,6 +62,20 @@ __all__ = ["KeyEngine", "KeyInfo"]
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _KEY_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:([a-z0-9-]+):(\d{12}):key/(.+)$")
 _ALIAS_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:([a-z0-9-]+):(\d{12}):(alias/.+)$")
+
+# The key row plus the id of its current backing material (one round trip), built once:
+# constructing the statement per call cost more than running it.
+_KEY_QUERY = (
+    select(kms_keys, kms_key_material.c.material_id.label("current_material_id"))
+    .outerjoin(
+        kms_key_material,
+        and_(kms_key_material.c.key_id == kms_keys.c.key_id, kms_key_material.c.is_current.is_(True)),
+    )
+    .where(kms_keys.c.key_id == bindparam("key_id"))
+)
+
+# Key rows read in the current key-row scope (see KeyEngine.key_row_scope); None outside one.
+_ROW_SCOPE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("kms_key_rows", default=None)
 
 
 class KeyEngine(
@@ -219,10 +234,12 @@ class KeyEngine(
             alias_arn = f"arn:aws:kms:{region}:{account}:{alias_name}"
             if not allow_alias:
                 raise kms_error("NotFoundException", f"Alias {alias_arn} is not found.")
-            if alias_name == EBS_ALIAS and region == caller.region and account == caller.account:
-                self._ensure_ebs_key(account, region)
-            with self.db.read() as conn:
-                a = alias_row(conn, account, region, alias_name) if region == caller.region else None
+            a = None
+            if region == caller.region:
+                with self.db.read() as conn:
+                    a = alias_row(conn, account, region, alias_name)
+                if a is None and alias_name == EBS_ALIAS and account == caller.account:
+                    a = self._ebs_alias(account, region)  # made on first use
             if a is None:
                 raise kms_error("NotFoundException", f"Alias {alias_arn} is not found.")
             key_id = a.target_key_id
@@ -242,33 +259,57 @@ class KeyEngine(
         self._note_resource(row.arn)
         return row
 
+    @contextmanager
+    def key_row_scope(self) -> Iterator[None]:
+        """Within the block, a key row is read from the store once and reused.
+
+        For one caller request that makes several KMS uses of one key on the caller's
+        behalf (CreateVolume: GenerateDataKeyWithoutPlaintext, CreateGrant, Decrypt): each
+        use is still authorized and state-checked, against the key row as read once during
+        this request rather than re-read between uses microseconds apart. Grants are
+        always read afresh. Nested scopes share the outermost one. Never open one around
+        an operation that changes key rows.
+        """
+        if _ROW_SCOPE.get() is not None:
+            yield
+            return
+        token = _ROW_SCOPE.set({})
+        try:
+            yield
+        finally:
+            _ROW_SCOPE.reset(token)
+
     def _load(self, key_id: str) -> Any:
         """The key row, after lazy deletion (past DeletionDate) and automatic rotation."""
+        scope = _ROW_SCOPE.get()
+        if scope is not None and key_id in scope:
+            return scope[key_id]
+        row = self._load_fresh(key_id)
+        if scope is not None and row is not None:
+            scope[key_id] = row
+        return row
+
+    def _load_fresh(self, key_id: str) -> Any:
         with self.db.read() as conn:
-            row = conn.execute(self._key_query(key_id)).first()
+            row = conn.execute(_KEY_QUERY, {"key_id": key_id}).first()
         if row is None:
             return None
         now = self.clock.now()
         if row.state == "PendingDeletion" and utc(row.deletion_date) <= now:
             if self._destroy(key_id):
                 return None
-            return self._load(key_id)
+            return self._load_fresh(key_id)
         due = row.next_rotation_date
         if row.state == "Enabled" and row.rotation_enabled and due is not None and utc(due) <= now:
             self._auto_rotate(key_id)
             with self.db.read() as conn:
-                row = conn.execute(self._key_query(key_id)).first()
+                row = conn.execute(_KEY_QUERY, {"key_id": key_id}).first()
         return row
 
     @staticmethod
     def _key_query(key_id: str) -> Any:
         """The key row plus the id of its current backing material (one round trip)."""
-        current = and_(kms_key_material.c.key_id == kms_keys.c.key_id, kms_key_material.c.is_current.is_(True))
-        return (
-            select(kms_keys, kms_key_material.c.material_id.label("current_material_id"))
-            .outerjoin(kms_key_material, current)
-            .where(kms_keys.c.key_id == key_id)
-        )
+        return _KEY_QUERY.params(key_id=key_id)
 
     # ----------------------------------------------------------- authorization
 

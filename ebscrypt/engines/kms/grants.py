@@ -14,7 +14,7 @@ import os
 import re
 from typing import Any, Sequence
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Connection, delete, insert, select
 
 from ebscrypt.context import Caller
 from ebscrypt.domain import grants as grant_rules
@@ -95,16 +95,27 @@ class GrantOperations:
         stop_if_dry_run(dry_run)
         ops_json = json.dumps(sorted(set(operations)))
         cons_json = json.dumps(constraints, sort_keys=True) if constraints else None
+        reuse = name or reuse_identical
+
+        def identical(conn: Connection) -> Any:
+            q = select(kms_grants).where(kms_grants.c.key_id == row.key_id, kms_grants.c.grantee == grantee)
+            q = q.where(kms_grants.c.name == name) if name else q.where(kms_grants.c.name.is_(None))
+            for g in conn.execute(q).all():
+                same = (g.retiring, g.operations, g.constraints, g.issuing_account, bool(g.for_aws_resource)) == (
+                    retiring, ops_json, cons_json, caller.account, for_aws_resource
+                )
+                if same:
+                    return g
+            return None
+
+        if reuse:  # the common case (a repeated attach): found without taking the write lock
+            with self.db.read() as conn:
+                g = identical(conn)
+            if g is not None:
+                return g.grant_id, g.token
         with self.db.begin() as conn:
-            if name or reuse_identical:
-                q = select(kms_grants).where(kms_grants.c.key_id == row.key_id, kms_grants.c.grantee == grantee)
-                q = q.where(kms_grants.c.name == name) if name else q.where(kms_grants.c.name.is_(None))
-                for g in conn.execute(q).all():
-                    same = (g.retiring, g.operations, g.constraints, g.issuing_account, bool(g.for_aws_resource)) == (
-                        retiring, ops_json, cons_json, caller.account, for_aws_resource
-                    )
-                    if same:
-                        return g.grant_id, g.token
+            if reuse and (g := identical(conn)) is not None:  # made meanwhile by another writer
+                return g.grant_id, g.token
             grant_id = os.urandom(32).hex()
             token = base64.urlsafe_b64encode(b"ebscrypt-grant:" + os.urandom(48)).decode().rstrip("=")
             conn.execute(

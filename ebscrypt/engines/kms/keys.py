@@ -85,6 +85,16 @@ class KeyOperations:
         self._add_material(conn, key_id, material)
         return conn.execute(self._key_query(key_id)).one()
 
+    def _ebs_alias(self, account: str, region: str) -> Any:
+        """The ``alias/aws/ebs`` alias row of ``account`` in ``region``, its key made on first use."""
+        with self.db.read() as conn:
+            alias = alias_row(conn, account, region, EBS_ALIAS)
+        if alias is None:
+            self._ensure_ebs_key(account, region)
+            with self.db.read() as conn:
+                alias = alias_row(conn, account, region, EBS_ALIAS)
+        return alias
+
     def _ensure_ebs_key(self, account: str, region: str) -> None:
         with self.db.read() as conn:
             if alias_row(conn, account, region, EBS_ALIAS) is not None:

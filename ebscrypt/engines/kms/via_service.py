@@ -14,7 +14,6 @@ import os
 from typing import Any, Mapping, Sequence
 
 from ebscrypt.context import Caller
-from ebscrypt.engines.kms.aliases import EBS_ALIAS, alias_row
 from ebscrypt.engines.kms.metadata import KeyInfo, key_info
 
 
@@ -31,9 +30,7 @@ class ViaServiceApi:
 
     def default_ebs_key(self, account: str, region: str) -> KeyInfo:
         """The AWS managed ``alias/aws/ebs`` key of ``account`` in ``region`` (made on first use)."""
-        self._ensure_ebs_key(account, region)
-        with self.db.read() as conn:
-            alias = alias_row(conn, account, region, EBS_ALIAS)
+        alias = self._ebs_alias(account, region)
         row = self._load(alias.target_key_id)
         return key_info(row)
 
