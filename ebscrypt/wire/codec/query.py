@@ -11,6 +11,13 @@ in naming, which is where botocore's ``EC2Serializer`` differs too:
   letter upper-cased, else the member name; every list is ``Name.N`` (never
   ``.member``), and an empty list is not sent at all.
 
+ec2 refuses what its operation does not have: the first unrecognised name segment is an
+``UnknownParameter`` ("The parameter X is not recognized"), checked before anything is
+read, as AWS reports it before a missing or malformed one. Only the protocol's own fields
+(``Action``, ``Version``, SigV4 query auth ``X-Amz-*``, SigV2's common parameters) pass.
+The query variant (STS) stays lenient. Model min/max/enum are not checked here: EC2
+validates those per operation with its own messages (handlers and engines do).
+
 Response: XML. ec2 puts the members right under ``<OpResponse>`` beside
 ``<requestId>``; query wraps them in ``<OpResult>`` (the output shape's
 ``resultWrapper``) followed by ``<ResponseMetadata><RequestId>``. Lists are
@@ -50,6 +57,26 @@ def _field_tree(pairs: list[tuple[str, str]]) -> dict:
     return root
 
 
+# Fields every EC2 query request may carry besides the operation's members: the protocol's
+# own (Action, Version) and the authentication parameters of SigV2 (AWS's "common query
+# parameters"). SigV4 query auth adds X-Amz-Algorithm, X-Amz-Credential, … (any X-Amz-*).
+_PROTOCOL_FIELDS = frozenset({
+    "Action", "Version", "AWSAccessKeyId", "Signature", "SignatureMethod", "SignatureVersion",
+    "Timestamp", "Expires", "SecurityToken",
+})
+
+
+def _is_protocol_field(name: str) -> bool:
+    return name in _PROTOCOL_FIELDS or name.lower().startswith("x-amz-")
+
+
+class UnknownParameter(ServiceError):
+    """A request field the operation does not have (EC2's own code and wording)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"The parameter {name} is not recognized", code="UnknownParameter", status=400)
+
+
 def _indexed(node: dict) -> list[tuple[int, dict]]:
     items = [(int(k), v) for k, v in node.items() if k is not None and k.isdigit()]
     items.sort(key=lambda kv: kv[0])
@@ -66,6 +93,7 @@ class QueryCodec(Codec):
             ns += "/"  # EC2 answers with the trailing slash its model omits
         self.namespace = ns
         self._ops = set(service_model.operation_names)
+        self._wire_maps: dict[str, dict[str, Any]] = {}
 
     # -- request ------------------------------------------------------------------
 
@@ -89,9 +117,48 @@ class QueryCodec(Codec):
             raise UnknownOperation(f"The action {action} is not valid for this web service.")
         operation = self.operation(action)
         shape = operation.input_shape
+        tree = _field_tree(pairs)
+        if self.ec2:
+            self._refuse_unknown(shape, {k: v for k, v in tree.items() if not _is_protocol_field(k)})
         if shape is None:
             return operation, {}
-        return operation, self._read_members(shape, _field_tree(pairs), "")
+        return operation, self._read_members(shape, tree, "")
+
+    def _members_by_wire(self, shape: Any) -> dict[str, Any]:
+        """{wire name: member shape} of a structure, built once per shape."""
+        found = self._wire_maps.get(shape.name)
+        if found is None:
+            found = {self._wire_name(m, n): m for n, m in shape.members.items()}
+            self._wire_maps[shape.name] = found
+        return found
+
+    def _refuse_unknown(self, shape: Any | None, node: dict) -> None:
+        """Raise UnknownParameter for the first field (in the order sent) ``shape`` lacks.
+
+        AWS names the unrecognised segment alone, as sent ("The parameter VolumeType is
+        not recognized" for ``BlockDeviceMapping.1.Ebs.VolumeType`` on an API without it).
+        Where a list wants indexes, any other segment (``Filter.Item.1``) is unknown.
+        """
+        kind = shape.type_name if shape is not None else None
+        if kind == "map":
+            return  # no EC2 input has a map; the reader checks its entries
+        if kind not in (None, "structure", "list") and _LEAF not in node:
+            return  # a scalar sent as a structure: the reader's InvalidParameterValue says so
+        for key, child in node.items():
+            if key is None:
+                continue
+            member = self._child_shape(shape, kind, key)
+            if member is None:
+                raise UnknownParameter(key)
+            self._refuse_unknown(member, child)
+
+    def _child_shape(self, shape: Any | None, kind: str | None, key: str) -> Any | None:
+        """The shape ``key`` names under ``shape``; None when it names nothing there."""
+        if kind == "structure":
+            return self._members_by_wire(shape).get(key)
+        if kind == "list":
+            return shape.member if key.isdigit() else None
+        return None  # below a scalar, or an operation without input: nothing is known
 
     def _wire_name(self, member: Any, name: str) -> str:
         ser = member.serialization
@@ -104,6 +171,17 @@ class QueryCodec(Codec):
         if member.type_name == "list" and ser.get("flattened") and member.member.serialization.get("name"):
             return member.member.serialization["name"]
         return ser.get("name", name)
+
+    def _top_level_label(self, member: Any, name: str, wire: str) -> str:
+        """How errors name a top-level member: EC2 uses its API's lowerCamel name.
+
+        EC2's messages say "Value (x) for parameter maxResults is invalid", "… parameter
+        volumeId …": the model's ``locationName``, else the member name with a lower-case
+        first letter. Only scalars: a list's or structure's items keep their wire path.
+        """
+        if not self.ec2 or member.type_name in ("structure", "list", "map"):
+            return wire
+        return member.serialization.get("name") or name[:1].lower() + name[1:]
 
     def _missing(self, path: str) -> ValidationError:
         return ValidationError(f"The request must contain the parameter {path}", missing=True)
@@ -118,7 +196,7 @@ class QueryCodec(Codec):
             child = node.get(wire)
             if child is None:
                 continue
-            full = f"{path}.{wire}" if path else wire
+            full = f"{path}.{wire}" if path else self._top_level_label(member, name, wire)
             value = self._read(member, child, full)
             if value is not None:
                 out[name] = value
