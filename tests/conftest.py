@@ -37,6 +37,12 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
 
+    @property
+    def db_url(self) -> str | None:
+        """The ``--db`` URL this server runs on; None: the SQLite file in its data dir."""
+        args = self.extra_args
+        return args[args.index("--db") + 1] if "--db" in args else None
+
     def start(self, timeout: float = 30.0) -> "ServerProcess":
         cmd = [sys.executable, "-m", "ebscrypt", "serve", "--port", str(self.port),
                "--data-dir", str(self.data_dir), "--log-level", "warning", *self.extra_args]

@@ -1,4 +1,9 @@
-"""The metadata database: SQLite (WAL) by default, any SQLAlchemy URL (PostgreSQL) by choice.
+"""The metadata database: SQLite (WAL) by default, PostgreSQL (``postgresql+psycopg://``) by choice.
+
+Both give the engines the same model: write transactions (``begin()``) run one at a time,
+each seeing every earlier commit (SQLite: BEGIN IMMEDIATE; PostgreSQL: a transaction-level
+advisory lock taken first), and read transactions (``read()``) see one consistent snapshot
+without waiting for writers (SQLite: WAL; PostgreSQL: REPEATABLE READ, READ ONLY).
 
 Schema versions: ``SCHEMA_VERSION`` is the version this code writes. A new database is
 created at that version; an older one is upgraded by the steps in ``MIGRATIONS`` (each
@@ -11,15 +16,29 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, overload
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, select, update
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select, text, update
 from sqlalchemy.pool import QueuePool
 
 from ebscrypt.storage.schema import load_tables, schema_version
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+def _v2_rule_position_bigint(conn: Connection) -> None:
+    # ec2_security_group_rules.position holds time_ns-based values (> 2**31): PostgreSQL's
+    # INTEGER overflowed. SQLite's INTEGER is 64-bit already.
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ALTER TABLE ec2_security_group_rules ALTER COLUMN position TYPE BIGINT"))
+
 
 # version N -> function that upgrades a database at version N-1 to N.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_rule_position_bigint}
+
+# PostgreSQL: the advisory lock every write transaction takes first (any constant key; one
+# per database), and how long a lock wait may last before it is an error (SQLite's
+# busy_timeout): an unexpected wait fails instead of hanging.
+PG_WRITE_LOCK_KEY = 0x65627363  # "ebsc"
+PG_LOCK_TIMEOUT_MS = 30000
 
 
 # Execution option marking a connection of ``Database.read()`` (see ``_sqlite_begin``).
@@ -61,23 +80,41 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
         else:
-            self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            self.engine = create_engine(
+                url,
+                pool_pre_ping=True,
+                pool_size=10,
+                # no overflow limit (as for SQLite): a thread waiting for the write lock holds
+                # its connection, and the lock holder may open a second one (a read inside a
+                # write); a bounded pool could leave it waiting on the waiters
+                max_overflow=-1,
+                connect_args={"options": f"-c lock_timeout={PG_LOCK_TIMEOUT_MS}"},
+            )
         self._migrate()
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         """A connection inside a read-write transaction: committed on success, rolled back
-        on error. On SQLite it holds the write lock from its start (BEGIN IMMEDIATE)."""
+        on error. It holds the write lock from its start: writers run one at a time, as the
+        engines' check-then-write code expects (SQLite: BEGIN IMMEDIATE; PostgreSQL: an
+        advisory lock, so two writers never both pass a "does it exist?" check)."""
         with self.engine.begin() as conn:
+            if not self.is_sqlite:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_WRITE_LOCK_KEY})
             yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A connection inside a read-only transaction: one consistent snapshot, no lock
-        held against writers (SQLite WAL). Writing through it is an error on SQLite."""
+        held against writers. Writing through it is an error."""
         if not self.is_sqlite:
-            with self.engine.begin() as conn:
-                yield conn
+            # REPEATABLE READ: every statement sees the snapshot of the first (READ COMMITTED,
+            # the default, takes a new one per statement). A read-only transaction at this
+            # level never fails with a serialization error.
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+                with conn.begin():
+                    yield conn
             return
         with self.engine.connect() as conn:
             raw = conn.connection.driver_connection

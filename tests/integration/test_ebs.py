@@ -403,7 +403,7 @@ def test_crypto_shredding(server_factory: Callable[..., Any]) -> None:
     from ebscrypt.runtime import build_runtime, close_runtime
     from ebscrypt.storage.tables.ec2 import ec2_snapshots
 
-    runtime = build_runtime(Settings(data_dir=srv.data_dir), start_jobs=False)
+    runtime = build_runtime(Settings(data_dir=srv.data_dir, db_url=srv.db_url), start_jobs=False)
     try:
         def unwrap(snapshot_id: str) -> bytes:
             with runtime.db.read() as conn:

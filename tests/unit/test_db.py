@@ -1,5 +1,8 @@
-"""The SQLite metadata database: pooled connections, read-only transactions that do not
-wait for writers, write transactions that take the write lock at BEGIN."""
+"""The metadata database: pooled connections, read-only transactions that do not wait for
+writers, write transactions that take the write lock at BEGIN, schema versions and upgrades.
+
+``db_url`` is a SQLite file (tests/unit/conftest.py); tests/postgres/test_pg_db.py runs the
+tests that are not about SQLite's PRAGMAs again on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,15 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import insert, select, text
+from sqlalchemy.exc import DBAPIError
 
-from ebscrypt.storage.db import Database
+from ebscrypt.storage import db as db_module
+from ebscrypt.storage.db import SCHEMA_VERSION, Database, SchemaTooNew
+from ebscrypt.storage.tables.ec2_net import ec2_security_group_rules
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'm.db'}")
+def db(db_url: str) -> Database:
+    database = Database(db_url)
     yield database
     database.dispose()
 
@@ -46,7 +51,7 @@ def test_connections_are_reused(db: Database) -> None:
 
 
 def test_write_in_read_transaction_fails_and_the_connection_writes_again(db: Database) -> None:
-    with pytest.raises(OperationalError, match="readonly"):
+    with pytest.raises(DBAPIError, match="readonly|read-only"):  # SQLite | PostgreSQL
         with db.read() as conn:
             _bump(conn)
     with db.read() as conn:
@@ -115,3 +120,89 @@ def test_writers_take_the_lock_at_begin(db: Database) -> None:
     assert order == ["first", "second begins"]
     with db.read() as conn:
         assert _version(conn) == before + 2
+
+
+# --------------------------------------------------------------- schema versions and upgrades
+
+
+def _set_version(db_url: str, version: int) -> None:
+    database = Database(db_url)
+    with database.begin() as conn:
+        conn.execute(text("update schema_version set version = :v"), {"v": version})
+    database.dispose()
+
+
+def test_a_new_database_is_at_the_current_version_and_reopening_changes_nothing(db_url: str) -> None:
+    Database(db_url).dispose()
+    database = Database(db_url)
+    with database.read() as conn:
+        assert conn.execute(text("select count(*) from schema_version")).scalar() == 1
+        assert _version(conn) == SCHEMA_VERSION
+    database.dispose()
+
+
+def test_an_older_database_is_upgraded_by_each_step_once(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    Database(db_url).dispose()
+    ran: list[int] = []
+
+    def step(conn) -> None:  # type: ignore[no-untyped-def]
+        ran.append(SCHEMA_VERSION + 1)
+        conn.execute(text("create table upgrade_marker (id integer primary key)"))
+
+    monkeypatch.setattr(db_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setitem(db_module.MIGRATIONS, SCHEMA_VERSION + 1, step)
+    for _ in range(2):  # the second open finds the new version: no step runs again
+        database = Database(db_url)
+        with database.read() as conn:
+            assert _version(conn) == SCHEMA_VERSION + 1
+            assert conn.execute(text("select count(*) from upgrade_marker")).scalar() == 0
+        database.dispose()
+    assert ran == [SCHEMA_VERSION + 1]
+
+
+def test_a_failed_upgrade_changes_nothing(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    Database(db_url).dispose()
+
+    def step(conn) -> None:  # type: ignore[no-untyped-def]
+        conn.execute(text("create table half_done (id integer primary key)"))
+        raise RuntimeError("upgrade step failed")
+
+    monkeypatch.setattr(db_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setitem(db_module.MIGRATIONS, SCHEMA_VERSION + 1, step)
+    with pytest.raises(RuntimeError, match="upgrade step failed"):
+        Database(db_url)
+    monkeypatch.undo()
+    database = Database(db_url)  # still the old version, and the step's table rolled back with it
+    with database.read() as conn:
+        assert _version(conn) == SCHEMA_VERSION
+    with pytest.raises(DBAPIError):
+        with database.read() as conn:
+            conn.execute(text("select count(*) from half_done"))
+    database.dispose()
+
+
+def test_a_database_newer_than_the_code_is_refused(db_url: str) -> None:
+    Database(db_url).dispose()
+    _set_version(db_url, SCHEMA_VERSION + 1)
+    with pytest.raises(SchemaTooNew, match=f"version {SCHEMA_VERSION + 1} is newer"):
+        Database(db_url)
+
+
+def test_version_1_database_gets_64_bit_rule_positions(db_url: str) -> None:
+    # v2: security group rule positions are time_ns based; PostgreSQL's INTEGER (v1) overflowed.
+    database = Database(db_url)
+    if not database.is_sqlite:  # make it the v1 schema (SQLite's INTEGER is 64-bit: no change)
+        with database.begin() as conn:
+            conn.execute(text("alter table ec2_security_group_rules alter column position type integer"))
+    database.dispose()
+    _set_version(db_url, 1)
+    database = Database(db_url)
+    position = 1796007438208738000
+    with database.begin() as conn:
+        conn.execute(insert(ec2_security_group_rules).values(
+            id="sgr-0", group_id="sg-0", account="111111111111", region="us-east-1", is_egress=False,
+            ip_protocol="-1", position=position))
+    with database.read() as conn:
+        assert _version(conn) == SCHEMA_VERSION
+        assert conn.execute(select(ec2_security_group_rules.c.position)).scalar() == position
+    database.dispose()

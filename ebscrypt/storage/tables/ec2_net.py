@@ -9,6 +9,7 @@ region (``ec2_net_defaults`` records that it happened, so it happens once).
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -114,7 +115,7 @@ ec2_security_group_rules = Table(
     Column("ref_group_id", String(32), nullable=True, index=True),
     Column("ref_user_id", String(12), nullable=True),
     Column("description", String(255), nullable=True),
-    Column("position", Integer, nullable=False),  # creation order
+    Column("position", BigInteger, nullable=False),  # creation order (time_ns based: > 2**31)
     Index("ix_ec2_sg_rules_owner", "account", "region"),
 )
 
