@@ -45,7 +45,9 @@ install_postgres() {
             echo "create_main_cluster = false" | as_root tee /etc/postgresql-common/createcluster.conf >/dev/null
     fi
     as_root apt-get update -qq >/dev/null 2>&1 || say "apt-get update failed (trying the install anyway)"
-    as_root apt-get install -y -qq --no-install-recommends postgresql >/dev/null 2>&1
+    # confold: keep the createcluster.conf written above when the package ships its own
+    as_root apt-get install -y -qq --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold postgresql >/dev/null 2>&1
 }
 
 free_port() {
