@@ -227,7 +227,7 @@ def put_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
         raise direct.validation("The checksum of the block data does not match x-amz-Checksum.", "INVALID_BLOCK")
     key = direct.keys.get(ctx, snap)
     try:
-        _blocks(ctx).write_block(snapshot_id, index, data, key)
+        _blocks(ctx).write_block(snapshot_id, index, data, key, checksum=actual)  # verified just above
     except BlockIntegrityError:
         raise direct.internal("The block could not be stored.") from None
     except CopyInProgress:  # its parent's blocks are still being re-encrypted into it

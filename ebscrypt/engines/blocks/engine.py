@@ -235,8 +235,13 @@ class BlockEngine:
 
     # ---------------------------------------------------------------- writing
 
-    def write_block(self, owner_id: str, index: int, data: bytes | bytearray | memoryview, key: DataKey | None) -> str:
+    def write_block(self, owner_id: str, index: int, data: bytes | bytearray | memoryview, key: DataKey | None,
+                    *, checksum: str | None = None) -> str:
         """Store one block; returns its base64 SHA-256. Durable when it returns.
+
+        ``checksum``: the base64 SHA-256 of ``data`` when the caller has just computed it
+        from these very bytes (PutSnapshotBlock verifies it against the request's), so the
+        512 KiB are not hashed twice.
 
         Concurrent writers share their flushes (group commit): each stages its object,
         then one of them — the leader — makes every staged object durable with one flush,
@@ -246,7 +251,8 @@ class BlockEngine:
         _check_index(index)
         if len(data) != BLOCK_SIZE:
             raise ValueError(f"a block is exactly {BLOCK_SIZE} bytes, got {len(data)}")
-        checksum = sha256_b64(data)
+        if checksum is None:
+            checksum = sha256_b64(data)
         cipher = self._cipher(key)
         item = _PendingWrite(owner_id, index, key, None, cipher.seal_checksum(index, checksum))
         if data != ZERO_BLOCK:

@@ -194,7 +194,11 @@ class LocalDirStore:
             if not shard.is_dir():
                 continue
             for entry in os.scandir(shard):
-                yield f"{shard.name}/{entry.name}", entry.stat().st_mtime
+                try:
+                    mtime = entry.stat().st_mtime
+                except FileNotFoundError:  # a temp file renamed (or an object deleted) meanwhile
+                    continue
+                yield f"{shard.name}/{entry.name}", mtime
 
     def remove_raw(self, name: str) -> None:
         """Remove a leftover temp file by its relative name (sweeping)."""
