@@ -101,6 +101,7 @@ class KeyEngine(
         self.audit_log = AuditLog(audit_path(data_dir))
         self._materials: dict[tuple[str, str], bytes] = {}
         self._policies: dict[str, policy_rules.Policy] = {}
+        self._ebs_key_ids: dict[tuple[str, str], str] = {}  # (account, region) -> alias/aws/ebs key id
         self._lock = threading.Lock()
         self.sweep_deletions()
 

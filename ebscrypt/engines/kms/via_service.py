@@ -30,8 +30,16 @@ class ViaServiceApi:
 
     def default_ebs_key(self, account: str, region: str) -> KeyInfo:
         """The AWS managed ``alias/aws/ebs`` key of ``account`` in ``region`` (made on first use)."""
-        alias = self._ebs_alias(account, region)
-        row = self._load(alias.target_key_id)
+        # alias/aws/ebs never changes target (alias/aws/* names refuse Update/DeleteAlias and
+        # AWS managed keys refuse deletion), so its key id is remembered; the key row itself
+        # is read as always (state, rotation, lazy deletion).
+        key_id = self._ebs_key_ids.get((account, region))
+        row = self._load(key_id) if key_id is not None else None
+        if row is None:
+            key_id = self._ebs_alias(account, region).target_key_id
+            row = self._load(key_id)
+            if row is not None:
+                self._ebs_key_ids[(account, region)] = key_id
         return key_info(row)
 
     def create_grant_for_service(
