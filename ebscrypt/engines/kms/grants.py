@@ -14,7 +14,7 @@ import os
 import re
 from typing import Any, Sequence
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, bindparam, delete, insert, select
 
 from ebscrypt.context import Caller
 from ebscrypt.domain import grants as grant_rules
@@ -45,6 +45,15 @@ def grant_of(r: Any) -> grant_rules.Grant:
 def _check_grant_id(grant_id: Any) -> None:
     if not isinstance(grant_id, str) or not _GRANT_ID_RE.match(grant_id):
         raise kms_error("InvalidGrantIdException", f"Invalid grant ID {grant_id!r}")
+
+
+# The grants of a key to one grantee under one name (or none), built once (statement
+# construction cost more than running it).
+_SAME_GRANTEE = select(kms_grants).where(
+    kms_grants.c.key_id == bindparam("key_id"), kms_grants.c.grantee == bindparam("grantee")
+)
+_SAME_NAMED = _SAME_GRANTEE.where(kms_grants.c.name == bindparam("name"))
+_SAME_UNNAMED = _SAME_GRANTEE.where(kms_grants.c.name.is_(None))
 
 
 class GrantOperations:
@@ -98,9 +107,8 @@ class GrantOperations:
         reuse = name or reuse_identical
 
         def identical(conn: Connection) -> Any:
-            q = select(kms_grants).where(kms_grants.c.key_id == row.key_id, kms_grants.c.grantee == grantee)
-            q = q.where(kms_grants.c.name == name) if name else q.where(kms_grants.c.name.is_(None))
-            for g in conn.execute(q).all():
+            q = _SAME_NAMED if name else _SAME_UNNAMED
+            for g in conn.execute(q, {"key_id": row.key_id, "grantee": grantee, "name": name}).all():
                 same = (g.retiring, g.operations, g.constraints, g.issuing_account, bool(g.for_aws_resource)) == (
                     retiring, ops_json, cons_json, caller.account, for_aws_resource
                 )
