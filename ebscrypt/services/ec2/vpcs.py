@@ -3,7 +3,7 @@ and region, created on first use as AWS has them for a new account."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import filters as F
@@ -97,56 +97,43 @@ def _subnet(s: dict[str, Any], tags: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _lookup(rows: list[dict[str, Any]], ids: list[str], error) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    if not ids:
-        return rows
+def _describe(ctx: RequestContext, params: dict[str, Any], *, rows_of: Callable[..., list[dict[str, Any]]],
+              getters: dict[str, Any], ids_param: str, not_found: tuple[str, str],
+              render: Callable[[dict[str, Any], dict[str, str]], dict[str, Any]], out_key: str) -> dict[str, Any]:
+    """The shared shape of DescribeVpcs/DescribeSubnets: defaults made on first use, ids
+    looked up (an unknown one refused), filters, paging."""
+    F.dry_run_check(params)
+    c = ctx.caller
+    F.check_filters(params.get("Filters"), getters, tags=True)
+    with ctx.runtime.db.begin() as conn:  # a write: the defaults are created on first use
+        N.ensure_defaults(conn, c.account, c.region, ctx.runtime.clock.now())
+        rows = rows_of(conn, c.account, c.region)
+        tags = N.tags_of(conn, c.account, [r["id"] for r in rows])
+    ids = params.get(ids_param) or []
     known = {r["id"] for r in rows}
     for i in ids:
         if i not in known:
-            raise error(i)
-    wanted = set(ids)
-    return [r for r in rows if r["id"] in wanted]
+            message, code = not_found
+            raise ServiceError(message.format(i), code=code)
+    if ids:
+        rows = [r for r in rows if r["id"] in set(ids)]
+    rows = [r for r in rows if F.matches(r, params.get("Filters"), getters, lambda r: tags[r["id"]])]
+    page, token = N.paginate(rows, params)
+    out: dict[str, Any] = {out_key: [render(r, tags[r["id"]]) for r in page]}
+    if token:
+        out["NextToken"] = token
+    return out
 
 
 @operation("ec2", "DescribeVpcs")
 def describe_vpcs(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    F.dry_run_check(params)
-    c = ctx.caller
-    F.check_filters(params.get("Filters"), _VPC_FILTERS, tags=True)
-    with ctx.runtime.db.begin() as conn:
-        N.ensure_defaults(conn, c.account, c.region, ctx.runtime.clock.now())
-        rows = N.vpc_rows(conn, c.account, c.region)
-        tags = N.tags_of(conn, c.account, [r["id"] for r in rows])
-
-    def missing(i: str) -> ServiceError:
-        return ServiceError(f"The vpc ID '{i}' does not exist", code="InvalidVpcID.NotFound")
-
-    rows = _lookup(rows, params.get("VpcIds") or [], missing)
-    rows = [r for r in rows if F.matches(r, params.get("Filters"), _VPC_FILTERS, lambda r: tags[r["id"]])]
-    page, token = N.paginate(rows, params)
-    out: dict[str, Any] = {"Vpcs": [_vpc(r, tags[r["id"]]) for r in page]}
-    if token:
-        out["NextToken"] = token
-    return out
+    return _describe(ctx, params, rows_of=N.vpc_rows, getters=_VPC_FILTERS, ids_param="VpcIds",
+                     not_found=("The vpc ID '{}' does not exist", "InvalidVpcID.NotFound"),
+                     render=_vpc, out_key="Vpcs")
 
 
 @operation("ec2", "DescribeSubnets")
 def describe_subnets(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    F.dry_run_check(params)
-    c = ctx.caller
-    F.check_filters(params.get("Filters"), _SUBNET_FILTERS, tags=True)
-    with ctx.runtime.db.begin() as conn:
-        N.ensure_defaults(conn, c.account, c.region, ctx.runtime.clock.now())
-        rows = N.subnet_rows(conn, c.account, c.region)
-        tags = N.tags_of(conn, c.account, [r["id"] for r in rows])
-
-    def missing(i: str) -> ServiceError:
-        return ServiceError(f"The subnet ID '{i}' does not exist", code="InvalidSubnetID.NotFound")
-
-    rows = _lookup(rows, params.get("SubnetIds") or [], missing)
-    rows = [r for r in rows if F.matches(r, params.get("Filters"), _SUBNET_FILTERS, lambda r: tags[r["id"]])]
-    page, token = N.paginate(rows, params)
-    out: dict[str, Any] = {"Subnets": [_subnet(r, tags[r["id"]]) for r in page]}
-    if token:
-        out["NextToken"] = token
-    return out
+    return _describe(ctx, params, rows_of=N.subnet_rows, getters=_SUBNET_FILTERS, ids_param="SubnetIds",
+                     not_found=("The subnet ID '{}' does not exist", "InvalidSubnetID.NotFound"),
+                     render=_subnet, out_key="Subnets")

@@ -340,18 +340,7 @@ class QueryCodec(Codec):
 
     @staticmethod
     def _scalar_text(shape: Any, value: Any) -> str:
-        t = shape.type_name
-        if t == "boolean":
-            return V.format_bool(value)
-        if t in ("integer", "long"):
-            return str(int(value))
-        if t in ("float", "double"):
-            return V.format_float(value)
-        if t == "timestamp":
-            return str(V.format_timestamp(value, shape.serialization.get("timestampFormat", "iso8601")))
-        if t == "blob":
-            return V.b64(value)
-        return value if isinstance(value, str) else str(value)
+        return V.scalar_text(shape, value, "iso8601")
 
     # -- errors -------------------------------------------------------------------
 

@@ -257,19 +257,9 @@ class RestJsonCodec(Codec):
         t = shape.type_name
         if t == "list":
             return ",".join(RestJsonCodec._header_text(shape.member, v) for v in value if v is not None)
-        if t == "boolean":
-            return V.format_bool(value)
-        if t in ("integer", "long"):
-            return str(int(value))
-        if t in ("float", "double"):
-            return V.format_float(value)
-        if t == "timestamp":
-            return str(V.format_timestamp(value, shape.serialization.get("timestampFormat", "rfc822")))
-        if t == "blob":
-            return V.b64(value)
         if t == "string" and shape.serialization.get("jsonvalue"):
             return V.b64(json.dumps(value, separators=(",", ":")))
-        return value if isinstance(value, str) else str(value)
+        return V.scalar_text(shape, value, "rfc822")
 
     # -- errors -------------------------------------------------------------------
 

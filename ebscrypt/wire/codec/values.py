@@ -177,6 +177,23 @@ def format_bool(value: Any) -> str:
 
 
 @functools.lru_cache(maxsize=512)
+def scalar_text(shape: Any, value: Any, timestamp_format: str) -> str:
+    """A scalar member as protocol text (query XML values, REST headers), timestamps in
+    the member's own format or else ``timestamp_format``."""
+    t = shape.type_name
+    if t == "boolean":
+        return format_bool(value)
+    if t in ("integer", "long"):
+        return str(int(value))
+    if t in ("float", "double"):
+        return format_float(value)
+    if t == "timestamp":
+        return str(format_timestamp(value, shape.serialization.get("timestampFormat", timestamp_format)))
+    if t == "blob":
+        return b64(value)
+    return value if isinstance(value, str) else str(value)
+
+
 def _pattern(regex: str) -> re.Pattern[str] | None:
     # Model patterns are Java/ECMA regexes, not implicitly anchored (Smithy @pattern);
     # ASCII classes as in Java. One Python cannot compile is simply not enforced.
