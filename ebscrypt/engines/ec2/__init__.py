@@ -88,6 +88,20 @@ CreateTags/DeleteTags check that an "ami-"/"i-"/... id exists and is the caller'
   tag_specs(params_tag_specifications, resource_type) -> list[{"Key","Value"}]
   delete_tags_of(conn, resource_id)                                              [conn]
 
+Images (AMIs; not re-exported here: import ``ebscrypt.engines.ec2.images``, which re-exports
+its submodules' operations). Where each lives:
+  images             RegisterImage (register_image), DeregisterImage (deregister_image),
+                     DescribeImages (describe_images, its filters)
+  image_records      Image, check_image_id, get_image, launch_permissions, image_view,
+                     image_using_snapshot; check_name / insert_image / ebs_mapping shared
+                     by every way of making an image
+  image_copy         CreateImage (create_image, R-IMG-2), CopyImage (copy_image, R-IMG-1)
+  image_permissions  describe_attribute / modify_attribute / reset_attribute, launch
+                     permission forms, R-SHARE-2/3
+  image_states       pending -> available/failed (refresh_image, R-LIFE-1, R-KEY-6), the
+                     image_finalize job, the snapshot listener and R-SNAP-3 checker
+  waits.settle(read_states, transitional)  bounded wait a Describe makes (R-LIFE-1)
+
 Helpers: new_id(prefix) ("vol-"+17 hex), job_ctx(runtime, account, region),
   filters.apply_filters / filters.dry_run_check, paging.page (MaxResults/NextToken),
   records.from_result(cls, result) (fast rows -> records).

@@ -1,0 +1,189 @@
+"""Images whose snapshots are made now: CreateImage and CopyImage (R-IMG-1, R-IMG-2).
+
+Both start the image ``pending`` with one new snapshot per EBS mapping (a snapshot of
+each attached volume, or a copy of each source snapshot); ``image_states`` moves the
+image to ``available``/``failed`` when those snapshots reach a final state (R-LIFE-1).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import select
+
+from ebscrypt.context import RequestContext
+from ebscrypt.domain import instance_types as states
+from ebscrypt.engines import ec2 as core
+from ebscrypt.engines.ec2.image_records import (
+    add_non_ebs_mapping,
+    check_image_id,
+    check_name,
+    ebs_mapping,
+    get_image,
+    insert_image,
+    new_image_id,
+    size_check,
+)
+from ebscrypt.errors import ServiceError
+from ebscrypt.storage.tables.ec2_images import ec2_images as images_t
+
+NO_STORAGE_ACCESS_MESSAGE = "You do not have permission to access the storage of this ami"
+
+
+# ============================================================================ CreateImage
+
+
+def create_image(ctx: RequestContext, params: dict[str, Any], instance: Any) -> str:
+    """R-IMG-2: one snapshot per attached EBS volume, each with its volume's own key.
+
+    ``instance`` is the caller's instance record (engines/ec2/instances.py looked it up
+    and checked its state).
+    """
+    caller = ctx.caller
+    overrides = {b.get("DeviceName"): b for b in params.get("BlockDeviceMappings") or [] if b.get("DeviceName")}
+    image_tags = core.tag_specs(params.get("TagSpecifications"), "image")
+    snapshot_tags = core.tag_specs(params.get("TagSpecifications"), "snapshot")
+    image_id = new_image_id()
+    with ctx.runtime.db.begin() as conn:
+        name = check_name(conn, caller.account, caller.region, params.get("Name"))
+        mappings: list[dict[str, Any]] = []
+        attached = sorted(core.volumes_of_instance(conn, instance.instance_id), key=lambda va: va[1].device)
+        for volume, attachment in attached:
+            override = overrides.pop(attachment.device, None) or {}
+            if override.get("NoDevice") is not None:
+                continue
+            oebs = override.get("Ebs") or {}
+            snapshot = core.create_snapshot_from_volume(
+                ctx, conn, volume.id,
+                description=f"Created by CreateImage({instance.instance_id}) for {image_id}",
+                tags=snapshot_tags or None,
+            )
+            size = oebs.get("VolumeSize") or volume.size
+            if size < volume.size:
+                raise ServiceError(
+                    f"Volume of size {size}GB is smaller than snapshot '{snapshot.id}', expect size >= {volume.size}GB",
+                    code="InvalidBlockDeviceMapping",
+                )
+            dot = oebs.get("DeleteOnTermination")
+            mappings.append(ebs_mapping(
+                attachment.device, snapshot_id=snapshot.id, size=size,
+                volume_type=oebs.get("VolumeType") or volume.volume_type,
+                delete_on_termination=attachment.delete_on_termination if dot is None else dot,
+                encrypted=bool(volume.encrypted),
+                iops=volume.iops if volume.volume_type in ("io1", "io2", "gp3") else None,
+                throughput=volume.throughput if volume.volume_type == "gp3" else None,
+            ))
+        for device, bdm in overrides.items():  # extra mappings: empty volumes, ephemeral
+            if add_non_ebs_mapping(mappings, device, bdm):
+                continue
+            ebs = bdm.get("Ebs") or {}
+            if ebs.get("SnapshotId"):
+                snapshot = core.get_snapshot(conn, caller, ebs["SnapshotId"])
+                size = size_check(ebs.get("VolumeSize"), snapshot)
+                encrypted = bool(snapshot.encrypted)
+            elif ebs.get("VolumeSize"):
+                size, encrypted = int(ebs["VolumeSize"]), bool(ebs.get("Encrypted"))
+            else:
+                raise ServiceError(f"The block-device mapping {device} needs a snapshot or a volume size.",
+                                   code="InvalidBlockDeviceMapping")
+            mappings.append(ebs_mapping(
+                device, snapshot_id=ebs.get("SnapshotId"), size=size, volume_type=ebs.get("VolumeType"),
+                delete_on_termination=ebs.get("DeleteOnTermination"), encrypted=encrypted,
+            ))
+        if not any((m.get("Ebs") or {}).get("SnapshotId") for m in mappings):
+            raise ServiceError(f"Instance {instance.instance_id} has no EBS volume to image.",
+                               code="InvalidParameterValue")
+        insert_image(conn, ctx, image_id, dict(
+            name=name,
+            description=params.get("Description"),
+            architecture=instance.architecture or "x86_64",
+            virtualization_type=instance.virtualization_type or "hvm",
+            root_device_name=instance.root_device_name,
+            ena_support=instance.ena_support,
+            source_instance_id=instance.instance_id,
+        ), mappings, image_tags)
+    ctx.runtime.jobs.notify()
+    return image_id
+
+
+# ============================================================================ CopyImage
+
+
+def copy_image(ctx: RequestContext, params: dict[str, Any]) -> str:
+    """R-IMG-1: §2 applied to every snapshot independently; one KmsKeyId at most."""
+    caller = ctx.caller
+    source_region = params.get("SourceRegion") or caller.region
+    source_id = check_image_id(params.get("SourceImageId"))
+    token = params.get("ClientToken")
+    encrypted = params.get("Encrypted")
+    kms_key_id = params.get("KmsKeyId")
+    if kms_key_id and encrypted is not True:  # R-OUT-1, before anything else
+        raise ServiceError("The parameter KmsKeyId requires the parameter Encrypted to be set.",
+                           code="InvalidParameterDependency")
+    with ctx.runtime.db.read() as conn:
+        if token:
+            row = conn.execute(
+                select(images_t.c.image_id).where(images_t.c.account == caller.account, images_t.c.region == caller.region,
+                                                  images_t.c.client_token == token)
+            ).first()
+            if row is not None:
+                return row.image_id  # idempotent retry
+        source = get_image(conn, caller.account, source_region, source_id)
+        if source.state != states.IMAGE_AVAILABLE:
+            raise ServiceError(f"Image {source_id} is in state {source.state}; only available images can be copied.",
+                               code="IncorrectState")
+        check_name(conn, caller.account, caller.region, params.get("Name"))
+        source_tags = core.tags_for(conn, caller.account, [source_id])[source_id] if params.get("CopyImageTags") else []
+        if source.account != caller.account:
+            # Copying needs read access to the storage: each snapshot shared with the caller.
+            for snap_id in source.snapshot_ids():
+                try:
+                    core.get_snapshot(conn, caller, snap_id, region=source_region)
+                except ServiceError:
+                    raise ServiceError(NO_STORAGE_ACCESS_MESSAGE, code="InvalidRequest") from None
+    image_id = new_image_id()
+    cross_region = source_region != caller.region
+    plans: list[tuple[dict[str, Any], Any]] = []
+    for m in source.mappings:  # [KMS, no conn]: each snapshot's plan (§2 per snapshot)
+        snap_id = (m.get("Ebs") or {}).get("SnapshotId")
+        if snap_id:
+            plan = core.prepare_copy(ctx, snap_id, source_region=source_region if cross_region else None,
+                                     encrypted=encrypted, kms_key_id=kms_key_id)
+            plans.append((m, plan))
+        else:
+            plans.append((m, None))
+    tags = source_tags + core.tag_specs(params.get("TagSpecifications"), "image")
+    with ctx.runtime.db.begin() as conn:
+        name = check_name(conn, caller.account, caller.region, params.get("Name"))
+        mappings: list[dict[str, Any]] = []
+        for m, plan in plans:
+            if plan is None:
+                mappings.append(json.loads(json.dumps(m)))
+                continue
+            snap_id = m["Ebs"]["SnapshotId"]
+            copy = core.insert_copy(
+                ctx, conn, plan,
+                description=f"Copied for DestinationAmi {image_id} from SourceAmi {source_id} for "
+                            f"SourceSnapshot {snap_id}. Task created on {ctx.runtime.clock.now():%Y-%m-%dT%H:%M:%S}.",
+            )
+            ebs = dict(m["Ebs"], SnapshotId=copy.id, Encrypted=bool(copy.encrypted))
+            mappings.append({"DeviceName": m["DeviceName"], "Ebs": ebs})
+        insert_image(conn, ctx, image_id, dict(
+            name=name,
+            description=params.get("Description", source.description),
+            architecture=source.architecture,
+            virtualization_type=source.virtualization_type,
+            root_device_name=source.root_device_name,
+            ena_support=source.ena_support,
+            sriov_net_support=source.sriov_net_support,
+            boot_mode=source.boot_mode,
+            tpm_support=source.tpm_support,
+            imds_support=source.imds_support,
+            platform=source.platform,
+            source_image_id=source_id,
+            source_region=source_region,
+            client_token=token,
+        ), mappings, tags)
+    ctx.runtime.jobs.notify()
+    return image_id

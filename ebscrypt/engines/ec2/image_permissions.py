@@ -1,0 +1,206 @@
+"""Image attributes and sharing: DescribeImageAttribute, ModifyImageAttribute,
+ResetImageAttribute.
+
+Launch permissions come in two forms, the structured ``LaunchPermission`` (Add/Remove
+items) and the older flat lists with ``OperationType``; both end as (add, remove) items.
+The sharing rules: R-SHARE-2 an image with an encrypted snapshot cannot be made public;
+R-SHARE-3 one with a snapshot under the AWS managed key ``alias/aws/ebs`` cannot be
+shared at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+
+from ebscrypt.context import RequestContext
+from ebscrypt.engines.ec2.attributes import canonical, canonical_names, legacy_operation
+from ebscrypt.engines.ec2.image_records import (
+    ACCOUNT_RE,
+    Image,
+    check_image_id,
+    get_image,
+    launch_permissions,
+    mapping_view,
+)
+from ebscrypt.errors import ServiceError
+from ebscrypt.storage.tables.ec2 import ec2_snapshots
+from ebscrypt.storage.tables.ec2_images import ec2_image_launch_permissions as perms_t
+from ebscrypt.storage.tables.ec2_images import ec2_images as images_t
+
+PUBLIC_ENCRYPTED_MESSAGE = "Encrypted snapshots can\u2019t be shared publicly. Specify another snapshot."
+AWS_MANAGED_SHARE_MESSAGE = "Snapshots encrypted with the AWS Managed CMK can\u2019t be shared. Specify another snapshot."
+
+
+# ImageAttributeName, matched without regard to case (engines.ec2.attributes).
+_IMAGE_ATTRIBUTES = canonical_names((
+    "description", "kernel", "ramdisk", "launchPermission", "productCodes", "blockDeviceMapping",
+    "sriovNetSupport", "bootMode", "tpmSupport", "uefiData", "lastLaunchedTime", "imdsSupport",
+    "deregistrationProtection"))
+
+# What ModifyImageAttribute can change (its Attribute: "description | imdsSupport | launchPermission").
+_MODIFIABLE = ("description", "imdsSupport", "launchPermission")
+
+# The flat lists of the older launchPermission form (OperationType + lists), with the
+# LaunchPermission item key each one stands for.
+_LEGACY_LISTS = (("UserIds", "UserId"), ("UserGroups", "Group"), ("OrganizationArns", "OrganizationArn"),
+                 ("OrganizationalUnitArns", "OrganizationalUnitArn"))
+
+
+def canonical_attribute(attribute: str | None) -> str | None:
+    """The model's spelling of an image attribute name (unknown names come back unchanged)."""
+    return None if attribute is None else canonical(attribute, _IMAGE_ATTRIBUTES)
+
+
+def unknown_attribute(attribute: str) -> ServiceError:
+    return ServiceError(f"Value ({attribute}) for parameter attribute is invalid. Unknown attribute.",
+                        code="InvalidParameterValue")
+
+
+def describe_attribute(ctx: RequestContext, image_id: str, attribute: str) -> dict[str, Any]:
+    caller = ctx.caller
+    with ctx.runtime.db.read() as conn:
+        attribute = canonical_attribute(attribute) or ""
+        owner_only = attribute in ("launchPermission",)
+        image = get_image(conn, caller.account, caller.region, image_id, owner_only=owner_only)
+        out: dict[str, Any] = {"ImageId": image_id}
+        if attribute == "launchPermission":
+            perms = [{"UserId": u} for u in launch_permissions(conn, image_id)]
+            if image.public:
+                perms.insert(0, {"Group": "all"})
+            out["LaunchPermissions"] = perms
+        elif attribute == "description":
+            out["Description"] = {"Value": image.description} if image.description is not None else {}
+        elif attribute == "blockDeviceMapping":
+            out["BlockDeviceMappings"] = [mapping_view(m) for m in image.mappings]
+        elif attribute == "kernel":
+            out["KernelId"] = {"Value": image.kernel_id} if image.kernel_id else {}
+        elif attribute == "ramdisk":
+            out["RamdiskId"] = {"Value": image.ramdisk_id} if image.ramdisk_id else {}
+        elif attribute == "productCodes":
+            out["ProductCodes"] = []
+        elif attribute == "sriovNetSupport":
+            out["SriovNetSupport"] = {"Value": image.sriov_net_support} if image.sriov_net_support else {}
+        elif attribute == "bootMode":
+            out["BootMode"] = {"Value": image.boot_mode} if image.boot_mode else {}
+        elif attribute == "tpmSupport":
+            out["TpmSupport"] = {"Value": image.tpm_support} if image.tpm_support else {}
+        elif attribute == "imdsSupport":
+            out["ImdsSupport"] = {"Value": image.imds_support} if image.imds_support else {}
+        elif attribute == "deregistrationProtection":
+            out["DeregistrationProtection"] = {"Value": "disabled"}
+        elif attribute in ("uefiData", "lastLaunchedTime"):
+            pass
+        else:
+            raise unknown_attribute(attribute)
+        return out
+
+
+def _permission_changes(params: dict[str, Any]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(add, remove) LaunchPermission items from the structured and the flat-list forms."""
+    add: list[dict[str, str]] = []
+    remove: list[dict[str, str]] = []
+    lp = params.get("LaunchPermission") or {}
+    add.extend(lp.get("Add") or [])
+    remove.extend(lp.get("Remove") or [])
+    legacy = [{key: value} for member, key in _LEGACY_LISTS for value in params.get(member) or []]
+    if legacy:
+        (add if legacy_operation(params) == "add" else remove).extend(legacy)
+    for item in add + remove:
+        if item.get("OrganizationArn") or item.get("OrganizationalUnitArn"):
+            raise ServiceError("Sharing with organizations is not supported by ebscrypt.", code="UnsupportedOperation")
+        if "UserId" in item and item["UserId"] is not None and not ACCOUNT_RE.match(item["UserId"]):
+            raise ServiceError(f'Invalid attribute item value "{item["UserId"]}" for userId item type.',
+                               code="InvalidAMIAttributeItemValue")
+        if "Group" in item and item["Group"] is not None and item["Group"] != "all":
+            raise ServiceError(f'Invalid attribute item value "{item["Group"]}" for group item type.',
+                               code="InvalidAMIAttributeItemValue")
+    return add, remove
+
+
+def _uses_aws_managed_key(ctx: RequestContext, image: Image) -> bool:
+    """R-SHARE-3: any snapshot of the image under the AWS managed key (alias/aws/ebs)? [KMS, no conn]"""
+    with ctx.runtime.db.read() as conn:
+        keys = {
+            r.kms_key_arn
+            for r in conn.execute(select(ec2_snapshots.c.kms_key_arn).where(ec2_snapshots.c.id.in_(image.snapshot_ids())))
+            if r.kms_key_arn
+        }
+    if not keys:
+        return False
+    try:
+        managed = ctx.runtime.kms.default_ebs_key(image.account, image.region).arn
+    except Exception:  # no KMS engine yet: fall back to describing each key
+        managed = None
+    for key in keys:
+        if key == managed:
+            return True
+        try:
+            if ctx.runtime.kms.describe_key(ctx.caller, key).key_manager == "AWS":
+                return True
+        except ServiceError:
+            continue
+    return False
+
+
+def _attribute_value(params: dict[str, Any], member: str, attribute: str | None, name: str) -> str | None:
+    """A new value given as ``<member>.Value``, or as ``Value`` with ``Attribute=<name>``."""
+    value = (params.get(member) or {}).get("Value")
+    if value is None and attribute == name:
+        value = params.get("Value")
+    return value
+
+
+def modify_attribute(ctx: RequestContext, params: dict[str, Any]) -> None:
+    caller = ctx.caller
+    image_id = check_image_id(params.get("ImageId"))
+    attribute = canonical_attribute(params.get("Attribute"))
+    if attribute is not None and attribute not in _MODIFIABLE:
+        raise ServiceError(f"Value ({attribute}) for parameter attribute is invalid.", code="InvalidParameterValue")
+    description = _attribute_value(params, "Description", attribute, "description")
+    imds = _attribute_value(params, "ImdsSupport", attribute, "imdsSupport")
+    if imds is not None and imds != "v2.0":
+        raise ServiceError(f"Value ({imds}) for parameter imdsSupport is invalid. The only valid value is v2.0.",
+                           code="InvalidParameterValue")
+    add, remove = _permission_changes(params)
+    if not add and not remove and description is None and imds is None:
+        raise ServiceError("No attributes specified.", code="InvalidParameterCombination")
+    with ctx.runtime.db.read() as conn:
+        image = get_image(conn, caller.account, caller.region, image_id, owner_only=True)
+    adds_public = any(i.get("Group") == "all" for i in add)
+    adds_users = [i["UserId"] for i in add if i.get("UserId")]
+    if adds_public and image.has_encrypted_snapshot:  # R-SHARE-2
+        raise ServiceError(PUBLIC_ENCRYPTED_MESSAGE, code="UnsupportedOperation")
+    if adds_users and image.has_encrypted_snapshot and _uses_aws_managed_key(ctx, image):  # R-SHARE-3
+        raise ServiceError(AWS_MANAGED_SHARE_MESSAGE, code="InvalidParameter")
+    with ctx.runtime.db.begin() as conn:
+        if description is not None:
+            conn.execute(update(images_t).where(images_t.c.image_id == image_id).values(description=description))
+        if imds is not None:  # v2.0 is one-way: AWS offers no value to set it back
+            conn.execute(update(images_t).where(images_t.c.image_id == image_id).values(imds_support=imds))
+        existing = set(launch_permissions(conn, image_id))
+        for user in dict.fromkeys(adds_users):  # Packer names each user twice (flat list and Add)
+            if user not in existing:
+                conn.execute(insert(perms_t).values(image_id=image_id, user_id=user))
+        for item in remove:
+            if item.get("UserId"):
+                conn.execute(delete(perms_t).where(perms_t.c.image_id == image_id, perms_t.c.user_id == item["UserId"]))
+        if adds_public:
+            conn.execute(update(images_t).where(images_t.c.image_id == image_id).values(public=True))
+        elif any(i.get("Group") == "all" for i in remove):
+            conn.execute(update(images_t).where(images_t.c.image_id == image_id).values(public=False))
+
+
+def reset_attribute(ctx: RequestContext, image_id: str, attribute: str | None) -> None:
+    caller = ctx.caller
+    if not attribute:
+        raise ServiceError("The request must contain the parameter Attribute", code="MissingParameter")
+    attribute = canonical_attribute(attribute)
+    if attribute != "launchPermission":
+        raise ServiceError(f"Value ({attribute}) for parameter attribute is invalid. Only launchPermission can be reset.",
+                           code="InvalidParameterValue")
+    with ctx.runtime.db.begin() as conn:
+        get_image(conn, caller.account, caller.region, image_id, owner_only=True)
+        conn.execute(delete(perms_t).where(perms_t.c.image_id == image_id))
+        conn.execute(update(images_t).where(images_t.c.image_id == image_id).values(public=False))

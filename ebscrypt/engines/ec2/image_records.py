@@ -1,0 +1,301 @@
+"""Image (AMI) rows: the ``Image`` record, its id checks and lookups, its view, and the
+helpers every way of making an image shares (name check, mapping shape, insertion).
+
+An image is a row (``ec2_images``) whose block device mappings name snapshots; the
+snapshots themselves are ec2core's records. ``ec2_image_snapshots`` indexes which
+snapshots an image names (R-SNAP-3) and ``ec2_image_launch_permissions`` the accounts it
+is shared with (R-SHARE).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable
+
+from sqlalchemy import Connection, insert, select
+
+from ebscrypt.context import RequestContext
+from ebscrypt.domain import instance_types as states
+from ebscrypt.engines import ec2 as core
+from ebscrypt.engines.ec2.ids import is_well_formed, new_id
+from ebscrypt.engines.ec2.records import Snapshot, aware
+from ebscrypt.errors import ServiceError
+from ebscrypt.storage.tables.ec2_images import ec2_image_launch_permissions as perms_t
+from ebscrypt.storage.tables.ec2_images import ec2_image_snapshots as image_snaps_t
+from ebscrypt.storage.tables.ec2_images import ec2_images as images_t
+
+_NAME_RE = re.compile(r"^[a-zA-Z0-9()\[\] ./\-'@_]{3,128}$")
+ACCOUNT_RE = re.compile(r"^\d{12}$")
+
+
+# ============================================================================ records
+
+
+@dataclass(frozen=True)
+class Image:
+    image_id: str
+    account: str
+    region: str
+    name: str
+    description: str | None
+    state: str
+    state_reason_code: str | None
+    state_reason_message: str | None
+    architecture: str
+    virtualization_type: str
+    root_device_name: str | None
+    root_device_type: str
+    ena_support: bool | None
+    sriov_net_support: str | None
+    boot_mode: str | None
+    tpm_support: str | None
+    imds_support: str | None
+    image_location: str | None
+    kernel_id: str | None
+    ramdisk_id: str | None
+    platform: str | None
+    public: bool
+    mappings: list[dict[str, Any]]
+    source_image_id: str | None
+    source_region: str | None
+    source_instance_id: str | None
+    client_token: str | None
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Image":
+        values = dict(row)
+        values["mappings"] = json.loads(values["mappings"])
+        values["created_at"] = aware(values["created_at"])
+        values["public"] = bool(values["public"])
+        return cls(**values)
+
+    def snapshot_ids(self) -> list[str]:
+        return [m["Ebs"]["SnapshotId"] for m in self.mappings if (m.get("Ebs") or {}).get("SnapshotId")]
+
+    @property
+    def has_encrypted_snapshot(self) -> bool:
+        return any((m.get("Ebs") or {}).get("Encrypted") for m in self.mappings)
+
+
+def new_image_id() -> str:
+    return new_id("ami")
+
+
+# ============================================================================ errors
+
+
+def malformed(image_id: str) -> ServiceError:
+    return ServiceError(f'Invalid id: "{image_id}" (expecting "ami-...")', code="InvalidAMIID.Malformed")
+
+
+def not_found(ids: Iterable[str]) -> ServiceError:
+    ids = list(ids)
+    if len(ids) == 1:
+        return ServiceError(f"The image id '[{ids[0]}]' does not exist", code="InvalidAMIID.NotFound")
+    return ServiceError(f"The image ids '[{', '.join(ids)}]' do not exist", code="InvalidAMIID.NotFound")
+
+
+def check_image_id(image_id: str | None) -> str:
+    if not image_id:
+        raise ServiceError("The request must contain the parameter ImageId", code="MissingParameter")
+    if not is_well_formed(image_id, "ami"):
+        raise malformed(image_id)
+    return image_id
+
+
+# ============================================================================ lookups
+
+
+def _launch_permitted(conn: Connection, image: Image, account: str) -> bool:
+    if image.account == account or image.public:
+        return True
+    row = conn.execute(
+        select(perms_t.c.user_id).where(perms_t.c.image_id == image.image_id, perms_t.c.user_id == account)
+    ).first()
+    return row is not None
+
+
+def get_image(conn: Connection, account: str, region: str, image_id: str, *, owner_only: bool = False) -> Image:
+    """The image as ``account`` may see it in ``region`` (InvalidAMIID.NotFound otherwise). [conn]"""
+    check_image_id(image_id)
+    row = conn.execute(
+        select(images_t).where(images_t.c.image_id == image_id, images_t.c.region == region)
+    ).mappings().first()
+    if row is None:
+        raise not_found([image_id])
+    image = Image.from_row(row)
+    if owner_only and image.account != account:
+        if _launch_permitted(conn, image, account):
+            raise ServiceError(f"Not authorized for image:{image_id}", code="AuthFailure")
+        raise not_found([image_id])
+    if not _launch_permitted(conn, image, account):
+        raise not_found([image_id])
+    return image
+
+
+def launch_permissions(conn: Connection, image_id: str) -> list[str]:
+    return [r.user_id for r in conn.execute(select(perms_t.c.user_id).where(perms_t.c.image_id == image_id).order_by(perms_t.c.user_id))]
+
+
+def image_using_snapshot(conn: Connection, snapshot_id: str) -> str | None:
+    """R-SNAP-3: the id of an image whose mappings name ``snapshot_id``, if any. [conn]"""
+    row = conn.execute(select(image_snaps_t.c.image_id).where(image_snaps_t.c.snapshot_id == snapshot_id)).first()
+    return row.image_id if row else None
+
+
+# ============================================================================ views
+
+
+def image_view(image: Image, tags: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """The model's ``Image`` structure."""
+    out: dict[str, Any] = {
+        "ImageId": image.image_id,
+        "ImageLocation": image.image_location or f"{image.account}/{image.name}",
+        "State": image.state,
+        "OwnerId": image.account,
+        "CreationDate": image.created_at.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        "Public": image.public,
+        "Architecture": image.architecture,
+        "ImageType": "machine",
+        "Name": image.name,
+        "RootDeviceType": image.root_device_type,
+        "VirtualizationType": image.virtualization_type,
+        "Hypervisor": "xen",
+        "BlockDeviceMappings": [mapping_view(m) for m in image.mappings],
+        "PlatformDetails": "Windows" if image.platform == "windows" else "Linux/UNIX",
+        "UsageOperation": "RunInstances:0002" if image.platform == "windows" else "RunInstances",
+    }
+    if image.description is not None:
+        out["Description"] = image.description
+    if image.root_device_name:
+        out["RootDeviceName"] = image.root_device_name
+    if image.ena_support is not None:
+        out["EnaSupport"] = image.ena_support
+    if image.sriov_net_support:
+        out["SriovNetSupport"] = image.sriov_net_support
+    if image.boot_mode:
+        out["BootMode"] = image.boot_mode
+    if image.tpm_support:
+        out["TpmSupport"] = image.tpm_support
+    if image.imds_support:
+        out["ImdsSupport"] = image.imds_support
+    if image.kernel_id:
+        out["KernelId"] = image.kernel_id
+    if image.ramdisk_id:
+        out["RamdiskId"] = image.ramdisk_id
+    if image.platform:
+        out["Platform"] = image.platform
+    if image.source_instance_id:
+        out["SourceInstanceId"] = image.source_instance_id
+    if image.source_image_id:
+        out["SourceImageId"] = image.source_image_id
+        out["SourceImageRegion"] = image.source_region or image.region
+    if image.state_reason_code or image.state_reason_message:
+        out["StateReason"] = {"Code": image.state_reason_code or "", "Message": image.state_reason_message or ""}
+    if tags:
+        out["Tags"] = tags
+    return out
+
+
+def mapping_view(m: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in m.items() if k in ("DeviceName", "VirtualName", "NoDevice")}
+    if m.get("Ebs") is not None:
+        ebs = m["Ebs"]
+        out["Ebs"] = {k: ebs[k] for k in ("DeleteOnTermination", "Iops", "SnapshotId", "VolumeSize",
+                                            "VolumeType", "Throughput", "Encrypted") if ebs.get(k) is not None}
+    return out
+
+
+
+# ============================================================================ making an image
+
+
+def check_name(conn: Connection, account: str, region: str, name: str | None) -> str:
+    if not name:
+        raise ServiceError("The request must contain the parameter name", code="MissingParameter")
+    if not _NAME_RE.match(name):
+        raise ServiceError(
+            f"AMI names must be between 3 and 128 characters long, and may contain letters, numbers, "
+            f"'(', ')', '.', '-', '/' and '_' ({name!r})",
+            code="InvalidAMIName.Malformed",
+        )
+    row = conn.execute(
+        select(images_t.c.image_id).where(images_t.c.account == account, images_t.c.region == region, images_t.c.name == name)
+    ).first()
+    if row is not None:
+        raise ServiceError(f"AMI name {name} is already in use by AMI {row.image_id}", code="InvalidAMIName.Duplicate")
+    return name
+
+
+def insert_image(conn: Connection, ctx: RequestContext, image_id: str, values: dict[str, Any],
+                  mappings: list[dict[str, Any]], tags: list[dict[str, str]], *, ready: bool = False) -> None:
+    """Write the image; ``ready``: its snapshots are all completed already, so it is
+    ``available`` at once (RegisterImage), else ``pending`` until they are."""
+    caller = ctx.caller
+    row = dict(
+        image_id=image_id,
+        account=caller.account,
+        region=caller.region,
+        state=states.IMAGE_AVAILABLE if ready else states.IMAGE_PENDING,
+        architecture="x86_64",
+        virtualization_type="hvm",
+        root_device_type="ebs",
+        public=False,
+        mappings=json.dumps(mappings),
+        created_at=ctx.runtime.clock.now(),
+    )
+    row.update({k: v for k, v in values.items() if v is not None})
+    conn.execute(insert(images_t).values(**row))
+    for snap in {(m.get("Ebs") or {}).get("SnapshotId") for m in mappings} - {None}:
+        conn.execute(insert(image_snaps_t).values(image_id=image_id, snapshot_id=snap))
+    if tags:
+        core.put_tags(conn, caller.account, caller.region, image_id, tags)
+    if not ready:
+        ctx.runtime.jobs.submit("image_finalize", {"image_id": image_id}, conn=conn)
+
+
+def ebs_mapping(device: str, *, snapshot_id: str | None, size: int, volume_type: str | None,
+                 delete_on_termination: bool | None, encrypted: bool, iops: int | None = None,
+                 throughput: int | None = None) -> dict[str, Any]:
+    ebs: dict[str, Any] = {
+        "DeleteOnTermination": True if delete_on_termination is None else bool(delete_on_termination),
+        "VolumeSize": int(size),
+        "VolumeType": volume_type or "gp2",
+        "Encrypted": bool(encrypted),
+    }
+    if snapshot_id:
+        ebs["SnapshotId"] = snapshot_id
+    if iops is not None:
+        ebs["Iops"] = iops
+    if throughput is not None:
+        ebs["Throughput"] = throughput
+    return {"DeviceName": device, "Ebs": ebs}
+
+
+def size_check(size: int | None, snapshot: Snapshot) -> int:
+    if size is None:
+        return snapshot.volume_size
+    if size < snapshot.volume_size:
+        raise ServiceError(
+            f"Volume of size {size}GB is smaller than snapshot '{snapshot.id}', expect size >= {snapshot.volume_size}GB",
+            code="InvalidBlockDeviceMapping",
+        )
+    return size
+
+
+def add_non_ebs_mapping(mappings: list[dict[str, Any]], device: str, bdm: dict[str, Any]) -> bool:
+    """Handle a mapping that names no EBS volume; True when ``bdm`` was one.
+
+    ``NoDevice`` drops the device (nothing is mapped); ``VirtualName`` maps an instance
+    store volume as given. Anything else is an EBS mapping the caller builds.
+    """
+    if bdm.get("NoDevice") is not None:
+        return True
+    if bdm.get("VirtualName"):
+        mappings.append({"DeviceName": device, "VirtualName": bdm["VirtualName"]})
+        return True
+    return False
