@@ -1,6 +1,11 @@
 """Block engine: encrypted 512 KiB block store, snapshot lineage, copies that re-encrypt.
 
-See :mod:`ebscrypt.engines.blocks.engine` for the API (``runtime.blocks``).
+See :mod:`ebscrypt.engines.blocks.engine` for the API (``runtime.blocks``; import it from
+there). ``BlockEngine`` is put together from: ``engine`` (lifecycle, write/read, listings),
+``lineage`` (share, changed_blocks, release, GC, compaction), ``reencrypt`` (copies under
+another key; ``workers`` runs in the worker processes), ``maintenance`` (periodic tasks,
+sweep, sweep_orphans); ``errors`` and ``records`` hold its exceptions and records.
+``direct`` is the EBS direct APIs over the engine; ``crypto`` and ``store`` its layers.
 """
 
 from __future__ import annotations

@@ -1,0 +1,95 @@
+"""Maintenance: the engine's background thread and what it runs.
+
+``add_periodic`` runs a task about every so many seconds (errors logged, never fatal);
+``start_maintenance`` schedules the garbage ``sweep`` (objects dropped from every layer,
+deleted after a grace period so that a read that resolved an entry just before still
+finds its object) and ``sweep_orphans`` (objects a crash left stored but never recorded).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import timedelta
+from typing import Any, Callable
+
+from sqlalchemy import delete, select
+
+from ebscrypt.storage.db import as_utc
+from ebscrypt.storage.tables.blocks import blk_entries, blk_garbage
+
+log = logging.getLogger("ebscrypt.blocks")
+
+
+class MaintenanceOperations:
+    """Mixin of :class:`~ebscrypt.engines.blocks.engine.BlockEngine` (uses its ``db``,
+    ``store``, ``now()``, ``gc_grace_seconds`` and its thread state)."""
+
+    def add_periodic(self, name: str, fn: Callable[[], Any], seconds: float) -> None:
+        """Run ``fn`` about every ``seconds`` in the engine's maintenance thread (once per
+        name; the garbage sweep runs there too). Errors are logged, never fatal."""
+        with self._pool_lock:
+            if name not in self._periodic:
+                self._periodic[name] = (fn, seconds)
+            if self._maint is None and not self._stop.is_set():
+                self._maint = threading.Thread(target=self._maintain, name="ebscrypt-blocks-maint", daemon=True)
+                self._maint.start()
+
+    def start_maintenance(self) -> None:
+        """Start the maintenance thread: garbage sweep, and orphans left by crashes."""
+        self.add_periodic("sweep", self.sweep, max(5.0, self.gc_grace_seconds / 2))
+        # Objects older than this engine were written by an earlier process: none of them can
+        # be an in-flight write, so the first sweep (right after start) takes every
+        # unreferenced one; later objects wait an hour, long past any write still to commit.
+        # (Two seconds of margin: file mtimes come from a coarser clock than time.time().)
+        started = time.time() - 2.0
+        self.add_periodic("orphans", lambda: self.sweep_orphans(min(3600.0, time.time() - started)), 900.0)
+
+    def _maintain(self) -> None:
+        while not self._stop.wait(0.5):
+            now = time.monotonic()
+            for name, (fn, seconds) in list(self._periodic.items()):
+                if now - self._periodic_last.get(name, 0.0) < seconds:
+                    continue
+                self._periodic_last[name] = now
+                try:
+                    fn()
+                except Exception:
+                    log.exception("periodic task %s failed", name)
+
+    def sweep(self, grace_seconds: float | None = None) -> int:
+        """Delete garbage objects older than the grace period. Returns how many."""
+        grace = self.gc_grace_seconds if grace_seconds is None else grace_seconds
+        cutoff = self.now() - timedelta(seconds=grace)
+        with self.db.read() as conn:
+            rows = conn.execute(select(blk_garbage)).all()
+        due = [r.object_key for r in rows if as_utc(r.since) <= cutoff]
+        for key in due:
+            self.store.delete(key)
+        if due:
+            with self.db.begin() as conn:
+                conn.execute(delete(blk_garbage).where(blk_garbage.c.object_key.in_(due)))
+        return len(due)
+
+    def sweep_orphans(self, min_age_seconds: float = 3600.0) -> int:
+        """Delete stored objects no entry references (left by a crash between store and
+        commit) once older than ``min_age_seconds``, so in-flight writes are never hit."""
+        cutoff = time.time() - min_age_seconds
+        candidates = [(k, m) for k, m in self.store.keys() if m <= cutoff]
+        removed = 0
+        with self.db.read() as conn:
+            referenced = {r.object_key for r in conn.execute(select(blk_entries.c.object_key)) if r.object_key}
+            garbage = {r.object_key for r in conn.execute(select(blk_garbage.c.object_key))}
+        for key, _ in candidates:
+            name = key.split("/", 1)[1]
+            if name.startswith(".tmp-"):
+                remove_raw = getattr(self.store, "remove_raw", None)
+                if remove_raw:
+                    remove_raw(key)
+                    removed += 1
+                continue
+            if key not in referenced and key not in garbage:
+                self.store.delete(key)
+                removed += 1
+        return removed
