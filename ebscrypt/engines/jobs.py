@@ -5,24 +5,35 @@ Handlers submit jobs inside their own transaction, so a job exists exactly when 
 resource it completes does. Worker threads in the server process claim queued jobs and
 run the function registered for their kind.
 
-Crash safety: a job left ``running`` by a killed server is, on the next start, queued
-again when its kind is resumable (its function must be idempotent, and may read the last
-``checkpoint`` it saved to skip finished work), or failed cleanly through its kind's
-``on_fail`` hook (which puts the resource in its ``error``/``failed`` state).
+Crash safety: a job left ``running`` by a dead server is queued again when its kind is
+resumable (its function must be idempotent, and may read the last ``checkpoint`` it saved
+to skip finished work), or failed cleanly through its kind's ``on_fail`` hook (which puts
+the resource in its ``error``/``failed`` state).
+
+Which running jobs are a dead server's: several servers may share one PostgreSQL
+database, so a claim records the claiming runner (one per process) and a lease; each
+runner's keeper thread renews the leases of its jobs and, periodically, recovers the
+running jobs whose lease has expired (their runner stopped renewing: killed or hung). On
+SQLite — the embedded default, one process per database — a start also recovers at once
+every running job not owned by a runner of this process, so a restart resumes work
+without waiting for leases to expire.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 import traceback
 import uuid
+import weakref
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Callable
 
-from sqlalchemy import Connection, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Float, insert, literal_column, or_, select, update
 
 from ebscrypt.storage.schema import jobs
 
@@ -32,6 +43,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("ebscrypt.jobs")
 
 RESTART_REASON = "interrupted by a server restart"
+LEASE_REASON = "interrupted: the server running it stopped"
+
+# How long a claim lasts without renewal. The keeper renews every third of it, so a
+# runner misses two renewals (a stalled database, a long pause) before losing its jobs.
+LEASE_SECONDS = 30.0
+
+# Runners of this process that have not been stopped, by id: the SQLite start-up recovery
+# leaves their jobs alone (tests run several runners in one process).
+_LIVE_RUNNERS: "weakref.WeakValueDictionary[str, JobRunner]" = weakref.WeakValueDictionary()
 
 
 @dataclass
@@ -82,14 +102,25 @@ def job_kind(kind: str, *, resumable: bool = True, on_fail: FailFn | None = None
 class JobRunner:
     """Worker threads that run queued jobs; ``submit`` enqueues one."""
 
-    def __init__(self, runtime_ref: Callable[[], "Runtime"], workers: int = 2, poll_seconds: float = 0.5) -> None:
+    def __init__(
+        self,
+        runtime_ref: Callable[[], "Runtime"],
+        workers: int = 2,
+        poll_seconds: float = 0.5,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
         self._runtime_ref = runtime_ref
         self._workers = workers
         self._poll = poll_seconds
+        self._lease = lease_seconds
         self._wake = threading.Condition()
         self._stopping = threading.Event()
+        self._keeper_stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._claim_lock = threading.Lock()
+        # host/pid/random: unique per runner, and readable when a person inspects a job
+        self.runner_id = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
+        _LIVE_RUNNERS[self.runner_id] = self
 
     # -- submitting -------------------------------------------------------------------
 
@@ -134,8 +165,13 @@ class JobRunner:
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
-        self._recover()
+        _LIVE_RUNNERS[self.runner_id] = self
+        self._recover(at_start=True)
         self._stopping.clear()
+        self._keeper_stop.clear()
+        keeper = threading.Thread(target=self._keep, name="ebscrypt-job-keeper", daemon=True)
+        keeper.start()
+        self._threads.append(keeper)
         for i in range(self._workers):
             t = threading.Thread(target=self._work, name=f"ebscrypt-job-{i}", daemon=True)
             t.start()
@@ -143,10 +179,12 @@ class JobRunner:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
+        self._keeper_stop.set()
         self.notify()
         for t in self._threads:
             t.join(timeout)
         self._threads.clear()
+        _LIVE_RUNNERS.pop(self.runner_id, None)
 
     def run_pending(self) -> int:
         """Run queued jobs in this thread until none is due (for tests and tools)."""
@@ -164,24 +202,69 @@ class JobRunner:
 
     # -- internals --------------------------------------------------------------------
 
-    def _recover(self) -> None:
-        """Jobs a killed server left running: resume the resumable, fail the others."""
+    def _keep(self) -> None:
+        """Renew this runner's leases and recover expired ones, every third of a lease."""
+        while not self._keeper_stop.wait(self._lease / 3):
+            try:
+                self._renew()
+                self._recover()
+            except Exception:  # the database may be briefly unavailable; try again
+                log.exception("renewing or recovering job leases failed")
+
+    def _renew(self) -> None:
         runtime = self._runtime_ref()
         with runtime.db.begin() as conn:
-            rows = conn.execute(select(jobs).where(jobs.c.state == "running")).mappings().all()
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.runner == self.runner_id, jobs.c.state == "running")
+                .values(lease_expires=self._lease_end())
+            )
+
+    def _recover(self, *, at_start: bool = False) -> None:
+        """Running jobs of a dead runner: resume the resumable, fail the others.
+
+        A runner is dead when its lease expired; on SQLite, at start, also when it is not
+        a runner of this process (one process per SQLite database: it was the last one's).
+        """
+        runtime = self._runtime_ref()
+        expired = or_(jobs.c.lease_expires.is_(None), jobs.c.lease_expires < db_epoch(runtime))
+        if at_start and runtime.db.is_sqlite:
+            expired = or_(jobs.c.runner.is_(None), jobs.c.runner.not_in(list(_LIVE_RUNNERS.keys())))
+        dead = select(jobs).where(jobs.c.state == "running", expired)
+        with runtime.db.read() as conn:  # the usual case, none: no write lock taken
+            if conn.execute(dead.with_only_columns(jobs.c.id).limit(1)).first() is None:
+                return
+        with runtime.db.begin() as conn:  # the write lock: no claim or renewal in between
+            rows = conn.execute(dead).mappings().all()
             to_fail = []
             for row in rows:
                 kind = _KINDS.get(row["kind"])
                 if kind is not None and kind.resumable:
-                    conn.execute(update(jobs).where(jobs.c.id == row["id"]).values(state="queued", updated_at=runtime.clock.now()))
-                    log.info("resuming job %s (%s) after restart", row["id"], row["kind"])
+                    conn.execute(
+                        update(jobs)
+                        .where(jobs.c.id == row["id"])
+                        .values(state="queued", runner=None, lease_expires=None, updated_at=runtime.clock.now())
+                    )
+                    log.info("resuming job %s (%s) of runner %s", row["id"], row["kind"], row["runner"])
                 else:
+                    # Taken over (still running) while its on_fail hook runs: if this
+                    # process dies meanwhile, the lease expires and another one fails it.
+                    conn.execute(
+                        update(jobs)
+                        .where(jobs.c.id == row["id"])
+                        .values(runner=self.runner_id, lease_expires=self._lease_end())
+                    )
                     to_fail.append(row)
+        reason = RESTART_REASON if at_start else LEASE_REASON
         for row in to_fail:
-            self._fail(row["id"], row["kind"], json.loads(row["payload"]), RESTART_REASON)
+            self._fail(row["id"], row["kind"], json.loads(row["payload"]), reason)
+
+    def _lease_end(self) -> ColumnElement[float]:
+        return db_epoch(self._runtime_ref()) + self._lease
 
     def _claim(self) -> dict[str, Any] | None:
-        """Mark the oldest due queued job running and return it (None if none is due).
+        """Mark the oldest due queued job running (leased to this runner) and return it
+        (None if none is due).
 
         Due-ness is decided in SQL, so jobs delayed into the future (``not_before``) never
         hide due jobs queued after them. The select and the update are one transaction:
@@ -206,7 +289,13 @@ class JobRunner:
                 claimed = conn.execute(
                     update(jobs)
                     .where(jobs.c.id == row["id"], jobs.c.state == "queued")
-                    .values(state="running", attempts=jobs.c.attempts + 1, updated_at=now)
+                    .values(
+                        state="running",
+                        attempts=jobs.c.attempts + 1,
+                        runner=self.runner_id,
+                        lease_expires=self._lease_end(),
+                        updated_at=now,
+                    )
                 ).rowcount
                 return dict(row) if claimed == 1 else None
 
@@ -240,15 +329,27 @@ class JobRunner:
             return
         self._finish(row["id"])
 
+    def _owned(self, job_id: str) -> ColumnElement[bool]:
+        """This runner still holds the job: a runner that lost it (its lease expired, another
+        runner took the job over) must not write its outcome over the new owner's."""
+        return (jobs.c.id == job_id) & (jobs.c.runner == self.runner_id) & (jobs.c.state == "running")
+
     def _finish(self, job_id: str) -> None:
         runtime = self._runtime_ref()
         with runtime.db.begin() as conn:
-            conn.execute(
-                update(jobs).where(jobs.c.id == job_id).values(state="done", progress=100.0, updated_at=runtime.clock.now())
-            )
+            done = conn.execute(
+                update(jobs)
+                .where(self._owned(job_id))
+                .values(state="done", progress=100.0, runner=None, lease_expires=None, updated_at=runtime.clock.now())
+            ).rowcount
+        if done != 1:
+            log.warning("job %s finished after another runner took it over; its outcome is not recorded", job_id)
 
     def _fail(self, job_id: str, kind_name: str, payload: dict[str, Any], reason: str) -> None:
         runtime = self._runtime_ref()
+        if not self._hold(job_id):
+            log.warning("job %s failed (%s) after another runner took it over; left to that runner", job_id, reason)
+            return
         kind = _KINDS.get(kind_name)
         if kind is not None and kind.on_fail is not None:
             try:
@@ -257,8 +358,18 @@ class JobRunner:
                 log.exception("on_fail hook of job %s failed", job_id)
         with runtime.db.begin() as conn:
             conn.execute(
-                update(jobs).where(jobs.c.id == job_id).values(state="failed", error=reason, updated_at=runtime.clock.now())
+                update(jobs)
+                .where(self._owned(job_id))
+                .values(state="failed", error=reason, runner=None, lease_expires=None, updated_at=runtime.clock.now())
             )
+
+    def _hold(self, job_id: str) -> bool:
+        """Renew the lease of one job this runner holds (before a failure hook runs, which
+        must not run for a job another runner has taken over); False if it is not held."""
+        runtime = self._runtime_ref()
+        with runtime.db.begin() as conn:
+            held = conn.execute(update(jobs).where(self._owned(job_id)).values(lease_expires=self._lease_end()))
+            return held.rowcount == 1
 
     def _record_progress(self, job_id: str, percent: float, checkpoint: dict[str, Any] | None) -> None:
         runtime = self._runtime_ref()
@@ -266,7 +377,28 @@ class JobRunner:
         if checkpoint is not None:
             values["checkpoint"] = json.dumps(checkpoint)
         with runtime.db.begin() as conn:
-            conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+            recorded = conn.execute(update(jobs).where(self._owned(job_id)).values(**values)).rowcount
+        if recorded != 1:
+            # Not raised into the job: its function would run its own failure path (some
+            # delete the blocks of the batch in hand) against the new owner's work. Jobs are
+            # idempotent; this run goes on to its end and its outcome is dropped (_finish).
+            log.warning("job %s: progress not recorded, another runner took the job over", job_id)
+
+
+def db_epoch(runtime: "Runtime") -> ColumnElement[float]:
+    """The database server's current time, in seconds since the epoch, as SQL.
+
+    Leases are on this clock, not on ``runtime.clock``: that one is per process and may be
+    advanced by days (tests, the dev admin route), which would expire every lease at once
+    or make this process's leases outlive it. The database's clock is also one clock for
+    all servers sharing it, so clock skew between their machines does not shorten or
+    stretch a lease. (A step of the database host's clock would; leases are far longer
+    than NTP corrections.) PostgreSQL: clock_timestamp(), not now() (the transaction's
+    start, which may precede a wait for the write lock). SQLite: this machine's clock.
+    """
+    if runtime.db.is_sqlite:
+        return literal_column("((julianday('now') - 2440587.5) * 86400.0)", Float)
+    return literal_column("CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)", Float)
 
 
 def _reason(exc: Exception) -> str:

@@ -16,12 +16,12 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, overload
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, select, text, update
+from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, text, update
 from sqlalchemy.pool import QueuePool
 
 from ebscrypt.storage.schema import load_tables, schema_version
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _v2_rule_position_bigint(conn: Connection) -> None:
@@ -31,8 +31,19 @@ def _v2_rule_position_bigint(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE ec2_security_group_rules ALTER COLUMN position TYPE BIGINT"))
 
 
+def _v3_job_leases(conn: Connection) -> None:
+    # Jobs record the runner that claimed them and its lease, so several servers on one
+    # database recover only the jobs of a runner that stopped renewing. A column already
+    # there (a database created at a later version, then marked older) is left alone.
+    present = {column["name"] for column in inspect(conn).get_columns("jobs")}
+    if "runner" not in present:
+        conn.execute(text("ALTER TABLE jobs ADD COLUMN runner VARCHAR(128)"))
+    if "lease_expires" not in present:
+        conn.execute(text("ALTER TABLE jobs ADD COLUMN lease_expires DOUBLE PRECISION"))
+
+
 # version N -> function that upgrades a database at version N-1 to N.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_rule_position_bigint}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_rule_position_bigint, 3: _v3_job_leases}
 
 # PostgreSQL: the advisory lock every write transaction takes first (any constant key; one
 # per database), and how long a lock wait may last before it is an error (SQLite's

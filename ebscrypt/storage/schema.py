@@ -35,6 +35,10 @@ jobs = Table(
     Column("not_before", DateTime(timezone=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The runner (one per server process) that claimed a running job, and when its lease
+    # ends, in seconds since the epoch on the database's clock (see engines/jobs.py).
+    Column("runner", String(128), nullable=True),
+    Column("lease_expires", Float, nullable=True),
 )
 
 

@@ -1,5 +1,5 @@
 """tests/unit/test_jobs.py again on PostgreSQL (claim, delays, restart recovery, two runners
-on one database), and the claim's SKIP LOCKED."""
+on one database, leases: renewal, take-over after expiry), and the claim's SKIP LOCKED."""
 
 from __future__ import annotations
 

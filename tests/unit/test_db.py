@@ -206,3 +206,29 @@ def test_version_1_database_gets_64_bit_rule_positions(db_url: str) -> None:
         assert _version(conn) == SCHEMA_VERSION
         assert conn.execute(select(ec2_security_group_rules.c.position)).scalar() == position
     database.dispose()
+
+
+def test_version_2_database_gets_job_lease_columns_and_keeps_its_jobs(db_url: str) -> None:
+    # v3: jobs record their runner and lease (several servers on one database). A v2 job
+    # left running has neither: the runner treats it as expired and recovers it.
+    from ebscrypt.storage.schema import jobs
+
+    database = Database(db_url)
+    with database.begin() as conn:  # make it the v2 jobs table, with a job a v2 server left running
+        conn.execute(text("alter table jobs drop column runner"))
+        conn.execute(text("alter table jobs drop column lease_expires"))
+        conn.execute(text(
+            "insert into jobs (id, kind, payload, state, progress, attempts, created_at, updated_at) "
+            "values ('j1', 'test_ok', '{}', 'running', 0, 1, '2026-01-01 00:00:00', '2026-01-01 00:00:00')"))
+    database.dispose()
+    _set_version(db_url, 2)
+    database = Database(db_url)
+    with database.read() as conn:
+        assert _version(conn) == SCHEMA_VERSION
+        row = conn.execute(select(jobs).where(jobs.c.id == "j1")).mappings().one()
+    assert (row["state"], row["runner"], row["lease_expires"]) == ("running", None, None)
+    with database.begin() as conn:  # the new columns take values
+        conn.execute(jobs.update().values(runner="host/1/abc", lease_expires=1.5e9))
+    with database.read() as conn:
+        assert conn.execute(select(jobs.c.lease_expires)).scalar() == 1.5e9
+    database.dispose()
