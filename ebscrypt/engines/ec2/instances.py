@@ -39,7 +39,7 @@ from ebscrypt.domain import instance_types as it
 from ebscrypt.domain import regions
 from ebscrypt.engines import ec2 as core
 from ebscrypt.engines.ec2 import images as images_engine
-from ebscrypt.engines.ec2 import keypairs, network
+from ebscrypt.engines.ec2 import keypairs, network, waits
 from ebscrypt.engines.ec2 import templates as templates_engine
 from ebscrypt.engines.ec2.encryption import WrappedDataKey, new_data_key, resolve_encryption
 from ebscrypt.engines.ec2.ids import is_well_formed, job_ctx, new_id
@@ -902,7 +902,7 @@ def describe_instances(ctx: RequestContext, ids: list[str], filters: list[dict[s
             with ctx.runtime.db.read() as conn:
                 return [r.state for r in conn.execute(select(instances_t.c.state).where(instances_t.c.instance_id.in_(moving)))]
 
-        images_engine.settle(states, _TRANSITIONAL)
+        waits.settle(states, _TRANSITIONAL)
         instances = read()
     with ctx.runtime.db.read() as conn:
         ids_seen = [i.instance_id for i in instances]
