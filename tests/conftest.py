@@ -106,9 +106,8 @@ def endpoint(server: ServerProcess) -> str:
     return server.url
 
 
-@pytest.fixture(scope="session")
-def aws(endpoint: str) -> Callable[..., Any]:
-    """``aws(service, account=..., region=...)`` → a boto3 client against the session server."""
+def client_factory(endpoint: str) -> Callable[..., Any]:
+    """``factory(service, account=..., region=...)`` → a cached boto3 client against ``endpoint``."""
     cache: dict[tuple[str, str, str], Any] = {}
 
     def factory(service: str, account: str = DEFAULT_ACCOUNT, region: str = DEFAULT_REGION) -> Any:
@@ -118,6 +117,12 @@ def aws(endpoint: str) -> Callable[..., Any]:
         return cache[key]
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def aws(endpoint: str) -> Callable[..., Any]:
+    """``aws(service, account=..., region=...)`` → a boto3 client against the session server."""
+    return client_factory(endpoint)
 
 
 @pytest.fixture

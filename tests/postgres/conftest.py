@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import DEFAULT_ACCOUNT, DEFAULT_REGION, ServerProcess, make_client
+from tests.conftest import ServerProcess, client_factory
 
 PG_URL_ENV = "EBSCRYPT_TEST_PG_URL"
 
@@ -112,15 +112,7 @@ def endpoint(server: ServerProcess) -> str:
 
 @pytest.fixture(scope="session")
 def aws(endpoint: str) -> Callable[..., Any]:
-    cache: dict[tuple[str, str, str], Any] = {}
-
-    def factory(service: str, account: str = DEFAULT_ACCOUNT, region: str = DEFAULT_REGION) -> Any:
-        key = (service, account, region)
-        if key not in cache:
-            cache[key] = make_client(endpoint, service, account, region)
-        return cache[key]
-
-    return factory
+    return client_factory(endpoint)
 
 
 @pytest.fixture
