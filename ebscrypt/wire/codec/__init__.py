@@ -15,6 +15,7 @@ One class per protocol:
 
 from __future__ import annotations
 
+import abc
 import functools
 from typing import Any
 
@@ -29,8 +30,9 @@ from .errors import wire_error
 __all__ = ["Codec", "codec_for", "HttpRequest", "HttpResponse"]
 
 
-class Codec:
-    """Base class: one instance per service, built once from the service model."""
+class Codec(abc.ABC):
+    """Base class: one instance per service, built once from the service model. Each
+    protocol class implements ``parse``, ``serialize`` and ``error_response``."""
 
     protocol: str = ""
 
@@ -41,13 +43,15 @@ class Codec:
     def operation(self, name: str) -> botocore.model.OperationModel:
         return self.service_model.operation_model(name)
 
+    @abc.abstractmethod
     def parse(self, request: HttpRequest) -> tuple[botocore.model.OperationModel, dict[str, Any]]:
-        raise NotImplementedError
+        """The operation an SDK request calls and its params (model member names)."""
 
+    @abc.abstractmethod
     def serialize(
         self, operation: botocore.model.OperationModel, result: dict[str, Any], request_id: str
     ) -> HttpResponse:
-        raise NotImplementedError
+        """The HTTP response carrying a handler's result, as the SDK parses it."""
 
     def serialize_error(
         self,
@@ -58,10 +62,11 @@ class Codec:
         code, status, message = wire_error(self.protocol, error)
         return self.error_response(code, status, message, error, request_id)
 
+    @abc.abstractmethod
     def error_response(
         self, code: str, status: int, message: str, error: ServiceError, request_id: str
     ) -> HttpResponse:
-        raise NotImplementedError
+        """The protocol's error envelope (EC2 XML, KMS ``__type``, EBS ``x-amzn-ErrorType``)."""
 
 
 _loader = botocore.loaders.Loader()
