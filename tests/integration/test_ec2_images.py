@@ -24,21 +24,6 @@ from tests.integration.test_ec2_images_support import (
 
 
 @pytest.fixture
-def acct() -> str:
-    return new_account()
-
-
-@pytest.fixture
-def ec2(aws: Callable[..., Any], acct: str) -> Any:
-    return aws("ec2", account=acct)
-
-
-@pytest.fixture
-def kms(aws: Callable[..., Any], acct: str) -> Any:
-    return aws("kms", account=acct)
-
-
-@pytest.fixture
 def mixed_image(ec2: Any, kms: Any) -> tuple[str, str]:
     """An image with an unencrypted root and a data snapshot encrypted under key A."""
     key_a = new_key(kms, "key A")

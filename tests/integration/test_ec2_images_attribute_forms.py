@@ -28,21 +28,6 @@ from tests.integration.test_ec2_images_support import (
 
 
 @pytest.fixture
-def acct() -> str:
-    return new_account()
-
-
-@pytest.fixture
-def ec2(aws: Callable[..., Any], acct: str) -> Any:
-    return aws("ec2", account=acct)
-
-
-@pytest.fixture
-def kms(aws: Callable[..., Any], acct: str) -> Any:
-    return aws("kms", account=acct)
-
-
-@pytest.fixture
 def shareable(ec2: Any, kms: Any, acct: str) -> str:
     """An image with a snapshot encrypted under a customer managed key (shareable, R-SHARE-3)."""
     key = new_key(kms)

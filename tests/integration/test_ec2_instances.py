@@ -26,21 +26,6 @@ from tests.integration.test_ec2_images_support import (
 
 
 @pytest.fixture
-def acct() -> str:
-    return new_account()
-
-
-@pytest.fixture
-def ec2(aws: Callable[..., Any], acct: str) -> Any:
-    return aws("ec2", account=acct)
-
-
-@pytest.fixture
-def kms(aws: Callable[..., Any], acct: str) -> Any:
-    return aws("kms", account=acct)
-
-
-@pytest.fixture
 def base_image(ec2: Any) -> str:
     """An image with an unencrypted 2 GiB root snapshot."""
     return register(ec2, "base", empty_snapshot(ec2, size=2))

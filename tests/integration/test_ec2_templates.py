@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import pytest
-
 from tests.integration.test_ec2_images_support import (
     empty_snapshot,
     error_of,
@@ -17,21 +15,6 @@ from tests.integration.test_ec2_images_support import (
     register,
     volumes_of,
 )
-
-
-@pytest.fixture
-def acct() -> str:
-    return new_account()
-
-
-@pytest.fixture
-def ec2(aws: Callable[..., Any], acct: str) -> Any:
-    return aws("ec2", account=acct)
-
-
-@pytest.fixture
-def kms(aws: Callable[..., Any], acct: str) -> Any:
-    return aws("kms", account=acct)
 
 
 def test_create_describe_version_delete(ec2: Any, acct: str) -> None:
