@@ -173,10 +173,6 @@ def format_bool(value: Any) -> str:
     return "true" if value else "false"
 
 
-# -- model constraints ----------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=512)
 def scalar_text(shape: Any, value: Any, timestamp_format: str) -> str:
     """A scalar member as protocol text (query XML values, REST headers), timestamps in
     the member's own format or else ``timestamp_format``."""
@@ -194,6 +190,10 @@ def scalar_text(shape: Any, value: Any, timestamp_format: str) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+# -- model constraints ----------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=512)
 def _pattern(regex: str) -> re.Pattern[str] | None:
     # Model patterns are Java/ECMA regexes, not implicitly anchored (Smithy @pattern);
     # ASCII classes as in Java. One Python cannot compile is simply not enforced.
