@@ -184,6 +184,21 @@ def _snapshot_volume(volume_id: str) -> Callable[[Any, Any], str]:
     return start
 
 
+def _restart_and_wait(srv: Any, data_dir: Path, kind: str, resource_id: str) -> tuple[Any, Any]:
+    """Start the server on the data dir, wait for the resource, and check its job ended
+    done on its second attempt; returns (ec2, ebs) clients."""
+    srv.start()
+    ec2, ebs = srv.client("ec2"), srv.client("ebs")
+    config = {"Delay": 1, "MaxAttempts": 60}
+    if resource_id.startswith("vol-"):
+        ec2.get_waiter("volume_available").wait(VolumeIds=[resource_id], WaiterConfig=config)
+    else:
+        ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[resource_id], WaiterConfig=config)
+    job = _job(data_dir, kind, resource_id)
+    assert (job["state"], job["error"], job["attempts"]) == ("done", None, 2), job
+    return ec2, ebs
+
+
 def _assert_no_orphans(data_dir: Path, before: set[str], new_objects: int) -> None:
     after = _objects(data_dir)
     assert before <= after
@@ -202,11 +217,7 @@ def test_volume_creation_killed_mid_job_finishes_on_restart(setup: dict[str, Any
     vid = _first_attempt(data_dir, _create_volume(sid, setup["key"]), kill, monkeypatch)
     assert _job(data_dir, "ec2_volume_create", vid)["state"] == "running"  # as a kill leaves it
 
-    srv.start()
-    ec2, ebs = srv.client("ec2"), srv.client("ebs")
-    ec2.get_waiter("volume_available").wait(VolumeIds=[vid], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
-    job = _job(data_dir, "ec2_volume_create", vid)
-    assert (job["state"], job["error"], job["attempts"]) == ("done", None, 2), job
+    ec2, ebs = _restart_and_wait(srv, data_dir, "ec2_volume_create", vid)
     vol = ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0]
     assert (vol["State"], vol["KmsKeyId"]) == ("available", setup["key"])
     copied = N_BLOCKS if source == "full" else 0
@@ -229,11 +240,7 @@ def test_snapshot_copy_killed_mid_job_finishes_on_restart(setup: dict[str, Any],
     cid = _first_attempt(data_dir, _copy_snapshot(sid, setup["key"]), kill, monkeypatch)
     assert _job(data_dir, "ec2_snapshot_copy", cid)["state"] == "running"
 
-    srv.start()
-    ec2, ebs = srv.client("ec2"), srv.client("ebs")
-    ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[cid], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
-    job = _job(data_dir, "ec2_snapshot_copy", cid)
-    assert (job["state"], job["error"], job["attempts"]) == ("done", None, 2), job
+    ec2, ebs = _restart_and_wait(srv, data_dir, "ec2_snapshot_copy", cid)
     snap = ec2.describe_snapshots(SnapshotIds=[cid])["Snapshots"][0]
     assert (snap["State"], snap["Progress"], snap["KmsKeyId"]) == ("completed", "100%", setup["key"])
     _assert_no_orphans(data_dir, before, N_BLOCKS if source == "full" else 0)
@@ -251,11 +258,7 @@ def test_snapshot_of_a_volume_killed_after_its_share_finishes_on_restart(setup: 
     snap_id = _first_attempt(data_dir, _snapshot_volume(setup["volume"]), "shared", monkeypatch)
     assert _job(data_dir, "ec2_snapshot_create", snap_id)["state"] == "running"
 
-    srv.start()
-    ec2, ebs = srv.client("ec2"), srv.client("ebs")
-    ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[snap_id], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
-    job = _job(data_dir, "ec2_snapshot_create", snap_id)
-    assert (job["state"], job["error"], job["attempts"]) == ("done", None, 2), job
+    ec2, ebs = _restart_and_wait(srv, data_dir, "ec2_snapshot_create", snap_id)
     _assert_no_orphans(data_dir, before, 0)
     assert _snapshot_bytes(ebs, snap_id) == {i: _data(setup["full"], i) for i in range(N_BLOCKS)}
 
