@@ -48,8 +48,8 @@ from ebscrypt.engines.ec2.instances import (
     known_instance_types,
     save_attributes,
 )
+from ebscrypt.engines.ec2.volumes import set_delete_on_termination
 from ebscrypt.errors import ServiceError
-from ebscrypt.storage.tables.ec2 import ec2_volume_attachments
 from ebscrypt.storage.tables.ec2_images import ec2_instances as instances_t
 
 #: Structured request members → the attribute each one modifies.
@@ -221,10 +221,7 @@ def _delete_on_termination(conn: Connection, instance: Instance, mappings: list[
         dot = (mapping.get("Ebs") or {}).get("DeleteOnTermination")
         changes[device] = True if dot is None else bool(dot)
     for device, dot in changes.items():
-        att = attached[device]
-        conn.execute(update(ec2_volume_attachments).where(
-            ec2_volume_attachments.c.volume_id == att.volume_id,
-            ec2_volume_attachments.c.instance_id == instance.instance_id).values(delete_on_termination=dot))
+        set_delete_on_termination(conn, attached[device].volume_id, instance.instance_id, dot)
 
 
 _APPLY: dict[str, Callable[[Connection, Instance, Any], None]] = {
