@@ -93,7 +93,7 @@ class QueryCodec(Codec):
             ns += "/"  # EC2 answers with the trailing slash its model omits
         self.namespace = ns
         self._ops = set(service_model.operation_names)
-        self._wire_maps: dict[str, dict[str, Any]] = {}
+        self._wire_maps: dict[str, dict[str, tuple[str, Any]]] = {}
 
     # -- request ------------------------------------------------------------------
 
@@ -124,11 +124,12 @@ class QueryCodec(Codec):
             return operation, {}
         return operation, self._read_members(shape, tree, "")
 
-    def _members_by_wire(self, shape: Any) -> dict[str, Any]:
-        """{wire name: member shape} of a structure, built once per shape."""
+    def _members_by_wire(self, shape: Any) -> dict[str, tuple[str, Any]]:
+        """{wire name: (member name, member shape)} of a structure, in model order, built
+        once per shape (both the unknown-field check and the reader look members up by it)."""
         found = self._wire_maps.get(shape.name)
         if found is None:
-            found = {self._wire_name(m, n): m for n, m in shape.members.items()}
+            found = {self._wire_name(m, n): (n, m) for n, m in shape.members.items()}
             self._wire_maps[shape.name] = found
         return found
 
@@ -155,7 +156,8 @@ class QueryCodec(Codec):
     def _child_shape(self, shape: Any | None, kind: str | None, key: str) -> Any | None:
         """The shape ``key`` names under ``shape``; None when it names nothing there."""
         if kind == "structure":
-            return self._members_by_wire(shape).get(key)
+            found = self._members_by_wire(shape).get(key)
+            return found[1] if found is not None else None
         if kind == "list":
             return shape.member if key.isdigit() else None
         return None  # below a scalar, or an operation without input: nothing is known
@@ -191,8 +193,7 @@ class QueryCodec(Codec):
 
     def _read_members(self, shape: Any, node: dict, path: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for name, member in shape.members.items():
-            wire = self._wire_name(member, name)
+        for wire, (name, member) in self._members_by_wire(shape).items():
             child = node.get(wire)
             if child is None:
                 continue
