@@ -275,17 +275,21 @@ class LineageOperations:
         head = self._new_layer(conn, parent)
         if key is not None:
             data_key_id, encrypted = key.key_id, True
+        return self._insert_owner(conn, Owner(owner_id, head, None, data_key_id, encrypted))
+
+    def _insert_owner(self, conn: Connection, owner: Owner) -> Owner:
+        """Record ``owner`` (its head, and pin, layers already exist)."""
         conn.execute(
             insert(blk_owners).values(
-                owner_id=owner_id,
-                head_id=head,
-                pin_id=None,
-                data_key_id=data_key_id,
-                encrypted=encrypted,
+                owner_id=owner.owner_id,
+                head_id=owner.head_id,
+                pin_id=owner.pin_id,
+                data_key_id=owner.data_key_id,
+                encrypted=owner.encrypted,
                 created_at=self.now(),
             )
         )
-        return Owner(owner_id, head, None, data_key_id, encrypted)
+        return owner
 
     def _check_key(self, owner: Owner, key: DataKey | None, *, adopt: Connection) -> None:
         if owner.encrypted is None:  # first write decides

@@ -161,17 +161,8 @@ class CopyOperations:
             if copy_layer is None:  # nothing to copy: dst is complete as created
                 self._create_owner(conn, dst_owner_id, None, dst_key)
                 return None, None
-            now = self.now()
-            conn.execute(
-                insert(blk_owners).values(
-                    owner_id=dst_owner_id,
-                    head_id=copy_layer,
-                    pin_id=frozen,
-                    data_key_id=dst_key.key_id if dst_key else None,
-                    encrypted=dst_key is not None,
-                    created_at=now,
-                )
-            )
+            key_id = dst_key.key_id if dst_key else None
+            self._insert_owner(conn, Owner(dst_owner_id, copy_layer, frozen, key_id, dst_key is not None))
             return copy_layer, frozen
 
     def _earlier_copy(self, conn: Connection, dst: Owner, dst_key: DataKey | None) -> tuple[str | None, str | None]:
