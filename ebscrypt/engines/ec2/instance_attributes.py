@@ -27,7 +27,7 @@ from dataclasses import replace
 from functools import lru_cache
 from typing import Any, Callable
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, update
 
 from ebscrypt.context import RequestContext
 from ebscrypt.domain import instance_types as it
@@ -37,16 +37,16 @@ from ebscrypt.engines.ec2.filters import select_matching
 from ebscrypt.engines.ec2.instances import (
     Instance,
     InstanceAttrs,
-    _not_found,
-    _visible,
     attributes_of,
     check_instance_ids,
     check_shutdown_behavior,
     check_user_data,
     get_instance,
+    get_instances,
     instance_view,
     known_instance_types,
     save_attributes,
+    visible_instances,
 )
 from ebscrypt.engines.ec2.volumes import set_delete_on_termination
 from ebscrypt.errors import ServiceError
@@ -345,27 +345,14 @@ def describe_status(ctx: RequestContext, ids: list[str], filters: list[dict[str,
     check_instance_ids(ids)
     now = ctx.runtime.clock.now()
     with ctx.runtime.db.read() as conn:
-        instances = []
-        missing = []
-        for instance_id in dict.fromkeys(ids):
-            try:
-                instances.append(get_instance(conn, caller.account, caller.region, instance_id, now))
-            except ServiceError:
-                missing.append(instance_id)
-        if missing:
-            raise _not_found(missing)
-        if not ids:
-            instances = _all_visible(conn, caller.account, caller.region, now)
+        if ids:
+            instances = get_instances(conn, caller.account, caller.region, list(dict.fromkeys(ids)), now)
+        else:
+            instances = visible_instances(conn, caller.account, caller.region, now)
     if not include_all:
         instances = [i for i in instances if i.state == it.RUNNING]
     statuses = sorted((_status(i) for i in instances), key=lambda s: s["InstanceId"])
     return select_matching(statuses, filters, _STATUS_FILTERS)
-
-
-def _all_visible(conn: Connection, account: str, region: str, now: Any) -> list[Instance]:
-    rows = conn.execute(select(instances_t).where(instances_t.c.account == account,
-                                                  instances_t.c.region == region)).mappings()
-    return [i for i in (Instance.from_row(r) for r in rows) if _visible(i, now)]
 
 
 __all__ = ["InstanceAttrs", "describe_attribute", "describe_status", "modify_attribute", "requested_change"]

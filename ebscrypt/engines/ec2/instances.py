@@ -217,6 +217,29 @@ def get_instance(conn: Connection, account: str, region: str, instance_id: str, 
     return instance
 
 
+def get_instances(conn: Connection, account: str, region: str, ids: list[str], now: datetime) -> list[Instance]:
+    """The caller's instances named by ``ids`` (well-formed, checked first), in that order, in
+    one query; every unknown one named in a single InvalidInstanceID.NotFound. [conn]"""
+    if not ids:
+        return []
+    found = {i.instance_id: i for i in visible_instances(conn, account, region, now, ids)}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise _not_found(missing)
+    return [found[i] for i in ids]
+
+
+def visible_instances(conn: Connection, account: str, region: str, now: datetime,
+                      ids: list[str] | None = None) -> list[Instance]:
+    """The caller's visible instances (only ``ids`` if given), in launch order. [conn]"""
+    query = select(instances_t).where(instances_t.c.account == account, instances_t.c.region == region)
+    if ids:
+        query = query.where(instances_t.c.instance_id.in_(ids))
+    rows = conn.execute(query.order_by(instances_t.c.launch_time, instances_t.c.reservation_id,
+                                       instances_t.c.ami_launch_index)).mappings()
+    return [i for i in (Instance.from_row(r) for r in rows) if _visible(i, now)]
+
+
 def _instance_lookup(conn: Connection, caller: Any, instance_id: str) -> dict[str, Any]:
     """ec2core's AttachVolume / CreateSnapshots ask this for the instance's zone and root
     device (and its existence: InvalidInstanceID.NotFound / .Malformed)."""
@@ -767,15 +790,7 @@ def _state_change(ctx: RequestContext, ids: list[str], transition: Callable[[str
     now = ctx.runtime.clock.now()
     changes = []
     with ctx.runtime.db.begin() as conn:
-        instances = []
-        missing = []
-        for instance_id in ids:
-            try:
-                instances.append(get_instance(conn, caller.account, caller.region, instance_id, now))
-            except ServiceError:
-                missing.append(instance_id)
-        if missing:
-            raise _not_found(missing)
+        instances = get_instances(conn, caller.account, caller.region, ids, now)
         protection = attributes_of(conn, [i.instance_id for i in instances])
         for instance in instances:  # all-or-nothing: check every instance first
             t = transition(instance.state)
@@ -880,12 +895,7 @@ def describe_instances(ctx: RequestContext, ids: list[str], filters: list[dict[s
     def read() -> list[Instance]:
         now = ctx.runtime.clock.now()
         with ctx.runtime.db.read() as conn:
-            query = select(instances_t).where(instances_t.c.account == caller.account, instances_t.c.region == caller.region)
-            if ids:
-                query = query.where(instances_t.c.instance_id.in_(ids))
-            rows = conn.execute(query.order_by(instances_t.c.launch_time, instances_t.c.reservation_id,
-                                               instances_t.c.ami_launch_index)).mappings()
-            return [i for i in (Instance.from_row(r) for r in rows) if _visible(i, now)]
+            return visible_instances(conn, caller.account, caller.region, now, ids)
 
     instances = read()
     if ids:
