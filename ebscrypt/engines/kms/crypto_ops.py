@@ -75,12 +75,7 @@ class CryptoOperations:
     # ------------------------------------------------------- symmetric crypto core
 
     def _seal(self, row: Any, plaintext: bytes, context: Mapping[str, str] | None) -> bytes:
-        material_id = getattr(row, "current_material_id", None)
-        if material_id is not None:
-            material = self._material(row.key_id, material_id)
-        else:
-            with self.db.read() as conn:
-                material_id, material = self._current_material(conn, row.key_id)
+        material_id, material = self._current_key(row)
         return blobfmt.seal(row.key_id, material_id, material, plaintext, context)
 
     def _blob_key(self, caller: Caller, blob: bytes, key_ref: str | None, algorithm: str | None) -> tuple[Any, Any]:
@@ -175,7 +170,7 @@ class CryptoOperations:
             return row, self._open(row, header, blob, ec)
         if alg not in asym.encryption_algorithms(row.key_spec, row.key_usage):
             raise incompatible_algorithm(alg, row)
-        material = self._current_key_bytes(row.key_id)
+        _material_id, material = self._current_key(row)
         try:
             return row, asym.rsa_decrypt(material, bytes(blob), alg)
         except ValueError:

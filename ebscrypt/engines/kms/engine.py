@@ -181,11 +181,14 @@ class KeyEngine(
             raise kms_error("KMSInternalException", "key material is missing", 500)
         return row.material_id, self._material(key_id, row.material_id, conn)
 
-    def _current_key_bytes(self, key_id: str) -> bytes:
-        """The current material of a key (private key, HMAC key) for a one-off use."""
+    def _current_key(self, row: Any) -> tuple[str, bytes]:
+        """(material id, material) of the key's current backing material: the id the key
+        row was read with (no second read), the material from the in-memory store."""
+        material_id = getattr(row, "current_material_id", None)
+        if material_id is not None:
+            return material_id, self._material(row.key_id, material_id)
         with self.db.read() as conn:
-            _material_id, material = self._current_material(conn, key_id)
-        return material
+            return self._current_material(conn, row.key_id)
 
     def _add_material(
         self, conn: Connection, key_id: str, material: bytes, *, rotation_type: str | None = None

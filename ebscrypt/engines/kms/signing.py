@@ -75,7 +75,7 @@ class SigningOperations:
 
     def op_Sign(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
         row, message, alg, msg_type = self._signing_key(caller, p, "kms:Sign")
-        material = self._current_key_bytes(row.key_id)
+        _material_id, material = self._current_key(row)
         sig = asym.sign(material, message, alg, digest=msg_type == "DIGEST")
         return {"KeyId": row.arn, "Signature": sig, "SigningAlgorithm": alg}
 
@@ -97,13 +97,13 @@ class SigningOperations:
 
     def op_GenerateMac(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
         row, message, alg = self._mac_key(caller, p, "kms:GenerateMac")
-        key = self._current_key_bytes(row.key_id)
+        _material_id, key = self._current_key(row)
         stop_if_dry_run(p.get("DryRun"))
         return {"Mac": asym.generate_mac(key, message, alg), "MacAlgorithm": alg, "KeyId": row.arn}
 
     def op_VerifyMac(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
         row, message, alg = self._mac_key(caller, p, "kms:VerifyMac")
-        key = self._current_key_bytes(row.key_id)
+        _material_id, key = self._current_key(row)
         if not asym.verify_mac(key, message, bytes(p.get("Mac") or b""), alg):
             raise kms_error("KMSInvalidMacException", "The MAC is not valid for this message and key.")
         stop_if_dry_run(p.get("DryRun"))
