@@ -118,6 +118,7 @@ class JobRunner:
         self._keeper_stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._claim_lock = threading.Lock()
+        self._running: set[str] = set()  # ids of the jobs this runner's threads are in (_run)
         # host/pid/random: unique per runner, and readable when a person inspects a job
         self.runner_id = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
         _LIVE_RUNNERS[self.runner_id] = self
@@ -212,6 +213,8 @@ class JobRunner:
                 log.exception("renewing or recovering job leases failed")
 
     def _renew(self) -> None:
+        if not self._running:  # no job of ours runs: no lease to renew, no write lock taken
+            return
         runtime = self._runtime_ref()
         with runtime.db.begin() as conn:
             conn.execute(
@@ -313,6 +316,13 @@ class JobRunner:
             self._run(job)
 
     def _run(self, row: dict[str, Any]) -> None:
+        self._running.add(row["id"])
+        try:
+            self._run_held(row)
+        finally:
+            self._running.discard(row["id"])
+
+    def _run_held(self, row: dict[str, Any]) -> None:
         kind = _KINDS.get(row["kind"])
         payload = json.loads(row["payload"])
         if kind is None:
