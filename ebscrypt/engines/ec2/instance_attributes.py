@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import replace
-from functools import lru_cache
 from typing import Any, Callable
 
 from sqlalchemy import Connection, update
@@ -45,6 +44,7 @@ from ebscrypt.engines.ec2.instances import (
     get_instances,
     instance_view,
     known_instance_types,
+    model_enum,
     save_attributes,
     visible_instances,
 )
@@ -75,13 +75,9 @@ _STOPPED_ONLY = frozenset({"instanceType", "userData", "kernel", "ramdisk", "ebs
 _NOT_MODIFIABLE = frozenset({"rootDeviceName", "productCodes", "enclaveOptions"})
 
 
-@lru_cache(maxsize=1)
 def _attribute_names() -> frozenset[str]:
     """The model's ``InstanceAttributeName`` enum."""
-    import botocore.session
-
-    model = botocore.session.get_session().get_service_model("ec2")
-    return frozenset(model.shape_for("InstanceAttributeName").enum)
+    return model_enum("InstanceAttributeName")
 
 
 def _unknown_attribute(name: str) -> ServiceError:

@@ -110,13 +110,22 @@ class Instance:
         return cls(**values)
 
 
+@lru_cache(maxsize=None)
+def model_enum(shape: str) -> frozenset[str]:
+    """The values of one string enum of the EC2 model (loaded once, on first use)."""
+    return frozenset(_ec2_model().shape_for(shape).enum)
+
+
 @lru_cache(maxsize=1)
-def known_instance_types() -> frozenset[str]:
-    """Every instance type name the EC2 model knows (its ``InstanceType`` enum)."""
+def _ec2_model() -> Any:
     import botocore.session
 
-    model = botocore.session.get_session().get_service_model("ec2")
-    return frozenset(model.shape_for("InstanceType").enum)
+    return botocore.session.get_session().get_service_model("ec2")
+
+
+def known_instance_types() -> frozenset[str]:
+    """Every instance type name the EC2 model knows (its ``InstanceType`` enum)."""
+    return model_enum("InstanceType")
 
 
 @dataclass(frozen=True)
