@@ -135,10 +135,7 @@ class CryptoOperations:
         return {"CiphertextBlob": blob, "KeyId": row.arn, "EncryptionAlgorithm": alg}
 
     def _encrypt(self, row: Any, plaintext: bytes, ec: Mapping[str, str] | None, alg: str) -> bytes:
-        if row.key_usage != "ENCRYPT_DECRYPT":
-            raise kms_error(
-                "InvalidKeyUsageException", f"{row.arn} key usage is {row.key_usage} which is not valid for Encrypt."
-            )
+        self._require_usage(row, "ENCRYPT_DECRYPT", "Encrypt")
         if alg not in asym.encryption_algorithms(row.key_spec, row.key_usage):
             raise incompatible_algorithm(alg, row)
         if row.key_spec == "SYMMETRIC_DEFAULT":
@@ -160,10 +157,7 @@ class CryptoOperations:
         row, header = self._blob_key(caller, blob, key_ref, alg)
         self._authorize(caller, row, action, encryption_context=ec, grant_tokens=grant_tokens)
         self._require_enabled(row)
-        if row.key_usage != "ENCRYPT_DECRYPT":
-            raise kms_error(
-                "InvalidKeyUsageException", f"{row.arn} key usage is {row.key_usage} which is not valid for Decrypt."
-            )
+        self._require_usage(row, "ENCRYPT_DECRYPT", "Decrypt")
         if header is not None:
             if row.key_spec != "SYMMETRIC_DEFAULT":
                 raise _invalid_ciphertext()

@@ -442,6 +442,14 @@ class KeyEngine(
             raise kms_error("KMSInvalidStateException", f"{row.arn} is pending deletion.")
 
     @staticmethod
+    def _require_usage(row: Any, usage: str, operation: str) -> None:
+        if row.key_usage != usage:
+            raise kms_error(
+                "InvalidKeyUsageException",
+                f"{row.arn} key usage is {row.key_usage} which is not valid for {operation}.",
+            )
+
+    @staticmethod
     def _require_symmetric(row: Any, what: str) -> None:
         if row.key_spec != "SYMMETRIC_DEFAULT" or row.key_usage != "ENCRYPT_DECRYPT":
             raise kms_error(

@@ -50,11 +50,7 @@ class SigningOperations:
         row = self._resolve(caller, p["KeyId"])
         self._authorize(caller, row, action, grant_tokens=p.get("GrantTokens"))
         self._require_enabled(row)
-        if row.key_usage != usage:
-            raise kms_error(
-                "InvalidKeyUsageException",
-                f"{row.arn} key usage is {row.key_usage} which is not valid for {action.split(':')[1]}.",
-            )
+        self._require_usage(row, usage, action.split(":")[1])
         return row
 
     # ------------------------------------------------------------------ signatures
