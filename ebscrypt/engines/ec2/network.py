@@ -21,6 +21,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ebscrypt.domain import regions as R
+from ebscrypt.engines.ec2.paging import page_size
 from ebscrypt.errors import ServiceError
 from ebscrypt.storage.tables.ec2_net import (
     ec2_net_defaults,
@@ -34,8 +35,8 @@ from ebscrypt.storage.tables.ec2_net import (
 
 
 def paginate(items: list[Any], params: Mapping[str, Any], *, lo: int = 5, hi: int = 1000) -> tuple[list[Any], str | None]:
-    """EC2 MaxResults/NextToken over an already ordered list (token = opaque offset)."""
-    max_results = params.get("MaxResults")
+    """EC2 MaxResults/NextToken over an already ordered list (token = opaque offset; paging.page
+    pages id-ordered lists by their last id instead)."""
     token = params.get("NextToken")
     start = 0
     if token:
@@ -45,14 +46,9 @@ def paginate(items: list[Any], params: Mapping[str, Any], *, lo: int = 5, hi: in
                 raise ValueError
         except (ValueError, UnicodeDecodeError, binascii.Error):
             raise ServiceError(f"Invalid NextToken: {token}", code="InvalidParameterValue") from None
+    max_results = page_size(params, low=lo, high=hi)
     if max_results is None:
         return items[start:], None
-    if not lo <= max_results <= hi:
-        raise ServiceError(
-            f"Value ( {max_results} ) for parameter maxResults is invalid. "
-            f"Expecting a value between {lo} and {hi}.",
-            code="InvalidParameterValue",
-        )
     page = items[start:start + max_results]
     end = start + max_results
     nxt = base64.urlsafe_b64encode(f"o:{end}".encode()).decode() if end < len(items) else None

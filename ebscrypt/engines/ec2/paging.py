@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from ebscrypt.errors import ServiceError
 
@@ -33,7 +33,7 @@ def page_after(token: str | None) -> str | None:
     return _decode(token) if token else None
 
 
-def page_size(params: dict[str, Any], *, low: int, high: int, ids_param: str | None = None,
+def page_size(params: Mapping[str, Any], *, low: int, high: int, ids_param: str | None = None,
               clamp: bool = False) -> int | None:
     """The validated MaxResults of a request (None when absent); see ``page``."""
     max_results = params.get("MaxResults")
