@@ -27,7 +27,7 @@ from ebscrypt.engines.ec2.encryption import (
     unwrap,
 )
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
-from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume
+from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume, from_result
 from ebscrypt.engines.ec2 import waits
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags
 from ebscrypt.engines.jobs import JobContext, job_kind
@@ -172,6 +172,21 @@ def get_volume(conn: Connection, caller: Any, volume_id: str) -> Volume:
     if vol is None or vol.account != caller.account or vol.region != caller.region:
         raise ServiceError(f"The volume '{volume_id}' does not exist.", code="InvalidVolume.NotFound")
     return vol
+
+
+def list_volumes(conn: Connection, account: str, region: str, volume_ids: list[str] | None = None, *,
+                 after: str | None = None, limit: int | None = None) -> list[Volume]:
+    """The account's volumes in the region by id order (only ``volume_ids`` if given), only
+    ids after ``after``, at most ``limit``: DescribeVolumes pages in SQL with these. [conn]"""
+    q = select(ec2_volumes).where(ec2_volumes.c.account == account,
+                                  ec2_volumes.c.region == region).order_by(ec2_volumes.c.id)
+    if volume_ids:
+        q = q.where(ec2_volumes.c.id.in_(volume_ids))
+    if after is not None:
+        q = q.where(ec2_volumes.c.id > after)
+    if limit is not None:
+        q = q.limit(limit)
+    return from_result(Volume, conn.execute(q))
 
 
 def attachments_of(conn: Connection, volume_ids: list[str]) -> dict[str, list[Attachment]]:

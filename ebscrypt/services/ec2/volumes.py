@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import volumes as V
 from ebscrypt.engines.ec2.ids import check_id
 from ebscrypt.engines.ec2.filters import apply_filters as filter_select, dry_run_check
 from ebscrypt.engines.ec2.paging import encode_token, page, page_after, page_size
-from ebscrypt.engines.ec2.records import Attachment, Volume, from_result
+from ebscrypt.engines.ec2.records import Attachment, Volume
 from ebscrypt.engines.ec2.tags import tag_specs, tags_for
 from ebscrypt.errors import ServiceError
 from ebscrypt.services.registry import operation
-from ebscrypt.storage.tables.ec2 import ec2_volumes
 
 
 def attachment_dict(a: Attachment) -> dict[str, Any]:
@@ -73,15 +70,7 @@ def describe(ctx: RequestContext, volume_ids: list[str] | None = None, *, after:
     for vid in volume_ids or []:
         check_id(vid, "vol", "InvalidVolumeID.Malformed")
     with ctx.runtime.db.read() as conn:
-        q = select(ec2_volumes).where(ec2_volumes.c.account == caller.account,
-                                      ec2_volumes.c.region == caller.region).order_by(ec2_volumes.c.id)
-        if volume_ids:
-            q = q.where(ec2_volumes.c.id.in_(volume_ids))
-        if after is not None:
-            q = q.where(ec2_volumes.c.id > after)
-        if limit is not None:
-            q = q.limit(limit)
-        vols = from_result(Volume, conn.execute(q))
+        vols = V.list_volumes(conn, caller.account, caller.region, volume_ids, after=after, limit=limit)
         ids = [v.id for v in vols]
         atts = V.attachments_of(conn, ids)
         tags = tags_for(conn, caller.account, ids)
