@@ -89,23 +89,19 @@ class KeyOperations:
         """The ``alias/aws/ebs`` alias row of ``account`` in ``region``, its key made on first use."""
         with self.db.read() as conn:
             alias = alias_row(conn, account, region, EBS_ALIAS)
-        if alias is None:
-            self._ensure_ebs_key(account, region)
-            with self.db.read() as conn:
-                alias = alias_row(conn, account, region, EBS_ALIAS)
-        return alias
-
-    def _ensure_ebs_key(self, account: str, region: str) -> None:
-        with self.db.read() as conn:
-            if alias_row(conn, account, region, EBS_ALIAS) is not None:
-                return
+        if alias is not None:
+            return alias
         try:
             self._create_ebs_key(account, region)
         except IntegrityError:
             # Another server process (scale-out) created it first: use theirs.
             with self.db.read() as conn:
-                if alias_row(conn, account, region, EBS_ALIAS) is None:
-                    raise
+                alias = alias_row(conn, account, region, EBS_ALIAS)
+            if alias is None:
+                raise
+            return alias
+        with self.db.read() as conn:
+            return alias_row(conn, account, region, EBS_ALIAS)
 
     def _create_ebs_key(self, account: str, region: str) -> None:
         with self._lock:
