@@ -9,9 +9,6 @@ the data-key cache and the LINEAR checksum are in :mod:`ebscrypt.engines.blocks.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
 from datetime import datetime
 from typing import Any
@@ -222,9 +219,7 @@ def put_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
         )
     if params.get("ChecksumAlgorithm") != "SHA256":
         raise direct.validation("The only supported checksum algorithm is SHA256.", "INVALID_PARAMETER_VALUE")
-    actual = base64.b64encode(hashlib.sha256(data).digest()).decode()
-    if not hmac.compare_digest(actual, params["Checksum"]):
-        raise direct.validation("The checksum of the block data does not match x-amz-Checksum.", "INVALID_BLOCK")
+    actual = direct.verified_block_checksum(data, params["Checksum"])
     key = direct.keys.get(ctx, snap)
     try:
         _blocks(ctx).write_block(snapshot_id, index, data, key, checksum=actual)  # verified just above
@@ -270,8 +265,7 @@ def complete_snapshot(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
             raise direct.validation("The only supported checksum algorithm is SHA256.", "INVALID_PARAMETER_VALUE")
         if params.get("ChecksumAggregationMethod", "LINEAR") != "LINEAR":
             raise direct.validation("The only supported aggregation method is LINEAR.", "INVALID_PARAMETER_VALUE")
-        if not hmac.compare_digest(direct.aggregate_checksum(c for _, c in own), checksum):
-            raise direct.validation("The aggregated checksum does not match the blocks written.", "INVALID_PARAMETER_VALUE")
+        direct.check_aggregate_checksum((c for _, c in own), checksum)
     _ec2().complete_snapshot(ctx.runtime, snapshot_id)
     direct.end_session(ctx.runtime, snapshot_id)
     direct.keys.drop(ctx, snapshot_id)

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 
-from ebscrypt.engines.blocks.crypto import DataKey
+from ebscrypt.engines.blocks.crypto import DataKey, sha256_b64
 from ebscrypt.engines.blocks.engine import BlockRef
 from ebscrypt.errors import ServiceError
 from ebscrypt.storage.db import as_utc
@@ -266,6 +266,21 @@ def aggregate_checksum(checksums: Any) -> str:
     for c in checksums:
         h.update(base64.b64decode(c))
     return base64.b64encode(h.digest()).decode()
+
+
+def verified_block_checksum(data: bytes, claimed: str) -> str:
+    """The base64 SHA-256 of a block PutSnapshotBlock received, which must be the
+    ``x-amz-Checksum`` sent with it (compared in constant time)."""
+    actual = sha256_b64(data)
+    if not hmac.compare_digest(actual, claimed):
+        raise validation("The checksum of the block data does not match x-amz-Checksum.", "INVALID_BLOCK")
+    return actual
+
+
+def check_aggregate_checksum(checksums: Any, claimed: str) -> None:
+    """CompleteSnapshot's LINEAR checksum must be that of the blocks written."""
+    if not hmac.compare_digest(aggregate_checksum(checksums), claimed):
+        raise validation("The aggregated checksum does not match the blocks written.", "INVALID_PARAMETER_VALUE")
 
 
 # --------------------------------------------------------------------------- timeout
