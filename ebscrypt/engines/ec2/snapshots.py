@@ -22,6 +22,7 @@ from ebscrypt.engines.ec2.encryption import (
     resolve_encryption,
 )
 from ebscrypt.engines.ec2 import waits
+from ebscrypt.engines.ec2.copy_source import check_source_survived
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.records import Snapshot, from_result
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags
@@ -359,29 +360,6 @@ def _finish_copy(runtime: Any, p: dict[str, Any], report: Callable[[float], None
     if _released_if_deleted(runtime, dst.id):
         return
     complete_snapshot(runtime, dst.id)
-
-
-class SourceSnapshotGone(Exception):
-    """A copy's source snapshot was deleted before the copy could pin its blocks."""
-
-    def __init__(self, snapshot_id: str) -> None:
-        super().__init__(f"The snapshot '{snapshot_id}' was deleted before its blocks could be copied.")
-
-
-def check_source_survived(runtime: Any, source_id: str, dst_owner_id: str) -> None:
-    """Refuse a copy that may have read a deleted source as empty.
-
-    The block engine copies a source it no longer has as an empty one, which is right for
-    a snapshot that never held a block and wrong for one deleted (record first, then its
-    blocks) between the job's read of the record and the copy. While the record still
-    exists its blocks were there when the copy pinned them; once it is gone, only a copy
-    that received blocks can be trusted.
-    """
-    with runtime.db.read() as conn:
-        if _row(conn, source_id) is not None:
-            return
-    if not runtime.blocks.list_block_refs(dst_owner_id):
-        raise SourceSnapshotGone(source_id)
 
 
 def _copy_blocks(runtime: Any, src: Snapshot, src_key: Any, dst: Snapshot, ctx: Any,

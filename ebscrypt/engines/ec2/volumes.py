@@ -18,6 +18,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from ebscrypt.domain import regions
 from ebscrypt.engines.blocks.engine import CopyCancelled
 from ebscrypt.engines.ec2.account import get_settings
+from ebscrypt.engines.ec2.copy_source import SourceSnapshotGone, check_source_survived
 from ebscrypt.engines.ec2.encryption import (
     EncryptionPlan,
     WrappedDataKey,
@@ -420,8 +421,6 @@ def _create_job(job: JobContext) -> None:
 
 
 def _finish(runtime: Any, p: dict[str, Any], report: Callable[[float], None] | None) -> None:
-    from ebscrypt.engines.ec2.snapshots import SourceSnapshotGone, check_source_survived  # (import cycle)
-
     if p.get("problem"):
         set_volume_state(runtime, p["volume_id"], "error", p["problem"])
         return
