@@ -295,7 +295,7 @@ class KeyEngine(
 
     def _load_fresh(self, key_id: str) -> Any:
         with self.db.read() as conn:
-            row = conn.execute(_KEY_QUERY, {"key_id": key_id}).first()
+            row = self._key_row(conn, key_id)
         if row is None:
             return None
         now = self.clock.now()
@@ -307,13 +307,13 @@ class KeyEngine(
         if row.state == "Enabled" and row.rotation_enabled and due is not None and utc(due) <= now:
             self._auto_rotate(key_id)
             with self.db.read() as conn:
-                row = conn.execute(_KEY_QUERY, {"key_id": key_id}).first()
+                row = self._key_row(conn, key_id)
         return row
 
     @staticmethod
-    def _key_query(key_id: str) -> Any:
-        """The key row plus the id of its current backing material (one round trip)."""
-        return _KEY_QUERY.params(key_id=key_id)
+    def _key_row(conn: Connection, key_id: str) -> Any:
+        """The key row plus the id of its current backing material (None if no such key)."""
+        return conn.execute(_KEY_QUERY, {"key_id": key_id}).first()
 
     # ----------------------------------------------------------- authorization
 

@@ -83,7 +83,7 @@ class KeyOperations:
             )
         )
         self._add_material(conn, key_id, material)
-        return conn.execute(self._key_query(key_id)).one()
+        return self._key_row(conn, key_id)
 
     def _ebs_alias(self, account: str, region: str) -> Any:
         """The ``alias/aws/ebs`` alias row of ``account`` in ``region``, its key made on first use."""
