@@ -52,7 +52,8 @@ PG_WRITE_LOCK_KEY = 0x65627363  # "ebsc"
 PG_LOCK_TIMEOUT_MS = 30000
 
 
-# Execution option marking a connection of ``Database.read()`` (see ``_sqlite_begin``).
+# Execution option marking a connection of ``Database.read()``, and the key under which a
+# pooled SQLite connection records whether query_only is on (see ``_sqlite_begin``).
 _READ_ONLY = "ebscrypt_read_only"
 
 # SQLite connections kept open between uses: more than the request threads (anyio's
@@ -128,18 +129,9 @@ class Database:
                     yield conn
             return
         with self.engine.connect() as conn:
-            raw = conn.connection.driver_connection
-            assert raw is not None
-            # query_only turns a write slipped into a read path into an immediate error;
-            # a deferred transaction that writes would otherwise fail only under
-            # contention (SQLITE_BUSY when upgrading a read snapshot to a write).
-            raw.execute("PRAGMA query_only=1")
-            try:
-                conn.execution_options(**{_READ_ONLY: True})  # _sqlite_begin: a deferred BEGIN
-                with conn.begin():
-                    yield conn
-            finally:
-                _leave_query_only(conn)
+            conn.execution_options(**{_READ_ONLY: True})  # _sqlite_begin: query_only, deferred BEGIN
+            with conn.begin():
+                yield conn
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -189,20 +181,13 @@ def _sqlite_begin(conn: Connection) -> None:
     # Writers take the write lock at BEGIN (IMMEDIATE), so two writers never deadlock
     # upgrading read locks, and wait for each other through busy_timeout. Readers use a
     # deferred BEGIN: under WAL they read a snapshot and never wait for a writer.
-    if conn.get_execution_options().get(_READ_ONLY):
-        conn.exec_driver_sql("BEGIN")
-    else:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _leave_query_only(conn: Connection) -> None:
-    """Clear query_only before the connection goes back to the pool for any use."""
-    if conn.invalidated:
-        return
-    try:
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        raw.execute("PRAGMA query_only=0")
-    except Exception:
-        conn.invalidate()  # never pool a connection that may still refuse writes
-        raise
+    # Readers also run with query_only: a write slipped into a read path is an immediate
+    # error (a deferred transaction that writes would otherwise fail only under contention,
+    # SQLITE_BUSY when upgrading its snapshot). The pooled connection remembers its mode,
+    # so the PRAGMA runs only when a connection switches between reading and writing.
+    read_only = bool(conn.get_execution_options().get(_READ_ONLY))
+    pooled = conn.connection
+    if pooled.info.get(_READ_ONLY, False) != read_only:
+        pooled.driver_connection.execute(f"PRAGMA query_only={int(read_only)}")  # type: ignore[union-attr]
+        pooled.info[_READ_ONLY] = read_only
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
