@@ -50,7 +50,8 @@ class MaintenanceOperations:
         while not self._stop.wait(0.5):
             now = time.monotonic()
             for name, (fn, seconds) in list(self._periodic.items()):
-                if now - self._periodic_last.get(name, 0.0) < seconds:
+                last = self._periodic_last.get(name)  # None: never run, so due now
+                if last is not None and now - last < seconds:  # (monotonic time may start near 0)
                     continue
                 self._periodic_last[name] = now
                 try:
