@@ -313,6 +313,26 @@ def test_tampered_ciphertext_on_disk_is_detected(ebs: Any, server: Any) -> None:
     assert (code, status) == ("InternalServerException", 500)
 
 
+def test_parent_block_copied_over_the_childs_is_detected(ebs: Any, server: Any) -> None:
+    """Issue 10 item 6 (R-DATA-1, R-LIFE-2): a child snapshot shares its parent's data key;
+    the parent's older object of the same block copied over the child's on disk fails
+    like a bit flip — never the old bytes with 200."""
+    blocks_dir = server.data_dir / "blocks"
+    old, new = os.urandom(BLOCK), os.urandom(BLOCK)
+    before = set(_files(blocks_dir))
+    parent = upload(ebs, {0: old}, Encrypted=True)
+    parent_files = sorted(set(_files(blocks_dir)) - before)
+    child = upload(ebs, {0: new}, ParentSnapshotId=parent)
+    child_files = sorted(set(_files(blocks_dir)) - before - set(parent_files))
+    assert len(parent_files) == 1 and len(child_files) == 1
+    assert download(ebs, child) == {0: new}
+    child_files[0].write_bytes(parent_files[0].read_bytes())
+    token = list_all(ebs, child)[0]["BlockToken"]
+    code, _, status = error_of(lambda: ebs.get_snapshot_block(SnapshotId=child, BlockIndex=0, BlockToken=token))
+    assert (code, status) == ("InternalServerException", 500)  # as any tampered block (above)
+    assert download(ebs, parent) == {0: old}
+
+
 def test_data_dir_holds_no_plaintext(ebs: Any, server: Any) -> None:
     """R-DATA-1 / R-KEY-1: a known pattern written through the API is nowhere on disk."""
     marker = b"EBSCRYPT-PLAINTEXT-MARKER-" + os.urandom(6).hex().encode()

@@ -133,6 +133,91 @@ def test_block_moved_to_another_resource_key_fails(engine: BlockEngine) -> None:
         engine.read_block("vol-b", 0, k2)
 
 
+def _legacy_object(key: DataKey, index: int, data: bytes) -> bytes:
+    """A format-1 object as earlier releases wrote it (layout from the crypto module's
+    docstring, built here independently): AAD = magic, version 1, mode 1, key id, index."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    kid = key.key_id.encode()
+    aad = b"EBSB" + bytes([1, 1]) + len(kid).to_bytes(2, "big") + kid + index.to_bytes(8, "big")
+    nonce = os.urandom(12)
+    return b"EBSB" + bytes([1, 1]) + nonce + AESGCM(key.plaintext).encrypt(nonce, data, aad)
+
+
+def test_parent_block_copied_over_the_childs_fails(engine: BlockEngine, key: DataKey) -> None:
+    """Issue 10 item 6: a child shares its parent's data key; the parent's (older) object of
+    the same index copied over the child's must not read back as the child's block."""
+    old, new = pattern_block(b"OLD-"), pattern_block(b"NEW-")
+    engine.write_block("snap-parent", 0, old, key)
+    engine.share("snap-parent", "snap-child")
+    engine.write_block("snap-child", 0, new, key)
+    parent_path, child_path = ref_path(engine, "snap-parent", 0), ref_path(engine, "snap-child", 0)
+    assert parent_path != child_path
+    child_path.write_bytes(parent_path.read_bytes())
+    with pytest.raises(BlockIntegrityError):
+        engine.read_block("snap-child", 0, key)
+    assert engine.read_block("snap-parent", 0, key) == old
+
+
+def test_swapping_two_objects_of_one_lineage_fails(engine: BlockEngine, key: DataKey) -> None:
+    """Two objects of the same index and data key, in one lineage, swapped on disk: both
+    reads fail (as a bit flip would), neither returns the other's bytes."""
+    engine.write_block("vol-a", 3, rand_block(), key)
+    engine.share("vol-a", "snap-1")
+    engine.write_block("vol-a", 3, rand_block(), key)
+    a, b = ref_path(engine, "vol-a", 3), ref_path(engine, "snap-1", 3)
+    ra, rb = a.read_bytes(), b.read_bytes()
+    a.write_bytes(rb)
+    b.write_bytes(ra)
+    for owner in ("vol-a", "snap-1"):
+        with pytest.raises(BlockIntegrityError):
+            engine.read_block(owner, 3, key)
+
+
+def test_shared_objects_still_read_in_every_owner(engine: BlockEngine, key: DataKey) -> None:
+    """Objects shared between owners under one data key are read as themselves by each."""
+    data = rand_block()
+    engine.write_block("snap-a", 1, data, key)
+    engine.share("snap-a", "snap-b")
+    engine.share("snap-b", "vol-c")
+    assert ref_path(engine, "snap-a", 1) == ref_path(engine, "vol-c", 1)
+    for owner in ("snap-a", "snap-b", "vol-c"):
+        assert engine.read_block(owner, 1, key) == data
+
+
+def test_format_1_objects_stay_readable_and_are_checked_against_metadata(engine: BlockEngine, key: DataKey) -> None:
+    """Objects written by an earlier release (format 1, identity not bound) still read; a
+    format-1 object put in place of another block's object is caught by the checksum
+    sealed in metadata — which also stops a downgrade of a format-2 object to format 1."""
+    data, other = pattern_block(b"v1-data-"), pattern_block(b"v1-other-")
+    engine.write_block("snap-p", 0, data, key)
+    engine.share("snap-p", "snap-c")
+    engine.write_block("snap-c", 0, other, key)
+    p, c = ref_path(engine, "snap-p", 0), ref_path(engine, "snap-c", 0)
+    p.write_bytes(_legacy_object(key, 0, data))  # as an earlier release stored it
+    assert engine.read_block("snap-p", 0, key) == data
+    assert engine.read_block("snap-c", 0, key) == other
+    engine.share("snap-p", "snap-p2")
+    assert engine.read_block("snap-p2", 0, key) == data
+    c.write_bytes(p.read_bytes())  # the parent's format-1 object over the child's
+    with pytest.raises(BlockIntegrityError):
+        engine.read_block("snap-c", 0, key)
+    c.write_bytes(_legacy_object(key, 0, data))  # a format-1 rendering of the old bytes
+    with pytest.raises(BlockIntegrityError):
+        engine.read_block("snap-c", 0, key)
+
+
+def test_reencrypt_rewrites_format_1_objects_as_format_2(engine: BlockEngine, key: DataKey) -> None:
+    data = pattern_block(b"legacy")
+    engine.write_block("snap-old", 0, data, key)
+    ref_path(engine, "snap-old", 0).write_bytes(_legacy_object(key, 0, data))
+    k2 = DataKey("dk-2", os.urandom(32))
+    engine.reencrypt("snap-old", key, "snap-new", k2)
+    raw = ref_path(engine, "snap-new", 0).read_bytes()
+    assert raw[:6] == b"EBSB" + bytes([2, 1])
+    assert engine.read_block("snap-new", 0, k2) == data
+
+
 def test_wrong_key_fails(engine: BlockEngine, key: DataKey) -> None:
     engine.write_block("vol-a", 0, rand_block(), key)
     with pytest.raises(BlockIntegrityError):
@@ -155,8 +240,8 @@ def test_cipher_reuses_buffers_and_repr_hides_key() -> None:
     key = DataKey("k", os.urandom(32))
     assert key.plaintext.hex() not in repr(key)
     cipher = BlockCipher(key)
-    first = cipher.seal(0, rand_block())
-    second = cipher.seal(1, rand_block())
+    first = cipher.seal("00/a", 0, rand_block())
+    second = cipher.seal("00/b", 1, rand_block())
     assert first.obj is second.obj  # same preallocated buffer
 
 
@@ -643,9 +728,10 @@ def test_crypto_shredding_store_holds_nothing_readable_without_the_key(engine: B
     """R-KEY-8: with the data key gone, the stored objects give nothing back."""
     data = pattern_block(b"SHRED-ME-")
     engine.write_block("vol-1", 0, data, key)
+    ident = engine.block_ref("vol-1", 0).object_key  # type: ignore[union-attr]
     raw = object_paths(engine)[0].read_bytes()
     assert b"SHRED-ME-" not in raw
     for guess in (DataKey(key.key_id, bytes(32)), DataKey(key.key_id, os.urandom(32))):
         with pytest.raises(BlockIntegrityError):
-            BlockCipher(guess).open(0, raw, "")
-    assert bytes(BlockCipher(key).open(0, raw, "")) == data
+            BlockCipher(guess).open(ident, 0, raw, "")
+    assert bytes(BlockCipher(key).open(ident, 0, raw, "")) == data

@@ -13,6 +13,8 @@ from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, GCM_OBJECT_SIZE, BlockCip
 
 keys = st.builds(DataKey, st.text(alphabet="abcdef0123456789-", min_size=1, max_size=40), st.binary(min_size=32, max_size=32))
 indices = st.integers(min_value=0, max_value=2**40)
+identities = st.text(alphabet="0123456789abcdef/", min_size=1, max_size=40)
+OBJ = "00/0123456789abcdef0123456789abcdef"
 
 
 def block(seed: int) -> bytes:
@@ -24,9 +26,9 @@ def block(seed: int) -> bytes:
 def test_round_trip(key: DataKey, index: int, seed: int) -> None:
     data = block(seed)
     cipher = BlockCipher(key)
-    obj = bytes(cipher.seal(index, data))
+    obj = bytes(cipher.seal(OBJ, index, data))
     assert len(obj) == GCM_OBJECT_SIZE
-    assert bytes(BlockCipher(key).open(index, obj, "")) == data
+    assert bytes(BlockCipher(key).open(OBJ, index, obj, "")) == data
     checksum = "n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg="
     assert cipher.open_checksum(index, cipher.seal_checksum(index, checksum)) == checksum
 
@@ -34,26 +36,31 @@ def test_round_trip(key: DataKey, index: int, seed: int) -> None:
 @settings(max_examples=40, deadline=None)
 @given(keys, indices, st.integers(min_value=0, max_value=GCM_OBJECT_SIZE * 8 - 1))
 def test_any_bit_flip_fails(key: DataKey, index: int, bit: int) -> None:
-    obj = bytearray(BlockCipher(key).seal(index, block(index)))
+    obj = bytearray(BlockCipher(key).seal(OBJ, index, block(index)))
     obj[bit // 8] ^= 1 << (bit % 8)
     with pytest.raises(BlockIntegrityError):
-        BlockCipher(key).open(index, obj, "")
+        BlockCipher(key).open(OBJ, index, obj, "")
 
 
 @settings(max_examples=25, deadline=None)
 @given(keys, indices, st.integers(min_value=1, max_value=GCM_OBJECT_SIZE))
 def test_truncation_fails(key: DataKey, index: int, cut: int) -> None:
-    obj = bytes(BlockCipher(key).seal(index, block(1)))
+    obj = bytes(BlockCipher(key).seal(OBJ, index, block(1)))
     with pytest.raises(BlockIntegrityError):
-        BlockCipher(key).open(index, obj[: GCM_OBJECT_SIZE - cut], "")
+        BlockCipher(key).open(OBJ, index, obj[: GCM_OBJECT_SIZE - cut], "")
 
 
 @settings(max_examples=25, deadline=None)
-@given(keys, indices, indices, st.text(min_size=1, max_size=10))
-def test_rebinding_fails(key: DataKey, index: int, other: int, suffix: str) -> None:
-    obj = bytes(BlockCipher(key).seal(index, block(2)))
+@given(keys, indices, indices, st.text(min_size=1, max_size=10), identities)
+def test_rebinding_fails(key: DataKey, index: int, other: int, suffix: str, identity: str) -> None:
+    """Opened as another index, under another key id, or as another object (identity):
+    always an integrity error (R-DATA-1; issue 10 item 6)."""
+    obj = bytes(BlockCipher(key).seal(OBJ, index, block(2)))
     if other != index:
         with pytest.raises(BlockIntegrityError):
-            BlockCipher(key).open(other, obj, "")
+            BlockCipher(key).open(OBJ, other, obj, "")
     with pytest.raises(BlockIntegrityError):
-        BlockCipher(DataKey(key.key_id + suffix, key.plaintext)).open(index, obj, "")
+        BlockCipher(DataKey(key.key_id + suffix, key.plaintext)).open(OBJ, index, obj, "")
+    if identity != OBJ:
+        with pytest.raises(BlockIntegrityError):
+            BlockCipher(key).open(identity, index, obj, "")

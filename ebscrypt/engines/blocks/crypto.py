@@ -1,14 +1,27 @@
-"""Block object format and crypto: AES-256-GCM per block, index and key id bound as AAD.
+"""Block object format and crypto: AES-256-GCM per block, bound to the object's identity.
 
-Stored object layout (format version 1)::
+Stored object layout (format version 2; version 1 objects are still read)::
 
     b"EBSB" | version (1 byte) | mode (1 byte) | body
     mode 1 (AES-256-GCM): body = nonce (12) | ciphertext (524288) | tag (16)
     mode 0 (plain):       body = data (524288), checked against the SHA-256 in metadata
 
-The associated data binds the format version, the data-key id and the block index, so
-a block moved to another index or another resource's key, truncated or altered fails
-with one opaque :class:`BlockIntegrityError` — never wrong bytes.
+Associated data of a version 2 object::
+
+    b"EBSB" | 2 | 1 | len(key id) (2, BE) | key id | len(identity) (2, BE) | identity | index (8, BE)
+
+The *identity* is the object's key in the object store (unique per write, never reused,
+kept by compaction and sharing). Binding it makes every stored object readable only as
+itself: a block moved to another index, another resource's key, or over another object
+of the same data key — e.g. a parent snapshot's older block copied over its child's, the
+two sharing one data key — truncated or altered fails with one opaque
+:class:`BlockIntegrityError`, never wrong bytes.
+
+Version 1 objects (written before identities were bound) bind only the key id and the
+index. They are still opened, and then — like plain objects — checked against the
+block's SHA-256 recorded (sealed) in metadata, which is what detects substituting one of
+them (or a version 2 object replaced by an older version 1 one) within a lineage. A
+re-encrypting copy rewrites every object as version 2.
 """
 
 from __future__ import annotations
@@ -27,7 +40,8 @@ from ebscrypt.errors import InternalFailure
 
 BLOCK_SIZE = 524288
 MAGIC = b"EBSB"
-VERSION = 1
+VERSION = 2  # written; LEGACY_VERSION objects are still read
+LEGACY_VERSION = 1
 MODE_PLAIN = 0
 MODE_GCM = 1
 HEADER = 6
@@ -64,13 +78,24 @@ class DataKey:
             raise ValueError("a data key needs a key_id")
 
 
-def block_aad(key_id: str, index: int) -> bytes:
+def block_aad(key_id: str, identity: str, index: int) -> bytes:
+    """The associated data of a version 2 object (see the module docstring)."""
+    kid, ident = key_id.encode(), identity.encode()
+    return (
+        MAGIC + bytes([VERSION, MODE_GCM]) + struct.pack(">H", len(kid)) + kid
+        + struct.pack(">H", len(ident)) + ident + struct.pack(">Q", index)
+    )
+
+
+def legacy_block_aad(key_id: str, index: int) -> bytes:
+    """The associated data of a version 1 object: key id and index only."""
     kid = key_id.encode()
-    return MAGIC + bytes([VERSION, MODE_GCM]) + struct.pack(">H", len(kid)) + kid + struct.pack(">Q", index)
+    return MAGIC + bytes([LEGACY_VERSION, MODE_GCM]) + struct.pack(">H", len(kid)) + kid + struct.pack(">Q", index)
 
 
 def checksum_aad(key_id: str, index: int) -> bytes:
-    return b"ebscrypt-checksum-v1" + block_aad(key_id, index)
+    # (unchanged since format 1: sealed checksums in metadata stay readable)
+    return b"ebscrypt-checksum-v1" + legacy_block_aad(key_id, index)
 
 
 def sha256_b64(data: bytes | memoryview) -> str:
@@ -94,10 +119,12 @@ class BlockCipher:
 
     # -- sealing ------------------------------------------------------------------------
 
-    def seal(self, index: int, data: bytes | bytearray | memoryview) -> memoryview:
-        """The stored object for ``data`` at ``index`` (a view of an internal buffer)."""
+    def seal(self, identity: str, index: int, data: bytes | bytearray | memoryview) -> memoryview:
+        """The stored object for ``data`` at ``index``, to be stored under the key
+        ``identity`` and nowhere else (a view of an internal buffer)."""
         if len(data) != BLOCK_SIZE:
             raise ValueError(f"a block is exactly {BLOCK_SIZE} bytes")
+        _check_identity(identity)
         obj = self._obj
         view = memoryview(obj)
         if self._aead is None:
@@ -108,19 +135,21 @@ class BlockCipher:
         nonce = os.urandom(NONCE)
         obj[0:HEADER] = MAGIC + bytes([VERSION, MODE_GCM])
         obj[HEADER : HEADER + NONCE] = nonce
-        self._aead.encrypt_into(nonce, data, block_aad(self.key.key_id, index), view[HEADER + NONCE :])
+        self._aead.encrypt_into(nonce, data, block_aad(self.key.key_id, identity, index), view[HEADER + NONCE :])
         return view
 
-    def open(self, index: int, obj: bytes | bytearray | memoryview, checksum: str) -> memoryview:
-        """The plaintext of a stored object (a view of an internal buffer).
+    def open(self, identity: str, index: int, obj: bytes | bytearray | memoryview, checksum: str) -> memoryview:
+        """The plaintext of the object stored under ``identity`` (a view of an internal buffer).
 
-        ``checksum`` is the entry's stored checksum field: verified for plain objects
-        (authentication covers encrypted ones).
+        ``checksum``: the block's base64 SHA-256 as recorded in metadata (opened with
+        :meth:`open_checksum` when sealed). Verified where the object's format does not
+        bind its identity: plain and version 1 objects.
         """
+        _check_identity(identity)
         view = memoryview(obj)
-        if len(view) < HEADER or bytes(view[:4]) != MAGIC or view[4] != VERSION:
+        if len(view) < HEADER or bytes(view[:4]) != MAGIC or view[4] not in (VERSION, LEGACY_VERSION):
             raise BlockIntegrityError()
-        mode = view[5]
+        version, mode = view[4], view[5]
         if self._aead is None:
             if mode != MODE_PLAIN or len(view) != PLAIN_OBJECT_SIZE:
                 raise BlockIntegrityError()
@@ -132,10 +161,16 @@ class BlockCipher:
         if mode != MODE_GCM or len(view) != GCM_OBJECT_SIZE:
             raise BlockIntegrityError()
         nonce = bytes(view[HEADER : HEADER + NONCE])
+        if version == VERSION:
+            aad = block_aad(self.key.key_id, identity, index)
+        else:
+            aad = legacy_block_aad(self.key.key_id, index)
         try:
-            self._aead.decrypt_into(nonce, view[HEADER + NONCE :], block_aad(self.key.key_id, index), self._plain)
+            self._aead.decrypt_into(nonce, view[HEADER + NONCE :], aad, self._plain)
         except InvalidTag:
             raise BlockIntegrityError() from None
+        if version == LEGACY_VERSION and not hmac.compare_digest(sha256_b64(self._plain), checksum):
+            raise BlockIntegrityError()
         return memoryview(self._plain)
 
     # -- checksums ----------------------------------------------------------------------
@@ -163,6 +198,11 @@ class BlockCipher:
         except InvalidTag:
             raise BlockIntegrityError() from None
         return base64.b64encode(digest).decode()
+
+
+def _check_identity(identity: str) -> None:
+    if not isinstance(identity, str) or not identity or len(identity.encode()) > 0xFFFF:
+        raise ValueError("a block object needs its identity (its object key)")
 
 
 def is_sealed_checksum(stored: str) -> bool:

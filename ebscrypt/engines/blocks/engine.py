@@ -14,9 +14,9 @@ Public surface (``runtime.blocks``)::
     # exists, sweep / sweep_orphans, add_periodic, close
 
 Owners are volume or snapshot ids; ``key=None`` means an unencrypted resource. Errors:
-:class:`BlockIntegrityError` (opaque: tampered, truncated, moved or wrong key — never
-wrong bytes), :class:`UnrelatedLineage`, :class:`CopyInProgress`, :class:`CopyCancelled`,
-:class:`KeyMismatch`.
+:class:`BlockIntegrityError` (opaque: tampered, truncated, moved, replaced by another
+object or wrong key — never wrong bytes), :class:`UnrelatedLineage`,
+:class:`CopyInProgress`, :class:`CopyCancelled`, :class:`KeyMismatch`.
 
 Model: block *entries* live in *layers*; an owner points at its mutable head layer, and
 a layer may have a parent. ``share`` freezes the source's head (it becomes the common
@@ -186,7 +186,7 @@ class BlockEngine(LineageOperations, CopyOperations, MaintenanceOperations):
         if data != ZERO_BLOCK:
             # Writes close in time share a directory, so a group commit fsyncs one directory.
             item.object_key = new_object_key(f"{int(time.time() // 8) % 256:02x}")
-            sealed = cipher.seal(index, data)
+            sealed = cipher.seal(item.object_key, index, data)
             stage = getattr(self.store, "stage", None)
             if stage is not None:
                 item.staged = stage(item.object_key, sealed)
@@ -308,7 +308,11 @@ class BlockEngine(LineageOperations, CopyOperations, MaintenanceOperations):
         assert ref.object_key is not None
         buf = self._read_buffer()
         view = self.store.read_into(ref.object_key, buf) if hasattr(self.store, "read_into") else self.store.get(ref.object_key)
-        return bytes(self._cipher(key).open(ref.index, view, ref.checksum))
+        cipher = self._cipher(key)
+        # The object must be the one this entry names (its key is bound into the object;
+        # older objects are checked against the entry's checksum instead).
+        checksum = cipher.open_checksum(ref.index, ref.checksum) if key is not None else ref.checksum
+        return bytes(cipher.open(ref.object_key, ref.index, view, checksum))
 
     def _check_ref_key(self, ref: BlockRef, key: DataKey | None) -> None:
         # A wrong key would fail authentication anyway; this only makes misuse obvious.

@@ -62,8 +62,8 @@ def reencrypt_batch(
     def sealed() -> Iterator[tuple[str, memoryview]]:
         for index, src_object, checksum, dst_object in items:
             obj = store.read_into(src_object, readbuf) if hasattr(store, "read_into") else store.get(src_object)
-            plain = src.open(index, obj, checksum)
-            yield dst_object, dst.seal(index, plain)
+            plain = src.open(src_object, index, obj, checksum)
+            yield dst_object, dst.seal(dst_object, index, plain)
 
     store.put_many(sealed())
     return len(items)
