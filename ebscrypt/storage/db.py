@@ -21,7 +21,7 @@ from sqlalchemy.pool import QueuePool
 
 from ebscrypt.storage.schema import load_tables, schema_version
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _v2_rule_position_bigint(conn: Connection) -> None:
@@ -42,8 +42,22 @@ def _v3_job_leases(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE jobs ADD COLUMN lease_expires DOUBLE PRECISION"))
 
 
+def _v4_kms_auth_generation(conn: Connection) -> None:
+    # KMS keys carry an authorization generation (kms_keys.auth_generation), bumped with
+    # every state, policy, grant or alias change, against which cached data keys are
+    # re-validated (issue 10 item 5). Nullable: existing keys read as generation 0. Only
+    # adds a column, so it can be renumbered freely when merged with other steps.
+    present = {column["name"] for column in inspect(conn).get_columns("kms_keys")}
+    if "auth_generation" not in present:
+        conn.execute(text("ALTER TABLE kms_keys ADD COLUMN auth_generation INTEGER"))
+
+
 # version N -> function that upgrades a database at version N-1 to N.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_rule_position_bigint, 3: _v3_job_leases}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    2: _v2_rule_position_bigint,
+    3: _v3_job_leases,
+    4: _v4_kms_auth_generation,
+}
 
 # PostgreSQL: the advisory lock every write transaction takes first (any constant key; one
 # per database), and how long a lock wait may last before it is an error (SQLite's

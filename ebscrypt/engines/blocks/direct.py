@@ -1,5 +1,6 @@
 """EBS direct-API machinery of the block layer: write sessions (Timeout), opaque block and
-page tokens, the short-lived data-key cache, and the LINEAR aggregated checksum.
+page tokens, the data-key cache (re-validated against the KMS key's authorization
+generation on every use), and the LINEAR aggregated checksum.
 
 The handlers in :mod:`ebscrypt.services.ebs` stay thin: they call these and the engine.
 
@@ -18,6 +19,7 @@ import logging
 import os
 import struct
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -69,44 +71,66 @@ def internal(message: str) -> ServiceError:
 # --------------------------------------------------------------------------- data keys
 
 
+@dataclass(frozen=True)
+class _CachedKey:
+    expires: float  # server clock, seconds
+    key: DataKey | None
+    generation: int  # the KMS key's authorization generation read before authorizing
+
+
 class _KeyCache:
     """Plaintext data keys of snapshots in use, in memory for a short while only (R-KEY-1).
 
-    A write session would otherwise Decrypt once per block. Entries expire after
-    ``KEY_CACHE_SECONDS`` and are dropped when a snapshot completes.
+    A write session would otherwise Decrypt once per block (and audit each). An entry is
+    reused only by the principal it was authorized for, for ``KEY_CACHE_SECONDS`` at most,
+    and only while the KMS key's authorization generation is the one read before it was
+    authorized: every change that can take a use away (DisableKey, ScheduleKeyDeletion, a
+    key policy, a grant retired or revoked, an alias; see engines/kms/generations.py) bumps
+    it in the metadata, so the next read anywhere — in this process or any other sharing
+    the database — authorizes afresh through KMS and is refused at once (R-KEY-7, R-KEY-8).
+    That check is one primary-key read per use. Entries are also dropped when a snapshot
+    completes. (Attached volumes hold their own key, R-ATTACH-2: not this cache.)
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._items: dict[tuple[int, str], tuple[float, DataKey | None, str]] = {}
+        # (runtime, snapshot id, account, principal ARN) -> entry: one per caller authorized
+        self._items: dict[tuple[int, str, str, str], _CachedKey] = {}
 
     def get(self, ctx: Any, snap: Any) -> DataKey | None:
         if not snap.encrypted:
             return None
-        ident = (id(ctx.runtime), snap.id)
+        ident = (id(ctx.runtime), snap.id, ctx.caller.account, ctx.caller.arn)
         now = ctx.runtime.clock.now().timestamp()  # the server clock: tests may advance it
+        # Read before authorizing: a change racing with the authorization below leaves
+        # the entry at an older generation, so its next use authorizes again.
+        generation = ctx.runtime.kms.authorization_generation(snap.kms_key_arn) if snap.kms_key_arn else None
         with self._lock:
             hit = self._items.get(ident)
-            if hit is not None and hit[0] > now and hit[2] == ctx.caller.account:
-                return hit[1]
+        if hit is not None and generation is not None and hit.generation == generation and hit.expires > now:
+            return hit.key
         try:
             key = _ec2().data_key_for(ctx, snap)
         except ServiceError as err:
+            with self._lock:
+                self._items.pop(ident, None)
             raise access_denied(
                 f"The KMS key of snapshot '{snap.id}' cannot be used: {err.code}: {err.message}",
                 "DEPENDENCY_ACCESS_DENIED",
             ) from None
         with self._lock:
             if len(self._items) > 256:
-                self._items = {k: v for k, v in self._items.items() if v[0] > now}
-            self._items[ident] = (now + KEY_CACHE_SECONDS, key, ctx.caller.account)
-        # (a cache hit skips KMS: a key disabled or deleted meanwhile stops working within
-        # KEY_CACHE_SECONDS)
+                self._items = {k: v for k, v in self._items.items() if v.expires > now}
+            if generation is not None:
+                self._items[ident] = _CachedKey(now + KEY_CACHE_SECONDS, key, generation)
         return key
 
     def drop(self, ctx: Any, snapshot_id: str) -> None:
+        """Forget the snapshot's key for every caller."""
+        runtime = id(ctx.runtime)
         with self._lock:
-            self._items.pop((id(ctx.runtime), snapshot_id), None)
+            for ident in [i for i in self._items if i[0] == runtime and i[1] == snapshot_id]:
+                del self._items[ident]
 
 
 keys = _KeyCache()

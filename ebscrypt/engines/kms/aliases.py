@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 
 from ebscrypt.context import Caller
+from ebscrypt.engines.kms import generations
 from ebscrypt.engines.kms.errors import kms_error
 from ebscrypt.engines.kms.metadata import utc
 from ebscrypt.engines.kms.paging import page
@@ -92,6 +93,7 @@ class AliasOperations:
                     f"An alias with the name arn:aws:kms:{caller.region}:{caller.account}:{name} already exists",
                 )
             insert_alias(conn, caller.account, caller.region, name, row.key_id, now)
+            generations.bump(conn, row.key_id)  # kms:ResourceAliases conditions may change
         return {}
 
     def op_UpdateAlias(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
@@ -116,6 +118,8 @@ class AliasOperations:
                 .where(*_named(caller.account, caller.region, name))
                 .values(target_key_id=new.key_id, last_updated=self.clock.now())
             )
+            for key_id in {alias.target_key_id, new.key_id}:  # kms:ResourceAliases of both change
+                generations.bump(conn, key_id)
         return {}
 
     def op_DeleteAlias(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +131,7 @@ class AliasOperations:
             self._authorize(caller, row, "kms:DeleteAlias")
         with self.db.begin() as conn:
             conn.execute(delete(kms_aliases).where(*_named(caller.account, caller.region, name)))
+            generations.bump(conn, alias.target_key_id)  # kms:ResourceAliases conditions may change
         return {}
 
     def op_ListAliases(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, bindparam, delete, insert, select
 from ebscrypt.context import Caller
 from ebscrypt.domain import grants as grant_rules
 from ebscrypt.domain import policy as policy_rules
+from ebscrypt.engines.kms import generations
 from ebscrypt.engines.kms.errors import kms_error, stop_if_dry_run
 from ebscrypt.engines.kms.metadata import utc
 from ebscrypt.engines.kms.paging import page
@@ -246,7 +247,8 @@ class GrantOperations:
                 "because it is neither the retiring principal nor a grantee allowed to retire the grant",
             )
         with self.db.begin() as conn:
-            conn.execute(delete(kms_grants).where(kms_grants.c.grant_id == g.grant_id))
+            if conn.execute(delete(kms_grants).where(kms_grants.c.grant_id == g.grant_id)).rowcount:
+                generations.bump(conn, g.key_id)  # uses it allowed are authorized afresh
         return {}
 
     def op_RevokeGrant(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
@@ -257,6 +259,8 @@ class GrantOperations:
             n = conn.execute(
                 delete(kms_grants).where(kms_grants.c.key_id == row.key_id, kms_grants.c.grant_id == p["GrantId"])
             ).rowcount
+            if n:
+                generations.bump(conn, row.key_id)  # uses it allowed are authorized afresh
         if not n:
             raise kms_error("NotFoundException", f"Grant ID {p['GrantId']} not found")
         return {}

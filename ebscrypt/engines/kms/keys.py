@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ebscrypt.context import Caller
 from ebscrypt.domain import policy as policy_rules
-from ebscrypt.engines.kms import asym
+from ebscrypt.engines.kms import asym, generations
 from ebscrypt.engines.kms.aliases import EBS_ALIAS, alias_row, insert_alias
 from ebscrypt.engines.kms.errors import kms_error, out_of_range
 from ebscrypt.engines.kms.metadata import key_metadata, utc
@@ -190,8 +190,11 @@ class KeyOperations:
     # --------------------------------------------------------- changing keys
 
     def _update(self, key_id: str, **values: Any) -> None:
+        # Every change of a key row (state, policy, deletion date …) invalidates the
+        # remembered authorizations of the key, in the same transaction.
         with self.db.begin() as conn:
             conn.execute(update(kms_keys).where(kms_keys.c.key_id == key_id).values(**values))
+            generations.bump(conn, key_id)
 
     def op_UpdateKeyDescription(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
         row = self._key_to_change(caller, p["KeyId"], "kms:UpdateKeyDescription")

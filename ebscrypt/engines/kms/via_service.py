@@ -1,6 +1,7 @@
 """The cross-member API (``runtime.kms``) the EC2/EBS side calls on a caller's behalf
 ("via ec2"): describe_key, default_ebs_key, create_grant_for_service,
-generate_data_key_without_plaintext, decrypt.
+generate_data_key_without_plaintext, decrypt, and authorization_generation (whether an
+authorization remembered from one of them still holds).
 
 Each is checked exactly as the direct KMS call would be (key state, key policy with
 ``kms:ViaService``, grants) and recorded in the audit trail with ``invokedBy``.
@@ -14,6 +15,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 from ebscrypt.context import Caller
+from ebscrypt.engines.kms import generations
 from ebscrypt.engines.kms.metadata import KeyInfo, key_info
 
 
@@ -27,6 +29,14 @@ class ViaServiceApi:
             row = self._resolve(caller, key_id)
             self._authorize(caller, row, "kms:DescribeKey", via_service=via_service)
             return key_info(row)
+
+    def authorization_generation(self, key_ref: str) -> int | None:
+        """The authorization generation of a key (id or key ARN; see :mod:`.generations`),
+        None when the key no longer exists. A use authorized at generation *g* may be
+        reused while this still returns *g*. One primary-key read; not audited (it reads
+        no key material and authorizes nothing)."""
+        with self.db.read() as conn:
+            return generations.read(conn, generations.key_id_of(key_ref))
 
     def default_ebs_key(self, account: str, region: str) -> KeyInfo:
         """The AWS managed ``alias/aws/ebs`` key of ``account`` in ``region`` (made on first use)."""

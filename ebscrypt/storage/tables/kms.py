@@ -38,6 +38,12 @@ kms_keys = Table(
     Column("rotation_period_days", Integer, nullable=True),
     Column("next_rotation_date", DateTime(timezone=True), nullable=True),
     Column("public_key", LargeBinary, nullable=True),  # DER SubjectPublicKeyInfo (not secret)
+    # Authorization generation: bumped in the same transaction as every change that can
+    # take a caller's use of the key away (state, policy, grant retired/revoked, alias),
+    # so a cached data key authorized at an older generation is re-authorized at once, in
+    # every process sharing this database (engines/kms/generations.py). NULL reads as 0
+    # (rows of databases created before schema version 4).
+    Column("auth_generation", Integer, nullable=True),
 )
 
 kms_key_material = Table(
