@@ -33,11 +33,14 @@ def _ec2() -> Any:
 
 
 def _snapshot(
-    ctx: Any, snapshot_id: str, *, owned: bool = False, session: list[Any] | None = None, block: int | None = None
+    ctx: Any, snapshot_id: str, *, owned: bool = False, session: list[Any] | None = None, block: int | None = None,
+    generation: list[Any] | None = None,
 ) -> Any:
     """The EC2 snapshot record the caller may see, with EBS's error shapes. In the same
     transaction: with ``session`` (a list), its write session row is appended to it; with
-    ``block``, the entry of that block is returned too (``(snap, ref)``)."""
+    ``generation`` (a list), the authorization generation of its KMS key (for
+    ``direct.keys.get``); with ``block``, the entry of that block is returned too
+    (``(snap, ref)``)."""
     ec2 = _ec2()
     ref = None
     try:
@@ -45,6 +48,8 @@ def _snapshot(
             snap = ec2.get_snapshot(conn, ctx.caller, snapshot_id)
             if session is not None:
                 session.append(direct.session_row(conn, snapshot_id))
+            if generation is not None:
+                generation.append(direct.keys.generation(ctx, snap, conn))
             if block is not None:
                 ref = _blocks(ctx).block_ref(snapshot_id, block, conn=conn)
     except ServiceError as err:
@@ -205,7 +210,8 @@ def put_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     index = int(params["BlockIndex"])
     data: bytes = params.get("BlockData") or b""
     found: list[Any] = []
-    snap = _snapshot(ctx, snapshot_id, owned=True, session=found)
+    generation: list[Any] = []
+    snap = _snapshot(ctx, snapshot_id, owned=True, session=found, generation=generation)
     direct.check_write_session(ctx, snap, found[0])
     if index >= _max_blocks(snap):
         raise direct.validation(
@@ -220,7 +226,7 @@ def put_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     if params.get("ChecksumAlgorithm") != "SHA256":
         raise direct.validation("The only supported checksum algorithm is SHA256.", "INVALID_PARAMETER_VALUE")
     actual = direct.verified_block_checksum(data, params["Checksum"])
-    key = direct.keys.get(ctx, snap)
+    key = direct.keys.get(ctx, snap, generation=generation[0])
     try:
         _blocks(ctx).write_block(snapshot_id, index, data, key, checksum=actual)  # verified just above
     except BlockIntegrityError:
@@ -276,11 +282,12 @@ def complete_snapshot(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
 def get_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     snapshot_id = params["SnapshotId"]
     index = int(params["BlockIndex"])
-    snap, ref = _snapshot(ctx, snapshot_id, block=index)
+    generation: list[Any] = []
+    snap, ref = _snapshot(ctx, snapshot_id, block=index, generation=generation)
     _completed(snap)
     blocks = _blocks(ctx)
     direct.check_block_token(ctx.runtime, snapshot_id, ref, params["BlockToken"], _now(ctx))
-    key = direct.keys.get(ctx, snap)
+    key = direct.keys.get(ctx, snap, generation=generation[0])
     try:
         data, checksum, now_ref = blocks.read_block_checked(snapshot_id, index, key, ref=ref)
     except BlockIntegrityError:

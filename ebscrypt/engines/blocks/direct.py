@@ -71,6 +71,13 @@ def internal(message: str) -> ServiceError:
 # --------------------------------------------------------------------------- data keys
 
 
+class _Unread:
+    """Marks a generation not read by the caller yet."""
+
+
+UNREAD = _Unread()
+
+
 @dataclass(frozen=True)
 class _CachedKey:
     expires: float  # server clock, seconds
@@ -97,14 +104,25 @@ class _KeyCache:
         # (runtime, snapshot id, account, principal ARN) -> entry: one per caller authorized
         self._items: dict[tuple[int, str, str, str], _CachedKey] = {}
 
-    def get(self, ctx: Any, snap: Any) -> DataKey | None:
+    def generation(self, ctx: Any, snap: Any, conn: Connection | None = None) -> int | None:
+        """The authorization generation of the snapshot's KMS key (None: unencrypted, or
+        the key is gone); with ``conn``, read in the caller's transaction — the one that
+        read the snapshot — so a request checks its cached key at no extra transaction."""
+        if not snap.encrypted or not snap.kms_key_arn:
+            return None
+        return ctx.runtime.kms.authorization_generation(snap.kms_key_arn, conn=conn)
+
+    def get(self, ctx: Any, snap: Any, *, generation: int | None | _Unread = UNREAD) -> DataKey | None:
+        """The snapshot's data key for the caller. ``generation``: from :meth:`generation`,
+        read before this call (read here otherwise)."""
         if not snap.encrypted:
             return None
         ident = (id(ctx.runtime), snap.id, ctx.caller.account, ctx.caller.arn)
         now = ctx.runtime.clock.now().timestamp()  # the server clock: tests may advance it
         # Read before authorizing: a change racing with the authorization below leaves
         # the entry at an older generation, so its next use authorizes again.
-        generation = ctx.runtime.kms.authorization_generation(snap.kms_key_arn) if snap.kms_key_arn else None
+        if isinstance(generation, _Unread):
+            generation = self.generation(ctx, snap)
         with self._lock:
             hit = self._items.get(ident)
         if hit is not None and generation is not None and hit.generation == generation and hit.expires > now:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
+from sqlalchemy import Connection
+
 from ebscrypt.context import Caller
 from ebscrypt.engines.kms import generations
 from ebscrypt.engines.kms.metadata import KeyInfo, key_info
@@ -30,13 +32,16 @@ class ViaServiceApi:
             self._authorize(caller, row, "kms:DescribeKey", via_service=via_service)
             return key_info(row)
 
-    def authorization_generation(self, key_ref: str) -> int | None:
+    def authorization_generation(self, key_ref: str, *, conn: Connection | None = None) -> int | None:
         """The authorization generation of a key (id or key ARN; see :mod:`.generations`),
         None when the key no longer exists. A use authorized at generation *g* may be
-        reused while this still returns *g*. One primary-key read; not audited (it reads
-        no key material and authorizes nothing)."""
-        with self.db.read() as conn:
-            return generations.read(conn, generations.key_id_of(key_ref))
+        reused while this still returns *g*. One primary-key read — in the caller's read
+        transaction when ``conn`` is given (a hot path saves a transaction); not audited
+        (it reads no key material and authorizes nothing)."""
+        if conn is None:
+            with self.db.read() as own:
+                return generations.read(own, generations.key_id_of(key_ref))
+        return generations.read(conn, generations.key_id_of(key_ref))
 
     def default_ebs_key(self, account: str, region: str) -> KeyInfo:
         """The AWS managed ``alias/aws/ebs`` key of ``account`` in ``region`` (made on first use)."""
