@@ -137,13 +137,23 @@ def test_grant_revoked_or_retired_refuses_its_grantee_at_once(
     assert theirs.refusal() == DENIED
 
 
-def test_a_change_made_in_one_server_process_refuses_reads_in_another_at_once(tmp_path: Path) -> None:
-    """Two ``ebscrypt serve`` processes on one data dir (one SQLite metadata file): the key
-    is disabled through the first while the second holds the data key in its cache."""
+@pytest.fixture
+def shared_metadata_args() -> list[str]:
+    """``serve`` arguments that put two processes on one metadata store: none here (the
+    SQLite file of their common data dir); tests/postgres overrides it with ``--db``."""
+    return []
+
+
+def test_a_change_made_in_one_server_process_refuses_reads_in_another_at_once(
+    tmp_path: Path, shared_metadata_args: list[str]
+) -> None:
+    """Two ``ebscrypt serve`` processes on one data dir and one metadata store (SQLite file,
+    or PostgreSQL under tests/postgres): the key is disabled through the first while the
+    second holds the data key in its cache."""
     data_dir = tmp_path / "shared"
-    first = ServerProcess(data_dir).start()
+    first = ServerProcess(data_dir, shared_metadata_args).start()
     try:
-        second = ServerProcess(data_dir).start()
+        second = ServerProcess(data_dir, shared_metadata_args).start()
         try:
             account = next(_accounts)
             kms, ebs_1 = first.client("kms", account), first.client("ebs", account)
