@@ -30,6 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--credentials", type=Path, default=None, help="credentials file for --auth strict")
     serve.add_argument("--default-account", default="000000000000")
     serve.add_argument("--log-level", default="warning")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="a Host name to serve besides the loopback names and --host "
+                            "(a load balancer's or DNS name; repeatable; '*' for any)")
+    serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                       help="a browser origin (https://app.example) allowed to call the service with CORS "
+                            "(repeatable); requests from any other web page are refused")
     serve.set_defaults(func=_serve)
 
     audit = commands.add_parser("audit-log", help="print the KMS audit trail (CloudTrail JSON lines)")
@@ -79,6 +85,8 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
         auth=auth,
         default_account=args.default_account,
         credentials_file=args.credentials,
+        allowed_hosts=tuple(args.allowed_host),
+        cors_origins=tuple(args.cors_origin),
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     endpoint = f"http://{args.host}:{args.port}"
