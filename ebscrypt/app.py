@@ -26,6 +26,7 @@ from ebscrypt.errors import InternalFailure, PayloadTooLarge, ServiceError, Unkn
 from ebscrypt.identity import Authenticator, load_credentials
 from ebscrypt.runtime import build_runtime, close_runtime
 from ebscrypt.services import registry
+from ebscrypt.storage.space import is_out_of_space
 from ebscrypt.wire import origin, routing, sigv4
 from ebscrypt.wire.codec import codec_for
 from ebscrypt.wire.http import HttpRequest, HttpResponse
@@ -97,16 +98,30 @@ class Gateway:
                 )
             ctx = RequestContext(caller, self.runtime, request_id, service, operation.name)
             result = await run_in_threadpool(handler, ctx, params)
+            self.runtime.space.note_success()
             return _to_starlette(codec.serialize(operation, result or {}, request_id), cors)
         except ServiceError as error:
             return _to_starlette(codec_for(service).serialize_error(error, request_id, operation), cors)
-        except Exception:
+        except Exception as exc:
+            if is_out_of_space(exc):  # retryable 503; the monitor logs the condition once
+                what = f"the result of {operation.name}" if operation else "the request"
+                error = self.runtime.space.error(what, _root_cause(exc))
+                return _to_starlette(codec_for(service).serialize_error(error, request_id, operation), cors)
             log.exception("internal error in %s %s (request %s)", service, operation and operation.name, request_id)
             error = InternalFailure(
                 "An internal error occurred; the request changed nothing that was not acknowledged.",
                 code=_INTERNAL_CODE[service],
             )
             return _to_starlette(codec_for(service).serialize_error(error, request_id, operation), cors)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost error (the OSError or driver error), whose text names the cause."""
+    while True:
+        inner = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+        if not isinstance(inner, BaseException) or inner is exc:
+            return exc
+        exc = inner
 
 
 def origin_policy(settings: Settings) -> origin.OriginPolicy:
