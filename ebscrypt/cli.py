@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 import re
 import signal
 import socket
@@ -103,6 +104,19 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
         return _fail("--auth strict needs --credentials FILE", 2)
     if not _ACCOUNT_RE.match(args.default_account):
         return _fail(f"--default-account must be a 12-digit account id, not {args.default_account!r}", 2)
+    if args.credentials is not None:
+        from ebscrypt.identity import load_credentials
+
+        try:
+            load_credentials(args.credentials)
+        except (OSError, ValueError) as exc:
+            return _fail(f"cannot use --credentials {args.credentials}: {getattr(exc, 'strerror', None) or exc}", 2)
+    try:
+        args.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _fail(f"cannot create --data-dir {args.data_dir}: {exc.strerror or exc}", 2)
+    if not os.access(args.data_dir, os.W_OK | os.X_OK):
+        return _fail(f"--data-dir {args.data_dir} is not writable", 2)
     # Listen before announcing anything: a port already taken is an error, not a server
     # that says "serving on" and then exits.
     try:

@@ -51,7 +51,7 @@ class OriginPolicy:
         wildcard = bind_host.strip("[]") in _WILDCARD_BINDS
         if not wildcard:
             names.add(bind_host.strip("[]").lower())
-        names.update(h.strip("[]").lower() for h in allowed_hosts)
+        names.update(h.lower() if h == "*" else host_name(h) for h in allowed_hosts)
         return cls(
             allowed_hosts=frozenset(names),
             cors_origins=frozenset(o.rstrip("/").lower() for o in cors_origins),
