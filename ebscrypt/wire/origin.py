@@ -14,6 +14,8 @@ mark such requests, and SDKs/CLIs never do, so the check costs them nothing:
   the server's own origin or one listed with ``--cors-origin``.
 - ``Sec-Fetch-Site: cross-site`` or ``same-site`` without a trusted ``Origin`` (an image,
   a script tag, a link followed from another page on the machine) is refused.
+- A ``Referer`` of another origin is refused too: browsers older than fetch metadata
+  still send it on an ``<img>`` GET; SDKs and CLIs never send one.
 
 A listed ``--cors-origin`` gets real CORS: preflights are answered and responses carry
 ``Access-Control-Allow-Origin``, so a browser app on that origin can use the service.
@@ -95,6 +97,15 @@ def refusal(policy: OriginPolicy, headers: Mapping[str, str]) -> str | None:
             f"Requests from the web page at {origin!r} are refused (cross-site request protection). "
             f"Start the server with --cors-origin {origin} to allow that page."
         )
+    referer = headers.get("referer")
+    if referer is not None:
+        parts = urlsplit(referer)
+        referer_origin = f"{parts.scheme}://{parts.netloc}"
+        if not (trusted_origin(policy, referer_origin) or _same_origin(referer_origin, host)):
+            return (
+                f"Requests from the web page at {referer_origin!r} are refused (cross-site request protection). "
+                f"Start the server with --cors-origin {referer_origin} to allow that page."
+            )
     site = headers.get("sec-fetch-site", "").lower()
     if site in ("cross-site", "same-site"):
         return (

@@ -47,8 +47,10 @@ def _ec2_code(resp: httpx.Response) -> str:
         {"Host": "attacker.example:4566"},
         # a page that sends Origin on a GET (fetch in no-cors mode).
         {"Origin": "https://attacker.example"},
+        # an <img> in a browser without fetch metadata: only its Referer tells.
+        {"Referer": "https://attacker.example/page.html"},
     ],
-    ids=["img-cross-site", "same-site", "dns-rebinding", "foreign-origin"],
+    ids=["img-cross-site", "same-site", "dns-rebinding", "foreign-origin", "old-browser-img"],
 )
 def test_browser_get_is_refused_and_changes_nothing(srv: ServerProcess, headers: dict[str, str]) -> None:
     assert _ebd(srv) is False

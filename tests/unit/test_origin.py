@@ -43,6 +43,10 @@ def test_origin_and_fetch_metadata() -> None:
     assert refusal(policy, {**own, "sec-fetch-site": "same-site"}) is not None
     assert refusal(policy, {**own, "sec-fetch-site": "none"}) is None
     assert refusal(policy, {**own, "sec-fetch-site": "cross-site", "origin": "https://app.example"}) is None
+    # An older browser's <img> GET: no fetch metadata, but a Referer of the page.
+    assert refusal(policy, {**own, "referer": "https://evil.example/page.html"}) is not None
+    assert refusal(policy, {**own, "referer": "http://127.0.0.1:4566/console"}) is None
+    assert refusal(policy, {**own, "referer": "https://app.example/x"}) is None
     assert preflight_headers(policy, {"origin": "https://evil.example"}) is None
     answer = dict(preflight_headers(policy, {"origin": "https://app.example",
                                              "access-control-request-headers": "x-amz-target"}) or [])
