@@ -101,8 +101,8 @@ def check_common(args: argparse.Namespace) -> None:
 def check_reachable(endpoint: str | None) -> None:
     """Fail at once, in one line, when nothing listens at a local endpoint (rather than
     after the SDK's retries)."""
-    if endpoint is None:
-        return
+    if endpoint is None or any(os.environ.get(v) for v in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")):
+        return  # real AWS, or reached through a proxy: the SDK's own error says it (one line too)
     parts = urlsplit(endpoint)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
