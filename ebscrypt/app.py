@@ -1,7 +1,9 @@
 """The ASGI application: HTTP in, one service handler called, HTTP out.
 
-Per request: read the body (refusing oversized ones before reading them whole), read the
-SigV4 scope, authenticate, route to a service, parse with that service's model-driven
+Per request: refuse what a web page in the user's browser could have sent (foreign
+``Host``, untrusted ``Origin``, ``Sec-Fetch-Site: cross-site``; see
+:mod:`ebscrypt.wire.origin`), read the body (refusing oversized ones before reading them
+whole), read the SigV4 scope, authenticate, route to a service, parse with that service's model-driven
 codec, run the handler in a worker thread (handlers do blocking SQL and crypto), and
 serialize the result or the error in the protocol's own envelope.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -24,7 +26,8 @@ from ebscrypt.errors import InternalFailure, PayloadTooLarge, ServiceError, Unkn
 from ebscrypt.identity import Authenticator, load_credentials
 from ebscrypt.runtime import build_runtime, close_runtime
 from ebscrypt.services import registry
-from ebscrypt.wire import routing, sigv4
+from ebscrypt.storage.space import is_out_of_space
+from ebscrypt.wire import origin, routing, sigv4
 from ebscrypt.wire.codec import codec_for
 from ebscrypt.wire.http import HttpRequest, HttpResponse
 
@@ -43,6 +46,13 @@ _INTERNAL_CODE = {
     "kms": "KMSInternalException",
     "ebs": "InternalServerException",
 }
+# A request refused as one a web page made (403, as the issue of a browser-borne request).
+_FORBIDDEN_CODE = {
+    "ec2": "UnauthorizedOperation",
+    "sts": "AccessDenied",
+    "kms": "AccessDeniedException",
+    "ebs": "AccessDeniedException",
+}
 
 
 class Gateway:
@@ -53,15 +63,27 @@ class Gateway:
         self.runtime = runtime
         credentials = load_credentials(settings.credentials_file) if settings.credentials_file else None
         self.auth = Authenticator(settings.auth, settings.default_account, credentials)
+        self.origins = origin_policy(settings)
 
     async def handle(self, request: Request) -> Response:
         request_id = str(uuid.uuid4())
         service = "ec2"  # the envelope for errors raised before a service is known
         operation = None
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        cors = origin.cors_headers(self.origins, headers)
         try:
+            refused = origin.refusal(self.origins, headers)
+            if request.method == "OPTIONS":
+                answer = origin.preflight_headers(self.origins, headers)
+                if refused is None and answer is not None and origin.is_preflight(request.method, headers):
+                    return Response(status_code=200, headers=dict(answer))
+                refused = refused or "OPTIONS is only answered as the CORS preflight of an origin given with --cors-origin."
             http = await _read(request, self.settings.max_body_bytes)
             scope = sigv4.read_scope(http)
             routed = routing.service_for(http, scope.service if scope else None)
+            if refused is not None:  # before authentication and parsing: nothing runs
+                service = routed or "ec2"
+                raise ServiceError(refused, code=_FORBIDDEN_CODE[service], status=403)
             if routed is None:
                 raise UnknownOperation("The request names no AWS service or action this endpoint serves.")
             service = routed
@@ -76,16 +98,34 @@ class Gateway:
                 )
             ctx = RequestContext(caller, self.runtime, request_id, service, operation.name)
             result = await run_in_threadpool(handler, ctx, params)
-            return _to_starlette(codec.serialize(operation, result or {}, request_id))
+            self.runtime.space.note_success()
+            return _to_starlette(codec.serialize(operation, result or {}, request_id), cors)
         except ServiceError as error:
-            return _to_starlette(codec_for(service).serialize_error(error, request_id, operation))
-        except Exception:
+            return _to_starlette(codec_for(service).serialize_error(error, request_id, operation), cors)
+        except Exception as exc:
+            if is_out_of_space(exc):  # retryable 503; the monitor logs the condition once
+                what = f"the result of {operation.name}" if operation else "the request"
+                error = self.runtime.space.error(what, _root_cause(exc))
+                return _to_starlette(codec_for(service).serialize_error(error, request_id, operation), cors)
             log.exception("internal error in %s %s (request %s)", service, operation and operation.name, request_id)
             error = InternalFailure(
                 "An internal error occurred; the request changed nothing that was not acknowledged.",
                 code=_INTERNAL_CODE[service],
             )
-            return _to_starlette(codec_for(service).serialize_error(error, request_id, operation))
+            return _to_starlette(codec_for(service).serialize_error(error, request_id, operation), cors)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost error (the OSError or driver error), whose text names the cause."""
+    while True:
+        inner = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+        if not isinstance(inner, BaseException) or inner is exc:
+            return exc
+        exc = inner
+
+
+def origin_policy(settings: Settings) -> origin.OriginPolicy:
+    return origin.OriginPolicy.for_server(settings.host, settings.allowed_hosts, settings.cors_origins)
 
 
 async def _read(request: Request, limit: int) -> HttpRequest:
@@ -109,9 +149,9 @@ async def _read(request: Request, limit: int) -> HttpRequest:
     )
 
 
-def _to_starlette(response: HttpResponse) -> Response:
+def _to_starlette(response: HttpResponse, extra: Sequence[tuple[str, str]] = ()) -> Response:
     out = Response(content=response.body, status_code=response.status)
-    for name, value in response.headers:
+    for name, value in [*response.headers, *extra]:
         out.headers[name] = value
     return out
 
@@ -119,6 +159,7 @@ def _to_starlette(response: HttpResponse) -> Response:
 def build_app(settings: Settings) -> Starlette:
     """The ASGI app; the runtime (database, engines, job workers) lives with its lifespan."""
     state: dict[str, Gateway] = {}
+    origins = origin_policy(settings)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -132,10 +173,16 @@ def build_app(settings: Settings) -> Starlette:
     async def aws(request: Request) -> Response:
         return await state["gateway"].handle(request)
 
-    async def health(_request: Request) -> Response:
-        return JSONResponse({"status": "ok", "auth": settings.auth})
+    def refused(request: Request) -> Response | None:
+        why = origin.refusal(origins, {k.lower(): v for k, v in request.headers.items()})
+        return None if why is None else JSONResponse({"message": why}, status_code=403)
+
+    async def health(request: Request) -> Response:
+        return refused(request) or JSONResponse({"status": "ok", "auth": settings.auth})
 
     async def advance_clock(request: Request) -> Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
         # Lets tests reach the end of waiting periods (KMS key deletion, snapshot
         # timeouts). Only in dev auth: a real deployment's clock is not for callers.
         if settings.auth != "dev":
@@ -147,7 +194,7 @@ def build_app(settings: Settings) -> Starlette:
         now = state["gateway"].runtime.clock.advance(seconds)
         return JSONResponse({"now": now.isoformat()})
 
-    methods = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH"]
+    methods = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"]
     routes = [
         Route("/_ebscrypt/health", health, methods=["GET"]),
         Route("/_ebscrypt/clock/advance", advance_clock, methods=["POST"]),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
+import re
 import signal
 import socket
 import sys
@@ -15,25 +17,56 @@ from ebscrypt import __version__
 from ebscrypt.context import Settings
 
 
+DESCRIPTION = (
+    "ebscrypt: a self-hostable, AWS-compatible EC2/EBS/KMS endpoint with encrypted block storage. "
+    "Commands: serve (run the endpoint), audit-log (print the KMS audit trail), "
+    "upload / download (move disk images through the EBS direct APIs)."
+)
+_ACCOUNT_RE = re.compile(r"^\d{12}$")
+
+
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, [], False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ebscrypt", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ebscrypt", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"ebscrypt {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the AWS-compatible endpoint")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=4566)
-    serve.add_argument("--data-dir", type=Path, default=Path(".ebscrypt"))
+    serve = commands.add_parser("serve", help="run the AWS-compatible endpoint",
+                                description="Run the AWS-compatible EC2/EBS/KMS endpoint.",
+                                formatter_class=_Defaults)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (a non-loopback address needs --auth strict)")
+    serve.add_argument("--port", type=int, default=4566, help="TCP port to listen on")
+    serve.add_argument("--data-dir", type=Path, default=Path(".ebscrypt"),
+                       help="directory of the metadata, blocks, root key and audit trail")
     serve.add_argument("--db", default=None, help="SQLAlchemy database URL (default: SQLite file in the data dir)")
     serve.add_argument("--auth", choices=["dev", "strict"], default=None,
                        help="dev (default on loopback): no signature check; strict: verify SigV4")
     serve.add_argument("--credentials", type=Path, default=None, help="credentials file for --auth strict")
-    serve.add_argument("--default-account", default="000000000000")
-    serve.add_argument("--log-level", default="warning")
+    serve.add_argument("--default-account", default="000000000000",
+                       help="dev auth: the account of requests whose access key id is not 12 digits")
+    serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error", "critical"],
+                       type=str.lower, help="server log level")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="a Host name to serve besides the loopback names and --host "
+                            "(a load balancer's or DNS name; repeatable; '*' for any)")
+    serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                       help="a browser origin (https://app.example) allowed to call the service with CORS "
+                            "(repeatable); requests from any other web page are refused")
     serve.set_defaults(func=_serve)
 
-    audit = commands.add_parser("audit-log", help="print the KMS audit trail (CloudTrail JSON lines)")
-    audit.add_argument("--data-dir", type=Path, default=Path(".ebscrypt"))
+    audit = commands.add_parser("audit-log", help="print the KMS audit trail (CloudTrail JSON lines)",
+                                description="Print the KMS audit trail (CloudTrail JSON lines).",
+                                formatter_class=_Defaults)
+    audit.add_argument("--data-dir", type=Path, default=Path(".ebscrypt"), help="the server's data directory")
     audit.set_defaults(func=_audit_log)
 
     for name in ("upload", "download"):
@@ -66,11 +99,31 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
     loopback = _is_loopback(args.host)
     auth = args.auth or ("dev" if loopback else "strict")
     if auth == "dev" and not loopback:
-        print("ebscrypt: --auth dev is only allowed on a loopback address; use --auth strict", file=sys.stderr)
-        return 2
+        return _fail("--auth dev is only allowed on a loopback address; use --auth strict", 2)
     if auth == "strict" and args.credentials is None:
-        print("ebscrypt: --auth strict needs --credentials FILE", file=sys.stderr)
-        return 2
+        return _fail("--auth strict needs --credentials FILE", 2)
+    if not _ACCOUNT_RE.match(args.default_account):
+        return _fail(f"--default-account must be a 12-digit account id, not {args.default_account!r}", 2)
+    if args.credentials is not None:
+        from ebscrypt.identity import load_credentials
+
+        try:
+            load_credentials(args.credentials)
+        except (OSError, ValueError) as exc:
+            return _fail(f"cannot use --credentials {args.credentials}: {getattr(exc, 'strerror', None) or exc}", 2)
+    try:
+        args.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _fail(f"cannot create --data-dir {args.data_dir}: {exc.strerror or exc}", 2)
+    if not os.access(args.data_dir, os.W_OK | os.X_OK):
+        return _fail(f"--data-dir {args.data_dir} is not writable", 2)
+    # Listen before announcing anything: a port already taken is an error, not a server
+    # that says "serving on" and then exits.
+    try:
+        sock = _listen(args.host, args.port)
+    except OSError as exc:
+        return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
+                     f"(another server there? choose a port with --port)")
     settings = Settings(
         data_dir=args.data_dir,
         host=args.host,
@@ -79,29 +132,67 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
         auth=auth,
         default_account=args.default_account,
         credentials_file=args.credentials,
+        allowed_hosts=tuple(args.allowed_host),
+        cors_origins=tuple(args.cors_origin),
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    endpoint = f"http://{args.host}:{args.port}"
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    endpoint = f"http://{host}:{args.port}"
     print(f"ebscrypt {__version__} serving on {endpoint} (auth: {auth}, data: {args.data_dir.resolve()})")
-    print(f"try:  aws --endpoint-url {endpoint} ec2 describe-regions")
+    if auth == "dev":
+        # The AWS CLI insists on a region and some credentials; dev auth checks neither
+        # (a 12-digit access key id acts as that account).
+        print(f"try:  AWS_ACCESS_KEY_ID={args.default_account} AWS_SECRET_ACCESS_KEY=dev AWS_DEFAULT_REGION=us-east-1 "
+              f"aws --endpoint-url {endpoint} ec2 describe-regions")
+    else:
+        print(f"try:  aws --endpoint-url {endpoint} ec2 describe-regions   (with a key from {args.credentials})")
     sys.stdout.flush()
     # uvicorn catches SIGINT/SIGTERM: it stops accepting, finishes requests, runs the
     # lifespan shutdown (job workers stopped, database closed), then re-raises the signal
     # to the handlers below, so a requested stop exits with status 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    config = uvicorn.Config(build_app(settings), log_level=args.log_level, access_log=False)
     try:
-        uvicorn.run(build_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+        uvicorn.Server(config).run(sockets=[sock])
     except (KeyboardInterrupt, SystemExit):
         pass
     print("ebscrypt stopped")
     return 0
 
 
-def _audit_log(args: argparse.Namespace, _rest: list[str]) -> int:
-    from ebscrypt.engines.kms.audit import print_log
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (as uvicorn binds it), or OSError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
-    print_log(args.data_dir)
+
+def _audit_log(args: argparse.Namespace, _rest: list[str]) -> int:
+    from ebscrypt.engines.kms.audit import audit_path, print_log
+
+    if not args.data_dir.is_dir():
+        return _fail(f"no data directory at {args.data_dir} (give the server's --data-dir)")
+    if not audit_path(args.data_dir).exists():
+        sys.stderr.write(f"ebscrypt: no KMS audit records yet in {args.data_dir}\n")
+        return 0
+    try:
+        print_log(args.data_dir)
+    except (OSError, ValueError) as exc:
+        return _fail(f"cannot read the audit trail in {args.data_dir}: {exc}")
     return 0
+
+
+def _fail(message: str, status: int = 1) -> int:
+    sys.stderr.write(f"ebscrypt: {message}\n")
+    return status
 
 
 def _datapath(args: argparse.Namespace, rest: list[str]) -> int:

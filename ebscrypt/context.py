@@ -45,6 +45,10 @@ class Settings:
     auth: str = "dev"  # "dev" | "strict"
     default_account: str = "000000000000"
     credentials_file: Path | None = None
+    # Host names served besides the loopback names and ``host`` (a load balancer's name),
+    # and browser origins trusted with CORS; see ebscrypt.wire.origin.
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 2 * 1024 * 1024
     job_workers: int = 2
 

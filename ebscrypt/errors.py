@@ -73,6 +73,7 @@ class AuthError(ServiceError):
 
     def __init__(self, message: str, *, kind: str) -> None:
         # kind: "unknown_key" | "bad_signature" | "expired" | "missing"
+        #       | "incomplete" (a header that selects the action is not signed)
         super().__init__(message)
         self.kind = kind
 

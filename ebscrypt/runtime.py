@@ -12,6 +12,7 @@ from ebscrypt.engines.ec2.reconcile import release_stray_block_owners
 from ebscrypt.engines.jobs import JobRunner
 from ebscrypt.services import registry
 from ebscrypt.storage.db import Database
+from ebscrypt.storage.space import SpaceMonitor
 
 
 def build_runtime(settings: Settings, *, start_jobs: bool = True) -> Runtime:
@@ -22,6 +23,7 @@ def build_runtime(settings: Settings, *, start_jobs: bool = True) -> Runtime:
     runtime: Runtime
     jobs = JobRunner(lambda: runtime, workers=settings.job_workers)
     runtime = Runtime(settings=settings, db=db, clock=Clock(), jobs=jobs)
+    runtime.engines["space"] = SpaceMonitor(settings.data_dir)  # before the engines that write
     runtime.engines["kms"] = kms_engine.open_engine(runtime)
     runtime.engines["blocks"] = blocks_engine.open_engine(runtime)
     registry.load_all()  # handlers and the job kinds they register

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from sqlalchemy import ColumnElement, Connection, Float, insert, literal_column, or_, select, update
 
 from ebscrypt.storage.schema import jobs
+from ebscrypt.storage.space import is_out_of_space
 
 if TYPE_CHECKING:
     from ebscrypt.context import Runtime
@@ -209,8 +210,17 @@ class JobRunner:
             try:
                 self._renew()
                 self._recover()
-            except Exception:  # the database may be briefly unavailable; try again
-                log.exception("renewing or recovering job leases failed")
+            except Exception as exc:  # the database may be briefly unavailable; try again
+                self._log_fault(exc, "renewing or recovering job leases failed")
+
+    def _log_fault(self, exc: Exception, what: str) -> None:
+        """A full disk is logged once per episode (by the space monitor), not per retry."""
+        runtime = self._runtime_ref()
+        space = getattr(runtime, "engines", {}).get("space") if runtime is not None else None
+        if space is not None and is_out_of_space(exc):
+            space.error("job state", exc)
+        else:
+            log.exception(what)
 
     def _renew(self) -> None:
         if not self._running:  # no job of ours runs: no lease to renew, no write lock taken
@@ -306,8 +316,8 @@ class JobRunner:
         while not self._stopping.is_set():
             try:
                 job = self._claim()
-            except Exception:  # the database may be briefly unavailable; try again
-                log.exception("claiming a job failed")
+            except Exception as exc:  # the database may be briefly unavailable; try again
+                self._log_fault(exc, "claiming a job failed")
                 job = None
             if job is None:
                 with self._wake:

@@ -22,6 +22,10 @@ from ebscrypt.wire.http import HttpRequest
 
 MAX_SKEW = timedelta(minutes=15)
 
+# Services whose JSON protocols select the operation partly by Content-Type (and whose
+# SDKs all sign it), so an unsigned Content-Type could be swapped under a signature.
+_JSON_SERVICES = ("kms", "ebs")
+
 _AUTH_RE = re.compile(
     r"AWS4-HMAC-SHA256\s+Credential=(?P<cred>[^,\s]+)\s*,\s*"
     r"SignedHeaders=(?P<signed>[^,\s]+)\s*,\s*Signature=(?P<sig>[0-9a-f]+)"
@@ -60,6 +64,31 @@ def read_scope(request: HttpRequest) -> Scope | None:
     )
 
 
+def unsigned_headers(request: HttpRequest, scope: Scope) -> list[str]:
+    """Headers that must be covered by the signature but are not, in AWS's wording.
+
+    The signature must cover everything that selects what the request does: ``Host``,
+    every ``X-Amz-*`` header present (``X-Amz-Target`` names the KMS operation,
+    ``X-Amz-Date`` the time), and ``Content-Type`` for the JSON protocols. Otherwise a
+    captured request signed over ``host;x-amz-date`` could be replayed as another
+    operation (DescribeKey turned into DisableKey by rewriting X-Amz-Target).
+    """
+    signed = set(scope.signed_headers)
+    missing: list[str] = []
+    if "host" not in signed:
+        missing.append("'Host' or ':authority'")
+    names = sorted(n for n in request.headers if n.startswith("x-amz-") and n not in signed)
+    json_protocol = scope.service in _JSON_SERVICES or "x-amz-target" in request.headers
+    if json_protocol and "content-type" in request.headers and "content-type" not in signed:
+        names.append("content-type")
+    missing += [f"'{_title(n)}'" for n in names]
+    return missing
+
+
+def _title(name: str) -> str:
+    return "-".join(part.capitalize() for part in name.split("-"))
+
+
 class _Verifier(SigV4Auth):
     """botocore's signer, told which headers the client signed."""
 
@@ -89,8 +118,11 @@ def verify(request: HttpRequest, scope: Scope, secret_key: str, now: datetime) -
             f"({now.strftime('%Y%m%dT%H%M%SZ')} - 15 min.)",
             kind="expired",
         )
-    if "host" not in scope.signed_headers or scope.date != amz_date[:8]:
-        raise AuthError("The request signature does not cover the host or date.", kind="bad_signature")
+    unsigned = unsigned_headers(request, scope)
+    if unsigned:
+        raise AuthError(f"{unsigned[0]} must be a 'SignedHeader' in the AWS Authorization.", kind="incomplete")
+    if scope.date != amz_date[:8]:
+        raise AuthError("The credential scope date does not match X-Amz-Date.", kind="bad_signature")
 
     claimed = request.headers.get("x-amz-content-sha256")
     if claimed and not claimed.startswith(("UNSIGNED-PAYLOAD", "STREAMING-")):

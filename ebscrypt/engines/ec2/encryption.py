@@ -80,6 +80,8 @@ def describe_for_ebs(ctx: Any, key: str) -> tuple[str, str | None, str | None]:
         else:
             info = kms.describe_key(caller, key)
     except ServiceError as err:
+        if err.status >= 500:  # our fault (e.g. the data dir is full), not the key's: retryable
+            raise
         shown = key if key.startswith("arn:") else key
         return shown, (f"Client.InvalidKMSKey.NotFound: The KMS key {shown} does not exist or is "
                        f"not accessible ({err.code}: {err.message})"), None

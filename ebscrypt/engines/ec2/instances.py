@@ -429,6 +429,8 @@ def _prepare_volume(ctx: RequestContext, *, zone: str, source: Snapshot | None, 
             try:
                 data_key = new_data_key(ctx, plan.key_arn or "", volume_id)
             except ServiceError as err:
+                if err.status >= 500:  # our fault (e.g. the data dir is full), not the key's: retryable
+                    raise
                 from ebscrypt.engines.ec2.encryption import EncryptionPlan
 
                 plan = EncryptionPlan(plan.encrypted, plan.key_arn, False, plan.rule,

@@ -263,6 +263,8 @@ def prepare_copy(ctx: Any, source_snapshot_id: str, source_region: str | None = 
             try:
                 data_key = new_data_key(ctx, plan.key_arn or "", snapshot_id)
             except ServiceError as err:
+                if err.status >= 500:  # our fault (e.g. the data dir is full), not the key's: retryable
+                    raise
                 plan = EncryptionPlan(True, plan.key_arn, False, plan.rule,
                                       f"Client.InvalidKMSKey.InvalidState: The KMS key {plan.key_arn} cannot be "
                                       f"used ({err.code}: {err.message})", plan.key_manager)

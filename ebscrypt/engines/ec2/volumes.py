@@ -300,6 +300,8 @@ def _plan_and_key(ctx: Any, source: Snapshot | None, encrypted: bool | None, kms
                     unwrap(ctx, data_key.key_arn, data_key.blob, data_key.context, data_key.data_key_id,
                            region=caller.region)
             except ServiceError as err:
+                if err.status >= 500:  # our fault (e.g. the data dir is full), not the key's: retryable
+                    raise
                 plan = _with_problem(plan, err)
     return plan, data_key, volume_id
 
@@ -503,6 +505,8 @@ def attach_volume(ctx: Any, volume_id: str, instance_id: str, device: str, *,
     try:
         data_key_for(ctx, vol)
     except ServiceError as err:
+        if err.status >= 500:
+            raise
         raise ServiceError(f"The KMS key {vol.kms_key_arn} of volume '{volume_id}' cannot be used: "
                            f"{err.code}: {err.message}", code="IncorrectState") from err
     now = ctx.runtime.clock.now()

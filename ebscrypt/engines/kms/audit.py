@@ -136,9 +136,18 @@ class AuditLog:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             view = memoryview(line)
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
+            written = 0
+            try:
+                while view:
+                    n = os.write(self._fd, view)
+                    view = view[n:]
+                    written += n
+            except OSError:
+                if written:
+                    # A record cut short (disk full) would corrupt the line after it: cut
+                    # it off again. O_APPEND leaves the offset at the end of our bytes.
+                    os.ftruncate(self._fd, os.lseek(self._fd, 0, os.SEEK_CUR) - written)
+                raise
 
     def close(self) -> None:
         with self._lock:

@@ -55,6 +55,7 @@ from ebscrypt.engines.kms.signing import SigningOperations
 from ebscrypt.engines.kms.tags import TagOperations
 from ebscrypt.engines.kms.via_service import ViaServiceApi
 from ebscrypt.errors import ServiceError
+from ebscrypt.storage.space import SpaceMonitor, is_out_of_space
 from ebscrypt.storage.tables.kms import kms_aliases, kms_grants, kms_key_material, kms_keys
 
 __all__ = ["KeyEngine", "KeyInfo"]
@@ -99,6 +100,7 @@ class KeyEngine(
         source = root_source or FileRootKeySource(data_dir / "root.key")
         self._wrapper = KeyWrapper(source.load())
         self.audit_log = AuditLog(audit_path(data_dir))
+        self.space: SpaceMonitor = runtime.engines.get("space") or SpaceMonitor(data_dir)
         self._materials: dict[tuple[str, str], bytes] = {}
         self._policies: dict[str, policy_rules.Policy] = {}
         self._ebs_key_ids: dict[tuple[str, str], str] = {}  # (account, region) -> alias/aws/ebs key id
@@ -121,7 +123,14 @@ class KeyEngine(
         via_service: str | None = None,
         request_id: str | None = None,
     ) -> Iterator[AuditEvent]:
-        """Run one KMS event; append its CloudTrail record (with errorCode if refused)."""
+        """Run one KMS event; append its CloudTrail record (with errorCode if refused).
+
+        Fail closed: an event that cannot be recorded does not happen. With too little
+        space left for its record the operation is refused before it runs; a record
+        that still cannot be appended turns the answer into the same 503, so no result
+        (plaintext, data key) leaves without its record (see README.md, "Audit trail").
+        """
+        self.space.require(f"the KMS audit record of {event_name}")
         ev = AuditEvent(
             caller=caller,
             name=event_name,
@@ -142,7 +151,12 @@ class KeyEngine(
             raise
         finally:
             CURRENT_EVENT.reset(token)
-            self.audit_log.append(cloudtrail_record(ev))
+            try:
+                self.audit_log.append(cloudtrail_record(ev))
+            except OSError as exc:
+                if not is_out_of_space(exc):
+                    raise
+                raise self.space.error(f"the KMS audit record of {event_name}", exc) from exc
 
     @staticmethod
     def _note_resource(arn: str) -> None:

@@ -22,24 +22,31 @@ _AUTH: dict[str, dict[str, tuple[str, int, str | None]]] = {
         "bad_signature": ("AuthFailure", 401, "AWS was not able to validate the provided access credentials"),
         "missing": ("AuthFailure", 401, "AWS was not able to validate the provided access credentials"),
         "expired": ("RequestExpired", 400, None),
+        # EC2's common error for a signature that does not cover what it must.
+        "incomplete": ("IncompleteSignature", 400, None),
     },
     "query": {
         "unknown_key": ("InvalidClientTokenId", 403, INVALID_TOKEN),
         "bad_signature": ("SignatureDoesNotMatch", 403, SIGNATURE_MISMATCH),
         "missing": ("MissingAuthenticationToken", 403, "Request is missing Authentication Token"),
         "expired": ("SignatureDoesNotMatch", 403, None),
+        "incomplete": ("IncompleteSignature", 400, None),
     },
     "json": {
         "unknown_key": ("UnrecognizedClientException", 400, INVALID_TOKEN),
         "bad_signature": ("InvalidSignatureException", 400, SIGNATURE_MISMATCH),
         "missing": ("MissingAuthenticationTokenException", 400, "Missing Authentication Token"),
         "expired": ("InvalidSignatureException", 400, None),
+        # What AWS's JSON services answer for an unsigned Host ("'Host' or ':authority'
+        # must be a 'SignedHeader' in the AWS Authorization.").
+        "incomplete": ("InvalidSignatureException", 400, None),
     },
     "rest-json": {
         "unknown_key": ("UnrecognizedClientException", 403, INVALID_TOKEN),
         "bad_signature": ("InvalidSignatureException", 403, SIGNATURE_MISMATCH),
         "missing": ("MissingAuthenticationTokenException", 403, "Missing Authentication Token"),
         "expired": ("InvalidSignatureException", 403, None),
+        "incomplete": ("InvalidSignatureException", 403, None),
     },
 }
 _EXPIRED_DEFAULT = {"ec2": "Request has expired."}
