@@ -1,4 +1,4 @@
-"""The ``ebscrypt`` command: ``serve``, ``audit-log``, ``upload``, ``download``."""
+"""The ``ebscrypt`` command: ``serve``, ``keystore``, ``audit-log``, ``upload``, ``download``."""
 
 from __future__ import annotations
 
@@ -30,7 +30,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--credentials", type=Path, default=None, help="credentials file for --auth strict")
     serve.add_argument("--default-account", default="000000000000")
     serve.add_argument("--log-level", default="warning")
+    serve.add_argument("--key-store", default=None, metavar="URI",
+                       help="root of trust: file:PATH (default: <data-dir>/root.key; "
+                            "?passphrase-env=VAR or ?passphrase-file=PATH) or a PKCS#11 URI "
+                            "pkcs11:token=…;object=…?module-path=…&pin-source=file:…")
     serve.set_defaults(func=_serve)
+
+    from ebscrypt.engines.kms.keystore_admin import add_keystore_commands
+
+    add_keystore_commands(commands)
 
     audit = commands.add_parser("audit-log", help="print the KMS audit trail (CloudTrail JSON lines)")
     audit.add_argument("--data-dir", type=Path, default=Path(".ebscrypt"))
@@ -79,7 +87,17 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
         auth=auth,
         default_account=args.default_account,
         credentials_file=args.credentials,
+        key_store=args.key_store,
     )
+    # The key store is checked before serving: a missing token, a wrong PIN or passphrase,
+    # a readable root key file, or a database wrapped by another store is a clear message
+    # and a non-zero exit here (uvicorn would log a lifespan traceback and exit 0/3).
+    from ebscrypt.engines.kms.keystore_admin import preflight
+
+    problem = preflight(settings)
+    if problem:
+        print(f"ebscrypt: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     endpoint = f"http://{args.host}:{args.port}"
     print(f"ebscrypt {__version__} serving on {endpoint} (auth: {auth}, data: {args.data_dir.resolve()})")
