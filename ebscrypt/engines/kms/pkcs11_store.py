@@ -39,6 +39,7 @@ import os
 import queue
 import struct
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,7 @@ _MECHANISMS = {"aes-gcm": Mechanism.PKCS11_AES_GCM, "aes-key-wrap-pad": Mechanis
 _IV = 12
 _TAG_BITS = 128
 _KWP_DIGEST = 16
+_REFRESH_SECONDS = 2.0
 
 
 def pct(data: bytes) -> str:
@@ -206,6 +208,7 @@ class Pkcs11KeyStore:
         self._connect()
         self.mechanism = self._choose_mechanism()
         self._root_ids: list[bytes] = []
+        self._refreshed = 0.0
         try:
             self.refresh()
         except KeyStoreUnavailable as exc:
@@ -313,33 +316,45 @@ class Pkcs11KeyStore:
         self._pool.put(s)
         return True
 
-    def _run(self, what: str, fn: Callable[[_Session], T], *, data_error: str | None = None) -> T:
-        """``fn`` on a pooled session. A failure: if the token is healthy and the call had
-        ``data_error`` (an unwrap), that (RootKeyError); else reconnect, KeyStoreUnavailable."""
+    def _attempt(self, fn: Callable[[_Session], T]) -> tuple[bool, T | BaseException]:
+        """(True, result) or (False, the error) of ``fn`` on a pooled session."""
         try:
             s = self._take()
-        except RootKeyError as exc:
-            raise KeyStoreUnavailable(f"PKCS#11 key store {self.uri} unavailable: {exc}") from None
-        except PKCS11Error as exc:
-            s = None
-            error: BaseException = exc
-        else:
-            try:
-                out = fn(s)
-            except (PKCS11Error, NoSuchKey) as exc:
-                error = exc
-            else:
-                self._pool.put(s)
-                return out
+        except (RootKeyError, PKCS11Error) as exc:
+            return False, exc
+        try:
+            out = fn(s)
+        except (PKCS11Error, NoSuchKey) as exc:
             try:
                 s.session.close()
             except Exception:
                 pass
+            return False, exc
+        self._pool.put(s)
+        return True, out
+
+    def _run(self, what: str, fn: Callable[[_Session], T], *, data_error: str | None = None) -> T:
+        """``fn`` on a pooled session. On a failure: if the call is an unwrap
+        (``data_error``) and the token is healthy, the blob is bad (RootKeyError); else the
+        store reconnects and, if that works, tries once more; still failing:
+        KeyStoreUnavailable (retryable)."""
+        ok, out = self._attempt(fn)
+        if ok:
+            return out  # type: ignore[return-value]
         if data_error is not None and self._healthy():
             raise RootKeyError(data_error)
-        self._reconnect_quietly()
+        try:
+            self._reconnect()
+        except (RootKeyError, KeyStoreUnavailable) as exc:
+            out = exc
+        else:
+            ok, out = self._attempt(fn)
+            if ok:
+                return out  # type: ignore[return-value]
+            if data_error is not None and self._healthy():
+                raise RootKeyError(data_error)
         raise KeyStoreUnavailable(
-            f"PKCS#11 key store {self.uri} unavailable during {what}: {type(error).__name__} {error}".rstrip()
+            f"PKCS#11 key store {self.uri} unavailable during {what}: {type(out).__name__} {out}".rstrip()
         )
 
     # ----------------------------------------------------------------- root objects
@@ -362,6 +377,7 @@ class Pkcs11KeyStore:
                     f"PKCS#11 key store {self.uri}: cannot list root keys: {type(exc).__name__} {exc}".rstrip()
                 ) from None
             self._root_ids = sorted(ids, key=_id_order)
+            self._refreshed = time.monotonic()
 
     @property
     def root_ids(self) -> list[bytes]:
@@ -455,13 +471,16 @@ class Pkcs11KeyStore:
     # ------------------------------------------------------------------------ wrap
 
     def wrap(self, key_id: str, material_id: str, material: bytes) -> tuple[str, bytes]:
-        # Wraps are rare (CreateKey, a key rotation): re-read the root objects each time,
-        # so a server wraps under the root key a `keystore rotate` made while it ran.
-        try:
-            self.refresh()
-        except KeyStoreUnavailable:
-            self._reconnect_quietly()
-            raise
+        # Wraps are rare (CreateKey, a key rotation): re-read the root objects (at most
+        # every few seconds), so a server wraps under the root key a `keystore rotate` made
+        # while it ran. A failed re-read keeps the ids already known (the wrap itself then
+        # shows whether the token is there).
+        if time.monotonic() - self._refreshed > _REFRESH_SECONDS:
+            try:
+                self.refresh()
+            except KeyStoreUnavailable:
+                if not self._root_ids:
+                    raise
         root_id = self.current_id
         aad = material_aad(key_id, material_id)
         mechanism = self.mechanism
