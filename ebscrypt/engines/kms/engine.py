@@ -88,6 +88,27 @@ def check_key_store(db: Any, store: KeyStore) -> None:
             f"{', '.join(missing)}: start with the --key-store that holds it (or finish "
             "`ebscrypt keystore migrate`)"
         )
+    # One row per root key really unwrapped: a root key of the same name that is not the
+    # one that wrapped them (another file, a token re-made under the same name) fails here.
+    with db.read() as conn:
+        samples = [
+            conn.execute(
+                select(kms_key_material).where(
+                    kms_key_material.c.wrapped_by.is_(None) if ref is None else kms_key_material.c.wrapped_by == ref
+                ).limit(1)
+            ).first()
+            for ref in refs
+        ]
+    for row in samples:
+        if row is None:
+            continue
+        try:
+            store.unwrap(row.key_id, row.material_id, row.wrapped, row.wrapped_by)
+        except RootKeyError:
+            raise RootKeyError(
+                f"the key store {store.uri} does not unwrap this database's key material wrapped by "
+                f"{row.wrapped_by or 'the file store'}: its root key is not the one that wrapped it"
+            ) from None
 
 
 # Key rows read in the current key-row scope (see KeyEngine.key_row_scope); None outside one.

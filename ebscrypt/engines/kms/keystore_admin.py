@@ -174,7 +174,7 @@ def retire_unreferenced_roots(db: Database, store: Any) -> list[str]:
     retired = []
     current = store.current_ref()
     for root_id in store.root_ids:
-        ref = store.conf.ref(root_id)
+        ref = store.root_ref(root_id)
         if ref != current and not refs.get(ref):
             store.destroy_root(ref)
             retired.append(ref)
@@ -271,7 +271,7 @@ def _status(args: argparse.Namespace, _rest: list[str]) -> int:
             roots = []
             for root_id in store.root_ids:  # type: ignore[attr-defined]
                 attrs = store.describe_root(root_id)  # type: ignore[attr-defined]
-                roots.append({"ref": store.conf.ref(root_id), **attrs})  # type: ignore[attr-defined]
+                roots.append({"ref": store.root_ref(root_id), **attrs})  # type: ignore[attr-defined]
             out["rootObjects"] = roots
         out["rowsByRootKey"] = {(k or "file (before key stores)"): v for k, v in rows_by_ref(db).items()}
         ok = failed = 0

@@ -1,11 +1,13 @@
 """Root keys inside a PKCS#11 token (an HSM; SoftHSM2 in tests): ``--key-store pkcs11:…``.
 
-Binding: **python-pkcs11** (PyPI ``python-pkcs11``, the ``[hsm]`` extra). Both it and
-PyKCS11 install as cp311 manylinux wheels here; python-pkcs11 was chosen because its Cython
-layer releases the GIL around every ``C_*`` call (request threads wrap and unwrap in
-parallel), it has typed AES-GCM parameters (``GCMParams``) and dict key templates instead of
-SWIG ``CK_ATTRIBUTE`` lists, maps every ``CKR_*`` to its own exception class (so a wrong PIN
-or a missing token is told apart), and is actively maintained (0.10, 2025).
+Binding: **python-pkcs11** (PyPI ``python-pkcs11`` >= 0.8, the ``[hsm]`` extra). Both it and
+PyKCS11 install as cp311 manylinux wheels on this Python; python-pkcs11 was chosen for its
+typed AES-GCM parameters (``GCMParams``), dict key templates instead of SWIG
+``CK_ATTRIBUTE`` lists, one exception class per ``CKR_*`` (a wrong PIN, a missing token, a
+lost session are told apart without comparing return codes), and active maintenance (0.10,
+2025). Its one catch: it calls ``C_Initialize(NULL)``, which tells the library the
+application makes no concurrent calls, so ebscrypt serializes its calls into the library
+(one lock per process; see ``_LIBRARY_LOCK``).
 
 What the token holds: AES-256 secret keys with ``CKA_LABEL`` = the URI's ``object`` and an
 8-byte big-endian generation number as ``CKA_ID``, made by the token (``C_GenerateKey``) with
@@ -26,7 +28,9 @@ no PIN), so the same token reached through another module path still matches.
 
 Sessions: one logged-in read-write session opened at start and kept (PKCS#11 login state is
 per application, so it keeps every other session logged in) and a pool of read-only
-sessions, one taken per wrap/unwrap (threads never share a session). A failed operation
+sessions, one taken per wrap/unwrap (never two operations on one session); calls into the
+library are serialized per process (above). Unwrapped material is cached by the KMS engine,
+so the token is called once per key material per process, not per request. A failed operation
 discards its session; if the token then fails a health check the store reconnects (token
 re-found, logged in again) and the call raises :class:`KeyStoreUnavailable` (retryable);
 if the token is healthy the blob itself did not unwrap (:class:`RootKeyError`).
@@ -82,6 +86,12 @@ _TAG_BITS = 128
 _KWP_DIGEST = 16
 _REFRESH_SECONDS = 2.0
 
+# python-pkcs11 calls C_Initialize(NULL): the PKCS#11 library is told the application will
+# not call it from several threads at once, and SoftHSM2 then takes no locks of its own
+# (concurrent calls corrupted its heap in testing). So every call into the library from this
+# process goes through this lock; concurrency between processes is the token's business.
+_LIBRARY_LOCK = threading.RLock()
+
 
 def pct(data: bytes) -> str:
     """RFC 7512 percent-encoding of every byte (the form of ``id``)."""
@@ -93,6 +103,7 @@ class Pkcs11Uri:
     token: str
     label: str
     id: bytes | None
+    serial: str | None
     module_path: str | None
     pin_value: str | None
     pin_source: str | None
@@ -128,16 +139,20 @@ class Pkcs11Uri:
             token=unq(path["token"]),
             label=unq(path["object"]),
             id=urllib.parse.unquote_to_bytes(path["id"]) if "id" in path else None,
+            serial=unq(path["serial"]) if "serial" in path else None,
             module_path=unq(query["module-path"]) if "module-path" in query else None,
             pin_value=unq(query["pin-value"]) if "pin-value" in query else None,
             pin_source=unq(query["pin-source"]) if "pin-source" in query else None,
             mechanism=mechanism,
         )
 
-    def ref(self, key_id: bytes) -> str:
-        """The name of one root object, as stored in ``wrapped_by``."""
+    def ref(self, key_id: bytes, serial: str | None = None) -> str:
+        """The name of one root object, as stored in ``wrapped_by``: token label and serial
+        number (two tokens of one name are told apart), object label and id."""
         q = urllib.parse.quote
-        return f"pkcs11:token={q(self.token, safe='')};object={q(self.label, safe='')};id={pct(key_id)}"
+        serial = serial or self.serial
+        ser = f";serial={q(serial, safe='')}" if serial else ""
+        return f"pkcs11:token={q(self.token, safe='')}{ser};object={q(self.label, safe='')};id={pct(key_id)}"
 
     def display(self) -> str:
         """The URI without secrets (for logs, status and the audit trail)."""
@@ -196,17 +211,19 @@ class Pkcs11KeyStore:
         if not self.conf.module_path:
             raise RootKeyError("PKCS#11 URI needs ?module-path=/path/to/module.so (e.g. libsofthsm2.so)")
         self.uri = self.conf.display()
-        self._lock = threading.RLock()
+        self._lock = _LIBRARY_LOCK
         self._pool: queue.SimpleQueue[_Session] = queue.SimpleQueue()
         self._generation = 0  # bumped per reconnect: sessions of an older one are dropped
         self._login: Any = None
         self._token: Any = None
         try:
-            self._lib = pkcs11.lib(self.conf.module_path)
+            with self._lock:
+                self._lib = pkcs11.lib(self.conf.module_path)
         except Exception as exc:  # the module cannot be loaded (OSError, RuntimeError, PKCS11Error)
             raise RootKeyError(f"cannot load the PKCS#11 module {self.conf.module_path}: {exc}") from None
-        self._connect()
-        self.mechanism = self._choose_mechanism()
+        with self._lock:
+            self._connect()
+            self.mechanism = self._choose_mechanism()
         self._root_ids: list[bytes] = []
         self._refreshed = 0.0
         try:
@@ -219,7 +236,10 @@ class Pkcs11KeyStore:
     def _connect(self) -> None:
         """Find the token and log in (one kept read-write session). RootKeyError: why not."""
         try:
-            token = self._lib.get_token(token_label=self.conf.token)
+            if self.conf.serial:
+                token = self._lib.get_token(token_label=self.conf.token, token_serial=self.conf.serial.encode())
+            else:
+                token = self._lib.get_token(token_label=self.conf.token)
         except NoSuchToken:
             raise RootKeyError(
                 f"no PKCS#11 token labelled {self.conf.token!r} in {self.conf.module_path} "
@@ -241,6 +261,7 @@ class Pkcs11KeyStore:
                 f"cannot log in to PKCS#11 token {self.conf.token!r}: {type(exc).__name__} {exc}".rstrip()
             ) from None
         self._token = token
+        self.serial = bytes(token.serial).decode(errors="replace").strip() or None
         self._login = session
         self._generation += 1
 
@@ -308,30 +329,32 @@ class Pkcs11KeyStore:
             return _Session(self._token.open(), self._generation)
 
     def _healthy(self) -> bool:
-        try:
-            s = self._take()
-            s.session.get_key(object_class=ObjectClass.SECRET_KEY, label=self.conf.label, id=self.current_id)
-        except Exception:
-            return False
-        self._pool.put(s)
-        return True
+        with self._lock:
+            try:
+                s = self._take()
+                s.session.get_key(object_class=ObjectClass.SECRET_KEY, label=self.conf.label, id=self.current_id)
+            except Exception:
+                return False
+            self._pool.put(s)
+            return True
 
     def _attempt(self, fn: Callable[[_Session], T]) -> tuple[bool, T | BaseException]:
         """(True, result) or (False, the error) of ``fn`` on a pooled session."""
-        try:
-            s = self._take()
-        except (RootKeyError, PKCS11Error) as exc:
-            return False, exc
-        try:
-            out = fn(s)
-        except (PKCS11Error, NoSuchKey) as exc:
+        with self._lock:
             try:
-                s.session.close()
-            except Exception:
-                pass
-            return False, exc
-        self._pool.put(s)
-        return True, out
+                s = self._take()
+            except (RootKeyError, PKCS11Error) as exc:
+                return False, exc
+            try:
+                out = fn(s)
+            except (PKCS11Error, NoSuchKey) as exc:
+                try:
+                    s.session.close()
+                except Exception:
+                    pass
+                return False, exc
+            self._pool.put(s)
+            return True, out
 
     def _run(self, what: str, fn: Callable[[_Session], T], *, data_error: str | None = None) -> T:
         """``fn`` on a pooled session. On a failure: if the call is an unwrap
@@ -393,7 +416,7 @@ class Pkcs11KeyStore:
         return self._root_ids[-1]
 
     def current_ref(self) -> str:
-        return self.conf.ref(self.current_id)
+        return self.conf.ref(self.current_id, self.serial)
 
     def _ref_id(self, ref: str | None) -> bytes | None:
         """The id of ``ref`` if it names a root object of this token and label."""
@@ -404,6 +427,8 @@ class Pkcs11KeyStore:
         except RootKeyError:
             return None
         if other.token != self.conf.token or other.label != self.conf.label or other.id is None:
+            return None
+        if other.serial != self.serial:  # another token of the same name
             return None
         return other.id
 
@@ -455,6 +480,9 @@ class Pkcs11KeyStore:
             self._drop_sessions()  # pooled sessions cache the destroyed handle
             self._connect()
             self.refresh()
+
+    def root_ref(self, key_id: bytes) -> str:
+        return self.conf.ref(key_id, self.serial)
 
     def describe_root(self, key_id: bytes) -> dict[str, Any]:
         """The security attributes of a root object (for status)."""
@@ -509,7 +537,7 @@ class Pkcs11KeyStore:
                 secret.destroy()
 
         body = self._run("wrap", gcm if mechanism is Mechanism.PKCS11_AES_GCM else kwp)
-        return self.conf.ref(root_id), wrap_header(mechanism) + body
+        return self.conf.ref(root_id, self.serial), wrap_header(mechanism) + body
 
     def unwrap(self, key_id: str, material_id: str, wrapped: bytes, ref: str | None) -> bytes:
         root_id = self._ref_id(ref)
