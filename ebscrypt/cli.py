@@ -9,7 +9,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ebscrypt import __version__
 from ebscrypt.context import Settings
@@ -36,9 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "pkcs11:token=…;object=…?module-path=…&pin-source=file:…")
     serve.set_defaults(func=_serve)
 
-    from ebscrypt.engines.kms.keystore_admin import add_keystore_commands
-
-    add_keystore_commands(commands)
+    _add_keystore_commands(commands)
 
     audit = commands.add_parser("audit-log", help="print the KMS audit trail (CloudTrail JSON lines)")
     audit.add_argument("--data-dir", type=Path, default=Path(".ebscrypt"))
@@ -52,6 +50,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rest and args.command not in ("upload", "download"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return int(args.func(args, rest) or 0)
+
+
+def _add_keystore_commands(commands: Any) -> None:
+    """``ebscrypt keystore …`` (engines/kms/keystore_admin.py, imported only when run)."""
+    ks = commands.add_parser("keystore", help="manage the root of trust (file or PKCS#11 key store)")
+    sub = ks.add_subparsers(dest="keystore_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", type=Path, default=Path(".ebscrypt"))
+        p.add_argument("--db", default=None, help="SQLAlchemy database URL (default: SQLite file in the data dir)")
+        p.add_argument("--key-store", default=None, metavar="URI",
+                       help="the current key store (default: file:<data-dir>/root.key)")
+
+    p = sub.add_parser("init", help="create the root key (inside the token for pkcs11:); idempotent")
+    common(p)
+    p.set_defaults(func=_keystore, keystore_command="init")
+    p = sub.add_parser("status", help="which key store and root key; can it unwrap this database's keys")
+    common(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_keystore, keystore_command="status")
+    p = sub.add_parser("migrate", help="re-wrap every KMS key's material under another key store")
+    common(p)
+    p.add_argument("--to", required=True, metavar="URI", help="the new key store (file:PATH… or pkcs11:…)")
+    p.add_argument("--pause", type=float, default=0.0, metavar="SECONDS",
+                   help="wait between rows (to spare a shared HSM)")
+    p.set_defaults(func=_keystore, keystore_command="migrate")
+    p = sub.add_parser("rotate", help="new root key in the token, every row re-wrapped, old root retired")
+    common(p)
+    p.add_argument("--pause", type=float, default=0.0, metavar="SECONDS")
+    p.set_defaults(func=_keystore, keystore_command="rotate")
+
+
+def _keystore(args: argparse.Namespace, rest: list[str]) -> int:
+    from ebscrypt.engines.kms import keystore_admin
+
+    return int(getattr(keystore_admin, f"cmd_{args.keystore_command}")(args, rest))
 
 
 def _is_loopback(host: str) -> bool:

@@ -28,36 +28,47 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy import and_, func, select, update
 
 from ebscrypt.context import Settings
 from ebscrypt.engines.kms.audit import AuditLog, audit_path
-from ebscrypt.engines.kms.engine import check_key_store
 from ebscrypt.engines.kms.keystore import KeyStore, KeyStoreUnavailable, RootKeyError, open_key_store
-from ebscrypt.storage.db import Database
 from ebscrypt.storage.tables.kms import kms_key_material
+
+if TYPE_CHECKING:
+    from ebscrypt.storage.db import Database
+
+
+def _database(url: str) -> "Database":
+    # imported here: `ebscrypt upload/download` build the same parser and need none of it
+    from ebscrypt.storage.db import Database
+
+    return Database(url)
 
 
 def preflight(settings: Settings) -> str | None:
     """Open the configured key store and check it holds this database's root keys; the
     problem as one line, or None."""
+    from ebscrypt.engines.kms.engine import check_key_store
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = _database(settings.database_url)
     try:
-        store = open_key_store(settings.key_store, settings.data_dir)
+        # A missing root key file is made only for a database without key material: with
+        # material, a new root key could not unwrap it (the file was lost or moved).
+        store = open_key_store(settings.key_store, settings.data_dir, create=not rows_by_ref(db))
     except (RootKeyError, KeyStoreUnavailable) as exc:
+        db.dispose()
         return str(exc)
     try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.database_url)
-        try:
-            check_key_store(db, store)
-        finally:
-            db.dispose()
+        check_key_store(db, store)
     except (RootKeyError, KeyStoreUnavailable) as exc:
         return str(exc)
     finally:
         store.close()
+        db.dispose()
     return None
 
 
@@ -184,35 +195,6 @@ def retire_unreferenced_roots(db: Database, store: Any) -> list[str]:
 # ------------------------------------------------------------------------ commands
 
 
-def add_keystore_commands(commands: Any) -> None:
-    ks = commands.add_parser("keystore", help="manage the root of trust (file or PKCS#11 key store)")
-    sub = ks.add_subparsers(dest="keystore_command", required=True)
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-dir", type=Path, default=Path(".ebscrypt"))
-        p.add_argument("--db", default=None, help="SQLAlchemy database URL (default: SQLite file in the data dir)")
-        p.add_argument("--key-store", default=None, metavar="URI",
-                       help="the current key store (default: file:<data-dir>/root.key)")
-
-    p = sub.add_parser("init", help="create the root key (inside the token for pkcs11:); idempotent")
-    common(p)
-    p.set_defaults(func=_init)
-    p = sub.add_parser("status", help="which key store and root key; can it unwrap this database's keys")
-    common(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=_status)
-    p = sub.add_parser("migrate", help="re-wrap every KMS key's material under another key store")
-    common(p)
-    p.add_argument("--to", required=True, metavar="URI", help="the new key store (file:PATH… or pkcs11:…)")
-    p.add_argument("--pause", type=float, default=0.0, metavar="SECONDS",
-                   help="wait between rows (to spare a shared HSM)")
-    p.set_defaults(func=_migrate)
-    p = sub.add_parser("rotate", help="new root key in the token, every row re-wrapped, old root retired")
-    common(p)
-    p.add_argument("--pause", type=float, default=0.0, metavar="SECONDS")
-    p.set_defaults(func=_rotate)
-
-
 def _settings(args: argparse.Namespace) -> Settings:
     args.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     return Settings(data_dir=args.data_dir, db_url=args.db, key_store=args.key_store)
@@ -227,7 +209,7 @@ def _fail(args: argparse.Namespace, name: str, params: dict[str, Any], exc: Base
     return 2
 
 
-def _init(args: argparse.Namespace, _rest: list[str]) -> int:
+def cmd_init(args: argparse.Namespace, _rest: list[str]) -> int:
     s = _settings(args)
     params: dict[str, Any] = {"keyStore": args.key_store or "file:<data-dir>/root.key"}
     try:
@@ -252,14 +234,14 @@ def _init(args: argparse.Namespace, _rest: list[str]) -> int:
         store.close()
 
 
-def _status(args: argparse.Namespace, _rest: list[str]) -> int:
+def cmd_status(args: argparse.Namespace, _rest: list[str]) -> int:
     s = _settings(args)
     params: dict[str, Any] = {"keyStore": args.key_store or "file:<data-dir>/root.key"}
     try:
         store = open_key_store(s.key_store, s.data_dir, create=False)
     except (RootKeyError, KeyStoreUnavailable) as exc:
         return _fail(args, "KeyStoreStatus", params, exc)
-    db = Database(s.database_url)
+    db = _database(s.database_url)
     try:
         out: dict[str, Any] = {"keyStore": store.uri, "kind": store.kind}
         try:
@@ -306,7 +288,7 @@ def _progress(key_id: str, material_id: str, i: int, n: int) -> None:
     print(f"re-wrapped {key_id}/{material_id} ({i}/{n})", flush=True)
 
 
-def _migrate(args: argparse.Namespace, _rest: list[str]) -> int:
+def cmd_migrate(args: argparse.Namespace, _rest: list[str]) -> int:
     s = _settings(args)
     params: dict[str, Any] = {"from": args.key_store or "file:<data-dir>/root.key"}
     try:
@@ -314,7 +296,7 @@ def _migrate(args: argparse.Namespace, _rest: list[str]) -> int:
     except (RootKeyError, KeyStoreUnavailable) as exc:
         return _fail(args, "KeyStoreMigrate", params, exc)
     target = None
-    db = Database(s.database_url)
+    db = _database(s.database_url)
     try:
         target = open_key_store(args.to, s.data_dir)
         if target.kind == "pkcs11" and not target.root_ids:  # type: ignore[attr-defined]
@@ -337,14 +319,14 @@ def _migrate(args: argparse.Namespace, _rest: list[str]) -> int:
             target.close()
 
 
-def _rotate(args: argparse.Namespace, _rest: list[str]) -> int:
+def cmd_rotate(args: argparse.Namespace, _rest: list[str]) -> int:
     s = _settings(args)
     params: dict[str, Any] = {"keyStore": args.key_store or "file:<data-dir>/root.key"}
     try:
         store = open_key_store(s.key_store, s.data_dir, create=False)
     except (RootKeyError, KeyStoreUnavailable) as exc:
         return _fail(args, "KeyStoreRotate", params, exc)
-    db = Database(s.database_url)
+    db = _database(s.database_url)
     try:
         if store.kind != "pkcs11":
             raise RootKeyError(
