@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -177,9 +178,11 @@ def test_database_without_its_token_cannot_be_read(
     bad_pin = other.uri().split("?")[0] + f"?module-path={other.module}&pin-value=1111"
     out = ebscrypt("serve", "--data-dir", str(copy), "--port", "1", "--key-store", bad_pin, env=other.env(), timeout=60)
     assert out.returncode == 2 and "wrong PIN" in out.stderr
-    # and the default file store (a new root.key) cannot read it either
+    # and the default file store: no root key file is made for a database with key material
     out = ebscrypt("serve", "--data-dir", str(copy), "--port", "1", timeout=60)
-    assert out.returncode == 2 and "cannot unwrap" in out.stderr
+    assert out.returncode == 2 and "root.key does not exist" in out.stderr
+    assert "this database's key material is wrapped by pkcs11:token=ebscrypt;serial=" in out.stderr
+    assert not (copy / "root.key").exists()
     code, st = status(copy, other.uri(), other)
     assert code == 1 and st["rowsUnwrapped"] == 0 and not st["canUnwrapAll"]
 
@@ -275,26 +278,41 @@ def test_kill_9_mid_migration_resumes(hsm: SoftHsm, tmp_path: Path, server_facto
         srv.stop()
 
 
-def test_store_errors_at_run_time_are_retryable_kms_errors(
+def test_token_gone_at_run_time_is_a_retryable_error_then_recovers(
     hsm: SoftHsm, tmp_path: Path, server_factory: Callable[..., ServerProcess]
 ) -> None:
-    """The token's root object destroyed under a running server (as a token swapped for
-    another): KMS answers KeyUnavailableException (500, retryable), the server lives on."""
+    """The token's files taken away under a running server (as a token pulled out): KMS
+    answers KeyUnavailableException (HTTP 500, retryable) and the server lives on; the token
+    put back, the same calls succeed again."""
     data = tmp_path / "data"
     init(hsm, data)
     srv = server_factory(["--key-store", hsm.uri()], data_dir=data)
     kms = srv.client("kms", account=A)
     key_id = kms.create_key()["KeyMetadata"]["KeyId"]
-    kms.disable_key(KeyId=key_id)  # its material leaves the cache
+    blob = kms.encrypt(KeyId=key_id, Plaintext=b"x")["CiphertextBlob"]
+    kms.disable_key(KeyId=key_id)  # its material leaves the cache: the next use asks the token
     kms.enable_key(KeyId=key_id)
-    # re-initialize the token: same label and PIN, every object gone
-    subprocess.run(["softhsm2-util", "--delete-token", "--token", hsm.token], env=hsm.env(), check=True,
-                   capture_output=True, timeout=60)
-    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", hsm.token, "--so-pin", "0815-so",
-                    "--pin", "4711-ebscrypt"], env=hsm.env(), check=True, capture_output=True, timeout=60)
-    with pytest.raises(ClientError) as exc:
-        kms.encrypt(KeyId=key_id, Plaintext=b"x")
-    assert exc.value.response["Error"]["Code"] in ("KeyUnavailableException", "KMSInternalException")
-    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
-    assert srv.proc is not None and srv.proc.poll() is None  # no crash
-    assert kms.list_keys()["Keys"]  # and it still serves
+    tokens = hsm.dir / "tokens"
+    away = hsm.dir / "tokens-away"
+    tokens.rename(away)
+    tokens.mkdir()
+    try:
+        with pytest.raises(ClientError) as exc:
+            kms.decrypt(CiphertextBlob=blob)
+        assert exc.value.response["Error"]["Code"] == "KeyUnavailableException"
+        assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+        assert srv.proc is not None and srv.proc.poll() is None  # no crash
+        assert kms.list_keys()["Keys"]  # and it still serves what needs no key material
+    finally:
+        tokens.rmdir()
+        away.rename(tokens)
+    # back: the server reconnects by itself (a retry or two while the module restarts)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"x"
+            break
+        except ClientError as e:
+            assert e.response["Error"]["Code"] == "KeyUnavailableException"
+            assert time.monotonic() < deadline, "the server did not recover after the token came back"
+            time.sleep(0.3)

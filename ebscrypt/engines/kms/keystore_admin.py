@@ -55,13 +55,16 @@ def preflight(settings: Settings) -> str | None:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = _database(settings.database_url)
+    refs: dict[str | None, int] = {}
     try:
         # A missing root key file is made only for a database without key material: with
         # material, a new root key could not unwrap it (the file was lost or moved).
-        store = open_key_store(settings.key_store, settings.data_dir, create=not rows_by_ref(db))
+        refs = rows_by_ref(db)
+        store = open_key_store(settings.key_store, settings.data_dir, create=not refs)
     except (RootKeyError, KeyStoreUnavailable) as exc:
         db.dispose()
-        return str(exc)
+        named = ", ".join(sorted(r or "file:<data dir>/root.key (from before key stores)" for r in refs)) if refs else ""
+        return f"{exc}" + (f" (this database's key material is wrapped by {named})" if named else "")
     try:
         check_key_store(db, store)
     except (RootKeyError, KeyStoreUnavailable) as exc:

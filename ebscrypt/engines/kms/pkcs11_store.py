@@ -85,6 +85,7 @@ _IV = 12
 _TAG_BITS = 128
 _KWP_DIGEST = 16
 _REFRESH_SECONDS = 2.0
+_REINIT_SECONDS = 0.2
 
 # python-pkcs11 calls C_Initialize(NULL): the PKCS#11 library is told the application will
 # not call it from several threads at once, and SoftHSM2 then takes no locks of its own
@@ -226,6 +227,7 @@ class Pkcs11KeyStore:
             self.mechanism = self._choose_mechanism()
         self._root_ids: list[bytes] = []
         self._refreshed = 0.0
+        self._reinitialized = 0.0
         try:
             self.refresh()
         except KeyStoreUnavailable as exc:
@@ -281,7 +283,20 @@ class Pkcs11KeyStore:
     def _reconnect(self) -> None:
         with self._lock:
             self._drop_sessions()
-            self._connect()
+            try:
+                self._connect()
+            except RootKeyError:
+                # The module may keep a stale view of its slots (a token pulled out and put
+                # back): start it afresh, at most every 0.2 s. Every session of this
+                # process ends; they are opened again on use.
+                if time.monotonic() - self._reinitialized < _REINIT_SECONDS:
+                    raise
+                self._reinitialized = time.monotonic()
+                try:
+                    self._lib.reinitialize()
+                except PKCS11Error as exc:
+                    raise KeyStoreUnavailable(f"PKCS#11 module restart failed: {type(exc).__name__}") from None
+                self._connect()
             self.refresh()
 
     def _reconnect_quietly(self) -> None:
