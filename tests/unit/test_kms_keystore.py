@@ -158,21 +158,30 @@ def test_pkcs11_wrong_pin_missing_token_or_root_is_a_clear_error(hsm: SoftHsm, t
 
 
 def test_pkcs11_token_gone_at_run_time_is_retryable_then_recovers(hsm: SoftHsm) -> None:
+    import time
+
     import pkcs11
 
     store = _store(hsm)
     try:
         ref, blob = store.wrap(KEY_ID, MID, MATERIAL)
-        lib = pkcs11.lib(hsm.module)
-        lib.finalize()  # every session and handle gone, as when a network HSM drops
+        # a dropped connection (module finalized under the store): reconnects by itself
+        pkcs11.lib(hsm.module).finalize()
+        assert store.unwrap(KEY_ID, MID, blob, ref) == MATERIAL
+        # the token pulled out (its files gone): retryable errors, no crash
+        tokens, away = hsm.dir / "tokens", hsm.dir / "tokens-away"
+        tokens.rename(away)
+        tokens.mkdir()
         try:
             with pytest.raises(KeyStoreUnavailable, match="unavailable"):
                 store.unwrap(KEY_ID, MID, blob, ref)
             with pytest.raises(KeyStoreUnavailable):
                 store.wrap(KEY_ID, MID, MATERIAL)
         finally:
-            lib.initialize()
-        # back: the next call reconnects and logs in again by itself
+            tokens.rmdir()
+            away.rename(tokens)
+        time.sleep(0.25)  # the module is restarted at most every 0.2 s
+        # put back: the next call reconnects and logs in again by itself
         assert store.unwrap(KEY_ID, MID, blob, ref) == MATERIAL
     finally:
         store.close()
