@@ -82,6 +82,11 @@ def _add_keystore_commands(commands: Any) -> None:
     p.set_defaults(func=_keystore, keystore_command="rotate")
 
 
+def _key_store_name(uri: str | None, data_dir: Path) -> str:
+    """The key store as printed at start: no query (a pin-value stays off the console)."""
+    return (uri or f"file:{data_dir.resolve() / 'root.key'}").split("?")[0]
+
+
 def _keystore(args: argparse.Namespace, rest: list[str]) -> int:
     from ebscrypt.engines.kms import keystore_admin
 
@@ -135,6 +140,7 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     endpoint = f"http://{args.host}:{args.port}"
     print(f"ebscrypt {__version__} serving on {endpoint} (auth: {auth}, data: {args.data_dir.resolve()})")
+    print(f"key store: {_key_store_name(args.key_store, args.data_dir)}")
     print(f"try:  aws --endpoint-url {endpoint} ec2 describe-regions")
     sys.stdout.flush()
     # uvicorn catches SIGINT/SIGTERM: it stops accepting, finishes requests, runs the

@@ -316,3 +316,33 @@ def test_token_gone_at_run_time_is_a_retryable_error_then_recovers(
             assert e.response["Error"]["Code"] == "KeyUnavailableException"
             assert time.monotonic() < deadline, "the server did not recover after the token came back"
             time.sleep(0.3)
+
+
+def test_two_servers_share_one_token_through_a_rotation(
+    hsm: SoftHsm, tmp_path: Path, server_factory: Callable[..., ServerProcess]
+) -> None:
+    """Several processes on one database and one token (as with a network HSM): what one
+    wraps the other unwraps, and a root key rotation under them keeps both working."""
+    data = tmp_path / "data"
+    init(hsm, data)
+    one = server_factory(["--key-store", hsm.uri()], data_dir=data)
+    two = server_factory(["--key-store", hsm.uri()], data_dir=data)
+    k1, k2 = one.client("kms", account=A), two.client("kms", account=A)
+    made = [k1.create_key()["KeyMetadata"]["KeyId"] for _ in range(3)]
+    blobs = [(k1.encrypt(KeyId=k, Plaintext=k.encode())["CiphertextBlob"], k.encode()) for k in made]
+    for blob, plain in blobs:  # server two unwraps what server one wrapped
+        assert k2.decrypt(CiphertextBlob=blob)["Plaintext"] == plain
+    out = keystore("rotate", "--data-dir", str(data), "--key-store", hsm.uri(), hsm=hsm)
+    assert out.returncode == 0, out.stderr
+    # a key made after the rotation is wrapped under the new root key and read by both
+    time.sleep(2.1)  # servers re-read the token's root objects before a wrap at most every 2 s
+    late = k2.create_key()["KeyMetadata"]["KeyId"]
+    blob = k2.encrypt(KeyId=late, Plaintext=b"late")["CiphertextBlob"]
+    assert k1.decrypt(CiphertextBlob=blob)["Plaintext"] == b"late"
+    for blob, plain in blobs:
+        assert k1.decrypt(CiphertextBlob=blob)["Plaintext"] == plain
+        assert k2.decrypt(CiphertextBlob=blob)["Plaintext"] == plain
+    one.stop()
+    two.stop()
+    code, st = status(data, hsm.uri(), hsm)
+    assert code == 0 and list(st["rowsByRootKey"]) == [st["currentRootKey"]] and len(st["rootObjects"]) == 1
