@@ -187,7 +187,7 @@ def test_database_without_its_token_cannot_be_read(
     assert code == 1 and st["rowsUnwrapped"] == 0 and not st["canUnwrapAll"]
 
 
-def test_migrate_file_to_pkcs11_then_rotate_keeps_everything_readable(
+def test_migrate_file_to_pkcs11_then_rotate_then_back_keeps_everything_readable(
     hsm: SoftHsm, tmp_path: Path, server_factory: Callable[..., ServerProcess]
 ) -> None:
     data = tmp_path / "data"
@@ -226,9 +226,18 @@ def test_migrate_file_to_pkcs11_then_rotate_keeps_everything_readable(
         check_workload(srv, w)
     finally:
         srv.stop()
+    # and back to a file store (a new file): the HSM can be retired the same way
+    back = f"file:{tmp_path / 'back.key'}"
+    out = keystore("migrate", "--data-dir", str(data), "--key-store", hsm.uri(), "--to", back, hsm=hsm)
+    assert out.returncode == 0, out.stderr
+    srv = ServerProcess(data, ["--key-store", back]).start()
+    try:
+        check_workload(srv, w)
+    finally:
+        srv.stop()
     events = [json.loads(line) for line in (data / "audit" / "kms-audit.jsonl").read_text().splitlines()]
     names = [e["eventName"] for e in events if e["eventSource"] == "ebscrypt.keystore"]
-    assert names.count("KeyStoreMigrate") == 2 and names.count("KeyStoreRotate") == 2
+    assert names.count("KeyStoreMigrate") == 4 and names.count("KeyStoreRotate") == 2
     assert "KeyStoreRetireRootKey" in names
 
 
