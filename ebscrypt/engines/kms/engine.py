@@ -134,7 +134,11 @@ class KeyEngine(
         self.clock = runtime.clock
         data_dir = runtime.settings.data_dir
         self.key_store = key_store or open_key_store(getattr(runtime.settings, "key_store", None), data_dir)
-        check_key_store(self.db, self.key_store)
+        try:
+            check_key_store(self.db, self.key_store)
+        except Exception:
+            self.key_store.close()
+            raise
         self.audit_log = AuditLog(audit_path(data_dir))
         # Plaintext material per (key id, material id): from its first use until the key is
         # disabled, scheduled for deletion or deleted (forget_key), or the process ends.

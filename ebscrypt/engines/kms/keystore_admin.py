@@ -28,33 +28,23 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from sqlalchemy import and_, func, select, update
 
 from ebscrypt.context import Settings
 from ebscrypt.engines.kms.audit import AuditLog, audit_path
+from ebscrypt.engines.kms.engine import check_key_store
 from ebscrypt.engines.kms.keystore import KeyStore, KeyStoreUnavailable, RootKeyError, open_key_store
+from ebscrypt.storage.db import Database
 from ebscrypt.storage.tables.kms import kms_key_material
-
-if TYPE_CHECKING:
-    from ebscrypt.storage.db import Database
-
-
-def _database(url: str) -> "Database":
-    # imported here: `ebscrypt upload/download` build the same parser and need none of it
-    from ebscrypt.storage.db import Database
-
-    return Database(url)
 
 
 def preflight(settings: Settings) -> str | None:
     """Open the configured key store and check it holds this database's root keys; the
     problem as one line, or None."""
-    from ebscrypt.engines.kms.engine import check_key_store
-
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = _database(settings.database_url)
+    db = Database(settings.database_url)
     refs: dict[str | None, int] = {}
     try:
         # A missing root key file is made only for a database without key material: with
@@ -244,7 +234,7 @@ def cmd_status(args: argparse.Namespace, _rest: list[str]) -> int:
         store = open_key_store(s.key_store, s.data_dir, create=False)
     except (RootKeyError, KeyStoreUnavailable) as exc:
         return _fail(args, "KeyStoreStatus", params, exc)
-    db = _database(s.database_url)
+    db = Database(s.database_url)
     try:
         out: dict[str, Any] = {"keyStore": store.uri, "kind": store.kind}
         try:
@@ -299,7 +289,7 @@ def cmd_migrate(args: argparse.Namespace, _rest: list[str]) -> int:
     except (RootKeyError, KeyStoreUnavailable) as exc:
         return _fail(args, "KeyStoreMigrate", params, exc)
     target = None
-    db = _database(s.database_url)
+    db = Database(s.database_url)
     try:
         target = open_key_store(args.to, s.data_dir)
         if target.kind == "pkcs11" and not target.root_ids:  # type: ignore[attr-defined]
@@ -311,7 +301,7 @@ def cmd_migrate(args: argparse.Namespace, _rest: list[str]) -> int:
         audit_record(s.data_dir, "KeyStoreMigrate",
                      {**params, "phase": "completed", "rowsRewrapped": moved, "rowsLeft": sum(left.values())})
         print(f"migrated {moved} of {total} row(s) to {target.uri}; rows not under it: {sum(left.values())}")
-        print(f"start the servers with --key-store '{args.to.split('?')[0]}?…'; {source.uri} can be retired")
+        print(f"start the servers with --key-store for {target.uri}; {source.uri} can then be retired")
         return 0 if not left else 1
     except (RootKeyError, KeyStoreUnavailable) as exc:
         return _fail(args, "KeyStoreMigrate", params, exc)
@@ -329,7 +319,7 @@ def cmd_rotate(args: argparse.Namespace, _rest: list[str]) -> int:
         store = open_key_store(s.key_store, s.data_dir, create=False)
     except (RootKeyError, KeyStoreUnavailable) as exc:
         return _fail(args, "KeyStoreRotate", params, exc)
-    db = _database(s.database_url)
+    db = Database(s.database_url)
     try:
         if store.kind != "pkcs11":
             raise RootKeyError(
