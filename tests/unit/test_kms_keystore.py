@@ -208,3 +208,27 @@ def test_pkcs11_threads_share_the_store(hsm: SoftHsm) -> None:
         t.join()
     store.close()
     assert not errors, errors
+
+
+# ------------------------------------------------------------------ the material cache
+
+
+def test_unwrapped_material_is_cached_only_while_the_key_is_usable(tmp_path: Path) -> None:
+    from tests.unit.test_kms_engine import CA, cmk, make_engine
+
+    engine = make_engine(tmp_path / "d")
+    try:
+        key_id = cmk(engine)["KeyId"]
+        blob = engine.op_Encrypt(CA, {"KeyId": key_id, "Plaintext": b"p"})["CiphertextBlob"]
+        cached = lambda: [k for k in engine._materials if k[0] == key_id]  # noqa: E731
+        assert len(cached()) == 1
+        engine.op_DisableKey(CA, {"KeyId": key_id})
+        assert cached() == []  # disabled: the plaintext material leaves memory
+        engine.op_EnableKey(CA, {"KeyId": key_id})
+        assert engine.op_Decrypt(CA, {"CiphertextBlob": blob})["Plaintext"] == b"p"  # unwrapped again
+        assert len(cached()) == 1
+        engine.op_ScheduleKeyDeletion(CA, {"KeyId": key_id, "PendingWindowInDays": 7})
+        assert cached() == []
+    finally:
+        engine.close()
+        engine.db.dispose()
