@@ -1,4 +1,4 @@
-"""The ``ebscrypt`` command: ``serve``, ``audit-log``, ``upload``, ``download``."""
+"""The ``ebscrypt`` command: ``serve``, ``keystore``, ``audit-log``, ``upload``, ``download``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ebscrypt import __version__
 from ebscrypt.context import Settings
@@ -61,7 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                        help="a browser origin (https://app.example) allowed to call the service with CORS "
                             "(repeatable); requests from any other web page are refused")
+    serve.add_argument("--key-store", default=None, metavar="URI",
+                       help="root of trust: file:PATH (default: <data-dir>/root.key; "
+                            "?passphrase-env=VAR or ?passphrase-file=PATH) or a PKCS#11 URI "
+                            "pkcs11:token=…;object=…?module-path=…&pin-source=file:…")
     serve.set_defaults(func=_serve)
+
+    _add_keystore_commands(commands)
 
     audit = commands.add_parser("audit-log", help="print the KMS audit trail (CloudTrail JSON lines)",
                                 description="Print the KMS audit trail (CloudTrail JSON lines).",
@@ -77,6 +83,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rest and args.command not in ("upload", "download"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return int(args.func(args, rest) or 0)
+
+
+def _add_keystore_commands(commands: Any) -> None:
+    """``ebscrypt keystore …`` (engines/kms/keystore_admin.py, imported only when run)."""
+    ks = commands.add_parser("keystore", help="manage the root of trust (file or PKCS#11 key store)")
+    sub = ks.add_subparsers(dest="keystore_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", type=Path, default=Path(".ebscrypt"))
+        p.add_argument("--db", default=None, help="SQLAlchemy database URL (default: SQLite file in the data dir)")
+        p.add_argument("--key-store", default=None, metavar="URI",
+                       help="the current key store (default: file:<data-dir>/root.key)")
+
+    p = sub.add_parser("init", help="create the root key (inside the token for pkcs11:); idempotent")
+    common(p)
+    p.set_defaults(func=_keystore, keystore_command="init")
+    p = sub.add_parser("status", help="which key store and root key; can it unwrap this database's keys")
+    common(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_keystore, keystore_command="status")
+    p = sub.add_parser("migrate", help="re-wrap every KMS key's material under another key store")
+    common(p)
+    p.add_argument("--to", required=True, metavar="URI", help="the new key store (file:PATH… or pkcs11:…)")
+    p.add_argument("--pause", type=float, default=0.0, metavar="SECONDS",
+                   help="wait between rows (to spare a shared HSM)")
+    p.set_defaults(func=_keystore, keystore_command="migrate")
+    p = sub.add_parser("rotate", help="new root key in the token, every row re-wrapped, old root retired")
+    common(p)
+    p.add_argument("--pause", type=float, default=0.0, metavar="SECONDS")
+    p.set_defaults(func=_keystore, keystore_command="rotate")
+
+
+def _key_store_name(uri: str | None, data_dir: Path) -> str:
+    """The key store as printed at start: no query (a pin-value stays off the console)."""
+    return (uri or f"file:{data_dir.resolve() / 'root.key'}").split("?")[0]
+
+
+def _keystore(args: argparse.Namespace, rest: list[str]) -> int:
+    from ebscrypt.engines.kms import keystore_admin
+
+    return int(getattr(keystore_admin, f"cmd_{args.keystore_command}")(args, rest))
 
 
 def _is_loopback(host: str) -> bool:
@@ -134,11 +181,22 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
         credentials_file=args.credentials,
         allowed_hosts=tuple(args.allowed_host),
         cors_origins=tuple(args.cors_origin),
+        key_store=args.key_store,
     )
+    # The key store is checked before serving: a missing token, a wrong PIN or passphrase,
+    # a readable root key file, or a database wrapped by another store is a clear message
+    # and a non-zero exit here (uvicorn would log a lifespan traceback and exit 0/3).
+    from ebscrypt.engines.kms.keystore_admin import preflight
+
+    problem = preflight(settings)
+    if problem:
+        print(f"ebscrypt: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host = f"[{args.host}]" if ":" in args.host else args.host
     endpoint = f"http://{host}:{args.port}"
     print(f"ebscrypt {__version__} serving on {endpoint} (auth: {auth}, data: {args.data_dir.resolve()})")
+    print(f"key store: {_key_store_name(args.key_store, args.data_dir)}")
     if auth == "dev":
         # The AWS CLI insists on a region and some credentials; dev auth checks neither
         # (a 12-digit access key id acts as that account).

@@ -51,6 +51,9 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 2 * 1024 * 1024
     job_workers: int = 2
+    # The root of trust (engines/kms/keystore.py): "file:PATH" or a pkcs11: URI; None:
+    # file:<data_dir>/root.key.
+    key_store: str | None = None
 
     @property
     def database_url(self) -> str:

@@ -21,7 +21,7 @@ from sqlalchemy.pool import QueuePool
 
 from ebscrypt.storage.schema import load_tables, schema_version
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _v2_rule_position_bigint(conn: Connection) -> None:
@@ -52,11 +52,21 @@ def _v4_kms_auth_generation(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE kms_keys ADD COLUMN auth_generation INTEGER"))
 
 
+def _v5_key_store_refs(conn: Connection) -> None:
+    # kms_key_material.wrapped_by names the root key (file or PKCS#11 object) that wrapped
+    # each row, so rows of several key stores coexist during `ebscrypt keystore migrate`.
+    # Existing rows keep NULL: the file store's format from before (engines/kms/keystore.py).
+    present = {column["name"] for column in inspect(conn).get_columns("kms_key_material")}
+    if "wrapped_by" not in present:
+        conn.execute(text("ALTER TABLE kms_key_material ADD COLUMN wrapped_by VARCHAR(512)"))
+
+
 # version N -> function that upgrades a database at version N-1 to N.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _v2_rule_position_bigint,
     3: _v3_job_leases,
     4: _v4_kms_auth_generation,
+    5: _v5_key_store_refs,
 }
 
 # PostgreSQL: the advisory lock every write transaction takes first (any constant key; one

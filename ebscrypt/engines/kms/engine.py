@@ -1,8 +1,9 @@
 """The KMS key engine (``runtime.kms``): the facade that every KMS surface goes through.
 
-:class:`KeyEngine` holds what every operation shares: construction (root key, audit log,
-material cache), the audit hook (:meth:`KeyEngine.audited`), the key store (material
-wrapped by the root key, unwrapped once and kept in memory, see :mod:`.keystore`),
+:class:`KeyEngine` holds what every operation shares: construction (key store, audit log,
+material cache), the audit hook (:meth:`KeyEngine.audited`), the key material (wrapped by
+the root of trust, :mod:`.keystore`; unwrapped once and kept in memory while the key is
+usable),
 resolution of key ids / key ARNs / aliases / alias ARNs (with lazy deletion and
 rotation), authorization (key policy, then grants) and the key-state checks.
 
@@ -47,7 +48,7 @@ from ebscrypt.engines.kms.crypto_ops import CryptoOperations
 from ebscrypt.engines.kms.errors import kms_error, no_policy_allows
 from ebscrypt.engines.kms.grants import GrantOperations, grant_of
 from ebscrypt.engines.kms.keys import KeyOperations
-from ebscrypt.engines.kms.keystore import FileRootKeySource, KeyWrapper, RootKeySource
+from ebscrypt.engines.kms.keystore import KeyStore, KeyStoreUnavailable, RootKeyError, open_key_store
 from ebscrypt.engines.kms.metadata import KeyInfo, utc
 from ebscrypt.engines.kms.policies import PolicyOperations
 from ebscrypt.engines.kms.rotation import RotationOperations
@@ -75,6 +76,42 @@ _KEY_QUERY = (
     .where(kms_keys.c.key_id == bindparam("key_id"))
 )
 
+def check_key_store(db: Any, store: KeyStore) -> None:
+    """At start: every root key the database's material is wrapped by is held by ``store``,
+    so a wrong ``--key-store`` (or a database copied without its token) fails at once with
+    the reason instead of at the first Decrypt."""
+    with db.read() as conn:
+        refs = [r.wrapped_by for r in conn.execute(select(kms_key_material.c.wrapped_by).distinct())]
+    missing = sorted((ref or "file:<data dir>/root.key (from before key stores)") for ref in refs if not store.holds(ref))
+    if missing:
+        raise RootKeyError(
+            f"the key store {store.uri} cannot unwrap this database's key material, which is wrapped by "
+            f"{', '.join(missing)}: start with the --key-store that holds it (or finish "
+            "`ebscrypt keystore migrate`)"
+        )
+    # One row per root key really unwrapped: a root key of the same name that is not the
+    # one that wrapped them (another file, a token re-made under the same name) fails here.
+    with db.read() as conn:
+        samples = [
+            conn.execute(
+                select(kms_key_material).where(
+                    kms_key_material.c.wrapped_by.is_(None) if ref is None else kms_key_material.c.wrapped_by == ref
+                ).limit(1)
+            ).first()
+            for ref in refs
+        ]
+    for row in samples:
+        if row is None:
+            continue
+        try:
+            store.unwrap(row.key_id, row.material_id, row.wrapped, row.wrapped_by)
+        except RootKeyError:
+            raise RootKeyError(
+                f"the key store {store.uri} does not unwrap this database's key material wrapped by "
+                f"{row.wrapped_by or 'the file store'}: its root key is not the one that wrapped it"
+            ) from None
+
+
 # Key rows read in the current key-row scope (see KeyEngine.key_row_scope); None outside one.
 _ROW_SCOPE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("kms_key_rows", default=None)
 
@@ -92,15 +129,22 @@ class KeyEngine(
 ):
     """One per server process (``runtime.kms``)."""
 
-    def __init__(self, runtime: Any, root_source: RootKeySource | None = None) -> None:
+    def __init__(self, runtime: Any, key_store: KeyStore | None = None) -> None:
         self.runtime = runtime
         self.db = runtime.db
         self.clock = runtime.clock
         data_dir = runtime.settings.data_dir
-        source = root_source or FileRootKeySource(data_dir / "root.key")
-        self._wrapper = KeyWrapper(source.load())
+        self.key_store = key_store or open_key_store(getattr(runtime.settings, "key_store", None), data_dir)
+        try:
+            check_key_store(self.db, self.key_store)
+        except Exception:
+            self.key_store.close()
+            raise
         self.audit_log = AuditLog(audit_path(data_dir))
         self.space: SpaceMonitor = runtime.engines.get("space") or SpaceMonitor(data_dir)
+        # Plaintext material per (key id, material id): from its first use until the key is
+        # disabled, scheduled for deletion or deleted (forget_key), or the process ends.
+        # Never written anywhere; a key store round trip per use would cost a token call.
         self._materials: dict[tuple[str, str], bytes] = {}
         self._policies: dict[str, policy_rules.Policy] = {}
         self._ebs_key_ids: dict[tuple[str, str], str] = {}  # (account, region) -> alias/aws/ebs key id
@@ -110,6 +154,13 @@ class KeyEngine(
     def close(self) -> None:
         self.audit_log.close()
         self._materials.clear()
+        self.key_store.close()
+
+    def forget_key(self, key_id: str) -> None:
+        """Drop a key's unwrapped material from memory (it stopped being usable)."""
+        with self._lock:
+            for cache_key in [k for k in self._materials if k[0] == key_id]:
+                self._materials.pop(cache_key, None)
 
     # ------------------------------------------------------------------------ audit
 
@@ -171,7 +222,7 @@ class KeyEngine(
         m = self._materials.get(cache_key)
         if m is not None:
             return m
-        q = select(kms_key_material.c.wrapped).where(
+        q = select(kms_key_material.c.wrapped, kms_key_material.c.wrapped_by).where(
             kms_key_material.c.key_id == key_id, kms_key_material.c.material_id == material_id
         )
         if conn is not None:
@@ -181,7 +232,14 @@ class KeyEngine(
                 row = c.execute(q).first()
         if row is None:
             raise blobfmt.BadCiphertext()
-        m = self._wrapper.unwrap(key_id, material_id, row.wrapped)
+        try:
+            m = self.key_store.unwrap(key_id, material_id, row.wrapped, row.wrapped_by)
+        except KeyStoreUnavailable as exc:
+            raise kms_error(
+                "KeyUnavailableException",
+                f"The key store is unavailable; you can retry the request. ({exc})",
+                500,
+            ) from None
         self._materials[cache_key] = m
         return m
 
@@ -208,6 +266,14 @@ class KeyEngine(
         self, conn: Connection, key_id: str, material: bytes, *, rotation_type: str | None = None
     ) -> str:
         material_id = os.urandom(16).hex()
+        try:
+            wrapped_by, wrapped = self.key_store.wrap(key_id, material_id, material)
+        except KeyStoreUnavailable as exc:
+            raise kms_error(
+                "KeyUnavailableException",
+                f"The key store is unavailable; you can retry the request. ({exc})",
+                500,
+            ) from None
         conn.execute(
             update(kms_key_material).where(kms_key_material.c.key_id == key_id).values(is_current=False)
         )
@@ -215,7 +281,8 @@ class KeyEngine(
             insert(kms_key_material).values(
                 key_id=key_id,
                 material_id=material_id,
-                wrapped=self._wrapper.wrap(key_id, material_id, material),
+                wrapped=wrapped,
+                wrapped_by=wrapped_by,
                 created_at=self.clock.now(),
                 is_current=True,
                 rotation_type=rotation_type,

@@ -207,6 +207,8 @@ class KeyOperations:
         row = self._key_to_change(caller, p["KeyId"], action)
         self._require_not_pending(row)
         self._update(row.key_id, state=state)
+        if state != "Enabled":
+            self.forget_key(row.key_id)  # material stays in memory only while usable
         return {}
 
     def op_EnableKey(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
@@ -225,6 +227,7 @@ class KeyOperations:
         self._require_not_pending(row)
         when = self.clock.now() + timedelta(days=days)
         self._update(row.key_id, state="PendingDeletion", deletion_date=when)
+        self.forget_key(row.key_id)
         return {"KeyId": row.arn, "DeletionDate": when, "KeyState": "PendingDeletion", "PendingWindowInDays": days}
 
     def op_CancelKeyDeletion(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
@@ -250,8 +253,7 @@ class KeyOperations:
                 col = table.c.target_key_id if table is kms_aliases else table.c.key_id
                 conn.execute(delete(table).where(col == key_id))
             conn.execute(delete(kms_keys).where(kms_keys.c.key_id == key_id))
-        for k in [k for k in self._materials if k[0] == key_id]:
-            self._materials.pop(k, None)
+        self.forget_key(key_id)
         return True
 
     def sweep_deletions(self) -> int:

@@ -51,7 +51,11 @@ kms_key_material = Table(
     metadata,
     Column("key_id", String(36), primary_key=True),
     Column("material_id", String(32), primary_key=True),  # 16 bytes hex
-    Column("wrapped", LargeBinary, nullable=False),  # nonce || AES-GCM(root, material)
+    Column("wrapped", LargeBinary, nullable=False),  # see engines/kms/keystore.py (header | body)
+    # The root key that wrapped this row (keystore.py: "file:kid=…" or "pkcs11:token=…;
+    # object=…;id=…"); NULL: written before key stores, by the file store, no header.
+    # `ebscrypt keystore migrate/rotate` move rows one at a time by rewriting both columns.
+    Column("wrapped_by", String(512), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("is_current", Boolean, nullable=False, default=True),
     Column("rotation_type", String(16), nullable=True),  # None (original) | AUTOMATIC | ON_DEMAND
