@@ -196,7 +196,6 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     endpoint = f"http://{host}:{args.port}"
     print(f"ebscrypt {__version__} serving on {endpoint} (auth: {auth}, data: {args.data_dir.resolve()})")
-    print(f"key store: {_key_store_name(args.key_store, args.data_dir)}")
     if auth == "dev":
         # The AWS CLI insists on a region and some credentials; dev auth checks neither
         # (a 12-digit access key id acts as that account).
@@ -204,6 +203,7 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
               f"aws --endpoint-url {endpoint} ec2 describe-regions")
     else:
         print(f"try:  aws --endpoint-url {endpoint} ec2 describe-regions   (with a key from {args.credentials})")
+    print(f"key store: {_key_store_name(args.key_store, args.data_dir)}")
     sys.stdout.flush()
     # uvicorn catches SIGINT/SIGTERM: it stops accepting, finishes requests, runs the
     # lifespan shutdown (job workers stopped, database closed), then re-raises the signal
