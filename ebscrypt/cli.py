@@ -1,4 +1,4 @@
-"""The ``ebscrypt`` command: ``serve``, ``audit-log``, ``upload``, ``download``."""
+"""The ``ebscrypt`` command: ``serve``, ``audit-log``, ``explain``, ``report``, ``upload``, ``download``."""
 
 from __future__ import annotations
 
@@ -35,6 +35,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     audit = commands.add_parser("audit-log", help="print the KMS audit trail (CloudTrail JSON lines)")
     audit.add_argument("--data-dir", type=Path, default=Path(".ebscrypt"))
     audit.set_defaults(func=_audit_log)
+
+    # explain/report read the metadata database directly, read-only (storage/readonly.py):
+    # they work with or without a running server and need no credentials of an account.
+    explain = commands.add_parser("explain", help="why a volume/snapshot/image/instance has its encryption")
+    explain.add_argument("resource_id")
+    explain.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _database_args(explain)
+    explain.set_defaults(func=_explain)
+
+    report = commands.add_parser("report", help="the encryption posture of one account or all")
+    report.add_argument("--account", default=None, help="only this 12-digit account (default: all)")
+    report.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    report.add_argument("--fail-on", choices=list(_severities()), default=None,
+                        help="exit with status 1 when a finding of this severity or above exists")
+    _database_args(report)
+    report.set_defaults(func=_report)
 
     for name in ("upload", "download"):
         sub = commands.add_parser(name, help=f"{name} a disk image through the EBS direct APIs", add_help=False)
@@ -109,3 +125,64 @@ def _datapath(args: argparse.Namespace, rest: list[str]) -> int:
 
     entry = datapath.upload_main if args.datapath == "upload" else datapath.download_main
     return int(entry(rest) or 0)
+
+
+def _severities() -> tuple[str, ...]:
+    from ebscrypt.engines.insight.records import SEVERITIES
+
+    return SEVERITIES
+
+
+def _database_args(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--data-dir", type=Path, default=Path(".ebscrypt"))
+    sub.add_argument("--db", default=None, help="SQLAlchemy database URL (default: SQLite file in the data dir)")
+
+
+def _open_db(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from ebscrypt.storage.readonly import open_read_only
+
+    try:
+        return open_read_only(args.data_dir, args.db)
+    except FileNotFoundError as err:
+        print(f"ebscrypt: {err}", file=sys.stderr)
+        return None
+
+
+def _explain(args: argparse.Namespace, _rest: list[str]) -> int:
+    import json
+
+    from ebscrypt.engines.insight.explain import explain, render_text
+    from ebscrypt.errors import ServiceError
+
+    db = _open_db(args)
+    if db is None:
+        return 2
+    try:
+        with db.read() as conn:
+            result = explain(conn, args.resource_id)
+    except ServiceError as err:
+        print(f"ebscrypt: {err.message}", file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
+    print(json.dumps(result.as_dict(), indent=2) if args.json else render_text(result))
+    return 0
+
+
+def _report(args: argparse.Namespace, _rest: list[str]) -> int:
+    from ebscrypt.engines.insight.posture import at_or_above, report
+    from ebscrypt.engines.insight.render import findings_csv, findings_json, findings_table
+
+    db = _open_db(args)
+    if db is None:
+        return 2
+    try:
+        with db.read() as conn:
+            findings = report(conn, args.account)
+    finally:
+        db.dispose()
+    render = {"table": findings_table, "json": findings_json, "csv": findings_csv}[args.format]
+    sys.stdout.write(render(findings))
+    if args.fail_on and at_or_above(findings, args.fail_on):
+        return 1
+    return 0

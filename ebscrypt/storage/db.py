@@ -21,7 +21,7 @@ from sqlalchemy.pool import QueuePool
 
 from ebscrypt.storage.schema import load_tables, schema_version
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _v2_rule_position_bigint(conn: Connection) -> None:
@@ -42,8 +42,17 @@ def _v3_job_leases(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE jobs ADD COLUMN lease_expires DOUBLE PRECISION"))
 
 
+def _v4_provenance(conn: Connection) -> None:
+    # The ec2_provenance table (storage/tables/provenance.py) is new, so create_all in
+    # _migrate has already made it; nothing to convert: resources made before it have no
+    # row and are shown as "unknown (created before provenance was recorded)".
+    del conn
+
+
 # version N -> function that upgrades a database at version N-1 to N.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_rule_position_bigint, 3: _v3_job_leases}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    2: _v2_rule_position_bigint, 3: _v3_job_leases, 4: _v4_provenance,
+}
 
 # PostgreSQL: the advisory lock every write transaction takes first (any constant key; one
 # per database), and how long a lock wait may last before it is an error (SQLite's

@@ -429,11 +429,8 @@ def _prepare_volume(ctx: RequestContext, *, zone: str, source: Snapshot | None, 
             try:
                 data_key = new_data_key(ctx, plan.key_arn or "", volume_id)
             except ServiceError as err:
-                from ebscrypt.engines.ec2.encryption import EncryptionPlan
-
-                plan = EncryptionPlan(plan.encrypted, plan.key_arn, False, plan.rule,
-                                      f"Client.InvalidKMSKey.InvalidState: The KMS key {plan.key_arn} cannot be "
-                                      f"used ({err.code}: {err.message})", plan.key_manager)
+                plan = plan.failed(f"Client.InvalidKMSKey.InvalidState: The KMS key {plan.key_arn} cannot be "
+                                   f"used ({err.code}: {err.message})")
     return VolumePrep(volume_id, zone, spec, plan, source, data_key, attach=attach)
 
 
