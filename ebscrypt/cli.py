@@ -171,7 +171,7 @@ def _explain(args: argparse.Namespace, _rest: list[str]) -> int:
 
 def _report(args: argparse.Namespace, _rest: list[str]) -> int:
     from ebscrypt.engines.insight.posture import at_or_above, report
-    from ebscrypt.engines.insight.render import findings_csv, findings_json, findings_table
+    from ebscrypt.engines.insight.render import findings_csv, findings_json, findings_table, terminal_width
 
     db = _open_db(args)
     if db is None:
@@ -181,8 +181,10 @@ def _report(args: argparse.Namespace, _rest: list[str]) -> int:
             findings = report(conn, args.account)
     finally:
         db.dispose()
-    render = {"table": findings_table, "json": findings_json, "csv": findings_csv}[args.format]
-    sys.stdout.write(render(findings))
+    if args.format == "table":
+        sys.stdout.write(findings_table(findings, width=terminal_width()))
+    else:
+        sys.stdout.write((findings_json if args.format == "json" else findings_csv)(findings))
     if args.fail_on and at_or_above(findings, args.fail_on):
         return 1
     return 0

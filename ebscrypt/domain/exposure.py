@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ebscrypt.domain.policy import Decision, PolicyError, Request, evaluate, parse_policy
+from ebscrypt.domain.policy import Decision, Policy, PolicyError, Request, evaluate, parse_policy
 
 _ACCOUNT_IN_ARN = re.compile(r"^arn:aws[a-z-]*:(?:iam|sts)::(\d{12}):")
 _ACCOUNT = re.compile(r"^\d{12}$")
@@ -25,7 +25,7 @@ class Opening:
     """One way into a key from outside its account."""
 
     who: str  # a 12-digit account, or "*" (any account)
-    how: str  # "key policy" | "key policy (with conditions)" | "grant <id>"
+    how: str  # "key policy" | "key policy (through EC2)" | "grant <id>"
 
 
 def account_of(principal: str) -> str | None:
@@ -57,15 +57,29 @@ def policy_openings(policy_text: str, owner: str, key_arn: str) -> list[Opening]
                     named.add(account)
     out: list[Opening] = []
     if wildcard:
-        decision = evaluate(policy, Request(USE_ACTION, f"arn:aws:iam::{ANY_ACCOUNT}:root", ANY_ACCOUNT, key_arn))
-        out.append(Opening("*", "key policy" if decision is Decision.ALLOW else "key policy (with conditions)"))
+        # '*' is open when an unnamed account gets in, directly or through EC2 (the AWS
+        # managed key's '*' is fenced by kms:CallerAccount and is not open).
+        how = _allowed(policy, ANY_ACCOUNT, key_arn)
+        if how:
+            out.append(Opening("*", how))
     for account in sorted(named):
-        decision = evaluate(policy, Request(USE_ACTION, f"arn:aws:iam::{account}:root", account, key_arn))
-        if decision is Decision.ALLOW:
-            out.append(Opening(account, "key policy"))
-        elif decision is Decision.NONE:
-            out.append(Opening(account, "key policy (with conditions)"))
+        how = _allowed(policy, account, key_arn)
+        if how:
+            out.append(Opening(account, how))
     return out
+
+
+def _allowed(policy: Policy, account: str, key_arn: str) -> str | None:
+    """How ``account`` may decrypt with the key: directly, only via EC2, or not (None)."""
+    principal = f"arn:aws:iam::{account}:root"
+    direct = {"kms:CallerAccount": account}
+    if evaluate(policy, Request(USE_ACTION, principal, account, key_arn, direct)) is Decision.ALLOW:
+        return "key policy"
+    region = key_arn.split(":")[3] if key_arn.count(":") >= 5 else ""
+    via = dict(direct, **{"kms:ViaService": f"ec2.{region}.amazonaws.com"})
+    if evaluate(policy, Request(USE_ACTION, principal, account, key_arn, via)) is Decision.ALLOW:
+        return "key policy (through EC2)"
+    return None
 
 
 def grant_openings(grants: list[tuple[str, str]], owner: str) -> list[Opening]:

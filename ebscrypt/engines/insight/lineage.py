@@ -66,7 +66,10 @@ def neighbourhood(conn: Connection, focus: str, viewer: str | None, *, max_nodes
         expanded.add(node_id)
         node = graph.nodes.get(node_id)
         if node is not None and node.foreign and node_id != graph.focus:
-            continue  # another account's: shown, not explored
+            # Another account's (the source of a copy shared with the viewer): its key is
+            # shown — a re-encrypted copy's lineage names both keys — but not its other links.
+            _foreign_keys(conn, graph, kind, node_id, viewer)
+            continue
         for nkind, nid in _expand(conn, graph, kind, node_id, viewer):
             if len(graph.nodes) >= max_nodes:
                 graph.truncated = True
@@ -74,6 +77,26 @@ def neighbourhood(conn: Connection, focus: str, viewer: str | None, *, max_nodes
             if nid not in expanded:
                 queue.append((nkind, nid))
     return graph
+
+
+def _foreign_keys(conn: Connection, g: Graph, kind: str, node_id: str, viewer: str | None) -> None:
+    row = res.snapshot(conn, node_id) if kind == "snapshot" else res.volume(conn, node_id) if kind == "volume" else None
+    if row is not None:
+        _add_keys(conn, g, row, viewer)
+
+
+def _add_keys(conn: Connection, g: Graph, row: Any, viewer: str | None) -> None:
+    """resource -> its data key -> the KMS key wrapping it."""
+    if not row["data_key_id"]:
+        return
+    dk_id = f"dk:{row['data_key_id']}"
+    g.add(Node(dk_id, "datakey", f"data key {row['data_key_id'][:8]}", row["account"],
+               foreign=viewer is not None and row["account"] != viewer))
+    g.link(row["id"], dk_id, "data key")
+    key = res.key_info(conn, row["kms_key_arn"])
+    if key is not None:
+        g.add(_key_node(key, viewer))
+        g.link(dk_id, key.arn, "wrapped by")
 
 
 def _expand(conn: Connection, g: Graph, kind: str, node_id: str, viewer: str | None) -> list[tuple[str, str]]:
@@ -87,15 +110,7 @@ def _expand(conn: Connection, g: Graph, kind: str, node_id: str, viewer: str | N
         return n.id
 
     def add_keys(row: Any) -> None:
-        if not row["data_key_id"]:
-            return
-        dk_id = f"dk:{row['data_key_id']}"
-        g.add(Node(dk_id, "datakey", f"data key {row['data_key_id'][:8]}", row["account"]))
-        g.link(row["id"], dk_id, "data key")
-        key = res.key_info(conn, row["kms_key_arn"])
-        if key is not None:
-            g.add(_key_node(key, viewer))
-            g.link(dk_id, key.arn, "wrapped by")
+        _add_keys(conn, g, row, viewer)
 
     if kind == "kmskey":
         vols, snaps = res.dependants(conn, node_id, FANOUT)

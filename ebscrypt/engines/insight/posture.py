@@ -8,8 +8,8 @@ Findings (code: severity):
   KEY_PENDING_DELETION with dependants: critical (info without)
   KEY_DISABLED with dependants: high (info without)
   KEY_DELETED_IN_USE (resources under a crypto-shredded key, R-KEY-8): high
-  KEY_OPEN_TO_ANY_ACCOUNT (policy "*" principal): high; KEY_OPEN_TO_ACCOUNTS (named
-      accounts, or "*" with conditions) and KEY_GRANTED_TO_ACCOUNTS (grants): medium
+  KEY_OPEN_TO_ANY_ACCOUNT (a "*" principal that lets an unnamed account decrypt): high;
+      KEY_OPEN_TO_ACCOUNTS (named accounts) and KEY_GRANTED_TO_ACCOUNTS (grants): medium
   IMAGE_MULTIPLE_KEYS (an image whose snapshots use several keys, R-IMG-2): low
 Fixing the cause makes the finding disappear on the next report (nothing is stored).
 """
@@ -131,7 +131,7 @@ def _keys(conn: Connection, account: str | None) -> list[Finding]:
         openings = policy_openings(k["policy"], k["account"], arn)
         for o in openings:
             if o.who == "*":
-                out.append(Finding("high" if o.how == "key policy" else "medium", "KEY_OPEN_TO_ANY_ACCOUNT",
+                out.append(Finding("high", "KEY_OPEN_TO_ANY_ACCOUNT",
                                    k["account"], k["region"], arn,
                                    f"the {o.how} of key {label} lets any account use it", ("*",)))
         named = [o for o in openings if o.who != "*"]

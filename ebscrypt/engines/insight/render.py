@@ -28,19 +28,28 @@ def findings_csv(findings: list[Finding]) -> str:
     return out.getvalue()
 
 
-def findings_table(findings: list[Finding]) -> str:
+def findings_table(findings: list[Finding], *, width: int | None = None) -> str:
+    """Aligned columns; ``width`` (a terminal's) shortens long messages, None keeps them whole."""
     if not findings:
         return "no findings\n"
-    width = shutil.get_terminal_size((160, 24)).columns
-    rows = [(f.severity.upper(), f.code, f.account, f.region, f.message) for f in findings]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    rows = [(f.severity.upper(), f.code, f.account, f.region, f.resource, f.message) for f in findings]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = []
     for r in rows:
-        head = "  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths))
-        room = max(20, width - len(head) - 2)
-        message = r[4] if len(r[4]) <= room else r[4][: room - 1] + "…"
+        head = "  ".join(cell.ljust(w) for cell, w in zip(r[:5], widths))
+        message = r[5]
+        if width is not None:
+            room = max(20, width - len(head) - 2)
+            message = message if len(message) <= room else message[: room - 1] + "…"
         lines.append(f"{head}  {message}")
     counts = Counter(f.severity for f in findings)
     lines.append("")
     lines.append(", ".join(f"{counts[s]} {s}" for s in reversed(SEVERITIES) if counts.get(s)))
     return "\n".join(lines) + "\n"
+
+
+def terminal_width() -> int | None:
+    """The terminal's width when stdout is one (None when piped: nothing is cut)."""
+    import sys
+
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
