@@ -113,6 +113,9 @@ def test_clicking_a_key_shows_its_dependants(signed_in: Callable[[str], Any], se
                                              scenario: Scenario) -> None:
     page = signed_in(scenario.a)
     page.goto(f"{server.url}/_console/r/{scenario.image}")
+    # B's re-encrypted copy of A's snapshot is B's: not in A's lineage, nor B's key
+    assert page.locator(f"svg.lineage [data-id='{scenario.copy_snapshot}']").count() == 0
+    assert page.locator(f"svg.lineage [data-id='{scenario.key_b_arn}']").count() == 0
     page.click(f"svg.lineage a[data-id='{scenario.key_a_arn}']")
     assert page.url.endswith(f"/_console/key/{scenario.key_a}")
     assert page.locator("#key-state").inner_text() == "Enabled"

@@ -4,7 +4,8 @@ Nodes: images, snapshots, volumes, instances, data keys, KMS keys. Edges point f
 resource to what it is made of or protected by: image -> snapshot ("contains"), volume
 -> snapshot ("created from"), snapshot -> volume ("snapshot of"), snapshot -> snapshot
 ("copied from"), instance -> volume ("attached"), resource -> data key ("data key"),
-data key -> KMS key ("wrapped by"). The graph is the neighbourhood of the focus only:
+data key -> KMS key ("wrapped by"). Sources may be another account's (shared with the
+viewer); what was made from a resource is followed only within the viewer's account. The graph is the neighbourhood of the focus only:
 a breadth-first walk of at most ``MAX_NODES`` nodes, so it stays small on an account
 with 10,000 resources (``truncated`` says when the walk stopped early).
 """
@@ -112,6 +113,13 @@ def _expand(conn: Connection, g: Graph, kind: str, node_id: str, viewer: str | N
     def add_keys(row: Any) -> None:
         _add_keys(conn, g, row, viewer)
 
+    def mine(row: Any) -> bool:
+        # What was made *from* a resource is followed only into the viewer's account:
+        # another account's copies of a shared snapshot are theirs to see. (Sources may
+        # be another account's: they were shared with the viewer. A key's page lists
+        # every account's dependants: what breaks is the key owner's business.)
+        return viewer is None or row["account"] == viewer
+
     if kind == "kmskey":
         vols, snaps = res.dependants(conn, node_id, FANOUT)
         for row in vols:
@@ -130,7 +138,8 @@ def _expand(conn: Connection, g: Graph, kind: str, node_id: str, viewer: str | N
             if snap is not None:
                 g.link(node_id, add("snapshot", snap), "contains")
         for inst in res.instances_of_image(conn, node_id, FANOUT):
-            g.link(add("instance", inst), node_id, "launched from")
+            if mine(inst):
+                g.link(add("instance", inst), node_id, "launched from")
         if row["source_image_id"]:
             src = res.image(conn, row["source_image_id"])
             if src is not None:
@@ -155,7 +164,8 @@ def _expand(conn: Connection, g: Graph, kind: str, node_id: str, viewer: str | N
             if src is not None:
                 g.link(node_id, add("snapshot", src), "created from")
         for snap in res.snapshots_of_volume(conn, node_id, FANOUT):
-            g.link(add("snapshot", snap), node_id, "snapshot of")
+            if mine(snap):
+                g.link(add("snapshot", snap), node_id, "snapshot of")
         inst_id = res.instance_of_volume(conn, node_id)
         inst = res.instance(conn, inst_id) if inst_id else None
         if inst is not None:
@@ -180,12 +190,14 @@ def _expand(conn: Connection, g: Graph, kind: str, node_id: str, viewer: str | N
                 g.link(node_id, add("volume", src), "snapshot of")
         for image_id in res.images_using(conn, [node_id]).get(node_id, []):
             img = res.image(conn, image_id)
-            if img is not None:
-                g.link(image_id, add("image", img), "contains")
+            if img is not None and mine(img):
+                g.link(add("image", img), node_id, "contains")
         for copy in res.copies_of(conn, node_id, FANOUT):
-            g.link(add("snapshot", copy), node_id, "copied from")
+            if mine(copy):
+                g.link(add("snapshot", copy), node_id, "copied from")
         for vol in res.volumes_from_snapshot(conn, node_id, FANOUT):
-            g.link(add("volume", vol), node_id, "created from")
+            if mine(vol):
+                g.link(add("volume", vol), node_id, "created from")
         return out
     return out
 
