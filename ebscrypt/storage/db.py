@@ -45,8 +45,12 @@ def _v3_job_leases(conn: Connection) -> None:
 def _v4_provenance(conn: Connection) -> None:
     # The ec2_provenance table (storage/tables/provenance.py) is new, so create_all in
     # _migrate has already made it; nothing to convert: resources made before it have no
-    # row and are shown as "unknown (created before provenance was recorded)".
-    del conn
+    # row and are shown as "unknown (created before provenance was recorded)". The lineage
+    # indexes on existing tables are not made by create_all (the tables exist): made here.
+    from ebscrypt.storage.tables.provenance import LINEAGE_INDEXES
+
+    for index in LINEAGE_INDEXES:
+        index.create(conn, checkfirst=True)
 
 
 # version N -> function that upgrades a database at version N-1 to N.

@@ -50,13 +50,20 @@ def page(conn: Connection, kind: str, account: str, region: str, number: int = 1
                                           .limit(size).offset((number - 1) * size)).mappings()]
     for r in rows:
         r.pop("data_key_blob", None)  # wrapped, but never shown
+    keys: dict[str | None, Any] = {}
+
+    def key_info(arn: str | None) -> Any:  # a page names few keys: read each once
+        if arn not in keys:
+            keys[arn] = res.key_info(conn, arn)
+        return keys[arn]
+
     if kind == "keys":
         for r in rows:
             key = res.key_by_id(conn, r["key_id"])
             r["aliases"] = list(key.aliases) if key else []
     elif kind in ("volumes", "snapshots"):
         for r in rows:
-            key = res.key_info(conn, r["kms_key_arn"])
+            key = key_info(r["kms_key_arn"])
             r["key_label"] = key.label if key else ""
             r["key_state"] = key.state if key else ""
     elif kind == "images":

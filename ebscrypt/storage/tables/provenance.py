@@ -17,6 +17,7 @@ from __future__ import annotations
 from sqlalchemy import Boolean, Column, DateTime, Index, String, Table
 
 from ebscrypt.storage.schema import metadata
+from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_volumes
 
 ec2_provenance = Table(
     "ec2_provenance",
@@ -38,4 +39,16 @@ ec2_provenance = Table(
     Column("problem", String(512), nullable=True),  # R-KEY-6: why the resource ends in error
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_ec2_provenance_owner", "account", "region"),
+)
+
+# Lineage lookups in the other direction — what was made from a volume or snapshot, what a
+# key protects — for explain, the console's graph and the report (engines/insight). Declared
+# here so the change stays additive: a new database gets them from create_all, an existing
+# one from the v4 migration (storage/db.py, CREATE INDEX IF NOT EXISTS).
+LINEAGE_INDEXES = (
+    Index("ix_ec2_volumes_snapshot_id", ec2_volumes.c.snapshot_id),
+    Index("ix_ec2_volumes_kms_key", ec2_volumes.c.kms_key_arn),
+    Index("ix_ec2_snapshots_volume_id", ec2_snapshots.c.volume_id),
+    Index("ix_ec2_snapshots_source", ec2_snapshots.c.source_snapshot_id),
+    Index("ix_ec2_snapshots_kms_key", ec2_snapshots.c.kms_key_arn),
 )
