@@ -51,7 +51,8 @@ def render(graph: Graph, href: Callable[[Node], str | None]) -> str:
         rows = max(rows, len(nodes))
     width = 40 + max(1, len(columns)) * COL_W
     height = TOP + max(1, rows) * ROW_H + 10
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="lineage" role="img" viewBox="0 0 {width} {height}" '
+    # role=group, not img: an img role would hide the node links from assistive technology.
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="lineage" role="group" viewBox="0 0 {width} {height}" '
              f'width="{width}" height="{height}" aria-label="Lineage graph around {escape(graph.focus)}">',
              '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
              'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" class="arrowhead"/></marker></defs>']
