@@ -9,12 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sqlite3
 import subprocess
 import sys
 from typing import Any, Callable
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from tests.conftest import ServerProcess
 from tests.console.scenario import key_shared_with
@@ -24,7 +24,9 @@ ZONE = "us-east-1a"
 
 
 def run(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ebscrypt", *args, "--data-dir", str(server.data_dir)],
+    """The command against the server's metadata (its SQLite file, or its --db URL)."""
+    where = ["--db", server.db_url] if server.db_url else ["--data-dir", str(server.data_dir)]
+    return subprocess.run([sys.executable, "-m", "ebscrypt", *args, *where],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -141,8 +143,12 @@ def test_explain_unknown_provenance_and_missing(server: ServerProcess, ec2: Any)
     """A resource made before provenance was recorded (its row removed, as an old database
     has none) is explained without a rule; an unknown id fails with status 1."""
     vid = volume(ec2, Encrypted=True)
-    with sqlite3.connect(server.data_dir / "metadata.db", timeout=30) as db:
-        db.execute("DELETE FROM ec2_provenance WHERE resource_id = ?", (vid,))
+    engine = create_engine(server.db_url or f"sqlite:///{server.data_dir / 'metadata.db'}")
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM ec2_provenance WHERE resource_id = :id"), {"id": vid})
+    finally:
+        engine.dispose()
     e = explain(server, vid)
     assert e["decision"] is None
     assert e["decision_note"] == "unknown (created before provenance was recorded)"
