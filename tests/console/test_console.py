@@ -91,6 +91,12 @@ def test_pages_list_what_the_api_created(signed_in: Callable[[str], Any], server
     page.click("nav >> text=Overview")
     overview = page.locator("main").inner_text()
     assert "KEY_PENDING_DELETION" in overview and "UNENCRYPTED_VOLUME" in overview
+    # the audit trail of one volume: the data key EC2 generated for it on the caller's behalf
+    page.goto(f"{server.url}/_console/r/{scenario.volume}")
+    page.click("text=Audit trail of this volume")
+    trail = page.locator("table.audit tbody").inner_text()
+    assert "GenerateDataKeyWithoutPlaintext" in trail and "ec2.amazonaws.com" in trail
+    assert "CreateKey" not in trail  # not about this volume
 
 
 def test_lineage_of_a_reencrypted_cross_account_copy_shows_both_keys(signed_in: Callable[[str], Any],
