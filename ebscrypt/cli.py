@@ -9,10 +9,13 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ebscrypt import __version__
 from ebscrypt.context import Settings
+
+if TYPE_CHECKING:
+    from ebscrypt.storage.readonly import ReadOnlyDatabase
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     explain.set_defaults(func=_explain)
 
     report = commands.add_parser("report", help="the encryption posture of one account or all")
-    report.add_argument("--account", default=None, help="only this 12-digit account (default: all)")
+    report.add_argument("--account", default=None, type=_account_id, help="only this 12-digit account (default: all)")
     report.add_argument("--format", choices=["table", "json", "csv"], default="table")
     report.add_argument("--fail-on", choices=list(_severities()), default=None,
                         help="exit with status 1 when a finding of this severity or above exists")
@@ -127,6 +130,12 @@ def _datapath(args: argparse.Namespace, rest: list[str]) -> int:
     return int(entry(rest) or 0)
 
 
+def _account_id(value: str) -> str:
+    if len(value) != 12 or not value.isdigit():
+        raise argparse.ArgumentTypeError(f"an account id is 12 digits, not {value!r}")
+    return value
+
+
 def _severities() -> tuple[str, ...]:
     from ebscrypt.engines.insight.records import SEVERITIES
 
@@ -138,7 +147,7 @@ def _database_args(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--db", default=None, help="SQLAlchemy database URL (default: SQLite file in the data dir)")
 
 
-def _open_db(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _open_db(args: argparse.Namespace) -> "ReadOnlyDatabase | None":
     from ebscrypt.storage.readonly import open_read_only
 
     try:

@@ -13,7 +13,6 @@ import json
 import time
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
