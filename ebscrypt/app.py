@@ -156,8 +156,11 @@ def build_app(settings: Settings) -> Starlette:
     routes = [
         Route("/_ebscrypt/health", health, methods=["GET"]),
         Route("/_ebscrypt/clock/advance", advance_clock, methods=["POST"]),
-        Route("/_console", lambda _r: RedirectResponse("/_console/", status_code=308), methods=["GET"]),
-        Mount("/_console", app=console.routes()),
-        Route("/{path:path}", aws, methods=methods),
     ]
+    if settings.console:
+        routes += [
+            Route("/_console", lambda _r: RedirectResponse("/_console/", status_code=308), methods=["GET"]),
+            Mount("/_console", app=console.routes()),
+        ]
+    routes.append(Route("/{path:path}", aws, methods=methods))
     return Starlette(routes=routes, lifespan=lifespan)

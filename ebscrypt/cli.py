@@ -33,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--credentials", type=Path, default=None, help="credentials file for --auth strict")
     serve.add_argument("--default-account", default="000000000000")
     serve.add_argument("--log-level", default="warning")
+    serve.add_argument("--no-console", dest="console", action="store_false",
+                       help="do not serve the read-only web console at /_console/")
     serve.set_defaults(func=_serve)
 
     audit = commands.add_parser("audit-log", help="print the KMS audit trail (CloudTrail JSON lines)")
@@ -98,11 +100,14 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
         auth=auth,
         default_account=args.default_account,
         credentials_file=args.credentials,
+        console=args.console,
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     endpoint = f"http://{args.host}:{args.port}"
     print(f"ebscrypt {__version__} serving on {endpoint} (auth: {auth}, data: {args.data_dir.resolve()})")
     print(f"try:  aws --endpoint-url {endpoint} ec2 describe-regions")
+    if args.console:
+        print(f"console: {endpoint}/_console/")
     sys.stdout.flush()
     # uvicorn catches SIGINT/SIGTERM: it stops accepting, finishes requests, runs the
     # lifespan shutdown (job workers stopped, database closed), then re-raises the signal

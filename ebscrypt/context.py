@@ -47,6 +47,7 @@ class Settings:
     credentials_file: Path | None = None
     max_body_bytes: int = 2 * 1024 * 1024
     job_workers: int = 2
+    console: bool = True  # the read-only web console at /_console/ (ebscrypt/console)
 
     @property
     def database_url(self) -> str:

@@ -201,3 +201,10 @@ def test_strict_mode_signs_in_with_an_access_key(server_factory: Callable[..., S
     assert "alice-secret" not in session
     page = _request(srv, "GET", "/_console/list/volumes", {"Cookie": session})
     assert page.status == 200
+
+
+def test_no_console_flag(server_factory: Callable[..., ServerProcess]) -> None:
+    srv = server_factory(["--no-console"])
+    response = _request(srv, "GET", "/_console/")
+    assert response.status != 200 and response.getheader("set-cookie") is None
+    assert "xml" in (response.getheader("content-type") or "")  # the API's error envelope, not a page
