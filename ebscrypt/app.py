@@ -18,9 +18,10 @@ from typing import AsyncIterator, Sequence
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
 
+from ebscrypt.console.app import Console
 from ebscrypt.context import RequestContext, Runtime, Settings
 from ebscrypt.errors import InternalFailure, PayloadTooLarge, ServiceError, UnknownOperation
 from ebscrypt.identity import Authenticator, load_credentials
@@ -194,10 +195,19 @@ def build_app(settings: Settings) -> Starlette:
         now = state["gateway"].runtime.clock.advance(seconds)
         return JSONResponse({"now": now.isoformat()})
 
+    # The read-only web console (ebscrypt/console): the same process, runtime and
+    # authenticator as the API; its own sign-in (a session cookie) instead of SigV4.
+    console = Console(lambda: state["gateway"])
+
     methods = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"]
     routes = [
         Route("/_ebscrypt/health", health, methods=["GET"]),
         Route("/_ebscrypt/clock/advance", advance_clock, methods=["POST"]),
-        Route("/{path:path}", aws, methods=methods),
     ]
+    if settings.console:
+        routes += [
+            Route("/_console", lambda _r: RedirectResponse("/_console/", status_code=308), methods=["GET"]),
+            Mount("/_console", app=console.routes()),
+        ]
+    routes.append(Route("/{path:path}", aws, methods=methods))
     return Starlette(routes=routes, lifespan=lifespan)

@@ -1,4 +1,4 @@
-"""The ``ebscrypt`` command: ``serve``, ``keystore``, ``audit-log``, ``upload``, ``download``."""
+"""The ``ebscrypt`` command: ``serve``, ``keystore``, ``audit-log``, ``explain``, ``report``, ``upload``, ``download``."""
 
 from __future__ import annotations
 
@@ -11,15 +11,19 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ebscrypt import __version__
 from ebscrypt.context import Settings
 
+if TYPE_CHECKING:
+    from ebscrypt.storage.readonly import ReadOnlyDatabase
+
 
 DESCRIPTION = (
     "ebscrypt: a self-hostable, AWS-compatible EC2/EBS/KMS endpoint with encrypted block storage. "
-    "Commands: serve (run the endpoint), audit-log (print the KMS audit trail), "
+    "Commands: serve (run the endpoint), keystore (the root of trust), audit-log (print the KMS audit "
+    "trail), explain / report (why a resource has its key; the encryption posture), "
     "upload / download (move disk images through the EBS direct APIs)."
 )
 _ACCOUNT_RE = re.compile(r"^\d{12}$")
@@ -65,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="root of trust: file:PATH (default: <data-dir>/root.key; "
                             "?passphrase-env=VAR or ?passphrase-file=PATH) or a PKCS#11 URI "
                             "pkcs11:token=…;object=…?module-path=…&pin-source=file:…")
+    serve.add_argument("--no-console", dest="console", action="store_false",
+                       help="do not serve the read-only web console at /_console/")
     serve.set_defaults(func=_serve)
 
     _add_keystore_commands(commands)
@@ -74,6 +80,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=_Defaults)
     audit.add_argument("--data-dir", type=Path, default=Path(".ebscrypt"), help="the server's data directory")
     audit.set_defaults(func=_audit_log)
+
+    # explain/report read the metadata database directly, read-only (storage/readonly.py):
+    # they work with or without a running server and need no credentials of an account.
+    explain = commands.add_parser("explain", help="why a volume/snapshot/image/instance has its encryption")
+    explain.add_argument("resource_id")
+    explain.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _database_args(explain)
+    explain.set_defaults(func=_explain)
+
+    report = commands.add_parser("report", help="the encryption posture of one account or all")
+    report.add_argument("--account", default=None, type=_account_id, help="only this 12-digit account (default: all)")
+    report.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    report.add_argument("--fail-on", choices=list(_severities()), default=None,
+                        help="exit with status 1 when a finding of this severity or above exists")
+    _database_args(report)
+    report.set_defaults(func=_report)
 
     for name in ("upload", "download"):
         sub = commands.add_parser(name, help=f"{name} a disk image through the EBS direct APIs", add_help=False)
@@ -182,6 +204,7 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
         allowed_hosts=tuple(args.allowed_host),
         cors_origins=tuple(args.cors_origin),
         key_store=args.key_store,
+        console=args.console,
     )
     # The key store is checked before serving: a missing token, a wrong PIN or passphrase,
     # a readable root key file, or a database wrapped by another store is a clear message
@@ -204,6 +227,8 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
     else:
         print(f"try:  aws --endpoint-url {endpoint} ec2 describe-regions   (with a key from {args.credentials})")
     print(f"key store: {_key_store_name(args.key_store, args.data_dir)}")
+    if args.console:
+        print(f"console: {endpoint}/_console/")
     sys.stdout.flush()
     # uvicorn catches SIGINT/SIGTERM: it stops accepting, finishes requests, runs the
     # lifespan shutdown (job workers stopped, database closed), then re-raises the signal
@@ -258,3 +283,72 @@ def _datapath(args: argparse.Namespace, rest: list[str]) -> int:
 
     entry = datapath.upload_main if args.datapath == "upload" else datapath.download_main
     return int(entry(rest) or 0)
+
+
+def _account_id(value: str) -> str:
+    if len(value) != 12 or not value.isdigit():
+        raise argparse.ArgumentTypeError(f"an account id is 12 digits, not {value!r}")
+    return value
+
+
+def _severities() -> tuple[str, ...]:
+    from ebscrypt.engines.insight.records import SEVERITIES
+
+    return SEVERITIES
+
+
+def _database_args(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--data-dir", type=Path, default=Path(".ebscrypt"))
+    sub.add_argument("--db", default=None, help="SQLAlchemy database URL (default: SQLite file in the data dir)")
+
+
+def _open_db(args: argparse.Namespace) -> "ReadOnlyDatabase | None":
+    from ebscrypt.storage.readonly import open_read_only
+
+    try:
+        return open_read_only(args.data_dir, args.db)
+    except FileNotFoundError as err:
+        print(f"ebscrypt: {err}", file=sys.stderr)
+        return None
+
+
+def _explain(args: argparse.Namespace, _rest: list[str]) -> int:
+    import json
+
+    from ebscrypt.engines.insight.explain import explain, render_text
+    from ebscrypt.errors import ServiceError
+
+    db = _open_db(args)
+    if db is None:
+        return 2
+    try:
+        with db.read() as conn:
+            result = explain(conn, args.resource_id)
+    except ServiceError as err:
+        print(f"ebscrypt: {err.message}", file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
+    print(json.dumps(result.as_dict(), indent=2) if args.json else render_text(result))
+    return 0
+
+
+def _report(args: argparse.Namespace, _rest: list[str]) -> int:
+    from ebscrypt.engines.insight.posture import at_or_above, report
+    from ebscrypt.engines.insight.render import findings_csv, findings_json, findings_table, terminal_width
+
+    db = _open_db(args)
+    if db is None:
+        return 2
+    try:
+        with db.read() as conn:
+            findings = report(conn, args.account)
+    finally:
+        db.dispose()
+    if args.format == "table":
+        sys.stdout.write(findings_table(findings, width=terminal_width()))
+    else:
+        sys.stdout.write((findings_json if args.format == "json" else findings_csv)(findings))
+    if args.fail_on and at_or_above(findings, args.fail_on):
+        return 1
+    return 0

@@ -54,6 +54,7 @@ class Settings:
     # The root of trust (engines/kms/keystore.py): "file:PATH" or a pkcs11: URI; None:
     # file:<data_dir>/root.key.
     key_store: str | None = None
+    console: bool = True  # the read-only web console at /_console/ (ebscrypt/console)
 
     @property
     def database_url(self) -> str:

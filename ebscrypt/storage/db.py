@@ -21,7 +21,7 @@ from sqlalchemy.pool import QueuePool
 
 from ebscrypt.storage.schema import load_tables, schema_version
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _v2_rule_position_bigint(conn: Connection) -> None:
@@ -61,12 +61,24 @@ def _v5_key_store_refs(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE kms_key_material ADD COLUMN wrapped_by VARCHAR(512)"))
 
 
+def _v6_provenance(conn: Connection) -> None:
+    # The ec2_provenance table (storage/tables/provenance.py) is new, so create_all in
+    # _migrate has already made it; nothing to convert: resources made before it have no
+    # row and are shown as "unknown (created before provenance was recorded)". The lineage
+    # indexes on existing tables are not made by create_all (the tables exist): made here.
+    from ebscrypt.storage.tables.provenance import LINEAGE_INDEXES
+
+    for index in LINEAGE_INDEXES:
+        index.create(conn, checkfirst=True)
+
+
 # version N -> function that upgrades a database at version N-1 to N.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _v2_rule_position_bigint,
     3: _v3_job_leases,
     4: _v4_kms_auth_generation,
     5: _v5_key_store_refs,
+    6: _v6_provenance,
 }
 
 # PostgreSQL: the advisory lock every write transaction takes first (any constant key; one

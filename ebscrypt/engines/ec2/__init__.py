@@ -81,6 +81,14 @@ Snapshots
   register_snapshot_listener(fn(runtime, snapshot_id, state)): called after a job moves a
       resource to a final state (available/in-use/error, completed/error).
 
+Provenance (issue 16; table ec2_provenance, read by engines/insight for ``explain``)
+  provenance.record(conn, ctx, resource_id, plan=..., key_arn=..., source_type=...)   [conn]
+      written by insert_volume, create_snapshot_from_volume, insert_copy and
+      new_snapshot_record in the resource's own transaction: the rule (R-OUT-n, R-SNAP-1),
+      the request's Encrypted/KmsKeyId, EBD and the default key then (EncryptionPlan
+      carries them), the direct source and whether its data key was reused (R-KEY-2).
+  provenance.forget(conn, resource_id) when the resource's row is deleted.
+
 Tags (generic, any resource id; services.ec2.tags.register_tag_target(prefix, fn) lets
 CreateTags/DeleteTags check that an "ami-"/"i-"/... id exists and is the caller's)
   put_tags(conn, account, region, resource_id, tags: list[{"Key","Value"}])       [conn]

@@ -30,6 +30,16 @@ class EncryptionPlan:
     rule: str
     problem: str | None = None  # R-KEY-6: the resource must end in error with this message
     key_manager: str | None = None  # "AWS" for alias/aws/ebs, "CUSTOMER" otherwise
+    # What the rule saw, recorded with the resource (engines/ec2/provenance.py): the
+    # request's Encrypted/KmsKeyId, encryption by default and the default key then.
+    requested_encrypted: bool | None = None
+    requested_kms_key_id: str | None = None
+    ebd: bool | None = None
+    default_key: str | None = None
+
+    def failed(self, problem: str) -> "EncryptionPlan":
+        """This plan, doomed by a key problem (R-KEY-6): no data key is reused."""
+        return replace(self, reuse_source_data_key=False, problem=problem)
 
 
 @dataclass(frozen=True)
@@ -110,11 +120,13 @@ def resolve_encryption(
     default = settings.default_key or AWS_EBS_ALIAS
     outcome = decide(src, encrypted=encrypted, kms_key_id=kms_key_id or None, ebd=settings.ebd,
                      default_key=default, cross_region=cross_region)
+    seen = dict(requested_encrypted=encrypted, requested_kms_key_id=kms_key_id or None,
+                ebd=bool(settings.ebd), default_key=default)
     if not outcome.encrypted or outcome.key is None:
-        return EncryptionPlan(False, None, False, outcome.rule)
+        return EncryptionPlan(False, None, False, outcome.rule, **seen)
     key_arn, problem, manager = describe_for_ebs(ctx, outcome.key)
     reuse = problem is None and reuses_data_key(src, key_arn, cross_region=cross_region)
-    return EncryptionPlan(True, key_arn, reuse, outcome.rule, problem, manager)
+    return EncryptionPlan(True, key_arn, reuse, outcome.rule, problem, manager, **seen)
 
 
 def new_data_key(ctx: Any, key_arn: str, resource_id: str) -> WrappedDataKey:

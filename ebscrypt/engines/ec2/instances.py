@@ -431,11 +431,8 @@ def _prepare_volume(ctx: RequestContext, *, zone: str, source: Snapshot | None, 
             except ServiceError as err:
                 if err.status >= 500:  # our fault (e.g. the data dir is full), not the key's: retryable
                     raise
-                from ebscrypt.engines.ec2.encryption import EncryptionPlan
-
-                plan = EncryptionPlan(plan.encrypted, plan.key_arn, False, plan.rule,
-                                      f"Client.InvalidKMSKey.InvalidState: The KMS key {plan.key_arn} cannot be "
-                                      f"used ({err.code}: {err.message})", plan.key_manager)
+                plan = plan.failed(f"Client.InvalidKMSKey.InvalidState: The KMS key {plan.key_arn} cannot be "
+                                   f"used ({err.code}: {err.message})")
     return VolumePrep(volume_id, zone, spec, plan, source, data_key, attach=attach)
 
 

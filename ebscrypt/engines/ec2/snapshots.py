@@ -21,7 +21,7 @@ from ebscrypt.engines.ec2.encryption import (
     new_data_key,
     resolve_encryption,
 )
-from ebscrypt.engines.ec2 import waits
+from ebscrypt.engines.ec2 import provenance, waits
 from ebscrypt.engines.ec2.copy_source import check_source_survived
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.records import Snapshot, from_result
@@ -156,6 +156,9 @@ def create_snapshot_from_volume(ctx: Any, conn: Connection, volume_id: str, desc
                    volume_id=volume_id, parent_id=parent.id if parent else None,
                    description=description, origin="volume")
     snap = _insert(conn, values, tags)
+    provenance.record(conn, ctx, snap.id, plan=None, rule="R-SNAP-1", key_arn=vol.kms_key_arn,
+                      source_type="volume", source_id=vol.id, source_region=vol.region,
+                      data_key_shared=bool(vol.encrypted))
     ctx.runtime.jobs.submit("ec2_snapshot_create", {"snapshot_id": snap.id}, conn=conn,
                             )  # with defer_job: a backstop (idempotent)
     return snap
@@ -265,9 +268,8 @@ def prepare_copy(ctx: Any, source_snapshot_id: str, source_region: str | None = 
             except ServiceError as err:
                 if err.status >= 500:  # our fault (e.g. the data dir is full), not the key's: retryable
                     raise
-                plan = EncryptionPlan(True, plan.key_arn, False, plan.rule,
-                                      f"Client.InvalidKMSKey.InvalidState: The KMS key {plan.key_arn} cannot be "
-                                      f"used ({err.code}: {err.message})", plan.key_manager)
+                plan = plan.failed(f"Client.InvalidKMSKey.InvalidState: The KMS key {plan.key_arn} cannot be "
+                                   f"used ({err.code}: {err.message})")
     return CopyPlan(source, cross, plan, snapshot_id, data_key)
 
 
@@ -294,6 +296,9 @@ def insert_copy(ctx: Any, conn: Connection, cp: CopyPlan, description: str | Non
                    data_key_context=dk.context_json if dk else None, source_snapshot_id=cp.source.id,
                    source_region=cp.source.region, description=description, origin="copy")
     snap = _insert(conn, values, tags)
+    provenance.record(conn, ctx, snap.id, plan=cp.plan, key_arn=cp.plan.key_arn, source_type="snapshot",
+                      source_id=cp.source.id, source_region=cp.source.region,
+                      data_key_shared=bool(dk and dk.data_key_id == cp.source.data_key_id))
     ctx.runtime.jobs.submit("ec2_snapshot_copy", {
         "snapshot_id": snap.id, "account": caller.account, "region": caller.region,
         "problem": cp.plan.problem,
@@ -429,7 +434,12 @@ def new_snapshot_record(ctx: Any, *, volume_size: int, encrypted: bool | None = 
                    parent_id=parent.id if parent else None, description=description, origin="direct",
                    client_token=client_token)
     with ctx.runtime.db.begin() as conn:
-        return _insert(conn, values, tags)
+        snap = _insert(conn, values, tags)
+        provenance.record(conn, ctx, snapshot_id, plan=plan, key_arn=plan.key_arn,
+                          source_type="snapshot" if parent else "upload", source_id=parent.id if parent else None,
+                          source_region=parent.region if parent else None,
+                          data_key_shared=bool(dk and parent and dk.data_key_id == parent.data_key_id))
+        return snap
 
 
 # ----------------------------------------------------------------------------- delete, share
@@ -449,6 +459,7 @@ def delete_snapshot(ctx: Any, snapshot_id: str) -> None:
                                    code="InvalidSnapshot.InUse")
         conn.execute(delete(ec2_snapshots).where(ec2_snapshots.c.id == snapshot_id))
         conn.execute(delete(ec2_snapshot_permissions).where(ec2_snapshot_permissions.c.snapshot_id == snapshot_id))
+        provenance.forget(conn, snapshot_id)
         delete_tags_of(conn, snapshot_id)
     blocks = ctx.runtime.blocks
     if blocks is not None:

@@ -29,7 +29,7 @@ from ebscrypt.engines.ec2.encryption import (
 )
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume, from_result
-from ebscrypt.engines.ec2 import waits
+from ebscrypt.engines.ec2 import provenance, waits
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags
 from ebscrypt.engines.jobs import JobContext, job_kind
 from ebscrypt.errors import ServiceError
@@ -307,9 +307,8 @@ def _plan_and_key(ctx: Any, source: Snapshot | None, encrypted: bool | None, kms
 
 
 def _with_problem(plan: EncryptionPlan, err: ServiceError) -> EncryptionPlan:
-    return EncryptionPlan(plan.encrypted, plan.key_arn, False, plan.rule,
-                          f"Client.InvalidKMSKey.InvalidState: The KMS key {plan.key_arn} cannot be used "
-                          f"({err.code}: {err.message})", plan.key_manager)
+    return plan.failed(f"Client.InvalidKMSKey.InvalidState: The KMS key {plan.key_arn} cannot be used "
+                       f"({err.code}: {err.message})")
 
 
 def is_cheap(prep: VolumePrep) -> bool:
@@ -347,6 +346,11 @@ def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep, *, defer_job: bo
         auto_enable_io=False, create_time=now,
     )
     ready = ready and prep.source is None and prep.attach is None
+    provenance.record(conn, ctx, prep.volume_id, plan=prep.plan, key_arn=prep.plan.key_arn,
+                      source_type="snapshot" if prep.source else "empty",
+                      source_id=prep.source.id if prep.source else None,
+                      source_region=prep.source.region if prep.source else None,
+                      data_key_shared=bool(dk and prep.source and dk.data_key_id == prep.source.data_key_id))
     if ready:
         stored = dict(values, state="error" if prep.plan.problem else "available",
                       state_message=prep.plan.problem)
@@ -586,6 +590,7 @@ def release_volumes(runtime: Any, volume_ids: list[str]) -> None:
 def _delete_rows(conn: Connection, volume_id: str) -> None:
     conn.execute(delete(ec2_volumes).where(ec2_volumes.c.id == volume_id))
     conn.execute(delete(ec2_volume_modifications).where(ec2_volume_modifications.c.volume_id == volume_id))
+    provenance.forget(conn, volume_id)
     delete_tags_of(conn, volume_id)
 
 
