@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl
 
 from ebscrypt.errors import ServiceError, UnknownOperation, ValidationError
 
-from . import Codec
+from . import Codec, required
 from . import values as V
 from ebscrypt.wire.http import HttpRequest, HttpResponse
 
@@ -201,10 +201,9 @@ class QueryCodec(Codec):
             value = self._read(member, child, full)
             if value is not None:
                 out[name] = value
-        for name in shape.required_members:
-            if name not in out:
-                wire = self._wire_name(shape.members[name], name)
-                raise self._missing(f"{path}.{wire}" if path else wire)
+        for name in required.missing(self.service, shape, out):
+            wire = self._wire_name(shape.members[name], name)
+            raise self._missing(f"{path}.{wire}" if path else wire)
         return out
 
     def _read(self, shape: Any, node: dict, path: str) -> Any:
