@@ -145,7 +145,10 @@ class JsonReader:
                 if not value.is_integer():
                     raise self.type_error(shape, value, path, "an integer")
                 value = int(value)
-            out = value
+            try:
+                out = V.check_int_range(value, t)
+            except V.BadValue as exc:
+                raise self.type_error(shape, value, path, str(exc).removeprefix("must be ")) from None
         elif t in ("float", "double"):
             if isinstance(value, str) and value in _NUMBER_WORDS:
                 value = _NUMBER_WORDS[value]

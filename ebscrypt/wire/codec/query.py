@@ -221,7 +221,7 @@ class QueryCodec(Codec):
             if t == "string":
                 return text
             if t in ("integer", "long"):
-                return V.parse_int(text)
+                return V.parse_int(text, t)
             if t in ("float", "double"):
                 return V.parse_float(text)
             if t == "boolean":

@@ -182,7 +182,7 @@ class RestJsonCodec(Codec):
             if t == "string":
                 value: Any = text
             elif t in ("integer", "long"):
-                value = V.parse_int(text)
+                value = V.parse_int(text, t)
             elif t in ("float", "double"):
                 value = V.parse_float(text)
             elif t == "boolean":
