@@ -34,6 +34,7 @@ from ebscrypt.errors import ServiceError, UnknownOperation, ValidationError
 
 from . import Codec, required
 from . import values as V
+from .ec2_always import ALWAYS_EMITTED
 from ebscrypt.wire.http import HttpRequest, HttpResponse
 
 _LEAF = None  # key under which a tree node keeps its own value
@@ -296,10 +297,13 @@ class QueryCodec(Codec):
         return HttpResponse(200, self._headers(request_id), "".join(out).encode("utf-8"))
 
     def _write_members(self, out: list[str], shape: Any, value: dict[str, Any]) -> None:
+        always = ALWAYS_EMITTED.get(shape.name, ()) if self.ec2 else ()
         for name, member in shape.members.items():
             v = value.get(name)
             if v is None:
-                continue
+                if name not in always:
+                    continue
+                v = []  # a list AWS sends even when empty (.ec2_always)
             if member.type_name == "list" and member.serialization.get("flattened"):
                 tag = member.member.serialization.get("name") or member.serialization.get("name", name)
                 for item in v:
