@@ -8,7 +8,6 @@ parameters override it (:func:`resolve`).
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import secrets
@@ -167,10 +166,9 @@ def _data_json(data: dict[str, Any]) -> str:
 
 
 def _json_value(value: Any) -> Any:
+    # RequestLaunchTemplateData's only non-JSON type is the timestamp (it has no blob).
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, (bytes, bytearray)):
-        return base64.b64encode(bytes(value)).decode("ascii")
     raise TypeError(f"a launch template member of type {type(value).__name__} cannot be stored")
 
 
