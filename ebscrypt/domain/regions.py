@@ -1,5 +1,11 @@
 """The AWS commercial regions and their Availability Zones, as a new account sees them.
 
+This table, not the installed botocore, is the source of truth for which regions ebscrypt
+serves: it carries what botocore's partition data does not (zones, zone ids, opt-in
+status), and the regions a server answers for must not change when a newer botocore is
+installed. A region botocore knows and this table does not is reported by
+``tests/unit/test_ec2_regions_unit.py`` (a warning), and added here by hand.
+
 A pure table: no I/O. Other layers ask :func:`is_known_region`, :func:`availability_zones`,
 :func:`zone` and :func:`region_info`.
 
@@ -107,7 +113,9 @@ _REGIONS: tuple[Region, ...] = (
     Region("il-central-1", "Israel (Tel Aviv)", True, _ABC),
     Region("me-central-1", "Middle East (UAE)", True, _ABC),
     Region("me-south-1", "Middle East (Bahrain)", True, _ABC),
+    Region("me-west-1", "Middle East (Saudi Arabia)", True, _ABC),
     Region("mx-central-1", "Mexico (Central)", True, _ABC),
+    Region("sa-west-1", "South America (Chile)", True, _ABC),
 )
 
 _BY_NAME: dict[str, Region] = {r.name: r for r in _REGIONS}

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import os
+import re
+import warnings
+from typing import Any
+
 import pytest
 
 from ebscrypt.context import Caller, RequestContext
@@ -20,13 +27,42 @@ def ctx(region: str = "us-east-1") -> RequestContext:
     return RequestContext(Caller("111111111111", region), None, "req", "ec2", "op")  # type: ignore[arg-type]
 
 
-def test_table_matches_botocore_partition() -> None:
-    import json, os, botocore
+def _aws_partition() -> dict[str, Any]:
+    import botocore
 
-    data = json.load(open(os.path.join(os.path.dirname(botocore.__file__), "data", "partitions.json")))
-    aws = next(p for p in data["partitions"] if p["id"] == "aws")
-    expected = {k: v["description"] for k, v in aws["regions"].items() if k != "aws-global"}
-    assert {r.name: r.long_name for r in R.all_regions()} == expected
+    path = os.path.join(os.path.dirname(botocore.__file__), "data", "partitions.json")
+    with open(path) as f:
+        data = json.load(f)
+    return next(p for p in data["partitions"] if p["id"] == "aws")
+
+
+def _compare_with_partition(partition: dict[str, Any]) -> list[str]:
+    """Fail where ebscrypt's table (the source of truth, domain/regions.py) contradicts a
+    botocore partition; return the regions only botocore knows (a newer botocore than
+    the table), which are reported, not failed: the tests must hold with any botocore."""
+    ours = {r.name: r.long_name for r in R.all_regions()}
+    theirs = {k: v["description"] for k, v in partition["regions"].items() if k != "aws-global"}
+    pattern = re.compile(partition["regionRegex"])
+    assert [n for n in ours if not pattern.match(n)] == []
+    shared = ours.keys() & theirs.keys()
+    assert {n: ours[n] for n in shared} == {n: theirs[n] for n in shared}
+    return sorted(theirs.keys() - ours.keys())
+
+
+def test_table_agrees_with_installed_botocore_partition() -> None:
+    only_botocore = _compare_with_partition(_aws_partition())
+    if only_botocore:
+        warnings.warn(f"botocore knows regions domain/regions.py lacks: {only_botocore}", stacklevel=1)
+
+
+def test_partition_check_holds_when_botocore_adds_or_lacks_a_region() -> None:
+    partition = copy.deepcopy(_aws_partition())
+    partition["regions"]["us-north-9"] = {"description": "US North (Future)"}  # botocore added one
+    partition["regions"].pop("sa-west-1", None)  # an older botocore without a newer one
+    assert _compare_with_partition(partition) == ["us-north-9"]
+    partition["regions"]["eu-west-1"] = {"description": "Europe (Somewhere else)"}
+    with pytest.raises(AssertionError):  # a contradiction still fails
+        _compare_with_partition(partition)
 
 
 def test_short_names_and_zone_ids() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
@@ -109,19 +110,66 @@ def _version_row(conn: Connection, template: dict[str, Any], version: str | int 
     return dict(row)
 
 
+# Version numbers are sent as strings (the model's ``Versions.N``, ``MinVersion``…) and
+# stored as 64-bit integers: text that is not a number within that range names no version
+# (int("abc") raised ValueError, and 20 digits overflowed the SQL parameter: both 500s).
+_MAX_VERSION = 2**63 - 1
+_DIGITS_RE = re.compile(r"^[0-9]{1,40}$")
+
+
+def _as_version(text: str | int) -> int | None:
+    """A version number as sent, or None when ``text`` is not one."""
+    text = str(text).strip()
+    if not _DIGITS_RE.match(text):
+        return None
+    number = int(text)
+    return number if number <= _MAX_VERSION else None
+
+
+def _too_large(text: str) -> bool:
+    """Digits beyond a 64-bit version number: not a version EC2 could return."""
+    return bool(_DIGITS_RE.match(str(text).strip())) and _as_version(text) is None
+
+
+def _version_bound(text: str | None, param: str) -> int | None:
+    """``MinVersion`` / ``MaxVersion`` as a number (None: not given)."""
+    if text is None:
+        return None
+    number = _as_version(text)
+    if number is None:
+        raise ServiceError(
+            f"Value ({text}) for parameter {param} is invalid. Specify a launch template version number.",
+            code="InvalidParameterValue",
+        )
+    return number
+
+
 def _version_number(template: dict[str, Any], version: str | int | None) -> int:
     if version is None or version == "" or version == "$Default":
         return int(template["default_version"])
     if version == "$Latest":
         return int(template["latest_version"])
-    try:
-        return int(version)
-    except (TypeError, ValueError):
+    number = _as_version(version)
+    if number is None:
         raise ServiceError(
             f"The launch template version '{version}' is not valid. Specify a version number, "
             "$Latest or $Default.",
             code="InvalidLaunchTemplateId.VersionNotFound",
-        ) from None
+        )
+    return number
+
+
+def _data_json(data: dict[str, Any]) -> str:
+    """LaunchTemplateData as stored: JSON, with timestamp members (``SpotOptions.ValidUntil``
+    …) as ISO 8601 text, as they arrived on the wire; RunInstances reads them back as such."""
+    return json.dumps(data, default=_json_value)
+
+
+def _json_value(value: Any) -> Any:
+    # RequestLaunchTemplateData's only non-JSON type is the timestamp (it has no blob).
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"a launch template member of type {type(value).__name__} cannot be stored")
 
 
 # ----------------------------------------------------------------------------- views
@@ -218,7 +266,7 @@ def create_template(
         conn.execute(insert(templates_t).values(**row))
         conn.execute(
             insert(versions_t).values(
-                template_id=template_id, version=1, description=description, data=json.dumps(data),
+                template_id=template_id, version=1, description=description, data=_data_json(data),
                 created_by=caller.arn, created_at=now,
             )
         )
@@ -250,7 +298,7 @@ def create_version(
         conn.execute(
             insert(versions_t).values(
                 template_id=template["template_id"], version=number, description=description,
-                data=json.dumps(data), created_by=caller.arn, created_at=now,
+                data=_data_json(data), created_by=caller.arn, created_at=now,
             )
         )
         conn.execute(
@@ -296,10 +344,16 @@ def delete_versions(
     with ctx.runtime.db.begin() as conn:
         template = _load(conn, caller.account, caller.region, template_id=template_id, name=name)
         ident = {"LaunchTemplateId": template["template_id"], "LaunchTemplateName": template["name"]}
+        for v in versions:  # refused before anything is deleted
+            if _too_large(v):
+                raise ServiceError(
+                    f"Value ({v}) for parameter launchTemplateVersion is invalid. "
+                    "Specify a launch template version number.",
+                    code="InvalidParameterValue",
+                )
         for v in versions:
-            try:
-                number = int(v)
-            except ValueError:
+            number = _as_version(v)
+            if number is None:
                 failed.append({**ident, "VersionNumber": 0, "ResponseError": {
                     "Code": "launchTemplateVersionDoesNotExist",
                     "Message": f"The launch template version {v} does not exist."}})
@@ -357,6 +411,7 @@ def describe_versions(
     max_version: str | None,
 ) -> list[dict[str, Any]]:
     caller = ctx.caller
+    low, high = _version_bound(min_version, "minVersion"), _version_bound(max_version, "maxVersion")
     with ctx.runtime.db.read() as conn:
         if template_id or name:
             templates = [_load(conn, caller.account, caller.region, template_id=template_id, name=name)]
@@ -389,10 +444,10 @@ def describe_versions(
                 if missing and (template_id or name):
                     raise _version_not_found(template["template_id"], str(missing[0]))
                 rows = [r for r in rows if r["version"] in wanted]
-            if min_version is not None:
-                rows = [r for r in rows if r["version"] >= int(min_version)]
-            if max_version is not None:
-                rows = [r for r in rows if r["version"] <= int(max_version)]
+            if low is not None:
+                rows = [r for r in rows if r["version"] >= low]
+            if high is not None:
+                rows = [r for r in rows if r["version"] <= high]
             out.extend(version_view(template, r) for r in rows)
         out.sort(key=lambda v: (v["LaunchTemplateId"], -v["VersionNumber"]))
         return out

@@ -515,6 +515,11 @@ def attach_volume(ctx: Any, volume_id: str, instance_id: str, device: str, *,
                            f"{err.code}: {err.message}", code="IncorrectState") from err
     now = ctx.runtime.clock.now()
     with ctx.runtime.db.begin() as conn:
+        # Checked again in the writing transaction: a concurrent AttachVolume of the same
+        # volume may have won since the read above (its insert then broke the primary key: a 500).
+        current = attachments_of(conn, [volume_id])[volume_id]
+        if any(a.instance_id == instance_id for a in current) or (current and not vol.multi_attach):
+            raise ServiceError(f"{volume_id} is already attached to an instance", code="VolumeInUse")
         conn.execute(insert(ec2_volume_attachments).values(
             volume_id=volume_id, instance_id=instance_id, device=device, state="attached",
             attach_time=now, delete_on_termination=delete_on_termination))

@@ -22,6 +22,17 @@ from ebscrypt.errors import ServiceError
 from ebscrypt.storage.tables.kms import kms_aliases
 
 EBS_ALIAS = "alias/aws/ebs"
+
+# Aliases AWS predefines in every account and region for its services' managed keys.
+# ListAliases lists one that has no key yet without a TargetKeyId (API reference,
+# ListAliases: "predefined aliases that AWS has created but has not yet associated with a
+# KMS key"); the key is made on first use, as alias/aws/ebs is here (.keys). The names are
+# those moto and LocalStack return (AWS adds more per service over time).
+PREDEFINED_ALIASES = (
+    "alias/aws/acm", "alias/aws/dynamodb", "alias/aws/ebs", "alias/aws/elasticfilesystem", "alias/aws/es",
+    "alias/aws/glue", "alias/aws/kinesisvideo", "alias/aws/lambda", "alias/aws/rds", "alias/aws/redshift",
+    "alias/aws/s3", "alias/aws/secretsmanager", "alias/aws/ssm", "alias/aws/xray",
+)
 _ALIAS_NAME_RE = re.compile(r"^alias/[a-zA-Z0-9/_-]+$")
 
 
@@ -142,15 +153,21 @@ class AliasOperations:
             q = q.where(kms_aliases.c.target_key_id == row.key_id)
         with self.db.read() as conn:
             rows = conn.execute(q.order_by(kms_aliases.c.name)).all()
-        items, out = page(rows, p, default=50, max_limit=100)
-        out["Aliases"] = [
+        arn = f"arn:aws:kms:{caller.region}:{caller.account}:"
+        aliases = [
             {
                 "AliasName": r.name,
-                "AliasArn": f"arn:aws:kms:{r.region}:{r.account}:{r.name}",
+                "AliasArn": arn + r.name,
                 "TargetKeyId": r.target_key_id,
                 "CreationDate": utc(r.creation_date),
                 "LastUpdatedDate": utc(r.last_updated),
             }
-            for r in items
+            for r in rows
         ]
+        if not p.get("KeyId"):  # a predefined alias without a key belongs to no key
+            made = {r.name for r in rows}
+            aliases += [{"AliasName": n, "AliasArn": arn + n} for n in PREDEFINED_ALIASES if n not in made]
+            aliases.sort(key=lambda a: a["AliasName"])
+        items, out = page(aliases, p, default=50, max_limit=100)
+        out["Aliases"] = items
         return out

@@ -107,8 +107,12 @@ def create_volume(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
         client_token=params.get("ClientToken"), tags=tags,
     )
     if vol.client_token and params.get("ClientToken") and vol.state != "creating":  # a replay
-        return describe(ctx, [vol.id])[0]
-    return volume_dict(vol, [], tags)
+        out = describe(ctx, [vol.id])[0]
+    else:
+        out = volume_dict(vol, [], tags)
+    # CreateVolume's answer has no attachmentSet (API reference, Volume: "This parameter is
+    # not returned by CreateVolume"); DescribeVolumes' always has one.
+    return {k: v for k, v in out.items() if k != "Attachments"}
 
 
 @operation("ec2", "DescribeVolumes")

@@ -61,7 +61,7 @@ class JsonRpcCodec(Codec):
         shape = operation.input_shape
         if shape is None:
             return operation, {}
-        reader = jsonshape.JsonReader(constraints=True, type_code=SERIALIZATION)
+        reader = jsonshape.JsonReader(self.service, constraints=True, type_code=SERIALIZATION)
         params = reader.read_members(shape, doc, "")
         reader.finish()
         return operation, params

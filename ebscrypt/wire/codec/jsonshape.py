@@ -15,6 +15,7 @@ from typing import Any
 from ebscrypt.errors import ValidationError
 
 from . import values as V
+from .required import missing as missing_members
 
 _NUMBER_WORDS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -50,7 +51,9 @@ def validation_error(problems: list[tuple[str, str, str]], *, missing: bool = Fa
 class JsonReader:
     """Convert one decoded JSON document to Python along ``shape``; raise on bad input."""
 
-    def __init__(self, *, constraints: bool = True, type_code: str | None = None) -> None:
+    def __init__(self, service: str, *, constraints: bool = True, type_code: str | None = None) -> None:
+        # The service names the table of members ebscrypt itself requires (.required).
+        self.service = service
         self.constraints = constraints
         # JSON 1.1 services (KMS) answer a wrongly typed member with SerializationException
         # rather than ValidationException; rest-json callers keep the default.
@@ -75,11 +78,10 @@ class JsonReader:
                 self.problems.append((_show(shape, value), path, why))
 
     def required(self, shape: Any, present: dict[str, Any], path: str) -> None:
-        for name in shape.required_members:
-            if name not in present:
-                self.missing = True
-                where = f"{path}.{camel(name)}" if path else camel(name)
-                self.problems.append(("Value null", where, "Member must not be null"))
+        for name in missing_members(self.service, shape, present):
+            self.missing = True
+            where = f"{path}.{camel(name)}" if path else camel(name)
+            self.problems.append(("Value null", where, "Member must not be null"))
 
     def read(self, shape: Any, value: Any, path: str) -> Any:
         t = shape.type_name
@@ -143,7 +145,10 @@ class JsonReader:
                 if not value.is_integer():
                     raise self.type_error(shape, value, path, "an integer")
                 value = int(value)
-            out = value
+            try:
+                out = V.check_int_range(value, t)
+            except V.BadValue as exc:
+                raise self.type_error(shape, value, path, str(exc).removeprefix("must be ")) from None
         elif t in ("float", "double"):
             if isinstance(value, str) and value in _NUMBER_WORDS:
                 value = _NUMBER_WORDS[value]

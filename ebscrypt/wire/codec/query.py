@@ -32,8 +32,9 @@ from urllib.parse import parse_qsl
 
 from ebscrypt.errors import ServiceError, UnknownOperation, ValidationError
 
-from . import Codec
+from . import Codec, required
 from . import values as V
+from .ec2_always import ALWAYS_EMITTED
 from ebscrypt.wire.http import HttpRequest, HttpResponse
 
 _LEAF = None  # key under which a tree node keeps its own value
@@ -201,10 +202,9 @@ class QueryCodec(Codec):
             value = self._read(member, child, full)
             if value is not None:
                 out[name] = value
-        for name in shape.required_members:
-            if name not in out:
-                wire = self._wire_name(shape.members[name], name)
-                raise self._missing(f"{path}.{wire}" if path else wire)
+        for name in required.missing(self.service, shape, out):
+            wire = self._wire_name(shape.members[name], name)
+            raise self._missing(f"{path}.{wire}" if path else wire)
         return out
 
     def _read(self, shape: Any, node: dict, path: str) -> Any:
@@ -222,7 +222,7 @@ class QueryCodec(Codec):
             if t == "string":
                 return text
             if t in ("integer", "long"):
-                return V.parse_int(text)
+                return V.parse_int(text, t)
             if t in ("float", "double"):
                 return V.parse_float(text)
             if t == "boolean":
@@ -297,10 +297,13 @@ class QueryCodec(Codec):
         return HttpResponse(200, self._headers(request_id), "".join(out).encode("utf-8"))
 
     def _write_members(self, out: list[str], shape: Any, value: dict[str, Any]) -> None:
+        always = ALWAYS_EMITTED.get(shape.name, ()) if self.ec2 else ()
         for name, member in shape.members.items():
             v = value.get(name)
             if v is None:
-                continue
+                if name not in always:
+                    continue
+                v = []  # a list AWS sends even when empty (.ec2_always)
             if member.type_name == "list" and member.serialization.get("flattened"):
                 tag = member.member.serialization.get("name") or member.serialization.get("name", name)
                 for item in v:

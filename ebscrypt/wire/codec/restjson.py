@@ -22,8 +22,7 @@ from urllib.parse import parse_qs, unquote
 
 from ebscrypt.errors import ServiceError, UnknownOperation
 
-from . import Codec
-from . import jsonshape
+from . import Codec, jsonshape, required
 from . import values as V
 from .jsonrpc import decode_json_object
 from ebscrypt.wire.http import HttpRequest, HttpResponse
@@ -111,7 +110,7 @@ class RestJsonCodec(Codec):
         shape = operation.input_shape
         if shape is None:
             return operation, {}
-        reader = jsonshape.JsonReader(constraints=True)
+        reader = jsonshape.JsonReader(self.service, constraints=True)
         params: dict[str, Any] = {}
         query = parse_qs(request.query, keep_blank_values=True)
         claimed = set()
@@ -155,7 +154,7 @@ class RestJsonCodec(Codec):
             member = shape.members[payload]
             if member.type_name in ("blob", "string"):
                 body = request.body
-                if body or payload in shape.required_members:
+                if body or required.is_required(self.service, shape, payload):
                     if member.type_name == "string":
                         try:
                             params[payload] = body.decode("utf-8")
@@ -183,7 +182,7 @@ class RestJsonCodec(Codec):
             if t == "string":
                 value: Any = text
             elif t in ("integer", "long"):
-                value = V.parse_int(text)
+                value = V.parse_int(text, t)
             elif t in ("float", "double"):
                 value = V.parse_float(text)
             elif t == "boolean":

@@ -34,11 +34,24 @@ _ISO_RE = re.compile(
 )
 
 
-def parse_int(text: str) -> int:
+# A model ``integer`` is 32-bit and a ``long`` 64-bit (Smithy); AWS refuses a value outside
+# the type. Checked here, once for every protocol, so no handler or SQL statement ever
+# meets an integer wider than its member's type (2**63 overflowed SQLite: a 500).
+INT_RANGES = {"integer": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
+
+
+def check_int_range(value: int, type_name: str) -> int:
+    low, high = INT_RANGES.get(type_name, INT_RANGES["long"])
+    if not low <= value <= high:
+        raise BadValue(f"must be an integer between {low} and {high}")
+    return value
+
+
+def parse_int(text: str, type_name: str = "long") -> int:
     text = text.strip()
-    if not _INT_RE.match(text):
+    if not _INT_RE.match(text) or len(text) > 40:
         raise BadValue("must be an integer")
-    return int(text)
+    return check_int_range(int(text), type_name)
 
 
 def parse_float(text: str) -> float:
