@@ -30,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--credentials", type=Path, default=None, help="credentials file for --auth strict")
     serve.add_argument("--default-account", default="000000000000")
     serve.add_argument("--log-level", default="warning")
+    serve.add_argument("--nbd-port", type=int, default=10809,
+                       help="NBD server for attached volumes (export name = volume id); 0 disables")
+    serve.add_argument("--nbd-host", default="127.0.0.1",
+                       help="NBD listen address: loopback only (NBD has no credentials; TLS not implemented)")
     serve.set_defaults(func=_serve)
 
     audit = commands.add_parser("audit-log", help="print the KMS audit trail (CloudTrail JSON lines)")
@@ -71,6 +75,10 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
     if auth == "strict" and args.credentials is None:
         print("ebscrypt: --auth strict needs --credentials FILE", file=sys.stderr)
         return 2
+    if args.nbd_port and not _is_loopback(args.nbd_host):
+        print("ebscrypt: --nbd-host must be a loopback address (NBD carries no credentials and TLS is not "
+              "implemented yet); use --nbd-port 0 to disable NBD", file=sys.stderr)
+        return 2
     settings = Settings(
         data_dir=args.data_dir,
         host=args.host,
@@ -79,11 +87,15 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
         auth=auth,
         default_account=args.default_account,
         credentials_file=args.credentials,
+        nbd_host=args.nbd_host,
+        nbd_port=args.nbd_port,
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     endpoint = f"http://{args.host}:{args.port}"
     print(f"ebscrypt {__version__} serving on {endpoint} (auth: {auth}, data: {args.data_dir.resolve()})")
     print(f"try:  aws --endpoint-url {endpoint} ec2 describe-regions")
+    if args.nbd_port:
+        print(f"attached volumes: nbd://{args.nbd_host}:{args.nbd_port}/<volume-id>")
     sys.stdout.flush()
     # uvicorn catches SIGINT/SIGTERM: it stops accepting, finishes requests, runs the
     # lifespan shutdown (job workers stopped, database closed), then re-raises the signal

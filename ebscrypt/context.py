@@ -47,6 +47,8 @@ class Settings:
     credentials_file: Path | None = None
     max_body_bytes: int = 2 * 1024 * 1024
     job_workers: int = 2
+    nbd_host: str = "127.0.0.1"
+    nbd_port: int = 0  # 0: no NBD server (the CLI's default is 10809)
 
     @property
     def database_url(self) -> str:

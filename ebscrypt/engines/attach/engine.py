@@ -1,0 +1,162 @@
+"""The attachments' data keys and open volumes of this server process (``runtime.attach``).
+
+R-ATTACH-2, the key lifecycle of an attachment as EC2's hosts have it: at attach (also
+for the volumes RunInstances creates attached, and at StartInstances) the EC2 engine
+decrypts the volume's data key through EBS's grant — one KMS Decrypt on the caller's
+behalf, in the audit trail — and hands the plaintext to :meth:`AttachEngine.open`. It
+lives only in this process's memory (an :class:`OpenVolume`) while the volume is
+attached and its instance running, and is dropped at detach, stop and terminate. A key
+disabled or scheduled for deletion after that does not interrupt I/O: nothing asks KMS
+again until the next attach or start, which then fails as on AWS.
+
+After a restart no key is in memory. The first NBD client of a volume that is still
+attached to a running instance re-opens it: the data key is decrypted once more on the
+owner's behalf (audited, operation ``AttachVolume``), as a host does when it takes
+an instance back; if the key is no longer usable the export is refused.
+
+Everything here is in-process: an attached volume is served by the process that holds
+its key (documented limit of scale-out: NBD clients go to that process).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
+from typing import Any, ContextManager, Iterator
+
+from sqlalchemy import select
+
+from ebscrypt.engines.attach.volume_io import OpenVolume
+from ebscrypt.engines.blocks.crypto import DataKey
+
+log = logging.getLogger("ebscrypt.attach")
+
+
+class AttachEngine:
+    """Open volumes by id. Thread-safe; one per server process."""
+
+    def __init__(self, runtime: Any, *, cache_blocks: int = 64) -> None:
+        self.runtime = runtime
+        self.cache_blocks = cache_blocks
+        self._open: dict[str, OpenVolume] = {}
+        self._lock = threading.Lock()
+        # Dirty blocks of one flush are written concurrently so they share a group commit.
+        self._flusher = ThreadPoolExecutor(8, thread_name_prefix="ebscrypt-attach-flush")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self, volume: Any, key: DataKey | None, instance_id: str) -> OpenVolume:
+        """Keep ``key`` (just decrypted through EBS's grant) for the attached ``volume``."""
+        ov = OpenVolume(self.runtime.blocks, volume.id, volume.size, key, account=volume.account,
+                        instance_id=instance_id, cache_blocks=self.cache_blocks, flusher=self._flusher)
+        with self._lock:
+            old = self._open.pop(volume.id, None)
+            self._open[volume.id] = ov
+        if old is not None:
+            old.close()
+        return ov
+
+    def close_volume(self, volume_id: str) -> None:
+        """Flush and forget the volume's key (detach / stop / terminate / delete). Idempotent."""
+        with self._lock:
+            ov = self._open.pop(volume_id, None)
+        if ov is not None:
+            ov.close()
+
+    def flush_volume(self, volume_id: str) -> None:
+        ov = self.get(volume_id)
+        if ov is not None:
+            ov.flush()
+
+    def get(self, volume_id: str) -> OpenVolume | None:
+        with self._lock:
+            return self._open.get(volume_id)
+
+    def is_open(self, volume_id: str) -> bool:
+        return self.get(volume_id) is not None
+
+    def quiesced(self, volume_id: str) -> ContextManager[None]:
+        """For CreateSnapshot of an in-use volume (R-ATTACH-4): flushed and held still."""
+        ov = self.get(volume_id)
+        return ov.quiesced() if ov is not None else nullcontext()
+
+    def close(self) -> None:
+        """Shutdown: flush every open volume, drop every key."""
+        with self._lock:
+            opened = list(self._open.values())
+            self._open.clear()
+        for ov in opened:
+            try:
+                ov.close()
+            except Exception:
+                log.exception("flushing %s at shutdown failed", ov.volume_id)
+        self._flusher.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ exports
+
+    def export(self, volume_id: str) -> OpenVolume | None:
+        """The open volume an NBD client may use, or None (not attached, instance not
+        running, or its key no longer usable after a restart). Blocking: DB and KMS."""
+        ov = self.get(volume_id)
+        if ov is not None:
+            return ov
+        return self._reopen(volume_id)
+
+    def _reopen(self, volume_id: str) -> OpenVolume | None:
+        from ebscrypt.domain import instance_types as it
+        from ebscrypt.engines.ec2.encryption import data_key_for
+        from ebscrypt.engines.ec2.ids import is_well_formed, job_ctx
+        from ebscrypt.engines.ec2.records import Volume
+        from ebscrypt.errors import ServiceError
+        from ebscrypt.storage.tables.ec2 import ec2_volume_attachments, ec2_volumes
+        from ebscrypt.storage.tables.ec2_images import ec2_instances
+
+        if not is_well_formed(volume_id, "vol"):
+            return None
+        with self.runtime.db.read() as conn:
+            row = conn.execute(select(ec2_volumes).where(ec2_volumes.c.id == volume_id)).mappings().first()
+            if row is None or row["state"] != "in-use":
+                return None
+            att = conn.execute(select(ec2_volume_attachments).where(
+                ec2_volume_attachments.c.volume_id == volume_id,
+                ec2_volume_attachments.c.state == "attached")).mappings().first()
+            if att is None:
+                return None
+            inst = conn.execute(select(ec2_instances.c.state).where(
+                ec2_instances.c.instance_id == att["instance_id"])).first()
+            if inst is None or inst.state != it.RUNNING:
+                return None
+        volume = Volume.from_row(row)
+        ctx = job_ctx(self.runtime, volume.account, volume.region, "AttachVolume")
+        try:
+            key = data_key_for(ctx, volume)  # R-ATTACH-2: grant + one audited Decrypt
+        except ServiceError as err:
+            log.warning("export %s refused: its data key cannot be decrypted (%s)", volume_id, err.code)
+            return None
+        with self._lock:
+            ov = self._open.get(volume_id)
+        return ov if ov is not None else self.open(volume, key, att["instance_id"])
+
+
+@contextmanager
+def quiesced(runtime: Any, volume_id: str) -> Iterator[None]:
+    """``runtime.attach.quiesced(volume_id)`` when the attach engine is loaded, else nothing."""
+    engine = runtime.engines.get("attach")
+    with engine.quiesced(volume_id) if engine is not None else nullcontext():
+        yield
+
+
+def close_volumes(runtime: Any, volume_ids: list[str]) -> None:
+    """Drop the keys of these volumes (detach, stop, terminate); no-op without the engine."""
+    engine = runtime.engines.get("attach")
+    if engine is not None:
+        for vid in volume_ids:
+            engine.close_volume(vid)
+
+
+def open_volume(runtime: Any, volume: Any, key: DataKey | None, instance_id: str) -> None:
+    engine = runtime.engines.get("attach")
+    if engine is not None:
+        engine.open(volume, key, instance_id)
