@@ -183,7 +183,9 @@ class OpenVolume:
 
         def put(item: tuple[int, bytes]) -> None:
             index, data = item
-            self.blocks.write_block(self.volume_id, index, ZERO_BLOCK if data == ZERO_BLOCK else data, key)
+            if data == ZERO_BLOCK and self.blocks.block_ref(self.volume_id, index) is None:
+                return  # zeros where nothing was ever written (here or in the lineage): nothing to store
+            self.blocks.write_block(self.volume_id, index, data, key)
 
         if self._flusher is not None and len(jobs) > 1:
             list(self._flusher.map(put, jobs))
