@@ -136,3 +136,52 @@ def test_pending_deletion_key_keeps_attached_io(server: Any, ec2: Any, kms: Any)
     vol = attach_new(ec2, iid, "/dev/sdf", Encrypted=True, KmsKeyId=key)
     kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
     qemu_io(uri(server, vol), "write -P 0x33 4096 8192", "flush", "read -P 0x33 4096 8192")
+
+
+CREDS = """
+[alice]
+aws_access_key_id = "AKIAALICENBD00000001"
+aws_secret_access_key = "alice-secret"
+account_id = "333333333301"
+
+[bob]
+aws_access_key_id = "AKIABOBNBD0000000002"
+aws_secret_access_key = "bob-secret"
+account_id = "444444444401"
+"""
+
+
+def test_strict_auth_exports_need_the_owners_export_secret(server_factory: Any, tmp_path: Path) -> None:
+    """Under strict auth an export is served only with its per-attachment secret, which
+    DescribeVolumes shows to the volume's account alone; a new attachment has a new one."""
+    import boto3
+    from botocore.config import Config
+
+    need("nbdinfo")
+    creds = tmp_path / "creds.toml"
+    creds.write_text(CREDS)
+    srv = server_factory(["--auth", "strict", "--credentials", str(creds)])
+
+    def client(service: str, key: str, secret: str) -> Any:
+        return boto3.client(service, endpoint_url=srv.url, region_name="us-east-1", aws_access_key_id=key,
+                            aws_secret_access_key=secret, config=Config(retries={"max_attempts": 1}))
+
+    alice = client("ec2", "AKIAALICENBD00000001", "alice-secret")
+    bob = client("ec2", "AKIABOBNBD0000000002", "bob-secret")
+    iid = launch(alice)
+    vol = attach_new(alice, iid, "/dev/sdf", Encrypted=True)
+    tags = {t["Key"]: t["Value"] for t in alice.describe_volumes(VolumeIds=[vol])["Volumes"][0].get("Tags", [])}
+    name = tags["ebscrypt:nbd-export"]
+    assert name.startswith(f"{vol}:") and len(name) == len(vol) + 33
+    assert error_of(lambda: bob.describe_volumes(VolumeIds=[vol]))[0] == "InvalidVolume.NotFound"
+    assert exported(srv, name)
+    assert not exported(srv, vol)  # the bare volume id is not enough under strict auth
+    assert not exported(srv, f"{vol}:{'0' * 32}")
+    alice.detach_volume(VolumeId=vol)
+    alice.get_waiter("volume_available").wait(VolumeIds=[vol], WaiterConfig={"Delay": 1})
+    assert not exported(srv, name)
+    alice.attach_volume(VolumeId=vol, InstanceId=iid, Device="/dev/sdf")
+    alice.get_waiter("volume_in_use").wait(VolumeIds=[vol], WaiterConfig={"Delay": 1})
+    tags = {t["Key"]: t["Value"] for t in alice.describe_volumes(VolumeIds=[vol])["Volumes"][0].get("Tags", [])}
+    assert tags["ebscrypt:nbd-export"] != name and exported(srv, tags["ebscrypt:nbd-export"])
+    assert not exported(srv, name)  # the old attachment's secret opens nothing

@@ -14,13 +14,26 @@ attached to a running instance re-opens it: the data key is decrypted once more 
 owner's behalf (audited, operation ``AttachVolume``), as a host does when it takes
 an instance back; if the key is no longer usable the export is refused.
 
+Who may use an export (the account owning the attachment's instance): NBD carries no
+credentials, so the export name carries one. Each attachment has an export secret,
+HMAC-SHA256 under a server key (``<data-dir>/nbd-export.key``, 0600) of the volume id,
+instance id and attach time — a new attachment gets a new secret, and a detached one's
+secret opens nothing. The export name ``<volume-id>:<secret>`` is shown to the owner only:
+DescribeVolumes (an authenticated call of the volume's account) lists it as the tag
+``ebscrypt:nbd-export`` of an in-use volume, under ``--auth strict``. Under dev auth
+(loopback only, where any local caller may act as any account anyway) the bare volume id
+is accepted too; under strict auth only the name with its secret.
+
 Everything here is in-process: an attached volume is served by the process that holds
 its key (documented limit of scale-out: NBD clients go to that process).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
@@ -33,6 +46,8 @@ from ebscrypt.engines.blocks.crypto import DataKey
 
 log = logging.getLogger("ebscrypt.attach")
 
+EXPORT_TAG = "ebscrypt:nbd-export"  # DescribeVolumes shows an in-use volume's export name under it (strict auth)
+
 
 class AttachEngine:
     """Open volumes by id. Thread-safe; one per server process."""
@@ -40,6 +55,7 @@ class AttachEngine:
     def __init__(self, runtime: Any, *, cache_blocks: int = 64) -> None:
         self.runtime = runtime
         self.cache_blocks = cache_blocks
+        self._export_key = _load_export_key(runtime.settings.data_dir / "nbd-export.key")
         self._open: dict[str, OpenVolume] = {}
         self._lock = threading.Lock()
         # Dirty blocks of one flush are written concurrently so they share a group commit.
@@ -96,13 +112,38 @@ class AttachEngine:
 
     # ------------------------------------------------------------------ exports
 
-    def export(self, volume_id: str) -> OpenVolume | None:
-        """The open volume an NBD client may use, or None (not attached, instance not
-        running, or its key no longer usable after a restart). Blocking: DB and KMS."""
+    def export_name(self, volume_id: str, instance_id: str, attach_time: Any) -> str:
+        """``<volume-id>:<secret>``: the export name of this attachment, for its owner only."""
+        return f"{volume_id}:{self._secret(volume_id, instance_id, attach_time)}"
+
+    def _secret(self, volume_id: str, instance_id: str, attach_time: Any) -> str:
+        stamp = attach_time.replace(tzinfo=None).isoformat(timespec="microseconds") if attach_time else ""
+        msg = f"ebscrypt-nbd-export-v1|{volume_id}|{instance_id}|{stamp}".encode()
+        return hmac.new(self._export_key, msg, hashlib.sha256).hexdigest()[:32]
+
+    def export(self, name: str) -> OpenVolume | None:
+        """The open volume an NBD client asking for export ``name`` may use, or None (not
+        attached, instance not running, wrong or missing secret, or its key no longer
+        usable after a restart). Blocking: DB and KMS."""
+        volume_id, _sep, secret = name.partition(":")
+        if secret or self.runtime.settings.auth != "dev":
+            if not self._secret_matches(volume_id, secret):
+                return None
         ov = self.get(volume_id)
         if ov is not None:
             return ov
         return self._reopen(volume_id)
+
+    def _secret_matches(self, volume_id: str, secret: str) -> bool:
+        from ebscrypt.storage.tables.ec2 import ec2_volume_attachments
+
+        if not secret:
+            return False
+        with self.runtime.db.read() as conn:
+            rows = conn.execute(select(ec2_volume_attachments).where(
+                ec2_volume_attachments.c.volume_id == volume_id)).mappings().all()
+        return any(hmac.compare_digest(self._secret(volume_id, r["instance_id"], r["attach_time"]), secret)
+                   for r in rows)
 
     def _reopen(self, volume_id: str) -> OpenVolume | None:
         from ebscrypt.domain import instance_types as it
@@ -138,6 +179,23 @@ class AttachEngine:
         with self._lock:
             ov = self._open.get(volume_id)
         return ov if ov is not None else self.open(volume, key, att["instance_id"])
+
+
+def _load_export_key(path: Any) -> bytes:
+    """The server's export-secret key: made once (0600), kept across restarts."""
+    try:
+        key = path.read_bytes()
+        if len(key) == 32:
+            return key
+    except FileNotFoundError:
+        pass
+    key = os.urandom(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+        f.flush()
+        os.fsync(f.fileno())
+    return key
 
 
 @contextmanager
