@@ -55,6 +55,8 @@ class OpenVolume:
         self._cache_blocks = max(4, cache_blocks)
         self._lock = threading.RLock()
         self._flusher = flusher
+        self._read_next = -2  # the block after the last read (sequential reads read ahead)
+        self._readahead = max(1, self._cache_blocks // 8)
         self.closed = False
 
     @property
@@ -73,8 +75,20 @@ class OpenVolume:
         out = bytearray(length)
         with self._lock:
             self._check_open()
+            spans = list(_spans(offset, length))
+            if spans:
+                first, last = spans[0][0], spans[-1][0]
+                wanted = list(range(first, last + 1))
+                missing = [i for i in wanted if i not in self._cache]
+                if first in (self._read_next, self._read_next - 1):  # sequential: read ahead
+                    # in batches: refill the window when its first half has been read
+                    ahead = range(last + 1, min(last + 1 + self._readahead, self.size // BLOCK_SIZE))
+                    if missing or (len(ahead) > 1 and ahead[len(ahead) // 2] not in self._cache):
+                        missing += [i for i in ahead if i not in self._cache]
+                self._read_next = last + 1
+                self._load(missing)
             pos = 0
-            for index, start, end in _spans(offset, length):
+            for index, start, end in spans:
                 out[pos:pos + end - start] = self._block(index)[start:end]
                 pos += end - start
         return bytes(out)
@@ -152,6 +166,20 @@ class OpenVolume:
         block = bytearray(self.blocks.read_block(self.volume_id, index, self._key))
         self._insert(index, block)
         return block
+
+    def _load(self, indexes: list[int]) -> None:
+        """Bring these blocks into the cache with one lookup of where they are stored."""
+        if len(indexes) < 2:
+            return  # one block: _block reads it when needed
+        refs = self.blocks.block_refs(self.volume_id, indexes)
+        for index in indexes:
+            ref = refs.get(index)
+            if ref is None:
+                data = ZERO_BLOCK  # never written, here or in the lineage
+            else:
+                data = self.blocks.read_block_checked(self.volume_id, index, self._key, ref=ref)[0]
+            if index not in self._cache:
+                self._insert(index, bytearray(data))
 
     def _put(self, index: int, block: bytearray) -> None:
         self._dirty.add(index)
