@@ -33,7 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--nbd-port", type=int, default=10809,
                        help="NBD server for attached volumes (export name = volume id); 0 disables")
     serve.add_argument("--nbd-host", default="127.0.0.1",
-                       help="NBD listen address: loopback only (NBD has no credentials; TLS not implemented)")
+                       help="NBD listen address (a non-loopback one needs --nbd-tls-cert/--nbd-tls-key)")
+    serve.add_argument("--nbd-tls-cert", type=Path, default=None, help="PEM certificate: NBD requires TLS")
+    serve.add_argument("--nbd-tls-key", type=Path, default=None, help="PEM private key for --nbd-tls-cert")
     serve.set_defaults(func=_serve)
 
     audit = commands.add_parser("audit-log", help="print the KMS audit trail (CloudTrail JSON lines)")
@@ -75,9 +77,12 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
     if auth == "strict" and args.credentials is None:
         print("ebscrypt: --auth strict needs --credentials FILE", file=sys.stderr)
         return 2
-    if args.nbd_port and not _is_loopback(args.nbd_host):
-        print("ebscrypt: --nbd-host must be a loopback address (NBD carries no credentials and TLS is not "
-              "implemented yet); use --nbd-port 0 to disable NBD", file=sys.stderr)
+    if (args.nbd_tls_cert is None) != (args.nbd_tls_key is None):
+        print("ebscrypt: --nbd-tls-cert and --nbd-tls-key go together", file=sys.stderr)
+        return 2
+    if args.nbd_port and not _is_loopback(args.nbd_host) and args.nbd_tls_cert is None:
+        print("ebscrypt: NBD on a non-loopback address requires TLS (--nbd-tls-cert and --nbd-tls-key): "
+              "NBD itself carries no credentials; use --nbd-port 0 to disable NBD", file=sys.stderr)
         return 2
     settings = Settings(
         data_dir=args.data_dir,
@@ -89,13 +94,16 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
         credentials_file=args.credentials,
         nbd_host=args.nbd_host,
         nbd_port=args.nbd_port,
+        nbd_tls_cert=args.nbd_tls_cert,
+        nbd_tls_key=args.nbd_tls_key,
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     endpoint = f"http://{args.host}:{args.port}"
     print(f"ebscrypt {__version__} serving on {endpoint} (auth: {auth}, data: {args.data_dir.resolve()})")
     print(f"try:  aws --endpoint-url {endpoint} ec2 describe-regions")
     if args.nbd_port:
-        print(f"attached volumes: nbd://{args.nbd_host}:{args.nbd_port}/<volume-id>")
+        scheme = "nbds" if args.nbd_tls_cert else "nbd"
+        print(f"attached volumes: {scheme}://{args.nbd_host}:{args.nbd_port}/<volume-id>")
     sys.stdout.flush()
     # uvicorn catches SIGINT/SIGTERM: it stops accepting, finishes requests, runs the
     # lifespan shutdown (job workers stopped, database closed), then re-raises the signal

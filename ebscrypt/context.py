@@ -49,6 +49,8 @@ class Settings:
     job_workers: int = 2
     nbd_host: str = "127.0.0.1"
     nbd_port: int = 0  # 0: no NBD server (the CLI's default is 10809)
+    nbd_tls_cert: Path | None = None  # with nbd_tls_key: NBD requires TLS (any address)
+    nbd_tls_key: Path | None = None
 
     @property
     def database_url(self) -> str:

@@ -2,7 +2,7 @@
 constants, and pure functions that parse what a client sends and encode what we answer.
 
 Only what ebscrypt serves: fixed newstyle negotiation (NBD_OPT_EXPORT_NAME, _INFO, _GO,
-_LIST, _ABORT; everything else NBD_REP_ERR_UNSUP), simple replies (structured replies are
+_LIST, _ABORT, _STARTTLS when TLS is configured; everything else NBD_REP_ERR_UNSUP), simple replies (structured replies are
 optional and not offered), and the transmission commands READ, WRITE, FLUSH, TRIM,
 WRITE_ZEROES and DISC. No I/O here: ``ebscrypt.wire.nbd_server`` drives the sockets.
 All integers are big-endian.
@@ -39,6 +39,7 @@ REP_INFO = 3
 REP_ERR_UNSUP = (1 << 31) | 1
 REP_ERR_POLICY = (1 << 31) | 2
 REP_ERR_INVALID = (1 << 31) | 3
+REP_ERR_TLS_REQD = (1 << 31) | 5
 REP_ERR_UNKNOWN = (1 << 31) | 6
 
 INFO_EXPORT = 0

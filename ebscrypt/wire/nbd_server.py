@@ -14,10 +14,12 @@ Exports: the export name is the volume id; only a volume attached to a running
 instance is exported (any other name: NBD_REP_ERR_UNKNOWN at NBD_OPT_GO/INFO, a hang-up
 at NBD_OPT_EXPORT_NAME). NBD_OPT_LIST lists nothing (names are other accounts' business).
 
-Who may connect: NBD carries no credentials, so this server listens on a loopback
-address only (``--nbd-host`` refuses anything else: TLS is not implemented yet). On
-loopback the machine's users are trusted as they are by dev auth. Every connection is
-logged with its export.
+Who may connect: NBD carries no credentials; the export name does (under strict auth a
+per-attachment secret, see ``engines/attach/engine.py``). Without TLS the server listens
+on a loopback address only. With ``--nbd-tls-cert``/``--nbd-tls-key`` (X.509, as qemu and
+libnbd's ``nbds://`` URIs use) it requires TLS (NBD_OPT_STARTTLS, TLS 1.2 or later)
+before anything else — every other option gets NBD_REP_ERR_TLS_REQD — and may then
+listen on any address. Every connection is logged with its export.
 
 A client that breaks the protocol (bad magic, a length beyond the 32 MiB maximum, a
 disconnect mid-request) loses its connection; what it had not fully sent is not
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -45,8 +48,9 @@ IN_FLIGHT = 16  # requests per connection being served at once (bounds memory: 1
 class NbdServer:
     """Serves ``attach.export(name)`` objects over NBD on an asyncio loop."""
 
-    def __init__(self, attach: Any, *, threads: int = 8) -> None:
+    def __init__(self, attach: Any, *, threads: int = 8, tls: ssl.SSLContext | None = None) -> None:
         self.attach = attach
+        self._tls = tls
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ebscrypt-nbd")
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.StreamWriter] = set()
@@ -95,9 +99,26 @@ class NbdServer:
         await writer.drain()
         flags = nbd.parse_client_flags(await reader.readexactly(4))
         no_zeroes = bool(flags & nbd.FLAG_NO_ZEROES)
+        secure = self._tls is None  # nothing to wait for without TLS (loopback only)
         while True:
             option, length = nbd.parse_option_header(await reader.readexactly(nbd.OPTION_HEADER_SIZE))
             data = await reader.readexactly(length)
+            if option == nbd.OPT_STARTTLS and self._tls is not None:
+                if secure or length:
+                    writer.write(nbd.option_reply(option, nbd.REP_ERR_INVALID))
+                    await writer.drain()
+                    continue
+                writer.write(nbd.option_reply(option, nbd.REP_ACK))
+                await writer.drain()
+                await writer.start_tls(self._tls, ssl_handshake_timeout=30)
+                secure = True
+                continue
+            if not secure and option != nbd.OPT_ABORT:
+                if option == nbd.OPT_EXPORT_NAME:
+                    return None  # no error reply exists for it: hang up
+                writer.write(nbd.option_reply(option, nbd.REP_ERR_TLS_REQD, b"TLS is required"))
+                await writer.drain()
+                continue
             if option == nbd.OPT_EXPORT_NAME:
                 export = await self._lookup(data)
                 if export is None:
@@ -219,7 +240,17 @@ class NbdServer:
             return nbd.EIO, b""
 
 
+def tls_context(cert: Any, key: Any) -> ssl.SSLContext:
+    """The server side of NBD's STARTTLS: X.509 certificate and key (PEM), TLS ≥ 1.2."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
 async def start(runtime: Any, host: str, port: int) -> tuple[NbdServer, int]:
-    server = NbdServer(runtime.attach)
+    settings = runtime.settings
+    tls = tls_context(settings.nbd_tls_cert, settings.nbd_tls_key) if settings.nbd_tls_cert else None
+    server = NbdServer(runtime.attach, tls=tls)
     bound = await server.start(host, port)
     return server, bound
