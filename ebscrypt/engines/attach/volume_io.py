@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, ZERO_BLOCK, DataKey
+from ebscrypt.engines.blocks.store import ObjectMissing
 
 GIB = 1024 ** 3
 
@@ -55,6 +56,8 @@ class OpenVolume:
         self._cache_blocks = max(4, cache_blocks)
         self._lock = threading.RLock()
         self._flusher = flusher
+        self._refs: OrderedDict[int, Any] = OrderedDict()  # index -> BlockRef | None (where it is stored)
+        self._ref_limit = 64 * self._cache_blocks
         self._read_next = -2  # the block after the last read (sequential reads read ahead)
         self._readahead = max(1, self._cache_blocks // 8)
         self.closed = False
@@ -163,23 +166,36 @@ class OpenVolume:
         if block is not None:
             self._cache.move_to_end(index)
             return block
-        block = bytearray(self.blocks.read_block(self.volume_id, index, self._key))
-        self._insert(index, block)
-        return block
+        self._load([index])
+        return self._cache[index]
 
     def _load(self, indexes: list[int]) -> None:
-        """Bring these blocks into the cache with one lookup of where they are stored."""
-        if len(indexes) < 2:
-            return  # one block: _block reads it when needed
-        refs = self.blocks.block_refs(self.volume_id, indexes)
+        """Bring these blocks into the cache. Where each is stored is remembered (a bounded
+        map of entries, looked up many at once): a block evicted and read again costs one
+        object read and one decryption, not a lineage lookup."""
+        unknown = [i for i in indexes if i not in self._refs]
+        if unknown:
+            for i, ref in self.blocks.block_refs(self.volume_id, unknown).items():
+                self._remember(i, ref)
         for index in indexes:
-            ref = refs.get(index)
+            ref = self._refs.get(index)
             if ref is None:
                 data = ZERO_BLOCK  # never written, here or in the lineage
             else:
-                data = self.blocks.read_block_checked(self.volume_id, index, self._key, ref=ref)[0]
+                self._refs.move_to_end(index)
+                try:
+                    data = self.blocks.open_ref(ref, self._key)
+                except ObjectMissing:  # the lineage changed under us (compaction): look again
+                    self._refs.pop(index, None)
+                    data = self.blocks.read_block(self.volume_id, index, self._key)
             if index not in self._cache:
                 self._insert(index, bytearray(data))
+
+    def _remember(self, index: int, ref: Any) -> None:
+        self._refs[index] = ref
+        self._refs.move_to_end(index)
+        while len(self._refs) > self._ref_limit:
+            self._refs.popitem(last=False)
 
     def _put(self, index: int, block: bytearray) -> None:
         self._dirty.add(index)
@@ -221,6 +237,8 @@ class OpenVolume:
             for job in jobs:
                 put(job)
         self._dirty.difference_update(indexes)
+        for i in indexes:
+            self._refs.pop(i, None)  # stored anew: the remembered entry is stale
 
 
 def _spans(offset: int, length: int) -> Iterator[tuple[int, int, int]]:
