@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.integration.test_ec2_images_support import error_of, new_key
 from tests.integration.test_nbd_support import ZONE, attach_new, launch, need, qemu_io, run, uri
 
@@ -185,3 +187,33 @@ def test_strict_auth_exports_need_the_owners_export_secret(server_factory: Any, 
     tags = {t["Key"]: t["Value"] for t in alice.describe_volumes(VolumeIds=[vol])["Volumes"][0].get("Tags", [])}
     assert tags["ebscrypt:nbd-export"] != name and exported(srv, tags["ebscrypt:nbd-export"])
     assert not exported(srv, name)  # the old attachment's secret opens nothing
+
+
+def test_aws_cli_attach_wait_and_nbdinfo(server: Any, endpoint: str, aws_cli_env: dict[str, str], ec2: Any,
+                                         acct: str) -> None:
+    """The README's walk-through with the AWS CLI: attach-volume, wait volume-in-use, nbdinfo,
+    detach-volume, wait volume-available (R-ATTACH-1)."""
+    import shutil
+    import subprocess
+
+    need("nbdinfo")
+    if shutil.which("aws") is None:
+        pytest.skip("the AWS CLI is not installed (it comes with the test extras)")
+    iid = launch(ec2)
+    vol = ec2.create_volume(AvailabilityZone=ZONE, Size=2, Encrypted=True)["VolumeId"]
+    env = dict(aws_cli_env, AWS_ACCESS_KEY_ID=acct)
+
+    def cli(*args: str) -> str:
+        out = subprocess.run(["aws", "--endpoint-url", endpoint, "--output", "json", "ec2", *args],
+                             capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    cli("wait", "volume-available", "--volume-ids", vol)
+    assert json.loads(cli("attach-volume", "--volume-id", vol, "--instance-id", iid, "--device", "/dev/sdf"))[
+        "State"] == "attaching"
+    cli("wait", "volume-in-use", "--volume-ids", vol)
+    assert "export-size: 2147483648" in run("nbdinfo", uri(server, vol)).stdout
+    cli("detach-volume", "--volume-id", vol)
+    cli("wait", "volume-available", "--volume-ids", vol)
+    assert not exported(server, vol)
