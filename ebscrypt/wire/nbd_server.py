@@ -22,7 +22,8 @@ before anything else — every other option gets NBD_REP_ERR_TLS_REQD — and ma
 listen on any address. Every connection is logged with its export.
 
 A client that breaks the protocol (bad magic, a length beyond the 32 MiB maximum, a
-disconnect mid-request) loses its connection; what it had not fully sent is not
+disconnect mid-request) loses its connection; one connection holds at most 16 requests
+and 64 MiB of payload at once; what it had not fully sent is not
 applied; other connections and exports are unaffected. Out-of-range requests get
 EINVAL (ENOSPC for writes) and the connection goes on.
 """
@@ -42,7 +43,8 @@ log = logging.getLogger("ebscrypt.nbd")
 
 EXPORT_FLAGS = (nbd.TF_HAS_FLAGS | nbd.TF_SEND_FLUSH | nbd.TF_SEND_FUA | nbd.TF_SEND_TRIM
                 | nbd.TF_SEND_WRITE_ZEROES | nbd.TF_CAN_MULTI_CONN)
-IN_FLIGHT = 16  # requests per connection being served at once (bounds memory: 16 × 32 MiB at worst)
+IN_FLIGHT = 16  # requests per connection being served at once
+IN_FLIGHT_BYTES = 64 * 1024 * 1024  # payload bytes per connection held at once (reads and writes)
 
 
 class NbdServer:
@@ -171,7 +173,7 @@ class NbdServer:
 
     async def _transmit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                         export: OpenVolume) -> None:
-        slots = asyncio.Semaphore(IN_FLIGHT)
+        budget = _Budget(IN_FLIGHT, IN_FLIGHT_BYTES)
         drain = asyncio.Lock()
         tasks: set[asyncio.Task[None]] = set()
         try:
@@ -179,14 +181,13 @@ class NbdServer:
                 req = nbd.parse_request(await reader.readexactly(nbd.REQUEST_SIZE))
                 if req.command == nbd.CMD_DISC:
                     return
-                payload = b""
-                if req.command == nbd.CMD_WRITE:
-                    if req.length > nbd.MAX_PAYLOAD:
-                        # The stream cannot be resynchronised past a payload we will not read.
-                        raise nbd.ProtocolError(f"write of {req.length} bytes exceeds the maximum")
-                    payload = await reader.readexactly(req.length)
-                await slots.acquire()
-                task = asyncio.create_task(self._serve(req, payload, export, writer, drain, slots))
+                if req.command == nbd.CMD_WRITE and req.length > nbd.MAX_PAYLOAD:
+                    # The stream cannot be resynchronised past a payload we will not read.
+                    raise nbd.ProtocolError(f"write of {req.length} bytes exceeds the maximum")
+                size = min(req.length, nbd.MAX_PAYLOAD) if req.command in (nbd.CMD_READ, nbd.CMD_WRITE) else 0
+                await budget.take(size)  # before reading a payload: memory per connection is bounded
+                payload = await reader.readexactly(req.length) if req.command == nbd.CMD_WRITE else b""
+                task = asyncio.create_task(self._serve(req, payload, export, writer, drain, budget, size))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         finally:
@@ -196,7 +197,7 @@ class NbdServer:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _serve(self, req: nbd.Request, payload: bytes, export: OpenVolume, writer: asyncio.StreamWriter,
-                     drain: asyncio.Lock, slots: asyncio.Semaphore) -> None:
+                     drain: asyncio.Lock, budget: "_Budget", size: int) -> None:
         try:
             error, data = await self._execute(req, payload, export)
             if not writer.is_closing():
@@ -207,7 +208,7 @@ class NbdServer:
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            slots.release()
+            await budget.give(size)
 
     async def _execute(self, req: nbd.Request, payload: bytes, export: OpenVolume) -> tuple[int, bytes]:
         fua = bool(req.flags & nbd.CMD_FLAG_FUA)
@@ -238,6 +239,26 @@ class NbdServer:
         except Exception:
             log.exception("nbd: %s command %d at %d+%d failed", export.volume_id, cmd, req.offset, req.length)
             return nbd.EIO, b""
+
+
+class _Budget:
+    """Requests and payload bytes one connection may hold at once."""
+
+    def __init__(self, requests: int, nbytes: int) -> None:
+        self._requests, self._bytes = requests, nbytes
+        self._cond = asyncio.Condition()
+
+    async def take(self, size: int) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self._requests > 0 and self._bytes >= size)
+            self._requests -= 1
+            self._bytes -= size
+
+    async def give(self, size: int) -> None:
+        async with self._cond:
+            self._requests += 1
+            self._bytes += size
+            self._cond.notify_all()
 
 
 def tls_context(cert: Any, key: Any) -> ssl.SSLContext:
