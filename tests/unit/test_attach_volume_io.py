@@ -140,3 +140,18 @@ def test_nbd_wire_parsing() -> None:
         nbd.parse_request(b"\0" * 28)
     assert nbd.simple_reply(42, nbd.EIO) == struct.pack(">IIQ", nbd.SIMPLE_REPLY_MAGIC, nbd.EIO, 42)
     assert len(nbd.export_name_reply(GIB, 1, no_zeroes=False)) == 10 + 124
+
+
+def test_memory_is_bounded_whatever_is_written(blocks) -> None:
+    """Memory stays flat in the volume's size: the block cache and the map of where blocks
+    are stored never hold more than their bounds, however much is written and read."""
+    key = DataKey("dk-test", os.urandom(32))
+    vol = OpenVolume(blocks, "vol-00000000000000005", 1, key, account="1", instance_id="i-1", cache_blocks=4)
+    vol._ref_limit = 8
+    chunk = os.urandom(BLOCK_SIZE // 2)
+    for i in range(40):
+        vol.write(i * BLOCK_SIZE + 1000, chunk)
+        assert len(vol._cache) <= 4 and len(vol._refs) <= 8
+    for i in range(40):
+        assert vol.read(i * BLOCK_SIZE + 1000, 16) == chunk[:16]
+        assert len(vol._cache) <= 4 and len(vol._refs) <= 8
