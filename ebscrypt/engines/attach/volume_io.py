@@ -23,6 +23,7 @@ this object, so a flush on any of them covers writes acknowledged on all (multi-
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, ZERO_BLOCK, DataKey
 from ebscrypt.engines.blocks.store import ObjectMissing
 
 GIB = 1024 ** 3
+log = logging.getLogger("ebscrypt.attach")
 
 
 class VolumeClosed(Exception):
@@ -55,6 +57,11 @@ class OpenVolume:
         self._dirty: set[int] = set()
         self._cache_blocks = max(4, cache_blocks)
         self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        # Evicted dirty blocks being written in the background (write-behind), by index: at
+        # most one store per block at a time; reads find them here until they are stored.
+        self._storing: dict[int, bytes] = {}
+        self._behind_limit = max(2, self._cache_blocks // 2)
         self._flusher = flusher
         self._refs: OrderedDict[int, Any] = OrderedDict()  # index -> BlockRef | None (where it is stored)
         self._ref_limit = 64 * self._cache_blocks
@@ -77,6 +84,7 @@ class OpenVolume:
     def read(self, offset: int, length: int) -> bytes:
         out = bytearray(length)
         with self._lock:
+            self._wait_behind()
             self._check_open()
             spans = list(_spans(offset, length))
             if spans:
@@ -99,6 +107,7 @@ class OpenVolume:
     def write(self, offset: int, data: bytes | bytearray | memoryview, *, fua: bool = False) -> None:
         view = memoryview(data)
         with self._lock:
+            self._wait_behind()
             self._check_open()
             pos = 0
             for index, start, end in _spans(offset, len(view)):
@@ -116,6 +125,7 @@ class OpenVolume:
     def zero(self, offset: int, length: int, *, fua: bool = False) -> None:
         """Trim and write-zeroes: whole blocks are discarded, partial ones zeroed in place."""
         with self._lock:
+            self._wait_behind()
             self._check_open()
             for index, start, end in _spans(offset, length):
                 if start == 0 and end == BLOCK_SIZE:
@@ -161,6 +171,12 @@ class OpenVolume:
         if self.closed:
             raise VolumeClosed(self.volume_id)
 
+    def _wait_behind(self) -> None:
+        """Before an operation: wait while too much is being written behind (bounds memory).
+        Only here, never mid-operation, so nothing read before a wait is used after it."""
+        while len(self._storing) > self._behind_limit:
+            self._cond.wait()
+
     def _block(self, index: int) -> bytearray:
         block = self._cache.get(index)
         if block is not None:
@@ -173,13 +189,16 @@ class OpenVolume:
         """Bring these blocks into the cache. Where each is stored is remembered (a bounded
         map of entries, looked up many at once): a block evicted and read again costs one
         object read and one decryption, not a lineage lookup."""
-        unknown = [i for i in indexes if i not in self._refs]
+        unknown = [i for i in indexes if i not in self._refs and i not in self._storing]
         if unknown:
             for i, ref in self.blocks.block_refs(self.volume_id, unknown).items():
                 self._remember(i, ref)
         for index in indexes:
+            behind = self._storing.get(index)
             ref = self._refs.get(index)
-            if ref is None:
+            if behind is not None:
+                data = behind  # evicted and still being written: this is its latest content
+            elif ref is None:
                 data = ZERO_BLOCK  # never written, here or in the lineage
             else:
                 self._refs.move_to_end(index)
@@ -209,13 +228,47 @@ class OpenVolume:
         self._cache[index] = block
         if len(self._cache) > self._cache_blocks:
             # Evict the least recently used quarter at once, so the store sees batches
-            # (one group commit) rather than a block at a time.
-            victims = list(self._cache)[: self._cache_blocks // 4]
-            self._store([i for i in victims if i in self._dirty])
+            # (one group commit) rather than a block at a time. A block whose previous
+            # content is still being written stays: one store per block at a time.
+            victims = [i for i in self._cache if i not in self._storing][: self._cache_blocks // 4]
+            dirty = [i for i in victims if i in self._dirty]
+            if self._flusher is not None:
+                self._write_behind(dirty)
+            else:
+                self._store(dirty)
             for i in victims:
                 self._cache.pop(i, None)
 
+    def _write_behind(self, indexes: list[int]) -> None:
+        """Store evicted dirty blocks in the background; the caller goes on at once."""
+        assert self._flusher is not None
+        for i in indexes:
+            data = bytes(self._cache[i])
+            self._storing[i] = data
+            self._dirty.discard(i)
+            self._refs.pop(i, None)
+            self._flusher.submit(self._store_behind, i, data)
+
+    def _store_behind(self, index: int, data: bytes) -> None:
+        error: BaseException | None = None
+        try:
+            self._put_block(index, data, self._key)
+        except BaseException as exc:  # kept dirty: the next flush writes it again (and reports)
+            error = exc
+        with self._cond:
+            if error is not None:
+                log.warning("write-behind of %s block %d failed: %s", self.volume_id, index, error)
+                if not self.closed:
+                    if index not in self._cache:
+                        self._cache[index] = bytearray(data)
+                    self._dirty.add(index)
+            if self._storing.get(index) is data:
+                del self._storing[index]
+            self._cond.notify_all()
+
     def _flush_locked(self) -> None:
+        while self._storing:  # what is being written behind first
+            self._cond.wait()
         self._store(sorted(self._dirty))
 
     def _store(self, indexes: list[int]) -> None:
@@ -226,10 +279,7 @@ class OpenVolume:
         jobs = [(i, bytes(self._cache[i])) for i in indexes]
 
         def put(item: tuple[int, bytes]) -> None:
-            index, data = item
-            if data == ZERO_BLOCK and self.blocks.block_ref(self.volume_id, index) is None:
-                return  # zeros where nothing was ever written (here or in the lineage): nothing to store
-            self.blocks.write_block(self.volume_id, index, data, key)
+            self._put_block(item[0], item[1], key)
 
         if self._flusher is not None and len(jobs) > 1:
             list(self._flusher.map(put, jobs))
@@ -239,6 +289,11 @@ class OpenVolume:
         self._dirty.difference_update(indexes)
         for i in indexes:
             self._refs.pop(i, None)  # stored anew: the remembered entry is stale
+
+    def _put_block(self, index: int, data: bytes, key: DataKey | None) -> None:
+        if data == ZERO_BLOCK and self.blocks.block_ref(self.volume_id, index) is None:
+            return  # zeros where nothing was ever written (here or in the lineage): nothing to store
+        self.blocks.write_block(self.volume_id, index, data, key)
 
 
 def _spans(offset: int, length: int) -> Iterator[tuple[int, int, int]]:
