@@ -217,3 +217,17 @@ def test_aws_cli_attach_wait_and_nbdinfo(server: Any, endpoint: str, aws_cli_env
     cli("detach-volume", "--volume-id", vol)
     cli("wait", "volume-available", "--volume-ids", vol)
     assert not exported(server, vol)
+
+
+def test_attach_to_stopped_instance_exports_at_start(server: Any, ec2: Any) -> None:
+    """AWS attaches to running or stopped instances; a stopped one has no host: its volumes
+    are exported (their keys decrypted) when it starts (R-ATTACH-1/2)."""
+    need("nbdinfo")
+    iid = launch(ec2)
+    ec2.stop_instances(InstanceIds=[iid])
+    ec2.get_waiter("instance_stopped").wait(InstanceIds=[iid], WaiterConfig={"Delay": 1})
+    vol = attach_new(ec2, iid, "/dev/sdf", Encrypted=True)
+    assert not exported(server, vol)
+    ec2.start_instances(InstanceIds=[iid])
+    ec2.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig={"Delay": 1})
+    assert exported(server, vol)

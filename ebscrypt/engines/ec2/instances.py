@@ -256,7 +256,8 @@ def _instance_lookup(conn: Connection, caller: Any, instance_id: str) -> dict[st
     instance = get_instance(conn, caller.account, caller.region, instance_id)
     if instance.state not in (it.RUNNING, it.STOPPED):
         raise ServiceError(f"Instance '{instance_id}' is not 'running'.", code="IncorrectState")
-    return {"availability_zone": instance.availability_zone, "root_device_name": instance.root_device_name}
+    return {"availability_zone": instance.availability_zone, "root_device_name": instance.root_device_name,
+            "state": instance.state}
 
 
 register_instance_lookup(_instance_lookup)

@@ -489,6 +489,7 @@ def attach_volume(ctx: Any, volume_id: str, instance_id: str, device: str, *,
                   instance_az: str | None = None, delete_on_termination: bool = False) -> Attachment:
     """AttachVolume. [KMS, no conn]: the key is checked by grant + decrypt (R-KEY-3)."""
     caller = ctx.caller
+    running = True
     with ctx.runtime.db.read() as conn:
         vol = get_volume(conn, caller, volume_id)
         if instance_az is None:
@@ -497,6 +498,7 @@ def attach_volume(ctx: Any, volume_id: str, instance_id: str, device: str, *,
                 raise ServiceError(f"The instance ID '{instance_id}' does not exist",
                                    code="InvalidInstanceID.NotFound")
             instance_az = info["availability_zone"]
+            running = info.get("state", "running") == "running"
         current = attachments_of(conn, [volume_id])[volume_id]
         taken = conn.execute(select(ec2_volume_attachments.c.volume_id).where(
             ec2_volume_attachments.c.instance_id == instance_id,
@@ -522,7 +524,8 @@ def attach_volume(ctx: Any, volume_id: str, instance_id: str, device: str, *,
             volume_id=volume_id, instance_id=instance_id, device=device, state="attached",
             attach_time=now, delete_on_termination=delete_on_termination))
         conn.execute(update(ec2_volumes).where(ec2_volumes.c.id == volume_id).values(state="in-use"))
-    attach_io.open_volume(ctx.runtime, vol, key, instance_id)  # the plaintext key stays in memory only
+    if running:  # a stopped instance's volumes get their key at StartInstances
+        attach_io.open_volume(ctx.runtime, vol, key, instance_id)  # the plaintext key stays in memory only
     return Attachment(volume_id, instance_id, device, "attaching", now, delete_on_termination)
 
 
