@@ -58,7 +58,8 @@ class AttachEngine:
         self._export_key = _load_export_key(runtime.settings.data_dir / "nbd-export.key")
         self._open: dict[str, OpenVolume] = {}
         self._lock = threading.Lock()
-        # Dirty blocks of one flush are written concurrently so they share a group commit.
+        # Dirty blocks (of a flush, or evicted and written behind) are stored concurrently,
+        # so they share the block engine's group commits.
         self._flusher = ThreadPoolExecutor(8, thread_name_prefix="ebscrypt-attach-flush")
 
     # ------------------------------------------------------------------ lifecycle
@@ -81,17 +82,9 @@ class AttachEngine:
         if ov is not None:
             ov.close()
 
-    def flush_volume(self, volume_id: str) -> None:
-        ov = self.get(volume_id)
-        if ov is not None:
-            ov.flush()
-
     def get(self, volume_id: str) -> OpenVolume | None:
         with self._lock:
             return self._open.get(volume_id)
-
-    def is_open(self, volume_id: str) -> bool:
-        return self.get(volume_id) is not None
 
     def quiesced(self, volume_id: str) -> ContextManager[None]:
         """For CreateSnapshot of an in-use volume (R-ATTACH-4): flushed and held still."""
@@ -178,7 +171,17 @@ class AttachEngine:
             return None
         with self._lock:
             ov = self._open.get(volume_id)
-        return ov if ov is not None else self.open(volume, key, att["instance_id"])
+        if ov is not None:
+            return ov
+        ov = self.open(volume, key, att["instance_id"])
+        with self.runtime.db.read() as conn:  # detached while the key was being decrypted?
+            still = conn.execute(select(ec2_volume_attachments.c.volume_id).where(
+                ec2_volume_attachments.c.volume_id == volume_id,
+                ec2_volume_attachments.c.instance_id == att["instance_id"])).first()
+        if still is None:
+            self.close_volume(volume_id)
+            return None
+        return ov
 
 
 def _load_export_key(path: Any) -> bytes:

@@ -780,6 +780,8 @@ def _transition_job(job: JobContext) -> None:
                                                instances_t.c.state == from_state).values(**values))
     for vol, key in keys:  # running again: each data key decrypted once, kept in memory (R-ATTACH-2)
         attach_io.open_volume(runtime, vol, key, instance_id)
+    if to_state != it.RUNNING:  # again: an NBD client may have reopened one before the state changed
+        attach_io.close_volumes(runtime, [vol.id for vol, _att in attached])
     if deleted:
         release_volumes(runtime, deleted)
 

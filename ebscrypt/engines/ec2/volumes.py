@@ -555,6 +555,7 @@ def detach_volume(ctx: Any, volume_id: str, instance_id: str | None = None, *,
             ec2_volume_attachments.c.instance_id == att.instance_id))
         if len(atts) == 1:
             conn.execute(update(ec2_volumes).where(ec2_volumes.c.id == volume_id).values(state="available"))
+    attach_io.close_volumes(ctx.runtime, [volume_id])  # again: an NBD client may have reopened it meanwhile
     return Attachment(att.volume_id, att.instance_id, att.device, "detaching", att.attach_time,
                       att.delete_on_termination)
 
