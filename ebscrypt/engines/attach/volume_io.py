@@ -62,6 +62,7 @@ class OpenVolume:
         # most one store per block at a time; reads find them here until they are stored.
         self._storing: dict[int, bytes] = {}
         self._behind_limit = max(2, self._cache_blocks // 2)
+        self._draining = 0  # flushes waiting for the writes behind to finish
         self._flusher = flusher
         self._refs: OrderedDict[int, Any] = OrderedDict()  # index -> BlockRef | None (where it is stored)
         self._ref_limit = 64 * self._cache_blocks
@@ -174,7 +175,7 @@ class OpenVolume:
     def _wait_behind(self) -> None:
         """Before an operation: wait while too much is being written behind (bounds memory).
         Only here, never mid-operation, so nothing read before a wait is used after it."""
-        while len(self._storing) > self._behind_limit:
+        while self._draining or len(self._storing) > self._behind_limit:
             self._cond.wait()
 
     def _block(self, index: int) -> bytearray:
@@ -267,9 +268,17 @@ class OpenVolume:
             self._cond.notify_all()
 
     def _flush_locked(self) -> None:
-        while self._storing:  # what is being written behind first
-            self._cond.wait()
-        self._store(sorted(self._dirty))
+        # New operations wait while a flush drains what is being written behind (so it
+        # cannot starve under a steady stream of writes); operations never hold the lock
+        # across a wait mid-way, so none is half done here.
+        self._draining += 1
+        try:
+            while self._storing:
+                self._cond.wait()
+            self._store(sorted(self._dirty))
+        finally:
+            self._draining -= 1
+            self._cond.notify_all()
 
     def _store(self, indexes: list[int]) -> None:
         """Write these dirty blocks (in parallel: concurrent writes share one group commit)."""
