@@ -117,12 +117,13 @@ class External:
         pass
 
 
-def start_ebscrypt(data_dir: Path, port: int | None = None) -> Server:
+def start_ebscrypt(data_dir: Path, port: int | None = None, nbd_port: int = 0) -> Server:
+    """``nbd_port``: 0 (default) runs no NBD server, so benchmarks never take port 10809."""
     port = port or free_port()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     cmd = [sys.executable, "-m", "ebscrypt", "serve", "--port", str(port),
-           "--data-dir", str(data_dir), "--log-level", "warning"]
+           "--data-dir", str(data_dir), "--log-level", "warning", "--nbd-port", str(nbd_port)]
     return Server("ebscrypt", cmd, port, "/_ebscrypt/health", env=env, workdir=REPO_ROOT).start()
 
 

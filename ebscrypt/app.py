@@ -166,9 +166,18 @@ def build_app(settings: Settings) -> Starlette:
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         runtime = build_runtime(settings)
         state["gateway"] = Gateway(settings, runtime)
+        nbd_server = None
         try:
+            if settings.nbd_port:
+                # Attached volumes as block devices, on this same event loop (R-ATTACH-3).
+                from ebscrypt.wire import nbd_server as nbd_serving
+
+                nbd_server, bound = await nbd_serving.start(runtime, settings.nbd_host, settings.nbd_port)
+                log.info("NBD exports on nbd://%s:%d/<volume-id>", settings.nbd_host, bound)
             yield
         finally:
+            if nbd_server is not None:
+                await nbd_server.close()
             close_runtime(runtime)
 
     async def aws(request: Request) -> Response:

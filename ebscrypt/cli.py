@@ -71,6 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "pkcs11:token=…;object=…?module-path=…&pin-source=file:…")
     serve.add_argument("--no-console", dest="console", action="store_false",
                        help="do not serve the read-only web console at /_console/")
+    serve.add_argument("--nbd-port", type=int, default=10809,
+                       help="NBD server for attached volumes (export name = volume id); 0 disables")
+    serve.add_argument("--nbd-host", default="127.0.0.1",
+                       help="NBD listen address (a non-loopback one needs --nbd-tls-cert/--nbd-tls-key)")
+    serve.add_argument("--nbd-tls-cert", type=Path, default=None, help="PEM certificate: NBD requires TLS")
+    serve.add_argument("--nbd-tls-key", type=Path, default=None, help="PEM private key for --nbd-tls-cert")
     serve.set_defaults(func=_serve)
 
     _add_keystore_commands(commands)
@@ -186,6 +192,11 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
         return _fail(f"cannot create --data-dir {args.data_dir}: {exc.strerror or exc}", 2)
     if not os.access(args.data_dir, os.W_OK | os.X_OK):
         return _fail(f"--data-dir {args.data_dir} is not writable", 2)
+    if (args.nbd_tls_cert is None) != (args.nbd_tls_key is None):
+        return _fail("--nbd-tls-cert and --nbd-tls-key go together", 2)
+    if args.nbd_port and not _is_loopback(args.nbd_host) and args.nbd_tls_cert is None:
+        return _fail("NBD on a non-loopback address requires TLS (--nbd-tls-cert and --nbd-tls-key): "
+                     "NBD itself carries no credentials; use --nbd-port 0 to disable NBD", 2)
     # Listen before announcing anything: a port already taken is an error, not a server
     # that says "serving on" and then exits.
     try:
@@ -193,6 +204,13 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
     except OSError as exc:
         return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
                      f"(another server there? choose a port with --port)")
+    if args.nbd_port:
+        try:  # only a probe: the NBD server binds it itself at start; a taken port fails here, not later
+            _listen(args.nbd_host, args.nbd_port).close()
+        except OSError as exc:
+            sock.close()
+            return _fail(f"cannot listen on {args.nbd_host}:{args.nbd_port} for NBD: {exc.strerror or exc} "
+                         f"(choose a port with --nbd-port, or 0 to disable NBD)")
     settings = Settings(
         data_dir=args.data_dir,
         host=args.host,
@@ -205,6 +223,10 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
         cors_origins=tuple(args.cors_origin),
         key_store=args.key_store,
         console=args.console,
+        nbd_host=args.nbd_host,
+        nbd_port=args.nbd_port,
+        nbd_tls_cert=args.nbd_tls_cert,
+        nbd_tls_key=args.nbd_tls_key,
     )
     # The key store is checked before serving: a missing token, a wrong PIN or passphrase,
     # a readable root key file, or a database wrapped by another store is a clear message
@@ -229,6 +251,9 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
     print(f"key store: {_key_store_name(args.key_store, args.data_dir)}")
     if args.console:
         print(f"console: {endpoint}/_console/")
+    if args.nbd_port:
+        scheme = "nbds" if args.nbd_tls_cert else "nbd"
+        print(f"attached volumes: {scheme}://{args.nbd_host}:{args.nbd_port}/<volume-id>")
     sys.stdout.flush()
     # uvicorn catches SIGINT/SIGTERM: it stops accepting, finishes requests, runs the
     # lifespan shutdown (job workers stopped, database closed), then re-raises the signal

@@ -55,6 +55,10 @@ class Settings:
     # file:<data_dir>/root.key.
     key_store: str | None = None
     console: bool = True  # the read-only web console at /_console/ (ebscrypt/console)
+    nbd_host: str = "127.0.0.1"
+    nbd_port: int = 0  # 0: no NBD server (the CLI's default is 10809)
+    nbd_tls_cert: Path | None = None  # with nbd_tls_key: NBD requires TLS (any address)
+    nbd_tls_key: Path | None = None
 
     @property
     def database_url(self) -> str:

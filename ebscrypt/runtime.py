@@ -6,6 +6,7 @@ import os
 
 from ebscrypt.clock import Clock
 from ebscrypt.context import Runtime, Settings
+from ebscrypt.engines import attach as attach_engine
 from ebscrypt.engines import blocks as blocks_engine
 from ebscrypt.engines import kms as kms_engine
 from ebscrypt.engines.ec2.reconcile import release_stray_block_owners
@@ -26,6 +27,7 @@ def build_runtime(settings: Settings, *, start_jobs: bool = True) -> Runtime:
     runtime.engines["space"] = SpaceMonitor(settings.data_dir)  # before the engines that write
     runtime.engines["kms"] = kms_engine.open_engine(runtime)
     runtime.engines["blocks"] = blocks_engine.open_engine(runtime)
+    runtime.engines["attach"] = attach_engine.open_engine(runtime)  # open volumes: keys in memory
     registry.load_all()  # handlers and the job kinds they register
     release_stray_block_owners(runtime)  # deletes cut short by a kill, before any job runs
     if start_jobs:
@@ -35,7 +37,8 @@ def build_runtime(settings: Settings, *, start_jobs: bool = True) -> Runtime:
 
 def close_runtime(runtime: Runtime) -> None:
     runtime.jobs.stop()
-    for engine in runtime.engines.values():
+    # Newest first: attached volumes flush into the block engine before it closes.
+    for engine in reversed(list(runtime.engines.values())):
         close = getattr(engine, "close", None)
         if close is not None:
             close()

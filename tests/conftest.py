@@ -34,6 +34,9 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_args = extra_args or []
+        # Every test server gets its own free NBD port (never the default 10809).
+        self.nbd_port = (int(self.extra_args[self.extra_args.index("--nbd-port") + 1])
+                         if "--nbd-port" in self.extra_args else free_port())
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
 
@@ -46,6 +49,8 @@ class ServerProcess:
     def start(self, timeout: float = 30.0) -> "ServerProcess":
         cmd = [sys.executable, "-m", "ebscrypt", "serve", "--port", str(self.port),
                "--data-dir", str(self.data_dir), "--log-level", "warning", *self.extra_args]
+        if "--nbd-port" not in self.extra_args:
+            cmd += ["--nbd-port", str(self.nbd_port)]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

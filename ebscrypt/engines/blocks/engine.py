@@ -5,6 +5,8 @@ Public surface (``runtime.blocks``)::
     DataKey(key_id, plaintext)                       # plaintext only ever in memory
     write_block(owner_id, index, data, key)          # data: exactly 524288 bytes; durable on return
     read_block(owner_id, index, key) -> bytes        # zeros when never written
+    block_refs(owner_id, indexes) -> {index: BlockRef | None}  # several lookups in one read
+    open_ref(ref, key) -> bytes                      # a resolved entry's plaintext (ObjectMissing if collected)
     share(src_owner_id, dst_owner_id)                # same data key, O(1), no data moved; idempotent
     reencrypt(src, src_key, dst, dst_key, progress)  # full copy under another key; resumable
     list_blocks(owner_id, key=None) -> [(index, checksum)]
@@ -337,6 +339,33 @@ class BlockEngine(LineageOperations, CopyOperations, MaintenanceOperations):
         pos = {layer: i for i, layer in enumerate(chain)}
         row = min(rows, key=lambda r: pos[r["layer_id"]])
         return ref_from_row(row)
+
+    def block_refs(self, owner_id: str, indexes: list[int]) -> dict[int, BlockRef | None]:
+        """:meth:`block_ref` of several blocks in one read (attached volumes read ahead)."""
+        with self.db.read() as conn:
+            owner = self._get_owner(conn, owner_id)
+            if owner is None or not indexes:
+                return {i: None for i in indexes}
+            chain = self._chain(conn, owner.head_id)
+            rows = conn.execute(
+                select(blk_entries).where(blk_entries.c.layer_id.in_(chain), blk_entries.c.block_index.in_(indexes))
+            ).mappings().all()
+        pos = {layer: i for i, layer in enumerate(chain)}
+        best: dict[int, Any] = {}
+        for row in rows:
+            cur = best.get(row["block_index"])
+            if cur is None or pos[row["layer_id"]] < pos[cur["layer_id"]]:
+                best[row["block_index"]] = row
+        return {i: (ref_from_row(best[i]) if i in best else None) for i in indexes}
+
+    def open_ref(self, ref: BlockRef, key: DataKey | None) -> bytes:
+        """The plaintext of an entry resolved earlier (no SHA-256 of it is computed: GCM
+        authenticates encrypted objects; plain ones are checked against their checksum).
+        Raises ObjectMissing when the entry was dropped and its object collected since."""
+        self._check_ref_key(ref, key)
+        if ref.object_key is None:
+            return ZERO_BLOCK
+        return self._open_object(ref, key)
 
     def list_block_refs(self, owner_id: str) -> list[BlockRef]:
         """Every written block of the owner (its own and inherited), by index."""

@@ -38,6 +38,7 @@ from ebscrypt.context import RequestContext
 from ebscrypt.domain import instance_types as it
 from ebscrypt.domain import regions
 from ebscrypt.engines import ec2 as core
+from ebscrypt.engines.attach import engine as attach_io
 from ebscrypt.engines.ec2 import images as images_engine
 from ebscrypt.engines.ec2 import keypairs, network, waits
 from ebscrypt.engines.ec2 import templates as templates_engine
@@ -255,7 +256,8 @@ def _instance_lookup(conn: Connection, caller: Any, instance_id: str) -> dict[st
     instance = get_instance(conn, caller.account, caller.region, instance_id)
     if instance.state not in (it.RUNNING, it.STOPPED):
         raise ServiceError(f"Instance '{instance_id}' is not 'running'.", code="IncorrectState")
-    return {"availability_zone": instance.availability_zone, "root_device_name": instance.root_device_name}
+    return {"availability_zone": instance.availability_zone, "root_device_name": instance.root_device_name,
+            "state": instance.state}
 
 
 register_instance_lookup(_instance_lookup)
@@ -755,13 +757,18 @@ def _transition_job(job: JobContext) -> None:
         attached = core.volumes_of_instance(conn, instance_id)
     values: dict[str, Any] = {"state": to_state, "updated_at": runtime.clock.now()}
     deleted: list[str] = []
+    keys: list[tuple[Volume, Any]] = []
+    if to_state != it.RUNNING:
+        # R-ATTACH-2: stopped or terminated, the host lets go: writes flushed, keys dropped.
+        attach_io.close_volumes(runtime, [vol.id for vol, _att in attached])
     if to_state == it.RUNNING:
         # R-KEY-3 on start: the service is granted the key and decrypts each data key.
         ctx = job_ctx(runtime, instance.account, instance.region, "StartInstances")
         try:
             for vol, _att in attached:
-                core.data_key_for(ctx, vol)
+                keys.append((vol, core.data_key_for(ctx, vol)))
         except ServiceError:
+            keys = []
             code, message = KMS_STATE_REASON
             values.update(state=it.STOPPED, state_reason_code=code, state_reason_message=message,
                           state_transition_reason=message)
@@ -770,6 +777,10 @@ def _transition_job(job: JobContext) -> None:
             deleted = core.delete_attachments_of_instance(conn, instance_id)
         conn.execute(update(instances_t).where(instances_t.c.instance_id == instance_id,
                                                instances_t.c.state == from_state).values(**values))
+    for vol, key in keys:  # running again: each data key decrypted once, kept in memory (R-ATTACH-2)
+        attach_io.open_volume(runtime, vol, key, instance_id)
+    if to_state != it.RUNNING:  # again: an NBD client may have reopened one before the state changed
+        attach_io.close_volumes(runtime, [vol.id for vol, _att in attached])
     if deleted:
         release_volumes(runtime, deleted)
 

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from sqlalchemy import Connection, delete, insert, or_, select, update
 
 from ebscrypt.domain.sharing import check_grantees, check_share
+from ebscrypt.engines.attach import engine as attach_io
 from ebscrypt.engines.blocks.engine import CopyCancelled
 from ebscrypt.engines.ec2.encryption import (
     EncryptionPlan,
@@ -215,7 +216,10 @@ def _finish_from_volume(runtime: Any, snapshot_id: str) -> None:
     blocks = runtime.blocks
     if blocks is None:
         raise RuntimeError("the block engine is not available")
-    blocks.share(snap.volume_id, snap.id)  # same data key: a point-in-time reference, no data moved
+    # R-ATTACH-4: an attached volume's acknowledged writes are flushed first, and none is
+    # applied until the point-in-time reference is taken.
+    with attach_io.quiesced(runtime, snap.volume_id):
+        blocks.share(snap.volume_id, snap.id)  # same data key: a point-in-time reference, no data moved
     if _released_if_deleted(runtime, snap.id):
         return
     complete_snapshot(runtime, snap.id)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from sqlalchemy import Connection, delete, insert, select, update
 
 from ebscrypt.domain import regions
+from ebscrypt.engines.attach import engine as attach_io
 from ebscrypt.engines.blocks.engine import CopyCancelled
 from ebscrypt.engines.ec2.account import get_settings
 from ebscrypt.engines.ec2.copy_source import SourceSnapshotGone, check_source_survived
@@ -468,6 +469,8 @@ def _finish(runtime: Any, p: dict[str, Any], report: Callable[[float], None] | N
                 conn.execute(update(ec2_volume_attachments).where(ec2_volume_attachments.c.volume_id == vol.id)
                              .values(state="attached"))
             state = "in-use" if attached else "available"
+            holder = conn.execute(select(ec2_volume_attachments.c.instance_id).where(
+                ec2_volume_attachments.c.volume_id == vol.id)).first() if attached else None
             conn.execute(update(ec2_volumes).where(ec2_volumes.c.id == vol.id, ec2_volumes.c.state == "creating")
                          .values(state=state))
     if gone:
@@ -475,6 +478,8 @@ def _finish(runtime: Any, p: dict[str, Any], report: Callable[[float], None] | N
         # before the share/copy above created them. Release them again (idempotent).
         release_volumes(runtime, [vol.id])
         return
+    if holder is not None:  # created attached (RunInstances): the key just decrypted stays in memory
+        attach_io.open_volume(runtime, vol, dst_key, holder.instance_id)
     _notify(runtime, vol.id, state)
 
 
@@ -490,6 +495,7 @@ def attach_volume(ctx: Any, volume_id: str, instance_id: str, device: str, *,
                   instance_az: str | None = None, delete_on_termination: bool = False) -> Attachment:
     """AttachVolume. [KMS, no conn]: the key is checked by grant + decrypt (R-KEY-3)."""
     caller = ctx.caller
+    running = True
     with ctx.runtime.db.read() as conn:
         vol = get_volume(conn, caller, volume_id)
         if instance_az is None:
@@ -498,7 +504,11 @@ def attach_volume(ctx: Any, volume_id: str, instance_id: str, device: str, *,
                 raise ServiceError(f"The instance ID '{instance_id}' does not exist",
                                    code="InvalidInstanceID.NotFound")
             instance_az = info["availability_zone"]
+            running = info.get("state", "running") == "running"
         current = attachments_of(conn, [volume_id])[volume_id]
+        taken = conn.execute(select(ec2_volume_attachments.c.volume_id).where(
+            ec2_volume_attachments.c.instance_id == instance_id,
+            ec2_volume_attachments.c.device == device)).first() is not None
     if current and not vol.multi_attach:
         raise ServiceError(f"{volume_id} is already attached to an instance", code="VolumeInUse")
     if vol.state not in ("available", "in-use"):
@@ -506,8 +516,11 @@ def attach_volume(ctx: Any, volume_id: str, instance_id: str, device: str, *,
     if instance_az != vol.availability_zone:
         raise ServiceError(f"The volume '{volume_id}' is not in the same availability zone as instance "
                            f"'{instance_id}'", code="InvalidVolume.ZoneMismatch")
+    if taken:
+        raise ServiceError(f"Invalid value '{device}' for unixDevice. Attachment point {device} is already in use",
+                           code="InvalidParameterValue")
     try:
-        data_key_for(ctx, vol)
+        key = data_key_for(ctx, vol)  # R-ATTACH-2: EBS's grant + one Decrypt, audited
     except ServiceError as err:
         if err.status >= 500:
             raise
@@ -524,13 +537,21 @@ def attach_volume(ctx: Any, volume_id: str, instance_id: str, device: str, *,
             volume_id=volume_id, instance_id=instance_id, device=device, state="attached",
             attach_time=now, delete_on_termination=delete_on_termination))
         conn.execute(update(ec2_volumes).where(ec2_volumes.c.id == volume_id).values(state="in-use"))
+    if running:  # a stopped instance's volumes get their key at StartInstances
+        attach_io.open_volume(ctx.runtime, vol, key, instance_id)  # the plaintext key stays in memory only
     return Attachment(volume_id, instance_id, device, "attaching", now, delete_on_termination)
 
 
 def detach_volume(ctx: Any, volume_id: str, instance_id: str | None = None, *,
                   device: str | None = None, force: bool = False) -> Attachment:
-    """DetachVolume. [no conn]"""
+    """DetachVolume: acknowledged writes are flushed and the data key dropped (R-ATTACH-2). [no conn]"""
     caller = ctx.caller
+    with ctx.runtime.db.read() as conn:
+        get_volume(conn, caller, volume_id)
+        known = attachments_of(conn, [volume_id])[volume_id]
+    if any((instance_id is None or a.instance_id == instance_id) and (device is None or a.device == device)
+           for a in known):
+        attach_io.close_volumes(ctx.runtime, [volume_id])  # outside the transaction: it writes blocks
     with ctx.runtime.db.begin() as conn:
         vol = get_volume(conn, caller, volume_id)
         atts = attachments_of(conn, [volume_id])[volume_id]
@@ -547,6 +568,7 @@ def detach_volume(ctx: Any, volume_id: str, instance_id: str | None = None, *,
             ec2_volume_attachments.c.instance_id == att.instance_id))
         if len(atts) == 1:
             conn.execute(update(ec2_volumes).where(ec2_volumes.c.id == volume_id).values(state="available"))
+    attach_io.close_volumes(ctx.runtime, [volume_id])  # again: an NBD client may have reopened it meanwhile
     return Attachment(att.volume_id, att.instance_id, att.device, "detaching", att.attach_time,
                       att.delete_on_termination)
 

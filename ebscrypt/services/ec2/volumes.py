@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ebscrypt.context import RequestContext
+from ebscrypt.engines.attach.engine import EXPORT_TAG
 from ebscrypt.engines.ec2 import volumes as V
 from ebscrypt.engines.ec2.ids import check_id
 from ebscrypt.engines.ec2.filters import apply_filters as filter_select, dry_run_check
@@ -78,7 +79,19 @@ def describe(ctx: RequestContext, volume_ids: list[str] | None = None, *, after:
         missing = sorted(set(volume_ids) - set(ids))
         if missing:
             raise ServiceError(f"The volume '{missing[0]}' does not exist.", code="InvalidVolume.NotFound")
+    if ctx.runtime.settings.auth == "strict":
+        tags = {vid: tags[vid] + _export_tags(ctx, atts[vid]) for vid in ids}
     return [volume_dict(v, atts[v.id], tags[v.id]) for v in vols]
+
+
+def _export_tags(ctx: RequestContext, attachments: list[Any]) -> list[dict[str, str]]:
+    """An in-use volume's NBD export name (with its per-attachment secret) for its owner:
+    NBD carries no credentials, the export name does (see engines/attach/engine.py)."""
+    attach = ctx.runtime.engines.get("attach")
+    if attach is None:
+        return []
+    return [{"Key": EXPORT_TAG, "Value": attach.export_name(a.volume_id, a.instance_id, a.attach_time)}
+            for a in attachments if a.state == "attached"][:1]
 
 
 def _get(ctx: RequestContext, volume_id: str) -> dict[str, Any]:

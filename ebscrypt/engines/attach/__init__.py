@@ -1,0 +1,18 @@
+"""Attached volumes: the host's part of EBS encryption (SPEC §7, R-ATTACH-1..4).
+
+``engine`` holds, per server process, the data keys of attached volumes (in memory only,
+from attach to detach) and their open :class:`~ebscrypt.engines.attach.volume_io.OpenVolume`
+objects; ``volume_io`` is byte-addressed I/O on a volume over the block engine (partial
+writes read-modify-write whole 512 KiB blocks, a bounded write-back cache, flush durable
+on return). The NBD server (``ebscrypt.wire.nbd_server``) serves these objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def open_engine(runtime: Any) -> Any:
+    from ebscrypt.engines.attach.engine import AttachEngine
+
+    return AttachEngine(runtime, cache_blocks=int(getattr(runtime.settings, "attach_cache_blocks", 64) or 64))

@@ -1,0 +1,223 @@
+"""The attachments' data keys and open volumes of this server process (``runtime.attach``).
+
+R-ATTACH-2, the key lifecycle of an attachment as EC2's hosts have it: at attach (also
+for the volumes RunInstances creates attached, and at StartInstances) the EC2 engine
+decrypts the volume's data key through EBS's grant — one KMS Decrypt on the caller's
+behalf, in the audit trail — and hands the plaintext to :meth:`AttachEngine.open`. It
+lives only in this process's memory (an :class:`OpenVolume`) while the volume is
+attached and its instance running, and is dropped at detach, stop and terminate. A key
+disabled or scheduled for deletion after that does not interrupt I/O: nothing asks KMS
+again until the next attach or start, which then fails as on AWS.
+
+After a restart no key is in memory. The first NBD client of a volume that is still
+attached to a running instance re-opens it: the data key is decrypted once more on the
+owner's behalf (audited, operation ``AttachVolume``), as a host does when it takes
+an instance back; if the key is no longer usable the export is refused.
+
+Who may use an export (the account owning the attachment's instance): NBD carries no
+credentials, so the export name carries one. Each attachment has an export secret,
+HMAC-SHA256 under a server key (``<data-dir>/nbd-export.key``, 0600) of the volume id,
+instance id and attach time — a new attachment gets a new secret, and a detached one's
+secret opens nothing. The export name ``<volume-id>:<secret>`` is shown to the owner only:
+DescribeVolumes (an authenticated call of the volume's account) lists it as the tag
+``ebscrypt:nbd-export`` of an in-use volume, under ``--auth strict``. Under dev auth
+(loopback only, where any local caller may act as any account anyway) the bare volume id
+is accepted too; under strict auth only the name with its secret.
+
+Everything here is in-process: an attached volume is served by the process that holds
+its key (documented limit of scale-out: NBD clients go to that process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
+from typing import Any, ContextManager, Iterator
+
+from sqlalchemy import select
+
+from ebscrypt.engines.attach.volume_io import OpenVolume
+from ebscrypt.engines.blocks.crypto import DataKey
+
+log = logging.getLogger("ebscrypt.attach")
+
+EXPORT_TAG = "ebscrypt:nbd-export"  # DescribeVolumes shows an in-use volume's export name under it (strict auth)
+
+
+class AttachEngine:
+    """Open volumes by id. Thread-safe; one per server process."""
+
+    def __init__(self, runtime: Any, *, cache_blocks: int = 64) -> None:
+        self.runtime = runtime
+        self.cache_blocks = cache_blocks
+        self._export_key = _load_export_key(runtime.settings.data_dir / "nbd-export.key")
+        self._open: dict[str, OpenVolume] = {}
+        self._lock = threading.Lock()
+        # Dirty blocks (of a flush, or evicted and written behind) are stored concurrently,
+        # so they share the block engine's group commits.
+        self._flusher = ThreadPoolExecutor(8, thread_name_prefix="ebscrypt-attach-flush")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self, volume: Any, key: DataKey | None, instance_id: str) -> OpenVolume:
+        """Keep ``key`` (just decrypted through EBS's grant) for the attached ``volume``."""
+        ov = OpenVolume(self.runtime.blocks, volume.id, volume.size, key, account=volume.account,
+                        instance_id=instance_id, cache_blocks=self.cache_blocks, flusher=self._flusher)
+        with self._lock:
+            old = self._open.pop(volume.id, None)
+            self._open[volume.id] = ov
+        if old is not None:
+            old.close()
+        return ov
+
+    def close_volume(self, volume_id: str) -> None:
+        """Flush and forget the volume's key (detach / stop / terminate / delete). Idempotent."""
+        with self._lock:
+            ov = self._open.pop(volume_id, None)
+        if ov is not None:
+            ov.close()
+
+    def get(self, volume_id: str) -> OpenVolume | None:
+        with self._lock:
+            return self._open.get(volume_id)
+
+    def quiesced(self, volume_id: str) -> ContextManager[None]:
+        """For CreateSnapshot of an in-use volume (R-ATTACH-4): flushed and held still."""
+        ov = self.get(volume_id)
+        return ov.quiesced() if ov is not None else nullcontext()
+
+    def close(self) -> None:
+        """Shutdown: flush every open volume, drop every key."""
+        with self._lock:
+            opened = list(self._open.values())
+            self._open.clear()
+        for ov in opened:
+            try:
+                ov.close()
+            except Exception:
+                log.exception("flushing %s at shutdown failed", ov.volume_id)
+        self._flusher.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ exports
+
+    def export_name(self, volume_id: str, instance_id: str, attach_time: Any) -> str:
+        """``<volume-id>:<secret>``: the export name of this attachment, for its owner only."""
+        return f"{volume_id}:{self._secret(volume_id, instance_id, attach_time)}"
+
+    def _secret(self, volume_id: str, instance_id: str, attach_time: Any) -> str:
+        stamp = attach_time.replace(tzinfo=None).isoformat(timespec="microseconds") if attach_time else ""
+        msg = f"ebscrypt-nbd-export-v1|{volume_id}|{instance_id}|{stamp}".encode()
+        return hmac.new(self._export_key, msg, hashlib.sha256).hexdigest()[:32]
+
+    def export(self, name: str) -> OpenVolume | None:
+        """The open volume an NBD client asking for export ``name`` may use, or None (not
+        attached, instance not running, wrong or missing secret, or its key no longer
+        usable after a restart). Blocking: DB and KMS."""
+        volume_id, _sep, secret = name.partition(":")
+        if secret or self.runtime.settings.auth != "dev":
+            if not self._secret_matches(volume_id, secret):
+                return None
+        ov = self.get(volume_id)
+        if ov is not None:
+            return ov
+        return self._reopen(volume_id)
+
+    def _secret_matches(self, volume_id: str, secret: str) -> bool:
+        from ebscrypt.storage.tables.ec2 import ec2_volume_attachments
+
+        if not secret:
+            return False
+        with self.runtime.db.read() as conn:
+            rows = conn.execute(select(ec2_volume_attachments).where(
+                ec2_volume_attachments.c.volume_id == volume_id)).mappings().all()
+        return any(hmac.compare_digest(self._secret(volume_id, r["instance_id"], r["attach_time"]), secret)
+                   for r in rows)
+
+    def _reopen(self, volume_id: str) -> OpenVolume | None:
+        from ebscrypt.domain import instance_types as it
+        from ebscrypt.engines.ec2.encryption import data_key_for
+        from ebscrypt.engines.ec2.ids import is_well_formed, job_ctx
+        from ebscrypt.engines.ec2.records import Volume
+        from ebscrypt.errors import ServiceError
+        from ebscrypt.storage.tables.ec2 import ec2_volume_attachments, ec2_volumes
+        from ebscrypt.storage.tables.ec2_images import ec2_instances
+
+        if not is_well_formed(volume_id, "vol"):
+            return None
+        with self.runtime.db.read() as conn:
+            row = conn.execute(select(ec2_volumes).where(ec2_volumes.c.id == volume_id)).mappings().first()
+            if row is None or row["state"] != "in-use":
+                return None
+            att = conn.execute(select(ec2_volume_attachments).where(
+                ec2_volume_attachments.c.volume_id == volume_id,
+                ec2_volume_attachments.c.state == "attached")).mappings().first()
+            if att is None:
+                return None
+            inst = conn.execute(select(ec2_instances.c.state).where(
+                ec2_instances.c.instance_id == att["instance_id"])).first()
+            if inst is None or inst.state != it.RUNNING:
+                return None
+        volume = Volume.from_row(row)
+        ctx = job_ctx(self.runtime, volume.account, volume.region, "AttachVolume")
+        try:
+            key = data_key_for(ctx, volume)  # R-ATTACH-2: grant + one audited Decrypt
+        except ServiceError as err:
+            log.warning("export %s refused: its data key cannot be decrypted (%s)", volume_id, err.code)
+            return None
+        with self._lock:
+            ov = self._open.get(volume_id)
+        if ov is not None:
+            return ov
+        ov = self.open(volume, key, att["instance_id"])
+        with self.runtime.db.read() as conn:  # detached while the key was being decrypted?
+            still = conn.execute(select(ec2_volume_attachments.c.volume_id).where(
+                ec2_volume_attachments.c.volume_id == volume_id,
+                ec2_volume_attachments.c.instance_id == att["instance_id"])).first()
+        if still is None:
+            self.close_volume(volume_id)
+            return None
+        return ov
+
+
+def _load_export_key(path: Any) -> bytes:
+    """The server's export-secret key: made once (0600), kept across restarts."""
+    try:
+        key = path.read_bytes()
+        if len(key) == 32:
+            return key
+    except FileNotFoundError:
+        pass
+    key = os.urandom(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+        f.flush()
+        os.fsync(f.fileno())
+    return key
+
+
+@contextmanager
+def quiesced(runtime: Any, volume_id: str) -> Iterator[None]:
+    """``runtime.attach.quiesced(volume_id)`` when the attach engine is loaded, else nothing."""
+    engine = runtime.engines.get("attach")
+    with engine.quiesced(volume_id) if engine is not None else nullcontext():
+        yield
+
+
+def close_volumes(runtime: Any, volume_ids: list[str]) -> None:
+    """Drop the keys of these volumes (detach, stop, terminate); no-op without the engine."""
+    engine = runtime.engines.get("attach")
+    if engine is not None:
+        for vid in volume_ids:
+            engine.close_volume(vid)
+
+
+def open_volume(runtime: Any, volume: Any, key: DataKey | None, instance_id: str) -> None:
+    engine = runtime.engines.get("attach")
+    if engine is not None:
+        engine.open(volume, key, instance_id)

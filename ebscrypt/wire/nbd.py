@@ -1,0 +1,167 @@
+"""The NBD protocol, fixed newstyle (https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md):
+constants, and pure functions that parse what a client sends and encode what we answer.
+
+Only what ebscrypt serves: fixed newstyle negotiation (NBD_OPT_EXPORT_NAME, _INFO, _GO,
+_LIST, _ABORT, _STARTTLS when TLS is configured; everything else NBD_REP_ERR_UNSUP), simple replies (structured replies are
+optional and not offered), and the transmission commands READ, WRITE, FLUSH, TRIM,
+WRITE_ZEROES and DISC. No I/O here: ``ebscrypt.wire.nbd_server`` drives the sockets.
+All integers are big-endian.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+NBDMAGIC = b"NBDMAGIC"
+IHAVEOPT = 0x49484156454F5054
+OPTION_REPLY_MAGIC = 0x3E889045565A9
+REQUEST_MAGIC = 0x25609513
+SIMPLE_REPLY_MAGIC = 0x67446698
+
+# handshake flags (server) / client flags
+FLAG_FIXED_NEWSTYLE = 1 << 0
+FLAG_NO_ZEROES = 1 << 1
+CLIENT_FLAGS_KNOWN = FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES
+
+# options
+OPT_EXPORT_NAME = 1
+OPT_ABORT = 2
+OPT_LIST = 3
+OPT_STARTTLS = 5
+OPT_INFO = 6
+OPT_GO = 7
+
+# option replies
+REP_ACK = 1
+REP_SERVER = 2
+REP_INFO = 3
+REP_ERR_UNSUP = (1 << 31) | 1
+REP_ERR_POLICY = (1 << 31) | 2
+REP_ERR_INVALID = (1 << 31) | 3
+REP_ERR_TLS_REQD = (1 << 31) | 5
+REP_ERR_UNKNOWN = (1 << 31) | 6
+
+INFO_EXPORT = 0
+INFO_BLOCK_SIZE = 3
+
+# transmission flags
+TF_HAS_FLAGS = 1 << 0
+TF_READ_ONLY = 1 << 1
+TF_SEND_FLUSH = 1 << 2
+TF_SEND_FUA = 1 << 3
+TF_SEND_TRIM = 1 << 5
+TF_SEND_WRITE_ZEROES = 1 << 6
+TF_CAN_MULTI_CONN = 1 << 8
+
+# commands and their flags
+CMD_READ = 0
+CMD_WRITE = 1
+CMD_DISC = 2
+CMD_FLUSH = 3
+CMD_TRIM = 4
+CMD_WRITE_ZEROES = 6
+CMD_FLAG_FUA = 1 << 0
+CMD_FLAG_NO_HOLE = 1 << 1
+
+# errors (errno values the protocol names)
+EPERM = 1
+EIO = 5
+ENOMEM = 12
+EINVAL = 22
+ENOSPC = 28
+EOVERFLOW = 75
+ENOTSUP = 95
+ESHUTDOWN = 108
+
+MAX_OPTION_LENGTH = 4096     # an export name is at most 4096 bytes; INFO/GO add a little
+MAX_NAME_LENGTH = 4096
+MAX_PAYLOAD = 32 * 1024 * 1024  # largest READ/WRITE we accept (advertised as the maximum block size)
+PREFERRED_BLOCK = 4096
+REQUEST_SIZE = 28
+OPTION_HEADER_SIZE = 16
+
+
+class ProtocolError(Exception):
+    """The client broke the protocol: the connection is closed, nothing is applied."""
+
+
+def server_greeting() -> bytes:
+    return NBDMAGIC + struct.pack(">QH", IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)
+
+
+def parse_client_flags(raw: bytes) -> int:
+    (flags,) = struct.unpack(">I", raw)
+    if not flags & FLAG_FIXED_NEWSTYLE:
+        raise ProtocolError("the client does not speak fixed newstyle")
+    if flags & ~CLIENT_FLAGS_KNOWN:
+        raise ProtocolError(f"unknown client flags {flags:#x}")
+    return flags
+
+
+def parse_option_header(raw: bytes) -> tuple[int, int]:
+    """(option, length of its data) from the 16-byte option header."""
+    magic, option, length = struct.unpack(">QII", raw)
+    if magic != IHAVEOPT:
+        raise ProtocolError("bad option magic")
+    if length > MAX_OPTION_LENGTH + 8 + 2 * 64:
+        raise ProtocolError(f"option data of {length} bytes is too long")
+    return option, length
+
+
+@dataclass(frozen=True)
+class InfoRequest:
+    name: str
+    info: tuple[int, ...]
+
+
+def parse_info_request(data: bytes) -> InfoRequest:
+    """NBD_OPT_INFO / NBD_OPT_GO data: u32 name length, name, u16 count, count × u16."""
+    if len(data) < 6:
+        raise ValueError("short INFO/GO request")
+    (name_len,) = struct.unpack_from(">I", data, 0)
+    if name_len > MAX_NAME_LENGTH or 4 + name_len + 2 > len(data):
+        raise ValueError("bad export name length")
+    name = data[4:4 + name_len].decode("utf-8")
+    (count,) = struct.unpack_from(">H", data, 4 + name_len)
+    rest = data[6 + name_len:]
+    if len(rest) != 2 * count:
+        raise ValueError("bad information request count")
+    return InfoRequest(name, struct.unpack(f">{count}H", rest) if count else ())
+
+
+def option_reply(option: int, reply: int, data: bytes = b"") -> bytes:
+    return struct.pack(">QIII", OPTION_REPLY_MAGIC, option, reply, len(data)) + data
+
+
+def info_export(size: int, flags: int) -> bytes:
+    return struct.pack(">HQH", INFO_EXPORT, size, flags)
+
+
+def info_block_size(minimum: int = 1, preferred: int = PREFERRED_BLOCK, maximum: int = MAX_PAYLOAD) -> bytes:
+    return struct.pack(">HIII", INFO_BLOCK_SIZE, minimum, preferred, maximum)
+
+
+def export_name_reply(size: int, flags: int, no_zeroes: bool) -> bytes:
+    """The answer to NBD_OPT_EXPORT_NAME (which has no way to say no but to hang up)."""
+    return struct.pack(">QH", size, flags) + (b"" if no_zeroes else bytes(124))
+
+
+@dataclass(frozen=True)
+class Request:
+    flags: int
+    command: int
+    handle: int
+    offset: int
+    length: int
+
+
+def parse_request(raw: bytes) -> Request:
+    magic, flags, command, handle, offset, length = struct.unpack(">IHHQQI", raw)
+    if magic != REQUEST_MAGIC:
+        raise ProtocolError("bad request magic")
+    return Request(flags, command, handle, offset, length)
+
+
+def simple_reply(handle: int, error: int = 0) -> bytes:
+    return struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, error, handle)
