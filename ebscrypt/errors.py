@@ -4,6 +4,22 @@ Every layer below the wire raises :class:`ServiceError` (or a subclass) carrying
 error code, an actionable message and the HTTP status. The wire codec renders it in the
 protocol's own envelope (EC2 XML, KMS ``__type``, EBS ``x-amzn-ErrorType`` + ``Reason``),
 so no layer below the wire knows about XML or JSON.
+
+Raise the typed errors below rather than ``ServiceError(message, code=...)``: each names
+one AWS code and holds its message template, so a message is written once
+(``MissingParameter("VolumeId")``, ``NotFound("InvalidVolume", vol_id)``,
+``KmsNotFound.key(arn)``) and a layer that translates errors (the EBS direct APIs) tests
+the type, never the message. The families:
+
+- generic EC2/query codes: :class:`MissingParameter`, :class:`InvalidParameterValue`,
+  :class:`InvalidParameterCombination`, :class:`NotFound`, :class:`Malformed`;
+- KMS (``__type`` codes of the KMS model): :class:`KmsError` and its subclasses;
+- EBS direct APIs (``x-amzn-ErrorType`` + ``Reason``): :class:`EbsError` and its subclasses;
+- the wire's own (auth, unknown operation, model validation): rendered per protocol by
+  :func:`ebscrypt.wire.codec.errors.wire_error`.
+
+Engines below the services that are not AWS-shaped (``engines/blocks``) raise their own
+exceptions; the layer above translates them.
 """
 
 from __future__ import annotations
@@ -37,6 +53,13 @@ class ServiceError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+
+class CodedError(ServiceError):
+    """A :class:`ServiceError` whose code is its class's: only the message is given."""
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message, **fields)
 
 
 class InternalFailure(ServiceError):
@@ -81,3 +104,288 @@ class AuthError(ServiceError):
 class PayloadTooLarge(ServiceError):
     code = "RequestEntityTooLarge"
     status = 413
+
+
+# --------------------------------------------------------------------------- EC2 (query) codes
+
+
+class MissingParameter(CodedError):
+    """A required member is absent: ``The request must contain the parameter {name}``."""
+
+    code = "MissingParameter"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"The request must contain the parameter {name}")
+        self.name = name
+
+
+class UnknownParameter(ServiceError):
+    """A request field the operation does not have (EC2's own code and wording)."""
+
+    code = "UnknownParameter"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"The parameter {name} is not recognized")
+        self.name = name
+
+
+class InvalidParameterValue(CodedError):
+    code = "InvalidParameterValue"
+
+
+class InvalidParameterCombination(CodedError):
+    code = "InvalidParameterCombination"
+
+
+class InvalidParameter(CodedError):
+    code = "InvalidParameter"
+
+
+class IncorrectState(CodedError):
+    code = "IncorrectState"
+
+
+class UnsupportedOperation(CodedError):
+    code = "UnsupportedOperation"
+
+
+# The wording EC2 gives for a resource that does not exist, by code prefix (the messages
+# differ in their nouns and in the final period, as AWS's do).
+_NOT_FOUND: dict[str, str] = {
+    "InvalidVolume": "The volume '{id}' does not exist.",
+    "InvalidSnapshot": "The snapshot '{id}' does not exist.",
+    "InvalidInstanceID": "The instance ID '{id}' does not exist",
+    "InvalidAMIID": "The image id '[{id}]' does not exist",
+    "InvalidZone": "The zone '{id}' does not exist.",
+    "InvalidKeyPair": "The key pair '{id}' does not exist",
+    "InvalidVpcID": "The vpc ID '{id}' does not exist",
+    "InvalidSubnetID": "The subnet ID '{id}' does not exist",
+    "InvalidSecurityGroupRuleId": "The security group rule ID '{id}' does not exist",
+}
+
+
+class NotFound(CodedError):
+    """``{kind}.NotFound`` (``kind`` is the code's prefix, e.g. ``InvalidVolume``), with
+    EC2's wording for that kind unless ``message`` is given."""
+
+    code = "NotFound"
+
+    def __init__(self, kind: str, ident: str, message: str | None = None) -> None:
+        template = _NOT_FOUND.get(kind, "The ID '{id}' does not exist")
+        super().__init__(message if message is not None else template.format(id=ident))
+        self.code = f"{kind}.NotFound"
+        self.kind = kind
+        self.ident = ident
+
+
+class Malformed(CodedError):
+    """``{kind}.Malformed``: an id that is not ``prefix-hex`` (EC2's wording)."""
+
+    code = "Malformed"
+
+    def __init__(self, kind: str, ident: str, message: str | None = None, *, prefix: str | None = None) -> None:
+        if message is None:
+            message = (f'Invalid id: "{ident}" (expecting "{prefix}-...")' if prefix
+                       else f'Invalid id: "{ident}"')
+        super().__init__(message)
+        self.code = f"{kind}.Malformed"
+        self.kind = kind
+        self.ident = ident
+
+
+# --------------------------------------------------------------------------- KMS
+
+
+class KmsError(CodedError):
+    """A KMS error: the subclass names the code of the KMS model's error shape."""
+
+    code = "KMSInternalException"
+
+
+class KmsValidation(KmsError):
+    """KMS's ``ValidationException`` raised by the engine (not the codec's model check:
+    that is :class:`ValidationError`, which each protocol names its own way)."""
+
+    code = "ValidationException"
+
+    @classmethod
+    def out_of_range(cls, value: Any, member: str, low: int, high: int) -> KmsValidation:
+        """The message AWS gives for a number outside its member's range."""
+        return cls(
+            f"1 validation error detected: Value '{value}' at '{member}' failed to satisfy "
+            f"constraint: Member must have value between {low} and {high}"
+        )
+
+
+class KmsNotFound(KmsError):
+    code = "NotFoundException"
+
+    @classmethod
+    def key(cls, arn: str) -> KmsNotFound:
+        return cls(f"Key '{arn}' does not exist")
+
+    @classmethod
+    def alias(cls, alias_arn: str) -> KmsNotFound:
+        return cls(f"Alias {alias_arn} is not found.")
+
+    @classmethod
+    def grant(cls, grant_id: str) -> KmsNotFound:
+        return cls(f"Grant ID {grant_id} not found")
+
+
+class KmsAccessDenied(KmsError):
+    code = "AccessDeniedException"
+
+    @classmethod
+    def no_policy_allows(cls, principal_arn: str, key_arn: str, action: str) -> KmsAccessDenied:
+        return cls(
+            f"User: {principal_arn} is not authorized to perform: {action} on resource: "
+            f"{key_arn} because no resource-based policy allows the {action} action."
+        )
+
+
+class KmsDisabled(KmsError):
+    code = "DisabledException"
+
+
+class KmsInvalidState(KmsError):
+    code = "KMSInvalidStateException"
+
+
+class KmsInternal(KmsError):
+    code = "KMSInternalException"
+    status = 500
+
+
+class KmsInvalidKeyUsage(KmsError):
+    code = "InvalidKeyUsageException"
+
+
+class KmsUnsupported(KmsError):
+    code = "UnsupportedOperationException"
+
+
+class KmsDryRun(KmsError):
+    code = "DryRunOperationException"
+
+    def __init__(self) -> None:
+        super().__init__("The request would have succeeded, but the DryRun flag is set.")
+
+
+class KmsAlreadyExists(KmsError):
+    code = "AlreadyExistsException"
+
+
+class KmsInvalidAliasName(KmsError):
+    code = "InvalidAliasNameException"
+
+
+class KmsInvalidArn(KmsError):
+    code = "InvalidArnException"
+
+
+class KmsInvalidCiphertext(KmsError):
+    code = "InvalidCiphertextException"
+
+
+class KmsIncorrectKey(KmsError):
+    code = "IncorrectKeyException"
+
+
+class KmsInvalidGrantToken(KmsError):
+    code = "InvalidGrantTokenException"
+
+
+class KmsInvalidGrantId(KmsError):
+    code = "InvalidGrantIdException"
+
+
+class KmsMalformedPolicy(KmsError):
+    code = "MalformedPolicyDocumentException"
+
+
+class KmsTag(KmsError):
+    code = "TagException"
+
+
+class KmsLimitExceeded(KmsError):
+    code = "LimitExceededException"
+
+
+class KmsInvalidMarker(KmsError):
+    code = "InvalidMarkerException"
+
+
+class KmsInvalidSignature(KmsError):
+    code = "KMSInvalidSignatureException"
+
+
+class KmsInvalidMac(KmsError):
+    code = "KMSInvalidMacException"
+
+
+class KmsCustomKeyStoreNotFound(KmsError):
+    code = "CustomKeyStoreNotFoundException"
+
+
+class KmsKeyUnavailable(KmsError):
+    """The root-key store (HSM) cannot be reached: the caller may retry."""
+
+    code = "KeyUnavailableException"
+    status = 500
+
+    def __init__(self, cause: object) -> None:
+        super().__init__(f"The key store is unavailable; you can retry the request. ({cause})")
+
+
+class KmsNotAuthorized(KmsError):
+    code = "NotAuthorizedException"
+
+
+# --------------------------------------------------------------------------- EBS direct APIs
+
+
+class EbsError(CodedError):
+    """An EBS direct-API error: a code of the ``ebs`` model and, for most, a ``Reason``."""
+
+    code = "InternalServerException"
+    status = 500
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        fields = {"Reason": reason} if reason else {}
+        super().__init__(message, **fields)
+        self.reason = reason
+
+
+class EbsValidation(EbsError):
+    code = "ValidationException"
+    status = 400
+
+
+class EbsNotFound(EbsError):
+    """``ResourceNotFoundException`` for a snapshot (404, ``SNAPSHOT_NOT_FOUND``)."""
+
+    code = "ResourceNotFoundException"
+    status = 404
+
+    def __init__(self, snapshot_id: str) -> None:
+        super().__init__(f"The snapshot '{snapshot_id}' does not exist.", "SNAPSHOT_NOT_FOUND")
+        self.snapshot_id = snapshot_id
+
+
+class EbsAccessDenied(EbsError):
+    code = "AccessDeniedException"
+    status = 403
+
+    def __init__(self, message: str, reason: str = "UNAUTHORIZED_ACCOUNT") -> None:
+        super().__init__(message, reason)
+
+
+class EbsInternal(EbsError):
+    code = "InternalServerException"
+    status = 500
+
+
+class EbsThrottled(EbsError):
+    code = "RequestThrottledException"
+    status = 400

@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ebscrypt.errors import ServiceError, UnknownOperation, ValidationError
+from ebscrypt.errors import ServiceError, UnknownOperation, UnknownParameter, ValidationError
 
 from . import Codec, required
 from . import values as V
@@ -69,13 +69,6 @@ _PROTOCOL_FIELDS = frozenset({
 
 def _is_protocol_field(name: str) -> bool:
     return name in _PROTOCOL_FIELDS or name.lower().startswith("x-amz-")
-
-
-class UnknownParameter(ServiceError):
-    """A request field the operation does not have (EC2's own code and wording)."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"The parameter {name} is not recognized", code="UnknownParameter", status=400)
 
 
 def _indexed(node: dict) -> list[tuple[int, dict]]:

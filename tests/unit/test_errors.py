@@ -1,0 +1,146 @@
+"""The typed error hierarchy (ebscrypt/errors.py): each class names one AWS code, holds
+its message template, and each codec renders it in its protocol's envelope so that
+botocore reads back the same code and message (R-WIRE).
+
+The messages pinned here are the ones the handlers wrote inline before the hierarchy:
+a template must not change a message a client (or a test) relies on.
+"""
+
+from __future__ import annotations
+
+import json
+
+import botocore.parsers
+import pytest
+from botocore.awsrequest import HeadersDict
+
+from ebscrypt import errors as E
+from ebscrypt.wire.codec import codec_for
+
+
+def _read_back(service: str, operation: str, error: E.ServiceError) -> tuple[int, dict]:
+    """Render ``error`` with the service's codec; parse it as botocore would."""
+    codec = codec_for(service)
+    op = codec.service_model.operation_model(operation)
+    resp = codec.serialize_error(error, "rid-1", op)
+    parser = botocore.parsers.create_parser(codec.service_model.protocol)
+    parsed = parser.parse(
+        {"status_code": resp.status, "headers": HeadersDict(resp.headers), "body": resp.body},
+        op.output_shape,
+    )
+    return resp.status, parsed["Error"]
+
+
+# --------------------------------------------------------------------------- templates
+
+
+def test_missing_parameter_template() -> None:
+    err = E.MissingParameter("VolumeId")
+    assert (err.code, err.status, err.message) == (
+        "MissingParameter", 400, "The request must contain the parameter VolumeId")
+    assert err.name == "VolumeId"
+
+
+def test_not_found_templates_keep_ec2_wording() -> None:
+    # The wording differs per kind (nouns, final period) as AWS's does.
+    assert E.NotFound("InvalidVolume", "vol-1").message == "The volume 'vol-1' does not exist."
+    assert E.NotFound("InvalidInstanceID", "i-1").message == "The instance ID 'i-1' does not exist"
+    assert E.NotFound("InvalidAMIID", "ami-1").message == "The image id '[ami-1]' does not exist"
+    err = E.NotFound("InvalidSnapshot", "snap-1")
+    assert (err.code, err.kind, err.ident) == ("InvalidSnapshot.NotFound", "InvalidSnapshot", "snap-1")
+    # An explicit message wins (plural forms, extra context).
+    assert E.NotFound("InvalidInstanceID", "i-1", "The instance IDs 'i-1, i-2' do not exist").message \
+        == "The instance IDs 'i-1, i-2' do not exist"
+
+
+def test_malformed_template() -> None:
+    err = E.Malformed("InvalidVolumeID", "vol-x", prefix="vol")
+    assert err.code == "InvalidVolumeID.Malformed"
+    assert err.message == 'Invalid id: "vol-x" (expecting "vol-...")'
+    assert E.Malformed("InvalidInstanceID", "i-x").message == 'Invalid id: "i-x"'
+
+
+def test_kms_templates() -> None:
+    assert E.KmsNotFound.key("arn:k").message == "Key 'arn:k' does not exist"
+    assert E.KmsNotFound.alias("arn:a").message == "Alias arn:a is not found."
+    assert E.KmsNotFound.grant("g1").message == "Grant ID g1 not found"
+    assert E.KmsDryRun().message == "The request would have succeeded, but the DryRun flag is set."
+    assert E.KmsValidation.out_of_range(0, "numberOfBytes", 1, 1024).message == (
+        "1 validation error detected: Value '0' at 'numberOfBytes' failed to satisfy "
+        "constraint: Member must have value between 1 and 1024")
+    denied = E.KmsAccessDenied.no_policy_allows("arn:p", "arn:k", "kms:Decrypt")
+    assert denied.message == ("User: arn:p is not authorized to perform: kms:Decrypt on resource: "
+                              "arn:k because no resource-based policy allows the kms:Decrypt action.")
+    unavailable = E.KmsKeyUnavailable("down")
+    assert (unavailable.code, unavailable.status) == ("KeyUnavailableException", 500)
+
+
+def test_a_kms_validation_is_not_the_codecs_model_validation() -> None:
+    # The codec maps ValidationError to each protocol's own code (EC2:
+    # InvalidParameterValue); an engine's KMS ValidationException keeps its code wherever
+    # it surfaces.
+    assert not isinstance(E.KmsValidation("x"), E.ValidationError)
+    assert codec_for("ec2").serialize_error(E.KmsValidation("bad"), "r").body.count(b"ValidationException") == 1
+
+
+def test_ebs_errors_carry_reason() -> None:
+    nf = E.EbsNotFound("snap-1")
+    assert (nf.code, nf.status, nf.message, nf.fields) == (
+        "ResourceNotFoundException", 404, "The snapshot 'snap-1' does not exist.", {"Reason": "SNAPSHOT_NOT_FOUND"})
+    assert E.EbsValidation("m").fields == {}
+    assert E.EbsAccessDenied("m").fields == {"Reason": "UNAUTHORIZED_ACCOUNT"}
+    assert (E.EbsInternal("m").code, E.EbsInternal("m").status) == ("InternalServerException", 500)
+
+
+def test_every_typed_error_is_a_service_error_with_a_code() -> None:
+    def walk(cls: type) -> list[type]:
+        return [cls] + [c for sub in cls.__subclasses__() for c in walk(sub)]
+
+    for cls in walk(E.CodedError):
+        assert cls.__module__ == "ebscrypt.errors"
+        assert issubclass(cls, E.ServiceError) and cls.code, cls
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+@pytest.mark.parametrize("error", [
+    E.MissingParameter("VolumeId"),
+    E.InvalidParameterValue("Value (x) for parameter Size is invalid."),
+    E.NotFound("InvalidVolume", "vol-0123456789abcdef0"),
+    E.Malformed("InvalidVolumeID", "vol-x", prefix="vol"),
+    E.UnknownParameter("Bogus"),
+])
+def test_ec2_renders_code_and_message(error: E.ServiceError) -> None:
+    status, parsed = _read_back("ec2", "DescribeVolumes", error)
+    assert (status, parsed["Code"], parsed["Message"]) == (400, error.code, error.message)
+
+
+@pytest.mark.parametrize("error", [
+    E.KmsNotFound.key("arn:aws:kms:us-east-1:111122223333:key/x"),
+    E.KmsDisabled("arn:k is disabled."),
+    E.KmsInvalidState("arn:k is pending deletion."),
+    E.KmsValidation("KeyId must be a non-empty string"),
+    E.KmsKeyUnavailable("hsm down"),
+    E.KmsDryRun(),
+])
+def test_kms_renders_type_and_message(error: E.ServiceError) -> None:
+    status, parsed = _read_back("kms", "DescribeKey", error)
+    assert (status, parsed["Code"], parsed["Message"]) == (error.status, error.code, error.message)
+
+
+@pytest.mark.parametrize("error,status,reason", [
+    (E.EbsNotFound("snap-1"), 404, "SNAPSHOT_NOT_FOUND"),
+    (E.EbsValidation("bad index", "INVALID_BLOCK"), 400, "INVALID_BLOCK"),
+    (E.EbsAccessDenied("not yours"), 403, "UNAUTHORIZED_ACCOUNT"),
+    (E.EbsThrottled("retry", "RESOURCE_LEVEL_THROTTLE"), 400, "RESOURCE_LEVEL_THROTTLE"),
+    (E.EbsInternal("broken"), 500, None),
+])
+def test_ebs_renders_error_type_and_reason(error: E.ServiceError, status: int, reason: str | None) -> None:
+    codec = codec_for("ebs")
+    resp = codec.serialize_error(error, "rid-1")
+    assert resp.status == status
+    assert resp.header("x-amzn-errortype") == error.code
+    got, parsed = _read_back("ebs", "GetSnapshotBlock", error)
+    assert parsed["Code"] == error.code and parsed["Message"] == error.message
+    assert json.loads(resp.body).get("Reason") == reason
