@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ebscrypt.engines.ec2.paging import page
+from ebscrypt.services.ec2.paging import page
 from ebscrypt.errors import ServiceError
 
 ITEMS = [f"vol-{i:04d}" for i in range(600)]

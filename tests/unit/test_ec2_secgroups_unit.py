@@ -6,6 +6,7 @@ import pytest
 
 from ebscrypt.engines.ec2 import filters as F
 from ebscrypt.engines.ec2 import network as N
+from ebscrypt.services.ec2.paging import paginate
 from ebscrypt.errors import ServiceError
 
 GETTERS = {"name": lambda o: o["name"], "flag": lambda o: o["flag"], "ports": lambda o: o["ports"]}
@@ -49,19 +50,19 @@ def test_unknown_filter_is_refused_even_with_no_objects() -> None:
 
 def test_paginate() -> None:
     items = list(range(12))
-    page, token = N.paginate(items, {"MaxResults": 5})
+    page, token = paginate(items, {"MaxResults": 5})
     assert page == [0, 1, 2, 3, 4] and token
-    page, token = N.paginate(items, {"MaxResults": 5, "NextToken": token})
+    page, token = paginate(items, {"MaxResults": 5, "NextToken": token})
     assert page == [5, 6, 7, 8, 9]
-    page, token = N.paginate(items, {"MaxResults": 5, "NextToken": token})
+    page, token = paginate(items, {"MaxResults": 5, "NextToken": token})
     assert page == [10, 11] and token is None
-    assert N.paginate(items, {}) == (items, None)
+    assert paginate(items, {}) == (items, None)
     for bad in ({"MaxResults": 4}, {"MaxResults": 1001}):
         with pytest.raises(ServiceError) as e:
-            N.paginate(items, bad)
+            paginate(items, bad)
         assert e.value.code == "InvalidParameterValue"
     with pytest.raises(ServiceError):
-        N.paginate(items, {"NextToken": "garbage!"})
+        paginate(items, {"NextToken": "garbage!"})
 
 
 @pytest.mark.parametrize("given,expected", [

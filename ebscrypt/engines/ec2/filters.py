@@ -86,10 +86,3 @@ def select_matching(objs: Iterable[Any], filters: list[dict] | None, getters: Ma
                     tag_getter: Callable[[Any], Mapping[str, str]] | None = None) -> list[Any]:
     """``apply_filters`` with the tag getter named as the network and image modules name it."""
     return apply_filters(objs, filters, getters, tag_getter)
-
-
-def dry_run_check(params: Mapping[str, Any]) -> None:
-    """EC2 DryRun: the caller is allowed, so answer DryRunOperation (HTTP 412)."""
-    if params.get("DryRun"):
-        raise ServiceError("Request would have succeeded, but DryRun flag is set.", code="DryRunOperation",
-                           status=412)

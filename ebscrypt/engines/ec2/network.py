@@ -21,7 +21,6 @@ from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ebscrypt.domain import regions as R
-from ebscrypt.engines.ec2.paging import page_size
 from ebscrypt.errors import ServiceError
 from ebscrypt.storage.tables.ec2_net import (
     ec2_net_defaults,
@@ -30,30 +29,6 @@ from ebscrypt.storage.tables.ec2_net import (
     ec2_subnets,
     ec2_vpcs,
 )
-
-# --------------------------------------------------------------------------- paging
-
-
-def paginate(items: list[Any], params: Mapping[str, Any], *, lo: int = 5, hi: int = 1000) -> tuple[list[Any], str | None]:
-    """EC2 MaxResults/NextToken over an already ordered list (token = opaque offset; paging.page
-    pages id-ordered lists by their last id instead)."""
-    token = params.get("NextToken")
-    start = 0
-    if token:
-        try:
-            start = int(base64.urlsafe_b64decode(token.encode()).decode().removeprefix("o:"))
-            if start < 0:
-                raise ValueError
-        except (ValueError, UnicodeDecodeError, binascii.Error):
-            raise ServiceError(f"Invalid NextToken: {token}", code="InvalidParameterValue") from None
-    max_results = page_size(params, low=lo, high=hi)
-    if max_results is None:
-        return items[start:], None
-    page = items[start:start + max_results]
-    end = start + max_results
-    nxt = base64.urlsafe_b64encode(f"o:{end}".encode()).decode() if end < len(items) else None
-    return page, nxt
-
 
 # --------------------------------------------------------------------------- ids, tags
 

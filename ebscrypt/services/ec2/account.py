@@ -8,7 +8,7 @@ from typing import Any
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import account as acct
 from ebscrypt.engines.ec2.encryption import describe_for_ebs
-from ebscrypt.engines.ec2.filters import dry_run_check
+from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.errors import ServiceError
 from ebscrypt.services.registry import operation
 

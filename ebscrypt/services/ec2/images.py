@@ -8,8 +8,8 @@ from typing import Any
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import images as engine
 from ebscrypt.engines.ec2 import instances as instances_engine
-from ebscrypt.engines.ec2.filters import dry_run_check
-from ebscrypt.engines.ec2.paging import page
+from ebscrypt.services.ec2.request import dry_run_check
+from ebscrypt.services.ec2.paging import page
 from ebscrypt.errors import ServiceError
 from ebscrypt.services.registry import operation
 

@@ -6,7 +6,8 @@ from typing import Any
 
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import keypairs as K
-from ebscrypt.engines.ec2.filters import check_filters, dry_run_check, matches
+from ebscrypt.engines.ec2.filters import check_filters, matches
+from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.engines.ec2.network import (
     drop_tags,
     put_tags,

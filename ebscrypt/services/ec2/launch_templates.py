@@ -6,9 +6,9 @@ from typing import Any
 
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import templates as engine
-from ebscrypt.engines.ec2.filters import dry_run_check
+from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.engines.ec2.filters import select_matching as filter_select
-from ebscrypt.engines.ec2.paging import page
+from ebscrypt.services.ec2.paging import page
 from ebscrypt.services.registry import operation
 
 _TEMPLATE_FILTERS = {

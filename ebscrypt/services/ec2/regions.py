@@ -6,7 +6,8 @@ from typing import Any
 
 from ebscrypt.context import RequestContext
 from ebscrypt.domain import regions as R
-from ebscrypt.engines.ec2.filters import dry_run_check, select_matching
+from ebscrypt.engines.ec2.filters import select_matching
+from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.errors import ServiceError
 from ebscrypt.services.registry import operation
 

@@ -8,6 +8,8 @@ from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import filters as F
 from ebscrypt.engines.ec2 import network as N
 from ebscrypt.errors import ServiceError
+from ebscrypt.services.ec2.request import dry_run_check
+from ebscrypt.services.ec2.paging import paginate
 from ebscrypt.services.registry import operation
 
 
@@ -79,7 +81,7 @@ def _target_group(ctx: RequestContext, conn: Any, params: dict[str, Any], *, all
 
 @operation("ec2", "CreateSecurityGroup")
 def create_security_group(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    F.dry_run_check(params)
+    dry_run_check(params)
     c = ctx.caller
     tags = N.tags_from_specifications(params.get("TagSpecifications"), "security-group")
     with ctx.runtime.db.begin() as conn:
@@ -95,7 +97,7 @@ def create_security_group(ctx: RequestContext, params: dict[str, Any]) -> dict[s
 
 @operation("ec2", "DescribeSecurityGroups")
 def describe_security_groups(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    F.dry_run_check(params)
+    dry_run_check(params)
     c = ctx.caller
     filters = params.get("Filters")
     F.check_filters(filters, _GROUP_FILTERS, tags=True)
@@ -129,7 +131,7 @@ def describe_security_groups(ctx: RequestContext, params: dict[str, Any]) -> dic
     for g in groups:
         g["_rules"] = per_group[g["id"]]
     groups = [g for g in groups if F.matches(g, filters, _GROUP_FILTERS, lambda g: tags[g["id"]])]
-    page, token = N.paginate(groups, params)
+    page, token = paginate(groups, params)
     vpc_of = {g["id"]: g["vpc_id"] for g in by_id.values()}
     out: dict[str, Any] = {"SecurityGroups": [_group_dict(g, tags[g["id"]], vpc_of) for g in page]}
     if token:
@@ -139,7 +141,7 @@ def describe_security_groups(ctx: RequestContext, params: dict[str, Any]) -> dic
 
 @operation("ec2", "DeleteSecurityGroup")
 def delete_security_group(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    F.dry_run_check(params)
+    dry_run_check(params)
     c = ctx.caller
     with ctx.runtime.db.begin() as conn:
         g = _target_group(ctx, conn, params, allow_name=True)
@@ -148,7 +150,7 @@ def delete_security_group(ctx: RequestContext, params: dict[str, Any]) -> dict[s
 
 
 def _authorize(ctx: RequestContext, params: dict[str, Any], *, egress: bool) -> dict[str, Any]:
-    F.dry_run_check(params)
+    dry_run_check(params)
     c = ctx.caller
     tags = N.tags_from_specifications(params.get("TagSpecifications"), "security-group-rule")
     now = ctx.runtime.clock.now()
@@ -165,7 +167,7 @@ def _authorize(ctx: RequestContext, params: dict[str, Any], *, egress: bool) -> 
 
 
 def _revoke(ctx: RequestContext, params: dict[str, Any], *, egress: bool) -> dict[str, Any]:
-    F.dry_run_check(params)
+    dry_run_check(params)
     c = ctx.caller
     now = ctx.runtime.clock.now()
     with ctx.runtime.db.begin() as conn:
@@ -214,7 +216,7 @@ def revoke_security_group_egress(ctx: RequestContext, params: dict[str, Any]) ->
 
 @operation("ec2", "DescribeSecurityGroupRules")
 def describe_security_group_rules(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    F.dry_run_check(params)
+    dry_run_check(params)
     c = ctx.caller
     filters = params.get("Filters")
     F.check_filters(filters, _RULE_FILTERS, tags=True)
@@ -233,7 +235,7 @@ def describe_security_group_rules(ctx: RequestContext, params: dict[str, Any]) -
     if ids:
         rows = [r for r in rows if r["id"] in set(ids)]
     rows = [r for r in rows if F.matches(r, filters, _RULE_FILTERS, lambda r: tags[r["id"]])]
-    page, token = N.paginate(rows, params)
+    page, token = paginate(rows, params)
     out: dict[str, Any] = {"SecurityGroupRules": [N.rule_dict(r, c.account, tags[r["id"]]) for r in page]}
     if token:
         out["NextToken"] = token

@@ -10,8 +10,9 @@ from ebscrypt.engines.ec2 import snapshots as S
 from ebscrypt.engines.ec2 import volumes as V
 from ebscrypt.engines.ec2.attributes import canonical_names, legacy_operation
 from ebscrypt.engines.ec2.ids import check_id
-from ebscrypt.engines.ec2.filters import apply_filters as filter_select, dry_run_check
-from ebscrypt.engines.ec2.paging import page
+from ebscrypt.engines.ec2.filters import apply_filters as filter_select
+from ebscrypt.services.ec2.request import dry_run_check
+from ebscrypt.services.ec2.paging import page
 from ebscrypt.engines.ec2.records import Snapshot
 from ebscrypt.engines.ec2.tags import put_tags, tag_specs, tags_for
 from ebscrypt.errors import ServiceError

@@ -10,8 +10,9 @@ from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import snapshots as S
 from ebscrypt.engines.ec2 import tags as T
 from ebscrypt.engines.ec2 import volumes as V
-from ebscrypt.engines.ec2.filters import apply_filters as filter_select, dry_run_check
-from ebscrypt.engines.ec2.paging import page
+from ebscrypt.engines.ec2.filters import apply_filters as filter_select
+from ebscrypt.services.ec2.request import dry_run_check
+from ebscrypt.services.ec2.paging import page
 from ebscrypt.errors import ServiceError
 from ebscrypt.services.registry import operation
 

@@ -8,8 +8,9 @@ from ebscrypt.context import RequestContext
 from ebscrypt.engines.attach.engine import EXPORT_TAG
 from ebscrypt.engines.ec2 import volumes as V
 from ebscrypt.engines.ec2.ids import check_id
-from ebscrypt.engines.ec2.filters import apply_filters as filter_select, dry_run_check
-from ebscrypt.engines.ec2.paging import encode_token, page, page_after, page_size
+from ebscrypt.engines.ec2.filters import apply_filters as filter_select
+from ebscrypt.services.ec2.request import dry_run_check
+from ebscrypt.services.ec2.paging import encode_token, page, page_after, page_size
 from ebscrypt.engines.ec2.records import Attachment, Volume
 from ebscrypt.engines.ec2.tags import tag_specs, tags_for
 from ebscrypt.errors import ServiceError

@@ -9,6 +9,8 @@ from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import filters as F
 from ebscrypt.engines.ec2 import network as N
 from ebscrypt.errors import ServiceError
+from ebscrypt.services.ec2.request import dry_run_check
+from ebscrypt.services.ec2.paging import paginate
 from ebscrypt.services.registry import operation
 
 _VPC_FILTERS = {
@@ -102,7 +104,7 @@ def _describe(ctx: RequestContext, params: dict[str, Any], *, rows_of: Callable[
               render: Callable[[dict[str, Any], dict[str, str]], dict[str, Any]], out_key: str) -> dict[str, Any]:
     """The shared shape of DescribeVpcs/DescribeSubnets: defaults made on first use, ids
     looked up (an unknown one refused), filters, paging."""
-    F.dry_run_check(params)
+    dry_run_check(params)
     c = ctx.caller
     F.check_filters(params.get("Filters"), getters, tags=True)
     with ctx.runtime.db.begin() as conn:  # a write: the defaults are created on first use
@@ -118,7 +120,7 @@ def _describe(ctx: RequestContext, params: dict[str, Any], *, rows_of: Callable[
     if ids:
         rows = [r for r in rows if r["id"] in set(ids)]
     rows = [r for r in rows if F.matches(r, params.get("Filters"), getters, lambda r: tags[r["id"]])]
-    page, token = N.paginate(rows, params)
+    page, token = paginate(rows, params)
     out: dict[str, Any] = {out_key: [render(r, tags[r["id"]]) for r in page]}
     if token:
         out["NextToken"] = token

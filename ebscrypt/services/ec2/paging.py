@@ -1,8 +1,11 @@
-"""EC2 ``MaxResults`` / ``NextToken`` paging over id-ordered lists (opaque tokens)."""
+"""EC2 ``MaxResults`` / ``NextToken`` paging (request parsing and response building, so a
+service-side module): ``page`` over id-ordered lists (tokens name the last id), ``paginate``
+over lists paged by offset (security groups, VPCs, subnets)."""
 
 from __future__ import annotations
 
 import base64
+import binascii
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from ebscrypt.errors import ServiceError
@@ -69,3 +72,25 @@ def page(items: Sequence[T], params: dict[str, Any], key: Callable[[T], str], *,
     chunk = list(items[start:start + max_results])
     more = start + max_results < len(items)
     return chunk, (_encode(key(chunk[-1])) if more and chunk else None)
+
+
+
+def paginate(items: list[Any], params: Mapping[str, Any], *, lo: int = 5, hi: int = 1000) -> tuple[list[Any], str | None]:
+    """EC2 MaxResults/NextToken over an already ordered list (token = opaque offset; paging.page
+    pages id-ordered lists by their last id instead)."""
+    token = params.get("NextToken")
+    start = 0
+    if token:
+        try:
+            start = int(base64.urlsafe_b64decode(token.encode()).decode().removeprefix("o:"))
+            if start < 0:
+                raise ValueError
+        except (ValueError, UnicodeDecodeError, binascii.Error):
+            raise ServiceError(f"Invalid NextToken: {token}", code="InvalidParameterValue") from None
+    max_results = page_size(params, low=lo, high=hi)
+    if max_results is None:
+        return items[start:], None
+    page = items[start:start + max_results]
+    end = start + max_results
+    nxt = base64.urlsafe_b64encode(f"o:{end}".encode()).decode() if end < len(items) else None
+    return page, nxt
