@@ -5,8 +5,6 @@ Also the EC2 ``Filters`` matcher shared by the describe operations of this area.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import itertools
 import json
@@ -448,20 +446,6 @@ def rules_from_permissions(conn: Connection, account: str, region: str, now: dat
             raise ServiceError("The request must contain the parameter ipPermissions.N.ipRanges, "
                                "ipv6Ranges, prefixListIds or groups", code="MissingParameter")
     return rules
-
-
-def legacy_permissions(params: Mapping[str, Any]) -> list[dict]:
-    """The pre-IpPermissions form (IpProtocol/FromPort/ToPort/CidrIp/SourceSecurityGroup*)."""
-    perms = list(params.get("IpPermissions") or [])
-    if params.get("CidrIp") or params.get("IpProtocol") is not None:
-        if params.get("CidrIp"):
-            perms.append({"IpProtocol": params.get("IpProtocol", "-1"), "FromPort": params.get("FromPort"),
-                          "ToPort": params.get("ToPort"), "IpRanges": [{"CidrIp": params["CidrIp"]}]})
-    if params.get("SourceSecurityGroupName"):
-        perms.append({"IpProtocol": "-1", "UserIdGroupPairs": [{
-            "GroupName": params["SourceSecurityGroupName"],
-            "UserId": params.get("SourceSecurityGroupOwnerId")}]})
-    return perms
 
 
 def rule_rows(conn: Connection, account: str, region: str, group_ids: list[str] | None = None) -> list[dict[str, Any]]:

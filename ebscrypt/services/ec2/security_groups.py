@@ -7,7 +7,7 @@ from typing import Any
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import filters as F
 from ebscrypt.engines.ec2 import network as N
-from ebscrypt.errors import ServiceError
+from ebscrypt.engines.ec2 import security_groups as SG
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.ec2.paging import paginate
 from ebscrypt.services.registry import operation
@@ -70,13 +70,23 @@ def _group_dict(g: dict[str, Any], tags: dict[str, str], vpc_of: dict[str, str])
     return out
 
 
-def _target_group(ctx: RequestContext, conn: Any, params: dict[str, Any], *, allow_name: bool) -> dict[str, Any]:
-    c = ctx.caller
-    if params.get("GroupId"):
-        return N.get_group(conn, c.account, c.region, params["GroupId"])
-    if allow_name and params.get("GroupName"):
-        return N.get_group_by_name(conn, c.account, c.region, params["GroupName"], ctx.runtime.clock.now())
-    raise ServiceError("The request must contain the parameter groupName or groupId", code="MissingParameter")
+def _ref(params: dict[str, Any], *, allow_name: bool) -> SG.GroupRef:
+    return SG.GroupRef(params.get("GroupId"), params.get("GroupName") if allow_name else None)
+
+
+def _legacy_permissions(params: dict[str, Any]) -> list[dict]:
+    """IpPermissions plus the pre-IpPermissions form (IpProtocol/FromPort/ToPort/CidrIp/
+    SourceSecurityGroup*), as IpPermission structures."""
+    perms = list(params.get("IpPermissions") or [])
+    if params.get("CidrIp") or params.get("IpProtocol") is not None:
+        if params.get("CidrIp"):
+            perms.append({"IpProtocol": params.get("IpProtocol", "-1"), "FromPort": params.get("FromPort"),
+                          "ToPort": params.get("ToPort"), "IpRanges": [{"CidrIp": params["CidrIp"]}]})
+    if params.get("SourceSecurityGroupName"):
+        perms.append({"IpProtocol": "-1", "UserIdGroupPairs": [{
+            "GroupName": params["SourceSecurityGroupName"],
+            "UserId": params.get("SourceSecurityGroupOwnerId")}]})
+    return perms
 
 
 @operation("ec2", "CreateSecurityGroup")
@@ -84,10 +94,8 @@ def create_security_group(ctx: RequestContext, params: dict[str, Any]) -> dict[s
     dry_run_check(params)
     c = ctx.caller
     tags = N.tags_from_specifications(params.get("TagSpecifications"), "security-group")
-    with ctx.runtime.db.begin() as conn:
-        g = N.create_group(conn, c.account, c.region, ctx.runtime.clock.now(), name=params.get("GroupName", ""),
-                           description=params.get("Description", ""), vpc_id=params.get("VpcId"))
-        N.put_tags(conn, g["id"], c.account, c.region, tags)
+    g = SG.create_group(ctx, name=params.get("GroupName", ""), description=params.get("Description", ""),
+                        vpc_id=params.get("VpcId"), tags=tags)
     out: dict[str, Any] = {"GroupId": g["id"],
                            "SecurityGroupArn": N.arn(c.region, c.account, "security-group", g["id"])}
     if tags:
@@ -98,42 +106,13 @@ def create_security_group(ctx: RequestContext, params: dict[str, Any]) -> dict[s
 @operation("ec2", "DescribeSecurityGroups")
 def describe_security_groups(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    c = ctx.caller
     filters = params.get("Filters")
     F.check_filters(filters, _GROUP_FILTERS, tags=True)
-    ids = params.get("GroupIds") or []
-    names = params.get("GroupNames") or []
-    for gid in ids:
-        N.check_group_id(gid)
-    now = ctx.runtime.clock.now()
-    with ctx.runtime.db.begin() as conn:
-        default_vpc = N.ensure_defaults(conn, c.account, c.region, now)
-        groups = N.group_rows(conn, c.account, c.region)
-        by_id = {g["id"]: g for g in groups}
-        for gid in ids:
-            if gid not in by_id:
-                raise N.group_not_found(gid)
-        selected = set(ids)
-        for name in names:
-            # GroupNames name groups of the default VPC (others: the group-name filter).
-            match = [g for g in groups if g["name"] == name and g["vpc_id"] == default_vpc]
-            if not match:
-                raise ServiceError(f"The security group '{name}' does not exist in default VPC '{default_vpc}'",
-                                   code="InvalidGroup.NotFound")
-            selected.add(match[0]["id"])
-        if ids or names:
-            groups = [g for g in groups if g["id"] in selected]
-        rules = N.rule_rows(conn, c.account, c.region, [g["id"] for g in groups])
-        tags = N.tags_of(conn, c.account, [g["id"] for g in groups])
-    per_group: dict[str, list[dict[str, Any]]] = {g["id"]: [] for g in groups}
-    for r in rules:
-        per_group[r["group_id"]].append(r)
-    for g in groups:
-        g["_rules"] = per_group[g["id"]]
-    groups = [g for g in groups if F.matches(g, filters, _GROUP_FILTERS, lambda g: tags[g["id"]])]
+    listing = SG.describe_groups(ctx, ids=params.get("GroupIds") or [], names=params.get("GroupNames") or [])
+    tags = listing.tags
+    groups = [g for g in listing.groups if F.matches(g, filters, _GROUP_FILTERS, lambda g: tags[g["id"]])]
     page, token = paginate(groups, params)
-    vpc_of = {g["id"]: g["vpc_id"] for g in by_id.values()}
-    out: dict[str, Any] = {"SecurityGroups": [_group_dict(g, tags[g["id"]], vpc_of) for g in page]}
+    out: dict[str, Any] = {"SecurityGroups": [_group_dict(g, tags[g["id"]], listing.vpc_of) for g in page]}
     if token:
         out["NextToken"] = token
     return out
@@ -142,50 +121,24 @@ def describe_security_groups(ctx: RequestContext, params: dict[str, Any]) -> dic
 @operation("ec2", "DeleteSecurityGroup")
 def delete_security_group(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    c = ctx.caller
-    with ctx.runtime.db.begin() as conn:
-        g = _target_group(ctx, conn, params, allow_name=True)
-        N.delete_group(conn, c.account, c.region, g)
-    return {"Return": True, "GroupId": g["id"]}
+    return {"Return": True, "GroupId": SG.delete_group(ctx, _ref(params, allow_name=True))}
 
 
 def _authorize(ctx: RequestContext, params: dict[str, Any], *, egress: bool) -> dict[str, Any]:
     dry_run_check(params)
     c = ctx.caller
     tags = N.tags_from_specifications(params.get("TagSpecifications"), "security-group-rule")
-    now = ctx.runtime.clock.now()
-    with ctx.runtime.db.begin() as conn:
-        g = _target_group(ctx, conn, params, allow_name=not egress)
-        perms = N.legacy_permissions(params)
-        if not perms:
-            raise ServiceError("The request must contain the parameter ipPermissions", code="MissingParameter")
-        rules = N.rules_from_permissions(conn, c.account, c.region, now, perms, is_egress=egress)
-        rows = N.authorize(conn, c.account, c.region, g, rules, tags)
-        rule_tags = N.tags_of(conn, c.account, [r["id"] for r in rows])
+    rows, rule_tags = SG.authorize(ctx, _ref(params, allow_name=not egress), _legacy_permissions(params),
+                                   egress=egress, tags=tags)
     return {"Return": True,
             "SecurityGroupRules": [N.rule_dict(r, c.account, rule_tags[r["id"]]) for r in rows]}
 
 
 def _revoke(ctx: RequestContext, params: dict[str, Any], *, egress: bool) -> dict[str, Any]:
     dry_run_check(params)
-    c = ctx.caller
-    now = ctx.runtime.clock.now()
-    with ctx.runtime.db.begin() as conn:
-        g = _target_group(ctx, conn, params, allow_name=not egress)
-        rule_ids = params.get("SecurityGroupRuleIds") or []
-        perms = N.legacy_permissions(params)
-        if rule_ids and perms:
-            raise ServiceError("Specify either SecurityGroupRuleIds or IpPermissions, not both",
-                               code="InvalidParameterCombination")
-        unknown: list[N.Rule] = []
-        if rule_ids:
-            revoked = N.revoke_ids(conn, c.account, c.region, g, rule_ids, is_egress=egress)
-        elif perms:
-            rules = N.rules_from_permissions(conn, c.account, c.region, now, perms, is_egress=egress)
-            revoked, unknown = N.revoke_matching(conn, c.account, c.region, g, rules)
-        else:
-            raise ServiceError("The request must contain the parameter ipPermissions or securityGroupRuleIds",
-                               code="MissingParameter")
+    revoked, unknown = SG.revoke(ctx, _ref(params, allow_name=not egress),
+                                 rule_ids=params.get("SecurityGroupRuleIds") or [],
+                                 permissions=_legacy_permissions(params), egress=egress)
     out: dict[str, Any] = {"Return": not unknown,
                            "RevokedSecurityGroupRules": [N.revoked_rule_dict(r) for r in revoked]}
     if unknown:
@@ -220,20 +173,7 @@ def describe_security_group_rules(ctx: RequestContext, params: dict[str, Any]) -
     c = ctx.caller
     filters = params.get("Filters")
     F.check_filters(filters, _RULE_FILTERS, tags=True)
-    ids = params.get("SecurityGroupRuleIds") or []
-    for rid in ids:
-        N.check_rule_id(rid)
-    with ctx.runtime.db.begin() as conn:
-        N.ensure_defaults(conn, c.account, c.region, ctx.runtime.clock.now())
-        rows = N.rule_rows(conn, c.account, c.region)
-        tags = N.tags_of(conn, c.account, [r["id"] for r in rows])
-    known = {r["id"] for r in rows}
-    for rid in ids:
-        if rid not in known:
-            raise ServiceError(f"The security group rule ID '{rid}' does not exist",
-                               code="InvalidSecurityGroupRuleId.NotFound")
-    if ids:
-        rows = [r for r in rows if r["id"] in set(ids)]
+    rows, tags = SG.describe_rules(ctx, params.get("SecurityGroupRuleIds") or [])
     rows = [r for r in rows if F.matches(r, filters, _RULE_FILTERS, lambda r: tags[r["id"]])]
     page, token = paginate(rows, params)
     out: dict[str, Any] = {"SecurityGroupRules": [N.rule_dict(r, c.account, tags[r["id"]]) for r in page]}
