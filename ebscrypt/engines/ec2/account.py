@@ -62,3 +62,31 @@ def default_key_arn(ctx: Any) -> str:
     if settings.default_key:
         return settings.default_key
     return ctx.runtime.kms.default_ebs_key(caller.account, caller.region).arn
+
+
+# --------------------------------------------------------------------------- operations
+# One transaction each, for services/ec2/account.py.
+
+
+def settings_of(ctx: Any) -> AccountSettings:
+    """The caller's settings in its region."""
+    with ctx.runtime.db.read() as conn:
+        return get_settings(conn, ctx.caller.account, ctx.caller.region)
+
+
+def shown_default_key(ctx: Any) -> str:
+    """GetEbsDefaultKmsKeyId's answer: the key set, or the AWS managed alias (not created)."""
+    return settings_of(ctx).default_key or alias_arn(ctx.caller.account, ctx.caller.region)
+
+
+def store_ebd(ctx: Any, enabled: bool) -> None:
+    with ctx.runtime.db.begin() as conn:
+        set_ebd(conn, ctx.caller.account, ctx.caller.region, enabled)
+
+
+def store_default_key(ctx: Any, key_arn: str | None) -> str:
+    """Set (a key ARN) or reset (None) the default key; the answer's KmsKeyId."""
+    caller = ctx.caller
+    with ctx.runtime.db.begin() as conn:
+        set_default_key(conn, caller.account, caller.region, key_arn)
+    return key_arn or alias_arn(caller.account, caller.region)

@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from ebscrypt.context import RequestContext
+from ebscrypt.engines.ec2.network import drop_tags, put_tags, tags_of
 from ebscrypt.errors import ServiceError
 from ebscrypt.storage.tables.ec2_net import ec2_key_pairs
 
@@ -293,10 +295,10 @@ def validate_name(name: str | None) -> str:
     return name
 
 
-def create(conn: Connection, *, account: str, region: str, name: str, key_type: str, key_format: str,
+def create(conn: Connection, *, account: str, region: str, name: str | None, key_type: str, key_format: str,
            now: datetime) -> tuple[dict[str, Any], str]:
     """Store a new pair's public half; return (row, private key material)."""
-    validate_name(name)
+    name = validate_name(name)
     if key_format not in ("pem", "ppk"):
         raise ServiceError(
             f"Value ({key_format}) for parameter keyFormat is invalid. Valid values are pem, ppk.",
@@ -311,9 +313,9 @@ def create(conn: Connection, *, account: str, region: str, name: str, key_type: 
     return row, key.key_material
 
 
-def import_(conn: Connection, *, account: str, region: str, name: str, material: bytes,
+def import_(conn: Connection, *, account: str, region: str, name: str | None, material: bytes,
             now: datetime) -> dict[str, Any]:
-    validate_name(name)
+    name = validate_name(name)
     key = parse_public_key(material)
     return _insert(conn, account=account, region=region, name=name, key_type=key.key_type,
                    fingerprint=key.fingerprint, public_key=key.public_key, imported=True, now=now)
@@ -356,3 +358,49 @@ def delete_(conn: Connection, account: str, region: str, *, name: str | None = N
 
 def ids_of(rows: Iterable[dict[str, Any]]) -> list[str]:
     return [r["id"] for r in rows]
+
+
+# --------------------------------------------------------------------------- operations
+# One transaction each, for services/ec2/keypairs.py.
+
+
+def create_key_pair(ctx: RequestContext, *, name: str | None, key_type: str, key_format: str,
+                    tags: list[dict[str, str]]) -> tuple[dict[str, Any], str]:
+    """CreateKeyPair: the stored row (tagged) and the private key material."""
+    c = ctx.caller
+    with ctx.runtime.db.begin() as conn:
+        row, material = create(conn, account=c.account, region=c.region, name=name,
+                               key_type=key_type, key_format=key_format, now=ctx.runtime.clock.now())
+        put_tags(conn, row["id"], c.account, c.region, tags)
+    return row, material
+
+
+def import_key_pair(ctx: RequestContext, *, name: str | None, material: bytes,
+                    tags: list[dict[str, str]]) -> dict[str, Any]:
+    c = ctx.caller
+    with ctx.runtime.db.begin() as conn:
+        row = import_(conn, account=c.account, region=c.region, name=name,
+                      material=material, now=ctx.runtime.clock.now())
+        put_tags(conn, row["id"], c.account, c.region, tags)
+    return row
+
+
+def key_pairs_of(ctx: RequestContext) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
+    """The caller's pairs (by creation time) and their tags."""
+    c = ctx.caller
+    with ctx.runtime.db.read() as conn:
+        rows = list_(conn, c.account, c.region)
+        return rows, tags_of(conn, c.account, [r["id"] for r in rows])
+
+
+def delete_key_pair(ctx: RequestContext, *, name: str | None, key_id: str | None) -> str | None:
+    """Delete by id (which must name one of the caller's pairs) or by name (a name that
+    does not exist is no error, as on AWS): the deleted id, if any."""
+    c = ctx.caller
+    with ctx.runtime.db.begin() as conn:
+        deleted = delete_(conn, c.account, c.region, name=name, key_id=key_id)
+        if deleted:
+            drop_tags(conn, [deleted])
+        elif key_id:
+            raise not_found_id(key_id)
+    return deleted

@@ -13,12 +13,14 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from ebscrypt.context import RequestContext
 from ebscrypt.domain import regions as R
+from ebscrypt.engines.ec2 import tags as T
 from ebscrypt.errors import ServiceError
 from ebscrypt.storage.tables.ec2_net import (
     ec2_net_defaults,
@@ -41,29 +43,21 @@ def arn(region: str, account: str, kind: str, rid: str) -> str:
 
 def tags_from_specifications(specs: list[dict] | None, resource_type: str) -> list[dict[str, str]]:
     """The tags of ``TagSpecifications`` for ``resource_type`` (ec2core's generic tags)."""
-    from ebscrypt.engines.ec2 import tags as T
-
     return T.tag_specs(specs, resource_type)
 
 
 def put_tags(conn: Connection, resource_id: str, account: str, region: str,
              tags: list[dict[str, str]]) -> None:
     # Tags live in ec2core's generic tag store so CreateTags/DescribeTags see them too.
-    from ebscrypt.engines.ec2 import tags as T
-
     if tags:
         T.put_tags(conn, account, region, resource_id, tags)
 
 
 def tags_of(conn: Connection, account: str, resource_ids: list[str]) -> dict[str, dict[str, str]]:
-    from ebscrypt.engines.ec2 import tags as T
-
     return {rid: {t["Key"]: t["Value"] for t in ts} for rid, ts in T.tags_for(conn, account, resource_ids).items()}
 
 
 def drop_tags(conn: Connection, resource_ids: list[str]) -> None:
-    from ebscrypt.engines.ec2 import tags as T
-
     for rid in resource_ids:
         T.delete_tags_of(conn, rid)
 
@@ -143,6 +137,25 @@ def subnet_rows(conn: Connection, account: str, region: str) -> list[dict[str, A
         select(ec2_subnets).where(ec2_subnets.c.account == account, ec2_subnets.c.region == region)
         .order_by(ec2_subnets.c.availability_zone, ec2_subnets.c.id)
     ).mappings()]
+
+
+def _with_defaults(ctx: RequestContext, rows_of: Callable[[Connection, str, str], list[dict[str, Any]]]
+                   ) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
+    c = ctx.caller
+    with ctx.runtime.db.begin() as conn:  # a write: the defaults are created on first use
+        ensure_defaults(conn, c.account, c.region, ctx.runtime.clock.now())
+        rows = rows_of(conn, c.account, c.region)
+        return rows, tags_of(conn, c.account, [r["id"] for r in rows])
+
+
+def vpcs_of(ctx: RequestContext) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
+    """The caller's VPCs (the default one made on first use) and their tags."""
+    return _with_defaults(ctx, vpc_rows)
+
+
+def subnets_of(ctx: RequestContext) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
+    """The caller's subnets (the default ones made on first use) and their tags."""
+    return _with_defaults(ctx, subnet_rows)
 
 
 def get_vpc(conn: Connection, account: str, region: str, vpc_id: str) -> dict[str, Any]:

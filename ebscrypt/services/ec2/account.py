@@ -13,15 +13,9 @@ from ebscrypt.errors import ServiceError
 from ebscrypt.services.registry import operation
 
 
-def _settings(ctx: RequestContext) -> acct.AccountSettings:
-    with ctx.runtime.db.read() as conn:
-        return acct.get_settings(conn, ctx.caller.account, ctx.caller.region)
-
-
 def _set_ebd(ctx: RequestContext, params: dict[str, Any], enabled: bool) -> dict[str, Any]:
     dry_run_check(params)
-    with ctx.runtime.db.begin() as conn:
-        acct.set_ebd(conn, ctx.caller.account, ctx.caller.region, enabled)
+    acct.store_ebd(ctx, enabled)
     return {"EbsEncryptionByDefault": enabled}
 
 
@@ -38,17 +32,13 @@ def disable_ebd(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
 @operation("ec2", "GetEbsEncryptionByDefault")
 def get_ebd(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    return {"EbsEncryptionByDefault": _settings(ctx).ebd, "SseType": "sse-ebs"}
-
-
-def _default_key(ctx: RequestContext) -> str:
-    return _settings(ctx).default_key or acct.alias_arn(ctx.caller.account, ctx.caller.region)
+    return {"EbsEncryptionByDefault": acct.settings_of(ctx).ebd, "SseType": "sse-ebs"}
 
 
 @operation("ec2", "GetEbsDefaultKmsKeyId")
 def get_default_key(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    return {"KmsKeyId": _default_key(ctx)}
+    return {"KmsKeyId": acct.shown_default_key(ctx)}
 
 
 @operation("ec2", "ModifyEbsDefaultKmsKeyId")
@@ -60,16 +50,11 @@ def modify_default_key(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
     arn, problem, manager = describe_for_ebs(ctx, key)
     if problem:
         raise ServiceError(f"Invalid KMS key {key}: {problem.split(': ', 1)[-1]}", code="InvalidParameterValue")
-    caller = ctx.caller
     stored = None if manager == "AWS" else arn  # the AWS managed key is the reset state
-    with ctx.runtime.db.begin() as conn:
-        acct.set_default_key(conn, caller.account, caller.region, stored)
-    return {"KmsKeyId": stored or acct.alias_arn(caller.account, caller.region)}
+    return {"KmsKeyId": acct.store_default_key(ctx, stored)}
 
 
 @operation("ec2", "ResetEbsDefaultKmsKeyId")
 def reset_default_key(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    with ctx.runtime.db.begin() as conn:
-        acct.set_default_key(conn, ctx.caller.account, ctx.caller.region, None)
-    return {"KmsKeyId": acct.alias_arn(ctx.caller.account, ctx.caller.region)}
+    return {"KmsKeyId": acct.store_default_key(ctx, None)}

@@ -8,13 +8,7 @@ from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import keypairs as K
 from ebscrypt.engines.ec2.filters import check_filters, matches
 from ebscrypt.services.ec2.request import dry_run_check
-from ebscrypt.engines.ec2.network import (
-    drop_tags,
-    put_tags,
-    tag_list,
-    tags_from_specifications,
-    tags_of,
-)
+from ebscrypt.engines.ec2.network import tag_list, tags_from_specifications
 from ebscrypt.errors import ServiceError
 from ebscrypt.services.registry import operation
 
@@ -28,13 +22,9 @@ _FILTERS = {
 @operation("ec2", "CreateKeyPair")
 def create_key_pair(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    c = ctx.caller
     tags = tags_from_specifications(params.get("TagSpecifications"), "key-pair")
-    with ctx.runtime.db.begin() as conn:
-        row, material = K.create(conn, account=c.account, region=c.region, name=params.get("KeyName"),
-                                 key_type=params.get("KeyType", "rsa"), key_format=params.get("KeyFormat", "pem"),
-                                 now=ctx.runtime.clock.now())
-        put_tags(conn, row["id"], c.account, c.region, tags)
+    row, material = K.create_key_pair(ctx, name=params.get("KeyName"), key_type=params.get("KeyType", "rsa"),
+                                      key_format=params.get("KeyFormat", "pem"), tags=tags)
     out = {"KeyFingerprint": row["fingerprint"], "KeyMaterial": material, "KeyName": row["name"],
            "KeyPairId": row["id"]}
     if tags:
@@ -45,17 +35,13 @@ def create_key_pair(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
 @operation("ec2", "ImportKeyPair")
 def import_key_pair(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    c = ctx.caller
     material = params.get("PublicKeyMaterial")
     if material is None:
         raise ServiceError("The request must contain the parameter PublicKeyMaterial", code="MissingParameter")
     if isinstance(material, str):
         material = material.encode()
     tags = tags_from_specifications(params.get("TagSpecifications"), "key-pair")
-    with ctx.runtime.db.begin() as conn:
-        row = K.import_(conn, account=c.account, region=c.region, name=params.get("KeyName"),
-                        material=material, now=ctx.runtime.clock.now())
-        put_tags(conn, row["id"], c.account, c.region, tags)
+    row = K.import_key_pair(ctx, name=params.get("KeyName"), material=material, tags=tags)
     out = {"KeyFingerprint": row["fingerprint"], "KeyName": row["name"], "KeyPairId": row["id"]}
     if tags:
         out["Tags"] = tags
@@ -79,14 +65,11 @@ def _info(row: dict[str, Any], tags: dict[str, str], include_public: bool) -> di
 @operation("ec2", "DescribeKeyPairs")
 def describe_key_pairs(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    c = ctx.caller
     filters = params.get("Filters")
     check_filters(filters, _FILTERS, tags=True)
     names = params.get("KeyNames") or []
     ids = params.get("KeyPairIds") or []
-    with ctx.runtime.db.read() as conn:
-        rows = K.list_(conn, c.account, c.region)
-        tags = tags_of(conn, c.account, [r["id"] for r in rows])
+    rows, tags = K.key_pairs_of(ctx)
     by_name = {r["name"]: r for r in rows}
     by_id = {r["id"]: r for r in rows}
     for n in names:
@@ -106,18 +89,10 @@ def describe_key_pairs(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
 @operation("ec2", "DeleteKeyPair")
 def delete_key_pair(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    c = ctx.caller
     name, key_id = params.get("KeyName"), params.get("KeyPairId")
     if not name and not key_id:
         raise ServiceError("The request must contain the parameter KeyName or KeyPairId", code="MissingParameter")
-    with ctx.runtime.db.begin() as conn:
-        deleted = K.delete_(conn, c.account, c.region, name=name, key_id=key_id)
-        if deleted:
-            drop_tags(conn, [deleted])
-        elif key_id:
-            # A key pair id must name one of the caller's pairs.
-            raise K.not_found_id(key_id)
-    # Deleting by a name that does not exist succeeds, as on AWS.
+    deleted = K.delete_key_pair(ctx, name=name, key_id=key_id)
     out: dict[str, Any] = {"Return": True}
     if deleted:
         out["KeyPairId"] = deleted

@@ -99,18 +99,15 @@ def _subnet(s: dict[str, Any], tags: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _describe(ctx: RequestContext, params: dict[str, Any], *, rows_of: Callable[..., list[dict[str, Any]]],
+def _describe(ctx: RequestContext, params: dict[str, Any], *,
+              rows_of: Callable[[RequestContext], tuple[list[dict[str, Any]], dict[str, dict[str, str]]]],
               getters: dict[str, Any], ids_param: str, not_found: tuple[str, str],
               render: Callable[[dict[str, Any], dict[str, str]], dict[str, Any]], out_key: str) -> dict[str, Any]:
     """The shared shape of DescribeVpcs/DescribeSubnets: defaults made on first use, ids
     looked up (an unknown one refused), filters, paging."""
     dry_run_check(params)
-    c = ctx.caller
     F.check_filters(params.get("Filters"), getters, tags=True)
-    with ctx.runtime.db.begin() as conn:  # a write: the defaults are created on first use
-        N.ensure_defaults(conn, c.account, c.region, ctx.runtime.clock.now())
-        rows = rows_of(conn, c.account, c.region)
-        tags = N.tags_of(conn, c.account, [r["id"] for r in rows])
+    rows, tags = rows_of(ctx)
     ids = params.get(ids_param) or []
     known = {r["id"] for r in rows}
     for i in ids:
@@ -129,13 +126,13 @@ def _describe(ctx: RequestContext, params: dict[str, Any], *, rows_of: Callable[
 
 @operation("ec2", "DescribeVpcs")
 def describe_vpcs(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    return _describe(ctx, params, rows_of=N.vpc_rows, getters=_VPC_FILTERS, ids_param="VpcIds",
+    return _describe(ctx, params, rows_of=N.vpcs_of, getters=_VPC_FILTERS, ids_param="VpcIds",
                      not_found=("The vpc ID '{}' does not exist", "InvalidVpcID.NotFound"),
                      render=_vpc, out_key="Vpcs")
 
 
 @operation("ec2", "DescribeSubnets")
 def describe_subnets(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    return _describe(ctx, params, rows_of=N.subnet_rows, getters=_SUBNET_FILTERS, ids_param="SubnetIds",
+    return _describe(ctx, params, rows_of=N.subnets_of, getters=_SUBNET_FILTERS, ids_param="SubnetIds",
                      not_found=("The subnet ID '{}' does not exist", "InvalidSubnetID.NotFound"),
                      render=_subnet, out_key="Subnets")
