@@ -26,8 +26,8 @@ from ebscrypt.engines.ec2 import provenance, waits
 from ebscrypt.engines.ec2.copy_source import check_source_survived
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.records import Snapshot, from_result
-from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags
-from ebscrypt.engines.ec2.volumes import get_volume
+from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags, tags_for
+from ebscrypt.engines.ec2.volumes import get_volume, lookup_instance, volumes_of_instance
 from ebscrypt.engines.jobs import JobContext, job_kind
 from ebscrypt.errors import ServiceError
 from ebscrypt.storage.tables.ec2 import ec2_snapshot_permissions, ec2_snapshots
@@ -506,3 +506,92 @@ def reset_create_volume_permission(ctx: Any, snapshot_id: str) -> None:
     with ctx.runtime.db.begin() as conn:
         owned_snapshot(conn, ctx.caller, snapshot_id)
         conn.execute(delete(ec2_snapshot_permissions).where(ec2_snapshot_permissions.c.snapshot_id == snapshot_id))
+
+
+# ----------------------------------------------------------------------------- operations
+# The request-level operations of services/ec2/snapshots.py, one transaction each.
+
+
+def create_snapshot(ctx: Any, volume_id: str, description: str | None, tags: list[dict[str, str]]) -> Snapshot:
+    """CreateSnapshot (R-SNAP-1): stored, then finished at once (O(1): a block-lineage
+    reference); the answer is the snapshot as stored (``pending``)."""
+    with ctx.runtime.db.begin() as conn:
+        snap = create_snapshot_from_volume(ctx, conn, volume_id, description, tags, defer_job=True)
+    finish_snapshot(ctx.runtime, snap.id)
+    return snap
+
+
+@dataclass(frozen=True)
+class InstanceSnapshots:
+    """CreateSnapshots' request: which of an instance's volumes, and how they are tagged."""
+
+    instance_id: str
+    exclude_volume_ids: frozenset[str] = frozenset()
+    exclude_boot_volume: bool = False
+    description: str | None = None
+    tags: tuple[dict[str, str], ...] = ()
+    copy_tags_from_volume: bool = False
+
+
+def create_snapshots_of_instance(ctx: Any, req: InstanceSnapshots) -> list[tuple[Snapshot, list[dict[str, str]]]]:
+    """CreateSnapshots: a snapshot of every EBS volume attached to the instance (the
+    caller's; optionally not the boot volume), all in one transaction, each with its tags."""
+    out: list[tuple[Snapshot, list[dict[str, str]]]] = []
+    with ctx.runtime.db.begin() as conn:
+        info = lookup_instance(conn, ctx.caller, req.instance_id)
+        root = (info or {}).get("root_device_name")
+        pairs = volumes_of_instance(conn, req.instance_id)
+        source_tags = tags_for(conn, ctx.caller.account, [v.id for v, _ in pairs])
+        for vol, att in pairs:
+            if vol.account != ctx.caller.account or vol.id in req.exclude_volume_ids:
+                continue
+            if req.exclude_boot_volume and root and att.device == root:
+                continue
+            snap_tags = list(req.tags)
+            if req.copy_tags_from_volume:
+                keys = {t["Key"] for t in snap_tags}
+                snap_tags += [t for t in source_tags[vol.id] if t["Key"] not in keys]
+            snap = create_snapshot_from_volume(ctx, conn, vol.id, req.description, snap_tags, defer_job=True)
+            out.append((snap, snap_tags))
+    for snap, _ in out:
+        finish_snapshot(ctx.runtime, snap.id)
+    return out
+
+
+def _accounts(values: list[str] | None, caller_account: str) -> set[str]:
+    return {caller_account if v == "self" else v for v in values or []}
+
+
+def describe_snapshots(ctx: Any, ids: list[str], *, owner_ids: list[str] | None = None,
+                       restorable_by: list[str] | None = None
+                       ) -> tuple[list[Snapshot], dict[str, list[dict[str, str]]]]:
+    """The snapshots the caller sees (owned or shared with it), narrowed to ``ids`` (an
+    unknown one refused), owners and restorable-by accounts ("self": the caller); and
+    their tags."""
+    caller = ctx.caller
+    for sid in ids:
+        check_id(sid, "snap", "InvalidSnapshotID.Malformed")
+    with ctx.runtime.db.read() as conn:
+        snaps = visible_snapshots(conn, caller)
+        perms = permissions_of(conn, [s.id for s in snaps])
+        if ids:
+            found = {s.id for s in snaps}
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise not_found(missing[0])
+            snaps = [s for s in snaps if s.id in set(ids)]
+        owners = _accounts(owner_ids, caller.account)
+        if owner_ids:
+            snaps = [s for s in snaps if s.account in owners]
+        restorable = _accounts(restorable_by, caller.account)
+        if restorable_by:
+            snaps = [s for s in snaps
+                     if ({s.account} | perms[s.id]) & restorable or "all" in perms[s.id]]
+        return snaps, tags_for(conn, caller.account, [s.id for s in snaps])
+
+
+def create_volume_permissions(ctx: Any, snapshot_id: str) -> tuple[str, list[str]]:
+    """The id of the caller's snapshot and its createVolumePermission grantees, sorted."""
+    with ctx.runtime.db.read() as conn:
+        snap = owned_snapshot(conn, ctx.caller, snapshot_id)
+        return snap.id, sorted(grantees(conn, snap.id))

@@ -31,7 +31,7 @@ from ebscrypt.engines.ec2.encryption import (
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume, from_result
 from ebscrypt.engines.ec2 import provenance, waits
-from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags
+from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags, tags_for
 from ebscrypt.engines.jobs import JobContext, job_kind
 from ebscrypt.errors import ServiceError
 from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_volume_attachments, ec2_volume_modifications, ec2_volumes
@@ -704,3 +704,39 @@ def set_auto_enable_io(ctx: Any, volume_id: str, value: bool) -> None:
     with ctx.runtime.db.begin() as conn:
         get_volume(conn, ctx.caller, volume_id)
         conn.execute(update(ec2_volumes).where(ec2_volumes.c.id == volume_id).values(auto_enable_io=value))
+
+
+# ----------------------------------------------------------------------------- operations
+# The request-level reads of services/ec2/volumes.py, one transaction each.
+
+
+def describe_volumes(ctx: Any, volume_ids: list[str] | None = None, *, after: str | None = None,
+                     limit: int | None = None) -> list[tuple[Volume, list[Attachment], list[dict[str, str]]]]:
+    """The caller's volumes (by id order), optionally only ``volume_ids`` (each must exist),
+    only ids > ``after``, at most ``limit``: each with its attachments and tags."""
+    caller = ctx.caller
+    for vid in volume_ids or []:
+        check_id(vid, "vol", "InvalidVolumeID.Malformed")
+    with ctx.runtime.db.read() as conn:
+        vols = list_volumes(conn, caller.account, caller.region, volume_ids, after=after, limit=limit)
+        ids = [v.id for v in vols]
+        atts = attachments_of(conn, ids)
+        tags = tags_for(conn, caller.account, ids)
+    if volume_ids:
+        missing = sorted(set(volume_ids) - set(ids))
+        if missing:
+            raise ServiceError(f"The volume '{missing[0]}' does not exist.", code="InvalidVolume.NotFound")
+    return [(v, atts[v.id], tags[v.id]) for v in vols]
+
+
+def modifications_of(ctx: Any, volume_ids: list[str] | None) -> list[dict[str, Any]]:
+    """The modifications of the caller's volumes (of ``volume_ids``: each must exist)."""
+    if volume_ids:
+        describe_volumes(ctx, volume_ids)  # NotFound / Malformed as AWS
+    with ctx.runtime.db.read() as conn:
+        return modifications(conn, ctx.caller, volume_ids)
+
+
+def owned_volume(ctx: Any, volume_id: str) -> Volume:
+    with ctx.runtime.db.read() as conn:
+        return get_volume(conn, ctx.caller, volume_id)

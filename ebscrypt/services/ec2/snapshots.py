@@ -7,14 +7,12 @@ from typing import Any
 
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import snapshots as S
-from ebscrypt.engines.ec2 import volumes as V
 from ebscrypt.engines.ec2.attributes import canonical_names, legacy_operation
-from ebscrypt.engines.ec2.ids import check_id
 from ebscrypt.engines.ec2.filters import apply_filters as filter_select
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.ec2.paging import page
 from ebscrypt.engines.ec2.records import Snapshot
-from ebscrypt.engines.ec2.tags import put_tags, tag_specs, tags_for
+from ebscrypt.engines.ec2.tags import put_tags, tag_specs
 from ebscrypt.errors import ServiceError
 from ebscrypt.services.registry import operation
 
@@ -58,21 +56,11 @@ _FILTERS = {
 }
 
 
-def _one(ctx: RequestContext, snapshot_id: str) -> dict[str, Any]:
-    with ctx.runtime.db.read() as conn:
-        snap = S.get_snapshot(conn, ctx.caller, snapshot_id)
-        tags = tags_for(conn, ctx.caller.account, [snap.id])[snap.id]
-    return snapshot_dict(snap, tags)
-
-
 @operation("ec2", "CreateSnapshot")
 def create_snapshot(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
     tags = tag_specs(params.get("TagSpecifications"), "snapshot")
-    with ctx.runtime.db.begin() as conn:
-        snap = S.create_snapshot_from_volume(ctx, conn, params["VolumeId"], params.get("Description"), tags,
-                                             defer_job=True)
-    S.finish_snapshot(ctx.runtime, snap.id)  # O(1): a block-lineage reference (R-SNAP-1)
+    snap = S.create_snapshot(ctx, params["VolumeId"], params.get("Description"), tags)
     return snapshot_dict(snap, tags)
 
 
@@ -85,31 +73,16 @@ def create_snapshots(ctx: RequestContext, params: dict[str, Any]) -> dict[str, A
     if not instance_id:
         raise ServiceError("The request must contain the parameter InstanceSpecification.InstanceId",
                            code="MissingParameter")
-    exclude = set(spec.get("ExcludeDataVolumeIds") or [])
-    tags = tag_specs(params.get("TagSpecifications"), "snapshot")
+    req = S.InstanceSnapshots(instance_id, frozenset(spec.get("ExcludeDataVolumeIds") or []),
+                              bool(spec.get("ExcludeBootVolume")), params.get("Description"),
+                              tuple(tag_specs(params.get("TagSpecifications"), "snapshot")),
+                              params.get("CopyTagsFromSource") == "volume")
     out = []
-    with ctx.runtime.db.begin() as conn:
-        info = V.lookup_instance(conn, ctx.caller, instance_id)
-        root = (info or {}).get("root_device_name")
-        pairs = V.volumes_of_instance(conn, instance_id)
-        source_tags = tags_for(conn, ctx.caller.account, [v.id for v, _ in pairs])
-        for vol, att in pairs:
-            if vol.account != ctx.caller.account or vol.id in exclude:
-                continue
-            if spec.get("ExcludeBootVolume") and root and att.device == root:
-                continue
-            snap_tags = list(tags)
-            if params.get("CopyTagsFromSource") == "volume":
-                keys = {t["Key"] for t in snap_tags}
-                snap_tags += [t for t in source_tags[vol.id] if t["Key"] not in keys]
-            snap = S.create_snapshot_from_volume(ctx, conn, vol.id, params.get("Description"), snap_tags,
-                                                 defer_job=True)
-            d = snapshot_dict(snap, snap_tags)
-            out.append({k: d[k] for k in ("Description", "Encrypted", "VolumeId", "State", "VolumeSize",
-                                          "StartTime", "Progress", "OwnerId", "SnapshotId") if k in d}
-                       | ({"Tags": snap_tags} if snap_tags else {}))
-    for item in out:
-        S.finish_snapshot(ctx.runtime, item["SnapshotId"])
+    for snap, snap_tags in S.create_snapshots_of_instance(ctx, req):
+        d = snapshot_dict(snap, snap_tags)
+        out.append({k: d[k] for k in ("Description", "Encrypted", "VolumeId", "State", "VolumeSize",
+                                      "StartTime", "Progress", "OwnerId", "SnapshotId") if k in d}
+                   | ({"Tags": snap_tags} if snap_tags else {}))
     return {"Snapshots": out}
 
 
@@ -142,34 +115,11 @@ def delete_snapshot(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
     return {}
 
 
-def _accounts(values: list[str] | None, caller_account: str) -> set[str]:
-    return {caller_account if v == "self" else v for v in values or []}
-
-
 @operation("ec2", "DescribeSnapshots")
 def describe_snapshots(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    caller = ctx.caller
-    ids = params.get("SnapshotIds") or []
-    for sid in ids:
-        check_id(sid, "snap", "InvalidSnapshotID.Malformed")
-    with ctx.runtime.db.read() as conn:
-        snaps = S.visible_snapshots(conn, caller)
-        perms = S.permissions_of(conn, [s.id for s in snaps])
-        if ids:
-            found = {s.id for s in snaps}
-            missing = [i for i in ids if i not in found]
-            if missing:
-                raise S.not_found(missing[0])
-            snaps = [s for s in snaps if s.id in set(ids)]
-        owners = _accounts(params.get("OwnerIds"), caller.account)
-        if params.get("OwnerIds"):
-            snaps = [s for s in snaps if s.account in owners]
-        restorable = _accounts(params.get("RestorableByUserIds"), caller.account)
-        if params.get("RestorableByUserIds"):
-            snaps = [s for s in snaps
-                     if ({s.account} | perms[s.id]) & restorable or "all" in perms[s.id]]
-        tags = tags_for(conn, caller.account, [s.id for s in snaps])
+    snaps, tags = S.describe_snapshots(ctx, params.get("SnapshotIds") or [], owner_ids=params.get("OwnerIds"),
+                                       restorable_by=params.get("RestorableByUserIds"))
     items = [snapshot_dict(s, tags[s.id]) for s in snaps]
     items = filter_select(items, params.get("Filters"), _FILTERS, _tag_map)
     chunk, token = page(items, params, lambda d: d["SnapshotId"], low=5, high=1000, ids_param="SnapshotIds")
@@ -197,13 +147,11 @@ def _check_attribute(params: dict[str, Any]) -> str:
 def describe_snapshot_attribute(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
     attribute = _check_attribute(params)
-    with ctx.runtime.db.read() as conn:
-        snap = S.owned_snapshot(conn, ctx.caller, params["SnapshotId"])
-        grantees = sorted(S.grantees(conn, snap.id))
+    snapshot_id, grantees = S.create_volume_permissions(ctx, params["SnapshotId"])
     if attribute == "productCodes":
-        return {"SnapshotId": snap.id, "ProductCodes": []}
+        return {"SnapshotId": snapshot_id, "ProductCodes": []}
     perms = [{"Group": g} if g == "all" else {"UserId": g} for g in grantees]
-    return {"SnapshotId": snap.id, "CreateVolumePermissions": perms}
+    return {"SnapshotId": snapshot_id, "CreateVolumePermissions": perms}
 
 
 @operation("ec2", "ModifySnapshotAttribute")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timezone
 from typing import Any
 
 from ebscrypt.context import RequestContext
+from ebscrypt.domain import regions
 from ebscrypt.engines.attach.engine import EXPORT_TAG
 from ebscrypt.engines.ec2 import volumes as V
 from ebscrypt.engines.ec2.ids import check_id
@@ -12,7 +14,7 @@ from ebscrypt.engines.ec2.filters import apply_filters as filter_select
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.ec2.paging import encode_token, page, page_after, page_size
 from ebscrypt.engines.ec2.records import Attachment, Volume
-from ebscrypt.engines.ec2.tags import tag_specs, tags_for
+from ebscrypt.engines.ec2.tags import tag_specs
 from ebscrypt.errors import ServiceError
 from ebscrypt.services.registry import operation
 
@@ -68,21 +70,10 @@ def _tag_map(d: dict[str, Any]) -> dict[str, str]:
 def describe(ctx: RequestContext, volume_ids: list[str] | None = None, *, after: str | None = None,
              limit: int | None = None) -> list[dict[str, Any]]:
     """The caller's volumes (by id order), optionally only ids > ``after``, at most ``limit``."""
-    caller = ctx.caller
-    for vid in volume_ids or []:
-        check_id(vid, "vol", "InvalidVolumeID.Malformed")
-    with ctx.runtime.db.read() as conn:
-        vols = V.list_volumes(conn, caller.account, caller.region, volume_ids, after=after, limit=limit)
-        ids = [v.id for v in vols]
-        atts = V.attachments_of(conn, ids)
-        tags = tags_for(conn, caller.account, ids)
-    if volume_ids:
-        missing = sorted(set(volume_ids) - set(ids))
-        if missing:
-            raise ServiceError(f"The volume '{missing[0]}' does not exist.", code="InvalidVolume.NotFound")
+    found = V.describe_volumes(ctx, volume_ids, after=after, limit=limit)
     if ctx.runtime.settings.auth == "strict":
-        tags = {vid: tags[vid] + _export_tags(ctx, atts[vid]) for vid in ids}
-    return [volume_dict(v, atts[v.id], tags[v.id]) for v in vols]
+        return [volume_dict(v, atts, tags + _export_tags(ctx, atts)) for v, atts, tags in found]
+    return [volume_dict(v, atts, tags) for v, atts, tags in found]
 
 
 def _export_tags(ctx: RequestContext, attachments: list[Any]) -> list[dict[str, str]]:
@@ -95,16 +86,10 @@ def _export_tags(ctx: RequestContext, attachments: list[Any]) -> list[dict[str, 
             for a in attachments if a.state == "attached"][:1]
 
 
-def _get(ctx: RequestContext, volume_id: str) -> dict[str, Any]:
-    return describe(ctx, [volume_id])[0]
-
-
 @operation("ec2", "CreateVolume")
 def create_volume(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
     if params.get("AvailabilityZoneId") and not params.get("AvailabilityZone"):
-        from ebscrypt.domain import regions
-
         z = regions.zone(params["AvailabilityZoneId"])
         if z is None:
             raise ServiceError(f"The zone '{params['AvailabilityZoneId']}' does not exist.",
@@ -186,8 +171,6 @@ def modification_dict(m: dict[str, Any]) -> dict[str, Any]:
         if m.get(col) is not None:
             out[key] = m[col]
     if out["StartTime"].tzinfo is None:
-        from datetime import timezone
-
         out["StartTime"] = out["StartTime"].replace(tzinfo=timezone.utc)
         if "EndTime" in out:
             out["EndTime"] = out["EndTime"].replace(tzinfo=timezone.utc)
@@ -216,11 +199,7 @@ _MOD_FILTERS = {
 @operation("ec2", "DescribeVolumesModifications")
 def describe_modifications(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    ids = params.get("VolumeIds")
-    if ids:
-        describe(ctx, ids)  # NotFound / Malformed as AWS
-    with ctx.runtime.db.read() as conn:
-        mods = [modification_dict(m) for m in V.modifications(conn, ctx.caller, ids)]
+    mods = [modification_dict(m) for m in V.modifications_of(ctx, params.get("VolumeIds"))]
     mods = filter_select(mods, params.get("Filters"), _MOD_FILTERS)
     return {"VolumesModifications": mods}
 
@@ -229,8 +208,7 @@ def describe_modifications(ctx: RequestContext, params: dict[str, Any]) -> dict[
 def describe_volume_attribute(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
     attribute = params.get("Attribute")
-    with ctx.runtime.db.read() as conn:
-        vol = V.get_volume(conn, ctx.caller, params["VolumeId"])
+    vol = V.owned_volume(ctx, params["VolumeId"])
     if attribute == "autoEnableIO":
         return {"VolumeId": vol.id, "AutoEnableIO": {"Value": bool(vol.auto_enable_io)}}
     if attribute == "productCodes":
