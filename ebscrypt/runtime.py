@@ -8,6 +8,7 @@ from ebscrypt.clock import Clock
 from ebscrypt.context import Runtime, Settings
 from ebscrypt.engines import attach as attach_engine
 from ebscrypt.engines import blocks as blocks_engine
+from ebscrypt.engines import ebs as ebs_engine
 from ebscrypt.engines import kms as kms_engine
 from ebscrypt.engines.ec2.reconcile import release_stray_block_owners
 from ebscrypt.engines.jobs import JobRunner
@@ -27,6 +28,7 @@ def build_runtime(settings: Settings, *, start_jobs: bool = True) -> Runtime:
     runtime.engines["space"] = SpaceMonitor(settings.data_dir)  # before the engines that write
     runtime.engines["kms"] = kms_engine.open_engine(runtime)
     runtime.engines["blocks"] = blocks_engine.open_engine(runtime)
+    ebs_engine.schedule_timeouts(runtime)
     runtime.engines["attach"] = attach_engine.open_engine(runtime)  # open volumes: keys in memory
     registry.load_all()  # handlers and the job kinds they register
     release_stray_block_owners(runtime)  # deletes cut short by a kill, before any job runs

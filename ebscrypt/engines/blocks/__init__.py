@@ -5,7 +5,8 @@ there). ``BlockEngine`` is put together from: ``engine`` (lifecycle, write/read,
 ``lineage`` (share, changed_blocks, release, GC, compaction), ``reencrypt`` (copies under
 another key; ``workers`` runs in the worker processes), ``maintenance`` (periodic tasks,
 sweep, sweep_orphans); ``errors`` and ``records`` hold its exceptions and records.
-``direct`` is the EBS direct APIs over the engine; ``crypto`` and ``store`` its layers.
+``crypto`` and ``store`` are its layers. It knows nothing of EC2 or of AWS's errors: the
+EBS direct APIs over it are ``ebscrypt.engines.ebs``.
 """
 
 from __future__ import annotations
@@ -30,9 +31,4 @@ def open_engine(runtime: Any) -> Any:
         copy_batch_delay=delay,
     )
     engine.start_maintenance()
-    # EBS direct-API write sessions past their Timeout go to error (also those a restart
-    # interrupted).
-    from ebscrypt.engines.blocks import direct
-
-    engine.add_periodic("ebs-timeouts", lambda: direct.reap_timed_out(runtime), 2.0)
     return engine

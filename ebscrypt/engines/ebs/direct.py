@@ -1,8 +1,8 @@
-"""EBS direct-API machinery of the block layer: write sessions (Timeout), opaque block and
-page tokens, the data-key cache (re-validated against the KMS key's authorization
-generation on every use), and the LINEAR aggregated checksum.
+"""EBS direct-API machinery: write sessions (Timeout), opaque block and page tokens, the
+data-key cache (re-validated against the KMS key's authorization generation on every
+use), the LINEAR aggregated checksum, and EBS's error shapes.
 
-The handlers in :mod:`ebscrypt.services.ebs` stay thin: they call these and the engine.
+The operations in :mod:`ebscrypt.engines.ebs.snapshots` use these and the block engine.
 
 Block and page tokens are opaque: base64 of an expiry and an HMAC (a server secret kept
 in the metadata store) over the snapshot id, the block index and the stored object (unique per write),
@@ -25,8 +25,11 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 
+from ebscrypt.context import Caller
 from ebscrypt.engines.blocks.crypto import DataKey, sha256_b64
 from ebscrypt.engines.blocks.engine import BlockRef
+from ebscrypt.engines.ec2.encryption import data_key_for
+from ebscrypt.engines.ec2.snapshots import fail_snapshot, get_snapshot
 from ebscrypt.errors import ServiceError
 from ebscrypt.storage.db import as_utc
 from ebscrypt.storage.tables.blocks import blk_secrets, ebs_sessions
@@ -35,12 +38,6 @@ log = logging.getLogger("ebscrypt.ebs")
 
 TOKEN_LIFETIME = timedelta(hours=24)
 KEY_CACHE_SECONDS = 60.0
-
-
-def _ec2() -> Any:
-    import ebscrypt.engines.ec2 as ec2
-
-    return ec2
 
 
 # --------------------------------------------------------------------------- errors
@@ -128,7 +125,7 @@ class _KeyCache:
         if hit is not None and generation is not None and hit.generation == generation and hit.expires > now:
             return hit.key
         try:
-            key = _ec2().data_key_for(ctx, snap)
+            key = data_key_for(ctx, snap)
         except ServiceError as err:
             with self._lock:
                 self._items.pop(ident, None)
@@ -283,7 +280,7 @@ def check_write_session(ctx: Any, snap: Any, session: Any) -> None:
         raise validation(f"The snapshot '{snap.id}' was not started with StartSnapshot.", "INVALID_SNAPSHOT_ID")
     deadline = as_utc(session.last_activity) + timedelta(minutes=session.timeout_minutes)
     if ctx.runtime.clock.now() >= deadline:
-        _ec2().fail_snapshot(ctx.runtime, snap.id, "The snapshot timed out before it was completed.")
+        fail_snapshot(ctx.runtime, snap.id, "The snapshot timed out before it was completed.")
         end_session(ctx.runtime, snap.id)
         raise validation(f"The snapshot '{snap.id}' timed out.", "WRITE_REQUEST_TIMEOUT")
 
@@ -334,9 +331,6 @@ def reap_timed_out(runtime: Any) -> int:
     Runs every few seconds in the block engine's maintenance thread (and may be called
     directly). A session's deadline is its last write plus its Timeout.
     """
-    from ebscrypt.context import Caller
-
-    ec2 = _ec2()
     now = runtime.clock.now()
     with runtime.db.read() as conn:
         sessions = conn.execute(select(ebs_sessions)).all()
@@ -346,11 +340,11 @@ def reap_timed_out(runtime: Any) -> int:
             continue
         try:
             with runtime.db.read() as conn:
-                snap = ec2.get_snapshot(conn, Caller(account=s.account, region=s.region), s.snapshot_id)
+                snap = get_snapshot(conn, Caller(account=s.account, region=s.region), s.snapshot_id)
         except ServiceError:
             snap = None
         if snap is not None and snap.state == "pending":
-            ec2.fail_snapshot(runtime, s.snapshot_id, "The snapshot timed out before it was completed.")
+            fail_snapshot(runtime, s.snapshot_id, "The snapshot timed out before it was completed.")
             failed += 1
         end_session(runtime, s.snapshot_id)
     return failed

@@ -1,0 +1,348 @@
+"""The EBS direct-API operations over the EC2 snapshot records (``engines.ec2``) and the
+block engine (``runtime.blocks``), with typed arguments (SPEC R-DATA-1, R-LIFE-2, §2).
+
+Snapshots here are the EC2 snapshot records (visible in DescribeSnapshots and back);
+their bytes live in the block engine under the snapshot id. Errors have EBS's shapes
+(:mod:`ebscrypt.engines.ebs.direct`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, BlockIntegrityError
+from ebscrypt.engines.blocks.engine import CopyInProgress, UnrelatedLineage
+from ebscrypt.engines.ebs import direct
+from ebscrypt.engines.ec2 import snapshots as ec2_snapshots
+from ebscrypt.engines.ec2.account import get_settings
+from ebscrypt.engines.ec2.records import Snapshot
+from ebscrypt.engines.ec2.tags import tags_for
+from ebscrypt.errors import ServiceError
+
+log = logging.getLogger("ebscrypt.ebs")
+
+BLOCKS_PER_GIB = (1024 * 1024 * 1024) // BLOCK_SIZE
+DEFAULT_TIMEOUT_MINUTES = 60
+DEFAULT_MAX_RESULTS = 10000
+
+
+def _snapshot(
+    ctx: Any, snapshot_id: str, *, owned: bool = False, session: list[Any] | None = None, block: int | None = None,
+    generation: list[Any] | None = None,
+) -> Any:
+    """The EC2 snapshot record the caller may see, with EBS's error shapes. In the same
+    transaction: with ``session`` (a list), its write session row is appended to it; with
+    ``generation`` (a list), the authorization generation of its KMS key (for
+    ``direct.keys.get``); with ``block``, the entry of that block is returned too
+    (``(snap, ref)``)."""
+    ref = None
+    try:
+        with ctx.runtime.db.read() as conn:
+            snap = ec2_snapshots.get_snapshot(conn, ctx.caller, snapshot_id)
+            if session is not None:
+                session.append(direct.session_row(conn, snapshot_id))
+            if generation is not None:
+                generation.append(direct.keys.generation(ctx, snap, conn))
+            if block is not None:
+                ref = _blocks(ctx).block_ref(snapshot_id, block, conn=conn)
+    except ServiceError as err:
+        if err.code.endswith("Malformed"):
+            raise direct.validation(f"The snapshot ID '{snapshot_id}' is not valid.", "INVALID_SNAPSHOT_ID") from None
+        if err.code.startswith("InvalidSnapshot"):
+            raise direct.not_found(snapshot_id) from None
+        raise
+    if owned and not ec2_snapshots.snapshot_is_owned(snap, ctx.caller):
+        raise direct.access_denied(f"The snapshot '{snapshot_id}' is not owned by account {ctx.caller.account}.")
+    return (snap, ref) if block is not None else snap
+
+
+def _completed(snap: Any) -> None:
+    if snap.state != "completed":
+        raise direct.validation(
+            f"The snapshot '{snap.id}' is in the '{snap.state}' state; only completed snapshots can be read.",
+            "INVALID_SNAPSHOT_ID",
+        )
+
+
+def _blocks(ctx: Any) -> Any:
+    blocks = ctx.runtime.blocks
+    if blocks is None:
+        raise direct.internal("The block store is not available.")
+    return blocks
+
+
+def _now(ctx: Any) -> datetime:
+    return ctx.runtime.clock.now()
+
+
+def _max_blocks(snap: Any) -> int:
+    return int(snap.volume_size) * BLOCKS_PER_GIB
+
+
+# --------------------------------------------------------------------------- StartSnapshot
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """StartSnapshot's arguments."""
+
+    volume_size: int
+    parent_snapshot_id: str | None = None
+    encrypted: bool | None = None
+    kms_key_arn: str | None = None
+    description: str | None = None
+    client_token: str | None = None
+    tags: tuple[dict[str, Any], ...] = ()
+    timeout_minutes: int = DEFAULT_TIMEOUT_MINUTES
+
+
+_VALIDATION_REASONS = {
+    "INVALID_CUSTOMER_KEY", "INVALID_PAGE_TOKEN", "INVALID_BLOCK_TOKEN", "INVALID_GRANT_TOKEN",
+    "INVALID_SNAPSHOT_ID", "UNRELATED_SNAPSHOTS", "INVALID_BLOCK", "INVALID_CONTENT_ENCODING",
+    "INVALID_TAG", "INVALID_DEPENDENCY_REQUEST", "INVALID_PARAMETER_VALUE", "INVALID_VOLUME_SIZE",
+    "CONFLICTING_BLOCK_UPDATE", "INVALID_IMAGE_ID", "WRITE_REQUEST_TIMEOUT",
+}
+
+
+def start_snapshot(ctx: Any, req: StartRequest) -> tuple[Snapshot, list[dict[str, str]]]:
+    """A new ``pending`` snapshot with its write session (seeded from its parent's blocks,
+    R-LIFE-2), or the one a retried ClientToken made; and its tags."""
+    volume_size = req.volume_size
+    if volume_size > 65536:
+        raise direct.validation("The volume size must be at most 65536 GiB.", "INVALID_VOLUME_SIZE")
+    parent_id = req.parent_snapshot_id
+    encrypted = req.encrypted
+    if parent_id and encrypted is not None:
+        raise direct.validation("You can't specify ParentSnapshotId and Encrypted in the same request.", "INVALID_PARAMETER_VALUE")
+    if encrypted is False:
+        with ctx.runtime.db.read() as conn:
+            ebd = get_settings(conn, ctx.caller.account, ctx.caller.region).ebd
+        if ebd:
+            raise direct.validation(
+                "Encryption by default is enabled for this account: a snapshot cannot be started unencrypted.",
+                "INVALID_PARAMETER_VALUE",
+            )
+    kms_key = req.kms_key_arn
+    if kms_key and encrypted is None:
+        encrypted = True  # a KmsKeyArn asks for encryption under that key (with a parent too)
+    tags = list(req.tags)
+    for tag in tags:
+        if not tag.get("Key") or str(tag.get("Key", "")).startswith("aws:"):
+            raise direct.validation("Tag keys must be non-empty and must not start with 'aws:'.", "INVALID_TAG")
+    parent = _snapshot(ctx, parent_id) if parent_id else None
+    if parent is not None:
+        _completed(parent)
+        if parent.volume_size > volume_size:
+            raise direct.validation(
+                f"The volume size {volume_size} GiB is smaller than the parent snapshot's {parent.volume_size} GiB.",
+                "INVALID_VOLUME_SIZE",
+            )
+    try:
+        snap = ec2_snapshots.new_snapshot_record(
+            ctx,
+            volume_size=volume_size,
+            encrypted=encrypted,
+            kms_key_id=kms_key,
+            parent_snapshot_id=parent_id,
+            description=req.description,
+            client_token=req.client_token,
+            tags=tags or None,
+        )
+    except ServiceError as err:
+        if err.code == "InvalidParameterDependency":
+            raise direct.validation(err.message, "INVALID_PARAMETER_VALUE") from None
+        if err.code == "ValidationException" and err.fields.get("Reason") not in _VALIDATION_REASONS:
+            raise direct.validation(err.message, "INVALID_PARAMETER_VALUE") from None
+        raise
+    blocks = _blocks(ctx)
+    # A retried ClientToken finds its session (or its finished snapshot): no second seeding.
+    fresh = snap.state == "pending" and direct.start_session(
+        ctx.runtime, snap.id, ctx.caller.account, ctx.caller.region, req.timeout_minutes
+    )
+    if fresh and parent is not None:
+        _seed_from_parent(ctx, blocks, parent, snap)
+    with ctx.runtime.db.read() as conn:
+        tag_list = tags_for(conn, snap.account, [snap.id]).get(snap.id, [])
+    return snap, tag_list
+
+
+def _seed_from_parent(ctx: Any, blocks: Any, parent: Any, snap: Any) -> None:
+    """The new snapshot starts with its parent's blocks (R-LIFE-2): shared under the same
+    data key (R-KEY-2), re-encrypted otherwise (the parent's lineage is kept)."""
+    try:
+        if parent.data_key_id == snap.data_key_id:
+            blocks.share(parent.id, snap.id)
+        else:
+            src_key = direct.keys.get(ctx, parent)
+            dst_key = direct.keys.get(ctx, snap)
+            blocks.reencrypt(parent.id, src_key, snap.id, dst_key)
+    except BlockIntegrityError:  # (a ServiceError too: caught first)
+        ec2_snapshots.fail_snapshot(ctx.runtime, snap.id, "The parent snapshot's data failed its integrity check.")
+        raise direct.internal("The parent snapshot's data failed its integrity check.") from None
+    except ServiceError:
+        ec2_snapshots.fail_snapshot(ctx.runtime, snap.id, "The parent snapshot's data could not be read.")
+        raise
+
+
+# --------------------------------------------------------------------------- write, complete
+
+
+def put_block(ctx: Any, snapshot_id: str, index: int, data: bytes, *, data_length: int, checksum: str,
+              checksum_algorithm: str | None, progress: int | None) -> str:
+    """Store one block of a pending snapshot (its write session open, the checksum
+    verified); the block's SHA256 checksum."""
+    found: list[Any] = []
+    generation: list[Any] = []
+    snap = _snapshot(ctx, snapshot_id, owned=True, session=found, generation=generation)
+    direct.check_write_session(ctx, snap, found[0])
+    if index >= _max_blocks(snap):
+        raise direct.validation(
+            f"The block index {index} is outside the {snap.volume_size} GiB volume (last index {_max_blocks(snap) - 1}).",
+            "INVALID_BLOCK",
+        )
+    if data_length != BLOCK_SIZE or len(data) != BLOCK_SIZE:
+        raise direct.validation(
+            f"A block must be exactly {BLOCK_SIZE} bytes (DataLength {data_length}, received {len(data)}).",
+            "INVALID_PARAMETER_VALUE",
+        )
+    if checksum_algorithm != "SHA256":
+        raise direct.validation("The only supported checksum algorithm is SHA256.", "INVALID_PARAMETER_VALUE")
+    actual = direct.verified_block_checksum(data, checksum)
+    key = direct.keys.get(ctx, snap, generation=generation[0])
+    try:
+        _blocks(ctx).write_block(snapshot_id, index, data, key, checksum=actual)  # verified just above
+    except BlockIntegrityError:
+        raise direct.internal("The block could not be stored.") from None
+    except CopyInProgress:  # its parent's blocks are still being re-encrypted into it
+        raise ServiceError(
+            f"The snapshot '{snapshot_id}' is still being prepared from its parent; retry shortly.",
+            code="RequestThrottledException",
+            status=400,
+            Reason="RESOURCE_LEVEL_THROTTLE",
+        ) from None
+    direct.touch(ctx, snapshot_id, found[0])
+    if progress is not None and direct.progress.advanced(ctx, snapshot_id, progress):
+        ec2_snapshots.set_progress(ctx.runtime, snapshot_id, progress)
+    return actual
+
+
+def complete_snapshot(ctx: Any, snapshot_id: str, *, changed_blocks_count: int, checksum: str | None,
+                      checksum_algorithm: str, aggregation_method: str) -> None:
+    """Seal a pending snapshot once ``changed_blocks_count`` blocks (and, when given, the
+    LINEAR aggregate ``checksum``) match what was written; a completed one is left as is."""
+    snap = _snapshot(ctx, snapshot_id, owned=True)
+    if snap.state == "completed":
+        return
+    found: list[Any] = []
+    snap = _snapshot(ctx, snapshot_id, owned=True, session=found)
+    direct.check_write_session(ctx, snap, found[0])
+    blocks = _blocks(ctx)
+    key = direct.keys.get(ctx, snap)
+    own = blocks.own_blocks(snapshot_id, key)
+    if changed_blocks_count != len(own):
+        raise direct.validation(
+            f"ChangedBlocksCount is {changed_blocks_count} but {len(own)} blocks were written to the snapshot.",
+            "INVALID_PARAMETER_VALUE",
+        )
+    if checksum is not None:
+        if checksum_algorithm != "SHA256":
+            raise direct.validation("The only supported checksum algorithm is SHA256.", "INVALID_PARAMETER_VALUE")
+        if aggregation_method != "LINEAR":
+            raise direct.validation("The only supported aggregation method is LINEAR.", "INVALID_PARAMETER_VALUE")
+        direct.check_aggregate_checksum((c for _, c in own), checksum)
+    ec2_snapshots.complete_snapshot(ctx.runtime, snapshot_id)
+    direct.end_session(ctx.runtime, snapshot_id)
+    direct.keys.drop(ctx, snapshot_id)
+
+
+# --------------------------------------------------------------------------- read
+
+
+def get_block(ctx: Any, snapshot_id: str, index: int, block_token: str) -> tuple[bytes, str]:
+    """One block of a completed snapshot, named by a valid token: its bytes and checksum."""
+    generation: list[Any] = []
+    snap, ref = _snapshot(ctx, snapshot_id, block=index, generation=generation)
+    _completed(snap)
+    blocks = _blocks(ctx)
+    direct.check_block_token(ctx.runtime, snapshot_id, ref, block_token, _now(ctx))
+    key = direct.keys.get(ctx, snap, generation=generation[0])
+    try:
+        data, checksum, now_ref = blocks.read_block_checked(snapshot_id, index, key, ref=ref)
+    except BlockIntegrityError:
+        log.error("block %d of %s failed its integrity check", index, snapshot_id)
+        raise direct.internal("The block failed its integrity check and cannot be returned.") from None
+    if (now_ref.object_key if now_ref else None) != (ref.object_key if ref else None):  # rewritten meanwhile
+        raise direct.validation("The block token is not valid.", "INVALID_BLOCK_TOKEN")
+    return data, checksum
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a block listing: ``items`` as the operation lists them, when their
+    tokens expire, the snapshot's size and the token of the next page (if more remain)."""
+
+    items: list[Any]
+    expiry: datetime
+    volume_size: int
+    next_token: str | None
+
+
+@dataclass(frozen=True)
+class ChangedBlock:
+    index: int
+    first_token: str | None
+    second_token: str | None
+
+
+def list_blocks(ctx: Any, snapshot_id: str, *, max_results: int | None, start: int | None,
+                next_token: str | None) -> Page:
+    """The blocks of a completed snapshot from index ``start`` on: (index, block token)."""
+    snap = _snapshot(ctx, snapshot_id)
+    _completed(snap)
+    max_results, start = max_results or DEFAULT_MAX_RESULTS, start or 0
+    now = _now(ctx)
+    scope = f"list:{snapshot_id}"
+    if next_token:
+        start = max(start, direct.read_page_token(ctx.runtime, scope, next_token, now))
+    expiry = now + direct.TOKEN_LIFETIME
+    refs = [r for r in _blocks(ctx).list_block_refs(snapshot_id) if r.index >= start]
+    page, rest = refs[:max_results], refs[max_results:]
+    items = [(r.index, direct.block_token(ctx.runtime, snapshot_id, r, expiry)) for r in page]
+    token = direct.page_token(ctx.runtime, scope, rest[0].index, expiry) if rest else None
+    return Page(items, expiry, int(snap.volume_size), token)
+
+
+def list_changed_blocks(ctx: Any, first_id: str | None, second_id: str, *, max_results: int | None,
+                        start: int | None, next_token: str | None) -> Page:
+    """The blocks that differ between two completed snapshots of one lineage (all of
+    ``second_id``'s without a first): :class:`ChangedBlock` items."""
+    second = _snapshot(ctx, second_id)
+    _completed(second)
+    if first_id:
+        first = _snapshot(ctx, first_id)
+        _completed(first)
+    max_results, start = max_results or DEFAULT_MAX_RESULTS, start or 0
+    now = _now(ctx)
+    scope = f"changed:{first_id or ''}:{second_id}"
+    if next_token:
+        start = max(start, direct.read_page_token(ctx.runtime, scope, next_token, now))
+    try:
+        changed = _blocks(ctx).changed_blocks(first_id, second_id)
+    except UnrelatedLineage:
+        raise direct.validation(
+            f"The snapshots '{first_id}' and '{second_id}' are not in the same lineage.", "UNRELATED_SNAPSHOTS"
+        ) from None
+    changed = [c for c in changed if c.index >= start]
+    page, rest = changed[:max_results], changed[max_results:]
+    expiry = now + direct.TOKEN_LIFETIME
+    items = [ChangedBlock(c.index,
+                          direct.block_token(ctx.runtime, first_id, c.first, expiry)
+                          if c.first is not None and first_id else None,
+                          direct.block_token(ctx.runtime, second_id, c.second, expiry)
+                          if c.second is not None else None)
+             for c in page]
+    token = direct.page_token(ctx.runtime, scope, rest[0].index, expiry) if rest else None
+    return Page(items, expiry, int(second.volume_size), token)
