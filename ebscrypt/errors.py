@@ -289,14 +289,6 @@ class KmsAlreadyExists(KmsError):
     code = "AlreadyExistsException"
 
 
-class KmsInvalidAliasName(KmsError):
-    code = "InvalidAliasNameException"
-
-
-class KmsInvalidArn(KmsError):
-    code = "InvalidArnException"
-
-
 class KmsInvalidCiphertext(KmsError):
     code = "InvalidCiphertextException"
 

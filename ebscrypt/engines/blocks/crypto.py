@@ -194,6 +194,3 @@ def _check_identity(identity: str) -> None:
     if not isinstance(identity, str) or not identity or len(identity.encode()) > 0xFFFF:
         raise ValueError("a block object needs its identity (its object key)")
 
-
-def is_sealed_checksum(stored: str) -> bool:
-    return stored.startswith(_SEALED_PREFIX)
