@@ -121,7 +121,7 @@ class JsonReader:
 
     def read_members(
         self, shape: Any, doc: dict[str, Any], path: str, *, skip_located: bool = False, required: bool = True
-    ) -> dict:
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, member in shape.members.items():
             if skip_located and "location" in member.serialization:

@@ -38,6 +38,8 @@ from .ec2_always import ALWAYS_EMITTED
 from ebscrypt.wire.http import HttpRequest, HttpResponse
 
 _LEAF = None  # key under which a tree node keeps its own value
+# A node of the tree of form fields: sub-fields by name segment, its own value under _LEAF.
+Node = dict[str | None, Any]
 
 
 def _escape(text: str) -> str:
@@ -47,9 +49,9 @@ def _escape(text: str) -> str:
     )
 
 
-def _field_tree(pairs: list[tuple[str, str]]) -> dict:
+def _field_tree(pairs: list[tuple[str, str]]) -> Node:
     """``[("Filter.1.Name", "x")]`` → ``{"Filter": {"1": {"Name": {None: "x"}}}}``."""
-    root: dict = {}
+    root: Node = {}
     for key, value in pairs:
         node = root
         for part in key.split("."):
@@ -71,7 +73,7 @@ def _is_protocol_field(name: str) -> bool:
     return name in _PROTOCOL_FIELDS or name.lower().startswith("x-amz-")
 
 
-def _indexed(node: dict) -> list[tuple[int, dict]]:
+def _indexed(node: Node) -> list[tuple[int, Node]]:
     items = [(int(k), v) for k, v in node.items() if k is not None and k.isdigit()]
     items.sort(key=lambda kv: kv[0])
     return items
@@ -118,7 +120,7 @@ class QueryCodec(Codec):
             return operation, {}
         return operation, self._read_members(shape, tree, "")
 
-    def _check_fields(self, shape: Any | None, tree: dict) -> None:
+    def _check_fields(self, shape: Any | None, tree: Node) -> None:
         """The query variant stays lenient about fields its operation does not have."""
 
     def _members_by_wire(self, shape: Any) -> dict[str, tuple[str, Any]]:
@@ -130,7 +132,7 @@ class QueryCodec(Codec):
             self._wire_maps[shape.name] = found
         return found
 
-    def _refuse_unknown(self, shape: Any | None, node: dict) -> None:
+    def _refuse_unknown(self, shape: Any | None, node: Node) -> None:
         """Raise UnknownParameter for the first field (in the order sent) ``shape`` lacks.
 
         AWS names the unrecognised segment alone, as sent ("The parameter VolumeType is
@@ -155,15 +157,15 @@ class QueryCodec(Codec):
         if kind == "structure":
             found = self._members_by_wire(shape).get(key)
             return found[1] if found is not None else None
-        if kind == "list":
+        if kind == "list" and shape is not None:
             return shape.member if key.isdigit() else None
         return None  # below a scalar, or an operation without input: nothing is known
 
     def _wire_name(self, member: Any, name: str) -> str:
         ser = member.serialization
         if member.type_name == "list" and ser.get("flattened") and member.member.serialization.get("name"):
-            return member.member.serialization["name"]
-        return ser.get("name", name)
+            return str(member.member.serialization["name"])
+        return str(ser.get("name", name))
 
     def _top_level_label(self, member: Any, name: str, wire: str) -> str:
         """How errors name a top-level member: by its wire name."""
@@ -175,7 +177,7 @@ class QueryCodec(Codec):
     def _invalid(self, path: str, text: str, reason: str) -> ValidationError:
         return ValidationError(f"Value ({text}) for parameter {path} is invalid. {reason}")
 
-    def _read_members(self, shape: Any, node: dict, path: str) -> dict[str, Any]:
+    def _read_members(self, shape: Any, node: Node, path: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for wire, (name, member) in self._members_by_wire(shape).items():
             child = node.get(wire)
@@ -190,7 +192,7 @@ class QueryCodec(Codec):
             raise self._missing(f"{path}.{wire}" if path else wire)
         return out
 
-    def _read(self, shape: Any, node: dict, path: str) -> Any:
+    def _read(self, shape: Any, node: Node, path: str) -> Any:
         t = shape.type_name
         if t == "structure":
             return self._read_members(shape, node, path)
@@ -211,7 +213,7 @@ class QueryCodec(Codec):
         ``Name.member.1``."""
         return bool(shape.serialization.get("flattened"))
 
-    def _read_list(self, shape: Any, node: dict, path: str) -> list:
+    def _read_list(self, shape: Any, node: Node, path: str) -> list[Any]:
         if self._flat_list(shape):
             container, item_path = node, path
         else:
@@ -228,7 +230,7 @@ class QueryCodec(Codec):
             raise self._invalid(path, leaf, "Expected a list.")
         return [self._read(shape.member, child, f"{item_path}.{i}") for i, child in items]
 
-    def _read_map(self, shape: Any, node: dict, path: str) -> dict:
+    def _read_map(self, shape: Any, node: Node, path: str) -> dict[Any, Any]:
         if shape.serialization.get("flattened"):
             container, entry_path = node, path
         else:
@@ -352,16 +354,16 @@ class Ec2Codec(QueryCodec):
         if self.namespace and not self.namespace.endswith("/"):
             self.namespace += "/"  # EC2 answers with the trailing slash its model omits
 
-    def _check_fields(self, shape: Any | None, tree: dict) -> None:
+    def _check_fields(self, shape: Any | None, tree: Node) -> None:
         """EC2 refuses a field its operation does not have (``UnknownParameter``)."""
-        self._refuse_unknown(shape, {k: v for k, v in tree.items() if not _is_protocol_field(k)})
+        self._refuse_unknown(shape, {k: v for k, v in tree.items() if not (k is not None and _is_protocol_field(k))})
 
     def _wire_name(self, member: Any, name: str) -> str:
         ser = member.serialization
         if "queryName" in ser:
-            return ser["queryName"]
+            return str(ser["queryName"])
         if "name" in ser:
-            return ser["name"][:1].upper() + ser["name"][1:]
+            return str(ser["name"][:1].upper() + ser["name"][1:])
         return name
 
     def _top_level_label(self, member: Any, name: str, wire: str) -> str:
@@ -373,7 +375,7 @@ class Ec2Codec(QueryCodec):
         """
         if member.type_name in ("structure", "list", "map"):
             return wire
-        return member.serialization.get("name") or name[:1].lower() + name[1:]
+        return str(member.serialization.get("name") or name[:1].lower() + name[1:])
 
     def _flat_list(self, shape: Any) -> bool:
         return True  # EC2 lists are always ``Name.N``
