@@ -17,13 +17,13 @@ Compare::
 Values that differ between any two runs are normalized first: ids (UUIDs, long hex or
 base64 tokens) are renamed in order of first appearance (so the same id must still
 appear in the same places), timestamps become ``<time>``, and binary values become their
-length (ciphertexts and random bytes differ, their sizes must not).
+length (ciphertexts and random bytes differ, their sizes must not, to within the few
+bytes a DER encoding varies by); opaque tokens become ``<token>``.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import datetime as dt
 import json
 import os
@@ -96,9 +96,14 @@ def pytest_configure(config: Any) -> None:
 _ID = re.compile(
     r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # UUID (key ids, request ids)
     r"|\b(?:vol|snap|ami|i|lt|sg|key|vpc|subnet|sgr|igw|rtb|acl|eni)-[0-9a-f]{8,17}\b"  # EC2 ids
-    r"|\b[0-9a-f]{32,}\b"  # hex ids (grant ids)
-    r"|[A-Za-z0-9+/_-]{24,}={0,2}"  # opaque tokens (grant, block and page tokens, base64 keys)
+    r"|\b[0-9a-f]{32,}\b"  # hex ids (grant ids, key material ids)
 )
+# Opaque tokens (grant, block and page tokens): they embed an expiry time, so two calls a
+# second apart get different ones; only their presence is compared.
+_TOKEN = re.compile(r"[A-Za-z0-9+/_-]{24,}={0,2}")
+# DER encodings (ECDSA signatures, RSA private keys) vary by a few bytes from one key or
+# signature to the next: binary lengths are compared to within this many bytes.
+_DER_SLACK = 8
 
 
 class _Normalizer:
@@ -112,7 +117,7 @@ class _Normalizer:
                 self.names[token] = f"<id{len(self.names) + 1}>"
             return self.names[token]
 
-        return _ID.sub(rename, value)
+        return _TOKEN.sub("<token>", _ID.sub(rename, value))
 
     def value(self, value: Any) -> Any:
         if isinstance(value, dict):
@@ -124,6 +129,16 @@ class _Normalizer:
         if isinstance(value, str):
             return self.text(value)
         return value
+
+
+def _same(x: Any, y: Any) -> bool:
+    if isinstance(x, dict) and isinstance(y, dict):
+        if "__bytes__" in x and "__bytes__" in y:
+            return abs(x["__bytes__"] - y["__bytes__"]) <= _DER_SLACK
+        return x.keys() == y.keys() and all(_same(x[k], y[k]) for k in x)
+    if isinstance(x, list) and isinstance(y, list):
+        return len(x) == len(y) and all(_same(a, b) for a, b in zip(x, y))
+    return bool(x == y)
 
 
 def _load(path: str, service: str | None) -> list[dict[str, Any]]:
@@ -140,7 +155,7 @@ def compare(before: str, after: str, service: str | None = None) -> list[str]:
     na, nb = _Normalizer(), _Normalizer()
     for i, (x, y) in enumerate(zip(a, b)):
         x, y = na.value(x), nb.value(y)
-        if x != y:
+        if not _same(x, y):
             problems.append(
                 f"call {i + 1} {x['operation']}:\n  before {json.dumps(x, sort_keys=True)}\n"
                 f"  after  {json.dumps(y, sort_keys=True)}"

@@ -1,6 +1,6 @@
 """EBS direct-API machinery: write sessions (Timeout), opaque block and page tokens, the
 data-key cache (re-validated against the KMS key's authorization generation on every
-use), the LINEAR aggregated checksum, and EBS's error shapes.
+use), and the LINEAR aggregated checksum.
 
 The operations in :mod:`ebscrypt.engines.ebs.snapshots` use these and the block engine.
 
@@ -30,7 +30,7 @@ from ebscrypt.engines.blocks.crypto import DataKey, sha256_b64
 from ebscrypt.engines.blocks.engine import BlockRef
 from ebscrypt.engines.ec2.encryption import data_key_for
 from ebscrypt.engines.ec2.snapshots import fail_snapshot, get_snapshot
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import EbsAccessDenied, EbsValidation, ServiceError
 from ebscrypt.storage.db import as_utc
 from ebscrypt.storage.tables.blocks import blk_secrets, ebs_sessions
 
@@ -38,31 +38,6 @@ log = logging.getLogger("ebscrypt.ebs")
 
 TOKEN_LIFETIME = timedelta(hours=24)
 KEY_CACHE_SECONDS = 60.0
-
-
-# --------------------------------------------------------------------------- errors
-
-
-def validation(message: str, reason: str | None = None) -> ServiceError:
-    fields = {"Reason": reason} if reason else {}
-    return ServiceError(message, code="ValidationException", status=400, **fields)
-
-
-def not_found(snapshot_id: str) -> ServiceError:
-    return ServiceError(
-        f"The snapshot '{snapshot_id}' does not exist.",
-        code="ResourceNotFoundException",
-        status=404,
-        Reason="SNAPSHOT_NOT_FOUND",
-    )
-
-
-def access_denied(message: str, reason: str = "UNAUTHORIZED_ACCOUNT") -> ServiceError:
-    return ServiceError(message, code="AccessDeniedException", status=403, Reason=reason)
-
-
-def internal(message: str) -> ServiceError:
-    return ServiceError(message, code="InternalServerException", status=500)
 
 
 # --------------------------------------------------------------------------- data keys
@@ -129,7 +104,7 @@ class _KeyCache:
         except ServiceError as err:
             with self._lock:
                 self._items.pop(ident, None)
-            raise access_denied(
+            raise EbsAccessDenied(
                 f"The KMS key of snapshot '{snap.id}' cannot be used: {err.code}: {err.message}",
                 "DEPENDENCY_ACCESS_DENIED",
             ) from None
@@ -186,7 +161,7 @@ def block_token(runtime: Any, snapshot_id: str, ref: BlockRef, expiry: datetime)
 
 
 def check_block_token(runtime: Any, snapshot_id: str, ref: BlockRef | None, token: str, now: datetime) -> None:
-    bad = validation("The block token is not valid.", "INVALID_BLOCK_TOKEN")
+    bad = EbsValidation("The block token is not valid.", "INVALID_BLOCK_TOKEN")
     try:
         raw = base64.b64decode(token, validate=True)
     except ValueError:
@@ -206,7 +181,7 @@ def page_token(runtime: Any, scope: str, next_index: int, expiry: datetime) -> s
 
 
 def read_page_token(runtime: Any, scope: str, token: str, now: datetime) -> int:
-    bad = validation("The pagination token is not valid.", "INVALID_PAGE_TOKEN")
+    bad = EbsValidation("The pagination token is not valid.", "INVALID_PAGE_TOKEN")
     try:
         raw = base64.b64decode(token, validate=True)
     except ValueError:
@@ -272,17 +247,17 @@ def start_session(runtime: Any, snapshot_id: str, account: str, region: str, tim
 def check_write_session(ctx: Any, snap: Any, session: Any) -> None:
     """The snapshot accepts writes: pending, started here, not past its Timeout."""
     if snap.state != "pending":
-        raise validation(
+        raise EbsValidation(
             f"The snapshot '{snap.id}' is in the '{snap.state}' state and no longer accepts writes.",
             "INVALID_SNAPSHOT_ID",
         )
     if session is None:
-        raise validation(f"The snapshot '{snap.id}' was not started with StartSnapshot.", "INVALID_SNAPSHOT_ID")
+        raise EbsValidation(f"The snapshot '{snap.id}' was not started with StartSnapshot.", "INVALID_SNAPSHOT_ID")
     deadline = as_utc(session.last_activity) + timedelta(minutes=session.timeout_minutes)
     if ctx.runtime.clock.now() >= deadline:
         fail_snapshot(ctx.runtime, snap.id, "The snapshot timed out before it was completed.")
         end_session(ctx.runtime, snap.id)
-        raise validation(f"The snapshot '{snap.id}' timed out.", "WRITE_REQUEST_TIMEOUT")
+        raise EbsValidation(f"The snapshot '{snap.id}' timed out.", "WRITE_REQUEST_TIMEOUT")
 
 
 def touch(ctx: Any, snapshot_id: str, session: Any) -> None:
@@ -312,14 +287,14 @@ def verified_block_checksum(data: bytes, claimed: str) -> str:
     ``x-amz-Checksum`` sent with it (compared in constant time)."""
     actual = sha256_b64(data)
     if not hmac.compare_digest(actual, claimed):
-        raise validation("The checksum of the block data does not match x-amz-Checksum.", "INVALID_BLOCK")
+        raise EbsValidation("The checksum of the block data does not match x-amz-Checksum.", "INVALID_BLOCK")
     return actual
 
 
 def check_aggregate_checksum(checksums: Any, claimed: str) -> None:
     """CompleteSnapshot's LINEAR checksum must be that of the blocks written."""
     if not hmac.compare_digest(aggregate_checksum(checksums), claimed):
-        raise validation("The aggregated checksum does not match the blocks written.", "INVALID_PARAMETER_VALUE")
+        raise EbsValidation("The aggregated checksum does not match the blocks written.", "INVALID_PARAMETER_VALUE")
 
 
 # --------------------------------------------------------------------------- timeout

@@ -20,7 +20,17 @@ from ebscrypt.engines.ec2 import snapshots as ec2_snapshots
 from ebscrypt.engines.ec2.account import get_settings
 from ebscrypt.engines.ec2.records import Snapshot
 from ebscrypt.engines.ec2.tags import tags_for
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import (
+    EbsAccessDenied,
+    EbsInternal,
+    EbsNotFound,
+    EbsThrottled,
+    EbsValidation,
+    InvalidParameterDependency,
+    Malformed,
+    NotFound,
+    ServiceError,
+)
 
 log = logging.getLogger("ebscrypt.ebs")
 
@@ -48,20 +58,20 @@ def _snapshot(
                 generation.append(direct.keys.generation(ctx, snap, conn))
             if block is not None:
                 ref = _blocks(ctx).block_ref(snapshot_id, block, conn=conn)
-    except ServiceError as err:
-        if err.code.endswith("Malformed"):
-            raise direct.validation(f"The snapshot ID '{snapshot_id}' is not valid.", "INVALID_SNAPSHOT_ID") from None
-        if err.code.startswith("InvalidSnapshot"):
-            raise direct.not_found(snapshot_id) from None
-        raise
+    except Malformed:
+        raise EbsValidation(f"The snapshot ID '{snapshot_id}' is not valid.", "INVALID_SNAPSHOT_ID") from None
+    except NotFound as err:
+        if err.kind != "InvalidSnapshot":
+            raise
+        raise EbsNotFound(snapshot_id) from None
     if owned and not ec2_snapshots.snapshot_is_owned(snap, ctx.caller):
-        raise direct.access_denied(f"The snapshot '{snapshot_id}' is not owned by account {ctx.caller.account}.")
+        raise EbsAccessDenied(f"The snapshot '{snapshot_id}' is not owned by account {ctx.caller.account}.")
     return (snap, ref) if block is not None else snap
 
 
 def _completed(snap: Any) -> None:
     if snap.state != "completed":
-        raise direct.validation(
+        raise EbsValidation(
             f"The snapshot '{snap.id}' is in the '{snap.state}' state; only completed snapshots can be read.",
             "INVALID_SNAPSHOT_ID",
         )
@@ -70,7 +80,7 @@ def _completed(snap: Any) -> None:
 def _blocks(ctx: Any) -> Any:
     blocks = ctx.runtime.blocks
     if blocks is None:
-        raise direct.internal("The block store is not available.")
+        raise EbsInternal("The block store is not available.")
     return blocks
 
 
@@ -112,16 +122,16 @@ def start_snapshot(ctx: Any, req: StartRequest) -> tuple[Snapshot, list[dict[str
     R-LIFE-2), or the one a retried ClientToken made; and its tags."""
     volume_size = req.volume_size
     if volume_size > 65536:
-        raise direct.validation("The volume size must be at most 65536 GiB.", "INVALID_VOLUME_SIZE")
+        raise EbsValidation("The volume size must be at most 65536 GiB.", "INVALID_VOLUME_SIZE")
     parent_id = req.parent_snapshot_id
     encrypted = req.encrypted
     if parent_id and encrypted is not None:
-        raise direct.validation("You can't specify ParentSnapshotId and Encrypted in the same request.", "INVALID_PARAMETER_VALUE")
+        raise EbsValidation("You can't specify ParentSnapshotId and Encrypted in the same request.", "INVALID_PARAMETER_VALUE")
     if encrypted is False:
         with ctx.runtime.db.read() as conn:
             ebd = get_settings(conn, ctx.caller.account, ctx.caller.region).ebd
         if ebd:
-            raise direct.validation(
+            raise EbsValidation(
                 "Encryption by default is enabled for this account: a snapshot cannot be started unencrypted.",
                 "INVALID_PARAMETER_VALUE",
             )
@@ -131,12 +141,12 @@ def start_snapshot(ctx: Any, req: StartRequest) -> tuple[Snapshot, list[dict[str
     tags = list(req.tags)
     for tag in tags:
         if not tag.get("Key") or str(tag.get("Key", "")).startswith("aws:"):
-            raise direct.validation("Tag keys must be non-empty and must not start with 'aws:'.", "INVALID_TAG")
+            raise EbsValidation("Tag keys must be non-empty and must not start with 'aws:'.", "INVALID_TAG")
     parent = _snapshot(ctx, parent_id) if parent_id else None
     if parent is not None:
         _completed(parent)
         if parent.volume_size > volume_size:
-            raise direct.validation(
+            raise EbsValidation(
                 f"The volume size {volume_size} GiB is smaller than the parent snapshot's {parent.volume_size} GiB.",
                 "INVALID_VOLUME_SIZE",
             )
@@ -151,11 +161,12 @@ def start_snapshot(ctx: Any, req: StartRequest) -> tuple[Snapshot, list[dict[str
             client_token=req.client_token,
             tags=tags or None,
         )
+    except InvalidParameterDependency as err:  # R-OUT-1: a KmsKeyArn without encryption
+        raise EbsValidation(err.message, "INVALID_PARAMETER_VALUE") from None
     except ServiceError as err:
-        if err.code == "InvalidParameterDependency":
-            raise direct.validation(err.message, "INVALID_PARAMETER_VALUE") from None
+        # A ValidationException with a Reason EBS does not define (the EC2 record's own).
         if err.code == "ValidationException" and err.fields.get("Reason") not in _VALIDATION_REASONS:
-            raise direct.validation(err.message, "INVALID_PARAMETER_VALUE") from None
+            raise EbsValidation(err.message, "INVALID_PARAMETER_VALUE") from None
         raise
     blocks = _blocks(ctx)
     # A retried ClientToken finds its session (or its finished snapshot): no second seeding.
@@ -179,9 +190,9 @@ def _seed_from_parent(ctx: Any, blocks: Any, parent: Any, snap: Any) -> None:
             src_key = direct.keys.get(ctx, parent)
             dst_key = direct.keys.get(ctx, snap)
             blocks.reencrypt(parent.id, src_key, snap.id, dst_key)
-    except BlockIntegrityError:  # (a ServiceError too: caught first)
+    except BlockIntegrityError:
         ec2_snapshots.fail_snapshot(ctx.runtime, snap.id, "The parent snapshot's data failed its integrity check.")
-        raise direct.internal("The parent snapshot's data failed its integrity check.") from None
+        raise EbsInternal("The parent snapshot's data failed its integrity check.") from None
     except ServiceError:
         ec2_snapshots.fail_snapshot(ctx.runtime, snap.id, "The parent snapshot's data could not be read.")
         raise
@@ -199,29 +210,27 @@ def put_block(ctx: Any, snapshot_id: str, index: int, data: bytes, *, data_lengt
     snap = _snapshot(ctx, snapshot_id, owned=True, session=found, generation=generation)
     direct.check_write_session(ctx, snap, found[0])
     if index >= _max_blocks(snap):
-        raise direct.validation(
+        raise EbsValidation(
             f"The block index {index} is outside the {snap.volume_size} GiB volume (last index {_max_blocks(snap) - 1}).",
             "INVALID_BLOCK",
         )
     if data_length != BLOCK_SIZE or len(data) != BLOCK_SIZE:
-        raise direct.validation(
+        raise EbsValidation(
             f"A block must be exactly {BLOCK_SIZE} bytes (DataLength {data_length}, received {len(data)}).",
             "INVALID_PARAMETER_VALUE",
         )
     if checksum_algorithm != "SHA256":
-        raise direct.validation("The only supported checksum algorithm is SHA256.", "INVALID_PARAMETER_VALUE")
+        raise EbsValidation("The only supported checksum algorithm is SHA256.", "INVALID_PARAMETER_VALUE")
     actual = direct.verified_block_checksum(data, checksum)
     key = direct.keys.get(ctx, snap, generation=generation[0])
     try:
         _blocks(ctx).write_block(snapshot_id, index, data, key, checksum=actual)  # verified just above
     except BlockIntegrityError:
-        raise direct.internal("The block could not be stored.") from None
+        raise EbsInternal("The block could not be stored.") from None
     except CopyInProgress:  # its parent's blocks are still being re-encrypted into it
-        raise ServiceError(
+        raise EbsThrottled(
             f"The snapshot '{snapshot_id}' is still being prepared from its parent; retry shortly.",
-            code="RequestThrottledException",
-            status=400,
-            Reason="RESOURCE_LEVEL_THROTTLE",
+            "RESOURCE_LEVEL_THROTTLE",
         ) from None
     direct.touch(ctx, snapshot_id, found[0])
     if progress is not None and direct.progress.advanced(ctx, snapshot_id, progress):
@@ -243,15 +252,15 @@ def complete_snapshot(ctx: Any, snapshot_id: str, *, changed_blocks_count: int, 
     key = direct.keys.get(ctx, snap)
     own = blocks.own_blocks(snapshot_id, key)
     if changed_blocks_count != len(own):
-        raise direct.validation(
+        raise EbsValidation(
             f"ChangedBlocksCount is {changed_blocks_count} but {len(own)} blocks were written to the snapshot.",
             "INVALID_PARAMETER_VALUE",
         )
     if checksum is not None:
         if checksum_algorithm != "SHA256":
-            raise direct.validation("The only supported checksum algorithm is SHA256.", "INVALID_PARAMETER_VALUE")
+            raise EbsValidation("The only supported checksum algorithm is SHA256.", "INVALID_PARAMETER_VALUE")
         if aggregation_method != "LINEAR":
-            raise direct.validation("The only supported aggregation method is LINEAR.", "INVALID_PARAMETER_VALUE")
+            raise EbsValidation("The only supported aggregation method is LINEAR.", "INVALID_PARAMETER_VALUE")
         direct.check_aggregate_checksum((c for _, c in own), checksum)
     ec2_snapshots.complete_snapshot(ctx.runtime, snapshot_id)
     direct.end_session(ctx.runtime, snapshot_id)
@@ -273,9 +282,9 @@ def get_block(ctx: Any, snapshot_id: str, index: int, block_token: str) -> tuple
         data, checksum, now_ref = blocks.read_block_checked(snapshot_id, index, key, ref=ref)
     except BlockIntegrityError:
         log.error("block %d of %s failed its integrity check", index, snapshot_id)
-        raise direct.internal("The block failed its integrity check and cannot be returned.") from None
+        raise EbsInternal("The block failed its integrity check and cannot be returned.") from None
     if (now_ref.object_key if now_ref else None) != (ref.object_key if ref else None):  # rewritten meanwhile
-        raise direct.validation("The block token is not valid.", "INVALID_BLOCK_TOKEN")
+        raise EbsValidation("The block token is not valid.", "INVALID_BLOCK_TOKEN")
     return data, checksum
 
 
@@ -332,7 +341,7 @@ def list_changed_blocks(ctx: Any, first_id: str | None, second_id: str, *, max_r
     try:
         changed = _blocks(ctx).changed_blocks(first_id, second_id)
     except UnrelatedLineage:
-        raise direct.validation(
+        raise EbsValidation(
             f"The snapshots '{first_id}' and '{second_id}' are not in the same lineage.", "UNRELATED_SNAPSHOTS"
         ) from None
     changed = [c for c in changed if c.index >= start]

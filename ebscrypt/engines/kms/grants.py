@@ -19,10 +19,18 @@ from sqlalchemy import Connection, bindparam, delete, insert, select
 from ebscrypt.context import Caller
 from ebscrypt.domain import grants as grant_rules
 from ebscrypt.domain import policy as policy_rules
-from ebscrypt.engines.kms import generations
-from ebscrypt.engines.kms.errors import kms_error, stop_if_dry_run
+from ebscrypt.engines.kms import api, generations
+from ebscrypt.engines.kms.errors import stop_if_dry_run
 from ebscrypt.engines.kms.metadata import utc
 from ebscrypt.engines.kms.paging import page
+from ebscrypt.errors import (
+    KmsAccessDenied,
+    KmsInvalidGrantId,
+    KmsInvalidGrantToken,
+    KmsNotFound,
+    KmsValidation,
+    ServiceError,
+)
 from ebscrypt.storage.tables.kms import kms_grants, kms_keys
 
 _GRANT_ID_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -45,7 +53,7 @@ def grant_of(r: Any) -> grant_rules.Grant:
 
 def _check_grant_id(grant_id: Any) -> None:
     if not isinstance(grant_id, str) or not _GRANT_ID_RE.match(grant_id):
-        raise kms_error("InvalidGrantIdException", f"Invalid grant ID {grant_id!r}")
+        raise KmsInvalidGrantId(f"Invalid grant ID {grant_id!r}")
 
 
 # The grants of a key to one grantee under one name (or none), built once (statement
@@ -56,6 +64,13 @@ _SAME_GRANTEE = select(kms_grants).where(
 _SAME_NAMED = _SAME_GRANTEE.where(kms_grants.c.name == bindparam("name"))
 _SAME_UNNAMED = _SAME_GRANTEE.where(kms_grants.c.name.is_(None))
 
+
+
+def _grant_error(exc: grant_rules.GrantError) -> ServiceError:
+    """The KMS error of a grant the domain rules refuse (its code is the rule's)."""
+    if exc.code == KmsValidation.code:
+        return KmsValidation(str(exc))
+    return ServiceError(str(exc), code=exc.code)
 
 class GrantOperations:
     """CreateGrant, ListGrants, ListRetirableGrants, RetireGrant, RevokeGrant."""
@@ -79,7 +94,7 @@ class GrantOperations:
         try:
             grant_rules.validate_grant(operations, constraints, grantee, retiring)
         except grant_rules.GrantError as exc:
-            raise kms_error(exc.code, str(exc)) from None
+            raise _grant_error(exc) from None
         extra: dict[str, Any] = {
             "kms:GrantOperations": list(operations),
             "kms:GranteePrincipal": grantee,
@@ -144,23 +159,23 @@ class GrantOperations:
             )
         return grant_id, token
 
-    def op_CreateGrant(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"])
+    def create_grant(self, caller: Caller, args: api.CreateGrant) -> dict[str, Any]:
+        row = self._resolve(caller, args.key_id)
         grant_id, token = self._create_grant(
             caller,
             row,
-            grantee=p["GranteePrincipal"],
-            operations=list(p.get("Operations") or []),
-            retiring=p.get("RetiringPrincipal"),
-            constraints=p.get("Constraints"),
-            name=p.get("Name"),
-            grant_tokens=p.get("GrantTokens"),
-            dry_run=bool(p.get("DryRun")),
+            grantee=args.grantee_principal,
+            operations=list(args.operations or []),
+            retiring=args.retiring_principal,
+            constraints=args.constraints,  # type: ignore[arg-type]
+            name=args.name,
+            grant_tokens=args.grant_tokens,
+            dry_run=bool(args.dry_run),
         )
         return {"GrantToken": token, "GrantId": grant_id}
 
-    def _grant_list(self, rows: Sequence[Any], p: dict[str, Any]) -> dict[str, Any]:
-        items, out = page(rows, p, default=50, max_limit=100)
+    def _grant_list(self, rows: Sequence[Any], limit: int | None, marker: str | None) -> dict[str, Any]:
+        items, out = page(rows, limit, marker, default=50, max_limit=100)
         arns: dict[str, str] = {}
         grants = []
         for r in items:
@@ -185,29 +200,28 @@ class GrantOperations:
         out["Grants"] = grants
         return out
 
-    def op_ListGrants(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"])
+    def list_grants(self, caller: Caller, args: api.ListGrants) -> dict[str, Any]:
+        row = self._resolve(caller, args.key_id)
         self._authorize(caller, row, "kms:ListGrants")
         q = select(kms_grants).where(kms_grants.c.key_id == row.key_id)
-        if p.get("GrantId"):
-            q = q.where(kms_grants.c.grant_id == p["GrantId"])
-        if p.get("GranteePrincipal"):
-            q = q.where(kms_grants.c.grantee == p["GranteePrincipal"])
+        if args.grant_id:
+            q = q.where(kms_grants.c.grant_id == args.grant_id)
+        if args.grantee_principal:
+            q = q.where(kms_grants.c.grantee == args.grantee_principal)
         with self.db.read() as conn:
             rows = conn.execute(q.order_by(kms_grants.c.creation_date, kms_grants.c.grant_id)).all()
-        return self._grant_list(rows, p)
+        return self._grant_list(rows, args.limit, args.marker)
 
-    def op_ListRetirableGrants(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        principal = p["RetiringPrincipal"]
+    def list_retirable_grants(self, caller: Caller, args: api.ListRetirableGrants) -> dict[str, Any]:
+        principal = args.retiring_principal
         try:
             grant_rules.validate_principal(principal, "RetiringPrincipal")
         except grant_rules.GrantError as exc:
-            raise kms_error("ValidationException", str(exc)) from None
+            raise KmsValidation(str(exc)) from None
         if not policy_rules.principal_matches(principal, caller.arn, caller.account):
-            raise kms_error(
-                "AccessDeniedException",
+            raise KmsAccessDenied(
                 f"User: {caller.arn} is not authorized to perform: kms:ListRetirableGrants for "
-                f"retiring principal {principal} of another account",
+                f"retiring principal {principal} of another account"
             )
         with self.db.read() as conn:
             rows = conn.execute(
@@ -216,15 +230,15 @@ class GrantOperations:
                 .where(kms_grants.c.retiring == principal, kms_keys.c.region == caller.region)
                 .order_by(kms_grants.c.creation_date, kms_grants.c.grant_id)
             ).all()
-        return self._grant_list(rows, p)
+        return self._grant_list(rows, args.limit, args.marker)
 
-    def op_RetireGrant(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        token, key_ref, grant_id = p.get("GrantToken"), p.get("KeyId"), p.get("GrantId")
+    def retire_grant(self, caller: Caller, args: api.RetireGrant) -> dict[str, Any]:
+        token, key_ref, grant_id = args.grant_token, args.key_id, args.grant_id
         if token:
             with self.db.read() as conn:
                 g = conn.execute(select(kms_grants).where(kms_grants.c.token == token)).first()
             if g is None:
-                raise kms_error("InvalidGrantTokenException", "Grant token provided is not valid")
+                raise KmsInvalidGrantToken("Grant token provided is not valid")
         elif key_ref and grant_id:
             _check_grant_id(grant_id)
             row = self._resolve(caller, key_ref)
@@ -233,34 +247,33 @@ class GrantOperations:
                     select(kms_grants).where(kms_grants.c.key_id == row.key_id, kms_grants.c.grant_id == grant_id)
                 ).first()
             if g is None:
-                raise kms_error("NotFoundException", f"Grant ID {grant_id} not found")
+                raise KmsNotFound.grant(grant_id)
         else:
-            raise kms_error("ValidationException", "Either GrantToken, or GrantId and KeyId, must be specified.")
+            raise KmsValidation("Either GrantToken, or GrantId and KeyId, must be specified.")
         key = self._load(g.key_id)
         if key is not None:
             self._note_resource(key.arn)
         if not grant_rules.may_retire(grant_of(g), caller.arn, caller.account):
             arn = key.arn if key is not None else g.key_id
-            raise kms_error(
-                "AccessDeniedException",
+            raise KmsAccessDenied(
                 f"User: {caller.arn} is not authorized to perform: kms:RetireGrant on resource: {arn} "
-                "because it is neither the retiring principal nor a grantee allowed to retire the grant",
+                "because it is neither the retiring principal nor a grantee allowed to retire the grant"
             )
         with self.db.begin() as conn:
             if conn.execute(delete(kms_grants).where(kms_grants.c.grant_id == g.grant_id)).rowcount:
                 generations.bump(conn, g.key_id)  # uses it allowed are authorized afresh
         return {}
 
-    def op_RevokeGrant(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        _check_grant_id(p["GrantId"])
-        row = self._resolve(caller, p["KeyId"])
+    def revoke_grant(self, caller: Caller, args: api.RevokeGrant) -> dict[str, Any]:
+        _check_grant_id(args.grant_id)
+        row = self._resolve(caller, args.key_id)
         self._authorize(caller, row, "kms:RevokeGrant")
         with self.db.begin() as conn:
             n = conn.execute(
-                delete(kms_grants).where(kms_grants.c.key_id == row.key_id, kms_grants.c.grant_id == p["GrantId"])
+                delete(kms_grants).where(kms_grants.c.key_id == row.key_id, kms_grants.c.grant_id == args.grant_id)
             ).rowcount
             if n:
                 generations.bump(conn, row.key_id)  # uses it allowed are authorized afresh
         if not n:
-            raise kms_error("NotFoundException", f"Grant ID {p['GrantId']} not found")
+            raise KmsNotFound.grant(args.grant_id)
         return {}

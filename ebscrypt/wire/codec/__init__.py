@@ -8,7 +8,8 @@ per-operation templates, so every operation in the model works the same way.
 
 One class per protocol:
 
-- :mod:`.query`    — ``query`` (STS) and its ``ec2`` variant (form in, XML out)
+- :mod:`.query`    — ``query`` (STS, :class:`~.query.QueryCodec`) and its ``ec2`` variant
+  (:class:`~.query.Ec2Codec`): form in, XML out
 - :mod:`.jsonrpc`  — ``json`` 1.1 (KMS: ``X-Amz-Target`` in, JSON out)
 - :mod:`.restjson` — ``rest-json`` (EBS direct APIs: routes, headers, raw payloads)
 """
@@ -82,7 +83,11 @@ def codec_for(service: str) -> Codec:
     """The codec for ``service`` ("ec2", "kms", "ebs", "sts", …), built once."""
     model = service_model(service)
     protocol = model.protocol
-    if protocol in ("query", "ec2"):
+    if protocol == "ec2":
+        from .query import Ec2Codec
+
+        return Ec2Codec(model)
+    if protocol == "query":
         from .query import QueryCodec
 
         return QueryCodec(model)
