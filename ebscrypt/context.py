@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ebscrypt.clock import Clock
 
 if TYPE_CHECKING:  # imported only for types: engines import this module too
+    from ebscrypt.engines.attach.engine import AttachEngine
     from ebscrypt.engines.blocks.engine import BlockEngine
     from ebscrypt.engines.jobs import JobRunner
     from ebscrypt.engines.kms.engine import KeyEngine
@@ -74,7 +75,7 @@ class Runtime:
     """The engines of one server process. Built once by :func:`ebscrypt.runtime.build_runtime`.
 
     The engines are registered in ``engines`` by name as they are opened (``space``,
-    ``kms``, ``blocks``); handlers reach them through the typed properties below
+    ``kms``, ``blocks``, ``attach``); handlers reach them through the typed properties below
     (``ctx.runtime.kms`` …). One not opened (a unit test's partial runtime) raises
     AttributeError, so ``getattr(runtime, "blocks", None)`` tells.
     """
@@ -98,6 +99,10 @@ class Runtime:
     @property
     def blocks(self) -> "BlockEngine":
         return self._engine("blocks")  # type: ignore[no-any-return]
+
+    @property
+    def attach(self) -> "AttachEngine":
+        return self._engine("attach")  # type: ignore[no-any-return]
 
     @property
     def space(self) -> "SpaceMonitor":

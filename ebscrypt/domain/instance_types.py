@@ -1,4 +1,4 @@
-"""Instance types and the instance / image state machines (pure rules, no I/O).
+"""Instance types and the instance state machine (pure rules, no I/O).
 
 R-RUN-2: with EBS encryption by default on, instance types that cannot attach encrypted
 volumes are refused. Every current-generation type supports EBS encryption; of the
@@ -6,8 +6,8 @@ previous generation only A1, C3, cr1.8xlarge, G2, I2, M3 and R3 do. So t1, m1, m
 cc1, cc2, cg1, hi1 and hs1 are refused.
 
 The states follow EC2: an instance is ``pending`` (0) → ``running`` (16); ``stopping``
-(64) → ``stopped`` (80) → ``pending``; ``shutting-down`` (32) → ``terminated`` (48). An
-image is ``pending`` → ``available`` | ``failed``.
+(64) → ``stopped`` (80) → ``pending``; ``shutting-down`` (32) → ``terminated`` (48).
+Image states are in :mod:`ebscrypt.domain.image_states`.
 """
 
 from __future__ import annotations
@@ -128,21 +128,3 @@ def _incorrect_state(verb: str, state: str) -> str:
 def incorrect_state_message(instance_id: str, error: str) -> str:
     """EC2's ``IncorrectInstanceState`` wording for a refused start/stop."""
     return f"The instance '{instance_id}' is not in a state from which it can be {error}."
-
-
-# -- image states ---------------------------------------------------------------------
-
-IMAGE_PENDING = "pending"
-IMAGE_AVAILABLE = "available"
-IMAGE_FAILED = "failed"
-
-IMAGE_STATES = (IMAGE_PENDING, IMAGE_AVAILABLE, IMAGE_FAILED)
-
-
-def image_state_after(snapshot_states: list[str]) -> str:
-    """An image's state from its snapshots': all completed → available; any error → failed."""
-    if any(s == "error" for s in snapshot_states):
-        return IMAGE_FAILED
-    if all(s == "completed" for s in snapshot_states):
-        return IMAGE_AVAILABLE
-    return IMAGE_PENDING

@@ -36,6 +36,30 @@ class Outcome:
     rule: str  # the rule id that decided, e.g. "R-OUT-3"
 
 
+def check_key_dependency(encrypted: bool | None, kms_key_id: str | None) -> None:
+    """R-OUT-1: a ``KmsKeyId`` requires ``Encrypted`` true (the request's parameters;
+    ``None`` = absent). The one home of this rule: ``decide`` applies it, and so does every
+    request that names a key before any outcome is decided (CopyImage, RunInstances' block
+    device mappings, launch template versions).
+
+    Raises :class:`~ebscrypt.errors.InvalidParameterDependency`.
+    """
+    if kms_key_id and encrypted is not True:
+        raise InvalidParameterDependency(KMS_DEPENDENCY_MESSAGE)
+
+
+def refuses_unencrypted(encrypted: bool | None, ebd: bool) -> bool:
+    """R-OUT-7: with EBD on, encryption cannot be switched off for one resource. EC2
+    ignores such an ``Encrypted=false``; the EBS direct APIs' StartSnapshot refuses it."""
+    return encrypted is False and ebd
+
+
+def key_implies_encrypted(encrypted: bool | None, kms_key_id: str | None) -> bool | None:
+    """EBS StartSnapshot: a ``KmsKeyArn`` without ``Encrypted`` asks for encryption under
+    that key (with a parent snapshot too)."""
+    return True if kms_key_id and encrypted is None else encrypted
+
+
 def reuses_data_key(source: Source | None, key: str | None, *, cross_region: bool = False) -> bool:
     """R-KEY-2: the source's data key is reused only under the very same key, same region."""
     return (
@@ -66,8 +90,7 @@ def decide(
 
     Raises :class:`~ebscrypt.errors.InvalidParameterDependency` for R-OUT-1.
     """
-    if kms_key_id and encrypted is not True:  # R-OUT-1
-        raise InvalidParameterDependency(KMS_DEPENDENCY_MESSAGE)
+    check_key_dependency(encrypted, kms_key_id)  # R-OUT-1
     if kms_key_id:  # R-OUT-2 (re-encryption when the source has another key)
         return Outcome(True, kms_key_id, reuses_data_key(source, kms_key_id, cross_region=cross_region), "R-OUT-2")
     if source is not None and source.encrypted:

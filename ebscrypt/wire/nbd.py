@@ -91,7 +91,7 @@ def server_greeting() -> bytes:
 
 
 def parse_client_flags(raw: bytes) -> int:
-    (flags,) = struct.unpack(">I", raw)
+    flags: int = struct.unpack(">I", raw)[0]
     if not flags & FLAG_FIXED_NEWSTYLE:
         raise ProtocolError("the client does not speak fixed newstyle")
     if flags & ~CLIENT_FLAGS_KNOWN:

@@ -59,7 +59,8 @@ class NbdServer:
 
     async def start(self, host: str, port: int) -> int:
         self._server = await asyncio.start_server(self._client, host, port, reuse_address=True)
-        return self._server.sockets[0].getsockname()[1]
+        bound: int = self._server.sockets[0].getsockname()[1]
+        return bound
 
     async def close(self) -> None:
         if self._server is not None:
@@ -167,7 +168,8 @@ class NbdServer:
             return None
         if len(name) > nbd.MAX_NAME_LENGTH:
             return None
-        return await self._run(self.attach.export, name)
+        opened: OpenVolume | None = await self._run(self.attach.export, name)
+        return opened
 
     # ------------------------------------------------------------------ transmission
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from ebscrypt.domain import image_states as img
 from ebscrypt.domain import instance_types as it
 from ebscrypt.engines.ec2.instances import _merge_mappings, known_instance_types
 
@@ -54,9 +55,9 @@ def test_instance_state_machine() -> None:
 
 
 def test_image_state_from_snapshots() -> None:
-    assert it.image_state_after(["completed", "completed"]) == it.IMAGE_AVAILABLE
-    assert it.image_state_after(["completed", "pending"]) == it.IMAGE_PENDING
-    assert it.image_state_after(["pending", "error"]) == it.IMAGE_FAILED
+    assert img.image_state_after(["completed", "completed"]) == img.IMAGE_AVAILABLE
+    assert img.image_state_after(["completed", "pending"]) == img.IMAGE_PENDING
+    assert img.image_state_after(["pending", "error"]) == img.IMAGE_FAILED
 
 
 def test_mapping_overrides_are_per_device() -> None:

@@ -17,6 +17,6 @@ from ebscrypt.engines.ebs import direct
 def schedule_timeouts(runtime: Any) -> None:
     """Write sessions past their Timeout go to ``error`` (also those a restart interrupted):
     checked every few seconds in the block engine's maintenance thread."""
-    blocks = runtime.blocks
+    blocks = getattr(runtime, "blocks", None)
     if blocks is not None:
         blocks.add_periodic("ebs-timeouts", lambda: direct.reap_timed_out(runtime), 2.0)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ebscrypt.domain.outcome import key_implies_encrypted, refuses_unencrypted
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, BlockIntegrityError
 from ebscrypt.engines.blocks.engine import CopyInProgress, UnrelatedLineage
 from ebscrypt.engines.ebs import direct
@@ -130,14 +131,13 @@ def start_snapshot(ctx: Any, req: StartRequest) -> tuple[Snapshot, list[dict[str
     if encrypted is False:
         with ctx.runtime.db.read() as conn:
             ebd = get_settings(conn, ctx.caller.account, ctx.caller.region).ebd
-        if ebd:
+        if refuses_unencrypted(encrypted, ebd):
             raise EbsValidation(
                 "Encryption by default is enabled for this account: a snapshot cannot be started unencrypted.",
                 "INVALID_PARAMETER_VALUE",
             )
     kms_key = req.kms_key_arn
-    if kms_key and encrypted is None:
-        encrypted = True  # a KmsKeyArn asks for encryption under that key (with a parent too)
+    encrypted = key_implies_encrypted(encrypted, kms_key)
     tags = list(req.tags)
     for tag in tags:
         if not tag.get("Key") or str(tag.get("Key", "")).startswith("aws:"):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ebscrypt.domain.outcome import Source, decide, reuses_data_key
+from ebscrypt.engines.blocks.engine import DataKey
 from ebscrypt.engines.ec2.account import AWS_EBS_ALIAS, alias_arn, get_settings
 from ebscrypt.engines.ec2.ids import via_ec2
 from ebscrypt.engines.ec2.records import Snapshot, Volume
@@ -92,9 +93,9 @@ def describe_for_ebs(ctx: Any, key: str) -> tuple[str, str | None, str | None]:
     except ServiceError as err:
         if err.status >= 500:  # our fault (e.g. the data dir is full), not the key's: retryable
             raise
-        shown = key if key.startswith("arn:") else key
-        return shown, (f"Client.InvalidKMSKey.NotFound: The KMS key {shown} does not exist or is "
-                       f"not accessible ({err.code}: {err.message})"), None
+        # The key as the request named it (an id, alias or ARN): it could not be resolved.
+        return key, (f"Client.InvalidKMSKey.NotFound: The KMS key {key} does not exist or is "
+                     f"not accessible ({err.code}: {err.message})"), None
     return info.arn, key_problem(info, caller.region), info.key_manager
 
 
@@ -141,8 +142,6 @@ def new_data_key(ctx: Any, key_arn: str, resource_id: str) -> WrappedDataKey:
 def unwrap(ctx: Any, key_arn: str, blob: bytes, context: dict[str, str], data_key_id: str,
            *, region: str, grant: bool = True) -> Any:
     """R-KEY-3: grant for EC2, then Decrypt the wrapped data key. Returns a blocks DataKey."""
-    from ebscrypt.engines.blocks.engine import DataKey
-
     kms = ctx.runtime.kms
     via = via_ec2(region)
     # The key lives in the resource's region: a cross-region copy reads its source there.

@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy import select
 
 from ebscrypt.context import RequestContext
-from ebscrypt.domain import instance_types as states
+from ebscrypt.domain import image_states as states
+from ebscrypt.domain.outcome import check_key_dependency
 from ebscrypt.engines import ec2 as core
 from ebscrypt.engines.ec2.image_records import (
     add_non_ebs_mapping,
@@ -118,9 +119,7 @@ def copy_image(ctx: RequestContext, params: dict[str, Any]) -> str:
     token = params.get("ClientToken")
     encrypted = params.get("Encrypted")
     kms_key_id = params.get("KmsKeyId")
-    if kms_key_id and encrypted is not True:  # R-OUT-1, before anything else
-        raise ServiceError("The parameter KmsKeyId requires the parameter Encrypted to be set.",
-                           code="InvalidParameterDependency")
+    check_key_dependency(encrypted, kms_key_id)  # R-OUT-1, before anything else
     with ctx.runtime.db.read() as conn:
         if token:
             row = conn.execute(

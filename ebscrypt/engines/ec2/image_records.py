@@ -18,7 +18,7 @@ from typing import Any, Iterable
 from sqlalchemy import Connection, insert, select
 
 from ebscrypt.context import RequestContext
-from ebscrypt.domain import instance_types as states
+from ebscrypt.domain import image_states as states
 from ebscrypt.engines import ec2 as core
 from ebscrypt.engines.ec2.ids import is_well_formed, new_id
 from ebscrypt.engines.ec2.records import Snapshot, aware

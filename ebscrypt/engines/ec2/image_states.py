@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from ebscrypt.context import RequestContext
-from ebscrypt.domain import instance_types as states
+from ebscrypt.domain import image_states as states
 from ebscrypt.engines import ec2 as core
 from ebscrypt.engines.ec2.image_records import Image, image_using_snapshot
 from ebscrypt.engines.jobs import JobContext, job_kind

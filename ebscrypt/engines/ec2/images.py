@@ -39,7 +39,7 @@ from typing import Any, Callable
 from sqlalchemy import delete, select
 
 from ebscrypt.context import RequestContext
-from ebscrypt.domain import instance_types as states
+from ebscrypt.domain import image_states as states
 from ebscrypt.engines import ec2 as core
 from ebscrypt.engines.ec2 import image_states, waits
 from ebscrypt.engines.ec2.filters import select_matching as filter_select

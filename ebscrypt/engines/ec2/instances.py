@@ -37,6 +37,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from ebscrypt.context import RequestContext
 from ebscrypt.domain import instance_types as it
 from ebscrypt.domain import regions
+from ebscrypt.domain.outcome import check_key_dependency
 from ebscrypt.engines import ec2 as core
 from ebscrypt.engines.attach import engine as attach_io
 from ebscrypt.engines.ec2 import images as images_engine
@@ -582,9 +583,7 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
         raise ServiceError("The image has no EBS root device.", code="InvalidBlockDeviceMapping")
     for m in ebs_mappings:
         request = m.get("_request") or {}
-        if request.get("KmsKeyId") and request.get("Encrypted") is not True:  # R-OUT-1
-            raise ServiceError("The parameter KmsKeyId requires the parameter Encrypted to be set.",
-                               code="InvalidParameterDependency")
+        check_key_dependency(request.get("Encrypted"), request.get("KmsKeyId"))  # R-OUT-1
         if sources[m["DeviceName"]] is None and "Encrypted" not in request and m["Ebs"].get("Encrypted"):
             request["Encrypted"] = True  # an image's encrypted empty-volume mapping
             m["_request"] = request

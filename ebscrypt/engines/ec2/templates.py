@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 
 from ebscrypt.context import RequestContext
+from ebscrypt.domain.outcome import check_key_dependency
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags, tag_specs, tags_for
 from ebscrypt.errors import ServiceError
 from ebscrypt.storage.tables.ec2_images import ec2_launch_template_versions as versions_t
@@ -213,12 +214,8 @@ def _check_data(data: dict[str, Any] | None) -> dict[str, Any]:
     data = dict(data or {})
     for bdm in data.get("BlockDeviceMappings") or []:
         ebs = bdm.get("Ebs") or {}
-        if ebs.get("KmsKeyId") and ebs.get("Encrypted") is not True:
-            # R-OUT-1 holds for templates too: EC2 refuses such a template version.
-            raise ServiceError(
-                "The parameter KmsKeyId requires the parameter Encrypted to be set.",
-                code="InvalidParameterDependency",
-            )
+        # R-OUT-1 holds for templates too: EC2 refuses such a template version.
+        check_key_dependency(ebs.get("Encrypted"), ebs.get("KmsKeyId"))
     return data
 
 
