@@ -29,7 +29,8 @@ from ebscrypt.context import Caller
 from ebscrypt.engines.blocks.crypto import DataKey, sha256_b64
 from ebscrypt.engines.blocks.engine import BlockRef
 from ebscrypt.engines.ec2.encryption import data_key_for
-from ebscrypt.engines.ec2.snapshots import fail_snapshot, get_snapshot
+from ebscrypt.engines.ec2.snapshot_access import get_snapshot
+from ebscrypt.engines.ec2.snapshots import fail_snapshot
 from ebscrypt.errors import EbsAccessDenied, EbsValidation, ServiceError
 from ebscrypt.storage.db import as_utc
 from ebscrypt.storage.tables.blocks import blk_secrets, ebs_sessions

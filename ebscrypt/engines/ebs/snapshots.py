@@ -20,6 +20,7 @@ from ebscrypt.engines.ebs import direct
 from ebscrypt.engines.ec2 import snapshots as ec2_snapshots
 from ebscrypt.engines.ec2.account import get_settings
 from ebscrypt.engines.ec2.records import Snapshot
+from ebscrypt.engines.ec2.snapshot_access import get_snapshot, snapshot_is_owned
 from ebscrypt.engines.ec2.tags import tags_for
 from ebscrypt.errors import (
     EbsAccessDenied,
@@ -52,7 +53,7 @@ def _snapshot(
     ref = None
     try:
         with ctx.runtime.db.read() as conn:
-            snap = ec2_snapshots.get_snapshot(conn, ctx.caller, snapshot_id)
+            snap = get_snapshot(conn, ctx.caller, snapshot_id)
             if session is not None:
                 session.append(direct.session_row(conn, snapshot_id))
             if generation is not None:
@@ -65,7 +66,7 @@ def _snapshot(
         if err.kind != "InvalidSnapshot":
             raise
         raise EbsNotFound(snapshot_id) from None
-    if owned and not ec2_snapshots.snapshot_is_owned(snap, ctx.caller):
+    if owned and not snapshot_is_owned(snap, ctx.caller):
         raise EbsAccessDenied(f"The snapshot '{snapshot_id}' is not owned by account {ctx.caller.account}.")
     return (snap, ref) if block is not None else snap
 

@@ -15,7 +15,9 @@ from sqlalchemy import select
 from ebscrypt.context import RequestContext
 from ebscrypt.domain import image_states as states
 from ebscrypt.domain.outcome import check_key_dependency
-from ebscrypt.engines import ec2 as core
+from ebscrypt.engines.ec2 import snapshots as core_snapshots
+from ebscrypt.engines.ec2 import tags as core_tags
+from ebscrypt.engines.ec2 import volumes as core_volumes
 from ebscrypt.engines.ec2.image_records import (
     add_non_ebs_mapping,
     check_image_id,
@@ -43,19 +45,19 @@ def create_image(ctx: RequestContext, params: dict[str, Any], instance: Any) -> 
     """
     caller = ctx.caller
     overrides = {b.get("DeviceName"): b for b in params.get("BlockDeviceMappings") or [] if b.get("DeviceName")}
-    image_tags = core.tag_specs(params.get("TagSpecifications"), "image")
-    snapshot_tags = core.tag_specs(params.get("TagSpecifications"), "snapshot")
+    image_tags = core_tags.tag_specs(params.get("TagSpecifications"), "image")
+    snapshot_tags = core_tags.tag_specs(params.get("TagSpecifications"), "snapshot")
     image_id = new_image_id()
     with ctx.runtime.db.begin() as conn:
         name = check_name(conn, caller.account, caller.region, params.get("Name"))
         mappings: list[dict[str, Any]] = []
-        attached = sorted(core.volumes_of_instance(conn, instance.instance_id), key=lambda va: va[1].device)
+        attached = sorted(core_volumes.volumes_of_instance(conn, instance.instance_id), key=lambda va: va[1].device)
         for volume, attachment in attached:
             override = overrides.pop(attachment.device, None) or {}
             if override.get("NoDevice") is not None:
                 continue
             oebs = override.get("Ebs") or {}
-            snapshot = core.create_snapshot_from_volume(
+            snapshot = core_snapshots.create_snapshot_from_volume(
                 ctx, conn, volume.id,
                 description=f"Created by CreateImage({instance.instance_id}) for {image_id}",
                 tags=snapshot_tags or None,
@@ -80,7 +82,7 @@ def create_image(ctx: RequestContext, params: dict[str, Any], instance: Any) -> 
                 continue
             ebs = bdm.get("Ebs") or {}
             if ebs.get("SnapshotId"):
-                snapshot = core.get_snapshot(conn, caller, ebs["SnapshotId"])
+                snapshot = core_snapshots.get_snapshot(conn, caller, ebs["SnapshotId"])
                 size = size_check(ebs.get("VolumeSize"), snapshot)
                 encrypted = bool(snapshot.encrypted)
             elif ebs.get("VolumeSize"):
@@ -133,12 +135,12 @@ def copy_image(ctx: RequestContext, params: dict[str, Any]) -> str:
             raise ServiceError(f"Image {source_id} is in state {source.state}; only available images can be copied.",
                                code="IncorrectState")
         check_name(conn, caller.account, caller.region, params.get("Name"))
-        source_tags = core.tags_for(conn, caller.account, [source_id])[source_id] if params.get("CopyImageTags") else []
+        source_tags = core_tags.tags_for(conn, caller.account, [source_id])[source_id] if params.get("CopyImageTags") else []
         if source.account != caller.account:
             # Copying needs read access to the storage: each snapshot shared with the caller.
             for snap_id in source.snapshot_ids():
                 try:
-                    core.get_snapshot(conn, caller, snap_id, region=source_region)
+                    core_snapshots.get_snapshot(conn, caller, snap_id, region=source_region)
                 except ServiceError:
                     raise ServiceError(NO_STORAGE_ACCESS_MESSAGE, code="InvalidRequest") from None
     image_id = new_image_id()
@@ -147,12 +149,12 @@ def copy_image(ctx: RequestContext, params: dict[str, Any]) -> str:
     for m in source.mappings:  # [KMS, no conn]: each snapshot's plan (§2 per snapshot)
         snap_id = (m.get("Ebs") or {}).get("SnapshotId")
         if snap_id:
-            plan = core.prepare_copy(ctx, snap_id, source_region=source_region if cross_region else None,
+            plan = core_snapshots.prepare_copy(ctx, snap_id, source_region=source_region if cross_region else None,
                                      encrypted=encrypted, kms_key_id=kms_key_id)
             plans.append((m, plan))
         else:
             plans.append((m, None))
-    tags = source_tags + core.tag_specs(params.get("TagSpecifications"), "image")
+    tags = source_tags + core_tags.tag_specs(params.get("TagSpecifications"), "image")
     with ctx.runtime.db.begin() as conn:
         name = check_name(conn, caller.account, caller.region, params.get("Name"))
         mappings: list[dict[str, Any]] = []
@@ -161,7 +163,7 @@ def copy_image(ctx: RequestContext, params: dict[str, Any]) -> str:
                 mappings.append(json.loads(json.dumps(m)))
                 continue
             snap_id = m["Ebs"]["SnapshotId"]
-            copy = core.insert_copy(
+            copy = core_snapshots.insert_copy(
                 ctx, conn, plan,
                 description=f"Copied for DestinationAmi {image_id} from SourceAmi {source_id} for "
                             f"SourceSnapshot {snap_id}. Task created on {ctx.runtime.clock.now():%Y-%m-%dT%H:%M:%S}.",

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, insert, select
 
 from ebscrypt.context import RequestContext
 from ebscrypt.domain import image_states as states
-from ebscrypt.engines import ec2 as core
+from ebscrypt.engines.ec2 import tags as core_tags
 from ebscrypt.engines.ec2.ids import is_well_formed, new_id
 from ebscrypt.engines.ec2.records import Snapshot, aware
 from ebscrypt.errors import ServiceError
@@ -253,7 +253,7 @@ def insert_image(conn: Connection, ctx: RequestContext, image_id: str, values: d
     for snap in {(m.get("Ebs") or {}).get("SnapshotId") for m in mappings} - {None}:
         conn.execute(insert(image_snaps_t).values(image_id=image_id, snapshot_id=snap))
     if tags:
-        core.put_tags(conn, caller.account, caller.region, image_id, tags)
+        core_tags.put_tags(conn, caller.account, caller.region, image_id, tags)
     if not ready:
         ctx.runtime.jobs.submit("image_finalize", {"image_id": image_id}, conn=conn)
 

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, select, update
 
 from ebscrypt.context import RequestContext
 from ebscrypt.domain import image_states as states
-from ebscrypt.engines import ec2 as core
+from ebscrypt.engines.ec2 import snapshots as core_snapshots
 from ebscrypt.engines.ec2.image_records import Image, image_using_snapshot
 from ebscrypt.engines.jobs import JobContext, job_kind
 from ebscrypt.storage.tables.ec2 import ec2_snapshots
@@ -93,8 +93,8 @@ def _finalize_job(job: JobContext) -> None:
         refresh_image(conn, job.payload["image_id"])
 
 
-core.register_snapshot_listener(_on_snapshot_final)
-core.register_snapshot_in_use_checker(image_using_snapshot)
+core_snapshots.register_snapshot_listener(_on_snapshot_final)
+core_snapshots.register_snapshot_in_use_checker(image_using_snapshot)
 
 
 # ============================================================================ DescribeImages

@@ -40,7 +40,8 @@ from sqlalchemy import delete, select
 
 from ebscrypt.context import RequestContext
 from ebscrypt.domain import image_states as states
-from ebscrypt.engines import ec2 as core
+from ebscrypt.engines.ec2 import snapshots as core_snapshots
+from ebscrypt.engines.ec2 import tags as core_tags
 from ebscrypt.engines.ec2 import image_states, waits
 from ebscrypt.engines.ec2.filters import select_matching as filter_select
 from ebscrypt.engines.ec2.ids import check_id, is_well_formed
@@ -106,7 +107,7 @@ def register_image(ctx: RequestContext, params: dict[str, Any]) -> str:
             code="MissingParameter",
         )
     root = params.get("RootDeviceName") or requested[0].get("DeviceName")
-    tags = core.tag_specs(params.get("TagSpecifications"), "image")
+    tags = core_tags.tag_specs(params.get("TagSpecifications"), "image")
     image_id = new_image_id()
     with ctx.runtime.db.begin() as conn:
         name = check_name(conn, caller.account, caller.region, params.get("Name"))
@@ -132,7 +133,7 @@ def register_image(ctx: RequestContext, params: dict[str, Any]) -> str:
             snap_id = ebs.get("SnapshotId")
             if snap_id:
                 check_id(snap_id, "snap", "InvalidSnapshotID.Malformed")
-                snapshot = core.get_snapshot(conn, caller, snap_id)
+                snapshot = core_snapshots.get_snapshot(conn, caller, snap_id)
                 if snapshot.account != caller.account:
                     raise ServiceError(
                         f"You do not own snapshot {snap_id}: copy it into your account before registering an image.",
@@ -199,7 +200,7 @@ def deregister_image(ctx: RequestContext, image_id: str, *, delete_snapshots: bo
         conn.execute(delete(image_snaps_t).where(image_snaps_t.c.image_id == image_id))
         conn.execute(delete(perms_t).where(perms_t.c.image_id == image_id))
         conn.execute(delete(images_t).where(images_t.c.image_id == image_id))
-        core.delete_tags_of(conn, image_id)
+        core_tags.delete_tags_of(conn, image_id)
     if not delete_snapshots:
         return []
     # after the image's own rows are gone, so that only *other* images pin a snapshot
@@ -325,7 +326,7 @@ def describe_images(ctx: RequestContext, params: dict[str, Any]) -> list[dict[st
                             wanted.append(image)
                             break
                 visible = wanted
-            tags = core.tags_for(conn, caller.account, [i.image_id for i in visible])
+            tags = core_tags.tags_for(conn, caller.account, [i.image_id for i in visible])
             return [(i, tags.get(i.image_id) or []) for i in visible]
 
     entries = read()

@@ -30,7 +30,7 @@ from sqlalchemy import Connection, update
 
 from ebscrypt.context import RequestContext
 from ebscrypt.domain import instance_types as it
-from ebscrypt.engines import ec2 as core
+from ebscrypt.engines.ec2 import volumes as core_volumes
 from ebscrypt.engines.ec2 import network
 from ebscrypt.engines.ec2.filters import select_matching
 from ebscrypt.engines.ec2.instances import (
@@ -169,7 +169,7 @@ def _instance_type(conn: Connection, instance: Instance, value: str) -> None:
         raise ServiceError(f"Value ({value}) for parameter instanceType is invalid. Invalid instance type.",
                            code="InvalidInstanceAttributeValue")
     # R-RUN-2 after launch: a type that cannot attach encrypted volumes cannot run one.
-    encrypted = any(vol.encrypted for vol, _att in core.volumes_of_instance(conn, instance.instance_id))
+    encrypted = any(vol.encrypted for vol, _att in core_volumes.volumes_of_instance(conn, instance.instance_id))
     refusal = it.encryption_refusal(value, needs_encryption=encrypted)
     if refusal:
         raise ServiceError(refusal, code="InvalidParameterCombination")
@@ -202,7 +202,7 @@ def _groups(conn: Connection, instance: Instance, group_ids: list[str]) -> None:
 
 def _delete_on_termination(conn: Connection, instance: Instance, mappings: list[dict[str, Any]]) -> None:
     """BlockDeviceMapping.N: DeleteOnTermination (default true) of volumes attached now."""
-    attached = {att.device: att for _vol, att in core.volumes_of_instance(conn, instance.instance_id)}
+    attached = {att.device: att for _vol, att in core_volumes.volumes_of_instance(conn, instance.instance_id)}
     changes: dict[str, bool] = {}
     for mapping in mappings:
         device = mapping.get("DeviceName")
@@ -263,7 +263,7 @@ def describe_attribute(ctx: RequestContext, instance_id: str, attribute: str) ->
     with ctx.runtime.db.read() as conn:
         instance = get_instance(conn, caller.account, caller.region, instance_id, ctx.runtime.clock.now())
         attrs = attributes_of(conn, [instance_id])[instance_id]
-        attached = core.volumes_of_instance(conn, instance_id) if attribute == "blockDeviceMapping" else []
+        attached = core_volumes.volumes_of_instance(conn, instance_id) if attribute == "blockDeviceMapping" else []
     answers: dict[str, Callable[[], tuple[str, Any]]] = {
         "instanceType": lambda: ("InstanceType", _value(instance.instance_type)),
         "kernel": lambda: ("KernelId", _value(attrs.kernel_id)),

@@ -38,7 +38,11 @@ from ebscrypt.context import RequestContext
 from ebscrypt.domain import instance_types as it
 from ebscrypt.domain import regions
 from ebscrypt.domain.outcome import check_key_dependency
-from ebscrypt.engines import ec2 as core
+from ebscrypt.engines.ec2 import account as core_account
+from ebscrypt.engines.ec2 import encryption as core_encryption
+from ebscrypt.engines.ec2 import snapshots as core_snapshots
+from ebscrypt.engines.ec2 import tags as core_tags
+from ebscrypt.engines.ec2 import volumes as core_volumes
 from ebscrypt.engines.attach import engine as attach_io
 from ebscrypt.engines.ec2 import images as images_engine
 from ebscrypt.engines.ec2 import keypairs, network, waits
@@ -357,7 +361,7 @@ def attachments_by_instance(conn: Connection, instance_ids: list[str]) -> dict[s
 
 def _views(conn: Connection, instances: list[Instance], account: str) -> list[dict[str, Any]]:
     ids = [i.instance_id for i in instances]
-    tags = core.tags_for(conn, account, ids)
+    tags = core_tags.tags_for(conn, account, ids)
     atts = attachments_by_instance(conn, ids)
     attrs = attributes_of(conn, ids)
     return [instance_view(i, atts[i.instance_id], tags.get(i.instance_id) or [], attrs[i.instance_id])
@@ -409,7 +413,7 @@ def _snapshot_for_launch(conn: Connection, caller: Any, snapshot_id: str, image:
         if row is None:
             raise ServiceError(f"The snapshot '{snapshot_id}' does not exist.", code="InvalidSnapshot.NotFound")
         return Snapshot.from_row(row)
-    return core.get_snapshot(conn, caller, snapshot_id)
+    return core_snapshots.get_snapshot(conn, caller, snapshot_id)
 
 
 def _prepare_volume(ctx: RequestContext, *, zone: str, source: Snapshot | None, ebs: dict[str, Any],
@@ -539,8 +543,8 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
     instance_type = p.get("InstanceType") or it.DEFAULT_INSTANCE_TYPE
     _check_instance_type(instance_type)
     token = p.get("ClientToken")
-    instance_tags = core.tag_specs(p.get("TagSpecifications"), "instance")
-    volume_tags = core.tag_specs(p.get("TagSpecifications"), "volume")
+    instance_tags = core_tags.tag_specs(p.get("TagSpecifications"), "instance")
+    volume_tags = core_tags.tag_specs(p.get("TagSpecifications"), "volume")
 
     with ctx.runtime.db.read() as conn:
         if token:
@@ -568,7 +572,7 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
         if image.state != "available":
             raise ServiceError(f"Image {image_id} is not available (state {image.state}).",
                                code="InvalidAMIID.Unavailable")
-        ebd = core.get_settings(conn, caller.account, caller.region).ebd
+        ebd = core_account.get_settings(conn, caller.account, caller.region).ebd
         mappings = _merge_mappings(image.mappings, p.get("BlockDeviceMappings") or [])
         sources: dict[str, Snapshot | None] = {}
         for m in mappings:
@@ -608,7 +612,7 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
             dot = ebs.get("DeleteOnTermination")
             preps.append(_prepare_volume(
                 ctx, zone=zone, source=sources[m["DeviceName"]], ebs=ebs, request=m.get("_request") or {},
-                attach=core.Attach(instance_id, m["DeviceName"], True if dot is None else bool(dot)),
+                attach=core_volumes.Attach(instance_id, m["DeviceName"], True if dot is None else bool(dot)),
             ))
         plan = [{"device": prep.attach.device, "volume_id": prep.volume_id,
                  "delete_on_termination": prep.attach.delete_on_termination} for prep in preps]
@@ -650,9 +654,9 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
             save_attributes(conn, instance.instance_id, launch_attrs)
             for prep in preps:
                 prep.tags = list(volume_tags)
-                core.insert_volume(ctx, conn, prep)
+                core_volumes.insert_volume(ctx, conn, prep)
             if instance_tags:
-                core.put_tags(conn, caller.account, caller.region, instance.instance_id, instance_tags)
+                core_tags.put_tags(conn, caller.account, caller.region, instance.instance_id, instance_tags)
         result = _reservation(conn, finished, caller.account)
     ctx.runtime.jobs.notify()
     return result
@@ -702,7 +706,7 @@ def _settle_launch(runtime: Any, instance_id: str) -> None:
             kms = any("KMS" in m or "kms" in m.lower() for m in messages)
             code, message = KMS_STATE_REASON if kms else ("Server.InternalError",
                                                            "Server.InternalError: Internal error on launch")
-            deleted = core.delete_attachments_of_instance(conn, instance_id)
+            deleted = core_volumes.delete_attachments_of_instance(conn, instance_id)
             conn.execute(update(instances_t).where(instances_t.c.instance_id == instance_id).values(
                 state=it.TERMINATED, state_reason_code=code, state_reason_message=message,
                 state_transition_reason=message, launch_plan="[]", updated_at=now))
@@ -715,7 +719,7 @@ def _settle_launch(runtime: Any, instance_id: str) -> None:
         ctx = job_ctx(runtime, instance.account, instance.region, "RunInstances")
         for volume_id in failed_volumes:
             try:
-                core.delete_volume(ctx, volume_id)
+                core_volumes.delete_volume(ctx, volume_id)
             except ServiceError:
                 pass  # already gone
 
@@ -729,7 +733,7 @@ def _on_volume_final(runtime: Any, volume_id: str, state: str) -> None:
         _settle_launch(runtime, instance_id)
 
 
-core.register_volume_listener(_on_volume_final)
+core_volumes.register_volume_listener(_on_volume_final)
 
 
 # ============================================================================ start / stop / terminate
@@ -753,7 +757,7 @@ def _transition_job(job: JobContext) -> None:
         if row is None or row["state"] != from_state:
             return  # already moved on (resumed job, or a later request)
         instance = Instance.from_row(row)
-        attached = core.volumes_of_instance(conn, instance_id)
+        attached = core_volumes.volumes_of_instance(conn, instance_id)
     values: dict[str, Any] = {"state": to_state, "updated_at": runtime.clock.now()}
     deleted: list[str] = []
     keys: list[tuple[Volume, Any]] = []
@@ -765,7 +769,7 @@ def _transition_job(job: JobContext) -> None:
         ctx = job_ctx(runtime, instance.account, instance.region, "StartInstances")
         try:
             for vol, _att in attached:
-                keys.append((vol, core.data_key_for(ctx, vol)))
+                keys.append((vol, core_encryption.data_key_for(ctx, vol)))
         except ServiceError:
             keys = []
             code, message = KMS_STATE_REASON
@@ -773,7 +777,7 @@ def _transition_job(job: JobContext) -> None:
                           state_transition_reason=message)
     with runtime.db.begin() as conn:
         if to_state == it.TERMINATED:
-            deleted = core.delete_attachments_of_instance(conn, instance_id)
+            deleted = core_volumes.delete_attachments_of_instance(conn, instance_id)
         conn.execute(update(instances_t).where(instances_t.c.instance_id == instance_id,
                                                instances_t.c.state == from_state).values(**values))
     for vol, key in keys:  # running again: each data key decrypted once, kept in memory (R-ATTACH-2)
@@ -934,7 +938,7 @@ def describe_instances(ctx: RequestContext, ids: list[str], filters: list[dict[s
         instances = read()
     with ctx.runtime.db.read() as conn:
         ids_seen = [i.instance_id for i in instances]
-        tags = core.tags_for(conn, caller.account, ids_seen)
+        tags = core_tags.tags_for(conn, caller.account, ids_seen)
         atts = attachments_by_instance(conn, ids_seen)
         attrs = attributes_of(conn, ids_seen)
         entries = [(i, atts[i.instance_id], tags.get(i.instance_id) or []) for i in instances]

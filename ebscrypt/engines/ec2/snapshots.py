@@ -26,10 +26,17 @@ from ebscrypt.engines.ec2 import provenance, waits
 from ebscrypt.engines.ec2.copy_source import check_source_survived
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.records import Snapshot, from_result
+from ebscrypt.engines.ec2.snapshot_access import (
+    get_snapshot,
+    grantees,
+    not_found,
+    owned_snapshot,
+    snapshot_row as _row,
+)
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags, tags_for
 from ebscrypt.engines.ec2.volumes import get_volume, lookup_instance, volumes_of_instance
 from ebscrypt.engines.jobs import JobContext, job_kind
-from ebscrypt.errors import NotFound, ServiceError
+from ebscrypt.errors import ServiceError
 from ebscrypt.storage.tables.ec2 import ec2_snapshot_permissions, ec2_snapshots
 
 log = logging.getLogger("ebscrypt.ec2.snapshots")
@@ -64,36 +71,6 @@ def _notify(runtime: Any, snapshot_id: str, state: str) -> None:
 
 
 # ----------------------------------------------------------------------------- reads
-
-
-def _row(conn: Connection, snapshot_id: str) -> Snapshot | None:
-    row = conn.execute(select(ec2_snapshots).where(ec2_snapshots.c.id == snapshot_id)).mappings().first()
-    return Snapshot.from_row(row) if row else None
-
-
-def not_found(snapshot_id: str) -> ServiceError:
-    return NotFound("InvalidSnapshot", snapshot_id)
-
-
-def grantees(conn: Connection, snapshot_id: str) -> set[str]:
-    return {r.grantee for r in conn.execute(select(ec2_snapshot_permissions.c.grantee).where(
-        ec2_snapshot_permissions.c.snapshot_id == snapshot_id))}
-
-
-def snapshot_is_owned(snapshot: Snapshot, caller: Any) -> bool:
-    return snapshot.account == caller.account
-
-
-def get_snapshot(conn: Connection, caller: Any, snapshot_id: str, region: str | None = None) -> Snapshot:
-    """A snapshot the caller may see in ``region`` (default: its own): owned, shared with its
-    account, or public (R-SHARE-1). InvalidSnapshot.NotFound otherwise. [conn]"""
-    check_id(snapshot_id, "snap", "InvalidSnapshotID.Malformed")
-    snap = _row(conn, snapshot_id)
-    if snap is None or snap.region != (region or caller.region):
-        raise not_found(snapshot_id)
-    if snap.account != caller.account and not (grantees(conn, snapshot_id) & {caller.account, "all"}):
-        raise not_found(snapshot_id)
-    return snap
 
 
 def visible_snapshots(conn: Connection, caller: Any) -> list[Snapshot]:
@@ -468,14 +445,6 @@ def delete_snapshot(ctx: Any, snapshot_id: str) -> None:
     blocks = ctx.runtime.blocks
     if blocks is not None:
         blocks.release(snapshot_id)
-
-
-def owned_snapshot(conn: Connection, caller: Any, snapshot_id: str) -> Snapshot:
-    snap = get_snapshot(conn, caller, snapshot_id)
-    if snap.account != caller.account:
-        raise ServiceError("You are not authorized to perform this operation.", code="UnauthorizedOperation",
-                           status=403)
-    return snap
 
 
 def modify_create_volume_permission(ctx: Any, snapshot_id: str, *, add_users: list[str], add_groups: list[str],

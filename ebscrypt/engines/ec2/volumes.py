@@ -30,6 +30,7 @@ from ebscrypt.engines.ec2.encryption import (
 )
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume, from_result
+from ebscrypt.engines.ec2.snapshot_access import get_snapshot
 from ebscrypt.engines.ec2 import provenance, waits
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags, tags_for
 from ebscrypt.engines.jobs import JobContext, job_kind
@@ -238,8 +239,6 @@ class VolumePrep:
 
 
 def load_source_snapshot(conn: Connection, caller: Any, snapshot_id: str) -> Snapshot:
-    from ebscrypt.engines.ec2.snapshots import get_snapshot
-
     snap = get_snapshot(conn, caller, snapshot_id)
     if snap.state != "completed":
         raise ServiceError(f"Snapshot is in invalid state - {snap.state}", code="IncorrectState")

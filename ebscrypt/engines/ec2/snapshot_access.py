@@ -1,0 +1,51 @@
+"""Which snapshot a caller may see or act on (R-SHARE-1): the reads that both ``volumes``
+(CreateVolume from a snapshot) and ``snapshots`` need, kept below both."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from ebscrypt.engines.ec2.ids import check_id
+from ebscrypt.engines.ec2.records import Snapshot
+from ebscrypt.errors import NotFound, ServiceError
+from ebscrypt.storage.tables.ec2 import ec2_snapshot_permissions, ec2_snapshots
+
+
+def snapshot_row(conn: Connection, snapshot_id: str) -> Snapshot | None:
+    row = conn.execute(select(ec2_snapshots).where(ec2_snapshots.c.id == snapshot_id)).mappings().first()
+    return Snapshot.from_row(row) if row else None
+
+
+def not_found(snapshot_id: str) -> ServiceError:
+    return NotFound("InvalidSnapshot", snapshot_id)
+
+
+def grantees(conn: Connection, snapshot_id: str) -> set[str]:
+    return {r.grantee for r in conn.execute(select(ec2_snapshot_permissions.c.grantee).where(
+        ec2_snapshot_permissions.c.snapshot_id == snapshot_id))}
+
+
+def snapshot_is_owned(snapshot: Snapshot, caller: Any) -> bool:
+    return snapshot.account == caller.account
+
+
+def get_snapshot(conn: Connection, caller: Any, snapshot_id: str, region: str | None = None) -> Snapshot:
+    """A snapshot the caller may see in ``region`` (default: its own): owned, shared with its
+    account, or public (R-SHARE-1). InvalidSnapshot.NotFound otherwise. [conn]"""
+    check_id(snapshot_id, "snap", "InvalidSnapshotID.Malformed")
+    snap = snapshot_row(conn, snapshot_id)
+    if snap is None or snap.region != (region or caller.region):
+        raise not_found(snapshot_id)
+    if snap.account != caller.account and not (grantees(conn, snapshot_id) & {caller.account, "all"}):
+        raise not_found(snapshot_id)
+    return snap
+
+
+def owned_snapshot(conn: Connection, caller: Any, snapshot_id: str) -> Snapshot:
+    snap = get_snapshot(conn, caller, snapshot_id)
+    if snap.account != caller.account:
+        raise ServiceError("You are not authorized to perform this operation.", code="UnauthorizedOperation",
+                           status=403)
+    return snap
