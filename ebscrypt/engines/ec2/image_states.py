@@ -1,10 +1,9 @@
 """Image lifecycle (R-LIFE-1, R-KEY-6): a ``pending`` image becomes ``available`` or
 ``failed`` when its snapshots reach a final state.
 
-Three paths lead here: ec2core's snapshot listener (a snapshot job finished), the
-``image_finalize`` job (RegisterImage over snapshots still pending, or a race), and
-DescribeImages repairing images whose listener was missed (e.g. after a crash). This
-module also registers the R-SNAP-3 in-use checker with ec2core.
+Three paths lead here: ``snapshots`` calling :func:`after_snapshot` (a snapshot job
+finished), the ``image_finalize`` job (RegisterImage over snapshots still pending, or a
+race), and DescribeImages repairing images whose call was missed (e.g. after a crash).
 """
 
 from __future__ import annotations
@@ -16,8 +15,7 @@ from sqlalchemy import Connection, select, update
 
 from ebscrypt.context import RequestContext
 from ebscrypt.domain import image_states as states
-from ebscrypt.engines.ec2 import snapshots as core_snapshots
-from ebscrypt.engines.ec2.image_records import Image, image_using_snapshot
+from ebscrypt.engines.ec2.image_records import Image
 from ebscrypt.engines.jobs import JobContext, job_kind
 from ebscrypt.storage.tables.ec2 import ec2_snapshots
 from ebscrypt.storage.tables.ec2_images import ec2_image_snapshots as image_snaps_t
@@ -71,7 +69,9 @@ def refresh_image(conn: Connection, image_id: str) -> str | None:
     return new_state
 
 
-def _on_snapshot_final(runtime: Any, snapshot_id: str, state: str) -> None:
+def after_snapshot(runtime: Any, snapshot_id: str, state: str) -> None:
+    """A snapshot reached completed/error (``snapshots`` calls this): the pending images
+    using it move on."""
     with runtime.db.begin() as conn:
         image_ids = [r.image_id for r in conn.execute(select(image_snaps_t.c.image_id).where(image_snaps_t.c.snapshot_id == snapshot_id))]
         for image_id in image_ids:
@@ -91,10 +91,6 @@ def _finalize_job(job: JobContext) -> None:
     """Finish an image whose snapshots may already be final (RegisterImage, races)."""
     with job.runtime.db.begin() as conn:
         refresh_image(conn, job.payload["image_id"])
-
-
-core_snapshots.register_snapshot_listener(_on_snapshot_final)
-core_snapshots.register_snapshot_in_use_checker(image_using_snapshot)
 
 
 # ============================================================================ DescribeImages

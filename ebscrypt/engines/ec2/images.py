@@ -28,7 +28,7 @@ Where each operation lives (this module re-exports them all, so callers import o
 - ``image_copy``: CreateImage (R-IMG-2) and CopyImage (R-IMG-1).
 - ``image_permissions``: Describe/Modify/ResetImageAttribute, launch permissions, R-SHARE-2/3.
 - ``image_states``: pending → available/failed (R-LIFE-1, R-KEY-6), the ``image_finalize``
-  job, the snapshot listener and R-SNAP-3 checker registered with ec2core.
+  job, and the call a snapshot reaching a final state makes (after_snapshot).
 - ``waits.settle``: the bounded wait Describe calls make for transitional states.
 """
 

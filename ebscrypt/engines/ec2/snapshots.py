@@ -22,9 +22,10 @@ from ebscrypt.engines.ec2.encryption import (
     new_data_key,
     resolve_encryption,
 )
-from ebscrypt.engines.ec2 import provenance, waits
+from ebscrypt.engines.ec2 import image_states, provenance, waits
 from ebscrypt.engines.ec2.copy_source import check_source_survived
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
+from ebscrypt.engines.ec2.image_records import image_using_snapshot
 from ebscrypt.engines.ec2.records import Snapshot, from_result
 from ebscrypt.engines.ec2.snapshot_access import (
     get_snapshot,
@@ -43,31 +44,14 @@ log = logging.getLogger("ebscrypt.ec2.snapshots")
 
 COPY_VOLUME_ID = "vol-ffffffff"  # AWS shows this volume id on copied / direct snapshots
 
-InUseChecker = Callable[[Connection, str], "str | None"]
-SnapshotListener = Callable[[Any, str, str], None]
-_in_use_checkers: list[InUseChecker] = []
-_listeners: list[SnapshotListener] = []
-
-
-def register_snapshot_in_use_checker(fn: InUseChecker) -> None:
-    """R-SNAP-3: ``fn(conn, snapshot_id) -> image id | None``; a non-None answer blocks deletion."""
-    if fn not in _in_use_checkers:
-        _in_use_checkers.append(fn)
-
-
-def register_snapshot_listener(fn: SnapshotListener) -> None:
-    """``fn(runtime, snapshot_id, state)`` runs after a snapshot reaches completed/error."""
-    if fn not in _listeners:
-        _listeners.append(fn)
-
-
 def _notify(runtime: Any, snapshot_id: str, state: str) -> None:
+    """After a snapshot reached completed/error: wake its waiters, and move the images
+    waiting on it (R-LIFE-1)."""
     waits.done(snapshot_id)
-    for fn in list(_listeners):
-        try:
-            fn(runtime, snapshot_id, state)
-        except Exception:
-            log.exception("snapshot listener failed for %s", snapshot_id)
+    try:
+        image_states.after_snapshot(runtime, snapshot_id, state)
+    except Exception:
+        log.exception("snapshot listener failed for %s", snapshot_id)
 
 
 # ----------------------------------------------------------------------------- reads
@@ -433,11 +417,10 @@ def delete_snapshot(ctx: Any, snapshot_id: str) -> None:
         if snap.account != ctx.caller.account:
             raise ServiceError("You are not authorized to perform this operation.",
                                code="UnauthorizedOperation", status=403)
-        for check in list(_in_use_checkers):
-            image_id = check(conn, snapshot_id)
-            if image_id:
-                raise ServiceError(f"The snapshot {snapshot_id} is currently in use by {image_id}",
-                                   code="InvalidSnapshot.InUse")
+        image_id = image_using_snapshot(conn, snapshot_id)  # R-SNAP-3
+        if image_id:
+            raise ServiceError(f"The snapshot {snapshot_id} is currently in use by {image_id}",
+                               code="InvalidSnapshot.InUse")
         conn.execute(delete(ec2_snapshots).where(ec2_snapshots.c.id == snapshot_id))
         conn.execute(delete(ec2_snapshot_permissions).where(ec2_snapshot_permissions.c.snapshot_id == snapshot_id))
         provenance.forget(conn, snapshot_id)
