@@ -33,20 +33,22 @@ from ebscrypt.domain import instance_types as it
 from ebscrypt.engines.ec2 import volumes as core_volumes
 from ebscrypt.engines.ec2 import network
 from ebscrypt.engines.ec2.filters import select_matching
-from ebscrypt.engines.ec2.instances import (
+from ebscrypt.engines.ec2.instance_records import (
     Instance,
-    InstanceAttrs,
-    attributes_of,
     check_instance_ids,
-    check_shutdown_behavior,
-    check_user_data,
     get_instance,
     get_instances,
+    visible_instances,
+)
+from ebscrypt.engines.ec2.instances import (
+    InstanceAttrs,
+    attributes_of,
+    check_shutdown_behavior,
+    check_user_data,
     instance_view,
     known_instance_types,
     model_enum,
     save_attributes,
-    visible_instances,
 )
 from ebscrypt.engines.ec2.volumes import set_delete_on_termination
 from ebscrypt.errors import ServiceError

@@ -28,7 +28,6 @@ import ipaddress
 import json
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -48,12 +47,19 @@ from ebscrypt.engines.ec2 import images as images_engine
 from ebscrypt.engines.ec2 import keypairs, network, waits
 from ebscrypt.engines.ec2 import templates as templates_engine
 from ebscrypt.engines.ec2.encryption import WrappedDataKey, new_data_key, resolve_encryption
-from ebscrypt.engines.ec2.ids import is_well_formed, job_ctx, new_id
+from ebscrypt.engines.ec2.ids import job_ctx, new_id
+from ebscrypt.engines.ec2.instance_records import (
+    Instance,
+    check_instance_ids,
+    get_instance,
+    get_instances,
+    not_found as _not_found,
+    visible_instances,
+)
 from ebscrypt.engines.ec2.filters import select_matching as filter_select
-from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume, aware
+from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume
 from ebscrypt.engines.ec2.volumes import (
     VolumePrep,
-    register_instance_lookup,
     release_volumes,
     validate_volume_spec,
 )
@@ -64,7 +70,6 @@ from ebscrypt.storage.tables.ec2_images import ec2_instances as instances_t
 from ebscrypt.storage.tables.ec2_instance_attrs import ec2_instance_attributes as attrs_t
 
 MAX_INSTANCES_PER_CALL = 20
-TERMINATED_VISIBLE_FOR = timedelta(hours=1)  # EC2 keeps terminated instances visible ~1 h
 
 KMS_STATE_REASON = ("Client.InvalidKMSKey.InvalidState",
                     "Client.InvalidKMSKey.InvalidState: The KMS key provided is in an incorrect state")
@@ -74,46 +79,6 @@ USER_DATA_LIMIT = 16384  # bytes, before base64 (EC2's user data limit)
 
 
 # ============================================================================ records
-
-
-@dataclass(frozen=True)
-class Instance:
-    instance_id: str
-    reservation_id: str
-    account: str
-    region: str
-    image_id: str
-    instance_type: str
-    state: str
-    state_reason_code: str | None
-    state_reason_message: str | None
-    state_transition_reason: str | None
-    launch_time: datetime
-    key_name: str | None
-    subnet_id: str | None
-    vpc_id: str | None
-    security_groups: list[dict[str, str]]
-    availability_zone: str
-    private_ip: str
-    ami_launch_index: int
-    root_device_name: str | None
-    architecture: str | None
-    virtualization_type: str | None
-    ena_support: bool | None
-    ebs_optimized: bool
-    client_token: str | None
-    launch_plan: list[dict[str, Any]]
-    updated_at: datetime
-
-    @classmethod
-    def from_row(cls, row: Any) -> "Instance":
-        values = dict(row)
-        values["security_groups"] = json.loads(values["security_groups"] or "[]")
-        values["launch_plan"] = json.loads(values["launch_plan"] or "[]")
-        values["launch_time"] = aware(values["launch_time"])
-        values["updated_at"] = aware(values["updated_at"])
-        values["ebs_optimized"] = bool(values["ebs_optimized"])
-        return cls(**values)
 
 
 @lru_cache(maxsize=None)
@@ -194,81 +159,7 @@ def check_shutdown_behavior(value: str) -> str:
 # ============================================================================ errors
 
 
-def _malformed(instance_id: str) -> ServiceError:
-    return ServiceError(f'Invalid id: "{instance_id}"', code="InvalidInstanceID.Malformed")
-
-
-def _not_found(ids: list[str]) -> ServiceError:
-    if len(ids) == 1:
-        return ServiceError(f"The instance ID '{ids[0]}' does not exist", code="InvalidInstanceID.NotFound")
-    return ServiceError(f"The instance IDs '{', '.join(ids)}' do not exist", code="InvalidInstanceID.NotFound")
-
-
-def check_instance_ids(ids: list[str]) -> None:
-    for instance_id in ids:
-        if not is_well_formed(instance_id, "i"):
-            raise _malformed(instance_id)
-
-
 # ============================================================================ lookups
-
-
-def _visible(instance: Instance, now: datetime) -> bool:
-    return not (instance.state == it.TERMINATED and now - instance.updated_at > TERMINATED_VISIBLE_FOR)
-
-
-def get_instance(conn: Connection, account: str, region: str, instance_id: str, now: datetime | None = None) -> Instance:
-    """The caller's instance (InvalidInstanceID.Malformed / .NotFound otherwise). [conn]"""
-    check_instance_ids([instance_id])
-    row = conn.execute(
-        select(instances_t).where(instances_t.c.instance_id == instance_id, instances_t.c.account == account,
-                                  instances_t.c.region == region)
-    ).mappings().first()
-    if row is None:
-        raise _not_found([instance_id])
-    instance = Instance.from_row(row)
-    if now is not None and not _visible(instance, now):
-        raise _not_found([instance_id])
-    return instance
-
-
-def get_instances(conn: Connection, account: str, region: str, ids: list[str], now: datetime) -> list[Instance]:
-    """The caller's instances named by ``ids`` (well-formed, checked first), in that order, in
-    one query; every unknown one named in a single InvalidInstanceID.NotFound. [conn]"""
-    if not ids:
-        return []
-    found = {i.instance_id: i for i in visible_instances(conn, account, region, now, ids)}
-    missing = [i for i in ids if i not in found]
-    if missing:
-        raise _not_found(missing)
-    return [found[i] for i in ids]
-
-
-def visible_instances(conn: Connection, account: str, region: str, now: datetime,
-                      ids: list[str] | None = None) -> list[Instance]:
-    """The caller's visible instances (only ``ids`` if given), in launch order. [conn]"""
-    query = select(instances_t).where(instances_t.c.account == account, instances_t.c.region == region)
-    if ids:
-        query = query.where(instances_t.c.instance_id.in_(ids))
-    rows = conn.execute(query.order_by(instances_t.c.launch_time, instances_t.c.reservation_id,
-                                       instances_t.c.ami_launch_index)).mappings()
-    return [i for i in (Instance.from_row(r) for r in rows) if _visible(i, now)]
-
-
-def _instance_lookup(conn: Connection, caller: Any, instance_id: str) -> dict[str, Any]:
-    """ec2core's AttachVolume / CreateSnapshots ask this for the instance's zone and root
-    device (and its existence: InvalidInstanceID.NotFound / .Malformed)."""
-    instance = get_instance(conn, caller.account, caller.region, instance_id)
-    if instance.state not in (it.RUNNING, it.STOPPED):
-        raise ServiceError(f"Instance '{instance_id}' is not 'running'.", code="IncorrectState")
-    return {"availability_zone": instance.availability_zone, "root_device_name": instance.root_device_name,
-            "state": instance.state}
-
-
-register_instance_lookup(_instance_lookup)
-
-
-# ============================================================================ views
 
 
 def _private_dns(ip: str, region: str) -> str:

@@ -491,7 +491,7 @@ def create_snapshots_of_instance(ctx: Any, req: InstanceSnapshots) -> list[tuple
     out: list[tuple[Snapshot, list[dict[str, str]]]] = []
     with ctx.runtime.db.begin() as conn:
         info = lookup_instance(conn, ctx.caller, req.instance_id)
-        root = (info or {}).get("root_device_name")
+        root = info.get("root_device_name")
         pairs = volumes_of_instance(conn, req.instance_id)
         source_tags = tags_for(conn, ctx.caller.account, [v.id for v, _ in pairs])
         for vol, att in pairs:

@@ -31,7 +31,7 @@ from ebscrypt.engines.ec2.encryption import (
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume, from_result
 from ebscrypt.engines.ec2.snapshot_access import get_snapshot
-from ebscrypt.engines.ec2 import provenance, waits
+from ebscrypt.engines.ec2 import instance_records, provenance, waits
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags, tags_for
 from ebscrypt.engines.jobs import JobContext, job_kind
 from ebscrypt.errors import ServiceError
@@ -46,9 +46,6 @@ _IOPS = {"gp3": (3000, 80000, 500), "io1": (100, 64000, 50), "io2": (100, 256000
 
 VolumeListener = Callable[[Any, str, str], None]
 _volume_listeners: list[VolumeListener] = []
-# -> {"availability_zone": ..., "root_device_name": ...}; raises InvalidInstanceID.NotFound
-InstanceLookup = Callable[[Connection, Any, str], "dict | str"]  # a bare str = the zone
-_instance_lookup: list[InstanceLookup] = []
 
 
 def register_volume_listener(fn: VolumeListener) -> None:
@@ -57,20 +54,10 @@ def register_volume_listener(fn: VolumeListener) -> None:
         _volume_listeners.append(fn)
 
 
-def register_instance_lookup(fn: InstanceLookup) -> None:
-    """ec2images: ``fn(conn, caller, instance_id) -> {"availability_zone", "root_device_name"}``
-    (raises InvalidInstanceID.NotFound). AttachVolume and CreateSnapshots use it."""
-    _instance_lookup[:] = [fn]
-
-
-def lookup_instance(conn: Connection, caller: Any, instance_id: str) -> dict | None:
-    """The registered instance lookup's answer; None when no lookup is registered."""
-    if not _instance_lookup:
-        return None
-    info = _instance_lookup[0](conn, caller, instance_id)
-    if isinstance(info, str):  # the first form of the contract: just the zone
-        return {"availability_zone": info, "root_device_name": None}
-    return dict(info)
+def lookup_instance(conn: Connection, caller: Any, instance_id: str) -> dict:
+    """The instance's zone and root device (instance_records.lookup: it must exist, running
+    or stopped)."""
+    return dict(instance_records.lookup(conn, caller, instance_id))
 
 
 def _notify(runtime: Any, volume_id: str, state: str) -> None:
@@ -499,9 +486,6 @@ def attach_volume(ctx: Any, volume_id: str, instance_id: str, device: str, *,
         vol = get_volume(conn, caller, volume_id)
         if instance_az is None:
             info = lookup_instance(conn, caller, instance_id)
-            if info is None:
-                raise ServiceError(f"The instance ID '{instance_id}' does not exist",
-                                   code="InvalidInstanceID.NotFound")
             instance_az = info["availability_zone"]
             running = info.get("state", "running") == "running"
         current = attachments_of(conn, [volume_id])[volume_id]
