@@ -13,7 +13,7 @@ Two things real clients send that the model alone does not settle:
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 from ebscrypt.errors import ServiceError
 
@@ -28,9 +28,8 @@ def canonical(attribute: str, names: Mapping[str, str]) -> str:
     return names.get(attribute.lower(), attribute)
 
 
-def legacy_operation(params: Mapping[str, Any]) -> str:
+def legacy_operation(op: str | None) -> str:
     """OperationType of the flat-list form: ``add`` (also when omitted) or ``remove``."""
-    op = params.get("OperationType")
     if op is None:
         return "add"
     if op not in ("add", "remove"):

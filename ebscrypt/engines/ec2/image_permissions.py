@@ -10,6 +10,7 @@ shared at all.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -42,10 +43,22 @@ _IMAGE_ATTRIBUTES = canonical_names((
 # What ModifyImageAttribute can change (its Attribute: "description | imdsSupport | launchPermission").
 _MODIFIABLE = ("description", "imdsSupport", "launchPermission")
 
-# The flat lists of the older launchPermission form (OperationType + lists), with the
-# LaunchPermission item key each one stands for.
-_LEGACY_LISTS = (("UserIds", "UserId"), ("UserGroups", "Group"), ("OrganizationArns", "OrganizationArn"),
-                 ("OrganizationalUnitArns", "OrganizationalUnitArn"))
+
+
+@dataclass(frozen=True)
+class ImageAttributeChange:
+    """ModifyImageAttribute's request, its forms told apart by the service: a new
+    description / IMDS support, launch permission items to add and remove (structured),
+    and the older flat-list items with their OperationType (None: add)."""
+
+    image_id: str | None
+    attribute: str | None  # the model's spelling (canonical_attribute)
+    description: str | None = None
+    imds_support: str | None = None
+    launch_add: tuple[dict[str, str], ...] = ()
+    launch_remove: tuple[dict[str, str], ...] = ()
+    legacy_items: tuple[dict[str, str], ...] = ()
+    operation_type: str | None = None
 
 
 def canonical_attribute(attribute: str | None) -> str | None:
@@ -97,16 +110,13 @@ def describe_attribute(ctx: RequestContext, image_id: str, attribute: str) -> di
         return out
 
 
-def _permission_changes(params: dict[str, Any]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+def _permission_changes(change: ImageAttributeChange) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """(add, remove) LaunchPermission items from the structured and the flat-list forms."""
-    add: list[dict[str, str]] = []
-    remove: list[dict[str, str]] = []
-    lp = params.get("LaunchPermission") or {}
-    add.extend(lp.get("Add") or [])
-    remove.extend(lp.get("Remove") or [])
-    legacy = [{key: value} for member, key in _LEGACY_LISTS for value in params.get(member) or []]
+    add: list[dict[str, str]] = list(change.launch_add)
+    remove: list[dict[str, str]] = list(change.launch_remove)
+    legacy = list(change.legacy_items)
     if legacy:
-        (add if legacy_operation(params) == "add" else remove).extend(legacy)
+        (add if legacy_operation(change.operation_type) == "add" else remove).extend(legacy)
     for item in add + remove:
         if item.get("OrganizationArn") or item.get("OrganizationalUnitArn"):
             raise ServiceError("Sharing with organizations is not supported by ebscrypt.", code="UnsupportedOperation")
@@ -144,26 +154,18 @@ def _uses_aws_managed_key(ctx: RequestContext, image: Image) -> bool:
     return False
 
 
-def _attribute_value(params: dict[str, Any], member: str, attribute: str | None, name: str) -> str | None:
-    """A new value given as ``<member>.Value``, or as ``Value`` with ``Attribute=<name>``."""
-    value = (params.get(member) or {}).get("Value")
-    if value is None and attribute == name:
-        value = params.get("Value")
-    return value
-
-
-def modify_attribute(ctx: RequestContext, params: dict[str, Any]) -> None:
+def modify_attribute(ctx: RequestContext, change: ImageAttributeChange) -> None:
     caller = ctx.caller
-    image_id = check_image_id(params.get("ImageId"))
-    attribute = canonical_attribute(params.get("Attribute"))
+    image_id = check_image_id(change.image_id)
+    attribute = change.attribute
     if attribute is not None and attribute not in _MODIFIABLE:
         raise ServiceError(f"Value ({attribute}) for parameter attribute is invalid.", code="InvalidParameterValue")
-    description = _attribute_value(params, "Description", attribute, "description")
-    imds = _attribute_value(params, "ImdsSupport", attribute, "imdsSupport")
+    description = change.description
+    imds = change.imds_support
     if imds is not None and imds != "v2.0":
         raise ServiceError(f"Value ({imds}) for parameter imdsSupport is invalid. The only valid value is v2.0.",
                            code="InvalidParameterValue")
-    add, remove = _permission_changes(params)
+    add, remove = _permission_changes(change)
     if not add and not remove and description is None and imds is None:
         raise ServiceError("No attributes specified.", code="InvalidParameterCombination")
     with ctx.runtime.db.read() as conn:

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import replace
-from typing import Any, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping
 
 from sqlalchemy import Connection, update
 
@@ -55,7 +55,7 @@ from ebscrypt.errors import ServiceError
 from ebscrypt.storage.tables.ec2_images import ec2_instances as instances_t
 
 #: Structured request members → the attribute each one modifies.
-_MEMBERS = {
+MEMBERS = {
     "InstanceType": "instanceType",
     "Kernel": "kernel",
     "Ramdisk": "ramdisk",
@@ -112,11 +112,22 @@ def _member_value(member: str, attribute: str, raw: Any) -> Any:
     return value
 
 
-def requested_change(params: dict[str, Any]) -> tuple[str, Any]:
+@dataclass(frozen=True)
+class AttributeRequest:
+    """ModifyInstanceAttribute's request: the structured members given (by member name,
+    e.g. ``DisableApiTermination``; see ``MEMBERS``), or an ``Attribute`` named with its
+    ``Value``."""
+
+    members: Mapping[str, Any]
+    attribute: str | None = None
+    value: Any = None
+
+
+def requested_change(req: AttributeRequest) -> tuple[str, Any]:
     """The one (attribute, value) a ModifyInstanceAttribute request asks for."""
-    found = {attr: _member_value(member, attr, params[member])
-             for member, attr in _MEMBERS.items() if params.get(member) not in (None, [])}
-    named = params.get("Attribute")
+    found = {attr: _member_value(member, attr, req.members[member])
+             for member, attr in MEMBERS.items() if req.members.get(member) not in (None, [])}
+    named = req.attribute
     if named:
         if named not in _attribute_names():
             raise _unknown_attribute(named)
@@ -125,11 +136,11 @@ def requested_change(params: dict[str, Any]) -> tuple[str, Any]:
                                "modified.", code="InvalidParameterValue")
         if named not in found:
             if named in _LISTS:  # a list cannot travel in Value
-                member = next(m for m, a in _MEMBERS.items() if a == named)
+                member = next(m for m, a in MEMBERS.items() if a == named)
                 raise ServiceError(f"The request must contain the parameter {member}", code="MissingParameter")
-            if params.get("Value") is None:
+            if req.value is None:
                 raise ServiceError("The request must contain the parameter value", code="MissingParameter")
-            found[named] = params["Value"]
+            found[named] = req.value
     if not found:
         raise ServiceError("No attributes specified.", code="InvalidParameterCombination")
     if len(found) > 1:
@@ -240,9 +251,9 @@ _APPLY: dict[str, Callable[[Connection, Instance, Any], None]] = {
 }
 
 
-def modify_attribute(ctx: RequestContext, instance_id: str, params: dict[str, Any]) -> None:
+def modify_attribute(ctx: RequestContext, instance_id: str, req: AttributeRequest) -> None:
     """ModifyInstanceAttribute: validated completely before anything changes."""
-    attribute, value = requested_change(params)
+    attribute, value = requested_change(req)
     caller = ctx.caller
     with ctx.runtime.db.begin() as conn:
         instance = get_instance(conn, caller.account, caller.region, instance_id, ctx.runtime.clock.now())

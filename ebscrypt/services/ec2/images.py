@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ebscrypt.context import RequestContext
+from ebscrypt.engines.ec2 import image_permissions
 from ebscrypt.engines.ec2 import images as engine
 from ebscrypt.engines.ec2 import instances as instances_engine
 from ebscrypt.services.ec2.request import dry_run_check
@@ -67,10 +68,33 @@ def describe_image_attribute(ctx: RequestContext, params: dict[str, Any]) -> dic
     return engine.describe_attribute(ctx, image_id, params["Attribute"])
 
 
+# The flat lists of the older launchPermission form (OperationType + lists), with the
+# LaunchPermission item key each one stands for (engines.ec2.attributes).
+_LEGACY_LISTS = (("UserIds", "UserId"), ("UserGroups", "Group"), ("OrganizationArns", "OrganizationArn"),
+                 ("OrganizationalUnitArns", "OrganizationalUnitArn"))
+
+
+def _attribute_value(params: dict[str, Any], member: str, attribute: str | None, name: str) -> str | None:
+    """A new value given as ``<member>.Value``, or as ``Value`` with ``Attribute=<name>``."""
+    value = (params.get(member) or {}).get("Value")
+    if value is None and attribute == name:
+        value = params.get("Value")
+    return value
+
+
 @operation("ec2", "ModifyImageAttribute")
 def modify_image_attribute(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    engine.modify_attribute(ctx, params)
+    attribute = image_permissions.canonical_attribute(params.get("Attribute"))
+    launch = params.get("LaunchPermission") or {}
+    image_permissions.modify_attribute(ctx, image_permissions.ImageAttributeChange(
+        params.get("ImageId"), attribute,
+        description=_attribute_value(params, "Description", attribute, "description"),
+        imds_support=_attribute_value(params, "ImdsSupport", attribute, "imdsSupport"),
+        launch_add=tuple(launch.get("Add") or []), launch_remove=tuple(launch.get("Remove") or []),
+        legacy_items=tuple({key: value} for member, key in _LEGACY_LISTS for value in params.get(member) or []),
+        operation_type=params.get("OperationType"),
+    ))
     return {}
 
 

@@ -66,7 +66,9 @@ def modify_instance_attribute(ctx: RequestContext, params: dict[str, Any]) -> di
     dry_run_check(params)
     if not params.get("InstanceId"):
         raise ServiceError("The request must contain the parameter InstanceId", code="MissingParameter")
-    attributes.modify_attribute(ctx, params["InstanceId"], params)
+    request = attributes.AttributeRequest({m: params.get(m) for m in attributes.MEMBERS},
+                                          params.get("Attribute"), params.get("Value"))
+    attributes.modify_attribute(ctx, params["InstanceId"], request)
     return {}
 
 

@@ -173,7 +173,7 @@ def modify_snapshot_attribute(ctx: RequestContext, params: dict[str, Any]) -> di
     if params.get("UserIds") or params.get("GroupNames"):
         # the flat-list form; Packer's snapshot_users sends it beside CreateVolumePermission.Add
         # with no OperationType (engines.ec2.attributes)
-        op = legacy_operation(params)
+        op = legacy_operation(params.get("OperationType"))
         (add_users if op == "add" else rm_users).extend(params.get("UserIds") or [])
         (add_groups if op == "add" else rm_groups).extend(params.get("GroupNames") or [])
     if not (add_users or add_groups or rm_users or rm_groups):
