@@ -34,6 +34,7 @@ Where each operation lives (this module re-exports them all, so callers import o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from sqlalchemy import delete, select
@@ -92,25 +93,47 @@ __all__ = [
 # ============================================================================ RegisterImage
 
 
-def register_image(ctx: RequestContext, params: dict[str, Any]) -> str:
+@dataclass(frozen=True)
+class ImageRegistration:
+    """RegisterImage's request: EC2 BlockDeviceMapping and TagSpecification structures,
+    and the image's own attributes (None: absent)."""
+
+    block_device_mappings: list[dict[str, Any]]
+    name: str | None = None
+    image_location: str | None = None
+    root_device_name: str | None = None
+    tag_specifications: list[dict[str, Any]] | None = None
+    description: str | None = None
+    architecture: str | None = None
+    virtualization_type: str | None = None
+    ena_support: bool | None = None
+    sriov_net_support: str | None = None
+    boot_mode: str | None = None
+    tpm_support: str | None = None
+    imds_support: str | None = None
+    kernel_id: str | None = None
+    ramdisk_id: str | None = None
+
+
+def register_image(ctx: RequestContext, req: ImageRegistration) -> str:
     """R-IMG-3: an image over existing snapshots the caller owns."""
     caller = ctx.caller
-    if params.get("ImageLocation"):
+    if req.image_location:
         raise ServiceError(
             "Instance store-backed (S3 manifest) images are not supported; register from EBS snapshots.",
             code="UnsupportedOperation",
         )
-    requested = params.get("BlockDeviceMappings") or []
+    requested = req.block_device_mappings or []
     if not requested:
         raise ServiceError(
             "The request must contain the parameter BlockDeviceMapping (an EBS snapshot for the root device)",
             code="MissingParameter",
         )
-    root = params.get("RootDeviceName") or requested[0].get("DeviceName")
-    tags = core_tags.tag_specs(params.get("TagSpecifications"), "image")
+    root = req.root_device_name or requested[0].get("DeviceName")
+    tags = core_tags.tag_specs(req.tag_specifications, "image")
     image_id = new_image_id()
     with ctx.runtime.db.begin() as conn:
-        name = check_name(conn, caller.account, caller.region, params.get("Name"))
+        name = check_name(conn, caller.account, caller.region, req.name)
         mappings: list[dict[str, Any]] = []
         seen: set[str] = set()
         all_completed = True
@@ -168,17 +191,17 @@ def register_image(ctx: RequestContext, params: dict[str, Any]) -> str:
             )
         insert_image(conn, ctx, image_id, dict(
             name=name,
-            description=params.get("Description"),
-            architecture=params.get("Architecture") or "x86_64",
-            virtualization_type=params.get("VirtualizationType") or "hvm",
+            description=req.description,
+            architecture=req.architecture or "x86_64",
+            virtualization_type=req.virtualization_type or "hvm",
             root_device_name=root,
-            ena_support=params.get("EnaSupport"),
-            sriov_net_support=params.get("SriovNetSupport"),
-            boot_mode=params.get("BootMode"),
-            tpm_support=params.get("TpmSupport"),
-            imds_support=params.get("ImdsSupport"),
-            kernel_id=params.get("KernelId"),
-            ramdisk_id=params.get("RamdiskId"),
+            ena_support=req.ena_support,
+            sriov_net_support=req.sriov_net_support,
+            boot_mode=req.boot_mode,
+            tpm_support=req.tpm_support,
+            imds_support=req.imds_support,
+            kernel_id=req.kernel_id,
+            ramdisk_id=req.ramdisk_id,
         ), mappings, tags, ready=all_completed)
     ctx.runtime.jobs.notify()
     return image_id
@@ -280,16 +303,15 @@ _FILTERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def describe_images(ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
-    """DescribeImages as the caller sees it: own, public and shared images of its region."""
+def describe_images(ctx: RequestContext, ids: list[str], *, owners: list[str], executable: list[str],
+                    filters: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """DescribeImages as the caller sees it: own, public and shared images of its region
+    (only ``ids``, of ``owners`` — "self" the caller — and launchable by ``executable``
+    users, when given), matching ``filters``."""
     caller = ctx.caller
-    ids = params.get("ImageIds") or []
     for image_id in ids:
         if not is_well_formed(image_id, "ami"):
             raise malformed(image_id)
-    owners = params.get("Owners") or []
-    executable = params.get("ExecutableUsers") or []
-    filters = params.get("Filters")
 
     def read() -> list[tuple[Image, list[dict[str, str]]]]:
         with ctx.runtime.db.read() as conn:

@@ -18,7 +18,16 @@ from ebscrypt.services.registry import operation
 @operation("ec2", "RegisterImage")
 def register_image(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    return {"ImageId": engine.register_image(ctx, params)}
+    return {"ImageId": engine.register_image(ctx, engine.ImageRegistration(
+        params.get("BlockDeviceMappings") or [], name=params.get("Name"),
+        image_location=params.get("ImageLocation"), root_device_name=params.get("RootDeviceName"),
+        tag_specifications=params.get("TagSpecifications"), description=params.get("Description"),
+        architecture=params.get("Architecture"), virtualization_type=params.get("VirtualizationType"),
+        ena_support=params.get("EnaSupport"), sriov_net_support=params.get("SriovNetSupport"),
+        boot_mode=params.get("BootMode"), tpm_support=params.get("TpmSupport"),
+        imds_support=params.get("ImdsSupport"), kernel_id=params.get("KernelId"),
+        ramdisk_id=params.get("RamdiskId"),
+    ))}
 
 
 @operation("ec2", "CreateImage")
@@ -51,7 +60,9 @@ def deregister_image(ctx: RequestContext, params: dict[str, Any]) -> dict[str, A
 @operation("ec2", "DescribeImages")
 def describe_images(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    images = sorted(engine.describe_images(ctx, params), key=lambda d: d["ImageId"])  # paging order
+    images = engine.describe_images(ctx, params.get("ImageIds") or [], owners=params.get("Owners") or [],
+                                    executable=params.get("ExecutableUsers") or [], filters=params.get("Filters"))
+    images = sorted(images, key=lambda d: d["ImageId"])  # paging order
     chunk, token = page(images, params, lambda d: d["ImageId"], low=1, high=1000, ids_param="ImageIds")
     out: dict[str, Any] = {"Images": chunk}
     if token:
