@@ -8,6 +8,7 @@ image to ``available``/``failed`` when those snapshots reach a final state (R-LI
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -37,19 +38,30 @@ NO_STORAGE_ACCESS_MESSAGE = "You do not have permission to access the storage of
 # ============================================================================ CreateImage
 
 
-def create_image(ctx: RequestContext, params: dict[str, Any], instance: Any) -> str:
+@dataclass(frozen=True)
+class ImageCreation:
+    """CreateImage's request: the new image's name and description, BlockDeviceMapping
+    overrides and extra mappings, TagSpecifications (for the image and its snapshots)."""
+
+    name: str | None
+    description: str | None = None
+    block_device_mappings: list[dict[str, Any]] = field(default_factory=list)
+    tag_specifications: list[dict[str, Any]] | None = None
+
+
+def create_image(ctx: RequestContext, req: ImageCreation, instance: Any) -> str:
     """R-IMG-2: one snapshot per attached EBS volume, each with its volume's own key.
 
     ``instance`` is the caller's instance record (engines/ec2/instances.py looked it up
     and checked its state).
     """
     caller = ctx.caller
-    overrides = {b.get("DeviceName"): b for b in params.get("BlockDeviceMappings") or [] if b.get("DeviceName")}
-    image_tags = core_tags.tag_specs(params.get("TagSpecifications"), "image")
-    snapshot_tags = core_tags.tag_specs(params.get("TagSpecifications"), "snapshot")
+    overrides = {b.get("DeviceName"): b for b in req.block_device_mappings or [] if b.get("DeviceName")}
+    image_tags = core_tags.tag_specs(req.tag_specifications, "image")
+    snapshot_tags = core_tags.tag_specs(req.tag_specifications, "snapshot")
     image_id = new_image_id()
     with ctx.runtime.db.begin() as conn:
-        name = check_name(conn, caller.account, caller.region, params.get("Name"))
+        name = check_name(conn, caller.account, caller.region, req.name)
         mappings: list[dict[str, Any]] = []
         attached = sorted(core_volumes.volumes_of_instance(conn, instance.instance_id), key=lambda va: va[1].device)
         for volume, attachment in attached:
@@ -99,7 +111,7 @@ def create_image(ctx: RequestContext, params: dict[str, Any], instance: Any) -> 
                                code="InvalidParameterValue")
         insert_image(conn, ctx, image_id, dict(
             name=name,
-            description=params.get("Description"),
+            description=req.description,
             architecture=instance.architecture or "x86_64",
             virtualization_type=instance.virtualization_type or "hvm",
             root_device_name=instance.root_device_name,
@@ -113,14 +125,29 @@ def create_image(ctx: RequestContext, params: dict[str, Any], instance: Any) -> 
 # ============================================================================ CopyImage
 
 
-def copy_image(ctx: RequestContext, params: dict[str, Any]) -> str:
+@dataclass(frozen=True)
+class ImageCopy:
+    """CopyImage's request (None: absent)."""
+
+    source_image_id: str | None
+    source_region: str | None = None
+    name: str | None = None
+    description: str | None = None  # None: the source image's
+    encrypted: bool | None = None
+    kms_key_id: str | None = None
+    client_token: str | None = None
+    copy_image_tags: bool = False
+    tag_specifications: list[dict[str, Any]] | None = None
+
+
+def copy_image(ctx: RequestContext, req: ImageCopy) -> str:
     """R-IMG-1: §2 applied to every snapshot independently; one KmsKeyId at most."""
     caller = ctx.caller
-    source_region = params.get("SourceRegion") or caller.region
-    source_id = check_image_id(params.get("SourceImageId"))
-    token = params.get("ClientToken")
-    encrypted = params.get("Encrypted")
-    kms_key_id = params.get("KmsKeyId")
+    source_region = req.source_region or caller.region
+    source_id = check_image_id(req.source_image_id)
+    token = req.client_token
+    encrypted = req.encrypted
+    kms_key_id = req.kms_key_id
     check_key_dependency(encrypted, kms_key_id)  # R-OUT-1, before anything else
     with ctx.runtime.db.read() as conn:
         if token:
@@ -134,8 +161,8 @@ def copy_image(ctx: RequestContext, params: dict[str, Any]) -> str:
         if source.state != states.IMAGE_AVAILABLE:
             raise ServiceError(f"Image {source_id} is in state {source.state}; only available images can be copied.",
                                code="IncorrectState")
-        check_name(conn, caller.account, caller.region, params.get("Name"))
-        source_tags = core_tags.tags_for(conn, caller.account, [source_id])[source_id] if params.get("CopyImageTags") else []
+        check_name(conn, caller.account, caller.region, req.name)
+        source_tags = core_tags.tags_for(conn, caller.account, [source_id])[source_id] if req.copy_image_tags else []
         if source.account != caller.account:
             # Copying needs read access to the storage: each snapshot shared with the caller.
             for snap_id in source.snapshot_ids():
@@ -154,9 +181,9 @@ def copy_image(ctx: RequestContext, params: dict[str, Any]) -> str:
             plans.append((m, plan))
         else:
             plans.append((m, None))
-    tags = source_tags + core_tags.tag_specs(params.get("TagSpecifications"), "image")
+    tags = source_tags + core_tags.tag_specs(req.tag_specifications, "image")
     with ctx.runtime.db.begin() as conn:
-        name = check_name(conn, caller.account, caller.region, params.get("Name"))
+        name = check_name(conn, caller.account, caller.region, req.name)
         mappings: list[dict[str, Any]] = []
         for m, plan in plans:
             if plan is None:
@@ -172,7 +199,7 @@ def copy_image(ctx: RequestContext, params: dict[str, Any]) -> str:
             mappings.append({"DeviceName": m["DeviceName"], "Ebs": ebs})
         insert_image(conn, ctx, image_id, dict(
             name=name,
-            description=params.get("Description", source.description),
+            description=source.description if req.description is None else req.description,
             architecture=source.architecture,
             virtualization_type=source.virtualization_type,
             root_device_name=source.root_device_name,

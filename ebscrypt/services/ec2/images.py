@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ebscrypt.context import RequestContext
-from ebscrypt.engines.ec2 import image_permissions
+from ebscrypt.engines.ec2 import image_copy, image_permissions
 from ebscrypt.engines.ec2 import images as engine
 from ebscrypt.engines.ec2 import instances as instances_engine
 from ebscrypt.services.ec2.request import dry_run_check
@@ -36,13 +36,20 @@ def create_image(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     if not params.get("InstanceId"):
         raise ServiceError("The request must contain the parameter InstanceId", code="MissingParameter")
     instance = instances_engine.owned_instance_for_image(ctx, params["InstanceId"])
-    return {"ImageId": engine.create_image(ctx, params, instance)}
+    creation = image_copy.ImageCreation(params.get("Name"), params.get("Description"),
+                                        params.get("BlockDeviceMappings") or [], params.get("TagSpecifications"))
+    return {"ImageId": image_copy.create_image(ctx, creation, instance)}
 
 
 @operation("ec2", "CopyImage")
 def copy_image(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    return {"ImageId": engine.copy_image(ctx, params)}
+    return {"ImageId": image_copy.copy_image(ctx, image_copy.ImageCopy(
+        params.get("SourceImageId"), source_region=params.get("SourceRegion"), name=params.get("Name"),
+        description=params.get("Description"), encrypted=params.get("Encrypted"),
+        kms_key_id=params.get("KmsKeyId"), client_token=params.get("ClientToken"),
+        copy_image_tags=bool(params.get("CopyImageTags")), tag_specifications=params.get("TagSpecifications"),
+    ))}
 
 
 @operation("ec2", "DeregisterImage")
