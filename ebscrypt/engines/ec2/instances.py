@@ -29,7 +29,7 @@ import json
 import random
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from sqlalchemy import Connection, delete, insert, select, update
 
@@ -308,15 +308,16 @@ def _snapshot_for_launch(conn: Connection, caller: Any, snapshot_id: str, image:
 
 
 def _prepare_volume(ctx: RequestContext, *, zone: str, source: Snapshot | None, ebs: dict[str, Any],
-                    request: dict[str, Any], attach: Any) -> VolumePrep:
+                    requested: dict[str, Any], attach: Any) -> VolumePrep:
     """ec2core's prepare_volume, with the source snapshot already authorised by the image's
-    launch permission. [KMS, no conn]"""
+    launch permission. [KMS, no conn] ``ebs``: the mapping's merged Ebs structure;
+    ``requested``: the Encrypted/KmsKeyId the launch itself asked for (R-RUN-1)."""
     if source is not None and source.state != "completed":
         raise ServiceError(f"Snapshot is in invalid state - {source.state}", code="IncorrectState")
     spec = validate_volume_spec(ebs.get("VolumeType"), ebs.get("VolumeSize"), ebs.get("Iops"), ebs.get("Throughput"),
                                 snapshot_id=source.id if source else None,
                                 snapshot_size=source.volume_size if source else None)
-    plan = resolve_encryption(ctx, source, request.get("Encrypted"), request.get("KmsKeyId"))
+    plan = resolve_encryption(ctx, source, requested.get("Encrypted"), requested.get("KmsKeyId"))
     volume_id = new_id("vol")
     data_key = None
     if plan.encrypted and plan.problem is None:
@@ -334,20 +335,75 @@ def _prepare_volume(ctx: RequestContext, *, zone: str, source: Snapshot | None, 
     return VolumePrep(volume_id, zone, spec, plan, source, data_key, attach=attach)
 
 
-def _effective_params(ctx: RequestContext, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """RunInstances parameters with a launch template's version data underneath."""
-    spec = params.get("LaunchTemplate")
-    if not spec:
-        return dict(params), None
-    ident, data = templates_engine.resolve(ctx, spec)
-    out = dict(data)
-    for k, v in params.items():
-        if k in ("LaunchTemplate", "BlockDeviceMappings", "TagSpecifications"):
-            continue
-        out[k] = v
-    out["BlockDeviceMappings"] = _merge_plain(data.get("BlockDeviceMappings") or [], params.get("BlockDeviceMappings") or [])
-    out["TagSpecifications"] = list(data.get("TagSpecifications") or []) + list(params.get("TagSpecifications") or [])
-    return out, ident
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What RunInstances launches: its request, or a launch template's version data (the
+    same shape) with the request over it. None: not given."""
+
+    image_id: str | None = None
+    instance_type: str | None = None
+    min_count: Any = None
+    max_count: Any = None
+    client_token: str | None = None
+    key_name: str | None = None
+    subnet_id: str | None = None
+    placement: dict[str, Any] | None = None  # Placement (its AvailabilityZone is used)
+    security_group_ids: list[str] | None = None
+    security_groups: list[str] | None = None
+    block_device_mappings: list[dict[str, Any]] | None = None  # EC2 BlockDeviceMapping structures
+    tag_specifications: list[dict[str, Any]] | None = None
+    disable_api_termination: bool | None = None
+    disable_api_stop: bool | None = None
+    shutdown_behavior: str | None = None
+    user_data: str | None = None
+    ebs_optimized: bool | None = None
+    kernel_id: str | None = None
+    ramdisk_id: str | None = None
+    launch_template: dict[str, Any] | None = None  # LaunchTemplateSpecification
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> "LaunchSpec":
+        """From RunInstances members, or from stored RequestLaunchTemplateData (which
+        spells the RAM disk ``RamDiskId``)."""
+        return cls(
+            image_id=fields.get("ImageId"), instance_type=fields.get("InstanceType"),
+            min_count=fields.get("MinCount"), max_count=fields.get("MaxCount"),
+            client_token=fields.get("ClientToken"), key_name=fields.get("KeyName"),
+            subnet_id=fields.get("SubnetId"), placement=fields.get("Placement"),
+            security_group_ids=fields.get("SecurityGroupIds"), security_groups=fields.get("SecurityGroups"),
+            block_device_mappings=fields.get("BlockDeviceMappings"),
+            tag_specifications=fields.get("TagSpecifications"),
+            disable_api_termination=fields.get("DisableApiTermination"),
+            disable_api_stop=fields.get("DisableApiStop"),
+            shutdown_behavior=fields.get("InstanceInitiatedShutdownBehavior"),
+            user_data=fields.get("UserData"), ebs_optimized=fields.get("EbsOptimized"),
+            kernel_id=fields.get("KernelId"), ramdisk_id=fields.get("RamdiskId") or fields.get("RamDiskId"),
+            launch_template=fields.get("LaunchTemplate"),
+        )
+
+    @property
+    def placement_zone(self) -> str | None:
+        zone: str | None = (self.placement or {}).get("AvailabilityZone")
+        return zone
+
+    def over(self, base: "LaunchSpec") -> "LaunchSpec":
+        """This request over a template's data: each member given here wins; block device
+        mappings merge by device; tag specifications add up."""
+        merged = {f: getattr(self, f) if getattr(self, f) is not None else getattr(base, f)
+                  for f in self.__dataclass_fields__}
+        merged["block_device_mappings"] = _merge_plain(base.block_device_mappings or [],
+                                                       self.block_device_mappings or [])
+        merged["tag_specifications"] = list(base.tag_specifications or []) + list(self.tag_specifications or [])
+        merged["launch_template"] = None
+        return LaunchSpec(**merged)
+
+
+def _effective_spec(ctx: RequestContext, spec: LaunchSpec) -> tuple[LaunchSpec, dict[str, Any] | None]:
+    """The launch with a launch template's version data underneath (and the template's ids)."""
+    if not spec.launch_template:
+        return spec, None
+    ident, data = templates_engine.resolve(ctx, spec.launch_template)
+    return spec.over(LaunchSpec.from_fields(data)), ident
 
 
 def _merge_plain(base: list[dict[str, Any]], overrides: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -370,9 +426,7 @@ def _check_instance_type(instance_type: str) -> None:
                            code="InvalidParameterValue")
 
 
-def _zone(params: dict[str, Any], region: str) -> str:
-    placement = params.get("Placement") or {}
-    zone = placement.get("AvailabilityZone")
+def _zone(zone: str | None, region: str) -> str:
     if zone:
         if not regions.is_zone_in_region(zone, region):
             raise ServiceError(f"Invalid availability zone: [{zone}]", code="InvalidParameterValue")
@@ -383,20 +437,20 @@ def _zone(params: dict[str, Any], region: str) -> str:
     return zones[0].name
 
 
-def _launch_attributes(p: dict[str, Any], image: Any) -> InstanceAttrs:
+def _launch_attributes(p: LaunchSpec, image: Any) -> InstanceAttrs:
     """The launch's own attributes (RunInstances parameters over the image's kernel,
     RAM disk and SR-IOV setting)."""
-    for param, from_image in (("KernelId", image.kernel_id), ("RamdiskId", image.ramdisk_id)):
-        given = p.get(param) or (p.get("RamDiskId") if param == "RamdiskId" else None)  # template spelling
+    for param, given, from_image in (("KernelId", p.kernel_id, image.kernel_id),
+                                     ("RamdiskId", p.ramdisk_id, image.ramdisk_id)):
         if given and given != from_image:
             # No kernel (aki-) or RAM disk (ari-) images exist in ebscrypt to launch with.
             raise ServiceError(f"{param} is not supported by ebscrypt: it has no kernel or RAM disk images.",
                                code="UnsupportedOperation")
-    user_data = p.get("UserData")
+    user_data = p.user_data
     return InstanceAttrs(
-        disable_api_termination=bool(p.get("DisableApiTermination")),
-        disable_api_stop=bool(p.get("DisableApiStop")),
-        shutdown_behavior=check_shutdown_behavior(p.get("InstanceInitiatedShutdownBehavior") or "stop"),
+        disable_api_termination=bool(p.disable_api_termination),
+        disable_api_stop=bool(p.disable_api_stop),
+        shutdown_behavior=check_shutdown_behavior(p.shutdown_behavior or "stop"),
         sriov_net_support=image.sriov_net_support,
         kernel_id=image.kernel_id,
         ramdisk_id=image.ramdisk_id,
@@ -415,11 +469,11 @@ def _private_ip(cidr: str | None) -> str:
 # ============================================================================ RunInstances
 
 
-def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+def run_instances(ctx: RequestContext, spec: LaunchSpec) -> dict[str, Any]:
     caller = ctx.caller
-    p, template_ident = _effective_params(ctx, params)
-    min_count = int(p.get("MinCount") or 1)
-    max_count = int(p.get("MaxCount") or min_count)
+    p, template_ident = _effective_spec(ctx, spec)
+    min_count = int(p.min_count or 1)
+    max_count = int(p.max_count or min_count)
     if min_count < 1 or max_count < min_count:
         raise ServiceError("MinCount must be at least 1 and at most MaxCount.", code="InvalidParameterValue")
     if min_count > MAX_INSTANCES_PER_CALL:
@@ -430,12 +484,12 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
             code="InstanceLimitExceeded",
         )
     count = min(max_count, MAX_INSTANCES_PER_CALL)
-    image_id = images_engine.check_image_id(p.get("ImageId"))
-    instance_type = p.get("InstanceType") or it.DEFAULT_INSTANCE_TYPE
+    image_id = images_engine.check_image_id(p.image_id)
+    instance_type = p.instance_type or it.DEFAULT_INSTANCE_TYPE
     _check_instance_type(instance_type)
-    token = p.get("ClientToken")
-    instance_tags = core_tags.tag_specs(p.get("TagSpecifications"), "instance")
-    volume_tags = core_tags.tag_specs(p.get("TagSpecifications"), "volume")
+    token = p.client_token
+    instance_tags = core_tags.tag_specs(p.tag_specifications, "instance")
+    volume_tags = core_tags.tag_specs(p.tag_specifications, "volume")
 
     with ctx.runtime.db.read() as conn:
         if token:
@@ -447,24 +501,24 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
             if rows:  # idempotent retry: the same reservation again
                 found = [Instance.from_row(r) for r in rows]
                 return _reservation(conn, found, caller.account)
-        subnet = network.get_subnet(conn, caller.account, caller.region, p["SubnetId"]) if p.get("SubnetId") else None
+        subnet = network.get_subnet(conn, caller.account, caller.region, p.subnet_id) if p.subnet_id else None
         if subnet is not None:
-            placement_zone = (p.get("Placement") or {}).get("AvailabilityZone")
+            placement_zone = p.placement_zone
             if placement_zone and placement_zone != subnet["availability_zone"]:
                 raise ServiceError(
                     f"The specified AvailabilityZone ({placement_zone}) does not match the subnet's "
                     f"({subnet['availability_zone']}).", code="InvalidParameterCombination")
             zone = subnet["availability_zone"]
         else:
-            zone = _zone(p, caller.region)
-        if p.get("KeyName") and not keypairs.key_pair_exists(conn, caller.account, caller.region, p["KeyName"]):
-            raise keypairs.not_found(p["KeyName"])
+            zone = _zone(p.placement_zone, caller.region)
+        if p.key_name and not keypairs.key_pair_exists(conn, caller.account, caller.region, p.key_name):
+            raise keypairs.not_found(p.key_name)
         image = images_engine.get_image(conn, caller.account, caller.region, image_id)
         if image.state != "available":
             raise ServiceError(f"Image {image_id} is not available (state {image.state}).",
                                code="InvalidAMIID.Unavailable")
         ebd = core_account.get_settings(conn, caller.account, caller.region).ebd
-        mappings = _merge_mappings(image.mappings, p.get("BlockDeviceMappings") or [])
+        mappings = _merge_mappings(image.mappings, p.block_device_mappings or [])
         sources: dict[str, Snapshot | None] = {}
         for m in mappings:
             ebs = m.get("Ebs")
@@ -502,7 +556,7 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
             ebs = m["Ebs"]
             dot = ebs.get("DeleteOnTermination")
             preps.append(_prepare_volume(
-                ctx, zone=zone, source=sources[m["DeviceName"]], ebs=ebs, request=m.get("_request") or {},
+                ctx, zone=zone, source=sources[m["DeviceName"]], ebs=ebs, requested=m.get("_request") or {},
                 attach=core_volumes.Attach(instance_id, m["DeviceName"], True if dot is None else bool(dot)),
             ))
         plan = [{"device": prep.attach.device, "volume_id": prep.volume_id,
@@ -510,12 +564,12 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
         row = dict(  # network fields are filled in the write transaction below
             instance_id=instance_id, reservation_id=reservation_id, account=caller.account, region=caller.region,
             image_id=image_id, instance_type=instance_type, state=it.PENDING, state_reason_code=None,
-            state_reason_message=None, state_transition_reason="", launch_time=now, key_name=p.get("KeyName"),
+            state_reason_message=None, state_transition_reason="", launch_time=now, key_name=p.key_name,
             subnet_id=None, vpc_id=None, security_groups="[]",
             availability_zone=zone, private_ip="", ami_launch_index=index,
             root_device_name=image.root_device_name, architecture=image.architecture,
             virtualization_type=image.virtualization_type, ena_support=image.ena_support,
-            ebs_optimized=bool(p.get("EbsOptimized")), client_token=token, launch_plan=json.dumps(plan),
+            ebs_optimized=bool(p.ebs_optimized), client_token=token, launch_plan=json.dumps(plan),
             updated_at=now,
         )
         launched.append(Instance.from_row(row))
@@ -527,7 +581,7 @@ def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
             subnet = network.default_subnet(conn, caller.account, caller.region, now, availability_zone=zone)
         vpc_id = subnet["vpc_id"] if subnet else None
         groups = network.resolve_groups(conn, caller.account, caller.region, now,
-                                        ids=p.get("SecurityGroupIds") or [], names=p.get("SecurityGroups") or [])
+                                        ids=p.security_group_ids or [], names=p.security_groups or [])
         if not groups and vpc_id:
             groups = [network.default_group(conn, caller.account, caller.region, vpc_id)]
         security_groups = [{"GroupId": g["id"], "GroupName": g["name"]} for g in groups]

@@ -18,7 +18,7 @@ MAX_STATUS_IDS = 100  # DescribeInstanceStatus: "Maximum 100 explicitly specifie
 @operation("ec2", "RunInstances")
 def run_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    return engine.run_instances(ctx, params)
+    return engine.run_instances(ctx, engine.LaunchSpec.from_fields(params))
 
 
 @operation("ec2", "DescribeInstances")
