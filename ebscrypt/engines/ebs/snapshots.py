@@ -18,6 +18,7 @@ from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, BlockIntegrityError
 from ebscrypt.engines.blocks.engine import CopyInProgress, UnrelatedLineage
 from ebscrypt.engines.ebs import direct
 from ebscrypt.engines.ec2 import snapshots as ec2_snapshots
+from ebscrypt.engines.ec2.copy_source import copy_blocks
 from ebscrypt.engines.ec2.account import get_settings
 from ebscrypt.engines.ec2.records import Snapshot
 from ebscrypt.engines.ec2.snapshot_access import get_snapshot, snapshot_is_owned
@@ -169,28 +170,24 @@ def start_snapshot(ctx: Any, req: StartRequest) -> tuple[Snapshot, list[dict[str
         if err.code == "ValidationException" and err.fields.get("Reason") not in _VALIDATION_REASONS:
             raise EbsValidation(err.message, "INVALID_PARAMETER_VALUE") from None
         raise
-    blocks = _blocks(ctx)
+    _blocks(ctx)  # the block store must be there (InternalServerException otherwise)
     # A retried ClientToken finds its session (or its finished snapshot): no second seeding.
     fresh = snap.state == "pending" and direct.start_session(
         ctx.runtime, snap.id, ctx.caller.account, ctx.caller.region, req.timeout_minutes
     )
     if fresh and parent is not None:
-        _seed_from_parent(ctx, blocks, parent, snap)
+        _seed_from_parent(ctx, parent, snap)
     with ctx.runtime.db.read() as conn:
         tag_list = tags_for(conn, snap.account, [snap.id]).get(snap.id, [])
     return snap, tag_list
 
 
-def _seed_from_parent(ctx: Any, blocks: Any, parent: Any, snap: Any) -> None:
+def _seed_from_parent(ctx: Any, parent: Any, snap: Any) -> None:
     """The new snapshot starts with its parent's blocks (R-LIFE-2): shared under the same
     data key (R-KEY-2), re-encrypted otherwise (the parent's lineage is kept)."""
     try:
-        if parent.data_key_id == snap.data_key_id:
-            blocks.share(parent.id, snap.id)
-        else:
-            src_key = direct.keys.get(ctx, parent)
-            dst_key = direct.keys.get(ctx, snap)
-            blocks.reencrypt(parent.id, src_key, snap.id, dst_key)
+        copy_blocks(ctx.runtime, parent, snap.id, snap.data_key_id, source_key=lambda: direct.keys.get(ctx, parent),
+                    dst_key=lambda: direct.keys.get(ctx, snap), check_source=False)
     except BlockIntegrityError:
         ec2_snapshots.fail_snapshot(ctx.runtime, snap.id, "The parent snapshot's data failed its integrity check.")
         raise EbsInternal("The parent snapshot's data failed its integrity check.") from None

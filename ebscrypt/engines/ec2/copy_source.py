@@ -1,9 +1,11 @@
-"""Whether a copy's source snapshot survived the copy (CopySnapshot, CreateVolume from a
-snapshot). Apart from both: snapshots.py imports volumes.py, and both jobs ask this."""
+"""The one copy path: a new volume or snapshot gets the blocks of a source snapshot, shared
+or re-encrypted (CopySnapshot, CreateVolume from a snapshot, EBS StartSnapshot with a
+parent), and whether the source survived the copy. Apart from volumes and snapshots: both
+use it (and engines/ebs above them)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import select
 
@@ -31,3 +33,21 @@ def check_source_survived(runtime: Any, source_id: str, dst_owner_id: str) -> No
             return
     if not runtime.blocks.list_block_refs(dst_owner_id):
         raise SourceSnapshotGone(source_id)
+
+
+def copy_blocks(runtime: Any, source: Any, dst_id: str, dst_data_key_id: str | None, *,
+                source_key: Callable[[], Any], dst_key: Callable[[], Any],
+                progress: Callable[[float], None] | None = None, check_source: bool = True) -> None:
+    """Give ``dst_id`` the blocks of the snapshot ``source``: shared when both have the same
+    data key (R-KEY-2, R-SNAP-2: incremental, no data moved; both unencrypted too), else
+    re-encrypted from ``source_key()`` to ``dst_key()`` (asked only then: each may call KMS),
+    with ``progress``. ``check_source``: then refuse a copy whose source was deleted
+    meanwhile (:func:`check_source_survived`)."""
+    blocks = runtime.blocks
+    if source.data_key_id == dst_data_key_id:
+        blocks.share(source.id, dst_id)
+    else:
+        src_key = source_key()
+        blocks.reencrypt(source.id, src_key, dst_id, dst_key(), progress=progress)
+    if check_source:
+        check_source_survived(runtime, source.id, dst_id)

@@ -23,7 +23,7 @@ from ebscrypt.engines.ec2.encryption import (
     resolve_encryption,
 )
 from ebscrypt.engines.ec2 import image_states, provenance, waits
-from ebscrypt.engines.ec2.copy_source import check_source_survived
+from ebscrypt.engines.ec2.copy_source import copy_blocks
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.image_records import image_using_snapshot
 from ebscrypt.engines.ec2.records import Snapshot, from_result
@@ -338,22 +338,18 @@ def _copy_blocks(runtime: Any, src: Snapshot, src_key: Any, dst: Snapshot, ctx: 
                  report: Callable[[float], None] | None) -> None:
     """Give ``dst`` the blocks of ``src``: shared (same data key) or re-encrypted, with the
     copy's progress on the snapshot (R-LIFE-1)."""
-    blocks = runtime.blocks
-    if src.data_key_id == dst.data_key_id:  # R-SNAP-2: same key, same region -> incremental
-        blocks.share(src.id, dst.id)
-    else:
-        dst_key = data_key_for(ctx, dst)
-        last = [0.0]
+    last = [0.0]
 
-        def progress(pct: float) -> None:
-            if report is not None:
-                report(pct)
-            if pct - last[0] >= 5 or pct >= 99:
-                last[0] = pct
-                set_progress(runtime, dst.id, pct)
+    def progress(pct: float) -> None:
+        if report is not None:
+            report(pct)
+        if pct - last[0] >= 5 or pct >= 99:
+            last[0] = pct
+            set_progress(runtime, dst.id, pct)
 
-        blocks.reencrypt(src.id, src_key, dst.id, dst_key, progress=progress)
-    check_source_survived(runtime, src.id, dst.id)
+    # R-SNAP-2: same key, same region -> incremental (shared)
+    copy_blocks(runtime, src, dst.id, dst.data_key_id, source_key=lambda: src_key,
+                dst_key=lambda: data_key_for(ctx, dst), progress=progress)
 
 
 # ----------------------------------------------------------------------------- EBS direct

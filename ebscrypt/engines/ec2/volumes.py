@@ -19,7 +19,7 @@ from ebscrypt.domain import regions
 from ebscrypt.engines.attach import engine as attach_io
 from ebscrypt.engines.blocks.engine import CopyCancelled
 from ebscrypt.engines.ec2.account import get_settings
-from ebscrypt.engines.ec2.copy_source import SourceSnapshotGone, check_source_survived
+from ebscrypt.engines.ec2.copy_source import SourceSnapshotGone, copy_blocks
 from ebscrypt.engines.ec2.encryption import (
     EncryptionPlan,
     WrappedDataKey,
@@ -434,14 +434,9 @@ def _finish(runtime: Any, p: dict[str, Any], report: Callable[[float], None] | N
         if blocks is None:
             raise RuntimeError("the block engine is not available")
         try:
-            if src.data_key_id == vol.data_key_id:  # R-KEY-2 same data key (or both unencrypted)
-                if src.encrypted:
-                    data_key_for(ctx, src)  # R-SHARE-4: the caller must be allowed the source key
-                blocks.share(src.id, vol.id)
-            else:
-                src_key = data_key_for(ctx, src)  # R-SHARE-4
-                blocks.reencrypt(src.id, src_key, vol.id, dst_key, progress=report)
-            check_source_survived(runtime, src.id, vol.id)
+            src_key = data_key_for(ctx, src)  # R-SHARE-4: the caller must be allowed the source key
+            copy_blocks(runtime, src, vol.id, vol.data_key_id, source_key=lambda: src_key,
+                        dst_key=lambda: dst_key, progress=report)
         except CopyCancelled:
             if _exists(runtime, vol.id):
                 raise  # released by something other than DeleteVolume: a real failure
