@@ -51,19 +51,6 @@ def set_default_key(conn: Connection, account: str, region: str, key_arn: str | 
     _upsert(conn, account, region, default_kms_key=key_arn)
 
 
-def default_key_arn(ctx: Any) -> str:
-    """The caller's default EBS key ARN in its region. [KMS, no conn]
-
-    A customer key when one was set; otherwise the AWS managed key (created on first use).
-    """
-    caller = ctx.caller
-    with ctx.runtime.db.read() as conn:
-        settings = get_settings(conn, caller.account, caller.region)
-    if settings.default_key:
-        return settings.default_key
-    return ctx.runtime.kms.default_ebs_key(caller.account, caller.region).arn
-
-
 # --------------------------------------------------------------------------- operations
 # One transaction each, for services/ec2/account.py.
 

@@ -25,7 +25,7 @@ import secrets
 import struct
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
@@ -354,10 +354,6 @@ def delete_(conn: Connection, account: str, region: str, *, name: str | None = N
         return None
     conn.execute(delete(ec2_key_pairs).where(ec2_key_pairs.c.id == row.id))
     return row.id
-
-
-def ids_of(rows: Iterable[dict[str, Any]]) -> list[str]:
-    return [r["id"] for r in rows]
 
 
 # --------------------------------------------------------------------------- operations

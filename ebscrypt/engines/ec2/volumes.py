@@ -551,12 +551,6 @@ def detach_volume(ctx: Any, volume_id: str, instance_id: str | None = None, *,
                       att.delete_on_termination)
 
 
-def set_attachment_state(conn: Connection, volume_id: str, instance_id: str, state: str) -> None:
-    conn.execute(update(ec2_volume_attachments).where(
-        ec2_volume_attachments.c.volume_id == volume_id,
-        ec2_volume_attachments.c.instance_id == instance_id).values(state=state))
-
-
 def set_delete_on_termination(conn: Connection, volume_id: str, instance_id: str, value: bool) -> None:
     conn.execute(update(ec2_volume_attachments).where(
         ec2_volume_attachments.c.volume_id == volume_id,
