@@ -28,6 +28,7 @@ import ipaddress
 import json
 import random
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any, Callable, Mapping
 
@@ -469,9 +470,9 @@ def _private_ip(cidr: str | None) -> str:
 # ============================================================================ RunInstances
 
 
-def run_instances(ctx: RequestContext, spec: LaunchSpec) -> dict[str, Any]:
-    caller = ctx.caller
-    p, template_ident = _effective_spec(ctx, spec)
+def _instance_count(p: LaunchSpec) -> int:
+    """How many instances to launch: MaxCount, at most MAX_INSTANCES_PER_CALL (MinCount above
+    that is refused)."""
     min_count = int(p.min_count or 1)
     max_count = int(p.max_count or min_count)
     if min_count < 1 or max_count < min_count:
@@ -483,60 +484,19 @@ def run_instances(ctx: RequestContext, spec: LaunchSpec) -> dict[str, Any]:
             "http://aws.amazon.com/contact-us/ec2-request to request an adjustment to this limit.",
             code="InstanceLimitExceeded",
         )
-    count = min(max_count, MAX_INSTANCES_PER_CALL)
-    image_id = images_engine.check_image_id(p.image_id)
-    instance_type = p.instance_type or it.DEFAULT_INSTANCE_TYPE
-    _check_instance_type(instance_type)
-    token = p.client_token
-    instance_tags = core_tags.tag_specs(p.tag_specifications, "instance")
-    volume_tags = core_tags.tag_specs(p.tag_specifications, "volume")
+    return min(max_count, MAX_INSTANCES_PER_CALL)
 
-    with ctx.runtime.db.read() as conn:
-        if token:
-            rows = conn.execute(
-                select(instances_t).where(instances_t.c.account == caller.account, instances_t.c.region == caller.region,
-                                          instances_t.c.client_token == token)
-                .order_by(instances_t.c.ami_launch_index)
-            ).mappings().all()
-            if rows:  # idempotent retry: the same reservation again
-                found = [Instance.from_row(r) for r in rows]
-                return _reservation(conn, found, caller.account)
-        subnet = network.get_subnet(conn, caller.account, caller.region, p.subnet_id) if p.subnet_id else None
-        if subnet is not None:
-            placement_zone = p.placement_zone
-            if placement_zone and placement_zone != subnet["availability_zone"]:
-                raise ServiceError(
-                    f"The specified AvailabilityZone ({placement_zone}) does not match the subnet's "
-                    f"({subnet['availability_zone']}).", code="InvalidParameterCombination")
-            zone = subnet["availability_zone"]
-        else:
-            zone = _zone(p.placement_zone, caller.region)
-        if p.key_name and not keypairs.key_pair_exists(conn, caller.account, caller.region, p.key_name):
-            raise keypairs.not_found(p.key_name)
-        image = images_engine.get_image(conn, caller.account, caller.region, image_id)
-        if image.state != "available":
-            raise ServiceError(f"Image {image_id} is not available (state {image.state}).",
-                               code="InvalidAMIID.Unavailable")
-        ebd = core_account.get_settings(conn, caller.account, caller.region).ebd
-        mappings = _merge_mappings(image.mappings, p.block_device_mappings or [])
-        sources: dict[str, Snapshot | None] = {}
-        for m in mappings:
-            ebs = m.get("Ebs")
-            if ebs is None:
-                continue
-            snap_id = ebs.get("SnapshotId")
-            sources[m["DeviceName"]] = _snapshot_for_launch(conn, caller, snap_id, image) if snap_id else None
-    launch_attrs = _launch_attributes(p, image)
-    ebs_mappings = [m for m in mappings if m.get("Ebs") is not None]
-    if not ebs_mappings:
-        raise ServiceError("The image has no EBS root device.", code="InvalidBlockDeviceMapping")
+
+def _check_launch_encryption(instance_type: str, ebs_mappings: list[dict[str, Any]],
+                             sources: dict[str, Snapshot | None], ebd: bool) -> None:
+    """R-OUT-1 per mapping (an image's encrypted empty-volume mapping asks for encryption),
+    then R-RUN-2: with EBD on (or any volume to be encrypted) the type must support it."""
     for m in ebs_mappings:
         request = m.get("_request") or {}
         check_key_dependency(request.get("Encrypted"), request.get("KmsKeyId"))  # R-OUT-1
         if sources[m["DeviceName"]] is None and "Encrypted" not in request and m["Ebs"].get("Encrypted"):
             request["Encrypted"] = True  # an image's encrypted empty-volume mapping
             m["_request"] = request
-    # R-RUN-2: with EBD on (or any volume to be encrypted) the type must support encryption.
     needs_encryption = ebd or any(
         (m.get("_request") or {}).get("Encrypted") or (sources[m["DeviceName"]] and sources[m["DeviceName"]].encrypted)
         for m in ebs_mappings
@@ -545,40 +505,103 @@ def run_instances(ctx: RequestContext, spec: LaunchSpec) -> dict[str, Any]:
     if refusal:
         raise ServiceError(refusal, code="InvalidParameterCombination")
 
+
+@dataclass
+class _Launch:
+    """What the read phase of RunInstances found: where, from which image, with which
+    volumes (their mappings and source snapshots)."""
+
+    image_id: str
+    image: Any
+    instance_type: str
+    zone: str
+    subnet: dict[str, Any] | None
+    ebd: bool
+    mappings: list[dict[str, Any]]
+    sources: dict[str, Snapshot | None]
+
+
+def _plan_instances(ctx: RequestContext, p: LaunchSpec, launch: _Launch, ebs_mappings: list[dict[str, Any]],
+                    count: int, now: datetime) -> tuple[list[Instance], list[list[VolumePrep]]]:
+    """[KMS, no conn]: §2 and data keys per mapping, per instance; the instance records."""
+    caller = ctx.caller
+    image = launch.image
     reservation_id = new_id("r")
-    now = ctx.runtime.clock.now()
     launched: list[Instance] = []
     preps_per_instance: list[list[VolumePrep]] = []
-    for index in range(count):  # [KMS, no conn]: §2 and data keys per mapping, per instance
+    for index in range(count):
         instance_id = new_id("i")
         preps = []
         for m in ebs_mappings:
             ebs = m["Ebs"]
             dot = ebs.get("DeleteOnTermination")
             preps.append(_prepare_volume(
-                ctx, zone=zone, source=sources[m["DeviceName"]], ebs=ebs, requested=m.get("_request") or {},
+                ctx, zone=launch.zone, source=launch.sources[m["DeviceName"]], ebs=ebs,
+                requested=m.get("_request") or {},
                 attach=core_volumes.Attach(instance_id, m["DeviceName"], True if dot is None else bool(dot)),
             ))
         plan = [{"device": prep.attach.device, "volume_id": prep.volume_id,
                  "delete_on_termination": prep.attach.delete_on_termination} for prep in preps]
-        row = dict(  # network fields are filled in the write transaction below
+        row = dict(  # network fields are filled in the write transaction (_store_launch)
             instance_id=instance_id, reservation_id=reservation_id, account=caller.account, region=caller.region,
-            image_id=image_id, instance_type=instance_type, state=it.PENDING, state_reason_code=None,
+            image_id=launch.image_id, instance_type=launch.instance_type, state=it.PENDING, state_reason_code=None,
             state_reason_message=None, state_transition_reason="", launch_time=now, key_name=p.key_name,
             subnet_id=None, vpc_id=None, security_groups="[]",
-            availability_zone=zone, private_ip="", ami_launch_index=index,
+            availability_zone=launch.zone, private_ip="", ami_launch_index=index,
             root_device_name=image.root_device_name, architecture=image.architecture,
             virtualization_type=image.virtualization_type, ena_support=image.ena_support,
-            ebs_optimized=bool(p.ebs_optimized), client_token=token, launch_plan=json.dumps(plan),
+            ebs_optimized=bool(p.ebs_optimized), client_token=p.client_token, launch_plan=json.dumps(plan),
             updated_at=now,
         )
         launched.append(Instance.from_row(row))
         preps_per_instance.append(preps)
+    return launched, preps_per_instance
+
+
+def _read_launch(ctx: RequestContext, conn: Connection, p: LaunchSpec, image_id: str, instance_type: str) -> _Launch:
+    """The read phase: subnet and zone, key pair, image, EBD, the merged mappings and their
+    source snapshots. [conn]"""
+    caller = ctx.caller
+    subnet = network.get_subnet(conn, caller.account, caller.region, p.subnet_id) if p.subnet_id else None
+    if subnet is not None:
+        placement_zone = p.placement_zone
+        if placement_zone and placement_zone != subnet["availability_zone"]:
+            raise ServiceError(
+                f"The specified AvailabilityZone ({placement_zone}) does not match the subnet's "
+                f"({subnet['availability_zone']}).", code="InvalidParameterCombination")
+        zone = subnet["availability_zone"]
+    else:
+        zone = _zone(p.placement_zone, caller.region)
+    if p.key_name and not keypairs.key_pair_exists(conn, caller.account, caller.region, p.key_name):
+        raise keypairs.not_found(p.key_name)
+    image = images_engine.get_image(conn, caller.account, caller.region, image_id)
+    if image.state != "available":
+        raise ServiceError(f"Image {image_id} is not available (state {image.state}).",
+                           code="InvalidAMIID.Unavailable")
+    ebd = core_account.get_settings(conn, caller.account, caller.region).ebd
+    mappings = _merge_mappings(image.mappings, p.block_device_mappings or [])
+    sources: dict[str, Snapshot | None] = {}
+    for m in mappings:
+        ebs = m.get("Ebs")
+        if ebs is None:
+            continue
+        snap_id = ebs.get("SnapshotId")
+        sources[m["DeviceName"]] = _snapshot_for_launch(conn, caller, snap_id, image) if snap_id else None
+    return _Launch(image_id, image, instance_type, zone, subnet, ebd, mappings, sources)
+
+
+def _store_launch(ctx: RequestContext, p: LaunchSpec, launch: _Launch, launched: list[Instance],
+                  preps_per_instance: list[list[VolumePrep]], launch_attrs: InstanceAttrs, now: datetime, *,
+                  instance_tags: list[dict[str, str]], volume_tags: list[dict[str, str]]) -> dict[str, Any]:
+    """The write phase: networking, the instances, their attributes, volumes and tags; the
+    reservation's view."""
+    caller = ctx.caller
     with ctx.runtime.db.begin() as conn:
         # Networking (ec2net): the named subnet or the zone's default subnet of the default
         # VPC; the named security groups or the VPC's default group.
+        subnet = launch.subnet
         if subnet is None:
-            subnet = network.default_subnet(conn, caller.account, caller.region, now, availability_zone=zone)
+            subnet = network.default_subnet(conn, caller.account, caller.region, now, availability_zone=launch.zone)
         vpc_id = subnet["vpc_id"] if subnet else None
         groups = network.resolve_groups(conn, caller.account, caller.region, now,
                                         ids=p.security_group_ids or [], names=p.security_groups or [])
@@ -602,7 +625,41 @@ def run_instances(ctx: RequestContext, spec: LaunchSpec) -> dict[str, Any]:
                 core_volumes.insert_volume(ctx, conn, prep)
             if instance_tags:
                 core_tags.put_tags(conn, caller.account, caller.region, instance.instance_id, instance_tags)
-        result = _reservation(conn, finished, caller.account)
+        return _reservation(conn, finished, caller.account)
+
+
+def run_instances(ctx: RequestContext, spec: LaunchSpec) -> dict[str, Any]:
+    """RunInstances (R-RUN-1..3): validated and read, volumes planned (KMS, no transaction
+    open), then everything stored in one transaction; the volumes' jobs finish the launch."""
+    caller = ctx.caller
+    p, _template = _effective_spec(ctx, spec)
+    count = _instance_count(p)
+    image_id = images_engine.check_image_id(p.image_id)
+    instance_type = p.instance_type or it.DEFAULT_INSTANCE_TYPE
+    _check_instance_type(instance_type)
+    token = p.client_token
+    instance_tags = core_tags.tag_specs(p.tag_specifications, "instance")
+    volume_tags = core_tags.tag_specs(p.tag_specifications, "volume")
+    with ctx.runtime.db.read() as conn:
+        if token:
+            rows = conn.execute(
+                select(instances_t).where(instances_t.c.account == caller.account, instances_t.c.region == caller.region,
+                                          instances_t.c.client_token == token)
+                .order_by(instances_t.c.ami_launch_index)
+            ).mappings().all()
+            if rows:  # idempotent retry: the same reservation again
+                found = [Instance.from_row(r) for r in rows]
+                return _reservation(conn, found, caller.account)
+        launch = _read_launch(ctx, conn, p, image_id, instance_type)
+    launch_attrs = _launch_attributes(p, launch.image)
+    ebs_mappings = [m for m in launch.mappings if m.get("Ebs") is not None]
+    if not ebs_mappings:
+        raise ServiceError("The image has no EBS root device.", code="InvalidBlockDeviceMapping")
+    _check_launch_encryption(instance_type, ebs_mappings, launch.sources, launch.ebd)
+    now = ctx.runtime.clock.now()
+    launched, preps_per_instance = _plan_instances(ctx, p, launch, ebs_mappings, count, now)
+    result = _store_launch(ctx, p, launch, launched, preps_per_instance, launch_attrs, now,
+                           instance_tags=instance_tags, volume_tags=volume_tags)
     ctx.runtime.jobs.notify()
     return result
 
