@@ -37,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, delete, select
 
 from ebscrypt.context import RequestContext
 from ebscrypt.domain import image_states as states
@@ -115,6 +115,63 @@ class ImageRegistration:
     ramdisk_id: str | None = None
 
 
+def _registered_mappings(conn: Connection, caller: Any, requested: list[dict[str, Any]],
+                         root: str | None) -> tuple[list[dict[str, Any]], bool]:
+    """RegisterImage's block device mappings as stored (snapshots the caller owns, not in
+    error; empty volumes by size; non-EBS entries) and whether every snapshot is completed. [conn]"""
+    mappings: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    all_completed = True
+    for bdm in requested:
+        device = bdm.get("DeviceName")
+        if not device:
+            raise ServiceError("The request must contain the parameter DeviceName", code="MissingParameter")
+        if device in seen:
+            raise ServiceError(f"The device '{device}' is used in more than one block-device mapping",
+                               code="InvalidBlockDeviceMapping")
+        seen.add(device)
+        if add_non_ebs_mapping(mappings, device, bdm):
+            continue
+        ebs = bdm.get("Ebs") or {}
+        if ebs.get("KmsKeyId"):
+            raise ServiceError(
+                "KmsKeyId cannot be set when registering an image: snapshots keep their own keys.",
+                code="InvalidParameterCombination",
+            )
+        snap_id = ebs.get("SnapshotId")
+        if snap_id:
+            check_id(snap_id, "snap", "InvalidSnapshotID.Malformed")
+            snapshot = core_snapshots.get_snapshot(conn, caller, snap_id)
+            if snapshot.account != caller.account:
+                raise ServiceError(
+                    f"You do not own snapshot {snap_id}: copy it into your account before registering an image.",
+                    code="InvalidParameterValue",
+                )
+            if snapshot.state == "error":
+                raise ServiceError(f"Snapshot {snap_id} is in state error.", code="IncorrectState")
+            all_completed = all_completed and snapshot.state == "completed"
+            size = size_check(ebs.get("VolumeSize"), snapshot)
+            encrypted = bool(snapshot.encrypted)
+        else:
+            if device == root:
+                raise ServiceError(
+                    f"The root device {device} must name an EBS snapshot.", code="InvalidBlockDeviceMapping"
+                )
+            if not ebs.get("VolumeSize"):
+                raise ServiceError(
+                    f"The block-device mapping {device} needs a snapshot or a volume size.",
+                    code="InvalidBlockDeviceMapping",
+                )
+            size = int(ebs["VolumeSize"])
+            encrypted = bool(ebs.get("Encrypted"))
+        mappings.append(ebs_mapping(
+            device, snapshot_id=snap_id, size=size, volume_type=ebs.get("VolumeType"),
+            delete_on_termination=ebs.get("DeleteOnTermination"), encrypted=encrypted,
+            iops=ebs.get("Iops"), throughput=ebs.get("Throughput"),
+        ))
+    return mappings, all_completed
+
+
 def register_image(ctx: RequestContext, req: ImageRegistration) -> str:
     """R-IMG-3: an image over existing snapshots the caller owns."""
     caller = ctx.caller
@@ -134,56 +191,7 @@ def register_image(ctx: RequestContext, req: ImageRegistration) -> str:
     image_id = new_image_id()
     with ctx.runtime.db.begin() as conn:
         name = check_name(conn, caller.account, caller.region, req.name)
-        mappings: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        all_completed = True
-        for bdm in requested:
-            device = bdm.get("DeviceName")
-            if not device:
-                raise ServiceError("The request must contain the parameter DeviceName", code="MissingParameter")
-            if device in seen:
-                raise ServiceError(f"The device '{device}' is used in more than one block-device mapping",
-                                   code="InvalidBlockDeviceMapping")
-            seen.add(device)
-            if add_non_ebs_mapping(mappings, device, bdm):
-                continue
-            ebs = bdm.get("Ebs") or {}
-            if ebs.get("KmsKeyId"):
-                raise ServiceError(
-                    "KmsKeyId cannot be set when registering an image: snapshots keep their own keys.",
-                    code="InvalidParameterCombination",
-                )
-            snap_id = ebs.get("SnapshotId")
-            if snap_id:
-                check_id(snap_id, "snap", "InvalidSnapshotID.Malformed")
-                snapshot = core_snapshots.get_snapshot(conn, caller, snap_id)
-                if snapshot.account != caller.account:
-                    raise ServiceError(
-                        f"You do not own snapshot {snap_id}: copy it into your account before registering an image.",
-                        code="InvalidParameterValue",
-                    )
-                if snapshot.state == "error":
-                    raise ServiceError(f"Snapshot {snap_id} is in state error.", code="IncorrectState")
-                all_completed = all_completed and snapshot.state == "completed"
-                size = size_check(ebs.get("VolumeSize"), snapshot)
-                encrypted = bool(snapshot.encrypted)
-            else:
-                if device == root:
-                    raise ServiceError(
-                        f"The root device {device} must name an EBS snapshot.", code="InvalidBlockDeviceMapping"
-                    )
-                if not ebs.get("VolumeSize"):
-                    raise ServiceError(
-                        f"The block-device mapping {device} needs a snapshot or a volume size.",
-                        code="InvalidBlockDeviceMapping",
-                    )
-                size = int(ebs["VolumeSize"])
-                encrypted = bool(ebs.get("Encrypted"))
-            mappings.append(ebs_mapping(
-                device, snapshot_id=snap_id, size=size, volume_type=ebs.get("VolumeType"),
-                delete_on_termination=ebs.get("DeleteOnTermination"), encrypted=encrypted,
-                iops=ebs.get("Iops"), throughput=ebs.get("Throughput"),
-            ))
+        mappings, all_completed = _registered_mappings(conn, caller, requested, root)
         if not any(m["DeviceName"] == root and (m.get("Ebs") or {}).get("SnapshotId") for m in mappings):
             raise ServiceError(
                 f"The root device name {root} does not match a block-device mapping with a snapshot.",
@@ -303,55 +311,58 @@ _FILTERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def _visible_images(ctx: RequestContext, ids: list[str], owners: list[str],
+                    executable: list[str]) -> list[tuple[Image, list[dict[str, str]]]]:
+    """The images the caller sees in its region (own, public, shared with it), narrowed by
+    ids, owners and executable users; each with its tags."""
+    caller = ctx.caller
+    with ctx.runtime.db.read() as conn:
+        query = select(images_t).where(images_t.c.region == caller.region)
+        if ids:
+            query = query.where(images_t.c.image_id.in_(ids))
+        owner_ids = {caller.account if o == "self" else o for o in owners}
+        if owners:
+            query = query.where(images_t.c.account.in_(owner_ids))
+        rows = [Image.from_row(r) for r in conn.execute(query.order_by(images_t.c.created_at, images_t.c.image_id)).mappings()]
+        shared_with_me = {
+            r.image_id for r in conn.execute(select(perms_t.c.image_id).where(perms_t.c.user_id == caller.account))
+        }
+        visible = [i for i in rows if i.account == caller.account or i.public or i.image_id in shared_with_me]
+        if executable:
+            wanted: list[Image] = []
+            own_perms: dict[str, set[str]] = {}
+            for image in visible:
+                if image.account == caller.account and image.image_id not in own_perms:
+                    own_perms[image.image_id] = set(launch_permissions(conn, image.image_id))
+            for image in visible:
+                for user in executable:
+                    if user == "all" and image.public:
+                        wanted.append(image)
+                        break
+                    if user in ("self", caller.account) and (
+                        image.account == caller.account or image.image_id in shared_with_me
+                    ):
+                        wanted.append(image)
+                        break
+                    if ACCOUNT_RE.match(user) and image.account == caller.account and (
+                        user in own_perms.get(image.image_id, set()) or image.public
+                    ):
+                        wanted.append(image)
+                        break
+            visible = wanted
+        tags = core_tags.tags_for(conn, caller.account, [i.image_id for i in visible])
+        return [(i, tags.get(i.image_id) or []) for i in visible]
+
+
 def describe_images(ctx: RequestContext, ids: list[str], *, owners: list[str], executable: list[str],
                     filters: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """DescribeImages as the caller sees it: own, public and shared images of its region
     (only ``ids``, of ``owners`` — "self" the caller — and launchable by ``executable``
     users, when given), matching ``filters``."""
-    caller = ctx.caller
     for image_id in ids:
         if not is_well_formed(image_id, "ami"):
             raise malformed(image_id)
-
-    def read() -> list[tuple[Image, list[dict[str, str]]]]:
-        with ctx.runtime.db.read() as conn:
-            query = select(images_t).where(images_t.c.region == caller.region)
-            if ids:
-                query = query.where(images_t.c.image_id.in_(ids))
-            owner_ids = {caller.account if o == "self" else o for o in owners}
-            if owners:
-                query = query.where(images_t.c.account.in_(owner_ids))
-            rows = [Image.from_row(r) for r in conn.execute(query.order_by(images_t.c.created_at, images_t.c.image_id)).mappings()]
-            shared_with_me = {
-                r.image_id for r in conn.execute(select(perms_t.c.image_id).where(perms_t.c.user_id == caller.account))
-            }
-            visible = [i for i in rows if i.account == caller.account or i.public or i.image_id in shared_with_me]
-            if executable:
-                wanted: list[Image] = []
-                own_perms: dict[str, set[str]] = {}
-                for image in visible:
-                    if image.account == caller.account and image.image_id not in own_perms:
-                        own_perms[image.image_id] = set(launch_permissions(conn, image.image_id))
-                for image in visible:
-                    for user in executable:
-                        if user == "all" and image.public:
-                            wanted.append(image)
-                            break
-                        if user in ("self", caller.account) and (
-                            image.account == caller.account or image.image_id in shared_with_me
-                        ):
-                            wanted.append(image)
-                            break
-                        if ACCOUNT_RE.match(user) and image.account == caller.account and (
-                            user in own_perms.get(image.image_id, set()) or image.public
-                        ):
-                            wanted.append(image)
-                            break
-                visible = wanted
-            tags = core_tags.tags_for(conn, caller.account, [i.image_id for i in visible])
-            return [(i, tags.get(i.image_id) or []) for i in visible]
-
-    entries = read()
+    entries = _visible_images(ctx, ids, owners, executable)
     if ids:
         found = {e[0].image_id for e in entries}
         missing = [i for i in ids if i not in found]
@@ -361,6 +372,6 @@ def describe_images(ctx: RequestContext, ids: list[str], *, owners: list[str], e
     if pending:
         image_states.repair(ctx, pending)
         waits.settle(lambda: image_states.states_of(ctx, pending), [states.IMAGE_PENDING])
-        entries = read()
+        entries = _visible_images(ctx, ids, owners, executable)
     selected = filter_select(entries, filters, _FILTERS, tag_getter=lambda e: {t["Key"]: t["Value"] for t in e[1]})
     return [image_view(image, tags) for image, tags in selected]
