@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from ebscrypt.context import RequestContext
 from ebscrypt.domain import image_states as states
@@ -47,6 +47,29 @@ class ImageCreation:
     description: str | None = None
     block_device_mappings: list[dict[str, Any]] = field(default_factory=list)
     tag_specifications: list[dict[str, Any]] | None = None
+
+
+def _add_extra_mappings(conn: Connection, caller: Any, extra: dict[str, dict[str, Any]],
+                        mappings: list[dict[str, Any]]) -> None:
+    """CreateImage's mappings for devices the instance has no volume on: empty volumes (by
+    size), snapshots the caller may see, ephemeral and NoDevice entries. [conn]"""
+    for device, bdm in extra.items():
+        if add_non_ebs_mapping(mappings, device, bdm):
+            continue
+        ebs = bdm.get("Ebs") or {}
+        if ebs.get("SnapshotId"):
+            snapshot = core_snapshots.get_snapshot(conn, caller, ebs["SnapshotId"])
+            size = size_check(ebs.get("VolumeSize"), snapshot)
+            encrypted = bool(snapshot.encrypted)
+        elif ebs.get("VolumeSize"):
+            size, encrypted = int(ebs["VolumeSize"]), bool(ebs.get("Encrypted"))
+        else:
+            raise ServiceError(f"The block-device mapping {device} needs a snapshot or a volume size.",
+                               code="InvalidBlockDeviceMapping")
+        mappings.append(ebs_mapping(
+            device, snapshot_id=ebs.get("SnapshotId"), size=size, volume_type=ebs.get("VolumeType"),
+            delete_on_termination=ebs.get("DeleteOnTermination"), encrypted=encrypted,
+        ))
 
 
 def create_image(ctx: RequestContext, req: ImageCreation, instance: Any) -> str:
@@ -89,23 +112,7 @@ def create_image(ctx: RequestContext, req: ImageCreation, instance: Any) -> str:
                 iops=volume.iops if volume.volume_type in ("io1", "io2", "gp3") else None,
                 throughput=volume.throughput if volume.volume_type == "gp3" else None,
             ))
-        for device, bdm in overrides.items():  # extra mappings: empty volumes, ephemeral
-            if add_non_ebs_mapping(mappings, device, bdm):
-                continue
-            ebs = bdm.get("Ebs") or {}
-            if ebs.get("SnapshotId"):
-                snapshot = core_snapshots.get_snapshot(conn, caller, ebs["SnapshotId"])
-                size = size_check(ebs.get("VolumeSize"), snapshot)
-                encrypted = bool(snapshot.encrypted)
-            elif ebs.get("VolumeSize"):
-                size, encrypted = int(ebs["VolumeSize"]), bool(ebs.get("Encrypted"))
-            else:
-                raise ServiceError(f"The block-device mapping {device} needs a snapshot or a volume size.",
-                                   code="InvalidBlockDeviceMapping")
-            mappings.append(ebs_mapping(
-                device, snapshot_id=ebs.get("SnapshotId"), size=size, volume_type=ebs.get("VolumeType"),
-                delete_on_termination=ebs.get("DeleteOnTermination"), encrypted=encrypted,
-            ))
+        _add_extra_mappings(conn, caller, overrides, mappings)
         if not any((m.get("Ebs") or {}).get("SnapshotId") for m in mappings):
             raise ServiceError(f"Instance {instance.instance_id} has no EBS volume to image.",
                                code="InvalidParameterValue")
@@ -140,6 +147,42 @@ class ImageCopy:
     tag_specifications: list[dict[str, Any]] | None = None
 
 
+def _copy_plans(ctx: RequestContext, source: Any, other_region: str | None, encrypted: bool | None,
+                kms_key_id: str | None) -> list[tuple[dict[str, Any], Any]]:
+    """[KMS, no conn]: each mapping with its snapshot's copy plan (§2 per snapshot; None for
+    a mapping without a snapshot). ``other_region``: the source's, for a cross-region copy."""
+    plans: list[tuple[dict[str, Any], Any]] = []
+    for m in source.mappings:
+        snap_id = (m.get("Ebs") or {}).get("SnapshotId")
+        if snap_id:
+            plan = core_snapshots.prepare_copy(ctx, snap_id, source_region=other_region,
+                                               encrypted=encrypted, kms_key_id=kms_key_id)
+            plans.append((m, plan))
+        else:
+            plans.append((m, None))
+    return plans
+
+
+def _copied_mappings(ctx: RequestContext, conn: Connection, plans: list[tuple[dict[str, Any], Any]],
+                     image_id: str, source_id: str) -> list[dict[str, Any]]:
+    """The new image's mappings: each snapshot copied by its plan (stored pending; its job
+    copies the blocks), other mappings as they were. [conn]"""
+    mappings: list[dict[str, Any]] = []
+    for m, plan in plans:
+        if plan is None:
+            mappings.append(json.loads(json.dumps(m)))
+            continue
+        snap_id = m["Ebs"]["SnapshotId"]
+        copy = core_snapshots.insert_copy(
+            ctx, conn, plan,
+            description=f"Copied for DestinationAmi {image_id} from SourceAmi {source_id} for "
+                        f"SourceSnapshot {snap_id}. Task created on {ctx.runtime.clock.now():%Y-%m-%dT%H:%M:%S}.",
+        )
+        ebs = dict(m["Ebs"], SnapshotId=copy.id, Encrypted=bool(copy.encrypted))
+        mappings.append({"DeviceName": m["DeviceName"], "Ebs": ebs})
+    return mappings
+
+
 def copy_image(ctx: RequestContext, req: ImageCopy) -> str:
     """R-IMG-1: §2 applied to every snapshot independently; one KmsKeyId at most."""
     caller = ctx.caller
@@ -172,31 +215,11 @@ def copy_image(ctx: RequestContext, req: ImageCopy) -> str:
                     raise ServiceError(NO_STORAGE_ACCESS_MESSAGE, code="InvalidRequest") from None
     image_id = new_image_id()
     cross_region = source_region != caller.region
-    plans: list[tuple[dict[str, Any], Any]] = []
-    for m in source.mappings:  # [KMS, no conn]: each snapshot's plan (§2 per snapshot)
-        snap_id = (m.get("Ebs") or {}).get("SnapshotId")
-        if snap_id:
-            plan = core_snapshots.prepare_copy(ctx, snap_id, source_region=source_region if cross_region else None,
-                                     encrypted=encrypted, kms_key_id=kms_key_id)
-            plans.append((m, plan))
-        else:
-            plans.append((m, None))
+    plans = _copy_plans(ctx, source, source_region if cross_region else None, encrypted, kms_key_id)
     tags = source_tags + core_tags.tag_specs(req.tag_specifications, "image")
     with ctx.runtime.db.begin() as conn:
         name = check_name(conn, caller.account, caller.region, req.name)
-        mappings: list[dict[str, Any]] = []
-        for m, plan in plans:
-            if plan is None:
-                mappings.append(json.loads(json.dumps(m)))
-                continue
-            snap_id = m["Ebs"]["SnapshotId"]
-            copy = core_snapshots.insert_copy(
-                ctx, conn, plan,
-                description=f"Copied for DestinationAmi {image_id} from SourceAmi {source_id} for "
-                            f"SourceSnapshot {snap_id}. Task created on {ctx.runtime.clock.now():%Y-%m-%dT%H:%M:%S}.",
-            )
-            ebs = dict(m["Ebs"], SnapshotId=copy.id, Encrypted=bool(copy.encrypted))
-            mappings.append({"DeviceName": m["DeviceName"], "Ebs": ebs})
+        mappings = _copied_mappings(ctx, conn, plans, image_id, source_id)
         insert_image(conn, ctx, image_id, dict(
             name=name,
             description=source.description if req.description is None else req.description,
