@@ -21,7 +21,6 @@ import binascii
 import hashlib
 import hmac
 import re
-import secrets
 import struct
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +32,7 @@ from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from ebscrypt.context import RequestContext
+from ebscrypt.engines.ec2.ids import new_id
 from ebscrypt.engines.ec2.network import drop_tags, put_tags, tags_of
 from ebscrypt.errors import ServiceError
 from ebscrypt.storage.tables.ec2_net import ec2_key_pairs
@@ -258,7 +258,7 @@ def _load_ssh2(text: str) -> Any:
 
 
 def new_key_pair_id() -> str:
-    return "key-" + secrets.token_hex(9)[:17]
+    return new_id("key")
 
 
 def _insert(conn: Connection, *, account: str, region: str, name: str, key_type: str,

@@ -9,7 +9,6 @@ import ipaddress
 import itertools
 import json
 import re
-import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from ebscrypt.context import RequestContext
 from ebscrypt.domain import regions as R
 from ebscrypt.engines.ec2 import tags as T
+from ebscrypt.engines.ec2.ids import new_id
 from ebscrypt.errors import ServiceError
 from ebscrypt.storage.tables.ec2_net import (
     ec2_net_defaults,
@@ -31,10 +31,6 @@ from ebscrypt.storage.tables.ec2_net import (
 )
 
 # --------------------------------------------------------------------------- ids, tags
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(9)[:17]}"
 
 
 def arn(region: str, account: str, kind: str, rid: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +17,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from ebscrypt.context import RequestContext
 from ebscrypt.domain.outcome import check_key_dependency
+from ebscrypt.engines.ec2.ids import new_id
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags, tag_specs, tags_for
 from ebscrypt.errors import ServiceError
 from ebscrypt.storage.tables.ec2_images import ec2_launch_template_versions as versions_t
@@ -35,10 +35,6 @@ _ECHOED = (
     "SecurityGroups", "CreditSpecification", "CpuOptions", "HibernationOptions",
     "EnclaveOptions", "DisableApiStop",
 )
-
-
-def new_template_id() -> str:
-    return "lt-" + secrets.token_hex(9)[:17]
 
 
 # ----------------------------------------------------------------------------- errors
@@ -236,7 +232,7 @@ def create_template(
     data = _check_data(data)
     caller = ctx.caller
     now = ctx.runtime.clock.now()
-    template_id = new_template_id()
+    template_id = new_id("lt")
     with ctx.runtime.db.begin() as conn:
         exists = conn.execute(
             select(templates_t.c.template_id).where(
