@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2.ids import new_id
-from ebscrypt.engines.ec2.network import drop_tags, put_tags, tags_of
+from ebscrypt.engines.ec2 import tags as T
 from ebscrypt.errors import ServiceError
 from ebscrypt.storage.tables.ec2_net import ec2_key_pairs
 
@@ -367,7 +367,8 @@ def create_key_pair(ctx: RequestContext, *, name: str | None, key_type: str, key
     with ctx.runtime.db.begin() as conn:
         row, material = create(conn, account=c.account, region=c.region, name=name,
                                key_type=key_type, key_format=key_format, now=ctx.runtime.clock.now())
-        put_tags(conn, row["id"], c.account, c.region, tags)
+        if tags:
+            T.put_tags(conn, c.account, c.region, row["id"], tags)
     return row, material
 
 
@@ -377,7 +378,8 @@ def import_key_pair(ctx: RequestContext, *, name: str | None, material: bytes,
     with ctx.runtime.db.begin() as conn:
         row = import_(conn, account=c.account, region=c.region, name=name,
                       material=material, now=ctx.runtime.clock.now())
-        put_tags(conn, row["id"], c.account, c.region, tags)
+        if tags:
+            T.put_tags(conn, c.account, c.region, row["id"], tags)
     return row
 
 
@@ -386,7 +388,7 @@ def key_pairs_of(ctx: RequestContext) -> tuple[list[dict[str, Any]], dict[str, d
     c = ctx.caller
     with ctx.runtime.db.read() as conn:
         rows = list_(conn, c.account, c.region)
-        return rows, tags_of(conn, c.account, [r["id"] for r in rows])
+        return rows, T.tag_maps_for(conn, c.account, [r["id"] for r in rows])
 
 
 def delete_key_pair(ctx: RequestContext, *, name: str | None, key_id: str | None) -> str | None:
@@ -396,7 +398,7 @@ def delete_key_pair(ctx: RequestContext, *, name: str | None, key_id: str | None
     with ctx.runtime.db.begin() as conn:
         deleted = delete_(conn, c.account, c.region, name=name, key_id=key_id)
         if deleted:
-            drop_tags(conn, [deleted])
+            T.delete_tags_of(conn, deleted)
         elif key_id:
             raise not_found_id(key_id)
     return deleted

@@ -22,6 +22,7 @@ from ebscrypt.domain import regions as R
 from ebscrypt.engines.ec2 import tags as T
 from ebscrypt.engines.ec2.ids import new_id
 from ebscrypt.errors import ServiceError
+from ebscrypt.storage.tables.ec2_images import ec2_instances
 from ebscrypt.storage.tables.ec2_net import (
     ec2_net_defaults,
     ec2_security_group_rules,
@@ -30,36 +31,11 @@ from ebscrypt.storage.tables.ec2_net import (
     ec2_vpcs,
 )
 
-# --------------------------------------------------------------------------- ids, tags
+# --------------------------------------------------------------------------- ARNs
 
 
 def arn(region: str, account: str, kind: str, rid: str) -> str:
     return f"arn:aws:ec2:{region}:{account}:{kind}/{rid}"
-
-
-def tags_from_specifications(specs: list[dict] | None, resource_type: str) -> list[dict[str, str]]:
-    """The tags of ``TagSpecifications`` for ``resource_type`` (ec2core's generic tags)."""
-    return T.tag_specs(specs, resource_type)
-
-
-def put_tags(conn: Connection, resource_id: str, account: str, region: str,
-             tags: list[dict[str, str]]) -> None:
-    # Tags live in ec2core's generic tag store so CreateTags/DescribeTags see them too.
-    if tags:
-        T.put_tags(conn, account, region, resource_id, tags)
-
-
-def tags_of(conn: Connection, account: str, resource_ids: list[str]) -> dict[str, dict[str, str]]:
-    return {rid: {t["Key"]: t["Value"] for t in ts} for rid, ts in T.tags_for(conn, account, resource_ids).items()}
-
-
-def drop_tags(conn: Connection, resource_ids: list[str]) -> None:
-    for rid in resource_ids:
-        T.delete_tags_of(conn, rid)
-
-
-def tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
-    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
 
 
 # --------------------------------------------------------------------------- default VPC
@@ -141,7 +117,7 @@ def _with_defaults(ctx: RequestContext, rows_of: Callable[[Connection, str, str]
     with ctx.runtime.db.begin() as conn:  # a write: the defaults are created on first use
         ensure_defaults(conn, c.account, c.region, ctx.runtime.clock.now())
         rows = rows_of(conn, c.account, c.region)
-        return rows, tags_of(conn, c.account, [r["id"] for r in rows])
+        return rows, T.tag_maps_for(conn, c.account, [r["id"] for r in rows])
 
 
 def vpcs_of(ctx: RequestContext) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
@@ -305,15 +281,12 @@ def delete_group(conn: Connection, account: str, region: str, group: dict[str, A
                                             .where(ec2_security_group_rules.c.group_id == gid))]
     conn.execute(delete(ec2_security_group_rules).where(ec2_security_group_rules.c.group_id == gid))
     conn.execute(delete(ec2_security_groups).where(ec2_security_groups.c.id == gid))
-    drop_tags(conn, [gid, *rule_ids])
+    for rid in (gid, *rule_ids):
+        T.delete_tags_of(conn, rid)
 
 
 def _used_by_instance(conn: Connection, account: str, region: str, gid: str) -> bool:
-    """A group in use by a not-yet-terminated instance (ec2images' records) cannot go."""
-    try:
-        from ebscrypt.storage.tables.ec2_images import ec2_instances
-    except ImportError:
-        return False
+    """A group in use by a not-yet-terminated instance cannot go."""
     rows = conn.execute(select(ec2_instances.c.security_groups).where(
         ec2_instances.c.account == account, ec2_instances.c.region == region,
         ec2_instances.c.state != "terminated", ec2_instances.c.security_groups.contains(gid),
@@ -495,8 +468,9 @@ def authorize(conn: Connection, account: str, region: str, group: dict[str, Any]
         seen.add(rule.identity)
     _check_rule_quota(conn, account, region, group, rules)
     rows = [_insert_rule(conn, group["id"], account, region, rule) for rule in rules]
-    for row in rows:
-        put_tags(conn, row["id"], account, region, tags)
+    if tags:
+        for row in rows:
+            T.put_tags(conn, account, region, row["id"], tags)
     return rows
 
 
@@ -552,7 +526,8 @@ def revoke_ids(conn: Connection, account: str, region: str, group: dict[str, Any
 def _delete_rules(conn: Connection, ids: list[str]) -> None:
     if ids:
         conn.execute(delete(ec2_security_group_rules).where(ec2_security_group_rules.c.id.in_(ids)))
-        drop_tags(conn, ids)
+        for rid in ids:
+            T.delete_tags_of(conn, rid)
 
 
 def check_rule_id(rid: str) -> None:
@@ -584,7 +559,7 @@ def rule_dict(row: Mapping[str, Any], group_owner: str, tags: Mapping[str, str])
         out["ReferencedGroupInfo"] = {"GroupId": row["ref_group_id"], "UserId": row["ref_user_id"]}
     if row["description"] is not None:
         out["Description"] = row["description"]
-    out["Tags"] = tag_list(tags)
+    out["Tags"] = T.tag_list(tags)
     out["SecurityGroupRuleArn"] = arn(row["region"], group_owner, "security-group-rule", row["id"])
     return out
 

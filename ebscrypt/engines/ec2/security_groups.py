@@ -13,6 +13,7 @@ from sqlalchemy import Connection
 
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import network as N
+from ebscrypt.engines.ec2 import tags as T
 from ebscrypt.errors import ServiceError
 
 
@@ -49,7 +50,8 @@ def create_group(ctx: RequestContext, *, name: str, description: str, vpc_id: st
     with ctx.runtime.db.begin() as conn:
         g = N.create_group(conn, c.account, c.region, ctx.runtime.clock.now(), name=name,
                            description=description, vpc_id=vpc_id)
-        N.put_tags(conn, g["id"], c.account, c.region, tags)
+        if tags:
+            T.put_tags(conn, c.account, c.region, g["id"], tags)
     return g
 
 
@@ -78,7 +80,7 @@ def describe_groups(ctx: RequestContext, *, ids: list[str], names: list[str]) ->
         if ids or names:
             groups = [g for g in groups if g["id"] in selected]
         rules = N.rule_rows(conn, c.account, c.region, [g["id"] for g in groups])
-        tags = N.tags_of(conn, c.account, [g["id"] for g in groups])
+        tags = T.tag_maps_for(conn, c.account, [g["id"] for g in groups])
     per_group: dict[str, list[dict[str, Any]]] = {g["id"]: [] for g in groups}
     for r in rules:
         per_group[r["group_id"]].append(r)
@@ -108,7 +110,7 @@ def authorize(ctx: RequestContext, ref: GroupRef, permissions: list[dict], *, eg
             raise ServiceError("The request must contain the parameter ipPermissions", code="MissingParameter")
         rules = N.rules_from_permissions(conn, c.account, c.region, now, permissions, is_egress=egress)
         rows = N.authorize(conn, c.account, c.region, g, rules, tags)
-        rule_tags = N.tags_of(conn, c.account, [r["id"] for r in rows])
+        rule_tags = T.tag_maps_for(conn, c.account, [r["id"] for r in rows])
     return rows, rule_tags
 
 
@@ -143,7 +145,7 @@ def describe_rules(ctx: RequestContext, ids: list[str]) -> tuple[list[dict[str, 
     with ctx.runtime.db.begin() as conn:
         N.ensure_defaults(conn, c.account, c.region, ctx.runtime.clock.now())
         rows = N.rule_rows(conn, c.account, c.region)
-        tags = N.tags_of(conn, c.account, [r["id"] for r in rows])
+        tags = T.tag_maps_for(conn, c.account, [r["id"] for r in rows])
     known = {r["id"] for r in rows}
     for rid in ids:
         if rid not in known:

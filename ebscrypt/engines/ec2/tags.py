@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from sqlalchemy import Connection, delete, insert, select, update
 
@@ -100,6 +100,16 @@ def tags_for(conn: Connection, account: str, ids: Iterable[str]) -> dict[str, li
         for r in rows:
             out[r.resource_id].append({"Key": r.key, "Value": r.value})
     return out
+
+
+def tag_maps_for(conn: Connection, account: str, ids: Iterable[str]) -> dict[str, dict[str, str]]:
+    """``tags_for`` as {resource id: {key: value}} (for Filters and views). [conn]"""
+    return {rid: {t["Key"]: t["Value"] for t in ts} for rid, ts in tags_for(conn, account, ids).items()}
+
+
+def tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
+    """{key: value} as an EC2 tag list, by key."""
+    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
 
 
 def all_tags(conn: Connection, account: str, region: str) -> list[dict[str, str]]:

@@ -8,7 +8,7 @@ from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import keypairs as K
 from ebscrypt.engines.ec2.filters import check_filters, matches
 from ebscrypt.services.ec2.request import dry_run_check
-from ebscrypt.engines.ec2.network import tag_list, tags_from_specifications
+from ebscrypt.engines.ec2.tags import tag_list, tag_specs
 from ebscrypt.errors import ServiceError
 from ebscrypt.services.registry import operation
 
@@ -22,7 +22,7 @@ _FILTERS = {
 @operation("ec2", "CreateKeyPair")
 def create_key_pair(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    tags = tags_from_specifications(params.get("TagSpecifications"), "key-pair")
+    tags = tag_specs(params.get("TagSpecifications"), "key-pair")
     row, material = K.create_key_pair(ctx, name=params.get("KeyName"), key_type=params.get("KeyType", "rsa"),
                                       key_format=params.get("KeyFormat", "pem"), tags=tags)
     out = {"KeyFingerprint": row["fingerprint"], "KeyMaterial": material, "KeyName": row["name"],
@@ -40,7 +40,7 @@ def import_key_pair(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
         raise ServiceError("The request must contain the parameter PublicKeyMaterial", code="MissingParameter")
     if isinstance(material, str):
         material = material.encode()
-    tags = tags_from_specifications(params.get("TagSpecifications"), "key-pair")
+    tags = tag_specs(params.get("TagSpecifications"), "key-pair")
     row = K.import_key_pair(ctx, name=params.get("KeyName"), material=material, tags=tags)
     out = {"KeyFingerprint": row["fingerprint"], "KeyName": row["name"], "KeyPairId": row["id"]}
     if tags:

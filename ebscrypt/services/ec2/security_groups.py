@@ -7,6 +7,7 @@ from typing import Any
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import filters as F
 from ebscrypt.engines.ec2 import network as N
+from ebscrypt.engines.ec2 import tags as T
 from ebscrypt.engines.ec2 import security_groups as SG
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.ec2.paging import paginate
@@ -66,7 +67,7 @@ def _group_dict(g: dict[str, Any], tags: dict[str, str], vpc_of: dict[str, str])
         "IpPermissions": N.permissions(_rules_of(g, False), vpc_of),
     }
     if tags:
-        out["Tags"] = N.tag_list(tags)
+        out["Tags"] = T.tag_list(tags)
     return out
 
 
@@ -93,7 +94,7 @@ def _legacy_permissions(params: dict[str, Any]) -> list[dict]:
 def create_security_group(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
     c = ctx.caller
-    tags = N.tags_from_specifications(params.get("TagSpecifications"), "security-group")
+    tags = T.tag_specs(params.get("TagSpecifications"), "security-group")
     g = SG.create_group(ctx, name=params.get("GroupName", ""), description=params.get("Description", ""),
                         vpc_id=params.get("VpcId"), tags=tags)
     out: dict[str, Any] = {"GroupId": g["id"],
@@ -127,7 +128,7 @@ def delete_security_group(ctx: RequestContext, params: dict[str, Any]) -> dict[s
 def _authorize(ctx: RequestContext, params: dict[str, Any], *, egress: bool) -> dict[str, Any]:
     dry_run_check(params)
     c = ctx.caller
-    tags = N.tags_from_specifications(params.get("TagSpecifications"), "security-group-rule")
+    tags = T.tag_specs(params.get("TagSpecifications"), "security-group-rule")
     rows, rule_tags = SG.authorize(ctx, _ref(params, allow_name=not egress), _legacy_permissions(params),
                                    egress=egress, tags=tags)
     return {"Return": True,

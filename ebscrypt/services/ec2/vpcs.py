@@ -8,6 +8,7 @@ from typing import Any, Callable
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import filters as F
 from ebscrypt.engines.ec2 import network as N
+from ebscrypt.engines.ec2 import tags as T
 from ebscrypt.errors import ServiceError
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.ec2.paging import paginate
@@ -65,7 +66,7 @@ def _vpc(v: dict[str, Any], tags: dict[str, str]) -> dict[str, Any]:
         "DhcpOptionsId": v["dhcp_options_id"],
     }
     if tags:
-        out["Tags"] = N.tag_list(tags)
+        out["Tags"] = T.tag_list(tags)
     return out
 
 
@@ -95,7 +96,7 @@ def _subnet(s: dict[str, Any], tags: dict[str, str]) -> dict[str, Any]:
         "MapPublicIpOnLaunch": s["map_public_ip_on_launch"],
     }
     if tags:
-        out["Tags"] = N.tag_list(tags)
+        out["Tags"] = T.tag_list(tags)
     return out
 
 
