@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ebscrypt.engines.attach.engine import AttachEngine
+
 
 def open_engine(runtime: Any) -> Any:
-    from ebscrypt.engines.attach.engine import AttachEngine
-
     return AttachEngine(runtime, cache_blocks=int(getattr(runtime.settings, "attach_cache_blocks", 64) or 64))

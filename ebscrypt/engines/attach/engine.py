@@ -41,8 +41,15 @@ from typing import Any, ContextManager, Iterator
 
 from sqlalchemy import select
 
+from ebscrypt.domain import instance_types as it
 from ebscrypt.engines.attach.volume_io import OpenVolume
 from ebscrypt.engines.blocks.crypto import DataKey
+from ebscrypt.engines.ec2.encryption import data_key_for
+from ebscrypt.engines.ec2.ids import is_well_formed, job_ctx
+from ebscrypt.engines.ec2.records import Volume
+from ebscrypt.errors import ServiceError
+from ebscrypt.storage.tables.ec2 import ec2_volume_attachments, ec2_volumes
+from ebscrypt.storage.tables.ec2_images import ec2_instances
 
 log = logging.getLogger("ebscrypt.attach")
 
@@ -128,8 +135,6 @@ class AttachEngine:
         return self._reopen(volume_id)
 
     def _secret_matches(self, volume_id: str, secret: str) -> bool:
-        from ebscrypt.storage.tables.ec2 import ec2_volume_attachments
-
         if not secret:
             return False
         with self.runtime.db.read() as conn:
@@ -139,14 +144,6 @@ class AttachEngine:
                    for r in rows)
 
     def _reopen(self, volume_id: str) -> OpenVolume | None:
-        from ebscrypt.domain import instance_types as it
-        from ebscrypt.engines.ec2.encryption import data_key_for
-        from ebscrypt.engines.ec2.ids import is_well_formed, job_ctx
-        from ebscrypt.engines.ec2.records import Volume
-        from ebscrypt.errors import ServiceError
-        from ebscrypt.storage.tables.ec2 import ec2_volume_attachments, ec2_volumes
-        from ebscrypt.storage.tables.ec2_images import ec2_instances
-
         if not is_well_formed(volume_id, "vol"):
             return None
         with self.runtime.db.read() as conn:
