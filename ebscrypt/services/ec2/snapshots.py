@@ -12,7 +12,7 @@ from ebscrypt.engines.ec2.filters import apply_filters as filter_select
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.ec2.paging import page
 from ebscrypt.engines.ec2.records import Snapshot
-from ebscrypt.engines.ec2.tags import put_tags, tag_specs
+from ebscrypt.engines.ec2.tags import tag_specs
 from ebscrypt.errors import ServiceError
 from ebscrypt.services.registry import operation
 
@@ -191,5 +191,3 @@ def reset_snapshot_attribute(ctx: RequestContext, params: dict[str, Any]) -> dic
     S.reset_create_volume_permission(ctx, params["SnapshotId"])
     return {}
 
-
-__all__ = ["snapshot_dict", "put_tags"]
