@@ -9,6 +9,7 @@ serialize the result or the error in the protocol's own envelope.
 from __future__ import annotations
 
 import logging
+import sys
 import uuid
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
@@ -20,7 +21,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ebscrypt.context import RequestContext, Runtime, Settings
-from ebscrypt.errors import InternalFailure, PayloadTooLarge, ServiceError, UnknownOperation
+from ebscrypt.engines.blocks.store import StoreUnavailable
+from ebscrypt.engines.kms.keystore import RootKeyError
+from ebscrypt.errors import InternalFailure, PayloadTooLarge, ServiceError, ServiceUnavailable, UnknownOperation
 from ebscrypt.identity import Authenticator, load_credentials
 from ebscrypt.runtime import build_runtime, close_runtime
 from ebscrypt.services import registry
@@ -42,6 +45,16 @@ _INTERNAL_CODE = {
     "sts": "InternalFailure",
     "kms": "KMSInternalException",
     "ebs": "InternalServerException",
+}
+
+# A backend (the block object store) unavailable: HTTP 503 (the SDKs retry on the status),
+# under EC2's own code for it; EBS and KMS models have none (their internal-error codes
+# would be rendered as 500), so theirs is the generic ServiceUnavailableException.
+_UNAVAILABLE_CODE = {
+    "ec2": "Unavailable",
+    "sts": "ServiceUnavailable",
+    "kms": "ServiceUnavailableException",
+    "ebs": "ServiceUnavailableException",
 }
 
 
@@ -78,6 +91,9 @@ class Gateway:
             result = await run_in_threadpool(handler, ctx, params)
             return _to_starlette(codec.serialize(operation, result or {}, request_id))
         except ServiceError as error:
+            if isinstance(error, ServiceUnavailable):
+                log.warning("%s %s: %s (request %s)", service, operation and operation.name, error.message, request_id)
+                error.code = _UNAVAILABLE_CODE[service]
             return _to_starlette(codec_for(service).serialize_error(error, request_id, operation))
         except Exception:
             log.exception("internal error in %s %s (request %s)", service, operation and operation.name, request_id)
@@ -122,7 +138,13 @@ def build_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        runtime = build_runtime(settings)
+        try:
+            runtime = build_runtime(settings)
+        except (RootKeyError, StoreUnavailable) as exc:
+            # A server that must not (wrong root key) or cannot (no block store) serve: one
+            # clear line, and the start fails (non-zero exit).
+            print(f"ebscrypt: cannot start: {exc}", file=sys.stderr, flush=True)
+            raise
         state["gateway"] = Gateway(settings, runtime)
         try:
             yield

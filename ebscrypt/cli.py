@@ -29,6 +29,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="dev (default on loopback): no signature check; strict: verify SigV4")
     serve.add_argument("--credentials", type=Path, default=None, help="credentials file for --auth strict")
     serve.add_argument("--default-account", default="000000000000")
+    serve.add_argument("--blocks", default=None, metavar="s3://BUCKET[/PREFIX]",
+                       help="block objects in an S3-compatible store (default: the data dir's blocks/); "
+                            "credentials from boto3's usual chain or --s3-profile")
+    serve.add_argument("--s3-endpoint-url", default=None, metavar="URL",
+                       help="the S3 endpoint of --blocks (e.g. a Ceph RADOS Gateway)")
+    serve.add_argument("--s3-profile", default=None, help="the AWS profile whose credentials reach --blocks")
+    serve.add_argument("--root-key-file", type=Path, default=None, metavar="PATH",
+                       help="the KMS root key (default: the data dir's root.key); every host sharing "
+                            "a --db is given the same file")
     serve.add_argument("--log-level", default="warning")
     serve.set_defaults(func=_serve)
 
@@ -71,6 +80,9 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
     if auth == "strict" and args.credentials is None:
         print("ebscrypt: --auth strict needs --credentials FILE", file=sys.stderr)
         return 2
+    if args.blocks is not None and not args.blocks.startswith("s3://"):
+        print(f"ebscrypt: --blocks takes s3://BUCKET[/PREFIX], not {args.blocks!r}", file=sys.stderr)
+        return 2
     settings = Settings(
         data_dir=args.data_dir,
         host=args.host,
@@ -79,6 +91,10 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
         auth=auth,
         default_account=args.default_account,
         credentials_file=args.credentials,
+        blocks_url=args.blocks,
+        s3_endpoint_url=args.s3_endpoint_url,
+        s3_profile=args.s3_profile,
+        root_key_file=args.root_key_file,
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     endpoint = f"http://{args.host}:{args.port}"

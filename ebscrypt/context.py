@@ -47,6 +47,15 @@ class Settings:
     credentials_file: Path | None = None
     max_body_bytes: int = 2 * 1024 * 1024
     job_workers: int = 2
+    # Where block objects live: None = <data_dir>/blocks; "s3://BUCKET[/PREFIX]" = an
+    # S3-compatible store (several processes or hosts share it), at s3_endpoint_url with
+    # boto3's credential chain or the named profile.
+    blocks_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_profile: str | None = None
+    # The KMS root key file; None: <data_dir>/root.key. Several hosts on one database are
+    # all given the same file.
+    root_key_file: Path | None = None
 
     @property
     def database_url(self) -> str:

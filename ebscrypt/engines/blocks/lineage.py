@@ -316,10 +316,20 @@ class LineageOperations:
         if row is None:
             raise BlockError(f"layer {layer} is missing")
         value = (row.parent_id, row.origin_id)
-        self._layer_cache[layer] = value  # a layer's parent and origin never change
+        self._layer_cache[layer] = value  # changes only by a merge (see _chain)
         return value
 
     def _chain(self, conn: Connection, head: str) -> list[str]:
+        try:
+            return self._walk_chain(conn, head)
+        except BlockError:
+            # Another process merged a layer of this chain into its only child (the one
+            # change of a layer's parent) after this process cached the child's parent:
+            # the cached link names a layer now gone. Forget the cache, read the chain again.
+            self._layer_cache.clear()
+            return self._walk_chain(conn, head)
+
+    def _walk_chain(self, conn: Connection, head: str) -> list[str]:
         out: list[str] = []
         layer: str | None = head
         while layer is not None:

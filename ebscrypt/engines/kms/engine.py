@@ -47,7 +47,7 @@ from ebscrypt.engines.kms.crypto_ops import CryptoOperations
 from ebscrypt.engines.kms.errors import kms_error, no_policy_allows
 from ebscrypt.engines.kms.grants import GrantOperations, grant_of
 from ebscrypt.engines.kms.keys import KeyOperations
-from ebscrypt.engines.kms.keystore import FileRootKeySource, KeyWrapper, RootKeySource
+from ebscrypt.engines.kms.keystore import FileRootKeySource, KeyWrapper, RootKeyError, RootKeySource
 from ebscrypt.engines.kms.metadata import KeyInfo, utc
 from ebscrypt.engines.kms.policies import PolicyOperations
 from ebscrypt.engines.kms.rotation import RotationOperations
@@ -96,14 +96,37 @@ class KeyEngine(
         self.db = runtime.db
         self.clock = runtime.clock
         data_dir = runtime.settings.data_dir
-        source = root_source or FileRootKeySource(data_dir / "root.key")
+        root_file = getattr(runtime.settings, "root_key_file", None) or data_dir / "root.key"
+        source = root_source or FileRootKeySource(root_file)
         self._wrapper = KeyWrapper(source.load())
+        self._check_root_key(str(root_file) if root_source is None else type(root_source).__name__)
         self.audit_log = AuditLog(audit_path(data_dir))
         self._materials: dict[tuple[str, str], bytes] = {}
         self._policies: dict[str, policy_rules.Policy] = {}
         self._ebs_key_ids: dict[tuple[str, str], str] = {}  # (account, region) -> alias/aws/ebs key id
         self._lock = threading.Lock()
         self.sweep_deletions()
+
+    def _check_root_key(self, where: str) -> None:
+        """Refuse to serve a database whose keys this root key cannot unwrap: several
+        servers share one database only with one root key (``--root-key-file`` on every
+        host). A few stored materials are tried (the oldest first): cheap, and any mismatch
+        shows on the first."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(kms_key_material.c.key_id, kms_key_material.c.material_id, kms_key_material.c.wrapped)
+                .order_by(kms_key_material.c.key_id, kms_key_material.c.material_id)
+                .limit(3)
+            ).all()
+        for row in rows:
+            try:
+                self._wrapper.unwrap(row.key_id, row.material_id, row.wrapped)
+            except RootKeyError:
+                raise RootKeyError(
+                    f"the KMS keys in this database do not unwrap under the root key {where}: every "
+                    "server sharing a database must be given the same root key (--root-key-file); "
+                    "refusing to start"
+                ) from None
 
     def close(self) -> None:
         self.audit_log.close()
