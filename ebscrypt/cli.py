@@ -107,8 +107,14 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(build_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
-    except (KeyboardInterrupt, SystemExit):
+    except KeyboardInterrupt:
         pass
+    except SystemExit as exc:
+        # 0: a requested stop (SIGTERM, above). Otherwise uvicorn's startup failure (the
+        # reason is printed already, e.g. a root key that does not unwrap this database).
+        if exc.code not in (None, 0):
+            print("ebscrypt: did not start", file=sys.stderr)
+            return exc.code if isinstance(exc.code, int) else 1
     print("ebscrypt stopped")
     return 0
 
