@@ -12,7 +12,7 @@ import logging
 import sys
 import uuid
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -27,6 +27,7 @@ from ebscrypt.errors import InternalFailure, PayloadTooLarge, ServiceError, Serv
 from ebscrypt.identity import Authenticator, load_credentials
 from ebscrypt.runtime import build_runtime, close_runtime
 from ebscrypt.services import registry
+from ebscrypt.storage.db import commits_in_context, conflict_backoff, is_conflict
 from ebscrypt.wire import routing, sigv4
 from ebscrypt.wire.codec import codec_for
 from ebscrypt.wire.http import HttpRequest, HttpResponse
@@ -88,7 +89,7 @@ class Gateway:
                     code=_NOT_IMPLEMENTED_CODE[service],
                 )
             ctx = RequestContext(caller, self.runtime, request_id, service, operation.name)
-            result = await run_in_threadpool(handler, ctx, params)
+            result = await run_in_threadpool(_run_handler, handler, ctx, params)
             return _to_starlette(codec.serialize(operation, result or {}, request_id))
         except ServiceError as error:
             if isinstance(error, ServiceUnavailable):
@@ -102,6 +103,32 @@ class Gateway:
                 code=_INTERNAL_CODE[service],
             )
             return _to_starlette(codec_for(service).serialize_error(error, request_id, operation))
+
+
+# How many times a request that lost a race on PostgreSQL (serialization failure) is run.
+REQUEST_CONFLICT_ATTEMPTS = 6
+
+
+def _run_handler(handler: Any, ctx: RequestContext, params: dict[str, Any]) -> Any:
+    """Run the handler; when it loses a race with a concurrent request (PostgreSQL's
+    serializable transactions: ``db.is_conflict``) before it committed anything, run it
+    again — the conflicting transaction changed nothing. A conflict after a commit of
+    this request (a second transaction) is not replayed here: the client gets a
+    retryable 503."""
+    for attempt in range(REQUEST_CONFLICT_ATTEMPTS):
+        committed = commits_in_context()
+        try:
+            return handler(ctx, params)
+        except Exception as exc:
+            if not is_conflict(exc):
+                raise
+            if commits_in_context() != committed or attempt == REQUEST_CONFLICT_ATTEMPTS - 1:
+                raise ServiceUnavailable(
+                    "The request conflicted with concurrent requests on the same resources; retry it."
+                ) from exc
+        log.debug("%s %s: conflict with a concurrent request, attempt %d", ctx.service, ctx.operation, attempt + 1)
+        conflict_backoff(attempt)
+    raise AssertionError("unreachable")
 
 
 async def _read(request: Request, limit: int) -> HttpRequest:
@@ -157,6 +184,19 @@ def build_app(settings: Settings) -> Starlette:
     async def health(_request: Request) -> Response:
         return JSONResponse({"status": "ok", "auth": settings.auth})
 
+    async def ready(_request: Request) -> Response:
+        # For load balancers: 200 when this process can reach its database (one read),
+        # 503 otherwise, so the balancer stops sending it requests until it can again.
+        def check() -> None:
+            with state["gateway"].runtime.db.read() as conn:
+                conn.exec_driver_sql("SELECT 1")
+
+        try:
+            await run_in_threadpool(check)
+        except Exception as exc:  # the database is down or unreachable
+            return JSONResponse({"status": "unavailable", "cause": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
     async def advance_clock(request: Request) -> Response:
         # Lets tests reach the end of waiting periods (KMS key deletion, snapshot
         # timeouts). Only in dev auth: a real deployment's clock is not for callers.
@@ -172,6 +212,7 @@ def build_app(settings: Settings) -> Starlette:
     methods = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH"]
     routes = [
         Route("/_ebscrypt/health", health, methods=["GET"]),
+        Route("/_ebscrypt/ready", ready, methods=["GET"]),
         Route("/_ebscrypt/clock/advance", advance_clock, methods=["POST"]),
         Route("/{path:path}", aws, methods=methods),
     ]

@@ -29,9 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="dev (default on loopback): no signature check; strict: verify SigV4")
     serve.add_argument("--credentials", type=Path, default=None, help="credentials file for --auth strict")
     serve.add_argument("--default-account", default="000000000000")
-    serve.add_argument("--blocks", default=None, metavar="s3://BUCKET[/PREFIX]",
-                       help="block objects in an S3-compatible store (default: the data dir's blocks/); "
-                            "credentials from boto3's usual chain or --s3-profile")
+    serve.add_argument("--blocks", default=None, metavar="s3://BUCKET[/PREFIX] | DIR",
+                       help="block objects in an S3-compatible store (credentials from boto3's usual "
+                            "chain or --s3-profile), or in a directory (default: the data dir's blocks/)")
     serve.add_argument("--s3-endpoint-url", default=None, metavar="URL",
                        help="the S3 endpoint of --blocks (e.g. a Ceph RADOS Gateway)")
     serve.add_argument("--s3-profile", default=None, help="the AWS profile whose credentials reach --blocks")
@@ -80,8 +80,8 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
     if auth == "strict" and args.credentials is None:
         print("ebscrypt: --auth strict needs --credentials FILE", file=sys.stderr)
         return 2
-    if args.blocks is not None and not args.blocks.startswith("s3://"):
-        print(f"ebscrypt: --blocks takes s3://BUCKET[/PREFIX], not {args.blocks!r}", file=sys.stderr)
+    if args.blocks is not None and "://" in args.blocks and not args.blocks.startswith("s3://"):
+        print(f"ebscrypt: --blocks takes s3://BUCKET[/PREFIX] or a directory, not {args.blocks!r}", file=sys.stderr)
         return 2
     settings = Settings(
         data_dir=args.data_dir,

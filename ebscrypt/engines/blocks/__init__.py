@@ -15,8 +15,13 @@ from typing import Any
 
 
 def open_store(settings: Any) -> Any:
-    """The object store the settings name: ``--blocks s3://...`` or the data dir's blocks/."""
+    """The object store the settings name: ``--blocks s3://...``, ``--blocks DIR`` (a
+    directory several processes of one machine share), or the data dir's blocks/."""
     blocks_url = getattr(settings, "blocks_url", None)
+    if blocks_url and not blocks_url.startswith("s3://"):
+        from ebscrypt.engines.blocks.store import LocalDirStore
+
+        return LocalDirStore(blocks_url)
     if blocks_url:
         from ebscrypt.engines.blocks.s3store import S3Store
 
