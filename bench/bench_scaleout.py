@@ -151,13 +151,17 @@ def _worker(endpoint: str, threads: int, seconds: float, seed: int, out: Any, ba
         snaps: list[str] = []
         deadline = time.monotonic() + seconds
 
+        codes: dict[str, int] = {}
+
         def timed(fn: Any) -> Any:
             nonlocal errors
             t0 = time.perf_counter()
             try:
                 return fn()
-            except Exception:
+            except Exception as exc:
                 errors += 1
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code") or type(exc).__name__
+                codes[code] = codes.get(code, 0) + 1
                 return None
             finally:
                 lat.append(time.perf_counter() - t0)
@@ -175,7 +179,7 @@ def _worker(endpoint: str, threads: int, seconds: float, seed: int, out: Any, ba
             if dk:
                 timed(lambda: kms.decrypt(CiphertextBlob=dk["CiphertextBlob"]))
             timed(lambda: ec2.describe_volumes(MaxResults=5))
-        return {"lat": lat, "errors": errors, "vols": vols, "snaps": snaps, "account": account}
+        return {"lat": lat, "errors": errors, "codes": codes, "vols": vols, "snaps": snaps, "account": account}
 
     with ThreadPoolExecutor(threads) as pool:
         results = list(pool.map(one, range(threads)))
@@ -202,20 +206,57 @@ def _cpu_seconds(match: Any) -> float:
     return total
 
 
-def _components(server_pids: set[int]) -> dict[str, Any]:
+def _merge(dicts: list[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
+
+
+def _ours(pg_url: str, s3_url: str | None) -> tuple[set[int], str | None]:
+    """The postmaster pid of the PostgreSQL at ``pg_url`` (its backends are its children)
+    and the ceph.conf of the RGW at ``s3_url``: other servers on this shared machine are
+    not counted."""
+    port = pg_url.rsplit(":", 1)[-1].split("/")[0] if pg_url else ""
+    postmasters = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"/postgres") and port.encode() in cmd:
+            postmasters.add(int(pid))
+    conf = None
+    if s3_url:
+        for path in Path("/tmp").glob("ebscrypt-ceph-*/ceph.conf"):
+            if f"endpoint={s3_url.split('://')[1]}" in path.read_text():
+                conf = str(path)
+    return postmasters, conf
+
+
+def _components(server_pids: set[int], postmasters: set[int] = frozenset(), ceph_conf: str | None = None) -> dict[str, Any]:
     return {
-        "ebscrypt": lambda cmd, pid: pid in server_pids or ("ebscrypt" in cmd and "multiprocessing" in cmd),
-        "haproxy": lambda cmd, pid: cmd.startswith(HAPROXY) or cmd.startswith("haproxy"),
-        "postgres": lambda cmd, pid: cmd.startswith("postgres"),
-        "ceph": lambda cmd, pid: cmd.startswith(("ceph-osd", "ceph-mon", "radosgw", "ceph-mgr")),
+        "ebscrypt": lambda cmd, pid: (pid in server_pids or _ppid(pid) in server_pids) and "haproxy" not in cmd,
+        "haproxy": lambda cmd, pid: pid in server_pids and "haproxy" in cmd,
+        "postgres": lambda cmd, pid: pid in postmasters or _ppid(pid) in postmasters,
+        "ceph": lambda cmd, pid: bool(ceph_conf) and ceph_conf in cmd,
     }
 
 
-def run_load(endpoint: str, clients: int, seconds: float, server_pids: set[int]) -> dict[str, Any]:
+def run_load(endpoint: str, clients: int, seconds: float, server_pids: set[int],
+             ours: tuple[set[int], str | None] = (set(), None)) -> dict[str, Any]:
     procs = 4 if clients >= 4 else 1
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    comps = _components(server_pids)
+    comps = _components(server_pids, *ours)
     per = clients // procs
     barrier = ctx.Barrier(per * procs + 1)
     workers = [ctx.Process(target=_worker, args=(endpoint, per, seconds, i, queue, barrier)) for i in range(procs)]
@@ -236,6 +277,7 @@ def run_load(endpoint: str, clients: int, seconds: float, server_pids: set[int])
         "p50_ms": 1000 * statistics.median(lat) if lat else 0,
         "p95_ms": 1000 * lat[int(len(lat) * 0.95)] if lat else 0,
         "errors": sum(r["errors"] for r in results),
+        "error_codes": _merge([r["codes"] for r in results]),
         "elapsed_s": elapsed,
         "cpu_s": {**{name: round(after[name] - before[name], 1) for name in comps},
                   "load generator (incl. set-up)": round(sum(r.get("cpu", 0) for r in results), 1)},
@@ -328,15 +370,17 @@ def main() -> int:
             endpoint, procs, urls = start_setup(setup if setup == "sqlite" else "pg", n, work / f"s-{setup}", pg, s3)
             try:
                 pids = {p.proc.pid for p in procs}
-                res = run_load(endpoint, args.clients, args.seconds, pids)
+                res = run_load(endpoint, args.clients, args.seconds, pids, _ours(pg, s3))
                 res["consistency"] = check_consistent(urls, res.pop("results"))
             finally:
                 for p in procs:
                     p.stop()
             label = "SQLite, 1 process (direct)" if setup == "sqlite" else f"PostgreSQL, {n} process(es) + HAProxy"
+            if setup != "sqlite" and os.environ.get("EBSCRYPT_PG_GLOBAL_WRITE_LOCK") == "1":
+                label += " [global write lock]"
             report["setups"][label] = res
             print(f"{label:40s} {res['calls_per_s']:7.1f} calls/s  p50 {res['p50_ms']:6.1f} ms  "
-                  f"p95 {res['p95_ms']:6.1f} ms  errors {res['errors']}  cpu-s {res['cpu_s']}  {res['consistency']}",
+                  f"p95 {res['p95_ms']:6.1f} ms  errors {res['errors']} {res['error_codes'] or ''}  cpu-s {res['cpu_s']}  {res['consistency']}",
                   flush=True)
         if args.data_mib:
             for label, extra in [("local dir", None), ("Ceph RGW", s3)]:
