@@ -153,7 +153,7 @@ def make_cluster(pg: PgDatabases, workdir: Path, extra_env: dict[str, str] | Non
     return Cluster(workdir, pg.create(), blocks_args, env, extra_env=extra_env)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def scale_pg() -> Iterator[PgDatabases]:
     reason = pg_skip_reason() or haproxy_skip_reason()
     if reason:
@@ -163,7 +163,7 @@ def scale_pg() -> Iterator[PgDatabases]:
     databases.drop_all()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster(scale_pg: PgDatabases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = make_cluster(scale_pg, tmp_path_factory.mktemp("cluster"))
     try:
