@@ -158,7 +158,7 @@ class LineageOperations:
         between leaves them listed: the regular sweep finishes the job."""
         for key in keys:
             self.store.delete(key)
-        with self.db.begin() as conn:
+        with self.db.begin(isolation="READ COMMITTED") as conn:  # as sweep(): rows only deleted
             for start in range(0, len(keys), 500):
                 conn.execute(delete(blk_garbage).where(blk_garbage.c.object_key.in_(keys[start : start + 500])))
 

@@ -88,7 +88,8 @@ class MaintenanceOperations:
         for key in due:
             self.store.delete(key)
         if due:
-            with self.db.begin() as conn:
+            # READ COMMITTED: every process sweeps; two deleting the same rows is no conflict
+            with self.db.begin(isolation="READ COMMITTED") as conn:
                 conn.execute(delete(blk_garbage).where(blk_garbage.c.object_key.in_(due)))
         return len(due)
 
