@@ -158,7 +158,7 @@ class LineageOperations:
         between leaves them listed: the regular sweep finishes the job."""
         for key in keys:
             self.store.delete(key)
-        with self.db.begin() as conn:
+        with self.db.begin(isolation="READ COMMITTED") as conn:  # as sweep(): rows only deleted
             for start in range(0, len(keys), 500):
                 conn.execute(delete(blk_garbage).where(blk_garbage.c.object_key.in_(keys[start : start + 500])))
 
@@ -316,10 +316,20 @@ class LineageOperations:
         if row is None:
             raise BlockError(f"layer {layer} is missing")
         value = (row.parent_id, row.origin_id)
-        self._layer_cache[layer] = value  # a layer's parent and origin never change
+        self._layer_cache[layer] = value  # changes only by a merge (see _chain)
         return value
 
     def _chain(self, conn: Connection, head: str) -> list[str]:
+        try:
+            return self._walk_chain(conn, head)
+        except BlockError:
+            # Another process merged a layer of this chain into its only child (the one
+            # change of a layer's parent) after this process cached the child's parent:
+            # the cached link names a layer now gone. Forget the cache, read the chain again.
+            self._layer_cache.clear()
+            return self._walk_chain(conn, head)
+
+    def _walk_chain(self, conn: Connection, head: str) -> list[str]:
         out: list[str] = []
         layer: str | None = head
         while layer is not None:

@@ -34,6 +34,7 @@ from ebscrypt.engines.ec2 import provenance, waits
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags
 from ebscrypt.engines.jobs import JobContext, job_kind
 from ebscrypt.errors import ServiceError
+from ebscrypt.storage.db import is_conflict, retry_conflicts
 from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_volume_attachments, ec2_volume_modifications, ec2_volumes
 
 log = logging.getLogger("ebscrypt.ec2.volumes")
@@ -76,7 +77,7 @@ def _notify(runtime: Any, volume_id: str, state: str) -> None:
     waits.done(volume_id)
     for fn in list(_volume_listeners):
         try:
-            fn(runtime, volume_id, state)
+            retry_conflicts(lambda: fn(runtime, volume_id, state))  # noqa: B023 (called at once)
         except Exception:  # a listener's fault must not undo the volume's own state
             log.exception("volume listener failed for %s", volume_id)
 
@@ -396,15 +397,32 @@ def create_volume(ctx: Any, *, wait_seconds: float = 3.0, **kwargs: Any) -> Volu
     else:
         ctx.runtime.jobs.notify()
         if event is not None:
-            event.wait(wait_seconds)
+            waits.wait_settled(event, wait_seconds, _settled_reader(ctx.runtime, vol.id))
     return vol
+
+
+def _settled_reader(runtime: Any, volume_id: str) -> Callable[[], bool] | None:
+    """When other processes share the database (its job may run there): a read of whether
+    the volume left ``creating``. None on SQLite (one process: the job's event is enough)."""
+    if runtime.db.is_sqlite:
+        return None
+
+    def settled() -> bool:
+        with runtime.db.read() as conn:
+            state = conn.execute(select(ec2_volumes.c.state).where(ec2_volumes.c.id == volume_id)).scalar()
+        return state != "creating"
+
+    return settled
 
 
 def finish_volume(runtime: Any, payload: dict[str, Any]) -> None:
     """Run the creation work now (idempotent); a failure puts the volume in ``error``."""
     try:
-        _finish(runtime, payload, None)
+        retry_conflicts(lambda: _finish(runtime, payload, None))
     except Exception as exc:  # as the job runner would: the resource records why
+        if is_conflict(exc):  # kept losing races: its backstop job finishes it
+            log.info("volume %s: left to its job after repeated conflicts", payload["volume_id"])
+            return
         log.warning("volume %s failed: %s", payload["volume_id"], exc)
         _volume_failed(runtime, payload, getattr(exc, "message", None) or str(exc) or type(exc).__name__)
 

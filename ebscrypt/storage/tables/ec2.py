@@ -46,6 +46,9 @@ ec2_volumes = Table(
     Column("auto_enable_io", Boolean, nullable=False, default=False),
     Column("create_time", DateTime(timezone=True), nullable=False),
     Index("ix_ec2_volumes_owner", "account", "region"),
+    # ClientToken idempotency across processes: two concurrent creates with one token
+    # cannot both insert (the loser's request is run again and replays the winner's).
+    Index("ux_ec2_volumes_client_token", "account", "region", "client_token", unique=True),
 )
 
 ec2_volume_attachments = Table(
@@ -107,6 +110,7 @@ ec2_snapshots = Table(
     Column("start_time", DateTime(timezone=True), nullable=False),
     Column("completion_time", DateTime(timezone=True), nullable=True),
     Index("ix_ec2_snapshots_owner", "account", "region"),
+    Index("ux_ec2_snapshots_client_token", "account", "region", "client_token", unique=True),  # as volumes
 )
 
 # createVolumePermission: one row per account (or group "all") a snapshot is shared with.
