@@ -59,7 +59,8 @@ def populate(ctx: Ctx) -> None:
 
 def describe_all(ctx: Ctx) -> None:
     vols = ctx.client("ec2", account=DESCRIBE_ACCOUNT).describe_volumes()["Volumes"]
-    assert len(vols) == N_VOLUMES, len(vols)
+    # moto keeps every access key in one account: another workload's volume may show up there
+    assert len(vols) == N_VOLUMES or (ctx.side == "moto" and len(vols) >= N_VOLUMES), len(vols)
 
 
 def describe_two_pages(ctx: Ctx) -> None:

@@ -251,7 +251,7 @@ def replay(endpoint: str, requests: Sequence[tuple[str, str, bytes, dict[str, st
            ok: Callable[[bytes], bool] | None = None, clients: int = 1) -> float:
     """Seconds spent replaying ``requests`` over ``clients`` keep-alive connections
     (``http.client``; each thread sends its share in turn). Raises on any answer but a
-    200 (or one ``ok`` refuses): a replay that failed must not read as fast."""
+    2xx (or one ``ok`` refuses): a replay that failed must not read as fast."""
     import http.client
     import threading
     from urllib.parse import urlsplit
@@ -268,7 +268,7 @@ def replay(endpoint: str, requests: Sequence[tuple[str, str, bytes, dict[str, st
             conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
-            if resp.status != 200 or (ok is not None and not ok(data)):
+            if not 200 <= resp.status < 300 or (ok is not None and not ok(data)):
                 errors.append(f"{resp.status}: {data[:300]!r}")
                 return
 

@@ -69,9 +69,11 @@ def create_snapshot(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
     dry_run_check(params)
     tags = tag_specs(params.get("TagSpecifications"), "snapshot")
     with ctx.runtime.db.begin() as conn:
+        # O(1), metadata only (a block-lineage reference, R-SNAP-1): stored completed in
+        # this one transaction, no job
         snap = S.create_snapshot_from_volume(ctx, conn, params["VolumeId"], params.get("Description"), tags,
-                                             defer_job=True)
-    S.finish_snapshot(ctx.runtime, snap.id)  # O(1): a block-lineage reference (R-SNAP-1)
+                                             complete_now=True)
+    S.snapshot_stored(ctx.runtime, snap.id)
     return snapshot_dict(snap, tags)
 
 
@@ -102,13 +104,13 @@ def create_snapshots(ctx: RequestContext, params: dict[str, Any]) -> dict[str, A
                 keys = {t["Key"] for t in snap_tags}
                 snap_tags += [t for t in source_tags[vol.id] if t["Key"] not in keys]
             snap = S.create_snapshot_from_volume(ctx, conn, vol.id, params.get("Description"), snap_tags,
-                                                 defer_job=True)
+                                                 complete_now=True)
             d = snapshot_dict(snap, snap_tags)
             out.append({k: d[k] for k in ("Description", "Encrypted", "VolumeId", "State", "VolumeSize",
                                           "StartTime", "Progress", "OwnerId", "SnapshotId") if k in d}
                        | ({"Tags": snap_tags} if snap_tags else {}))
     for item in out:
-        S.finish_snapshot(ctx.runtime, item["SnapshotId"])
+        S.snapshot_stored(ctx.runtime, item["SnapshotId"])
     return {"Snapshots": out}
 
 
