@@ -21,7 +21,7 @@ from sqlalchemy.pool import QueuePool
 
 from ebscrypt.storage.schema import load_tables, schema_version
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _v2_rule_position_bigint(conn: Connection) -> None:
@@ -52,11 +52,33 @@ def _v4_kms_auth_generation(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE kms_keys ADD COLUMN auth_generation INTEGER"))
 
 
+# (issue 15, separate step: renumber freely when merging) Indexes for the Describe* filters
+# people use, declared on the tables (storage/tables/ec2.py) so new databases get them from
+# create_all; an older database gets them here. Indexes only: nothing else changes, and
+# IF NOT EXISTS leaves a database created at a later version alone.
+DESCRIBE_INDEXES = (
+    ("ix_ec2_volumes_encrypted", "ec2_volumes", "account, region, encrypted"),
+    ("ix_ec2_volumes_kms", "ec2_volumes", "account, region, kms_key_arn"),
+    ("ix_ec2_volumes_state", "ec2_volumes", "account, region, state"),
+    ("ix_ec2_snapshots_encrypted", "ec2_snapshots", "account, region, encrypted"),
+    ("ix_ec2_snapshots_kms", "ec2_snapshots", "account, region, kms_key_arn"),
+    ("ix_ec2_snapshots_state", "ec2_snapshots", "account, region, state"),
+    ("ix_ec2_snapshots_volume", "ec2_snapshots", "volume_id"),
+    ("ix_ec2_tags_key_value", "ec2_tags", "account, key, value"),
+)
+
+
+def _describe_indexes(conn: Connection) -> None:
+    for name, table, columns in DESCRIBE_INDEXES:
+        conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({columns})"))
+
+
 # version N -> function that upgrades a database at version N-1 to N.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _v2_rule_position_bigint,
     3: _v3_job_leases,
     4: _v4_kms_auth_generation,
+    5: _describe_indexes,  # issue 15 (speed); another branch's v4/v5 step may come first
 }
 
 # PostgreSQL: the advisory lock every write transaction takes first (any constant key; one

@@ -85,3 +85,28 @@ def test_literal_filters_narrow_in_sql(db: Database) -> None:
     assert read == 0
     _, read = _exact(db, [{"Name": "status", "Values": ["avail*"]}], narrowed=True)
     assert read == 40  # a wildcard is not pushed down
+
+
+def test_an_older_database_gets_the_describe_indexes(tmp_path: Path) -> None:
+    """The schema step of issue 15 adds the filter indexes to a database made before them."""
+    from sqlalchemy import inspect, text, update
+
+    from ebscrypt.storage import db as db_module
+    from ebscrypt.storage.schema import schema_version
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    first = Database(url)
+    with first.begin() as conn:
+        for name, _, _ in db_module.DESCRIBE_INDEXES:
+            conn.execute(text(f"DROP INDEX {name}"))
+        conn.execute(update(schema_version).values(version=db_module.SCHEMA_VERSION - 1))
+    first.dispose()
+    again = Database(url)
+    try:
+        with again.read() as conn:
+            names = {ix["name"] for t in ("ec2_volumes", "ec2_snapshots", "ec2_tags")
+                     for ix in inspect(conn).get_indexes(t)}
+            assert conn.execute(db_module.select(schema_version.c.version)).scalar() == db_module.SCHEMA_VERSION
+        assert {name for name, _, _ in db_module.DESCRIBE_INDEXES} <= names
+    finally:
+        again.dispose()
