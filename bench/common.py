@@ -117,13 +117,25 @@ class External:
         pass
 
 
-def start_ebscrypt(data_dir: Path, port: int | None = None) -> Server:
+def start_ebscrypt(data_dir: Path, port: int | None = None, extra_args: Sequence[str] = (),
+                   extra_path: Sequence[str] = (), name: str = "ebscrypt") -> Server:
+    """``extra_args`` go to ``ebscrypt serve`` (``--http h11``…); ``extra_path`` is put on the
+    server's PYTHONPATH after the repository (e.g. a ``pip install --target`` directory
+    holding httptools/uvloop, to compare without installing them for everyone)."""
     port = port or free_port()
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *extra_path, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     cmd = [sys.executable, "-m", "ebscrypt", "serve", "--port", str(port),
-           "--data-dir", str(data_dir), "--log-level", "warning"]
-    return Server("ebscrypt", cmd, port, "/_ebscrypt/health", env=env, workdir=REPO_ROOT).start()
+           "--data-dir", str(data_dir), "--log-level", "warning", *extra_args]
+    return Server(name, cmd, port, "/_ebscrypt/health", env=env, workdir=REPO_ROOT).start()
+
+
+def start_null(port: int | None = None, get_bytes: int = 0) -> Server:
+    """bench/null_server.py: accepts and drops requests (the client + HTTP ceiling)."""
+    port = port or free_port()
+    cmd = [sys.executable, str(REPO_ROOT / "bench" / "null_server.py"), "--port", str(port),
+           "--get-bytes", str(get_bytes)]
+    return Server("null", cmd, port, "/", workdir=REPO_ROOT).start()
 
 
 def moto_available() -> bool:
