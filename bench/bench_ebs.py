@@ -45,7 +45,7 @@ def raw_put(ctx: Ctx) -> RawCall:
     return RawCall("ebs", "put_snapshot_block", _params(ctx))
 
 
-WORKLOADS = [Workload("PutSnapshotBlock(512 KiB)", put_block, setup=start, raw=raw_put)]
+WORKLOADS = [Workload("PutSnapshotBlock(512 KiB)", put_block, setup=start, raw=raw_put, many_clients=True)]
 
 if __name__ == "__main__":
     raise SystemExit(main(WORKLOADS))

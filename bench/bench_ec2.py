@@ -135,9 +135,9 @@ WORKLOADS = [
     Workload("DescribeVolumes(1000 vols, encrypted filter)", describe_filtered, setup=populate,
              raw=raw_describe_filtered),
     Workload("DescribeVolumes(1 id of 1000)", describe_one, setup=populate, raw=raw_describe_one),
-    Workload("CreateVolume", create_volume, raw=raw_create),
-    Workload("CreateVolume(encrypted)", create_encrypted_volume, raw=raw_create_encrypted),
-    Workload("CreateSnapshot", create_snapshot, setup=create_snapshot_setup, raw=raw_snapshot),
+    Workload("CreateVolume", create_volume, raw=raw_create, many_clients=True),
+    Workload("CreateVolume(encrypted)", create_encrypted_volume, raw=raw_create_encrypted, many_clients=True),
+    Workload("CreateSnapshot", create_snapshot, setup=create_snapshot_setup, raw=raw_snapshot, many_clients=True),
 ]
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def describe_key(ctx: Ctx) -> None:
 WORKLOADS = [
     # one iteration = one pair, so the figure reads as pairs/s
     Workload("KMS GenerateDataKey+Decrypt pairs", data_key_pair, setup=make_key, calls_per_iteration=1,
-             raw=raw_pair),
+             raw=raw_pair, many_clients=True),
     Workload("KMS Encrypt(1 KiB)", encrypt_1k, setup=make_key),
     Workload("KMS DescribeKey", describe_key, setup=make_key),
 ]

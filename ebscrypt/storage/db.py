@@ -12,6 +12,8 @@ a function taking a connection), in order, inside one transaction.
 
 from __future__ import annotations
 
+import os
+import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, overload
@@ -113,19 +115,117 @@ class SchemaTooNew(RuntimeError):
     pass
 
 
+class WalGroupSync:
+    """Group commit for a SQLite file database in WAL mode (issue 15).
+
+    Connections run with ``synchronous=NORMAL``: a commit appends its frames to the WAL
+    with write(2) (they survive kill -9: the kernel holds them) but does not fsync. Before
+    ``Database.begin()`` returns to its caller — before any write is acknowledged — it
+    calls :meth:`after_commit`, which makes every commit so far durable with one fsync of
+    the WAL: the first waiter leads, and the commits that finished while its fsync ran
+    share the next one. The fsync happens after the write lock is released, so other
+    writers commit meanwhile: with several clients, one fsync serves many transactions.
+    Checkpoints (which copy WAL frames into the database file) fsync the WAL first and
+    the database after, under NORMAL as under FULL.
+
+    A reader may see a commit whose fsync is still running (as with any group commit);
+    nothing that depends on it is acknowledged before that fsync: a later write's commit
+    comes after it in the WAL, and its own sync covers both.
+    """
+
+    def __init__(self, db_path: str) -> None:
+        self.wal_path = db_path + "-wal"
+        self.db_path = db_path
+        self._cv = threading.Condition()
+        self._committed = 0  # commits counted (each after its COMMIT returned)
+        self._synced = 0  # every commit up to this one is durable
+        self._syncing = False
+        self._fd: int | None = None
+        self.fsyncs = 0  # for tests and benchmarks: fsyncs made
+
+    def after_commit(self) -> None:
+        with self._cv:
+            self._committed += 1
+            mine = self._committed
+            while self._synced < mine:
+                if self._syncing:
+                    self._cv.wait()
+                    continue
+                self._syncing = True
+                target = self._committed  # every commit counted so far has returned
+                self._cv.release()
+                try:
+                    self._fsync()
+                except BaseException:
+                    self._cv.acquire()
+                    self._syncing = False
+                    self._cv.notify_all()
+                    raise  # not acknowledged: the caller fails (the next sync may succeed)
+                self._cv.acquire()
+                self._syncing = False
+                self._synced = max(self._synced, target)
+                self._cv.notify_all()
+
+    def _fsync(self) -> None:
+        try:
+            st = os.stat(self.wal_path)
+        except FileNotFoundError:
+            # No WAL: the last connection closed and checkpointed it (synced) into the
+            # database file; sync that file to be sure.
+            fd = os.open(self.db_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.fsyncs += 1
+            return
+        if self._fd is not None and os.fstat(self._fd).st_ino != st.st_ino:
+            os.close(self._fd)  # the WAL was deleted and made anew: sync the new one
+            self._fd = None
+        if self._fd is None:
+            self._fd = os.open(self.wal_path, os.O_RDONLY)
+        os.fsync(self._fd)
+        self.fsyncs += 1
+
+    def close(self) -> None:
+        with self._cv:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The database file of a ``sqlite:///path`` URL; None for memory or URI forms."""
+    if ":memory:" in url or "mode=memory" in url or not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///"):].split("?", 1)[0]
+    return path or None
+
+
+def _group_commit_enabled() -> bool:
+    # EBSCRYPT_SQLITE_GROUP_COMMIT=0: every commit fsyncs inside the write lock (FULL).
+    return os.environ.get("EBSCRYPT_SQLITE_GROUP_COMMIT", "1") != "0"
+
+
 class Database:
     """A handle on the metadata store. ``begin()`` yields a connection in a transaction."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.group_sync: WalGroupSync | None = None
         if self.is_sqlite:
             self.engine: Engine = create_engine(
                 url,
                 connect_args={"check_same_thread": False, "timeout": 30},
                 **_sqlite_pool_args(url),
             )
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            path = _sqlite_file(url)
+            if path is not None and _group_commit_enabled():
+                self.group_sync = WalGroupSync(path)
+                event.listen(self.engine, "connect", _sqlite_pragmas_group)
+            else:
+                event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
         else:
             self.engine = create_engine(
@@ -150,6 +250,8 @@ class Database:
             if not self.is_sqlite:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_WRITE_LOCK_KEY})
             yield conn
+        if self.group_sync is not None:  # committed: durable before the caller goes on
+            self.group_sync.after_commit()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -171,6 +273,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self.group_sync is not None:
+            self.group_sync.close()
 
     def _migrate(self) -> None:
         metadata = load_tables()
@@ -210,6 +314,15 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _sqlite_pragmas_group(dbapi_conn, record) -> None:  # type: ignore[no-untyped-def]
+    _sqlite_pragmas(dbapi_conn, record)
+    # NORMAL: commits are not fsync'd here; Database.begin() syncs the WAL after the commit
+    # (WalGroupSync), outside the write lock and shared by concurrent writers.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
 
