@@ -214,6 +214,12 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.group_sync: WalGroupSync | None = None
+        # SQLite: this process's writers queue here before BEGIN IMMEDIATE. Without it,
+        # threads that meet the write lock wait in SQLite's busy handler, which sleeps
+        # 1, 2, 5, 10… ms between tries — with 16 clients, most of each call is that
+        # sleep. Other processes on the same file still wait through busy_timeout.
+        # Reentrant: a nested begin() in one thread behaves as before (SQLite decides).
+        self._writer = threading.RLock() if self.is_sqlite else None
         if self.is_sqlite:
             self.engine: Engine = create_engine(
                 url,
@@ -246,12 +252,22 @@ class Database:
         on error. It holds the write lock from its start: writers run one at a time, as the
         engines' check-then-write code expects (SQLite: BEGIN IMMEDIATE; PostgreSQL: an
         advisory lock, so two writers never both pass a "does it exist?" check)."""
+        if self._writer is not None:
+            # Bounded: a writer that waits on another thread's write (a bug) still gets
+            # SQLite's busy_timeout error, as before, instead of hanging.
+            queued = self._writer.acquire(timeout=30)
+            try:
+                with self.engine.begin() as conn:
+                    yield conn
+            finally:
+                if queued:
+                    self._writer.release()
+            if self.group_sync is not None:  # committed: durable before the caller goes on
+                self.group_sync.after_commit()
+            return
         with self.engine.begin() as conn:
-            if not self.is_sqlite:
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_WRITE_LOCK_KEY})
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_WRITE_LOCK_KEY})
             yield conn
-        if self.group_sync is not None:  # committed: durable before the caller goes on
-            self.group_sync.after_commit()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
