@@ -65,7 +65,7 @@ DESCRIBE_INDEXES = (
     ("ix_ec2_snapshots_encrypted", "ec2_snapshots", "account, region, encrypted"),
     ("ix_ec2_snapshots_kms", "ec2_snapshots", "account, region, kms_key_arn"),
     ("ix_ec2_snapshots_state", "ec2_snapshots", "account, region, state"),
-    ("ix_ec2_snapshots_volume", "ec2_snapshots", "volume_id"),
+    ("ix_ec2_snapshots_volume", "ec2_snapshots", "volume_id, start_time"),
     ("ix_ec2_tags_key_value", "ec2_tags", "account, key, value"),
 )
 
@@ -258,11 +258,16 @@ class Database:
             queued = self._writer.acquire(timeout=30)
             try:
                 with self.engine.begin() as conn:
+                    driver = conn.connection.driver_connection
+                    changes = driver.total_changes  # type: ignore[union-attr]
                     yield conn
+                    # a transaction that changed no row (a claim that found nothing, a
+                    # check) wrote nothing to the WAL: nothing to make durable
+                    wrote = driver.total_changes != changes  # type: ignore[union-attr]
             finally:
                 if queued:
                     self._writer.release()
-            if self.group_sync is not None:  # committed: durable before the caller goes on
+            if self.group_sync is not None and wrote:  # committed: durable before the caller goes on
                 self.group_sync.after_commit()
             return
         with self.engine.begin() as conn:

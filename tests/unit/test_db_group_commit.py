@@ -101,3 +101,17 @@ def test_memory_database_has_no_group_sync() -> None:
             conn.execute(text("SELECT 1"))
     finally:
         db.dispose()
+
+
+def test_a_transaction_that_wrote_nothing_needs_no_fsync(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        before = db.group_sync.fsyncs
+        with db.begin() as conn:
+            conn.execute(select(jobs.c.id)).all()
+        assert db.group_sync.fsyncs == before
+        with db.begin() as conn:
+            conn.execute(insert(jobs).values(**_job(7)))
+        assert db.group_sync.fsyncs == before + 1
+    finally:
+        db.dispose()

@@ -116,7 +116,7 @@ ec2_snapshots = Table(
     Index("ix_ec2_snapshots_encrypted", "account", "region", "encrypted"),
     Index("ix_ec2_snapshots_kms", "account", "region", "kms_key_arn"),
     Index("ix_ec2_snapshots_state", "account", "region", "state"),
-    Index("ix_ec2_snapshots_volume", "volume_id"),
+    Index("ix_ec2_snapshots_volume", "volume_id", "start_time"),
 )
 
 # createVolumePermission: one row per account (or group "all") a snapshot is shared with.
