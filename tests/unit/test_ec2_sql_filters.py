@@ -110,3 +110,48 @@ def test_an_older_database_gets_the_describe_indexes(tmp_path: Path) -> None:
         assert {name for name, _, _ in db_module.DESCRIBE_INDEXES} <= names
     finally:
         again.dispose()
+
+
+def test_snapshot_narrowing_owners_and_filters(tmp_path: Path) -> None:
+    """DescribeSnapshots: OwnerIds=self reads only the caller's own snapshots (not those
+    shared with it), and literal filters narrow in SQL without changing the answer."""
+    from types import SimpleNamespace
+
+    from ebscrypt.engines.ec2.snapshots import visible_snapshots
+    from ebscrypt.services.ec2.snapshots import _FILTERS as SNAP_FILTERS, snapshot_dict
+    from ebscrypt.storage.tables.ec2 import ec2_snapshot_permissions, ec2_snapshots
+
+    database = Database(f"sqlite:///{tmp_path / 's.db'}")
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    try:
+        with database.begin() as conn:
+            for i in range(30):
+                owner = ACCOUNT if i % 3 else OTHER
+                conn.execute(insert(ec2_snapshots).values(
+                    id=f"snap-{i:017x}", account=owner, region=REGION, state=("completed", "pending")[i % 2],
+                    state_message=None, progress=100, volume_size=1, encrypted=i % 4 == 0,
+                    kms_key_arn=KEY if i % 4 == 0 else None, data_key_id=None, data_key_blob=None,
+                    data_key_context=None, volume_id="vol-ffffffff", parent_id=None, source_snapshot_id=None,
+                    source_region=None, description=None, origin="volume", client_token=None, start_time=now,
+                    completion_time=None))
+                if owner == OTHER and i % 2 == 0:
+                    conn.execute(insert(ec2_snapshot_permissions).values(snapshot_id=f"snap-{i:017x}",
+                                                                         grantee=ACCOUNT))
+        caller = SimpleNamespace(account=ACCOUNT, region=REGION)
+        with database.read() as conn:
+            every = visible_snapshots(conn, caller)
+            own = visible_snapshots(conn, caller, owners={ACCOUNT})
+            assert {s.account for s in every} == {ACCOUNT, OTHER}
+            assert {s.id for s in own} == {s.id for s in every if s.account == ACCOUNT}
+            for filters in ([{"Name": "encrypted", "Values": ["true"]}],
+                            [{"Name": "status", "Values": ["pending"]}, {"Name": "owner-id", "Values": [OTHER]}],
+                            [{"Name": "status", "Values": ["p*"]}]):
+                narrowed = visible_snapshots(conn, caller, filters=filters)
+                exact = apply_filters([snapshot_dict(s, []) for s in every], filters, SNAP_FILTERS)
+                again = apply_filters([snapshot_dict(s, []) for s in narrowed], filters, SNAP_FILTERS)
+                assert again == exact
+                assert len(narrowed) <= len(every)
+            assert len(visible_snapshots(conn, caller, filters=[{"Name": "encrypted", "Values": ["true"]}])) == len(
+                [s for s in every if s.encrypted])
+    finally:
+        database.dispose()

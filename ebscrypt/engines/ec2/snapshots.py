@@ -26,6 +26,7 @@ from ebscrypt.engines.ec2 import waits
 from ebscrypt.engines.ec2.copy_source import check_source_survived
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.records import Snapshot, from_result
+from ebscrypt.engines.ec2.sql_filters import as_bool, narrowing
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags
 from ebscrypt.engines.ec2.volumes import get_volume
 from ebscrypt.engines.jobs import JobContext, job_kind
@@ -96,15 +97,32 @@ def get_snapshot(conn: Connection, caller: Any, snapshot_id: str, region: str | 
     return snap
 
 
-def visible_snapshots(conn: Connection, caller: Any) -> list[Snapshot]:
-    """Every snapshot in the caller's region it owns or may restore, ordered by id. [conn]"""
+# DescribeSnapshots filters whose getter returns exactly a column's value (sql_filters).
+SQL_FILTER_COLUMNS = {
+    "encrypted": (ec2_snapshots.c.encrypted, as_bool),
+    "kms-key-id": (ec2_snapshots.c.kms_key_arn, None),
+    "owner-id": (ec2_snapshots.c.account, None),
+    "snapshot-id": (ec2_snapshots.c.id, None),
+    "status": (ec2_snapshots.c.state, None),
+}
+
+
+def visible_snapshots(conn: Connection, caller: Any, *, owners: set[str] | None = None,
+                      filters: list[dict] | None = None) -> list[Snapshot]:
+    """Every snapshot in the caller's region it owns or may restore, ordered by id; only
+    those of ``owners`` if given. ``filters`` narrow the rows in SQL (a superset of the
+    matches: apply them after). [conn]"""
     shared = select(ec2_snapshot_permissions.c.snapshot_id).where(
         ec2_snapshot_permissions.c.grantee.in_((caller.account, "all")))
-    result = conn.execute(select(ec2_snapshots).where(
-        ec2_snapshots.c.region == caller.region,
-        or_(ec2_snapshots.c.account == caller.account, ec2_snapshots.c.id.in_(shared)),
-    ).order_by(ec2_snapshots.c.id))
-    return from_result(Snapshot, result)
+    if owners is not None and owners <= {caller.account}:
+        visible = ec2_snapshots.c.account == caller.account  # OwnerIds=self: no shared lookup
+    else:
+        visible = or_(ec2_snapshots.c.account == caller.account, ec2_snapshots.c.id.in_(shared))
+    q = select(ec2_snapshots).where(ec2_snapshots.c.region == caller.region, visible,
+                                    *narrowing(filters, SQL_FILTER_COLUMNS, ec2_snapshots.c.id, caller.account))
+    if owners is not None:
+        q = q.where(ec2_snapshots.c.account.in_(sorted(owners)))
+    return from_result(Snapshot, conn.execute(q.order_by(ec2_snapshots.c.id)))
 
 
 def permissions_of(conn: Connection, ids: list[str]) -> dict[str, set[str]]:

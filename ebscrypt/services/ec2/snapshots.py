@@ -154,8 +154,11 @@ def describe_snapshots(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
     ids = params.get("SnapshotIds") or []
     for sid in ids:
         check_id(sid, "snap", "InvalidSnapshotID.Malformed")
+    owners = _accounts(params.get("OwnerIds"), caller.account) if params.get("OwnerIds") and not ids else None
     with ctx.runtime.db.read() as conn:
-        snaps = S.visible_snapshots(conn, caller)
+        # OwnerIds and (without SnapshotIds, whose every id must be found first) Filters
+        # narrow the rows in SQL; both are still applied exactly below.
+        snaps = S.visible_snapshots(conn, caller, owners=owners, filters=None if ids else params.get("Filters"))
         perms = S.permissions_of(conn, [s.id for s in snaps])
         if ids:
             found = {s.id for s in snaps}

@@ -7,7 +7,7 @@ from typing import Any
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import volumes as V
 from ebscrypt.engines.ec2.ids import check_id
-from ebscrypt.engines.ec2.filters import apply_filters as filter_select, check_filters, dry_run_check
+from ebscrypt.engines.ec2.filters import apply_filters as filter_select, dry_run_check
 from ebscrypt.engines.ec2.paging import encode_token, page, page_after, page_size
 from ebscrypt.engines.ec2.records import Attachment, Volume
 from ebscrypt.engines.ec2.tags import tag_specs, tags_for
@@ -124,7 +124,6 @@ def describe_volumes(ctx: RequestContext, params: dict[str, Any]) -> dict[str, A
         chunk, more = rows[:size], len(rows) > size
         token = encode_token(chunk[-1]["VolumeId"]) if more and chunk else None
     else:
-        check_filters(params.get("Filters"), _FILTERS, tags=True)  # unknown names: refused before reading
         # With VolumeIds, every id must be found (InvalidVolume.NotFound) before filtering.
         items = describe(ctx, params.get("VolumeIds"),
                          filters=None if params.get("VolumeIds") else params.get("Filters"))
