@@ -108,10 +108,11 @@ SQL_FILTER_COLUMNS = {
 
 
 def visible_snapshots(conn: Connection, caller: Any, *, owners: set[str] | None = None,
-                      filters: list[dict] | None = None) -> list[Snapshot]:
+                      filters: list[dict] | None = None, after: str | None = None,
+                      limit: int | None = None) -> list[Snapshot]:
     """Every snapshot in the caller's region it owns or may restore, ordered by id; only
-    those of ``owners`` if given. ``filters`` narrow the rows in SQL (a superset of the
-    matches: apply them after). [conn]"""
+    those of ``owners`` if given, only ids after ``after``, at most ``limit``. ``filters``
+    narrow the rows in SQL (a superset of the matches: apply them after). [conn]"""
     shared = select(ec2_snapshot_permissions.c.snapshot_id).where(
         ec2_snapshot_permissions.c.grantee.in_((caller.account, "all")))
     if owners is not None and owners <= {caller.account}:
@@ -122,7 +123,12 @@ def visible_snapshots(conn: Connection, caller: Any, *, owners: set[str] | None 
                                     *narrowing(filters, SQL_FILTER_COLUMNS, ec2_snapshots.c.id, caller.account))
     if owners is not None:
         q = q.where(ec2_snapshots.c.account.in_(sorted(owners)))
-    return from_result(Snapshot, conn.execute(q.order_by(ec2_snapshots.c.id)))
+    if after is not None:
+        q = q.where(ec2_snapshots.c.id > after)
+    q = q.order_by(ec2_snapshots.c.id)
+    if limit is not None:
+        q = q.limit(limit)
+    return from_result(Snapshot, conn.execute(q))
 
 
 def permissions_of(conn: Connection, ids: list[str]) -> dict[str, set[str]]:

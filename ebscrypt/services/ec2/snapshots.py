@@ -11,7 +11,7 @@ from ebscrypt.engines.ec2 import volumes as V
 from ebscrypt.engines.ec2.attributes import canonical_names, legacy_operation
 from ebscrypt.engines.ec2.ids import check_id
 from ebscrypt.engines.ec2.filters import apply_filters as filter_select, dry_run_check
-from ebscrypt.engines.ec2.paging import page
+from ebscrypt.engines.ec2.paging import page, page_after, page_size
 from ebscrypt.engines.ec2.records import Snapshot
 from ebscrypt.engines.ec2.tags import put_tags, tag_specs, tags_for
 from ebscrypt.errors import ServiceError
@@ -155,10 +155,18 @@ def describe_snapshots(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
     for sid in ids:
         check_id(sid, "snap", "InvalidSnapshotID.Malformed")
     owners = _accounts(params.get("OwnerIds"), caller.account) if params.get("OwnerIds") and not ids else None
+    # Paging in SQL (the CLI pages 1,000 at a time): ids after the token's always; a
+    # LIMIT only when nothing is filtered after the query (one more row than asked
+    # tells page() a NextToken is due).
+    size = page_size(params, low=5, high=1000) if not ids else None
+    after = page_after(params.get("NextToken")) if not ids else None
+    limit = (size + 1 if size is not None and not params.get("Filters") and not params.get("RestorableByUserIds")
+             else None)
     with ctx.runtime.db.read() as conn:
         # OwnerIds and (without SnapshotIds, whose every id must be found first) Filters
         # narrow the rows in SQL; both are still applied exactly below.
-        snaps = S.visible_snapshots(conn, caller, owners=owners, filters=None if ids else params.get("Filters"))
+        snaps = S.visible_snapshots(conn, caller, owners=owners, filters=None if ids else params.get("Filters"),
+                                    after=after, limit=limit)
         perms = S.permissions_of(conn, [s.id for s in snaps])
         if ids:
             found = {s.id for s in snaps}
