@@ -302,14 +302,21 @@ class JobRunner:
         """
         runtime = self._runtime_ref()
         now = runtime.clock.now()
+        query = (
+            select(jobs)
+            .where(jobs.c.state == "queued", or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now))
+            .order_by(jobs.c.created_at, jobs.c.id)
+            .limit(1)
+        )
+        # The usual case, nothing due: a read (no write lock) says so. Polling workers
+        # otherwise take the write lock several times a second, and a request's write
+        # transaction that meets it waits in SQLite's busy handler (sleeps of 1–10 ms).
+        # A job committed after this read wakes the workers (submit -> notify).
+        with runtime.db.read() as conn:
+            if conn.execute(query.with_only_columns(jobs.c.id)).first() is None:
+                return None
         with self._claim_lock:  # in-process: workers do not queue up on the database lock
             with runtime.db.begin(isolation=_ROW) as conn:
-                query = (
-                    select(jobs)
-                    .where(jobs.c.state == "queued", or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now))
-                    .order_by(jobs.c.created_at, jobs.c.id)
-                    .limit(1)
-                )
                 if not runtime.db.is_sqlite:
                     query = query.with_for_update(skip_locked=True)
                 row = conn.execute(query).mappings().first()

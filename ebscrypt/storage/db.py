@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextvars
 import os
 import random
+import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -38,7 +39,7 @@ from sqlalchemy.pool import QueuePool
 
 from ebscrypt.storage.schema import load_tables, schema_version
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def _v2_rule_position_bigint(conn: Connection) -> None:
@@ -112,6 +113,27 @@ def _v7_client_token_unique(conn: Connection) -> None:
         conn.execute(text(f"CREATE UNIQUE INDEX IF NOT EXISTS {name} ON {table} ({columns})"))
 
 
+# v8 (issue 15): indexes for the Describe* filters
+# people use, declared on the tables (storage/tables/ec2.py) so new databases get them from
+# create_all; an older database gets them here. Indexes only: nothing else changes, and
+# IF NOT EXISTS leaves a database created at a later version alone.
+DESCRIBE_INDEXES = (
+    ("ix_ec2_volumes_encrypted", "ec2_volumes", "account, region, encrypted"),
+    ("ix_ec2_volumes_kms", "ec2_volumes", "account, region, kms_key_arn"),
+    ("ix_ec2_volumes_state", "ec2_volumes", "account, region, state"),
+    ("ix_ec2_snapshots_encrypted", "ec2_snapshots", "account, region, encrypted"),
+    ("ix_ec2_snapshots_kms", "ec2_snapshots", "account, region, kms_key_arn"),
+    ("ix_ec2_snapshots_state", "ec2_snapshots", "account, region, state"),
+    ("ix_ec2_snapshots_volume", "ec2_snapshots", "volume_id, start_time"),
+    ("ix_ec2_tags_key_value", "ec2_tags", "account, key, value"),
+)
+
+
+def _describe_indexes(conn: Connection) -> None:
+    for name, table, columns in DESCRIBE_INDEXES:
+        conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({columns})"))
+
+
 # version N -> function that upgrades a database at version N-1 to N.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _v2_rule_position_bigint,
@@ -120,6 +142,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     5: _v5_key_store_refs,
     6: _v6_provenance,
     7: _v7_client_token_unique,
+    8: _describe_indexes,
 }
 
 # PostgreSQL: the advisory lock schema upgrades take (and, with
@@ -213,6 +236,98 @@ class SchemaTooNew(RuntimeError):
     pass
 
 
+class WalGroupSync:
+    """Group commit for a SQLite file database in WAL mode (issue 15).
+
+    Connections run with ``synchronous=NORMAL``: a commit appends its frames to the WAL
+    with write(2) (they survive kill -9: the kernel holds them) but does not fsync. Before
+    ``Database.begin()`` returns to its caller — before any write is acknowledged — it
+    calls :meth:`after_commit`, which makes every commit so far durable with one fsync of
+    the WAL: the first waiter leads, and the commits that finished while its fsync ran
+    share the next one. The fsync happens after the write lock is released, so other
+    writers commit meanwhile: with several clients, one fsync serves many transactions.
+    Checkpoints (which copy WAL frames into the database file) fsync the WAL first and
+    the database after, under NORMAL as under FULL.
+
+    A reader may see a commit whose fsync is still running (as with any group commit);
+    nothing that depends on it is acknowledged before that fsync: a later write's commit
+    comes after it in the WAL, and its own sync covers both.
+    """
+
+    def __init__(self, db_path: str) -> None:
+        self.wal_path = db_path + "-wal"
+        self.db_path = db_path
+        self._cv = threading.Condition()
+        self._committed = 0  # commits counted (each after its COMMIT returned)
+        self._synced = 0  # every commit up to this one is durable
+        self._syncing = False
+        self._fd: int | None = None
+        self.fsyncs = 0  # for tests and benchmarks: fsyncs made
+
+    def after_commit(self) -> None:
+        with self._cv:
+            self._committed += 1
+            mine = self._committed
+            while self._synced < mine:
+                if self._syncing:
+                    self._cv.wait()
+                    continue
+                self._syncing = True
+                target = self._committed  # every commit counted so far has returned
+                self._cv.release()
+                try:
+                    self._fsync()
+                except BaseException:
+                    self._cv.acquire()
+                    self._syncing = False
+                    self._cv.notify_all()
+                    raise  # not acknowledged: the caller fails (the next sync may succeed)
+                self._cv.acquire()
+                self._syncing = False
+                self._synced = max(self._synced, target)
+                self._cv.notify_all()
+
+    def _fsync(self) -> None:
+        try:
+            st = os.stat(self.wal_path)
+        except FileNotFoundError:
+            # No WAL: the last connection closed and checkpointed it (synced) into the
+            # database file; sync that file to be sure.
+            fd = os.open(self.db_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.fsyncs += 1
+            return
+        if self._fd is not None and os.fstat(self._fd).st_ino != st.st_ino:
+            os.close(self._fd)  # the WAL was deleted and made anew: sync the new one
+            self._fd = None
+        if self._fd is None:
+            self._fd = os.open(self.wal_path, os.O_RDONLY)
+        os.fsync(self._fd)
+        self.fsyncs += 1
+
+    def close(self) -> None:
+        with self._cv:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The database file of a ``sqlite:///path`` URL; None for memory or URI forms."""
+    if ":memory:" in url or "mode=memory" in url or not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///"):].split("?", 1)[0]
+    return path or None
+
+
+def _group_commit_enabled() -> bool:
+    # EBSCRYPT_SQLITE_GROUP_COMMIT=0: every commit fsyncs inside the write lock (FULL).
+    return os.environ.get("EBSCRYPT_SQLITE_GROUP_COMMIT", "1") != "0"
+
+
 class Database:
     """A handle on the metadata store. ``begin()`` yields a connection in a transaction."""
 
@@ -223,13 +338,25 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.global_write_lock = not self.is_sqlite and os.environ.get("EBSCRYPT_PG_GLOBAL_WRITE_LOCK") == "1"
+        self.group_sync: WalGroupSync | None = None
+        # SQLite: this process's writers queue here before BEGIN IMMEDIATE. Without it,
+        # threads that meet the write lock wait in SQLite's busy handler, which sleeps
+        # 1, 2, 5, 10… ms between tries — with 16 clients, most of each call is that
+        # sleep. Other processes on the same file still wait through busy_timeout.
+        # Reentrant: a nested begin() in one thread behaves as before (SQLite decides).
+        self._writer = threading.RLock() if self.is_sqlite else None
         if self.is_sqlite:
             self.engine: Engine = create_engine(
                 url,
                 connect_args={"check_same_thread": False, "timeout": 30},
                 **_sqlite_pool_args(url),
             )
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            path = _sqlite_file(url)
+            if path is not None and _group_commit_enabled():
+                self.group_sync = WalGroupSync(path)
+                event.listen(self.engine, "connect", _sqlite_pragmas_group)
+            else:
+                event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
         else:
             self.engine = create_engine(
@@ -256,9 +383,23 @@ class Database:
         correctness rests on row locks and conditional updates alone (job claims, lease
         renewals), which must not fail on a conflict.
         """
-        if self.is_sqlite:
-            with self.engine.begin() as conn:
-                yield conn
+        if self._writer is not None:
+            # Bounded: a writer that waits on another thread's write (a bug) still gets
+            # SQLite's busy_timeout error, as before, instead of hanging.
+            queued = self._writer.acquire(timeout=30)
+            try:
+                with self.engine.begin() as conn:
+                    driver = conn.connection.driver_connection
+                    changes = driver.total_changes  # type: ignore[union-attr]
+                    yield conn
+                    # a transaction that changed no row (a claim that found nothing, a
+                    # check) wrote nothing to the WAL: nothing to make durable
+                    wrote = driver.total_changes != changes  # type: ignore[union-attr]
+            finally:
+                if queued:
+                    self._writer.release()
+            if self.group_sync is not None and wrote:  # committed: durable before the caller goes on
+                self.group_sync.after_commit()
             _COMMITS.set(_COMMITS.get() + 1)
             return
         with self.engine.connect() as conn:
@@ -305,6 +446,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self.group_sync is not None:
+            self.group_sync.close()
 
     def _migrate(self) -> None:
         metadata = load_tables()
@@ -350,6 +493,15 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _sqlite_pragmas_group(dbapi_conn, record) -> None:  # type: ignore[no-untyped-def]
+    _sqlite_pragmas(dbapi_conn, record)
+    # NORMAL: commits are not fsync'd here; Database.begin() syncs the WAL after the commit
+    # (WalGroupSync), outside the write lock and shared by concurrent writers.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
 

@@ -65,6 +65,8 @@ Snapshots
   copy_snapshot(ctx, source_snapshot_id, ...) -> Snapshot   (both steps + notify)    [no conn]
   create_snapshot_from_volume(..., defer_job=True) + finish_snapshot(runtime, id) after commit:
       completes the O(1) snapshot in your thread (the job stays as a crash backstop).
+  create_snapshot_from_volume(..., complete_now=True) + snapshot_stored(runtime, id) after
+      commit: shares the blocks in ``conn`` and stores it ``completed``: one commit, no job.
   insert_copy(..., defer_job=True) + finish_copy(runtime, payload) when copy_is_cheap(plan).
   new_snapshot_record(ctx, *, volume_size, encrypted=None, kms_key_id=None,
                       parent_snapshot_id=None, description=None, client_token=None,
@@ -132,6 +134,7 @@ from ebscrypt.engines.ec2.snapshots import (
     copy_is_cheap,
     finish_copy,
     finish_snapshot,
+    snapshot_stored,
     complete_snapshot,
     copy_snapshot,
     create_snapshot_from_volume,
@@ -173,7 +176,7 @@ __all__ = [
     "job_ctx", "new_id", "Attachment", "Snapshot", "Volume",
     "CopyPlan", "complete_snapshot", "copy_snapshot", "create_snapshot_from_volume",
     "fail_snapshot", "get_snapshot", "insert_copy", "new_snapshot_record", "prepare_copy",
-    "register_snapshot_in_use_checker", "register_snapshot_listener", "snapshot_is_owned",
+    "register_snapshot_in_use_checker", "register_snapshot_listener", "snapshot_is_owned", "snapshot_stored",
     "delete_tags_of", "put_tags", "tag_specs", "tags_for",
     "Attach", "attach_volume", "create_volume", "delete_attachments_of_instance", "delete_volume",
     "detach_volume", "get_volume", "insert_volume", "prepare_volume", "register_volume_listener",

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, delete, insert, or_, select, update
 from ebscrypt.domain.sharing import check_grantees, check_share
 from ebscrypt.engines.attach import engine as attach_io
 from ebscrypt.engines.blocks.engine import CopyCancelled
+from ebscrypt.engines.blocks.errors import BlockError
 from ebscrypt.engines.ec2.encryption import (
     EncryptionPlan,
     WrappedDataKey,
@@ -26,6 +27,7 @@ from ebscrypt.engines.ec2 import provenance, waits
 from ebscrypt.engines.ec2.copy_source import check_source_survived
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.records import Snapshot, from_result
+from ebscrypt.engines.ec2.sql_filters import as_bool, narrowing
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags
 from ebscrypt.engines.ec2.volumes import get_volume
 from ebscrypt.engines.jobs import JobContext, job_kind
@@ -97,15 +99,38 @@ def get_snapshot(conn: Connection, caller: Any, snapshot_id: str, region: str | 
     return snap
 
 
-def visible_snapshots(conn: Connection, caller: Any) -> list[Snapshot]:
-    """Every snapshot in the caller's region it owns or may restore, ordered by id. [conn]"""
+# DescribeSnapshots filters whose getter returns exactly a column's value (sql_filters).
+SQL_FILTER_COLUMNS = {
+    "encrypted": (ec2_snapshots.c.encrypted, as_bool),
+    "kms-key-id": (ec2_snapshots.c.kms_key_arn, None),
+    "owner-id": (ec2_snapshots.c.account, None),
+    "snapshot-id": (ec2_snapshots.c.id, None),
+    "status": (ec2_snapshots.c.state, None),
+}
+
+
+def visible_snapshots(conn: Connection, caller: Any, *, owners: set[str] | None = None,
+                      filters: list[dict] | None = None, after: str | None = None,
+                      limit: int | None = None) -> list[Snapshot]:
+    """Every snapshot in the caller's region it owns or may restore, ordered by id; only
+    those of ``owners`` if given, only ids after ``after``, at most ``limit``. ``filters``
+    narrow the rows in SQL (a superset of the matches: apply them after). [conn]"""
     shared = select(ec2_snapshot_permissions.c.snapshot_id).where(
         ec2_snapshot_permissions.c.grantee.in_((caller.account, "all")))
-    result = conn.execute(select(ec2_snapshots).where(
-        ec2_snapshots.c.region == caller.region,
-        or_(ec2_snapshots.c.account == caller.account, ec2_snapshots.c.id.in_(shared)),
-    ).order_by(ec2_snapshots.c.id))
-    return from_result(Snapshot, result)
+    if owners is not None and owners <= {caller.account}:
+        visible = ec2_snapshots.c.account == caller.account  # OwnerIds=self: no shared lookup
+    else:
+        visible = or_(ec2_snapshots.c.account == caller.account, ec2_snapshots.c.id.in_(shared))
+    q = select(ec2_snapshots).where(ec2_snapshots.c.region == caller.region, visible,
+                                    *narrowing(filters, SQL_FILTER_COLUMNS, ec2_snapshots.c.id, caller.account))
+    if owners is not None:
+        q = q.where(ec2_snapshots.c.account.in_(sorted(owners)))
+    if after is not None:
+        q = q.where(ec2_snapshots.c.id > after)
+    q = q.order_by(ec2_snapshots.c.id)
+    if limit is not None:
+        q = q.limit(limit)
+    return from_result(Snapshot, conn.execute(q))
 
 
 def permissions_of(conn: Connection, ids: list[str]) -> dict[str, set[str]]:
@@ -138,13 +163,21 @@ def _base(snapshot_id: str, caller: Any, now: Any, **kw: Any) -> dict[str, Any]:
 
 
 def create_snapshot_from_volume(ctx: Any, conn: Connection, volume_id: str, description: str | None = None,
-                                tags: list[dict[str, str]] | None = None, *, defer_job: bool = False) -> Snapshot:
+                                tags: list[dict[str, str]] | None = None, *, defer_job: bool = False,
+                                complete_now: bool = False) -> Snapshot:
     """R-SNAP-1: same encryption, key and data key as the volume; EBD plays no part. [conn]
 
     Submits the ``ec2_snapshot_create`` job; call ``ctx.runtime.jobs.notify()`` after commit.
     ``defer_job``: the caller calls :func:`finish_snapshot` right after commit (O(1)); the
     job is then a crash-safety backstop that finds the work done.
+    ``complete_now``: the work is metadata only (a block-lineage reference), so it is done
+    in ``conn`` itself — the snapshot is stored ``completed`` (or ``error``) with its blocks
+    in the caller's one durable commit, no job; call :func:`snapshot_stored` after commit
+    (listeners). The answer still shows ``pending`` at 0%, as AWS's does (R-LIFE-1: a
+    waiter's first DescribeSnapshots sees ``completed``).
     """
+    if complete_now and ctx.runtime.blocks is not None:
+        return _create_completed(ctx, conn, volume_id, description, tags)
     caller = ctx.caller
     vol = get_volume(conn, caller, volume_id)
     if vol.state not in ("available", "in-use"):
@@ -164,6 +197,40 @@ def create_snapshot_from_volume(ctx: Any, conn: Connection, volume_id: str, desc
     ctx.runtime.jobs.submit("ec2_snapshot_create", {"snapshot_id": snap.id}, conn=conn,
                             )  # with defer_job: a backstop (idempotent)
     return snap
+
+
+def _create_completed(ctx: Any, conn: Connection, volume_id: str, description: str | None,
+                      tags: list[dict[str, str]] | None) -> Snapshot:
+    caller = ctx.caller
+    vol = get_volume(conn, caller, volume_id)
+    if vol.state not in ("available", "in-use"):
+        raise ServiceError(f"The volume '{volume_id}' is in the '{vol.state}' state.", code="IncorrectState")
+    parent = conn.execute(select(ec2_snapshots.c.id).where(
+        ec2_snapshots.c.volume_id == volume_id, ec2_snapshots.c.account == caller.account,
+        ec2_snapshots.c.state != "error").order_by(ec2_snapshots.c.start_time.desc())).first()
+    now = ctx.runtime.clock.now()
+    values = _base(new_id("snap"), caller, now, volume_size=vol.size,
+                   encrypted=vol.encrypted, kms_key_arn=vol.kms_key_arn, data_key_id=vol.data_key_id,
+                   data_key_blob=vol.data_key_blob, data_key_context=vol.data_key_context,
+                   volume_id=volume_id, parent_id=parent.id if parent else None,
+                   description=description, origin="volume")
+    try:
+        # same data key: a point-in-time reference, no data moved; raises before writing
+        ctx.runtime.blocks.share_in(conn, volume_id, values["id"])
+        stored = dict(values, state="completed", progress=100, completion_time=now)
+    except BlockError as exc:  # as the job would have: the snapshot records why
+        stored = dict(values, state="error", state_message=str(exc))
+    _insert(conn, stored, tags)
+    return Snapshot.from_row(values)  # the answer shows "pending", as AWS's does
+
+
+def snapshot_stored(runtime: Any, snapshot_id: str) -> None:
+    """After the commit of ``create_snapshot_from_volume(..., complete_now=True)``: tell
+    waiters and listeners of the state it was stored in."""
+    with runtime.db.read() as conn:
+        snap = _row(conn, snapshot_id)
+    if snap is not None and snap.state in ("completed", "error"):
+        _notify(runtime, snapshot_id, snap.state)
 
 
 def finish_snapshot(runtime: Any, snapshot_id: str) -> None:

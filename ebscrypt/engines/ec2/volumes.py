@@ -30,6 +30,7 @@ from ebscrypt.engines.ec2.encryption import (
 )
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume, from_result
+from ebscrypt.engines.ec2.sql_filters import as_bool, narrowing
 from ebscrypt.engines.ec2 import provenance, waits
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags
 from ebscrypt.engines.jobs import JobContext, job_kind
@@ -177,12 +178,26 @@ def get_volume(conn: Connection, caller: Any, volume_id: str) -> Volume:
     return vol
 
 
+# DescribeVolumes filters whose getter returns exactly a column's value (sql_filters).
+SQL_FILTER_COLUMNS = {
+    "encrypted": (ec2_volumes.c.encrypted, as_bool),
+    "kms-key-id": (ec2_volumes.c.kms_key_arn, None),
+    "status": (ec2_volumes.c.state, None),
+    "volume-id": (ec2_volumes.c.id, None),
+    "volume-type": (ec2_volumes.c.volume_type, None),
+    "availability-zone": (ec2_volumes.c.availability_zone, None),
+}
+
+
 def list_volumes(conn: Connection, account: str, region: str, volume_ids: list[str] | None = None, *,
-                 after: str | None = None, limit: int | None = None) -> list[Volume]:
+                 after: str | None = None, limit: int | None = None,
+                 filters: list[dict] | None = None) -> list[Volume]:
     """The account's volumes in the region by id order (only ``volume_ids`` if given), only
-    ids after ``after``, at most ``limit``: DescribeVolumes pages in SQL with these. [conn]"""
-    q = select(ec2_volumes).where(ec2_volumes.c.account == account,
-                                  ec2_volumes.c.region == region).order_by(ec2_volumes.c.id)
+    ids after ``after``, at most ``limit``: DescribeVolumes pages in SQL with these.
+    ``filters`` narrow the rows in SQL (a superset of the matches: apply them after). [conn]"""
+    q = select(ec2_volumes).where(ec2_volumes.c.account == account, ec2_volumes.c.region == region,
+                                  *narrowing(filters, SQL_FILTER_COLUMNS, ec2_volumes.c.id, account)
+                                  ).order_by(ec2_volumes.c.id)
     if volume_ids:
         q = q.where(ec2_volumes.c.id.in_(volume_ids))
     if after is not None:

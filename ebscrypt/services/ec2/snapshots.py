@@ -11,7 +11,7 @@ from ebscrypt.engines.ec2 import volumes as V
 from ebscrypt.engines.ec2.attributes import canonical_names, legacy_operation
 from ebscrypt.engines.ec2.ids import check_id
 from ebscrypt.engines.ec2.filters import apply_filters as filter_select, dry_run_check
-from ebscrypt.engines.ec2.paging import page
+from ebscrypt.engines.ec2.paging import page, page_after, page_size
 from ebscrypt.engines.ec2.records import Snapshot
 from ebscrypt.engines.ec2.tags import put_tags, tag_specs, tags_for
 from ebscrypt.errors import ServiceError
@@ -69,9 +69,11 @@ def create_snapshot(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
     dry_run_check(params)
     tags = tag_specs(params.get("TagSpecifications"), "snapshot")
     with ctx.runtime.db.begin() as conn:
+        # O(1), metadata only (a block-lineage reference, R-SNAP-1): stored completed in
+        # this one transaction, no job
         snap = S.create_snapshot_from_volume(ctx, conn, params["VolumeId"], params.get("Description"), tags,
-                                             defer_job=True)
-    S.finish_snapshot(ctx.runtime, snap.id)  # O(1): a block-lineage reference (R-SNAP-1)
+                                             complete_now=True)
+    S.snapshot_stored(ctx.runtime, snap.id)
     return snapshot_dict(snap, tags)
 
 
@@ -102,13 +104,13 @@ def create_snapshots(ctx: RequestContext, params: dict[str, Any]) -> dict[str, A
                 keys = {t["Key"] for t in snap_tags}
                 snap_tags += [t for t in source_tags[vol.id] if t["Key"] not in keys]
             snap = S.create_snapshot_from_volume(ctx, conn, vol.id, params.get("Description"), snap_tags,
-                                                 defer_job=True)
+                                                 complete_now=True)
             d = snapshot_dict(snap, snap_tags)
             out.append({k: d[k] for k in ("Description", "Encrypted", "VolumeId", "State", "VolumeSize",
                                           "StartTime", "Progress", "OwnerId", "SnapshotId") if k in d}
                        | ({"Tags": snap_tags} if snap_tags else {}))
     for item in out:
-        S.finish_snapshot(ctx.runtime, item["SnapshotId"])
+        S.snapshot_stored(ctx.runtime, item["SnapshotId"])
     return {"Snapshots": out}
 
 
@@ -152,8 +154,19 @@ def describe_snapshots(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
     ids = params.get("SnapshotIds") or []
     for sid in ids:
         check_id(sid, "snap", "InvalidSnapshotID.Malformed")
+    owners = _accounts(params.get("OwnerIds"), caller.account) if params.get("OwnerIds") and not ids else None
+    # Paging in SQL (the CLI pages 1,000 at a time): ids after the token's always; a
+    # LIMIT only when nothing is filtered after the query (one more row than asked
+    # tells page() a NextToken is due).
+    size = page_size(params, low=5, high=1000) if not ids else None
+    after = page_after(params.get("NextToken")) if not ids else None
+    limit = (size + 1 if size is not None and not params.get("Filters") and not params.get("RestorableByUserIds")
+             else None)
     with ctx.runtime.db.read() as conn:
-        snaps = S.visible_snapshots(conn, caller)
+        # OwnerIds and (without SnapshotIds, whose every id must be found first) Filters
+        # narrow the rows in SQL; both are still applied exactly below.
+        snaps = S.visible_snapshots(conn, caller, owners=owners, filters=None if ids else params.get("Filters"),
+                                    after=after, limit=limit)
         perms = S.permissions_of(conn, [s.id for s in snaps])
         if ids:
             found = {s.id for s in snaps}

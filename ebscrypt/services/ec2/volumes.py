@@ -65,13 +65,15 @@ def _tag_map(d: dict[str, Any]) -> dict[str, str]:
 
 
 def describe(ctx: RequestContext, volume_ids: list[str] | None = None, *, after: str | None = None,
-             limit: int | None = None) -> list[dict[str, Any]]:
-    """The caller's volumes (by id order), optionally only ids > ``after``, at most ``limit``."""
+             limit: int | None = None, filters: list[dict] | None = None) -> list[dict[str, Any]]:
+    """The caller's volumes (by id order), optionally only ids > ``after``, at most ``limit``;
+    ``filters`` narrow the rows read (SQL, indexes) — the caller still applies them exactly."""
     caller = ctx.caller
     for vid in volume_ids or []:
         check_id(vid, "vol", "InvalidVolumeID.Malformed")
     with ctx.runtime.db.read() as conn:
-        vols = V.list_volumes(conn, caller.account, caller.region, volume_ids, after=after, limit=limit)
+        vols = V.list_volumes(conn, caller.account, caller.region, volume_ids, after=after, limit=limit,
+                              filters=filters)
         ids = [v.id for v in vols]
         atts = V.attachments_of(conn, ids)
         tags = tags_for(conn, caller.account, ids)
@@ -139,7 +141,9 @@ def describe_volumes(ctx: RequestContext, params: dict[str, Any]) -> dict[str, A
         chunk, more = rows[:size], len(rows) > size
         token = encode_token(chunk[-1]["VolumeId"]) if more and chunk else None
     else:
-        items = describe(ctx, params.get("VolumeIds"))
+        # With VolumeIds, every id must be found (InvalidVolume.NotFound) before filtering.
+        items = describe(ctx, params.get("VolumeIds"),
+                         filters=None if params.get("VolumeIds") else params.get("Filters"))
         items = filter_select(items, params.get("Filters"), _FILTERS, _tag_map)
         chunk, token = page(items, params, lambda d: d["VolumeId"], low=5, high=500, ids_param="VolumeIds",
                             clamp=True)
