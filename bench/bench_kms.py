@@ -18,7 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make ``bench.common`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Ctx, Workload, main
+from bench.common import Ctx, RawCall, Workload, main
 
 CONTEXT = {"aws:ebs:id": "vol-0123456789abcdef0"}
 
@@ -34,6 +34,16 @@ def data_key_pair(ctx: Ctx) -> None:
     assert out["Plaintext"] == dk["Plaintext"], "Decrypt did not return the data key"
 
 
+def raw_pair(ctx: Ctx) -> list[RawCall]:
+    """GenerateDataKey, then Decrypt of a data key made once in setup (replayed as a pair)."""
+    if "blob" not in ctx.state:
+        ctx.state["blob"] = ctx.client("kms").generate_data_key(
+            KeyId=ctx.state["key"], KeySpec="AES_256", EncryptionContext=CONTEXT)["CiphertextBlob"]
+    return [RawCall("kms", "generate_data_key", dict(KeyId=ctx.state["key"], KeySpec="AES_256",
+                                                     EncryptionContext=CONTEXT)),
+            RawCall("kms", "decrypt", dict(CiphertextBlob=ctx.state["blob"], EncryptionContext=CONTEXT))]
+
+
 def encrypt_1k(ctx: Ctx) -> None:
     blob = ctx.client("kms").encrypt(KeyId=ctx.state["key"], Plaintext=b"x" * 1024)["CiphertextBlob"]
     assert blob
@@ -45,7 +55,8 @@ def describe_key(ctx: Ctx) -> None:
 
 WORKLOADS = [
     # one iteration = one pair, so the figure reads as pairs/s
-    Workload("KMS GenerateDataKey+Decrypt pairs", data_key_pair, setup=make_key, calls_per_iteration=1),
+    Workload("KMS GenerateDataKey+Decrypt pairs", data_key_pair, setup=make_key, calls_per_iteration=1,
+             raw=raw_pair, many_clients=True),
     Workload("KMS Encrypt(1 KiB)", encrypt_1k, setup=make_key),
     Workload("KMS DescribeKey", describe_key, setup=make_key),
 ]

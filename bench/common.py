@@ -117,14 +117,26 @@ class External:
         pass
 
 
-def start_ebscrypt(data_dir: Path, port: int | None = None, nbd_port: int = 0) -> Server:
-    """``nbd_port``: 0 (default) runs no NBD server, so benchmarks never take port 10809."""
+def start_ebscrypt(data_dir: Path, port: int | None = None, extra_args: Sequence[str] = (),
+                   extra_path: Sequence[str] = (), name: str = "ebscrypt", nbd_port: int = 0) -> Server:
+    """``extra_args`` go to ``ebscrypt serve`` (``--http h11``…); ``extra_path`` is put on the
+    server's PYTHONPATH after the repository (e.g. a ``pip install --target`` directory
+    holding httptools/uvloop, to compare without installing them for everyone).
+    ``nbd_port``: 0 (default) runs no NBD server, so benchmarks never take port 10809."""
     port = port or free_port()
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *extra_path, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     cmd = [sys.executable, "-m", "ebscrypt", "serve", "--port", str(port),
-           "--data-dir", str(data_dir), "--log-level", "warning", "--nbd-port", str(nbd_port)]
-    return Server("ebscrypt", cmd, port, "/_ebscrypt/health", env=env, workdir=REPO_ROOT).start()
+           "--data-dir", str(data_dir), "--log-level", "warning", "--nbd-port", str(nbd_port), *extra_args]
+    return Server(name, cmd, port, "/_ebscrypt/health", env=env, workdir=REPO_ROOT).start()
+
+
+def start_null(port: int | None = None, get_bytes: int = 0) -> Server:
+    """bench/null_server.py: accepts and drops requests (the client + HTTP ceiling)."""
+    port = port or free_port()
+    cmd = [sys.executable, str(REPO_ROOT / "bench" / "null_server.py"), "--port", str(port),
+           "--get-bytes", str(get_bytes)]
+    return Server("null", cmd, port, "/", workdir=REPO_ROOT).start()
 
 
 def moto_available() -> bool:
@@ -187,6 +199,128 @@ class Workload:
     sides: tuple[str, ...] = SIDES
     # Count of AWS calls one ``call`` makes, so the figure stays calls/s.
     calls_per_iteration: int = 1
+    # The same call as a raw request for the replay mode: ``raw(ctx) -> RawCall``. botocore
+    # serializes and signs it (untimed), a pooled raw HTTP client replays it: the server's
+    # own cost per call, without botocore's serializing and parsing (see ``replay``).
+    # A list of RawCalls is one iteration of several calls (a GenerateDataKey+Decrypt pair).
+    raw: "Callable[[Ctx], RawCall | list[RawCall]] | None" = None
+    # Also replay over --clients connections (mutating calls, KMS: group commit, scaling).
+    many_clients: bool = False
+
+
+@dataclass
+class RawCall:
+    """One AWS call for the replay mode: ``client(service, account).<method>(**params)``."""
+
+    service: str
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    account: str = DEFAULT_ACCOUNT
+    # A check of the replayed answer (status 200 is always checked): ``ok(body) -> bool``.
+    ok: Callable[[bytes], bool] | None = None
+
+
+# ----------------------------------------------------------------------------- raw replay
+
+
+class _Captured(Exception):
+    """Raised from botocore's before-send hook: the request is signed, not sent."""
+
+
+def sign_requests(endpoint: str, rc: RawCall, n: int) -> list[tuple[str, str, bytes, dict[str, str]]]:
+    """``n`` requests (method, path?query, body, headers) as botocore would send them.
+
+    Each is serialized and signed separately, so an idempotency token botocore fills in
+    (CreateVolume's ClientToken…) differs from one to the next: a replay makes a new
+    resource, as a new call would.
+    """
+    from urllib.parse import urlsplit
+
+    client = make_client(endpoint, rc.service, rc.account)
+    out: list[tuple[str, str, bytes, dict[str, str]]] = []
+
+    def grab(request: Any, **_: Any) -> None:
+        body = request.body
+        if body is None:
+            body = b""
+        elif hasattr(body, "read"):
+            body = body.read()
+        elif isinstance(body, str):
+            body = body.encode()
+        u = urlsplit(request.url)
+        out.append((request.method, u.path + (f"?{u.query}" if u.query else ""), bytes(body),
+                    {k: (v.decode() if isinstance(v, bytes) else v) for k, v in request.headers.items()}))
+        raise _Captured
+
+    client.meta.events.register_first("before-send", grab)
+    for _ in range(n):
+        try:
+            getattr(client, rc.method)(**rc.params)
+        except _Captured:
+            pass
+    client.close()
+    return out
+
+
+def replay(endpoint: str, requests: Sequence[tuple[str, str, bytes, dict[str, str]]],
+           ok: Callable[[bytes], bool] | None = None, clients: int = 1) -> float:
+    """Seconds spent replaying ``requests`` over ``clients`` keep-alive connections
+    (``http.client``; each thread sends its share in turn). Raises on any answer but a
+    2xx (or one ``ok`` refuses): a replay that failed must not read as fast."""
+    import http.client
+    import threading
+    from urllib.parse import urlsplit
+
+    u = urlsplit(endpoint)
+    shares = [list(requests[i::clients]) for i in range(clients)]
+    conns = [http.client.HTTPConnection(u.hostname, u.port, timeout=300) for _ in range(clients)]
+    errors: list[str] = []
+    barrier = threading.Barrier(clients + 1)
+
+    def run(conn: Any, share: list[tuple[str, str, bytes, dict[str, str]]]) -> None:
+        barrier.wait()
+        for method, path, body, headers in share:
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            if not 200 <= resp.status < 300 or (ok is not None and not ok(data)):
+                errors.append(f"{resp.status}: {data[:300]!r}")
+                return
+
+    threads = [threading.Thread(target=run, args=(c, s)) for c, s in zip(conns, shares)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    for c in conns:
+        c.close()
+    if errors:
+        raise RuntimeError(f"replay failed: {errors[0]}")
+    return elapsed
+
+
+def time_raw_round(ctx: Ctx, wl: Workload, seconds: float, min_calls: int, clients: int = 1) -> float:
+    """Server calls/s of the replay of ``wl.raw`` for at least ``seconds`` of replay and
+    ``min_calls`` calls; signing happens in untimed batches between replays."""
+    assert wl.raw is not None
+    got = wl.raw(ctx)
+    rcs = got if isinstance(got, list) else [got]
+    batch = max(min_calls, 4 * clients)
+    n, spent = 0, 0.0
+    while spent < seconds or n < min_calls:
+        # Every RawCall of the iteration in turn, so a pair's two calls interleave.
+        signed = [sign_requests(ctx.endpoint, rc, batch) for rc in rcs]
+        reqs = [r for group in zip(*signed) for r in group]
+        oks = [rc.ok for rc in rcs if rc.ok is not None]
+        spent += replay(ctx.endpoint, reqs, (lambda b: all(ok(b) for ok in oks)) if oks and len(rcs) == 1
+                        else None, clients)
+        n += batch
+        # Grow batches toward ~0.5 s of replay so the connection set-up weighs little.
+        batch = min(2000, max(batch, int(n / spent * 0.5)))
+    return n / spent  # iterations/s (pairs/s for a pair)
 
 
 # ----------------------------------------------------------------------------- timing
@@ -208,6 +342,10 @@ def time_round(ctx: Ctx, wl: Workload, seconds: float, min_calls: int) -> float:
 class Result:
     workload: str
     rounds: dict[str, list[float]]
+    # Replay mode: server calls/s per round, per side (one connection), and with --clients.
+    raw_rounds: dict[str, list[float]] = field(default_factory=dict)
+    raw_many_rounds: dict[str, list[float]] = field(default_factory=dict)
+    clients: int = 1
 
     def median(self, side: str) -> float | None:
         r = self.rounds.get(side)
@@ -218,6 +356,15 @@ class Result:
         a, b = self.median("ebscrypt"), self.median("moto")
         return a / b if a and b else None
 
+    def raw_ms(self, side: str) -> float | None:
+        """The server's cost per call in ms (median round of the one-connection replay)."""
+        r = self.raw_rounds.get(side)
+        return 1000.0 / statistics.median(r) if r else None
+
+    def raw_many(self, side: str) -> float | None:
+        r = self.raw_many_rounds.get(side)
+        return statistics.median(r) if r else None
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "workload": self.workload,
@@ -225,6 +372,13 @@ class Result:
             "moto_calls_per_s": self.median("moto"),
             "ratio_ebscrypt_over_moto": self.ratio,
             "rounds": self.rounds,
+            "ebscrypt_server_ms_per_call": self.raw_ms("ebscrypt"),
+            "moto_server_ms_per_call": self.raw_ms("moto"),
+            "raw_rounds": self.raw_rounds,
+            "clients": self.clients,
+            "ebscrypt_raw_calls_per_s_clients": self.raw_many("ebscrypt"),
+            "moto_raw_calls_per_s_clients": self.raw_many("moto"),
+            "raw_many_rounds": self.raw_many_rounds,
         }
 
 
@@ -233,7 +387,8 @@ class SideError(Exception):
 
 
 def run_workload(wl: Workload, endpoints: dict[str, str], rounds: int, seconds: float,
-                 min_calls: int, warmup: int, ctxs: dict[str, Ctx] | None = None) -> Result:
+                 min_calls: int, warmup: int, ctxs: dict[str, Ctx] | None = None, *,
+                 raw: bool = True, clients: int = 1, boto: bool = True) -> Result:
     """Time ``wl``. ``ctxs`` (one per side) may be shared by the workloads of a run, so
     that ``ctx.state`` and the cached clients carry over from one workload to the next."""
     sides = [s for s in SIDES if s in wl.sides and s in endpoints]
@@ -247,15 +402,23 @@ def run_workload(wl: Workload, endpoints: dict[str, str], rounds: int, seconds: 
         except Exception as exc:
             raise SideError(f"on {s}: {type(exc).__name__}: {exc}") from exc
     out: dict[str, list[float]] = {s: [] for s in sides}
+    raw_out: dict[str, list[float]] = {s: [] for s in sides} if raw and wl.raw else {}
+    many_out: dict[str, list[float]] = ({s: [] for s in sides} if raw and wl.raw and wl.many_clients and clients > 1
+                                        else {})
     for i in range(rounds):
         # Alternate which side goes first, so neither always runs right after the other.
         order = sides if i % 2 == 0 else list(reversed(sides))
         for s in order:
             try:
-                out[s].append(time_round(ctxs[s], wl, seconds, min_calls))
+                if boto:
+                    out[s].append(time_round(ctxs[s], wl, seconds, min_calls))
+                if raw_out:  # a few calls suffice: each is timed without the client's parsing
+                    raw_out[s].append(time_raw_round(ctxs[s], wl, seconds, min(min_calls, 5)))
+                if many_out:
+                    many_out[s].append(time_raw_round(ctxs[s], wl, seconds, min_calls, clients))
             except Exception as exc:
                 raise SideError(f"on {s}: {type(exc).__name__}: {exc}") from exc
-    return Result(wl.name, out)
+    return Result(wl.name, out, raw_out, many_out, clients)
 
 
 def _fmt(v: float | None, spec: str = "10.1f") -> str:
@@ -263,7 +426,9 @@ def _fmt(v: float | None, spec: str = "10.1f") -> str:
 
 
 def print_header(width: int = 34) -> None:
-    print(f"{'workload':<{width}} {'ebscrypt/s':>10} {'moto/s':>10} {'ratio':>7}  rounds(ebscrypt | moto)")
+    print(f"{'workload':<{width}} {'ebscrypt/s':>10} {'moto/s':>10} {'ratio':>7}  "
+          f"{'srv ms eb':>9} {'srv ms mo':>9} {'mo/eb':>6}  {'N-cl eb/s':>9} {'N-cl mo/s':>9}  "
+          "rounds(ebscrypt | moto)")
 
 
 def print_result(r: Result, width: int = 34) -> None:
@@ -271,7 +436,15 @@ def print_result(r: Result, width: int = 34) -> None:
     detail = " | ".join(
         " ".join(f"{v:.0f}" for v in r.rounds.get(s, [])) or "-" for s in SIDES
     )
-    print(f"{r.workload:<{width}} {_fmt(r.median('ebscrypt'))} {_fmt(r.median('moto'))} {ratio}  {detail}",
+    ms_e, ms_m = r.raw_ms("ebscrypt"), r.raw_ms("moto")
+    raw_ratio = f"{ms_m / ms_e:6.2f}" if ms_e and ms_m else f"{'n/a':>6}"
+
+    def cell(v: float | None, spec: str) -> str:
+        return format(v, spec) if v else f"{'-':>{spec.split('.')[0]}}"
+
+    print(f"{r.workload:<{width}} {_fmt(r.median('ebscrypt'))} {_fmt(r.median('moto'))} {ratio}  "
+          f"{cell(ms_e, '9.2f')} {cell(ms_m, '9.2f')} {raw_ratio}  "
+          f"{cell(r.raw_many('ebscrypt'), '9.0f')} {cell(r.raw_many('moto'), '9.0f')}  {detail}",
           flush=True)
 
 
@@ -289,6 +462,11 @@ def parser(description: str = "ebscrypt vs moto benchmark") -> argparse.Argument
     p.add_argument("--ebscrypt-url", help="use this running ebscrypt instead of starting one")
     p.add_argument("--moto-url", help="use this running moto server instead of starting one")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    p.add_argument("--no-raw", action="store_true",
+                   help="skip the raw-HTTP replay (server ms/call) of workloads that define one")
+    p.add_argument("--raw-only", action="store_true", help="only the raw-HTTP replay, not the boto3 timing")
+    p.add_argument("--clients", type=int, default=1,
+                   help="also replay over this many concurrent connections (server calls/s)")
     return p
 
 
@@ -351,7 +529,7 @@ def run_all(workloads: Sequence[Workload], args: argparse.Namespace) -> list[Res
         for wl in wls:
             try:
                 r = run_workload(wl, servers.endpoints, args.rounds, args.seconds, args.min_calls, args.warmup,
-                                 ctxs)
+                                 ctxs, raw=not args.no_raw, clients=args.clients, boto=not args.raw_only)
             except Exception as exc:  # one failing workload does not hide the others
                 msg = str(exc) if isinstance(exc, SideError) else f"{type(exc).__name__}: {exc}"
                 print(f"{wl.name:<{width}} FAILED {msg}"[:400], flush=True)

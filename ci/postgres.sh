@@ -3,6 +3,7 @@
 #
 #   bash ci/postgres.sh start   # prints one line: the SQLAlchemy URL postgresql+psycopg://...
 #   bash ci/postgres.sh stop    # stops the server and removes its files
+#   bash ci/postgres.sh down|up # stops / starts it again (same port and data: a restart)
 #
 #   export EBSCRYPT_TEST_PG_URL="$(bash ci/postgres.sh start)"
 #
@@ -85,8 +86,8 @@ start() {
     # --no-sync, fsync=off, synchronous_commit=off: a throwaway cluster for tests
     run_pg "$bindir/initdb" -D "$state/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync \
         >"$state/initdb.log" 2>&1 || unavailable "initdb failed: $(tail -n 1 "$state/initdb.log")"
-    run_pg "$bindir/pg_ctl" -D "$state/data" -l "$state/server.log" -w -t 60 start -o \
-        "-c listen_addresses=127.0.0.1 -p $port -k $state -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+    echo "-c listen_addresses=127.0.0.1 -p $port -k $state -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" >"$state/options"
+    run_pg "$bindir/pg_ctl" -D "$state/data" -l "$state/server.log" -w -t 60 start -o "$(cat "$state/options")" \
         >/dev/null 2>&1 || unavailable "the server did not start: $(tail -n 1 "$state/server.log" 2>/dev/null)"
     echo "postgresql+psycopg://postgres@127.0.0.1:$port/postgres" >"$state/url"
     say "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (data in $state)"
@@ -101,8 +102,24 @@ stop() {
     rm -rf "$state"
 }
 
+# down / up: stop the server (fast: connections cut) / start it again on the same port and
+# data, as an operator's restart would (tests of recovery without restarting ebscrypt).
+down() {
+    [ -f "$state/bindir" ] && [ -d "$state/data" ] || { say "no server here"; exit 1; }
+    run_pg "$(cat "$state/bindir")/pg_ctl" -D "$state/data" -m fast -w -t 60 stop >/dev/null 2>&1 ||
+        { say "pg_ctl stop failed"; exit 1; }
+}
+
+up() {
+    [ -f "$state/options" ] || { say "no server here (or started by an older ci/postgres.sh)"; exit 1; }
+    run_pg "$(cat "$state/bindir")/pg_ctl" -D "$state/data" -l "$state/server.log" -w -t 60 start \
+        -o "$(cat "$state/options")" >/dev/null 2>&1 || { say "pg_ctl start failed"; exit 1; }
+}
+
 case "${1:-}" in
     start) start ;;
     stop) stop ;;
-    *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+    down) down ;;
+    up) up ;;
+    *) echo "usage: $0 start|stop|down|up" >&2; exit 2 ;;
 esac

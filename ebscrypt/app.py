@@ -11,9 +11,10 @@ serialize the result or the error in the protocol's own envelope.
 from __future__ import annotations
 
 import logging
+import sys
 import uuid
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -23,10 +24,13 @@ from starlette.routing import Mount, Route
 
 from ebscrypt.console.app import Console
 from ebscrypt.context import RequestContext, Runtime, Settings
-from ebscrypt.errors import InternalFailure, PayloadTooLarge, ServiceError, UnknownOperation
+from ebscrypt.engines.blocks.store import StoreUnavailable
+from ebscrypt.engines.kms.keystore import RootKeyError
+from ebscrypt.errors import InternalFailure, PayloadTooLarge, ServiceError, ServiceUnavailable, UnknownOperation
 from ebscrypt.identity import Authenticator, load_credentials
 from ebscrypt.runtime import build_runtime, close_runtime
 from ebscrypt.services import registry
+from ebscrypt.storage.db import commits_in_context, conflict_backoff, is_conflict
 from ebscrypt.storage.space import is_out_of_space
 from ebscrypt.wire import origin, routing, sigv4
 from ebscrypt.wire.codec import codec_for
@@ -53,6 +57,16 @@ _FORBIDDEN_CODE = {
     "sts": "AccessDenied",
     "kms": "AccessDeniedException",
     "ebs": "AccessDeniedException",
+}
+
+# A backend (the block object store) unavailable: HTTP 503 (the SDKs retry on the status),
+# under EC2's own code for it; EBS and KMS models have none (their internal-error codes
+# would be rendered as 500), so theirs is the generic ServiceUnavailableException.
+_UNAVAILABLE_CODE = {
+    "ec2": "Unavailable",
+    "sts": "ServiceUnavailable",
+    "kms": "ServiceUnavailableException",
+    "ebs": "ServiceUnavailableException",
 }
 
 
@@ -98,10 +112,13 @@ class Gateway:
                     code=_NOT_IMPLEMENTED_CODE[service],
                 )
             ctx = RequestContext(caller, self.runtime, request_id, service, operation.name)
-            result = await run_in_threadpool(handler, ctx, params)
+            result = await run_in_threadpool(_run_handler, handler, ctx, params)
             self.runtime.space.note_success()
             return _to_starlette(codec.serialize(operation, result or {}, request_id), cors)
         except ServiceError as error:
+            if isinstance(error, ServiceUnavailable) and error.code == "ServiceUnavailable":
+                log.warning("%s %s: %s (request %s)", service, operation and operation.name, error.message, request_id)
+                error.code = _UNAVAILABLE_CODE[service]
             return _to_starlette(codec_for(service).serialize_error(error, request_id, operation), cors)
         except Exception as exc:
             if is_out_of_space(exc):  # retryable 503; the monitor logs the condition once
@@ -127,6 +144,32 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 def origin_policy(settings: Settings) -> origin.OriginPolicy:
     return origin.OriginPolicy.for_server(settings.host, settings.allowed_hosts, settings.cors_origins)
+
+
+# How many times a request that lost a race on PostgreSQL (serialization failure) is run.
+REQUEST_CONFLICT_ATTEMPTS = 6
+
+
+def _run_handler(handler: Any, ctx: RequestContext, params: dict[str, Any]) -> Any:
+    """Run the handler; when it loses a race with a concurrent request (PostgreSQL's
+    serializable transactions: ``db.is_conflict``) before it committed anything, run it
+    again — the conflicting transaction changed nothing. A conflict after a commit of
+    this request (a second transaction) is not replayed here: the client gets a
+    retryable 503."""
+    for attempt in range(REQUEST_CONFLICT_ATTEMPTS):
+        committed = commits_in_context()
+        try:
+            return handler(ctx, params)
+        except Exception as exc:
+            if not is_conflict(exc):
+                raise
+            if commits_in_context() != committed or attempt == REQUEST_CONFLICT_ATTEMPTS - 1:
+                raise ServiceUnavailable(
+                    "The request conflicted with concurrent requests on the same resources; retry it."
+                ) from exc
+        log.debug("%s %s: conflict with a concurrent request, attempt %d", ctx.service, ctx.operation, attempt + 1)
+        conflict_backoff(attempt)
+    raise AssertionError("unreachable")
 
 
 async def _read(request: Request, limit: int) -> HttpRequest:
@@ -164,7 +207,13 @@ def build_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        runtime = build_runtime(settings)
+        try:
+            runtime = build_runtime(settings)
+        except (RootKeyError, StoreUnavailable) as exc:
+            # A server that must not (wrong root key) or cannot (no block store) serve: one
+            # clear line, and the start fails (non-zero exit).
+            print(f"ebscrypt: cannot start: {exc}", file=sys.stderr, flush=True)
+            raise
         state["gateway"] = Gateway(settings, runtime)
         nbd_server = None
         try:
@@ -190,6 +239,19 @@ def build_app(settings: Settings) -> Starlette:
     async def health(request: Request) -> Response:
         return refused(request) or JSONResponse({"status": "ok", "auth": settings.auth})
 
+    async def ready(_request: Request) -> Response:
+        # For load balancers: 200 when this process can reach its database (one read),
+        # 503 otherwise, so the balancer stops sending it requests until it can again.
+        def check() -> None:
+            with state["gateway"].runtime.db.read() as conn:
+                conn.exec_driver_sql("SELECT 1")
+
+        try:
+            await run_in_threadpool(check)
+        except Exception as exc:  # the database is down or unreachable
+            return JSONResponse({"status": "unavailable", "cause": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
     async def advance_clock(request: Request) -> Response:
         if (refusal := refused(request)) is not None:
             return refusal
@@ -211,6 +273,7 @@ def build_app(settings: Settings) -> Starlette:
     methods = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"]
     routes = [
         Route("/_ebscrypt/health", health, methods=["GET"]),
+        Route("/_ebscrypt/ready", ready, methods=["GET"]),
         Route("/_ebscrypt/clock/advance", advance_clock, methods=["POST"]),
     ]
     if settings.console:

@@ -77,6 +77,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="NBD listen address (a non-loopback one needs --nbd-tls-cert/--nbd-tls-key)")
     serve.add_argument("--nbd-tls-cert", type=Path, default=None, help="PEM certificate: NBD requires TLS")
     serve.add_argument("--nbd-tls-key", type=Path, default=None, help="PEM private key for --nbd-tls-cert")
+    serve.add_argument("--blocks", default=None, metavar="s3://BUCKET[/PREFIX] | DIR",
+                       help="block objects in an S3-compatible store (credentials from boto3's usual "
+                            "chain or --s3-profile), or in a directory (default: the data dir's blocks/)")
+    serve.add_argument("--s3-endpoint-url", default=None, metavar="URL",
+                       help="the S3 endpoint of --blocks (e.g. a Ceph RADOS Gateway)")
+    serve.add_argument("--s3-profile", default=None, help="the AWS profile whose credentials reach --blocks")
+    serve.add_argument("--root-key-file", type=Path, default=None, metavar="PATH",
+                       help="the KMS root key file, the same as --key-store file:PATH (default: the data "
+                            "dir's root.key); every host sharing a --db is given the same file")
+    # uvicorn's HTTP parser and event loop; "auto" takes httptools / uvloop when installed
+    # (faster parsing of large request bodies, cheaper loop), else h11 / asyncio.
+    serve.add_argument("--http", choices=["auto", "h11", "httptools"], default="auto",
+                       help="HTTP implementation (default auto: httptools if installed)")
+    serve.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
+                       help="event loop (default auto: uvloop if installed)")
     serve.set_defaults(func=_serve)
 
     _add_keystore_commands(commands)
@@ -197,6 +212,12 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
     if args.nbd_port and not _is_loopback(args.nbd_host) and args.nbd_tls_cert is None:
         return _fail("NBD on a non-loopback address requires TLS (--nbd-tls-cert and --nbd-tls-key): "
                      "NBD itself carries no credentials; use --nbd-port 0 to disable NBD", 2)
+    if args.blocks is not None and "://" in args.blocks and not args.blocks.startswith("s3://"):
+        return _fail(f"--blocks takes s3://BUCKET[/PREFIX] or a directory, not {args.blocks!r}", 2)
+    if args.root_key_file is not None:
+        if args.key_store is not None:
+            return _fail("--root-key-file and --key-store both name the root of trust: give one", 2)
+        args.key_store = f"file:{args.root_key_file.resolve()}"
     # Listen before announcing anything: a port already taken is an error, not a server
     # that says "serving on" and then exits.
     try:
@@ -227,6 +248,9 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
         nbd_port=args.nbd_port,
         nbd_tls_cert=args.nbd_tls_cert,
         nbd_tls_key=args.nbd_tls_key,
+        blocks_url=args.blocks,
+        s3_endpoint_url=args.s3_endpoint_url,
+        s3_profile=args.s3_profile,
     )
     # The key store is checked before serving: a missing token, a wrong PIN or passphrase,
     # a readable root key file, or a database wrapped by another store is a clear message
@@ -259,11 +283,22 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
     # lifespan shutdown (job workers stopped, database closed), then re-raises the signal
     # to the handlers below, so a requested stop exits with status 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    config = uvicorn.Config(build_app(settings), log_level=args.log_level, access_log=False)
+    config = uvicorn.Config(build_app(settings), log_level=args.log_level, access_log=False,
+                            http=args.http, loop=args.loop)
+    server = uvicorn.Server(config)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
-    except (KeyboardInterrupt, SystemExit):
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
         pass
+    except SystemExit as exc:
+        # 0: a requested stop (SIGTERM, above). Otherwise uvicorn's startup failure (the
+        # reason is printed already, e.g. a root key that does not unwrap this database).
+        if exc.code not in (None, 0):
+            print("ebscrypt: did not start", file=sys.stderr)
+            return exc.code if isinstance(exc.code, int) else 1
+    if not server.started:  # the lifespan failed (the reason is printed already)
+        print("ebscrypt: did not start", file=sys.stderr)
+        return 3
     print("ebscrypt stopped")
     return 0
 

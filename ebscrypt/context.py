@@ -64,6 +64,12 @@ class Settings:
     nbd_port: int = 0  # 0: no NBD server (the CLI's default is 10809)
     nbd_tls_cert: Path | None = None  # with nbd_tls_key: NBD requires TLS (any address)
     nbd_tls_key: Path | None = None
+    # Where block objects live: None = <data_dir>/blocks; "s3://BUCKET[/PREFIX]" = an
+    # S3-compatible store (several processes or hosts share it), at s3_endpoint_url with
+    # boto3's credential chain or the named profile.
+    blocks_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_profile: str | None = None
 
     @property
     def database_url(self) -> str:

@@ -67,6 +67,15 @@ class InternalFailure(ServiceError):
     status = 500
 
 
+class ServiceUnavailable(ServiceError):
+    """A backend this server depends on (the block object store) did not answer or failed:
+    retryable (HTTP 503, which the SDKs retry). The wire layer gives each protocol its own
+    code for it; the message names the cause."""
+
+    code = "ServiceUnavailable"
+    status = 503
+
+
 class UnknownOperation(ServiceError):
     """No handler for the operation: each protocol renders its own code for it."""
 

@@ -11,7 +11,7 @@ from ebscrypt.engines import blocks as blocks_engine
 from ebscrypt.engines import ebs as ebs_engine
 from ebscrypt.engines import kms as kms_engine
 from ebscrypt.engines.ec2.reconcile import release_stray_block_owners
-from ebscrypt.engines.jobs import JobRunner
+from ebscrypt.engines.jobs import LEASE_SECONDS, JobRunner
 from ebscrypt.services import registry
 from ebscrypt.storage.db import Database
 from ebscrypt.storage.space import SpaceMonitor
@@ -23,7 +23,9 @@ def build_runtime(settings: Settings, *, start_jobs: bool = True) -> Runtime:
     os.chmod(settings.data_dir, 0o700)
     db = Database(settings.database_url)
     runtime: Runtime
-    jobs = JobRunner(lambda: runtime, workers=settings.job_workers)
+    # Test knob: a short job lease, so that a killed server's jobs are taken over quickly.
+    lease = float(os.environ.get("EBSCRYPT_JOB_LEASE_SECONDS", "0") or 0) or LEASE_SECONDS
+    jobs = JobRunner(lambda: runtime, workers=settings.job_workers, lease_seconds=lease)
     runtime = Runtime(settings=settings, db=db, clock=Clock(), jobs=jobs)
     runtime.engines["space"] = SpaceMonitor(settings.data_dir)  # before the engines that write
     runtime.engines["kms"] = kms_engine.open_engine(runtime)

@@ -29,8 +29,9 @@ def free_port() -> int:
 class ServerProcess:
     """One ``ebscrypt serve`` process with its own data dir; can be killed and restarted."""
 
-    def __init__(self, data_dir: Path, extra_args: list[str] | None = None) -> None:
+    def __init__(self, data_dir: Path, extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
+        self.env = env  # the server's environment (None: this process's)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_args = extra_args or []
@@ -52,7 +53,7 @@ class ServerProcess:
         if "--nbd-port" not in self.extra_args:
             cmd += ["--nbd-port", str(self.nbd_port)]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy import ColumnElement, Connection, Float, insert, literal_column, or_, select, update
 
+from ebscrypt.storage.db import conflict_backoff, is_conflict
 from ebscrypt.storage.schema import jobs
 from ebscrypt.storage.space import is_out_of_space
 
@@ -49,6 +50,11 @@ LEASE_REASON = "interrupted: the server running it stopped"
 # How long a claim lasts without renewal. The keeper renews every third of it, so a
 # runner misses two renewals (a stalled database, a long pause) before losing its jobs.
 LEASE_SECONDS = 30.0
+
+# The isolation of the runner's own row updates (claims, leases, outcomes) on PostgreSQL:
+# each is one conditional UPDATE of rows it names (or locks SKIP LOCKED), correct under row
+# locks alone, so it never fails on a serialization conflict with other transactions.
+_ROW = "READ COMMITTED"
 
 # Runners of this process that have not been stopped, by id: the SQLite start-up recovery
 # leaves their jobs alone (tests run several runners in one process).
@@ -226,7 +232,7 @@ class JobRunner:
         if not self._running:  # no job of ours runs: no lease to renew, no write lock taken
             return
         runtime = self._runtime_ref()
-        with runtime.db.begin() as conn:
+        with runtime.db.begin(isolation=_ROW) as conn:
             conn.execute(
                 update(jobs)
                 .where(jobs.c.runner == self.runner_id, jobs.c.state == "running")
@@ -234,6 +240,15 @@ class JobRunner:
             )
 
     def _recover(self, *, at_start: bool = False) -> None:
+        for attempt in range(8):
+            try:
+                return self._recover_once(at_start=at_start)
+            except Exception as exc:  # several runners recovering at once: one wins, retry
+                if not is_conflict(exc) or attempt == 7:
+                    raise
+            conflict_backoff(attempt)
+
+    def _recover_once(self, *, at_start: bool = False) -> None:
         """Running jobs of a dead runner: resume the resumable, fail the others.
 
         A runner is dead when its lease expired; on SQLite, at start, also when it is not
@@ -247,7 +262,7 @@ class JobRunner:
         with runtime.db.read() as conn:  # the usual case, none: no write lock taken
             if conn.execute(dead.with_only_columns(jobs.c.id).limit(1)).first() is None:
                 return
-        with runtime.db.begin() as conn:  # the write lock: no claim or renewal in between
+        with runtime.db.begin() as conn:  # serializable: a claim or renewal in between is a conflict (retried)
             rows = conn.execute(dead).mappings().all()
             to_fail = []
             for row in rows:
@@ -282,18 +297,26 @@ class JobRunner:
         Due-ness is decided in SQL, so jobs delayed into the future (``not_before``) never
         hide due jobs queued after them. The select and the update are one transaction:
         SQLite's BEGIN IMMEDIATE holds the write lock across both (other processes
-        included); PostgreSQL locks the row (SKIP LOCKED lets other workers pass it).
+        included); PostgreSQL locks the row (SKIP LOCKED lets other workers pass it) at
+        READ COMMITTED: claims in several processes never conflict, each takes another job.
         """
         runtime = self._runtime_ref()
         now = runtime.clock.now()
+        query = (
+            select(jobs)
+            .where(jobs.c.state == "queued", or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now))
+            .order_by(jobs.c.created_at, jobs.c.id)
+            .limit(1)
+        )
+        # The usual case, nothing due: a read (no write lock) says so. Polling workers
+        # otherwise take the write lock several times a second, and a request's write
+        # transaction that meets it waits in SQLite's busy handler (sleeps of 1–10 ms).
+        # A job committed after this read wakes the workers (submit -> notify).
+        with runtime.db.read() as conn:
+            if conn.execute(query.with_only_columns(jobs.c.id)).first() is None:
+                return None
         with self._claim_lock:  # in-process: workers do not queue up on the database lock
-            with runtime.db.begin() as conn:
-                query = (
-                    select(jobs)
-                    .where(jobs.c.state == "queued", or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now))
-                    .order_by(jobs.c.created_at, jobs.c.id)
-                    .limit(1)
-                )
+            with runtime.db.begin(isolation=_ROW) as conn:
                 if not runtime.db.is_sqlite:
                     query = query.with_for_update(skip_locked=True)
                 row = conn.execute(query).mappings().first()
@@ -343,6 +366,12 @@ class JobRunner:
         try:
             kind.fn(ctx)
         except Exception as exc:  # a job's failure is recorded, never fatal to the worker
+            if is_conflict(exc) and kind.resumable and self._requeue(row["id"]):
+                # Lost a race with a concurrent transaction (PostgreSQL): that changed
+                # nothing, and the job is idempotent: queued again, run from its checkpoint.
+                log.info("job %s (%s) conflicted with a concurrent transaction; queued again", row["id"], row["kind"])
+                conflict_backoff(min(int(row.get("attempts") or 0), 5))
+                return
             log.warning("job %s (%s) failed: %s", row["id"], row["kind"], exc)
             log.debug("%s", traceback.format_exc())
             self._fail(row["id"], row["kind"], payload, _reason(exc))
@@ -356,7 +385,7 @@ class JobRunner:
 
     def _finish(self, job_id: str) -> None:
         runtime = self._runtime_ref()
-        with runtime.db.begin() as conn:
+        with runtime.db.begin(isolation=_ROW) as conn:
             done = conn.execute(
                 update(jobs)
                 .where(self._owned(job_id))
@@ -372,22 +401,37 @@ class JobRunner:
             return
         kind = _KINDS.get(kind_name)
         if kind is not None and kind.on_fail is not None:
-            try:
-                kind.on_fail(runtime, payload, reason)
-            except Exception:
-                log.exception("on_fail hook of job %s failed", job_id)
-        with runtime.db.begin() as conn:
+            for attempt in range(8):
+                try:
+                    kind.on_fail(runtime, payload, reason)
+                except Exception as exc:
+                    if is_conflict(exc) and attempt < 7:  # lost a race (PostgreSQL): run it again
+                        conflict_backoff(attempt)
+                        continue
+                    log.exception("on_fail hook of job %s failed", job_id)
+                break
+        with runtime.db.begin(isolation=_ROW) as conn:
             conn.execute(
                 update(jobs)
                 .where(self._owned(job_id))
                 .values(state="failed", error=reason, runner=None, lease_expires=None, updated_at=runtime.clock.now())
             )
 
+    def _requeue(self, job_id: str) -> bool:
+        """Put a job this runner holds back in the queue (False: not held any more)."""
+        runtime = self._runtime_ref()
+        with runtime.db.begin(isolation=_ROW) as conn:
+            return conn.execute(
+                update(jobs)
+                .where(self._owned(job_id))
+                .values(state="queued", runner=None, lease_expires=None, updated_at=runtime.clock.now())
+            ).rowcount == 1
+
     def _hold(self, job_id: str) -> bool:
         """Renew the lease of one job this runner holds (before a failure hook runs, which
         must not run for a job another runner has taken over); False if it is not held."""
         runtime = self._runtime_ref()
-        with runtime.db.begin() as conn:
+        with runtime.db.begin(isolation=_ROW) as conn:
             held = conn.execute(update(jobs).where(self._owned(job_id)).values(lease_expires=self._lease_end()))
             return held.rowcount == 1
 
@@ -396,7 +440,7 @@ class JobRunner:
         values: dict[str, Any] = dict(progress=float(percent), updated_at=runtime.clock.now())
         if checkpoint is not None:
             values["checkpoint"] = json.dumps(checkpoint)
-        with runtime.db.begin() as conn:
+        with runtime.db.begin(isolation=_ROW) as conn:
             recorded = conn.execute(update(jobs).where(self._owned(job_id)).values(**values)).rowcount
         if recorded != 1:
             # Not raised into the job: its function would run its own failure path (some

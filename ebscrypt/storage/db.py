@@ -1,9 +1,21 @@
 """The metadata database: SQLite (WAL) by default, PostgreSQL (``postgresql+psycopg://``) by choice.
 
-Both give the engines the same model: write transactions (``begin()``) run one at a time,
-each seeing every earlier commit (SQLite: BEGIN IMMEDIATE; PostgreSQL: a transaction-level
-advisory lock taken first), and read transactions (``read()``) see one consistent snapshot
-without waiting for writers (SQLite: WAL; PostgreSQL: REPEATABLE READ, READ ONLY).
+Both give the engines the same model: write transactions (``begin()``) behave as if they
+ran one at a time, and read transactions (``read()``) see one consistent snapshot without
+waiting for writers (SQLite: WAL; PostgreSQL: REPEATABLE READ, READ ONLY).
+
+- SQLite (one process): writers do run one at a time (BEGIN IMMEDIATE).
+- PostgreSQL (several processes or hosts on one database): writers run concurrently at
+  SERIALIZABLE isolation (PostgreSQL's serializable snapshot isolation). Two transactions
+  whose reads and writes could not have happened one after the other — two requests
+  racing on one resource, two "does it exist?" checks followed by inserts — do not both
+  commit: one fails with a serialization failure (SQLSTATE 40001; a deadlock, 40P01, is
+  handled alike). :func:`is_conflict` tells such an error; it changed nothing, and the
+  whole transaction is run again (``Database.retrying``, the request retry in app.py, the
+  job runner's requeue). Row locks (``SELECT ... FOR UPDATE``) still order writers of one
+  row; job claims run at READ COMMITTED with ``FOR UPDATE SKIP LOCKED``.
+  ``EBSCRYPT_PG_GLOBAL_WRITE_LOCK=1`` brings back the former model (every writer takes one
+  advisory lock first), for comparison.
 
 Schema versions: ``SCHEMA_VERSION`` is the version this code writes. A new database is
 created at that version; an older one is upgraded by the steps in ``MIGRATIONS`` (each
@@ -12,16 +24,22 @@ a function taking a connection), in order, inside one transaction.
 
 from __future__ import annotations
 
+import contextvars
+import os
+import random
+import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, overload
+from typing import Any, Callable, Iterator, TypeVar, overload
 
 from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 
 from ebscrypt.storage.schema import load_tables, schema_version
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 8
 
 
 def _v2_rule_position_bigint(conn: Connection) -> None:
@@ -72,6 +90,50 @@ def _v6_provenance(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+# v7 (scale-out): ClientToken unique per account and region, so that several processes
+# cannot both create a resource for one token (self-contained: only new unique indexes).
+_V7_TOKEN_INDEXES = {  # index name -> (table, its primary key, the indexed columns)
+    "ux_ec2_volumes_client_token": ("ec2_volumes", "id", "account, region, client_token"),
+    "ux_ec2_snapshots_client_token": ("ec2_snapshots", "id", "account, region, client_token"),
+    "ux_ec2_images_client_token": ("ec2_images", "image_id", "account, region, client_token"),
+    "ux_ec2_instances_client_token": ("ec2_instances", "instance_id", "account, region, client_token, ami_launch_index"),
+}
+
+
+def _v7_client_token_unique(conn: Connection) -> None:
+    # A database that already holds a duplicate token (a race of the earlier version) keeps
+    # the rows: the later duplicates (by id) lose their token, so a retry of that token
+    # finds one resource.
+    for name, (table, pk, columns) in _V7_TOKEN_INDEXES.items():
+        same = " AND ".join(f"o.{c.strip()} = {table}.{c.strip()}" for c in columns.split(","))
+        conn.execute(text(
+            f"UPDATE {table} SET client_token = NULL WHERE client_token IS NOT NULL AND EXISTS ("
+            f"SELECT 1 FROM {table} o WHERE {same} AND o.{pk} < {table}.{pk})"
+        ))
+        conn.execute(text(f"CREATE UNIQUE INDEX IF NOT EXISTS {name} ON {table} ({columns})"))
+
+
+# v8 (issue 15): indexes for the Describe* filters
+# people use, declared on the tables (storage/tables/ec2.py) so new databases get them from
+# create_all; an older database gets them here. Indexes only: nothing else changes, and
+# IF NOT EXISTS leaves a database created at a later version alone.
+DESCRIBE_INDEXES = (
+    ("ix_ec2_volumes_encrypted", "ec2_volumes", "account, region, encrypted"),
+    ("ix_ec2_volumes_kms", "ec2_volumes", "account, region, kms_key_arn"),
+    ("ix_ec2_volumes_state", "ec2_volumes", "account, region, state"),
+    ("ix_ec2_snapshots_encrypted", "ec2_snapshots", "account, region, encrypted"),
+    ("ix_ec2_snapshots_kms", "ec2_snapshots", "account, region, kms_key_arn"),
+    ("ix_ec2_snapshots_state", "ec2_snapshots", "account, region, state"),
+    ("ix_ec2_snapshots_volume", "ec2_snapshots", "volume_id, start_time"),
+    ("ix_ec2_tags_key_value", "ec2_tags", "account, key, value"),
+)
+
+
+def _describe_indexes(conn: Connection) -> None:
+    for name, table, columns in DESCRIBE_INDEXES:
+        conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({columns})"))
+
+
 # version N -> function that upgrades a database at version N-1 to N.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _v2_rule_position_bigint,
@@ -79,13 +141,74 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     4: _v4_kms_auth_generation,
     5: _v5_key_store_refs,
     6: _v6_provenance,
+    7: _v7_client_token_unique,
+    8: _describe_indexes,
 }
 
-# PostgreSQL: the advisory lock every write transaction takes first (any constant key; one
-# per database), and how long a lock wait may last before it is an error (SQLite's
+# PostgreSQL: the advisory lock schema upgrades take (and, with
+# EBSCRYPT_PG_GLOBAL_WRITE_LOCK=1, every write transaction) — any constant key, one per
+# database — and how long a lock wait may last before it is an error (SQLite's
 # busy_timeout): an unexpected wait fails instead of hanging.
 PG_WRITE_LOCK_KEY = 0x65627363  # "ebsc"
 PG_LOCK_TIMEOUT_MS = 30000
+
+# SQLSTATEs of a transaction that lost a race and changed nothing: run it again.
+_CONFLICT_SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+
+# Write transactions committed in this context (a request, a job): the request retry in
+# app.py runs a request again after a conflict only when it has committed nothing yet.
+_COMMITS: contextvars.ContextVar[int] = contextvars.ContextVar("ebscrypt_db_commits", default=0)
+
+T = TypeVar("T")
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """The transaction lost a race and was rolled back: it may be run again.
+
+    A PostgreSQL serialization failure or deadlock (never on SQLite, whose writers run one
+    at a time), or a duplicate ClientToken (the ``ux_*_client_token`` unique indexes: a
+    concurrent request with the same token inserted first; run again, the request finds
+    that resource and replays it)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        orig = exc.orig if isinstance(exc, DBAPIError) else exc
+        state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        if state in _CONFLICT_SQLSTATES:
+            return True
+        if state == "23505":  # unique_violation
+            constraint = getattr(getattr(orig, "diag", None), "constraint_name", None) or ""
+            if constraint.startswith("ux_") and constraint.endswith("_client_token"):
+                return True
+        if type(orig).__name__ == "IntegrityError" and "UNIQUE constraint failed" in str(orig) and ".client_token" in str(orig):
+            return True  # SQLite's wording (no constraint name)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
+def retry_conflicts(fn: Callable[[], T], attempts: int = 8) -> T:
+    """``fn()``, run again after a short pause when it loses a race (:func:`is_conflict`).
+    ``fn`` must be idempotent (as resumable job bodies are): its transactions that
+    committed before the conflicting one are repeated."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_conflict(exc) or attempt == attempts - 1:
+                raise
+        conflict_backoff(attempt)
+    raise AssertionError("unreachable")
+
+
+def commits_in_context() -> int:
+    """How many write transactions this context (request thread, job) has committed."""
+    return _COMMITS.get()
+
+
+def conflict_backoff(attempt: int) -> None:
+    """A short random pause before running a conflicting transaction again (attempt 0, 1, ...),
+    so two racing transactions do not collide again in step."""
+    time.sleep(random.uniform(0, min(0.2, 0.005 * (2 ** attempt))))
 
 
 # Execution option marking a connection of ``Database.read()``, and the key under which a
@@ -113,19 +236,127 @@ class SchemaTooNew(RuntimeError):
     pass
 
 
+class WalGroupSync:
+    """Group commit for a SQLite file database in WAL mode (issue 15).
+
+    Connections run with ``synchronous=NORMAL``: a commit appends its frames to the WAL
+    with write(2) (they survive kill -9: the kernel holds them) but does not fsync. Before
+    ``Database.begin()`` returns to its caller — before any write is acknowledged — it
+    calls :meth:`after_commit`, which makes every commit so far durable with one fsync of
+    the WAL: the first waiter leads, and the commits that finished while its fsync ran
+    share the next one. The fsync happens after the write lock is released, so other
+    writers commit meanwhile: with several clients, one fsync serves many transactions.
+    Checkpoints (which copy WAL frames into the database file) fsync the WAL first and
+    the database after, under NORMAL as under FULL.
+
+    A reader may see a commit whose fsync is still running (as with any group commit);
+    nothing that depends on it is acknowledged before that fsync: a later write's commit
+    comes after it in the WAL, and its own sync covers both.
+    """
+
+    def __init__(self, db_path: str) -> None:
+        self.wal_path = db_path + "-wal"
+        self.db_path = db_path
+        self._cv = threading.Condition()
+        self._committed = 0  # commits counted (each after its COMMIT returned)
+        self._synced = 0  # every commit up to this one is durable
+        self._syncing = False
+        self._fd: int | None = None
+        self.fsyncs = 0  # for tests and benchmarks: fsyncs made
+
+    def after_commit(self) -> None:
+        with self._cv:
+            self._committed += 1
+            mine = self._committed
+            while self._synced < mine:
+                if self._syncing:
+                    self._cv.wait()
+                    continue
+                self._syncing = True
+                target = self._committed  # every commit counted so far has returned
+                self._cv.release()
+                try:
+                    self._fsync()
+                except BaseException:
+                    self._cv.acquire()
+                    self._syncing = False
+                    self._cv.notify_all()
+                    raise  # not acknowledged: the caller fails (the next sync may succeed)
+                self._cv.acquire()
+                self._syncing = False
+                self._synced = max(self._synced, target)
+                self._cv.notify_all()
+
+    def _fsync(self) -> None:
+        try:
+            st = os.stat(self.wal_path)
+        except FileNotFoundError:
+            # No WAL: the last connection closed and checkpointed it (synced) into the
+            # database file; sync that file to be sure.
+            fd = os.open(self.db_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.fsyncs += 1
+            return
+        if self._fd is not None and os.fstat(self._fd).st_ino != st.st_ino:
+            os.close(self._fd)  # the WAL was deleted and made anew: sync the new one
+            self._fd = None
+        if self._fd is None:
+            self._fd = os.open(self.wal_path, os.O_RDONLY)
+        os.fsync(self._fd)
+        self.fsyncs += 1
+
+    def close(self) -> None:
+        with self._cv:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The database file of a ``sqlite:///path`` URL; None for memory or URI forms."""
+    if ":memory:" in url or "mode=memory" in url or not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///"):].split("?", 1)[0]
+    return path or None
+
+
+def _group_commit_enabled() -> bool:
+    # EBSCRYPT_SQLITE_GROUP_COMMIT=0: every commit fsyncs inside the write lock (FULL).
+    return os.environ.get("EBSCRYPT_SQLITE_GROUP_COMMIT", "1") != "0"
+
+
 class Database:
     """A handle on the metadata store. ``begin()`` yields a connection in a transaction."""
+
+    # How many times ``retrying`` runs a transaction that keeps conflicting.
+    CONFLICT_ATTEMPTS = 20
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.global_write_lock = not self.is_sqlite and os.environ.get("EBSCRYPT_PG_GLOBAL_WRITE_LOCK") == "1"
+        self.group_sync: WalGroupSync | None = None
+        # SQLite: this process's writers queue here before BEGIN IMMEDIATE. Without it,
+        # threads that meet the write lock wait in SQLite's busy handler, which sleeps
+        # 1, 2, 5, 10… ms between tries — with 16 clients, most of each call is that
+        # sleep. Other processes on the same file still wait through busy_timeout.
+        # Reentrant: a nested begin() in one thread behaves as before (SQLite decides).
+        self._writer = threading.RLock() if self.is_sqlite else None
         if self.is_sqlite:
             self.engine: Engine = create_engine(
                 url,
                 connect_args={"check_same_thread": False, "timeout": 30},
                 **_sqlite_pool_args(url),
             )
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            path = _sqlite_file(url)
+            if path is not None and _group_commit_enabled():
+                self.group_sync = WalGroupSync(path)
+                event.listen(self.engine, "connect", _sqlite_pragmas_group)
+            else:
+                event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
         else:
             self.engine = create_engine(
@@ -141,15 +372,59 @@ class Database:
         self._migrate()
 
     @contextmanager
-    def begin(self) -> Iterator[Connection]:
+    def begin(self, *, isolation: str | None = None) -> Iterator[Connection]:
         """A connection inside a read-write transaction: committed on success, rolled back
-        on error. It holds the write lock from its start: writers run one at a time, as the
-        engines' check-then-write code expects (SQLite: BEGIN IMMEDIATE; PostgreSQL: an
-        advisory lock, so two writers never both pass a "does it exist?" check)."""
-        with self.engine.begin() as conn:
-            if not self.is_sqlite:
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_WRITE_LOCK_KEY})
-            yield conn
+        on error. Serializable: the engines' check-then-write code is safe (SQLite: the
+        write lock from BEGIN IMMEDIATE; PostgreSQL: SERIALIZABLE, so two writers never both
+        pass a "does it exist?" check — one of them fails with a conflict, see
+        :func:`is_conflict`, and is run again).
+
+        ``isolation="READ COMMITTED"`` (PostgreSQL only): for short transactions whose
+        correctness rests on row locks and conditional updates alone (job claims, lease
+        renewals), which must not fail on a conflict.
+        """
+        if self._writer is not None:
+            # Bounded: a writer that waits on another thread's write (a bug) still gets
+            # SQLite's busy_timeout error, as before, instead of hanging.
+            queued = self._writer.acquire(timeout=30)
+            try:
+                with self.engine.begin() as conn:
+                    driver = conn.connection.driver_connection
+                    changes = driver.total_changes  # type: ignore[union-attr]
+                    yield conn
+                    # a transaction that changed no row (a claim that found nothing, a
+                    # check) wrote nothing to the WAL: nothing to make durable
+                    wrote = driver.total_changes != changes  # type: ignore[union-attr]
+            finally:
+                if queued:
+                    self._writer.release()
+            if self.group_sync is not None and wrote:  # committed: durable before the caller goes on
+                self.group_sync.after_commit()
+            _COMMITS.set(_COMMITS.get() + 1)
+            return
+        with self.engine.connect() as conn:
+            if self.global_write_lock:
+                isolation = "READ COMMITTED"  # the former model: the lock orders writers
+            conn = conn.execution_options(isolation_level=isolation or "SERIALIZABLE")
+            with conn.begin():
+                if self.global_write_lock:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_WRITE_LOCK_KEY})
+                yield conn
+        _COMMITS.set(_COMMITS.get() + 1)
+
+    def retrying(self, fn: Callable[[Connection], T], *, isolation: str | None = None) -> T:
+        """``fn(conn)`` in a write transaction, run again (after a short random pause) when
+        it loses a race (:func:`is_conflict`), up to ``CONFLICT_ATTEMPTS`` times. ``fn`` must
+        have no effect outside the transaction."""
+        for attempt in range(self.CONFLICT_ATTEMPTS):
+            try:
+                with self.begin(isolation=isolation) as conn:
+                    return fn(conn)
+            except DBAPIError as exc:
+                if not is_conflict(exc) or attempt == self.CONFLICT_ATTEMPTS - 1:
+                    raise
+            conflict_backoff(attempt)
+        raise AssertionError("unreachable")
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -171,10 +446,18 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self.group_sync is not None:
+            self.group_sync.close()
 
     def _migrate(self) -> None:
         metadata = load_tables()
-        with self.begin() as conn:
+        # READ COMMITTED: each statement sees what was committed before it, so a server that
+        # waited for the lock below sees the schema the first one made.
+        with self.begin(isolation="READ COMMITTED") as conn:
+            if not self.is_sqlite:
+                # Several servers starting at once on one database: one creates or upgrades
+                # the schema, the others then find it current.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_WRITE_LOCK_KEY})
             metadata.create_all(conn)  # creates only tables that do not exist
             row = conn.execute(select(schema_version.c.version)).first()
             if row is None:
@@ -210,6 +493,15 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _sqlite_pragmas_group(dbapi_conn, record) -> None:  # type: ignore[no-untyped-def]
+    _sqlite_pragmas(dbapi_conn, record)
+    # NORMAL: commits are not fsync'd here; Database.begin() syncs the WAL after the commit
+    # (WalGroupSync), outside the write lock and shared by concurrent writers.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
 

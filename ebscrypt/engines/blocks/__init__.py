@@ -15,9 +15,30 @@ import os
 from typing import Any
 
 
+def open_store(settings: Any) -> Any:
+    """The object store the settings name: ``--blocks s3://...``, ``--blocks DIR`` (a
+    directory several processes of one machine share), or the data dir's blocks/."""
+    blocks_url = getattr(settings, "blocks_url", None)
+    if blocks_url and not blocks_url.startswith("s3://"):
+        from ebscrypt.engines.blocks.store import LocalDirStore
+
+        return LocalDirStore(blocks_url)
+    if blocks_url:
+        from ebscrypt.engines.blocks.s3store import S3Store
+
+        return S3Store.from_url(
+            blocks_url,
+            endpoint_url=getattr(settings, "s3_endpoint_url", None),
+            profile=getattr(settings, "s3_profile", None),
+            create_bucket=True,
+        )
+    from ebscrypt.engines.blocks.store import LocalDirStore
+
+    return LocalDirStore(settings.data_dir / "blocks")
+
+
 def open_engine(runtime: Any) -> Any:
     from ebscrypt.engines.blocks.engine import BlockEngine
-    from ebscrypt.engines.blocks.store import LocalDirStore
 
     settings = runtime.settings
     processes = int(settings.block_workers or 0)
@@ -25,7 +46,7 @@ def open_engine(runtime: Any) -> Any:
     delay = float(os.environ.get("EBSCRYPT_FAULT_COPY_BATCH_DELAY", "0") or 0)
     engine = BlockEngine(
         runtime.db,
-        LocalDirStore(settings.data_dir / "blocks"),
+        open_store(settings),
         clock=runtime.clock,
         processes=processes,
         copy_batch_delay=delay,

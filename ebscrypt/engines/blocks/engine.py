@@ -159,6 +159,9 @@ class BlockEngine(LineageOperations, CopyOperations, MaintenanceOperations):
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
                 self._pool = None
+        close_store = getattr(self.store, "close", None)
+        if close_store is not None:
+            close_store()
 
     def now(self) -> datetime:
         return self._clock.now() if self._clock is not None else _now()

@@ -40,19 +40,26 @@ class LineageOperations:
         Idempotent: if dst already exists, nothing happens (resumable jobs may repeat it).
         Later writes to either owner are not seen by the other.
         """
+        with self.db.begin() as conn:
+            self.share_in(conn, src_owner_id, dst_owner_id)
+
+    def share_in(self, conn: Connection, src_owner_id: str, dst_owner_id: str) -> None:
+        """:meth:`share` inside the caller's write transaction (``db.begin()`` of this
+        engine's database), so a metadata-only operation (CreateSnapshot of a volume) stores
+        its resource and its blocks in one durable commit. Metadata only: no object is
+        read or written. Raises :class:`BlockError` before writing anything."""
         if src_owner_id == dst_owner_id:
             raise BlockError("cannot share an owner with itself")
-        with self.db.begin() as conn:
-            if self._get_owner(conn, dst_owner_id) is not None:
-                return
-            src = self._get_owner(conn, src_owner_id, lock=True)
-            if src is None:
-                self._create_owner(conn, dst_owner_id, None, None)
-                return
-            if src.pin_id is not None:
-                raise BlockError(f"{src_owner_id} is still being copied; share it once the copy is done")
-            base = self._freeze_head(conn, src)
-            self._create_owner(conn, dst_owner_id, base, None, data_key_id=src.data_key_id, encrypted=src.encrypted)
+        if self._get_owner(conn, dst_owner_id) is not None:
+            return
+        src = self._get_owner(conn, src_owner_id, lock=True)
+        if src is None:
+            self._create_owner(conn, dst_owner_id, None, None)
+            return
+        if src.pin_id is not None:
+            raise BlockError(f"{src_owner_id} is still being copied; share it once the copy is done")
+        base = self._freeze_head(conn, src)
+        self._create_owner(conn, dst_owner_id, base, None, data_key_id=src.data_key_id, encrypted=src.encrypted)
 
     def _freeze_head(self, conn: Connection, owner: Owner) -> str | None:
         """Make ``owner``'s current content an immutable layer and return it (None: empty).
@@ -158,7 +165,7 @@ class LineageOperations:
         between leaves them listed: the regular sweep finishes the job."""
         for key in keys:
             self.store.delete(key)
-        with self.db.begin() as conn:
+        with self.db.begin(isolation="READ COMMITTED") as conn:  # as sweep(): rows only deleted
             for start in range(0, len(keys), 500):
                 conn.execute(delete(blk_garbage).where(blk_garbage.c.object_key.in_(keys[start : start + 500])))
 
@@ -316,10 +323,20 @@ class LineageOperations:
         if row is None:
             raise BlockError(f"layer {layer} is missing")
         value = (row.parent_id, row.origin_id)
-        self._layer_cache[layer] = value  # a layer's parent and origin never change
+        self._layer_cache[layer] = value  # changes only by a merge (see _chain)
         return value
 
     def _chain(self, conn: Connection, head: str) -> list[str]:
+        try:
+            return self._walk_chain(conn, head)
+        except BlockError:
+            # Another process merged a layer of this chain into its only child (the one
+            # change of a layer's parent) after this process cached the child's parent:
+            # the cached link names a layer now gone. Forget the cache, read the chain again.
+            self._layer_cache.clear()
+            return self._walk_chain(conn, head)
+
+    def _walk_chain(self, conn: Connection, head: str) -> list[str]:
         out: list[str] = []
         layer: str | None = head
         while layer is not None:

@@ -21,6 +21,12 @@ from ebscrypt.storage.tables.blocks import blk_entries, blk_garbage
 
 log = logging.getLogger("ebscrypt.blocks")
 
+# The orphan sweep never deletes an object younger than this: a write stores its object,
+# then records it in one transaction, seconds later at most. With a shared store the
+# object's time is the store's clock (S3 LastModified) against this host's: an hour
+# absorbs any clock skew NTP leaves.
+ORPHAN_MIN_AGE_SECONDS = 3600.0
+
 
 class MaintenanceOperations:
     """Mixin of :class:`~ebscrypt.engines.blocks.engine.BlockEngine` (uses its ``db``,
@@ -43,8 +49,21 @@ class MaintenanceOperations:
         # be an in-flight write, so the first sweep (right after start) takes every
         # unreferenced one; later objects wait an hour, long past any write still to commit.
         # (Two seconds of margin: file mtimes come from a coarser clock than time.time().)
+        # Not so when other processes share the objects (an S3 store, or a database other
+        # processes may use): an object older than this process may be another one's write
+        # between store and commit, so every sweep keeps objects younger than an hour.
         started = time.time() - 2.0
-        self.add_periodic("orphans", lambda: self.sweep_orphans(min(3600.0, time.time() - started)), 900.0)
+        if self.shared_objects():
+            self.add_periodic("orphans", lambda: self.sweep_orphans(ORPHAN_MIN_AGE_SECONDS), 900.0)
+        else:
+            self.add_periodic(
+                "orphans", lambda: self.sweep_orphans(min(ORPHAN_MIN_AGE_SECONDS, time.time() - started)), 900.0
+            )
+
+    def shared_objects(self) -> bool:
+        """Other processes may write objects to this store (a shared store, or a database
+        that is not this process's own SQLite file)."""
+        return bool(getattr(self.store, "shared", False)) or not self.db.is_sqlite
 
     def _maintain(self) -> None:
         while not self._stop.wait(0.5):
@@ -69,13 +88,18 @@ class MaintenanceOperations:
         for key in due:
             self.store.delete(key)
         if due:
-            with self.db.begin() as conn:
+            # READ COMMITTED: every process sweeps; two deleting the same rows is no conflict
+            with self.db.begin(isolation="READ COMMITTED") as conn:
                 conn.execute(delete(blk_garbage).where(blk_garbage.c.object_key.in_(due)))
         return len(due)
 
-    def sweep_orphans(self, min_age_seconds: float = 3600.0) -> int:
+    def sweep_orphans(self, min_age_seconds: float = ORPHAN_MIN_AGE_SECONDS) -> int:
         """Delete stored objects no entry references (left by a crash between store and
-        commit) once older than ``min_age_seconds``, so in-flight writes are never hit."""
+        commit) once older than ``min_age_seconds``, so in-flight writes are never hit.
+
+        The listing is taken before the database read: an object listed (so stored before
+        the read) that a write recorded before the read is seen referenced; one recorded
+        after it was stored less than ``min_age_seconds`` before, and is not a candidate."""
         cutoff = time.time() - min_age_seconds
         candidates = [(k, m) for k, m in self.store.keys() if m <= cutoff]
         removed = 0

@@ -1,7 +1,7 @@
 """Object backends for block objects: immutable blobs addressed by a key.
 
 :class:`ObjectStore` is the interface (a local directory now; an S3-compatible store can
-implement the same calls). ``put`` is atomic and durable when it returns: no partial
+implement the same calls: :mod:`.s3store`). ``put`` is atomic and durable when it returns: no partial
 object is ever visible under its key.
 """
 
@@ -14,11 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol, runtime_checkable
 
+from ebscrypt.errors import ServiceUnavailable
+
 _KEY_RE = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{32}$")
 
 
 class ObjectMissing(KeyError):
     """No object under that key."""
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The object store did not answer, or failed (a remote store's 5xx after retries).
+    Nothing was stored (put) or the object could not be read: the request may be retried."""
 
 
 @runtime_checkable

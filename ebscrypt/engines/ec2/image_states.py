@@ -72,8 +72,12 @@ def refresh_image(conn: Connection, image_id: str) -> str | None:
 def after_snapshot(runtime: Any, snapshot_id: str, state: str) -> None:
     """A snapshot reached completed/error (``snapshots`` calls this): the pending images
     using it move on."""
+    query = select(image_snaps_t.c.image_id).where(image_snaps_t.c.snapshot_id == snapshot_id)
+    with runtime.db.read() as conn:  # the usual case (a CreateSnapshot): no image, no write lock
+        if conn.execute(query.limit(1)).first() is None:
+            return
     with runtime.db.begin() as conn:
-        image_ids = [r.image_id for r in conn.execute(select(image_snaps_t.c.image_id).where(image_snaps_t.c.snapshot_id == snapshot_id))]
+        image_ids = [r.image_id for r in conn.execute(query)]
         for image_id in image_ids:
             refresh_image(conn, image_id)
 

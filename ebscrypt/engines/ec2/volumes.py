@@ -31,10 +31,12 @@ from ebscrypt.engines.ec2.encryption import (
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume, from_result
 from ebscrypt.engines.ec2.snapshot_access import get_snapshot
+from ebscrypt.engines.ec2.sql_filters import as_bool, narrowing
 from ebscrypt.engines.ec2 import instance_records, provenance, waits
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags, tags_for
 from ebscrypt.engines.jobs import JobContext, job_kind
 from ebscrypt.errors import ServiceError
+from ebscrypt.storage.db import is_conflict, retry_conflicts
 from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_volume_attachments, ec2_volume_modifications, ec2_volumes
 
 log = logging.getLogger("ebscrypt.ec2.volumes")
@@ -64,7 +66,7 @@ def _notify(runtime: Any, volume_id: str, state: str) -> None:
     waits.done(volume_id)
     for fn in list(_volume_listeners):
         try:
-            fn(runtime, volume_id, state)
+            retry_conflicts(lambda: fn(runtime, volume_id, state))  # noqa: B023 (called at once)
         except Exception:  # a listener's fault must not undo the volume's own state
             log.exception("volume listener failed for %s", volume_id)
 
@@ -164,12 +166,26 @@ def get_volume(conn: Connection, caller: Any, volume_id: str) -> Volume:
     return vol
 
 
+# DescribeVolumes filters whose getter returns exactly a column's value (sql_filters).
+SQL_FILTER_COLUMNS = {
+    "encrypted": (ec2_volumes.c.encrypted, as_bool),
+    "kms-key-id": (ec2_volumes.c.kms_key_arn, None),
+    "status": (ec2_volumes.c.state, None),
+    "volume-id": (ec2_volumes.c.id, None),
+    "volume-type": (ec2_volumes.c.volume_type, None),
+    "availability-zone": (ec2_volumes.c.availability_zone, None),
+}
+
+
 def list_volumes(conn: Connection, account: str, region: str, volume_ids: list[str] | None = None, *,
-                 after: str | None = None, limit: int | None = None) -> list[Volume]:
+                 after: str | None = None, limit: int | None = None,
+                 filters: list[dict] | None = None) -> list[Volume]:
     """The account's volumes in the region by id order (only ``volume_ids`` if given), only
-    ids after ``after``, at most ``limit``: DescribeVolumes pages in SQL with these. [conn]"""
-    q = select(ec2_volumes).where(ec2_volumes.c.account == account,
-                                  ec2_volumes.c.region == region).order_by(ec2_volumes.c.id)
+    ids after ``after``, at most ``limit``: DescribeVolumes pages in SQL with these.
+    ``filters`` narrow the rows in SQL (a superset of the matches: apply them after). [conn]"""
+    q = select(ec2_volumes).where(ec2_volumes.c.account == account, ec2_volumes.c.region == region,
+                                  *narrowing(filters, SQL_FILTER_COLUMNS, ec2_volumes.c.id, account)
+                                  ).order_by(ec2_volumes.c.id)
     if volume_ids:
         q = q.where(ec2_volumes.c.id.in_(volume_ids))
     if after is not None:
@@ -382,15 +398,32 @@ def create_volume(ctx: Any, *, wait_seconds: float = 3.0, **kwargs: Any) -> Volu
     else:
         ctx.runtime.jobs.notify()
         if event is not None:
-            event.wait(wait_seconds)
+            waits.wait_settled(event, wait_seconds, _settled_reader(ctx.runtime, vol.id))
     return vol
+
+
+def _settled_reader(runtime: Any, volume_id: str) -> Callable[[], bool] | None:
+    """When other processes share the database (its job may run there): a read of whether
+    the volume left ``creating``. None on SQLite (one process: the job's event is enough)."""
+    if runtime.db.is_sqlite:
+        return None
+
+    def settled() -> bool:
+        with runtime.db.read() as conn:
+            state = conn.execute(select(ec2_volumes.c.state).where(ec2_volumes.c.id == volume_id)).scalar()
+        return state != "creating"
+
+    return settled
 
 
 def finish_volume(runtime: Any, payload: dict[str, Any]) -> None:
     """Run the creation work now (idempotent); a failure puts the volume in ``error``."""
     try:
-        _finish(runtime, payload, None)
+        retry_conflicts(lambda: _finish(runtime, payload, None))
     except Exception as exc:  # as the job runner would: the resource records why
+        if is_conflict(exc):  # kept losing races: its backstop job finishes it
+            log.info("volume %s: left to its job after repeated conflicts", payload["volume_id"])
+            return
         log.warning("volume %s failed: %s", payload["volume_id"], exc)
         _volume_failed(runtime, payload, getattr(exc, "message", None) or str(exc) or type(exc).__name__)
 
@@ -683,14 +716,17 @@ def set_auto_enable_io(ctx: Any, volume_id: str, value: bool) -> None:
 
 
 def describe_volumes(ctx: Any, volume_ids: list[str] | None = None, *, after: str | None = None,
-                     limit: int | None = None) -> list[tuple[Volume, list[Attachment], list[dict[str, str]]]]:
+                     limit: int | None = None, filters: list[dict] | None = None,
+                     ) -> list[tuple[Volume, list[Attachment], list[dict[str, str]]]]:
     """The caller's volumes (by id order), optionally only ``volume_ids`` (each must exist),
-    only ids > ``after``, at most ``limit``: each with its attachments and tags."""
+    only ids > ``after``, at most ``limit``: each with its attachments and tags. ``filters``
+    narrow the rows read (SQL, indexes); the caller still applies them exactly."""
     caller = ctx.caller
     for vid in volume_ids or []:
         check_id(vid, "vol", "InvalidVolumeID.Malformed")
     with ctx.runtime.db.read() as conn:
-        vols = list_volumes(conn, caller.account, caller.region, volume_ids, after=after, limit=limit)
+        vols = list_volumes(conn, caller.account, caller.region, volume_ids, after=after, limit=limit,
+                            filters=filters)
         ids = [v.id for v in vols]
         atts = attachments_of(conn, ids)
         tags = tags_for(conn, caller.account, ids)

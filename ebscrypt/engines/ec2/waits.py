@@ -4,7 +4,9 @@ AWS answers CreateSnapshot / CopySnapshot / CreateVolume at once with ``pending`
 ``creating``; boto3's waiters then poll every 15 s. A small resource is finished within
 milliseconds here, so a handler may wait (bounded) for its job before answering: the
 response still shows the state at creation, and the first DescribeX a waiter makes sees
-the final state. In-process only; with several API processes the wait just times out.
+the final state. The job may run in this process (its end sets the event at once) or, with
+several API processes on one database, in another: ``wait_settled`` then also polls the
+resource's row, with a short backoff, until its state is final.
 
 ``settle`` is the polling form, for Describe calls that see a resource still transitional.
 """
@@ -38,6 +40,24 @@ def wait(resource_id: str, timeout: float) -> bool:
         if _events.get(resource_id) is ev:
             _events.pop(resource_id, None)
     return finished
+
+
+def wait_settled(event: threading.Event, timeout: float, settled: Callable[[], bool] | None, *,
+                 first: float = 0.02, cap: float = 0.25) -> bool:
+    """Wait up to ``timeout`` for ``event`` (the job ran here), or — when ``settled`` is
+    given (other processes may run the job) — until ``settled()`` reads the resource final,
+    polling after 20 ms, then at doubling intervals up to 250 ms. True if it settled."""
+    deadline = time.monotonic() + timeout
+    step = first
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if event.wait(min(step, left)):
+            return True
+        if settled is not None and settled():
+            return True
+        step = min(step * 2, cap)
 
 
 def settle(read_states: Callable[[], list[str]], transitional: Iterable[str], *, timeout: float = 2.5,

@@ -99,7 +99,8 @@ def check_key_store(db: Any, store: KeyStore) -> None:
         raise RootKeyError(
             f"the key store {store.uri} cannot unwrap this database's key material, which is wrapped by "
             f"{', '.join(missing)}: start with the --key-store that holds it (or finish "
-            "`ebscrypt keystore migrate`)"
+            "`ebscrypt keystore migrate`); servers sharing a database are all given the same root of trust "
+            "(--key-store, or --root-key-file)"
         )
     # One row per root key really unwrapped: a root key of the same name that is not the
     # one that wrapped them (another file, a token re-made under the same name) fails here.
@@ -120,7 +121,8 @@ def check_key_store(db: Any, store: KeyStore) -> None:
         except RootKeyError:
             raise RootKeyError(
                 f"the key store {store.uri} does not unwrap this database's key material wrapped by "
-                f"{row.wrapped_by or 'the file store'}: its root key is not the one that wrapped it"
+                f"{row.wrapped_by or 'the file store'}: its root key is not the one that wrapped it (servers "
+                "sharing a database are all given the same root of trust: --key-store, or --root-key-file)"
             ) from None
 
 
@@ -146,7 +148,7 @@ class KeyEngine(
         self.db = runtime.db
         self.clock = runtime.clock
         data_dir = runtime.settings.data_dir
-        self.key_store = key_store or open_key_store(getattr(runtime.settings, "key_store", None), data_dir)
+        self.key_store = key_store or open_key_store(runtime.settings.key_store, data_dir)
         try:
             check_key_store(self.db, self.key_store)
         except Exception:

@@ -10,7 +10,7 @@ from ebscrypt.engines.ec2 import snapshots as S
 from ebscrypt.engines.ec2.attributes import canonical_names, legacy_operation
 from ebscrypt.engines.ec2.filters import apply_filters as filter_select
 from ebscrypt.services.ec2.request import dry_run_check
-from ebscrypt.services.ec2.paging import page
+from ebscrypt.services.ec2.paging import page, page_after, page_size
 from ebscrypt.engines.ec2.records import Snapshot
 from ebscrypt.engines.ec2.tags import tag_specs
 from ebscrypt.errors import ServiceError
@@ -118,8 +118,17 @@ def delete_snapshot(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
 @operation("ec2", "DescribeSnapshots")
 def describe_snapshots(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    snaps, tags = S.describe_snapshots(ctx, params.get("SnapshotIds") or [], owner_ids=params.get("OwnerIds"),
-                                       restorable_by=params.get("RestorableByUserIds"))
+    ids = params.get("SnapshotIds") or []
+    # Paging in SQL (the CLI pages 1,000 at a time): ids after the token's always; a
+    # LIMIT only when nothing is filtered after the query (one more row than asked
+    # tells page() a NextToken is due).
+    size = page_size(params, low=5, high=1000) if not ids else None
+    after = page_after(params.get("NextToken")) if not ids else None
+    limit = (size + 1 if size is not None and not params.get("Filters") and not params.get("RestorableByUserIds")
+             else None)
+    snaps, tags = S.describe_snapshots(ctx, ids, owner_ids=params.get("OwnerIds"),
+                                       restorable_by=params.get("RestorableByUserIds"), filters=params.get("Filters"),
+                                       after=after, limit=limit)
     items = [snapshot_dict(s, tags[s.id]) for s in snaps]
     items = filter_select(items, params.get("Filters"), _FILTERS, _tag_map)
     chunk, token = page(items, params, lambda d: d["SnapshotId"], low=5, high=1000, ids_param="SnapshotIds")

@@ -68,9 +68,10 @@ def _tag_map(d: dict[str, Any]) -> dict[str, str]:
 
 
 def describe(ctx: RequestContext, volume_ids: list[str] | None = None, *, after: str | None = None,
-             limit: int | None = None) -> list[dict[str, Any]]:
-    """The caller's volumes (by id order), optionally only ids > ``after``, at most ``limit``."""
-    found = V.describe_volumes(ctx, volume_ids, after=after, limit=limit)
+             limit: int | None = None, filters: list[dict] | None = None) -> list[dict[str, Any]]:
+    """The caller's volumes (by id order), optionally only ids > ``after``, at most ``limit``;
+    ``filters`` narrow the rows read (SQL, indexes) — the caller still applies them exactly."""
+    found = V.describe_volumes(ctx, volume_ids, after=after, limit=limit, filters=filters)
     if ctx.runtime.settings.auth == "strict":
         return [volume_dict(v, atts, tags + _export_tags(ctx, atts)) for v, atts, tags in found]
     return [volume_dict(v, atts, tags) for v, atts, tags in found]
@@ -125,7 +126,9 @@ def describe_volumes(ctx: RequestContext, params: dict[str, Any]) -> dict[str, A
         chunk, more = rows[:size], len(rows) > size
         token = encode_token(chunk[-1]["VolumeId"]) if more and chunk else None
     else:
-        items = describe(ctx, params.get("VolumeIds"))
+        # With VolumeIds, every id must be found (InvalidVolume.NotFound) before filtering.
+        items = describe(ctx, params.get("VolumeIds"),
+                         filters=None if params.get("VolumeIds") else params.get("Filters"))
         items = filter_select(items, params.get("Filters"), _FILTERS, _tag_map)
         chunk, token = page(items, params, lambda d: d["VolumeId"], low=5, high=500, ids_param="VolumeIds",
                             clamp=True)

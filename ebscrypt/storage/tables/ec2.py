@@ -46,6 +46,14 @@ ec2_volumes = Table(
     Column("auto_enable_io", Boolean, nullable=False, default=False),
     Column("create_time", DateTime(timezone=True), nullable=False),
     Index("ix_ec2_volumes_owner", "account", "region"),
+    # ClientToken idempotency across processes: two concurrent creates with one token
+    # cannot both insert (the loser's request is run again and replays the winner's).
+    Index("ux_ec2_volumes_client_token", "account", "region", "client_token", unique=True),
+    # The filters people use in DescribeVolumes (pushed down by engines/ec2/sql_filters.py);
+    # storage/db.py's describe-index step creates them in older databases.
+    Index("ix_ec2_volumes_encrypted", "account", "region", "encrypted"),
+    Index("ix_ec2_volumes_kms", "account", "region", "kms_key_arn"),
+    Index("ix_ec2_volumes_state", "account", "region", "state"),
 )
 
 ec2_volume_attachments = Table(
@@ -107,6 +115,12 @@ ec2_snapshots = Table(
     Column("start_time", DateTime(timezone=True), nullable=False),
     Column("completion_time", DateTime(timezone=True), nullable=True),
     Index("ix_ec2_snapshots_owner", "account", "region"),
+    Index("ux_ec2_snapshots_client_token", "account", "region", "client_token", unique=True),  # as volumes
+    # DescribeSnapshots' common filters (see ec2_volumes); the parent lookup of CreateSnapshot.
+    Index("ix_ec2_snapshots_encrypted", "account", "region", "encrypted"),
+    Index("ix_ec2_snapshots_kms", "account", "region", "kms_key_arn"),
+    Index("ix_ec2_snapshots_state", "account", "region", "state"),
+    Index("ix_ec2_snapshots_volume", "volume_id", "start_time"),
 )
 
 # createVolumePermission: one row per account (or group "all") a snapshot is shared with.
@@ -137,6 +151,8 @@ ec2_tags = Table(
     Column("account", String(12), nullable=False),
     Column("region", String(32), nullable=False),
     Index("ix_ec2_tags_owner", "account", "region"),
+    # tag:K=V filters (tag:Name…): the ids carrying a tag, without reading every tag
+    Index("ix_ec2_tags_key_value", "account", "key", "value"),
 )
 
 __all__ = [

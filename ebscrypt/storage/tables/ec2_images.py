@@ -56,6 +56,7 @@ ec2_images = Table(
     UniqueConstraint("account", "region", "name", name="uq_ec2_images_name"),
     Index("ix_ec2_images_owner", "account", "region"),
     Index("ix_ec2_images_token", "account", "region", "client_token"),
+    Index("ux_ec2_images_client_token", "account", "region", "client_token", unique=True),  # as volumes
 )
 
 ec2_image_launch_permissions = Table(
@@ -108,6 +109,8 @@ ec2_instances = Table(
     Column("launch_plan", Text, nullable=False, default="[]"),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_ec2_instances_owner", "account", "region"),
+    # as volumes; one RunInstances token names all its instances, one per launch index
+    Index("ux_ec2_instances_client_token", "account", "region", "client_token", "ami_launch_index", unique=True),
     Index("ix_ec2_instances_reservation", "reservation_id"),
 )
 

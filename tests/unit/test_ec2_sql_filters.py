@@ -1,0 +1,157 @@
+"""DescribeVolumes filters pushed down to SQL (engines/ec2/sql_filters.py, issue 15): the
+narrowing is a superset of what the exact filters (engines/ec2/filters.py) select, so the
+answer of a Describe* view is unchanged (R-WIRE: AWS's filter semantics, wildcards and
+all), and a narrowing that can be expressed does narrow."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert
+
+from ebscrypt.engines.ec2.filters import apply_filters
+from ebscrypt.engines.ec2.volumes import list_volumes
+from ebscrypt.services.ec2.volumes import _FILTERS, _tag_map, volume_dict
+from ebscrypt.storage.db import Database
+from ebscrypt.storage.tables.ec2 import ec2_tags, ec2_volumes
+
+ACCOUNT, OTHER, REGION = "111111111111", "222222222222", "us-east-1"
+KEY = "arn:aws:kms:us-east-1:111111111111:key/11111111-2222-3333-4444-555555555555"
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Database:
+    path: Path = tmp_path_factory.mktemp("sqlf") / "meta.db"
+    database = Database(f"sqlite:///{path}")
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with database.begin() as conn:
+        for i in range(40):
+            enc = i % 4 == 0
+            conn.execute(insert(ec2_volumes).values(
+                id=f"vol-{i:017x}", account=ACCOUNT, region=REGION, availability_zone=f"us-east-1{'ab'[i % 2]}",
+                size=1 + i % 3, volume_type=("gp2", "gp3", "io1")[i % 3], iops=None, throughput=None,
+                multi_attach=False, state=("available", "in-use", "creating")[i % 3], state_message=None,
+                encrypted=enc, kms_key_arn=KEY if enc else None, data_key_id=None, data_key_blob=None,
+                data_key_context=None, snapshot_id=None, client_token=None, auto_enable_io=False, create_time=now))
+            if i % 5 == 0:
+                conn.execute(insert(ec2_tags).values(resource_id=f"vol-{i:017x}", key="Name", value=f"n{i % 3}",
+                                                     resource_type="volume", account=ACCOUNT, region=REGION))
+            else:  # another account's tag (one row per id and key) must not select it
+                conn.execute(insert(ec2_tags).values(resource_id=f"vol-{i:017x}", key="Name", value="theirs",
+                                                     resource_type="volume", account=OTHER, region=REGION))
+    yield database
+    database.dispose()
+
+
+def _exact(db: Database, filters: list[dict], *, narrowed: bool) -> tuple[list[str], int]:
+    from ebscrypt.engines.ec2.tags import tags_for
+
+    with db.read() as conn:
+        vols = list_volumes(conn, ACCOUNT, REGION, filters=filters if narrowed else None)
+        tags = tags_for(conn, ACCOUNT, [v.id for v in vols])
+    items = [volume_dict(v, [], tags[v.id]) for v in vols]
+    return [d["VolumeId"] for d in apply_filters(items, filters, _FILTERS, _tag_map)], len(vols)
+
+
+@pytest.mark.parametrize("filters", [
+    [{"Name": "encrypted", "Values": ["true"]}],
+    [{"Name": "encrypted", "Values": ["false"]}],
+    [{"Name": "encrypted", "Values": ["maybe"]}],
+    [{"Name": "encrypted", "Values": ["t*"]}],
+    [{"Name": "kms-key-id", "Values": [KEY]}],
+    [{"Name": "status", "Values": ["available", "in-use"]}, {"Name": "volume-type", "Values": ["gp3"]}],
+    [{"Name": "status", "Values": ["avail*"]}],
+    [{"Name": "availability-zone", "Values": ["us-east-1b"]}, {"Name": "encrypted", "Values": ["true"]}],
+    [{"Name": "tag:Name", "Values": ["n1"]}],
+    [{"Name": "tag:Name", "Values": ["theirs"]}],
+    [{"Name": "tag:Name", "Values": ["n?"]}, {"Name": "size", "Values": ["2"]}],
+    [{"Name": "volume-id", "Values": ["vol-00000000000000004", "vol-00000000000000099"]}],
+])
+def test_narrowing_keeps_the_exact_answer(db: Database, filters: list[dict]) -> None:
+    exact, read_all = _exact(db, filters, narrowed=False)
+    pushed, read_narrowed = _exact(db, filters, narrowed=True)
+    assert pushed == exact
+    assert read_narrowed <= read_all
+
+
+def test_literal_filters_narrow_in_sql(db: Database) -> None:
+    _, read = _exact(db, [{"Name": "encrypted", "Values": ["true"]}], narrowed=True)
+    assert read == 10
+    _, read = _exact(db, [{"Name": "tag:Name", "Values": ["n1"]}], narrowed=True)
+    assert read == len([i for i in range(40) if i % 5 == 0 and i % 3 == 1])
+    _, read = _exact(db, [{"Name": "encrypted", "Values": ["maybe"]}], narrowed=True)
+    assert read == 0
+    _, read = _exact(db, [{"Name": "status", "Values": ["avail*"]}], narrowed=True)
+    assert read == 40  # a wildcard is not pushed down
+
+
+def test_an_older_database_gets_the_describe_indexes(tmp_path: Path) -> None:
+    """The schema step of issue 15 adds the filter indexes to a database made before them."""
+    from sqlalchemy import inspect, text, update
+
+    from ebscrypt.storage import db as db_module
+    from ebscrypt.storage.schema import schema_version
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    first = Database(url)
+    with first.begin() as conn:
+        for name, _, _ in db_module.DESCRIBE_INDEXES:
+            conn.execute(text(f"DROP INDEX {name}"))
+        conn.execute(update(schema_version).values(version=db_module.SCHEMA_VERSION - 1))
+    first.dispose()
+    again = Database(url)
+    try:
+        with again.read() as conn:
+            names = {ix["name"] for t in ("ec2_volumes", "ec2_snapshots", "ec2_tags")
+                     for ix in inspect(conn).get_indexes(t)}
+            assert conn.execute(db_module.select(schema_version.c.version)).scalar() == db_module.SCHEMA_VERSION
+        assert {name for name, _, _ in db_module.DESCRIBE_INDEXES} <= names
+    finally:
+        again.dispose()
+
+
+def test_snapshot_narrowing_owners_and_filters(tmp_path: Path) -> None:
+    """DescribeSnapshots: OwnerIds=self reads only the caller's own snapshots (not those
+    shared with it), and literal filters narrow in SQL without changing the answer."""
+    from types import SimpleNamespace
+
+    from ebscrypt.engines.ec2.snapshots import visible_snapshots
+    from ebscrypt.services.ec2.snapshots import _FILTERS as SNAP_FILTERS, snapshot_dict
+    from ebscrypt.storage.tables.ec2 import ec2_snapshot_permissions, ec2_snapshots
+
+    database = Database(f"sqlite:///{tmp_path / 's.db'}")
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    try:
+        with database.begin() as conn:
+            for i in range(30):
+                owner = ACCOUNT if i % 3 else OTHER
+                conn.execute(insert(ec2_snapshots).values(
+                    id=f"snap-{i:017x}", account=owner, region=REGION, state=("completed", "pending")[i % 2],
+                    state_message=None, progress=100, volume_size=1, encrypted=i % 4 == 0,
+                    kms_key_arn=KEY if i % 4 == 0 else None, data_key_id=None, data_key_blob=None,
+                    data_key_context=None, volume_id="vol-ffffffff", parent_id=None, source_snapshot_id=None,
+                    source_region=None, description=None, origin="volume", client_token=None, start_time=now,
+                    completion_time=None))
+                if owner == OTHER and i % 2 == 0:
+                    conn.execute(insert(ec2_snapshot_permissions).values(snapshot_id=f"snap-{i:017x}",
+                                                                         grantee=ACCOUNT))
+        caller = SimpleNamespace(account=ACCOUNT, region=REGION)
+        with database.read() as conn:
+            every = visible_snapshots(conn, caller)
+            own = visible_snapshots(conn, caller, owners={ACCOUNT})
+            assert {s.account for s in every} == {ACCOUNT, OTHER}
+            assert {s.id for s in own} == {s.id for s in every if s.account == ACCOUNT}
+            for filters in ([{"Name": "encrypted", "Values": ["true"]}],
+                            [{"Name": "status", "Values": ["pending"]}, {"Name": "owner-id", "Values": [OTHER]}],
+                            [{"Name": "status", "Values": ["p*"]}]):
+                narrowed = visible_snapshots(conn, caller, filters=filters)
+                exact = apply_filters([snapshot_dict(s, []) for s in every], filters, SNAP_FILTERS)
+                again = apply_filters([snapshot_dict(s, []) for s in narrowed], filters, SNAP_FILTERS)
+                assert again == exact
+                assert len(narrowed) <= len(every)
+            assert len(visible_snapshots(conn, caller, filters=[{"Name": "encrypted", "Values": ["true"]}])) == len(
+                [s for s in every if s.encrypted])
+    finally:
+        database.dispose()
