@@ -13,9 +13,11 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from ebscrypt.engines import ec2
 from ebscrypt.engines.blocks import direct
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, BlockIntegrityError
 from ebscrypt.engines.blocks.engine import CopyInProgress, UnrelatedLineage
+from ebscrypt.engines.ec2 import snapshots as ec2_snapshots
 from ebscrypt.errors import (
     EbsAccessDenied,
     EbsInternal,
@@ -36,12 +38,6 @@ DEFAULT_TIMEOUT_MINUTES = 60
 DEFAULT_MAX_RESULTS = 10000
 
 
-def _ec2() -> Any:
-    import ebscrypt.engines.ec2 as ec2
-
-    return ec2
-
-
 def _snapshot(
     ctx: Any, snapshot_id: str, *, owned: bool = False, session: list[Any] | None = None, block: int | None = None,
     generation: list[Any] | None = None,
@@ -51,7 +47,6 @@ def _snapshot(
     ``generation`` (a list), the authorization generation of its KMS key (for
     ``direct.keys.get``); with ``block``, the entry of that block is returned too
     (``(snap, ref)``)."""
-    ec2 = _ec2()
     ref = None
     try:
         with ctx.runtime.db.read() as conn:
@@ -110,7 +105,6 @@ def _page(params: dict[str, Any]) -> tuple[int, int]:
 
 @operation("ebs", "StartSnapshot")
 def start_snapshot(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
-    ec2 = _ec2()
     volume_size = int(params["VolumeSize"])
     if volume_size > 65536:
         raise EbsValidation("The volume size must be at most 65536 GiB.", "INVALID_VOLUME_SIZE")
@@ -208,10 +202,10 @@ def _seed_from_parent(ctx: Any, blocks: Any, parent: Any, snap: Any) -> None:
             dst_key = direct.keys.get(ctx, snap)
             blocks.reencrypt(parent.id, src_key, snap.id, dst_key)
     except BlockIntegrityError:
-        _ec2().fail_snapshot(ctx.runtime, snap.id, "The parent snapshot's data failed its integrity check.")
+        ec2.fail_snapshot(ctx.runtime, snap.id, "The parent snapshot's data failed its integrity check.")
         raise EbsInternal("The parent snapshot's data failed its integrity check.") from None
     except ServiceError:
-        _ec2().fail_snapshot(ctx.runtime, snap.id, "The parent snapshot's data could not be read.")
+        ec2.fail_snapshot(ctx.runtime, snap.id, "The parent snapshot's data could not be read.")
         raise
 
 
@@ -250,9 +244,7 @@ def put_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     direct.touch(ctx, snapshot_id, found[0])
     progress = params.get("Progress")
     if progress is not None and direct.progress.advanced(ctx, snapshot_id, int(progress)):
-        from ebscrypt.engines.ec2.snapshots import set_progress
-
-        set_progress(ctx.runtime, snapshot_id, int(progress))
+        ec2_snapshots.set_progress(ctx.runtime, snapshot_id, int(progress))
     return {"Checksum": actual, "ChecksumAlgorithm": "SHA256"}
 
 
@@ -281,7 +273,7 @@ def complete_snapshot(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
         if params.get("ChecksumAggregationMethod", "LINEAR") != "LINEAR":
             raise EbsValidation("The only supported aggregation method is LINEAR.", "INVALID_PARAMETER_VALUE")
         direct.check_aggregate_checksum((c for _, c in own), checksum)
-    _ec2().complete_snapshot(ctx.runtime, snapshot_id)
+    ec2.complete_snapshot(ctx.runtime, snapshot_id)
     direct.end_session(ctx.runtime, snapshot_id)
     direct.keys.drop(ctx, snapshot_id)
     return {"Status": "completed"}
