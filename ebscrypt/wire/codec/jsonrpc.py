@@ -14,8 +14,8 @@ from typing import Any
 
 from ebscrypt.errors import SerializationError, ServiceError, UnknownOperation, ValidationError
 
-from . import Codec
 from . import jsonshape
+from .base import Codec
 from ebscrypt.wire.http import HttpRequest, HttpResponse
 
 

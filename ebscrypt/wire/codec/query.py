@@ -32,7 +32,8 @@ from urllib.parse import parse_qsl
 
 from ebscrypt.errors import ServiceError, UnknownOperation, UnknownParameter, ValidationError
 
-from . import Codec, required
+from . import required
+from .base import Codec
 from . import values as V
 from .ec2_always import ALWAYS_EMITTED
 from ebscrypt.wire.http import HttpRequest, HttpResponse

@@ -22,7 +22,8 @@ from urllib.parse import parse_qs, unquote
 
 from ebscrypt.errors import ServiceError, UnknownOperation
 
-from . import Codec, jsonshape, required
+from . import jsonshape, required
+from .base import Codec
 from . import values as V
 from .jsonrpc import decode_json_object
 from ebscrypt.wire.http import HttpRequest, HttpResponse
