@@ -393,12 +393,12 @@ def _copy_job(job: JobContext) -> None:
     _finish_copy(job.runtime, job.payload, job.progress)
 
 
-def _finish_copy(runtime: Any, p: dict[str, Any], report: Callable[[float], None] | None) -> None:
-    if p.get("problem"):
-        fail_snapshot(runtime, p["snapshot_id"], p["problem"])
+def _finish_copy(runtime: Any, payload: dict[str, Any], report: Callable[[float], None] | None) -> None:
+    if payload.get("problem"):
+        fail_snapshot(runtime, payload["snapshot_id"], payload["problem"])
         return
     with runtime.db.read() as conn:
-        dst = _row(conn, p["snapshot_id"])
+        dst = _row(conn, payload["snapshot_id"])
         src = _row(conn, dst.source_snapshot_id) if dst and dst.source_snapshot_id else None
     if dst is None or dst.state != "pending":
         return
@@ -408,7 +408,7 @@ def _finish_copy(runtime: Any, p: dict[str, Any], report: Callable[[float], None
     blocks = runtime.blocks
     if blocks is None:
         raise RuntimeError("the block engine is not available")
-    ctx = job_ctx(runtime, p["account"], p["region"], "CopySnapshot")
+    ctx = job_ctx(runtime, payload["account"], payload["region"], "CopySnapshot")
     src_key = data_key_for(ctx, src)  # R-SHARE-4: the copier must be allowed the source key
     try:
         _copy_blocks(runtime, src, src_key, dst, ctx, report)

@@ -446,12 +446,12 @@ def _create_job(job: JobContext) -> None:
     _finish(job.runtime, job.payload, job.progress)
 
 
-def _finish(runtime: Any, p: dict[str, Any], report: Callable[[float], None] | None) -> None:
-    if p.get("problem"):
-        set_volume_state(runtime, p["volume_id"], "error", p["problem"])
+def _finish(runtime: Any, payload: dict[str, Any], report: Callable[[float], None] | None) -> None:
+    if payload.get("problem"):
+        set_volume_state(runtime, payload["volume_id"], "error", payload["problem"])
         return
     with runtime.db.read() as conn:
-        vol = _row(conn, p["volume_id"])
+        vol = _row(conn, payload["volume_id"])
         if vol is None or vol.state != "creating":
             return  # deleted meanwhile, or already done (resumed job)
         src_row = (conn.execute(select(ec2_snapshots).where(ec2_snapshots.c.id == vol.snapshot_id))
@@ -459,7 +459,7 @@ def _finish(runtime: Any, p: dict[str, Any], report: Callable[[float], None] | N
     if vol.snapshot_id and src_row is None:  # DeleteSnapshot came first: nothing to build from
         set_volume_state(runtime, vol.id, "error", SourceSnapshotGone(vol.snapshot_id).args[0])
         return
-    ctx = job_ctx(runtime, p["account"], p["region"], "CreateVolume")
+    ctx = job_ctx(runtime, payload["account"], payload["region"], "CreateVolume")
     dst_key = data_key_for(ctx, vol)  # R-KEY-3: grant + decrypt; proves the key is usable
     if src_row is not None:
         src = Snapshot.from_row(src_row)
