@@ -6,6 +6,7 @@ then ``completed`` or ``error`` with a StateMessage (R-LIFE-1, R-KEY-6).
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -182,6 +183,9 @@ def _create_completed(ctx: Any, conn: Connection, volume_id: str, description: s
     except BlockError as exc:  # as the job would have: the snapshot records why
         stored = dict(values, state="error", state_message=str(exc))
     _insert(conn, stored, tags)
+    provenance.record(conn, ctx, values["id"], plan=None, rule="R-SNAP-1", key_arn=vol.kms_key_arn,
+                      source_type="volume", source_id=vol.id, source_region=vol.region,
+                      data_key_shared=bool(vol.encrypted))
     return Snapshot.from_row(values)  # the answer shows "pending", as AWS's does
 
 
@@ -551,7 +555,9 @@ def create_snapshot(ctx: Any, volume_id: str, description: str | None, tags: lis
     """CreateSnapshot (R-SNAP-1): O(1), metadata only (a block-lineage reference), stored
     completed in one transaction, no job; the answer is the snapshot as AWS shows it
     (``pending``)."""
-    with ctx.runtime.db.begin() as conn:
+    # R-ATTACH-4: an attached volume's acknowledged writes are flushed first, and none is
+    # applied until the point-in-time reference is committed.
+    with attach_io.quiesced(ctx.runtime, volume_id), ctx.runtime.db.begin() as conn:
         snap = create_snapshot_from_volume(ctx, conn, volume_id, description, tags, complete_now=True)
     snapshot_stored(ctx.runtime, snap.id)
     return snap
@@ -573,6 +579,19 @@ def create_snapshots_of_instance(ctx: Any, req: InstanceSnapshots) -> list[tuple
     """CreateSnapshots: a snapshot of every EBS volume attached to the instance (the
     caller's; optionally not the boot volume), all in one transaction, each with its tags."""
     out: list[tuple[Snapshot, list[dict[str, str]]]] = []
+    with ctx.runtime.db.read() as conn:
+        attached = [v.id for v, _ in volumes_of_instance(conn, req.instance_id)]
+    with ExitStack() as held:
+        for volume_id in attached:  # R-ATTACH-4, as CreateSnapshot
+            held.enter_context(attach_io.quiesced(ctx.runtime, volume_id))
+        _store_instance_snapshots(ctx, req, out)
+    for snap, _ in out:
+        snapshot_stored(ctx.runtime, snap.id)
+    return out
+
+
+def _store_instance_snapshots(ctx: Any, req: InstanceSnapshots, out: list[tuple[Snapshot, list[dict[str, str]]]]
+                              ) -> None:
     with ctx.runtime.db.begin() as conn:
         info = lookup_instance(conn, ctx.caller, req.instance_id)
         root = info.get("root_device_name")
@@ -589,9 +608,6 @@ def create_snapshots_of_instance(ctx: Any, req: InstanceSnapshots) -> list[tuple
                 snap_tags += [t for t in source_tags[vol.id] if t["Key"] not in keys]
             snap = create_snapshot_from_volume(ctx, conn, vol.id, req.description, snap_tags, complete_now=True)
             out.append((snap, snap_tags))
-    for snap, _ in out:
-        snapshot_stored(ctx.runtime, snap.id)
-    return out
 
 
 def _accounts(values: list[str] | None, caller_account: str) -> set[str]:
