@@ -23,14 +23,7 @@ from ebscrypt.engines.kms import api, generations
 from ebscrypt.engines.kms.errors import stop_if_dry_run
 from ebscrypt.engines.kms.metadata import utc
 from ebscrypt.engines.kms.paging import page
-from ebscrypt.errors import (
-    KmsAccessDenied,
-    KmsInvalidGrantId,
-    KmsInvalidGrantToken,
-    KmsNotFound,
-    KmsValidation,
-    ServiceError,
-)
+from ebscrypt.errors import KmsAccessDenied, KmsInvalidGrantId, KmsInvalidGrantToken, KmsNotFound, KmsValidation
 from ebscrypt.storage.tables.kms import kms_grants, kms_keys
 
 _GRANT_ID_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -66,11 +59,10 @@ _SAME_UNNAMED = _SAME_GRANTEE.where(kms_grants.c.name.is_(None))
 
 
 
-def _grant_error(exc: grant_rules.GrantError) -> ServiceError:
-    """The KMS error of a grant the domain rules refuse (its code is the rule's)."""
-    if exc.code == KmsValidation.code:
-        return KmsValidation(str(exc))
-    return ServiceError(str(exc), code=exc.code)
+def _grant_error(exc: grant_rules.GrantError) -> KmsValidation:
+    """The KMS error of a grant the domain rules refuse: every GrantError the rules raise
+    is a ValidationException (none sets another ``code``)."""
+    return KmsValidation(str(exc))
 
 
 def _grant_conditions(
