@@ -13,6 +13,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from ebscrypt.context import RequestContext
 from ebscrypt.engines import ec2
 from ebscrypt.engines.blocks import direct
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, BlockIntegrityError
@@ -39,7 +40,7 @@ DEFAULT_MAX_RESULTS = 10000
 
 
 def _snapshot(
-    ctx: Any, snapshot_id: str, *, owned: bool = False, session: list[Any] | None = None, block: int | None = None,
+    ctx: RequestContext, snapshot_id: str, *, owned: bool = False, session: list[Any] | None = None, block: int | None = None,
     generation: list[Any] | None = None,
 ) -> Any:
     """The EC2 snapshot record the caller may see, with EBS's error shapes. In the same
@@ -79,14 +80,14 @@ def _completed(snap: Any) -> None:
 # --------------------------------------------------------------------------- helpers
 
 
-def _blocks(ctx: Any) -> Any:
+def _blocks(ctx: RequestContext) -> Any:
     blocks = ctx.runtime.blocks
     if blocks is None:
         raise EbsInternal("The block store is not available.")
     return blocks
 
 
-def _now(ctx: Any) -> datetime:
+def _now(ctx: RequestContext) -> datetime:
     return ctx.runtime.clock.now()
 
 
@@ -104,7 +105,7 @@ def _page(params: dict[str, Any]) -> tuple[int, int]:
 
 
 @operation("ebs", "StartSnapshot")
-def start_snapshot(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+def start_snapshot(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     volume_size = int(params["VolumeSize"])
     if volume_size > 65536:
         raise EbsValidation("The volume size must be at most 65536 GiB.", "INVALID_VOLUME_SIZE")
@@ -191,7 +192,7 @@ _VALIDATION_REASONS = {
 }
 
 
-def _seed_from_parent(ctx: Any, blocks: Any, parent: Any, snap: Any) -> None:
+def _seed_from_parent(ctx: RequestContext, blocks: Any, parent: Any, snap: Any) -> None:
     """The new snapshot starts with its parent's blocks (R-LIFE-2): shared under the same
     data key (R-KEY-2), re-encrypted otherwise (the parent's lineage is kept)."""
     try:
@@ -210,7 +211,7 @@ def _seed_from_parent(ctx: Any, blocks: Any, parent: Any, snap: Any) -> None:
 
 
 @operation("ebs", "PutSnapshotBlock")
-def put_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+def put_snapshot_block(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     snapshot_id = params["SnapshotId"]
     index = int(params["BlockIndex"])
     data: bytes = params.get("BlockData") or b""
@@ -249,7 +250,7 @@ def put_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
 
 
 @operation("ebs", "CompleteSnapshot")
-def complete_snapshot(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+def complete_snapshot(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     snapshot_id = params["SnapshotId"]
     snap = _snapshot(ctx, snapshot_id, owned=True)
     if snap.state == "completed":
@@ -280,7 +281,7 @@ def complete_snapshot(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
 
 
 @operation("ebs", "GetSnapshotBlock")
-def get_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+def get_snapshot_block(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     snapshot_id = params["SnapshotId"]
     index = int(params["BlockIndex"])
     generation: list[Any] = []
@@ -300,7 +301,7 @@ def get_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
 
 
 @operation("ebs", "ListSnapshotBlocks")
-def list_snapshot_blocks(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+def list_snapshot_blocks(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     snapshot_id = params["SnapshotId"]
     snap = _snapshot(ctx, snapshot_id)
     _completed(snap)
@@ -324,7 +325,7 @@ def list_snapshot_blocks(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
 
 
 @operation("ebs", "ListChangedBlocks")
-def list_changed_blocks(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+def list_changed_blocks(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     second_id = params["SecondSnapshotId"]
     first_id = params.get("FirstSnapshotId")
     second = _snapshot(ctx, second_id)

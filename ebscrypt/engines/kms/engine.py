@@ -31,7 +31,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
-from ebscrypt.context import Caller
+from ebscrypt.context import Caller, Runtime
 from ebscrypt.domain import grants as grant_rules
 from ebscrypt.domain import policy as policy_rules
 from ebscrypt.engines.kms import blob as blobfmt
@@ -141,7 +141,7 @@ class KeyEngine(
 ):
     """One per server process (``runtime.kms``)."""
 
-    def __init__(self, runtime: Any, key_store: KeyStore | None = None) -> None:
+    def __init__(self, runtime: Runtime, key_store: KeyStore | None = None) -> None:
         self.runtime = runtime
         self.db = runtime.db
         self.clock = runtime.clock
