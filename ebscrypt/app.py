@@ -102,18 +102,18 @@ class Gateway:
             self.runtime.space.note_success()
             return _to_starlette(codec.serialize(operation, result or {}, request_id), cors)
         except ServiceError as error:
-            return _to_starlette(codec_for(service).serialize_error(error, request_id, operation), cors)
+            return _to_starlette(codec_for(service).serialize_error(error, request_id), cors)
         except Exception as exc:
             if is_out_of_space(exc):  # retryable 503; the monitor logs the condition once
                 what = f"the result of {operation.name}" if operation else "the request"
                 error = self.runtime.space.error(what, _root_cause(exc))
-                return _to_starlette(codec_for(service).serialize_error(error, request_id, operation), cors)
+                return _to_starlette(codec_for(service).serialize_error(error, request_id), cors)
             log.exception("internal error in %s %s (request %s)", service, operation and operation.name, request_id)
             error = InternalFailure(
                 "An internal error occurred; the request changed nothing that was not acknowledged.",
                 code=_INTERNAL_CODE[service],
             )
-            return _to_starlette(codec_for(service).serialize_error(error, request_id, operation), cors)
+            return _to_starlette(codec_for(service).serialize_error(error, request_id), cors)
 
 
 def _root_cause(exc: BaseException) -> BaseException:
