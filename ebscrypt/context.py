@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING, Any
 from ebscrypt.clock import Clock
 
 if TYPE_CHECKING:  # imported only for types: engines import this module too
+    from ebscrypt.engines.blocks.engine import BlockEngine
     from ebscrypt.engines.jobs import JobRunner
+    from ebscrypt.engines.kms.engine import KeyEngine
     from ebscrypt.storage.db import Database
+    from ebscrypt.storage.space import SpaceMonitor
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 2 * 1024 * 1024
     job_workers: int = 2
+    block_workers: int = 2  # worker processes of the block engine's re-encrypting copies (0: none)
     # The root of trust (engines/kms/keystore.py): "file:PATH" or a pkcs11: URI; None:
     # file:<data_dir>/root.key.
     key_store: str | None = None
@@ -75,8 +79,10 @@ class Settings:
 class Runtime:
     """The engines of one server process. Built once by :func:`ebscrypt.runtime.build_runtime`.
 
-    Engines that later layers add (``kms``, ``blocks``) are set as attributes by their
-    ``open_*`` functions; handlers reach them as ``ctx.runtime.kms`` and so on.
+    The engines are registered in ``engines`` by name as they are opened (``space``,
+    ``kms``, ``blocks``); handlers reach them through the typed properties below
+    (``ctx.runtime.kms`` …). One not opened (a unit test's partial runtime) raises
+    AttributeError, so ``getattr(runtime, "blocks", None)`` tells.
     """
 
     settings: Settings
@@ -85,12 +91,23 @@ class Runtime:
     jobs: "JobRunner"
     engines: dict[str, Any] = field(default_factory=dict)
 
-    def __getattr__(self, name: str) -> Any:
-        # Only called for attributes not found normally: look up a registered engine.
-        engines = self.__dict__.get("engines", {})
-        if name in engines:
-            return engines[name]
-        raise AttributeError(name)
+    def _engine(self, name: str) -> Any:
+        try:
+            return self.engines[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def kms(self) -> "KeyEngine":
+        return self._engine("kms")  # type: ignore[no-any-return]
+
+    @property
+    def blocks(self) -> "BlockEngine":
+        return self._engine("blocks")  # type: ignore[no-any-return]
+
+    @property
+    def space(self) -> "SpaceMonitor":
+        return self._engine("space")  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,13 @@ class ValidationError(ServiceError):
         self.missing = missing
 
 
+class SerializationError(ValidationError):
+    """A body or member that does not deserialize (malformed JSON, a member of the wrong
+    JSON type): JSON 1.1 services (KMS) answer ``SerializationException``."""
+
+    code = "SerializationException"
+
+
 class AuthError(ServiceError):
     """Authentication failed; ``kind`` says why so each protocol can name it its way."""
 
@@ -148,6 +155,12 @@ class InvalidParameterCombination(CodedError):
 
 class InvalidParameter(CodedError):
     code = "InvalidParameter"
+
+
+class InvalidParameterDependency(CodedError):
+    """A member given without the one it depends on (R-OUT-1: ``KmsKeyId`` needs ``Encrypted``)."""
+
+    code = "InvalidParameterDependency"
 
 
 class IncorrectState(CodedError):
@@ -283,14 +296,6 @@ class KmsDryRun(KmsError):
 
 class KmsAlreadyExists(KmsError):
     code = "AlreadyExistsException"
-
-
-class KmsInvalidAliasName(KmsError):
-    code = "InvalidAliasNameException"
-
-
-class KmsInvalidArn(KmsError):
-    code = "InvalidArnException"
 
 
 class KmsInvalidCiphertext(KmsError):

@@ -40,10 +40,6 @@ def family_of(instance_type: str) -> str | None:
     return match.group("family") if match else None
 
 
-def is_previous_generation(instance_type: str) -> bool:
-    return family_of(instance_type) in PREVIOUS_GENERATION_FAMILIES
-
-
 def supports_ebs_encryption(instance_type: str) -> bool:
     """Whether ``instance_type`` can attach encrypted EBS volumes (R-RUN-2)."""
     family = family_of(instance_type)

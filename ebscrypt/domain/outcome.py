@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import InvalidParameterDependency
 
 KMS_DEPENDENCY_MESSAGE = "The parameter KmsKeyId requires the parameter Encrypted to be set."
 
@@ -64,10 +64,10 @@ def decide(
     default for the caller in the destination region; ``default_key``: the caller's default
     EBS key there. ``cross_region``: a copy into another region.
 
-    Raises ``ServiceError(code="InvalidParameterDependency")`` for R-OUT-1.
+    Raises :class:`~ebscrypt.errors.InvalidParameterDependency` for R-OUT-1.
     """
     if kms_key_id and encrypted is not True:  # R-OUT-1
-        raise ServiceError(KMS_DEPENDENCY_MESSAGE, code="InvalidParameterDependency")
+        raise InvalidParameterDependency(KMS_DEPENDENCY_MESSAGE)
     if kms_key_id:  # R-OUT-2 (re-encryption when the source has another key)
         return Outcome(True, kms_key_id, reuses_data_key(source, kms_key_id, cross_region=cross_region), "R-OUT-2")
     if source is not None and source.encrypted:

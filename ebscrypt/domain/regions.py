@@ -154,10 +154,6 @@ def opt_in_status(region: str, enabled_regions: frozenset[str] = frozenset()) ->
     return OPTED_IN if region in enabled_regions else NOT_OPTED_IN
 
 
-def is_enabled(region: str, enabled_regions: frozenset[str] = frozenset()) -> bool:
-    return opt_in_status(region, enabled_regions) != NOT_OPTED_IN
-
-
 def availability_zones(region: str) -> tuple[Zone, ...]:
     """The zones of ``region`` in name order; empty for an unknown region."""
     return _ZONES.get(region, ())

@@ -13,10 +13,23 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from ebscrypt.context import RequestContext
+from ebscrypt.engines import ec2
 from ebscrypt.engines.blocks import direct
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, BlockIntegrityError
 from ebscrypt.engines.blocks.engine import CopyInProgress, UnrelatedLineage
-from ebscrypt.errors import ServiceError
+from ebscrypt.engines.ec2 import snapshots as ec2_snapshots
+from ebscrypt.errors import (
+    EbsAccessDenied,
+    EbsInternal,
+    EbsNotFound,
+    EbsThrottled,
+    EbsValidation,
+    InvalidParameterDependency,
+    Malformed,
+    NotFound,
+    ServiceError,
+)
 from ebscrypt.services.registry import operation
 
 log = logging.getLogger("ebscrypt.ebs")
@@ -26,14 +39,8 @@ DEFAULT_TIMEOUT_MINUTES = 60
 DEFAULT_MAX_RESULTS = 10000
 
 
-def _ec2() -> Any:
-    import ebscrypt.engines.ec2 as ec2
-
-    return ec2
-
-
 def _snapshot(
-    ctx: Any, snapshot_id: str, *, owned: bool = False, session: list[Any] | None = None, block: int | None = None,
+    ctx: RequestContext, snapshot_id: str, *, owned: bool = False, session: list[Any] | None = None, block: int | None = None,
     generation: list[Any] | None = None,
 ) -> Any:
     """The EC2 snapshot record the caller may see, with EBS's error shapes. In the same
@@ -41,7 +48,6 @@ def _snapshot(
     ``generation`` (a list), the authorization generation of its KMS key (for
     ``direct.keys.get``); with ``block``, the entry of that block is returned too
     (``(snap, ref)``)."""
-    ec2 = _ec2()
     ref = None
     try:
         with ctx.runtime.db.read() as conn:
@@ -52,20 +58,20 @@ def _snapshot(
                 generation.append(direct.keys.generation(ctx, snap, conn))
             if block is not None:
                 ref = _blocks(ctx).block_ref(snapshot_id, block, conn=conn)
-    except ServiceError as err:
-        if err.code.endswith("Malformed"):
-            raise direct.validation(f"The snapshot ID '{snapshot_id}' is not valid.", "INVALID_SNAPSHOT_ID") from None
-        if err.code.startswith("InvalidSnapshot"):
-            raise direct.not_found(snapshot_id) from None
-        raise
+    except Malformed:
+        raise EbsValidation(f"The snapshot ID '{snapshot_id}' is not valid.", "INVALID_SNAPSHOT_ID") from None
+    except NotFound as err:
+        if err.kind != "InvalidSnapshot":
+            raise
+        raise EbsNotFound(snapshot_id) from None
     if owned and not ec2.snapshot_is_owned(snap, ctx.caller):
-        raise direct.access_denied(f"The snapshot '{snapshot_id}' is not owned by account {ctx.caller.account}.")
+        raise EbsAccessDenied(f"The snapshot '{snapshot_id}' is not owned by account {ctx.caller.account}.")
     return (snap, ref) if block is not None else snap
 
 
 def _completed(snap: Any) -> None:
     if snap.state != "completed":
-        raise direct.validation(
+        raise EbsValidation(
             f"The snapshot '{snap.id}' is in the '{snap.state}' state; only completed snapshots can be read.",
             "INVALID_SNAPSHOT_ID",
         )
@@ -74,14 +80,14 @@ def _completed(snap: Any) -> None:
 # --------------------------------------------------------------------------- helpers
 
 
-def _blocks(ctx: Any) -> Any:
+def _blocks(ctx: RequestContext) -> Any:
     blocks = ctx.runtime.blocks
     if blocks is None:
-        raise direct.internal("The block store is not available.")
+        raise EbsInternal("The block store is not available.")
     return blocks
 
 
-def _now(ctx: Any) -> datetime:
+def _now(ctx: RequestContext) -> datetime:
     return ctx.runtime.clock.now()
 
 
@@ -99,20 +105,19 @@ def _page(params: dict[str, Any]) -> tuple[int, int]:
 
 
 @operation("ebs", "StartSnapshot")
-def start_snapshot(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
-    ec2 = _ec2()
+def start_snapshot(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     volume_size = int(params["VolumeSize"])
     if volume_size > 65536:
-        raise direct.validation("The volume size must be at most 65536 GiB.", "INVALID_VOLUME_SIZE")
+        raise EbsValidation("The volume size must be at most 65536 GiB.", "INVALID_VOLUME_SIZE")
     parent_id = params.get("ParentSnapshotId")
     encrypted = params.get("Encrypted")
     if parent_id and encrypted is not None:
-        raise direct.validation("You can't specify ParentSnapshotId and Encrypted in the same request.", "INVALID_PARAMETER_VALUE")
+        raise EbsValidation("You can't specify ParentSnapshotId and Encrypted in the same request.", "INVALID_PARAMETER_VALUE")
     if encrypted is False:
         with ctx.runtime.db.read() as conn:
             ebd = ec2.get_settings(conn, ctx.caller.account, ctx.caller.region).ebd
         if ebd:
-            raise direct.validation(
+            raise EbsValidation(
                 "Encryption by default is enabled for this account: a snapshot cannot be started unencrypted.",
                 "INVALID_PARAMETER_VALUE",
             )
@@ -122,12 +127,12 @@ def start_snapshot(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     tags = params.get("Tags") or []
     for tag in tags:
         if not tag.get("Key") or str(tag.get("Key", "")).startswith("aws:"):
-            raise direct.validation("Tag keys must be non-empty and must not start with 'aws:'.", "INVALID_TAG")
+            raise EbsValidation("Tag keys must be non-empty and must not start with 'aws:'.", "INVALID_TAG")
     parent = _snapshot(ctx, parent_id) if parent_id else None
     if parent is not None:
         _completed(parent)
         if parent.volume_size > volume_size:
-            raise direct.validation(
+            raise EbsValidation(
                 f"The volume size {volume_size} GiB is smaller than the parent snapshot's {parent.volume_size} GiB.",
                 "INVALID_VOLUME_SIZE",
             )
@@ -143,11 +148,12 @@ def start_snapshot(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
             client_token=params.get("ClientToken"),
             tags=tags or None,
         )
+    except InvalidParameterDependency as err:  # R-OUT-1: a KmsKeyArn without encryption
+        raise EbsValidation(err.message, "INVALID_PARAMETER_VALUE") from None
     except ServiceError as err:
-        if err.code == "InvalidParameterDependency":
-            raise direct.validation(err.message, "INVALID_PARAMETER_VALUE") from None
+        # A ValidationException with a Reason EBS does not define (the EC2 record's own).
         if err.code == "ValidationException" and err.fields.get("Reason") not in _VALIDATION_REASONS:
-            raise direct.validation(err.message, "INVALID_PARAMETER_VALUE") from None
+            raise EbsValidation(err.message, "INVALID_PARAMETER_VALUE") from None
         raise
     blocks = _blocks(ctx)
     # A retried ClientToken finds its session (or its finished snapshot): no second seeding.
@@ -186,7 +192,7 @@ _VALIDATION_REASONS = {
 }
 
 
-def _seed_from_parent(ctx: Any, blocks: Any, parent: Any, snap: Any) -> None:
+def _seed_from_parent(ctx: RequestContext, blocks: Any, parent: Any, snap: Any) -> None:
     """The new snapshot starts with its parent's blocks (R-LIFE-2): shared under the same
     data key (R-KEY-2), re-encrypted otherwise (the parent's lineage is kept)."""
     try:
@@ -196,16 +202,16 @@ def _seed_from_parent(ctx: Any, blocks: Any, parent: Any, snap: Any) -> None:
             src_key = direct.keys.get(ctx, parent)
             dst_key = direct.keys.get(ctx, snap)
             blocks.reencrypt(parent.id, src_key, snap.id, dst_key)
-    except BlockIntegrityError:  # (a ServiceError too: caught first)
-        _ec2().fail_snapshot(ctx.runtime, snap.id, "The parent snapshot's data failed its integrity check.")
-        raise direct.internal("The parent snapshot's data failed its integrity check.") from None
+    except BlockIntegrityError:
+        ec2.fail_snapshot(ctx.runtime, snap.id, "The parent snapshot's data failed its integrity check.")
+        raise EbsInternal("The parent snapshot's data failed its integrity check.") from None
     except ServiceError:
-        _ec2().fail_snapshot(ctx.runtime, snap.id, "The parent snapshot's data could not be read.")
+        ec2.fail_snapshot(ctx.runtime, snap.id, "The parent snapshot's data could not be read.")
         raise
 
 
 @operation("ebs", "PutSnapshotBlock")
-def put_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+def put_snapshot_block(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     snapshot_id = params["SnapshotId"]
     index = int(params["BlockIndex"])
     data: bytes = params.get("BlockData") or b""
@@ -214,41 +220,37 @@ def put_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     snap = _snapshot(ctx, snapshot_id, owned=True, session=found, generation=generation)
     direct.check_write_session(ctx, snap, found[0])
     if index >= _max_blocks(snap):
-        raise direct.validation(
+        raise EbsValidation(
             f"The block index {index} is outside the {snap.volume_size} GiB volume (last index {_max_blocks(snap) - 1}).",
             "INVALID_BLOCK",
         )
     if int(params["DataLength"]) != BLOCK_SIZE or len(data) != BLOCK_SIZE:
-        raise direct.validation(
+        raise EbsValidation(
             f"A block must be exactly {BLOCK_SIZE} bytes (DataLength {params['DataLength']}, received {len(data)}).",
             "INVALID_PARAMETER_VALUE",
         )
     if params.get("ChecksumAlgorithm") != "SHA256":
-        raise direct.validation("The only supported checksum algorithm is SHA256.", "INVALID_PARAMETER_VALUE")
+        raise EbsValidation("The only supported checksum algorithm is SHA256.", "INVALID_PARAMETER_VALUE")
     actual = direct.verified_block_checksum(data, params["Checksum"])
     key = direct.keys.get(ctx, snap, generation=generation[0])
     try:
         _blocks(ctx).write_block(snapshot_id, index, data, key, checksum=actual)  # verified just above
     except BlockIntegrityError:
-        raise direct.internal("The block could not be stored.") from None
+        raise EbsInternal("The block could not be stored.") from None
     except CopyInProgress:  # its parent's blocks are still being re-encrypted into it
-        raise ServiceError(
+        raise EbsThrottled(
             f"The snapshot '{snapshot_id}' is still being prepared from its parent; retry shortly.",
-            code="RequestThrottledException",
-            status=400,
-            Reason="RESOURCE_LEVEL_THROTTLE",
+            "RESOURCE_LEVEL_THROTTLE",
         ) from None
     direct.touch(ctx, snapshot_id, found[0])
     progress = params.get("Progress")
     if progress is not None and direct.progress.advanced(ctx, snapshot_id, int(progress)):
-        from ebscrypt.engines.ec2.snapshots import set_progress
-
-        set_progress(ctx.runtime, snapshot_id, int(progress))
+        ec2_snapshots.set_progress(ctx.runtime, snapshot_id, int(progress))
     return {"Checksum": actual, "ChecksumAlgorithm": "SHA256"}
 
 
 @operation("ebs", "CompleteSnapshot")
-def complete_snapshot(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+def complete_snapshot(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     snapshot_id = params["SnapshotId"]
     snap = _snapshot(ctx, snapshot_id, owned=True)
     if snap.state == "completed":
@@ -261,25 +263,25 @@ def complete_snapshot(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     own = blocks.own_blocks(snapshot_id, key)
     expected = int(params["ChangedBlocksCount"])
     if expected != len(own):
-        raise direct.validation(
+        raise EbsValidation(
             f"ChangedBlocksCount is {expected} but {len(own)} blocks were written to the snapshot.",
             "INVALID_PARAMETER_VALUE",
         )
     checksum = params.get("Checksum")
     if checksum is not None:
         if params.get("ChecksumAlgorithm", "SHA256") != "SHA256":
-            raise direct.validation("The only supported checksum algorithm is SHA256.", "INVALID_PARAMETER_VALUE")
+            raise EbsValidation("The only supported checksum algorithm is SHA256.", "INVALID_PARAMETER_VALUE")
         if params.get("ChecksumAggregationMethod", "LINEAR") != "LINEAR":
-            raise direct.validation("The only supported aggregation method is LINEAR.", "INVALID_PARAMETER_VALUE")
+            raise EbsValidation("The only supported aggregation method is LINEAR.", "INVALID_PARAMETER_VALUE")
         direct.check_aggregate_checksum((c for _, c in own), checksum)
-    _ec2().complete_snapshot(ctx.runtime, snapshot_id)
+    ec2.complete_snapshot(ctx.runtime, snapshot_id)
     direct.end_session(ctx.runtime, snapshot_id)
     direct.keys.drop(ctx, snapshot_id)
     return {"Status": "completed"}
 
 
 @operation("ebs", "GetSnapshotBlock")
-def get_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+def get_snapshot_block(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     snapshot_id = params["SnapshotId"]
     index = int(params["BlockIndex"])
     generation: list[Any] = []
@@ -292,14 +294,14 @@ def get_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
         data, checksum, now_ref = blocks.read_block_checked(snapshot_id, index, key, ref=ref)
     except BlockIntegrityError:
         log.error("block %d of %s failed its integrity check", index, snapshot_id)
-        raise direct.internal("The block failed its integrity check and cannot be returned.") from None
+        raise EbsInternal("The block failed its integrity check and cannot be returned.") from None
     if (now_ref.object_key if now_ref else None) != (ref.object_key if ref else None):  # rewritten meanwhile
-        raise direct.validation("The block token is not valid.", "INVALID_BLOCK_TOKEN")
+        raise EbsValidation("The block token is not valid.", "INVALID_BLOCK_TOKEN")
     return {"BlockData": data, "DataLength": len(data), "Checksum": checksum, "ChecksumAlgorithm": "SHA256"}
 
 
 @operation("ebs", "ListSnapshotBlocks")
-def list_snapshot_blocks(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+def list_snapshot_blocks(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     snapshot_id = params["SnapshotId"]
     snap = _snapshot(ctx, snapshot_id)
     _completed(snap)
@@ -323,7 +325,7 @@ def list_snapshot_blocks(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
 
 
 @operation("ebs", "ListChangedBlocks")
-def list_changed_blocks(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+def list_changed_blocks(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     second_id = params["SecondSnapshotId"]
     first_id = params.get("FirstSnapshotId")
     second = _snapshot(ctx, second_id)
@@ -339,7 +341,7 @@ def list_changed_blocks(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     try:
         changed = _blocks(ctx).changed_blocks(first_id, second_id)
     except UnrelatedLineage:
-        raise direct.validation(
+        raise EbsValidation(
             f"The snapshots '{first_id}' and '{second_id}' are not in the same lineage.", "UNRELATED_SNAPSHOTS"
         ) from None
     changed = [c for c in changed if c.index >= start]

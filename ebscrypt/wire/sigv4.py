@@ -89,7 +89,7 @@ def _title(name: str) -> str:
     return "-".join(part.capitalize() for part in name.split("-"))
 
 
-class _Verifier(SigV4Auth):
+class _Verifier(SigV4Auth):  # type: ignore[misc]  # botocore ships no type hints
     """botocore's signer, told which headers the client signed."""
 
     def __init__(self, credentials: Credentials, service: str, region: str, signed: tuple[str, ...]) -> None:

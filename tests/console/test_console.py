@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import ServerProcess
 from tests.console.scenario import Scenario, build
-from tests.integration.test_ec2_images_support import new_account
+from tests.helpers import new_account
 
 CHROMIUM = os.environ.get("EBSCRYPT_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.integration.test_ec2_images_support import new_account
+from tests.helpers import new_account
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.integration.test_ec2_images_support import empty_snapshot, new_account
+from tests.helpers import empty_snapshot, new_account
 
 UTC = dt.timezone.utc
 

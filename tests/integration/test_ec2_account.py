@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.integration.test_ec2_volumes_helpers import create_key, error_code, final_volume, new_account
+from tests.helpers import create_key, error_code, final_volume, new_account
 
 
 def test_r_acc_ebd_is_off_by_default_and_per_account_and_region(aws) -> None:

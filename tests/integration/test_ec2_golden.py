@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.integration.test_ec2_images_support import (
+from tests.helpers import (
     REGION,
     error_of,
     image,

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.integration.test_ec2_images_support import (
+from tests.helpers import (
     OTHER_REGION,
     REGION,
     empty_snapshot,

@@ -16,15 +16,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.integration.test_ec2_images_support import (
-    empty_snapshot,
-    error_of,
-    image,
-    key_policy,
-    new_account,
-    new_key,
-    register,
-)
+from tests.helpers import empty_snapshot, error_of, image, key_policy, new_account, new_key, register
 
 
 @pytest.fixture

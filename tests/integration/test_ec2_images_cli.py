@@ -6,7 +6,7 @@ import json
 import subprocess
 from typing import Any, Callable
 
-from tests.integration.test_ec2_images_support import empty_snapshot, new_account
+from tests.helpers import empty_snapshot, new_account
 
 
 def cli(endpoint: str, env: dict[str, str], account: str, *args: str) -> Any:

@@ -11,15 +11,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.integration.test_ec2_images_support import (
-    empty_snapshot,
-    error_of,
-    image,
-    instance,
-    new_account,
-    register,
-    volumes_of,
-)
+from tests.helpers import empty_snapshot, error_of, image, instance, new_account, register, volumes_of
 
 WAIT = {"Delay": 1, "MaxAttempts": 60}
 

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.integration.test_ec2_images_support import (
+from tests.helpers import (
     REGION,
     empty_snapshot,
     error_of,

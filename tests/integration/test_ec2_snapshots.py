@@ -10,7 +10,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError, WaiterError
 
-from tests.integration.test_ec2_volumes_helpers import (
+from tests.helpers import (
     create_key,
     error_code,
     final_snapshot,

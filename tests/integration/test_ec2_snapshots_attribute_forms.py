@@ -16,7 +16,7 @@ from typing import Any, Callable
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.integration.test_ec2_volumes_helpers import create_key, error_code, make_snapshot, new_account
+from tests.helpers import create_key, error_code, make_snapshot, new_account
 
 
 @pytest.fixture

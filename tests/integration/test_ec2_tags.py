@@ -6,14 +6,7 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.integration.test_ec2_volumes_helpers import (
-    error_code,
-    final_snapshot,
-    final_volume,
-    make_snapshot,
-    new_account,
-    volume,
-)
+from tests.helpers import error_code, final_snapshot, final_volume, make_snapshot, new_account, volume
 
 AZ = "us-east-1a"
 

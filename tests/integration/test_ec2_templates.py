@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from tests.integration.test_ec2_images_support import (
+from tests.helpers import (
     empty_snapshot,
     error_of,
     instance,

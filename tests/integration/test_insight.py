@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 
 from tests.conftest import ServerProcess
 from tests.console.scenario import key_shared_with
-from tests.integration.test_ec2_images_support import new_account
+from tests.helpers import new_account
 
 ZONE = "us-east-1a"
 

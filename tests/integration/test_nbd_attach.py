@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_ec2_images_support import error_of, new_key
+from tests.helpers import error_of, new_key
 from tests.integration.test_nbd_support import ZONE, attach_new, launch, need, qemu_io, run, uri
 
 

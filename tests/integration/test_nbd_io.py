@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.integration.test_ec2_images_support import new_account, new_key, pattern, read_blocks, upload_snapshot
+from tests.helpers import new_account, new_key, pattern, read_blocks, upload_snapshot
 from tests.integration.test_nbd_support import (
     BLOCK,
     MIB,

@@ -73,7 +73,7 @@ class RawClient:
 
 @pytest.fixture(scope="module")
 def export(server: Any, aws: Any) -> Iterator[tuple[int, str]]:
-    from tests.integration.test_ec2_images_support import new_account
+    from tests.helpers import new_account
 
     ec2 = aws("ec2", account=new_account())
     vol = attach_new(ec2, launch(ec2), "/dev/sdf", Encrypted=True)

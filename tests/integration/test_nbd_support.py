@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_ec2_images_support import empty_snapshot, register
+from tests.helpers import empty_snapshot, register
 
 ZONE = "us-east-1a"
 _images = itertools.count(1)

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ebscrypt.wire import nbd
-from tests.integration.test_ec2_images_support import new_account
+from tests.helpers import new_account
 from tests.integration.test_nbd_support import attach_new, launch, need, run
 
 

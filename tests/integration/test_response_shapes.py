@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from tests.integration.test_ec2_images_support import new_account
+from tests.helpers import new_account
 
 PREDEFINED = {"alias/aws/acm", "alias/aws/dynamodb", "alias/aws/ebs", "alias/aws/rds", "alias/aws/s3"}
 

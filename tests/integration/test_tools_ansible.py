@@ -16,17 +16,8 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.tools.support import (
-    TOOLS_DIR,
-    ansible_playbook,
-    new_account,
-    pattern,
-    require,
-    run,
-    source_ami,
-    tool_env,
-    upload_snapshot,
-)
+from tests.helpers import new_account, pattern, upload_snapshot
+from tests.tools.support import TOOLS_DIR, ansible_playbook, require, run, source_ami, tool_env
 
 PLAYBOOK = TOOLS_DIR / "ansible" / "golden.yml"
 

@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.tools.support import BLOCK, REGION, new_account, pattern, require, run, tool_env, which
+from tests.helpers import BLOCK, REGION, new_account, pattern
+from tests.tools.support import require, run, tool_env, which
 
 
 class Cli:

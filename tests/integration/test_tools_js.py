@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.tools.support import REGION, TOOLS_DIR, new_account, pattern, read_blocks, require, run, tool_env, which
+from tests.helpers import REGION, new_account, pattern, read_blocks
+from tests.tools.support import TOOLS_DIR, require, run, tool_env, which
 
 JS_DIR = TOOLS_DIR / "js"
 

@@ -18,21 +18,8 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.tools.support import (
-    OTHER_REGION,
-    REGION,
-    TOOLS_DIR,
-    image,
-    new_account,
-    pattern,
-    read_blocks,
-    require,
-    root_snapshot,
-    run,
-    source_ami,
-    tool_env,
-    which,
-)
+from tests.helpers import OTHER_REGION, REGION, image, new_account, pattern, read_blocks
+from tests.tools.support import TOOLS_DIR, require, root_snapshot, run, source_ami, tool_env, which
 
 TEMPLATES = TOOLS_DIR / "packer"
 

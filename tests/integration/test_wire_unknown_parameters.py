@@ -26,7 +26,7 @@ from botocore.auth import SigV4Auth, SigV4QueryAuth
 from botocore.awsrequest import AWSRequest, HeadersDict
 from botocore.credentials import Credentials
 
-from tests.integration.test_ec2_images_support import new_account
+from tests.helpers import new_account
 
 V = [("Version", "2016-11-15")]
 REGION = "us-east-1"

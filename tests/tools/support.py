@@ -1,16 +1,12 @@
 """Helpers for the tool integration tests (tests/integration/test_tools_*.py).
 
-Where the tools live (ci/install-tools.sh puts them there), fresh account ids, snapshots
-holding real bytes (EBS direct APIs), and a subprocess runner that never lets a tool reach
+Where the tools live (ci/install-tools.sh puts them there), an AMI over a snapshot holding
+real bytes, and a subprocess runner that never lets a tool reach
 anything but the loopback server (no metadata service, no update checks).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import itertools
-import json
 import os
 import shutil
 import subprocess
@@ -19,22 +15,12 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import REGION, image, upload_snapshot
+
 TOOLS_DIR = Path(__file__).resolve().parent
 REPO = TOOLS_DIR.parent.parent
-REGION = "us-east-1"
-OTHER_REGION = "eu-west-1"
-BLOCK = 524288
 SECRET = "ebscrypt-dev-secret"
 ANSIBLE_VERSION = "12.3.0"
-
-_counter = itertools.count(1)
-_run = os.getpid() % 1000
-
-
-def new_account() -> str:
-    """A 12-digit account id used by no other test on the session server (prefix 66)."""
-    return f"66{_run:03d}{next(_counter):07d}"
-
 
 # ------------------------------------------------------------------ where the tools are
 
@@ -92,46 +78,6 @@ def which(name: str) -> str | None:
 
 # ------------------------------------------------------------------ data
 
-def pattern(tag: str, index: int = 0) -> bytes:
-    """A full 512 KiB block, different for every (tag, index)."""
-    seed = hashlib.sha256(f"{tag}:{index}".encode()).digest()
-    return (seed * (BLOCK // len(seed) + 1))[:BLOCK]
-
-
-def b64sha(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
-
-
-def upload_snapshot(ebs: Any, blocks: dict[int, bytes], *, volume_size: int = 1, **start: Any) -> str:
-    """A completed snapshot holding ``blocks``, written through the EBS direct APIs."""
-    sid = ebs.start_snapshot(VolumeSize=volume_size, **start)["SnapshotId"]
-    for index, data in blocks.items():
-        ebs.put_snapshot_block(SnapshotId=sid, BlockIndex=index, BlockData=data, DataLength=len(data),
-                               Checksum=b64sha(data), ChecksumAlgorithm="SHA256")
-    h = hashlib.sha256()
-    for index in sorted(blocks):
-        h.update(hashlib.sha256(blocks[index]).digest())
-    ebs.complete_snapshot(SnapshotId=sid, ChangedBlocksCount=len(blocks),
-                          Checksum=base64.b64encode(h.digest()).decode(),
-                          ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR")
-    return sid
-
-
-def read_blocks(ebs: Any, snapshot_id: str) -> dict[int, bytes]:
-    """Every written block of a snapshot, read back with GetSnapshotBlock."""
-    out: dict[int, bytes] = {}
-    token = None
-    while True:
-        page = ebs.list_snapshot_blocks(SnapshotId=snapshot_id, **({"NextToken": token} if token else {}))
-        for block in page["Blocks"]:
-            got = ebs.get_snapshot_block(SnapshotId=snapshot_id, BlockIndex=block["BlockIndex"],
-                                         BlockToken=block["BlockToken"])
-            out[block["BlockIndex"]] = got["BlockData"].read()
-        token = page.get("NextToken")
-        if not token:
-            return out
-
-
 def source_ami(ec2: Any, ebs: Any, name: str, blocks: dict[int, bytes], **start: Any) -> tuple[str, str]:
     """RegisterImage over an uploaded root snapshot; returns (image id, snapshot id)."""
     snap = upload_snapshot(ebs, blocks, **start)
@@ -143,28 +89,7 @@ def source_ami(ec2: Any, ebs: Any, name: str, blocks: dict[int, bytes], **start:
     return image_id, snap
 
 
-def image(ec2: Any, image_id: str) -> dict[str, Any]:
-    return ec2.describe_images(ImageIds=[image_id])["Images"][0]
-
-
 def root_snapshot(ec2: Any, image_id: str) -> dict[str, Any]:
     img = image(ec2, image_id)
     root = next(m for m in img["BlockDeviceMappings"] if m["DeviceName"] == img["RootDeviceName"])
     return ec2.describe_snapshots(SnapshotIds=[root["Ebs"]["SnapshotId"]])["Snapshots"][0]
-
-
-def key_policy(owner: str, *others: str) -> str:
-    """The default key policy plus, for ``others``, the statement that lets them use the key for EBS."""
-    statements: list[dict[str, Any]] = [{
-        "Sid": "Enable IAM User Permissions", "Effect": "Allow",
-        "Principal": {"AWS": f"arn:aws:iam::{owner}:root"}, "Action": "kms:*", "Resource": "*",
-    }]
-    if others:
-        statements.append({
-            "Sid": "Allow use of the key by other accounts", "Effect": "Allow",
-            "Principal": {"AWS": [f"arn:aws:iam::{o}:root" for o in others]},
-            "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*",
-                       "kms:DescribeKey", "kms:CreateGrant"],
-            "Resource": "*",
-        })
-    return json.dumps({"Version": "2012-10-17", "Statement": statements})

@@ -17,6 +17,7 @@ from ebscrypt.engines.kms.audit import print_log, read_events
 from ebscrypt.engines.kms.keystore import RootKeyError
 from ebscrypt.errors import ServiceError
 from ebscrypt.storage.db import Database
+from tests.helpers import kms_op, kms_op_of
 
 A, B = "111111111111", "222222222222"
 REGION = "us-east-1"
@@ -47,7 +48,7 @@ def code_of(fn, *a, **kw) -> str:  # type: ignore[no-untyped-def]
 
 
 def cmk(engine: KeyEngine, caller: Caller = CA, **params) -> dict:  # type: ignore[no-untyped-def]
-    return engine.op_CreateKey(caller, params)["KeyMetadata"]
+    return kms_op(engine, "CreateKey", caller, params)["KeyMetadata"]
 
 
 # ------------------------------------------------------------------ cross-member API
@@ -82,7 +83,7 @@ def test_data_key_round_trip_via_ec2_with_the_managed_key(engine: KeyEngine) -> 
 
 def test_describe_key_accepts_all_reference_forms(engine: KeyEngine) -> None:
     md = cmk(engine)
-    engine.op_CreateAlias(CA, {"AliasName": "alias/golden", "TargetKeyId": md["KeyId"]})
+    kms_op(engine, "CreateAlias", CA, {"AliasName": "alias/golden", "TargetKeyId": md["KeyId"]})
     for ref in (md["KeyId"], md["Arn"], "alias/golden", f"arn:aws:kms:{REGION}:{A}:alias/golden"):
         assert engine.describe_key(CA, ref).key_id == md["KeyId"]
     assert code_of(engine.describe_key, CA, "alias/nope") == "NotFoundException"
@@ -100,7 +101,7 @@ def test_cross_account_use_needs_the_key_policy(engine: KeyEngine) -> None:
     assert code_of(engine.create_grant_for_service, CB, md["Arn"], via_service=VIA, operations=["Decrypt"]) == (
         "AccessDeniedException"
     )
-    policy = json.loads(engine.op_GetKeyPolicy(CA, {"KeyId": md["KeyId"]})["Policy"])
+    policy = json.loads(kms_op(engine, "GetKeyPolicy", CA, {"KeyId": md["KeyId"]})["Policy"])
     policy["Statement"].append(
         {
             "Sid": "share with B",
@@ -111,7 +112,7 @@ def test_cross_account_use_needs_the_key_policy(engine: KeyEngine) -> None:
             "Resource": "*",
         }
     )
-    engine.op_PutKeyPolicy(CA, {"KeyId": md["KeyId"], "Policy": json.dumps(policy)})
+    kms_op(engine, "PutKeyPolicy", CA, {"KeyId": md["KeyId"], "Policy": json.dumps(policy)})
     assert engine.decrypt(CB, blob, encryption_context=None, via_service=VIA)[0] == arn
     assert engine.describe_key(CB, md["Arn"]).key_id == md["KeyId"]
     grant_id = engine.create_grant_for_service(CB, md["Arn"], via_service=VIA, operations=["Decrypt"])
@@ -119,7 +120,7 @@ def test_cross_account_use_needs_the_key_policy(engine: KeyEngine) -> None:
     # asking again (every attach does) returns the same grant instead of piling up grants
     assert engine.create_grant_for_service(CB, md["Arn"], via_service=VIA, operations=["Decrypt"]) == grant_id
     assert engine.create_grant_for_service(CA, md["Arn"], via_service=VIA, operations=["Decrypt"]) != grant_id
-    grants = engine.op_ListGrants(CA, {"KeyId": md["KeyId"]})["Grants"]
+    grants = kms_op(engine, "ListGrants", CA, {"KeyId": md["KeyId"]})["Grants"]
     assert len(grants) == 2
     mine = next(g for g in grants if g["GrantId"] == grant_id)
     assert mine["GranteePrincipal"] == VIA and mine["IssuingAccount"] == f"arn:aws:iam::{B}:root"
@@ -137,11 +138,11 @@ def test_service_grant_alone_lets_ec2_decrypt(engine: KeyEngine) -> None:
         ],
     }
     md = cmk(engine, Policy=json.dumps(policy))
-    blob = engine.op_Encrypt(CA, {"KeyId": md["KeyId"], "Plaintext": b"k" * 32})["CiphertextBlob"]
+    blob = kms_op(engine, "Encrypt", CA, {"KeyId": md["KeyId"], "Plaintext": b"k" * 32})["CiphertextBlob"]
     assert code_of(engine.decrypt, CA, blob, encryption_context=None, via_service=VIA) == "AccessDeniedException"
     # CreateGrant directly (GrantIsForAWSResource false) is refused; via the service it works
     assert code_of(
-        engine.op_CreateGrant, CA, {"KeyId": md["KeyId"], "GranteePrincipal": VIA, "Operations": ["Decrypt"]}
+        kms_op_of(engine, "CreateGrant"), CA, {"KeyId": md["KeyId"], "GranteePrincipal": VIA, "Operations": ["Decrypt"]}
     ) == "AccessDeniedException"
     engine.create_grant_for_service(CA, md["KeyId"], via_service=VIA, operations=["Decrypt"])
     assert engine.decrypt(CA, blob, encryption_context=None, via_service=VIA)[1] == b"k" * 32
@@ -154,13 +155,13 @@ def test_key_states_disabled_pending_and_destroyed(tmp_path: Path) -> None:
     engine = make_engine(tmp_path / "d", clock)
     md = cmk(engine)
     _arn, blob = engine.generate_data_key_without_plaintext(CA, md["KeyId"], encryption_context=None, via_service=VIA)
-    engine.op_DisableKey(CA, {"KeyId": md["KeyId"]})
+    kms_op(engine, "DisableKey", CA, {"KeyId": md["KeyId"]})
     assert code_of(engine.decrypt, CA, blob, encryption_context=None, via_service=VIA) == "DisabledException"
     assert code_of(
         engine.generate_data_key_without_plaintext, CA, md["KeyId"], encryption_context=None, via_service=VIA
     ) == "DisabledException"
-    engine.op_EnableKey(CA, {"KeyId": md["KeyId"]})
-    out = engine.op_ScheduleKeyDeletion(CA, {"KeyId": md["KeyId"], "PendingWindowInDays": 7})
+    kms_op(engine, "EnableKey", CA, {"KeyId": md["KeyId"]})
+    out = kms_op(engine, "ScheduleKeyDeletion", CA, {"KeyId": md["KeyId"], "PendingWindowInDays": 7})
     assert out["KeyState"] == "PendingDeletion"
     assert code_of(engine.decrypt, CA, blob, encryption_context=None, via_service=VIA) == "KMSInvalidStateException"
     clock.advance(6 * 86400)
@@ -175,7 +176,7 @@ def test_expired_keys_are_destroyed_when_the_engine_opens(tmp_path: Path) -> Non
     clock = Clock()
     engine = make_engine(tmp_path / "d", clock)
     md = cmk(engine)
-    engine.op_ScheduleKeyDeletion(CA, {"KeyId": md["KeyId"], "PendingWindowInDays": 30})
+    kms_op(engine, "ScheduleKeyDeletion", CA, {"KeyId": md["KeyId"], "PendingWindowInDays": 30})
     engine.close()
     clock.advance(31 * 86400)
     engine2 = make_engine(tmp_path / "d", clock)
@@ -206,17 +207,17 @@ def test_root_key_file_is_0600_and_reused(tmp_path: Path) -> None:
     assert mode == 0o600
     assert len((d / "root.key").read_bytes()) == 32
     md = cmk(engine)
-    blob = engine.op_Encrypt(CA, {"KeyId": md["KeyId"], "Plaintext": b"secret"})["CiphertextBlob"]
+    blob = kms_op(engine, "Encrypt", CA, {"KeyId": md["KeyId"], "Plaintext": b"secret"})["CiphertextBlob"]
     engine.close()
     engine2 = make_engine(d)  # a restart: same root key, material unwrapped again
-    assert engine2.op_Decrypt(CA, {"CiphertextBlob": blob})["Plaintext"] == b"secret"
+    assert kms_op(engine2, "Decrypt", CA, {"CiphertextBlob": blob})["Plaintext"] == b"secret"
 
 
 def test_wrong_root_key_cannot_unwrap(tmp_path: Path) -> None:
     d = tmp_path / "d"
     engine = make_engine(d)
     md = cmk(engine)
-    blob = engine.op_Encrypt(CA, {"KeyId": md["KeyId"], "Plaintext": b"secret"})["CiphertextBlob"]
+    blob = kms_op(engine, "Encrypt", CA, {"KeyId": md["KeyId"], "Plaintext": b"secret"})["CiphertextBlob"]
     engine.close()
     (d / "root.key").chmod(0o600)
     (d / "root.key").write_bytes(os.urandom(32))
@@ -230,7 +231,7 @@ def test_no_key_material_or_data_key_on_disk_in_plaintext(tmp_path: Path) -> Non
     d = tmp_path / "d"
     engine = make_engine(d)
     md = cmk(engine)
-    out = engine.op_GenerateDataKey(CA, {"KeyId": md["KeyId"], "KeySpec": "AES_256"})
+    out = kms_op(engine, "GenerateDataKey", CA, {"KeyId": md["KeyId"], "KeySpec": "AES_256"})
     engine.default_ebs_key(A, REGION)
     rsa = cmk(engine, KeySpec="RSA_2048", KeyUsage="ENCRYPT_DECRYPT")
     secrets = [out["Plaintext"], *engine._materials.values()]
@@ -280,7 +281,7 @@ def test_concurrent_use_keeps_audit_lines_whole(engine: KeyEngine) -> None:
         try:
             for _ in range(20):
                 with engine.audited(CA, "GenerateDataKey", {"KeyId": md["KeyId"], "Policy": "p" * 9000}):
-                    out = engine.op_GenerateDataKey(CA, {"KeyId": md["KeyId"], "NumberOfBytes": 32})
+                    out = kms_op(engine, "GenerateDataKey", CA, {"KeyId": md["KeyId"], "NumberOfBytes": 32})
                 _arn, pt = engine.decrypt(CA, out["CiphertextBlob"], encryption_context=None, via_service=None)
                 assert pt == out["Plaintext"]
         except BaseException as exc:  # pragma: no cover - reported below
@@ -309,7 +310,7 @@ def test_destroyed_key_leaves_no_wrapped_material_in_the_database(tmp_path: Path
         wrapped = conn.execute(
             select(kms_key_material.c.wrapped).where(kms_key_material.c.key_id == md["KeyId"])
         ).scalar_one()
-    engine.op_ScheduleKeyDeletion(CA, {"KeyId": md["KeyId"], "PendingWindowInDays": 7})
+    kms_op(engine, "ScheduleKeyDeletion", CA, {"KeyId": md["KeyId"], "PendingWindowInDays": 7})
     clock.advance(8 * 86400)
     assert engine.sweep_deletions() == 1
     raw = engine.db.engine.raw_connection()
@@ -324,21 +325,21 @@ def test_destroyed_key_leaves_no_wrapped_material_in_the_database(tmp_path: Path
 
 def test_grant_with_create_grant_only_delegates_a_subset(engine: KeyEngine) -> None:
     md = cmk(engine)
-    engine.op_CreateGrant(
+    kms_op(engine, "CreateGrant",
         CA, {"KeyId": md["KeyId"], "GranteePrincipal": f"arn:aws:iam::{B}:root", "Operations": ["Decrypt", "CreateGrant"]}
     )
     c = Caller("333333333333", REGION)
-    ok = engine.op_CreateGrant(
+    ok = kms_op(engine, "CreateGrant",
         CB, {"KeyId": md["Arn"], "GranteePrincipal": f"arn:aws:iam::{c.account}:root", "Operations": ["Decrypt"]}
     )
     assert len(ok["GrantId"]) == 64
     assert code_of(
-        engine.op_CreateGrant,
+        kms_op_of(engine, "CreateGrant"),
         CB,
         {"KeyId": md["Arn"], "GranteePrincipal": f"arn:aws:iam::{c.account}:root", "Operations": ["Encrypt"]},
     ) == "AccessDeniedException"
-    blob = engine.op_Encrypt(CA, {"KeyId": md["KeyId"], "Plaintext": b"abc"})["CiphertextBlob"]
-    assert engine.op_Decrypt(c, {"CiphertextBlob": blob})["Plaintext"] == b"abc"
+    blob = kms_op(engine, "Encrypt", CA, {"KeyId": md["KeyId"], "Plaintext": b"abc"})["CiphertextBlob"]
+    assert kms_op(engine, "Decrypt", c, {"CiphertextBlob": blob})["Plaintext"] == b"abc"
 
 
 def test_two_engines_on_one_database_share_the_managed_key(tmp_path: Path) -> None:
@@ -360,5 +361,5 @@ def test_two_engines_on_one_database_share_the_managed_key(tmp_path: Path) -> No
     assert len(found) == 6 and len(set(found)) == 1
     # what one engine wraps, the other (same root key file) unwraps
     md = cmk(engines[0])
-    blob = engines[0].op_Encrypt(CA, {"KeyId": md["KeyId"], "Plaintext": b"shared"})["CiphertextBlob"]
-    assert engines[1].op_Decrypt(CA, {"CiphertextBlob": blob})["Plaintext"] == b"shared"
+    blob = kms_op(engines[0], "Encrypt", CA, {"KeyId": md["KeyId"], "Plaintext": b"shared"})["CiphertextBlob"]
+    assert kms_op(engines[1], "Decrypt", CA, {"CiphertextBlob": blob})["Plaintext"] == b"shared"

@@ -15,6 +15,7 @@ from ebscrypt.engines.kms import KeyEngine
 from ebscrypt.errors import ServiceError
 from ebscrypt.storage.db import Database
 from tests.unit.test_kms_engine import CA, CB, A, B, cmk, make_engine
+from tests.helpers import kms_op
 
 
 @pytest.fixture
@@ -32,23 +33,23 @@ def _policy(*accounts: str) -> str:
 
 
 def _grant(engine: KeyEngine, key: str) -> dict[str, Any]:
-    return engine.op_CreateGrant(CA, {"KeyId": key, "GranteePrincipal": f"arn:aws:iam::{B}:root",
+    return kms_op(engine, "CreateGrant", CA, {"KeyId": key, "GranteePrincipal": f"arn:aws:iam::{B}:root",
                                       "RetiringPrincipal": f"arn:aws:iam::{A}:root", "Operations": ["Decrypt"]})
 
 
 def _disable_then_enable(engine: KeyEngine, key: str) -> None:
-    engine.op_DisableKey(CA, {"KeyId": key})
-    engine.op_EnableKey(CA, {"KeyId": key})
+    kms_op(engine, "DisableKey", CA, {"KeyId": key})
+    kms_op(engine, "EnableKey", CA, {"KeyId": key})
 
 
 CHANGES: dict[str, Callable[[KeyEngine, str], Any]] = {
-    "DisableKey": lambda e, k: e.op_DisableKey(CA, {"KeyId": k}),
+    "DisableKey": lambda e, k: kms_op(e, "DisableKey", CA, {"KeyId": k}),
     "EnableKey": _disable_then_enable,
-    "ScheduleKeyDeletion": lambda e, k: e.op_ScheduleKeyDeletion(CA, {"KeyId": k, "PendingWindowInDays": 7}),
-    "PutKeyPolicy": lambda e, k: e.op_PutKeyPolicy(CA, {"KeyId": k, "PolicyName": "default", "Policy": _policy(A)}),
-    "RevokeGrant": lambda e, k: e.op_RevokeGrant(CA, {"KeyId": k, "GrantId": _grant(e, k)["GrantId"]}),
-    "RetireGrant": lambda e, k: e.op_RetireGrant(CA, {"GrantToken": _grant(e, k)["GrantToken"]}),
-    "CreateAlias": lambda e, k: e.op_CreateAlias(CA, {"AliasName": "alias/g", "TargetKeyId": k}),
+    "ScheduleKeyDeletion": lambda e, k: kms_op(e, "ScheduleKeyDeletion", CA, {"KeyId": k, "PendingWindowInDays": 7}),
+    "PutKeyPolicy": lambda e, k: kms_op(e, "PutKeyPolicy", CA, {"KeyId": k, "PolicyName": "default", "Policy": _policy(A)}),
+    "RevokeGrant": lambda e, k: kms_op(e, "RevokeGrant", CA, {"KeyId": k, "GrantId": _grant(e, k)["GrantId"]}),
+    "RetireGrant": lambda e, k: kms_op(e, "RetireGrant", CA, {"GrantToken": _grant(e, k)["GrantToken"]}),
+    "CreateAlias": lambda e, k: kms_op(e, "CreateAlias", CA, {"AliasName": "alias/g", "TargetKeyId": k}),
 }
 
 
@@ -64,12 +65,12 @@ def test_each_change_that_can_take_a_use_away_bumps_the_generation(engine: KeyEn
 
 def test_alias_moves_and_deletes_bump_both_keys(engine: KeyEngine) -> None:
     k1, k2 = cmk(engine)["Arn"], cmk(engine)["Arn"]
-    engine.op_CreateAlias(CA, {"AliasName": "alias/move", "TargetKeyId": k1})
+    kms_op(engine, "CreateAlias", CA, {"AliasName": "alias/move", "TargetKeyId": k1})
     g1, g2 = engine.authorization_generation(k1), engine.authorization_generation(k2)
-    engine.op_UpdateAlias(CA, {"AliasName": "alias/move", "TargetKeyId": k2})
+    kms_op(engine, "UpdateAlias", CA, {"AliasName": "alias/move", "TargetKeyId": k2})
     assert engine.authorization_generation(k1) > g1 and engine.authorization_generation(k2) > g2  # type: ignore[operator]
     g2 = engine.authorization_generation(k2)
-    engine.op_DeleteAlias(CA, {"AliasName": "alias/move"})
+    kms_op(engine, "DeleteAlias", CA, {"AliasName": "alias/move"})
     assert engine.authorization_generation(k2) > g2  # type: ignore[operator]
 
 
@@ -81,13 +82,13 @@ def test_uses_and_additions_do_not_bump(engine: KeyEngine) -> None:
     _grant(engine, key)
     engine.generate_data_key_without_plaintext(CB, key, encryption_context={"a": "b"}, via_service=None)
     with pytest.raises(ServiceError):
-        engine.op_RevokeGrant(CA, {"KeyId": key, "GrantId": "0" * 64})  # no such grant
+        kms_op(engine, "RevokeGrant", CA, {"KeyId": key, "GrantId": "0" * 64})  # no such grant
     assert engine.authorization_generation(key) == g
 
 
 def test_a_deleted_key_has_no_generation(engine: KeyEngine) -> None:
     key = cmk(engine)["Arn"]
-    engine.op_ScheduleKeyDeletion(CA, {"KeyId": key, "PendingWindowInDays": 7})
+    kms_op(engine, "ScheduleKeyDeletion", CA, {"KeyId": key, "PendingWindowInDays": 7})
     engine.clock.advance(8 * 86400)
     assert engine.sweep_deletions() == 1
     assert engine.authorization_generation(key) is None
@@ -109,7 +110,7 @@ def test_a_database_from_before_the_counter_is_upgraded_and_reads_generation_0(t
     eng = make_engine(tmp_path)
     try:
         assert eng.authorization_generation(key) == 0
-        eng.op_DisableKey(CA, {"KeyId": key})
+        kms_op(eng, "DisableKey", CA, {"KeyId": key})
         assert eng.authorization_generation(key) == 1
     finally:
         eng.close()

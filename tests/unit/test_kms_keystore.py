@@ -21,6 +21,7 @@ from ebscrypt.engines.kms.keystore import (
     split_header,
 )
 from tests.hsm_support import SoftHsm, make_token
+from tests.helpers import kms_op
 
 KEY_ID = "1234abcd-12ab-34cd-56ef-1234567890ab"
 MID = "00" * 16
@@ -219,15 +220,15 @@ def test_unwrapped_material_is_cached_only_while_the_key_is_usable(tmp_path: Pat
     engine = make_engine(tmp_path / "d")
     try:
         key_id = cmk(engine)["KeyId"]
-        blob = engine.op_Encrypt(CA, {"KeyId": key_id, "Plaintext": b"p"})["CiphertextBlob"]
+        blob = kms_op(engine, "Encrypt", CA, {"KeyId": key_id, "Plaintext": b"p"})["CiphertextBlob"]
         cached = lambda: [k for k in engine._materials if k[0] == key_id]  # noqa: E731
         assert len(cached()) == 1
-        engine.op_DisableKey(CA, {"KeyId": key_id})
+        kms_op(engine, "DisableKey", CA, {"KeyId": key_id})
         assert cached() == []  # disabled: the plaintext material leaves memory
-        engine.op_EnableKey(CA, {"KeyId": key_id})
-        assert engine.op_Decrypt(CA, {"CiphertextBlob": blob})["Plaintext"] == b"p"  # unwrapped again
+        kms_op(engine, "EnableKey", CA, {"KeyId": key_id})
+        assert kms_op(engine, "Decrypt", CA, {"CiphertextBlob": blob})["Plaintext"] == b"p"  # unwrapped again
         assert len(cached()) == 1
-        engine.op_ScheduleKeyDeletion(CA, {"KeyId": key_id, "PendingWindowInDays": 7})
+        kms_op(engine, "ScheduleKeyDeletion", CA, {"KeyId": key_id, "PendingWindowInDays": 7})
         assert cached() == []
     finally:
         engine.close()

@@ -40,7 +40,7 @@ def open_engine(runtime: Any) -> Any:
     from ebscrypt.engines.blocks.engine import BlockEngine
 
     settings = runtime.settings
-    processes = int(getattr(settings, "block_workers", 2) or 0)
+    processes = int(settings.block_workers or 0)
     # Fault injection for crash tests only: pause (seconds) after each re-encrypted batch.
     delay = float(os.environ.get("EBSCRYPT_FAULT_COPY_BATCH_DELAY", "0") or 0)
     engine = BlockEngine(

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ebscrypt.errors import InternalFailure
+from ebscrypt.engines.blocks.errors import BlockIntegrityError
 
 BLOCK_SIZE = 524288
 MAGIC = b"EBSB"
@@ -52,16 +52,6 @@ PLAIN_OBJECT_SIZE = HEADER + BLOCK_SIZE
 ZERO_BLOCK = bytes(BLOCK_SIZE)
 ZERO_CHECKSUM = base64.b64encode(hashlib.sha256(ZERO_BLOCK).digest()).decode()
 _SEALED_PREFIX = "e1:"
-
-
-class BlockIntegrityError(InternalFailure):
-    """A stored block (or its sealed checksum) failed authentication or its checksum.
-
-    Deliberately carries no detail: which check failed is nobody's business but the log's.
-    """
-
-    def __init__(self) -> None:
-        super().__init__("A stored block failed its integrity check.")
 
 
 @dataclass(frozen=True)
@@ -204,6 +194,3 @@ def _check_identity(identity: str) -> None:
     if not isinstance(identity, str) or not identity or len(identity.encode()) > 0xFFFF:
         raise ValueError("a block object needs its identity (its object key)")
 
-
-def is_sealed_checksum(stored: str) -> bool:
-    return stored.startswith(_SEALED_PREFIX)

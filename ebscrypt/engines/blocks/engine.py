@@ -75,7 +75,7 @@ from ebscrypt.engines.blocks.lineage import LineageOperations
 from ebscrypt.engines.blocks.maintenance import MaintenanceOperations
 from ebscrypt.engines.blocks.records import BlockRef, ChangedBlock, check_index, delete_quietly, ref_from_row
 from ebscrypt.engines.blocks.reencrypt import CopyOperations
-from ebscrypt.engines.blocks.store import LocalDirStore, ObjectMissing, ObjectStore, new_object_key
+from ebscrypt.engines.blocks.store import ObjectMissing, ObjectStore, new_object_key
 from ebscrypt.storage.tables.blocks import blk_entries, blk_owners
 
 __all__ = [
@@ -409,11 +409,6 @@ class BlockEngine(LineageOperations, CopyOperations, MaintenanceOperations):
         with self.db.read() as conn:
             return self._get_owner(conn, owner_id) is not None
 
-    def owner_key_id(self, owner_id: str) -> str | None:
-        with self.db.read() as conn:
-            owner = self._get_owner(conn, owner_id)
-            return owner.data_key_id if owner else None
-
     def own_blocks(self, owner_id: str, key: DataKey | None = None) -> list[tuple[int, str | None]]:
         """(index, base64 SHA-256) of the blocks written to the owner itself since it was
         created or shared from (its head layer), by index. Checksums as in list_blocks."""
@@ -457,8 +452,3 @@ class BlockEngine(LineageOperations, CopyOperations, MaintenanceOperations):
             buf = self._local.readbuf = bytearray(GCM_OBJECT_SIZE + 1)
         return buf
 
-
-def open_local(data_dir: Any, db: Any, clock: Any = None, **kwargs: Any) -> BlockEngine:
-    from pathlib import Path
-
-    return BlockEngine(db, LocalDirStore(Path(data_dir) / "blocks"), clock=clock, **kwargs)

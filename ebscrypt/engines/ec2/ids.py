@@ -7,7 +7,7 @@ import secrets
 from typing import Any
 
 from ebscrypt.context import Caller, RequestContext
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import Malformed
 
 _ID = re.compile(r"^[0-9a-f]{8}([0-9a-f]{9})?$")
 
@@ -25,7 +25,7 @@ def is_well_formed(resource_id: str, prefix: str) -> bool:
 def check_id(resource_id: str, prefix: str, code: str) -> None:
     """Raise ``code`` (e.g. ``InvalidVolumeID.Malformed``) for an id that is not ``prefix-hex``."""
     if not is_well_formed(resource_id, prefix):
-        raise ServiceError(f'Invalid id: "{resource_id}" (expecting "{prefix}-...")', code=code)
+        raise Malformed(code.removesuffix(".Malformed"), resource_id, prefix=prefix)
 
 
 def job_ctx(runtime: Any, account: str, region: str, operation: str = "job") -> RequestContext:

@@ -31,7 +31,7 @@ from ebscrypt.engines.ec2.sql_filters import as_bool, narrowing
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags
 from ebscrypt.engines.ec2.volumes import get_volume
 from ebscrypt.engines.jobs import JobContext, job_kind
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import NotFound, ServiceError
 from ebscrypt.storage.db import is_conflict, retry_conflicts
 from ebscrypt.storage.tables.ec2 import ec2_snapshot_permissions, ec2_snapshots
 
@@ -75,7 +75,7 @@ def _row(conn: Connection, snapshot_id: str) -> Snapshot | None:
 
 
 def not_found(snapshot_id: str) -> ServiceError:
-    return ServiceError(f"The snapshot '{snapshot_id}' does not exist.", code="InvalidSnapshot.NotFound")
+    return NotFound("InvalidSnapshot", snapshot_id)
 
 
 def grantees(conn: Connection, snapshot_id: str) -> set[str]:

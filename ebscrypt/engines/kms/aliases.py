@@ -14,11 +14,10 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 
 from ebscrypt.context import Caller
-from ebscrypt.engines.kms import generations
-from ebscrypt.engines.kms.errors import kms_error
+from ebscrypt.engines.kms import api, generations
 from ebscrypt.engines.kms.metadata import utc
 from ebscrypt.engines.kms.paging import page
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import KmsAlreadyExists, KmsNotAuthorized, KmsNotFound, KmsValidation, ServiceError
 from ebscrypt.storage.tables.kms import kms_aliases
 
 EBS_ALIAS = "alias/aws/ebs"
@@ -54,19 +53,18 @@ def insert_alias(conn: Connection, account: str, region: str, name: str, key_id:
 
 
 def _alias_not_found(caller: Caller, name: str) -> ServiceError:
-    return kms_error("NotFoundException", f"Alias arn:aws:kms:{caller.region}:{caller.account}:{name} is not found.")
+    return KmsNotFound(f"Alias arn:aws:kms:{caller.region}:{caller.account}:{name} is not found.")
 
 
 def _check_alias_name(name: Any) -> None:
     if not isinstance(name, str) or not _ALIAS_NAME_RE.match(name) or len(name) > 256:
-        raise kms_error(
-            "ValidationException",
+        raise KmsValidation(
             f"1 validation error detected: Value '{name}' at 'aliasName' failed to satisfy constraint: "
-            "Member must satisfy regular expression pattern: ^alias/[a-zA-Z0-9/_-]+$",
+            "Member must satisfy regular expression pattern: ^alias/[a-zA-Z0-9/_-]+$"
         )
     if name.startswith("alias/aws/"):
-        raise kms_error(
-            "NotAuthorizedException", "Alias names that begin with alias/aws/ are reserved for AWS managed keys."
+        raise KmsNotAuthorized(
+            "Alias names that begin with alias/aws/ are reserved for AWS managed keys."
         )
 
 
@@ -78,7 +76,7 @@ class AliasOperations:
         of the caller's own account."""
         row = self._resolve(caller, key_ref, allow_alias=False)
         if row.account != caller.account:
-            raise kms_error("NotFoundException", f"Key '{row.arn}' does not exist")
+            raise KmsNotFound.key(row.arn)
         return row
 
     def _existing_alias(self, caller: Caller, name: Any) -> Any:
@@ -89,29 +87,28 @@ class AliasOperations:
             raise _alias_not_found(caller, name)
         return alias
 
-    def op_CreateAlias(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        name = p["AliasName"]
+    def create_alias(self, caller: Caller, args: api.AliasTarget) -> dict[str, Any]:
+        name = args.alias_name
         _check_alias_name(name)
-        row = self._own_target(caller, p["TargetKeyId"])
+        row = self._own_target(caller, args.target_key_id)
         self._authorize(caller, row, "kms:CreateAlias")
         self._require_customer(row, caller, "kms:CreateAlias")
         self._require_not_pending(row)
         now = self.clock.now()
         with self.db.begin() as conn:
             if alias_row(conn, caller.account, caller.region, name) is not None:
-                raise kms_error(
-                    "AlreadyExistsException",
-                    f"An alias with the name arn:aws:kms:{caller.region}:{caller.account}:{name} already exists",
+                raise KmsAlreadyExists(
+                    f"An alias with the name arn:aws:kms:{caller.region}:{caller.account}:{name} already exists"
                 )
             insert_alias(conn, caller.account, caller.region, name, row.key_id, now)
             generations.bump(conn, row.key_id)  # kms:ResourceAliases conditions may change
         return {}
 
-    def op_UpdateAlias(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        name = p["AliasName"]
+    def update_alias(self, caller: Caller, args: api.AliasTarget) -> dict[str, Any]:
+        name = args.alias_name
         alias = self._existing_alias(caller, name)
         old = self._load(alias.target_key_id)
-        new = self._own_target(caller, p["TargetKeyId"])
+        new = self._own_target(caller, args.target_key_id)
         if old is not None:
             self._note_resource(old.arn)
             self._authorize(caller, old, "kms:UpdateAlias")
@@ -119,9 +116,8 @@ class AliasOperations:
         self._require_customer(new, caller, "kms:UpdateAlias")
         self._require_not_pending(new)
         if old is not None and (old.key_spec, old.key_usage) != (new.key_spec, new.key_usage):
-            raise kms_error(
-                "ValidationException",
-                "The new target key must have the same key spec and key usage as the current target key.",
+            raise KmsValidation(
+                "The new target key must have the same key spec and key usage as the current target key."
             )
         with self.db.begin() as conn:
             conn.execute(
@@ -133,8 +129,8 @@ class AliasOperations:
                 generations.bump(conn, key_id)
         return {}
 
-    def op_DeleteAlias(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        name = p["AliasName"]
+    def delete_alias(self, caller: Caller, args: api.DeleteAlias) -> dict[str, Any]:
+        name = args.alias_name
         alias = self._existing_alias(caller, name)
         row = self._load(alias.target_key_id)
         if row is not None:
@@ -145,11 +141,11 @@ class AliasOperations:
             generations.bump(conn, alias.target_key_id)  # kms:ResourceAliases conditions may change
         return {}
 
-    def op_ListAliases(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+    def list_aliases(self, caller: Caller, args: api.ListAliases) -> dict[str, Any]:
         self.sweep_deletions()
         q = select(kms_aliases).where(kms_aliases.c.account == caller.account, kms_aliases.c.region == caller.region)
-        if p.get("KeyId"):
-            row = self._own_target(caller, p["KeyId"])
+        if args.key_id:
+            row = self._own_target(caller, args.key_id)
             q = q.where(kms_aliases.c.target_key_id == row.key_id)
         with self.db.read() as conn:
             rows = conn.execute(q.order_by(kms_aliases.c.name)).all()
@@ -164,10 +160,10 @@ class AliasOperations:
             }
             for r in rows
         ]
-        if not p.get("KeyId"):  # a predefined alias without a key belongs to no key
+        if not args.key_id:  # a predefined alias without a key belongs to no key
             made = {r.name for r in rows}
             aliases += [{"AliasName": n, "AliasArn": arn + n} for n in PREDEFINED_ALIASES if n not in made]
             aliases.sort(key=lambda a: a["AliasName"])
-        items, out = page(aliases, p, default=50, max_limit=100)
+        items, out = page(aliases, args.limit, args.marker, default=50, max_limit=100)
         out["Aliases"] = items
         return out

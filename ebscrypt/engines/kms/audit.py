@@ -64,10 +64,10 @@ def _camel(name: str) -> str:
     return name[:1].lower() + name[1:]
 
 
-def audit_params(params: Mapping[str, Any]) -> dict[str, Any]:
+def audit_params(request_parameters: Mapping[str, Any]) -> dict[str, Any]:
     """``requestParameters``: the request without secrets or bytes, camelCase as CloudTrail."""
     out: dict[str, Any] = {}
-    for k, v in params.items():
+    for k, v in request_parameters.items():
         if k in _SECRET_MEMBERS or isinstance(v, (bytes, bytearray)):
             continue
         if isinstance(v, datetime):

@@ -14,24 +14,24 @@ import os
 from typing import Any, Mapping, Sequence
 
 from ebscrypt.context import Caller
-from ebscrypt.engines.kms import asym
+from ebscrypt.engines.kms import api, asym
 from ebscrypt.engines.kms import blob as blobfmt
-from ebscrypt.engines.kms.errors import (
-    incompatible_algorithm,
-    kms_error,
-    out_of_range,
-    refuse_recipient,
-    stop_if_dry_run,
+from ebscrypt.engines.kms.errors import incompatible_algorithm, refuse_recipient, stop_if_dry_run
+from ebscrypt.errors import (
+    KmsCustomKeyStoreNotFound,
+    KmsIncorrectKey,
+    KmsInvalidCiphertext,
+    KmsUnsupported,
+    KmsValidation,
+    ServiceError,
 )
-from ebscrypt.errors import ServiceError
 
 MAX_PLAINTEXT = 4096
 
 
 def _invalid_ciphertext() -> ServiceError:
-    return kms_error(
-        "InvalidCiphertextException",
-        "The ciphertext is invalid, was tampered with, or its encryption context does not match.",
+    return KmsInvalidCiphertext(
+        "The ciphertext is invalid, was tampered with, or its encryption context does not match."
     )
 
 
@@ -54,17 +54,16 @@ def _context(ec: Any) -> dict[str, str] | None:
     if ec is None:
         return None
     if not isinstance(ec, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in ec.items()):
-        raise kms_error("ValidationException", "EncryptionContext must map strings to strings")
+        raise KmsValidation("EncryptionContext must map strings to strings")
     return ec
 
 
 def _plaintext(pt: Any) -> bytes:
     if not isinstance(pt, (bytes, bytearray)) or not 1 <= len(pt) <= MAX_PLAINTEXT:
         n = len(pt) if isinstance(pt, (bytes, bytearray)) else 0
-        raise kms_error(
-            "ValidationException",
+        raise KmsValidation(
             f"1 validation error detected: Value at 'plaintext' failed to satisfy constraint: "
-            f"Member must have length between 1 and {MAX_PLAINTEXT} (got {n})",
+            f"Member must have length between 1 and {MAX_PLAINTEXT} (got {n})"
         )
     return bytes(pt)
 
@@ -81,12 +80,11 @@ class CryptoOperations:
     def _blob_key(self, caller: Caller, blob: bytes, key_ref: str | None, algorithm: str | None) -> tuple[Any, Any]:
         """(key row, parsed header or None for asymmetric) that ``blob`` is encrypted under."""
         if not isinstance(blob, (bytes, bytearray)) or not blob:
-            raise kms_error("ValidationException", "CiphertextBlob must be 1 to 6144 bytes")
+            raise KmsValidation("CiphertextBlob must be 1 to 6144 bytes")
         if algorithm not in (None, "SYMMETRIC_DEFAULT"):
             if not key_ref:
-                raise kms_error(
-                    "ValidationException",
-                    "KeyId is required when decrypting with an asymmetric KMS key",
+                raise KmsValidation(
+                    "KeyId is required when decrypting with an asymmetric KMS key"
                 )
             row = self._resolve(caller, key_ref)
             return row, None
@@ -97,9 +95,8 @@ class CryptoOperations:
         if key_ref:
             row = self._resolve(caller, key_ref)
             if row.key_id != header.key_id:
-                raise kms_error(
-                    "IncorrectKeyException",
-                    "The key ID in the request does not identify a KMS key that can perform this operation.",
+                raise KmsIncorrectKey(
+                    "The key ID in the request does not identify a KMS key that can perform this operation."
                 )
             return row, header
         row = self._load(header.key_id)
@@ -117,21 +114,23 @@ class CryptoOperations:
 
     # ------------------------------------------------------------ encrypt/decrypt
 
-    def _encryption_key(self, caller: Caller, p: dict[str, Any], action: str) -> tuple[Any, dict[str, str] | None]:
-        """(key row, encryption context) of a request that encrypts under ``p["KeyId"]``:
+    def _encryption_key(
+        self, caller: Caller, key_ref: str, context: Any, grant_tokens: Sequence[str] | None, action: str
+    ) -> tuple[Any, dict[str, str] | None]:
+        """(key row, encryption context) of a request that encrypts under ``key_ref``:
         authorized for ``action`` with that context, and enabled."""
-        row = self._resolve(caller, p["KeyId"])
-        ec = _context(p.get("EncryptionContext"))
-        self._authorize(caller, row, action, encryption_context=ec, grant_tokens=p.get("GrantTokens"))
+        row = self._resolve(caller, key_ref)
+        ec = _context(context)
+        self._authorize(caller, row, action, encryption_context=ec, grant_tokens=grant_tokens)
         self._require_enabled(row)
         return row, ec
 
-    def op_Encrypt(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row, ec = self._encryption_key(caller, p, "kms:Encrypt")
-        plaintext = _plaintext(p.get("Plaintext"))
-        alg = p.get("EncryptionAlgorithm", "SYMMETRIC_DEFAULT")
+    def encrypt(self, caller: Caller, args: api.Encrypt) -> dict[str, Any]:
+        row, ec = self._encryption_key(caller, args.key_id, args.encryption_context, args.grant_tokens, "kms:Encrypt")
+        plaintext = _plaintext(args.plaintext)
+        alg = args.encryption_algorithm if args.encryption_algorithm is not None else "SYMMETRIC_DEFAULT"
         blob = self._encrypt(row, plaintext, ec, alg)
-        stop_if_dry_run(p.get("DryRun"))
+        stop_if_dry_run(args.dry_run)
         return {"CiphertextBlob": blob, "KeyId": row.arn, "EncryptionAlgorithm": alg}
 
     def _encrypt(self, row: Any, plaintext: bytes, ec: Mapping[str, str] | None, alg: str) -> bytes:
@@ -141,12 +140,11 @@ class CryptoOperations:
         if row.key_spec == "SYMMETRIC_DEFAULT":
             return self._seal(row, plaintext, ec)
         if ec:
-            raise kms_error("ValidationException", "EncryptionContext is not supported with asymmetric KMS keys")
+            raise KmsValidation("EncryptionContext is not supported with asymmetric KMS keys")
         limit = asym.max_plaintext(row.key_spec, alg)
         if len(plaintext) > limit:
-            raise kms_error(
-                "ValidationException",
-                f"Algorithm {alg} and key spec {row.key_spec} cannot encrypt data larger than {limit} bytes.",
+            raise KmsValidation(
+                f"Algorithm {alg} and key spec {row.key_spec} cannot encrypt data larger than {limit} bytes."
             )
         return asym.rsa_encrypt(row.public_key, plaintext, alg)
 
@@ -170,34 +168,37 @@ class CryptoOperations:
         except ValueError:
             raise _invalid_ciphertext() from None
 
-    def op_Decrypt(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        ec = _context(p.get("EncryptionContext"))
-        alg = p.get("EncryptionAlgorithm")
-        refuse_recipient(p)
+    def decrypt_ciphertext(self, caller: Caller, args: api.Decrypt) -> dict[str, Any]:
+        """Decrypt (``decrypt`` is the via-service form, :mod:`.via_service`)."""
+        ec = _context(args.encryption_context)
+        alg = args.encryption_algorithm
+        refuse_recipient(args.recipient)
         row, plaintext = self._decrypt_blob(
-            caller, p.get("CiphertextBlob"), p.get("KeyId"), ec, alg, "kms:Decrypt", p.get("GrantTokens")
+            caller, args.ciphertext_blob, args.key_id, ec, alg, "kms:Decrypt", args.grant_tokens
         )
-        stop_if_dry_run(p.get("DryRun"))
+        stop_if_dry_run(args.dry_run)
         out = {"KeyId": row.arn, "Plaintext": plaintext, "EncryptionAlgorithm": alg or "SYMMETRIC_DEFAULT"}
-        material_id = _blob_material_id(p.get("CiphertextBlob"), row)
+        material_id = _blob_material_id(args.ciphertext_blob, row)
         if material_id:
             out["KeyMaterialId"] = material_id
         return out
 
-    def op_ReEncrypt(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        src_ec = _context(p.get("SourceEncryptionContext"))
-        dst_ec = _context(p.get("DestinationEncryptionContext"))
-        src_alg = p.get("SourceEncryptionAlgorithm")
-        dst_alg = p.get("DestinationEncryptionAlgorithm", "SYMMETRIC_DEFAULT")
+    def re_encrypt(self, caller: Caller, args: api.ReEncrypt) -> dict[str, Any]:
+        src_ec = _context(args.source_encryption_context)
+        dst_ec = _context(args.destination_encryption_context)
+        src_alg = args.source_encryption_algorithm
+        dst_alg = args.destination_encryption_algorithm
+        if dst_alg is None:
+            dst_alg = "SYMMETRIC_DEFAULT"
         src, plaintext = self._decrypt_blob(
-            caller, p.get("CiphertextBlob"), p.get("SourceKeyId"), src_ec, src_alg, "kms:ReEncryptFrom",
-            p.get("GrantTokens"),
+            caller, args.ciphertext_blob, args.source_key_id, src_ec, src_alg, "kms:ReEncryptFrom",
+            args.grant_tokens,
         )
-        dst = self._resolve(caller, p["DestinationKeyId"])
+        dst = self._resolve(caller, args.destination_key_id)
         self._authorize(caller, dst, "kms:ReEncryptTo", encryption_context=dst_ec)
         self._require_enabled(dst)
         blob = self._encrypt(dst, plaintext, dst_ec, dst_alg)
-        stop_if_dry_run(p.get("DryRun"))
+        stop_if_dry_run(args.dry_run)
         return {
             "CiphertextBlob": blob,
             "SourceKeyId": src.arn,
@@ -205,55 +206,56 @@ class CryptoOperations:
             "SourceEncryptionAlgorithm": src_alg or "SYMMETRIC_DEFAULT",
             "DestinationEncryptionAlgorithm": dst_alg,
             **_present(
-                SourceKeyMaterialId=_blob_material_id(p.get("CiphertextBlob"), src),
+                SourceKeyMaterialId=_blob_material_id(args.ciphertext_blob, src),
                 DestinationKeyMaterialId=_blob_material_id(blob, dst),
             ),
         }
 
     # ------------------------------------------------------------------ data keys
 
-    def _data_key(self, caller: Caller, p: dict[str, Any], action: str) -> tuple[Any, bytes, bytes]:
-        row, ec = self._encryption_key(caller, p, action)
+    def _data_key(self, caller: Caller, args: api.GenerateDataKey, action: str) -> tuple[Any, bytes, bytes]:
+        row, ec = self._encryption_key(caller, args.key_id, args.encryption_context, args.grant_tokens, action)
         self._require_symmetric(row, action.split(":")[1])
-        spec, nbytes = p.get("KeySpec"), p.get("NumberOfBytes")
+        spec, nbytes = args.key_spec, args.number_of_bytes
         if spec is None and nbytes is None:
-            raise kms_error("ValidationException", "Please specify either number of bytes or key spec.")
+            raise KmsValidation("Please specify either number of bytes or key spec.")
         if spec is not None and nbytes is not None:
-            raise kms_error("ValidationException", "Please specify either number of bytes or key spec, not both.")
+            raise KmsValidation("Please specify either number of bytes or key spec, not both.")
         if spec is not None:
             if spec not in ("AES_256", "AES_128"):
-                raise kms_error(
-                    "ValidationException",
+                raise KmsValidation(
                     f"1 validation error detected: Value '{spec}' at 'keySpec' failed to satisfy constraint: "
-                    "Member must satisfy enum value set: [AES_256, AES_128]",
+                    "Member must satisfy enum value set: [AES_256, AES_128]"
                 )
             nbytes = 32 if spec == "AES_256" else 16
         if not isinstance(nbytes, int) or not 1 <= nbytes <= 1024:
-            raise out_of_range(nbytes, "numberOfBytes", 1, 1024)
+            raise KmsValidation.out_of_range(nbytes, "numberOfBytes", 1, 1024)
         plaintext = os.urandom(nbytes)
         blob = self._seal(row, plaintext, ec)
-        stop_if_dry_run(p.get("DryRun"))
+        stop_if_dry_run(args.dry_run)
         return row, plaintext, blob
 
-    def op_GenerateDataKey(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        refuse_recipient(p)
-        row, plaintext, blob = self._data_key(caller, p, "kms:GenerateDataKey")
+    def generate_data_key(self, caller: Caller, args: api.GenerateDataKey) -> dict[str, Any]:
+        refuse_recipient(args.recipient)
+        row, plaintext, blob = self._data_key(caller, args, "kms:GenerateDataKey")
         return {"CiphertextBlob": blob, "Plaintext": plaintext, "KeyId": row.arn,
                 "KeyMaterialId": _blob_material_id(blob, row)}
 
-    def op_GenerateDataKeyWithoutPlaintext(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row, _plaintext, blob = self._data_key(caller, p, "kms:GenerateDataKeyWithoutPlaintext")
+    def generate_data_key_ciphertext(self, caller: Caller, args: api.GenerateDataKey) -> dict[str, Any]:
+        """GenerateDataKeyWithoutPlaintext (``generate_data_key_without_plaintext`` is the
+        via-service form, :mod:`.via_service`)."""
+        row, _plaintext, blob = self._data_key(caller, args, "kms:GenerateDataKeyWithoutPlaintext")
         return {"CiphertextBlob": blob, "KeyId": row.arn}
 
-    def _data_key_pair(self, caller: Caller, p: dict[str, Any], action: str) -> dict[str, Any]:
-        row, ec = self._encryption_key(caller, p, action)
+    def _data_key_pair(self, caller: Caller, args: api.GenerateDataKeyPair, action: str) -> dict[str, Any]:
+        row, ec = self._encryption_key(caller, args.key_id, args.encryption_context, args.grant_tokens, action)
         self._require_symmetric(row, action.split(":")[1])
-        spec = p["KeyPairSpec"]
+        spec = args.key_pair_spec
         if spec not in asym.KEY_PAIR_SPECS:
-            raise kms_error("UnsupportedOperationException", f"KeyPairSpec {spec} is not supported by ebscrypt.")
+            raise KmsUnsupported(f"KeyPairSpec {spec} is not supported by ebscrypt.")
         private_der, public_der = asym.generate(spec)
         blob = self._seal(row, private_der, ec)
-        stop_if_dry_run(p.get("DryRun"))
+        stop_if_dry_run(args.dry_run)
         out = {
             "PrivateKeyCiphertextBlob": blob,
             "PrivateKeyPlaintext": private_der,
@@ -264,19 +266,19 @@ class CryptoOperations:
         }
         return out
 
-    def op_GenerateDataKeyPair(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        refuse_recipient(p)
-        return self._data_key_pair(caller, p, "kms:GenerateDataKeyPair")
+    def generate_data_key_pair(self, caller: Caller, args: api.GenerateDataKeyPair) -> dict[str, Any]:
+        refuse_recipient(args.recipient)
+        return self._data_key_pair(caller, args, "kms:GenerateDataKeyPair")
 
-    def op_GenerateDataKeyPairWithoutPlaintext(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        out = self._data_key_pair(caller, p, "kms:GenerateDataKeyPairWithoutPlaintext")
+    def generate_data_key_pair_without_plaintext(self, caller: Caller, args: api.GenerateDataKeyPair) -> dict[str, Any]:
+        out = self._data_key_pair(caller, args, "kms:GenerateDataKeyPairWithoutPlaintext")
         del out["PrivateKeyPlaintext"]
         return out
 
-    def op_GenerateRandom(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        n = p.get("NumberOfBytes")
+    def generate_random(self, caller: Caller, args: api.GenerateRandom) -> dict[str, Any]:
+        n = args.number_of_bytes
         if n is None or not isinstance(n, int) or not 1 <= n <= 1024:
-            raise out_of_range(n, "numberOfBytes", 1, 1024)
-        if p.get("CustomKeyStoreId"):
-            raise kms_error("CustomKeyStoreNotFoundException", "Custom key stores are not supported by ebscrypt.")
+            raise KmsValidation.out_of_range(n, "numberOfBytes", 1, 1024)
+        if args.custom_key_store_id:
+            raise KmsCustomKeyStoreNotFound("Custom key stores are not supported by ebscrypt.")
         return {"Plaintext": os.urandom(n)}

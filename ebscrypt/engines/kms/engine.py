@@ -10,8 +10,9 @@ rotation), authorization (key policy, then grants) and the key-state checks.
 The operations live in mixins, one module per family, and reach those shared parts
 through ``self``:
 
-* the **KMS operations** (``op_<Name>(caller, params) -> dict``, model member names),
-  which the thin handlers in ``ebscrypt.services.kms`` call inside :meth:`audited`:
+* the **KMS operations** (``create_key(caller, api.CreateKey) -> dict`` …: typed
+  arguments from :mod:`.api`, a result keyed by the model's member names), which the
+  handlers of :mod:`ebscrypt.services.kms` call inside :meth:`audited`:
   :mod:`.keys`, :mod:`.rotation`, :mod:`.policies`, :mod:`.aliases`, :mod:`.grants`,
   :mod:`.crypto_ops`, :mod:`.signing`, :mod:`.tags`;
 * the **cross-member API** the EC2/EBS side calls on a caller's behalf ("via ec2"):
@@ -30,7 +31,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
-from ebscrypt.context import Caller
+from ebscrypt.context import Caller, Runtime
 from ebscrypt.domain import grants as grant_rules
 from ebscrypt.domain import policy as policy_rules
 from ebscrypt.engines.kms import blob as blobfmt
@@ -45,7 +46,7 @@ from ebscrypt.engines.kms.audit import (
     cloudtrail_record,
 )
 from ebscrypt.engines.kms.crypto_ops import CryptoOperations
-from ebscrypt.engines.kms.errors import kms_error, no_policy_allows
+from ebscrypt.engines.kms.errors import no_policy_allows
 from ebscrypt.engines.kms.grants import GrantOperations, grant_of
 from ebscrypt.engines.kms.keys import KeyOperations
 from ebscrypt.engines.kms.keystore import KeyStore, KeyStoreUnavailable, RootKeyError, open_key_store
@@ -55,7 +56,18 @@ from ebscrypt.engines.kms.rotation import RotationOperations
 from ebscrypt.engines.kms.signing import SigningOperations
 from ebscrypt.engines.kms.tags import TagOperations
 from ebscrypt.engines.kms.via_service import ViaServiceApi
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import (
+    KmsAccessDenied,
+    KmsDisabled,
+    KmsInternal,
+    KmsInvalidGrantToken,
+    KmsInvalidKeyUsage,
+    KmsInvalidState,
+    KmsKeyUnavailable,
+    KmsNotFound,
+    KmsValidation,
+    ServiceError,
+)
 from ebscrypt.storage.space import SpaceMonitor, is_out_of_space
 from ebscrypt.storage.tables.kms import kms_aliases, kms_grants, kms_key_material, kms_keys
 
@@ -131,7 +143,7 @@ class KeyEngine(
 ):
     """One per server process (``runtime.kms``)."""
 
-    def __init__(self, runtime: Any, key_store: KeyStore | None = None) -> None:
+    def __init__(self, runtime: Runtime, key_store: KeyStore | None = None) -> None:
         self.runtime = runtime
         self.db = runtime.db
         self.clock = runtime.clock
@@ -171,12 +183,14 @@ class KeyEngine(
         self,
         caller: Caller,
         event_name: str,
-        params: Mapping[str, Any] | None = None,
+        request_parameters: Mapping[str, Any] | None = None,
         *,
         via_service: str | None = None,
         request_id: str | None = None,
     ) -> Iterator[AuditEvent]:
         """Run one KMS event; append its CloudTrail record (with errorCode if refused).
+        ``request_parameters``: the members as the caller sent them, for the record's
+        ``requestParameters`` (secrets and bytes left out).
 
         Fail closed: an event that cannot be recorded does not happen. With too little
         space left for its record the operation is refused before it runs; a record
@@ -187,7 +201,7 @@ class KeyEngine(
         ev = AuditEvent(
             caller=caller,
             name=event_name,
-            params=audit_params(params or {}),
+            params=audit_params(request_parameters or {}),
             via_service=via_service,
             request_id=request_id or str(uuid.uuid4()),
             read_only=event_name in READ_ONLY_EVENTS,
@@ -237,11 +251,7 @@ class KeyEngine(
         try:
             m = self.key_store.unwrap(key_id, material_id, row.wrapped, row.wrapped_by)
         except KeyStoreUnavailable as exc:
-            raise kms_error(
-                "KeyUnavailableException",
-                f"The key store is unavailable; you can retry the request. ({exc})",
-                500,
-            ) from None
+            raise KmsKeyUnavailable(exc) from None
         self._materials[cache_key] = m
         return m
 
@@ -252,7 +262,7 @@ class KeyEngine(
             )
         ).first()
         if row is None:
-            raise kms_error("KMSInternalException", "key material is missing", 500)
+            raise KmsInternal("key material is missing")
         return row.material_id, self._material(key_id, row.material_id, conn)
 
     def _current_key(self, row: Any) -> tuple[str, bytes]:
@@ -271,11 +281,7 @@ class KeyEngine(
         try:
             wrapped_by, wrapped = self.key_store.wrap(key_id, material_id, material)
         except KeyStoreUnavailable as exc:
-            raise kms_error(
-                "KeyUnavailableException",
-                f"The key store is unavailable; you can retry the request. ({exc})",
-                500,
-            ) from None
+            raise KmsKeyUnavailable(exc) from None
         conn.execute(
             update(kms_key_material).where(kms_key_material.c.key_id == key_id).values(is_current=False)
         )
@@ -302,7 +308,7 @@ class KeyEngine(
         so a key of another account named by ARN does not exist for it.
         """
         if not isinstance(key_ref, str) or not key_ref:
-            raise kms_error("ValidationException", "KeyId must be a non-empty string")
+            raise KmsValidation("KeyId must be a non-empty string")
         account, region = caller.account, caller.region
         alias_name = None
         key_id = None
@@ -314,13 +320,13 @@ class KeyEngine(
         elif key_ref.startswith("alias/"):
             alias_name = key_ref
         elif key_ref.startswith("arn:"):
-            raise kms_error("NotFoundException", f"Invalid arn {key_ref}")
+            raise KmsNotFound(f"Invalid arn {key_ref}")
         else:
             key_id = key_ref
         if alias_name is not None:
             alias_arn = f"arn:aws:kms:{region}:{account}:{alias_name}"
             if not allow_alias:
-                raise kms_error("NotFoundException", f"Alias {alias_arn} is not found.")
+                raise KmsNotFound(f"Alias {alias_arn} is not found.")
             a = None
             if region == caller.region:
                 with self.db.read() as conn:
@@ -328,7 +334,7 @@ class KeyEngine(
                 if a is None and alias_name == EBS_ALIAS and account == caller.account:
                     a = self._ebs_alias(account, region)  # made on first use
             if a is None:
-                raise kms_error("NotFoundException", f"Alias {alias_arn} is not found.")
+                raise KmsNotFound(f"Alias {alias_arn} is not found.")
             key_id = a.target_key_id
             ev = CURRENT_EVENT.get()
             if ev is not None:
@@ -336,13 +342,13 @@ class KeyEngine(
         assert key_id is not None
         arn = f"arn:aws:kms:{region}:{account}:key/{key_id}"
         if not _UUID_RE.match(key_id):
-            raise kms_error("NotFoundException", f"Invalid keyId '{key_ref}'")
+            raise KmsNotFound(f"Invalid keyId '{key_ref}'")
         if region != caller.region:
-            raise kms_error("NotFoundException", f"Key '{arn}' does not exist")
+            raise KmsNotFound(f"Key '{arn}' does not exist")
         row = self._load(key_id)
         foreign = own_account and account != caller.account
         if row is None or row.account != account or row.region != region or foreign:
-            raise kms_error("NotFoundException", f"Key '{arn}' does not exist")
+            raise KmsNotFound(f"Key '{arn}' does not exist")
         self._note_resource(row.arn)
         return row
 
@@ -414,6 +420,44 @@ class KeyEngine(
         """Raise AccessDeniedException unless the key policy or a grant allows ``action``."""
         if grant_tokens:
             self._check_grant_tokens(grant_tokens)
+        request = policy_rules.Request(
+            action=action,
+            principal_arn=caller.arn,
+            principal_account=caller.account,
+            resource=row.arn,
+            context=self._condition_context(caller, row, via_service, encryption_context, extra),
+        )
+        decision = policy_rules.evaluate(self._policy(row.policy), request)
+        if decision is policy_rules.Decision.ALLOW:
+            return
+        if decision is policy_rules.Decision.DENY:
+            raise KmsAccessDenied(
+                f"User: {caller.arn} is not authorized to perform: {action} on resource: "
+                f"{row.arn} with an explicit deny in a resource-based policy"
+            )
+        operation = action.split(":", 1)[1]
+        if operation in grant_rules.GRANT_OPERATIONS:
+            for g in self._grants_for_key(row.key_id):
+                if grant_rules.grant_allows(
+                    g,
+                    operation=operation,
+                    principal_arn=caller.arn,
+                    principal_account=caller.account,
+                    encryption_context=encryption_context,
+                    via_service=via_service,
+                ) and self._grant_covers_new_grant(g, operation, extra):
+                    return
+        raise no_policy_allows(caller, row, action)
+
+    def _condition_context(
+        self,
+        caller: Caller,
+        row: Any,
+        via_service: str | None,
+        encryption_context: Mapping[str, str] | None,
+        extra: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        """The condition keys a key policy is evaluated with for this request."""
         ctx: dict[str, Any] = {
             "kms:CallerAccount": caller.account,
             "aws:PrincipalAccount": caller.account,
@@ -435,35 +479,7 @@ class KeyEngine(
             ctx["kms:ResourceAliases"] = self._aliases_of(row)
         if extra:
             ctx.update(extra)
-        request = policy_rules.Request(
-            action=action,
-            principal_arn=caller.arn,
-            principal_account=caller.account,
-            resource=row.arn,
-            context=ctx,
-        )
-        decision = policy_rules.evaluate(self._policy(row.policy), request)
-        if decision is policy_rules.Decision.ALLOW:
-            return
-        if decision is policy_rules.Decision.DENY:
-            raise kms_error(
-                "AccessDeniedException",
-                f"User: {caller.arn} is not authorized to perform: {action} on resource: "
-                f"{row.arn} with an explicit deny in a resource-based policy",
-            )
-        operation = action.split(":", 1)[1]
-        if operation in grant_rules.GRANT_OPERATIONS:
-            for g in self._grants_for_key(row.key_id):
-                if grant_rules.grant_allows(
-                    g,
-                    operation=operation,
-                    principal_arn=caller.arn,
-                    principal_account=caller.account,
-                    encryption_context=encryption_context,
-                    via_service=via_service,
-                ) and self._grant_covers_new_grant(g, operation, extra):
-                    return
-        raise no_policy_allows(caller, row, action)
+        return ctx
 
     def _aliases_of(self, row: Any) -> list[str]:
         with self.db.read() as conn:
@@ -491,11 +507,11 @@ class KeyEngine(
 
     def _check_grant_tokens(self, tokens: Sequence[str]) -> None:
         if len(tokens) > 10:
-            raise kms_error("ValidationException", "GrantTokens must contain at most 10 tokens")
+            raise KmsValidation("GrantTokens must contain at most 10 tokens")
         with self.db.read() as conn:
             for t in tokens:
                 if conn.execute(select(kms_grants.c.grant_id).where(kms_grants.c.token == t)).first() is None:
-                    raise kms_error("InvalidGrantTokenException", "Grant token provided is not valid")
+                    raise KmsInvalidGrantToken("Grant token provided is not valid")
 
     def _grants_for_key(self, key_id: str) -> list[grant_rules.Grant]:
         with self.db.read() as conn:
@@ -515,30 +531,28 @@ class KeyEngine(
     @staticmethod
     def _require_enabled(row: Any) -> None:
         if row.state == "Disabled":
-            raise kms_error("DisabledException", f"{row.arn} is disabled.")
+            raise KmsDisabled(f"{row.arn} is disabled.")
         if row.state == "PendingDeletion":
-            raise kms_error("KMSInvalidStateException", f"{row.arn} is pending deletion.")
+            raise KmsInvalidState(f"{row.arn} is pending deletion.")
 
     @staticmethod
     def _require_not_pending(row: Any) -> None:
         if row.state == "PendingDeletion":
-            raise kms_error("KMSInvalidStateException", f"{row.arn} is pending deletion.")
+            raise KmsInvalidState(f"{row.arn} is pending deletion.")
 
     @staticmethod
     def _require_usage(row: Any, usage: str, operation: str) -> None:
         if row.key_usage != usage:
-            raise kms_error(
-                "InvalidKeyUsageException",
-                f"{row.arn} key usage is {row.key_usage} which is not valid for {operation}.",
+            raise KmsInvalidKeyUsage(
+                f"{row.arn} key usage is {row.key_usage} which is not valid for {operation}."
             )
 
     @staticmethod
     def _require_symmetric(row: Any, what: str) -> None:
         if row.key_spec != "SYMMETRIC_DEFAULT" or row.key_usage != "ENCRYPT_DECRYPT":
-            raise kms_error(
-                "InvalidKeyUsageException",
+            raise KmsInvalidKeyUsage(
                 f"{row.arn} key usage is {row.key_usage} and key spec is {row.key_spec}, "
-                f"which is not valid for {what}.",
+                f"which is not valid for {what}."
             )
 
     @staticmethod

@@ -19,10 +19,11 @@ from sqlalchemy import Connection, bindparam, delete, insert, select
 from ebscrypt.context import Caller
 from ebscrypt.domain import grants as grant_rules
 from ebscrypt.domain import policy as policy_rules
-from ebscrypt.engines.kms import generations
-from ebscrypt.engines.kms.errors import kms_error, stop_if_dry_run
+from ebscrypt.engines.kms import api, generations
+from ebscrypt.engines.kms.errors import stop_if_dry_run
 from ebscrypt.engines.kms.metadata import utc
 from ebscrypt.engines.kms.paging import page
+from ebscrypt.errors import KmsAccessDenied, KmsInvalidGrantId, KmsInvalidGrantToken, KmsNotFound, KmsValidation
 from ebscrypt.storage.tables.kms import kms_grants, kms_keys
 
 _GRANT_ID_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -45,7 +46,7 @@ def grant_of(r: Any) -> grant_rules.Grant:
 
 def _check_grant_id(grant_id: Any) -> None:
     if not isinstance(grant_id, str) or not _GRANT_ID_RE.match(grant_id):
-        raise kms_error("InvalidGrantIdException", f"Invalid grant ID {grant_id!r}")
+        raise KmsInvalidGrantId(f"Invalid grant ID {grant_id!r}")
 
 
 # The grants of a key to one grantee under one name (or none), built once (statement
@@ -55,6 +56,47 @@ _SAME_GRANTEE = select(kms_grants).where(
 )
 _SAME_NAMED = _SAME_GRANTEE.where(kms_grants.c.name == bindparam("name"))
 _SAME_UNNAMED = _SAME_GRANTEE.where(kms_grants.c.name.is_(None))
+
+
+
+def _grant_error(exc: grant_rules.GrantError) -> KmsValidation:
+    """The KMS error of a grant the domain rules refuse: every GrantError the rules raise
+    is a ValidationException (none sets another ``code``)."""
+    return KmsValidation(str(exc))
+
+
+def _grant_conditions(
+    grantee: str,
+    operations: list[str],
+    retiring: str | None,
+    constraints: dict[str, dict[str, str]] | None,
+    for_aws_resource: bool,
+) -> tuple[dict[str, Any], dict[str, str] | None]:
+    """The CreateGrant condition keys of the new grant, and the encryption context its
+    constraint names (authorized as the request's, as AWS does)."""
+    extra: dict[str, Any] = {
+        "kms:GrantOperations": list(operations),
+        "kms:GranteePrincipal": grantee,
+        "kms:GrantIsForAWSResource": for_aws_resource,
+    }
+    if retiring:
+        extra["kms:RetiringPrincipal"] = retiring
+    if constraints:
+        extra["kms:GrantConstraintType"] = sorted(constraints)
+    ec = None
+    if constraints:
+        ec = constraints.get("EncryptionContextEquals") or constraints.get("EncryptionContextSubset")
+    return extra, ec
+
+
+def _identical_grant(conn: Connection, key_id: str, grantee: str, name: str | None, same: tuple[Any, ...]) -> Any:
+    """The key's grant to ``grantee`` (named ``name``, or unnamed) whose (retiring
+    principal, operations, constraints, issuing account, for-AWS-resource) are ``same``."""
+    q = _SAME_NAMED if name else _SAME_UNNAMED
+    for g in conn.execute(q, {"key_id": key_id, "grantee": grantee, "name": name}).all():
+        if (g.retiring, g.operations, g.constraints, g.issuing_account, bool(g.for_aws_resource)) == same:
+            return g
+    return None
 
 
 class GrantOperations:
@@ -79,19 +121,8 @@ class GrantOperations:
         try:
             grant_rules.validate_grant(operations, constraints, grantee, retiring)
         except grant_rules.GrantError as exc:
-            raise kms_error(exc.code, str(exc)) from None
-        extra: dict[str, Any] = {
-            "kms:GrantOperations": list(operations),
-            "kms:GranteePrincipal": grantee,
-            "kms:GrantIsForAWSResource": for_aws_resource,
-        }
-        if retiring:
-            extra["kms:RetiringPrincipal"] = retiring
-        if constraints:
-            extra["kms:GrantConstraintType"] = sorted(constraints)
-        ec = None
-        if constraints:
-            ec = constraints.get("EncryptionContextEquals") or constraints.get("EncryptionContextSubset")
+            raise _grant_error(exc) from None
+        extra, ec = _grant_conditions(grantee, operations, retiring, constraints, for_aws_resource)
         self._authorize(
             caller,
             row,
@@ -106,61 +137,41 @@ class GrantOperations:
         ops_json = json.dumps(sorted(set(operations)))
         cons_json = json.dumps(constraints, sort_keys=True) if constraints else None
         reuse = name or reuse_identical
-
-        def identical(conn: Connection) -> Any:
-            q = _SAME_NAMED if name else _SAME_UNNAMED
-            for g in conn.execute(q, {"key_id": row.key_id, "grantee": grantee, "name": name}).all():
-                same = (g.retiring, g.operations, g.constraints, g.issuing_account, bool(g.for_aws_resource)) == (
-                    retiring, ops_json, cons_json, caller.account, for_aws_resource
-                )
-                if same:
-                    return g
-            return None
-
+        same = (retiring, ops_json, cons_json, caller.account, for_aws_resource)
         if reuse:  # the common case (a repeated attach): found without taking the write lock
             with self.db.read() as conn:
-                g = identical(conn)
+                g = _identical_grant(conn, row.key_id, grantee, name, same)
             if g is not None:
                 return g.grant_id, g.token
         with self.db.begin() as conn:
-            if reuse and (g := identical(conn)) is not None:  # made meanwhile by another writer
-                return g.grant_id, g.token
+            if reuse and (g := _identical_grant(conn, row.key_id, grantee, name, same)) is not None:
+                return g.grant_id, g.token  # made meanwhile by another writer
             grant_id = os.urandom(32).hex()
             token = base64.urlsafe_b64encode(b"ebscrypt-grant:" + os.urandom(48)).decode().rstrip("=")
-            conn.execute(
-                insert(kms_grants).values(
-                    grant_id=grant_id,
-                    key_id=row.key_id,
-                    name=name,
-                    grantee=grantee,
-                    retiring=retiring,
-                    operations=ops_json,
-                    constraints=cons_json,
-                    issuing_account=caller.account,
-                    for_aws_resource=for_aws_resource,
-                    token=token,
-                    creation_date=self.clock.now(),
-                )
-            )
+            conn.execute(insert(kms_grants).values(
+                grant_id=grant_id, key_id=row.key_id, name=name, grantee=grantee, retiring=retiring,
+                operations=ops_json, constraints=cons_json, issuing_account=caller.account,
+                for_aws_resource=for_aws_resource, token=token, creation_date=self.clock.now(),
+            ))
         return grant_id, token
 
-    def op_CreateGrant(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"])
+    def create_grant(self, caller: Caller, args: api.CreateGrant) -> dict[str, Any]:
+        row = self._resolve(caller, args.key_id)
         grant_id, token = self._create_grant(
             caller,
             row,
-            grantee=p["GranteePrincipal"],
-            operations=list(p.get("Operations") or []),
-            retiring=p.get("RetiringPrincipal"),
-            constraints=p.get("Constraints"),
-            name=p.get("Name"),
-            grant_tokens=p.get("GrantTokens"),
-            dry_run=bool(p.get("DryRun")),
+            grantee=args.grantee_principal,
+            operations=list(args.operations or []),
+            retiring=args.retiring_principal,
+            constraints=args.constraints,  # type: ignore[arg-type]
+            name=args.name,
+            grant_tokens=args.grant_tokens,
+            dry_run=bool(args.dry_run),
         )
         return {"GrantToken": token, "GrantId": grant_id}
 
-    def _grant_list(self, rows: Sequence[Any], p: dict[str, Any]) -> dict[str, Any]:
-        items, out = page(rows, p, default=50, max_limit=100)
+    def _grant_list(self, rows: Sequence[Any], limit: int | None, marker: str | None) -> dict[str, Any]:
+        items, out = page(rows, limit, marker, default=50, max_limit=100)
         arns: dict[str, str] = {}
         grants = []
         for r in items:
@@ -185,29 +196,28 @@ class GrantOperations:
         out["Grants"] = grants
         return out
 
-    def op_ListGrants(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"])
+    def list_grants(self, caller: Caller, args: api.ListGrants) -> dict[str, Any]:
+        row = self._resolve(caller, args.key_id)
         self._authorize(caller, row, "kms:ListGrants")
         q = select(kms_grants).where(kms_grants.c.key_id == row.key_id)
-        if p.get("GrantId"):
-            q = q.where(kms_grants.c.grant_id == p["GrantId"])
-        if p.get("GranteePrincipal"):
-            q = q.where(kms_grants.c.grantee == p["GranteePrincipal"])
+        if args.grant_id:
+            q = q.where(kms_grants.c.grant_id == args.grant_id)
+        if args.grantee_principal:
+            q = q.where(kms_grants.c.grantee == args.grantee_principal)
         with self.db.read() as conn:
             rows = conn.execute(q.order_by(kms_grants.c.creation_date, kms_grants.c.grant_id)).all()
-        return self._grant_list(rows, p)
+        return self._grant_list(rows, args.limit, args.marker)
 
-    def op_ListRetirableGrants(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        principal = p["RetiringPrincipal"]
+    def list_retirable_grants(self, caller: Caller, args: api.ListRetirableGrants) -> dict[str, Any]:
+        principal = args.retiring_principal
         try:
             grant_rules.validate_principal(principal, "RetiringPrincipal")
         except grant_rules.GrantError as exc:
-            raise kms_error("ValidationException", str(exc)) from None
+            raise KmsValidation(str(exc)) from None
         if not policy_rules.principal_matches(principal, caller.arn, caller.account):
-            raise kms_error(
-                "AccessDeniedException",
+            raise KmsAccessDenied(
                 f"User: {caller.arn} is not authorized to perform: kms:ListRetirableGrants for "
-                f"retiring principal {principal} of another account",
+                f"retiring principal {principal} of another account"
             )
         with self.db.read() as conn:
             rows = conn.execute(
@@ -216,15 +226,15 @@ class GrantOperations:
                 .where(kms_grants.c.retiring == principal, kms_keys.c.region == caller.region)
                 .order_by(kms_grants.c.creation_date, kms_grants.c.grant_id)
             ).all()
-        return self._grant_list(rows, p)
+        return self._grant_list(rows, args.limit, args.marker)
 
-    def op_RetireGrant(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        token, key_ref, grant_id = p.get("GrantToken"), p.get("KeyId"), p.get("GrantId")
+    def retire_grant(self, caller: Caller, args: api.RetireGrant) -> dict[str, Any]:
+        token, key_ref, grant_id = args.grant_token, args.key_id, args.grant_id
         if token:
             with self.db.read() as conn:
                 g = conn.execute(select(kms_grants).where(kms_grants.c.token == token)).first()
             if g is None:
-                raise kms_error("InvalidGrantTokenException", "Grant token provided is not valid")
+                raise KmsInvalidGrantToken("Grant token provided is not valid")
         elif key_ref and grant_id:
             _check_grant_id(grant_id)
             row = self._resolve(caller, key_ref)
@@ -233,34 +243,33 @@ class GrantOperations:
                     select(kms_grants).where(kms_grants.c.key_id == row.key_id, kms_grants.c.grant_id == grant_id)
                 ).first()
             if g is None:
-                raise kms_error("NotFoundException", f"Grant ID {grant_id} not found")
+                raise KmsNotFound.grant(grant_id)
         else:
-            raise kms_error("ValidationException", "Either GrantToken, or GrantId and KeyId, must be specified.")
+            raise KmsValidation("Either GrantToken, or GrantId and KeyId, must be specified.")
         key = self._load(g.key_id)
         if key is not None:
             self._note_resource(key.arn)
         if not grant_rules.may_retire(grant_of(g), caller.arn, caller.account):
             arn = key.arn if key is not None else g.key_id
-            raise kms_error(
-                "AccessDeniedException",
+            raise KmsAccessDenied(
                 f"User: {caller.arn} is not authorized to perform: kms:RetireGrant on resource: {arn} "
-                "because it is neither the retiring principal nor a grantee allowed to retire the grant",
+                "because it is neither the retiring principal nor a grantee allowed to retire the grant"
             )
         with self.db.begin() as conn:
             if conn.execute(delete(kms_grants).where(kms_grants.c.grant_id == g.grant_id)).rowcount:
                 generations.bump(conn, g.key_id)  # uses it allowed are authorized afresh
         return {}
 
-    def op_RevokeGrant(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        _check_grant_id(p["GrantId"])
-        row = self._resolve(caller, p["KeyId"])
+    def revoke_grant(self, caller: Caller, args: api.RevokeGrant) -> dict[str, Any]:
+        _check_grant_id(args.grant_id)
+        row = self._resolve(caller, args.key_id)
         self._authorize(caller, row, "kms:RevokeGrant")
         with self.db.begin() as conn:
             n = conn.execute(
-                delete(kms_grants).where(kms_grants.c.key_id == row.key_id, kms_grants.c.grant_id == p["GrantId"])
+                delete(kms_grants).where(kms_grants.c.key_id == row.key_id, kms_grants.c.grant_id == args.grant_id)
             ).rowcount
             if n:
                 generations.bump(conn, row.key_id)  # uses it allowed are authorized afresh
         if not n:
-            raise kms_error("NotFoundException", f"Grant ID {p['GrantId']} not found")
+            raise KmsNotFound.grant(args.grant_id)
         return {}

@@ -17,21 +17,21 @@ from sqlalchemy.exc import IntegrityError
 
 from ebscrypt.context import Caller
 from ebscrypt.domain import policy as policy_rules
-from ebscrypt.engines.kms import asym, generations
+from ebscrypt.engines.kms import api, asym, generations
 from ebscrypt.engines.kms.aliases import EBS_ALIAS, alias_row, insert_alias
-from ebscrypt.engines.kms.errors import kms_error, out_of_range
 from ebscrypt.engines.kms.metadata import key_metadata, utc
 from ebscrypt.engines.kms.paging import page
 from ebscrypt.engines.kms.tags import validate_tags
+from ebscrypt.errors import KmsInvalidState, KmsUnsupported, KmsValidation
 from ebscrypt.storage.tables.kms import kms_aliases, kms_grants, kms_key_material, kms_keys, kms_tags
 
 MAX_DESCRIPTION_CHARS = 8192
 
 
-def _description(p: dict[str, Any]) -> str:
-    desc = p.get("Description", "")
+def _description(description: str | None) -> str:
+    desc = description if description is not None else ""
     if len(desc) > MAX_DESCRIPTION_CHARS:
-        raise kms_error("ValidationException", f"Description must be at most {MAX_DESCRIPTION_CHARS} characters")
+        raise KmsValidation(f"Description must be at most {MAX_DESCRIPTION_CHARS} characters")
     return desc
 
 
@@ -121,31 +121,27 @@ class KeyOperations:
                 )
                 insert_alias(conn, account, region, EBS_ALIAS, row.key_id, self.clock.now())
 
-    def op_CreateKey(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        key_spec = p.get("KeySpec") or p.get("CustomerMasterKeySpec") or "SYMMETRIC_DEFAULT"
-        if "KeySpec" in p and "CustomerMasterKeySpec" in p:
-            raise kms_error(
-                "ValidationException", "You cannot specify KeySpec and CustomerMasterKeySpec in the same request."
-            )
-        key_usage = p.get("KeyUsage") or (
+    def create_key(self, caller: Caller, args: api.CreateKey) -> dict[str, Any]:
+        key_spec = args.key_spec or args.customer_master_key_spec or "SYMMETRIC_DEFAULT"
+        if args.key_spec is not None and args.customer_master_key_spec is not None:
+            raise KmsValidation("You cannot specify KeySpec and CustomerMasterKeySpec in the same request.")
+        key_usage = args.key_usage or (
             "SIGN_VERIFY" if key_spec.startswith("ECC_")
             else "GENERATE_VERIFY_MAC" if key_spec.startswith("HMAC_") else "ENCRYPT_DECRYPT"
         )
         if key_spec not in asym.SUPPORTED_SPECS:
-            raise kms_error("UnsupportedOperationException", f"KeySpec {key_spec} is not supported by ebscrypt.")
+            raise KmsUnsupported(f"KeySpec {key_spec} is not supported by ebscrypt.")
         if key_usage not in asym.USAGES[key_spec]:
-            raise kms_error(
-                "ValidationException", f"KeyUsage {key_usage} is not compatible with KeySpec {key_spec}"
-            )
-        origin = p.get("Origin", "AWS_KMS")
+            raise KmsValidation(f"KeyUsage {key_usage} is not compatible with KeySpec {key_spec}")
+        origin = args.origin if args.origin is not None else "AWS_KMS"
         if origin != "AWS_KMS":
-            raise kms_error("UnsupportedOperationException", f"Origin {origin} is not supported by ebscrypt.")
-        if p.get("MultiRegion"):
-            raise kms_error("UnsupportedOperationException", "Multi-Region keys are not supported by ebscrypt.")
-        description = _description(p)
-        tags = validate_tags(p.get("Tags") or [])
-        if "Policy" in p:
-            policy_text = p["Policy"]
+            raise KmsUnsupported(f"Origin {origin} is not supported by ebscrypt.")
+        if args.multi_region:
+            raise KmsUnsupported("Multi-Region keys are not supported by ebscrypt.")
+        description = _description(args.description)
+        tags = validate_tags(args.tags or [])
+        if args.policy is not None:
+            policy_text = args.policy
             self._validate_policy(policy_text)
         else:
             policy_text = policy_rules.default_key_policy(caller.account)
@@ -161,7 +157,7 @@ class KeyOperations:
                 policy=policy_text,
                 description=description,
             )
-            if "Policy" in p and not p.get("BypassPolicyLockoutSafetyCheck"):
+            if args.policy is not None and not args.bypass_policy_lockout_safety_check:
                 self._lockout_check(caller, row, policy_text)
             for k, v in tags.items():
                 conn.execute(insert(kms_tags).values(key_id=row.key_id, tag_key=k, tag_value=v))
@@ -170,12 +166,13 @@ class KeyOperations:
 
     # --------------------------------------------------------- reading keys
 
-    def op_DescribeKey(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"])
-        self._authorize(caller, row, "kms:DescribeKey", grant_tokens=p.get("GrantTokens"))
+    def describe_key_metadata(self, caller: Caller, args: api.KeyWithGrantTokens) -> dict[str, Any]:
+        """DescribeKey (``describe_key`` is the via-service form, :mod:`.via_service`)."""
+        row = self._resolve(caller, args.key_id)
+        self._authorize(caller, row, "kms:DescribeKey", grant_tokens=args.grant_tokens)
         return {"KeyMetadata": key_metadata(row)}
 
-    def op_ListKeys(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
+    def list_keys(self, caller: Caller, args: api.Page) -> dict[str, Any]:
         self.sweep_deletions()
         with self.db.read() as conn:
             rows = conn.execute(
@@ -183,7 +180,7 @@ class KeyOperations:
                 .where(kms_keys.c.account == caller.account, kms_keys.c.region == caller.region)
                 .order_by(kms_keys.c.creation_date, kms_keys.c.key_id)
             ).all()
-        items, out = page(rows, p, default=100, max_limit=1000)
+        items, out = page(rows, args.limit, args.marker, default=100, max_limit=1000)
         out["Keys"] = [{"KeyId": r.key_id, "KeyArn": r.arn} for r in items]
         return out
 
@@ -196,44 +193,44 @@ class KeyOperations:
             conn.execute(update(kms_keys).where(kms_keys.c.key_id == key_id).values(**values))
             generations.bump(conn, key_id)
 
-    def op_UpdateKeyDescription(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._key_to_change(caller, p["KeyId"], "kms:UpdateKeyDescription")
+    def update_key_description(self, caller: Caller, args: api.UpdateKeyDescription) -> dict[str, Any]:
+        row = self._key_to_change(caller, args.key_id, "kms:UpdateKeyDescription")
         self._require_not_pending(row)
-        desc = _description(p)
+        desc = _description(args.description)
         self._update(row.key_id, description=desc)
         return {}
 
-    def _set_state(self, caller: Caller, p: dict[str, Any], action: str, state: str) -> dict[str, Any]:
-        row = self._key_to_change(caller, p["KeyId"], action)
+    def _set_state(self, caller: Caller, key_ref: str, action: str, state: str) -> dict[str, Any]:
+        row = self._key_to_change(caller, key_ref, action)
         self._require_not_pending(row)
         self._update(row.key_id, state=state)
         if state != "Enabled":
             self.forget_key(row.key_id)  # material stays in memory only while usable
         return {}
 
-    def op_EnableKey(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        return self._set_state(caller, p, "kms:EnableKey", "Enabled")
+    def enable_key(self, caller: Caller, args: api.KeyRef) -> dict[str, Any]:
+        return self._set_state(caller, args.key_id, "kms:EnableKey", "Enabled")
 
-    def op_DisableKey(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        return self._set_state(caller, p, "kms:DisableKey", "Disabled")
+    def disable_key(self, caller: Caller, args: api.KeyRef) -> dict[str, Any]:
+        return self._set_state(caller, args.key_id, "kms:DisableKey", "Disabled")
 
     # --------------------------------------------------------------- deletion
 
-    def op_ScheduleKeyDeletion(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._key_to_change(caller, p["KeyId"], "kms:ScheduleKeyDeletion")
-        days = p.get("PendingWindowInDays", 30)
+    def schedule_key_deletion(self, caller: Caller, args: api.ScheduleKeyDeletion) -> dict[str, Any]:
+        row = self._key_to_change(caller, args.key_id, "kms:ScheduleKeyDeletion")
+        days = args.pending_window_in_days if args.pending_window_in_days is not None else 30
         if not isinstance(days, int) or not 7 <= days <= 30:
-            raise out_of_range(days, "pendingWindowInDays", 7, 30)
+            raise KmsValidation.out_of_range(days, "pendingWindowInDays", 7, 30)
         self._require_not_pending(row)
         when = self.clock.now() + timedelta(days=days)
         self._update(row.key_id, state="PendingDeletion", deletion_date=when)
         self.forget_key(row.key_id)
         return {"KeyId": row.arn, "DeletionDate": when, "KeyState": "PendingDeletion", "PendingWindowInDays": days}
 
-    def op_CancelKeyDeletion(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._key_to_change(caller, p["KeyId"], "kms:CancelKeyDeletion")
+    def cancel_key_deletion(self, caller: Caller, args: api.KeyRef) -> dict[str, Any]:
+        row = self._key_to_change(caller, args.key_id, "kms:CancelKeyDeletion")
         if row.state != "PendingDeletion":
-            raise kms_error("KMSInvalidStateException", f"{row.arn} is not pending deletion.")
+            raise KmsInvalidState(f"{row.arn} is not pending deletion.")
         self._update(row.key_id, state="Disabled", deletion_date=None)
         return {"KeyId": row.arn}
 

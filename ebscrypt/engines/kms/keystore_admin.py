@@ -68,7 +68,7 @@ def preflight(settings: Settings) -> str | None:
 # --------------------------------------------------------------------------- audit
 
 
-def audit_record(data_dir: Path, name: str, params: dict[str, Any], *, error: str | None = None) -> None:
+def audit_record(data_dir: Path, name: str, request_parameters: dict[str, Any], *, error: str | None = None) -> None:
     """One CloudTrail-shaped record of a key-store operation (an operator at this host)."""
     user = getpass.getuser()
     rec: dict[str, Any] = {
@@ -80,7 +80,7 @@ def audit_record(data_dir: Path, name: str, params: dict[str, Any], *, error: st
         "awsRegion": None,
         "sourceIPAddress": socket.gethostname(),
         "userAgent": "ebscrypt-cli",
-        "requestParameters": params,
+        "requestParameters": request_parameters,
         "responseElements": None,
         "requestID": str(uuid.uuid4()),
         "eventID": str(uuid.uuid4()),
@@ -193,10 +193,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(data_dir=args.data_dir, db_url=args.db, key_store=args.key_store)
 
 
-def _fail(args: argparse.Namespace, name: str, params: dict[str, Any], exc: BaseException) -> int:
+def _fail(args: argparse.Namespace, name: str, request_parameters: dict[str, Any], exc: BaseException) -> int:
     print(f"ebscrypt keystore: {exc}", file=sys.stderr)
     try:
-        audit_record(args.data_dir, name, params, error=str(exc))
+        audit_record(args.data_dir, name, request_parameters, error=str(exc))
     except OSError:
         pass
     return 2

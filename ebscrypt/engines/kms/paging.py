@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import base64
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
-from ebscrypt.engines.kms.errors import kms_error, out_of_range
+from ebscrypt.errors import KmsInvalidMarker, KmsValidation
 
 
-def page(items: Sequence[Any], p: Mapping[str, Any], *, default: int, max_limit: int) -> tuple[list[Any], dict[str, Any]]:
-    """One page of ``items`` per Limit/Marker; returns (page, {Truncated, NextMarker?})."""
-    limit = p.get("Limit", default)
+def page(
+    items: Sequence[Any], limit: Any, marker: str | None, *, default: int, max_limit: int
+) -> tuple[list[Any], dict[str, Any]]:
+    """One page of ``items`` per Limit (None: ``default``) and Marker; returns
+    (page, {Truncated, NextMarker?})."""
+    if limit is None:
+        limit = default
     if not isinstance(limit, int) or not 1 <= limit <= max_limit:
-        raise out_of_range(limit, "limit", 1, max_limit)
+        raise KmsValidation.out_of_range(limit, "limit", 1, max_limit)
     start = 0
-    marker = p.get("Marker")
     if marker:
         try:
             start = int(base64.urlsafe_b64decode(marker.encode()).decode().split(":", 1)[1])
             if start < 0:
                 raise ValueError
         except (ValueError, IndexError, UnicodeDecodeError):
-            raise kms_error("InvalidMarkerException", "Invalid marker") from None
+            raise KmsInvalidMarker("Invalid marker") from None
     items_page = list(items[start : start + limit])
     out: dict[str, Any] = {"Truncated": start + limit < len(items)}
     if out["Truncated"]:

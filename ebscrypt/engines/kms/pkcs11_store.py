@@ -299,12 +299,6 @@ class Pkcs11KeyStore:
                 self._connect()
             self.refresh()
 
-    def _reconnect_quietly(self) -> None:
-        try:
-            self._reconnect()
-        except (RootKeyError, KeyStoreUnavailable):
-            pass
-
     def _drop_sessions(self) -> None:
         while True:
             try:

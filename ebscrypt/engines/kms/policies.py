@@ -11,8 +11,9 @@ from typing import Any
 
 from ebscrypt.context import Caller
 from ebscrypt.domain import policy as policy_rules
-from ebscrypt.engines.kms.errors import kms_error
+from ebscrypt.engines.kms import api
 from ebscrypt.engines.kms.paging import page
+from ebscrypt.errors import KmsLimitExceeded, KmsMalformedPolicy, KmsNotFound, KmsValidation
 
 POLICY_NAME = "default"
 MAX_POLICY_CHARS = 32768
@@ -20,7 +21,7 @@ MAX_POLICY_CHARS = 32768
 
 def _check_policy_name(name: str) -> None:
     if name != POLICY_NAME:
-        raise kms_error("NotFoundException", f"No such policy exists: {name}")
+        raise KmsNotFound(f"No such policy exists: {name}")
 
 
 class PolicyOperations:
@@ -37,15 +38,15 @@ class PolicyOperations:
 
     def _validate_policy(self, text: Any) -> policy_rules.Policy:
         if not isinstance(text, str) or not text:
-            raise kms_error("ValidationException", "Policy must be a non-empty string")
+            raise KmsValidation("Policy must be a non-empty string")
         if len(text) > MAX_POLICY_CHARS:
-            raise kms_error(
-                "LimitExceededException", f"The key policy exceeds the maximum size of {MAX_POLICY_CHARS} characters."
+            raise KmsLimitExceeded(
+                f"The key policy exceeds the maximum size of {MAX_POLICY_CHARS} characters."
             )
         try:
             return self._policy(text)
         except policy_rules.PolicyError as exc:
-            raise kms_error("MalformedPolicyDocumentException", str(exc)) from None
+            raise KmsMalformedPolicy(str(exc)) from None
 
     def _lockout_check(self, caller: Caller, row: Any, text: str) -> None:
         req = policy_rules.Request(
@@ -56,30 +57,29 @@ class PolicyOperations:
             context={"kms:CallerAccount": caller.account, "aws:PrincipalAccount": caller.account},
         )
         if policy_rules.evaluate(self._policy(text), req) is not policy_rules.Decision.ALLOW:
-            raise kms_error(
-                "MalformedPolicyDocumentException",
-                "The new key policy will not allow you to update the key policy in the future.",
+            raise KmsMalformedPolicy(
+                "The new key policy will not allow you to update the key policy in the future."
             )
 
-    def op_GetKeyPolicy(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"], own_account=True)
+    def get_key_policy(self, caller: Caller, args: api.GetKeyPolicy) -> dict[str, Any]:
+        row = self._resolve(caller, args.key_id, own_account=True)
         self._authorize(caller, row, "kms:GetKeyPolicy")
-        _check_policy_name(p.get("PolicyName", POLICY_NAME))
+        _check_policy_name(args.policy_name if args.policy_name is not None else POLICY_NAME)
         return {"Policy": row.policy, "PolicyName": POLICY_NAME}
 
-    def op_ListKeyPolicies(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"], own_account=True)
+    def list_key_policies(self, caller: Caller, args: api.KeyPage) -> dict[str, Any]:
+        row = self._resolve(caller, args.key_id, own_account=True)
         self._authorize(caller, row, "kms:ListKeyPolicies")
-        items, out = page([POLICY_NAME], p, default=100, max_limit=1000)
+        items, out = page([POLICY_NAME], args.limit, args.marker, default=100, max_limit=1000)
         out["PolicyNames"] = items
         return out
 
-    def op_PutKeyPolicy(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._key_to_change(caller, p["KeyId"], "kms:PutKeyPolicy")
-        _check_policy_name(p.get("PolicyName", POLICY_NAME))
-        text = p["Policy"]
+    def put_key_policy(self, caller: Caller, args: api.PutKeyPolicy) -> dict[str, Any]:
+        row = self._key_to_change(caller, args.key_id, "kms:PutKeyPolicy")
+        _check_policy_name(args.policy_name if args.policy_name is not None else POLICY_NAME)
+        text = args.policy
         self._validate_policy(text)
-        if not p.get("BypassPolicyLockoutSafetyCheck"):
+        if not args.bypass_policy_lockout_safety_check:
             self._lockout_check(caller, row, text)
         self._require_not_pending(row)
         self._update(row.key_id, policy=text)

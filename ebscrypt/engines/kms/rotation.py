@@ -13,9 +13,10 @@ from typing import Any
 from sqlalchemy import select, update
 
 from ebscrypt.context import Caller
-from ebscrypt.engines.kms.errors import kms_error, out_of_range
+from ebscrypt.engines.kms import api
 from ebscrypt.engines.kms.metadata import utc
 from ebscrypt.engines.kms.paging import page
+from ebscrypt.errors import KmsLimitExceeded, KmsUnsupported, KmsValidation
 from ebscrypt.storage.tables.kms import kms_key_material, kms_keys
 
 MAX_ON_DEMAND_ROTATIONS = 10
@@ -43,18 +44,17 @@ class RotationOperations:
     @staticmethod
     def _require_rotatable(row: Any) -> None:
         if row.key_spec != "SYMMETRIC_DEFAULT":
-            raise kms_error(
-                "UnsupportedOperationException",
+            raise KmsUnsupported(
                 f"{row.arn} key spec is {row.key_spec}: automatic and on-demand rotation are "
-                "supported only for symmetric encryption KMS keys.",
+                "supported only for symmetric encryption KMS keys."
             )
 
-    def op_EnableKeyRotation(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._key_to_change(caller, p["KeyId"], "kms:EnableKeyRotation")
+    def enable_key_rotation(self, caller: Caller, args: api.EnableKeyRotation) -> dict[str, Any]:
+        row = self._key_to_change(caller, args.key_id, "kms:EnableKeyRotation")
         self._require_rotatable(row)
-        period = p.get("RotationPeriodInDays", 365)
+        period = args.rotation_period_in_days if args.rotation_period_in_days is not None else 365
         if not isinstance(period, int) or not 90 <= period <= 2560:
-            raise out_of_range(period, "rotationPeriodInDays", 90, 2560)
+            raise KmsValidation.out_of_range(period, "rotationPeriodInDays", 90, 2560)
         self._require_enabled(row)
         self._update(
             row.key_id,
@@ -64,15 +64,15 @@ class RotationOperations:
         )
         return {}
 
-    def op_DisableKeyRotation(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._key_to_change(caller, p["KeyId"], "kms:DisableKeyRotation")
+    def disable_key_rotation(self, caller: Caller, args: api.KeyRef) -> dict[str, Any]:
+        row = self._key_to_change(caller, args.key_id, "kms:DisableKeyRotation")
         self._require_rotatable(row)
         self._require_enabled(row)
         self._update(row.key_id, rotation_enabled=False, next_rotation_date=None)
         return {}
 
-    def op_GetKeyRotationStatus(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"])
+    def get_key_rotation_status(self, caller: Caller, args: api.KeyRef) -> dict[str, Any]:
+        row = self._resolve(caller, args.key_id)
         self._authorize(caller, row, "kms:GetKeyRotationStatus")
         self._require_not_pending(row)
         out: dict[str, Any] = {"KeyRotationEnabled": bool(row.rotation_enabled), "KeyId": row.arn}
@@ -81,8 +81,8 @@ class RotationOperations:
             out["NextRotationDate"] = utc(row.next_rotation_date)
         return out
 
-    def op_RotateKeyOnDemand(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._key_to_change(caller, p["KeyId"], "kms:RotateKeyOnDemand")
+    def rotate_key_on_demand(self, caller: Caller, args: api.KeyRef) -> dict[str, Any]:
+        row = self._key_to_change(caller, args.key_id, "kms:RotateKeyOnDemand")
         self._require_rotatable(row)
         self._require_enabled(row)
         with self.db.begin() as conn:
@@ -94,15 +94,14 @@ class RotationOperations:
                 ).all()
             )
             if n >= MAX_ON_DEMAND_ROTATIONS:
-                raise kms_error(
-                    "LimitExceededException",
-                    f"{row.arn} has reached the maximum of {MAX_ON_DEMAND_ROTATIONS} on-demand rotations.",
+                raise KmsLimitExceeded(
+                    f"{row.arn} has reached the maximum of {MAX_ON_DEMAND_ROTATIONS} on-demand rotations."
                 )
             self._add_material(conn, row.key_id, os.urandom(32), rotation_type="ON_DEMAND")
         return {"KeyId": row.arn}
 
-    def op_ListKeyRotations(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"], own_account=True)
+    def list_key_rotations(self, caller: Caller, args: api.KeyPage) -> dict[str, Any]:
+        row = self._resolve(caller, args.key_id, own_account=True)
         self._authorize(caller, row, "kms:ListKeyRotations")
         self._require_rotatable(row)
         with self.db.read() as conn:
@@ -111,7 +110,7 @@ class RotationOperations:
                 .where(kms_key_material.c.key_id == row.key_id, kms_key_material.c.rotation_type.is_not(None))
                 .order_by(kms_key_material.c.created_at)
             ).all()
-        items, out = page(rows, p, default=100, max_limit=1000)
+        items, out = page(rows, args.limit, args.marker, default=100, max_limit=1000)
         out["Rotations"] = [
             {
                 "KeyId": row.arn,

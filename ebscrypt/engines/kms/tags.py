@@ -11,9 +11,9 @@ from typing import Any, Mapping, Sequence
 from sqlalchemy import and_, delete, insert, select, update
 
 from ebscrypt.context import Caller
-from ebscrypt.engines.kms.errors import kms_error
+from ebscrypt.engines.kms import api
 from ebscrypt.engines.kms.paging import page
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import KmsLimitExceeded, KmsTag, ServiceError
 from ebscrypt.storage.tables.kms import kms_tags
 
 MAX_TAGS = 50
@@ -24,9 +24,9 @@ def validate_tags(tags: Sequence[Mapping[str, str]]) -> dict[str, str]:
     for t in tags:
         k, v = t.get("TagKey"), t.get("TagValue")
         if not isinstance(k, str) or not 1 <= len(k) <= 128 or not isinstance(v, str) or len(v) > 256:
-            raise kms_error("TagException", "Tag keys must be 1-128 characters and tag values 0-256 characters.")
+            raise KmsTag("Tag keys must be 1-128 characters and tag values 0-256 characters.")
         if k.startswith("aws:"):
-            raise kms_error("TagException", "Tag keys beginning with aws: are reserved.")
+            raise KmsTag("Tag keys beginning with aws: are reserved.")
         out[k] = v
     if len(out) > MAX_TAGS:
         raise _too_many_tags()
@@ -34,16 +34,16 @@ def validate_tags(tags: Sequence[Mapping[str, str]]) -> dict[str, str]:
 
 
 def _too_many_tags() -> ServiceError:
-    return kms_error("LimitExceededException", f"A KMS key can have at most {MAX_TAGS} tags.")
+    return KmsLimitExceeded(f"A KMS key can have at most {MAX_TAGS} tags.")
 
 
 class TagOperations:
     """TagResource, UntagResource, ListResourceTags."""
 
-    def op_TagResource(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._key_to_change(caller, p["KeyId"], "kms:TagResource", allow_alias=False)
+    def tag_resource(self, caller: Caller, args: api.TagResource) -> dict[str, Any]:
+        row = self._key_to_change(caller, args.key_id, "kms:TagResource", allow_alias=False)
         self._require_not_pending(row)
-        tags = validate_tags(p.get("Tags") or [])
+        tags = validate_tags(args.tags or [])
         with self.db.begin() as conn:
             existing = {
                 r.tag_key for r in conn.execute(select(kms_tags.c.tag_key).where(kms_tags.c.key_id == row.key_id))
@@ -61,22 +61,22 @@ class TagOperations:
                     conn.execute(insert(kms_tags).values(key_id=row.key_id, tag_key=k, tag_value=v))
         return {}
 
-    def op_UntagResource(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._key_to_change(caller, p["KeyId"], "kms:UntagResource", allow_alias=False)
+    def untag_resource(self, caller: Caller, args: api.UntagResource) -> dict[str, Any]:
+        row = self._key_to_change(caller, args.key_id, "kms:UntagResource", allow_alias=False)
         self._require_not_pending(row)
-        keys = p.get("TagKeys") or []
+        keys = args.tag_keys or []
         with self.db.begin() as conn:
             for k in keys:
                 conn.execute(delete(kms_tags).where(and_(kms_tags.c.key_id == row.key_id, kms_tags.c.tag_key == k)))
         return {}
 
-    def op_ListResourceTags(self, caller: Caller, p: dict[str, Any]) -> dict[str, Any]:
-        row = self._resolve(caller, p["KeyId"], allow_alias=False, own_account=True)
+    def list_resource_tags(self, caller: Caller, args: api.KeyPage) -> dict[str, Any]:
+        row = self._resolve(caller, args.key_id, allow_alias=False, own_account=True)
         self._authorize(caller, row, "kms:ListResourceTags")
         with self.db.read() as conn:
             rows = conn.execute(
                 select(kms_tags).where(kms_tags.c.key_id == row.key_id).order_by(kms_tags.c.tag_key)
             ).all()
-        items, out = page(rows, p, default=50, max_limit=50)
+        items, out = page(rows, args.limit, args.marker, default=50, max_limit=50)
         out["Tags"] = [{"TagKey": r.tag_key, "TagValue": r.tag_value} for r in items]
         return out

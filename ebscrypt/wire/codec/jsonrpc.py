@@ -12,33 +12,25 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ebscrypt.errors import ServiceError, UnknownOperation, ValidationError
+from ebscrypt.errors import SerializationError, ServiceError, UnknownOperation, ValidationError
 
-from . import Codec
 from . import jsonshape
+from .base import Codec
 from ebscrypt.wire.http import HttpRequest, HttpResponse
 
 
-# What AWS's JSON 1.1 services answer for a body that does not deserialize: malformed
-# JSON, a member of the wrong JSON type, a blob that is not base64.
-SERIALIZATION = "SerializationException"
-
-
-def decode_json_object(body: bytes, code: str | None = None) -> dict[str, Any]:
-    """A request body as a JSON object ({} when empty); ValidationError otherwise."""
+def decode_json_object(body: bytes, error: type[ValidationError] = ValidationError) -> dict[str, Any]:
+    """A request body as a JSON object ({} when empty); ``error`` otherwise (JSON 1.1
+    services answer a body that does not deserialize with :class:`SerializationError`)."""
     if not body.strip():
         return {}
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        error = ValidationError("Request body is not valid JSON (expected a JSON object)")
-    else:
-        if isinstance(doc, dict):
-            return doc
-        error = ValidationError("Request body must be a JSON object")
-    if code:
-        error.code = code
-    raise error
+        raise error("Request body is not valid JSON (expected a JSON object)") from None
+    if isinstance(doc, dict):
+        return doc
+    raise error("Request body must be a JSON object")
 
 
 class JsonRpcCodec(Codec):
@@ -57,11 +49,11 @@ class JsonRpcCodec(Codec):
             shown = name or target or "(none)"
             raise UnknownOperation(f"Operation {shown} is not supported by this service.")
         operation = self.operation(name)
-        doc = decode_json_object(request.body, SERIALIZATION)
+        doc = decode_json_object(request.body, SerializationError)
         shape = operation.input_shape
         if shape is None:
             return operation, {}
-        reader = jsonshape.JsonReader(self.service, constraints=True, type_code=SERIALIZATION)
+        reader = jsonshape.JsonReader(self.service, constraints=True, type_error=SerializationError)
         params = reader.read_members(shape, doc, "")
         reader.finish()
         return operation, params

@@ -40,24 +40,28 @@ def _show(shape: Any, value: Any) -> str:
     return f"Value '{text}'"
 
 
-def validation_error(problems: list[tuple[str, str, str]], *, missing: bool = False) -> ValidationError:
-    """One ValidationError for a list of (shown value, path, constraint) triples."""
+def validation_error(
+    problems: list[tuple[str, str, str]], *, missing: bool = False, error: type[ValidationError] = ValidationError
+) -> ValidationError:
+    """One ``error`` for a list of (shown value, path, constraint) triples."""
     n = len(problems)
     head = f"{n} validation error{'s' if n != 1 else ''} detected: "
     body = "; ".join(f"{shown} at '{path}' failed to satisfy constraint: {why}" for shown, path, why in problems)
-    return ValidationError(head + body, missing=missing)
+    return error(head + body, missing=missing)
 
 
 class JsonReader:
     """Convert one decoded JSON document to Python along ``shape``; raise on bad input."""
 
-    def __init__(self, service: str, *, constraints: bool = True, type_code: str | None = None) -> None:
+    def __init__(
+        self, service: str, *, constraints: bool = True, type_error: type[ValidationError] = ValidationError
+    ) -> None:
         # The service names the table of members ebscrypt itself requires (.required).
         self.service = service
         self.constraints = constraints
         # JSON 1.1 services (KMS) answer a wrongly typed member with SerializationException
         # rather than ValidationException; rest-json callers keep the default.
-        self.type_code = type_code
+        self.type_error_class = type_error
         self.problems: list[tuple[str, str, str]] = []
         self.missing = False
 
@@ -67,10 +71,8 @@ class JsonReader:
                 p[0] == "Value null" for p in self.problems))
 
     def type_error(self, shape: Any, value: Any, path: str, expected: str) -> ValidationError:
-        error = validation_error([(_show(shape, value), path, f"Member must be {expected}")])
-        if self.type_code:
-            error.code = self.type_code
-        return error
+        return validation_error([(_show(shape, value), path, f"Member must be {expected}")],
+                                error=self.type_error_class)
 
     def check(self, shape: Any, value: Any, path: str) -> None:
         if self.constraints:
@@ -119,7 +121,7 @@ class JsonReader:
 
     def read_members(
         self, shape: Any, doc: dict[str, Any], path: str, *, skip_located: bool = False, required: bool = True
-    ) -> dict:
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, member in shape.members.items():
             if skip_located and "location" in member.serialization:

@@ -32,12 +32,15 @@ from urllib.parse import parse_qsl
 
 from ebscrypt.errors import ServiceError, UnknownOperation, UnknownParameter, ValidationError
 
-from . import Codec, required
+from . import required
+from .base import Codec
 from . import values as V
 from .ec2_always import ALWAYS_EMITTED
 from ebscrypt.wire.http import HttpRequest, HttpResponse
 
 _LEAF = None  # key under which a tree node keeps its own value
+# A node of the tree of form fields: sub-fields by name segment, its own value under _LEAF.
+Node = dict[str | None, Any]
 
 
 def _escape(text: str) -> str:
@@ -47,9 +50,9 @@ def _escape(text: str) -> str:
     )
 
 
-def _field_tree(pairs: list[tuple[str, str]]) -> dict:
+def _field_tree(pairs: list[tuple[str, str]]) -> Node:
     """``[("Filter.1.Name", "x")]`` → ``{"Filter": {"1": {"Name": {None: "x"}}}}``."""
-    root: dict = {}
+    root: Node = {}
     for key, value in pairs:
         node = root
         for part in key.split("."):
@@ -71,21 +74,22 @@ def _is_protocol_field(name: str) -> bool:
     return name in _PROTOCOL_FIELDS or name.lower().startswith("x-amz-")
 
 
-def _indexed(node: dict) -> list[tuple[int, dict]]:
+def _indexed(node: Node) -> list[tuple[int, Node]]:
     items = [(int(k), v) for k, v in node.items() if k is not None and k.isdigit()]
     items.sort(key=lambda kv: kv[0])
     return items
 
 
 class QueryCodec(Codec):
+    """The ``query`` protocol (STS): form in, ``<OpResult>`` XML out. Its ``ec2`` variant
+    is :class:`Ec2Codec`, which overrides the hooks where EC2 differs (as botocore's
+    ``EC2Serializer`` does the ``QuerySerializer``)."""
+
+    protocol = "query"
+
     def __init__(self, service_model: Any) -> None:
         super().__init__(service_model)
-        self.protocol = "ec2" if service_model.protocol == "ec2" else "query"
-        self.ec2 = self.protocol == "ec2"
-        ns = service_model.metadata.get("xmlNamespace", "")
-        if self.ec2 and ns and not ns.endswith("/"):
-            ns += "/"  # EC2 answers with the trailing slash its model omits
-        self.namespace = ns
+        self.namespace = service_model.metadata.get("xmlNamespace", "")
         self._ops = set(service_model.operation_names)
         self._wire_maps: dict[str, dict[str, tuple[str, Any]]] = {}
 
@@ -112,11 +116,13 @@ class QueryCodec(Codec):
         operation = self.operation(action)
         shape = operation.input_shape
         tree = _field_tree(pairs)
-        if self.ec2:
-            self._refuse_unknown(shape, {k: v for k, v in tree.items() if not _is_protocol_field(k)})
+        self._check_fields(shape, tree)
         if shape is None:
             return operation, {}
         return operation, self._read_members(shape, tree, "")
+
+    def _check_fields(self, shape: Any | None, tree: Node) -> None:
+        """The query variant stays lenient about fields its operation does not have."""
 
     def _members_by_wire(self, shape: Any) -> dict[str, tuple[str, Any]]:
         """{wire name: (member name, member shape)} of a structure, in model order, built
@@ -127,7 +133,7 @@ class QueryCodec(Codec):
             self._wire_maps[shape.name] = found
         return found
 
-    def _refuse_unknown(self, shape: Any | None, node: dict) -> None:
+    def _refuse_unknown(self, shape: Any | None, node: Node) -> None:
         """Raise UnknownParameter for the first field (in the order sent) ``shape`` lacks.
 
         AWS names the unrecognised segment alone, as sent ("The parameter VolumeType is
@@ -152,32 +158,19 @@ class QueryCodec(Codec):
         if kind == "structure":
             found = self._members_by_wire(shape).get(key)
             return found[1] if found is not None else None
-        if kind == "list":
+        if kind == "list" and shape is not None:
             return shape.member if key.isdigit() else None
         return None  # below a scalar, or an operation without input: nothing is known
 
     def _wire_name(self, member: Any, name: str) -> str:
         ser = member.serialization
-        if self.ec2:
-            if "queryName" in ser:
-                return ser["queryName"]
-            if "name" in ser:
-                return ser["name"][:1].upper() + ser["name"][1:]
-            return name
         if member.type_name == "list" and ser.get("flattened") and member.member.serialization.get("name"):
-            return member.member.serialization["name"]
-        return ser.get("name", name)
+            return str(member.member.serialization["name"])
+        return str(ser.get("name", name))
 
     def _top_level_label(self, member: Any, name: str, wire: str) -> str:
-        """How errors name a top-level member: EC2 uses its API's lowerCamel name.
-
-        EC2's messages say "Value (x) for parameter maxResults is invalid", "… parameter
-        volumeId …": the model's ``locationName``, else the member name with a lower-case
-        first letter. Only scalars: a list's or structure's items keep their wire path.
-        """
-        if not self.ec2 or member.type_name in ("structure", "list", "map"):
-            return wire
-        return member.serialization.get("name") or name[:1].lower() + name[1:]
+        """How errors name a top-level member: by its wire name."""
+        return wire
 
     def _missing(self, path: str) -> ValidationError:
         return ValidationError(f"The request must contain the parameter {path}", missing=True)
@@ -185,7 +178,7 @@ class QueryCodec(Codec):
     def _invalid(self, path: str, text: str, reason: str) -> ValidationError:
         return ValidationError(f"Value ({text}) for parameter {path} is invalid. {reason}")
 
-    def _read_members(self, shape: Any, node: dict, path: str) -> dict[str, Any]:
+    def _read_members(self, shape: Any, node: Node, path: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for wire, (name, member) in self._members_by_wire(shape).items():
             child = node.get(wire)
@@ -200,7 +193,7 @@ class QueryCodec(Codec):
             raise self._missing(f"{path}.{wire}" if path else wire)
         return out
 
-    def _read(self, shape: Any, node: dict, path: str) -> Any:
+    def _read(self, shape: Any, node: Node, path: str) -> Any:
         t = shape.type_name
         if t == "structure":
             return self._read_members(shape, node, path)
@@ -212,24 +205,17 @@ class QueryCodec(Codec):
         if text is None:
             raise self._invalid(path, "", "Expected a single value, not a structure.")
         try:
-            if t == "string":
-                return text
-            if t in ("integer", "long"):
-                return V.parse_int(text, t)
-            if t in ("float", "double"):
-                return V.parse_float(text)
-            if t == "boolean":
-                return V.parse_bool(text)
-            if t == "timestamp":
-                return V.parse_timestamp(text)
-            if t == "blob":
-                return V.parse_blob_b64(text)
+            return V.parse_scalar(t, text)
         except V.BadValue as exc:
             raise self._invalid(path, text, f"It {exc}.") from None
-        return text
 
-    def _read_list(self, shape: Any, node: dict, path: str) -> list:
-        if self.ec2 or shape.serialization.get("flattened"):
+    def _flat_list(self, shape: Any) -> bool:
+        """Whether a list's items sit right under its name (``Name.1``), not under
+        ``Name.member.1``."""
+        return bool(shape.serialization.get("flattened"))
+
+    def _read_list(self, shape: Any, node: Node, path: str) -> list[Any]:
+        if self._flat_list(shape):
             container, item_path = node, path
         else:
             item_name = shape.member.serialization.get("name", "member")
@@ -245,7 +231,7 @@ class QueryCodec(Codec):
             raise self._invalid(path, leaf, "Expected a list.")
         return [self._read(shape.member, child, f"{item_path}.{i}") for i, child in items]
 
-    def _read_map(self, shape: Any, node: dict, path: str) -> dict:
+    def _read_map(self, shape: Any, node: Node, path: str) -> dict[Any, Any]:
         if shape.serialization.get("flattened"):
             container, entry_path = node, path
         else:
@@ -268,29 +254,28 @@ class QueryCodec(Codec):
         shape = operation.output_shape
         result = result or {}
         out = [f'<?xml version="1.0" encoding="UTF-8"?>\n<{name}Response xmlns="{self.namespace}">']
-        if self.ec2:
-            out.append(f"<requestId>{_escape(request_id)}</requestId>")
-            if shape is not None:
-                self._write_members(out, shape, result)
-            else:
-                # Operations the model gives no output (DeleteVolume, …) answer <return>true</return>.
-                out.append("<return>true</return>")
-        else:
-            if shape is not None:
-                wrapper = shape.serialization.get("resultWrapper")
-                if wrapper:
-                    out.append(f"<{wrapper}>")
-                self._write_members(out, shape, result)
-                if wrapper:
-                    out.append(f"</{wrapper}>")
-            out.append(
-                f"<ResponseMetadata><RequestId>{_escape(request_id)}</RequestId></ResponseMetadata>"
-            )
+        self._write_body(out, shape, result, request_id)
         out.append(f"</{name}Response>")
         return HttpResponse(200, self._headers(request_id), "".join(out).encode("utf-8"))
 
+    def _write_body(self, out: list[str], shape: Any | None, result: dict[str, Any], request_id: str) -> None:
+        """The members inside ``<OpResult>`` (the output's ``resultWrapper``), then
+        ``<ResponseMetadata><RequestId>``."""
+        if shape is not None:
+            wrapper = shape.serialization.get("resultWrapper")
+            if wrapper:
+                out.append(f"<{wrapper}>")
+            self._write_members(out, shape, result)
+            if wrapper:
+                out.append(f"</{wrapper}>")
+        out.append(f"<ResponseMetadata><RequestId>{_escape(request_id)}</RequestId></ResponseMetadata>")
+
+    def _always_emitted(self, shape: Any) -> frozenset[str]:
+        """Members written even when the result has no value for them."""
+        return frozenset()
+
     def _write_members(self, out: list[str], shape: Any, value: dict[str, Any]) -> None:
-        always = ALWAYS_EMITTED.get(shape.name, ()) if self.ec2 else ()
+        always = self._always_emitted(shape)
         for name, member in shape.members.items():
             v = value.get(name)
             if v is None:
@@ -345,22 +330,75 @@ class QueryCodec(Codec):
         self, code: str, status: int, message: str, error: ServiceError, request_id: str
     ) -> HttpResponse:
         code_x, msg_x, rid_x = _escape(code), _escape(message), _escape(request_id)
-        if self.ec2:
-            body = (
-                '<?xml version="1.0" encoding="UTF-8"?>\n'
-                f"<Response><Errors><Error><Code>{code_x}</Code><Message>{msg_x}</Message></Error>"
-                f"</Errors><RequestID>{rid_x}</RequestID></Response>"
-            )
-        else:
-            kind = "Receiver" if status >= 500 else "Sender"
-            body = (
-                '<?xml version="1.0" encoding="UTF-8"?>\n'
-                f'<ErrorResponse xmlns="{self.namespace}"><Error><Type>{kind}</Type>'
-                f"<Code>{code_x}</Code><Message>{msg_x}</Message></Error>"
-                f"<RequestId>{rid_x}</RequestId></ErrorResponse>"
-            )
+        kind = "Receiver" if status >= 500 else "Sender"
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<ErrorResponse xmlns="{self.namespace}"><Error><Type>{kind}</Type>'
+            f"<Code>{code_x}</Code><Message>{msg_x}</Message></Error>"
+            f"<RequestId>{rid_x}</RequestId></ErrorResponse>"
+        )
         return HttpResponse(status, self._headers(request_id), body.encode("utf-8"))
 
     @staticmethod
     def _headers(request_id: str) -> list[tuple[str, str]]:
         return [("Content-Type", "text/xml;charset=UTF-8"), ("x-amzn-RequestId", request_id)]
+
+
+class Ec2Codec(QueryCodec):
+    """The ``ec2`` protocol: the query form with EC2's own names and checks, and XML whose
+    members sit right under ``<OpResponse>`` beside ``<requestId>``."""
+
+    protocol = "ec2"
+
+    def __init__(self, service_model: Any) -> None:
+        super().__init__(service_model)
+        if self.namespace and not self.namespace.endswith("/"):
+            self.namespace += "/"  # EC2 answers with the trailing slash its model omits
+
+    def _check_fields(self, shape: Any | None, tree: Node) -> None:
+        """EC2 refuses a field its operation does not have (``UnknownParameter``)."""
+        self._refuse_unknown(shape, {k: v for k, v in tree.items() if not (k is not None and _is_protocol_field(k))})
+
+    def _wire_name(self, member: Any, name: str) -> str:
+        ser = member.serialization
+        if "queryName" in ser:
+            return str(ser["queryName"])
+        if "name" in ser:
+            return str(ser["name"][:1].upper() + ser["name"][1:])
+        return name
+
+    def _top_level_label(self, member: Any, name: str, wire: str) -> str:
+        """EC2's messages name a top-level scalar by its API's lowerCamel name.
+
+        "Value (x) for parameter maxResults is invalid", "… parameter volumeId …": the
+        model's ``locationName``, else the member name with a lower-case first letter. A
+        list's or structure's items keep their wire path.
+        """
+        if member.type_name in ("structure", "list", "map"):
+            return wire
+        return str(member.serialization.get("name") or name[:1].lower() + name[1:])
+
+    def _flat_list(self, shape: Any) -> bool:
+        return True  # EC2 lists are always ``Name.N``
+
+    def _write_body(self, out: list[str], shape: Any | None, result: dict[str, Any], request_id: str) -> None:
+        out.append(f"<requestId>{_escape(request_id)}</requestId>")
+        if shape is not None:
+            self._write_members(out, shape, result)
+        else:
+            # Operations the model gives no output (DeleteVolume, …) answer <return>true</return>.
+            out.append("<return>true</return>")
+
+    def _always_emitted(self, shape: Any) -> frozenset[str]:
+        return ALWAYS_EMITTED.get(shape.name, frozenset())  # lists AWS sends even when empty
+
+    def error_response(
+        self, code: str, status: int, message: str, error: ServiceError, request_id: str
+    ) -> HttpResponse:
+        code_x, msg_x, rid_x = _escape(code), _escape(message), _escape(request_id)
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<Response><Errors><Error><Code>{code_x}</Code><Message>{msg_x}</Message></Error>"
+            f"</Errors><RequestID>{rid_x}</RequestID></Response>"
+        )
+        return HttpResponse(status, self._headers(request_id), body.encode("utf-8"))

@@ -22,7 +22,8 @@ from urllib.parse import parse_qs, unquote
 
 from ebscrypt.errors import ServiceError, UnknownOperation
 
-from . import Codec, jsonshape, required
+from . import jsonshape, required
+from .base import Codec
 from . import values as V
 from .jsonrpc import decode_json_object
 from ebscrypt.wire.http import HttpRequest, HttpResponse
@@ -111,6 +112,16 @@ class RestJsonCodec(Codec):
         if shape is None:
             return operation, {}
         reader = jsonshape.JsonReader(self.service, constraints=True)
+        params = self._located_members(reader, shape, request, labels)
+        self._body_members(reader, shape, request, params)
+        reader.required(shape, params, "")
+        reader.finish()
+        return operation, params
+
+    def _located_members(
+        self, reader: jsonshape.JsonReader, shape: Any, request: HttpRequest, labels: dict[str, str]
+    ) -> dict[str, Any]:
+        """The members sent in the URI, the query string and the headers."""
         params: dict[str, Any] = {}
         query = parse_qs(request.query, keep_blank_values=True)
         claimed = set()
@@ -123,7 +134,7 @@ class RestJsonCodec(Codec):
             path = jsonshape.camel(name)
             if loc == "uri":
                 if wire in labels:
-                    params[name] = self._text(reader, member, labels[wire], path, "iso8601")
+                    params[name] = self._text(reader, member, labels[wire], path)
             elif loc == "querystring":
                 if member.type_name == "map":
                     extra = {k: v for k, v in query.items() if k not in claimed}
@@ -134,12 +145,12 @@ class RestJsonCodec(Codec):
                     values = query[wire]
                     if member.type_name == "list":
                         params[name] = [
-                            self._text(reader, member.member, v, f"{path}.{i}.member", "iso8601")
+                            self._text(reader, member.member, v, f"{path}.{i}.member")
                             for i, v in enumerate(values, 1)
                         ]
                         reader.check(member, params[name], path)
                     else:
-                        params[name] = self._text(reader, member, values[0], path, "iso8601")
+                        params[name] = self._text(reader, member, values[0], path)
             elif loc == "header":
                 raw = request.headers.get(wire.lower())
                 if raw is not None:
@@ -149,6 +160,13 @@ class RestJsonCodec(Codec):
                 found = {k[len(prefix) :]: v for k, v in request.headers.items() if k.startswith(prefix)}
                 if found:
                     params[name] = found
+        return params
+
+    def _body_members(
+        self, reader: jsonshape.JsonReader, shape: Any, request: HttpRequest, params: dict[str, Any]
+    ) -> None:
+        """Add to ``params`` the members sent in the body: the payload member (raw bytes,
+        text or a JSON document), or the unlocated members of a JSON body."""
         payload = shape.serialization.get("payload")
         if payload is not None:
             member = shape.members[payload]
@@ -171,28 +189,11 @@ class RestJsonCodec(Codec):
         elif any("location" not in m.serialization for m in shape.members.values()):
             doc = decode_json_object(request.body)
             params.update(reader.read_members(shape, doc, "", skip_located=True, required=False))
-        reader.required(shape, params, "")
-        reader.finish()
-        return operation, params
 
-    def _text(self, reader: jsonshape.JsonReader, shape: Any, text: str, path: str, ts_default: str) -> Any:
+    def _text(self, reader: jsonshape.JsonReader, shape: Any, text: str, path: str) -> Any:
         """A URI label / query / header string → Python, per the member's type."""
-        t = shape.type_name
         try:
-            if t == "string":
-                value: Any = text
-            elif t in ("integer", "long"):
-                value = V.parse_int(text, t)
-            elif t in ("float", "double"):
-                value = V.parse_float(text)
-            elif t == "boolean":
-                value = V.parse_bool(text)
-            elif t == "timestamp":
-                value = V.parse_timestamp(text)
-            elif t == "blob":
-                value = V.parse_blob_b64(text)
-            else:
-                value = text
+            value = V.parse_scalar(shape.type_name, text)
         except V.BadValue as exc:
             raise jsonshape.validation_error([(f"Value '{text}'", path, f"Member {exc}")]) from None
         reader.check(shape, value, path)
@@ -201,7 +202,7 @@ class RestJsonCodec(Codec):
     def _header(self, reader: jsonshape.JsonReader, shape: Any, raw: str, path: str) -> Any:
         if shape.type_name == "list":
             items = [p.strip() for p in raw.split(",")] if raw.strip() else []
-            value = [self._text(reader, shape.member, p, f"{path}.{i}.member", "rfc822") for i, p in enumerate(items, 1)]
+            value = [self._text(reader, shape.member, p, f"{path}.{i}.member") for i, p in enumerate(items, 1)]
             reader.check(shape, value, path)
             return value
         if shape.type_name == "string" and shape.serialization.get("jsonvalue"):
@@ -209,7 +210,7 @@ class RestJsonCodec(Codec):
                 return json.loads(base64.b64decode(raw))
             except ValueError:
                 raise jsonshape.validation_error([("Value", path, "Member must be base64-encoded JSON")]) from None
-        return self._text(reader, shape, raw, path, "rfc822")
+        return self._text(reader, shape, raw, path)
 
     # -- response -----------------------------------------------------------------
 

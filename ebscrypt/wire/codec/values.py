@@ -78,6 +78,22 @@ def parse_blob_b64(text: str) -> bytes:
         raise BadValue("must be base64-encoded") from None
 
 
+def parse_scalar(type_name: str, text: str) -> Any:
+    """A scalar member sent as text (a query field, a URI label, a header) → Python, per
+    the model's type; BadValue when it does not parse. Unknown types stay text."""
+    if type_name in ("integer", "long"):
+        return parse_int(text, type_name)
+    if type_name in ("float", "double"):
+        return parse_float(text)
+    if type_name == "boolean":
+        return parse_bool(text)
+    if type_name == "timestamp":
+        return parse_timestamp(text)
+    if type_name == "blob":
+        return parse_blob_b64(text)
+    return text  # string (and anything else)
+
+
 def parse_timestamp(text: str | int | float) -> _dt.datetime:
     """ISO 8601, epoch seconds or RFC 822 → aware UTC datetime."""
     if isinstance(text, bool):
