@@ -119,18 +119,18 @@ class Gateway:
             if isinstance(error, ServiceUnavailable) and error.code == "ServiceUnavailable":
                 log.warning("%s %s: %s (request %s)", service, operation and operation.name, error.message, request_id)
                 error.code = _UNAVAILABLE_CODE[service]
-            return _to_starlette(codec_for(service).serialize_error(error, request_id, operation), cors)
+            return _to_starlette(codec_for(service).serialize_error(error, request_id), cors)
         except Exception as exc:
             if is_out_of_space(exc):  # retryable 503; the monitor logs the condition once
                 what = f"the result of {operation.name}" if operation else "the request"
                 error = self.runtime.space.error(what, _root_cause(exc))
-                return _to_starlette(codec_for(service).serialize_error(error, request_id, operation), cors)
+                return _to_starlette(codec_for(service).serialize_error(error, request_id), cors)
             log.exception("internal error in %s %s (request %s)", service, operation and operation.name, request_id)
             error = InternalFailure(
                 "An internal error occurred; the request changed nothing that was not acknowledged.",
                 code=_INTERNAL_CODE[service],
             )
-            return _to_starlette(codec_for(service).serialize_error(error, request_id, operation), cors)
+            return _to_starlette(codec_for(service).serialize_error(error, request_id), cors)
 
 
 def _root_cause(exc: BaseException) -> BaseException:

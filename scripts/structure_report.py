@@ -36,6 +36,12 @@ lazy imports
 functions over 60 lines
     Functions and methods whose ``def`` line to last line span more than 60 lines.
 
+inline errors
+    Calls ``ServiceError(...)`` (and the KMS engine's former ``kms_error(...)``) that
+    spell an error's code where it is raised, instead of raising a typed error of
+    ``ebscrypt/errors.py``; and the string literals spelling "The request must contain
+    the parameter" outside ``errors.py`` (the :class:`MissingParameter` template).
+
 The repeated-code pairs of a duplicate-code finder are measured outside this script.
 """
 
@@ -204,6 +210,8 @@ def measure(root: Path) -> dict[str, object]:
     transactions: list[str] = []
     lazy: list[str] = []
     long_functions: list[str] = []
+    inline_errors: list[str] = []
+    missing_texts: list[str] = []
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for module, path in modules.items():
         text = path.read_text(encoding="utf-8")
@@ -225,6 +233,20 @@ def measure(root: Path) -> dict[str, object]:
             for inner in ast.walk(fn):
                 if isinstance(inner, (ast.Import, ast.ImportFrom)) and _targets(inner, module, is_package, known):
                     lazy.append(f"{rel}:{inner.lineno} in {fn.name}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+                if name in ("ServiceError", "kms_error") and (
+                    name == "kms_error" or any(k.arg == "code" for k in node.keywords)
+                ):
+                    inline_errors.append(f"{rel}:{node.lineno}")
+            elif (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and "The request must contain the parameter" in node.value
+                and path.name != "errors.py"
+            ):
+                missing_texts.append(f"{rel}:{node.lineno}")
         if in_services:
             for node in ast.walk(tree):
                 if (
@@ -249,6 +271,8 @@ def measure(root: Path) -> dict[str, object]:
         "cycles": cycles,
         "lazy": lazy,
         "long_functions": long_functions,
+        "inline_errors": inline_errors,
+        "missing_texts": missing_texts,
     }
 
 
@@ -270,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         ("import cycles (module level, SCCs)", "cycles"),
         ("lazy imports of ebscrypt modules", "lazy"),
         (f"functions over {LONG_FUNCTION} lines", "long_functions"),
+        ("inline ServiceError(code=...) calls", "inline_errors"),
+        ('"The request must contain the parameter" texts', "missing_texts"),
     ]
     for label, key in rows:
         items = figures[key]

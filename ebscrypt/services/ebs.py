@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ebscrypt.context import RequestContext
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE
 from ebscrypt.engines.ebs import snapshots as E
 from ebscrypt.services.registry import operation
@@ -19,7 +20,7 @@ def _int(value: Any) -> int | None:
 
 
 @operation("ebs", "StartSnapshot")
-def start_snapshot(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+def start_snapshot(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     req = E.StartRequest(
         volume_size=int(params["VolumeSize"]),
         parent_snapshot_id=params.get("ParentSnapshotId"),
@@ -52,7 +53,7 @@ def start_snapshot(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
 
 
 @operation("ebs", "PutSnapshotBlock")
-def put_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+def put_snapshot_block(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     actual = E.put_block(ctx, params["SnapshotId"], int(params["BlockIndex"]), params.get("BlockData") or b"",
                          data_length=int(params["DataLength"]), checksum=params["Checksum"],
                          checksum_algorithm=params.get("ChecksumAlgorithm"), progress=_int(params.get("Progress")))
@@ -60,7 +61,7 @@ def put_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
 
 
 @operation("ebs", "CompleteSnapshot")
-def complete_snapshot(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+def complete_snapshot(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     E.complete_snapshot(ctx, params["SnapshotId"], changed_blocks_count=int(params["ChangedBlocksCount"]),
                         checksum=params.get("Checksum"),
                         checksum_algorithm=params.get("ChecksumAlgorithm", "SHA256"),
@@ -69,7 +70,7 @@ def complete_snapshot(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
 
 
 @operation("ebs", "GetSnapshotBlock")
-def get_snapshot_block(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+def get_snapshot_block(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     data, checksum = E.get_block(ctx, params["SnapshotId"], int(params["BlockIndex"]), params["BlockToken"])
     return {"BlockData": data, "DataLength": len(data), "Checksum": checksum, "ChecksumAlgorithm": "SHA256"}
 
@@ -83,14 +84,14 @@ def _listing(key: str, page: E.Page, items: list[dict[str, Any]]) -> dict[str, A
 
 
 @operation("ebs", "ListSnapshotBlocks")
-def list_snapshot_blocks(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+def list_snapshot_blocks(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     page = E.list_blocks(ctx, params["SnapshotId"], max_results=_int(params.get("MaxResults")),
                          start=_int(params.get("StartingBlockIndex")), next_token=params.get("NextToken"))
     return _listing("Blocks", page, [{"BlockIndex": index, "BlockToken": token} for index, token in page.items])
 
 
 @operation("ebs", "ListChangedBlocks")
-def list_changed_blocks(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+def list_changed_blocks(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     page = E.list_changed_blocks(ctx, params.get("FirstSnapshotId"), params["SecondSnapshotId"],
                                  max_results=_int(params.get("MaxResults")),
                                  start=_int(params.get("StartingBlockIndex")), next_token=params.get("NextToken"))

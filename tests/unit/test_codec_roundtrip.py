@@ -323,7 +323,7 @@ def test_errors_parse_with_botocore(service: str, code: str, message: str, rid: 
     parser = botocore.parsers.create_parser(protocol)
     operation = model.operation_model(_ops(service)[0])
     error = ServiceError(message, code=code, status=status, Reason=reason)
-    resp = codec.serialize_error(error, rid, operation)
+    resp = codec.serialize_error(error, rid)
     got = parser.parse(_response_dict(resp, False), operation.output_shape)
     assert got["Error"]["Code"] == code
     assert got["Error"]["Message"] == message

@@ -22,7 +22,7 @@ def _read_back(service: str, operation: str, error: E.ServiceError) -> tuple[int
     """Render ``error`` with the service's codec; parse it as botocore would."""
     codec = codec_for(service)
     op = codec.service_model.operation_model(operation)
-    resp = codec.serialize_error(error, "rid-1", op)
+    resp = codec.serialize_error(error, "rid-1")
     parser = botocore.parsers.create_parser(codec.service_model.protocol)
     parsed = parser.parse(
         {"status_code": resp.status, "headers": HeadersDict(resp.headers), "body": resp.body},

@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 
-from ebscrypt.context import Caller
+from ebscrypt.context import Caller, RequestContext, Runtime
 from ebscrypt.engines.blocks.crypto import DataKey, sha256_b64
 from ebscrypt.engines.blocks.engine import BlockRef
 from ebscrypt.engines.ec2.encryption import data_key_for
@@ -77,7 +77,7 @@ class _KeyCache:
         # (runtime, snapshot id, account, principal ARN) -> entry: one per caller authorized
         self._items: dict[tuple[int, str, str, str], _CachedKey] = {}
 
-    def generation(self, ctx: Any, snap: Any, conn: Connection | None = None) -> int | None:
+    def generation(self, ctx: RequestContext, snap: Any, conn: Connection | None = None) -> int | None:
         """The authorization generation of the snapshot's KMS key (None: unencrypted, or
         the key is gone); with ``conn``, read in the caller's transaction — the one that
         read the snapshot — so a request checks its cached key at no extra transaction."""
@@ -85,7 +85,7 @@ class _KeyCache:
             return None
         return ctx.runtime.kms.authorization_generation(snap.kms_key_arn, conn=conn)
 
-    def get(self, ctx: Any, snap: Any, *, generation: int | None | _Unread = UNREAD) -> DataKey | None:
+    def get(self, ctx: RequestContext, snap: Any, *, generation: int | None | _Unread = UNREAD) -> DataKey | None:
         """The snapshot's data key for the caller. ``generation``: from :meth:`generation`,
         read before this call (read here otherwise)."""
         if not snap.encrypted:
@@ -116,7 +116,7 @@ class _KeyCache:
                 self._items[ident] = _CachedKey(now + KEY_CACHE_SECONDS, key, generation)
         return key
 
-    def drop(self, ctx: Any, snapshot_id: str) -> None:
+    def drop(self, ctx: RequestContext, snapshot_id: str) -> None:
         """Forget the snapshot's key for every caller."""
         runtime = id(ctx.runtime)
         with self._lock:
@@ -134,7 +134,7 @@ _secret_lock = threading.Lock()
 _secrets: dict[int, bytes] = {}
 
 
-def _secret(runtime: Any) -> bytes:
+def _secret(runtime: Runtime) -> bytes:
     ident = id(runtime)
     with _secret_lock:
         if ident in _secrets:
@@ -150,18 +150,18 @@ def _secret(runtime: Any) -> bytes:
         return value
 
 
-def _mac(runtime: Any, *parts: str | int) -> bytes:
+def _mac(runtime: Runtime, *parts: str | int) -> bytes:
     msg = "\x1f".join(str(p) for p in parts).encode()
     return hmac.new(_secret(runtime), msg, hashlib.sha256).digest()[:18]
 
 
-def block_token(runtime: Any, snapshot_id: str, ref: BlockRef, expiry: datetime) -> str:
+def block_token(runtime: Runtime, snapshot_id: str, ref: BlockRef, expiry: datetime) -> str:
     exp = int(expiry.timestamp())
     mac = _mac(runtime, "block", snapshot_id, ref.index, ref.object_key or "zero", exp)
     return base64.b64encode(struct.pack(">BI", 1, exp) + mac).decode()
 
 
-def check_block_token(runtime: Any, snapshot_id: str, ref: BlockRef | None, token: str, now: datetime) -> None:
+def check_block_token(runtime: Runtime, snapshot_id: str, ref: BlockRef | None, token: str, now: datetime) -> None:
     bad = EbsValidation("The block token is not valid.", "INVALID_BLOCK_TOKEN")
     try:
         raw = base64.b64decode(token, validate=True)
@@ -175,13 +175,13 @@ def check_block_token(runtime: Any, snapshot_id: str, ref: BlockRef | None, toke
         raise bad
 
 
-def page_token(runtime: Any, scope: str, next_index: int, expiry: datetime) -> str:
+def page_token(runtime: Runtime, scope: str, next_index: int, expiry: datetime) -> str:
     exp = int(expiry.timestamp())
     mac = _mac(runtime, "page", scope, next_index, exp)
     return base64.b64encode(struct.pack(">BII", 1, next_index, exp) + mac).decode()
 
 
-def read_page_token(runtime: Any, scope: str, token: str, now: datetime) -> int:
+def read_page_token(runtime: Runtime, scope: str, token: str, now: datetime) -> int:
     bad = EbsValidation("The pagination token is not valid.", "INVALID_PAGE_TOKEN")
     try:
         raw = base64.b64decode(token, validate=True)
@@ -206,7 +206,7 @@ class _ProgressMemo:
         self._lock = threading.Lock()
         self._last: dict[tuple[int, str], int] = {}
 
-    def advanced(self, ctx: Any, snapshot_id: str, value: int) -> bool:
+    def advanced(self, ctx: RequestContext, snapshot_id: str, value: int) -> bool:
         ident = (id(ctx.runtime), snapshot_id)
         with self._lock:
             last = self._last.get(ident, -100)
@@ -226,7 +226,7 @@ def session_row(conn: Connection, snapshot_id: str) -> Any:
     return conn.execute(select(ebs_sessions).where(ebs_sessions.c.snapshot_id == snapshot_id)).first()
 
 
-def start_session(runtime: Any, snapshot_id: str, account: str, region: str, timeout_minutes: int) -> bool:
+def start_session(runtime: Runtime, snapshot_id: str, account: str, region: str, timeout_minutes: int) -> bool:
     """Open the write session of a new snapshot; False if it already has one (retries)."""
     now = runtime.clock.now()
     with runtime.db.begin() as conn:
@@ -245,7 +245,7 @@ def start_session(runtime: Any, snapshot_id: str, account: str, region: str, tim
     return True
 
 
-def check_write_session(ctx: Any, snap: Any, session: Any) -> None:
+def check_write_session(ctx: RequestContext, snap: Any, session: Any) -> None:
     """The snapshot accepts writes: pending, started here, not past its Timeout."""
     if snap.state != "pending":
         raise EbsValidation(
@@ -261,7 +261,7 @@ def check_write_session(ctx: Any, snap: Any, session: Any) -> None:
         raise EbsValidation(f"The snapshot '{snap.id}' timed out.", "WRITE_REQUEST_TIMEOUT")
 
 
-def touch(ctx: Any, snapshot_id: str, session: Any) -> None:
+def touch(ctx: RequestContext, snapshot_id: str, session: Any) -> None:
     """Push the Timeout deadline on (written at most every 30 s, not per block)."""
     now = ctx.runtime.clock.now()
     if now - as_utc(session.last_activity) < timedelta(seconds=30):
@@ -301,7 +301,7 @@ def check_aggregate_checksum(checksums: Any, claimed: str) -> None:
 # --------------------------------------------------------------------------- timeout
 
 
-def reap_timed_out(runtime: Any) -> int:
+def reap_timed_out(runtime: Runtime) -> int:
     """Move every StartSnapshot session past its Timeout to ``error``. Returns how many.
 
     Runs every few seconds in the block engine's maintenance thread (and may be called
@@ -326,6 +326,6 @@ def reap_timed_out(runtime: Any) -> int:
     return failed
 
 
-def end_session(runtime: Any, snapshot_id: str) -> None:
+def end_session(runtime: Runtime, snapshot_id: str) -> None:
     with runtime.db.begin() as conn:
         conn.execute(delete(ebs_sessions).where(ebs_sessions.c.snapshot_id == snapshot_id))

@@ -3,14 +3,13 @@ policies and grants, audit trail. See :mod:`ebscrypt.engines.kms.engine`."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from ebscrypt.context import Runtime
 from ebscrypt.engines.kms.engine import KeyEngine, KeyInfo
 
 __all__ = ["KeyEngine", "KeyInfo", "open_engine"]
 
 
-def open_engine(runtime: Any) -> KeyEngine:
+def open_engine(runtime: Runtime) -> KeyEngine:
     """The KMS engine of ``runtime`` (``runtime.kms``): loads/creates the root key and
     destroys keys whose deletion waiting period has passed."""
     engine = KeyEngine(runtime)

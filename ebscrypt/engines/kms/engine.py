@@ -31,7 +31,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
-from ebscrypt.context import Caller
+from ebscrypt.context import Caller, Runtime
 from ebscrypt.domain import grants as grant_rules
 from ebscrypt.domain import policy as policy_rules
 from ebscrypt.engines.kms import blob as blobfmt
@@ -143,7 +143,7 @@ class KeyEngine(
 ):
     """One per server process (``runtime.kms``)."""
 
-    def __init__(self, runtime: Any, key_store: KeyStore | None = None) -> None:
+    def __init__(self, runtime: Runtime, key_store: KeyStore | None = None) -> None:
         self.runtime = runtime
         self.db = runtime.db
         self.clock = runtime.clock
@@ -420,33 +420,12 @@ class KeyEngine(
         """Raise AccessDeniedException unless the key policy or a grant allows ``action``."""
         if grant_tokens:
             self._check_grant_tokens(grant_tokens)
-        ctx: dict[str, Any] = {
-            "kms:CallerAccount": caller.account,
-            "aws:PrincipalAccount": caller.account,
-            "aws:PrincipalArn": caller.arn,
-            "kms:KeySpec": row.key_spec,
-            "kms:KeyUsage": row.key_usage,
-            "kms:KeyOrigin": "AWS_KMS",
-        }
-        if via_service:
-            ctx["kms:ViaService"] = via_service
-        if encryption_context:
-            for k, v in encryption_context.items():
-                ctx[f"kms:EncryptionContext:{k}"] = v
-            ctx["kms:EncryptionContextKeys"] = list(encryption_context)
-        ev = CURRENT_EVENT.get()
-        if ev is not None and row.key_id in ev.request_aliases:
-            ctx["kms:RequestAlias"] = ev.request_aliases[row.key_id]
-        if "kms:resourcealiases" in row.policy.lower():
-            ctx["kms:ResourceAliases"] = self._aliases_of(row)
-        if extra:
-            ctx.update(extra)
         request = policy_rules.Request(
             action=action,
             principal_arn=caller.arn,
             principal_account=caller.account,
             resource=row.arn,
-            context=ctx,
+            context=self._condition_context(caller, row, via_service, encryption_context, extra),
         )
         decision = policy_rules.evaluate(self._policy(row.policy), request)
         if decision is policy_rules.Decision.ALLOW:
@@ -469,6 +448,38 @@ class KeyEngine(
                 ) and self._grant_covers_new_grant(g, operation, extra):
                     return
         raise no_policy_allows(caller, row, action)
+
+    def _condition_context(
+        self,
+        caller: Caller,
+        row: Any,
+        via_service: str | None,
+        encryption_context: Mapping[str, str] | None,
+        extra: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        """The condition keys a key policy is evaluated with for this request."""
+        ctx: dict[str, Any] = {
+            "kms:CallerAccount": caller.account,
+            "aws:PrincipalAccount": caller.account,
+            "aws:PrincipalArn": caller.arn,
+            "kms:KeySpec": row.key_spec,
+            "kms:KeyUsage": row.key_usage,
+            "kms:KeyOrigin": "AWS_KMS",
+        }
+        if via_service:
+            ctx["kms:ViaService"] = via_service
+        if encryption_context:
+            for k, v in encryption_context.items():
+                ctx[f"kms:EncryptionContext:{k}"] = v
+            ctx["kms:EncryptionContextKeys"] = list(encryption_context)
+        ev = CURRENT_EVENT.get()
+        if ev is not None and row.key_id in ev.request_aliases:
+            ctx["kms:RequestAlias"] = ev.request_aliases[row.key_id]
+        if "kms:resourcealiases" in row.policy.lower():
+            ctx["kms:ResourceAliases"] = self._aliases_of(row)
+        if extra:
+            ctx.update(extra)
+        return ctx
 
     def _aliases_of(self, row: Any) -> list[str]:
         with self.db.read() as conn:

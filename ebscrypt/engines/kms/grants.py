@@ -23,14 +23,7 @@ from ebscrypt.engines.kms import api, generations
 from ebscrypt.engines.kms.errors import stop_if_dry_run
 from ebscrypt.engines.kms.metadata import utc
 from ebscrypt.engines.kms.paging import page
-from ebscrypt.errors import (
-    KmsAccessDenied,
-    KmsInvalidGrantId,
-    KmsInvalidGrantToken,
-    KmsNotFound,
-    KmsValidation,
-    ServiceError,
-)
+from ebscrypt.errors import KmsAccessDenied, KmsInvalidGrantId, KmsInvalidGrantToken, KmsNotFound, KmsValidation
 from ebscrypt.storage.tables.kms import kms_grants, kms_keys
 
 _GRANT_ID_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -66,11 +59,45 @@ _SAME_UNNAMED = _SAME_GRANTEE.where(kms_grants.c.name.is_(None))
 
 
 
-def _grant_error(exc: grant_rules.GrantError) -> ServiceError:
-    """The KMS error of a grant the domain rules refuse (its code is the rule's)."""
-    if exc.code == KmsValidation.code:
-        return KmsValidation(str(exc))
-    return ServiceError(str(exc), code=exc.code)
+def _grant_error(exc: grant_rules.GrantError) -> KmsValidation:
+    """The KMS error of a grant the domain rules refuse: every GrantError the rules raise
+    is a ValidationException (none sets another ``code``)."""
+    return KmsValidation(str(exc))
+
+
+def _grant_conditions(
+    grantee: str,
+    operations: list[str],
+    retiring: str | None,
+    constraints: dict[str, dict[str, str]] | None,
+    for_aws_resource: bool,
+) -> tuple[dict[str, Any], dict[str, str] | None]:
+    """The CreateGrant condition keys of the new grant, and the encryption context its
+    constraint names (authorized as the request's, as AWS does)."""
+    extra: dict[str, Any] = {
+        "kms:GrantOperations": list(operations),
+        "kms:GranteePrincipal": grantee,
+        "kms:GrantIsForAWSResource": for_aws_resource,
+    }
+    if retiring:
+        extra["kms:RetiringPrincipal"] = retiring
+    if constraints:
+        extra["kms:GrantConstraintType"] = sorted(constraints)
+    ec = None
+    if constraints:
+        ec = constraints.get("EncryptionContextEquals") or constraints.get("EncryptionContextSubset")
+    return extra, ec
+
+
+def _identical_grant(conn: Connection, key_id: str, grantee: str, name: str | None, same: tuple[Any, ...]) -> Any:
+    """The key's grant to ``grantee`` (named ``name``, or unnamed) whose (retiring
+    principal, operations, constraints, issuing account, for-AWS-resource) are ``same``."""
+    q = _SAME_NAMED if name else _SAME_UNNAMED
+    for g in conn.execute(q, {"key_id": key_id, "grantee": grantee, "name": name}).all():
+        if (g.retiring, g.operations, g.constraints, g.issuing_account, bool(g.for_aws_resource)) == same:
+            return g
+    return None
+
 
 class GrantOperations:
     """CreateGrant, ListGrants, ListRetirableGrants, RetireGrant, RevokeGrant."""
@@ -95,18 +122,7 @@ class GrantOperations:
             grant_rules.validate_grant(operations, constraints, grantee, retiring)
         except grant_rules.GrantError as exc:
             raise _grant_error(exc) from None
-        extra: dict[str, Any] = {
-            "kms:GrantOperations": list(operations),
-            "kms:GranteePrincipal": grantee,
-            "kms:GrantIsForAWSResource": for_aws_resource,
-        }
-        if retiring:
-            extra["kms:RetiringPrincipal"] = retiring
-        if constraints:
-            extra["kms:GrantConstraintType"] = sorted(constraints)
-        ec = None
-        if constraints:
-            ec = constraints.get("EncryptionContextEquals") or constraints.get("EncryptionContextSubset")
+        extra, ec = _grant_conditions(grantee, operations, retiring, constraints, for_aws_resource)
         self._authorize(
             caller,
             row,
@@ -121,42 +137,22 @@ class GrantOperations:
         ops_json = json.dumps(sorted(set(operations)))
         cons_json = json.dumps(constraints, sort_keys=True) if constraints else None
         reuse = name or reuse_identical
-
-        def identical(conn: Connection) -> Any:
-            q = _SAME_NAMED if name else _SAME_UNNAMED
-            for g in conn.execute(q, {"key_id": row.key_id, "grantee": grantee, "name": name}).all():
-                same = (g.retiring, g.operations, g.constraints, g.issuing_account, bool(g.for_aws_resource)) == (
-                    retiring, ops_json, cons_json, caller.account, for_aws_resource
-                )
-                if same:
-                    return g
-            return None
-
+        same = (retiring, ops_json, cons_json, caller.account, for_aws_resource)
         if reuse:  # the common case (a repeated attach): found without taking the write lock
             with self.db.read() as conn:
-                g = identical(conn)
+                g = _identical_grant(conn, row.key_id, grantee, name, same)
             if g is not None:
                 return g.grant_id, g.token
         with self.db.begin() as conn:
-            if reuse and (g := identical(conn)) is not None:  # made meanwhile by another writer
-                return g.grant_id, g.token
+            if reuse and (g := _identical_grant(conn, row.key_id, grantee, name, same)) is not None:
+                return g.grant_id, g.token  # made meanwhile by another writer
             grant_id = os.urandom(32).hex()
             token = base64.urlsafe_b64encode(b"ebscrypt-grant:" + os.urandom(48)).decode().rstrip("=")
-            conn.execute(
-                insert(kms_grants).values(
-                    grant_id=grant_id,
-                    key_id=row.key_id,
-                    name=name,
-                    grantee=grantee,
-                    retiring=retiring,
-                    operations=ops_json,
-                    constraints=cons_json,
-                    issuing_account=caller.account,
-                    for_aws_resource=for_aws_resource,
-                    token=token,
-                    creation_date=self.clock.now(),
-                )
-            )
+            conn.execute(insert(kms_grants).values(
+                grant_id=grant_id, key_id=row.key_id, name=name, grantee=grantee, retiring=retiring,
+                operations=ops_json, constraints=cons_json, issuing_account=caller.account,
+                for_aws_resource=for_aws_resource, token=token, creation_date=self.clock.now(),
+            ))
         return grant_id, token
 
     def create_grant(self, caller: Caller, args: api.CreateGrant) -> dict[str, Any]:

@@ -35,12 +35,8 @@ class Codec(abc.ABC):
     ) -> HttpResponse:
         """The HTTP response carrying a handler's result, as the SDK parses it."""
 
-    def serialize_error(
-        self,
-        error: ServiceError,
-        request_id: str,
-        operation: botocore.model.OperationModel | None = None,
-    ) -> HttpResponse:
+    def serialize_error(self, error: ServiceError, request_id: str) -> HttpResponse:
+        """The protocol's error response for ``error`` (the same for every operation)."""
         code, status, message = wire_error(self.protocol, error)
         return self.error_response(code, status, message, error, request_id)
 
