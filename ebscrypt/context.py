@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ebscrypt.clock import Clock
 
 if TYPE_CHECKING:  # imported only for types: engines import this module too
+    from ebscrypt.engines.attach.engine import AttachEngine
     from ebscrypt.engines.blocks.engine import BlockEngine
     from ebscrypt.engines.jobs import JobRunner
     from ebscrypt.engines.kms.engine import KeyEngine
@@ -108,6 +109,10 @@ class Runtime:
     @property
     def space(self) -> "SpaceMonitor":
         return self._engine("space")  # type: ignore[no-any-return]
+
+    @property
+    def attach(self) -> "AttachEngine":
+        return self._engine("attach")  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ def parse_client_flags(raw: bytes) -> int:
         raise ProtocolError("the client does not speak fixed newstyle")
     if flags & ~CLIENT_FLAGS_KNOWN:
         raise ProtocolError(f"unknown client flags {flags:#x}")
-    return flags
+    return int(flags)
 
 
 def parse_option_header(raw: bytes) -> tuple[int, int]:
