@@ -107,12 +107,12 @@ class Runtime:
         return self._engine("blocks")  # type: ignore[no-any-return]
 
     @property
-    def attach(self) -> "AttachEngine":
-        return self._engine("attach")  # type: ignore[no-any-return]
-
-    @property
     def space(self) -> "SpaceMonitor":
         return self._engine("space")  # type: ignore[no-any-return]
+
+    @property
+    def attach(self) -> "AttachEngine":
+        return self._engine("attach")  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)

@@ -91,12 +91,12 @@ def server_greeting() -> bytes:
 
 
 def parse_client_flags(raw: bytes) -> int:
-    flags: int = struct.unpack(">I", raw)[0]
+    (flags,) = struct.unpack(">I", raw)
     if not flags & FLAG_FIXED_NEWSTYLE:
         raise ProtocolError("the client does not speak fixed newstyle")
     if flags & ~CLIENT_FLAGS_KNOWN:
         raise ProtocolError(f"unknown client flags {flags:#x}")
-    return flags
+    return int(flags)
 
 
 def parse_option_header(raw: bytes) -> tuple[int, int]:

@@ -59,8 +59,7 @@ class NbdServer:
 
     async def start(self, host: str, port: int) -> int:
         self._server = await asyncio.start_server(self._client, host, port, reuse_address=True)
-        bound: int = self._server.sockets[0].getsockname()[1]
-        return bound
+        return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
         if self._server is not None:
@@ -168,8 +167,8 @@ class NbdServer:
             return None
         if len(name) > nbd.MAX_NAME_LENGTH:
             return None
-        opened: OpenVolume | None = await self._run(self.attach.export, name)
-        return opened
+        export: OpenVolume | None = await self._run(self.attach.export, name)
+        return export
 
     # ------------------------------------------------------------------ transmission
 

@@ -138,55 +138,34 @@ def create_snapshot_from_volume(ctx: Any, conn: Connection, volume_id: str, desc
     (listeners). The answer still shows ``pending`` at 0%, as AWS's does (R-LIFE-1: a
     waiter's first DescribeSnapshots sees ``completed``).
     """
-    if complete_now and ctx.runtime.blocks is not None:
-        return _create_completed(ctx, conn, volume_id, description, tags)
-    caller = ctx.caller
-    vol = get_volume(conn, caller, volume_id)
+    vol = get_volume(conn, ctx.caller, volume_id)
     if vol.state not in ("available", "in-use"):
         raise ServiceError(f"The volume '{volume_id}' is in the '{vol.state}' state.", code="IncorrectState")
     parent = conn.execute(select(ec2_snapshots.c.id).where(
-        ec2_snapshots.c.volume_id == volume_id, ec2_snapshots.c.account == caller.account,
+        ec2_snapshots.c.volume_id == volume_id, ec2_snapshots.c.account == ctx.caller.account,
         ec2_snapshots.c.state != "error").order_by(ec2_snapshots.c.start_time.desc())).first()
-    values = _base(new_id("snap"), caller, ctx.runtime.clock.now(), volume_size=vol.size,
+    now = ctx.runtime.clock.now()
+    values = _base(new_id("snap"), ctx.caller, now, volume_size=vol.size,
                    encrypted=vol.encrypted, kms_key_arn=vol.kms_key_arn, data_key_id=vol.data_key_id,
                    data_key_blob=vol.data_key_blob, data_key_context=vol.data_key_context,
                    volume_id=volume_id, parent_id=parent.id if parent else None,
                    description=description, origin="volume")
-    snap = _insert(conn, values, tags)
+    if complete_now and ctx.runtime.blocks is not None:
+        try:
+            # same data key: a point-in-time reference, no data moved; raises before writing
+            ctx.runtime.blocks.share_in(conn, volume_id, values["id"])
+            stored = dict(values, state="completed", progress=100, completion_time=now)
+        except BlockError as exc:  # as the job would have: the snapshot records why
+            stored = dict(values, state="error", state_message=str(exc))
+        _insert(conn, stored, tags)
+        snap = Snapshot.from_row(values)  # the answer shows "pending", as AWS's does
+    else:
+        snap = _insert(conn, values, tags)
+        ctx.runtime.jobs.submit("ec2_snapshot_create", {"snapshot_id": snap.id}, conn=conn)  # with defer_job: a backstop
     provenance.record(conn, ctx, snap.id, plan=None, rule="R-SNAP-1", key_arn=vol.kms_key_arn,
                       source_type="volume", source_id=vol.id, source_region=vol.region,
                       data_key_shared=bool(vol.encrypted))
-    ctx.runtime.jobs.submit("ec2_snapshot_create", {"snapshot_id": snap.id}, conn=conn,
-                            )  # with defer_job: a backstop (idempotent)
     return snap
-
-
-def _create_completed(ctx: Any, conn: Connection, volume_id: str, description: str | None,
-                      tags: list[dict[str, str]] | None) -> Snapshot:
-    caller = ctx.caller
-    vol = get_volume(conn, caller, volume_id)
-    if vol.state not in ("available", "in-use"):
-        raise ServiceError(f"The volume '{volume_id}' is in the '{vol.state}' state.", code="IncorrectState")
-    parent = conn.execute(select(ec2_snapshots.c.id).where(
-        ec2_snapshots.c.volume_id == volume_id, ec2_snapshots.c.account == caller.account,
-        ec2_snapshots.c.state != "error").order_by(ec2_snapshots.c.start_time.desc())).first()
-    now = ctx.runtime.clock.now()
-    values = _base(new_id("snap"), caller, now, volume_size=vol.size,
-                   encrypted=vol.encrypted, kms_key_arn=vol.kms_key_arn, data_key_id=vol.data_key_id,
-                   data_key_blob=vol.data_key_blob, data_key_context=vol.data_key_context,
-                   volume_id=volume_id, parent_id=parent.id if parent else None,
-                   description=description, origin="volume")
-    try:
-        # same data key: a point-in-time reference, no data moved; raises before writing
-        ctx.runtime.blocks.share_in(conn, volume_id, values["id"])
-        stored = dict(values, state="completed", progress=100, completion_time=now)
-    except BlockError as exc:  # as the job would have: the snapshot records why
-        stored = dict(values, state="error", state_message=str(exc))
-    _insert(conn, stored, tags)
-    provenance.record(conn, ctx, values["id"], plan=None, rule="R-SNAP-1", key_arn=vol.kms_key_arn,
-                      source_type="volume", source_id=vol.id, source_region=vol.region,
-                      data_key_shared=bool(vol.encrypted))
-    return Snapshot.from_row(values)  # the answer shows "pending", as AWS's does
 
 
 def snapshot_stored(runtime: Any, snapshot_id: str) -> None:
