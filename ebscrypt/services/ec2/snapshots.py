@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any
 
 from ebscrypt.context import RequestContext
+from ebscrypt.engines.attach import engine as attach_io
 from ebscrypt.engines.ec2 import snapshots as S
 from ebscrypt.engines.ec2 import volumes as V
 from ebscrypt.engines.ec2.attributes import canonical_names, legacy_operation
@@ -68,7 +70,9 @@ def _one(ctx: RequestContext, snapshot_id: str) -> dict[str, Any]:
 def create_snapshot(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
     tags = tag_specs(params.get("TagSpecifications"), "snapshot")
-    with ctx.runtime.db.begin() as conn:
+    # R-ATTACH-4: an attached volume's acknowledged writes are flushed first, and none is
+    # applied until the point-in-time reference is committed.
+    with attach_io.quiesced(ctx.runtime, params["VolumeId"]), ctx.runtime.db.begin() as conn:
         # O(1), metadata only (a block-lineage reference, R-SNAP-1): stored completed in
         # this one transaction, no job
         snap = S.create_snapshot_from_volume(ctx, conn, params["VolumeId"], params.get("Description"), tags,
@@ -89,26 +93,31 @@ def create_snapshots(ctx: RequestContext, params: dict[str, Any]) -> dict[str, A
     exclude = set(spec.get("ExcludeDataVolumeIds") or [])
     tags = tag_specs(params.get("TagSpecifications"), "snapshot")
     out = []
-    with ctx.runtime.db.begin() as conn:
-        info = V.lookup_instance(conn, ctx.caller, instance_id)
-        root = (info or {}).get("root_device_name")
-        pairs = V.volumes_of_instance(conn, instance_id)
-        source_tags = tags_for(conn, ctx.caller.account, [v.id for v, _ in pairs])
-        for vol, att in pairs:
-            if vol.account != ctx.caller.account or vol.id in exclude:
-                continue
-            if spec.get("ExcludeBootVolume") and root and att.device == root:
-                continue
-            snap_tags = list(tags)
-            if params.get("CopyTagsFromSource") == "volume":
-                keys = {t["Key"] for t in snap_tags}
-                snap_tags += [t for t in source_tags[vol.id] if t["Key"] not in keys]
-            snap = S.create_snapshot_from_volume(ctx, conn, vol.id, params.get("Description"), snap_tags,
-                                                 complete_now=True)
-            d = snapshot_dict(snap, snap_tags)
-            out.append({k: d[k] for k in ("Description", "Encrypted", "VolumeId", "State", "VolumeSize",
-                                          "StartTime", "Progress", "OwnerId", "SnapshotId") if k in d}
-                       | ({"Tags": snap_tags} if snap_tags else {}))
+    with ctx.runtime.db.read() as conn:
+        attached = [v.id for v, _ in V.volumes_of_instance(conn, instance_id)]
+    with ExitStack() as held:
+        for volume_id in attached:  # R-ATTACH-4, as CreateSnapshot (before the write transaction)
+            held.enter_context(attach_io.quiesced(ctx.runtime, volume_id))
+        with ctx.runtime.db.begin() as conn:
+            info = V.lookup_instance(conn, ctx.caller, instance_id)
+            root = (info or {}).get("root_device_name")
+            pairs = V.volumes_of_instance(conn, instance_id)
+            source_tags = tags_for(conn, ctx.caller.account, [v.id for v, _ in pairs])
+            for vol, att in pairs:
+                if vol.account != ctx.caller.account or vol.id in exclude:
+                    continue
+                if spec.get("ExcludeBootVolume") and root and att.device == root:
+                    continue
+                snap_tags = list(tags)
+                if params.get("CopyTagsFromSource") == "volume":
+                    keys = {t["Key"] for t in snap_tags}
+                    snap_tags += [t for t in source_tags[vol.id] if t["Key"] not in keys]
+                snap = S.create_snapshot_from_volume(ctx, conn, vol.id, params.get("Description"), snap_tags,
+                                                     complete_now=True)
+                d = snapshot_dict(snap, snap_tags)
+                out.append({k: d[k] for k in ("Description", "Encrypted", "VolumeId", "State", "VolumeSize",
+                                              "StartTime", "Progress", "OwnerId", "SnapshotId") if k in d}
+                           | ({"Tags": snap_tags} if snap_tags else {}))
     for item in out:
         S.snapshot_stored(ctx.runtime, item["SnapshotId"])
     return {"Snapshots": out}
