@@ -184,3 +184,23 @@ def test_pipelined_requests_are_answered_by_handle(export: tuple[int, str]) -> N
     assert (error, handle) == (0, 5)
     assert data == b"".join(bytes([h]) * 4096 for h in range(40))
     client.close()
+
+
+def test_snapshot_holds_a_write_acknowledged_on_a_connection_still_open(server: Any, aws: Any) -> None:
+    """R-ATTACH-4 with the client still connected (qemu-io's exit would flush on disconnect):
+    a write acknowledged, never flushed, before CreateSnapshot is in the snapshot."""
+    from tests.helpers import new_account, read_blocks
+
+    acct = new_account()
+    ec2, ebs = aws("ec2", account=acct), aws("ebs", account=acct)
+    vol = attach_new(ec2, launch(ec2), "/dev/sdf", Encrypted=True)
+    client = connected((server.nbd_port, vol))
+    try:
+        client.request(nbd.CMD_WRITE, 0, 8192, b"\x61" * 8192)
+        assert client.simple_reply()[0] == 0  # acknowledged; no NBD_CMD_FLUSH sent
+        sid = ec2.create_snapshot(VolumeId=vol)["SnapshotId"]
+        ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[sid], WaiterConfig={"Delay": 1})
+        got = read_blocks(ebs, sid)
+        assert got[0][:8192] == b"\x61" * 8192
+    finally:
+        client.close()
