@@ -372,7 +372,7 @@ def _open_db(args: argparse.Namespace) -> "ReadOnlyDatabase | None":
     try:
         return open_read_only(args.data_dir, args.db)
     except FileNotFoundError as err:
-        print(f"ebscrypt: {err}", file=sys.stderr)
+        _fail(str(err))
         return None
 
 
@@ -389,8 +389,7 @@ def _explain(args: argparse.Namespace, _rest: list[str]) -> int:
         with db.read() as conn:
             result = explain(conn, args.resource_id)
     except ServiceError as err:
-        print(f"ebscrypt: {err.message}", file=sys.stderr)
-        return 1
+        return _fail(err.message)
     finally:
         db.dispose()
     print(json.dumps(result.as_dict(), indent=2) if args.json else render_text(result))

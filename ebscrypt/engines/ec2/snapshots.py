@@ -125,13 +125,13 @@ def _base(snapshot_id: str, caller: Any, now: Any, **kw: Any) -> dict[str, Any]:
 
 
 def create_snapshot_from_volume(ctx: Any, conn: Connection, volume_id: str, description: str | None = None,
-                                tags: list[dict[str, str]] | None = None, *, defer_job: bool = False,
+                                tags: list[dict[str, str]] | None = None, *,
                                 complete_now: bool = False) -> Snapshot:
     """R-SNAP-1: same encryption, key and data key as the volume; EBD plays no part. [conn]
 
     Submits the ``ec2_snapshot_create`` job; call ``ctx.runtime.jobs.notify()`` after commit.
-    ``defer_job``: the caller calls :func:`finish_snapshot` right after commit (O(1)); the
-    job is then a crash-safety backstop that finds the work done.
+    A caller may also call :func:`finish_snapshot` right after commit (O(1)); the job is
+    then a crash-safety backstop that finds the work done.
     ``complete_now``: the work is metadata only (a block-lineage reference), so it is done
     in ``conn`` itself — the snapshot is stored ``completed`` (or ``error``) with its blocks
     in the caller's one durable commit, no job; call :func:`snapshot_stored` after commit
@@ -161,7 +161,7 @@ def create_snapshot_from_volume(ctx: Any, conn: Connection, volume_id: str, desc
         snap = Snapshot.from_row(values)  # the answer shows "pending", as AWS's does
     else:
         snap = _insert(conn, values, tags)
-        ctx.runtime.jobs.submit("ec2_snapshot_create", {"snapshot_id": snap.id}, conn=conn)  # with defer_job: a backstop
+        ctx.runtime.jobs.submit("ec2_snapshot_create", {"snapshot_id": snap.id}, conn=conn)  # a backstop when the caller finishes it
     provenance.record(conn, ctx, snap.id, plan=None, rule="R-SNAP-1", key_arn=vol.kms_key_arn,
                       source_type="volume", source_id=vol.id, source_region=vol.region,
                       data_key_shared=bool(vol.encrypted))
@@ -302,10 +302,10 @@ def copy_is_cheap(cp: CopyPlan) -> bool:
 
 
 def insert_copy(ctx: Any, conn: Connection, cp: CopyPlan, description: str | None = None,
-                tags: list[dict[str, str]] | None = None, *, defer_job: bool = False) -> Snapshot:
+                tags: list[dict[str, str]] | None = None) -> Snapshot:
     """Write the copy (``pending``) and submit its job. [conn]
 
-    ``defer_job``: the caller runs :func:`finish_copy` after commit; the job is a backstop.
+    A caller may run :func:`finish_copy` after commit; the job is then a backstop.
     """
     caller = ctx.caller
     dk = cp.data_key
@@ -321,7 +321,7 @@ def insert_copy(ctx: Any, conn: Connection, cp: CopyPlan, description: str | Non
     ctx.runtime.jobs.submit("ec2_snapshot_copy", {
         "snapshot_id": snap.id, "account": caller.account, "region": caller.region,
         "problem": cp.plan.problem,
-    }, conn=conn)  # with defer_job: a backstop (idempotent)
+    }, conn=conn)  # a backstop when the caller finishes it (idempotent)
     return snap
 
 
@@ -335,7 +335,7 @@ def copy_snapshot(ctx: Any, source_snapshot_id: str, source_region: str | None =
     cheap = copy_is_cheap(cp)
     event = None if cheap else waits.expect(cp.snapshot_id)
     with ctx.runtime.db.begin() as conn:
-        snap = insert_copy(ctx, conn, cp, description, tags, defer_job=cheap)
+        snap = insert_copy(ctx, conn, cp, description, tags)
     payload = {"snapshot_id": snap.id, "account": ctx.caller.account, "region": ctx.caller.region,
                "problem": cp.plan.problem}
     if cheap:

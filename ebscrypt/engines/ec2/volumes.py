@@ -323,13 +323,12 @@ def is_cheap(prep: VolumePrep) -> bool:
     return prep.data_key.data_key_id == prep.source.data_key_id
 
 
-def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep, *, defer_job: bool = False,
-                  ready: bool = False) -> Volume:
+def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep, *, ready: bool = False) -> Volume:
     """Write the volume (state ``creating``) and submit its creation job. [conn]
 
-    Call ``ctx.runtime.jobs.notify()`` after the transaction commits. ``defer_job``: the
-    caller finishes the volume itself right after commit (:func:`finish_volume`); the job
-    is then a crash-safety backstop that finds the work done (every step is idempotent).
+    Call ``ctx.runtime.jobs.notify()`` after the transaction commits. A caller may finish
+    the volume itself right after commit (:func:`finish_volume`); the job is then a
+    crash-safety backstop that finds the work done (every step is idempotent).
     ``ready``: an empty, unattached volume whose key was proven in :func:`prepare_volume`:
     stored ``available`` (or ``error`` with the key problem) at once, no job.
     """
@@ -371,7 +370,7 @@ def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep, *, defer_job: bo
     ctx.runtime.jobs.submit("ec2_volume_create", {
         "volume_id": prep.volume_id, "account": caller.account, "region": caller.region,
         "problem": prep.plan.problem,
-    }, conn=conn)  # with defer_job: a backstop (idempotent)
+    }, conn=conn)  # a backstop when the caller finishes it (idempotent)
     return Volume.from_row(values)
 
 
@@ -391,7 +390,7 @@ def create_volume(ctx: Any, *, wait_seconds: float = 3.0, **kwargs: Any) -> Volu
     cheap = is_cheap(prep)
     event = None if cheap else waits.expect(prep.volume_id)
     with ctx.runtime.db.begin() as conn:
-        vol = insert_volume(ctx, conn, prep, defer_job=cheap)
+        vol = insert_volume(ctx, conn, prep)
     if cheap:
         finish_volume(ctx.runtime, {"volume_id": vol.id, "account": vol.account, "region": vol.region,
                                     "problem": prep.plan.problem})

@@ -189,24 +189,25 @@ def provenance(conn: Connection, resource_id: str) -> Row | None:
     return conn.execute(select(ec2_provenance).where(ec2_provenance.c.resource_id == resource_id)).mappings().first()
 
 
-def snapshot_grantees(conn: Connection, snapshot_ids: Iterable[str] | None = None) -> dict[str, list[str]]:
-    q = select(ec2_snapshot_permissions)
-    if snapshot_ids is not None:
-        q = q.where(ec2_snapshot_permissions.c.snapshot_id.in_(list(snapshot_ids)))
+def _grantees(conn: Connection, resource: Any, grantee: Any, ids: Iterable[str] | None) -> dict[str, list[str]]:
+    """Resource id -> the accounts (or groups) it is shared with, sorted."""
+    q = select(resource, grantee)
+    if ids is not None:
+        q = q.where(resource.in_(list(ids)))
     out: dict[str, list[str]] = {}
-    for r in conn.execute(q.order_by(ec2_snapshot_permissions.c.grantee)):
-        out.setdefault(r.snapshot_id, []).append(r.grantee)
+    for rid, who in conn.execute(q.order_by(grantee)):
+        out.setdefault(rid, []).append(who)
     return out
+
+
+def snapshot_grantees(conn: Connection, snapshot_ids: Iterable[str] | None = None) -> dict[str, list[str]]:
+    t = ec2_snapshot_permissions
+    return _grantees(conn, t.c.snapshot_id, t.c.grantee, snapshot_ids)
 
 
 def image_grantees(conn: Connection, image_ids: Iterable[str] | None = None) -> dict[str, list[str]]:
-    q = select(ec2_image_launch_permissions)
-    if image_ids is not None:
-        q = q.where(ec2_image_launch_permissions.c.image_id.in_(list(image_ids)))
-    out: dict[str, list[str]] = {}
-    for r in conn.execute(q.order_by(ec2_image_launch_permissions.c.user_id)):
-        out.setdefault(r.image_id, []).append(r.user_id)
-    return out
+    t = ec2_image_launch_permissions
+    return _grantees(conn, t.c.image_id, t.c.user_id, image_ids)
 
 
 def settings(conn: Connection) -> dict[tuple[str, str], Row]:
