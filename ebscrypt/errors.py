@@ -130,8 +130,10 @@ class MissingParameter(CodedError):
 
     code = "MissingParameter"
 
-    def __init__(self, name: str) -> None:
-        super().__init__(f"The request must contain the parameter {name}")
+    def __init__(self, name: str, message: str | None = None) -> None:
+        # ``message``: EC2's own wording where it names no single member (ModifyVolume
+        # with nothing to modify, a permission change with no change).
+        super().__init__(message if message is not None else f"The request must contain the parameter {name}")
         self.name = name
 
 
@@ -169,6 +171,110 @@ class IncorrectState(CodedError):
 
 class UnsupportedOperation(CodedError):
     code = "UnsupportedOperation"
+
+
+class InvalidRequest(CodedError):
+    code = "InvalidRequest"
+
+
+class InvalidID(CodedError):
+    code = "InvalidID"
+
+
+class InvalidNextToken(CodedError):
+    """A ``NextToken`` this server did not issue (``services/ec2/paging.py``)."""
+
+    code = "InvalidNextToken"
+
+    def __init__(self, token: str) -> None:
+        super().__init__(f"The token '{token}' is invalid.")
+        self.token = token
+
+
+class InvalidBlockDeviceMapping(CodedError):
+    code = "InvalidBlockDeviceMapping"
+
+
+class InvalidInstanceAttributeValue(CodedError):
+    code = "InvalidInstanceAttributeValue"
+
+
+class InvalidAMIAttributeItemValue(CodedError):
+    code = "InvalidAMIAttributeItemValue"
+
+
+class IncorrectInstanceState(CodedError):
+    code = "IncorrectInstanceState"
+
+
+class IncorrectModificationState(CodedError):
+    code = "IncorrectModificationState"
+
+
+class VolumeInUse(CodedError):
+    code = "VolumeInUse"
+
+
+class DependencyViolation(CodedError):
+    code = "DependencyViolation"
+
+
+class CannotDelete(CodedError):
+    code = "CannotDelete"
+
+
+class OperationNotPermitted(CodedError):
+    code = "OperationNotPermitted"
+
+
+class UnauthorizedOperation(CodedError):
+    """EC2's refusal of an operation on a resource the caller may not use (HTTP 403)."""
+
+    code = "UnauthorizedOperation"
+    status = 403
+
+    def __init__(self, message: str = "You are not authorized to perform this operation.") -> None:
+        super().__init__(message)
+
+
+class AuthFailure(CodedError):
+    code = "AuthFailure"
+
+
+class DryRunOperation(CodedError):
+    """A ``DryRun`` request that would have succeeded (EC2 answers it as an error, 412)."""
+
+    code = "DryRunOperation"
+    status = 412
+
+    def __init__(self) -> None:
+        super().__init__("Request would have succeeded, but DryRun flag is set.")
+
+
+class TagLimitExceeded(CodedError):
+    code = "TagLimitExceeded"
+
+
+class InstanceLimitExceeded(CodedError):
+    code = "InstanceLimitExceeded"
+
+
+class RulesPerSecurityGroupLimitExceeded(CodedError):
+    code = "RulesPerSecurityGroupLimitExceeded"
+
+
+class ServerInternalError(CodedError):
+    """EC2's ``Server.InternalError`` (a fault of ours reported in EC2's own words)."""
+
+    code = "Server.InternalError"
+    status = 500
+
+
+class UnknownResource(CodedError):
+    """``NotFound`` (404) of the explain/lineage tools: a resource or key id that is not known."""
+
+    code = "NotFound"
+    status = 404
 
 
 # The wording EC2 gives for a resource that does not exist, by code prefix (the messages
@@ -213,6 +319,65 @@ class Malformed(CodedError):
         self.code = f"{kind}.Malformed"
         self.kind = kind
         self.ident = ident
+
+
+class Duplicate(CodedError):
+    """``{kind}.Duplicate``: a resource of that name or content already exists."""
+
+    code = "Duplicate"
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.code = f"{kind}.Duplicate"
+        self.kind = kind
+
+
+class InvalidKeyFormat(CodedError):
+    code = "InvalidKey.Format"
+
+    def __init__(self) -> None:
+        super().__init__("Key is not in valid OpenSSH public key format")
+
+
+class VolumeZoneMismatch(CodedError):
+    code = "InvalidVolume.ZoneMismatch"
+
+    def __init__(self, volume_id: str, instance_id: str) -> None:
+        super().__init__(f"The volume '{volume_id}' is not in the same availability zone as instance '{instance_id}'")
+
+
+class SnapshotInUse(CodedError):
+    code = "InvalidSnapshot.InUse"
+
+    def __init__(self, snapshot_id: str, user: str) -> None:
+        super().__init__(f"The snapshot {snapshot_id} is currently in use by {user}")
+
+
+class ImageUnavailable(CodedError):
+    code = "InvalidAMIID.Unavailable"
+
+
+class LaunchTemplateVersionNotFound(CodedError):
+    code = "InvalidLaunchTemplateId.VersionNotFound"
+
+
+# EC2's launch-template name codes end in "Exception", unlike every other EC2 code.
+class LaunchTemplateNameNotFound(CodedError):
+    code = "InvalidLaunchTemplateName.NotFoundException"
+
+    def __init__(self) -> None:
+        super().__init__("At least one of the launch templates specified in the request does not exist.")
+
+
+class LaunchTemplateNameMalformed(CodedError):
+    code = "InvalidLaunchTemplateName.MalformedException"
+
+
+class LaunchTemplateNameExists(CodedError):
+    code = "InvalidLaunchTemplateName.AlreadyExistsException"
+
+    def __init__(self) -> None:
+        super().__init__("Launch template name already in use.")
 
 
 # --------------------------------------------------------------------------- KMS

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import InvalidParameterValue
 
 
 def canonical_names(names: Iterable[str]) -> dict[str, str]:
@@ -33,6 +33,5 @@ def legacy_operation(op: str | None) -> str:
     if op is None:
         return "add"
     if op not in ("add", "remove"):
-        raise ServiceError(f"Value ({op}) for parameter operationType is invalid. Valid values: add, remove.",
-                           code="InvalidParameterValue")
+        raise InvalidParameterValue(f"Value ({op}) for parameter operationType is invalid. Valid values: add, remove.")
     return op

@@ -18,7 +18,7 @@ from ebscrypt.engines.blocks.engine import DataKey
 from ebscrypt.engines.ec2.account import AWS_EBS_ALIAS, alias_arn, get_settings
 from ebscrypt.engines.ec2.ids import via_ec2
 from ebscrypt.engines.ec2.records import Snapshot, Volume
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import IncorrectState, ServiceError
 
 GRANT_OPERATIONS = ["Decrypt"]
 
@@ -158,7 +158,6 @@ def data_key_for(ctx: Any, resource: Volume | Snapshot, *, grant: bool = True) -
     if not resource.encrypted:
         return None
     if resource.data_key_blob is None or resource.kms_key_arn is None or resource.data_key_id is None:
-        raise ServiceError(f"The data key of {resource.id} is not available (state {resource.state}).",
-                           code="IncorrectState")
+        raise IncorrectState(f"The data key of {resource.id} is not available (state {resource.state}).")
     return unwrap(ctx, resource.kms_key_arn, resource.data_key_blob, resource.encryption_context,
                   resource.data_key_id, region=resource.region, grant=grant)

@@ -7,7 +7,7 @@ import re
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Mapping
 
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import InvalidParameterValue, ServiceError
 
 Getter = Callable[[Any], Any]
 
@@ -37,7 +37,7 @@ def _strings(value: Any) -> list[str]:
 
 
 def invalid_filter(name: str) -> ServiceError:
-    return ServiceError(f"The filter '{name}' is invalid", code="InvalidParameterValue")
+    return InvalidParameterValue(f"The filter '{name}' is invalid")
 
 
 def check_filters(filters: list[dict] | None, getters: Mapping[str, Getter], *, tags: bool) -> None:

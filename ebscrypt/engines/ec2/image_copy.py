@@ -29,7 +29,13 @@ from ebscrypt.engines.ec2.image_records import (
     new_image_id,
     size_check,
 )
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import (
+    IncorrectState,
+    InvalidBlockDeviceMapping,
+    InvalidParameterValue,
+    InvalidRequest,
+    ServiceError,
+)
 from ebscrypt.storage.tables.ec2_images import ec2_images as images_t
 
 NO_STORAGE_ACCESS_MESSAGE = "You do not have permission to access the storage of this ami"
@@ -64,8 +70,7 @@ def _add_extra_mappings(conn: Connection, caller: Any, extra: dict[str, dict[str
         elif ebs.get("VolumeSize"):
             size, encrypted = int(ebs["VolumeSize"]), bool(ebs.get("Encrypted"))
         else:
-            raise ServiceError(f"The block-device mapping {device} needs a snapshot or a volume size.",
-                               code="InvalidBlockDeviceMapping")
+            raise InvalidBlockDeviceMapping(f"The block-device mapping {device} needs a snapshot or a volume size.")
         mappings.append(ebs_mapping(
             device, snapshot_id=ebs.get("SnapshotId"), size=size, volume_type=ebs.get("VolumeType"),
             delete_on_termination=ebs.get("DeleteOnTermination"), encrypted=encrypted,
@@ -99,9 +104,8 @@ def create_image(ctx: RequestContext, req: ImageCreation, instance: Any) -> str:
             )
             size = oebs.get("VolumeSize") or volume.size
             if size < volume.size:
-                raise ServiceError(
+                raise InvalidBlockDeviceMapping(
                     f"Volume of size {size}GB is smaller than snapshot '{snapshot.id}', expect size >= {volume.size}GB",
-                    code="InvalidBlockDeviceMapping",
                 )
             dot = oebs.get("DeleteOnTermination")
             mappings.append(ebs_mapping(
@@ -114,8 +118,7 @@ def create_image(ctx: RequestContext, req: ImageCreation, instance: Any) -> str:
             ))
         _add_extra_mappings(conn, caller, overrides, mappings)
         if not any((m.get("Ebs") or {}).get("SnapshotId") for m in mappings):
-            raise ServiceError(f"Instance {instance.instance_id} has no EBS volume to image.",
-                               code="InvalidParameterValue")
+            raise InvalidParameterValue(f"Instance {instance.instance_id} has no EBS volume to image.")
         insert_image(conn, ctx, image_id, dict(
             name=name,
             description=req.description,
@@ -202,8 +205,7 @@ def copy_image(ctx: RequestContext, req: ImageCopy) -> str:
                 return row.image_id  # idempotent retry
         source = get_image(conn, caller.account, source_region, source_id)
         if source.state != states.IMAGE_AVAILABLE:
-            raise ServiceError(f"Image {source_id} is in state {source.state}; only available images can be copied.",
-                               code="IncorrectState")
+            raise IncorrectState(f"Image {source_id} is in state {source.state}; only available images can be copied.")
         check_name(conn, caller.account, caller.region, req.name)
         source_tags = core_tags.tags_for(conn, caller.account, [source_id])[source_id] if req.copy_image_tags else []
         if source.account != caller.account:
@@ -212,7 +214,7 @@ def copy_image(ctx: RequestContext, req: ImageCopy) -> str:
                 try:
                     core_snapshots.get_snapshot(conn, caller, snap_id, region=source_region)
                 except ServiceError:
-                    raise ServiceError(NO_STORAGE_ACCESS_MESSAGE, code="InvalidRequest") from None
+                    raise InvalidRequest(NO_STORAGE_ACCESS_MESSAGE) from None
     image_id = new_image_id()
     cross_region = source_region != caller.region
     plans = _copy_plans(ctx, source, source_region if cross_region else None, encrypted, kms_key_id)

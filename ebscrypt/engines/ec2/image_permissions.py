@@ -25,7 +25,15 @@ from ebscrypt.engines.ec2.image_records import (
     launch_permissions,
     mapping_view,
 )
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import (
+    InvalidAMIAttributeItemValue,
+    InvalidParameter,
+    InvalidParameterCombination,
+    InvalidParameterValue,
+    MissingParameter,
+    ServiceError,
+    UnsupportedOperation,
+)
 from ebscrypt.storage.tables.ec2 import ec2_snapshots
 from ebscrypt.storage.tables.ec2_images import ec2_image_launch_permissions as perms_t
 from ebscrypt.storage.tables.ec2_images import ec2_images as images_t
@@ -67,8 +75,7 @@ def canonical_attribute(attribute: str | None) -> str | None:
 
 
 def unknown_attribute(attribute: str) -> ServiceError:
-    return ServiceError(f"Value ({attribute}) for parameter attribute is invalid. Unknown attribute.",
-                        code="InvalidParameterValue")
+    return InvalidParameterValue(f"Value ({attribute}) for parameter attribute is invalid. Unknown attribute.")
 
 
 def describe_attribute(ctx: RequestContext, image_id: str, attribute: str) -> dict[str, Any]:
@@ -119,13 +126,11 @@ def _permission_changes(change: ImageAttributeChange) -> tuple[list[dict[str, st
         (add if legacy_operation(change.operation_type) == "add" else remove).extend(legacy)
     for item in add + remove:
         if item.get("OrganizationArn") or item.get("OrganizationalUnitArn"):
-            raise ServiceError("Sharing with organizations is not supported by ebscrypt.", code="UnsupportedOperation")
+            raise UnsupportedOperation("Sharing with organizations is not supported by ebscrypt.")
         if "UserId" in item and item["UserId"] is not None and not ACCOUNT_RE.match(item["UserId"]):
-            raise ServiceError(f'Invalid attribute item value "{item["UserId"]}" for userId item type.',
-                               code="InvalidAMIAttributeItemValue")
+            raise InvalidAMIAttributeItemValue(f'Invalid attribute item value "{item["UserId"]}" for userId item type.')
         if "Group" in item and item["Group"] is not None and item["Group"] != "all":
-            raise ServiceError(f'Invalid attribute item value "{item["Group"]}" for group item type.',
-                               code="InvalidAMIAttributeItemValue")
+            raise InvalidAMIAttributeItemValue(f'Invalid attribute item value "{item["Group"]}" for group item type.')
     return add, remove
 
 
@@ -159,23 +164,22 @@ def modify_attribute(ctx: RequestContext, change: ImageAttributeChange) -> None:
     image_id = check_image_id(change.image_id)
     attribute = change.attribute
     if attribute is not None and attribute not in _MODIFIABLE:
-        raise ServiceError(f"Value ({attribute}) for parameter attribute is invalid.", code="InvalidParameterValue")
+        raise InvalidParameterValue(f"Value ({attribute}) for parameter attribute is invalid.")
     description = change.description
     imds = change.imds_support
     if imds is not None and imds != "v2.0":
-        raise ServiceError(f"Value ({imds}) for parameter imdsSupport is invalid. The only valid value is v2.0.",
-                           code="InvalidParameterValue")
+        raise InvalidParameterValue(f"Value ({imds}) for parameter imdsSupport is invalid. The only valid value is v2.0.")
     add, remove = _permission_changes(change)
     if not add and not remove and description is None and imds is None:
-        raise ServiceError("No attributes specified.", code="InvalidParameterCombination")
+        raise InvalidParameterCombination("No attributes specified.")
     with ctx.runtime.db.read() as conn:
         image = get_image(conn, caller.account, caller.region, image_id, owner_only=True)
     adds_public = any(i.get("Group") == "all" for i in add)
     adds_users = [i["UserId"] for i in add if i.get("UserId")]
     if adds_public and image.has_encrypted_snapshot:  # R-SHARE-2
-        raise ServiceError(PUBLIC_ENCRYPTED_MESSAGE, code="UnsupportedOperation")
+        raise UnsupportedOperation(PUBLIC_ENCRYPTED_MESSAGE)
     if adds_users and image.has_encrypted_snapshot and _uses_aws_managed_key(ctx, image):  # R-SHARE-3
-        raise ServiceError(AWS_MANAGED_SHARE_MESSAGE, code="InvalidParameter")
+        raise InvalidParameter(AWS_MANAGED_SHARE_MESSAGE)
     with ctx.runtime.db.begin() as conn:
         if description is not None:
             conn.execute(update(images_t).where(images_t.c.image_id == image_id).values(description=description))
@@ -197,11 +201,10 @@ def modify_attribute(ctx: RequestContext, change: ImageAttributeChange) -> None:
 def reset_attribute(ctx: RequestContext, image_id: str, attribute: str | None) -> None:
     caller = ctx.caller
     if not attribute:
-        raise ServiceError("The request must contain the parameter Attribute", code="MissingParameter")
+        raise MissingParameter("Attribute")
     attribute = canonical_attribute(attribute)
     if attribute != "launchPermission":
-        raise ServiceError(f"Value ({attribute}) for parameter attribute is invalid. Only launchPermission can be reset.",
-                           code="InvalidParameterValue")
+        raise InvalidParameterValue(f"Value ({attribute}) for parameter attribute is invalid. Only launchPermission can be reset.")
     with ctx.runtime.db.begin() as conn:
         get_image(conn, caller.account, caller.region, image_id, owner_only=True)
         conn.execute(delete(perms_t).where(perms_t.c.image_id == image_id))

@@ -22,7 +22,15 @@ from ebscrypt.domain import image_states as states
 from ebscrypt.engines.ec2 import tags as core_tags
 from ebscrypt.engines.ec2.ids import is_well_formed, new_id
 from ebscrypt.engines.ec2.records import Snapshot, aware
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import (
+    AuthFailure,
+    Duplicate,
+    InvalidBlockDeviceMapping,
+    Malformed,
+    MissingParameter,
+    NotFound,
+    ServiceError,
+)
 from ebscrypt.storage.tables.ec2_images import ec2_image_launch_permissions as perms_t
 from ebscrypt.storage.tables.ec2_images import ec2_image_snapshots as image_snaps_t
 from ebscrypt.storage.tables.ec2_images import ec2_images as images_t
@@ -89,19 +97,19 @@ def new_image_id() -> str:
 
 
 def malformed(image_id: str) -> ServiceError:
-    return ServiceError(f'Invalid id: "{image_id}" (expecting "ami-...")', code="InvalidAMIID.Malformed")
+    return Malformed("InvalidAMIID", image_id, prefix="ami")
 
 
 def not_found(ids: Iterable[str]) -> ServiceError:
     ids = list(ids)
     if len(ids) == 1:
-        return ServiceError(f"The image id '[{ids[0]}]' does not exist", code="InvalidAMIID.NotFound")
-    return ServiceError(f"The image ids '[{', '.join(ids)}]' do not exist", code="InvalidAMIID.NotFound")
+        return NotFound("InvalidAMIID", ids[0])
+    return NotFound("InvalidAMIID", ", ".join(ids), f"The image ids '[{', '.join(ids)}]' do not exist")
 
 
 def check_image_id(image_id: str | None) -> str:
     if not image_id:
-        raise ServiceError("The request must contain the parameter ImageId", code="MissingParameter")
+        raise MissingParameter("ImageId")
     if not is_well_formed(image_id, "ami"):
         raise malformed(image_id)
     return image_id
@@ -130,7 +138,7 @@ def get_image(conn: Connection, account: str, region: str, image_id: str, *, own
     image = Image.from_row(row)
     if owner_only and image.account != account:
         if _launch_permitted(conn, image, account):
-            raise ServiceError(f"Not authorized for image:{image_id}", code="AuthFailure")
+            raise AuthFailure(f"Not authorized for image:{image_id}")
         raise not_found([image_id])
     if not _launch_permitted(conn, image, account):
         raise not_found([image_id])
@@ -216,18 +224,18 @@ def mapping_view(m: dict[str, Any]) -> dict[str, Any]:
 
 def check_name(conn: Connection, account: str, region: str, name: str | None) -> str:
     if not name:
-        raise ServiceError("The request must contain the parameter name", code="MissingParameter")
+        raise MissingParameter("name")
     if not _NAME_RE.match(name):
-        raise ServiceError(
+        raise Malformed(
+            "InvalidAMIName", name,
             f"AMI names must be between 3 and 128 characters long, and may contain letters, numbers, "
             f"'(', ')', '.', '-', '/' and '_' ({name!r})",
-            code="InvalidAMIName.Malformed",
         )
     row = conn.execute(
         select(images_t.c.image_id).where(images_t.c.account == account, images_t.c.region == region, images_t.c.name == name)
     ).first()
     if row is not None:
-        raise ServiceError(f"AMI name {name} is already in use by AMI {row.image_id}", code="InvalidAMIName.Duplicate")
+        raise Duplicate("InvalidAMIName", f"AMI name {name} is already in use by AMI {row.image_id}")
     return name
 
 
@@ -280,9 +288,8 @@ def size_check(size: int | None, snapshot: Snapshot) -> int:
     if size is None:
         return snapshot.volume_size
     if size < snapshot.volume_size:
-        raise ServiceError(
+        raise InvalidBlockDeviceMapping(
             f"Volume of size {size}GB is smaller than snapshot '{snapshot.id}', expect size >= {snapshot.volume_size}GB",
-            code="InvalidBlockDeviceMapping",
         )
     return size
 

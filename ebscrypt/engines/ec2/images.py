@@ -76,7 +76,15 @@ from ebscrypt.engines.ec2.image_records import (
 from ebscrypt.engines.ec2.image_states import refresh_image
 from ebscrypt.engines.ec2.snapshots import delete_snapshot
 from ebscrypt.engines.ec2.waits import settle
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import (
+    IncorrectState,
+    InvalidBlockDeviceMapping,
+    InvalidParameterCombination,
+    InvalidParameterValue,
+    MissingParameter,
+    ServiceError,
+    UnsupportedOperation,
+)
 from ebscrypt.storage.tables.ec2_images import ec2_image_launch_permissions as perms_t
 from ebscrypt.storage.tables.ec2_images import ec2_image_snapshots as image_snaps_t
 from ebscrypt.storage.tables.ec2_images import ec2_images as images_t
@@ -125,42 +133,38 @@ def _registered_mappings(conn: Connection, caller: Any, requested: list[dict[str
     for bdm in requested:
         device = bdm.get("DeviceName")
         if not device:
-            raise ServiceError("The request must contain the parameter DeviceName", code="MissingParameter")
+            raise MissingParameter("DeviceName")
         if device in seen:
-            raise ServiceError(f"The device '{device}' is used in more than one block-device mapping",
-                               code="InvalidBlockDeviceMapping")
+            raise InvalidBlockDeviceMapping(f"The device '{device}' is used in more than one block-device mapping")
         seen.add(device)
         if add_non_ebs_mapping(mappings, device, bdm):
             continue
         ebs = bdm.get("Ebs") or {}
         if ebs.get("KmsKeyId"):
-            raise ServiceError(
+            raise InvalidParameterCombination(
                 "KmsKeyId cannot be set when registering an image: snapshots keep their own keys.",
-                code="InvalidParameterCombination",
             )
         snap_id = ebs.get("SnapshotId")
         if snap_id:
             check_id(snap_id, "snap", "InvalidSnapshotID.Malformed")
             snapshot = core_snapshots.get_snapshot(conn, caller, snap_id)
             if snapshot.account != caller.account:
-                raise ServiceError(
+                raise InvalidParameterValue(
                     f"You do not own snapshot {snap_id}: copy it into your account before registering an image.",
-                    code="InvalidParameterValue",
                 )
             if snapshot.state == "error":
-                raise ServiceError(f"Snapshot {snap_id} is in state error.", code="IncorrectState")
+                raise IncorrectState(f"Snapshot {snap_id} is in state error.")
             all_completed = all_completed and snapshot.state == "completed"
             size = size_check(ebs.get("VolumeSize"), snapshot)
             encrypted = bool(snapshot.encrypted)
         else:
             if device == root:
-                raise ServiceError(
-                    f"The root device {device} must name an EBS snapshot.", code="InvalidBlockDeviceMapping"
+                raise InvalidBlockDeviceMapping(
+                    f"The root device {device} must name an EBS snapshot.",
                 )
             if not ebs.get("VolumeSize"):
-                raise ServiceError(
+                raise InvalidBlockDeviceMapping(
                     f"The block-device mapping {device} needs a snapshot or a volume size.",
-                    code="InvalidBlockDeviceMapping",
                 )
             size = int(ebs["VolumeSize"])
             encrypted = bool(ebs.get("Encrypted"))
@@ -176,16 +180,12 @@ def register_image(ctx: RequestContext, req: ImageRegistration) -> str:
     """R-IMG-3: an image over existing snapshots the caller owns."""
     caller = ctx.caller
     if req.image_location:
-        raise ServiceError(
+        raise UnsupportedOperation(
             "Instance store-backed (S3 manifest) images are not supported; register from EBS snapshots.",
-            code="UnsupportedOperation",
         )
     requested = req.block_device_mappings or []
     if not requested:
-        raise ServiceError(
-            "The request must contain the parameter BlockDeviceMapping (an EBS snapshot for the root device)",
-            code="MissingParameter",
-        )
+        raise MissingParameter("BlockDeviceMapping (an EBS snapshot for the root device)")
     root = req.root_device_name or requested[0].get("DeviceName")
     tags = core_tags.tag_specs(req.tag_specifications, "image")
     image_id = new_image_id()
@@ -193,9 +193,8 @@ def register_image(ctx: RequestContext, req: ImageRegistration) -> str:
         name = check_name(conn, caller.account, caller.region, req.name)
         mappings, all_completed = _registered_mappings(conn, caller, requested, root)
         if not any(m["DeviceName"] == root and (m.get("Ebs") or {}).get("SnapshotId") for m in mappings):
-            raise ServiceError(
+            raise InvalidBlockDeviceMapping(
                 f"The root device name {root} does not match a block-device mapping with a snapshot.",
-                code="InvalidBlockDeviceMapping",
             )
         insert_image(conn, ctx, image_id, dict(
             name=name,

@@ -51,7 +51,16 @@ from ebscrypt.engines.ec2.instances import (
     save_attributes,
 )
 from ebscrypt.engines.ec2.volumes import set_delete_on_termination
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import (
+    IncorrectInstanceState,
+    InvalidInstanceAttributeValue,
+    InvalidParameter,
+    InvalidParameterCombination,
+    InvalidParameterValue,
+    MissingParameter,
+    ServiceError,
+    UnsupportedOperation,
+)
 from ebscrypt.storage.tables.ec2_images import ec2_instances as instances_t
 
 #: Structured request members → the attribute each one modifies.
@@ -83,8 +92,7 @@ def _attribute_names() -> frozenset[str]:
 
 
 def _unknown_attribute(name: str) -> ServiceError:
-    return ServiceError(f"Value ({name}) for parameter attribute is invalid. Unknown attribute.",
-                        code="InvalidParameterValue")
+    return InvalidParameterValue(f"Value ({name}) for parameter attribute is invalid. Unknown attribute.")
 
 
 # ============================================================================ the request
@@ -95,8 +103,7 @@ def _parse_boolean(text: Any) -> bool:
         return text
     lowered = str(text).lower()
     if lowered not in ("true", "false"):
-        raise ServiceError(f"Value ({text}) for parameter value is invalid. Expected: 'true' or 'false'.",
-                           code="InvalidParameterValue")
+        raise InvalidParameterValue(f"Value ({text}) for parameter value is invalid. Expected: 'true' or 'false'.")
     return lowered == "true"
 
 
@@ -106,7 +113,7 @@ def _member_value(member: str, attribute: str, raw: Any) -> Any:
         return raw
     value = raw.get("Value") if isinstance(raw, dict) else None
     if value is None:
-        raise ServiceError(f"The request must contain the parameter {member}.Value", code="MissingParameter")
+        raise MissingParameter(f"{member}.Value")
     if attribute == "userData":  # a blob: the codec has already decoded the base64
         return base64.b64encode(value if isinstance(value, bytes) else str(value).encode()).decode()
     return value
@@ -132,20 +139,19 @@ def requested_change(req: AttributeRequest) -> tuple[str, Any]:
         if named not in _attribute_names():
             raise _unknown_attribute(named)
         if named in _NOT_MODIFIABLE:
-            raise ServiceError(f"Value ({named}) for parameter attribute is invalid. The attribute cannot be "
-                               "modified.", code="InvalidParameterValue")
+            raise InvalidParameterValue(f"Value ({named}) for parameter attribute is invalid. The attribute cannot be "
+                                        "modified.")
         if named not in found:
             if named in _LISTS:  # a list cannot travel in Value
                 member = next(m for m, a in MEMBERS.items() if a == named)
-                raise ServiceError(f"The request must contain the parameter {member}", code="MissingParameter")
+                raise MissingParameter(member)
             if req.value is None:
-                raise ServiceError("The request must contain the parameter value", code="MissingParameter")
+                raise MissingParameter("value")
             found[named] = req.value
     if not found:
-        raise ServiceError("No attributes specified.", code="InvalidParameterCombination")
+        raise InvalidParameterCombination("No attributes specified.")
     if len(found) > 1:
-        raise ServiceError(f"Fields for multiple attribute types specified: {', '.join(sorted(found))}",
-                           code="InvalidParameterCombination")
+        raise InvalidParameterCombination(f"Fields for multiple attribute types specified: {', '.join(sorted(found))}")
     attribute, value = next(iter(found.items()))
     if attribute in _BOOLEAN:
         value = _parse_boolean(value)
@@ -161,11 +167,10 @@ def requested_change(req: AttributeRequest) -> tuple[str, Any]:
 
 def _check_state(instance: Instance, attribute: str) -> None:
     if attribute in _STOPPED_ONLY and instance.state != it.STOPPED:
-        raise ServiceError(f"The instance '{instance.instance_id}' is not in the 'stopped' state.",
-                           code="IncorrectInstanceState")
+        raise IncorrectInstanceState(f"The instance '{instance.instance_id}' is not in the 'stopped' state.")
     if instance.state in (it.SHUTTING_DOWN, it.TERMINATED):
-        raise ServiceError(f"The instance '{instance.instance_id}' is not in a state from which it can be "
-                           "modified.", code="IncorrectInstanceState")
+        raise IncorrectInstanceState(f"The instance '{instance.instance_id}' is not in a state from which it can be "
+                                     "modified.")
 
 
 def _set_row(conn: Connection, instance: Instance, **values: Any) -> None:
@@ -179,27 +184,25 @@ def _set_attrs(conn: Connection, instance: Instance, **changes: Any) -> None:
 
 def _instance_type(conn: Connection, instance: Instance, value: str) -> None:
     if value not in known_instance_types():
-        raise ServiceError(f"Value ({value}) for parameter instanceType is invalid. Invalid instance type.",
-                           code="InvalidInstanceAttributeValue")
+        raise InvalidInstanceAttributeValue(f"Value ({value}) for parameter instanceType is invalid. Invalid instance type.")
     # R-RUN-2 after launch: a type that cannot attach encrypted volumes cannot run one.
     encrypted = any(vol.encrypted for vol, _att in core_volumes.volumes_of_instance(conn, instance.instance_id))
     refusal = it.encryption_refusal(value, needs_encryption=encrypted)
     if refusal:
-        raise ServiceError(refusal, code="InvalidParameterCombination")
+        raise InvalidParameterCombination(refusal)
     _set_row(conn, instance, instance_type=value)
 
 
 def _sriov(conn: Connection, instance: Instance, value: str) -> None:
     # "simple" is the only value; EC2 offers no way to turn it off again.
     if value != "simple":
-        raise ServiceError(f"Value ({value}) for parameter sriovNetSupport is invalid. Valid values: simple",
-                           code="InvalidParameterValue")
+        raise InvalidParameterValue(f"Value ({value}) for parameter sriovNetSupport is invalid. Valid values: simple")
     _set_attrs(conn, instance, sriov_net_support=value)
 
 
 def _kernel_or_ramdisk(conn: Connection, instance: Instance, value: str) -> None:
-    raise ServiceError("Kernels and RAM disks are not supported by ebscrypt: it has no kernel (aki-) or "
-                       "RAM disk (ari-) images.", code="UnsupportedOperation")
+    raise UnsupportedOperation("Kernels and RAM disks are not supported by ebscrypt: it has no kernel (aki-) or "
+                               "RAM disk (ari-) images.")
 
 
 def _groups(conn: Connection, instance: Instance, group_ids: list[str]) -> None:
@@ -207,8 +210,8 @@ def _groups(conn: Connection, instance: Instance, group_ids: list[str]) -> None:
     for group_id in dict.fromkeys(group_ids):
         group = network.get_group(conn, instance.account, instance.region, group_id)
         if group["vpc_id"] != instance.vpc_id:
-            raise ServiceError(f"Security group {group_id} and subnet {instance.subnet_id} belong to different "
-                               "networks.", code="InvalidParameter")
+            raise InvalidParameter(f"Security group {group_id} and subnet {instance.subnet_id} belong to different "
+                                   "networks.")
         groups.append({"GroupId": group["id"], "GroupName": group["name"]})
     _set_row(conn, instance, security_groups=json.dumps(groups))
 
@@ -220,13 +223,12 @@ def _delete_on_termination(conn: Connection, instance: Instance, mappings: list[
     for mapping in mappings:
         device = mapping.get("DeviceName")
         if not device:
-            raise ServiceError("The request must contain the parameter DeviceName", code="MissingParameter")
+            raise MissingParameter("DeviceName")
         if mapping.get("VirtualName") or mapping.get("NoDevice") is not None:
             # Instance store volumes are added at launch only; nothing else can change here.
-            raise ServiceError(f"Only DeleteOnTermination of an attached EBS volume can be modified ({device}).",
-                               code="InvalidInstanceAttributeValue")
+            raise InvalidInstanceAttributeValue(f"Only DeleteOnTermination of an attached EBS volume can be modified ({device}).")
         if device not in attached:
-            raise ServiceError(f"No device is currently mapped at {device}", code="InvalidInstanceAttributeValue")
+            raise InvalidInstanceAttributeValue(f"No device is currently mapped at {device}")
         dot = (mapping.get("Ebs") or {}).get("DeleteOnTermination")
         changes[device] = True if dot is None else bool(dot)
     for device, dot in changes.items():

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, select
 from ebscrypt.domain import instance_types as it
 from ebscrypt.engines.ec2.ids import is_well_formed
 from ebscrypt.engines.ec2.records import aware
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import IncorrectState, Malformed, NotFound, ServiceError
 from ebscrypt.storage.tables.ec2_images import ec2_instances as instances_t
 
 TERMINATED_VISIBLE_FOR = timedelta(hours=1)  # EC2 keeps terminated instances visible ~1 h
@@ -60,13 +60,13 @@ class Instance:
 
 
 def malformed(instance_id: str) -> ServiceError:
-    return ServiceError(f'Invalid id: "{instance_id}"', code="InvalidInstanceID.Malformed")
+    return Malformed("InvalidInstanceID", instance_id)
 
 
 def not_found(ids: list[str]) -> ServiceError:
     if len(ids) == 1:
-        return ServiceError(f"The instance ID '{ids[0]}' does not exist", code="InvalidInstanceID.NotFound")
-    return ServiceError(f"The instance IDs '{', '.join(ids)}' do not exist", code="InvalidInstanceID.NotFound")
+        return NotFound("InvalidInstanceID", ids[0])
+    return NotFound("InvalidInstanceID", ", ".join(ids), f"The instance IDs '{', '.join(ids)}' do not exist")
 
 
 def check_instance_ids(ids: list[str]) -> None:
@@ -123,7 +123,7 @@ def lookup(conn: Connection, caller: Any, instance_id: str) -> dict[str, Any]:
     unless running or stopped)."""
     instance = get_instance(conn, caller.account, caller.region, instance_id)
     if instance.state not in (it.RUNNING, it.STOPPED):
-        raise ServiceError(f"Instance '{instance_id}' is not 'running'.", code="IncorrectState")
+        raise IncorrectState(f"Instance '{instance_id}' is not 'running'.")
     return {"availability_zone": instance.availability_zone, "root_device_name": instance.root_device_name,
             "state": instance.state}
 

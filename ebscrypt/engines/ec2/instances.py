@@ -65,7 +65,20 @@ from ebscrypt.engines.ec2.volumes import (
     validate_volume_spec,
 )
 from ebscrypt.engines.jobs import JobContext, job_kind
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import (
+    ImageUnavailable,
+    IncorrectInstanceState,
+    IncorrectState,
+    InstanceLimitExceeded,
+    InvalidBlockDeviceMapping,
+    InvalidParameterCombination,
+    InvalidParameterValue,
+    MissingParameter,
+    NotFound,
+    OperationNotPermitted,
+    ServiceError,
+    UnsupportedOperation,
+)
 from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_volume_attachments, ec2_volumes
 from ebscrypt.storage.tables.ec2_images import ec2_instances as instances_t
 from ebscrypt.storage.tables.ec2_instance_attrs import ec2_instance_attributes as attrs_t
@@ -144,16 +157,16 @@ def check_user_data(user_data: str) -> str:
     try:
         raw = base64.b64decode(user_data.encode(), validate=True)
     except (binascii.Error, ValueError):
-        raise ServiceError("Invalid BASE64 encoding of user data.", code="InvalidParameterValue") from None
+        raise InvalidParameterValue("Invalid BASE64 encoding of user data.") from None
     if len(raw) > USER_DATA_LIMIT:
-        raise ServiceError(f"User data is limited to {USER_DATA_LIMIT} bytes", code="InvalidParameterValue")
+        raise InvalidParameterValue(f"User data is limited to {USER_DATA_LIMIT} bytes")
     return user_data
 
 
 def check_shutdown_behavior(value: str) -> str:
     if value not in SHUTDOWN_BEHAVIORS:
-        raise ServiceError(f"Value ({value}) for parameter instanceInitiatedShutdownBehavior is invalid. "
-                           "Valid values: stop | terminate", code="InvalidParameterValue")
+        raise InvalidParameterValue(f"Value ({value}) for parameter instanceInitiatedShutdownBehavior is invalid. "
+                                    "Valid values: stop | terminate")
     return value
 
 
@@ -273,7 +286,7 @@ def _merge_mappings(base: list[dict[str, Any]], overrides: list[dict[str, Any]])
     for o in overrides:
         device = o.get("DeviceName")
         if not device:
-            raise ServiceError("The request must contain the parameter DeviceName", code="MissingParameter")
+            raise MissingParameter("DeviceName")
         if o.get("NoDevice") is not None:
             merged[device] = {"DeviceName": device, "NoDevice": ""}
         elif o.get("VirtualName"):
@@ -303,7 +316,7 @@ def _snapshot_for_launch(conn: Connection, caller: Any, snapshot_id: str, image:
     if snapshot_id in image.snapshot_ids():
         row = conn.execute(select(ec2_snapshots).where(ec2_snapshots.c.id == snapshot_id)).mappings().first()
         if row is None:
-            raise ServiceError(f"The snapshot '{snapshot_id}' does not exist.", code="InvalidSnapshot.NotFound")
+            raise NotFound("InvalidSnapshot", snapshot_id)
         return Snapshot.from_row(row)
     return core_snapshots.get_snapshot(conn, caller, snapshot_id)
 
@@ -314,7 +327,7 @@ def _prepare_volume(ctx: RequestContext, *, zone: str, source: Snapshot | None, 
     launch permission. [KMS, no conn] ``ebs``: the mapping's merged Ebs structure;
     ``requested``: the Encrypted/KmsKeyId the launch itself asked for (R-RUN-1)."""
     if source is not None and source.state != "completed":
-        raise ServiceError(f"Snapshot is in invalid state - {source.state}", code="IncorrectState")
+        raise IncorrectState(f"Snapshot is in invalid state - {source.state}")
     spec = validate_volume_spec(ebs.get("VolumeType"), ebs.get("VolumeSize"), ebs.get("Iops"), ebs.get("Throughput"),
                                 snapshot_id=source.id if source else None,
                                 snapshot_size=source.volume_size if source else None)
@@ -423,18 +436,17 @@ def _merge_plain(base: list[dict[str, Any]], overrides: list[dict[str, Any]]) ->
 
 def _check_instance_type(instance_type: str) -> None:
     if instance_type not in known_instance_types():
-        raise ServiceError(f"The instance type '{instance_type}' does not exist.",
-                           code="InvalidParameterValue")
+        raise InvalidParameterValue(f"The instance type '{instance_type}' does not exist.")
 
 
 def _zone(zone: str | None, region: str) -> str:
     if zone:
         if not regions.is_zone_in_region(zone, region):
-            raise ServiceError(f"Invalid availability zone: [{zone}]", code="InvalidParameterValue")
+            raise InvalidParameterValue(f"Invalid availability zone: [{zone}]")
         return zone
     zones = regions.availability_zones(region)
     if not zones:
-        raise ServiceError(f"The region {region} has no availability zones.", code="InvalidParameterValue")
+        raise InvalidParameterValue(f"The region {region} has no availability zones.")
     return zones[0].name
 
 
@@ -445,8 +457,7 @@ def _launch_attributes(p: LaunchSpec, image: Any) -> InstanceAttrs:
                                      ("RamdiskId", p.ramdisk_id, image.ramdisk_id)):
         if given and given != from_image:
             # No kernel (aki-) or RAM disk (ari-) images exist in ebscrypt to launch with.
-            raise ServiceError(f"{param} is not supported by ebscrypt: it has no kernel or RAM disk images.",
-                               code="UnsupportedOperation")
+            raise UnsupportedOperation(f"{param} is not supported by ebscrypt: it has no kernel or RAM disk images.")
     user_data = p.user_data
     return InstanceAttrs(
         disable_api_termination=bool(p.disable_api_termination),
@@ -476,13 +487,12 @@ def _instance_count(p: LaunchSpec) -> int:
     min_count = int(p.min_count or 1)
     max_count = int(p.max_count or min_count)
     if min_count < 1 or max_count < min_count:
-        raise ServiceError("MinCount must be at least 1 and at most MaxCount.", code="InvalidParameterValue")
+        raise InvalidParameterValue("MinCount must be at least 1 and at most MaxCount.")
     if min_count > MAX_INSTANCES_PER_CALL:
-        raise ServiceError(
+        raise InstanceLimitExceeded(
             f"You have requested more instances ({min_count}) than your current instance limit of "
             f"{MAX_INSTANCES_PER_CALL} allows for the specified instance type. Please visit "
             "http://aws.amazon.com/contact-us/ec2-request to request an adjustment to this limit.",
-            code="InstanceLimitExceeded",
         )
     return min(max_count, MAX_INSTANCES_PER_CALL)
 
@@ -503,7 +513,7 @@ def _check_launch_encryption(instance_type: str, ebs_mappings: list[dict[str, An
     )
     refusal = it.encryption_refusal(instance_type, needs_encryption=needs_encryption)
     if refusal:
-        raise ServiceError(refusal, code="InvalidParameterCombination")
+        raise InvalidParameterCombination(refusal)
 
 
 @dataclass
@@ -566,9 +576,9 @@ def _read_launch(ctx: RequestContext, conn: Connection, p: LaunchSpec, image_id:
     if subnet is not None:
         placement_zone = p.placement_zone
         if placement_zone and placement_zone != subnet["availability_zone"]:
-            raise ServiceError(
+            raise InvalidParameterCombination(
                 f"The specified AvailabilityZone ({placement_zone}) does not match the subnet's "
-                f"({subnet['availability_zone']}).", code="InvalidParameterCombination")
+                f"({subnet['availability_zone']}).")
         zone = subnet["availability_zone"]
     else:
         zone = _zone(p.placement_zone, caller.region)
@@ -576,8 +586,7 @@ def _read_launch(ctx: RequestContext, conn: Connection, p: LaunchSpec, image_id:
         raise keypairs.not_found(p.key_name)
     image = images_engine.get_image(conn, caller.account, caller.region, image_id)
     if image.state != "available":
-        raise ServiceError(f"Image {image_id} is not available (state {image.state}).",
-                           code="InvalidAMIID.Unavailable")
+        raise ImageUnavailable(f"Image {image_id} is not available (state {image.state}).")
     ebd = core_account.get_settings(conn, caller.account, caller.region).ebd
     mappings = _merge_mappings(image.mappings, p.block_device_mappings or [])
     sources: dict[str, Snapshot | None] = {}
@@ -654,7 +663,7 @@ def run_instances(ctx: RequestContext, spec: LaunchSpec) -> dict[str, Any]:
     launch_attrs = _launch_attributes(p, launch.image)
     ebs_mappings = [m for m in launch.mappings if m.get("Ebs") is not None]
     if not ebs_mappings:
-        raise ServiceError("The image has no EBS root device.", code="InvalidBlockDeviceMapping")
+        raise InvalidBlockDeviceMapping("The image has no EBS root device.")
     _check_launch_encryption(instance_type, ebs_mappings, launch.sources, launch.ebd)
     now = ctx.runtime.clock.now()
     launched, preps_per_instance = _plan_instances(ctx, p, launch, ebs_mappings, count, now)
@@ -801,15 +810,15 @@ def _check_protection(instance_id: str, attrs: InstanceAttrs, verb: str) -> None
         blocking = "disableApiStop"
     if blocking:
         done = "terminated" if verb == "terminate" else "stopped"
-        raise ServiceError(f"The instance '{instance_id}' may not be {done}. Modify its '{blocking}' instance "
-                           "attribute and try again.", code="OperationNotPermitted")
+        raise OperationNotPermitted(f"The instance '{instance_id}' may not be {done}. Modify its '{blocking}' instance "
+                                    "attribute and try again.")
 
 
 def _state_change(ctx: RequestContext, ids: list[str], transition: Callable[[str], it.Transition],
                   verb: str) -> list[dict[str, Any]]:
     caller = ctx.caller
     if not ids:
-        raise ServiceError("The request must contain the parameter InstanceId", code="MissingParameter")
+        raise MissingParameter("InstanceId")
     check_instance_ids(ids)
     now = ctx.runtime.clock.now()
     changes = []
@@ -819,8 +828,7 @@ def _state_change(ctx: RequestContext, ids: list[str], transition: Callable[[str
         for instance in instances:  # all-or-nothing: check every instance first
             t = transition(instance.state)
             if t.error:
-                raise ServiceError(it.incorrect_state_message(instance.instance_id, t.error),
-                                   code="IncorrectInstanceState")
+                raise IncorrectInstanceState(it.incorrect_state_message(instance.instance_id, t.error))
             if t.to is not None:
                 _check_protection(instance.instance_id, protection[instance.instance_id], verb)
         for instance in instances:
@@ -960,7 +968,7 @@ def owned_instance_for_image(ctx: RequestContext, instance_id: str) -> Instance:
     with ctx.runtime.db.read() as conn:
         instance = get_instance(conn, caller.account, caller.region, instance_id, ctx.runtime.clock.now())
     if instance.state not in (it.RUNNING, it.STOPPED, it.STOPPING):
-        raise ServiceError(f"Instance '{instance_id}' is not in a state from which it can be imaged "
-                           f"(state {instance.state}).", code="IncorrectInstanceState")
+        raise IncorrectInstanceState(f"Instance '{instance_id}' is not in a state from which it can be imaged "
+                                     f"(state {instance.state}).")
     return instance
 

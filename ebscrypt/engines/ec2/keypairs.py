@@ -34,7 +34,14 @@ from sqlalchemy.exc import IntegrityError
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2.ids import new_id
 from ebscrypt.engines.ec2 import tags as T
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import (
+    Duplicate,
+    InvalidKeyFormat,
+    InvalidParameterValue,
+    MissingParameter,
+    NotFound,
+    ServiceError,
+)
 from ebscrypt.storage.tables.ec2_net import ec2_key_pairs
 
 RSA_BITS = 2048
@@ -45,19 +52,19 @@ IMPORT_RSA_MAX_BITS = 16384
 
 
 def not_found(name: str) -> ServiceError:
-    return ServiceError(f"The key pair '{name}' does not exist", code="InvalidKeyPair.NotFound")
+    return NotFound("InvalidKeyPair", name)
 
 
 def not_found_id(key_id: str) -> ServiceError:
-    return ServiceError(f"The key pair ID '{key_id}' does not exist", code="InvalidKeyPair.NotFound")
+    return NotFound("InvalidKeyPair", key_id, f"The key pair ID '{key_id}' does not exist")
 
 
 def duplicate(name: str) -> ServiceError:
-    return ServiceError(f"The keypair '{name}' already exists.", code="InvalidKeyPair.Duplicate")
+    return Duplicate("InvalidKeyPair", f"The keypair '{name}' already exists.")
 
 
 def bad_format() -> ServiceError:
-    return ServiceError("Key is not in valid OpenSSH public key format", code="InvalidKey.Format")
+    return InvalidKeyFormat()
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -128,9 +135,8 @@ def generate(key_type: str = "rsa", key_format: str = "pem", comment: str = "") 
                 serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
             ).decode()
         return NewKey("ed25519", material.rstrip("\n"), openssh_line(public_ed), ed25519_fingerprint(public_ed))
-    raise ServiceError(
+    raise InvalidParameterValue(
         f"Value ({key_type}) for parameter keyType is invalid. Valid values are rsa, ed25519.",
-        code="InvalidParameterValue",
     )
 
 
@@ -281,16 +287,14 @@ def _insert(conn: Connection, *, account: str, region: str, name: str, key_type:
 
 def validate_name(name: str | None) -> str:
     if name is None or name == "":
-        raise ServiceError("The request must contain the parameter KeyName", code="MissingParameter")
+        raise MissingParameter("KeyName")
     if len(name) > 255:
-        raise ServiceError(
+        raise InvalidParameterValue(
             f"Value ({name}) for parameter keyName is invalid. Length exceeds maximum of 255 characters.",
-            code="InvalidParameterValue",
         )
     if any(ord(c) > 127 for c in name):
-        raise ServiceError(
+        raise InvalidParameterValue(
             f"Value ({name}) for parameter keyName is invalid. Character sets beyond ASCII are not supported.",
-            code="InvalidParameterValue",
         )
     return name
 
@@ -300,9 +304,8 @@ def create(conn: Connection, *, account: str, region: str, name: str | None, key
     """Store a new pair's public half; return (row, private key material)."""
     name = validate_name(name)
     if key_format not in ("pem", "ppk"):
-        raise ServiceError(
+        raise InvalidParameterValue(
             f"Value ({key_format}) for parameter keyFormat is invalid. Valid values are pem, ppk.",
-            code="InvalidParameterValue",
         )
     # Refuse a duplicate before spending time on key generation.
     if get_by_name(conn, account, region, name) is not None:

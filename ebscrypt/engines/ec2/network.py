@@ -21,7 +21,18 @@ from ebscrypt.context import RequestContext
 from ebscrypt.domain import regions as R
 from ebscrypt.engines.ec2 import tags as T
 from ebscrypt.engines.ec2.ids import new_id
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import (
+    CannotDelete,
+    DependencyViolation,
+    Duplicate,
+    InternalFailure,
+    InvalidParameterValue,
+    Malformed,
+    MissingParameter,
+    NotFound,
+    RulesPerSecurityGroupLimitExceeded,
+    ServiceError,
+)
 from ebscrypt.storage.tables.ec2_images import ec2_instances
 from ebscrypt.storage.tables.ec2_net import (
     ec2_net_defaults,
@@ -135,7 +146,7 @@ def get_vpc(conn: Connection, account: str, region: str, vpc_id: str) -> dict[st
         ec2_vpcs.c.id == vpc_id, ec2_vpcs.c.account == account, ec2_vpcs.c.region == region
     )).mappings().first()
     if row is None:
-        raise ServiceError(f"The vpc ID '{vpc_id}' does not exist", code="InvalidVpcID.NotFound")
+        raise NotFound("InvalidVpcID", vpc_id)
     return dict(row)
 
 
@@ -145,7 +156,7 @@ def get_subnet(conn: Connection, account: str, region: str, subnet_id: str) -> d
         ec2_subnets.c.id == subnet_id, ec2_subnets.c.account == account, ec2_subnets.c.region == region
     )).mappings().first()
     if row is None:
-        raise ServiceError(f"The subnet ID '{subnet_id}' does not exist", code="InvalidSubnetID.NotFound")
+        raise NotFound("InvalidSubnetID", subnet_id)
     return dict(row)
 
 
@@ -168,12 +179,12 @@ _SGR_ID = re.compile(r"^sgr-[0-9a-f]{8}([0-9a-f]{9})?$")
 
 
 def group_not_found(ref: str) -> ServiceError:
-    return ServiceError(f"The security group '{ref}' does not exist", code="InvalidGroup.NotFound")
+    return NotFound("InvalidGroup", ref, f"The security group '{ref}' does not exist")
 
 
 def check_group_id(gid: str) -> None:
     if not _SG_ID.match(gid or ""):
-        raise ServiceError(f'Invalid id: "{gid}" (expecting "sg-...")', code="InvalidGroupId.Malformed")
+        raise Malformed("InvalidGroupId", gid, prefix="sg")
 
 
 def group_rows(conn: Connection, account: str, region: str) -> list[dict[str, Any]]:
@@ -206,8 +217,7 @@ def get_group_by_name(conn: Connection, account: str, region: str, name: str, no
     )).mappings().first()
     if row is None:
         where = "default VPC" if in_default else "VPC"
-        raise ServiceError(f"The security group '{name}' does not exist in {where} '{vpc_id}'",
-                           code="InvalidGroup.NotFound")
+        raise NotFound("InvalidGroup", name, f"The security group '{name}' does not exist in {where} '{vpc_id}'")
     return dict(row)
 
 
@@ -225,32 +235,31 @@ def default_group(conn: Connection, account: str, region: str, vpc_id: str) -> d
         ec2_security_groups.c.account == account, ec2_security_groups.c.region == region,
     )).mappings().first()
     if row is None:  # cannot happen: created with the VPC
-        raise ServiceError(f"VPC {vpc_id} has no default security group", code="InternalFailure", status=500)
+        raise InternalFailure(f"VPC {vpc_id} has no default security group")
     return dict(row)
 
 
 def create_group(conn: Connection, account: str, region: str, now: datetime, *, name: str,
                  description: str, vpc_id: str | None) -> dict[str, Any]:
     if not name:
-        raise ServiceError("The request must contain the parameter GroupName", code="MissingParameter")
+        raise MissingParameter("GroupName")
     if description is None or description == "":
-        raise ServiceError("The request must contain the parameter GroupDescription", code="MissingParameter")
+        raise MissingParameter("GroupDescription")
     if len(name) > 255:
-        raise ServiceError(f"Value ({name}) for parameter GroupName is invalid. "
-                           "Group name must be no more than 255 characters", code="InvalidParameterValue")
+        raise InvalidParameterValue(f"Value ({name}) for parameter GroupName is invalid. "
+                                    "Group name must be no more than 255 characters")
     if len(description) > 255:
-        raise ServiceError("Value for parameter GroupDescription is invalid. "
-                           "Group description must be no more than 255 characters", code="InvalidParameterValue")
+        raise InvalidParameterValue("Value for parameter GroupDescription is invalid. "
+                                    "Group description must be no more than 255 characters")
     if name.lower().startswith("sg-"):
-        raise ServiceError("Group names may not be in the format sg-*.", code="InvalidParameterValue")
+        raise InvalidParameterValue("Group names may not be in the format sg-*.")
     default_vpc = ensure_defaults(conn, account, region, now)
     vpc_id = vpc_id or default_vpc
     get_vpc(conn, account, region, vpc_id)
     exists = conn.execute(select(ec2_security_groups.c.id).where(
         ec2_security_groups.c.vpc_id == vpc_id, ec2_security_groups.c.name == name
     )).first()
-    dup = ServiceError(f"The security group '{name}' already exists for VPC '{vpc_id}'",
-                       code="InvalidGroup.Duplicate")
+    dup = Duplicate("InvalidGroup", f"The security group '{name}' already exists for VPC '{vpc_id}'")
     if exists:
         raise dup
     gid = new_id("sg")
@@ -270,13 +279,12 @@ def create_group(conn: Connection, account: str, region: str, now: datetime, *, 
 def delete_group(conn: Connection, account: str, region: str, group: dict[str, Any]) -> None:
     gid = group["id"]
     if group["is_default"]:
-        raise ServiceError(f'the specified group: "{gid}" name: "{group["name"]}" cannot be deleted by a user',
-                           code="CannotDelete")
+        raise CannotDelete(f'the specified group: "{gid}" name: "{group["name"]}" cannot be deleted by a user')
     referencing = conn.execute(select(ec2_security_group_rules.c.group_id).where(
         ec2_security_group_rules.c.ref_group_id == gid, ec2_security_group_rules.c.group_id != gid
     )).first()
     if referencing is not None or _used_by_instance(conn, account, region, gid):
-        raise ServiceError(f"resource {gid} has a dependent object", code="DependencyViolation")
+        raise DependencyViolation(f"resource {gid} has a dependent object")
     rule_ids = [r.id for r in conn.execute(select(ec2_security_group_rules.c.id)
                                             .where(ec2_security_group_rules.c.group_id == gid))]
     conn.execute(delete(ec2_security_group_rules).where(ec2_security_group_rules.c.group_id == gid))
@@ -351,25 +359,24 @@ def normalize_protocol(value: Any) -> str:
         return _PROTOCOL_NAMES[raw]
     if raw.isdigit() and 0 <= int(raw) <= 255:
         return raw
-    raise ServiceError(f"Invalid value '{value}' for IP protocol. Unknown protocol.", code="InvalidParameterValue")
+    raise InvalidParameterValue(f"Invalid value '{value}' for IP protocol. Unknown protocol.")
 
 
 def _ports(proto: str, from_port: Any, to_port: Any) -> tuple[int | None, int | None]:
     if proto in ("tcp", "udp"):
         if from_port is None or to_port is None:
             missing = "fromPort" if from_port is None else "toPort"
-            raise ServiceError(f"Invalid value 'null' for {missing}. "
-                               f"You must specify a port range for protocol {proto}.",
-                               code="InvalidParameterValue")
+            raise InvalidParameterValue(f"Invalid value 'null' for {missing}. "
+                                        f"You must specify a port range for protocol {proto}.")
         if not (0 <= from_port <= 65535 and 0 <= to_port <= 65535) or from_port > to_port:
-            raise ServiceError(f"Invalid TCP/UDP port range {from_port}-{to_port}: ports must be 0-65535 "
-                               "and fromPort <= toPort", code="InvalidParameterValue")
+            raise InvalidParameterValue(f"Invalid TCP/UDP port range {from_port}-{to_port}: ports must be 0-65535 "
+                                        "and fromPort <= toPort")
         return from_port, to_port
     if proto in ("icmp", "icmpv6"):
         f = -1 if from_port is None else from_port
         t = -1 if to_port is None else to_port
         if not (-1 <= f <= 255 and -1 <= t <= 255):
-            raise ServiceError(f"Invalid ICMP type/code {f}/{t}", code="InvalidParameterValue")
+            raise InvalidParameterValue(f"Invalid ICMP type/code {f}/{t}")
         return f, t
     return None, None  # all protocols, or a protocol without ports
 
@@ -380,7 +387,7 @@ def _cidr(value: str, version: int) -> str:
     except ValueError:
         net = None
     if net is None or net.version != version or "/" not in value:
-        raise ServiceError(f"CIDR block {value} is malformed", code="InvalidParameterValue")
+        raise InvalidParameterValue(f"CIDR block {value} is malformed")
     return value
 
 
@@ -402,7 +409,7 @@ def rules_from_permissions(conn: Connection, account: str, region: str, now: dat
         for r in perm.get("PrefixListIds") or []:
             pl = r.get("PrefixListId", "")
             if not re.match(r"^pl-[0-9a-f]+$", pl):
-                raise ServiceError(f"The prefix list ID '{pl}' is malformed", code="InvalidPrefixListId.Malformed")
+                raise Malformed("InvalidPrefixListId", pl, f"The prefix list ID '{pl}' is malformed")
             rules.append(Rule(**base, prefix_list_id=pl, description=r.get("Description")))
             peers += 1
         for pair in perm.get("UserIdGroupPairs") or []:
@@ -418,15 +425,14 @@ def rules_from_permissions(conn: Connection, account: str, region: str, now: dat
             elif pair.get("GroupName"):
                 target = get_group_by_name(conn, user, region, pair["GroupName"], now)
             else:
-                raise ServiceError("A source group must be given by GroupId or GroupName in UserIdGroupPairs",
-                                   code="MissingParameter")
+                raise MissingParameter("GroupId", "A source group must be given by GroupId or GroupName in "
+                                                  "UserIdGroupPairs")
             rules.append(Rule(**base, ref_group_id=target["id"], ref_user_id=user,
                               description=pair.get("Description")))
             peers += 1
         if peers == 0:
             # An IpPermission with no peer means "from anywhere" for nothing: EC2 refuses it.
-            raise ServiceError("The request must contain the parameter ipPermissions.N.ipRanges, "
-                               "ipv6Ranges, prefixListIds or groups", code="MissingParameter")
+            raise MissingParameter("ipPermissions.N.ipRanges, ipv6Ranges, prefixListIds or groups")
     return rules
 
 
@@ -463,8 +469,7 @@ def authorize(conn: Connection, account: str, region: str, group: dict[str, Any]
     seen: set[tuple[Any, ...]] = set()
     for rule in rules:
         if rule.identity in existing or rule.identity in seen:
-            raise ServiceError(f'the specified rule "{rule.describe_for_error()}" already exists',
-                               code="InvalidPermission.Duplicate")
+            raise Duplicate("InvalidPermission", f'the specified rule "{rule.describe_for_error()}" already exists')
         seen.add(rule.identity)
     _check_rule_quota(conn, account, region, group, rules)
     rows = [_insert_rule(conn, group["id"], account, region, rule) for rule in rules]
@@ -489,8 +494,7 @@ def _check_rule_quota(conn: Connection, account: str, region: str, group: dict[s
         key = (rule.is_egress, rule.cidr_ipv6 is not None)
         counts[key] = counts.get(key, 0) + 1
         if counts[key] > RULES_PER_GROUP:
-            raise ServiceError("The maximum number of rules per security group has been reached.",
-                               code="RulesPerSecurityGroupLimitExceeded")
+            raise RulesPerSecurityGroupLimitExceeded("The maximum number of rules per security group has been reached.")
 
 
 def revoke_matching(conn: Connection, account: str, region: str, group: dict[str, Any],
@@ -513,11 +517,9 @@ def revoke_ids(conn: Connection, account: str, region: str, group: dict[str, Any
     rows = {r["id"]: r for r in rule_rows(conn, account, region, [group["id"]]) if r["is_egress"] == is_egress}
     for rid in rule_ids:
         if not _SGR_ID.match(rid):
-            raise ServiceError(f'Invalid id: "{rid}" (expecting "sgr-...")',
-                               code="InvalidSecurityGroupRuleId.Malformed")
+            raise Malformed("InvalidSecurityGroupRuleId", rid, prefix="sgr")
         if rid not in rows:
-            raise ServiceError(f"The security group rule ID '{rid}' does not exist",
-                               code="InvalidSecurityGroupRuleId.NotFound")
+            raise NotFound("InvalidSecurityGroupRuleId", rid)
     revoked = [rows[rid] for rid in dict.fromkeys(rule_ids)]
     _delete_rules(conn, [r["id"] for r in revoked])
     return revoked
@@ -532,7 +534,7 @@ def _delete_rules(conn: Connection, ids: list[str]) -> None:
 
 def check_rule_id(rid: str) -> None:
     if not _SGR_ID.match(rid or ""):
-        raise ServiceError(f'Invalid id: "{rid}" (expecting "sgr-...")', code="InvalidSecurityGroupRuleId.Malformed")
+        raise Malformed("InvalidSecurityGroupRuleId", rid, prefix="sgr")
 
 
 # --------------------------------------------------------------------------- rendering

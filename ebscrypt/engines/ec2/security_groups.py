@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import network as N
 from ebscrypt.engines.ec2 import tags as T
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import InvalidParameterCombination, MissingParameter, NotFound
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def _target(ctx: RequestContext, conn: Connection, ref: GroupRef) -> dict[str, A
         return N.get_group(conn, c.account, c.region, ref.group_id)
     if ref.group_name:
         return N.get_group_by_name(conn, c.account, c.region, ref.group_name, ctx.runtime.clock.now())
-    raise ServiceError("The request must contain the parameter groupName or groupId", code="MissingParameter")
+    raise MissingParameter("groupName or groupId")
 
 
 def create_group(ctx: RequestContext, *, name: str, description: str, vpc_id: str | None,
@@ -74,8 +74,8 @@ def describe_groups(ctx: RequestContext, *, ids: list[str], names: list[str]) ->
             # GroupNames name groups of the default VPC (others: the group-name filter).
             match = [g for g in groups if g["name"] == name and g["vpc_id"] == default_vpc]
             if not match:
-                raise ServiceError(f"The security group '{name}' does not exist in default VPC '{default_vpc}'",
-                                   code="InvalidGroup.NotFound")
+                raise NotFound("InvalidGroup", name,
+                               f"The security group '{name}' does not exist in default VPC '{default_vpc}'")
             selected.add(match[0]["id"])
         if ids or names:
             groups = [g for g in groups if g["id"] in selected]
@@ -107,7 +107,7 @@ def authorize(ctx: RequestContext, ref: GroupRef, permissions: list[dict], *, eg
     with ctx.runtime.db.begin() as conn:
         g = _target(ctx, conn, ref)
         if not permissions:
-            raise ServiceError("The request must contain the parameter ipPermissions", code="MissingParameter")
+            raise MissingParameter("ipPermissions")
         rules = N.rules_from_permissions(conn, c.account, c.region, now, permissions, is_egress=egress)
         rows = N.authorize(conn, c.account, c.region, g, rules, tags)
         rule_tags = T.tag_maps_for(conn, c.account, [r["id"] for r in rows])
@@ -123,8 +123,7 @@ def revoke(ctx: RequestContext, ref: GroupRef, *, rule_ids: list[str], permissio
     with ctx.runtime.db.begin() as conn:
         g = _target(ctx, conn, ref)
         if rule_ids and permissions:
-            raise ServiceError("Specify either SecurityGroupRuleIds or IpPermissions, not both",
-                               code="InvalidParameterCombination")
+            raise InvalidParameterCombination("Specify either SecurityGroupRuleIds or IpPermissions, not both")
         unknown: list[N.Rule] = []
         if rule_ids:
             revoked = N.revoke_ids(conn, c.account, c.region, g, rule_ids, is_egress=egress)
@@ -132,8 +131,7 @@ def revoke(ctx: RequestContext, ref: GroupRef, *, rule_ids: list[str], permissio
             rules = N.rules_from_permissions(conn, c.account, c.region, now, permissions, is_egress=egress)
             revoked, unknown = N.revoke_matching(conn, c.account, c.region, g, rules)
         else:
-            raise ServiceError("The request must contain the parameter ipPermissions or securityGroupRuleIds",
-                               code="MissingParameter")
+            raise MissingParameter("ipPermissions or securityGroupRuleIds")
     return revoked, unknown
 
 
@@ -149,8 +147,7 @@ def describe_rules(ctx: RequestContext, ids: list[str]) -> tuple[list[dict[str, 
     known = {r["id"] for r in rows}
     for rid in ids:
         if rid not in known:
-            raise ServiceError(f"The security group rule ID '{rid}' does not exist",
-                               code="InvalidSecurityGroupRuleId.NotFound")
+            raise NotFound("InvalidSecurityGroupRuleId", rid)
     if ids:
         rows = [r for r in rows if r["id"] in set(ids)]
     return rows, tags

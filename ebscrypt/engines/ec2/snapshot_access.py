@@ -9,7 +9,7 @@ from sqlalchemy import Connection, select
 
 from ebscrypt.engines.ec2.ids import check_id
 from ebscrypt.engines.ec2.records import Snapshot
-from ebscrypt.errors import NotFound, ServiceError
+from ebscrypt.errors import NotFound, ServiceError, UnauthorizedOperation
 from ebscrypt.storage.tables.ec2 import ec2_snapshot_permissions, ec2_snapshots
 
 
@@ -46,6 +46,5 @@ def get_snapshot(conn: Connection, caller: Any, snapshot_id: str, region: str | 
 def owned_snapshot(conn: Connection, caller: Any, snapshot_id: str) -> Snapshot:
     snap = get_snapshot(conn, caller, snapshot_id)
     if snap.account != caller.account:
-        raise ServiceError("You are not authorized to perform this operation.", code="UnauthorizedOperation",
-                           status=403)
+        raise UnauthorizedOperation()
     return snap

@@ -40,7 +40,14 @@ from ebscrypt.engines.ec2.sql_filters import as_bool, narrowing
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags, tags_for
 from ebscrypt.engines.ec2.volumes import get_volume, lookup_instance, volumes_of_instance
 from ebscrypt.engines.jobs import JobContext, job_kind
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import (
+    EbsAccessDenied,
+    EbsValidation,
+    IncorrectState,
+    ServiceError,
+    SnapshotInUse,
+    UnauthorizedOperation,
+)
 from ebscrypt.storage.db import is_conflict, retry_conflicts
 from ebscrypt.storage.tables.ec2 import ec2_snapshot_permissions, ec2_snapshots
 
@@ -140,7 +147,7 @@ def create_snapshot_from_volume(ctx: Any, conn: Connection, volume_id: str, desc
     """
     vol = get_volume(conn, ctx.caller, volume_id)
     if vol.state not in ("available", "in-use"):
-        raise ServiceError(f"The volume '{volume_id}' is in the '{vol.state}' state.", code="IncorrectState")
+        raise IncorrectState(f"The volume '{volume_id}' is in the '{vol.state}' state.")
     parent = conn.execute(select(ec2_snapshots.c.id).where(
         ec2_snapshots.c.volume_id == volume_id, ec2_snapshots.c.account == ctx.caller.account,
         ec2_snapshots.c.state != "error").order_by(ec2_snapshots.c.start_time.desc())).first()
@@ -271,8 +278,7 @@ def prepare_copy(ctx: Any, source_snapshot_id: str, source_region: str | None = 
     with ctx.runtime.db.read() as conn:
         source = get_snapshot(conn, caller, source_snapshot_id, region=src_region)
     if source.state != "completed":
-        raise ServiceError(f"Snapshot {source_snapshot_id} is in invalid state - {source.state}",
-                           code="IncorrectState")
+        raise IncorrectState(f"Snapshot {source_snapshot_id} is in invalid state - {source.state}")
     cross = src_region != caller.region
     plan = resolve_encryption(ctx, source, encrypted, kms_key_id, cross_region=cross)
     snapshot_id = new_id("snap")
@@ -432,8 +438,8 @@ def new_snapshot_record(ctx: Any, *, volume_size: int, encrypted: bool | None = 
     """EBS StartSnapshot: a ``pending`` snapshot with its data key ready. [KMS, no conn]
 
     The outcome rule applies with the parent as source (same key -> the parent's data key,
-    R-KEY-2). A key problem raises ServiceError(code="AccessDeniedException",
-    Reason="DEPENDENCY_ACCESS_DENIED") naming the key and cause.
+    R-KEY-2). A key problem raises EbsAccessDenied (``AccessDeniedException``,
+    Reason ``DEPENDENCY_ACCESS_DENIED``) naming the key and cause.
     """
     caller = ctx.caller
     with ctx.runtime.db.read() as conn:
@@ -445,11 +451,10 @@ def new_snapshot_record(ctx: Any, *, volume_size: int, encrypted: bool | None = 
                 return Snapshot.from_row(row)
         parent = get_snapshot(conn, caller, parent_snapshot_id) if parent_snapshot_id else None
     if parent is not None and parent.state != "completed":
-        raise ServiceError(f"The parent snapshot {parent.id} is not completed.", code="ValidationException",
-                           Reason="INVALID_PARENT_SNAPSHOT")
+        raise EbsValidation(f"The parent snapshot {parent.id} is not completed.", "INVALID_PARENT_SNAPSHOT")
     plan = resolve_encryption(ctx, parent, encrypted, kms_key_id)
     if plan.problem:
-        raise ServiceError(plan.problem, code="AccessDeniedException", status=403, Reason="DEPENDENCY_ACCESS_DENIED")
+        raise EbsAccessDenied(plan.problem, "DEPENDENCY_ACCESS_DENIED")
     snapshot_id = new_id("snap")
     dk: WrappedDataKey | None = None
     if plan.encrypted:
@@ -481,12 +486,10 @@ def delete_snapshot(ctx: Any, snapshot_id: str) -> None:
     with ctx.runtime.db.begin() as conn:
         snap = get_snapshot(conn, ctx.caller, snapshot_id)
         if snap.account != ctx.caller.account:
-            raise ServiceError("You are not authorized to perform this operation.",
-                               code="UnauthorizedOperation", status=403)
+            raise UnauthorizedOperation()
         image_id = image_using_snapshot(conn, snapshot_id)  # R-SNAP-3
         if image_id:
-            raise ServiceError(f"The snapshot {snapshot_id} is currently in use by {image_id}",
-                               code="InvalidSnapshot.InUse")
+            raise SnapshotInUse(snapshot_id, image_id)
         conn.execute(delete(ec2_snapshots).where(ec2_snapshots.c.id == snapshot_id))
         conn.execute(delete(ec2_snapshot_permissions).where(ec2_snapshot_permissions.c.snapshot_id == snapshot_id))
         provenance.forget(conn, snapshot_id)

@@ -12,7 +12,7 @@ from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import snapshots as S
 from ebscrypt.engines.ec2 import tags as T
 from ebscrypt.engines.ec2 import volumes as V
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import InvalidID
 
 # Existence checks per id prefix (the caller must own the resource); other prefixes are
 # tagged without a check.
@@ -28,7 +28,7 @@ def _check_targets(conn: Connection, ctx: RequestContext, resources: list[str]) 
         if check is not None:
             check(conn, ctx.caller, rid)
         elif "-" not in rid:
-            raise ServiceError(f"Invalid id: \"{rid}\"", code="InvalidID")
+            raise InvalidID(f"Invalid id: \"{rid}\"")
 
 
 def create_tags(ctx: RequestContext, resources: list[str], tags: list[dict[str, Any]]) -> None:

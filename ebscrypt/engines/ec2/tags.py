@@ -6,7 +6,7 @@ from typing import Any, Iterable, Mapping
 
 from sqlalchemy import Connection, delete, insert, select, update
 
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import InvalidParameterValue, MissingParameter, TagLimitExceeded
 from ebscrypt.storage.tables.ec2 import ec2_tags
 
 MAX_TAGS = 50
@@ -27,12 +27,11 @@ def _check(tags: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
     for t in tags:
         key = t.get("Key")
         if key is None:
-            raise ServiceError("The request must contain the parameter Tag.Key", code="MissingParameter")
+            raise MissingParameter("Tag.Key")
         if key.lower().startswith("aws:"):
-            raise ServiceError("Tag keys starting with 'aws:' are reserved for internal use",
-                               code="InvalidParameterValue")
+            raise InvalidParameterValue("Tag keys starting with 'aws:' are reserved for internal use")
         if len(key) > 128 or len(t.get("Value") or "") > 256:
-            raise ServiceError(f"Tag key or value too long: '{key[:140]}'", code="InvalidParameterValue")
+            raise InvalidParameterValue(f"Tag key or value too long: '{key[:140]}'")
         out.append({"Key": key, "Value": t.get("Value") or ""})
     return out
 
@@ -43,7 +42,7 @@ def tag_specs(specs: list[dict[str, Any]] | None, resource_type: str) -> list[di
     for spec in specs or []:
         rtype = spec.get("ResourceType")
         if rtype is None:
-            raise ServiceError("Tag specification resource type must have a value", code="InvalidParameterValue")
+            raise InvalidParameterValue("Tag specification resource type must have a value")
         if rtype == resource_type:
             tags.extend(spec.get("Tags") or [])
     return _check(tags)
@@ -57,8 +56,7 @@ def put_tags(conn: Connection, account: str, region: str, resource_id: str,
         r.key for r in conn.execute(select(ec2_tags.c.key).where(ec2_tags.c.resource_id == resource_id))
     }
     if len(existing | {t["Key"] for t in tags}) > MAX_TAGS:
-        raise ServiceError(f"The number of tags on {resource_id} would exceed {MAX_TAGS}.",
-                           code="TagLimitExceeded")
+        raise TagLimitExceeded(f"The number of tags on {resource_id} would exceed {MAX_TAGS}.")
     rtype = resource_type_of(resource_id)
     for t in tags:
         if t["Key"] in existing:

@@ -19,7 +19,18 @@ from ebscrypt.context import RequestContext
 from ebscrypt.domain.outcome import check_key_dependency
 from ebscrypt.engines.ec2.ids import new_id
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags, tag_specs, tags_for
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import (
+    InvalidParameterCombination,
+    InvalidParameterValue,
+    LaunchTemplateNameExists,
+    LaunchTemplateNameMalformed,
+    LaunchTemplateNameNotFound,
+    LaunchTemplateVersionNotFound,
+    Malformed,
+    MissingParameter,
+    NotFound,
+    ServiceError,
+)
 from ebscrypt.storage.tables.ec2_images import ec2_launch_template_versions as versions_t
 from ebscrypt.storage.tables.ec2_images import ec2_launch_templates as templates_t
 
@@ -41,31 +52,25 @@ _ECHOED = (
 
 
 def _not_found_id(template_id: str) -> ServiceError:
-    return ServiceError(
-        f"The specified launch template, with template ID {template_id}, does not exist.",
-        code="InvalidLaunchTemplateId.NotFound",
-    )
+    return NotFound("InvalidLaunchTemplateId", template_id,
+                    f"The specified launch template, with template ID {template_id}, does not exist.")
 
 
 def _not_found_name(name: str | None = None) -> ServiceError:
-    return ServiceError(
-        "At least one of the launch templates specified in the request does not exist.",
-        code="InvalidLaunchTemplateName.NotFoundException",
-    )
+    return LaunchTemplateNameNotFound()
 
 
 def _malformed_id(template_id: str) -> ServiceError:
-    return ServiceError(
+    return Malformed(
+        "InvalidLaunchTemplateId", template_id,
         f"The specified ID for the launch template '{template_id}' is not valid. Specify a valid "
         "launch template ID and try again.",
-        code="InvalidLaunchTemplateId.Malformed",
     )
 
 
 def _version_not_found(template_id: str, version: str) -> ServiceError:
-    return ServiceError(
+    return LaunchTemplateVersionNotFound(
         f"Could not find launch template version {version} for launch template {template_id}.",
-        code="InvalidLaunchTemplateId.VersionNotFound",
     )
 
 
@@ -74,15 +79,11 @@ def _version_not_found(template_id: str, version: str) -> ServiceError:
 
 def _load(conn: Connection, account: str, region: str, *, template_id: str | None, name: str | None) -> dict[str, Any]:
     if template_id and name:
-        raise ServiceError(
+        raise InvalidParameterCombination(
             "Only one of LaunchTemplateId or LaunchTemplateName can be specified.",
-            code="InvalidParameterCombination",
         )
     if not template_id and not name:
-        raise ServiceError(
-            "The request must contain the parameter launchTemplateName or launchTemplateId",
-            code="MissingParameter",
-        )
+        raise MissingParameter("launchTemplateName or launchTemplateId")
     if template_id:
         if not _ID_RE.match(template_id):
             raise _malformed_id(template_id)
@@ -134,9 +135,8 @@ def _version_bound(text: str | None, param: str) -> int | None:
         return None
     number = _as_version(text)
     if number is None:
-        raise ServiceError(
+        raise InvalidParameterValue(
             f"Value ({text}) for parameter {param} is invalid. Specify a launch template version number.",
-            code="InvalidParameterValue",
         )
     return number
 
@@ -148,10 +148,9 @@ def _version_number(template: dict[str, Any], version: str | int | None) -> int:
         return int(template["latest_version"])
     number = _as_version(version)
     if number is None:
-        raise ServiceError(
+        raise LaunchTemplateVersionNotFound(
             f"The launch template version '{version}' is not valid. Specify a version number, "
             "$Latest or $Default.",
-            code="InvalidLaunchTemplateId.VersionNotFound",
         )
     return number
 
@@ -224,10 +223,9 @@ def create_template(
     tag_spec_list: list[dict[str, Any]] | None,
 ) -> dict[str, Any]:
     if not name or not _NAME_RE.match(name):
-        raise ServiceError(
+        raise LaunchTemplateNameMalformed(
             f"The launch template name '{name}' is not valid: use 3 to 128 characters: letters, "
             "digits, ( ) . - / and _.",
-            code="InvalidLaunchTemplateName.MalformedException",
         )
     data = _check_data(data)
     caller = ctx.caller
@@ -242,10 +240,7 @@ def create_template(
             )
         ).first()
         if exists:
-            raise ServiceError(
-                "Launch template name already in use.",
-                code="InvalidLaunchTemplateName.AlreadyExistsException",
-            )
+            raise LaunchTemplateNameExists()
         row = dict(
             template_id=template_id,
             account=caller.account,
@@ -339,10 +334,9 @@ def delete_versions(
         ident = {"LaunchTemplateId": template["template_id"], "LaunchTemplateName": template["name"]}
         for v in versions:  # refused before anything is deleted
             if _too_large(v):
-                raise ServiceError(
+                raise InvalidParameterValue(
                     f"Value ({v}) for parameter launchTemplateVersion is invalid. "
                     "Specify a launch template version number.",
-                    code="InvalidParameterValue",
                 )
         for v in versions:
             number = _as_version(v)
@@ -412,9 +406,8 @@ def describe_versions(
             # All templates of the account: only $Latest / $Default may be asked for.
             for v in versions or []:
                 if v not in ("$Latest", "$Default"):
-                    raise ServiceError(
+                    raise InvalidParameterCombination(
                         "Specify a launch template ID or name to describe version numbers.",
-                        code="InvalidParameterCombination",
                     )
             templates = [
                 dict(r)
@@ -457,9 +450,8 @@ def resolve(ctx: RequestContext, spec: dict[str, Any]) -> tuple[dict[str, Any], 
             )
         except ServiceError as err:
             if err.code == "MissingParameter":
-                raise ServiceError(
+                raise InvalidParameterValue(
                     "The launch template specification must contain LaunchTemplateId or LaunchTemplateName.",
-                    code="InvalidParameterValue",
                 ) from None
             raise
         row = _version_row(conn, template, spec.get("Version"))

@@ -35,7 +35,17 @@ from ebscrypt.engines.ec2.sql_filters import as_bool, narrowing
 from ebscrypt.engines.ec2 import instance_records, provenance, waits
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags, tags_for
 from ebscrypt.engines.jobs import JobContext, job_kind
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import (
+    IncorrectModificationState,
+    IncorrectState,
+    InvalidParameterCombination,
+    InvalidParameterValue,
+    MissingParameter,
+    NotFound,
+    ServiceError,
+    VolumeInUse,
+    VolumeZoneMismatch,
+)
 from ebscrypt.storage.db import is_conflict, retry_conflicts
 from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_volume_attachments, ec2_volume_modifications, ec2_volumes
 
@@ -92,50 +102,46 @@ def validate_volume_spec(volume_type: str | None, size: int | None, iops: int | 
     """AWS's CreateVolume rules for type, size, IOPS and throughput; fills the defaults."""
     vtype = volume_type or "gp2"
     if vtype not in VOLUME_TYPES:
-        raise ServiceError(f"Value ({vtype}) for parameter volumeType is invalid. "
-                           f"Valid values are: {', '.join(VOLUME_TYPES)}.", code="InvalidParameterValue")
+        raise InvalidParameterValue(f"Value ({vtype}) for parameter volumeType is invalid. "
+                                    f"Valid values are: {', '.join(VOLUME_TYPES)}.")
     if size is None:
         if snapshot_size is None:
-            raise ServiceError("The request must contain the parameter size or snapshotId",
-                               code="MissingParameter")
+            raise MissingParameter("size or snapshotId")
         size = snapshot_size
     if snapshot_size is not None and size < snapshot_size:
-        raise ServiceError(f"Volume of size {size}GB is smaller than snapshot '{snapshot_id}', "
-                           f"expect size >= {snapshot_size}GB", code="InvalidParameterValue")
+        raise InvalidParameterValue(f"Volume of size {size}GB is smaller than snapshot '{snapshot_id}', "
+                                    f"expect size >= {snapshot_size}GB")
     low, high = _SIZE[vtype]
     if size < low:
-        raise ServiceError(f"The volume size is invalid for {vtype} volumes: {size} GiB. {vtype} volumes "
-                           f"must be at least {low} GiB in size.", code="InvalidParameterValue")
+        raise InvalidParameterValue(f"The volume size is invalid for {vtype} volumes: {size} GiB. {vtype} volumes "
+                                    f"must be at least {low} GiB in size.")
     if size > high:
-        raise ServiceError(f"Volume of {size}GiB is too large for volume type {vtype}; maximum is {high}GiB",
-                           code="InvalidParameterValue")
+        raise InvalidParameterValue(f"Volume of {size}GiB is too large for volume type {vtype}; maximum is {high}GiB")
     if throughput is not None and vtype != "gp3":
-        raise ServiceError(f"The parameter throughput is not supported for {vtype} volumes.",
-                           code="InvalidParameterCombination")
+        raise InvalidParameterCombination(f"The parameter throughput is not supported for {vtype} volumes.")
     if vtype in _IOPS:
         lo, hi, ratio = _IOPS[vtype]
         if iops is None:
             if vtype != "gp3":
-                raise ServiceError("The request must contain the parameter iops", code="MissingParameter")
+                raise MissingParameter("iops")
             iops = 3000
         if not lo <= iops <= hi:
-            raise ServiceError(f"Value ({iops}) for parameter iops is invalid. Expected a value between "
-                               f"{lo} and {hi}.", code="InvalidParameterValue")
+            raise InvalidParameterValue(f"Value ({iops}) for parameter iops is invalid. Expected a value between "
+                                        f"{lo} and {hi}.")
         if vtype != "gp3" or iops > 3000:
             if iops > ratio * size:
-                raise ServiceError(f"Iops to volume size ratio of {iops / size:.6f} is too high; maximum is "
-                                   f"{float(ratio):.6f}", code="InvalidParameterValue")
+                raise InvalidParameterValue(f"Iops to volume size ratio of {iops / size:.6f} is too high; maximum is "
+                                            f"{float(ratio):.6f}")
     elif iops is not None:
-        raise ServiceError(f"The parameter iops is not supported for {vtype} volumes.",
-                           code="InvalidParameterCombination")
+        raise InvalidParameterCombination(f"The parameter iops is not supported for {vtype} volumes.")
     if vtype == "gp3":
         throughput = 125 if throughput is None else throughput
         if not 125 <= throughput <= 2000:
-            raise ServiceError(f"Value ({throughput}) for parameter throughput is invalid. Expected a value "
-                               "between 125 and 2000.", code="InvalidParameterValue")
+            raise InvalidParameterValue(f"Value ({throughput}) for parameter throughput is invalid. Expected a value "
+                                        "between 125 and 2000.")
         if throughput > (iops or 3000) // 4 and throughput > 125:
-            raise ServiceError(f"Throughput ({throughput} MiB/s) is too high for {iops} IOPS; the maximum "
-                               "is 0.25 MiB/s per provisioned IOPS.", code="InvalidParameterValue")
+            raise InvalidParameterValue(f"Throughput ({throughput} MiB/s) is too high for {iops} IOPS; the maximum "
+                                        "is 0.25 MiB/s per provisioned IOPS.")
     if vtype == "gp2":
         iops = gp2_iops(size)
     return VolumeSpec(vtype, size, iops, throughput)
@@ -143,9 +149,9 @@ def validate_volume_spec(volume_type: str | None, size: int | None, iops: int | 
 
 def check_zone(zone: str | None, region: str) -> str:
     if not zone:
-        raise ServiceError("The request must contain the parameter availabilityZone", code="MissingParameter")
+        raise MissingParameter("availabilityZone")
     if not regions.is_zone_in_region(zone, region):
-        raise ServiceError(f"The zone '{zone}' does not exist.", code="InvalidZone.NotFound")
+        raise NotFound("InvalidZone", zone)
     return zone
 
 
@@ -162,7 +168,7 @@ def get_volume(conn: Connection, caller: Any, volume_id: str) -> Volume:
     check_id(volume_id, "vol", "InvalidVolumeID.Malformed")
     vol = _row(conn, volume_id)
     if vol is None or vol.account != caller.account or vol.region != caller.region:
-        raise ServiceError(f"The volume '{volume_id}' does not exist.", code="InvalidVolume.NotFound")
+        raise NotFound("InvalidVolume", volume_id)
     return vol
 
 
@@ -244,7 +250,7 @@ class VolumePrep:
 def load_source_snapshot(conn: Connection, caller: Any, snapshot_id: str) -> Snapshot:
     snap = get_snapshot(conn, caller, snapshot_id)
     if snap.state != "completed":
-        raise ServiceError(f"Snapshot is in invalid state - {snap.state}", code="IncorrectState")
+        raise IncorrectState(f"Snapshot is in invalid state - {snap.state}")
     return snap
 
 
@@ -275,8 +281,7 @@ def prepare_volume(ctx: Any, *, availability_zone: str | None, size: int | None 
     spec = validate_volume_spec(volume_type, size, iops, throughput, snapshot_id=snapshot_id,
                                 snapshot_size=source.volume_size if source else None)
     if multi_attach and spec.volume_type not in ("io1", "io2"):
-        raise ServiceError("The multi-attach feature is only supported for io1 and io2 volumes.",
-                           code="InvalidParameterCombination")
+        raise InvalidParameterCombination("The multi-attach feature is only supported for io1 and io2 volumes.")
     # One request's KMS uses of its key (describe, generate, grant, decrypt) read the key
     # row once; each is still authorized, state-checked and audited (R-KEY-3).
     with ctx.runtime.kms.key_row_scope():
@@ -520,29 +525,27 @@ def attach_volume(ctx: Any, volume_id: str, instance_id: str, device: str, *,
             ec2_volume_attachments.c.instance_id == instance_id,
             ec2_volume_attachments.c.device == device)).first() is not None
     if current and not vol.multi_attach:
-        raise ServiceError(f"{volume_id} is already attached to an instance", code="VolumeInUse")
+        raise VolumeInUse(f"{volume_id} is already attached to an instance")
     if vol.state not in ("available", "in-use"):
-        raise ServiceError(f"The volume '{volume_id}' is not 'available'.", code="IncorrectState")
+        raise IncorrectState(f"The volume '{volume_id}' is not 'available'.")
     if instance_az != vol.availability_zone:
-        raise ServiceError(f"The volume '{volume_id}' is not in the same availability zone as instance "
-                           f"'{instance_id}'", code="InvalidVolume.ZoneMismatch")
+        raise VolumeZoneMismatch(volume_id, instance_id)
     if taken:
-        raise ServiceError(f"Invalid value '{device}' for unixDevice. Attachment point {device} is already in use",
-                           code="InvalidParameterValue")
+        raise InvalidParameterValue(f"Invalid value '{device}' for unixDevice. Attachment point {device} is already in use")
     try:
         key = data_key_for(ctx, vol)  # R-ATTACH-2: EBS's grant + one Decrypt, audited
     except ServiceError as err:
         if err.status >= 500:
             raise
-        raise ServiceError(f"The KMS key {vol.kms_key_arn} of volume '{volume_id}' cannot be used: "
-                           f"{err.code}: {err.message}", code="IncorrectState") from err
+        raise IncorrectState(f"The KMS key {vol.kms_key_arn} of volume '{volume_id}' cannot be used: "
+                             f"{err.code}: {err.message}") from err
     now = ctx.runtime.clock.now()
     with ctx.runtime.db.begin() as conn:
         # Checked again in the writing transaction: a concurrent AttachVolume of the same
         # volume may have won since the read above (its insert then broke the primary key: a 500).
         current = attachments_of(conn, [volume_id])[volume_id]
         if any(a.instance_id == instance_id for a in current) or (current and not vol.multi_attach):
-            raise ServiceError(f"{volume_id} is already attached to an instance", code="VolumeInUse")
+            raise VolumeInUse(f"{volume_id} is already attached to an instance")
         conn.execute(insert(ec2_volume_attachments).values(
             volume_id=volume_id, instance_id=instance_id, device=device, state="attached",
             attach_time=now, delete_on_termination=delete_on_termination))
@@ -566,12 +569,12 @@ def detach_volume(ctx: Any, volume_id: str, instance_id: str | None = None, *,
         vol = get_volume(conn, caller, volume_id)
         atts = attachments_of(conn, [volume_id])[volume_id]
         if not atts:
-            raise ServiceError(f"Volume '{volume_id}' is in the '{vol.state}' state.", code="IncorrectState")
+            raise IncorrectState(f"Volume '{volume_id}' is in the '{vol.state}' state.")
         match = [a for a in atts if (instance_id is None or a.instance_id == instance_id)
                  and (device is None or a.device == device)]
         if not match:
-            raise ServiceError(f"Volume {volume_id} can not be detached from {instance_id} because it is not "
-                               "attached", code="InvalidAttachment.NotFound")
+            raise NotFound("InvalidAttachment", volume_id, f"Volume {volume_id} can not be detached from "
+                           f"{instance_id} because it is not attached")
         att = match[0]
         conn.execute(delete(ec2_volume_attachments).where(
             ec2_volume_attachments.c.volume_id == volume_id,
@@ -631,8 +634,7 @@ def delete_volume(ctx: Any, volume_id: str) -> None:
         get_volume(conn, ctx.caller, volume_id)
         atts = attachments_of(conn, [volume_id])[volume_id]
         if atts:
-            raise ServiceError(f"Volume {volume_id} is currently attached to {atts[0].instance_id}",
-                               code="VolumeInUse")
+            raise VolumeInUse(f"Volume {volume_id} is currently attached to {atts[0].instance_id}")
         _delete_rows(conn, volume_id)
     release_volumes(ctx.runtime, [volume_id])
 
@@ -648,19 +650,17 @@ def modify_volume(ctx: Any, volume_id: str, *, size: int | None = None, volume_t
     with ctx.runtime.db.begin() as conn:
         vol = get_volume(conn, ctx.caller, volume_id)
         if vol.state not in ("available", "in-use"):
-            raise ServiceError(f"Volume '{volume_id}' is in the '{vol.state}' state.", code="IncorrectState")
+            raise IncorrectState(f"Volume '{volume_id}' is in the '{vol.state}' state.")
         open_mod = conn.execute(select(ec2_volume_modifications.c.id).where(
             ec2_volume_modifications.c.volume_id == volume_id,
             ec2_volume_modifications.c.state.in_(("modifying", "optimizing")))).first()
         if open_mod is not None:
-            raise ServiceError(f"Volume {volume_id} is already being modified.",
-                               code="IncorrectModificationState")
+            raise IncorrectModificationState(f"Volume {volume_id} is already being modified.")
         if size is None and volume_type is None and iops is None and throughput is None and multi_attach is None:
-            raise ServiceError("Modification request must specify at least one of size, volume type, iops, "
-                               "throughput or multi-attach.", code="MissingParameter")
+            raise MissingParameter("Size", "Modification request must specify at least one of size, volume type, "
+                                   "iops, throughput or multi-attach.")
         if size is not None and size < vol.size:
-            raise ServiceError(f"New size cannot be smaller than existing size ({vol.size} GiB).",
-                               code="InvalidParameterValue")
+            raise InvalidParameterValue(f"New size cannot be smaller than existing size ({vol.size} GiB).")
         new_type = volume_type or vol.volume_type
         keep_iops = iops if iops is not None else (vol.iops if new_type in _IOPS and vol.volume_type == new_type
                                                    else None)
@@ -732,7 +732,7 @@ def describe_volumes(ctx: Any, volume_ids: list[str] | None = None, *, after: st
     if volume_ids:
         missing = sorted(set(volume_ids) - set(ids))
         if missing:
-            raise ServiceError(f"The volume '{missing[0]}' does not exist.", code="InvalidVolume.NotFound")
+            raise NotFound("InvalidVolume", missing[0])
     return [(v, atts[v.id], tags[v.id]) for v in vols]
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import Connection
 
 from ebscrypt.engines.insight import resources as res
 from ebscrypt.engines.insight.records import UNKNOWN_PROVENANCE, ChainLink, Decision, Explanation
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import UnknownResource
 from ebscrypt.storage.db import as_utc
 
 RULE_TEXT = {
@@ -39,7 +39,7 @@ def explain(conn: Connection, resource_id: str, account: str | None = None) -> E
     reads the database with the operator's rights)."""
     found = res.resource(conn, resource_id)
     if found is None or (account is not None and res.owner_of(found[1]) != account):
-        raise ServiceError(f"The resource '{resource_id}' does not exist.", code="NotFound", status=404)
+        raise UnknownResource(f"The resource '{resource_id}' does not exist.")
     kind, row = found
     if kind == "image":
         return _image(conn, row)

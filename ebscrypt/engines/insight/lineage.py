@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 from ebscrypt.engines.insight import resources as res
 from ebscrypt.engines.insight.explain import COPY_VOLUME_ID
 from ebscrypt.engines.insight.records import Graph, KeyInfo, Node
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import UnknownResource
 
 MAX_NODES = 60
 FANOUT = 12  # dependants followed per node (volumes from one snapshot, copies …)
@@ -49,14 +49,14 @@ def neighbourhood(conn: Connection, focus: str, viewer: str | None, *, max_nodes
     key = res.key_by_id(conn, focus) if res.kind_of(focus) is None else None
     if key is not None:
         if viewer is not None and key.account != viewer:
-            raise ServiceError(f"The key '{focus}' does not exist.", code="NotFound", status=404)
+            raise UnknownResource(f"The key '{focus}' does not exist.")
         graph.focus = key.arn
         graph.add(_key_node(key, viewer))
         queue: deque[tuple[str, str]] = deque([("kmskey", key.arn)])
     else:
         found = res.resource(conn, focus)
         if found is None or (viewer is not None and res.owner_of(found[1]) != viewer):
-            raise ServiceError(f"The resource '{focus}' does not exist.", code="NotFound", status=404)
+            raise UnknownResource(f"The resource '{focus}' does not exist.")
         graph.add(_resource_node(found[0], found[1], viewer))
         queue = deque([(found[0], focus)])
     expanded: set[str] = set()

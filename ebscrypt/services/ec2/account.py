@@ -9,7 +9,7 @@ from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import account as acct
 from ebscrypt.engines.ec2.encryption import describe_for_ebs
 from ebscrypt.services.ec2.request import dry_run_check
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import InvalidParameterValue, MissingParameter
 from ebscrypt.services.registry import operation
 
 
@@ -46,10 +46,10 @@ def modify_default_key(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
     dry_run_check(params)
     key = params.get("KmsKeyId")
     if not key:
-        raise ServiceError("The request must contain the parameter KmsKeyId", code="MissingParameter")
+        raise MissingParameter("KmsKeyId")
     arn, problem, manager = describe_for_ebs(ctx, key)
     if problem:
-        raise ServiceError(f"Invalid KMS key {key}: {problem.split(': ', 1)[-1]}", code="InvalidParameterValue")
+        raise InvalidParameterValue(f"Invalid KMS key {key}: {problem.split(': ', 1)[-1]}")
     stored = None if manager == "AWS" else arn  # the AWS managed key is the reset state
     return {"KmsKeyId": acct.store_default_key(ctx, stored)}
 

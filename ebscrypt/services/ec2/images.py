@@ -11,7 +11,7 @@ from ebscrypt.engines.ec2 import images as engine
 from ebscrypt.engines.ec2 import instances as instances_engine
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.ec2.paging import page
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import MissingParameter
 from ebscrypt.services.registry import operation
 
 
@@ -34,7 +34,7 @@ def register_image(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any
 def create_image(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
     if not params.get("InstanceId"):
-        raise ServiceError("The request must contain the parameter InstanceId", code="MissingParameter")
+        raise MissingParameter("InstanceId")
     instance = instances_engine.owned_instance_for_image(ctx, params["InstanceId"])
     creation = image_copy.ImageCreation(params.get("Name"), params.get("Description"),
                                         params.get("BlockDeviceMappings") or [], params.get("TagSpecifications"))
@@ -82,7 +82,7 @@ def describe_image_attribute(ctx: RequestContext, params: dict[str, Any]) -> dic
     dry_run_check(params)
     image_id = engine.check_image_id(params.get("ImageId"))
     if not params.get("Attribute"):
-        raise ServiceError("The request must contain the parameter Attribute", code="MissingParameter")
+        raise MissingParameter("Attribute")
     return engine.describe_attribute(ctx, image_id, params["Attribute"])
 
 

@@ -9,7 +9,7 @@ from ebscrypt.engines.ec2 import instance_attributes as attributes
 from ebscrypt.engines.ec2 import instances as engine
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.ec2.paging import page
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import InvalidParameterValue, MissingParameter
 from ebscrypt.services.registry import operation
 
 MAX_STATUS_IDS = 100  # DescribeInstanceStatus: "Maximum 100 explicitly specified instance IDs"
@@ -55,9 +55,9 @@ def terminate_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str
 def describe_instance_attribute(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
     if not params.get("InstanceId"):
-        raise ServiceError("The request must contain the parameter InstanceId", code="MissingParameter")
+        raise MissingParameter("InstanceId")
     if not params.get("Attribute"):
-        raise ServiceError("The request must contain the parameter Attribute", code="MissingParameter")
+        raise MissingParameter("Attribute")
     return attributes.describe_attribute(ctx, params["InstanceId"], params["Attribute"])
 
 
@@ -65,7 +65,7 @@ def describe_instance_attribute(ctx: RequestContext, params: dict[str, Any]) -> 
 def modify_instance_attribute(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
     if not params.get("InstanceId"):
-        raise ServiceError("The request must contain the parameter InstanceId", code="MissingParameter")
+        raise MissingParameter("InstanceId")
     request = attributes.AttributeRequest({m: params.get(m) for m in attributes.MEMBERS},
                                           params.get("Attribute"), params.get("Value"))
     attributes.modify_attribute(ctx, params["InstanceId"], request)
@@ -77,8 +77,7 @@ def describe_instance_status(ctx: RequestContext, params: dict[str, Any]) -> dic
     dry_run_check(params)
     ids = params.get("InstanceIds") or []
     if len(ids) > MAX_STATUS_IDS:
-        raise ServiceError(f"The maximum number of instance IDs that can be specified is {MAX_STATUS_IDS}.",
-                           code="InvalidParameterValue")
+        raise InvalidParameterValue(f"The maximum number of instance IDs that can be specified is {MAX_STATUS_IDS}.")
     statuses = attributes.describe_status(ctx, ids, params.get("Filters"), bool(params.get("IncludeAllInstances")))
     chunk, token = page(statuses, params, lambda s: s["InstanceId"], low=5, high=1000, ids_param="InstanceIds")
     out: dict[str, Any] = {"InstanceStatuses": chunk}

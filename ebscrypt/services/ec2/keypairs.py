@@ -9,7 +9,7 @@ from ebscrypt.engines.ec2 import keypairs as K
 from ebscrypt.engines.ec2.filters import check_filters, matches
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.engines.ec2.tags import tag_list, tag_specs
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import MissingParameter
 from ebscrypt.services.registry import operation
 
 _FILTERS = {
@@ -37,7 +37,7 @@ def import_key_pair(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
     dry_run_check(params)
     material = params.get("PublicKeyMaterial")
     if material is None:
-        raise ServiceError("The request must contain the parameter PublicKeyMaterial", code="MissingParameter")
+        raise MissingParameter("PublicKeyMaterial")
     if isinstance(material, str):
         material = material.encode()
     tags = tag_specs(params.get("TagSpecifications"), "key-pair")
@@ -91,7 +91,7 @@ def delete_key_pair(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
     dry_run_check(params)
     name, key_id = params.get("KeyName"), params.get("KeyPairId")
     if not name and not key_id:
-        raise ServiceError("The request must contain the parameter KeyName or KeyPairId", code="MissingParameter")
+        raise MissingParameter("KeyName or KeyPairId")
     deleted = K.delete_key_pair(ctx, name=name, key_id=key_id)
     out: dict[str, Any] = {"Return": True}
     if deleted:

@@ -8,7 +8,7 @@ import base64
 import binascii
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import InvalidNextToken, InvalidParameterCombination, InvalidParameterValue
 
 T = TypeVar("T")
 
@@ -23,7 +23,7 @@ def _decode(token: str) -> str:
     except Exception:
         raw = ""
     if not raw.startswith("v1:"):
-        raise ServiceError(f"The token '{token}' is invalid.", code="InvalidNextToken")
+        raise InvalidNextToken(token)
     return raw[3:]
 
 
@@ -43,13 +43,12 @@ def page_size(params: Mapping[str, Any], *, low: int, high: int, ids_param: str 
     if max_results is None:
         return None
     if ids_param and params.get(ids_param):
-        raise ServiceError(f"The parameter {ids_param} cannot be used with the parameter maxResults",
-                           code="InvalidParameterCombination")
+        raise InvalidParameterCombination(f"The parameter {ids_param} cannot be used with the parameter maxResults")
     if clamp and max_results > high:
         return high
     if not low <= max_results <= high:
-        raise ServiceError(f"Value ( {max_results} ) for parameter maxResults is invalid. Expecting a value "
-                           f"between {low} and {high}.", code="InvalidParameterValue")
+        raise InvalidParameterValue(f"Value ( {max_results} ) for parameter maxResults is invalid. Expecting a value "
+                                    f"between {low} and {high}.")
     return int(max_results)
 
 
@@ -86,7 +85,7 @@ def paginate(items: list[Any], params: Mapping[str, Any], *, lo: int = 5, hi: in
             if start < 0:
                 raise ValueError
         except (ValueError, UnicodeDecodeError, binascii.Error):
-            raise ServiceError(f"Invalid NextToken: {token}", code="InvalidParameterValue") from None
+            raise InvalidParameterValue(f"Invalid NextToken: {token}") from None
     max_results = page_size(params, low=lo, high=hi)
     if max_results is None:
         return items[start:], None

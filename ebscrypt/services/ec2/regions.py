@@ -8,7 +8,7 @@ from ebscrypt.context import RequestContext
 from ebscrypt.domain import regions as R
 from ebscrypt.engines.ec2.filters import select_matching
 from ebscrypt.services.ec2.request import dry_run_check
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import InvalidParameterValue
 from ebscrypt.services.registry import operation
 
 _REGION_FILTERS = {
@@ -47,7 +47,7 @@ def describe_regions(ctx: RequestContext, params: dict[str, Any]) -> dict[str, A
     names = params.get("RegionNames") or []
     for name in names:
         if not R.is_known_region(name):
-            raise ServiceError(f"Invalid region: [{name}]", code="InvalidParameterValue")
+            raise InvalidParameterValue(f"Invalid region: [{name}]")
     regions = [_region_dict(r) for r in R.all_regions()]
     if names:
         # Named regions are described whatever their opt-in status.
@@ -82,10 +82,10 @@ def describe_availability_zones(ctx: RequestContext, params: dict[str, Any]) -> 
     ids = params.get("ZoneIds") or []
     for n in names:
         if n not in by_name:
-            raise ServiceError(f"Invalid availability zone: [{n}]", code="InvalidParameterValue")
+            raise InvalidParameterValue(f"Invalid availability zone: [{n}]")
     for i in ids:
         if i not in by_id:
-            raise ServiceError(f"Invalid availability zone-id: [{i}]", code="InvalidParameterValue")
+            raise InvalidParameterValue(f"Invalid availability zone-id: [{i}]")
     if names or ids:
         wanted = set(names) | {by_id[i]["ZoneName"] for i in ids}
         zones = [z for z in zones if z["ZoneName"] in wanted]

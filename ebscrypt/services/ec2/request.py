@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import DryRunOperation
 
 
 def dry_run_check(params: Mapping[str, Any]) -> None:
     """EC2 DryRun: the caller is allowed, so answer DryRunOperation (HTTP 412)."""
     if params.get("DryRun"):
-        raise ServiceError("Request would have succeeded, but DryRun flag is set.", code="DryRunOperation",
-                           status=412)
+        raise DryRunOperation()

@@ -13,7 +13,7 @@ from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.ec2.paging import page, page_after, page_size
 from ebscrypt.engines.ec2.records import Snapshot
 from ebscrypt.engines.ec2.tags import tag_specs
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import InvalidParameterValue, MissingParameter
 from ebscrypt.services.registry import operation
 
 
@@ -71,8 +71,7 @@ def create_snapshots(ctx: RequestContext, params: dict[str, Any]) -> dict[str, A
     spec = params.get("InstanceSpecification") or {}
     instance_id = spec.get("InstanceId")
     if not instance_id:
-        raise ServiceError("The request must contain the parameter InstanceSpecification.InstanceId",
-                           code="MissingParameter")
+        raise MissingParameter("InstanceSpecification.InstanceId")
     req = S.InstanceSnapshots(instance_id, frozenset(spec.get("ExcludeDataVolumeIds") or []),
                               bool(spec.get("ExcludeBootVolume")), params.get("Description"),
                               tuple(tag_specs(params.get("TagSpecifications"), "snapshot")),
@@ -91,14 +90,13 @@ def copy_snapshot(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
     dry_run_check(params)
     source_id = params.get("SourceSnapshotId")
     if not source_id:
-        raise ServiceError("The request must contain the parameter SourceSnapshotId", code="MissingParameter")
+        raise MissingParameter("SourceSnapshotId")
     source_region = params.get("SourceRegion")
     if not source_region:
-        raise ServiceError("The request must contain the parameter SourceRegion", code="MissingParameter")
+        raise MissingParameter("SourceRegion")
     dest = params.get("DestinationRegion")
     if dest and dest != ctx.caller.region:
-        raise ServiceError(f"DestinationRegion {dest} must be the region of the request ({ctx.caller.region}).",
-                           code="InvalidParameterValue")
+        raise InvalidParameterValue(f"DestinationRegion {dest} must be the region of the request ({ctx.caller.region}).")
     tags = tag_specs(params.get("TagSpecifications"), "snapshot")
     snap = S.copy_snapshot(ctx, source_id, source_region, params.get("Encrypted"), params.get("KmsKeyId"),
                            params.get("Description"), tags)
@@ -147,8 +145,7 @@ def _check_attribute(params: dict[str, Any]) -> str:
     if attribute is None:
         return "createVolumePermission"
     if attribute.lower() not in _SNAPSHOT_ATTRIBUTES:
-        raise ServiceError(f"Value ({attribute}) for parameter attribute is invalid. Unknown attribute.",
-                           code="InvalidParameterValue")
+        raise InvalidParameterValue(f"Value ({attribute}) for parameter attribute is invalid. Unknown attribute.")
     return _SNAPSHOT_ATTRIBUTES[attribute.lower()]
 
 
@@ -168,8 +165,7 @@ def modify_snapshot_attribute(ctx: RequestContext, params: dict[str, Any]) -> di
     dry_run_check(params)
     attribute = _check_attribute(params)
     if attribute != "createVolumePermission":
-        raise ServiceError("Only the createVolumePermission attribute can be modified.",
-                           code="InvalidParameterValue")
+        raise InvalidParameterValue("Only the createVolumePermission attribute can be modified.")
     add_users: list[str] = []
     add_groups: list[str] = []
     rm_users: list[str] = []
@@ -186,7 +182,7 @@ def modify_snapshot_attribute(ctx: RequestContext, params: dict[str, Any]) -> di
         (add_users if op == "add" else rm_users).extend(params.get("UserIds") or [])
         (add_groups if op == "add" else rm_groups).extend(params.get("GroupNames") or [])
     if not (add_users or add_groups or rm_users or rm_groups):
-        raise ServiceError("No permission changes were specified.", code="MissingParameter")
+        raise MissingParameter("CreateVolumePermission", "No permission changes were specified.")
     S.modify_create_volume_permission(ctx, params["SnapshotId"], add_users=add_users, add_groups=add_groups,
                                       remove_users=rm_users, remove_groups=rm_groups)
     return {}
@@ -196,7 +192,7 @@ def modify_snapshot_attribute(ctx: RequestContext, params: dict[str, Any]) -> di
 def reset_snapshot_attribute(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
     if _check_attribute(params) != "createVolumePermission":
-        raise ServiceError("Only the createVolumePermission attribute can be reset.", code="InvalidParameterValue")
+        raise InvalidParameterValue("Only the createVolumePermission attribute can be reset.")
     S.reset_create_volume_permission(ctx, params["SnapshotId"])
     return {}
 

@@ -7,7 +7,7 @@ from typing import Any
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import tag_operations as TO
 from ebscrypt.engines.ec2.filters import apply_filters as filter_select
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import MissingParameter
 from ebscrypt.services.ec2.paging import page
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.registry import operation
@@ -16,7 +16,7 @@ from ebscrypt.services.registry import operation
 def _resources(params: dict[str, Any]) -> list[str]:
     resources = params.get("Resources") or []
     if not resources:
-        raise ServiceError("The request must contain the parameter resourceIdSet", code="MissingParameter")
+        raise MissingParameter("resourceIdSet")
     return resources
 
 

@@ -15,7 +15,7 @@ from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.ec2.paging import encode_token, page, page_after, page_size
 from ebscrypt.engines.ec2.records import Attachment, Volume
 from ebscrypt.engines.ec2.tags import tag_specs
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import InvalidParameterValue, MissingParameter, NotFound
 from ebscrypt.services.registry import operation
 
 
@@ -93,8 +93,7 @@ def create_volume(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
     if params.get("AvailabilityZoneId") and not params.get("AvailabilityZone"):
         z = regions.zone(params["AvailabilityZoneId"])
         if z is None:
-            raise ServiceError(f"The zone '{params['AvailabilityZoneId']}' does not exist.",
-                               code="InvalidZone.NotFound")
+            raise NotFound("InvalidZone", params['AvailabilityZoneId'])
         params = {**params, "AvailabilityZone": z.name}
     if params.get("SnapshotId"):
         check_id(params["SnapshotId"], "snap", "InvalidSnapshotID.Malformed")
@@ -216,7 +215,7 @@ def describe_volume_attribute(ctx: RequestContext, params: dict[str, Any]) -> di
         return {"VolumeId": vol.id, "AutoEnableIO": {"Value": bool(vol.auto_enable_io)}}
     if attribute == "productCodes":
         return {"VolumeId": vol.id, "ProductCodes": []}
-    raise ServiceError(f"Value ({attribute}) for parameter attribute is invalid.", code="InvalidParameterValue")
+    raise InvalidParameterValue(f"Value ({attribute}) for parameter attribute is invalid.")
 
 
 @operation("ec2", "ModifyVolumeAttribute")
@@ -224,6 +223,6 @@ def modify_volume_attribute(ctx: RequestContext, params: dict[str, Any]) -> dict
     dry_run_check(params)
     value = (params.get("AutoEnableIO") or {}).get("Value")
     if value is None:
-        raise ServiceError("The request must contain the parameter AutoEnableIO", code="MissingParameter")
+        raise MissingParameter("AutoEnableIO")
     V.set_auto_enable_io(ctx, params["VolumeId"], bool(value))
     return {}

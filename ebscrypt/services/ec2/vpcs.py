@@ -9,7 +9,7 @@ from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import filters as F
 from ebscrypt.engines.ec2 import network as N
 from ebscrypt.engines.ec2 import tags as T
-from ebscrypt.errors import ServiceError
+from ebscrypt.errors import NotFound
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.ec2.paging import paginate
 from ebscrypt.services.registry import operation
@@ -102,7 +102,7 @@ def _subnet(s: dict[str, Any], tags: dict[str, str]) -> dict[str, Any]:
 
 def _describe(ctx: RequestContext, params: dict[str, Any], *,
               rows_of: Callable[[RequestContext], tuple[list[dict[str, Any]], dict[str, dict[str, str]]]],
-              getters: dict[str, Any], ids_param: str, not_found: tuple[str, str],
+              getters: dict[str, Any], ids_param: str, not_found: str,
               render: Callable[[dict[str, Any], dict[str, str]], dict[str, Any]], out_key: str) -> dict[str, Any]:
     """The shared shape of DescribeVpcs/DescribeSubnets: defaults made on first use, ids
     looked up (an unknown one refused), filters, paging."""
@@ -113,8 +113,7 @@ def _describe(ctx: RequestContext, params: dict[str, Any], *,
     known = {r["id"] for r in rows}
     for i in ids:
         if i not in known:
-            message, code = not_found
-            raise ServiceError(message.format(i), code=code)
+            raise NotFound(not_found, i)
     if ids:
         rows = [r for r in rows if r["id"] in set(ids)]
     rows = [r for r in rows if F.matches(r, params.get("Filters"), getters, lambda r: tags[r["id"]])]
@@ -128,12 +127,12 @@ def _describe(ctx: RequestContext, params: dict[str, Any], *,
 @operation("ec2", "DescribeVpcs")
 def describe_vpcs(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     return _describe(ctx, params, rows_of=N.vpcs_of, getters=_VPC_FILTERS, ids_param="VpcIds",
-                     not_found=("The vpc ID '{}' does not exist", "InvalidVpcID.NotFound"),
+                     not_found="InvalidVpcID",
                      render=_vpc, out_key="Vpcs")
 
 
 @operation("ec2", "DescribeSubnets")
 def describe_subnets(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     return _describe(ctx, params, rows_of=N.subnets_of, getters=_SUBNET_FILTERS, ids_param="SubnetIds",
-                     not_found=("The subnet ID '{}' does not exist", "InvalidSubnetID.NotFound"),
+                     not_found="InvalidSubnetID",
                      render=_subnet, out_key="Subnets")
