@@ -280,3 +280,32 @@ def test_rule_tags_are_typed_security_group_rule(aws) -> None:
     tags = ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [rule["SecurityGroupRuleId"]]}])["Tags"]
     assert tags == [{"Key": "why", "Value": "ssh", "ResourceId": rule["SecurityGroupRuleId"],
                      "ResourceType": "security-group-rule"}]
+
+
+def test_groups_and_rules_paging_with_the_common_token(aws) -> None:
+    """Issue 11 item 5: DescribeSecurityGroups / DescribeSecurityGroupRules page by their sort
+    key (creation order, rule position) with the token every EC2 Describe uses; a group
+    deleted between two pages hides no other; a foreign token is InvalidNextToken."""
+    ec2 = aws("ec2", account="333333333333")
+    made = [ec2.create_security_group(GroupName=gname(), Description="paging")["GroupId"] for _ in range(7)]
+    for gid in made[:3]:
+        ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[SSH])
+    everything = [g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]]
+    assert set(made) <= set(everything) and len(everything) == len(set(everything))
+
+    first = ec2.describe_security_groups(MaxResults=5)
+    ids = [g["GroupId"] for g in first["SecurityGroups"]]
+    assert ids == everything[:5]
+    ec2.delete_security_group(GroupId=ids[-1])  # the last one returned goes before the next call
+    rest = ec2.describe_security_groups(MaxResults=1000, NextToken=first["NextToken"])
+    assert [g["GroupId"] for g in rest["SecurityGroups"]] == everything[5:] and "NextToken" not in rest
+
+    rules = [r["SecurityGroupRuleId"] for r in ec2.describe_security_group_rules()["SecurityGroupRules"]]
+    paged = [r["SecurityGroupRuleId"] for p in ec2.get_paginator("describe_security_group_rules").paginate(
+        PaginationConfig={"PageSize": 5}) for r in p["SecurityGroupRules"]]
+    assert paged == rules and len(rules) > 5
+
+    for token in ("garbage!", "bzox"):
+        with pytest.raises(ClientError) as e:
+            ec2.describe_security_groups(MaxResults=5, NextToken=token)
+        assert err(e) == ("InvalidNextToken", f"The token '{token}' is invalid.")

@@ -6,7 +6,6 @@ import pytest
 
 from ebscrypt.engines.ec2 import filters as F
 from ebscrypt.engines.ec2 import network as N
-from ebscrypt.services.ec2.paging import paginate
 from ebscrypt.errors import ServiceError
 
 GETTERS = {"name": lambda o: o["name"], "flag": lambda o: o["flag"], "ports": lambda o: o["ports"]}
@@ -46,23 +45,6 @@ def test_unknown_filter_is_refused_even_with_no_objects() -> None:
     assert (e.value.code, e.value.message) == ("InvalidParameterValue", "The filter 'nope' is invalid")
     with pytest.raises(ServiceError):  # tag filters only where the resource has tags
         F.select_matching([], [{"Name": "tag:x", "Values": ["y"]}], GETTERS, None)
-
-
-def test_paginate() -> None:
-    items = list(range(12))
-    page, token = paginate(items, {"MaxResults": 5})
-    assert page == [0, 1, 2, 3, 4] and token
-    page, token = paginate(items, {"MaxResults": 5, "NextToken": token})
-    assert page == [5, 6, 7, 8, 9]
-    page, token = paginate(items, {"MaxResults": 5, "NextToken": token})
-    assert page == [10, 11] and token is None
-    assert paginate(items, {}) == (items, None)
-    for bad in ({"MaxResults": 4}, {"MaxResults": 1001}):
-        with pytest.raises(ServiceError) as e:
-            paginate(items, bad)
-        assert e.value.code == "InvalidParameterValue"
-    with pytest.raises(ServiceError):
-        paginate(items, {"NextToken": "garbage!"})
 
 
 @pytest.mark.parametrize("given,expected", [

@@ -4,8 +4,10 @@ volumes and attachments are real.
 RunInstances (R-RUN-1): the image's block device mappings, overridden per device by the
 launch template's and then the request's, become one volume per EBS mapping, each made
 through ec2core's volume creation, i.e. SPEC §2 with the mapping's own ``Encrypted`` /
-``KmsKeyId``. Volumes are created attached (``Attach``); ec2core's volume job moves the data
-and does R-KEY-3 (grant + Decrypt of the data key as the caller). When every volume of a
+``KmsKeyId``. Volumes are created attached (``Attach``) by this module's job kind
+``ec2_launch_volume``: the volume's own creation job body (``volumes.run_create_job``: it
+moves the data and does R-KEY-3, grant + Decrypt of the data key as the caller), then the
+launch settled here (no callback registered with ``volumes``). When every volume of a
 launch is ``in-use`` the instance is ``running``; if one ends in ``error`` (a key the
 caller may not use: R-KEY-6, R-SHARE-4) the instance ends ``terminated`` with StateReason
 ``Client.InvalidKMSKey.InvalidState``, as EC2 does. Encrypted and unencrypted volumes may
@@ -26,6 +28,7 @@ import base64
 import binascii
 import ipaddress
 import json
+import logging
 import random
 from dataclasses import dataclass
 from datetime import datetime
@@ -79,11 +82,16 @@ from ebscrypt.errors import (
     ServiceError,
     UnsupportedOperation,
 )
+from ebscrypt.storage.db import retry_conflicts
 from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_volume_attachments, ec2_volumes
 from ebscrypt.storage.tables.ec2_images import ec2_instances as instances_t
 from ebscrypt.storage.tables.ec2_instance_attrs import ec2_instance_attributes as attrs_t
 
+log = logging.getLogger("ebscrypt.ec2.instances")
+
 MAX_INSTANCES_PER_CALL = 20
+# The job kind of a RunInstances volume: the volume's creation, then its launch settled.
+LAUNCH_VOLUME_JOB = "ec2_launch_volume"
 
 KMS_STATE_REASON = ("Client.InvalidKMSKey.InvalidState",
                     "Client.InvalidKMSKey.InvalidState: The KMS key provided is in an incorrect state")
@@ -631,7 +639,7 @@ def _store_launch(ctx: RequestContext, p: LaunchSpec, launch: _Launch, launched:
             save_attributes(conn, instance.instance_id, launch_attrs)
             for prep in preps:
                 prep.tags = list(volume_tags)
-                core_volumes.insert_volume(ctx, conn, prep)
+                core_volumes.insert_volume(ctx, conn, prep, job=LAUNCH_VOLUME_JOB)
             if instance_tags:
                 core_tags.put_tags(conn, caller.account, caller.region, instance.instance_id, instance_tags)
         return _reservation(conn, finished, caller.account)
@@ -735,16 +743,31 @@ def _settle_launch(runtime: Any, instance_id: str) -> None:
                 pass  # already gone
 
 
-def _on_volume_final(runtime: Any, volume_id: str, state: str) -> None:
-    with runtime.db.read() as conn:
-        ids = [r.instance_id for r in conn.execute(
-            select(instances_t.c.instance_id).where(instances_t.c.state == it.PENDING,
-                                                    instances_t.c.launch_plan.like(f'%"{volume_id}"%')))]
-    for instance_id in ids:
-        _settle_launch(runtime, instance_id)
+def _settle_launches_of(runtime: Any, volume_id: str) -> None:
+    """Settle the pending launches waiting on ``volume_id``. A fault here must not fail the
+    volume's own job (DescribeInstances settles a launch this missed)."""
+    try:
+        with runtime.db.read() as conn:
+            ids = [r.instance_id for r in conn.execute(
+                select(instances_t.c.instance_id).where(instances_t.c.state == it.PENDING,
+                                                        instances_t.c.launch_plan.like(f'%"{volume_id}"%')))]
+        for instance_id in ids:
+            retry_conflicts(lambda: _settle_launch(runtime, instance_id))  # noqa: B023 (called at once)
+    except Exception:
+        log.exception("settling the launch of volume %s failed", volume_id)
 
 
-core_volumes.register_volume_listener(_on_volume_final)
+def _launch_volume_failed(runtime: Any, payload: dict[str, Any], reason: str) -> None:
+    core_volumes.volume_failed(runtime, payload, reason)
+    _settle_launches_of(runtime, payload["volume_id"])
+
+
+@job_kind(LAUNCH_VOLUME_JOB, resumable=True, on_fail=_launch_volume_failed)
+def _launch_volume_job(job: JobContext) -> None:
+    """A RunInstances volume: created as any volume, then the launch waiting on it settles
+    (running when all its volumes are in use, terminated when one failed)."""
+    core_volumes.run_create_job(job)
+    _settle_launches_of(job.runtime, job.payload["volume_id"])
 
 
 # ============================================================================ start / stop / terminate
@@ -938,7 +961,7 @@ def describe_instances(ctx: RequestContext, ids: list[str], filters: list[dict[s
     moving = [i.instance_id for i in instances if i.state in _TRANSITIONAL]
     if moving:
         for instance_id in [i.instance_id for i in instances if i.state == it.PENDING and i.launch_plan]:
-            _settle_launch(ctx.runtime, instance_id)  # repairs a launch whose listener was missed
+            _settle_launch(ctx.runtime, instance_id)  # repairs a launch its volume job did not settle
 
         def states() -> list[str]:
             with ctx.runtime.db.read() as conn:

@@ -443,7 +443,9 @@ def rule_rows(conn: Connection, account: str, region: str, group_ids: list[str] 
         if not group_ids:
             return []
         q = q.where(ec2_security_group_rules.c.group_id.in_(group_ids))
-    return [dict(r) for r in conn.execute(q.order_by(ec2_security_group_rules.c.position)).mappings()]
+    # id breaks ties (two processes' positions may meet): DescribeSecurityGroupRules pages by both.
+    order = (ec2_security_group_rules.c.position, ec2_security_group_rules.c.id)
+    return [dict(r) for r in conn.execute(q.order_by(*order)).mappings()]
 
 
 _position = itertools.count()

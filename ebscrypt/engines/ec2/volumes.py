@@ -56,14 +56,7 @@ _SIZE = {"gp2": (1, 16384), "gp3": (1, 16384), "io1": (4, 16384), "io2": (4, 655
          "st1": (125, 16384), "sc1": (125, 16384), "standard": (1, 1024)}
 _IOPS = {"gp3": (3000, 80000, 500), "io1": (100, 64000, 50), "io2": (100, 256000, 1000)}
 
-VolumeListener = Callable[[Any, str, str], None]
-_volume_listeners: list[VolumeListener] = []
-
-
-def register_volume_listener(fn: VolumeListener) -> None:
-    """``fn(runtime, volume_id, state)`` runs after a job puts a volume in a final state."""
-    if fn not in _volume_listeners:
-        _volume_listeners.append(fn)
+CREATE_JOB = "ec2_volume_create"
 
 
 def lookup_instance(conn: Connection, caller: Any, instance_id: str) -> dict:
@@ -73,12 +66,10 @@ def lookup_instance(conn: Connection, caller: Any, instance_id: str) -> dict:
 
 
 def _notify(runtime: Any, volume_id: str, state: str) -> None:
+    """A volume reached ``state`` (final): wake the requests waiting on it. Whoever else
+    must hear of it runs its own job kind around :func:`run_create_job` (RunInstances:
+    ``instances.ec2_launch_volume``), so nothing registers with this module."""
     waits.done(volume_id)
-    for fn in list(_volume_listeners):
-        try:
-            retry_conflicts(lambda: fn(runtime, volume_id, state))  # noqa: B023 (called at once)
-        except Exception:  # a listener's fault must not undo the volume's own state
-            log.exception("volume listener failed for %s", volume_id)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -328,7 +319,8 @@ def is_cheap(prep: VolumePrep) -> bool:
     return prep.data_key.data_key_id == prep.source.data_key_id
 
 
-def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep, *, ready: bool = False) -> Volume:
+def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep, *, ready: bool = False,
+                  job: str = CREATE_JOB) -> Volume:
     """Write the volume (state ``creating``) and submit its creation job. [conn]
 
     Call ``ctx.runtime.jobs.notify()`` after the transaction commits. A caller may finish
@@ -336,6 +328,8 @@ def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep, *, ready: bool =
     crash-safety backstop that finds the work done (every step is idempotent).
     ``ready``: an empty, unattached volume whose key was proven in :func:`prepare_volume`:
     stored ``available`` (or ``error`` with the key problem) at once, no job.
+    ``job``: the job kind that creates it: :data:`CREATE_JOB`, or a kind of a module above
+    that runs :func:`run_create_job` and then its own follow-up.
     """
     if prep.existing is not None:
         return prep.existing
@@ -372,7 +366,7 @@ def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep, *, ready: bool =
         conn.execute(insert(ec2_volume_attachments).values(
             volume_id=prep.volume_id, instance_id=prep.attach.instance_id, device=prep.attach.device,
             state="attaching", attach_time=now, delete_on_termination=prep.attach.delete_on_termination))
-    ctx.runtime.jobs.submit("ec2_volume_create", {
+    ctx.runtime.jobs.submit(job, {
         "volume_id": prep.volume_id, "account": caller.account, "region": caller.region,
         "problem": prep.plan.problem,
     }, conn=conn)  # a backstop when the caller finishes it (idempotent)
@@ -391,7 +385,7 @@ def create_volume(ctx: Any, *, wait_seconds: float = 3.0, **kwargs: Any) -> Volu
     if prep.source is None:
         with ctx.runtime.db.begin() as conn:
             vol = insert_volume(ctx, conn, prep, ready=True)
-        return vol  # not attached to anything: no listener needs to hear of it
+        return vol  # not attached to anything: no launch waits on it
     cheap = is_cheap(prep)
     event = None if cheap else waits.expect(prep.volume_id)
     with ctx.runtime.db.begin() as conn:
@@ -429,7 +423,7 @@ def finish_volume(runtime: Any, payload: dict[str, Any]) -> None:
             log.info("volume %s: left to its job after repeated conflicts", payload["volume_id"])
             return
         log.warning("volume %s failed: %s", payload["volume_id"], exc)
-        _volume_failed(runtime, payload, getattr(exc, "message", None) or str(exc) or type(exc).__name__)
+        volume_failed(runtime, payload, getattr(exc, "message", None) or str(exc) or type(exc).__name__)
 
 
 def set_volume_state(runtime: Any, volume_id: str, state: str, message: str | None = None) -> None:
@@ -441,13 +435,17 @@ def set_volume_state(runtime: Any, volume_id: str, state: str, message: str | No
     _notify(runtime, volume_id, state)
 
 
-def _volume_failed(runtime: Any, payload: dict[str, Any], reason: str) -> None:
+def volume_failed(runtime: Any, payload: dict[str, Any], reason: str) -> None:
+    """The ``on_fail`` of a volume's creation job: the volume goes to ``error``."""
     set_volume_state(runtime, payload["volume_id"], "error", reason)
 
 
-@job_kind("ec2_volume_create", resumable=True, on_fail=_volume_failed)
-def _create_job(job: JobContext) -> None:
+def run_create_job(job: JobContext) -> None:
+    """The body of a volume's creation job (idempotent: a resumed job finds its work done)."""
     _finish(job.runtime, job.payload, job.progress)
+
+
+job_kind(CREATE_JOB, resumable=True, on_fail=volume_failed)(run_create_job)
 
 
 def _finish(runtime: Any, payload: dict[str, Any], report: Callable[[float], None] | None) -> None:

@@ -1,11 +1,16 @@
 """EC2 ``MaxResults`` / ``NextToken`` paging (request parsing and response building, so a
-service-side module): ``page`` over id-ordered lists (tokens name the last id), ``paginate``
-over lists paged by offset (security groups, VPCs, subnets)."""
+service-side module). One token format for every EC2 Describe: ``v1:`` + the sort key of
+the last item returned, base64url; a token this server did not issue is
+``InvalidNextToken``. Lists are paged by their sort key, not by offset, so a resource
+created or deleted between two calls neither repeats nor hides another one. A list ordered
+by more than its id (VPCs and groups by creation time, subnets by zone, rules by position)
+pages by :func:`sort_key` of the columns it is ordered by.
+"""
 
 from __future__ import annotations
 
 import base64
-import binascii
+from datetime import datetime
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from ebscrypt.errors import InvalidNextToken, InvalidParameterCombination, InvalidParameterValue
@@ -55,7 +60,8 @@ def page_size(params: Mapping[str, Any], *, low: int, high: int, ids_param: str 
 def page(items: Sequence[T], params: dict[str, Any], key: Callable[[T], str], *,
          low: int = 5, high: int = 1000, ids_param: str | None = None,
          clamp: bool = False) -> tuple[list[T], str | None]:
-    """One page of ``items`` (already sorted by ``key``) and the NextToken, if more remain.
+    """One page of ``items`` (already in the order of ``key``: a unique string per item,
+    its id or a :func:`sort_key`) and the NextToken, if more remain.
 
     ``clamp``: a MaxResults above ``high`` returns ``high`` items instead of being refused
     (DescribeVolumes does this; the AWS CLI sends MaxResults=1000 to it by default).
@@ -73,23 +79,15 @@ def page(items: Sequence[T], params: dict[str, Any], key: Callable[[T], str], *,
     return chunk, (_encode(key(chunk[-1])) if more and chunk else None)
 
 
-
-def paginate(items: list[Any], params: Mapping[str, Any], *, lo: int = 5, hi: int = 1000) -> tuple[list[Any], str | None]:
-    """EC2 MaxResults/NextToken over an already ordered list (token = opaque offset; paging.page
-    pages id-ordered lists by their last id instead)."""
-    token = params.get("NextToken")
-    start = 0
-    if token:
-        try:
-            start = int(base64.urlsafe_b64decode(token.encode()).decode().removeprefix("o:"))
-            if start < 0:
-                raise ValueError
-        except (ValueError, UnicodeDecodeError, binascii.Error):
-            raise InvalidParameterValue(f"Invalid NextToken: {token}") from None
-    max_results = page_size(params, low=lo, high=hi)
-    if max_results is None:
-        return items[start:], None
-    page = items[start:start + max_results]
-    end = start + max_results
-    nxt = base64.urlsafe_b64encode(f"o:{end}".encode()).decode() if end < len(items) else None
-    return page, nxt
+def sort_key(*parts: str | int | datetime) -> str:
+    """A string that sorts as the tuple ``parts`` does (the key :func:`page` compares):
+    times and numbers at a fixed width, parts joined by NUL (which no id or name holds)."""
+    out = []
+    for part in parts:
+        if isinstance(part, datetime):
+            out.append(part.strftime("%Y%m%d%H%M%S%f"))
+        elif isinstance(part, int):
+            out.append(f"{part:020d}")
+        else:
+            out.append(part)
+    return "\x00".join(out)

@@ -10,7 +10,7 @@ from ebscrypt.engines.ec2 import network as N
 from ebscrypt.engines.ec2 import tags as T
 from ebscrypt.engines.ec2 import security_groups as SG
 from ebscrypt.services.ec2.request import dry_run_check
-from ebscrypt.services.ec2.paging import paginate
+from ebscrypt.services.ec2.paging import page, sort_key
 from ebscrypt.services.registry import operation
 
 
@@ -112,8 +112,9 @@ def describe_security_groups(ctx: RequestContext, params: dict[str, Any]) -> dic
     listing = SG.describe_groups(ctx, ids=params.get("GroupIds") or [], names=params.get("GroupNames") or [])
     tags = listing.tags
     groups = [g for g in listing.groups if F.matches(g, filters, _GROUP_FILTERS, lambda g: tags[g["id"]])]
-    page, token = paginate(groups, params)
-    out: dict[str, Any] = {"SecurityGroups": [_group_dict(g, tags[g["id"]], listing.vpc_of) for g in page]}
+    # Ordered by creation (network.group_rows), so paged by that.
+    chunk, token = page(groups, params, lambda g: sort_key(g["create_time"], g["id"]))
+    out: dict[str, Any] = {"SecurityGroups": [_group_dict(g, tags[g["id"]], listing.vpc_of) for g in chunk]}
     if token:
         out["NextToken"] = token
     return out
@@ -176,8 +177,8 @@ def describe_security_group_rules(ctx: RequestContext, params: dict[str, Any]) -
     F.check_filters(filters, _RULE_FILTERS, tags=True)
     rows, tags = SG.describe_rules(ctx, params.get("SecurityGroupRuleIds") or [])
     rows = [r for r in rows if F.matches(r, filters, _RULE_FILTERS, lambda r: tags[r["id"]])]
-    page, token = paginate(rows, params)
-    out: dict[str, Any] = {"SecurityGroupRules": [N.rule_dict(r, c.account, tags[r["id"]]) for r in page]}
+    chunk, token = page(rows, params, lambda r: sort_key(r["position"], r["id"]))  # network.rule_rows' order
+    out: dict[str, Any] = {"SecurityGroupRules": [N.rule_dict(r, c.account, tags[r["id"]]) for r in chunk]}
     if token:
         out["NextToken"] = token
     return out

@@ -11,7 +11,7 @@ from ebscrypt.engines.ec2 import network as N
 from ebscrypt.engines.ec2 import tags as T
 from ebscrypt.errors import NotFound
 from ebscrypt.services.ec2.request import dry_run_check
-from ebscrypt.services.ec2.paging import paginate
+from ebscrypt.services.ec2.paging import page, sort_key
 from ebscrypt.services.registry import operation
 
 _VPC_FILTERS = {
@@ -103,9 +103,10 @@ def _subnet(s: dict[str, Any], tags: dict[str, str]) -> dict[str, Any]:
 def _describe(ctx: RequestContext, params: dict[str, Any], *,
               rows_of: Callable[[RequestContext], tuple[list[dict[str, Any]], dict[str, dict[str, str]]]],
               getters: dict[str, Any], ids_param: str, not_found: str,
+              order: Callable[[dict[str, Any]], str],
               render: Callable[[dict[str, Any], dict[str, str]], dict[str, Any]], out_key: str) -> dict[str, Any]:
     """The shared shape of DescribeVpcs/DescribeSubnets: defaults made on first use, ids
-    looked up (an unknown one refused), filters, paging."""
+    looked up (an unknown one refused), filters, paging (by ``order``: the rows' sort key)."""
     dry_run_check(params)
     F.check_filters(params.get("Filters"), getters, tags=True)
     rows, tags = rows_of(ctx)
@@ -117,8 +118,8 @@ def _describe(ctx: RequestContext, params: dict[str, Any], *,
     if ids:
         rows = [r for r in rows if r["id"] in set(ids)]
     rows = [r for r in rows if F.matches(r, params.get("Filters"), getters, lambda r: tags[r["id"]])]
-    page, token = paginate(rows, params)
-    out: dict[str, Any] = {out_key: [render(r, tags[r["id"]]) for r in page]}
+    chunk, token = page(rows, params, order)
+    out: dict[str, Any] = {out_key: [render(r, tags[r["id"]]) for r in chunk]}
     if token:
         out["NextToken"] = token
     return out
@@ -128,6 +129,7 @@ def _describe(ctx: RequestContext, params: dict[str, Any], *,
 def describe_vpcs(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     return _describe(ctx, params, rows_of=N.vpcs_of, getters=_VPC_FILTERS, ids_param="VpcIds",
                      not_found="InvalidVpcID",
+                     order=lambda r: sort_key(r["create_time"], r["id"]),  # network.vpc_rows' order
                      render=_vpc, out_key="Vpcs")
 
 
@@ -135,4 +137,5 @@ def describe_vpcs(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
 def describe_subnets(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     return _describe(ctx, params, rows_of=N.subnets_of, getters=_SUBNET_FILTERS, ids_param="SubnetIds",
                      not_found="InvalidSubnetID",
+                     order=lambda r: sort_key(r["availability_zone"], r["id"]),  # network.subnet_rows' order
                      render=_subnet, out_key="Subnets")
