@@ -263,13 +263,6 @@ class RulesPerSecurityGroupLimitExceeded(CodedError):
     code = "RulesPerSecurityGroupLimitExceeded"
 
 
-class ServerInternalError(CodedError):
-    """EC2's ``Server.InternalError`` (a fault of ours reported in EC2's own words)."""
-
-    code = "Server.InternalError"
-    status = 500
-
-
 class UnknownResource(CodedError):
     """``NotFound`` (404) of the explain/lineage tools: a resource or key id that is not known."""
 

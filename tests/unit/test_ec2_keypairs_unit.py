@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from ebscrypt.engines.ec2 import keypairs as K
+from ebscrypt.engines.ec2.ids import new_id
 from ebscrypt.errors import ServiceError
 
 RSA_PEM = """-----BEGIN RSA PRIVATE KEY-----
@@ -151,4 +152,4 @@ def test_unknown_key_type() -> None:
 def test_key_pair_ids_look_like_aws() -> None:
     import re
 
-    assert all(re.fullmatch(r"key-[0-9a-f]{17}", K.new_key_pair_id()) for _ in range(50))
+    assert all(re.fullmatch(r"key-[0-9a-f]{17}", new_id("key")) for _ in range(50))

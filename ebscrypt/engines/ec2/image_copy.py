@@ -19,6 +19,7 @@ from ebscrypt.domain.outcome import check_key_dependency
 from ebscrypt.engines.ec2 import snapshots as core_snapshots
 from ebscrypt.engines.ec2 import tags as core_tags
 from ebscrypt.engines.ec2 import volumes as core_volumes
+from ebscrypt.engines.ec2.ids import new_id
 from ebscrypt.engines.ec2.image_records import (
     add_non_ebs_mapping,
     check_image_id,
@@ -26,7 +27,6 @@ from ebscrypt.engines.ec2.image_records import (
     ebs_mapping,
     get_image,
     insert_image,
-    new_image_id,
     size_check,
 )
 from ebscrypt.errors import (
@@ -87,7 +87,7 @@ def create_image(ctx: RequestContext, req: ImageCreation, instance: Any) -> str:
     overrides = {b.get("DeviceName"): b for b in req.block_device_mappings or [] if b.get("DeviceName")}
     image_tags = core_tags.tag_specs(req.tag_specifications, "image")
     snapshot_tags = core_tags.tag_specs(req.tag_specifications, "snapshot")
-    image_id = new_image_id()
+    image_id = new_id("ami")
     with ctx.runtime.db.begin() as conn:
         name = check_name(conn, caller.account, caller.region, req.name)
         mappings: list[dict[str, Any]] = []
@@ -215,7 +215,7 @@ def copy_image(ctx: RequestContext, req: ImageCopy) -> str:
                     core_snapshots.get_snapshot(conn, caller, snap_id, region=source_region)
                 except ServiceError:
                     raise InvalidRequest(NO_STORAGE_ACCESS_MESSAGE) from None
-    image_id = new_image_id()
+    image_id = new_id("ami")
     cross_region = source_region != caller.region
     plans = _copy_plans(ctx, source, source_region if cross_region else None, encrypted, kms_key_id)
     tags = source_tags + core_tags.tag_specs(req.tag_specifications, "image")

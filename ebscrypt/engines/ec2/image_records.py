@@ -20,7 +20,7 @@ from sqlalchemy import Connection, insert, select
 from ebscrypt.context import RequestContext
 from ebscrypt.domain import image_states as states
 from ebscrypt.engines.ec2 import tags as core_tags
-from ebscrypt.engines.ec2.ids import is_well_formed, new_id
+from ebscrypt.engines.ec2.ids import is_well_formed
 from ebscrypt.engines.ec2.records import Snapshot, aware
 from ebscrypt.errors import (
     AuthFailure,
@@ -87,10 +87,6 @@ class Image:
     @property
     def has_encrypted_snapshot(self) -> bool:
         return any((m.get("Ebs") or {}).get("Encrypted") for m in self.mappings)
-
-
-def new_image_id() -> str:
-    return new_id("ami")
 
 
 # ============================================================================ errors

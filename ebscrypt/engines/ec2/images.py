@@ -45,7 +45,7 @@ from ebscrypt.engines.ec2 import snapshots as core_snapshots
 from ebscrypt.engines.ec2 import tags as core_tags
 from ebscrypt.engines.ec2 import image_states, waits
 from ebscrypt.engines.ec2.filters import select_matching as filter_select
-from ebscrypt.engines.ec2.ids import check_id, is_well_formed
+from ebscrypt.engines.ec2.ids import check_id, is_well_formed, new_id
 from ebscrypt.engines.ec2.image_copy import NO_STORAGE_ACCESS_MESSAGE, copy_image, create_image
 from ebscrypt.engines.ec2.image_permissions import (
     AWS_MANAGED_SHARE_MESSAGE,
@@ -69,7 +69,6 @@ from ebscrypt.engines.ec2.image_records import (
     insert_image,
     launch_permissions,
     malformed,
-    new_image_id,
     not_found,
     size_check,
 )
@@ -93,7 +92,7 @@ __all__ = [
     "AWS_MANAGED_SHARE_MESSAGE", "NO_STORAGE_ACCESS_MESSAGE", "PUBLIC_ENCRYPTED_MESSAGE",
     "Image", "canonical_attribute", "check_image_id", "copy_image", "create_image", "deregister_image",
     "describe_attribute", "describe_images", "get_image", "image_using_snapshot", "image_view",
-    "launch_permissions", "malformed", "modify_attribute", "new_image_id", "not_found", "refresh_image",
+    "launch_permissions", "malformed", "modify_attribute", "not_found", "refresh_image",
     "register_image", "reset_attribute", "settle", "unknown_attribute",
 ]
 
@@ -188,7 +187,7 @@ def register_image(ctx: RequestContext, req: ImageRegistration) -> str:
         raise MissingParameter("BlockDeviceMapping (an EBS snapshot for the root device)")
     root = req.root_device_name or requested[0].get("DeviceName")
     tags = core_tags.tag_specs(req.tag_specifications, "image")
-    image_id = new_image_id()
+    image_id = new_id("ami")
     with ctx.runtime.db.begin() as conn:
         name = check_name(conn, caller.account, caller.region, req.name)
         mappings, all_completed = _registered_mappings(conn, caller, requested, root)

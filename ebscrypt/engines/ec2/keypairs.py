@@ -263,10 +263,6 @@ def _load_ssh2(text: str) -> Any:
 # --------------------------------------------------------------------------- records
 
 
-def new_key_pair_id() -> str:
-    return new_id("key")
-
-
 def _insert(conn: Connection, *, account: str, region: str, name: str, key_type: str,
             fingerprint: str, public_key: str, imported: bool, now: datetime) -> dict[str, Any]:
     if conn.execute(
@@ -275,7 +271,7 @@ def _insert(conn: Connection, *, account: str, region: str, name: str, key_type:
         )
     ).first():
         raise duplicate(name)
-    row = dict(id=new_key_pair_id(), account=account, region=region, name=name, key_type=key_type,
+    row = dict(id=new_id("key"), account=account, region=region, name=name, key_type=key_type,
                fingerprint=fingerprint, public_key=public_key, imported=imported, create_time=now)
     try:
         with conn.begin_nested():

@@ -554,7 +554,7 @@ def attach_volume(ctx: Any, volume_id: str, instance_id: str, device: str, *,
 
 
 def detach_volume(ctx: Any, volume_id: str, instance_id: str | None = None, *,
-                  device: str | None = None, force: bool = False) -> Attachment:
+                  device: str | None = None) -> Attachment:
     """DetachVolume: acknowledged writes are flushed and the data key dropped (R-ATTACH-2). [no conn]"""
     caller = ctx.caller
     with ctx.runtime.db.read() as conn:

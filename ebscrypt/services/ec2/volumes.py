@@ -154,8 +154,9 @@ def attach_volume(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
 @operation("ec2", "DetachVolume")
 def detach_volume(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    att = V.detach_volume(ctx, params["VolumeId"], params.get("InstanceId"), device=params.get("Device"),
-                          force=bool(params.get("Force")))
+    # Force is accepted and changes nothing: every detach here flushes and drops the key
+    # (R-ATTACH-2); there is no stuck attachment for it to break.
+    att = V.detach_volume(ctx, params["VolumeId"], params.get("InstanceId"), device=params.get("Device"))
     return attachment_dict(att)
 
 
