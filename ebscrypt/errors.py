@@ -12,7 +12,11 @@ one AWS code and holds its message template, so a message is written once
 the type, never the message. The families:
 
 - generic EC2/query codes: :class:`MissingParameter`, :class:`InvalidParameterValue`,
-  :class:`InvalidParameterCombination`, :class:`NotFound`, :class:`Malformed`;
+  :class:`InvalidParameterCombination`, :class:`IncorrectState`, … one class per code;
+- EC2 resource codes ``{kind}.{suffix}`` with EC2's wording: :class:`NotFound`,
+  :class:`Malformed`, :class:`Duplicate` (``kind`` is the code's prefix, e.g.
+  ``InvalidVolume``), and a class for each one-off (:class:`VolumeZoneMismatch`,
+  :class:`SnapshotInUse`, the launch-template name codes, …);
 - KMS (``__type`` codes of the KMS model): :class:`KmsError` and its subclasses;
 - EBS direct APIs (``x-amzn-ErrorType`` + ``Reason``): :class:`EbsError` and its subclasses;
 - the wire's own (auth, unknown operation, model validation): rendered per protocol by

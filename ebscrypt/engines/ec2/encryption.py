@@ -121,13 +121,14 @@ def resolve_encryption(
     default = settings.default_key or AWS_EBS_ALIAS
     outcome = decide(src, encrypted=encrypted, kms_key_id=kms_key_id or None, ebd=settings.ebd,
                      default_key=default, cross_region=cross_region)
-    seen = dict(requested_encrypted=encrypted, requested_kms_key_id=kms_key_id or None,
-                ebd=bool(settings.ebd), default_key=default)
+    seen = EncryptionPlan(False, None, False, outcome.rule, requested_encrypted=encrypted,
+                          requested_kms_key_id=kms_key_id or None, ebd=bool(settings.ebd), default_key=default)
     if not outcome.encrypted or outcome.key is None:
-        return EncryptionPlan(False, None, False, outcome.rule, **seen)
+        return seen
     key_arn, problem, manager = describe_for_ebs(ctx, outcome.key)
     reuse = problem is None and reuses_data_key(src, key_arn, cross_region=cross_region)
-    return EncryptionPlan(True, key_arn, reuse, outcome.rule, problem, manager, **seen)
+    return replace(seen, encrypted=True, key_arn=key_arn, reuse_source_data_key=reuse, problem=problem,
+                   key_manager=manager)
 
 
 def new_data_key(ctx: Any, key_arn: str, resource_id: str) -> WrappedDataKey:

@@ -40,7 +40,7 @@ def invalid_filter(name: str) -> ServiceError:
     return InvalidParameterValue(f"The filter '{name}' is invalid")
 
 
-def check_filters(filters: list[dict] | None, getters: Mapping[str, Getter], *, tags: bool) -> None:
+def check_filters(filters: list[dict[str, Any]] | None, getters: Mapping[str, Getter], *, tags: bool) -> None:
     """Refuse unknown filter names before anything is read, as EC2 does."""
     for f in filters or []:
         name = f.get("Name", "")
@@ -51,7 +51,7 @@ def check_filters(filters: list[dict] | None, getters: Mapping[str, Getter], *, 
         raise invalid_filter(name)
 
 
-def matches(obj: Any, filters: list[dict] | None, getters: Mapping[str, Getter],
+def matches(obj: Any, filters: list[dict[str, Any]] | None, getters: Mapping[str, Getter],
             tag_getter: Callable[[Any], Mapping[str, str]] | None = None) -> bool:
     """True if ``obj`` passes every filter (values within one filter are alternatives)."""
     for f in filters or []:
@@ -73,7 +73,7 @@ def matches(obj: Any, filters: list[dict] | None, getters: Mapping[str, Getter],
     return True
 
 
-def apply_filters(items: Iterable[Any], filters: list[dict] | None, getters: Mapping[str, Getter],
+def apply_filters(items: Iterable[Any], filters: list[dict[str, Any]] | None, getters: Mapping[str, Getter],
                   tags: Callable[[Any], Mapping[str, str]] | None = None) -> list[Any]:
     """Items passing every filter; unknown filter names are refused before any is tried."""
     check_filters(filters, getters, tags=tags is not None)
@@ -82,7 +82,7 @@ def apply_filters(items: Iterable[Any], filters: list[dict] | None, getters: Map
     return [item for item in items if matches(item, filters, getters, tags)]
 
 
-def select_matching(objs: Iterable[Any], filters: list[dict] | None, getters: Mapping[str, Getter],
+def select_matching(objs: Iterable[Any], filters: list[dict[str, Any]] | None, getters: Mapping[str, Getter],
                     tag_getter: Callable[[Any], Mapping[str, str]] | None = None) -> list[Any]:
     """``apply_filters`` with the tag getter named as the network and image modules name it."""
     return apply_filters(objs, filters, getters, tag_getter)

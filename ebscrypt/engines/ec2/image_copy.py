@@ -29,6 +29,7 @@ from ebscrypt.engines.ec2.image_records import (
     insert_image,
     size_check,
 )
+from ebscrypt.engines.ec2.snapshot_access import get_snapshot
 from ebscrypt.errors import (
     IncorrectState,
     InvalidBlockDeviceMapping,
@@ -64,7 +65,7 @@ def _add_extra_mappings(conn: Connection, caller: Any, extra: dict[str, dict[str
             continue
         ebs = bdm.get("Ebs") or {}
         if ebs.get("SnapshotId"):
-            snapshot = core_snapshots.get_snapshot(conn, caller, ebs["SnapshotId"])
+            snapshot = get_snapshot(conn, caller, ebs["SnapshotId"])
             size = size_check(ebs.get("VolumeSize"), snapshot)
             encrypted = bool(snapshot.encrypted)
         elif ebs.get("VolumeSize"):
@@ -84,7 +85,7 @@ def create_image(ctx: RequestContext, req: ImageCreation, instance: Any) -> str:
     and checked its state).
     """
     caller = ctx.caller
-    overrides = {b.get("DeviceName"): b for b in req.block_device_mappings or [] if b.get("DeviceName")}
+    overrides = {b["DeviceName"]: b for b in req.block_device_mappings or [] if b.get("DeviceName")}
     image_tags = core_tags.tag_specs(req.tag_specifications, "image")
     snapshot_tags = core_tags.tag_specs(req.tag_specifications, "snapshot")
     image_id = new_id("ami")
@@ -202,7 +203,7 @@ def copy_image(ctx: RequestContext, req: ImageCopy) -> str:
                                                   images_t.c.client_token == token)
             ).first()
             if row is not None:
-                return row.image_id  # idempotent retry
+                return str(row.image_id)  # idempotent retry
         source = get_image(conn, caller.account, source_region, source_id)
         if source.state != states.IMAGE_AVAILABLE:
             raise IncorrectState(f"Image {source_id} is in state {source.state}; only available images can be copied.")
@@ -212,7 +213,7 @@ def copy_image(ctx: RequestContext, req: ImageCopy) -> str:
             # Copying needs read access to the storage: each snapshot shared with the caller.
             for snap_id in source.snapshot_ids():
                 try:
-                    core_snapshots.get_snapshot(conn, caller, snap_id, region=source_region)
+                    get_snapshot(conn, caller, snap_id, region=source_region)
                 except ServiceError:
                     raise InvalidRequest(NO_STORAGE_ACCESS_MESSAGE) from None
     image_id = new_id("ami")

@@ -41,7 +41,6 @@ from sqlalchemy import Connection, delete, select
 
 from ebscrypt.context import RequestContext
 from ebscrypt.domain import image_states as states
-from ebscrypt.engines.ec2 import snapshots as core_snapshots
 from ebscrypt.engines.ec2 import tags as core_tags
 from ebscrypt.engines.ec2 import image_states, waits
 from ebscrypt.engines.ec2.filters import select_matching as filter_select
@@ -75,6 +74,7 @@ from ebscrypt.engines.ec2.image_records import (
 from ebscrypt.engines.ec2.image_states import refresh_image
 from ebscrypt.engines.ec2.snapshots import delete_snapshot
 from ebscrypt.engines.ec2.waits import settle
+from ebscrypt.engines.ec2.snapshot_access import get_snapshot
 from ebscrypt.errors import (
     IncorrectState,
     InvalidBlockDeviceMapping,
@@ -146,7 +146,7 @@ def _registered_mappings(conn: Connection, caller: Any, requested: list[dict[str
         snap_id = ebs.get("SnapshotId")
         if snap_id:
             check_id(snap_id, "snap", "InvalidSnapshotID.Malformed")
-            snapshot = core_snapshots.get_snapshot(conn, caller, snap_id)
+            snapshot = get_snapshot(conn, caller, snap_id)
             if snapshot.account != caller.account:
                 raise InvalidParameterValue(
                     f"You do not own snapshot {snap_id}: copy it into your account before registering an image.",
@@ -259,7 +259,7 @@ def _delete_associated(ctx: RequestContext, snapshot_id: str) -> str:
 
 
 def _bdm_values(key: str) -> Callable[[Any], Any]:
-    def get(entry: tuple[Image, list]) -> Any:
+    def get(entry: tuple[Image, list[Any]]) -> Any:
         out = []
         for m in entry[0].mappings:
             ebs = m.get("Ebs") or {}

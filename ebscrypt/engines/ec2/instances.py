@@ -43,7 +43,6 @@ from ebscrypt.domain import regions
 from ebscrypt.domain.outcome import check_key_dependency
 from ebscrypt.engines.ec2 import account as core_account
 from ebscrypt.engines.ec2 import encryption as core_encryption
-from ebscrypt.engines.ec2 import snapshots as core_snapshots
 from ebscrypt.engines.ec2 import tags as core_tags
 from ebscrypt.engines.ec2 import volumes as core_volumes
 from ebscrypt.engines.attach import engine as attach_io
@@ -67,6 +66,7 @@ from ebscrypt.engines.ec2.volumes import (
     release_volumes,
     validate_volume_spec,
 )
+from ebscrypt.engines.ec2.snapshot_access import get_snapshot
 from ebscrypt.engines.jobs import JobContext, job_kind
 from ebscrypt.errors import (
     ImageUnavailable,
@@ -326,7 +326,7 @@ def _snapshot_for_launch(conn: Connection, caller: Any, snapshot_id: str, image:
         if row is None:
             raise NotFound("InvalidSnapshot", snapshot_id)
         return Snapshot.from_row(row)
-    return core_snapshots.get_snapshot(conn, caller, snapshot_id)
+    return get_snapshot(conn, caller, snapshot_id)
 
 
 def _prepare_volume(ctx: RequestContext, *, zone: str, source: Snapshot | None, ebs: dict[str, Any],
@@ -516,7 +516,7 @@ def _check_launch_encryption(instance_type: str, ebs_mappings: list[dict[str, An
             request["Encrypted"] = True  # an image's encrypted empty-volume mapping
             m["_request"] = request
     needs_encryption = ebd or any(
-        (m.get("_request") or {}).get("Encrypted") or (sources[m["DeviceName"]] and sources[m["DeviceName"]].encrypted)
+        (m.get("_request") or {}).get("Encrypted") or ((src := sources[m["DeviceName"]]) is not None and src.encrypted)
         for m in ebs_mappings
     )
     refusal = it.encryption_refusal(instance_type, needs_encryption=needs_encryption)
@@ -550,16 +550,16 @@ def _plan_instances(ctx: RequestContext, p: LaunchSpec, launch: _Launch, ebs_map
     for index in range(count):
         instance_id = new_id("i")
         preps = []
+        plan = []
         for m in ebs_mappings:
             ebs = m["Ebs"]
             dot = ebs.get("DeleteOnTermination")
-            preps.append(_prepare_volume(
-                ctx, zone=launch.zone, source=launch.sources[m["DeviceName"]], ebs=ebs,
-                requested=m.get("_request") or {},
-                attach=core_volumes.Attach(instance_id, m["DeviceName"], True if dot is None else bool(dot)),
-            ))
-        plan = [{"device": prep.attach.device, "volume_id": prep.volume_id,
-                 "delete_on_termination": prep.attach.delete_on_termination} for prep in preps]
+            attach = core_volumes.Attach(instance_id, m["DeviceName"], True if dot is None else bool(dot))
+            prep = _prepare_volume(ctx, zone=launch.zone, source=launch.sources[m["DeviceName"]], ebs=ebs,
+                                   requested=m.get("_request") or {}, attach=attach)
+            preps.append(prep)
+            plan.append({"device": attach.device, "volume_id": prep.volume_id,
+                         "delete_on_termination": attach.delete_on_termination})
         row = dict(  # network fields are filled in the write transaction (_store_launch)
             instance_id=instance_id, reservation_id=reservation_id, account=caller.account, region=caller.region,
             image_id=launch.image_id, instance_type=launch.instance_type, state=it.PENDING, state_reason_code=None,
@@ -903,7 +903,7 @@ _TRANSITIONAL = (it.PENDING, it.STOPPING, it.SHUTTING_DOWN)
 
 
 def _bdm(key: str) -> Callable[[Any], Any]:
-    def get(entry: tuple[Instance, list, list]) -> Any:
+    def get(entry: tuple[Instance, list[Any], list[Any]]) -> Any:
         out = []
         for vol, att in entry[1]:
             out.append({"volume-id": vol.id, "device-name": att.device, "status": att.state,

@@ -97,7 +97,8 @@ def ssh_public_blob(public_key: Any) -> bytes:
 
 
 def openssh_line(public_key: Any) -> str:
-    return public_key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    line: bytes = public_key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return line.decode()
 
 
 # --------------------------------------------------------------------------- creation
@@ -352,7 +353,7 @@ def delete_(conn: Connection, account: str, region: str, *, name: str | None = N
     if row is None:
         return None
     conn.execute(delete(ec2_key_pairs).where(ec2_key_pairs.c.id == row.id))
-    return row.id
+    return str(row.id)
 
 
 # --------------------------------------------------------------------------- operations

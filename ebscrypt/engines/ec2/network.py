@@ -67,7 +67,7 @@ def ensure_defaults(conn: Connection, account: str, region: str, now: datetime) 
         )
     ).first()
     if row is not None:
-        return row.default_vpc_id
+        return str(row.default_vpc_id)
     try:
         with conn.begin_nested():
             conn.execute(insert(ec2_net_defaults).values(account=account, region=region,
@@ -392,13 +392,13 @@ def _cidr(value: str, version: int) -> str:
 
 
 def rules_from_permissions(conn: Connection, account: str, region: str, now: datetime,
-                           permissions: list[dict], *, is_egress: bool) -> list[Rule]:
+                           permissions: list[dict[str, Any]], *, is_egress: bool) -> list[Rule]:
     """Expand IpPermissions into one :class:`Rule` per peer, validated."""
     rules: list[Rule] = []
     for perm in permissions:
         proto = normalize_protocol(perm.get("IpProtocol"))
         fp, tp = _ports(proto, perm.get("FromPort"), perm.get("ToPort"))
-        base = dict(is_egress=is_egress, ip_protocol=proto, from_port=fp, to_port=tp)
+        base: dict[str, Any] = dict(is_egress=is_egress, ip_protocol=proto, from_port=fp, to_port=tp)
         peers = 0
         for r in perm.get("IpRanges") or []:
             rules.append(Rule(**base, cidr_ipv4=_cidr(r.get("CidrIp", ""), 4), description=r.get("Description")))
@@ -416,7 +416,7 @@ def rules_from_permissions(conn: Connection, account: str, region: str, now: dat
             user = pair.get("UserId") or account
             if pair.get("GroupId"):
                 check_group_id(pair["GroupId"])
-                target = conn.execute(select(ec2_security_groups).where(
+                target: Mapping[Any, Any] | None = conn.execute(select(ec2_security_groups).where(
                     ec2_security_groups.c.id == pair["GroupId"], ec2_security_groups.c.account == user,
                     ec2_security_groups.c.region == region,
                 )).mappings().first()

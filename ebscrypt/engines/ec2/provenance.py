@@ -38,7 +38,7 @@ def record(conn: Connection, ctx: Any, resource_id: str, *, plan: EncryptionPlan
         default_key=plan.default_key if plan else None,
         kms_key_arn=key_arn, source_type=source_type, source_id=source_id,
         source_region=source_region or caller.region, data_key_shared=bool(data_key_shared),
-        problem=(plan.problem or None)[:512] if plan and plan.problem else None,
+        problem=plan.problem[:512] if plan and plan.problem else None,
         created_at=ctx.runtime.clock.now(),
     ))
 

@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, TypeVar
 
 from ebscrypt.storage.db import as_utc
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 aware = as_utc  # SQLite times come back naive; every time here is UTC (others import records.aware)
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
+_R = TypeVar("_R", bound="DataclassInstance")
 
 
-def _from_row(cls: type, row: Mapping[str, Any]) -> Any:
+def _from_row(cls: type[_R], row: Mapping[Any, Any]) -> _R:
     names = _FIELDS.get(cls)
     if names is None:
         names = _FIELDS[cls] = tuple(f.name for f in fields(cls))
@@ -72,7 +76,7 @@ class Volume:
     create_time: datetime
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "Volume":
+    def from_row(cls, row: Mapping[Any, Any]) -> "Volume":
         return _from_row(cls, row)
 
     @property
@@ -105,7 +109,7 @@ class Snapshot:
     completion_time: datetime | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "Snapshot":
+    def from_row(cls, row: Mapping[Any, Any]) -> "Snapshot":
         return _from_row(cls, row)
 
     @property
@@ -123,5 +127,5 @@ class Attachment:
     delete_on_termination: bool
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "Attachment":
+    def from_row(cls, row: Mapping[Any, Any]) -> "Attachment":
         return _from_row(cls, row)

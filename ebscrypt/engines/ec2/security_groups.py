@@ -98,7 +98,7 @@ def delete_group(ctx: RequestContext, ref: GroupRef) -> str:
     return str(g["id"])
 
 
-def authorize(ctx: RequestContext, ref: GroupRef, permissions: list[dict], *, egress: bool,
+def authorize(ctx: RequestContext, ref: GroupRef, permissions: list[dict[str, Any]], *, egress: bool,
               tags: list[dict[str, str]]) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
     """Add the rules of ``permissions`` (IpPermission structures) all or nothing: the new
     rule rows and their tags."""
@@ -114,7 +114,7 @@ def authorize(ctx: RequestContext, ref: GroupRef, permissions: list[dict], *, eg
     return rows, rule_tags
 
 
-def revoke(ctx: RequestContext, ref: GroupRef, *, rule_ids: list[str], permissions: list[dict],
+def revoke(ctx: RequestContext, ref: GroupRef, *, rule_ids: list[str], permissions: list[dict[str, Any]],
            egress: bool) -> tuple[list[dict[str, Any]], list[N.Rule]]:
     """Remove rules by id or by permission: the revoked rows, and the rules that matched
     nothing (EC2 answers those, no error, for VPC groups)."""

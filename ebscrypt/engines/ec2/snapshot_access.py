@@ -28,7 +28,7 @@ def grantees(conn: Connection, snapshot_id: str) -> set[str]:
 
 
 def snapshot_is_owned(snapshot: Snapshot, caller: Any) -> bool:
-    return snapshot.account == caller.account
+    return bool(snapshot.account == caller.account)
 
 
 def get_snapshot(conn: Connection, caller: Any, snapshot_id: str, region: str | None = None) -> Snapshot:

@@ -33,7 +33,7 @@ def _literal(value: str) -> bool:
     return not any(ch in value for ch in "*?\\")
 
 
-def narrowing(filters: list[dict] | None, columns: Mapping[str, tuple[Column[Any], Convert | None]],
+def narrowing(filters: list[dict[str, Any]] | None, columns: Mapping[str, tuple[Column[Any], Convert | None]],
               id_column: Column[Any], account: str) -> list[ColumnElement[bool]]:
     """SQL conditions implied by ``filters`` (AND). ``columns``: filter name -> (column,
     conversion of a value to the column's type) for filters whose getter returns exactly

@@ -9,16 +9,16 @@ from typing import Any, Callable
 from sqlalchemy import Connection
 
 from ebscrypt.context import RequestContext
-from ebscrypt.engines.ec2 import snapshots as S
 from ebscrypt.engines.ec2 import tags as T
 from ebscrypt.engines.ec2 import volumes as V
+from ebscrypt.engines.ec2.snapshot_access import owned_snapshot
 from ebscrypt.errors import InvalidID
 
 # Existence checks per id prefix (the caller must own the resource); other prefixes are
 # tagged without a check.
 _TARGETS: dict[str, Callable[[Connection, Any, str], Any]] = {
     "vol": lambda conn, caller, rid: V.get_volume(conn, caller, rid),
-    "snap": lambda conn, caller, rid: S.owned_snapshot(conn, caller, rid),
+    "snap": lambda conn, caller, rid: owned_snapshot(conn, caller, rid),
 }
 
 

@@ -75,7 +75,7 @@ def _ref(params: dict[str, Any], *, allow_name: bool) -> SG.GroupRef:
     return SG.GroupRef(params.get("GroupId"), params.get("GroupName") if allow_name else None)
 
 
-def _legacy_permissions(params: dict[str, Any]) -> list[dict]:
+def _legacy_permissions(params: dict[str, Any]) -> list[dict[str, Any]]:
     """IpPermissions plus the pre-IpPermissions form (IpProtocol/FromPort/ToPort/CidrIp/
     SourceSecurityGroup*), as IpPermission structures."""
     perms = list(params.get("IpPermissions") or [])
