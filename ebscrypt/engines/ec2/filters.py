@@ -7,7 +7,7 @@ import re
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Mapping
 
-from ebscrypt.errors import InvalidParameterValue, ServiceError
+from ebscrypt.errors import InvalidParameterValue
 
 Getter = Callable[[Any], Any]
 
@@ -36,7 +36,7 @@ def _strings(value: Any) -> list[str]:
     return [str(value)]
 
 
-def invalid_filter(name: str) -> ServiceError:
+def invalid_filter(name: str) -> InvalidParameterValue:
     return InvalidParameterValue(f"The filter '{name}' is invalid")
 
 

@@ -74,7 +74,7 @@ def canonical_attribute(attribute: str | None) -> str | None:
     return None if attribute is None else canonical(attribute, _IMAGE_ATTRIBUTES)
 
 
-def unknown_attribute(attribute: str) -> ServiceError:
+def unknown_attribute(attribute: str) -> InvalidParameterValue:
     return InvalidParameterValue(f"Value ({attribute}) for parameter attribute is invalid. Unknown attribute.")
 
 

@@ -29,7 +29,6 @@ from ebscrypt.errors import (
     Malformed,
     MissingParameter,
     NotFound,
-    ServiceError,
 )
 from ebscrypt.storage.tables.ec2_images import ec2_image_launch_permissions as perms_t
 from ebscrypt.storage.tables.ec2_images import ec2_image_snapshots as image_snaps_t
@@ -92,11 +91,11 @@ class Image:
 # ============================================================================ errors
 
 
-def malformed(image_id: str) -> ServiceError:
+def malformed(image_id: str) -> Malformed:
     return Malformed("InvalidAMIID", image_id, prefix="ami")
 
 
-def not_found(ids: Iterable[str]) -> ServiceError:
+def not_found(ids: Iterable[str]) -> NotFound:
     ids = list(ids)
     if len(ids) == 1:
         return NotFound("InvalidAMIID", ids[0])

@@ -58,7 +58,6 @@ from ebscrypt.errors import (
     InvalidParameterCombination,
     InvalidParameterValue,
     MissingParameter,
-    ServiceError,
     UnsupportedOperation,
 )
 from ebscrypt.storage.tables.ec2_images import ec2_instances as instances_t
@@ -91,7 +90,7 @@ def _attribute_names() -> frozenset[str]:
     return model_enum("InstanceAttributeName")
 
 
-def _unknown_attribute(name: str) -> ServiceError:
+def _unknown_attribute(name: str) -> InvalidParameterValue:
     return InvalidParameterValue(f"Value ({name}) for parameter attribute is invalid. Unknown attribute.")
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, select
 from ebscrypt.domain import instance_types as it
 from ebscrypt.engines.ec2.ids import is_well_formed
 from ebscrypt.engines.ec2.records import aware
-from ebscrypt.errors import IncorrectState, Malformed, NotFound, ServiceError
+from ebscrypt.errors import IncorrectState, Malformed, NotFound
 from ebscrypt.storage.tables.ec2_images import ec2_instances as instances_t
 
 TERMINATED_VISIBLE_FOR = timedelta(hours=1)  # EC2 keeps terminated instances visible ~1 h
@@ -59,11 +59,11 @@ class Instance:
         return cls(**values)
 
 
-def malformed(instance_id: str) -> ServiceError:
+def malformed(instance_id: str) -> Malformed:
     return Malformed("InvalidInstanceID", instance_id)
 
 
-def not_found(ids: list[str]) -> ServiceError:
+def not_found(ids: list[str]) -> NotFound:
     if len(ids) == 1:
         return NotFound("InvalidInstanceID", ids[0])
     return NotFound("InvalidInstanceID", ", ".join(ids), f"The instance IDs '{', '.join(ids)}' do not exist")

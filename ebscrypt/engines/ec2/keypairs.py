@@ -34,14 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2.ids import new_id
 from ebscrypt.engines.ec2 import tags as T
-from ebscrypt.errors import (
-    Duplicate,
-    InvalidKeyFormat,
-    InvalidParameterValue,
-    MissingParameter,
-    NotFound,
-    ServiceError,
-)
+from ebscrypt.errors import Duplicate, InvalidKeyFormat, InvalidParameterValue, MissingParameter, NotFound
 from ebscrypt.storage.tables.ec2_net import ec2_key_pairs
 
 RSA_BITS = 2048
@@ -51,19 +44,19 @@ IMPORT_RSA_MAX_BITS = 16384
 # --------------------------------------------------------------------------- errors
 
 
-def not_found(name: str) -> ServiceError:
+def not_found(name: str) -> NotFound:
     return NotFound("InvalidKeyPair", name)
 
 
-def not_found_id(key_id: str) -> ServiceError:
+def not_found_id(key_id: str) -> NotFound:
     return NotFound("InvalidKeyPair", key_id, f"The key pair ID '{key_id}' does not exist")
 
 
-def duplicate(name: str) -> ServiceError:
+def duplicate(name: str) -> Duplicate:
     return Duplicate("InvalidKeyPair", f"The keypair '{name}' already exists.")
 
 
-def bad_format() -> ServiceError:
+def bad_format() -> InvalidKeyFormat:
     return InvalidKeyFormat()
 
 

@@ -31,7 +31,6 @@ from ebscrypt.errors import (
     MissingParameter,
     NotFound,
     RulesPerSecurityGroupLimitExceeded,
-    ServiceError,
 )
 from ebscrypt.storage.tables.ec2_images import ec2_instances
 from ebscrypt.storage.tables.ec2_net import (
@@ -178,7 +177,7 @@ _SG_ID = re.compile(r"^sg-[0-9a-f]{8}([0-9a-f]{9})?$")
 _SGR_ID = re.compile(r"^sgr-[0-9a-f]{8}([0-9a-f]{9})?$")
 
 
-def group_not_found(ref: str) -> ServiceError:
+def group_not_found(ref: str) -> NotFound:
     return NotFound("InvalidGroup", ref, f"The security group '{ref}' does not exist")
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import Connection, select
 
 from ebscrypt.engines.ec2.ids import check_id
 from ebscrypt.engines.ec2.records import Snapshot
-from ebscrypt.errors import NotFound, ServiceError, UnauthorizedOperation
+from ebscrypt.errors import NotFound, UnauthorizedOperation
 from ebscrypt.storage.tables.ec2 import ec2_snapshot_permissions, ec2_snapshots
 
 
@@ -18,7 +18,7 @@ def snapshot_row(conn: Connection, snapshot_id: str) -> Snapshot | None:
     return Snapshot.from_row(row) if row else None
 
 
-def not_found(snapshot_id: str) -> ServiceError:
+def not_found(snapshot_id: str) -> NotFound:
     return NotFound("InvalidSnapshot", snapshot_id)
 
 

@@ -51,16 +51,16 @@ _ECHOED = (
 # ----------------------------------------------------------------------------- errors
 
 
-def _not_found_id(template_id: str) -> ServiceError:
+def _not_found_id(template_id: str) -> NotFound:
     return NotFound("InvalidLaunchTemplateId", template_id,
                     f"The specified launch template, with template ID {template_id}, does not exist.")
 
 
-def _not_found_name(name: str | None = None) -> ServiceError:
+def _not_found_name() -> LaunchTemplateNameNotFound:
     return LaunchTemplateNameNotFound()
 
 
-def _malformed_id(template_id: str) -> ServiceError:
+def _malformed_id(template_id: str) -> Malformed:
     return Malformed(
         "InvalidLaunchTemplateId", template_id,
         f"The specified ID for the launch template '{template_id}' is not valid. Specify a valid "
@@ -68,7 +68,7 @@ def _malformed_id(template_id: str) -> ServiceError:
     )
 
 
-def _version_not_found(template_id: str, version: str) -> ServiceError:
+def _version_not_found(template_id: str, version: str) -> LaunchTemplateVersionNotFound:
     return LaunchTemplateVersionNotFound(
         f"Could not find launch template version {version} for launch template {template_id}.",
     )
@@ -94,7 +94,7 @@ def _load(conn: Connection, account: str, region: str, *, template_id: str | Non
         select(templates_t).where(cond, templates_t.c.account == account, templates_t.c.region == region)
     ).mappings().first()
     if row is None:
-        raise _not_found_id(template_id) if template_id else _not_found_name(name)
+        raise _not_found_id(template_id) if template_id else _not_found_name()
     return dict(row)
 
 
@@ -384,7 +384,7 @@ def describe_templates(
         found_names = {r["name"] for r in rows}
         for n in names or []:
             if n not in found_names:
-                raise _not_found_name(n)
+                raise _not_found_name()
         return [template_view(conn, r) for r in rows]
 
 
