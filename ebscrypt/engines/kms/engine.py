@@ -29,8 +29,9 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Sequence
 
-from sqlalchemy import Connection, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, insert, select, update
 
+from ebscrypt.blocking import WouldBlock, may_block
 from ebscrypt.context import Caller, Runtime
 from ebscrypt.domain import grants as grant_rules
 from ebscrypt.domain import policy as policy_rules
@@ -48,6 +49,7 @@ from ebscrypt.engines.kms.audit import (
 from ebscrypt.engines.kms.crypto_ops import CryptoOperations
 from ebscrypt.engines.kms.errors import no_policy_allows
 from ebscrypt.engines.kms.grants import GrantOperations, grant_of
+from ebscrypt.engines.kms.key_rows import KeyRows
 from ebscrypt.engines.kms.keys import KeyOperations
 from ebscrypt.engines.kms.keystore import KeyStore, KeyStoreUnavailable, RootKeyError, open_key_store
 from ebscrypt.engines.kms.metadata import KeyInfo, utc
@@ -69,24 +71,13 @@ from ebscrypt.errors import (
     ServiceError,
 )
 from ebscrypt.storage.space import SpaceMonitor, is_out_of_space
-from ebscrypt.storage.tables.kms import kms_aliases, kms_grants, kms_key_material, kms_keys
+from ebscrypt.storage.tables.kms import kms_aliases, kms_grants, kms_key_material
 
 __all__ = ["KeyEngine", "KeyInfo"]
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _KEY_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:([a-z0-9-]+):(\d{12}):key/(.+)$")
 _ALIAS_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:([a-z0-9-]+):(\d{12}):(alias/.+)$")
-
-# The key row plus the id of its current backing material (one round trip), built once:
-# constructing the statement per call cost more than running it.
-_KEY_QUERY = (
-    select(kms_keys, kms_key_material.c.material_id.label("current_material_id"))
-    .outerjoin(
-        kms_key_material,
-        and_(kms_key_material.c.key_id == kms_keys.c.key_id, kms_key_material.c.is_current.is_(True)),
-    )
-    .where(kms_keys.c.key_id == bindparam("key_id"))
-)
 
 def check_key_store(db: Any, store: KeyStore) -> None:
     """At start: every root key the database's material is wrapped by is held by ``store``,
@@ -155,6 +146,7 @@ class KeyEngine(
             self.key_store.close()
             raise
         self.audit_log = AuditLog(audit_path(data_dir))
+        self.key_rows = KeyRows(self.db)
         self.space: SpaceMonitor = runtime.engines.get("space") or SpaceMonitor(data_dir)
         # Plaintext material per (key id, material id): from its first use until the key is
         # disabled, scheduled for deletion or deleted (forget_key), or the process ends.
@@ -167,6 +159,7 @@ class KeyEngine(
 
     def close(self) -> None:
         self.audit_log.close()
+        self.key_rows.close()
         self._materials.clear()
         self.key_store.close()
 
@@ -208,8 +201,14 @@ class KeyEngine(
             time=self.clock.now(),
         )
         token = CURRENT_EVENT.set(ev)
+        record = True
         try:
             yield ev
+        except WouldBlock:
+            # Not run: the gateway runs the request again in a worker thread, which
+            # records it (ebscrypt/blocking.py). One request, one record.
+            record = False
+            raise
         except ServiceError as exc:
             ev.error = (exc.code, exc.message)
             raise
@@ -218,12 +217,13 @@ class KeyEngine(
             raise
         finally:
             CURRENT_EVENT.reset(token)
-            try:
-                self.audit_log.append(cloudtrail_record(ev))
-            except OSError as exc:
-                if not is_out_of_space(exc):
-                    raise
-                raise self.space.error(f"the KMS audit record of {event_name}", exc) from exc
+            if record:
+                try:
+                    self.audit_log.append(cloudtrail_record(ev))
+                except OSError as exc:
+                    if not is_out_of_space(exc):
+                        raise
+                    raise self.space.error(f"the KMS audit record of {event_name}", exc) from exc
 
     @staticmethod
     def _note_resource(arn: str) -> None:
@@ -238,6 +238,7 @@ class KeyEngine(
         m = self._materials.get(cache_key)
         if m is not None:
             return m
+        may_block()  # the key store (a PKCS#11 token) may wait: not on the event loop
         q = select(kms_key_material.c.wrapped, kms_key_material.c.wrapped_by).where(
             kms_key_material.c.key_id == key_id, kms_key_material.c.material_id == material_id
         )
@@ -383,8 +384,7 @@ class KeyEngine(
         return row
 
     def _load_fresh(self, key_id: str) -> Any:
-        with self.db.read() as conn:
-            row = self._key_row(conn, key_id)
+        row = self.key_rows.get(key_id)  # from memory while the database is unchanged
         if row is None:
             return None
         now = self.clock.now()
@@ -395,14 +395,13 @@ class KeyEngine(
         due = row.next_rotation_date
         if row.state == "Enabled" and row.rotation_enabled and due is not None and utc(due) <= now:
             self._auto_rotate(key_id)
-            with self.db.read() as conn:
-                row = self._key_row(conn, key_id)
+            row = self.key_rows.get(key_id)
         return row
 
     @staticmethod
     def _key_row(conn: Connection, key_id: str) -> Any:
         """The key row plus the id of its current backing material (None if no such key)."""
-        return conn.execute(_KEY_QUERY, {"key_id": key_id}).first()
+        return KeyRows.read(conn, key_id)
 
     # ----------------------------------------------------------- authorization
 

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from ebscrypt.blocking import may_block
 from ebscrypt.context import Caller
 from ebscrypt.domain import policy as policy_rules
 from ebscrypt.engines.kms import api, asym, generations
@@ -104,6 +105,7 @@ class KeyOperations:
             return alias_row(conn, account, region, EBS_ALIAS)
 
     def _create_ebs_key(self, account: str, region: str) -> None:
+        may_block()  # the lock below is held across a durable write
         with self._lock:
             with self.db.begin() as conn:
                 if alias_row(conn, account, region, EBS_ALIAS) is not None:
