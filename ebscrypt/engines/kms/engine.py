@@ -29,7 +29,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Sequence
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from ebscrypt.blocking import WouldBlock, may_block
 from ebscrypt.context import Caller, Runtime
@@ -78,6 +78,13 @@ __all__ = ["KeyEngine", "KeyInfo"]
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _KEY_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:([a-z0-9-]+):(\d{12}):key/(.+)$")
 _ALIAS_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:([a-z0-9-]+):(\d{12}):(alias/.+)$")
+
+# Statements built once (issue 15: building them per call cost more than running them).
+_INSERT_MATERIAL = insert(kms_key_material)
+_DEMOTE_MATERIAL = (
+    update(kms_key_material).where(kms_key_material.c.key_id == bindparam("k")).values(is_current=False)
+)
+
 
 def check_key_store(db: Any, store: KeyStore) -> None:
     """At start: every root key the database's material is wrapped by is held by ``store``,
@@ -276,26 +283,29 @@ class KeyEngine(
             return self._current_material(conn, row.key_id)
 
     def _add_material(
-        self, conn: Connection, key_id: str, material: bytes, *, rotation_type: str | None = None
+        self, conn: Connection, key_id: str, material: bytes, *, rotation_type: str | None = None,
+        new_key: bool = False,
     ) -> str:
+        """Wrap and store ``material`` as the key's current backing material (``new_key``:
+        the key was inserted in this transaction, so it has no other material to demote)."""
         material_id = os.urandom(16).hex()
         try:
             wrapped_by, wrapped = self.key_store.wrap(key_id, material_id, material)
         except KeyStoreUnavailable as exc:
             raise KmsKeyUnavailable(exc) from None
+        if not new_key:
+            conn.execute(_DEMOTE_MATERIAL, {"k": key_id})
         conn.execute(
-            update(kms_key_material).where(kms_key_material.c.key_id == key_id).values(is_current=False)
-        )
-        conn.execute(
-            insert(kms_key_material).values(
-                key_id=key_id,
-                material_id=material_id,
-                wrapped=wrapped,
-                wrapped_by=wrapped_by,
-                created_at=self.clock.now(),
-                is_current=True,
-                rotation_type=rotation_type,
-            )
+            _INSERT_MATERIAL,
+            {
+                "key_id": key_id,
+                "material_id": material_id,
+                "wrapped": wrapped,
+                "wrapped_by": wrapped_by,
+                "created_at": self.clock.now(),
+                "is_current": True,
+                "rotation_type": rotation_type,
+            },
         )
         self._materials[(key_id, material_id)] = material
         return material_id

@@ -89,6 +89,9 @@ def _grant_conditions(
     return extra, ec
 
 
+_INSERT_GRANT = insert(kms_grants)  # built once; the values go as parameters
+
+
 def _identical_grant(conn: Connection, key_id: str, grantee: str, name: str | None, same: tuple[Any, ...]) -> Any:
     """The key's grant to ``grantee`` (named ``name``, or unnamed) whose (retiring
     principal, operations, constraints, issuing account, for-AWS-resource) are ``same``."""
@@ -148,11 +151,12 @@ class GrantOperations:
                 return g.grant_id, g.token  # made meanwhile by another writer
             grant_id = os.urandom(32).hex()
             token = base64.urlsafe_b64encode(b"ebscrypt-grant:" + os.urandom(48)).decode().rstrip("=")
-            conn.execute(insert(kms_grants).values(
-                grant_id=grant_id, key_id=row.key_id, name=name, grantee=grantee, retiring=retiring,
-                operations=ops_json, constraints=cons_json, issuing_account=caller.account,
-                for_aws_resource=for_aws_resource, token=token, creation_date=self.clock.now(),
-            ))
+            conn.execute(_INSERT_GRANT, {
+                "grant_id": grant_id, "key_id": row.key_id, "name": name, "grantee": grantee,
+                "retiring": retiring, "operations": ops_json, "constraints": cons_json,
+                "issuing_account": caller.account, "for_aws_resource": for_aws_resource, "token": token,
+                "creation_date": self.clock.now(),
+            })
         return grant_id, token
 
     def create_grant(self, caller: Caller, args: api.CreateGrant) -> dict[str, Any]:

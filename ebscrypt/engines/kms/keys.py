@@ -36,6 +36,10 @@ def _description(description: str | None) -> str:
     return desc
 
 
+_INSERT_KEY = insert(kms_keys)
+_INSERT_TAG = insert(kms_tags)
+
+
 class KeyOperations:
     """CreateKey, DescribeKey, ListKeys, UpdateKeyDescription, EnableKey, DisableKey,
     ScheduleKeyDeletion, CancelKeyDeletion."""
@@ -63,27 +67,30 @@ class KeyOperations:
             material = os.urandom(32)
         else:
             material, public = asym.generate(key_spec)
+        # A statement built once and its values as parameters: building .values(...)
+        # per call cost more than running the insert (issue 15).
         conn.execute(
-            insert(kms_keys).values(
-                key_id=key_id,
-                account=account,
-                region=region,
-                arn=arn,
-                key_spec=key_spec,
-                key_usage=key_usage,
-                key_manager=key_manager,
-                state="Enabled",
-                description=description,
-                policy=policy,
-                creation_date=now,
-                deletion_date=None,
-                rotation_enabled=rotation,
-                rotation_period_days=365 if rotation else None,
-                next_rotation_date=now + timedelta(days=365) if rotation else None,
-                public_key=public,
-            )
+            _INSERT_KEY,
+            {
+                "key_id": key_id,
+                "account": account,
+                "region": region,
+                "arn": arn,
+                "key_spec": key_spec,
+                "key_usage": key_usage,
+                "key_manager": key_manager,
+                "state": "Enabled",
+                "description": description,
+                "policy": policy,
+                "creation_date": now,
+                "deletion_date": None,
+                "rotation_enabled": rotation,
+                "rotation_period_days": 365 if rotation else None,
+                "next_rotation_date": now + timedelta(days=365) if rotation else None,
+                "public_key": public,
+            },
         )
-        self._add_material(conn, key_id, material)
+        self._add_material(conn, key_id, material, new_key=True)
         return self._key_row(conn, key_id)
 
     def _ebs_alias(self, account: str, region: str) -> Any:
@@ -161,8 +168,8 @@ class KeyOperations:
             )
             if args.policy is not None and not args.bypass_policy_lockout_safety_check:
                 self._lockout_check(caller, row, policy_text)
-            for k, v in tags.items():
-                conn.execute(insert(kms_tags).values(key_id=row.key_id, tag_key=k, tag_value=v))
+            if tags:
+                conn.execute(_INSERT_TAG, [{"key_id": row.key_id, "tag_key": k, "tag_value": v} for k, v in tags.items()])
         self._note_resource(row.arn)
         return {"KeyMetadata": key_metadata(row)}
 
