@@ -53,10 +53,35 @@ def describe_key(ctx: Ctx) -> None:
     assert ctx.client("kms").describe_key(KeyId=ctx.state["key"])["KeyMetadata"]["Enabled"]
 
 
+GRANTEE = "arn:aws:iam::123456789012:role/bench"
+
+
+def create_key(ctx: Ctx) -> None:
+    assert ctx.client("kms").create_key(Description="bench")["KeyMetadata"]["Enabled"]
+
+
+def raw_create_key(ctx: Ctx) -> RawCall:
+    return RawCall("kms", "create_key", dict(Description="bench"))
+
+
+def create_grant(ctx: Ctx) -> None:
+    assert ctx.client("kms").create_grant(KeyId=ctx.state["key"], GranteePrincipal=GRANTEE,
+                                          Operations=["Decrypt", "GenerateDataKey"])["GrantId"]
+
+
+def raw_create_grant(ctx: Ctx) -> RawCall:
+    """A new (unnamed) grant per call, as each new volume attach makes one."""
+    return RawCall("kms", "create_grant", dict(KeyId=ctx.state["key"], GranteePrincipal=GRANTEE,
+                                               Operations=["Decrypt", "GenerateDataKey"]))
+
+
 WORKLOADS = [
     # one iteration = one pair, so the figure reads as pairs/s
     Workload("KMS GenerateDataKey+Decrypt pairs", data_key_pair, setup=make_key, calls_per_iteration=1,
              raw=raw_pair, many_clients=True),
+    # the mutating KMS calls of issue 15 (one durable transaction each)
+    Workload("KMS CreateKey", create_key, raw=raw_create_key, many_clients=True),
+    Workload("KMS CreateGrant", create_grant, setup=make_key, raw=raw_create_grant, many_clients=True),
     Workload("KMS Encrypt(1 KiB)", encrypt_1k, setup=make_key),
     Workload("KMS DescribeKey", describe_key, setup=make_key),
 ]

@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--out", type=Path, help="keep the collapsed stacks here")
+    p.add_argument("--gil", action="store_true",
+                   help="sample only the thread holding the GIL: where the server's CPU goes, without waits")
     args = p.parse_args(argv)
     pyspy = shutil.which("py-spy")
     if pyspy is None:
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             collapsed = out_dir / f"{stem}.txt"
             assert srv.proc is not None
             rec = subprocess.Popen([pyspy, "record", "-p", str(srv.proc.pid), "-d", str(int(args.seconds) + 1),
-                                    "-r", str(args.rate), "-f", "raw", "-o", str(collapsed), "--nonblocking"],
+                                    "-r", str(args.rate), "-f", "raw", "-o", str(collapsed), "--nonblocking",
+                                    *(["--gil"] if args.gil else [])],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             rate: list[float] = []
             t = threading.Thread(target=lambda: rate.append(time_raw_round(ctx, wl, args.seconds, 20, args.clients)))

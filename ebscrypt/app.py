@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 
+from ebscrypt.blocking import WouldBlock, on_loop
 from ebscrypt.console.app import Console
 from ebscrypt.context import RequestContext, Runtime, Settings
 from ebscrypt.engines.blocks.store import StoreUnavailable
@@ -79,6 +80,9 @@ class Gateway:
         credentials = load_credentials(settings.credentials_file) if settings.credentials_file else None
         self.auth = Authenticator(settings.auth, settings.default_account, credentials)
         self.origins = origin_policy(settings)
+        # Handlers registered inline run on the event loop when the metadata database is
+        # SQLite (a read is a local call); on PostgreSQL a read is a network round trip.
+        self.inline = bool(getattr(runtime.db, "is_sqlite", False))
 
     async def handle(self, request: Request) -> Response:
         request_id = str(uuid.uuid4())
@@ -112,7 +116,9 @@ class Gateway:
                     code=_NOT_IMPLEMENTED_CODE[service],
                 )
             ctx = RequestContext(caller, self.runtime, request_id, service, operation.name)
-            result = await run_in_threadpool(_run_handler, handler, ctx, params)
+            result = _run_on_loop(handler, ctx, params) if self.inline and registry.is_inline(handler) else _DEFER
+            if result is _DEFER:
+                result = await run_in_threadpool(_run_handler, handler, ctx, params)
             self.runtime.space.note_success()
             return _to_starlette(codec.serialize(operation, result or {}, request_id), cors)
         except ServiceError as error:
@@ -148,6 +154,19 @@ def origin_policy(settings: Settings) -> origin.OriginPolicy:
 
 # How many times a request that lost a race on PostgreSQL (serialization failure) is run.
 REQUEST_CONFLICT_ATTEMPTS = 6
+
+
+_DEFER = object()
+
+
+def _run_on_loop(handler: Any, ctx: RequestContext, params: dict[str, Any]) -> Any:
+    """Run an inline handler on the event loop; ``_DEFER`` if it reached a step that can
+    wait (nothing done yet: the caller runs it in a worker thread; ebscrypt/blocking.py)."""
+    try:
+        with on_loop():
+            return handler(ctx, params)
+    except WouldBlock:
+        return _DEFER
 
 
 def _run_handler(handler: Any, ctx: RequestContext, params: dict[str, Any]) -> Any:

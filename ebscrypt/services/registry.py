@@ -11,17 +11,23 @@ from ebscrypt.context import RequestContext
 Handler = Callable[[RequestContext, dict[str, Any]], dict[str, Any]]
 
 _HANDLERS: dict[tuple[str, str], Handler] = {}
+_INLINE: set[Handler] = set()
 _loaded = False
 
 
-def operation(service: str, name: str) -> Callable[[Handler], Handler]:
-    """Register ``fn`` as the handler of ``service``'s operation ``name`` (model spelling)."""
+def operation(service: str, name: str, *, inline: bool = False) -> Callable[[Handler], Handler]:
+    """Register ``fn`` as the handler of ``service``'s operation ``name`` (model spelling).
+
+    ``inline``: the handler's common path neither writes nor waits, so the gateway may run
+    it on the event loop (no thread hand-off; see :mod:`ebscrypt.blocking`)."""
 
     def register(fn: Handler) -> Handler:
         key = (service, name)
         if key in _HANDLERS and _HANDLERS[key] is not fn:
             raise RuntimeError(f"two handlers for {service}:{name}")
         _HANDLERS[key] = fn
+        if inline:
+            _INLINE.add(fn)
         return fn
 
     return register
@@ -47,3 +53,8 @@ def handler_for(service: str, name: str) -> Handler | None:
 def operations(service: str) -> list[str]:
     load_all()
     return sorted(op for svc, op in _HANDLERS if svc == service)
+
+
+def is_inline(handler: Handler) -> bool:
+    """Registered with ``inline=True``."""
+    return handler in _INLINE

@@ -37,6 +37,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 
+from ebscrypt.blocking import may_block
 from ebscrypt.storage.schema import load_tables, schema_version
 
 SCHEMA_VERSION = 8
@@ -383,6 +384,7 @@ class Database:
         correctness rests on row locks and conditional updates alone (job claims, lease
         renewals), which must not fail on a conflict.
         """
+        may_block()  # a handler on the event loop goes to a worker thread first (ebscrypt/blocking.py)
         if self._writer is not None:
             # Bounded: a writer that waits on another thread's write (a bug) still gets
             # SQLite's busy_timeout error, as before, instead of hanging.

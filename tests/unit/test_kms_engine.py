@@ -234,7 +234,7 @@ def test_no_key_material_or_data_key_on_disk_in_plaintext(tmp_path: Path) -> Non
     out = kms_op(engine, "GenerateDataKey", CA, {"KeyId": md["KeyId"], "KeySpec": "AES_256"})
     engine.default_ebs_key(A, REGION)
     rsa = cmk(engine, KeySpec="RSA_2048", KeyUsage="ENCRYPT_DECRYPT")
-    secrets = [out["Plaintext"], *engine._materials.values()]
+    secrets = [out["Plaintext"], *engine.materials.plaintexts()]
     assert len(secrets) >= 4
     engine.close()
     engine.db.dispose()

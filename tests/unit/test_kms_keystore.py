@@ -221,7 +221,7 @@ def test_unwrapped_material_is_cached_only_while_the_key_is_usable(tmp_path: Pat
     try:
         key_id = cmk(engine)["KeyId"]
         blob = kms_op(engine, "Encrypt", CA, {"KeyId": key_id, "Plaintext": b"p"})["CiphertextBlob"]
-        cached = lambda: [k for k in engine._materials if k[0] == key_id]  # noqa: E731
+        cached = lambda: [k for k in engine.materials.held() if k[0] == key_id]  # noqa: E731
         assert len(cached()) == 1
         kms_op(engine, "DisableKey", CA, {"KeyId": key_id})
         assert cached() == []  # disabled: the plaintext material leaves memory

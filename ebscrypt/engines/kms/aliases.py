@@ -1,24 +1,28 @@
 """Aliases: CreateAlias, UpdateAlias, DeleteAlias, ListAliases, and the alias lookup key
 resolution uses. ``alias/aws/...`` names belong to AWS managed keys (``alias/aws/ebs``,
-made on first use by :mod:`.keys`).
-
-A mixin of :class:`ebscrypt.engines.kms.engine.KeyEngine`.
+made on first use by :mod:`.lifecycle`).
 """
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 
 from ebscrypt.context import Caller
-from ebscrypt.engines.kms import api, generations
+from ebscrypt.engines.kms import api, checks, generations
 from ebscrypt.engines.kms.metadata import utc
 from ebscrypt.engines.kms.paging import page
 from ebscrypt.errors import KmsAlreadyExists, KmsNotAuthorized, KmsNotFound, KmsValidation, ServiceError
 from ebscrypt.storage.tables.kms import kms_aliases
+
+if TYPE_CHECKING:  # the collaborators, given by the engine (no import cycle)
+    from ebscrypt.clock import Clock
+    from ebscrypt.engines.kms.access import KeyAccess
+    from ebscrypt.engines.kms.lifecycle import KeyLifecycle
+    from ebscrypt.storage.db import Database
 
 EBS_ALIAS = "alias/aws/ebs"
 
@@ -71,10 +75,16 @@ def _check_alias_name(name: Any) -> None:
 class AliasOperations:
     """CreateAlias, UpdateAlias, DeleteAlias, ListAliases."""
 
+    def __init__(self, db: Database, clock: Clock, access: KeyAccess, lifecycle: KeyLifecycle) -> None:
+        self.db = db
+        self.clock = clock
+        self.access = access
+        self.lifecycle = lifecycle
+
     def _own_target(self, caller: Caller, key_ref: str) -> Any:
         """The key an alias of the caller may point to: named by key id or key ARN, and
         of the caller's own account."""
-        row = self._resolve(caller, key_ref, allow_alias=False)
+        row = self.access.resolve(caller, key_ref, allow_alias=False)
         if row.account != caller.account:
             raise KmsNotFound.key(row.arn)
         return row
@@ -91,9 +101,9 @@ class AliasOperations:
         name = args.alias_name
         _check_alias_name(name)
         row = self._own_target(caller, args.target_key_id)
-        self._authorize(caller, row, "kms:CreateAlias")
-        self._require_customer(row, caller, "kms:CreateAlias")
-        self._require_not_pending(row)
+        self.access.authorize(caller, row, "kms:CreateAlias")
+        checks.require_customer(row, caller, "kms:CreateAlias")
+        checks.require_not_pending(row)
         now = self.clock.now()
         with self.db.begin() as conn:
             if alias_row(conn, caller.account, caller.region, name) is not None:
@@ -107,14 +117,14 @@ class AliasOperations:
     def update_alias(self, caller: Caller, args: api.AliasTarget) -> dict[str, Any]:
         name = args.alias_name
         alias = self._existing_alias(caller, name)
-        old = self._load(alias.target_key_id)
+        old = self.access.load(alias.target_key_id)
         new = self._own_target(caller, args.target_key_id)
         if old is not None:
-            self._note_resource(old.arn)
-            self._authorize(caller, old, "kms:UpdateAlias")
-        self._authorize(caller, new, "kms:UpdateAlias")
-        self._require_customer(new, caller, "kms:UpdateAlias")
-        self._require_not_pending(new)
+            checks.note_resource(old.arn)
+            self.access.authorize(caller, old, "kms:UpdateAlias")
+        self.access.authorize(caller, new, "kms:UpdateAlias")
+        checks.require_customer(new, caller, "kms:UpdateAlias")
+        checks.require_not_pending(new)
         if old is not None and (old.key_spec, old.key_usage) != (new.key_spec, new.key_usage):
             raise KmsValidation(
                 "The new target key must have the same key spec and key usage as the current target key."
@@ -132,17 +142,17 @@ class AliasOperations:
     def delete_alias(self, caller: Caller, args: api.DeleteAlias) -> dict[str, Any]:
         name = args.alias_name
         alias = self._existing_alias(caller, name)
-        row = self._load(alias.target_key_id)
+        row = self.access.load(alias.target_key_id)
         if row is not None:
-            self._note_resource(row.arn)
-            self._authorize(caller, row, "kms:DeleteAlias")
+            checks.note_resource(row.arn)
+            self.access.authorize(caller, row, "kms:DeleteAlias")
         with self.db.begin() as conn:
             conn.execute(delete(kms_aliases).where(*_named(caller.account, caller.region, name)))
             generations.bump(conn, alias.target_key_id)  # kms:ResourceAliases conditions may change
         return {}
 
     def list_aliases(self, caller: Caller, args: api.ListAliases) -> dict[str, Any]:
-        self.sweep_deletions()
+        self.lifecycle.sweep_deletions()
         q = select(kms_aliases).where(kms_aliases.c.account == caller.account, kms_aliases.c.region == caller.region)
         if args.key_id:
             row = self._own_target(caller, args.key_id)

@@ -16,9 +16,14 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, TextIO
 
+from ebscrypt.blocking import WouldBlock
+from ebscrypt.clock import Clock
 from ebscrypt.context import Caller
+from ebscrypt.errors import ServiceError
+from ebscrypt.storage.space import SpaceMonitor, is_out_of_space
 
 AUDIT_RELATIVE = Path("audit") / "kms-audit.jsonl"
 
@@ -154,6 +159,72 @@ class AuditLog:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+class AuditTrail:
+    """The audit hook every KMS event runs in (:meth:`audited`)."""
+
+    def __init__(self, log: AuditLog, space: SpaceMonitor, clock: Clock) -> None:
+        self.log = log
+        self.space = space
+        self.clock = clock
+
+    @contextmanager
+    def audited(
+        self,
+        caller: Caller,
+        event_name: str,
+        request_parameters: Mapping[str, Any] | None = None,
+        *,
+        via_service: str | None = None,
+        request_id: str | None = None,
+    ) -> Iterator[AuditEvent]:
+        """Run one KMS event; append its CloudTrail record (with errorCode if refused).
+        ``request_parameters``: the members as the caller sent them, for the record's
+        ``requestParameters`` (secrets and bytes left out).
+
+        Fail closed: an event that cannot be recorded does not happen. With too little
+        space left for its record the operation is refused before it runs; a record
+        that still cannot be appended turns the answer into the same 503, so no result
+        (plaintext, data key) leaves without its record (see README.md, "Audit trail").
+        """
+        self.space.require(f"the KMS audit record of {event_name}")
+        ev = AuditEvent(
+            caller=caller,
+            name=event_name,
+            params=audit_params(request_parameters or {}),
+            via_service=via_service,
+            request_id=request_id or str(uuid.uuid4()),
+            read_only=event_name in READ_ONLY_EVENTS,
+            time=self.clock.now(),
+        )
+        token = CURRENT_EVENT.set(ev)
+        record = True
+        try:
+            yield ev
+        except WouldBlock:
+            # Not run: the gateway runs the request again in a worker thread, which
+            # records it (ebscrypt/blocking.py). One request, one record.
+            record = False
+            raise
+        except ServiceError as exc:
+            ev.error = (exc.code, exc.message)
+            raise
+        except Exception:
+            ev.error = ("KMSInternalException", "internal error")
+            raise
+        finally:
+            CURRENT_EVENT.reset(token)
+            if record:
+                try:
+                    self.log.append(cloudtrail_record(ev))
+                except OSError as exc:
+                    if not is_out_of_space(exc):
+                        raise
+                    raise self.space.error(f"the KMS audit record of {event_name}", exc) from exc
+
+    def close(self) -> None:
+        self.log.close()
 
 
 def read_events(data_dir: Path | str) -> Iterator[dict[str, Any]]:

@@ -4,17 +4,15 @@ of :mod:`.blob` ciphertexts) that the "via ec2" API shares.
 
 Symmetric blobs name their key and backing material, so Decrypt needs no KeyId;
 asymmetric (RSA-OAEP) ciphertexts are raw, as in AWS, and need KeyId + algorithm.
-
-A mixin of :class:`ebscrypt.engines.kms.engine.KeyEngine`.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ebscrypt.context import Caller
-from ebscrypt.engines.kms import api, asym
+from ebscrypt.engines.kms import api, asym, checks
 from ebscrypt.engines.kms import blob as blobfmt
 from ebscrypt.engines.kms.errors import incompatible_algorithm, refuse_recipient, stop_if_dry_run
 from ebscrypt.errors import (
@@ -25,6 +23,10 @@ from ebscrypt.errors import (
     KmsValidation,
     ServiceError,
 )
+
+if TYPE_CHECKING:  # the collaborators, given by the engine (no import cycle)
+    from ebscrypt.engines.kms.access import KeyAccess
+    from ebscrypt.engines.kms.materials import KeyMaterials
 
 MAX_PLAINTEXT = 4096
 
@@ -71,13 +73,17 @@ def _plaintext(pt: Any) -> bytes:
 class CryptoOperations:
     """Encrypt, Decrypt, ReEncrypt, data keys, data key pairs, GenerateRandom."""
 
+    def __init__(self, access: KeyAccess, materials: KeyMaterials) -> None:
+        self.access = access
+        self.materials = materials
+
     # ------------------------------------------------------- symmetric crypto core
 
-    def _seal(self, row: Any, plaintext: bytes, context: Mapping[str, str] | None) -> bytes:
-        material_id, material = self._current_key(row)
+    def seal(self, row: Any, plaintext: bytes, context: Mapping[str, str] | None) -> bytes:
+        material_id, material = self.materials.of_row(row)
         return blobfmt.seal(row.key_id, material_id, material, plaintext, context)
 
-    def _blob_key(self, caller: Caller, blob: bytes, key_ref: str | None, algorithm: str | None) -> tuple[Any, Any]:
+    def blob_key(self, caller: Caller, blob: bytes, key_ref: str | None, algorithm: str | None) -> tuple[Any, Any]:
         """(key row, parsed header or None for asymmetric) that ``blob`` is encrypted under."""
         if not isinstance(blob, (bytes, bytearray)) or not blob:
             raise KmsValidation("CiphertextBlob must be 1 to 6144 bytes")
@@ -86,28 +92,28 @@ class CryptoOperations:
                 raise KmsValidation(
                     "KeyId is required when decrypting with an asymmetric KMS key"
                 )
-            row = self._resolve(caller, key_ref)
+            row = self.access.resolve(caller, key_ref)
             return row, None
         try:
             header = blobfmt.parse_header(bytes(blob))
         except (blobfmt.BadCiphertext, ValueError):
             raise _invalid_ciphertext() from None
         if key_ref:
-            row = self._resolve(caller, key_ref)
+            row = self.access.resolve(caller, key_ref)
             if row.key_id != header.key_id:
                 raise KmsIncorrectKey(
                     "The key ID in the request does not identify a KMS key that can perform this operation."
                 )
             return row, header
-        row = self._load(header.key_id)
+        row = self.access.load(header.key_id)
         if row is None or row.region != caller.region:
             raise _invalid_ciphertext()
-        self._note_resource(row.arn)
+        checks.note_resource(row.arn)
         return row, header
 
-    def _open(self, row: Any, header: Any, blob: bytes, context: Mapping[str, str] | None) -> bytes:
+    def open_blob(self, row: Any, header: Any, blob: bytes, context: Mapping[str, str] | None) -> bytes:
         try:
-            material = self._material(row.key_id, header.material_id)
+            material = self.materials.get(row.key_id, header.material_id)
             return blobfmt.open_blob(header, bytes(blob), material, context)
         except blobfmt.BadCiphertext:
             raise _invalid_ciphertext() from None
@@ -119,10 +125,10 @@ class CryptoOperations:
     ) -> tuple[Any, dict[str, str] | None]:
         """(key row, encryption context) of a request that encrypts under ``key_ref``:
         authorized for ``action`` with that context, and enabled."""
-        row = self._resolve(caller, key_ref)
+        row = self.access.resolve(caller, key_ref)
         ec = _context(context)
-        self._authorize(caller, row, action, encryption_context=ec, grant_tokens=grant_tokens)
-        self._require_enabled(row)
+        self.access.authorize(caller, row, action, encryption_context=ec, grant_tokens=grant_tokens)
+        checks.require_enabled(row)
         return row, ec
 
     def encrypt(self, caller: Caller, args: api.Encrypt) -> dict[str, Any]:
@@ -134,11 +140,11 @@ class CryptoOperations:
         return {"CiphertextBlob": blob, "KeyId": row.arn, "EncryptionAlgorithm": alg}
 
     def _encrypt(self, row: Any, plaintext: bytes, ec: Mapping[str, str] | None, alg: str) -> bytes:
-        self._require_usage(row, "ENCRYPT_DECRYPT", "Encrypt")
+        checks.require_usage(row, "ENCRYPT_DECRYPT", "Encrypt")
         if alg not in asym.encryption_algorithms(row.key_spec, row.key_usage):
             raise incompatible_algorithm(alg, row)
         if row.key_spec == "SYMMETRIC_DEFAULT":
-            return self._seal(row, plaintext, ec)
+            return self.seal(row, plaintext, ec)
         if ec:
             raise KmsValidation("EncryptionContext is not supported with asymmetric KMS keys")
         limit = asym.max_plaintext(row.key_spec, alg)
@@ -152,17 +158,17 @@ class CryptoOperations:
         self, caller: Caller, blob: Any, key_ref: str | None, ec: Mapping[str, str] | None, alg: str | None,
         action: str, grant_tokens: Sequence[str] | None = None,
     ) -> tuple[Any, bytes]:
-        row, header = self._blob_key(caller, blob, key_ref, alg)
-        self._authorize(caller, row, action, encryption_context=ec, grant_tokens=grant_tokens)
-        self._require_enabled(row)
-        self._require_usage(row, "ENCRYPT_DECRYPT", "Decrypt")
+        row, header = self.blob_key(caller, blob, key_ref, alg)
+        self.access.authorize(caller, row, action, encryption_context=ec, grant_tokens=grant_tokens)
+        checks.require_enabled(row)
+        checks.require_usage(row, "ENCRYPT_DECRYPT", "Decrypt")
         if header is not None:
             if row.key_spec != "SYMMETRIC_DEFAULT":
                 raise _invalid_ciphertext()
-            return row, self._open(row, header, blob, ec)
+            return row, self.open_blob(row, header, blob, ec)
         if alg not in asym.encryption_algorithms(row.key_spec, row.key_usage):
             raise incompatible_algorithm(alg, row)
-        _material_id, material = self._current_key(row)
+        _material_id, material = self.materials.of_row(row)
         try:
             return row, asym.rsa_decrypt(material, bytes(blob), alg)
         except ValueError:
@@ -194,9 +200,9 @@ class CryptoOperations:
             caller, args.ciphertext_blob, args.source_key_id, src_ec, src_alg, "kms:ReEncryptFrom",
             args.grant_tokens,
         )
-        dst = self._resolve(caller, args.destination_key_id)
-        self._authorize(caller, dst, "kms:ReEncryptTo", encryption_context=dst_ec)
-        self._require_enabled(dst)
+        dst = self.access.resolve(caller, args.destination_key_id)
+        self.access.authorize(caller, dst, "kms:ReEncryptTo", encryption_context=dst_ec)
+        checks.require_enabled(dst)
         blob = self._encrypt(dst, plaintext, dst_ec, dst_alg)
         stop_if_dry_run(args.dry_run)
         return {
@@ -215,7 +221,7 @@ class CryptoOperations:
 
     def _data_key(self, caller: Caller, args: api.GenerateDataKey, action: str) -> tuple[Any, bytes, bytes]:
         row, ec = self._encryption_key(caller, args.key_id, args.encryption_context, args.grant_tokens, action)
-        self._require_symmetric(row, action.split(":")[1])
+        checks.require_symmetric(row, action.split(":")[1])
         spec, nbytes = args.key_spec, args.number_of_bytes
         if spec is None and nbytes is None:
             raise KmsValidation("Please specify either number of bytes or key spec.")
@@ -231,7 +237,7 @@ class CryptoOperations:
         if not isinstance(nbytes, int) or not 1 <= nbytes <= 1024:
             raise KmsValidation.out_of_range(nbytes, "numberOfBytes", 1, 1024)
         plaintext = os.urandom(nbytes)
-        blob = self._seal(row, plaintext, ec)
+        blob = self.seal(row, plaintext, ec)
         stop_if_dry_run(args.dry_run)
         return row, plaintext, blob
 
@@ -249,12 +255,12 @@ class CryptoOperations:
 
     def _data_key_pair(self, caller: Caller, args: api.GenerateDataKeyPair, action: str) -> dict[str, Any]:
         row, ec = self._encryption_key(caller, args.key_id, args.encryption_context, args.grant_tokens, action)
-        self._require_symmetric(row, action.split(":")[1])
+        checks.require_symmetric(row, action.split(":")[1])
         spec = args.key_pair_spec
         if spec not in asym.KEY_PAIR_SPECS:
             raise KmsUnsupported(f"KeyPairSpec {spec} is not supported by ebscrypt.")
         private_der, public_der = asym.generate(spec)
-        blob = self._seal(row, private_der, ec)
+        blob = self.seal(row, private_der, ec)
         stop_if_dry_run(args.dry_run)
         out = {
             "PrivateKeyCiphertextBlob": blob,

@@ -2,8 +2,6 @@
 ListRetirableGrants, RetireGrant, RevokeGrant. Validation and evaluation are the pure
 rules of :mod:`ebscrypt.domain.grants`; the engine's authorization consults the grants
 of a key after its policy.
-
-A mixin of :class:`ebscrypt.engines.kms.engine.KeyEngine`.
 """
 
 from __future__ import annotations
@@ -12,19 +10,24 @@ import base64
 import json
 import os
 import re
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from sqlalchemy import Connection, bindparam, delete, insert, select
 
 from ebscrypt.context import Caller
 from ebscrypt.domain import grants as grant_rules
 from ebscrypt.domain import policy as policy_rules
-from ebscrypt.engines.kms import api, generations
+from ebscrypt.engines.kms import api, checks, generations
 from ebscrypt.engines.kms.errors import stop_if_dry_run
 from ebscrypt.engines.kms.metadata import utc
 from ebscrypt.engines.kms.paging import page
 from ebscrypt.errors import KmsAccessDenied, KmsInvalidGrantId, KmsInvalidGrantToken, KmsNotFound, KmsValidation
 from ebscrypt.storage.tables.kms import kms_grants, kms_keys
+
+if TYPE_CHECKING:  # the collaborators, given by the engine (no import cycle)
+    from ebscrypt.clock import Clock
+    from ebscrypt.engines.kms.access import KeyAccess
+    from ebscrypt.storage.db import Database
 
 _GRANT_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -89,6 +92,9 @@ def _grant_conditions(
     return extra, ec
 
 
+_INSERT_GRANT = insert(kms_grants)  # built once; the values go as parameters
+
+
 def _identical_grant(conn: Connection, key_id: str, grantee: str, name: str | None, same: tuple[Any, ...]) -> Any:
     """The key's grant to ``grantee`` (named ``name``, or unnamed) whose (retiring
     principal, operations, constraints, issuing account, for-AWS-resource) are ``same``."""
@@ -102,7 +108,12 @@ def _identical_grant(conn: Connection, key_id: str, grantee: str, name: str | No
 class GrantOperations:
     """CreateGrant, ListGrants, ListRetirableGrants, RetireGrant, RevokeGrant."""
 
-    def _create_grant(
+    def __init__(self, db: Database, clock: Clock, access: KeyAccess) -> None:
+        self.db = db
+        self.clock = clock
+        self.access = access
+
+    def make_grant(
         self,
         caller: Caller,
         row: Any,
@@ -123,7 +134,7 @@ class GrantOperations:
         except grant_rules.GrantError as exc:
             raise _grant_error(exc) from None
         extra, ec = _grant_conditions(grantee, operations, retiring, constraints, for_aws_resource)
-        self._authorize(
+        self.access.authorize(
             caller,
             row,
             "kms:CreateGrant",
@@ -132,7 +143,7 @@ class GrantOperations:
             grant_tokens=grant_tokens,
             extra=extra,
         )
-        self._require_not_pending(row)
+        checks.require_not_pending(row)
         stop_if_dry_run(dry_run)
         ops_json = json.dumps(sorted(set(operations)))
         cons_json = json.dumps(constraints, sort_keys=True) if constraints else None
@@ -148,16 +159,17 @@ class GrantOperations:
                 return g.grant_id, g.token  # made meanwhile by another writer
             grant_id = os.urandom(32).hex()
             token = base64.urlsafe_b64encode(b"ebscrypt-grant:" + os.urandom(48)).decode().rstrip("=")
-            conn.execute(insert(kms_grants).values(
-                grant_id=grant_id, key_id=row.key_id, name=name, grantee=grantee, retiring=retiring,
-                operations=ops_json, constraints=cons_json, issuing_account=caller.account,
-                for_aws_resource=for_aws_resource, token=token, creation_date=self.clock.now(),
-            ))
+            conn.execute(_INSERT_GRANT, {
+                "grant_id": grant_id, "key_id": row.key_id, "name": name, "grantee": grantee,
+                "retiring": retiring, "operations": ops_json, "constraints": cons_json,
+                "issuing_account": caller.account, "for_aws_resource": for_aws_resource, "token": token,
+                "creation_date": self.clock.now(),
+            })
         return grant_id, token
 
     def create_grant(self, caller: Caller, args: api.CreateGrant) -> dict[str, Any]:
-        row = self._resolve(caller, args.key_id)
-        grant_id, token = self._create_grant(
+        row = self.access.resolve(caller, args.key_id)
+        grant_id, token = self.make_grant(
             caller,
             row,
             grantee=args.grantee_principal,
@@ -176,7 +188,7 @@ class GrantOperations:
         grants = []
         for r in items:
             if r.key_id not in arns:
-                k = self._load(r.key_id)
+                k = self.access.load(r.key_id)
                 arns[r.key_id] = k.arn if k is not None else r.key_id
             g: dict[str, Any] = {
                 "KeyId": arns[r.key_id],
@@ -197,8 +209,8 @@ class GrantOperations:
         return out
 
     def list_grants(self, caller: Caller, args: api.ListGrants) -> dict[str, Any]:
-        row = self._resolve(caller, args.key_id)
-        self._authorize(caller, row, "kms:ListGrants")
+        row = self.access.resolve(caller, args.key_id)
+        self.access.authorize(caller, row, "kms:ListGrants")
         q = select(kms_grants).where(kms_grants.c.key_id == row.key_id)
         if args.grant_id:
             q = q.where(kms_grants.c.grant_id == args.grant_id)
@@ -237,7 +249,7 @@ class GrantOperations:
                 raise KmsInvalidGrantToken("Grant token provided is not valid")
         elif key_ref and grant_id:
             _check_grant_id(grant_id)
-            row = self._resolve(caller, key_ref)
+            row = self.access.resolve(caller, key_ref)
             with self.db.read() as conn:
                 g = conn.execute(
                     select(kms_grants).where(kms_grants.c.key_id == row.key_id, kms_grants.c.grant_id == grant_id)
@@ -246,9 +258,9 @@ class GrantOperations:
                 raise KmsNotFound.grant(grant_id)
         else:
             raise KmsValidation("Either GrantToken, or GrantId and KeyId, must be specified.")
-        key = self._load(g.key_id)
+        key = self.access.load(g.key_id)
         if key is not None:
-            self._note_resource(key.arn)
+            checks.note_resource(key.arn)
         if not grant_rules.may_retire(grant_of(g), caller.arn, caller.account):
             arn = key.arn if key is not None else g.key_id
             raise KmsAccessDenied(
@@ -262,8 +274,8 @@ class GrantOperations:
 
     def revoke_grant(self, caller: Caller, args: api.RevokeGrant) -> dict[str, Any]:
         _check_grant_id(args.grant_id)
-        row = self._resolve(caller, args.key_id)
-        self._authorize(caller, row, "kms:RevokeGrant")
+        row = self.access.resolve(caller, args.key_id)
+        self.access.authorize(caller, row, "kms:RevokeGrant")
         with self.db.begin() as conn:
             n = conn.execute(
                 delete(kms_grants).where(kms_grants.c.key_id == row.key_id, kms_grants.c.grant_id == args.grant_id)

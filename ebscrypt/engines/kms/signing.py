@@ -1,19 +1,21 @@
 """Asymmetric and HMAC key operations: GetPublicKey, Sign, Verify, GenerateMac, VerifyMac
 (the primitives are :mod:`.asym`).
-
-A mixin of :class:`ebscrypt.engines.kms.engine.KeyEngine`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ebscrypt.context import Caller
-from ebscrypt.engines.kms import asym
+from ebscrypt.engines.kms import asym, checks
 from ebscrypt.engines.kms import api
 from ebscrypt.engines.kms.errors import incompatible_algorithm, stop_if_dry_run
 from ebscrypt.engines.kms.metadata import algorithms
 from ebscrypt.errors import KmsInvalidMac, KmsInvalidSignature, KmsUnsupported, KmsValidation
+
+if TYPE_CHECKING:  # the collaborators, given by the engine (no import cycle)
+    from ebscrypt.engines.kms.access import KeyAccess
+    from ebscrypt.engines.kms.materials import KeyMaterials
 
 MAX_MESSAGE = 4096
 
@@ -27,10 +29,14 @@ def _message(message: Any) -> bytes:
 class SigningOperations:
     """GetPublicKey, Sign, Verify, GenerateMac, VerifyMac."""
 
+    def __init__(self, access: KeyAccess, materials: KeyMaterials) -> None:
+        self.access = access
+        self.materials = materials
+
     def get_public_key(self, caller: Caller, args: api.KeyWithGrantTokens) -> dict[str, Any]:
-        row = self._resolve(caller, args.key_id)
-        self._authorize(caller, row, "kms:GetPublicKey", grant_tokens=args.grant_tokens)
-        self._require_enabled(row)
+        row = self.access.resolve(caller, args.key_id)
+        self.access.authorize(caller, row, "kms:GetPublicKey", grant_tokens=args.grant_tokens)
+        checks.require_enabled(row)
         if row.public_key is None:
             raise KmsUnsupported(
                 f"{row.arn} key spec is {row.key_spec}: GetPublicKey is supported only for asymmetric KMS keys."
@@ -49,10 +55,10 @@ class SigningOperations:
         self, caller: Caller, key_ref: str, grant_tokens: Sequence[str] | None, action: str, usage: str
     ) -> Any:
         """The enabled key ``key_ref`` names, authorized for ``action``, whose KeyUsage is ``usage``."""
-        row = self._resolve(caller, key_ref)
-        self._authorize(caller, row, action, grant_tokens=grant_tokens)
-        self._require_enabled(row)
-        self._require_usage(row, usage, action.split(":")[1])
+        row = self.access.resolve(caller, key_ref)
+        self.access.authorize(caller, row, action, grant_tokens=grant_tokens)
+        checks.require_enabled(row)
+        checks.require_usage(row, usage, action.split(":")[1])
         return row
 
     # ------------------------------------------------------------------ signatures
@@ -72,7 +78,7 @@ class SigningOperations:
 
     def sign(self, caller: Caller, args: api.Sign) -> dict[str, Any]:
         row, message, alg, msg_type = self._signing_key(caller, args, "kms:Sign")
-        _material_id, material = self._current_key(row)
+        _material_id, material = self.materials.of_row(row)
         sig = asym.sign(material, message, alg, digest=msg_type == "DIGEST")
         return {"KeyId": row.arn, "Signature": sig, "SigningAlgorithm": alg}
 
@@ -94,13 +100,13 @@ class SigningOperations:
 
     def generate_mac(self, caller: Caller, args: api.Mac) -> dict[str, Any]:
         row, message, alg = self._mac_key(caller, args, "kms:GenerateMac")
-        _material_id, key = self._current_key(row)
+        _material_id, key = self.materials.of_row(row)
         stop_if_dry_run(args.dry_run)
         return {"Mac": asym.generate_mac(key, message, alg), "MacAlgorithm": alg, "KeyId": row.arn}
 
     def verify_mac(self, caller: Caller, args: api.Mac) -> dict[str, Any]:
         row, message, alg = self._mac_key(caller, args, "kms:VerifyMac")
-        _material_id, key = self._current_key(row)
+        _material_id, key = self.materials.of_row(row)
         if not asym.verify_mac(key, message, bytes(args.mac or b""), alg):
             raise KmsInvalidMac("The MAC is not valid for this message and key.")
         stop_if_dry_run(args.dry_run)

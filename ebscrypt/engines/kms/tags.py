@@ -1,20 +1,22 @@
 """Key tags: TagResource, UntagResource, ListResourceTags (CreateKey's ``Tags`` are
 checked here too). At most 50 tags a key; ``aws:`` keys are reserved.
-
-A mixin of :class:`ebscrypt.engines.kms.engine.KeyEngine`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from sqlalchemy import and_, delete, insert, select, update
 
 from ebscrypt.context import Caller
-from ebscrypt.engines.kms import api
+from ebscrypt.engines.kms import api, checks
 from ebscrypt.engines.kms.paging import page
 from ebscrypt.errors import KmsLimitExceeded, KmsTag, ServiceError
 from ebscrypt.storage.tables.kms import kms_tags
+
+if TYPE_CHECKING:  # the collaborators, given by the engine (no import cycle)
+    from ebscrypt.engines.kms.access import KeyAccess
+    from ebscrypt.storage.db import Database
 
 MAX_TAGS = 50
 
@@ -40,9 +42,13 @@ def _too_many_tags() -> ServiceError:
 class TagOperations:
     """TagResource, UntagResource, ListResourceTags."""
 
+    def __init__(self, db: Database, access: KeyAccess) -> None:
+        self.db = db
+        self.access = access
+
     def tag_resource(self, caller: Caller, args: api.TagResource) -> dict[str, Any]:
-        row = self._key_to_change(caller, args.key_id, "kms:TagResource", allow_alias=False)
-        self._require_not_pending(row)
+        row = self.access.key_to_change(caller, args.key_id, "kms:TagResource", allow_alias=False)
+        checks.require_not_pending(row)
         tags = validate_tags(args.tags or [])
         with self.db.begin() as conn:
             existing = {
@@ -62,8 +68,8 @@ class TagOperations:
         return {}
 
     def untag_resource(self, caller: Caller, args: api.UntagResource) -> dict[str, Any]:
-        row = self._key_to_change(caller, args.key_id, "kms:UntagResource", allow_alias=False)
-        self._require_not_pending(row)
+        row = self.access.key_to_change(caller, args.key_id, "kms:UntagResource", allow_alias=False)
+        checks.require_not_pending(row)
         keys = args.tag_keys or []
         with self.db.begin() as conn:
             for k in keys:
@@ -71,8 +77,8 @@ class TagOperations:
         return {}
 
     def list_resource_tags(self, caller: Caller, args: api.KeyPage) -> dict[str, Any]:
-        row = self._resolve(caller, args.key_id, allow_alias=False, own_account=True)
-        self._authorize(caller, row, "kms:ListResourceTags")
+        row = self.access.resolve(caller, args.key_id, allow_alias=False, own_account=True)
+        self.access.authorize(caller, row, "kms:ListResourceTags")
         with self.db.read() as conn:
             rows = conn.execute(
                 select(kms_tags).where(kms_tags.c.key_id == row.key_id).order_by(kms_tags.c.tag_key)

@@ -5,31 +5,49 @@ authorization remembered from one of them still holds).
 
 Each is checked exactly as the direct KMS call would be (key state, key policy with
 ``kms:ViaService``, grants) and recorded in the audit trail with ``invokedBy``.
-
-A mixin of :class:`ebscrypt.engines.kms.engine.KeyEngine`.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from sqlalchemy import Connection
 
 from ebscrypt.context import Caller
-from ebscrypt.engines.kms import generations
+from ebscrypt.engines.kms import checks, generations
 from ebscrypt.engines.kms.metadata import KeyInfo, key_info
+
+if TYPE_CHECKING:  # the collaborators, given by the engine (no import cycle)
+    from ebscrypt.engines.kms.access import KeyAccess
+    from ebscrypt.engines.kms.audit import AuditTrail
+    from ebscrypt.engines.kms.crypto_ops import CryptoOperations
+    from ebscrypt.engines.kms.grants import GrantOperations
+    from ebscrypt.engines.kms.lifecycle import KeyLifecycle
+    from ebscrypt.storage.db import Database
 
 
 class ViaServiceApi:
     """What the EC2/EBS side may ask of KMS for a caller."""
 
+    def __init__(
+        self, db: Database, trail: AuditTrail, access: KeyAccess, lifecycle: KeyLifecycle,
+        crypto: CryptoOperations, grants: GrantOperations,
+    ) -> None:
+        self.db = db
+        self.trail = trail
+        self.access = access
+        self.lifecycle = lifecycle
+        self.crypto = crypto
+        self.grants = grants
+        # (account, region) -> the alias/aws/ebs key id (that alias never changes target)
+        self._ebs_key_ids: dict[tuple[str, str], str] = {}
 
     def describe_key(self, caller: Caller, key_id: str, *, via_service: str | None = None) -> KeyInfo:
         """Key metadata for ``key_id`` (id, ARN, alias, alias ARN); checks kms:DescribeKey."""
-        with self.audited(caller, "DescribeKey", {"KeyId": key_id}, via_service=via_service):
-            row = self._resolve(caller, key_id)
-            self._authorize(caller, row, "kms:DescribeKey", via_service=via_service)
+        with self.trail.audited(caller, "DescribeKey", {"KeyId": key_id}, via_service=via_service):
+            row = self.access.resolve(caller, key_id)
+            self.access.authorize(caller, row, "kms:DescribeKey", via_service=via_service)
             return key_info(row)
 
     def authorization_generation(self, key_ref: str, *, conn: Connection | None = None) -> int | None:
@@ -49,10 +67,10 @@ class ViaServiceApi:
         # AWS managed keys refuse deletion), so its key id is remembered; the key row itself
         # is read as always (state, rotation, lazy deletion).
         key_id = self._ebs_key_ids.get((account, region))
-        row = self._load(key_id) if key_id is not None else None
+        row = self.access.load(key_id) if key_id is not None else None
         if row is None:
-            key_id = self._ebs_alias(account, region).target_key_id
-            row = self._load(key_id)
+            key_id = self.lifecycle.ebs_alias(account, region).target_key_id
+            row = self.access.load(key_id)
             if row is not None:
                 self._ebs_key_ids[(account, region)] = key_id
         return key_info(row)
@@ -73,12 +91,12 @@ class ViaServiceApi:
         so repeated attaches do not pile up grants.
         """
         params = {"KeyId": key_id, "GranteePrincipal": via_service, "Operations": list(operations)}
-        with self.audited(caller, "CreateGrant", params, via_service=via_service):
-            row = self._resolve(caller, key_id)
+        with self.trail.audited(caller, "CreateGrant", params, via_service=via_service):
+            row = self.access.resolve(caller, key_id)
             constraints = (
                 {"EncryptionContextSubset": dict(encryption_context_subset)} if encryption_context_subset else None
             )
-            grant_id, _token = self._create_grant(
+            grant_id, _token = self.grants.make_grant(
                 caller,
                 row,
                 grantee=via_service,
@@ -102,18 +120,18 @@ class ViaServiceApi:
     ) -> tuple[str, bytes]:
         """A fresh AES-256 data key, wrapped under ``key_id``: (key ARN, ciphertext blob)."""
         params = {"KeyId": key_id, "EncryptionContext": dict(encryption_context or {}), "KeySpec": "AES_256"}
-        with self.audited(caller, "GenerateDataKeyWithoutPlaintext", params, via_service=via_service):
-            row = self._resolve(caller, key_id)
-            self._authorize(
+        with self.trail.audited(caller, "GenerateDataKeyWithoutPlaintext", params, via_service=via_service):
+            row = self.access.resolve(caller, key_id)
+            self.access.authorize(
                 caller,
                 row,
                 "kms:GenerateDataKeyWithoutPlaintext",
                 via_service=via_service,
                 encryption_context=encryption_context,
             )
-            self._require_enabled(row)
-            self._require_symmetric(row, "GenerateDataKeyWithoutPlaintext")
-            return row.arn, self._seal(row, os.urandom(32), encryption_context)
+            checks.require_enabled(row)
+            checks.require_symmetric(row, "GenerateDataKeyWithoutPlaintext")
+            return row.arn, self.crypto.seal(row, os.urandom(32), encryption_context)
 
     def decrypt(
         self,
@@ -128,9 +146,9 @@ class ViaServiceApi:
         params: dict[str, Any] = {"EncryptionContext": dict(encryption_context or {})}
         if key_id:
             params["KeyId"] = key_id
-        with self.audited(caller, "Decrypt", params, via_service=via_service):
-            row, header = self._blob_key(caller, blob, key_id, None)
-            self._authorize(caller, row, "kms:Decrypt", via_service=via_service, encryption_context=encryption_context)
-            self._require_enabled(row)
-            return row.arn, self._open(row, header, blob, encryption_context)
+        with self.trail.audited(caller, "Decrypt", params, via_service=via_service):
+            row, header = self.crypto.blob_key(caller, blob, key_id, None)
+            self.access.authorize(caller, row, "kms:Decrypt", via_service=via_service, encryption_context=encryption_context)
+            checks.require_enabled(row)
+            return row.arn, self.crypto.open_blob(row, header, blob, encryption_context)
 

@@ -12,31 +12,31 @@ from ebscrypt.services.kms.call import audited
 from ebscrypt.services.registry import operation
 
 
-@operation("kms", "Encrypt")
+@operation("kms", "Encrypt", inline=True)
 def encrypt(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     with audited(ctx, "Encrypt", params) as kms:
         return kms.encrypt(ctx.caller, api.from_members(api.Encrypt, params))
 
 
-@operation("kms", "Decrypt")
+@operation("kms", "Decrypt", inline=True)
 def decrypt(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     with audited(ctx, "Decrypt", params) as kms:
         return kms.decrypt_ciphertext(ctx.caller, api.from_members(api.Decrypt, params))
 
 
-@operation("kms", "ReEncrypt")
+@operation("kms", "ReEncrypt", inline=True)
 def re_encrypt(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     with audited(ctx, "ReEncrypt", params) as kms:
         return kms.re_encrypt(ctx.caller, api.from_members(api.ReEncrypt, params))
 
 
-@operation("kms", "GenerateDataKey")
+@operation("kms", "GenerateDataKey", inline=True)
 def generate_data_key(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     with audited(ctx, "GenerateDataKey", params) as kms:
         return kms.generate_data_key(ctx.caller, api.from_members(api.GenerateDataKey, params))
 
 
-@operation("kms", "GenerateDataKeyWithoutPlaintext")
+@operation("kms", "GenerateDataKeyWithoutPlaintext", inline=True)
 def generate_data_key_without_plaintext(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     with audited(ctx, "GenerateDataKeyWithoutPlaintext", params) as kms:
         return kms.generate_data_key_ciphertext(ctx.caller, api.from_members(api.GenerateDataKey, params))
@@ -54,7 +54,7 @@ def generate_data_key_pair_without_plaintext(ctx: RequestContext, params: dict[s
         return kms.generate_data_key_pair_without_plaintext(ctx.caller, api.from_members(api.GenerateDataKeyPair, params))
 
 
-@operation("kms", "GenerateRandom")
+@operation("kms", "GenerateRandom", inline=True)
 def generate_random(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     with audited(ctx, "GenerateRandom", params) as kms:
         return kms.generate_random(ctx.caller, api.from_members(api.GenerateRandom, params))

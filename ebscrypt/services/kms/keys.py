@@ -18,7 +18,7 @@ def create_key(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
         return kms.create_key(ctx.caller, api.from_members(api.CreateKey, params))
 
 
-@operation("kms", "DescribeKey")
+@operation("kms", "DescribeKey", inline=True)
 def describe_key(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     with audited(ctx, "DescribeKey", params) as kms:
         return kms.describe_key_metadata(ctx.caller, api.from_members(api.KeyWithGrantTokens, params))
