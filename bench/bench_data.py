@@ -36,7 +36,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO_ROOT, make_client, moto_available, start_ebscrypt, start_moto  # noqa: E402
+from bench.common import REPO_ROOT, make_client, moto_available, start_ebscrypt, start_moto, start_null  # noqa: E402
 
 MIB = 1024 * 1024
 BLOCK = 524288
@@ -77,8 +77,10 @@ def transfer(endpoint: str, image: Path, size_mib: int, threads: int, encrypted:
     out.unlink()
     return {
         "snapshot": up["SnapshotId"],
-        "upload_mibps": size_mib / t_up,
-        "download_mibps": size_mib / t_down,
+        # The CLI's own timing (from StartSnapshot / the first listing to the end): the
+        # interpreter's and boto3's start-up are not the transfer.
+        "upload_mibps": size_mib / float(up.get("Seconds") or t_up),
+        "download_mibps": size_mib / float(down.get("Seconds") or t_down),
         "checksum_match": up["Checksum"] == down["Checksum"],
         "bytes_match": same,
     }
@@ -216,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size-mib", type=int, default=256, help="image size in MiB (default 256; 1024 for 1 GiB)")
     p.add_argument("--threads", type=int, default=8, help="upload/download threads (default 8)")
     p.add_argument("--no-moto", action="store_true")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved upload/download rounds per side (medians)")
+    p.add_argument("--skip-copy", action="store_true", help="upload/download only (no copies, engine, dd, openssl)")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
     size = args.size_mib
@@ -228,66 +232,87 @@ def main(argv: list[str] | None = None) -> int:
         make_image(image, size)
         eb = start_ebscrypt(work / "ebscrypt-data")
         servers.append(eb)
-        mo = None
+        sides: dict[str, Any] = {"ebscrypt": eb}
         if not args.no_moto and moto_available():
-            mo = start_moto()
-            servers.append(mo)
+            sides["moto"] = start_moto()
+            servers.append(sides["moto"])
+        sides["null"] = start_null(ebs=True)
+        servers.append(sides["null"])
 
-        log("ebscrypt: upload/download")
-        results["ebscrypt"] = transfer(eb.url, image, size, args.threads, encrypted=True)
-        if mo is not None:
-            log("moto: upload/download")
-            try:
-                results["moto"] = transfer(mo.url, image, size, args.threads, encrypted=False)
-            except Exception as exc:  # report, do not hide
-                results["moto"] = {"error": str(exc)[:500]}
+        # Interleaved rounds (ebscrypt, moto, null, then reversed, ...): drift hits all alike.
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+        names = list(sides)
+        for r in range(args.rounds):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                log(f"round {r + 1}: {name} upload/download")
+                try:
+                    runs[name].append(transfer(sides[name].url, image, size, args.threads,
+                                               encrypted=name == "ebscrypt"))
+                except Exception as exc:  # report, do not hide
+                    runs[name].append({"error": str(exc)[:500]})
+        for name, got in runs.items():
+            ok = [g for g in got if "error" not in g]
+            results[name] = dict(ok[-1]) if ok else got[-1]
+            for fig in ("upload_mibps", "download_mibps"):
+                if ok:
+                    results[name][fig] = statistics.median(g[fig] for g in ok)
+                    results[name][fig + "_rounds"] = [round(g[fig], 1) for g in ok]
+        results["ebscrypt"]["bytes_match"] = all(g.get("bytes_match") for g in runs["ebscrypt"])
 
-        ec2 = make_client(eb.url, "ec2", ACCOUNT)
-        kms = make_client(eb.url, "kms", ACCOUNT)
-        key = kms.create_key()["KeyMetadata"]["Arn"]
-        snap = results["ebscrypt"]["snapshot"]
-        ebs = make_client(eb.url, "ebs", ACCOUNT)
-        tiny = ebs.start_snapshot(VolumeSize=1, Encrypted=True)["SnapshotId"]
-        data = os.urandom(BLOCK)
-        import base64
-        import hashlib
+        if not args.skip_copy:
+            ec2 = make_client(eb.url, "ec2", ACCOUNT)
+            kms = make_client(eb.url, "kms", ACCOUNT)
+            key = kms.create_key()["KeyMetadata"]["Arn"]
+            snap = results["ebscrypt"]["snapshot"]
+            ebs = make_client(eb.url, "ebs", ACCOUNT)
+            tiny = ebs.start_snapshot(VolumeSize=1, Encrypted=True)["SnapshotId"]
+            data = os.urandom(BLOCK)
+            import base64
+            import hashlib
 
-        ebs.put_snapshot_block(SnapshotId=tiny, BlockIndex=0, BlockData=data, DataLength=BLOCK,
-                               Checksum=base64.b64encode(hashlib.sha256(data).digest()).decode(),
-                               ChecksumAlgorithm="SHA256")
-        ebs.complete_snapshot(SnapshotId=tiny, ChangedBlocksCount=1)
-        log("ebscrypt: re-encrypting copy (warm-up on a small snapshot first)")
-        timed_copy(ec2, tiny, Encrypted=True, KmsKeyId=key)
-        results["copy_reencrypt_mibps"] = size / timed_copy(ec2, snap, Encrypted=True, KmsKeyId=key)
-        log("ebscrypt: same-key copies (dense vs one block)")
-        results["copy_same_key_dense_s"] = statistics.median(timed_copy(ec2, snap) for _ in range(3))
-        results["copy_same_key_tiny_s"] = statistics.median(timed_copy(ec2, tiny) for _ in range(3))
+            ebs.put_snapshot_block(SnapshotId=tiny, BlockIndex=0, BlockData=data, DataLength=BLOCK,
+                                   Checksum=base64.b64encode(hashlib.sha256(data).digest()).decode(),
+                                   ChecksumAlgorithm="SHA256")
+            ebs.complete_snapshot(SnapshotId=tiny, ChangedBlocksCount=1)
+            log("ebscrypt: re-encrypting copy (warm-up on a small snapshot first)")
+            timed_copy(ec2, tiny, Encrypted=True, KmsKeyId=key)
+            results["copy_reencrypt_mibps"] = size / timed_copy(ec2, snap, Encrypted=True, KmsKeyId=key)
+            log("ebscrypt: same-key copies (dense vs one block)")
+            results["copy_same_key_dense_s"] = statistics.median(timed_copy(ec2, snap) for _ in range(3))
+            results["copy_same_key_tiny_s"] = statistics.median(timed_copy(ec2, tiny) for _ in range(3))
 
-        log("engine: in-process re-encryption")
-        results["engine_reencrypt_mibps"], results["engine_write_mibps"] = engine_reencrypt_rate(min(size, 512), work)
-        log("engine: share of 1 GiB vs 16 GiB block maps")
-        shares = engine_share_times(work)
-        results["engine_share_1gib_s"], results["engine_share_16gib_s"] = shares[1], shares[16]
-        log("dd and openssl")
-        results["dd_fsync_mibps"] = dd_rate(work, size)
-        results["openssl_aes256gcm_mibps"] = openssl_rate()
+            log("engine: in-process re-encryption")
+            results["engine_reencrypt_mibps"], results["engine_write_mibps"] = engine_reencrypt_rate(min(size, 512), work)
+            log("engine: share of 1 GiB vs 16 GiB block maps")
+            shares = engine_share_times(work)
+            results["engine_share_1gib_s"], results["engine_share_16gib_s"] = shares[1], shares[16]
+            log("dd and openssl")
+            results["dd_fsync_mibps"] = dd_rate(work, size)
+            results["openssl_aes256gcm_mibps"] = openssl_rate()
     finally:
         for s in servers:
             s.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    e, m = results["ebscrypt"], results.get("moto") or {}
-    dd, ossl = results["dd_fsync_mibps"], results["openssl_aes256gcm_mibps"]
-    print(f"\nData path benchmark, {size} MiB random image, {args.threads} threads (MiB/s; ratio > 1: ebscrypt faster)")
-    print(f"{'figure':44} {'ebscrypt':>10} {'moto':>10} {'ratio':>7}")
-    print(f"{'upload (ebscrypt upload, encrypted vs moto)':44} {fmt(e['upload_mibps']):>10} "
-          f"{fmt(m.get('upload_mibps')):>10} {ratio(e['upload_mibps'], m.get('upload_mibps')):>7}")
-    print(f"{'download (ebscrypt download)':44} {fmt(e['download_mibps']):>10} "
-          f"{fmt(m.get('download_mibps')):>10} {ratio(e['download_mibps'], m.get('download_mibps')):>7}")
-    if "error" in m:
-        print(f"  moto failed: {m['error']}")
-    print(f"  ebscrypt round trip: checksum match {e['checksum_match']}, bytes match {e['bytes_match']}"
+    e, m, n = results["ebscrypt"], results.get("moto") or {}, results.get("null") or {}
+    print(f"\nData path benchmark, {size} MiB random image, {args.threads} threads, {args.rounds} round(s) "
+          "(MiB/s, medians; ratio > 1: ebscrypt faster)")
+    print(f"{'figure':36} {'ebscrypt':>9} {'moto':>9} {'null':>9} {'eb/moto':>8} {'eb/null':>8}")
+    for label, fig in (("upload (ebscrypt upload, encrypted)", "upload_mibps"),
+                       ("download (ebscrypt download)", "download_mibps")):
+        print(f"{label:36} {fmt(e.get(fig)):>9} {fmt(m.get(fig)):>9} {fmt(n.get(fig)):>9} "
+              f"{ratio(e.get(fig), m.get(fig)):>8} {ratio(e.get(fig), n.get(fig)):>8}")
+        print(f"  rounds: ebscrypt {e.get(fig + '_rounds')}, moto {m.get(fig + '_rounds')}, null {n.get(fig + '_rounds')}")
+    for name, side in (("moto", m), ("null", n), ("ebscrypt", e)):
+        if "error" in side:
+            print(f"  {name} failed: {side['error']}")
+    print(f"  ebscrypt round trip: checksum match {e.get('checksum_match')}, bytes match {e.get('bytes_match')}"
           + (f"; moto bytes match {m.get('bytes_match')}" if m and 'error' not in m else ""))
+    if args.skip_copy:
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+        return 0
+    dd, ossl = results["dd_fsync_mibps"], results["openssl_aes256gcm_mibps"]
     print(f"\n{'re-encryption':44} {'MiB/s':>10} {'/dd fsync':>10} {'/openssl':>9}")
     for label, v in (("CopySnapshot to another key (API, end to end)", results["copy_reencrypt_mibps"]),
                      ("BlockEngine.reencrypt (in-process, 2 workers)", results["engine_reencrypt_mibps"])):

@@ -131,11 +131,12 @@ def start_ebscrypt(data_dir: Path, port: int | None = None, extra_args: Sequence
     return Server(name, cmd, port, "/_ebscrypt/health", env=env, workdir=REPO_ROOT).start()
 
 
-def start_null(port: int | None = None, get_bytes: int = 0) -> Server:
-    """bench/null_server.py: accepts and drops requests (the client + HTTP ceiling)."""
+def start_null(port: int | None = None, get_bytes: int = 0, ebs: bool = False) -> Server:
+    """bench/null_server.py: accepts and drops requests (the client + HTTP ceiling);
+    ``ebs``: answers the EBS direct APIs well enough for the upload/download CLI."""
     port = port or free_port()
     cmd = [sys.executable, str(REPO_ROOT / "bench" / "null_server.py"), "--port", str(port),
-           "--get-bytes", str(get_bytes)]
+           "--get-bytes", str(get_bytes), *(["--ebs"] if ebs else [])]
     return Server("null", cmd, port, "/", workdir=REPO_ROOT).start()
 
 

@@ -299,16 +299,27 @@ def test_concurrent_writes_share_commits_and_keep_errors_apart(engine: BlockEngi
 # ------------------------------------------------------------------ object store
 
 
-def test_store_put_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("flush", ["fdatasync", "syncfs"])
+def test_store_put_failing_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flush: str) -> None:
+    """A put whose flush fails is not acknowledged and leaves no object under its key
+    (objects are written under their final name, then flushed: no rename)."""
+    from ebscrypt.engines.blocks import store as store_mod
+
     store = LocalDirStore(tmp_path / "s")
     key = new_object_key()
 
     def boom(*_a, **_k):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(os, "rename", boom)
+    if flush == "fdatasync":
+        monkeypatch.setattr(os, "fdatasync", boom)
+        items = [(key, b"x" * 1000)]
+    else:  # a group: one syncfs, which fails (then the fdatasync fallback fails too)
+        monkeypatch.setattr(store_mod, "_syncfs", lambda fd: -1)
+        monkeypatch.setattr(os, "fdatasync", boom)
+        items = [(key, b"x" * 1000), (new_object_key(), b"z" * 1000)]
     with pytest.raises(OSError):
-        store.put(key, b"x" * 1000)
+        store.put_many(items)
     monkeypatch.undo()
     assert not store.exists(key)
     assert [p for p in (tmp_path / "s").rglob("*") if p.is_file()] == []  # no temp left behind

@@ -105,8 +105,52 @@ class _PendingWrite:
     object_key: str | None
     checksum: str  # as stored
     staged: Any = None
-    done: bool = False
+    flushed: bool = False  # its object is durable (or it has none to flush)
+    done: bool = False  # recorded (or failed: error)
     error: BaseException | None = None
+
+
+class _GroupStage:
+    """One stage of the block group commit: callers queue items; one of them at a time —
+    the leader — runs ``work`` over every item queued (up to ``limit``), while the next
+    group gathers. ``mark`` names the item's flag the stage sets when done with it.
+
+    Two stages (flush the objects, then record their entries) run as a pipeline: while
+    one group's entries commit, the next group's objects flush.
+    """
+
+    def __init__(self, work: Callable[[list["_PendingWrite"]], None], mark: str, limit: int) -> None:
+        self._work = work
+        self._mark = mark
+        self._limit = limit
+        self._queue: list[_PendingWrite] = []
+        self._busy = False
+        self._cv = threading.Condition()
+        self.groups = 0
+
+    def run(self, item: "_PendingWrite") -> None:
+        """Return once a leader (maybe this caller) ran the stage on ``item``."""
+        mark = self._mark
+        with self._cv:
+            self._queue.append(item)
+        while True:
+            with self._cv:
+                while not getattr(item, mark) and self._busy:
+                    self._cv.wait()
+                if getattr(item, mark):
+                    return
+                self._busy = True  # lead: the oldest items (FIFO, ours among them soon)
+                batch = self._queue[: self._limit]
+                del self._queue[: self._limit]
+            try:
+                self.groups += 1
+                self._work(batch)
+            finally:
+                with self._cv:
+                    for it in batch:
+                        setattr(it, mark, True)
+                    self._busy = False
+                    self._cv.notify_all()
 
 
 def _now() -> datetime:
@@ -139,10 +183,9 @@ class BlockEngine(LineageOperations, CopyOperations, MaintenanceOperations):
         self._local = threading.local()
         self._pool: ProcessPoolExecutor | None = None
         self._pool_lock = threading.Lock()
-        self._writes: list[_PendingWrite] = []
-        self._writes_busy = False
-        self._writes_cv = threading.Condition()
-        self.group_commits = 0  # how many group commits wrote blocks (observability, tests)
+        # The block group commit, two pipelined stages (see _group_commit).
+        self._flush_stage = _GroupStage(self._flush_writes, "flushed", self.GROUP_MAX)
+        self._record_stage = _GroupStage(self._record_writes, "done", self.GROUP_MAX)
         self._periodic: dict[str, tuple[Callable[[], Any], float]] = {}
         self._periodic_last: dict[str, float] = {}
         self._maint: threading.Thread | None = None
@@ -200,39 +243,36 @@ class BlockEngine(LineageOperations, CopyOperations, MaintenanceOperations):
         self._group_commit(item)
         return checksum
 
+    @property
+    def group_commits(self) -> int:
+        """How many group commits recorded blocks (observability, tests)."""
+        return self._record_stage.groups
+
     def _group_commit(self, item: "_PendingWrite") -> None:
-        with self._writes_cv:
-            self._writes.append(item)
-        while True:
-            with self._writes_cv:
-                while not item.done and self._writes_busy:
-                    self._writes_cv.wait()
-                if item.done:
-                    break
-                self._writes_busy = True  # lead: commit the oldest writes (FIFO, ours among them soon)
-                batch = self._writes[: self.GROUP_MAX]
-                del self._writes[: self.GROUP_MAX]
-            try:
-                self._commit_writes(batch)
-            finally:
-                with self._writes_cv:
-                    for it in batch:
-                        it.done = True
-                    self._writes_busy = False
-                    self._writes_cv.notify_all()
+        """Make the staged object durable, then record its entry, each step shared with
+        the concurrent writers of the moment (a leader per step). The entry is committed
+        only after its object is durable, and the call returns only after both."""
+        if item.staged is not None:
+            self._flush_stage.run(item)
+        if item.error is None:
+            self._record_stage.run(item)
         if item.error is not None:
+            if item.object_key is not None:
+                delete_quietly(self.store, [item.object_key])
             raise item.error
 
-    def _commit_writes(self, batch: list["_PendingWrite"]) -> None:
-        self.group_commits += 1
-        staged = [it.staged for it in batch if it.staged is not None]
+    def _flush_writes(self, batch: list["_PendingWrite"]) -> None:
+        """Stage one: one flush for every staged object of the group."""
         try:
-            if staged:
-                self.store.publish(staged)  # type: ignore[attr-defined]
-        except BaseException as exc:
+            self.store.publish([it.staged for it in batch])  # type: ignore[attr-defined]
+        except BaseException as exc:  # publish discarded them all
             for it in batch:
                 it.error = exc
-            return
+                it.object_key = None
+
+    def _record_writes(self, batch: list["_PendingWrite"]) -> None:
+        """Stage two: every entry of the group in one transaction (one savepoint each, so
+        one writer's error is its own; its caller deletes its object)."""
         try:
             with self.db.begin() as conn:
                 for it in batch:
@@ -253,9 +293,6 @@ class BlockEngine(LineageOperations, CopyOperations, MaintenanceOperations):
             for it in batch:
                 if it.error is None:
                     it.error = exc
-        for it in batch:
-            if it.error is not None and it.object_key is not None:
-                delete_quietly(self.store, [it.object_key])
 
     def _put_entry(
         self, conn: Connection, layer_id: str, index: int, object_key: str | None, checksum: str, key: DataKey | None
