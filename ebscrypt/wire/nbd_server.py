@@ -188,6 +188,15 @@ class NbdServer:
                 size = min(req.length, nbd.MAX_PAYLOAD) if req.command in (nbd.CMD_READ, nbd.CMD_WRITE) else 0
                 await budget.take(size)  # before reading a payload: memory per connection is bounded
                 payload = await reader.readexactly(req.length) if req.command == nbd.CMD_WRITE else b""
+                reply = _inline(req, payload, export)
+                if reply is not None:  # served from the cache on this loop: no thread, no task
+                    budget.give(size)
+                    if not writer.is_closing():
+                        writer.write(reply)
+                        if writer.transport.get_write_buffer_size() > IN_FLIGHT_BYTES // 4:
+                            async with drain:
+                                await writer.drain()
+                    continue
                 task = asyncio.create_task(self._serve(req, payload, export, writer, drain, budget, size))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -209,7 +218,7 @@ class NbdServer:
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            await budget.give(size)
+            budget.give(size)
 
     async def _execute(self, req: nbd.Request, payload: bytes, export: OpenVolume) -> tuple[int, bytes]:
         fua = bool(req.flags & nbd.CMD_FLAG_FUA)
@@ -243,23 +252,37 @@ class NbdServer:
 
 
 class _Budget:
-    """Requests and payload bytes one connection may hold at once."""
+    """Requests and payload bytes one connection may hold at once. Only the connection's
+    reading loop waits on it (one waiter), so an event is enough."""
 
     def __init__(self, requests: int, nbytes: int) -> None:
         self._requests, self._bytes = requests, nbytes
-        self._cond = asyncio.Condition()
+        self._freed = asyncio.Event()
 
     async def take(self, size: int) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self._requests > 0 and self._bytes >= size)
-            self._requests -= 1
-            self._bytes -= size
+        while self._requests <= 0 or self._bytes < size:
+            self._freed.clear()
+            await self._freed.wait()
+        self._requests -= 1
+        self._bytes -= size
 
-    async def give(self, size: int) -> None:
-        async with self._cond:
-            self._requests += 1
-            self._bytes += size
-            self._cond.notify_all()
+    def give(self, size: int) -> None:
+        self._requests += 1
+        self._bytes += size
+        self._freed.set()
+
+
+def _inline(req: nbd.Request, payload: bytes, export: OpenVolume) -> bytes | None:
+    """The reply to a READ or WRITE (no FUA) the volume can serve from its cache at once
+    (see ``OpenVolume.try_read``), or None: the request goes to a worker thread."""
+    if req.flags & nbd.CMD_FLAG_FUA or not export.check_range(req.offset, req.length):
+        return None
+    if req.command == nbd.CMD_READ and req.length <= nbd.MAX_PAYLOAD:
+        data = export.try_read(req.offset, req.length)
+        return None if data is None else nbd.simple_reply(req.handle) + data
+    if req.command == nbd.CMD_WRITE and export.try_write(req.offset, payload):
+        return nbd.simple_reply(req.handle)
+    return None
 
 
 def tls_context(cert: Any, key: Any) -> ssl.SSLContext:
