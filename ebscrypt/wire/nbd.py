@@ -58,6 +58,7 @@ TF_SEND_FLUSH = 1 << 2
 TF_SEND_FUA = 1 << 3
 TF_SEND_TRIM = 1 << 5
 TF_SEND_WRITE_ZEROES = 1 << 6
+TF_SEND_DF = 1 << 7
 TF_CAN_MULTI_CONN = 1 << 8
 
 # commands and their flags
@@ -70,6 +71,7 @@ CMD_WRITE_ZEROES = 6
 CMD_BLOCK_STATUS = 7
 CMD_FLAG_FUA = 1 << 0
 CMD_FLAG_NO_HOLE = 1 << 1
+CMD_FLAG_DF = 1 << 2
 CMD_FLAG_REQ_ONE = 1 << 3
 
 # structured replies
@@ -237,9 +239,10 @@ def structured_header(handle: int, kind: int, length: int, *, done: bool = True)
     return struct.pack(">IHHQI", STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE if done else 0, kind, handle, length)
 
 
-def structured_read_reply(handle: int, offset: int, data: bytes) -> bytes:
-    """The whole of a READ as one OFFSET_DATA chunk (so NBD_CMD_FLAG_DF is honoured too)."""
-    return structured_header(handle, REPLY_TYPE_OFFSET_DATA, 8 + len(data)) + struct.pack(">Q", offset) + data
+def structured_read_header(handle: int, offset: int, length: int) -> bytes:
+    """What precedes ``length`` bytes read at ``offset``: the whole READ as one OFFSET_DATA
+    chunk (so NBD_CMD_FLAG_DF is honoured too)."""
+    return structured_header(handle, REPLY_TYPE_OFFSET_DATA, 8 + length) + struct.pack(">Q", offset)
 
 
 def structured_error(handle: int, error: int, message: str = "") -> bytes:

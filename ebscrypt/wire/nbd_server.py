@@ -34,17 +34,34 @@ import asyncio
 import logging
 import ssl
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-from ebscrypt.engines.attach.volume_io import OpenVolume, VolumeClosed
+from ebscrypt.engines.attach.volume_io import OpenVolume, ReadOnly, VolumeClosed
 from ebscrypt.wire import nbd
 
 log = logging.getLogger("ebscrypt.nbd")
 
 EXPORT_FLAGS = (nbd.TF_HAS_FLAGS | nbd.TF_SEND_FLUSH | nbd.TF_SEND_FUA | nbd.TF_SEND_TRIM
                 | nbd.TF_SEND_WRITE_ZEROES | nbd.TF_CAN_MULTI_CONN)
+READ_ONLY_FLAGS = nbd.TF_HAS_FLAGS | nbd.TF_READ_ONLY | nbd.TF_SEND_FLUSH | nbd.TF_CAN_MULTI_CONN
+BLOCK_STATUS_BLOCKS = 1024  # blocks (512 MiB) one BLOCK_STATUS answer covers at most (the client asks again)
 IN_FLIGHT = 16  # requests per connection being served at once
 IN_FLIGHT_BYTES = 64 * 1024 * 1024  # payload bytes per connection held at once (reads and writes)
+READ_LIMIT = 2 * 1024 * 1024  # the stream reader's buffer limit (it holds up to twice that)
+
+
+@dataclass
+class _Session:
+    """What one connection negotiated."""
+
+    structured: bool = False  # NBD_OPT_STRUCTURED_REPLY: READ answers are OFFSET_DATA chunks
+    meta_export: str | None = None  # the export NBD_OPT_SET_META_CONTEXT selected base:allocation for
+    allocation: bool = False  # base:allocation is on for the export in use (BLOCK_STATUS allowed)
+
+    def flags(self, export: OpenVolume) -> int:
+        base = READ_ONLY_FLAGS if export.read_only else EXPORT_FLAGS
+        return base | (nbd.TF_SEND_DF if self.structured else 0)  # a READ is always one chunk
 
 
 class NbdServer:
@@ -58,7 +75,9 @@ class NbdServer:
         self._clients: set[asyncio.StreamWriter] = set()
 
     async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._client, host, port, reuse_address=True)
+        # A stream buffer of 64 KiB (asyncio's default) would pause and resume the socket
+        # many times per 1 MiB write payload; a request's payload fits in 2 × READ_LIMIT.
+        self._server = await asyncio.start_server(self._client, host, port, reuse_address=True, limit=READ_LIMIT)
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
@@ -81,11 +100,13 @@ class NbdServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         self._clients.add(writer)
+        session = _Session()
+        export: OpenVolume | None = None
         try:
-            export = await self._negotiate(reader, writer)
+            export = await self._negotiate(reader, writer, session)
             if export is not None:
-                log.info("nbd: %s connected to %s", peer, export.volume_id)
-                await self._transmit(reader, writer, export)
+                log.info("nbd: %s connected to %s%s", peer, export.volume_id, " (read-only)" if export.read_only else "")
+                await self._transmit(reader, writer, export, session)
         except nbd.ProtocolError as exc:
             log.warning("nbd: %s broke the protocol: %s; disconnected", peer, exc)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -95,8 +116,16 @@ class NbdServer:
         finally:
             self._clients.discard(writer)
             writer.close()
+            if export is not None:
+                await self._release(export)
 
-    async def _negotiate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> OpenVolume | None:
+    async def _release(self, export: OpenVolume) -> None:
+        release = getattr(self.attach, "release", None)
+        if release is not None:
+            await self._run(release, export)
+
+    async def _negotiate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         session: _Session) -> OpenVolume | None:
         writer.write(nbd.server_greeting())
         await writer.drain()
         flags = nbd.parse_client_flags(await reader.readexactly(4))
@@ -125,7 +154,8 @@ class NbdServer:
                 export = await self._lookup(data)
                 if export is None:
                     return None  # this option has no error reply: hanging up is the answer
-                writer.write(nbd.export_name_reply(export.size, EXPORT_FLAGS, no_zeroes))
+                session.allocation = session.meta_export == data.decode("utf-8", "replace")
+                writer.write(nbd.export_name_reply(export.size, session.flags(export), no_zeroes))
                 await writer.drain()
                 return export
             if option == nbd.OPT_ABORT:
@@ -148,15 +178,41 @@ class NbdServer:
                     writer.write(nbd.option_reply(option, nbd.REP_ERR_UNKNOWN, message.encode()[:4096]))
                     await writer.drain()
                     continue
-                writer.write(nbd.option_reply(option, nbd.REP_INFO, nbd.info_export(export.size, EXPORT_FLAGS)))
+                writer.write(nbd.option_reply(option, nbd.REP_INFO, nbd.info_export(export.size, session.flags(export))))
                 if nbd.INFO_BLOCK_SIZE in request.info:
                     writer.write(nbd.option_reply(option, nbd.REP_INFO, nbd.info_block_size()))
                 writer.write(nbd.option_reply(option, nbd.REP_ACK))
                 await writer.drain()
                 if option == nbd.OPT_GO:
+                    session.allocation = session.meta_export == request.name
                     return export
+                await self._release(export)  # INFO only looked
                 continue
-            else:  # STARTTLS, STRUCTURED_REPLY, META_CONTEXT, EXTENDED_HEADERS, ...
+            elif option == nbd.OPT_STRUCTURED_REPLY:
+                if length:
+                    writer.write(nbd.option_reply(option, nbd.REP_ERR_INVALID, b"no data expected"))
+                else:
+                    session.structured = True
+                    writer.write(nbd.option_reply(option, nbd.REP_ACK))
+            elif option in (nbd.OPT_LIST_META_CONTEXT, nbd.OPT_SET_META_CONTEXT):
+                setting = option == nbd.OPT_SET_META_CONTEXT
+                try:
+                    meta = nbd.parse_meta_context_request(data)
+                except (ValueError, UnicodeDecodeError):
+                    writer.write(nbd.option_reply(option, nbd.REP_ERR_INVALID, b"malformed request"))
+                    await writer.drain()
+                    continue
+                if setting and not session.structured:
+                    writer.write(nbd.option_reply(option, nbd.REP_ERR_INVALID, b"structured replies first"))
+                    await writer.drain()
+                    continue
+                names = nbd.meta_contexts_matching(meta.queries, listing=not setting)
+                for name in names:
+                    writer.write(nbd.meta_context_reply(option, nbd.BASE_ALLOCATION_ID if setting else 0, name))
+                if setting:  # a later SET replaces an earlier one
+                    session.meta_export = meta.name if names else None
+                writer.write(nbd.option_reply(option, nbd.REP_ACK))
+            else:  # STARTTLS without TLS, EXTENDED_HEADERS, ...
                 writer.write(nbd.option_reply(option, nbd.REP_ERR_UNSUP))
             await writer.drain()
 
@@ -173,7 +229,7 @@ class NbdServer:
     # ------------------------------------------------------------------ transmission
 
     async def _transmit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                        export: OpenVolume) -> None:
+                        export: OpenVolume, session: _Session) -> None:
         budget = _Budget(IN_FLIGHT, IN_FLIGHT_BYTES)
         drain = asyncio.Lock()
         tasks: set[asyncio.Task[None]] = set()
@@ -188,16 +244,17 @@ class NbdServer:
                 size = min(req.length, nbd.MAX_PAYLOAD) if req.command in (nbd.CMD_READ, nbd.CMD_WRITE) else 0
                 await budget.take(size)  # before reading a payload: memory per connection is bounded
                 payload = await reader.readexactly(req.length) if req.command == nbd.CMD_WRITE else b""
-                reply = _inline(req, payload, export)
+                reply = _inline(req, payload, export, session.structured)
                 if reply is not None:  # served from the cache on this loop: no thread, no task
                     budget.give(size)
                     if not writer.is_closing():
-                        writer.write(reply)
+                        for part in reply:  # header, then the data as is (no concatenated copy)
+                            writer.write(part)
                         if writer.transport.get_write_buffer_size() > IN_FLIGHT_BYTES // 4:
                             async with drain:
                                 await writer.drain()
                     continue
-                task = asyncio.create_task(self._serve(req, payload, export, writer, drain, budget, size))
+                task = asyncio.create_task(self._serve(req, payload, export, session, writer, drain, budget, size))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         finally:
@@ -206,13 +263,14 @@ class NbdServer:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _serve(self, req: nbd.Request, payload: bytes, export: OpenVolume, writer: asyncio.StreamWriter,
-                     drain: asyncio.Lock, budget: "_Budget", size: int) -> None:
+    async def _serve(self, req: nbd.Request, payload: bytes, export: OpenVolume, session: _Session,
+                     writer: asyncio.StreamWriter, drain: asyncio.Lock, budget: "_Budget", size: int) -> None:
         try:
-            error, data = await self._execute(req, payload, export)
+            error, data = await self._execute(req, payload, export, session)
             if not writer.is_closing():
-                # One write per reply: replies to concurrent requests never interleave.
-                writer.write(nbd.simple_reply(req.handle, error) + data if data else nbd.simple_reply(req.handle, error))
+                # All parts of a reply in one go on the loop: concurrent replies never interleave.
+                for part in _reply(req, error, data, session.structured):
+                    writer.write(part)
                 async with drain:
                     await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
@@ -220,10 +278,21 @@ class NbdServer:
         finally:
             budget.give(size)
 
-    async def _execute(self, req: nbd.Request, payload: bytes, export: OpenVolume) -> tuple[int, bytes]:
+    async def _execute(self, req: nbd.Request, payload: bytes, export: OpenVolume,
+                       session: _Session) -> tuple[int, Any]:
+        """(error, data): the bytes read for READ, the extents for BLOCK_STATUS."""
         fua = bool(req.flags & nbd.CMD_FLAG_FUA)
         cmd = req.command
         try:
+            if export.read_only and cmd in (nbd.CMD_WRITE, nbd.CMD_TRIM, nbd.CMD_WRITE_ZEROES):
+                return nbd.EPERM, b""  # a snapshot: nothing is written
+            if cmd == nbd.CMD_BLOCK_STATUS:
+                if not session.allocation or req.length == 0 or not export.check_range(req.offset, req.length):
+                    return nbd.EINVAL, b""
+                extents = await self._run(export.allocation, req.offset, req.length, BLOCK_STATUS_BLOCKS)
+                if req.flags & nbd.CMD_FLAG_REQ_ONE:
+                    extents = extents[:1]
+                return 0, [(n, nbd.STATE_HOLE | nbd.STATE_ZERO if hole else 0) for n, hole in extents]
             if cmd == nbd.CMD_READ:
                 if req.length > nbd.MAX_PAYLOAD:
                     return nbd.EOVERFLOW if req.length else nbd.EINVAL, b""
@@ -243,7 +312,9 @@ class NbdServer:
                     return (nbd.ENOSPC if cmd == nbd.CMD_WRITE_ZEROES else nbd.EINVAL), b""
                 await self._run(lambda: export.zero(req.offset, req.length, fua=fua))
                 return 0, b""
-            return nbd.EINVAL, b""  # CACHE, BLOCK_STATUS, RESIZE, unknown: not offered
+            return nbd.EINVAL, b""  # CACHE, RESIZE, unknown: not offered
+        except ReadOnly:
+            return nbd.EPERM, b""
         except VolumeClosed:
             return nbd.ESHUTDOWN, b""  # detached (or instance stopped) meanwhile
         except Exception:
@@ -272,16 +343,30 @@ class _Budget:
         self._freed.set()
 
 
-def _inline(req: nbd.Request, payload: bytes, export: OpenVolume) -> bytes | None:
+def _reply(req: nbd.Request, error: int, data: Any, structured: bool) -> tuple[bytes | bytearray, ...]:
+    """The reply to ``req`` (header, then data if any): simple, or structured where
+    negotiated (always for READ then, as the protocol requires; BLOCK_STATUS has no other
+    form). Written in one go on the loop, so replies to concurrent requests never interleave."""
+    if req.command == nbd.CMD_BLOCK_STATUS and not error:
+        return (nbd.block_status_reply(req.handle, nbd.BASE_ALLOCATION_ID, data),)
+    if structured and req.command == nbd.CMD_READ:
+        if error:
+            return (nbd.structured_error(req.handle, error),)
+        return nbd.structured_read_header(req.handle, req.offset, len(data)), data
+    return (nbd.simple_reply(req.handle, error), data) if data else (nbd.simple_reply(req.handle, error),)
+
+
+def _inline(req: nbd.Request, payload: bytes, export: OpenVolume,
+            structured: bool) -> tuple[bytes | bytearray, ...] | None:
     """The reply to a READ or WRITE (no FUA) the volume can serve from its cache at once
     (see ``OpenVolume.try_read``), or None: the request goes to a worker thread."""
     if req.flags & nbd.CMD_FLAG_FUA or not export.check_range(req.offset, req.length):
         return None
     if req.command == nbd.CMD_READ and req.length <= nbd.MAX_PAYLOAD:
         data = export.try_read(req.offset, req.length)
-        return None if data is None else nbd.simple_reply(req.handle) + data
+        return None if data is None else _reply(req, 0, data, structured)
     if req.command == nbd.CMD_WRITE and export.try_write(req.offset, payload):
-        return nbd.simple_reply(req.handle)
+        return (nbd.simple_reply(req.handle),)
     return None
 
 

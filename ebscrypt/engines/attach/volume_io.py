@@ -115,7 +115,7 @@ class OpenVolume:
     # once, without a hop to a worker thread; anything else returns None and goes the
     # blocking way (read/write above and below). The result is the same either way.
 
-    def try_read(self, offset: int, length: int) -> bytes | None:
+    def try_read(self, offset: int, length: int) -> bytes | bytearray | None:
         if not self._lock.acquire(blocking=False):
             return None
         try:
@@ -137,14 +137,16 @@ class OpenVolume:
                 block = cache[first]
                 cache.move_to_end(first)
                 start = offset - first * BLOCK_SIZE
-                return bytes(block[start:start + length])
+                with memoryview(block) as view:  # one copy: the block may change once we let go
+                    return bytes(view[start:start + length])
             out = bytearray(length)
             pos = 0
             for index, start, end in _spans(offset, length):
                 cache.move_to_end(index)
-                out[pos:pos + end - start] = cache[index][start:end]
+                with memoryview(cache[index]) as view:
+                    out[pos:pos + end - start] = view[start:end]
                 pos += end - start
-            return bytes(out)
+            return out
         finally:
             self._lock.release()
 
