@@ -32,7 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import ssl
+import struct
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +52,11 @@ READ_ONLY_FLAGS = nbd.TF_HAS_FLAGS | nbd.TF_READ_ONLY | nbd.TF_SEND_FLUSH | nbd.
 BLOCK_STATUS_BLOCKS = 1024  # blocks (512 MiB) one BLOCK_STATUS answer covers at most (the client asks again)
 IN_FLIGHT = 16  # requests per connection being served at once
 IN_FLIGHT_BYTES = 64 * 1024 * 1024  # payload bytes per connection held at once (reads and writes)
+SEND_TIMEOUT = 30  # seconds a reply may wait for the client to read (threaded connections)
+RECV_BUFFER = 256 * 1024  # threaded connections: bytes received at once (many small requests)
+SMALL_REPLY = 64 * 1024  # a reply up to this size goes out in one send
+READ_LIMIT = 2 * 1024 * 1024  # the stream reader's buffer limit (it holds up to twice that)
+SEND_TIMEOUT = 30  # seconds a reply may wait for the client to read (threaded connections)
 READ_LIMIT = 2 * 1024 * 1024  # the stream reader's buffer limit (it holds up to twice that)
 
 
@@ -73,6 +82,7 @@ class NbdServer:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ebscrypt-nbd")
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.StreamWriter] = set()
+        self._sockets: set[socket.socket] = set()  # connections in their transmission thread
 
     async def start(self, host: str, port: int) -> int:
         # A stream buffer of 64 KiB (asyncio's default) would pause and resume the socket
@@ -85,6 +95,11 @@ class NbdServer:
             self._server.close()
         for writer in list(self._clients):
             writer.close()
+        for sock in list(self._sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # its thread sees the end and finishes
+            except OSError:
+                pass
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), 5)
@@ -106,7 +121,10 @@ class NbdServer:
             export = await self._negotiate(reader, writer, session)
             if export is not None:
                 log.info("nbd: %s connected to %s%s", peer, export.volume_id, " (read-only)" if export.read_only else "")
-                await self._transmit(reader, writer, export, session)
+                if self._tls is None:
+                    await self._transmit_in_thread(reader, writer, export, session)
+                else:
+                    await self._transmit(reader, writer, export, session)
         except nbd.ProtocolError as exc:
             log.warning("nbd: %s broke the protocol: %s; disconnected", peer, exc)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -228,6 +246,42 @@ class NbdServer:
 
     # ------------------------------------------------------------------ transmission
 
+    async def _transmit_in_thread(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                  export: OpenVolume, session: _Session) -> None:
+        """Plain TCP: the transmission phase leaves the event loop for a thread of its own
+        on a blocking socket. Payloads are received straight into their buffer and sent
+        from it (asyncio's streams copy a 1 MiB payload several times and wake the loop per
+        64 KiB), and the loop stays free for the API. Same protocol behaviour as
+        :meth:`_transmit` (which TLS connections keep: the TLS layer is asyncio's)."""
+        transport = writer.transport
+        transport.pause_reading()
+        raw = transport.get_extra_info("socket")
+        sock = socket.socket(fileno=os.dup(raw.fileno()))
+        sock.setblocking(True)
+        # A client that stops reading its replies cannot hold a pool thread in send() for
+        # long (the pool serves every connection): after SEND_TIMEOUT it loses its connection.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", SEND_TIMEOUT, 0))
+        # A conforming client sends nothing before GO's answer; whatever a broken one did is
+        # handed over, so nothing is lost or reordered.
+        prefix = bytes(getattr(reader, "_buffer", b""))
+        transport.abort()  # closes the loop's descriptor; the duplicate keeps the connection
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        conn = _ThreadedConnection(sock, export, session, self._pool, prefix)
+        self._sockets.add(sock)
+
+        def run() -> None:
+            try:
+                conn.run()
+            finally:
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        threading.Thread(target=run, name=f"ebscrypt-nbd-{export.volume_id}", daemon=True).start()
+        try:
+            await done
+        finally:
+            self._sockets.discard(sock)
+
     async def _transmit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                         export: OpenVolume, session: _Session) -> None:
         budget = _Budget(IN_FLIGHT, IN_FLIGHT_BYTES)
@@ -266,7 +320,7 @@ class NbdServer:
     async def _serve(self, req: nbd.Request, payload: bytes, export: OpenVolume, session: _Session,
                      writer: asyncio.StreamWriter, drain: asyncio.Lock, budget: "_Budget", size: int) -> None:
         try:
-            error, data = await self._execute(req, payload, export, session)
+            error, data = await self._run(execute, req, payload, export, session)
             if not writer.is_closing():
                 # All parts of a reply in one go on the loop: concurrent replies never interleave.
                 for part in _reply(req, error, data, session.structured):
@@ -278,48 +332,175 @@ class NbdServer:
         finally:
             budget.give(size)
 
-    async def _execute(self, req: nbd.Request, payload: bytes, export: OpenVolume,
-                       session: _Session) -> tuple[int, Any]:
-        """(error, data): the bytes read for READ, the extents for BLOCK_STATUS."""
-        fua = bool(req.flags & nbd.CMD_FLAG_FUA)
-        cmd = req.command
+def execute(req: nbd.Request, payload: bytes | bytearray, export: OpenVolume, session: _Session) -> tuple[int, Any]:
+    """Serve one request (blocking: disk, crypto): (error, data), data being the bytes read
+    for READ, the extents for BLOCK_STATUS."""
+    fua = bool(req.flags & nbd.CMD_FLAG_FUA)
+    cmd = req.command
+    try:
+        if export.read_only and cmd in (nbd.CMD_WRITE, nbd.CMD_TRIM, nbd.CMD_WRITE_ZEROES):
+            return nbd.EPERM, b""  # a snapshot: nothing is written
+        if cmd == nbd.CMD_BLOCK_STATUS:
+            if not session.allocation or req.length == 0 or not export.check_range(req.offset, req.length):
+                return nbd.EINVAL, b""
+            extents = export.allocation(req.offset, req.length, BLOCK_STATUS_BLOCKS)
+            if req.flags & nbd.CMD_FLAG_REQ_ONE:
+                extents = extents[:1]
+            return 0, [(n, nbd.STATE_HOLE | nbd.STATE_ZERO if hole else 0) for n, hole in extents]
+        if cmd == nbd.CMD_READ:
+            if req.length > nbd.MAX_PAYLOAD:
+                return nbd.EOVERFLOW if req.length else nbd.EINVAL, b""
+            if not export.check_range(req.offset, req.length):
+                return nbd.EINVAL, b""
+            return 0, export.read(req.offset, req.length)
+        if cmd == nbd.CMD_WRITE:
+            if not export.check_range(req.offset, req.length):
+                return nbd.ENOSPC, b""
+            export.write(req.offset, payload, fua=fua)
+            return 0, b""
+        if cmd == nbd.CMD_FLUSH:
+            export.flush()
+            return 0, b""
+        if cmd in (nbd.CMD_TRIM, nbd.CMD_WRITE_ZEROES):
+            if not export.check_range(req.offset, req.length):
+                return (nbd.ENOSPC if cmd == nbd.CMD_WRITE_ZEROES else nbd.EINVAL), b""
+            export.zero(req.offset, req.length, fua=fua)
+            return 0, b""
+        return nbd.EINVAL, b""  # CACHE, RESIZE, unknown: not offered
+    except ReadOnly:
+        return nbd.EPERM, b""
+    except VolumeClosed:
+        return nbd.ESHUTDOWN, b""  # detached (or instance stopped) meanwhile
+    except Exception:
+        log.exception("nbd: %s command %d at %d+%d failed", export.volume_id, cmd, req.offset, req.length)
+        return nbd.EIO, b""
+
+
+
+
+class _ThreadedConnection:
+    """One connection's transmission phase on a blocking socket: this thread reads requests
+    and serves those the cache answers at once (``_inline``); the others go to the pool,
+    which sends their replies. One lock orders sends, so replies never interleave."""
+
+    def __init__(self, sock: socket.socket, export: OpenVolume, session: _Session,
+                 pool: ThreadPoolExecutor, prefix: bytes) -> None:
+        self.sock, self.export, self.session, self.pool = sock, export, session, pool
+        # Received bytes not yet used: requests are parsed from here (one recv brings many
+        # small ones); a large payload is received straight into its own buffer.
+        self._buf = bytearray(max(RECV_BUFFER, len(prefix)))
+        self._view = memoryview(self._buf)
+        self._buf[:len(prefix)] = prefix
+        self._start, self._end = 0, len(prefix)
+        self._send_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._requests, self._bytes = IN_FLIGHT, IN_FLIGHT_BYTES
+        self._broken = False
+
+    def run(self) -> None:
+        peer = "?"
         try:
-            if export.read_only and cmd in (nbd.CMD_WRITE, nbd.CMD_TRIM, nbd.CMD_WRITE_ZEROES):
-                return nbd.EPERM, b""  # a snapshot: nothing is written
-            if cmd == nbd.CMD_BLOCK_STATUS:
-                if not session.allocation or req.length == 0 or not export.check_range(req.offset, req.length):
-                    return nbd.EINVAL, b""
-                extents = await self._run(export.allocation, req.offset, req.length, BLOCK_STATUS_BLOCKS)
-                if req.flags & nbd.CMD_FLAG_REQ_ONE:
-                    extents = extents[:1]
-                return 0, [(n, nbd.STATE_HOLE | nbd.STATE_ZERO if hole else 0) for n, hole in extents]
-            if cmd == nbd.CMD_READ:
-                if req.length > nbd.MAX_PAYLOAD:
-                    return nbd.EOVERFLOW if req.length else nbd.EINVAL, b""
-                if not export.check_range(req.offset, req.length):
-                    return nbd.EINVAL, b""
-                return 0, await self._run(export.read, req.offset, req.length)
-            if cmd == nbd.CMD_WRITE:
-                if not export.check_range(req.offset, req.length):
-                    return nbd.ENOSPC, b""
-                await self._run(lambda: export.write(req.offset, payload, fua=fua))
-                return 0, b""
-            if cmd == nbd.CMD_FLUSH:
-                await self._run(export.flush)
-                return 0, b""
-            if cmd in (nbd.CMD_TRIM, nbd.CMD_WRITE_ZEROES):
-                if not export.check_range(req.offset, req.length):
-                    return (nbd.ENOSPC if cmd == nbd.CMD_WRITE_ZEROES else nbd.EINVAL), b""
-                await self._run(lambda: export.zero(req.offset, req.length, fua=fua))
-                return 0, b""
-            return nbd.EINVAL, b""  # CACHE, RESIZE, unknown: not offered
-        except ReadOnly:
-            return nbd.EPERM, b""
-        except VolumeClosed:
-            return nbd.ESHUTDOWN, b""  # detached (or instance stopped) meanwhile
+            peer = str(self.sock.getpeername())
+            self._loop()
+        except nbd.ProtocolError as exc:
+            log.warning("nbd: %s broke the protocol: %s; disconnected", peer, exc)
+        except (ConnectionError, EOFError, OSError):
+            log.info("nbd: %s went away", peer)
         except Exception:
-            log.exception("nbd: %s command %d at %d+%d failed", export.volume_id, cmd, req.offset, req.length)
-            return nbd.EIO, b""
+            log.exception("nbd: connection from %s failed", peer)
+        finally:
+            # Requests received in full are answered (a flush among them is honoured);
+            # a request cut off mid-way was never started.
+            with self._cond:
+                while self._requests < IN_FLIGHT:
+                    self._cond.wait()
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.sock.close()
+
+    def _loop(self) -> None:
+        while True:
+            req = nbd.parse_request(bytes(self._recv(nbd.REQUEST_SIZE)))
+            if req.command == nbd.CMD_DISC:
+                return
+            if req.command == nbd.CMD_WRITE and req.length > nbd.MAX_PAYLOAD:
+                # The stream cannot be resynchronised past a payload we will not read.
+                raise nbd.ProtocolError(f"write of {req.length} bytes exceeds the maximum")
+            size = min(req.length, nbd.MAX_PAYLOAD) if req.command in (nbd.CMD_READ, nbd.CMD_WRITE) else 0
+            self._take(size)  # before reading a payload: memory per connection is bounded
+            try:
+                payload = self._recv(req.length) if req.command == nbd.CMD_WRITE else bytearray()
+                reply = _inline(req, payload, self.export, self.session.structured)
+            except BaseException:
+                self._give(size)
+                raise
+            if reply is not None:
+                self._give(size)
+                self._send(reply)
+                continue
+            self.pool.submit(self._serve, req, payload, size)
+
+    def _serve(self, req: nbd.Request, payload: bytearray, size: int) -> None:
+        try:
+            error, data = execute(req, payload, self.export, self.session)
+            self._send(_reply(req, error, data, self.session.structured))
+        except OSError:
+            pass  # the client went away: the reading side notices and ends
+        finally:
+            self._give(size)
+
+    def _recv(self, n: int) -> bytearray:
+        """Exactly ``n`` bytes of the stream (EOFError if it ends first)."""
+        out = bytearray(n)
+        view = memoryview(out)
+        pos = self._buffered(view)
+        while pos < n:  # the buffer is used up
+            direct = n - pos >= RECV_BUFFER // 2
+            if direct:
+                got = self.sock.recv_into(view[pos:])  # a large payload: straight into place
+            else:
+                got = self.sock.recv_into(self._view)
+                self._start, self._end = 0, got
+            if not got:
+                raise EOFError("closed mid-request" if pos else "closed")
+            pos += got if direct else self._buffered(view[pos:])
+        return out
+
+    def _buffered(self, view: memoryview) -> int:
+        k = min(self._end - self._start, len(view))
+        if k:
+            view[:k] = self._view[self._start:self._start + k]
+            self._start += k
+        return k
+
+    def _send(self, parts: tuple[bytes | bytearray, ...]) -> None:
+        with self._send_lock:
+            if self._broken:
+                return
+            try:
+                if len(parts) > 1 and sum(len(p) for p in parts) <= SMALL_REPLY:
+                    self.sock.sendall(b"".join(parts))  # one system call for a small reply
+                else:
+                    for part in parts:
+                        self.sock.sendall(part)
+            except OSError:
+                self._broken = True  # a reply half sent: nothing more can follow it
+                raise
+
+    def _take(self, size: int) -> None:
+        with self._cond:
+            while self._requests <= 0 or self._bytes < size:
+                self._cond.wait()
+            self._requests -= 1
+            self._bytes -= size
+
+    def _give(self, size: int) -> None:
+        with self._cond:
+            self._requests += 1
+            self._bytes += size
+            self._cond.notify_all()
 
 
 class _Budget:
