@@ -440,7 +440,11 @@ class _ThreadedConnection:
                 self._give(size)
                 self._send(reply)
                 continue
-            self.pool.submit(self._serve, req, payload, size)
+            try:
+                self.pool.submit(self._serve, req, payload, size)
+            except BaseException:  # the server is shutting down
+                self._give(size)
+                raise
 
     def _serve(self, req: nbd.Request, payload: bytearray, size: int) -> None:
         try:

@@ -162,8 +162,8 @@ class OpenVolume:
             for index, start, end in spans:
                 if index not in cache and not (start == 0 and end == BLOCK_SIZE):
                     return False  # read-modify-write of a block not cached: disk and crypto
-            if self._flusher is None and len(cache) + len(spans) > self._cache_blocks:
-                return False  # would evict synchronously
+            if len(cache) + sum(1 for i, _s, _e in spans if i not in cache) > self._cache_blocks:
+                return False  # would evict (maybe a block this very write goes on to patch)
             view = memoryview(data)
             pos = 0
             for index, start, end in spans:
