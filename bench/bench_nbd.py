@@ -2,7 +2,7 @@
 ebscrypt server, against nbdkit's ``file`` plugin serving a file on the same disk (the
 ceiling of the protocol stack), driven by fio's ``nbd`` engine (libnbd).
 
-    python bench/bench_nbd.py [--span-mib 256] [--seconds 4] [--rounds 2]
+    python bench/bench_nbd.py [--span-mib 96] [--seconds 4] [--rounds 2] [--cache-mib 128]
 
 Workloads (each ``--seconds`` long, time-based, over the first ``--span-mib`` of the export,
 iodepth 16, ``end_fsync``): sequential 1 MiB writes and reads, random 4 KiB writes and
@@ -11,6 +11,11 @@ reads. The span is written first so reads read data. Rounds interleave the three
 median MiB/s and IOPS and the ratios encrypted/unencrypted (goal ≥ 0.9, R-ATTACH-3) and
 unencrypted/nbdkit (goal ≥ 0.5). The server's RSS before and after shows memory staying
 flat in the volume's size (the write-back cache is bounded).
+
+The default span (96 MiB) fits the server's per-volume cache (``--nbd-cache-mib``, 128):
+that is the working set an attached volume serves at memory speed. A span beyond the
+cache (``--span-mib 512``) measures the block engine instead: each miss reads and
+authenticates a whole 512 KiB block, each eviction seals and stores one.
 
 This module has no ``WORKLOADS``: ``bench/run.py`` skips it; run it directly. Needs fio
 with the nbd engine (Debian's) and nbdkit; bash ci/install-nbd.sh installs nbdkit.
@@ -91,7 +96,8 @@ def setup_volumes(url: str) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--span-mib", type=int, default=256)
+    ap.add_argument("--span-mib", type=int, default=96)
+    ap.add_argument("--cache-mib", type=int, default=128, help="the server's --nbd-cache-mib")
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     work = Path(tempfile.mkdtemp(prefix="bench-nbd-"))
     nbd_port, kit_port = free_port(), free_port()
-    server = start_ebscrypt(work / "data", nbd_port=nbd_port)
+    server = start_ebscrypt(work / "data", nbd_port=nbd_port, extra_args=["--nbd-cache-mib", str(args.cache_mib)])
     disk = work / "nbdkit-disk.img"
     with open(disk, "wb") as f:
         f.truncate(1024 ** 3)
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:16s} {cell(e):>18s} {cell(u):>18s} {cell(k):>18s} {r1:10.2f} {r2:10.2f}")
         summary[label] = {"encrypted": e, "unencrypted": u, "nbdkit": k, "enc_over_unenc": r1, "unenc_over_nbdkit": r2}
     print(f"server RSS: {rss_before:.0f} MiB before, {rss_after:.0f} MiB after "
-          f"({args.span_mib} MiB span written per export)")
+          f"({args.span_mib} MiB span written per export, cache {args.cache_mib} MiB per volume)")
     if args.json:
         args.json.write_text(json.dumps({"results": summary, "rss_mib": [rss_before, rss_after]}, indent=2))
     return 0

@@ -77,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="NBD listen address (a non-loopback one needs --nbd-tls-cert/--nbd-tls-key)")
     serve.add_argument("--nbd-tls-cert", type=Path, default=None, help="PEM certificate: NBD requires TLS")
     serve.add_argument("--nbd-tls-key", type=Path, default=None, help="PEM private key for --nbd-tls-cert")
+    serve.add_argument("--nbd-cache-mib", type=int, default=128,
+                       help="memory cache per attached volume (decrypted and not yet flushed blocks), MiB")
     serve.add_argument("--blocks", default=None, metavar="s3://BUCKET[/PREFIX] | DIR",
                        help="block objects in an S3-compatible store (credentials from boto3's usual "
                             "chain or --s3-profile), or in a directory (default: the data dir's blocks/)")
@@ -248,6 +250,7 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
         nbd_port=args.nbd_port,
         nbd_tls_cert=args.nbd_tls_cert,
         nbd_tls_key=args.nbd_tls_key,
+        nbd_cache_mib=args.nbd_cache_mib,
         blocks_url=args.blocks,
         s3_endpoint_url=args.s3_endpoint_url,
         s3_profile=args.s3_profile,

@@ -64,6 +64,9 @@ class Settings:
     nbd_port: int = 0  # 0: no NBD server (the CLI's default is 10809)
     nbd_tls_cert: Path | None = None  # with nbd_tls_key: NBD requires TLS (any address)
     nbd_tls_key: Path | None = None
+    # Per open (attached) volume: plaintext blocks cached in memory (write-back and read
+    # cache), bounded whatever the volume's size; writes need not reach disk before a FLUSH.
+    nbd_cache_mib: int = 128
     # Where block objects live: None = <data_dir>/blocks; "s3://BUCKET[/PREFIX]" = an
     # S3-compatible store (several processes or hosts share it), at s3_endpoint_url with
     # boto3's credential chain or the named profile.

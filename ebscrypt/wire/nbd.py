@@ -2,9 +2,11 @@
 constants, and pure functions that parse what a client sends and encode what we answer.
 
 Only what ebscrypt serves: fixed newstyle negotiation (NBD_OPT_EXPORT_NAME, _INFO, _GO,
-_LIST, _ABORT, _STARTTLS when TLS is configured; everything else NBD_REP_ERR_UNSUP), simple replies (structured replies are
-optional and not offered), and the transmission commands READ, WRITE, FLUSH, TRIM,
-WRITE_ZEROES and DISC. No I/O here: ``ebscrypt.wire.nbd_server`` drives the sockets.
+_LIST, _ABORT, _STARTTLS when TLS is configured, _STRUCTURED_REPLY, _LIST_META_CONTEXT and
+_SET_META_CONTEXT with the one context ``base:allocation``; everything else
+NBD_REP_ERR_UNSUP), simple replies or, once negotiated, structured replies, and the
+transmission commands READ, WRITE, FLUSH, TRIM, WRITE_ZEROES, BLOCK_STATUS and DISC.
+No I/O here: ``ebscrypt.wire.nbd_server`` drives the sockets.
 All integers are big-endian.
 """
 
@@ -31,11 +33,15 @@ OPT_LIST = 3
 OPT_STARTTLS = 5
 OPT_INFO = 6
 OPT_GO = 7
+OPT_STRUCTURED_REPLY = 8
+OPT_LIST_META_CONTEXT = 9
+OPT_SET_META_CONTEXT = 10
 
 # option replies
 REP_ACK = 1
 REP_SERVER = 2
 REP_INFO = 3
+REP_META_CONTEXT = 4
 REP_ERR_UNSUP = (1 << 31) | 1
 REP_ERR_POLICY = (1 << 31) | 2
 REP_ERR_INVALID = (1 << 31) | 3
@@ -52,6 +58,7 @@ TF_SEND_FLUSH = 1 << 2
 TF_SEND_FUA = 1 << 3
 TF_SEND_TRIM = 1 << 5
 TF_SEND_WRITE_ZEROES = 1 << 6
+TF_SEND_DF = 1 << 7
 TF_CAN_MULTI_CONN = 1 << 8
 
 # commands and their flags
@@ -61,8 +68,25 @@ CMD_DISC = 2
 CMD_FLUSH = 3
 CMD_TRIM = 4
 CMD_WRITE_ZEROES = 6
+CMD_BLOCK_STATUS = 7
 CMD_FLAG_FUA = 1 << 0
 CMD_FLAG_NO_HOLE = 1 << 1
+CMD_FLAG_DF = 1 << 2
+CMD_FLAG_REQ_ONE = 1 << 3
+
+# structured replies
+STRUCTURED_REPLY_MAGIC = 0x668E33EF
+REPLY_FLAG_DONE = 1 << 0
+REPLY_TYPE_NONE = 0
+REPLY_TYPE_OFFSET_DATA = 1
+REPLY_TYPE_BLOCK_STATUS = 5
+REPLY_TYPE_ERROR = (1 << 15) | 1
+
+# the one metadata context served: which ranges are holes (never written) and read as zeros
+META_BASE_ALLOCATION = "base:allocation"
+BASE_ALLOCATION_ID = 1  # its context id on every connection
+STATE_HOLE = 1 << 0
+STATE_ZERO = 1 << 1
 
 # errors (errno values the protocol names)
 EPERM = 1
@@ -130,6 +154,50 @@ def parse_info_request(data: bytes) -> InfoRequest:
     return InfoRequest(name, struct.unpack(f">{count}H", rest) if count else ())
 
 
+@dataclass(frozen=True)
+class MetaContextRequest:
+    name: str
+    queries: tuple[str, ...]
+
+
+def parse_meta_context_request(data: bytes) -> MetaContextRequest:
+    """NBD_OPT_LIST/SET_META_CONTEXT data: u32 name length, name, u32 count, count × (u32 length, query)."""
+    if len(data) < 8:
+        raise ValueError("short META_CONTEXT request")
+    (name_len,) = struct.unpack_from(">I", data, 0)
+    if name_len > MAX_NAME_LENGTH or 4 + name_len + 4 > len(data):
+        raise ValueError("bad export name length")
+    name = data[4:4 + name_len].decode("utf-8")
+    (count,) = struct.unpack_from(">I", data, 4 + name_len)
+    pos = 8 + name_len
+    queries = []
+    for _ in range(count):
+        if pos + 4 > len(data):
+            raise ValueError("bad query count")
+        (qlen,) = struct.unpack_from(">I", data, pos)
+        if pos + 4 + qlen > len(data):
+            raise ValueError("bad query length")
+        queries.append(data[pos + 4:pos + 4 + qlen].decode("utf-8"))
+        pos += 4 + qlen
+    if pos != len(data):
+        raise ValueError("trailing bytes after the queries")
+    return MetaContextRequest(name, tuple(queries))
+
+
+def meta_contexts_matching(queries: tuple[str, ...], *, listing: bool) -> list[str]:
+    """The contexts we serve that these queries select. LIST with no query (or the
+    namespace ``base:``) lists them all; SET selects only exact names."""
+    if listing and not queries:
+        return [META_BASE_ALLOCATION]
+    hits = [META_BASE_ALLOCATION] if any(q == META_BASE_ALLOCATION or (listing and q == "base:")
+                                         for q in queries) else []
+    return hits
+
+
+def meta_context_reply(option: int, context_id: int, name: str) -> bytes:
+    return option_reply(option, REP_META_CONTEXT, struct.pack(">I", context_id) + name.encode())
+
+
 def option_reply(option: int, reply: int, data: bytes = b"") -> bytes:
     return struct.pack(">QIII", OPTION_REPLY_MAGIC, option, reply, len(data)) + data
 
@@ -165,3 +233,28 @@ def parse_request(raw: bytes) -> Request:
 
 def simple_reply(handle: int, error: int = 0) -> bytes:
     return struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, error, handle)
+
+
+def structured_header(handle: int, kind: int, length: int, *, done: bool = True) -> bytes:
+    return struct.pack(">IHHQI", STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE if done else 0, kind, handle, length)
+
+
+def structured_read_header(handle: int, offset: int, length: int) -> bytes:
+    """What precedes ``length`` bytes read at ``offset``: the whole READ as one OFFSET_DATA
+    chunk (so NBD_CMD_FLAG_DF is honoured too)."""
+    return structured_header(handle, REPLY_TYPE_OFFSET_DATA, 8 + length) + struct.pack(">Q", offset)
+
+
+def structured_error(handle: int, error: int, message: str = "") -> bytes:
+    msg = message.encode()[:4096]
+    return structured_header(handle, REPLY_TYPE_ERROR, 6 + len(msg)) + struct.pack(">IH", error, len(msg)) + msg
+
+
+def structured_done(handle: int) -> bytes:
+    return structured_header(handle, REPLY_TYPE_NONE, 0)
+
+
+def block_status_reply(handle: int, context_id: int, extents: list[tuple[int, int]]) -> bytes:
+    """One BLOCK_STATUS chunk: (length, status flags) descriptors in order from the offset asked."""
+    body = struct.pack(">I", context_id) + b"".join(struct.pack(">II", n, f) for n, f in extents)
+    return structured_header(handle, REPLY_TYPE_BLOCK_STATUS, len(body)) + body

@@ -32,19 +32,45 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import ssl
+import struct
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-from ebscrypt.engines.attach.volume_io import OpenVolume, VolumeClosed
+from ebscrypt.engines.attach.volume_io import OpenVolume, ReadOnly, VolumeClosed
 from ebscrypt.wire import nbd
 
 log = logging.getLogger("ebscrypt.nbd")
 
 EXPORT_FLAGS = (nbd.TF_HAS_FLAGS | nbd.TF_SEND_FLUSH | nbd.TF_SEND_FUA | nbd.TF_SEND_TRIM
                 | nbd.TF_SEND_WRITE_ZEROES | nbd.TF_CAN_MULTI_CONN)
+READ_ONLY_FLAGS = nbd.TF_HAS_FLAGS | nbd.TF_READ_ONLY | nbd.TF_SEND_FLUSH | nbd.TF_CAN_MULTI_CONN
+BLOCK_STATUS_BLOCKS = 1024  # blocks (512 MiB) one BLOCK_STATUS answer covers at most (the client asks again)
 IN_FLIGHT = 16  # requests per connection being served at once
 IN_FLIGHT_BYTES = 64 * 1024 * 1024  # payload bytes per connection held at once (reads and writes)
+SEND_TIMEOUT = 30  # seconds a reply may wait for the client to read (threaded connections)
+RECV_BUFFER = 256 * 1024  # threaded connections: bytes received at once (many small requests)
+SMALL_REPLY = 64 * 1024  # a reply up to this size goes out in one send
+READ_LIMIT = 2 * 1024 * 1024  # the stream reader's buffer limit (it holds up to twice that)
+SEND_TIMEOUT = 30  # seconds a reply may wait for the client to read (threaded connections)
+READ_LIMIT = 2 * 1024 * 1024  # the stream reader's buffer limit (it holds up to twice that)
+
+
+@dataclass
+class _Session:
+    """What one connection negotiated."""
+
+    structured: bool = False  # NBD_OPT_STRUCTURED_REPLY: READ answers are OFFSET_DATA chunks
+    meta_export: str | None = None  # the export NBD_OPT_SET_META_CONTEXT selected base:allocation for
+    allocation: bool = False  # base:allocation is on for the export in use (BLOCK_STATUS allowed)
+
+    def flags(self, export: OpenVolume) -> int:
+        base = READ_ONLY_FLAGS if export.read_only else EXPORT_FLAGS
+        return base | (nbd.TF_SEND_DF if self.structured else 0)  # a READ is always one chunk
 
 
 class NbdServer:
@@ -56,9 +82,12 @@ class NbdServer:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ebscrypt-nbd")
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.StreamWriter] = set()
+        self._sockets: set[socket.socket] = set()  # connections in their transmission thread
 
     async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._client, host, port, reuse_address=True)
+        # A stream buffer of 64 KiB (asyncio's default) would pause and resume the socket
+        # many times per 1 MiB write payload; a request's payload fits in 2 × READ_LIMIT.
+        self._server = await asyncio.start_server(self._client, host, port, reuse_address=True, limit=READ_LIMIT)
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
@@ -66,6 +95,11 @@ class NbdServer:
             self._server.close()
         for writer in list(self._clients):
             writer.close()
+        for sock in list(self._sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # its thread sees the end and finishes
+            except OSError:
+                pass
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), 5)
@@ -81,11 +115,16 @@ class NbdServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         self._clients.add(writer)
+        session = _Session()
+        export: OpenVolume | None = None
         try:
-            export = await self._negotiate(reader, writer)
+            export = await self._negotiate(reader, writer, session)
             if export is not None:
-                log.info("nbd: %s connected to %s", peer, export.volume_id)
-                await self._transmit(reader, writer, export)
+                log.info("nbd: %s connected to %s%s", peer, export.volume_id, " (read-only)" if export.read_only else "")
+                if self._tls is None:
+                    await self._transmit_in_thread(reader, writer, export, session)
+                else:
+                    await self._transmit(reader, writer, export, session)
         except nbd.ProtocolError as exc:
             log.warning("nbd: %s broke the protocol: %s; disconnected", peer, exc)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -95,8 +134,16 @@ class NbdServer:
         finally:
             self._clients.discard(writer)
             writer.close()
+            if export is not None:
+                await self._release(export)
 
-    async def _negotiate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> OpenVolume | None:
+    async def _release(self, export: OpenVolume) -> None:
+        release = getattr(self.attach, "release", None)
+        if release is not None:
+            await self._run(release, export)
+
+    async def _negotiate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         session: _Session) -> OpenVolume | None:
         writer.write(nbd.server_greeting())
         await writer.drain()
         flags = nbd.parse_client_flags(await reader.readexactly(4))
@@ -125,7 +172,8 @@ class NbdServer:
                 export = await self._lookup(data)
                 if export is None:
                     return None  # this option has no error reply: hanging up is the answer
-                writer.write(nbd.export_name_reply(export.size, EXPORT_FLAGS, no_zeroes))
+                session.allocation = session.meta_export == data.decode("utf-8", "replace")
+                writer.write(nbd.export_name_reply(export.size, session.flags(export), no_zeroes))
                 await writer.drain()
                 return export
             if option == nbd.OPT_ABORT:
@@ -148,15 +196,41 @@ class NbdServer:
                     writer.write(nbd.option_reply(option, nbd.REP_ERR_UNKNOWN, message.encode()[:4096]))
                     await writer.drain()
                     continue
-                writer.write(nbd.option_reply(option, nbd.REP_INFO, nbd.info_export(export.size, EXPORT_FLAGS)))
+                writer.write(nbd.option_reply(option, nbd.REP_INFO, nbd.info_export(export.size, session.flags(export))))
                 if nbd.INFO_BLOCK_SIZE in request.info:
                     writer.write(nbd.option_reply(option, nbd.REP_INFO, nbd.info_block_size()))
                 writer.write(nbd.option_reply(option, nbd.REP_ACK))
                 await writer.drain()
                 if option == nbd.OPT_GO:
+                    session.allocation = session.meta_export == request.name
                     return export
+                await self._release(export)  # INFO only looked
                 continue
-            else:  # STARTTLS, STRUCTURED_REPLY, META_CONTEXT, EXTENDED_HEADERS, ...
+            elif option == nbd.OPT_STRUCTURED_REPLY:
+                if length:
+                    writer.write(nbd.option_reply(option, nbd.REP_ERR_INVALID, b"no data expected"))
+                else:
+                    session.structured = True
+                    writer.write(nbd.option_reply(option, nbd.REP_ACK))
+            elif option in (nbd.OPT_LIST_META_CONTEXT, nbd.OPT_SET_META_CONTEXT):
+                setting = option == nbd.OPT_SET_META_CONTEXT
+                try:
+                    meta = nbd.parse_meta_context_request(data)
+                except (ValueError, UnicodeDecodeError):
+                    writer.write(nbd.option_reply(option, nbd.REP_ERR_INVALID, b"malformed request"))
+                    await writer.drain()
+                    continue
+                if setting and not session.structured:
+                    writer.write(nbd.option_reply(option, nbd.REP_ERR_INVALID, b"structured replies first"))
+                    await writer.drain()
+                    continue
+                names = nbd.meta_contexts_matching(meta.queries, listing=not setting)
+                for name in names:
+                    writer.write(nbd.meta_context_reply(option, nbd.BASE_ALLOCATION_ID if setting else 0, name))
+                if setting:  # a later SET replaces an earlier one
+                    session.meta_export = meta.name if names else None
+                writer.write(nbd.option_reply(option, nbd.REP_ACK))
+            else:  # STARTTLS without TLS, EXTENDED_HEADERS, ...
                 writer.write(nbd.option_reply(option, nbd.REP_ERR_UNSUP))
             await writer.drain()
 
@@ -172,8 +246,44 @@ class NbdServer:
 
     # ------------------------------------------------------------------ transmission
 
+    async def _transmit_in_thread(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                  export: OpenVolume, session: _Session) -> None:
+        """Plain TCP: the transmission phase leaves the event loop for a thread of its own
+        on a blocking socket. Payloads are received straight into their buffer and sent
+        from it (asyncio's streams copy a 1 MiB payload several times and wake the loop per
+        64 KiB), and the loop stays free for the API. Same protocol behaviour as
+        :meth:`_transmit` (which TLS connections keep: the TLS layer is asyncio's)."""
+        transport = writer.transport
+        transport.pause_reading()
+        raw = transport.get_extra_info("socket")
+        sock = socket.socket(fileno=os.dup(raw.fileno()))
+        sock.setblocking(True)
+        # A client that stops reading its replies cannot hold a pool thread in send() for
+        # long (the pool serves every connection): after SEND_TIMEOUT it loses its connection.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", SEND_TIMEOUT, 0))
+        # A conforming client sends nothing before GO's answer; whatever a broken one did is
+        # handed over, so nothing is lost or reordered.
+        prefix = bytes(getattr(reader, "_buffer", b""))
+        transport.abort()  # closes the loop's descriptor; the duplicate keeps the connection
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        conn = _ThreadedConnection(sock, export, session, self._pool, prefix)
+        self._sockets.add(sock)
+
+        def run() -> None:
+            try:
+                conn.run()
+            finally:
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        threading.Thread(target=run, name=f"ebscrypt-nbd-{export.volume_id}", daemon=True).start()
+        try:
+            await done
+        finally:
+            self._sockets.discard(sock)
+
     async def _transmit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                        export: OpenVolume) -> None:
+                        export: OpenVolume, session: _Session) -> None:
         budget = _Budget(IN_FLIGHT, IN_FLIGHT_BYTES)
         drain = asyncio.Lock()
         tasks: set[asyncio.Task[None]] = set()
@@ -188,7 +298,17 @@ class NbdServer:
                 size = min(req.length, nbd.MAX_PAYLOAD) if req.command in (nbd.CMD_READ, nbd.CMD_WRITE) else 0
                 await budget.take(size)  # before reading a payload: memory per connection is bounded
                 payload = await reader.readexactly(req.length) if req.command == nbd.CMD_WRITE else b""
-                task = asyncio.create_task(self._serve(req, payload, export, writer, drain, budget, size))
+                reply = _inline(req, payload, export, session.structured)
+                if reply is not None:  # served from the cache on this loop: no thread, no task
+                    budget.give(size)
+                    if not writer.is_closing():
+                        for part in reply:  # header, then the data as is (no concatenated copy)
+                            writer.write(part)
+                        if writer.transport.get_write_buffer_size() > IN_FLIGHT_BYTES // 4:
+                            async with drain:
+                                await writer.drain()
+                    continue
+                task = asyncio.create_task(self._serve(req, payload, export, session, writer, drain, budget, size))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         finally:
@@ -197,69 +317,242 @@ class NbdServer:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _serve(self, req: nbd.Request, payload: bytes, export: OpenVolume, writer: asyncio.StreamWriter,
-                     drain: asyncio.Lock, budget: "_Budget", size: int) -> None:
+    async def _serve(self, req: nbd.Request, payload: bytes, export: OpenVolume, session: _Session,
+                     writer: asyncio.StreamWriter, drain: asyncio.Lock, budget: "_Budget", size: int) -> None:
         try:
-            error, data = await self._execute(req, payload, export)
+            error, data = await self._run(execute, req, payload, export, session)
             if not writer.is_closing():
-                # One write per reply: replies to concurrent requests never interleave.
-                writer.write(nbd.simple_reply(req.handle, error) + data if data else nbd.simple_reply(req.handle, error))
+                # All parts of a reply in one go on the loop: concurrent replies never interleave.
+                for part in _reply(req, error, data, session.structured):
+                    writer.write(part)
                 async with drain:
                     await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            await budget.give(size)
+            budget.give(size)
 
-    async def _execute(self, req: nbd.Request, payload: bytes, export: OpenVolume) -> tuple[int, bytes]:
-        fua = bool(req.flags & nbd.CMD_FLAG_FUA)
-        cmd = req.command
+def execute(req: nbd.Request, payload: bytes | bytearray, export: OpenVolume, session: _Session) -> tuple[int, Any]:
+    """Serve one request (blocking: disk, crypto): (error, data), data being the bytes read
+    for READ, the extents for BLOCK_STATUS."""
+    fua = bool(req.flags & nbd.CMD_FLAG_FUA)
+    cmd = req.command
+    try:
+        if export.read_only and cmd in (nbd.CMD_WRITE, nbd.CMD_TRIM, nbd.CMD_WRITE_ZEROES):
+            return nbd.EPERM, b""  # a snapshot: nothing is written
+        if cmd == nbd.CMD_BLOCK_STATUS:
+            if not session.allocation or req.length == 0 or not export.check_range(req.offset, req.length):
+                return nbd.EINVAL, b""
+            extents = export.allocation(req.offset, req.length, BLOCK_STATUS_BLOCKS)
+            if req.flags & nbd.CMD_FLAG_REQ_ONE:
+                extents = extents[:1]
+            return 0, [(n, nbd.STATE_HOLE | nbd.STATE_ZERO if hole else 0) for n, hole in extents]
+        if cmd == nbd.CMD_READ:
+            if req.length > nbd.MAX_PAYLOAD:
+                return nbd.EOVERFLOW if req.length else nbd.EINVAL, b""
+            if not export.check_range(req.offset, req.length):
+                return nbd.EINVAL, b""
+            return 0, export.read(req.offset, req.length)
+        if cmd == nbd.CMD_WRITE:
+            if not export.check_range(req.offset, req.length):
+                return nbd.ENOSPC, b""
+            export.write(req.offset, payload, fua=fua)
+            return 0, b""
+        if cmd == nbd.CMD_FLUSH:
+            export.flush()
+            return 0, b""
+        if cmd in (nbd.CMD_TRIM, nbd.CMD_WRITE_ZEROES):
+            if not export.check_range(req.offset, req.length):
+                return (nbd.ENOSPC if cmd == nbd.CMD_WRITE_ZEROES else nbd.EINVAL), b""
+            export.zero(req.offset, req.length, fua=fua)
+            return 0, b""
+        return nbd.EINVAL, b""  # CACHE, RESIZE, unknown: not offered
+    except ReadOnly:
+        return nbd.EPERM, b""
+    except VolumeClosed:
+        return nbd.ESHUTDOWN, b""  # detached (or instance stopped) meanwhile
+    except Exception:
+        log.exception("nbd: %s command %d at %d+%d failed", export.volume_id, cmd, req.offset, req.length)
+        return nbd.EIO, b""
+
+
+
+
+class _ThreadedConnection:
+    """One connection's transmission phase on a blocking socket: this thread reads requests
+    and serves those the cache answers at once (``_inline``); the others go to the pool,
+    which sends their replies. One lock orders sends, so replies never interleave."""
+
+    def __init__(self, sock: socket.socket, export: OpenVolume, session: _Session,
+                 pool: ThreadPoolExecutor, prefix: bytes) -> None:
+        self.sock, self.export, self.session, self.pool = sock, export, session, pool
+        # Received bytes not yet used: requests are parsed from here (one recv brings many
+        # small ones); a large payload is received straight into its own buffer.
+        self._buf = bytearray(max(RECV_BUFFER, len(prefix)))
+        self._view = memoryview(self._buf)
+        self._buf[:len(prefix)] = prefix
+        self._start, self._end = 0, len(prefix)
+        self._send_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._requests, self._bytes = IN_FLIGHT, IN_FLIGHT_BYTES
+        self._broken = False
+
+    def run(self) -> None:
+        peer = "?"
         try:
-            if cmd == nbd.CMD_READ:
-                if req.length > nbd.MAX_PAYLOAD:
-                    return nbd.EOVERFLOW if req.length else nbd.EINVAL, b""
-                if not export.check_range(req.offset, req.length):
-                    return nbd.EINVAL, b""
-                return 0, await self._run(export.read, req.offset, req.length)
-            if cmd == nbd.CMD_WRITE:
-                if not export.check_range(req.offset, req.length):
-                    return nbd.ENOSPC, b""
-                await self._run(lambda: export.write(req.offset, payload, fua=fua))
-                return 0, b""
-            if cmd == nbd.CMD_FLUSH:
-                await self._run(export.flush)
-                return 0, b""
-            if cmd in (nbd.CMD_TRIM, nbd.CMD_WRITE_ZEROES):
-                if not export.check_range(req.offset, req.length):
-                    return (nbd.ENOSPC if cmd == nbd.CMD_WRITE_ZEROES else nbd.EINVAL), b""
-                await self._run(lambda: export.zero(req.offset, req.length, fua=fua))
-                return 0, b""
-            return nbd.EINVAL, b""  # CACHE, BLOCK_STATUS, RESIZE, unknown: not offered
-        except VolumeClosed:
-            return nbd.ESHUTDOWN, b""  # detached (or instance stopped) meanwhile
+            peer = str(self.sock.getpeername())
+            self._loop()
+        except nbd.ProtocolError as exc:
+            log.warning("nbd: %s broke the protocol: %s; disconnected", peer, exc)
+        except (ConnectionError, EOFError, OSError):
+            log.info("nbd: %s went away", peer)
         except Exception:
-            log.exception("nbd: %s command %d at %d+%d failed", export.volume_id, cmd, req.offset, req.length)
-            return nbd.EIO, b""
+            log.exception("nbd: connection from %s failed", peer)
+        finally:
+            # Requests received in full are answered (a flush among them is honoured);
+            # a request cut off mid-way was never started.
+            with self._cond:
+                while self._requests < IN_FLIGHT:
+                    self._cond.wait()
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.sock.close()
 
+    def _loop(self) -> None:
+        while True:
+            req = nbd.parse_request(bytes(self._recv(nbd.REQUEST_SIZE)))
+            if req.command == nbd.CMD_DISC:
+                return
+            if req.command == nbd.CMD_WRITE and req.length > nbd.MAX_PAYLOAD:
+                # The stream cannot be resynchronised past a payload we will not read.
+                raise nbd.ProtocolError(f"write of {req.length} bytes exceeds the maximum")
+            size = min(req.length, nbd.MAX_PAYLOAD) if req.command in (nbd.CMD_READ, nbd.CMD_WRITE) else 0
+            self._take(size)  # before reading a payload: memory per connection is bounded
+            try:
+                payload = self._recv(req.length) if req.command == nbd.CMD_WRITE else bytearray()
+                reply = _inline(req, payload, self.export, self.session.structured)
+            except BaseException:
+                self._give(size)
+                raise
+            if reply is not None:
+                self._give(size)
+                self._send(reply)
+                continue
+            try:
+                self.pool.submit(self._serve, req, payload, size)
+            except BaseException:  # the server is shutting down
+                self._give(size)
+                raise
 
-class _Budget:
-    """Requests and payload bytes one connection may hold at once."""
+    def _serve(self, req: nbd.Request, payload: bytearray, size: int) -> None:
+        try:
+            error, data = execute(req, payload, self.export, self.session)
+            self._send(_reply(req, error, data, self.session.structured))
+        except OSError:
+            pass  # the client went away: the reading side notices and ends
+        finally:
+            self._give(size)
 
-    def __init__(self, requests: int, nbytes: int) -> None:
-        self._requests, self._bytes = requests, nbytes
-        self._cond = asyncio.Condition()
+    def _recv(self, n: int) -> bytearray:
+        """Exactly ``n`` bytes of the stream (EOFError if it ends first)."""
+        out = bytearray(n)
+        view = memoryview(out)
+        pos = self._buffered(view)
+        while pos < n:  # the buffer is used up
+            direct = n - pos >= RECV_BUFFER // 2
+            if direct:
+                got = self.sock.recv_into(view[pos:])  # a large payload: straight into place
+            else:
+                got = self.sock.recv_into(self._view)
+                self._start, self._end = 0, got
+            if not got:
+                raise EOFError("closed mid-request" if pos else "closed")
+            pos += got if direct else self._buffered(view[pos:])
+        return out
 
-    async def take(self, size: int) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self._requests > 0 and self._bytes >= size)
+    def _buffered(self, view: memoryview) -> int:
+        k = min(self._end - self._start, len(view))
+        if k:
+            view[:k] = self._view[self._start:self._start + k]
+            self._start += k
+        return k
+
+    def _send(self, parts: tuple[bytes | bytearray, ...]) -> None:
+        with self._send_lock:
+            if self._broken:
+                return
+            try:
+                if len(parts) > 1 and sum(len(p) for p in parts) <= SMALL_REPLY:
+                    self.sock.sendall(b"".join(parts))  # one system call for a small reply
+                else:
+                    for part in parts:
+                        self.sock.sendall(part)
+            except OSError:
+                self._broken = True  # a reply half sent: nothing more can follow it
+                raise
+
+    def _take(self, size: int) -> None:
+        with self._cond:
+            while self._requests <= 0 or self._bytes < size:
+                self._cond.wait()
             self._requests -= 1
             self._bytes -= size
 
-    async def give(self, size: int) -> None:
-        async with self._cond:
+    def _give(self, size: int) -> None:
+        with self._cond:
             self._requests += 1
             self._bytes += size
             self._cond.notify_all()
+
+
+class _Budget:
+    """Requests and payload bytes one connection may hold at once. Only the connection's
+    reading loop waits on it (one waiter), so an event is enough."""
+
+    def __init__(self, requests: int, nbytes: int) -> None:
+        self._requests, self._bytes = requests, nbytes
+        self._freed = asyncio.Event()
+
+    async def take(self, size: int) -> None:
+        while self._requests <= 0 or self._bytes < size:
+            self._freed.clear()
+            await self._freed.wait()
+        self._requests -= 1
+        self._bytes -= size
+
+    def give(self, size: int) -> None:
+        self._requests += 1
+        self._bytes += size
+        self._freed.set()
+
+
+def _reply(req: nbd.Request, error: int, data: Any, structured: bool) -> tuple[bytes | bytearray, ...]:
+    """The reply to ``req`` (header, then data if any): simple, or structured where
+    negotiated (always for READ then, as the protocol requires; BLOCK_STATUS has no other
+    form). Written in one go on the loop, so replies to concurrent requests never interleave."""
+    if req.command == nbd.CMD_BLOCK_STATUS and not error:
+        return (nbd.block_status_reply(req.handle, nbd.BASE_ALLOCATION_ID, data),)
+    if structured and req.command == nbd.CMD_READ:
+        if error:
+            return (nbd.structured_error(req.handle, error),)
+        return nbd.structured_read_header(req.handle, req.offset, len(data)), data
+    return (nbd.simple_reply(req.handle, error), data) if data else (nbd.simple_reply(req.handle, error),)
+
+
+def _inline(req: nbd.Request, payload: bytes, export: OpenVolume,
+            structured: bool) -> tuple[bytes | bytearray, ...] | None:
+    """The reply to a READ or WRITE (no FUA) the volume can serve from its cache at once
+    (see ``OpenVolume.try_read``), or None: the request goes to a worker thread."""
+    if req.flags & nbd.CMD_FLAG_FUA or not export.check_range(req.offset, req.length):
+        return None
+    if req.command == nbd.CMD_READ and req.length <= nbd.MAX_PAYLOAD:
+        data = export.try_read(req.offset, req.length)
+        return None if data is None else _reply(req, 0, data, structured)
+    if req.command == nbd.CMD_WRITE and export.try_write(req.offset, payload):
+        return (nbd.simple_reply(req.handle),)
+    return None
 
 
 def tls_context(cert: Any, key: Any) -> ssl.SSLContext:

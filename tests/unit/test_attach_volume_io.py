@@ -195,3 +195,72 @@ def test_concurrent_writers_sharing_blocks_with_write_behind(blocks) -> None:
         th.join(120)
     assert errors == []
     pool.shutdown()
+
+
+def test_fast_paths_agree_with_the_model(blocks) -> None:
+    """try_read/try_write (the NBD thread's cache-only paths) either serve a request exactly
+    as read/write would, or decline and change nothing; mixed with the blocking paths,
+    evictions and flushes, the volume matches a bytearray model and survives reopen."""
+    key = DataKey("dk-test", os.urandom(32))
+    size = 8 * BLOCK_SIZE
+    model = bytearray(size)
+    pool = ThreadPoolExecutor(4)
+    vol = OpenVolume(blocks, "vol-00000000000000009", 1, key, account="1", instance_id="i-1", cache_blocks=4,
+                     flusher=pool)
+    rng = random.Random(11)
+    served = declined = 0
+    for step in range(400):
+        offset = rng.randrange(size - 1)
+        length = rng.randrange(1, min(size - offset, 2 * BLOCK_SIZE) + 1)
+        if rng.random() < 0.5:
+            data = os.urandom(length)
+            if vol.try_write(offset, data):
+                served += 1
+            else:
+                declined += 1
+                assert vol.read(offset, length) == bytes(model[offset:offset + length])  # unchanged
+                vol.write(offset, data)
+            model[offset:offset + length] = data
+        else:
+            got = vol.try_read(offset, length)
+            if got is None:
+                declined += 1
+                got = vol.read(offset, length)
+            else:
+                served += 1
+            assert bytes(got) == bytes(model[offset:offset + length])
+        if step % 97 == 0:
+            vol.flush()
+    assert served > 50 and declined > 50  # both ways were exercised
+    vol.flush()
+    pool.shutdown()
+    fresh = OpenVolume(blocks, "vol-00000000000000009", 1, key, account="1", instance_id="i-1")
+    assert fresh.read(0, size) == bytes(model)
+
+
+def test_allocation_holes_and_read_only(blocks) -> None:
+    """base:allocation runs: never-written and trimmed blocks are holes, stored and dirty
+    ones data; a read-only OpenVolume (a snapshot export) refuses writes and zeroes."""
+    from ebscrypt.engines.attach.volume_io import ReadOnly
+
+    key = DataKey("dk-test", os.urandom(32))
+    vol = OpenVolume(blocks, "vol-0000000000000000a", 1, key, account="1", instance_id="i-1")
+    vol.write(2 * BLOCK_SIZE + 10, b"x")
+    vol.write(3 * BLOCK_SIZE, b"y" * BLOCK_SIZE)
+    vol.flush()
+    vol.zero(3 * BLOCK_SIZE, BLOCK_SIZE)  # trimmed, still dirty: data until flushed
+    vol.write(5 * BLOCK_SIZE, b"z")  # dirty only
+    assert vol.allocation(0, 8 * BLOCK_SIZE) == [(2 * BLOCK_SIZE, 1), (2 * BLOCK_SIZE, 0), (BLOCK_SIZE, 1),
+                                                 (BLOCK_SIZE, 0), (2 * BLOCK_SIZE, 1)]
+    vol.flush()
+    assert vol.allocation(0, 8 * BLOCK_SIZE) == [(2 * BLOCK_SIZE, 1), (BLOCK_SIZE, 0), (2 * BLOCK_SIZE, 1),
+                                                 (BLOCK_SIZE, 0), (2 * BLOCK_SIZE, 1)]
+    assert vol.allocation(BLOCK_SIZE + 5, 10) == [(10, 1)]
+    assert vol.allocation(0, 8 * BLOCK_SIZE, max_blocks=3) == [(2 * BLOCK_SIZE, 1), (BLOCK_SIZE, 0)]
+    ro = OpenVolume(blocks, "vol-0000000000000000a", 1, key, account="1", instance_id="", read_only=True)
+    for attempt in (lambda: ro.write(0, b"a"), lambda: ro.zero(0, BLOCK_SIZE)):
+        with pytest.raises(ReadOnly):
+            attempt()
+    assert ro.try_write(2 * BLOCK_SIZE, b"a") is False
+    ro.flush()
+    assert ro.read(2 * BLOCK_SIZE + 10, 1) == b"x"

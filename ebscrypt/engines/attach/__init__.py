@@ -15,4 +15,5 @@ from ebscrypt.engines.attach.engine import AttachEngine
 
 
 def open_engine(runtime: Any) -> Any:
-    return AttachEngine(runtime, cache_blocks=int(getattr(runtime.settings, "attach_cache_blocks", 64) or 64))
+    mib = int(getattr(runtime.settings, "nbd_cache_mib", 128) or 128)
+    return AttachEngine(runtime, cache_blocks=max(4, mib * 2))  # 512 KiB blocks

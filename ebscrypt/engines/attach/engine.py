@@ -24,6 +24,16 @@ DescribeVolumes (an authenticated call of the volume's account) lists it as the 
 (loopback only, where any local caller may act as any account anyway) the bare volume id
 is accepted too; under strict auth only the name with its secret.
 
+Read-only exports are snapshots (as on AWS, where a snapshot is the read-only form of a
+volume): the export name ``snap-…`` of a ``completed`` snapshot serves its blocks — the
+volume as it was — with NBD_FLAG_READ_ONLY; writes, trims and zeroes get EPERM. Its data
+key is decrypted through EBS's grant when the first connection opens it (a KMS Decrypt
+on the snapshot owner's behalf, audited, operation ``GetSnapshotBlock`` as for the EBS
+direct APIs) and dropped when the last connection to it closes. Served under dev auth
+only (loopback, where any local caller may act as any account — the same rule as a
+bare volume id); under strict auth there is no per-account secret for snapshots yet, so
+a snapshot export is refused.
+
 Everything here is in-process: an attached volume is served by the process that holds
 its key (documented limit of scale-out: NBD clients go to that process).
 """
@@ -46,9 +56,9 @@ from ebscrypt.engines.attach.volume_io import OpenVolume
 from ebscrypt.engines.blocks.crypto import DataKey
 from ebscrypt.engines.ec2.encryption import data_key_for
 from ebscrypt.engines.ec2.ids import is_well_formed, job_ctx
-from ebscrypt.engines.ec2.records import Volume
+from ebscrypt.engines.ec2.records import Snapshot, Volume
 from ebscrypt.errors import ServiceError
-from ebscrypt.storage.tables.ec2 import ec2_volume_attachments, ec2_volumes
+from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_volume_attachments, ec2_volumes
 from ebscrypt.storage.tables.ec2_images import ec2_instances
 
 log = logging.getLogger("ebscrypt.attach")
@@ -64,6 +74,7 @@ class AttachEngine:
         self.cache_blocks = cache_blocks
         self._export_key = _load_export_key(runtime.settings.data_dir / "nbd-export.key")
         self._open: dict[str, OpenVolume] = {}
+        self._snapshots: dict[str, tuple[OpenVolume, int]] = {}  # snapshot id -> (export, connections)
         self._lock = threading.Lock()
         # Dirty blocks (of a flush, or evicted and written behind) are stored concurrently,
         # so they share the block engine's group commits.
@@ -101,8 +112,9 @@ class AttachEngine:
     def close(self) -> None:
         """Shutdown: flush every open volume, drop every key."""
         with self._lock:
-            opened = list(self._open.values())
+            opened = list(self._open.values()) + [ov for ov, _n in self._snapshots.values()]
             self._open.clear()
+            self._snapshots.clear()
         for ov in opened:
             try:
                 ov.close()
@@ -126,6 +138,8 @@ class AttachEngine:
         attached, instance not running, wrong or missing secret, or its key no longer
         usable after a restart). Blocking: DB and KMS."""
         volume_id, _sep, secret = name.partition(":")
+        if volume_id.startswith("snap-"):
+            return self._open_snapshot(volume_id) if not secret and self.runtime.settings.auth == "dev" else None
         if secret or self.runtime.settings.auth != "dev":
             if not self._secret_matches(volume_id, secret):
                 return None
@@ -133,6 +147,50 @@ class AttachEngine:
         if ov is not None:
             return ov
         return self._reopen(volume_id)
+
+    def release(self, export: OpenVolume) -> None:
+        """A connection to ``export`` ended: the last one to a snapshot drops its key."""
+        if not export.read_only:
+            return  # an attached volume stays open until it is detached
+        with self._lock:
+            held = self._snapshots.get(export.volume_id)
+            if held is None or held[0] is not export:
+                return
+            if held[1] > 1:
+                self._snapshots[export.volume_id] = (export, held[1] - 1)
+                return
+            del self._snapshots[export.volume_id]
+        export.close()
+
+    def _open_snapshot(self, snapshot_id: str) -> OpenVolume | None:
+        """A read-only export of a completed snapshot (one more connection to it)."""
+        if not is_well_formed(snapshot_id, "snap"):
+            return None
+        with self._lock:
+            held = self._snapshots.get(snapshot_id)
+            if held is not None:
+                self._snapshots[snapshot_id] = (held[0], held[1] + 1)
+                return held[0]
+        with self.runtime.db.read() as conn:
+            row = conn.execute(select(ec2_snapshots).where(ec2_snapshots.c.id == snapshot_id)).mappings().first()
+        if row is None or row["state"] != "completed":
+            return None
+        snap = Snapshot.from_row(row)
+        ctx = job_ctx(self.runtime, snap.account, snap.region, "GetSnapshotBlock")
+        try:
+            key = data_key_for(ctx, snap)  # EBS's grant + one audited Decrypt, as for GetSnapshotBlock
+        except ServiceError as err:
+            log.warning("export %s refused: its data key cannot be decrypted (%s)", snapshot_id, err.code)
+            return None
+        ov = OpenVolume(self.runtime.blocks, snap.id, snap.volume_size, key, account=snap.account,
+                        instance_id="", cache_blocks=min(self.cache_blocks, 64), read_only=True)
+        with self._lock:
+            held = self._snapshots.get(snapshot_id)
+            if held is not None:  # another connection opened it meanwhile: share that one
+                self._snapshots[snapshot_id] = (held[0], held[1] + 1)
+                return held[0]
+            self._snapshots[snapshot_id] = (ov, 1)
+        return ov
 
     def _secret_matches(self, volume_id: str, secret: str) -> bool:
         if not secret:

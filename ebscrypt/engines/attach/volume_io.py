@@ -41,13 +41,18 @@ class VolumeClosed(Exception):
     """The volume was detached (or its instance stopped) while a request was in flight."""
 
 
+class ReadOnly(Exception):
+    """A write, trim or write-zeroes to a read-only export (a snapshot)."""
+
+
 class OpenVolume:
     """One attached volume's data key (in memory only) and block cache. Thread-safe."""
 
     def __init__(self, blocks: Any, volume_id: str, size_gib: int, key: DataKey | None, *,
                  account: str, instance_id: str, cache_blocks: int = 64,
-                 flusher: ThreadPoolExecutor | None = None) -> None:
+                 flusher: ThreadPoolExecutor | None = None, read_only: bool = False) -> None:
         self.blocks = blocks
+        self.read_only = read_only  # a snapshot's blocks: nothing is ever written
         self.volume_id = volume_id
         self.size = size_gib * GIB
         self.account = account
@@ -105,8 +110,79 @@ class OpenVolume:
                 pos += end - start
         return bytes(out)
 
+    # Fast paths, for the NBD server's event loop: a request that needs no disk, no crypto
+    # and no wait (its blocks are cached, the volume's lock is free) is served there at
+    # once, without a hop to a worker thread; anything else returns None and goes the
+    # blocking way (read/write above and below). The result is the same either way.
+
+    def try_read(self, offset: int, length: int) -> bytes | bytearray | None:
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self.closed or self._draining or len(self._storing) > self._behind_limit:
+                return None
+            if length == 0:
+                return b""
+            cache = self._cache
+            first, last = offset // BLOCK_SIZE, (offset + length - 1) // BLOCK_SIZE
+            for index in range(first, last + 1):
+                if index not in cache:
+                    return None
+            if first in (self._read_next, self._read_next - 1):  # sequential: is read-ahead due?
+                ahead = range(last + 1, min(last + 1 + self._readahead, self.size // BLOCK_SIZE))
+                if len(ahead) > 1 and ahead[len(ahead) // 2] not in cache:
+                    return None
+            self._read_next = last + 1
+            if first == last:
+                block = cache[first]
+                cache.move_to_end(first)
+                start = offset - first * BLOCK_SIZE
+                with memoryview(block) as view:  # one copy: the block may change once we let go
+                    return bytes(view[start:start + length])
+            out = bytearray(length)
+            pos = 0
+            for index, start, end in _spans(offset, length):
+                cache.move_to_end(index)
+                with memoryview(cache[index]) as view:
+                    out[pos:pos + end - start] = view[start:end]
+                pos += end - start
+            return out
+        finally:
+            self._lock.release()
+
+    def try_write(self, offset: int, data: bytes | bytearray | memoryview) -> bool:
+        """True when applied (as :meth:`write` without FUA would have); False: nothing done."""
+        if self.read_only or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self.closed or self._draining or len(self._storing) > self._behind_limit:
+                return False
+            spans = list(_spans(offset, len(data)))
+            cache = self._cache
+            for index, start, end in spans:
+                if index not in cache and not (start == 0 and end == BLOCK_SIZE):
+                    return False  # read-modify-write of a block not cached: disk and crypto
+            if len(cache) + sum(1 for i, _s, _e in spans if i not in cache) > self._cache_blocks:
+                return False  # would evict (maybe a block this very write goes on to patch)
+            view = memoryview(data)
+            pos = 0
+            for index, start, end in spans:
+                part = view[pos:pos + end - start]
+                if start == 0 and end == BLOCK_SIZE:
+                    self._put(index, bytearray(part))
+                else:
+                    block = cache[index]
+                    block[start:end] = part
+                    self._put(index, block)
+                pos += end - start
+            return True
+        finally:
+            self._lock.release()
+
     def write(self, offset: int, data: bytes | bytearray | memoryview, *, fua: bool = False) -> None:
         view = memoryview(data)
+        if self.read_only:
+            raise ReadOnly(self.volume_id)
         with self._lock:
             self._wait_behind()
             self._check_open()
@@ -125,6 +201,8 @@ class OpenVolume:
 
     def zero(self, offset: int, length: int, *, fua: bool = False) -> None:
         """Trim and write-zeroes: whole blocks are discarded, partial ones zeroed in place."""
+        if self.read_only:
+            raise ReadOnly(self.volume_id)
         with self._lock:
             self._wait_behind()
             self._check_open()
@@ -138,8 +216,34 @@ class OpenVolume:
             if fua:
                 self._flush_locked()
 
+    def allocation(self, offset: int, length: int, max_blocks: int = 1024) -> list[tuple[int, int]]:
+        """``base:allocation`` of [offset, offset+length), as (length, hole) runs from
+        ``offset`` on, merged; at most ``max_blocks`` blocks are looked at (the client asks
+        again for the rest). A hole is a block never written here nor in the snapshot the
+        volume came from, or trimmed (a zero entry): it reads as zeros. Blocks cached or
+        being written are data."""
+        spans = list(_spans(offset, length))[:max_blocks]
+        if not spans:
+            return []
+        indexes = [i for i, _s, _e in spans]
+        with self._lock:
+            self._check_open()
+            busy = {i for i in indexes if i in self._dirty or i in self._storing}
+        refs = self.blocks.block_refs(self.volume_id, [i for i in indexes if i not in busy])
+        runs: list[tuple[int, int]] = []
+        for index, start, end in spans:
+            ref = refs.get(index)
+            hole = index not in busy and (ref is None or ref.object_key is None)
+            if runs and bool(runs[-1][1]) == hole:
+                runs[-1] = (runs[-1][0] + end - start, runs[-1][1])
+            else:
+                runs.append((end - start, int(hole)))
+        return runs
+
     def flush(self) -> None:
         """Every write acknowledged so far is durable when this returns."""
+        if self.read_only:
+            return
         with self._lock:
             self._check_open()
             self._flush_locked()
