@@ -36,7 +36,7 @@ from ebscrypt.engines.ec2.snapshot_access import (
     owned_snapshot,
     snapshot_row as _row,
 )
-from ebscrypt.engines.ec2.sql_filters import as_bool, narrowing
+from ebscrypt.engines.ec2.sql_filters import as_bool, narrow, owner_column
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags, tags_for
 from ebscrypt.engines.ec2.volumes import get_volume, lookup_instance, volumes_of_instance
 from ebscrypt.engines.jobs import JobContext, job_kind
@@ -79,14 +79,15 @@ def visible_snapshots(conn: Connection, caller: Any, *, owners: set[str] | None 
     narrow the rows in SQL (a superset of the matches: apply them after). [conn]"""
     shared = select(ec2_snapshot_permissions.c.snapshot_id).where(
         ec2_snapshot_permissions.c.grantee.in_((caller.account, "all")))
+    account = owner_column(ec2_snapshots.c.account, filters)
     if owners is not None and owners <= {caller.account}:
-        visible = ec2_snapshots.c.account == caller.account  # OwnerIds=self: no shared lookup
+        visible = account == caller.account  # OwnerIds=self: no shared lookup
     else:
-        visible = or_(ec2_snapshots.c.account == caller.account, ec2_snapshots.c.id.in_(shared))
-    q = select(ec2_snapshots).where(ec2_snapshots.c.region == caller.region, visible,
-                                    *narrowing(filters, SQL_FILTER_COLUMNS, ec2_snapshots.c.id, caller.account))
+        visible = or_(account == caller.account, ec2_snapshots.c.id.in_(shared))
+    q = narrow(select(ec2_snapshots).where(owner_column(ec2_snapshots.c.region, filters) == caller.region, visible),
+               filters, SQL_FILTER_COLUMNS, ec2_snapshots.c.id, caller.account)
     if owners is not None:
-        q = q.where(ec2_snapshots.c.account.in_(sorted(owners)))
+        q = q.where(account.in_(sorted(owners)))
     if after is not None:
         q = q.where(ec2_snapshots.c.id > after)
     q = q.order_by(ec2_snapshots.c.id)

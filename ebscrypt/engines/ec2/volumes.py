@@ -32,7 +32,7 @@ from ebscrypt.engines.ec2.encryption import (
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume, from_result
 from ebscrypt.engines.ec2.snapshot_access import get_snapshot
-from ebscrypt.engines.ec2.sql_filters import as_bool, narrowing
+from ebscrypt.engines.ec2.sql_filters import as_bool, narrow, owner_column
 from ebscrypt.engines.ec2 import creation, instance_records, provenance, waits
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags, tags_for
 from ebscrypt.engines.jobs import JobContext, job_kind
@@ -184,9 +184,9 @@ def list_volumes(conn: Connection, account: str, region: str, volume_ids: list[s
     """The account's volumes in the region by id order (only ``volume_ids`` if given), only
     ids after ``after``, at most ``limit``: DescribeVolumes pages in SQL with these.
     ``filters`` narrow the rows in SQL (a superset of the matches: apply them after). [conn]"""
-    q = select(ec2_volumes).where(ec2_volumes.c.account == account, ec2_volumes.c.region == region,
-                                  *narrowing(filters, SQL_FILTER_COLUMNS, ec2_volumes.c.id, account)
-                                  ).order_by(ec2_volumes.c.id)
+    q = narrow(select(ec2_volumes).where(owner_column(ec2_volumes.c.account, filters) == account,
+                                         owner_column(ec2_volumes.c.region, filters) == region),
+               filters, SQL_FILTER_COLUMNS, ec2_volumes.c.id, account).order_by(ec2_volumes.c.id)
     if volume_ids:
         q = q.where(ec2_volumes.c.id.in_(volume_ids))
     if after is not None:
