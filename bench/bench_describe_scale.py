@@ -1,7 +1,8 @@
 """Describe at scale: the server's cost of DescribeSnapshots over 1,000 / 10,000 / 100,000
 snapshots (raw replay, bench/README.md "Server cost"), ebscrypt alone.
 
-    python bench/bench_describe_scale.py [--sizes 1000,10000,100000] [--calls 5]
+    python bench/bench_describe_scale.py [--sizes 1000,10000,100000] [--calls 5] [--rounds 3]
+    python bench/bench_describe_scale.py --base /tmp/base-tree   # before/after, interleaved
 
 The snapshots are written straight into the metadata database of a stopped server (an
 API-made 100,000 would take an hour here), one account, 1% under a second KMS key and
@@ -16,6 +17,7 @@ moto cannot be filled this way; its Describe figures are in bench/bench_ec2.py's
 from __future__ import annotations
 
 import argparse
+import http.client
 import shutil
 import statistics
 import sys
@@ -67,58 +69,78 @@ def timed(url: str, rc: RawCall, calls: int) -> list[float]:
     return [replay(url, sign_requests(url, rc, 1), rc.ok) * 1000 for _ in range(calls)]
 
 
+def listing_ms(port: int, url: str, size: int) -> float:
+    """DescribeSnapshots(OwnerIds=self) paged by 1,000 as the CLI pages: ms per 1,000 items
+    (each page on one kept-alive connection, signed untimed)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    page_ms, items, token = 0.0, 0, None
+    try:
+        while True:
+            params = dict(OwnerIds=["self"], MaxResults=1000, **({"NextToken": token} if token else {}))
+            method, path, body, headers = sign_requests(url, RawCall("ec2", "describe_snapshots", params, ACCOUNT), 1)[0]
+            t0 = time.perf_counter()
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            text = resp.read()
+            page_ms += (time.perf_counter() - t0) * 1000
+            assert resp.status == 200, text[:300]
+            items += text.count(b"<snapshotId>")
+            if b"<nextToken>" not in text:
+                break
+            token = text.split(b"<nextToken>")[1].split(b"</nextToken>")[0].decode()
+    finally:
+        conn.close()
+    assert items == size, (items, size)
+    return page_ms / (items / 1000)
+
+
+def measure(data: Path, size: int, calls: int, tree: Path | None) -> tuple[float, float, float]:
+    """(ms per 1,000 items of the listing, p50 ms of the kms-key-id filter, p50 ms of the
+    tag:Name filter) of one server run on ``data``."""
+    srv = start_ebscrypt(data, tree=tree)
+    try:
+        timed(srv.url, RawCall("ec2", "describe_snapshots", dict(OwnerIds=["self"], MaxResults=5), ACCOUNT), 2)
+        per_1000 = listing_ms(srv.port, srv.url, size)
+        kms = RawCall("ec2", "describe_snapshots", dict(OwnerIds=["self"], Filters=[
+            {"Name": "kms-key-id", "Values": [KEY_B]}]), ACCOUNT,
+            ok=lambda b, n=size // 100: b.count(b"<snapshotId>") == n)
+        tag = RawCall("ec2", "describe_snapshots", dict(OwnerIds=["self"], Filters=[
+            {"Name": "tag:Name", "Values": ["one-percent"]}]), ACCOUNT,
+            ok=lambda b, n=size // 100: b.count(b"<snapshotId>") == n)
+        return per_1000, statistics.median(timed(srv.url, kms, calls)), statistics.median(timed(srv.url, tag, calls))
+    finally:
+        srv.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="1000,10000,100000")
     p.add_argument("--calls", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=1, help="server runs per side and size (medians shown)")
+    p.add_argument("--base", type=Path, help="another checkout (e.g. `git archive` of a base commit) run on the "
+                   "same data, interleaved: before/after in one run")
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-describe-scale-"))
     data = work / "data"
+    sides: list[tuple[str, Path | None]] = [("this", None)] + ([("base", args.base)] if args.base else [])
     have = 0
-    print(f"{'snapshots':>10} {'pages':>6} {'ms/1000 items':>14} {'p50 kms filter':>15} {'p50 tag filter':>15}")
+    print(f"{'snapshots':>10} {'side':>5} {'ms/1000 items':>14} {'p50 kms filter':>15} {'p50 tag filter':>15}")
     try:
         for size in sizes:
             if size > have:
-                start_ebscrypt(data).stop()  # the schema exists (and the server is stopped)
+                start_ebscrypt(data, tree=args.base).stop()  # the schema exists (and the server is stopped)
+                start_ebscrypt(data).stop()
                 fill(data, have, size)
                 have = size
-            srv = start_ebscrypt(data)
-            try:
-                timed(srv.url, RawCall("ec2", "describe_snapshots", dict(OwnerIds=["self"], MaxResults=5), ACCOUNT), 2)
-                page_ms, items = 0.0, 0
-                token = None
-                while True:
-                    params = dict(OwnerIds=["self"], MaxResults=1000, **({"NextToken": token} if token else {}))
-                    rc = RawCall("ec2", "describe_snapshots", params, ACCOUNT)
-                    reqs = sign_requests(srv.url, rc, 1)
-                    import http.client
-                    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=600)
-                    method, path, body, headers = reqs[0]
-                    t0 = time.perf_counter()
-                    conn.request(method, path, body=body, headers=headers)
-                    resp = conn.getresponse()
-                    text = resp.read()
-                    page_ms += (time.perf_counter() - t0) * 1000
-                    conn.close()
-                    assert resp.status == 200, text[:300]
-                    items += text.count(b"<snapshotId>")
-                    if b"<nextToken>" not in text:
-                        break
-                    token = text.split(b"<nextToken>")[1].split(b"</nextToken>")[0].decode()
-                assert items == size, (items, size)
-                kms = RawCall("ec2", "describe_snapshots", dict(OwnerIds=["self"], Filters=[
-                    {"Name": "kms-key-id", "Values": [KEY_B]}]), ACCOUNT,
-                    ok=lambda b, n=size // 100: b.count(b"<snapshotId>") == n)
-                tag = RawCall("ec2", "describe_snapshots", dict(OwnerIds=["self"], Filters=[
-                    {"Name": "tag:Name", "Values": ["one-percent"]}]), ACCOUNT,
-                    ok=lambda b, n=size // 100: b.count(b"<snapshotId>") == n)
-                p50k = statistics.median(timed(srv.url, kms, args.calls))
-                p50t = statistics.median(timed(srv.url, tag, args.calls))
-                print(f"{size:>10} {size // 1000:>6} {page_ms / (items / 1000):>14.1f} {p50k:>15.1f} {p50t:>15.1f}",
-                      flush=True)
-            finally:
-                srv.stop()
+            runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _ in sides}
+            for r in range(args.rounds):
+                order = sides if r % 2 == 0 else list(reversed(sides))  # interleaved: drift hits both
+                for name, tree in order:
+                    runs[name].append(measure(data, size, args.calls, tree))
+            for name, _ in sides:
+                med = [statistics.median(x[i] for x in runs[name]) for i in range(3)]
+                print(f"{size:>10} {name:>5} {med[0]:>14.1f} {med[1]:>15.1f} {med[2]:>15.1f}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -7,6 +7,8 @@
 - DescribeVolumes(1000, 2 pages): the same through MaxResults=500 + NextToken (2 calls)
 - DescribeVolumes(1000, filter): encrypted=true filter over the same 1,000 volumes
 - DescribeVolumes(1 id of 1000): one VolumeId among 1,000
+- CreateSnapshot of an empty volume; CopySnapshot(same key) of an encrypted snapshot
+  (metadata only: one transaction each)
 
     python bench/bench_ec2.py                 # or: python bench/run.py --only Volume
 """
@@ -92,6 +94,24 @@ def create_snapshot(ctx: Ctx) -> None:
     assert snap["SnapshotId"].startswith("snap-")
 
 
+def copy_snapshot_setup(ctx: Ctx) -> None:
+    """An encrypted volume's snapshot: CopySnapshot without a KmsKeyId keeps its key (R-SNAP-2:
+    same key, same region -> the same data key, shared blocks: metadata only)."""
+    if "copy_src" not in ctx.state:
+        ec2 = ctx.client("ec2", account=CREATE_ACCOUNT)
+        vol = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, Encrypted=True)["VolumeId"]
+        ec2.get_waiter("volume_available").wait(VolumeIds=[vol], WaiterConfig={"Delay": 1})
+        snap = ec2.create_snapshot(VolumeId=vol)["SnapshotId"]
+        ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[snap], WaiterConfig={"Delay": 1})
+        ctx.state["copy_src"] = snap
+
+
+def copy_snapshot(ctx: Ctx) -> None:
+    snap = ctx.client("ec2", account=CREATE_ACCOUNT).copy_snapshot(SourceSnapshotId=ctx.state["copy_src"],
+                                                                   SourceRegion="us-east-1")
+    assert snap["SnapshotId"].startswith("snap-")
+
+
 def _count(tag: bytes, n: int):  # a check of a replayed DescribeVolumes answer
     return lambda body: body.count(tag) >= n
 
@@ -109,6 +129,11 @@ def raw_create_encrypted(ctx: Ctx) -> RawCall:
 
 def raw_snapshot(ctx: Ctx) -> RawCall:
     return RawCall("ec2", "create_snapshot", dict(VolumeId=ctx.state["snap_vol"]), CREATE_ACCOUNT)
+
+
+def raw_copy_snapshot(ctx: Ctx) -> RawCall:
+    return RawCall("ec2", "copy_snapshot", dict(SourceSnapshotId=ctx.state["copy_src"], SourceRegion="us-east-1"),
+                   CREATE_ACCOUNT)
 
 
 def raw_describe_all(ctx: Ctx) -> RawCall:
@@ -138,6 +163,8 @@ WORKLOADS = [
     Workload("CreateVolume", create_volume, raw=raw_create, many_clients=True),
     Workload("CreateVolume(encrypted)", create_encrypted_volume, raw=raw_create_encrypted, many_clients=True),
     Workload("CreateSnapshot", create_snapshot, setup=create_snapshot_setup, raw=raw_snapshot, many_clients=True),
+    Workload("CopySnapshot(same key)", copy_snapshot, setup=copy_snapshot_setup, raw=raw_copy_snapshot,
+             many_clients=True),
 ]
 
 if __name__ == "__main__":

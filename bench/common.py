@@ -118,17 +118,21 @@ class External:
 
 
 def start_ebscrypt(data_dir: Path, port: int | None = None, extra_args: Sequence[str] = (),
-                   extra_path: Sequence[str] = (), name: str = "ebscrypt", nbd_port: int = 0) -> Server:
+                   extra_path: Sequence[str] = (), name: str = "ebscrypt", nbd_port: int = 0,
+                   tree: Path | None = None) -> Server:
     """``extra_args`` go to ``ebscrypt serve`` (``--http h11``…); ``extra_path`` is put on the
     server's PYTHONPATH after the repository (e.g. a ``pip install --target`` directory
     holding httptools/uvloop, to compare without installing them for everyone).
-    ``nbd_port``: 0 (default) runs no NBD server, so benchmarks never take port 10809."""
+    ``nbd_port``: 0 (default) runs no NBD server, so benchmarks never take port 10809.
+    ``tree``: another checkout's root (e.g. ``git archive`` of a base commit) to run instead
+    of this repository's code, for before/after figures in one run."""
     port = port or free_port()
+    root = tree or REPO_ROOT
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *extra_path, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(root), *extra_path, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     cmd = [sys.executable, "-m", "ebscrypt", "serve", "--port", str(port),
            "--data-dir", str(data_dir), "--log-level", "warning", "--nbd-port", str(nbd_port), *extra_args]
-    return Server(name, cmd, port, "/_ebscrypt/health", env=env, workdir=REPO_ROOT).start()
+    return Server(name, cmd, port, "/_ebscrypt/health", env=env, workdir=root).start()
 
 
 def start_null(port: int | None = None, get_bytes: int = 0, ebs: bool = False) -> Server:

@@ -40,7 +40,7 @@ from sqlalchemy.pool import QueuePool
 from ebscrypt.blocking import may_block
 from ebscrypt.storage.schema import load_tables, schema_version
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 def _v2_rule_position_bigint(conn: Connection) -> None:
@@ -135,6 +135,25 @@ def _describe_indexes(conn: Connection) -> None:
         conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({columns})"))
 
 
+# v9 (issue 15, Describe at scale): the id order within an account's resources, so a page
+# (``id > token ORDER BY id LIMIT n``) reads n index entries instead of sorting every row
+# of the account (SQLite's (account, region) index holds rowids, not ids: a page of
+# 100,000 snapshots read and sorted all of them); and kms-key-id with the id order, so
+# the filter people use most is not planned through the page index instead. Additive
+# (indexes only), declared on the tables too; IF NOT EXISTS as v8.
+PAGE_INDEXES = (
+    ("ix_ec2_volumes_page", "ec2_volumes", "account, region, id"),
+    ("ix_ec2_volumes_kms_page", "ec2_volumes", "account, region, kms_key_arn, id"),
+    ("ix_ec2_snapshots_page", "ec2_snapshots", "account, region, id"),
+    ("ix_ec2_snapshots_kms_page", "ec2_snapshots", "account, region, kms_key_arn, id"),
+)
+
+
+def _page_indexes(conn: Connection) -> None:
+    for name, table, columns in PAGE_INDEXES:
+        conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({columns})"))
+
+
 # version N -> function that upgrades a database at version N-1 to N.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _v2_rule_position_bigint,
@@ -144,6 +163,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     6: _v6_provenance,
     7: _v7_client_token_unique,
     8: _describe_indexes,
+    9: _page_indexes,
 }
 
 # PostgreSQL: the advisory lock schema upgrades take (and, with

@@ -88,7 +88,8 @@ def test_literal_filters_narrow_in_sql(db: Database) -> None:
 
 
 def test_an_older_database_gets_the_describe_indexes(tmp_path: Path) -> None:
-    """The schema step of issue 15 adds the filter indexes to a database made before them."""
+    """The schema steps of issue 15 (v8, v9) add the filter and page indexes to a database
+    made before them."""
     from sqlalchemy import inspect, text, update
 
     from ebscrypt.storage import db as db_module
@@ -97,9 +98,9 @@ def test_an_older_database_gets_the_describe_indexes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     first = Database(url)
     with first.begin() as conn:
-        for name, _, _ in db_module.DESCRIBE_INDEXES:
+        for name, _, _ in db_module.DESCRIBE_INDEXES + db_module.PAGE_INDEXES:
             conn.execute(text(f"DROP INDEX {name}"))
-        conn.execute(update(schema_version).values(version=db_module.SCHEMA_VERSION - 1))
+        conn.execute(update(schema_version).values(version=7))  # before v8 (filters) and v9 (pages)
     first.dispose()
     again = Database(url)
     try:
@@ -107,7 +108,7 @@ def test_an_older_database_gets_the_describe_indexes(tmp_path: Path) -> None:
             names = {ix["name"] for t in ("ec2_volumes", "ec2_snapshots", "ec2_tags")
                      for ix in inspect(conn).get_indexes(t)}
             assert conn.execute(db_module.select(schema_version.c.version)).scalar() == db_module.SCHEMA_VERSION
-        assert {name for name, _, _ in db_module.DESCRIBE_INDEXES} <= names
+        assert {name for name, _, _ in db_module.DESCRIBE_INDEXES + db_module.PAGE_INDEXES} <= names
     finally:
         again.dispose()
 
@@ -153,5 +154,61 @@ def test_snapshot_narrowing_owners_and_filters(tmp_path: Path) -> None:
                 assert len(narrowed) <= len(every)
             assert len(visible_snapshots(conn, caller, filters=[{"Name": "encrypted", "Values": ["true"]}])) == len(
                 [s for s in every if s.encrypted])
+    finally:
+        database.dispose()
+
+
+def _plans(database: Database, read) -> list[str]:  # type: ignore[no-untyped-def]
+    """SQLite's EXPLAIN QUERY PLAN details of every statement ``read(conn)`` runs."""
+    from sqlalchemy import event
+
+    seen: list[tuple[str, object]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("SELECT"):
+            seen.append((statement, parameters))
+
+    event.listen(database.engine, "before_cursor_execute", record)
+    try:
+        with database.read() as conn:
+            read(conn)
+    finally:
+        event.remove(database.engine, "before_cursor_execute", record)
+    details = []
+    raw = database.engine.raw_connection()
+    try:
+        for statement, parameters in seen:
+            details += [row[3] for row in raw.cursor().execute("EXPLAIN QUERY PLAN " + statement, parameters)]
+    finally:
+        raw.close()
+    return details
+
+
+def test_pages_and_tag_filters_read_by_index_not_by_account(tmp_path: Path) -> None:
+    """Issue 15 (Describe at scale, R-WIRE paging): a DescribeSnapshots/DescribeVolumes page
+    (``id > token ORDER BY id LIMIT n``) reads the id-ordered page index — no sort of every
+    row of the account — and a ``tag:`` filter is driven from the tags index with each row
+    looked up by id (O(matches)), not a walk of the account probing each row's tags."""
+    from types import SimpleNamespace
+
+    from ebscrypt.engines.ec2.snapshots import visible_snapshots
+
+    database = Database(f"sqlite:///{tmp_path / 'p.db'}")
+    caller = SimpleNamespace(account=ACCOUNT, region=REGION)
+    try:
+        page = _plans(database, lambda c: visible_snapshots(c, caller, owners={ACCOUNT}, after="snap-0", limit=1001))
+        assert any("ix_ec2_snapshots_page" in d for d in page), page
+        assert not any("TEMP B-TREE" in d for d in page), page
+        kms = _plans(database, lambda c: visible_snapshots(c, caller, owners={ACCOUNT}, filters=[
+            {"Name": "kms-key-id", "Values": [KEY]}]))
+        assert any("ix_ec2_snapshots_kms_page" in d for d in kms), kms
+        tag = _plans(database, lambda c: visible_snapshots(c, caller, owners={ACCOUNT}, filters=[
+            {"Name": "tag:Name", "Values": ["one-percent"]}]))
+        assert "ix_ec2_tags_key_value" in tag[0] and "(id=?)" in tag[1], tag
+        vol_page = _plans(database, lambda c: list_volumes(c, ACCOUNT, REGION, after="vol-0", limit=501))
+        assert any("ix_ec2_volumes_page" in d for d in vol_page), vol_page
+        vol_tag = _plans(database, lambda c: list_volumes(c, ACCOUNT, REGION, filters=[
+            {"Name": "tag:Name", "Values": ["n1"]}]))
+        assert "ix_ec2_tags_key_value" in vol_tag[0] and "(id=?)" in vol_tag[1], vol_tag
     finally:
         database.dispose()

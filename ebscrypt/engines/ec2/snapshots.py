@@ -24,7 +24,7 @@ from ebscrypt.engines.ec2.encryption import (
     new_data_key,
     resolve_encryption,
 )
-from ebscrypt.engines.ec2 import image_states, provenance, waits
+from ebscrypt.engines.ec2 import creation, image_states, provenance, waits
 from ebscrypt.engines.ec2.copy_source import copy_blocks
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.image_records import image_using_snapshot
@@ -36,7 +36,7 @@ from ebscrypt.engines.ec2.snapshot_access import (
     owned_snapshot,
     snapshot_row as _row,
 )
-from ebscrypt.engines.ec2.sql_filters import as_bool, narrowing
+from ebscrypt.engines.ec2.sql_filters import as_bool, narrow, owner_column
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags, tags_for
 from ebscrypt.engines.ec2.volumes import get_volume, lookup_instance, volumes_of_instance
 from ebscrypt.engines.jobs import JobContext, job_kind
@@ -86,14 +86,15 @@ def visible_snapshots(conn: Connection, caller: Any, *, owners: set[str] | None 
     narrow the rows in SQL (a superset of the matches: apply them after). [conn]"""
     shared = select(ec2_snapshot_permissions.c.snapshot_id).where(
         ec2_snapshot_permissions.c.grantee.in_((caller.account, "all")))
+    account = owner_column(ec2_snapshots.c.account, filters)
     if owners is not None and owners <= {caller.account}:
-        visible = ec2_snapshots.c.account == caller.account  # OwnerIds=self: no shared lookup
+        visible = account == caller.account  # OwnerIds=self: no shared lookup
     else:
-        visible = or_(ec2_snapshots.c.account == caller.account, ec2_snapshots.c.id.in_(shared))
-    q = select(ec2_snapshots).where(ec2_snapshots.c.region == caller.region, visible,
-                                    *narrowing(filters, SQL_FILTER_COLUMNS, ec2_snapshots.c.id, caller.account))
+        visible = or_(account == caller.account, ec2_snapshots.c.id.in_(shared))
+    q = narrow(select(ec2_snapshots).where(owner_column(ec2_snapshots.c.region, filters) == caller.region, visible),
+               filters, SQL_FILTER_COLUMNS, ec2_snapshots.c.id, caller.account)
     if owners is not None:
-        q = q.where(ec2_snapshots.c.account.in_(sorted(owners)))
+        q = q.where(account.in_(sorted(owners)))
     if after is not None:
         q = q.where(ec2_snapshots.c.id > after)
     q = q.order_by(ec2_snapshots.c.id)
@@ -141,8 +142,8 @@ def create_snapshot_from_volume(ctx: Any, conn: Connection, volume_id: str, desc
     then a crash-safety backstop that finds the work done.
     ``complete_now``: the work is metadata only (a block-lineage reference), so it is done
     in ``conn`` itself — the snapshot is stored ``completed`` (or ``error``) with its blocks
-    in the caller's one durable commit, no job; call :func:`snapshot_stored` after commit
-    (listeners). The answer still shows ``pending`` at 0%, as AWS's does (R-LIFE-1: a
+    in the caller's one durable commit, no job (:mod:`.creation`: nothing to do after
+    commit). The answer still shows ``pending`` at 0%, as AWS's does (R-LIFE-1: a
     waiter's first DescribeSnapshots sees ``completed``).
     """
     vol = get_volume(conn, ctx.caller, volume_id)
@@ -173,15 +174,6 @@ def create_snapshot_from_volume(ctx: Any, conn: Connection, volume_id: str, desc
                       source_type="volume", source_id=vol.id, source_region=vol.region,
                       data_key_shared=bool(vol.encrypted))
     return snap
-
-
-def snapshot_stored(runtime: Any, snapshot_id: str) -> None:
-    """After the commit of ``create_snapshot_from_volume(..., complete_now=True)``: tell
-    waiters and listeners of the state it was stored in."""
-    with runtime.db.read() as conn:
-        snap = _row(conn, snapshot_id)
-    if snap is not None and snap.state in ("completed", "error"):
-        _notify(runtime, snapshot_id, snap.state)
 
 
 def finish_snapshot(runtime: Any, snapshot_id: str) -> None:
@@ -268,6 +260,7 @@ class CopyPlan:
     plan: EncryptionPlan
     snapshot_id: str
     data_key: WrappedDataKey | None
+    failure: str | None = None  # the source key refused (prove_copy_key): stored ``error``
 
 
 def prepare_copy(ctx: Any, source_snapshot_id: str, source_region: str | None = None,
@@ -308,62 +301,85 @@ def copy_is_cheap(cp: CopyPlan) -> bool:
 
 
 def insert_copy(ctx: Any, conn: Connection, cp: CopyPlan, description: str | None = None,
-                tags: list[dict[str, str]] | None = None) -> Snapshot:
-    """Write the copy (``pending``) and submit its job. [conn]
+                tags: list[dict[str, str]] | None = None, *, complete: bool = False) -> Snapshot:
+    """Write the copy and either finish it here or submit its job. [conn]
 
-    A caller may run :func:`finish_copy` after commit; the job is then a backstop.
+    ``complete`` (metadata only: :func:`copy_is_cheap`, :mod:`.creation`): the copy is
+    stored ``completed`` with its blocks a reference to the source's (same data key,
+    R-SNAP-2), or ``error`` with the cause, in ``conn`` — no job. Otherwise it is stored
+    ``pending`` with its ``ec2_snapshot_copy`` job; call ``ctx.runtime.jobs.notify()``
+    after commit. The answer shows ``pending`` either way, as AWS's does.
     """
     caller = ctx.caller
     dk = cp.data_key
-    values = _base(cp.snapshot_id, caller, ctx.runtime.clock.now(), volume_size=cp.source.volume_size,
+    now = ctx.runtime.clock.now()
+    values = _base(cp.snapshot_id, caller, now, volume_size=cp.source.volume_size,
                    encrypted=cp.plan.encrypted, kms_key_arn=cp.plan.key_arn,
                    data_key_id=dk.data_key_id if dk else None, data_key_blob=dk.blob if dk else None,
                    data_key_context=dk.context_json if dk else None, source_snapshot_id=cp.source.id,
                    source_region=cp.source.region, description=description, origin="copy")
-    snap = _insert(conn, values, tags)
+    if complete:
+        message = _complete_copy_in(ctx, conn, cp)
+        stored = (dict(values, state="error", state_message=message) if message
+                  else dict(values, state="completed", progress=100, completion_time=now))
+        _insert(conn, stored, tags)
+        snap = Snapshot.from_row(values)  # the answer shows "pending", as AWS's does
+    else:
+        snap = _insert(conn, values, tags)
+        ctx.runtime.jobs.submit("ec2_snapshot_copy", {
+            "snapshot_id": snap.id, "account": caller.account, "region": caller.region,
+            "problem": cp.plan.problem,
+        }, conn=conn)
     provenance.record(conn, ctx, snap.id, plan=cp.plan, key_arn=cp.plan.key_arn, source_type="snapshot",
                       source_id=cp.source.id, source_region=cp.source.region,
                       data_key_shared=bool(dk and dk.data_key_id == cp.source.data_key_id))
-    ctx.runtime.jobs.submit("ec2_snapshot_copy", {
-        "snapshot_id": snap.id, "account": caller.account, "region": caller.region,
-        "problem": cp.plan.problem,
-    }, conn=conn)  # a backstop when the caller finishes it (idempotent)
     return snap
+
+
+def _complete_copy_in(ctx: Any, conn: Connection, cp: CopyPlan) -> str | None:
+    """A metadata-only copy's work inside the creating transaction: None when done, else
+    the StateMessage of its ``error`` (the messages the copy job would record)."""
+    problem = cp.plan.problem or cp.failure
+    if problem:
+        return problem
+    if not creation.source_present(conn, ec2_snapshots, cp.source.id):
+        return f"The source snapshot {cp.source.id} no longer exists."
+    try:
+        ctx.runtime.blocks.share_in(conn, cp.source.id, cp.snapshot_id)  # R-SNAP-2: incremental, no data moved
+    except BlockError as exc:
+        return str(exc)
+    return None
+
+
+def prove_copy_key(ctx: Any, cp: CopyPlan) -> CopyPlan:
+    """Before a metadata-only copy is stored: the source key is checked for the copier as
+    the copy job would (R-SHARE-4; R-KEY-3: grant + Decrypt, audited); a refused key makes
+    the copy ``error`` with the cause (R-KEY-6). [KMS, no conn]"""
+    if cp.plan.problem or not cp.source.encrypted:
+        return cp
+    try:
+        data_key_for(ctx, cp.source)
+    except ServiceError as err:
+        if err.status >= 500:  # our fault, not the key's: nothing stored, retryable
+            raise
+        cp.failure = err.message
+    return cp
 
 
 def copy_snapshot(ctx: Any, source_snapshot_id: str, source_region: str | None = None,
                   encrypted: bool | None = None, kms_key_id: str | None = None,
                   description: str | None = None, tags: list[dict[str, str]] | None = None,
                   wait_seconds: float = 3.0) -> Snapshot:
-    """CopySnapshot: prepare, insert, then finish inline (cheap) or wait briefly for the
-    re-encryption job (R-LIFE-1). [KMS, no conn]"""
+    """CopySnapshot: prepare, then the create protocol (:mod:`.creation`): a same-key copy
+    in one transaction; a re-encryption as a job, waited for briefly (R-LIFE-1). [KMS, no conn]"""
     cp = prepare_copy(ctx, source_snapshot_id, source_region, encrypted, kms_key_id)
-    cheap = copy_is_cheap(cp)
-    event = None if cheap else waits.expect(cp.snapshot_id)
-    with ctx.runtime.db.begin() as conn:
-        snap = insert_copy(ctx, conn, cp, description, tags)
-    payload = {"snapshot_id": snap.id, "account": ctx.caller.account, "region": ctx.caller.region,
-               "problem": cp.plan.problem}
-    if cheap:
-        finish_copy(ctx.runtime, payload)
-    else:
-        ctx.runtime.jobs.notify()
-        if event is not None:
-            waits.wait_settled(event, wait_seconds, _settled_reader(ctx.runtime, snap.id))
-    return snap
-
-
-def _settled_reader(runtime: Any, snapshot_id: str) -> Callable[[], bool] | None:
-    """As volumes._settled_reader: whether the snapshot left ``pending`` (None on SQLite)."""
-    if runtime.db.is_sqlite:
-        return None
-
-    def settled() -> bool:
-        with runtime.db.read() as conn:
-            state = conn.execute(select(ec2_snapshots.c.state).where(ec2_snapshots.c.id == snapshot_id)).scalar()
-        return state != "pending"
-
-    return settled
+    metadata_only = copy_is_cheap(cp) and ctx.runtime.blocks is not None
+    if metadata_only:
+        cp = prove_copy_key(ctx, cp)
+    return creation.create(ctx, cp.snapshot_id,
+                           lambda conn, done: insert_copy(ctx, conn, cp, description, tags, complete=done),
+                           metadata_only=metadata_only, table=ec2_snapshots, transitional="pending",
+                           wait_seconds=wait_seconds)
 
 
 def finish_copy(runtime: Any, payload: dict[str, Any]) -> None:
@@ -535,14 +551,13 @@ def reset_create_volume_permission(ctx: Any, snapshot_id: str) -> None:
 
 def create_snapshot(ctx: Any, volume_id: str, description: str | None, tags: list[dict[str, str]]) -> Snapshot:
     """CreateSnapshot (R-SNAP-1): O(1), metadata only (a block-lineage reference), stored
-    completed in one transaction, no job; the answer is the snapshot as AWS shows it
-    (``pending``)."""
+    completed in one transaction, no job (:mod:`.creation`); the answer is the snapshot as
+    AWS shows it (``pending``)."""
     # R-ATTACH-4: an attached volume's acknowledged writes are flushed first, and none is
     # applied until the point-in-time reference is committed.
-    with attach_io.quiesced(ctx.runtime, volume_id), ctx.runtime.db.begin() as conn:
-        snap = create_snapshot_from_volume(ctx, conn, volume_id, description, tags, complete_now=True)
-    snapshot_stored(ctx.runtime, snap.id)
-    return snap
+    return creation.create(ctx, volume_id, lambda conn, done: create_snapshot_from_volume(
+        ctx, conn, volume_id, description, tags, complete_now=done), metadata_only=True, table=ec2_snapshots,
+        transitional="pending", hold=attach_io.quiesced(ctx.runtime, volume_id))
 
 
 @dataclass(frozen=True)
@@ -566,9 +581,7 @@ def create_snapshots_of_instance(ctx: Any, req: InstanceSnapshots) -> list[tuple
     with ExitStack() as held:
         for volume_id in attached:  # R-ATTACH-4, as CreateSnapshot
             held.enter_context(attach_io.quiesced(ctx.runtime, volume_id))
-        _store_instance_snapshots(ctx, req, out)
-    for snap, _ in out:
-        snapshot_stored(ctx.runtime, snap.id)
+        _store_instance_snapshots(ctx, req, out)  # completed in their one commit (.creation)
     return out
 
 
@@ -611,7 +624,6 @@ def describe_snapshots(ctx: Any, ids: list[str], *, owner_ids: list[str] | None 
     with ctx.runtime.db.read() as conn:
         snaps = visible_snapshots(conn, caller, owners=owners, filters=None if ids else filters,
                                   after=after, limit=limit)
-        perms = permissions_of(conn, [s.id for s in snaps])
         if ids:
             found = {s.id for s in snaps}
             missing = [i for i in ids if i not in found]
@@ -623,6 +635,7 @@ def describe_snapshots(ctx: Any, ids: list[str], *, owner_ids: list[str] | None 
             snaps = [s for s in snaps if s.account in owners]
         restorable = _accounts(restorable_by, caller.account)
         if restorable_by:
+            perms = permissions_of(conn, [s.id for s in snaps])  # read only when asked for
             snaps = [s for s in snaps
                      if ({s.account} | perms[s.id]) & restorable or "all" in perms[s.id]]
         return snaps, tags_for(conn, caller.account, [s.id for s in snaps])

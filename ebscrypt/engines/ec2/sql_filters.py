@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from sqlalchemy import Column, ColumnElement, false, select
+from sqlalchemy import Column, ColumnElement, Select, and_, false
 
 from ebscrypt.storage.tables.ec2 import ec2_tags
 
@@ -33,29 +33,61 @@ def _literal(value: str) -> bool:
     return not any(ch in value for ch in "*?\\")
 
 
-def narrowing(filters: list[dict[str, Any]] | None, columns: Mapping[str, tuple[Column[Any], Convert | None]],
-              id_column: Column[Any], account: str) -> list[ColumnElement[bool]]:
-    """SQL conditions implied by ``filters`` (AND). ``columns``: filter name -> (column,
-    conversion of a value to the column's type) for filters whose getter returns exactly
-    the column's value. ``tag:K`` filters narrow to ids with that tag (``account``'s tags,
-    as the views show only the caller's tags)."""
-    out: list[ColumnElement[bool]] = []
+def narrow(q: Select[Any], filters: list[dict[str, Any]] | None, columns: Mapping[str, tuple[Column[Any], Convert | None]],
+           id_column: Column[Any], account: str) -> Select[Any]:
+    """``q`` narrowed by ``filters``: the column conditions of :func:`narrowing`, and each
+    literal ``tag:K`` filter as a join on ``ec2_tags`` (``account``'s tags, as the views
+    show only the caller's tags). A join, not ``id IN (subquery)``: SQLite then reads the
+    tagged ids through ``ix_ec2_tags_key_value`` and looks each row up by id — O(matches) —
+    where the subquery form scanned every row of the account (100,000 snapshots: 80 ms).
+    One tag row per (resource, key) (the primary key): the join adds no duplicate."""
+    q = q.where(*narrowing(filters, columns))
+    for name, values in _literal_filters(filters):
+        if name.startswith("tag:") and len(name) > 4:
+            tag = ec2_tags.alias()
+            q = q.join(tag, and_(tag.c.resource_id == id_column, tag.c.account == account,
+                                 tag.c.key == name[4:], tag.c.value.in_(values)))
+    return q
+
+
+def owner_column(column: Column[Any], filters: list[dict[str, Any]] | None) -> ColumnElement[Any]:
+    """``column`` (account, region) as the owner terms of a narrowed query should name it.
+
+    With a ``tag:K`` narrowing, the query must be driven from the tags index (the join of
+    :func:`narrow`): the owner terms then get no index of their own (``column || ''``, the
+    same value), else SQLite — which keeps no statistics — walks the account's rows in id
+    order through ``ix_*_page`` and probes each one's tags: O(account) instead of
+    O(matches). Without a tag narrowing: ``column`` itself."""
+    if any(name.startswith("tag:") and len(name) > 4 for name, _ in _literal_filters(filters)):
+        return column.concat("")
+    return column
+
+
+def _literal_filters(filters: list[dict[str, Any]] | None) -> list[tuple[str, list[str]]]:
+    """(name, values) of the filters whose values are all literal strings."""
+    out: list[tuple[str, list[str]]] = []
     for f in filters or []:
-        name = f.get("Name", "")
         values = [v for v in f.get("Values") or [] if isinstance(v, str)]
         if not values or len(values) != len(f.get("Values") or []) or not all(_literal(v) for v in values):
             continue
+        out.append((f.get("Name", ""), values))
+    return out
+
+
+def narrowing(filters: list[dict[str, Any]] | None, columns: Mapping[str, tuple[Column[Any], Convert | None]]
+              ) -> list[ColumnElement[bool]]:
+    """SQL conditions implied by ``filters`` (AND). ``columns``: filter name -> (column,
+    conversion of a value to the column's type) for filters whose getter returns exactly
+    the column's value."""
+    out: list[ColumnElement[bool]] = []
+    for name, values in _literal_filters(filters):
         if name in columns:
             column, convert = columns[name]
-            wanted = set()
+            wanted: set[Any] = set()
             for v in values:  # a value the column cannot hold matches nothing; others may
                 try:
                     wanted.add(convert(v) if convert else v)
                 except ValueError:
                     pass
             out.append(column.in_(sorted(wanted, key=str)) if wanted else false())
-        elif name.startswith("tag:") and len(name) > 4:
-            tagged = select(ec2_tags.c.resource_id).where(
-                ec2_tags.c.account == account, ec2_tags.c.key == name[4:], ec2_tags.c.value.in_(values))
-            out.append(id_column.in_(tagged))
     return out

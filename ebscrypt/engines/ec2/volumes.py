@@ -18,6 +18,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from ebscrypt.domain import regions
 from ebscrypt.engines.attach import engine as attach_io
 from ebscrypt.engines.blocks.engine import CopyCancelled
+from ebscrypt.engines.blocks.errors import BlockError
 from ebscrypt.engines.ec2.account import get_settings
 from ebscrypt.engines.ec2.copy_source import SourceSnapshotGone, copy_blocks
 from ebscrypt.engines.ec2.encryption import (
@@ -31,8 +32,8 @@ from ebscrypt.engines.ec2.encryption import (
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume, from_result
 from ebscrypt.engines.ec2.snapshot_access import get_snapshot
-from ebscrypt.engines.ec2.sql_filters import as_bool, narrowing
-from ebscrypt.engines.ec2 import instance_records, provenance, waits
+from ebscrypt.engines.ec2.sql_filters import as_bool, narrow, owner_column
+from ebscrypt.engines.ec2 import creation, instance_records, provenance, waits
 from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags, tags_for
 from ebscrypt.engines.jobs import JobContext, job_kind
 from ebscrypt.errors import (
@@ -180,9 +181,9 @@ def list_volumes(conn: Connection, account: str, region: str, volume_ids: list[s
     """The account's volumes in the region by id order (only ``volume_ids`` if given), only
     ids after ``after``, at most ``limit``: DescribeVolumes pages in SQL with these.
     ``filters`` narrow the rows in SQL (a superset of the matches: apply them after). [conn]"""
-    q = select(ec2_volumes).where(ec2_volumes.c.account == account, ec2_volumes.c.region == region,
-                                  *narrowing(filters, SQL_FILTER_COLUMNS, ec2_volumes.c.id, account)
-                                  ).order_by(ec2_volumes.c.id)
+    q = narrow(select(ec2_volumes).where(owner_column(ec2_volumes.c.account, filters) == account,
+                                         owner_column(ec2_volumes.c.region, filters) == region),
+               filters, SQL_FILTER_COLUMNS, ec2_volumes.c.id, account).order_by(ec2_volumes.c.id)
     if volume_ids:
         q = q.where(ec2_volumes.c.id.in_(volume_ids))
     if after is not None:
@@ -236,6 +237,7 @@ class VolumePrep:
     tags: list[dict[str, str]] = field(default_factory=list)
     attach: Attach | None = None
     existing: Volume | None = None  # ClientToken replay
+    failure: str | None = None  # the source key refused (prove_source_key): stored ``error``
 
 
 def load_source_snapshot(conn: Connection, caller: Any, snapshot_id: str) -> Snapshot:
@@ -319,17 +321,18 @@ def is_cheap(prep: VolumePrep) -> bool:
     return prep.data_key.data_key_id == prep.source.data_key_id
 
 
-def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep, *, ready: bool = False,
+def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep, *, complete: bool = False,
                   job: str = CREATE_JOB) -> Volume:
-    """Write the volume (state ``creating``) and submit its creation job. [conn]
+    """Write the volume and either finish it here or submit its creation job. [conn]
 
-    Call ``ctx.runtime.jobs.notify()`` after the transaction commits. A caller may finish
-    the volume itself right after commit (:func:`finish_volume`); the job is then a
-    crash-safety backstop that finds the work done (every step is idempotent).
-    ``ready``: an empty, unattached volume whose key was proven in :func:`prepare_volume`:
-    stored ``available`` (or ``error`` with the key problem) at once, no job.
+    ``complete`` (metadata only, see :func:`is_cheap` and :mod:`.creation`; not for a volume
+    created attached): the volume is stored in its final state in ``conn`` — ``available``,
+    its blocks (if from a snapshot) a reference to the snapshot's (``blocks.share_in``), or
+    ``error`` with the key problem — no job. Otherwise it is stored ``creating`` with its
+    ``ec2_volume_create`` job; call ``ctx.runtime.jobs.notify()`` after commit. The answer
+    shows ``creating`` either way, as AWS's does.
     ``job``: the job kind that creates it: :data:`CREATE_JOB`, or a kind of a module above
-    that runs :func:`run_create_job` and then its own follow-up.
+    that runs :func:`run_create_job` and then its own follow-up (RunInstances' volumes).
     """
     if prep.existing is not None:
         return prep.existing
@@ -346,16 +349,14 @@ def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep, *, ready: bool =
         snapshot_id=prep.source.id if prep.source else None, client_token=prep.client_token,
         auto_enable_io=False, create_time=now,
     )
-    ready = ready and prep.source is None and prep.attach is None
     provenance.record(conn, ctx, prep.volume_id, plan=prep.plan, key_arn=prep.plan.key_arn,
                       source_type="snapshot" if prep.source else "empty",
                       source_id=prep.source.id if prep.source else None,
                       source_region=prep.source.region if prep.source else None,
                       data_key_shared=bool(dk and prep.source and dk.data_key_id == prep.source.data_key_id))
-    if ready:
-        stored = dict(values, state="error" if prep.plan.problem else "available",
-                      state_message=prep.plan.problem)
-        conn.execute(insert(ec2_volumes).values(**stored))
+    if complete and prep.attach is None:
+        state, message = _complete_in(ctx, conn, prep)
+        conn.execute(insert(ec2_volumes).values(**dict(values, state=state, state_message=message)))
         if prep.tags:
             put_tags(conn, caller.account, caller.region, prep.volume_id, prep.tags)
         return Volume.from_row(values)  # the answer shows "creating", as AWS's does
@@ -368,50 +369,56 @@ def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep, *, ready: bool =
             state="attaching", attach_time=now, delete_on_termination=prep.attach.delete_on_termination))
     ctx.runtime.jobs.submit(job, {
         "volume_id": prep.volume_id, "account": caller.account, "region": caller.region,
-        "problem": prep.plan.problem,
-    }, conn=conn)  # a backstop when the caller finishes it (idempotent)
+        "problem": prep.plan.problem or prep.failure,
+    }, conn=conn)
     return Volume.from_row(values)
 
 
-def create_volume(ctx: Any, *, wait_seconds: float = 3.0, **kwargs: Any) -> Volume:
-    """Prepare + insert in its own transaction, then finish it. [KMS, no conn]
+def _complete_in(ctx: Any, conn: Connection, prep: VolumePrep) -> tuple[str, str | None]:
+    """The metadata-only creation work inside the creating transaction: (state, message)."""
+    problem = prep.plan.problem or prep.failure
+    if problem:
+        return "error", problem
+    if prep.source is None:
+        return "available", None
+    if not creation.source_present(conn, ec2_snapshots, prep.source.id):  # DeleteSnapshot came first
+        return "error", SourceSnapshotGone(prep.source.id).args[0]
+    try:
+        ctx.runtime.blocks.share_in(conn, prep.source.id, prep.volume_id)  # same data key: no data moved
+    except BlockError as exc:  # as the job would have: the volume records why
+        return "error", str(exc)
+    return "available", None
 
-    Cheap volumes (see :func:`is_cheap`) are finished in this thread; a re-encryption runs
-    as a job, waited for up to ``wait_seconds`` (boto3 waiters then see it done at once).
-    """
+
+def prove_source_key(ctx: Any, prep: VolumePrep) -> VolumePrep:
+    """Before a metadata-only volume from a snapshot is stored: its key (the source's data
+    key, shared) is checked for the caller as the creation job would (R-KEY-3, R-SHARE-4:
+    grant + Decrypt, audited); a key the caller may not use makes the volume ``error``
+    with the cause (R-KEY-6). [KMS, no conn]"""
+    if prep.source is None or prep.plan.problem or not prep.source.encrypted:
+        return prep
+    try:
+        data_key_for(ctx, prep.source)
+    except ServiceError as err:
+        if err.status >= 500:  # our fault, not the key's: nothing stored, retryable
+            raise
+        prep.failure = err.message
+    return prep
+
+
+def create_volume(ctx: Any, *, wait_seconds: float = 3.0, **kwargs: Any) -> Volume:
+    """CreateVolume: prepare, then the create protocol (:mod:`.creation`): metadata only
+    (empty, same data key, doomed) in one transaction; a re-encryption as a job, waited
+    for up to ``wait_seconds`` (boto3 waiters then see it done at once). [KMS, no conn]"""
     prep = prepare_volume(ctx, **kwargs)
     if prep.existing is not None:
         return prep.existing
-    if prep.source is None:
-        with ctx.runtime.db.begin() as conn:
-            vol = insert_volume(ctx, conn, prep, ready=True)
-        return vol  # not attached to anything: no launch waits on it
-    cheap = is_cheap(prep)
-    event = None if cheap else waits.expect(prep.volume_id)
-    with ctx.runtime.db.begin() as conn:
-        vol = insert_volume(ctx, conn, prep)
-    if cheap:
-        finish_volume(ctx.runtime, {"volume_id": vol.id, "account": vol.account, "region": vol.region,
-                                    "problem": prep.plan.problem})
-    else:
-        ctx.runtime.jobs.notify()
-        if event is not None:
-            waits.wait_settled(event, wait_seconds, _settled_reader(ctx.runtime, vol.id))
-    return vol
-
-
-def _settled_reader(runtime: Any, volume_id: str) -> Callable[[], bool] | None:
-    """When other processes share the database (its job may run there): a read of whether
-    the volume left ``creating``. None on SQLite (one process: the job's event is enough)."""
-    if runtime.db.is_sqlite:
-        return None
-
-    def settled() -> bool:
-        with runtime.db.read() as conn:
-            state = conn.execute(select(ec2_volumes.c.state).where(ec2_volumes.c.id == volume_id)).scalar()
-        return state != "creating"
-
-    return settled
+    metadata_only = is_cheap(prep) and (prep.source is None or ctx.runtime.blocks is not None)
+    if metadata_only:
+        prep = prove_source_key(ctx, prep)
+    return creation.create(ctx, prep.volume_id, lambda conn, done: insert_volume(ctx, conn, prep, complete=done),
+                           metadata_only=metadata_only, table=ec2_volumes, transitional="creating",
+                           wait_seconds=wait_seconds)
 
 
 def finish_volume(runtime: Any, payload: dict[str, Any]) -> None:

@@ -18,27 +18,22 @@ from ebscrypt.services.registry import operation
 
 
 def snapshot_dict(s: Snapshot, tags: list[dict[str, str]]) -> dict[str, Any]:
-    out: dict[str, Any] = {
+    """The ``Snapshot`` view of a record (the view convention: a dict keyed by the output
+    shape's member names, ``None`` for a member AWS leaves out — the codec drops it)."""
+    encrypted = bool(s.encrypted)
+    return {
         "SnapshotId": s.id, "VolumeId": s.volume_id or S.COPY_VOLUME_ID, "State": s.state,
-        "StartTime": s.start_time, "Progress": f"{s.progress}%", "OwnerId": s.account,
-        "Description": s.description or "", "VolumeSize": s.volume_size, "Encrypted": bool(s.encrypted),
-        "StorageTier": "standard",
+        "StateMessage": s.state_message or None, "StartTime": s.start_time, "Progress": f"{s.progress}%",
+        "OwnerId": s.account, "Description": s.description or "", "VolumeSize": s.volume_size,
+        "Encrypted": encrypted, "KmsKeyId": (s.kms_key_arn or None) if encrypted else None,
+        # same value <=> same data key (R-KEY-2)
+        "DataEncryptionKeyId": (s.data_key_id or None) if encrypted else None,
+        "CompletionTime": s.completion_time, "StorageTier": "standard", "Tags": tags or None,
     }
-    if s.state_message:
-        out["StateMessage"] = s.state_message
-    if s.encrypted and s.kms_key_arn:
-        out["KmsKeyId"] = s.kms_key_arn
-    if s.encrypted and s.data_key_id:
-        out["DataEncryptionKeyId"] = s.data_key_id  # same value <=> same data key (R-KEY-2)
-    if s.completion_time is not None:
-        out["CompletionTime"] = s.completion_time
-    if tags:
-        out["Tags"] = tags
-    return out
 
 
 def _tag_map(d: dict[str, Any]) -> dict[str, str]:
-    return {t["Key"]: t["Value"] for t in d.get("Tags", [])}
+    return {t["Key"]: t["Value"] for t in d.get("Tags") or ()}
 
 
 _FILTERS = {
@@ -78,10 +73,9 @@ def create_snapshots(ctx: RequestContext, params: dict[str, Any]) -> dict[str, A
                               params.get("CopyTagsFromSource") == "volume")
     out = []
     for snap, snap_tags in S.create_snapshots_of_instance(ctx, req):
-        d = snapshot_dict(snap, snap_tags)
+        d = snapshot_dict(snap, snap_tags)  # SnapshotInfo: these members of the Snapshot view
         out.append({k: d[k] for k in ("Description", "Encrypted", "VolumeId", "State", "VolumeSize",
-                                      "StartTime", "Progress", "OwnerId", "SnapshotId") if k in d}
-                   | ({"Tags": snap_tags} if snap_tags else {}))
+                                      "StartTime", "Progress", "OwnerId", "SnapshotId", "Tags")})
     return {"Snapshots": out}
 
 
@@ -100,10 +94,7 @@ def copy_snapshot(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
     tags = tag_specs(params.get("TagSpecifications"), "snapshot")
     snap = S.copy_snapshot(ctx, source_id, source_region, params.get("Encrypted"), params.get("KmsKeyId"),
                            params.get("Description"), tags)
-    out: dict[str, Any] = {"SnapshotId": snap.id}
-    if tags:
-        out["Tags"] = tags
-    return out
+    return {"SnapshotId": snap.id, "Tags": tags or None}
 
 
 @operation("ec2", "DeleteSnapshot")
@@ -130,10 +121,7 @@ def describe_snapshots(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
     items = [snapshot_dict(s, tags[s.id]) for s in snaps]
     items = filter_select(items, params.get("Filters"), _FILTERS, _tag_map)
     chunk, token = page(items, params, lambda d: d["SnapshotId"], low=5, high=1000, ids_param="SnapshotIds")
-    out: dict[str, Any] = {"Snapshots": chunk}
-    if token:
-        out["NextToken"] = token
-    return out
+    return {"Snapshots": chunk, "NextToken": token or None}
 
 
 # SnapshotAttributeName, matched without regard to case (engines.ec2.attributes).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timezone
 from typing import Any
 
 from ebscrypt.context import RequestContext
@@ -13,7 +12,7 @@ from ebscrypt.engines.ec2.ids import check_id
 from ebscrypt.engines.ec2.filters import apply_filters as filter_select
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.ec2.paging import encode_token, page, page_after, page_size
-from ebscrypt.engines.ec2.records import Attachment, Volume
+from ebscrypt.engines.ec2.records import Attachment, Volume, aware
 from ebscrypt.engines.ec2.tags import tag_specs
 from ebscrypt.errors import InvalidParameterValue, MissingParameter, NotFound
 from ebscrypt.services.registry import operation
@@ -25,21 +24,17 @@ def attachment_dict(a: Attachment) -> dict[str, Any]:
 
 
 def volume_dict(v: Volume, attachments: list[Attachment], tags: list[dict[str, str]]) -> dict[str, Any]:
-    out: dict[str, Any] = {
+    """The ``Volume`` view of a record (the view convention: a dict keyed by the output
+    shape's member names, ``None`` for a member AWS leaves out — the codec drops it)."""
+    encrypted = bool(v.encrypted)
+    return {
         "VolumeId": v.id, "Size": v.size, "SnapshotId": v.snapshot_id or "",
         "AvailabilityZone": v.availability_zone, "State": v.state, "CreateTime": v.create_time,
-        "Attachments": [attachment_dict(a) for a in attachments], "Encrypted": bool(v.encrypted),
-        "VolumeType": v.volume_type, "MultiAttachEnabled": bool(v.multi_attach),
+        "Attachments": [attachment_dict(a) for a in attachments], "Encrypted": encrypted,
+        "KmsKeyId": (v.kms_key_arn or None) if encrypted else None, "VolumeType": v.volume_type,
+        "Iops": v.iops, "Throughput": v.throughput, "MultiAttachEnabled": bool(v.multi_attach),
+        "Tags": tags or None,
     }
-    if v.encrypted and v.kms_key_arn:
-        out["KmsKeyId"] = v.kms_key_arn
-    if v.iops is not None:
-        out["Iops"] = v.iops
-    if v.throughput is not None:
-        out["Throughput"] = v.throughput
-    if tags:
-        out["Tags"] = tags
-    return out
 
 
 _FILTERS = {
@@ -64,7 +59,7 @@ _FILTERS = {
 
 
 def _tag_map(d: dict[str, Any]) -> dict[str, str]:
-    return {t["Key"]: t["Value"] for t in d.get("Tags", [])}
+    return {t["Key"]: t["Value"] for t in d.get("Tags") or ()}
 
 
 def describe(ctx: RequestContext, volume_ids: list[str] | None = None, *, after: str | None = None,
@@ -131,10 +126,7 @@ def describe_volumes(ctx: RequestContext, params: dict[str, Any]) -> dict[str, A
         items = filter_select(items, params.get("Filters"), _FILTERS, _tag_map)
         chunk, token = page(items, params, lambda d: d["VolumeId"], low=5, high=500, ids_param="VolumeIds",
                             clamp=True)
-    out: dict[str, Any] = {"Volumes": chunk}
-    if token:
-        out["NextToken"] = token
-    return out
+    return {"Volumes": chunk, "NextToken": token or None}
 
 
 @operation("ec2", "DeleteVolume")
@@ -161,23 +153,18 @@ def detach_volume(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
 
 
 def modification_dict(m: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "VolumeId": m["volume_id"], "ModificationState": m["state"], "TargetSize": m["target_size"],
-        "TargetVolumeType": m["target_type"], "OriginalSize": m["original_size"],
-        "OriginalVolumeType": m["original_type"], "Progress": m["progress"], "StartTime": m["start_time"],
+    """The ``VolumeModification`` view of a modification row (``None``: left out)."""
+    return {
+        "VolumeId": m["volume_id"], "ModificationState": m["state"], "StatusMessage": m.get("status_message"),
+        "TargetSize": m["target_size"], "TargetIops": m.get("target_iops"), "TargetVolumeType": m["target_type"],
+        "TargetThroughput": m.get("target_throughput"),
         "TargetMultiAttachEnabled": bool(m["target_multi_attach"]),
+        "OriginalSize": m["original_size"], "OriginalIops": m.get("original_iops"),
+        "OriginalVolumeType": m["original_type"], "OriginalThroughput": m.get("original_throughput"),
         "OriginalMultiAttachEnabled": bool(m["original_multi_attach"]),
+        "Progress": m["progress"], "StartTime": aware(m["start_time"]),
+        "EndTime": aware(m["end_time"]) if m.get("end_time") is not None else None,
     }
-    for key, col in (("TargetIops", "target_iops"), ("OriginalIops", "original_iops"),
-                     ("TargetThroughput", "target_throughput"), ("OriginalThroughput", "original_throughput"),
-                     ("EndTime", "end_time"), ("StatusMessage", "status_message")):
-        if m.get(col) is not None:
-            out[key] = m[col]
-    if out["StartTime"].tzinfo is None:
-        out["StartTime"] = out["StartTime"].replace(tzinfo=timezone.utc)
-        if "EndTime" in out:
-            out["EndTime"] = out["EndTime"].replace(tzinfo=timezone.utc)
-    return out
 
 
 @operation("ec2", "ModifyVolume")

@@ -54,6 +54,9 @@ ec2_volumes = Table(
     Index("ix_ec2_volumes_encrypted", "account", "region", "encrypted"),
     Index("ix_ec2_volumes_kms", "account", "region", "kms_key_arn"),
     Index("ix_ec2_volumes_state", "account", "region", "state"),
+    # v9: an account's volumes in id order (DescribeVolumes pages), and by key in id order
+    Index("ix_ec2_volumes_page", "account", "region", "id"),
+    Index("ix_ec2_volumes_kms_page", "account", "region", "kms_key_arn", "id"),
 )
 
 ec2_volume_attachments = Table(
@@ -120,6 +123,9 @@ ec2_snapshots = Table(
     Index("ix_ec2_snapshots_encrypted", "account", "region", "encrypted"),
     Index("ix_ec2_snapshots_kms", "account", "region", "kms_key_arn"),
     Index("ix_ec2_snapshots_state", "account", "region", "state"),
+    # v9: an account's snapshots in id order (DescribeSnapshots pages), and by key in id order
+    Index("ix_ec2_snapshots_page", "account", "region", "id"),
+    Index("ix_ec2_snapshots_kms_page", "account", "region", "kms_key_arn", "id"),
     Index("ix_ec2_snapshots_volume", "volume_id", "start_time"),
 )
 

@@ -36,6 +36,7 @@ from . import required
 from .base import Codec
 from . import values as V
 from .ec2_always import ALWAYS_EMITTED
+from .xml_writer import XmlWriters
 from ebscrypt.wire.http import HttpRequest, HttpResponse
 
 _LEAF = None  # key under which a tree node keeps its own value
@@ -92,6 +93,7 @@ class QueryCodec(Codec):
         self.namespace = service_model.metadata.get("xmlNamespace", "")
         self._ops = set(service_model.operation_names)
         self._wire_maps: dict[str, dict[str, tuple[str, Any]]] = {}
+        self._xml_writers = XmlWriters(self._always_emitted, _escape)  # compiled per output shape
 
     # -- request ------------------------------------------------------------------
 
@@ -275,54 +277,9 @@ class QueryCodec(Codec):
         return frozenset()
 
     def _write_members(self, out: list[str], shape: Any, value: dict[str, Any]) -> None:
-        always = self._always_emitted(shape)
-        for name, member in shape.members.items():
-            v = value.get(name)
-            if v is None:
-                if name not in always:
-                    continue
-                v = []  # a list AWS sends even when empty (.ec2_always)
-            if member.type_name == "list" and member.serialization.get("flattened"):
-                tag = member.member.serialization.get("name") or member.serialization.get("name", name)
-                for item in v:
-                    if item is not None:
-                        self._write(out, member.member, item, tag)
-            else:
-                self._write(out, member, v, member.serialization.get("name", name))
-
-    def _write(self, out: list[str], shape: Any, value: Any, tag: str) -> None:
-        t = shape.type_name
-        if t == "structure":
-            out.append(f"<{tag}>")
-            self._write_members(out, shape, value)
-            out.append(f"</{tag}>")
-        elif t == "list":
-            item_tag = shape.member.serialization.get("name", "member")
-            out.append(f"<{tag}>")
-            for item in value:
-                if item is not None:
-                    self._write(out, shape.member, item, item_tag)
-            out.append(f"</{tag}>")
-        elif t == "map":
-            key_tag = shape.key.serialization.get("name", "key")
-            value_tag = shape.value.serialization.get("name", "value")
-            flattened = shape.serialization.get("flattened")
-            if not flattened:
-                out.append(f"<{tag}>")
-            for k, v in value.items():
-                out.append(f"<{tag}>" if flattened else "<entry>")
-                self._write(out, shape.key, k, key_tag)
-                if v is not None:
-                    self._write(out, shape.value, v, value_tag)
-                out.append(f"</{tag}>" if flattened else "</entry>")
-            if not flattened:
-                out.append(f"</{tag}>")
-        else:
-            out.append(f"<{tag}>{_escape(self._scalar_text(shape, value))}</{tag}>")
-
-    @staticmethod
-    def _scalar_text(shape: Any, value: Any) -> str:
-        return V.scalar_text(shape, value, "iso8601")
+        """The members of ``value`` (a dict keyed by ``shape``'s member names; ``None``
+        members left out) through the shape's compiled writer (.xml_writer)."""
+        self._xml_writers.members(shape)(out, value)
 
     # -- errors -------------------------------------------------------------------
 
