@@ -46,7 +46,7 @@ from ebscrypt.engines.ec2 import encryption as core_encryption
 from ebscrypt.engines.ec2 import tags as core_tags
 from ebscrypt.engines.ec2 import volumes as core_volumes
 from ebscrypt.engines.attach import engine as attach_io
-from ebscrypt.engines.ec2 import images as images_engine
+from ebscrypt.engines.ec2 import image_records
 from ebscrypt.engines.ec2 import keypairs, network, waits
 from ebscrypt.engines.ec2 import templates as templates_engine
 from ebscrypt.engines.ec2.encryption import WrappedDataKey, new_data_key, resolve_encryption
@@ -592,7 +592,7 @@ def _read_launch(ctx: RequestContext, conn: Connection, p: LaunchSpec, image_id:
         zone = _zone(p.placement_zone, caller.region)
     if p.key_name and not keypairs.key_pair_exists(conn, caller.account, caller.region, p.key_name):
         raise keypairs.not_found(p.key_name)
-    image = images_engine.get_image(conn, caller.account, caller.region, image_id)
+    image = image_records.get_image(conn, caller.account, caller.region, image_id)
     if image.state != "available":
         raise ImageUnavailable(f"Image {image_id} is not available (state {image.state}).")
     ebd = core_account.get_settings(conn, caller.account, caller.region).ebd
@@ -651,7 +651,7 @@ def run_instances(ctx: RequestContext, spec: LaunchSpec) -> dict[str, Any]:
     caller = ctx.caller
     p, _template = _effective_spec(ctx, spec)
     count = _instance_count(p)
-    image_id = images_engine.check_image_id(p.image_id)
+    image_id = image_records.check_image_id(p.image_id)
     instance_type = p.instance_type or it.DEFAULT_INSTANCE_TYPE
     _check_instance_type(instance_type)
     token = p.client_token
