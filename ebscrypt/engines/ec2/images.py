@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 from sqlalchemy import Connection, delete, select
 
-from ebscrypt.context import RequestContext
+from ebscrypt.context import Caller, RequestContext
 from ebscrypt.domain import image_states as states
 from ebscrypt.engines.ec2 import tags as core_tags
 from ebscrypt.engines.ec2 import image_states, waits
@@ -100,7 +100,7 @@ class ImageRegistration:
     ramdisk_id: str | None = None
 
 
-def _registered_mappings(conn: Connection, caller: Any, requested: list[dict[str, Any]],
+def _registered_mappings(conn: Connection, caller: Caller, requested: list[dict[str, Any]],
                          root: str | None) -> tuple[list[dict[str, Any]], bool]:
     """RegisterImage's block device mappings as stored (snapshots the caller owns, not in
     error; empty volumes by size; non-EBS entries) and whether every snapshot is completed. [conn]"""
