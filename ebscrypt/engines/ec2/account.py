@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
+from ebscrypt.context import RequestContext
 from ebscrypt.storage.tables.ec2 import ec2_account_settings
 
 AWS_EBS_ALIAS = "alias/aws/ebs"
@@ -55,23 +56,23 @@ def set_default_key(conn: Connection, account: str, region: str, key_arn: str | 
 # One transaction each, for services/ec2/account.py.
 
 
-def settings_of(ctx: Any) -> AccountSettings:
+def settings_of(ctx: RequestContext) -> AccountSettings:
     """The caller's settings in its region."""
     with ctx.runtime.db.read() as conn:
         return get_settings(conn, ctx.caller.account, ctx.caller.region)
 
 
-def shown_default_key(ctx: Any) -> str:
+def shown_default_key(ctx: RequestContext) -> str:
     """GetEbsDefaultKmsKeyId's answer: the key set, or the AWS managed alias (not created)."""
     return settings_of(ctx).default_key or alias_arn(ctx.caller.account, ctx.caller.region)
 
 
-def store_ebd(ctx: Any, enabled: bool) -> None:
+def store_ebd(ctx: RequestContext, enabled: bool) -> None:
     with ctx.runtime.db.begin() as conn:
         set_ebd(conn, ctx.caller.account, ctx.caller.region, enabled)
 
 
-def store_default_key(ctx: Any, key_arn: str | None) -> str:
+def store_default_key(ctx: RequestContext, key_arn: str | None) -> str:
     """Set (a key ARN) or reset (None) the default key; the answer's KmsKeyId."""
     caller = ctx.caller
     with ctx.runtime.db.begin() as conn:

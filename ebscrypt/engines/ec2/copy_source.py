@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from sqlalchemy import select
 
+from ebscrypt.context import Runtime
 from ebscrypt.storage.tables.ec2 import ec2_snapshots
 
 
@@ -19,7 +20,7 @@ class SourceSnapshotGone(Exception):
         super().__init__(f"The snapshot '{snapshot_id}' was deleted before its blocks could be copied.")
 
 
-def check_source_survived(runtime: Any, source_id: str, dst_owner_id: str) -> None:
+def check_source_survived(runtime: Runtime, source_id: str, dst_owner_id: str) -> None:
     """Refuse a copy that may have read a deleted source as empty.
 
     The block engine copies a source it no longer has as an empty one, which is right for
@@ -35,7 +36,7 @@ def check_source_survived(runtime: Any, source_id: str, dst_owner_id: str) -> No
         raise SourceSnapshotGone(source_id)
 
 
-def copy_blocks(runtime: Any, source: Any, dst_id: str, dst_data_key_id: str | None, *,
+def copy_blocks(runtime: Runtime, source: Any, dst_id: str, dst_data_key_id: str | None, *,
                 source_key: Callable[[], Any], dst_key: Callable[[], Any],
                 progress: Callable[[float], None] | None = None, check_source: bool = True) -> None:
     """Give ``dst_id`` the blocks of the snapshot ``source``: shared when both have the same

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ebscrypt.context import RequestContext
 from ebscrypt.domain.outcome import Source, decide, reuses_data_key
 from ebscrypt.engines.blocks.engine import DataKey
 from ebscrypt.engines.ec2.account import AWS_EBS_ALIAS, alias_arn, get_settings
@@ -81,7 +82,7 @@ def key_problem(info: Any, region: str) -> str | None:
     return None
 
 
-def describe_for_ebs(ctx: Any, key: str) -> tuple[str, str | None, str | None]:
+def describe_for_ebs(ctx: RequestContext, key: str) -> tuple[str, str | None, str | None]:
     """(key ARN, problem, key manager) of ``key`` as the caller sees it. [KMS, no conn]"""
     caller = ctx.caller
     kms = ctx.runtime.kms
@@ -100,7 +101,7 @@ def describe_for_ebs(ctx: Any, key: str) -> tuple[str, str | None, str | None]:
 
 
 def resolve_encryption(
-    ctx: Any,
+    ctx: RequestContext,
     source: Snapshot | None,
     encrypted: bool | None,
     kms_key_id: str | None,
@@ -131,7 +132,7 @@ def resolve_encryption(
                    key_manager=manager)
 
 
-def new_data_key(ctx: Any, key_arn: str, resource_id: str) -> WrappedDataKey:
+def new_data_key(ctx: RequestContext, key_arn: str, resource_id: str) -> WrappedDataKey:
     """R-KEY-1: GenerateDataKeyWithoutPlaintext on the caller's behalf, via EC2. [KMS, no conn]"""
     context = {"aws:ebs:id": resource_id}
     arn, blob = ctx.runtime.kms.generate_data_key_without_plaintext(
@@ -140,7 +141,7 @@ def new_data_key(ctx: Any, key_arn: str, resource_id: str) -> WrappedDataKey:
     return WrappedDataKey(arn, uuid.uuid4().hex, blob, context)
 
 
-def unwrap(ctx: Any, key_arn: str, blob: bytes, context: dict[str, str], data_key_id: str,
+def unwrap(ctx: RequestContext, key_arn: str, blob: bytes, context: dict[str, str], data_key_id: str,
            *, region: str, grant: bool = True) -> Any:
     """R-KEY-3: grant for EC2, then Decrypt the wrapped data key. Returns a blocks DataKey."""
     kms = ctx.runtime.kms
@@ -154,7 +155,7 @@ def unwrap(ctx: Any, key_arn: str, blob: bytes, context: dict[str, str], data_ke
     return DataKey(data_key_id, plaintext)
 
 
-def data_key_for(ctx: Any, resource: Volume | Snapshot, *, grant: bool = True) -> Any:
+def data_key_for(ctx: RequestContext, resource: Volume | Snapshot, *, grant: bool = True) -> Any:
     """The plaintext data key of ``resource`` for a data operation (None if unencrypted)."""
     if not resource.encrypted:
         return None

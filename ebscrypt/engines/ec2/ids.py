@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Any
 
-from ebscrypt.context import Caller, RequestContext
+from ebscrypt.context import Caller, RequestContext, Runtime
 from ebscrypt.errors import Malformed
 
 _ID = re.compile(r"^[0-9a-f]{8}([0-9a-f]{9})?$")
@@ -28,7 +27,7 @@ def check_id(resource_id: str, prefix: str, code: str) -> None:
         raise Malformed(code.removesuffix(".Malformed"), resource_id, prefix=prefix)
 
 
-def job_ctx(runtime: Any, account: str, region: str, operation: str = "job") -> RequestContext:
+def job_ctx(runtime: Runtime, account: str, region: str, operation: str = "job") -> RequestContext:
     """A context for work done on a caller's behalf outside a request (jobs)."""
     return RequestContext(caller=Caller(account=account, region=region), runtime=runtime,
                           request_id="job", service="ec2", operation=operation)

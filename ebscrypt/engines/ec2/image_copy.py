@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from ebscrypt.context import RequestContext
+from ebscrypt.context import Caller, RequestContext
 from ebscrypt.domain import image_states as states
 from ebscrypt.domain.outcome import check_key_dependency
 from ebscrypt.engines.ec2 import snapshots as core_snapshots
@@ -56,7 +56,7 @@ class ImageCreation:
     tag_specifications: list[dict[str, Any]] | None = None
 
 
-def _add_extra_mappings(conn: Connection, caller: Any, extra: dict[str, dict[str, Any]],
+def _add_extra_mappings(conn: Connection, caller: Caller, extra: dict[str, dict[str, Any]],
                         mappings: list[dict[str, Any]]) -> None:
     """CreateImage's mappings for devices the instance has no volume on: empty volumes (by
     size), snapshots the caller may see, ephemeral and NoDevice entries. [conn]"""

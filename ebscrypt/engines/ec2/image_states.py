@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from ebscrypt.context import RequestContext
+from ebscrypt.context import RequestContext, Runtime
 from ebscrypt.domain import image_states as states
 from ebscrypt.engines.ec2.image_records import Image
 from ebscrypt.engines.jobs import JobContext, job_kind
@@ -69,7 +69,7 @@ def refresh_image(conn: Connection, image_id: str) -> str | None:
     return new_state
 
 
-def after_snapshot(runtime: Any, snapshot_id: str, state: str) -> None:
+def after_snapshot(runtime: Runtime, snapshot_id: str, state: str) -> None:
     """A snapshot reached completed/error (``snapshots`` calls this): the pending images
     using it move on."""
     query = select(image_snaps_t.c.image_id).where(image_snaps_t.c.snapshot_id == snapshot_id)
@@ -82,7 +82,7 @@ def after_snapshot(runtime: Any, snapshot_id: str, state: str) -> None:
             refresh_image(conn, image_id)
 
 
-def _fail_image(runtime: Any, payload: dict[str, Any], reason: str) -> None:
+def _fail_image(runtime: Runtime, payload: dict[str, Any], reason: str) -> None:
     with runtime.db.begin() as conn:
         conn.execute(
             update(images_t).where(images_t.c.image_id == payload["image_id"], images_t.c.state == states.IMAGE_PENDING)

@@ -19,8 +19,7 @@ snapshots themselves are ec2core's records. The rules:
   listener moves them to ``available``/``failed`` when their snapshots reach a final
   state. RegisterImage over completed snapshots is available at once (nothing to copy).
 
-Where each operation lives (this module re-exports them all, so callers import only
-``ebscrypt.engines.ec2.images``):
+Where each operation lives (import it from there: this module re-exports nothing):
 
 - ``images`` (here): RegisterImage, DeregisterImage, DescribeImages.
 - ``image_records``: the ``Image`` record, id checks, ``get_image`` / ``launch_permissions``
@@ -39,31 +38,19 @@ from typing import Any, Callable
 
 from sqlalchemy import Connection, delete, select
 
-from ebscrypt.context import RequestContext
+from ebscrypt.context import Caller, RequestContext
 from ebscrypt.domain import image_states as states
 from ebscrypt.engines.ec2 import tags as core_tags
 from ebscrypt.engines.ec2 import image_states, waits
 from ebscrypt.engines.ec2.filters import select_matching as filter_select
 from ebscrypt.engines.ec2.ids import check_id, is_well_formed, new_id
-from ebscrypt.engines.ec2.image_copy import NO_STORAGE_ACCESS_MESSAGE, copy_image, create_image
-from ebscrypt.engines.ec2.image_permissions import (
-    AWS_MANAGED_SHARE_MESSAGE,
-    PUBLIC_ENCRYPTED_MESSAGE,
-    canonical_attribute,
-    describe_attribute,
-    modify_attribute,
-    reset_attribute,
-    unknown_attribute,
-)
 from ebscrypt.engines.ec2.image_records import (
     ACCOUNT_RE,
     Image,
     add_non_ebs_mapping,
-    check_image_id,
     check_name,
     ebs_mapping,
     get_image,
-    image_using_snapshot,
     image_view,
     insert_image,
     launch_permissions,
@@ -71,9 +58,7 @@ from ebscrypt.engines.ec2.image_records import (
     not_found,
     size_check,
 )
-from ebscrypt.engines.ec2.image_states import refresh_image
 from ebscrypt.engines.ec2.snapshots import delete_snapshot
-from ebscrypt.engines.ec2.waits import settle
 from ebscrypt.engines.ec2.snapshot_access import get_snapshot
 from ebscrypt.errors import (
     IncorrectState,
@@ -88,13 +73,6 @@ from ebscrypt.storage.tables.ec2_images import ec2_image_launch_permissions as p
 from ebscrypt.storage.tables.ec2_images import ec2_image_snapshots as image_snaps_t
 from ebscrypt.storage.tables.ec2_images import ec2_images as images_t
 
-__all__ = [
-    "AWS_MANAGED_SHARE_MESSAGE", "NO_STORAGE_ACCESS_MESSAGE", "PUBLIC_ENCRYPTED_MESSAGE",
-    "Image", "canonical_attribute", "check_image_id", "copy_image", "create_image", "deregister_image",
-    "describe_attribute", "describe_images", "get_image", "image_using_snapshot", "image_view",
-    "launch_permissions", "malformed", "modify_attribute", "not_found", "refresh_image",
-    "register_image", "reset_attribute", "settle", "unknown_attribute",
-]
 
 
 # ============================================================================ RegisterImage
@@ -122,7 +100,7 @@ class ImageRegistration:
     ramdisk_id: str | None = None
 
 
-def _registered_mappings(conn: Connection, caller: Any, requested: list[dict[str, Any]],
+def _registered_mappings(conn: Connection, caller: Caller, requested: list[dict[str, Any]],
                          root: str | None) -> tuple[list[dict[str, Any]], bool]:
     """RegisterImage's block device mappings as stored (snapshots the caller owns, not in
     error; empty volumes by size; non-EBS entries) and whether every snapshot is completed. [conn]"""

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from ebscrypt.context import Caller
 from ebscrypt.domain import instance_types as it
 from ebscrypt.engines.ec2.ids import is_well_formed
 from ebscrypt.engines.ec2.records import aware
@@ -117,7 +118,7 @@ def visible_instances(conn: Connection, account: str, region: str, now: datetime
     return [i for i in (Instance.from_row(r) for r in rows) if is_visible(i, now)]
 
 
-def lookup(conn: Connection, caller: Any, instance_id: str) -> dict[str, Any]:
+def lookup(conn: Connection, caller: Caller, instance_id: str) -> dict[str, Any]:
     """AttachVolume / CreateSnapshots (``volumes``) ask this for the instance's zone and root
     device (and its existence: InvalidInstanceID.NotFound / .Malformed; IncorrectState
     unless running or stopped)."""

@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping
 
 from sqlalchemy import Connection, delete, insert, select, update
 
-from ebscrypt.context import RequestContext
+from ebscrypt.context import Caller, RequestContext, Runtime
 from ebscrypt.domain import instance_types as it
 from ebscrypt.domain import regions
 from ebscrypt.domain.outcome import check_key_dependency
@@ -46,7 +46,7 @@ from ebscrypt.engines.ec2 import encryption as core_encryption
 from ebscrypt.engines.ec2 import tags as core_tags
 from ebscrypt.engines.ec2 import volumes as core_volumes
 from ebscrypt.engines.attach import engine as attach_io
-from ebscrypt.engines.ec2 import images as images_engine
+from ebscrypt.engines.ec2 import image_records
 from ebscrypt.engines.ec2 import keypairs, network, waits
 from ebscrypt.engines.ec2 import templates as templates_engine
 from ebscrypt.engines.ec2.encryption import WrappedDataKey, new_data_key, resolve_encryption
@@ -318,7 +318,7 @@ def _merge_mappings(base: list[dict[str, Any]], overrides: list[dict[str, Any]])
     return [merged[d] for d in order if "NoDevice" not in merged[d]]
 
 
-def _snapshot_for_launch(conn: Connection, caller: Any, snapshot_id: str, image: Any) -> Snapshot:
+def _snapshot_for_launch(conn: Connection, caller: Caller, snapshot_id: str, image: Any) -> Snapshot:
     """The source snapshot of an image mapping. Launch permission on the image is enough:
     the snapshot itself need not be shared (EC2 behaves so); others need visibility."""
     if snapshot_id in image.snapshot_ids():
@@ -592,7 +592,7 @@ def _read_launch(ctx: RequestContext, conn: Connection, p: LaunchSpec, image_id:
         zone = _zone(p.placement_zone, caller.region)
     if p.key_name and not keypairs.key_pair_exists(conn, caller.account, caller.region, p.key_name):
         raise keypairs.not_found(p.key_name)
-    image = images_engine.get_image(conn, caller.account, caller.region, image_id)
+    image = image_records.get_image(conn, caller.account, caller.region, image_id)
     if image.state != "available":
         raise ImageUnavailable(f"Image {image_id} is not available (state {image.state}).")
     ebd = core_account.get_settings(conn, caller.account, caller.region).ebd
@@ -651,7 +651,7 @@ def run_instances(ctx: RequestContext, spec: LaunchSpec) -> dict[str, Any]:
     caller = ctx.caller
     p, _template = _effective_spec(ctx, spec)
     count = _instance_count(p)
-    image_id = images_engine.check_image_id(p.image_id)
+    image_id = image_records.check_image_id(p.image_id)
     instance_type = p.instance_type or it.DEFAULT_INSTANCE_TYPE
     _check_instance_type(instance_type)
     token = p.client_token
@@ -703,7 +703,7 @@ def _launch_volume_states(conn: Connection, instance: Instance) -> list[tuple[st
     return [found.get(v, ("error", f"volume {v} no longer exists")) for v in ids]
 
 
-def _settle_launch(runtime: Any, instance_id: str) -> None:
+def _settle_launch(runtime: Runtime, instance_id: str) -> None:
     """A pending (launching) instance → running when its volumes are in use, or →
     terminated when one of them failed (KMS key problem: Client.InvalidKMSKey.InvalidState)."""
     deleted: list[str] = []
@@ -743,7 +743,7 @@ def _settle_launch(runtime: Any, instance_id: str) -> None:
                 pass  # already gone
 
 
-def _settle_launches_of(runtime: Any, volume_id: str) -> None:
+def _settle_launches_of(runtime: Runtime, volume_id: str) -> None:
     """Settle the pending launches waiting on ``volume_id``. A fault here must not fail the
     volume's own job (DescribeInstances settles a launch this missed)."""
     try:
@@ -757,7 +757,7 @@ def _settle_launches_of(runtime: Any, volume_id: str) -> None:
         log.exception("settling the launch of volume %s failed", volume_id)
 
 
-def _launch_volume_failed(runtime: Any, payload: dict[str, Any], reason: str) -> None:
+def _launch_volume_failed(runtime: Runtime, payload: dict[str, Any], reason: str) -> None:
     core_volumes.volume_failed(runtime, payload, reason)
     _settle_launches_of(runtime, payload["volume_id"])
 
@@ -773,7 +773,7 @@ def _launch_volume_job(job: JobContext) -> None:
 # ============================================================================ start / stop / terminate
 
 
-def _fail_transition(runtime: Any, payload: dict[str, Any], reason: str) -> None:
+def _fail_transition(runtime: Runtime, payload: dict[str, Any], reason: str) -> None:
     with runtime.db.begin() as conn:
         conn.execute(update(instances_t).where(instances_t.c.instance_id == payload["instance_id"],
                                                instances_t.c.state == payload.get("from")).values(

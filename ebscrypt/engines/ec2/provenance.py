@@ -10,15 +10,15 @@ rule produced (engines/ec2/encryption.py); a snapshot of a volume records R-SNAP
 
 from __future__ import annotations
 
-from typing import Any
 
 from sqlalchemy import Connection, delete, insert
 
+from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2.encryption import EncryptionPlan
 from ebscrypt.storage.tables.provenance import ec2_provenance
 
 
-def record(conn: Connection, ctx: Any, resource_id: str, *, plan: EncryptionPlan | None, rule: str | None = None,
+def record(conn: Connection, ctx: RequestContext, resource_id: str, *, plan: EncryptionPlan | None, rule: str | None = None,
            key_arn: str | None, source_type: str, source_id: str | None = None,
            source_region: str | None = None, data_key_shared: bool = False) -> None:
     """Insert the provenance row of ``resource_id`` (owned by ``ctx.caller``). [conn]

@@ -10,10 +10,10 @@ an owner whose record is gone can only be such a leftover, and its blocks are re
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from sqlalchemy import select
 
+from ebscrypt.context import Runtime
 from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_volumes
 
 log = logging.getLogger("ebscrypt.ec2")
@@ -22,7 +22,7 @@ log = logging.getLogger("ebscrypt.ec2")
 _RESOURCE_PREFIXES = ("vol-", "snap-")
 
 
-def release_stray_block_owners(runtime: Any) -> list[str]:
+def release_stray_block_owners(runtime: Runtime) -> list[str]:
     """Release the blocks of owners whose volume/snapshot record no longer exists.
 
     Call only while nothing else runs (start-up, before the job workers start).

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 from sqlalchemy import Connection, select
 
+from ebscrypt.context import Caller
 from ebscrypt.engines.ec2.ids import check_id
 from ebscrypt.engines.ec2.records import Snapshot
 from ebscrypt.errors import NotFound, UnauthorizedOperation
@@ -27,11 +27,11 @@ def grantees(conn: Connection, snapshot_id: str) -> set[str]:
         ec2_snapshot_permissions.c.snapshot_id == snapshot_id))}
 
 
-def snapshot_is_owned(snapshot: Snapshot, caller: Any) -> bool:
+def snapshot_is_owned(snapshot: Snapshot, caller: Caller) -> bool:
     return bool(snapshot.account == caller.account)
 
 
-def get_snapshot(conn: Connection, caller: Any, snapshot_id: str, region: str | None = None) -> Snapshot:
+def get_snapshot(conn: Connection, caller: Caller, snapshot_id: str, region: str | None = None) -> Snapshot:
     """A snapshot the caller may see in ``region`` (default: its own): owned, shared with its
     account, or public (R-SHARE-1). InvalidSnapshot.NotFound otherwise. [conn]"""
     check_id(snapshot_id, "snap", "InvalidSnapshotID.Malformed")
@@ -43,7 +43,7 @@ def get_snapshot(conn: Connection, caller: Any, snapshot_id: str, region: str | 
     return snap
 
 
-def owned_snapshot(conn: Connection, caller: Any, snapshot_id: str) -> Snapshot:
+def owned_snapshot(conn: Connection, caller: Caller, snapshot_id: str) -> Snapshot:
     snap = get_snapshot(conn, caller, snapshot_id)
     if snap.account != caller.account:
         raise UnauthorizedOperation()

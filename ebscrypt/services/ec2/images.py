@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ebscrypt.context import RequestContext
-from ebscrypt.engines.ec2 import image_copy, image_permissions
+from ebscrypt.engines.ec2 import image_copy, image_permissions, image_records
 from ebscrypt.engines.ec2 import images as engine
 from ebscrypt.engines.ec2 import instances as instances_engine
 from ebscrypt.services.ec2.request import dry_run_check
@@ -55,7 +55,7 @@ def copy_image(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
 @operation("ec2", "DeregisterImage")
 def deregister_image(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    image_id = engine.check_image_id(params.get("ImageId"))
+    image_id = image_records.check_image_id(params.get("ImageId"))
     delete_snapshots = bool(params.get("DeleteAssociatedSnapshots"))
     results = engine.deregister_image(ctx, image_id, delete_snapshots=delete_snapshots)
     out: dict[str, Any] = {"Return": True}
@@ -80,10 +80,10 @@ def describe_images(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
 @operation("ec2", "DescribeImageAttribute")
 def describe_image_attribute(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    image_id = engine.check_image_id(params.get("ImageId"))
+    image_id = image_records.check_image_id(params.get("ImageId"))
     if not params.get("Attribute"):
         raise MissingParameter("Attribute")
-    return engine.describe_attribute(ctx, image_id, params["Attribute"])
+    return image_permissions.describe_attribute(ctx, image_id, params["Attribute"])
 
 
 # The flat lists of the older launchPermission form (OperationType + lists), with the
@@ -119,6 +119,6 @@ def modify_image_attribute(ctx: RequestContext, params: dict[str, Any]) -> dict[
 @operation("ec2", "ResetImageAttribute")
 def reset_image_attribute(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    image_id = engine.check_image_id(params.get("ImageId"))
-    engine.reset_attribute(ctx, image_id, params.get("Attribute"))
+    image_id = image_records.check_image_id(params.get("ImageId"))
+    image_permissions.reset_attribute(ctx, image_id, params.get("Attribute"))
     return {}
