@@ -37,12 +37,13 @@ KEY_B = "arn:aws:kms:us-east-1:111111111111:key/bbbbbbbb-0000-0000-0000-00000000
 
 
 def fill(data_dir: Path, start: int, stop: int) -> None:
-    from sqlalchemy import insert
+    from sqlalchemy import create_engine, insert
 
-    from ebscrypt.storage.db import Database
     from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_tags
 
-    db = Database(f"sqlite:///{data_dir / 'metadata.db'}")
+    # A bare engine, not storage.db.Database: that would upgrade the schema, and a base
+    # tree's server (--base) must find the database at its own version.
+    db = create_engine(f"sqlite:///{data_dir / 'metadata.db'}")
     now = datetime(2026, 1, 1, tzinfo=timezone.utc)
     try:
         rows, tags = [], []
@@ -122,22 +123,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-describe-scale-"))
-    data = work / "data"
     sides: list[tuple[str, Path | None]] = [("this", None)] + ([("base", args.base)] if args.base else [])
     have = 0
     print(f"{'snapshots':>10} {'side':>5} {'ms/1000 items':>14} {'p50 kms filter':>15} {'p50 tag filter':>15}")
     try:
         for size in sizes:
             if size > have:
-                start_ebscrypt(data, tree=args.base).stop()  # the schema exists (and the server is stopped)
-                start_ebscrypt(data).stop()
-                fill(data, have, size)
+                for name, tree in sides:  # each side's own schema (a base may be older), same rows
+                    start_ebscrypt(work / name, tree=tree).stop()  # the schema exists (server stopped)
+                    fill(work / name, have, size)
                 have = size
             runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _ in sides}
             for r in range(args.rounds):
                 order = sides if r % 2 == 0 else list(reversed(sides))  # interleaved: drift hits both
                 for name, tree in order:
-                    runs[name].append(measure(data, size, args.calls, tree))
+                    runs[name].append(measure(work / name, size, args.calls, tree))
             for name, _ in sides:
                 med = [statistics.median(x[i] for x in runs[name]) for i in range(3)]
                 print(f"{size:>10} {name:>5} {med[0]:>14.1f} {med[1]:>15.1f} {med[2]:>15.1f}", flush=True)
