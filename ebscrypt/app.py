@@ -112,9 +112,12 @@ class Gateway:
                     code=_NOT_IMPLEMENTED_CODE[service],
                 )
             ctx = RequestContext(caller, self.runtime, request_id, service, operation.name)
-            result = await run_in_threadpool(_run_handler, handler, ctx, params)
+            # The answer is serialized in the worker thread too: a Describe of 1,000 items
+            # is milliseconds of XML that would otherwise hold the event loop (every other
+            # connection's reads and writes) — issue 15, Describe at scale.
+            answer = await run_in_threadpool(_answer, handler, ctx, params, codec, operation)
             self.runtime.space.note_success()
-            return _to_starlette(codec.serialize(operation, result or {}, request_id), cors)
+            return _to_starlette(answer, cors)
         except ServiceError as error:
             if isinstance(error, ServiceUnavailable) and error.code == "ServiceUnavailable":
                 log.warning("%s %s: %s (request %s)", service, operation and operation.name, error.message, request_id)
@@ -148,6 +151,11 @@ def origin_policy(settings: Settings) -> origin.OriginPolicy:
 
 # How many times a request that lost a race on PostgreSQL (serialization failure) is run.
 REQUEST_CONFLICT_ATTEMPTS = 6
+
+
+def _answer(handler: Any, ctx: RequestContext, params: dict[str, Any], codec: Any, operation: Any) -> HttpResponse:
+    """The handler's result, serialized by the service's codec. [worker thread]"""
+    return codec.serialize(operation, _run_handler(handler, ctx, params) or {}, ctx.request_id)
 
 
 def _run_handler(handler: Any, ctx: RequestContext, params: dict[str, Any]) -> Any:
