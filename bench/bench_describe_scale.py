@@ -10,7 +10,10 @@ tagged Name=one-percent; then the server is started and, per size, replays:
 - DescribeSnapshots(OwnerIds=self, MaxResults=1000) page by page, as the CLI pages: ms per
   1,000 items;
 - DescribeSnapshots(OwnerIds=self, Filters kms-key-id=<the 1% key>): p50 ms;
-- DescribeSnapshots(OwnerIds=self, Filters tag:Name=one-percent): p50 ms.
+- DescribeSnapshots(OwnerIds=self, Filters tag:Name=one-percent): p50 ms;
+- the server's RSS after these (issue 15: <= 300 MiB after 100,000 resources).
+``--base DIR`` runs another checkout (``git archive <commit> | tar -x -C DIR``) on its own
+copy of the same rows, interleaved round by round: before and after in one run.
 moto cannot be filled this way; its Describe figures are in bench/bench_ec2.py's run.
 """
 
@@ -37,12 +40,13 @@ KEY_B = "arn:aws:kms:us-east-1:111111111111:key/bbbbbbbb-0000-0000-0000-00000000
 
 
 def fill(data_dir: Path, start: int, stop: int) -> None:
-    from sqlalchemy import insert
+    from sqlalchemy import create_engine, insert
 
-    from ebscrypt.storage.db import Database
     from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_tags
 
-    db = Database(f"sqlite:///{data_dir / 'metadata.db'}")
+    # A bare engine, not storage.db.Database: that would upgrade the schema, and a base
+    # tree's server (--base) must find the database at its own version.
+    db = create_engine(f"sqlite:///{data_dir / 'metadata.db'}")
     now = datetime(2026, 1, 1, tzinfo=timezone.utc)
     try:
         rows, tags = [], []
@@ -94,9 +98,17 @@ def listing_ms(port: int, url: str, size: int) -> float:
     return page_ms / (items / 1000)
 
 
-def measure(data: Path, size: int, calls: int, tree: Path | None) -> tuple[float, float, float]:
+def rss_mib(pid: int) -> float:
+    """The resident set of a process (Linux /proc), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure(data: Path, size: int, calls: int, tree: Path | None) -> tuple[float, float, float, float]:
     """(ms per 1,000 items of the listing, p50 ms of the kms-key-id filter, p50 ms of the
-    tag:Name filter) of one server run on ``data``."""
+    tag:Name filter, the server's RSS in MiB after them) of one server run on ``data``."""
     srv = start_ebscrypt(data, tree=tree)
     try:
         timed(srv.url, RawCall("ec2", "describe_snapshots", dict(OwnerIds=["self"], MaxResults=5), ACCOUNT), 2)
@@ -107,7 +119,9 @@ def measure(data: Path, size: int, calls: int, tree: Path | None) -> tuple[float
         tag = RawCall("ec2", "describe_snapshots", dict(OwnerIds=["self"], Filters=[
             {"Name": "tag:Name", "Values": ["one-percent"]}]), ACCOUNT,
             ok=lambda b, n=size // 100: b.count(b"<snapshotId>") == n)
-        return per_1000, statistics.median(timed(srv.url, kms, calls)), statistics.median(timed(srv.url, tag, calls))
+        p50k, p50t = statistics.median(timed(srv.url, kms, calls)), statistics.median(timed(srv.url, tag, calls))
+        assert srv.proc is not None
+        return per_1000, p50k, p50t, rss_mib(srv.proc.pid)
     finally:
         srv.stop()
 
@@ -122,25 +136,26 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-describe-scale-"))
-    data = work / "data"
     sides: list[tuple[str, Path | None]] = [("this", None)] + ([("base", args.base)] if args.base else [])
     have = 0
-    print(f"{'snapshots':>10} {'side':>5} {'ms/1000 items':>14} {'p50 kms filter':>15} {'p50 tag filter':>15}")
+    print(f"{'snapshots':>10} {'side':>5} {'ms/1000 items':>14} {'p50 kms filter':>15} {'p50 tag filter':>15} "
+          f"{'RSS MiB':>8}")
     try:
         for size in sizes:
             if size > have:
-                start_ebscrypt(data, tree=args.base).stop()  # the schema exists (and the server is stopped)
-                start_ebscrypt(data).stop()
-                fill(data, have, size)
+                for name, tree in sides:  # each side's own schema (a base may be older), same rows
+                    start_ebscrypt(work / name, tree=tree).stop()  # the schema exists (server stopped)
+                    fill(work / name, have, size)
                 have = size
-            runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _ in sides}
+            runs: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name, _ in sides}
             for r in range(args.rounds):
                 order = sides if r % 2 == 0 else list(reversed(sides))  # interleaved: drift hits both
                 for name, tree in order:
-                    runs[name].append(measure(data, size, args.calls, tree))
+                    runs[name].append(measure(work / name, size, args.calls, tree))
             for name, _ in sides:
-                med = [statistics.median(x[i] for x in runs[name]) for i in range(3)]
-                print(f"{size:>10} {name:>5} {med[0]:>14.1f} {med[1]:>15.1f} {med[2]:>15.1f}", flush=True)
+                med = [statistics.median(x[i] for x in runs[name]) for i in range(4)]
+                print(f"{size:>10} {name:>5} {med[0]:>14.1f} {med[1]:>15.1f} {med[2]:>15.1f} {med[3]:>8.0f}",
+                      flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

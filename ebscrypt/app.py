@@ -116,11 +116,17 @@ class Gateway:
                     code=_NOT_IMPLEMENTED_CODE[service],
                 )
             ctx = RequestContext(caller, self.runtime, request_id, service, operation.name)
+            # An inline handler (KMS data-key calls) runs and answers on the event loop; any
+            # other — or one that reached a step that can wait — runs in a worker thread, its
+            # answer serialized there too: a Describe of 1,000 items is milliseconds of XML
+            # that would otherwise hold the event loop (issue 15).
             result = _run_on_loop(handler, ctx, params) if self.inline and registry.is_inline(handler) else _DEFER
             if result is _DEFER:
-                result = await run_in_threadpool(_run_handler, handler, ctx, params)
+                answer = await run_in_threadpool(_answer, handler, ctx, params, codec, operation)
+            else:
+                answer = codec.serialize(operation, result or {}, request_id)
             self.runtime.space.note_success()
-            return _to_starlette(codec.serialize(operation, result or {}, request_id), cors)
+            return _to_starlette(answer, cors)
         except ServiceError as error:
             if isinstance(error, ServiceUnavailable) and error.code == "ServiceUnavailable":
                 log.warning("%s %s: %s (request %s)", service, operation and operation.name, error.message, request_id)
@@ -167,6 +173,11 @@ def _run_on_loop(handler: Any, ctx: RequestContext, params: dict[str, Any]) -> A
             return handler(ctx, params)
     except WouldBlock:
         return _DEFER
+
+
+def _answer(handler: Any, ctx: RequestContext, params: dict[str, Any], codec: Any, operation: Any) -> HttpResponse:
+    """The handler's result, serialized by the service's codec. [worker thread]"""
+    return codec.serialize(operation, _run_handler(handler, ctx, params) or {}, ctx.request_id)
 
 
 def _run_handler(handler: Any, ctx: RequestContext, params: dict[str, Any]) -> Any:

@@ -326,7 +326,10 @@ class WalGroupSync:
             self._fd = None
         if self._fd is None:
             self._fd = os.open(self.wal_path, os.O_RDONLY)
-        os.fsync(self._fd)
+        # fdatasync, as SQLite's own sync of the WAL on Linux: the appended frames and the
+        # file size (what a reader needs) are made durable, the timestamps are not — one
+        # journal commit fewer per group on ext4/xfs.
+        os.fdatasync(self._fd)
         self.fsyncs += 1
 
     def close(self) -> None:

@@ -31,8 +31,8 @@ def test_commits_run_normal_and_each_begin_syncs(tmp_path: Path, monkeypatch: py
         with db.begin() as conn:
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
         synced: list[int] = []
-        real = os.fsync
-        monkeypatch.setattr(db_module.os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+        real = os.fdatasync  # the WAL's sync (its frames and size; not its timestamps)
+        monkeypatch.setattr(db_module.os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
         with db.begin() as conn:
             conn.execute(insert(jobs).values(**_job(0)))
             assert synced == []  # not inside the transaction (the write lock is held)...
@@ -49,7 +49,7 @@ def test_a_failed_fsync_fails_the_caller(tmp_path: Path, monkeypatch: pytest.Mon
         def broken(fd: int) -> None:
             raise OSError(5, "Input/output error")
 
-        monkeypatch.setattr(db_module.os, "fsync", broken)
+        monkeypatch.setattr(db_module.os, "fdatasync", broken)
         with pytest.raises(OSError):
             with db.begin() as conn:
                 conn.execute(insert(jobs).values(**_job(1)))

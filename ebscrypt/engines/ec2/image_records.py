@@ -153,58 +153,9 @@ def image_using_snapshot(conn: Connection, snapshot_id: str) -> str | None:
 # ============================================================================ views
 
 
-def image_view(image: Image, tags: list[dict[str, str]] | None = None) -> dict[str, Any]:
-    """The model's ``Image`` structure."""
-    out: dict[str, Any] = {
-        "ImageId": image.image_id,
-        "ImageLocation": image.image_location or f"{image.account}/{image.name}",
-        "State": image.state,
-        "OwnerId": image.account,
-        "CreationDate": image.created_at.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
-        "Public": image.public,
-        "Architecture": image.architecture,
-        "ImageType": "machine",
-        "Name": image.name,
-        "RootDeviceType": image.root_device_type,
-        "VirtualizationType": image.virtualization_type,
-        "Hypervisor": "xen",
-        "BlockDeviceMappings": [mapping_view(m) for m in image.mappings],
-        "PlatformDetails": "Windows" if image.platform == "windows" else "Linux/UNIX",
-        "UsageOperation": "RunInstances:0002" if image.platform == "windows" else "RunInstances",
-    }
-    if image.description is not None:
-        out["Description"] = image.description
-    if image.root_device_name:
-        out["RootDeviceName"] = image.root_device_name
-    if image.ena_support is not None:
-        out["EnaSupport"] = image.ena_support
-    if image.sriov_net_support:
-        out["SriovNetSupport"] = image.sriov_net_support
-    if image.boot_mode:
-        out["BootMode"] = image.boot_mode
-    if image.tpm_support:
-        out["TpmSupport"] = image.tpm_support
-    if image.imds_support:
-        out["ImdsSupport"] = image.imds_support
-    if image.kernel_id:
-        out["KernelId"] = image.kernel_id
-    if image.ramdisk_id:
-        out["RamdiskId"] = image.ramdisk_id
-    if image.platform:
-        out["Platform"] = image.platform
-    if image.source_instance_id:
-        out["SourceInstanceId"] = image.source_instance_id
-    if image.source_image_id:
-        out["SourceImageId"] = image.source_image_id
-        out["SourceImageRegion"] = image.source_region or image.region
-    if image.state_reason_code or image.state_reason_message:
-        out["StateReason"] = {"Code": image.state_reason_code or "", "Message": image.state_reason_message or ""}
-    if tags:
-        out["Tags"] = tags
-    return out
-
-
 def mapping_view(m: dict[str, Any]) -> dict[str, Any]:
+    """A stored block device mapping as the model's ``BlockDeviceMapping`` (the Image view,
+    services/ec2/images.py, and DescribeImageAttribute)."""
     out = {k: v for k, v in m.items() if k in ("DeviceName", "VirtualName", "NoDevice")}
     if m.get("Ebs") is not None:
         ebs = m["Ebs"]

@@ -23,7 +23,7 @@ Where each operation lives (import it from there: this module re-exports nothing
 
 - ``images`` (here): RegisterImage, DeregisterImage, DescribeImages.
 - ``image_records``: the ``Image`` record, id checks, ``get_image`` / ``launch_permissions``
-  lookups, ``image_view``, and the helpers every way of making an image shares.
+  lookups, and the helpers every way of making an image shares.
 - ``image_copy``: CreateImage (R-IMG-2) and CopyImage (R-IMG-1).
 - ``image_permissions``: Describe/Modify/ResetImageAttribute, launch permissions, R-SHARE-2/3.
 - ``image_states``: pending → available/failed (R-LIFE-1, R-KEY-6), the ``image_finalize``
@@ -51,7 +51,6 @@ from ebscrypt.engines.ec2.image_records import (
     check_name,
     ebs_mapping,
     get_image,
-    image_view,
     insert_image,
     launch_permissions,
     malformed,
@@ -331,10 +330,11 @@ def _visible_images(ctx: RequestContext, ids: list[str], owners: list[str],
 
 
 def describe_images(ctx: RequestContext, ids: list[str], *, owners: list[str], executable: list[str],
-                    filters: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+                    filters: list[dict[str, Any]] | None) -> list[tuple[Image, list[dict[str, str]]]]:
     """DescribeImages as the caller sees it: own, public and shared images of its region
     (only ``ids``, of ``owners`` — "self" the caller — and launchable by ``executable``
-    users, when given), matching ``filters``."""
+    users, when given), matching ``filters``: each record with its tags (the service
+    builds the view)."""
     for image_id in ids:
         if not is_well_formed(image_id, "ami"):
             raise malformed(image_id)
@@ -350,4 +350,4 @@ def describe_images(ctx: RequestContext, ids: list[str], *, owners: list[str], e
         waits.settle(lambda: image_states.states_of(ctx, pending), [states.IMAGE_PENDING])
         entries = _visible_images(ctx, ids, owners, executable)
     selected = filter_select(entries, filters, _FILTERS, tag_getter=lambda e: {t["Key"]: t["Value"] for t in e[1]})
-    return [image_view(image, tags) for image, tags in selected]
+    return list(selected)

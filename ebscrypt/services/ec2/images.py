@@ -8,6 +8,7 @@ from typing import Any
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import image_copy, image_permissions, image_records
 from ebscrypt.engines.ec2 import images as engine
+from ebscrypt.engines.ec2.image_records import Image, mapping_view
 from ebscrypt.engines.ec2 import instances as instances_engine
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.ec2.paging import page
@@ -64,17 +65,54 @@ def deregister_image(ctx: RequestContext, params: dict[str, Any]) -> dict[str, A
     return out
 
 
+def image_view(image: Image, tags: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """The ``Image`` view of a record (the view convention: a dict keyed by the output
+    shape's member names, ``None`` for a member AWS leaves out — the codec drops it)."""
+    windows = image.platform == "windows"
+    reason = image.state_reason_code or image.state_reason_message
+    return {
+        "ImageId": image.image_id,
+        "ImageLocation": image.image_location or f"{image.account}/{image.name}",
+        "State": image.state,
+        "OwnerId": image.account,
+        "CreationDate": image.created_at.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        "Public": image.public,
+        "Architecture": image.architecture,
+        "ImageType": "machine",
+        "Name": image.name,
+        "Description": image.description,
+        "RootDeviceType": image.root_device_type,
+        "RootDeviceName": image.root_device_name or None,
+        "VirtualizationType": image.virtualization_type,
+        "Hypervisor": "xen",
+        "BlockDeviceMappings": [mapping_view(m) for m in image.mappings],
+        "PlatformDetails": "Windows" if windows else "Linux/UNIX",
+        "UsageOperation": "RunInstances:0002" if windows else "RunInstances",
+        "EnaSupport": image.ena_support,
+        "SriovNetSupport": image.sriov_net_support or None,
+        "BootMode": image.boot_mode or None,
+        "TpmSupport": image.tpm_support or None,
+        "ImdsSupport": image.imds_support or None,
+        "KernelId": image.kernel_id or None,
+        "RamdiskId": image.ramdisk_id or None,
+        "Platform": image.platform or None,
+        "SourceInstanceId": image.source_instance_id or None,
+        "SourceImageId": image.source_image_id or None,
+        "SourceImageRegion": (image.source_region or image.region) if image.source_image_id else None,
+        "StateReason": ({"Code": image.state_reason_code or "", "Message": image.state_reason_message or ""}
+                        if reason else None),
+        "Tags": tags or None,
+    }
+
+
 @operation("ec2", "DescribeImages")
 def describe_images(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
     images = engine.describe_images(ctx, params.get("ImageIds") or [], owners=params.get("Owners") or [],
                                     executable=params.get("ExecutableUsers") or [], filters=params.get("Filters"))
-    images = sorted(images, key=lambda d: d["ImageId"])  # paging order
-    chunk, token = page(images, params, lambda d: d["ImageId"], low=1, high=1000, ids_param="ImageIds")
-    out: dict[str, Any] = {"Images": chunk}
-    if token:
-        out["NextToken"] = token
-    return out
+    views = sorted((image_view(image, tags) for image, tags in images), key=lambda d: d["ImageId"])  # paging order
+    chunk, token = page(views, params, lambda d: d["ImageId"], low=1, high=1000, ids_param="ImageIds")
+    return {"Images": chunk, "NextToken": token or None}
 
 
 @operation("ec2", "DescribeImageAttribute")
