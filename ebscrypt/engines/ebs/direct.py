@@ -101,7 +101,7 @@ class _KeyCache:
         if hit is not None and generation is not None and hit.generation == generation and hit.expires > now:
             return hit.key
         try:
-            key = data_key_for(ctx, snap)
+            key: DataKey = data_key_for(ctx, snap)
         except ServiceError as err:
             with self._lock:
                 self._items.pop(ident, None)
@@ -189,6 +189,8 @@ def read_page_token(runtime: Runtime, scope: str, token: str, now: datetime) -> 
         raise bad from None
     if len(raw) != 27 or raw[0] != 1:
         raise bad
+    index: int
+    exp: int
     _, index, exp = struct.unpack(">BII", raw[:9])
     if not hmac.compare_digest(_mac(runtime, "page", scope, index, exp), raw[9:]) or exp < int(now.timestamp()):
         raise bad

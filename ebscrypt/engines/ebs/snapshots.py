@@ -14,8 +14,9 @@ from datetime import datetime
 from typing import Any
 
 from ebscrypt.domain.outcome import key_implies_encrypted, refuses_unencrypted
-from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, BlockIntegrityError
+from ebscrypt.engines.blocks.crypto import BLOCK_SIZE
 from ebscrypt.engines.blocks.engine import CopyInProgress, UnrelatedLineage
+from ebscrypt.engines.blocks.errors import BlockIntegrityError
 from ebscrypt.engines.ebs import direct
 from ebscrypt.engines.ec2 import snapshots as ec2_snapshots
 from ebscrypt.engines.ec2.copy_source import copy_blocks
@@ -88,7 +89,8 @@ def _blocks(ctx: Any) -> Any:
 
 
 def _now(ctx: Any) -> datetime:
-    return ctx.runtime.clock.now()
+    now: datetime = ctx.runtime.clock.now()
+    return now
 
 
 def _max_blocks(snap: Any) -> int:

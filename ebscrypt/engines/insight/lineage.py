@@ -103,6 +103,8 @@ def _add_keys(conn: Connection, g: Graph, row: Any, viewer: str | None) -> None:
 def _expand(conn: Connection, g: Graph, kind: str, node_id: str, viewer: str | None) -> list[tuple[str, str]]:
     """Add the neighbours of one node; return those to explore next."""
     out: list[tuple[str, str]] = []
+    row: res.Row | None  # the rows of each kind below (a loop variable, then a lookup)
+    inst: res.Row | None
 
     def add(nkind: str, row: Any) -> str:
         n = _resource_node(nkind, row, viewer)

@@ -66,7 +66,7 @@ def _settings(conn: Connection, account: str | None) -> list[Finding]:
     return out
 
 
-def _sharing(conn: Connection, snapshots: list, images: list) -> list[Finding]:
+def _sharing(conn: Connection, snapshots: list[res.Row], images: list[res.Row]) -> list[Finding]:
     out = []
     snap_grants = res.snapshot_grantees(conn, [s["id"] for s in snapshots]) if snapshots else {}
     for s in snapshots:
@@ -91,11 +91,11 @@ def _sharing(conn: Connection, snapshots: list, images: list) -> list[Finding]:
     return out
 
 
-def _images(conn: Connection, images: list, snap_by_id: dict) -> list[Finding]:
+def _images(conn: Connection, images: list[res.Row], snap_by_id: dict[str, res.Row]) -> list[Finding]:
     out = []
     for i in images:
-        snaps = [snap_by_id.get(sid) or res.snapshot(conn, sid) for sid in res.image_snapshot_ids(i)]
-        snaps = [s for s in snaps if s is not None]
+        found = [snap_by_id.get(sid) or res.snapshot(conn, sid) for sid in res.image_snapshot_ids(i)]
+        snaps = [s for s in found if s is not None]
         plain = [s["id"] for s in snaps if not s["encrypted"]]
         if plain:
             out.append(Finding("high" if i["public"] else "medium", "UNENCRYPTED_IMAGE", i["account"], i["region"],

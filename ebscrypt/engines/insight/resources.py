@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Mapping
 
-from sqlalchemy import Connection, func, inspect, or_, select
+from sqlalchemy import Connection, RowMapping, func, inspect, or_, select
 
 from ebscrypt.engines.insight.records import KeyInfo
 from ebscrypt.storage.tables.ec2 import (
@@ -28,7 +28,8 @@ from ebscrypt.storage.tables.ec2_images import (
 from ebscrypt.storage.tables.kms import kms_aliases, kms_grants, kms_keys
 from ebscrypt.storage.tables.provenance import ec2_provenance
 
-Row = Mapping[str, Any]
+# A row read as a mapping (``.mappings()``): column name -> value.
+Row = RowMapping
 # Volumes and snapshots that still exist as far as a key's dependants go.
 GONE_STATES = ("deleted", "deleting")
 
@@ -65,7 +66,7 @@ def owner_of(row: Row) -> str:
     return str(row["account"])
 
 
-def image_snapshot_ids(row: Row) -> list[str]:
+def image_snapshot_ids(row: Mapping[Any, Any]) -> list[str]:
     return [m["Ebs"]["SnapshotId"] for m in json.loads(row["mappings"]) if (m.get("Ebs") or {}).get("SnapshotId")]
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hmac
 import os
+from typing import Callable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 RSA_BITS = {"RSA_2048": 2048, "RSA_3072": 3072, "RSA_4096": 4096}
-ECC_CURVES = {
+ECC_CURVES: dict[str, Callable[[], ec.EllipticCurve]] = {
     "ECC_NIST_P256": ec.SECP256R1,
     "ECC_NIST_P384": ec.SECP384R1,
     "ECC_NIST_P521": ec.SECP521R1,
@@ -28,7 +29,7 @@ USAGES = {
     **{s: ("ENCRYPT_DECRYPT", "SIGN_VERIFY") for s in RSA_BITS},
     **{s: ("SIGN_VERIFY",) for s in ECC_CURVES},
 }
-_HASHES = {"SHA_256": hashes.SHA256, "SHA_384": hashes.SHA384, "SHA_512": hashes.SHA512, "SHA_1": hashes.SHA1}
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {"SHA_256": hashes.SHA256, "SHA_384": hashes.SHA384, "SHA_512": hashes.SHA512, "SHA_1": hashes.SHA1}
 _ECC_ALG = {
     "ECC_NIST_P256": "ECDSA_SHA_256",
     "ECC_NIST_P384": "ECDSA_SHA_384",
@@ -44,6 +45,7 @@ def generate(key_spec: str) -> tuple[bytes, bytes | None]:
     """(private key PKCS#8 DER, public key SPKI DER); HMAC keys: (random key, None)."""
     if key_spec in HMAC_BYTES:
         return os.urandom(HMAC_BYTES[key_spec]), None
+    priv: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
     if key_spec in RSA_BITS:
         priv = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS[key_spec])
     elif key_spec in ECC_CURVES:

@@ -13,7 +13,7 @@ def no_policy_allows(caller: Caller, row: Any, action: str) -> KmsAccessDenied:
     return KmsAccessDenied.no_policy_allows(caller.arn, row.arn, action)
 
 
-def incompatible_algorithm(algorithm: str, row: Any) -> KmsInvalidKeyUsage:
+def incompatible_algorithm(algorithm: str | None, row: Any) -> KmsInvalidKeyUsage:
     return KmsInvalidKeyUsage(f"Algorithm {algorithm} is incompatible with key spec {row.key_spec}.")
 
 

@@ -72,7 +72,7 @@ try:  # the [hsm] extra
     )
     from pkcs11.mechanisms import GCMParams
 except ImportError:  # pragma: no cover - reported when a pkcs11: store is opened
-    pkcs11 = None
+    pkcs11 = None  # type: ignore[assignment]
 
 T = TypeVar("T")
 

@@ -1,0 +1,101 @@
+"""KMS server work with 1 and 16 clients: GenerateDataKey+Decrypt pairs replayed raw
+(bench/README.md, "Server cost"), with the server process's CPU time per pair.
+
+    python bench/bench_kms_server.py [--pairs 1000] [--rounds 3] [--fast-path DIR]
+
+Over 16 connections the replaying client (one Python process, 16 threads) shares the
+machine's cores with the server, so wall pairs/s is bounded by the client too. The
+server's own cost is its CPU time (utime + stime from /proc) divided by the pairs it
+answered: ``pairs per server CPU-second`` is what one core of server work sustains
+(times the cores the server may use for its capacity). ``--fast-path DIR`` adds a
+second server on httptools/uvloop imported from DIR (``pip install --target DIR
+httptools uvloop``), measured in the same run, rounds interleaved; ``--baseline DIR``
+adds a server run from another checkout (``git archive REV | tar -x -C DIR``): the
+before/after ratio of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bench_kms import make_key, raw_pair  # noqa: E402
+from bench.common import Ctx, Server, free_port, replay, sign_requests, start_ebscrypt  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one_round(server: Server, ctx: Ctx, pairs: int, conns: int) -> tuple[float, float]:
+    """(pairs/s of wall time, server CPU ms per pair) of one replay."""
+    assert server.proc is not None
+    rcs = raw_pair(ctx)
+    signed = [sign_requests(ctx.endpoint, rc, pairs) for rc in rcs]
+    reqs = [r for group in zip(*signed) for r in group]
+    before = cpu_seconds(server.proc.pid)
+    spent = replay(ctx.endpoint, reqs, None, conns)
+    used = cpu_seconds(server.proc.pid) - before
+    return pairs / spent, used * 1000 / pairs
+
+
+def start_checkout(root: Path, data_dir: Path, name: str) -> Server:
+    """``ebscrypt serve`` from another checkout of the repository (its own code)."""
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(root))
+    cmd = [sys.executable, "-m", "ebscrypt", "serve", "--port", str(port), "--data-dir", str(data_dir),
+           "--log-level", "warning", "--nbd-port", "0"]
+    return Server(name, cmd, port, "/_ebscrypt/health", env=env, workdir=root).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pairs", type=int, default=1000, help="pairs per round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--fast-path", action="append", default=[])
+    p.add_argument("--baseline", type=Path, help="a checkout to compare with (its server, same run)")
+    args = p.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-kms-server-"))
+    servers: list[Server] = []
+    try:
+        if args.baseline:
+            servers.append(start_checkout(args.baseline.resolve(), tmp / "base", "baseline"))
+        servers.append(start_ebscrypt(tmp / "a", name="default"))
+        if args.fast_path:
+            servers.append(start_ebscrypt(tmp / "b", extra_args=["--http", "httptools", "--loop", "uvloop"],
+                                          extra_path=args.fast_path, name="httptools"))
+        ctxs = {s.name: Ctx("ebscrypt", s.url) for s in servers}
+        for s in servers:
+            make_key(ctxs[s.name])
+            one_round(s, ctxs[s.name], 50, 1)  # warm up
+        results: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        for i in range(args.rounds):
+            order = servers if i % 2 == 0 else servers[::-1]
+            for conns in (1, args.clients):
+                for s in order:
+                    results.setdefault((s.name, conns), []).append(one_round(s, ctxs[s.name], args.pairs, conns))
+        print(f"{'server':10} {'conns':>5} {'pairs/s':>9} {'srv CPU ms/pair':>16} {'pairs per srv CPU-s':>20}")
+        for (name, conns), rounds in results.items():
+            rate = statistics.median(r[0] for r in rounds)
+            cpu = statistics.median(r[1] for r in rounds)
+            print(f"{name:10} {conns:5d} {rate:9.0f} {cpu:16.3f} {1000 / cpu:20.0f}   "
+                  + " ".join(f"{r[0]:.0f}/{r[1]:.2f}" for r in rounds), flush=True)
+    finally:
+        for s in servers:
+            s.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
