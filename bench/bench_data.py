@@ -205,6 +205,62 @@ def engine_share_times(workdir: Path) -> dict[int, float]:
     return out
 
 
+def start_checkout(root: Path, data_dir: Path) -> Any:
+    """``ebscrypt serve`` from another checkout (``git archive COMMIT | tar -x -C DIR``):
+    the code before a change, measured in the same run as this one."""
+    from bench.common import Server, free_port
+
+    port = free_port()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(root.resolve())
+    cmd = [sys.executable, "-m", "ebscrypt", "serve", "--port", str(port), "--data-dir", str(data_dir),
+           "--log-level", "warning", "--nbd-port", "0"]
+    return Server("before", cmd, port, "/_ebscrypt/health", env=env, workdir=root.resolve()).start()
+
+
+def _rss_mib(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def memory_after_uploads(sizes_gib: list[int], work: Path, threads: int) -> list[dict[str, Any]]:
+    """Server RSS after uploading each size in turn (one fresh server per size): a
+    pseudo-random stream (AES-CTR of zeros: nothing compressible, no zero block skipped)
+    piped into ``ebscrypt upload -`` and CompleteSnapshot, then the server's VmRSS/VmHWM."""
+    out = []
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    for gib in sizes_gib:
+        server = start_ebscrypt(work / f"mem-{gib}")
+        try:
+            before = _rss_mib(server.proc.pid)
+            gen = subprocess.Popen(
+                f"head -c {gib * 1024 * MIB} /dev/zero | openssl enc -aes-128-ctr -nosalt -pass pass:ebscrypt "
+                "-pbkdf2 2>/dev/null", shell=True, stdout=subprocess.PIPE)
+            t0 = time.perf_counter()
+            up = subprocess.run([sys.executable, "-m", "ebscrypt", "upload", "-", "--volume-size", str(gib),
+                                 "--endpoint-url", server.url, "--account", ACCOUNT, "--threads", str(threads),
+                                 "--encrypted", "--no-progress"], stdin=gen.stdout, capture_output=True, text=True,
+                                env=env, cwd=REPO_ROOT, timeout=7200)
+            gen.wait()
+            if up.returncode != 0:
+                raise RuntimeError(f"upload of {gib} GiB failed: {up.stderr[-2000:]}")
+            rss, hwm = _rss_mib(server.proc.pid)
+            out.append({"gib": gib, "rss_before_mib": round(before[0], 1), "rss_mib": round(rss, 1),
+                        "hwm_mib": round(hwm, 1), "mibps": round(gib * 1024 / (time.perf_counter() - t0), 1),
+                        "blocks": json.loads(up.stdout.strip().splitlines()[-1])["BlocksWritten"]})
+            log(f"memory: {out[-1]}")
+        finally:
+            server.stop()
+            shutil.rmtree(work / f"mem-{gib}", ignore_errors=True)
+    return out
+
+
 def fmt(v: float | None, spec: str = ".1f") -> str:
     return "n/a" if v is None else format(v, spec)
 
@@ -220,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-moto", action="store_true")
     p.add_argument("--rounds", type=int, default=1, help="interleaved upload/download rounds per side (medians)")
     p.add_argument("--skip-copy", action="store_true", help="upload/download only (no copies, engine, dd, openssl)")
+    p.add_argument("--before", help="a checkout of an earlier commit, run as one more side (same run)")
+    p.add_argument("--memory-gib", default="", help="also: server RSS after uploads of these sizes (e.g. 1,16)")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
     size = args.size_mib
@@ -238,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
             servers.append(sides["moto"])
         sides["null"] = start_null(ebs=True)
         servers.append(sides["null"])
+        if args.before:
+            sides["before"] = start_checkout(Path(args.before), work / "before-data")
+            servers.append(sides["before"])
 
         # Interleaved rounds (ebscrypt, moto, null, then reversed, ...): drift hits all alike.
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
@@ -247,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"round {r + 1}: {name} upload/download")
                 try:
                     runs[name].append(transfer(sides[name].url, image, size, args.threads,
-                                               encrypted=name == "ebscrypt"))
+                                               encrypted=name in ("ebscrypt", "before")))
                 except Exception as exc:  # report, do not hide
                     runs[name].append({"error": str(exc)[:500]})
         for name, got in runs.items():
@@ -289,12 +350,18 @@ def main(argv: list[str] | None = None) -> int:
             log("dd and openssl")
             results["dd_fsync_mibps"] = dd_rate(work, size)
             results["openssl_aes256gcm_mibps"] = openssl_rate()
+        if args.memory_gib:
+            for s in servers:  # the servers above are done: measure memory alone
+                s.stop()
+            log("memory: server RSS after uploads")
+            results["memory"] = memory_after_uploads([int(g) for g in args.memory_gib.split(",")], work, args.threads)
     finally:
         for s in servers:
             s.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     e, m, n = results["ebscrypt"], results.get("moto") or {}, results.get("null") or {}
+    b = results.get("before") or {}
     print(f"\nData path benchmark, {size} MiB random image, {args.threads} threads, {args.rounds} round(s) "
           "(MiB/s, medians; ratio > 1: ebscrypt faster)")
     print(f"{'figure':36} {'ebscrypt':>9} {'moto':>9} {'null':>9} {'eb/moto':>8} {'eb/null':>8}")
@@ -302,12 +369,17 @@ def main(argv: list[str] | None = None) -> int:
                        ("download (ebscrypt download)", "download_mibps")):
         print(f"{label:36} {fmt(e.get(fig)):>9} {fmt(m.get(fig)):>9} {fmt(n.get(fig)):>9} "
               f"{ratio(e.get(fig), m.get(fig)):>8} {ratio(e.get(fig), n.get(fig)):>8}")
-        print(f"  rounds: ebscrypt {e.get(fig + '_rounds')}, moto {m.get(fig + '_rounds')}, null {n.get(fig + '_rounds')}")
+        print(f"  rounds: ebscrypt {e.get(fig + '_rounds')}, moto {m.get(fig + '_rounds')}, null {n.get(fig + '_rounds')}"
+              + (f"; before {b.get(fig + '_rounds')} (median {fmt(b.get(fig))}, after/before "
+                 f"{ratio(e.get(fig), b.get(fig))})" if b else ""))
     for name, side in (("moto", m), ("null", n), ("ebscrypt", e)):
         if "error" in side:
             print(f"  {name} failed: {side['error']}")
     print(f"  ebscrypt round trip: checksum match {e.get('checksum_match')}, bytes match {e.get('bytes_match')}"
           + (f"; moto bytes match {m.get('bytes_match')}" if m and 'error' not in m else ""))
+    for mem in results.get("memory", []):
+        print(f"  memory: {mem['gib']} GiB uploaded ({mem['blocks']} blocks, {mem['mibps']} MiB/s): server RSS "
+              f"{mem['rss_before_mib']} MiB before, {mem['rss_mib']} MiB after, peak {mem['hwm_mib']} MiB")
     if args.skip_copy:
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2, default=str))

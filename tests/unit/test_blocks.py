@@ -746,3 +746,54 @@ def test_crypto_shredding_store_holds_nothing_readable_without_the_key(engine: B
         with pytest.raises(BlockIntegrityError):
             BlockCipher(guess).open(ident, 0, raw, "")
     assert bytes(BlockCipher(key).open(ident, 0, raw, "")) == data
+
+
+# ------------------------------------------------------------------ group commit (issue 15)
+
+
+def test_concurrent_writes_of_one_block_leave_one_entry_and_no_leak(engine: BlockEngine, key: DataKey) -> None:
+    """Writes of the same block in one group: the last recorded wins, the others' objects
+    go to the garbage list (collected), none is left behind or referenced twice."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    blocks = [rand_block() for _ in range(24)]
+    with ThreadPoolExecutor(12) as pool:
+        list(pool.map(lambda b: engine.write_block("vol-same", 3, b, key), blocks))
+    assert engine.read_block("vol-same", 3, key) in blocks
+    assert [i for i, _ in engine.list_blocks("vol-same", key)] == [3]
+    engine.sweep(0)
+    with engine.db.read() as conn:
+        refs = [r.object_key for r in conn.execute(select(blk_entries.c.object_key)) if r.object_key]
+    assert len(refs) == 1
+    assert [f"{p.parent.name}/{p.name}" for p in object_paths(engine)] == refs
+
+
+def test_group_record_failure_falls_back_to_one_by_one(engine: BlockEngine, key: DataKey,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the group's statements fail, each entry is recorded alone: the others succeed."""
+    def broken(*_a, **_k):
+        raise RuntimeError("group statements failed")
+
+    monkeypatch.setattr(engine, "_record_group", broken)
+    data = rand_block()
+    engine.write_block("vol-fb", 0, data, key)
+    assert engine.read_block("vol-fb", 0, key) == data
+
+
+def test_entry_is_recorded_only_after_its_object_is_durable(engine: BlockEngine, key: DataKey,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed flush fails the write: no entry names the object, and the object is gone."""
+    def failing_publish(staged):  # type: ignore[no-untyped-def]
+        LocalDirStore.discard(staged)
+        raise OSError("flush failed")
+
+    engine.write_block("vol-d", 0, rand_block(), key)
+    before = engine.read_block("vol-d", 0, key)
+    monkeypatch.setattr(engine.store, "publish", failing_publish)
+    with pytest.raises(OSError):
+        engine.write_block("vol-d", 0, rand_block(), key)
+    monkeypatch.undo()
+    assert engine.read_block("vol-d", 0, key) == before  # the acknowledged block stays
+    with engine.db.read() as conn:
+        refs = {r.object_key for r in conn.execute(select(blk_entries.c.object_key)) if r.object_key}
+    assert {f"{p.parent.name}/{p.name}" for p in object_paths(engine)} == refs

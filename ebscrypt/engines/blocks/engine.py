@@ -73,7 +73,7 @@ from ebscrypt.engines.blocks.crypto import (
 from ebscrypt.engines.blocks.errors import BlockError, CopyCancelled, CopyInProgress, KeyMismatch, UnrelatedLineage
 from ebscrypt.engines.blocks.lineage import LineageOperations
 from ebscrypt.engines.blocks.maintenance import MaintenanceOperations
-from ebscrypt.engines.blocks.records import BlockRef, ChangedBlock, check_index, delete_quietly, ref_from_row
+from ebscrypt.engines.blocks.records import BlockRef, ChangedBlock, Owner, check_index, delete_quietly, ref_from_row
 from ebscrypt.engines.blocks.reencrypt import CopyOperations
 from ebscrypt.engines.blocks.store import ObjectMissing, ObjectStore, new_object_key
 from ebscrypt.storage.tables.blocks import blk_entries, blk_owners
@@ -145,6 +145,10 @@ class _GroupStage:
             try:
                 self.groups += 1
                 self._work(batch)
+            except BaseException as exc:  # the work's own errors are per item; this is all of them
+                for it in batch:
+                    if it.error is None:
+                        it.error = exc
             finally:
                 with self._cv:
                     for it in batch:
@@ -253,6 +257,8 @@ class BlockEngine(LineageOperations, CopyOperations, MaintenanceOperations):
         the concurrent writers of the moment (a leader per step). The entry is committed
         only after its object is durable, and the call returns only after both."""
         if item.staged is not None:
+            # (Each writer flushing its own object instead — parallel fdatasyncs that the
+            # journal batches — measured faster in-process but 0.6x through the server.)
             self._flush_stage.run(item)
         if item.error is None:
             self._record_stage.run(item)
@@ -271,28 +277,91 @@ class BlockEngine(LineageOperations, CopyOperations, MaintenanceOperations):
                 it.object_key = None
 
     def _record_writes(self, batch: list["_PendingWrite"]) -> None:
-        """Stage two: every entry of the group in one transaction (one savepoint each, so
-        one writer's error is its own; its caller deletes its object)."""
+        """Stage two: every entry of the group in one transaction, with a few statements
+        for the whole group (each owner read once, the entries they replace read in one
+        query, inserted in one statement). A writer refused by its owner's state (a copy
+        in progress, another data key) gets its own error; if the group's statements
+        fail, the entries are recorded one by one (a savepoint each, in the same
+        transaction), so one writer's failure is its own. A failed commit fails them all.
+        A failed writer's caller deletes its object."""
         try:
             with self.db.begin() as conn:
-                for it in batch:
-                    savepoint = conn.begin_nested()
-                    try:
-                        owner = self._get_owner(conn, it.owner_id, lock=True) or self._create_owner(
-                            conn, it.owner_id, None, it.key
-                        )
-                        if owner.pin_id is not None:
-                            raise CopyInProgress(f"{it.owner_id} is still being copied into")
-                        self._check_key(owner, it.key, adopt=conn)
-                        self._put_entry(conn, owner.head_id, it.index, it.object_key, it.checksum, it.key)
-                        savepoint.commit()
-                    except Exception as exc:
-                        savepoint.rollback()
-                        it.error = exc
+                group = conn.begin_nested()
+                try:
+                    self._record_group(conn, batch)
+                    group.commit()
+                except Exception:
+                    group.rollback()
+                    for it in batch:
+                        it.error = None
+                    self._record_each(conn, batch)
         except BaseException as exc:
             for it in batch:
                 if it.error is None:
                     it.error = exc
+
+    def _record_group(self, conn: Connection, batch: list["_PendingWrite"]) -> None:
+        owners: dict[str, Any] = {}
+        rows: dict[tuple[str, int], _PendingWrite] = {}  # (layer, index) -> the last write of it
+        superseded: list[str] = []  # objects of earlier writes of the same block in this group
+        for it in batch:
+            owner = owners.get(it.owner_id)
+            if owner is None:
+                owner = self._get_owner(conn, it.owner_id, lock=True) or self._create_owner(conn, it.owner_id, None, it.key)
+                owners[it.owner_id] = owner
+            try:
+                if owner.pin_id is not None:
+                    raise CopyInProgress(f"{it.owner_id} is still being copied into")
+                if owner.encrypted is None:  # the first write decides (and is then the owner's key)
+                    self._check_key(owner, it.key, adopt=conn)
+                    owner = owners[it.owner_id] = Owner(
+                        owner.owner_id, owner.head_id, owner.pin_id,
+                        it.key.key_id if it.key is not None else None, it.key is not None)
+                else:
+                    self._check_key(owner, it.key, adopt=conn)
+            except BlockError as exc:
+                it.error = exc
+                continue
+            earlier = rows.get((owner.head_id, it.index))
+            if earlier is not None and earlier.object_key is not None:
+                superseded.append(earlier.object_key)
+            rows[(owner.head_id, it.index)] = it
+        if not rows:
+            return
+        by_layer: dict[str, list[int]] = {}
+        for layer, index in rows:
+            by_layer.setdefault(layer, []).append(index)
+        for layer, indexes in by_layer.items():
+            old = conn.execute(
+                select(blk_entries.c.block_index, blk_entries.c.object_key).where(
+                    blk_entries.c.layer_id == layer, blk_entries.c.block_index.in_(indexes))
+            ).all()
+            if old:
+                conn.execute(delete(blk_entries).where(
+                    blk_entries.c.layer_id == layer, blk_entries.c.block_index.in_([r.block_index for r in old])))
+                superseded.extend(r.object_key for r in old if r.object_key is not None)
+        if superseded:
+            self._to_garbage(conn, superseded)
+        conn.execute(insert(blk_entries), [
+            dict(layer_id=layer, block_index=index, object_key=it.object_key, checksum=it.checksum,
+                 data_key_id=it.key.key_id if it.key is not None else None)
+            for (layer, index), it in rows.items()
+        ])
+
+    def _record_each(self, conn: Connection, batch: list["_PendingWrite"]) -> None:
+        """The fallback of :meth:`_record_writes`: one savepoint per entry."""
+        for it in batch:
+            savepoint = conn.begin_nested()
+            try:
+                owner = self._get_owner(conn, it.owner_id, lock=True) or self._create_owner(conn, it.owner_id, None, it.key)
+                if owner.pin_id is not None:
+                    raise CopyInProgress(f"{it.owner_id} is still being copied into")
+                self._check_key(owner, it.key, adopt=conn)
+                self._put_entry(conn, owner.head_id, it.index, it.object_key, it.checksum, it.key)
+                savepoint.commit()
+            except Exception as exc:
+                savepoint.rollback()
+                it.error = exc
 
     def _put_entry(
         self, conn: Connection, layer_id: str, index: int, object_key: str | None, checksum: str, key: DataKey | None
