@@ -242,7 +242,7 @@ class AttachEngine:
 def _load_export_key(path: Any) -> bytes:
     """The server's export-secret key: made once (0600), kept across restarts."""
     try:
-        key = path.read_bytes()
+        key: bytes = path.read_bytes()
         if len(key) == 32:
             return key
     except FileNotFoundError:
