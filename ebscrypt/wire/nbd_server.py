@@ -254,6 +254,7 @@ class NbdServer:
         64 KiB), and the loop stays free for the API. Same protocol behaviour as
         :meth:`_transmit` (which TLS connections keep: the TLS layer is asyncio's)."""
         transport = writer.transport
+        assert isinstance(transport, asyncio.ReadTransport)  # a TCP transport reads and writes
         transport.pause_reading()
         raw = transport.get_extra_info("socket")
         sock = socket.socket(fileno=os.dup(raw.fileno()))
@@ -274,7 +275,7 @@ class NbdServer:
             try:
                 conn.run()
             finally:
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                loop.call_soon_threadsafe(_resolve, done)
 
         threading.Thread(target=run, name=f"ebscrypt-nbd-{export.volume_id}", daemon=True).start()
         try:
@@ -376,6 +377,11 @@ def execute(req: nbd.Request, payload: bytes | bytearray, export: OpenVolume, se
         return nbd.EIO, b""
 
 
+
+
+def _resolve(future: "asyncio.Future[None]") -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class _ThreadedConnection:
@@ -541,7 +547,7 @@ def _reply(req: nbd.Request, error: int, data: Any, structured: bool) -> tuple[b
     return (nbd.simple_reply(req.handle, error), data) if data else (nbd.simple_reply(req.handle, error),)
 
 
-def _inline(req: nbd.Request, payload: bytes, export: OpenVolume,
+def _inline(req: nbd.Request, payload: bytes | bytearray, export: OpenVolume,
             structured: bool) -> tuple[bytes | bytearray, ...] | None:
     """The reply to a READ or WRITE (no FUA) the volume can serve from its cache at once
     (see ``OpenVolume.try_read``), or None: the request goes to a worker thread."""

@@ -264,3 +264,25 @@ def test_allocation_holes_and_read_only(blocks) -> None:
     assert ro.try_write(2 * BLOCK_SIZE, b"a") is False
     ro.flush()
     assert ro.read(2 * BLOCK_SIZE + 10, 1) == b"x"
+
+
+def test_zeroing_holes_costs_nothing_zeroing_data_does(blocks) -> None:
+    """Write-zeroes/trim over blocks that already read as zeros (never written, or trimmed)
+    neither caches nor stores anything (nbdcopy zeroes a sparse volume's holes: 16 GiB of
+    them must not churn the cache); over written blocks it zeroes them."""
+    key = DataKey("dk-test", os.urandom(32))
+    vol = OpenVolume(blocks, "vol-0000000000000000b", 1, key, account="1", instance_id="i-1", cache_blocks=4)
+    vol.write(7 * BLOCK_SIZE, b"q" * BLOCK_SIZE)
+    vol.flush()
+    vol.close()
+    vol = OpenVolume(blocks, "vol-0000000000000000b", 1, key, account="1", instance_id="i-1", cache_blocks=4)
+    commits = blocks.group_commits
+    vol.zero(0, 7 * BLOCK_SIZE)  # holes only
+    assert len(vol._cache) == 0 and not vol._dirty
+    vol.zero(0, 1024 * BLOCK_SIZE, fua=True)  # block 7 holds data: zeroed, stored
+    assert blocks.group_commits > commits
+    assert vol.read(7 * BLOCK_SIZE, 16) == bytes(16)
+    assert vol.allocation(0, 1024 * BLOCK_SIZE) == [(1024 * BLOCK_SIZE, 1)]
+    commits = blocks.group_commits
+    vol.zero(0, 1024 * BLOCK_SIZE, fua=True)  # all holes now (block 7 a zero entry)
+    assert blocks.group_commits == commits and len(vol._cache) <= 4

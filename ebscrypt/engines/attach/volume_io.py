@@ -206,9 +206,18 @@ class OpenVolume:
         with self._lock:
             self._wait_behind()
             self._check_open()
-            for index, start, end in _spans(offset, length):
+            spans = list(_spans(offset, length))
+            # Whole blocks that already read as zeros (holes) need nothing: a client zeroing
+            # a large sparse volume (nbdcopy does) must not fill the cache with zeros.
+            zeros = self._stored_as_zeros([i for i, start, end in spans if start == 0 and end == BLOCK_SIZE
+                                           and i not in self._cache and i not in self._storing])
+            for index, start, end in spans:
                 if start == 0 and end == BLOCK_SIZE:
-                    self._put(index, bytearray(BLOCK_SIZE))
+                    cached = self._cache.get(index)
+                    if cached is not None and index not in self._dirty and cached == ZERO_BLOCK:
+                        continue  # cached clean as stored, and zeros already
+                    if index not in zeros:
+                        self._put(index, bytearray(BLOCK_SIZE))
                 else:
                     block = self._block(index)
                     block[start:end] = bytes(end - start)
@@ -314,6 +323,24 @@ class OpenVolume:
                     data = self.blocks.read_block(self.volume_id, index, self._key)
             if index not in self._cache:
                 self._insert(index, bytearray(data))
+
+    def _stored_as_zeros(self, indexes: list[int]) -> set[int]:
+        """Of these blocks (none cached or being written), those nothing is stored for:
+        never written here nor in the lineage, or a zero entry (trimmed)."""
+        out: set[int] = set()
+        unknown = []
+        for i in indexes:
+            if i in self._refs:
+                ref = self._refs[i]
+                if ref is None or ref.object_key is None:
+                    out.add(i)
+            else:
+                unknown.append(i)
+        for pos in range(0, len(unknown), 512):  # bounded IN lists
+            for i, ref in self.blocks.block_refs(self.volume_id, unknown[pos:pos + 512]).items():
+                if ref is None or ref.object_key is None:
+                    out.add(i)
+        return out
 
     def _remember(self, index: int, ref: Any) -> None:
         self._refs[index] = ref
