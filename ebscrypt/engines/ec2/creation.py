@@ -63,7 +63,7 @@ def settled_reader(runtime: Any, table: Table, resource_id: str, transitional: s
     def settled() -> bool:
         with runtime.db.read() as conn:
             state = conn.execute(select(table.c.state).where(table.c.id == resource_id)).scalar()
-        return state != transitional
+        return bool(state != transitional)
 
     return settled
 

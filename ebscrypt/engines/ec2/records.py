@@ -57,7 +57,7 @@ def from_result(cls: type, result: Any) -> list[Any]:
     pick = itemgetter(*(keys.index(n) for n in names))
     times = [i for i, n in enumerate(names) if n in _time_fields(cls)]
     new = object.__new__
-    out = []
+    out: list[Any] = []
     for row in result.fetchall():
         values = pick(row)
         if times:
@@ -66,7 +66,7 @@ def from_result(cls: type, result: Any) -> list[Any]:
                 v = values[i]
                 if v.__class__ is datetime and v.tzinfo is None:
                     values[i] = v.replace(tzinfo=timezone.utc)
-        obj = new(cls)
+        obj: Any = new(cls)
         obj.__dict__.update(zip(names, values))
         out.append(obj)
     return out
