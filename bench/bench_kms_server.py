@@ -39,7 +39,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-WORKLOADS: dict[str, Callable[[Ctx], list[RawCall]]] = {
+REPLAYS: dict[str, Callable[[Ctx], list[RawCall]]] = {  # not WORKLOADS: run.py would take it
     "pair": raw_pair,
     "CreateKey": lambda ctx: [raw_create_key(ctx)],
     "CreateGrant": lambda ctx: [raw_create_grant(ctx)],
@@ -49,7 +49,7 @@ WORKLOADS: dict[str, Callable[[Ctx], list[RawCall]]] = {
 def one_round(server: Server, ctx: Ctx, pairs: int, conns: int, workload: str = "pair") -> tuple[float, float]:
     """(iterations/s of wall time, server CPU ms per iteration) of one replay."""
     assert server.proc is not None
-    rcs = WORKLOADS[workload](ctx)
+    rcs = REPLAYS[workload](ctx)
     signed = [sign_requests(ctx.endpoint, rc, pairs) for rc in rcs]
     reqs = [r for group in zip(*signed) for r in group]
     before = cpu_seconds(server.proc.pid)
