@@ -1,7 +1,8 @@
-"""KMS server work with 1 and 16 clients: GenerateDataKey+Decrypt pairs replayed raw
-(bench/README.md, "Server cost"), with the server process's CPU time per pair.
+"""KMS server work with 1 and 16 clients: GenerateDataKey+Decrypt pairs (and, with
+``--mutating``, CreateKey and CreateGrant) replayed raw (bench/README.md, "Server cost"),
+with the server process's CPU time per pair (per call).
 
-    python bench/bench_kms_server.py [--pairs 1000] [--rounds 3] [--fast-path DIR]
+    python bench/bench_kms_server.py [--pairs 1000] [--rounds 3] [--fast-path DIR] [--mutating]
 
 Over 16 connections the replaying client (one Python process, 16 threads) shares the
 machine's cores with the server, so wall pairs/s is bounded by the client too. The
@@ -23,11 +24,13 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_kms import make_key, raw_pair  # noqa: E402
+from bench.bench_kms import make_key, raw_create_grant, raw_create_key, raw_pair  # noqa: E402
+from bench.common import RawCall  # noqa: E402
 from bench.common import Ctx, Server, free_port, replay, sign_requests, start_ebscrypt  # noqa: E402
 
 
@@ -36,10 +39,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def one_round(server: Server, ctx: Ctx, pairs: int, conns: int) -> tuple[float, float]:
-    """(pairs/s of wall time, server CPU ms per pair) of one replay."""
+REPLAYS: dict[str, Callable[[Ctx], list[RawCall]]] = {  # not WORKLOADS: run.py would take it
+    "pair": raw_pair,
+    "CreateKey": lambda ctx: [raw_create_key(ctx)],
+    "CreateGrant": lambda ctx: [raw_create_grant(ctx)],
+}
+
+
+def one_round(server: Server, ctx: Ctx, pairs: int, conns: int, workload: str = "pair") -> tuple[float, float]:
+    """(iterations/s of wall time, server CPU ms per iteration) of one replay."""
     assert server.proc is not None
-    rcs = raw_pair(ctx)
+    rcs = REPLAYS[workload](ctx)
     signed = [sign_requests(ctx.endpoint, rc, pairs) for rc in rcs]
     reqs = [r for group in zip(*signed) for r in group]
     before = cpu_seconds(server.proc.pid)
@@ -64,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--fast-path", action="append", default=[])
     p.add_argument("--baseline", type=Path, help="a checkout to compare with (its server, same run)")
+    p.add_argument("--mutating", action="store_true", help="also CreateKey and CreateGrant (per call)")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench-kms-server-"))
     servers: list[Server] = []
@@ -78,17 +89,20 @@ def main(argv: list[str] | None = None) -> int:
         for s in servers:
             make_key(ctxs[s.name])
             one_round(s, ctxs[s.name], 50, 1)  # warm up
-        results: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        workloads = ["pair", "CreateKey", "CreateGrant"] if args.mutating else ["pair"]
+        results: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
         for i in range(args.rounds):
             order = servers if i % 2 == 0 else servers[::-1]
-            for conns in (1, args.clients):
-                for s in order:
-                    results.setdefault((s.name, conns), []).append(one_round(s, ctxs[s.name], args.pairs, conns))
-        print(f"{'server':10} {'conns':>5} {'pairs/s':>9} {'srv CPU ms/pair':>16} {'pairs per srv CPU-s':>20}")
-        for (name, conns), rounds in results.items():
+            for wl in workloads:
+                for conns in (1, args.clients):
+                    for s in order:
+                        n = args.pairs if wl == "pair" else max(50, args.pairs // 4)
+                        results.setdefault((wl, s.name, conns), []).append(one_round(s, ctxs[s.name], n, conns, wl))
+        print(f"{'workload':12} {'server':10} {'conns':>5} {'it/s':>7} {'srv CPU ms/it':>14} {'it per srv CPU-s':>17}")
+        for (wl, name, conns), rounds in results.items():
             rate = statistics.median(r[0] for r in rounds)
             cpu = statistics.median(r[1] for r in rounds)
-            print(f"{name:10} {conns:5d} {rate:9.0f} {cpu:16.3f} {1000 / cpu:20.0f}   "
+            print(f"{wl:12} {name:10} {conns:5d} {rate:7.0f} {cpu:14.3f} {1000 / cpu:17.0f}   "
                   + " ".join(f"{r[0]:.0f}/{r[1]:.2f}" for r in rounds), flush=True)
     finally:
         for s in servers:

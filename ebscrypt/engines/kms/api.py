@@ -293,11 +293,21 @@ def member_name(field_name: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in field_name.split("_"))
 
 
+_MEMBERS: dict[type, tuple[tuple[str, str], ...]] = {}
+
+
+def _members_of(cls: type) -> tuple[tuple[str, str], ...]:
+    """(field name, member name) of each field of ``cls``: worked out once per class."""
+    got = _MEMBERS.get(cls)
+    if got is None:
+        got = _MEMBERS[cls] = tuple((f.name, member_name(f.name)) for f in dataclasses.fields(cls))
+    return got
+
+
 def from_members(cls: type[A], members: Mapping[str, Any]) -> A:
     """``cls`` filled from a request's members (absent ones: the field's default)."""
     values = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        member = member_name(f.name)
+    for field_name, member in _members_of(cls):
         if member in members:
-            values[f.name] = members[member]
+            values[field_name] = members[member]
     return cls(**values)

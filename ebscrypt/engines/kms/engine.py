@@ -125,7 +125,28 @@ class KeyEngine:
         tags = TagOperations(self.db, self.access)
         via = ViaServiceApi(self.db, self.trail, self.access, self.lifecycle, crypto, grants)
 
-        # The KMS operations (services/kms), each served by one family.
+        self._bind_operations(keys, rotation, policies, aliases, grants, crypto, signing, tags)
+
+        # The cross-member API (EC2/EBS, on a caller's behalf).
+        self.describe_key = via.describe_key
+        self.authorization_generation = via.authorization_generation
+        self.default_ebs_key = via.default_ebs_key
+        self.create_grant_for_service = via.create_grant_for_service
+        self.generate_data_key_without_plaintext = via.generate_data_key_without_plaintext
+        self.decrypt = via.decrypt
+
+        # Shared parts the callers use directly.
+        self.forget_key = self.materials.forget
+        self.sweep_deletions = self.lifecycle.sweep_deletions
+
+        self.sweep_deletions()
+
+    def _bind_operations(
+        self, keys: KeyOperations, rotation: RotationOperations, policies: PolicyOperations,
+        aliases: AliasOperations, grants: GrantOperations, crypto: CryptoOperations,
+        signing: SigningOperations, tags: TagOperations,
+    ) -> None:
+        """The KMS operations (services/kms), each served by one family: a table."""
         self.create_key = keys.create_key
         self.describe_key_metadata = keys.describe_key_metadata
         self.list_keys = keys.list_keys
@@ -167,20 +188,6 @@ class KeyEngine:
         self.tag_resource = tags.tag_resource
         self.untag_resource = tags.untag_resource
         self.list_resource_tags = tags.list_resource_tags
-
-        # The cross-member API (EC2/EBS, on a caller's behalf).
-        self.describe_key = via.describe_key
-        self.authorization_generation = via.authorization_generation
-        self.default_ebs_key = via.default_ebs_key
-        self.create_grant_for_service = via.create_grant_for_service
-        self.generate_data_key_without_plaintext = via.generate_data_key_without_plaintext
-        self.decrypt = via.decrypt
-
-        # Shared parts the callers use directly.
-        self.forget_key = self.materials.forget
-        self.sweep_deletions = self.lifecycle.sweep_deletions
-
-        self.sweep_deletions()
 
     def audited(
         self,
