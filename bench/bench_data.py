@@ -126,10 +126,12 @@ def dd_rate(directory: Path, size_mib: int) -> float:
 
 
 def openssl_rate() -> float | None:
-    """AES-256-GCM MiB/s at 16 KiB blocks, from ``openssl speed`` (kB = 1000 bytes)."""
+    """AES-256-GCM MiB/s at 16 KiB blocks on every core (``openssl speed -multi N``; the
+    copy runs one worker per core), from ``openssl speed`` (kB = 1000 bytes)."""
     if not shutil.which("openssl"):
         return None
-    proc = subprocess.run(["openssl", "speed", "-evp", "aes-256-gcm", "-seconds", "2"], capture_output=True, text=True)
+    proc = subprocess.run(["openssl", "speed", "-multi", str(os.cpu_count() or 1), "-evp", "aes-256-gcm",
+                           "-seconds", "2"], capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.upper().startswith("AES-256-GCM"):
             values = re.findall(r"([\d.]+)k", line)
@@ -202,6 +204,32 @@ def engine_share_times(workdir: Path) -> dict[int, float]:
     finally:
         engine.close()
         db.dispose()
+    return out
+
+
+def raw_put_rounds(sides: dict[str, Any], rounds: int, blocks: int, conns: int) -> dict[str, list[float]]:
+    """MiB/s of PutSnapshotBlock replayed raw (signed once, untimed; ``http.client`` over
+    ``conns`` keep-alive connections, bench/README.md "Server cost") against every side,
+    a fresh pending snapshot per round, the sides interleaved: what each server costs,
+    without the CLI's own work (reading, hashing, botocore)."""
+    import base64
+    import hashlib
+
+    from bench.common import RawCall, replay, sign_requests
+
+    data = os.urandom(BLOCK)
+    checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    out: dict[str, list[float]] = {name: [] for name in sides}
+    names = list(sides)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            url = sides[name].url
+            kw = {"Encrypted": True} if name in ("ebscrypt", "before") else {}
+            snap = make_client(url, "ebs", ACCOUNT).start_snapshot(VolumeSize=64, **kw)["SnapshotId"]
+            reqs = [sign_requests(url, RawCall("ebs", "put_snapshot_block", dict(
+                SnapshotId=snap, BlockIndex=i, BlockData=data, DataLength=BLOCK, Checksum=checksum,
+                ChecksumAlgorithm="SHA256"), account=ACCOUNT), 1)[0] for i in range(blocks)]
+            out[name].append(blocks * BLOCK / MIB / replay(url, reqs, None, conns))
     return out
 
 
@@ -278,10 +306,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-copy", action="store_true", help="upload/download only (no copies, engine, dd, openssl)")
     p.add_argument("--before", help="a checkout of an earlier commit, run as one more side (same run)")
     p.add_argument("--memory-gib", default="", help="also: server RSS after uploads of these sizes (e.g. 1,16)")
+    p.add_argument("--memory-only", action="store_true", help="only the --memory-gib uploads")
+    p.add_argument("--raw-rounds", type=int, default=0, help="also: rounds of raw PutSnapshotBlock replay per side")
+    p.add_argument("--raw-blocks", type=int, default=160, help="blocks per raw replay round (default 160)")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
     size = args.size_mib
     work = Path(tempfile.mkdtemp(prefix="bench-data-"))
+    if args.memory_only:
+        try:
+            for mem in memory_after_uploads([int(g) for g in args.memory_gib.split(",")], work, args.threads):
+                print(f"memory: {mem['gib']} GiB uploaded ({mem['blocks']} blocks, {mem['mibps']} MiB/s): server "
+                      f"RSS {mem['rss_before_mib']} MiB before, {mem['rss_mib']} MiB after, peak {mem['hwm_mib']} MiB")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
     servers = []
     results: dict[str, Any] = {"size_mib": size}
     try:
@@ -299,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.before:
             sides["before"] = start_checkout(Path(args.before), work / "before-data")
             servers.append(sides["before"])
+
+        if args.raw_rounds:
+            log("raw PutSnapshotBlock replay, 8 connections")
+            raw = raw_put_rounds(sides, args.raw_rounds, args.raw_blocks, args.threads)
+            results["raw_put"] = {name: {"median": statistics.median(v), "rounds": [round(x, 1) for x in v]}
+                                  for name, v in raw.items()}
 
         # Interleaved rounds (ebscrypt, moto, null, then reversed, ...): drift hits all alike.
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
@@ -377,6 +422,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name} failed: {side['error']}")
     print(f"  ebscrypt round trip: checksum match {e.get('checksum_match')}, bytes match {e.get('bytes_match')}"
           + (f"; moto bytes match {m.get('bytes_match')}" if m and 'error' not in m else ""))
+    raw = results.get("raw_put")
+    if raw:
+        e_raw = raw["ebscrypt"]["median"]
+        print(f"\nraw PutSnapshotBlock replay, {args.threads} connections (MiB/s, median of {args.raw_rounds} rounds; "
+              "ebscrypt/side)")
+        for name, fig in raw.items():
+            print(f"  {name:10} {fig['median']:8.1f}  {ratio(e_raw, fig['median']):>6}  rounds {fig['rounds']}")
     for mem in results.get("memory", []):
         print(f"  memory: {mem['gib']} GiB uploaded ({mem['blocks']} blocks, {mem['mibps']} MiB/s): server RSS "
               f"{mem['rss_before_mib']} MiB before, {mem['rss_mib']} MiB after, peak {mem['hwm_mib']} MiB")
@@ -390,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
                      ("BlockEngine.reencrypt (in-process, 2 workers)", results["engine_reencrypt_mibps"])):
         print(f"{label:44} {fmt(v):>10} {ratio(v, dd):>10} {ratio(v, ossl):>9}")
     print(f"{'dd if=/dev/zero bs=1M conv=fsync':44} {fmt(dd):>10}")
-    print(f"{'openssl speed -evp aes-256-gcm (16 KiB)':44} {fmt(ossl):>10}")
+    print(f"{'openssl speed -multi N -evp aes-256-gcm (16 KiB)':44} {fmt(ossl):>10}")
     print(f"{'engine write_block (1 thread, for reference)':44} {fmt(results['engine_write_mibps']):>10}")
     goal = results["copy_reencrypt_mibps"] / dd if dd else 0
     print(f"goal (re-encrypting copy >= 0.5 x dd fsync): {'met' if goal >= 0.5 else 'NOT met'} ({goal:.2f})")
