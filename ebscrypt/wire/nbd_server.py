@@ -275,7 +275,10 @@ class NbdServer:
             try:
                 conn.run()
             finally:
-                loop.call_soon_threadsafe(_resolve, done)
+                try:
+                    loop.call_soon_threadsafe(_resolve, done)
+                except RuntimeError:  # the loop is gone (shutdown): nobody waits any more
+                    pass
 
         threading.Thread(target=run, name=f"ebscrypt-nbd-{export.volume_id}", daemon=True).start()
         try:
