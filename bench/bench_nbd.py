@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--only", action="append", default=[], help="workloads whose name contains this (repeatable)")
     args = ap.parse_args(argv)
+    jobs = [j for j in JOBS if not args.only or any(o in j[0] for o in args.only)]
     for exe in ("fio", "nbdkit"):
         if shutil.which(exe) is None:
             log(f"{exe} is not installed (bash ci/install-nbd.sh): cannot run")
@@ -124,10 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         rss_before = rss_mib(server.proc.pid)
         for name, uri in targets.items():  # fill the span so reads read data
             fio(uri, "write", "1M", args.span_mib, 1)
-        results: dict[str, dict[str, list[tuple[float, float]]]] = {t: {j[0]: [] for j in JOBS} for t in targets}
+        results: dict[str, dict[str, list[tuple[float, float]]]] = {t: {j[0]: [] for j in jobs} for t in targets}
         for rnd in range(args.rounds):
             order = list(targets) if rnd % 2 == 0 else list(reversed(targets))
-            for label, rw, bs in JOBS:
+            for label, rw, bs in jobs:
                 for name in order:
                     results[name][label].append(fio(targets[name], rw, bs, args.span_mib, args.seconds))
                     log(f"round {rnd + 1} {label:14s} {name:12s} {results[name][label][-1][0]:8.1f} MiB/s")
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{'workload':16s} {'encrypted':>18s} {'unencrypted':>18s} {'nbdkit file':>18s} {'enc/unenc':>10s} {'unenc/kit':>10s}")
     summary: dict[str, Any] = {}
-    for label, _rw, _bs in JOBS:
+    for label, _rw, _bs in jobs:
         e, u, k = med("encrypted", label), med("unencrypted", label), med("nbdkit-file", label)
         r1, r2 = e[0] / u[0] if u[0] else float("nan"), u[0] / k[0] if k[0] else float("nan")
         cell = lambda v: f"{v[0]:7.1f}MiB/s {v[1]:6.0f}io"  # noqa: E731

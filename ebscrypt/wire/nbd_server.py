@@ -54,7 +54,7 @@ IN_FLIGHT = 16  # requests per connection being served at once
 IN_FLIGHT_BYTES = 64 * 1024 * 1024  # payload bytes per connection held at once (reads and writes)
 SEND_TIMEOUT = 30  # seconds a reply may wait for the client to read (threaded connections)
 RECV_BUFFER = 256 * 1024  # threaded connections: bytes received at once (many small requests)
-SMALL_REPLY = 64 * 1024  # a reply up to this size goes out in one send
+COALESCE = 256 * 1024  # threaded connections: replies up to this many bytes go out in one send
 READ_LIMIT = 2 * 1024 * 1024  # the stream reader's buffer limit (it holds up to twice that)
 SEND_TIMEOUT = 30  # seconds a reply may wait for the client to read (threaded connections)
 READ_LIMIT = 2 * 1024 * 1024  # the stream reader's buffer limit (it holds up to twice that)
@@ -275,7 +275,10 @@ class NbdServer:
             try:
                 conn.run()
             finally:
-                loop.call_soon_threadsafe(_resolve, done)
+                try:
+                    loop.call_soon_threadsafe(_resolve, done)
+                except RuntimeError:  # the loop is gone (shutdown): nobody waits any more
+                    pass
 
         threading.Thread(target=run, name=f"ebscrypt-nbd-{export.volume_id}", daemon=True).start()
         try:
@@ -387,7 +390,10 @@ def _resolve(future: "asyncio.Future[None]") -> None:
 class _ThreadedConnection:
     """One connection's transmission phase on a blocking socket: this thread reads requests
     and serves those the cache answers at once (``_inline``); the others go to the pool,
-    which sends their replies. One lock orders sends, so replies never interleave."""
+    which sends their replies. One lock orders sends, so replies never interleave.
+    Replies served here wait in ``_out`` while more requests are already received, and
+    go out together before the thread next waits for the client (one system call for
+    a queue of small requests rather than one each)."""
 
     def __init__(self, sock: socket.socket, export: OpenVolume, session: _Session,
                  pool: ThreadPoolExecutor, prefix: bytes) -> None:
@@ -402,6 +408,8 @@ class _ThreadedConnection:
         self._cond = threading.Condition()
         self._requests, self._bytes = IN_FLIGHT, IN_FLIGHT_BYTES
         self._broken = False
+        self._out: list[bytes | bytearray] = []
+        self._out_bytes = 0
 
     def run(self) -> None:
         peer = "?"
@@ -417,6 +425,10 @@ class _ThreadedConnection:
         finally:
             # Requests received in full are answered (a flush among them is honoured);
             # a request cut off mid-way was never started.
+            try:
+                self._flush_out()
+            except OSError:
+                pass
             with self._cond:
                 while self._requests < IN_FLIGHT:
                     self._cond.wait()
@@ -444,7 +456,10 @@ class _ThreadedConnection:
                 raise
             if reply is not None:
                 self._give(size)
-                self._send(reply)
+                self._out.extend(reply)
+                self._out_bytes += sum(len(part) for part in reply)
+                if self._out_bytes >= COALESCE:
+                    self._flush_out()
                 continue
             try:
                 self.pool.submit(self._serve, req, payload, size)
@@ -466,7 +481,8 @@ class _ThreadedConnection:
         out = bytearray(n)
         view = memoryview(out)
         pos = self._buffered(view)
-        while pos < n:  # the buffer is used up
+        while pos < n:  # the buffer is used up: the client is waited for
+            self._flush_out()
             direct = n - pos >= RECV_BUFFER // 2
             if direct:
                 got = self.sock.recv_into(view[pos:])  # a large payload: straight into place
@@ -485,13 +501,18 @@ class _ThreadedConnection:
             self._start += k
         return k
 
-    def _send(self, parts: tuple[bytes | bytearray, ...]) -> None:
+    def _flush_out(self) -> None:
+        if self._out:
+            parts, self._out, self._out_bytes = self._out, [], 0
+            self._send(parts)
+
+    def _send(self, parts: tuple[bytes | bytearray, ...] | list[bytes | bytearray]) -> None:
         with self._send_lock:
             if self._broken:
                 return
             try:
-                if len(parts) > 1 and sum(len(p) for p in parts) <= SMALL_REPLY:
-                    self.sock.sendall(b"".join(parts))  # one system call for a small reply
+                if len(parts) > 1 and sum(len(p) for p in parts) <= COALESCE:
+                    self.sock.sendall(b"".join(parts))  # one system call for small replies
                 else:
                     for part in parts:
                         self.sock.sendall(part)

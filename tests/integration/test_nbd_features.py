@@ -197,3 +197,27 @@ def test_snapshot_is_a_read_only_export(server: Any, aws: Any, tmp_path: Path) -
         other = RawClient(server.nbd_port)
         assert other.go(name)[0] == nbd.REP_ERR_UNKNOWN, name
         other.close()
+
+
+def test_graceful_stop_with_open_connections_keeps_acknowledged_writes(server_factory: Any) -> None:
+    """SIGTERM while clients are connected (their connections run on threads of their own):
+    the server stops promptly, the clients see the connection end, and a write that was
+    acknowledged but never flushed was written back at shutdown (detach-like close)."""
+    import time
+
+    srv = server_factory()
+    ec2 = srv.client("ec2", account=new_account())
+    vol = attach_new(ec2, launch(ec2), "/dev/sdf", Encrypted=True)
+    client = connected((srv.nbd_port, vol))
+    client.request(nbd.CMD_WRITE, 7 * BLOCK + 512, 4096, b"\x6e" * 4096, handle=1)
+    assert client.simple_reply()[:2] == (0, 1)
+    idle = connected((srv.nbd_port, vol))
+    started = time.monotonic()
+    srv.stop()
+    assert time.monotonic() - started < 15
+    assert client.closed() and idle.closed()
+    srv.start()
+    again = connected((srv.nbd_port, vol))
+    again.request(nbd.CMD_READ, 7 * BLOCK, 8192, handle=2)
+    assert again.simple_reply(8192) == (0, 2, bytes(512) + b"\x6e" * 4096 + bytes(8192 - 4608))
+    again.close()

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from ebscrypt.engines.blocks.batch import write_blocks
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, ZERO_BLOCK, DataKey
 from ebscrypt.engines.blocks.store import ObjectMissing
 
@@ -372,30 +373,37 @@ class OpenVolume:
                 self._cache.pop(i, None)
 
     def _write_behind(self, indexes: list[int]) -> None:
-        """Store evicted dirty blocks in the background; the caller goes on at once."""
+        """Store evicted dirty blocks in the background (as one batch: one group commit per
+        64 blocks); the caller goes on at once."""
         assert self._flusher is not None
+        if not indexes:
+            return
+        batch = []
         for i in indexes:
             data = bytes(self._cache[i])
             self._storing[i] = data
             self._dirty.discard(i)
             self._refs.pop(i, None)
-            self._flusher.submit(self._store_behind, i, data)
+            batch.append((i, data))
+        self._flusher.submit(self._store_behind, batch)
 
-    def _store_behind(self, index: int, data: bytes) -> None:
+    def _store_behind(self, batch: list[tuple[int, bytes]]) -> None:
         error: BaseException | None = None
         try:
-            self._put_block(index, data, self._key)
-        except BaseException as exc:  # kept dirty: the next flush writes it again (and reports)
+            self._put_blocks(batch, self._key)
+        except BaseException as exc:  # kept dirty: the next flush writes them again (and reports)
             error = exc
         with self._cond:
+            for index, data in batch:
+                if error is not None:
+                    if not self.closed:
+                        if index not in self._cache:
+                            self._cache[index] = bytearray(data)
+                        self._dirty.add(index)
+                if self._storing.get(index) is data:
+                    del self._storing[index]
             if error is not None:
-                log.warning("write-behind of %s block %d failed: %s", self.volume_id, index, error)
-                if not self.closed:
-                    if index not in self._cache:
-                        self._cache[index] = bytearray(data)
-                    self._dirty.add(index)
-            if self._storing.get(index) is data:
-                del self._storing[index]
+                log.warning("write-behind of %d blocks of %s failed: %s", len(batch), self.volume_id, error)
             self._cond.notify_all()
 
     def _flush_locked(self) -> None:
@@ -415,25 +423,23 @@ class OpenVolume:
         """Write these dirty blocks (in parallel: concurrent writes share one group commit)."""
         if not indexes:
             return
-        key = self._key
         jobs = [(i, bytes(self._cache[i])) for i in indexes]
-
-        def put(item: tuple[int, bytes]) -> None:
-            self._put_block(item[0], item[1], key)
-
-        if self._flusher is not None and len(jobs) > 1:
-            list(self._flusher.map(put, jobs))
-        else:
-            for job in jobs:
-                put(job)
+        self._put_blocks(jobs, self._key, parallel=True)
         self._dirty.difference_update(indexes)
         for i in indexes:
             self._refs.pop(i, None)  # stored anew: the remembered entry is stale
 
-    def _put_block(self, index: int, data: bytes, key: DataKey | None) -> None:
-        if data == ZERO_BLOCK and self.blocks.block_ref(self.volume_id, index) is None:
-            return  # zeros where nothing was ever written (here or in the lineage): nothing to store
-        self.blocks.write_block(self.volume_id, index, data, key)
+    def _put_blocks(self, jobs: list[tuple[int, bytes]], key: DataKey | None, *, parallel: bool = False) -> None:
+        """Store these blocks, durable on return: sealed and staged (in parallel from a
+        caller that is not a flusher thread), then committed together (one group commit
+        per 64 blocks). Zeros where nothing was ever written (here or in the lineage)
+        need nothing stored."""
+        zeros = [i for i, data in jobs if data == ZERO_BLOCK]
+        if zeros:
+            refs = self.blocks.block_refs(self.volume_id, zeros)
+            jobs = [(i, data) for i, data in jobs if not (i in refs and refs[i] is None)]
+        map_fn = self._flusher.map if parallel and self._flusher is not None and len(jobs) > 1 else None
+        write_blocks(self.blocks, self.volume_id, jobs, key, map_fn=map_fn)
 
 
 def _spans(offset: int, length: int) -> Iterator[tuple[int, int, int]]:
