@@ -1,10 +1,12 @@
 """EBS volumes: validation, creation (empty or from a snapshot), attachments, deletion.
 
-Creation is two-phase so KMS is never called inside a write transaction (see the package
-docstring): :func:`prepare_volume` validates, applies §2 and makes the data key;
-:func:`insert_volume` writes the row and submits the ``ec2_volume_create`` job, which moves
-the data (share blocks under the same data key, else re-encrypt: R-KEY-2) and makes the
-volume ``available`` (or ``in-use`` when created attached), or ``error`` (R-KEY-6).
+Creation follows the one create protocol (:mod:`.creation`), so KMS is never called inside
+a write transaction: :func:`prepare_volume` validates, applies §2 and makes the data key;
+:func:`insert_volume` writes the row and either finishes it in the same transaction
+(metadata only: empty, the same data key as its snapshot — a shared block reference — or a
+key problem: ``available`` / ``error``) or submits the ``ec2_volume_create`` job, which
+moves the data (re-encrypt: R-KEY-2) and makes the volume ``available`` (or ``in-use``
+when created attached, RunInstances), or ``error`` (R-KEY-6).
 """
 
 from __future__ import annotations

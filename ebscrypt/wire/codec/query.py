@@ -27,6 +27,7 @@ with milliseconds and ``Z``, blobs base64.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -44,8 +45,13 @@ _LEAF = None  # key under which a tree node keeps its own value
 Node = dict[str | None, Any]
 
 
+_SPECIAL = re.compile("[&<>\r]").search  # one C scan: most values need no escaping
+
+
 def _escape(text: str) -> str:
     # \r would be normalised to \n by any XML parser, so it travels as a character reference.
+    if _SPECIAL(text) is None:
+        return text
     return (
         text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
     )

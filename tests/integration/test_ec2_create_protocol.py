@@ -1,0 +1,153 @@
+"""The one create protocol (engines/ec2/creation.py; issue 11 item 3, issue 15): a creation
+whose work is metadata only is stored final in ONE durable transaction, with no job —
+
+- CreateVolume of an empty volume (plain or encrypted): ``available``;
+- CreateSnapshot of a volume (R-SNAP-1): ``completed``, its blocks a lineage reference;
+- CopySnapshot with the same key in the same region (R-SNAP-2): ``completed``, the same
+  data key (R-KEY-2), the source's blocks shared;
+- CreateVolume from a snapshot under the same key: ``available``, the blocks shared —
+
+while a copy that must re-encrypt (another key) is stored ``pending`` with its job, which
+then finishes it. Durable commits are counted by the SQLite group commit's WAL syncs
+(``Database.group_sync.fsyncs``: one per acknowledged write transaction when alone), jobs
+by the jobs table. In process (a runtime without job workers), so nothing else commits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.conftest import DEFAULT_ACCOUNT
+
+REGION, ZONE = "us-east-1", "us-east-1a"
+BLOCK = 524288
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[Any]:
+    from ebscrypt.context import Settings
+    from ebscrypt.runtime import build_runtime, close_runtime
+
+    rt = build_runtime(Settings(data_dir=tmp_path / "data"), start_jobs=False)
+    try:
+        yield rt
+    finally:
+        close_runtime(rt)
+
+
+def _ctx(runtime: Any) -> Any:
+    from ebscrypt.engines.ec2.ids import job_ctx
+
+    return job_ctx(runtime, DEFAULT_ACCOUNT, REGION, "Test")
+
+
+def _jobs(runtime: Any) -> int:
+    from ebscrypt.storage.schema import jobs
+
+    with runtime.db.read() as conn:
+        return int(conn.execute(select(func.count()).select_from(jobs)).scalar() or 0)
+
+
+def _commits(runtime: Any, call: Callable[[], Any]) -> tuple[Any, int, int]:
+    """(what ``call`` returned, durable commits it made, jobs it submitted)."""
+    sync = runtime.db.group_sync
+    assert sync is not None, "these counts need the SQLite group commit"
+    before, jobs_before = sync.fsyncs, _jobs(runtime)
+    out = call()
+    return out, sync.fsyncs - before, _jobs(runtime) - jobs_before
+
+
+def _state(runtime: Any, resource_id: str) -> tuple[str, str | None]:
+    from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_volumes
+
+    table = ec2_volumes if resource_id.startswith("vol-") else ec2_snapshots
+    with runtime.db.read() as conn:
+        row = conn.execute(select(table.c.state, table.c.state_message).where(table.c.id == resource_id)).first()
+    assert row is not None
+    return row.state, row.state_message
+
+
+def _key(runtime: Any, ctx: Any) -> str:
+    from ebscrypt.engines.kms import api
+
+    made = runtime.kms.create_key(ctx.caller, api.from_members(api.CreateKey, {}))
+    return str(made["KeyMetadata"]["Arn"])
+
+
+def test_metadata_only_creations_are_one_durable_transaction_and_no_job(runtime: Any) -> None:
+    from ebscrypt.engines.ec2 import snapshots, volumes
+
+    ctx = _ctx(runtime)
+    # An empty volume, plain then encrypted (the KMS work happens before the transaction).
+    vol, commits, jobs = _commits(runtime, lambda: volumes.create_volume(ctx, availability_zone=ZONE, size=1))
+    assert (commits, jobs) == (1, 0)
+    assert vol.state == "creating" and _state(runtime, vol.id) == ("available", None)  # R-LIFE-1
+    volumes.create_volume(ctx, availability_zone=ZONE, size=1, encrypted=True)  # the key's grant exists now
+    enc, commits, jobs = _commits(runtime, lambda: volumes.create_volume(ctx, availability_zone=ZONE, size=1,
+                                                                         encrypted=True))
+    assert (commits, jobs) == (1, 0)  # the grant for EC2 exists: reused, nothing more written
+    assert _state(runtime, enc.id) == ("available", None)
+
+    # CreateSnapshot of the (empty) encrypted volume: a lineage reference, no data moved.
+    snap, commits, jobs = _commits(runtime, lambda: snapshots.create_snapshot(ctx, enc.id, "s", []))
+    assert (commits, jobs) == (1, 0)
+    assert snap.state == "pending" and _state(runtime, snap.id) == ("completed", None)
+
+    # CopySnapshot, same key: one commit, no job, the same data key (R-KEY-2).
+    snapshots.copy_snapshot(ctx, snap.id, REGION)  # the first use may add the service grant
+    copy, commits, jobs = _commits(runtime, lambda: snapshots.copy_snapshot(ctx, snap.id, REGION))
+    assert (commits, jobs) == (1, 0)
+    assert _state(runtime, copy.id) == ("completed", None)
+    from ebscrypt.engines.ec2.snapshot_access import snapshot_row
+
+    with runtime.db.read() as conn:
+        src_row, copy_row = snapshot_row(conn, snap.id), snapshot_row(conn, copy.id)
+    assert src_row is not None and copy_row is not None
+    assert copy_row.data_key_id == src_row.data_key_id  # shared blocks, R-SNAP-2
+    assert runtime.blocks.list_block_refs(copy.id) == runtime.blocks.list_block_refs(snap.id)
+
+    # CreateVolume from it (same key): one commit, no job, available.
+    restored, commits, jobs = _commits(runtime, lambda: volumes.create_volume(
+        ctx, availability_zone=ZONE, snapshot_id=copy.id))
+    assert (commits, jobs) == (1, 0)
+    assert _state(runtime, restored.id) == ("available", None)
+
+
+def test_a_copy_that_must_re_encrypt_is_stored_pending_with_its_job(runtime: Any) -> None:
+    from ebscrypt.engines.ec2 import snapshots, volumes
+
+    ctx = _ctx(runtime)
+    vol = volumes.create_volume(ctx, availability_zone=ZONE, size=1, encrypted=True)
+    snap = snapshots.create_snapshot(ctx, vol.id, None, [])
+    other = _key(runtime, ctx)
+    copy, _commits_made, jobs = _commits(runtime, lambda: snapshots.copy_snapshot(
+        ctx, snap.id, REGION, encrypted=True, kms_key_id=other, wait_seconds=0))
+    assert jobs == 1 and _state(runtime, copy.id) == ("pending", None)
+    runtime.jobs.run_pending()
+    assert _state(runtime, copy.id) == ("completed", None)
+
+
+def test_a_copy_whose_source_was_deleted_first_is_stored_in_error(runtime: Any, monkeypatch: pytest.MonkeyPatch
+                                                                   ) -> None:
+    """The source is re-read, locked, in the creating transaction: a DeleteSnapshot that
+    committed after the copy was prepared leaves the copy ``error`` naming the cause."""
+    from ebscrypt.engines.ec2 import snapshots, volumes
+
+    ctx = _ctx(runtime)
+    vol = volumes.create_volume(ctx, availability_zone=ZONE, size=1)
+    snap = snapshots.create_snapshot(ctx, vol.id, None, [])
+    prepare = snapshots.prepare_copy
+
+    def prepared_then_deleted(*args: Any, **kwargs: Any) -> Any:
+        plan = prepare(*args, **kwargs)
+        snapshots.delete_snapshot(ctx, snap.id)
+        return plan
+
+    monkeypatch.setattr(snapshots, "prepare_copy", prepared_then_deleted)
+    copy, commits, jobs = _commits(runtime, lambda: snapshots.copy_snapshot(ctx, snap.id, REGION))
+    assert jobs == 0
+    assert _state(runtime, copy.id) == ("error", f"The source snapshot {snap.id} no longer exists.")
