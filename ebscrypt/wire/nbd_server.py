@@ -4,15 +4,27 @@ Why a small asyncio server of our own rather than nbdkit or qemu-nbd: the bytes 
 serves are the block engine's, decrypted with a data key that must stay in this
 process's memory (R-ATTACH-2) — an nbdkit plugin would need the plaintext key handed to
 another process, or a Python plugin re-implementing the block engine's database access
-there. In-process it runs on the API server's own event loop (no extra daemon to start,
-supervise or secure), reaches the open volumes directly, and the tests drive it with the
-real clients (nbdinfo, nbdcopy, qemu-img, qemu-io) all the same. The protocol is parsed
-in :mod:`ebscrypt.wire.nbd`; volume I/O is :mod:`ebscrypt.engines.attach.volume_io`,
-run in a thread pool so AES-GCM and disk I/O never block the event loop.
+there. In-process it negotiates on the API server's own event loop (no extra daemon to
+start, supervise or secure), reaches the open volumes directly, and the tests drive it
+with the real clients (nbdinfo, nbdcopy, qemu-img, qemu-io) all the same. The protocol
+is parsed in :mod:`ebscrypt.wire.nbd`; volume I/O is
+:mod:`ebscrypt.engines.attach.volume_io`.
+
+Transmission (speed, issue 12): after NBD_OPT_GO a plain-TCP connection leaves the event
+loop for a thread of its own on a blocking socket (:class:`_ThreadedConnection`: requests
+parsed from one receive buffer, payloads received in place, the replies of a queue of
+requests sent together); a TLS connection stays on the loop (:meth:`NbdServer._transmit`,
+the TLS layer being asyncio's). Either way a READ or WRITE the volume's cache answers
+at once is served right there (``_inline``); anything needing disk, crypto or the
+database (``execute``) goes to a thread pool, so AES-GCM and disk I/O never block the
+loop nor the connection's reading.
 
 Exports: the export name is the volume id; only a volume attached to a running
 instance is exported (any other name: NBD_REP_ERR_UNKNOWN at NBD_OPT_GO/INFO, a hang-up
-at NBD_OPT_EXPORT_NAME). NBD_OPT_LIST lists nothing (names are other accounts' business).
+at NBD_OPT_EXPORT_NAME). A completed snapshot's id is a read-only export (see
+``engines/attach/engine.py``). NBD_OPT_LIST lists nothing (names are other accounts'
+business). Structured replies and the ``base:allocation`` metadata context are offered
+(NBD_CMD_BLOCK_STATUS: which ranges are holes).
 
 Who may connect: NBD carries no credentials; the export name does (under strict auth a
 per-attachment secret, see ``engines/attach/engine.py``). Without TLS the server listens
@@ -55,8 +67,6 @@ IN_FLIGHT_BYTES = 64 * 1024 * 1024  # payload bytes per connection held at once 
 SEND_TIMEOUT = 30  # seconds a reply may wait for the client to read (threaded connections)
 RECV_BUFFER = 256 * 1024  # threaded connections: bytes received at once (many small requests)
 COALESCE = 256 * 1024  # threaded connections: replies up to this many bytes go out in one send
-READ_LIMIT = 2 * 1024 * 1024  # the stream reader's buffer limit (it holds up to twice that)
-SEND_TIMEOUT = 30  # seconds a reply may wait for the client to read (threaded connections)
 READ_LIMIT = 2 * 1024 * 1024  # the stream reader's buffer limit (it holds up to twice that)
 
 

@@ -221,3 +221,52 @@ def test_graceful_stop_with_open_connections_keeps_acknowledged_writes(server_fa
     again.request(nbd.CMD_READ, 7 * BLOCK, 8192, handle=2)
     assert again.simple_reply(8192) == (0, 2, bytes(512) + b"\x6e" * 4096 + bytes(8192 - 4608))
     again.close()
+
+
+def test_strict_auth_snapshot_exports_follow_create_volume_permission(server_factory: Any, tmp_path: Path) -> None:
+    """Under --auth strict a snapshot export needs ``snap-…:<account>:<secret>``, shown by
+    DescribeSnapshots to that account only; an account other than the owner reads it only
+    while createVolumePermission grants it; the bare id and another account's name are refused."""
+    import boto3
+    from botocore.config import Config
+
+    from tests.integration.test_nbd_attach import CREDS, exported
+
+    need("nbdinfo", "qemu-io")
+    creds = tmp_path / "creds.toml"
+    creds.write_text(CREDS)
+    srv = server_factory(["--auth", "strict", "--credentials", str(creds)])
+
+    def ec2_of(key: str, secret: str) -> Any:
+        return boto3.client("ec2", endpoint_url=srv.url, region_name="us-east-1", aws_access_key_id=key,
+                            aws_secret_access_key=secret, config=Config(retries={"max_attempts": 1}))
+
+    alice, bob = ec2_of("AKIAALICENBD00000001", "alice-secret"), ec2_of("AKIABOBNBD0000000002", "bob-secret")
+    vol = attach_new(alice, launch(alice), "/dev/sdf")
+
+    def export_tag(client: Any, resource: str) -> str:
+        if resource.startswith("vol-"):
+            tags = client.describe_volumes(VolumeIds=[resource])["Volumes"][0].get("Tags", [])
+        else:
+            tags = client.describe_snapshots(SnapshotIds=[resource])["Snapshots"][0].get("Tags", [])
+        return {t["Key"]: t["Value"] for t in tags}["ebscrypt:nbd-export"]
+
+    qemu_io(uri(srv, export_tag(alice, vol)), f"write -P 0x52 {BLOCK} 4096", "flush")
+    sid = snapshot_of(alice, vol)
+    mine = export_tag(alice, sid)
+    assert mine.startswith(f"{sid}:333333333301:")
+    assert exported(srv, mine)
+    out = run("qemu-io", "-r", "-f", "raw", "-c", f"read -P 0x52 {BLOCK} 4096", uri(srv, mine))
+    assert "fail" not in (out.stdout + out.stderr).lower()
+    assert not exported(srv, sid)  # the bare id is not enough under strict auth
+    forged = f"{sid}:444444444401:{mine.rsplit(':', 1)[1]}"
+    assert not exported(srv, forged)  # alice's secret is not bob's
+    alice.modify_snapshot_attribute(SnapshotId=sid, Attribute="createVolumePermission",
+                                    OperationType="add", UserIds=["444444444401"])
+    theirs = export_tag(bob, sid)
+    assert theirs.startswith(f"{sid}:444444444401:") and theirs != mine
+    assert exported(srv, theirs)
+    alice.modify_snapshot_attribute(SnapshotId=sid, Attribute="createVolumePermission",
+                                    OperationType="remove", UserIds=["444444444401"])
+    assert not exported(srv, theirs)  # no longer shared: refused at the next connection
+    assert exported(srv, mine)

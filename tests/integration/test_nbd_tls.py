@@ -85,6 +85,10 @@ def test_tls_required_and_served(server_factory: Any, tmp_path: Path) -> None:
     back = tmp_path / "back.img"
     run("nbdcopy", secure, str(back), timeout=300)
     assert back.read_bytes()[:2 * 1024 * 1024] == image.read_bytes()
+    # structured replies and block status on the TLS (event-loop) transmission path too
+    extents = run("nbdinfo", "--map", secure, timeout=60).stdout.splitlines()
+    assert extents[0].split()[:3] == ["0", str(2 * 1024 * 1024), "0"], extents
+    assert all(line.split()[2] == "3" for line in extents[1:]), extents
 
 
 

@@ -29,10 +29,14 @@ volume): the export name ``snap-…`` of a ``completed`` snapshot serves its blo
 volume as it was — with NBD_FLAG_READ_ONLY; writes, trims and zeroes get EPERM. Its data
 key is decrypted through EBS's grant when the first connection opens it (a KMS Decrypt
 on the snapshot owner's behalf, audited, operation ``GetSnapshotBlock`` as for the EBS
-direct APIs) and dropped when the last connection to it closes. Served under dev auth
-only (loopback, where any local caller may act as any account — the same rule as a
-bare volume id); under strict auth there is no per-account secret for snapshots yet, so
-a snapshot export is refused.
+direct APIs) and dropped when the last connection to it closes. Who may read it: under
+dev auth the bare ``snap-…`` (loopback, any local caller may act as any account — the
+same rule as a bare volume id; read on the owner's behalf). Under strict auth the name
+``snap-…:<account>:<secret>``, the secret an HMAC under the server key of the snapshot
+and account, shown to that account only (DescribeSnapshots tag ``ebscrypt:nbd-export``);
+at each open the account must still own the snapshot or be granted createVolumePermission
+(its account or ``all``), and the data key is decrypted on that account's behalf (its
+own KMS permissions, as for a volume it would create from the snapshot).
 
 Everything here is in-process: an attached volume is served by the process that holds
 its key (documented limit of scale-out: NBD clients go to that process).
@@ -57,6 +61,7 @@ from ebscrypt.engines.blocks.crypto import DataKey
 from ebscrypt.engines.ec2.encryption import data_key_for
 from ebscrypt.engines.ec2.ids import is_well_formed, job_ctx
 from ebscrypt.engines.ec2.records import Snapshot, Volume
+from ebscrypt.engines.ec2.snapshot_access import grantees
 from ebscrypt.errors import ServiceError
 from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_volume_attachments, ec2_volumes
 from ebscrypt.storage.tables.ec2_images import ec2_instances
@@ -74,7 +79,8 @@ class AttachEngine:
         self.cache_blocks = cache_blocks
         self._export_key = _load_export_key(runtime.settings.data_dir / "nbd-export.key")
         self._open: dict[str, OpenVolume] = {}
-        self._snapshots: dict[str, tuple[OpenVolume, int]] = {}  # snapshot id -> (export, connections)
+        # (snapshot id, reading account) -> (export, connections): each account's own key use
+        self._snapshots: dict[tuple[str, str], tuple[OpenVolume, int]] = {}
         self._lock = threading.Lock()
         # Dirty blocks (of a flush, or evicted and written behind) are stored concurrently,
         # so they share the block engine's group commits.
@@ -139,7 +145,7 @@ class AttachEngine:
         usable after a restart). Blocking: DB and KMS."""
         volume_id, _sep, secret = name.partition(":")
         if volume_id.startswith("snap-"):
-            return self._open_snapshot(volume_id) if not secret and self.runtime.settings.auth == "dev" else None
+            return self._snapshot_export(volume_id, secret)
         if secret or self.runtime.settings.auth != "dev":
             if not self._secret_matches(volume_id, secret):
                 return None
@@ -148,48 +154,65 @@ class AttachEngine:
             return ov
         return self._reopen(volume_id)
 
+    def snapshot_export_name(self, snapshot_id: str, account: str) -> str:
+        """``snap-…:<account>:<secret>``: the read-only export of a snapshot for ``account``."""
+        return f"{snapshot_id}:{account}:{self._snapshot_secret(snapshot_id, account)}"
+
+    def _snapshot_secret(self, snapshot_id: str, account: str) -> str:
+        msg = f"ebscrypt-nbd-snapshot-v1|{snapshot_id}|{account}".encode()
+        return hmac.new(self._export_key, msg, hashlib.sha256).hexdigest()[:32]
+
     def release(self, export: OpenVolume) -> None:
         """A connection to ``export`` ended: the last one to a snapshot drops its key."""
         if not export.read_only:
             return  # an attached volume stays open until it is detached
+        ident = (export.volume_id, export.account)
         with self._lock:
-            held = self._snapshots.get(export.volume_id)
+            held = self._snapshots.get(ident)
             if held is None or held[0] is not export:
                 return
             if held[1] > 1:
-                self._snapshots[export.volume_id] = (export, held[1] - 1)
+                self._snapshots[ident] = (export, held[1] - 1)
                 return
-            del self._snapshots[export.volume_id]
+            del self._snapshots[ident]
         export.close()
 
-    def _open_snapshot(self, snapshot_id: str) -> OpenVolume | None:
-        """A read-only export of a completed snapshot (one more connection to it)."""
+    def _snapshot_export(self, snapshot_id: str, credentials: str) -> OpenVolume | None:
+        """A read-only export of a completed snapshot (one more connection to it), or None."""
         if not is_well_formed(snapshot_id, "snap"):
             return None
-        with self._lock:
-            held = self._snapshots.get(snapshot_id)
-            if held is not None:
-                self._snapshots[snapshot_id] = (held[0], held[1] + 1)
-                return held[0]
+        account, _sep, secret = credentials.partition(":")
+        if credentials or self.runtime.settings.auth != "dev":
+            if not account or not hmac.compare_digest(self._snapshot_secret(snapshot_id, account), secret):
+                return None
         with self.runtime.db.read() as conn:
             row = conn.execute(select(ec2_snapshots).where(ec2_snapshots.c.id == snapshot_id)).mappings().first()
-        if row is None or row["state"] != "completed":
-            return None
+            if row is None or row["state"] != "completed":
+                return None
+            reader = account or row["account"]
+            if reader != row["account"] and not ({reader, "all"} & grantees(conn, snapshot_id)):
+                return None  # no longer shared with that account
+        ident = (snapshot_id, reader)
+        with self._lock:
+            held = self._snapshots.get(ident)
+            if held is not None:
+                self._snapshots[ident] = (held[0], held[1] + 1)
+                return held[0]
         snap = Snapshot.from_row(row)
-        ctx = job_ctx(self.runtime, snap.account, snap.region, "GetSnapshotBlock")
+        ctx = job_ctx(self.runtime, reader, snap.region, "GetSnapshotBlock")
         try:
             key = data_key_for(ctx, snap)  # EBS's grant + one audited Decrypt, as for GetSnapshotBlock
         except ServiceError as err:
             log.warning("export %s refused: its data key cannot be decrypted (%s)", snapshot_id, err.code)
             return None
-        ov = OpenVolume(self.runtime.blocks, snap.id, snap.volume_size, key, account=snap.account,
+        ov = OpenVolume(self.runtime.blocks, snap.id, snap.volume_size, key, account=reader,
                         instance_id="", cache_blocks=min(self.cache_blocks, 64), read_only=True)
         with self._lock:
-            held = self._snapshots.get(snapshot_id)
+            held = self._snapshots.get(ident)
             if held is not None:  # another connection opened it meanwhile: share that one
-                self._snapshots[snapshot_id] = (held[0], held[1] + 1)
+                self._snapshots[ident] = (held[0], held[1] + 1)
                 return held[0]
-            self._snapshots[snapshot_id] = (ov, 1)
+            self._snapshots[ident] = (ov, 1)
         return ov
 
     def _secret_matches(self, volume_id: str, secret: str) -> bool:

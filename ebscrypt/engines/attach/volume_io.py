@@ -7,11 +7,17 @@ adds a bounded write-back cache of plaintext blocks, held in memory only:
 - a write smaller than a block is read-modify-write: the block is read (and opened) once,
   patched in memory and marked dirty; a whole-block write needs no read;
 - a dirty block reaches the store (encrypted, fresh nonce, bound to its index and data
-  key by the block engine) when it is evicted, on ``flush`` (durable on return: the
-  block engine's ``write_block`` is durable when it returns), on FUA, at a snapshot
-  (:meth:`OpenVolume.quiesced`) and at close (detach, stop, shutdown);
+  key by the block engine) when it is evicted, on ``flush`` (durable on return), on FUA,
+  at a snapshot (:meth:`OpenVolume.quiesced`) and at close (detach, stop, shutdown) —
+  never before: a write without FUA is acknowledged from memory, as NBD allows, and
+  many small writes to one block cost one seal. Each write-back is one batch
+  (``engines/blocks/batch.write_blocks``: one group commit per 64 blocks);
 - trim and write-zeroes of whole blocks store an all-zero block, which the block engine
-  records without an object (the old object is released: the space is given back).
+  records without an object (the old object is released: the space is given back);
+  over blocks that already read as zeros they do nothing;
+- ``try_read``/``try_write`` serve a request the cache answers without waiting (the NBD
+  connection's own thread calls them); ``allocation`` answers NBD_CMD_BLOCK_STATUS;
+- a read-only OpenVolume is a snapshot export: writes raise :class:`ReadOnly`.
 
 Blocks never written read from the volume's lineage, i.e. the snapshot it was created
 from (copy-on-write: a 16 GiB volume from a 1 GiB image stores 1 GiB plus what is written).

@@ -118,10 +118,21 @@ def describe_snapshots(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
     snaps, tags = S.describe_snapshots(ctx, ids, owner_ids=params.get("OwnerIds"),
                                        restorable_by=params.get("RestorableByUserIds"), filters=params.get("Filters"),
                                        after=after, limit=limit)
-    items = [snapshot_dict(s, tags[s.id]) for s in snaps]
+    items = [snapshot_dict(s, tags[s.id] + _export_tags(ctx, s)) for s in snaps]
     items = filter_select(items, params.get("Filters"), _FILTERS, _tag_map)
     chunk, token = page(items, params, lambda d: d["SnapshotId"], low=5, high=1000, ids_param="SnapshotIds")
     return {"Snapshots": chunk, "NextToken": token or None}
+
+
+def _export_tags(ctx: RequestContext, snap: Snapshot) -> list[dict[str, str]]:
+    """Under strict auth, a completed snapshot's read-only NBD export name for the caller
+    (with its per-account secret; see engines/attach/engine.py), as volumes show theirs."""
+    attach = ctx.runtime.engines.get("attach")
+    if attach is None or snap.state != "completed" or ctx.runtime.settings.auth != "strict":
+        return []
+    from ebscrypt.engines.attach.engine import EXPORT_TAG
+
+    return [{"Key": EXPORT_TAG, "Value": attach.snapshot_export_name(snap.id, ctx.caller.account)}]
 
 
 # SnapshotAttributeName, matched without regard to case (engines.ec2.attributes).
