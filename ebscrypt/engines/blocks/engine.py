@@ -29,9 +29,11 @@ layer left with one child is merged into it (blocks it shadowed are reclaimed).
 Unreferenced objects go to a garbage list and are deleted after a grace period, so a
 read that resolved an entry just before it was dropped still finds its object.
 
-Concurrent ``write_block`` calls share their flushes (group commit). ``reencrypt`` runs
-in worker processes (AES-GCM holds the GIL) with preallocated buffers, one ``syncfs``
-per batch, and records progress per batch so a restarted copy skips finished blocks.
+Concurrent ``write_block`` calls share their flushes (group commit, in two pipelined
+stages: one flush of the group's objects, then one transaction for their entries).
+``reencrypt`` runs in worker processes (AES-GCM holds the GIL) with preallocated
+buffers, one ``syncfs`` per batch, and records progress per batch so a restarted copy
+skips finished blocks.
 
 Where each part lives (``BlockEngine`` puts them together; import everything from here):
 
