@@ -226,9 +226,9 @@ class BlockEngine(LineageOperations, CopyOperations, MaintenanceOperations):
         512 KiB are not hashed twice.
 
         Concurrent writers share their flushes (group commit): each stages its object,
-        then one of them — the leader — makes every staged object durable with one flush,
-        renames them into place and records all their entries in one transaction (one
-        savepoint each, so one writer's error is its own).
+        then one of them — the leader — makes every staged object durable with one flush;
+        a leader of the next stage records all their entries in one transaction (one
+        writer's error stays its own), while the next group's objects flush.
         """
         check_index(index)
         if len(data) != BLOCK_SIZE:
