@@ -29,9 +29,11 @@ layer left with one child is merged into it (blocks it shadowed are reclaimed).
 Unreferenced objects go to a garbage list and are deleted after a grace period, so a
 read that resolved an entry just before it was dropped still finds its object.
 
-Concurrent ``write_block`` calls share their flushes (group commit). ``reencrypt`` runs
-in worker processes (AES-GCM holds the GIL) with preallocated buffers, one ``syncfs``
-per batch, and records progress per batch so a restarted copy skips finished blocks.
+Concurrent ``write_block`` calls share their flushes (group commit, in two pipelined
+stages: one flush of the group's objects, then one transaction for their entries).
+``reencrypt`` runs in worker processes (AES-GCM holds the GIL) with preallocated
+buffers, one ``syncfs`` per batch, and records progress per batch so a restarted copy
+skips finished blocks.
 
 Where each part lives (``BlockEngine`` puts them together; import everything from here):
 
@@ -224,9 +226,9 @@ class BlockEngine(LineageOperations, CopyOperations, MaintenanceOperations):
         512 KiB are not hashed twice.
 
         Concurrent writers share their flushes (group commit): each stages its object,
-        then one of them — the leader — makes every staged object durable with one flush,
-        renames them into place and records all their entries in one transaction (one
-        savepoint each, so one writer's error is its own).
+        then one of them — the leader — makes every staged object durable with one flush;
+        a leader of the next stage records all their entries in one transaction (one
+        writer's error stays its own), while the next group's objects flush.
         """
         check_index(index)
         if len(data) != BLOCK_SIZE:
