@@ -45,11 +45,11 @@ from ebscrypt.engines.ec2.instances import (
     attributes_of,
     check_shutdown_behavior,
     check_user_data,
-    instance_view,
     known_instance_types,
     model_enum,
     save_attributes,
 )
+from ebscrypt.engines.ec2.records import Attachment, Volume
 from ebscrypt.engines.ec2.volumes import set_delete_on_termination
 from ebscrypt.errors import (
     IncorrectInstanceState,
@@ -265,12 +265,19 @@ def modify_attribute(ctx: RequestContext, instance_id: str, req: AttributeReques
 # ============================================================================ DescribeInstanceAttribute
 
 
-def _value(value: Any) -> dict[str, Any]:
-    """An AttributeValue: ``{}`` when unset, as EC2 answers."""
-    return {} if value is None else {"Value": value}
+@dataclass(frozen=True)
+class AttributeReading:
+    """What DescribeInstanceAttribute answers from: the instance, its attributes and (for
+    ``blockDeviceMapping`` only) its attached volumes, sorted by device."""
+
+    instance: Instance
+    attrs: InstanceAttrs
+    attached: list[tuple[Volume, Attachment]]
 
 
-def describe_attribute(ctx: RequestContext, instance_id: str, attribute: str) -> dict[str, Any]:
+def read_attribute(ctx: RequestContext, instance_id: str, attribute: str) -> AttributeReading:
+    """DescribeInstanceAttribute's read: the attribute name checked, the instance (the
+    caller's) and what the answer is built from."""
     caller = ctx.caller
     if attribute not in _attribute_names():
         raise _unknown_attribute(attribute)
@@ -278,28 +285,7 @@ def describe_attribute(ctx: RequestContext, instance_id: str, attribute: str) ->
         instance = get_instance(conn, caller.account, caller.region, instance_id, ctx.runtime.clock.now())
         attrs = attributes_of(conn, [instance_id])[instance_id]
         attached = core_volumes.volumes_of_instance(conn, instance_id) if attribute == "blockDeviceMapping" else []
-    answers: dict[str, Callable[[], tuple[str, Any]]] = {
-        "instanceType": lambda: ("InstanceType", _value(instance.instance_type)),
-        "kernel": lambda: ("KernelId", _value(attrs.kernel_id)),
-        "ramdisk": lambda: ("RamdiskId", _value(attrs.ramdisk_id)),
-        "userData": lambda: ("UserData", _value(attrs.user_data)),
-        "disableApiTermination": lambda: ("DisableApiTermination", _value(attrs.disable_api_termination)),
-        "disableApiStop": lambda: ("DisableApiStop", _value(attrs.disable_api_stop)),
-        "instanceInitiatedShutdownBehavior":
-            lambda: ("InstanceInitiatedShutdownBehavior", _value(attrs.shutdown_behavior)),
-        "rootDeviceName": lambda: ("RootDeviceName", _value(instance.root_device_name)),
-        "blockDeviceMapping": lambda: ("BlockDeviceMappings", instance_view(instance, attached, [])[
-            "BlockDeviceMappings"]),
-        "productCodes": lambda: ("ProductCodes", []),
-        "sourceDestCheck": lambda: ("SourceDestCheck", _value(attrs.source_dest_check)),
-        "groupSet": lambda: ("Groups", instance.security_groups),
-        "ebsOptimized": lambda: ("EbsOptimized", _value(instance.ebs_optimized)),
-        "sriovNetSupport": lambda: ("SriovNetSupport", _value(attrs.sriov_net_support)),
-        "enaSupport": lambda: ("EnaSupport", _value(bool(instance.ena_support))),
-        "enclaveOptions": lambda: ("EnclaveOptions", {"Enabled": False}),
-    }
-    key, value = answers[attribute]()
-    return {"InstanceId": instance_id, key: value}
+    return AttributeReading(instance, attrs, sorted(attached, key=lambda va: va[1].device))
 
 
 # ============================================================================ DescribeInstanceStatus
@@ -365,4 +351,4 @@ def describe_status(ctx: RequestContext, ids: list[str], filters: list[dict[str,
     return select_matching(statuses, filters, _STATUS_FILTERS)
 
 
-__all__ = ["InstanceAttrs", "describe_attribute", "describe_status", "modify_attribute", "requested_change"]
+__all__ = ["AttributeReading", "InstanceAttrs", "describe_status", "modify_attribute", "read_attribute", "requested_change"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -168,38 +169,59 @@ def _json_value(value: Any) -> Any:
     raise TypeError(f"a launch template member of type {type(value).__name__} cannot be stored")
 
 
-# ----------------------------------------------------------------------------- views
+# ----------------------------------------------------------------------------- records
 
 
-def template_view(conn: Connection, template: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "LaunchTemplateId": template["template_id"],
-        "LaunchTemplateName": template["name"],
-        "CreateTime": template["created_at"],
-        "CreatedBy": template["created_by"],
-        "DefaultVersionNumber": int(template["default_version"]),
-        "LatestVersionNumber": int(template["latest_version"]),
-    }
-    tags = tags_for(conn, template["account"], [template["template_id"]])[template["template_id"]]
-    if tags:
-        out["Tags"] = tags
-    return out
+@dataclass(frozen=True)
+class LaunchTemplate:
+    """A launch template as stored, with its tags (the service builds the view)."""
+
+    template_id: str
+    name: str
+    created_at: datetime
+    created_by: str
+    default_version: int
+    latest_version: int
+    tags: list[dict[str, str]]
 
 
-def version_view(template: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
-    data = json.loads(row["data"])
-    out: dict[str, Any] = {
-        "LaunchTemplateId": template["template_id"],
-        "LaunchTemplateName": template["name"],
-        "VersionNumber": int(row["version"]),
-        "CreateTime": row["created_at"],
-        "CreatedBy": row["created_by"],
-        "DefaultVersion": int(row["version"]) == int(template["default_version"]),
-        "LaunchTemplateData": {k: data[k] for k in _ECHOED if k in data},
-    }
-    if row["description"]:
-        out["VersionDescription"] = row["description"]
-    return out
+@dataclass(frozen=True)
+class TemplateVersion:
+    """One version of a launch template; ``data`` is its ``LaunchTemplateData`` as stored."""
+
+    template_id: str
+    template_name: str
+    version: int
+    created_at: datetime
+    created_by: str
+    is_default: bool
+    description: str | None
+    data: dict[str, Any]
+
+    def echoed_data(self) -> dict[str, Any]:
+        """The members of the data that ``ResponseLaunchTemplateData`` has (the others are
+        kept for RunInstances but not shown)."""
+        return {k: self.data[k] for k in _ECHOED if k in self.data}
+
+
+def _templates(conn: Connection, account: str, rows: list[dict[str, Any]]) -> list[LaunchTemplate]:
+    """Template rows as records, with their tags (one query for all). [conn]"""
+    tags = tags_for(conn, account, [r["template_id"] for r in rows])
+    return [
+        LaunchTemplate(r["template_id"], r["name"], r["created_at"], r["created_by"], int(r["default_version"]),
+                       int(r["latest_version"]), tags[r["template_id"]])
+        for r in rows
+    ]
+
+
+def _template(conn: Connection, template: dict[str, Any]) -> LaunchTemplate:
+    return _templates(conn, template["account"], [template])[0]
+
+
+def _version(template: dict[str, Any], row: dict[str, Any]) -> TemplateVersion:
+    number = int(row["version"])
+    return TemplateVersion(template["template_id"], template["name"], number, row["created_at"], row["created_by"],
+                           number == int(template["default_version"]), row["description"], json.loads(row["data"]))
 
 
 # ----------------------------------------------------------------------------- operations
@@ -221,7 +243,7 @@ def create_template(
     data: dict[str, Any] | None,
     description: str | None,
     tag_spec_list: list[dict[str, Any]] | None,
-) -> dict[str, Any]:
+) -> LaunchTemplate:
     if not name or not _NAME_RE.match(name):
         raise LaunchTemplateNameMalformed(
             f"The launch template name '{name}' is not valid: use 3 to 128 characters: letters, "
@@ -261,7 +283,7 @@ def create_template(
         tags = tag_specs(tag_spec_list, "launch-template")
         if tags:
             put_tags(conn, caller.account, caller.region, template_id, tags)
-        return template_view(conn, row)
+        return _template(conn, row)
 
 
 def create_version(
@@ -272,7 +294,7 @@ def create_version(
     source_version: str | None,
     data: dict[str, Any] | None,
     description: str | None,
-) -> dict[str, Any]:
+) -> TemplateVersion:
     caller = ctx.caller
     data = _check_data(data)
     now = ctx.runtime.clock.now()
@@ -296,10 +318,10 @@ def create_version(
         row = conn.execute(
             select(versions_t).where(versions_t.c.template_id == template["template_id"], versions_t.c.version == number)
         ).mappings().one()
-        return version_view(template, dict(row))
+        return _version(template, dict(row))
 
 
-def modify_default(ctx: RequestContext, *, template_id: str | None, name: str | None, default: str | None) -> dict[str, Any]:
+def modify_default(ctx: RequestContext, *, template_id: str | None, name: str | None, default: str | None) -> LaunchTemplate:
     caller = ctx.caller
     with ctx.runtime.db.begin() as conn:
         template = _load(conn, caller.account, caller.region, template_id=template_id, name=name)
@@ -309,14 +331,14 @@ def modify_default(ctx: RequestContext, *, template_id: str | None, name: str | 
                 update(templates_t).where(templates_t.c.template_id == template["template_id"]).values(default_version=number)
             )
             template["default_version"] = number
-        return template_view(conn, template)
+        return _template(conn, template)
 
 
-def delete_template(ctx: RequestContext, *, template_id: str | None, name: str | None) -> dict[str, Any]:
+def delete_template(ctx: RequestContext, *, template_id: str | None, name: str | None) -> LaunchTemplate:
     caller = ctx.caller
     with ctx.runtime.db.begin() as conn:
         template = _load(conn, caller.account, caller.region, template_id=template_id, name=name)
-        view = template_view(conn, template)
+        view = _template(conn, template)
         conn.execute(delete(versions_t).where(versions_t.c.template_id == template["template_id"]))
         conn.execute(delete(templates_t).where(templates_t.c.template_id == template["template_id"]))
         delete_tags_of(conn, template["template_id"])
@@ -364,7 +386,7 @@ def delete_versions(
 
 def describe_templates(
     ctx: RequestContext, *, ids: list[str] | None, names: list[str] | None
-) -> list[dict[str, Any]]:
+) -> list[LaunchTemplate]:
     """Templates of the caller (account + region), optionally narrowed to ids / names."""
     caller = ctx.caller
     for tid in ids or []:
@@ -385,7 +407,7 @@ def describe_templates(
         for n in names or []:
             if n not in found_names:
                 raise _not_found_name()
-        return [template_view(conn, r) for r in rows]
+        return _templates(conn, caller.account, rows)
 
 
 def describe_versions(
@@ -396,7 +418,7 @@ def describe_versions(
     versions: list[str] | None,
     min_version: str | None,
     max_version: str | None,
-) -> list[dict[str, Any]]:
+) -> list[TemplateVersion]:
     caller = ctx.caller
     low, high = _version_bound(min_version, "minVersion"), _version_bound(max_version, "maxVersion")
     with ctx.runtime.db.read() as conn:
@@ -415,7 +437,7 @@ def describe_versions(
                     select(templates_t).where(templates_t.c.account == caller.account, templates_t.c.region == caller.region)
                 ).mappings()
             ]
-        out: list[dict[str, Any]] = []
+        out: list[TemplateVersion] = []
         for template in templates:
             rows = [
                 dict(r)
@@ -434,8 +456,8 @@ def describe_versions(
                 rows = [r for r in rows if r["version"] >= low]
             if high is not None:
                 rows = [r for r in rows if r["version"] <= high]
-            out.extend(version_view(template, r) for r in rows)
-        out.sort(key=lambda v: (v["LaunchTemplateId"], -v["VersionNumber"]))
+            out.extend(_version(template, r) for r in rows)
+        out.sort(key=lambda v: (v.template_id, -v.version))
         return out
 
 
