@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from ebscrypt import __version__
 from ebscrypt.context import Settings
@@ -27,6 +27,7 @@ DESCRIPTION = (
     "upload / download (move disk images through the EBS direct APIs)."
 )
 _ACCOUNT_RE = re.compile(r"^\d{12}$")
+T = TypeVar("T")
 
 
 class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -421,22 +422,31 @@ def _open_db(args: argparse.Namespace) -> "ReadOnlyDatabase | None":
         return None
 
 
+def _read_db(args: argparse.Namespace, read: Callable[[Any], T]) -> T | None:
+    """``read(conn)`` in one read transaction of the metadata database opened read-only;
+    None when there is no database (the message is printed)."""
+    db = _open_db(args)
+    if db is None:
+        return None
+    try:
+        with db.read() as conn:
+            return read(conn)
+    finally:
+        db.dispose()
+
+
 def _explain(args: argparse.Namespace, _rest: list[str]) -> int:
     import json
 
     from ebscrypt.engines.insight.explain import explain, render_text
     from ebscrypt.errors import ServiceError
 
-    db = _open_db(args)
-    if db is None:
-        return 2
     try:
-        with db.read() as conn:
-            result = explain(conn, args.resource_id)
+        result = _read_db(args, lambda conn: explain(conn, args.resource_id))
     except ServiceError as err:
         return _fail(err.message)
-    finally:
-        db.dispose()
+    if result is None:
+        return 2
     print(json.dumps(result.as_dict(), indent=2) if args.json else render_text(result))
     return 0
 
@@ -445,14 +455,9 @@ def _report(args: argparse.Namespace, _rest: list[str]) -> int:
     from ebscrypt.engines.insight.posture import at_or_above, report
     from ebscrypt.engines.insight.render import findings_csv, findings_json, findings_table, terminal_width
 
-    db = _open_db(args)
-    if db is None:
+    findings = _read_db(args, lambda conn: report(conn, args.account))
+    if findings is None:
         return 2
-    try:
-        with db.read() as conn:
-            findings = report(conn, args.account)
-    finally:
-        db.dispose()
     if args.format == "table":
         sys.stdout.write(findings_table(findings, width=terminal_width()))
     else:

@@ -49,7 +49,7 @@ from ebscrypt.engines.attach import engine as attach_io
 from ebscrypt.engines.ec2 import image_records
 from ebscrypt.engines.ec2 import keypairs, network, waits
 from ebscrypt.engines.ec2 import templates as templates_engine
-from ebscrypt.engines.ec2.encryption import WrappedDataKey, new_data_key, resolve_encryption
+from ebscrypt.engines.ec2.encryption import prepare_data_key, resolve_encryption
 from ebscrypt.engines.ec2.ids import job_ctx, new_id
 from ebscrypt.engines.ec2.instance_records import (
     Instance,
@@ -293,19 +293,7 @@ def _prepare_volume(ctx: RequestContext, *, zone: str, source: Snapshot | None, 
                                 snapshot_size=source.volume_size if source else None)
     plan = resolve_encryption(ctx, source, requested.get("Encrypted"), requested.get("KmsKeyId"))
     volume_id = new_id("vol")
-    data_key = None
-    if plan.encrypted and plan.problem is None:
-        if plan.reuse_source_data_key and source is not None:  # R-KEY-2
-            data_key = WrappedDataKey(source.kms_key_arn or "", source.data_key_id or "",
-                                      source.data_key_blob or b"", source.encryption_context)
-        else:
-            try:
-                data_key = new_data_key(ctx, plan.key_arn or "", volume_id)
-            except ServiceError as err:
-                if err.status >= 500:  # our fault (e.g. the data dir is full), not the key's: retryable
-                    raise
-                plan = plan.failed(f"Client.InvalidKMSKey.InvalidState: The KMS key {plan.key_arn} cannot be "
-                                   f"used ({err.code}: {err.message})")
+    plan, data_key = prepare_data_key(ctx, plan, source, volume_id)
     return VolumePrep(volume_id, zone, spec, plan, source, data_key, attach=attach)
 
 

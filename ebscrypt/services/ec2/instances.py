@@ -32,10 +32,7 @@ def describe_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
     reservations = engine.describe_instances(ctx, params.get("InstanceIds") or [], params.get("Filters"))
     reservations.sort(key=lambda r: r.reservation_id)  # paging order
     chunk, token = page(reservations, params, lambda r: r.reservation_id, low=5, high=1000, ids_param="InstanceIds")
-    out: dict[str, Any] = {"Reservations": [reservation_view(r) for r in chunk]}
-    if token:
-        out["NextToken"] = token
-    return out
+    return {"Reservations": [reservation_view(r) for r in chunk], "NextToken": token}
 
 
 @operation("ec2", "StartInstances")
@@ -86,10 +83,7 @@ def describe_instance_status(ctx: RequestContext, params: dict[str, Any]) -> dic
         raise InvalidParameterValue(f"The maximum number of instance IDs that can be specified is {MAX_STATUS_IDS}.")
     statuses = attributes.describe_status(ctx, ids, params.get("Filters"), bool(params.get("IncludeAllInstances")))
     chunk, token = page(statuses, params, lambda s: s["InstanceId"], low=5, high=1000, ids_param="InstanceIds")
-    out: dict[str, Any] = {"InstanceStatuses": chunk}
-    if token:
-        out["NextToken"] = token
-    return out
+    return {"InstanceStatuses": chunk, "NextToken": token}
 
 
 # ============================================================================ views

@@ -96,10 +96,7 @@ def describe_launch_templates(ctx: RequestContext, params: dict[str, Any]) -> di
     items = sorted(filter_select(items, params.get("Filters"), _TEMPLATE_FILTERS, tag_getter=_tags),
                    key=lambda t: t.template_id)  # paging order
     chunk, token = page(items, params, lambda t: t.template_id, low=1, high=200)
-    out: dict[str, Any] = {"LaunchTemplates": [template_view(t) for t in chunk]}
-    if token:
-        out["NextToken"] = token
-    return out
+    return {"LaunchTemplates": [template_view(t) for t in chunk], "NextToken": token}
 
 
 @operation("ec2", "DescribeLaunchTemplateVersions")
@@ -112,10 +109,7 @@ def describe_launch_template_versions(ctx: RequestContext, params: dict[str, Any
     items = filter_select(items, params.get("Filters"), _VERSION_FILTERS)
     # newest version first, as EC2 lists them; the key sorts the same way
     chunk, token = page(items, params, lambda v: f"{v.template_id}:{10**12 - v.version:012d}", low=1, high=200)
-    out: dict[str, Any] = {"LaunchTemplateVersions": [version_view(v) for v in chunk]}
-    if token:
-        out["NextToken"] = token
-    return out
+    return {"LaunchTemplateVersions": [version_view(v) for v in chunk], "NextToken": token}
 
 
 @operation("ec2", "DeleteLaunchTemplate")
