@@ -14,9 +14,10 @@ EC2 changes the instance type, user data, kernel, RAM disk, EBS optimization, EN
 SR-IOV support only on a stopped instance (IncorrectInstanceState "The instance '…' is
 not in the 'stopped' state."); the others also on a running one.
 
-DescribeInstanceStatus: ebscrypt's instances run no code, so a running instance's
-instance, system and attached-EBS checks pass ("ok"); any other state is
-"not-applicable", listed only with IncludeAllInstances, as EC2 does.
+DescribeInstanceStatus (its view is built in services/ec2/instances.py): ebscrypt's
+instances run no code, so a running instance's instance, system and attached-EBS checks
+pass ("ok"); any other state is "not-applicable", listed only with IncludeAllInstances,
+as EC2 does.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from ebscrypt.context import RequestContext
 from ebscrypt.domain import instance_types as it
 from ebscrypt.engines.ec2 import volumes as core_volumes
 from ebscrypt.engines.ec2 import network
-from ebscrypt.engines.ec2.filters import select_matching
 from ebscrypt.engines.ec2.instance_records import (
     Instance,
     check_instance_ids,
@@ -290,53 +290,9 @@ def read_attribute(ctx: RequestContext, instance_id: str, attribute: str) -> Att
 
 # ============================================================================ DescribeInstanceStatus
 
-_PASSED = [{"Name": "reachability", "Status": "passed"}]
-
-
-def _status(instance: Instance) -> dict[str, Any]:
-    """The model's ``InstanceStatus`` for one instance."""
-    if instance.state == it.RUNNING:
-        check = {"Status": "ok", "Details": list(_PASSED)}
-    else:
-        check = {"Status": "not-applicable"}
-    return {
-        "InstanceId": instance.instance_id,
-        "AvailabilityZone": instance.availability_zone,
-        "InstanceState": {"Code": it.STATE_CODES[instance.state], "Name": instance.state},
-        "InstanceStatus": dict(check),
-        "SystemStatus": dict(check),
-        "AttachedEbsStatus": dict(check),
-        "Events": [],
-    }
-
-
-def _reachability(key: str) -> Callable[[dict[str, Any]], list[str]]:
-    return lambda s: [d["Status"] for d in s[key].get("Details", []) if d["Name"] == "reachability"]
-
-
-_STATUS_FILTERS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "availability-zone": lambda s: s["AvailabilityZone"],
-    "instance-state-name": lambda s: s["InstanceState"]["Name"],
-    "instance-state-code": lambda s: s["InstanceState"]["Code"],
-    "instance-status.status": lambda s: s["InstanceStatus"]["Status"],
-    "instance-status.reachability": _reachability("InstanceStatus"),
-    "system-status.status": lambda s: s["SystemStatus"]["Status"],
-    "system-status.reachability": _reachability("SystemStatus"),
-    "attached-ebs-status.status": lambda s: s["AttachedEbsStatus"]["Status"],
-    # no scheduled events ever exist for these instances
-    "event.code": lambda s: [],
-    "event.description": lambda s: [],
-    "event.instance-event-id": lambda s: [],
-    "event.not-after": lambda s: [],
-    "event.not-before": lambda s: [],
-    "event.not-before-deadline": lambda s: [],
-    "operator.managed": lambda s: False,
-}
-
-
-def describe_status(ctx: RequestContext, ids: list[str], filters: list[dict[str, Any]] | None,
-                    include_all: bool) -> list[dict[str, Any]]:
-    """Statuses of the caller's instances, ordered by instance id (for paging)."""
+def describe_status(ctx: RequestContext, ids: list[str], include_all: bool) -> list[Instance]:
+    """The caller's instances whose status DescribeInstanceStatus shows (the running ones
+    unless ``include_all``), ordered by instance id (for paging)."""
     caller = ctx.caller
     check_instance_ids(ids)
     now = ctx.runtime.clock.now()
@@ -347,8 +303,7 @@ def describe_status(ctx: RequestContext, ids: list[str], filters: list[dict[str,
             instances = visible_instances(conn, caller.account, caller.region, now)
     if not include_all:
         instances = [i for i in instances if i.state == it.RUNNING]
-    statuses = sorted((_status(i) for i in instances), key=lambda s: s["InstanceId"])
-    return select_matching(statuses, filters, _STATUS_FILTERS)
+    return sorted(instances, key=lambda i: i.instance_id)
 
 
 __all__ = ["AttributeReading", "InstanceAttrs", "describe_status", "modify_attribute", "read_attribute", "requested_change"]

@@ -10,6 +10,8 @@ from ebscrypt.context import RequestContext
 from ebscrypt.domain import instance_types as it
 from ebscrypt.engines.ec2 import instance_attributes as attributes
 from ebscrypt.engines.ec2 import instances as engine
+from ebscrypt.engines.ec2.filters import select_matching as filter_select
+from ebscrypt.engines.ec2.instance_records import Instance
 from ebscrypt.engines.ec2.instances import InstanceDetail, Reservation
 from ebscrypt.engines.ec2.records import Attachment, Volume
 from ebscrypt.services.ec2.request import dry_run_check
@@ -81,7 +83,8 @@ def describe_instance_status(ctx: RequestContext, params: dict[str, Any]) -> dic
     ids = params.get("InstanceIds") or []
     if len(ids) > MAX_STATUS_IDS:
         raise InvalidParameterValue(f"The maximum number of instance IDs that can be specified is {MAX_STATUS_IDS}.")
-    statuses = attributes.describe_status(ctx, ids, params.get("Filters"), bool(params.get("IncludeAllInstances")))
+    instances = attributes.describe_status(ctx, ids, bool(params.get("IncludeAllInstances")))
+    statuses = filter_select([status_view(i) for i in instances], params.get("Filters"), _STATUS_FILTERS)
     chunk, token = page(statuses, params, lambda s: s["InstanceId"], low=5, high=1000, ids_param="InstanceIds")
     return {"InstanceStatuses": chunk, "NextToken": token}
 
@@ -193,3 +196,47 @@ def attribute_view(instance_id: str, attribute: str, reading: attributes.Attribu
     }
     key, value = answers[attribute]()
     return {"InstanceId": instance_id, key: value}
+
+
+_PASSED = [{"Name": "reachability", "Status": "passed"}]
+
+
+def status_view(instance: Instance) -> dict[str, Any]:
+    """The model's ``InstanceStatus`` for one instance."""
+    if instance.state == it.RUNNING:
+        check = {"Status": "ok", "Details": list(_PASSED)}
+    else:
+        check = {"Status": "not-applicable"}
+    return {
+        "InstanceId": instance.instance_id,
+        "AvailabilityZone": instance.availability_zone,
+        "InstanceState": {"Code": it.STATE_CODES[instance.state], "Name": instance.state},
+        "InstanceStatus": dict(check),
+        "SystemStatus": dict(check),
+        "AttachedEbsStatus": dict(check),
+        "Events": [],
+    }
+
+
+def _reachability(key: str) -> Callable[[dict[str, Any]], list[str]]:
+    return lambda s: [d["Status"] for d in s[key].get("Details", []) if d["Name"] == "reachability"]
+
+
+_STATUS_FILTERS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "availability-zone": lambda s: s["AvailabilityZone"],
+    "instance-state-name": lambda s: s["InstanceState"]["Name"],
+    "instance-state-code": lambda s: s["InstanceState"]["Code"],
+    "instance-status.status": lambda s: s["InstanceStatus"]["Status"],
+    "instance-status.reachability": _reachability("InstanceStatus"),
+    "system-status.status": lambda s: s["SystemStatus"]["Status"],
+    "system-status.reachability": _reachability("SystemStatus"),
+    "attached-ebs-status.status": lambda s: s["AttachedEbsStatus"]["Status"],
+    # no scheduled events ever exist for these instances
+    "event.code": lambda s: [],
+    "event.description": lambda s: [],
+    "event.instance-event-id": lambda s: [],
+    "event.not-after": lambda s: [],
+    "event.not-before": lambda s: [],
+    "event.not-before-deadline": lambda s: [],
+    "operator.managed": lambda s: False,
+}
