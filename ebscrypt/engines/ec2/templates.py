@@ -345,15 +345,26 @@ def delete_template(ctx: RequestContext, *, template_id: str | None, name: str |
         return view
 
 
+@dataclass(frozen=True)
+class VersionDeletion:
+    """One version DeleteLaunchTemplateVersions was asked for: deleted, or why not
+    (``error_code`` / ``error_message``, EC2's per-version ``ResponseError``)."""
+
+    template_id: str
+    template_name: str
+    version: int
+    error_code: str | None = None
+    error_message: str | None = None
+
+
 def delete_versions(
     ctx: RequestContext, *, template_id: str | None, name: str | None, versions: list[str]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> list[VersionDeletion]:
     caller = ctx.caller
-    ok: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
+    out: list[VersionDeletion] = []
     with ctx.runtime.db.begin() as conn:
         template = _load(conn, caller.account, caller.region, template_id=template_id, name=name)
-        ident = {"LaunchTemplateId": template["template_id"], "LaunchTemplateName": template["name"]}
+        ident = (template["template_id"], template["name"])
         for v in versions:  # refused before anything is deleted
             if _too_large(v):
                 raise InvalidParameterValue(
@@ -363,25 +374,22 @@ def delete_versions(
         for v in versions:
             number = _as_version(v)
             if number is None:
-                failed.append({**ident, "VersionNumber": 0, "ResponseError": {
-                    "Code": "launchTemplateVersionDoesNotExist",
-                    "Message": f"The launch template version {v} does not exist."}})
+                out.append(VersionDeletion(*ident, 0, "launchTemplateVersionDoesNotExist",
+                                           f"The launch template version {v} does not exist."))
                 continue
             if number == int(template["default_version"]):
-                failed.append({**ident, "VersionNumber": number, "ResponseError": {
-                    "Code": "launchTemplateVersionIsDefault",
-                    "Message": "Cannot delete the default version of a launch template."}})
+                out.append(VersionDeletion(*ident, number, "launchTemplateVersionIsDefault",
+                                           "Cannot delete the default version of a launch template."))
                 continue
             res = conn.execute(
                 delete(versions_t).where(versions_t.c.template_id == template["template_id"], versions_t.c.version == number)
             )
             if res.rowcount:
-                ok.append({**ident, "VersionNumber": number})
+                out.append(VersionDeletion(*ident, number))
             else:
-                failed.append({**ident, "VersionNumber": number, "ResponseError": {
-                    "Code": "launchTemplateVersionDoesNotExist",
-                    "Message": f"The launch template version {number} does not exist."}})
-    return ok, failed
+                out.append(VersionDeletion(*ident, number, "launchTemplateVersionDoesNotExist",
+                                           f"The launch template version {number} does not exist."))
+    return out
 
 
 def describe_templates(

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import templates as engine
-from ebscrypt.engines.ec2.templates import LaunchTemplate, TemplateVersion
+from ebscrypt.engines.ec2.templates import LaunchTemplate, TemplateVersion, VersionDeletion
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.engines.ec2.filters import select_matching as filter_select
 from ebscrypt.services.ec2.paging import page
@@ -122,6 +122,21 @@ def delete_launch_template(ctx: RequestContext, params: dict[str, Any]) -> dict[
 @operation("ec2", "DeleteLaunchTemplateVersions")
 def delete_launch_template_versions(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    ok, failed = engine.delete_versions(ctx, template_id=params.get("LaunchTemplateId"),
-                                        name=params.get("LaunchTemplateName"), versions=params.get("Versions") or [])
-    return {"SuccessfullyDeletedLaunchTemplateVersions": ok, "UnsuccessfullyDeletedLaunchTemplateVersions": failed}
+    results = engine.delete_versions(ctx, template_id=params.get("LaunchTemplateId"),
+                                     name=params.get("LaunchTemplateName"), versions=params.get("Versions") or [])
+    return {
+        "SuccessfullyDeletedLaunchTemplateVersions": [deletion_view(r) for r in results if r.error_code is None],
+        "UnsuccessfullyDeletedLaunchTemplateVersions": [deletion_view(r) for r in results if r.error_code is not None],
+    }
+
+
+def deletion_view(result: VersionDeletion) -> dict[str, Any]:
+    """A ``DeleteLaunchTemplateVersionsResponseSuccessItem`` or ``…ErrorItem`` (with its
+    ``ResponseError``)."""
+    return {
+        "LaunchTemplateId": result.template_id,
+        "LaunchTemplateName": result.template_name,
+        "VersionNumber": result.version,
+        "ResponseError": ({"Code": result.error_code, "Message": result.error_message}
+                          if result.error_code is not None else None),
+    }
