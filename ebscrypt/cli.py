@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from ebscrypt import __version__
 from ebscrypt.context import Settings
@@ -27,6 +27,7 @@ DESCRIPTION = (
     "upload / download (move disk images through the EBS direct APIs)."
 )
 _ACCOUNT_RE = re.compile(r"^\d{12}$")
+T = TypeVar("T")
 
 
 class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -42,7 +43,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ebscrypt", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"ebscrypt {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_serve_command(commands)
+    _add_keystore_commands(commands)
+    _add_tool_commands(commands)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command not in ("upload", "download"):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return int(args.func(args, rest) or 0)
 
+
+def _add_serve_command(commands: Any) -> None:
+    """``ebscrypt serve`` and its options (each a ``Settings`` field, see ``_settings``)."""
     serve = commands.add_parser("serve", help="run the AWS-compatible endpoint",
                                 description="Run the AWS-compatible EC2/EBS/KMS endpoint.",
                                 formatter_class=_Defaults)
@@ -96,8 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="event loop (default auto: uvloop if installed)")
     serve.set_defaults(func=_serve)
 
-    _add_keystore_commands(commands)
 
+def _add_tool_commands(commands: Any) -> None:
+    """The commands besides ``serve`` and ``keystore``: audit-log, explain, report, upload, download."""
     audit = commands.add_parser("audit-log", help="print the KMS audit trail (CloudTrail JSON lines)",
                                 description="Print the KMS audit trail (CloudTrail JSON lines).",
                                 formatter_class=_Defaults)
@@ -123,11 +135,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("upload", "download"):
         sub = commands.add_parser(name, help=f"{name} a disk image through the EBS direct APIs", add_help=False)
         sub.set_defaults(func=_datapath, datapath=name)
-
-    args, rest = parser.parse_known_args(argv)
-    if rest and args.command not in ("upload", "download"):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return int(args.func(args, rest) or 0)
 
 
 def _add_keystore_commands(commands: Any) -> None:
@@ -184,57 +191,91 @@ def _is_loopback(host: str) -> bool:
 
 
 def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
-    import uvicorn
-
-    from ebscrypt.app import build_app
-
     loopback = _is_loopback(args.host)
     auth = args.auth or ("dev" if loopback else "strict")
+    problem = _serve_args_problem(args, auth, loopback)
+    if problem:
+        return _fail(problem, 2)
+    if args.root_key_file is not None:
+        args.key_store = f"file:{args.root_key_file.resolve()}"
+    # Listen before announcing anything: a port already taken is an error, not a server
+    # that says "serving on" and then exits.
+    sock_or_problem = _bind(args)
+    if isinstance(sock_or_problem, str):
+        return _fail(sock_or_problem)
+    settings = _settings(args, auth)
+    # The key store is checked before serving: a missing token, a wrong PIN or passphrase,
+    # a readable root key file, or a database wrapped by another store is a clear message
+    # and a non-zero exit here (uvicorn would log a lifespan traceback and exit 0/3).
+    from ebscrypt.engines.kms.keystore_admin import preflight
+
+    problem = preflight(settings)
+    if problem:
+        print(f"ebscrypt: {problem}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _announce(args, auth)
+    return _run(args, settings, sock_or_problem)
+
+
+def _serve_args_problem(args: argparse.Namespace, auth: str, loopback: bool) -> str | None:
+    """What is wrong with ``serve``'s options (exit status 2), or None. Creates the data
+    directory, since whether it can be written is one of the checks."""
     if auth == "dev" and not loopback:
-        return _fail("--auth dev is only allowed on a loopback address; use --auth strict", 2)
+        return "--auth dev is only allowed on a loopback address; use --auth strict"
     if auth == "strict" and args.credentials is None:
-        return _fail("--auth strict needs --credentials FILE", 2)
+        return "--auth strict needs --credentials FILE"
     if not _ACCOUNT_RE.match(args.default_account):
-        return _fail(f"--default-account must be a 12-digit account id, not {args.default_account!r}", 2)
+        return f"--default-account must be a 12-digit account id, not {args.default_account!r}"
     if args.credentials is not None:
         from ebscrypt.identity import load_credentials
 
         try:
             load_credentials(args.credentials)
         except (OSError, ValueError) as exc:
-            return _fail(f"cannot use --credentials {args.credentials}: {getattr(exc, 'strerror', None) or exc}", 2)
+            return f"cannot use --credentials {args.credentials}: {getattr(exc, 'strerror', None) or exc}"
     try:
         args.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        return _fail(f"cannot create --data-dir {args.data_dir}: {exc.strerror or exc}", 2)
+        return f"cannot create --data-dir {args.data_dir}: {exc.strerror or exc}"
     if not os.access(args.data_dir, os.W_OK | os.X_OK):
-        return _fail(f"--data-dir {args.data_dir} is not writable", 2)
+        return f"--data-dir {args.data_dir} is not writable"
+    return _nbd_and_store_problem(args)
+
+
+def _nbd_and_store_problem(args: argparse.Namespace) -> str | None:
+    """The NBD, block store and root key options' problem, or None."""
     if (args.nbd_tls_cert is None) != (args.nbd_tls_key is None):
-        return _fail("--nbd-tls-cert and --nbd-tls-key go together", 2)
+        return "--nbd-tls-cert and --nbd-tls-key go together"
     if args.nbd_port and not _is_loopback(args.nbd_host) and args.nbd_tls_cert is None:
-        return _fail("NBD on a non-loopback address requires TLS (--nbd-tls-cert and --nbd-tls-key): "
-                     "NBD itself carries no credentials; use --nbd-port 0 to disable NBD", 2)
+        return ("NBD on a non-loopback address requires TLS (--nbd-tls-cert and --nbd-tls-key): "
+                "NBD itself carries no credentials; use --nbd-port 0 to disable NBD")
     if args.blocks is not None and "://" in args.blocks and not args.blocks.startswith("s3://"):
-        return _fail(f"--blocks takes s3://BUCKET[/PREFIX] or a directory, not {args.blocks!r}", 2)
-    if args.root_key_file is not None:
-        if args.key_store is not None:
-            return _fail("--root-key-file and --key-store both name the root of trust: give one", 2)
-        args.key_store = f"file:{args.root_key_file.resolve()}"
-    # Listen before announcing anything: a port already taken is an error, not a server
-    # that says "serving on" and then exits.
+        return f"--blocks takes s3://BUCKET[/PREFIX] or a directory, not {args.blocks!r}"
+    if args.root_key_file is not None and args.key_store is not None:
+        return "--root-key-file and --key-store both name the root of trust: give one"
+    return None
+
+
+def _bind(args: argparse.Namespace) -> socket.socket | str:
+    """The endpoint's listening socket, after probing the NBD port; or what went wrong."""
     try:
         sock = _listen(args.host, args.port)
     except OSError as exc:
-        return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
-                     f"(another server there? choose a port with --port)")
+        return (f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
+                f"(another server there? choose a port with --port)")
     if args.nbd_port:
         try:  # only a probe: the NBD server binds it itself at start; a taken port fails here, not later
             _listen(args.nbd_host, args.nbd_port).close()
         except OSError as exc:
             sock.close()
-            return _fail(f"cannot listen on {args.nbd_host}:{args.nbd_port} for NBD: {exc.strerror or exc} "
-                         f"(choose a port with --nbd-port, or 0 to disable NBD)")
-    settings = Settings(
+            return (f"cannot listen on {args.nbd_host}:{args.nbd_port} for NBD: {exc.strerror or exc} "
+                    f"(choose a port with --nbd-port, or 0 to disable NBD)")
+    return sock
+
+
+def _settings(args: argparse.Namespace, auth: str) -> Settings:
+    return Settings(
         data_dir=args.data_dir,
         host=args.host,
         port=args.port,
@@ -255,16 +296,10 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
         s3_endpoint_url=args.s3_endpoint_url,
         s3_profile=args.s3_profile,
     )
-    # The key store is checked before serving: a missing token, a wrong PIN or passphrase,
-    # a readable root key file, or a database wrapped by another store is a clear message
-    # and a non-zero exit here (uvicorn would log a lifespan traceback and exit 0/3).
-    from ebscrypt.engines.kms.keystore_admin import preflight
 
-    problem = preflight(settings)
-    if problem:
-        print(f"ebscrypt: {problem}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+def _announce(args: argparse.Namespace, auth: str) -> None:
+    """The start banner: the endpoint, a command to try, the key store, console and NBD."""
     host = f"[{args.host}]" if ":" in args.host else args.host
     endpoint = f"http://{host}:{args.port}"
     print(f"ebscrypt {__version__} serving on {endpoint} (auth: {auth}, data: {args.data_dir.resolve()})")
@@ -282,6 +317,14 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
         scheme = "nbds" if args.nbd_tls_cert else "nbd"
         print(f"attached volumes: {scheme}://{args.nbd_host}:{args.nbd_port}/<volume-id>")
     sys.stdout.flush()
+
+
+def _run(args: argparse.Namespace, settings: Settings, sock: socket.socket) -> int:
+    """Serve on ``sock`` until stopped; the exit status."""
+    import uvicorn
+
+    from ebscrypt.app import build_app
+
     # uvicorn catches SIGINT/SIGTERM: it stops accepting, finishes requests, runs the
     # lifespan shutdown (job workers stopped, database closed), then re-raises the signal
     # to the handlers below, so a requested stop exits with status 0.
@@ -379,22 +422,31 @@ def _open_db(args: argparse.Namespace) -> "ReadOnlyDatabase | None":
         return None
 
 
+def _read_db(args: argparse.Namespace, read: Callable[[Any], T]) -> T | None:
+    """``read(conn)`` in one read transaction of the metadata database opened read-only;
+    None when there is no database (the message is printed)."""
+    db = _open_db(args)
+    if db is None:
+        return None
+    try:
+        with db.read() as conn:
+            return read(conn)
+    finally:
+        db.dispose()
+
+
 def _explain(args: argparse.Namespace, _rest: list[str]) -> int:
     import json
 
     from ebscrypt.engines.insight.explain import explain, render_text
     from ebscrypt.errors import ServiceError
 
-    db = _open_db(args)
-    if db is None:
-        return 2
     try:
-        with db.read() as conn:
-            result = explain(conn, args.resource_id)
+        result = _read_db(args, lambda conn: explain(conn, args.resource_id))
     except ServiceError as err:
         return _fail(err.message)
-    finally:
-        db.dispose()
+    if result is None:
+        return 2
     print(json.dumps(result.as_dict(), indent=2) if args.json else render_text(result))
     return 0
 
@@ -403,14 +455,9 @@ def _report(args: argparse.Namespace, _rest: list[str]) -> int:
     from ebscrypt.engines.insight.posture import at_or_above, report
     from ebscrypt.engines.insight.render import findings_csv, findings_json, findings_table, terminal_width
 
-    db = _open_db(args)
-    if db is None:
+    findings = _read_db(args, lambda conn: report(conn, args.account))
+    if findings is None:
         return 2
-    try:
-        with db.read() as conn:
-            findings = report(conn, args.account)
-    finally:
-        db.dispose()
     if args.format == "table":
         sys.stdout.write(findings_table(findings, width=terminal_width()))
     else:

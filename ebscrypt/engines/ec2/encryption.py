@@ -141,6 +141,26 @@ def new_data_key(ctx: RequestContext, key_arn: str, resource_id: str) -> Wrapped
     return WrappedDataKey(arn, uuid.uuid4().hex, blob, context)
 
 
+def prepare_data_key(ctx: RequestContext, plan: EncryptionPlan, source: Snapshot | None,
+                     resource_id: str) -> tuple[EncryptionPlan, WrappedDataKey | None]:
+    """The data key of a new volume or snapshot (None when it is unencrypted or the plan has
+    already failed): the source snapshot's own when the plan reuses it (R-KEY-2), else a new
+    one under the plan's key (R-KEY-1). A key KMS refuses fails the plan (R-KEY-6: the
+    resource ends in error) rather than the request. [KMS, no conn]"""
+    if not plan.encrypted or plan.problem is not None:
+        return plan, None
+    if plan.reuse_source_data_key and source is not None:
+        return plan, WrappedDataKey(source.kms_key_arn or "", source.data_key_id or "",
+                                    source.data_key_blob or b"", source.encryption_context)
+    try:
+        return plan, new_data_key(ctx, plan.key_arn or "", resource_id)
+    except ServiceError as err:
+        if err.status >= 500:  # our fault (e.g. the data dir is full), not the key's: retryable
+            raise
+        return plan.failed(f"Client.InvalidKMSKey.InvalidState: The KMS key {plan.key_arn} cannot be "
+                           f"used ({err.code}: {err.message})"), None
+
+
 def unwrap(ctx: RequestContext, key_arn: str, blob: bytes, context: dict[str, str], data_key_id: str,
            *, region: str, grant: bool = True) -> Any:
     """R-KEY-3: grant for EC2, then Decrypt the wrapped data key. Returns a blocks DataKey."""

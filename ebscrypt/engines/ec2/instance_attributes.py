@@ -14,9 +14,10 @@ EC2 changes the instance type, user data, kernel, RAM disk, EBS optimization, EN
 SR-IOV support only on a stopped instance (IncorrectInstanceState "The instance '…' is
 not in the 'stopped' state."); the others also on a running one.
 
-DescribeInstanceStatus: ebscrypt's instances run no code, so a running instance's
-instance, system and attached-EBS checks pass ("ok"); any other state is
-"not-applicable", listed only with IncludeAllInstances, as EC2 does.
+DescribeInstanceStatus (its view is built in services/ec2/instances.py): ebscrypt's
+instances run no code, so a running instance's instance, system and attached-EBS checks
+pass ("ok"); any other state is "not-applicable", listed only with IncludeAllInstances,
+as EC2 does.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from ebscrypt.context import RequestContext
 from ebscrypt.domain import instance_types as it
 from ebscrypt.engines.ec2 import volumes as core_volumes
 from ebscrypt.engines.ec2 import network
-from ebscrypt.engines.ec2.filters import select_matching
 from ebscrypt.engines.ec2.instance_records import (
     Instance,
     check_instance_ids,
@@ -45,11 +45,11 @@ from ebscrypt.engines.ec2.instances import (
     attributes_of,
     check_shutdown_behavior,
     check_user_data,
-    instance_view,
     known_instance_types,
     model_enum,
     save_attributes,
 )
+from ebscrypt.engines.ec2.records import Attachment, Volume
 from ebscrypt.engines.ec2.volumes import set_delete_on_termination
 from ebscrypt.errors import (
     IncorrectInstanceState,
@@ -265,12 +265,19 @@ def modify_attribute(ctx: RequestContext, instance_id: str, req: AttributeReques
 # ============================================================================ DescribeInstanceAttribute
 
 
-def _value(value: Any) -> dict[str, Any]:
-    """An AttributeValue: ``{}`` when unset, as EC2 answers."""
-    return {} if value is None else {"Value": value}
+@dataclass(frozen=True)
+class AttributeReading:
+    """What DescribeInstanceAttribute answers from: the instance, its attributes and (for
+    ``blockDeviceMapping`` only) its attached volumes, sorted by device."""
+
+    instance: Instance
+    attrs: InstanceAttrs
+    attached: list[tuple[Volume, Attachment]]
 
 
-def describe_attribute(ctx: RequestContext, instance_id: str, attribute: str) -> dict[str, Any]:
+def read_attribute(ctx: RequestContext, instance_id: str, attribute: str) -> AttributeReading:
+    """DescribeInstanceAttribute's read: the attribute name checked, the instance (the
+    caller's) and what the answer is built from."""
     caller = ctx.caller
     if attribute not in _attribute_names():
         raise _unknown_attribute(attribute)
@@ -278,79 +285,14 @@ def describe_attribute(ctx: RequestContext, instance_id: str, attribute: str) ->
         instance = get_instance(conn, caller.account, caller.region, instance_id, ctx.runtime.clock.now())
         attrs = attributes_of(conn, [instance_id])[instance_id]
         attached = core_volumes.volumes_of_instance(conn, instance_id) if attribute == "blockDeviceMapping" else []
-    answers: dict[str, Callable[[], tuple[str, Any]]] = {
-        "instanceType": lambda: ("InstanceType", _value(instance.instance_type)),
-        "kernel": lambda: ("KernelId", _value(attrs.kernel_id)),
-        "ramdisk": lambda: ("RamdiskId", _value(attrs.ramdisk_id)),
-        "userData": lambda: ("UserData", _value(attrs.user_data)),
-        "disableApiTermination": lambda: ("DisableApiTermination", _value(attrs.disable_api_termination)),
-        "disableApiStop": lambda: ("DisableApiStop", _value(attrs.disable_api_stop)),
-        "instanceInitiatedShutdownBehavior":
-            lambda: ("InstanceInitiatedShutdownBehavior", _value(attrs.shutdown_behavior)),
-        "rootDeviceName": lambda: ("RootDeviceName", _value(instance.root_device_name)),
-        "blockDeviceMapping": lambda: ("BlockDeviceMappings", instance_view(instance, attached, [])[
-            "BlockDeviceMappings"]),
-        "productCodes": lambda: ("ProductCodes", []),
-        "sourceDestCheck": lambda: ("SourceDestCheck", _value(attrs.source_dest_check)),
-        "groupSet": lambda: ("Groups", instance.security_groups),
-        "ebsOptimized": lambda: ("EbsOptimized", _value(instance.ebs_optimized)),
-        "sriovNetSupport": lambda: ("SriovNetSupport", _value(attrs.sriov_net_support)),
-        "enaSupport": lambda: ("EnaSupport", _value(bool(instance.ena_support))),
-        "enclaveOptions": lambda: ("EnclaveOptions", {"Enabled": False}),
-    }
-    key, value = answers[attribute]()
-    return {"InstanceId": instance_id, key: value}
+    return AttributeReading(instance, attrs, sorted(attached, key=lambda va: va[1].device))
 
 
 # ============================================================================ DescribeInstanceStatus
 
-_PASSED = [{"Name": "reachability", "Status": "passed"}]
-
-
-def _status(instance: Instance) -> dict[str, Any]:
-    """The model's ``InstanceStatus`` for one instance."""
-    if instance.state == it.RUNNING:
-        check = {"Status": "ok", "Details": list(_PASSED)}
-    else:
-        check = {"Status": "not-applicable"}
-    return {
-        "InstanceId": instance.instance_id,
-        "AvailabilityZone": instance.availability_zone,
-        "InstanceState": {"Code": it.STATE_CODES[instance.state], "Name": instance.state},
-        "InstanceStatus": dict(check),
-        "SystemStatus": dict(check),
-        "AttachedEbsStatus": dict(check),
-        "Events": [],
-    }
-
-
-def _reachability(key: str) -> Callable[[dict[str, Any]], list[str]]:
-    return lambda s: [d["Status"] for d in s[key].get("Details", []) if d["Name"] == "reachability"]
-
-
-_STATUS_FILTERS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "availability-zone": lambda s: s["AvailabilityZone"],
-    "instance-state-name": lambda s: s["InstanceState"]["Name"],
-    "instance-state-code": lambda s: s["InstanceState"]["Code"],
-    "instance-status.status": lambda s: s["InstanceStatus"]["Status"],
-    "instance-status.reachability": _reachability("InstanceStatus"),
-    "system-status.status": lambda s: s["SystemStatus"]["Status"],
-    "system-status.reachability": _reachability("SystemStatus"),
-    "attached-ebs-status.status": lambda s: s["AttachedEbsStatus"]["Status"],
-    # no scheduled events ever exist for these instances
-    "event.code": lambda s: [],
-    "event.description": lambda s: [],
-    "event.instance-event-id": lambda s: [],
-    "event.not-after": lambda s: [],
-    "event.not-before": lambda s: [],
-    "event.not-before-deadline": lambda s: [],
-    "operator.managed": lambda s: False,
-}
-
-
-def describe_status(ctx: RequestContext, ids: list[str], filters: list[dict[str, Any]] | None,
-                    include_all: bool) -> list[dict[str, Any]]:
-    """Statuses of the caller's instances, ordered by instance id (for paging)."""
+def describe_status(ctx: RequestContext, ids: list[str], include_all: bool) -> list[Instance]:
+    """The caller's instances whose status DescribeInstanceStatus shows (the running ones
+    unless ``include_all``), ordered by instance id (for paging)."""
     caller = ctx.caller
     check_instance_ids(ids)
     now = ctx.runtime.clock.now()
@@ -361,8 +303,7 @@ def describe_status(ctx: RequestContext, ids: list[str], filters: list[dict[str,
             instances = visible_instances(conn, caller.account, caller.region, now)
     if not include_all:
         instances = [i for i in instances if i.state == it.RUNNING]
-    statuses = sorted((_status(i) for i in instances), key=lambda s: s["InstanceId"])
-    return select_matching(statuses, filters, _STATUS_FILTERS)
+    return sorted(instances, key=lambda i: i.instance_id)
 
 
-__all__ = ["InstanceAttrs", "describe_attribute", "describe_status", "modify_attribute", "requested_change"]
+__all__ = ["AttributeReading", "InstanceAttrs", "describe_status", "modify_attribute", "read_attribute", "requested_change"]

@@ -49,7 +49,7 @@ from ebscrypt.engines.attach import engine as attach_io
 from ebscrypt.engines.ec2 import image_records
 from ebscrypt.engines.ec2 import keypairs, network, waits
 from ebscrypt.engines.ec2 import templates as templates_engine
-from ebscrypt.engines.ec2.encryption import WrappedDataKey, new_data_key, resolve_encryption
+from ebscrypt.engines.ec2.encryption import prepare_data_key, resolve_encryption
 from ebscrypt.engines.ec2.ids import job_ctx, new_id
 from ebscrypt.engines.ec2.instance_records import (
     Instance,
@@ -184,76 +184,24 @@ def check_shutdown_behavior(value: str) -> str:
 # ============================================================================ lookups
 
 
-def _private_dns(ip: str, region: str) -> str:
-    suffix = "ec2.internal" if region == "us-east-1" else f"{region}.compute.internal"
-    return f"ip-{ip.replace('.', '-')}.{suffix}"
+@dataclass(frozen=True)
+class InstanceDetail:
+    """One instance as DescribeInstances shows it: its row, its attached volumes (sorted by
+    device), its tags and its attributes (the service builds the ``Instance`` view)."""
+
+    instance: Instance
+    attachments: list[tuple[Volume, Attachment]]
+    tags: list[dict[str, str]]
+    attrs: InstanceAttrs
 
 
-def instance_view(instance: Instance, attachments: list[tuple[Any, Any]], tags: list[dict[str, str]],
-                  attrs: InstanceAttrs | None = None) -> dict[str, Any]:
-    """The model's ``Instance`` structure."""
-    attrs = attrs or InstanceAttrs()
-    out: dict[str, Any] = {
-        "InstanceId": instance.instance_id,
-        "ImageId": instance.image_id,
-        "State": {"Code": it.STATE_CODES[instance.state], "Name": instance.state},
-        "PrivateDnsName": _private_dns(instance.private_ip, instance.region) if instance.state != it.TERMINATED else "",
-        "PublicDnsName": "",
-        "StateTransitionReason": instance.state_transition_reason or "",
-        "AmiLaunchIndex": instance.ami_launch_index,
-        "ProductCodes": [],
-        "InstanceType": instance.instance_type,
-        "LaunchTime": instance.launch_time,
-        "Placement": {"AvailabilityZone": instance.availability_zone, "GroupName": "", "Tenancy": "default"},
-        "Monitoring": {"State": "disabled"},
-        "Architecture": instance.architecture or "x86_64",
-        "RootDeviceType": "ebs",
-        "BlockDeviceMappings": [
-            {
-                "DeviceName": att.device,
-                "Ebs": {
-                    "AttachTime": att.attach_time,
-                    "DeleteOnTermination": bool(att.delete_on_termination),
-                    "Status": att.state,
-                    "VolumeId": vol.id,
-                },
-            }
-            for vol, att in sorted(attachments, key=lambda va: va[1].device)
-        ],
-        "VirtualizationType": instance.virtualization_type or "hvm",
-        "Hypervisor": "xen",
-        "SecurityGroups": instance.security_groups,
-        "SourceDestCheck": attrs.source_dest_check,
-        "EbsOptimized": instance.ebs_optimized,
-        "PlatformDetails": "Linux/UNIX",
-        "UsageOperation": "RunInstances",
-        "NetworkInterfaces": [],
-    }
-    if instance.state != it.TERMINATED:
-        out["PrivateIpAddress"] = instance.private_ip
-    if instance.root_device_name:
-        out["RootDeviceName"] = instance.root_device_name
-    if instance.key_name:
-        out["KeyName"] = instance.key_name
-    if instance.subnet_id:
-        out["SubnetId"] = instance.subnet_id
-    if instance.vpc_id:
-        out["VpcId"] = instance.vpc_id
-    if instance.ena_support is not None:
-        out["EnaSupport"] = instance.ena_support
-    if attrs.sriov_net_support:
-        out["SriovNetSupport"] = attrs.sriov_net_support
-    if attrs.kernel_id:
-        out["KernelId"] = attrs.kernel_id
-    if attrs.ramdisk_id:
-        out["RamdiskId"] = attrs.ramdisk_id
-    if instance.client_token:
-        out["ClientToken"] = instance.client_token
-    if instance.state_reason_code:
-        out["StateReason"] = {"Code": instance.state_reason_code, "Message": instance.state_reason_message or ""}
-    if tags:
-        out["Tags"] = tags
-    return out
+@dataclass(frozen=True)
+class Reservation:
+    """The instances of one RunInstances call (``Reservation`` of the model)."""
+
+    reservation_id: str
+    owner_id: str
+    instances: list[InstanceDetail]
 
 
 def attachments_by_instance(conn: Connection, instance_ids: list[str]) -> dict[str, list[tuple[Volume, Attachment]]]:
@@ -272,13 +220,17 @@ def attachments_by_instance(conn: Connection, instance_ids: list[str]) -> dict[s
     return out
 
 
-def _views(conn: Connection, instances: list[Instance], account: str) -> list[dict[str, Any]]:
+def _details(conn: Connection, instances: list[Instance], account: str) -> list[InstanceDetail]:
     ids = [i.instance_id for i in instances]
     tags = core_tags.tags_for(conn, account, ids)
     atts = attachments_by_instance(conn, ids)
     attrs = attributes_of(conn, ids)
-    return [instance_view(i, atts[i.instance_id], tags.get(i.instance_id) or [], attrs[i.instance_id])
-            for i in instances]
+    return [_detail(i, atts[i.instance_id], tags.get(i.instance_id) or [], attrs[i.instance_id]) for i in instances]
+
+
+def _detail(instance: Instance, attachments: list[tuple[Volume, Attachment]], tags: list[dict[str, str]],
+            attrs: InstanceAttrs) -> InstanceDetail:
+    return InstanceDetail(instance, sorted(attachments, key=lambda va: va[1].device), tags, attrs)
 
 
 # ============================================================================ launch planning
@@ -341,19 +293,7 @@ def _prepare_volume(ctx: RequestContext, *, zone: str, source: Snapshot | None, 
                                 snapshot_size=source.volume_size if source else None)
     plan = resolve_encryption(ctx, source, requested.get("Encrypted"), requested.get("KmsKeyId"))
     volume_id = new_id("vol")
-    data_key = None
-    if plan.encrypted and plan.problem is None:
-        if plan.reuse_source_data_key and source is not None:  # R-KEY-2
-            data_key = WrappedDataKey(source.kms_key_arn or "", source.data_key_id or "",
-                                      source.data_key_blob or b"", source.encryption_context)
-        else:
-            try:
-                data_key = new_data_key(ctx, plan.key_arn or "", volume_id)
-            except ServiceError as err:
-                if err.status >= 500:  # our fault (e.g. the data dir is full), not the key's: retryable
-                    raise
-                plan = plan.failed(f"Client.InvalidKMSKey.InvalidState: The KMS key {plan.key_arn} cannot be "
-                                   f"used ({err.code}: {err.message})")
+    plan, data_key = prepare_data_key(ctx, plan, source, volume_id)
     return VolumePrep(volume_id, zone, spec, plan, source, data_key, attach=attach)
 
 
@@ -609,9 +549,9 @@ def _read_launch(ctx: RequestContext, conn: Connection, p: LaunchSpec, image_id:
 
 def _store_launch(ctx: RequestContext, p: LaunchSpec, launch: _Launch, launched: list[Instance],
                   preps_per_instance: list[list[VolumePrep]], launch_attrs: InstanceAttrs, now: datetime, *,
-                  instance_tags: list[dict[str, str]], volume_tags: list[dict[str, str]]) -> dict[str, Any]:
+                  instance_tags: list[dict[str, str]], volume_tags: list[dict[str, str]]) -> Reservation:
     """The write phase: networking, the instances, their attributes, volumes and tags; the
-    reservation's view."""
+    reservation as stored."""
     caller = ctx.caller
     with ctx.runtime.db.begin() as conn:
         # Networking (ec2net): the named subnet or the zone's default subnet of the default
@@ -645,7 +585,7 @@ def _store_launch(ctx: RequestContext, p: LaunchSpec, launch: _Launch, launched:
         return _reservation(conn, finished, caller.account)
 
 
-def run_instances(ctx: RequestContext, spec: LaunchSpec) -> dict[str, Any]:
+def run_instances(ctx: RequestContext, spec: LaunchSpec) -> Reservation:
     """RunInstances (R-RUN-1..3): validated and read, volumes planned (KMS, no transaction
     open), then everything stored in one transaction; the volumes' jobs finish the launch."""
     caller = ctx.caller
@@ -681,14 +621,9 @@ def run_instances(ctx: RequestContext, spec: LaunchSpec) -> dict[str, Any]:
     return result
 
 
-def _reservation(conn: Connection, instances: list[Instance], account: str) -> dict[str, Any]:
+def _reservation(conn: Connection, instances: list[Instance], account: str) -> Reservation:
     first = instances[0]
-    return {
-        "ReservationId": first.reservation_id,
-        "OwnerId": first.account,
-        "Groups": [],
-        "Instances": _views(conn, instances, account),
-    }
+    return Reservation(first.reservation_id, first.account, _details(conn, instances, account))
 
 
 # ============================================================================ launch outcome
@@ -942,8 +877,9 @@ _FILTERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def describe_instances(ctx: RequestContext, ids: list[str], filters: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """Reservations of the caller's instances (region-scoped), filtered."""
+def describe_instances(ctx: RequestContext, ids: list[str], filters: list[dict[str, Any]] | None) -> list[Reservation]:
+    """Reservations of the caller's instances (region-scoped), filtered, in the order the
+    instances were read."""
     caller = ctx.caller
     check_instance_ids(ids)
 
@@ -976,12 +912,11 @@ def describe_instances(ctx: RequestContext, ids: list[str], filters: list[dict[s
         attrs = attributes_of(conn, ids_seen)
         entries = [(i, atts[i.instance_id], tags.get(i.instance_id) or []) for i in instances]
     selected = filter_select(entries, filters, _FILTERS, tag_getter=lambda e: {t["Key"]: t["Value"] for t in e[2]})
-    reservations: dict[str, dict[str, Any]] = {}
+    reservations: dict[str, Reservation] = {}
     for instance, attachments, instance_tags in selected:
-        res = reservations.setdefault(instance.reservation_id, {
-            "ReservationId": instance.reservation_id, "OwnerId": instance.account, "Groups": [], "Instances": [],
-        })
-        res["Instances"].append(instance_view(instance, attachments, instance_tags, attrs[instance.instance_id]))
+        res = reservations.setdefault(instance.reservation_id,
+                                      Reservation(instance.reservation_id, instance.account, []))
+        res.instances.append(_detail(instance, attachments, instance_tags, attrs[instance.instance_id]))
     return list(reservations.values())
 
 

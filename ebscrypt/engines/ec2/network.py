@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ebscrypt.context import RequestContext
@@ -140,23 +140,25 @@ def subnets_of(ctx: RequestContext) -> tuple[list[dict[str, Any]], dict[str, dic
     return _with_defaults(ctx, subnet_rows)
 
 
-def get_vpc(conn: Connection, account: str, region: str, vpc_id: str) -> dict[str, Any]:
-    row = conn.execute(select(ec2_vpcs).where(
-        ec2_vpcs.c.id == vpc_id, ec2_vpcs.c.account == account, ec2_vpcs.c.region == region
+def _owned_row(conn: Connection, table: Table, code: str, account: str, region: str,
+               resource_id: str) -> dict[str, Any]:
+    """The row of ``resource_id`` in ``table`` if the caller (account + region) owns it;
+    ``<code>.NotFound`` otherwise."""
+    row = conn.execute(select(table).where(
+        table.c.id == resource_id, table.c.account == account, table.c.region == region
     )).mappings().first()
     if row is None:
-        raise NotFound("InvalidVpcID", vpc_id)
+        raise NotFound(code, resource_id)
     return dict(row)
+
+
+def get_vpc(conn: Connection, account: str, region: str, vpc_id: str) -> dict[str, Any]:
+    return _owned_row(conn, ec2_vpcs, "InvalidVpcID", account, region, vpc_id)
 
 
 def get_subnet(conn: Connection, account: str, region: str, subnet_id: str) -> dict[str, Any]:
     """A subnet of the caller (for RunInstances ``SubnetId``); InvalidSubnetID.NotFound if none."""
-    row = conn.execute(select(ec2_subnets).where(
-        ec2_subnets.c.id == subnet_id, ec2_subnets.c.account == account, ec2_subnets.c.region == region
-    )).mappings().first()
-    if row is None:
-        raise NotFound("InvalidSubnetID", subnet_id)
-    return dict(row)
+    return _owned_row(conn, ec2_subnets, "InvalidSubnetID", account, region, subnet_id)
 
 
 def default_subnet(conn: Connection, account: str, region: str, now: datetime,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -168,38 +169,59 @@ def _json_value(value: Any) -> Any:
     raise TypeError(f"a launch template member of type {type(value).__name__} cannot be stored")
 
 
-# ----------------------------------------------------------------------------- views
+# ----------------------------------------------------------------------------- records
 
 
-def template_view(conn: Connection, template: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "LaunchTemplateId": template["template_id"],
-        "LaunchTemplateName": template["name"],
-        "CreateTime": template["created_at"],
-        "CreatedBy": template["created_by"],
-        "DefaultVersionNumber": int(template["default_version"]),
-        "LatestVersionNumber": int(template["latest_version"]),
-    }
-    tags = tags_for(conn, template["account"], [template["template_id"]])[template["template_id"]]
-    if tags:
-        out["Tags"] = tags
-    return out
+@dataclass(frozen=True)
+class LaunchTemplate:
+    """A launch template as stored, with its tags (the service builds the view)."""
+
+    template_id: str
+    name: str
+    created_at: datetime
+    created_by: str
+    default_version: int
+    latest_version: int
+    tags: list[dict[str, str]]
 
 
-def version_view(template: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
-    data = json.loads(row["data"])
-    out: dict[str, Any] = {
-        "LaunchTemplateId": template["template_id"],
-        "LaunchTemplateName": template["name"],
-        "VersionNumber": int(row["version"]),
-        "CreateTime": row["created_at"],
-        "CreatedBy": row["created_by"],
-        "DefaultVersion": int(row["version"]) == int(template["default_version"]),
-        "LaunchTemplateData": {k: data[k] for k in _ECHOED if k in data},
-    }
-    if row["description"]:
-        out["VersionDescription"] = row["description"]
-    return out
+@dataclass(frozen=True)
+class TemplateVersion:
+    """One version of a launch template; ``data`` is its ``LaunchTemplateData`` as stored."""
+
+    template_id: str
+    template_name: str
+    version: int
+    created_at: datetime
+    created_by: str
+    is_default: bool
+    description: str | None
+    data: dict[str, Any]
+
+    def echoed_data(self) -> dict[str, Any]:
+        """The members of the data that ``ResponseLaunchTemplateData`` has (the others are
+        kept for RunInstances but not shown)."""
+        return {k: self.data[k] for k in _ECHOED if k in self.data}
+
+
+def _templates(conn: Connection, account: str, rows: list[dict[str, Any]]) -> list[LaunchTemplate]:
+    """Template rows as records, with their tags (one query for all). [conn]"""
+    tags = tags_for(conn, account, [r["template_id"] for r in rows])
+    return [
+        LaunchTemplate(r["template_id"], r["name"], r["created_at"], r["created_by"], int(r["default_version"]),
+                       int(r["latest_version"]), tags[r["template_id"]])
+        for r in rows
+    ]
+
+
+def _template(conn: Connection, template: dict[str, Any]) -> LaunchTemplate:
+    return _templates(conn, template["account"], [template])[0]
+
+
+def _version(template: dict[str, Any], row: dict[str, Any]) -> TemplateVersion:
+    number = int(row["version"])
+    return TemplateVersion(template["template_id"], template["name"], number, row["created_at"], row["created_by"],
+                           number == int(template["default_version"]), row["description"], json.loads(row["data"]))
 
 
 # ----------------------------------------------------------------------------- operations
@@ -221,7 +243,7 @@ def create_template(
     data: dict[str, Any] | None,
     description: str | None,
     tag_spec_list: list[dict[str, Any]] | None,
-) -> dict[str, Any]:
+) -> LaunchTemplate:
     if not name or not _NAME_RE.match(name):
         raise LaunchTemplateNameMalformed(
             f"The launch template name '{name}' is not valid: use 3 to 128 characters: letters, "
@@ -261,7 +283,7 @@ def create_template(
         tags = tag_specs(tag_spec_list, "launch-template")
         if tags:
             put_tags(conn, caller.account, caller.region, template_id, tags)
-        return template_view(conn, row)
+        return _template(conn, row)
 
 
 def create_version(
@@ -272,7 +294,7 @@ def create_version(
     source_version: str | None,
     data: dict[str, Any] | None,
     description: str | None,
-) -> dict[str, Any]:
+) -> TemplateVersion:
     caller = ctx.caller
     data = _check_data(data)
     now = ctx.runtime.clock.now()
@@ -296,10 +318,10 @@ def create_version(
         row = conn.execute(
             select(versions_t).where(versions_t.c.template_id == template["template_id"], versions_t.c.version == number)
         ).mappings().one()
-        return version_view(template, dict(row))
+        return _version(template, dict(row))
 
 
-def modify_default(ctx: RequestContext, *, template_id: str | None, name: str | None, default: str | None) -> dict[str, Any]:
+def modify_default(ctx: RequestContext, *, template_id: str | None, name: str | None, default: str | None) -> LaunchTemplate:
     caller = ctx.caller
     with ctx.runtime.db.begin() as conn:
         template = _load(conn, caller.account, caller.region, template_id=template_id, name=name)
@@ -309,29 +331,40 @@ def modify_default(ctx: RequestContext, *, template_id: str | None, name: str | 
                 update(templates_t).where(templates_t.c.template_id == template["template_id"]).values(default_version=number)
             )
             template["default_version"] = number
-        return template_view(conn, template)
+        return _template(conn, template)
 
 
-def delete_template(ctx: RequestContext, *, template_id: str | None, name: str | None) -> dict[str, Any]:
+def delete_template(ctx: RequestContext, *, template_id: str | None, name: str | None) -> LaunchTemplate:
     caller = ctx.caller
     with ctx.runtime.db.begin() as conn:
         template = _load(conn, caller.account, caller.region, template_id=template_id, name=name)
-        view = template_view(conn, template)
+        view = _template(conn, template)
         conn.execute(delete(versions_t).where(versions_t.c.template_id == template["template_id"]))
         conn.execute(delete(templates_t).where(templates_t.c.template_id == template["template_id"]))
         delete_tags_of(conn, template["template_id"])
         return view
 
 
+@dataclass(frozen=True)
+class VersionDeletion:
+    """One version DeleteLaunchTemplateVersions was asked for: deleted, or why not
+    (``error_code`` / ``error_message``, EC2's per-version ``ResponseError``)."""
+
+    template_id: str
+    template_name: str
+    version: int
+    error_code: str | None = None
+    error_message: str | None = None
+
+
 def delete_versions(
     ctx: RequestContext, *, template_id: str | None, name: str | None, versions: list[str]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> list[VersionDeletion]:
     caller = ctx.caller
-    ok: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
+    out: list[VersionDeletion] = []
     with ctx.runtime.db.begin() as conn:
         template = _load(conn, caller.account, caller.region, template_id=template_id, name=name)
-        ident = {"LaunchTemplateId": template["template_id"], "LaunchTemplateName": template["name"]}
+        ident = (template["template_id"], template["name"])
         for v in versions:  # refused before anything is deleted
             if _too_large(v):
                 raise InvalidParameterValue(
@@ -341,30 +374,27 @@ def delete_versions(
         for v in versions:
             number = _as_version(v)
             if number is None:
-                failed.append({**ident, "VersionNumber": 0, "ResponseError": {
-                    "Code": "launchTemplateVersionDoesNotExist",
-                    "Message": f"The launch template version {v} does not exist."}})
+                out.append(VersionDeletion(*ident, 0, "launchTemplateVersionDoesNotExist",
+                                           f"The launch template version {v} does not exist."))
                 continue
             if number == int(template["default_version"]):
-                failed.append({**ident, "VersionNumber": number, "ResponseError": {
-                    "Code": "launchTemplateVersionIsDefault",
-                    "Message": "Cannot delete the default version of a launch template."}})
+                out.append(VersionDeletion(*ident, number, "launchTemplateVersionIsDefault",
+                                           "Cannot delete the default version of a launch template."))
                 continue
             res = conn.execute(
                 delete(versions_t).where(versions_t.c.template_id == template["template_id"], versions_t.c.version == number)
             )
             if res.rowcount:
-                ok.append({**ident, "VersionNumber": number})
+                out.append(VersionDeletion(*ident, number))
             else:
-                failed.append({**ident, "VersionNumber": number, "ResponseError": {
-                    "Code": "launchTemplateVersionDoesNotExist",
-                    "Message": f"The launch template version {number} does not exist."}})
-    return ok, failed
+                out.append(VersionDeletion(*ident, number, "launchTemplateVersionDoesNotExist",
+                                           f"The launch template version {number} does not exist."))
+    return out
 
 
 def describe_templates(
     ctx: RequestContext, *, ids: list[str] | None, names: list[str] | None
-) -> list[dict[str, Any]]:
+) -> list[LaunchTemplate]:
     """Templates of the caller (account + region), optionally narrowed to ids / names."""
     caller = ctx.caller
     for tid in ids or []:
@@ -385,7 +415,7 @@ def describe_templates(
         for n in names or []:
             if n not in found_names:
                 raise _not_found_name()
-        return [template_view(conn, r) for r in rows]
+        return _templates(conn, caller.account, rows)
 
 
 def describe_versions(
@@ -396,7 +426,7 @@ def describe_versions(
     versions: list[str] | None,
     min_version: str | None,
     max_version: str | None,
-) -> list[dict[str, Any]]:
+) -> list[TemplateVersion]:
     caller = ctx.caller
     low, high = _version_bound(min_version, "minVersion"), _version_bound(max_version, "maxVersion")
     with ctx.runtime.db.read() as conn:
@@ -415,7 +445,7 @@ def describe_versions(
                     select(templates_t).where(templates_t.c.account == caller.account, templates_t.c.region == caller.region)
                 ).mappings()
             ]
-        out: list[dict[str, Any]] = []
+        out: list[TemplateVersion] = []
         for template in templates:
             rows = [
                 dict(r)
@@ -434,8 +464,8 @@ def describe_versions(
                 rows = [r for r in rows if r["version"] >= low]
             if high is not None:
                 rows = [r for r in rows if r["version"] <= high]
-            out.extend(version_view(template, r) for r in rows)
-        out.sort(key=lambda v: (v["LaunchTemplateId"], -v["VersionNumber"]))
+            out.extend(_version(template, r) for r in rows)
+        out.sort(key=lambda v: (v.template_id, -v.version))
         return out
 
 

@@ -26,9 +26,8 @@ def create_key_pair(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
     row, material = K.create_key_pair(ctx, name=params.get("KeyName"), key_type=params.get("KeyType", "rsa"),
                                       key_format=params.get("KeyFormat", "pem"), tags=tags)
     out = {"KeyFingerprint": row["fingerprint"], "KeyMaterial": material, "KeyName": row["name"],
-           "KeyPairId": row["id"]}
-    if tags:
-        out["Tags"] = tags
+           "KeyPairId": row["id"],
+           "Tags": tags or None}
     return out
 
 
@@ -42,9 +41,8 @@ def import_key_pair(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
         material = material.encode()
     tags = tag_specs(params.get("TagSpecifications"), "key-pair")
     row = K.import_key_pair(ctx, name=params.get("KeyName"), material=material, tags=tags)
-    out = {"KeyFingerprint": row["fingerprint"], "KeyName": row["name"], "KeyPairId": row["id"]}
-    if tags:
-        out["Tags"] = tags
+    out = {"KeyFingerprint": row["fingerprint"], "KeyName": row["name"], "KeyPairId": row["id"],
+           "Tags": tags or None}
     return out
 
 

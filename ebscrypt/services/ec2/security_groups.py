@@ -65,9 +65,8 @@ def _group_dict(g: dict[str, Any], tags: dict[str, str], vpc_of: dict[str, str])
         "GroupName": g["name"],
         "Description": g["description"],
         "IpPermissions": N.permissions(_rules_of(g, False), vpc_of),
+        "Tags": T.tag_list(tags) if tags else None,
     }
-    if tags:
-        out["Tags"] = T.tag_list(tags)
     return out
 
 
@@ -98,9 +97,8 @@ def create_security_group(ctx: RequestContext, params: dict[str, Any]) -> dict[s
     g = SG.create_group(ctx, name=params.get("GroupName", ""), description=params.get("Description", ""),
                         vpc_id=params.get("VpcId"), tags=tags)
     out: dict[str, Any] = {"GroupId": g["id"],
-                           "SecurityGroupArn": N.arn(c.region, c.account, "security-group", g["id"])}
-    if tags:
-        out["Tags"] = tags
+                           "SecurityGroupArn": N.arn(c.region, c.account, "security-group", g["id"]),
+                           "Tags": tags or None}
     return out
 
 
@@ -114,10 +112,7 @@ def describe_security_groups(ctx: RequestContext, params: dict[str, Any]) -> dic
     groups = [g for g in listing.groups if F.matches(g, filters, _GROUP_FILTERS, lambda g: tags[g["id"]])]
     # Ordered by creation (network.group_rows), so paged by that.
     chunk, token = page(groups, params, lambda g: sort_key(g["create_time"], g["id"]))
-    out: dict[str, Any] = {"SecurityGroups": [_group_dict(g, tags[g["id"]], listing.vpc_of) for g in chunk]}
-    if token:
-        out["NextToken"] = token
-    return out
+    return {"SecurityGroups": [_group_dict(g, tags[g["id"]], listing.vpc_of) for g in chunk], "NextToken": token}
 
 
 @operation("ec2", "DeleteSecurityGroup")
@@ -178,7 +173,4 @@ def describe_security_group_rules(ctx: RequestContext, params: dict[str, Any]) -
     rows, tags = SG.describe_rules(ctx, params.get("SecurityGroupRuleIds") or [])
     rows = [r for r in rows if F.matches(r, filters, _RULE_FILTERS, lambda r: tags[r["id"]])]
     chunk, token = page(rows, params, lambda r: sort_key(r["position"], r["id"]))  # network.rule_rows' order
-    out: dict[str, Any] = {"SecurityGroupRules": [N.rule_dict(r, c.account, tags[r["id"]]) for r in chunk]}
-    if token:
-        out["NextToken"] = token
-    return out
+    return {"SecurityGroupRules": [N.rule_dict(r, c.account, tags[r["id"]]) for r in chunk], "NextToken": token}

@@ -52,7 +52,4 @@ def describe_tags(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
     items = filter_select(items, params.get("Filters"), _FILTERS,
                           lambda d: {d["Key"]: d["Value"]})
     chunk, token = page(items, params, lambda d: f"{d['ResourceId']}\x00{d['Key']}", low=5, high=1000)
-    out: dict[str, Any] = {"Tags": chunk}
-    if token:
-        out["NextToken"] = token
-    return out
+    return {"Tags": chunk, "NextToken": token}

@@ -64,9 +64,8 @@ def _vpc(v: dict[str, Any], tags: dict[str, str]) -> dict[str, Any]:
         "State": v["state"],
         "CidrBlock": v["cidr_block"],
         "DhcpOptionsId": v["dhcp_options_id"],
+        "Tags": T.tag_list(tags) if tags else None,
     }
-    if tags:
-        out["Tags"] = T.tag_list(tags)
     return out
 
 
@@ -94,9 +93,8 @@ def _subnet(s: dict[str, Any], tags: dict[str, str]) -> dict[str, Any]:
         "AvailabilityZone": s["availability_zone"],
         "DefaultForAz": s["default_for_az"],
         "MapPublicIpOnLaunch": s["map_public_ip_on_launch"],
+        "Tags": T.tag_list(tags) if tags else None,
     }
-    if tags:
-        out["Tags"] = T.tag_list(tags)
     return out
 
 
@@ -119,10 +117,7 @@ def _describe(ctx: RequestContext, params: dict[str, Any], *,
         rows = [r for r in rows if r["id"] in set(ids)]
     rows = [r for r in rows if F.matches(r, params.get("Filters"), getters, lambda r: tags[r["id"]])]
     chunk, token = page(rows, params, order)
-    out: dict[str, Any] = {out_key: [render(r, tags[r["id"]]) for r in chunk]}
-    if token:
-        out["NextToken"] = token
-    return out
+    return {out_key: [render(r, tags[r["id"]]) for r in chunk], "NextToken": token}
 
 
 @operation("ec2", "DescribeVpcs")
