@@ -170,9 +170,10 @@ def _private_dns(ip: str, region: str) -> str:
 
 def instance_view(instance: Instance, attachments: list[tuple[Any, Any]], tags: list[dict[str, str]],
                   attrs: InstanceAttrs | None = None) -> dict[str, Any]:
-    """The model's ``Instance`` structure."""
+    """The model's ``Instance`` structure (the view convention of docs/architecture.md:
+    ``None`` for a member AWS leaves out — the codec drops it)."""
     attrs = attrs or InstanceAttrs()
-    out: dict[str, Any] = {
+    return {
         "InstanceId": instance.instance_id,
         "ImageId": instance.image_id,
         "State": {"Code": it.STATE_CODES[instance.state], "Name": instance.state},
@@ -207,32 +208,20 @@ def instance_view(instance: Instance, attachments: list[tuple[Any, Any]], tags: 
         "PlatformDetails": "Linux/UNIX",
         "UsageOperation": "RunInstances",
         "NetworkInterfaces": [],
+        "PrivateIpAddress": instance.private_ip if instance.state != it.TERMINATED else None,
+        "RootDeviceName": instance.root_device_name or None,
+        "KeyName": instance.key_name or None,
+        "SubnetId": instance.subnet_id or None,
+        "VpcId": instance.vpc_id or None,
+        "EnaSupport": instance.ena_support,
+        "SriovNetSupport": attrs.sriov_net_support or None,
+        "KernelId": attrs.kernel_id or None,
+        "RamdiskId": attrs.ramdisk_id or None,
+        "ClientToken": instance.client_token or None,
+        "StateReason": ({"Code": instance.state_reason_code, "Message": instance.state_reason_message or ""}
+                        if instance.state_reason_code else None),
+        "Tags": tags or None,
     }
-    if instance.state != it.TERMINATED:
-        out["PrivateIpAddress"] = instance.private_ip
-    if instance.root_device_name:
-        out["RootDeviceName"] = instance.root_device_name
-    if instance.key_name:
-        out["KeyName"] = instance.key_name
-    if instance.subnet_id:
-        out["SubnetId"] = instance.subnet_id
-    if instance.vpc_id:
-        out["VpcId"] = instance.vpc_id
-    if instance.ena_support is not None:
-        out["EnaSupport"] = instance.ena_support
-    if attrs.sriov_net_support:
-        out["SriovNetSupport"] = attrs.sriov_net_support
-    if attrs.kernel_id:
-        out["KernelId"] = attrs.kernel_id
-    if attrs.ramdisk_id:
-        out["RamdiskId"] = attrs.ramdisk_id
-    if instance.client_token:
-        out["ClientToken"] = instance.client_token
-    if instance.state_reason_code:
-        out["StateReason"] = {"Code": instance.state_reason_code, "Message": instance.state_reason_message or ""}
-    if tags:
-        out["Tags"] = tags
-    return out
 
 
 def attachments_by_instance(conn: Connection, instance_ids: list[str]) -> dict[str, list[tuple[Volume, Attachment]]]:

@@ -182,14 +182,12 @@ def template_view(conn: Connection, template: dict[str, Any]) -> dict[str, Any]:
         "LatestVersionNumber": int(template["latest_version"]),
     }
     tags = tags_for(conn, template["account"], [template["template_id"]])[template["template_id"]]
-    if tags:
-        out["Tags"] = tags
-    return out
+    return out | {"Tags": tags or None}  # None: left out by the codec (docs/architecture.md, views)
 
 
 def version_view(template: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     data = json.loads(row["data"])
-    out: dict[str, Any] = {
+    return {
         "LaunchTemplateId": template["template_id"],
         "LaunchTemplateName": template["name"],
         "VersionNumber": int(row["version"]),
@@ -197,10 +195,8 @@ def version_view(template: dict[str, Any], row: dict[str, Any]) -> dict[str, Any
         "CreatedBy": row["created_by"],
         "DefaultVersion": int(row["version"]) == int(template["default_version"]),
         "LaunchTemplateData": {k: data[k] for k in _ECHOED if k in data},
+        "VersionDescription": row["description"] or None,
     }
-    if row["description"]:
-        out["VersionDescription"] = row["description"]
-    return out
 
 
 # ----------------------------------------------------------------------------- operations
