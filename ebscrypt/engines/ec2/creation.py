@@ -39,7 +39,8 @@ Store = Callable[[Connection, bool], R]
 
 def create(ctx: Any, resource_id: str, store: Store[R], *, metadata_only: bool, table: Table,
            transitional: str, wait_seconds: float = 3.0, hold: ContextManager[Any] | None = None) -> R:
-    """Run steps 2 and 3 of the protocol for a prepared resource. ``table`` and
+    """Run steps 2 and 3 of the protocol for a prepared resource. ``resource_id``: the id
+    its job finishes (waited for; unused when ``metadata_only``). ``table`` and
     ``transitional`` (its ``creating``/``pending`` state) let a waiter poll the row when
     another process may run the job; ``hold`` is entered around the transaction (the
     quiesce of an attached volume: R-ATTACH-4)."""
