@@ -797,3 +797,46 @@ def test_entry_is_recorded_only_after_its_object_is_durable(engine: BlockEngine,
     with engine.db.read() as conn:
         refs = {r.object_key for r in conn.execute(select(blk_entries.c.object_key)) if r.object_key}
     assert {f"{p.parent.name}/{p.name}" for p in object_paths(engine)} == refs
+
+
+def test_group_commit_stages_overlap(engine: BlockEngine, key: DataKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two stages are a pipeline: while one group's entries are being recorded, the
+    next group's objects flush (the second writer's flush does not wait for the first
+    writer's transaction), and each writer still returns only once its entry is recorded."""
+    import threading
+
+    record_may_finish = threading.Event()
+    in_record = threading.Event()
+    second_flushed = threading.Event()
+    publish, record = engine.store.publish, engine._record_writes  # type: ignore[attr-defined]
+    calls = {"publish": 0, "record": 0}
+
+    def slow_record(batch):  # type: ignore[no-untyped-def]
+        calls["record"] += 1
+        if calls["record"] == 1:
+            in_record.set()
+            assert record_may_finish.wait(10)
+        record(batch)
+
+    def counted_publish(staged):  # type: ignore[no-untyped-def]
+        calls["publish"] += 1
+        publish(staged)
+        if calls["publish"] == 2:
+            second_flushed.set()
+
+    monkeypatch.setattr(engine._record_stage, "_work", slow_record)
+    monkeypatch.setattr(engine.store, "publish", counted_publish)
+    first, second = rand_block(), rand_block()
+    done: dict[str, bool] = {}
+    a = threading.Thread(target=lambda: done.setdefault("a", engine.write_block("vol-p", 0, first, key) is not None))
+    a.start()
+    assert in_record.wait(10)  # writer A's entry is being recorded (held there)
+    b = threading.Thread(target=lambda: done.setdefault("b", engine.write_block("vol-p", 1, second, key) is not None))
+    b.start()
+    assert second_flushed.wait(10)  # B's object flushed while A's transaction is open
+    assert done == {}  # neither returned: A's entry is not recorded yet, B queues behind it
+    record_may_finish.set()
+    a.join(10)
+    b.join(10)
+    assert done == {"a": True, "b": True}
+    assert engine.read_block("vol-p", 0, key) == first and engine.read_block("vol-p", 1, key) == second
