@@ -40,19 +40,20 @@ def describe_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
 @operation("ec2", "StartInstances")
 def start_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    return {"StartingInstances": [state_change_view(c) for c in engine.start_instances(ctx, params.get("InstanceIds") or [])]}
+    return {"StartingInstances": state_changes_view(engine.start_instances(ctx, params.get("InstanceIds") or []))}
 
 
 @operation("ec2", "StopInstances")
 def stop_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    return {"StoppingInstances": [state_change_view(c) for c in engine.stop_instances(ctx, params.get("InstanceIds") or [])]}
+    return {"StoppingInstances": state_changes_view(engine.stop_instances(ctx, params.get("InstanceIds") or []))}
 
 
 @operation("ec2", "TerminateInstances")
 def terminate_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    return {"TerminatingInstances": [state_change_view(c) for c in engine.terminate_instances(ctx, params.get("InstanceIds") or [])]}
+    changes = engine.terminate_instances(ctx, params.get("InstanceIds") or [])
+    return {"TerminatingInstances": state_changes_view(changes)}
 
 
 @operation("ec2", "DescribeInstanceAttribute")
@@ -165,6 +166,10 @@ def instance_view(detail: InstanceDetail) -> dict[str, Any]:
                         if instance.state_reason_code else None),
         "Tags": detail.tags or None,
     }
+
+
+def state_changes_view(changes: list[StateChange]) -> list[dict[str, Any]]:
+    return [state_change_view(c) for c in changes]
 
 
 def state_change_view(change: StateChange) -> dict[str, Any]:
