@@ -47,17 +47,15 @@ def import_key_pair(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
 
 
 def _info(row: dict[str, Any], tags: dict[str, str], include_public: bool) -> dict[str, Any]:
-    out = {
+    return {
         "KeyPairId": row["id"],
         "KeyFingerprint": row["fingerprint"],
         "KeyName": row["name"],
         "KeyType": row["key_type"],
         "Tags": tag_list(tags),
         "CreateTime": row["create_time"],
+        "PublicKey": f"{row['public_key']} {row['name']}" if include_public else None,
     }
-    if include_public:
-        out["PublicKey"] = f"{row['public_key']} {row['name']}"
-    return out
 
 
 @operation("ec2", "DescribeKeyPairs")
@@ -91,7 +89,4 @@ def delete_key_pair(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
     if not name and not key_id:
         raise MissingParameter("KeyName or KeyPairId")
     deleted = K.delete_key_pair(ctx, name=name, key_id=key_id)
-    out: dict[str, Any] = {"Return": True}
-    if deleted:
-        out["KeyPairId"] = deleted
-    return out
+    return {"Return": True, "KeyPairId": deleted or None}

@@ -137,12 +137,12 @@ def _revoke(ctx: RequestContext, params: dict[str, Any], *, egress: bool) -> dic
     revoked, unknown = SG.revoke(ctx, _ref(params, allow_name=not egress),
                                  rule_ids=params.get("SecurityGroupRuleIds") or [],
                                  permissions=_legacy_permissions(params), egress=egress)
-    out: dict[str, Any] = {"Return": not unknown,
-                           "RevokedSecurityGroupRules": [V.revoked_rule_dict(r) for r in revoked]}
-    if unknown:
+    return {
+        "Return": not unknown,
+        "RevokedSecurityGroupRules": [V.revoked_rule_dict(r) for r in revoked],
         # EC2 (VPC groups): no error; the rules that matched nothing come back here.
-        out["UnknownIpPermissions"] = [V.rule_as_permission(r) for r in unknown]
-    return out
+        "UnknownIpPermissions": [V.rule_as_permission(r) for r in unknown] or None,
+    }
 
 
 @operation("ec2", "AuthorizeSecurityGroupIngress")
