@@ -16,11 +16,13 @@ import pytest
 from ebscrypt.domain import instance_types as it
 from ebscrypt.engines.ec2.instance_attributes import AttributeReading
 from ebscrypt.engines.ec2.instance_records import Instance
+from ebscrypt.engines.ec2.keypairs import KeyPair
 from ebscrypt.engines.ec2.instances import InstanceAttrs, InstanceDetail, Reservation, StateChange
 from ebscrypt.engines.ec2.network import Rule
 from ebscrypt.engines.ec2.records import Attachment
 from ebscrypt.engines.ec2.templates import LaunchTemplate, TemplateVersion, VersionDeletion
 from ebscrypt.services.ec2 import instances as instance_views
+from ebscrypt.services.ec2 import keypairs as key_pair_views
 from ebscrypt.services.ec2 import launch_templates as template_views
 from ebscrypt.services.ec2 import security_group_views as rule_views
 from ebscrypt.wire.codec import codec_for
@@ -84,6 +86,9 @@ VIEWS = [
         VersionDeletion("lt-0123456789abcdef0", "web", 1, "launchTemplateVersionIsDefault", "m"))),
     ("SecurityGroupRule", lambda: rule_views.rule_dict(_rule_row(), "111122223333", {"k": "v"})),
     ("RevokedSecurityGroupRule", lambda: rule_views.revoked_rule_dict(_rule_row())),
+    ("KeyPairInfo", lambda: key_pair_views._info(
+        KeyPair("key-0123456789abcdef0", "111122223333", "us-east-1", "ops", "rsa", "aa:bb", "ssh-rsa AAAA",
+                False, NOW), {"k": "v"}, True)),
     ("IpPermission", lambda: rule_views.rule_as_permission(
         Rule(False, "tcp", 22, 22, cidr_ipv4="10.0.0.0/8"))),
 ]
