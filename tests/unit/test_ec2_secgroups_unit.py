@@ -6,6 +6,7 @@ import pytest
 
 from ebscrypt.engines.ec2 import filters as F
 from ebscrypt.engines.ec2 import network as N
+from ebscrypt.services.ec2 import security_group_views as V
 from ebscrypt.errors import ServiceError
 
 GETTERS = {"name": lambda o: o["name"], "flag": lambda o: o["flag"], "ports": lambda o: o["ports"]}
@@ -85,7 +86,7 @@ def test_permissions_grouping_keeps_rule_order() -> None:
         base.update(kw)
         return base
 
-    perms = N.permissions([
+    perms = V.permissions([
         row(cidr_ipv4="10.0.0.0/8", description="corp"), row(ip_protocol="-1", from_port=None, to_port=None,
                                                              ref_group_id="sg-1", ref_user_id="111111111111"),
         row(cidr_ipv6="::/0"),

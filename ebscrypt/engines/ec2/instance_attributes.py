@@ -306,4 +306,5 @@ def describe_status(ctx: RequestContext, ids: list[str], include_all: bool) -> l
     return sorted(instances, key=lambda i: i.instance_id)
 
 
-__all__ = ["AttributeReading", "InstanceAttrs", "describe_status", "modify_attribute", "read_attribute", "requested_change"]
+__all__ = ["AttributeReading", "InstanceAttrs", "describe_status", "modify_attribute", "read_attribute",
+           "requested_change"]

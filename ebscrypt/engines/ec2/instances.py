@@ -757,6 +757,15 @@ def _transition_job(job: JobContext) -> None:
         release_volumes(runtime, deleted)
 
 
+@dataclass(frozen=True)
+class StateChange:
+    """One instance of a Start/Stop/TerminateInstances call: its state before and after."""
+
+    instance_id: str
+    previous: str
+    current: str
+
+
 def _check_protection(instance_id: str, attrs: InstanceAttrs, verb: str) -> None:
     """Termination / stop protection. Stop protection guards against termination too (EC2
     documents it so) without setting disableApiTermination."""
@@ -773,7 +782,7 @@ def _check_protection(instance_id: str, attrs: InstanceAttrs, verb: str) -> None
 
 
 def _state_change(ctx: RequestContext, ids: list[str], transition: Callable[[str], it.Transition],
-                  verb: str) -> list[dict[str, Any]]:
+                  verb: str) -> list[StateChange]:
     caller = ctx.caller
     if not ids:
         raise MissingParameter("InstanceId")
@@ -810,24 +819,20 @@ def _state_change(ctx: RequestContext, ids: list[str], transition: Callable[[str
                     "instance_id": instance.instance_id, "from": t.to, "to": t.then,
                     "fallback": previous if verb == "start" else t.to,
                 }, conn=conn)
-            changes.append({
-                "InstanceId": instance.instance_id,
-                "CurrentState": {"Code": it.STATE_CODES[current], "Name": current},
-                "PreviousState": {"Code": it.STATE_CODES[previous], "Name": previous},
-            })
+            changes.append(StateChange(instance.instance_id, previous, current))
     ctx.runtime.jobs.notify()
     return changes
 
 
-def start_instances(ctx: RequestContext, ids: list[str]) -> list[dict[str, Any]]:
+def start_instances(ctx: RequestContext, ids: list[str]) -> list[StateChange]:
     return _state_change(ctx, ids, it.start, "start")
 
 
-def stop_instances(ctx: RequestContext, ids: list[str]) -> list[dict[str, Any]]:
+def stop_instances(ctx: RequestContext, ids: list[str]) -> list[StateChange]:
     return _state_change(ctx, ids, it.stop, "stop")
 
 
-def terminate_instances(ctx: RequestContext, ids: list[str]) -> list[dict[str, Any]]:
+def terminate_instances(ctx: RequestContext, ids: list[str]) -> list[StateChange]:
     return _state_change(ctx, ids, it.terminate, "terminate")
 
 

@@ -257,8 +257,29 @@ def _load_ssh2(text: str) -> Any:
 # --------------------------------------------------------------------------- records
 
 
+@dataclass(frozen=True)
+class KeyPair:
+    """A stored key pair: its public half only (the private key is never kept)."""
+
+    id: str
+    account: str
+    region: str
+    name: str
+    key_type: str
+    fingerprint: str
+    public_key: str  # the OpenSSH public key line
+    imported: bool
+    create_time: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> "KeyPair":
+        values = dict(row)
+        values["imported"] = bool(values["imported"])
+        return cls(**values)
+
+
 def _insert(conn: Connection, *, account: str, region: str, name: str, key_type: str,
-            fingerprint: str, public_key: str, imported: bool, now: datetime) -> dict[str, Any]:
+            fingerprint: str, public_key: str, imported: bool, now: datetime) -> KeyPair:
     if conn.execute(
         select(ec2_key_pairs.c.id).where(
             ec2_key_pairs.c.account == account, ec2_key_pairs.c.region == region, ec2_key_pairs.c.name == name
@@ -272,7 +293,7 @@ def _insert(conn: Connection, *, account: str, region: str, name: str, key_type:
             conn.execute(insert(ec2_key_pairs).values(**row))
     except IntegrityError:  # a concurrent create of the same name won the race
         raise duplicate(name) from None
-    return row
+    return KeyPair.from_row(row)
 
 
 def validate_name(name: str | None) -> str:
@@ -290,8 +311,8 @@ def validate_name(name: str | None) -> str:
 
 
 def create(conn: Connection, *, account: str, region: str, name: str | None, key_type: str, key_format: str,
-           now: datetime) -> tuple[dict[str, Any], str]:
-    """Store a new pair's public half; return (row, private key material)."""
+           now: datetime) -> tuple[KeyPair, str]:
+    """Store a new pair's public half; return (the pair, its private key material)."""
     name = validate_name(name)
     if key_format not in ("pem", "ppk"):
         raise InvalidParameterValue(
@@ -301,26 +322,26 @@ def create(conn: Connection, *, account: str, region: str, name: str | None, key
     if get_by_name(conn, account, region, name) is not None:
         raise duplicate(name)
     key = generate(key_type, key_format, comment=name)
-    row = _insert(conn, account=account, region=region, name=name, key_type=key.key_type,
-                  fingerprint=key.fingerprint, public_key=key.public_key, imported=False, now=now)
-    return row, key.key_material
+    pair = _insert(conn, account=account, region=region, name=name, key_type=key.key_type,
+                   fingerprint=key.fingerprint, public_key=key.public_key, imported=False, now=now)
+    return pair, key.key_material
 
 
 def import_(conn: Connection, *, account: str, region: str, name: str | None, material: bytes,
-            now: datetime) -> dict[str, Any]:
+            now: datetime) -> KeyPair:
     name = validate_name(name)
     key = parse_public_key(material)
     return _insert(conn, account=account, region=region, name=name, key_type=key.key_type,
                    fingerprint=key.fingerprint, public_key=key.public_key, imported=True, now=now)
 
 
-def get_by_name(conn: Connection, account: str, region: str, name: str) -> dict[str, Any] | None:
+def get_by_name(conn: Connection, account: str, region: str, name: str) -> KeyPair | None:
     row = conn.execute(
         select(ec2_key_pairs).where(
             ec2_key_pairs.c.account == account, ec2_key_pairs.c.region == region, ec2_key_pairs.c.name == name
         )
     ).mappings().first()
-    return dict(row) if row else None
+    return KeyPair.from_row(row) if row else None
 
 
 def key_pair_exists(conn: Connection, account: str, region: str, name: str) -> bool:
@@ -328,13 +349,13 @@ def key_pair_exists(conn: Connection, account: str, region: str, name: str) -> b
     return get_by_name(conn, account, region, name) is not None
 
 
-def list_(conn: Connection, account: str, region: str) -> list[dict[str, Any]]:
+def list_(conn: Connection, account: str, region: str) -> list[KeyPair]:
     rows = conn.execute(
         select(ec2_key_pairs)
         .where(ec2_key_pairs.c.account == account, ec2_key_pairs.c.region == region)
         .order_by(ec2_key_pairs.c.create_time, ec2_key_pairs.c.name)
     ).mappings()
-    return [dict(r) for r in rows]
+    return [KeyPair.from_row(r) for r in rows]
 
 
 def delete_(conn: Connection, account: str, region: str, *, name: str | None = None,
@@ -354,34 +375,34 @@ def delete_(conn: Connection, account: str, region: str, *, name: str | None = N
 
 
 def create_key_pair(ctx: RequestContext, *, name: str | None, key_type: str, key_format: str,
-                    tags: list[dict[str, str]]) -> tuple[dict[str, Any], str]:
-    """CreateKeyPair: the stored row (tagged) and the private key material."""
+                    tags: list[dict[str, str]]) -> tuple[KeyPair, str]:
+    """CreateKeyPair: the stored pair (tagged) and the private key material."""
     c = ctx.caller
     with ctx.runtime.db.begin() as conn:
-        row, material = create(conn, account=c.account, region=c.region, name=name,
-                               key_type=key_type, key_format=key_format, now=ctx.runtime.clock.now())
+        pair, material = create(conn, account=c.account, region=c.region, name=name,
+                                key_type=key_type, key_format=key_format, now=ctx.runtime.clock.now())
         if tags:
-            T.put_tags(conn, c.account, c.region, row["id"], tags)
-    return row, material
+            T.put_tags(conn, c.account, c.region, pair.id, tags)
+    return pair, material
 
 
 def import_key_pair(ctx: RequestContext, *, name: str | None, material: bytes,
-                    tags: list[dict[str, str]]) -> dict[str, Any]:
+                    tags: list[dict[str, str]]) -> KeyPair:
     c = ctx.caller
     with ctx.runtime.db.begin() as conn:
-        row = import_(conn, account=c.account, region=c.region, name=name,
-                      material=material, now=ctx.runtime.clock.now())
+        pair = import_(conn, account=c.account, region=c.region, name=name,
+                       material=material, now=ctx.runtime.clock.now())
         if tags:
-            T.put_tags(conn, c.account, c.region, row["id"], tags)
-    return row
+            T.put_tags(conn, c.account, c.region, pair.id, tags)
+    return pair
 
 
-def key_pairs_of(ctx: RequestContext) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
+def key_pairs_of(ctx: RequestContext) -> tuple[list[KeyPair], dict[str, dict[str, str]]]:
     """The caller's pairs (by creation time) and their tags."""
     c = ctx.caller
     with ctx.runtime.db.read() as conn:
         rows = list_(conn, c.account, c.region)
-        return rows, T.tag_maps_for(conn, c.account, [r["id"] for r in rows])
+        return rows, T.tag_maps_for(conn, c.account, [r.id for r in rows])
 
 
 def delete_key_pair(ctx: RequestContext, *, name: str | None, key_id: str | None) -> str | None:

@@ -12,7 +12,7 @@ from ebscrypt.engines.ec2 import instance_attributes as attributes
 from ebscrypt.engines.ec2 import instances as engine
 from ebscrypt.engines.ec2.filters import select_matching as filter_select
 from ebscrypt.engines.ec2.instance_records import Instance
-from ebscrypt.engines.ec2.instances import InstanceDetail, Reservation
+from ebscrypt.engines.ec2.instances import InstanceDetail, Reservation, StateChange
 from ebscrypt.engines.ec2.records import Attachment, Volume
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.ec2.paging import page
@@ -40,19 +40,20 @@ def describe_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
 @operation("ec2", "StartInstances")
 def start_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    return {"StartingInstances": engine.start_instances(ctx, params.get("InstanceIds") or [])}
+    return {"StartingInstances": state_changes_view(engine.start_instances(ctx, params.get("InstanceIds") or []))}
 
 
 @operation("ec2", "StopInstances")
 def stop_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    return {"StoppingInstances": engine.stop_instances(ctx, params.get("InstanceIds") or [])}
+    return {"StoppingInstances": state_changes_view(engine.stop_instances(ctx, params.get("InstanceIds") or []))}
 
 
 @operation("ec2", "TerminateInstances")
 def terminate_instances(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    return {"TerminatingInstances": engine.terminate_instances(ctx, params.get("InstanceIds") or [])}
+    changes = engine.terminate_instances(ctx, params.get("InstanceIds") or [])
+    return {"TerminatingInstances": state_changes_view(changes)}
 
 
 @operation("ec2", "DescribeInstanceAttribute")
@@ -164,6 +165,19 @@ def instance_view(detail: InstanceDetail) -> dict[str, Any]:
         "StateReason": ({"Code": instance.state_reason_code, "Message": instance.state_reason_message or ""}
                         if instance.state_reason_code else None),
         "Tags": detail.tags or None,
+    }
+
+
+def state_changes_view(changes: list[StateChange]) -> list[dict[str, Any]]:
+    return [state_change_view(c) for c in changes]
+
+
+def state_change_view(change: StateChange) -> dict[str, Any]:
+    """The model's ``InstanceStateChange``."""
+    return {
+        "InstanceId": change.instance_id,
+        "CurrentState": {"Code": it.STATE_CODES[change.current], "Name": change.current},
+        "PreviousState": {"Code": it.STATE_CODES[change.previous], "Name": change.previous},
     }
 
 

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import keypairs as K
+from ebscrypt.engines.ec2.keypairs import KeyPair
 from ebscrypt.engines.ec2.filters import check_filters, matches
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.engines.ec2.tags import tag_list, tag_specs
 from ebscrypt.errors import MissingParameter
 from ebscrypt.services.registry import operation
 
-_FILTERS = {
-    "key-pair-id": lambda k: k["id"],
-    "key-name": lambda k: k["name"],
-    "fingerprint": lambda k: k["fingerprint"],
+_FILTERS: dict[str, Callable[[KeyPair], Any]] = {
+    "key-pair-id": lambda k: k.id,
+    "key-name": lambda k: k.name,
+    "fingerprint": lambda k: k.fingerprint,
 }
 
 
@@ -23,12 +24,10 @@ _FILTERS = {
 def create_key_pair(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
     tags = tag_specs(params.get("TagSpecifications"), "key-pair")
-    row, material = K.create_key_pair(ctx, name=params.get("KeyName"), key_type=params.get("KeyType", "rsa"),
-                                      key_format=params.get("KeyFormat", "pem"), tags=tags)
-    out = {"KeyFingerprint": row["fingerprint"], "KeyMaterial": material, "KeyName": row["name"],
-           "KeyPairId": row["id"],
-           "Tags": tags or None}
-    return out
+    pair, material = K.create_key_pair(ctx, name=params.get("KeyName"), key_type=params.get("KeyType", "rsa"),
+                                       key_format=params.get("KeyFormat", "pem"), tags=tags)
+    return {"KeyFingerprint": pair.fingerprint, "KeyMaterial": material, "KeyName": pair.name,
+            "KeyPairId": pair.id, "Tags": tags or None}
 
 
 @operation("ec2", "ImportKeyPair")
@@ -40,24 +39,21 @@ def import_key_pair(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
     if isinstance(material, str):
         material = material.encode()
     tags = tag_specs(params.get("TagSpecifications"), "key-pair")
-    row = K.import_key_pair(ctx, name=params.get("KeyName"), material=material, tags=tags)
-    out = {"KeyFingerprint": row["fingerprint"], "KeyName": row["name"], "KeyPairId": row["id"],
-           "Tags": tags or None}
-    return out
+    pair = K.import_key_pair(ctx, name=params.get("KeyName"), material=material, tags=tags)
+    return {"KeyFingerprint": pair.fingerprint, "KeyName": pair.name, "KeyPairId": pair.id, "Tags": tags or None}
 
 
-def _info(row: dict[str, Any], tags: dict[str, str], include_public: bool) -> dict[str, Any]:
-    out = {
-        "KeyPairId": row["id"],
-        "KeyFingerprint": row["fingerprint"],
-        "KeyName": row["name"],
-        "KeyType": row["key_type"],
+def _info(pair: KeyPair, tags: dict[str, str], include_public: bool) -> dict[str, Any]:
+    """The model's ``KeyPairInfo``."""
+    return {
+        "KeyPairId": pair.id,
+        "KeyFingerprint": pair.fingerprint,
+        "KeyName": pair.name,
+        "KeyType": pair.key_type,
         "Tags": tag_list(tags),
-        "CreateTime": row["create_time"],
+        "CreateTime": pair.create_time,
+        "PublicKey": f"{pair.public_key} {pair.name}" if include_public else None,
     }
-    if include_public:
-        out["PublicKey"] = f"{row['public_key']} {row['name']}"
-    return out
 
 
 @operation("ec2", "DescribeKeyPairs")
@@ -67,9 +63,9 @@ def describe_key_pairs(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
     check_filters(filters, _FILTERS, tags=True)
     names = params.get("KeyNames") or []
     ids = params.get("KeyPairIds") or []
-    rows, tags = K.key_pairs_of(ctx)
-    by_name = {r["name"]: r for r in rows}
-    by_id = {r["id"]: r for r in rows}
+    pairs, tags = K.key_pairs_of(ctx)
+    by_name = {p.name: p for p in pairs}
+    by_id = {p.id: p for p in pairs}
     for n in names:
         if n not in by_name:
             raise K.not_found(n)
@@ -77,11 +73,11 @@ def describe_key_pairs(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
         if i not in by_id:
             raise K.not_found_id(i)
     if names or ids:
-        wanted = set(names) | {by_id[i]["name"] for i in ids}
-        rows = [r for r in rows if r["name"] in wanted]
-    rows = [r for r in rows if matches(r, filters, _FILTERS, lambda r: tags[r["id"]])]
+        wanted = set(names) | {by_id[i].name for i in ids}
+        pairs = [p for p in pairs if p.name in wanted]
+    pairs = [p for p in pairs if matches(p, filters, _FILTERS, lambda p: tags[p.id])]
     include = bool(params.get("IncludePublicKey"))
-    return {"KeyPairs": [_info(r, tags[r["id"]], include) for r in rows]}
+    return {"KeyPairs": [_info(p, tags[p.id], include) for p in pairs]}
 
 
 @operation("ec2", "DeleteKeyPair")
@@ -91,7 +87,4 @@ def delete_key_pair(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
     if not name and not key_id:
         raise MissingParameter("KeyName or KeyPairId")
     deleted = K.delete_key_pair(ctx, name=name, key_id=key_id)
-    out: dict[str, Any] = {"Return": True}
-    if deleted:
-        out["KeyPairId"] = deleted
-    return out
+    return {"Return": True, "KeyPairId": deleted or None}

@@ -9,6 +9,7 @@ from ebscrypt.engines.ec2 import filters as F
 from ebscrypt.engines.ec2 import network as N
 from ebscrypt.engines.ec2 import tags as T
 from ebscrypt.engines.ec2 import security_groups as SG
+from ebscrypt.services.ec2 import security_group_views as V
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.ec2.paging import page, sort_key
 from ebscrypt.services.registry import operation
@@ -58,13 +59,13 @@ _RULE_FILTERS = {
 def _group_dict(g: dict[str, Any], tags: dict[str, str], vpc_of: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "GroupId": g["id"],
-        "IpPermissionsEgress": N.permissions(_rules_of(g, True), vpc_of),
+        "IpPermissionsEgress": V.permissions(_rules_of(g, True), vpc_of),
         "VpcId": g["vpc_id"],
         "SecurityGroupArn": N.arn(g["region"], g["account"], "security-group", g["id"]),
         "OwnerId": g["account"],
         "GroupName": g["name"],
         "Description": g["description"],
-        "IpPermissions": N.permissions(_rules_of(g, False), vpc_of),
+        "IpPermissions": V.permissions(_rules_of(g, False), vpc_of),
         "Tags": T.tag_list(tags) if tags else None,
     }
     return out
@@ -128,7 +129,7 @@ def _authorize(ctx: RequestContext, params: dict[str, Any], *, egress: bool) -> 
     rows, rule_tags = SG.authorize(ctx, _ref(params, allow_name=not egress), _legacy_permissions(params),
                                    egress=egress, tags=tags)
     return {"Return": True,
-            "SecurityGroupRules": [N.rule_dict(r, c.account, rule_tags[r["id"]]) for r in rows]}
+            "SecurityGroupRules": [V.rule_dict(r, c.account, rule_tags[r["id"]]) for r in rows]}
 
 
 def _revoke(ctx: RequestContext, params: dict[str, Any], *, egress: bool) -> dict[str, Any]:
@@ -136,12 +137,12 @@ def _revoke(ctx: RequestContext, params: dict[str, Any], *, egress: bool) -> dic
     revoked, unknown = SG.revoke(ctx, _ref(params, allow_name=not egress),
                                  rule_ids=params.get("SecurityGroupRuleIds") or [],
                                  permissions=_legacy_permissions(params), egress=egress)
-    out: dict[str, Any] = {"Return": not unknown,
-                           "RevokedSecurityGroupRules": [N.revoked_rule_dict(r) for r in revoked]}
-    if unknown:
+    return {
+        "Return": not unknown,
+        "RevokedSecurityGroupRules": [V.revoked_rule_dict(r) for r in revoked],
         # EC2 (VPC groups): no error; the rules that matched nothing come back here.
-        out["UnknownIpPermissions"] = [N.rule_as_permission(r) for r in unknown]
-    return out
+        "UnknownIpPermissions": [V.rule_as_permission(r) for r in unknown] or None,
+    }
 
 
 @operation("ec2", "AuthorizeSecurityGroupIngress")
@@ -173,4 +174,4 @@ def describe_security_group_rules(ctx: RequestContext, params: dict[str, Any]) -
     rows, tags = SG.describe_rules(ctx, params.get("SecurityGroupRuleIds") or [])
     rows = [r for r in rows if F.matches(r, filters, _RULE_FILTERS, lambda r: tags[r["id"]])]
     chunk, token = page(rows, params, lambda r: sort_key(r["position"], r["id"]))  # network.rule_rows' order
-    return {"SecurityGroupRules": [N.rule_dict(r, c.account, tags[r["id"]]) for r in chunk], "NextToken": token}
+    return {"SecurityGroupRules": [V.rule_dict(r, c.account, tags[r["id"]]) for r in chunk], "NextToken": token}
