@@ -289,22 +289,21 @@ def test_zeroing_holes_costs_nothing_zeroing_data_does(blocks) -> None:
 
 
 def test_write_blocks_commits_a_batch_in_few_group_commits(blocks) -> None:
-    """engines/blocks/batch.write_blocks (the attached volumes' write-back): 130 blocks in
+    """BlockEngine.write_blocks (the attached volumes' write-back): 130 blocks in
     at most 3 group commits (64 a commit), each readable and sealed under the key; an
     all-zero block is stored as a zero entry; one bad block's error is raised and the
     others are stored all the same."""
-    from ebscrypt.engines.blocks.batch import write_blocks
 
     key = DataKey("dk-test", os.urandom(32))
     items = [(i, os.urandom(32) * (BLOCK_SIZE // 32)) for i in range(129)] + [(200, bytes(BLOCK_SIZE))]
     before = blocks.group_commits
     with ThreadPoolExecutor(4) as pool:
-        write_blocks(blocks, "vol-0000000000000000c", items, key, map_fn=pool.map)
+        blocks.write_blocks("vol-0000000000000000c", items, key, map_fn=pool.map)
     assert blocks.group_commits - before <= 3
     for i, data in items[::16]:
         assert blocks.read_block("vol-0000000000000000c", i, key) == data
     assert blocks.block_ref("vol-0000000000000000c", 200).object_key is None
     with pytest.raises(ValueError):
-        write_blocks(blocks, "vol-0000000000000000c", [(300, b"short"), (301, b"k" * BLOCK_SIZE)], key)
+        blocks.write_blocks("vol-0000000000000000c", [(300, b"short"), (301, b"k" * BLOCK_SIZE)], key)
     assert blocks.read_block("vol-0000000000000000c", 301, key) == b"k" * BLOCK_SIZE
     assert blocks.block_ref("vol-0000000000000000c", 300) is None

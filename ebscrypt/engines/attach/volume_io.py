@@ -11,7 +11,7 @@ adds a bounded write-back cache of plaintext blocks, held in memory only:
   at a snapshot (:meth:`OpenVolume.quiesced`) and at close (detach, stop, shutdown) —
   never before: a write without FUA is acknowledged from memory, as NBD allows, and
   many small writes to one block cost one seal. Each write-back is one batch
-  (``engines/blocks/batch.write_blocks``: one group commit per 64 blocks);
+  (``BlockEngine.write_blocks``: one group commit per 64 blocks);
 - trim and write-zeroes of whole blocks store an all-zero block, which the block engine
   records without an object (the old object is released: the space is given back);
   over blocks that already read as zeros they do nothing;
@@ -36,7 +36,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from ebscrypt.engines.blocks.batch import write_blocks
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, ZERO_BLOCK, DataKey
 from ebscrypt.engines.blocks.store import ObjectMissing
 
@@ -445,7 +444,7 @@ class OpenVolume:
             refs = self.blocks.block_refs(self.volume_id, zeros)
             jobs = [(i, data) for i, data in jobs if not (i in refs and refs[i] is None)]
         map_fn = self._flusher.map if parallel and self._flusher is not None and len(jobs) > 1 else None
-        write_blocks(self.blocks, self.volume_id, jobs, key, map_fn=map_fn)
+        self.blocks.write_blocks(self.volume_id, jobs, key, map_fn=map_fn)
 
 
 def _spans(offset: int, length: int) -> Iterator[tuple[int, int, int]]:
