@@ -51,10 +51,11 @@ class Staged:
     """An object written by ``stage`` under its final name, not yet durable. No entry
     names it until ``publish`` returned, so nothing reads it before then."""
 
-    tmp: str  # the file to remove if it is discarded (its final path)
+    tmp: str  # the file written (its final path, or a temporary one when it replaces an object)
     path: Path
     fd: int
     published: bool = False
+    replaces: bool = False  # an object of that key exists: renamed over it once durable
 
 
 def new_object_key(shard: str | None = None) -> str:
@@ -121,8 +122,15 @@ class LocalDirStore:
     def stage(self, key: str, data: bytes | bytearray | memoryview) -> "Staged":
         path = self._path(key)
         path.parent.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        staged = Staged(str(path), path, fd)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            staged = Staged(str(path), path, fd)
+        except FileExistsError:
+            # Not the engine's way (its keys are fresh), but the store's contract: an
+            # overwrite is whole, so the new bytes go to a temporary file renamed over it.
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            staged = Staged(str(tmp), path, fd, replaces=True)
         try:
             view = memoryview(data)
             while view:
@@ -139,11 +147,17 @@ class LocalDirStore:
         ``fdatasync`` of each then an fsync of their directories. On failure nothing
         staged is left behind."""
         try:
+            replacing = [st for st in staged if st.replaces]
             if not (len(staged) >= _SYNCFS_MIN and _syncfs is not None and _syncfs(staged[0].fd) == 0):
                 for st in staged:
                     os.fdatasync(st.fd)
-                for d in {st.path.parent for st in staged}:
+                for d in {st.path.parent for st in staged if not st.replaces}:
                     _fsync_dir(d)
+            for st in replacing:  # data durable first, then the rename, then its directory
+                os.replace(st.tmp, st.path)
+                st.tmp = str(st.path)
+            for d in {st.path.parent for st in replacing}:
+                _fsync_dir(d)
             for st in staged:
                 os.close(st.fd)
                 st.fd = -1
