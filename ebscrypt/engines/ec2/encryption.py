@@ -141,21 +141,31 @@ def new_data_key(ctx: RequestContext, key_arn: str, resource_id: str) -> Wrapped
     return WrappedDataKey(arn, uuid.uuid4().hex, blob, context)
 
 
-def prepare_data_key(ctx: RequestContext, plan: EncryptionPlan, source: Snapshot | None,
-                     resource_id: str) -> tuple[EncryptionPlan, WrappedDataKey | None]:
+def prepare_data_key(ctx: RequestContext, plan: EncryptionPlan, source: Snapshot | None, resource_id: str,
+                     *, prove: bool = False, refusal_fails_plan: bool = True
+                     ) -> tuple[EncryptionPlan, WrappedDataKey | None]:
     """The data key of a new volume or snapshot (None when it is unencrypted or the plan has
     already failed): the source snapshot's own when the plan reuses it (R-KEY-2), else a new
-    one under the plan's key (R-KEY-1). A key KMS refuses fails the plan (R-KEY-6: the
-    resource ends in error) rather than the request. [KMS, no conn]"""
+    one under the plan's key (R-KEY-1). The one data-key step of every create path
+    (CreateVolume, CopySnapshot, RunInstances, EBS StartSnapshot). [KMS, no conn]
+
+    ``prove``: a new key is also unwrapped once, so an empty volume (ready as soon as it is
+    inserted) never exists under a key KMS would not decrypt with. A key KMS refuses fails
+    the plan (R-KEY-6: the resource ends in error) rather than the request — unless
+    ``refusal_fails_plan`` is False (StartSnapshot: the refusal is the request's error)."""
     if not plan.encrypted or plan.problem is not None:
         return plan, None
     if plan.reuse_source_data_key and source is not None:
         return plan, WrappedDataKey(source.kms_key_arn or "", source.data_key_id or "",
                                     source.data_key_blob or b"", source.encryption_context)
     try:
-        return plan, new_data_key(ctx, plan.key_arn or "", resource_id)
+        data_key = new_data_key(ctx, plan.key_arn or "", resource_id)
+        if prove:
+            unwrap(ctx, data_key.key_arn, data_key.blob, data_key.context, data_key.data_key_id,
+                   region=ctx.caller.region)
+        return plan, data_key
     except ServiceError as err:
-        if err.status >= 500:  # our fault (e.g. the data dir is full), not the key's: retryable
+        if err.status >= 500 or not refusal_fails_plan:  # 5xx: our fault (e.g. the data dir is full), retryable
             raise
         return plan.failed(f"Client.InvalidKMSKey.InvalidState: The KMS key {plan.key_arn} cannot be "
                            f"used ({err.code}: {err.message})"), None

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from sqlalchemy import Connection, delete, insert, or_, select, update
 
+from ebscrypt.context import Caller, RequestContext, Runtime
 from ebscrypt.domain.sharing import check_grantees, check_share
 from ebscrypt.engines.attach import engine as attach_io
 from ebscrypt.engines.blocks.engine import CopyCancelled
@@ -21,7 +22,7 @@ from ebscrypt.engines.ec2.encryption import (
     WrappedDataKey,
     data_key_for,
     describe_for_ebs,
-    new_data_key,
+    prepare_data_key,
     resolve_encryption,
 )
 from ebscrypt.engines.ec2 import creation, image_states, provenance, waits
@@ -55,7 +56,7 @@ log = logging.getLogger("ebscrypt.ec2.snapshots")
 
 COPY_VOLUME_ID = "vol-ffffffff"  # AWS shows this volume id on copied / direct snapshots
 
-def _notify(runtime: Any, snapshot_id: str, state: str) -> None:
+def _notify(runtime: Runtime, snapshot_id: str, state: str) -> None:
     """After a snapshot reached completed/error: wake its waiters, and move the images
     waiting on it (R-LIFE-1)."""
     waits.done(snapshot_id)
@@ -78,8 +79,8 @@ SQL_FILTER_COLUMNS = {
 }
 
 
-def visible_snapshots(conn: Connection, caller: Any, *, owners: set[str] | None = None,
-                      filters: list[dict] | None = None, after: str | None = None,
+def visible_snapshots(conn: Connection, caller: Caller, *, owners: set[str] | None = None,
+                      filters: list[dict[str, Any]] | None = None, after: str | None = None,
                       limit: int | None = None) -> list[Snapshot]:
     """Every snapshot in the caller's region it owns or may restore, ordered by id; only
     those of ``owners`` if given, only ids after ``after``, at most ``limit``. ``filters``
@@ -122,7 +123,7 @@ def _insert(conn: Connection, values: dict[str, Any], tags: list[dict[str, str]]
     return Snapshot.from_row(values)
 
 
-def _base(snapshot_id: str, caller: Any, now: Any, **kw: Any) -> dict[str, Any]:
+def _base(snapshot_id: str, caller: Caller, now: Any, **kw: Any) -> dict[str, Any]:
     values = dict(id=snapshot_id, account=caller.account, region=caller.region, state="pending",
                   state_message=None, progress=0, encrypted=False, kms_key_arn=None, data_key_id=None,
                   data_key_blob=None, data_key_context=None, volume_id=COPY_VOLUME_ID, parent_id=None,
@@ -132,7 +133,7 @@ def _base(snapshot_id: str, caller: Any, now: Any, **kw: Any) -> dict[str, Any]:
     return values
 
 
-def create_snapshot_from_volume(ctx: Any, conn: Connection, volume_id: str, description: str | None = None,
+def create_snapshot_from_volume(ctx: RequestContext, conn: Connection, volume_id: str, description: str | None = None,
                                 tags: list[dict[str, str]] | None = None, *,
                                 complete_now: bool = False) -> Snapshot:
     """R-SNAP-1: same encryption, key and data key as the volume; EBD plays no part. [conn]
@@ -176,7 +177,7 @@ def create_snapshot_from_volume(ctx: Any, conn: Connection, volume_id: str, desc
     return snap
 
 
-def finish_snapshot(runtime: Any, snapshot_id: str) -> None:
+def finish_snapshot(runtime: Runtime, snapshot_id: str) -> None:
     """Finish a snapshot of a volume now (idempotent); failure -> ``error``."""
     try:
         retry_conflicts(lambda: _finish_from_volume(runtime, snapshot_id))
@@ -188,14 +189,14 @@ def finish_snapshot(runtime: Any, snapshot_id: str) -> None:
         fail_snapshot(runtime, snapshot_id, getattr(exc, "message", None) or str(exc) or type(exc).__name__)
 
 
-def set_progress(runtime: Any, snapshot_id: str, percent: float) -> None:
+def set_progress(runtime: Runtime, snapshot_id: str, percent: float) -> None:
     with runtime.db.begin() as conn:
         conn.execute(update(ec2_snapshots).where(ec2_snapshots.c.id == snapshot_id,
                                                  ec2_snapshots.c.state == "pending")
                      .values(progress=max(0, min(99, int(percent)))))
 
 
-def complete_snapshot(runtime: Any, snapshot_id: str) -> None:
+def complete_snapshot(runtime: Runtime, snapshot_id: str) -> None:
     """pending -> completed, progress 100% (EBS CompleteSnapshot, jobs)."""
     with runtime.db.begin() as conn:
         conn.execute(update(ec2_snapshots).where(ec2_snapshots.c.id == snapshot_id,
@@ -204,7 +205,7 @@ def complete_snapshot(runtime: Any, snapshot_id: str) -> None:
     _notify(runtime, snapshot_id, "completed")
 
 
-def fail_snapshot(runtime: Any, snapshot_id: str, message: str) -> None:
+def fail_snapshot(runtime: Runtime, snapshot_id: str, message: str) -> None:
     """pending -> error with a StateMessage naming the cause (R-KEY-6)."""
     with runtime.db.begin() as conn:
         conn.execute(update(ec2_snapshots).where(ec2_snapshots.c.id == snapshot_id,
@@ -213,7 +214,7 @@ def fail_snapshot(runtime: Any, snapshot_id: str, message: str) -> None:
     _notify(runtime, snapshot_id, "error")
 
 
-def _on_fail(runtime: Any, payload: dict[str, Any], reason: str) -> None:
+def _on_fail(runtime: Runtime, payload: dict[str, Any], reason: str) -> None:
     fail_snapshot(runtime, payload["snapshot_id"], reason)
 
 
@@ -222,11 +223,13 @@ def _create_job(job: JobContext) -> None:
     _finish_from_volume(job.runtime, job.payload["snapshot_id"])
 
 
-def _finish_from_volume(runtime: Any, snapshot_id: str) -> None:
+def _finish_from_volume(runtime: Runtime, snapshot_id: str) -> None:
     with runtime.db.read() as conn:
         snap = _row(conn, snapshot_id)
     if snap is None or snap.state != "pending":
         return
+    if snap.volume_id is None:  # only snapshots of a volume are queued as this job kind
+        raise RuntimeError(f"snapshot {snap.id} has no source volume")
     blocks = runtime.blocks
     if blocks is None:
         raise RuntimeError("the block engine is not available")
@@ -239,7 +242,7 @@ def _finish_from_volume(runtime: Any, snapshot_id: str) -> None:
     complete_snapshot(runtime, snap.id)
 
 
-def _released_if_deleted(runtime: Any, snapshot_id: str) -> bool:
+def _released_if_deleted(runtime: Runtime, snapshot_id: str) -> bool:
     """After a job stored a snapshot's blocks: True (and its blocks released) when the
     snapshot was deleted meanwhile — its DeleteSnapshot may have released them before the
     job created them, and nothing else would (release is idempotent)."""
@@ -263,7 +266,7 @@ class CopyPlan:
     failure: str | None = None  # the source key refused (prove_copy_key): stored ``error``
 
 
-def prepare_copy(ctx: Any, source_snapshot_id: str, source_region: str | None = None,
+def prepare_copy(ctx: RequestContext, source_snapshot_id: str, source_region: str | None = None,
                  encrypted: bool | None = None, kms_key_id: str | None = None) -> CopyPlan:
     """Validate a copy and decide its encryption (§2, R-SNAP-2). [KMS, no conn]"""
     caller = ctx.caller
@@ -275,19 +278,7 @@ def prepare_copy(ctx: Any, source_snapshot_id: str, source_region: str | None = 
     cross = src_region != caller.region
     plan = resolve_encryption(ctx, source, encrypted, kms_key_id, cross_region=cross)
     snapshot_id = new_id("snap")
-    data_key = None
-    if plan.encrypted and plan.problem is None:
-        if plan.reuse_source_data_key:
-            data_key = WrappedDataKey(source.kms_key_arn or "", source.data_key_id or "",
-                                      source.data_key_blob or b"", source.encryption_context)
-        else:
-            try:
-                data_key = new_data_key(ctx, plan.key_arn or "", snapshot_id)
-            except ServiceError as err:
-                if err.status >= 500:  # our fault (e.g. the data dir is full), not the key's: retryable
-                    raise
-                plan = plan.failed(f"Client.InvalidKMSKey.InvalidState: The KMS key {plan.key_arn} cannot be "
-                                   f"used ({err.code}: {err.message})")
+    plan, data_key = prepare_data_key(ctx, plan, source, snapshot_id)
     return CopyPlan(source, cross, plan, snapshot_id, data_key)
 
 
@@ -300,7 +291,7 @@ def copy_is_cheap(cp: CopyPlan) -> bool:
     return cp.data_key.data_key_id == cp.source.data_key_id
 
 
-def insert_copy(ctx: Any, conn: Connection, cp: CopyPlan, description: str | None = None,
+def insert_copy(ctx: RequestContext, conn: Connection, cp: CopyPlan, description: str | None = None,
                 tags: list[dict[str, str]] | None = None, *, complete: bool = False) -> Snapshot:
     """Write the copy and either finish it here or submit its job. [conn]
 
@@ -336,7 +327,7 @@ def insert_copy(ctx: Any, conn: Connection, cp: CopyPlan, description: str | Non
     return snap
 
 
-def _complete_copy_in(ctx: Any, conn: Connection, cp: CopyPlan) -> str | None:
+def _complete_copy_in(ctx: RequestContext, conn: Connection, cp: CopyPlan) -> str | None:
     """A metadata-only copy's work inside the creating transaction: None when done, else
     the StateMessage of its ``error`` (the messages the copy job would record)."""
     problem = cp.plan.problem or cp.failure
@@ -351,7 +342,7 @@ def _complete_copy_in(ctx: Any, conn: Connection, cp: CopyPlan) -> str | None:
     return None
 
 
-def prove_copy_key(ctx: Any, cp: CopyPlan) -> CopyPlan:
+def prove_copy_key(ctx: RequestContext, cp: CopyPlan) -> CopyPlan:
     """Before a metadata-only copy is stored: the source key is checked for the copier as
     the copy job would (R-SHARE-4; R-KEY-3: grant + Decrypt, audited); a refused key makes
     the copy ``error`` with the cause (R-KEY-6). [KMS, no conn]"""
@@ -366,7 +357,7 @@ def prove_copy_key(ctx: Any, cp: CopyPlan) -> CopyPlan:
     return cp
 
 
-def copy_snapshot(ctx: Any, source_snapshot_id: str, source_region: str | None = None,
+def copy_snapshot(ctx: RequestContext, source_snapshot_id: str, source_region: str | None = None,
                   encrypted: bool | None = None, kms_key_id: str | None = None,
                   description: str | None = None, tags: list[dict[str, str]] | None = None,
                   wait_seconds: float = 3.0) -> Snapshot:
@@ -382,7 +373,7 @@ def copy_snapshot(ctx: Any, source_snapshot_id: str, source_region: str | None =
                            wait_seconds=wait_seconds)
 
 
-def finish_copy(runtime: Any, payload: dict[str, Any]) -> None:
+def finish_copy(runtime: Runtime, payload: dict[str, Any]) -> None:
     try:
         retry_conflicts(lambda: _finish_copy(runtime, payload, None))
     except Exception as exc:
@@ -398,7 +389,7 @@ def _copy_job(job: JobContext) -> None:
     _finish_copy(job.runtime, job.payload, job.progress)
 
 
-def _finish_copy(runtime: Any, payload: dict[str, Any], report: Callable[[float], None] | None) -> None:
+def _finish_copy(runtime: Runtime, payload: dict[str, Any], report: Callable[[float], None] | None) -> None:
     if payload.get("problem"):
         fail_snapshot(runtime, payload["snapshot_id"], payload["problem"])
         return
@@ -426,7 +417,7 @@ def _finish_copy(runtime: Any, payload: dict[str, Any], report: Callable[[float]
     complete_snapshot(runtime, dst.id)
 
 
-def _copy_blocks(runtime: Any, src: Snapshot, src_key: Any, dst: Snapshot, ctx: Any,
+def _copy_blocks(runtime: Runtime, src: Snapshot, src_key: Any, dst: Snapshot, ctx: RequestContext,
                  report: Callable[[float], None] | None) -> None:
     """Give ``dst`` the blocks of ``src``: shared (same data key) or re-encrypted, with the
     copy's progress on the snapshot (R-LIFE-1)."""
@@ -447,7 +438,7 @@ def _copy_blocks(runtime: Any, src: Snapshot, src_key: Any, dst: Snapshot, ctx: 
 # ----------------------------------------------------------------------------- EBS direct
 
 
-def new_snapshot_record(ctx: Any, *, volume_size: int, encrypted: bool | None = None,
+def new_snapshot_record(ctx: RequestContext, *, volume_size: int, encrypted: bool | None = None,
                         kms_key_id: str | None = None, parent_snapshot_id: str | None = None,
                         description: str | None = None, client_token: str | None = None,
                         tags: list[dict[str, str]] | None = None) -> Snapshot:
@@ -472,13 +463,7 @@ def new_snapshot_record(ctx: Any, *, volume_size: int, encrypted: bool | None = 
     if plan.problem:
         raise EbsAccessDenied(plan.problem, "DEPENDENCY_ACCESS_DENIED")
     snapshot_id = new_id("snap")
-    dk: WrappedDataKey | None = None
-    if plan.encrypted:
-        if plan.reuse_source_data_key and parent is not None:
-            dk = WrappedDataKey(parent.kms_key_arn or "", parent.data_key_id or "", parent.data_key_blob or b"",
-                                parent.encryption_context)
-        else:
-            dk = new_data_key(ctx, plan.key_arn or "", snapshot_id)
+    _plan, dk = prepare_data_key(ctx, plan, parent, snapshot_id, refusal_fails_plan=False)
     values = _base(snapshot_id, caller, ctx.runtime.clock.now(), volume_size=volume_size,
                    encrypted=plan.encrypted, kms_key_arn=plan.key_arn,
                    data_key_id=dk.data_key_id if dk else None, data_key_blob=dk.blob if dk else None,
@@ -497,7 +482,7 @@ def new_snapshot_record(ctx: Any, *, volume_size: int, encrypted: bool | None = 
 # ----------------------------------------------------------------------------- delete, share
 
 
-def delete_snapshot(ctx: Any, snapshot_id: str) -> None:
+def delete_snapshot(ctx: RequestContext, snapshot_id: str) -> None:
     """DeleteSnapshot: owner only; refused while an image uses it (R-SNAP-3). [no conn]"""
     with ctx.runtime.db.begin() as conn:
         snap = get_snapshot(conn, ctx.caller, snapshot_id)
@@ -515,7 +500,7 @@ def delete_snapshot(ctx: Any, snapshot_id: str) -> None:
         blocks.release(snapshot_id)
 
 
-def modify_create_volume_permission(ctx: Any, snapshot_id: str, *, add_users: list[str], add_groups: list[str],
+def modify_create_volume_permission(ctx: RequestContext, snapshot_id: str, *, add_users: list[str], add_groups: list[str],
                                     remove_users: list[str], remove_groups: list[str]) -> None:
     """ModifySnapshotAttribute createVolumePermission (R-SHARE-1/2/3). [KMS, no conn]"""
     with ctx.runtime.db.read() as conn:
@@ -539,7 +524,7 @@ def modify_create_volume_permission(ctx: Any, snapshot_id: str, *, add_users: li
                 ec2_snapshot_permissions.c.grantee.in_(gone)))
 
 
-def reset_create_volume_permission(ctx: Any, snapshot_id: str) -> None:
+def reset_create_volume_permission(ctx: RequestContext, snapshot_id: str) -> None:
     with ctx.runtime.db.begin() as conn:
         owned_snapshot(conn, ctx.caller, snapshot_id)
         conn.execute(delete(ec2_snapshot_permissions).where(ec2_snapshot_permissions.c.snapshot_id == snapshot_id))
@@ -549,7 +534,7 @@ def reset_create_volume_permission(ctx: Any, snapshot_id: str) -> None:
 # The request-level operations of services/ec2/snapshots.py, one transaction each.
 
 
-def create_snapshot(ctx: Any, volume_id: str, description: str | None, tags: list[dict[str, str]]) -> Snapshot:
+def create_snapshot(ctx: RequestContext, volume_id: str, description: str | None, tags: list[dict[str, str]]) -> Snapshot:
     """CreateSnapshot (R-SNAP-1): O(1), metadata only (a block-lineage reference), stored
     completed in one transaction, no job (:mod:`.creation`); the answer is the snapshot as
     AWS shows it (``pending``)."""
@@ -572,7 +557,7 @@ class InstanceSnapshots:
     copy_tags_from_volume: bool = False
 
 
-def create_snapshots_of_instance(ctx: Any, req: InstanceSnapshots) -> list[tuple[Snapshot, list[dict[str, str]]]]:
+def create_snapshots_of_instance(ctx: RequestContext, req: InstanceSnapshots) -> list[tuple[Snapshot, list[dict[str, str]]]]:
     """CreateSnapshots: a snapshot of every EBS volume attached to the instance (the
     caller's; optionally not the boot volume), all in one transaction, each with its tags."""
     out: list[tuple[Snapshot, list[dict[str, str]]]] = []
@@ -585,7 +570,7 @@ def create_snapshots_of_instance(ctx: Any, req: InstanceSnapshots) -> list[tuple
     return out
 
 
-def _store_instance_snapshots(ctx: Any, req: InstanceSnapshots, out: list[tuple[Snapshot, list[dict[str, str]]]]
+def _store_instance_snapshots(ctx: RequestContext, req: InstanceSnapshots, out: list[tuple[Snapshot, list[dict[str, str]]]]
                               ) -> None:
     with ctx.runtime.db.begin() as conn:
         info = lookup_instance(conn, ctx.caller, req.instance_id)
@@ -609,8 +594,8 @@ def _accounts(values: list[str] | None, caller_account: str) -> set[str]:
     return {caller_account if v == "self" else v for v in values or []}
 
 
-def describe_snapshots(ctx: Any, ids: list[str], *, owner_ids: list[str] | None = None,
-                       restorable_by: list[str] | None = None, filters: list[dict] | None = None,
+def describe_snapshots(ctx: RequestContext, ids: list[str], *, owner_ids: list[str] | None = None,
+                       restorable_by: list[str] | None = None, filters: list[dict[str, Any]] | None = None,
                        after: str | None = None, limit: int | None = None,
                        ) -> tuple[list[Snapshot], dict[str, list[dict[str, str]]]]:
     """The snapshots the caller sees (owned or shared with it), narrowed to ``ids`` (an
@@ -641,7 +626,7 @@ def describe_snapshots(ctx: Any, ids: list[str], *, owner_ids: list[str] | None 
         return snaps, tags_for(conn, caller.account, [s.id for s in snaps])
 
 
-def create_volume_permissions(ctx: Any, snapshot_id: str) -> tuple[str, list[str]]:
+def create_volume_permissions(ctx: RequestContext, snapshot_id: str) -> tuple[str, list[str]]:
     """The id of the caller's snapshot and its createVolumePermission grantees, sorted."""
     with ctx.runtime.db.read() as conn:
         snap = owned_snapshot(conn, ctx.caller, snapshot_id)

@@ -17,19 +17,19 @@ from typing import Any, Callable
 
 from sqlalchemy import Connection, delete, insert, select, update
 
+from ebscrypt.context import Caller, RequestContext, Runtime
 from ebscrypt.domain import regions
 from ebscrypt.engines.attach import engine as attach_io
 from ebscrypt.engines.blocks.engine import CopyCancelled
 from ebscrypt.engines.blocks.errors import BlockError
-from ebscrypt.engines.ec2.account import get_settings
+from ebscrypt.engines.ec2.account import AccountSettings, get_settings
 from ebscrypt.engines.ec2.copy_source import SourceSnapshotGone, copy_blocks
 from ebscrypt.engines.ec2.encryption import (
     EncryptionPlan,
     WrappedDataKey,
     data_key_for,
-    new_data_key,
+    prepare_data_key,
     resolve_encryption,
-    unwrap,
 )
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume, from_result
@@ -62,13 +62,13 @@ _IOPS = {"gp3": (3000, 80000, 500), "io1": (100, 64000, 50), "io2": (100, 256000
 CREATE_JOB = "ec2_volume_create"
 
 
-def lookup_instance(conn: Connection, caller: Any, instance_id: str) -> dict:
+def lookup_instance(conn: Connection, caller: Caller, instance_id: str) -> dict[str, Any]:
     """The instance's zone and root device (instance_records.lookup: it must exist, running
     or stopped)."""
     return dict(instance_records.lookup(conn, caller, instance_id))
 
 
-def _notify(runtime: Any, volume_id: str, state: str) -> None:
+def _notify(runtime: Runtime, volume_id: str, state: str) -> None:
     """A volume reached ``state`` (final): wake the requests waiting on it. Whoever else
     must hear of it runs its own job kind around :func:`run_create_job` (RunInstances:
     ``instances.ec2_launch_volume``), so nothing registers with this module."""
@@ -157,7 +157,7 @@ def _row(conn: Connection, volume_id: str) -> Volume | None:
     return Volume.from_row(row) if row else None
 
 
-def get_volume(conn: Connection, caller: Any, volume_id: str) -> Volume:
+def get_volume(conn: Connection, caller: Caller, volume_id: str) -> Volume:
     """The caller's volume in its region; InvalidVolume.NotFound otherwise. [conn]"""
     check_id(volume_id, "vol", "InvalidVolumeID.Malformed")
     vol = _row(conn, volume_id)
@@ -179,7 +179,7 @@ SQL_FILTER_COLUMNS = {
 
 def list_volumes(conn: Connection, account: str, region: str, volume_ids: list[str] | None = None, *,
                  after: str | None = None, limit: int | None = None,
-                 filters: list[dict] | None = None) -> list[Volume]:
+                 filters: list[dict[str, Any]] | None = None) -> list[Volume]:
     """The account's volumes in the region by id order (only ``volume_ids`` if given), only
     ids after ``after``, at most ``limit``: DescribeVolumes pages in SQL with these.
     ``filters`` narrow the rows in SQL (a superset of the matches: apply them after). [conn]"""
@@ -242,14 +242,14 @@ class VolumePrep:
     failure: str | None = None  # the source key refused (prove_source_key): stored ``error``
 
 
-def load_source_snapshot(conn: Connection, caller: Any, snapshot_id: str) -> Snapshot:
+def load_source_snapshot(conn: Connection, caller: Caller, snapshot_id: str) -> Snapshot:
     snap = get_snapshot(conn, caller, snapshot_id)
     if snap.state != "completed":
         raise IncorrectState(f"Snapshot is in invalid state - {snap.state}")
     return snap
 
 
-def prepare_volume(ctx: Any, *, availability_zone: str | None, size: int | None = None,
+def prepare_volume(ctx: RequestContext, *, availability_zone: str | None, size: int | None = None,
                    volume_type: str | None = None, iops: int | None = None, throughput: int | None = None,
                    snapshot_id: str | None = None, encrypted: bool | None = None,
                    kms_key_id: str | None = None, multi_attach: bool = False,
@@ -285,33 +285,14 @@ def prepare_volume(ctx: Any, *, availability_zone: str | None, size: int | None 
                       list(tags or []), attach)
 
 
-def _plan_and_key(ctx: Any, source: Snapshot | None, encrypted: bool | None, kms_key_id: str | None,
-                  settings: Any) -> tuple[EncryptionPlan, WrappedDataKey | None, str]:
-    """§2's outcome for a new volume, its id and (when encrypted) its data key. [KMS, no conn]"""
-    caller = ctx.caller
+def _plan_and_key(ctx: RequestContext, source: Snapshot | None, encrypted: bool | None, kms_key_id: str | None,
+                  settings: AccountSettings) -> tuple[EncryptionPlan, WrappedDataKey | None, str]:
+    """§2's outcome for a new volume, its id and (when encrypted) its data key; an empty
+    volume's new key is proven usable, as it is ready once inserted. [KMS, no conn]"""
     plan = resolve_encryption(ctx, source, encrypted, kms_key_id, settings=settings)
     volume_id = new_id("vol")
-    data_key = None
-    if plan.encrypted and plan.problem is None:
-        if plan.reuse_source_data_key and source is not None:
-            data_key = WrappedDataKey(source.kms_key_arn or "", source.data_key_id or "",
-                                      source.data_key_blob or b"", source.encryption_context)
-        else:
-            try:
-                data_key = new_data_key(ctx, plan.key_arn or "", volume_id)
-                if source is None:  # an empty volume is ready once its key is proven usable
-                    unwrap(ctx, data_key.key_arn, data_key.blob, data_key.context, data_key.data_key_id,
-                           region=caller.region)
-            except ServiceError as err:
-                if err.status >= 500:  # our fault (e.g. the data dir is full), not the key's: retryable
-                    raise
-                plan = _with_problem(plan, err)
+    plan, data_key = prepare_data_key(ctx, plan, source, volume_id, prove=source is None)
     return plan, data_key, volume_id
-
-
-def _with_problem(plan: EncryptionPlan, err: ServiceError) -> EncryptionPlan:
-    return plan.failed(f"Client.InvalidKMSKey.InvalidState: The KMS key {plan.key_arn} cannot be used "
-                       f"({err.code}: {err.message})")
 
 
 def is_cheap(prep: VolumePrep) -> bool:
@@ -323,7 +304,7 @@ def is_cheap(prep: VolumePrep) -> bool:
     return prep.data_key.data_key_id == prep.source.data_key_id
 
 
-def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep, *, complete: bool = False,
+def insert_volume(ctx: RequestContext, conn: Connection, prep: VolumePrep, *, complete: bool = False,
                   job: str = CREATE_JOB) -> Volume:
     """Write the volume and either finish it here or submit its creation job. [conn]
 
@@ -376,7 +357,7 @@ def insert_volume(ctx: Any, conn: Connection, prep: VolumePrep, *, complete: boo
     return Volume.from_row(values)
 
 
-def _complete_in(ctx: Any, conn: Connection, prep: VolumePrep) -> tuple[str, str | None]:
+def _complete_in(ctx: RequestContext, conn: Connection, prep: VolumePrep) -> tuple[str, str | None]:
     """The metadata-only creation work inside the creating transaction: (state, message)."""
     problem = prep.plan.problem or prep.failure
     if problem:
@@ -392,7 +373,7 @@ def _complete_in(ctx: Any, conn: Connection, prep: VolumePrep) -> tuple[str, str
     return "available", None
 
 
-def prove_source_key(ctx: Any, prep: VolumePrep) -> VolumePrep:
+def prove_source_key(ctx: RequestContext, prep: VolumePrep) -> VolumePrep:
     """Before a metadata-only volume from a snapshot is stored: its key (the source's data
     key, shared) is checked for the caller as the creation job would (R-KEY-3, R-SHARE-4:
     grant + Decrypt, audited); a key the caller may not use makes the volume ``error``
@@ -408,7 +389,7 @@ def prove_source_key(ctx: Any, prep: VolumePrep) -> VolumePrep:
     return prep
 
 
-def create_volume(ctx: Any, *, wait_seconds: float = 3.0, **kwargs: Any) -> Volume:
+def create_volume(ctx: RequestContext, *, wait_seconds: float = 3.0, **kwargs: Any) -> Volume:
     """CreateVolume: prepare, then the create protocol (:mod:`.creation`): metadata only
     (empty, same data key, doomed) in one transaction; a re-encryption as a job, waited
     for up to ``wait_seconds`` (boto3 waiters then see it done at once). [KMS, no conn]"""
@@ -423,7 +404,7 @@ def create_volume(ctx: Any, *, wait_seconds: float = 3.0, **kwargs: Any) -> Volu
                            wait_seconds=wait_seconds)
 
 
-def finish_volume(runtime: Any, payload: dict[str, Any]) -> None:
+def finish_volume(runtime: Runtime, payload: dict[str, Any]) -> None:
     """Run the creation work now (idempotent); a failure puts the volume in ``error``."""
     try:
         retry_conflicts(lambda: _finish(runtime, payload, None))
@@ -435,7 +416,7 @@ def finish_volume(runtime: Any, payload: dict[str, Any]) -> None:
         volume_failed(runtime, payload, getattr(exc, "message", None) or str(exc) or type(exc).__name__)
 
 
-def set_volume_state(runtime: Any, volume_id: str, state: str, message: str | None = None) -> None:
+def set_volume_state(runtime: Runtime, volume_id: str, state: str, message: str | None = None) -> None:
     with runtime.db.begin() as conn:
         conn.execute(update(ec2_volumes).where(ec2_volumes.c.id == volume_id)
                      .values(state=state, state_message=message))
@@ -444,7 +425,7 @@ def set_volume_state(runtime: Any, volume_id: str, state: str, message: str | No
     _notify(runtime, volume_id, state)
 
 
-def volume_failed(runtime: Any, payload: dict[str, Any], reason: str) -> None:
+def volume_failed(runtime: Runtime, payload: dict[str, Any], reason: str) -> None:
     """The ``on_fail`` of a volume's creation job: the volume goes to ``error``."""
     set_volume_state(runtime, payload["volume_id"], "error", reason)
 
@@ -457,7 +438,7 @@ def run_create_job(job: JobContext) -> None:
 job_kind(CREATE_JOB, resumable=True, on_fail=volume_failed)(run_create_job)
 
 
-def _finish(runtime: Any, payload: dict[str, Any], report: Callable[[float], None] | None) -> None:
+def _finish(runtime: Runtime, payload: dict[str, Any], report: Callable[[float], None] | None) -> None:
     if payload.get("problem"):
         set_volume_state(runtime, payload["volume_id"], "error", payload["problem"])
         return
@@ -508,7 +489,7 @@ def _finish(runtime: Any, payload: dict[str, Any], report: Callable[[float], Non
     _notify(runtime, vol.id, state)
 
 
-def _exists(runtime: Any, volume_id: str) -> bool:
+def _exists(runtime: Runtime, volume_id: str) -> bool:
     with runtime.db.read() as conn:
         return _row(conn, volume_id) is not None
 
@@ -516,7 +497,7 @@ def _exists(runtime: Any, volume_id: str) -> bool:
 # ----------------------------------------------------------------------------- attachments
 
 
-def attach_volume(ctx: Any, volume_id: str, instance_id: str, device: str, *,
+def attach_volume(ctx: RequestContext, volume_id: str, instance_id: str, device: str, *,
                   instance_az: str | None = None, delete_on_termination: bool = False) -> Attachment:
     """AttachVolume. [KMS, no conn]: the key is checked by grant + decrypt (R-KEY-3)."""
     caller = ctx.caller
@@ -562,7 +543,7 @@ def attach_volume(ctx: Any, volume_id: str, instance_id: str, device: str, *,
     return Attachment(volume_id, instance_id, device, "attaching", now, delete_on_termination)
 
 
-def detach_volume(ctx: Any, volume_id: str, instance_id: str | None = None, *,
+def detach_volume(ctx: RequestContext, volume_id: str, instance_id: str | None = None, *,
                   device: str | None = None) -> Attachment:
     """DetachVolume: acknowledged writes are flushed and the data key dropped (R-ATTACH-2). [no conn]"""
     caller = ctx.caller
@@ -620,7 +601,7 @@ def delete_attachments_of_instance(conn: Connection, instance_id: str, *,
     return deleted
 
 
-def release_volumes(runtime: Any, volume_ids: list[str]) -> None:
+def release_volumes(runtime: Runtime, volume_ids: list[str]) -> None:
     blocks = runtime.blocks
     if blocks is None:
         return
@@ -635,7 +616,7 @@ def _delete_rows(conn: Connection, volume_id: str) -> None:
     delete_tags_of(conn, volume_id)
 
 
-def delete_volume(ctx: Any, volume_id: str) -> None:
+def delete_volume(ctx: RequestContext, volume_id: str) -> None:
     """DeleteVolume; VolumeInUse while attached. [no conn]"""
     with ctx.runtime.db.begin() as conn:
         get_volume(conn, ctx.caller, volume_id)
@@ -649,7 +630,7 @@ def delete_volume(ctx: Any, volume_id: str) -> None:
 # ----------------------------------------------------------------------------- modifications
 
 
-def modify_volume(ctx: Any, volume_id: str, *, size: int | None = None, volume_type: str | None = None,
+def modify_volume(ctx: RequestContext, volume_id: str, *, size: int | None = None, volume_type: str | None = None,
                   iops: int | None = None, throughput: int | None = None,
                   multi_attach: bool | None = None) -> dict[str, Any]:
     """ModifyVolume: record the modification (``modifying``) and complete it in a job. [no conn]"""
@@ -680,7 +661,12 @@ def modify_volume(ctx: Any, volume_id: str, *, size: int | None = None, volume_t
                    target_iops=spec.iops, original_throughput=vol.throughput, target_throughput=spec.throughput,
                    original_multi_attach=vol.multi_attach, target_multi_attach=target_multi, progress=0,
                    start_time=now, end_time=None)
-        mod_id = conn.execute(insert(ec2_volume_modifications).values(**row)).inserted_primary_key[0]
+        key = conn.execute(insert(ec2_volume_modifications).values(**row)).inserted_primary_key
+        # A single-row INSERT on an autoincrement key always reports it; typed as optional
+        # only because executemany/INSERT..SELECT do not.
+        if key is None:
+            raise RuntimeError("the volume modification row reported no key")
+        mod_id = key[0]
         ctx.runtime.jobs.submit("ec2_volume_modify", {"modification_id": mod_id}, conn=conn)
     ctx.runtime.jobs.notify()
     return row
@@ -702,7 +688,7 @@ def _modify_job(job: JobContext) -> None:
                      .values(state="completed", progress=100, end_time=now))
 
 
-def modifications(conn: Connection, caller: Any, volume_ids: list[str] | None) -> list[dict[str, Any]]:
+def modifications(conn: Connection, caller: Caller, volume_ids: list[str] | None) -> list[dict[str, Any]]:
     q = (select(ec2_volume_modifications).join(ec2_volumes, ec2_volumes.c.id == ec2_volume_modifications.c.volume_id)
          .where(ec2_volumes.c.account == caller.account, ec2_volumes.c.region == caller.region)
          .order_by(ec2_volume_modifications.c.id))
@@ -711,7 +697,7 @@ def modifications(conn: Connection, caller: Any, volume_ids: list[str] | None) -
     return [dict(r) for r in conn.execute(q).mappings()]
 
 
-def set_auto_enable_io(ctx: Any, volume_id: str, value: bool) -> None:
+def set_auto_enable_io(ctx: RequestContext, volume_id: str, value: bool) -> None:
     with ctx.runtime.db.begin() as conn:
         get_volume(conn, ctx.caller, volume_id)
         conn.execute(update(ec2_volumes).where(ec2_volumes.c.id == volume_id).values(auto_enable_io=value))
@@ -721,8 +707,8 @@ def set_auto_enable_io(ctx: Any, volume_id: str, value: bool) -> None:
 # The request-level reads of services/ec2/volumes.py, one transaction each.
 
 
-def describe_volumes(ctx: Any, volume_ids: list[str] | None = None, *, after: str | None = None,
-                     limit: int | None = None, filters: list[dict] | None = None,
+def describe_volumes(ctx: RequestContext, volume_ids: list[str] | None = None, *, after: str | None = None,
+                     limit: int | None = None, filters: list[dict[str, Any]] | None = None,
                      ) -> list[tuple[Volume, list[Attachment], list[dict[str, str]]]]:
     """The caller's volumes (by id order), optionally only ``volume_ids`` (each must exist),
     only ids > ``after``, at most ``limit``: each with its attachments and tags. ``filters``
@@ -743,7 +729,7 @@ def describe_volumes(ctx: Any, volume_ids: list[str] | None = None, *, after: st
     return [(v, atts[v.id], tags[v.id]) for v in vols]
 
 
-def modifications_of(ctx: Any, volume_ids: list[str] | None) -> list[dict[str, Any]]:
+def modifications_of(ctx: RequestContext, volume_ids: list[str] | None) -> list[dict[str, Any]]:
     """The modifications of the caller's volumes (of ``volume_ids``: each must exist)."""
     if volume_ids:
         describe_volumes(ctx, volume_ids)  # NotFound / Malformed as AWS
@@ -751,6 +737,6 @@ def modifications_of(ctx: Any, volume_ids: list[str] | None) -> list[dict[str, A
         return modifications(conn, ctx.caller, volume_ids)
 
 
-def owned_volume(ctx: Any, volume_id: str) -> Volume:
+def owned_volume(ctx: RequestContext, volume_id: str) -> Volume:
     with ctx.runtime.db.read() as conn:
         return get_volume(conn, ctx.caller, volume_id)

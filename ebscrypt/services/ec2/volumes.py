@@ -63,7 +63,7 @@ def _tag_map(d: dict[str, Any]) -> dict[str, str]:
 
 
 def describe(ctx: RequestContext, volume_ids: list[str] | None = None, *, after: str | None = None,
-             limit: int | None = None, filters: list[dict] | None = None) -> list[dict[str, Any]]:
+             limit: int | None = None, filters: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The caller's volumes (by id order), optionally only ids > ``after``, at most ``limit``;
     ``filters`` narrow the rows read (SQL, indexes) — the caller still applies them exactly."""
     found = V.describe_volumes(ctx, volume_ids, after=after, limit=limit, filters=filters)
