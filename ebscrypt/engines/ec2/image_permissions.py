@@ -11,7 +11,6 @@ shared at all.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 
@@ -23,7 +22,6 @@ from ebscrypt.engines.ec2.image_records import (
     check_image_id,
     get_image,
     launch_permissions,
-    mapping_view,
 )
 from ebscrypt.errors import (
     InvalidAMIAttributeItemValue,
@@ -78,43 +76,28 @@ def unknown_attribute(attribute: str) -> InvalidParameterValue:
     return InvalidParameterValue(f"Value ({attribute}) for parameter attribute is invalid. Unknown attribute.")
 
 
-def describe_attribute(ctx: RequestContext, image_id: str, attribute: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ImageAttributeReading:
+    """What DescribeImageAttribute answers from (the view: services/ec2/images.py): the
+    attribute in the model's spelling, the image, and (``launchPermission`` only) the
+    accounts it is shared with."""
+
+    attribute: str
+    image: Image
+    launch_permissions: list[str]
+
+
+def read_attribute(ctx: RequestContext, image_id: str, attribute: str) -> ImageAttributeReading:
+    """DescribeImageAttribute's read: the image (the caller's own for ``launchPermission``),
+    then the attribute name checked — an unknown image is reported before an unknown name."""
     caller = ctx.caller
+    name = canonical_attribute(attribute) or ""
     with ctx.runtime.db.read() as conn:
-        attribute = canonical_attribute(attribute) or ""
-        owner_only = attribute in ("launchPermission",)
-        image = get_image(conn, caller.account, caller.region, image_id, owner_only=owner_only)
-        out: dict[str, Any] = {"ImageId": image_id}
-        if attribute == "launchPermission":
-            perms = [{"UserId": u} for u in launch_permissions(conn, image_id)]
-            if image.public:
-                perms.insert(0, {"Group": "all"})
-            out["LaunchPermissions"] = perms
-        elif attribute == "description":
-            out["Description"] = {"Value": image.description} if image.description is not None else {}
-        elif attribute == "blockDeviceMapping":
-            out["BlockDeviceMappings"] = [mapping_view(m) for m in image.mappings]
-        elif attribute == "kernel":
-            out["KernelId"] = {"Value": image.kernel_id} if image.kernel_id else {}
-        elif attribute == "ramdisk":
-            out["RamdiskId"] = {"Value": image.ramdisk_id} if image.ramdisk_id else {}
-        elif attribute == "productCodes":
-            out["ProductCodes"] = []
-        elif attribute == "sriovNetSupport":
-            out["SriovNetSupport"] = {"Value": image.sriov_net_support} if image.sriov_net_support else {}
-        elif attribute == "bootMode":
-            out["BootMode"] = {"Value": image.boot_mode} if image.boot_mode else {}
-        elif attribute == "tpmSupport":
-            out["TpmSupport"] = {"Value": image.tpm_support} if image.tpm_support else {}
-        elif attribute == "imdsSupport":
-            out["ImdsSupport"] = {"Value": image.imds_support} if image.imds_support else {}
-        elif attribute == "deregistrationProtection":
-            out["DeregistrationProtection"] = {"Value": "disabled"}
-        elif attribute in ("uefiData", "lastLaunchedTime"):
-            pass
-        else:
-            raise unknown_attribute(attribute)
-        return out
+        image = get_image(conn, caller.account, caller.region, image_id, owner_only=name == "launchPermission")
+        if name not in _IMAGE_ATTRIBUTES.values():
+            raise unknown_attribute(name)
+        users = launch_permissions(conn, image_id) if name == "launchPermission" else []
+    return ImageAttributeReading(name, image, users)
 
 
 def _permission_changes(change: ImageAttributeChange) -> tuple[list[dict[str, str]], list[dict[str, str]]]:

@@ -150,21 +150,6 @@ def image_using_snapshot(conn: Connection, snapshot_id: str) -> str | None:
     return row.image_id if row else None
 
 
-# ============================================================================ views
-
-
-def mapping_view(m: dict[str, Any]) -> dict[str, Any]:
-    """A stored block device mapping as the model's ``BlockDeviceMapping`` (the Image view,
-    services/ec2/images.py, and DescribeImageAttribute)."""
-    out = {k: v for k, v in m.items() if k in ("DeviceName", "VirtualName", "NoDevice")}
-    if m.get("Ebs") is not None:
-        ebs = m["Ebs"]
-        out["Ebs"] = {k: ebs[k] for k in ("DeleteOnTermination", "Iops", "SnapshotId", "VolumeSize",
-                                            "VolumeType", "Throughput", "Encrypted") if ebs.get(k) is not None}
-    return out
-
-
-
 # ============================================================================ making an image
 
 

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import image_copy, image_permissions, image_records
 from ebscrypt.engines.ec2 import images as engine
-from ebscrypt.engines.ec2.image_records import Image, mapping_view
+from ebscrypt.engines.ec2.image_records import Image
 from ebscrypt.engines.ec2 import instances as instances_engine
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.ec2.paging import page
@@ -63,6 +63,21 @@ def deregister_image(ctx: RequestContext, params: dict[str, Any]) -> dict[str, A
     if delete_snapshots:
         out["DeleteSnapshotResults"] = results
     return out
+
+
+def mapping_view(m: dict[str, Any]) -> dict[str, Any]:
+    """A stored block device mapping as the model's ``BlockDeviceMapping`` (the Image view
+    and DescribeImageAttribute's ``blockDeviceMapping``): the stored mapping holds the
+    request's members, of which these are the ones the answer carries."""
+    ebs = m.get("Ebs")
+    return {
+        "DeviceName": m.get("DeviceName"),
+        "VirtualName": m.get("VirtualName"),
+        "NoDevice": m.get("NoDevice"),
+        "Ebs": {k: ebs[k] for k in ("DeleteOnTermination", "Iops", "SnapshotId", "VolumeSize",
+                                    "VolumeType", "Throughput", "Encrypted") if ebs.get(k) is not None}
+               if ebs is not None else None,
+    }
 
 
 def image_view(image: Image, tags: list[dict[str, str]] | None = None) -> dict[str, Any]:
@@ -121,7 +136,38 @@ def describe_image_attribute(ctx: RequestContext, params: dict[str, Any]) -> dic
     image_id = image_records.check_image_id(params.get("ImageId"))
     if not params.get("Attribute"):
         raise MissingParameter("Attribute")
-    return image_permissions.describe_attribute(ctx, image_id, params["Attribute"])
+    return image_attribute_view(image_permissions.read_attribute(ctx, image_id, params["Attribute"]))
+
+
+def _value(value: str | None) -> dict[str, str]:
+    """An ``AttributeValue``: empty (``{}``, an empty element) when the image has none."""
+    return {"Value": value} if value else {}
+
+
+def image_attribute_view(reading: image_permissions.ImageAttributeReading) -> dict[str, Any]:
+    """DescribeImageAttribute's answer: the image id and the one member the attribute names
+    (none for ``uefiData`` / ``lastLaunchedTime``, which ebscrypt images never have)."""
+    image = reading.image
+    answers: dict[str, Callable[[], tuple[str, Any]]] = {
+        "launchPermission": lambda: ("LaunchPermissions", ([{"Group": "all"}] if image.public else [])
+                                     + [{"UserId": u} for u in reading.launch_permissions]),
+        # An empty description is still a value (only a missing one is left out).
+        "description": lambda: ("Description", {"Value": image.description} if image.description is not None
+                                else {}),
+        "blockDeviceMapping": lambda: ("BlockDeviceMappings", [mapping_view(m) for m in image.mappings]),
+        "kernel": lambda: ("KernelId", _value(image.kernel_id)),
+        "ramdisk": lambda: ("RamdiskId", _value(image.ramdisk_id)),
+        "productCodes": lambda: ("ProductCodes", []),
+        "sriovNetSupport": lambda: ("SriovNetSupport", _value(image.sriov_net_support)),
+        "bootMode": lambda: ("BootMode", _value(image.boot_mode)),
+        "tpmSupport": lambda: ("TpmSupport", _value(image.tpm_support)),
+        "imdsSupport": lambda: ("ImdsSupport", _value(image.imds_support)),
+        "deregistrationProtection": lambda: ("DeregistrationProtection", {"Value": "disabled"}),
+        "uefiData": lambda: ("UefiData", None),
+        "lastLaunchedTime": lambda: ("LastLaunchedTime", None),
+    }
+    key, value = answers[reading.attribute]()
+    return {"ImageId": image.image_id, key: value}
 
 
 # The flat lists of the older launchPermission form (OperationType + lists), with the
