@@ -48,7 +48,7 @@ def test_garbage_token_is_invalid_next_token() -> None:
 
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-# Ordered by creation time, then id (as network.group_rows): the ids are not in order.
+# Ordered by creation time, then id (as network.list_groups): the ids are not in order.
 GROUPS = sorted(({"id": f"sg-{(7 * i) % 12:04x}", "create_time": T0 + timedelta(seconds=i // 2)} for i in range(12)),
                 key=lambda g: (g["create_time"], g["id"]))
 

@@ -6,6 +6,7 @@ import pytest
 
 from ebscrypt.engines.ec2 import filters as F
 from ebscrypt.engines.ec2 import network as N
+from ebscrypt.engines.ec2.records import SecurityGroupRule
 from ebscrypt.services.ec2 import security_group_views as V
 from ebscrypt.errors import ServiceError
 
@@ -81,10 +82,11 @@ def test_duplicate_message_matches_aws_wording() -> None:
 
 def test_permissions_grouping_keeps_rule_order() -> None:
     def row(**kw):
-        base = dict(ip_protocol="tcp", from_port=22, to_port=22, cidr_ipv4=None, cidr_ipv6=None,
-                    prefix_list_id=None, ref_group_id=None, ref_user_id=None, description=None)
+        base = dict(id="sgr-1", group_id="sg-0", account="111111111111", region="us-east-1", is_egress=False,
+                    ip_protocol="tcp", from_port=22, to_port=22, cidr_ipv4=None, cidr_ipv6=None,
+                    prefix_list_id=None, ref_group_id=None, ref_user_id=None, description=None, position=0)
         base.update(kw)
-        return base
+        return SecurityGroupRule(**base)
 
     perms = V.permissions([
         row(cidr_ipv4="10.0.0.0/8", description="corp"), row(ip_protocol="-1", from_port=None, to_port=None,

@@ -14,17 +14,23 @@ import botocore.parsers
 import pytest
 
 from ebscrypt.domain import instance_types as it
+from ebscrypt.engines.ec2.image_permissions import ImageAttributeReading
+from ebscrypt.engines.ec2.image_records import Image
 from ebscrypt.engines.ec2.instance_attributes import AttributeReading
 from ebscrypt.engines.ec2.instance_records import Instance
 from ebscrypt.engines.ec2.keypairs import KeyPair
 from ebscrypt.engines.ec2.instances import InstanceAttrs, InstanceDetail, Reservation, StateChange
 from ebscrypt.engines.ec2.network import Rule
-from ebscrypt.engines.ec2.records import Attachment
+from ebscrypt.engines.ec2.records import Attachment, SecurityGroup, SecurityGroupRule, Subnet, Vpc
+from ebscrypt.engines.ec2.security_groups import GroupDetail
 from ebscrypt.engines.ec2.templates import LaunchTemplate, TemplateVersion, VersionDeletion
+from ebscrypt.services.ec2 import images as image_views
 from ebscrypt.services.ec2 import instances as instance_views
 from ebscrypt.services.ec2 import keypairs as key_pair_views
 from ebscrypt.services.ec2 import launch_templates as template_views
 from ebscrypt.services.ec2 import security_group_views as rule_views
+from ebscrypt.services.ec2 import security_groups as group_views
+from ebscrypt.services.ec2 import vpcs as vpc_views
 from ebscrypt.wire.codec import codec_for
 from tests.unit.test_codec_roundtrip import _response_dict
 
@@ -43,6 +49,29 @@ def _instance(state: str = it.RUNNING, **changes: Any) -> Instance:
     )
     values.update(changes)
     return Instance(**values)
+
+
+def _image(**changes: Any) -> Image:
+    values: dict[str, Any] = dict(
+        image_id="ami-0123456789abcdef0", account="111122223333", region="us-east-1", name="web",
+        description=None, state="available", state_reason_code=None, state_reason_message=None,
+        architecture="x86_64", virtualization_type="hvm", root_device_name="/dev/xvda", root_device_type="ebs",
+        ena_support=True, sriov_net_support=None, boot_mode=None, tpm_support=None, imds_support=None,
+        image_location=None, kernel_id=None, ramdisk_id=None, platform=None, public=False,
+        mappings=[{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": "snap-0123456789abcdef0", "VolumeSize": 8,
+                                                      "DeleteOnTermination": True, "Iops": None}},
+                  {"DeviceName": "/dev/sdb", "VirtualName": "ephemeral0"}],
+        source_image_id=None, source_region=None, source_instance_id=None, client_token=None, created_at=NOW,
+    )
+    values.update(changes)
+    return Image(**values)
+
+
+_VPC = Vpc("vpc-0123456789abcdef0", "111122223333", "us-east-1", "172.31.0.0/16", "vpc-cidr-assoc-1", "dopt-1",
+           "default", True, "available", NOW)
+_SUBNET = Subnet("subnet-0123456789abcdef0", "111122223333", "us-east-1", _VPC.id, "us-east-1a", "use1-az1",
+                 "172.31.0.0/20", True, True, 4091, "available", NOW)
+_GROUP = SecurityGroup("sg-0123456789abcdef0", "111122223333", "us-east-1", _VPC.id, "default", "d", True, NOW)
 
 
 def _attachment(device: str, volume_id: str) -> tuple[Any, Attachment]:
@@ -89,16 +118,20 @@ VIEWS = [
     ("KeyPairInfo", lambda: key_pair_views._info(
         KeyPair("key-0123456789abcdef0", "111122223333", "us-east-1", "ops", "rsa", "aa:bb", "ssh-rsa AAAA",
                 False, NOW), {"k": "v"}, True)),
+    ("Image", lambda: image_views.image_view(_image(), [{"Key": "k", "Value": "v"}])),
+    ("BlockDeviceMapping", lambda: image_views.mapping_view(_image().mappings[0])),
+    ("Vpc", lambda: vpc_views.vpc_view(_VPC, {"k": "v"})),
+    ("Subnet", lambda: vpc_views.subnet_view(_SUBNET, {})),
+    ("SecurityGroup", lambda: group_views.group_view(GroupDetail(_GROUP, [_rule_row()]), {},
+                                                     {"sg-0fedcba9876543210": _VPC.id})),
     ("IpPermission", lambda: rule_views.rule_as_permission(
         Rule(False, "tcp", 22, 22, cidr_ipv4="10.0.0.0/8"))),
 ]
 
 
-def _rule_row() -> dict[str, Any]:
-    return {"id": "sgr-0123456789abcdef0", "group_id": "sg-0123456789abcdef0", "is_egress": False,
-            "ip_protocol": "tcp", "from_port": None, "to_port": None, "cidr_ipv4": None, "cidr_ipv6": None,
-            "prefix_list_id": None, "ref_group_id": "sg-0fedcba9876543210", "ref_user_id": "111122223333",
-            "description": "", "region": "us-east-1"}
+def _rule_row() -> SecurityGroupRule:
+    return SecurityGroupRule("sgr-0123456789abcdef0", "sg-0123456789abcdef0", "111122223333", "us-east-1", False,
+                             "tcp", None, None, None, None, None, "sg-0fedcba9876543210", "111122223333", "", 1)
 
 
 @pytest.mark.parametrize(("shape", "build"), VIEWS, ids=[v[0] for v in VIEWS])
@@ -149,3 +182,41 @@ def test_template_version_echoes_only_response_members() -> None:
     assert view["LaunchTemplateData"] == {"ImageId": "ami-1"}
     assert view["VersionDescription"] is None  # left out, as EC2 does for a version without one
     assert _keys_outside(view["LaunchTemplateData"], "ResponseLaunchTemplateData") == set()
+
+
+_IMAGE_ATTRIBUTES = ["launchPermission", "description", "blockDeviceMapping", "kernel", "ramdisk", "productCodes",
+                     "sriovNetSupport", "bootMode", "tpmSupport", "imdsSupport", "deregistrationProtection",
+                     "uefiData", "lastLaunchedTime"]
+
+
+@pytest.mark.parametrize("attribute", _IMAGE_ATTRIBUTES)
+def test_image_attribute_view_answers_one_member_of_its_shape(attribute: str) -> None:
+    view = image_views.image_attribute_view(ImageAttributeReading(attribute, _image(), []))
+    assert _keys_outside(view, "ImageAttribute") == set()
+    assert view["ImageId"] == "ami-0123456789abcdef0" and len(view) <= 2
+
+
+def test_image_attribute_view_values() -> None:
+    """R-SHARE (launch permissions): a public image answers the ``all`` group first; an
+    attribute the image lacks is an empty value, an empty description is still a value."""
+    shared = ImageAttributeReading("launchPermission", _image(public=True), ["444455556666"])
+    assert image_views.image_attribute_view(shared)["LaunchPermissions"] == [{"Group": "all"},
+                                                                            {"UserId": "444455556666"}]
+    assert image_views.image_attribute_view(ImageAttributeReading("kernel", _image(), []))["KernelId"] == {}
+    assert image_views.image_attribute_view(
+        ImageAttributeReading("description", _image(description=""), []))["Description"] == {"Value": ""}
+    assert image_views.image_attribute_view(ImageAttributeReading("description", _image(), []))["Description"] == {}
+    mappings = image_views.image_attribute_view(ImageAttributeReading("blockDeviceMapping", _image(), []))
+    assert [image_views.mapping_view(m) for m in _image().mappings] == mappings["BlockDeviceMappings"]
+    root, ephemeral = mappings["BlockDeviceMappings"]
+    assert root["Ebs"] == {"SnapshotId": "snap-0123456789abcdef0", "VolumeSize": 8, "DeleteOnTermination": True}
+    assert ephemeral["Ebs"] is None and ephemeral["VirtualName"] == "ephemeral0"  # None: the codec drops it
+
+
+def test_image_attribute_through_the_codec_leaves_out_uefi_data() -> None:
+    codec = codec_for("ec2")
+    op = codec.service_model.operation_model("DescribeImageAttribute")
+    view = image_views.image_attribute_view(ImageAttributeReading("uefiData", _image(), []))
+    resp = codec.serialize(op, view, "rid")
+    parsed = botocore.parsers.create_parser("ec2").parse(_response_dict(resp, False), op.output_shape)
+    assert parsed["ImageId"] == "ami-0123456789abcdef0" and "UefiData" not in parsed

@@ -29,6 +29,7 @@ from typing import Any, Callable, ContextManager, TypeVar
 
 from sqlalchemy import Connection, Table, select
 
+from ebscrypt.context import RequestContext, Runtime
 from ebscrypt.engines.ec2 import waits
 
 R = TypeVar("R")
@@ -37,7 +38,7 @@ R = TypeVar("R")
 Store = Callable[[Connection, bool], R]
 
 
-def create(ctx: Any, resource_id: str, store: Store[R], *, metadata_only: bool, table: Table,
+def create(ctx: RequestContext, resource_id: str, store: Store[R], *, metadata_only: bool, table: Table,
            transitional: str, wait_seconds: float = 3.0, hold: ContextManager[Any] | None = None) -> R:
     """Run steps 2 and 3 of the protocol for a prepared resource. ``resource_id``: the id
     its job finishes (waited for; unused when ``metadata_only``). ``table`` and
@@ -54,7 +55,7 @@ def create(ctx: Any, resource_id: str, store: Store[R], *, metadata_only: bool, 
     return record
 
 
-def settled_reader(runtime: Any, table: Table, resource_id: str, transitional: str) -> Callable[[], bool] | None:
+def settled_reader(runtime: Runtime, table: Table, resource_id: str, transitional: str) -> Callable[[], bool] | None:
     """When other processes share the database (the job may run there): a read of whether
     the resource left its transitional state. None on SQLite (one process: the job's event
     is enough)."""

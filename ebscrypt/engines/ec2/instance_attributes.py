@@ -208,10 +208,10 @@ def _groups(conn: Connection, instance: Instance, group_ids: list[str]) -> None:
     groups: list[dict[str, str]] = []
     for group_id in dict.fromkeys(group_ids):
         group = network.get_group(conn, instance.account, instance.region, group_id)
-        if group["vpc_id"] != instance.vpc_id:
+        if group.vpc_id != instance.vpc_id:
             raise InvalidParameter(f"Security group {group_id} and subnet {instance.subnet_id} belong to different "
                                    "networks.")
-        groups.append({"GroupId": group["id"], "GroupName": group["name"]})
+        groups.append({"GroupId": group.id, "GroupName": group.name})
     _set_row(conn, instance, security_groups=json.dumps(groups))
 
 

@@ -60,7 +60,7 @@ from ebscrypt.engines.ec2.instance_records import (
     visible_instances,
 )
 from ebscrypt.engines.ec2.filters import select_matching as filter_select
-from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume
+from ebscrypt.engines.ec2.records import Attachment, Snapshot, Subnet, Volume
 from ebscrypt.engines.ec2.volumes import (
     VolumePrep,
     release_volumes,
@@ -473,7 +473,7 @@ class _Launch:
     image: Any
     instance_type: str
     zone: str
-    subnet: dict[str, Any] | None
+    subnet: Subnet | None
     ebd: bool
     mappings: list[dict[str, Any]]
     sources: dict[str, Snapshot | None]
@@ -523,11 +523,11 @@ def _read_launch(ctx: RequestContext, conn: Connection, p: LaunchSpec, image_id:
     subnet = network.get_subnet(conn, caller.account, caller.region, p.subnet_id) if p.subnet_id else None
     if subnet is not None:
         placement_zone = p.placement_zone
-        if placement_zone and placement_zone != subnet["availability_zone"]:
+        if placement_zone and placement_zone != subnet.availability_zone:
             raise InvalidParameterCombination(
                 f"The specified AvailabilityZone ({placement_zone}) does not match the subnet's "
-                f"({subnet['availability_zone']}).")
-        zone = subnet["availability_zone"]
+                f"({subnet.availability_zone}).")
+        zone = subnet.availability_zone
     else:
         zone = _zone(p.placement_zone, caller.region)
     if p.key_name and not keypairs.key_pair_exists(conn, caller.account, caller.region, p.key_name):
@@ -559,19 +559,19 @@ def _store_launch(ctx: RequestContext, p: LaunchSpec, launch: _Launch, launched:
         subnet = launch.subnet
         if subnet is None:
             subnet = network.default_subnet(conn, caller.account, caller.region, now, availability_zone=launch.zone)
-        vpc_id = subnet["vpc_id"] if subnet else None
+        vpc_id = subnet.vpc_id if subnet else None
         groups = network.resolve_groups(conn, caller.account, caller.region, now,
                                         ids=p.security_group_ids or [], names=p.security_groups or [])
         if not groups and vpc_id:
             groups = [network.default_group(conn, caller.account, caller.region, vpc_id)]
-        security_groups = [{"GroupId": g["id"], "GroupName": g["name"]} for g in groups]
+        security_groups = [{"GroupId": g.id, "GroupName": g.name} for g in groups]
         finished = []
         for instance, preps in zip(launched, preps_per_instance):
             values = {k: getattr(instance, k) for k in instance.__dataclass_fields__}
             values.update(
-                subnet_id=subnet["id"] if subnet else None, vpc_id=vpc_id,
+                subnet_id=subnet.id if subnet else None, vpc_id=vpc_id,
                 security_groups=json.dumps(security_groups),
-                private_ip=_private_ip(subnet["cidr_block"] if subnet else None),
+                private_ip=_private_ip(subnet.cidr_block if subnet else None),
             )
             finished.append(Instance.from_row(dict(values, launch_plan=json.dumps(instance.launch_plan))))
             values["launch_plan"] = json.dumps(instance.launch_plan)

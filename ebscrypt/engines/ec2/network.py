@@ -12,7 +12,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, TypeVar
 
 from sqlalchemy import Connection, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -21,6 +21,7 @@ from ebscrypt.context import RequestContext
 from ebscrypt.domain import regions as R
 from ebscrypt.engines.ec2 import tags as T
 from ebscrypt.engines.ec2.ids import new_id
+from ebscrypt.engines.ec2.records import SecurityGroup, SecurityGroupRule, Subnet, Vpc
 from ebscrypt.errors import (
     CannotDelete,
     DependencyViolation,
@@ -107,37 +108,40 @@ def _create_default_group(conn: Connection, account: str, region: str, vpc_id: s
     return gid
 
 
-def vpc_rows(conn: Connection, account: str, region: str) -> list[dict[str, Any]]:
-    return [dict(r) for r in conn.execute(
+def list_vpcs(conn: Connection, account: str, region: str) -> list[Vpc]:
+    return [Vpc.from_row(r) for r in conn.execute(
         select(ec2_vpcs).where(ec2_vpcs.c.account == account, ec2_vpcs.c.region == region)
         .order_by(ec2_vpcs.c.create_time, ec2_vpcs.c.id)
     ).mappings()]
 
 
-def subnet_rows(conn: Connection, account: str, region: str) -> list[dict[str, Any]]:
-    return [dict(r) for r in conn.execute(
+def list_subnets(conn: Connection, account: str, region: str) -> list[Subnet]:
+    return [Subnet.from_row(r) for r in conn.execute(
         select(ec2_subnets).where(ec2_subnets.c.account == account, ec2_subnets.c.region == region)
         .order_by(ec2_subnets.c.availability_zone, ec2_subnets.c.id)
     ).mappings()]
 
 
-def _with_defaults(ctx: RequestContext, rows_of: Callable[[Connection, str, str], list[dict[str, Any]]]
-                   ) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
+_Net = TypeVar("_Net", Vpc, Subnet)
+
+
+def _with_defaults(ctx: RequestContext, records_of: Callable[[Connection, str, str], list[_Net]]
+                   ) -> tuple[list[_Net], dict[str, dict[str, str]]]:
     c = ctx.caller
     with ctx.runtime.db.begin() as conn:  # a write: the defaults are created on first use
         ensure_defaults(conn, c.account, c.region, ctx.runtime.clock.now())
-        rows = rows_of(conn, c.account, c.region)
-        return rows, T.tag_maps_for(conn, c.account, [r["id"] for r in rows])
+        records = records_of(conn, c.account, c.region)
+        return records, T.tag_maps_for(conn, c.account, [r.id for r in records])
 
 
-def vpcs_of(ctx: RequestContext) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
+def vpcs_of(ctx: RequestContext) -> tuple[list[Vpc], dict[str, dict[str, str]]]:
     """The caller's VPCs (the default one made on first use) and their tags."""
-    return _with_defaults(ctx, vpc_rows)
+    return _with_defaults(ctx, list_vpcs)
 
 
-def subnets_of(ctx: RequestContext) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
+def subnets_of(ctx: RequestContext) -> tuple[list[Subnet], dict[str, dict[str, str]]]:
     """The caller's subnets (the default ones made on first use) and their tags."""
-    return _with_defaults(ctx, subnet_rows)
+    return _with_defaults(ctx, list_subnets)
 
 
 def _owned_row(conn: Connection, table: Table, code: str, account: str, region: str,
@@ -152,17 +156,17 @@ def _owned_row(conn: Connection, table: Table, code: str, account: str, region: 
     return dict(row)
 
 
-def get_vpc(conn: Connection, account: str, region: str, vpc_id: str) -> dict[str, Any]:
-    return _owned_row(conn, ec2_vpcs, "InvalidVpcID", account, region, vpc_id)
+def get_vpc(conn: Connection, account: str, region: str, vpc_id: str) -> Vpc:
+    return Vpc.from_row(_owned_row(conn, ec2_vpcs, "InvalidVpcID", account, region, vpc_id))
 
 
-def get_subnet(conn: Connection, account: str, region: str, subnet_id: str) -> dict[str, Any]:
+def get_subnet(conn: Connection, account: str, region: str, subnet_id: str) -> Subnet:
     """A subnet of the caller (for RunInstances ``SubnetId``); InvalidSubnetID.NotFound if none."""
-    return _owned_row(conn, ec2_subnets, "InvalidSubnetID", account, region, subnet_id)
+    return Subnet.from_row(_owned_row(conn, ec2_subnets, "InvalidSubnetID", account, region, subnet_id))
 
 
 def default_subnet(conn: Connection, account: str, region: str, now: datetime,
-                   availability_zone: str | None = None) -> dict[str, Any] | None:
+                   availability_zone: str | None = None) -> Subnet | None:
     """The default subnet for ``availability_zone`` (or of the first zone) — what
     RunInstances uses when the caller names no subnet."""
     vpc_id = ensure_defaults(conn, account, region, now)
@@ -170,7 +174,7 @@ def default_subnet(conn: Connection, account: str, region: str, now: datetime,
     if availability_zone:
         q = q.where(ec2_subnets.c.availability_zone == availability_zone)
     row = conn.execute(q.order_by(ec2_subnets.c.availability_zone)).mappings().first()
-    return dict(row) if row else None
+    return Subnet.from_row(row) if row else None
 
 
 # --------------------------------------------------------------------------- security groups
@@ -188,15 +192,15 @@ def check_group_id(gid: str) -> None:
         raise Malformed("InvalidGroupId", gid, prefix="sg")
 
 
-def group_rows(conn: Connection, account: str, region: str) -> list[dict[str, Any]]:
-    return [dict(r) for r in conn.execute(
+def list_groups(conn: Connection, account: str, region: str) -> list[SecurityGroup]:
+    return [SecurityGroup.from_row(r) for r in conn.execute(
         select(ec2_security_groups)
         .where(ec2_security_groups.c.account == account, ec2_security_groups.c.region == region)
         .order_by(ec2_security_groups.c.create_time, ec2_security_groups.c.id)
     ).mappings()]
 
 
-def get_group(conn: Connection, account: str, region: str, group_id: str) -> dict[str, Any]:
+def get_group(conn: Connection, account: str, region: str, group_id: str) -> SecurityGroup:
     check_group_id(group_id)
     row = conn.execute(select(ec2_security_groups).where(
         ec2_security_groups.c.id == group_id, ec2_security_groups.c.account == account,
@@ -204,11 +208,11 @@ def get_group(conn: Connection, account: str, region: str, group_id: str) -> dic
     )).mappings().first()
     if row is None:
         raise group_not_found(group_id)
-    return dict(row)
+    return SecurityGroup.from_row(row)
 
 
 def get_group_by_name(conn: Connection, account: str, region: str, name: str, now: datetime,
-                      vpc_id: str | None = None) -> dict[str, Any]:
+                      vpc_id: str | None = None) -> SecurityGroup:
     """A group by name in ``vpc_id`` (default: the default VPC, as EC2's GroupName does)."""
     in_default = vpc_id is None
     vpc_id = vpc_id or ensure_defaults(conn, account, region, now)
@@ -219,29 +223,29 @@ def get_group_by_name(conn: Connection, account: str, region: str, name: str, no
     if row is None:
         where = "default VPC" if in_default else "VPC"
         raise NotFound("InvalidGroup", name, f"The security group '{name}' does not exist in {where} '{vpc_id}'")
-    return dict(row)
+    return SecurityGroup.from_row(row)
 
 
 def resolve_groups(conn: Connection, account: str, region: str, now: datetime, *,
-                   ids: Iterable[str] = (), names: Iterable[str] = ()) -> list[dict[str, Any]]:
+                   ids: Iterable[str] = (), names: Iterable[str] = ()) -> list[SecurityGroup]:
     """Groups by id and/or name (names in the default VPC) — for RunInstances."""
     out = [get_group(conn, account, region, g) for g in ids]
     out += [get_group_by_name(conn, account, region, n, now) for n in names]
     return out
 
 
-def default_group(conn: Connection, account: str, region: str, vpc_id: str) -> dict[str, Any]:
+def default_group(conn: Connection, account: str, region: str, vpc_id: str) -> SecurityGroup:
     row = conn.execute(select(ec2_security_groups).where(
         ec2_security_groups.c.vpc_id == vpc_id, ec2_security_groups.c.is_default.is_(True),
         ec2_security_groups.c.account == account, ec2_security_groups.c.region == region,
     )).mappings().first()
     if row is None:  # cannot happen: created with the VPC
         raise InternalFailure(f"VPC {vpc_id} has no default security group")
-    return dict(row)
+    return SecurityGroup.from_row(row)
 
 
 def create_group(conn: Connection, account: str, region: str, now: datetime, *, name: str,
-                 description: str, vpc_id: str | None) -> dict[str, Any]:
+                 description: str, vpc_id: str | None) -> SecurityGroup:
     if not name:
         raise MissingParameter("GroupName")
     if description is None or description == "":
@@ -277,10 +281,10 @@ def create_group(conn: Connection, account: str, region: str, now: datetime, *, 
     return get_group(conn, account, region, gid)
 
 
-def delete_group(conn: Connection, account: str, region: str, group: dict[str, Any]) -> None:
-    gid = group["id"]
-    if group["is_default"]:
-        raise CannotDelete(f'the specified group: "{gid}" name: "{group["name"]}" cannot be deleted by a user')
+def delete_group(conn: Connection, account: str, region: str, group: SecurityGroup) -> None:
+    gid = group.id
+    if group.is_default:
+        raise CannotDelete(f'the specified group: "{gid}" name: "{group.name}" cannot be deleted by a user')
     referencing = conn.execute(select(ec2_security_group_rules.c.group_id).where(
         ec2_security_group_rules.c.ref_group_id == gid, ec2_security_group_rules.c.group_id != gid
     )).first()
@@ -349,9 +353,9 @@ class Rule:
         return ", ".join(parts)
 
 
-def _row_to_rule(r: Mapping[str, Any]) -> Rule:
-    return Rule(r["is_egress"], r["ip_protocol"], r["from_port"], r["to_port"], r["cidr_ipv4"],
-                r["cidr_ipv6"], r["prefix_list_id"], r["ref_group_id"], r["ref_user_id"], r["description"])
+def _as_rule(r: SecurityGroupRule) -> Rule:
+    return Rule(r.is_egress, r.ip_protocol, r.from_port, r.to_port, r.cidr_ipv4, r.cidr_ipv6, r.prefix_list_id,
+                r.ref_group_id, r.ref_user_id, r.description)
 
 
 def normalize_protocol(value: Any) -> str:
@@ -417,18 +421,19 @@ def rules_from_permissions(conn: Connection, account: str, region: str, now: dat
             user = pair.get("UserId") or account
             if pair.get("GroupId"):
                 check_group_id(pair["GroupId"])
-                target: Mapping[Any, Any] | None = conn.execute(select(ec2_security_groups).where(
+                found = conn.execute(select(ec2_security_groups.c.id).where(
                     ec2_security_groups.c.id == pair["GroupId"], ec2_security_groups.c.account == user,
                     ec2_security_groups.c.region == region,
-                )).mappings().first()
-                if target is None:
+                )).first()
+                if found is None:
                     raise group_not_found(pair["GroupId"])
+                target_id = str(found.id)
             elif pair.get("GroupName"):
-                target = get_group_by_name(conn, user, region, pair["GroupName"], now)
+                target_id = get_group_by_name(conn, user, region, pair["GroupName"], now).id
             else:
                 raise MissingParameter("GroupId", "A source group must be given by GroupId or GroupName in "
                                                   "UserIdGroupPairs")
-            rules.append(Rule(**base, ref_group_id=target["id"], ref_user_id=user,
+            rules.append(Rule(**base, ref_group_id=target_id, ref_user_id=user,
                               description=pair.get("Description")))
             peers += 1
         if peers == 0:
@@ -437,7 +442,8 @@ def rules_from_permissions(conn: Connection, account: str, region: str, now: dat
     return rules
 
 
-def rule_rows(conn: Connection, account: str, region: str, group_ids: list[str] | None = None) -> list[dict[str, Any]]:
+def rule_rows(conn: Connection, account: str, region: str,
+              group_ids: list[str] | None = None) -> list[SecurityGroupRule]:
     q = select(ec2_security_group_rules).where(ec2_security_group_rules.c.account == account,
                                                ec2_security_group_rules.c.region == region)
     if group_ids is not None:
@@ -446,13 +452,13 @@ def rule_rows(conn: Connection, account: str, region: str, group_ids: list[str] 
         q = q.where(ec2_security_group_rules.c.group_id.in_(group_ids))
     # id breaks ties (two processes' positions may meet): DescribeSecurityGroupRules pages by both.
     order = (ec2_security_group_rules.c.position, ec2_security_group_rules.c.id)
-    return [dict(r) for r in conn.execute(q.order_by(*order)).mappings()]
+    return [SecurityGroupRule.from_row(r) for r in conn.execute(q.order_by(*order)).mappings()]
 
 
 _position = itertools.count()
 
 
-def _insert_rule(conn: Connection, gid: str, account: str, region: str, rule: Rule) -> dict[str, Any]:
+def _insert_rule(conn: Connection, gid: str, account: str, region: str, rule: Rule) -> SecurityGroupRule:
     # position orders rules by creation; a wall-clock-based value keeps it increasing
     # across processes sharing a database.
     pos = time.time_ns() // 1000 * 1000 + next(_position) % 1000
@@ -462,23 +468,23 @@ def _insert_rule(conn: Connection, gid: str, account: str, region: str, rule: Ru
                ref_group_id=rule.ref_group_id, ref_user_id=rule.ref_user_id, description=rule.description,
                position=pos)
     conn.execute(insert(ec2_security_group_rules).values(**row))
-    return row
+    return SecurityGroupRule.from_row(row)
 
 
-def authorize(conn: Connection, account: str, region: str, group: dict[str, Any], rules: list[Rule],
-              tags: list[dict[str, str]]) -> list[dict[str, Any]]:
+def authorize(conn: Connection, account: str, region: str, group: SecurityGroup, rules: list[Rule],
+              tags: list[dict[str, str]]) -> list[SecurityGroupRule]:
     """Add ``rules`` to ``group`` all or nothing; a rule already there → InvalidPermission.Duplicate."""
-    existing = {_row_to_rule(r).identity for r in rule_rows(conn, account, region, [group["id"]])}
+    existing = {_as_rule(r).identity for r in rule_rows(conn, account, region, [group.id])}
     seen: set[tuple[Any, ...]] = set()
     for rule in rules:
         if rule.identity in existing or rule.identity in seen:
             raise Duplicate("InvalidPermission", f'the specified rule "{rule.describe_for_error()}" already exists')
         seen.add(rule.identity)
     _check_rule_quota(conn, account, region, group, rules)
-    rows = [_insert_rule(conn, group["id"], account, region, rule) for rule in rules]
+    rows = [_insert_rule(conn, group.id, account, region, rule) for rule in rules]
     if tags:
         for row in rows:
-            T.put_tags(conn, account, region, row["id"], tags)
+            T.put_tags(conn, account, region, row.id, tags)
     return rows
 
 
@@ -487,11 +493,11 @@ def authorize(conn: Connection, account: str, region: str, group: dict[str, Any]
 RULES_PER_GROUP = 60
 
 
-def _check_rule_quota(conn: Connection, account: str, region: str, group: dict[str, Any],
+def _check_rule_quota(conn: Connection, account: str, region: str, group: SecurityGroup,
                       rules: list[Rule]) -> None:
     counts: dict[tuple[bool, bool], int] = {}
-    for r in rule_rows(conn, account, region, [group["id"]]):
-        key = (r["is_egress"], r["cidr_ipv6"] is not None)
+    for r in rule_rows(conn, account, region, [group.id]):
+        key = (r.is_egress, r.cidr_ipv6 is not None)
         counts[key] = counts.get(key, 0) + 1
     for rule in rules:
         key = (rule.is_egress, rule.cidr_ipv6 is not None)
@@ -500,10 +506,10 @@ def _check_rule_quota(conn: Connection, account: str, region: str, group: dict[s
             raise RulesPerSecurityGroupLimitExceeded("The maximum number of rules per security group has been reached.")
 
 
-def revoke_matching(conn: Connection, account: str, region: str, group: dict[str, Any],
-                    rules: list[Rule]) -> tuple[list[dict[str, Any]], list[Rule]]:
+def revoke_matching(conn: Connection, account: str, region: str, group: SecurityGroup,
+                    rules: list[Rule]) -> tuple[list[SecurityGroupRule], list[Rule]]:
     """Remove the rules of ``group`` equal to ``rules``; return (revoked rows, unknown rules)."""
-    by_identity = {_row_to_rule(r).identity: r for r in rule_rows(conn, account, region, [group["id"]])}
+    by_identity = {_as_rule(r).identity: r for r in rule_rows(conn, account, region, [group.id])}
     revoked, unknown = [], []
     for rule in rules:
         row = by_identity.pop(rule.identity, None)
@@ -511,20 +517,20 @@ def revoke_matching(conn: Connection, account: str, region: str, group: dict[str
             unknown.append(rule)
         else:
             revoked.append(row)
-    _delete_rules(conn, [r["id"] for r in revoked])
+    _delete_rules(conn, [r.id for r in revoked])
     return revoked, unknown
 
 
-def revoke_ids(conn: Connection, account: str, region: str, group: dict[str, Any], rule_ids: list[str],
-               *, is_egress: bool) -> list[dict[str, Any]]:
-    rows = {r["id"]: r for r in rule_rows(conn, account, region, [group["id"]]) if r["is_egress"] == is_egress}
+def revoke_ids(conn: Connection, account: str, region: str, group: SecurityGroup, rule_ids: list[str],
+               *, is_egress: bool) -> list[SecurityGroupRule]:
+    rows = {r.id: r for r in rule_rows(conn, account, region, [group.id]) if r.is_egress == is_egress}
     for rid in rule_ids:
         if not _SGR_ID.match(rid):
             raise Malformed("InvalidSecurityGroupRuleId", rid, prefix="sgr")
         if rid not in rows:
             raise NotFound("InvalidSecurityGroupRuleId", rid)
     revoked = [rows[rid] for rid in dict.fromkeys(rule_ids)]
-    _delete_rules(conn, [r["id"] for r in revoked])
+    _delete_rules(conn, [r.id for r in revoked])
     return revoked
 
 

@@ -149,3 +149,89 @@ class Attachment:
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> "Attachment":
         return _from_row(cls, row)
+
+
+@dataclass(frozen=True)
+class Vpc:
+    """A VPC (today only the default one, engines/ec2/network.py ``ensure_defaults``)."""
+
+    id: str
+    account: str
+    region: str
+    cidr_block: str
+    cidr_association_id: str
+    dhcp_options_id: str
+    instance_tenancy: str
+    is_default: bool
+    state: str
+    create_time: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> "Vpc":
+        return _from_row(cls, row)
+
+
+@dataclass(frozen=True)
+class Subnet:
+    """A subnet (today the default VPC's default subnet of each zone)."""
+
+    id: str
+    account: str
+    region: str
+    vpc_id: str
+    availability_zone: str
+    availability_zone_id: str
+    cidr_block: str
+    default_for_az: bool
+    map_public_ip_on_launch: bool
+    available_ip_count: int
+    state: str
+    create_time: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> "Subnet":
+        return _from_row(cls, row)
+
+
+@dataclass(frozen=True)
+class SecurityGroup:
+    """A VPC security group (its rules: engines/ec2/network.py ``rule_rows``)."""
+
+    id: str
+    account: str
+    region: str
+    vpc_id: str
+    name: str
+    description: str
+    is_default: bool
+    create_time: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> "SecurityGroup":
+        return _from_row(cls, row)
+
+
+@dataclass(frozen=True)
+class SecurityGroupRule:
+    """A stored security group rule: one direction, protocol and port range, one peer
+    (``network.Rule`` is the same rule before it has an id)."""
+
+    id: str
+    group_id: str
+    account: str
+    region: str
+    is_egress: bool
+    ip_protocol: str
+    from_port: int | None
+    to_port: int | None
+    cidr_ipv4: str | None
+    cidr_ipv6: str | None
+    prefix_list_id: str | None
+    ref_group_id: str | None
+    ref_user_id: str | None
+    description: str | None
+    position: int  # creation order
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> "SecurityGroupRule":
+        return _from_row(cls, row)

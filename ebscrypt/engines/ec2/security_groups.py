@@ -14,6 +14,7 @@ from sqlalchemy import Connection
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2 import network as N
 from ebscrypt.engines.ec2 import tags as T
+from ebscrypt.engines.ec2.records import SecurityGroup, SecurityGroupRule
 from ebscrypt.errors import InvalidParameterCombination, MissingParameter, NotFound
 
 
@@ -25,17 +26,25 @@ class GroupRef:
     group_name: str | None = None
 
 
-@dataclass
-class GroupListing:
-    """DescribeSecurityGroups' selection: the groups (each with its ``_rules``), their tags,
-    and every group's VPC (rules naming a group show its VPC)."""
+@dataclass(frozen=True)
+class GroupDetail:
+    """A group with its rule rows (in rule order), as DescribeSecurityGroups shows it."""
 
-    groups: list[dict[str, Any]]
+    group: SecurityGroup
+    rules: list[SecurityGroupRule]
+
+
+@dataclass(frozen=True)
+class GroupListing:
+    """DescribeSecurityGroups' selection: the groups with their rules, their tags, and
+    every group's VPC (rules naming a group show its VPC)."""
+
+    groups: list[GroupDetail]
     tags: dict[str, dict[str, str]]
     vpc_of: dict[str, str]
 
 
-def _target(ctx: RequestContext, conn: Connection, ref: GroupRef) -> dict[str, Any]:
+def _target(ctx: RequestContext, conn: Connection, ref: GroupRef) -> SecurityGroup:
     c = ctx.caller
     if ref.group_id:
         return N.get_group(conn, c.account, c.region, ref.group_id)
@@ -45,13 +54,13 @@ def _target(ctx: RequestContext, conn: Connection, ref: GroupRef) -> dict[str, A
 
 
 def create_group(ctx: RequestContext, *, name: str, description: str, vpc_id: str | None,
-                 tags: list[dict[str, str]]) -> dict[str, Any]:
+                 tags: list[dict[str, str]]) -> SecurityGroup:
     c = ctx.caller
     with ctx.runtime.db.begin() as conn:
         g = N.create_group(conn, c.account, c.region, ctx.runtime.clock.now(), name=name,
                            description=description, vpc_id=vpc_id)
         if tags:
-            T.put_tags(conn, c.account, c.region, g["id"], tags)
+            T.put_tags(conn, c.account, c.region, g.id, tags)
     return g
 
 
@@ -64,29 +73,28 @@ def describe_groups(ctx: RequestContext, *, ids: list[str], names: list[str]) ->
     now = ctx.runtime.clock.now()
     with ctx.runtime.db.begin() as conn:
         default_vpc = N.ensure_defaults(conn, c.account, c.region, now)
-        groups = N.group_rows(conn, c.account, c.region)
-        by_id = {g["id"]: g for g in groups}
+        groups = N.list_groups(conn, c.account, c.region)
+        by_id = {g.id: g for g in groups}
         for gid in ids:
             if gid not in by_id:
                 raise N.group_not_found(gid)
         selected = set(ids)
         for name in names:
             # GroupNames name groups of the default VPC (others: the group-name filter).
-            match = [g for g in groups if g["name"] == name and g["vpc_id"] == default_vpc]
+            match = [g for g in groups if g.name == name and g.vpc_id == default_vpc]
             if not match:
                 raise NotFound("InvalidGroup", name,
                                f"The security group '{name}' does not exist in default VPC '{default_vpc}'")
-            selected.add(match[0]["id"])
+            selected.add(match[0].id)
         if ids or names:
-            groups = [g for g in groups if g["id"] in selected]
-        rules = N.rule_rows(conn, c.account, c.region, [g["id"] for g in groups])
-        tags = T.tag_maps_for(conn, c.account, [g["id"] for g in groups])
-    per_group: dict[str, list[dict[str, Any]]] = {g["id"]: [] for g in groups}
+            groups = [g for g in groups if g.id in selected]
+        rules = N.rule_rows(conn, c.account, c.region, [g.id for g in groups])
+        tags = T.tag_maps_for(conn, c.account, [g.id for g in groups])
+    per_group: dict[str, list[SecurityGroupRule]] = {g.id: [] for g in groups}
     for r in rules:
-        per_group[r["group_id"]].append(r)
-    for g in groups:
-        g["_rules"] = per_group[g["id"]]
-    return GroupListing(groups, tags, {g["id"]: g["vpc_id"] for g in by_id.values()})
+        per_group[r.group_id].append(r)
+    return GroupListing([GroupDetail(g, per_group[g.id]) for g in groups], tags,
+                        {g.id: g.vpc_id for g in by_id.values()})
 
 
 def delete_group(ctx: RequestContext, ref: GroupRef) -> str:
@@ -95,11 +103,11 @@ def delete_group(ctx: RequestContext, ref: GroupRef) -> str:
     with ctx.runtime.db.begin() as conn:
         g = _target(ctx, conn, ref)
         N.delete_group(conn, c.account, c.region, g)
-    return str(g["id"])
+    return g.id
 
 
 def authorize(ctx: RequestContext, ref: GroupRef, permissions: list[dict[str, Any]], *, egress: bool,
-              tags: list[dict[str, str]]) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
+              tags: list[dict[str, str]]) -> tuple[list[SecurityGroupRule], dict[str, dict[str, str]]]:
     """Add the rules of ``permissions`` (IpPermission structures) all or nothing: the new
     rule rows and their tags."""
     c = ctx.caller
@@ -110,12 +118,12 @@ def authorize(ctx: RequestContext, ref: GroupRef, permissions: list[dict[str, An
             raise MissingParameter("ipPermissions")
         rules = N.rules_from_permissions(conn, c.account, c.region, now, permissions, is_egress=egress)
         rows = N.authorize(conn, c.account, c.region, g, rules, tags)
-        rule_tags = T.tag_maps_for(conn, c.account, [r["id"] for r in rows])
+        rule_tags = T.tag_maps_for(conn, c.account, [r.id for r in rows])
     return rows, rule_tags
 
 
 def revoke(ctx: RequestContext, ref: GroupRef, *, rule_ids: list[str], permissions: list[dict[str, Any]],
-           egress: bool) -> tuple[list[dict[str, Any]], list[N.Rule]]:
+           egress: bool) -> tuple[list[SecurityGroupRule], list[N.Rule]]:
     """Remove rules by id or by permission: the revoked rows, and the rules that matched
     nothing (EC2 answers those, no error, for VPC groups)."""
     c = ctx.caller
@@ -135,7 +143,8 @@ def revoke(ctx: RequestContext, ref: GroupRef, *, rule_ids: list[str], permissio
     return revoked, unknown
 
 
-def describe_rules(ctx: RequestContext, ids: list[str]) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
+def describe_rules(ctx: RequestContext, ids: list[str]
+                   ) -> tuple[list[SecurityGroupRule], dict[str, dict[str, str]]]:
     """The caller's rules (all, or those of ``ids``; an unknown one refused) and their tags."""
     c = ctx.caller
     for rid in ids:
@@ -143,11 +152,11 @@ def describe_rules(ctx: RequestContext, ids: list[str]) -> tuple[list[dict[str, 
     with ctx.runtime.db.begin() as conn:
         N.ensure_defaults(conn, c.account, c.region, ctx.runtime.clock.now())
         rows = N.rule_rows(conn, c.account, c.region)
-        tags = T.tag_maps_for(conn, c.account, [r["id"] for r in rows])
-    known = {r["id"] for r in rows}
+        tags = T.tag_maps_for(conn, c.account, [r.id for r in rows])
+    known = {r.id for r in rows}
     for rid in ids:
         if rid not in known:
             raise NotFound("InvalidSecurityGroupRuleId", rid)
     if ids:
-        rows = [r for r in rows if r["id"] in set(ids)]
+        rows = [r for r in rows if r.id in set(ids)]
     return rows, tags

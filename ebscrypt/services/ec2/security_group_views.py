@@ -1,5 +1,6 @@
 """The security group rule views (the view convention, docs/architecture.md): built here
-from the rule rows and ``Rule`` records of :mod:`ebscrypt.engines.ec2.network`."""
+from the ``SecurityGroupRule`` records (engines/ec2/records.py) and the ``Rule`` values of
+:mod:`ebscrypt.engines.ec2.network`."""
 
 from __future__ import annotations
 
@@ -7,74 +8,75 @@ from typing import Any, Iterable, Mapping
 
 from ebscrypt.engines.ec2 import tags as T
 from ebscrypt.engines.ec2.network import Rule, arn
+from ebscrypt.engines.ec2.records import SecurityGroupRule
 
 
-def _port(row: Mapping[str, Any], column: str) -> int:
-    return -1 if row[column] is None else int(row[column])
+def _port(value: int | None) -> int:
+    return -1 if value is None else int(value)
 
 
-def rule_dict(row: Mapping[str, Any], group_owner: str, tags: Mapping[str, str]) -> dict[str, Any]:
+def rule_dict(row: SecurityGroupRule, group_owner: str, tags: Mapping[str, str]) -> dict[str, Any]:
     """A ``SecurityGroupRule`` as DescribeSecurityGroupRules / Authorize* return it."""
     return {
-        "SecurityGroupRuleId": row["id"],
-        "GroupId": row["group_id"],
+        "SecurityGroupRuleId": row.id,
+        "GroupId": row.group_id,
         "GroupOwnerId": group_owner,
-        "IsEgress": row["is_egress"],
-        "IpProtocol": row["ip_protocol"],
-        "FromPort": _port(row, "from_port"),
-        "ToPort": _port(row, "to_port"),
-        "CidrIpv4": row["cidr_ipv4"] or None,
-        "CidrIpv6": row["cidr_ipv6"] or None,
-        "PrefixListId": row["prefix_list_id"] or None,
-        "ReferencedGroupInfo": ({"GroupId": row["ref_group_id"], "UserId": row["ref_user_id"]}
-                                if row["ref_group_id"] else None),
-        "Description": row["description"],
+        "IsEgress": row.is_egress,
+        "IpProtocol": row.ip_protocol,
+        "FromPort": _port(row.from_port),
+        "ToPort": _port(row.to_port),
+        "CidrIpv4": row.cidr_ipv4 or None,
+        "CidrIpv6": row.cidr_ipv6 or None,
+        "PrefixListId": row.prefix_list_id or None,
+        "ReferencedGroupInfo": ({"GroupId": row.ref_group_id, "UserId": row.ref_user_id}
+                                if row.ref_group_id else None),
+        "Description": row.description,
         "Tags": T.tag_list(tags),
-        "SecurityGroupRuleArn": arn(row["region"], group_owner, "security-group-rule", row["id"]),
+        "SecurityGroupRuleArn": arn(row.region, group_owner, "security-group-rule", row.id),
     }
 
 
-def revoked_rule_dict(row: Mapping[str, Any]) -> dict[str, Any]:
+def revoked_rule_dict(row: SecurityGroupRule) -> dict[str, Any]:
     """A ``RevokedSecurityGroupRule``."""
     return {
-        "SecurityGroupRuleId": row["id"],
-        "GroupId": row["group_id"],
-        "IsEgress": row["is_egress"],
-        "IpProtocol": row["ip_protocol"],
-        "FromPort": _port(row, "from_port"),
-        "ToPort": _port(row, "to_port"),
-        "CidrIpv4": row["cidr_ipv4"],
-        "CidrIpv6": row["cidr_ipv6"],
-        "PrefixListId": row["prefix_list_id"],
-        "ReferencedGroupId": row["ref_group_id"],
-        "Description": row["description"],
+        "SecurityGroupRuleId": row.id,
+        "GroupId": row.group_id,
+        "IsEgress": row.is_egress,
+        "IpProtocol": row.ip_protocol,
+        "FromPort": _port(row.from_port),
+        "ToPort": _port(row.to_port),
+        "CidrIpv4": row.cidr_ipv4,
+        "CidrIpv6": row.cidr_ipv6,
+        "PrefixListId": row.prefix_list_id,
+        "ReferencedGroupId": row.ref_group_id,
+        "Description": row.description,
     }
 
 
-def permissions(rows: Iterable[Mapping[str, Any]], vpc_of: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """Group rule rows into IpPermissions as DescribeSecurityGroups shows them."""
+def permissions(rows: Iterable[SecurityGroupRule], vpc_of: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Group rules into IpPermissions as DescribeSecurityGroups shows them."""
     perms: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:
-        key = (r["ip_protocol"], r["from_port"], r["to_port"])
+        key = (r.ip_protocol, r.from_port, r.to_port)
         p = perms.get(key)
         if p is None:
-            p = {"IpProtocol": r["ip_protocol"]}
-            if r["from_port"] is not None:
-                p["FromPort"] = r["from_port"]
-                p["ToPort"] = r["to_port"]
+            p = {"IpProtocol": r.ip_protocol}
+            if r.from_port is not None:
+                p["FromPort"] = r.from_port
+                p["ToPort"] = r.to_port
             p.update(UserIdGroupPairs=[], IpRanges=[], Ipv6Ranges=[], PrefixListIds=[])
             perms[key] = p
-        desc = {"Description": r["description"]} if r["description"] is not None else {}
-        if r["cidr_ipv4"]:
-            p["IpRanges"].append({**desc, "CidrIp": r["cidr_ipv4"]})
-        elif r["cidr_ipv6"]:
-            p["Ipv6Ranges"].append({**desc, "CidrIpv6": r["cidr_ipv6"]})
-        elif r["prefix_list_id"]:
-            p["PrefixListIds"].append({**desc, "PrefixListId": r["prefix_list_id"]})
-        elif r["ref_group_id"]:
-            pair = {**desc, "UserId": r["ref_user_id"], "GroupId": r["ref_group_id"]}
-            if vpc_of and r["ref_group_id"] in vpc_of:
-                pair["VpcId"] = vpc_of[r["ref_group_id"]]
+        desc = {"Description": r.description} if r.description is not None else {}
+        if r.cidr_ipv4:
+            p["IpRanges"].append({**desc, "CidrIp": r.cidr_ipv4})
+        elif r.cidr_ipv6:
+            p["Ipv6Ranges"].append({**desc, "CidrIpv6": r.cidr_ipv6})
+        elif r.prefix_list_id:
+            p["PrefixListIds"].append({**desc, "PrefixListId": r.prefix_list_id})
+        elif r.ref_group_id:
+            pair = {**desc, "UserId": r.ref_user_id, "GroupId": r.ref_group_id}
+            if vpc_of and r.ref_group_id in vpc_of:
+                pair["VpcId"] = vpc_of[r.ref_group_id]
             p["UserIdGroupPairs"].append(pair)
     return list(perms.values())
 

@@ -9,22 +9,23 @@ from ebscrypt.engines.ec2 import filters as F
 from ebscrypt.engines.ec2 import network as N
 from ebscrypt.engines.ec2 import tags as T
 from ebscrypt.engines.ec2 import security_groups as SG
+from ebscrypt.engines.ec2.records import SecurityGroupRule
 from ebscrypt.services.ec2 import security_group_views as V
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.ec2.paging import page, sort_key
 from ebscrypt.services.registry import operation
 
 
-def _rules_of(g: dict[str, Any], egress: bool) -> list[dict[str, Any]]:
-    return [r for r in g["_rules"] if r["is_egress"] == egress]
+def _rules_of(g: SG.GroupDetail, egress: bool) -> list[SecurityGroupRule]:
+    return [r for r in g.rules if r.is_egress == egress]
 
 
-def _perm_values(g: dict[str, Any], egress: bool, col: str) -> list[Any]:
-    return [r[col] for r in _rules_of(g, egress) if r[col] is not None]
+def _perm_values(g: SG.GroupDetail, egress: bool, field: str) -> list[Any]:
+    return [v for v in (getattr(r, field) for r in _rules_of(g, egress)) if v is not None]
 
 
-def _ports(g: dict[str, Any], egress: bool, col: str) -> list[Any]:
-    return [-1 if r[col] is None else r[col] for r in _rules_of(g, egress)]
+def _ports(g: SG.GroupDetail, egress: bool, field: str) -> list[Any]:
+    return [-1 if v is None else v for v in (getattr(r, field) for r in _rules_of(g, egress))]
 
 
 def _permission_filters(prefix: str, egress: bool) -> dict[str, Any]:
@@ -34,41 +35,42 @@ def _permission_filters(prefix: str, egress: bool) -> dict[str, Any]:
         f"{prefix}ip-permission.prefix-list-id": lambda g: _perm_values(g, egress, "prefix_list_id"),
         f"{prefix}ip-permission.group-id": lambda g: _perm_values(g, egress, "ref_group_id"),
         f"{prefix}ip-permission.user-id": lambda g: _perm_values(g, egress, "ref_user_id"),
-        f"{prefix}ip-permission.protocol": lambda g: [r["ip_protocol"] for r in _rules_of(g, egress)],
+        f"{prefix}ip-permission.protocol": lambda g: [r.ip_protocol for r in _rules_of(g, egress)],
         f"{prefix}ip-permission.from-port": lambda g: _ports(g, egress, "from_port"),
         f"{prefix}ip-permission.to-port": lambda g: _ports(g, egress, "to_port"),
     }
 
 
 _GROUP_FILTERS: dict[str, Any] = {
-    "description": lambda g: g["description"],
-    "group-id": lambda g: g["id"],
-    "group-name": lambda g: g["name"],
-    "owner-id": lambda g: g["account"],
-    "vpc-id": lambda g: g["vpc_id"],
+    "description": lambda g: g.group.description,
+    "group-id": lambda g: g.group.id,
+    "group-name": lambda g: g.group.name,
+    "owner-id": lambda g: g.group.account,
+    "vpc-id": lambda g: g.group.vpc_id,
     **_permission_filters("", False),
     **_permission_filters("egress.", True),
 }
 
 _RULE_FILTERS = {
-    "group-id": lambda r: r["group_id"],
-    "security-group-rule-id": lambda r: r["id"],
+    "group-id": lambda r: r.group_id,
+    "security-group-rule-id": lambda r: r.id,
 }
 
 
-def _group_dict(g: dict[str, Any], tags: dict[str, str], vpc_of: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "GroupId": g["id"],
-        "IpPermissionsEgress": V.permissions(_rules_of(g, True), vpc_of),
-        "VpcId": g["vpc_id"],
-        "SecurityGroupArn": N.arn(g["region"], g["account"], "security-group", g["id"]),
-        "OwnerId": g["account"],
-        "GroupName": g["name"],
-        "Description": g["description"],
-        "IpPermissions": V.permissions(_rules_of(g, False), vpc_of),
+def group_view(detail: SG.GroupDetail, tags: dict[str, str], vpc_of: dict[str, str]) -> dict[str, Any]:
+    """A ``SecurityGroup`` (the view convention, docs/architecture.md)."""
+    g = detail.group
+    return {
+        "GroupId": g.id,
+        "IpPermissionsEgress": V.permissions(_rules_of(detail, True), vpc_of),
+        "VpcId": g.vpc_id,
+        "SecurityGroupArn": N.arn(g.region, g.account, "security-group", g.id),
+        "OwnerId": g.account,
+        "GroupName": g.name,
+        "Description": g.description,
+        "IpPermissions": V.permissions(_rules_of(detail, False), vpc_of),
         "Tags": T.tag_list(tags) if tags else None,
     }
-    return out
 
 
 def _ref(params: dict[str, Any], *, allow_name: bool) -> SG.GroupRef:
@@ -97,10 +99,8 @@ def create_security_group(ctx: RequestContext, params: dict[str, Any]) -> dict[s
     tags = T.tag_specs(params.get("TagSpecifications"), "security-group")
     g = SG.create_group(ctx, name=params.get("GroupName", ""), description=params.get("Description", ""),
                         vpc_id=params.get("VpcId"), tags=tags)
-    out: dict[str, Any] = {"GroupId": g["id"],
-                           "SecurityGroupArn": N.arn(c.region, c.account, "security-group", g["id"]),
-                           "Tags": tags or None}
-    return out
+    return {"GroupId": g.id, "SecurityGroupArn": N.arn(c.region, c.account, "security-group", g.id),
+            "Tags": tags or None}
 
 
 @operation("ec2", "DescribeSecurityGroups")
@@ -110,10 +110,10 @@ def describe_security_groups(ctx: RequestContext, params: dict[str, Any]) -> dic
     F.check_filters(filters, _GROUP_FILTERS, tags=True)
     listing = SG.describe_groups(ctx, ids=params.get("GroupIds") or [], names=params.get("GroupNames") or [])
     tags = listing.tags
-    groups = [g for g in listing.groups if F.matches(g, filters, _GROUP_FILTERS, lambda g: tags[g["id"]])]
-    # Ordered by creation (network.group_rows), so paged by that.
-    chunk, token = page(groups, params, lambda g: sort_key(g["create_time"], g["id"]))
-    return {"SecurityGroups": [_group_dict(g, tags[g["id"]], listing.vpc_of) for g in chunk], "NextToken": token}
+    groups = [d for d in listing.groups if F.matches(d, filters, _GROUP_FILTERS, lambda d: tags[d.group.id])]
+    # Ordered by creation (network.list_groups), so paged by that.
+    chunk, token = page(groups, params, lambda d: sort_key(d.group.create_time, d.group.id))
+    return {"SecurityGroups": [group_view(d, tags[d.group.id], listing.vpc_of) for d in chunk], "NextToken": token}
 
 
 @operation("ec2", "DeleteSecurityGroup")
@@ -129,7 +129,7 @@ def _authorize(ctx: RequestContext, params: dict[str, Any], *, egress: bool) -> 
     rows, rule_tags = SG.authorize(ctx, _ref(params, allow_name=not egress), _legacy_permissions(params),
                                    egress=egress, tags=tags)
     return {"Return": True,
-            "SecurityGroupRules": [V.rule_dict(r, c.account, rule_tags[r["id"]]) for r in rows]}
+            "SecurityGroupRules": [V.rule_dict(r, c.account, rule_tags[r.id]) for r in rows]}
 
 
 def _revoke(ctx: RequestContext, params: dict[str, Any], *, egress: bool) -> dict[str, Any]:
@@ -172,6 +172,6 @@ def describe_security_group_rules(ctx: RequestContext, params: dict[str, Any]) -
     filters = params.get("Filters")
     F.check_filters(filters, _RULE_FILTERS, tags=True)
     rows, tags = SG.describe_rules(ctx, params.get("SecurityGroupRuleIds") or [])
-    rows = [r for r in rows if F.matches(r, filters, _RULE_FILTERS, lambda r: tags[r["id"]])]
-    chunk, token = page(rows, params, lambda r: sort_key(r["position"], r["id"]))  # network.rule_rows' order
-    return {"SecurityGroupRules": [V.rule_dict(r, c.account, tags[r["id"]]) for r in chunk], "NextToken": token}
+    rows = [r for r in rows if F.matches(r, filters, _RULE_FILTERS, lambda r: tags[r.id])]
+    chunk, token = page(rows, params, lambda r: sort_key(r.position, r.id))  # network.rule_rows' order
+    return {"SecurityGroupRules": [V.rule_dict(r, c.account, tags[r.id]) for r in chunk], "NextToken": token}
