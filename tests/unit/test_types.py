@@ -1,6 +1,6 @@
 """The type checker passes over the packages pyproject.toml's ``[tool.mypy]`` lists
 (strict on ebscrypt/domain, ebscrypt/wire, errors, context, services/kms, services/ec2
-and engines/ but blocks, and the modules its overrides name): issue 11, item 8. Skipped,
+and engines/, blocks included, and the modules its overrides name): issue 11, item 8. Skipped,
 with the reason, where mypy is not installed — except under .ci/run
 (EBSCRYPT_REQUIRE_MYPY=1), where that fails."""
 

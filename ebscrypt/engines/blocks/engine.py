@@ -58,7 +58,7 @@ from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, cast
 
 from sqlalchemy import Connection, delete, insert, select
 
@@ -68,16 +68,21 @@ from ebscrypt.engines.blocks.crypto import (
     ZERO_BLOCK,
     ZERO_CHECKSUM,
     BlockCipher,
-    BlockIntegrityError,
     DataKey,
     sha256_b64,
 )
-from ebscrypt.engines.blocks.errors import BlockError, CopyCancelled, CopyInProgress, KeyMismatch, UnrelatedLineage
-from ebscrypt.engines.blocks.lineage import LineageOperations
+from ebscrypt.engines.blocks.errors import (
+    BlockError,
+    BlockIntegrityError,
+    CopyCancelled,
+    CopyInProgress,
+    KeyMismatch,
+    UnrelatedLineage,
+)
 from ebscrypt.engines.blocks.maintenance import MaintenanceOperations
 from ebscrypt.engines.blocks.records import BlockRef, ChangedBlock, Owner, check_index, delete_quietly, ref_from_row
 from ebscrypt.engines.blocks.reencrypt import CopyOperations
-from ebscrypt.engines.blocks.store import ObjectMissing, ObjectStore, new_object_key
+from ebscrypt.engines.blocks.store import ObjectMissing, ObjectStore, StagingStore, new_object_key
 from ebscrypt.storage.tables.blocks import blk_entries, blk_owners
 
 __all__ = [
@@ -174,7 +179,7 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class BlockEngine(LineageOperations, CopyOperations, MaintenanceOperations):
+class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations extends LineageOperations
     """See the module docstring. Thread-safe; one instance per server process."""
 
     GROUP_MAX = 64  # most writes one group commit takes
@@ -326,7 +331,8 @@ class BlockEngine(LineageOperations, CopyOperations, MaintenanceOperations):
     def _flush_writes(self, batch: list["_PendingWrite"]) -> None:
         """Stage one: one flush for every staged object of the group."""
         try:
-            self.store.publish([it.staged for it in batch])  # type: ignore[attr-defined]
+            # (only items of a staging store are staged: _prepare_write)
+            cast(StagingStore, self.store).publish([it.staged for it in batch])
         except BaseException as exc:  # publish discarded them all
             for it in batch:
                 it.error = exc
