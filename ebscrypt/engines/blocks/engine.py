@@ -45,8 +45,8 @@ Where each part lives (``BlockEngine`` puts them together; import everything fro
   ``workers`` is what runs in the worker processes.
 - ``maintenance``: ``add_periodic`` / ``start_maintenance``, ``sweep``, ``sweep_orphans``.
 - ``errors``, ``records``: the exceptions and the ``BlockRef`` / ``ChangedBlock`` / ``Owner``
-  records; ``crypto`` (``DataKey``, ``BlockCipher``), ``store`` (object store), ``direct``
-  (EBS direct APIs over this engine).
+  records; ``crypto`` (``DataKey``, ``BlockCipher``), ``store`` (object store). The EBS
+  direct APIs over this engine are :mod:`ebscrypt.engines.ebs`.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ from typing import Any, Callable, Iterable, Sequence, cast
 
 from sqlalchemy import Connection, delete, insert, select
 
+from ebscrypt.clock import Clock
 from ebscrypt.engines.blocks.crypto import (
     BLOCK_SIZE,
     GCM_OBJECT_SIZE,
@@ -83,6 +84,7 @@ from ebscrypt.engines.blocks.maintenance import MaintenanceOperations
 from ebscrypt.engines.blocks.records import BlockRef, ChangedBlock, Owner, check_index, delete_quietly, ref_from_row
 from ebscrypt.engines.blocks.reencrypt import CopyOperations
 from ebscrypt.engines.blocks.store import ObjectMissing, ObjectStore, StagingStore, new_object_key
+from ebscrypt.storage.db import Database
 from ebscrypt.storage.tables.blocks import blk_entries, blk_owners
 
 __all__ = [
@@ -186,10 +188,10 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
 
     def __init__(
         self,
-        db: Any,
+        db: Database,
         store: ObjectStore,
         *,
-        clock: Any = None,
+        clock: Clock | None = None,
         processes: int = 2,
         gc_grace_seconds: float = 60.0,
         copy_batch_delay: float = 0.0,
@@ -363,7 +365,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
                     it.error = exc
 
     def _record_group(self, conn: Connection, batch: list["_PendingWrite"]) -> None:
-        owners: dict[str, Any] = {}
+        owners: dict[str, Owner] = {}
         rows: dict[tuple[str, int], _PendingWrite] = {}  # (layer, index) -> the last write of it
         superseded: list[str] = []  # objects of earlier writes of the same block in this group
         for it in batch:
