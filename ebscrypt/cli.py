@@ -40,16 +40,27 @@ class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command not in ("upload", "download"):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return int(args.func(args, rest) or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The ``ebscrypt`` command line: every command and its options."""
     parser = argparse.ArgumentParser(prog="ebscrypt", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"ebscrypt {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve_command(commands)
     _add_keystore_commands(commands)
     _add_tool_commands(commands)
-    args, rest = parser.parse_known_args(argv)
-    if rest and args.command not in ("upload", "download"):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return int(args.func(args, rest) or 0)
+    return parser
+
+
+# Bounds of the worker counts: more threads or processes than this only queue on the
+# database and the cores (and a typo such as 1000 would start a thousand processes).
+MAX_WORKERS = 64
 
 
 def _add_serve_command(commands: Any) -> None:
@@ -96,6 +107,12 @@ def _add_serve_command(commands: Any) -> None:
     serve.add_argument("--s3-endpoint-url", default=None, metavar="URL",
                        help="the S3 endpoint of --blocks (e.g. a Ceph RADOS Gateway)")
     serve.add_argument("--s3-profile", default=None, help="the AWS profile whose credentials reach --blocks")
+    serve.add_argument("--job-workers", type=int, default=Settings.job_workers, metavar="N",
+                       help=f"threads that run background jobs (copies, volume creation, deletions), "
+                            f"1 to {MAX_WORKERS}")
+    serve.add_argument("--block-workers", type=int, default=Settings.block_workers, metavar="N",
+                       help=f"worker processes of the block engine's re-encrypting copies, 0 to {MAX_WORKERS} "
+                            f"(0: copies run in the server process)")
     serve.add_argument("--root-key-file", type=Path, default=None, metavar="PATH",
                        help="the KMS root key file, the same as --key-store file:PATH (default: the data "
                             "dir's root.key); every host sharing a --db is given the same file")
@@ -227,6 +244,10 @@ def _serve_args_problem(args: argparse.Namespace, auth: str, loopback: bool) -> 
         return "--auth strict needs --credentials FILE"
     if not _ACCOUNT_RE.match(args.default_account):
         return f"--default-account must be a 12-digit account id, not {args.default_account!r}"
+    if not 1 <= args.job_workers <= MAX_WORKERS:  # none: queued jobs would never run
+        return f"--job-workers must be 1 to {MAX_WORKERS}, not {args.job_workers}"
+    if not 0 <= args.block_workers <= MAX_WORKERS:
+        return f"--block-workers must be 0 to {MAX_WORKERS}, not {args.block_workers}"
     if args.credentials is not None:
         from ebscrypt.identity import load_credentials
 
@@ -295,6 +316,8 @@ def _settings(args: argparse.Namespace, auth: str) -> Settings:
         blocks_url=args.blocks,
         s3_endpoint_url=args.s3_endpoint_url,
         s3_profile=args.s3_profile,
+        job_workers=args.job_workers,
+        block_workers=args.block_workers,
     )
 
 

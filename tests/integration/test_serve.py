@@ -8,10 +8,12 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
 from tests.conftest import free_port, make_client
+from tests.helpers import new_key, pattern, read_blocks, upload_snapshot
 
 
 def _start(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
@@ -57,3 +59,34 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def _children(pid: int) -> list[int]:
+    """The process ids of ``pid``'s children (Linux: /proc/PID/task/*/children)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out.extend(int(c) for c in (task / "children").read_text().split())
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to see worker processes")
+def test_block_workers_zero_reencrypts_in_the_server_process(server_factory: Callable[..., Any]) -> None:
+    """``serve --block-workers 0``: a re-encrypting CopySnapshot (R-DATA-1: the copy reads
+    back the same bytes) runs in the server process — no worker process is started, though
+    the copy is larger than what the engine copies in-process by default (INLINE_BLOCKS)."""
+    from ebscrypt.engines.blocks.reencrypt import CopyOperations
+
+    srv = server_factory(["--block-workers", "0"])
+    assert srv.proc is not None
+    ebs, ec2, kms = srv.client("ebs"), srv.client("ec2"), srv.client("kms")
+    blocks = {i: pattern("block-workers", i) for i in range(CopyOperations.INLINE_BLOCKS + 8)}
+    source = upload_snapshot(ebs, blocks, Encrypted=True)
+    key = new_key(kms)
+    copy = ec2.copy_snapshot(SourceSnapshotId=source, SourceRegion="us-east-1", Encrypted=True, KmsKeyId=key)["SnapshotId"]
+    deadline = time.monotonic() + 120
+    while (snap := ec2.describe_snapshots(SnapshotIds=[copy])["Snapshots"][0])["State"] == "pending":
+        assert time.monotonic() < deadline, "the copy did not finish"
+        time.sleep(0.2)
+    assert snap["State"] == "completed" and snap["KmsKeyId"] == key
+    assert _children(srv.proc.pid) == []
+    assert read_blocks(ebs, copy) == blocks

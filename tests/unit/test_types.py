@@ -1,6 +1,6 @@
 """The type checker passes over the packages pyproject.toml's ``[tool.mypy]`` lists
 (strict on ebscrypt/domain, ebscrypt/wire, errors, context, services/kms, services/ec2
-and engines/ but blocks; no module is exempted): issue 11, item 8. Skipped,
+and all of engines/; no module is exempted): issue 11, item 8. Skipped,
 with the reason, where mypy is not installed — except under .ci/run
 (EBSCRYPT_REQUIRE_MYPY=1), where that fails."""
 

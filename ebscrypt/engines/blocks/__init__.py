@@ -12,10 +12,14 @@ EBS direct APIs over it are ``ebscrypt.engines.ebs``.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ebscrypt.engines.blocks.engine import BlockEngine
+    from ebscrypt.engines.blocks.store import ObjectStore
 
 
-def open_store(settings: Any) -> Any:
+def open_store(settings: Any) -> ObjectStore:
     """The object store the settings name: ``--blocks s3://...``, ``--blocks DIR`` (a
     directory several processes of one machine share), or the data dir's blocks/."""
     blocks_url = getattr(settings, "blocks_url", None)
@@ -37,7 +41,7 @@ def open_store(settings: Any) -> Any:
     return LocalDirStore(settings.data_dir / "blocks")
 
 
-def open_engine(runtime: Any) -> Any:
+def open_engine(runtime: Any) -> BlockEngine:
     from ebscrypt.engines.blocks.engine import BlockEngine
 
     settings = runtime.settings

@@ -88,7 +88,7 @@ def checksum_aad(key_id: str, index: int) -> bytes:
     return b"ebscrypt-checksum-v1" + legacy_block_aad(key_id, index)
 
 
-def sha256_b64(data: bytes | memoryview) -> str:
+def sha256_b64(data: bytes | bytearray | memoryview) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 

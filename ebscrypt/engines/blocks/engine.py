@@ -45,8 +45,8 @@ Where each part lives (``BlockEngine`` puts them together; import everything fro
   ``workers`` is what runs in the worker processes.
 - ``maintenance``: ``add_periodic`` / ``start_maintenance``, ``sweep``, ``sweep_orphans``.
 - ``errors``, ``records``: the exceptions and the ``BlockRef`` / ``ChangedBlock`` / ``Owner``
-  records; ``crypto`` (``DataKey``, ``BlockCipher``), ``store`` (object store), ``direct``
-  (EBS direct APIs over this engine).
+  records; ``crypto`` (``DataKey``, ``BlockCipher``), ``store`` (object store). The EBS
+  direct APIs over this engine are :mod:`ebscrypt.engines.ebs`.
 """
 
 from __future__ import annotations
@@ -58,26 +58,33 @@ from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, cast
 
 from sqlalchemy import Connection, delete, insert, select
 
+from ebscrypt.clock import Clock
 from ebscrypt.engines.blocks.crypto import (
     BLOCK_SIZE,
     GCM_OBJECT_SIZE,
     ZERO_BLOCK,
     ZERO_CHECKSUM,
     BlockCipher,
-    BlockIntegrityError,
     DataKey,
     sha256_b64,
 )
-from ebscrypt.engines.blocks.errors import BlockError, CopyCancelled, CopyInProgress, KeyMismatch, UnrelatedLineage
-from ebscrypt.engines.blocks.lineage import LineageOperations
+from ebscrypt.engines.blocks.errors import (
+    BlockError,
+    BlockIntegrityError,
+    CopyCancelled,
+    CopyInProgress,
+    KeyMismatch,
+    UnrelatedLineage,
+)
 from ebscrypt.engines.blocks.maintenance import MaintenanceOperations
 from ebscrypt.engines.blocks.records import BlockRef, ChangedBlock, Owner, check_index, delete_quietly, ref_from_row
 from ebscrypt.engines.blocks.reencrypt import CopyOperations
-from ebscrypt.engines.blocks.store import ObjectMissing, ObjectStore, new_object_key
+from ebscrypt.engines.blocks.store import ObjectMissing, ObjectStore, StagingStore, new_object_key
+from ebscrypt.storage.db import Database
 from ebscrypt.storage.tables.blocks import blk_entries, blk_owners
 
 __all__ = [
@@ -174,17 +181,17 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class BlockEngine(LineageOperations, CopyOperations, MaintenanceOperations):
+class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations extends LineageOperations
     """See the module docstring. Thread-safe; one instance per server process."""
 
     GROUP_MAX = 64  # most writes one group commit takes
 
     def __init__(
         self,
-        db: Any,
+        db: Database,
         store: ObjectStore,
         *,
-        clock: Any = None,
+        clock: Clock | None = None,
         processes: int = 2,
         gc_grace_seconds: float = 60.0,
         copy_batch_delay: float = 0.0,
@@ -326,7 +333,8 @@ class BlockEngine(LineageOperations, CopyOperations, MaintenanceOperations):
     def _flush_writes(self, batch: list["_PendingWrite"]) -> None:
         """Stage one: one flush for every staged object of the group."""
         try:
-            self.store.publish([it.staged for it in batch])  # type: ignore[attr-defined]
+            # (only items of a staging store are staged: _prepare_write)
+            cast(StagingStore, self.store).publish([it.staged for it in batch])
         except BaseException as exc:  # publish discarded them all
             for it in batch:
                 it.error = exc
@@ -357,7 +365,7 @@ class BlockEngine(LineageOperations, CopyOperations, MaintenanceOperations):
                     it.error = exc
 
     def _record_group(self, conn: Connection, batch: list["_PendingWrite"]) -> None:
-        owners: dict[str, Any] = {}
+        owners: dict[str, Owner] = {}
         rows: dict[tuple[str, int], _PendingWrite] = {}  # (layer, index) -> the last write of it
         superseded: list[str] = []  # objects of earlier writes of the same block in this group
         for it in batch:

@@ -14,13 +14,16 @@ merged into it (blocks it shadowed are reclaimed). Dropped objects go to the gar
 from __future__ import annotations
 
 import uuid
-from typing import Any, Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Iterable
 
 from sqlalchemy import Connection, delete, insert, select, update
 
 from ebscrypt.engines.blocks.crypto import DataKey
 from ebscrypt.engines.blocks.errors import BlockError, KeyMismatch, UnrelatedLineage
 from ebscrypt.engines.blocks.records import BlockRef, ChangedBlock, Owner, ref_from_row
+from ebscrypt.engines.blocks.store import ObjectStore
+from ebscrypt.storage.db import Database
 from ebscrypt.storage.tables.blocks import blk_entries, blk_garbage, blk_layers, blk_owners
 
 
@@ -31,6 +34,20 @@ def _new_layer_id() -> str:
 class LineageOperations:
     """Mixin of :class:`~ebscrypt.engines.blocks.engine.BlockEngine` (uses its ``db``,
     ``store``, ``now()``, ``sweep()`` and ``_layer_cache``)."""
+
+    # What this mixin uses of its host, declared for the type checker only (annotations
+    # without a value, and stubs under TYPE_CHECKING, create nothing at run time):
+    # BlockEngine.__init__ sets the attributes; BlockEngine and MaintenanceOperations
+    # define the methods (mypy checks that their signatures agree).
+    db: Database
+    store: ObjectStore
+    _layer_cache: dict[str, tuple[str | None, str | None]]  # layer id -> (parent, origin)
+
+    if TYPE_CHECKING:
+
+        def now(self) -> datetime: ...
+
+        def sweep(self, grace_seconds: float | None = None) -> int: ...
 
     # ---------------------------------------------------------------- share / changed blocks
 

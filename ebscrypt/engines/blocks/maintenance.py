@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import timedelta
-from typing import Any, Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy import delete, select
 
-from ebscrypt.storage.db import as_utc
+from ebscrypt.engines.blocks.store import ObjectStore
+from ebscrypt.storage.db import Database, as_utc
 from ebscrypt.storage.tables.blocks import blk_entries, blk_garbage
 
 log = logging.getLogger("ebscrypt.blocks")
@@ -31,6 +32,22 @@ ORPHAN_MIN_AGE_SECONDS = 3600.0
 class MaintenanceOperations:
     """Mixin of :class:`~ebscrypt.engines.blocks.engine.BlockEngine` (uses its ``db``,
     ``store``, ``now()``, ``gc_grace_seconds`` and its thread state)."""
+
+    # What this mixin uses of its host, declared for the type checker only (annotations
+    # without a value, and stubs under TYPE_CHECKING, create nothing at run time):
+    # BlockEngine.__init__ sets the attributes and defines ``now``.
+    db: Database
+    store: ObjectStore
+    gc_grace_seconds: float
+    _pool_lock: threading.Lock  # (also guards the maintenance thread's start)
+    _periodic: dict[str, tuple[Callable[[], Any], float]]  # name -> (task, every so many seconds)
+    _periodic_last: dict[str, float]  # name -> time.monotonic() of its last run
+    _maint: threading.Thread | None
+    _stop: threading.Event
+
+    if TYPE_CHECKING:
+
+        def now(self) -> datetime: ...
 
     def add_periodic(self, name: str, fn: Callable[[], Any], seconds: float) -> None:
         """Run ``fn`` about every ``seconds`` in the engine's maintenance thread (once per

@@ -12,23 +12,38 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from sqlalchemy import Connection, delete, insert, select, update
 
 from ebscrypt.engines.blocks import workers
-from ebscrypt.engines.blocks.crypto import DataKey
+from ebscrypt.engines.blocks.crypto import BlockCipher, DataKey
 from ebscrypt.engines.blocks.errors import BlockError, CopyCancelled
+from ebscrypt.engines.blocks.lineage import LineageOperations
 from ebscrypt.engines.blocks.records import BlockRef, Owner, delete_quietly
 from ebscrypt.engines.blocks.store import new_object_key, new_shard
 from ebscrypt.storage.tables.blocks import blk_entries, blk_owners
 
 
-class CopyOperations:
+class CopyOperations(LineageOperations):
     """Mixin of :class:`~ebscrypt.engines.blocks.engine.BlockEngine` (uses its ``db``,
-    ``store``, ``processes``, ``copy_batch_delay``, ciphers and lineage internals)."""
+    ``store``, ``processes``, ``copy_batch_delay``, ciphers and lineage internals: a copy
+    is built on the lineage operations, hence their subclass)."""
+
+    # What this mixin uses of its host besides the lineage's, declared for the type
+    # checker only (annotations without a value, and stubs under TYPE_CHECKING, create
+    # nothing at run time): BlockEngine.__init__ sets the attributes and defines ``_cipher``.
+    processes: int
+    copy_batch_delay: float
+    _pool: ProcessPoolExecutor | None
+    _pool_lock: threading.Lock
+
+    if TYPE_CHECKING:
+
+        def _cipher(self, key: DataKey | None) -> BlockCipher: ...
 
     # Copies smaller than this run in the calling thread (no worker start-up cost).
     INLINE_BLOCKS = 48
@@ -194,7 +209,7 @@ class CopyOperations:
         return conn.execute(entry).first() is None
 
     def _commit_copied(
-        self, dst_owner_id: str, copy_layer: str, rows: list[tuple[int, str | None, str]], dst_key: DataKey | None
+        self, dst_owner_id: str, copy_layer: str, rows: Sequence[tuple[int, str | None, str]], dst_key: DataKey | None
     ) -> None:
         try:
             with self.db.begin() as conn:

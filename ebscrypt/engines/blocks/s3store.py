@@ -34,7 +34,7 @@ import os
 import re
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ebscrypt.engines.blocks.store import ObjectMissing, StoreUnavailable
 
@@ -87,7 +87,8 @@ class S3Store:
         bucket, prefix = parse_s3_url(url)
         return cls(bucket, prefix, **kwargs)
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]  # to worker processes: one store (client) per process
+    def __reduce__(self) -> tuple[Callable[..., S3Store], tuple[str, str, str | None, str | None, int]]:
+        # to worker processes: one store (client) per process
         return (_store_in_process, (self.bucket, self.prefix, self.endpoint_url, self.profile, self.concurrency))
 
     def describe(self) -> str:
@@ -221,7 +222,8 @@ class S3Store:
         name = self._name(key)
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=name)
-            return response["Body"].read()
+            data: bytes = response["Body"].read()
+            return data
         except ClientError as exc:
             if _code(exc) in ("NoSuchKey", "404") or _status(exc) == 404:
                 raise ObjectMissing(key) from None

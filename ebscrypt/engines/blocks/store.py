@@ -13,7 +13,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol, runtime_checkable
+from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
 
 from ebscrypt.errors import ServiceUnavailable
 
@@ -44,6 +44,15 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def keys(self) -> Iterator[tuple[str, float]]: ...
+
+
+class StagingStore(ObjectStore, Protocol):
+    """A store that writes objects in two steps (:class:`LocalDirStore`): ``stage`` each,
+    then ``publish`` a group of them with one flush (the block engine's group commit)."""
+
+    def stage(self, key: str, data: bytes | bytearray | memoryview) -> "Staged": ...
+
+    def publish(self, staged: list["Staged"]) -> None: ...
 
 
 @dataclass
@@ -85,7 +94,7 @@ class LocalDirStore:
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]  # picklable for worker processes
+    def __reduce__(self) -> tuple[Callable[[str], LocalDirStore], tuple[str]]:  # picklable for worker processes
         return (LocalDirStore, (str(self.root),))
 
     def _path(self, key: str) -> Path:
@@ -235,7 +244,7 @@ class LocalDirStore:
                 pass
 
 
-def _load_syncfs():  # type: ignore[no-untyped-def]
+def _load_syncfs() -> Callable[[int], int] | None:
     """libc ``syncfs(fd)`` (Linux): flush one file system with a single device flush."""
     try:
         import ctypes
