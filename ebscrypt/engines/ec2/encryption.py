@@ -185,6 +185,23 @@ def unwrap(ctx: RequestContext, key_arn: str, blob: bytes, context: dict[str, st
     return DataKey(data_key_id, plaintext)
 
 
+def source_key_refusal(ctx: RequestContext, source: Snapshot) -> str | None:
+    """Before a metadata-only creation from ``source`` (a volume or a same-key copy) is
+    stored: the source key checked for the caller as the creation job would (R-KEY-3,
+    R-SHARE-4: grant + Decrypt, audited). The refusal's message if the caller may not use
+    it (the resource is then stored ``error`` with the cause, R-KEY-6), else None; a fault
+    of ours (5xx) is raised: nothing stored, retryable. [KMS, no conn]"""
+    if not source.encrypted:
+        return None
+    try:
+        data_key_for(ctx, source)
+    except ServiceError as err:
+        if err.status >= 500:
+            raise
+        return err.message
+    return None
+
+
 def data_key_for(ctx: RequestContext, resource: Volume | Snapshot, *, grant: bool = True) -> Any:
     """The plaintext data key of ``resource`` for a data operation (None if unencrypted)."""
     if not resource.encrypted:

@@ -24,6 +24,7 @@ from ebscrypt.engines.ec2.encryption import (
     describe_for_ebs,
     prepare_data_key,
     resolve_encryption,
+    source_key_refusal,
 )
 from ebscrypt.engines.ec2 import creation, image_states, provenance, waits
 from ebscrypt.engines.ec2.copy_source import copy_blocks
@@ -45,7 +46,6 @@ from ebscrypt.errors import (
     EbsAccessDenied,
     EbsValidation,
     IncorrectState,
-    ServiceError,
     SnapshotInUse,
     UnauthorizedOperation,
 )
@@ -263,7 +263,7 @@ class CopyPlan:
     plan: EncryptionPlan
     snapshot_id: str
     data_key: WrappedDataKey | None
-    failure: str | None = None  # the source key refused (prove_copy_key): stored ``error``
+    failure: str | None = None  # the source key refused (encryption.source_key_refusal): stored ``error``
 
 
 def prepare_copy(ctx: RequestContext, source_snapshot_id: str, source_region: str | None = None,
@@ -342,21 +342,6 @@ def _complete_copy_in(ctx: RequestContext, conn: Connection, cp: CopyPlan) -> st
     return None
 
 
-def prove_copy_key(ctx: RequestContext, cp: CopyPlan) -> CopyPlan:
-    """Before a metadata-only copy is stored: the source key is checked for the copier as
-    the copy job would (R-SHARE-4; R-KEY-3: grant + Decrypt, audited); a refused key makes
-    the copy ``error`` with the cause (R-KEY-6). [KMS, no conn]"""
-    if cp.plan.problem or not cp.source.encrypted:
-        return cp
-    try:
-        data_key_for(ctx, cp.source)
-    except ServiceError as err:
-        if err.status >= 500:  # our fault, not the key's: nothing stored, retryable
-            raise
-        cp.failure = err.message
-    return cp
-
-
 def copy_snapshot(ctx: RequestContext, source_snapshot_id: str, source_region: str | None = None,
                   encrypted: bool | None = None, kms_key_id: str | None = None,
                   description: str | None = None, tags: list[dict[str, str]] | None = None,
@@ -365,8 +350,8 @@ def copy_snapshot(ctx: RequestContext, source_snapshot_id: str, source_region: s
     in one transaction; a re-encryption as a job, waited for briefly (R-LIFE-1). [KMS, no conn]"""
     cp = prepare_copy(ctx, source_snapshot_id, source_region, encrypted, kms_key_id)
     metadata_only = copy_is_cheap(cp) and ctx.runtime.blocks is not None
-    if metadata_only:
-        cp = prove_copy_key(ctx, cp)
+    if metadata_only and not cp.plan.problem:
+        cp.failure = source_key_refusal(ctx, cp.source)
     return creation.create(ctx, cp.snapshot_id,
                            lambda conn, done: insert_copy(ctx, conn, cp, description, tags, complete=done),
                            metadata_only=metadata_only, table=ec2_snapshots, transitional="pending",

@@ -30,6 +30,7 @@ from ebscrypt.engines.ec2.encryption import (
     data_key_for,
     prepare_data_key,
     resolve_encryption,
+    source_key_refusal,
 )
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume, from_result
@@ -239,7 +240,7 @@ class VolumePrep:
     tags: list[dict[str, str]] = field(default_factory=list)
     attach: Attach | None = None
     existing: Volume | None = None  # ClientToken replay
-    failure: str | None = None  # the source key refused (prove_source_key): stored ``error``
+    failure: str | None = None  # the source key refused (encryption.source_key_refusal): stored ``error``
 
 
 def load_source_snapshot(conn: Connection, caller: Caller, snapshot_id: str) -> Snapshot:
@@ -373,22 +374,6 @@ def _complete_in(ctx: RequestContext, conn: Connection, prep: VolumePrep) -> tup
     return "available", None
 
 
-def prove_source_key(ctx: RequestContext, prep: VolumePrep) -> VolumePrep:
-    """Before a metadata-only volume from a snapshot is stored: its key (the source's data
-    key, shared) is checked for the caller as the creation job would (R-KEY-3, R-SHARE-4:
-    grant + Decrypt, audited); a key the caller may not use makes the volume ``error``
-    with the cause (R-KEY-6). [KMS, no conn]"""
-    if prep.source is None or prep.plan.problem or not prep.source.encrypted:
-        return prep
-    try:
-        data_key_for(ctx, prep.source)
-    except ServiceError as err:
-        if err.status >= 500:  # our fault, not the key's: nothing stored, retryable
-            raise
-        prep.failure = err.message
-    return prep
-
-
 def create_volume(ctx: RequestContext, *, wait_seconds: float = 3.0, **kwargs: Any) -> Volume:
     """CreateVolume: prepare, then the create protocol (:mod:`.creation`): metadata only
     (empty, same data key, doomed) in one transaction; a re-encryption as a job, waited
@@ -397,8 +382,8 @@ def create_volume(ctx: RequestContext, *, wait_seconds: float = 3.0, **kwargs: A
     if prep.existing is not None:
         return prep.existing
     metadata_only = is_cheap(prep) and (prep.source is None or ctx.runtime.blocks is not None)
-    if metadata_only:
-        prep = prove_source_key(ctx, prep)
+    if metadata_only and prep.source is not None and not prep.plan.problem:
+        prep.failure = source_key_refusal(ctx, prep.source)
     return creation.create(ctx, prep.volume_id, lambda conn, done: insert_volume(ctx, conn, prep, complete=done),
                            metadata_only=metadata_only, table=ec2_volumes, transitional="creating",
                            wait_seconds=wait_seconds)
