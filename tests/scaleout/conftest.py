@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -170,6 +170,17 @@ def cluster(scale_pg: PgDatabases, tmp_path_factory: pytest.TempPathFactory) -> 
         yield c.start()
     finally:
         c.stop()
+
+
+@pytest.fixture(scope="session")
+def endpoint(cluster: Cluster) -> str:
+    """HAProxy's URL: the suites re-run here (``test_haproxy_<tool>.py``) talk to the cluster."""
+    return cluster.url
+
+
+@pytest.fixture(scope="session")
+def aws(endpoint: str) -> Callable[..., Any]:
+    return client_factory(endpoint)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
