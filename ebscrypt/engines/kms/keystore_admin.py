@@ -202,92 +202,107 @@ def _fail(args: argparse.Namespace, name: str, request_parameters: dict[str, Any
     return 2
 
 
-def cmd_init(args: argparse.Namespace, _rest: list[str]) -> int:
-    s = _settings(args)
-    params: dict[str, Any] = {"keyStore": args.key_store or "file:<data-dir>/root.key"}
-    try:
-        store = open_key_store(s.key_store, s.data_dir)
-    except (RootKeyError, KeyStoreUnavailable) as exc:
-        return _fail(args, "KeyStoreInit", params, exc)
-    try:
-        created = False
-        if store.kind == "pkcs11":
-            params["keyStore"] = store.uri
-            if not store.root_ids:  # type: ignore[attr-defined]
-                store.create_root()  # type: ignore[attr-defined]
-                created = True
-        params.update(rootKey=store.current_ref(), created=created)
-        s.data_dir.mkdir(parents=True, exist_ok=True)
-        audit_record(s.data_dir, "KeyStoreInit", params)
-        print(f"{store.uri}: root key {store.current_ref()} ({'created' if created else 'already there'})")
-        return 0
-    except (RootKeyError, KeyStoreUnavailable) as exc:
-        return _fail(args, "KeyStoreInit", params, exc)
-    finally:
-        store.close()
+StoreCommand = Callable[[argparse.Namespace, Settings, KeyStore, dict[str, Any]], int]
 
 
-def cmd_status(args: argparse.Namespace, _rest: list[str]) -> int:
-    s = _settings(args)
-    params: dict[str, Any] = {"keyStore": args.key_store or "file:<data-dir>/root.key"}
-    try:
-        store = open_key_store(s.key_store, s.data_dir, create=False)
-    except (RootKeyError, KeyStoreUnavailable) as exc:
-        return _fail(args, "KeyStoreStatus", params, exc)
+def _with_store(event: str, *, param: str = "keyStore",
+                create: bool = False) -> Callable[[StoreCommand], Callable[[argparse.Namespace, list[str]], int]]:
+    """The frame of a keystore command: its settings, the audit parameters (``param``: the
+    key store it names), that store opened and closed afterwards. A store that cannot be
+    opened or used (RootKeyError, KeyStoreUnavailable) is said on stderr and audited as
+    ``event``: exit 2."""
+
+    def wrap(body: StoreCommand) -> Callable[[argparse.Namespace, list[str]], int]:
+        def run(args: argparse.Namespace, _rest: list[str]) -> int:
+            s = _settings(args)
+            params: dict[str, Any] = {param: args.key_store or "file:<data-dir>/root.key"}
+            try:
+                store = open_key_store(s.key_store, s.data_dir, create=create)
+            except (RootKeyError, KeyStoreUnavailable) as exc:
+                return _fail(args, event, params, exc)
+            try:
+                return body(args, s, store, params)
+            except (RootKeyError, KeyStoreUnavailable) as exc:
+                return _fail(args, event, params, exc)
+            finally:
+                store.close()
+
+        return run
+
+    return wrap
+
+
+@_with_store("KeyStoreInit", create=True)
+def cmd_init(args: argparse.Namespace, s: Settings, store: KeyStore, params: dict[str, Any]) -> int:
+    created = False
+    if store.kind == "pkcs11":
+        params["keyStore"] = store.uri
+        if not store.root_ids:  # type: ignore[attr-defined]
+            store.create_root()  # type: ignore[attr-defined]
+            created = True
+    params.update(rootKey=store.current_ref(), created=created)
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    audit_record(s.data_dir, "KeyStoreInit", params)
+    print(f"{store.uri}: root key {store.current_ref()} ({'created' if created else 'already there'})")
+    return 0
+
+
+@_with_store("KeyStoreStatus")
+def cmd_status(args: argparse.Namespace, s: Settings, store: KeyStore, params: dict[str, Any]) -> int:
     db = Database(s.database_url)
     try:
-        out: dict[str, Any] = {"keyStore": store.uri, "kind": store.kind}
-        try:
-            out["currentRootKey"] = store.current_ref()
-        except RootKeyError as exc:
-            out["currentRootKey"] = None
-            out["problem"] = str(exc)
-        if store.kind == "pkcs11":
-            roots = []
-            for root_id in store.root_ids:  # type: ignore[attr-defined]
-                attrs = store.describe_root(root_id)  # type: ignore[attr-defined]
-                roots.append({"ref": store.root_ref(root_id), **attrs})  # type: ignore[attr-defined]
-            out["rootObjects"] = roots
-        out["rowsByRootKey"] = {(k or "file (before key stores)"): v for k, v in rows_by_ref(db).items()}
-        ok = failed = 0
-        problems: list[str] = []
-        with db.read() as conn:
-            rows = conn.execute(select(kms_key_material)).all()
-        for r in rows:
-            try:
-                store.unwrap(r.key_id, r.material_id, r.wrapped, r.wrapped_by)
-                ok += 1
-            except (RootKeyError, KeyStoreUnavailable) as exc:
-                failed += 1
-                if len(problems) < 5:
-                    problems.append(str(exc))
-        out.update(rowsUnwrapped=ok, rowsNotUnwrapped=failed, canUnwrapAll=failed == 0 and "problem" not in out)
-        if problems:
-            out["problems"] = problems
-        audit_record(s.data_dir, "KeyStoreStatus", {**params, "keyStore": store.uri},
-                     error=None if out["canUnwrapAll"] else f"{failed} row(s) do not unwrap")
-        if args.json:
-            print(json.dumps(out))
-        else:
-            for k, v in out.items():
-                print(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
-        return 0 if out["canUnwrapAll"] else 1
+        out = _status(db, store)
     finally:
         db.dispose()
-        store.close()
+    audit_record(s.data_dir, "KeyStoreStatus", {**params, "keyStore": store.uri},
+                 error=None if out["canUnwrapAll"] else f"{out['rowsNotUnwrapped']} row(s) do not unwrap")
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+    return 0 if out["canUnwrapAll"] else 1
+
+
+def _status(db: Database, store: KeyStore) -> dict[str, Any]:
+    """What `keystore status` reports: the store, its root keys, and whether every row unwraps."""
+    out: dict[str, Any] = {"keyStore": store.uri, "kind": store.kind}
+    try:
+        out["currentRootKey"] = store.current_ref()
+    except RootKeyError as exc:
+        out["currentRootKey"] = None
+        out["problem"] = str(exc)
+    if store.kind == "pkcs11":
+        roots = []
+        for root_id in store.root_ids:  # type: ignore[attr-defined]
+            attrs = store.describe_root(root_id)  # type: ignore[attr-defined]
+            roots.append({"ref": store.root_ref(root_id), **attrs})  # type: ignore[attr-defined]
+        out["rootObjects"] = roots
+    out["rowsByRootKey"] = {(k or "file (before key stores)"): v for k, v in rows_by_ref(db).items()}
+    ok = failed = 0
+    problems: list[str] = []
+    with db.read() as conn:
+        rows = conn.execute(select(kms_key_material)).all()
+    for r in rows:
+        try:
+            store.unwrap(r.key_id, r.material_id, r.wrapped, r.wrapped_by)
+            ok += 1
+        except (RootKeyError, KeyStoreUnavailable) as exc:
+            failed += 1
+            if len(problems) < 5:
+                problems.append(str(exc))
+    out.update(rowsUnwrapped=ok, rowsNotUnwrapped=failed, canUnwrapAll=failed == 0 and "problem" not in out)
+    if problems:
+        out["problems"] = problems
+    return out
 
 
 def _progress(key_id: str, material_id: str, i: int, n: int) -> None:
     print(f"re-wrapped {key_id}/{material_id} ({i}/{n})", flush=True)
 
 
-def cmd_migrate(args: argparse.Namespace, _rest: list[str]) -> int:
-    s = _settings(args)
-    params: dict[str, Any] = {"from": args.key_store or "file:<data-dir>/root.key"}
-    try:
-        source = open_key_store(s.key_store, s.data_dir, create=False)
-    except (RootKeyError, KeyStoreUnavailable) as exc:
-        return _fail(args, "KeyStoreMigrate", params, exc)
+@_with_store("KeyStoreMigrate", param="from")
+def cmd_migrate(args: argparse.Namespace, s: Settings, source: KeyStore, params: dict[str, Any]) -> int:
     target = None
     db = Database(s.database_url)
     try:
@@ -303,22 +318,14 @@ def cmd_migrate(args: argparse.Namespace, _rest: list[str]) -> int:
         print(f"migrated {moved} of {total} row(s) to {target.uri}; rows not under it: {sum(left.values())}")
         print(f"start the servers with --key-store for {target.uri}; {source.uri} can then be retired")
         return 0 if not left else 1
-    except (RootKeyError, KeyStoreUnavailable) as exc:
-        return _fail(args, "KeyStoreMigrate", params, exc)
     finally:
         db.dispose()
-        source.close()
         if target is not None:
             target.close()
 
 
-def cmd_rotate(args: argparse.Namespace, _rest: list[str]) -> int:
-    s = _settings(args)
-    params: dict[str, Any] = {"keyStore": args.key_store or "file:<data-dir>/root.key"}
-    try:
-        store = open_key_store(s.key_store, s.data_dir, create=False)
-    except (RootKeyError, KeyStoreUnavailable) as exc:
-        return _fail(args, "KeyStoreRotate", params, exc)
+@_with_store("KeyStoreRotate")
+def cmd_rotate(args: argparse.Namespace, s: Settings, store: KeyStore, params: dict[str, Any]) -> int:
     db = Database(s.database_url)
     try:
         if store.kind != "pkcs11":
@@ -345,8 +352,5 @@ def cmd_rotate(args: argparse.Namespace, _rest: list[str]) -> int:
         print(f"root key now {store.current_ref()}; re-wrapped {moved} of {total} row(s); "
               f"retired {len(retired)} old root key(s)")
         return 0
-    except (RootKeyError, KeyStoreUnavailable) as exc:
-        return _fail(args, "KeyStoreRotate", params, exc)
     finally:
         db.dispose()
-        store.close()
