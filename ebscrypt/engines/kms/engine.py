@@ -24,14 +24,13 @@ The key-state checks are the functions of :mod:`.checks`.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Any, Mapping
 
 from sqlalchemy import select
 
-from ebscrypt.context import Caller, Runtime
+from ebscrypt.context import Runtime
 from ebscrypt.engines.kms.access import KeyAccess
 from ebscrypt.engines.kms.aliases import AliasOperations
-from ebscrypt.engines.kms.audit import AuditEvent, AuditLog, AuditTrail, audit_path
+from ebscrypt.engines.kms.audit import AuditLog, AuditTrail, audit_path
 from ebscrypt.engines.kms.crypto_ops import CryptoOperations
 from ebscrypt.engines.kms.grants import GrantOperations
 from ebscrypt.engines.kms.key_rows import KeyRows
@@ -110,6 +109,7 @@ class KeyEngine:
 
         # The collaborators, lowest first; each is given what it uses.
         self.trail = AuditTrail(self.audit_log, self.space, self.clock)
+        self.audited = self.trail.audited  # one KMS event and its audit record
         self.key_rows = KeyRows(self.db)
         self.materials = KeyMaterials(self.db, self.clock, self.key_store)
         self.policies = KeyPolicies()
@@ -188,20 +188,6 @@ class KeyEngine:
         self.tag_resource = tags.tag_resource
         self.untag_resource = tags.untag_resource
         self.list_resource_tags = tags.list_resource_tags
-
-    def audited(
-        self,
-        caller: Caller,
-        event_name: str,
-        request_parameters: Mapping[str, Any] | None = None,
-        *,
-        via_service: str | None = None,
-        request_id: str | None = None,
-    ) -> AbstractContextManager[AuditEvent]:
-        """One KMS event and its audit record (:meth:`.audit.AuditTrail.audited`)."""
-        return self.trail.audited(
-            caller, event_name, request_parameters, via_service=via_service, request_id=request_id
-        )
 
     def key_row_scope(self) -> AbstractContextManager[None]:
         """Key rows read once for one request (:meth:`.access.KeyAccess.key_row_scope`)."""
