@@ -306,16 +306,25 @@ class ChangedBlock:
     second_token: str | None
 
 
+def _page_start(ctx: Any, scope: str, max_results: int | None, start: int | None,
+                next_token: str | None) -> tuple[int, int, datetime]:
+    """(page size, first block index, now) of a ListSnapshotBlocks/ListChangedBlocks page:
+    the defaults filled, and a NextToken (checked against ``scope`` and its expiry) moving
+    the start on."""
+    now = _now(ctx)
+    first = start or 0
+    if next_token:
+        first = max(first, direct.read_page_token(ctx.runtime, scope, next_token, now))
+    return max_results or DEFAULT_MAX_RESULTS, first, now
+
+
 def list_blocks(ctx: Any, snapshot_id: str, *, max_results: int | None, start: int | None,
                 next_token: str | None) -> Page:
     """The blocks of a completed snapshot from index ``start`` on: (index, block token)."""
     snap = _snapshot(ctx, snapshot_id)
     _completed(snap)
-    max_results, start = max_results or DEFAULT_MAX_RESULTS, start or 0
-    now = _now(ctx)
     scope = f"list:{snapshot_id}"
-    if next_token:
-        start = max(start, direct.read_page_token(ctx.runtime, scope, next_token, now))
+    max_results, start, now = _page_start(ctx, scope, max_results, start, next_token)
     expiry = now + direct.TOKEN_LIFETIME
     refs = [r for r in _blocks(ctx).list_block_refs(snapshot_id) if r.index >= start]
     page, rest = refs[:max_results], refs[max_results:]
@@ -333,11 +342,8 @@ def list_changed_blocks(ctx: Any, first_id: str | None, second_id: str, *, max_r
     if first_id:
         first = _snapshot(ctx, first_id)
         _completed(first)
-    max_results, start = max_results or DEFAULT_MAX_RESULTS, start or 0
-    now = _now(ctx)
     scope = f"changed:{first_id or ''}:{second_id}"
-    if next_token:
-        start = max(start, direct.read_page_token(ctx.runtime, scope, next_token, now))
+    max_results, start, now = _page_start(ctx, scope, max_results, start, next_token)
     try:
         changed = _blocks(ctx).changed_blocks(first_id, second_id)
     except UnrelatedLineage:
