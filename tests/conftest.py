@@ -107,11 +107,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     srv.stop()
 
 
-@pytest.fixture(scope="session")
-def endpoint(server: ServerProcess) -> str:
-    return server.url
-
-
 def client_factory(endpoint: str) -> Callable[..., Any]:
     """``factory(service, account=..., region=...)`` → a cached boto3 client against ``endpoint``."""
     cache: dict[tuple[str, str, str], Any] = {}
@@ -125,15 +120,29 @@ def client_factory(endpoint: str) -> Callable[..., Any]:
     return factory
 
 
-@pytest.fixture(scope="session")
-def aws(endpoint: str) -> Callable[..., Any]:
-    """``aws(service, account=..., region=...)`` → a boto3 client against the session server."""
-    return client_factory(endpoint)
+def server_bound_fixtures() -> tuple[Any, Any, Any]:
+    """``endpoint``, ``aws`` and ``advance_clock`` over whatever ``server`` fixture the
+    directory defines. A directory that overrides ``server`` (tests/postgres, tests/s3)
+    binds these again (``endpoint, aws, advance_clock = server_bound_fixtures()``): a
+    session fixture of this file would otherwise keep what it made for the SQLite server."""
+
+    @pytest.fixture(scope="session")
+    def endpoint(server: ServerProcess) -> str:
+        return server.url
+
+    @pytest.fixture(scope="session")
+    def aws(endpoint: str) -> Callable[..., Any]:
+        """``aws(service, account=..., region=...)`` → a boto3 client against the session server."""
+        return client_factory(endpoint)
+
+    @pytest.fixture
+    def advance_clock(server: ServerProcess) -> Callable[[float], None]:
+        return server.advance_clock
+
+    return endpoint, aws, advance_clock
 
 
-@pytest.fixture
-def advance_clock(server: ServerProcess) -> Callable[[float], None]:
-    return server.advance_clock
+endpoint, aws, advance_clock = server_bound_fixtures()
 
 
 @pytest.fixture

@@ -18,12 +18,12 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import ServerProcess, client_factory
+from tests.conftest import ServerProcess, server_bound_fixtures
 
 PG_URL_ENV = "EBSCRYPT_TEST_PG_URL"
 
@@ -105,19 +105,7 @@ def server(pg_databases: PgDatabases, tmp_path_factory: pytest.TempPathFactory) 
     srv.stop()
 
 
-@pytest.fixture(scope="session")
-def endpoint(server: ServerProcess) -> str:
-    return server.url
-
-
-@pytest.fixture(scope="session")
-def aws(endpoint: str) -> Callable[..., Any]:
-    return client_factory(endpoint)
-
-
-@pytest.fixture
-def advance_clock(server: ServerProcess) -> Callable[[float], None]:
-    return server.advance_clock
+endpoint, aws, advance_clock = server_bound_fixtures()
 
 
 @pytest.fixture

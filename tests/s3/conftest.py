@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.conftest import ServerProcess, client_factory
+from tests.conftest import ServerProcess, server_bound_fixtures
 
 S3_URL_ENV = "EBSCRYPT_TEST_S3_URL"
 BUCKET = "ebscrypt-test"
@@ -107,19 +107,7 @@ def server(s3: S3Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     srv.stop()
 
 
-@pytest.fixture(scope="session")
-def endpoint(server: ServerProcess) -> str:
-    return server.url
-
-
-@pytest.fixture(scope="session")
-def aws(endpoint: str) -> Callable[..., Any]:
-    return client_factory(endpoint)
-
-
-@pytest.fixture
-def advance_clock(server: ServerProcess) -> Callable[[float], None]:
-    return server.advance_clock
+endpoint, aws, advance_clock = server_bound_fixtures()
 
 
 @pytest.fixture
