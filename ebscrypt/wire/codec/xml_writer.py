@@ -14,6 +14,7 @@ writer any iterable (``None`` items skipped), a map writer a dict.
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -42,13 +43,38 @@ class XmlWriters:
         self._always = always
         self._escape = escape
         self._timestamp_format = timestamp_format
-        self._structs: dict[str, Writer] = {}
+        self._structs: dict[str, Writer] = {}  # complete writers, read without the lock
+        # Writers being compiled (a recursive shape finds itself here); published to
+        # ``_structs`` only when the outermost compile is done: answers are serialized in
+        # several worker threads, and one must never get a writer whose steps are not all
+        # there yet (it would leave members out).
+        self._pending: dict[str, Writer] = {}
+        self._depth = 0
+        self._lock = threading.RLock()
 
     def members(self, shape: Any) -> Writer:
         """The writer of a structure's members (without the structure's own tags)."""
         cached = self._structs.get(shape.name)
         if cached is not None:
             return cached
+        with self._lock:
+            cached = self._structs.get(shape.name) or self._pending.get(shape.name)
+            if cached is not None:
+                return cached
+            self._depth += 1
+            try:
+                write = self._compile_members(shape)
+            except BaseException:
+                self._pending.clear()
+                raise
+            finally:
+                self._depth -= 1
+            if self._depth == 0:
+                self._structs.update(self._pending)
+                self._pending.clear()
+            return write
+
+    def _compile_members(self, shape: Any) -> Writer:
         steps: list[tuple[str, Writer, bool]] = []
 
         def write(out: list[str], value: Any) -> None:
@@ -62,7 +88,7 @@ class XmlWriters:
                 fn(out, v)
 
         # Registered before its members are compiled: a recursive shape finds itself.
-        self._structs[shape.name] = write
+        self._pending[shape.name] = write
         always = self._always(shape)
         for name, member in shape.members.items():
             if member.type_name == "list" and member.serialization.get("flattened"):
