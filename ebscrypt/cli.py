@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 # Bounds of the worker counts: more threads or processes than this only queue on the
 # database and the cores (and a typo such as 1000 would start a thousand processes).
 MAX_WORKERS = 64
+MIN_NBD_CACHE_MIB = 2
 
 
 def _add_serve_command(commands: Any) -> None:
@@ -100,7 +101,8 @@ def _add_serve_command(commands: Any) -> None:
     serve.add_argument("--nbd-tls-cert", type=Path, default=None, help="PEM certificate: NBD requires TLS")
     serve.add_argument("--nbd-tls-key", type=Path, default=None, help="PEM private key for --nbd-tls-cert")
     serve.add_argument("--nbd-cache-mib", type=int, default=128,
-                       help="memory cache per attached volume (decrypted and not yet flushed blocks), MiB")
+                       help="memory cache per attached volume (decrypted and not yet flushed blocks), MiB, "
+                            "at least 2 (default: 128)")
     serve.add_argument("--blocks", default=None, metavar="s3://BUCKET[/PREFIX] | DIR",
                        help="block objects in an S3-compatible store (credentials from boto3's usual "
                             "chain or --s3-profile), or in a directory (default: the data dir's blocks/)")
@@ -248,6 +250,8 @@ def _serve_args_problem(args: argparse.Namespace, auth: str, loopback: bool) -> 
         return f"--job-workers must be 1 to {MAX_WORKERS}, not {args.job_workers}"
     if not 0 <= args.block_workers <= MAX_WORKERS:
         return f"--block-workers must be 0 to {MAX_WORKERS}, not {args.block_workers}"
+    if args.nbd_cache_mib < MIN_NBD_CACHE_MIB:  # four 512 KiB blocks: a write-back needs room to turn
+        return f"--nbd-cache-mib must be at least {MIN_NBD_CACHE_MIB}, not {args.nbd_cache_mib}"
     if args.credentials is not None:
         from ebscrypt.identity import load_credentials
 

@@ -44,6 +44,8 @@ def test_options_reach_the_settings(args: list[str], job_workers: int, block_wor
          f"ebscrypt: --block-workers must be 0 to {MAX_WORKERS}, not {MAX_WORKERS + 1}\n"),
         (["--job-workers", "0"], f"ebscrypt: --job-workers must be 1 to {MAX_WORKERS}, not 0\n"),
         (["--job-workers", "-3"], f"ebscrypt: --job-workers must be 1 to {MAX_WORKERS}, not -3\n"),
+        (["--nbd-cache-mib", "0"], "ebscrypt: --nbd-cache-mib must be at least 2, not 0\n"),
+        (["--nbd-cache-mib", "-5"], "ebscrypt: --nbd-cache-mib must be at least 2, not -5\n"),
     ],
 )
 def test_bad_counts_are_refused_in_one_line(

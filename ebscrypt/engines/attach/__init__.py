@@ -15,5 +15,4 @@ from ebscrypt.engines.attach.engine import AttachEngine
 
 
 def open_engine(runtime: Any) -> Any:
-    mib = int(getattr(runtime.settings, "nbd_cache_mib", 128) or 128)
-    return AttachEngine(runtime, cache_blocks=max(4, mib * 2))  # 512 KiB blocks
+    return AttachEngine(runtime, cache_blocks=runtime.settings.nbd_cache_mib * 2)  # 512 KiB blocks
