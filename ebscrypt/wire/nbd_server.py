@@ -304,12 +304,9 @@ class NbdServer:
         try:
             while True:
                 req = nbd.parse_request(await reader.readexactly(nbd.REQUEST_SIZE))
-                if req.command == nbd.CMD_DISC:
+                size = _in_flight_size(req)
+                if size is None:
                     return
-                if req.command == nbd.CMD_WRITE and req.length > nbd.MAX_PAYLOAD:
-                    # The stream cannot be resynchronised past a payload we will not read.
-                    raise nbd.ProtocolError(f"write of {req.length} bytes exceeds the maximum")
-                size = min(req.length, nbd.MAX_PAYLOAD) if req.command in (nbd.CMD_READ, nbd.CMD_WRITE) else 0
                 await budget.take(size)  # before reading a payload: memory per connection is bounded
                 payload = await reader.readexactly(req.length) if req.command == nbd.CMD_WRITE else b""
                 reply = _inline(req, payload, export, session.structured)
@@ -345,6 +342,17 @@ class NbdServer:
             pass
         finally:
             budget.give(size)
+
+def _in_flight_size(req: nbd.Request) -> int | None:
+    """The bytes ``req`` holds while in flight (its payload or its data), for the
+    connection's memory budget; None for a disconnect. A write larger than the maximum is
+    a protocol error: the stream cannot be resynchronised past a payload we will not read."""
+    if req.command == nbd.CMD_DISC:
+        return None
+    if req.command == nbd.CMD_WRITE and req.length > nbd.MAX_PAYLOAD:
+        raise nbd.ProtocolError(f"write of {req.length} bytes exceeds the maximum")
+    return min(req.length, nbd.MAX_PAYLOAD) if req.command in (nbd.CMD_READ, nbd.CMD_WRITE) else 0
+
 
 def execute(req: nbd.Request, payload: bytes | bytearray, export: OpenVolume, session: _Session) -> tuple[int, Any]:
     """Serve one request (blocking: disk, crypto): (error, data), data being the bytes read
@@ -451,12 +459,9 @@ class _ThreadedConnection:
     def _loop(self) -> None:
         while True:
             req = nbd.parse_request(bytes(self._recv(nbd.REQUEST_SIZE)))
-            if req.command == nbd.CMD_DISC:
+            size = _in_flight_size(req)
+            if size is None:
                 return
-            if req.command == nbd.CMD_WRITE and req.length > nbd.MAX_PAYLOAD:
-                # The stream cannot be resynchronised past a payload we will not read.
-                raise nbd.ProtocolError(f"write of {req.length} bytes exceeds the maximum")
-            size = min(req.length, nbd.MAX_PAYLOAD) if req.command in (nbd.CMD_READ, nbd.CMD_WRITE) else 0
             self._take(size)  # before reading a payload: memory per connection is bounded
             try:
                 payload = self._recv(req.length) if req.command == nbd.CMD_WRITE else bytearray()
