@@ -243,8 +243,7 @@ def start_session(runtime: Runtime, snapshot_id: str, account: str, region: str,
                 last_activity=now,
             )
         )
-    runtime.blocks.add_periodic("ebs-timeouts", lambda: reap_timed_out(runtime), 2.0)
-    return True
+    return True  # its Timeout is watched by the reaper scheduled at start-up (engines/ebs schedule_timeouts)
 
 
 def check_write_session(ctx: RequestContext, snap: Any, session: Any) -> None:
