@@ -1,5 +1,12 @@
 """The ASGI application: HTTP in, one service handler called, HTTP out.
 
+The AWS API (every path but ``/_ebscrypt/…`` and ``/_console``) is served by
+:class:`Gateway` as a plain ASGI callable: the body read from ``receive``, an
+:class:`~ebscrypt.wire.http.HttpRequest` built from the scope, the answer sent as two
+messages. Starlette's Request/Response objects, routing and middleware cost a KMS
+data-key call about a fifth of its CPU (issue 15, bench/README.md "Server cost"), so they
+serve only the console and the health/ready/clock routes (:func:`build_app`).
+
 Per request: refuse what a web page in the user's browser could have sent (foreign
 ``Host``, untrusted ``Origin``, ``Sec-Fetch-Site: cross-site``; see
 :mod:`ebscrypt.wire.origin`), read the body (refusing oversized ones before reading them
@@ -10,17 +17,22 @@ serialize the result or the error in the protocol's own envelope.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
+import os
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from ebscrypt.blocking import WouldBlock, on_loop
 from ebscrypt.console.app import Console
@@ -71,8 +83,31 @@ _UNAVAILABLE_CODE = {
 }
 
 
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# The methods the API answers (others: 405, as Starlette's route answered them).
+API_METHODS = ("GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS")
+_METHOD_NOT_ALLOWED = (
+    405,
+    [(b"content-type", b"text/plain; charset=utf-8"), (b"allow", ", ".join(API_METHODS).encode())],
+    b"Method Not Allowed",
+)
+
+# Worker threads for handlers (blocking SQL, crypto, fsync). A plain executor: its hand-off
+# (a queue put, then call_soon_threadsafe back) is one wake-up each way, as anyio's was;
+# as many threads as anyio's default limiter gave the gateway before (40).
+WORKER_THREADS = 40
+
+
+class _Disconnected(Exception):
+    """The client went away before its request body was read: nothing to answer."""
+
+
 class Gateway:
-    """Everything one request needs, built once per process."""
+    """Everything one request needs, built once per process; an ASGI app (the AWS API)."""
 
     def __init__(self, settings: Settings, runtime: Runtime) -> None:
         self.settings = settings
@@ -83,30 +118,51 @@ class Gateway:
         # Handlers registered inline run on the event loop when the metadata database is
         # SQLite (a read is a local call); on PostgreSQL a read is a network round trip.
         self.inline = bool(getattr(runtime.db, "is_sqlite", False))
+        self.workers = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="ebscrypt-worker")
 
-    async def handle(self, request: Request) -> Response:
+    def close(self) -> None:
+        self.workers.shutdown(wait=True)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One AWS API request, from the ASGI scope to the two response messages."""
+        if scope["method"] not in API_METHODS:
+            status, raw, body = _METHOD_NOT_ALLOWED
+        else:
+            try:
+                response, extra = await self.handle(scope, receive)
+            except _Disconnected:
+                return
+            status, body = response.status, response.body
+            raw = _raw_headers(response, extra)
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+
+    async def handle(self, scope: Scope, receive: Receive) -> tuple[HttpResponse, Sequence[tuple[str, str]]]:
+        """The answer to one request and the CORS headers to send with it."""
         request_id = str(uuid.uuid4())
         service = "ec2"  # the envelope for errors raised before a service is known
         operation = None
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        cors = origin.cors_headers(self.origins, headers)
+        # Header names arrive lower-cased (uvicorn); a repeated header keeps its last value.
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        method: str = scope["method"]
+        cors = origin.cors_headers(self.origins, headers) if "origin" in headers else ()
         try:
             refused = origin.refusal(self.origins, headers)
-            if request.method == "OPTIONS":
-                answer = origin.preflight_headers(self.origins, headers)
-                if refused is None and answer is not None and origin.is_preflight(request.method, headers):
-                    return Response(status_code=200, headers=dict(answer))
+            if method == "OPTIONS":
+                preflight = origin.preflight_headers(self.origins, headers)
+                if refused is None and preflight is not None and origin.is_preflight(method, headers):
+                    return HttpResponse(200, list(preflight)), ()
                 refused = refused or "OPTIONS is only answered as the CORS preflight of an origin given with --cors-origin."
-            http = await _read(request, self.settings.max_body_bytes)
-            scope = sigv4.read_scope(http)
-            routed = routing.service_for(http, scope.service if scope else None)
+            http = await _read(scope, headers, receive, self.settings.max_body_bytes)
+            scope_ = sigv4.read_scope(http)
+            routed = routing.service_for(http, scope_.service if scope_ else None)
             if refused is not None:  # before authentication and parsing: nothing runs
                 service = routed or "ec2"
                 raise ServiceError(refused, code=_FORBIDDEN_CODE[service], status=403)
             if routed is None:
                 raise UnknownOperation("The request names no AWS service or action this endpoint serves.")
             service = routed
-            caller = self.auth.authenticate(http, scope, self.runtime.clock.now())
+            caller = self.auth.authenticate(http, scope_, self.runtime.clock.now())
             codec = codec_for(service)
             operation, params = codec.parse(http)
             handler = registry.handler_for(service, operation.name)
@@ -119,30 +175,38 @@ class Gateway:
             # An inline handler (KMS data-key calls) runs and answers on the event loop; any
             # other — or one that reached a step that can wait — runs in a worker thread, its
             # answer serialized there too: a Describe of 1,000 items is milliseconds of XML
-            # that would otherwise hold the event loop (issue 15).
+            # that would otherwise hold the event loop (issue 15). One hand-off per request.
             result = _run_on_loop(handler, ctx, params) if self.inline and registry.is_inline(handler) else _DEFER
+            answer: HttpResponse
             if result is _DEFER:
-                answer = await run_in_threadpool(_answer, handler, ctx, params, codec, operation)
+                answer = await self._in_worker(_answer, handler, ctx, params, codec, operation)
             else:
-                answer = codec.serialize(operation, result or {}, request_id)
+                answer = codec.serialize(operation, result or {}, request_id)  # type: ignore[arg-type]
             self.runtime.space.note_success()
-            return _to_starlette(answer, cors)
+            return answer, cors
+        except _Disconnected:
+            raise
         except ServiceError as error:
             if isinstance(error, ServiceUnavailable) and error.code == "ServiceUnavailable":
                 log.warning("%s %s: %s (request %s)", service, operation and operation.name, error.message, request_id)
                 error.code = _UNAVAILABLE_CODE[service]
-            return _to_starlette(codec_for(service).serialize_error(error, request_id), cors)
+            return codec_for(service).serialize_error(error, request_id), cors
         except Exception as exc:
             if is_out_of_space(exc):  # retryable 503; the monitor logs the condition once
                 what = f"the result of {operation.name}" if operation else "the request"
-                error = self.runtime.space.error(what, _root_cause(exc))
-                return _to_starlette(codec_for(service).serialize_error(error, request_id), cors)
+                full = self.runtime.space.error(what, _root_cause(exc))
+                return codec_for(service).serialize_error(full, request_id), cors
             log.exception("internal error in %s %s (request %s)", service, operation and operation.name, request_id)
-            error = InternalFailure(
+            internal = InternalFailure(
                 "An internal error occurred; the request changed nothing that was not acknowledged.",
                 code=_INTERNAL_CODE[service],
             )
-            return _to_starlette(codec_for(service).serialize_error(error, request_id), cors)
+            return codec_for(service).serialize_error(internal, request_id), cors
+
+    def _in_worker(self, fn: Callable[..., HttpResponse], *args: Any) -> Awaitable[HttpResponse]:
+        """Run ``fn`` in a worker thread, in a copy of this task's context (as anyio did)."""
+        run = contextvars.copy_context().run
+        return asyncio.get_running_loop().run_in_executor(self.workers, run, fn, *args)
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -177,7 +241,8 @@ def _run_on_loop(handler: Any, ctx: RequestContext, params: dict[str, Any]) -> A
 
 def _answer(handler: Any, ctx: RequestContext, params: dict[str, Any], codec: Any, operation: Any) -> HttpResponse:
     """The handler's result, serialized by the service's codec. [worker thread]"""
-    return codec.serialize(operation, _run_handler(handler, ctx, params) or {}, ctx.request_id)
+    response: HttpResponse = codec.serialize(operation, _run_handler(handler, ctx, params) or {}, ctx.request_id)
+    return response
 
 
 def _run_handler(handler: Any, ctx: RequestContext, params: dict[str, Any]) -> Any:
@@ -202,35 +267,84 @@ def _run_handler(handler: Any, ctx: RequestContext, params: dict[str, Any]) -> A
     raise AssertionError("unreachable")
 
 
-async def _read(request: Request, limit: int) -> HttpRequest:
-    declared = request.headers.get("content-length")
+async def _read(scope: Scope, headers: dict[str, str], receive: Receive, limit: int) -> HttpRequest:
+    """The request with its whole body; an oversized body refused before it is read when
+    its Content-Length says so, else as soon as it passes ``limit``."""
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"The request body is larger than the {limit} bytes this endpoint accepts.")
+    body = b""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect
+            raise _Disconnected()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"The request body is larger than the {limit} bytes this endpoint accepts.")
+        if not message.get("more_body", False):
+            # Most bodies come in one message: no join, no copy.
+            body = b"".join((*chunks, chunk)) if chunks else chunk
+            break
         chunks.append(chunk)
-    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
     return HttpRequest(
-        method=request.method,
+        method=scope["method"],
         path=raw_path.decode("latin-1"),
-        query=request.scope.get("query_string", b"").decode("latin-1"),
-        headers={k.lower(): v for k, v in request.headers.items()},
-        body=b"".join(chunks),
+        query=scope.get("query_string", b"").decode("latin-1"),
+        headers=headers,
+        body=body,
     )
 
 
-def _to_starlette(response: HttpResponse, extra: Sequence[tuple[str, str]] = ()) -> Response:
-    out = Response(content=response.body, status_code=response.status)
+def _raw_headers(response: HttpResponse, extra: Sequence[tuple[str, str]] = ()) -> list[tuple[bytes, bytes]]:
+    """The response's headers as ASGI sends them: Content-Length first (none on 1xx, 204,
+    304), names lower-cased, a name given twice keeping its last value (as Starlette's
+    ``MutableHeaders`` did)."""
+    out: dict[bytes, bytes] = {}
+    if not (response.status < 200 or response.status in (204, 304)):
+        out[b"content-length"] = str(len(response.body)).encode()
     for name, value in [*response.headers, *extra]:
-        out.headers[name] = value
-    return out
+        out[name.lower().encode("latin-1")] = value.encode("latin-1")
+    return list(out.items())
 
 
-def build_app(settings: Settings) -> Starlette:
+class App:
+    """The server's ASGI app: the AWS API straight to the :class:`Gateway`; the lifespan,
+    ``/_ebscrypt/…`` and the console to Starlette (behind uvicorn's proxy-headers
+    middleware, which only they use: the console's cookie follows the scheme a trusted
+    proxy reports)."""
+
+    def __init__(self, site: Starlette, state: dict[str, Gateway]) -> None:
+        trusted = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+        self.site = ProxyHeadersMiddleware(site, trusted_hosts=trusted)  # type: ignore[arg-type]
+        self._state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not _site_path(scope["path"]) and "gateway" in self._state:
+            await self._state["gateway"](scope, receive, send)
+        else:
+            await self.site(scope, receive, send)  # type: ignore[arg-type]  # uvicorn's typed-dict scopes
+
+
+class _ToGateway:
+    """The running gateway as a Starlette route's ASGI endpoint."""
+
+    def __init__(self, state: dict[str, Gateway]) -> None:
+        self._state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._state["gateway"](scope, receive, send)
+
+
+def _site_path(path: str) -> bool:
+    """Paths Starlette serves (unknown ones there fall back to the gateway, as before)."""
+    return path.startswith("/_ebscrypt/") or path == "/_console" or path.startswith("/_console/")
+
+
+def build_app(settings: Settings) -> App:
     """The ASGI app; the runtime (database, engines, job workers) lives with its lifespan."""
     state: dict[str, Gateway] = {}
     origins = origin_policy(settings)
@@ -257,10 +371,9 @@ def build_app(settings: Settings) -> Starlette:
         finally:
             if nbd_server is not None:
                 await nbd_server.close()
+            state.pop("gateway").close()
             close_runtime(runtime)
 
-    async def aws(request: Request) -> Response:
-        return await state["gateway"].handle(request)
 
     def refused(request: Request) -> Response | None:
         why = origin.refusal(origins, {k.lower(): v for k, v in request.headers.items()})
@@ -300,8 +413,7 @@ def build_app(settings: Settings) -> Starlette:
     # authenticator as the API; its own sign-in (a session cookie) instead of SigV4.
     console = Console(lambda: state["gateway"])
 
-    methods = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"]
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/_ebscrypt/health", health, methods=["GET"]),
         Route("/_ebscrypt/ready", ready, methods=["GET"]),
         Route("/_ebscrypt/clock/advance", advance_clock, methods=["POST"]),
@@ -311,5 +423,6 @@ def build_app(settings: Settings) -> Starlette:
             Route("/_console", lambda _r: RedirectResponse("/_console/", status_code=308), methods=["GET"]),
             Mount("/_console", app=console.routes()),
         ]
-    routes.append(Route("/{path:path}", aws, methods=methods))
-    return Starlette(routes=routes, lifespan=lifespan)
+    # Paths under /_ebscrypt/ and /_console that no route above names: the API's.
+    routes.append(Route("/{path:path}", _ToGateway(state), methods=list(API_METHODS)))
+    return App(Starlette(routes=routes, lifespan=lifespan), state)

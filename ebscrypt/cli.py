@@ -351,13 +351,17 @@ def _run(args: argparse.Namespace, settings: Settings, sock: socket.socket) -> i
     import uvicorn
 
     from ebscrypt.app import build_app
+    from ebscrypt.wire.http_server import protocol_class
 
     # uvicorn catches SIGINT/SIGTERM: it stops accepting, finishes requests, runs the
     # lifespan shutdown (job workers stopped, database closed), then re-raises the signal
     # to the handlers below, so a requested stop exits with status 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # proxy_headers off: the app applies uvicorn's middleware to the routes that read the
+    # client's scheme (the console), not to every API call (ebscrypt/app.py, issue 15).
+    # The HTTP protocol: uvicorn's, sending each response in one write (wire/http_server.py).
     config = uvicorn.Config(build_app(settings), log_level=args.log_level, access_log=False,
-                            http=args.http, loop=args.loop)
+                            http=protocol_class(args.http), loop=args.loop, proxy_headers=False)
     server = uvicorn.Server(config)
     try:
         server.run(sockets=[sock])

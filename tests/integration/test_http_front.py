@@ -1,0 +1,134 @@
+"""The HTTP front path (issue 15): the AWS API served by the gateway as a plain ASGI app
+(no Starlette objects), over both HTTP stacks ``serve`` offers — httptools/uvloop (the
+default) and h11/asyncio — with each response written whole (wire/http_server.py)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from tests.conftest import ServerProcess, make_client
+
+STACKS = {
+    "default": [],
+    "h11-asyncio": ["--http", "h11", "--loop", "asyncio"],
+}
+
+
+@pytest.fixture(scope="module", params=sorted(STACKS))
+def stack_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = ServerProcess(tmp_path_factory.mktemp(f"front-{request.param}") / "data",
+                        extra_args=STACKS[request.param]).start()
+    yield srv
+    srv.stop()
+
+
+def _conn(srv: ServerProcess) -> http.client.HTTPConnection:
+    return http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+
+
+def test_kms_pair_and_ec2_call_through_boto3(stack_server: ServerProcess) -> None:
+    kms = make_client(stack_server.url, "kms")
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    dk = kms.generate_data_key(KeyId=key, KeySpec="AES_256")
+    assert kms.decrypt(CiphertextBlob=dk["CiphertextBlob"])["Plaintext"] == dk["Plaintext"]
+    ec2 = make_client(stack_server.url, "ec2")
+    vol = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
+    assert ec2.describe_volumes(VolumeIds=[vol])["Volumes"][0]["VolumeId"] == vol
+
+
+def test_keep_alive_answers_back_to_back(stack_server: ServerProcess) -> None:
+    conn = _conn(stack_server)
+    body = "Action=DescribeRegions&Version=2016-11-15"
+    for _ in range(5):
+        conn.request("POST", "/", body=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
+        resp = conn.getresponse()
+        data = resp.read()
+        assert resp.status == 200 and b"<regionName>us-east-1</regionName>" in data
+        assert int(resp.getheader("content-length")) == len(data)
+    conn.close()
+
+
+def test_head_gets_headers_and_no_body(stack_server: ServerProcess) -> None:
+    conn = _conn(stack_server)
+    conn.request("HEAD", "/?Action=DescribeRegions&Version=2016-11-15")
+    resp = conn.getresponse()
+    assert resp.read() == b""
+    assert resp.getheader("content-length") is not None
+    # The connection is still usable: the held header block did not linger.
+    conn.request("GET", "/?Action=DescribeRegions&Version=2016-11-15")
+    assert conn.getresponse().status == 200
+    conn.close()
+
+
+def test_connection_close_answer_arrives_whole(stack_server: ServerProcess) -> None:
+    conn = _conn(stack_server)
+    conn.request("GET", "/?Action=DescribeRegions&Version=2016-11-15", headers={"Connection": "close"})
+    resp = conn.getresponse()
+    data = resp.read()
+    assert resp.status == 200 and b"DescribeRegionsResponse" in data
+    conn.close()
+
+
+def test_expect_100_continue_is_answered_before_the_body(stack_server: ServerProcess) -> None:
+    body = b"Action=DescribeRegions&Version=2016-11-15"
+    with socket.create_connection(("127.0.0.1", stack_server.port), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        interim = sock.recv(64)
+        assert interim.startswith(b"HTTP/1.1 100")
+        sock.sendall(body)
+        answer = b""
+        while b"</DescribeRegionsResponse>" not in answer:
+            chunk = sock.recv(65536)
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200")
+
+
+def test_method_not_allowed_and_site_routes(stack_server: ServerProcess) -> None:
+    conn = _conn(stack_server)
+    conn.request("TRACE", "/")
+    resp = conn.getresponse()
+    assert resp.status == 405 and resp.read() == b"Method Not Allowed"
+    assert "POST" in (resp.getheader("allow") or "")
+    conn.request("GET", "/_ebscrypt/health")
+    resp = conn.getresponse()
+    assert resp.status == 200 and json.loads(resp.read())["status"] == "ok"
+    # A path under /_ebscrypt/ that no route names is still the API's (as before).
+    conn.request("GET", "/_ebscrypt/nothing?Action=DescribeRegions&Version=2016-11-15")
+    resp = conn.getresponse()
+    assert resp.status == 200 and b"DescribeRegionsResponse" in resp.read()
+    conn.close()
+
+
+def test_body_over_the_limit_refused_without_content_length(stack_server: ServerProcess) -> None:
+    """A chunked body is counted as it arrives (no Content-Length to refuse it up front)."""
+    conn = _conn(stack_server)
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(40):
+            yield b"x" * (64 * 1024)  # 2.5 MiB > the 2 MiB default limit
+
+    conn.request("POST", "/", body=chunks(), headers={"Content-Type": "application/x-www-form-urlencoded"},
+                 encode_chunked=True)
+    resp = conn.getresponse()
+    assert resp.status == 413, resp.read()
+    conn.close()
+
+
+def test_client_gone_mid_body_leaves_the_server_answering(stack_server: ServerProcess) -> None:
+    with socket.create_connection(("127.0.0.1", stack_server.port), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\nAction=")
+    log: Any = Path(stack_server.log_path)
+    conn = _conn(stack_server)
+    conn.request("GET", "/?Action=DescribeRegions&Version=2016-11-15")
+    assert conn.getresponse().status == 200
+    conn.close()
+    assert "internal error" not in log.read_text()
