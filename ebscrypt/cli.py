@@ -118,12 +118,13 @@ def _add_serve_command(commands: Any) -> None:
     serve.add_argument("--root-key-file", type=Path, default=None, metavar="PATH",
                        help="the KMS root key file, the same as --key-store file:PATH (default: the data "
                             "dir's root.key); every host sharing a --db is given the same file")
-    # uvicorn's HTTP parser and event loop; "auto" takes httptools / uvloop when installed
-    # (faster parsing of large request bodies, cheaper loop), else h11 / asyncio.
+    # uvicorn's HTTP parser and event loop; "auto" takes httptools / uvloop (dependencies
+    # of the package: a cheaper request path, bench/README.md section A), else h11 / asyncio
+    # (a platform without their wheels); h11 / asyncio can be chosen by name.
     serve.add_argument("--http", choices=["auto", "h11", "httptools"], default="auto",
-                       help="HTTP implementation (default auto: httptools if installed)")
+                       help="HTTP implementation (default auto: httptools, h11 if it is not installed)")
     serve.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
-                       help="event loop (default auto: uvloop if installed)")
+                       help="event loop (default auto: uvloop, asyncio if it is not installed)")
     serve.set_defaults(func=_serve)
 
 

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 
 from botocore.auth import SigV4Auth
@@ -96,12 +97,29 @@ class _Verifier(SigV4Auth):  # type: ignore[misc]  # botocore ships no type hint
         super().__init__(credentials, service, region)
         self._signed = signed
 
+    def signature(self, string_to_sign: str, request: AWSRequest) -> str:
+        """botocore's signature, from a signing key derived once per scope (below)."""
+        key = signing_key(self.credentials.secret_key, request.context["timestamp"][0:8],
+                          self._region_name, self._service_name)
+        return hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+
     def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
         headers = HTTPHeaders()
         for name in self._signed:
             for value in request.headers.get_all(name) or []:
                 headers[name] = value
         return headers
+
+
+@lru_cache(maxsize=1024)
+def signing_key(secret_key: str, date: str, region: str, service: str) -> bytes:
+    """SigV4's signing key: four HMACs that depend only on the secret and the credential
+    scope (a day, a region, a service), so a client's requests of one day share it (AWS
+    documents caching it). Bounded: keys of past days fall out as new ones come in."""
+    key = hmac.new(f"AWS4{secret_key}".encode(), date.encode(), hashlib.sha256).digest()
+    for part in (region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return key
 
 
 def verify(request: HttpRequest, scope: Scope, secret_key: str, now: datetime) -> None:

@@ -119,3 +119,17 @@ def test_strict_mode_refuses_unknown_keys() -> None:
     with pytest.raises(AuthError) as err:
         auth.authenticate(HttpRequest("POST", "/", "", {}, b""), scope, NOW)
     assert err.value.kind == "unknown_key"
+
+
+def test_cached_signing_key_is_botocore_s_derivation() -> None:
+    """The signing key cached per (secret, date, region, service) is the one botocore
+    derives (issue 15): verifying with it accepts what botocore signed, and a different
+    scope gives a different key."""
+    signing_key = sigv4.signing_key
+    auth = SigV4Auth(Credentials("AKID", "secret/key+1"), "kms", "eu-west-1")
+    k = auth._sign(("AWS4secret/key+1").encode(), "20260102")
+    for part in ("eu-west-1", "kms", "aws4_request"):
+        k = auth._sign(k, part)
+    assert signing_key("secret/key+1", "20260102", "eu-west-1", "kms") == k
+    assert signing_key("secret/key+1", "20260103", "eu-west-1", "kms") != k
+    assert signing_key("secret/key+2", "20260102", "eu-west-1", "kms") != k
