@@ -1,8 +1,9 @@
 """KMS server work with 1 and 16 clients: GenerateDataKey+Decrypt pairs (and, with
-``--mutating``, CreateKey and CreateGrant) replayed raw (bench/README.md, "Server cost"),
+``--mutating``, CreateKey and CreateGrant; with ``--ec2``, CreateVolume and
+DescribeVolumes of one id, whose handlers run in worker threads) replayed raw (bench/README.md, "Server cost"),
 with the server process's CPU time per pair (per call).
 
-    python bench/bench_kms_server.py [--pairs 1000] [--rounds 3] [--fast-path DIR] [--mutating]
+    python bench/bench_kms_server.py [--pairs 1000] [--rounds 3] [--fast-path DIR] [--mutating] [--ec2] [--no-pairs]
 
 Over 16 connections the replaying client (one Python process, 16 threads) shares the
 machine's cores with the server, so wall pairs/s is bounded by the client too. The
@@ -39,10 +40,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _describe_one(ctx: Ctx) -> list[RawCall]:
+    """DescribeVolumes of one id among 20 volumes (made once per server)."""
+    if "one" not in ctx.state:
+        ec2 = ctx.client("ec2")
+        ctx.state["one"] = [ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
+                            for _ in range(20)][7]
+    return [RawCall("ec2", "describe_volumes", dict(VolumeIds=[ctx.state["one"]]),
+                    ok=lambda body: body.count(b"<volumeId>") == 1)]
+
+
 REPLAYS: dict[str, Callable[[Ctx], list[RawCall]]] = {  # not WORKLOADS: run.py would take it
     "pair": raw_pair,
     "CreateKey": lambda ctx: [raw_create_key(ctx)],
     "CreateGrant": lambda ctx: [raw_create_grant(ctx)],
+    # --ec2: the request path under the other calls (a worker-thread handler each)
+    "CreateVolume": lambda ctx: [RawCall("ec2", "create_volume", dict(AvailabilityZone="us-east-1a", Size=1))],
+    "DescribeVol1": _describe_one,
 }
 
 
@@ -53,7 +67,7 @@ def one_round(server: Server, ctx: Ctx, pairs: int, conns: int, workload: str = 
     signed = [sign_requests(ctx.endpoint, rc, pairs) for rc in rcs]
     reqs = [r for group in zip(*signed) for r in group]
     before = cpu_seconds(server.proc.pid)
-    spent = replay(ctx.endpoint, reqs, None, conns)
+    spent = replay(ctx.endpoint, reqs, rcs[0].ok, conns)
     used = cpu_seconds(server.proc.pid) - before
     return pairs / spent, used * 1000 / pairs
 
@@ -75,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fast-path", action="append", default=[])
     p.add_argument("--baseline", type=Path, help="a checkout to compare with (its server, same run)")
     p.add_argument("--mutating", action="store_true", help="also CreateKey and CreateGrant (per call)")
+    p.add_argument("--ec2", action="store_true", help="also CreateVolume and DescribeVolumes of one id (per call)")
+    p.add_argument("--no-pairs", action="store_true", help="leave out the KMS pairs")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench-kms-server-"))
     servers: list[Server] = []
@@ -89,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         for s in servers:
             make_key(ctxs[s.name])
             one_round(s, ctxs[s.name], 50, 1)  # warm up
-        workloads = ["pair", "CreateKey", "CreateGrant"] if args.mutating else ["pair"]
+        workloads = ([] if args.no_pairs else ["pair"]) + (["CreateKey", "CreateGrant"] if args.mutating else []) \
+            + (["CreateVolume", "DescribeVol1"] if args.ec2 else [])
         results: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
         for i in range(args.rounds):
             order = servers if i % 2 == 0 else servers[::-1]
