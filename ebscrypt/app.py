@@ -4,8 +4,9 @@ The AWS API (every path but ``/_ebscrypt/…`` and ``/_console``) is served by
 :class:`Gateway` as a plain ASGI callable: the body read from ``receive``, an
 :class:`~ebscrypt.wire.http.HttpRequest` built from the scope, the answer sent as two
 messages. Starlette's Request/Response objects, routing and middleware cost a KMS
-data-key call about a fifth of its CPU (issue 15, bench/README.md "Server cost"), so they
-serve only the console and the health/ready/clock routes (:func:`build_app`).
+data-key call ~16% of the event loop's CPU (issue 15, bench/README.md section A), so
+they serve only the console and the health/ready/clock routes (:func:`build_app`); the
+HTTP protocols send each response in one write (:mod:`ebscrypt.wire.http_server`).
 
 Per request: refuse what a web page in the user's browser could have sent (foreign
 ``Host``, untrusted ``Origin``, ``Sec-Fetch-Site: cross-site``; see
@@ -92,6 +93,7 @@ _METHOD_NOT_ALLOWED = (
     [(b"content-type", b"text/plain; charset=utf-8"), (b"allow", ", ".join(API_METHODS).encode())],
     b"Method Not Allowed",
 )
+
 
 class _Disconnected(Exception):
     """The client went away before its request body was read: nothing to answer."""
