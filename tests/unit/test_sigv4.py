@@ -204,3 +204,27 @@ def test_canonical_request_is_botocore_s(method: str, url: str, body: bytes, hea
     ours = hmac.new(sigv4.signing_key("s3cret", req.headers["x-amz-date"][:8], scope.region, scope.service),
                     sigv4.string_to_sign(req, scope, req.headers["x-amz-date"]).encode(), hashlib.sha256).hexdigest()
     assert ours == signature
+
+
+def test_canonical_request_matches_botocore_over_random_requests() -> None:
+    """Seeded random paths, queries and header values (spaces, encodings, repeats)."""
+    import random
+
+    rng = random.Random(15)
+    alphabet = "aZ09-_.~%2F+=&/ :;,\t"
+    for _ in range(300):
+        path = "/" + "/".join("".join(rng.choice("abc.%20~-") for _ in range(rng.randint(0, 4)))
+                              for _ in range(rng.randint(0, 4)))
+        query = "&".join(
+            "".join(rng.choice("kqZ%2B") for _ in range(rng.randint(0, 3)))
+            + rng.choice(["", "=", "=" + "".join(rng.choice("v1%3D+") for _ in range(rng.randint(0, 3)))])
+            for _ in range(rng.randint(0, 4)))
+        req = signed("POST", f"http://h:1{path or '/'}" + (f"?{query}" if query else ""), b"x" * rng.randint(0, 9),
+                     {"X-Amz-Meta": "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))).strip() or "v"},
+                     service="ec2")
+        scope = sigv4.read_scope(req)
+        assert scope is not None
+        if rng.random() < 0.3:
+            req.headers.pop("x-amz-content-sha256", None)
+        canonical, signature = _botocore_signature(req, scope, "s3cret")
+        assert sigv4.canonical_request(req, scope) == canonical, (path, query)
