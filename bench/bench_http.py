@@ -4,7 +4,8 @@ httptools/uvloop, and a null server (bench/null_server.py), interleaved in one r
     python bench/bench_http.py [--fast-path DIR] [--rounds 3] [--seconds 1]
 
 ``--fast-path DIR``: where httptools and uvloop are importable from for the second server
-(``pip install --target DIR httptools uvloop``) when they are not installed for everyone.
+(``pip install --target DIR httptools uvloop``); they are dependencies of the package
+now (the default of ``serve``), so this is only for an environment without them.
 Workloads: PutSnapshotBlock of 512 KiB over 1 and 8 connections (MiB/s), and a KMS
 GenerateDataKey+Decrypt pair over 1 connection (ms per pair). Figures are medians of the
 rounds; ratios are to the null server of the same run (the client + HTTP ceiling).
