@@ -37,7 +37,7 @@ from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume, from_resu
 from ebscrypt.engines.ec2.snapshot_access import get_snapshot
 from ebscrypt.engines.ec2.sql_filters import as_bool, narrow, owner_column
 from ebscrypt.engines.ec2 import creation, instance_records, provenance, waits
-from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags, tags_for
+from ebscrypt.engines.ec2.tags import delete_tags_of, page_tags_for, put_tags, tags_for
 from ebscrypt.engines.jobs import JobContext, job_kind
 from ebscrypt.errors import (
     IncorrectModificationState,
@@ -706,7 +706,8 @@ def describe_volumes(ctx: RequestContext, volume_ids: list[str] | None = None, *
                             filters=filters)
         ids = [v.id for v in vols]
         atts = attachments_of(conn, ids)
-        tags = tags_for(conn, caller.account, ids)
+        # a page (nothing filtered out): every volume of the account in its id range
+        tags = (page_tags_for if not volume_ids and not filters else tags_for)(conn, caller.account, ids)
     if volume_ids:
         missing = sorted(set(volume_ids) - set(ids))
         if missing:
