@@ -158,8 +158,10 @@ def _page_indexes(conn: Connection) -> None:
 # so the tags of a page of resources (contiguous in id order) are one index range
 # (``account = ? AND resource_id BETWEEN first AND last``) instead of 1,000 probes of an
 # IN list. Additive (an index only), declared on the table too; IF NOT EXISTS as v8.
+# And an account's images in id order: DescribeImages pages in SQL as the others do.
 TAG_RANGE_INDEXES = (
     ("ix_ec2_tags_account_resource", "ec2_tags", "account, resource_id, key"),
+    ("ix_ec2_images_page", "ec2_images", "account, region, image_id"),
 )
 
 

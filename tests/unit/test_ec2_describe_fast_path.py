@@ -116,3 +116,67 @@ def test_page_tags_are_planned_through_the_range_index(db: Database) -> None:
         ids = [r.id for r in conn.execute(select(ec2_snapshots.c.id).order_by(ec2_snapshots.c.id))]
     plan = _plans(db, lambda c: page_tags_for(c, ACCOUNT, ids))
     assert any("ix_ec2_tags_account_resource" in d and "resource_id>" in d for d in plan), plan
+
+
+def _image_rows(database: Database) -> None:
+    import json
+
+    from ebscrypt.storage.tables.ec2_images import ec2_image_launch_permissions, ec2_images
+
+    with database.begin() as conn:
+        for i in range(40):
+            owner = (ACCOUNT, OTHER, OTHER)[i % 3]
+            image_id = f"ami-{(i * 7919) % 1000:017x}"  # ids not in creation order
+            conn.execute(insert(ec2_images).values(
+                image_id=image_id, account=owner, region=REGION, name=f"img-{i}", description=None,
+                state="available", state_reason_code=None, state_reason_message=None, architecture="x86_64",
+                virtualization_type="hvm", root_device_name="/dev/xvda", root_device_type="ebs", ena_support=True,
+                sriov_net_support=None, boot_mode=None, tpm_support=None, imds_support=None, image_location=None,
+                kernel_id=None, ramdisk_id=None, platform=None, public=owner == OTHER and i % 2 == 0,
+                mappings=json.dumps([{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": "snap-1", "VolumeSize": 8}}]),
+                source_image_id=None, source_region=None, source_instance_id=None, client_token=None,
+                created_at=T0))
+            if owner == OTHER and i % 2 == 1 and i % 5 == 0:
+                conn.execute(insert(ec2_image_launch_permissions).values(image_id=image_id, user_id=ACCOUNT))
+            if i % 4 == 0:
+                conn.execute(insert(ec2_tags).values(resource_id=image_id, key="Name", value=f"t{i % 3}",
+                                                     resource_type="image", account=ACCOUNT, region=REGION))
+
+
+@pytest.mark.parametrize("params", [
+    {}, {"Owners": ["self"]}, {"Owners": [OTHER]}, {"Filters": [{"Name": "tag:Name", "Values": ["t0", "t2"]}]},
+    {"Owners": ["self"], "Filters": [{"Name": "name", "Values": ["img-1*", "img-3"]}]},
+    {"Filters": [{"Name": "is-public", "Values": ["true"]}]},
+])
+def test_describe_images_pages_in_sql_with_the_same_answer(tmp_path: Path, params: dict[str, Any]) -> None:
+    """DescribeImages (R-WIRE paging, R-SHARE visibility): pages read in SQL by image id
+    join into the unpaged answer — own, public and shared images, no other — and a page
+    is read through the page index, not by sorting the region's images."""
+    from types import SimpleNamespace
+
+    from ebscrypt.context import Caller, RequestContext
+    from ebscrypt.engines.ec2.images import _visible_images
+    from ebscrypt.services.ec2.images import describe_images
+    from tests.unit.test_ec2_sql_filters import _plans
+
+    database = Database(f"sqlite:///{tmp_path / 'i.db'}")
+    try:
+        _image_rows(database)
+        runtime = SimpleNamespace(db=database, engines={}, settings=SimpleNamespace(auth="dev"))
+        ctx = RequestContext(Caller(ACCOUNT, REGION), runtime, "r", "ec2", "DescribeImages")  # type: ignore[arg-type]
+        whole = [d["ImageId"] for d in describe_images(ctx, dict(params))["Images"]]
+        paged: list[str] = []
+        token = None
+        while True:
+            answer = describe_images(ctx, dict(params, MaxResults=6, **({"NextToken": token} if token else {})))
+            paged += [d["ImageId"] for d in answer["Images"]]
+            token = answer.get("NextToken")
+            if not token:
+                break
+        assert paged == whole == sorted(whole) and len(set(whole)) == len(whole)
+        if not params:  # own (14), public of the other account (13), shared with the caller (3)
+            assert len(whole) == 14 + 13 + 3
+        plan = _plans(database, lambda c: _visible_images(ctx, [], ["self"], [], after="ami-0", limit=7))
+        assert any("ix_ec2_images_page" in d for d in plan) and not any("TEMP B-TREE" in d for d in plan), plan
+    finally:
+        database.dispose()
