@@ -180,3 +180,53 @@ def test_describe_images_pages_in_sql_with_the_same_answer(tmp_path: Path, param
         assert any("ix_ec2_images_page" in d for d in plan) and not any("TEMP B-TREE" in d for d in plan), plan
     finally:
         database.dispose()
+
+
+def test_image_records_by_position_equal_the_typed_rows(tmp_path: Path) -> None:
+    from ebscrypt.engines.ec2.image_records import Image
+    from ebscrypt.storage.tables.ec2_images import ec2_images
+
+    database = Database(f"sqlite:///{tmp_path / 'r.db'}")
+    try:
+        _image_rows(database)
+        with database.read() as conn:
+            fast = Image.from_result(conn.execute(select(ec2_images).order_by(ec2_images.c.image_id)))
+            typed = [Image.from_row(r) for r in conn.execute(
+                select(ec2_images).order_by(ec2_images.c.image_id)).mappings()]
+        assert fast == typed and len(fast) == 40
+        assert all(type(a.public) is bool and type(a.ena_support) is bool and a.created_at.tzinfo is timezone.utc
+                   and isinstance(a.mappings, list) for a in fast)
+    finally:
+        database.dispose()
+
+
+def test_page_attachments_equal_those_of_the_in_list(tmp_path: Path) -> None:
+    from ebscrypt.engines.ec2.volumes import attachments_of, page_attachments_of
+    from ebscrypt.storage.tables.ec2 import ec2_volume_attachments
+    from tests.unit.test_ec2_sql_filters import _plans
+
+    database = Database(f"sqlite:///{tmp_path / 'a.db'}")
+    try:
+        with database.begin() as conn:
+            for i in range(150):
+                owner = OTHER if i % 4 == 0 else ACCOUNT
+                vid = f"vol-{i:017x}"
+                conn.execute(insert(ec2_volumes).values(
+                    id=vid, account=owner, region=REGION, availability_zone="us-east-1a", size=1, volume_type="gp3",
+                    iops=None, throughput=None, multi_attach=i % 6 == 0, state="in-use", state_message=None,
+                    encrypted=False, kms_key_arn=None, data_key_id=None, data_key_blob=None, data_key_context=None,
+                    snapshot_id=None, client_token=None, auto_enable_io=False, create_time=T0))
+                for n in range(2 if i % 6 == 0 else 1 if i % 2 else 0):
+                    conn.execute(insert(ec2_volume_attachments).values(
+                        volume_id=vid, instance_id=f"i-{i:04d}{n}", device=f"/dev/sd{'fg'[n]}", state="attached",
+                        attach_time=T0, delete_on_termination=n == 0))
+        with database.read() as conn:
+            own = [r.id for r in conn.execute(select(ec2_volumes.c.id).where(
+                ec2_volumes.c.account == ACCOUNT).order_by(ec2_volumes.c.id))]
+            for ids in (own, own[20:100], own[::3], own[:5]):
+                assert page_attachments_of(conn, ACCOUNT, REGION, ids) == attachments_of(conn, ids)
+            assert sum(len(v) for v in page_attachments_of(conn, ACCOUNT, REGION, own).values()) > 60
+        plan = _plans(database, lambda c: page_attachments_of(c, ACCOUNT, REGION, own))
+        assert any("ix_ec2_volumes_page" in d for d in plan), plan
+    finally:
+        database.dispose()

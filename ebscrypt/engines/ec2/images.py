@@ -325,7 +325,7 @@ def _visible_images(ctx: RequestContext, ids: list[str], owners: list[str], exec
         query = query.order_by(images_t.c.image_id)
         if limit is not None:
             query = query.limit(limit)
-        visible_images = [Image.from_row(r) for r in conn.execute(query).mappings().fetchall()]
+        visible_images = Image.from_result(conn.execute(query))
         if executable:
             shared_with_me = {
                 r.image_id for r in conn.execute(shared)

@@ -43,7 +43,7 @@ def _time_fields(cls: type) -> frozenset[str]:
 @lru_cache(maxsize=None)
 def _bool_fields(cls: type) -> frozenset[str]:
     """Fields annotated as booleans (SQLite hands them back as 0/1: made bools)."""
-    return frozenset(f.name for f in fields(cls) if str(f.type) == "bool")
+    return frozenset(f.name for f in fields(cls) if str(f.type) in ("bool", "bool | None"))
 
 
 _fromiso = datetime.fromisoformat

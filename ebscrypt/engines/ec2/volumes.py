@@ -206,6 +206,28 @@ def attachments_of(conn: Connection, volume_ids: list[str]) -> dict[str, list[At
     return out
 
 
+def page_attachments_of(conn: Connection, account: str, region: str,
+                        volume_ids: list[str]) -> dict[str, list[Attachment]]:
+    """``attachments_of`` a page of ``account``'s volumes (``volume_ids`` in the database's
+    order, as a Describe page is read): the account's volumes between the first and the
+    last id, through the page index, each joined to its attachments by primary key — one
+    statement instead of IN lists of 500 ids (issue 15: their compilation was a tenth of a
+    DescribeVolumes page). The answer is that of ``attachments_of`` for any of
+    ``account``'s volumes (the attachments of volumes not in ``volume_ids`` are left out). [conn]"""
+    if len(volume_ids) < 50:
+        return attachments_of(conn, volume_ids)
+    out: dict[str, list[Attachment]] = {v: [] for v in volume_ids}
+    a = ec2_volume_attachments
+    rows = conn.execute(select(a).join(ec2_volumes, ec2_volumes.c.id == a.c.volume_id).where(
+        ec2_volumes.c.account == account, ec2_volumes.c.region == region,
+        ec2_volumes.c.id >= volume_ids[0], ec2_volumes.c.id <= volume_ids[-1])).mappings().fetchall()
+    for r in rows:
+        found = out.get(r["volume_id"])
+        if found is not None:
+            found.append(Attachment.from_row(r))
+    return out
+
+
 def volumes_of_instance(conn: Connection, instance_id: str) -> list[tuple[Volume, Attachment]]:
     rows = conn.execute(select(ec2_volume_attachments).where(
         ec2_volume_attachments.c.instance_id == instance_id)).mappings().all()
@@ -705,9 +727,12 @@ def describe_volumes(ctx: RequestContext, volume_ids: list[str] | None = None, *
         vols = list_volumes(conn, caller.account, caller.region, volume_ids, after=after, limit=limit,
                             filters=filters)
         ids = [v.id for v in vols]
-        atts = attachments_of(conn, ids)
-        # a page (nothing filtered out): every volume of the account in its id range
-        tags = (page_tags_for if not volume_ids and not filters else tags_for)(conn, caller.account, ids)
+        if not volume_ids and not filters:  # a page: every volume of the account in its id range
+            atts = page_attachments_of(conn, caller.account, caller.region, ids)
+            tags = page_tags_for(conn, caller.account, ids)
+        else:
+            atts = attachments_of(conn, ids)
+            tags = tags_for(conn, caller.account, ids)
     if volume_ids:
         missing = sorted(set(volume_ids) - set(ids))
         if missing:
