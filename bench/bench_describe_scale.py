@@ -14,7 +14,8 @@ kind and size, replays:
   clamps to 500 a page): ms per 1,000 items, wall and the server's CPU (utime + stime
   from /proc: much less disturbed by other load on the machine than wall time);
 - Describe*(owner self, Filters kms-key-id=<the 1% key>; images: name=one-percent-*): p50 ms;
-- Describe*(owner self, Filters tag:Name=one-percent): p50 ms;
+- Describe*(owner self, Filters tag:Name=one-percent): p50 ms; and the server's mean CPU
+  per filtered call (both filters);
 - the server's RSS after these (issue 15: <= 300 MiB after 100,000 resources).
 ``--base DIR`` runs another checkout (``git archive <commit> | tar -x -C DIR``) on its own
 copy of the same rows, interleaved round by round: before and after in one run.
@@ -162,13 +163,13 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-Figures = tuple[float, float, float, float, float]
+Figures = tuple[float, float, float, float, float, float]
 
 
 def measure(data: Path, kind: str, size: int, calls: int, tree: Path | None) -> Figures:
     """(wall ms and server CPU ms per 1,000 items of the listing, p50 ms of the second
-    filter, p50 ms of the tag:Name filter, the server's RSS in MiB after them) of one
-    server run on ``data``."""
+    filter, p50 ms of the tag:Name filter, the server's mean CPU ms per filtered call, the
+    server's RSS in MiB after them) of one server run on ``data``."""
     method_name, item_tag, owner, second = KINDS[kind]
     srv = start_ebscrypt(data, tree=tree)
     try:
@@ -179,8 +180,10 @@ def measure(data: Path, kind: str, size: int, calls: int, tree: Path | None) -> 
         filtered = RawCall("ec2", method_name, dict(owner, Filters=[second]), ACCOUNT, ok=ok)
         tag = RawCall("ec2", method_name, dict(owner, Filters=[{"Name": "tag:Name", "Values": ["one-percent"]}]),
                       ACCOUNT, ok=ok)
+        c0 = cpu_seconds(srv.proc.pid)
         p50k, p50t = statistics.median(timed(srv.url, filtered, calls)), statistics.median(timed(srv.url, tag, calls))
-        return per_1000, cpu_1000, p50k, p50t, rss_mib(srv.proc.pid)
+        cpu_filtered = (cpu_seconds(srv.proc.pid) - c0) * 1000 / (2 * calls)
+        return per_1000, cpu_1000, p50k, p50t, cpu_filtered, rss_mib(srv.proc.pid)
     finally:
         srv.stop()
 
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-describe-scale-"))
     sides: list[tuple[str, Path | None]] = [("this", None)] + ([("base", args.base)] if args.base else [])
     print(f"{'kind':>9} {'n':>7} {'side':>5} {'ms/1000 items':>14} {'cpu ms/1000':>12} {'p50 filter':>11} "
-          f"{'p50 tag':>8} {'RSS MiB':>8}")
+          f"{'p50 tag':>8} {'cpu ms/filtered':>16} {'RSS MiB':>8}")
     try:
         for kind in args.kinds.split(","):
             have = 0
@@ -215,9 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                     for name, tree in order:
                         runs[name].append(measure(work / kind / name, kind, size, args.calls, tree))
                 for name, _ in sides:
-                    med = [statistics.median(x[i] for x in runs[name]) for i in range(5)]
+                    med = [statistics.median(x[i] for x in runs[name]) for i in range(6)]
                     print(f"{kind:>9} {size:>7} {name:>5} {med[0]:>14.1f} {med[1]:>12.1f} {med[2]:>11.1f} "
-                          f"{med[3]:>8.1f} {med[4]:>8.0f}", flush=True)
+                          f"{med[3]:>8.1f} {med[4]:>16.1f} {med[5]:>8.0f}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
