@@ -18,6 +18,7 @@ serialize the result or the error in the protocol's own envelope.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -331,6 +332,17 @@ def _site_path(path: str) -> bool:
     return path.startswith("/_ebscrypt/") or path == "/_console" or path.startswith("/_console/")
 
 
+def _settle_heap() -> None:
+    """Load the service models now and move what start-up made out of the cyclic garbage
+    collector's reach (``gc.freeze``): they live as long as the process, and a full
+    collection — which the many short-lived objects of large answers (a Describe page of
+    1,000 items) trigger every few calls — walked all ~100,000 of them each time (issue 15,
+    Describe at scale: 40-150 ms a collection on this machine)."""
+    for service in ("ec2", "kms", "ebs"):
+        codec_for(service)
+    gc.freeze()
+
+
 def build_app(settings: Settings) -> App:
     """The ASGI app; the runtime (database, engines, job workers) lives with its lifespan."""
     state: dict[str, Gateway] = {}
@@ -346,6 +358,7 @@ def build_app(settings: Settings) -> App:
             print(f"ebscrypt: cannot start: {exc}", file=sys.stderr, flush=True)
             raise
         state["gateway"] = Gateway(settings, runtime)
+        _settle_heap()
         nbd_server = None
         try:
             if settings.nbd_port:
@@ -359,7 +372,6 @@ def build_app(settings: Settings) -> App:
             if nbd_server is not None:
                 await nbd_server.close()
             close_runtime(runtime)
-
 
     def refused(request: Request) -> Response | None:
         why = origin.refusal(origins, {k.lower(): v for k, v in request.headers.items()})

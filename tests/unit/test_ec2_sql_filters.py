@@ -63,6 +63,10 @@ def _exact(db: Database, filters: list[dict], *, narrowed: bool) -> tuple[list[s
     [{"Name": "kms-key-id", "Values": [KEY]}],
     [{"Name": "status", "Values": ["available", "in-use"]}, {"Name": "volume-type", "Values": ["gp3"]}],
     [{"Name": "status", "Values": ["avail*"]}],
+    [{"Name": "status", "Values": ["in-use", "cr*"]}, {"Name": "volume-type", "Values": ["gp*", "io1"]}],
+    [{"Name": "availability-zone", "Values": ["us-east-1*"]}, {"Name": "status", "Values": ["*"]}],
+    [{"Name": "availability-zone", "Values": ["US-EAST-1*"]}],
+    [{"Name": "availability-zone", "Values": ["us_east*", "us-east-1?"]}],
     [{"Name": "availability-zone", "Values": ["us-east-1b"]}, {"Name": "encrypted", "Values": ["true"]}],
     [{"Name": "tag:Name", "Values": ["n1"]}],
     [{"Name": "tag:Name", "Values": ["theirs"]}],
@@ -84,7 +88,11 @@ def test_literal_filters_narrow_in_sql(db: Database) -> None:
     _, read = _exact(db, [{"Name": "encrypted", "Values": ["maybe"]}], narrowed=True)
     assert read == 0
     _, read = _exact(db, [{"Name": "status", "Values": ["avail*"]}], narrowed=True)
-    assert read == 40  # a wildcard is not pushed down
+    assert read == 14  # a prefix (one trailing *) is pushed down as LIKE 'avail%'
+    _, read = _exact(db, [{"Name": "status", "Values": ["a?ailable"]}], narrowed=True)
+    assert read == 40  # any other wildcard is not pushed down
+    _, read = _exact(db, [{"Name": "availability-zone", "Values": ["us_east*"]}], narrowed=True)
+    assert read == 0  # LIKE's own wildcards in a prefix are escaped
 
 
 def test_an_older_database_gets_the_describe_indexes(tmp_path: Path) -> None:

@@ -73,13 +73,48 @@ def matches(obj: Any, filters: list[dict[str, Any]] | None, getters: Mapping[str
     return True
 
 
+def _test(f: dict[str, Any], getters: Mapping[str, Getter],
+          tag_getter: Callable[[Any], Mapping[str, str]] | None) -> Callable[[Any], bool]:
+    """One filter as a test of an item, with :func:`matches`' semantics: its values are
+    compared as strings when none has a wildcard or escape (a literal pattern matches
+    itself only), else as patterns; built once per request, not once per item."""
+    name = f.get("Name", "")
+    values = list(f.get("Values") or [])
+    literal = all(isinstance(v, str) and not any(ch in v for ch in "*?\\") for v in values)
+    wanted = frozenset(values) if literal else frozenset()
+    patterns = [] if literal else [_pattern(v) for v in values]
+
+    def hit(candidates: list[str]) -> bool:
+        if literal:
+            return any(c in wanted for c in candidates)
+        return any(p.fullmatch(c) for p in patterns for c in candidates)
+
+    if name in getters:
+        getter = getters[name]
+        return lambda obj: hit(_strings(getter(obj)))
+    if tag_getter is not None and name.startswith("tag:"):
+        key = name[4:]
+
+        def tag_test(obj: Any) -> bool:
+            t = tag_getter(obj)
+            return key in t and hit([t[key]])
+
+        return tag_test
+    if tag_getter is not None and name == "tag-key":
+        return lambda obj: hit(list(tag_getter(obj).keys()))
+    if tag_getter is not None and name == "tag-value":
+        return lambda obj: hit(list(tag_getter(obj).values()))
+    raise invalid_filter(name)
+
+
 def apply_filters(items: Iterable[Any], filters: list[dict[str, Any]] | None, getters: Mapping[str, Getter],
                   tags: Callable[[Any], Mapping[str, str]] | None = None) -> list[Any]:
     """Items passing every filter; unknown filter names are refused before any is tried."""
     check_filters(filters, getters, tags=tags is not None)
     if not filters:
         return list(items)
-    return [item for item in items if matches(item, filters, getters, tags)]
+    tests = [_test(f, getters, tags) for f in filters]
+    return [item for item in items if all(test(item) for test in tests)]
 
 
 def select_matching(objs: Iterable[Any], filters: list[dict[str, Any]] | None, getters: Mapping[str, Getter],

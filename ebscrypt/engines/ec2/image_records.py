@@ -21,7 +21,7 @@ from ebscrypt.context import RequestContext
 from ebscrypt.domain import image_states as states
 from ebscrypt.engines.ec2 import tags as core_tags
 from ebscrypt.engines.ec2.ids import is_well_formed
-from ebscrypt.engines.ec2.records import Snapshot, aware
+from ebscrypt.engines.ec2.records import Snapshot, aware, from_result
 from ebscrypt.errors import (
     AuthFailure,
     Duplicate,
@@ -79,6 +79,17 @@ class Image:
         values["created_at"] = aware(values["created_at"])
         values["public"] = bool(values["public"])
         return cls(**values)
+
+    @classmethod
+    def from_result(cls, result: Any) -> list["Image"]:
+        """Records of a SQLAlchemy Result of full ``ec2_images`` rows, by position
+        (:func:`.records.from_result`; issue 15: DescribeImages pages), the stored
+        mappings decoded from their JSON text."""
+        images = from_result(cls, result)
+        loads = json.loads
+        for image in images:
+            image.__dict__["mappings"] = loads(image.mappings)
+        return images
 
     def snapshot_ids(self) -> list[str]:
         return [m["Ebs"]["SnapshotId"] for m in self.mappings if (m.get("Ebs") or {}).get("SnapshotId")]

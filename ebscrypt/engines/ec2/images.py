@@ -36,7 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, delete, or_, select
 
 from ebscrypt.context import Caller, RequestContext
 from ebscrypt.domain import image_states as states
@@ -44,6 +44,7 @@ from ebscrypt.engines.ec2 import tags as core_tags
 from ebscrypt.engines.ec2 import image_states, waits
 from ebscrypt.engines.ec2.filters import select_matching as filter_select
 from ebscrypt.engines.ec2.ids import check_id, is_well_formed, new_id
+from ebscrypt.engines.ec2.sql_filters import as_bool, narrow, owner_column
 from ebscrypt.engines.ec2.image_records import (
     ACCOUNT_RE,
     Image,
@@ -286,30 +287,55 @@ _FILTERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _visible_images(ctx: RequestContext, ids: list[str], owners: list[str],
-                    executable: list[str]) -> list[tuple[Image, list[dict[str, str]]]]:
+# DescribeImages filters whose getter returns exactly a column's value (sql_filters).
+SQL_FILTER_COLUMNS = {
+    "image-id": (images_t.c.image_id, None),
+    "owner-id": (images_t.c.account, None),
+    "name": (images_t.c.name, None),
+    "state": (images_t.c.state, None),
+    "is-public": (images_t.c.public, as_bool),
+}
+
+
+def _visible_images(ctx: RequestContext, ids: list[str], owners: list[str], executable: list[str], *,
+                    filters: list[dict[str, Any]] | None = None, after: str | None = None,
+                    limit: int | None = None) -> list[tuple[Image, list[dict[str, str]]]]:
     """The images the caller sees in its region (own, public, shared with it), narrowed by
-    ids, owners and executable users; each with its tags."""
+    ids, owners and executable users; each with its tags; by image id, only ids after
+    ``after``, at most ``limit`` (issue 15: DescribeImages pages in SQL, through
+    ``ix_ec2_images_page``, instead of reading every image of the region for each page).
+    ``filters`` narrow the rows in SQL (a superset of the matches: apply them after)."""
     caller = ctx.caller
     with ctx.runtime.db.read() as conn:
-        query = select(images_t).where(images_t.c.region == caller.region)
+        shared = select(perms_t.c.image_id).where(perms_t.c.user_id == caller.account)
+        account = owner_column(images_t.c.account, filters)
+        owner_ids = {caller.account if o == "self" else o for o in owners}
+        if owners and owner_ids <= {caller.account}:
+            visible = account == caller.account  # Owners=self: no public or shared lookup
+        else:
+            visible = or_(account == caller.account, images_t.c.public.is_(True), images_t.c.image_id.in_(shared))
+        query = narrow(select(images_t).where(owner_column(images_t.c.region, filters) == caller.region, visible),
+                       filters, SQL_FILTER_COLUMNS, images_t.c.image_id, caller.account)
         if ids:
             query = query.where(images_t.c.image_id.in_(ids))
-        owner_ids = {caller.account if o == "self" else o for o in owners}
         if owners:
-            query = query.where(images_t.c.account.in_(owner_ids))
-        rows = [Image.from_row(r) for r in conn.execute(query.order_by(images_t.c.created_at, images_t.c.image_id)).mappings()]
-        shared_with_me = {
-            r.image_id for r in conn.execute(select(perms_t.c.image_id).where(perms_t.c.user_id == caller.account))
-        }
-        visible = [i for i in rows if i.account == caller.account or i.public or i.image_id in shared_with_me]
+            query = query.where(account.in_(sorted(owner_ids)))
+        if after is not None:
+            query = query.where(images_t.c.image_id > after)
+        query = query.order_by(images_t.c.image_id)
+        if limit is not None:
+            query = query.limit(limit)
+        visible_images = Image.from_result(conn.execute(query))
         if executable:
+            shared_with_me = {
+                r.image_id for r in conn.execute(shared)
+            }
             wanted: list[Image] = []
             own_perms: dict[str, set[str]] = {}
-            for image in visible:
+            for image in visible_images:
                 if image.account == caller.account and image.image_id not in own_perms:
                     own_perms[image.image_id] = set(launch_permissions(conn, image.image_id))
-            for image in visible:
+            for image in visible_images:
                 for user in executable:
                     if user == "all" and image.public:
                         wanted.append(image)
@@ -324,21 +350,28 @@ def _visible_images(ctx: RequestContext, ids: list[str], owners: list[str],
                     ):
                         wanted.append(image)
                         break
-            visible = wanted
-        tags = core_tags.tags_for(conn, caller.account, [i.image_id for i in visible])
-        return [(i, tags.get(i.image_id) or []) for i in visible]
+            visible_images = wanted
+        image_ids = [i.image_id for i in visible_images]
+        # a page with nothing filtered out: every own image in its id range (one tags range)
+        paged = not ids and not filters and not executable
+        tags = (core_tags.page_tags_for if paged else core_tags.tags_for)(conn, caller.account, image_ids)
+        return [(i, tags.get(i.image_id) or []) for i in visible_images]
 
 
 def describe_images(ctx: RequestContext, ids: list[str], *, owners: list[str], executable: list[str],
-                    filters: list[dict[str, Any]] | None) -> list[tuple[Image, list[dict[str, str]]]]:
+                    filters: list[dict[str, Any]] | None, after: str | None = None,
+                    limit: int | None = None) -> list[tuple[Image, list[dict[str, str]]]]:
     """DescribeImages as the caller sees it: own, public and shared images of its region
     (only ``ids``, of ``owners`` — "self" the caller — and launchable by ``executable``
     users, when given), matching ``filters``: each record with its tags (the service
-    builds the view)."""
+    builds the view), by image id; without ``ids``, only ids after ``after`` and at most
+    ``limit`` (the caller passes a limit only when nothing is filtered after the query)."""
     for image_id in ids:
         if not is_well_formed(image_id, "ami"):
             raise malformed(image_id)
-    entries = _visible_images(ctx, ids, owners, executable)
+    narrowing = None if ids else filters
+    after = None if ids else after
+    entries = _visible_images(ctx, ids, owners, executable, filters=narrowing, after=after, limit=limit)
     if ids:
         found = {e[0].image_id for e in entries}
         missing = [i for i in ids if i not in found]
@@ -348,6 +381,6 @@ def describe_images(ctx: RequestContext, ids: list[str], *, owners: list[str], e
     if pending:
         image_states.repair(ctx, pending)
         waits.settle(lambda: image_states.states_of(ctx, pending), [states.IMAGE_PENDING])
-        entries = _visible_images(ctx, ids, owners, executable)
+        entries = _visible_images(ctx, ids, owners, executable, filters=narrowing, after=after, limit=limit)
     selected = filter_select(entries, filters, _FILTERS, tag_getter=lambda e: {t["Key"]: t["Value"] for t in e[1]})
     return list(selected)

@@ -40,14 +40,42 @@ def _time_fields(cls: type) -> frozenset[str]:
     return frozenset(f.name for f in fields(cls) if "datetime" in str(f.type))
 
 
+@lru_cache(maxsize=None)
+def _bool_fields(cls: type) -> frozenset[str]:
+    """Fields annotated as booleans (SQLite hands them back as 0/1: made bools)."""
+    return frozenset(f.name for f in fields(cls) if str(f.type) in ("bool", "bool | None"))
+
+
+_fromiso = datetime.fromisoformat
+
+
+def _sqlite_time(value: Any) -> Any:
+    """A time as SQLAlchemy's SQLite DateTime stores it (``YYYY-MM-DD HH:MM:SS.ffffff``,
+    UTC) as an aware UTC datetime; ``datetime.fromisoformat`` of the text with its offset
+    appended is one C call (~0.2 µs) and yields the ``timezone.utc`` singleton, where the
+    type's own processor and a ``replace(tzinfo=...)`` took ~1.2 µs per time."""
+    if value.__class__ is str:
+        if len(value) == 26:  # the stored form: no offset
+            return _fromiso(value + "+00:00")
+        parsed = _fromiso(value)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    if value.__class__ is datetime and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
 def from_result(cls: type, result: Any) -> list[Any]:
     """Build ``cls`` records from a SQLAlchemy Result of full-table rows.
 
     The Describe fast path (issue 15: a page of 1,000 records was a third of the server's
     time): rows fetched at once, each record's values picked by one ``itemgetter`` and set
     into a fresh instance's ``__dict__`` — what the frozen dataclass's ``__init__`` does
-    field by field through ``object.__setattr__``, without its per-field cost. Only the
-    datetime fields are looked at for the naive-UTC fix."""
+    field by field through ``object.__setattr__``, without its per-field cost. On SQLite
+    the rows are the DB-API cursor's own tuples (SQLAlchemy's per-row processing skipped:
+    the statement is still compiled and cached by SQLAlchemy), and the two conversions
+    its types did are done here by position: times (stored text, UTC) to aware
+    datetimes, booleans (0/1) to bools; every other column SQLite returns as the Python
+    value itself. Other databases keep SQLAlchemy's rows (only naive times made UTC)."""
     keys = list(result.keys())
     names = _FIELDS.get(cls)
     if names is None:
@@ -58,6 +86,26 @@ def from_result(cls: type, result: Any) -> list[Any]:
     times = [i for i, n in enumerate(names) if n in _time_fields(cls)]
     new = object.__new__
     out: list[Any] = []
+    if result.dialect.name == "sqlite":
+        bools = [i for i, n in enumerate(names) if n in _bool_fields(cls)]
+        try:
+            rows = result.cursor.fetchall()
+        finally:
+            result.close()
+        for row in rows:
+            values = list(pick(row))
+            for i in times:
+                v = values[i]
+                if v is not None:
+                    values[i] = _sqlite_time(v)
+            for i in bools:
+                v = values[i]
+                if v is not None:
+                    values[i] = bool(v)
+            obj: Any = new(cls)
+            obj.__dict__.update(zip(names, values))
+            out.append(obj)
+        return out
     for row in result.fetchall():
         values = pick(row)
         if times:
@@ -66,7 +114,7 @@ def from_result(cls: type, result: Any) -> list[Any]:
                 v = values[i]
                 if v.__class__ is datetime and v.tzinfo is None:
                     values[i] = v.replace(tzinfo=timezone.utc)
-        obj: Any = new(cls)
+        obj = new(cls)
         obj.__dict__.update(zip(names, values))
         out.append(obj)
     return out

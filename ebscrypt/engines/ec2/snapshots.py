@@ -39,7 +39,7 @@ from ebscrypt.engines.ec2.snapshot_access import (
     snapshot_row as _row,
 )
 from ebscrypt.engines.ec2.sql_filters import as_bool, narrow, owner_column
-from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags, tags_for
+from ebscrypt.engines.ec2.tags import delete_tags_of, page_tags_for, put_tags, tags_for
 from ebscrypt.engines.ec2.volumes import get_volume, lookup_instance, volumes_of_instance
 from ebscrypt.engines.jobs import JobContext, job_kind
 from ebscrypt.errors import (
@@ -608,7 +608,10 @@ def describe_snapshots(ctx: RequestContext, ids: list[str], *, owner_ids: list[s
             perms = permissions_of(conn, [s.id for s in snaps])  # read only when asked for
             snaps = [s for s in snaps
                      if ({s.account} | perms[s.id]) & restorable or "all" in perms[s.id]]
-        return snaps, tags_for(conn, caller.account, [s.id for s in snaps])
+        snap_ids = [s.id for s in snaps]
+        if not ids and not filters and not restorable_by:  # a page: every own snapshot in its id range
+            return snaps, page_tags_for(conn, caller.account, snap_ids)
+        return snaps, tags_for(conn, caller.account, snap_ids)
 
 
 def create_volume_permissions(ctx: RequestContext, snapshot_id: str) -> tuple[str, list[str]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from sqlalchemy import Column, ColumnElement, Select, and_, false
+from sqlalchemy import Column, ColumnElement, Select, and_, false, or_
 
 from ebscrypt.storage.tables.ec2 import ec2_tags
 
@@ -74,13 +74,33 @@ def _literal_filters(filters: list[dict[str, Any]] | None) -> list[tuple[str, li
     return out
 
 
+def _prefix(value: str) -> str | None:
+    """``abc`` of a value ``abc*`` (one trailing wildcard, nothing else to interpret): the
+    values it matches are the strings starting with it. None for any other value."""
+    if value.endswith("*") and _literal(value[:-1]):
+        return value[:-1]
+    return None
+
+
+def _like_prefix(column: Column[Any], prefix: str) -> ColumnElement[bool]:
+    """``column LIKE 'prefix%'``, the prefix's own ``%`` and ``_`` escaped. LIKE may be
+    case-insensitive (SQLite's is, for ASCII): a superset, as a narrowing may be."""
+    escaped = prefix.replace("%", "\\%").replace("_", "\\_")
+    return column.like(escaped + "%", escape="\\")
+
+
 def narrowing(filters: list[dict[str, Any]] | None, columns: Mapping[str, tuple[Column[Any], Convert | None]]
               ) -> list[ColumnElement[bool]]:
     """SQL conditions implied by ``filters`` (AND). ``columns``: filter name -> (column,
     conversion of a value to the column's type) for filters whose getter returns exactly
-    the column's value."""
+    the column's value. A string column's filter whose values are literal or a prefix with
+    one trailing ``*`` (``name=ubuntu/images/*``, as DescribeImages is used) narrows by
+    ``IN`` and ``LIKE 'prefix%'``: the rows are still tested one by one in SQL, but not
+    built and matched in Python (issue 15: 10,000 images, 580 ms)."""
     out: list[ColumnElement[bool]] = []
+    literal_names = set()
     for name, values in _literal_filters(filters):
+        literal_names.add(name)
         if name in columns:
             column, convert = columns[name]
             wanted: set[Any] = set()
@@ -90,4 +110,14 @@ def narrowing(filters: list[dict[str, Any]] | None, columns: Mapping[str, tuple[
                 except ValueError:
                     pass
             out.append(column.in_(sorted(wanted, key=str)) if wanted else false())
+    for f in filters or []:
+        name, values = f.get("Name", ""), f.get("Values") or []
+        if name in literal_names or name not in columns or columns[name][1] is not None or not values:
+            continue
+        if not all(isinstance(v, str) and (_literal(v) or _prefix(v) is not None) for v in values):
+            continue
+        column = columns[name][0]
+        literals = sorted(v for v in values if _literal(v))
+        terms = [_like_prefix(column, p) for p in sorted({_prefix(v) or "" for v in values if not _literal(v)})]
+        out.append(or_(column.in_(literals), *terms) if literals else or_(*terms))
     return out

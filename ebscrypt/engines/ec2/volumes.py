@@ -37,7 +37,7 @@ from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume, from_resu
 from ebscrypt.engines.ec2.snapshot_access import get_snapshot
 from ebscrypt.engines.ec2.sql_filters import as_bool, narrow, owner_column
 from ebscrypt.engines.ec2 import creation, instance_records, provenance, waits
-from ebscrypt.engines.ec2.tags import delete_tags_of, put_tags, tags_for
+from ebscrypt.engines.ec2.tags import delete_tags_of, page_tags_for, put_tags, tags_for
 from ebscrypt.engines.jobs import JobContext, job_kind
 from ebscrypt.errors import (
     IncorrectModificationState,
@@ -203,6 +203,28 @@ def attachments_of(conn: Connection, volume_ids: list[str]) -> dict[str, list[At
             ec2_volume_attachments.c.volume_id.in_(volume_ids[chunk:chunk + 500]))).mappings()
         for r in rows:
             out[r["volume_id"]].append(Attachment.from_row(r))
+    return out
+
+
+def page_attachments_of(conn: Connection, account: str, region: str,
+                        volume_ids: list[str]) -> dict[str, list[Attachment]]:
+    """``attachments_of`` a page of ``account``'s volumes (``volume_ids`` in the database's
+    order, as a Describe page is read): the account's volumes between the first and the
+    last id, through the page index, each joined to its attachments by primary key — one
+    statement instead of IN lists of 500 ids (issue 15: their compilation was a tenth of a
+    DescribeVolumes page). The answer is that of ``attachments_of`` for any of
+    ``account``'s volumes (the attachments of volumes not in ``volume_ids`` are left out). [conn]"""
+    if len(volume_ids) < 50:
+        return attachments_of(conn, volume_ids)
+    out: dict[str, list[Attachment]] = {v: [] for v in volume_ids}
+    a = ec2_volume_attachments
+    rows = conn.execute(select(a).join(ec2_volumes, ec2_volumes.c.id == a.c.volume_id).where(
+        ec2_volumes.c.account == account, ec2_volumes.c.region == region,
+        ec2_volumes.c.id >= volume_ids[0], ec2_volumes.c.id <= volume_ids[-1])).mappings().fetchall()
+    for r in rows:
+        found = out.get(r["volume_id"])
+        if found is not None:
+            found.append(Attachment.from_row(r))
     return out
 
 
@@ -705,8 +727,12 @@ def describe_volumes(ctx: RequestContext, volume_ids: list[str] | None = None, *
         vols = list_volumes(conn, caller.account, caller.region, volume_ids, after=after, limit=limit,
                             filters=filters)
         ids = [v.id for v in vols]
-        atts = attachments_of(conn, ids)
-        tags = tags_for(conn, caller.account, ids)
+        if not volume_ids and not filters:  # a page: every volume of the account in its id range
+            atts = page_attachments_of(conn, caller.account, caller.region, ids)
+            tags = page_tags_for(conn, caller.account, ids)
+        else:
+            atts = attachments_of(conn, ids)
+            tags = tags_for(conn, caller.account, ids)
     if volume_ids:
         missing = sorted(set(volume_ids) - set(ids))
         if missing:

@@ -11,7 +11,7 @@ from ebscrypt.engines.ec2 import images as engine
 from ebscrypt.engines.ec2.image_records import Image
 from ebscrypt.engines.ec2 import instances as instances_engine
 from ebscrypt.services.ec2.request import dry_run_check
-from ebscrypt.services.ec2.paging import page
+from ebscrypt.services.ec2.paging import page, page_after, page_size
 from ebscrypt.errors import MissingParameter
 from ebscrypt.services.registry import operation
 
@@ -123,8 +123,15 @@ def image_view(image: Image, tags: list[dict[str, str]] | None = None) -> dict[s
 @operation("ec2", "DescribeImages")
 def describe_images(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
-    images = engine.describe_images(ctx, params.get("ImageIds") or [], owners=params.get("Owners") or [],
-                                    executable=params.get("ExecutableUsers") or [], filters=params.get("Filters"))
+    ids = params.get("ImageIds") or []
+    executable = params.get("ExecutableUsers") or []
+    # Paging in SQL (issue 15): ids after the token's always; a LIMIT only when nothing is
+    # filtered after the query (one more row than asked tells page() a NextToken is due).
+    size = page_size(params, low=1, high=1000, ids_param="ImageIds")
+    after = page_after(params.get("NextToken")) if not ids else None
+    limit = size + 1 if size is not None and not ids and not executable and not params.get("Filters") else None
+    images = engine.describe_images(ctx, ids, owners=params.get("Owners") or [], executable=executable,
+                                    filters=params.get("Filters"), after=after, limit=limit)
     views = sorted((image_view(image, tags) for image, tags in images), key=lambda d: d["ImageId"])  # paging order
     chunk, token = page(views, params, lambda d: d["ImageId"], low=1, high=1000, ids_param="ImageIds")
     return {"Images": chunk, "NextToken": token or None}

@@ -159,6 +159,8 @@ ec2_tags = Table(
     Index("ix_ec2_tags_owner", "account", "region"),
     # tag:K=V filters (tag:Name…): the ids carrying a tag, without reading every tag
     Index("ix_ec2_tags_key_value", "account", "key", "value"),
+    # v10: an account's tags in resource id order (the tags of a Describe page: one range)
+    Index("ix_ec2_tags_account_resource", "account", "resource_id", "key"),
 )
 
 __all__ = [

@@ -57,6 +57,8 @@ ec2_images = Table(
     Index("ix_ec2_images_owner", "account", "region"),
     Index("ix_ec2_images_token", "account", "region", "client_token"),
     Index("ux_ec2_images_client_token", "account", "region", "client_token", unique=True),  # as volumes
+    # v10: an account's images in id order (DescribeImages pages)
+    Index("ix_ec2_images_page", "account", "region", "image_id"),
 )
 
 ec2_image_launch_permissions = Table(

@@ -99,7 +99,7 @@ class QueryCodec(Codec):
         self.namespace = service_model.metadata.get("xmlNamespace", "")
         self._ops = set(service_model.operation_names)
         self._wire_maps: dict[str, dict[str, tuple[str, Any]]] = {}
-        self._xml_writers = XmlWriters(self._always_emitted, _escape)  # compiled per output shape
+        self._xml_writers = XmlWriters(self._always_emitted, _escape, needs_escape=_SPECIAL)  # compiled per shape
 
     # -- request ------------------------------------------------------------------
 

@@ -28,8 +28,9 @@ _UTC = timezone.utc
 def _iso8601(value: Any) -> str:
     """``values.format_iso8601`` with a fast path for the UTC datetimes records carry."""
     if value.__class__ is datetime and (value.tzinfo is None or value.tzinfo is _UTC):
-        return (f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:{value.minute:02d}:"
-                f"{value.second:02d}.{value.microsecond // 1000:03d}Z")
+        # %-formatting: ~1.6x faster than the same f-string with format specs
+        return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (
+            value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond // 1000)
     return V.format_iso8601(value)
 
 
@@ -39,9 +40,12 @@ class XmlWriters:
     protocol's default for timestamps without their own ``timestampFormat``."""
 
     def __init__(self, always: Callable[[Any], frozenset[str]], escape: Escape,
-                 timestamp_format: str = "iso8601") -> None:
+                 timestamp_format: str = "iso8601", needs_escape: Callable[[str], object] | None = None) -> None:
         self._always = always
         self._escape = escape
+        # None for a string ``escape`` would return unchanged (a one-pass C scan), so the
+        # common value costs no call of ``escape``; unset: ``escape`` is called for every one.
+        self._needs_escape = needs_escape
         self._timestamp_format = timestamp_format
         self._structs: dict[str, Writer] = {}  # complete writers, read without the lock
         # Writers being compiled (a recursive shape finds itself here); published to
@@ -75,28 +79,59 @@ class XmlWriters:
             return write
 
     def _compile_members(self, shape: Any) -> Writer:
-        steps: list[tuple[str, Writer, bool]] = []
-
-        def write(out: list[str], value: Any) -> None:
-            get = value.get
-            for name, fn, always in steps:
-                v = get(name)
-                if v is None:
-                    if not always:
-                        continue
-                    v = ()  # a list AWS sends even when empty
-                fn(out, v)
-
+        """The structure's members as one generated function: straight-line code, one
+        block per member in model order (issue 15: the loop over ``(name, writer, always)``
+        steps, a closure call per scalar and an escape call per string were half of a
+        DescribeSnapshots page's time). Scalars are written inline; structures, lists, maps
+        and the rarer scalar formats call their compiled writer. Everything in the source
+        comes from the model through ``repr``: names and tags are literals, never code."""
         # Registered before its members are compiled: a recursive shape finds itself.
-        self._pending[shape.name] = write
+        steps: list[Writer] = []
+        self._pending[shape.name] = lambda out, value: steps[0](out, value)
         always = self._always(shape)
-        for name, member in shape.members.items():
+        env: dict[str, Any] = {"_esc": self._escape, "_ns": self._needs_escape, "_iso": _iso8601}
+        lines = ["def write(out, value):", "    get = value.get", "    append = out.append"]
+        for i, (name, member) in enumerate(shape.members.items()):
             if member.type_name == "list" and member.serialization.get("flattened"):
                 tag = member.member.serialization.get("name") or member.serialization.get("name", name)
-                steps.append((name, self._flattened(member.member, tag), name in always))
+                fn = self._flattened(member.member, tag)
             else:
-                steps.append((name, self.value(member, member.serialization.get("name", name)), name in always))
+                tag = member.serialization.get("name", name)
+                fn = self.value(member, tag)
+            env[f"_w{i}"] = fn
+            lines.append(f"    v = get({name!r})")
+            if name in always:  # a list AWS sends even when empty
+                lines += ["    if v is None:", "        v = ()", f"    _w{i}(out, v)"]
+                continue
+            lines.append("    if v is not None:")
+            lines += ["        " + line for line in self._inline(member, tag, i, env)]
+        source = "\n".join(lines) + "\n"
+        exec(compile(source, f"<xml writer {shape.name}>", "exec"), env)  # noqa: S102 (model-built source)
+        write: Writer = env["write"]
+        steps.append(write)
+        self._pending[shape.name] = write
         return write
+
+    def _inline(self, member: Any, tag: str, i: int, env: dict[str, Any]) -> list[str]:
+        """The lines writing the non-None value ``v`` of ``member`` inside ``<tag>``:
+        inline for strings, booleans, integers and ISO 8601 timestamps (the same text as
+        :meth:`_scalar`), else a call of its compiled writer ``_w{i}``."""
+        t = member.type_name
+        open_, close = f"<{tag}>", f"</{tag}>"
+        if member.serialization.get("flattened") and t == "list":
+            return [f"_w{i}(out, v)"]
+        if t == "boolean":
+            return [f"append({open_ + 'true' + close!r} if v else {open_ + 'false' + close!r})"]
+        if t in ("integer", "long"):
+            return [f"append({open_!r} + str(int(v)) + {close!r})"]
+        if t == "timestamp" and member.serialization.get("timestampFormat", self._timestamp_format) == "iso8601":
+            return [f"append({open_!r} + _iso(v) + {close!r})"]
+        if t == "string":
+            check = (["if _ns(v) is not None:", "    v = _esc(v)"] if self._needs_escape is not None
+                     else ["v = _esc(v)"])
+            return ["if not isinstance(v, str):", "    v = str(v)", *check,
+                    f"append({open_!r} + v + {close!r})"]
+        return [f"_w{i}(out, v)"]
 
     def _flattened(self, item_shape: Any, tag: str) -> Writer:
         item = self.value(item_shape, tag)
