@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, ContextManager, TypeVar
 
-from sqlalchemy import Connection, Table, select
+from sqlalchemy import Connection, Select, Table, bindparam, select
 
 from ebscrypt.context import RequestContext, Runtime
 from ebscrypt.engines.ec2 import waits
@@ -74,4 +74,10 @@ def source_present(conn: Connection, table: Table, source_id: str) -> bool:
     """Whether the source row still exists, locked (PostgreSQL) until this transaction
     ends: a DeleteSnapshot then commits after the share, so it releases its blocks only
     once the new resource holds its reference. (SQLite: one writer at a time already.)"""
-    return conn.execute(select(table.c.id).where(table.c.id == source_id).with_for_update()).first() is not None
+    query = _LOCK_SOURCE.get(table.name)
+    if query is None:  # built once per table (building it per call cost more than running it)
+        query = _LOCK_SOURCE[table.name] = select(table.c.id).where(table.c.id == bindparam("id")).with_for_update()
+    return conn.execute(query, {"id": source_id}).first() is not None
+
+
+_LOCK_SOURCE: dict[str, Select[Any]] = {}

@@ -10,7 +10,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sqlalchemy import Connection, delete, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, or_, select, update
 
 from ebscrypt.context import Caller, RequestContext, Runtime
 from ebscrypt.domain.sharing import check_grantees, check_share
@@ -116,8 +116,15 @@ def permissions_of(conn: Connection, ids: list[str]) -> dict[str, set[str]]:
 # ----------------------------------------------------------------------------- from a volume
 
 
+# Built once (issue 15: building the statement per call cost more than running it).
+_INSERT = insert(ec2_snapshots)
+_LATEST_OF_VOLUME = select(ec2_snapshots.c.id).where(
+    ec2_snapshots.c.volume_id == bindparam("volume_id"), ec2_snapshots.c.account == bindparam("account"),
+    ec2_snapshots.c.state != "error").order_by(ec2_snapshots.c.start_time.desc()).limit(1)
+
+
 def _insert(conn: Connection, values: dict[str, Any], tags: list[dict[str, str]] | None) -> Snapshot:
-    conn.execute(insert(ec2_snapshots).values(**values))
+    conn.execute(_INSERT, values)
     if tags:
         put_tags(conn, values["account"], values["region"], values["id"], tags)
     return Snapshot.from_row(values)
@@ -150,9 +157,7 @@ def create_snapshot_from_volume(ctx: RequestContext, conn: Connection, volume_id
     vol = get_volume(conn, ctx.caller, volume_id)
     if vol.state not in ("available", "in-use"):
         raise IncorrectState(f"The volume '{volume_id}' is in the '{vol.state}' state.")
-    parent = conn.execute(select(ec2_snapshots.c.id).where(
-        ec2_snapshots.c.volume_id == volume_id, ec2_snapshots.c.account == ctx.caller.account,
-        ec2_snapshots.c.state != "error").order_by(ec2_snapshots.c.start_time.desc())).first()
+    parent = conn.execute(_LATEST_OF_VOLUME, {"volume_id": volume_id, "account": ctx.caller.account}).first()
     now = ctx.runtime.clock.now()
     values = _base(new_id("snap"), ctx.caller, now, volume_size=vol.size,
                    encrypted=vol.encrypted, kms_key_arn=vol.kms_key_arn, data_key_id=vol.data_key_id,
