@@ -353,14 +353,15 @@ def copy_snapshot(ctx: RequestContext, source_snapshot_id: str, source_region: s
                   wait_seconds: float = 3.0) -> Snapshot:
     """CopySnapshot: prepare, then the create protocol (:mod:`.creation`): a same-key copy
     in one transaction; a re-encryption as a job, waited for briefly (R-LIFE-1). [KMS, no conn]"""
-    cp = prepare_copy(ctx, source_snapshot_id, source_region, encrypted, kms_key_id)
-    metadata_only = copy_is_cheap(cp) and ctx.runtime.blocks is not None
-    if metadata_only and not cp.plan.problem:
-        cp.failure = source_key_refusal(ctx, cp.source)
-    return creation.create(ctx, cp.snapshot_id,
-                           lambda conn, done: insert_copy(ctx, conn, cp, description, tags, complete=done),
-                           metadata_only=metadata_only, table=ec2_snapshots, transitional="pending",
-                           wait_seconds=wait_seconds)
+    with creation.deferring_grants(ctx) as grants:  # the grant for EC2 stored with the copy
+        cp = prepare_copy(ctx, source_snapshot_id, source_region, encrypted, kms_key_id)
+        metadata_only = copy_is_cheap(cp) and ctx.runtime.blocks is not None
+        if metadata_only and not cp.plan.problem:
+            cp.failure = source_key_refusal(ctx, cp.source)
+        return creation.create(ctx, cp.snapshot_id,
+                               lambda conn, done: insert_copy(ctx, conn, cp, description, tags, complete=done),
+                               metadata_only=metadata_only, table=ec2_snapshots, transitional="pending",
+                               wait_seconds=wait_seconds, grants=grants)
 
 
 def finish_copy(runtime: Runtime, payload: dict[str, Any]) -> None:

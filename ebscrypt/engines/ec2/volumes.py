@@ -386,15 +386,17 @@ def create_volume(ctx: RequestContext, *, wait_seconds: float = 3.0, **kwargs: A
     """CreateVolume: prepare, then the create protocol (:mod:`.creation`): metadata only
     (empty, same data key, doomed) in one transaction; a re-encryption as a job, waited
     for up to ``wait_seconds`` (boto3 waiters then see it done at once). [KMS, no conn]"""
-    prep = prepare_volume(ctx, **kwargs)
-    if prep.existing is not None:
-        return prep.existing
-    metadata_only = is_cheap(prep) and (prep.source is None or ctx.runtime.blocks is not None)
-    if metadata_only and prep.source is not None and not prep.plan.problem:
-        prep.failure = source_key_refusal(ctx, prep.source)
-    return creation.create(ctx, prep.volume_id, lambda conn, done: insert_volume(ctx, conn, prep, complete=done),
-                           metadata_only=metadata_only, table=ec2_volumes, transitional="creating",
-                           wait_seconds=wait_seconds)
+    with creation.deferring_grants(ctx) as grants:  # the grant for EC2 stored with the volume
+        prep = prepare_volume(ctx, **kwargs)
+        if prep.existing is not None:
+            return prep.existing
+        metadata_only = is_cheap(prep) and (prep.source is None or ctx.runtime.blocks is not None)
+        if metadata_only and prep.source is not None and not prep.plan.problem:
+            prep.failure = source_key_refusal(ctx, prep.source)
+        return creation.create(ctx, prep.volume_id,
+                               lambda conn, done: insert_volume(ctx, conn, prep, complete=done),
+                               metadata_only=metadata_only, table=ec2_volumes, transitional="creating",
+                               wait_seconds=wait_seconds, grants=grants)
 
 
 def finish_volume(runtime: Runtime, payload: dict[str, Any]) -> None:
