@@ -221,3 +221,38 @@ def test_kms_create_key_and_create_grant_are_one_durable_transaction_each(runtim
         "KeyId": key, "GranteePrincipal": "arn:aws:iam::123456789012:role/r", "Operations": ["Decrypt"]})
     _, commits, _ = _commits(runtime, lambda: runtime.kms.create_grant(ctx.caller, grant))
     assert commits == 1
+
+
+def test_concurrent_creations_share_wal_syncs(runtime: Any) -> None:
+    """Group commit (storage/db.py WalGroupSync): 16 threads creating volumes at once are
+    each acknowledged only after a sync that covers their commit, and share those syncs —
+    fewer syncs than creations; every volume is stored final."""
+    import threading
+
+    from ebscrypt.engines.ec2 import volumes
+
+    ctx = _ctx(runtime)
+    volumes.create_volume(ctx, availability_zone=ZONE, size=1)  # warm (pool, statements)
+    made: list[str] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(16)
+
+    def writer() -> None:
+        try:
+            start.wait()
+            for _ in range(8):
+                made.append(volumes.create_volume(ctx, availability_zone=ZONE, size=1).id)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def all_of_them() -> None:
+        threads = [threading.Thread(target=writer) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    _, syncs, jobs = _commits(runtime, all_of_them)
+    assert not errors and len(made) == 128 and jobs == 0
+    assert 1 <= syncs < 128, syncs
+    assert {_state(runtime, v)[0] for v in made} == {"available"}
