@@ -256,3 +256,29 @@ def test_concurrent_creations_share_wal_syncs(runtime: Any) -> None:
     assert not errors and len(made) == 128 and jobs == 0
     assert 1 <= syncs < 128, syncs
     assert {_state(runtime, v)[0] for v in made} == {"available"}
+
+
+def test_a_revoked_service_grant_is_not_reused(runtime: Any) -> None:
+    """The KMS engine remembers the EC2 grant it found (no read per create) only while the
+    key's authorization generation is unchanged: RevokeGrant bumps it, so the next
+    encrypted volume makes (and stores with itself) a new grant rather than naming the
+    revoked one (R-KEY-3)."""
+    from ebscrypt.engines.ec2 import volumes
+    from ebscrypt.engines.kms import api
+
+    ctx = _ctx(runtime)
+    key = _key(runtime, ctx)
+
+    def grant_ids() -> list[str]:
+        listed = runtime.kms.list_grants(ctx.caller, api.from_members(api.ListGrants, {"KeyId": key}))
+        return [g["GrantId"] for g in listed["Grants"]]
+
+    for _ in range(2):
+        volumes.create_volume(ctx, availability_zone=ZONE, size=1, encrypted=True, kms_key_id=key)
+    [first] = grant_ids()
+    runtime.kms.revoke_grant(ctx.caller, api.from_members(api.RevokeGrant, {"KeyId": key, "GrantId": first}))
+    vol, commits, _ = _commits(runtime, lambda: volumes.create_volume(
+        ctx, availability_zone=ZONE, size=1, encrypted=True, kms_key_id=key))
+    assert commits == 1 and _state(runtime, vol.id) == ("available", None)
+    [second] = grant_ids()
+    assert second != first

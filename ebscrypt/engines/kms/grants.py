@@ -176,6 +176,13 @@ class GrantOperations:
         self.db = db
         self.clock = clock
         self.access = access
+        # Identical grants found committed: (key id, grantee, name, same) -> (the key's
+        # authorization generation then, grant id, token). Valid while the key row read
+        # for the request still carries that generation: removing a grant (Retire/Revoke)
+        # bumps it in the same transaction (generations.py), and the key row is read afresh
+        # after any commit (KeyRows), so a removed grant is never reused; saves a read
+        # transaction per encrypted create or attach (issue 15).
+        self._known: dict[tuple[Any, ...], tuple[int, str, str]] = {}
 
     def make_grant(
         self,
@@ -214,10 +221,16 @@ class GrantOperations:
         reuse = name or reuse_identical
         same = (retiring, ops_json, cons_json, caller.account, for_aws_resource)
         deferred = _DEFERRED.get() if reuse_identical else None
+        known_key = (row.key_id, grantee, name, same)
+        generation = int(row.auth_generation or 0)
         if reuse:  # the common case (a repeated attach): found without taking the write lock
+            known = self._known.get(known_key)
+            if known is not None and known[0] == generation:
+                return known[1], known[2]
             with self.db.read() as conn:
                 g = _identical_grant(conn, row.key_id, grantee, name, same)
             if g is not None:
+                self._remember(known_key, generation, g.grant_id, g.token)
                 return g.grant_id, g.token
             for pending in deferred.rows if deferred is not None else ():
                 if (pending["key_id"], pending["grantee"], pending["name"]) == (row.key_id, grantee, name) and (
@@ -238,7 +251,14 @@ class GrantOperations:
             if reuse and (g := _identical_grant(conn, row.key_id, grantee, name, same)) is not None:
                 return g.grant_id, g.token  # made meanwhile by another writer
             conn.execute(_INSERT_GRANT, values)
+        if reuse:
+            self._remember(known_key, generation, values["grant_id"], values["token"])
         return values["grant_id"], values["token"]
+
+    def _remember(self, known_key: tuple[Any, ...], generation: int, grant_id: str, token: str) -> None:
+        if len(self._known) >= 10_000:  # bounded (a process with more keys reads the rest)
+            self._known.clear()
+        self._known[known_key] = (generation, grant_id, token)
 
     def create_grant(self, caller: Caller, args: api.CreateGrant) -> dict[str, Any]:
         row = self.access.resolve(caller, args.key_id)
