@@ -17,6 +17,7 @@ from ebscrypt.domain.sharing import check_grantees, check_share
 from ebscrypt.engines.attach import engine as attach_io
 from ebscrypt.engines.blocks.engine import CopyCancelled
 from ebscrypt.engines.blocks.errors import BlockError
+from ebscrypt.engines.ec2.account import get_settings
 from ebscrypt.engines.ec2.encryption import (
     EncryptionPlan,
     WrappedDataKey,
@@ -276,12 +277,13 @@ def prepare_copy(ctx: RequestContext, source_snapshot_id: str, source_region: st
     """Validate a copy and decide its encryption (§2, R-SNAP-2). [KMS, no conn]"""
     caller = ctx.caller
     src_region = source_region or caller.region
-    with ctx.runtime.db.read() as conn:
+    with ctx.runtime.db.read() as conn:  # one read transaction for both (issue 15)
         source = get_snapshot(conn, caller, source_snapshot_id, region=src_region)
+        settings = get_settings(conn, caller.account, caller.region)
     if source.state != "completed":
         raise IncorrectState(f"Snapshot {source_snapshot_id} is in invalid state - {source.state}")
     cross = src_region != caller.region
-    plan = resolve_encryption(ctx, source, encrypted, kms_key_id, cross_region=cross)
+    plan = resolve_encryption(ctx, source, encrypted, kms_key_id, cross_region=cross, settings=settings)
     snapshot_id = new_id("snap")
     plan, data_key = prepare_data_key(ctx, plan, source, snapshot_id)
     return CopyPlan(source, cross, plan, snapshot_id, data_key)
