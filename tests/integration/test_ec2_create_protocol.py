@@ -5,7 +5,10 @@ whose work is metadata only is stored final in ONE durable transaction, with no 
 - CreateSnapshot of a volume (R-SNAP-1): ``completed``, its blocks a lineage reference;
 - CopySnapshot with the same key in the same region (R-SNAP-2): ``completed``, the same
   data key (R-KEY-2), the source's blocks shared;
-- CreateVolume from a snapshot under the same key: ``available``, the blocks shared —
+- CreateVolume from a snapshot under the same key: ``available``, the blocks shared;
+- an encrypted CreateVolume whose key has no grant for EC2 yet: the grant (R-KEY-3) is
+  written in the volume's transaction, not in one of its own (issue 15);
+- KMS CreateKey and CreateGrant: one durable transaction each —
 
 while a copy that must re-encrypt (another key) is stored ``pending`` with its job, which
 then finishes it. Durable commits are counted by the SQLite group commit's WAL syncs
@@ -151,3 +154,131 @@ def test_a_copy_whose_source_was_deleted_first_is_stored_in_error(runtime: Any, 
     copy, commits, jobs = _commits(runtime, lambda: snapshots.copy_snapshot(ctx, snap.id, REGION))
     assert jobs == 0
     assert _state(runtime, copy.id) == ("error", f"The source snapshot {snap.id} no longer exists.")
+
+
+def test_the_first_encrypted_volume_of_a_key_stores_its_grant_in_the_volume_transaction(runtime: Any) -> None:
+    """R-KEY-3: the grant for EC2 is made (authorized, audited) while the volume is
+    prepared, and written with the volume: one durable commit for both."""
+    from ebscrypt.engines.ec2 import volumes
+    from ebscrypt.engines.kms import api
+
+    ctx = _ctx(runtime)
+    key = _key(runtime, ctx)
+
+    def grants() -> list[dict[str, Any]]:
+        listed = runtime.kms.list_grants(ctx.caller, api.from_members(api.ListGrants, {"KeyId": key}))
+        return list(listed["Grants"])
+
+    assert grants() == []
+    vol, commits, jobs = _commits(runtime, lambda: volumes.create_volume(
+        ctx, availability_zone=ZONE, size=1, encrypted=True, kms_key_id=key))
+    assert (commits, jobs) == (1, 0)
+    assert _state(runtime, vol.id) == ("available", None)
+    made = grants()
+    assert [(g["GranteePrincipal"], g["Operations"]) for g in made] == [("ec2.us-east-1.amazonaws.com", ["Decrypt"])]
+    # The next volume under the key reuses that grant: still one commit, no second grant.
+    again, commits, jobs = _commits(runtime, lambda: volumes.create_volume(
+        ctx, availability_zone=ZONE, size=1, encrypted=True, kms_key_id=key))
+    assert (commits, jobs) == (1, 0) and _state(runtime, again.id) == ("available", None)
+    assert grants() == made
+
+
+def test_a_volume_that_fails_to_store_leaves_no_grant(runtime: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deferred grant is written in the volume's transaction: when that transaction
+    fails, neither exists (and the next attempt makes the grant with its volume)."""
+    from ebscrypt.engines.ec2 import volumes
+    from ebscrypt.engines.kms import api
+
+    ctx = _ctx(runtime)
+    key = _key(runtime, ctx)
+    real = volumes.insert_volume
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(volumes, "insert_volume", failing)
+    with pytest.raises(RuntimeError):
+        volumes.create_volume(ctx, availability_zone=ZONE, size=1, encrypted=True, kms_key_id=key)
+    listed = runtime.kms.list_grants(ctx.caller, api.from_members(api.ListGrants, {"KeyId": key}))
+    assert listed["Grants"] == []
+    monkeypatch.setattr(volumes, "insert_volume", real)
+    vol = volumes.create_volume(ctx, availability_zone=ZONE, size=1, encrypted=True, kms_key_id=key)
+    assert _state(runtime, vol.id) == ("available", None)
+    listed = runtime.kms.list_grants(ctx.caller, api.from_members(api.ListGrants, {"KeyId": key}))
+    assert len(listed["Grants"]) == 1
+
+
+def test_kms_create_key_and_create_grant_are_one_durable_transaction_each(runtime: Any) -> None:
+    from ebscrypt.engines.kms import api
+
+    ctx = _ctx(runtime)
+    _key(runtime, ctx)  # the first key of the account may set up more than the key itself
+    made, commits, _ = _commits(runtime, lambda: runtime.kms.create_key(ctx.caller, api.from_members(
+        api.CreateKey, {"Description": "one transaction"})))
+    assert commits == 1
+    key = made["KeyMetadata"]["KeyId"]
+    grant = api.from_members(api.CreateGrant, {
+        "KeyId": key, "GranteePrincipal": "arn:aws:iam::123456789012:role/r", "Operations": ["Decrypt"]})
+    _, commits, _ = _commits(runtime, lambda: runtime.kms.create_grant(ctx.caller, grant))
+    assert commits == 1
+
+
+def test_concurrent_creations_share_wal_syncs(runtime: Any) -> None:
+    """Group commit (storage/db.py WalGroupSync): 16 threads creating volumes at once are
+    each acknowledged only after a sync that covers their commit, and share those syncs —
+    fewer syncs than creations; every volume is stored final."""
+    import threading
+
+    from ebscrypt.engines.ec2 import volumes
+
+    ctx = _ctx(runtime)
+    volumes.create_volume(ctx, availability_zone=ZONE, size=1)  # warm (pool, statements)
+    made: list[str] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(16)
+
+    def writer() -> None:
+        try:
+            start.wait()
+            for _ in range(8):
+                made.append(volumes.create_volume(ctx, availability_zone=ZONE, size=1).id)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def all_of_them() -> None:
+        threads = [threading.Thread(target=writer) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    _, syncs, jobs = _commits(runtime, all_of_them)
+    assert not errors and len(made) == 128 and jobs == 0
+    assert 1 <= syncs < 128, syncs
+    assert {_state(runtime, v)[0] for v in made} == {"available"}
+
+
+def test_a_revoked_service_grant_is_not_reused(runtime: Any) -> None:
+    """The KMS engine remembers the EC2 grant it found (no read per create) only while the
+    key's authorization generation is unchanged: RevokeGrant bumps it, so the next
+    encrypted volume makes (and stores with itself) a new grant rather than naming the
+    revoked one (R-KEY-3)."""
+    from ebscrypt.engines.ec2 import volumes
+    from ebscrypt.engines.kms import api
+
+    ctx = _ctx(runtime)
+    key = _key(runtime, ctx)
+
+    def grant_ids() -> list[str]:
+        listed = runtime.kms.list_grants(ctx.caller, api.from_members(api.ListGrants, {"KeyId": key}))
+        return [g["GrantId"] for g in listed["Grants"]]
+
+    for _ in range(2):
+        volumes.create_volume(ctx, availability_zone=ZONE, size=1, encrypted=True, kms_key_id=key)
+    [first] = grant_ids()
+    runtime.kms.revoke_grant(ctx.caller, api.from_members(api.RevokeGrant, {"KeyId": key, "GrantId": first}))
+    vol, commits, _ = _commits(runtime, lambda: volumes.create_volume(
+        ctx, availability_zone=ZONE, size=1, encrypted=True, kms_key_id=key))
+    assert commits == 1 and _state(runtime, vol.id) == ("available", None)
+    [second] = grant_ids()
+    assert second != first

@@ -17,7 +17,7 @@ import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterable
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from ebscrypt.engines.blocks.crypto import DataKey
 from ebscrypt.engines.blocks.errors import BlockError, KeyMismatch, UnrelatedLineage
@@ -25,6 +25,14 @@ from ebscrypt.engines.blocks.records import BlockRef, ChangedBlock, Owner, ref_f
 from ebscrypt.engines.blocks.store import ObjectStore
 from ebscrypt.storage.db import Database
 from ebscrypt.storage.tables.blocks import blk_entries, blk_garbage, blk_layers, blk_owners
+
+# Statements of the share path (CreateSnapshot, same-key copies: issue 15), built once:
+# building one per call cost more CPU than running it.
+_OWNER = select(blk_owners).where(blk_owners.c.owner_id == bindparam("owner_id"))
+_OWNER_LOCKED = _OWNER.with_for_update()
+_ANY_ENTRY = select(blk_entries.c.block_index).where(blk_entries.c.layer_id == bindparam("layer")).limit(1)
+_INSERT_OWNER = insert(blk_owners)
+_INSERT_LAYER = insert(blk_layers)
 
 
 def _new_layer_id() -> str:
@@ -83,7 +91,7 @@ class LineageOperations:
 
         An empty head is not frozen: its parent already holds the same content.
         """
-        has_entries = conn.execute(select(blk_entries.c.block_index).where(blk_entries.c.layer_id == owner.head_id).limit(1)).first()
+        has_entries = conn.execute(_ANY_ENTRY, {"layer": owner.head_id}).first()
         if has_entries is None:
             return self._layer(conn, owner.head_id)[0]
         new_head = self._new_layer(conn, owner.head_id)
@@ -278,10 +286,8 @@ class LineageOperations:
     # ---------------------------------------------------------------- owners and layers
 
     def _get_owner(self, conn: Connection, owner_id: str, *, lock: bool = False) -> Owner | None:
-        query = select(blk_owners).where(blk_owners.c.owner_id == owner_id)
-        if lock and not self.db.is_sqlite:
-            query = query.with_for_update()
-        row = conn.execute(query).mappings().first()
+        query = _OWNER_LOCKED if lock and not self.db.is_sqlite else _OWNER
+        row = conn.execute(query, {"owner_id": owner_id}).mappings().first()
         if row is None:
             return None
         return Owner(row["owner_id"], row["head_id"], row["pin_id"], row["data_key_id"], row["encrypted"])
@@ -304,14 +310,15 @@ class LineageOperations:
     def _insert_owner(self, conn: Connection, owner: Owner) -> Owner:
         """Record ``owner`` (its head, and pin, layers already exist)."""
         conn.execute(
-            insert(blk_owners).values(
+            _INSERT_OWNER,
+            dict(
                 owner_id=owner.owner_id,
                 head_id=owner.head_id,
                 pin_id=owner.pin_id,
                 data_key_id=owner.data_key_id,
                 encrypted=owner.encrypted,
                 created_at=self.now(),
-            )
+            ),
         )
         return owner
 
@@ -328,7 +335,7 @@ class LineageOperations:
 
     def _new_layer(self, conn: Connection, parent: str | None, *, origin: str | None = None) -> str:
         layer = _new_layer_id()
-        conn.execute(insert(blk_layers).values(id=layer, parent_id=parent, origin_id=origin, created_at=self.now()))
+        conn.execute(_INSERT_LAYER, dict(id=layer, parent_id=parent, origin_id=origin, created_at=self.now()))
         self._layer_cache[layer] = (parent, origin)
         return layer
 

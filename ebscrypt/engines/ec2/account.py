@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from ebscrypt.context import RequestContext
 from ebscrypt.storage.tables.ec2 import ec2_account_settings
@@ -23,12 +23,13 @@ def alias_arn(account: str, region: str, alias: str = AWS_EBS_ALIAS) -> str:
     return f"arn:aws:kms:{region}:{account}:{alias}"
 
 
+# Built once (read by every create call: building it cost more than running it).
+_SETTINGS = select(ec2_account_settings).where(
+    ec2_account_settings.c.account == bindparam("account"), ec2_account_settings.c.region == bindparam("region"))
+
+
 def get_settings(conn: Connection, account: str, region: str) -> AccountSettings:
-    row = conn.execute(
-        select(ec2_account_settings).where(
-            ec2_account_settings.c.account == account, ec2_account_settings.c.region == region
-        )
-    ).mappings().first()
+    row = conn.execute(_SETTINGS, {"account": account, "region": region}).mappings().first()
     if row is None:
         return AccountSettings(ebd=False, default_key=None)
     return AccountSettings(ebd=bool(row["ebs_encryption_by_default"]), default_key=row["default_kms_key"])

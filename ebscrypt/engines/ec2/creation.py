@@ -5,9 +5,10 @@ CreateVolume, CreateSnapshot(s) and CopySnapshot all go:
 
 1. **prepare** (the caller, no transaction open): validate, apply §2, make or reuse the
    data key and prove the source key usable — KMS is never called inside a write
-   transaction;
-2. **store**, in one write transaction: the resource row, its tags and provenance, and
-   either
+   transaction; the grant for EC2 those uses may make (R-KEY-3) is authorized and audited
+   then, but written in step 2 (:func:`deferring_grants`);
+2. **store**, in one write transaction: the deferred grant, the resource row, its tags and
+   provenance, and either
    - *metadata only* (an empty volume, a same-data-key share of a snapshot's blocks, a
      snapshot of a volume, a key problem that dooms it): the work itself — a block-lineage
      reference (``blocks.share_in``) — and the resource's final state, all in that one
@@ -25,12 +26,15 @@ The answer shows the resource as AWS's does at creation (``creating`` / ``pendin
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, TypeVar
 
-from sqlalchemy import Connection, Table, select
+from sqlalchemy import Connection, Select, Table, bindparam, select
 
 from ebscrypt.context import RequestContext, Runtime
 from ebscrypt.engines.ec2 import waits
+
+if TYPE_CHECKING:
+    from ebscrypt.engines.kms.grants import DeferredGrants
 
 R = TypeVar("R")
 
@@ -38,16 +42,31 @@ R = TypeVar("R")
 Store = Callable[[Connection, bool], R]
 
 
+def deferring_grants(ctx: RequestContext) -> ContextManager[DeferredGrants | None]:
+    """Around step 1 and :func:`create`: the EC2 service grants KMS makes for the request
+    are stored in the creating transaction (``create(..., grants=...)``), so an encrypted
+    resource and its first grant are one durable commit, not two (issue 15). None when no
+    KMS engine runs (a partial runtime: nothing to defer)."""
+    engines = ctx.runtime.engines
+    if "kms" not in engines:
+        return contextlib.nullcontext()
+    return ctx.runtime.kms.deferring_grants()
+
+
 def create(ctx: RequestContext, resource_id: str, store: Store[R], *, metadata_only: bool, table: Table,
-           transitional: str, wait_seconds: float = 3.0, hold: ContextManager[Any] | None = None) -> R:
+           transitional: str, wait_seconds: float = 3.0, hold: ContextManager[Any] | None = None,
+           grants: DeferredGrants | None = None) -> R:
     """Run steps 2 and 3 of the protocol for a prepared resource. ``resource_id``: the id
     its job finishes (waited for; unused when ``metadata_only``). ``table`` and
     ``transitional`` (its ``creating``/``pending`` state) let a waiter poll the row when
     another process may run the job; ``hold`` is entered around the transaction (the
-    quiesce of an attached volume: R-ATTACH-4)."""
+    quiesce of an attached volume: R-ATTACH-4); ``grants``: the grants step 1 deferred
+    (:func:`deferring_grants`), stored first in the transaction."""
     runtime = ctx.runtime
     event = None if metadata_only else waits.expect(resource_id)
     with hold or contextlib.nullcontext(), runtime.db.begin() as conn:
+        if grants is not None:
+            grants.store(conn)
         record = store(conn, metadata_only)
     if event is not None:
         runtime.jobs.notify()
@@ -74,4 +93,10 @@ def source_present(conn: Connection, table: Table, source_id: str) -> bool:
     """Whether the source row still exists, locked (PostgreSQL) until this transaction
     ends: a DeleteSnapshot then commits after the share, so it releases its blocks only
     once the new resource holds its reference. (SQLite: one writer at a time already.)"""
-    return conn.execute(select(table.c.id).where(table.c.id == source_id).with_for_update()).first() is not None
+    query = _LOCK_SOURCE.get(table.name)
+    if query is None:  # built once per table (building it per call cost more than running it)
+        query = _LOCK_SOURCE[table.name] = select(table.c.id).where(table.c.id == bindparam("id")).with_for_update()
+    return conn.execute(query, {"id": source_id}).first() is not None
+
+
+_LOCK_SOURCE: dict[str, Select[Any]] = {}

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from ebscrypt.context import Caller
 from ebscrypt.engines.ec2.ids import check_id
@@ -13,8 +13,11 @@ from ebscrypt.errors import NotFound, UnauthorizedOperation
 from ebscrypt.storage.tables.ec2 import ec2_snapshot_permissions, ec2_snapshots
 
 
+_BY_ID = select(ec2_snapshots).where(ec2_snapshots.c.id == bindparam("id"))  # built once (issue 15)
+
+
 def snapshot_row(conn: Connection, snapshot_id: str) -> Snapshot | None:
-    row = conn.execute(select(ec2_snapshots).where(ec2_snapshots.c.id == snapshot_id)).mappings().first()
+    row = conn.execute(_BY_ID, {"id": snapshot_id}).mappings().first()
     return Snapshot.from_row(row) if row else None
 
 

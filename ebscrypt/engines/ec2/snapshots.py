@@ -10,13 +10,14 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sqlalchemy import Connection, delete, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, or_, select, update
 
 from ebscrypt.context import Caller, RequestContext, Runtime
 from ebscrypt.domain.sharing import check_grantees, check_share
 from ebscrypt.engines.attach import engine as attach_io
 from ebscrypt.engines.blocks.engine import CopyCancelled
 from ebscrypt.engines.blocks.errors import BlockError
+from ebscrypt.engines.ec2.account import get_settings
 from ebscrypt.engines.ec2.encryption import (
     EncryptionPlan,
     WrappedDataKey,
@@ -116,8 +117,15 @@ def permissions_of(conn: Connection, ids: list[str]) -> dict[str, set[str]]:
 # ----------------------------------------------------------------------------- from a volume
 
 
+# Built once (issue 15: building the statement per call cost more than running it).
+_INSERT = insert(ec2_snapshots)
+_LATEST_OF_VOLUME = select(ec2_snapshots.c.id).where(
+    ec2_snapshots.c.volume_id == bindparam("volume_id"), ec2_snapshots.c.account == bindparam("account"),
+    ec2_snapshots.c.state != "error").order_by(ec2_snapshots.c.start_time.desc()).limit(1)
+
+
 def _insert(conn: Connection, values: dict[str, Any], tags: list[dict[str, str]] | None) -> Snapshot:
-    conn.execute(insert(ec2_snapshots).values(**values))
+    conn.execute(_INSERT, values)
     if tags:
         put_tags(conn, values["account"], values["region"], values["id"], tags)
     return Snapshot.from_row(values)
@@ -150,9 +158,7 @@ def create_snapshot_from_volume(ctx: RequestContext, conn: Connection, volume_id
     vol = get_volume(conn, ctx.caller, volume_id)
     if vol.state not in ("available", "in-use"):
         raise IncorrectState(f"The volume '{volume_id}' is in the '{vol.state}' state.")
-    parent = conn.execute(select(ec2_snapshots.c.id).where(
-        ec2_snapshots.c.volume_id == volume_id, ec2_snapshots.c.account == ctx.caller.account,
-        ec2_snapshots.c.state != "error").order_by(ec2_snapshots.c.start_time.desc())).first()
+    parent = conn.execute(_LATEST_OF_VOLUME, {"volume_id": volume_id, "account": ctx.caller.account}).first()
     now = ctx.runtime.clock.now()
     values = _base(new_id("snap"), ctx.caller, now, volume_size=vol.size,
                    encrypted=vol.encrypted, kms_key_arn=vol.kms_key_arn, data_key_id=vol.data_key_id,
@@ -271,12 +277,13 @@ def prepare_copy(ctx: RequestContext, source_snapshot_id: str, source_region: st
     """Validate a copy and decide its encryption (§2, R-SNAP-2). [KMS, no conn]"""
     caller = ctx.caller
     src_region = source_region or caller.region
-    with ctx.runtime.db.read() as conn:
+    with ctx.runtime.db.read() as conn:  # one read transaction for both (issue 15)
         source = get_snapshot(conn, caller, source_snapshot_id, region=src_region)
+        settings = get_settings(conn, caller.account, caller.region)
     if source.state != "completed":
         raise IncorrectState(f"Snapshot {source_snapshot_id} is in invalid state - {source.state}")
     cross = src_region != caller.region
-    plan = resolve_encryption(ctx, source, encrypted, kms_key_id, cross_region=cross)
+    plan = resolve_encryption(ctx, source, encrypted, kms_key_id, cross_region=cross, settings=settings)
     snapshot_id = new_id("snap")
     plan, data_key = prepare_data_key(ctx, plan, source, snapshot_id)
     return CopyPlan(source, cross, plan, snapshot_id, data_key)
@@ -348,14 +355,15 @@ def copy_snapshot(ctx: RequestContext, source_snapshot_id: str, source_region: s
                   wait_seconds: float = 3.0) -> Snapshot:
     """CopySnapshot: prepare, then the create protocol (:mod:`.creation`): a same-key copy
     in one transaction; a re-encryption as a job, waited for briefly (R-LIFE-1). [KMS, no conn]"""
-    cp = prepare_copy(ctx, source_snapshot_id, source_region, encrypted, kms_key_id)
-    metadata_only = copy_is_cheap(cp) and ctx.runtime.blocks is not None
-    if metadata_only and not cp.plan.problem:
-        cp.failure = source_key_refusal(ctx, cp.source)
-    return creation.create(ctx, cp.snapshot_id,
-                           lambda conn, done: insert_copy(ctx, conn, cp, description, tags, complete=done),
-                           metadata_only=metadata_only, table=ec2_snapshots, transitional="pending",
-                           wait_seconds=wait_seconds)
+    with creation.deferring_grants(ctx) as grants:  # the grant for EC2 stored with the copy
+        cp = prepare_copy(ctx, source_snapshot_id, source_region, encrypted, kms_key_id)
+        metadata_only = copy_is_cheap(cp) and ctx.runtime.blocks is not None
+        if metadata_only and not cp.plan.problem:
+            cp.failure = source_key_refusal(ctx, cp.source)
+        return creation.create(ctx, cp.snapshot_id,
+                               lambda conn, done: insert_copy(ctx, conn, cp, description, tags, complete=done),
+                               metadata_only=metadata_only, table=ec2_snapshots, transitional="pending",
+                               wait_seconds=wait_seconds, grants=grants)
 
 
 def finish_copy(runtime: Runtime, payload: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from ebscrypt.errors import InvalidParameterValue, MissingParameter, TagLimitExceeded
 from ebscrypt.storage.tables.ec2 import ec2_tags
@@ -48,13 +48,16 @@ def tag_specs(specs: list[dict[str, Any]] | None, resource_type: str) -> list[di
     return _check(tags)
 
 
+# Built once (tags given at creation are written by every create call that has them).
+_KEYS_OF = select(ec2_tags.c.key).where(ec2_tags.c.resource_id == bindparam("resource_id"))
+_INSERT = insert(ec2_tags)
+
+
 def put_tags(conn: Connection, account: str, region: str, resource_id: str,
              tags: Iterable[dict[str, Any]]) -> None:
     """Create or overwrite tags on ``resource_id``. [conn]"""
     tags = _check(tags)
-    existing = {
-        r.key for r in conn.execute(select(ec2_tags.c.key).where(ec2_tags.c.resource_id == resource_id))
-    }
+    existing = {r.key for r in conn.execute(_KEYS_OF, {"resource_id": resource_id})}
     if len(existing | {t["Key"] for t in tags}) > MAX_TAGS:
         raise TagLimitExceeded(f"The number of tags on {resource_id} would exceed {MAX_TAGS}.")
     rtype = resource_type_of(resource_id)
@@ -63,8 +66,8 @@ def put_tags(conn: Connection, account: str, region: str, resource_id: str,
             conn.execute(update(ec2_tags).where(ec2_tags.c.resource_id == resource_id,
                                                 ec2_tags.c.key == t["Key"]).values(value=t["Value"]))
         else:
-            conn.execute(insert(ec2_tags).values(resource_id=resource_id, key=t["Key"], value=t["Value"],
-                                                 resource_type=rtype, account=account, region=region))
+            conn.execute(_INSERT, dict(resource_id=resource_id, key=t["Key"], value=t["Value"],
+                                       resource_type=rtype, account=account, region=region))
             existing.add(t["Key"])
 
 

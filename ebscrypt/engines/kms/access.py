@@ -13,7 +13,7 @@ import re
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from ebscrypt.clock import Clock
 from ebscrypt.context import Caller
@@ -23,7 +23,7 @@ from ebscrypt.engines.kms.aliases import EBS_ALIAS, alias_row
 from ebscrypt.engines.kms.audit import CURRENT_EVENT
 from ebscrypt.engines.kms.checks import note_resource, require_customer
 from ebscrypt.engines.kms.errors import no_policy_allows
-from ebscrypt.engines.kms.grants import grant_of
+from ebscrypt.engines.kms.grants import grant_of, pending_grants
 from ebscrypt.engines.kms.key_rows import KeyRows
 from ebscrypt.engines.kms.lifecycle import KeyLifecycle
 from ebscrypt.engines.kms.metadata import utc
@@ -37,6 +37,8 @@ __all__ = ["KeyAccess"]
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _KEY_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:([a-z0-9-]+):(\d{12}):key/(.+)$")
 _ALIAS_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:([a-z0-9-]+):(\d{12}):(alias/.+)$")
+
+_KEY_GRANTS = select(kms_grants).where(kms_grants.c.key_id == bindparam("key_id"))  # built once
 
 # Key rows read in the current key-row scope (see KeyAccess.key_row_scope); None outside one.
 _ROW_SCOPE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("kms_key_rows", default=None)
@@ -259,9 +261,11 @@ class KeyAccess:
                     raise KmsInvalidGrantToken("Grant token provided is not valid")
 
     def _grants_for_key(self, key_id: str) -> list[grant_rules.Grant]:
+        """The key's grants: those committed, and those this request made and will store
+        in its own transaction (grants.deferring_grants)."""
         with self.db.read() as conn:
-            rows = conn.execute(select(kms_grants).where(kms_grants.c.key_id == key_id)).all()
-        return [grant_of(r) for r in rows]
+            rows = conn.execute(_KEY_GRANTS, {"key_id": key_id}).all()
+        return [grant_of(r) for r in rows] + pending_grants(key_id)
 
 
 def _grant_covers_new_grant(g: grant_rules.Grant, operation: str, extra: Mapping[str, Any] | None) -> bool:

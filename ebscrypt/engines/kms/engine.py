@@ -32,7 +32,7 @@ from ebscrypt.engines.kms.access import KeyAccess
 from ebscrypt.engines.kms.aliases import AliasOperations
 from ebscrypt.engines.kms.audit import AuditLog, AuditTrail, audit_path
 from ebscrypt.engines.kms.crypto_ops import CryptoOperations
-from ebscrypt.engines.kms.grants import GrantOperations
+from ebscrypt.engines.kms.grants import DeferredGrants, GrantOperations, deferring_grants
 from ebscrypt.engines.kms.key_rows import KeyRows
 from ebscrypt.engines.kms.keys import KeyOperations
 from ebscrypt.engines.kms.keystore import KeyStore, RootKeyError, open_key_store
@@ -188,6 +188,12 @@ class KeyEngine:
         self.tag_resource = tags.tag_resource
         self.untag_resource = tags.untag_resource
         self.list_resource_tags = tags.list_resource_tags
+
+    def deferring_grants(self) -> AbstractContextManager[DeferredGrants]:
+        """The service grants made within are stored by the caller, in its own write
+        transaction on this database (:func:`.grants.deferring_grants`): a create call's
+        grant and resource in one durable commit."""
+        return deferring_grants()
 
     def key_row_scope(self) -> AbstractContextManager[None]:
         """Key rows read once for one request (:meth:`.access.KeyAccess.key_row_scope`)."""

@@ -7,10 +7,13 @@ of a key after its policy.
 from __future__ import annotations
 
 import base64
+import contextvars
 import json
 import os
 import re
-from typing import TYPE_CHECKING, Any, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from sqlalchemy import Connection, bindparam, delete, insert, select
 
@@ -95,6 +98,67 @@ def _grant_conditions(
 _INSERT_GRANT = insert(kms_grants)  # built once; the values go as parameters
 
 
+@dataclass
+class DeferredGrants:
+    """Grants made inside :func:`deferring_grants`: authorized and audited when asked for,
+    written by :meth:`store` in the caller's own write transaction (issue 15: an encrypted
+    CreateVolume's grant for EC2 and the volume in ONE durable commit, not two). Until then
+    they exist for this context only: :func:`pending_grants` lets the authorization of the
+    request's later uses (the Decrypt that proves a new data key) count them, as it would
+    count them committed. Dropped if the caller's transaction never commits — the resource
+    that needed them does not exist either."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def store(self, conn: Connection) -> None:
+        """Write the deferred grants in ``conn`` (the caller's write transaction on the KMS
+        database), each unless an identical one was committed meanwhile. [conn]"""
+        for row in self.rows:
+            same = (row["retiring"], row["operations"], row["constraints"], row["issuing_account"],
+                    row["for_aws_resource"])
+            if _identical_grant(conn, row["key_id"], row["grantee"], row["name"], same) is None:
+                conn.execute(_INSERT_GRANT, row)
+        self.rows.clear()
+
+
+_DEFERRED: contextvars.ContextVar[DeferredGrants | None] = contextvars.ContextVar("kms_deferred_grants",
+                                                                                  default=None)
+
+
+@contextmanager
+def deferring_grants() -> Iterator[DeferredGrants]:
+    """Within the block, grants that reuse an identical grant when one exists (the EC2
+    side's service grants) are not written at once but collected, to be stored with
+    :meth:`DeferredGrants.store` in the caller's write transaction. Nested blocks share the
+    outermost one."""
+    outer = _DEFERRED.get()
+    if outer is not None:
+        yield outer
+        return
+    mine = DeferredGrants()
+    token = _DEFERRED.set(mine)
+    try:
+        yield mine
+    finally:
+        _DEFERRED.reset(token)
+
+
+def pending_grants(key_id: str) -> list[grant_rules.Grant]:
+    """The grants of ``key_id`` made in this context and not yet stored (see
+    :class:`DeferredGrants`)."""
+    deferred = _DEFERRED.get()
+    if deferred is None or not deferred.rows:
+        return []
+    return [grant_of(_RowView(r)) for r in deferred.rows if r["key_id"] == key_id]
+
+
+class _RowView:
+    """A grant's insert values read as a ``kms_grants`` row (attribute access)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
 def _identical_grant(conn: Connection, key_id: str, grantee: str, name: str | None, same: tuple[Any, ...]) -> Any:
     """The key's grant to ``grantee`` (named ``name``, or unnamed) whose (retiring
     principal, operations, constraints, issuing account, for-AWS-resource) are ``same``."""
@@ -112,6 +176,13 @@ class GrantOperations:
         self.db = db
         self.clock = clock
         self.access = access
+        # Identical grants found committed: (key id, grantee, name, same) -> (the key's
+        # authorization generation then, grant id, token). Valid while the key row read
+        # for the request still carries that generation: removing a grant (Retire/Revoke)
+        # bumps it in the same transaction (generations.py), and the key row is read afresh
+        # after any commit (KeyRows), so a removed grant is never reused; saves a read
+        # transaction per encrypted create or attach (issue 15).
+        self._known: dict[tuple[Any, ...], tuple[int, str, str]] = {}
 
     def make_grant(
         self,
@@ -149,23 +220,45 @@ class GrantOperations:
         cons_json = json.dumps(constraints, sort_keys=True) if constraints else None
         reuse = name or reuse_identical
         same = (retiring, ops_json, cons_json, caller.account, for_aws_resource)
+        deferred = _DEFERRED.get() if reuse_identical else None
+        known_key = (row.key_id, grantee, name, same)
+        generation = int(row.auth_generation or 0)
         if reuse:  # the common case (a repeated attach): found without taking the write lock
+            known = self._known.get(known_key)
+            if known is not None and known[0] == generation:
+                return known[1], known[2]
             with self.db.read() as conn:
                 g = _identical_grant(conn, row.key_id, grantee, name, same)
             if g is not None:
+                self._remember(known_key, generation, g.grant_id, g.token)
                 return g.grant_id, g.token
+            for pending in deferred.rows if deferred is not None else ():
+                if (pending["key_id"], pending["grantee"], pending["name"]) == (row.key_id, grantee, name) and (
+                        pending["retiring"], pending["operations"], pending["constraints"],
+                        pending["issuing_account"], pending["for_aws_resource"]) == same:
+                    return pending["grant_id"], pending["token"]
+        values = {
+            "grant_id": os.urandom(32).hex(), "key_id": row.key_id, "name": name, "grantee": grantee,
+            "retiring": retiring, "operations": ops_json, "constraints": cons_json,
+            "issuing_account": caller.account, "for_aws_resource": for_aws_resource,
+            "token": base64.urlsafe_b64encode(b"ebscrypt-grant:" + os.urandom(48)).decode().rstrip("="),
+            "creation_date": self.clock.now(),
+        }
+        if deferred is not None:  # stored in the caller's transaction (DeferredGrants.store)
+            deferred.rows.append(values)
+            return values["grant_id"], values["token"]
         with self.db.begin() as conn:
             if reuse and (g := _identical_grant(conn, row.key_id, grantee, name, same)) is not None:
                 return g.grant_id, g.token  # made meanwhile by another writer
-            grant_id = os.urandom(32).hex()
-            token = base64.urlsafe_b64encode(b"ebscrypt-grant:" + os.urandom(48)).decode().rstrip("=")
-            conn.execute(_INSERT_GRANT, {
-                "grant_id": grant_id, "key_id": row.key_id, "name": name, "grantee": grantee,
-                "retiring": retiring, "operations": ops_json, "constraints": cons_json,
-                "issuing_account": caller.account, "for_aws_resource": for_aws_resource, "token": token,
-                "creation_date": self.clock.now(),
-            })
-        return grant_id, token
+            conn.execute(_INSERT_GRANT, values)
+        if reuse:
+            self._remember(known_key, generation, values["grant_id"], values["token"])
+        return values["grant_id"], values["token"]
+
+    def _remember(self, known_key: tuple[Any, ...], generation: int, grant_id: str, token: str) -> None:
+        if len(self._known) >= 10_000:  # bounded (a process with more keys reads the rest)
+            self._known.clear()
+        self._known[known_key] = (generation, grant_id, token)
 
     def create_grant(self, caller: Caller, args: api.CreateGrant) -> dict[str, Any]:
         row = self.access.resolve(caller, args.key_id)
