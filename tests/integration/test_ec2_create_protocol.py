@@ -282,3 +282,32 @@ def test_a_revoked_service_grant_is_not_reused(runtime: Any) -> None:
     assert commits == 1 and _state(runtime, vol.id) == ("available", None)
     [second] = grant_ids()
     assert second != first
+
+
+def test_a_plain_volume_is_one_transaction_and_encryption_by_default_still_applies(runtime: Any) -> None:
+    """An empty volume that needs no KMS reads the settings and its ClientToken in the
+    transaction that stores it; encryption by default (R-OUT-5, R-OUT-7) sends the request
+    to the KMS path — nothing written by the attempt — and turning it off again brings
+    plain volumes back."""
+    from ebscrypt.engines.ec2 import account, volumes
+
+    ctx = _ctx(runtime)
+    vol, commits, jobs = _commits(runtime, lambda: volumes.create_volume(
+        ctx, availability_zone=ZONE, size=1, client_token="tok-1"))
+    assert (commits, jobs) == (1, 0) and not vol.encrypted and _state(runtime, vol.id) == ("available", None)
+    again, commits, _ = _commits(runtime, lambda: volumes.create_volume(
+        ctx, availability_zone=ZONE, size=1, client_token="tok-1"))
+    assert again.id == vol.id and commits == 0  # a replay writes nothing
+
+    account.store_ebd(ctx, True)
+    volumes.create_volume(ctx, availability_zone=ZONE, size=1)  # the EBS key and its grant exist now
+    for asked in (None, False):  # R-OUT-5; R-OUT-7: Encrypted=false cannot switch it off
+        enc, commits, jobs = _commits(runtime, lambda: volumes.create_volume(
+            ctx, availability_zone=ZONE, size=1, encrypted=asked))
+        assert enc.encrypted and (commits, jobs) == (1, 0)
+        assert _state(runtime, enc.id) == ("available", None)
+
+    account.store_ebd(ctx, False)
+    for _ in range(2):  # the first notices the change, the next takes the one-transaction path again
+        plain, commits, _ = _commits(runtime, lambda: volumes.create_volume(ctx, availability_zone=ZONE, size=1))
+        assert not plain.encrypted and commits == 1
