@@ -69,11 +69,7 @@ def complete_snapshot(ctx: RequestContext, params: dict[str, Any]) -> dict[str, 
     return {"Status": "completed"}
 
 
-# Inline (ebscrypt/blocking.py): with the data key cached and a local object store, a
-# block is a few reads, a page-cache read and AES-GCM: answered on the event loop, without
-# the worker-thread hand-off that was the download's largest cost (bench/README.md, D).
-# An uncached key (KMS on the caller's behalf) or a remote store goes to a worker thread.
-@operation("ebs", "GetSnapshotBlock", inline=True)
+@operation("ebs", "GetSnapshotBlock")
 def get_snapshot_block(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     data, checksum = E.get_block(ctx, params["SnapshotId"], int(params["BlockIndex"]), params["BlockToken"])
     return {"BlockData": data, "DataLength": len(data), "Checksum": checksum, "ChecksumAlgorithm": "SHA256"}

@@ -83,7 +83,7 @@ from ebscrypt.engines.blocks.errors import (
 from ebscrypt.engines.blocks.maintenance import MaintenanceOperations
 from ebscrypt.engines.blocks.records import BlockRef, ChangedBlock, Owner, check_index, delete_quietly, ref_from_row
 from ebscrypt.engines.blocks.reencrypt import CopyOperations
-from ebscrypt.engines.blocks.store import LocalDirStore, ObjectMissing, ObjectStore, StagingStore, new_object_key
+from ebscrypt.engines.blocks.store import ObjectMissing, ObjectStore, StagingStore, new_object_key
 from ebscrypt.storage.db import Database
 from ebscrypt.storage.tables.blocks import blk_entries, blk_owners
 
@@ -328,12 +328,6 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             else:
                 self.store.put(item.object_key, sealed)
         return item
-
-    @property
-    def reads_locally(self) -> bool:
-        """Objects are read from a local directory (a page-cache read, no network wait):
-        GetSnapshotBlock may then answer on the event loop (ebscrypt/blocking.py)."""
-        return isinstance(self.store, LocalDirStore)
 
     @property
     def group_commits(self) -> int:

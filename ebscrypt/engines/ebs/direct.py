@@ -25,7 +25,6 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 
-from ebscrypt.blocking import may_block
 from ebscrypt.context import Caller, RequestContext, Runtime
 from ebscrypt.engines.blocks.crypto import DataKey, sha256_b64
 from ebscrypt.engines.blocks.engine import BlockRef
@@ -101,9 +100,6 @@ class _KeyCache:
             hit = self._items.get(ident)
         if hit is not None and generation is not None and hit.generation == generation and hit.expires > now:
             return hit.key
-        # Authorizing through KMS (a grant, an audited Decrypt) writes and may wait: a
-        # handler on the event loop (GetSnapshotBlock) goes to a worker thread first.
-        may_block()
         try:
             key: DataKey = data_key_for(ctx, snap)
         except ServiceError as err:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ebscrypt.blocking import may_block
 from ebscrypt.domain.outcome import key_implies_encrypted, refuses_unencrypted
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE
 from ebscrypt.engines.blocks.engine import CopyInProgress, UnrelatedLineage
@@ -279,8 +278,6 @@ def get_block(ctx: Any, snapshot_id: str, index: int, block_token: str) -> tuple
     blocks = _blocks(ctx)
     direct.check_block_token(ctx.runtime, snapshot_id, ref, block_token, _now(ctx))
     key = direct.keys.get(ctx, snap, generation=generation[0])
-    if not blocks.reads_locally:
-        may_block()  # a remote object store: a network read, not on the event loop
     try:
         data, checksum, now_ref = blocks.read_block_checked(snapshot_id, index, key, ref=ref)
     except BlockIntegrityError:
