@@ -6,7 +6,6 @@ region from the SigV4 scope) and the process-wide :class:`Runtime` holding the e
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,22 +125,3 @@ class RequestContext:
     request_id: str
     service: str
     operation: str
-
-
-# The SHA-256 of a request body that the SigV4 check has just computed (wire/sigv4.py),
-# kept with the very bytes object it hashed: PutSnapshotBlock's checksum is the SHA-256
-# of the same 512 KiB, which then need not be hashed twice (issue 15). One per request:
-# each request runs in its own context (copied into its worker thread).
-_BODY_DIGEST: ContextVar[tuple[bytes, bytes] | None] = ContextVar("ebscrypt_body_digest", default=None)
-
-
-def note_body_digest(body: bytes, digest: bytes) -> None:
-    """Record ``digest``, the SHA-256 just computed over ``body`` (an immutable bytes)."""
-    if type(body) is bytes:
-        _BODY_DIGEST.set((body, digest))
-
-
-def known_digest(data: object) -> bytes | None:
-    """The SHA-256 of ``data`` if it is the very body object whose digest was noted."""
-    noted = _BODY_DIGEST.get()
-    return noted[1] if noted is not None and noted[0] is data else None

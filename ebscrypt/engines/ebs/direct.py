@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 
-from ebscrypt.context import Caller, RequestContext, Runtime, known_digest
+from ebscrypt.context import Caller, RequestContext, Runtime
 from ebscrypt.engines.blocks.crypto import DataKey, sha256_b64
 from ebscrypt.engines.blocks.engine import BlockRef
 from ebscrypt.engines.ec2.encryption import data_key_for
@@ -287,8 +287,7 @@ def aggregate_checksum(checksums: Any) -> str:
 def verified_block_checksum(data: bytes, claimed: str) -> str:
     """The base64 SHA-256 of a block PutSnapshotBlock received, which must be the
     ``x-amz-Checksum`` sent with it (compared in constant time)."""
-    digest = known_digest(data)  # hashed once already by the SigV4 check, when it is that body
-    actual = base64.b64encode(digest).decode() if digest is not None else sha256_b64(data)
+    actual = sha256_b64(data)
     if not hmac.compare_digest(actual, claimed):
         raise EbsValidation("The checksum of the block data does not match x-amz-Checksum.", "INVALID_BLOCK")
     return actual
