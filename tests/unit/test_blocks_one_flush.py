@@ -1,7 +1,7 @@
 """The block engine's one-flush group commit (issue 15; engines/blocks/engine.py
 ``_one_flush_commit``): when the metadata WAL lives on the object store's file system, a
 new block's entry is committed without its own WAL sync and one syncfs makes the group's
-objects and entries durable together; a block that replaces one keeps the two ordered
+objects and entries durable together (opt-in: ``one_flush=True`` / EBSCRYPT_BLOCK_ONE_FLUSH=1); a block that replaces one keeps the two ordered
 flushes. Either way ``write_block`` returns (PutSnapshotBlock answers, R-DATA-1) only once
 its object and its entry are durable."""
 
@@ -30,7 +30,7 @@ def rand_block() -> bytes:
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[BlockEngine]:
     db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
-    eng = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
+    eng = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0, one_flush=True)
     yield eng
     eng.close()
     db.dispose()
@@ -184,7 +184,7 @@ def test_store_on_another_file_system_keeps_two_flushes(tmp_path: Path, key: Dat
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(LocalDirStore, "covers", lambda self, path: False)
     db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
-    eng = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
+    eng = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0, one_flush=True)
     try:
         assert not eng._one_flush
         sync = db.group_sync
@@ -196,4 +196,16 @@ def test_store_on_another_file_system_keeps_two_flushes(tmp_path: Path, key: Dat
         assert eng.read_block("snap-o", 0, key) == data
     finally:
         eng.close()
+        db.dispose()
+
+
+def test_off_by_default_and_switched_on_by_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
+    try:
+        monkeypatch.delenv("EBSCRYPT_BLOCK_ONE_FLUSH", raising=False)
+        assert not BlockEngine(db, LocalDirStore(tmp_path / "a"), processes=0)._one_flush
+        monkeypatch.setenv("EBSCRYPT_BLOCK_ONE_FLUSH", "1")
+        assert BlockEngine(db, LocalDirStore(tmp_path / "b"), processes=0)._one_flush
+        assert not BlockEngine(db, LocalDirStore(tmp_path / "c"), processes=0, one_flush=False)._one_flush
+    finally:
         db.dispose()

@@ -52,6 +52,7 @@ Where each part lives (``BlockEngine`` puts them together; import everything fro
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -215,13 +216,19 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         # The block group commit, two pipelined stages (see _group_commit).
         self._flush_stage = _GroupStage(self._flush_writes, "flushed", self.GROUP_MAX)
         self._record_stage = _GroupStage(self._record_writes, "done", self.GROUP_MAX)
-        # One flush per group for write_block (issue 15): when the metadata WAL lives on the
-        # object store's file system (SQLite, group commit), a new block's entry is committed
-        # first without its own WAL sync, then one syncfs makes the group's objects and those
-        # entries durable together. ``one_flush``: None = whenever possible; False = never.
+        # One flush per group for write_block (issue 15), opt-in: when the metadata WAL lives
+        # on the object store's file system (SQLite, group commit), a new block's entry is
+        # committed first without its own WAL sync, then one syncfs makes the group's objects
+        # and those entries durable together. Off by default: on the 2-core VM of
+        # bench/README.md (D) the WAL's fdatasync costs 0.2-1 ms against 5-15 ms for the
+        # objects' flush, and the two-stage pipeline (group k+1's objects flush while group
+        # k's entries commit) measured 1.2-1.35x the merged flush. Worth trying where a
+        # device flush is what costs (EBSCRYPT_BLOCK_ONE_FLUSH=1, or ``one_flush=True``).
+        if one_flush is None:
+            one_flush = os.environ.get("EBSCRYPT_BLOCK_ONE_FLUSH", "0") == "1"
         sync = db.group_sync
         self._one_flush = bool(
-            one_flush is not False and sync is not None and hasattr(store, "stage")
+            one_flush and sync is not None and hasattr(store, "stage")
             and getattr(store, "covers", None) is not None and cast(Any, store).covers(sync.db_path))
         self._one_stage = _GroupStage(self._commit_new_writes, "synced", self.GROUP_MAX)
         self._periodic: dict[str, tuple[Callable[[], Any], float]] = {}
