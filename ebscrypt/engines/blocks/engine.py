@@ -222,8 +222,9 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         # and those entries durable together. Off by default: on the 2-core VM of
         # bench/README.md (D) the WAL's fdatasync costs 0.2-1 ms against 5-15 ms for the
         # objects' flush, and the two-stage pipeline (group k+1's objects flush while group
-        # k's entries commit) measured 1.2-1.35x the merged flush. Worth trying where a
-        # device flush is what costs (EBSCRYPT_BLOCK_ONE_FLUSH=1, or ``one_flush=True``).
+        # k's entries commit) measured 1.2-1.35x the merged flush over raw replays, even
+        # through the upload CLI. Worth trying where a device flush is what costs
+        # (EBSCRYPT_BLOCK_ONE_FLUSH=1, or ``one_flush=True``).
         if one_flush is None:
             one_flush = os.environ.get("EBSCRYPT_BLOCK_ONE_FLUSH", "0") == "1"
         sync = db.group_sync
