@@ -63,16 +63,29 @@ def cli(*args: str) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def transfer(endpoint: str, image: Path, size_mib: int, threads: int, encrypted: bool) -> dict[str, Any]:
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (0 without one): the server's own
+    cost, which the other processes' load disturbs far less than wall time."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def transfer(endpoint: str, image: Path, size_mib: int, threads: int, encrypted: bool,
+             pid: int | None = None) -> dict[str, Any]:
     extra = ["--encrypted"] if encrypted else []
-    t0 = time.perf_counter()
+    blocks = size_mib * MIB // BLOCK
+    c0, t0 = cpu_seconds(pid), time.perf_counter()
     up = cli("upload", str(image), "--endpoint-url", endpoint, "--account", ACCOUNT, "--threads", str(threads), *extra)
     t_up = time.perf_counter() - t0
+    c1 = cpu_seconds(pid)
     out = image.with_suffix(".out")
     t0 = time.perf_counter()
     down = cli("download", up["SnapshotId"], str(out), "--endpoint-url", endpoint, "--account", ACCOUNT,
                "--threads", str(threads))
     t_down = time.perf_counter() - t0
+    c2 = cpu_seconds(pid)
     same = _same_prefix(image, out)
     out.unlink()
     return {
@@ -81,6 +94,9 @@ def transfer(endpoint: str, image: Path, size_mib: int, threads: int, encrypted:
         # interpreter's and boto3's start-up are not the transfer.
         "upload_mibps": size_mib / float(up.get("Seconds") or t_up),
         "download_mibps": size_mib / float(down.get("Seconds") or t_down),
+        # the server's CPU per block (the CLI's start-up and listing included: a few ms)
+        "upload_cpu_ms": (c1 - c0) * 1000 / blocks if pid else None,
+        "download_cpu_ms": (c2 - c1) * 1000 / blocks if pid else None,
         "checksum_match": up["Checksum"] == down["Checksum"],
         "bytes_match": same,
     }
@@ -355,15 +371,17 @@ def main(argv: list[str] | None = None) -> int:
             for name in (names if r % 2 == 0 else names[::-1]):
                 log(f"round {r + 1}: {name} upload/download")
                 try:
+                    proc = getattr(sides[name], "proc", None)
                     runs[name].append(transfer(sides[name].url, image, size, args.threads,
-                                               encrypted=name in ("ebscrypt", "before")))
+                                               encrypted=name in ("ebscrypt", "before"),
+                                               pid=proc.pid if proc is not None else None))
                 except Exception as exc:  # report, do not hide
                     runs[name].append({"error": str(exc)[:500]})
         for name, got in runs.items():
             ok = [g for g in got if "error" not in g]
             results[name] = dict(ok[-1]) if ok else got[-1]
-            for fig in ("upload_mibps", "download_mibps"):
-                if ok:
+            for fig in ("upload_mibps", "download_mibps", "upload_cpu_ms", "download_cpu_ms"):
+                if ok and all(g.get(fig) is not None for g in ok):
                     results[name][fig] = statistics.median(g[fig] for g in ok)
                     results[name][fig + "_rounds"] = [round(g[fig], 1) for g in ok]
         results["ebscrypt"]["bytes_match"] = all(g.get("bytes_match") for g in runs["ebscrypt"])
@@ -425,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  rounds: ebscrypt {e.get(fig + '_rounds')}, moto {m.get(fig + '_rounds')}, null {n.get(fig + '_rounds')}"
               + (f"; before {b.get(fig + '_rounds')} (median {fmt(b.get(fig))}, after/before "
                  f"{ratio(e.get(fig), b.get(fig))})" if b else ""))
+    print("  server CPU ms per block (median), upload / download: " + ", ".join(
+        f"{name} {fmt(side.get('upload_cpu_ms'), '.2f')} / {fmt(side.get('download_cpu_ms'), '.2f')}"
+        for name, side in (("ebscrypt", e), ("before", b), ("moto", m), ("null", n)) if side))
     for name, side in (("moto", m), ("null", n), ("ebscrypt", e)):
         if "error" in side:
             print(f"  {name} failed: {side['error']}")

@@ -303,9 +303,39 @@ class WalGroupSync:
         self.fsyncs = 0  # for tests and benchmarks: fsyncs made
 
     def after_commit(self) -> None:
+        self.wait_durable(self.note_commit())
+
+    # A commit can also be made durable by a flush of the whole file system (``syncfs``)
+    # that someone else issues anyway: the block engine's one flush per group covers its
+    # objects and the WAL frames of its entries (engines/blocks/engine.py). Such a caller
+    # commits with ``Database.begin(durable=False)`` (counted, not waited for), takes
+    # :meth:`commits` just before its syncfs and, once the syncfs returned, reports it with
+    # :meth:`mark_durable`; nothing is acknowledged before that.
+
+    def note_commit(self) -> int:
+        """Count a commit that returned (its frames are in the WAL, maybe not durable yet);
+        returns its number, for :meth:`wait_durable`."""
         with self._cv:
             self._committed += 1
-            mine = self._committed
+            return self._committed
+
+    def commits(self) -> int:
+        """How many commits were counted so far (each had returned when counted)."""
+        with self._cv:
+            return self._committed
+
+    def mark_durable(self, upto: int) -> None:
+        """A flush of the whole file system holding the WAL, started after ``upto`` commits
+        were counted, has returned: every one of them is durable."""
+        with self._cv:
+            if upto > self._synced:
+                self._synced = upto
+                self._cv.notify_all()
+
+    def wait_durable(self, mine: int) -> None:
+        """Return once commit number ``mine`` (and every one before it) is durable: lead an
+        fdatasync of the WAL, or wait for the one in flight and share the next."""
+        with self._cv:
             while self._synced < mine:
                 if self._syncing:
                     self._cv.wait()
@@ -413,7 +443,7 @@ class Database:
         self._migrate()
 
     @contextmanager
-    def begin(self, *, isolation: str | None = None) -> Iterator[Connection]:
+    def begin(self, *, isolation: str | None = None, durable: bool = True) -> Iterator[Connection]:
         """A connection inside a read-write transaction: committed on success, rolled back
         on error. Serializable: the engines' check-then-write code is safe (SQLite: the
         write lock from BEGIN IMMEDIATE; PostgreSQL: SERIALIZABLE, so two writers never both
@@ -423,6 +453,11 @@ class Database:
         ``isolation="READ COMMITTED"`` (PostgreSQL only): for short transactions whose
         correctness rests on row locks and conditional updates alone (job claims, lease
         renewals), which must not fail on a conflict.
+
+        ``durable=False`` (SQLite with group commit only; elsewhere the commit is durable as
+        usual): return without waiting for the commit to be durable — the caller makes it
+        durable before acknowledging anything (``group_sync.wait_durable(commits())``, or a
+        syncfs reported with ``group_sync.mark_durable``; see :class:`WalGroupSync`).
         """
         may_block()  # a handler on the event loop goes to a worker thread first (ebscrypt/blocking.py)
         if self._writer is not None:
@@ -441,7 +476,10 @@ class Database:
                 if queued:
                     self._writer.release()
             if self.group_sync is not None and wrote:  # committed: durable before the caller goes on
-                self.group_sync.after_commit()
+                if durable:
+                    self.group_sync.after_commit()
+                else:
+                    self.group_sync.note_commit()  # the caller's own flush makes it durable
             _COMMITS.set(_COMMITS.get() + 1)
             return
         with self.engine.connect() as conn:

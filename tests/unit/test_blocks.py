@@ -783,7 +783,7 @@ def test_group_record_failure_falls_back_to_one_by_one(engine: BlockEngine, key:
 def test_entry_is_recorded_only_after_its_object_is_durable(engine: BlockEngine, key: DataKey,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A failed flush fails the write: no entry names the object, and the object is gone."""
-    def failing_publish(staged):  # type: ignore[no-untyped-def]
+    def failing_publish(staged, **_kw):  # type: ignore[no-untyped-def]
         LocalDirStore.discard(staged)
         raise OSError("flush failed")
 
@@ -799,10 +799,21 @@ def test_entry_is_recorded_only_after_its_object_is_durable(engine: BlockEngine,
     assert {f"{p.parent.name}/{p.name}" for p in object_paths(engine)} == refs
 
 
-def test_group_commit_stages_overlap(engine: BlockEngine, key: DataKey, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_group_commit_stages_overlap(tmp_path: Path, key: DataKey, monkeypatch: pytest.MonkeyPatch) -> None:
     """The two stages are a pipeline: while one group's entries are being recorded, the
     next group's objects flush (the second writer's flush does not wait for the first
-    writer's transaction), and each writer still returns only once its entry is recorded."""
+    writer's transaction), and each writer still returns only once its entry is recorded.
+    (The two-flush path: a store on another file system than the WAL, or ``one_flush=False``.)"""
+    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
+    engine = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0, one_flush=False)
+    try:
+        _stages_overlap(engine, key, monkeypatch)
+    finally:
+        engine.close()
+        db.dispose()
+
+
+def _stages_overlap(engine: BlockEngine, key: DataKey, monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
     record_may_finish = threading.Event()

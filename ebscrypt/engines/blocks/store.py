@@ -8,6 +8,8 @@ are read only through block entries, and an entry is committed only after its ob
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import re
 import secrets
@@ -52,7 +54,9 @@ class StagingStore(ObjectStore, Protocol):
 
     def stage(self, key: str, data: bytes | bytearray | memoryview) -> "Staged": ...
 
-    def publish(self, staged: list["Staged"]) -> None: ...
+    def publish(self, staged: list["Staged"], *, whole_fs: bool = False) -> None: ...
+
+    def discard(self, staged: list["Staged"]) -> None: ...
 
 
 @dataclass
@@ -150,14 +154,24 @@ class LocalDirStore:
             raise
         return staged
 
-    def publish(self, staged: list["Staged"]) -> None:
+    def publish(self, staged: list["Staged"], *, whole_fs: bool = False) -> None:
         """Make every staged object durable, its directory entry included: one
         ``syncfs`` (the whole file system in one flush, metadata too) for a group, else
         ``fdatasync`` of each then an fsync of their directories. On failure nothing
-        staged is left behind."""
+        staged is left behind.
+
+        ``whole_fs``: always one ``syncfs`` (even for one object), so the flush also covers
+        every other file of this file system written before it (the block engine relies
+        on it for the metadata WAL: :meth:`covers`); an error if it fails."""
         try:
             replacing = [st for st in staged if st.replaces]
-            if not (len(staged) >= _SYNCFS_MIN and _syncfs is not None and _syncfs(staged[0].fd) == 0):
+            if whole_fs:
+                if _syncfs is None or not staged:
+                    raise OSError("syncfs is not available")
+                if _syncfs(staged[0].fd) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"syncfs failed: {os.strerror(err)}")
+            elif not (len(staged) >= _SYNCFS_MIN and _syncfs is not None and _syncfs(staged[0].fd) == 0):
                 for st in staged:
                     os.fdatasync(st.fd)
                 for d in {st.path.parent for st in staged if not st.replaces}:
@@ -174,6 +188,14 @@ class LocalDirStore:
         except BaseException:
             self.discard(staged)
             raise
+
+    def covers(self, path: str) -> bool:
+        """Whether ``publish(..., whole_fs=True)`` makes ``path``'s written data durable too:
+        syncfs is available and the file lives on this store's file system."""
+        try:
+            return _syncfs is not None and os.stat(path).st_dev == os.stat(self.root).st_dev
+        except OSError:
+            return False
 
     @staticmethod
     def discard(staged: list["Staged"]) -> None:
@@ -247,9 +269,6 @@ class LocalDirStore:
 def _load_syncfs() -> Callable[[int], int] | None:
     """libc ``syncfs(fd)`` (Linux): flush one file system with a single device flush."""
     try:
-        import ctypes
-        import ctypes.util
-
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         fn = libc.syncfs
         fn.argtypes = [ctypes.c_int]
