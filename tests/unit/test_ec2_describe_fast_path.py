@@ -230,3 +230,27 @@ def test_page_attachments_equal_those_of_the_in_list(tmp_path: Path) -> None:
         assert any("ix_ec2_volumes_page" in d for d in plan), plan
     finally:
         database.dispose()
+
+
+def test_an_older_database_gets_the_v10_indexes(tmp_path: Path) -> None:
+    """Schema step 10 (additive): a database made before it gets the tag-range and the
+    image page indexes on open."""
+    from sqlalchemy import inspect, text, update
+
+    from ebscrypt.storage import db as db_module
+    from ebscrypt.storage.schema import schema_version
+
+    url = f"sqlite:///{tmp_path / 'v9.db'}"
+    first = Database(url)
+    with first.begin() as conn:
+        for name, _, _ in db_module.TAG_RANGE_INDEXES:
+            conn.execute(text(f"DROP INDEX {name}"))
+        conn.execute(update(schema_version).values(version=9))
+    first.dispose()
+    again = Database(url)
+    try:
+        with again.read() as conn:
+            names = {ix["name"] for t in ("ec2_tags", "ec2_images") for ix in inspect(conn).get_indexes(t)}
+        assert {name for name, _, _ in db_module.TAG_RANGE_INDEXES} <= names
+    finally:
+        again.dispose()
