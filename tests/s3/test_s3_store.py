@@ -57,6 +57,18 @@ def test_read_into_reuses_buffer_and_shows_overlong_object(store: Any) -> None:
     assert len(store.read_into(key, short)) == 10
 
 
+def test_read_ranges_reads_parts_and_shows_short_ranges(store: Any) -> None:
+    """Ranged reads (a sector read of an attached volume): each (offset, length) as
+    stored; a range running past the end comes back short, one wholly past it empty."""
+    key = new_object_key()
+    data = os.urandom(40000)
+    store.put(key, data)
+    assert store.read_ranges(key, [(0, 24), (16408, 16400), (39990, 100), (50000, 10)]) == [
+        data[:24], data[16408:32808], data[39990:], b""]
+    with pytest.raises(ObjectMissing):
+        store.read_ranges(new_object_key(), [(0, 10)])
+
+
 def test_missing_object(store: Any) -> None:
     key = new_object_key()
     with pytest.raises(ObjectMissing):
