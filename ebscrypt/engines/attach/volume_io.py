@@ -15,6 +15,10 @@ adds a bounded write-back cache of plaintext blocks, held in memory only:
 - trim and write-zeroes of whole blocks store an all-zero block, which the block engine
   records without an object (the old object is released: the space is given back);
   over blocks that already read as zeros they do nothing;
+- a read that misses the cache and is not sequential reads only the sectors it covers
+  (``BlockEngine.open_ref_range``: format 3 objects are checked per 16 KiB sector) and
+  leaves the cache alone; sequential reads load whole blocks, reading ahead. Where blocks
+  are stored is learnt a window at a time (one range query per ``REF_WINDOW`` blocks);
 - ``try_read``/``try_write`` serve a request the cache answers without waiting (the NBD
   connection's own thread calls them); ``allocation`` answers NBD_CMD_BLOCK_STATUS;
 - a read-only OpenVolume is a snapshot export: writes raise :class:`ReadOnly`.
@@ -40,6 +44,9 @@ from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, ZERO_BLOCK, DataKey
 from ebscrypt.engines.blocks.store import ObjectMissing
 
 GIB = 1024 ** 3
+# Blocks whose entries one lookup learns (a range query): 256 blocks = 128 MiB of volume.
+REF_WINDOW = 256
+_UNKNOWN = object()
 log = logging.getLogger("ebscrypt.attach")
 
 
@@ -103,7 +110,14 @@ class OpenVolume:
                 first, last = spans[0][0], spans[-1][0]
                 wanted = list(range(first, last + 1))
                 missing = [i for i in wanted if i not in self._cache]
-                if first in (self._read_next, self._read_next - 1):  # sequential: read ahead
+                sequential = first in (self._read_next, self._read_next - 1)
+                if missing and not sequential:
+                    # A random read: only its sectors, the cache left as it is (a whole
+                    # block read and decrypted for 4 KiB of it is what a miss cost before).
+                    self._read_next = last + 1
+                    self._read_parts(spans, out)
+                    return bytes(out)
+                if sequential:  # read ahead
                     # in batches: refill the window when its first half has been read
                     ahead = range(last + 1, min(last + 1 + self._readahead, self.size // BLOCK_SIZE))
                     if missing or (len(ahead) > 1 and ahead[len(ahead) // 2] not in self._cache):
@@ -329,6 +343,45 @@ class OpenVolume:
                     data = self.blocks.read_block(self.volume_id, index, self._key)
             if index not in self._cache:
                 self._insert(index, bytearray(data))
+
+    def _read_parts(self, spans: list[tuple[int, int, int]], out: bytearray) -> None:
+        """Fill ``out`` with these spans: from the cache, from a block being written
+        behind, else from the store reading only the sectors each covers."""
+        self._learn_refs([i for i, _s, _e in spans
+                          if i not in self._cache and i not in self._storing and i not in self._refs])
+        pos = 0
+        for index, start, end in spans:
+            n = end - start
+            block: bytes | bytearray | None = self._cache.get(index)
+            if block is not None:
+                self._cache.move_to_end(index)
+            else:
+                block = self._storing.get(index)
+            if block is not None:
+                out[pos:pos + n] = memoryview(block)[start:end]
+            else:
+                ref = self._refs.get(index, _UNKNOWN)
+                try:
+                    if ref is _UNKNOWN:
+                        raise ObjectMissing(index)
+                    self._refs.move_to_end(index)
+                    out[pos:pos + n] = self.blocks.open_ref_range(ref, self._key, start, n)
+                except ObjectMissing:  # the lineage changed under us (compaction): look again
+                    self._refs.pop(index, None)
+                    out[pos:pos + n] = self.blocks.read_sectors(self.volume_id, index, start, n, self._key)
+            pos += n
+
+    def _learn_refs(self, indexes: list[int]) -> None:
+        """Look up where these blocks are stored, with the rest of their window
+        (``REF_WINDOW`` blocks, one range query each): random reads over a volume cost
+        one lookup per window, not one per block."""
+        last = max(0, (self.size - 1) // BLOCK_SIZE)
+        for window in sorted({i // REF_WINDOW for i in indexes}):
+            start = window * REF_WINDOW
+            stop = min(start + REF_WINDOW, last + 1)
+            for i, ref in self.blocks.block_refs_between(self.volume_id, start, stop).items():
+                if i not in self._cache and i not in self._storing:  # (their entries are stale)
+                    self._remember(i, ref)
 
     def _stored_as_zeros(self, indexes: list[int]) -> set[int]:
         """Of these blocks (none cached or being written), those nothing is stored for:

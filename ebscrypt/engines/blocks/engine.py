@@ -7,6 +7,8 @@ Public surface (``runtime.blocks``)::
     read_block(owner_id, index, key) -> bytes        # zeros when never written
     read_sectors(owner_id, index, offset, length, key) -> bytes  # part of a block: reads and checks only its sectors
     block_refs(owner_id, indexes) -> {index: BlockRef | None}  # several lookups in one read
+    block_refs_between(owner_id, start, stop) -> {index: BlockRef | None}  # a range of them
+    open_ref_range(ref, key, offset, length) -> bytes  # part of a resolved entry (its sectors)
     open_ref(ref, key) -> bytes                      # a resolved entry's plaintext (ObjectMissing if collected)
     share(src_owner_id, dst_owner_id)                # same data key, O(1), no data moved; idempotent
     reencrypt(src, src_key, dst, dst_key, progress)  # full copy under another key; resumable
@@ -587,6 +589,27 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             if cur is None or pos[row["layer_id"]] < pos[cur["layer_id"]]:
                 best[row["block_index"]] = row
         return {i: (ref_from_row(best[i]) if i in best else None) for i in indexes}
+
+    def block_refs_between(self, owner_id: str, start: int, stop: int) -> dict[int, BlockRef | None]:
+        """:meth:`block_ref` of every block in [start, stop) in one read (a range, not an
+        IN list: an attached volume learns where a whole window of blocks lives at once)."""
+        with self.db.read() as conn:
+            owner = self._get_owner(conn, owner_id)
+            if owner is None or stop <= start:
+                return {i: None for i in range(start, max(start, stop))}
+            chain = self._chain(conn, owner.head_id)
+            layer_match = blk_entries.c.layer_id == chain[0] if len(chain) == 1 else blk_entries.c.layer_id.in_(chain)
+            rows = conn.execute(
+                select(blk_entries).where(layer_match, blk_entries.c.block_index >= start,
+                                          blk_entries.c.block_index < stop)
+            ).mappings().all()
+        pos = {layer: i for i, layer in enumerate(chain)}
+        best: dict[int, Any] = {}
+        for row in rows:
+            cur = best.get(row["block_index"])
+            if cur is None or pos[row["layer_id"]] < pos[cur["layer_id"]]:
+                best[row["block_index"]] = row
+        return {i: (ref_from_row(best[i]) if i in best else None) for i in range(start, stop)}
 
     def open_ref(self, ref: BlockRef, key: DataKey | None) -> bytes:
         """The plaintext of an entry resolved earlier (no SHA-256 of it is computed: GCM
