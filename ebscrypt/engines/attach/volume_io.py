@@ -47,6 +47,20 @@ GIB = 1024 ** 3
 # Blocks whose entries one lookup learns (a range query): 256 blocks = 128 MiB of volume.
 REF_WINDOW = 256
 _UNKNOWN = object()
+# Read-ahead loads, in tasks of this many blocks (several run at once: SHA-256 and the
+# reads release the GIL), on a pool of their own: never the write-behind pool, whose
+# ``map`` a flush waits on while holding a volume's lock, which a load takes at its end.
+READ_AHEAD_TASK = 8
+_read_ahead: ThreadPoolExecutor | None = None
+_read_ahead_lock = threading.Lock()
+
+
+def _read_ahead_pool() -> ThreadPoolExecutor:
+    global _read_ahead
+    with _read_ahead_lock:
+        if _read_ahead is None:
+            _read_ahead = ThreadPoolExecutor(4, thread_name_prefix="ebscrypt-read-ahead")
+        return _read_ahead
 log = logging.getLogger("ebscrypt.attach")
 
 
@@ -84,7 +98,14 @@ class OpenVolume:
         self._flusher = flusher
         self._refs: OrderedDict[int, Any] = OrderedDict()  # index -> BlockRef | None (where it is stored)
         self._ref_limit = 64 * self._cache_blocks
+        # Checked headers of the objects random reads went to (BlockEngine.open_ref_range):
+        # a known object costs one read of its sectors. Bounded; dropped at close (an
+        # encrypted object's reader holds its subkey).
+        self._readers: OrderedDict[str, Any] = OrderedDict()
+        self._reader_limit = max(1024, 16 * self._cache_blocks)
         self._read_next = -2  # the block after the last read (sequential reads read ahead)
+        # Blocks being loaded outside the lock, by index: the claim's token (_claim).
+        self._loading: dict[int, object] = {}
         self._readahead = max(1, self._cache_blocks // 8)
         self.closed = False
 
@@ -102,33 +123,108 @@ class OpenVolume:
 
     def read(self, offset: int, length: int) -> bytes:
         out = bytearray(length)
+        spans = list(_spans(offset, length))
+        if not spans:
+            return b""
+        first, last = spans[0][0], spans[-1][0]
         with self._lock:
             self._wait_behind()
             self._check_open()
-            spans = list(_spans(offset, length))
-            if spans:
-                first, last = spans[0][0], spans[-1][0]
-                wanted = list(range(first, last + 1))
-                missing = [i for i in wanted if i not in self._cache]
-                sequential = first in (self._read_next, self._read_next - 1)
-                if missing and not sequential:
-                    # A random read: only its sectors, the cache left as it is (a whole
-                    # block read and decrypted for 4 KiB of it is what a miss cost before).
-                    self._read_next = last + 1
-                    self._read_parts(spans, out)
-                    return bytes(out)
-                if sequential:  # read ahead
-                    # in batches: refill the window when its first half has been read
-                    ahead = range(last + 1, min(last + 1 + self._readahead, self.size // BLOCK_SIZE))
-                    if missing or (len(ahead) > 1 and ahead[len(ahead) // 2] not in self._cache):
-                        missing += [i for i in ahead if i not in self._cache]
-                self._read_next = last + 1
-                self._load(missing)
+            missing = [i for i in range(first, last + 1) if i not in self._cache]
+            sequential = first in (self._read_next, self._read_next - 1)
+            self._read_next = last + 1
+            if missing and not sequential:
+                # A random read: only its sectors, the cache left as it is (a whole
+                # block read and decrypted for 4 KiB of it is what a miss cost before).
+                self._read_parts(spans, out)
+                return bytes(out)
+            ahead: list[int] = []
+            if sequential:  # read ahead, in batches: refill the window when its first half has been read
+                window = range(last + 1, min(last + 1 + self._readahead, self.size // BLOCK_SIZE))
+                if missing or (len(window) > 1 and window[len(window) // 2] not in self._cache):
+                    ahead = [i for i in window if i not in self._cache]
+            key = self._key
+            mine = self._claim(missing)
+            behind = self._claim(ahead)
+        # Blocks are read and opened outside the lock (claimed, so no one else loads them):
+        # requests the cache answers go on meanwhile, and other readers' loads run beside
+        # this one (SHA-256 releases the GIL). The read-ahead goes to the background.
+        if behind:
+            if self._flusher is not None:  # (a volume with a write-behind pool is a served one)
+                items = list(behind.items())
+                for pos in range(0, len(items), READ_AHEAD_TASK):
+                    _read_ahead_pool().submit(self._load_claimed, dict(items[pos:pos + READ_AHEAD_TASK]), key, False)
+            else:
+                self._load_claimed(behind, key, False)
+        if mine:
+            self._load_claimed(mine, key, True)
+        with self._lock:
+            self._check_open()
+            while any(i in self._loading and i not in self._cache for i in range(first, last + 1)):
+                self._cond.wait()  # loaded by another reader (or its read-ahead): wait for it
+                self._check_open()
             pos = 0
             for index, start, end in spans:
-                out[pos:pos + end - start] = self._block(index)[start:end]
+                # (_block loads a block evicted or rewritten meanwhile: rare)
+                out[pos:pos + end - start] = memoryview(self._block(index))[start:end]
                 pos += end - start
         return bytes(out)
+
+    def _claim(self, indexes: list[int]) -> dict[int, tuple[object, Any]]:
+        """Under the lock: claim these blocks for a load outside it (those neither cached
+        nor being loaded already), each with a token and where its latest content is: a
+        block being written behind (bytes), a stored entry (BlockRef), None (never
+        written) or _UNKNOWN. A write to a claimed block takes the claim back (``_put``)."""
+        indexes = [i for i in indexes if i not in self._cache and i not in self._loading]
+        unknown = [i for i in indexes if i not in self._refs and i not in self._storing]
+        if unknown:
+            for i, ref in self.blocks.block_refs(self.volume_id, unknown).items():
+                self._remember(i, ref)
+        claimed: dict[int, tuple[object, Any]] = {}
+        for i in indexes:
+            token = object()
+            self._loading[i] = token
+            source = self._storing.get(i)
+            if source is None:
+                source = self._refs.get(i, _UNKNOWN)
+                if source is not _UNKNOWN:
+                    self._refs.move_to_end(i)
+            claimed[i] = (token, source)
+        return claimed
+
+    def _load_claimed(self, claimed: dict[int, tuple[object, Any]], key: DataKey | None, raise_errors: bool) -> None:
+        """Outside the lock: read and open claimed blocks, then insert those whose claim
+        still holds (not rewritten, nor the volume closed, meanwhile). An error is raised
+        to the reader that needs the block (a read-ahead's is dropped: whoever reads the
+        block later loads it again and gets it)."""
+        loaded: dict[int, bytearray] = {}
+        error: BaseException | None = None
+        for index, (_token, source) in claimed.items():
+            try:
+                if isinstance(source, bytes):
+                    loaded[index] = bytearray(source)
+                elif source is None:
+                    loaded[index] = bytearray(BLOCK_SIZE)
+                elif source is _UNKNOWN:
+                    loaded[index] = bytearray(self.blocks.read_block(self.volume_id, index, key))
+                else:
+                    try:
+                        loaded[index] = bytearray(self.blocks.open_ref(source, key))
+                    except ObjectMissing:  # the lineage changed under us (compaction): look again
+                        loaded[index] = bytearray(self.blocks.read_block(self.volume_id, index, key))
+            except BaseException as exc:
+                error = error or exc
+        with self._cond:
+            for index, (token, source) in claimed.items():
+                if self._loading.get(index) is not token:
+                    continue  # written meanwhile: the cache has newer bytes
+                del self._loading[index]
+                data = loaded.get(index)
+                if data is not None and not self.closed and index not in self._cache:
+                    self._insert(index, data)
+            self._cond.notify_all()
+        if error is not None and raise_errors:
+            raise error
 
     # Fast paths, for the NBD server's event loop: a request that needs no disk, no crypto
     # and no wait (its blocks are cached, the volume's lock is free) is served there at
@@ -297,6 +393,7 @@ class OpenVolume:
                 self.closed = True
                 self._cache.clear()
                 self._dirty.clear()
+                self._readers.clear()
                 self._key = None
 
     # ------------------------------------------------------------------ cache
@@ -365,7 +462,9 @@ class OpenVolume:
                     if ref is _UNKNOWN:
                         raise ObjectMissing(index)
                     self._refs.move_to_end(index)
-                    out[pos:pos + n] = self.blocks.open_ref_range(ref, self._key, start, n)
+                    out[pos:pos + n] = self.blocks.open_ref_range(ref, self._key, start, n, readers=self._readers)
+                    while len(self._readers) > self._reader_limit:
+                        self._readers.popitem(last=False)
                 except ObjectMissing:  # the lineage changed under us (compaction): look again
                     self._refs.pop(index, None)
                     out[pos:pos + n] = self.blocks.read_sectors(self.volume_id, index, start, n, self._key)
@@ -408,6 +507,7 @@ class OpenVolume:
             self._refs.popitem(last=False)
 
     def _put(self, index: int, block: bytearray) -> None:
+        self._loading.pop(index, None)  # a load in flight of the old bytes is dropped
         self._dirty.add(index)
         if index in self._cache:
             self._cache[index] = block

@@ -61,7 +61,7 @@ from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Sequence, cast
+from typing import Any, Callable, Iterable, MutableMapping, Sequence, cast
 
 from sqlalchemy import Connection, delete, insert, select
 
@@ -516,12 +516,18 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
                 raise BlockIntegrityError() from None
         raise AssertionError("unreachable")
 
-    def open_ref_range(self, ref: BlockRef | None, key: DataKey | None, offset: int, length: int) -> bytes:
+    def open_ref_range(self, ref: BlockRef | None, key: DataKey | None, offset: int, length: int, *,
+                       readers: MutableMapping[str, SectorReader | None] | None = None) -> bytes:
         """Bytes [offset, offset+length) of an entry resolved earlier (None: never
         written), reading only the sectors covering them: one open and two reads of the
         object (its header — and a plain object's sector table, checked against the
         entry's checksum — and the sectors), guessed at the sector size written now; read
-        again if the object says otherwise. Raises ObjectMissing as :meth:`open_ref`."""
+        again if the object says otherwise. Raises ObjectMissing as :meth:`open_ref`.
+
+        ``readers``: the caller's cache of the objects' checked headers, by object key
+        (an attached volume's, bounded and dropped at detach: an encrypted object's
+        reader holds its subkey): a known object costs one read, of its sectors. Sound
+        because objects are immutable and each is named by one entry only."""
         if ref is None:
             return bytes(length)
         self._check_ref_key(ref, key)
@@ -530,6 +536,12 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         read_ranges = getattr(self.store, "read_ranges", None)
         if read_ranges is None:  # a store without ranged reads: the whole object
             return bytes(memoryview(self._open_object(ref, key))[offset:offset + length])
+        reader: SectorReader | int | None
+        if readers is not None and ref.object_key in readers:
+            reader = readers[ref.object_key]
+            if reader is None:
+                return bytes(memoryview(self._open_object(ref, key))[offset:offset + length])
+            return reader.open(read_ranges(ref.object_key, [reader.span(offset, length)])[0], offset, length)
         cipher = self._cipher(key)
         span = sector_span(key is not None, cipher.sector_shift, offset, length)
         prefix, raw = read_ranges(ref.object_key, [(0, cipher.prefix_size), span])
@@ -537,10 +549,12 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         if isinstance(reader, int):  # an object of smaller sectors (a longer table)
             prefix = read_ranges(ref.object_key, [(0, reader)])[0]
             reader = cipher.sector_reader(ref.object_key, ref.index, prefix, ref.checksum)
+            if isinstance(reader, int):  # still short: truncated
+                raise BlockIntegrityError()
+        if readers is not None:
+            readers[ref.object_key] = reader
         if reader is None:  # format 1 or 2: no sectors to check alone
             return bytes(memoryview(self._open_object(ref, key))[offset:offset + length])
-        if not isinstance(reader, SectorReader):
-            raise BlockIntegrityError()
         if reader.span(offset, length) != span:
             raw = read_ranges(ref.object_key, [reader.span(offset, length)])[0]
         return reader.open(raw, offset, length)
