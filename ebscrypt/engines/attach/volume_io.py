@@ -121,7 +121,8 @@ class OpenVolume:
     def check_range(self, offset: int, length: int) -> bool:
         return offset >= 0 and length >= 0 and offset + length <= self.size
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytes | bytearray:
+        """The bytes [offset, offset+length) (a new buffer: the caller may keep it)."""
         out = bytearray(length)
         spans = list(_spans(offset, length))
         if not spans:
@@ -137,7 +138,7 @@ class OpenVolume:
                 # A random read: only its sectors, the cache left as it is (a whole
                 # block read and decrypted for 4 KiB of it is what a miss cost before).
                 self._read_parts(spans, out)
-                return bytes(out)
+                return out
             ahead: list[int] = []
             if sequential:  # read ahead, in batches: refill the window when its first half has been read
                 window = range(last + 1, min(last + 1 + self._readahead, self.size // BLOCK_SIZE))
@@ -168,7 +169,7 @@ class OpenVolume:
                 # (_block loads a block evicted or rewritten meanwhile: rare)
                 out[pos:pos + end - start] = memoryview(self._block(index))[start:end]
                 pos += end - start
-        return bytes(out)
+        return out
 
     def _claim(self, indexes: list[int]) -> dict[int, tuple[object, Any]]:
         """Under the lock: claim these blocks for a load outside it (those neither cached
@@ -209,7 +210,7 @@ class OpenVolume:
                     loaded[index] = bytearray(self.blocks.read_block(self.volume_id, index, key))
                 else:
                     try:
-                        loaded[index] = bytearray(self.blocks.open_ref(source, key))
+                        loaded[index] = self.blocks.load_ref(source, key)
                     except ObjectMissing:  # the lineage changed under us (compaction): look again
                         loaded[index] = bytearray(self.blocks.read_block(self.volume_id, index, key))
             except BaseException as exc:

@@ -488,7 +488,20 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             return data, sha256_b64(data), ref
         raise AssertionError("unreachable")
 
+    def load_ref(self, ref: BlockRef, key: DataKey | None) -> bytearray:
+        """:meth:`open_ref` into a new bytearray (one copy of the plaintext, not two: an
+        attached volume's cache keeps it, and patches it in place)."""
+        self._check_ref_key(ref, key)
+        if ref.object_key is None:
+            return bytearray(BLOCK_SIZE)
+        return bytearray(self._open_view(ref, key))
+
     def _open_object(self, ref: BlockRef, key: DataKey | None) -> bytes:
+        return bytes(self._open_view(ref, key))
+
+    def _open_view(self, ref: BlockRef, key: DataKey | None) -> memoryview:
+        """The entry's plaintext: a view of this thread's buffers (copy it before the
+        next read on this thread)."""
         assert ref.object_key is not None
         buf = self._read_buffer()
         view = self.store.read_into(ref.object_key, buf) if hasattr(self.store, "read_into") else self.store.get(ref.object_key)
@@ -496,7 +509,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         # The object must be the one this entry names (its key is bound into the object;
         # older objects are checked against the entry's checksum instead).
         checksum = cipher.open_checksum(ref.index, ref.checksum) if key is not None else ref.checksum
-        return bytes(cipher.open(ref.object_key, ref.index, view, checksum))
+        return cipher.open(ref.object_key, ref.index, view, checksum)
 
     def read_sectors(self, owner_id: str, index: int, offset: int, length: int, key: DataKey | None) -> bytes:
         """Bytes [offset, offset+length) of the owner's block ``index`` (zeros if never
@@ -535,12 +548,12 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             return bytes(length)
         read_ranges = getattr(self.store, "read_ranges", None)
         if read_ranges is None:  # a store without ranged reads: the whole object
-            return bytes(memoryview(self._open_object(ref, key))[offset:offset + length])
+            return bytes(self._open_view(ref, key)[offset:offset + length])
         reader: SectorReader | int | None
         if readers is not None and ref.object_key in readers:
             reader = readers[ref.object_key]
             if reader is None:
-                return bytes(memoryview(self._open_object(ref, key))[offset:offset + length])
+                return bytes(self._open_view(ref, key)[offset:offset + length])
             return reader.open(read_ranges(ref.object_key, [reader.span(offset, length)])[0], offset, length)
         cipher = self._cipher(key)
         span = sector_span(key is not None, cipher.sector_shift, offset, length)
@@ -554,7 +567,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         if readers is not None:
             readers[ref.object_key] = reader
         if reader is None:  # format 1 or 2: no sectors to check alone
-            return bytes(memoryview(self._open_object(ref, key))[offset:offset + length])
+            return bytes(self._open_view(ref, key)[offset:offset + length])
         if reader.span(offset, length) != span:
             raw = read_ranges(ref.object_key, [reader.span(offset, length)])[0]
         return reader.open(raw, offset, length)
