@@ -46,6 +46,7 @@ from ebscrypt.engines.blocks.store import ObjectMissing
 GIB = 1024 ** 3
 # Blocks whose entries one lookup learns (a range query): 256 blocks = 128 MiB of volume.
 REF_WINDOW = 256
+SEQUENTIAL_MIN = 64 * 1024  # a read this large next to the last one is sequential at once
 _UNKNOWN = object()
 # Read-ahead loads, in tasks of this many blocks (several run at once: SHA-256 and the
 # reads release the GIL), on a pool of their own: never the write-behind pool, whose
@@ -104,6 +105,7 @@ class OpenVolume:
         self._readers: OrderedDict[str, Any] = OrderedDict()
         self._reader_limit = max(1024, 16 * self._cache_blocks)
         self._read_next = -2  # the block after the last read (sequential reads read ahead)
+        self._adjacent = False  # the last read began in the block of the one before, or the next
         # Blocks being loaded outside the lock, by index: the claim's token (_claim).
         self._loading: dict[int, object] = {}
         self._readahead = max(1, self._cache_blocks // 8)
@@ -128,17 +130,29 @@ class OpenVolume:
         if not spans:
             return b""
         first, last = spans[0][0], spans[-1][0]
+        parts: list[tuple[int, int, int, int, Any]] | None = None
         with self._lock:
             self._wait_behind()
             self._check_open()
             missing = [i for i in range(first, last + 1) if i not in self._cache]
-            sequential = first in (self._read_next, self._read_next - 1)
-            self._read_next = last + 1
+            # Sequential: in the block the last read ended in or the next, and large or the
+            # second such read in a row (a random small read lands next to the previous one
+            # now and then: it must not load a block and a read-ahead window).
+            adjacent = first in (self._read_next, self._read_next - 1)
+            sequential = adjacent and (length >= SEQUENTIAL_MIN or self._adjacent)
+            self._read_next, self._adjacent = last + 1, adjacent
             if missing and not sequential:
                 # A random read: only its sectors, the cache left as it is (a whole
-                # block read and decrypted for 4 KiB of it is what a miss cost before).
-                self._read_parts(spans, out)
-                return out
+                # block read and decrypted for 4 KiB of it is what a miss cost before);
+                # read outside the lock, like the loads below.
+                parts = self._plan_parts(spans, out)
+                key = self._key
+        if parts is not None:
+            self._read_parts(parts, out, key)
+            return out
+        with self._lock:
+            self._check_open()
+            missing = [i for i in range(first, last + 1) if i not in self._cache]
             ahead: list[int] = []
             if sequential:  # read ahead, in batches: refill the window when its first half has been read
                 window = range(last + 1, min(last + 1 + self._readahead, self.size // BLOCK_SIZE))
@@ -245,11 +259,12 @@ class OpenVolume:
             for index in range(first, last + 1):
                 if index not in cache:
                     return None
-            if first in (self._read_next, self._read_next - 1):  # sequential: is read-ahead due?
+            adjacent = first in (self._read_next, self._read_next - 1)
+            if adjacent and (length >= SEQUENTIAL_MIN or self._adjacent):  # sequential (as read): read-ahead due?
                 ahead = range(last + 1, min(last + 1 + self._readahead, self.size // BLOCK_SIZE))
                 if len(ahead) > 1 and ahead[len(ahead) // 2] not in cache:
                     return None
-            self._read_next = last + 1
+            self._read_next, self._adjacent = last + 1, adjacent
             if first == last:
                 block = cache[first]
                 cache.move_to_end(first)
@@ -442,11 +457,13 @@ class OpenVolume:
             if index not in self._cache:
                 self._insert(index, bytearray(data))
 
-    def _read_parts(self, spans: list[tuple[int, int, int]], out: bytearray) -> None:
-        """Fill ``out`` with these spans: from the cache, from a block being written
-        behind, else from the store reading only the sectors each covers."""
+    def _plan_parts(self, spans: list[tuple[int, int, int]], out: bytearray) -> list[tuple[int, int, int, int, Any]]:
+        """Under the lock: copy into ``out`` the spans the cache (or a block being written
+        behind) holds; the others as (position in out, block, start, length, entry) for
+        :meth:`_read_parts` (entry: a BlockRef, None — never written — or _UNKNOWN)."""
         self._learn_refs([i for i, _s, _e in spans
                           if i not in self._cache and i not in self._storing and i not in self._refs])
+        parts: list[tuple[int, int, int, int, Any]] = []
         pos = 0
         for index, start, end in spans:
             n = end - start
@@ -459,17 +476,30 @@ class OpenVolume:
                 out[pos:pos + n] = memoryview(block)[start:end]
             else:
                 ref = self._refs.get(index, _UNKNOWN)
-                try:
-                    if ref is _UNKNOWN:
-                        raise ObjectMissing(index)
+                if ref is not _UNKNOWN:
                     self._refs.move_to_end(index)
-                    out[pos:pos + n] = self.blocks.open_ref_range(ref, self._key, start, n, readers=self._readers)
-                    while len(self._readers) > self._reader_limit:
-                        self._readers.popitem(last=False)
-                except ObjectMissing:  # the lineage changed under us (compaction): look again
-                    self._refs.pop(index, None)
-                    out[pos:pos + n] = self.blocks.read_sectors(self.volume_id, index, start, n, self._key)
+                parts.append((pos, index, start, n, ref))
             pos += n
+        return parts
+
+    def _read_parts(self, parts: list[tuple[int, int, int, int, Any]], out: bytearray, key: DataKey | None) -> None:
+        """Outside the lock: read the sectors of each part into ``out``. What a part was
+        resolved to under the lock is as of the read's start: a write acknowledged before
+        it is seen; one racing it may or may not be (NBD leaves concurrent requests
+        unordered); an object collected meanwhile is looked up again."""
+        readers = self._readers
+        for pos, index, start, n, ref in parts:
+            try:
+                if ref is _UNKNOWN:
+                    raise ObjectMissing(index)
+                out[pos:pos + n] = self.blocks.open_ref_range(ref, key, start, n, readers=readers)
+            except ObjectMissing:  # the lineage changed under us (compaction): look again
+                out[pos:pos + n] = self.blocks.read_sectors(self.volume_id, index, start, n, key)
+        while len(readers) > self._reader_limit:  # (each step atomic: readers run concurrently)
+            try:
+                readers.popitem(last=False)
+            except KeyError:
+                break
 
     def _learn_refs(self, indexes: list[int]) -> None:
         """Look up where these blocks are stored, with the rest of their window

@@ -108,6 +108,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("ebscrypt.blocks")
+_NOT_KNOWN = object()
 
 # A map over the blocks to seal (``map`` or a thread pool's): write_blocks seals in parallel.
 MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
@@ -549,12 +550,12 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         read_ranges = getattr(self.store, "read_ranges", None)
         if read_ranges is None:  # a store without ranged reads: the whole object
             return bytes(self._open_view(ref, key)[offset:offset + length])
-        reader: SectorReader | int | None
-        if readers is not None and ref.object_key in readers:
-            reader = readers[ref.object_key]
-            if reader is None:
+        known = readers.get(ref.object_key, _NOT_KNOWN) if readers is not None else _NOT_KNOWN
+        if known is not _NOT_KNOWN:  # (one get: other threads may evict from ``readers`` meanwhile)
+            if not isinstance(known, SectorReader):  # None: an object of format 1 or 2
                 return bytes(self._open_view(ref, key)[offset:offset + length])
-            return reader.open(read_ranges(ref.object_key, [reader.span(offset, length)])[0], offset, length)
+            return known.open(read_ranges(ref.object_key, [known.span(offset, length)])[0], offset, length)
+        reader: SectorReader | int | None
         cipher = self._cipher(key)
         span = sector_span(key is not None, cipher.sector_shift, offset, length)
         prefix, raw = read_ranges(ref.object_key, [(0, cipher.prefix_size), span])
