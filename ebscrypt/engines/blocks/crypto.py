@@ -99,6 +99,9 @@ SALT = 16
 DIGEST = 32
 GCM_PREFIX = HEADER3 + SALT  # what a sector read of an encrypted object reads first
 _INFO = b"ebscrypt block sector key v3"
+# Per-sector nonces and associated-data suffixes, made once (a whole block has up to 128).
+_NONCES = [i.to_bytes(NONCE, "big") for i in range(1 << (19 - 12))]
+_SECTOR_IDS = [struct.pack(">I", i) for i in range(1 << (19 - 12))]
 
 
 def gcm_object_size(shift: int = SECTOR_SHIFT) -> int:
@@ -231,8 +234,8 @@ class SectorReader:
             out = bytearray((last - first + 1) * size)
             try:
                 for n, sector in enumerate(range(first, last + 1)):
-                    self._aead.decrypt_into(sector.to_bytes(NONCE, "big"), view[n * stride:(n + 1) * stride],
-                                            self._aad + struct.pack(">I", sector), memoryview(out)[n * size:(n + 1) * size])
+                    self._aead.decrypt_into(_NONCES[sector], view[n * stride:(n + 1) * stride],
+                                            self._aad + _SECTOR_IDS[sector], memoryview(out)[n * size:(n + 1) * size])
             except InvalidTag:
                 raise BlockIntegrityError() from None
             return bytes(memoryview(out)[skip:skip + length])
@@ -296,8 +299,8 @@ class BlockCipher:
         aad = header + salt + _binding(self.key.key_id, identity, index)
         stride, at = size + TAG, GCM_PREFIX
         for sector in range(count):
-            aead.encrypt_into(sector.to_bytes(NONCE, "big"), src[sector * size:(sector + 1) * size],
-                              aad + struct.pack(">I", sector), view[at:at + stride])
+            aead.encrypt_into(_NONCES[sector], src[sector * size:(sector + 1) * size],
+                              aad + _SECTOR_IDS[sector], view[at:at + stride])
             at += stride
         return view
 
@@ -363,8 +366,8 @@ class BlockCipher:
             try:
                 for sector in range(BLOCK_SIZE >> shift):
                     at = GCM_PREFIX + sector * stride
-                    aead.decrypt_into(sector.to_bytes(NONCE, "big"), view[at:at + stride],
-                                      aad + struct.pack(">I", sector), plain[sector * size:(sector + 1) * size])
+                    aead.decrypt_into(_NONCES[sector], view[at:at + stride],
+                                      aad + _SECTOR_IDS[sector], plain[sector * size:(sector + 1) * size])
             except InvalidTag:
                 raise BlockIntegrityError() from None
             return plain
