@@ -463,3 +463,37 @@ def test_loads_outside_the_lock_never_read_back_stale_bytes(blocks) -> None:
         assert vol.read(i * BLOCK_SIZE, 4096) == bytes([acked[i]]) * 4096
     vol.close()
     pool.shutdown()
+
+
+def test_try_read_serves_known_small_misses_from_the_page_cache(blocks, monkeypatch: pytest.MonkeyPatch) -> None:
+    """try_read (the NBD connection's own thread) serves a small random miss when the
+    block's entry and object header are known and its sectors are in the page cache
+    (RWF_NOWAIT); anything else — unknown object, not cached by the kernel, a tampered
+    sector — is None (the blocking read answers, with the error if any)."""
+    key = DataKey("dk-test", os.urandom(32))
+    data = os.urandom(8 * BLOCK_SIZE)
+    vol = OpenVolume(blocks, "vol-0000000000000000c", 1, key, account="1", instance_id="i-1", cache_blocks=4)
+    vol.write(0, data)
+    vol.flush()
+    vol.close()
+    vol = OpenVolume(blocks, "vol-0000000000000000c", 1, key, account="1", instance_id="i-1", cache_blocks=4)
+    assert vol.try_read(5 * BLOCK_SIZE + 8192, 4096) is None  # nothing known yet
+    assert vol.read(5 * BLOCK_SIZE + 8192, 4096) == data[5 * BLOCK_SIZE + 8192:5 * BLOCK_SIZE + 12288]
+    off = 5 * BLOCK_SIZE + 100000
+    (blocks.store.root / blocks.block_ref("vol-0000000000000000c", 5).object_key).read_bytes()  # in the page cache
+    assert vol.try_read(off, 4096) == data[off:off + 4096]
+    assert vol.try_read(1 * BLOCK_SIZE, 4096) is None  # another object: its header not read yet
+    assert len(vol._cache) == 0
+    monkeypatch.setattr(blocks.store, "read_range_cached", lambda *a: None)  # as if the disk had to be read
+    assert vol.try_read(off, 4096) is None
+    monkeypatch.undo()
+    path = blocks.store.root / blocks.block_ref("vol-0000000000000000c", 5).object_key
+    raw = bytearray(path.read_bytes())
+    raw[24 + 6 * (16384 + 16) + 3] ^= 1  # the sector of `off`
+    path.write_bytes(raw)
+    assert vol.try_read(off, 4096) is None
+    from ebscrypt.engines.blocks.errors import BlockIntegrityError
+
+    with pytest.raises(BlockIntegrityError):
+        vol.read(off, 4096)
+    vol.close()

@@ -20,7 +20,9 @@ adds a bounded write-back cache of plaintext blocks, held in memory only:
   leaves the cache alone; sequential reads load whole blocks, reading ahead. Where blocks
   are stored is learnt a window at a time (one range query per ``REF_WINDOW`` blocks);
 - ``try_read``/``try_write`` serve a request the cache answers without waiting (the NBD
-  connection's own thread calls them); ``allocation`` answers NBD_CMD_BLOCK_STATUS;
+  connection's own thread calls them; ``try_read`` also a small random miss whose object
+  is known and whose sectors are in the page cache: ``preadv(RWF_NOWAIT)``);
+  ``allocation`` answers NBD_CMD_BLOCK_STATUS;
 - a read-only OpenVolume is a snapshot export: writes raise :class:`ReadOnly`.
 
 Blocks never written read from the volume's lineage, i.e. the snapshot it was created
@@ -47,6 +49,7 @@ GIB = 1024 ** 3
 # Blocks whose entries one lookup learns (a range query): 256 blocks = 128 MiB of volume.
 REF_WINDOW = 256
 SEQUENTIAL_MIN = 64 * 1024  # a read this large next to the last one is sequential at once
+INLINE_MISS_MAX = 64 * 1024  # a miss this small may be served on the NBD connection's thread
 _UNKNOWN = object()
 # Read-ahead loads, in tasks of this many blocks (several run at once: SHA-256 and the
 # reads release the GIL), on a pool of their own: never the write-behind pool, whose
@@ -256,6 +259,8 @@ class OpenVolume:
                 return b""
             cache = self._cache
             first, last = offset // BLOCK_SIZE, (offset + length - 1) // BLOCK_SIZE
+            if first == last and first not in cache:
+                return self._try_read_sectors(first, offset - first * BLOCK_SIZE, length)
             for index in range(first, last + 1):
                 if index not in cache:
                     return None
@@ -281,6 +286,27 @@ class OpenVolume:
             return out
         finally:
             self._lock.release()
+
+    def _try_read_sectors(self, index: int, start: int, length: int) -> bytes | None:
+        """(try_read, lock held) A small random read of one block the cache lacks, served
+        at once if nothing has to wait: the block's entry and its object's checked header
+        known, its sectors in the page cache (RWF_NOWAIT). None: the blocking way."""
+        if length > INLINE_MISS_MAX or index in self._storing:
+            return None
+        adjacent = index in (self._read_next, self._read_next - 1)
+        if adjacent and (length >= SEQUENTIAL_MIN or self._adjacent):
+            return None  # sequential: whole blocks are loaded (read)
+        ref = self._refs.get(index, _UNKNOWN)
+        if ref is _UNKNOWN:
+            return None
+        try:
+            data: bytes | None = self.blocks.try_open_ref_range(ref, self._key, start, length, self._readers)
+        except Exception:  # e.g. a tampered sector: the blocking way reads it again and answers the error
+            return None
+        if data is not None:
+            self._refs.move_to_end(index)
+            self._read_next, self._adjacent = index + 1, adjacent
+        return data
 
     def try_write(self, offset: int, data: bytes | bytearray | memoryview) -> bool:
         """True when applied (as :meth:`write` without FUA would have); False: nothing done."""

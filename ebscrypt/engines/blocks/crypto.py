@@ -25,7 +25,7 @@ nonce of sector *i* is *i* (96 bits, big-endian). A (subkey, nonce) pair is thus
 used twice: the identity is unique per write, and the random salt keeps subkeys apart
 even if an identity were ever reused (2^-64 odds at 2^32 objects), whereas a random
 96-bit nonce per sector would reach GCM's random-nonce limit (2^32 messages per key)
-within a few TiB written under one data key. The associated data of sector *i*::
+within 64 TiB written under one data key. The associated data of sector *i*::
 
     header (8) | salt (16) | len(key id) (2, BE) | key id | len(identity) (2, BE) | identity
       | block index (8, BE) | i (4, BE)

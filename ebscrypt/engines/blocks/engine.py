@@ -9,6 +9,7 @@ Public surface (``runtime.blocks``)::
     block_refs(owner_id, indexes) -> {index: BlockRef | None}  # several lookups in one read
     block_refs_between(owner_id, start, stop) -> {index: BlockRef | None}  # a range of them
     open_ref_range(ref, key, offset, length) -> bytes  # part of a resolved entry (its sectors)
+    try_open_ref_range(ref, key, offset, length, readers) -> bytes | None  # the same if no wait is needed
     open_ref(ref, key) -> bytes                      # a resolved entry's plaintext (ObjectMissing if collected)
     share(src_owner_id, dst_owner_id)                # same data key, O(1), no data moved; idempotent
     reencrypt(src, src_key, dst, dst_key, progress)  # full copy under another key; resumable
@@ -572,6 +573,25 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         if reader.span(offset, length) != span:
             raw = read_ranges(ref.object_key, [reader.span(offset, length)])[0]
         return reader.open(raw, offset, length)
+
+    def try_open_ref_range(self, ref: BlockRef | None, key: DataKey | None, offset: int, length: int,
+                           readers: MutableMapping[str, SectorReader | None]) -> bytes | None:
+        """:meth:`open_ref_range` if it needs no wait: the object's reader is in
+        ``readers`` and its sectors are in the page cache (a store with
+        ``read_range_cached``); else None (the caller reads the blocking way). Checked
+        the same: tampering raises BlockIntegrityError."""
+        if ref is None or ref.object_key is None:
+            if ref is not None:
+                self._check_ref_key(ref, key)
+            return bytes(length)
+        cached = getattr(self.store, "read_range_cached", None)
+        reader = readers.get(ref.object_key)
+        if cached is None or not isinstance(reader, SectorReader):
+            return None
+        self._check_ref_key(ref, key)
+        at, n = reader.span(offset, length)
+        raw = cached(ref.object_key, at, n)
+        return None if raw is None else reader.open(raw, offset, length)
 
     def _check_ref_key(self, ref: BlockRef, key: DataKey | None) -> None:
         # A wrong key would fail authentication anyway; this only makes misuse obvious.

@@ -231,6 +231,26 @@ class LocalDirStore:
         finally:
             os.close(fd)
 
+    def read_range_cached(self, key: str, offset: int, length: int) -> bytes | None:
+        """The range if the page cache holds all of it (``preadv`` with RWF_NOWAIT: never
+        waits for the disk), else None. For a caller that must not block (an NBD
+        connection's own thread); a short or missing object is None too: the blocking
+        read decides what it is."""
+        if _RWF_NOWAIT is None or not _KEY_RE.match(key):
+            return None
+        try:
+            fd = os.open(f"{self._root_str}/{key}", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            buf = bytearray(length)
+            got = os.preadv(fd, [buf], offset, _RWF_NOWAIT)
+        except OSError:  # EAGAIN: not all in the page cache (or no RWF_NOWAIT support)
+            return None
+        finally:
+            os.close(fd)
+        return bytes(buf) if got == length else None
+
     def delete(self, key: str) -> None:
         try:
             os.unlink(self._path(key))
@@ -278,6 +298,7 @@ def _load_syncfs() -> Callable[[int], int] | None:
 
 
 _syncfs = _load_syncfs()
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 # Fewer objects: fdatasync each and fsync the directory. From two on, one syncfs costs
 # less than the fdatasyncs (measured: 2 objects ~5-7 ms either way, 8 objects 33 ms vs
 # 10 ms; bench/README.md) — it also flushes other files' dirty data, hence not for one.
