@@ -2,11 +2,11 @@
 ebscrypt server, against nbdkit's ``file`` plugin serving a file on the same disk (the
 ceiling of the protocol stack), driven by fio's ``nbd`` engine (libnbd).
 
-    python bench/bench_nbd.py [--span-mib 96] [--seconds 4] [--rounds 2] [--cache-mib 128]
+    python bench/bench_nbd.py [--span-mib 96] [--seconds 4] [--rounds 2] [--cache-mib 128] [--before DIR]
 
 Workloads (each ``--seconds`` long, time-based, over the first ``--span-mib`` of the export,
 iodepth 16, ``end_fsync``): sequential 1 MiB writes and reads, random 4 KiB writes and
-reads. The span is written first so reads read data. Rounds interleave the three targets
+reads. The span is written whole first (one pass, not time-based) so reads read data. Rounds interleave the three targets
 (encrypted, unencrypted, nbdkit) so machine drift hits them alike; the table shows the
 median MiB/s and IOPS and the ratios encrypted/unencrypted (goal ≥ 0.9, R-ATTACH-3) and
 unencrypted/nbdkit (goal ≥ 0.5). The server's RSS before and after shows memory staying
@@ -14,8 +14,12 @@ flat in the volume's size (the write-back cache is bounded).
 
 The default span (96 MiB) fits the server's per-volume cache (``--nbd-cache-mib``, 128):
 that is the working set an attached volume serves at memory speed. A span beyond the
-cache (``--span-mib 512``) measures the block engine instead: each miss reads and
-authenticates a whole 512 KiB block, each eviction seals and stores one.
+cache (``--span-mib 512``) measures the block engine instead: a random miss reads and
+authenticates the sectors it covers, a sequential one whole blocks; each eviction seals
+and stores a block. ``--before DIR`` runs a second server from another checkout (e.g.
+``git archive 0650d1b``) beside this one, interleaved: after/before ratios of one run.
+Each ebscrypt target's server CPU time per I/O (from /proc) is shown too: it is much
+less disturbed by other load on the machine than the rates.
 
 This module has no ``WORKLOADS``: ``bench/run.py`` skips it; run it directly. Needs fio
 with the nbd engine (Debian's) and nbdkit; bash ci/install-nbd.sh installs nbdkit.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -94,6 +99,21 @@ def setup_volumes(url: str) -> tuple[str, str]:
     return out[0], out[1]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def fill(uri: str, span_mib: int) -> None:
+    """Write the whole span once (not time-based), so every read reads stored data."""
+    cmd = ["fio", "--name=fill", "--ioengine=nbd", f"--uri={uri}", "--rw=write", "--bs=1M",
+           f"--size={span_mib}M", "--iodepth=16", "--end_fsync=1", "--output-format=json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=span_mib + 300)
+    if out.returncode != 0:
+        raise RuntimeError(f"fio fill failed: {out.stderr[-2000:]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--span-mib", type=int, default=96)
@@ -102,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--only", action="append", default=[], help="workloads whose name contains this (repeatable)")
+    ap.add_argument("--before", type=Path, default=None,
+                    help="another checkout's root (git archive of a base commit): a second server of it "
+                         "with its own two volumes, interleaved with the others (after/before ratios)")
+    ap.add_argument("--loop", default="asyncio", help="the servers' --loop (asyncio: the same for both trees)")
     args = ap.parse_args(argv)
     jobs = [j for j in JOBS if not args.only or any(o in j[0] for o in args.only)]
     for exe in ("fio", "nbdkit"):
@@ -109,53 +133,90 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{exe} is not installed (bash ci/install-nbd.sh): cannot run")
             return 2
     work = Path(tempfile.mkdtemp(prefix="bench-nbd-"))
-    nbd_port, kit_port = free_port(), free_port()
-    server = start_ebscrypt(work / "data", nbd_port=nbd_port, extra_args=["--nbd-cache-mib", str(args.cache_mib)])
+    server_args = ["--nbd-cache-mib", str(args.cache_mib), "--loop", args.loop]
+    servers: dict[str, Any] = {}
+    nbd_ports: dict[str, int] = {}
+    kit_port = free_port()
     disk = work / "nbdkit-disk.img"
     with open(disk, "wb") as f:
         f.truncate(1024 ** 3)
     kit = subprocess.Popen(["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(kit_port), "file", f"file={disk}"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    targets: dict[str, str] = {}
+    owner: dict[str, str] = {}  # target -> the server serving it (CPU time per I/O)
     try:
-        enc, plain = setup_volumes(server.url)
+        for tag, tree in (("", None), ("before ", args.before)):
+            if tag and tree is None:
+                continue
+            nbd_ports[tag] = free_port()
+            servers[tag] = start_ebscrypt(work / f"data{len(servers)}", nbd_port=nbd_ports[tag], extra_args=server_args,
+                                          tree=tree, name=f"ebscrypt {tag}".strip())
+            enc, plain = setup_volumes(servers[tag].url)
+            targets[f"{tag}encrypted"] = f"nbd://127.0.0.1:{nbd_ports[tag]}/{enc}"
+            targets[f"{tag}unencrypted"] = f"nbd://127.0.0.1:{nbd_ports[tag]}/{plain}"
+            owner[f"{tag}encrypted"] = owner[f"{tag}unencrypted"] = tag
+        targets["nbdkit-file"] = f"nbd://127.0.0.1:{kit_port}/"
         time.sleep(0.5)
-        targets = {"encrypted": f"nbd://127.0.0.1:{nbd_port}/{enc}",
-                   "unencrypted": f"nbd://127.0.0.1:{nbd_port}/{plain}",
-                   "nbdkit-file": f"nbd://127.0.0.1:{kit_port}/"}
-        assert server.proc is not None
-        rss_before = rss_mib(server.proc.pid)
+        pids = {tag: srv.proc.pid for tag, srv in servers.items()}
+        rss_before = {tag: rss_mib(pid) for tag, pid in pids.items()}
         for name, uri in targets.items():  # fill the span so reads read data
-            fio(uri, "write", "1M", args.span_mib, 1)
+            fill(uri, args.span_mib)
         results: dict[str, dict[str, list[tuple[float, float]]]] = {t: {j[0]: [] for j in jobs} for t in targets}
+        cpu: dict[str, dict[str, list[float]]] = {t: {j[0]: [] for j in jobs} for t in targets}
         for rnd in range(args.rounds):
             order = list(targets) if rnd % 2 == 0 else list(reversed(targets))
             for label, rw, bs in jobs:
                 for name in order:
-                    results[name][label].append(fio(targets[name], rw, bs, args.span_mib, args.seconds))
-                    log(f"round {rnd + 1} {label:14s} {name:12s} {results[name][label][-1][0]:8.1f} MiB/s")
-        rss_after = rss_mib(server.proc.pid)
+                    pid = pids.get(owner.get(name, "-"))
+                    c0 = cpu_seconds(pid) if pid else 0.0
+                    r = fio(targets[name], rw, bs, args.span_mib, args.seconds)
+                    results[name][label].append(r)
+                    if pid and r[1]:
+                        cpu[name][label].append((cpu_seconds(pid) - c0) / (r[1] * args.seconds) * 1e6)
+                    log(f"round {rnd + 1} {label:14s} {name:18s} {r[0]:8.1f} MiB/s {r[1]:8.0f} IOPS")
+        rss_after = {tag: rss_mib(pid) for tag, pid in pids.items()}
     finally:
         kit.terminate()
         kit.wait(10)
-        server.stop()
+        for srv in servers.values():
+            srv.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     def med(name: str, label: str) -> tuple[float, float]:
         runs = results[name][label]
         return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
-    print(f"{'workload':16s} {'encrypted':>18s} {'unencrypted':>18s} {'nbdkit file':>18s} {'enc/unenc':>10s} {'unenc/kit':>10s}")
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else float("nan")
+
+    names = list(targets)
+    print(f"{'workload':16s} " + " ".join(f"{n:>18s}" for n in names))
     summary: dict[str, Any] = {}
     for label, _rw, _bs in jobs:
-        e, u, k = med("encrypted", label), med("unencrypted", label), med("nbdkit-file", label)
-        r1, r2 = e[0] / u[0] if u[0] else float("nan"), u[0] / k[0] if k[0] else float("nan")
         cell = lambda v: f"{v[0]:7.1f}MiB/s {v[1]:6.0f}io"  # noqa: E731
-        print(f"{label:16s} {cell(e):>18s} {cell(u):>18s} {cell(k):>18s} {r1:10.2f} {r2:10.2f}")
-        summary[label] = {"encrypted": e, "unencrypted": u, "nbdkit": k, "enc_over_unenc": r1, "unenc_over_nbdkit": r2}
-    print(f"server RSS: {rss_before:.0f} MiB before, {rss_after:.0f} MiB after "
-          f"({args.span_mib} MiB span written per export, cache {args.cache_mib} MiB per volume)")
+        print(f"{label:16s} " + " ".join(f"{cell(med(n, label)):>18s}" for n in names))
+        e, u, k = med("encrypted", label), med("unencrypted", label), med("nbdkit-file", label)
+        row: dict[str, Any] = {n: med(n, label) for n in names}
+        row.update(enc_over_unenc=ratio(e[0], u[0]), unenc_over_nbdkit=ratio(u[0], k[0]),
+                   enc_over_nbdkit=ratio(e[0], k[0]))
+        line = f"  enc/unenc {row['enc_over_unenc']:.2f}  unenc/kit {row['unenc_over_nbdkit']:.2f}"
+        if args.before is not None:
+            be, bu = med("before encrypted", label), med("before unencrypted", label)
+            row.update(before_unenc_over_nbdkit=ratio(bu[0], k[0]), after_over_before_enc=ratio(e[0], be[0]),
+                       after_over_before_unenc=ratio(u[0], bu[0]))
+            line += (f"  | before: unenc/kit {row['before_unenc_over_nbdkit']:.2f}  after/before enc "
+                     f"{row['after_over_before_enc']:.2f} unenc {row['after_over_before_unenc']:.2f}")
+        cpus = {n: statistics.median(cpu[n][label]) for n in names if cpu[n][label]}
+        row["server_cpu_us_per_io"] = cpus
+        line += "  | server CPU µs/IO: " + ", ".join(f"{n} {v:.0f}" for n, v in cpus.items())
+        print(line)
+        summary[label] = row
+    for tag in servers:
+        print(f"server {tag or 'after'} RSS: {rss_before[tag]:.0f} MiB before, {rss_after[tag]:.0f} MiB after "
+              f"({args.span_mib} MiB span written per export, cache {args.cache_mib} MiB per volume)")
     if args.json:
-        args.json.write_text(json.dumps({"results": summary, "rss_mib": [rss_before, rss_after]}, indent=2))
+        args.json.write_text(json.dumps({"results": summary, "rss_mib": {t: [rss_before[t], rss_after[t]] for t in servers}},
+                                        indent=2))
     return 0
 
 

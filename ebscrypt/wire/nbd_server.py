@@ -263,8 +263,9 @@ class NbdServer:
         from it (asyncio's streams copy a 1 MiB payload several times and wake the loop per
         64 KiB), and the loop stays free for the API. Same protocol behaviour as
         :meth:`_transmit` (which TLS connections keep: the TLS layer is asyncio's)."""
-        transport = writer.transport
-        assert isinstance(transport, asyncio.ReadTransport)  # a TCP transport reads and writes
+        transport: Any = writer.transport
+        # A TCP transport reads and writes (asyncio's, or uvloop's — not an
+        # asyncio.ReadTransport subclass — when serve's --loop picks uvloop).
         transport.pause_reading()
         raw = transport.get_extra_info("socket")
         sock = socket.socket(fileno=os.dup(raw.fileno()))

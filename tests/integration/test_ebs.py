@@ -438,7 +438,9 @@ def test_crypto_shredding(server_factory: Callable[..., Any]) -> None:
             unwrap(sid)
         ref = runtime.blocks.block_ref(sid, 0)
         raw = (srv.data_dir / "blocks" / ref.object_key).read_bytes()
-        assert marker not in raw and len(raw) == BLOCK + 34
+        from ebscrypt.engines.blocks.crypto import GCM_OBJECT_SIZE  # (format 3: sectors each with a tag)
+
+        assert marker not in raw and len(raw) == GCM_OBJECT_SIZE
     finally:
         close_runtime(runtime)
 

@@ -307,3 +307,193 @@ def test_write_blocks_commits_a_batch_in_few_group_commits(blocks) -> None:
         blocks.write_blocks("vol-0000000000000000c", [(300, b"short"), (301, b"k" * BLOCK_SIZE)], key)
     assert blocks.read_block("vol-0000000000000000c", 301, key) == b"k" * BLOCK_SIZE
     assert blocks.block_ref("vol-0000000000000000c", 300) is None
+
+
+# ------------------------------------------------------------------ the miss path (issue 12, read side)
+
+
+class _CountingStore:
+    """A LocalDirStore that counts the object bytes read (whole objects and ranges)."""
+
+    def __init__(self, inner: LocalDirStore) -> None:
+        self.inner = inner
+        self.whole = 0
+        self.ranged = 0
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, name)
+
+    def read_into(self, key: str, buf: bytearray) -> memoryview:
+        view = self.inner.read_into(key, buf)
+        self.whole += len(view)
+        return view
+
+    def read_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        out = self.inner.read_ranges(key, ranges)
+        self.ranged += sum(len(b) for b in out)
+        return out
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+def test_random_misses_read_only_their_sectors_sequential_reads_load_blocks(blocks, encrypted: bool) -> None:
+    """R-ATTACH-3: a small read missing the cache reads (and checks) only the sectors it
+    covers and leaves the cache as it was; sequential reads load whole blocks (read-ahead);
+    either way the bytes are the model's, dirty and written-behind blocks included."""
+    key = DataKey("dk-test", os.urandom(32)) if encrypted else None
+    rng = random.Random(3)
+    model = bytearray(rng.randbytes(16 * BLOCK_SIZE))
+    writer = OpenVolume(blocks, "vol-00000000000000009", 1, key, account="1", instance_id="i-1", cache_blocks=64)
+    writer.write(0, model)
+    writer.close()
+    counting = _CountingStore(blocks.store)
+    blocks.store = counting
+    pool = ThreadPoolExecutor(2)
+    vol = OpenVolume(blocks, "vol-00000000000000009", 1, key, account="1", instance_id="i-1", cache_blocks=4,
+                     flusher=pool)
+    last = -5
+    for _ in range(40):
+        offset = rng.randrange(0, 16 * BLOCK_SIZE - 4096) & ~511
+        while abs(offset // BLOCK_SIZE - last) < 2:  # not the block read last nor the next: random
+            offset = rng.randrange(0, 16 * BLOCK_SIZE - 4096) & ~511
+        last = offset // BLOCK_SIZE
+        assert vol.read(offset, 4096) == model[offset:offset + 4096]
+    assert counting.whole == 0 and len(vol._cache) == 0
+    assert counting.ranged < 40 * (2 * 16384 + 4200)  # a sector or two each (and a header), never a block
+    assert vol.read(BLOCK_SIZE - 100, 200) == model[BLOCK_SIZE - 100:BLOCK_SIZE + 100]  # across two blocks
+    # A dirty block and blocks written behind read as written, by any path.
+    vol.write(3 * BLOCK_SIZE + 10, b"x" * 100)
+    model[3 * BLOCK_SIZE + 10:3 * BLOCK_SIZE + 110] = b"x" * 100
+    for i in range(8, 14):  # whole-block writes evict the dirty ones behind
+        vol.write(i * BLOCK_SIZE, bytes([i]) * BLOCK_SIZE)
+        model[i * BLOCK_SIZE:(i + 1) * BLOCK_SIZE] = bytes([i]) * BLOCK_SIZE
+    for offset in (3 * BLOCK_SIZE, 3 * BLOCK_SIZE + 50, 8 * BLOCK_SIZE + 5, 13 * BLOCK_SIZE - 4096, 15 * BLOCK_SIZE):
+        assert vol.read(offset, 4096) == model[offset:offset + 4096]
+    vol.flush()
+    for offset in range(0, 16 * BLOCK_SIZE, 64 * 1024 + 4096):
+        assert vol.read(offset, 4096) == model[offset:offset + 4096]
+    # Sequential reads: whole blocks loaded (and read ahead).
+    whole = counting.whole
+    for offset in range(0, 4 * BLOCK_SIZE, 1 << 20):
+        assert vol.read(offset, 1 << 20) == model[offset:offset + (1 << 20)]
+    assert counting.whole > whole
+    vol.close()
+    pool.shutdown()
+
+
+def test_a_tampered_sector_fails_the_read_not_wrong_bytes(blocks) -> None:
+    key = DataKey("dk-test", os.urandom(32))
+    data = os.urandom(2 * BLOCK_SIZE)
+    vol = OpenVolume(blocks, "vol-0000000000000000a", 1, key, account="1", instance_id="i-1", cache_blocks=4)
+    vol.write(0, data)
+    vol.flush()
+    vol.close()
+    ref = blocks.block_ref("vol-0000000000000000a", 1)
+    path = blocks.store.root / ref.object_key
+    raw = bytearray(path.read_bytes())
+    raw[24 + 3 * (16384 + 16) + 5] ^= 1  # in block 1's fourth sector
+    path.write_bytes(raw)
+    from ebscrypt.engines.blocks.errors import BlockIntegrityError
+
+    vol = OpenVolume(blocks, "vol-0000000000000000a", 1, key, account="1", instance_id="i-1", cache_blocks=4)
+    assert vol.read(BLOCK_SIZE, 4096) == data[BLOCK_SIZE:BLOCK_SIZE + 4096]  # other sectors still read
+    with pytest.raises(BlockIntegrityError):
+        vol.read(BLOCK_SIZE + 3 * 16384 + 100, 4096)
+    vol.close()
+
+
+def test_loads_outside_the_lock_never_read_back_stale_bytes(blocks) -> None:
+    """Sequential readers (their blocks and read-ahead loaded outside the volume's lock)
+    beside a writer rewriting whole blocks, through a cache small enough to evict: every
+    block a read returns is one whole version of it, never older than the last write
+    acknowledged before the read began (a load that raced a write is dropped)."""
+    key = DataKey("dk-test", os.urandom(32))
+    nblocks = 48
+    pool = ThreadPoolExecutor(4)
+    vol = OpenVolume(blocks, "vol-0000000000000000b", 1, key, account="1", instance_id="i-1", cache_blocks=8,
+                     flusher=pool)
+    acked = [0] * nblocks
+    for i in range(nblocks):
+        vol.write(i * BLOCK_SIZE, bytes([1]) * BLOCK_SIZE)
+        acked[i] = 1
+    vol.flush()
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def writer() -> None:
+        rng = random.Random(5)
+        for _ in range(150):
+            i = rng.randrange(nblocks)
+            v = acked[i] + 1
+            if v > 255:
+                continue
+            vol.write(i * BLOCK_SIZE, bytes([v]) * BLOCK_SIZE)
+            acked[i] = v
+        stop.set()
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            start = rng.randrange(nblocks - 8)
+            for i in range(start, start + 8, 2):
+                floor = acked[i:i + 2]
+                got = vol.read(i * BLOCK_SIZE, 2 * BLOCK_SIZE)
+                for k in range(2):
+                    part = got[k * BLOCK_SIZE:(k + 1) * BLOCK_SIZE]
+                    if part.count(part[0]) != BLOCK_SIZE or part[0] < floor[k]:
+                        errors.append(f"block {i + k}: {part[0]} < {floor[k]} or mixed")
+
+    def random_reader(seed: int) -> None:  # small reads: sectors read outside the lock
+        rng = random.Random(seed)
+        while not stop.is_set():
+            i = rng.randrange(nblocks)
+            floor = acked[i]
+            got = vol.read(i * BLOCK_SIZE + rng.randrange(BLOCK_SIZE // 4096) * 4096, 4096)
+            if got.count(got[0]) != 4096 or got[0] < floor:
+                errors.append(f"block {i}: {got[0]} < {floor} or mixed (random)")
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(2)] + [
+        threading.Thread(target=random_reader, args=(s,)) for s in range(2)] + [threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:5]
+    vol.flush()
+    for i in range(nblocks):
+        assert vol.read(i * BLOCK_SIZE, 4096) == bytes([acked[i]]) * 4096
+    vol.close()
+    pool.shutdown()
+
+
+def test_try_read_serves_known_small_misses_from_the_page_cache(blocks, monkeypatch: pytest.MonkeyPatch) -> None:
+    """try_read (the NBD connection's own thread) serves a small random miss when the
+    block's entry and object header are known and its sectors are in the page cache
+    (RWF_NOWAIT); anything else — unknown object, not cached by the kernel, a tampered
+    sector — is None (the blocking read answers, with the error if any)."""
+    key = DataKey("dk-test", os.urandom(32))
+    data = os.urandom(8 * BLOCK_SIZE)
+    vol = OpenVolume(blocks, "vol-0000000000000000c", 1, key, account="1", instance_id="i-1", cache_blocks=4)
+    vol.write(0, data)
+    vol.flush()
+    vol.close()
+    vol = OpenVolume(blocks, "vol-0000000000000000c", 1, key, account="1", instance_id="i-1", cache_blocks=4)
+    assert vol.try_read(5 * BLOCK_SIZE + 8192, 4096) is None  # nothing known yet
+    assert vol.read(5 * BLOCK_SIZE + 8192, 4096) == data[5 * BLOCK_SIZE + 8192:5 * BLOCK_SIZE + 12288]
+    off = 5 * BLOCK_SIZE + 100000
+    (blocks.store.root / blocks.block_ref("vol-0000000000000000c", 5).object_key).read_bytes()  # in the page cache
+    assert vol.try_read(off, 4096) == data[off:off + 4096]
+    assert vol.try_read(1 * BLOCK_SIZE, 4096) is None  # another object: its header not read yet
+    assert len(vol._cache) == 0
+    monkeypatch.setattr(blocks.store, "read_range_cached", lambda *a: None)  # as if the disk had to be read
+    assert vol.try_read(off, 4096) is None
+    monkeypatch.undo()
+    path = blocks.store.root / blocks.block_ref("vol-0000000000000000c", 5).object_key
+    raw = bytearray(path.read_bytes())
+    raw[24 + 6 * (16384 + 16) + 3] ^= 1  # the sector of `off`
+    path.write_bytes(raw)
+    assert vol.try_read(off, 4096) is None
+    from ebscrypt.engines.blocks.errors import BlockIntegrityError
+
+    with pytest.raises(BlockIntegrityError):
+        vol.read(off, 4096)
+    vol.close()

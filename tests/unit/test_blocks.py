@@ -207,14 +207,14 @@ def test_format_1_objects_stay_readable_and_are_checked_against_metadata(engine:
         engine.read_block("snap-c", 0, key)
 
 
-def test_reencrypt_rewrites_format_1_objects_as_format_2(engine: BlockEngine, key: DataKey) -> None:
+def test_reencrypt_rewrites_format_1_objects_in_the_current_format(engine: BlockEngine, key: DataKey) -> None:
     data = pattern_block(b"legacy")
     engine.write_block("snap-old", 0, data, key)
     ref_path(engine, "snap-old", 0).write_bytes(_legacy_object(key, 0, data))
     k2 = DataKey("dk-2", os.urandom(32))
     engine.reencrypt("snap-old", key, "snap-new", k2)
     raw = ref_path(engine, "snap-new", 0).read_bytes()
-    assert raw[:6] == b"EBSB" + bytes([2, 1])
+    assert raw[:6] == b"EBSB" + bytes([3, 1])
     assert engine.read_block("snap-new", 0, k2) == data
 
 

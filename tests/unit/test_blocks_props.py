@@ -64,3 +64,34 @@ def test_rebinding_fails(key: DataKey, index: int, other: int, suffix: str, iden
     if identity != OBJ:
         with pytest.raises(BlockIntegrityError):
             BlockCipher(key).open(identity, index, obj, "")
+
+
+@settings(max_examples=40, deadline=None)
+@given(keys, indices, st.integers(min_value=0, max_value=GCM_OBJECT_SIZE * 8 - 1),
+       st.integers(min_value=0, max_value=BLOCK_SIZE - 1), st.integers(min_value=1, max_value=65536))
+def test_sector_reads_fail_exactly_where_a_bit_flipped(key: DataKey, index: int, bit: int, offset: int,
+                                                       length: int) -> None:
+    """Format 3 by sector: after any single-bit flip, a range read that covers the flipped
+    sector (or any read, if the header or salt flipped) fails; one that does not returns
+    the block's bytes (R-DATA-1)."""
+    from ebscrypt.engines.blocks.crypto import GCM_PREFIX, SECTOR_SIZE, TAG, SectorReader
+
+    length = min(length, BLOCK_SIZE - offset)
+    data = block(index % 1000)
+    obj = bytearray(BlockCipher(key).seal(OBJ, index, data))
+    obj[bit // 8] ^= 1 << (bit % 8)
+    cipher = BlockCipher(key)
+    byte = bit // 8
+    hit_all = byte < GCM_PREFIX
+    hit = (byte - GCM_PREFIX) // (SECTOR_SIZE + TAG)
+    first, last = offset // SECTOR_SIZE, (offset + length - 1) // SECTOR_SIZE
+    try:
+        reader = cipher.sector_reader(OBJ, index, bytes(obj[:GCM_PREFIX]), "")
+        assert isinstance(reader, SectorReader)
+        at, n = reader.span(offset, length)
+        got = reader.open(bytes(obj[at:at + n]), offset, length)
+    except BlockIntegrityError:
+        assert hit_all or first <= hit <= last
+    else:
+        assert not hit_all and not first <= hit <= last
+        assert got == data[offset:offset + length]

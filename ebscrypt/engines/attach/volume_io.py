@@ -15,8 +15,14 @@ adds a bounded write-back cache of plaintext blocks, held in memory only:
 - trim and write-zeroes of whole blocks store an all-zero block, which the block engine
   records without an object (the old object is released: the space is given back);
   over blocks that already read as zeros they do nothing;
+- a read that misses the cache and is not sequential reads only the sectors it covers
+  (``BlockEngine.open_ref_range``: format 3 objects are checked per 16 KiB sector) and
+  leaves the cache alone; sequential reads load whole blocks, reading ahead. Where blocks
+  are stored is learnt a window at a time (one range query per ``REF_WINDOW`` blocks);
 - ``try_read``/``try_write`` serve a request the cache answers without waiting (the NBD
-  connection's own thread calls them); ``allocation`` answers NBD_CMD_BLOCK_STATUS;
+  connection's own thread calls them; ``try_read`` also a small random miss whose object
+  is known and whose sectors are in the page cache: ``preadv(RWF_NOWAIT)``);
+  ``allocation`` answers NBD_CMD_BLOCK_STATUS;
 - a read-only OpenVolume is a snapshot export: writes raise :class:`ReadOnly`.
 
 Blocks never written read from the volume's lineage, i.e. the snapshot it was created
@@ -40,6 +46,25 @@ from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, ZERO_BLOCK, DataKey
 from ebscrypt.engines.blocks.store import ObjectMissing
 
 GIB = 1024 ** 3
+# Blocks whose entries one lookup learns (a range query): 256 blocks = 128 MiB of volume.
+REF_WINDOW = 256
+SEQUENTIAL_MIN = 64 * 1024  # a read this large next to the last one is sequential at once
+INLINE_MISS_MAX = 64 * 1024  # a miss this small may be served on the NBD connection's thread
+_UNKNOWN = object()
+# Read-ahead loads, in tasks of this many blocks (several run at once: SHA-256 and the
+# reads release the GIL), on a pool of their own: never the write-behind pool, whose
+# ``map`` a flush waits on while holding a volume's lock, which a load takes at its end.
+READ_AHEAD_TASK = 8
+_read_ahead: ThreadPoolExecutor | None = None
+_read_ahead_lock = threading.Lock()
+
+
+def _read_ahead_pool() -> ThreadPoolExecutor:
+    global _read_ahead
+    with _read_ahead_lock:
+        if _read_ahead is None:
+            _read_ahead = ThreadPoolExecutor(4, thread_name_prefix="ebscrypt-read-ahead")
+        return _read_ahead
 log = logging.getLogger("ebscrypt.attach")
 
 
@@ -77,7 +102,15 @@ class OpenVolume:
         self._flusher = flusher
         self._refs: OrderedDict[int, Any] = OrderedDict()  # index -> BlockRef | None (where it is stored)
         self._ref_limit = 64 * self._cache_blocks
+        # Checked headers of the objects random reads went to (BlockEngine.open_ref_range):
+        # a known object costs one read of its sectors. Bounded; dropped at close (an
+        # encrypted object's reader holds its subkey).
+        self._readers: OrderedDict[str, Any] = OrderedDict()
+        self._reader_limit = max(1024, 16 * self._cache_blocks)
         self._read_next = -2  # the block after the last read (sequential reads read ahead)
+        self._adjacent = False  # the last read began in the block of the one before, or the next
+        # Blocks being loaded outside the lock, by index: the claim's token (_claim).
+        self._loading: dict[int, object] = {}
         self._readahead = max(1, self._cache_blocks // 8)
         self.closed = False
 
@@ -93,28 +126,123 @@ class OpenVolume:
     def check_range(self, offset: int, length: int) -> bool:
         return offset >= 0 and length >= 0 and offset + length <= self.size
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytes | bytearray:
+        """The bytes [offset, offset+length) (a new buffer: the caller may keep it)."""
         out = bytearray(length)
+        spans = list(_spans(offset, length))
+        if not spans:
+            return b""
+        first, last = spans[0][0], spans[-1][0]
+        parts: list[tuple[int, int, int, int, Any]] | None = None
         with self._lock:
             self._wait_behind()
             self._check_open()
-            spans = list(_spans(offset, length))
-            if spans:
-                first, last = spans[0][0], spans[-1][0]
-                wanted = list(range(first, last + 1))
-                missing = [i for i in wanted if i not in self._cache]
-                if first in (self._read_next, self._read_next - 1):  # sequential: read ahead
-                    # in batches: refill the window when its first half has been read
-                    ahead = range(last + 1, min(last + 1 + self._readahead, self.size // BLOCK_SIZE))
-                    if missing or (len(ahead) > 1 and ahead[len(ahead) // 2] not in self._cache):
-                        missing += [i for i in ahead if i not in self._cache]
-                self._read_next = last + 1
-                self._load(missing)
+            missing = [i for i in range(first, last + 1) if i not in self._cache]
+            # Sequential: in the block the last read ended in or the next, and large or the
+            # second such read in a row (a random small read lands next to the previous one
+            # now and then: it must not load a block and a read-ahead window).
+            adjacent = first in (self._read_next, self._read_next - 1)
+            sequential = adjacent and (length >= SEQUENTIAL_MIN or self._adjacent)
+            self._read_next, self._adjacent = last + 1, adjacent
+            if missing and not sequential:
+                # A random read: only its sectors, the cache left as it is (a whole
+                # block read and decrypted for 4 KiB of it is what a miss cost before);
+                # read outside the lock, like the loads below.
+                parts = self._plan_parts(spans, out)
+                key = self._key
+        if parts is not None:
+            self._read_parts(parts, out, key)
+            return out
+        with self._lock:
+            self._check_open()
+            missing = [i for i in range(first, last + 1) if i not in self._cache]
+            ahead: list[int] = []
+            if sequential:  # read ahead, in batches: refill the window when its first half has been read
+                window = range(last + 1, min(last + 1 + self._readahead, self.size // BLOCK_SIZE))
+                if missing or (len(window) > 1 and window[len(window) // 2] not in self._cache):
+                    ahead = [i for i in window if i not in self._cache]
+            key = self._key
+            mine = self._claim(missing)
+            behind = self._claim(ahead)
+        # Blocks are read and opened outside the lock (claimed, so no one else loads them):
+        # requests the cache answers go on meanwhile, and other readers' loads run beside
+        # this one (SHA-256 releases the GIL). The read-ahead goes to the background.
+        if behind:
+            if self._flusher is not None:  # (a volume with a write-behind pool is a served one)
+                items = list(behind.items())
+                for pos in range(0, len(items), READ_AHEAD_TASK):
+                    _read_ahead_pool().submit(self._load_claimed, dict(items[pos:pos + READ_AHEAD_TASK]), key, False)
+            else:
+                self._load_claimed(behind, key, False)
+        if mine:
+            self._load_claimed(mine, key, True)
+        with self._lock:
+            self._check_open()
+            while any(i in self._loading and i not in self._cache for i in range(first, last + 1)):
+                self._cond.wait()  # loaded by another reader (or its read-ahead): wait for it
+                self._check_open()
             pos = 0
             for index, start, end in spans:
-                out[pos:pos + end - start] = self._block(index)[start:end]
+                # (_block loads a block evicted or rewritten meanwhile: rare)
+                out[pos:pos + end - start] = memoryview(self._block(index))[start:end]
                 pos += end - start
-        return bytes(out)
+        return out
+
+    def _claim(self, indexes: list[int]) -> dict[int, tuple[object, Any]]:
+        """Under the lock: claim these blocks for a load outside it (those neither cached
+        nor being loaded already), each with a token and where its latest content is: a
+        block being written behind (bytes), a stored entry (BlockRef), None (never
+        written) or _UNKNOWN. A write to a claimed block takes the claim back (``_put``)."""
+        indexes = [i for i in indexes if i not in self._cache and i not in self._loading]
+        unknown = [i for i in indexes if i not in self._refs and i not in self._storing]
+        if unknown:
+            for i, ref in self.blocks.block_refs(self.volume_id, unknown).items():
+                self._remember(i, ref)
+        claimed: dict[int, tuple[object, Any]] = {}
+        for i in indexes:
+            token = object()
+            self._loading[i] = token
+            source = self._storing.get(i)
+            if source is None:
+                source = self._refs.get(i, _UNKNOWN)
+                if source is not _UNKNOWN:
+                    self._refs.move_to_end(i)
+            claimed[i] = (token, source)
+        return claimed
+
+    def _load_claimed(self, claimed: dict[int, tuple[object, Any]], key: DataKey | None, raise_errors: bool) -> None:
+        """Outside the lock: read and open claimed blocks, then insert those whose claim
+        still holds (not rewritten, nor the volume closed, meanwhile). An error is raised
+        to the reader that needs the block (a read-ahead's is dropped: whoever reads the
+        block later loads it again and gets it)."""
+        loaded: dict[int, bytearray] = {}
+        error: BaseException | None = None
+        for index, (_token, source) in claimed.items():
+            try:
+                if isinstance(source, bytes):
+                    loaded[index] = bytearray(source)
+                elif source is None:
+                    loaded[index] = bytearray(BLOCK_SIZE)
+                elif source is _UNKNOWN:
+                    loaded[index] = bytearray(self.blocks.read_block(self.volume_id, index, key))
+                else:
+                    try:
+                        loaded[index] = self.blocks.load_ref(source, key)
+                    except ObjectMissing:  # the lineage changed under us (compaction): look again
+                        loaded[index] = bytearray(self.blocks.read_block(self.volume_id, index, key))
+            except BaseException as exc:
+                error = error or exc
+        with self._cond:
+            for index, (token, source) in claimed.items():
+                if self._loading.get(index) is not token:
+                    continue  # written meanwhile: the cache has newer bytes
+                del self._loading[index]
+                data = loaded.get(index)
+                if data is not None and not self.closed and index not in self._cache:
+                    self._insert(index, data)
+            self._cond.notify_all()
+        if error is not None and raise_errors:
+            raise error
 
     # Fast paths, for the NBD server's event loop: a request that needs no disk, no crypto
     # and no wait (its blocks are cached, the volume's lock is free) is served there at
@@ -131,14 +259,17 @@ class OpenVolume:
                 return b""
             cache = self._cache
             first, last = offset // BLOCK_SIZE, (offset + length - 1) // BLOCK_SIZE
+            if first == last and first not in cache:
+                return self._try_read_sectors(first, offset - first * BLOCK_SIZE, length)
             for index in range(first, last + 1):
                 if index not in cache:
                     return None
-            if first in (self._read_next, self._read_next - 1):  # sequential: is read-ahead due?
+            adjacent = first in (self._read_next, self._read_next - 1)
+            if adjacent and (length >= SEQUENTIAL_MIN or self._adjacent):  # sequential (as read): read-ahead due?
                 ahead = range(last + 1, min(last + 1 + self._readahead, self.size // BLOCK_SIZE))
                 if len(ahead) > 1 and ahead[len(ahead) // 2] not in cache:
                     return None
-            self._read_next = last + 1
+            self._read_next, self._adjacent = last + 1, adjacent
             if first == last:
                 block = cache[first]
                 cache.move_to_end(first)
@@ -155,6 +286,27 @@ class OpenVolume:
             return out
         finally:
             self._lock.release()
+
+    def _try_read_sectors(self, index: int, start: int, length: int) -> bytes | None:
+        """(try_read, lock held) A small random read of one block the cache lacks, served
+        at once if nothing has to wait: the block's entry and its object's checked header
+        known, its sectors in the page cache (RWF_NOWAIT). None: the blocking way."""
+        if length > INLINE_MISS_MAX or index in self._storing:
+            return None
+        adjacent = index in (self._read_next, self._read_next - 1)
+        if adjacent and (length >= SEQUENTIAL_MIN or self._adjacent):
+            return None  # sequential: whole blocks are loaded (read)
+        ref = self._refs.get(index, _UNKNOWN)
+        if ref is _UNKNOWN:
+            return None
+        try:
+            data: bytes | None = self.blocks.try_open_ref_range(ref, self._key, start, length, self._readers)
+        except Exception:  # e.g. a tampered sector: the blocking way reads it again and answers the error
+            return None
+        if data is not None:
+            self._refs.move_to_end(index)
+            self._read_next, self._adjacent = index + 1, adjacent
+        return data
 
     def try_write(self, offset: int, data: bytes | bytearray | memoryview) -> bool:
         """True when applied (as :meth:`write` without FUA would have); False: nothing done."""
@@ -283,6 +435,7 @@ class OpenVolume:
                 self.closed = True
                 self._cache.clear()
                 self._dirty.clear()
+                self._readers.clear()
                 self._key = None
 
     # ------------------------------------------------------------------ cache
@@ -330,6 +483,62 @@ class OpenVolume:
             if index not in self._cache:
                 self._insert(index, bytearray(data))
 
+    def _plan_parts(self, spans: list[tuple[int, int, int]], out: bytearray) -> list[tuple[int, int, int, int, Any]]:
+        """Under the lock: copy into ``out`` the spans the cache (or a block being written
+        behind) holds; the others as (position in out, block, start, length, entry) for
+        :meth:`_read_parts` (entry: a BlockRef, None — never written — or _UNKNOWN)."""
+        self._learn_refs([i for i, _s, _e in spans
+                          if i not in self._cache and i not in self._storing and i not in self._refs])
+        parts: list[tuple[int, int, int, int, Any]] = []
+        pos = 0
+        for index, start, end in spans:
+            n = end - start
+            block: bytes | bytearray | None = self._cache.get(index)
+            if block is not None:
+                self._cache.move_to_end(index)
+            else:
+                block = self._storing.get(index)
+            if block is not None:
+                out[pos:pos + n] = memoryview(block)[start:end]
+            else:
+                ref = self._refs.get(index, _UNKNOWN)
+                if ref is not _UNKNOWN:
+                    self._refs.move_to_end(index)
+                parts.append((pos, index, start, n, ref))
+            pos += n
+        return parts
+
+    def _read_parts(self, parts: list[tuple[int, int, int, int, Any]], out: bytearray, key: DataKey | None) -> None:
+        """Outside the lock: read the sectors of each part into ``out``. What a part was
+        resolved to under the lock is as of the read's start: a write acknowledged before
+        it is seen; one racing it may or may not be (NBD leaves concurrent requests
+        unordered); an object collected meanwhile is looked up again."""
+        readers = self._readers
+        for pos, index, start, n, ref in parts:
+            try:
+                if ref is _UNKNOWN:
+                    raise ObjectMissing(index)
+                out[pos:pos + n] = self.blocks.open_ref_range(ref, key, start, n, readers=readers)
+            except ObjectMissing:  # the lineage changed under us (compaction): look again
+                out[pos:pos + n] = self.blocks.read_sectors(self.volume_id, index, start, n, key)
+        while len(readers) > self._reader_limit:  # (each step atomic: readers run concurrently)
+            try:
+                readers.popitem(last=False)
+            except KeyError:
+                break
+
+    def _learn_refs(self, indexes: list[int]) -> None:
+        """Look up where these blocks are stored, with the rest of their window
+        (``REF_WINDOW`` blocks, one range query each): random reads over a volume cost
+        one lookup per window, not one per block."""
+        last = max(0, (self.size - 1) // BLOCK_SIZE)
+        for window in sorted({i // REF_WINDOW for i in indexes}):
+            start = window * REF_WINDOW
+            stop = min(start + REF_WINDOW, last + 1)
+            for i, ref in self.blocks.block_refs_between(self.volume_id, start, stop).items():
+                if i not in self._cache and i not in self._storing:  # (their entries are stale)
+                    self._remember(i, ref)
+
     def _stored_as_zeros(self, indexes: list[int]) -> set[int]:
         """Of these blocks (none cached or being written), those nothing is stored for:
         never written here nor in the lineage, or a zero entry (trimmed)."""
@@ -355,6 +564,7 @@ class OpenVolume:
             self._refs.popitem(last=False)
 
     def _put(self, index: int, block: bytearray) -> None:
+        self._loading.pop(index, None)  # a load in flight of the old bytes is dropped
         self._dirty.add(index)
         if index in self._cache:
             self._cache[index] = block

@@ -5,7 +5,11 @@ Public surface (``runtime.blocks``)::
     DataKey(key_id, plaintext)                       # plaintext only ever in memory
     write_block(owner_id, index, data, key)          # data: exactly 524288 bytes; durable on return
     read_block(owner_id, index, key) -> bytes        # zeros when never written
+    read_sectors(owner_id, index, offset, length, key) -> bytes  # part of a block: reads and checks only its sectors
     block_refs(owner_id, indexes) -> {index: BlockRef | None}  # several lookups in one read
+    block_refs_between(owner_id, start, stop) -> {index: BlockRef | None}  # a range of them
+    open_ref_range(ref, key, offset, length) -> bytes  # part of a resolved entry (its sectors)
+    try_open_ref_range(ref, key, offset, length, readers) -> bytes | None  # the same if no wait is needed
     open_ref(ref, key) -> bytes                      # a resolved entry's plaintext (ObjectMissing if collected)
     share(src_owner_id, dst_owner_id)                # same data key, O(1), no data moved; idempotent
     reencrypt(src, src_key, dst, dst_key, progress)  # full copy under another key; resumable
@@ -59,19 +63,22 @@ from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Sequence, cast
+from typing import Any, Callable, Iterable, MutableMapping, Sequence, cast
 
 from sqlalchemy import Connection, delete, insert, select
 
 from ebscrypt.clock import Clock
 from ebscrypt.engines.blocks.crypto import (
     BLOCK_SIZE,
-    GCM_OBJECT_SIZE,
+    MAX_OBJECT_SIZE,
     ZERO_BLOCK,
     ZERO_CHECKSUM,
     BlockCipher,
     DataKey,
+    SectorReader,
+    sector_span,
     sha256_b64,
+    split_plain_checksum,
 )
 from ebscrypt.engines.blocks.errors import (
     BlockError,
@@ -103,6 +110,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("ebscrypt.blocks")
+_NOT_KNOWN = object()
 
 # A map over the blocks to seal (``map`` or a thread pool's): write_blocks seals in parallel.
 MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
@@ -322,12 +330,15 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         if checksum is None:
             checksum = sha256_b64(data)
         cipher = self._cipher(key)
-        item = _PendingWrite(owner_id, index, key, None, cipher.seal_checksum(index, checksum))
+        item = _PendingWrite(owner_id, index, key, None, "")
         item.plain_checksum = checksum
-        if data != ZERO_BLOCK:  # an all-zero block is an entry without an object
+        if data == ZERO_BLOCK:  # an all-zero block is an entry without an object
+            item.checksum = cipher.seal_checksum(index, checksum)
+        else:
             # Writes close in time share a directory, so a group commit fsyncs one directory.
             item.object_key = new_object_key(f"{int(time.time() // 8) % 256:02x}")
-            sealed = cipher.seal(item.object_key, index, data)
+            # (the entry's checksum binds a plain object's sector table: crypto.seal_block)
+            sealed, item.checksum = cipher.seal_block(item.object_key, index, data, checksum)
             stage = getattr(self.store, "stage", None)
             if stage is not None:
                 item.staged = stage(item.object_key, sealed)
@@ -610,7 +621,20 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             return data, sha256_b64(data), ref
         raise AssertionError("unreachable")
 
+    def load_ref(self, ref: BlockRef, key: DataKey | None) -> bytearray:
+        """:meth:`open_ref` into a new bytearray (one copy of the plaintext, not two: an
+        attached volume's cache keeps it, and patches it in place)."""
+        self._check_ref_key(ref, key)
+        if ref.object_key is None:
+            return bytearray(BLOCK_SIZE)
+        return bytearray(self._open_view(ref, key))
+
     def _open_object(self, ref: BlockRef, key: DataKey | None) -> bytes:
+        return bytes(self._open_view(ref, key))
+
+    def _open_view(self, ref: BlockRef, key: DataKey | None) -> memoryview:
+        """The entry's plaintext: a view of this thread's buffers (copy it before the
+        next read on this thread)."""
         assert ref.object_key is not None
         buf = self._read_buffer()
         view = self.store.read_into(ref.object_key, buf) if hasattr(self.store, "read_into") else self.store.get(ref.object_key)
@@ -618,7 +642,87 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         # The object must be the one this entry names (its key is bound into the object;
         # older objects are checked against the entry's checksum instead).
         checksum = cipher.open_checksum(ref.index, ref.checksum) if key is not None else ref.checksum
-        return bytes(cipher.open(ref.object_key, ref.index, view, checksum))
+        return cipher.open(ref.object_key, ref.index, view, checksum)
+
+    def read_sectors(self, owner_id: str, index: int, offset: int, length: int, key: DataKey | None) -> bytes:
+        """Bytes [offset, offset+length) of the owner's block ``index`` (zeros if never
+        written), resolved through the lineage like :meth:`read_block`; only the sectors
+        covering the range are read and checked (objects of format 3; older ones are read
+        whole). Tampering -> BlockIntegrityError."""
+        check_index(index)
+        sector_span(False, 12, offset, length)  # the range is within one block (ValueError)
+        for attempt in (0, 1):
+            ref = self.block_ref(owner_id, index)
+            try:
+                return self.open_ref_range(ref, key, offset, length)
+            except ObjectMissing:
+                if attempt == 0:
+                    continue  # dropped and collected between resolve and read: resolve again
+                log.error("object of %s block %d is missing", owner_id, index)
+                raise BlockIntegrityError() from None
+        raise AssertionError("unreachable")
+
+    def open_ref_range(self, ref: BlockRef | None, key: DataKey | None, offset: int, length: int, *,
+                       readers: MutableMapping[str, SectorReader | None] | None = None) -> bytes:
+        """Bytes [offset, offset+length) of an entry resolved earlier (None: never
+        written), reading only the sectors covering them: one open and two reads of the
+        object (its header — and a plain object's sector table, checked against the
+        entry's checksum — and the sectors), guessed at the sector size written now; read
+        again if the object says otherwise. Raises ObjectMissing as :meth:`open_ref`.
+
+        ``readers``: the caller's cache of the objects' checked headers, by object key
+        (an attached volume's, bounded and dropped at detach: an encrypted object's
+        reader holds its subkey): a known object costs one read, of its sectors. Sound
+        because objects are immutable and each is named by one entry only."""
+        if ref is None:
+            return bytes(length)
+        self._check_ref_key(ref, key)
+        if ref.object_key is None:
+            return bytes(length)
+        read_ranges = getattr(self.store, "read_ranges", None)
+        if read_ranges is None:  # a store without ranged reads: the whole object
+            return bytes(self._open_view(ref, key)[offset:offset + length])
+        known = readers.get(ref.object_key, _NOT_KNOWN) if readers is not None else _NOT_KNOWN
+        if known is not _NOT_KNOWN:  # (one get: other threads may evict from ``readers`` meanwhile)
+            if not isinstance(known, SectorReader):  # None: an object of format 1 or 2
+                return bytes(self._open_view(ref, key)[offset:offset + length])
+            return known.open(read_ranges(ref.object_key, [known.span(offset, length)])[0], offset, length)
+        reader: SectorReader | int | None
+        cipher = self._cipher(key)
+        span = sector_span(key is not None, cipher.sector_shift, offset, length)
+        prefix, raw = read_ranges(ref.object_key, [(0, cipher.prefix_size), span])
+        reader = cipher.sector_reader(ref.object_key, ref.index, prefix, ref.checksum)
+        if isinstance(reader, int):  # an object of smaller sectors (a longer table)
+            prefix = read_ranges(ref.object_key, [(0, reader)])[0]
+            reader = cipher.sector_reader(ref.object_key, ref.index, prefix, ref.checksum)
+            if isinstance(reader, int):  # still short: truncated
+                raise BlockIntegrityError()
+        if readers is not None:
+            readers[ref.object_key] = reader
+        if reader is None:  # format 1 or 2: no sectors to check alone
+            return bytes(self._open_view(ref, key)[offset:offset + length])
+        if reader.span(offset, length) != span:
+            raw = read_ranges(ref.object_key, [reader.span(offset, length)])[0]
+        return reader.open(raw, offset, length)
+
+    def try_open_ref_range(self, ref: BlockRef | None, key: DataKey | None, offset: int, length: int,
+                           readers: MutableMapping[str, SectorReader | None]) -> bytes | None:
+        """:meth:`open_ref_range` if it needs no wait: the object's reader is in
+        ``readers`` and its sectors are in the page cache (a store with
+        ``read_range_cached``); else None (the caller reads the blocking way). Checked
+        the same: tampering raises BlockIntegrityError."""
+        if ref is None or ref.object_key is None:
+            if ref is not None:
+                self._check_ref_key(ref, key)
+            return bytes(length)
+        cached = getattr(self.store, "read_range_cached", None)
+        reader = readers.get(ref.object_key)
+        if cached is None or not isinstance(reader, SectorReader):
+            return None
+        self._check_ref_key(ref, key)
+        at, n = reader.span(offset, length)
+        raw = cached(ref.object_key, at, n)
+        return None if raw is None else reader.open(raw, offset, length)
 
     def _check_ref_key(self, ref: BlockRef, key: DataKey | None) -> None:
         # A wrong key would fail authentication anyway; this only makes misuse obvious.
@@ -665,6 +769,27 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
                 best[row["block_index"]] = row
         return {i: (ref_from_row(best[i]) if i in best else None) for i in indexes}
 
+    def block_refs_between(self, owner_id: str, start: int, stop: int) -> dict[int, BlockRef | None]:
+        """:meth:`block_ref` of every block in [start, stop) in one read (a range, not an
+        IN list: an attached volume learns where a whole window of blocks lives at once)."""
+        with self.db.read() as conn:
+            owner = self._get_owner(conn, owner_id)
+            if owner is None or stop <= start:
+                return {i: None for i in range(start, max(start, stop))}
+            chain = self._chain(conn, owner.head_id)
+            layer_match = blk_entries.c.layer_id == chain[0] if len(chain) == 1 else blk_entries.c.layer_id.in_(chain)
+            rows = conn.execute(
+                select(blk_entries).where(layer_match, blk_entries.c.block_index >= start,
+                                          blk_entries.c.block_index < stop)
+            ).mappings().all()
+        pos = {layer: i for i, layer in enumerate(chain)}
+        best: dict[int, Any] = {}
+        for row in rows:
+            cur = best.get(row["block_index"])
+            if cur is None or pos[row["layer_id"]] < pos[cur["layer_id"]]:
+                best[row["block_index"]] = row
+        return {i: (ref_from_row(best[i]) if i in best else None) for i in range(start, stop)}
+
     def open_ref(self, ref: BlockRef, key: DataKey | None) -> bytes:
         """The plaintext of an entry resolved earlier (no SHA-256 of it is computed: GCM
         authenticates encrypted objects; plain ones are checked against their checksum).
@@ -694,7 +819,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         out: list[tuple[int, str | None]] = []
         for ref in refs:
             if ref.data_key_id is None:
-                out.append((ref.index, ref.checksum))
+                out.append((ref.index, split_plain_checksum(ref.checksum)[0]))
             elif key is None:
                 out.append((ref.index, None))
             else:
@@ -753,6 +878,6 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
     def _read_buffer(self) -> bytearray:
         buf = getattr(self._local, "readbuf", None)
         if buf is None:
-            buf = self._local.readbuf = bytearray(GCM_OBJECT_SIZE + 1)
+            buf = self._local.readbuf = bytearray(MAX_OBJECT_SIZE + 1)
         return buf
 

@@ -239,6 +239,30 @@ class S3Store:
         buf[:n] = data[:n]
         return memoryview(buf)[:n]
 
+    def read_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """As :meth:`.store.LocalDirStore.read_ranges`: one ranged GET per (offset, length)
+        (S3 answers one range per GET); a range past the end comes back short."""
+        return [self._get_range(key, offset, length) for offset, length in ranges]
+
+    def _get_range(self, key: str, offset: int, length: int) -> bytes:
+        from botocore.exceptions import ClientError
+
+        if length <= 0:
+            return b""
+        name = self._name(key)
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=name, Range=f"bytes={offset}-{offset + length - 1}")
+            data: bytes = response["Body"].read()
+            return data[:length]
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404") or _status(exc) == 404:
+                raise ObjectMissing(key) from None
+            if _code(exc) == "InvalidRange" or _status(exc) == 416:
+                return b""  # wholly past the end: short, as a pread would be
+            raise self._unavailable(f"GET {key} bytes {offset}+{length}", exc) from None
+        except Exception as exc:
+            raise self._unavailable(f"GET {key} bytes {offset}+{length}", exc) from None
+
     def delete(self, key: str) -> None:
         name = self._name(key)
         try:

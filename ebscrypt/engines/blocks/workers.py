@@ -11,7 +11,14 @@ from __future__ import annotations
 import threading
 from typing import Any, Iterator
 
-from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, GCM_OBJECT_SIZE, PLAIN_OBJECT_SIZE, BlockCipher, DataKey
+from ebscrypt.engines.blocks.crypto import (
+    BLOCK_SIZE,
+    GCM_OBJECT_SIZE,
+    MAX_OBJECT_SIZE,
+    PLAIN_OBJECT_SIZE,
+    BlockCipher,
+    DataKey,
+)
 
 # Buffers live as long as the worker (one set per thread); keys only as long as one batch.
 _local = threading.local()
@@ -21,7 +28,7 @@ def _buffers() -> tuple[bytearray, bytearray, bytearray, bytearray]:
     bufs = getattr(_local, "bufs", None)
     if bufs is None:
         bufs = _local.bufs = (
-            bytearray(GCM_OBJECT_SIZE + 1),  # read
+            bytearray(MAX_OBJECT_SIZE + 1),  # read (objects of every format)
             bytearray(BLOCK_SIZE),  # plaintext
             bytearray(GCM_OBJECT_SIZE),  # sealed object
             bytearray(PLAIN_OBJECT_SIZE),  # plain object

@@ -44,8 +44,10 @@ blk_entries = Table(
     Column("block_index", Integer, primary_key=True, autoincrement=False),
     # NULL object_key: the block was written as all zeros (nothing stored).
     Column("object_key", String(96), nullable=True),
-    # Plain resources: base64 SHA-256 of the plaintext. Encrypted resources: the SHA-256
-    # sealed under the data key ("e1:" + base64), so metadata reveals nothing either.
+    # Plain resources: base64 SHA-256 of the plaintext; for a format 3 object, also the
+    # digest of its sector table ("t1:" + SHA-256 + ":" + table digest, both base64:
+    # engines/blocks/crypto.py). Encrypted resources: the SHA-256 sealed under the data
+    # key ("e1:" + base64), so metadata reveals nothing either.
     Column("checksum", String(160), nullable=False),
     Column("data_key_id", String(128), nullable=True),
 )
