@@ -2,7 +2,7 @@
 ebscrypt server, against nbdkit's ``file`` plugin serving a file on the same disk (the
 ceiling of the protocol stack), driven by fio's ``nbd`` engine (libnbd).
 
-    python bench/bench_nbd.py [--span-mib 96] [--seconds 4] [--rounds 2] [--cache-mib 128]
+    python bench/bench_nbd.py [--span-mib 96] [--seconds 4] [--rounds 2] [--cache-mib 128] [--before DIR]
 
 Workloads (each ``--seconds`` long, time-based, over the first ``--span-mib`` of the export,
 iodepth 16, ``end_fsync``): sequential 1 MiB writes and reads, random 4 KiB writes and
@@ -16,6 +16,11 @@ The default span (96 MiB) fits the server's per-volume cache (``--nbd-cache-mib`
 that is the working set an attached volume serves at memory speed. A span beyond the
 cache (``--span-mib 512``) measures the block engine instead: each miss reads and
 authenticates a whole 512 KiB block, each eviction seals and stores one.
+
+``--before DIR`` runs a second server from another tree (e.g. ``git archive`` of a base
+commit) beside this one, its two volumes interleaved with the others: before/after
+figures from one run (columns ``before-enc``/``before-unenc``, ratio ``after/before`` of
+the unencrypted volumes).
 
 This module has no ``WORKLOADS``: ``bench/run.py`` skips it; run it directly. Needs fio
 with the nbd engine (Debian's) and nbdkit; bash ci/install-nbd.sh installs nbdkit.
@@ -102,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--only", action="append", default=[], help="workloads whose name contains this (repeatable)")
+    ap.add_argument("--before", type=Path, default=None, help="another tree's root: its server runs beside, for before/after")
     args = ap.parse_args(argv)
     jobs = [j for j in JOBS if not args.only or any(o in j[0] for o in args.only)]
     for exe in ("fio", "nbdkit"):
@@ -111,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-nbd-"))
     nbd_port, kit_port = free_port(), free_port()
     server = start_ebscrypt(work / "data", nbd_port=nbd_port, extra_args=["--nbd-cache-mib", str(args.cache_mib)])
+    before = None
+    if args.before is not None:
+        before_port = free_port()
+        before = start_ebscrypt(work / "data-before", nbd_port=before_port, name="ebscrypt-before",
+                                extra_args=["--nbd-cache-mib", str(args.cache_mib)], tree=args.before.resolve())
     disk = work / "nbdkit-disk.img"
     with open(disk, "wb") as f:
         f.truncate(1024 ** 3)
@@ -122,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         targets = {"encrypted": f"nbd://127.0.0.1:{nbd_port}/{enc}",
                    "unencrypted": f"nbd://127.0.0.1:{nbd_port}/{plain}",
                    "nbdkit-file": f"nbd://127.0.0.1:{kit_port}/"}
+        if before is not None:
+            benc, bplain = setup_volumes(before.url)
+            targets["before-enc"] = f"nbd://127.0.0.1:{before_port}/{benc}"
+            targets["before-unenc"] = f"nbd://127.0.0.1:{before_port}/{bplain}"
         assert server.proc is not None
         rss_before = rss_mib(server.proc.pid)
         for name, uri in targets.items():  # fill the span so reads read data
@@ -134,10 +149,13 @@ def main(argv: list[str] | None = None) -> int:
                     results[name][label].append(fio(targets[name], rw, bs, args.span_mib, args.seconds))
                     log(f"round {rnd + 1} {label:14s} {name:12s} {results[name][label][-1][0]:8.1f} MiB/s")
         rss_after = rss_mib(server.proc.pid)
+        rss_before_tree = rss_mib(before.proc.pid) if before is not None and before.proc is not None else None
     finally:
         kit.terminate()
         kit.wait(10)
         server.stop()
+        if before is not None:
+            before.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     def med(name: str, label: str) -> tuple[float, float]:
@@ -152,8 +170,17 @@ def main(argv: list[str] | None = None) -> int:
         cell = lambda v: f"{v[0]:7.1f}MiB/s {v[1]:6.0f}io"  # noqa: E731
         print(f"{label:16s} {cell(e):>18s} {cell(u):>18s} {cell(k):>18s} {r1:10.2f} {r2:10.2f}")
         summary[label] = {"encrypted": e, "unencrypted": u, "nbdkit": k, "enc_over_unenc": r1, "unenc_over_nbdkit": r2}
+        if before is not None:
+            be, bu = med("before-enc", label), med("before-unenc", label)
+            r3 = u[0] / bu[0] if bu[0] else float("nan")
+            print(f"{'  before':16s} {cell(be):>18s} {cell(bu):>18s} {'':>18s} "
+                  f"{be[0] / bu[0] if bu[0] else float('nan'):10.2f} {bu[0] / k[0] if k[0] else float('nan'):10.2f}"
+                  f"   after/before (unenc) {r3:.2f}")
+            summary[label].update({"before_encrypted": be, "before_unencrypted": bu, "after_over_before": r3})
     print(f"server RSS: {rss_before:.0f} MiB before, {rss_after:.0f} MiB after "
           f"({args.span_mib} MiB span written per export, cache {args.cache_mib} MiB per volume)")
+    if rss_before_tree is not None:
+        print(f"before-tree server RSS after: {rss_before_tree:.0f} MiB")
     if args.json:
         args.json.write_text(json.dumps({"results": summary, "rss_mib": [rss_before, rss_after]}, indent=2))
     return 0

@@ -51,7 +51,7 @@ import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ebscrypt.engines.attach.volume_io import OpenVolume, ReadOnly, VolumeClosed
 from ebscrypt.wire import nbd
@@ -263,8 +263,9 @@ class NbdServer:
         from it (asyncio's streams copy a 1 MiB payload several times and wake the loop per
         64 KiB), and the loop stays free for the API. Same protocol behaviour as
         :meth:`_transmit` (which TLS connections keep: the TLS layer is asyncio's)."""
-        transport = writer.transport
-        assert isinstance(transport, asyncio.ReadTransport)  # a TCP transport reads and writes
+        # A TCP transport reads and writes (uvloop's, the default when installed, is not an
+        # instance of asyncio's transport classes: hence a cast, not an isinstance check).
+        transport = cast(asyncio.Transport, writer.transport)
         transport.pause_reading()
         raw = transport.get_extra_info("socket")
         sock = socket.socket(fileno=os.dup(raw.fileno()))

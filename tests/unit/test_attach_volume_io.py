@@ -44,19 +44,26 @@ def test_spans_cover_the_range_block_by_block() -> None:
             assert spans[0][0] * BLOCK_SIZE + spans[0][1] == offset
 
 
-@pytest.mark.parametrize("behind", [False, True], ids=["write-through", "write-behind"])
-def test_random_writes_match_a_model_and_survive_reopen(blocks, behind: bool) -> None:
+@pytest.mark.parametrize("behind,publish_limit", [(False, None), (True, None), (False, 8), (True, 8)],
+                         ids=["write-through", "write-behind", "write-through-publish-early",
+                              "write-behind-publish-early"])
+def test_random_writes_match_a_model_and_survive_reopen(blocks, behind: bool, publish_limit: int | None) -> None:
     """Random partial writes, zeroes and reads against a bytearray model, with a cache small
-    enough to evict (evicted blocks stored at once, or in the background); after flush a
-    fresh OpenVolume (no cache) reads the same bytes."""
+    enough to evict (evicted blocks staged at once, or in the background, and published at
+    flush, at the publication bound, or when due); after flush a fresh OpenVolume (no
+    cache) reads the same bytes (R-ATTACH-3)."""
     key = DataKey("dk-test", os.urandom(32))
     size = 8 * BLOCK_SIZE
     model = bytearray(size)
     pool = ThreadPoolExecutor(4) if behind else None
     vol = OpenVolume(blocks, "vol-00000000000000001", 1, key, account="1", instance_id="i-1", cache_blocks=4,
                      flusher=pool)
+    if publish_limit is not None:
+        vol._publish_limit = publish_limit
     rng = random.Random(7)
     for step in range(300):
+        if step % 37 == 0:
+            vol.publish_due(0)  # the periodic publication, as if the oldest were due
         offset = rng.randrange(size - 1)
         length = rng.randrange(1, min(size - offset, 3 * BLOCK_SIZE) + 1)
         action = rng.random()
@@ -276,16 +283,16 @@ def test_zeroing_holes_costs_nothing_zeroing_data_does(blocks) -> None:
     vol.flush()
     vol.close()
     vol = OpenVolume(blocks, "vol-0000000000000000b", 1, key, account="1", instance_id="i-1", cache_blocks=4)
-    commits = blocks.group_commits
+    commits = blocks.publications
     vol.zero(0, 7 * BLOCK_SIZE)  # holes only
     assert len(vol._cache) == 0 and not vol._dirty
     vol.zero(0, 1024 * BLOCK_SIZE, fua=True)  # block 7 holds data: zeroed, stored
-    assert blocks.group_commits > commits
+    assert blocks.publications > commits
     assert vol.read(7 * BLOCK_SIZE, 16) == bytes(16)
     assert vol.allocation(0, 1024 * BLOCK_SIZE) == [(1024 * BLOCK_SIZE, 1)]
-    commits = blocks.group_commits
+    commits = blocks.publications
     vol.zero(0, 1024 * BLOCK_SIZE, fua=True)  # all holes now (block 7 a zero entry)
-    assert blocks.group_commits == commits and len(vol._cache) <= 4
+    assert blocks.publications == commits and len(vol._cache) <= 4
 
 
 def test_write_blocks_commits_a_batch_in_few_group_commits(blocks) -> None:
@@ -307,3 +314,78 @@ def test_write_blocks_commits_a_batch_in_few_group_commits(blocks) -> None:
         blocks.write_blocks("vol-0000000000000000c", [(300, b"short"), (301, b"k" * BLOCK_SIZE)], key)
     assert blocks.read_block("vol-0000000000000000c", 301, key) == b"k" * BLOCK_SIZE
     assert blocks.block_ref("vol-0000000000000000c", 300) is None
+
+
+def test_evictions_are_staged_and_published_at_flush(blocks) -> None:
+    """An evicted dirty block is sealed and written but neither durable nor recorded until
+    the next flush (NBD requires durability only at FLUSH/FUA); this OpenVolume reads it
+    back meanwhile; the flush publishes them all at once (one publication); a block
+    evicted twice before the flush leaves one object (the first is deleted)."""
+    key = DataKey("dk-test", os.urandom(32))
+    vid = "vol-0000000000000000d"
+    vol = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1", cache_blocks=4)
+    datas = {i: os.urandom(64) * (BLOCK_SIZE // 64) for i in range(12)}
+    for i, data in datas.items():
+        vol.write(i * BLOCK_SIZE, data)
+    vol.write(0, datas[0][:BLOCK_SIZE // 2] + b"w" * (BLOCK_SIZE // 2))  # block 0 again: staged a second time
+    datas[0] = datas[0][:BLOCK_SIZE // 2] + b"w" * (BLOCK_SIZE // 2)
+    for i in range(4, 12):
+        vol.read(i * BLOCK_SIZE, 1)  # evict block 0 once more
+    assert blocks.list_blocks(vid) == []  # nothing recorded yet
+    assert len(vol._unpublished) >= 8 and blocks.unpublished_objects()
+    objects = {k for k, _m in blocks.store.keys()}
+    assert objects == blocks.unpublished_objects()  # one object per staged block, no leftovers
+    assert blocks.sweep_orphans(0) == 0  # the live engine's sweep leaves them alone
+    for i, data in datas.items():
+        assert vol.read(i * BLOCK_SIZE, BLOCK_SIZE) == data
+    before = blocks.publications
+    vol.flush()
+    assert blocks.publications == before + 1 and not vol._unpublished and not blocks.unpublished_objects()
+    assert sorted(i for i, _c in blocks.list_blocks(vid)) == sorted(datas)
+    fresh = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1")
+    for i, data in datas.items():
+        assert fresh.read(i * BLOCK_SIZE, BLOCK_SIZE) == data
+
+
+def test_staged_blocks_are_published_early_at_the_bound(blocks) -> None:
+    """Memory stays bounded: past ``_publish_limit`` staged blocks a publication runs
+    without waiting for a flush (in the background with write-behind)."""
+    key = DataKey("dk-test", os.urandom(32))
+    vid = "vol-0000000000000000e"
+    pool = ThreadPoolExecutor(4)
+    vol = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1", cache_blocks=4, flusher=pool)
+    vol._publish_limit = 8
+    for i in range(60):
+        vol.write(i * BLOCK_SIZE, bytes([i + 1]) * BLOCK_SIZE)
+        assert len(vol._unpublished) <= 2 * 8 + 4
+    assert len(blocks.list_blocks(vid)) >= 8  # published before any flush
+    vol.flush()
+    assert len(blocks.list_blocks(vid)) == 60
+    pool.shutdown()
+
+
+def test_crash_before_publication_loses_only_unflushed_writes(tmp_path: Path) -> None:
+    """kill -9 between an eviction and the next flush: the flushed content reads back,
+    the staged objects are orphans that the next process's sweep deletes."""
+    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
+    store = LocalDirStore(tmp_path / "blocks")
+    engine = BlockEngine(db, store, processes=0, gc_grace_seconds=0)
+    key = DataKey("dk-test", os.urandom(32))
+    vid = "vol-0000000000000000f"
+    vol = OpenVolume(engine, vid, 1, key, account="1", instance_id="i-1", cache_blocks=4)
+    vol.write(0, b"flushed" * 100)
+    vol.flush()
+    for i in range(10):
+        vol.write(i * BLOCK_SIZE, b"later" * 100)  # evictions: staged, never published
+    staged = engine.unpublished_objects()
+    assert len(staged) >= 6
+    # the crash: this process's memory is gone; a new one opens the same files
+    restarted = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
+    assert restarted.sweep_orphans(0) == len(staged)
+    assert {k for k, _m in store.keys()}.isdisjoint(staged)
+    fresh = OpenVolume(restarted, vid, 1, key, account="1", instance_id="i-1")
+    assert fresh.read(0, 700) == b"flushed" * 100
+    assert fresh.read(BLOCK_SIZE, 500) == bytes(500)
+    restarted.close()
+    engine.close()
+    db.dispose()

@@ -85,6 +85,9 @@ class AttachEngine:
         # Dirty blocks (of a flush, or evicted and written behind) are stored concurrently,
         # so they share the block engine's group commits.
         self._flusher = ThreadPoolExecutor(8, thread_name_prefix="ebscrypt-attach-flush")
+        # Evicted blocks wait for the next FLUSH to be published; a volume left idle has
+        # them published after a while all the same (volume_io.PUBLISH_AGE).
+        runtime.blocks.add_periodic("attach-publish", self.publish_due, 10.0)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -114,6 +117,16 @@ class AttachEngine:
         """For CreateSnapshot of an in-use volume (R-ATTACH-4): flushed and held still."""
         ov = self.get(volume_id)
         return ov.quiesced() if ov is not None else nullcontext()
+
+    def publish_due(self) -> None:
+        """Publish the blocks staged long enough ago in every open volume (periodic)."""
+        with self._lock:
+            opened = list(self._open.values())
+        for ov in opened:
+            try:
+                ov.publish_due()
+            except Exception:
+                log.exception("publishing the staged blocks of %s failed", ov.volume_id)
 
     def close(self) -> None:
         """Shutdown: flush every open volume, drop every key."""

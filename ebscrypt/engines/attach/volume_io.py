@@ -10,8 +10,15 @@ adds a bounded write-back cache of plaintext blocks, held in memory only:
   key by the block engine) when it is evicted, on ``flush`` (durable on return), on FUA,
   at a snapshot (:meth:`OpenVolume.quiesced`) and at close (detach, stop, shutdown) —
   never before: a write without FUA is acknowledged from memory, as NBD allows, and
-  many small writes to one block cost one seal. Each write-back is one batch
-  (``BlockEngine.write_blocks``: one group commit per 64 blocks);
+  many small writes to one block cost one seal;
+- an evicted block is sealed and written at once but not made durable nor recorded
+  (``BlockEngine.stage_blocks``): NBD asks for durability only at FLUSH/FUA, so the
+  staged blocks are published together then (``publish_blocks``: one store flush and
+  one transaction), or earlier when ``_publish_limit`` of them wait or the oldest is
+  ``PUBLISH_AGE`` seconds old (``publish_due``, from the attach engine's periodic task).
+  Until then this object remembers where they are (``_unpublished``) and reads them
+  back from there. A crash before publication loses only unflushed writes; their
+  objects are orphans, deleted by the block engine's ``sweep_orphans``;
 - trim and write-zeroes of whole blocks store an all-zero block, which the block engine
   records without an object (the old object is released: the space is given back);
   over blocks that already read as zeros they do nothing;
@@ -31,15 +38,21 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, ZERO_BLOCK, DataKey
+from ebscrypt.engines.blocks.engine import StagedBlock
 from ebscrypt.engines.blocks.store import ObjectMissing
 
 GIB = 1024 ** 3
+# Staged blocks older than this are published even without a FLUSH (as a kernel writes
+# back dirty pages after a while): it bounds what a crash of an idle volume loses, and
+# keeps staged objects far younger than the orphan sweep's age limit of other processes.
+PUBLISH_AGE = 30.0
 log = logging.getLogger("ebscrypt.attach")
 
 
@@ -77,6 +90,13 @@ class OpenVolume:
         self._flusher = flusher
         self._refs: OrderedDict[int, Any] = OrderedDict()  # index -> BlockRef | None (where it is stored)
         self._ref_limit = 64 * self._cache_blocks
+        # Evicted blocks staged (written, not durable, not recorded) awaiting publication, by
+        # index: the latest staged content of each. Bounded: published early at the limit,
+        # and operations wait beyond twice the limit (a publication in flight).
+        self._unpublished: dict[int, StagedBlock] = {}
+        self._unpublished_since: float | None = None  # time.monotonic() of the oldest
+        self._publish_limit = max(8, 4 * self._cache_blocks)
+        self._publishing = 0  # publications in flight outside the lock (at most one)
         self._read_next = -2  # the block after the last read (sequential reads read ahead)
         self._readahead = max(1, self._cache_blocks // 8)
         self.closed = False
@@ -125,7 +145,7 @@ class OpenVolume:
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            if self.closed or self._draining or len(self._storing) > self._behind_limit:
+            if self.closed or self._busy():
                 return None
             if length == 0:
                 return b""
@@ -161,7 +181,7 @@ class OpenVolume:
         if self.read_only or not self._lock.acquire(blocking=False):
             return False
         try:
-            if self.closed or self._draining or len(self._storing) > self._behind_limit:
+            if self.closed or self._busy():
                 return False
             spans = list(_spans(offset, len(data)))
             cache = self._cache
@@ -244,7 +264,9 @@ class OpenVolume:
         with self._lock:
             self._check_open()
             busy = {i for i in indexes if i in self._dirty or i in self._storing}
-        refs = self.blocks.block_refs(self.volume_id, [i for i in indexes if i not in busy])
+            staged = {i: s.ref for i in indexes if i not in busy and (s := self._unpublished.get(i)) is not None}
+        refs: dict[int, Any] = self.blocks.block_refs(self.volume_id, [i for i in indexes if i not in busy and i not in staged])
+        refs.update(staged)
         runs: list[tuple[int, int]] = []
         for index, start, end in spans:
             ref = refs.get(index)
@@ -284,6 +306,9 @@ class OpenVolume:
                 self._cache.clear()
                 self._dirty.clear()
                 self._key = None
+                if self._unpublished:  # the flush failed: never to be published
+                    self.blocks.discard_staged([st for st in self._unpublished.values() if not st.publishing])
+                    self._unpublished.clear()
 
     # ------------------------------------------------------------------ cache
 
@@ -294,8 +319,12 @@ class OpenVolume:
     def _wait_behind(self) -> None:
         """Before an operation: wait while too much is being written behind (bounds memory).
         Only here, never mid-operation, so nothing read before a wait is used after it."""
-        while self._draining or len(self._storing) > self._behind_limit:
+        while self._busy():
             self._cond.wait()
+
+    def _busy(self) -> bool:
+        return bool(self._draining or len(self._storing) > self._behind_limit
+                    or len(self._unpublished) > 2 * self._publish_limit)
 
     def _block(self, index: int) -> bytearray:
         block = self._cache.get(index)
@@ -309,15 +338,18 @@ class OpenVolume:
         """Bring these blocks into the cache. Where each is stored is remembered (a bounded
         map of entries, looked up many at once): a block evicted and read again costs one
         object read and one decryption, not a lineage lookup."""
-        unknown = [i for i in indexes if i not in self._refs and i not in self._storing]
+        unknown = [i for i in indexes if i not in self._refs and i not in self._storing and i not in self._unpublished]
         if unknown:
             for i, ref in self.blocks.block_refs(self.volume_id, unknown).items():
                 self._remember(i, ref)
         for index in indexes:
             behind = self._storing.get(index)
+            staged = self._unpublished.get(index)
             ref = self._refs.get(index)
             if behind is not None:
                 data = behind  # evicted and still being written: this is its latest content
+            elif staged is not None:
+                data = self.blocks.open_ref(staged.ref, self._key)  # written, not yet published
             elif ref is None:
                 data = ZERO_BLOCK  # never written, here or in the lineage
             else:
@@ -336,7 +368,11 @@ class OpenVolume:
         out: set[int] = set()
         unknown = []
         for i in indexes:
-            if i in self._refs:
+            staged = self._unpublished.get(i)
+            if staged is not None:
+                if staged.ref.object_key is None:
+                    out.add(i)
+            elif i in self._refs:
                 ref = self._refs[i]
                 if ref is None or ref.object_key is None:
                     out.add(i)
@@ -373,7 +409,9 @@ class OpenVolume:
             if self._flusher is not None:
                 self._write_behind(dirty)
             else:
-                self._store(dirty)
+                self._stage([(i, bytes(self._cache[i])) for i in dirty])
+                if len(self._unpublished) >= self._publish_limit:
+                    self._publish_locked()
             for i in victims:
                 self._cache.pop(i, None)
 
@@ -394,11 +432,16 @@ class OpenVolume:
 
     def _store_behind(self, batch: list[tuple[int, bytes]]) -> None:
         error: BaseException | None = None
+        staged: list[StagedBlock] = []
         try:
-            self._put_blocks(batch, self._key)
+            staged = self.blocks.stage_blocks(self.volume_id, batch, self._key)
         except BaseException as exc:  # kept dirty: the next flush writes them again (and reports)
             error = exc
         with self._cond:
+            if error is None and self.closed:  # closed meanwhile (by a failed flush): never published
+                self.blocks.discard_staged(staged)
+            elif error is None:
+                self._register(staged)
             for index, data in batch:
                 if error is not None:
                     if not self.closed:
@@ -409,7 +452,90 @@ class OpenVolume:
                     del self._storing[index]
             if error is not None:
                 log.warning("write-behind of %d blocks of %s failed: %s", len(batch), self.volume_id, error)
+            publish = (len(self._unpublished) >= self._publish_limit and not self._publishing
+                       and not self._draining and not self.closed)
+            if publish:
+                taken = self._take_unpublished()
             self._cond.notify_all()
+        if publish:
+            self._publish_behind(taken)
+
+    def _register(self, staged: list[StagedBlock]) -> None:
+        """(Locked) These blocks are staged: the latest content of their indexes. A block
+        staged before and not taken by a publication in flight is superseded: deleted."""
+        now = time.monotonic()
+        superseded = []
+        for s in staged:
+            old = self._unpublished.pop(s.index, None)
+            if old is not None and not old.publishing:
+                superseded.append(old)
+            self._unpublished[s.index] = s
+            self._refs.pop(s.index, None)
+        if staged and self._unpublished_since is None:
+            self._unpublished_since = now
+        if superseded:
+            self.blocks.discard_staged(superseded)
+
+    def _take_unpublished(self) -> list[StagedBlock]:
+        """(Locked) Every staged block, marked as taken by the publication about to run."""
+        taken = list(self._unpublished.values())
+        for s in taken:
+            s.publishing = True
+        self._publishing += 1
+        return taken
+
+    def _published(self, taken: list[StagedBlock], error: BaseException | None) -> None:
+        """(Locked) A publication of ``taken`` ended: on success they are recorded (no longer
+        ours to remember, unless superseded meanwhile: that one stays staged)."""
+        self._publishing -= 1
+        for s in taken:
+            s.publishing = False
+            if error is None and self._unpublished.get(s.index) is s:
+                del self._unpublished[s.index]
+                self._remember(s.index, s.ref)
+        if error is None:
+            self._unpublished_since = time.monotonic() if self._unpublished else None
+        self._cond.notify_all()
+
+    def _publish_behind(self, taken: list[StagedBlock]) -> None:
+        """An early publication (too many staged), outside the lock: operations go on."""
+        error: BaseException | None = None
+        try:
+            self.blocks.publish_blocks(self.volume_id, taken)
+        except BaseException as exc:  # they stay staged: the next flush publishes them (and reports)
+            error = exc
+            log.warning("publishing %d blocks of %s failed: %s", len(taken), self.volume_id, exc)
+        with self._cond:
+            self._published(taken, error)
+
+    def _publish_locked(self) -> None:
+        """(Locked, nothing in flight) Publish every staged block: durable on return."""
+        if not self._unpublished:
+            return
+        taken = self._take_unpublished()
+        error: BaseException | None = None
+        try:
+            self.blocks.publish_blocks(self.volume_id, taken)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._published(taken, error)
+
+    def publish_due(self, max_age: float = PUBLISH_AGE) -> None:
+        """Publish the staged blocks if the oldest has waited ``max_age`` seconds (periodic)."""
+        with self._lock:
+            since = self._unpublished_since
+            if self.closed or since is None or time.monotonic() - since < max_age:
+                return
+            self._draining += 1
+            try:
+                while self._storing or self._publishing:
+                    self._cond.wait()
+                self._publish_locked()
+            finally:
+                self._draining -= 1
+                self._cond.notify_all()
 
     def _flush_locked(self) -> None:
         # New operations wait while a flush drains what is being written behind (so it
@@ -417,34 +543,34 @@ class OpenVolume:
         # across a wait mid-way, so none is half done here.
         self._draining += 1
         try:
-            while self._storing:
+            while self._storing or self._publishing:
                 self._cond.wait()
-            self._store(sorted(self._dirty))
+            self._stage_dirty(sorted(self._dirty))
+            self._publish_locked()
         finally:
             self._draining -= 1
             self._cond.notify_all()
 
-    def _store(self, indexes: list[int]) -> None:
-        """Write these dirty blocks (in parallel: concurrent writes share one group commit)."""
+    def _stage_dirty(self, indexes: list[int]) -> None:
+        """(Locked, nothing in flight) Stage these dirty blocks (sealed in parallel). Zeros
+        where nothing was ever written (here or in the lineage) need nothing stored."""
         if not indexes:
             return
         jobs = [(i, bytes(self._cache[i])) for i in indexes]
-        self._put_blocks(jobs, self._key, parallel=True)
-        self._dirty.difference_update(indexes)
-        for i in indexes:
-            self._refs.pop(i, None)  # stored anew: the remembered entry is stale
-
-    def _put_blocks(self, jobs: list[tuple[int, bytes]], key: DataKey | None, *, parallel: bool = False) -> None:
-        """Store these blocks, durable on return: sealed and staged (in parallel from a
-        caller that is not a flusher thread), then committed together (one group commit
-        per 64 blocks). Zeros where nothing was ever written (here or in the lineage)
-        need nothing stored."""
-        zeros = [i for i, data in jobs if data == ZERO_BLOCK]
+        zeros = [i for i, data in jobs if data == ZERO_BLOCK and i not in self._unpublished]
         if zeros:
             refs = self.blocks.block_refs(self.volume_id, zeros)
-            jobs = [(i, data) for i, data in jobs if not (i in refs and refs[i] is None)]
+            jobs = [(i, data) for i, data in jobs if not (i in refs and refs[i] is None and i in zeros)]
+        self._stage(jobs, parallel=True)
+        self._dirty.difference_update(indexes)
+
+    def _stage(self, jobs: list[tuple[int, bytes]], *, parallel: bool = False) -> None:
+        """(Locked, nothing in flight) Stage these blocks and remember them."""
+        if not jobs:
+            return
         map_fn = self._flusher.map if parallel and self._flusher is not None and len(jobs) > 1 else None
-        self.blocks.write_blocks(self.volume_id, jobs, key, map_fn=map_fn)
+        self._register(self.blocks.stage_blocks(self.volume_id, jobs, self._key, map_fn=map_fn))
+        self._dirty.difference_update(i for i, _d in jobs)
 
 
 def _spans(offset: int, length: int) -> Iterator[tuple[int, int, int]]:
