@@ -389,3 +389,179 @@ def test_crash_before_publication_loses_only_unflushed_writes(tmp_path: Path) ->
     restarted.close()
     engine.close()
     db.dispose()
+
+
+# ---------------------------------------------------------------- the write journal
+
+
+def test_journal_records_replay_and_tampering(tmp_path: Path) -> None:
+    """Journal records (journal.py): sealed (no plaintext in the file), overlaid on reads,
+    replayed after a crash; a torn tail (never flushed) is dropped; an altered record
+    that a later record says was flushed fails loudly (JournalIntegrityError), as does
+    an altered header; the plain form detects altered bytes too."""
+    from ebscrypt.engines.attach.journal import Journal, JournalIntegrityError
+
+    for key in (DataKey("dk-test", os.urandom(32)), None):
+        path = tmp_path / f"j-{key is None}.jnl"
+        j = Journal(path, "vol-00000000000000010", key)
+        j.open()
+        marker = b"journal-plaintext-marker-" * 40
+        j.append(3, 4096, marker)
+        j.append_zeros(3, 4096 + 100, 50)
+        j.sync()
+        j.append(5, 0, b"unflushed" * 10)
+        buf = bytearray(b"\x01" * 8192)
+        j.overlay(3, buf, 4096 - 8192 // 2)  # a window of the block overlapping the record
+        want = bytearray(b"\x01" * 8192)
+        rec = bytearray(marker)
+        rec[100:150] = bytes(50)
+        want[4096:4096 + len(rec)] = rec
+        assert buf == want
+        raw = path.read_bytes()
+        assert (marker[:40] in raw) == (key is None)  # encrypted: never in the clear
+        j.close()
+        # replay: both records (the unflushed one survived the "crash" too), a new id after reset
+        again = Journal(path, "vol-00000000000000010", key)
+        again.open()
+        assert again.replayed == 3 and again.blocks() == [3, 5]
+        buf = bytearray(BLOCK_SIZE)
+        again.overlay(3, buf)
+        assert bytes(buf[4096:4096 + len(marker)]) == bytes(rec)
+        again.close()
+        # a torn tail: the unflushed record cut short is dropped, the flushed ones stay
+        path.write_bytes(raw[:-20])
+        torn = Journal(path, "vol-00000000000000010", key)
+        torn.open()
+        assert torn.blocks() == [3] and torn.replayed == 2
+        torn.close()
+        # a flushed record altered: the commit record after it says it was durable
+        bad = bytearray(raw)
+        header = len(raw) - (32 + len(marker) + 16) - 48 - 48 - (32 + 90 + 16)  # records: data, zeros, commit, data
+        bad[header + 32 + 10] ^= 1  # a byte of the first record's data
+        path.write_bytes(bytes(bad))
+        with pytest.raises(JournalIntegrityError):
+            Journal(path, "vol-00000000000000010", key).open()
+        # the header altered, or another volume's journal: refused
+        bad = bytearray(raw)
+        bad[6] ^= 1  # a byte of the journal id
+        path.write_bytes(bytes(bad))
+        with pytest.raises(JournalIntegrityError):
+            Journal(path, "vol-00000000000000010", key).open()
+        path.write_bytes(raw)
+        with pytest.raises(JournalIntegrityError):
+            Journal(path, "vol-00000000000000011", key).open()
+
+
+def _journaled(blocks, vid: str, key, tmp_path: Path, **kw):
+    return OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1", journal_path=tmp_path / "journal" / f"{vid}.jnl",
+                      **kw)
+
+
+@pytest.mark.parametrize("journal_bytes", [256 << 20, 64 << 10], ids=["journal", "journal-merging-often"])
+def test_journaled_writes_match_a_model_and_survive_reopen(blocks, tmp_path: Path, journal_bytes: int) -> None:
+    """The model check with the journal: random partial and whole writes, zeroes, reads,
+    fast paths, flushes and snapshots' quiesce (which merges), with a cache small enough
+    to evict and a journal small enough to merge often; after close (merge, journal
+    removed) a fresh OpenVolume reads the model."""
+    key = DataKey("dk-test", os.urandom(32))
+    vid = "vol-00000000000000012"
+    size = 8 * BLOCK_SIZE
+    model = bytearray(size)
+    pool = ThreadPoolExecutor(4)
+    vol = _journaled(blocks, vid, key, tmp_path, cache_blocks=4, flusher=pool, journal_bytes=journal_bytes)
+    vol._publish_limit = 8
+    rng = random.Random(5)
+    for step in range(400):
+        offset = rng.randrange(size - 1)
+        length = rng.choice([rng.randrange(1, 9000), rng.randrange(1, min(size - offset, 2 * BLOCK_SIZE) + 1)])
+        length = min(length, size - offset)
+        action = rng.random()
+        if action < 0.45:
+            data = os.urandom(length)
+            if not vol.try_write(offset, data):
+                vol.write(offset, data, fua=step % 41 == 0)
+            model[offset:offset + length] = data
+        elif action < 0.55:
+            vol.zero(offset, length, fua=step % 7 == 0)
+            model[offset:offset + length] = bytes(length)
+        else:
+            got = vol.try_read(offset, length)
+            if got is None:
+                got = vol.read(offset, length)
+            assert bytes(got) == bytes(model[offset:offset + length]), step
+        if step % 53 == 0:
+            vol.flush()
+        if step % 131 == 0:
+            with vol.quiesced():
+                assert vol._journal is not None and len(vol._journal) == 0  # merged into the blocks
+                assert blocks.read_block(vid, 0, key) == bytes(model[:BLOCK_SIZE])
+    vol.close()
+    pool.shutdown()
+    assert not (tmp_path / "journal" / f"{vid}.jnl").exists()
+    fresh = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1")
+    assert fresh.read(0, size) == bytes(model)
+
+
+def test_small_writes_to_uncached_blocks_are_journaled_not_read(blocks, tmp_path: Path) -> None:
+    """A 4 KiB write to a block the cache does not hold is appended to the journal: no
+    block is loaded, sealed or stored for it; FUA makes it durable (one fdatasync) without
+    storing blocks; a snapshot (quiesce) merges it into the block (R-ATTACH-4)."""
+    key = DataKey("dk-test", os.urandom(32))
+    vid = "vol-00000000000000013"
+    vol = _journaled(blocks, vid, key, tmp_path, cache_blocks=4)
+    vol.write(0, b"a" * BLOCK_SIZE)
+    vol.flush()
+    vol.close()
+    vol = _journaled(blocks, vid, key, tmp_path, cache_blocks=4)
+    opened = []
+    real_open = blocks.open_ref
+    blocks.open_ref = lambda ref, k: opened.append(ref) or real_open(ref, k)
+    for i in range(40):
+        vol.write(i * BLOCK_SIZE + 8192, b"w" * 4096, fua=i == 39)
+    assert opened == [] and len(vol._cache) == 0 and not vol._dirty and not vol._unpublished
+    assert vol.read(8192 - 10, 20) == b"a" * 10 + b"w" * 10  # overlay on the stored block
+    assert len(vol._journal) == 40
+    with vol.quiesced():
+        blocks.share(vid, "snap-00000000000000013")
+    got = blocks.read_block("snap-00000000000000013", 0, key)
+    assert got[:8192] == b"a" * 8192 and got[8192:12288] == b"w" * 4096 and got[12288:] == b"a" * (BLOCK_SIZE - 12288)
+    assert blocks.read_block("snap-00000000000000013", 39, key)[8192:12288] == b"w" * 4096
+    blocks.open_ref = real_open
+
+
+def test_journal_replayed_after_a_crash_and_tampering_fails_loudly(tmp_path: Path) -> None:
+    """kill -9 after FLUSH: a new process opening the volume replays the journal (flushed
+    writes read back) and merges it; an altered flushed record makes every read of the
+    volume fail (JournalIntegrityError), never return other bytes, and keeps the file."""
+    from ebscrypt.engines.attach.journal import JournalIntegrityError
+
+    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
+    engine = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
+    key = DataKey("dk-test", os.urandom(32))
+    vid = "vol-00000000000000014"
+    vol = _journaled(engine, vid, key, tmp_path, cache_blocks=4)
+    writes = {i * BLOCK_SIZE + 512 * i: os.urandom(4096) for i in range(20)}
+    for off, data in writes.items():
+        vol.write(off, data)
+    vol.flush()
+    vol.write(3 * BLOCK_SIZE + 100, b"after-flush")  # may or may not survive: not flushed
+    path = vol._journal.path
+    raw = path.read_bytes()
+    # the crash: nothing closed; a new process opens the same files
+    restarted = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
+    back = _journaled(restarted, vid, key, tmp_path, cache_blocks=4)
+    assert len(back._journal) == 0  # merged at open, a new journal started
+    for off, data in writes.items():
+        assert back.read(off, 4096) == data
+    back.close()
+    # the same crash, with a flushed record altered
+    path.write_bytes(raw[:200] + bytes([raw[200] ^ 0x40]) + raw[201:])
+    hurt = _journaled(restarted, vid, key, tmp_path, cache_blocks=4)
+    with pytest.raises(JournalIntegrityError):
+        hurt.read(0, 10)
+    with pytest.raises(JournalIntegrityError):
+        hurt.close()
+    assert path.read_bytes()[:200] == raw[:200]  # kept for inspection
+    restarted.close()
+    engine.close()
+    db.dispose()

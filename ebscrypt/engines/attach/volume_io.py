@@ -19,6 +19,13 @@ adds a bounded write-back cache of plaintext blocks, held in memory only:
   Until then this object remembers where they are (``_unpublished``) and reads them
   back from there. A crash before publication loses only unflushed writes; their
   objects are orphans, deleted by the block engine's ``sweep_orphans``;
+- with a journal (``journal_path``, :mod:`.journal`), a write smaller than a block to a
+  block the cache does not hold is appended to the volume's write journal as a sealed
+  record instead of a read-modify-write of the block; reads overlay the records; FLUSH
+  and FUA make them durable with one fdatasync; the journal is merged into whole blocks
+  when full, at a snapshot, at close, and at the next open after a crash. A block with
+  records is journaled for every write until the merge (the cache holds it clean), so
+  it is never stored with content its records would overwrite;
 - trim and write-zeroes of whole blocks store an all-zero block, which the block engine
   records without an object (the old object is released: the space is given back);
   over blocks that already read as zeros they do nothing;
@@ -42,8 +49,10 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
+from ebscrypt.engines.attach.journal import Journal
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, ZERO_BLOCK, DataKey
 from ebscrypt.engines.blocks.engine import StagedBlock
 from ebscrypt.engines.blocks.store import ObjectMissing
@@ -69,7 +78,8 @@ class OpenVolume:
 
     def __init__(self, blocks: Any, volume_id: str, size_gib: int, key: DataKey | None, *,
                  account: str, instance_id: str, cache_blocks: int = 64,
-                 flusher: ThreadPoolExecutor | None = None, read_only: bool = False) -> None:
+                 flusher: ThreadPoolExecutor | None = None, read_only: bool = False,
+                 journal_path: Path | None = None, journal_bytes: int = 256 << 20) -> None:
         self.blocks = blocks
         self.read_only = read_only  # a snapshot's blocks: nothing is ever written
         self.volume_id = volume_id
@@ -100,6 +110,27 @@ class OpenVolume:
         self._read_next = -2  # the block after the last read (sequential reads read ahead)
         self._readahead = max(1, self._cache_blocks // 8)
         self.closed = False
+        # A journal whose durable records fail authentication: every operation raises it
+        # (nothing is dropped silently; the journal file is kept as it is).
+        self._failed: BaseException | None = None
+        self._journal: Journal | None = None
+        if journal_path is not None and not read_only:
+            journal = Journal(journal_path, volume_id, key, max_bytes=journal_bytes,
+                              max_records=max(64, journal_bytes // 4096))
+            try:
+                journal.open()
+                self._journal = journal
+                if journal.replayed:  # a crash left records: into the blocks, then a new journal
+                    log.warning("%s: merging %d journaled writes left by a crash", volume_id, journal.replayed)
+                    with self._lock:
+                        self._merge_locked()
+                elif journal.recovered:  # a journal without records: a new one (new id and key)
+                    journal.reset()
+            except Exception as exc:
+                log.error("%s: the write journal %s cannot be used: %r", volume_id, journal_path, exc)
+                self._failed = exc
+                journal.close()
+                self._journal = None
 
     @property
     def encrypted(self) -> bool:
@@ -185,22 +216,20 @@ class OpenVolume:
                 return False
             spans = list(_spans(offset, len(data)))
             cache = self._cache
+            journal = self._journal
+            if journal is not None and journal.full:
+                return False  # the journal is merged first: disk and crypto
+            added = 0
             for index, start, end in spans:
-                if index not in cache and not (start == 0 and end == BLOCK_SIZE):
-                    return False  # read-modify-write of a block not cached: disk and crypto
-            if len(cache) + sum(1 for i, _s, _e in spans if i not in cache) > self._cache_blocks:
+                if journal is not None and self._journaled(index, start, end):
+                    continue  # appended to the journal: nothing to read, nothing cached
+                if index not in cache:
+                    if not (start == 0 and end == BLOCK_SIZE):
+                        return False  # read-modify-write of a block not cached: disk and crypto
+                    added += 1
+            if len(cache) + added > self._cache_blocks:
                 return False  # would evict (maybe a block this very write goes on to patch)
-            view = memoryview(data)
-            pos = 0
-            for index, start, end in spans:
-                part = view[pos:pos + end - start]
-                if start == 0 and end == BLOCK_SIZE:
-                    self._put(index, bytearray(part))
-                else:
-                    block = cache[index]
-                    block[start:end] = part
-                    self._put(index, block)
-                pos += end - start
+            self._apply_write(spans, memoryview(data))
             return True
         finally:
             self._lock.release()
@@ -212,18 +241,51 @@ class OpenVolume:
         with self._lock:
             self._wait_behind()
             self._check_open()
-            pos = 0
-            for index, start, end in _spans(offset, len(view)):
-                part = view[pos:pos + end - start]
-                if start == 0 and end == BLOCK_SIZE:
-                    self._put(index, bytearray(part))  # a whole block: nothing to read first
-                else:
-                    block = self._block(index)
-                    block[start:end] = part
-                    self._put(index, block)
-                pos += end - start
-            if fua:
+            spans = list(_spans(offset, len(view)))
+            journaled = self._apply_write(spans, view)
+            if self._journal is not None and self._journal.full:
+                self._merge_locked()
+            elif fua and journaled:
+                self._journal.sync() if self._journal is not None else None  # this write is all in the journal
+            if fua and not journaled:
                 self._flush_locked()
+
+    def _journaled(self, index: int, start: int, end: int) -> bool:
+        """(Locked) Does a write of [start, end) of block ``index`` go to the journal? Yes
+        for a block that has records (until the merge), and for a part of a block the
+        cache does not hold (no read-modify-write)."""
+        journal = self._journal
+        if journal is None:
+            return False
+        if journal.has(index):
+            return True
+        return index not in self._cache and not (start == 0 and end == BLOCK_SIZE)
+
+    def _apply_write(self, spans: list[tuple[int, int, int]], view: memoryview) -> bool:
+        """(Locked) Apply a write: journaled parts appended (and patched into a cached
+        copy, which stays clean: the journal holds them), the others into the cache
+        (dirty; partial ones read first). True if every part was journaled."""
+        pos = 0
+        journaled = True
+        for index, start, end in spans:
+            part = view[pos:pos + end - start]
+            pos += end - start
+            if self._journaled(index, start, end):
+                assert self._journal is not None
+                self._journal.append(index, start, part)
+                cached = self._cache.get(index)
+                if cached is not None:
+                    cached[start:end] = part
+                    self._cache.move_to_end(index)
+                continue
+            journaled = False
+            if start == 0 and end == BLOCK_SIZE:
+                self._put(index, bytearray(part))  # a whole block: nothing to read first
+            else:
+                block = self._block(index)
+                block[start:end] = part
+                self._put(index, block)
+        return journaled
 
     def zero(self, offset: int, length: int, *, fua: bool = False) -> None:
         """Trim and write-zeroes: whole blocks are discarded, partial ones zeroed in place."""
@@ -233,11 +295,21 @@ class OpenVolume:
             self._wait_behind()
             self._check_open()
             spans = list(_spans(offset, length))
+            journal = self._journal
             # Whole blocks that already read as zeros (holes) need nothing: a client zeroing
             # a large sparse volume (nbdcopy does) must not fill the cache with zeros.
             zeros = self._stored_as_zeros([i for i, start, end in spans if start == 0 and end == BLOCK_SIZE
-                                           and i not in self._cache and i not in self._storing])
+                                           and i not in self._cache and i not in self._storing
+                                           and not (journal is not None and journal.has(i))])
+            journaled = True
             for index, start, end in spans:
+                if journal is not None and self._journaled(index, start, end):
+                    journal.append_zeros(index, start, end - start)
+                    cached = self._cache.get(index)
+                    if cached is not None:
+                        cached[start:end] = bytes(end - start)
+                    continue
+                journaled = False
                 if start == 0 and end == BLOCK_SIZE:
                     cached = self._cache.get(index)
                     if cached is not None and index not in self._dirty and cached == ZERO_BLOCK:
@@ -248,7 +320,11 @@ class OpenVolume:
                     block = self._block(index)
                     block[start:end] = bytes(end - start)
                     self._put(index, block)
-            if fua:
+            if journal is not None and journal.full:
+                self._merge_locked()
+            elif fua and journaled and journal is not None:
+                journal.sync()
+            if fua and not journaled:
                 self._flush_locked()
 
     def allocation(self, offset: int, length: int, max_blocks: int = 1024) -> list[tuple[int, int]]:
@@ -263,7 +339,9 @@ class OpenVolume:
         indexes = [i for i, _s, _e in spans]
         with self._lock:
             self._check_open()
-            busy = {i for i in indexes if i in self._dirty or i in self._storing}
+            journal = self._journal
+            busy = {i for i in indexes if i in self._dirty or i in self._storing
+                    or (journal is not None and journal.has(i))}
             staged = {i: s.ref for i in indexes if i not in busy and (s := self._unpublished.get(i)) is not None}
         refs: dict[int, Any] = self.blocks.block_refs(self.volume_id, [i for i in indexes if i not in busy and i not in staged])
         refs.update(staged)
@@ -291,7 +369,11 @@ class OpenVolume:
         a snapshot taken inside holds every acknowledged write and none issued later)."""
         with self._lock:
             if not self.closed:
-                self._flush_locked()
+                self._check_open()
+                if self._journal is not None and len(self._journal):
+                    self._merge_locked()  # the snapshot reads stored blocks: the journal goes into them
+                else:
+                    self._flush_locked()
             yield
 
     def close(self) -> None:
@@ -300,8 +382,18 @@ class OpenVolume:
             if self.closed:
                 return
             try:
-                self._flush_locked()
+                if self._failed is not None:
+                    raise self._failed  # its journal is left as it is, for whoever looks at it
+                if self._journal is not None:
+                    self._merge_locked()
+                    self._journal.remove()  # merged: nothing left in it
+                    self._journal = None
+                else:
+                    self._flush_locked()
             finally:
+                if self._journal is not None:
+                    self._journal.close()
+                    self._journal = None
                 self.closed = True
                 self._cache.clear()
                 self._dirty.clear()
@@ -315,6 +407,8 @@ class OpenVolume:
     def _check_open(self) -> None:
         if self.closed:
             raise VolumeClosed(self.volume_id)
+        if self._failed is not None:
+            raise self._failed
 
     def _wait_behind(self) -> None:
         """Before an operation: wait while too much is being written behind (bounds memory).
@@ -343,24 +437,36 @@ class OpenVolume:
             for i, ref in self.blocks.block_refs(self.volume_id, unknown).items():
                 self._remember(i, ref)
         for index in indexes:
-            behind = self._storing.get(index)
-            staged = self._unpublished.get(index)
-            ref = self._refs.get(index)
-            if behind is not None:
-                data = behind  # evicted and still being written: this is its latest content
-            elif staged is not None:
-                data = self.blocks.open_ref(staged.ref, self._key)  # written, not yet published
-            elif ref is None:
-                data = ZERO_BLOCK  # never written, here or in the lineage
-            else:
-                self._refs.move_to_end(index)
-                try:
-                    data = self.blocks.open_ref(ref, self._key)
-                except ObjectMissing:  # the lineage changed under us (compaction): look again
-                    self._refs.pop(index, None)
-                    data = self.blocks.read_block(self.volume_id, index, self._key)
+            data = self._stored(index)
             if index not in self._cache:
-                self._insert(index, bytearray(data))
+                block = bytearray(data)
+                if self._journal is not None:
+                    self._journal.overlay(index, block)  # cached clean: the journal holds these writes
+                self._insert(index, block)
+
+    def _stored(self, index: int) -> bytes:
+        """(Locked) The block as the store has it for this volume (journal records not
+        applied): being written behind, staged, recorded, or zeros."""
+        behind = self._storing.get(index)
+        if behind is not None:
+            return behind  # evicted and still being written: this is its latest content
+        staged = self._unpublished.get(index)
+        if staged is not None:
+            opened: bytes = self.blocks.open_ref(staged.ref, self._key)  # written, not yet published
+            return opened
+        if index not in self._refs:
+            self._remember(index, self.blocks.block_refs(self.volume_id, [index])[index])
+        ref = self._refs.get(index)
+        if ref is None:
+            return ZERO_BLOCK  # never written, here or in the lineage
+        self._refs.move_to_end(index)
+        try:
+            data: bytes = self.blocks.open_ref(ref, self._key)
+            return data
+        except ObjectMissing:  # the lineage changed under us (compaction): look again
+            self._refs.pop(index, None)
+            fresh: bytes = self.blocks.read_block(self.volume_id, index, self._key)
+            return fresh
 
     def _stored_as_zeros(self, indexes: list[int]) -> set[int]:
         """Of these blocks (none cached or being written), those nothing is stored for:
@@ -545,8 +651,39 @@ class OpenVolume:
         try:
             while self._storing or self._publishing:
                 self._cond.wait()
+            if self._journal is not None:
+                self._journal.sync()
             self._stage_dirty(sorted(self._dirty))
             self._publish_locked()
+        finally:
+            self._draining -= 1
+            self._cond.notify_all()
+
+    def _merge_locked(self) -> None:
+        """Merge the journal into whole blocks: each block with records is read once (as
+        stored, or as cached), its records applied, and staged; then everything is
+        published (durable), and only then is the journal replaced by an empty one."""
+        journal = self._journal
+        assert journal is not None
+        self._draining += 1
+        try:
+            while self._storing or self._publishing:
+                self._cond.wait()
+            indexes = journal.blocks()
+            for pos in range(0, len(indexes), 32):  # bounded memory: 32 blocks at a time
+                jobs = []
+                for index in indexes[pos:pos + 32]:
+                    cached = self._cache.get(index)
+                    if cached is not None:
+                        jobs.append((index, bytes(cached)))
+                    else:
+                        block = bytearray(self._stored(index))
+                        journal.overlay(index, block)
+                        jobs.append((index, bytes(block)))
+                self._stage(jobs, parallel=True)
+            self._stage_dirty(sorted(self._dirty))
+            self._publish_locked()
+            journal.reset()
         finally:
             self._draining -= 1
             self._cond.notify_all()
