@@ -550,10 +550,12 @@ def test_journal_replayed_after_a_crash_and_tampering_fails_loudly(tmp_path: Pat
     # the crash: nothing closed; a new process opens the same files
     restarted = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
     back = _journaled(restarted, vid, key, tmp_path, cache_blocks=4)
-    assert len(back._journal) == 0  # merged at open, a new journal started
+    assert len(back._journal) == 21  # replayed into a new journal (new id and key: no nonce reused)
+    assert path.read_bytes()[6:22] != raw[6:22]
     for off, data in writes.items():
         assert back.read(off, 4096) == data
     back.close()
+    assert not path.exists()  # merged at close
     # the same crash, with a flushed record altered
     path.write_bytes(raw[:200] + bytes([raw[200] ^ 0x40]) + raw[201:])
     hurt = _journaled(restarted, vid, key, tmp_path, cache_blocks=4)
@@ -563,5 +565,46 @@ def test_journal_replayed_after_a_crash_and_tampering_fails_loudly(tmp_path: Pat
         hurt.close()
     assert path.read_bytes()[:200] == raw[:200]  # kept for inspection
     restarted.close()
+    engine.close()
+    db.dispose()
+
+
+def test_a_block_stored_again_is_never_overwritten_by_its_older_records(tmp_path: Path) -> None:
+    """A journaled block written whole leaves the journal and is stored as usual (with a
+    mark); after kill -9 — following its flush, or a merge whose journal reset never
+    happened — replay does not lay its older records over the newer content."""
+    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
+    engine = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
+    key = DataKey("dk-test", os.urandom(32))
+    vid = "vol-00000000000000015"
+    whole = os.urandom(64) * (BLOCK_SIZE // 64)
+    vol = _journaled(engine, vid, key, tmp_path, cache_blocks=4)
+    vol.write(2 * BLOCK_SIZE + 100, b"r1" * 50)  # journaled
+    vol.write(5 * BLOCK_SIZE + 100, b"r1" * 50)
+    vol.flush()
+    vol.write(2 * BLOCK_SIZE, whole)  # leaves the journal: cached dirty
+    vol.write(5 * BLOCK_SIZE, whole)
+    vol.flush()  # stored, with their marks
+    for i in range(8, 14):  # evict them; block 5 gets a later record over the stored content
+        vol.write(i * BLOCK_SIZE, b"e" * BLOCK_SIZE)
+    vol.write(5 * BLOCK_SIZE + 1000, b"r2" * 50)
+    vol.flush()
+    want5 = bytearray(whole)
+    want5[1000:1100] = b"r2" * 50
+    # kill -9 (nothing closed): the records of blocks 2 and 5 from before their stores are skipped
+    back = _journaled(engine, vid, key, tmp_path, cache_blocks=4)
+    assert back.read(2 * BLOCK_SIZE, BLOCK_SIZE) == whole
+    assert back.read(5 * BLOCK_SIZE, BLOCK_SIZE) == bytes(want5)
+    # a merge whose journal reset never happens (kill -9 between its commit and the reset)
+    back.write(2 * BLOCK_SIZE + 300, b"r3" * 50)
+    back._journal.reset = lambda: None
+    with back.quiesced():
+        pass
+    again = _journaled(engine, vid, key, tmp_path, cache_blocks=4)
+    want2 = bytearray(whole)
+    want2[300:400] = b"r3" * 50
+    assert again.read(2 * BLOCK_SIZE, BLOCK_SIZE) == bytes(want2)
+    assert again.read(5 * BLOCK_SIZE, BLOCK_SIZE) == bytes(want5)
+    again.close()
     engine.close()
     db.dispose()

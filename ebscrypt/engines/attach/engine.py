@@ -94,14 +94,18 @@ class AttachEngine:
 
     def open(self, volume: Any, key: DataKey | None, instance_id: str) -> OpenVolume:
         """Keep ``key`` (just decrypted through EBS's grant) for the attached ``volume``."""
+        with self._lock:
+            old = self._open.pop(volume.id, None)
+        if old is not None:
+            old.close()  # first: its journal is merged and removed before the new one opens it
         ov = OpenVolume(self.runtime.blocks, volume.id, volume.size, key, account=volume.account,
                         instance_id=instance_id, cache_blocks=self.cache_blocks, flusher=self._flusher,
                         journal_path=self.journal_path(volume.id))
         with self._lock:
-            old = self._open.pop(volume.id, None)
+            raced = self._open.pop(volume.id, None)
             self._open[volume.id] = ov
-        if old is not None:
-            old.close()
+        if raced is not None:  # (two opens at once: not expected; the later one wins)
+            raced.close()
         return ov
 
     def journal_path(self, volume_id: str) -> Path:

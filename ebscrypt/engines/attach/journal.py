@@ -17,8 +17,9 @@ plaintext never reaches it)::
 
     header:  b"EBSJ" | version 1 | mode (1: AES-256-GCM, 0: plain) | journal id (16 random bytes)
              | len (2, BE) + volume id | len (2, BE) + data-key id | tag (16)
-    record:  b"JR" | type (1: data, 2: zeros, 3: commit) | 0 | length (4) | seq (8) | committed (8)
-             | block index (4) | offset in block (4) | [sealed data (length), data records only] | tag (16)
+    record:  b"JR" | type (1: data, 2: zeros, 3: commit, 4: mark) | 0 | length (4) | seq (8)
+             | committed (8) | block index (4) | offset in block (4)
+             | [sealed payload (length): data records, marks] | tag (16)
 
 Sealing (encrypted volumes): a journal key HKDF-SHA256(data key, salt = journal id,
 info = "ebscrypt-journal-v1"), the journal id fresh (random) for every journal file, and
@@ -41,6 +42,15 @@ before any later record or commit record reached the disk, cannot be told from a
 write — as with any write-ahead log; those records are dropped, never read as other bytes.)
 After a replay the journal is merged and replaced by a new one (a new id and key), so
 the sequence numbers of a torn tail are never reused.
+
+Marks: a block with records may be stored again before the merge (a whole-block write
+makes it leave the journal: cached dirty, then stored as usual). Every store of a block
+the journal has seen appends a mark — (block, the sequence number its content covers,
+the object key it is stored under) — before the publication that records it. At replay
+the block's records up to that sequence number are skipped if its recorded entry is
+that object (the publication committed); otherwise (a crash before the commit) every
+record applies to the entry as it was. So replay never lays older records over newer
+content, whether the crash came before or after a publication or a merge's commit.
 """
 
 from __future__ import annotations
@@ -63,7 +73,7 @@ from ebscrypt.engines.blocks.errors import BlockIntegrityError
 MAGIC = b"EBSJ"
 VERSION = 1
 MODE_PLAIN, MODE_GCM = 0, 1
-DATA, ZEROS, COMMIT = 1, 2, 3
+DATA, ZEROS, COMMIT, MARK = 1, 2, 3, 4
 TAG = 16
 _REC = struct.Struct(">2sBBIQQII")  # magic, type, 0, length (of the range), seq, committed, block index, offset
 _REC_MAGIC = b"JR"
@@ -75,7 +85,7 @@ class JournalIntegrityError(BlockIntegrityError):
     replaced): the volume's writes since its last merge cannot be trusted."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Extent:
     """One record's part of a block: ``length`` bytes at ``offset``, its record at ``pos``."""
 
@@ -106,6 +116,8 @@ class Journal:
         self._records = 0
         self.replayed = 0  # records found at open (a crash left them): merge, then reset
         self.recovered = False  # opened from a file a crash left (reset before appending)
+        self._touched: set[int] = set()  # blocks with records or marks in this journal
+        self._marks: dict[int, list[tuple[int, str]]] = {}  # replayed: block -> [(covered seq, object key)]
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -139,17 +151,25 @@ class Journal:
     def reset(self) -> None:
         """Start an empty journal with a new id (and key) in place of this one, atomically:
         every record is merged into stored blocks, durably, before this is called."""
-        old = self._fd
-        self._fd = -1
-        self._create()
-        if old >= 0:
-            os.close(old)
+        saved = (self._fd, self._jid, self._aead, self._prefix, self._end, self._seq, self._synced, self._unsynced)
+        try:
+            self._create()
+        except BaseException:  # still the old journal (its records are merged: harmless)
+            (self._fd, self._jid, self._aead, self._prefix, self._end, self._seq, self._synced,
+             self._unsynced) = saved
+            raise
+        if saved[0] >= 0:
+            os.close(saved[0])
         self._extents.clear()
+        self._touched.clear()
+        self._marks.clear()
         self._records = 0
         self.replayed = 0
         self.recovered = False
 
-    def _create(self) -> None:
+    def _create(self, fill: "Journal | None" = None) -> None:
+        """A new journal file (new id and key) in place of the old one, atomically: the
+        header (and ``fill``'s records still to apply, re-sealed) durable before the rename."""
         self._jid = secrets.token_bytes(16)
         self._setup_crypto()
         header = self._header()
@@ -157,9 +177,22 @@ class Journal:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, header)
+            self._fd = fd
+            self._end = len(header)
+            self._seq = self._synced = 0
+            self._unsynced = False
+            if fill is not None:
+                for index in sorted(fill._extents):
+                    for ext in fill._extents[index]:
+                        if ext.zeros:
+                            self.append_zeros(index, ext.offset, ext.length)
+                        else:
+                            self.append(index, ext.offset, fill._read_record(ext))
+                self.sync()  # and the commit record after it, made durable below
             os.fdatasync(fd)
             os.replace(tmp, self.path)
         except BaseException:
+            self._fd = -1
             os.close(fd)
             try:
                 os.unlink(tmp)
@@ -167,11 +200,16 @@ class Journal:
                 pass
             raise
         _fsync_dir(self.path.parent)
-        self._fd = fd
-        self._end = len(header)
-        self._seq = 0
-        self._synced = 0
-        self._unsynced = False
+
+    def rewrite(self) -> "Journal":
+        """After a replay (and :meth:`apply_marks`): a new journal holding the records that
+        still apply, re-sealed under a new id and key, atomically in place of this one
+        (closed). Appending to a replayed journal could reuse the sequence numbers (the
+        nonces) of its torn tail; the old marks are no longer needed either."""
+        fresh = Journal(self.path, self.volume_id, self._key, max_bytes=self.max_bytes, max_records=self.max_records)
+        fresh._create(fill=self)
+        self.close()
+        return fresh
 
     def _setup_crypto(self) -> None:
         kid = self._key.key_id if self._key is not None else ""
@@ -217,7 +255,52 @@ class Journal:
         return self._end >= self.max_bytes or self._records >= self.max_records
 
     def has(self, index: int) -> bool:
+        """Does block ``index`` have records not covered by a later store of it?"""
         return index in self._extents
+
+    def touched(self, index: int) -> bool:
+        """Has this journal ever had records of block ``index`` (its stores need marks)?"""
+        return index in self._touched
+
+    @property
+    def seq(self) -> int:
+        """The sequence number of the last record: a content captured now covers up to it."""
+        return self._seq
+
+    def leave(self, index: int) -> None:
+        """Block ``index`` leaves the journal (a whole-block write: its cached content now
+        covers every record). Its records stay in the file until the merge; the mark of its
+        next store tells replay which of them that store covers."""
+        self._extents.pop(index, None)
+
+    def mark(self, index: int, covered: int, object_key: str) -> None:
+        """Block ``index`` is being stored under ``object_key`` with content that covers its
+        records up to sequence ``covered`` (appended before the publication recording it)."""
+        payload = covered.to_bytes(8, "big") + object_key.encode()
+        seq = self._seq + 1
+        header = _REC.pack(_REC_MAGIC, MARK, 0, len(payload), seq, self._synced, index, 0)
+        record = header + self._tag(seq, header, payload)
+        if os.pwrite(self._fd, record, self._end) != len(record):
+            raise OSError(f"short write to the journal of {self.volume_id}")
+        self._end += len(record)
+        self._seq = seq
+        self._unsynced = True
+
+    def marked_blocks(self) -> list[int]:
+        """Blocks with marks found by the replay (their entries decide what applies)."""
+        return sorted(self._marks)
+
+    def apply_marks(self, stored: dict[int, str | None]) -> None:
+        """After replay: ``stored`` gives each marked block's recorded object key. The
+        records a committed store covers are dropped; the others apply."""
+        for index, marks in self._marks.items():
+            covered = max((c for c, key in marks if key == stored.get(index)), default=0)
+            kept = [e for e in self._extents.get(index, []) if e.seq > covered]
+            if kept:
+                self._extents[index] = kept
+            else:
+                self._extents.pop(index, None)
+        self._marks.clear()
 
     def blocks(self) -> list[int]:
         return sorted(self._extents)
@@ -245,6 +328,7 @@ class Journal:
         self._seq = seq
         self._unsynced = True
         self._records += 1
+        self._touched.add(index)
         self._extents.setdefault(index, []).append(Extent(seq, offset, length, pos, kind == ZEROS))
 
     def sync(self) -> None:
@@ -301,6 +385,7 @@ class Journal:
         pos = self._read_header(view)
         seq, committed, records = 0, 0, 0
         extents: dict[int, list[Extent]] = {}
+        marks: dict[int, list[tuple[int, str]]] = {}
         while True:
             rec = self._next_record(view, pos, seq + 1)
             if rec is None:
@@ -308,13 +393,18 @@ class Journal:
             kind, index, offset, length, size, rec_committed = rec
             seq += 1
             committed = max(committed, rec_committed)
-            if kind != COMMIT:
+            if kind == MARK:
+                payload = self._open(seq, bytes(view[pos:pos + _REC.size]), view[pos + _REC.size:pos + size])
+                marks.setdefault(index, []).append((int.from_bytes(payload[:8], "big"), payload[8:].decode()))
+            elif kind != COMMIT:
                 records += 1
                 extents.setdefault(index, []).append(Extent(seq, offset, length, pos, kind == ZEROS))
             pos += size
         if seq < committed or self._later_commit(view, pos, seq + 1):
             raise JournalIntegrityError()  # a record said to be durable is missing or altered
         self._extents = extents
+        self._marks = marks
+        self._touched = set(extents) | set(marks)
         self._records = records
         self.replayed = records
         self._end = pos
@@ -374,11 +464,13 @@ class Journal:
             return None
         header = bytes(view[pos:pos + _REC.size])
         magic, kind, _z, length, rec_seq, committed, index, offset = _REC.unpack(header)
-        if magic != _REC_MAGIC or rec_seq != seq or kind not in (DATA, ZEROS, COMMIT):
+        if magic != _REC_MAGIC or rec_seq != seq or kind not in (DATA, ZEROS, COMMIT, MARK):
             return None
-        if kind != COMMIT and not (0 < length and offset + length <= BLOCK_SIZE):
+        if kind in (DATA, ZEROS) and not (0 < length and offset + length <= BLOCK_SIZE):
             return None
-        size = _REC.size + (length if kind == DATA else 0) + TAG
+        if kind == MARK and not 8 < length <= 8 + 1024:
+            return None
+        size = _REC.size + (length if kind in (DATA, MARK) else 0) + TAG
         if len(view) < pos + size:
             return None
         try:

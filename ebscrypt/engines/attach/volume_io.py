@@ -119,13 +119,14 @@ class OpenVolume:
                               max_records=max(64, journal_bytes // 4096))
             try:
                 journal.open()
+                if journal.recovered:  # a crash left it: what still applies, into a new journal
+                    marked = journal.marked_blocks()
+                    refs = blocks.block_refs(volume_id, marked) if marked else {}
+                    journal.apply_marks({i: (r.object_key if r is not None else None) for i, r in refs.items()})
+                    if journal.replayed:
+                        log.warning("%s: %d journaled writes left by a crash replayed", volume_id, journal.replayed)
+                    journal = journal.rewrite()
                 self._journal = journal
-                if journal.replayed:  # a crash left records: into the blocks, then a new journal
-                    log.warning("%s: merging %d journaled writes left by a crash", volume_id, journal.replayed)
-                    with self._lock:
-                        self._merge_locked()
-                elif journal.recovered:  # a journal without records: a new one (new id and key)
-                    journal.reset()
             except Exception as exc:
                 log.error("%s: the write journal %s cannot be used: %r", volume_id, journal_path, exc)
                 self._failed = exc
@@ -255,11 +256,9 @@ class OpenVolume:
         for a block that has records (until the merge), and for a part of a block the
         cache does not hold (no read-modify-write)."""
         journal = self._journal
-        if journal is None:
-            return False
-        if journal.has(index):
-            return True
-        return index not in self._cache and not (start == 0 and end == BLOCK_SIZE)
+        if journal is None or (start == 0 and end == BLOCK_SIZE):
+            return False  # a whole block goes to the cache (and leaves the journal)
+        return journal.has(index) or index not in self._cache
 
     def _apply_write(self, spans: list[tuple[int, int, int]], view: memoryview) -> bool:
         """(Locked) Apply a write: journaled parts appended (and patched into a cached
@@ -280,6 +279,8 @@ class OpenVolume:
                 continue
             journaled = False
             if start == 0 and end == BLOCK_SIZE:
+                if self._journal is not None and self._journal.has(index):
+                    self._journal.leave(index)  # this content covers its records: cached dirty
                 self._put(index, bytearray(part))  # a whole block: nothing to read first
             else:
                 block = self._block(index)
@@ -303,7 +304,8 @@ class OpenVolume:
                                            and not (journal is not None and journal.has(i))])
             journaled = True
             for index, start, end in spans:
-                if journal is not None and self._journaled(index, start, end):
+                if journal is not None and (journal.has(index) or (
+                        index not in self._cache and not (start == 0 and end == BLOCK_SIZE))):
                     journal.append_zeros(index, start, end - start)
                     cached = self._cache.get(index)
                     if cached is not None:
@@ -534,20 +536,23 @@ class OpenVolume:
             self._dirty.discard(i)
             self._refs.pop(i, None)
             batch.append((i, data))
-        self._flusher.submit(self._store_behind, batch)
+        journal = self._journal
+        covered = journal.seq if journal is not None else 0  # what these contents cover of the journal
+        marked = {i for i in indexes if journal is not None and journal.touched(i)}
+        self._flusher.submit(self._store_behind, batch, covered, marked)
 
-    def _store_behind(self, batch: list[tuple[int, bytes]]) -> None:
+    def _store_behind(self, batch: list[tuple[int, bytes]], covered: int = 0, marked: frozenset[int] | set[int] = frozenset()) -> None:
         error: BaseException | None = None
         staged: list[StagedBlock] = []
         try:
-            staged = self.blocks.stage_blocks(self.volume_id, batch, self._key)
+            staged = self.blocks.stage_blocks(self.volume_id, batch, self._key, zero_objects=marked)
         except BaseException as exc:  # kept dirty: the next flush writes them again (and reports)
             error = exc
         with self._cond:
             if error is None and self.closed:  # closed meanwhile (by a failed flush): never published
                 self.blocks.discard_staged(staged)
             elif error is None:
-                self._register(staged)
+                self._register(staged, covered)
             for index, data in batch:
                 if error is not None:
                     if not self.closed:
@@ -561,17 +566,24 @@ class OpenVolume:
             publish = (len(self._unpublished) >= self._publish_limit and not self._publishing
                        and not self._draining and not self.closed)
             if publish:
+                if self._journal is not None:
+                    self._journal.sync()  # the marks of the blocks about to be recorded first
                 taken = self._take_unpublished()
             self._cond.notify_all()
         if publish:
             self._publish_behind(taken)
 
-    def _register(self, staged: list[StagedBlock]) -> None:
+    def _register(self, staged: list[StagedBlock], covered: int) -> None:
         """(Locked) These blocks are staged: the latest content of their indexes. A block
-        staged before and not taken by a publication in flight is superseded: deleted."""
+        staged before and not taken by a publication in flight is superseded: deleted.
+        A block the journal has seen gets its mark (``covered``: the journal's sequence
+        number when its content was taken), before any publication can record it."""
         now = time.monotonic()
         superseded = []
+        journal = self._journal
         for s in staged:
+            if journal is not None and journal.touched(s.index) and s.ref.object_key is not None:
+                journal.mark(s.index, covered, s.ref.object_key)
             old = self._unpublished.pop(s.index, None)
             if old is not None and not old.publishing:
                 superseded.append(old)
@@ -618,6 +630,8 @@ class OpenVolume:
         """(Locked, nothing in flight) Publish every staged block: durable on return."""
         if not self._unpublished:
             return
+        if self._journal is not None:
+            self._journal.sync()  # the marks of the blocks about to be recorded first
         taken = self._take_unpublished()
         error: BaseException | None = None
         try:
@@ -706,7 +720,11 @@ class OpenVolume:
         if not jobs:
             return
         map_fn = self._flusher.map if parallel and self._flusher is not None and len(jobs) > 1 else None
-        self._register(self.blocks.stage_blocks(self.volume_id, jobs, self._key, map_fn=map_fn))
+        journal = self._journal
+        marked = {i for i, _d in jobs if journal is not None and journal.touched(i)}
+        covered = journal.seq if journal is not None else 0
+        self._register(self.blocks.stage_blocks(self.volume_id, jobs, self._key, map_fn=map_fn, zero_objects=marked),
+                       covered)
         self._dirty.difference_update(i for i, _d in jobs)
 
 

@@ -61,7 +61,7 @@ from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Sequence, cast
+from typing import Any, Callable, Collection, Iterable, Sequence, cast
 
 from sqlalchemy import Connection, delete, insert, select
 
@@ -335,15 +335,18 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
     # sealed and written at once, and recorded with the others at the next flush.)
 
     def stage_blocks(self, owner_id: str, items: Sequence[tuple[int, bytes | bytearray | memoryview]],
-                     key: DataKey | None, *, map_fn: MapFn | None = None) -> list[StagedBlock]:
+                     key: DataKey | None, *, map_fn: MapFn | None = None,
+                     zero_objects: Collection[int] = ()) -> list[StagedBlock]:
         """Seal and write these blocks of ``owner_id`` without waiting for durability and
         without recording them: nothing reads them but the caller (``open_ref(s.ref, key)``)
         until :meth:`publish_blocks`. A crash before then loses them (the objects are
         orphans, deleted by ``sweep_orphans``; the engine's own sweep leaves objects staged
-        in this process alone). On an error the ones written are deleted and it is raised."""
+        in this process alone). On an error the ones written are deleted and it is raised.
+        ``zero_objects``: indexes stored as an object even if all zeros (so that their
+        entry names an object the caller can recognise: an attached volume's journal)."""
         def prepare(item: tuple[int, bytes | bytearray | memoryview]) -> "StagedBlock | BaseException":
             try:
-                return self._stage_one(owner_id, item[0], item[1], key)
+                return self._stage_one(owner_id, item[0], item[1], key, item[0] in zero_objects)
             except Exception as exc:
                 return exc
 
@@ -356,7 +359,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         return staged
 
     def _stage_one(self, owner_id: str, index: int, data: bytes | bytearray | memoryview,
-                   key: DataKey | None) -> StagedBlock:
+                   key: DataKey | None, zero_object: bool = False) -> StagedBlock:
         check_index(index)
         if len(data) != BLOCK_SIZE:
             raise ValueError(f"a block is exactly {BLOCK_SIZE} bytes, got {len(data)}")
@@ -364,7 +367,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         cipher = self._cipher(key)
         item = _PendingWrite(owner_id, index, key, None, cipher.seal_checksum(index, checksum))
         item.plain_checksum = checksum
-        if data != ZERO_BLOCK:
+        if zero_object or data != ZERO_BLOCK:
             item.object_key = new_object_key(f"{int(time.time() // 8) % 256:02x}")
             sealed = cipher.seal(item.object_key, index, data)
             with self._unpublished_lock:
