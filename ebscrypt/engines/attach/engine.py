@@ -69,6 +69,11 @@ from ebscrypt.storage.tables.ec2_images import ec2_instances
 
 log = logging.getLogger("ebscrypt.attach")
 
+# Each attached volume's write journal holds at most this much (and one record per 4 KiB
+# of it) before it is merged into whole blocks: the larger, the fewer 512 KiB blocks are
+# rewritten per small write (a merge rewrites each block with records once); its index
+# in memory is ~80 bytes a record (~10 MiB at this size), whatever the volume's size.
+JOURNAL_BYTES = 512 << 20
 EXPORT_TAG = "ebscrypt:nbd-export"  # DescribeVolumes shows an in-use volume's export name under it (strict auth)
 
 
@@ -100,7 +105,7 @@ class AttachEngine:
             old.close()  # first: its journal is merged and removed before the new one opens it
         ov = OpenVolume(self.runtime.blocks, volume.id, volume.size, key, account=volume.account,
                         instance_id=instance_id, cache_blocks=self.cache_blocks, flusher=self._flusher,
-                        journal_path=self.journal_path(volume.id))
+                        journal_path=self.journal_path(volume.id), journal_bytes=JOURNAL_BYTES)
         with self._lock:
             raced = self._open.pop(volume.id, None)
             self._open[volume.id] = ov
@@ -118,7 +123,10 @@ class AttachEngine:
         with self._lock:
             ov = self._open.pop(volume_id, None)
         if ov is None:
-            ov = self._recover(volume_id)
+            try:
+                ov = self._recover(volume_id)
+            except Exception:  # its key no longer usable, or its journal altered: kept for the next open
+                log.exception("the write journal of %s could not be merged at its close", volume_id)
         if ov is not None:
             ov.close()
 

@@ -245,7 +245,7 @@ class OpenVolume:
             spans = list(_spans(offset, len(view)))
             journaled = self._apply_write(spans, view)
             if self._journal is not None and self._journal.full:
-                self._merge_locked()
+                self._merge_locked(flush=fua)
             elif fua and journaled:
                 self._journal.sync() if self._journal is not None else None  # this write is all in the journal
             if fua and not journaled:
@@ -323,7 +323,7 @@ class OpenVolume:
                     block[start:end] = bytes(end - start)
                     self._put(index, block)
             if journal is not None and journal.full:
-                self._merge_locked()
+                self._merge_locked(flush=fua)
             elif fua and journaled and journal is not None:
                 journal.sync()
             if fua and not journaled:
@@ -673,10 +673,12 @@ class OpenVolume:
             self._draining -= 1
             self._cond.notify_all()
 
-    def _merge_locked(self) -> None:
+    def _merge_locked(self, *, flush: bool = True) -> None:
         """Merge the journal into whole blocks: each block with records is read once (as
-        stored, or as cached), its records applied, and staged; then everything is
-        published (durable), and only then is the journal replaced by an empty one."""
+        stored, or as cached), its records applied, and staged; then everything staged is
+        published (durable), and only then is the journal replaced by an empty one.
+        ``flush``: the dirty cached blocks too (a snapshot, a close); a full journal's
+        merge leaves them in the cache (the journal does not depend on them)."""
         journal = self._journal
         assert journal is not None
         self._draining += 1
@@ -684,23 +686,59 @@ class OpenVolume:
             while self._storing or self._publishing:
                 self._cond.wait()
             indexes = journal.blocks()
-            for pos in range(0, len(indexes), 32):  # bounded memory: 32 blocks at a time
-                jobs = []
-                for index in indexes[pos:pos + 32]:
-                    cached = self._cache.get(index)
-                    if cached is not None:
-                        jobs.append((index, bytes(cached)))
-                    else:
-                        block = bytearray(self._stored(index))
-                        journal.overlay(index, block)
-                        jobs.append((index, bytes(block)))
+            unknown = [i for i in indexes if i not in self._cache and i not in self._storing
+                       and i not in self._unpublished and i not in self._refs]
+            for pos in range(0, len(unknown), 512):  # where each is stored: a few lookups
+                for i, ref in self.blocks.block_refs(self.volume_id, unknown[pos:pos + 512]).items():
+                    self._remember(i, ref)
+            for pos in range(0, len(indexes), 64):  # bounded memory: 64 blocks at a time
+                sources = [(i, self._source(i)) for i in indexes[pos:pos + 64]]
+                # read, overlaid and sealed in parallel (disk reads and AES-GCM leave the GIL)
+                jobs = list(self._map(self._merged, sources))
                 self._stage(jobs, parallel=True)
-            self._stage_dirty(sorted(self._dirty))
+            if flush:
+                self._stage_dirty(sorted(self._dirty))
             self._publish_locked()
             journal.reset()
         finally:
             self._draining -= 1
             self._cond.notify_all()
+
+    def _source(self, index: int) -> tuple[str, Any]:
+        """(Locked) Where the merge takes block ``index`` from: ("cached", bytes) with its
+        records applied already, ("bytes", bytes) being written behind, ("ref", entry)
+        staged or recorded, or ("zeros", None)."""
+        cached = self._cache.get(index)
+        if cached is not None:
+            return "cached", bytes(cached)
+        behind = self._storing.get(index)
+        if behind is not None:
+            return "bytes", behind
+        staged = self._unpublished.get(index)
+        ref = staged.ref if staged is not None else self._refs.get(index)
+        return ("ref", ref) if ref is not None else ("zeros", None)
+
+    def _merged(self, item: tuple[int, tuple[str, Any]]) -> tuple[int, bytes]:
+        """(Any thread, while the merge holds the volume's lock) Block ``index`` with its
+        records applied."""
+        index, (kind, source) = item
+        if kind == "cached":
+            return index, source
+        if kind == "zeros":
+            block = bytearray(BLOCK_SIZE)
+        elif kind == "bytes":
+            block = bytearray(source)
+        else:
+            try:
+                block = bytearray(self.blocks.open_ref(source, self._key))
+            except ObjectMissing:  # the lineage changed under us (compaction): look again
+                block = bytearray(self.blocks.read_block(self.volume_id, index, self._key))
+        assert self._journal is not None
+        self._journal.overlay(index, block)
+        return index, bytes(block)
+
+    def _map(self, fn: Any, items: list[Any]) -> Any:
+        return self._flusher.map(fn, items) if self._flusher is not None and len(items) > 1 else map(fn, items)
 
     def _stage_dirty(self, indexes: list[int]) -> None:
         """(Locked, nothing in flight) Stage these dirty blocks (sealed in parallel). Zeros
