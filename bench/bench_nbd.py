@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -62,6 +63,13 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads) from /proc: the server's own cost,
+    far less disturbed by other load on the machine than wall time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def fio(uri: str, rw: str, bs: str, span_mib: int, seconds: float) -> tuple[float, float]:
     """(MiB/s, IOPS) of one fio job on ``uri``."""
     cmd = ["fio", "--name=b", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", f"--bs={bs}",
@@ -72,6 +80,7 @@ def fio(uri: str, rw: str, bs: str, span_mib: int, seconds: float) -> tuple[floa
         raise RuntimeError(f"fio failed: {out.stderr[-2000:]}")
     job = json.loads(out.stdout[out.stdout.index("{"):])["jobs"][0]
     side = job["write"] if "write" in rw else job["read"]
+    fio.last_ios = side["total_ios"]  # type: ignore[attr-defined]
     return side["bw_bytes"] / 2 ** 20, side["iops"]
 
 
@@ -142,12 +151,21 @@ def main(argv: list[str] | None = None) -> int:
         for name, uri in targets.items():  # fill the span so reads read data
             fio(uri, "write", "1M", args.span_mib, 1)
         results: dict[str, dict[str, list[tuple[float, float]]]] = {t: {j[0]: [] for j in jobs} for t in targets}
+        # CPU time per I/O of the process serving each target (its whole run: end_fsync included)
+        pids = {"encrypted": server.proc.pid, "unencrypted": server.proc.pid, "nbdkit-file": kit.pid}
+        if before is not None and before.proc is not None:
+            pids["before-enc"] = pids["before-unenc"] = before.proc.pid
+        cpu: dict[str, dict[str, list[float]]] = {t: {j[0]: [] for j in jobs} for t in targets}
         for rnd in range(args.rounds):
             order = list(targets) if rnd % 2 == 0 else list(reversed(targets))
             for label, rw, bs in jobs:
                 for name in order:
+                    used = cpu_seconds(pids[name])
                     results[name][label].append(fio(targets[name], rw, bs, args.span_mib, args.seconds))
-                    log(f"round {rnd + 1} {label:14s} {name:12s} {results[name][label][-1][0]:8.1f} MiB/s")
+                    used = cpu_seconds(pids[name]) - used
+                    cpu[name][label].append(used * 1e6 / max(1, fio.last_ios))  # type: ignore[attr-defined]
+                    log(f"round {rnd + 1} {label:14s} {name:12s} {results[name][label][-1][0]:8.1f} MiB/s "
+                        f"{cpu[name][label][-1]:8.1f} CPU-us/io")
         rss_after = rss_mib(server.proc.pid)
         rss_before_tree = rss_mib(before.proc.pid) if before is not None and before.proc is not None else None
     finally:
@@ -177,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{be[0] / bu[0] if bu[0] else float('nan'):10.2f} {bu[0] / k[0] if k[0] else float('nan'):10.2f}"
                   f"   after/before (unenc) {r3:.2f}")
             summary[label].update({"before_encrypted": be, "before_unencrypted": bu, "after_over_before": r3})
+    print("server CPU time per I/O (µs, median; the serving process, all threads):")
+    for label, _rw, _bs in jobs:
+        print(f"  {label:16s} " + "  ".join(f"{name} {statistics.median(cpu[name][label]):.1f}" for name in targets))
+        summary[label]["cpu_us_per_io"] = {name: statistics.median(cpu[name][label]) for name in targets}
     print(f"server RSS: {rss_before:.0f} MiB before, {rss_after:.0f} MiB after "
           f"({args.span_mib} MiB span written per export, cache {args.cache_mib} MiB per volume)")
     if rss_before_tree is not None:
