@@ -215,9 +215,17 @@ class OpenVolume:
         try:
             if self.closed or self._busy():
                 return False
-            spans = list(_spans(offset, len(data)))
             cache = self._cache
             journal = self._journal
+            index, start = divmod(offset, BLOCK_SIZE)
+            block = cache.get(index)
+            if (block is not None and start + len(data) <= BLOCK_SIZE and len(data)
+                    and (journal is None or not journal.has(index))):
+                block[start:start + len(data)] = data  # the common case: within one cached block
+                self._dirty.add(index)
+                cache.move_to_end(index)
+                return True
+            spans = list(_spans(offset, len(data)))
             if journal is not None and journal.full:
                 return False  # the journal is merged first: disk and crypto
             added = 0
