@@ -470,6 +470,7 @@ def test_journaled_writes_match_a_model_and_survive_reopen(blocks, tmp_path: Pat
     pool = ThreadPoolExecutor(4)
     vol = _journaled(blocks, vid, key, tmp_path, cache_blocks=4, flusher=pool, journal_bytes=journal_bytes)
     vol._publish_limit = 8
+    vol._ref_limit = 2  # the map of where blocks are stored forgets almost at once
     rng = random.Random(5)
     for step in range(400):
         offset = rng.randrange(size - 1)
@@ -606,5 +607,47 @@ def test_a_block_stored_again_is_never_overwritten_by_its_older_records(tmp_path
     assert again.read(2 * BLOCK_SIZE, BLOCK_SIZE) == bytes(want2)
     assert again.read(5 * BLOCK_SIZE, BLOCK_SIZE) == bytes(want5)
     again.close()
+    engine.close()
+    db.dispose()
+
+
+class _PutOnlyStore:
+    """An object store with the plain ObjectStore calls only (as S3Store: no staging, no
+    unsynced writes): stage_blocks stores durably at once, publish_blocks records."""
+
+    def __init__(self, inner: LocalDirStore) -> None:
+        self.inner = inner
+        self.puts = 0
+
+    def put(self, key, data):
+        self.puts += 1
+        self.inner.put(key, data)
+
+    def __getattr__(self, name):
+        if name in ("write_unsynced", "sync_objects", "stage", "publish"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def test_deferred_publication_over_a_store_without_staging(tmp_path: Path) -> None:
+    """With a store like S3 (put is durable, nothing to flush later), evictions are put at
+    once and recorded at the flush; reads meanwhile and after reopen return the data."""
+    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
+    store = _PutOnlyStore(LocalDirStore(tmp_path / "blocks"))
+    engine = BlockEngine(db, store, processes=0, gc_grace_seconds=0)
+    key = DataKey("dk-test", os.urandom(32))
+    vid = "vol-00000000000000016"
+    vol = OpenVolume(engine, vid, 1, key, account="1", instance_id="i-1", cache_blocks=4,
+                     journal_path=tmp_path / "journal" / f"{vid}.jnl")
+    for i in range(10):
+        vol.write(i * BLOCK_SIZE, bytes([i + 1]) * BLOCK_SIZE)
+    vol.write(BLOCK_SIZE + 7, b"journaled")  # block 1 is not cached: a journal record
+    assert store.puts >= 6 and engine.list_blocks(vid) == []
+    assert vol.read(BLOCK_SIZE, 16) == b"\x02" * 7 + b"journaled"
+    vol.close()
+    assert len(engine.list_blocks(vid)) == 10
+    fresh = OpenVolume(engine, vid, 1, key, account="1", instance_id="i-1")
+    assert fresh.read(BLOCK_SIZE, 16) == b"\x02" * 7 + b"journaled"
+    assert fresh.read(9 * BLOCK_SIZE, 4) == b"\x0a" * 4
     engine.close()
     db.dispose()

@@ -694,13 +694,14 @@ class OpenVolume:
             while self._storing or self._publishing:
                 self._cond.wait()
             indexes = journal.blocks()
-            unknown = [i for i in indexes if i not in self._cache and i not in self._storing
-                       and i not in self._unpublished and i not in self._refs]
-            for pos in range(0, len(unknown), 512):  # where each is stored: a few lookups
-                for i, ref in self.blocks.block_refs(self.volume_id, unknown[pos:pos + 512]).items():
-                    self._remember(i, ref)
             for pos in range(0, len(indexes), 64):  # bounded memory: 64 blocks at a time
-                sources = [(i, self._source(i)) for i in indexes[pos:pos + 64]]
+                batch = indexes[pos:pos + 64]
+                unknown = [i for i in batch if i not in self._cache and i not in self._storing
+                           and i not in self._unpublished and i not in self._refs]
+                if unknown:  # where each is stored: one lookup (the map of refs is bounded: per batch)
+                    for i, ref in self.blocks.block_refs(self.volume_id, unknown).items():
+                        self._remember(i, ref)
+                sources = [(i, self._source(i)) for i in batch]
                 # read, overlaid and sealed in parallel (disk reads and AES-GCM leave the GIL)
                 jobs = list(self._map(self._merged, sources))
                 self._stage(jobs, parallel=True)
@@ -723,7 +724,11 @@ class OpenVolume:
         if behind is not None:
             return "bytes", behind
         staged = self._unpublished.get(index)
-        ref = staged.ref if staged is not None else self._refs.get(index)
+        if staged is not None:
+            return "ref", staged.ref
+        if index not in self._refs:  # (looked up by the batch, but the map is bounded)
+            self._remember(index, self.blocks.block_refs(self.volume_id, [index])[index])
+        ref = self._refs.get(index)
         return ("ref", ref) if ref is not None else ("zeros", None)
 
     def _merged(self, item: tuple[int, tuple[str, Any]]) -> tuple[int, bytes]:
