@@ -353,7 +353,8 @@ class OpenVolume:
             busy = {i for i in indexes if i in self._dirty or i in self._storing
                     or (journal is not None and journal.has(i))}
             staged = {i: s.ref for i in indexes if i not in busy and (s := self._unpublished.get(i)) is not None}
-        refs: dict[int, Any] = self.blocks.block_refs(self.volume_id, [i for i in indexes if i not in busy and i not in staged])
+        wanted = [i for i in indexes if i not in busy and i not in staged]
+        refs: dict[int, Any] = self.blocks.block_refs(self.volume_id, wanted)
         refs.update(staged)
         runs: list[tuple[int, int]] = []
         for index, start, end in spans:
@@ -549,7 +550,8 @@ class OpenVolume:
         marked = {i for i in indexes if journal is not None and journal.touched(i)}
         self._flusher.submit(self._store_behind, batch, covered, marked)
 
-    def _store_behind(self, batch: list[tuple[int, bytes]], covered: int = 0, marked: frozenset[int] | set[int] = frozenset()) -> None:
+    def _store_behind(self, batch: list[tuple[int, bytes]], covered: int = 0,
+                      marked: frozenset[int] | set[int] = frozenset()) -> None:
         error: BaseException | None = None
         staged: list[StagedBlock] = []
         try:
