@@ -5,12 +5,11 @@ A write smaller than a block, to a block not cached, is appended here as one sea
 record instead of loading, patching and re-sealing the whole block; reads overlay the
 records on the block as stored; FLUSH/FUA make them durable with one ``fdatasync`` of the
 journal; the journal is merged into whole blocks (each block once, however many records
-it has) when it reaches its bound, at a snapshot, at detach/stop/shutdown, and at the
-next open after a crash (replay). Once a block has records, every later write to it is
-journaled too until the merge (the cache holds it clean): so a block is never stored
-with content the journal's records would overwrite, and replaying a journal over blocks
-that already hold it (a crash between a merge's commit and the journal's reset) gives
-the same bytes.
+it has) when it reaches its bound, at a snapshot, and at detach/stop/shutdown; after a
+crash the next open replays it. Partial writes to a block with records are journaled
+too until the merge (the cache holds it clean); a whole-block write makes the block
+leave the journal, and the marks below keep replay from laying its older records over
+what is stored later.
 
 File (``<data-dir>/journal/<volume-id>.jnl``: local even when blocks live in S3; the
 plaintext never reaches it)::
@@ -40,8 +39,9 @@ silently; otherwise it is the torn tail of writes that were never flushed (a cra
 is dropped, as NBD allows. (Damage to the records of the very last flush before a crash,
 before any later record or commit record reached the disk, cannot be told from a torn
 write — as with any write-ahead log; those records are dropped, never read as other bytes.)
-After a replay the journal is merged and replaced by a new one (a new id and key), so
-the sequence numbers of a torn tail are never reused.
+After a replay the records that still apply are re-sealed into a new journal (a new id
+and key) that replaces the old one atomically, so the sequence numbers (nonces) of a torn
+tail are never reused.
 
 Marks: a block with records may be stored again before the merge (a whole-block write
 makes it leave the journal: cached dirty, then stored as usual). Every store of a block
@@ -114,7 +114,7 @@ class Journal:
         self._unsynced = False
         self._extents: dict[int, list[Extent]] = {}
         self._records = 0
-        self.replayed = 0  # records found at open (a crash left them): merge, then reset
+        self.replayed = 0  # records found at open (a crash left them): rewrite() before appending
         self.recovered = False  # opened from a file a crash left (reset before appending)
         self._touched: set[int] = set()  # blocks with records or marks in this journal
         self._marks: dict[int, list[tuple[int, str]]] = {}  # replayed: block -> [(covered seq, object key)]

@@ -23,9 +23,10 @@ adds a bounded write-back cache of plaintext blocks, held in memory only:
   block the cache does not hold is appended to the volume's write journal as a sealed
   record instead of a read-modify-write of the block; reads overlay the records; FLUSH
   and FUA make them durable with one fdatasync; the journal is merged into whole blocks
-  when full, at a snapshot, at close, and at the next open after a crash. A block with
-  records is journaled for every write until the merge (the cache holds it clean), so
-  it is never stored with content its records would overwrite;
+  when full, at a snapshot and at close, and replayed at the next open after a crash.
+  A block with records takes its partial writes in the journal until the merge (the
+  cache holds it clean); a whole-block write makes it leave (cached dirty, stored as
+  usual, with a mark in the journal so replay skips the records it covers);
 - trim and write-zeroes of whole blocks store an all-zero block, which the block engine
   records without an object (the old object is released: the space is given back);
   over blocks that already read as zeros they do nothing;
