@@ -95,7 +95,7 @@ class OpenVolume:
         self._cond = threading.Condition(self._lock)
         # Evicted dirty blocks being written in the background (write-behind), by index: at
         # most one store per block at a time; reads find them here until they are stored.
-        self._storing: dict[int, bytes] = {}
+        self._storing: dict[int, bytes | bytearray] = {}
         self._behind_limit = max(2, self._cache_blocks // 2)
         self._draining = 0  # flushes waiting for the writes behind to finish
         self._flusher = flusher
@@ -456,7 +456,7 @@ class OpenVolume:
                     self._journal.overlay(index, block)  # cached clean: the journal holds these writes
                 self._insert(index, block)
 
-    def _stored(self, index: int) -> bytes:
+    def _stored(self, index: int) -> bytes | bytearray:
         """(Locked) The block as the store has it for this volume (journal records not
         applied): being written behind, staged, recorded, or zeros."""
         behind = self._storing.get(index)
@@ -539,9 +539,11 @@ class OpenVolume:
         assert self._flusher is not None
         if not indexes:
             return
-        batch = []
+        batch: list[tuple[int, bytes | bytearray]] = []
         for i in indexes:
-            data = bytes(self._cache[i])
+            # No copy: the evicted block's buffer leaves the cache right after (the caller
+            # pops it), so nothing changes it while it is sealed and written.
+            data = self._cache[i]
             self._storing[i] = data
             self._dirty.discard(i)
             self._refs.pop(i, None)
@@ -551,7 +553,7 @@ class OpenVolume:
         marked = {i for i in indexes if journal is not None and journal.touched(i)}
         self._flusher.submit(self._store_behind, batch, covered, marked)
 
-    def _store_behind(self, batch: list[tuple[int, bytes]], covered: int = 0,
+    def _store_behind(self, batch: list[tuple[int, bytes | bytearray]], covered: int = 0,
                       marked: frozenset[int] | set[int] = frozenset()) -> None:
         error: BaseException | None = None
         staged: list[StagedBlock] = []
@@ -761,7 +763,7 @@ class OpenVolume:
         where nothing was ever written (here or in the lineage) need nothing stored."""
         if not indexes:
             return
-        jobs = [(i, bytes(self._cache[i])) for i in indexes]
+        jobs: list[tuple[int, bytes | bytearray]] = [(i, self._cache[i]) for i in indexes]  # staged under the lock: no copy
         zeros = [i for i, data in jobs if data == ZERO_BLOCK and i not in self._unpublished]
         if zeros:
             refs = self.blocks.block_refs(self.volume_id, zeros)
@@ -769,7 +771,7 @@ class OpenVolume:
         self._stage(jobs, parallel=True)
         self._dirty.difference_update(indexes)
 
-    def _stage(self, jobs: list[tuple[int, bytes]], *, parallel: bool = False) -> None:
+    def _stage(self, jobs: list[tuple[int, bytes | bytearray]], *, parallel: bool = False) -> None:
         """(Locked, nothing in flight) Stage these blocks and remember them."""
         if not jobs:
             return
