@@ -62,6 +62,13 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads) from /proc: the server's own cost,
+    far less disturbed by other load on the machine than wall time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def fio(uri: str, rw: str, bs: str, span_mib: int, seconds: float) -> tuple[float, float]:
     """(MiB/s, IOPS) of one fio job on ``uri``."""
     cmd = ["fio", "--name=b", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", f"--bs={bs}",
@@ -97,12 +104,6 @@ def setup_volumes(url: str) -> tuple[str, str]:
         ec2.get_waiter("volume_in_use").wait(VolumeIds=[v], WaiterConfig={"Delay": 1})
         out.append(v)
     return out[0], out[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def fill(uri: str, span_mib: int) -> None:

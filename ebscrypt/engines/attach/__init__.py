@@ -2,9 +2,12 @@
 
 ``engine`` holds, per server process, the data keys of attached volumes (in memory only,
 from attach to detach) and their open :class:`~ebscrypt.engines.attach.volume_io.OpenVolume`
-objects; ``volume_io`` is byte-addressed I/O on a volume over the block engine (partial
-writes read-modify-write whole 512 KiB blocks, a bounded write-back cache, flush durable
-on return). The NBD server (``ebscrypt.wire.nbd_server``) serves these objects.
+objects; ``volume_io`` is byte-addressed I/O on a volume over the block engine (a bounded
+write-back cache of 512 KiB blocks, evictions staged and published at the next flush,
+flush durable on return); ``journal`` is a volume's write journal (small writes to
+blocks not cached, appended as sealed records instead of a read-modify-write, merged
+into whole blocks in batches). The NBD server (``ebscrypt.wire.nbd_server``) serves
+these objects.
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any, ContextManager, Iterator
 
 from sqlalchemy import select
@@ -68,6 +69,11 @@ from ebscrypt.storage.tables.ec2_images import ec2_instances
 
 log = logging.getLogger("ebscrypt.attach")
 
+# Each attached volume's write journal holds at most this much (and one record per 4 KiB
+# of it) before it is merged into whole blocks: the larger, the fewer 512 KiB blocks are
+# rewritten per small write (a merge rewrites each block with records once); its index
+# in memory is ~80 bytes a record (~10 MiB at this size), whatever the volume's size.
+JOURNAL_BYTES = 512 << 20
 EXPORT_TAG = "ebscrypt:nbd-export"  # DescribeVolumes shows an in-use volume's export name under it (strict auth)
 
 
@@ -85,26 +91,63 @@ class AttachEngine:
         # Dirty blocks (of a flush, or evicted and written behind) are stored concurrently,
         # so they share the block engine's group commits.
         self._flusher = ThreadPoolExecutor(8, thread_name_prefix="ebscrypt-attach-flush")
+        # Evicted blocks wait for the next FLUSH to be published; a volume left idle has
+        # them published after a while all the same (volume_io.PUBLISH_AGE).
+        runtime.blocks.add_periodic("attach-publish", self.publish_due, 10.0)
 
     # ------------------------------------------------------------------ lifecycle
 
     def open(self, volume: Any, key: DataKey | None, instance_id: str) -> OpenVolume:
         """Keep ``key`` (just decrypted through EBS's grant) for the attached ``volume``."""
-        ov = OpenVolume(self.runtime.blocks, volume.id, volume.size, key, account=volume.account,
-                        instance_id=instance_id, cache_blocks=self.cache_blocks, flusher=self._flusher)
         with self._lock:
             old = self._open.pop(volume.id, None)
-            self._open[volume.id] = ov
         if old is not None:
-            old.close()
+            old.close()  # first: its journal is merged and removed before the new one opens it
+        ov = OpenVolume(self.runtime.blocks, volume.id, volume.size, key, account=volume.account,
+                        instance_id=instance_id, cache_blocks=self.cache_blocks, flusher=self._flusher,
+                        journal_path=self.journal_path(volume.id), journal_bytes=JOURNAL_BYTES)
+        with self._lock:
+            raced = self._open.pop(volume.id, None)
+            self._open[volume.id] = ov
+        if raced is not None:  # (two opens at once: not expected; the later one wins)
+            raced.close()
         return ov
+
+    def journal_path(self, volume_id: str) -> Path:
+        """The volume's write journal (volume_io, journal.py): a local file beside the
+        database, whatever the block store (its records are sealed like the blocks)."""
+        return Path(self.runtime.settings.data_dir) / "journal" / f"{volume_id}.jnl"
 
     def close_volume(self, volume_id: str) -> None:
         """Flush and forget the volume's key (detach / stop / terminate / delete). Idempotent."""
         with self._lock:
             ov = self._open.pop(volume_id, None)
+        if ov is None:
+            try:
+                ov = self._recover(volume_id)
+            except Exception:  # its key no longer usable, or its journal altered: kept for the next open
+                log.exception("the write journal of %s could not be merged at its close", volume_id)
         if ov is not None:
             ov.close()
+
+    def _recover(self, volume_id: str) -> OpenVolume | None:
+        """A volume not open here whose journal a crash left (no NBD client came back to
+        it since the restart): opened once more (its data key decrypted on its owner's
+        behalf, audited, as at a re-open), which merges the journal into its blocks — so a
+        detach or a snapshot never leaves flushed writes behind. None when there is none."""
+        if not is_well_formed(volume_id, "vol") or not self.journal_path(volume_id).exists():
+            return None
+        with self.runtime.db.read() as conn:
+            row = conn.execute(select(ec2_volumes).where(ec2_volumes.c.id == volume_id)).mappings().first()
+        if row is None:
+            return None
+        volume = Volume.from_row(row)
+        ctx = job_ctx(self.runtime, volume.account, volume.region, "AttachVolume")
+        key = data_key_for(ctx, volume)  # the caller fails (detach, snapshot) if the key cannot be used
+        ov = OpenVolume(self.runtime.blocks, volume.id, volume.size, key, account=volume.account,
+                        instance_id="", cache_blocks=4, journal_path=self.journal_path(volume.id))
+        ov._check_open()  # a journal that cannot be trusted fails loudly here
+        return ov
 
     def get(self, volume_id: str) -> OpenVolume | None:
         with self._lock:
@@ -113,7 +156,21 @@ class AttachEngine:
     def quiesced(self, volume_id: str) -> ContextManager[None]:
         """For CreateSnapshot of an in-use volume (R-ATTACH-4): flushed and held still."""
         ov = self.get(volume_id)
+        if ov is None:
+            recovered = self._recover(volume_id)  # a crash left its journal: merged first
+            if recovered is not None:
+                recovered.close()
         return ov.quiesced() if ov is not None else nullcontext()
+
+    def publish_due(self) -> None:
+        """Publish the blocks staged long enough ago in every open volume (periodic)."""
+        with self._lock:
+            opened = list(self._open.values())
+        for ov in opened:
+            try:
+                ov.publish_due()
+            except Exception:
+                log.exception("publishing the staged blocks of %s failed", ov.volume_id)
 
     def close(self) -> None:
         """Shutdown: flush every open volume, drop every key."""

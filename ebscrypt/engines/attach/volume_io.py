@@ -10,8 +10,23 @@ adds a bounded write-back cache of plaintext blocks, held in memory only:
   key by the block engine) when it is evicted, on ``flush`` (durable on return), on FUA,
   at a snapshot (:meth:`OpenVolume.quiesced`) and at close (detach, stop, shutdown) —
   never before: a write without FUA is acknowledged from memory, as NBD allows, and
-  many small writes to one block cost one seal. Each write-back is one batch
-  (``BlockEngine.write_blocks``: one group commit per 64 blocks);
+  many small writes to one block cost one seal;
+- an evicted block is sealed and written at once but not made durable nor recorded
+  (``BlockEngine.stage_blocks``): NBD asks for durability only at FLUSH/FUA, so the
+  staged blocks are published together then (``publish_blocks``: one store flush and
+  one transaction), or earlier when ``_publish_limit`` of them wait or the oldest is
+  ``PUBLISH_AGE`` seconds old (``publish_due``, from the attach engine's periodic task).
+  Until then this object remembers where they are (``_unpublished``) and reads them
+  back from there. A crash before publication loses only unflushed writes; their
+  objects are orphans, deleted by the block engine's ``sweep_orphans``;
+- with a journal (``journal_path``, :mod:`.journal`), a write smaller than a block to a
+  block the cache does not hold is appended to the volume's write journal as a sealed
+  record instead of a read-modify-write of the block; reads overlay the records; FLUSH
+  and FUA make them durable with one fdatasync; the journal is merged into whole blocks
+  when full, at a snapshot and at close, and replayed at the next open after a crash.
+  A block with records takes its partial writes in the journal until the merge (the
+  cache holds it clean); a whole-block write makes it leave (cached dirty, stored as
+  usual, with a mark in the journal so replay skips the records it covers);
 - trim and write-zeroes of whole blocks store an all-zero block, which the block engine
   records without an object (the old object is released: the space is given back);
   over blocks that already read as zeros they do nothing;
@@ -37,12 +52,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
+from ebscrypt.engines.attach.journal import Journal
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, ZERO_BLOCK, DataKey
+from ebscrypt.engines.blocks.engine import StagedBlock
 from ebscrypt.engines.blocks.store import ObjectMissing
 
 GIB = 1024 ** 3
@@ -65,6 +84,10 @@ def _read_ahead_pool() -> ThreadPoolExecutor:
         if _read_ahead is None:
             _read_ahead = ThreadPoolExecutor(4, thread_name_prefix="ebscrypt-read-ahead")
         return _read_ahead
+# Staged blocks older than this are published even without a FLUSH (as a kernel writes
+# back dirty pages after a while): it bounds what a crash of an idle volume loses, and
+# keeps staged objects far younger than the orphan sweep's age limit of other processes.
+PUBLISH_AGE = 30.0
 log = logging.getLogger("ebscrypt.attach")
 
 
@@ -81,7 +104,8 @@ class OpenVolume:
 
     def __init__(self, blocks: Any, volume_id: str, size_gib: int, key: DataKey | None, *,
                  account: str, instance_id: str, cache_blocks: int = 64,
-                 flusher: ThreadPoolExecutor | None = None, read_only: bool = False) -> None:
+                 flusher: ThreadPoolExecutor | None = None, read_only: bool = False,
+                 journal_path: Path | None = None, journal_bytes: int = 256 << 20) -> None:
         self.blocks = blocks
         self.read_only = read_only  # a snapshot's blocks: nothing is ever written
         self.volume_id = volume_id
@@ -96,7 +120,7 @@ class OpenVolume:
         self._cond = threading.Condition(self._lock)
         # Evicted dirty blocks being written in the background (write-behind), by index: at
         # most one store per block at a time; reads find them here until they are stored.
-        self._storing: dict[int, bytes] = {}
+        self._storing: dict[int, bytes | bytearray] = {}
         self._behind_limit = max(2, self._cache_blocks // 2)
         self._draining = 0  # flushes waiting for the writes behind to finish
         self._flusher = flusher
@@ -107,12 +131,41 @@ class OpenVolume:
         # encrypted object's reader holds its subkey).
         self._readers: OrderedDict[str, Any] = OrderedDict()
         self._reader_limit = max(1024, 16 * self._cache_blocks)
+        # Evicted blocks staged (written, not durable, not recorded) awaiting publication, by
+        # index: the latest staged content of each. Bounded: published early at the limit,
+        # and operations wait beyond twice the limit (a publication in flight).
+        self._unpublished: dict[int, StagedBlock] = {}
+        self._unpublished_since: float | None = None  # time.monotonic() of the oldest
+        self._publish_limit = max(8, 4 * self._cache_blocks)
+        self._publishing = 0  # publications in flight outside the lock (at most one)
         self._read_next = -2  # the block after the last read (sequential reads read ahead)
         self._adjacent = False  # the last read began in the block of the one before, or the next
         # Blocks being loaded outside the lock, by index: the claim's token (_claim).
         self._loading: dict[int, object] = {}
         self._readahead = max(1, self._cache_blocks // 8)
         self.closed = False
+        # A journal whose durable records fail authentication: every operation raises it
+        # (nothing is dropped silently; the journal file is kept as it is).
+        self._failed: BaseException | None = None
+        self._journal: Journal | None = None
+        if journal_path is not None and not read_only:
+            journal = Journal(journal_path, volume_id, key, max_bytes=journal_bytes,
+                              max_records=max(64, journal_bytes // 4096))
+            try:
+                journal.open()
+                if journal.recovered:  # a crash left it: what still applies, into a new journal
+                    marked = journal.marked_blocks()
+                    refs = blocks.block_refs(volume_id, marked) if marked else {}
+                    journal.apply_marks({i: (r.object_key if r is not None else None) for i, r in refs.items()})
+                    if journal.replayed:
+                        log.warning("%s: %d journaled writes left by a crash replayed", volume_id, journal.replayed)
+                    journal = journal.rewrite()
+                self._journal = journal
+            except Exception as exc:
+                log.error("%s: the write journal %s cannot be used: %r", volume_id, journal_path, exc)
+                self._failed = exc
+                journal.close()
+                self._journal = None
 
     @property
     def encrypted(self) -> bool:
@@ -194,7 +247,7 @@ class OpenVolume:
         block being written behind (bytes), a stored entry (BlockRef), None (never
         written) or _UNKNOWN. A write to a claimed block takes the claim back (``_put``)."""
         indexes = [i for i in indexes if i not in self._cache and i not in self._loading]
-        unknown = [i for i in indexes if i not in self._refs and i not in self._storing]
+        unknown = [i for i in indexes if i not in self._refs and i not in self._storing and i not in self._unpublished]
         if unknown:
             for i, ref in self.blocks.block_refs(self.volume_id, unknown).items():
                 self._remember(i, ref)
@@ -202,8 +255,11 @@ class OpenVolume:
         for i in indexes:
             token = object()
             self._loading[i] = token
-            source = self._storing.get(i)
-            if source is None:
+            source: Any = self._storing.get(i)
+            staged = self._unpublished.get(i)
+            if source is None and staged is not None:
+                source = staged.ref  # written, not yet published: newer than its entry
+            elif source is None:
                 source = self._refs.get(i, _UNKNOWN)
                 if source is not _UNKNOWN:
                     self._refs.move_to_end(i)
@@ -239,6 +295,10 @@ class OpenVolume:
                 del self._loading[index]
                 data = loaded.get(index)
                 if data is not None and not self.closed and index not in self._cache:
+                    if self._journal is not None:
+                        # (under the lock: the records as of now; a merge since the claim
+                        # took the claim back in _register)
+                        self._journal.overlay(index, data)
                     self._insert(index, data)
             self._cond.notify_all()
         if error is not None and raise_errors:
@@ -253,7 +313,7 @@ class OpenVolume:
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            if self.closed or self._draining or len(self._storing) > self._behind_limit:
+            if self.closed or self._busy():
                 return None
             if length == 0:
                 return b""
@@ -293,10 +353,13 @@ class OpenVolume:
         known, its sectors in the page cache (RWF_NOWAIT). None: the blocking way."""
         if length > INLINE_MISS_MAX or index in self._storing:
             return None
+        if self._journal is not None and self._journal.has(index):
+            return None  # its records are overlaid the blocking way (read)
         adjacent = index in (self._read_next, self._read_next - 1)
         if adjacent and (length >= SEQUENTIAL_MIN or self._adjacent):
             return None  # sequential: whole blocks are loaded (read)
-        ref = self._refs.get(index, _UNKNOWN)
+        staged = self._unpublished.get(index)
+        ref = staged.ref if staged is not None else self._refs.get(index, _UNKNOWN)
         if ref is _UNKNOWN:
             return None
         try:
@@ -313,26 +376,32 @@ class OpenVolume:
         if self.read_only or not self._lock.acquire(blocking=False):
             return False
         try:
-            if self.closed or self._draining or len(self._storing) > self._behind_limit:
+            if self.closed or self._busy():
                 return False
-            spans = list(_spans(offset, len(data)))
             cache = self._cache
+            journal = self._journal
+            index, start = divmod(offset, BLOCK_SIZE)
+            block = cache.get(index)
+            if (block is not None and start + len(data) <= BLOCK_SIZE and len(data)
+                    and (journal is None or not journal.has(index))):
+                block[start:start + len(data)] = data  # the common case: within one cached block
+                self._dirty.add(index)
+                cache.move_to_end(index)
+                return True
+            spans = list(_spans(offset, len(data)))
+            if journal is not None and journal.full:
+                return False  # the journal is merged first: disk and crypto
+            added = 0
             for index, start, end in spans:
-                if index not in cache and not (start == 0 and end == BLOCK_SIZE):
-                    return False  # read-modify-write of a block not cached: disk and crypto
-            if len(cache) + sum(1 for i, _s, _e in spans if i not in cache) > self._cache_blocks:
+                if journal is not None and self._journaled(index, start, end):
+                    continue  # appended to the journal: nothing to read, nothing cached
+                if index not in cache:
+                    if not (start == 0 and end == BLOCK_SIZE):
+                        return False  # read-modify-write of a block not cached: disk and crypto
+                    added += 1
+            if len(cache) + added > self._cache_blocks:
                 return False  # would evict (maybe a block this very write goes on to patch)
-            view = memoryview(data)
-            pos = 0
-            for index, start, end in spans:
-                part = view[pos:pos + end - start]
-                if start == 0 and end == BLOCK_SIZE:
-                    self._put(index, bytearray(part))
-                else:
-                    block = cache[index]
-                    block[start:end] = part
-                    self._put(index, block)
-                pos += end - start
+            self._apply_write(spans, memoryview(data))
             return True
         finally:
             self._lock.release()
@@ -344,18 +413,51 @@ class OpenVolume:
         with self._lock:
             self._wait_behind()
             self._check_open()
-            pos = 0
-            for index, start, end in _spans(offset, len(view)):
-                part = view[pos:pos + end - start]
-                if start == 0 and end == BLOCK_SIZE:
-                    self._put(index, bytearray(part))  # a whole block: nothing to read first
-                else:
-                    block = self._block(index)
-                    block[start:end] = part
-                    self._put(index, block)
-                pos += end - start
-            if fua:
+            spans = list(_spans(offset, len(view)))
+            journaled = self._apply_write(spans, view)
+            if self._journal is not None and self._journal.full:
+                self._merge_locked(flush=fua)
+            elif fua and journaled:
+                self._journal.sync() if self._journal is not None else None  # this write is all in the journal
+            if fua and not journaled:
                 self._flush_locked()
+
+    def _journaled(self, index: int, start: int, end: int) -> bool:
+        """(Locked) Does a write of [start, end) of block ``index`` go to the journal? Yes
+        for a block that has records (until the merge), and for a part of a block the
+        cache does not hold (no read-modify-write)."""
+        journal = self._journal
+        if journal is None or (start == 0 and end == BLOCK_SIZE):
+            return False  # a whole block goes to the cache (and leaves the journal)
+        return journal.has(index) or index not in self._cache
+
+    def _apply_write(self, spans: list[tuple[int, int, int]], view: memoryview) -> bool:
+        """(Locked) Apply a write: journaled parts appended (and patched into a cached
+        copy, which stays clean: the journal holds them), the others into the cache
+        (dirty; partial ones read first). True if every part was journaled."""
+        pos = 0
+        journaled = True
+        for index, start, end in spans:
+            part = view[pos:pos + end - start]
+            pos += end - start
+            if self._journaled(index, start, end):
+                assert self._journal is not None
+                self._journal.append(index, start, part)
+                cached = self._cache.get(index)
+                if cached is not None:
+                    cached[start:end] = part
+                    self._cache.move_to_end(index)
+                continue
+            journaled = False
+            if start == 0 and end == BLOCK_SIZE:
+                if self._journal is not None and self._journal.has(index):
+                    self._journal.leave(index)  # this content covers its records: cached dirty
+                self._put(index, bytearray(part))  # a whole block: nothing to read first
+            else:
+                block = self._block(index)
+                block[start:end] = part
+                self._put(index, block)
+        return journaled
 
     def zero(self, offset: int, length: int, *, fua: bool = False) -> None:
         """Trim and write-zeroes: whole blocks are discarded, partial ones zeroed in place."""
@@ -365,11 +467,22 @@ class OpenVolume:
             self._wait_behind()
             self._check_open()
             spans = list(_spans(offset, length))
+            journal = self._journal
             # Whole blocks that already read as zeros (holes) need nothing: a client zeroing
             # a large sparse volume (nbdcopy does) must not fill the cache with zeros.
             zeros = self._stored_as_zeros([i for i, start, end in spans if start == 0 and end == BLOCK_SIZE
-                                           and i not in self._cache and i not in self._storing])
+                                           and i not in self._cache and i not in self._storing
+                                           and not (journal is not None and journal.has(i))])
+            journaled = True
             for index, start, end in spans:
+                if journal is not None and (journal.has(index) or (
+                        index not in self._cache and not (start == 0 and end == BLOCK_SIZE))):
+                    journal.append_zeros(index, start, end - start)
+                    cached = self._cache.get(index)
+                    if cached is not None:
+                        cached[start:end] = bytes(end - start)
+                    continue
+                journaled = False
                 if start == 0 and end == BLOCK_SIZE:
                     cached = self._cache.get(index)
                     if cached is not None and index not in self._dirty and cached == ZERO_BLOCK:
@@ -380,7 +493,11 @@ class OpenVolume:
                     block = self._block(index)
                     block[start:end] = bytes(end - start)
                     self._put(index, block)
-            if fua:
+            if journal is not None and journal.full:
+                self._merge_locked(flush=fua)
+            elif fua and journaled and journal is not None:
+                journal.sync()
+            if fua and not journaled:
                 self._flush_locked()
 
     def allocation(self, offset: int, length: int, max_blocks: int = 1024) -> list[tuple[int, int]]:
@@ -395,8 +512,13 @@ class OpenVolume:
         indexes = [i for i, _s, _e in spans]
         with self._lock:
             self._check_open()
-            busy = {i for i in indexes if i in self._dirty or i in self._storing}
-        refs = self.blocks.block_refs(self.volume_id, [i for i in indexes if i not in busy])
+            journal = self._journal
+            busy = {i for i in indexes if i in self._dirty or i in self._storing
+                    or (journal is not None and journal.has(i))}
+            staged = {i: s.ref for i in indexes if i not in busy and (s := self._unpublished.get(i)) is not None}
+        wanted = [i for i in indexes if i not in busy and i not in staged]
+        refs: dict[int, Any] = self.blocks.block_refs(self.volume_id, wanted)
+        refs.update(staged)
         runs: list[tuple[int, int]] = []
         for index, start, end in spans:
             ref = refs.get(index)
@@ -421,7 +543,11 @@ class OpenVolume:
         a snapshot taken inside holds every acknowledged write and none issued later)."""
         with self._lock:
             if not self.closed:
-                self._flush_locked()
+                self._check_open()
+                if self._journal is not None and len(self._journal):
+                    self._merge_locked()  # the snapshot reads stored blocks: the journal goes into them
+                else:
+                    self._flush_locked()
             yield
 
     def close(self) -> None:
@@ -430,25 +556,44 @@ class OpenVolume:
             if self.closed:
                 return
             try:
-                self._flush_locked()
+                if self._failed is not None:
+                    raise self._failed  # its journal is left as it is, for whoever looks at it
+                if self._journal is not None:
+                    self._merge_locked()
+                    self._journal.remove()  # merged: nothing left in it
+                    self._journal = None
+                else:
+                    self._flush_locked()
             finally:
+                if self._journal is not None:
+                    self._journal.close()
+                    self._journal = None
                 self.closed = True
                 self._cache.clear()
                 self._dirty.clear()
                 self._readers.clear()
                 self._key = None
+                if self._unpublished:  # the flush failed: never to be published
+                    self.blocks.discard_staged([st for st in self._unpublished.values() if not st.publishing])
+                    self._unpublished.clear()
 
     # ------------------------------------------------------------------ cache
 
     def _check_open(self) -> None:
         if self.closed:
             raise VolumeClosed(self.volume_id)
+        if self._failed is not None:
+            raise self._failed
 
     def _wait_behind(self) -> None:
         """Before an operation: wait while too much is being written behind (bounds memory).
         Only here, never mid-operation, so nothing read before a wait is used after it."""
-        while self._draining or len(self._storing) > self._behind_limit:
+        while self._busy():
             self._cond.wait()
+
+    def _busy(self) -> bool:
+        return bool(self._draining or len(self._storing) > self._behind_limit
+                    or len(self._unpublished) > 2 * self._publish_limit)
 
     def _block(self, index: int) -> bytearray:
         block = self._cache.get(index)
@@ -462,33 +607,49 @@ class OpenVolume:
         """Bring these blocks into the cache. Where each is stored is remembered (a bounded
         map of entries, looked up many at once): a block evicted and read again costs one
         object read and one decryption, not a lineage lookup."""
-        unknown = [i for i in indexes if i not in self._refs and i not in self._storing]
+        unknown = [i for i in indexes if i not in self._refs and i not in self._storing and i not in self._unpublished]
         if unknown:
             for i, ref in self.blocks.block_refs(self.volume_id, unknown).items():
                 self._remember(i, ref)
         for index in indexes:
-            behind = self._storing.get(index)
-            ref = self._refs.get(index)
-            if behind is not None:
-                data = behind  # evicted and still being written: this is its latest content
-            elif ref is None:
-                data = ZERO_BLOCK  # never written, here or in the lineage
-            else:
-                self._refs.move_to_end(index)
-                try:
-                    data = self.blocks.open_ref(ref, self._key)
-                except ObjectMissing:  # the lineage changed under us (compaction): look again
-                    self._refs.pop(index, None)
-                    data = self.blocks.read_block(self.volume_id, index, self._key)
+            data = self._stored(index)
             if index not in self._cache:
-                self._insert(index, bytearray(data))
+                block = bytearray(data)
+                if self._journal is not None:
+                    self._journal.overlay(index, block)  # cached clean: the journal holds these writes
+                self._insert(index, block)
+
+    def _stored(self, index: int) -> bytes | bytearray:
+        """(Locked) The block as the store has it for this volume (journal records not
+        applied): being written behind, staged, recorded, or zeros."""
+        behind = self._storing.get(index)
+        if behind is not None:
+            return behind  # evicted and still being written: this is its latest content
+        staged = self._unpublished.get(index)
+        if staged is not None:
+            opened: bytes = self.blocks.open_ref(staged.ref, self._key)  # written, not yet published
+            return opened
+        if index not in self._refs:
+            self._remember(index, self.blocks.block_refs(self.volume_id, [index])[index])
+        ref = self._refs.get(index)
+        if ref is None:
+            return ZERO_BLOCK  # never written, here or in the lineage
+        self._refs.move_to_end(index)
+        try:
+            data: bytes = self.blocks.open_ref(ref, self._key)
+            return data
+        except ObjectMissing:  # the lineage changed under us (compaction): look again
+            self._refs.pop(index, None)
+            fresh: bytes = self.blocks.read_block(self.volume_id, index, self._key)
+            return fresh
 
     def _plan_parts(self, spans: list[tuple[int, int, int]], out: bytearray) -> list[tuple[int, int, int, int, Any]]:
         """Under the lock: copy into ``out`` the spans the cache (or a block being written
         behind) holds; the others as (position in out, block, start, length, entry) for
         :meth:`_read_parts` (entry: a BlockRef, None — never written — or _UNKNOWN)."""
-        self._learn_refs([i for i, _s, _e in spans
-                          if i not in self._cache and i not in self._storing and i not in self._refs])
+        self._learn_refs([i for i, _s, _e in spans if i not in self._cache and i not in self._storing
+                          and i not in self._unpublished and i not in self._refs])
+        journal = self._journal
         parts: list[tuple[int, int, int, int, Any]] = []
         pos = 0
         for index, start, end in spans:
@@ -500,13 +661,45 @@ class OpenVolume:
                 block = self._storing.get(index)
             if block is not None:
                 out[pos:pos + n] = memoryview(block)[start:end]
+            elif journal is not None and journal.has(index):
+                # Its journal records overlay what is stored: both read now, under the lock
+                # (a merge may replace them before a read outside it would run).
+                out[pos:pos + n] = self._stored_window(index, start, n)
             else:
-                ref = self._refs.get(index, _UNKNOWN)
-                if ref is not _UNKNOWN:
-                    self._refs.move_to_end(index)
+                staged = self._unpublished.get(index)
+                if staged is not None:
+                    ref = staged.ref  # written, not yet published: newer than its entry
+                else:
+                    ref = self._refs.get(index, _UNKNOWN)
+                    if ref is not _UNKNOWN:
+                        self._refs.move_to_end(index)
                 parts.append((pos, index, start, n, ref))
             pos += n
         return parts
+
+    def _stored_window(self, index: int, start: int, n: int) -> bytearray:
+        """(Locked) Bytes [start, start+n) of block ``index`` as this volume has them,
+        cache aside: being written behind, staged, recorded or zeros, with the journal's
+        records applied; only the sectors covering the window are read."""
+        behind = self._storing.get(index)
+        if behind is not None:
+            window = bytearray(memoryview(behind)[start:start + n])
+        else:
+            staged = self._unpublished.get(index)
+            if staged is None and index not in self._refs:
+                self._remember(index, self.blocks.block_refs(self.volume_id, [index])[index])
+            ref = staged.ref if staged is not None else self._refs.get(index)
+            if ref is None:
+                window = bytearray(n)  # never written, here or in the lineage
+            else:
+                try:
+                    window = bytearray(self.blocks.open_ref_range(ref, self._key, start, n, readers=self._readers))
+                except ObjectMissing:  # the lineage changed under us (compaction): look again
+                    self._refs.pop(index, None)
+                    window = bytearray(self.blocks.read_sectors(self.volume_id, index, start, n, self._key))
+        if self._journal is not None:
+            self._journal.overlay(index, window, start)
+        return window
 
     def _read_parts(self, parts: list[tuple[int, int, int, int, Any]], out: bytearray, key: DataKey | None) -> None:
         """Outside the lock: read the sectors of each part into ``out``. What a part was
@@ -519,8 +712,12 @@ class OpenVolume:
                 if ref is _UNKNOWN:
                     raise ObjectMissing(index)
                 out[pos:pos + n] = self.blocks.open_ref_range(ref, key, start, n, readers=readers)
-            except ObjectMissing:  # the lineage changed under us (compaction): look again
-                out[pos:pos + n] = self.blocks.read_sectors(self.volume_id, index, start, n, key)
+            except ObjectMissing:
+                # Compacted, or a staged object superseded (deleted) by a newer content
+                # meanwhile: what the volume holds now, looked up under the lock.
+                with self._lock:
+                    self._check_open()
+                    out[pos:pos + n] = self._stored_window(index, start, n)
         while len(readers) > self._reader_limit:  # (each step atomic: readers run concurrently)
             try:
                 readers.popitem(last=False)
@@ -536,7 +733,7 @@ class OpenVolume:
             start = window * REF_WINDOW
             stop = min(start + REF_WINDOW, last + 1)
             for i, ref in self.blocks.block_refs_between(self.volume_id, start, stop).items():
-                if i not in self._cache and i not in self._storing:  # (their entries are stale)
+                if i not in self._cache and i not in self._storing and i not in self._unpublished:  # (stale entries)
                     self._remember(i, ref)
 
     def _stored_as_zeros(self, indexes: list[int]) -> set[int]:
@@ -545,7 +742,11 @@ class OpenVolume:
         out: set[int] = set()
         unknown = []
         for i in indexes:
-            if i in self._refs:
+            staged = self._unpublished.get(i)
+            if staged is not None:
+                if staged.ref.object_key is None:
+                    out.add(i)
+            elif i in self._refs:
                 ref = self._refs[i]
                 if ref is None or ref.object_key is None:
                     out.add(i)
@@ -583,7 +784,9 @@ class OpenVolume:
             if self._flusher is not None:
                 self._write_behind(dirty)
             else:
-                self._store(dirty)
+                self._stage([(i, bytes(self._cache[i])) for i in dirty])
+                if len(self._unpublished) >= self._publish_limit:
+                    self._publish_locked()
             for i in victims:
                 self._cache.pop(i, None)
 
@@ -593,22 +796,33 @@ class OpenVolume:
         assert self._flusher is not None
         if not indexes:
             return
-        batch = []
+        batch: list[tuple[int, bytes | bytearray]] = []
         for i in indexes:
-            data = bytes(self._cache[i])
+            # No copy: the evicted block's buffer leaves the cache right after (the caller
+            # pops it), so nothing changes it while it is sealed and written.
+            data = self._cache[i]
             self._storing[i] = data
             self._dirty.discard(i)
             self._refs.pop(i, None)
             batch.append((i, data))
-        self._flusher.submit(self._store_behind, batch)
+        journal = self._journal
+        covered = journal.seq if journal is not None else 0  # what these contents cover of the journal
+        marked = {i for i in indexes if journal is not None and journal.touched(i)}
+        self._flusher.submit(self._store_behind, batch, covered, marked)
 
-    def _store_behind(self, batch: list[tuple[int, bytes]]) -> None:
+    def _store_behind(self, batch: list[tuple[int, bytes | bytearray]], covered: int = 0,
+                      marked: frozenset[int] | set[int] = frozenset()) -> None:
         error: BaseException | None = None
+        staged: list[StagedBlock] = []
         try:
-            self._put_blocks(batch, self._key)
+            staged = self.blocks.stage_blocks(self.volume_id, batch, self._key, zero_objects=marked)
         except BaseException as exc:  # kept dirty: the next flush writes them again (and reports)
             error = exc
         with self._cond:
+            if error is None and self.closed:  # closed meanwhile (by a failed flush): never published
+                self.blocks.discard_staged(staged)
+            elif error is None:
+                self._register(staged, covered)
             for index, data in batch:
                 if error is not None:
                     if not self.closed:
@@ -619,7 +833,100 @@ class OpenVolume:
                     del self._storing[index]
             if error is not None:
                 log.warning("write-behind of %d blocks of %s failed: %s", len(batch), self.volume_id, error)
+            publish = (len(self._unpublished) >= self._publish_limit and not self._publishing
+                       and not self._draining and not self.closed)
+            if publish:
+                if self._journal is not None:
+                    self._journal.sync()  # the marks of the blocks about to be recorded first
+                taken = self._take_unpublished()
             self._cond.notify_all()
+        if publish:
+            self._publish_behind(taken)
+
+    def _register(self, staged: list[StagedBlock], covered: int) -> None:
+        """(Locked) These blocks are staged: the latest content of their indexes. A block
+        staged before and not taken by a publication in flight is superseded: deleted.
+        A block the journal has seen gets its mark (``covered``: the journal's sequence
+        number when its content was taken), before any publication can record it."""
+        now = time.monotonic()
+        superseded = []
+        journal = self._journal
+        for s in staged:
+            if journal is not None and journal.touched(s.index) and s.ref.object_key is not None:
+                journal.mark(s.index, covered, s.ref.object_key)
+            old = self._unpublished.pop(s.index, None)
+            if old is not None and not old.publishing:
+                superseded.append(old)
+            self._unpublished[s.index] = s
+            self._refs.pop(s.index, None)
+            self._loading.pop(s.index, None)  # a load in flight of older content is dropped
+        if staged and self._unpublished_since is None:
+            self._unpublished_since = now
+        if superseded:
+            self.blocks.discard_staged(superseded)
+
+    def _take_unpublished(self) -> list[StagedBlock]:
+        """(Locked) Every staged block, marked as taken by the publication about to run."""
+        taken = list(self._unpublished.values())
+        for s in taken:
+            s.publishing = True
+        self._publishing += 1
+        return taken
+
+    def _published(self, taken: list[StagedBlock], error: BaseException | None) -> None:
+        """(Locked) A publication of ``taken`` ended: on success they are recorded (no longer
+        ours to remember, unless superseded meanwhile: that one stays staged)."""
+        self._publishing -= 1
+        for s in taken:
+            s.publishing = False
+            if error is None and self._unpublished.get(s.index) is s:
+                del self._unpublished[s.index]
+                self._remember(s.index, s.ref)
+        if error is None:
+            self._unpublished_since = time.monotonic() if self._unpublished else None
+        self._cond.notify_all()
+
+    def _publish_behind(self, taken: list[StagedBlock]) -> None:
+        """An early publication (too many staged), outside the lock: operations go on."""
+        error: BaseException | None = None
+        try:
+            self.blocks.publish_blocks(self.volume_id, taken)
+        except BaseException as exc:  # they stay staged: the next flush publishes them (and reports)
+            error = exc
+            log.warning("publishing %d blocks of %s failed: %s", len(taken), self.volume_id, exc)
+        with self._cond:
+            self._published(taken, error)
+
+    def _publish_locked(self) -> None:
+        """(Locked, nothing in flight) Publish every staged block: durable on return."""
+        if not self._unpublished:
+            return
+        if self._journal is not None:
+            self._journal.sync()  # the marks of the blocks about to be recorded first
+        taken = self._take_unpublished()
+        error: BaseException | None = None
+        try:
+            self.blocks.publish_blocks(self.volume_id, taken)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._published(taken, error)
+
+    def publish_due(self, max_age: float = PUBLISH_AGE) -> None:
+        """Publish the staged blocks if the oldest has waited ``max_age`` seconds (periodic)."""
+        with self._lock:
+            since = self._unpublished_since
+            if self.closed or since is None or time.monotonic() - since < max_age:
+                return
+            self._draining += 1
+            try:
+                while self._storing or self._publishing:
+                    self._cond.wait()
+                self._publish_locked()
+            finally:
+                self._draining -= 1
+                self._cond.notify_all()
 
     def _flush_locked(self) -> None:
         # New operations wait while a flush drains what is being written behind (so it
@@ -627,34 +934,112 @@ class OpenVolume:
         # across a wait mid-way, so none is half done here.
         self._draining += 1
         try:
-            while self._storing:
+            while self._storing or self._publishing:
                 self._cond.wait()
-            self._store(sorted(self._dirty))
+            if self._journal is not None:
+                self._journal.sync()
+            self._stage_dirty(sorted(self._dirty))
+            self._publish_locked()
         finally:
             self._draining -= 1
             self._cond.notify_all()
 
-    def _store(self, indexes: list[int]) -> None:
-        """Write these dirty blocks (in parallel: concurrent writes share one group commit)."""
+    def _merge_locked(self, *, flush: bool = True) -> None:
+        """Merge the journal into whole blocks: each block with records is read once (as
+        stored, or as cached), its records applied, and staged; then everything staged is
+        published (durable), and only then is the journal replaced by an empty one.
+        ``flush``: the dirty cached blocks too (a snapshot, a close); a full journal's
+        merge leaves them in the cache (the journal does not depend on them)."""
+        journal = self._journal
+        assert journal is not None
+        self._draining += 1
+        try:
+            while self._storing or self._publishing:
+                self._cond.wait()
+            indexes = journal.blocks()
+            for pos in range(0, len(indexes), 64):  # bounded memory: 64 blocks at a time
+                batch = indexes[pos:pos + 64]
+                unknown = [i for i in batch if i not in self._cache and i not in self._storing
+                           and i not in self._unpublished and i not in self._refs]
+                if unknown:  # where each is stored: one lookup (the map of refs is bounded: per batch)
+                    for i, ref in self.blocks.block_refs(self.volume_id, unknown).items():
+                        self._remember(i, ref)
+                sources = [(i, self._source(i)) for i in batch]
+                # read, overlaid and sealed in parallel (disk reads and AES-GCM leave the GIL)
+                jobs = list(self._map(self._merged, sources))
+                self._stage(jobs, parallel=True)
+            if flush:
+                self._stage_dirty(sorted(self._dirty))
+            self._publish_locked()
+            journal.reset()
+        finally:
+            self._draining -= 1
+            self._cond.notify_all()
+
+    def _source(self, index: int) -> tuple[str, Any]:
+        """(Locked) Where the merge takes block ``index`` from: ("cached", bytes) with its
+        records applied already, ("bytes", bytes) being written behind, ("ref", entry)
+        staged or recorded, or ("zeros", None)."""
+        cached = self._cache.get(index)
+        if cached is not None:
+            return "cached", bytes(cached)
+        behind = self._storing.get(index)
+        if behind is not None:
+            return "bytes", behind
+        staged = self._unpublished.get(index)
+        if staged is not None:
+            return "ref", staged.ref
+        if index not in self._refs:  # (looked up by the batch, but the map is bounded)
+            self._remember(index, self.blocks.block_refs(self.volume_id, [index])[index])
+        ref = self._refs.get(index)
+        return ("ref", ref) if ref is not None else ("zeros", None)
+
+    def _merged(self, item: tuple[int, tuple[str, Any]]) -> tuple[int, bytes]:
+        """(Any thread, while the merge holds the volume's lock) Block ``index`` with its
+        records applied."""
+        index, (kind, source) = item
+        if kind == "cached":
+            return index, source
+        if kind == "zeros":
+            block = bytearray(BLOCK_SIZE)
+        elif kind == "bytes":
+            block = bytearray(source)
+        else:
+            try:
+                block = bytearray(self.blocks.open_ref(source, self._key))
+            except ObjectMissing:  # the lineage changed under us (compaction): look again
+                block = bytearray(self.blocks.read_block(self.volume_id, index, self._key))
+        assert self._journal is not None
+        self._journal.overlay(index, block)
+        return index, bytes(block)
+
+    def _map(self, fn: Any, items: list[Any]) -> Any:
+        return self._flusher.map(fn, items) if self._flusher is not None and len(items) > 1 else map(fn, items)
+
+    def _stage_dirty(self, indexes: list[int]) -> None:
+        """(Locked, nothing in flight) Stage these dirty blocks (sealed in parallel). Zeros
+        where nothing was ever written (here or in the lineage) need nothing stored."""
         if not indexes:
             return
-        jobs = [(i, bytes(self._cache[i])) for i in indexes]
-        self._put_blocks(jobs, self._key, parallel=True)
-        self._dirty.difference_update(indexes)
-        for i in indexes:
-            self._refs.pop(i, None)  # stored anew: the remembered entry is stale
-
-    def _put_blocks(self, jobs: list[tuple[int, bytes]], key: DataKey | None, *, parallel: bool = False) -> None:
-        """Store these blocks, durable on return: sealed and staged (in parallel from a
-        caller that is not a flusher thread), then committed together (one group commit
-        per 64 blocks). Zeros where nothing was ever written (here or in the lineage)
-        need nothing stored."""
-        zeros = [i for i, data in jobs if data == ZERO_BLOCK]
+        jobs: list[tuple[int, bytes | bytearray]] = [(i, self._cache[i]) for i in indexes]  # staged under the lock: no copy
+        zeros = [i for i, data in jobs if data == ZERO_BLOCK and i not in self._unpublished]
         if zeros:
             refs = self.blocks.block_refs(self.volume_id, zeros)
-            jobs = [(i, data) for i, data in jobs if not (i in refs and refs[i] is None)]
+            jobs = [(i, data) for i, data in jobs if not (i in refs and refs[i] is None and i in zeros)]
+        self._stage(jobs, parallel=True)
+        self._dirty.difference_update(indexes)
+
+    def _stage(self, jobs: list[tuple[int, bytes | bytearray]], *, parallel: bool = False) -> None:
+        """(Locked, nothing in flight) Stage these blocks and remember them."""
+        if not jobs:
+            return
         map_fn = self._flusher.map if parallel and self._flusher is not None and len(jobs) > 1 else None
-        self.blocks.write_blocks(self.volume_id, jobs, key, map_fn=map_fn)
+        journal = self._journal
+        marked = {i for i, _d in jobs if journal is not None and journal.touched(i)}
+        covered = journal.seq if journal is not None else 0
+        self._register(self.blocks.stage_blocks(self.volume_id, jobs, self._key, map_fn=map_fn, zero_objects=marked),
+                       covered)
+        self._dirty.difference_update(i for i, _d in jobs)
 
 
 def _spans(offset: int, length: int) -> Iterator[tuple[int, int, int]]:

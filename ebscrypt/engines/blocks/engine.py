@@ -16,6 +16,9 @@ Public surface (``runtime.blocks``)::
     list_blocks(owner_id, key=None) -> [(index, checksum)]
     changed_blocks(a, b) -> [ChangedBlock]           # from lineage; UnrelatedLineage if none
     release(owner_id)                                # drop an owner; objects GC'd safely; cancels its copy
+    stage_blocks(owner_id, items, key) -> [StagedBlock]  # sealed and written, not durable, not recorded
+    publish_blocks(owner_id, staged)                 # one store flush + one transaction; durable on return
+    discard_staged(staged)                           # staged objects never to be published
     # also: block_ref / list_block_refs / read_block_checked / own_blocks (EBS direct APIs),
     # exists, sweep / sweep_orphans, add_periodic, close
 
@@ -61,9 +64,9 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, MutableMapping, Sequence, cast
+from typing import Any, Callable, Collection, Iterable, MutableMapping, Sequence, cast
 
 from sqlalchemy import Connection, delete, insert, select
 
@@ -134,6 +137,18 @@ class _PendingWrite:
     deferred: bool = False  # it replaces an entry: recorded only once its object is durable
     layer_id: str | None = None  # where its entry was committed (to withdraw it on a failed flush)
     synced: bool = False  # the flush stage ran on it (object and committed entry durable)
+
+
+@dataclass
+class StagedBlock:
+    """A block sealed and written by :meth:`BlockEngine.stage_blocks`, not yet durable
+    and not recorded: only its writer knows it (``ref`` reads it back with ``open_ref``)
+    until :meth:`BlockEngine.publish_blocks` records it."""
+
+    index: int
+    ref: BlockRef  # object_key None: an all-zero block (an entry without an object)
+    item: _PendingWrite = field(repr=False)
+    publishing: bool = False  # taken by a publication in flight (its writer's bookkeeping)
 
 
 class _GroupStage:
@@ -241,6 +256,11 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             and getattr(store, "covers", None) is not None and cast(Any, store).covers(sync.db_path))
         self._one_stage = _GroupStage(self._commit_new_writes, "synced", self.GROUP_MAX)
         self._periodic: dict[str, tuple[Callable[[], Any], float]] = {}
+        # Objects written by stage_blocks and not yet published or discarded: the orphan
+        # sweep leaves them alone (their writer publishes them at its next flush).
+        self._unpublished: set[str] = set()
+        self._unpublished_lock = threading.Lock()
+        self.publications = 0  # publish_blocks calls that recorded blocks (observability, tests)
         self._periodic_last: dict[str, float] = {}
         self._maint: threading.Thread | None = None
         self._stop = threading.Event()
@@ -345,6 +365,102 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             else:
                 self.store.put(item.object_key, sealed)
         return item
+
+    # ---------------------------------------------------------------- deferred publication
+    # (attached volumes: NBD needs durability only at FLUSH/FUA, so an evicted block is
+    # sealed and written at once, and recorded with the others at the next flush.)
+
+    def stage_blocks(self, owner_id: str, items: Sequence[tuple[int, bytes | bytearray | memoryview]],
+                     key: DataKey | None, *, map_fn: MapFn | None = None,
+                     zero_objects: Collection[int] = ()) -> list[StagedBlock]:
+        """Seal and write these blocks of ``owner_id`` without waiting for durability and
+        without recording them: nothing reads them but the caller (``open_ref(s.ref, key)``)
+        until :meth:`publish_blocks`. A crash before then loses them (the objects are
+        orphans, deleted by ``sweep_orphans``; the engine's own sweep leaves objects staged
+        in this process alone). On an error the ones written are deleted and it is raised.
+        ``zero_objects``: indexes stored as an object even if all zeros (so that their
+        entry names an object the caller can recognise: an attached volume's journal)."""
+        def prepare(item: tuple[int, bytes | bytearray | memoryview]) -> "StagedBlock | BaseException":
+            try:
+                return self._stage_one(owner_id, item[0], item[1], key, item[0] in zero_objects)
+            except Exception as exc:
+                return exc
+
+        results = list((map_fn or map)(prepare, items))
+        staged = [r for r in results if isinstance(r, StagedBlock)]
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            self.discard_staged(staged)
+            raise failed[0]
+        return staged
+
+    def _stage_one(self, owner_id: str, index: int, data: bytes | bytearray | memoryview,
+                   key: DataKey | None, zero_object: bool = False) -> StagedBlock:
+        check_index(index)
+        if len(data) != BLOCK_SIZE:
+            raise ValueError(f"a block is exactly {BLOCK_SIZE} bytes, got {len(data)}")
+        checksum = sha256_b64(data)
+        cipher = self._cipher(key)
+        item = _PendingWrite(owner_id, index, key, None, cipher.seal_checksum(index, checksum))
+        item.plain_checksum = checksum
+        if zero_object or data != ZERO_BLOCK:
+            item.object_key = new_object_key(f"{int(time.time() // 8) % 256:02x}")
+            sealed = cipher.seal(item.object_key, index, data)
+            with self._unpublished_lock:
+                self._unpublished.add(item.object_key)
+            try:
+                write = getattr(self.store, "write_unsynced", None)
+                (write or self.store.put)(item.object_key, sealed)  # a store without it: durable now
+            except BaseException:
+                with self._unpublished_lock:
+                    self._unpublished.discard(item.object_key)
+                raise
+        ref = BlockRef(index, item.object_key, item.checksum, key.key_id if key is not None else None, "")
+        return StagedBlock(index, ref, item)
+
+    def publish_blocks(self, owner_id: str, staged: Sequence[StagedBlock]) -> None:
+        """Record blocks staged by :meth:`stage_blocks`, durable on return: one store flush
+        of their objects, then one transaction for their entries (the entry of a block
+        staged twice is the later one's: ``staged`` is in staging order). On an error
+        nothing is recorded and it is raised; the objects stay staged (a later call may
+        publish them again) until :meth:`discard_staged`."""
+        if not staged:
+            return
+        keys = [s.item.object_key for s in staged if s.item.object_key is not None]
+        sync = getattr(self.store, "sync_objects", None)
+        if sync is not None:
+            sync(keys)
+        items = [s.item for s in staged]
+        for it in items:
+            it.error = None
+        with self.db.begin() as conn:
+            group = conn.begin_nested()
+            try:
+                self._record_group(conn, items)
+                group.commit()
+            except Exception:
+                group.rollback()
+                for it in items:
+                    it.error = None
+                self._record_each(conn, items)
+            failed = [it.error for it in items if it.error is not None]
+            if failed:
+                raise failed[0]  # rolls the transaction back: all or nothing
+        with self._unpublished_lock:
+            self._unpublished.difference_update(keys)
+            self.publications += 1
+
+    def discard_staged(self, staged: Sequence[StagedBlock]) -> None:
+        """Delete staged objects that will never be published (superseded, or failed)."""
+        keys = [s.item.object_key for s in staged if s.item.object_key is not None]
+        delete_quietly(self.store, keys)
+        with self._unpublished_lock:
+            self._unpublished.difference_update(keys)
+
+    def unpublished_objects(self) -> set[str]:
+        """Object keys staged by this engine and not yet published or discarded."""
+        with self._unpublished_lock:
+            return set(self._unpublished)
 
     @property
     def group_commits(self) -> int:

@@ -49,6 +49,8 @@ class MaintenanceOperations:
 
         def now(self) -> datetime: ...
 
+        def unpublished_objects(self) -> set[str]: ...
+
     def add_periodic(self, name: str, fn: Callable[[], Any], seconds: float) -> None:
         """Run ``fn`` about every ``seconds`` in the engine's maintenance thread (once per
         name; the garbage sweep runs there too). Errors are logged, never fatal."""
@@ -120,6 +122,9 @@ class MaintenanceOperations:
         cutoff = time.time() - min_age_seconds
         candidates = [(k, m) for k, m in self.store.keys() if m <= cutoff]
         removed = 0
+        # Objects this process staged and will record at its writer's next flush; read
+        # before the entries (one published in between is then seen referenced).
+        staged = self.unpublished_objects()
         with self.db.read() as conn:
             referenced = {r.object_key for r in conn.execute(select(blk_entries.c.object_key)) if r.object_key}
             garbage = {r.object_key for r in conn.execute(select(blk_garbage.c.object_key))}
@@ -131,7 +136,7 @@ class MaintenanceOperations:
                     remove_raw(key)
                     removed += 1
                 continue
-            if key not in referenced and key not in garbage:
+            if key not in referenced and key not in garbage and key not in staged:
                 self.store.delete(key)
                 removed += 1
         return removed

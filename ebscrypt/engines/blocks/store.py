@@ -200,6 +200,45 @@ class LocalDirStore:
         except OSError:
             return False
 
+    # Deferred durability (attached volumes' evictions, engine.stage_blocks): an object is
+    # written now and made durable later, with others, when its entry is about to be
+    # recorded (an NBD FLUSH). No file descriptor is held meanwhile (hundreds of objects
+    # may wait): ``sync_objects`` flushes by name.
+
+    def write_unsynced(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        """Write an object under its final (fresh) name, not durable yet; nothing names it
+        until ``sync_objects`` returned and its entry is committed (a crash leaves an
+        orphan for ``sweep_orphans``)."""
+        staged = self.stage(key, data)
+        if staged.replaces:  # only fresh keys: a replacement needs its rename after the flush
+            self.discard([staged])
+            raise ValueError(f"object {key} exists")
+        os.close(staged.fd)
+        staged.fd = -1
+
+    def sync_objects(self, keys: list[str]) -> None:
+        """Make objects written by ``write_unsynced`` durable, their directory entries too:
+        one ``syncfs`` for a group (it flushes the file system once), else ``fdatasync``
+        of each and an fsync of their directories."""
+        if not keys:
+            return
+        paths = [self._path(k) for k in keys]
+        if len(paths) >= _SYNCFS_MIN and _syncfs is not None:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                if _syncfs(fd) == 0:
+                    return
+            finally:
+                os.close(fd)
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        for d in {path.parent for path in paths}:
+            _fsync_dir(d)
+
     @staticmethod
     def discard(staged: list["Staged"]) -> None:
         for st in staged:

@@ -1,0 +1,492 @@
+"""A per-volume write journal: small writes to blocks the cache does not hold, without a
+read-modify-write of their 512 KiB blocks (issue 12, R-ATTACH-3).
+
+A write smaller than a block, to a block not cached, is appended here as one sealed
+record instead of loading, patching and re-sealing the whole block; reads overlay the
+records on the block as stored; FLUSH/FUA make them durable with one ``fdatasync`` of the
+journal; the journal is merged into whole blocks (each block once, however many records
+it has) when it reaches its bound, at a snapshot, and at detach/stop/shutdown; after a
+crash the next open replays it. Partial writes to a block with records are journaled
+too until the merge (the cache holds it clean); a whole-block write makes the block
+leave the journal, and the marks below keep replay from laying its older records over
+what is stored later.
+
+File (``<data-dir>/journal/<volume-id>.jnl``: local even when blocks live in S3; the
+plaintext never reaches it)::
+
+    header:  b"EBSJ" | version 1 | mode (1: AES-256-GCM, 0: plain) | journal id (16 random bytes)
+             | len (2, BE) + volume id | len (2, BE) + data-key id | tag (16)
+    record:  b"JR" | type (1: data, 2: zeros, 3: commit, 4: mark) | 0 | length (4) | seq (8)
+             | committed (8) | block index (4) | offset in block (4)
+             | [sealed payload (length): data records, marks] | tag (16)
+
+Sealing (encrypted volumes): a journal key HKDF-SHA256(data key, salt = journal id,
+info = "ebscrypt-journal-v1"), the journal id fresh (random) for every journal file, and
+the nonce the record's sequence number (the header's is 0): a nonce is never used twice
+under one key, and no random-nonce limit applies. The associated data binds the volume
+id, the data-key id, the journal id and the whole record header (sequence, block index,
+offset, length, type). Plain volumes: the tag is a SHA-256 of the same associated data
+and payload (it detects corruption; an unencrypted volume's bytes are not secret).
+Every record is authenticated again when a read overlays it or a merge applies it.
+
+Replay and tampering: records are read in sequence order; each carries ``committed``,
+the highest sequence number made durable (fdatasync returned) before it was written,
+and after each fdatasync a commit record carries the new value. Replay stops at the
+first record that fails authentication or breaks the sequence: if a later-written record
+said that one was durable (its sequence ≤ the highest ``committed`` seen), the journal
+was altered — :class:`JournalIntegrityError`, the volume's I/O fails, nothing is dropped
+silently; otherwise it is the torn tail of writes that were never flushed (a crash), and
+is dropped, as NBD allows. (Damage to the records of the very last flush before a crash,
+before any later record or commit record reached the disk, cannot be told from a torn
+write — as with any write-ahead log; those records are dropped, never read as other bytes.)
+After a replay the records that still apply are re-sealed into a new journal (a new id
+and key) that replaces the old one atomically, so the sequence numbers (nonces) of a torn
+tail are never reused.
+
+Marks: a block with records may be stored again before the merge (a whole-block write
+makes it leave the journal: cached dirty, then stored as usual). Every store of a block
+the journal has seen appends a mark — (block, the sequence number its content covers,
+the object key it is stored under) — before the publication that records it. At replay
+the block's records up to that sequence number are skipped if its recorded entry is
+that object (the publication committed); otherwise (a crash before the commit) every
+record applies to the entry as it was. So replay never lays older records over newer
+content, whether the crash came before or after a publication or a merge's commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, DataKey
+from ebscrypt.engines.blocks.errors import BlockIntegrityError
+
+MAGIC = b"EBSJ"
+VERSION = 1
+MODE_PLAIN, MODE_GCM = 0, 1
+DATA, ZEROS, COMMIT, MARK = 1, 2, 3, 4
+TAG = 16
+_REC = struct.Struct(">2sBBIQQII")  # magic, type, 0, length (of the range), seq, committed, block index, offset
+_REC_MAGIC = b"JR"
+_FIXED = struct.Struct(">4sBB16s")  # magic, version, mode, journal id
+
+
+class JournalIntegrityError(BlockIntegrityError):
+    """A journal record that was made durable fails authentication (altered, truncated or
+    replaced): the volume's writes since its last merge cannot be trusted."""
+
+
+@dataclass(frozen=True, slots=True)
+class Extent:
+    """One record's part of a block: ``length`` bytes at ``offset``, its record at ``pos``."""
+
+    seq: int
+    offset: int
+    length: int
+    pos: int
+    zeros: bool
+
+
+class Journal:
+    """One volume's journal (not thread-safe: its OpenVolume's lock orders every call)."""
+
+    def __init__(self, path: Path, volume_id: str, key: DataKey | None, *,
+                 max_bytes: int = 256 << 20, max_records: int = 65536) -> None:
+        self.path = path
+        self.volume_id = volume_id
+        self._key = key
+        self.max_bytes = max_bytes
+        self.max_records = max_records
+        self._fd = -1
+        self._aead: AESGCM | None = None
+        self._jid = b""
+        self._prefix = b""
+        self._end = self._seq = self._synced = 0
+        self._unsynced = False
+        self._extents: dict[int, list[Extent]] = {}
+        self._records = 0
+        self.replayed = 0  # records found at open (a crash left them): rewrite() before appending
+        self.recovered = False  # opened from a file a crash left (reset before appending)
+        self._touched: set[int] = set()  # blocks with records or marks in this journal
+        self._marks: dict[int, list[tuple[int, str]]] = {}  # replayed: block -> [(covered seq, object key)]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        """Open the journal, replaying what a crash left (see :attr:`replayed`), or start
+        a new one. Raises :class:`JournalIntegrityError` if durable records were altered."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.path.exists():
+            self._fd = os.open(self.path, os.O_RDWR)
+            self.recovered = True
+            self._replay()
+        else:
+            self._create()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._key = None
+        self._aead = None
+
+    def remove(self) -> None:
+        """Close and delete the journal (its records are all merged into stored blocks)."""
+        self.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        _fsync_dir(self.path.parent)
+
+    def reset(self) -> None:
+        """Start an empty journal with a new id (and key) in place of this one, atomically:
+        every record is merged into stored blocks, durably, before this is called."""
+        saved = (self._fd, self._jid, self._aead, self._prefix, self._end, self._seq, self._synced, self._unsynced)
+        try:
+            self._create()
+        except BaseException:  # still the old journal (its records are merged: harmless)
+            (self._fd, self._jid, self._aead, self._prefix, self._end, self._seq, self._synced,
+             self._unsynced) = saved
+            raise
+        if saved[0] >= 0:
+            os.close(saved[0])
+        self._extents.clear()
+        self._touched.clear()
+        self._marks.clear()
+        self._records = 0
+        self.replayed = 0
+        self.recovered = False
+
+    def _create(self, fill: "Journal | None" = None) -> None:
+        """A new journal file (new id and key) in place of the old one, atomically: the
+        header (and ``fill``'s records still to apply, re-sealed) durable before the rename."""
+        self._jid = secrets.token_bytes(16)
+        self._setup_crypto()
+        header = self._header()
+        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, header)
+            self._fd = fd
+            self._end = len(header)
+            self._seq = self._synced = 0
+            self._unsynced = False
+            if fill is not None:
+                for index in sorted(fill._extents):
+                    for ext in fill._extents[index]:
+                        if ext.zeros:
+                            self.append_zeros(index, ext.offset, ext.length)
+                        else:
+                            self.append(index, ext.offset, fill._read_record(ext))
+                self.sync()  # and the commit record after it, made durable below
+            os.fdatasync(fd)
+            os.replace(tmp, self.path)
+        except BaseException:
+            self._fd = -1
+            os.close(fd)
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        _fsync_dir(self.path.parent)
+
+    def rewrite(self) -> "Journal":
+        """After a replay (and :meth:`apply_marks`): a new journal holding the records that
+        still apply, re-sealed under a new id and key, atomically in place of this one
+        (closed). Appending to a replayed journal could reuse the sequence numbers (the
+        nonces) of its torn tail; the old marks are no longer needed either."""
+        fresh = Journal(self.path, self.volume_id, self._key, max_bytes=self.max_bytes, max_records=self.max_records)
+        fresh._create(fill=self)
+        self.close()
+        return fresh
+
+    def _setup_crypto(self) -> None:
+        kid = self._key.key_id if self._key is not None else ""
+        self._prefix = (MAGIC + bytes([VERSION]) + self._jid + _lp(self.volume_id.encode()) + _lp(kid.encode()))
+        if self._key is None:
+            self._aead = None
+        else:
+            subkey = HKDF(algorithm=hashes.SHA256(), length=32, salt=self._jid,
+                          info=b"ebscrypt-journal-v1").derive(self._key.plaintext)
+            self._aead = AESGCM(subkey)
+
+    def _header(self) -> bytes:
+        kid = self._key.key_id if self._key is not None else ""
+        body = (_FIXED.pack(MAGIC, VERSION, MODE_GCM if self._key is not None else MODE_PLAIN, self._jid)
+                + _lp(self.volume_id.encode()) + _lp(kid.encode()))
+        return body + self._tag(0, body, b"")
+
+    # ------------------------------------------------------------------ sealing
+
+    def _tag(self, seq: int, aad: bytes, data: bytes | memoryview) -> bytes:
+        """Sealed ``data`` (ciphertext and tag, or data and digest) under ``aad``."""
+        if self._aead is None:
+            return bytes(data) + hashlib.sha256(self._prefix + aad + data).digest()[:TAG]
+        return self._aead.encrypt(seq.to_bytes(12, "big"), bytes(data), self._prefix + aad)
+
+    def _open(self, seq: int, aad: bytes, sealed: bytes | memoryview) -> bytes:
+        if len(sealed) < TAG:
+            raise JournalIntegrityError()
+        if self._aead is None:
+            data, tag = bytes(sealed[:-TAG]), bytes(sealed[-TAG:])
+            if hashlib.sha256(self._prefix + aad + data).digest()[:TAG] != tag:
+                raise JournalIntegrityError()
+            return data
+        try:
+            return self._aead.decrypt(seq.to_bytes(12, "big"), bytes(sealed), self._prefix + aad)
+        except InvalidTag:
+            raise JournalIntegrityError() from None
+
+    # ------------------------------------------------------------------ writing
+
+    @property
+    def full(self) -> bool:
+        return self._end >= self.max_bytes or self._records >= self.max_records
+
+    def has(self, index: int) -> bool:
+        """Does block ``index`` have records not covered by a later store of it?"""
+        return index in self._extents
+
+    def touched(self, index: int) -> bool:
+        """Has this journal ever had records of block ``index`` (its stores need marks)?"""
+        return index in self._touched
+
+    @property
+    def seq(self) -> int:
+        """The sequence number of the last record: a content captured now covers up to it."""
+        return self._seq
+
+    def leave(self, index: int) -> None:
+        """Block ``index`` leaves the journal (a whole-block write: its cached content now
+        covers every record). Its records stay in the file until the merge; the mark of its
+        next store tells replay which of them that store covers."""
+        self._extents.pop(index, None)
+
+    def mark(self, index: int, covered: int, object_key: str) -> None:
+        """Block ``index`` is being stored under ``object_key`` with content that covers its
+        records up to sequence ``covered`` (appended before the publication recording it)."""
+        payload = covered.to_bytes(8, "big") + object_key.encode()
+        seq = self._seq + 1
+        header = _REC.pack(_REC_MAGIC, MARK, 0, len(payload), seq, self._synced, index, 0)
+        record = header + self._tag(seq, header, payload)
+        if os.pwrite(self._fd, record, self._end) != len(record):
+            raise OSError(f"short write to the journal of {self.volume_id}")
+        self._end += len(record)
+        self._seq = seq
+        self._unsynced = True
+
+    def marked_blocks(self) -> list[int]:
+        """Blocks with marks found by the replay (their entries decide what applies)."""
+        return sorted(self._marks)
+
+    def apply_marks(self, stored: dict[int, str | None]) -> None:
+        """After replay: ``stored`` gives each marked block's recorded object key. The
+        records a committed store covers are dropped; the others apply."""
+        for index, marks in self._marks.items():
+            covered = max((c for c, key in marks if key == stored.get(index)), default=0)
+            kept = [e for e in self._extents.get(index, []) if e.seq > covered]
+            if kept:
+                self._extents[index] = kept
+            else:
+                self._extents.pop(index, None)
+        self._marks.clear()
+
+    def blocks(self) -> list[int]:
+        return sorted(self._extents)
+
+    def __len__(self) -> int:
+        return self._records
+
+    def append(self, index: int, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Journal ``data`` at ``offset`` of block ``index`` (not durable until :meth:`sync`)."""
+        self._append(DATA, index, offset, len(data), data)
+
+    def append_zeros(self, index: int, offset: int, length: int) -> None:
+        self._append(ZEROS, index, offset, length, b"")
+
+    def _append(self, kind: int, index: int, offset: int, length: int, data: bytes | bytearray | memoryview) -> None:
+        if not (0 <= offset and 0 < length and offset + length <= BLOCK_SIZE):
+            raise ValueError("a journal record stays within one block")
+        seq = self._seq + 1
+        header = _REC.pack(_REC_MAGIC, kind, 0, length, seq, self._synced, index, offset)
+        record = header + self._tag(seq, header, memoryview(data))
+        pos = self._end
+        if os.pwrite(self._fd, record, pos) != len(record):
+            raise OSError(f"short write to the journal of {self.volume_id}")
+        self._end += len(record)
+        self._seq = seq
+        self._unsynced = True
+        self._records += 1
+        self._touched.add(index)
+        self._extents.setdefault(index, []).append(Extent(seq, offset, length, pos, kind == ZEROS))
+
+    def sync(self) -> None:
+        """Every record appended so far is durable on return (one fdatasync); a commit
+        record then says so, for replay to tell a torn tail from an altered record."""
+        if not self._unsynced:
+            return
+        os.fdatasync(self._fd)
+        self._synced = self._seq
+        self._unsynced = False
+        self._seq += 1
+        header = _REC.pack(_REC_MAGIC, COMMIT, 0, 0, self._seq, self._synced, 0, 0)
+        record = header + self._tag(self._seq, header, b"")
+        os.pwrite(self._fd, record, self._end)
+        self._end += len(record)
+
+    # ------------------------------------------------------------------ reading
+
+    def overlay(self, index: int, buf: bytearray | memoryview, start: int = 0) -> None:
+        """Apply the records of block ``index`` to ``buf``, which holds the block's bytes
+        [start, start + len(buf)) as stored (records authenticated again here)."""
+        extents = self._extents.get(index)
+        if not extents:
+            return
+        stop = start + len(buf)
+        view = memoryview(buf)
+        for ext in extents:
+            lo, hi = max(ext.offset, start), min(ext.offset + ext.length, stop)
+            if lo >= hi:
+                continue
+            if ext.zeros:
+                view[lo - start:hi - start] = bytes(hi - lo)
+                continue
+            data = self._read_record(ext)
+            view[lo - start:hi - start] = data[lo - ext.offset:hi - ext.offset]
+
+    def _read_record(self, ext: Extent) -> bytes:
+        size = _REC.size + ext.length + TAG
+        raw = os.pread(self._fd, size, ext.pos)
+        if len(raw) != size:
+            raise JournalIntegrityError()
+        header = raw[:_REC.size]
+        magic, kind, _z, length, seq, _c, _index, offset = _REC.unpack(header)
+        if magic != _REC_MAGIC or kind != DATA or length != ext.length or seq != ext.seq or offset != ext.offset:
+            raise JournalIntegrityError()
+        return self._open(seq, header, memoryview(raw)[_REC.size:])
+
+    # ------------------------------------------------------------------ replay
+
+    def _replay(self) -> None:
+        with open(self.path, "rb") as f:
+            raw = f.read()
+        view = memoryview(raw)
+        pos = self._read_header(view)
+        seq, committed, records = 0, 0, 0
+        extents: dict[int, list[Extent]] = {}
+        marks: dict[int, list[tuple[int, str]]] = {}
+        while True:
+            rec = self._next_record(view, pos, seq + 1)
+            if rec is None:
+                break
+            kind, index, offset, length, size, rec_committed = rec
+            seq += 1
+            committed = max(committed, rec_committed)
+            if kind == MARK:
+                payload = self._open(seq, bytes(view[pos:pos + _REC.size]), view[pos + _REC.size:pos + size])
+                marks.setdefault(index, []).append((int.from_bytes(payload[:8], "big"), payload[8:].decode()))
+            elif kind != COMMIT:
+                records += 1
+                extents.setdefault(index, []).append(Extent(seq, offset, length, pos, kind == ZEROS))
+            pos += size
+        if seq < committed or self._later_commit(view, pos, seq + 1):
+            raise JournalIntegrityError()  # a record said to be durable is missing or altered
+        self._extents = extents
+        self._marks = marks
+        self._touched = set(extents) | set(marks)
+        self._records = records
+        self.replayed = records
+        self._end = pos
+        self._seq = seq
+        self._synced = seq
+        self._unsynced = False
+
+    def _read_header(self, view: memoryview) -> int:
+        if len(view) < _FIXED.size:
+            raise JournalIntegrityError()
+        magic, version, mode, jid = _FIXED.unpack(view[:_FIXED.size])
+        if magic != MAGIC or version != VERSION or mode != (MODE_GCM if self._key is not None else MODE_PLAIN):
+            raise JournalIntegrityError()
+        self._jid = bytes(jid)
+        self._setup_crypto()
+        pos = _FIXED.size
+        for expected in (self.volume_id, self._key.key_id if self._key is not None else ""):
+            if len(view) < pos + 2:
+                raise JournalIntegrityError()
+            n = int.from_bytes(view[pos:pos + 2], "big")
+            if bytes(view[pos + 2:pos + 2 + n]) != expected.encode():
+                raise JournalIntegrityError()
+            pos += 2 + n
+        body = bytes(view[:pos])
+        sealed = view[pos:pos + TAG]
+        if self._aead is None:
+            if hashlib.sha256(self._prefix + body).digest()[:TAG] != bytes(sealed):
+                raise JournalIntegrityError()
+        else:
+            self._open(0, body, sealed)
+        return pos + TAG
+
+    def _later_commit(self, view: memoryview, pos: int, seq: int) -> bool:
+        """Past the end of the valid records (at ``pos``, where record ``seq`` fails): does an
+        authentic later record say that ``seq`` was durable? Then it was altered, not torn.
+        (Records are found by their magic and authenticated: cheap, and only after a crash.)"""
+        raw = view.obj if isinstance(view.obj, bytes) else bytes(view)
+        at = raw.find(_REC_MAGIC, pos + 1)
+        while at >= 0:
+            if len(raw) >= at + _REC.size:
+                later_seq = _REC.unpack_from(raw, at)[4]
+                if later_seq > seq:
+                    rec = self._next_record(view, at, later_seq)
+                    while rec is not None:
+                        if rec[5] >= seq:
+                            return True
+                        at += rec[4]
+                        later_seq += 1
+                        rec = self._next_record(view, at, later_seq)
+            at = raw.find(_REC_MAGIC, at + 1)
+        return False
+
+    def _next_record(self, view: memoryview, pos: int, seq: int) -> tuple[int, int, int, int, int, int] | None:
+        """(kind, index, offset, length, size, committed) of the record at ``pos`` if it is
+        whole, authentic and the next in sequence; None where the valid records end."""
+        if len(view) < pos + _REC.size:
+            return None
+        header = bytes(view[pos:pos + _REC.size])
+        magic, kind, _z, length, rec_seq, committed, index, offset = _REC.unpack(header)
+        if magic != _REC_MAGIC or rec_seq != seq or kind not in (DATA, ZEROS, COMMIT, MARK):
+            return None
+        if kind in (DATA, ZEROS) and not (0 < length and offset + length <= BLOCK_SIZE):
+            return None
+        if kind == MARK and not 8 < length <= 8 + 1024:
+            return None
+        size = _REC.size + (length if kind in (DATA, MARK) else 0) + TAG
+        if len(view) < pos + size:
+            return None
+        try:
+            self._open(rec_seq, header, view[pos + _REC.size:pos + size])
+        except JournalIntegrityError:
+            return None
+        return kind, index, offset, length, size, committed
+
+
+def _lp(raw: bytes) -> bytes:
+    return struct.pack(">H", len(raw)) + raw
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
