@@ -275,7 +275,7 @@ class OpenVolume:
         error: BaseException | None = None
         for index, (_token, source) in claimed.items():
             try:
-                if isinstance(source, bytes):
+                if isinstance(source, (bytes, bytearray)):  # being written behind (a buffer that left the cache)
                     loaded[index] = bytearray(source)
                 elif source is None:
                     loaded[index] = bytearray(BLOCK_SIZE)

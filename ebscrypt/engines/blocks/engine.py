@@ -405,7 +405,8 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         item.plain_checksum = checksum
         if zero_object or data != ZERO_BLOCK:
             item.object_key = new_object_key(f"{int(time.time() // 8) % 256:02x}")
-            sealed = cipher.seal(item.object_key, index, data)
+            # (as _prepare_write: a plain object's entry binds its sector table)
+            sealed, item.checksum = cipher.seal_block(item.object_key, index, data, checksum)
             with self._unpublished_lock:
                 self._unpublished.add(item.object_key)
             try:
