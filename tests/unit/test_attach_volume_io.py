@@ -646,12 +646,16 @@ def _journaled(blocks, vid: str, key, tmp_path: Path, **kw):
                       **kw)
 
 
+@pytest.mark.parametrize("seed", [5, 101, 1003])
 @pytest.mark.parametrize("journal_bytes", [256 << 20, 64 << 10], ids=["journal", "journal-merging-often"])
-def test_journaled_writes_match_a_model_and_survive_reopen(blocks, tmp_path: Path, journal_bytes: int) -> None:
+def test_journaled_writes_match_a_model_and_survive_reopen(blocks, tmp_path: Path, journal_bytes: int, seed: int) -> None:
     """The model check with the journal: random partial and whole writes, zeroes, reads,
     fast paths, flushes and snapshots' quiesce (which merges), with a cache small enough
     to evict and a journal small enough to merge often; after close (merge, journal
-    removed) a fresh OpenVolume reads the model."""
+    removed) a fresh OpenVolume reads the model. Reads go every way: the cache, sectors
+    of staged or stored objects (in place or on the fast path), blocks being written
+    behind with journal records over them (a read that skipped those records once read
+    stale bytes here, one run in ~15 with seed 5)."""
     key = DataKey("dk-test", os.urandom(32))
     vid = "vol-00000000000000012"
     size = 8 * BLOCK_SIZE
@@ -660,7 +664,7 @@ def test_journaled_writes_match_a_model_and_survive_reopen(blocks, tmp_path: Pat
     vol = _journaled(blocks, vid, key, tmp_path, cache_blocks=4, flusher=pool, journal_bytes=journal_bytes)
     vol._publish_limit = 8
     vol._ref_limit = 2  # the map of where blocks are stored forgets almost at once
-    rng = random.Random(5)
+    rng = random.Random(seed)
     for step in range(400):
         offset = rng.randrange(size - 1)
         length = rng.choice([rng.randrange(1, 9000), rng.randrange(1, min(size - offset, 2 * BLOCK_SIZE) + 1)])

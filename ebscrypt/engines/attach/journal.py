@@ -69,6 +69,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, DataKey
 from ebscrypt.engines.blocks.errors import BlockIntegrityError
+from ebscrypt.engines.blocks.store import fsync_dir
 
 MAGIC = b"EBSJ"
 VERSION = 1
@@ -146,7 +147,7 @@ class Journal:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def reset(self) -> None:
         """Start an empty journal with a new id (and key) in place of this one, atomically:
@@ -199,7 +200,7 @@ class Journal:
             except FileNotFoundError:
                 pass
             raise
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def rewrite(self) -> "Journal":
         """After a replay (and :meth:`apply_marks`): a new journal holding the records that
@@ -482,11 +483,3 @@ class Journal:
 
 def _lp(raw: bytes) -> bytes:
     return struct.pack(">H", len(raw)) + raw
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

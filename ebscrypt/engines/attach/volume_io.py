@@ -367,7 +367,8 @@ class OpenVolume:
         except Exception:  # e.g. a tampered sector: the blocking way reads it again and answers the error
             return None
         if data is not None:
-            self._refs.move_to_end(index)
+            if staged is None:
+                self._refs.move_to_end(index)
             self._read_next, self._adjacent = index + 1, adjacent
         return data
 
@@ -655,16 +656,16 @@ class OpenVolume:
         for index, start, end in spans:
             n = end - start
             block: bytes | bytearray | None = self._cache.get(index)
-            if block is not None:
+            if block is not None:  # (a cached block has its journal records applied)
                 self._cache.move_to_end(index)
-            else:
-                block = self._storing.get(index)
-            if block is not None:
                 out[pos:pos + n] = memoryview(block)[start:end]
             elif journal is not None and journal.has(index):
-                # Its journal records overlay what is stored: both read now, under the lock
-                # (a merge may replace them before a read outside it would run).
+                # Its journal records overlay what is stored or being written behind: both
+                # read now, under the lock (a merge may replace them before a read outside
+                # it would run).
                 out[pos:pos + n] = self._stored_window(index, start, n)
+            elif (behind := self._storing.get(index)) is not None:
+                out[pos:pos + n] = memoryview(behind)[start:end]
             else:
                 staged = self._unpublished.get(index)
                 if staged is not None:

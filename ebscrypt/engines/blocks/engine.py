@@ -435,15 +435,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         for it in items:
             it.error = None
         with self.db.begin() as conn:
-            group = conn.begin_nested()
-            try:
-                self._record_group(conn, items)
-                group.commit()
-            except Exception:
-                group.rollback()
-                for it in items:
-                    it.error = None
-                self._record_each(conn, items)
+            self._record_batch(conn, items)
             failed = [it.error for it in items if it.error is not None]
             if failed:
                 raise failed[0]  # rolls the transaction back: all or nothing
@@ -595,19 +587,25 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         A failed writer's caller deletes its object."""
         try:
             with self.db.begin() as conn:
-                group = conn.begin_nested()
-                try:
-                    self._record_group(conn, batch)
-                    group.commit()
-                except Exception:
-                    group.rollback()
-                    for it in batch:
-                        it.error = None
-                    self._record_each(conn, batch)
+                self._record_batch(conn, batch)
         except BaseException as exc:
             for it in batch:
                 if it.error is None:
                     it.error = exc
+
+    def _record_batch(self, conn: Connection, batch: list["_PendingWrite"]) -> None:
+        """The entries of ``batch`` in ``conn``'s transaction: with the group's statements
+        (a savepoint), or, if those fail, one by one (a savepoint each), so that one
+        writer's failure is its own (``it.error``)."""
+        group = conn.begin_nested()
+        try:
+            self._record_group(conn, batch)
+            group.commit()
+        except Exception:
+            group.rollback()
+            for it in batch:
+                it.error = None
+            self._record_each(conn, batch)
 
     def _record_group(self, conn: Connection, batch: list["_PendingWrite"], *, new_only: bool = False) -> None:
         """``new_only`` (:meth:`_enter_writes`): record only entries that replace none; a

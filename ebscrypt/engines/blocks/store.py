@@ -178,12 +178,12 @@ class LocalDirStore:
                 for st in staged:
                     os.fdatasync(st.fd)
                 for d in {st.path.parent for st in staged if not st.replaces}:
-                    _fsync_dir(d)
+                    fsync_dir(d)
             for st in replacing:  # data durable first, then the rename, then its directory
                 os.replace(st.tmp, st.path)
                 st.tmp = str(st.path)
             for d in {st.path.parent for st in replacing}:
-                _fsync_dir(d)
+                fsync_dir(d)
             for st in staged:
                 os.close(st.fd)
                 st.fd = -1
@@ -237,7 +237,7 @@ class LocalDirStore:
             finally:
                 os.close(fd)
         for d in {path.parent for path in paths}:
-            _fsync_dir(d)
+            fsync_dir(d)
 
     @staticmethod
     def discard(staged: list["Staged"]) -> None:
@@ -363,7 +363,8 @@ _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 _SYNCFS_MIN = 2
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a file created, renamed or removed in it) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
