@@ -223,6 +223,8 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
     sock_or_problem = _bind(args)
     if isinstance(sock_or_problem, str):
         return _fail(sock_or_problem)
+    if args.port == 0:  # the port the system chose: what the banner and the settings name
+        args.port = sock_or_problem.getsockname()[1]
     settings = _settings(args, auth)
     # The key store is checked before serving: a missing token, a wrong PIN or passphrase,
     # a readable root key file, or a database wrapped by another store is a clear message

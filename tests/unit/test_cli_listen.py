@@ -5,7 +5,13 @@ waited for the client's delayed ACK (~40 ms a request, a 10x regression of every
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 from ebscrypt.cli import _listen
 
@@ -39,3 +45,27 @@ def test_accepted_connections_have_nodelay() -> None:
             await server.wait_closed()
 
     assert asyncio.run(run()) != 0
+
+
+def test_serve_on_port_zero_announces_the_port_it_listens_on(tmp_path: Path) -> None:
+    """`serve --port 0` lets the system choose: the banner names that port (it printed
+    ``:0`` before), and the endpoint it names answers."""
+    proc = subprocess.Popen([sys.executable, "-m", "ebscrypt", "serve", "--port", "0", "--nbd-port", "0",
+                             "--data-dir", str(tmp_path / "data")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        match = re.search(r"serving on (http://127\.0\.0\.1:(\d+))", first)
+        assert match and int(match.group(2)) != 0, first
+        for _ in range(100):  # the banner comes before the lifespan has started
+            try:
+                with urllib.request.urlopen(match.group(1) + "/_ebscrypt/health", timeout=2) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("the announced endpoint never answered")
+    finally:
+        proc.terminate()
+        proc.wait(15)
