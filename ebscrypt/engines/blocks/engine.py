@@ -205,6 +205,18 @@ class _GroupStage:
                     self._cv.notify_all()
 
 
+def _nearest(rows: Sequence[Any], chain: list[str]) -> dict[int, Any]:
+    """Of entry rows from the layers of ``chain`` (nearest first), the nearest one of each
+    block index: what the block reads as."""
+    pos = {layer: i for i, layer in enumerate(chain)}
+    best: dict[int, Any] = {}
+    for row in rows:
+        cur = best.get(row["block_index"])
+        if cur is None or pos[row["layer_id"]] < pos[cur["layer_id"]]:
+            best[row["block_index"]] = row
+    return best
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -876,12 +888,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             rows = conn.execute(
                 select(blk_entries).where(blk_entries.c.layer_id.in_(chain), blk_entries.c.block_index.in_(indexes))
             ).mappings().all()
-        pos = {layer: i for i, layer in enumerate(chain)}
-        best: dict[int, Any] = {}
-        for row in rows:
-            cur = best.get(row["block_index"])
-            if cur is None or pos[row["layer_id"]] < pos[cur["layer_id"]]:
-                best[row["block_index"]] = row
+        best = _nearest(rows, chain)
         return {i: (ref_from_row(best[i]) if i in best else None) for i in indexes}
 
     def block_refs_between(self, owner_id: str, start: int, stop: int) -> dict[int, BlockRef | None]:
@@ -897,12 +904,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
                 select(blk_entries).where(layer_match, blk_entries.c.block_index >= start,
                                           blk_entries.c.block_index < stop)
             ).mappings().all()
-        pos = {layer: i for i, layer in enumerate(chain)}
-        best: dict[int, Any] = {}
-        for row in rows:
-            cur = best.get(row["block_index"])
-            if cur is None or pos[row["layer_id"]] < pos[cur["layer_id"]]:
-                best[row["block_index"]] = row
+        best = _nearest(rows, chain)
         return {i: (ref_from_row(best[i]) if i in best else None) for i in range(start, stop)}
 
     def open_ref(self, ref: BlockRef, key: DataKey | None) -> bytes:
