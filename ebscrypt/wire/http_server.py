@@ -65,15 +65,23 @@ def _is_header_block(data: bytes | bytearray | memoryview) -> bool:
     return head.startswith(b"HTTP/1.1 ") and not head.startswith(b"HTTP/1.1 1") and bytes(data[-4:]) == b"\r\n\r\n"
 
 
-class H11OneWrite(H11Protocol):
-    """uvicorn's h11 protocol, one write per response."""
+class _OneWrite:
+    """Mixed into one of uvicorn's protocols (before it): its transport holds each
+    response's header block for the body; the end of a response sends what is held."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(cast(asyncio.Transport, _OneWriteTransport(transport)))
+    transport: Any
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        held = _OneWriteTransport(cast(asyncio.Transport, transport))
+        super().connection_made(cast(asyncio.Transport, held))  # type: ignore[misc]
 
     def on_response_complete(self) -> None:
         cast(_OneWriteTransport, self.transport).flush()
-        super().on_response_complete()
+        super().on_response_complete()  # type: ignore[misc]
+
+
+class H11OneWrite(_OneWrite, H11Protocol):
+    """uvicorn's h11 protocol, one write per response."""
 
 
 def _httptools_class() -> type[asyncio.Protocol] | None:
@@ -82,15 +90,8 @@ def _httptools_class() -> type[asyncio.Protocol] | None:
     except ImportError:  # httptools not installed
         return None
 
-    class HttpToolsOneWrite(HttpToolsProtocol):
+    class HttpToolsOneWrite(_OneWrite, HttpToolsProtocol):
         """uvicorn's httptools protocol, one write per response."""
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(cast(asyncio.Transport, _OneWriteTransport(transport)))
-
-        def on_response_complete(self) -> None:
-            cast(_OneWriteTransport, self.transport).flush()
-            super().on_response_complete()
 
     return HttpToolsOneWrite
 
