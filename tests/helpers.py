@@ -13,7 +13,9 @@ import itertools
 import json
 import os
 import time
-from typing import Any, Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import pytest
 from botocore.exceptions import ClientError
@@ -256,3 +258,20 @@ def kms_op(engine: Any, operation: str, caller: Any, params: dict[str, Any]) -> 
 def kms_op_of(engine: Any, operation: str) -> Callable[[Any, dict[str, Any]], dict[str, Any]]:
     """``kms_op`` bound to an engine and an operation: ``(caller, params) -> result``."""
     return functools.partial(kms_op, engine, operation)
+
+
+@contextmanager
+def local_block_engine(tmp_path: Path, **options: Any) -> Iterator[Any]:
+    """A BlockEngine on a SQLite file and a local block directory under ``tmp_path``, run in
+    process (no worker processes, no grace period before collection); closed after."""
+    from ebscrypt.engines.blocks.engine import BlockEngine
+    from ebscrypt.engines.blocks.store import LocalDirStore
+    from ebscrypt.storage.db import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
+    engine = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0, **options)
+    try:
+        yield engine
+    finally:
+        engine.close()
+        db.dispose()

@@ -19,17 +19,15 @@ from ebscrypt.engines.blocks.engine import BlockEngine
 from ebscrypt.engines.blocks.store import LocalDirStore
 from ebscrypt.storage.db import Database
 from ebscrypt.wire import nbd
+from tests.helpers import local_block_engine
 
 GIB = 1024 ** 3
 
 
 @pytest.fixture
 def blocks(tmp_path: Path):
-    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
-    engine = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
-    yield engine
-    engine.close()
-    db.dispose()
+    with local_block_engine(tmp_path) as engine:
+        yield engine
 
 
 def test_spans_cover_the_range_block_by_block() -> None:

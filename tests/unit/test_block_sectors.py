@@ -36,8 +36,7 @@ from ebscrypt.engines.blocks.crypto import (
     sha256_b64,
 )
 from ebscrypt.engines.blocks.engine import BlockEngine
-from ebscrypt.engines.blocks.store import LocalDirStore
-from ebscrypt.storage.db import Database
+from tests.helpers import local_block_engine
 
 OBJ = "00/0123456789abcdef0123456789abcdef"
 OTHER = "01/fedcba9876543210fedcba9876543210"
@@ -264,11 +263,8 @@ def test_plain_object_recorded_without_its_table_digest_is_read_whole() -> None:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[BlockEngine]:
-    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
-    eng = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
-    yield eng
-    eng.close()
-    db.dispose()
+    with local_block_engine(tmp_path) as eng:
+        yield eng
 
 
 def object_path(eng: BlockEngine, owner: str, index: int) -> Path:

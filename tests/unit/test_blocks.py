@@ -17,6 +17,7 @@ from ebscrypt.engines.blocks.engine import BlockEngine, CopyCancelled, KeyMismat
 from ebscrypt.engines.blocks.store import LocalDirStore, new_object_key
 from ebscrypt.storage.db import Database
 from ebscrypt.storage.tables.blocks import blk_entries, blk_layers, blk_owners
+from tests.helpers import local_block_engine
 
 ZERO = bytes(BLOCK_SIZE)
 
@@ -31,11 +32,8 @@ def pattern_block(tag: bytes) -> bytes:
 
 @pytest.fixture
 def engine(tmp_path: Path):
-    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
-    eng = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
-    yield eng
-    eng.close()
-    db.dispose()
+    with local_block_engine(tmp_path) as eng:
+        yield eng
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from ebscrypt.engines.blocks.engine import BlockEngine
 from ebscrypt.engines.blocks.store import LocalDirStore
 from ebscrypt.storage.db import Database
 from ebscrypt.storage.tables.blocks import blk_entries
+from tests.helpers import local_block_engine
 
 
 def rand_block() -> bytes:
@@ -29,11 +30,8 @@ def rand_block() -> bytes:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[BlockEngine]:
-    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
-    eng = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0, one_flush=True)
-    yield eng
-    eng.close()
-    db.dispose()
+    with local_block_engine(tmp_path, one_flush=True) as eng:
+        yield eng
 
 
 @pytest.fixture
