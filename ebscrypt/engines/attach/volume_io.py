@@ -620,24 +620,33 @@ class OpenVolume:
                     self._journal.overlay(index, block)  # cached clean: the journal holds these writes
                 self._insert(index, block)
 
-    def _stored(self, index: int) -> bytes | bytearray:
-        """(Locked) The block as the store has it for this volume (journal records not
-        applied): being written behind, staged, recorded, or zeros."""
+    def _latest(self, index: int) -> Any:
+        """(Locked) Where block ``index``'s latest content is, the cache aside: the buffer
+        being written behind, the entry of its staged (written, not yet published) or
+        recorded object, or None (never written, here or in the lineage)."""
         behind = self._storing.get(index)
         if behind is not None:
-            return behind  # evicted and still being written: this is its latest content
+            return behind
         staged = self._unpublished.get(index)
         if staged is not None:
-            opened: bytes = self.blocks.open_ref(staged.ref, self._key)  # written, not yet published
-            return opened
+            return staged.ref
         if index not in self._refs:
             self._remember(index, self.blocks.block_refs(self.volume_id, [index])[index])
         ref = self._refs.get(index)
-        if ref is None:
-            return ZERO_BLOCK  # never written, here or in the lineage
-        self._refs.move_to_end(index)
+        if ref is not None:
+            self._refs.move_to_end(index)
+        return ref
+
+    def _stored(self, index: int) -> bytes | bytearray:
+        """(Locked) The block as the store has it for this volume (journal records not
+        applied): being written behind, staged, recorded, or zeros."""
+        source = self._latest(index)
+        if source is None:
+            return ZERO_BLOCK
+        if isinstance(source, (bytes, bytearray)):
+            return source
         try:
-            data: bytes = self.blocks.open_ref(ref, self._key)
+            data: bytes = self.blocks.open_ref(source, self._key)
             return data
         except ObjectMissing:  # the lineage changed under us (compaction): look again
             self._refs.pop(index, None)
@@ -682,22 +691,17 @@ class OpenVolume:
         """(Locked) Bytes [start, start+n) of block ``index`` as this volume has them,
         cache aside: being written behind, staged, recorded or zeros, with the journal's
         records applied; only the sectors covering the window are read."""
-        behind = self._storing.get(index)
-        if behind is not None:
-            window = bytearray(memoryview(behind)[start:start + n])
+        source = self._latest(index)
+        if source is None:
+            window = bytearray(n)
+        elif isinstance(source, (bytes, bytearray)):
+            window = bytearray(memoryview(source)[start:start + n])
         else:
-            staged = self._unpublished.get(index)
-            if staged is None and index not in self._refs:
-                self._remember(index, self.blocks.block_refs(self.volume_id, [index])[index])
-            ref = staged.ref if staged is not None else self._refs.get(index)
-            if ref is None:
-                window = bytearray(n)  # never written, here or in the lineage
-            else:
-                try:
-                    window = bytearray(self.blocks.open_ref_range(ref, self._key, start, n, readers=self._readers))
-                except ObjectMissing:  # the lineage changed under us (compaction): look again
-                    self._refs.pop(index, None)
-                    window = bytearray(self.blocks.read_sectors(self.volume_id, index, start, n, self._key))
+            try:
+                window = bytearray(self.blocks.open_ref_range(source, self._key, start, n, readers=self._readers))
+            except ObjectMissing:  # the lineage changed under us (compaction): look again
+                self._refs.pop(index, None)
+                window = bytearray(self.blocks.read_sectors(self.volume_id, index, start, n, self._key))
         if self._journal is not None:
             self._journal.overlay(index, window, start)
         return window
@@ -984,16 +988,10 @@ class OpenVolume:
         cached = self._cache.get(index)
         if cached is not None:
             return "cached", bytes(cached)
-        behind = self._storing.get(index)
-        if behind is not None:
-            return "bytes", behind
-        staged = self._unpublished.get(index)
-        if staged is not None:
-            return "ref", staged.ref
-        if index not in self._refs:  # (looked up by the batch, but the map is bounded)
-            self._remember(index, self.blocks.block_refs(self.volume_id, [index])[index])
-        ref = self._refs.get(index)
-        return ("ref", ref) if ref is not None else ("zeros", None)
+        source = self._latest(index)  # (looked up by the batch, but the map of refs is bounded)
+        if source is None:
+            return "zeros", None
+        return ("bytes", source) if isinstance(source, (bytes, bytearray)) else ("ref", source)
 
     def _merged(self, item: tuple[int, tuple[str, Any]]) -> tuple[int, bytes]:
         """(Any thread, while the merge holds the volume's lock) Block ``index`` with its
