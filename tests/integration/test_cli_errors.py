@@ -204,7 +204,8 @@ def test_serve_prints_a_pasteable_aws_example(tmp_path: Path) -> None:
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "ebscrypt", "serve", "--port", str(port),
-                             "--data-dir", str(tmp_path / "d")], stdout=subprocess.PIPE, text=True)
+                             "--nbd-port", str(free_port()), "--data-dir", str(tmp_path / "d")],
+                            stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         proc.stdout.readline()

@@ -21,14 +21,14 @@ def test_serve_refuses_a_readable_root_key_or_a_lost_one(tmp_path: Path, server_
     blob = kms.encrypt(KeyId=key_id, Plaintext=b"kept")["CiphertextBlob"]
     srv.stop()
     (data / "root.key").chmod(0o644)
-    out = ebscrypt("serve", "--data-dir", str(data), "--port", "1", timeout=60)
+    out = ebscrypt("serve", "--data-dir", str(data), "--port", "0", "--nbd-port", "0", timeout=60)
     assert out.returncode == 2
     assert "has mode 0644: group or others may read it; run: chmod 600" in out.stderr
     (data / "root.key").chmod(0o600)
     # a database with key material and no root key file: refused (no new key made)
     moved = tmp_path / "root.key.moved"
     (data / "root.key").rename(moved)
-    out = ebscrypt("serve", "--data-dir", str(data), "--port", "1", timeout=60)
+    out = ebscrypt("serve", "--data-dir", str(data), "--port", "0", "--nbd-port", "0", timeout=60)
     assert out.returncode == 2 and "does not exist" in out.stderr
     assert not (data / "root.key").exists()
     moved.rename(data / "root.key")
@@ -53,9 +53,9 @@ def test_migrate_to_a_passphrase_sealed_file(tmp_path: Path, server_factory: Cal
     st = json.loads(out.stdout)
     assert out.returncode == 0 and st["canUnwrapAll"] and st["rowsUnwrapped"] >= 1
     # without the passphrase, or with a wrong one: a clear refusal at start
-    out = ebscrypt("serve", "--data-dir", str(data), "--port", "1", "--key-store", uri, timeout=60)
+    out = ebscrypt("serve", "--data-dir", str(data), "--port", "0", "--nbd-port", "0", "--key-store", uri, timeout=60)
     assert out.returncode == 2 and "EBSCRYPT_TEST_PASS is not set" in out.stderr
-    out = ebscrypt("serve", "--data-dir", str(data), "--port", "1", "--key-store", uri,
+    out = ebscrypt("serve", "--data-dir", str(data), "--port", "0", "--nbd-port", "0", "--key-store", uri,
                    env={**os.environ, "EBSCRYPT_TEST_PASS": "wrong"}, timeout=60)
     assert out.returncode == 2 and "wrong passphrase" in out.stderr
     os.environ["EBSCRYPT_TEST_PASS"] = "a long passphrase"

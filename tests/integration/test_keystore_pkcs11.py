@@ -165,21 +165,21 @@ def test_database_without_its_token_cannot_be_read(
     other = make_token(tmp_path / "other-hsm")
     other.activate(monkeypatch)
     init(other, tmp_path / "scratch")
-    out = ebscrypt("serve", "--data-dir", str(copy), "--port", "1", "--key-store", other.uri(), env=other.env(),
+    out = ebscrypt("serve", "--data-dir", str(copy), "--port", "0", "--nbd-port", "0", "--key-store", other.uri(), env=other.env(),
                    timeout=60)
     assert out.returncode == 2
     assert "cannot unwrap this database's key material" in out.stderr
     assert "pkcs11:token=ebscrypt;serial=" in out.stderr
     # no token at all
-    out = ebscrypt("serve", "--data-dir", str(copy), "--port", "1",
+    out = ebscrypt("serve", "--data-dir", str(copy), "--port", "0", "--nbd-port", "0",
                    "--key-store", other.uri().replace("token=ebscrypt", "token=gone"), env=other.env(), timeout=60)
     assert out.returncode == 2 and "no PKCS#11 token labelled 'gone'" in out.stderr
     # wrong PIN
     bad_pin = other.uri().split("?")[0] + f"?module-path={other.module}&pin-value=1111"
-    out = ebscrypt("serve", "--data-dir", str(copy), "--port", "1", "--key-store", bad_pin, env=other.env(), timeout=60)
+    out = ebscrypt("serve", "--data-dir", str(copy), "--port", "0", "--nbd-port", "0", "--key-store", bad_pin, env=other.env(), timeout=60)
     assert out.returncode == 2 and "wrong PIN" in out.stderr
     # and the default file store: no root key file is made for a database with key material
-    out = ebscrypt("serve", "--data-dir", str(copy), "--port", "1", timeout=60)
+    out = ebscrypt("serve", "--data-dir", str(copy), "--port", "0", "--nbd-port", "0", timeout=60)
     assert out.returncode == 2 and "root.key does not exist" in out.stderr
     assert "this database's key material is wrapped by pkcs11:token=ebscrypt;serial=" in out.stderr
     assert not (copy / "root.key").exists()
@@ -212,7 +212,7 @@ def test_migrate_file_to_pkcs11_then_rotate_then_back_keeps_everything_readable(
     assert code == 0 and st["canUnwrapAll"] and list(st["rowsByRootKey"]) == [st["currentRootKey"]]
     first_root = st["currentRootKey"]
     # the old file store no longer holds this database: refused with the reason
-    out = ebscrypt("serve", "--data-dir", str(data), "--port", "1", timeout=60)
+    out = ebscrypt("serve", "--data-dir", str(data), "--port", "0", "--nbd-port", "0", timeout=60)
     assert out.returncode == 2 and "cannot unwrap" in out.stderr
 
     out = keystore("rotate", "--data-dir", str(data), "--key-store", hsm.uri(), hsm=hsm)

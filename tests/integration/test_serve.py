@@ -19,7 +19,9 @@ from tests.helpers import new_key, pattern, read_blocks, upload_snapshot
 def _start(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ebscrypt", "serve", "--port", str(port), "--data-dir", str(tmp_path / "d"), *args],
+        # a free NBD port too: the default (10809) may be another suite's on a shared machine
+        [sys.executable, "-m", "ebscrypt", "serve", "--port", str(port), "--nbd-port", str(free_port()),
+         "--data-dir", str(tmp_path / "d"), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
