@@ -16,7 +16,7 @@ from sqlalchemy import insert, select
 
 from ebscrypt.engines.ec2.filters import apply_filters, matches
 from ebscrypt.engines.ec2.records import Snapshot, Volume, from_result
-from ebscrypt.engines.ec2.tags import page_tags_for, tags_for
+from ebscrypt.engines.ec2.tags import page_tags_for, tags_for, tags_in_lists
 from ebscrypt.services.ec2.snapshots import _FILTERS as SNAP_FILTERS, _tag_map, snapshot_dict
 from ebscrypt.storage.db import Database
 from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_tags, ec2_volumes
@@ -82,6 +82,34 @@ def test_page_tags_as_one_range_equal_the_in_list(db: Database) -> None:
     # another account's tags (its snapshots are in the range) are not shown to the caller
     assert ranged[f"snap-{0:017x}"] == [] and ranged[f"snap-{3:017x}"] == [
         {"Key": "Name", "Value": "n3"}, {"Key": "env", "Value": "x*y"}]
+
+
+def test_tags_of_a_json_id_list_equal_the_in_lists(db: Database) -> None:
+    """A filtered Describe's tags (SQLite: the ids bound as one JSON array) are those of
+    the IN lists, for any ids (another account's, unknown, repeated, with quotes): only
+    the caller's tags, each resource's in key order; read through the account's tag index."""
+    from tests.unit.test_ec2_sql_filters import _plans
+
+    with db.read() as conn:
+        every = [r.id for r in conn.execute(select(ec2_snapshots.c.id).order_by(ec2_snapshots.c.id))]
+        for ids in (every, every[::-3], every[:2] + ['snap-"quoted\\', "snap-unknown"], every[3:4] * 3):
+            assert tags_for(conn, ACCOUNT, ids) == tags_in_lists(conn, ACCOUNT, list(ids))
+            assert tags_for(conn, OTHER, ids) == tags_in_lists(conn, OTHER, list(ids))
+        mine = tags_for(conn, ACCOUNT, every)
+    assert mine[f"snap-{0:017x}"] == [] and mine[f"snap-{3:017x}"] == [
+        {"Key": "Name", "Value": "n3"}, {"Key": "env", "Value": "x*y"}]
+    plan = _plans(db, lambda c: tags_for(c, ACCOUNT, every))
+    assert any("ix_ec2_tags_account_resource" in d and "resource_id=?" in d for d in plan), plan
+
+
+def test_sqlite_connections_read_through_a_capped_memory_map(db: Database) -> None:
+    """Describe at scale (issue 15): the database file is read through a memory map of at
+    most SQLITE_MMAP_BYTES (file-backed pages, within the 300 MiB RSS budget)."""
+    from ebscrypt.storage.db import SQLITE_MMAP_BYTES
+
+    assert SQLITE_MMAP_BYTES == 128 * 1024 * 1024 or "EBSCRYPT_SQLITE_MMAP_BYTES" in __import__("os").environ
+    with db.read() as conn:
+        assert conn.exec_driver_sql("PRAGMA mmap_size").scalar() == SQLITE_MMAP_BYTES
 
 
 @pytest.mark.parametrize("filters", [
