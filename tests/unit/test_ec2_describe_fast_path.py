@@ -282,3 +282,32 @@ def test_an_older_database_gets_the_v10_indexes(tmp_path: Path) -> None:
         assert {name for name, _, _ in db_module.TAG_RANGE_INDEXES} <= names
     finally:
         again.dispose()
+
+
+@pytest.mark.parametrize("when", [T0, datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc),
+                                  datetime(1999, 1, 1, tzinfo=timezone.utc)])
+def test_image_creation_date_is_the_strftime_text(when: datetime) -> None:
+    """An image's CreationDate (R-WIRE: to the second, .000Z) is the text strftime gave."""
+    from dataclasses import replace
+
+    from ebscrypt.engines.ec2.image_records import Image
+
+    image = Image(image_id="ami-1", account=ACCOUNT, region=REGION, name="n", description=None, state="available",
+                  state_reason_code=None, state_reason_message=None, architecture="x86_64",
+                  virtualization_type="hvm", root_device_name="/dev/xvda", root_device_type="ebs", ena_support=True,
+                  sriov_net_support=None, boot_mode=None, tpm_support=None, imds_support=None, image_location=None,
+                  kernel_id=None, ramdisk_id=None, platform=None, public=False, mappings=[], source_image_id=None,
+                  source_region=None, source_instance_id=None, client_token=None, created_at=T0)
+    assert replace(image, created_at=when).creation_date == when.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+@pytest.mark.parametrize("text", ['[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8}}]', "[]",
+                                  ' [{"NoDevice": ""}]', '[{"DeviceName": "x"}] \n'])
+def test_stored_mappings_decode_as_json_loads_does(text: str) -> None:
+    import json
+
+    from ebscrypt.engines.ec2.image_records import _mappings
+
+    assert _mappings(text) == json.loads(text)
+    with pytest.raises(ValueError):
+        _mappings(text + "x")
