@@ -34,15 +34,31 @@ def _iso8601(value: Any) -> str:
     return V.format_iso8601(value)
 
 
+class Collecting(list[str]):
+    """The output of writers compiled with ``collect``: the pieces, and the unescaped string
+    values written among them (``seen``), to be checked at once."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self, *pieces: str) -> None:
+        super().__init__(pieces)
+        self.seen: list[str] = []
+
+
 class XmlWriters:
     """Per-codec cache of compiled writers. ``always(shape)``: members written (as an empty
     list) even when the result has none (``ec2_always``); ``timestamp_format``: the
     protocol's default for timestamps without their own ``timestampFormat``."""
 
     def __init__(self, always: Callable[[Any], frozenset[str]], escape: Escape,
-                 timestamp_format: str = "iso8601", needs_escape: Callable[[str], object] | None = None) -> None:
+                 timestamp_format: str = "iso8601", needs_escape: Callable[[str], object] | None = None,
+                 collect: bool = False) -> None:
         self._always = always
         self._escape = escape
+        # collect: the structures' string members are written unescaped and also appended
+        # to ``out.seen`` (``out`` a :class:`Collecting`); the caller checks them all at
+        # once and, if one needs escaping, writes the answer again with escaping writers.
+        self._collect = collect
         # None for a string ``escape`` would return unchanged (a one-pass C scan), so the
         # common value costs no call of ``escape``; unset: ``escape`` is called for every one.
         self._needs_escape = needs_escape
@@ -91,6 +107,8 @@ class XmlWriters:
         always = self._always(shape)
         env: dict[str, Any] = {"_esc": self._escape, "_ns": self._needs_escape, "_iso": _iso8601}
         lines = ["def write(out, value):", "    get = value.get", "    append = out.append"]
+        if self._collect:
+            lines.append("    seen = out.seen.append")
         for i, (name, member) in enumerate(shape.members.items()):
             if member.type_name == "list" and member.serialization.get("flattened"):
                 tag = member.member.serialization.get("name") or member.serialization.get("name", name)
@@ -127,8 +145,12 @@ class XmlWriters:
         if t == "timestamp" and member.serialization.get("timestampFormat", self._timestamp_format) == "iso8601":
             return [f"append({open_!r} + _iso(v) + {close!r})"]
         if t == "string":
-            check = (["if _ns(v) is not None:", "    v = _esc(v)"] if self._needs_escape is not None
-                     else ["v = _esc(v)"])
+            if self._collect:
+                check = ["seen(v)"]
+            elif self._needs_escape is not None:
+                check = ["if _ns(v) is not None:", "    v = _esc(v)"]
+            else:
+                check = ["v = _esc(v)"]
             return ["if not isinstance(v, str):", "    v = str(v)", *check,
                     f"append({open_!r} + v + {close!r})"]
         return [f"_w{i}(out, v)"]
