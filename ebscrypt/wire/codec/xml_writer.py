@@ -25,12 +25,18 @@ Escape = Callable[[str], str]
 _UTC = timezone.utc
 
 
+# Zero-padded texts of 0..99 and 0..999: a time's fields are looked up, not formatted.
+_2D = tuple("%02d" % i for i in range(100))
+_3D = tuple("%03d" % i for i in range(1000))
+
+
 def _iso8601(value: Any) -> str:
-    """``values.format_iso8601`` with a fast path for the UTC datetimes records carry."""
-    if value.__class__ is datetime and (value.tzinfo is None or value.tzinfo is _UTC):
-        # %-formatting: ~1.6x faster than the same f-string with format specs
-        return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (
-            value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond // 1000)
+    """``values.format_iso8601`` with a fast path for the UTC datetimes records carry: the
+    padded fields from tables and joined by one ``%s`` format — 0.45 vs 1.4 µs with
+    ``%02d`` widths (issue 15: two times a snapshot were ~8% of a Describe page)."""
+    if value.__class__ is datetime and (value.tzinfo is _UTC or value.tzinfo is None) and value.year > 999:
+        return "%d-%s-%sT%s:%s:%s.%sZ" % (value.year, _2D[value.month], _2D[value.day], _2D[value.hour],
+                                          _2D[value.minute], _2D[value.second], _3D[value.microsecond // 1000])
     return V.format_iso8601(value)
 
 
