@@ -258,14 +258,6 @@ _READ_ONLY = "ebscrypt_read_only"
 # connections (and re-run the PRAGMAs) per request.
 SQLITE_POOL_SIZE = 48
 
-# Reads of the database file through a shared memory map of at most this many bytes
-# (issue 15, Describe at scale): a page SQLite reads is then a memory access, not a
-# read() into each connection's 2 MiB page cache — a filtered Describe over 100,000
-# snapshots reads ~1,000 rows scattered over a ~96 MB file. The mapped pages are the
-# kernel's page cache (clean, file-backed: dropped under memory pressure, shared by every
-# connection); SQLite still writes through write(), and the WAL is read as before.
-SQLITE_MMAP_BYTES = int(os.environ.get("EBSCRYPT_SQLITE_MMAP_BYTES", 128 * 1024 * 1024))
-
 
 @overload
 def as_utc(value: datetime) -> datetime: ...
@@ -581,8 +573,6 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
-    if SQLITE_MMAP_BYTES:
-        cur.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
     cur.close()
 
 

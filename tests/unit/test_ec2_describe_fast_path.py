@@ -102,16 +102,6 @@ def test_tags_of_a_json_id_list_equal_the_in_lists(db: Database) -> None:
     assert any("ix_ec2_tags_account_resource" in d and "resource_id=?" in d for d in plan), plan
 
 
-def test_sqlite_connections_read_through_a_capped_memory_map(db: Database) -> None:
-    """Describe at scale (issue 15): the database file is read through a memory map of at
-    most SQLITE_MMAP_BYTES (file-backed pages, within the 300 MiB RSS budget)."""
-    from ebscrypt.storage.db import SQLITE_MMAP_BYTES
-
-    assert SQLITE_MMAP_BYTES == 128 * 1024 * 1024 or "EBSCRYPT_SQLITE_MMAP_BYTES" in __import__("os").environ
-    with db.read() as conn:
-        assert conn.exec_driver_sql("PRAGMA mmap_size").scalar() == SQLITE_MMAP_BYTES
-
-
 @pytest.mark.parametrize("filters", [
     [{"Name": "status", "Values": ["completed", "error"]}],
     [{"Name": "status", "Values": ["comp*"]}],
