@@ -16,7 +16,7 @@ from sqlalchemy import insert, select
 
 from ebscrypt.engines.ec2.filters import apply_filters, matches
 from ebscrypt.engines.ec2.records import Snapshot, Volume, from_result
-from ebscrypt.engines.ec2.tags import page_tags_for, tags_for
+from ebscrypt.engines.ec2.tags import page_tags_for, tags_for, tags_in_lists
 from ebscrypt.services.ec2.snapshots import _FILTERS as SNAP_FILTERS, _tag_map, snapshot_dict
 from ebscrypt.storage.db import Database
 from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_tags, ec2_volumes
@@ -82,6 +82,24 @@ def test_page_tags_as_one_range_equal_the_in_list(db: Database) -> None:
     # another account's tags (its snapshots are in the range) are not shown to the caller
     assert ranged[f"snap-{0:017x}"] == [] and ranged[f"snap-{3:017x}"] == [
         {"Key": "Name", "Value": "n3"}, {"Key": "env", "Value": "x*y"}]
+
+
+def test_tags_of_a_json_id_list_equal_the_in_lists(db: Database) -> None:
+    """A filtered Describe's tags (SQLite: the ids bound as one JSON array) are those of
+    the IN lists, for any ids (another account's, unknown, repeated, with quotes): only
+    the caller's tags, each resource's in key order; read through the account's tag index."""
+    from tests.unit.test_ec2_sql_filters import _plans
+
+    with db.read() as conn:
+        every = [r.id for r in conn.execute(select(ec2_snapshots.c.id).order_by(ec2_snapshots.c.id))]
+        for ids in (every, every[::-3], every[:2] + ['snap-"quoted\\', "snap-unknown"], every[3:4] * 3):
+            assert tags_for(conn, ACCOUNT, ids) == tags_in_lists(conn, ACCOUNT, list(ids))
+            assert tags_for(conn, OTHER, ids) == tags_in_lists(conn, OTHER, list(ids))
+        mine = tags_for(conn, ACCOUNT, every)
+    assert mine[f"snap-{0:017x}"] == [] and mine[f"snap-{3:017x}"] == [
+        {"Key": "Name", "Value": "n3"}, {"Key": "env", "Value": "x*y"}]
+    plan = _plans(db, lambda c: tags_for(c, ACCOUNT, every))
+    assert any("ix_ec2_tags_account_resource" in d and "resource_id=?" in d for d in plan), plan
 
 
 @pytest.mark.parametrize("filters", [
@@ -254,3 +272,32 @@ def test_an_older_database_gets_the_v10_indexes(tmp_path: Path) -> None:
         assert {name for name, _, _ in db_module.TAG_RANGE_INDEXES} <= names
     finally:
         again.dispose()
+
+
+@pytest.mark.parametrize("when", [T0, datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc),
+                                  datetime(1999, 1, 1, tzinfo=timezone.utc)])
+def test_image_creation_date_is_the_strftime_text(when: datetime) -> None:
+    """An image's CreationDate (R-WIRE: to the second, .000Z) is the text strftime gave."""
+    from dataclasses import replace
+
+    from ebscrypt.engines.ec2.image_records import Image
+
+    image = Image(image_id="ami-1", account=ACCOUNT, region=REGION, name="n", description=None, state="available",
+                  state_reason_code=None, state_reason_message=None, architecture="x86_64",
+                  virtualization_type="hvm", root_device_name="/dev/xvda", root_device_type="ebs", ena_support=True,
+                  sriov_net_support=None, boot_mode=None, tpm_support=None, imds_support=None, image_location=None,
+                  kernel_id=None, ramdisk_id=None, platform=None, public=False, mappings=[], source_image_id=None,
+                  source_region=None, source_instance_id=None, client_token=None, created_at=T0)
+    assert replace(image, created_at=when).creation_date == when.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+@pytest.mark.parametrize("text", ['[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8}}]', "[]",
+                                  ' [{"NoDevice": ""}]', '[{"DeviceName": "x"}] \n'])
+def test_stored_mappings_decode_as_json_loads_does(text: str) -> None:
+    import json
+
+    from ebscrypt.engines.ec2.image_records import _mappings
+
+    assert _mappings(text) == json.loads(text)
+    with pytest.raises(ValueError):
+        _mappings(text + "x")

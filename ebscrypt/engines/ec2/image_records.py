@@ -41,6 +41,21 @@ ACCOUNT_RE = re.compile(r"^\d{12}$")
 # ============================================================================ records
 
 
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+def _mappings(text: str) -> Any:
+    """The stored mappings (``json.dumps`` text) decoded: ``raw_decode`` is the decoder
+    ``json.loads`` calls, without its two whitespace regex scans and checks — 1.0 vs 3.0
+    µs an image (issue 15, DescribeImages pages); anything else (leading blanks) through
+    ``json.loads``."""
+    try:
+        value, end = _raw_decode(text)
+    except ValueError:
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
+
+
 @dataclass(frozen=True)
 class Image:
     image_id: str
@@ -86,10 +101,17 @@ class Image:
         (:func:`.records.from_result`; issue 15: DescribeImages pages), the stored
         mappings decoded from their JSON text."""
         images = from_result(cls, result)
-        loads = json.loads
         for image in images:
-            image.__dict__["mappings"] = loads(image.mappings)
+            image.__dict__["mappings"] = _mappings(image.mappings)
         return images
+
+    @property
+    def creation_date(self) -> str:
+        """CreationDate as AWS writes it (to the second, ``.000Z``): %-formatted, ~4x
+        faster than ``strftime`` of an aware datetime (3 µs, a tenth of a DescribeImages
+        item; issue 15). Years before 1000 would be zero-padded where strftime's are not."""
+        t = self.created_at
+        return "%04d-%02d-%02dT%02d:%02d:%02d.000Z" % (t.year, t.month, t.day, t.hour, t.minute, t.second)
 
     def snapshot_ids(self) -> list[str]:
         return [m["Ebs"]["SnapshotId"] for m in self.mappings if (m.get("Ebs") or {}).get("SnapshotId")]

@@ -262,7 +262,7 @@ _FILTERS: dict[str, Callable[[Any], Any]] = {
     "block-device-mapping.volume-type": _bdm_values("volume-type"),
     "block-device-mapping.encrypted": _bdm_values("encrypted"),
     "boot-mode": lambda e: e[0].boot_mode,
-    "creation-date": lambda e: e[0].created_at.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+    "creation-date": lambda e: e[0].creation_date,
     "description": lambda e: e[0].description,
     "ena-support": lambda e: e[0].ena_support,
     "hypervisor": lambda e: "xen",

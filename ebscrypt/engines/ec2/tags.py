@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+import json
+
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from ebscrypt.errors import InvalidParameterValue, MissingParameter, TagLimitExceeded
 from ebscrypt.storage.tables.ec2 import ec2_tags
@@ -87,9 +89,32 @@ def delete_tags_of(conn: Connection, resource_id: str) -> None:
     conn.execute(delete(ec2_tags).where(ec2_tags.c.resource_id == resource_id))
 
 
+# The tags of a list of ids on SQLite: the ids bound as ONE JSON array, read by json_each
+# (issue 15: a filtered Describe's 1,000 matches were two IN lists of 500, each expanded
+# and compiled by SQLAlchemy per call, ~3 ms); SQLite probes the account's tag index once
+# per id. Built once.
+_JSON_IDS = func.json_each(bindparam("ids")).table_valued("value")
+_TAGS_OF_JSON_IDS = (
+    select(ec2_tags.c.resource_id, ec2_tags.c.key, ec2_tags.c.value)
+    .where(ec2_tags.c.account == bindparam("account"), ec2_tags.c.resource_id.in_(select(_JSON_IDS.c.value)))
+    .order_by(ec2_tags.c.resource_id, ec2_tags.c.key)
+)
+
+
 def tags_for(conn: Connection, account: str, ids: Iterable[str]) -> dict[str, list[dict[str, str]]]:
     """Tags of each resource that ``account`` owns (others' tags are not shown). [conn]"""
     ids = list(ids)
+    if len(ids) > 1 and conn.dialect.name == "sqlite":
+        out: dict[str, list[dict[str, str]]] = {i: [] for i in ids}
+        rows = conn.execute(_TAGS_OF_JSON_IDS, {"account": account, "ids": json.dumps(ids)}).fetchall()
+        for resource_id, key, value in rows:
+            out[resource_id].append({"Key": key, "Value": value})
+        return out
+    return tags_in_lists(conn, account, ids)
+
+
+def tags_in_lists(conn: Connection, account: str, ids: list[str]) -> dict[str, list[dict[str, str]]]:
+    """``tags_for`` through IN lists of at most 500 ids (PostgreSQL, one id). [conn]"""
     out: dict[str, list[dict[str, str]]] = {i: [] for i in ids}
     for chunk in range(0, len(ids), 500):
         part = ids[chunk:chunk + 500]

@@ -90,7 +90,7 @@ def image_view(image: Image, tags: list[dict[str, str]] | None = None) -> dict[s
         "ImageLocation": image.image_location or f"{image.account}/{image.name}",
         "State": image.state,
         "OwnerId": image.account,
-        "CreationDate": image.created_at.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        "CreationDate": image.creation_date,
         "Public": image.public,
         "Architecture": image.architecture,
         "ImageType": "machine",

@@ -118,10 +118,18 @@ def describe_snapshots(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
     snaps, tags = S.describe_snapshots(ctx, ids, owner_ids=params.get("OwnerIds"),
                                        restorable_by=params.get("RestorableByUserIds"), filters=params.get("Filters"),
                                        after=after, limit=limit)
-    items = [snapshot_dict(s, tags[s.id] + _export_tags(ctx, s)) for s in snaps]
+    if _exports_shown(ctx):
+        items = [snapshot_dict(s, tags[s.id] + _export_tags(ctx, s)) for s in snaps]
+    else:  # the common case: no per-item check (issue 15, Describe at scale)
+        items = [snapshot_dict(s, tags[s.id]) for s in snaps]
     items = filter_select(items, params.get("Filters"), _FILTERS, _tag_map)
     chunk, token = page(items, params, lambda d: d["SnapshotId"], low=5, high=1000, ids_param="SnapshotIds")
     return {"Snapshots": chunk, "NextToken": token or None}
+
+
+def _exports_shown(ctx: RequestContext) -> bool:
+    """Whether snapshots show their NBD export names (strict auth, attach engine open)."""
+    return ctx.runtime.engines.get("attach") is not None and ctx.runtime.settings.auth == "strict"
 
 
 def _export_tags(ctx: RequestContext, snap: Snapshot) -> list[dict[str, str]]:

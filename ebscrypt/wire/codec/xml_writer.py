@@ -25,13 +25,30 @@ Escape = Callable[[str], str]
 _UTC = timezone.utc
 
 
+# Zero-padded texts of 0..99 and 0..999: a time's fields are looked up, not formatted.
+_2D = tuple("%02d" % i for i in range(100))
+_3D = tuple("%03d" % i for i in range(1000))
+
+
 def _iso8601(value: Any) -> str:
-    """``values.format_iso8601`` with a fast path for the UTC datetimes records carry."""
-    if value.__class__ is datetime and (value.tzinfo is None or value.tzinfo is _UTC):
-        # %-formatting: ~1.6x faster than the same f-string with format specs
-        return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (
-            value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond // 1000)
+    """``values.format_iso8601`` with a fast path for the UTC datetimes records carry: the
+    padded fields from tables and joined by one ``%s`` format — 0.45 vs 1.4 µs with
+    ``%02d`` widths (issue 15: two times a snapshot were ~8% of a Describe page)."""
+    if value.__class__ is datetime and (value.tzinfo is _UTC or value.tzinfo is None) and value.year > 999:
+        return "%d-%s-%sT%s:%s:%s.%sZ" % (value.year, _2D[value.month], _2D[value.day], _2D[value.hour],
+                                          _2D[value.minute], _2D[value.second], _3D[value.microsecond // 1000])
     return V.format_iso8601(value)
+
+
+class Collecting(list[str]):
+    """The output of writers compiled with ``collect``: the pieces, and the unescaped string
+    values written among them (``seen``), to be checked at once."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self, *pieces: str) -> None:
+        super().__init__(pieces)
+        self.seen: list[str] = []
 
 
 class XmlWriters:
@@ -40,9 +57,14 @@ class XmlWriters:
     protocol's default for timestamps without their own ``timestampFormat``."""
 
     def __init__(self, always: Callable[[Any], frozenset[str]], escape: Escape,
-                 timestamp_format: str = "iso8601", needs_escape: Callable[[str], object] | None = None) -> None:
+                 timestamp_format: str = "iso8601", needs_escape: Callable[[str], object] | None = None,
+                 collect: bool = False) -> None:
         self._always = always
         self._escape = escape
+        # collect: the structures' string members are written unescaped and also appended
+        # to ``out.seen`` (``out`` a :class:`Collecting`); the caller checks them all at
+        # once and, if one needs escaping, writes the answer again with escaping writers.
+        self._collect = collect
         # None for a string ``escape`` would return unchanged (a one-pass C scan), so the
         # common value costs no call of ``escape``; unset: ``escape`` is called for every one.
         self._needs_escape = needs_escape
@@ -91,6 +113,8 @@ class XmlWriters:
         always = self._always(shape)
         env: dict[str, Any] = {"_esc": self._escape, "_ns": self._needs_escape, "_iso": _iso8601}
         lines = ["def write(out, value):", "    get = value.get", "    append = out.append"]
+        if self._collect:
+            lines.append("    seen = out.seen.append")
         for i, (name, member) in enumerate(shape.members.items()):
             if member.type_name == "list" and member.serialization.get("flattened"):
                 tag = member.member.serialization.get("name") or member.serialization.get("name", name)
@@ -127,8 +151,12 @@ class XmlWriters:
         if t == "timestamp" and member.serialization.get("timestampFormat", self._timestamp_format) == "iso8601":
             return [f"append({open_!r} + _iso(v) + {close!r})"]
         if t == "string":
-            check = (["if _ns(v) is not None:", "    v = _esc(v)"] if self._needs_escape is not None
-                     else ["v = _esc(v)"])
+            if self._collect:
+                check = ["seen(v)"]
+            elif self._needs_escape is not None:
+                check = ["if _ns(v) is not None:", "    v = _esc(v)"]
+            else:
+                check = ["v = _esc(v)"]
             return ["if not isinstance(v, str):", "    v = str(v)", *check,
                     f"append({open_!r} + v + {close!r})"]
         return [f"_w{i}(out, v)"]
