@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--conns", type=int, default=8)
     p.add_argument("--root", action="append", default=[], help="another checkout to run beside this one")
+    p.add_argument("--also-env", action="append", default=[], metavar="VAR=VALUE",
+                   help="also run this checkout's server with this environment variable set (A/B of a switch)")
     p.add_argument("--pyspy", type=Path, help="record py-spy profiles into this directory (last round)")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--yappi", type=Path, help="run this checkout's server under yappi (CPU clock, all threads); "
@@ -224,6 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sides.append(Side("this", start_yappi(work / "this", args.yappi, REPO_ROOT) if args.yappi
                           else start_ebscrypt(work / "this", extra_args=args.server_arg)))
+        for n, assignment in enumerate(args.also_env):  # this checkout again, with one variable set
+            var, _, value = assignment.partition("=")
+            saved = os.environ.get(var)
+            os.environ[var] = value
+            try:
+                sides.append(Side(assignment, start_ebscrypt(work / f"env{n}", name=f"env{n}")))
+            finally:
+                if saved is None:
+                    del os.environ[var]
+                else:
+                    os.environ[var] = saved
         for n, root in enumerate(args.root):
             sides.append(Side(f"root{n}", start_ebscrypt(work / f"root{n}", tree=Path(root), name=f"root{n}")))
         data = os.urandom(BLOCK)
@@ -244,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                 names = sorted({k for c in rounds for k in c}, key=lambda k: -statistics.median(c.get(k, 0) for c in rounds))
                 split = ", ".join(f"{k} {statistics.median(c.get(k, 0) for c in rounds):.2f}" for k in names
                                   if k != "(total)" and statistics.median(c.get(k, 0) for c in rounds) >= 0.01)
-                print(f"  {s.name:6} {what}: CPU {statistics.median(total):.2f} ms/block "
+                print(f"  {s.name:8} {what}: CPU {statistics.median(total):.2f} ms/block "
                       f"(rounds {[round(t, 2) for t in total]}; {split}); "
                       f"{statistics.median(s.mibps[what]):.1f} MiB/s (rounds {[round(x, 1) for x in s.mibps[what]]})")
         if args.yappi:

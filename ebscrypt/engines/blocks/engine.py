@@ -122,6 +122,8 @@ _OLD_ENTRIES = select(blk_entries.c.block_index, blk_entries.c.object_key).where
 _DELETE_ENTRIES = delete(blk_entries).where(
     blk_entries.c.layer_id == bindparam("layer"), blk_entries.c.block_index.in_(bindparam("indexes", expanding=True)))
 _INSERT_ENTRY = insert(blk_entries)
+_HEAD_ENTRY = select(blk_entries).join(blk_owners, blk_owners.c.head_id == blk_entries.c.layer_id).where(
+    blk_owners.c.owner_id == bindparam("owner_id"), blk_entries.c.block_index == bindparam("index"))
 
 # A map over the blocks to seal (``map`` or a thread pool's): write_blocks seals in parallel.
 MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
@@ -884,12 +886,22 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         if (key is None) != (ref.data_key_id is None):
             raise BlockIntegrityError()
 
-    def block_ref(self, owner_id: str, index: int, *, conn: Connection | None = None) -> BlockRef | None:
+    def block_ref(self, owner_id: str, index: int, *, conn: Connection | None = None,
+                  head_first: bool = False) -> BlockRef | None:
         """The entry that holds the owner's block (None: never written). With ``conn``,
-        read in the caller's transaction (one transaction per request)."""
+        read in the caller's transaction (one transaction per request).
+
+        ``head_first``: look in the owner's head layer first, in one statement with the
+        owner — where a block written to the owner itself is (a snapshot's own blocks:
+        GetSnapshotBlock's usual case), the nearest of its chain by definition — and walk
+        the chain only if it is not there (one statement more then)."""
         if conn is None:
             with self.db.read() as own:
-                return self.block_ref(owner_id, index, conn=own)
+                return self.block_ref(owner_id, index, conn=own, head_first=head_first)
+        if head_first:
+            head = conn.execute(_HEAD_ENTRY, {"owner_id": owner_id, "index": index}).mappings().first()
+            if head is not None:
+                return ref_from_row(head)
         owner = self._get_owner(conn, owner_id)
         if owner is None:
             return None

@@ -61,7 +61,7 @@ def _snapshot(
             if generation is not None:
                 generation.append(direct.keys.generation(ctx, snap, conn))
             if block is not None:
-                ref = _blocks(ctx).block_ref(snapshot_id, block, conn=conn)
+                ref = _blocks(ctx).block_ref(snapshot_id, block, conn=conn, head_first=True)
     except Malformed:
         raise EbsValidation(f"The snapshot ID '{snapshot_id}' is not valid.", "INVALID_SNAPSHOT_ID") from None
     except NotFound as err:
