@@ -190,12 +190,14 @@ def _serve_cprofile(out: str, argv: list[str]) -> None:
         cli_main(argv)
     finally:
         main_prof.disable()
-        main_prof.dump_stats(out + ".loop")
-        stats = pstats.Stats(main_prof)
+        main_prof.dump_stats(out + ".loop")  # the event loop's thread alone
         for prof in profiles:
             prof.disable()
-            stats.add(prof)
-        stats.dump_stats(out)
+        if profiles:  # the worker threads' together
+            stats = pstats.Stats(profiles[0])
+            for prof in profiles[1:]:
+                stats.add(prof)
+            stats.dump_stats(out)
 
 
 def start_yappi(data_dir: Path, out: Path, root: Path) -> Server:
