@@ -226,7 +226,8 @@ def engine_share_times(workdir: Path) -> dict[int, float]:
     return out
 
 
-def raw_put_rounds(sides: dict[str, Any], rounds: int, blocks: int, conns: int) -> dict[str, list[float]]:
+def raw_put_rounds(sides: dict[str, Any], rounds: int, blocks: int, conns: int,
+                   cpu_ms: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """MiB/s of PutSnapshotBlock replayed raw (signed once, untimed; ``http.client`` over
     ``conns`` keep-alive connections, bench/README.md "Server cost") against every side,
     a fresh pending snapshot per round, the sides interleaved: what each server costs,
@@ -248,7 +249,11 @@ def raw_put_rounds(sides: dict[str, Any], rounds: int, blocks: int, conns: int) 
             reqs = [sign_requests(url, RawCall("ebs", "put_snapshot_block", dict(
                 SnapshotId=snap, BlockIndex=i, BlockData=data, DataLength=BLOCK, Checksum=checksum,
                 ChecksumAlgorithm="SHA256"), account=ACCOUNT), 1)[0] for i in range(blocks)]
+            proc = getattr(sides[name], "proc", None)
+            c0 = cpu_seconds(proc.pid if proc is not None else None)
             out[name].append(blocks * BLOCK / MIB / replay(url, reqs, None, conns))
+            if cpu_ms is not None and proc is not None:  # the server's CPU per block (/proc)
+                cpu_ms.setdefault(name, []).append((cpu_seconds(proc.pid) - c0) * 1000 / blocks)
     return out
 
 
@@ -360,8 +365,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.raw_rounds:
             log("raw PutSnapshotBlock replay, 8 connections")
-            raw = raw_put_rounds(sides, args.raw_rounds, args.raw_blocks, args.threads)
-            results["raw_put"] = {name: {"median": statistics.median(v), "rounds": [round(x, 1) for x in v]}
+            raw_cpu: dict[str, list[float]] = {}
+            raw = raw_put_rounds(sides, args.raw_rounds, args.raw_blocks, args.threads, raw_cpu)
+            results["raw_put"] = {name: {"median": statistics.median(v), "rounds": [round(x, 1) for x in v],
+                                         "cpu_ms": statistics.median(raw_cpu[name]) if raw_cpu.get(name) else None}
                                   for name, v in raw.items()}
 
         # Interleaved rounds (ebscrypt, moto, null, then reversed, ...): drift hits all alike.
@@ -457,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nraw PutSnapshotBlock replay, {args.threads} connections (MiB/s, median of {args.raw_rounds} rounds; "
               "ebscrypt/side)")
         for name, fig in raw.items():
-            print(f"  {name:10} {fig['median']:8.1f}  {ratio(e_raw, fig['median']):>6}  rounds {fig['rounds']}")
+            print(f"  {name:10} {fig['median']:8.1f}  {ratio(e_raw, fig['median']):>6}  rounds {fig['rounds']}; "
+                  f"server CPU {fmt(fig.get('cpu_ms'), '.2f')} ms per block")
     for mem in results.get("memory", []):
         print(f"  memory: {mem['gib']} GiB uploaded ({mem['blocks']} blocks, {mem['mibps']} MiB/s): server RSS "
               f"{mem['rss_before_mib']} MiB before, {mem['rss_mib']} MiB after, peak {mem['hwm_mib']} MiB")

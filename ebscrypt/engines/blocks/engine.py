@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Collection, Iterable, MutableMapping, Sequence, cast
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, bindparam, delete, insert, select
 
 from ebscrypt.clock import Clock
 from ebscrypt.engines.blocks.crypto import (
@@ -114,6 +114,16 @@ __all__ = [
 
 log = logging.getLogger("ebscrypt.blocks")
 _NOT_KNOWN = object()
+
+# The group commit's statements, built once: building a statement (and its cache key)
+# cost SQLAlchemy more than SQLite takes to run it (issue 15, bench/README.md section J).
+_OLD_ENTRIES = select(blk_entries.c.block_index, blk_entries.c.object_key).where(
+    blk_entries.c.layer_id == bindparam("layer"), blk_entries.c.block_index.in_(bindparam("indexes", expanding=True)))
+_DELETE_ENTRIES = delete(blk_entries).where(
+    blk_entries.c.layer_id == bindparam("layer"), blk_entries.c.block_index.in_(bindparam("indexes", expanding=True)))
+_INSERT_ENTRY = insert(blk_entries)
+_HEAD_ENTRY = select(blk_entries).join(blk_owners, blk_owners.c.head_id == blk_entries.c.layer_id).where(
+    blk_owners.c.owner_id == bindparam("owner_id"), blk_entries.c.block_index == bindparam("index"))
 
 # A map over the blocks to seal (``map`` or a thread pool's): write_blocks seals in parallel.
 MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
@@ -598,8 +608,18 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         transaction), so one writer's failure is its own. A failed commit fails them all.
         A failed writer's caller deletes its object."""
         try:
-            with self.db.begin() as conn:
-                self._record_batch(conn, batch)
+            try:
+                # The group's statements straight in the transaction (no savepoint around
+                # them: SAVEPOINT and RELEASE were a fifth of the group's SQL, issue 15);
+                # if they fail, the transaction is rolled back whole and the entries are
+                # recorded one by one in a new one.
+                with self.db.begin() as conn:
+                    self._record_group(conn, batch)
+            except Exception:
+                for it in batch:
+                    it.error = None
+                with self.db.begin() as conn:
+                    self._record_each(conn, batch)
         except BaseException as exc:
             for it in batch:
                 if it.error is None:
@@ -657,17 +677,13 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         for layer, index in rows:
             by_layer.setdefault(layer, []).append(index)
         for layer, indexes in by_layer.items():
-            old = conn.execute(
-                select(blk_entries.c.block_index, blk_entries.c.object_key).where(
-                    blk_entries.c.layer_id == layer, blk_entries.c.block_index.in_(indexes))
-            ).all()
+            old = conn.execute(_OLD_ENTRIES, {"layer": layer, "indexes": indexes}).all()
             if old and new_only:
                 for r in old:
                     rows.pop((layer, r.block_index)).deferred = True
                 continue
             if old:
-                conn.execute(delete(blk_entries).where(
-                    blk_entries.c.layer_id == layer, blk_entries.c.block_index.in_([r.block_index for r in old])))
+                conn.execute(_DELETE_ENTRIES, {"layer": layer, "indexes": [r.block_index for r in old]})
                 superseded.extend(r.object_key for r in old if r.object_key is not None)
         if superseded:
             self._to_garbage(conn, superseded)
@@ -675,7 +691,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             return
         for (layer, _index), it in rows.items():
             it.layer_id = layer
-        conn.execute(insert(blk_entries), [
+        conn.execute(_INSERT_ENTRY, [
             dict(layer_id=layer, block_index=index, object_key=it.object_key, checksum=it.checksum,
                  data_key_id=it.key.key_id if it.key is not None else None)
             for (layer, index), it in rows.items()
@@ -728,6 +744,14 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         """(plaintext, base64 SHA-256 of it, the entry it came from or None).
 
         ``ref``: an entry the caller just resolved with :meth:`block_ref` (saves a lookup).
+
+        The SHA-256 of an encrypted block is the one its write recorded, sealed under the
+        data key (AES-GCM: altered, it fails to open, BlockIntegrityError), not hashed
+        again: the plaintext itself is authenticated by the object's own tags, and the
+        recorded digest is that of the bytes written (PutSnapshotBlock verified it against
+        the request's). Hashing 512 KiB was ~0.3 ms of GetSnapshotBlock's ~2 ms of CPU
+        (issue 15, bench/README.md section J). A plain block's is computed from its bytes
+        (nothing authenticates a plain entry's digest against its object but the table).
         """
         check_index(index)
         given = ref
@@ -739,13 +763,14 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
                 return ZERO_BLOCK, ZERO_CHECKSUM, ref
             self._check_ref_key(ref, key)
             try:
-                data = self._open_object(ref, key)
+                view, recorded = self._open_view_checked(ref, key)
             except ObjectMissing:
                 if attempt == 0:
                     continue  # dropped and collected between resolve and read: resolve again
                 log.error("object %s of %s block %d is missing", ref.object_key, owner_id, index)
                 raise BlockIntegrityError() from None
-            return data, sha256_b64(data), ref
+            data = bytes(view)
+            return data, (recorded if key is not None else sha256_b64(data)), ref
         raise AssertionError("unreachable")
 
     def load_ref(self, ref: BlockRef, key: DataKey | None) -> bytearray:
@@ -762,6 +787,11 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
     def _open_view(self, ref: BlockRef, key: DataKey | None) -> memoryview:
         """The entry's plaintext: a view of this thread's buffers (copy it before the
         next read on this thread)."""
+        return self._open_view_checked(ref, key)[0]
+
+    def _open_view_checked(self, ref: BlockRef, key: DataKey | None) -> tuple[memoryview, str]:
+        """:meth:`_open_view`, and the entry's checksum opened (an encrypted entry's block
+        SHA-256, unsealed; a plain entry's checksum as stored)."""
         assert ref.object_key is not None
         buf = self._read_buffer()
         view = self.store.read_into(ref.object_key, buf) if hasattr(self.store, "read_into") else self.store.get(ref.object_key)
@@ -769,7 +799,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         # The object must be the one this entry names (its key is bound into the object;
         # older objects are checked against the entry's checksum instead).
         checksum = cipher.open_checksum(ref.index, ref.checksum) if key is not None else ref.checksum
-        return cipher.open(ref.object_key, ref.index, view, checksum)
+        return cipher.open(ref.object_key, ref.index, view, checksum), checksum
 
     def read_sectors(self, owner_id: str, index: int, offset: int, length: int, key: DataKey | None) -> bytes:
         """Bytes [offset, offset+length) of the owner's block ``index`` (zeros if never
@@ -856,12 +886,22 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         if (key is None) != (ref.data_key_id is None):
             raise BlockIntegrityError()
 
-    def block_ref(self, owner_id: str, index: int, *, conn: Connection | None = None) -> BlockRef | None:
+    def block_ref(self, owner_id: str, index: int, *, conn: Connection | None = None,
+                  head_first: bool = False) -> BlockRef | None:
         """The entry that holds the owner's block (None: never written). With ``conn``,
-        read in the caller's transaction (one transaction per request)."""
+        read in the caller's transaction (one transaction per request).
+
+        ``head_first``: look in the owner's head layer first, in one statement with the
+        owner — where a block written to the owner itself is (a snapshot's own blocks:
+        GetSnapshotBlock's usual case), the nearest of its chain by definition — and walk
+        the chain only if it is not there (one statement more then)."""
         if conn is None:
             with self.db.read() as own:
-                return self.block_ref(owner_id, index, conn=own)
+                return self.block_ref(owner_id, index, conn=own, head_first=head_first)
+        if head_first:
+            head = conn.execute(_HEAD_ENTRY, {"owner_id": owner_id, "index": index}).mappings().first()
+            if head is not None:
+                return ref_from_row(head)
         owner = self._get_owner(conn, owner_id)
         if owner is None:
             return None

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from ebscrypt.context import Caller, RequestContext, Runtime
 from ebscrypt.engines.blocks.crypto import DataKey, sha256_b64
@@ -223,9 +223,66 @@ class _ProgressMemo:
 progress = _ProgressMemo()
 
 
+_SESSION = select(ebs_sessions).where(ebs_sessions.c.snapshot_id == bindparam("id"))  # built once (issue 15)
+
+
 def session_row(conn: Connection, snapshot_id: str) -> Any:
     """The StartSnapshot write session of a snapshot (None if it has none). [conn]"""
-    return conn.execute(select(ebs_sessions).where(ebs_sessions.c.snapshot_id == snapshot_id)).first()
+    return conn.execute(_SESSION, {"id": snapshot_id}).first()
+
+
+@dataclass(frozen=True)
+class SessionFacts:
+    """What a PutSnapshotBlock needs of its snapshot's write session."""
+
+    last_activity: datetime
+    timeout_minutes: int
+
+
+class _SessionMemo:
+    """The write sessions of snapshots being uploaded, remembered by this process so that a
+    PutSnapshotBlock does not read its session row each time (one statement of the four a
+    block cost, issue 15).
+
+    Sound because of what a session is: it is created by StartSnapshot for a snapshot
+    created ``pending``, and deleted only with (or after) the snapshot leaving ``pending``
+    — completed, failed on its Timeout, deleted — which every PutSnapshotBlock reads
+    afresh (``snap.state``, in its own read). Its Timeout never changes, and its last
+    activity only moves on (:func:`touch`, in any process), so the deadline remembered is
+    never later than the real one: a remembered session is used only while that deadline
+    is more than a margin away, and read again after. Forgotten at :func:`end_session`.
+    """
+
+    MARGIN = timedelta(seconds=60)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[tuple[int, str], SessionFacts] = {}
+
+    def get(self, runtime: Runtime, snapshot_id: str, now: datetime) -> SessionFacts | None:
+        with self._lock:
+            facts = self._items.get((id(runtime), snapshot_id))
+        if facts is None or as_utc(facts.last_activity) + timedelta(minutes=facts.timeout_minutes) - self.MARGIN <= now:
+            return None
+        return facts
+
+    def put(self, runtime: Runtime, snapshot_id: str, row: Any) -> SessionFacts | None:
+        """Remember a session row just read (None: no session, nothing remembered)."""
+        if row is None:
+            return None
+        facts = SessionFacts(as_utc(row.last_activity), int(row.timeout_minutes))
+        with self._lock:
+            if len(self._items) > 4096:
+                self._items.clear()
+            self._items[(id(runtime), snapshot_id)] = facts
+        return facts
+
+    def drop(self, runtime: Runtime, snapshot_id: str) -> None:
+        with self._lock:
+            self._items.pop((id(runtime), snapshot_id), None)
+
+
+sessions = _SessionMemo()
 
 
 def start_session(runtime: Runtime, snapshot_id: str, account: str, region: str, timeout_minutes: int) -> bool:
@@ -273,6 +330,7 @@ def touch(ctx: RequestContext, snapshot_id: str, session: Any) -> None:
             .where(ebs_sessions.c.snapshot_id == snapshot_id, ebs_sessions.c.last_activity < now - timedelta(seconds=30))
             .values(last_activity=now)
         )
+    sessions.drop(ctx.runtime, snapshot_id)  # read again (with its new activity) by the next block
 
 
 def aggregate_checksum(checksums: Any) -> str:
@@ -330,3 +388,4 @@ def reap_timed_out(runtime: Runtime) -> int:
 def end_session(runtime: Runtime, snapshot_id: str) -> None:
     with runtime.db.begin() as conn:
         conn.execute(delete(ebs_sessions).where(ebs_sessions.c.snapshot_id == snapshot_id))
+    sessions.drop(runtime, snapshot_id)

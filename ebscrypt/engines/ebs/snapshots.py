@@ -61,7 +61,7 @@ def _snapshot(
             if generation is not None:
                 generation.append(direct.keys.generation(ctx, snap, conn))
             if block is not None:
-                ref = _blocks(ctx).block_ref(snapshot_id, block, conn=conn)
+                ref = _blocks(ctx).block_ref(snapshot_id, block, conn=conn, head_first=True)
     except Malformed:
         raise EbsValidation(f"The snapshot ID '{snapshot_id}' is not valid.", "INVALID_SNAPSHOT_ID") from None
     except NotFound as err:
@@ -205,10 +205,15 @@ def put_block(ctx: Any, snapshot_id: str, index: int, data: bytes, *, data_lengt
               checksum_algorithm: str | None, progress: int | None) -> str:
     """Store one block of a pending snapshot (its write session open, the checksum
     verified); the block's SHA256 checksum."""
+    # The write session as remembered (direct.sessions: sound while the snapshot, read
+    # afresh below, is pending), else read in the same transaction as the snapshot.
+    session = direct.sessions.get(ctx.runtime, snapshot_id, _now(ctx))
     found: list[Any] = []
     generation: list[Any] = []
-    snap = _snapshot(ctx, snapshot_id, owned=True, session=found, generation=generation)
-    direct.check_write_session(ctx, snap, found[0])
+    snap = _snapshot(ctx, snapshot_id, owned=True, session=found if session is None else None, generation=generation)
+    if session is None:
+        session = direct.sessions.put(ctx.runtime, snapshot_id, found[0]) if snap.state == "pending" else found[0]
+    direct.check_write_session(ctx, snap, session)
     if index >= _max_blocks(snap):
         raise EbsValidation(
             f"The block index {index} is outside the {snap.volume_size} GiB volume (last index {_max_blocks(snap) - 1}).",
@@ -232,7 +237,7 @@ def put_block(ctx: Any, snapshot_id: str, index: int, data: bytes, *, data_lengt
             f"The snapshot '{snapshot_id}' is still being prepared from its parent; retry shortly.",
             "RESOURCE_LEVEL_THROTTLE",
         ) from None
-    direct.touch(ctx, snapshot_id, found[0])
+    direct.touch(ctx, snapshot_id, session)
     if progress is not None and direct.progress.advanced(ctx, snapshot_id, progress):
         ec2_snapshots.set_progress(ctx.runtime, snapshot_id, progress)
     return actual
