@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+from json.encoder import encode_basestring_ascii
 import os
 import sys
 import threading
@@ -168,7 +169,7 @@ def record_line(ev: AuditEvent) -> bytes:
         read_only = "true" if ev.read_only else "false"
     if len(ev.resources) == 1:
         arn = ev.resources[0]
-        resources = '[{"accountId":' + _encode(arn.split(":")[4]) + ',"type":"AWS::KMS::Key","ARN":' + _encode(arn) + "}]"
+        resources = '[{"accountId":' + _text(arn.split(":")[4]) + ',"type":"AWS::KMS::Key","ARN":' + _text(arn) + "}]"
     else:
         resources = _encode(_resources(ev.resources))
     error = ""
@@ -176,7 +177,7 @@ def record_line(ev: AuditEvent) -> bytes:
         error = ',"errorCode":' + _encode(ev.error[0]) + ',"errorMessage":' + _encode(ev.error[1])
     line = "".join((
         head, _utc_seconds(ev.time), middle, _encode(ev.params or None),
-        ',"responseElements":null,"requestID":', _encode(ev.request_id),
+        ',"responseElements":null,"requestID":', _text(ev.request_id),
         ',"eventID":"', uuid4_str(), '","readOnly":', read_only, ',"resources":', resources,
         tail, error, "}\n",
     ))
@@ -192,6 +193,8 @@ def _utc_seconds(time: datetime) -> str:
 # One encoder for every record: ``json.dumps(..., separators=..., default=...)`` builds a
 # new JSONEncoder per call. Records are trees (no cycle check needed).
 _encode = json.JSONEncoder(separators=(",", ":"), default=str, check_circular=False).encode
+# A string as ``_encode`` writes it (ensure_ascii: the encoder's own C function for str).
+_text = encode_basestring_ascii
 
 
 def audit_path(data_dir: Path | str) -> Path:
