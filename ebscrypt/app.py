@@ -46,7 +46,7 @@ from ebscrypt.storage.db import commits_in_context, conflict_backoff, is_conflic
 from ebscrypt.storage.space import is_out_of_space
 from ebscrypt.wire import origin, routing, sigv4
 from ebscrypt.wire.codec import codec_for
-from ebscrypt.wire.http import HttpRequest, HttpResponse
+from ebscrypt.wire.http import HttpRequest, HttpResponse, asgi_headers
 
 log = logging.getLogger("ebscrypt.app")
 
@@ -123,27 +123,65 @@ class Gateway:
             except _Disconnected:
                 return
             status, body = response.status, response.body
-            raw = _raw_headers(response, extra)
+            raw = asgi_headers(response, extra)
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": body})
 
     async def handle(self, scope: Scope, receive: Receive) -> tuple[HttpResponse, Sequence[tuple[str, str]]]:
         """The answer to one request and the CORS headers to send with it."""
         request_id = uuid4_str()
-        service = "ec2"  # the envelope for errors raised before a service is known
-        operation = None
-        # Header names arrive lower-cased (uvicorn); a repeated header keeps its last value.
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = _headers(scope)
         method: str = scope["method"]
         cors = origin.cors_headers(self.origins, headers) if "origin" in headers else ()
+        early, refused = self._before_body(method, headers)
+        if early is not None:
+            return early, ()
         try:
-            refused = origin.refusal(self.origins, headers)
-            if method == "OPTIONS":
-                preflight = origin.preflight_headers(self.origins, headers)
-                if refused is None and preflight is not None and origin.is_preflight(method, headers):
-                    return HttpResponse(200, list(preflight)), ()
-                refused = refused or "OPTIONS is only answered as the CORS preflight of an origin given with --cors-origin."
             http = await _read(scope, headers, receive, self.settings.max_body_bytes)
+        except _Disconnected:
+            raise
+        except Exception as error:
+            return self._failure(error, "ec2", None, request_id), cors
+        answer = self.respond(http, refused, request_id)
+        if isinstance(answer, Deferred):
+            answer = await self.finish(answer)
+        return answer, cors
+
+    def answer_whole(self, scope: Scope, body: bytes) -> tuple[HttpResponse | Deferred, Sequence[tuple[str, str]]]:
+        """The answer to a request whose whole body has been read already (the HTTP
+        protocol's path for small API requests, wire/http_server.py): as :meth:`handle`
+        gives it, or a :class:`Deferred` (:meth:`finish`) for a handler that runs in a
+        worker thread. Never raises: errors are answers."""
+        request_id = uuid4_str()
+        headers = _headers(scope)
+        method: str = scope["method"]
+        cors = origin.cors_headers(self.origins, headers) if "origin" in headers else ()
+        early, refused = self._before_body(method, headers)
+        if early is not None:
+            return early, ()
+        limit = self.settings.max_body_bytes
+        if len(body) > limit:
+            too_large = PayloadTooLarge(f"The request body is larger than the {limit} bytes this endpoint accepts.")
+            return self._failure(too_large, "ec2", None, request_id), cors
+        return self.respond(_request(scope, headers, body), refused, request_id), cors
+
+    def _before_body(self, method: str, headers: dict[str, str]) -> tuple[HttpResponse | None, str | None]:
+        """A CORS preflight's answer (nothing else to do), and why the request is refused
+        as one a web page could have sent (None: it is not)."""
+        refused = origin.refusal(self.origins, headers)
+        if method == "OPTIONS":
+            preflight = origin.preflight_headers(self.origins, headers)
+            if refused is None and preflight is not None and origin.is_preflight(method, headers):
+                return HttpResponse(200, list(preflight)), None
+            refused = refused or "OPTIONS is only answered as the CORS preflight of an origin given with --cors-origin."
+        return None, refused
+
+    def respond(self, http: HttpRequest, refused: str | None, request_id: str) -> HttpResponse | Deferred:
+        """The answer to a request read whole: authenticated, routed, parsed, and run
+        here if its handler is inline, else a :class:`Deferred` for a worker thread."""
+        service = "ec2"  # the envelope for errors raised before a service is known
+        operation = None
+        try:
             scope_ = sigv4.read_scope(http)
             routed = routing.service_for(http, scope_.service if scope_ else None)
             if refused is not None:  # before authentication and parsing: nothing runs
@@ -167,34 +205,67 @@ class Gateway:
             # answer serialized there too: a Describe of 1,000 items is milliseconds of XML
             # that would otherwise hold the event loop (issue 15). One hand-off per request.
             result = _run_on_loop(handler, ctx, params) if self.inline and registry.is_inline(handler) else _DEFER
-            answer: HttpResponse
             if result is _DEFER:
-                # anyio's worker threads (Starlette's run_in_threadpool): a dedicated
-                # ThreadPoolExecutor + run_in_executor measured the same server CPU per call
-                # (bench/README.md section A), so no second pool.
-                answer = await run_in_threadpool(_answer, handler, ctx, params, codec, operation)
-            else:
-                answer = codec.serialize(operation, result or {}, request_id)  # type: ignore[arg-type]
+                return Deferred(handler, ctx, params, codec, operation)
+            answer: HttpResponse = codec.serialize(operation, result or {}, request_id)
             self.runtime.space.note_success()
-            return answer, cors
-        except _Disconnected:
-            raise
-        except ServiceError as error:
+            return answer
+        except Exception as error:
+            return self._failure(error, service, operation, request_id)
+
+    async def finish(self, deferred: Deferred) -> HttpResponse:
+        """A deferred request's answer, its handler run in a worker thread."""
+        ctx = deferred.ctx
+        try:
+            # anyio's worker threads (Starlette's run_in_threadpool): a dedicated
+            # ThreadPoolExecutor + run_in_executor measured the same server CPU per call
+            # (bench/README.md section A), so no second pool.
+            answer = await run_in_threadpool(
+                _answer, deferred.handler, ctx, deferred.params, deferred.codec, deferred.operation
+            )
+        except Exception as error:
+            return self._failure(error, ctx.service, deferred.operation, ctx.request_id)
+        self.runtime.space.note_success()
+        return answer
+
+    def _failure(self, error: Exception, service: str, operation: Any, request_id: str) -> HttpResponse:
+        """An error's answer in ``service``'s envelope (unexpected ones logged, as
+        internal errors that changed nothing unacknowledged)."""
+        if isinstance(error, ServiceError):
             if isinstance(error, ServiceUnavailable) and error.code == "ServiceUnavailable":
                 log.warning("%s %s: %s (request %s)", service, operation and operation.name, error.message, request_id)
                 error.code = _UNAVAILABLE_CODE[service]
-            return codec_for(service).serialize_error(error, request_id), cors
-        except Exception as exc:
-            if is_out_of_space(exc):  # retryable 503; the monitor logs the condition once
-                what = f"the result of {operation.name}" if operation else "the request"
-                full = self.runtime.space.error(what, _root_cause(exc))
-                return codec_for(service).serialize_error(full, request_id), cors
-            log.exception("internal error in %s %s (request %s)", service, operation and operation.name, request_id)
-            internal = InternalFailure(
-                "An internal error occurred; the request changed nothing that was not acknowledged.",
-                code=_INTERNAL_CODE[service],
-            )
-            return codec_for(service).serialize_error(internal, request_id), cors
+            return codec_for(service).serialize_error(error, request_id)
+        if is_out_of_space(error):  # retryable 503; the monitor logs the condition once
+            what = f"the result of {operation.name}" if operation else "the request"
+            full = self.runtime.space.error(what, _root_cause(error))
+            return codec_for(service).serialize_error(full, request_id)
+        log.error(
+            "internal error in %s %s (request %s)", service, operation and operation.name, request_id, exc_info=error
+        )
+        internal = InternalFailure(
+            "An internal error occurred; the request changed nothing that was not acknowledged.",
+            code=_INTERNAL_CODE[service],
+        )
+        return codec_for(service).serialize_error(internal, request_id)
+
+
+class Deferred:
+    """A request whose handler runs in a worker thread (:meth:`Gateway.finish`)."""
+
+    __slots__ = ("handler", "ctx", "params", "codec", "operation")
+
+    def __init__(self, handler: Any, ctx: RequestContext, params: dict[str, Any], codec: Any, operation: Any) -> None:
+        self.handler = handler
+        self.ctx = ctx
+        self.params = params
+        self.codec = codec
+        self.operation = operation
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    """Header names arrive lower-cased (uvicorn); a repeated header keeps its last value."""
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -277,6 +348,10 @@ async def _read(scope: Scope, headers: dict[str, str], receive: Receive, limit: 
             body = b"".join((*chunks, chunk)) if chunks else chunk
             break
         chunks.append(chunk)
+    return _request(scope, headers, body)
+
+
+def _request(scope: Scope, headers: dict[str, str], body: bytes) -> HttpRequest:
     raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
     return HttpRequest(
         method=scope["method"],
@@ -285,18 +360,6 @@ async def _read(scope: Scope, headers: dict[str, str], receive: Receive, limit: 
         headers=headers,
         body=body,
     )
-
-
-def _raw_headers(response: HttpResponse, extra: Sequence[tuple[str, str]] = ()) -> list[tuple[bytes, bytes]]:
-    """The response's headers as ASGI sends them: Content-Length first (none on 1xx, 204,
-    304), names lower-cased, a name given twice keeping its last value (as Starlette's
-    ``MutableHeaders`` did)."""
-    out: dict[bytes, bytes] = {}
-    if not (response.status < 200 or response.status in (204, 304)):
-        out[b"content-length"] = str(len(response.body)).encode()
-    for name, value in [*response.headers, *extra]:
-        out[name.lower().encode("latin-1")] = value.encode("latin-1")
-    return list(out.items())
 
 
 class App:
@@ -309,6 +372,13 @@ class App:
         trusted = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
         self.site = ProxyHeadersMiddleware(site, trusted_hosts=trusted)  # type: ignore[arg-type]
         self._state = state
+
+    def whole_body_gateway(self, scope: Scope) -> Gateway | None:
+        """The gateway, for an AWS API request (the HTTP protocol's whole-body path:
+        ebscrypt/wire/http_server.py); None for the routes Starlette serves."""
+        if _site_path(scope["path"]):
+            return None
+        return self._state.get("gateway")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not _site_path(scope["path"]) and "gateway" in self._state:

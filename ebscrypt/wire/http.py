@@ -7,6 +7,7 @@ can be tested without a server (the same habit as botocore's request dicts).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 
 @dataclass
@@ -31,3 +32,15 @@ class HttpResponse:
             if key.lower() == lname:
                 return value
         return None
+
+
+def asgi_headers(response: HttpResponse, extra: Sequence[tuple[str, str]] = ()) -> list[tuple[bytes, bytes]]:
+    """The response's headers as ASGI sends them: Content-Length first (none on 1xx, 204,
+    304), names lower-cased, a name given twice keeping its last value (as Starlette's
+    ``MutableHeaders`` did)."""
+    out: dict[bytes, bytes] = {}
+    if not (response.status < 200 or response.status in (204, 304)):
+        out[b"content-length"] = str(len(response.body)).encode()
+    for name, value in [*response.headers, *extra]:
+        out[name.lower().encode("latin-1")] = value.encode("latin-1")
+    return list(out.items())

@@ -10,6 +10,14 @@ bytes) and sends both together (``writelines``: one ``writev`` on uvloop); whate
 the response (its completion, a close) sends what is held first. A ``100 Continue``
 interim answer is never held: a client may wait for it before sending its body.
 
+On httptools, a small API request (a POST with a Content-Length of at most 64 KiB, no
+``Expect: 100-continue``) is not run as an ASGI task: once its body is in, the gateway
+answers it on the spot (:meth:`ebscrypt.app.Gateway.answer_whole`) and the answer is
+written whole, with no task, ``receive``/``send`` coroutines or message dicts; a handler
+that runs in a worker thread gets its task then. That was ~1/5 of a KMS data-key call's
+CPU (bench/README.md section K). Everything else — other methods, large or chunked bodies,
+100-continue, the console and ``/_ebscrypt/`` routes — goes through uvicorn's ASGI cycle.
+
 ``ebscrypt serve --http auto|httptools|h11`` picks among these classes
 (:func:`protocol_class`), as uvicorn's own ``auto`` would.
 """
@@ -17,9 +25,12 @@ interim answer is never held: a client may wait for it before sending its body.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import Any, Protocol, Sequence, cast
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+
+from ebscrypt.wire.http import HttpResponse, asgi_headers
 
 __all__ = ["protocol_class"]
 
@@ -43,6 +54,11 @@ class _OneWriteTransport:
         if _is_header_block(data):
             self._held = bytes(data)
             return
+        self._transport.write(data)
+
+    def write_whole(self, data: bytes) -> None:
+        """A whole response (header block and body) in one write."""
+        self.flush()
         self._transport.write(data)
 
     def flush(self) -> None:
@@ -84,16 +100,135 @@ class H11OneWrite(_OneWrite, H11Protocol):
     """uvicorn's h11 protocol, one write per response."""
 
 
+# A body buffered whole before the gateway answers: uvicorn's httptools protocol pauses
+# reading past this much buffered body, which only a running ASGI task resumes.
+WHOLE_BODY_LIMIT = 65536
+
+
+class WholeBodyGateway(Protocol):
+    """What the protocol's whole-body path needs of the gateway (ebscrypt/app.py)."""
+
+    def answer_whole(self, scope: Any, body: bytes) -> tuple[Any, Sequence[tuple[str, str]]]: ...
+
+    async def finish(self, deferred: Any) -> Any: ...
+
+
 def _httptools_class() -> type[asyncio.Protocol] | None:
     try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        from uvicorn.protocols.http import httptools_impl
     except ImportError:  # httptools not installed
         return None
 
-    class HttpToolsOneWrite(_OneWrite, HttpToolsProtocol):
-        """uvicorn's httptools protocol, one write per response."""
+    class HttpToolsOneWrite(_OneWrite, httptools_impl.HttpToolsProtocol):
+        """uvicorn's httptools protocol, one write per response; small API requests
+        answered by the gateway without an ASGI task once their body is in."""
+
+        _waiting: tuple[Any, WholeBodyGateway] | None = None
+
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            gateway = self._whole_body_gateway(cycle, app)
+            if gateway is None:
+                super()._start_asgi_task(cycle, app)
+            elif cycle.more_body:  # the body is still coming: answer at its end
+                self._waiting = (cycle, gateway)
+            else:  # a pipelined request, read whole while the previous one ran
+                self._answer_whole(cycle, gateway)
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            waiting = self._waiting
+            if waiting is not None and waiting[0] is self.cycle:
+                self._waiting = None
+                self._answer_whole(*waiting)
+
+        def _whole_body_gateway(self, cycle: Any, app: Any) -> WholeBodyGateway | None:
+            """The gateway, when this request takes the whole-body path."""
+            scope = cycle.scope
+            if (
+                app is not self.app
+                or scope["method"] != "POST"
+                or cycle.waiting_for_100_continue  # the client may wait for it to send the body
+                or self.flow.write_paused  # the client is not reading: answer through the task
+            ):
+                return None
+            gateway: WholeBodyGateway | None = getattr(self.app, "whole_body_gateway", lambda _s: None)(scope)
+            if gateway is None:
+                return None
+            for name, value in scope["headers"]:
+                if name == b"content-length":
+                    if not value.isdigit() or int(value) > WHOLE_BODY_LIMIT:
+                        return None
+                elif name == b"transfer-encoding":
+                    return None
+            return gateway
+
+        def _answer_whole(self, cycle: Any, gateway: WholeBodyGateway) -> None:
+            try:
+                answer, extra = gateway.answer_whole(cycle.scope, bytes(cycle.body))
+            except Exception as exc:  # a bug: answered as uvicorn answers an ASGI app's exception
+                self.logger.error("Exception in ASGI application\n", exc_info=exc)
+                cycle.keep_alive = False
+                self._write_whole(cycle, 500, _PLAIN_500, b"Internal Server Error")
+                return
+            if isinstance(answer, HttpResponse):
+                self._write_whole(cycle, answer.status, asgi_headers(answer, extra), answer.body)
+            else:  # its handler runs in a worker thread
+                super()._start_asgi_task(cycle, _Finish(gateway, answer, extra))
+
+        def _write_whole(self, cycle: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+            """The response in one write, then the cycle's end as uvicorn's ``send`` ends it."""
+            cycle.response_started = True
+            cycle.waiting_for_100_continue = False
+            content = [httptools_impl.STATUS_LINE[status]]
+            for name, value in [*self.server_state.default_headers, *headers]:
+                if httptools_impl.HEADER_RE.search(name) or httptools_impl.HEADER_VALUE_RE.search(value):
+                    self.logger.error("Invalid HTTP header in the answer to %s", cycle.scope["path"])
+                    cycle.keep_alive = False
+                    self._write_whole(cycle, 500, _PLAIN_500, b"Internal Server Error")
+                    return
+                if name == b"connection" and b"close" in value.lower():
+                    cycle.keep_alive = False
+                    continue
+                content += (name, b": ", value, b"\r\n")
+            if not cycle.keep_alive:
+                content.append(b"connection: close\r\n")
+            content += (b"\r\n", body)
+            if self.access_log:
+                self.access_logger.info(
+                    '%s - "%s %s HTTP/%s" %d',
+                    get_client_addr(cycle.scope),
+                    cycle.scope["method"],
+                    get_path_with_query_string(cycle.scope),
+                    cycle.scope["http_version"],
+                    status,
+                )
+            cast(_OneWriteTransport, self.transport).write_whole(b"".join(content))
+            cycle.response_complete = True
+            cycle.message_event.set()
+            if not cycle.keep_alive:
+                self.transport.close()
+            cycle.on_response()
 
     return HttpToolsOneWrite
+
+
+_PLAIN_500 = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
+
+
+class _Finish:
+    """The ASGI app that finishes a whole-body request whose handler runs in a worker
+    thread."""
+
+    def __init__(self, gateway: WholeBodyGateway, deferred: Any, extra: Sequence[tuple[str, str]]) -> None:
+        self.gateway = gateway
+        self.deferred = deferred
+        self.extra = extra
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        answer = await self.gateway.finish(self.deferred)
+        await send({"type": "http.response.start", "status": answer.status,
+                    "headers": asgi_headers(answer, self.extra)})
+        await send({"type": "http.response.body", "body": answer.body})
 
 
 def protocol_class(http: str) -> type[asyncio.Protocol]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -132,3 +133,59 @@ def test_client_gone_mid_body_leaves_the_server_answering(stack_server: ServerPr
     assert conn.getresponse().status == 200
     conn.close()
     assert "internal error" not in log.read_text()
+
+
+def _read_answers(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
+    """``count`` HTTP answers (head, body) read by their Content-Length."""
+    data, out = b"", []
+    while len(out) < count:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = data[:head_end]
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            if len(data) >= head_end + 4 + length:
+                out.append((head, data[head_end + 4:head_end + 4 + length]))
+                data = data[head_end + 4 + length:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, (out, data)
+        data += chunk
+    return out
+
+
+def test_pipelined_requests_answered_in_order(stack_server: ServerProcess) -> None:
+    """Small POSTs (the whole-body path on httptools, wire/http_server.py) sent back to
+    back in one write: each answered once, in order, the connection kept; a worker-thread
+    handler (CreateVolume) between two inline ones keeps its place."""
+    def post(body: bytes) -> bytes:
+        return (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body)) + body
+
+    regions = b"Action=DescribeRegions&Version=2016-11-15"
+    volume = b"Action=CreateVolume&Version=2016-11-15&AvailabilityZone=us-east-1a&Size=1"
+    with socket.create_connection(("127.0.0.1", stack_server.port), timeout=30) as sock:
+        sock.sendall(post(regions) + post(volume) + post(regions) + post(b"Action=NoSuchThing&Version=2016-11-15"))
+        answers = _read_answers(sock, 4)
+        sock.settimeout(0.3)
+        with pytest.raises(socket.timeout):  # nothing more: each answered once
+            sock.recv(1)
+    assert [head.split(b" ")[1] for head, _ in answers] == [b"200", b"200", b"200", b"400"]
+    assert b"DescribeRegionsResponse" in answers[0][1] and b"CreateVolumeResponse" in answers[1][1]
+    assert b"DescribeRegionsResponse" in answers[2][1]
+
+
+def test_body_in_pieces_is_answered_once_whole(stack_server: ServerProcess) -> None:
+    """A small body that arrives in several segments is answered when its last byte is in."""
+    body = b"Action=DescribeRegions&Version=2016-11-15"
+    with socket.create_connection(("127.0.0.1", stack_server.port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        for i in range(0, len(body), 10):
+            time.sleep(0.02)
+            sock.sendall(body[i:i + 10])
+        [(head, answer)] = _read_answers(sock, 1)
+        sock.settimeout(0.3)
+        with pytest.raises(socket.timeout):  # answered once
+            sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 200") and b"DescribeRegionsResponse" in answer

@@ -170,14 +170,18 @@ class KeyAccess:
         """Raise AccessDeniedException unless the key policy or a grant allows ``action``."""
         if grant_tokens:
             self._check_grant_tokens(grant_tokens)
-        request = policy_rules.Request(
-            action=action,
-            principal_arn=caller.arn,
-            principal_account=caller.account,
-            resource=row.arn,
-            context=self._condition_context(caller, row, via_service, encryption_context, extra),
-        )
-        decision = policy_rules.evaluate(self.policies.parse(row.policy), request)
+        conditional, _aliases = self.policies.traits(row.policy)
+        if conditional:
+            request = policy_rules.Request(
+                action=action,
+                principal_arn=caller.arn,
+                principal_account=caller.account,
+                resource=row.arn,
+                context=self._condition_context(caller, row, via_service, encryption_context, extra),
+            )
+            decision = policy_rules.evaluate(self.policies.parse(row.policy), request)
+        else:  # no condition reads the request's context: the decision is remembered
+            decision = self.policies.unconditional_decision(row.policy, action, caller.arn, caller.account, row.arn)
         if decision is policy_rules.Decision.ALLOW:
             return
         if decision is policy_rules.Decision.DENY:
@@ -233,7 +237,7 @@ class KeyAccess:
         ev = CURRENT_EVENT.get()
         if ev is not None and row.key_id in ev.request_aliases:
             ctx["kms:RequestAlias"] = ev.request_aliases[row.key_id]
-        if "kms:resourcealiases" in row.policy.lower():
+        if self.policies.traits(row.policy)[1]:
             ctx["kms:ResourceAliases"] = self._aliases_of(row)
         if extra:
             ctx.update(extra)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+from json.encoder import encode_basestring_ascii
 import os
 import sys
 import threading
@@ -81,8 +82,7 @@ def audit_params(request_parameters: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def cloudtrail_record(ev: AuditEvent) -> dict[str, Any]:
-    c = ev.caller
+def _identity(c: Caller, via_service: str | None) -> dict[str, Any]:
     ident: dict[str, Any] = {
         "type": "Root" if c.arn.endswith(":root") else ("AssumedRole" if ":assumed-role/" in c.arn else "IAMUser"),
         "principalId": c.user_id,
@@ -91,8 +91,14 @@ def cloudtrail_record(ev: AuditEvent) -> dict[str, Any]:
     }
     if c.access_key:
         ident["accessKeyId"] = c.access_key
-    if ev.via_service:
-        ident["invokedBy"] = ev.via_service.split(".")[0] + ".amazonaws.com"
+    if via_service:
+        ident["invokedBy"] = via_service.split(".")[0] + ".amazonaws.com"
+    return ident
+
+
+def cloudtrail_record(ev: AuditEvent) -> dict[str, Any]:
+    c = ev.caller
+    ident = _identity(c, ev.via_service)
     rec: dict[str, Any] = {
         "eventVersion": "1.08",
         "userIdentity": ident,
@@ -107,10 +113,7 @@ def cloudtrail_record(ev: AuditEvent) -> dict[str, Any]:
         "requestID": ev.request_id,
         "eventID": uuid4_str(),
         "readOnly": ev.read_only,
-        "resources": [
-            {"accountId": arn.split(":")[4], "type": "AWS::KMS::Key", "ARN": arn}
-            for arn in dict.fromkeys(ev.resources)
-        ],
+        "resources": _resources(ev.resources),
         "eventType": "AwsApiCall",
         "managementEvent": True,
         "recipientAccountId": c.account,
@@ -119,6 +122,66 @@ def cloudtrail_record(ev: AuditEvent) -> dict[str, Any]:
     if ev.error:
         rec["errorCode"], rec["errorMessage"] = ev.error
     return rec
+
+
+def _resources(arns: list[str]) -> list[dict[str, str]]:
+    return [{"accountId": arn.split(":")[4], "type": "AWS::KMS::Key", "ARN": arn} for arn in dict.fromkeys(arns)]
+
+
+# The parts of a record that depend only on (caller, via service, event name), encoded
+# once: a record is then a few strings joined around the request's own members (the
+# whole record encoded as a dict each time was ~1/5 of a KMS data-key call's CPU on the
+# event loop, bench/README.md section K). Bounded: cleared when full.
+_PARTS: dict[tuple[Caller, str | None, str], tuple[str, str, str, str]] = {}
+_MAX_PARTS = 4096
+
+
+def _parts(c: Caller, via_service: str | None, name: str) -> tuple[str, str, str, str]:
+    key = (c, via_service, name)
+    parts = _PARTS.get(key)
+    if parts is None:
+        ident = _identity(c, via_service)
+        head = '{"eventVersion":"1.08","userIdentity":' + _encode(ident) + ',"eventTime":"'
+        middle = (
+            '","eventSource":"kms.amazonaws.com","eventName":' + _encode(name)
+            + ',"awsRegion":' + _encode(c.region)
+            + ',"sourceIPAddress":' + _encode(ident.get("invokedBy", "ebscrypt-client"))
+            + ',"userAgent":' + _encode(ident.get("invokedBy", "ebscrypt"))
+            + ',"requestParameters":'
+        )
+        tail = (
+            ',"eventType":"AwsApiCall","managementEvent":true,"recipientAccountId":' + _encode(c.account)
+            + ',"eventCategory":"Management"'
+        )
+        read_only = "true" if name in READ_ONLY_EVENTS else "false"
+        parts = (head, middle, tail, read_only)
+        if len(_PARTS) >= _MAX_PARTS:
+            _PARTS.clear()
+        _PARTS[key] = parts
+    return parts
+
+
+def record_line(ev: AuditEvent) -> bytes:
+    """The event's record as one line: the bytes of ``cloudtrail_record`` encoded
+    (tests/unit/test_kms_audit_line.py compares them), most of it encoded once."""
+    head, middle, tail, read_only = _parts(ev.caller, ev.via_service, ev.name)
+    if ev.read_only != (read_only == "true"):
+        read_only = "true" if ev.read_only else "false"
+    if len(ev.resources) == 1:
+        arn = ev.resources[0]
+        resources = '[{"accountId":' + _text(arn.split(":")[4]) + ',"type":"AWS::KMS::Key","ARN":' + _text(arn) + "}]"
+    else:
+        resources = _encode(_resources(ev.resources))
+    error = ""
+    if ev.error:
+        error = ',"errorCode":' + _encode(ev.error[0]) + ',"errorMessage":' + _encode(ev.error[1])
+    line = "".join((
+        head, _utc_seconds(ev.time), middle, _encode(ev.params or None),
+        ',"responseElements":null,"requestID":', _text(ev.request_id),
+        ',"eventID":"', uuid4_str(), '","readOnly":', read_only, ',"resources":', resources,
+        tail, error, "}\n",
+    ))
+    return line.encode()
 
 
 def _utc_seconds(time: datetime) -> str:
@@ -130,6 +193,8 @@ def _utc_seconds(time: datetime) -> str:
 # One encoder for every record: ``json.dumps(..., separators=..., default=...)`` builds a
 # new JSONEncoder per call. Records are trees (no cycle check needed).
 _encode = json.JSONEncoder(separators=(",", ":"), default=str, check_circular=False).encode
+# A string as ``_encode`` writes it (ensure_ascii: the encoder's own C function for str).
+_text = encode_basestring_ascii
 
 
 def audit_path(data_dir: Path | str) -> Path:
@@ -146,7 +211,10 @@ class AuditLog:
         self._fd: int | None = None
 
     def append(self, record: dict[str, Any]) -> None:
-        line = (_encode(record) + "\n").encode()
+        self.append_line((_encode(record) + "\n").encode())
+
+    def append_line(self, line: bytes) -> None:
+        """One encoded record (ending with a newline)."""
         with self._lock:
             if self._fd is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +296,7 @@ class AuditTrail:
             CURRENT_EVENT.reset(token)
             if record:
                 try:
-                    self.log.append(cloudtrail_record(ev))
+                    self.log.append_line(record_line(ev))
                 except OSError as exc:
                     if not is_out_of_space(exc):
                         raise

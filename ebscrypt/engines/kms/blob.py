@@ -12,6 +12,7 @@ ciphertext, or the context makes decryption fail with one opaque error.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import uuid
@@ -37,25 +38,42 @@ class BlobHeader:
     raw: bytes  # the header bytes (part of the AAD)
 
 
+# What ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
+# builds per call, built once (issue 15: every data-key call encodes its context).
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def canonical_context(context: Mapping[str, str] | None) -> bytes:
     if not context:
         return b""
-    return json.dumps(dict(context), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _canonical(dict(context)).encode()
+
+
+def _uuid_text(raw: bytes) -> str:
+    """``str(uuid.UUID(bytes=raw))`` without the UUID object."""
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def parse_header(blob: bytes) -> BlobHeader:
     if len(blob) < HEADER + TAG or blob[0] != VERSION:
         raise BadCiphertext()
     return BlobHeader(
-        key_id=str(uuid.UUID(bytes=blob[1:17])),
+        key_id=_uuid_text(blob[1:17]),
         material_id=blob[17:33].hex(),
         raw=blob[:HEADER],
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _header_prefix(key_id: str, material_id: str) -> bytes:
+    """The header before its nonce (version, key id, material id), per key material."""
+    return bytes([VERSION]) + uuid.UUID(key_id).bytes + bytes.fromhex(material_id)
+
+
 def seal(key_id: str, material_id: str, material: bytes, plaintext: bytes, context: Mapping[str, str] | None) -> bytes:
     nonce = os.urandom(12)
-    header = bytes([VERSION]) + uuid.UUID(key_id).bytes + bytes.fromhex(material_id) + nonce
+    header = _header_prefix(key_id, material_id) + nonce
     return header + AESGCM(material).encrypt(nonce, plaintext, header + canonical_context(context))
 
 

@@ -14,6 +14,7 @@ __all__ = ["MAX_POLICY_CHARS", "KeyPolicies"]
 
 MAX_POLICY_CHARS = 32768
 _MAX_PARSED = 1024
+_MAX_DECISIONS = 8192
 
 
 class KeyPolicies:
@@ -21,6 +22,14 @@ class KeyPolicies:
 
     def __init__(self) -> None:
         self._parsed: dict[str, policy_rules.Policy] = {}
+        # Per policy text: whether any statement has a condition, whether the text names
+        # kms:ResourceAliases (a condition key that costs a query to fill in).
+        self._traits: dict[str, tuple[bool, bool]] = {}
+        # Decisions of policies without conditions (they depend on nothing but the text,
+        # the action, the principal and the resource): by (text, action, principal arn,
+        # principal account, resource). A changed policy is another text, so nothing here
+        # can go stale; key state and grants are checked afresh by the caller (issue 15).
+        self._decisions: dict[tuple[str, str, str, str, str], policy_rules.Decision] = {}
 
     def parse(self, text: str) -> policy_rules.Policy:
         p = self._parsed.get(text)
@@ -30,6 +39,34 @@ class KeyPolicies:
                 self._parsed.clear()
             self._parsed[text] = p
         return p
+
+    def traits(self, text: str) -> tuple[bool, bool]:
+        """(the policy has conditions, it names kms:ResourceAliases), computed once a text."""
+        found = self._traits.get(text)
+        if found is None:
+            conditional = any(st.conditions for st in self.parse(text).statements)
+            found = (conditional, "kms:resourcealiases" in text.lower())
+            if len(self._traits) > _MAX_PARSED:
+                self._traits.clear()
+            self._traits[text] = found
+        return found
+
+    def unconditional_decision(
+        self, text: str, action: str, principal_arn: str, principal_account: str, resource: str
+    ) -> policy_rules.Decision:
+        """The decision of a policy without conditions (:meth:`traits`), remembered."""
+        key = (text, action, principal_arn, principal_account, resource)
+        decision = self._decisions.get(key)
+        if decision is None:
+            request = policy_rules.Request(
+                action=action, principal_arn=principal_arn, principal_account=principal_account,
+                resource=resource, context={},
+            )
+            decision = policy_rules.evaluate(self.parse(text), request)
+            if len(self._decisions) >= _MAX_DECISIONS:
+                self._decisions.clear()
+            self._decisions[key] = decision
+        return decision
 
     def validate(self, text: Any) -> policy_rules.Policy:
         if not isinstance(text, str) or not text:

@@ -16,6 +16,7 @@ from ebscrypt.errors import SerializationError, ServiceError, UnknownOperation, 
 
 from . import jsonshape
 from .base import Codec
+from .jsonplan import ENCODER, Doubt, JsonPlans
 from ebscrypt.wire.http import HttpRequest, HttpResponse
 
 
@@ -41,6 +42,7 @@ class JsonRpcCodec(Codec):
         self.target_prefix = service_model.metadata.get("targetPrefix", "")
         self.content_type = f"application/x-amz-json-{service_model.metadata.get('jsonVersion', '1.0')}"
         self._ops = {name: name for name in service_model.operation_names}
+        self._plans = JsonPlans(self.service)  # compiled readers/writers (issue 15)
 
     def parse(self, request: HttpRequest) -> tuple[Any, dict[str, Any]]:
         target = request.headers.get("x-amz-target", "")
@@ -53,6 +55,10 @@ class JsonRpcCodec(Codec):
         shape = operation.input_shape
         if shape is None:
             return operation, {}
+        try:
+            return operation, self._plans.reader(shape)(doc)
+        except Doubt:  # not a document the compiled reader accepts: JsonReader says why
+            pass
         reader = jsonshape.JsonReader(self.service, constraints=True, type_error=SerializationError)
         params = reader.read_members(shape, doc, "")
         reader.finish()
@@ -60,8 +66,8 @@ class JsonRpcCodec(Codec):
 
     def serialize(self, operation: Any, result: dict[str, Any], request_id: str) -> HttpResponse:
         shape = operation.output_shape
-        doc = jsonshape.write_members(shape, result or {}) if shape is not None else {}
-        return HttpResponse(200, self._headers(request_id), json.dumps(doc, separators=(",", ":")).encode())
+        doc = self._plans.writer(shape)(result or {}) if shape is not None else {}
+        return HttpResponse(200, self._headers(request_id), ENCODER.encode(doc).encode())
 
     def error_response(
         self, code: str, status: int, message: str, error: ServiceError, request_id: str
