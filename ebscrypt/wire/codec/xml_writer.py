@@ -40,6 +40,14 @@ def _iso8601(value: Any) -> str:
     return V.format_iso8601(value)
 
 
+def _exec(lines: list[str], name: str, env: dict[str, Any]) -> Writer:
+    """The function ``write`` the source ``lines`` define, compiled with ``env`` as its globals."""
+    namespace = dict(env)
+    exec(compile("\n".join(lines) + "\n", name, "exec"), namespace)  # noqa: S102 (model-built source)
+    write: Writer = namespace["write"]
+    return write
+
+
 class Collecting(list[str]):
     """The output of writers compiled with ``collect``: the pieces, and the unescaped string
     values written among them (``seen``), to be checked at once."""
@@ -112,9 +120,8 @@ class XmlWriters:
         self._pending[shape.name] = lambda out, value: steps[0](out, value)
         always = self._always(shape)
         env: dict[str, Any] = {"_esc": self._escape, "_ns": self._needs_escape, "_iso": _iso8601}
-        lines = ["def write(out, value):", "    get = value.get", "    append = out.append"]
-        if self._collect:
-            lines.append("    seen = out.seen.append")
+        head = ["    append = out.append", *(["    seen = out.seen.append"] if self._collect else [])]
+        blocks: list[tuple[str, list[str]]] = []  # (member name, the lines writing its value ``v``)
         for i, (name, member) in enumerate(shape.members.items()):
             if member.type_name == "list" and member.serialization.get("flattened"):
                 tag = member.member.serialization.get("name") or member.serialization.get("name", name)
@@ -123,18 +130,60 @@ class XmlWriters:
                 tag = member.serialization.get("name", name)
                 fn = self.value(member, tag)
             env[f"_w{i}"] = fn
-            lines.append(f"    v = get({name!r})")
             if name in always:  # a list AWS sends even when empty
-                lines += ["    if v is None:", "        v = ()", f"    _w{i}(out, v)"]
-                continue
-            lines.append("    if v is not None:")
-            lines += ["        " + line for line in self._inline(member, tag, i, env)]
-        source = "\n".join(lines) + "\n"
-        exec(compile(source, f"<xml writer {shape.name}>", "exec"), env)  # noqa: S102 (model-built source)
-        write: Writer = env["write"]
+                blocks.append((name, ["if v is None:", "    v = ()", f"_w{i}(out, v)"]))
+            else:
+                blocks.append((name, ["if v is not None:", *("    " + line for line in self._inline(member, tag, i, env))]))
+        special: dict[tuple[Any, ...], Writer | None] = {}
+        env["_special"] = special
+        env["_specialize"] = lambda keys: self._specialize(shape, head, blocks, env, special, keys)
+        lines = ["def write(out, value):",
+                 "    keys = tuple(value)",
+                 "    w = _special.get(keys, _specialize)",
+                 "    if w is _specialize:",
+                 "        w = _specialize(keys)",
+                 "    if w is not None:",
+                 "        return w(out, value)",
+                 "    get = value.get", *head]
+        for name, block in blocks:
+            lines.append(f"    v = get({name!r})")
+            lines += ["    " + line for line in block]
+        write = _exec(lines, f"<xml writer {shape.name}>", env)
         steps.append(write)
         self._pending[shape.name] = write
         return write
+
+    # Key sets specialized per shape at most: views are dict literals (one or a few key
+    # sets each); request-shaped dicts may vary more and then take the general writer.
+    MAX_SPECIALIZED = 16
+
+    def _specialize(self, shape: Any, head: list[str], blocks: list[tuple[str, list[str]]], env: dict[str, Any],
+                    special: dict[tuple[Any, ...], Writer | None], keys: tuple[Any, ...]) -> Writer | None:
+        """The writer of a result with exactly ``keys``, in this order: its values unpacked
+        at once, and only its members' blocks, in model order (the general writer's
+        ``get`` and ``None`` test of every member of the shape, ~70 an image with its
+        mappings, were the largest part of a large, sparse shape's XML). The same blocks,
+        so the same bytes. None (the general writer) past ``MAX_SPECIALIZED`` key sets."""
+        with self._lock:
+            if keys in special:
+                return special[keys]
+            if len(special) >= self.MAX_SPECIALIZED or not all(k.__class__ is str for k in keys):
+                return None  # not remembered: the cache stays bounded
+            local = {k: f"_v{i}" for i, k in enumerate(keys)}
+            lines = ["def write(out, value):", *head]
+            if keys:
+                lines.append("    " + ", ".join(local[k] for k in keys) + ", = value.values()")
+            for name, block in blocks:
+                if name in local:
+                    lines.append(f"    v = {local[name]}")
+                elif block[0] == "if v is None:":  # a list always sent: written empty
+                    lines.append("    v = None")
+                else:
+                    continue
+                lines += ["    " + line for line in block]
+            write = _exec(lines, f"<xml writer {shape.name} {len(special)}>", env)
+            special[keys] = write
+            return write
 
     def _inline(self, member: Any, tag: str, i: int, env: dict[str, Any]) -> list[str]:
         """The lines writing the non-None value ``v`` of ``member`` inside ``<tag>``:
