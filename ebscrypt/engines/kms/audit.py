@@ -16,7 +16,6 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, TextIO
 
 from ebscrypt.blocking import WouldBlock
@@ -248,7 +247,6 @@ class AuditTrail:
         self.space = space
         self.clock = clock
 
-    @contextmanager
     def audited(
         self,
         caller: Caller,
@@ -257,17 +255,38 @@ class AuditTrail:
         *,
         via_service: str | None = None,
         request_id: str | None = None,
-    ) -> Iterator[AuditEvent]:
-        """Run one KMS event; append its CloudTrail record (with errorCode if refused).
-        ``request_parameters``: the members as the caller sent them, for the record's
-        ``requestParameters`` (secrets and bytes left out).
+    ) -> AuditedEvent:
+        """Run one KMS event (``with trail.audited(...) as ev:``); append its CloudTrail
+        record (with errorCode if refused). ``request_parameters``: the members as the
+        caller sent them, for the record's ``requestParameters`` (secrets and bytes left out).
 
         Fail closed: an event that cannot be recorded does not happen. With too little
         space left for its record the operation is refused before it runs; a record
         that still cannot be appended turns the answer into the same 503, so no result
         (plaintext, data key) leaves without its record (see README.md, "Audit trail").
         """
-        self.space.require(f"the KMS audit record of {event_name}")
+        return AuditedEvent(self, caller, event_name, request_parameters, via_service, request_id)
+
+    def close(self) -> None:
+        self.log.close()
+
+
+class AuditedEvent:
+    """The context manager of :meth:`AuditTrail.audited` (a class, not a generator: two of
+    them wrap every KMS call, issue 15)."""
+
+    __slots__ = ("_trail", "_args", "_event", "_token")
+
+    def __init__(
+        self, trail: AuditTrail, caller: Caller, event_name: str, request_parameters: Mapping[str, Any] | None,
+        via_service: str | None, request_id: str | None,
+    ) -> None:
+        self._trail = trail
+        self._args = (caller, event_name, request_parameters, via_service, request_id)
+
+    def __enter__(self) -> AuditEvent:
+        caller, event_name, request_parameters, via_service, request_id = self._args
+        self._trail.space.require(f"the KMS audit record of {event_name}")
         ev = AuditEvent(
             caller=caller,
             name=event_name,
@@ -275,35 +294,30 @@ class AuditTrail:
             via_service=via_service,
             request_id=request_id or uuid4_str(),
             read_only=event_name in READ_ONLY_EVENTS,
-            time=self.clock.now(),
+            time=self._trail.clock.now(),
         )
-        token = CURRENT_EVENT.set(ev)
-        record = True
-        try:
-            yield ev
-        except WouldBlock:
-            # Not run: the gateway runs the request again in a worker thread, which
-            # records it (ebscrypt/blocking.py). One request, one record.
-            record = False
-            raise
-        except ServiceError as exc:
-            ev.error = (exc.code, exc.message)
-            raise
-        except Exception:
-            ev.error = ("KMSInternalException", "internal error")
-            raise
-        finally:
-            CURRENT_EVENT.reset(token)
-            if record:
-                try:
-                    self.log.append_line(record_line(ev))
-                except OSError as exc:
-                    if not is_out_of_space(exc):
-                        raise
-                    raise self.space.error(f"the KMS audit record of {event_name}", exc) from exc
+        self._event = ev
+        self._token = CURRENT_EVENT.set(ev)
+        return ev
 
-    def close(self) -> None:
-        self.log.close()
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        CURRENT_EVENT.reset(self._token)
+        ev = self._event
+        if exc is not None:
+            if isinstance(exc, WouldBlock):
+                # Not run: the gateway runs the request again in a worker thread, which
+                # records it (ebscrypt/blocking.py). One request, one record.
+                return
+            if isinstance(exc, ServiceError):
+                ev.error = (exc.code, exc.message)
+            elif isinstance(exc, Exception):
+                ev.error = ("KMSInternalException", "internal error")
+        try:
+            self._trail.log.append_line(record_line(ev))
+        except OSError as error:
+            if not is_out_of_space(error):
+                raise
+            raise self._trail.space.error(f"the KMS audit record of {ev.name}", error) from error
 
 
 def read_events(data_dir: Path | str) -> Iterator[dict[str, Any]]:
