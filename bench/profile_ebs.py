@@ -5,6 +5,7 @@ connections, against this checkout's server and optionally others (``--root DIR`
 
     python bench/profile_ebs.py [--blocks 160] [--rounds 3] [--conns 8] [--root DIR ...]
                                 [--pyspy DIR]   # also: py-spy profiles (non-idle samples)
+                                [--profile OUT [--profiler cprofile|yappi]]  # CPU-clock profiles
 
 Per side and direction it prints the server's CPU ms per block (user + system, from
 /proc; medians of the rounds), split by thread (the event loop's thread vs the worker
@@ -141,12 +142,13 @@ def summarize_spy(path: Path, top: int) -> None:
     print("    own:       " + "; ".join(f"{f} {100 * n / total:.1f}%" for f, n in own.most_common(top)))
 
 
-def _serve_yappi(out: str, argv: list[str]) -> None:
-    """Child mode: ``ebscrypt serve`` under yappi with a CPU clock, every thread."""
+def _serve_profiled(out: str, argv: list[str]) -> None:
+    """Child mode: ``ebscrypt serve`` profiled with a CPU clock (cProfile per thread, or
+    yappi for every thread: ``PROFILE_EBS_TOOL``)."""
     here = Path(__file__).resolve().parent
     sys.path[:] = [d for d in sys.path if d not in (str(here), str(here.parent), "")]
     sys.path.insert(0, os.environ["PYTHONPATH"].split(os.pathsep)[0])
-    if os.environ.get("PROFILE_EBS_TOOL") == "cprofile":
+    if os.environ.get("PROFILE_EBS_TOOL", "cprofile") == "cprofile":
         _serve_cprofile(out, argv)
         return
     import yappi
@@ -200,12 +202,12 @@ def _serve_cprofile(out: str, argv: list[str]) -> None:
             stats.dump_stats(out)
 
 
-def start_yappi(data_dir: Path, out: Path, root: Path) -> Server:
+def start_profiled(data_dir: Path, out: Path, root: Path) -> Server:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(root.resolve()))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-yappi", str(out), "serve", "--port", str(port),
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-profiled", str(out), "serve", "--port", str(port),
            "--data-dir", str(data_dir), "--log-level", "warning", "--nbd-port", "0"]
-    return Server("yappi", cmd, port, "/_ebscrypt/health", env=env, workdir=root.resolve()).start()
+    return Server("profiled", cmd, port, "/_ebscrypt/health", env=env, workdir=root.resolve()).start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,15 +220,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run this checkout's server with this environment variable set (A/B of a switch)")
     p.add_argument("--pyspy", type=Path, help="record py-spy profiles into this directory (last round)")
     p.add_argument("--top", type=int, default=25)
-    p.add_argument("--yappi", type=Path, help="run this checkout's server under yappi (CPU clock, all threads); "
-                   "its pstats go to this file and the top functions are printed; PROFILE_EBS_TOOL=cprofile: "
-                   "cProfile with each thread's CPU clock instead")
+    p.add_argument("--profile", type=Path, metavar="OUT",
+                   help="profile this checkout's server with each thread's CPU clock: the worker threads' pstats "
+                   "in OUT (the event loop's in OUT.loop with cProfile), the top functions printed")
+    p.add_argument("--profiler", choices=("cprofile", "yappi"), default="cprofile",
+                   help="cProfile per thread (default) or yappi (all threads, more overhead)")
     p.add_argument("--server-arg", action="append", default=[], help="an extra argument of ebscrypt serve")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-profile-ebs-"))
     sides: list[Side] = []
     try:
-        sides.append(Side("this", start_yappi(work / "this", args.yappi, REPO_ROOT) if args.yappi
+        if args.profile:
+            os.environ["PROFILE_EBS_TOOL"] = args.profiler  # read by the child (--serve-profiled)
+        sides.append(Side("this", start_profiled(work / "this", args.profile, REPO_ROOT) if args.profile
                           else start_ebscrypt(work / "this", extra_args=args.server_arg)))
         for n, assignment in enumerate(args.also_env):  # this checkout again, with one variable set
             var, _, value = assignment.partition("=")
@@ -262,11 +268,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {s.name:8} {what}: CPU {statistics.median(total):.2f} ms/block "
                       f"(rounds {[round(t, 2) for t in total]}; {split}); "
                       f"{statistics.median(s.mibps[what]):.1f} MiB/s (rounds {[round(x, 1) for x in s.mibps[what]]})")
-        if args.yappi:
+        if args.profile:
             sides[0].server.stop()
             import pstats
 
-            stats = pstats.Stats(str(args.yappi))
+            stats = pstats.Stats(str(args.profile))
             stats.sort_stats("cumulative").print_stats(args.top)
             stats.sort_stats("tottime").print_stats(args.top)
         if args.pyspy:
@@ -280,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--serve-yappi":
-        _serve_yappi(sys.argv[2], sys.argv[3:])
+    if len(sys.argv) > 2 and sys.argv[1] == "--serve-profiled":
+        _serve_profiled(sys.argv[2], sys.argv[3:])
         raise SystemExit(0)
     raise SystemExit(main())
