@@ -1,0 +1,70 @@
+"""The XML of Describe at scale, this tree against another (issue 15: byte-identical is the
+goal): the same rows (bench_describe_scale.fill, 3,000 of each kind, a description and a
+tag needing escapes) served by both; pages, the kms-key-id / name=prefix* and tag:Name
+filters, ids; every body compared with its requestId removed.
+
+    python bench/describe_same_xml.py /tmp/before-tree
+"""
+import re, shutil, sys, tempfile
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.bench_describe_scale import fill, ACCOUNT, KEY_B
+from bench.common import RawCall, sign_requests, start_ebscrypt
+import http.client
+
+work = Path(tempfile.mkdtemp(prefix="describe-same-xml-"))
+failed = False
+try:
+    for kind in ("snapshots", "volumes", "images"):
+        for side, tree in (("this", None), ("base", Path(sys.argv[1]))):
+            start_ebscrypt(work / kind / side, tree=tree).stop()
+            fill(work / kind / side, kind, 0, 3000)
+    # a few awkward values: escaping, tags
+    import sqlite3
+    for side in ("this", "base"):
+        c = sqlite3.connect(work / "snapshots" / side / "metadata.db")
+        c.execute("update ec2_snapshots set description='a <b> & c\r\nd' where rowid=5")
+        c.execute("insert into ec2_tags values('snap-00000000000000007','k&<>','v\r>','snapshot','111111111111','us-east-1')")
+        c.commit(); c.close()
+    calls = {
+        "snapshots": [("describe_snapshots", {"OwnerIds": ["self"], "MaxResults": 1000}),
+                      ("describe_snapshots", {"OwnerIds": ["self"], "Filters": [{"Name": "kms-key-id", "Values": [KEY_B]}]}),
+                      ("describe_snapshots", {"OwnerIds": ["self"], "Filters": [{"Name": "tag:Name", "Values": ["one-percent"]}]}),
+                      ("describe_snapshots", {"SnapshotIds": ["snap-00000000000000005", "snap-00000000000000007"]})],
+        "volumes": [("describe_volumes", {"MaxResults": 500}),
+                    ("describe_volumes", {"Filters": [{"Name": "kms-key-id", "Values": [KEY_B]}]}),
+                    ("describe_volumes", {"Filters": [{"Name": "tag:Name", "Values": ["one-percent"]}]})],
+        "images": [("describe_images", {"Owners": ["self"], "MaxResults": 1000}),
+                   ("describe_images", {"Owners": ["self"], "Filters": [{"Name": "name", "Values": ["one-percent-*"]}]}),
+                   ("describe_images", {"Owners": ["self"], "Filters": [{"Name": "tag:Name", "Values": ["one-percent"]}]})],
+    }
+    for kind, cs in calls.items():
+        bodies = {}
+        for side, tree in (("this", None), ("base", Path(sys.argv[1]))):
+            srv = start_ebscrypt(work / kind / side, tree=tree)
+            try:
+                out = []
+                for method, params in cs:
+                    token = None
+                    while True:
+                        p = dict(params, **({"NextToken": token} if token else {}))
+                        m, path, body, headers = sign_requests(srv.url, RawCall("ec2", method, p, ACCOUNT), 1)[0]
+                        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=600)
+                        conn.request(m, path, body=body, headers=headers); r = conn.getresponse(); text = r.read(); conn.close()
+                        assert r.status == 200, text[:300]
+                        out.append(re.sub(rb"<requestId>[^<]*</requestId>", b"", text))
+                        token = text.split(b"<nextToken>")[1].split(b"</nextToken>")[0].decode() if b"<nextToken>" in text else None
+                        if not token: break
+                bodies[side] = out
+            finally:
+                srv.stop()
+        same = bodies["this"] == bodies["base"]
+        failed = failed or not same
+        print(kind, "responses", len(bodies["this"]), "bytes", sum(map(len, bodies["this"])), "identical" if same else "DIFFERENT")
+        if not same:
+            for a, b in zip(bodies["this"], bodies["base"]):
+                if a != b:
+                    i = next(i for i in range(min(len(a), len(b))) if a[i] != b[i]); print(a[i-200:i+200]); print(b[i-200:i+200]); break
+finally:
+    shutil.rmtree(work, ignore_errors=True)
+sys.exit(1 if failed else 0)
