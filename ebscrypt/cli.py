@@ -354,10 +354,12 @@ def _run(args: argparse.Namespace, settings: Settings, sock: socket.socket) -> i
     import uvicorn
 
     from ebscrypt.app import build_app
+    from ebscrypt.fd_limit import raise_open_files_limit
     from ebscrypt.heap import reuse_large_buffers
     from ebscrypt.wire.http_server import protocol_class
 
     reuse_large_buffers()  # 512 KiB blocks reused by malloc, not mapped afresh (issue 15)
+    raise_open_files_limit()  # before the block store sizes its descriptor cache from it
 
     # uvicorn catches SIGINT/SIGTERM: it stops accepting, finishes requests, runs the
     # lifespan shutdown (job workers stopped, database closed), then re-raises the signal
