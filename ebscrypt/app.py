@@ -129,11 +129,7 @@ class Gateway:
 
     async def handle(self, scope: Scope, receive: Receive) -> tuple[HttpResponse, Sequence[tuple[str, str]]]:
         """The answer to one request and the CORS headers to send with it."""
-        request_id = uuid4_str()
-        headers = _headers(scope)
-        method: str = scope["method"]
-        cors = origin.cors_headers(self.origins, headers) if "origin" in headers else ()
-        early, refused = self._before_body(method, headers)
+        request_id, headers, cors, early, refused = self._before_body(scope)
         if early is not None:
             return early, ()
         try:
@@ -152,11 +148,7 @@ class Gateway:
         protocol's path for small API requests, wire/http_server.py): as :meth:`handle`
         gives it, or a :class:`Deferred` (:meth:`finish`) for a handler that runs in a
         worker thread. Never raises: errors are answers."""
-        request_id = uuid4_str()
-        headers = _headers(scope)
-        method: str = scope["method"]
-        cors = origin.cors_headers(self.origins, headers) if "origin" in headers else ()
-        early, refused = self._before_body(method, headers)
+        request_id, headers, cors, early, refused = self._before_body(scope)
         if early is not None:
             return early, ()
         limit = self.settings.max_body_bytes
@@ -165,16 +157,22 @@ class Gateway:
             return self._failure(too_large, "ec2", None, request_id), cors
         return self.respond(_request(scope, headers, body), refused, request_id), cors
 
-    def _before_body(self, method: str, headers: dict[str, str]) -> tuple[HttpResponse | None, str | None]:
-        """A CORS preflight's answer (nothing else to do), and why the request is refused
-        as one a web page could have sent (None: it is not)."""
+    def _before_body(self, scope: Scope) -> tuple[
+            str, dict[str, str], Sequence[tuple[str, str]], HttpResponse | None, str | None]:
+        """What both request paths learn before the body: the request id, the headers, the
+        CORS headers to answer with, a CORS preflight's answer (nothing else to do), and
+        why the request is refused as one a web page could have sent (None: it is not)."""
+        request_id = uuid4_str()
+        headers = _headers(scope)
+        method: str = scope["method"]
+        cors = origin.cors_headers(self.origins, headers) if "origin" in headers else ()
         refused = origin.refusal(self.origins, headers)
         if method == "OPTIONS":
             preflight = origin.preflight_headers(self.origins, headers)
             if refused is None and preflight is not None and origin.is_preflight(method, headers):
-                return HttpResponse(200, list(preflight)), None
+                return request_id, headers, cors, HttpResponse(200, list(preflight)), None
             refused = refused or "OPTIONS is only answered as the CORS preflight of an origin given with --cors-origin."
-        return None, refused
+        return request_id, headers, cors, None, refused
 
     def respond(self, http: HttpRequest, refused: str | None, request_id: str) -> HttpResponse | Deferred:
         """The answer to a request read whole: authenticated, routed, parsed, and run
