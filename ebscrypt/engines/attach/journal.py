@@ -56,6 +56,7 @@ content, whether the crash came before or after a publication or a merge's commi
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import secrets
 import struct
@@ -244,7 +245,7 @@ class Journal:
         return self._aead.encrypt(seq.to_bytes(12, "big"), bytes(data), self._prefix + aad)
 
     def _open(self, seq: int, aad: bytes, sealed: bytes | memoryview) -> bytes:
-        return _open_sealed(self._aead, self._prefix, seq, aad, sealed)
+        return bytes(_open_sealed(self._aead, self._prefix, seq, aad, sealed))
 
     # ------------------------------------------------------------------ writing
 
@@ -388,7 +389,7 @@ class Journal:
     def _read_record(self, ext: Extent) -> bytes:
         got = _read_records(self._fd, [ext], False, self._aead, self._prefix)
         assert got is not None
-        return got[ext.seq]
+        return bytes(got[ext.seq])
 
     # ------------------------------------------------------------------ replay
 
@@ -555,39 +556,51 @@ def covers(extents: list[Extent], start: int, stop: int) -> bool:
 
 
 def _apply(extents: list[Extent], buf: bytearray | memoryview, start: int,
-           read: Callable[[list[Extent], bool], dict[int, bytes] | None], *, nowait: bool = False) -> bool:
+           read: Callable[[list[Extent], bool], dict[int, bytes | memoryview] | None], *, nowait: bool = False) -> bool:
     """Lay ``extents`` (oldest first) over ``buf`` = bytes [start, start+len(buf)) of the
     block. ``read(data extents, nowait)`` gives their payloads by sequence number (None:
-    not all in the page cache, with ``nowait``; then False and ``buf`` is left as it was)."""
+    not all in the page cache, with ``nowait``; then False and ``buf`` is left as it was).
+    A record that a newer one rewrote exactly (the same range: a page written again) is
+    not read at all."""
     stop = start + len(buf)
-    view = memoryview(buf)
-    wanted = [e for e in extents if e.offset < stop and e.offset + e.length > start]
-    data = [e for e in wanted if not e.zeros]
+    wanted = []
+    seen: set[tuple[int, int]] = set()
+    for ext in reversed(extents):
+        lo, hi = max(ext.offset, start), min(ext.offset + ext.length, stop)
+        if lo >= hi or (lo, hi) in seen:
+            continue
+        seen.add((lo, hi))
+        wanted.append((ext, lo, hi))
+    wanted.reverse()
+    data = [e for e, _lo, _hi in wanted if not e.zeros]
     payloads = read(data, nowait) if data else {}
     if payloads is None:
         return False
-    for ext in wanted:
-        lo, hi = max(ext.offset, start), min(ext.offset + ext.length, stop)
+    view = memoryview(buf)
+    for ext, lo, hi in wanted:
         if ext.zeros:
             view[lo - start:hi - start] = bytes(hi - lo)
+        elif lo == ext.offset and hi - lo == ext.length:
+            view[lo - start:hi - start] = payloads[ext.seq]
         else:
             view[lo - start:hi - start] = memoryview(payloads[ext.seq])[lo - ext.offset:hi - ext.offset]
     return True
 
 
 def _read_records(fd: int, extents: list[Extent], nowait: bool, aead: AESGCM | None,
-                  prefix: bytes) -> dict[int, bytes] | None:
+                  prefix: bytes) -> dict[int, bytes | memoryview] | None:
     """The authenticated payloads of these data records, by sequence number: records
     adjacent in the file are read with one ``pread`` (a run of sequential small writes).
     ``nowait``: None if a record is not in the page cache (RWF_NOWAIT)."""
-    out: dict[int, bytes] = {}
-    todo = sorted(extents, key=lambda e: e.pos)
+    out: dict[int, bytes | memoryview] = {}
+    todo = sorted(extents, key=lambda e: e.pos) if len(extents) > 1 else extents
+    unpack, head = _REC.unpack_from, _REC.size
     i = 0
     while i < len(todo):
         j = i + 1
-        end = todo[i].pos + _REC.size + todo[i].length + TAG
+        end = todo[i].pos + head + todo[i].length + TAG
         while j < len(todo) and todo[j].pos == end and end - todo[i].pos < _RUN_MAX:
-            end += _REC.size + todo[j].length + TAG
+            end += head + todo[j].length + TAG
             j += 1
         at = todo[i].pos
         if nowait:
@@ -600,35 +613,37 @@ def _read_records(fd: int, extents: list[Extent], nowait: bool, aead: AESGCM | N
                 return None
             if got != len(raw):
                 return None
+            whole = memoryview(raw)
         else:
-            raw = bytearray(os.pread(fd, end - at, at))
-        whole = memoryview(raw)
+            whole = memoryview(os.pread(fd, end - at, at))
+        if len(whole) != end - at:
+            raise JournalIntegrityError()  # the file is shorter than its index says
         for ext in todo[i:j]:
-            size = _REC.size + ext.length + TAG
-            rec = whole[ext.pos - at:ext.pos - at + size]
-            if len(rec) != size:
-                raise JournalIntegrityError()
-            header = bytes(rec[:_REC.size])
-            magic, kind, _z, length, seq, _c, _index, offset = _REC.unpack(header)
+            rel = ext.pos - at
+            magic, kind, _z, length, seq, _c, _index, offset = unpack(whole, rel)
             if magic != _REC_MAGIC or kind != DATA or length != ext.length or seq != ext.seq or offset != ext.offset:
                 raise JournalIntegrityError()
-            out[ext.seq] = _open_sealed(aead, prefix, seq, header, rec[_REC.size:])
+            out[seq] = _open_sealed(aead, prefix, seq, whole[rel:rel + head], whole[rel + head:rel + head + length + TAG])
         i = j
     return out
 
 
-def _open_sealed(aead: AESGCM | None, prefix: bytes, seq: int, aad: bytes, sealed: bytes | memoryview) -> bytes:
+def _open_sealed(aead: AESGCM | None, prefix: bytes, seq: int, aad: bytes | memoryview,
+                 sealed: bytes | memoryview) -> bytes | memoryview:
     """A record's payload, authenticated: AES-GCM under the journal key (nonce = its
-    sequence number), or a plain volume's SHA-256 digest."""
+    sequence number), or a plain volume's SHA-256 digest (then a view of ``sealed``)."""
     if len(sealed) < TAG:
         raise JournalIntegrityError()
     if aead is None:
-        data, tag = bytes(sealed[:-TAG]), bytes(sealed[-TAG:])
-        if hashlib.sha256(prefix + aad + data).digest()[:TAG] != tag:
+        data = memoryview(sealed)[:-TAG]
+        digest = hashlib.sha256(prefix)
+        digest.update(aad)
+        digest.update(data)
+        if not hmac.compare_digest(digest.digest()[:TAG], memoryview(sealed)[-TAG:]):
             raise JournalIntegrityError()
         return data
     try:
-        return aead.decrypt(seq.to_bytes(12, "big"), bytes(sealed), prefix + aad)
+        return aead.decrypt(seq.to_bytes(12, "big"), sealed, prefix + bytes(aad))
     except InvalidTag:
         raise JournalIntegrityError() from None
 

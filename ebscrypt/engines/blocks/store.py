@@ -270,7 +270,12 @@ class LocalDirStore:
         Give ``buf`` one byte more than the expected size: a view that long means the
         object is too long, and fails the caller's length check.
         """
-        fd = self._open.acquire(key, self._object_path(key))
+        # (Not through the descriptors kept open: a whole object is read once per pass of a
+        # sequential reader, and would only push out the objects random reads come back to.)
+        try:
+            fd = os.open(self._object_path(key), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
         try:
             n = 0
             view = memoryview(buf)
@@ -281,7 +286,7 @@ class LocalDirStore:
                 n += got
             return view[:n]
         finally:
-            self._open.release(key, fd)
+            os.close(fd)
 
     def _object_path(self, key: str) -> str:
         if not _KEY_RE.match(key):
