@@ -347,12 +347,14 @@ class Journal:
     # ------------------------------------------------------------------ reading
 
     def overlay(self, index: int, buf: bytearray | memoryview, start: int = 0, *, since: int = 0,
-                nowait: bool = False) -> bool:
+                nowait: bool = False, extents: list[Extent] | None = None) -> bool:
         """Apply the records of block ``index`` to ``buf``, which holds the block's bytes
         [start, start + len(buf)) as stored (records authenticated again here). ``since``:
         only the records after that sequence number (those before are applied already).
-        ``nowait``: False (``buf`` left as it was) if a record is not in the page cache."""
-        extents = self._extents.get(index)
+        ``nowait``: False (``buf`` left as it was) if a record is not in the page cache.
+        ``extents``: those of :meth:`extents` for this window, taken just before."""
+        if extents is None:
+            extents = self._extents.get(index)
         if not extents:
             return True
         if since:

@@ -396,7 +396,7 @@ class OpenVolume:
             if data is not None and extents:
                 assert journal is not None
                 data = bytearray(data)
-                if not journal.overlay(index, data, start, nowait=True):
+                if not journal.overlay(index, data, start, nowait=True, extents=extents):
                     return None
         except Exception:  # e.g. a tampered sector: the blocking way reads it again and answers the error
             return None
