@@ -842,3 +842,134 @@ def test_deferred_publication_over_a_store_without_staging(tmp_path: Path) -> No
     assert fresh.read(9 * BLOCK_SIZE, 4) == b"\x0a" * 4
     engine.close()
     db.dispose()
+
+
+@pytest.mark.parametrize("encrypted", [True, False], ids=["encrypted", "plain"])
+def test_journaled_reads_outside_the_lock_never_read_back_stale_bytes(blocks, tmp_path: Path, encrypted: bool) -> None:
+    """R-ATTACH-3: reads of blocks with journal records resolve what to read under the
+    volume's lock (where the block is, which records touch the span) and read the object
+    and the records outside it. A writer appends 4 KiB records (and now and then rewrites
+    a whole block, which leaves the journal), the journal is small enough to be merged
+    (replaced) many times meanwhile, and random and sequential readers run beside it:
+    every 4 KiB page a read returns is one whole version, never older than the last write
+    acknowledged before the read began."""
+    key = DataKey("dk-test", os.urandom(32)) if encrypted else None
+    vid = "vol-00000000000000021"
+    nblocks, pages = 12, BLOCK_SIZE // 4096
+    pool = ThreadPoolExecutor(4)
+    vol = _journaled(blocks, vid, key, tmp_path, cache_blocks=4, flusher=pool, journal_bytes=256 << 10)
+    acked = [1] * (nblocks * pages)
+    for i in range(nblocks):
+        vol.write(i * BLOCK_SIZE, bytes([1]) * BLOCK_SIZE)
+    vol.flush()
+    stop = threading.Event()
+    errors: list[str] = []
+    merges = [0]
+    real_reset = vol._journal.reset
+
+    def counting_reset() -> None:
+        merges[0] += 1
+        real_reset()
+    vol._journal.reset = counting_reset
+
+    def writer() -> None:
+        rng = random.Random(7)
+        try:
+            for step in range(1500):
+                if step % 97 == 96:  # a whole block: it leaves the journal
+                    i = rng.randrange(nblocks)
+                    v = max(acked[i * pages:(i + 1) * pages]) + 1
+                    if v > 255:
+                        continue
+                    vol.write(i * BLOCK_SIZE, bytes([v]) * BLOCK_SIZE)
+                    acked[i * pages:(i + 1) * pages] = [v] * pages
+                    continue
+                page = rng.randrange(len(acked))
+                v = acked[page] + 1
+                if v > 255:
+                    continue
+                if not vol.try_write(page * 4096, bytes([v]) * 4096):
+                    vol.write(page * 4096, bytes([v]) * 4096)
+                acked[page] = v
+        finally:
+            stop.set()
+
+    def check(first_page: int, floor: list[int], got: bytes | bytearray, what: str) -> None:
+        for k, low in enumerate(floor):
+            part = got[k * 4096:(k + 1) * 4096]
+            if part.count(part[0]) != 4096 or part[0] < low:
+                errors.append(f"{what} page {first_page + k}: {part[0]} < {low} or mixed")
+
+    def random_reader(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            page = rng.randrange(len(acked) - 1)
+            floor = acked[page:page + 2]
+            got = vol.try_read(page * 4096, 8192)
+            if got is None:
+                got = vol.read(page * 4096, 8192)
+            check(page, floor, got, "random")
+
+    def sequential_reader() -> None:
+        while not stop.is_set():
+            for i in range(0, nblocks, 2):
+                floor = acked[i * pages:(i + 2) * pages]
+                check(i * pages, floor, vol.read(i * BLOCK_SIZE, 2 * BLOCK_SIZE), "sequential")
+
+    threads = [threading.Thread(target=random_reader, args=(s,)) for s in range(3)] + [
+        threading.Thread(target=sequential_reader), threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert not errors, errors[:5]
+    assert merges[0] >= 2  # reads raced merges that replaced the journal file
+    for page in range(0, len(acked), 17):
+        assert vol.read(page * 4096, 4096) == bytes([acked[page]]) * 4096
+    vol.close()
+    pool.shutdown()
+    fresh = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1")
+    assert all(fresh.read(p * 4096, 4096) == bytes([acked[p]]) * 4096 for p in range(0, len(acked), 13))
+
+
+def test_journal_records_read_outside_the_lock_survive_a_merge_and_fail_closed(tmp_path: Path) -> None:
+    """A RecordFile taken under the lock reads its records after the journal was replaced
+    (a merge's reset): its descriptor is closed only when the last read lets go. A record
+    altered on disk fails the read (JournalIntegrityError), never gives other bytes."""
+    from ebscrypt.engines.attach.journal import Journal, JournalIntegrityError, covers
+
+    key = DataKey("dk-test", os.urandom(32))
+    j = Journal(tmp_path / "j.jnl", "vol-00000000000000022", key)
+    j.open()
+    j.append(3, 4096, b"x" * 4096)
+    j.append(3, 8192, b"y" * 4096)  # adjacent in the file to the first: one pread for both
+    j.append_zeros(3, 6000, 100)
+    extents = j.extents(3, 0, 3 * 4096)
+    assert [e.seq for e in extents] == [1, 2, 3] and j.extents(3, 0, 4096) == []
+    assert covers(extents, 4096, 12288) and not covers(extents, 4000, 12288)
+    held = j.records()
+    j.reset()  # merged: a new file in place of the old one
+    assert j.extents(3) == [] and j.generation != held.generation
+    buf = bytearray(3 * 4096)
+    assert held.overlay(extents, buf, 0)
+    assert buf[4096:6000] == b"x" * 1904 and buf[6000:6100] == bytes(100) and buf[8192:] == b"y" * 4096
+    fd = held._fd
+    held.release()
+    assert held._fd == -1
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    # tampering: a record altered on disk fails the overlay outside the lock
+    j.append(5, 0, b"z" * 4096)
+    held = j.records()
+    ext = j.extents(5)
+    with open(tmp_path / "j.jnl", "r+b") as f:  # one byte of its ciphertext flipped, in place
+        f.seek(ext[0].pos + 40)
+        byte = f.read(1)[0]
+        f.seek(ext[0].pos + 40)
+        f.write(bytes([byte ^ 1]))
+    with pytest.raises(JournalIntegrityError):
+        held.overlay(ext, bytearray(4096))
+    with pytest.raises(JournalIntegrityError):
+        j.overlay(5, bytearray(4096))  # (and under the lock)
+    held.release()
+    j.close()

@@ -56,11 +56,14 @@ content, whether the crash came before or after a publication or a merge's commi
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import secrets
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -79,6 +82,8 @@ TAG = 16
 _REC = struct.Struct(">2sBBIQQII")  # magic, type, 0, length (of the range), seq, committed, block index, offset
 _REC_MAGIC = b"JR"
 _FIXED = struct.Struct(">4sBB16s")  # magic, version, mode, journal id
+_RUN_MAX = 1 << 20  # records adjacent in the file read with one pread, up to this many bytes
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 
 class JournalIntegrityError(BlockIntegrityError):
@@ -119,6 +124,7 @@ class Journal:
         self.recovered = False  # opened from a file a crash left (reset before appending)
         self._touched: set[int] = set()  # blocks with records or marks in this journal
         self._marks: dict[int, list[tuple[int, str]]] = {}  # replayed: block -> [(covered seq, object key)]
+        self._reader: RecordFile | None = None  # the current file's, for reads outside the lock (records())
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -134,6 +140,7 @@ class Journal:
             self._create()
 
     def close(self) -> None:
+        self._retire_reader()  # (closed once the reads holding it end)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -161,6 +168,7 @@ class Journal:
             raise
         if saved[0] >= 0:
             os.close(saved[0])
+        self._retire_reader()  # reads outside the lock still holding the old file keep it
         self._extents.clear()
         self._touched.clear()
         self._marks.clear()
@@ -237,17 +245,7 @@ class Journal:
         return self._aead.encrypt(seq.to_bytes(12, "big"), bytes(data), self._prefix + aad)
 
     def _open(self, seq: int, aad: bytes, sealed: bytes | memoryview) -> bytes:
-        if len(sealed) < TAG:
-            raise JournalIntegrityError()
-        if self._aead is None:
-            data, tag = bytes(sealed[:-TAG]), bytes(sealed[-TAG:])
-            if hashlib.sha256(self._prefix + aad + data).digest()[:TAG] != tag:
-                raise JournalIntegrityError()
-            return data
-        try:
-            return self._aead.decrypt(seq.to_bytes(12, "big"), bytes(sealed), self._prefix + aad)
-        except InvalidTag:
-            raise JournalIntegrityError() from None
+        return bytes(_open_sealed(self._aead, self._prefix, seq, aad, sealed))
 
     # ------------------------------------------------------------------ writing
 
@@ -348,34 +346,52 @@ class Journal:
 
     # ------------------------------------------------------------------ reading
 
-    def overlay(self, index: int, buf: bytearray | memoryview, start: int = 0) -> None:
+    def overlay(self, index: int, buf: bytearray | memoryview, start: int = 0, *, since: int = 0,
+                nowait: bool = False, extents: list[Extent] | None = None) -> bool:
         """Apply the records of block ``index`` to ``buf``, which holds the block's bytes
-        [start, start + len(buf)) as stored (records authenticated again here)."""
-        extents = self._extents.get(index)
+        [start, start + len(buf)) as stored (records authenticated again here). ``since``:
+        only the records after that sequence number (those before are applied already).
+        ``nowait``: False (``buf`` left as it was) if a record is not in the page cache.
+        ``extents``: those of :meth:`extents` for this window, taken just before."""
+        if extents is None:
+            extents = self._extents.get(index)
         if not extents:
-            return
-        stop = start + len(buf)
-        view = memoryview(buf)
-        for ext in extents:
-            lo, hi = max(ext.offset, start), min(ext.offset + ext.length, stop)
-            if lo >= hi:
-                continue
-            if ext.zeros:
-                view[lo - start:hi - start] = bytes(hi - lo)
-                continue
-            data = self._read_record(ext)
-            view[lo - start:hi - start] = data[lo - ext.offset:hi - ext.offset]
+            return True
+        if since:
+            extents = [e for e in extents if e.seq > since]
+        return _apply(extents, buf, start,
+                      lambda exts, nw: _read_records(self._fd, exts, nw, self._aead, self._prefix), nowait=nowait)
+
+    def extents(self, index: int, start: int = 0, stop: int = BLOCK_SIZE) -> list[Extent]:
+        """(Locked) The records of block ``index`` that touch [start, stop), oldest first: a
+        snapshot for :meth:`RecordFile.overlay` outside the volume's lock."""
+        return [e for e in self._extents.get(index, ()) if e.offset < stop and e.offset + e.length > start]
+
+    @property
+    def generation(self) -> bytes:
+        """This journal file's id: it changes when a merge (or a replay) replaces the file."""
+        return self._jid
+
+    def records(self) -> "RecordFile":
+        """(Locked) The current file's records for a read outside the volume's lock, held
+        (:meth:`RecordFile.release` it): records never change once written, and a held file
+        stays readable after a merge replaced it (its descriptor is closed when released)."""
+        reader = self._reader
+        if reader is None or reader.generation != self._jid:
+            if reader is not None:
+                reader.retire()
+            reader = self._reader = RecordFile(os.dup(self._fd), self._jid, self._prefix, self._aead, self.volume_id)
+        return reader.acquire()
+
+    def _retire_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.retire()
+            self._reader = None
 
     def _read_record(self, ext: Extent) -> bytes:
-        size = _REC.size + ext.length + TAG
-        raw = os.pread(self._fd, size, ext.pos)
-        if len(raw) != size:
-            raise JournalIntegrityError()
-        header = raw[:_REC.size]
-        magic, kind, _z, length, seq, _c, _index, offset = _REC.unpack(header)
-        if magic != _REC_MAGIC or kind != DATA or length != ext.length or seq != ext.seq or offset != ext.offset:
-            raise JournalIntegrityError()
-        return self._open(seq, header, memoryview(raw)[_REC.size:])
+        got = _read_records(self._fd, [ext], False, self._aead, self._prefix)
+        assert got is not None
+        return bytes(got[ext.seq])
 
     # ------------------------------------------------------------------ replay
 
@@ -479,6 +495,159 @@ class Journal:
         except JournalIntegrityError:
             return None
         return kind, index, offset, length, size, committed
+
+
+class RecordFile:
+    """One journal file's records, read outside the volume's lock (a duplicate descriptor
+    of the file and its opening key). Reference-counted: the descriptor is closed once the
+    journal moved on to another file (:meth:`retire`) and no read holds it, so a read never
+    uses a descriptor closed (or reused for another file) under it."""
+
+    def __init__(self, fd: int, generation: bytes, prefix: bytes, aead: AESGCM | None, volume_id: str) -> None:
+        self.generation = generation
+        self._fd = fd
+        self._prefix = prefix
+        self._aead = aead
+        self.volume_id = volume_id
+        self._users = 0
+        self._retired = False
+        self._mutex = threading.Lock()
+
+    def acquire(self) -> "RecordFile":
+        with self._mutex:
+            self._users += 1
+        return self
+
+    def release(self) -> None:
+        with self._mutex:
+            self._users -= 1
+            self._close_if_done()
+
+    def retire(self) -> None:
+        with self._mutex:
+            self._retired = True
+            self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if self._retired and self._users <= 0 and self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._aead = None
+
+    def overlay(self, extents: list[Extent], buf: bytearray | memoryview, start: int = 0, *,
+                nowait: bool = False) -> bool:
+        """Apply these records (:meth:`Journal.extents`, taken under the lock) to ``buf``,
+        the block's bytes [start, start + len(buf)) as stored; authenticated here. Held
+        (:meth:`acquire`). ``nowait``: False (``buf`` left as it was) if a record is not
+        in the page cache (RWF_NOWAIT), for a caller that must not wait for the disk."""
+        return _apply(extents, buf, start, lambda exts, nw: _read_records(self._fd, exts, nw, self._aead, self._prefix),
+                      nowait=nowait)
+
+
+def covers(extents: list[Extent], start: int, stop: int) -> bool:
+    """Do these records together cover all of [start, stop)? (Then what is stored under
+    them need not be read.)"""
+    pos = start
+    for lo, hi in sorted((e.offset, e.offset + e.length) for e in extents):
+        if lo > pos:
+            return False
+        pos = max(pos, hi)
+        if pos >= stop:
+            return True
+    return pos >= stop
+
+
+def _apply(extents: list[Extent], buf: bytearray | memoryview, start: int,
+           read: Callable[[list[Extent], bool], dict[int, bytes | memoryview] | None], *, nowait: bool = False) -> bool:
+    """Lay ``extents`` (oldest first) over ``buf`` = bytes [start, start+len(buf)) of the
+    block. ``read(data extents, nowait)`` gives their payloads by sequence number (None:
+    not all in the page cache, with ``nowait``; then False and ``buf`` is left as it was).
+    A record that a newer one rewrote exactly (the same range: a page written again) is
+    not read at all."""
+    stop = start + len(buf)
+    wanted = []
+    seen: set[tuple[int, int]] = set()
+    for ext in reversed(extents):
+        lo, hi = max(ext.offset, start), min(ext.offset + ext.length, stop)
+        if lo >= hi or (lo, hi) in seen:
+            continue
+        seen.add((lo, hi))
+        wanted.append((ext, lo, hi))
+    wanted.reverse()
+    data = [e for e, _lo, _hi in wanted if not e.zeros]
+    payloads = read(data, nowait) if data else {}
+    if payloads is None:
+        return False
+    view = memoryview(buf)
+    for ext, lo, hi in wanted:
+        if ext.zeros:
+            view[lo - start:hi - start] = bytes(hi - lo)
+        elif lo == ext.offset and hi - lo == ext.length:
+            view[lo - start:hi - start] = payloads[ext.seq]
+        else:
+            view[lo - start:hi - start] = memoryview(payloads[ext.seq])[lo - ext.offset:hi - ext.offset]
+    return True
+
+
+def _read_records(fd: int, extents: list[Extent], nowait: bool, aead: AESGCM | None,
+                  prefix: bytes) -> dict[int, bytes | memoryview] | None:
+    """The authenticated payloads of these data records, by sequence number: records
+    adjacent in the file are read with one ``pread`` (a run of sequential small writes).
+    ``nowait``: None if a record is not in the page cache (RWF_NOWAIT)."""
+    out: dict[int, bytes | memoryview] = {}
+    todo = sorted(extents, key=lambda e: e.pos) if len(extents) > 1 else extents
+    unpack, head = _REC.unpack_from, _REC.size
+    i = 0
+    while i < len(todo):
+        j = i + 1
+        end = todo[i].pos + head + todo[i].length + TAG
+        while j < len(todo) and todo[j].pos == end and end - todo[i].pos < _RUN_MAX:
+            end += head + todo[j].length + TAG
+            j += 1
+        at = todo[i].pos
+        if nowait:
+            if _RWF_NOWAIT is None:
+                return None
+            raw = bytearray(end - at)
+            try:
+                got = os.preadv(fd, [raw], at, _RWF_NOWAIT)
+            except OSError:  # EAGAIN: not all in the page cache
+                return None
+            if got != len(raw):
+                return None
+            whole = memoryview(raw)
+        else:
+            whole = memoryview(os.pread(fd, end - at, at))
+        if len(whole) != end - at:
+            raise JournalIntegrityError()  # the file is shorter than its index says
+        for ext in todo[i:j]:
+            rel = ext.pos - at
+            magic, kind, _z, length, seq, _c, _index, offset = unpack(whole, rel)
+            if magic != _REC_MAGIC or kind != DATA or length != ext.length or seq != ext.seq or offset != ext.offset:
+                raise JournalIntegrityError()
+            out[seq] = _open_sealed(aead, prefix, seq, whole[rel:rel + head], whole[rel + head:rel + head + length + TAG])
+        i = j
+    return out
+
+
+def _open_sealed(aead: AESGCM | None, prefix: bytes, seq: int, aad: bytes | memoryview,
+                 sealed: bytes | memoryview) -> bytes | memoryview:
+    """A record's payload, authenticated: AES-GCM under the journal key (nonce = its
+    sequence number), or a plain volume's SHA-256 digest (then a view of ``sealed``)."""
+    if len(sealed) < TAG:
+        raise JournalIntegrityError()
+    if aead is None:
+        data = memoryview(sealed)[:-TAG]
+        digest = hashlib.sha256(prefix)
+        digest.update(aad)
+        digest.update(data)
+        if not hmac.compare_digest(digest.digest()[:TAG], memoryview(sealed)[-TAG:]):
+            raise JournalIntegrityError()
+        return data
+    try:
+        return aead.decrypt(seq.to_bytes(12, "big"), sealed, prefix + bytes(aad))
+    except InvalidTag:
+        raise JournalIntegrityError() from None
 
 
 def _lp(raw: bytes) -> bytes:

@@ -59,7 +59,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from ebscrypt.engines.attach.journal import Journal
+from ebscrypt.engines.attach.journal import Extent, Journal, RecordFile, covers
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, ZERO_BLOCK, DataKey
 from ebscrypt.engines.blocks.engine import StagedBlock
 from ebscrypt.engines.blocks.store import ObjectMissing
@@ -186,7 +186,7 @@ class OpenVolume:
         if not spans:
             return b""
         first, last = spans[0][0], spans[-1][0]
-        parts: list[tuple[int, int, int, int, Any]] | None = None
+        parts: list[_Part] | None = None
         with self._lock:
             self._wait_behind()
             self._check_open()
@@ -241,17 +241,21 @@ class OpenVolume:
                 pos += end - start
         return out
 
-    def _claim(self, indexes: list[int]) -> dict[int, tuple[object, Any]]:
+    def _claim(self, indexes: list[int]) -> dict[int, _Claim]:
         """Under the lock: claim these blocks for a load outside it (those neither cached
         nor being loaded already), each with a token and where its latest content is: a
         block being written behind (bytes), a stored entry (BlockRef), None (never
-        written) or _UNKNOWN. A write to a claimed block takes the claim back (``_put``)."""
+        written) or _UNKNOWN; with the journal's records of the block as of now (held, to
+        be overlaid outside the lock too), its sequence number and file. A write to a
+        claimed block takes the claim back (``_put``)."""
         indexes = [i for i in indexes if i not in self._cache and i not in self._loading]
         unknown = [i for i in indexes if i not in self._refs and i not in self._storing and i not in self._unpublished]
         if unknown:
             for i, ref in self.blocks.block_refs(self.volume_id, unknown).items():
                 self._remember(i, ref)
-        claimed: dict[int, tuple[object, Any]] = {}
+        claimed: dict[int, _Claim] = {}
+        journal = self._journal
+        since, generation = (journal.seq, journal.generation) if journal is not None else (0, b"")
         for i in indexes:
             token = object()
             self._loading[i] = token
@@ -263,46 +267,65 @@ class OpenVolume:
                 source = self._refs.get(i, _UNKNOWN)
                 if source is not _UNKNOWN:
                     self._refs.move_to_end(i)
-            claimed[i] = (token, source)
+            records = None
+            if journal is not None and journal.has(i):
+                records = (journal.records(), journal.extents(i))
+            claimed[i] = (token, source, records, since, generation)
         return claimed
 
-    def _load_claimed(self, claimed: dict[int, tuple[object, Any]], key: DataKey | None, raise_errors: bool) -> None:
-        """Outside the lock: read and open claimed blocks, then insert those whose claim
-        still holds (not rewritten, nor the volume closed, meanwhile). An error is raised
-        to the reader that needs the block (a read-ahead's is dropped: whoever reads the
-        block later loads it again and gets it)."""
+    def _load_claimed(self, claimed: dict[int, _Claim], key: DataKey | None, raise_errors: bool) -> None:
+        """Outside the lock: read and open claimed blocks and overlay the journal records
+        taken with the claim, then insert those whose claim still holds (not rewritten,
+        nor merged, nor the volume closed, meanwhile), with the records appended since.
+        An error is raised to the reader that needs the block (a read-ahead's is dropped:
+        whoever reads the block later loads it again and gets it)."""
         loaded: dict[int, bytearray] = {}
         error: BaseException | None = None
-        for index, (_token, source) in claimed.items():
-            try:
-                if isinstance(source, (bytes, bytearray)):  # being written behind (a buffer that left the cache)
-                    loaded[index] = bytearray(source)
-                elif source is None:
-                    loaded[index] = bytearray(BLOCK_SIZE)
-                elif source is _UNKNOWN:
-                    loaded[index] = bytearray(self.blocks.read_block(self.volume_id, index, key))
-                else:
-                    try:
-                        loaded[index] = self.blocks.load_ref(source, key)
-                    except ObjectMissing:  # the lineage changed under us (compaction): look again
-                        loaded[index] = bytearray(self.blocks.read_block(self.volume_id, index, key))
-            except BaseException as exc:
-                error = error or exc
+        try:
+            for index, claim in claimed.items():
+                try:
+                    loaded[index] = self._load_one(index, claim, key)
+                except BaseException as exc:
+                    error = error or exc
+        finally:
+            for claim in claimed.values():
+                if claim[2] is not None:
+                    claim[2][0].release()
         with self._cond:
-            for index, (token, source) in claimed.items():
+            for index, (token, _source, _records, since, generation) in claimed.items():
                 if self._loading.get(index) is not token:
                     continue  # written meanwhile: the cache has newer bytes
                 del self._loading[index]
                 data = loaded.get(index)
-                if data is not None and not self.closed and index not in self._cache:
-                    if self._journal is not None:
-                        # (under the lock: the records as of now; a merge since the claim
-                        # took the claim back in _register)
-                        self._journal.overlay(index, data)
-                    self._insert(index, data)
+                if data is None or self.closed or index in self._cache:
+                    continue
+                journal = self._journal
+                if journal is not None:
+                    if journal.generation != generation:
+                        continue  # merged meanwhile (its claim is taken back then too): load it again
+                    journal.overlay(index, data, since=since)  # the records appended since the claim
+                self._insert(index, data)
             self._cond.notify_all()
         if error is not None and raise_errors:
             raise error
+
+    def _load_one(self, index: int, claim: _Claim, key: DataKey | None) -> bytearray:
+        """(Outside the lock) One claimed block, with the records taken with its claim."""
+        _token, source, records, _since, _generation = claim
+        if isinstance(source, (bytes, bytearray)):  # being written behind (a buffer that left the cache)
+            block = bytearray(source)
+        elif source is None:
+            block = bytearray(BLOCK_SIZE)
+        elif source is _UNKNOWN:
+            block = bytearray(self.blocks.read_block(self.volume_id, index, key))
+        else:
+            try:
+                block = self.blocks.load_ref(source, key)
+            except ObjectMissing:  # the lineage changed under us (compaction): look again
+                block = bytearray(self.blocks.read_block(self.volume_id, index, key))
+        if records is not None:
+            records[0].overlay(records[1], block)
+        return block
 
     # Fast paths, for the NBD server's event loop: a request that needs no disk, no crypto
     # and no wait (its blocks are cached, the volume's lock is free) is served there at
@@ -347,27 +370,38 @@ class OpenVolume:
         finally:
             self._lock.release()
 
-    def _try_read_sectors(self, index: int, start: int, length: int) -> bytes | None:
+    def _try_read_sectors(self, index: int, start: int, length: int) -> bytes | bytearray | None:
         """(try_read, lock held) A small random read of one block the cache lacks, served
         at once if nothing has to wait: the block's entry and its object's checked header
-        known, its sectors in the page cache (RWF_NOWAIT). None: the blocking way."""
+        known, its sectors and the journal records over them in the page cache
+        (RWF_NOWAIT); nothing stored is read where records cover the whole range. None:
+        the blocking way."""
         if length > INLINE_MISS_MAX or index in self._storing:
             return None
-        if self._journal is not None and self._journal.has(index):
-            return None  # its records are overlaid the blocking way (read)
         adjacent = index in (self._read_next, self._read_next - 1)
         if adjacent and (length >= SEQUENTIAL_MIN or self._adjacent):
             return None  # sequential: whole blocks are loaded (read)
+        journal = self._journal
+        extents: list[Extent] = journal.extents(index, start, start + length) if journal is not None else []
         staged = self._unpublished.get(index)
         ref = staged.ref if staged is not None else self._refs.get(index, _UNKNOWN)
-        if ref is _UNKNOWN:
-            return None
+        data: bytes | bytearray | None
         try:
-            data: bytes | None = self.blocks.try_open_ref_range(ref, self._key, start, length, self._readers)
+            if extents and covers(extents, start, start + length):
+                data = bytearray(length)  # the records hold every byte asked for
+            elif ref is _UNKNOWN:
+                return None
+            else:
+                data = self.blocks.try_open_ref_range(ref, self._key, start, length, self._readers)
+            if data is not None and extents:
+                assert journal is not None
+                data = bytearray(data)
+                if not journal.overlay(index, data, start, nowait=True, extents=extents):
+                    return None
         except Exception:  # e.g. a tampered sector: the blocking way reads it again and answers the error
             return None
         if data is not None:
-            if staged is None:
+            if staged is None and ref is not _UNKNOWN:
                 self._refs.move_to_end(index)
             self._read_next, self._adjacent = index + 1, adjacent
         return data
@@ -653,39 +687,56 @@ class OpenVolume:
             fresh: bytes = self.blocks.read_block(self.volume_id, index, self._key)
             return fresh
 
-    def _plan_parts(self, spans: list[tuple[int, int, int]], out: bytearray) -> list[tuple[int, int, int, int, Any]]:
+    def _plan_parts(self, spans: list[tuple[int, int, int]], out: bytearray) -> list[_Part]:
         """Under the lock: copy into ``out`` the spans the cache (or a block being written
-        behind) holds; the others as (position in out, block, start, length, entry) for
-        :meth:`_read_parts` (entry: a BlockRef, None — never written — or _UNKNOWN)."""
+        behind) holds; the others as (position in out, block, start, length, source,
+        records) for :meth:`_read_parts` (source: a BlockRef, None — never written, or
+        nothing to read under records covering the span —, _UNKNOWN, or the buffer of a
+        block being written behind; records: the journal's records over the span, held,
+        and their file, or None)."""
         self._learn_refs([i for i, _s, _e in spans if i not in self._cache and i not in self._storing
                           and i not in self._unpublished and i not in self._refs])
         journal = self._journal
-        parts: list[tuple[int, int, int, int, Any]] = []
+        parts: list[_Part] = []
         pos = 0
-        for index, start, end in spans:
-            n = end - start
-            block: bytes | bytearray | None = self._cache.get(index)
-            if block is not None:  # (a cached block has its journal records applied)
-                self._cache.move_to_end(index)
-                out[pos:pos + n] = memoryview(block)[start:end]
-            elif journal is not None and journal.has(index):
-                # Its journal records overlay what is stored or being written behind: both
-                # read now, under the lock (a merge may replace them before a read outside
-                # it would run).
-                out[pos:pos + n] = self._stored_window(index, start, n)
-            elif (behind := self._storing.get(index)) is not None:
-                out[pos:pos + n] = memoryview(behind)[start:end]
-            else:
-                staged = self._unpublished.get(index)
-                if staged is not None:
-                    ref = staged.ref  # written, not yet published: newer than its entry
-                else:
-                    ref = self._refs.get(index, _UNKNOWN)
-                    if ref is not _UNKNOWN:
-                        self._refs.move_to_end(index)
-                parts.append((pos, index, start, n, ref))
-            pos += n
+        try:
+            for index, start, end in spans:
+                self._plan_part(parts, journal, out, pos, index, start, end)
+                pos += end - start
+        except BaseException:
+            _release(parts)
+            raise
         return parts
+
+    def _plan_part(self, parts: list[_Part], journal: Journal | None, out: bytearray, pos: int,
+                   index: int, start: int, end: int) -> None:
+        """(Locked) One span of :meth:`_plan_parts`."""
+        n = end - start
+        block: bytes | bytearray | None = self._cache.get(index)
+        if block is not None:  # (a cached block has its journal records applied)
+            self._cache.move_to_end(index)
+            out[pos:pos + n] = memoryview(block)[start:end]
+        elif journal is not None and journal.has(index):
+            # Its journal records overlay what is stored or being written behind. What
+            # to read is taken now, under the lock: where the block is and which records
+            # touch the span; both are read outside it (records never change once
+            # written, and a held journal file stays readable after a merge replaced it;
+            # an object gone meanwhile is looked up again). Nothing stored is read where
+            # the records cover the whole span (a read of what a small write wrote).
+            extents = journal.extents(index, start, end)
+            source: Any = None if extents and covers(extents, start, end) else self._latest(index)
+            parts.append((pos, index, start, n, source, (journal.records(), extents) if extents else None))
+        elif (behind := self._storing.get(index)) is not None:
+            out[pos:pos + n] = memoryview(behind)[start:end]
+        else:
+            staged = self._unpublished.get(index)
+            if staged is not None:
+                ref = staged.ref  # written, not yet published: newer than its entry
+            else:
+                ref = self._refs.get(index, _UNKNOWN)
+                if ref is not _UNKNOWN:
+                    self._refs.move_to_end(index)
+            parts.append((pos, index, start, n, ref, None))
 
     def _stored_window(self, index: int, start: int, n: int) -> bytearray:
         """(Locked) Bytes [start, start+n) of block ``index`` as this volume has them,
@@ -706,23 +757,31 @@ class OpenVolume:
             self._journal.overlay(index, window, start)
         return window
 
-    def _read_parts(self, parts: list[tuple[int, int, int, int, Any]], out: bytearray, key: DataKey | None) -> None:
-        """Outside the lock: read the sectors of each part into ``out``. What a part was
-        resolved to under the lock is as of the read's start: a write acknowledged before
-        it is seen; one racing it may or may not be (NBD leaves concurrent requests
-        unordered); an object collected meanwhile is looked up again."""
+    def _read_parts(self, parts: list[_Part], out: bytearray, key: DataKey | None) -> None:
+        """Outside the lock: read the sectors of each part into ``out`` and overlay its
+        records. What a part was resolved to under the lock is as of the read's start: a
+        write acknowledged before it is seen; one racing it may or may not be (NBD leaves
+        concurrent requests unordered); an object collected meanwhile is looked up again."""
         readers = self._readers
-        for pos, index, start, n, ref in parts:
-            try:
-                if ref is _UNKNOWN:
-                    raise ObjectMissing(index)
-                out[pos:pos + n] = self.blocks.open_ref_range(ref, key, start, n, readers=readers)
-            except ObjectMissing:
-                # Compacted, or a staged object superseded (deleted) by a newer content
-                # meanwhile: what the volume holds now, looked up under the lock.
-                with self._lock:
-                    self._check_open()
-                    out[pos:pos + n] = self._stored_window(index, start, n)
+        try:
+            for pos, index, start, n, source, records in parts:
+                try:
+                    if isinstance(source, (bytes, bytearray)):  # being written behind
+                        out[pos:pos + n] = memoryview(source)[start:start + n]
+                    elif source is _UNKNOWN:
+                        raise ObjectMissing(index)
+                    elif source is not None:  # (None: zeros, already in out)
+                        out[pos:pos + n] = self.blocks.open_ref_range(source, key, start, n, readers=readers)
+                    if records is not None:
+                        records[0].overlay(records[1], memoryview(out)[pos:pos + n], start)
+                except ObjectMissing:
+                    # Compacted, or a staged object superseded (deleted) by a newer content
+                    # meanwhile: what the volume holds now, looked up under the lock.
+                    with self._lock:
+                        self._check_open()
+                        out[pos:pos + n] = self._stored_window(index, start, n)
+        finally:
+            _release(parts)
         while len(readers) > self._reader_limit:  # (each step atomic: readers run concurrently)
             try:
                 readers.popitem(last=False)
@@ -1039,6 +1098,21 @@ class OpenVolume:
         self._register(self.blocks.stage_blocks(self.volume_id, jobs, self._key, map_fn=map_fn, zero_objects=marked),
                        covered)
         self._dirty.difference_update(i for i, _d in jobs)
+
+
+# A random read's part outside the lock (_plan_parts): position in the output, block, start,
+# length, source (entry, buffer, None or _UNKNOWN) and the journal records over it (held).
+_Part = tuple[int, int, int, int, Any, "tuple[RecordFile, list[Extent]] | None"]
+# A claimed load (_claim): token, source, the block's records (held), the journal's sequence
+# number and file (generation) at the claim.
+_Claim = tuple[object, Any, "tuple[RecordFile, list[Extent]] | None", int, bytes]
+
+
+def _release(parts: list[_Part]) -> None:
+    """Let go of the journal files the parts hold."""
+    for part in parts:
+        if part[5] is not None:
+            part[5][0].release()
 
 
 def _spans(offset: int, length: int) -> Iterator[tuple[int, int, int]]:
