@@ -61,6 +61,7 @@ import secrets
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -168,9 +169,10 @@ class Journal:
         self.replayed = 0
         self.recovered = False
 
-    def _create(self, fill: "Journal | None" = None) -> None:
+    def _create(self, fills: "tuple[Journal, ...]" = ()) -> None:
         """A new journal file (new id and key) in place of the old one, atomically: the
-        header (and ``fill``'s records still to apply, re-sealed) durable before the rename."""
+        header (and the records of ``fills`` still to apply, re-sealed, in order) durable
+        before the rename."""
         self._jid = secrets.token_bytes(16)
         self._setup_crypto()
         header = self._header()
@@ -182,13 +184,14 @@ class Journal:
             self._end = len(header)
             self._seq = self._synced = 0
             self._unsynced = False
-            if fill is not None:
-                for index in sorted(fill._extents):
-                    for ext in fill._extents[index]:
-                        if ext.zeros:
-                            self.append_zeros(index, ext.offset, ext.length)
-                        else:
-                            self.append(index, ext.offset, fill._read_record(ext))
+            if fills:
+                for fill in fills:
+                    for index in sorted(fill._extents):
+                        for ext in fill._extents[index]:
+                            if ext.zeros:
+                                self.append_zeros(index, ext.offset, ext.length)
+                            else:
+                                self.append(index, ext.offset, fill._read_record(ext))
                 self.sync()  # and the commit record after it, made durable below
             os.fdatasync(fd)
             os.replace(tmp, self.path)
@@ -208,9 +211,15 @@ class Journal:
         (closed). Appending to a replayed journal could reuse the sequence numbers (the
         nonces) of its torn tail; the old marks are no longer needed either."""
         fresh = Journal(self.path, self.volume_id, self._key, max_bytes=self.max_bytes, max_records=self.max_records)
-        fresh._create(fill=self)
+        fresh._create((self,))
         self.close()
         return fresh
+
+    def move_to(self, path: Path) -> None:
+        """Rename the journal's file (rotation: the full journal is merged under another
+        name while a new one takes writes); durable with the next fsync of the directory."""
+        os.replace(self.path, path)
+        self.path = path
 
     def _setup_crypto(self) -> None:
         kid = self._key.key_id if self._key is not None else ""
@@ -264,6 +273,11 @@ class Journal:
         return index in self._touched
 
     @property
+    def jid(self) -> bytes:
+        """This journal file's random id (a new one for every file: it names the key)."""
+        return self._jid
+
+    @property
     def seq(self) -> int:
         """The sequence number of the last record: a content captured now covers up to it."""
         return self._seq
@@ -305,6 +319,10 @@ class Journal:
 
     def blocks(self) -> list[int]:
         return sorted(self._extents)
+
+    def touched_blocks(self) -> list[int]:
+        """Every block this journal has had records of (sorted)."""
+        return sorted(self._touched)
 
     def __len__(self) -> int:
         return self._records
@@ -483,3 +501,181 @@ class Journal:
 
 def _lp(raw: bytes) -> bytes:
     return struct.pack(">H", len(raw)) + raw
+
+
+# Where a volume's content was when it was captured (a cached block taken to be stored):
+# each journal's id and the sequence number its last record had then (see VolumeJournal).
+Position = dict[bytes, int]
+
+
+def merging_path(path: Path) -> Path:
+    """Where a volume's full journal is merged (renamed from ``path``) while a new one
+    at ``path`` takes writes."""
+    return path.with_name(path.name + ".merging")
+
+
+def journal_exists(path: Path) -> bool:
+    """Does a journal (being written, or being merged) exist for this path?"""
+    return path.exists() or merging_path(path).exists()
+
+
+class VolumeJournal:
+    """A volume's journals: the active one, which takes new records, and — while a full
+    journal is merged into the blocks outside the volume's lock (``OpenVolume``) — the
+    merging one, frozen (no records; marks still) at ``merging_path``. Reads overlay
+    both, the merging one first (its records are older). Not thread-safe: the volume's
+    lock orders every call, except the merge's reads of the frozen journal (``overlay``
+    of :attr:`merging`: preads of records at fixed places, its index only shrinking).
+
+    Crash safety: rotation renames the full journal to ``merging_path`` and creates the
+    new one (header durable, directory fsync'd) before any record goes to it; the merge
+    marks what it stores in both journals like any store (so replay never lays older
+    records over newer content) and removes the frozen journal only after its blocks are
+    published. At the next open both files are replayed, the frozen one first, and their
+    records that still apply are re-sealed into one new journal (see :meth:`open`).
+    """
+
+    def __init__(self, path: Path, volume_id: str, key: DataKey | None, *,
+                 max_bytes: int = 256 << 20, max_records: int = 65536) -> None:
+        self.path = path
+        self.volume_id = volume_id
+        self._key = key
+        self.max_bytes = max_bytes
+        self.max_records = max_records
+        self.active = self._journal(path)
+        self.merging: Journal | None = None
+
+    def _journal(self, path: Path) -> Journal:
+        return Journal(path, self.volume_id, self._key, max_bytes=self.max_bytes, max_records=self.max_records)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self, stored_keys: "Callable[[list[int]], dict[int, str | None]]") -> None:
+        """Open (replaying what a crash left, the frozen journal first) or start the
+        journal. ``stored_keys`` gives the recorded object key of blocks (marks decide
+        which replayed records still apply); the records that do are re-sealed into one
+        new journal (new id and key: no nonce reused), which replaces both files: first
+        the active one, then the frozen one is removed (a crash between replays the
+        frozen one's records twice, in order, before the rest: the same bytes).
+        Raises :class:`JournalIntegrityError` if durable records were altered."""
+        old_path = merging_path(self.path)
+        old: Journal | None = None
+        try:
+            if old_path.exists():
+                old = self._journal(old_path)
+                old.open()
+            self.active.open()
+            parts = [j for j in (old, self.active) if j is not None]
+            if not any(j.recovered for j in parts):
+                return
+            marked = sorted({i for j in parts for i in j.marked_blocks()})
+            stored = stored_keys(marked) if marked else {}
+            for j in parts:
+                j.apply_marks(stored)
+            self.replayed = sum(j.replayed for j in parts)
+            fresh = self._journal(self.path)
+            fresh._create(tuple(parts))
+            self.active.close()
+            self.active = fresh
+            if old is not None:
+                old.remove()
+                old = None
+        finally:
+            if old is not None:
+                old.close()
+
+    replayed = 0  # records found at open (a crash left them)
+
+    def close(self) -> None:
+        for j in (self.merging, self.active):
+            if j is not None:
+                j.close()
+        self._key = None
+
+    def remove(self) -> None:
+        """Close and delete both journals (every record merged into stored blocks)."""
+        if self.merging is not None:
+            self.merging.remove()
+            self.merging = None
+        self.active.remove()
+
+    def reset(self) -> None:
+        """(No merge in flight) The active journal's records are all merged: start anew."""
+        assert self.merging is None
+        self.active.reset()
+
+    def rotate(self) -> Journal:
+        """(No merge in flight) Freeze the active journal, renamed to ``merging_path``,
+        and start a new active one; the frozen one is returned, to be merged."""
+        assert self.merging is None
+        old = self.active
+        fresh = self._journal(self.path)
+        old.move_to(merging_path(self.path))
+        try:
+            fresh.open()  # a new file: created beside it, renamed in, the directory fsync'd
+        except BaseException:
+            old.move_to(self.path)
+            raise
+        self.merging, self.active = old, fresh
+        return old
+
+    def merged(self) -> None:
+        """The frozen journal's records are all in published blocks: delete it."""
+        if self.merging is not None:
+            self.merging.remove()
+            self.merging = None
+
+    # ------------------------------------------------------------------ records
+
+    @property
+    def full(self) -> bool:
+        return self.active.full
+
+    def has(self, index: int) -> bool:
+        return self.active.has(index) or (self.merging is not None and self.merging.has(index))
+
+    def touched(self, index: int) -> bool:
+        return self.active.touched(index) or (self.merging is not None and self.merging.touched(index))
+
+    def position(self) -> Position:
+        """What content captured now covers: each journal's last sequence number."""
+        pos = {self.active.jid: self.active.seq}
+        if self.merging is not None:
+            pos[self.merging.jid] = self.merging.seq
+        return pos
+
+    def mark(self, index: int, covered: Position, object_key: str) -> None:
+        """Block ``index`` is being stored under ``object_key`` with content covering each
+        journal's records up to ``covered`` (a journal newer than the capture: none)."""
+        for j in (self.merging, self.active):
+            if j is not None and j.touched(index) and covered.get(j.jid, 0) > 0:
+                j.mark(index, covered[j.jid], object_key)
+
+    def leave(self, index: int) -> None:
+        self.active.leave(index)
+        if self.merging is not None:
+            self.merging.leave(index)
+
+    def append(self, index: int, offset: int, data: bytes | bytearray | memoryview) -> None:
+        self.active.append(index, offset, data)
+
+    def append_zeros(self, index: int, offset: int, length: int) -> None:
+        self.active.append_zeros(index, offset, length)
+
+    def sync(self) -> None:
+        if self.merging is not None:
+            self.merging.sync()  # its marks
+        self.active.sync()
+
+    def blocks(self) -> list[int]:
+        if self.merging is None:
+            return self.active.blocks()
+        return sorted(set(self.active.blocks()) | set(self.merging.blocks()))
+
+    def __len__(self) -> int:
+        return len(self.active) + (len(self.merging) if self.merging is not None else 0)
+
+    def overlay(self, index: int, buf: bytearray | memoryview, start: int = 0) -> None:
+        if self.merging is not None:
+            self.merging.overlay(index, buf, start)
+        self.active.overlay(index, buf, start)
