@@ -842,3 +842,161 @@ def test_deferred_publication_over_a_store_without_staging(tmp_path: Path) -> No
     assert fresh.read(9 * BLOCK_SIZE, 4) == b"\x0a" * 4
     engine.close()
     db.dispose()
+
+
+# ---------------------------------------------------------------- the merge outside the lock
+
+
+def _wait_for(cond, timeout: float = 20.0) -> None:
+    import time
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_full_journal_is_merged_while_io_goes_on(blocks, tmp_path: Path) -> None:
+    """A full journal is frozen and merged by a thread of its own while a new journal
+    takes writes: with the merge held in the middle of staging its blocks, reads and
+    writes (journaled, whole-block, of blocks the merge holds) are served at once and
+    read back the model, during the merge and after it; the frozen journal's file is
+    deleted once its blocks are published; a snapshot's quiesce waits for the merge
+    (R-ATTACH-4: it holds every write acknowledged before it)."""
+    from ebscrypt.engines.attach.journal import merging_path
+
+    key = DataKey("dk-test", os.urandom(32))
+    vid = "vol-00000000000000017"
+    size = 16 * BLOCK_SIZE
+    model = bytearray(size)
+    pool = ThreadPoolExecutor(4)
+    vol = _journaled(blocks, vid, key, tmp_path, cache_blocks=4, flusher=pool, journal_bytes=1 << 20)  # 256 records
+    gate, inside = threading.Event(), threading.Event()
+    real_stage = blocks.stage_blocks
+
+    def stage(*a, **kw):
+        if threading.current_thread().name.startswith("ebscrypt-merge"):
+            inside.set()
+            assert gate.wait(30)
+        return real_stage(*a, **kw)
+
+    blocks.stage_blocks = stage
+    rng = random.Random(17)
+
+    def write(offset: int, data: bytes) -> None:
+        vol.write(offset, data)
+        model[offset:offset + len(data)] = data
+
+    n = 0
+    while vol._journal.merging is None:  # small writes to uncached blocks until the journal fills
+        write(rng.randrange(8, 16) * BLOCK_SIZE + rng.randrange(BLOCK_SIZE - 4096), os.urandom(4096))
+        n += 1
+        assert n < 400
+    assert inside.wait(20)  # its merge started
+    assert merging_path(vol._journal.path).exists() and vol._journal.merging is not None
+    done = threading.Event()
+
+    def io_during_the_merge() -> None:
+        for step in range(120):
+            offset = rng.randrange(size - 9000)
+            if step % 3 == 0:
+                assert vol.read(offset, 9000) == bytes(model[offset:offset + 9000])
+            elif step % 11 == 0:
+                i = rng.randrange(16)
+                write(i * BLOCK_SIZE, os.urandom(BLOCK_SIZE))  # whole: maybe a block the merge holds
+            else:
+                write(offset, os.urandom(rng.randrange(1, 9000)))
+        vol.flush()
+        done.set()
+
+    worker = threading.Thread(target=io_during_the_merge)
+    worker.start()
+    assert done.wait(30), "I/O waited for the merge"
+    assert vol._merge_running  # still held
+    gate.set()
+    _wait_for(lambda: not vol._merge_running)
+    assert not merging_path(vol._journal.path).exists()
+    assert vol.read(0, size) == bytes(model)
+    with vol.quiesced():
+        blocks.share(vid, "snap-00000000000000017")
+    for i in range(16):
+        assert blocks.read_block("snap-00000000000000017", i, key) == bytes(model[i * BLOCK_SIZE:(i + 1) * BLOCK_SIZE])
+    worker.join()
+    vol.close()
+    pool.shutdown()
+    blocks.stage_blocks = real_stage
+    assert OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1").read(0, size) == bytes(model)
+
+
+@pytest.mark.parametrize("crash_at", ["before-publication", "before-the-frozen-journal-is-deleted"])
+def test_kill_during_a_merge_replays_both_journals(tmp_path: Path, crash_at: str) -> None:
+    """kill -9 while a full journal is merged (its blocks staged and marked but not
+    published; or published but the frozen journal not yet deleted), with writes in the
+    new journal since: the next open replays both (the frozen one first; its records a
+    published merge covers are skipped), every flushed write reads back, and they are
+    re-sealed into one new journal; an altered flushed record of the frozen journal fails
+    every read loudly (JournalIntegrityError)."""
+    from ebscrypt.engines.attach.journal import JournalIntegrityError, VolumeJournal, merging_path
+
+    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
+    engine = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
+    key = DataKey("dk-test", os.urandom(32))
+    vid = "vol-00000000000000018"
+    size = 12 * BLOCK_SIZE
+    model = bytearray(size)
+    pool = ThreadPoolExecutor(4)
+    vol = _journaled(engine, vid, key, tmp_path, cache_blocks=4, flusher=pool, journal_bytes=128 << 10)
+    vol.write(0, os.urandom(BLOCK_SIZE) * 1)  # a block stored whole, then journaled over
+    vol.flush()
+    model[0:BLOCK_SIZE] = vol.read(0, BLOCK_SIZE)
+    gate = threading.Event()
+    real_publish, real_merged = engine.publish_blocks, VolumeJournal.merged
+
+    def publish(*a, **kw):
+        if threading.current_thread().name.startswith("ebscrypt-merge") and crash_at == "before-publication":
+            gate.wait(30)
+            raise SystemExit("killed")  # this thread dies here: nothing published
+        return real_publish(*a, **kw)
+
+    def merged(self):
+        if crash_at != "before-publication":
+            gate.wait(30)
+            raise SystemExit("killed")
+        return real_merged(self)
+
+    engine.publish_blocks = publish
+    VolumeJournal.merged = merged
+    rng = random.Random(18)
+    try:
+        while vol._journal.merging is None:
+            off = rng.randrange(0, 8) * BLOCK_SIZE + rng.randrange(BLOCK_SIZE - 4096)
+            data = os.urandom(4096)
+            vol.write(off, data)
+            model[off:off + 4096] = data
+        for _ in range(30):  # the new journal: some over the frozen journal's blocks
+            off = rng.randrange(size - 4096)
+            data = os.urandom(4096)
+            vol.write(off, data)
+            model[off:off + 4096] = data
+        vol.flush()
+        frozen = merging_path(vol._journal.path)
+        assert frozen.exists()
+        raw = frozen.read_bytes()
+        # the crash: nothing closed; a new process opens the same files
+        restarted = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
+        back = _journaled(restarted, vid, key, tmp_path, cache_blocks=4)
+        assert not frozen.exists() and back._journal.merging is None
+        assert back.read(0, size) == bytes(model)
+        back.close()
+        assert OpenVolume(restarted, vid, 1, key, account="1", instance_id="i-1").read(0, size) == bytes(model)
+        # the same crash with a flushed record of the frozen journal altered
+        frozen.write_bytes(raw[:150] + bytes([raw[150] ^ 0x20]) + raw[151:])
+        hurt = _journaled(restarted, vid, key, tmp_path, cache_blocks=4)
+        with pytest.raises(JournalIntegrityError):
+            hurt.read(0, 10)
+        restarted.close()
+    finally:
+        gate.set()
+        VolumeJournal.merged = real_merged
+        pool.shutdown()
+        engine.close()
+        db.dispose()
