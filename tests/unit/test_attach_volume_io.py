@@ -865,12 +865,12 @@ def test_journaled_reads_outside_the_lock_never_read_back_stale_bytes(blocks, tm
     stop = threading.Event()
     errors: list[str] = []
     merges = [0]
-    real_reset = vol._journal.reset
+    real_merged = vol._journal.merged
 
-    def counting_reset() -> None:
+    def counting_merged() -> None:  # a frozen journal merged, published and deleted
         merges[0] += 1
-        real_reset()
-    vol._journal.reset = counting_reset
+        real_merged()
+    vol._journal.merged = counting_merged
 
     def writer() -> None:
         rng = random.Random(7)
@@ -923,7 +923,7 @@ def test_journaled_reads_outside_the_lock_never_read_back_stale_bytes(blocks, tm
     for t in threads:
         t.join(180)
     assert not errors, errors[:5]
-    assert merges[0] >= 2  # reads raced merges that replaced the journal file
+    assert merges[0] >= 2  # reads raced merges that deleted the frozen journal's file
     for page in range(0, len(acked), 17):
         assert vol.read(page * 4096, 4096) == bytes([acked[page]]) * 4096
     vol.close()
@@ -949,7 +949,7 @@ def test_journal_records_read_outside_the_lock_survive_a_merge_and_fail_closed(t
     assert covers(extents, 4096, 12288) and not covers(extents, 4000, 12288)
     held = j.records()
     j.reset()  # merged: a new file in place of the old one
-    assert j.extents(3) == [] and j.generation != held.generation
+    assert j.extents(3) == [] and j.jid != held.jid
     buf = bytearray(3 * 4096)
     assert held.overlay(extents, buf, 0)
     assert buf[4096:6000] == b"x" * 1904 and buf[6000:6100] == bytes(100) and buf[8192:] == b"y" * 4096
@@ -973,3 +973,209 @@ def test_journal_records_read_outside_the_lock_survive_a_merge_and_fail_closed(t
         j.overlay(5, bytearray(4096))  # (and under the lock)
     held.release()
     j.close()
+
+
+# ---------------------------------------------------------------- the merge outside the lock
+
+
+def _wait_for(cond, timeout: float = 20.0) -> None:
+    import time
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_full_journal_is_merged_while_io_goes_on(blocks, tmp_path: Path) -> None:
+    """A full journal is frozen and merged by a thread of its own while a new journal
+    takes writes: with the merge held in the middle of staging its blocks, reads and
+    writes (journaled, whole-block, of blocks the merge holds) are served at once and
+    read back the model, during the merge and after it; the frozen journal's file is
+    deleted once its blocks are published; a snapshot's quiesce waits for the merge
+    (R-ATTACH-4: it holds every write acknowledged before it)."""
+    from ebscrypt.engines.attach.journal import merging_path
+
+    key = DataKey("dk-test", os.urandom(32))
+    vid = "vol-00000000000000017"
+    size = 16 * BLOCK_SIZE
+    model = bytearray(size)
+    pool = ThreadPoolExecutor(4)
+    vol = _journaled(blocks, vid, key, tmp_path, cache_blocks=4, flusher=pool, journal_bytes=1 << 20)  # 256 records
+    gate, inside = threading.Event(), threading.Event()
+    real_stage = blocks.stage_blocks
+
+    def stage(*a, **kw):
+        if threading.current_thread().name.startswith("ebscrypt-merge"):
+            inside.set()
+            assert gate.wait(30)
+        return real_stage(*a, **kw)
+
+    blocks.stage_blocks = stage
+    rng = random.Random(17)
+
+    def write(offset: int, data: bytes) -> None:
+        vol.write(offset, data)
+        model[offset:offset + len(data)] = data
+
+    n = 0
+    while vol._journal.merging is None:  # small writes to uncached blocks until the journal fills
+        write(rng.randrange(8, 16) * BLOCK_SIZE + rng.randrange(BLOCK_SIZE - 4096), os.urandom(4096))
+        n += 1
+        assert n < 400
+    assert inside.wait(20)  # its merge started
+    assert merging_path(vol._journal.path).exists() and vol._journal.merging is not None
+    done = threading.Event()
+
+    def io_during_the_merge() -> None:
+        for step in range(120):
+            offset = rng.randrange(size - 9000)
+            if step % 3 == 0:
+                assert vol.read(offset, 9000) == bytes(model[offset:offset + 9000])
+            elif step % 11 == 0:
+                i = rng.randrange(16)
+                write(i * BLOCK_SIZE, os.urandom(BLOCK_SIZE))  # whole: maybe a block the merge holds
+            else:
+                write(offset, os.urandom(rng.randrange(1, 9000)))
+        vol.flush()
+        done.set()
+
+    worker = threading.Thread(target=io_during_the_merge)
+    worker.start()
+    assert done.wait(30), "I/O waited for the merge"
+    assert vol._merge_running  # still held
+    gate.set()
+    _wait_for(lambda: not vol._merge_running)
+    assert not merging_path(vol._journal.path).exists()
+    assert vol.read(0, size) == bytes(model)
+    with vol.quiesced():
+        blocks.share(vid, "snap-00000000000000017")
+    for i in range(16):
+        assert blocks.read_block("snap-00000000000000017", i, key) == bytes(model[i * BLOCK_SIZE:(i + 1) * BLOCK_SIZE])
+    worker.join()
+    vol.close()
+    pool.shutdown()
+    blocks.stage_blocks = real_stage
+    assert OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1").read(0, size) == bytes(model)
+
+
+@pytest.mark.parametrize("crash_at", ["before-publication", "before-the-frozen-journal-is-deleted"])
+def test_kill_during_a_merge_replays_both_journals(tmp_path: Path, crash_at: str) -> None:
+    """kill -9 while a full journal is merged (its blocks staged and marked but not
+    published; or published but the frozen journal not yet deleted), with writes in the
+    new journal since: the next open replays both (the frozen one first; its records a
+    published merge covers are skipped), every flushed write reads back, and they are
+    re-sealed into one new journal; an altered flushed record of the frozen journal fails
+    every read loudly (JournalIntegrityError)."""
+    from ebscrypt.engines.attach.journal import JournalIntegrityError, VolumeJournal, merging_path
+
+    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
+    engine = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
+    key = DataKey("dk-test", os.urandom(32))
+    vid = "vol-00000000000000018"
+    size = 12 * BLOCK_SIZE
+    model = bytearray(size)
+    pool = ThreadPoolExecutor(4)
+    vol = _journaled(engine, vid, key, tmp_path, cache_blocks=4, flusher=pool, journal_bytes=128 << 10)
+    vol.write(0, os.urandom(BLOCK_SIZE) * 1)  # a block stored whole, then journaled over
+    vol.flush()
+    model[0:BLOCK_SIZE] = vol.read(0, BLOCK_SIZE)
+    gate = threading.Event()
+    real_publish, real_merged = engine.publish_blocks, VolumeJournal.merged
+
+    def publish(*a, **kw):
+        if threading.current_thread().name.startswith("ebscrypt-merge") and crash_at == "before-publication":
+            gate.wait(30)
+            raise SystemExit("killed")  # this thread dies here: nothing published
+        return real_publish(*a, **kw)
+
+    def merged(self):
+        if crash_at != "before-publication":
+            gate.wait(30)
+            raise SystemExit("killed")
+        return real_merged(self)
+
+    engine.publish_blocks = publish
+    VolumeJournal.merged = merged
+    rng = random.Random(18)
+    try:
+        while vol._journal.merging is None:
+            off = rng.randrange(0, 8) * BLOCK_SIZE + rng.randrange(BLOCK_SIZE - 4096)
+            data = os.urandom(4096)
+            vol.write(off, data)
+            model[off:off + 4096] = data
+        for _ in range(30):  # the new journal: some over the frozen journal's blocks
+            off = rng.randrange(size - 4096)
+            data = os.urandom(4096)
+            vol.write(off, data)
+            model[off:off + 4096] = data
+        vol.flush()
+        frozen = merging_path(vol._journal.path)
+        assert frozen.exists()
+        raw = frozen.read_bytes()
+        # the crash: nothing closed; a new process opens the same files
+        restarted = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
+        back = _journaled(restarted, vid, key, tmp_path, cache_blocks=4)
+        assert not frozen.exists() and back._journal.merging is None
+        assert back.read(0, size) == bytes(model)
+        back.close()
+        assert OpenVolume(restarted, vid, 1, key, account="1", instance_id="i-1").read(0, size) == bytes(model)
+        # the same crash with a flushed record of the frozen journal altered
+        frozen.write_bytes(raw[:150] + bytes([raw[150] ^ 0x20]) + raw[151:])
+        hurt = _journaled(restarted, vid, key, tmp_path, cache_blocks=4)
+        with pytest.raises(JournalIntegrityError):
+            hurt.read(0, 10)
+        restarted.close()
+    finally:
+        gate.set()
+        VolumeJournal.merged = real_merged
+        pool.shutdown()
+        engine.close()
+        db.dispose()
+
+
+@pytest.mark.parametrize("encrypted", [True, False], ids=["encrypted", "plain"])
+def test_staged_blocks_record_no_checksum_yet_and_whoever_shows_one_computes_it(blocks, encrypted: bool) -> None:
+    """An attached volume's evicted blocks are stored without their SHA-256 (LAZY_CHECKSUM:
+    hashing them cost ~18% of sequential writes beyond the cache); a snapshot of the
+    volume serves each block with its true SHA-256 (GetSnapshotBlock's read), the listing
+    shows it, and re-encrypting copies — to a key, and to a plain owner, whose entry is
+    checked against it — read back the same bytes; a version 2 plain object recorded
+    with no checksum fails the read (fail closed), never returns bytes."""
+    import base64
+    import hashlib
+
+    from ebscrypt.engines.blocks.crypto import LAZY_CHECKSUM, split_plain_checksum
+
+    key = DataKey("dk-test", os.urandom(32)) if encrypted else None
+    vid = "vol-00000000000000019"
+    vol = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1", cache_blocks=4)
+    datas = {i: os.urandom(BLOCK_SIZE) for i in range(10)}
+    for i, data in datas.items():
+        vol.write(i * BLOCK_SIZE, data)
+    vol.flush()
+    vol.close()
+    sha = {i: base64.b64encode(hashlib.sha256(d).digest()).decode() for i, d in datas.items()}
+    refs = blocks.block_refs(vid, list(datas))
+    stored = [blocks.open_checksum(r, key) if encrypted else split_plain_checksum(r.checksum)[0] for r in refs.values()]
+    assert stored.count(LAZY_CHECKSUM) >= 6  # (the last ones cached at the flush: staged too)
+    blocks.share(vid, "snap-00000000000000019")
+    for i, data in datas.items():
+        got, checksum, _ref = blocks.read_block_checked("snap-00000000000000019", i, key)
+        assert got == data and checksum == sha[i]
+    assert dict(blocks.list_blocks("snap-00000000000000019", key)) == sha
+    other = DataKey("dk-other", os.urandom(32))
+    for dst, dst_key in (("snap-0000000000000001a", other), ("snap-0000000000000001b", key if encrypted else None)):
+        if dst_key is key and encrypted:
+            continue  # (same key: a share, not a copy)
+        assert blocks.reencrypt("snap-00000000000000019", key, dst, dst_key) == len(datas)
+        for i, data in datas.items():
+            assert blocks.read_block(dst, i, dst_key) == data
+        assert dict(blocks.list_blocks(dst, dst_key)) == sha
+    if not encrypted:  # an entry claiming no checksum for an object checked against it
+        from ebscrypt.engines.blocks.crypto import MAGIC, MODE_PLAIN, WHOLE_VERSION, BlockCipher
+        from ebscrypt.engines.blocks.errors import BlockIntegrityError
+
+        whole = MAGIC + bytes([WHOLE_VERSION, MODE_PLAIN]) + datas[0]
+        assert bytes(BlockCipher(None).open("00/" + "0" * 32, 0, whole, sha[0])) == datas[0]
+        with pytest.raises(BlockIntegrityError):
+            BlockCipher(None).open("00/" + "0" * 32, 0, whole, LAZY_CHECKSUM)

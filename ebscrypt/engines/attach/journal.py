@@ -176,9 +176,10 @@ class Journal:
         self.replayed = 0
         self.recovered = False
 
-    def _create(self, fill: "Journal | None" = None) -> None:
+    def _create(self, fills: "tuple[Journal, ...]" = ()) -> None:
         """A new journal file (new id and key) in place of the old one, atomically: the
-        header (and ``fill``'s records still to apply, re-sealed) durable before the rename."""
+        header (and the records of ``fills`` still to apply, re-sealed, in order) durable
+        before the rename."""
         self._jid = secrets.token_bytes(16)
         self._setup_crypto()
         header = self._header()
@@ -190,13 +191,14 @@ class Journal:
             self._end = len(header)
             self._seq = self._synced = 0
             self._unsynced = False
-            if fill is not None:
-                for index in sorted(fill._extents):
-                    for ext in fill._extents[index]:
-                        if ext.zeros:
-                            self.append_zeros(index, ext.offset, ext.length)
-                        else:
-                            self.append(index, ext.offset, fill._read_record(ext))
+            if fills:
+                for fill in fills:
+                    for index in sorted(fill._extents):
+                        for ext in fill._extents[index]:
+                            if ext.zeros:
+                                self.append_zeros(index, ext.offset, ext.length)
+                            else:
+                                self.append(index, ext.offset, fill._read_record(ext))
                 self.sync()  # and the commit record after it, made durable below
             os.fdatasync(fd)
             os.replace(tmp, self.path)
@@ -216,9 +218,15 @@ class Journal:
         (closed). Appending to a replayed journal could reuse the sequence numbers (the
         nonces) of its torn tail; the old marks are no longer needed either."""
         fresh = Journal(self.path, self.volume_id, self._key, max_bytes=self.max_bytes, max_records=self.max_records)
-        fresh._create(fill=self)
+        fresh._create((self,))
         self.close()
         return fresh
+
+    def move_to(self, path: Path) -> None:
+        """Rename the journal's file (rotation: the full journal is merged under another
+        name while a new one takes writes); durable with the next fsync of the directory."""
+        os.replace(self.path, path)
+        self.path = path
 
     def _setup_crypto(self) -> None:
         kid = self._key.key_id if self._key is not None else ""
@@ -262,6 +270,12 @@ class Journal:
         return index in self._touched
 
     @property
+    def jid(self) -> bytes:
+        """This journal file's random id (a new one for every file: it names the key; it
+        changes when a merge, a rotation or a replay replaces the file)."""
+        return self._jid
+
+    @property
     def seq(self) -> int:
         """The sequence number of the last record: a content captured now covers up to it."""
         return self._seq
@@ -303,6 +317,10 @@ class Journal:
 
     def blocks(self) -> list[int]:
         return sorted(self._extents)
+
+    def touched_blocks(self) -> list[int]:
+        """Every block this journal has had records of (sorted)."""
+        return sorted(self._touched)
 
     def __len__(self) -> int:
         return self._records
@@ -367,17 +385,12 @@ class Journal:
         snapshot for :meth:`RecordFile.overlay` outside the volume's lock."""
         return [e for e in self._extents.get(index, ()) if e.offset < stop and e.offset + e.length > start]
 
-    @property
-    def generation(self) -> bytes:
-        """This journal file's id: it changes when a merge (or a replay) replaces the file."""
-        return self._jid
-
     def records(self) -> "RecordFile":
         """(Locked) The current file's records for a read outside the volume's lock, held
         (:meth:`RecordFile.release` it): records never change once written, and a held file
         stays readable after a merge replaced it (its descriptor is closed when released)."""
         reader = self._reader
-        if reader is None or reader.generation != self._jid:
+        if reader is None or reader.jid != self._jid:
             if reader is not None:
                 reader.retire()
             reader = self._reader = RecordFile(os.dup(self._fd), self._jid, self._prefix, self._aead, self.volume_id)
@@ -503,8 +516,8 @@ class RecordFile:
     journal moved on to another file (:meth:`retire`) and no read holds it, so a read never
     uses a descriptor closed (or reused for another file) under it."""
 
-    def __init__(self, fd: int, generation: bytes, prefix: bytes, aead: AESGCM | None, volume_id: str) -> None:
-        self.generation = generation
+    def __init__(self, fd: int, jid: bytes, prefix: bytes, aead: AESGCM | None, volume_id: str) -> None:
+        self.jid = jid  # the journal file's id
         self._fd = fd
         self._prefix = prefix
         self._aead = aead
@@ -652,3 +665,251 @@ def _open_sealed(aead: AESGCM | None, prefix: bytes, seq: int, aad: bytes | memo
 
 def _lp(raw: bytes) -> bytes:
     return struct.pack(">H", len(raw)) + raw
+
+
+# Where a volume's content was when it was captured (a cached block taken to be stored):
+# each journal's id and the sequence number its last record had then (see VolumeJournal).
+Position = dict[bytes, int]
+
+
+def merging_path(path: Path) -> Path:
+    """Where a volume's full journal is merged (renamed from ``path``) while a new one
+    at ``path`` takes writes."""
+    return path.with_name(path.name + ".merging")
+
+
+def journal_exists(path: Path) -> bool:
+    """Does a journal (being written, or being merged) exist for this path?"""
+    return path.exists() or merging_path(path).exists()
+
+
+class VolumeJournal:
+    """A volume's journals: the active one, which takes new records, and — while a full
+    journal is merged into the blocks outside the volume's lock (``OpenVolume``) — the
+    merging one, frozen (no records; marks still) at ``merging_path``. Reads overlay
+    both, the merging one first (its records are older). Not thread-safe: the volume's
+    lock orders every call, except the merge's reads of the frozen journal (``overlay``
+    of :attr:`merging`: preads of records at fixed places, its index only shrinking).
+
+    Crash safety: rotation renames the full journal to ``merging_path`` and creates the
+    new one (header durable, directory fsync'd) before any record goes to it; the merge
+    marks what it stores in both journals like any store (so replay never lays older
+    records over newer content) and removes the frozen journal only after its blocks are
+    published. At the next open both files are replayed, the frozen one first, and their
+    records that still apply are re-sealed into one new journal (see :meth:`open`).
+    """
+
+    def __init__(self, path: Path, volume_id: str, key: DataKey | None, *,
+                 max_bytes: int = 256 << 20, max_records: int = 65536) -> None:
+        self.path = path
+        self.volume_id = volume_id
+        self._key = key
+        self.max_bytes = max_bytes
+        self.max_records = max_records
+        self.active = self._journal(path)
+        self.merging: Journal | None = None
+        self._resets = 0
+
+    def _journal(self, path: Path) -> Journal:
+        return Journal(path, self.volume_id, self._key, max_bytes=self.max_bytes, max_records=self.max_records)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self, stored_keys: "Callable[[list[int]], dict[int, str | None]]") -> None:
+        """Open (replaying what a crash left, the frozen journal first) or start the
+        journal. ``stored_keys`` gives the recorded object key of blocks (marks decide
+        which replayed records still apply); the records that do are re-sealed into one
+        new journal (new id and key: no nonce reused), which replaces both files: first
+        the active one, then the frozen one is removed (a crash between replays the
+        frozen one's records twice, in order, before the rest: the same bytes).
+        Raises :class:`JournalIntegrityError` if durable records were altered."""
+        old_path = merging_path(self.path)
+        old: Journal | None = None
+        try:
+            if old_path.exists():
+                old = self._journal(old_path)
+                old.open()
+            self.active.open()
+            parts = [j for j in (old, self.active) if j is not None]
+            if not any(j.recovered for j in parts):
+                return
+            marked = sorted({i for j in parts for i in j.marked_blocks()})
+            stored = stored_keys(marked) if marked else {}
+            for j in parts:
+                j.apply_marks(stored)
+            self.replayed = sum(j.replayed for j in parts)
+            fresh = self._journal(self.path)
+            fresh._create(tuple(parts))
+            self.active.close()
+            self.active = fresh
+            if old is not None:
+                old.remove()
+                old = None
+        finally:
+            if old is not None:
+                old.close()
+
+    replayed = 0  # records found at open (a crash left them)
+
+    def close(self) -> None:
+        for j in (self.merging, self.active):
+            if j is not None:
+                j.close()
+        self._key = None
+
+    def remove(self) -> None:
+        """Close and delete both journals (every record merged into stored blocks)."""
+        if self.merging is not None:
+            self.merging.remove()
+            self.merging = None
+        self.active.remove()
+
+    def reset(self) -> None:
+        """(No merge in flight) The active journal's records are all merged: start anew."""
+        assert self.merging is None
+        self.active.reset()
+        self._resets += 1
+
+    def rotate(self) -> Journal:
+        """(No merge in flight) Freeze the active journal, renamed to ``merging_path``,
+        and start a new active one; the frozen one is returned, to be merged."""
+        assert self.merging is None
+        old = self.active
+        fresh = self._journal(self.path)
+        old.move_to(merging_path(self.path))
+        try:
+            fresh.open()  # a new file: created beside it, renamed in, the directory fsync'd
+        except BaseException:
+            old.move_to(self.path)
+            raise
+        self.merging, self.active = old, fresh
+        return old
+
+    def merged(self) -> None:
+        """The frozen journal's records are all in published blocks: delete it."""
+        if self.merging is not None:
+            self.merging.remove()
+            self.merging = None
+
+    # ------------------------------------------------------------------ records
+
+    @property
+    def full(self) -> bool:
+        return self.active.full
+
+    def has(self, index: int) -> bool:
+        return self.active.has(index) or (self.merging is not None and self.merging.has(index))
+
+    def touched(self, index: int) -> bool:
+        return self.active.touched(index) or (self.merging is not None and self.merging.touched(index))
+
+    def position(self) -> Position:
+        """What content captured now covers: each journal's last sequence number."""
+        pos = {self.active.jid: self.active.seq}
+        if self.merging is not None:
+            pos[self.merging.jid] = self.merging.seq
+        return pos
+
+    def mark(self, index: int, covered: Position, object_key: str) -> None:
+        """Block ``index`` is being stored under ``object_key`` with content covering each
+        journal's records up to ``covered`` (a journal newer than the capture: none)."""
+        for j in (self.merging, self.active):
+            if j is not None and j.touched(index) and covered.get(j.jid, 0) > 0:
+                j.mark(index, covered[j.jid], object_key)
+
+    def leave(self, index: int) -> None:
+        self.active.leave(index)
+        if self.merging is not None:
+            self.merging.leave(index)
+
+    def append(self, index: int, offset: int, data: bytes | bytearray | memoryview) -> None:
+        self.active.append(index, offset, data)
+
+    def append_zeros(self, index: int, offset: int, length: int) -> None:
+        self.active.append_zeros(index, offset, length)
+
+    def sync(self) -> None:
+        if self.merging is not None:
+            self.merging.sync()  # its marks
+        self.active.sync()
+
+    def blocks(self) -> list[int]:
+        if self.merging is None:
+            return self.active.blocks()
+        return sorted(set(self.active.blocks()) | set(self.merging.blocks()))
+
+    def __len__(self) -> int:
+        return len(self.active) + (len(self.merging) if self.merging is not None else 0)
+
+    def overlay(self, index: int, buf: bytearray | memoryview, start: int = 0) -> None:
+        """(Locked) Lay both journals' records of block ``index`` over ``buf`` (its bytes
+        [start, start + len(buf)) as stored): the frozen one's first (older)."""
+        if self.merging is not None:
+            self.merging.overlay(index, buf, start)
+        self.active.overlay(index, buf, start)
+
+    # Reads outside the volume's lock (issue 12): what to overlay is taken under the lock
+    # — for each journal, its file held and the records touching the span — and read
+    # outside it. Records never change once written; a held file stays readable after
+    # the journal moved on (a rotation renames it, a merge's end deletes the frozen one,
+    # a merge under the lock replaces the active one): its descriptor is closed only
+    # when the last read lets go (RecordFile).
+
+    def extents(self, index: int, start: int = 0, stop: int = BLOCK_SIZE) -> "list[tuple[Journal, list[Extent]]]":
+        """(Locked) Each journal's records of block ``index`` that touch [start, stop),
+        the frozen journal first (its records are older): only journals with some."""
+        out = []
+        for j in (self.merging, self.active):
+            if j is not None and (found := j.extents(index, start, stop)):
+                out.append((j, found))
+        return out
+
+    def hold(self, index: int, start: int = 0, stop: int = BLOCK_SIZE) -> "HeldRecords | None":
+        """(Locked) The records of block ``index`` over [start, stop) in both journals, held
+        for an overlay outside the lock (:meth:`HeldRecords.release` it); None: none."""
+        found = self.extents(index, start, stop)
+        if not found:
+            return None
+        return HeldRecords([(j.records(), extents) for j, extents in found])
+
+    @property
+    def resets(self) -> int:
+        """How many times the active journal was emptied by a merge under the lock (its
+        records then live only in stored blocks: a load claimed before cannot catch up)."""
+        return self._resets
+
+    def overlay_since(self, index: int, buf: bytearray | memoryview, position: Position) -> None:
+        """(Locked) Lay over ``buf`` (block ``index``, as loaded with the records as of
+        ``position``, a :meth:`position` taken earlier) the records appended since: in a
+        journal ``position`` knows, those after its sequence number; in one it does not
+        (created since by a rotation), all. The frozen journal first."""
+        for j in (self.merging, self.active):
+            if j is not None:
+                j.overlay(index, buf, since=position.get(j.jid, 0))
+
+
+class HeldRecords:
+    """One span's journal records for a read outside the volume's lock: per journal (the
+    frozen one first, then the active one: in sequence order, a newer record wins) its
+    held file and the records touching the span, taken under the lock."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: "list[tuple[RecordFile, list[Extent]]]") -> None:
+        self.parts = parts
+
+    def covers(self, start: int, stop: int) -> bool:
+        """Do the records together cover all of [start, stop) (nothing stored to read)?"""
+        return covers([e for _f, extents in self.parts for e in extents], start, stop)
+
+    def overlay(self, buf: bytearray | memoryview, start: int = 0) -> None:
+        """Lay the records over ``buf`` (the block's bytes [start, start + len(buf)) as
+        stored), authenticated here (JournalIntegrityError if one was altered)."""
+        for records, extents in self.parts:
+            records.overlay(extents, buf, start)
+
+    def release(self) -> None:
+        """Let go of the journal files (each closed by its last reader once retired)."""
+        parts, self.parts = self.parts, []
+        for records, _extents in parts:
+            records.release()

@@ -142,9 +142,12 @@ class LocalDirStore:
 
     def stage(self, key: str, data: bytes | bytearray | memoryview) -> "Staged":
         path = self._path(key)
-        path.parent.mkdir(mode=0o700, exist_ok=True)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileNotFoundError:  # the shard's first object: its directory first (not a mkdir per object)
+                path.parent.mkdir(mode=0o700, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             staged = Staged(str(path), path, fd)
         except FileExistsError:
             # Not the engine's way (its keys are fresh), but the store's contract: an
