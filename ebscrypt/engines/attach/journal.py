@@ -689,7 +689,10 @@ class VolumeJournal:
     merging one, frozen (no records; marks still) at ``merging_path``. Reads overlay
     both, the merging one first (its records are older). Not thread-safe: the volume's
     lock orders every call, except the merge's reads of the frozen journal (``overlay``
-    of :attr:`merging`: preads of records at fixed places, its index only shrinking).
+    of :attr:`merging`: preads of records at fixed places, its index only shrinking) and
+    reads outside the lock, which overlay what :meth:`hold` took under it (both journals'
+    records over their span, each file held through its own descriptor: readable after
+    the rotation renamed it and after the merge's end deleted it).
 
     Crash safety: rotation renames the full journal to ``merging_path`` and creates the
     new one (header durable, directory fsync'd) before any record goes to it; the merge

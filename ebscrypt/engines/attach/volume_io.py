@@ -22,8 +22,12 @@ adds a bounded write-back cache of plaintext blocks, held in memory only:
 - with a journal (``journal_path``, :mod:`.journal`), a write smaller than a block to a
   block the cache does not hold is appended to the volume's write journal as a sealed
   record instead of a read-modify-write of the block; reads overlay the records; FLUSH
-  and FUA make them durable with one fdatasync; the journal is merged into whole blocks
-  when full, at a snapshot and at close, and replayed at the next open after a crash.
+  and FUA make them durable with one fdatasync; a full journal is frozen and merged into
+  whole blocks by a thread of its own, outside the lock, while a new one takes writes
+  (reads overlay both); at a snapshot and at close the journal is merged under the lock;
+  both are replayed at the next open after a crash. Reads of blocks with records take
+  under the lock only what to read (where the block is, and both journals' records over
+  the span, their files held: ``VolumeJournal.hold``) and read it outside the lock.
   A block with records takes its partial writes in the journal until the merge (the
   cache holds it clean); a whole-block write makes it leave (cached dirty, stored as
   usual, with a mark in the journal so replay skips the records it covers);
