@@ -1179,3 +1179,56 @@ def test_staged_blocks_record_no_checksum_yet_and_whoever_shows_one_computes_it(
         assert bytes(BlockCipher(None).open("00/" + "0" * 32, 0, whole, sha[0])) == datas[0]
         with pytest.raises(BlockIntegrityError):
             BlockCipher(None).open("00/" + "0" * 32, 0, whole, LAZY_CHECKSUM)
+
+
+def test_concurrent_writers_while_journals_are_merged_in_the_background(blocks, tmp_path: Path) -> None:
+    """Four writers on one volume, each owning a quarter of every block (so each checks
+    its own model), with a journal small enough to be frozen and merged in the background
+    many times, a cache small enough to evict, flushes, and reads of their own bytes
+    through every path; after close a fresh OpenVolume reads every writer's model."""
+    key = DataKey("dk-test", os.urandom(32))
+    vid = "vol-0000000000000001c"
+    nblocks, quarter = 12, BLOCK_SIZE // 4
+    pool = ThreadPoolExecutor(4)
+    vol = _journaled(blocks, vid, key, tmp_path, cache_blocks=4, flusher=pool, journal_bytes=128 << 10)
+    vol._publish_limit = 8
+    models = [bytearray(nblocks * quarter) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def writer(t: int) -> None:
+        rng = random.Random(t)
+        model = models[t]
+        try:
+            for step in range(250):
+                i = rng.randrange(nblocks)
+                start = rng.randrange(quarter - 1)
+                length = min(rng.choice([rng.randrange(1, 6000), quarter]), quarter - start)
+                offset = i * BLOCK_SIZE + t * quarter + start
+                if rng.random() < 0.6:
+                    data = os.urandom(length)
+                    if not vol.try_write(offset, data):
+                        vol.write(offset, data, fua=step % 37 == 0)
+                    model[i * quarter + start:i * quarter + start + length] = data
+                else:
+                    got = vol.try_read(offset, length)
+                    if got is None:
+                        got = vol.read(offset, length)
+                    assert bytes(got) == bytes(model[i * quarter + start:i * quarter + start + length]), (t, step)
+                if step % 61 == 0:
+                    vol.flush()
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert not errors, errors[0]
+    vol.close()
+    pool.shutdown()
+    fresh = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1")
+    for i in range(nblocks):
+        block = fresh.read(i * BLOCK_SIZE, BLOCK_SIZE)
+        for t in range(4):
+            assert block[t * quarter:(t + 1) * quarter] == bytes(models[t][i * quarter:(i + 1) * quarter]), (i, t)

@@ -5,8 +5,10 @@ A write smaller than a block, to a block not cached, is appended here as one sea
 record instead of loading, patching and re-sealing the whole block; reads overlay the
 records on the block as stored; FLUSH/FUA make them durable with one ``fdatasync`` of the
 journal; the journal is merged into whole blocks (each block once, however many records
-it has) when it reaches its bound, at a snapshot, and at detach/stop/shutdown; after a
-crash the next open replays it. Partial writes to a block with records are journaled
+it has) when it reaches its bound — frozen and merged outside the volume's lock while a
+new journal takes writes (:class:`VolumeJournal`) — at a snapshot, and at
+detach/stop/shutdown; after a crash the next open replays it (both, when a merge was
+in flight). Partial writes to a block with records are journaled
 too until the merge (the cache holds it clean); a whole-block write makes the block
 leave the journal, and the marks below keep replay from laying its older records over
 what is stored later.

@@ -22,12 +22,13 @@ adds a bounded write-back cache of plaintext blocks, held in memory only:
 - with a journal (``journal_path``, :mod:`.journal`), a write smaller than a block to a
   block the cache does not hold is appended to the volume's write journal as a sealed
   record instead of a read-modify-write of the block; reads overlay the records; FLUSH
-  and FUA make them durable with one fdatasync; a full journal is frozen and merged into
-  whole blocks by a thread of its own, outside the lock, while a new one takes writes
-  (reads overlay both); at a snapshot and at close the journal is merged under the lock;
-  both are replayed at the next open after a crash. Reads of blocks with records take
-  under the lock only what to read (where the block is, and both journals' records over
-  the span, their files held: ``VolumeJournal.hold``) and read it outside the lock.
+  and FUA make them durable with one fdatasync; the journal is merged into whole blocks
+  when full — outside the volume's lock: it is frozen and a new journal takes writes
+  meanwhile (``_rotate``, ``_merge_frozen``; reads overlay both) — at a snapshot and at
+  close (under the lock), and replayed at the next open after a crash (both journals).
+  Reads of blocks with records take under the lock only what to read (where the block
+  is, and both journals' records over the span, their files held: ``VolumeJournal.hold``)
+  and read it outside the lock.
   A block with records takes its partial writes in the journal until the merge (the
   cache holds it clean); a whole-block write makes it leave (cached dirty, stored as
   usual, with a mark in the journal so replay skips the records it covers);
@@ -1041,8 +1042,8 @@ class OpenVolume:
         """Merge the journal into whole blocks: each block with records is read once (as
         stored, or as cached), its records applied, and staged; then everything staged is
         published (durable), and only then is the journal replaced by an empty one.
-        ``flush``: the dirty cached blocks too (a snapshot, a close); a full journal's
-        merge leaves them in the cache (the journal does not depend on them)."""
+        ``flush``: the dirty cached blocks too (a snapshot, a close: the only callers; a
+        full journal is merged outside the lock instead, ``_merge_frozen``)."""
         journal = self._journal
         assert journal is not None
         self._draining += 1
@@ -1132,15 +1133,17 @@ class OpenVolume:
         assert journal is not None
         self._draining += 1
         try:
-            while self._merge_running:
+            # (nothing written behind either: the merge below, under the lock, maps its work
+            # on the write-behind pool, whose threads must not be waiting for this lock)
+            while self._merge_running or self._storing or self._publishing:
                 self._cond.wait()
+            if journal.merging is not None and not (failed_ok and self._failed is not None):
+                self._merge_running = True
+                self._captures = {}
+                self._merge_frozen(journal.merging, raise_errors=True)
         finally:
             self._draining -= 1
             self._cond.notify_all()
-        if journal.merging is not None and not (failed_ok and self._failed is not None):
-            self._merge_running = True
-            self._captures = {}
-            self._merge_frozen(journal.merging, raise_errors=True)
 
     def _merge_frozen(self, frozen: Journal, raise_errors: bool = False) -> None:
         """Merge the frozen journal into whole blocks (a thread of its own; or with the
