@@ -188,3 +188,70 @@ def test_reads_outside_the_lock_race_a_rotation_and_the_merge_of_the_frozen_jour
     fresh = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1")
     assert fresh.read(0, size) == bytes(model)
     fresh.close()
+
+
+def test_a_claimed_load_failing_on_an_altered_record_lets_every_waiting_reader_go(blocks, tmp_path: Path) -> None:
+    """A record appended after a load's claim and altered on disk fails that load at its
+    insertion (JournalIntegrityError, never other bytes), and the claim is let go: a
+    second reader waiting for the block reads it itself and fails the same way instead of
+    waiting forever."""
+    from ebscrypt.engines.attach.journal import JournalIntegrityError
+
+    key = DataKey("dk-test", os.urandom(32))
+    vid = "vol-00000000000000032"
+    pool = ThreadPoolExecutor(4)
+    vol = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1", cache_blocks=4, flusher=pool,
+                     journal_path=tmp_path / "journal" / f"{vid}.jnl")
+    journal = vol._journal
+    assert journal is not None
+    for i in range(12):
+        vol.write(i * BLOCK_SIZE, bytes([1]) * BLOCK_SIZE)
+    vol.flush()  # blocks 0..7 stored, 8..11 cached
+    vol.write(7 * BLOCK_SIZE, b"\x02" * PAGE)  # a record of block 7 (not cached)
+    loading, go = threading.Event(), threading.Event()
+    real_load_one = vol._load_one
+
+    def paused_load_one(index: int, claim: Any, k: Any) -> bytearray:
+        block = real_load_one(index, claim, k)
+        if index == 7:
+            loading.set()
+            assert go.wait(60)
+        return block
+
+    vol._load_one = paused_load_one  # type: ignore[method-assign]
+    errors: list[BaseException] = []
+
+    def read_block_7() -> None:
+        try:
+            vol.read(7 * BLOCK_SIZE, BLOCK_SIZE)
+        except BaseException as exc:
+            errors.append(exc)
+
+    vol._read_next, vol._adjacent = 7, True  # sequential: the whole block claimed
+    first = threading.Thread(target=read_block_7)
+    first.start()
+    assert loading.wait(30)
+    vol._load_one = real_load_one  # type: ignore[method-assign]
+    vol.write(7 * BLOCK_SIZE + PAGE, b"\x03" * PAGE)  # after the claim: overlaid at insertion
+    ext = journal.active.extents(7, PAGE, 2 * PAGE)[-1]
+    with open(journal.path, "r+b") as f:  # one byte of that record's ciphertext flipped
+        f.seek(ext.pos + 40)
+        byte = f.read(1)[0]
+        f.seek(ext.pos + 40)
+        f.write(bytes([byte ^ 1]))
+    with vol._lock:
+        vol._read_next, vol._adjacent = 7, True
+    second = threading.Thread(target=read_block_7)  # waits for the first one's claim
+    second.start()
+    _wait_for(lambda: 7 in vol._loading)
+    go.set()
+    first.join(30)
+    second.join(30)
+    assert not first.is_alive() and not second.is_alive(), "a reader waits forever for a failed load"
+    assert len(errors) == 2 and all(isinstance(e, JournalIntegrityError) for e in errors), errors
+    assert 7 not in vol._loading and 7 not in vol._cache
+    try:
+        vol.close()
+    except JournalIntegrityError:
+        pass  # (the merge at close meets the altered record too: the journal is left as it is)
+    pool.shutdown()

@@ -300,23 +300,34 @@ class OpenVolume:
                 if claim[2] is not None:
                     claim[2].release()
         with self._cond:
-            for index, (token, _source, _records, position, resets) in claimed.items():
-                if self._loading.get(index) is not token:
-                    continue  # written meanwhile: the cache has newer bytes
-                del self._loading[index]
-                data = loaded.get(index)
-                if data is None or self.closed or index in self._cache:
-                    continue
-                journal = self._journal
-                if journal is not None:
-                    if journal.resets != resets:
-                        continue  # merged under the lock meanwhile (its claim is taken back then too)
-                    # The records appended since the claim, in either journal (a rotation
-                    # since: the frozen one's after the claim, then all of the new one's).
-                    # A merge that registered this block since took the claim back.
-                    journal.overlay_since(index, data, position)
-                self._insert(index, data)
-            self._cond.notify_all()
+            try:
+                for index, (token, _source, _records, position, resets) in claimed.items():
+                    if self._loading.get(index) is not token:
+                        continue  # written meanwhile: the cache has newer bytes
+                    del self._loading[index]
+                    data = loaded.get(index)
+                    if data is None or self.closed or index in self._cache:
+                        continue
+                    journal = self._journal
+                    if journal is not None:
+                        if journal.resets != resets:
+                            continue  # merged under the lock meanwhile (its claim is taken back then too)
+                        # The records appended since the claim, in either journal (a rotation
+                        # since: the frozen one's after the claim, then all of the new one's).
+                        # A merge that registered this block since took the claim back.
+                        try:
+                            journal.overlay_since(index, data, position)
+                        except BaseException as exc:  # (a record altered: not inserted, raised below)
+                            error = error or exc
+                            continue
+                    self._insert(index, data)
+            finally:
+                # (every claim let go, whatever failed: readers waiting for these blocks
+                # load them themselves, and get the error)
+                for index, claim in claimed.items():
+                    if self._loading.get(index) is claim[0]:
+                        del self._loading[index]
+                self._cond.notify_all()
         if error is not None and raise_errors:
             raise error
 
