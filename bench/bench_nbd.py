@@ -21,6 +21,12 @@ and stores a block. ``--before DIR`` runs a second server from another checkout 
 Each ebscrypt target's server CPU time per I/O (from /proc) is shown too: it is much
 less disturbed by other load on the machine than the rates.
 
+``--merge`` measures instead what a full write journal costs the I/O while it is merged:
+random 4 KiB writes over the span, not time-based, ``--merge-mib`` of them (default
+640: more than the server's 512 MiB journal, so at least one merge falls inside), and
+fio's completion latency — median, p99, p99.9 and max — with the IOPS and server CPU per
+write; rounds interleave the targets as above.
+
 This module has no ``WORKLOADS``: ``bench/run.py`` skips it; run it directly. Needs fio
 with the nbd engine (Debian's) and nbdkit; bash ci/install-nbd.sh installs nbdkit.
 """
@@ -82,6 +88,23 @@ def fio(uri: str, rw: str, bs: str, span_mib: int, seconds: float) -> tuple[floa
     return side["bw_bytes"] / 2 ** 20, side["iops"]
 
 
+def fio_latency(uri: str, span_mib: int, io_mib: int) -> dict[str, float]:
+    """Random 4 KiB writes over the span, ``io_mib`` of them: IOPS and completion latency
+    (ms: median, p99, p99.9, max) of one fio job."""
+    cmd = ["fio", "--name=m", "--ioengine=nbd", f"--uri={uri}", "--rw=randwrite", "--bs=4k",
+           f"--size={span_mib}M", f"--io_size={io_mib}M", "--iodepth=16", "--end_fsync=1",
+           "--output-format=json", "--randrepeat=0", "--percentile_list=50:99:99.9"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=io_mib * 4 + 600)
+    if out.returncode != 0:
+        raise RuntimeError(f"fio failed: {out.stderr[-2000:]}")
+    side = json.loads(out.stdout[out.stdout.index("{"):])["jobs"][0]["write"]
+    clat, pct = side["clat_ns"], side["clat_ns"].get("percentile", {})
+    ms = lambda ns: ns / 1e6  # noqa: E731
+    return {"iops": side["iops"], "p50_ms": ms(pct.get("50.000000", 0)), "p99_ms": ms(pct.get("99.000000", 0)),
+            "p99.9_ms": ms(pct.get("99.900000", 0)), "max_ms": ms(clat["max"]),
+            "seconds": side["runtime"] / 1000}
+
+
 def setup_volumes(url: str) -> tuple[str, str]:
     """An instance with an encrypted (sdf) and an unencrypted (sdg) 1 GiB volume attached."""
     ec2 = make_client(url, "ec2", ACCOUNT)
@@ -115,6 +138,29 @@ def fill(uri: str, span_mib: int) -> None:
         raise RuntimeError(f"fio fill failed: {out.stderr[-2000:]}")
 
 
+def merge_rounds(args: Any, targets: dict[str, str], pids: dict[str, int], owner: dict[str, str]) -> int:
+    """--merge: write latency while a full journal is merged (see the module docstring)."""
+    runs: dict[str, list[dict[str, float]]] = {t: [] for t in targets}
+    for rnd in range(args.rounds):
+        for name in (list(targets) if rnd % 2 == 0 else list(reversed(targets))):
+            pid = pids.get(owner.get(name, "-"))
+            c0 = cpu_seconds(pid) if pid else 0.0
+            r = fio_latency(targets[name], args.span_mib, args.merge_mib)
+            if pid:
+                r["cpu_us"] = (cpu_seconds(pid) - c0) / (r["iops"] * r["seconds"]) * 1e6
+            runs[name].append(r)
+            log(f"round {rnd + 1} {name:18s} " + " ".join(f"{k} {v:.1f}" for k, v in r.items()))
+    print(f"random 4 KiB writes, {args.merge_mib} MiB over a {args.span_mib} MiB span (medians of {args.rounds} rounds)")
+    print(f"{'target':20s} {'IOPS':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'p99.9 ms':>9s} {'max ms':>9s} {'CPU us/io':>9s}")
+    for name, rs in runs.items():
+        m = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+        print(f"{name:20s} {m['iops']:8.0f} {m['p50_ms']:8.2f} {m['p99_ms']:8.2f} {m['p99.9_ms']:9.2f} "
+              f"{m['max_ms']:9.1f} {m.get('cpu_us', float('nan')):9.1f}")
+    for tag, pid in pids.items():
+        print(f"server {tag or 'after'} RSS after: {rss_mib(pid):.0f} MiB")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--span-mib", type=int, default=96)
@@ -126,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--before", type=Path, default=None,
                     help="another checkout's root (git archive of a base commit): a second server of it "
                          "with its own two volumes, interleaved with the others (after/before ratios)")
+    ap.add_argument("--merge", action="store_true",
+                    help="write latency while the journal is merged (random 4 KiB writes, --merge-mib of them)")
+    ap.add_argument("--merge-mib", type=int, default=640)
     ap.add_argument("--loop", default="asyncio", help="the servers' --loop (asyncio: the same for both trees)")
     args = ap.parse_args(argv)
     jobs = [j for j in JOBS if not args.only or any(o in j[0] for o in args.only)]
@@ -162,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         rss_before = {tag: rss_mib(pid) for tag, pid in pids.items()}
         for name, uri in targets.items():  # fill the span so reads read data
             fill(uri, args.span_mib)
+        if args.merge:
+            return merge_rounds(args, targets, pids, owner)
         results: dict[str, dict[str, list[tuple[float, float]]]] = {t: {j[0]: [] for j in jobs} for t in targets}
         cpu: dict[str, dict[str, list[float]]] = {t: {j[0]: [] for j in jobs} for t in targets}
         for rnd in range(args.rounds):

@@ -842,3 +842,393 @@ def test_deferred_publication_over_a_store_without_staging(tmp_path: Path) -> No
     assert fresh.read(9 * BLOCK_SIZE, 4) == b"\x0a" * 4
     engine.close()
     db.dispose()
+
+
+@pytest.mark.parametrize("encrypted", [True, False], ids=["encrypted", "plain"])
+def test_journaled_reads_outside_the_lock_never_read_back_stale_bytes(blocks, tmp_path: Path, encrypted: bool) -> None:
+    """R-ATTACH-3: reads of blocks with journal records resolve what to read under the
+    volume's lock (where the block is, which records touch the span) and read the object
+    and the records outside it. A writer appends 4 KiB records (and now and then rewrites
+    a whole block, which leaves the journal), the journal is small enough to be merged
+    (replaced) many times meanwhile, and random and sequential readers run beside it:
+    every 4 KiB page a read returns is one whole version, never older than the last write
+    acknowledged before the read began."""
+    key = DataKey("dk-test", os.urandom(32)) if encrypted else None
+    vid = "vol-00000000000000021"
+    nblocks, pages = 12, BLOCK_SIZE // 4096
+    pool = ThreadPoolExecutor(4)
+    vol = _journaled(blocks, vid, key, tmp_path, cache_blocks=4, flusher=pool, journal_bytes=256 << 10)
+    acked = [1] * (nblocks * pages)
+    for i in range(nblocks):
+        vol.write(i * BLOCK_SIZE, bytes([1]) * BLOCK_SIZE)
+    vol.flush()
+    stop = threading.Event()
+    errors: list[str] = []
+    merges = [0]
+    real_merged = vol._journal.merged
+
+    def counting_merged() -> None:  # a frozen journal merged, published and deleted
+        merges[0] += 1
+        real_merged()
+    vol._journal.merged = counting_merged
+
+    def writer() -> None:
+        rng = random.Random(7)
+        try:
+            for step in range(1500):
+                if step % 97 == 96:  # a whole block: it leaves the journal
+                    i = rng.randrange(nblocks)
+                    v = max(acked[i * pages:(i + 1) * pages]) + 1
+                    if v > 255:
+                        continue
+                    vol.write(i * BLOCK_SIZE, bytes([v]) * BLOCK_SIZE)
+                    acked[i * pages:(i + 1) * pages] = [v] * pages
+                    continue
+                page = rng.randrange(len(acked))
+                v = acked[page] + 1
+                if v > 255:
+                    continue
+                if not vol.try_write(page * 4096, bytes([v]) * 4096):
+                    vol.write(page * 4096, bytes([v]) * 4096)
+                acked[page] = v
+        finally:
+            stop.set()
+
+    def check(first_page: int, floor: list[int], got: bytes | bytearray, what: str) -> None:
+        for k, low in enumerate(floor):
+            part = got[k * 4096:(k + 1) * 4096]
+            if part.count(part[0]) != 4096 or part[0] < low:
+                errors.append(f"{what} page {first_page + k}: {part[0]} < {low} or mixed")
+
+    def random_reader(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            page = rng.randrange(len(acked) - 1)
+            floor = acked[page:page + 2]
+            got = vol.try_read(page * 4096, 8192)
+            if got is None:
+                got = vol.read(page * 4096, 8192)
+            check(page, floor, got, "random")
+
+    def sequential_reader() -> None:
+        while not stop.is_set():
+            for i in range(0, nblocks, 2):
+                floor = acked[i * pages:(i + 2) * pages]
+                check(i * pages, floor, vol.read(i * BLOCK_SIZE, 2 * BLOCK_SIZE), "sequential")
+
+    threads = [threading.Thread(target=random_reader, args=(s,)) for s in range(3)] + [
+        threading.Thread(target=sequential_reader), threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert not errors, errors[:5]
+    assert merges[0] >= 2  # reads raced merges that deleted the frozen journal's file
+    for page in range(0, len(acked), 17):
+        assert vol.read(page * 4096, 4096) == bytes([acked[page]]) * 4096
+    vol.close()
+    pool.shutdown()
+    fresh = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1")
+    assert all(fresh.read(p * 4096, 4096) == bytes([acked[p]]) * 4096 for p in range(0, len(acked), 13))
+
+
+def test_journal_records_read_outside_the_lock_survive_a_merge_and_fail_closed(tmp_path: Path) -> None:
+    """A RecordFile taken under the lock reads its records after the journal was replaced
+    (a merge's reset): its descriptor is closed only when the last read lets go. A record
+    altered on disk fails the read (JournalIntegrityError), never gives other bytes."""
+    from ebscrypt.engines.attach.journal import Journal, JournalIntegrityError, covers
+
+    key = DataKey("dk-test", os.urandom(32))
+    j = Journal(tmp_path / "j.jnl", "vol-00000000000000022", key)
+    j.open()
+    j.append(3, 4096, b"x" * 4096)
+    j.append(3, 8192, b"y" * 4096)  # adjacent in the file to the first: one pread for both
+    j.append_zeros(3, 6000, 100)
+    extents = j.extents(3, 0, 3 * 4096)
+    assert [e.seq for e in extents] == [1, 2, 3] and j.extents(3, 0, 4096) == []
+    assert covers(extents, 4096, 12288) and not covers(extents, 4000, 12288)
+    held = j.records()
+    j.reset()  # merged: a new file in place of the old one
+    assert j.extents(3) == [] and j.jid != held.jid
+    buf = bytearray(3 * 4096)
+    assert held.overlay(extents, buf, 0)
+    assert buf[4096:6000] == b"x" * 1904 and buf[6000:6100] == bytes(100) and buf[8192:] == b"y" * 4096
+    fd = held._fd
+    held.release()
+    assert held._fd == -1
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    # tampering: a record altered on disk fails the overlay outside the lock
+    j.append(5, 0, b"z" * 4096)
+    held = j.records()
+    ext = j.extents(5)
+    with open(tmp_path / "j.jnl", "r+b") as f:  # one byte of its ciphertext flipped, in place
+        f.seek(ext[0].pos + 40)
+        byte = f.read(1)[0]
+        f.seek(ext[0].pos + 40)
+        f.write(bytes([byte ^ 1]))
+    with pytest.raises(JournalIntegrityError):
+        held.overlay(ext, bytearray(4096))
+    with pytest.raises(JournalIntegrityError):
+        j.overlay(5, bytearray(4096))  # (and under the lock)
+    held.release()
+    j.close()
+
+
+# ---------------------------------------------------------------- the merge outside the lock
+
+
+def _wait_for(cond, timeout: float = 20.0) -> None:
+    import time
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_full_journal_is_merged_while_io_goes_on(blocks, tmp_path: Path) -> None:
+    """A full journal is frozen and merged by a thread of its own while a new journal
+    takes writes: with the merge held in the middle of staging its blocks, reads and
+    writes (journaled, whole-block, of blocks the merge holds) are served at once and
+    read back the model, during the merge and after it; the frozen journal's file is
+    deleted once its blocks are published; a snapshot's quiesce waits for the merge
+    (R-ATTACH-4: it holds every write acknowledged before it)."""
+    from ebscrypt.engines.attach.journal import merging_path
+
+    key = DataKey("dk-test", os.urandom(32))
+    vid = "vol-00000000000000017"
+    size = 16 * BLOCK_SIZE
+    model = bytearray(size)
+    pool = ThreadPoolExecutor(4)
+    vol = _journaled(blocks, vid, key, tmp_path, cache_blocks=4, flusher=pool, journal_bytes=1 << 20)  # 256 records
+    gate, inside = threading.Event(), threading.Event()
+    real_stage = blocks.stage_blocks
+
+    def stage(*a, **kw):
+        if threading.current_thread().name.startswith("ebscrypt-merge"):
+            inside.set()
+            assert gate.wait(30)
+        return real_stage(*a, **kw)
+
+    blocks.stage_blocks = stage
+    rng = random.Random(17)
+
+    def write(offset: int, data: bytes) -> None:
+        vol.write(offset, data)
+        model[offset:offset + len(data)] = data
+
+    n = 0
+    while vol._journal.merging is None:  # small writes to uncached blocks until the journal fills
+        write(rng.randrange(8, 16) * BLOCK_SIZE + rng.randrange(BLOCK_SIZE - 4096), os.urandom(4096))
+        n += 1
+        assert n < 400
+    assert inside.wait(20)  # its merge started
+    assert merging_path(vol._journal.path).exists() and vol._journal.merging is not None
+    done = threading.Event()
+
+    def io_during_the_merge() -> None:
+        for step in range(120):
+            offset = rng.randrange(size - 9000)
+            if step % 3 == 0:
+                assert vol.read(offset, 9000) == bytes(model[offset:offset + 9000])
+            elif step % 11 == 0:
+                i = rng.randrange(16)
+                write(i * BLOCK_SIZE, os.urandom(BLOCK_SIZE))  # whole: maybe a block the merge holds
+            else:
+                write(offset, os.urandom(rng.randrange(1, 9000)))
+        vol.flush()
+        done.set()
+
+    worker = threading.Thread(target=io_during_the_merge)
+    worker.start()
+    assert done.wait(30), "I/O waited for the merge"
+    assert vol._merge_running  # still held
+    gate.set()
+    _wait_for(lambda: not vol._merge_running)
+    assert not merging_path(vol._journal.path).exists()
+    assert vol.read(0, size) == bytes(model)
+    with vol.quiesced():
+        blocks.share(vid, "snap-00000000000000017")
+    for i in range(16):
+        assert blocks.read_block("snap-00000000000000017", i, key) == bytes(model[i * BLOCK_SIZE:(i + 1) * BLOCK_SIZE])
+    worker.join()
+    vol.close()
+    pool.shutdown()
+    blocks.stage_blocks = real_stage
+    assert OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1").read(0, size) == bytes(model)
+
+
+@pytest.mark.parametrize("crash_at", ["before-publication", "before-the-frozen-journal-is-deleted"])
+def test_kill_during_a_merge_replays_both_journals(tmp_path: Path, crash_at: str) -> None:
+    """kill -9 while a full journal is merged (its blocks staged and marked but not
+    published; or published but the frozen journal not yet deleted), with writes in the
+    new journal since: the next open replays both (the frozen one first; its records a
+    published merge covers are skipped), every flushed write reads back, and they are
+    re-sealed into one new journal; an altered flushed record of the frozen journal fails
+    every read loudly (JournalIntegrityError)."""
+    from ebscrypt.engines.attach.journal import JournalIntegrityError, VolumeJournal, merging_path
+
+    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
+    engine = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
+    key = DataKey("dk-test", os.urandom(32))
+    vid = "vol-00000000000000018"
+    size = 12 * BLOCK_SIZE
+    model = bytearray(size)
+    pool = ThreadPoolExecutor(4)
+    vol = _journaled(engine, vid, key, tmp_path, cache_blocks=4, flusher=pool, journal_bytes=128 << 10)
+    vol.write(0, os.urandom(BLOCK_SIZE) * 1)  # a block stored whole, then journaled over
+    vol.flush()
+    model[0:BLOCK_SIZE] = vol.read(0, BLOCK_SIZE)
+    gate = threading.Event()
+    real_publish, real_merged = engine.publish_blocks, VolumeJournal.merged
+
+    def publish(*a, **kw):
+        if threading.current_thread().name.startswith("ebscrypt-merge") and crash_at == "before-publication":
+            gate.wait(30)
+            raise SystemExit("killed")  # this thread dies here: nothing published
+        return real_publish(*a, **kw)
+
+    def merged(self):
+        if crash_at != "before-publication":
+            gate.wait(30)
+            raise SystemExit("killed")
+        return real_merged(self)
+
+    engine.publish_blocks = publish
+    VolumeJournal.merged = merged
+    rng = random.Random(18)
+    try:
+        while vol._journal.merging is None:
+            off = rng.randrange(0, 8) * BLOCK_SIZE + rng.randrange(BLOCK_SIZE - 4096)
+            data = os.urandom(4096)
+            vol.write(off, data)
+            model[off:off + 4096] = data
+        for _ in range(30):  # the new journal: some over the frozen journal's blocks
+            off = rng.randrange(size - 4096)
+            data = os.urandom(4096)
+            vol.write(off, data)
+            model[off:off + 4096] = data
+        vol.flush()
+        frozen = merging_path(vol._journal.path)
+        assert frozen.exists()
+        raw = frozen.read_bytes()
+        # the crash: nothing closed; a new process opens the same files
+        restarted = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
+        back = _journaled(restarted, vid, key, tmp_path, cache_blocks=4)
+        assert not frozen.exists() and back._journal.merging is None
+        assert back.read(0, size) == bytes(model)
+        back.close()
+        assert OpenVolume(restarted, vid, 1, key, account="1", instance_id="i-1").read(0, size) == bytes(model)
+        # the same crash with a flushed record of the frozen journal altered
+        frozen.write_bytes(raw[:150] + bytes([raw[150] ^ 0x20]) + raw[151:])
+        hurt = _journaled(restarted, vid, key, tmp_path, cache_blocks=4)
+        with pytest.raises(JournalIntegrityError):
+            hurt.read(0, 10)
+        restarted.close()
+    finally:
+        gate.set()
+        VolumeJournal.merged = real_merged
+        pool.shutdown()
+        engine.close()
+        db.dispose()
+
+
+@pytest.mark.parametrize("encrypted", [True, False], ids=["encrypted", "plain"])
+def test_staged_blocks_record_no_checksum_yet_and_whoever_shows_one_computes_it(blocks, encrypted: bool) -> None:
+    """An attached volume's evicted blocks are stored without their SHA-256 (LAZY_CHECKSUM:
+    hashing them cost ~18% of sequential writes beyond the cache); a snapshot of the
+    volume serves each block with its true SHA-256 (GetSnapshotBlock's read), the listing
+    shows it, and re-encrypting copies — to a key, and to a plain owner, whose entry is
+    checked against it — read back the same bytes; a version 2 plain object recorded
+    with no checksum fails the read (fail closed), never returns bytes."""
+    import base64
+    import hashlib
+
+    from ebscrypt.engines.blocks.crypto import LAZY_CHECKSUM, split_plain_checksum
+
+    key = DataKey("dk-test", os.urandom(32)) if encrypted else None
+    vid = "vol-00000000000000019"
+    vol = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1", cache_blocks=4)
+    datas = {i: os.urandom(BLOCK_SIZE) for i in range(10)}
+    for i, data in datas.items():
+        vol.write(i * BLOCK_SIZE, data)
+    vol.flush()
+    vol.close()
+    sha = {i: base64.b64encode(hashlib.sha256(d).digest()).decode() for i, d in datas.items()}
+    refs = blocks.block_refs(vid, list(datas))
+    stored = [blocks.open_checksum(r, key) if encrypted else split_plain_checksum(r.checksum)[0] for r in refs.values()]
+    assert stored.count(LAZY_CHECKSUM) >= 6  # (the last ones cached at the flush: staged too)
+    blocks.share(vid, "snap-00000000000000019")
+    for i, data in datas.items():
+        got, checksum, _ref = blocks.read_block_checked("snap-00000000000000019", i, key)
+        assert got == data and checksum == sha[i]
+    assert dict(blocks.list_blocks("snap-00000000000000019", key)) == sha
+    other = DataKey("dk-other", os.urandom(32))
+    for dst, dst_key in (("snap-0000000000000001a", other), ("snap-0000000000000001b", key if encrypted else None)):
+        if dst_key is key and encrypted:
+            continue  # (same key: a share, not a copy)
+        assert blocks.reencrypt("snap-00000000000000019", key, dst, dst_key) == len(datas)
+        for i, data in datas.items():
+            assert blocks.read_block(dst, i, dst_key) == data
+        assert dict(blocks.list_blocks(dst, dst_key)) == sha
+    if not encrypted:  # an entry claiming no checksum for an object checked against it
+        from ebscrypt.engines.blocks.crypto import MAGIC, MODE_PLAIN, WHOLE_VERSION, BlockCipher
+        from ebscrypt.engines.blocks.errors import BlockIntegrityError
+
+        whole = MAGIC + bytes([WHOLE_VERSION, MODE_PLAIN]) + datas[0]
+        assert bytes(BlockCipher(None).open("00/" + "0" * 32, 0, whole, sha[0])) == datas[0]
+        with pytest.raises(BlockIntegrityError):
+            BlockCipher(None).open("00/" + "0" * 32, 0, whole, LAZY_CHECKSUM)
+
+
+def test_concurrent_writers_while_journals_are_merged_in_the_background(blocks, tmp_path: Path) -> None:
+    """Four writers on one volume, each owning a quarter of every block (so each checks
+    its own model), with a journal small enough to be frozen and merged in the background
+    many times, a cache small enough to evict, flushes, and reads of their own bytes
+    through every path; after close a fresh OpenVolume reads every writer's model."""
+    key = DataKey("dk-test", os.urandom(32))
+    vid = "vol-0000000000000001c"
+    nblocks, quarter = 12, BLOCK_SIZE // 4
+    pool = ThreadPoolExecutor(4)
+    vol = _journaled(blocks, vid, key, tmp_path, cache_blocks=4, flusher=pool, journal_bytes=128 << 10)
+    vol._publish_limit = 8
+    models = [bytearray(nblocks * quarter) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def writer(t: int) -> None:
+        rng = random.Random(t)
+        model = models[t]
+        try:
+            for step in range(250):
+                i = rng.randrange(nblocks)
+                start = rng.randrange(quarter - 1)
+                length = min(rng.choice([rng.randrange(1, 6000), quarter]), quarter - start)
+                offset = i * BLOCK_SIZE + t * quarter + start
+                if rng.random() < 0.6:
+                    data = os.urandom(length)
+                    if not vol.try_write(offset, data):
+                        vol.write(offset, data, fua=step % 37 == 0)
+                    model[i * quarter + start:i * quarter + start + length] = data
+                else:
+                    got = vol.try_read(offset, length)
+                    if got is None:
+                        got = vol.read(offset, length)
+                    assert bytes(got) == bytes(model[i * quarter + start:i * quarter + start + length]), (t, step)
+                if step % 61 == 0:
+                    vol.flush()
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert not errors, errors[0]
+    vol.close()
+    pool.shutdown()
+    fresh = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1")
+    for i in range(nblocks):
+        block = fresh.read(i * BLOCK_SIZE, BLOCK_SIZE)
+        for t in range(4):
+            assert block[t * quarter:(t + 1) * quarter] == bytes(models[t][i * quarter:(i + 1) * quarter]), (i, t)

@@ -57,6 +57,7 @@ from typing import Any, ContextManager, Iterator
 from sqlalchemy import select
 
 from ebscrypt.domain import instance_types as it
+from ebscrypt.engines.attach.journal import journal_exists
 from ebscrypt.engines.attach.volume_io import OpenVolume
 from ebscrypt.engines.blocks.crypto import DataKey
 from ebscrypt.engines.ec2.encryption import data_key_for
@@ -135,7 +136,7 @@ class AttachEngine:
         it since the restart): opened once more (its data key decrypted on its owner's
         behalf, audited, as at a re-open), which merges the journal into its blocks — so a
         detach or a snapshot never leaves flushed writes behind. None when there is none."""
-        if not is_well_formed(volume_id, "vol") or not self.journal_path(volume_id).exists():
+        if not is_well_formed(volume_id, "vol") or not journal_exists(self.journal_path(volume_id)):
             return None
         with self.runtime.db.read() as conn:
             row = conn.execute(select(ec2_volumes).where(ec2_volumes.c.id == volume_id)).mappings().first()

@@ -5,8 +5,10 @@ A write smaller than a block, to a block not cached, is appended here as one sea
 record instead of loading, patching and re-sealing the whole block; reads overlay the
 records on the block as stored; FLUSH/FUA make them durable with one ``fdatasync`` of the
 journal; the journal is merged into whole blocks (each block once, however many records
-it has) when it reaches its bound, at a snapshot, and at detach/stop/shutdown; after a
-crash the next open replays it. Partial writes to a block with records are journaled
+it has) when it reaches its bound — frozen and merged outside the volume's lock while a
+new journal takes writes (:class:`VolumeJournal`) — at a snapshot, and at
+detach/stop/shutdown; after a crash the next open replays it (both, when a merge was
+in flight). Partial writes to a block with records are journaled
 too until the merge (the cache holds it clean); a whole-block write makes the block
 leave the journal, and the marks below keep replay from laying its older records over
 what is stored later.
@@ -56,11 +58,14 @@ content, whether the crash came before or after a publication or a merge's commi
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import secrets
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -79,6 +84,8 @@ TAG = 16
 _REC = struct.Struct(">2sBBIQQII")  # magic, type, 0, length (of the range), seq, committed, block index, offset
 _REC_MAGIC = b"JR"
 _FIXED = struct.Struct(">4sBB16s")  # magic, version, mode, journal id
+_RUN_MAX = 1 << 20  # records adjacent in the file read with one pread, up to this many bytes
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 
 class JournalIntegrityError(BlockIntegrityError):
@@ -119,6 +126,7 @@ class Journal:
         self.recovered = False  # opened from a file a crash left (reset before appending)
         self._touched: set[int] = set()  # blocks with records or marks in this journal
         self._marks: dict[int, list[tuple[int, str]]] = {}  # replayed: block -> [(covered seq, object key)]
+        self._reader: RecordFile | None = None  # the current file's, for reads outside the lock (records())
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -134,6 +142,7 @@ class Journal:
             self._create()
 
     def close(self) -> None:
+        self._retire_reader()  # (closed once the reads holding it end)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -161,6 +170,7 @@ class Journal:
             raise
         if saved[0] >= 0:
             os.close(saved[0])
+        self._retire_reader()  # reads outside the lock still holding the old file keep it
         self._extents.clear()
         self._touched.clear()
         self._marks.clear()
@@ -168,9 +178,10 @@ class Journal:
         self.replayed = 0
         self.recovered = False
 
-    def _create(self, fill: "Journal | None" = None) -> None:
+    def _create(self, fills: "tuple[Journal, ...]" = ()) -> None:
         """A new journal file (new id and key) in place of the old one, atomically: the
-        header (and ``fill``'s records still to apply, re-sealed) durable before the rename."""
+        header (and the records of ``fills`` still to apply, re-sealed, in order) durable
+        before the rename."""
         self._jid = secrets.token_bytes(16)
         self._setup_crypto()
         header = self._header()
@@ -182,13 +193,14 @@ class Journal:
             self._end = len(header)
             self._seq = self._synced = 0
             self._unsynced = False
-            if fill is not None:
-                for index in sorted(fill._extents):
-                    for ext in fill._extents[index]:
-                        if ext.zeros:
-                            self.append_zeros(index, ext.offset, ext.length)
-                        else:
-                            self.append(index, ext.offset, fill._read_record(ext))
+            if fills:
+                for fill in fills:
+                    for index in sorted(fill._extents):
+                        for ext in fill._extents[index]:
+                            if ext.zeros:
+                                self.append_zeros(index, ext.offset, ext.length)
+                            else:
+                                self.append(index, ext.offset, fill._read_record(ext))
                 self.sync()  # and the commit record after it, made durable below
             os.fdatasync(fd)
             os.replace(tmp, self.path)
@@ -208,9 +220,15 @@ class Journal:
         (closed). Appending to a replayed journal could reuse the sequence numbers (the
         nonces) of its torn tail; the old marks are no longer needed either."""
         fresh = Journal(self.path, self.volume_id, self._key, max_bytes=self.max_bytes, max_records=self.max_records)
-        fresh._create(fill=self)
+        fresh._create((self,))
         self.close()
         return fresh
+
+    def move_to(self, path: Path) -> None:
+        """Rename the journal's file (rotation: the full journal is merged under another
+        name while a new one takes writes); durable with the next fsync of the directory."""
+        os.replace(self.path, path)
+        self.path = path
 
     def _setup_crypto(self) -> None:
         kid = self._key.key_id if self._key is not None else ""
@@ -237,17 +255,7 @@ class Journal:
         return self._aead.encrypt(seq.to_bytes(12, "big"), bytes(data), self._prefix + aad)
 
     def _open(self, seq: int, aad: bytes, sealed: bytes | memoryview) -> bytes:
-        if len(sealed) < TAG:
-            raise JournalIntegrityError()
-        if self._aead is None:
-            data, tag = bytes(sealed[:-TAG]), bytes(sealed[-TAG:])
-            if hashlib.sha256(self._prefix + aad + data).digest()[:TAG] != tag:
-                raise JournalIntegrityError()
-            return data
-        try:
-            return self._aead.decrypt(seq.to_bytes(12, "big"), bytes(sealed), self._prefix + aad)
-        except InvalidTag:
-            raise JournalIntegrityError() from None
+        return bytes(_open_sealed(self._aead, self._prefix, seq, aad, sealed))
 
     # ------------------------------------------------------------------ writing
 
@@ -262,6 +270,12 @@ class Journal:
     def touched(self, index: int) -> bool:
         """Has this journal ever had records of block ``index`` (its stores need marks)?"""
         return index in self._touched
+
+    @property
+    def jid(self) -> bytes:
+        """This journal file's random id (a new one for every file: it names the key; it
+        changes when a merge, a rotation or a replay replaces the file)."""
+        return self._jid
 
     @property
     def seq(self) -> int:
@@ -306,6 +320,10 @@ class Journal:
     def blocks(self) -> list[int]:
         return sorted(self._extents)
 
+    def touched_blocks(self) -> list[int]:
+        """Every block this journal has had records of (sorted)."""
+        return sorted(self._touched)
+
     def __len__(self) -> int:
         return self._records
 
@@ -348,34 +366,47 @@ class Journal:
 
     # ------------------------------------------------------------------ reading
 
-    def overlay(self, index: int, buf: bytearray | memoryview, start: int = 0) -> None:
+    def overlay(self, index: int, buf: bytearray | memoryview, start: int = 0, *, since: int = 0,
+                nowait: bool = False, extents: list[Extent] | None = None) -> bool:
         """Apply the records of block ``index`` to ``buf``, which holds the block's bytes
-        [start, start + len(buf)) as stored (records authenticated again here)."""
-        extents = self._extents.get(index)
+        [start, start + len(buf)) as stored (records authenticated again here). ``since``:
+        only the records after that sequence number (those before are applied already).
+        ``nowait``: False (``buf`` left as it was) if a record is not in the page cache.
+        ``extents``: those of :meth:`extents` for this window, taken just before."""
+        if extents is None:
+            extents = self._extents.get(index)
         if not extents:
-            return
-        stop = start + len(buf)
-        view = memoryview(buf)
-        for ext in extents:
-            lo, hi = max(ext.offset, start), min(ext.offset + ext.length, stop)
-            if lo >= hi:
-                continue
-            if ext.zeros:
-                view[lo - start:hi - start] = bytes(hi - lo)
-                continue
-            data = self._read_record(ext)
-            view[lo - start:hi - start] = data[lo - ext.offset:hi - ext.offset]
+            return True
+        if since:
+            extents = [e for e in extents if e.seq > since]
+        return _apply(extents, buf, start,
+                      lambda exts, nw: _read_records(self._fd, exts, nw, self._aead, self._prefix), nowait=nowait)
+
+    def extents(self, index: int, start: int = 0, stop: int = BLOCK_SIZE) -> list[Extent]:
+        """(Locked) The records of block ``index`` that touch [start, stop), oldest first: a
+        snapshot for :meth:`RecordFile.overlay` outside the volume's lock."""
+        return [e for e in self._extents.get(index, ()) if e.offset < stop and e.offset + e.length > start]
+
+    def records(self) -> "RecordFile":
+        """(Locked) The current file's records for a read outside the volume's lock, held
+        (:meth:`RecordFile.release` it): records never change once written, and a held file
+        stays readable after a merge replaced it (its descriptor is closed when released)."""
+        reader = self._reader
+        if reader is None or reader.jid != self._jid:
+            if reader is not None:
+                reader.retire()
+            reader = self._reader = RecordFile(os.dup(self._fd), self._jid, self._prefix, self._aead, self.volume_id)
+        return reader.acquire()
+
+    def _retire_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.retire()
+            self._reader = None
 
     def _read_record(self, ext: Extent) -> bytes:
-        size = _REC.size + ext.length + TAG
-        raw = os.pread(self._fd, size, ext.pos)
-        if len(raw) != size:
-            raise JournalIntegrityError()
-        header = raw[:_REC.size]
-        magic, kind, _z, length, seq, _c, _index, offset = _REC.unpack(header)
-        if magic != _REC_MAGIC or kind != DATA or length != ext.length or seq != ext.seq or offset != ext.offset:
-            raise JournalIntegrityError()
-        return self._open(seq, header, memoryview(raw)[_REC.size:])
+        got = _read_records(self._fd, [ext], False, self._aead, self._prefix)
+        assert got is not None
+        return bytes(got[ext.seq])
 
     # ------------------------------------------------------------------ replay
 
@@ -481,5 +512,409 @@ class Journal:
         return kind, index, offset, length, size, committed
 
 
+class RecordFile:
+    """One journal file's records, read outside the volume's lock (a duplicate descriptor
+    of the file and its opening key). Reference-counted: the descriptor is closed once the
+    journal moved on to another file (:meth:`retire`) and no read holds it, so a read never
+    uses a descriptor closed (or reused for another file) under it."""
+
+    def __init__(self, fd: int, jid: bytes, prefix: bytes, aead: AESGCM | None, volume_id: str) -> None:
+        self.jid = jid  # the journal file's id
+        self._fd = fd
+        self._prefix = prefix
+        self._aead = aead
+        self.volume_id = volume_id
+        self._users = 0
+        self._retired = False
+        self._mutex = threading.Lock()
+
+    def acquire(self) -> "RecordFile":
+        with self._mutex:
+            self._users += 1
+        return self
+
+    def release(self) -> None:
+        with self._mutex:
+            self._users -= 1
+            self._close_if_done()
+
+    def retire(self) -> None:
+        with self._mutex:
+            self._retired = True
+            self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if self._retired and self._users <= 0 and self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._aead = None
+
+    def overlay(self, extents: list[Extent], buf: bytearray | memoryview, start: int = 0, *,
+                nowait: bool = False) -> bool:
+        """Apply these records (:meth:`Journal.extents`, taken under the lock) to ``buf``,
+        the block's bytes [start, start + len(buf)) as stored; authenticated here. Held
+        (:meth:`acquire`). ``nowait``: False (``buf`` left as it was) if a record is not
+        in the page cache (RWF_NOWAIT), for a caller that must not wait for the disk."""
+        return _apply(extents, buf, start, lambda exts, nw: _read_records(self._fd, exts, nw, self._aead, self._prefix),
+                      nowait=nowait)
+
+
+def covers(extents: list[Extent], start: int, stop: int) -> bool:
+    """Do these records together cover all of [start, stop)? (Then what is stored under
+    them need not be read.)"""
+    pos = start
+    for lo, hi in sorted((e.offset, e.offset + e.length) for e in extents):
+        if lo > pos:
+            return False
+        pos = max(pos, hi)
+        if pos >= stop:
+            return True
+    return pos >= stop
+
+
+def _apply(extents: list[Extent], buf: bytearray | memoryview, start: int,
+           read: Callable[[list[Extent], bool], dict[int, bytes | memoryview] | None], *, nowait: bool = False) -> bool:
+    """Lay ``extents`` (oldest first) over ``buf`` = bytes [start, start+len(buf)) of the
+    block. ``read(data extents, nowait)`` gives their payloads by sequence number (None:
+    not all in the page cache, with ``nowait``; then False and ``buf`` is left as it was).
+    A record that a newer one rewrote exactly (the same range: a page written again) is
+    not read at all."""
+    stop = start + len(buf)
+    wanted = []
+    seen: set[tuple[int, int]] = set()
+    for ext in reversed(extents):
+        lo, hi = max(ext.offset, start), min(ext.offset + ext.length, stop)
+        if lo >= hi or (lo, hi) in seen:
+            continue
+        seen.add((lo, hi))
+        wanted.append((ext, lo, hi))
+    wanted.reverse()
+    data = [e for e, _lo, _hi in wanted if not e.zeros]
+    payloads = read(data, nowait) if data else {}
+    if payloads is None:
+        return False
+    view = memoryview(buf)
+    for ext, lo, hi in wanted:
+        if ext.zeros:
+            view[lo - start:hi - start] = bytes(hi - lo)
+        elif lo == ext.offset and hi - lo == ext.length:
+            view[lo - start:hi - start] = payloads[ext.seq]
+        else:
+            view[lo - start:hi - start] = memoryview(payloads[ext.seq])[lo - ext.offset:hi - ext.offset]
+    return True
+
+
+def _read_records(fd: int, extents: list[Extent], nowait: bool, aead: AESGCM | None,
+                  prefix: bytes) -> dict[int, bytes | memoryview] | None:
+    """The authenticated payloads of these data records, by sequence number: records
+    adjacent in the file are read with one ``pread`` (a run of sequential small writes).
+    ``nowait``: None if a record is not in the page cache (RWF_NOWAIT)."""
+    out: dict[int, bytes | memoryview] = {}
+    todo = sorted(extents, key=lambda e: e.pos) if len(extents) > 1 else extents
+    unpack, head = _REC.unpack_from, _REC.size
+    i = 0
+    while i < len(todo):
+        j = i + 1
+        end = todo[i].pos + head + todo[i].length + TAG
+        while j < len(todo) and todo[j].pos == end and end - todo[i].pos < _RUN_MAX:
+            end += head + todo[j].length + TAG
+            j += 1
+        at = todo[i].pos
+        if nowait:
+            if _RWF_NOWAIT is None:
+                return None
+            raw = bytearray(end - at)
+            try:
+                got = os.preadv(fd, [raw], at, _RWF_NOWAIT)
+            except OSError:  # EAGAIN: not all in the page cache
+                return None
+            if got != len(raw):
+                return None
+            whole = memoryview(raw)
+        else:
+            whole = memoryview(os.pread(fd, end - at, at))
+        if len(whole) != end - at:
+            raise JournalIntegrityError()  # the file is shorter than its index says
+        for ext in todo[i:j]:
+            rel = ext.pos - at
+            magic, kind, _z, length, seq, _c, _index, offset = unpack(whole, rel)
+            if magic != _REC_MAGIC or kind != DATA or length != ext.length or seq != ext.seq or offset != ext.offset:
+                raise JournalIntegrityError()
+            out[seq] = _open_sealed(aead, prefix, seq, whole[rel:rel + head], whole[rel + head:rel + head + length + TAG])
+        i = j
+    return out
+
+
+def _open_sealed(aead: AESGCM | None, prefix: bytes, seq: int, aad: bytes | memoryview,
+                 sealed: bytes | memoryview) -> bytes | memoryview:
+    """A record's payload, authenticated: AES-GCM under the journal key (nonce = its
+    sequence number), or a plain volume's SHA-256 digest (then a view of ``sealed``)."""
+    if len(sealed) < TAG:
+        raise JournalIntegrityError()
+    if aead is None:
+        data = memoryview(sealed)[:-TAG]
+        digest = hashlib.sha256(prefix)
+        digest.update(aad)
+        digest.update(data)
+        if not hmac.compare_digest(digest.digest()[:TAG], memoryview(sealed)[-TAG:]):
+            raise JournalIntegrityError()
+        return data
+    try:
+        return aead.decrypt(seq.to_bytes(12, "big"), sealed, prefix + bytes(aad))
+    except InvalidTag:
+        raise JournalIntegrityError() from None
+
+
 def _lp(raw: bytes) -> bytes:
     return struct.pack(">H", len(raw)) + raw
+
+
+# Where a volume's content was when it was captured (a cached block taken to be stored):
+# each journal's id and the sequence number its last record had then (see VolumeJournal).
+Position = dict[bytes, int]
+
+
+def merging_path(path: Path) -> Path:
+    """Where a volume's full journal is merged (renamed from ``path``) while a new one
+    at ``path`` takes writes."""
+    return path.with_name(path.name + ".merging")
+
+
+def journal_exists(path: Path) -> bool:
+    """Does a journal (being written, or being merged) exist for this path?"""
+    return path.exists() or merging_path(path).exists()
+
+
+class VolumeJournal:
+    """A volume's journals: the active one, which takes new records, and — while a full
+    journal is merged into the blocks outside the volume's lock (``OpenVolume``) — the
+    merging one, frozen (no records; marks still) at ``merging_path``. Reads overlay
+    both, the merging one first (its records are older). Not thread-safe: the volume's
+    lock orders every call, except the merge's reads of the frozen journal (``overlay``
+    of :attr:`merging`: preads of records at fixed places, its index only shrinking) and
+    reads outside the lock, which overlay what :meth:`hold` took under it (both journals'
+    records over their span, each file held through its own descriptor: readable after
+    the rotation renamed it and after the merge's end deleted it).
+
+    Crash safety: rotation renames the full journal to ``merging_path`` and creates the
+    new one (header durable, directory fsync'd) before any record goes to it; the merge
+    marks what it stores in both journals like any store (so replay never lays older
+    records over newer content) and removes the frozen journal only after its blocks are
+    published. At the next open both files are replayed, the frozen one first, and their
+    records that still apply are re-sealed into one new journal (see :meth:`open`).
+    """
+
+    def __init__(self, path: Path, volume_id: str, key: DataKey | None, *,
+                 max_bytes: int = 256 << 20, max_records: int = 65536) -> None:
+        self.path = path
+        self.volume_id = volume_id
+        self._key = key
+        self.max_bytes = max_bytes
+        self.max_records = max_records
+        self.active = self._journal(path)
+        self.merging: Journal | None = None
+        self._resets = 0
+
+    def _journal(self, path: Path) -> Journal:
+        return Journal(path, self.volume_id, self._key, max_bytes=self.max_bytes, max_records=self.max_records)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self, stored_keys: "Callable[[list[int]], dict[int, str | None]]") -> None:
+        """Open (replaying what a crash left, the frozen journal first) or start the
+        journal. ``stored_keys`` gives the recorded object key of blocks (marks decide
+        which replayed records still apply); the records that do are re-sealed into one
+        new journal (new id and key: no nonce reused), which replaces both files: first
+        the active one, then the frozen one is removed (a crash between replays the
+        frozen one's records twice, in order, before the rest: the same bytes).
+        Raises :class:`JournalIntegrityError` if durable records were altered."""
+        old_path = merging_path(self.path)
+        old: Journal | None = None
+        try:
+            if old_path.exists():
+                old = self._journal(old_path)
+                old.open()
+            self.active.open()
+            parts = [j for j in (old, self.active) if j is not None]
+            if not any(j.recovered for j in parts):
+                return
+            marked = sorted({i for j in parts for i in j.marked_blocks()})
+            stored = stored_keys(marked) if marked else {}
+            for j in parts:
+                j.apply_marks(stored)
+            self.replayed = sum(j.replayed for j in parts)
+            fresh = self._journal(self.path)
+            fresh._create(tuple(parts))
+            self.active.close()
+            self.active = fresh
+            if old is not None:
+                old.remove()
+                old = None
+        finally:
+            if old is not None:
+                old.close()
+
+    replayed = 0  # records found at open (a crash left them)
+
+    def close(self) -> None:
+        for j in (self.merging, self.active):
+            if j is not None:
+                j.close()
+        self._key = None
+
+    def remove(self) -> None:
+        """Close and delete both journals (every record merged into stored blocks)."""
+        if self.merging is not None:
+            self.merging.remove()
+            self.merging = None
+        self.active.remove()
+
+    def reset(self) -> None:
+        """(No merge in flight) The active journal's records are all merged: start anew."""
+        assert self.merging is None
+        self.active.reset()
+        self._resets += 1
+
+    def rotate(self) -> Journal:
+        """(No merge in flight) Freeze the active journal, renamed to ``merging_path``,
+        and start a new active one; the frozen one is returned, to be merged."""
+        assert self.merging is None
+        old = self.active
+        fresh = self._journal(self.path)
+        old.move_to(merging_path(self.path))
+        try:
+            fresh.open()  # a new file: created beside it, renamed in, the directory fsync'd
+        except BaseException:
+            old.move_to(self.path)
+            raise
+        self.merging, self.active = old, fresh
+        return old
+
+    def merged(self) -> None:
+        """The frozen journal's records are all in published blocks: delete it."""
+        if self.merging is not None:
+            self.merging.remove()
+            self.merging = None
+
+    # ------------------------------------------------------------------ records
+
+    @property
+    def full(self) -> bool:
+        return self.active.full
+
+    def has(self, index: int) -> bool:
+        return self.active.has(index) or (self.merging is not None and self.merging.has(index))
+
+    def touched(self, index: int) -> bool:
+        return self.active.touched(index) or (self.merging is not None and self.merging.touched(index))
+
+    def position(self) -> Position:
+        """What content captured now covers: each journal's last sequence number."""
+        pos = {self.active.jid: self.active.seq}
+        if self.merging is not None:
+            pos[self.merging.jid] = self.merging.seq
+        return pos
+
+    def mark(self, index: int, covered: Position, object_key: str) -> None:
+        """Block ``index`` is being stored under ``object_key`` with content covering each
+        journal's records up to ``covered`` (a journal newer than the capture: none)."""
+        for j in (self.merging, self.active):
+            if j is not None and j.touched(index) and covered.get(j.jid, 0) > 0:
+                j.mark(index, covered[j.jid], object_key)
+
+    def leave(self, index: int) -> None:
+        self.active.leave(index)
+        if self.merging is not None:
+            self.merging.leave(index)
+
+    def append(self, index: int, offset: int, data: bytes | bytearray | memoryview) -> None:
+        self.active.append(index, offset, data)
+
+    def append_zeros(self, index: int, offset: int, length: int) -> None:
+        self.active.append_zeros(index, offset, length)
+
+    def sync(self) -> None:
+        if self.merging is not None:
+            self.merging.sync()  # its marks
+        self.active.sync()
+
+    def blocks(self) -> list[int]:
+        if self.merging is None:
+            return self.active.blocks()
+        return sorted(set(self.active.blocks()) | set(self.merging.blocks()))
+
+    def __len__(self) -> int:
+        return len(self.active) + (len(self.merging) if self.merging is not None else 0)
+
+    def overlay(self, index: int, buf: bytearray | memoryview, start: int = 0) -> None:
+        """(Locked) Lay both journals' records of block ``index`` over ``buf`` (its bytes
+        [start, start + len(buf)) as stored): the frozen one's first (older)."""
+        if self.merging is not None:
+            self.merging.overlay(index, buf, start)
+        self.active.overlay(index, buf, start)
+
+    # Reads outside the volume's lock (issue 12): what to overlay is taken under the lock
+    # — for each journal, its file held and the records touching the span — and read
+    # outside it. Records never change once written; a held file stays readable after
+    # the journal moved on (a rotation renames it, a merge's end deletes the frozen one,
+    # a merge under the lock replaces the active one): its descriptor is closed only
+    # when the last read lets go (RecordFile).
+
+    def extents(self, index: int, start: int = 0, stop: int = BLOCK_SIZE) -> "list[tuple[Journal, list[Extent]]]":
+        """(Locked) Each journal's records of block ``index`` that touch [start, stop),
+        the frozen journal first (its records are older): only journals with some."""
+        out = []
+        for j in (self.merging, self.active):
+            if j is not None and (found := j.extents(index, start, stop)):
+                out.append((j, found))
+        return out
+
+    def hold(self, index: int, start: int = 0, stop: int = BLOCK_SIZE) -> "HeldRecords | None":
+        """(Locked) The records of block ``index`` over [start, stop) in both journals, held
+        for an overlay outside the lock (:meth:`HeldRecords.release` it); None: none."""
+        found = self.extents(index, start, stop)
+        if not found:
+            return None
+        return HeldRecords([(j.records(), extents) for j, extents in found])
+
+    @property
+    def resets(self) -> int:
+        """How many times the active journal was emptied by a merge under the lock (its
+        records then live only in stored blocks: a load claimed before cannot catch up)."""
+        return self._resets
+
+    def overlay_since(self, index: int, buf: bytearray | memoryview, position: Position) -> None:
+        """(Locked) Lay over ``buf`` (block ``index``, as loaded with the records as of
+        ``position``, a :meth:`position` taken earlier) the records appended since: in a
+        journal ``position`` knows, those after its sequence number; in one it does not
+        (created since by a rotation), all. The frozen journal first."""
+        for j in (self.merging, self.active):
+            if j is not None:
+                j.overlay(index, buf, since=position.get(j.jid, 0))
+
+
+class HeldRecords:
+    """One span's journal records for a read outside the volume's lock: per journal (the
+    frozen one first, then the active one: in sequence order, a newer record wins) its
+    held file and the records touching the span, taken under the lock."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: "list[tuple[RecordFile, list[Extent]]]") -> None:
+        self.parts = parts
+
+    def covers(self, start: int, stop: int) -> bool:
+        """Do the records together cover all of [start, stop) (nothing stored to read)?"""
+        return covers([e for _f, extents in self.parts for e in extents], start, stop)
+
+    def overlay(self, buf: bytearray | memoryview, start: int = 0) -> None:
+        """Lay the records over ``buf`` (the block's bytes [start, start + len(buf)) as
+        stored), authenticated here (JournalIntegrityError if one was altered)."""
+        for records, extents in self.parts:
+            records.overlay(extents, buf, start)
+
+    def release(self) -> None:
+        """Let go of the journal files (each closed by its last reader once retired)."""
+        parts, self.parts = self.parts, []
+        for records, _extents in parts:
+            records.release()

@@ -23,7 +23,12 @@ adds a bounded write-back cache of plaintext blocks, held in memory only:
   block the cache does not hold is appended to the volume's write journal as a sealed
   record instead of a read-modify-write of the block; reads overlay the records; FLUSH
   and FUA make them durable with one fdatasync; the journal is merged into whole blocks
-  when full, at a snapshot and at close, and replayed at the next open after a crash.
+  when full — outside the volume's lock: it is frozen and a new journal takes writes
+  meanwhile (``_rotate``, ``_merge_frozen``; reads overlay both) — at a snapshot and at
+  close (under the lock), and replayed at the next open after a crash (both journals).
+  Reads of blocks with records take under the lock only what to read (where the block
+  is, and both journals' records over the span, their files held: ``VolumeJournal.hold``)
+  and read it outside the lock.
   A block with records takes its partial writes in the journal until the merge (the
   cache holds it clean); a whole-block write makes it leave (cached dirty, stored as
   usual, with a mark in the journal so replay skips the records it covers);
@@ -59,7 +64,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from ebscrypt.engines.attach.journal import Journal
+from ebscrypt.engines.attach.journal import (HeldRecords, Journal, JournalIntegrityError, Position,
+                                             VolumeJournal, covers)
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, ZERO_BLOCK, DataKey
 from ebscrypt.engines.blocks.engine import StagedBlock
 from ebscrypt.engines.blocks.store import ObjectMissing
@@ -147,19 +153,23 @@ class OpenVolume:
         # A journal whose durable records fail authentication: every operation raises it
         # (nothing is dropped silently; the journal file is kept as it is).
         self._failed: BaseException | None = None
-        self._journal: Journal | None = None
+        self._journal: VolumeJournal | None = None
+        # A full journal is merged outside the lock (``_merge_frozen``, a thread of its own)
+        # while a new one takes writes. Meanwhile every registration of a block's stored
+        # content notes its capture (``_epoch``, a counter bumped at each capture) in
+        # ``_captures``, so a content captured earlier never replaces one captured later.
+        self._merge_running = False
+        self._epoch = 0
+        self._captures: dict[int, int] | None = None
         if journal_path is not None and not read_only:
-            journal = Journal(journal_path, volume_id, key, max_bytes=journal_bytes,
-                              max_records=max(64, journal_bytes // 4096))
+            journal = VolumeJournal(journal_path, volume_id, key, max_bytes=journal_bytes,
+                                    max_records=max(64, journal_bytes // 4096))
             try:
-                journal.open()
-                if journal.recovered:  # a crash left it: what still applies, into a new journal
-                    marked = journal.marked_blocks()
-                    refs = blocks.block_refs(volume_id, marked) if marked else {}
-                    journal.apply_marks({i: (r.object_key if r is not None else None) for i, r in refs.items()})
-                    if journal.replayed:
-                        log.warning("%s: %d journaled writes left by a crash replayed", volume_id, journal.replayed)
-                    journal = journal.rewrite()
+                # (a crash left it: what still applies, re-sealed into one new journal)
+                journal.open(lambda marked: {i: (r.object_key if r is not None else None)
+                                             for i, r in blocks.block_refs(volume_id, marked).items()})
+                if journal.replayed:
+                    log.warning("%s: %d journaled writes left by a crash replayed", volume_id, journal.replayed)
                 self._journal = journal
             except Exception as exc:
                 log.error("%s: the write journal %s cannot be used: %r", volume_id, journal_path, exc)
@@ -186,7 +196,7 @@ class OpenVolume:
         if not spans:
             return b""
         first, last = spans[0][0], spans[-1][0]
-        parts: list[tuple[int, int, int, int, Any]] | None = None
+        parts: list[_Part] | None = None
         with self._lock:
             self._wait_behind()
             self._check_open()
@@ -241,17 +251,21 @@ class OpenVolume:
                 pos += end - start
         return out
 
-    def _claim(self, indexes: list[int]) -> dict[int, tuple[object, Any]]:
+    def _claim(self, indexes: list[int]) -> dict[int, _Claim]:
         """Under the lock: claim these blocks for a load outside it (those neither cached
         nor being loaded already), each with a token and where its latest content is: a
         block being written behind (bytes), a stored entry (BlockRef), None (never
-        written) or _UNKNOWN. A write to a claimed block takes the claim back (``_put``)."""
+        written) or _UNKNOWN; with the journal's records of the block as of now (held, to
+        be overlaid outside the lock too), its sequence number and file. A write to a
+        claimed block takes the claim back (``_put``)."""
         indexes = [i for i in indexes if i not in self._cache and i not in self._loading]
         unknown = [i for i in indexes if i not in self._refs and i not in self._storing and i not in self._unpublished]
         if unknown:
             for i, ref in self.blocks.block_refs(self.volume_id, unknown).items():
                 self._remember(i, ref)
-        claimed: dict[int, tuple[object, Any]] = {}
+        claimed: dict[int, _Claim] = {}
+        journal = self._journal
+        position, resets = (journal.position(), journal.resets) if journal is not None else ({}, 0)
         for i in indexes:
             token = object()
             self._loading[i] = token
@@ -263,46 +277,77 @@ class OpenVolume:
                 source = self._refs.get(i, _UNKNOWN)
                 if source is not _UNKNOWN:
                     self._refs.move_to_end(i)
-            claimed[i] = (token, source)
+            records = journal.hold(i) if journal is not None and journal.has(i) else None
+            claimed[i] = (token, source, records, position, resets)
         return claimed
 
-    def _load_claimed(self, claimed: dict[int, tuple[object, Any]], key: DataKey | None, raise_errors: bool) -> None:
-        """Outside the lock: read and open claimed blocks, then insert those whose claim
-        still holds (not rewritten, nor the volume closed, meanwhile). An error is raised
-        to the reader that needs the block (a read-ahead's is dropped: whoever reads the
-        block later loads it again and gets it)."""
+    def _load_claimed(self, claimed: dict[int, _Claim], key: DataKey | None, raise_errors: bool) -> None:
+        """Outside the lock: read and open claimed blocks and overlay the journal records
+        taken with the claim, then insert those whose claim still holds (not rewritten,
+        nor merged, nor the volume closed, meanwhile), with the records appended since.
+        An error is raised to the reader that needs the block (a read-ahead's is dropped:
+        whoever reads the block later loads it again and gets it)."""
         loaded: dict[int, bytearray] = {}
         error: BaseException | None = None
-        for index, (_token, source) in claimed.items():
-            try:
-                if isinstance(source, (bytes, bytearray)):  # being written behind (a buffer that left the cache)
-                    loaded[index] = bytearray(source)
-                elif source is None:
-                    loaded[index] = bytearray(BLOCK_SIZE)
-                elif source is _UNKNOWN:
-                    loaded[index] = bytearray(self.blocks.read_block(self.volume_id, index, key))
-                else:
-                    try:
-                        loaded[index] = self.blocks.load_ref(source, key)
-                    except ObjectMissing:  # the lineage changed under us (compaction): look again
-                        loaded[index] = bytearray(self.blocks.read_block(self.volume_id, index, key))
-            except BaseException as exc:
-                error = error or exc
+        try:
+            for index, claim in claimed.items():
+                try:
+                    loaded[index] = self._load_one(index, claim, key)
+                except BaseException as exc:
+                    error = error or exc
+        finally:
+            for claim in claimed.values():
+                if claim[2] is not None:
+                    claim[2].release()
         with self._cond:
-            for index, (token, source) in claimed.items():
-                if self._loading.get(index) is not token:
-                    continue  # written meanwhile: the cache has newer bytes
-                del self._loading[index]
-                data = loaded.get(index)
-                if data is not None and not self.closed and index not in self._cache:
-                    if self._journal is not None:
-                        # (under the lock: the records as of now; a merge since the claim
-                        # took the claim back in _register)
-                        self._journal.overlay(index, data)
+            try:
+                for index, (token, _source, _records, position, resets) in claimed.items():
+                    if self._loading.get(index) is not token:
+                        continue  # written meanwhile: the cache has newer bytes
+                    del self._loading[index]
+                    data = loaded.get(index)
+                    if data is None or self.closed or index in self._cache:
+                        continue
+                    journal = self._journal
+                    if journal is not None:
+                        if journal.resets != resets:
+                            continue  # merged under the lock meanwhile (its claim is taken back then too)
+                        # The records appended since the claim, in either journal (a rotation
+                        # since: the frozen one's after the claim, then all of the new one's).
+                        # A merge that registered this block since took the claim back.
+                        try:
+                            journal.overlay_since(index, data, position)
+                        except BaseException as exc:  # (a record altered: not inserted, raised below)
+                            error = error or exc
+                            continue
                     self._insert(index, data)
-            self._cond.notify_all()
+            finally:
+                # (every claim let go, whatever failed: readers waiting for these blocks
+                # load them themselves, and get the error)
+                for index, claim in claimed.items():
+                    if self._loading.get(index) is claim[0]:
+                        del self._loading[index]
+                self._cond.notify_all()
         if error is not None and raise_errors:
             raise error
+
+    def _load_one(self, index: int, claim: _Claim, key: DataKey | None) -> bytearray:
+        """(Outside the lock) One claimed block, with the records taken with its claim."""
+        _token, source, records, _position, _resets = claim
+        if isinstance(source, (bytes, bytearray)):  # being written behind (a buffer that left the cache)
+            block = bytearray(source)
+        elif source is None:
+            block = bytearray(BLOCK_SIZE)
+        elif source is _UNKNOWN:
+            block = bytearray(self.blocks.read_block(self.volume_id, index, key))
+        else:
+            try:
+                block = self.blocks.load_ref(source, key)
+            except ObjectMissing:  # the lineage changed under us (compaction): look again
+                block = bytearray(self.blocks.read_block(self.volume_id, index, key))
+        if records is not None:
+            records.overlay(block)
+        return block
 
     # Fast paths, for the NBD server's event loop: a request that needs no disk, no crypto
     # and no wait (its blocks are cached, the volume's lock is free) is served there at
@@ -347,27 +392,39 @@ class OpenVolume:
         finally:
             self._lock.release()
 
-    def _try_read_sectors(self, index: int, start: int, length: int) -> bytes | None:
+    def _try_read_sectors(self, index: int, start: int, length: int) -> bytes | bytearray | None:
         """(try_read, lock held) A small random read of one block the cache lacks, served
         at once if nothing has to wait: the block's entry and its object's checked header
-        known, its sectors in the page cache (RWF_NOWAIT). None: the blocking way."""
+        known, its sectors and the journal records over them in the page cache
+        (RWF_NOWAIT); nothing stored is read where records cover the whole range. None:
+        the blocking way."""
         if length > INLINE_MISS_MAX or index in self._storing:
             return None
-        if self._journal is not None and self._journal.has(index):
-            return None  # its records are overlaid the blocking way (read)
         adjacent = index in (self._read_next, self._read_next - 1)
         if adjacent and (length >= SEQUENTIAL_MIN or self._adjacent):
             return None  # sequential: whole blocks are loaded (read)
+        journal = self._journal
+        # (both journals' records over the range: the frozen one's, then the active one's)
+        found = journal.extents(index, start, start + length) if journal is not None else []
         staged = self._unpublished.get(index)
         ref = staged.ref if staged is not None else self._refs.get(index, _UNKNOWN)
-        if ref is _UNKNOWN:
-            return None
+        data: bytes | bytearray | None
         try:
-            data: bytes | None = self.blocks.try_open_ref_range(ref, self._key, start, length, self._readers)
+            if found and covers([e for _j, exts in found for e in exts], start, start + length):
+                data = bytearray(length)  # the records hold every byte asked for
+            elif ref is _UNKNOWN:
+                return None
+            else:
+                data = self.blocks.try_open_ref_range(ref, self._key, start, length, self._readers)
+            if data is not None and found:
+                data = bytearray(data)
+                for j, extents in found:
+                    if not j.overlay(index, data, start, nowait=True, extents=extents):
+                        return None
         except Exception:  # e.g. a tampered sector: the blocking way reads it again and answers the error
             return None
         if data is not None:
-            if staged is None:
+            if staged is None and ref is not _UNKNOWN:
                 self._refs.move_to_end(index)
             self._read_next, self._adjacent = index + 1, adjacent
         return data
@@ -416,12 +473,12 @@ class OpenVolume:
             self._check_open()
             spans = list(_spans(offset, len(view)))
             journaled = self._apply_write(spans, view)
-            if self._journal is not None and self._journal.full:
-                self._merge_locked(flush=fua)
-            elif fua and journaled:
-                self._journal.sync() if self._journal is not None else None  # this write is all in the journal
+            if fua and journaled and self._journal is not None:
+                self._journal.sync()  # this write is all in the journal
             if fua and not journaled:
                 self._flush_locked()
+            if self._journal is not None and self._journal.full:
+                self._rotate()
 
     def _journaled(self, index: int, start: int, end: int) -> bool:
         """(Locked) Does a write of [start, end) of block ``index`` go to the journal? Yes
@@ -494,12 +551,12 @@ class OpenVolume:
                     block = self._block(index)
                     block[start:end] = bytes(end - start)
                     self._put(index, block)
-            if journal is not None and journal.full:
-                self._merge_locked(flush=fua)
-            elif fua and journaled and journal is not None:
+            if fua and journaled and journal is not None:
                 journal.sync()
             if fua and not journaled:
                 self._flush_locked()
+            if journal is not None and journal.full:
+                self._rotate()
 
     def allocation(self, offset: int, length: int, max_blocks: int = 1024) -> list[tuple[int, int]]:
         """``base:allocation`` of [offset, offset+length), as (length, hole) runs from
@@ -545,6 +602,8 @@ class OpenVolume:
         with self._lock:
             if not self.closed:
                 self._check_open()
+                if self._journal is not None:
+                    self._settle_merge()  # a full journal being merged: its end first
                 if self._journal is not None and len(self._journal):
                     self._merge_locked()  # the snapshot reads stored blocks: the journal goes into them
                 else:
@@ -557,6 +616,8 @@ class OpenVolume:
             if self.closed:
                 return
             try:
+                if self._journal is not None:
+                    self._settle_merge(failed_ok=True)
                 if self._failed is not None:
                     raise self._failed  # its journal is left as it is, for whoever looks at it
                 if self._journal is not None:
@@ -594,7 +655,9 @@ class OpenVolume:
 
     def _busy(self) -> bool:
         return bool(self._draining or len(self._storing) > self._behind_limit
-                    or len(self._unpublished) > 2 * self._publish_limit)
+                    or len(self._unpublished) > 2 * self._publish_limit
+                    # (the new journal filled up before the old one was merged: rare)
+                    or (self._merge_running and self._journal is not None and self._journal.full))
 
     def _block(self, index: int) -> bytearray:
         block = self._cache.get(index)
@@ -653,39 +716,57 @@ class OpenVolume:
             fresh: bytes = self.blocks.read_block(self.volume_id, index, self._key)
             return fresh
 
-    def _plan_parts(self, spans: list[tuple[int, int, int]], out: bytearray) -> list[tuple[int, int, int, int, Any]]:
+    def _plan_parts(self, spans: list[tuple[int, int, int]], out: bytearray) -> list[_Part]:
         """Under the lock: copy into ``out`` the spans the cache (or a block being written
-        behind) holds; the others as (position in out, block, start, length, entry) for
-        :meth:`_read_parts` (entry: a BlockRef, None — never written — or _UNKNOWN)."""
+        behind) holds; the others as (position in out, block, start, length, source,
+        records) for :meth:`_read_parts` (source: a BlockRef, None — never written, or
+        nothing to read under records covering the span —, _UNKNOWN, or the buffer of a
+        block being written behind; records: the journal's records over the span, held,
+        and their file, or None)."""
         self._learn_refs([i for i, _s, _e in spans if i not in self._cache and i not in self._storing
                           and i not in self._unpublished and i not in self._refs])
         journal = self._journal
-        parts: list[tuple[int, int, int, int, Any]] = []
+        parts: list[_Part] = []
         pos = 0
-        for index, start, end in spans:
-            n = end - start
-            block: bytes | bytearray | None = self._cache.get(index)
-            if block is not None:  # (a cached block has its journal records applied)
-                self._cache.move_to_end(index)
-                out[pos:pos + n] = memoryview(block)[start:end]
-            elif journal is not None and journal.has(index):
-                # Its journal records overlay what is stored or being written behind: both
-                # read now, under the lock (a merge may replace them before a read outside
-                # it would run).
-                out[pos:pos + n] = self._stored_window(index, start, n)
-            elif (behind := self._storing.get(index)) is not None:
-                out[pos:pos + n] = memoryview(behind)[start:end]
-            else:
-                staged = self._unpublished.get(index)
-                if staged is not None:
-                    ref = staged.ref  # written, not yet published: newer than its entry
-                else:
-                    ref = self._refs.get(index, _UNKNOWN)
-                    if ref is not _UNKNOWN:
-                        self._refs.move_to_end(index)
-                parts.append((pos, index, start, n, ref))
-            pos += n
+        try:
+            for index, start, end in spans:
+                self._plan_part(parts, journal, out, pos, index, start, end)
+                pos += end - start
+        except BaseException:
+            _release(parts)
+            raise
         return parts
+
+    def _plan_part(self, parts: list[_Part], journal: VolumeJournal | None, out: bytearray, pos: int,
+                   index: int, start: int, end: int) -> None:
+        """(Locked) One span of :meth:`_plan_parts`."""
+        n = end - start
+        block: bytes | bytearray | None = self._cache.get(index)
+        if block is not None:  # (a cached block has its journal records applied)
+            self._cache.move_to_end(index)
+            out[pos:pos + n] = memoryview(block)[start:end]
+        elif journal is not None and journal.has(index):
+            # Its journal records overlay what is stored or being written behind. What
+            # to read is taken now, under the lock: where the block is and which records
+            # of either journal (frozen being merged, active) touch the span; both are
+            # read outside it (records never change once written, and a held journal file
+            # stays readable after a rotation, a merge's end or a reset; an object gone
+            # meanwhile is looked up again). Nothing stored is read where the records
+            # cover the whole span (a read of what a small write wrote).
+            records = journal.hold(index, start, end)
+            source: Any = None if records is not None and records.covers(start, end) else self._latest(index)
+            parts.append((pos, index, start, n, source, records))
+        elif (behind := self._storing.get(index)) is not None:
+            out[pos:pos + n] = memoryview(behind)[start:end]
+        else:
+            staged = self._unpublished.get(index)
+            if staged is not None:
+                ref = staged.ref  # written, not yet published: newer than its entry
+            else:
+                ref = self._refs.get(index, _UNKNOWN)
+                if ref is not _UNKNOWN:
+                    self._refs.move_to_end(index)
+            parts.append((pos, index, start, n, ref, None))
 
     def _stored_window(self, index: int, start: int, n: int) -> bytearray:
         """(Locked) Bytes [start, start+n) of block ``index`` as this volume has them,
@@ -706,23 +787,31 @@ class OpenVolume:
             self._journal.overlay(index, window, start)
         return window
 
-    def _read_parts(self, parts: list[tuple[int, int, int, int, Any]], out: bytearray, key: DataKey | None) -> None:
-        """Outside the lock: read the sectors of each part into ``out``. What a part was
-        resolved to under the lock is as of the read's start: a write acknowledged before
-        it is seen; one racing it may or may not be (NBD leaves concurrent requests
-        unordered); an object collected meanwhile is looked up again."""
+    def _read_parts(self, parts: list[_Part], out: bytearray, key: DataKey | None) -> None:
+        """Outside the lock: read the sectors of each part into ``out`` and overlay its
+        records. What a part was resolved to under the lock is as of the read's start: a
+        write acknowledged before it is seen; one racing it may or may not be (NBD leaves
+        concurrent requests unordered); an object collected meanwhile is looked up again."""
         readers = self._readers
-        for pos, index, start, n, ref in parts:
-            try:
-                if ref is _UNKNOWN:
-                    raise ObjectMissing(index)
-                out[pos:pos + n] = self.blocks.open_ref_range(ref, key, start, n, readers=readers)
-            except ObjectMissing:
-                # Compacted, or a staged object superseded (deleted) by a newer content
-                # meanwhile: what the volume holds now, looked up under the lock.
-                with self._lock:
-                    self._check_open()
-                    out[pos:pos + n] = self._stored_window(index, start, n)
+        try:
+            for pos, index, start, n, source, records in parts:
+                try:
+                    if isinstance(source, (bytes, bytearray)):  # being written behind
+                        out[pos:pos + n] = memoryview(source)[start:start + n]
+                    elif source is _UNKNOWN:
+                        raise ObjectMissing(index)
+                    elif source is not None:  # (None: zeros, already in out)
+                        out[pos:pos + n] = self.blocks.open_ref_range(source, key, start, n, readers=readers)
+                    if records is not None:
+                        records.overlay(memoryview(out)[pos:pos + n], start)
+                except ObjectMissing:
+                    # Compacted, or a staged object superseded (deleted) by a newer content
+                    # meanwhile: what the volume holds now, looked up under the lock.
+                    with self._lock:
+                        self._check_open()
+                        out[pos:pos + n] = self._stored_window(index, start, n)
+        finally:
+            _release(parts)
         while len(readers) > self._reader_limit:  # (each step atomic: readers run concurrently)
             try:
                 readers.popitem(last=False)
@@ -811,12 +900,13 @@ class OpenVolume:
             self._refs.pop(i, None)
             batch.append((i, data))
         journal = self._journal
-        covered = journal.seq if journal is not None else 0  # what these contents cover of the journal
+        covered = journal.position() if journal is not None else {}  # what these contents cover of the journals
         marked = {i for i in indexes if journal is not None and journal.touched(i)}
-        self._flusher.submit(self._store_behind, batch, covered, marked)
+        self._epoch += 1
+        self._flusher.submit(self._store_behind, batch, covered, marked, self._epoch)
 
-    def _store_behind(self, batch: list[tuple[int, bytes | bytearray]], covered: int = 0,
-                      marked: frozenset[int] | set[int] = frozenset()) -> None:
+    def _store_behind(self, batch: list[tuple[int, bytes | bytearray]], covered: Position,
+                      marked: frozenset[int] | set[int], epoch: int) -> None:
         error: BaseException | None = None
         staged: list[StagedBlock] = []
         try:
@@ -827,7 +917,7 @@ class OpenVolume:
             if error is None and self.closed:  # closed meanwhile (by a failed flush): never published
                 self.blocks.discard_staged(staged)
             elif error is None:
-                self._register(staged, covered)
+                self._register(staged, covered, epoch)
             for index, data in batch:
                 if error is not None:
                     if not self.closed:
@@ -848,17 +938,27 @@ class OpenVolume:
         if publish:
             self._publish_behind(taken)
 
-    def _register(self, staged: list[StagedBlock], covered: int) -> None:
+    def _register(self, staged: list[StagedBlock], covered: Position, epoch: int,
+                  positions: dict[int, Position] | None = None) -> None:
         """(Locked) These blocks are staged: the latest content of their indexes. A block
         staged before and not taken by a publication in flight is superseded: deleted.
-        A block the journal has seen gets its mark (``covered``: the journal's sequence
-        number when its content was taken), before any publication can record it."""
+        A block the journal has seen gets its mark (``covered``, or ``positions`` per
+        block: the journals' sequence numbers when its content was taken), before any
+        publication can record it. ``epoch``: when the contents were captured; while a
+        full journal is merged outside the lock, a content captured before the one
+        registered last for its block (the merge's, or a write-behind's) is dropped."""
         now = time.monotonic()
         superseded = []
         journal = self._journal
+        captures = self._captures
         for s in staged:
+            if captures is not None:
+                if captures.get(s.index, -1) > epoch:
+                    superseded.append(s)  # older than what is registered: never published
+                    continue
+                captures[s.index] = epoch
             if journal is not None and journal.touched(s.index) and s.ref.object_key is not None:
-                journal.mark(s.index, covered, s.ref.object_key)
+                journal.mark(s.index, positions[s.index] if positions is not None else covered, s.ref.object_key)
             old = self._unpublished.pop(s.index, None)
             if old is not None and not old.publishing:
                 superseded.append(old)
@@ -953,8 +1053,8 @@ class OpenVolume:
         """Merge the journal into whole blocks: each block with records is read once (as
         stored, or as cached), its records applied, and staged; then everything staged is
         published (durable), and only then is the journal replaced by an empty one.
-        ``flush``: the dirty cached blocks too (a snapshot, a close); a full journal's
-        merge leaves them in the cache (the journal does not depend on them)."""
+        ``flush``: the dirty cached blocks too (a snapshot, a close: the only callers; a
+        full journal is merged outside the lock instead, ``_merge_frozen``)."""
         journal = self._journal
         assert journal is not None
         self._draining += 1
@@ -1012,6 +1112,169 @@ class OpenVolume:
         self._journal.overlay(index, block)
         return index, bytes(block)
 
+    # A full journal is merged without holding the volume's lock (issue 12): it is frozen
+    # and a new one takes writes (VolumeJournal.rotate); a thread reads each block with
+    # records once, applies the frozen journal's records, seals and stages it — taking
+    # the lock only to pick a batch's sources and to register its blocks — then publishes
+    # every staged block and deletes the frozen journal. Reads overlay both journals
+    # meanwhile. Only when the new journal fills up too before the merge ends do
+    # operations wait (``_busy``). A snapshot or a close waits for the merge, then merges
+    # the new journal under the lock as before.
+
+    def _rotate(self) -> None:
+        """(Locked) The journal is full: freeze it and merge it (in the background when this
+        volume has a write-behind pool; without one, here and now)."""
+        journal = self._journal
+        assert journal is not None
+        if self._merge_running:
+            return  # (operations wait in _busy until it ends)
+        frozen = journal.merging if journal.merging is not None else journal.rotate()  # (a failed merge: again)
+        self._merge_running = True
+        self._captures = {}
+        if self._flusher is None:
+            self._merge_frozen(frozen)
+        else:
+            threading.Thread(target=self._merge_frozen, args=(frozen,), daemon=True,
+                             name=f"ebscrypt-merge-{self.volume_id}").start()
+
+    def _settle_merge(self, *, failed_ok: bool = False) -> None:
+        """(Locked) Wait for a background merge to end; a frozen journal a failed merge
+        left is merged now (snapshot, close). New operations wait meanwhile."""
+        journal = self._journal
+        assert journal is not None
+        self._draining += 1
+        try:
+            # (nothing written behind either: the merge below, under the lock, maps its work
+            # on the write-behind pool, whose threads must not be waiting for this lock)
+            while self._merge_running or self._storing or self._publishing:
+                self._cond.wait()
+            if journal.merging is not None and not (failed_ok and self._failed is not None):
+                self._merge_running = True
+                self._captures = {}
+                self._merge_frozen(journal.merging, raise_errors=True)
+        finally:
+            self._draining -= 1
+            self._cond.notify_all()
+
+    def _merge_frozen(self, frozen: Journal, raise_errors: bool = False) -> None:
+        """Merge the frozen journal into whole blocks (a thread of its own; or with the
+        lock held, which is re-entrant, when there is no write-behind pool): see above."""
+        error: BaseException | None = None
+        try:
+            with self._cond:
+                self._check_open()
+                key = self._key
+                touched = frozen.touched_blocks()
+            skipped: set[int] = set()
+            for pos in range(0, len(touched), 64):  # bounded memory: 64 blocks at a time
+                batch = touched[pos:pos + 64]
+                with self._cond:
+                    self._check_open()
+                    sources, positions, epoch = self._merge_sources(frozen, batch)
+                skipped.update(set(batch) - set(positions))
+                jobs = list(self._map(lambda item: self._merged_frozen(frozen, key, item), sources))
+                map_fn = self._flusher.map if self._flusher is not None and len(jobs) > 1 else None
+                staged = self.blocks.stage_blocks(self.volume_id, jobs, key, map_fn=map_fn,
+                                                  zero_objects={i for i, _d in jobs})
+                with self._cond:
+                    if self.closed:
+                        self.blocks.discard_staged(staged)
+                        raise VolumeClosed(self.volume_id)
+                    self._register(staged, {}, epoch, positions)
+                    for s in staged:
+                        frozen.leave(s.index)  # what is registered for it now holds its records
+            with self._cond:
+                # Blocks skipped (their content holds the frozen journal's records already:
+                # written whole since) being written behind are registered first; then every
+                # staged block is published, after the marks are durable.
+                while self._publishing or any(i in self._storing for i in skipped):
+                    self._cond.wait()
+                self._check_open()
+                assert self._journal is not None
+                self._journal.sync()
+                taken = self._take_unpublished()
+            published: BaseException | None = None
+            try:
+                self.blocks.publish_blocks(self.volume_id, taken)
+            except BaseException as exc:
+                published = exc
+                raise
+            finally:
+                with self._cond:
+                    self._published(taken, published)
+            with self._cond:
+                assert self._journal is not None
+                self._journal.merged()
+        except BaseException as exc:
+            error = exc
+            if isinstance(exc, JournalIntegrityError):
+                self._failed = exc  # a durable record fails authentication: fail loudly
+            elif not isinstance(exc, VolumeClosed):
+                log.warning("merging the journal of %s failed: %r", self.volume_id, exc)
+        finally:
+            with self._cond:
+                self._merge_running = False
+                self._captures = None
+                self._cond.notify_all()
+        if error is not None and raise_errors:
+            raise error
+
+    def _merge_sources(self, frozen: Journal, batch: list[int]
+                       ) -> tuple[list[tuple[int, tuple[str, Any]]], dict[int, Position], int]:
+        """(Locked) What the merge stages for these blocks of the frozen journal, and what
+        each covers of the journals: a cached copy (every record applied, and whatever
+        was written since: covers both journals as of now), else the latest stored
+        content with the frozen journal's records to apply (covers the frozen journal
+        only: the new one's records are overlaid on it, on reads and at replay). A block
+        neither cached dirty nor with records left (written whole since) is skipped."""
+        assert self._journal is not None
+        unknown = [i for i in batch if i not in self._cache and i not in self._storing
+                   and i not in self._unpublished and i not in self._refs and frozen.has(i)]
+        if unknown:  # where each is stored: one lookup
+            for i, ref in self.blocks.block_refs(self.volume_id, unknown).items():
+                self._remember(i, ref)
+        self._epoch += 1
+        now = self._journal.position()
+        only_frozen = {frozen.jid: frozen.seq}
+        sources: list[tuple[int, tuple[str, Any]]] = []
+        positions: dict[int, Position] = {}
+        for i in batch:
+            cached = self._cache.get(i)
+            if cached is not None:
+                if not (frozen.has(i) or i in self._dirty):
+                    continue
+                sources.append((i, ("cached", bytes(cached))))
+                positions[i] = now
+            elif frozen.has(i):
+                source = self._latest(i)
+                if source is None:
+                    sources.append((i, ("zeros", None)))
+                elif isinstance(source, (bytes, bytearray)):
+                    sources.append((i, ("bytes", source)))
+                else:
+                    sources.append((i, ("ref", source)))
+                positions[i] = only_frozen
+        return sources, positions, self._epoch
+
+    def _merged_frozen(self, frozen: Journal, key: DataKey | None,
+                       item: tuple[int, tuple[str, Any]]) -> tuple[int, bytes | bytearray]:
+        """(Any thread, the lock not held) Block ``index`` with the frozen journal's records
+        applied."""
+        index, (kind, source) = item
+        if kind == "cached":
+            return index, source
+        if kind == "zeros":
+            block = bytearray(BLOCK_SIZE)
+        elif kind == "bytes":
+            block = bytearray(source)
+        else:
+            try:
+                block = self.blocks.load_ref(source, key)
+            except ObjectMissing:  # the lineage changed under us (compaction): look again
+                block = bytearray(self.blocks.read_block(self.volume_id, index, key))
+        frozen.overlay(index, block)
+        return index, block
+
     def _map(self, fn: Any, items: list[Any]) -> Any:
         return self._flusher.map(fn, items) if self._flusher is not None and len(items) > 1 else map(fn, items)
 
@@ -1035,10 +1298,27 @@ class OpenVolume:
         map_fn = self._flusher.map if parallel and self._flusher is not None and len(jobs) > 1 else None
         journal = self._journal
         marked = {i for i, _d in jobs if journal is not None and journal.touched(i)}
-        covered = journal.seq if journal is not None else 0
+        covered = journal.position() if journal is not None else {}
+        self._epoch += 1
+        epoch = self._epoch
         self._register(self.blocks.stage_blocks(self.volume_id, jobs, self._key, map_fn=map_fn, zero_objects=marked),
-                       covered)
+                       covered, epoch)
         self._dirty.difference_update(i for i, _d in jobs)
+
+
+# A random read's part outside the lock (_plan_parts): position in the output, block, start,
+# length, source (entry, buffer, None or _UNKNOWN) and the journal records over it (held).
+_Part = tuple[int, int, int, int, Any, "HeldRecords | None"]
+# A claimed load (_claim): token, source, the block's records in both journals (held), the
+# journals' position at the claim and how many merges under the lock had reset them then.
+_Claim = tuple[object, Any, "HeldRecords | None", Position, int]
+
+
+def _release(parts: list[_Part]) -> None:
+    """Let go of the journal files the parts hold."""
+    for part in parts:
+        if part[5] is not None:
+            part[5].release()
 
 
 def _spans(offset: int, length: int) -> Iterator[tuple[int, int, int]]:

@@ -280,8 +280,9 @@ class LineageOperations:
 
     def _to_garbage(self, conn: Connection, keys: Iterable[str]) -> None:
         now = self.now()
-        for key in keys:
-            conn.execute(insert(blk_garbage).values(object_key=key, since=now))
+        rows = [dict(object_key=key, since=now) for key in keys]
+        if rows:  # one executemany (a publication supersedes up to a thousand objects)
+            conn.execute(insert(blk_garbage), rows)
 
     # ---------------------------------------------------------------- owners and layers
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from sqlalchemy import Connection, delete, insert, select, update
 
 from ebscrypt.engines.blocks import workers
-from ebscrypt.engines.blocks.crypto import BlockCipher, DataKey
+from ebscrypt.engines.blocks.crypto import LAZY_CHECKSUM, BlockCipher, DataKey, sha256_b64
 from ebscrypt.engines.blocks.errors import BlockError, CopyCancelled
 from ebscrypt.engines.blocks.lineage import LineageOperations
 from ebscrypt.engines.blocks.records import BlockRef, Owner, delete_quietly
@@ -44,6 +44,8 @@ class CopyOperations(LineageOperations):
     if TYPE_CHECKING:
 
         def _cipher(self, key: DataKey | None) -> BlockCipher: ...
+
+        def _open_view(self, ref: BlockRef, key: DataKey | None) -> memoryview: ...
 
     # Copies smaller than this run in the calling thread (no worker start-up cost).
     INLINE_BLOCKS = 48
@@ -86,6 +88,9 @@ class CopyOperations(LineageOperations):
 
         def checksum_for(ref: BlockRef) -> tuple[str, str]:
             plain = src_cipher.open_checksum(ref.index, ref.checksum)
+            if plain == LAZY_CHECKSUM and ref.object_key is not None and dst_key is None:
+                # (a plain destination is checked against it: computed from the source)
+                plain = sha256_b64(self._open_view(ref, src_key))
             return plain, dst_cipher.seal_checksum(ref.index, plain)
 
         # Zero entries carry no object: record them directly.
@@ -96,17 +101,25 @@ class CopyOperations(LineageOperations):
         objects = [r for r in todo if r.object_key is not None]
 
         batches: list[list[tuple[int, str, str, str]]] = []
+        # What the workers open each source with: a plain source's entry checksum as
+        # stored (its sector table's digest, or the block's SHA-256), an encrypted one's
+        # SHA-256 (only version 1 objects need it).
+        opening: dict[int, str] = {}
         for start in range(0, len(objects), self.BATCH_BLOCKS):
             shard = new_shard()
             batch = []
             for ref in objects[start : start + self.BATCH_BLOCKS]:
                 plain_sum = checksum_for(ref)[0]
                 assert ref.object_key is not None
+                opening[ref.index] = ref.checksum if src_key is None else plain_sum
                 batch.append((ref.index, ref.object_key, plain_sum, new_object_key(shard)))
             batches.append(batch)
 
         src_t = (src_key.key_id, src_key.plaintext) if src_key else None
         dst_t = (dst_key.key_id, dst_key.plaintext) if dst_key else None
+
+        def for_worker(batch: list[tuple[int, str, str, str]]) -> list[tuple[int, str, str, str]]:
+            return [(index, src, opening[index], dst) for index, src, _sum, dst in batch]
 
         def finish_batch(batch: list[tuple[int, str, str, str]]) -> None:
             nonlocal copied
@@ -121,7 +134,7 @@ class CopyOperations(LineageOperations):
         if len(objects) <= self.INLINE_BLOCKS or self.processes <= 0:
             for batch in batches:
                 try:
-                    workers.reencrypt_batch(self.store, src_t, dst_t, batch)
+                    workers.reencrypt_batch(self.store, src_t, dst_t, for_worker(batch))
                 except BaseException:
                     delete_quietly(self.store, [b[3] for b in batch])
                     raise
@@ -135,7 +148,7 @@ class CopyOperations(LineageOperations):
                 while queue or pending:
                     while queue and len(pending) < 2 * self.processes and failure is None:
                         batch = queue.pop()
-                        pending[pool.submit(workers.reencrypt_batch, self.store, src_t, dst_t, batch)] = batch
+                        pending[pool.submit(workers.reencrypt_batch, self.store, src_t, dst_t, for_worker(batch))] = batch
                     done_set, _ = wait(list(pending), return_when=FIRST_COMPLETED)
                     for fut in done_set:
                         batch = pending.pop(fut)

@@ -12,7 +12,10 @@ import ctypes
 import ctypes.util
 import os
 import re
+import resource
 import secrets
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
@@ -95,11 +98,14 @@ class LocalDirStore:
     ``.tmp-*`` were left by earlier versions (which renamed into place) and are swept too.
     """
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, *, open_objects: int | None = None) -> None:
         self.root = Path(root)
         self._root_str = str(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
+        # Descriptors of objects read lately, kept open: a ranged read (an attached
+        # volume's random 4 KiB read) costs one pread, not open + pread + close.
+        self._open = OpenObjects(open_objects if open_objects is not None else _open_objects_limit())
 
     def __reduce__(self) -> tuple[Callable[[str], LocalDirStore], tuple[str]]:  # picklable for worker processes
         return (LocalDirStore, (str(self.root),))
@@ -191,6 +197,7 @@ class LocalDirStore:
             for st in replacing:  # data durable first, then the rename, then its directory
                 os.replace(st.tmp, st.path)
                 st.tmp = str(st.path)
+                self._open.forget(f"{st.path.parent.name}/{st.path.name}")  # (never the old object's bytes again)
             for d in {st.path.parent for st in replacing}:
                 fsync_dir(d)
             for st in staged:
@@ -273,35 +280,40 @@ class LocalDirStore:
         Give ``buf`` one byte more than the expected size: a view that long means the
         object is too long, and fails the caller's length check.
         """
+        # (Not through the descriptors kept open: a whole object is read once per pass of a
+        # sequential reader, and would only push out the objects random reads come back to.)
         try:
-            with open(self._path(key), "rb", buffering=0) as f:
-                n = 0
-                view = memoryview(buf)
-                while n < len(buf):
-                    got = f.readinto(view[n:])
-                    if not got:
-                        break
-                    n += got
-                return view[:n]
+            fd = os.open(self._object_path(key), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise ObjectMissing(key) from None
+        try:
+            n = 0
+            view = memoryview(buf)
+            while n < len(buf):
+                got = os.preadv(fd, [view[n:]], n)
+                if not got:
+                    break
+                n += got
+            return view[:n]
+        finally:
+            os.close(fd)
+
+    def _object_path(self, key: str) -> str:
+        if not _KEY_RE.match(key):
+            raise ValueError(f"bad object key {key!r}")
+        return f"{self._root_str}/{key}"  # (a string: pathlib's cost shows at tens of thousands of reads a second)
 
     def read_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
         """The bytes of each (offset, length) of the object: one open, a ``pread`` each
         (a sector read of an attached volume). A range past the end comes back short
         (the caller's length check fails it)."""
-        if not _KEY_RE.match(key):
-            raise ValueError(f"bad object key {key!r}")
-        try:  # (a string path: pathlib's cost shows at tens of thousands of reads a second)
-            fd = os.open(f"{self._root_str}/{key}", os.O_RDONLY)
-        except FileNotFoundError:
-            raise ObjectMissing(key) from None
+        fd = self._open.acquire(key, self._object_path(key))
         try:
             return [os.pread(fd, length, offset) for offset, length in ranges]
         finally:
-            os.close(fd)
+            self._open.release(key, fd)
 
-    def read_range_cached(self, key: str, offset: int, length: int) -> bytes | None:
+    def read_range_cached(self, key: str, offset: int, length: int) -> bytes | bytearray | None:
         """The range if the page cache holds all of it (``preadv`` with RWF_NOWAIT: never
         waits for the disk), else None. For a caller that must not block (an NBD
         connection's own thread); a short or missing object is None too: the blocking
@@ -309,8 +321,8 @@ class LocalDirStore:
         if _RWF_NOWAIT is None or not _KEY_RE.match(key):
             return None
         try:
-            fd = os.open(f"{self._root_str}/{key}", os.O_RDONLY)
-        except OSError:
+            fd = self._open.acquire(key, f"{self._root_str}/{key}")
+        except (OSError, ObjectMissing):
             return None
         try:
             buf = bytearray(length)
@@ -318,14 +330,19 @@ class LocalDirStore:
         except OSError:  # EAGAIN: not all in the page cache (or no RWF_NOWAIT support)
             return None
         finally:
-            os.close(fd)
-        return bytes(buf) if got == length else None
+            self._open.release(key, fd)
+        return buf if got == length else None
+
+    def close(self) -> None:
+        """Close the descriptors kept open for reads (the engine is closing)."""
+        self._open.close()
 
     def delete(self, key: str) -> None:
         try:
             os.unlink(self._path(key))
         except FileNotFoundError:
             pass
+        self._open.forget(key)  # closed now, or by the last read using it
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
@@ -350,6 +367,104 @@ class LocalDirStore:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+class OpenObjects:
+    """A bounded LRU of open descriptors of objects, by object key, for reads.
+
+    Sound because an object never changes once written (a fresh random key each; an
+    overwrite, which the engine never does, is a rename over it: :meth:`forget`).
+    Reference-counted: a descriptor is closed only when no read is using it — evicted,
+    or forgotten when its object is deleted or replaced — so no read ever uses a
+    descriptor closed (or reused for another file) under it, and no read begun after
+    a deletion or replacement in this process gets the old object's bytes: an open that
+    raced one is used by its own read only, never kept."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = max(0, limit)
+        self._mutex = threading.Lock()
+        self._fds: OrderedDict[str, list[int]] = OrderedDict()  # key -> [fd, users]
+        self._lent: dict[int, list[int]] = {}  # fd -> [users] of descriptors no longer listed (closed at 0)
+        self._forgotten = 0  # forget() calls so far: an open racing one is not kept
+
+    def acquire(self, key: str, path: str) -> int:
+        """An open descriptor of the object (ObjectMissing if there is none): give it
+        back with :meth:`release`."""
+        with self._mutex:
+            entry = self._fds.get(key)
+            if entry is not None:
+                entry[1] += 1
+                self._fds.move_to_end(key)
+                return entry[0]
+            epoch = self._forgotten
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+        with self._mutex:
+            entry = self._fds.get(key)
+            if entry is not None or epoch != self._forgotten or not self._limit:
+                # Opened by another read meanwhile (use theirs), or an object may have been
+                # deleted or replaced meanwhile (use this descriptor for this read only).
+                if entry is not None:
+                    os.close(fd)
+                    entry[1] += 1
+                    return entry[0]
+                self._lent[fd] = [1]
+                return fd
+            self._fds[key] = [fd, 1]
+            while len(self._fds) > self._limit:
+                _key, (old, users) = self._fds.popitem(last=False)
+                if users:
+                    self._lent[old] = [users]
+                else:
+                    os.close(old)
+            return fd
+
+    def release(self, key: str, fd: int) -> None:
+        with self._mutex:
+            entry = self._fds.get(key)
+            if entry is not None and entry[0] == fd:
+                entry[1] -= 1
+                return
+            lent = self._lent[fd]
+            lent[0] -= 1
+            if not lent[0]:
+                del self._lent[fd]
+                os.close(fd)
+
+    def forget(self, key: str) -> None:
+        """The object was deleted or replaced: its descriptor is closed (by the last read
+        using it, if any) and never lent again."""
+        with self._mutex:
+            self._forgotten += 1
+            entry = self._fds.pop(key, None)
+            if entry is None:
+                return
+            if entry[1]:
+                self._lent[entry[0]] = [entry[1]]
+            else:
+                os.close(entry[0])
+
+    def close(self) -> None:
+        """Close every descriptor no read is using (the store is done with)."""
+        with self._mutex:
+            for key in [k for k, e in self._fds.items() if not e[1]]:
+                os.close(self._fds.pop(key)[0])
+
+
+def _open_objects_limit() -> int:
+    """How many object descriptors to keep open: enough for the objects random reads of
+    a few attached volumes come back to (a 1 GiB volume is 2,048 objects; fewer kept
+    open than that and the LRU thrashes: an open per read), at most a quarter of the
+    process's descriptor limit (sockets, the database, journals need the rest)."""
+    try:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return 256
+    if soft == resource.RLIM_INFINITY:
+        return 8192
+    return max(64, min(8192, soft // 4))
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
