@@ -1099,18 +1099,23 @@ class OpenVolume:
         index, (kind, source) = item
         if kind == "cached":
             return index, source
-        if kind == "zeros":
-            block = bytearray(BLOCK_SIZE)
-        elif kind == "bytes":
-            block = bytearray(source)
-        else:
-            try:
-                block = bytearray(self.blocks.open_ref(source, self._key))
-            except ObjectMissing:  # the lineage changed under us (compaction): look again
-                block = bytearray(self.blocks.read_block(self.volume_id, index, self._key))
+        block = self._merge_base(index, kind, source, self._key)
         assert self._journal is not None
         self._journal.overlay(index, block)
         return index, bytes(block)
+
+    def _merge_base(self, index: int, kind: str, source: Any, key: DataKey | None) -> bytearray:
+        """(Any thread) A merge's block ``index`` before its records: zeros, a copy of the
+        bytes being written behind, or its stored object ("zeros" / "bytes" / "ref")."""
+        if kind == "zeros":
+            return bytearray(BLOCK_SIZE)
+        if kind == "bytes":
+            return bytearray(source)
+        try:
+            block: bytearray = self.blocks.load_ref(source, key)
+            return block
+        except ObjectMissing:  # the lineage changed under us (compaction): look again
+            return bytearray(self.blocks.read_block(self.volume_id, index, key))
 
     # A full journal is merged without holding the volume's lock (issue 12): it is frozen
     # and a new one takes writes (VolumeJournal.rotate); a thread reads each block with
@@ -1263,15 +1268,7 @@ class OpenVolume:
         index, (kind, source) = item
         if kind == "cached":
             return index, source
-        if kind == "zeros":
-            block = bytearray(BLOCK_SIZE)
-        elif kind == "bytes":
-            block = bytearray(source)
-        else:
-            try:
-                block = self.blocks.load_ref(source, key)
-            except ObjectMissing:  # the lineage changed under us (compaction): look again
-                block = bytearray(self.blocks.read_block(self.volume_id, index, key))
+        block = self._merge_base(index, kind, source, key)
         frozen.overlay(index, block)
         return index, block
 
