@@ -121,25 +121,14 @@ def _measure(side: Side, what: str, reqs: list[Any], blocks: int, conns: int, sp
 
 
 def summarize_spy(path: Path, top: int) -> None:
-    """Shares of samples by function, inclusive and own, from py-spy's raw output."""
-    incl: collections.Counter[str] = collections.Counter()
-    own: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        n = int(count)
-        total += n
-        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
-                  if " (" in f else f for f in stack.split(";")[1:]]
-        for f in set(frames):
-            incl[f] += n
-        if frames:
-            own[frames[-1]] += n
+    """Shares of samples by function, inclusive and own, from py-spy's raw output
+    (``bench/profile.py``'s ``summarize``)."""
+    from bench.profile import summarize
+
+    total, incl, own = summarize(path, top)
     print(f"  {path.name}: {total} samples")
-    print("    inclusive: " + "; ".join(f"{f} {100 * n / total:.1f}%" for f, n in incl.most_common(top)))
-    print("    own:       " + "; ".join(f"{f} {100 * n / total:.1f}%" for f, n in own.most_common(top)))
+    print("    inclusive: " + "; ".join(f"{f} {100 * n / total:.1f}%" for f, n in incl))
+    print("    own:       " + "; ".join(f"{f} {100 * n / total:.1f}%" for f, n in own))
 
 
 def _serve_profiled(out: str, argv: list[str]) -> None:
