@@ -26,6 +26,14 @@ try:
         c.execute("update ec2_snapshots set description='a <b> & c\r\nd' where rowid=5")
         c.execute("insert into ec2_tags values('snap-00000000000000007','k&<>','v\r>','snapshot','111111111111','us-east-1')")
         c.commit(); c.close()
+        # volumes: an attachment (the rows path writes its list), a tag needing escapes, a
+        # volume from a snapshot with no key, and a time whose stored form is not the plain one
+        c = sqlite3.connect(work / "volumes" / side / "metadata.db")
+        c.execute("insert into ec2_volume_attachments values('vol-00000000000000003','i-0123','/dev/sdf','attached','2026-01-01 00:00:03.004000',1)")
+        c.execute("insert into ec2_tags values('vol-00000000000000004','k&<>','v\r>','volume','111111111111','us-east-1')")
+        c.execute("update ec2_volumes set snapshot_id='snap-1', encrypted=0, kms_key_arn=null, iops=null where rowid=6")
+        c.execute("update ec2_volumes set create_time='2026-01-01 00:00:07' where rowid=8")
+        c.commit(); c.close()
     calls = {
         "snapshots": [("describe_snapshots", {"OwnerIds": ["self"], "MaxResults": 1000}),
                       ("describe_snapshots", {"OwnerIds": ["self"], "Filters": [{"Name": "kms-key-id", "Values": [KEY_B]}]}),

@@ -31,7 +31,7 @@ from ebscrypt.engines.ec2 import creation, image_states, provenance, waits
 from ebscrypt.engines.ec2.copy_source import copy_blocks
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
 from ebscrypt.engines.ec2.image_records import image_using_snapshot
-from ebscrypt.engines.ec2.records import Snapshot, from_result
+from ebscrypt.engines.ec2.records import Snapshot, StoredRows, from_result, stored_rows
 from ebscrypt.engines.ec2.snapshot_access import (
     get_snapshot,
     grantees,
@@ -86,6 +86,12 @@ def visible_snapshots(conn: Connection, caller: Caller, *, owners: set[str] | No
     """Every snapshot in the caller's region it owns or may restore, ordered by id; only
     those of ``owners`` if given, only ids after ``after``, at most ``limit``. ``filters``
     narrow the rows in SQL (a superset of the matches: apply them after). [conn]"""
+    return from_result(Snapshot, conn.execute(_visible_query(caller, owners, filters, after, limit)))
+
+
+def _visible_query(caller: Caller, owners: set[str] | None, filters: list[dict[str, Any]] | None,
+                   after: str | None, limit: int | None) -> Any:
+    """The statement of :func:`visible_snapshots`."""
     shared = select(ec2_snapshot_permissions.c.snapshot_id).where(
         ec2_snapshot_permissions.c.grantee.in_((caller.account, "all")))
     account = owner_column(ec2_snapshots.c.account, filters)
@@ -102,7 +108,26 @@ def visible_snapshots(conn: Connection, caller: Caller, *, owners: set[str] | No
     q = q.order_by(ec2_snapshots.c.id)
     if limit is not None:
         q = q.limit(limit)
-    return from_result(Snapshot, conn.execute(q))
+    return q
+
+
+def snapshot_page(ctx: RequestContext, *, owner_ids: list[str] | None = None, after: str | None = None,
+                  limit: int | None = None) -> tuple[StoredRows | list[Snapshot], dict[str, list[dict[str, str]]]]:
+    """:func:`describe_snapshots` of a plain page (no ids, filters or restorable-by
+    accounts), its rows kept as read where the database allows (``records.stored_rows``:
+    the service renders them straight to its answer, issue 15), and their tags."""
+    caller = ctx.caller
+    owners = _accounts(owner_ids, caller.account)
+    with ctx.runtime.db.read() as conn:
+        found = stored_rows(Snapshot, conn.execute(
+            _visible_query(caller, owners if owner_ids else None, None, after, limit)))
+        if isinstance(found, StoredRows):
+            i, a = found.column("id"), found.column("account")
+            # OwnerIds: as describe_snapshots narrows its records (the query already does)
+            rows = [r for r in found.rows if r[a] in owners] if owner_ids else found.rows
+            return found.having(rows), page_tags_for(conn, caller.account, [r[i] for r in rows])
+        snaps = [s for s in found if s.account in owners] if owner_ids else found
+        return snaps, page_tags_for(conn, caller.account, [s.id for s in snaps])
 
 
 def permissions_of(conn: Connection, ids: list[str]) -> dict[str, set[str]]:

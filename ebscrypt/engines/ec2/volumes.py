@@ -33,7 +33,7 @@ from ebscrypt.engines.ec2.encryption import (
     source_key_refusal,
 )
 from ebscrypt.engines.ec2.ids import check_id, job_ctx, new_id
-from ebscrypt.engines.ec2.records import Attachment, Snapshot, Volume, from_result
+from ebscrypt.engines.ec2.records import Attachment, Snapshot, StoredRows, Volume, from_result, stored_rows
 from ebscrypt.engines.ec2.snapshot_access import get_snapshot
 from ebscrypt.engines.ec2.sql_filters import as_bool, narrow, owner_column
 from ebscrypt.engines.ec2 import creation, instance_records, provenance, waits
@@ -193,6 +193,12 @@ def list_volumes(conn: Connection, account: str, region: str, volume_ids: list[s
     """The account's volumes in the region by id order (only ``volume_ids`` if given), only
     ids after ``after``, at most ``limit``: DescribeVolumes pages in SQL with these.
     ``filters`` narrow the rows in SQL (a superset of the matches: apply them after). [conn]"""
+    return from_result(Volume, conn.execute(_volumes_query(account, region, volume_ids, after, limit, filters)))
+
+
+def _volumes_query(account: str, region: str, volume_ids: list[str] | None, after: str | None, limit: int | None,
+                   filters: list[dict[str, Any]] | None) -> Any:
+    """The statement of :func:`list_volumes`."""
     q = narrow(select(ec2_volumes).where(owner_column(ec2_volumes.c.account, filters) == account,
                                          owner_column(ec2_volumes.c.region, filters) == region),
                filters, SQL_FILTER_COLUMNS, ec2_volumes.c.id, account).order_by(ec2_volumes.c.id)
@@ -202,7 +208,7 @@ def list_volumes(conn: Connection, account: str, region: str, volume_ids: list[s
         q = q.where(ec2_volumes.c.id > after)
     if limit is not None:
         q = q.limit(limit)
-    return from_result(Volume, conn.execute(q))
+    return q
 
 
 def attachments_of(conn: Connection, volume_ids: list[str]) -> dict[str, list[Attachment]]:
@@ -803,6 +809,24 @@ def describe_volumes(ctx: RequestContext, volume_ids: list[str] | None = None, *
         if missing:
             raise NotFound("InvalidVolume", missing[0])
     return [(v, atts[v.id], tags[v.id]) for v in vols]
+
+
+def volume_page(ctx: RequestContext, *, after: str | None = None, limit: int | None = None,
+                ) -> tuple[StoredRows | list[Volume], dict[str, list[Attachment]], dict[str, list[dict[str, str]]]]:
+    """:func:`describe_volumes` of a plain page (no ids, no filters): the rows kept as read
+    where the database allows (``records.stored_rows``: the service renders them straight
+    to its answer, issue 15), with the attachments and the tags of each id."""
+    caller = ctx.caller
+    with ctx.runtime.db.read() as conn:
+        found = stored_rows(Volume, conn.execute(_volumes_query(caller.account, caller.region, None, after, limit,
+                                                                None)))
+        if isinstance(found, StoredRows):
+            i = found.column("id")
+            ids = [r[i] for r in found.rows]
+        else:
+            ids = [v.id for v in found]
+        atts = page_attachments_of(conn, caller.account, caller.region, ids)
+        return found, atts, page_tags_for(conn, caller.account, ids)
 
 
 def modifications_of(ctx: RequestContext, volume_ids: list[str] | None) -> list[dict[str, Any]]:

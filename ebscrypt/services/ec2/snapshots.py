@@ -11,25 +11,31 @@ from ebscrypt.engines.ec2.attributes import canonical_names, legacy_operation
 from ebscrypt.engines.ec2.filters import apply_filters as filter_select
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.ec2.paging import page, page_after, page_size
-from ebscrypt.engines.ec2.records import Snapshot
+from ebscrypt.engines.ec2.records import Snapshot, StoredRows
+from ebscrypt.services.ec2.view_table import ViewTable
 from ebscrypt.engines.ec2.tags import tag_specs
 from ebscrypt.errors import InvalidParameterValue, MissingParameter
 from ebscrypt.services.registry import operation
 
 
+# The ``Snapshot`` view (the view convention: keyed by the output shape's member names,
+# ``None`` for a member AWS leaves out — the codec drops it), one expression per member
+# over the record ``s`` and its ``tags``: compiled into ``snapshot_dict`` and into the
+# writer of a Describe page straight from its stored rows (view_table.py, issue 15).
+SNAPSHOT_VIEW = ViewTable("Snapshot", {
+    "SnapshotId": "s.id", "VolumeId": "s.volume_id or COPY_VOLUME_ID", "State": "s.state",
+    "StateMessage": "s.state_message or None", "StartTime": "s.start_time", "Progress": "f'{s.progress}%'",
+    "OwnerId": "s.account", "Description": "s.description or ''", "VolumeSize": "s.volume_size",
+    "Encrypted": "bool(s.encrypted)", "KmsKeyId": "(s.kms_key_arn or None) if s.encrypted else None",
+    # same value <=> same data key (R-KEY-2)
+    "DataEncryptionKeyId": "(s.data_key_id or None) if s.encrypted else None",
+    "CompletionTime": "s.completion_time", "StorageTier": "'standard'", "Tags": "tags or None",
+}, env={"COPY_VOLUME_ID": S.COPY_VOLUME_ID})
+
+
 def snapshot_dict(s: Snapshot, tags: list[dict[str, str]]) -> dict[str, Any]:
-    """The ``Snapshot`` view of a record (the view convention: a dict keyed by the output
-    shape's member names, ``None`` for a member AWS leaves out — the codec drops it)."""
-    encrypted = bool(s.encrypted)
-    return {
-        "SnapshotId": s.id, "VolumeId": s.volume_id or S.COPY_VOLUME_ID, "State": s.state,
-        "StateMessage": s.state_message or None, "StartTime": s.start_time, "Progress": f"{s.progress}%",
-        "OwnerId": s.account, "Description": s.description or "", "VolumeSize": s.volume_size,
-        "Encrypted": encrypted, "KmsKeyId": (s.kms_key_arn or None) if encrypted else None,
-        # same value <=> same data key (R-KEY-2)
-        "DataEncryptionKeyId": (s.data_key_id or None) if encrypted else None,
-        "CompletionTime": s.completion_time, "StorageTier": "standard", "Tags": tags or None,
-    }
+    """The ``Snapshot`` view of a record (``SNAPSHOT_VIEW``)."""
+    return SNAPSHOT_VIEW.view(s, tags)
 
 
 def _tag_map(d: dict[str, Any]) -> dict[str, str]:
@@ -113,16 +119,25 @@ def describe_snapshots(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
     # tells page() a NextToken is due).
     size = page_size(params, low=5, high=1000) if not ids else None
     after = page_after(params.get("NextToken")) if not ids else None
-    limit = (size + 1 if size is not None and not params.get("Filters") and not params.get("RestorableByUserIds")
-             else None)
-    snaps, tags = S.describe_snapshots(ctx, ids, owner_ids=params.get("OwnerIds"),
-                                       restorable_by=params.get("RestorableByUserIds"), filters=params.get("Filters"),
-                                       after=after, limit=limit)
-    if _exports_shown(ctx):
-        items = [snapshot_dict(s, tags[s.id] + _export_tags(ctx, s)) for s in snaps]
-    else:  # the common case: no per-item check (issue 15, Describe at scale)
-        items = [snapshot_dict(s, tags[s.id]) for s in snaps]
-    items = filter_select(items, params.get("Filters"), _FILTERS, _tag_map)
+    filters, restorable_by = params.get("Filters"), params.get("RestorableByUserIds")
+    limit = size + 1 if size is not None and not filters and not restorable_by else None
+    if not ids and not filters and not restorable_by and not _exports_shown(ctx):
+        # A plain page (the CLI's listing): rendered straight from its stored rows where
+        # the database allows (issue 15: no record and no view dict per item).
+        found, tags = S.snapshot_page(ctx, owner_ids=params.get("OwnerIds"), after=after, limit=limit)
+        if isinstance(found, StoredRows):
+            i = found.column("id")
+            rows, token = page(found.rows, params, lambda r: str(r[i]), low=5, high=1000, ids_param="SnapshotIds")
+            return {"Snapshots": SNAPSHOT_VIEW.page(found.having(rows), tags), "NextToken": token or None}
+        items = [snapshot_dict(s, tags[s.id]) for s in found]
+    else:
+        snaps, tags = S.describe_snapshots(ctx, ids, owner_ids=params.get("OwnerIds"), restorable_by=restorable_by,
+                                           filters=filters, after=after, limit=limit)
+        if _exports_shown(ctx):
+            items = [snapshot_dict(s, tags[s.id] + _export_tags(ctx, s)) for s in snaps]
+        else:  # the common case: no per-item check (issue 15, Describe at scale)
+            items = [snapshot_dict(s, tags[s.id]) for s in snaps]
+        items = filter_select(items, filters, _FILTERS, _tag_map)
     chunk, token = page(items, params, lambda d: d["SnapshotId"], low=5, high=1000, ids_param="SnapshotIds")
     return {"Snapshots": chunk, "NextToken": token or None}
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from . import values as V
 
@@ -46,6 +46,32 @@ def _exec(lines: list[str], name: str, env: dict[str, Any]) -> Writer:
     exec(compile("\n".join(lines) + "\n", name, "exec"), namespace)  # noqa: S102 (model-built source)
     write: Writer = namespace["write"]
     return write
+
+
+class RowsPlan(Protocol):
+    """How a list's items are written straight from stored rows (issue 15: a Describe
+    page without a record and a view dict per item). ``unpack``: the target list a row is
+    unpacked into; ``prelude``: lines computing further locals from those (``extra`` is
+    the items' ``extra``); ``members``: {member name: the expression of its value} (a
+    member left out is written as a view's ``None`` is); ``env``: the names they use;
+    ``key``: tells plans apart (compiled writers are cached by it). The services build
+    plans from their view tables (services/ec2/view_table.py), so a value's meaning is
+    written once, for the view and for this."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def unpack(self) -> str: ...
+    @property
+    def prelude(self) -> Sequence[str]: ...
+    @property
+    def members(self) -> Mapping[str, str]: ...
+    @property
+    def env(self) -> Mapping[str, Any]: ...
+    @property
+    def iso_times(self) -> Mapping[str, str]:
+        """{timestamp member: an expression of its ISO 8601 text (``%Y-%m-%dT%H:%M:%S.mmmZ``,
+        UTC), or None to write its value as usual}."""
 
 
 class Collecting(list[str]):
@@ -83,6 +109,11 @@ class XmlWriters:
         # several worker threads, and one must never get a writer whose steps are not all
         # there yet (it would leave members out).
         self._pending: dict[str, Writer] = {}
+        # Per structure: (head lines, member blocks, env) of its compiled writer, which the
+        # writers of stored rows (``_rows_writer``) reuse: the same blocks, the same bytes.
+        self._blocks: dict[str, tuple[list[str], list[tuple[str, list[str]]], dict[str, Any]]] = {}
+        self._iso_tags: dict[str, dict[str, str]] = {}  # per structure: {ISO 8601 member: its tag}
+        self._rows: dict[tuple[str, str, str], Writer] = {}
         self._depth = 0
         self._lock = threading.RLock()
 
@@ -122,6 +153,7 @@ class XmlWriters:
         env: dict[str, Any] = {"_esc": self._escape, "_ns": self._needs_escape, "_iso": _iso8601}
         head = ["    append = out.append", *(["    seen = out.seen.append"] if self._collect else [])]
         blocks: list[tuple[str, list[str]]] = []  # (member name, the lines writing its value ``v``)
+        iso_tags = self._iso_tags[shape.name] = {}
         for i, (name, member) in enumerate(shape.members.items()):
             if member.type_name == "list" and member.serialization.get("flattened"):
                 tag = member.member.serialization.get("name") or member.serialization.get("name", name)
@@ -134,6 +166,10 @@ class XmlWriters:
                 blocks.append((name, ["if v is None:", "    v = ()", f"_w{i}(out, v)"]))
             else:
                 blocks.append((name, ["if v is not None:", *("    " + line for line in self._inline(member, tag, i, env))]))
+                if (member.type_name == "timestamp"
+                        and member.serialization.get("timestampFormat", self._timestamp_format) == "iso8601"):
+                    iso_tags[name] = tag
+        self._blocks[shape.name] = (head, blocks, env)
         special: dict[tuple[Any, ...], Writer | None] = {}
         env["_special"] = special
         env["_specialize"] = lambda keys: self._specialize(shape, head, blocks, env, special, keys)
@@ -210,6 +246,50 @@ class XmlWriters:
                     f"append({open_!r} + v + {close!r})"]
         return [f"_w{i}(out, v)"]
 
+    def _rows_writer(self, shape: Any, tag: str, plan: RowsPlan) -> Writer:
+        """The writer of a list's items, each ``<tag>`` + the structure ``shape``'s members
+        + ``</tag>``, from ``value.rows`` unpacked by ``plan`` (:class:`RowsPlan`): per
+        row, the plan's prelude, then for each member in model order ``v = <its
+        expression>`` and the very block the structure's own writer runs on a view's value
+        (so the same bytes, escaping or collecting as this instance does). Compiled once
+        per (shape, tag, plan key)."""
+        cache_key = (shape.name, tag, plan.key)
+        found = self._rows.get(cache_key)
+        if found is not None:
+            return found
+        self.members(shape)  # its blocks
+        with self._lock:
+            head, blocks, shape_env = self._blocks[shape.name]
+            clash = set(plan.env) & set(shape_env)
+            if clash:
+                raise ValueError(f"names of the rows plan {plan.key} clash with the writer's: {sorted(clash)}")
+            env = {**shape_env, **plan.env}
+            lines = ["def write(out, value):", *head, "    extra = value.extra",
+                     f"    for {plan.unpack} in value.rows:",
+                     *("        " + line for line in plan.prelude),
+                     f"        append({'<' + tag + '>'!r})"]
+            iso_tags = self._iso_tags[shape.name]
+            for name, block in blocks:
+                expression = plan.members.get(name)
+                text = plan.iso_times.get(name) if name in iso_tags else None
+                if expression is not None and text is not None:  # the text itself, else as usual
+                    open_, close = f"<{iso_tags[name]}>", f"</{iso_tags[name]}>"
+                    lines += [f"        t = {text}", "        if t is not None:",
+                              f"            append({open_!r} + t + {close!r})", "        else:",
+                              f"            v = {expression}", *("            " + line for line in block)]
+                    continue
+                if expression is not None:
+                    lines.append(f"        v = {expression}")
+                elif block[0] == "if v is None:":  # a list always sent: written empty
+                    lines.append("        v = None")
+                else:
+                    continue
+                lines += ["        " + line for line in block]
+            lines.append(f"        append({'</' + tag + '>'!r})")
+            write = _exec(lines, f"<xml rows writer {shape.name} {plan.key}>", env)
+            self._rows[cache_key] = write
+            return write
+
     def _flattened(self, item_shape: Any, tag: str) -> Writer:
         item = self.value(item_shape, tag)
 
@@ -236,13 +316,18 @@ class XmlWriters:
 
             return write_struct
         if t == "list":
-            item = self.value(shape.member, shape.member.serialization.get("name", "member"))
+            item_tag = shape.member.serialization.get("name", "member")
+            item = self.value(shape.member, item_tag)
 
             def write_list(out: list[str], value: Any) -> None:
                 out.append(open_)
-                for v in value:
-                    if v is not None:
-                        item(out, v)
+                plan = None if value.__class__ is list else getattr(value, "xml_plan", None)
+                if plan is not None:  # items still as stored rows: written straight from them
+                    self._rows_writer(shape.member, item_tag, plan)(out, value)
+                else:
+                    for v in value:
+                        if v is not None:
+                            item(out, v)
                 out.append(close)
 
             return write_list

@@ -1,0 +1,181 @@
+"""Response views written once as a table of expressions, compiled two ways (issue 15,
+Describe at scale).
+
+A view (the view convention, docs/architecture.md) is a dict keyed by the output shape's
+member names, built from an engine's record. A table here holds, per member, the Python
+expression of its value over the record ``s`` and the item's ``tags``; from it are
+generated:
+
+- :meth:`ViewTable.view`, the view function ``(s, tags) -> dict`` (one dict literal, as
+  the hand-written views are);
+- :meth:`ViewTable.rows_plan`, for a Describe page still held as stored rows
+  (``records.StoredRows``): the same expressions with each ``s.<field>`` replaced by the
+  field's value computed from the row (``records.row_locals``: the record builder's own
+  conversions) and ``tags`` by the item's entry of the page's tags; the XML writers
+  (wire/codec/xml_writer.py ``_rows_writer``) write each member from it with the blocks
+  they write a view's value with. A page of 1,000 snapshots then costs no record and no
+  view dict per item, and each value's meaning stays in this one table.
+
+Expressions are source text written in the services (never from a request); names they use
+besides ``s`` and ``tags`` come from ``env``. They must be pure: the rows plan computes a
+field once per item even when several members read it.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Sequence, overload
+
+from ebscrypt.engines.ec2.records import ROW_ENV, StoredRows, row_iso_texts, row_locals
+
+View = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RowsPlan:
+    """wire/codec/xml_writer.py ``RowsPlan``: how the rows of one column list become one
+    view table's members."""
+
+    key: str
+    unpack: str
+    prelude: tuple[str, ...]
+    members: Mapping[str, str]
+    env: Mapping[str, Any] = field(repr=False)
+    iso_times: Mapping[str, str] = field(default_factory=dict)
+
+
+class _Fields(ast.NodeTransformer):
+    """``s.<name>`` → the row's local when the field is stored as is (``plain``), else the
+    local ``f_<name>`` the prelude computes (names collected in ``used``); the item's
+    extras (``tags``…) keep their names (the prelude binds those in ``extras_used``)."""
+
+    def __init__(self, record: str, fields: Sequence[str], plain: Mapping[str, str], extras: Sequence[str]) -> None:
+        self.record = record
+        self.fields = set(fields)
+        self.plain = plain
+        self.extras = set(extras)
+        self.used: set[str] = set()
+        self.extras_used: set[str] = set()
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        if isinstance(node.value, ast.Name) and node.value.id == self.record:
+            if node.attr not in self.fields:
+                raise ValueError(f"{self.record}.{node.attr} is not a field of the record")
+            self.used.add(node.attr)
+            name = self.plain.get(node.attr) or f"f_{node.attr}"
+            return ast.copy_location(ast.Name(name, ast.Load()), node)
+        return self.generic_visit(node)
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id == self.record:
+            raise ValueError(f"{self.record} used other than as {self.record}.<field>")
+        if node.id in self.extras:
+            self.extras_used.add(node.id)
+        return node
+
+
+class ViewTable:
+    """A view as ``{member name: expression over s and the item's extras}`` (in the
+    view's key order); ``extras``: the names of the view's arguments after the record
+    (each a page-wide mapping by the record's ``key_field`` in a :class:`RowsPage`);
+    ``env``: the other names the expressions use."""
+
+    def __init__(self, name: str, members: Mapping[str, str], env: Mapping[str, Any] | None = None,
+                 extras: Sequence[str] = ("tags",), key_field: str = "id") -> None:
+        self.name = name
+        self.members = dict(members)
+        self.env = dict(env or {})
+        self.extras = tuple(extras)
+        self.key_field = key_field
+        for reserved in ("s", *self.extras, "extra", "v", "t", "out", "append", "seen", "value"):
+            if reserved in self.env:
+                raise ValueError(f"{reserved!r} is reserved in view tables")
+        entries = ", ".join(f"{m!r}: {e}" for m, e in self.members.items())
+        namespace: dict[str, Any] = dict(self.env)
+        source = f"def view(s, {', '.join(self.extras)}):\n    return {{{entries}}}\n"
+        exec(compile(source, f"<view {name}>", "exec"), namespace)  # noqa: S102 (service-written source)
+        self.view: Callable[..., View] = namespace["view"]
+        self._plans: dict[tuple[type, tuple[str, ...]], RowsPlan] = {}
+
+    def rows_plan(self, cls: type, keys: tuple[str, ...]) -> RowsPlan:
+        """The plan writing this view's members from SQLite rows of ``cls`` with the columns
+        ``keys`` (cached per column list)."""
+        found = self._plans.get((cls, keys))
+        if found is not None:
+            return found
+        unpack, values = row_locals(cls, keys)
+        texts = row_iso_texts(cls, keys)
+        # A field stored as is is its row local itself; the others get a prelude line.
+        plain = {n: v for n, v in values.items() if v.isidentifier()}
+        members: dict[str, str] = {}
+        iso_times: dict[str, str] = {}
+        used: set[str] = {self.key_field}
+        extras: set[str] = set()
+        for member, expression in self.members.items():
+            rewrite = _Fields("s", list(values), plain, self.extras)
+            tree = rewrite.visit(ast.parse(expression, mode="eval"))
+            members[member] = ast.unparse(tree)
+            used |= rewrite.used
+            extras |= rewrite.extras_used
+            bare = ast.parse(expression, mode="eval").body
+            if (isinstance(bare, ast.Attribute) and isinstance(bare.value, ast.Name) and bare.value.id == "s"
+                    and bare.attr in texts):  # a bare time field: its text without the datetime
+                iso_times[member] = texts[bare.attr]
+        # Fields in the record's order: one line each, computed once per row.
+        prelude = [f"f_{n} = {values[n]}" for n in values if n in used and n not in plain]
+        key = plain.get(self.key_field) or f"f_{self.key_field}"
+        prelude += [f"{name} = extra[{i}][{key}]" for i, name in enumerate(self.extras) if name in extras]
+        env = {**ROW_ENV, **self.env}
+        if set(ROW_ENV) & set(self.env):
+            raise ValueError(f"names of {self.name}'s env clash with the row conversions'")
+        plan = RowsPlan(f"{self.name}/{cls.__name__}/{','.join(keys)}", unpack, tuple(prelude), members, env,
+                        iso_times)
+        self._plans[(cls, keys)] = plan
+        return plan
+
+    def page(self, stored: StoredRows, *extras: Mapping[str, Any]) -> "RowsPage":
+        """The items of a page held as stored rows, for a view's list member; ``extras``:
+        the view's further arguments, each a mapping by the record's ``key_field``."""
+        return RowsPage(self, stored, extras)
+
+
+class RowsPage(Sequence[View]):
+    """A Describe page's items still as stored rows: the XML writers render them straight
+    from the rows (``xml_plan``, ``rows``, ``extra``); anything else sees the list of
+    views they stand for (built on first use)."""
+
+    def __init__(self, table: ViewTable, stored: StoredRows, extras: tuple[Mapping[str, Any], ...]) -> None:
+        if len(extras) != len(table.extras):
+            raise TypeError(f"{table.name}: {len(table.extras)} extras expected")
+        self.table = table
+        self.stored = stored
+        self.xml_plan = table.rows_plan(stored.cls, stored.keys)
+        self.rows = stored.rows
+        self.extra = extras
+        self._views: list[View] | None = None
+
+    def views(self) -> list[View]:
+        if self._views is None:
+            view, extras, key = self.table.view, self.extra, self.table.key_field
+            self._views = [view(s, *(e[getattr(s, key)] for e in extras)) for s in self.stored.records()]
+        return self._views
+
+    @overload
+    def __getitem__(self, index: int) -> View: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[View]: ...
+
+    def __getitem__(self, index: int | slice) -> View | list[View]:
+        return self.views()[index]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[View]:
+        return iter(self.views())
+
+    def __eq__(self, other: object) -> bool:
+        return self.views() == (other.views() if isinstance(other, RowsPage) else other)
+
+    __hash__ = None  # type: ignore[assignment]
