@@ -1,0 +1,150 @@
+"""Describe pages rendered straight from their stored rows (issue 15, Describe at scale)
+answer exactly what the views do (R-WIRE): for DescribeSnapshots and DescribeVolumes pages
+of awkward rows (members absent, values needing escapes, times not in the plain stored
+form, attachments, tags, another account's rows), the XML written from the rows is
+byte for byte the XML of the view dicts the same table builds; the view tables refuse
+what they cannot rewrite; and a time's text sliced from its stored form is what the XML
+writer formats from the datetime."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import pytest
+from sqlalchemy import insert
+
+from ebscrypt.context import Caller, RequestContext
+from ebscrypt.engines.ec2.records import ROW_ENV, Snapshot, row_iso_texts, row_locals
+from ebscrypt.services.ec2.snapshots import SNAPSHOT_VIEW, describe_snapshots
+from ebscrypt.services.ec2.view_table import RowsPage, ViewTable
+from ebscrypt.services.ec2.volumes import describe_volumes
+from ebscrypt.storage.db import Database
+from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_tags, ec2_volume_attachments, ec2_volumes
+from ebscrypt.wire.codec import codec_for
+from ebscrypt.wire.codec.xml_writer import _iso8601
+
+ACCOUNT, OTHER, REGION = "111111111111", "222222222222", "us-east-1"
+KEY = "arn:aws:kms:us-east-1:111111111111:key/11111111-2222-3333-4444-555555555555"
+T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    path: Path = tmp_path_factory.mktemp("rows") / "meta.db"
+    database = Database(f"sqlite:///{path}")
+    with database.begin() as conn:
+        for i in range(90):
+            owner = OTHER if i % 7 == 0 else ACCOUNT
+            sid, vid = f"snap-{i:017x}", f"vol-{i:017x}"
+            conn.execute(insert(ec2_snapshots).values(
+                id=sid, account=owner, region=REGION, state=("completed", "pending", "error")[i % 3],
+                state_message="why <not>" if i % 3 == 2 else None, progress=i % 101, volume_size=1 + i % 5,
+                encrypted=i % 2 == 0, kms_key_arn=KEY if i % 4 == 0 else None,
+                data_key_id=f"dk-{i}" if i % 2 == 0 else None, data_key_blob=None, data_key_context=None,
+                volume_id=None if i % 5 == 0 else "vol-ffffffff", parent_id=None, source_snapshot_id=None,
+                source_region=None, description=("a <b> & c\r\nd", "", None, "plain")[i % 4], origin="volume",
+                client_token=None, start_time=T0, completion_time=T0 if i % 3 == 0 else None))
+            conn.execute(insert(ec2_volumes).values(
+                id=vid, account=owner, region=REGION, availability_zone="us-east-1a", size=1 + i,
+                volume_type="gp3", iops=3000 if i % 2 else None, throughput=125 if i % 3 else None,
+                multi_attach=i % 5 == 0, state="in-use" if i % 6 == 0 else "available", state_message=None,
+                encrypted=i % 2 == 1, kms_key_arn=KEY if i % 2 else None, data_key_id=None, data_key_blob=None,
+                data_key_context=None, snapshot_id="snap-1" if i % 4 == 0 else None, client_token=None,
+                auto_enable_io=False, create_time=T0))
+            if i % 6 == 0:
+                conn.execute(insert(ec2_volume_attachments).values(
+                    volume_id=vid, instance_id=f"i-{i:017x}", device="/dev/sdf", state="attached", attach_time=T0,
+                    delete_on_termination=i % 12 == 0))
+            if i % 3 == 0:
+                for rid, kind in ((sid, "snapshot"), (vid, "volume")):
+                    conn.execute(insert(ec2_tags).values(resource_id=rid, key="Name", value=f"n&{i}", account=owner,
+                                                         resource_type=kind, region=REGION))
+    # Times in other stored forms than the plain 26 characters: the writers format them.
+    c = sqlite3.connect(path)
+    c.execute("update ec2_snapshots set start_time='2026-01-02 03:04:05' where id='snap-00000000000000004'")
+    c.execute("update ec2_snapshots set start_time='0999-01-02 03:04:05.678901' where id='snap-00000000000000008'")
+    c.execute("update ec2_volumes set create_time='2026-01-02 03:04:05.5+00:00' where id='vol-00000000000000004'")
+    c.commit()
+    c.close()
+    yield database
+    database.dispose()
+
+
+def _ctx(database: Database, operation: str) -> RequestContext:
+    runtime = SimpleNamespace(db=database, engines={}, settings=SimpleNamespace(auth="dev"))
+    return RequestContext(Caller(ACCOUNT, REGION), runtime, "r", "ec2", operation)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("operation,handler,member,params", [
+    ("DescribeSnapshots", describe_snapshots, "Snapshots", {"OwnerIds": ["self"], "MaxResults": 1000}),
+    ("DescribeSnapshots", describe_snapshots, "Snapshots", {"MaxResults": 7}),
+    ("DescribeVolumes", describe_volumes, "Volumes", {"MaxResults": 500}),
+    ("DescribeVolumes", describe_volumes, "Volumes", {"MaxResults": 6}),
+])
+def test_a_page_from_its_rows_is_the_xml_of_its_views(db: Database, operation: str, handler: Any, member: str,
+                                                      params: dict[str, Any]) -> None:
+    codec = codec_for("ec2")
+    model = codec.service_model.operation_model(operation)
+    ctx = _ctx(db, operation)
+    token, pages = None, 0
+    while True:
+        answer = handler(ctx, dict(params, **({"NextToken": token} if token else {})))
+        items = answer[member]
+        assert isinstance(items, RowsPage)  # the rows path was taken
+        from_rows = codec.serialize(model, answer, "rid").body
+        from_views = codec.serialize(model, dict(answer, **{member: list(items)}), "rid").body
+        assert from_rows == from_views
+        assert all(d["OwnerId" if member == "Snapshots" else "VolumeId"] for d in items)
+        pages += 1
+        token = answer.get("NextToken")
+        if not token:
+            break
+    own = sum(1 for i in range(90) if i % 7)
+    assert pages == -(-own // params["MaxResults"]) or params["MaxResults"] > own
+
+
+def test_escapes_and_absent_members_are_in_the_page(db: Database) -> None:
+    codec = codec_for("ec2")
+    answer = describe_snapshots(_ctx(db, "DescribeSnapshots"), {"OwnerIds": ["self"], "MaxResults": 1000})
+    body = codec.serialize(codec.service_model.operation_model("DescribeSnapshots"), answer, "rid").body
+    assert b"<description>a &lt;b&gt; &amp; c&#13;\nd</description>" in body
+    assert b"<startTime>2026-01-02T03:04:05.000Z</startTime>" in body  # the short stored form
+    old = _iso8601(datetime(999, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc))  # left to the writer
+    assert f"<startTime>{old}</startTime>".encode() in body
+    assert b"<statusMessage>why &lt;not&gt;</statusMessage>" in body and b"snap-00000000000000007" not in body
+
+
+def test_view_tables_refuse_what_they_cannot_rewrite() -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        ViewTable("X", {"A": "s.id"}, env={"tags": 1})
+    with pytest.raises(ValueError, match="not a field"):
+        ViewTable("X", {"A": "s.nope"}).rows_plan(Snapshot, tuple(c.name for c in ec2_snapshots.c))
+    with pytest.raises(ValueError, match="other than"):
+        ViewTable("X", {"A": "getattr(s, 'id')"}).rows_plan(Snapshot, tuple(c.name for c in ec2_snapshots.c))
+
+
+def test_snapshot_view_is_the_table() -> None:
+    keys = tuple(c.name for c in ec2_snapshots.c)
+    plan = SNAPSHOT_VIEW.rows_plan(Snapshot, keys)
+    assert plan is SNAPSHOT_VIEW.rows_plan(Snapshot, keys)  # cached per column list
+    assert set(plan.members) == set(SNAPSHOT_VIEW.members) and set(plan.iso_times) == {"StartTime", "CompletionTime"}
+
+
+@pytest.mark.parametrize("stored", ["2026-01-02 03:04:05.678901", "2026-12-31 23:59:59.999999",
+                                    "1000-01-01 00:00:00.000000", "0999-01-02 03:04:05.678901",
+                                    "2026-01-02 03:04:05", "2026-01-02 03:04:05.678901+00:00", None])
+def test_a_time_sliced_from_its_stored_text_is_what_the_writer_formats(stored: str | None) -> None:
+    keys = tuple(c.name for c in ec2_snapshots.c)
+    local = {f"c{keys.index('start_time')}": stored}
+    text_expression = row_iso_texts(Snapshot, keys)["start_time"]
+    value_expression = row_locals(Snapshot, keys)[1]["start_time"]
+    text = eval(text_expression, dict(ROW_ENV), local)  # noqa: S307 (field-built source)
+    value = eval(value_expression, dict(ROW_ENV), local)  # noqa: S307
+    if text is not None:  # sliced: exactly the writer's text of the parsed value
+        assert text == _iso8601(value)
+    else:  # left to the writer: not the plain form of a year from 1000
+        assert stored is None or len(stored) != 26 or stored.startswith("0")
