@@ -113,15 +113,19 @@ class ViewTable:
         used: set[str] = {self.key_field}
         extras: set[str] = set()
         for member, expression in self.members.items():
+            bare = ast.parse(expression, mode="eval").body
+            if (isinstance(bare, ast.Attribute) and isinstance(bare.value, ast.Name) and bare.value.id == "s"
+                    and bare.attr in texts):
+                # A bare time field: its text sliced from the row; the datetime only where
+                # the text is not the plain stored form (inline: no prelude line per row).
+                iso_times[member] = texts[bare.attr]
+                members[member] = values[bare.attr]
+                continue
             rewrite = _Fields("s", list(values), plain, self.extras)
             tree = rewrite.visit(ast.parse(expression, mode="eval"))
             members[member] = ast.unparse(tree)
             used |= rewrite.used
             extras |= rewrite.extras_used
-            bare = ast.parse(expression, mode="eval").body
-            if (isinstance(bare, ast.Attribute) and isinstance(bare.value, ast.Name) and bare.value.id == "s"
-                    and bare.attr in texts):  # a bare time field: its text without the datetime
-                iso_times[member] = texts[bare.attr]
         # Fields in the record's order: one line each, computed once per row.
         prelude = [f"f_{n} = {values[n]}" for n in values if n in used and n not in plain]
         key = plain.get(self.key_field) or f"f_{self.key_field}"
