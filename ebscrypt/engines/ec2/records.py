@@ -71,13 +71,16 @@ def row_locals(cls: type, keys: tuple[str, ...]) -> tuple[str, dict[str, str]]:
     times (stored text, UTC; the 26-character stored form with no offset is one C call) to
     aware datetimes, booleans (0/1) to bools; every other column SQLite returns as the
     Python value itself. One source for the record builder below and the Describe pages
-    rendered straight from rows (services/ec2/view_table.py). Names come from the
+    rendered straight from rows (services/ec2/view_table.py), which may select only the
+    fields they read: a field not in ``keys`` has no entry. Names come from the
     dataclass's fields (literals, never code)."""
     names = _FIELDS.get(cls) or tuple(f.name for f in fields(cls))
     times, bools = _time_fields(cls), _bool_fields(cls)
     local = {k: f"c{i}" for i, k in enumerate(keys)}
     values: dict[str, str] = {}
     for n in names:
+        if n not in local:
+            continue
         c = local[n]
         if n in times:
             values[n] = (f"(None if {c} is None else _fromiso({c} + '+00:00') "
@@ -99,7 +102,7 @@ def row_iso_texts(cls: type, keys: tuple[str, ...]) -> dict[str, str]:
     local = {k: f"c{i}" for i, k in enumerate(keys)}
     return {n: (f"({local[n]}[:10] + 'T' + {local[n]}[11:23] + 'Z' if {local[n]}.__class__ is str "
                 f"and len({local[n]}) == 26 and {local[n]}[0] != '0' else None)")
-            for n in (_FIELDS.get(cls) or tuple(f.name for f in fields(cls))) if n in _time_fields(cls)}
+            for n in (_FIELDS.get(cls) or tuple(f.name for f in fields(cls))) if n in _time_fields(cls) and n in local}
 
 
 # The names the expressions of ``row_locals`` use.
@@ -115,6 +118,9 @@ def _sqlite_builder(cls: type, keys: tuple[str, ...]) -> Callable[[list[Any]], l
     loop over the time and the boolean positions, ``update(zip(...))`` — was ~2.5 µs of a
     snapshot's ~13)."""
     unpack, values = row_locals(cls, keys)
+    missing = [f.name for f in fields(cls) if f.name not in values]
+    if missing:
+        raise ValueError(f"{cls.__name__} records need the columns {missing}")
     entries = [f"{n!r}: {v}" for n, v in values.items()]
     source = "\n".join([
         "def build(rows):",
@@ -134,9 +140,10 @@ def _sqlite_builder(cls: type, keys: tuple[str, ...]) -> Callable[[list[Any]], l
 
 @dataclass(frozen=True)
 class StoredRows:
-    """Full-column SQLite cursor rows of ``cls``, kept as read (issue 15: a Describe page
-    rendered straight from them skips a record and a view per item); ``records()`` builds
-    the records they hold, the same as :func:`from_result` would have."""
+    """SQLite cursor rows of ``cls``'s columns ``keys``, kept as read (issue 15: a
+    Describe page rendered straight from them skips a record and a view per item; it
+    selects only the fields its view reads). ``records()``, of rows holding every field,
+    builds the records they hold, the same as :func:`from_result` would have."""
 
     cls: type
     keys: tuple[str, ...]
@@ -155,11 +162,14 @@ class StoredRows:
 
 
 def stored_rows(cls: type, result: Any) -> "StoredRows | list[Any]":
-    """:func:`from_result`'s records, or on SQLite with every field selected the rows kept
-    as read (:class:`StoredRows`), for a caller that renders them itself."""
+    """On SQLite, the rows of ``cls``'s columns kept as read (:class:`StoredRows`), for a
+    caller that renders them itself; elsewhere :func:`from_result`'s records (then the
+    statement must select every field)."""
     keys = tuple(result.keys())
-    names = _FIELDS.get(cls) or tuple(f.name for f in fields(cls))
-    if result.dialect.name != "sqlite" or not all(n in keys for n in names):
+    names = set(_FIELDS.get(cls) or tuple(f.name for f in fields(cls)))
+    if not set(keys) <= names:
+        raise ValueError(f"columns that are not fields of {cls.__name__}: {sorted(set(keys) - names)}")
+    if result.dialect.name != "sqlite":
         return from_result(cls, result)
     try:
         rows = result.cursor.fetchall()

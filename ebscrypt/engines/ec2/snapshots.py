@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import Connection, bindparam, delete, insert, or_, select, update
 
@@ -90,8 +90,8 @@ def visible_snapshots(conn: Connection, caller: Caller, *, owners: set[str] | No
 
 
 def _visible_query(caller: Caller, owners: set[str] | None, filters: list[dict[str, Any]] | None,
-                   after: str | None, limit: int | None) -> Any:
-    """The statement of :func:`visible_snapshots`."""
+                   after: str | None, limit: int | None, columns: Sequence[str] | None = None) -> Any:
+    """The statement of :func:`visible_snapshots` (of only ``columns`` if given)."""
     shared = select(ec2_snapshot_permissions.c.snapshot_id).where(
         ec2_snapshot_permissions.c.grantee.in_((caller.account, "all")))
     account = owner_column(ec2_snapshots.c.account, filters)
@@ -99,7 +99,8 @@ def _visible_query(caller: Caller, owners: set[str] | None, filters: list[dict[s
         visible = account == caller.account  # OwnerIds=self: no shared lookup
     else:
         visible = or_(account == caller.account, ec2_snapshots.c.id.in_(shared))
-    q = narrow(select(ec2_snapshots).where(owner_column(ec2_snapshots.c.region, filters) == caller.region, visible),
+    selected = select(*(ec2_snapshots.c[n] for n in columns)) if columns else select(ec2_snapshots)
+    q = narrow(selected.where(owner_column(ec2_snapshots.c.region, filters) == caller.region, visible),
                filters, SQL_FILTER_COLUMNS, ec2_snapshots.c.id, caller.account)
     if owners is not None:
         q = q.where(account.in_(sorted(owners)))
@@ -112,15 +113,20 @@ def _visible_query(caller: Caller, owners: set[str] | None, filters: list[dict[s
 
 
 def snapshot_page(ctx: RequestContext, *, owner_ids: list[str] | None = None, after: str | None = None,
-                  limit: int | None = None) -> tuple[StoredRows | list[Snapshot], dict[str, list[dict[str, str]]]]:
+                  limit: int | None = None, fields: Sequence[str] = (),
+                  ) -> tuple[StoredRows | list[Snapshot], dict[str, list[dict[str, str]]]]:
     """:func:`describe_snapshots` of a plain page (no ids, filters or restorable-by
-    accounts), its rows kept as read where the database allows (``records.stored_rows``:
-    the service renders them straight to its answer, issue 15), and their tags."""
+    accounts) and its tags: on SQLite the rows of the record's ``fields`` (those the
+    caller's view reads, with ``id`` and ``account``) kept as read (``records.stored_rows``:
+    the service renders them straight to its answer, issue 15), else the records."""
     caller = ctx.caller
     owners = _accounts(owner_ids, caller.account)
     with ctx.runtime.db.read() as conn:
+        columns = None
+        if conn.dialect.name == "sqlite" and fields:
+            columns = [n for n in ec2_snapshots.c.keys() if n in {*fields, "id", "account"}]
         found = stored_rows(Snapshot, conn.execute(
-            _visible_query(caller, owners if owner_ids else None, None, after, limit)))
+            _visible_query(caller, owners if owner_ids else None, None, after, limit, columns)))
         if isinstance(found, StoredRows):
             i, a = found.column("id"), found.column("account")
             # OwnerIds: as describe_snapshots narrows its records (the query already does)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
@@ -197,9 +197,10 @@ def list_volumes(conn: Connection, account: str, region: str, volume_ids: list[s
 
 
 def _volumes_query(account: str, region: str, volume_ids: list[str] | None, after: str | None, limit: int | None,
-                   filters: list[dict[str, Any]] | None) -> Any:
-    """The statement of :func:`list_volumes`."""
-    q = narrow(select(ec2_volumes).where(owner_column(ec2_volumes.c.account, filters) == account,
+                   filters: list[dict[str, Any]] | None, columns: Sequence[str] | None = None) -> Any:
+    """The statement of :func:`list_volumes` (of only ``columns`` if given)."""
+    selected = select(*(ec2_volumes.c[n] for n in columns)) if columns else select(ec2_volumes)
+    q = narrow(selected.where(owner_column(ec2_volumes.c.account, filters) == account,
                                          owner_column(ec2_volumes.c.region, filters) == region),
                filters, SQL_FILTER_COLUMNS, ec2_volumes.c.id, account).order_by(ec2_volumes.c.id)
     if volume_ids:
@@ -812,14 +813,19 @@ def describe_volumes(ctx: RequestContext, volume_ids: list[str] | None = None, *
 
 
 def volume_page(ctx: RequestContext, *, after: str | None = None, limit: int | None = None,
+                fields: Sequence[str] = (),
                 ) -> tuple[StoredRows | list[Volume], dict[str, list[Attachment]], dict[str, list[dict[str, str]]]]:
-    """:func:`describe_volumes` of a plain page (no ids, no filters): the rows kept as read
-    where the database allows (``records.stored_rows``: the service renders them straight
-    to its answer, issue 15), with the attachments and the tags of each id."""
+    """:func:`describe_volumes` of a plain page (no ids, no filters), with the attachments
+    and the tags of each id: on SQLite the rows of the record's ``fields`` (those the
+    caller's view reads, with ``id``) kept as read (``records.stored_rows``: the service
+    renders them straight to its answer, issue 15), else the records."""
     caller = ctx.caller
     with ctx.runtime.db.read() as conn:
+        columns = None
+        if conn.dialect.name == "sqlite" and fields:
+            columns = [n for n in ec2_volumes.c.keys() if n in {*fields, "id"}]
         found = stored_rows(Volume, conn.execute(_volumes_query(caller.account, caller.region, None, after, limit,
-                                                                None)))
+                                                                None, columns)))
         if isinstance(found, StoredRows):
             i = found.column("id")
             ids = [r[i] for r in found.rows]

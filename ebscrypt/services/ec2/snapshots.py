@@ -33,6 +33,10 @@ SNAPSHOT_VIEW = ViewTable("Snapshot", {
 }, env={"COPY_VOLUME_ID": S.COPY_VOLUME_ID})
 
 
+# The columns a page rendered from its rows reads (those of the view).
+_SNAPSHOT_FIELDS = SNAPSHOT_VIEW.fields_read(Snapshot)
+
+
 def snapshot_dict(s: Snapshot, tags: list[dict[str, str]]) -> dict[str, Any]:
     """The ``Snapshot`` view of a record (``SNAPSHOT_VIEW``)."""
     return SNAPSHOT_VIEW.view(s, tags)
@@ -124,7 +128,8 @@ def describe_snapshots(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
     if not ids and not filters and not restorable_by and not _exports_shown(ctx):
         # A plain page (the CLI's listing): rendered straight from its stored rows where
         # the database allows (issue 15: no record and no view dict per item).
-        found, tags = S.snapshot_page(ctx, owner_ids=params.get("OwnerIds"), after=after, limit=limit)
+        found, tags = S.snapshot_page(ctx, owner_ids=params.get("OwnerIds"), after=after, limit=limit,
+                                      fields=_SNAPSHOT_FIELDS)
         if isinstance(found, StoredRows):
             i = found.column("id")
             rows, token = page(found.rows, params, lambda r: str(r[i]), low=5, high=1000, ids_param="SnapshotIds")

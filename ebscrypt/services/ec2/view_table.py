@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import Any, Callable, Iterator, Mapping, Sequence, overload
 
 from ebscrypt.engines.ec2.records import ROW_ENV, StoredRows, row_iso_texts, row_locals
@@ -43,6 +44,9 @@ class RowsPlan:
     members: Mapping[str, str]
     env: Mapping[str, Any] = field(repr=False)
     iso_times: Mapping[str, str] = field(default_factory=dict)
+    # ``views(rows, extra)``: the view dicts of the rows, from the same expressions
+    views: Callable[[Sequence[Any], Sequence[Mapping[str, Any]]], list[View]] = field(
+        default=lambda rows, extra: [], repr=False, compare=False)
 
 
 class _Fields(ast.NodeTransformer):
@@ -133,10 +137,27 @@ class ViewTable:
         env = {**ROW_ENV, **self.env}
         if set(ROW_ENV) & set(self.env):
             raise ValueError(f"names of {self.name}'s env clash with the row conversions'")
+        entries = ", ".join(f"{m!r}: {e}" for m, e in members.items())  # the table's order
+        namespace = dict(env)
+        source = "\n".join(["def views(rows, extra):", "    out = []", f"    for {unpack} in rows:",
+                            *("        " + line for line in prelude), f"        out.append({{{entries}}})",
+                            "    return out"]) + "\n"
+        exec(compile(source, f"<views {self.name} from rows>", "exec"), namespace)  # noqa: S102 (table-built)
         plan = RowsPlan(f"{self.name}/{cls.__name__}/{','.join(keys)}", unpack, tuple(prelude), members, env,
-                        iso_times)
+                        iso_times, namespace["views"])
         self._plans[(cls, keys)] = plan
         return plan
+
+    def fields_read(self, cls: type) -> tuple[str, ...]:
+        """The fields of ``cls`` this table's expressions read (and its key field), in the
+        record's order: the columns a page rendered from its rows selects."""
+        names = [f.name for f in dataclass_fields(cls)]
+        used = {self.key_field}
+        for expression in self.members.values():
+            rewrite = _Fields("s", names, {}, self.extras)
+            rewrite.visit(ast.parse(expression, mode="eval"))
+            used |= rewrite.used
+        return tuple(n for n in names if n in used)
 
     def page(self, stored: StoredRows, *extras: Mapping[str, Any]) -> "RowsPage":
         """The items of a page held as stored rows, for a view's list member; ``extras``:
@@ -161,8 +182,7 @@ class RowsPage(Sequence[View]):
 
     def views(self) -> list[View]:
         if self._views is None:
-            view, extras, key = self.table.view, self.extra, self.table.key_field
-            self._views = [view(s, *(e[getattr(s, key)] for e in extras)) for s in self.stored.records()]
+            self._views = self.xml_plan.views(self.rows, self.extra)
         return self._views
 
     @overload

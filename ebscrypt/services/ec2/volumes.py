@@ -38,6 +38,10 @@ VOLUME_VIEW = ViewTable("Volume", {
 }, env={"attachment_dict": attachment_dict}, extras=("attachments", "tags"))
 
 
+# The columns a page rendered from its rows reads (those of the view).
+_VOLUME_FIELDS = VOLUME_VIEW.fields_read(Volume)
+
+
 def volume_dict(v: Volume, attachments: list[Attachment], tags: list[dict[str, str]]) -> dict[str, Any]:
     """The ``Volume`` view of a record (``VOLUME_VIEW``)."""
     return VOLUME_VIEW.view(v, attachments, tags)
@@ -123,7 +127,8 @@ def describe_volumes(ctx: RequestContext, params: dict[str, Any]) -> dict[str, A
         size = page_size(params, low=5, high=500, clamp=True) or 500
         after = page_after(params.get("NextToken"))
         if ctx.runtime.settings.auth != "strict":  # no export names: rendered straight from the rows
-            found, atts, tags = V.volume_page(ctx, after=after, limit=size + 1)
+            found, atts, tags = V.volume_page(ctx, after=after, limit=size + 1,
+                                              fields=_VOLUME_FIELDS)
             if isinstance(found, StoredRows):
                 i = found.column("id")
                 rows, more = found.rows[:size], len(found.rows) > size
