@@ -34,6 +34,18 @@ try:
         c.execute("update ec2_volumes set snapshot_id='snap-1', encrypted=0, kms_key_arn=null, iops=null where rowid=6")
         c.execute("update ec2_volumes set create_time='2026-01-01 00:00:07' where rowid=8")
         c.commit(); c.close()
+        # images: the members most rows leave out, escapes, other mappings, a tag
+        c = sqlite3.connect(work / "images" / side / "metadata.db")
+        c.execute("update ec2_images set platform='windows', state_reason_code='Client.Error', "
+                  "state_reason_message='a <b> & c', description=null, ena_support=null where rowid=3")
+        c.execute("update ec2_images set source_image_id='ami-1', source_region=null, source_instance_id='i-1', "
+                  "sriov_net_support='simple', boot_mode='uefi', tpm_support='v2.0', imds_support='v2.0', "
+                  "kernel_id='aki-1', ramdisk_id='ari-1', image_location='loc&', root_device_name=null, "
+                  "public=1, mappings='[{\"DeviceName\": \"/dev/sdb\", \"NoDevice\": \"\"}, "
+                  "{\"DeviceName\": \"/dev/sdc\", \"VirtualName\": \"ephemeral0\"}]' where rowid=4")
+        c.execute("update ec2_images set created_at='2026-01-01 00:00:05' where rowid=6")
+        c.execute("insert into ec2_tags values('ami-00000000000000007','k&<>','v\r>','image','111111111111','us-east-1')")
+        c.commit(); c.close()
     calls = {
         "snapshots": [("describe_snapshots", {"OwnerIds": ["self"], "MaxResults": 1000}),
                       ("describe_snapshots", {"OwnerIds": ["self"], "Filters": [{"Name": "kms-key-id", "Values": [KEY_B]}]}),

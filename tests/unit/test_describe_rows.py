@@ -8,6 +8,7 @@ writer formats from the datetime."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,16 +20,20 @@ from sqlalchemy import insert, select
 
 from ebscrypt.context import Caller, RequestContext
 from ebscrypt.engines.ec2.records import ROW_ENV, Snapshot, Volume, from_result, row_iso_texts, row_locals
+from ebscrypt.engines.ec2.image_records import Image
 from ebscrypt.engines.ec2.tags import tags_for
 from ebscrypt.engines.ec2.volumes import attachments_of
 from ebscrypt.services.ec2.snapshots import SNAPSHOT_VIEW, describe_snapshots, snapshot_dict
+from ebscrypt.services.ec2.images import describe_images, image_view
 from ebscrypt.services.ec2.view_table import RowsPage, ViewTable
 from ebscrypt.services.ec2.volumes import describe_volumes, volume_dict
 from ebscrypt.storage.db import Database
 from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_tags, ec2_volume_attachments, ec2_volumes
+from ebscrypt.storage.tables.ec2_images import ec2_images
 from ebscrypt.wire.codec import codec_for
 from ebscrypt.wire.codec.xml_writer import _iso8601
 
+ID = {"Snapshots": "SnapshotId", "Volumes": "VolumeId", "Images": "ImageId"}
 ACCOUNT, OTHER, REGION = "111111111111", "222222222222", "us-east-1"
 KEY = "arn:aws:kms:us-east-1:111111111111:key/11111111-2222-3333-4444-555555555555"
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
@@ -61,8 +66,23 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
                 conn.execute(insert(ec2_volume_attachments).values(
                     volume_id=vid, instance_id=f"i-{i:017x}", device="/dev/sdf", state="attached", attach_time=T0,
                     delete_on_termination=i % 12 == 0))
+            conn.execute(insert(ec2_images).values(
+                image_id=f"ami-{i:017x}", account=owner, region=REGION, name=f"img-{i}",
+                description=("a <b> & c", "", None)[i % 3], state="failed" if i % 5 == 1 else "available",
+                state_reason_code="Client.Error" if i % 5 == 1 else None,
+                state_reason_message="x & y" if i % 10 == 1 else None, architecture="x86_64",
+                virtualization_type="hvm", root_device_name="/dev/xvda" if i % 2 else None, root_device_type="ebs",
+                ena_support=(True, False, None)[i % 3], sriov_net_support="simple" if i % 4 == 0 else None,
+                boot_mode=None, tpm_support=None, imds_support="v2.0" if i % 3 == 0 else None,
+                image_location="loc&x" if i % 6 == 0 else None, kernel_id=None, ramdisk_id=None,
+                platform="windows" if i % 4 == 1 else None, public=i % 2 == 0,
+                mappings=json.dumps([{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": sid, "VolumeSize": 8,
+                                                                         "DeleteOnTermination": i % 2 == 0}},
+                                     *([{"DeviceName": "/dev/sdb", "NoDevice": ""}] if i % 3 == 0 else [])]),
+                source_image_id="ami-1" if i % 8 == 0 else None, source_region="eu-west-1" if i % 16 == 0 else None,
+                source_instance_id=None, client_token=None, created_at=T0))
             if i % 3 == 0:
-                for rid, kind in ((sid, "snapshot"), (vid, "volume")):
+                for rid, kind in ((sid, "snapshot"), (vid, "volume"), (f"ami-{i:017x}", "image")):
                     conn.execute(insert(ec2_tags).values(resource_id=rid, key="Name", value=f"n&{i}", account=owner,
                                                          resource_type=kind, region=REGION))
     # Times in other stored forms than the plain 26 characters: the writers format them.
@@ -70,6 +90,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
     c.execute("update ec2_snapshots set start_time='2026-01-02 03:04:05' where id='snap-00000000000000004'")
     c.execute("update ec2_snapshots set start_time='0999-01-02 03:04:05.678901' where id='snap-00000000000000008'")
     c.execute("update ec2_volumes set create_time='2026-01-02 03:04:05.5+00:00' where id='vol-00000000000000004'")
+    c.execute("update ec2_images set created_at='2026-01-02 03:04:05' where image_id='ami-00000000000000004'")
     c.commit()
     c.close()
     yield database
@@ -86,6 +107,8 @@ def _ctx(database: Database, operation: str) -> RequestContext:
     ("DescribeSnapshots", describe_snapshots, "Snapshots", {"MaxResults": 7}),
     ("DescribeVolumes", describe_volumes, "Volumes", {"MaxResults": 500}),
     ("DescribeVolumes", describe_volumes, "Volumes", {"MaxResults": 6}),
+    ("DescribeImages", describe_images, "Images", {"Owners": ["self"], "MaxResults": 1000}),
+    ("DescribeImages", describe_images, "Images", {"MaxResults": 9}),
 ])
 def test_a_page_from_its_rows_is_the_xml_of_its_views(db: Database, operation: str, handler: Any, member: str,
                                                       params: dict[str, Any]) -> None:
@@ -100,18 +123,25 @@ def test_a_page_from_its_rows_is_the_xml_of_its_views(db: Database, operation: s
         from_rows = codec.serialize(model, answer, "rid").body
         from_views = codec.serialize(model, dict(answer, **{member: list(items)}), "rid").body
         assert from_rows == from_views
-        assert list(items) == _record_views(db, member, [d["SnapshotId" if member == "Snapshots" else "VolumeId"]
-                                                         for d in items])
+        assert list(items) == _record_views(db, member, [d[ID[member]] for d in items])
         pages += 1
         token = answer.get("NextToken")
         if not token:
             break
-    own = sum(1 for i in range(90) if i % 7)
-    assert pages == -(-own // params["MaxResults"]) or params["MaxResults"] > own
+    # own rows; DescribeImages without Owners: and the other account's public images too
+    everyone = member == "Images" and "Owners" not in params
+    seen = sum(1 for i in range(90) if i % 7 or (everyone and i % 2 == 0))
+    assert pages == -(-seen // params["MaxResults"])
 
 
 def _record_views(db: Database, member: str, ids: list[str]) -> list[dict[str, Any]]:
     """The views of ``ids`` built the other way: records read whole, the view function."""
+    if member == "Images":
+        with db.read() as conn:
+            images = Image.from_result(conn.execute(select(ec2_images).where(ec2_images.c.image_id.in_(ids))
+                                                    .order_by(ec2_images.c.image_id)))
+            tags = tags_for(conn, ACCOUNT, ids)
+        return [image_view(r, tags[r.image_id]) for r in images]
     table, cls = (ec2_snapshots, Snapshot) if member == "Snapshots" else (ec2_volumes, Volume)
     with db.read() as conn:
         records = from_result(cls, conn.execute(select(table).where(table.c.id.in_(ids)).order_by(table.c.id)))

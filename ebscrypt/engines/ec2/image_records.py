@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 from sqlalchemy import Connection, insert, select
 
@@ -56,6 +56,11 @@ def _mappings(text: str) -> Any:
     return value if end == len(text) else json.loads(text)
 
 
+def creation_date(t: datetime) -> str:
+    """An image's CreationDate (:attr:`Image.creation_date`) of its creation time."""
+    return "%04d-%02d-%02dT%02d:%02d:%02d.000Z" % (t.year, t.month, t.day, t.hour, t.minute, t.second)
+
+
 @dataclass(frozen=True)
 class Image:
     image_id: str
@@ -87,6 +92,9 @@ class Image:
     client_token: str | None
     created_at: datetime
 
+    # The stored mappings (JSON text) as the record holds them (records.row_locals).
+    ROW_DECODERS: ClassVar[dict[str, Callable[[str], Any]]] = {"mappings": _mappings}
+
     @classmethod
     def from_row(cls, row: Any) -> "Image":
         values = dict(row)
@@ -102,7 +110,8 @@ class Image:
         mappings decoded from their JSON text."""
         images = from_result(cls, result)
         for image in images:
-            image.__dict__["mappings"] = _mappings(image.mappings)
+            if image.mappings.__class__ is str:  # not decoded by the SQLite builder (ROW_DECODERS)
+                image.__dict__["mappings"] = _mappings(image.mappings)
         return images
 
     @property
@@ -110,8 +119,7 @@ class Image:
         """CreationDate as AWS writes it (to the second, ``.000Z``): %-formatted, ~4x
         faster than ``strftime`` of an aware datetime (3 µs, a tenth of a DescribeImages
         item; issue 15). Years before 1000 would be zero-padded where strftime's are not."""
-        t = self.created_at
-        return "%04d-%02d-%02dT%02d:%02d:%02d.000Z" % (t.year, t.month, t.day, t.hour, t.minute, t.second)
+        return creation_date(self.created_at)
 
     def snapshot_ids(self) -> list[str]:
         return [m["Ebs"]["SnapshotId"] for m in self.mappings if (m.get("Ebs") or {}).get("SnapshotId")]

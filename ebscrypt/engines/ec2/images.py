@@ -34,7 +34,7 @@ Where each operation lives (import it from there: this module re-exports nothing
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import Connection, delete, or_, select
 
@@ -44,6 +44,7 @@ from ebscrypt.engines.ec2 import tags as core_tags
 from ebscrypt.engines.ec2 import image_states, waits
 from ebscrypt.engines.ec2.filters import select_matching as filter_select
 from ebscrypt.engines.ec2.ids import check_id, is_well_formed, new_id
+from ebscrypt.engines.ec2.records import StoredRows, stored_rows
 from ebscrypt.engines.ec2.sql_filters import as_bool, narrow, owner_column
 from ebscrypt.engines.ec2.image_records import (
     ACCOUNT_RE,
@@ -297,6 +298,56 @@ SQL_FILTER_COLUMNS = {
 }
 
 
+def _images_query(caller: Caller, ids: list[str], owners: list[str], filters: list[dict[str, Any]] | None,
+                  after: str | None, limit: int | None, columns: Sequence[str] | None = None) -> Any:
+    """The statement of :func:`_visible_images` before its executable users (of only
+    ``columns`` if given)."""
+    shared = select(perms_t.c.image_id).where(perms_t.c.user_id == caller.account)
+    account = owner_column(images_t.c.account, filters)
+    owner_ids = {caller.account if o == "self" else o for o in owners}
+    if owners and owner_ids <= {caller.account}:
+        visible = account == caller.account  # Owners=self: no public or shared lookup
+    else:
+        visible = or_(account == caller.account, images_t.c.public.is_(True), images_t.c.image_id.in_(shared))
+    selected = select(*(images_t.c[n] for n in columns)) if columns else select(images_t)
+    query = narrow(selected.where(owner_column(images_t.c.region, filters) == caller.region, visible),
+                   filters, SQL_FILTER_COLUMNS, images_t.c.image_id, caller.account)
+    if ids:
+        query = query.where(images_t.c.image_id.in_(ids))
+    if owners:
+        query = query.where(account.in_(sorted(owner_ids)))
+    if after is not None:
+        query = query.where(images_t.c.image_id > after)
+    query = query.order_by(images_t.c.image_id)
+    if limit is not None:
+        query = query.limit(limit)
+    return query
+
+
+def image_page(ctx: RequestContext, *, owners: list[str], after: str | None, limit: int | None,
+               fields: Sequence[str]) -> tuple[StoredRows, dict[str, list[dict[str, str]]]] | None:
+    """:func:`describe_images` of a plain page (no ids, executable users or filters) as
+    the rows of the record's ``fields`` (those the caller's view reads, with ``image_id``
+    and ``state``) kept as read (``records.stored_rows``: the service renders them
+    straight to its answer, issue 15), and their tags; None on another database than
+    SQLite or when an image of the page is pending (:func:`describe_images` settles it)."""
+    caller = ctx.caller
+    with ctx.runtime.db.read() as conn:
+        if conn.dialect.name != "sqlite":
+            return None
+        columns = [n for n in images_t.c.keys() if n in {*fields, "image_id", "state"}]
+        found = stored_rows(Image, conn.execute(_images_query(caller, [], owners, None, after, limit, columns)))
+        if not isinstance(found, StoredRows):
+            return None
+        i, state = found.column("image_id"), found.column("state")
+        if any(r[state] == states.IMAGE_PENDING for r in found.rows):
+            return None
+        ids = [r[i] for r in found.rows]
+        # a page with nothing filtered out: every own image in its id range (one tags range)
+        tags = core_tags.page_tags_for(conn, caller.account, ids)
+        return found, {k: v or [] for k, v in tags.items()}
+
+
 def _visible_images(ctx: RequestContext, ids: list[str], owners: list[str], executable: list[str], *,
                     filters: list[dict[str, Any]] | None = None, after: str | None = None,
                     limit: int | None = None) -> list[tuple[Image, list[dict[str, str]]]]:
@@ -308,23 +359,7 @@ def _visible_images(ctx: RequestContext, ids: list[str], owners: list[str], exec
     caller = ctx.caller
     with ctx.runtime.db.read() as conn:
         shared = select(perms_t.c.image_id).where(perms_t.c.user_id == caller.account)
-        account = owner_column(images_t.c.account, filters)
-        owner_ids = {caller.account if o == "self" else o for o in owners}
-        if owners and owner_ids <= {caller.account}:
-            visible = account == caller.account  # Owners=self: no public or shared lookup
-        else:
-            visible = or_(account == caller.account, images_t.c.public.is_(True), images_t.c.image_id.in_(shared))
-        query = narrow(select(images_t).where(owner_column(images_t.c.region, filters) == caller.region, visible),
-                       filters, SQL_FILTER_COLUMNS, images_t.c.image_id, caller.account)
-        if ids:
-            query = query.where(images_t.c.image_id.in_(ids))
-        if owners:
-            query = query.where(account.in_(sorted(owner_ids)))
-        if after is not None:
-            query = query.where(images_t.c.image_id > after)
-        query = query.order_by(images_t.c.image_id)
-        if limit is not None:
-            query = query.limit(limit)
+        query = _images_query(caller, ids, owners, filters, after, limit)
         visible_images = Image.from_result(conn.execute(query))
         if executable:
             shared_with_me = {

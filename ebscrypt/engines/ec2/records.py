@@ -76,13 +76,16 @@ def row_locals(cls: type, keys: tuple[str, ...]) -> tuple[str, dict[str, str]]:
     dataclass's fields (literals, never code)."""
     names = _FIELDS.get(cls) or tuple(f.name for f in fields(cls))
     times, bools = _time_fields(cls), _bool_fields(cls)
+    decoded = _decoders(cls)
     local = {k: f"c{i}" for i, k in enumerate(keys)}
     values: dict[str, str] = {}
     for n in names:
         if n not in local:
             continue
         c = local[n]
-        if n in times:
+        if n in decoded:  # a stored text the record holds decoded (row_env names the function)
+            values[n] = f"(None if {c} is None else _decode_{n}({c}))"
+        elif n in times:
             values[n] = (f"(None if {c} is None else _fromiso({c} + '+00:00') "
                          f"if {c}.__class__ is str and len({c}) == 26 else _time({c}))")
         elif n in bools:
@@ -105,8 +108,20 @@ def row_iso_texts(cls: type, keys: tuple[str, ...]) -> dict[str, str]:
             for n in (_FIELDS.get(cls) or tuple(f.name for f in fields(cls))) if n in _time_fields(cls) and n in local}
 
 
-# The names the expressions of ``row_locals`` use.
+# The names the expressions of ``row_locals`` use (with a class's decoders: ``row_env``).
 ROW_ENV: dict[str, Any] = {"_fromiso": _fromiso, "_time": _sqlite_time}
+
+
+def _decoders(cls: type) -> Mapping[str, Callable[[Any], Any]]:
+    """``cls.ROW_DECODERS``: {field: the function turning its stored value (not None) into
+    the record's} — e.g. an image's block device mappings stored as JSON text."""
+    found: Mapping[str, Callable[[Any], Any]] = getattr(cls, "ROW_DECODERS", {})
+    return found
+
+
+def row_env(cls: type) -> dict[str, Any]:
+    """The names the expressions of :func:`row_locals` for ``cls`` use."""
+    return {**ROW_ENV, **{f"_decode_{n}": f for n, f in _decoders(cls).items()}}
 
 
 @lru_cache(maxsize=None)
@@ -132,7 +147,7 @@ def _sqlite_builder(cls: type, keys: tuple[str, ...]) -> Callable[[list[Any]], l
         "        append(obj)",
         "    return out",
     ]) + "\n"
-    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls, **ROW_ENV}
+    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls, **row_env(cls)}
     exec(compile(source, f"<records of {cls.__name__}>", "exec"), env)  # noqa: S102 (field-built source)
     build: Callable[[list[Any]], list[Any]] = env["build"]
     return build

@@ -12,6 +12,7 @@ from ebscrypt.engines.ec2.image_records import Image
 from ebscrypt.engines.ec2 import instances as instances_engine
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.ec2.paging import page, page_after, page_size
+from ebscrypt.services.ec2.view_table import ViewTable
 from ebscrypt.errors import MissingParameter
 from ebscrypt.services.registry import operation
 
@@ -80,44 +81,51 @@ def mapping_view(m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# The ``Image`` view (the view convention: keyed by the output shape's member names,
+# ``None`` for a member AWS leaves out — the codec drops it), one expression per member
+# over the record ``s`` and its ``tags``: compiled into ``image_view`` and into the writer
+# of a DescribeImages page straight from its stored rows (view_table.py, issue 15).
+IMAGE_VIEW = ViewTable("Image", {
+    "ImageId": "s.image_id",
+    "ImageLocation": "s.image_location or f'{s.account}/{s.name}'",
+    "State": "s.state",
+    "OwnerId": "s.account",
+    "CreationDate": "creation_date(s.created_at)",
+    "Public": "s.public",
+    "Architecture": "s.architecture",
+    "ImageType": "'machine'",
+    "Name": "s.name",
+    "Description": "s.description",
+    "RootDeviceType": "s.root_device_type",
+    "RootDeviceName": "s.root_device_name or None",
+    "VirtualizationType": "s.virtualization_type",
+    "Hypervisor": "'xen'",
+    "BlockDeviceMappings": "[mapping_view(m) for m in s.mappings]",
+    "PlatformDetails": "'Windows' if s.platform == 'windows' else 'Linux/UNIX'",
+    "UsageOperation": "'RunInstances:0002' if s.platform == 'windows' else 'RunInstances'",
+    "EnaSupport": "s.ena_support",
+    "SriovNetSupport": "s.sriov_net_support or None",
+    "BootMode": "s.boot_mode or None",
+    "TpmSupport": "s.tpm_support or None",
+    "ImdsSupport": "s.imds_support or None",
+    "KernelId": "s.kernel_id or None",
+    "RamdiskId": "s.ramdisk_id or None",
+    "Platform": "s.platform or None",
+    "SourceInstanceId": "s.source_instance_id or None",
+    "SourceImageId": "s.source_image_id or None",
+    "SourceImageRegion": "(s.source_region or s.region) if s.source_image_id else None",
+    "StateReason": "({'Code': s.state_reason_code or '', 'Message': s.state_reason_message or ''} "
+                   "if s.state_reason_code or s.state_reason_message else None)",
+    "Tags": "tags or None",
+}, env={"creation_date": image_records.creation_date, "mapping_view": mapping_view}, key_field="image_id")
+
+# The columns a page rendered from its rows reads (those of the view).
+_IMAGE_FIELDS = IMAGE_VIEW.fields_read(Image)
+
+
 def image_view(image: Image, tags: list[dict[str, str]] | None = None) -> dict[str, Any]:
-    """The ``Image`` view of a record (the view convention: a dict keyed by the output
-    shape's member names, ``None`` for a member AWS leaves out — the codec drops it)."""
-    windows = image.platform == "windows"
-    reason = image.state_reason_code or image.state_reason_message
-    return {
-        "ImageId": image.image_id,
-        "ImageLocation": image.image_location or f"{image.account}/{image.name}",
-        "State": image.state,
-        "OwnerId": image.account,
-        "CreationDate": image.creation_date,
-        "Public": image.public,
-        "Architecture": image.architecture,
-        "ImageType": "machine",
-        "Name": image.name,
-        "Description": image.description,
-        "RootDeviceType": image.root_device_type,
-        "RootDeviceName": image.root_device_name or None,
-        "VirtualizationType": image.virtualization_type,
-        "Hypervisor": "xen",
-        "BlockDeviceMappings": [mapping_view(m) for m in image.mappings],
-        "PlatformDetails": "Windows" if windows else "Linux/UNIX",
-        "UsageOperation": "RunInstances:0002" if windows else "RunInstances",
-        "EnaSupport": image.ena_support,
-        "SriovNetSupport": image.sriov_net_support or None,
-        "BootMode": image.boot_mode or None,
-        "TpmSupport": image.tpm_support or None,
-        "ImdsSupport": image.imds_support or None,
-        "KernelId": image.kernel_id or None,
-        "RamdiskId": image.ramdisk_id or None,
-        "Platform": image.platform or None,
-        "SourceInstanceId": image.source_instance_id or None,
-        "SourceImageId": image.source_image_id or None,
-        "SourceImageRegion": (image.source_region or image.region) if image.source_image_id else None,
-        "StateReason": ({"Code": image.state_reason_code or "", "Message": image.state_reason_message or ""}
-                        if reason else None),
-        "Tags": tags or None,
-    }
+    """The ``Image`` view of a record (``IMAGE_VIEW``)."""
+    return IMAGE_VIEW.view(image, tags)
 
 
 @operation("ec2", "DescribeImages")
@@ -130,6 +138,16 @@ def describe_images(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
     size = page_size(params, low=1, high=1000, ids_param="ImageIds")
     after = page_after(params.get("NextToken")) if not ids else None
     limit = size + 1 if size is not None and not ids and not executable and not params.get("Filters") else None
+    if not ids and not executable and not params.get("Filters"):
+        # A plain page (the CLI's listing): rendered straight from its stored rows where the
+        # database allows and no image is pending (issue 15: no record and no view per item).
+        found = engine.image_page(ctx, owners=params.get("Owners") or [], after=after, limit=limit,
+                                  fields=_IMAGE_FIELDS)
+        if found is not None:
+            stored, tags = found
+            i = stored.column("image_id")
+            rows, token = page(stored.rows, params, lambda r: str(r[i]), low=1, high=1000, ids_param="ImageIds")
+            return {"Images": IMAGE_VIEW.page(stored.having(rows), tags), "NextToken": token or None}
     images = engine.describe_images(ctx, ids, owners=params.get("Owners") or [], executable=executable,
                                     filters=params.get("Filters"), after=after, limit=limit)
     views = sorted((image_view(image, tags) for image, tags in images), key=lambda d: d["ImageId"])  # paging order

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from typing import Any, Callable, Iterator, Mapping, Sequence, overload
 
-from ebscrypt.engines.ec2.records import ROW_ENV, StoredRows, row_iso_texts, row_locals
+from ebscrypt.engines.ec2.records import StoredRows, row_env, row_iso_texts, row_locals
 
 View = dict[str, Any]
 
@@ -134,8 +134,9 @@ class ViewTable:
         prelude = [f"f_{n} = {values[n]}" for n in values if n in used and n not in plain]
         key = plain.get(self.key_field) or f"f_{self.key_field}"
         prelude += [f"{name} = extra[{i}][{key}]" for i, name in enumerate(self.extras) if name in extras]
-        env = {**ROW_ENV, **self.env}
-        if set(ROW_ENV) & set(self.env):
+        conversions = row_env(cls)
+        env = {**conversions, **self.env}
+        if set(conversions) & set(self.env):
             raise ValueError(f"names of {self.name}'s env clash with the row conversions'")
         entries = ", ".join(f"{m!r}: {e}" for m, e in members.items())  # the table's order
         namespace = dict(env)
