@@ -196,3 +196,28 @@ def test_a_time_sliced_from_its_stored_text_is_what_the_writer_formats(stored: s
         assert text == _iso8601(value)
     else:  # left to the writer: not the plain form of a year from 1000
         assert stored is None or len(stored) != 26 or stored.startswith("0")
+
+
+@pytest.mark.parametrize("filters", [
+    [{"Name": "kms-key-id", "Values": [KEY]}],
+    [{"Name": "tag:Name", "Values": ["n&0", "n&3*"]}],
+    [{"Name": "description", "Values": ["a <b>*"]}, {"Name": "status", "Values": ["completed", "error"]}],
+    [{"Name": "volume-id", "Values": ["vol-ffffffff"]}, {"Name": "encrypted", "Values": ["true"]}],
+])
+def test_a_filtered_listing_from_its_rows_selects_and_writes_what_the_views_do(db: Database,
+                                                                              filters: list[Any]) -> None:
+    """Filters over rows (R-WIRE): the views the filters test come from the rows' plan;
+    the items that pass are those the record views pass, written as their views are."""
+    from ebscrypt.engines.ec2.filters import apply_filters
+    from ebscrypt.services.ec2.snapshots import _FILTERS, _tag_map
+
+    codec = codec_for("ec2")
+    model = codec.service_model.operation_model("DescribeSnapshots")
+    answer = describe_snapshots(_ctx(db, "DescribeSnapshots"), {"OwnerIds": ["self"], "Filters": filters})
+    items = answer["Snapshots"]
+    assert isinstance(items, RowsPage)
+    own = [f"snap-{i:017x}" for i in range(90) if i % 7]
+    expected = apply_filters(_record_views(db, "Snapshots", own), filters, _FILTERS, _tag_map)
+    assert list(items) == expected and 0 < len(expected) < len(own)
+    assert (codec.serialize(model, answer, "rid").body
+            == codec.serialize(model, dict(answer, Snapshots=expected), "rid").body)

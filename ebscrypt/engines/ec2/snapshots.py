@@ -113,12 +113,13 @@ def _visible_query(caller: Caller, owners: set[str] | None, filters: list[dict[s
 
 
 def snapshot_page(ctx: RequestContext, *, owner_ids: list[str] | None = None, after: str | None = None,
-                  limit: int | None = None, fields: Sequence[str] = (),
+                  limit: int | None = None, fields: Sequence[str] = (), filters: list[dict[str, Any]] | None = None,
                   ) -> tuple[StoredRows | list[Snapshot], dict[str, list[dict[str, str]]]]:
-    """:func:`describe_snapshots` of a plain page (no ids, filters or restorable-by
-    accounts) and its tags: on SQLite the rows of the record's ``fields`` (those the
-    caller's view reads, with ``id`` and ``account``) kept as read (``records.stored_rows``:
-    the service renders them straight to its answer, issue 15), else the records."""
+    """:func:`describe_snapshots` without ids or restorable-by accounts, and the tags: on
+    SQLite the rows of the record's ``fields`` (those the caller's view reads, with ``id``
+    and ``account``) kept as read (``records.stored_rows``: the service renders them
+    straight to its answer, issue 15), else the records. ``filters`` narrow the rows in
+    SQL (a superset of the matches: apply them after)."""
     caller = ctx.caller
     owners = _accounts(owner_ids, caller.account)
     with ctx.runtime.db.read() as conn:
@@ -126,14 +127,16 @@ def snapshot_page(ctx: RequestContext, *, owner_ids: list[str] | None = None, af
         if conn.dialect.name == "sqlite" and fields:
             columns = [n for n in ec2_snapshots.c.keys() if n in {*fields, "id", "account"}]
         found = stored_rows(Snapshot, conn.execute(
-            _visible_query(caller, owners if owner_ids else None, None, after, limit, columns)))
+            _visible_query(caller, owners if owner_ids else None, filters, after, limit, columns)))
+        # a page: every own snapshot in its id range (one tags range); filtered: by ids
+        read_tags = tags_for if filters else page_tags_for
         if isinstance(found, StoredRows):
             i, a = found.column("id"), found.column("account")
             # OwnerIds: as describe_snapshots narrows its records (the query already does)
             rows = [r for r in found.rows if r[a] in owners] if owner_ids else found.rows
-            return found.having(rows), page_tags_for(conn, caller.account, [r[i] for r in rows])
+            return found.having(rows), read_tags(conn, caller.account, [r[i] for r in rows])
         snaps = [s for s in found if s.account in owners] if owner_ids else found
-        return snaps, page_tags_for(conn, caller.account, [s.id for s in snaps])
+        return snaps, read_tags(conn, caller.account, [s.id for s in snaps])
 
 
 def permissions_of(conn: Connection, ids: list[str]) -> dict[str, set[str]]:

@@ -125,12 +125,15 @@ def describe_snapshots(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
     after = page_after(params.get("NextToken")) if not ids else None
     filters, restorable_by = params.get("Filters"), params.get("RestorableByUserIds")
     limit = size + 1 if size is not None and not filters and not restorable_by else None
-    if not ids and not filters and not restorable_by and not _exports_shown(ctx):
-        # A plain page (the CLI's listing): rendered straight from its stored rows where
-        # the database allows (issue 15: no record and no view dict per item).
+    if not ids and not restorable_by and not _exports_shown(ctx):
+        # A page (the CLI's listing) or a filtered listing: rendered straight from its
+        # stored rows where the database allows (issue 15: no record per item; no view
+        # dict per item either when nothing is filtered).
         found, tags = S.snapshot_page(ctx, owner_ids=params.get("OwnerIds"), after=after, limit=limit,
-                                      fields=_SNAPSHOT_FIELDS)
+                                      fields=_SNAPSHOT_FIELDS, filters=filters)
         if isinstance(found, StoredRows):
+            if filters:  # the filters read the views (from the rows: the same plan)
+                return _filtered_page(found, tags, params)
             i = found.column("id")
             rows, token = page(found.rows, params, lambda r: str(r[i]), low=5, high=1000, ids_param="SnapshotIds")
             return {"Snapshots": SNAPSHOT_VIEW.page(found.having(rows), tags), "NextToken": token or None}
@@ -142,9 +145,21 @@ def describe_snapshots(ctx: RequestContext, params: dict[str, Any]) -> dict[str,
             items = [snapshot_dict(s, tags[s.id] + _export_tags(ctx, s)) for s in snaps]
         else:  # the common case: no per-item check (issue 15, Describe at scale)
             items = [snapshot_dict(s, tags[s.id]) for s in snaps]
-        items = filter_select(items, filters, _FILTERS, _tag_map)
+    items = filter_select(items, filters, _FILTERS, _tag_map)
     chunk, token = page(items, params, lambda d: d["SnapshotId"], low=5, high=1000, ids_param="SnapshotIds")
     return {"Snapshots": chunk, "NextToken": token or None}
+
+
+def _filtered_page(found: StoredRows, tags: dict[str, list[dict[str, str]]], params: dict[str, Any]) -> dict[str, Any]:
+    """DescribeSnapshots with Filters over rows read as stored: the views the filters test
+    built from the rows (``SNAPSHOT_VIEW``'s plan: no records), the page of those that
+    pass written from their rows."""
+    views = SNAPSHOT_VIEW.page(found, tags).views()
+    row_of = {id(v): r for v, r in zip(views, found.rows)}
+    chunk, token = page(filter_select(views, params.get("Filters"), _FILTERS, _tag_map), params,
+                        lambda d: d["SnapshotId"], low=5, high=1000, ids_param="SnapshotIds")
+    items = SNAPSHOT_VIEW.page(found.having([row_of[id(v)] for v in chunk]), tags, views=chunk)
+    return {"Snapshots": items, "NextToken": token or None}
 
 
 def _exports_shown(ctx: RequestContext) -> bool:

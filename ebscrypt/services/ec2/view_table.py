@@ -160,10 +160,11 @@ class ViewTable:
             used |= rewrite.used
         return tuple(n for n in names if n in used)
 
-    def page(self, stored: StoredRows, *extras: Mapping[str, Any]) -> "RowsPage":
+    def page(self, stored: StoredRows, *extras: Mapping[str, Any], views: list[View] | None = None) -> "RowsPage":
         """The items of a page held as stored rows, for a view's list member; ``extras``:
-        the view's further arguments, each a mapping by the record's ``key_field``."""
-        return RowsPage(self, stored, extras)
+        the view's further arguments, each a mapping by the record's ``key_field``;
+        ``views``: the rows' views when already built (by this table's plan)."""
+        return RowsPage(self, stored, extras, views)
 
 
 class RowsPage(Sequence[View]):
@@ -171,7 +172,8 @@ class RowsPage(Sequence[View]):
     from the rows (``xml_plan``, ``rows``, ``extra``); anything else sees the list of
     views they stand for (built on first use)."""
 
-    def __init__(self, table: ViewTable, stored: StoredRows, extras: tuple[Mapping[str, Any], ...]) -> None:
+    def __init__(self, table: ViewTable, stored: StoredRows, extras: tuple[Mapping[str, Any], ...],
+                 views: list[View] | None = None) -> None:
         if len(extras) != len(table.extras):
             raise TypeError(f"{table.name}: {len(table.extras)} extras expected")
         self.table = table
@@ -179,7 +181,7 @@ class RowsPage(Sequence[View]):
         self.xml_plan = table.rows_plan(stored.cls, stored.keys)
         self.rows = stored.rows
         self.extra = extras
-        self._views: list[View] | None = None
+        self._views: list[View] | None = views
 
     def views(self) -> list[View]:
         if self._views is None:
