@@ -560,7 +560,9 @@ def _sqlite_pool_args(url: str) -> dict[str, Any]:
         return {}  # SQLAlchemy's default (one connection per thread) keeps the database alive
     # No overflow limit: like one connection per checkout before, a thread that holds a
     # connection and opens a second (a read inside a write) never waits on the pool.
-    return {"poolclass": QueuePool, "pool_size": SQLITE_POOL_SIZE, "max_overflow": -1}
+    # Last in, first out: the connection used last (its page cache and prepared statements
+    # warm) serves the next request, not the one idle longest.
+    return {"poolclass": QueuePool, "pool_size": SQLITE_POOL_SIZE, "max_overflow": -1, "pool_use_lifo": True}
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
