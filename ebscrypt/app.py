@@ -14,6 +14,7 @@ Per request: refuse what a web page in the user's browser could have sent (forei
 whole), read the SigV4 scope, authenticate, route to a service, parse with that service's model-driven
 codec, run the handler in a worker thread (handlers do blocking SQL and crypto), and
 serialize the result or the error in the protocol's own envelope.
+The worker threads are the gateway's own (:mod:`ebscrypt.handoff`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ebscrypt.context import RequestContext, Runtime, Settings
 from ebscrypt.engines.blocks.store import StoreUnavailable
 from ebscrypt.engines.kms.keystore import RootKeyError
 from ebscrypt.errors import InternalFailure, PayloadTooLarge, ServiceError, ServiceUnavailable, UnknownOperation
+from ebscrypt.handoff import WorkerThreads
 from ebscrypt.identity import Authenticator, load_credentials
 from ebscrypt.ids import uuid4_str
 from ebscrypt.runtime import build_runtime, close_runtime
@@ -112,6 +114,9 @@ class Gateway:
         # Handlers registered inline run on the event loop when the metadata database is
         # SQLite (a read is a local call); on PostgreSQL a read is a network round trip.
         self.inline = bool(getattr(runtime.db, "is_sqlite", False))
+        # The threads that run every other handler (ebscrypt/handoff.py: a cheaper hand-off
+        # than anyio's); stopped with the runtime (build_app's lifespan).
+        self.workers = WorkerThreads()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One AWS API request, from the ASGI scope to the two response messages."""
@@ -215,10 +220,7 @@ class Gateway:
         """A deferred request's answer, its handler run in a worker thread."""
         ctx = deferred.ctx
         try:
-            # anyio's worker threads (Starlette's run_in_threadpool): a dedicated
-            # ThreadPoolExecutor + run_in_executor measured the same server CPU per call
-            # (bench/README.md section A), so no second pool.
-            answer = await run_in_threadpool(
+            answer = await self.workers.run(
                 _answer, deferred.handler, ctx, deferred.params, deferred.codec, deferred.operation
             )
         except Exception as error:
@@ -439,6 +441,7 @@ def build_app(settings: Settings) -> App:
         finally:
             if nbd_server is not None:
                 await nbd_server.close()
+            state["gateway"].workers.close()
             close_runtime(runtime)
 
     def refused(request: Request) -> Response | None:

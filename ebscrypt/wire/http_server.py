@@ -35,6 +35,11 @@ from ebscrypt.wire.http import HttpResponse, asgi_headers
 __all__ = ["protocol_class"]
 
 
+# A body up to this size is joined to its header block (one bytes, one write); a larger
+# one goes with it in one writelines (writev on uvloop), not copied.
+_JOIN_LIMIT = 16384
+
+
 class _OneWriteTransport:
     """A transport holding a response's header block until its body is written."""
 
@@ -56,10 +61,14 @@ class _OneWriteTransport:
             return
         self._transport.write(data)
 
-    def write_whole(self, data: bytes) -> None:
-        """A whole response (header block and body) in one write."""
+    def write_whole(self, head: bytes, body: bytes) -> None:
+        """A whole response (header block and body) in one write; a large body (a
+        Describe page answered from a worker thread) is not copied to join it."""
         self.flush()
-        self._transport.write(data)
+        if len(body) <= _JOIN_LIMIT:
+            self._transport.write(head + body)
+        else:
+            self._transport.writelines((head, body))
 
     def flush(self) -> None:
         """Send what is held (the response ends: its header block alone, e.g. a HEAD)."""
@@ -173,7 +182,7 @@ def _httptools_class() -> type[asyncio.Protocol] | None:
             if isinstance(answer, HttpResponse):
                 self._write_whole(cycle, answer.status, asgi_headers(answer, extra), answer.body)
             else:  # its handler runs in a worker thread
-                super()._start_asgi_task(cycle, _Finish(gateway, answer, extra))
+                super()._start_asgi_task(cycle, _Finish(gateway, answer, extra, self, cycle))
 
         def _write_whole(self, cycle: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
             """The response in one write, then the cycle's end as uvicorn's ``send`` ends it."""
@@ -192,7 +201,7 @@ def _httptools_class() -> type[asyncio.Protocol] | None:
                 content += (name, b": ", value, b"\r\n")
             if not cycle.keep_alive:
                 content.append(b"connection: close\r\n")
-            content += (b"\r\n", body)
+            content.append(b"\r\n")
             if self.access_log:
                 self.access_logger.info(
                     '%s - "%s %s HTTP/%s" %d',
@@ -202,7 +211,7 @@ def _httptools_class() -> type[asyncio.Protocol] | None:
                     cycle.scope["http_version"],
                     status,
                 )
-            cast(_OneWriteTransport, self.transport).write_whole(b"".join(content))
+            cast(_OneWriteTransport, self.transport).write_whole(b"".join(content), body)
             cycle.response_complete = True
             cycle.message_event.set()
             if not cycle.keep_alive:
@@ -217,17 +226,31 @@ _PLAIN_500 = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length
 
 class _Finish:
     """The ASGI app that finishes a whole-body request whose handler runs in a worker
-    thread."""
+    thread. Its answer is written as an inline one is (``_write_whole``: no ``send``
+    messages, one write) unless the client went away or is not reading (write
+    back-pressure: then through uvicorn's ``send``, which waits for the transport to drain)."""
 
-    def __init__(self, gateway: WholeBodyGateway, deferred: Any, extra: Sequence[tuple[str, str]]) -> None:
+    def __init__(self, gateway: WholeBodyGateway, deferred: Any, extra: Sequence[tuple[str, str]],
+                 protocol: Any = None, cycle: Any = None) -> None:
         self.gateway = gateway
         self.deferred = deferred
         self.extra = extra
+        self.protocol = protocol
+        self.cycle = cycle
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         answer = await self.gateway.finish(self.deferred)
-        await send({"type": "http.response.start", "status": answer.status,
-                    "headers": asgi_headers(answer, self.extra)})
+        headers = asgi_headers(answer, self.extra)
+        protocol, cycle = self.protocol, self.cycle
+        if (
+            protocol is not None
+            and not cycle.disconnected
+            and not cycle.response_started
+            and not protocol.flow.write_paused
+        ):
+            protocol._write_whole(cycle, answer.status, headers, answer.body)
+            return
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": answer.body})
 
 

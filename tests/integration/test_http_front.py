@@ -189,3 +189,29 @@ def test_body_in_pieces_is_answered_once_whole(stack_server: ServerProcess) -> N
         with pytest.raises(socket.timeout):  # answered once
             sock.recv(1)
     assert head.startswith(b"HTTP/1.1 200") and b"DescribeRegionsResponse" in answer
+
+
+def test_worker_thread_answers_small_and_large_arrive_whole(stack_server: ServerProcess) -> None:
+    """Answers of worker-thread handlers (ebscrypt/handoff.py) written as inline ones are
+    (wire/http_server.py ``_Finish``): a small one and one larger than the joined-write
+    limit (a DescribeVolumes page of 60 volumes, ~23 KB, header block and body in one
+    writelines) arrive whole, in order, on one kept-alive connection."""
+    ec2 = make_client(stack_server.url, "ec2", account="111122223333")
+    made = {ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"] for _ in range(60)}
+
+    def post(body: bytes) -> bytes:
+        return (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                b"Authorization: AWS4-HMAC-SHA256 Credential=111122223333/20260101/us-east-1/ec2/aws4_request, "
+                b"SignedHeaders=host, Signature=0\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body)) + body
+
+    small = b"Action=DescribeVolumes&Version=2016-11-15&MaxResults=5"
+    large = b"Action=DescribeVolumes&Version=2016-11-15"
+    with socket.create_connection(("127.0.0.1", stack_server.port), timeout=30) as sock:
+        for _ in range(2):
+            sock.sendall(post(small))
+            sock.sendall(post(large))
+            (small_head, small_body), (large_head, large_body) = _read_answers(sock, 2)
+            assert small_head.startswith(b"HTTP/1.1 200") and small_body.count(b"<volumeId>") == 5
+            assert large_head.startswith(b"HTTP/1.1 200") and len(large_body) > 16384
+            assert {v.split(b"</volumeId>")[0].decode() for v in large_body.split(b"<volumeId>")[1:]} == made
