@@ -771,7 +771,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
                 return ZERO_BLOCK, ZERO_CHECKSUM, ref
             self._check_ref_key(ref, key)
             try:
-                view, recorded = self._open_view_checked(ref, key)
+                view, recorded = self._open_view_checked(ref, key, once=True)
             except ObjectMissing:
                 if attempt == 0:
                     continue  # dropped and collected between resolve and read: resolve again
@@ -799,12 +799,18 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         next read on this thread)."""
         return self._open_view_checked(ref, key)[0]
 
-    def _open_view_checked(self, ref: BlockRef, key: DataKey | None) -> tuple[memoryview, str]:
+    def _open_view_checked(self, ref: BlockRef, key: DataKey | None, *, once: bool = False) -> tuple[memoryview, str]:
         """:meth:`_open_view`, and the entry's checksum opened (an encrypted entry's block
-        SHA-256, unsealed; a plain entry's checksum as stored)."""
+        SHA-256, unsealed; a plain entry's checksum as stored). ``once``: the object is read
+        around the page cache where the store can (GetSnapshotBlock: read once, not kept)."""
         assert ref.object_key is not None
         buf = self._read_buffer()
-        view = self.store.read_into(ref.object_key, buf) if hasattr(self.store, "read_into") else self.store.get(ref.object_key)
+        if once and hasattr(self.store, "read_into_direct"):
+            view = self.store.read_into_direct(ref.object_key, buf)
+        elif hasattr(self.store, "read_into"):
+            view = self.store.read_into(ref.object_key, buf)
+        else:
+            view = self.store.get(ref.object_key)
         cipher = self._cipher(key)
         # The object must be the one this entry names (its key is bound into the object;
         # older objects are checked against the entry's checksum instead).
