@@ -152,3 +152,15 @@ def test_a_refused_direct_read_falls_back(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(os, "open", refuse)
     assert bytes(store.read_into_direct(key, bytearray(SIZE + 1))) == data
     assert not store.direct_reads
+
+
+def test_unsynced_writes_stay_in_the_page_cache(tmp_path: Path) -> None:
+    """An attached volume's evicted block (write_unsynced) is read back soon: buffered."""
+    _control(tmp_path)
+    store = LocalDirStore(tmp_path / "evict", drop_written=True, direct_writes=True)
+    key = new_object_key()
+    data = os.urandom(SIZE)
+    store.write_unsynced(key, data)
+    store.sync_objects([key])
+    assert _resident_pages(store.root / key) > 1
+    assert store.get(key) == data

@@ -152,7 +152,10 @@ class LocalDirStore:
     # (No temp file and rename: a rename would need a second flush, of the directory,
     # after the data's; the key is fresh and unreferenced until published.)
 
-    def stage(self, key: str, data: bytes | bytearray | memoryview) -> "Staged":
+    def stage(self, key: str, data: bytes | bytearray | memoryview, *, direct: bool = True) -> "Staged":
+        """Write an object (not durable yet). ``direct``: its page-aligned head with O_DIRECT
+        where the store does (``_write_object``); False keeps it in the page cache (an
+        attached volume's eviction, read back soon)."""
         path = self._path(key)
         try:
             fd = self._create(path)
@@ -164,13 +167,13 @@ class LocalDirStore:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             staged = Staged(str(tmp), path, fd, replaces=True)
         try:
-            self._write_object(fd, data)
+            self._write_object(fd, data, direct=direct)
         except BaseException:
             self.discard([staged])
             raise
         return staged
 
-    def _write_object(self, fd: int, data: bytes | bytearray | memoryview) -> None:
+    def _write_object(self, fd: int, data: bytes | bytearray | memoryview, *, direct: bool = True) -> None:
         """Write a new object's bytes into ``fd`` (an empty file): its page-aligned head with
         O_DIRECT from this thread's aligned buffer, the tail (536 bytes of a sealed block)
         through the page cache.
@@ -182,9 +185,10 @@ class LocalDirStore:
         from a reused buffer costs ~0.1-0.16 ms in both (bench/README.md, section U). The
         object is durable only through ``publish`` as before: O_DIRECT puts the data on
         the device, not its cache or the file's metadata (size, extents), which the
-        publish's syncfs / fdatasync flush."""
+        publish's syncfs / fdatasync flush. Not for ``write_unsynced`` (an attached volume
+        reads its evicted blocks back soon: through the page cache, as before)."""
         view = memoryview(data).cast("B")
-        head = len(view) - len(view) % _DIRECT_ALIGN if self.direct_writes else 0
+        head = len(view) - len(view) % _DIRECT_ALIGN if direct and self.direct_writes else 0
         if head >= _DIRECT_MIN:
             try:
                 _write_direct(fd, view[:head])
@@ -266,7 +270,7 @@ class LocalDirStore:
         """Write an object under its final (fresh) name, not durable yet; nothing names it
         until ``sync_objects`` returned and its entry is committed (a crash leaves an
         orphan for ``sweep_orphans``)."""
-        staged = self.stage(key, data)
+        staged = self.stage(key, data, direct=False)  # (read back soon: kept in the page cache)
         if staged.replaces:  # only fresh keys: a replacement needs its rename after the flush
             self.discard([staged])
             raise ValueError(f"object {key} exists")
