@@ -145,6 +145,8 @@ class OpenVolume:
         self._publish_limit = max(8, 4 * self._cache_blocks)
         self._publishing = 0  # publications in flight outside the lock (at most one)
         self._read_next = -2  # the block after the last read (sequential reads read ahead)
+        self._run_start = 0  # the first block of the current sequential run
+        self._stream_run = self._cache_blocks  # a sequential run longer than this streams (read)
         self._adjacent = False  # the last read began in the block of the one before, or the next
         # Blocks being loaded outside the lock, by index: the claim's token (_claim).
         self._loading: dict[int, object] = {}
@@ -207,14 +209,21 @@ class OpenVolume:
             adjacent = first in (self._read_next, self._read_next - 1)
             sequential = adjacent and (length >= SEQUENTIAL_MIN or self._adjacent)
             self._read_next, self._adjacent = last + 1, adjacent
-            if missing and not sequential:
-                # A random read: only its sectors, the cache left as it is (a whole
-                # block read and decrypted for 4 KiB of it is what a miss cost before);
-                # read outside the lock, like the loads below.
+            if not adjacent:
+                self._run_start = first
+            # A sequential pass longer than the cache streams: loaded whole into the cache,
+            # its blocks would only push out each other (and what the cache held) before
+            # any is read again, at the cost of a fresh 512 KiB buffer, a copy and a
+            # read-ahead hand-off per block (section N of bench/README.md).
+            streaming = sequential and last - self._run_start >= self._stream_run
+            if missing and (not sequential or streaming):
+                # A random read (or a stream): only its sectors, the cache left as it is (a
+                # whole block read and decrypted for 4 KiB of it is what a miss cost
+                # before); read outside the lock, like the loads below.
                 parts = self._plan_parts(spans, out)
                 key = self._key
         if parts is not None:
-            self._read_parts(parts, out, key)
+            self._read_parts(parts, out, key, keep=not streaming)
             return out
         with self._lock:
             self._check_open()
@@ -375,6 +384,8 @@ class OpenVolume:
                 if len(ahead) > 1 and ahead[len(ahead) // 2] not in cache:
                     return None
             self._read_next, self._adjacent = last + 1, adjacent
+            if not adjacent:
+                self._run_start = first
             if first == last:
                 block = cache[first]
                 cache.move_to_end(first)
@@ -427,6 +438,8 @@ class OpenVolume:
             if staged is None and ref is not _UNKNOWN:
                 self._refs.move_to_end(index)
             self._read_next, self._adjacent = index + 1, adjacent
+            if not adjacent:
+                self._run_start = index
         return data
 
     def try_write(self, offset: int, data: bytes | bytearray | memoryview) -> bool:
@@ -787,12 +800,14 @@ class OpenVolume:
             self._journal.overlay(index, window, start)
         return window
 
-    def _read_parts(self, parts: list[_Part], out: bytearray, key: DataKey | None) -> None:
+    def _read_parts(self, parts: list[_Part], out: bytearray, key: DataKey | None, *, keep: bool = True) -> None:
         """Outside the lock: read the sectors of each part into ``out`` and overlay its
         records. What a part was resolved to under the lock is as of the read's start: a
         write acknowledged before it is seen; one racing it may or may not be (NBD leaves
-        concurrent requests unordered); an object collected meanwhile is looked up again."""
+        concurrent requests unordered); an object collected meanwhile is looked up again.
+        ``keep``: keep the objects' descriptors open (False: a sequential stream)."""
         readers = self._readers
+        view = memoryview(out)
         try:
             for pos, index, start, n, source, records in parts:
                 try:
@@ -801,7 +816,9 @@ class OpenVolume:
                     elif source is _UNKNOWN:
                         raise ObjectMissing(index)
                     elif source is not None:  # (None: zeros, already in out)
-                        out[pos:pos + n] = self.blocks.open_ref_range(source, key, start, n, readers=readers)
+                        # (straight into out: no buffer of its own, nothing copied twice)
+                        self.blocks.open_ref_range_into(source, key, start, view[pos:pos + n], readers=readers,
+                                                        keep=keep)
                     if records is not None:
                         records.overlay(memoryview(out)[pos:pos + n], start)
                 except ObjectMissing:
@@ -811,6 +828,7 @@ class OpenVolume:
                         self._check_open()
                         out[pos:pos + n] = self._stored_window(index, start, n)
         finally:
+            view.release()
             _release(parts)
         while len(readers) > self._reader_limit:  # (each step atomic: readers run concurrently)
             try:
