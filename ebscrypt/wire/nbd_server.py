@@ -67,6 +67,7 @@ IN_FLIGHT_BYTES = 64 * 1024 * 1024  # payload bytes per connection held at once 
 SEND_TIMEOUT = 30  # seconds a reply may wait for the client to read (threaded connections)
 RECV_BUFFER = 256 * 1024  # threaded connections: bytes received at once (many small requests)
 COALESCE = 256 * 1024  # threaded connections: replies up to this many bytes go out in one send
+IOV_BATCH = 512  # buffers one sendmsg gathers (below IOV_MAX, 1024 on Linux)
 READ_LIMIT = 2 * 1024 * 1024  # the stream reader's buffer limit (it holds up to twice that)
 
 
@@ -530,8 +531,7 @@ class _ThreadedConnection:
                 if len(parts) > 1 and sum(len(p) for p in parts) <= COALESCE:
                     self.sock.sendall(b"".join(parts))  # one system call for small replies
                 else:
-                    for part in parts:
-                        self.sock.sendall(part)
+                    _send_all(self.sock, parts)
             except OSError:
                 self._broken = True  # a reply half sent: nothing more can follow it
                 raise
@@ -548,6 +548,20 @@ class _ThreadedConnection:
             self._requests += 1
             self._bytes += size
             self._cond.notify_all()
+
+
+def _send_all(sock: socket.socket, parts: tuple[bytes | bytearray, ...] | list[bytes | bytearray]) -> None:
+    """Send the parts in order as one gathered write (``sendmsg``: a large read's header
+    and payload in one system call and one segment train, neither copied in Python),
+    again from where a partial send stopped."""
+    views = [memoryview(p) for p in parts if len(p)]
+    while views:
+        sent = sock.sendmsg(views[:IOV_BATCH])
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            views.pop(0)
+        if sent:
+            views[0] = views[0][sent:]
 
 
 class _Budget:

@@ -164,7 +164,7 @@ def test_reads_outside_the_lock_race_a_rotation_and_the_merge_of_the_frozen_jour
         vol._load_one = paused_load_one  # type: ignore[method-assign]
         journal.overlay_since = spy_since  # type: ignore[method-assign]
         # (next to the last read, a run shorter than the cache: sequential, whole blocks claimed)
-        vol._read_next, vol._adjacent, vol._run_start = 6, True, 6
+        vol._read_next, vol._adjacent, vol._run_start, vol._run_end = 6, True, 6, 6
         got2: list[bytes | bytearray] = []
         loader = threading.Thread(target=lambda: got2.append(vol.read(6 * BLOCK_SIZE, BLOCK_SIZE)))
         loader.start()
@@ -228,7 +228,7 @@ def test_a_claimed_load_failing_on_an_altered_record_lets_every_waiting_reader_g
         except BaseException as exc:
             errors.append(exc)
 
-    vol._read_next, vol._adjacent, vol._run_start = 7, True, 7  # sequential: the whole block claimed
+    vol._read_next, vol._adjacent, vol._run_start, vol._run_end = 7, True, 7, 7  # sequential: the whole block claimed
     first = threading.Thread(target=read_block_7)
     first.start()
     assert loading.wait(30)
@@ -241,7 +241,7 @@ def test_a_claimed_load_failing_on_an_altered_record_lets_every_waiting_reader_g
         f.seek(ext.pos + 40)
         f.write(bytes([byte ^ 1]))
     with vol._lock:
-        vol._read_next, vol._adjacent, vol._run_start = 7, True, 7
+        vol._read_next, vol._adjacent, vol._run_start, vol._run_end = 7, True, 7, 7
     second = threading.Thread(target=read_block_7)  # waits for the first one's claim
     second.start()
     _wait_for(lambda: 7 in vol._loading)

@@ -75,6 +75,7 @@ GIB = 1024 ** 3
 REF_WINDOW = 256
 SEQUENTIAL_MIN = 64 * 1024  # a read this large next to the last one is sequential at once
 INLINE_MISS_MAX = 64 * 1024  # a miss this small may be served on the NBD connection's thread
+RUN_SLACK = 64  # blocks a read may land ahead of the furthest one and still continue its pass (_note_run)
 _UNKNOWN = object()
 # Read-ahead loads, in tasks of this many blocks (several run at once: SHA-256 and the
 # reads release the GIL), on a pool of their own: never the write-behind pool, whose
@@ -145,8 +146,10 @@ class OpenVolume:
         self._publish_limit = max(8, 4 * self._cache_blocks)
         self._publishing = 0  # publications in flight outside the lock (at most one)
         self._read_next = -2  # the block after the last read (sequential reads read ahead)
-        self._run_start = 0  # the first block of the current sequential run
-        self._stream_run = self._cache_blocks  # a sequential run longer than this streams (read)
+        # The current pass of (roughly) ascending reads: its first block and the block after
+        # the furthest read (_note_run); a pass longer than _stream_run streams (read).
+        self._run_start = self._run_end = 0
+        self._stream_run = self._cache_blocks
         self._adjacent = False  # the last read began in the block of the one before, or the next
         # Blocks being loaded outside the lock, by index: the claim's token (_claim).
         self._loading: dict[int, object] = {}
@@ -209,13 +212,11 @@ class OpenVolume:
             adjacent = first in (self._read_next, self._read_next - 1)
             sequential = adjacent and (length >= SEQUENTIAL_MIN or self._adjacent)
             self._read_next, self._adjacent = last + 1, adjacent
-            if not adjacent:
-                self._run_start = first
             # A sequential pass longer than the cache streams: loaded whole into the cache,
             # its blocks would only push out each other (and what the cache held) before
             # any is read again, at the cost of a fresh 512 KiB buffer, a copy and a
             # read-ahead hand-off per block (section N of bench/README.md).
-            streaming = sequential and last - self._run_start >= self._stream_run
+            streaming = self._note_run(first, last) > self._stream_run and length >= SEQUENTIAL_MIN
             if missing and (not sequential or streaming):
                 # A random read (or a stream): only its sectors, the cache left as it is (a
                 # whole block read and decrypted for 4 KiB of it is what a miss cost
@@ -259,6 +260,17 @@ class OpenVolume:
                 out[pos:pos + end - start] = memoryview(self._block(index))[start:end]
                 pos += end - start
         return out
+
+    def _note_run(self, first: int, last: int) -> int:
+        """(Locked) Note a read of blocks first..last in the current pass, or begin a new
+        pass there; how many blocks the pass spans. A pass tolerates reads up to
+        ``RUN_SLACK`` blocks out of order (a client's queue of sequential reads is served
+        by several threads, which take the volume's lock in any order)."""
+        if self._run_start <= first <= self._run_end + RUN_SLACK:
+            self._run_end = max(self._run_end, last + 1)
+        else:
+            self._run_start, self._run_end = first, last + 1
+        return self._run_end - self._run_start
 
     def _claim(self, indexes: list[int]) -> dict[int, _Claim]:
         """Under the lock: claim these blocks for a load outside it (those neither cached
@@ -384,8 +396,7 @@ class OpenVolume:
                 if len(ahead) > 1 and ahead[len(ahead) // 2] not in cache:
                     return None
             self._read_next, self._adjacent = last + 1, adjacent
-            if not adjacent:
-                self._run_start = first
+            self._note_run(first, last)
             if first == last:
                 block = cache[first]
                 cache.move_to_end(first)
@@ -438,8 +449,7 @@ class OpenVolume:
             if staged is None and ref is not _UNKNOWN:
                 self._refs.move_to_end(index)
             self._read_next, self._adjacent = index + 1, adjacent
-            if not adjacent:
-                self._run_start = index
+            self._note_run(index, index)
         return data
 
     def try_write(self, offset: int, data: bytes | bytearray | memoryview) -> bool:

@@ -408,9 +408,9 @@ class OpenObjects:
 
     def acquire(self, key: str, path: str, *, keep: bool = True) -> int:
         """An open descriptor of the object (ObjectMissing if there is none): give it
-        back with :meth:`release`. ``keep=False``: a descriptor already kept is used, but
-        one opened now is not kept (a sequential reader passing over objects once must not
-        push out those random reads come back to)."""
+        back with :meth:`release`. ``keep=False``: a descriptor opened now is kept only
+        while there is room (a sequential reader passing over objects once must not push
+        out those random reads come back to; below the bound, it saves an open a read)."""
         with self._mutex:
             entry = self._fds.get(key)
             if entry is not None:
@@ -424,7 +424,8 @@ class OpenObjects:
             raise ObjectMissing(key) from None
         with self._mutex:
             entry = self._fds.get(key)
-            if entry is not None or epoch != self._forgotten or not self._limit or not keep:
+            full = len(self._fds) >= self._limit
+            if entry is not None or epoch != self._forgotten or not self._limit or (full and not keep):
                 # Opened by another read meanwhile (use theirs), or an object may have been
                 # deleted or replaced meanwhile (use this descriptor for this read only).
                 if entry is not None:
