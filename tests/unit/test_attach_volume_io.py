@@ -324,6 +324,7 @@ class _CountingStore:
         self.inner = inner
         self.whole = 0
         self.ranged = 0
+        self.advised: list[str] = []
 
     def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
         return getattr(self.inner, name)
@@ -337,6 +338,10 @@ class _CountingStore:
         out = self.inner.read_ranges(key, ranges)
         self.ranged += sum(len(b) for b in out)
         return out
+
+    def advise(self, key: str) -> None:
+        self.advised.append(key)
+        self.inner.advise(key)
 
     def read_range_into(self, key: str, offset: int, dest: memoryview, *, keep: bool = True) -> int:
         got = self.inner.read_range_into(key, offset, dest, keep=keep)
@@ -455,6 +460,9 @@ def test_a_sequential_pass_longer_than_the_cache_streams(blocks, tmp_path: Path,
     assert counting.whole - whole <= 8 * (BLOCK_SIZE + 40_000)
     assert counting.ranged - ranged >= (nblocks - 8 - 3) * BLOCK_SIZE
     assert all(i < 8 or i in held for i in vol._cache)  # nothing streamed was inserted
+    # The stream's read-ahead: the kernel asked to read the objects of the blocks ahead.
+    stored = {r.object_key for r in blocks.list_block_refs(vid)} | {s.ref.object_key for s in vol._unpublished.values()}
+    assert len(counting.advised) >= 8 and set(counting.advised) <= stored
     vol.flush()
     vol.close()
     pool.shutdown()

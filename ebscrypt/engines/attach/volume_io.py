@@ -150,6 +150,7 @@ class OpenVolume:
         # the furthest read (_note_run); a pass longer than _stream_run streams (read).
         self._run_start = self._run_end = 0
         self._stream_run = self._cache_blocks
+        self._advised = 0  # the block after the last a stream's read-ahead advised (_stream_ahead)
         self._adjacent = False  # the last read began in the block of the one before, or the next
         # Blocks being loaded outside the lock, by index: the claim's token (_claim).
         self._loading: dict[int, object] = {}
@@ -202,6 +203,7 @@ class OpenVolume:
             return b""
         first, last = spans[0][0], spans[-1][0]
         parts: list[_Part] | None = None
+        upcoming: list[str] = []  # objects a stream reads next (advised to the kernel)
         with self._lock:
             self._wait_behind()
             self._check_open()
@@ -223,7 +225,12 @@ class OpenVolume:
                 # before); read outside the lock, like the loads below.
                 parts = self._plan_parts(spans, out)
                 key = self._key
+                upcoming = self._stream_ahead(last) if streaming else []
         if parts is not None:
+            advise: Any = getattr(self.blocks.store, "advise", None)  # (a local store's)
+            if advise is not None:
+                for name in upcoming:
+                    advise(name)  # the stream's read-ahead: the kernel's, in the background
             self._read_parts(parts, out, key, keep=not streaming)
             return out
         with self._lock:
@@ -261,6 +268,25 @@ class OpenVolume:
                 pos += end - start
         return out
 
+    def _stream_ahead(self, last: int) -> list[str]:
+        """(Locked) The objects of the read-ahead window after block ``last`` of a stream not
+        advised yet (where they are known: stored or staged, not cached): for the kernel to
+        read in the background (``advise``), as the loads of a shorter pass read ahead."""
+        start = max(last + 1, self._advised)
+        stop = min(last + 1 + self._readahead, self.size // BLOCK_SIZE)
+        if start >= stop:
+            return []
+        self._advised = stop
+        names = []
+        for i in range(start, stop):
+            if i in self._cache or i in self._storing:
+                continue
+            staged = self._unpublished.get(i)
+            ref = staged.ref if staged is not None else self._refs.get(i)
+            if ref is not None and ref.object_key is not None:
+                names.append(ref.object_key)
+        return names
+
     def _note_run(self, first: int, last: int) -> int:
         """(Locked) Note a read of blocks first..last in the current pass, or begin a new
         pass there; how many blocks the pass spans. A pass tolerates reads up to
@@ -270,6 +296,7 @@ class OpenVolume:
             self._run_end = max(self._run_end, last + 1)
         else:
             self._run_start, self._run_end = first, last + 1
+            self._advised = 0
         return self._run_end - self._run_start
 
     def _claim(self, indexes: list[int]) -> dict[int, _Claim]:

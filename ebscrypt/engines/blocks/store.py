@@ -332,6 +332,21 @@ class LocalDirStore:
         finally:
             self._open.release(key, fd)
 
+    def advise(self, key: str) -> None:
+        """Ask the kernel to bring the object into the page cache in the background
+        (POSIX_FADV_WILLNEED): a sequential reader's read-ahead with no thread nor buffer of
+        ours. Best effort: an object gone or a kernel without it is ignored."""
+        try:
+            fd = self._open.acquire(key, self._object_path(key), keep=False)
+        except (OSError, ObjectMissing):
+            return
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            self._open.release(key, fd)
+
     def read_range_cached(self, key: str, offset: int, length: int) -> bytes | bytearray | None:
         """The range if the page cache holds all of it (``preadv`` with RWF_NOWAIT: never
         waits for the disk), else None. For a caller that must not block (an NBD
