@@ -251,6 +251,51 @@ class SectorReader:
         _check_sectors(self._table, first, view)
         return bytes(view[skip:skip + length])
 
+    def aligned(self, offset: int, length: int) -> bool:
+        """Whether [offset, offset+length) is whole sectors: a plain object's sectors are
+        then the bytes asked for (read straight into the caller's buffer, checked there:
+        :meth:`check_in_place`)."""
+        mask = (1 << self.shift) - 1
+        return not (offset & mask or length & mask)
+
+    def check_in_place(self, offset: int, data: memoryview) -> None:
+        """(A plain object) ``data``, the whole sectors from ``offset`` as read, against the
+        checked table: BlockIntegrityError if any differs. The caller drops ``data``
+        on an error (nothing of it is served)."""
+        if self._aead is not None or not self.aligned(offset, len(data)):
+            raise ValueError("whole sectors of a plain object")
+        _check_sectors(self._table, offset >> self.shift, data)
+
+    def open_into(self, raw: bytes | bytearray | memoryview, offset: int, length: int, dest: memoryview) -> None:
+        """:meth:`open` into ``dest`` (``length`` bytes) without a buffer of its own where
+        the range is whole sectors (an encrypted object's are decrypted straight into
+        ``dest``). On BlockIntegrityError ``dest`` may hold unchecked bytes: the caller
+        drops it."""
+        first, last = _sectors(offset, length, self.shift)
+        size, stride = 1 << self.shift, self._stride
+        view = memoryview(raw)
+        if len(view) != (last - first + 1) * stride or len(dest) != length:
+            raise BlockIntegrityError()
+        skip = offset - (first << self.shift)
+        if self._aead is None:
+            _check_sectors(self._table, first, view)
+            dest[:] = view[skip:skip + length]
+            return
+        whole = self.aligned(offset, length)
+        out = dest if whole else memoryview(bytearray((last - first + 1) * size))
+        try:
+            for n, sector in enumerate(range(first, last + 1)):
+                self._aead.decrypt_into(_NONCES[sector], view[n * stride:(n + 1) * stride],
+                                        self._aad + _SECTOR_IDS[sector], out[n * size:(n + 1) * size])
+        except InvalidTag:
+            raise BlockIntegrityError() from None
+        if not whole:
+            dest[:] = out[skip:skip + length]
+
+    @property
+    def plain(self) -> bool:
+        return self._aead is None
+
 
 class BlockCipher:
     """Seals and opens block objects for one data key (or none), reusing its buffers.

@@ -878,6 +878,65 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             raw = read_ranges(ref.object_key, [reader.span(offset, length)])[0]
         return reader.open(raw, offset, length)
 
+    def open_ref_range_into(self, ref: BlockRef | None, key: DataKey | None, offset: int, dest: memoryview, *,
+                            readers: MutableMapping[str, SectorReader | None] | None = None,
+                            keep: bool = True) -> None:
+        """:meth:`open_ref_range` of ``len(dest)`` bytes into ``dest``, without the copies
+        and fresh buffers: a plain object's whole sectors are read straight into ``dest``
+        and checked there, an encrypted object's read into this thread's buffer and
+        decrypted into ``dest``; an unknown object's header (and table) is read first, and
+        kept in ``readers``. A store without ranged reads into a buffer, or an object of
+        format 1 or 2, goes the way of :meth:`open_ref_range`. On an error (tampering:
+        BlockIntegrityError; ObjectMissing as :meth:`open_ref`) ``dest`` may hold
+        unchecked bytes: the caller drops them. ``keep``: the store keeps the object's
+        descriptor open for later reads (False for a sequential pass)."""
+        length = len(dest)
+        if ref is None or ref.object_key is None:
+            if ref is not None:
+                self._check_ref_key(ref, key)
+            dest[:] = bytes(length)
+            return
+        read_into = getattr(self.store, "read_range_into", None)
+        if read_into is None:
+            dest[:] = self.open_ref_range(ref, key, offset, length, readers=readers)
+            return
+        self._check_ref_key(ref, key)
+        name = ref.object_key
+        reader = readers.get(name, _NOT_KNOWN) if readers is not None else _NOT_KNOWN
+        if reader is _NOT_KNOWN:
+            reader = self._sector_reader(ref, key, read_into, keep)
+            if readers is not None:
+                readers[name] = reader
+        if not isinstance(reader, SectorReader):  # format 1 or 2: no sectors to check alone
+            dest[:] = self._open_view(ref, key)[offset:offset + length]
+            return
+        at, n = reader.span(offset, length)
+        if reader.plain and reader.aligned(offset, length):
+            if read_into(name, at, dest, keep=keep) != n:
+                raise BlockIntegrityError()  # (truncated)
+            reader.check_in_place(offset, dest)
+            return
+        raw = memoryview(self._read_buffer())[:n]
+        if read_into(name, at, raw, keep=keep) != n:
+            raise BlockIntegrityError()
+        reader.open_into(raw, offset, length, dest)
+
+    def _sector_reader(self, ref: BlockRef, key: DataKey | None, read_into: Callable[..., int],
+                       keep: bool) -> SectorReader | None:
+        """The checked reader of an object (:meth:`BlockCipher.sector_reader`) from its
+        header — and a plain object's table — read alone; None for format 1 or 2."""
+        assert ref.object_key is not None
+        cipher = self._cipher(key)
+        need = cipher.prefix_size
+        for _attempt in (0, 1):  # again if the object's sectors are smaller (a longer table)
+            prefix = bytearray(need)
+            got = read_into(ref.object_key, 0, memoryview(prefix), keep=keep)
+            reader = cipher.sector_reader(ref.object_key, ref.index, memoryview(prefix)[:got], ref.checksum)
+            if not isinstance(reader, int):
+                return reader
+            need = reader
+        raise BlockIntegrityError()  # still short: truncated
+
     def try_open_ref_range(self, ref: BlockRef | None, key: DataKey | None, offset: int, length: int,
                            readers: MutableMapping[str, SectorReader | None]) -> bytes | None:
         """:meth:`open_ref_range` if it needs no wait: the object's reader is in
