@@ -23,6 +23,14 @@ from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
 from ebscrypt.errors import ServiceUnavailable
 
 _KEY_RE = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{32}$")
+# Files of objects nobody references any more, kept for reuse (``LocalDirStore.recycle``):
+# overwriting a file whose pages are already in the page cache costs a tenth of writing a
+# new one (the kernel allocates, zeroes and — on a VM whose free memory is handed back to
+# the host — faults in fresh pages for each new 512 KiB object: 70% of an attached
+# volume's sequential writes beyond its cache, bench/README.md W). Bounded: beyond it a
+# recycled object is deleted as before (the pool's files hold disk space).
+FREE_DIR = ".free"
+RECYCLE_MAX = 1024
 
 
 class ObjectMissing(KeyError):
@@ -106,6 +114,14 @@ class LocalDirStore:
         # Descriptors of objects read lately, kept open: a ranged read (an attached
         # volume's random 4 KiB read) costs one pread, not open + pread + close.
         self._open = OpenObjects(open_objects if open_objects is not None else _open_objects_limit())
+        # Names under ``root/.free`` this store put there (``recycle``), reused newest first
+        # by ``write_unsynced``. Only in memory: files a crash (or another process) left
+        # there are removed by ``trim_free`` (the orphan sweep). Another process sharing the
+        # directory may take or remove one: a rename that finds nothing falls back to a new file.
+        self._free_dir = self.root / FREE_DIR
+        self._free: list[str] = []
+        self._free_lock = threading.Lock()
+        self.recycled = 0  # objects written over a recycled file (observability, tests)
 
     def __reduce__(self) -> tuple[Callable[[str], LocalDirStore], tuple[str]]:  # picklable for worker processes
         return (LocalDirStore, (str(self.root),))
@@ -225,12 +241,100 @@ class LocalDirStore:
         """Write an object under its final (fresh) name, not durable yet; nothing names it
         until ``sync_objects`` returned and its entry is committed (a crash leaves an
         orphan for ``sweep_orphans``)."""
+        if self._write_recycled(key, data):
+            return
         staged = self.stage(key, data)
         if staged.replaces:  # only fresh keys: a replacement needs its rename after the flush
             self.discard([staged])
             raise ValueError(f"object {key} exists")
         os.close(staged.fd)
         staged.fd = -1
+
+    def _write_recycled(self, key: str, data: bytes | bytearray | memoryview) -> bool:
+        """Write the object over a recycled file renamed to its (fresh) name: its pages are
+        in the page cache already. False: no recycled file (nothing done). A crash before
+        ``sync_objects`` leaves an orphan under the new name, as for a new file."""
+        path = self._path(key)
+        while True:
+            with self._free_lock:
+                if not self._free:
+                    return False
+                name = self._free.pop()
+            src = self._free_dir / name
+            try:
+                # (keys are fresh random names: nothing is replaced; sync_objects makes the
+                # rename durable with the data, like a new file's directory entry)
+                os.rename(src, path)
+            except FileNotFoundError:
+                if not src.exists():
+                    continue  # taken or removed by another process: the next one
+                path.parent.mkdir(mode=0o700, exist_ok=True)  # the shard's first object
+                try:
+                    os.rename(src, path)
+                except FileNotFoundError:
+                    continue
+            break
+        try:
+            fd = os.open(path, os.O_WRONLY)  # never O_TRUNC: that would free the cached pages
+            try:
+                view = memoryview(data)
+                at = 0
+                while at < len(view):
+                    at += os.pwrite(fd, view[at:], at)
+                if os.fstat(fd).st_size != at:
+                    os.ftruncate(fd, at)  # (a block's object of the other kind: a few bytes' difference)
+            finally:
+                os.close(fd)
+        except BaseException:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            raise
+        self.recycled += 1
+        return True
+
+    def recycle(self, key: str) -> None:
+        """Delete an object nobody references (garbage past its grace, or a staged object
+        never to be published), keeping its file for a later ``write_unsynced``. Its name is
+        gone at once (a read of it finds no object); a read using its descriptor now keeps
+        it from being reused (deleted instead), so no read in flight gets another
+        object's bytes. Beyond ``RECYCLE_MAX`` kept files, a plain delete."""
+        with self._free_lock:
+            full = len(self._free) >= RECYCLE_MAX
+        if full or self._open.forget(key):
+            self.delete(key)
+            return
+        name = secrets.token_hex(16)
+        try:
+            os.rename(self._path(key), self._free_dir / name)
+        except FileNotFoundError:
+            try:
+                self._free_dir.mkdir(mode=0o700, exist_ok=True)
+                os.rename(self._path(key), self._free_dir / name)
+            except FileNotFoundError:
+                return  # deleted already
+        with self._free_lock:
+            self._free.append(name)
+
+    def trim_free(self) -> int:
+        """Remove kept files this store did not put there (left by a crash or an earlier
+        process): the orphan sweep calls it. Returns how many."""
+        removed = 0
+        with self._free_lock:
+            mine = set(self._free)
+        try:
+            entries = list(os.scandir(self._free_dir))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            if entry.name not in mine:
+                try:
+                    os.unlink(entry.path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
 
     def sync_objects(self, keys: list[str]) -> None:
         """Make objects written by ``write_unsynced`` durable, their directory entries too:
@@ -334,8 +438,16 @@ class LocalDirStore:
         return buf if got == length else None
 
     def close(self) -> None:
-        """Close the descriptors kept open for reads (the engine is closing)."""
+        """Close the descriptors kept open for reads, and remove the recycled files kept
+        (the engine is closing)."""
         self._open.close()
+        with self._free_lock:
+            names, self._free = self._free, []
+        for name in names:
+            try:
+                os.unlink(self._free_dir / name)
+            except FileNotFoundError:
+                pass
 
     def delete(self, key: str) -> None:
         try:
@@ -350,7 +462,7 @@ class LocalDirStore:
     def keys(self) -> Iterator[tuple[str, float]]:
         """Every stored name with its modification time (temp files included)."""
         for shard in sorted(self.root.iterdir()):
-            if not shard.is_dir():
+            if not shard.is_dir() or shard.name == FREE_DIR:  # (recycled files: no objects)
                 continue
             for entry in os.scandir(shard):
                 try:
@@ -433,18 +545,19 @@ class OpenObjects:
                 del self._lent[fd]
                 os.close(fd)
 
-    def forget(self, key: str) -> None:
+    def forget(self, key: str) -> bool:
         """The object was deleted or replaced: its descriptor is closed (by the last read
-        using it, if any) and never lent again."""
+        using it, if any) and never lent again. True if a read is using it now."""
         with self._mutex:
             self._forgotten += 1
             entry = self._fds.pop(key, None)
             if entry is None:
-                return
+                return False
             if entry[1]:
                 self._lent[entry[0]] = [entry[1]]
-            else:
-                os.close(entry[0])
+                return True
+            os.close(entry[0])
+            return False
 
     def close(self) -> None:
         """Close every descriptor no read is using (the store is done with)."""
