@@ -140,7 +140,8 @@ def test_concurrent_whole_and_partial_writers_to_the_same_blocks(blocks, tmp_pat
     win wherever no partial write was acknowledged after it, i.e. each block reads as the
     last whole write with the later partial writes over it — checked per writer through
     a final whole write by one thread after all others stopped, and for absence of any
-    torn mixture of two whole writes."""
+    torn mixture of two whole writes. Objects are recycled at once (no grace): a read of
+    an object just superseded finds it deleted or whole, never its file reused."""
     monkeypatch.setattr(engine_mod, "RECYCLE_GRACE", 0.0)
     key = DataKey("dk-test", os.urandom(32))
     vid = "vol-00000000000000033"

@@ -498,10 +498,12 @@ class OpenVolume:
             self._wait_behind()
             self._check_open()
             journal = self._journal
-            if (self._merge_running or (journal is not None and journal.full)
-                    or any(i in self._cache or i in self._storing or (journal is not None and journal.has(i))
-                           for i in indexes)):
-                return False  # the cache's or the journal's: the usual path keeps them in order
+            if (journal is not None and journal.full) or any(i in self._cache or i in self._storing for i in indexes):
+                # The cache's (one content per block at a time), or the journal is to rotate.
+                # (Blocks with journal records are fine: this write covers them, as below;
+                # so is a merge of a frozen journal: this registration is the later capture,
+                # and the merge publishes what is registered before deleting the journal.)
+                return False
         jobs: list[tuple[int, bytes | bytearray | memoryview]] = []
         for n, index in enumerate(indexes):
             block = view[n * BLOCK_SIZE:(n + 1) * BLOCK_SIZE]

@@ -16,6 +16,7 @@ import resource
 import secrets
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
@@ -122,6 +123,9 @@ class LocalDirStore:
         self._free: list[str] = []
         self._free_lock = threading.Lock()
         self.recycled = 0  # objects written over a recycled file (observability, tests)
+        # Reads in progress, by object key (``_reading``): ``recycle`` reuses no file a read
+        # may still be using (it deletes that one instead), whatever the reader's path.
+        self._reads: dict[str, int] = {}
 
     def __reduce__(self) -> tuple[Callable[[str], LocalDirStore], tuple[str]]:  # picklable for worker processes
         return (LocalDirStore, (str(self.root),))
@@ -300,22 +304,39 @@ class LocalDirStore:
         gone at once (a read of it finds no object); a read using its descriptor now keeps
         it from being reused (deleted instead), so no read in flight gets another
         object's bytes. Beyond ``RECYCLE_MAX`` kept files, a plain delete."""
-        with self._free_lock:
-            full = len(self._free) >= RECYCLE_MAX
-        if full or self._open.forget(key):
-            self.delete(key)
-            return
+        path = self._path(key)
         name = secrets.token_hex(16)
-        try:
-            os.rename(self._path(key), self._free_dir / name)
-        except FileNotFoundError:
-            try:
-                self._free_dir.mkdir(mode=0o700, exist_ok=True)
-                os.rename(self._path(key), self._free_dir / name)
-            except FileNotFoundError:
-                return  # deleted already
         with self._free_lock:
-            self._free.append(name)
+            # (under the lock a read registers under: one registered before finds its file
+            # deleted, never reused; one after finds no object)
+            reuse = len(self._free) < RECYCLE_MAX and not self._reads.get(key) and not self._open.forget(key)
+            if reuse:
+                try:
+                    os.rename(path, self._free_dir / name)
+                except FileNotFoundError:
+                    if path.exists():
+                        self._free_dir.mkdir(mode=0o700, exist_ok=True)
+                        os.rename(path, self._free_dir / name)
+                    else:
+                        return  # deleted already
+                self._free.append(name)
+                return
+        self.delete(key)
+
+    @contextmanager
+    def _reading(self, key: str) -> Iterator[None]:
+        """A read of ``key`` in progress: ``recycle`` leaves its file alone meanwhile."""
+        with self._free_lock:
+            self._reads[key] = self._reads.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._free_lock:
+                left = self._reads[key] - 1
+                if left:
+                    self._reads[key] = left
+                else:
+                    del self._reads[key]
 
     def trim_free(self) -> int:
         """Remove kept files this store did not put there (left by a crash or an earlier
@@ -373,7 +394,7 @@ class LocalDirStore:
 
     def get(self, key: str) -> bytes:
         try:
-            with open(self._path(key), "rb") as f:
+            with self._reading(key), open(self._path(key), "rb") as f:
                 return f.read()
         except FileNotFoundError:
             raise ObjectMissing(key) from None
@@ -386,21 +407,22 @@ class LocalDirStore:
         """
         # (Not through the descriptors kept open: a whole object is read once per pass of a
         # sequential reader, and would only push out the objects random reads come back to.)
-        try:
-            fd = os.open(self._object_path(key), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise ObjectMissing(key) from None
-        try:
-            n = 0
-            view = memoryview(buf)
-            while n < len(buf):
-                got = os.preadv(fd, [view[n:]], n)
-                if not got:
-                    break
-                n += got
-            return view[:n]
-        finally:
-            os.close(fd)
+        with self._reading(key):
+            try:
+                fd = os.open(self._object_path(key), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise ObjectMissing(key) from None
+            try:
+                n = 0
+                view = memoryview(buf)
+                while n < len(buf):
+                    got = os.preadv(fd, [view[n:]], n)
+                    if not got:
+                        break
+                    n += got
+                return view[:n]
+            finally:
+                os.close(fd)
 
     def _object_path(self, key: str) -> str:
         if not _KEY_RE.match(key):
@@ -411,11 +433,12 @@ class LocalDirStore:
         """The bytes of each (offset, length) of the object: one open, a ``pread`` each
         (a sector read of an attached volume). A range past the end comes back short
         (the caller's length check fails it)."""
-        fd = self._open.acquire(key, self._object_path(key))
-        try:
-            return [os.pread(fd, length, offset) for offset, length in ranges]
-        finally:
-            self._open.release(key, fd)
+        with self._reading(key):
+            fd = self._open.acquire(key, self._object_path(key))
+            try:
+                return [os.pread(fd, length, offset) for offset, length in ranges]
+            finally:
+                self._open.release(key, fd)
 
     def read_range_cached(self, key: str, offset: int, length: int) -> bytes | bytearray | None:
         """The range if the page cache holds all of it (``preadv`` with RWF_NOWAIT: never
@@ -424,17 +447,18 @@ class LocalDirStore:
         read decides what it is."""
         if _RWF_NOWAIT is None or not _KEY_RE.match(key):
             return None
-        try:
-            fd = self._open.acquire(key, f"{self._root_str}/{key}")
-        except (OSError, ObjectMissing):
-            return None
-        try:
-            buf = bytearray(length)
-            got = os.preadv(fd, [buf], offset, _RWF_NOWAIT)
-        except OSError:  # EAGAIN: not all in the page cache (or no RWF_NOWAIT support)
-            return None
-        finally:
-            self._open.release(key, fd)
+        with self._reading(key):
+            try:
+                fd = self._open.acquire(key, f"{self._root_str}/{key}")
+            except (OSError, ObjectMissing):
+                return None
+            try:
+                buf = bytearray(length)
+                got = os.preadv(fd, [buf], offset, _RWF_NOWAIT)
+            except OSError:  # EAGAIN: not all in the page cache (or no RWF_NOWAIT support)
+                return None
+            finally:
+                self._open.release(key, fd)
         return buf if got == length else None
 
     def close(self) -> None:
