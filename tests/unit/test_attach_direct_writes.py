@@ -17,7 +17,7 @@ from ebscrypt.engines.attach.volume_io import OpenVolume
 from ebscrypt.engines.blocks import engine as engine_mod
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, DataKey
 from ebscrypt.engines.blocks.engine import BlockEngine
-from ebscrypt.engines.blocks.store import FREE_DIR, LocalDirStore
+from ebscrypt.engines.blocks.store import FREE_DIR, LocalDirStore, ObjectMissing
 from ebscrypt.storage.db import Database
 from tests.helpers import local_block_engine
 
@@ -197,3 +197,32 @@ def test_concurrent_whole_and_partial_writers_to_the_same_blocks(blocks, tmp_pat
         assert bytes(blocks.read_block(vid, i, key)) == bytes(want), i
     vol.close()
     pool.shutdown()
+
+
+def test_recycle_never_reuses_a_file_a_read_is_using(tmp_path: Path) -> None:
+    """LocalDirStore.recycle: the object's name is gone at once (ObjectMissing: a reader
+    looks again); its file is written over by the next write_unsynced (and cut to the new
+    size); but a file a read is using — a whole-object read in progress, or a descriptor
+    a ranged read holds — is deleted instead, never reused; close removes kept files."""
+    store = LocalDirStore(tmp_path / "b")
+    k1, k2, k3, k4 = (f"aa/{c * 32}" for c in "1234")
+    for k in (k1, k2, k4):
+        store.put(k, b"x" * 1000)
+    with store._reading(k1):  # as read_into/get/read_ranges do
+        store.recycle(k1)
+    assert store._free == [] and not store.exists(k1)
+    store.recycle(k2)
+    assert len(store._free) == 1
+    with pytest.raises(ObjectMissing):
+        store.get(k2)
+    store.write_unsynced(k3, b"z" * 500)
+    assert store.recycled == 1 and store.get(k3) == b"z" * 500 and store._free == []
+    fd = store._open.acquire(k4, str(tmp_path / "b" / k4))
+    store.recycle(k4)
+    assert store._free == [] and os.pread(fd, 4, 0) == b"xxxx"  # the reader still reads its object
+    store._open.release(k4, fd)
+    store.put(k4, b"w" * 10)
+    store.recycle(k4)
+    assert len(store._free) == 1
+    store.close()
+    assert not list((tmp_path / "b" / FREE_DIR).iterdir())

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ebscrypt.engines.attach.volume_io import OpenVolume, VolumeClosed, _spans
+from ebscrypt.engines.blocks import engine as engine_mod
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, DataKey
 from ebscrypt.engines.blocks.engine import BlockEngine
 from ebscrypt.engines.blocks.store import LocalDirStore
@@ -503,12 +504,13 @@ def test_try_read_serves_known_small_misses_from_the_page_cache(blocks, monkeypa
         vol.read(off, 4096)
     vol.close()
 
-def test_evictions_are_staged_and_published_at_flush(blocks) -> None:
+def test_evictions_are_staged_and_published_at_flush(blocks, monkeypatch) -> None:
     """An evicted dirty block is sealed and written but neither durable nor recorded until
     the next flush (NBD requires durability only at FLUSH/FUA); this OpenVolume reads it
     back meanwhile; the flush publishes them all at once (one publication); a block
     evicted twice before the flush leaves one object (the first is recycled: its file
     kept for a later staging once RECYCLE_GRACE is over, or deleted at the engine's close)."""
+    monkeypatch.setattr(engine_mod, "RECYCLE_GRACE", 600.0)  # (however slow this machine: not yet recycled)
     key = DataKey("dk-test", os.urandom(32))
     vid = "vol-0000000000000000d"
     vol = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1", cache_blocks=4)

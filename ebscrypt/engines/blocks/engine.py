@@ -131,11 +131,12 @@ MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 
 
 # How long an attached volume's superseded or dropped objects wait before their files are
-# reused (see publish_blocks): far longer than a read takes between resolving a block
-# under its volume's lock and reading it; a read that still came later fails its
-# integrity check (another object's bytes under a key bound to the old one), never
-# returns them. How many may wait: beyond it the oldest are deleted.
-RECYCLE_GRACE = 10.0
+# reused (see publish_blocks). Not for safety — the store never reuses a file a read is
+# using, and a read that comes later finds no object and looks the block up again
+# (ObjectMissing, as after a compaction) — but so that such second looks stay rare: a
+# read resolves a block under its volume's lock and reads it moments later. How many may
+# wait: beyond it the oldest are deleted.
+RECYCLE_GRACE = 1.0
 RECYCLE_QUEUE = 8192
 
 
@@ -498,14 +499,15 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         # only the owner's attached volume could read them (a snapshot freezes the layer
         # and leaves it to the snapshot; a new head's entries shadow, never supersede,
         # those of frozen layers; EBS direct reads snapshots). That volume's reads
-        # resolve a block under its lock and read it moments later: a short grace is
-        # enough before their files are reused. (The garbage sweep deletes the rest.)
+        # resolve a block under its lock and read it moments later (a read in progress
+        # keeps its file from reuse; a later one finds no object and looks again): a
+        # short grace is enough before the files are reused. (The sweep deletes the rest.)
         self._recycle_later(superseded, garbage=True)
 
     def discard_staged(self, staged: Sequence[StagedBlock]) -> None:
         """Delete staged objects that will never be published (superseded, or failed): their
-        files are recycled after RECYCLE_GRACE (a read of the volume may have resolved one
-        just before), deleted at once by a store that does not recycle."""
+        files are recycled after RECYCLE_GRACE, deleted at once by a store that does not
+        recycle."""
         keys = [s.item.object_key for s in staged if s.item.object_key is not None]
         if getattr(self.store, "recycle", None) is None:
             delete_quietly(self.store, keys)
