@@ -458,12 +458,19 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             # meet one (_plain_checksums, reencrypt). (As _prepare_write: a plain
             # object's entry binds its sector table.)
             item.plain_checksum = LAZY_CHECKSUM
-            sealed, item.checksum = cipher.seal_block(item.object_key, index, data, LAZY_CHECKSUM)
+            write = getattr(self.store, "write_unsynced", None)
+            if write is not None:  # (a plain block's data is written from ``data``, not copied)
+                sealed: Any = None
+                parts, item.checksum = cipher.seal_block_parts(item.object_key, index, data, LAZY_CHECKSUM)
+            else:
+                sealed, item.checksum = cipher.seal_block(item.object_key, index, data, LAZY_CHECKSUM)
             with self._unpublished_lock:
                 self._unpublished.add(item.object_key)
             try:
-                write = getattr(self.store, "write_unsynced", None)
-                (write or self.store.put)(item.object_key, sealed)  # a store without it: durable now
+                if write is not None:
+                    write(item.object_key, parts)
+                else:
+                    self.store.put(item.object_key, sealed)  # a store without it: durable now
             except BaseException:
                 with self._unpublished_lock:
                     self._unpublished.discard(item.object_key)

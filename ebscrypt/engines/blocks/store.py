@@ -19,7 +19,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
+from typing import Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 from ebscrypt.errors import ServiceUnavailable
 
@@ -241,20 +241,24 @@ class LocalDirStore:
     # recorded (an NBD FLUSH). No file descriptor is held meanwhile (hundreds of objects
     # may wait): ``sync_objects`` flushes by name.
 
-    def write_unsynced(self, key: str, data: bytes | bytearray | memoryview) -> None:
+    def write_unsynced(self, key: str, data: bytes | bytearray | memoryview | Sequence[memoryview]) -> None:
         """Write an object under its final (fresh) name, not durable yet; nothing names it
         until ``sync_objects`` returned and its entry is committed (a crash leaves an
-        orphan for ``sweep_orphans``)."""
-        if self._write_recycled(key, data):
+        orphan for ``sweep_orphans``). ``data``: the object, or its pieces in order."""
+        parts = [memoryview(data)] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
+        if self._write_recycled(key, parts):
             return
-        staged = self.stage(key, data)
-        if staged.replaces:  # only fresh keys: a replacement needs its rename after the flush
-            self.discard([staged])
-            raise ValueError(f"object {key} exists")
-        os.close(staged.fd)
-        staged.fd = -1
+        path = self._path(key)
+        fd = self._create(path)  # (FileExistsError: only fresh keys)
+        try:
+            _write_all(fd, parts)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
 
-    def _write_recycled(self, key: str, data: bytes | bytearray | memoryview) -> bool:
+    def _write_recycled(self, key: str, parts: list[memoryview]) -> bool:
         """Write the object over a recycled file renamed to its (fresh) name: its pages are
         in the page cache already. False: no recycled file (nothing done). A crash before
         ``sync_objects`` leaves an orphan under the new name, as for a new file."""
@@ -281,10 +285,7 @@ class LocalDirStore:
         try:
             fd = os.open(path, os.O_WRONLY)  # never O_TRUNC: that would free the cached pages
             try:
-                view = memoryview(data)
-                at = 0
-                while at < len(view):
-                    at += os.pwrite(fd, view[at:], at)
+                at = _write_all(fd, parts)
                 if os.fstat(fd).st_size != at:
                     os.ftruncate(fd, at)  # (a block's object of the other kind: a few bytes' difference)
             finally:
@@ -602,6 +603,22 @@ def _open_objects_limit() -> int:
     if soft == resource.RLIM_INFINITY:
         return 8192
     return max(64, min(8192, soft // 4))
+
+
+def _write_all(fd: int, parts: list[memoryview]) -> int:
+    """Write the pieces from offset 0 on (``pwritev``: one system call, short writes
+    resumed). Returns the size written."""
+    at = 0
+    left = [p for p in parts if len(p)]
+    while left:
+        n = os.pwritev(fd, left, at)
+        at += n
+        while left and n >= len(left[0]):
+            n -= len(left[0])
+            left.pop(0)
+        if left and n:
+            left[0] = left[0][n:]
+    return at
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
