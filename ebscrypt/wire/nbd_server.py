@@ -64,6 +64,10 @@ READ_ONLY_FLAGS = nbd.TF_HAS_FLAGS | nbd.TF_READ_ONLY | nbd.TF_SEND_FLUSH | nbd.
 BLOCK_STATUS_BLOCKS = 1024  # blocks (512 MiB) one BLOCK_STATUS answer covers at most (the client asks again)
 IN_FLIGHT = 16  # requests per connection being served at once
 IN_FLIGHT_BYTES = 64 * 1024 * 1024  # payload bytes per connection held at once (reads and writes)
+# Write payloads at least this large are received into buffers reused per connection (at
+# most SPARE_BUFFERS kept: within the connection's in-flight budget's worth, 8 MiB at 1 MiB).
+SPARE_MIN = 64 * 1024
+SPARE_BUFFERS = 8
 SEND_TIMEOUT = 30  # seconds a reply may wait for the client to read (threaded connections)
 RECV_BUFFER = 256 * 1024  # threaded connections: bytes received at once (many small requests)
 COALESCE = 256 * 1024  # threaded connections: replies up to this many bytes go out in one send
@@ -430,6 +434,11 @@ class _ThreadedConnection:
         self._broken = False
         self._out: list[bytes | bytearray] = []
         self._out_bytes = 0
+        # Write payload buffers whose request is done, reused for the next payload of the
+        # same size (a sequential writer's 1 MiB requests): no allocation, zero-filling and
+        # fresh pages per request. Nothing keeps a payload once its write returned (the
+        # cache and the journal copy it; a direct write seals and writes it before).
+        self._spare: list[bytearray] = []
 
     def run(self) -> None:
         peer = "?"
@@ -474,13 +483,13 @@ class _ThreadedConnection:
                 return
             self._take(size)  # before reading a payload: memory per connection is bounded
             try:
-                payload = self._recv(req.length) if req.command == nbd.CMD_WRITE else bytearray()
+                payload = self._recv(req.length, self._spare_buffer(req.length)) if req.command == nbd.CMD_WRITE else bytearray()
                 reply = _inline(req, payload, self.export, self.session.structured)
             except BaseException:
                 self._give(size)
                 raise
             if reply is not None:
-                self._give(size)
+                self._give(size, payload)
                 self._queue(reply)
                 continue
             try:
@@ -512,11 +521,23 @@ class _ThreadedConnection:
         except OSError:
             pass  # the client went away: the reading side notices and ends
         finally:
-            self._give(size)
+            self._give(size, payload)
 
-    def _recv(self, n: int) -> bytearray:
-        """Exactly ``n`` bytes of the stream (EOFError if it ends first)."""
-        out = bytearray(n)
+    def _spare_buffer(self, n: int) -> bytearray | None:
+        """A payload buffer of ``n`` bytes given back by a finished write, if any."""
+        if n < SPARE_MIN:
+            return None
+        with self._cond:
+            for k, buf in enumerate(self._spare):
+                if len(buf) == n:
+                    return self._spare.pop(k)
+        return None
+
+    def _recv(self, n: int, out: bytearray | None = None) -> bytearray:
+        """Exactly ``n`` bytes of the stream (EOFError if it ends first), into ``out`` (a
+        buffer of ``n`` bytes to reuse) or a new buffer."""
+        if out is None:
+            out = bytearray(n)
         view = memoryview(out)
         pos = self._buffered(view)
         while pos < n:  # the buffer is used up: the client is waited for
@@ -564,10 +585,12 @@ class _ThreadedConnection:
             self._requests -= 1
             self._bytes -= size
 
-    def _give(self, size: int) -> None:
+    def _give(self, size: int, payload: bytearray | None = None) -> None:
         with self._cond:
             self._requests += 1
             self._bytes += size
+            if payload is not None and len(payload) >= SPARE_MIN and len(self._spare) < SPARE_BUFFERS:
+                self._spare.append(payload)
             self._cond.notify_all()
 
 

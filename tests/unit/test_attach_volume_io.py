@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ebscrypt.engines.attach.volume_io import OpenVolume, VolumeClosed, _spans
+from ebscrypt.engines.blocks import engine as engine_mod
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, DataKey
 from ebscrypt.engines.blocks.engine import BlockEngine
 from ebscrypt.engines.blocks.store import LocalDirStore
@@ -585,11 +586,13 @@ def test_try_read_serves_known_small_misses_from_the_page_cache(blocks, monkeypa
         vol.read(off, 4096)
     vol.close()
 
-def test_evictions_are_staged_and_published_at_flush(blocks) -> None:
+def test_evictions_are_staged_and_published_at_flush(blocks, monkeypatch) -> None:
     """An evicted dirty block is sealed and written but neither durable nor recorded until
     the next flush (NBD requires durability only at FLUSH/FUA); this OpenVolume reads it
     back meanwhile; the flush publishes them all at once (one publication); a block
-    evicted twice before the flush leaves one object (the first is deleted)."""
+    evicted twice before the flush leaves one object (the first is recycled: its file
+    kept for a later staging once RECYCLE_GRACE is over, or deleted at the engine's close)."""
+    monkeypatch.setattr(engine_mod, "RECYCLE_GRACE", 600.0)  # (however slow this machine: not yet recycled)
     key = DataKey("dk-test", os.urandom(32))
     vid = "vol-0000000000000000d"
     vol = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1", cache_blocks=4)
@@ -603,7 +606,9 @@ def test_evictions_are_staged_and_published_at_flush(blocks) -> None:
     assert blocks.list_blocks(vid) == []  # nothing recorded yet
     assert len(vol._unpublished) >= 8 and blocks.unpublished_objects()
     objects = {k for k, _m in blocks.store.keys()}
-    assert objects == blocks.unpublished_objects()  # one object per staged block, no leftovers
+    recycling = blocks.recycling_objects()
+    assert len(recycling) == 1  # block 0's first object
+    assert objects == blocks.unpublished_objects() | recycling  # one object per staged block, no other leftovers
     assert blocks.sweep_orphans(0) == 0  # the live engine's sweep leaves them alone
     for i, data in datas.items():
         assert vol.read(i * BLOCK_SIZE, BLOCK_SIZE) == data

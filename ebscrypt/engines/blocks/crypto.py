@@ -339,12 +339,8 @@ class BlockCipher:
         src = memoryview(data)
         obj[0:HEADER3] = header
         if self._aead is None:
-            at = HEADER3
-            for sector in range(count):
-                obj[at:at + DIGEST] = blake3(src[sector * size:(sector + 1) * size]).digest()
-                at += DIGEST
+            at = self._plain_prefix(src, shift)
             view[at:] = src
-            self._table_digest = hashlib.sha256(view[:at]).digest()
             return view
         assert self.key is not None
         salt = os.urandom(SALT)
@@ -357,6 +353,34 @@ class BlockCipher:
                               aad + _SECTOR_IDS[sector], view[at:at + stride])
             at += stride
         return view
+
+    def _plain_prefix(self, src: memoryview, shift: int) -> int:
+        """Fill a plain object's sector table (after its header, already in the buffer) for
+        ``src``; note its digest; return where the data goes."""
+        obj = self._obj
+        size, at = 1 << shift, HEADER3
+        for sector in range(BLOCK_SIZE >> shift):
+            obj[at:at + DIGEST] = blake3(src[sector * size:(sector + 1) * size]).digest()
+            at += DIGEST
+        self._table_digest = hashlib.sha256(memoryview(obj)[:at]).digest()
+        return at
+
+    def seal_block_parts(self, identity: str, index: int, data: bytes | bytearray | memoryview,
+                         checksum: str) -> tuple[list[memoryview], str]:
+        """:meth:`seal_block` as the pieces of the object to write one after the other
+        (``os.writev``): a plain object's header and sector table, then ``data`` itself —
+        not copied into the object buffer (a 512 KiB copy per block); an encrypted object
+        whole. ``data`` must not change until the pieces are written."""
+        if self._aead is not None:
+            view, sealed = self.seal_block(identity, index, data, checksum)
+            return [view], sealed
+        if len(data) != BLOCK_SIZE:
+            raise ValueError(f"a block is exactly {BLOCK_SIZE} bytes")
+        _check_identity(identity)
+        shift = self.sector_shift
+        self._obj[0:HEADER3] = MAGIC + bytes([VERSION, MODE_PLAIN, shift, 0])
+        at = self._plain_prefix(memoryview(data), shift)
+        return [memoryview(self._obj)[:at], memoryview(data)], plain_entry_checksum(checksum, self._table_digest)
 
     def seal_block(self, identity: str, index: int, data: bytes | bytearray | memoryview,
                    checksum: str) -> tuple[memoryview, str]:

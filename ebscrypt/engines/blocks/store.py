@@ -19,13 +19,24 @@ import resource
 import secrets
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
+from typing import Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 from ebscrypt.errors import ServiceUnavailable
 
 _KEY_RE = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{32}$")
+# Files of objects nobody references any more, kept for reuse (``LocalDirStore.recycle``):
+# overwriting a file whose pages are already in the page cache costs a tenth of writing a
+# new one (the kernel allocates, zeroes and — on a VM whose free memory is handed back to
+# the host — faults in fresh pages for each new 512 KiB object: 70% of an attached
+# volume's sequential writes beyond its cache, bench/README.md W). Bounded: beyond it a
+# recycled object is deleted as before (the pool's files hold disk space: 1 GiB at most,
+# far less than the 60 s garbage grace keeps of a volume written at a few hundred MiB/s;
+# with 1,024 a third of a sequential writer's superseded files were deleted, 12% of its CPU).
+FREE_DIR = ".free"
+RECYCLE_MAX = 2048
 
 
 class ObjectMissing(KeyError):
@@ -117,6 +128,17 @@ class LocalDirStore:
         # Descriptors of objects read lately, kept open: a ranged read (an attached
         # volume's random 4 KiB read) costs one pread, not open + pread + close.
         self._open = OpenObjects(open_objects if open_objects is not None else _open_objects_limit())
+        # Names under ``root/.free`` this store put there (``recycle``), reused newest first
+        # by ``write_unsynced``. Only in memory: files a crash (or another process) left
+        # there are removed by ``trim_free`` (the orphan sweep). Another process sharing the
+        # directory may take or remove one: a rename that finds nothing falls back to a new file.
+        self._free_dir = self.root / FREE_DIR
+        self._free: list[str] = []
+        self._free_lock = threading.Lock()
+        self.recycled = 0  # objects written over a recycled file (observability, tests)
+        # Reads in progress, by object key (``_reading``): ``recycle`` reuses no file a read
+        # may still be using (it deletes that one instead), whatever the reader's path.
+        self._reads: dict[str, int] = {}
 
     def __reduce__(self) -> tuple[Callable[[str], LocalDirStore], tuple[str]]:  # picklable for worker processes
         return (LocalDirStore, (str(self.root),))
@@ -266,16 +288,122 @@ class LocalDirStore:
     # recorded (an NBD FLUSH). No file descriptor is held meanwhile (hundreds of objects
     # may wait): ``sync_objects`` flushes by name.
 
-    def write_unsynced(self, key: str, data: bytes | bytearray | memoryview) -> None:
+    def write_unsynced(self, key: str, data: bytes | bytearray | memoryview | Sequence[memoryview]) -> None:
         """Write an object under its final (fresh) name, not durable yet; nothing names it
         until ``sync_objects`` returned and its entry is committed (a crash leaves an
-        orphan for ``sweep_orphans``)."""
-        staged = self.stage(key, data, direct=False)  # (read back soon: kept in the page cache)
-        if staged.replaces:  # only fresh keys: a replacement needs its rename after the flush
-            self.discard([staged])
-            raise ValueError(f"object {key} exists")
-        os.close(staged.fd)
-        staged.fd = -1
+        orphan for ``sweep_orphans``). ``data``: the object, or its pieces in order."""
+        parts = [memoryview(data)] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
+        if self._write_recycled(key, parts):
+            return
+        path = self._path(key)
+        fd = self._create(path)  # (FileExistsError: only fresh keys)
+        try:
+            _write_all(fd, parts)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
+
+    def _write_recycled(self, key: str, parts: list[memoryview]) -> bool:
+        """Write the object over a recycled file renamed to its (fresh) name: its pages are
+        in the page cache already. False: no recycled file (nothing done). A crash before
+        ``sync_objects`` leaves an orphan under the new name, as for a new file."""
+        path = self._path(key)
+        while True:
+            with self._free_lock:
+                if not self._free:
+                    return False
+                name = self._free.pop()
+            src = self._free_dir / name
+            try:
+                # (keys are fresh random names: nothing is replaced; sync_objects makes the
+                # rename durable with the data, like a new file's directory entry)
+                os.rename(src, path)
+            except FileNotFoundError:
+                if not src.exists():
+                    continue  # taken or removed by another process: the next one
+                path.parent.mkdir(mode=0o700, exist_ok=True)  # the shard's first object
+                try:
+                    os.rename(src, path)
+                except FileNotFoundError:
+                    continue
+            break
+        try:
+            fd = os.open(path, os.O_WRONLY)  # never O_TRUNC: that would free the cached pages
+            try:
+                at = _write_all(fd, parts)
+                if os.fstat(fd).st_size != at:
+                    os.ftruncate(fd, at)  # (a block's object of the other kind: a few bytes' difference)
+            finally:
+                os.close(fd)
+        except BaseException:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            raise
+        self.recycled += 1
+        return True
+
+    def recycle(self, key: str) -> None:
+        """Delete an object nobody references (garbage past its grace, or a staged object
+        never to be published), keeping its file for a later ``write_unsynced``. Its name is
+        gone at once (a read of it finds no object); a read using its descriptor now keeps
+        it from being reused (deleted instead), so no read in flight gets another
+        object's bytes. Beyond ``RECYCLE_MAX`` kept files, a plain delete."""
+        path = self._path(key)
+        name = secrets.token_hex(16)
+        with self._free_lock:
+            # (under the lock a read registers under: one registered before finds its file
+            # deleted, never reused; one after finds no object)
+            reuse = len(self._free) < RECYCLE_MAX and not self._reads.get(key) and not self._open.forget(key)
+            if reuse:
+                try:
+                    os.rename(path, self._free_dir / name)
+                except FileNotFoundError:
+                    if path.exists():
+                        self._free_dir.mkdir(mode=0o700, exist_ok=True)
+                        os.rename(path, self._free_dir / name)
+                    else:
+                        return  # deleted already
+                self._free.append(name)
+                return
+        self.delete(key)
+
+    @contextmanager
+    def _reading(self, key: str) -> Iterator[None]:
+        """A read of ``key`` in progress: ``recycle`` leaves its file alone meanwhile."""
+        with self._free_lock:
+            self._reads[key] = self._reads.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._free_lock:
+                left = self._reads[key] - 1
+                if left:
+                    self._reads[key] = left
+                else:
+                    del self._reads[key]
+
+    def trim_free(self) -> int:
+        """Remove kept files this store did not put there (left by a crash or an earlier
+        process): the orphan sweep calls it. Returns how many."""
+        removed = 0
+        with self._free_lock:
+            mine = set(self._free)
+        try:
+            entries = list(os.scandir(self._free_dir))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            if entry.name not in mine:
+                try:
+                    os.unlink(entry.path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
 
     def sync_objects(self, keys: list[str]) -> None:
         """Make objects written by ``write_unsynced`` durable, their directory entries too:
@@ -314,7 +442,7 @@ class LocalDirStore:
 
     def get(self, key: str) -> bytes:
         try:
-            with open(self._path(key), "rb") as f:
+            with self._reading(key), open(self._path(key), "rb") as f:
                 return f.read()
         except FileNotFoundError:
             raise ObjectMissing(key) from None
@@ -327,21 +455,22 @@ class LocalDirStore:
         """
         # (Not through the descriptors kept open: a whole object is read once per pass of a
         # sequential reader, and would only push out the objects random reads come back to.)
-        try:
-            fd = os.open(self._object_path(key), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise ObjectMissing(key) from None
-        try:
-            n = 0
-            view = memoryview(buf)
-            while n < len(buf):
-                got = os.preadv(fd, [view[n:]], n)
-                if not got:
-                    break
-                n += got
-            return view[:n]
-        finally:
-            os.close(fd)
+        with self._reading(key):
+            try:
+                fd = os.open(self._object_path(key), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise ObjectMissing(key) from None
+            try:
+                n = 0
+                view = memoryview(buf)
+                while n < len(buf):
+                    got = os.preadv(fd, [view[n:]], n)
+                    if not got:
+                        break
+                    n += got
+                return view[:n]
+            finally:
+                os.close(fd)
 
     def read_into_direct(self, key: str, buf: bytearray) -> memoryview:
         """:meth:`read_into`, the object read with O_DIRECT into this thread's aligned buffer
@@ -354,38 +483,40 @@ class LocalDirStore:
         section U). Falls back to :meth:`read_into` where direct I/O is refused."""
         if not self.direct_reads:
             return self.read_into(key, buf)
-        size = -(-len(buf) // _DIRECT_ALIGN) * _DIRECT_ALIGN
-        try:
-            fd = os.open(self._object_path(key), os.O_RDONLY | os.O_CLOEXEC | _O_DIRECT)
-        except FileNotFoundError:
-            raise ObjectMissing(key) from None
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            self.direct_reads = False  # not supported here: buffered from now on
-            return self.read_into(key, buf)
-        try:
-            aligned = memoryview(_aligned_buffer(size))
+        # (registered as a read: ``recycle`` must not hand its file to a writer meanwhile)
+        with self._reading(key):
+            size = -(-len(buf) // _DIRECT_ALIGN) * _DIRECT_ALIGN
             try:
-                n = 0
-                while n < size:
-                    got = os.preadv(fd, [aligned[n:size]], n)
-                    if not got:
-                        break
-                    n += got
-                    if n % _DIRECT_ALIGN:
-                        break  # a short read ends at the end of the file
-                return aligned[:min(n, len(buf))]
-            except BaseException:
-                aligned.release()
-                raise
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            self.direct_reads = False
-            return self.read_into(key, buf)
-        finally:
-            os.close(fd)
+                fd = os.open(self._object_path(key), os.O_RDONLY | os.O_CLOEXEC | _O_DIRECT)
+            except FileNotFoundError:
+                raise ObjectMissing(key) from None
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self.direct_reads = False  # not supported here: buffered from now on
+                return self.read_into(key, buf)
+            try:
+                aligned = memoryview(_aligned_buffer(size))
+                try:
+                    n = 0
+                    while n < size:
+                        got = os.preadv(fd, [aligned[n:size]], n)
+                        if not got:
+                            break
+                        n += got
+                        if n % _DIRECT_ALIGN:
+                            break  # a short read ends at the end of the file
+                    return aligned[:min(n, len(buf))]
+                except BaseException:
+                    aligned.release()
+                    raise
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self.direct_reads = False
+                return self.read_into(key, buf)
+            finally:
+                os.close(fd)
 
     def _object_path(self, key: str) -> str:
         if not _KEY_RE.match(key):
@@ -396,11 +527,12 @@ class LocalDirStore:
         """The bytes of each (offset, length) of the object: one open, a ``pread`` each
         (a sector read of an attached volume). A range past the end comes back short
         (the caller's length check fails it)."""
-        fd = self._open.acquire(key, self._object_path(key))
-        try:
-            return [os.pread(fd, length, offset) for offset, length in ranges]
-        finally:
-            self._open.release(key, fd)
+        with self._reading(key):
+            fd = self._open.acquire(key, self._object_path(key))
+            try:
+                return [os.pread(fd, length, offset) for offset, length in ranges]
+            finally:
+                self._open.release(key, fd)
 
     def read_range_into(self, key: str, offset: int, dest: memoryview, *, keep: bool = True) -> int:
         """Read the object's bytes from ``offset`` into ``dest`` (up to its length) through
@@ -408,18 +540,21 @@ class LocalDirStore:
         read-side twin of :meth:`read_ranges` with no buffer of its own: a sequential reader
         of an attached volume reads the sectors straight into the reply's buffer (a fresh
         512 KiB ``bytes`` per read, then copied, was a third of the CPU of a MiB served).
-        ``keep``: as :meth:`OpenObjects.acquire` (False for a sequential pass)."""
-        fd = self._open.acquire(key, self._object_path(key), keep=keep)
-        try:
-            n = 0
-            while n < len(dest):
-                got = os.preadv(fd, [dest[n:]], offset + n)
-                if not got:
-                    break
-                n += got
-            return n
-        finally:
-            self._open.release(key, fd)
+        ``keep``: as :meth:`OpenObjects.acquire` (False for a sequential pass). Registered
+        as a read (``_reading``): a descriptor opened for this read only is not one
+        ``recycle`` can see lent, and the file must not be written over under it."""
+        with self._reading(key):
+            fd = self._open.acquire(key, self._object_path(key), keep=keep)
+            try:
+                n = 0
+                while n < len(dest):
+                    got = os.preadv(fd, [dest[n:]], offset + n)
+                    if not got:
+                        break
+                    n += got
+                return n
+            finally:
+                self._open.release(key, fd)
 
     def advise(self, key: str) -> None:
         """Ask the kernel to bring the object into the page cache in the background
@@ -443,22 +578,31 @@ class LocalDirStore:
         read decides what it is."""
         if _RWF_NOWAIT is None or not _KEY_RE.match(key):
             return None
-        try:
-            fd = self._open.acquire(key, f"{self._root_str}/{key}")
-        except (OSError, ObjectMissing):
-            return None
-        try:
-            buf = bytearray(length)
-            got = os.preadv(fd, [buf], offset, _RWF_NOWAIT)
-        except OSError:  # EAGAIN: not all in the page cache (or no RWF_NOWAIT support)
-            return None
-        finally:
-            self._open.release(key, fd)
+        with self._reading(key):
+            try:
+                fd = self._open.acquire(key, f"{self._root_str}/{key}")
+            except (OSError, ObjectMissing):
+                return None
+            try:
+                buf = bytearray(length)
+                got = os.preadv(fd, [buf], offset, _RWF_NOWAIT)
+            except OSError:  # EAGAIN: not all in the page cache (or no RWF_NOWAIT support)
+                return None
+            finally:
+                self._open.release(key, fd)
         return buf if got == length else None
 
     def close(self) -> None:
-        """Close the descriptors kept open for reads (the engine is closing)."""
+        """Close the descriptors kept open for reads, and remove the recycled files kept
+        (the engine is closing)."""
         self._open.close()
+        with self._free_lock:
+            names, self._free = self._free, []
+        for name in names:
+            try:
+                os.unlink(self._free_dir / name)
+            except FileNotFoundError:
+                pass
 
     def delete(self, key: str) -> None:
         try:
@@ -473,7 +617,7 @@ class LocalDirStore:
     def keys(self) -> Iterator[tuple[str, float]]:
         """Every stored name with its modification time (temp files included)."""
         for shard in sorted(self.root.iterdir()):
-            if not shard.is_dir():
+            if not shard.is_dir() or shard.name == FREE_DIR:  # (recycled files: no objects)
                 continue
             for entry in os.scandir(shard):
                 try:
@@ -559,18 +703,19 @@ class OpenObjects:
                 del self._lent[fd]
                 os.close(fd)
 
-    def forget(self, key: str) -> None:
+    def forget(self, key: str) -> bool:
         """The object was deleted or replaced: its descriptor is closed (by the last read
-        using it, if any) and never lent again."""
+        using it, if any) and never lent again. True if a read is using it now."""
         with self._mutex:
             self._forgotten += 1
             entry = self._fds.pop(key, None)
             if entry is None:
-                return
+                return False
             if entry[1]:
                 self._lent[entry[0]] = [entry[1]]
-            else:
-                os.close(entry[0])
+                return True
+            os.close(entry[0])
+            return False
 
     def close(self) -> None:
         """Close every descriptor no read is using (the store is done with)."""
@@ -591,6 +736,22 @@ def _open_objects_limit() -> int:
     if soft == resource.RLIM_INFINITY:
         return 8192
     return max(64, min(8192, soft // 4))
+
+
+def _write_all(fd: int, parts: list[memoryview]) -> int:
+    """Write the pieces from offset 0 on (``pwritev``: one system call, short writes
+    resumed). Returns the size written."""
+    at = 0
+    left = [p for p in parts if len(p)]
+    while left:
+        n = os.pwritev(fd, left, at)
+        at += n
+        while left and n >= len(left[0]):
+            n -= len(left[0])
+            left.pop(0)
+        if left and n:
+            left[0] = left[0][n:]
+    return at
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
