@@ -115,6 +115,7 @@ __all__ = [
 
 log = logging.getLogger("ebscrypt.blocks")
 _NOT_KNOWN = object()
+_SMALL_RANGE = 64 * 1024  # open_ref_range_into: below this, an unknown object is read the way of open_ref_range
 
 # The group commit's statements, built once: building a statement (and its cache key)
 # cost SQLAlchemy more than SQLite takes to run it (issue 15, bench/README.md section J).
@@ -982,12 +983,14 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             dest[:] = bytes(length)
             return
         read_into = getattr(self.store, "read_range_into", None)
-        if read_into is None:
+        name = ref.object_key
+        reader = readers.get(name, _NOT_KNOWN) if readers is not None else _NOT_KNOWN
+        if read_into is None or (reader is _NOT_KNOWN and length < _SMALL_RANGE):
+            # (a small read of an unknown object: its header and sectors in one visit, the
+            # few bytes copied once)
             dest[:] = self.open_ref_range(ref, key, offset, length, readers=readers)
             return
         self._check_ref_key(ref, key)
-        name = ref.object_key
-        reader = readers.get(name, _NOT_KNOWN) if readers is not None else _NOT_KNOWN
         if reader is _NOT_KNOWN:
             reader = self._sector_reader(ref, key, read_into, keep)
             if readers is not None:

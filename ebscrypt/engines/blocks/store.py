@@ -176,8 +176,12 @@ class LocalDirStore:
 
     def stage(self, key: str, data: bytes | bytearray | memoryview, *, direct: bool = True) -> "Staged":
         """Write an object (not durable yet). ``direct``: its page-aligned head with O_DIRECT
-        where the store does (``_write_object``); False keeps it in the page cache (an
-        attached volume's eviction, read back soon)."""
+        where the store does (``_write_object``); False keeps it in the page cache. (An
+        attached volume's evictions and direct writes go through :meth:`write_unsynced`
+        instead, always buffered: they are read back soon, and the recycled files they are
+        written over are worth reusing for their cached pages; a file written here with
+        O_DIRECT may be recycled later and is then written over through the page cache,
+        which O_DIRECT's write left coherent.)"""
         path = self._path(key)
         try:
             fd = self._create(path)
@@ -291,7 +295,10 @@ class LocalDirStore:
     def write_unsynced(self, key: str, data: bytes | bytearray | memoryview | Sequence[memoryview]) -> None:
         """Write an object under its final (fresh) name, not durable yet; nothing names it
         until ``sync_objects`` returned and its entry is committed (a crash leaves an
-        orphan for ``sweep_orphans``). ``data``: the object, or its pieces in order."""
+        orphan for ``sweep_orphans``). ``data``: the object, or its pieces in order.
+        Through the page cache, never O_DIRECT (unlike :meth:`stage`) and never followed by
+        a page drop in ``sync_objects``: the object is read back soon, and its file, once
+        superseded, is recycled for its pages."""
         parts = [memoryview(data)] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
         if self._write_recycled(key, parts):
             return
