@@ -82,13 +82,17 @@ def test_a_direct_read_racing_a_recycle_reads_its_own_object(tmp_path: Path, mon
     store.close()
 
 
+@pytest.mark.parametrize("partial", [False, True], ids=["whole", "with-journal"])
 @pytest.mark.parametrize("encrypted", [True, False], ids=["encrypted", "plain"])
-def test_streams_racing_direct_writes_and_recycling(tmp_path: Path, monkeypatch, encrypted: bool) -> None:
+def test_streams_racing_direct_writes_and_recycling(tmp_path: Path, monkeypatch, encrypted: bool,
+                                                    partial: bool) -> None:
     """R-ATTACH-3: sequential 1 MiB reads over more than the cache (streamed, nbdr5) while
     another thread writes whole blocks over the same span (staged from the request,
-    nbdw5) and publishes, objects recycled at once (no grace): every block read is one
-    whole version of it — never torn, never another block's or a recycled file's bytes,
-    never an integrity error — and after the writers stop, the stream reads the last."""
+    nbdw5) and publishes, objects recycled at once (no grace) — and, ``partial``, a third
+    writes 4 KiB pages of 0xEE (journaled, a small journal: rotations and merges): every
+    block read is one whole version of it under the journaled pages — never torn, never
+    another block's or a recycled file's bytes, never an integrity error — and once the
+    writers stop, whole writes then a journaled one, merged, are what the stream reads."""
     monkeypatch.setattr(engine_mod, "RECYCLE_GRACE", 0.0)
     key = DataKey("dk-test", os.urandom(32)) if encrypted else None
     vid = "vol-00000000000000051"
@@ -102,7 +106,7 @@ def test_streams_racing_direct_writes_and_recycling(tmp_path: Path, monkeypatch,
     with local_block_engine(tmp_path) as blocks:
         pool = ThreadPoolExecutor(4)
         vol = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1", cache_blocks=4, flusher=pool,
-                         journal_path=tmp_path / "journal" / f"{vid}.jnl")
+                         journal_path=tmp_path / "journal" / f"{vid}.jnl", journal_bytes=128 << 10)
         vol._publish_limit = 6
         last = {i: 1 for i in range(nblocks)}
         for i in range(nblocks):
@@ -124,6 +128,15 @@ def test_streams_racing_direct_writes_and_recycling(tmp_path: Path, monkeypatch,
             finally:
                 stop.set()
 
+        def pages() -> None:
+            rng = random.Random(6)
+            try:
+                while not stop.is_set():
+                    vol.write(rng.randrange(nblocks) * BLOCK_SIZE + rng.randrange(1, 128) * 4096, b"\xee" * 4096)
+            except BaseException as exc:
+                errors.append(exc)
+                stop.set()
+
         def reader() -> None:
             try:
                 while not stop.is_set():
@@ -134,22 +147,38 @@ def test_streams_racing_direct_writes_and_recycling(tmp_path: Path, monkeypatch,
                             block = got[n * BLOCK_SIZE:(n + 1) * BLOCK_SIZE]
                             index = off // BLOCK_SIZE + n
                             assert block[:8] == bytes([index]) * 8, index
-                            assert block[8:] == bytes([block[8]]) * (BLOCK_SIZE - 8), index  # one version, whole
+                            # one version, whole (under journaled pages of 0xEE, if any)
+                            assert len(set(block[8:]) - {0xEE}) == 1 and block[8] != 0xEE, index
+                            assert partial or block[8:] == bytes([block[8]]) * (BLOCK_SIZE - 8), index
             except BaseException as exc:
                 errors.append(exc)
                 stop.set()
 
         threads = [threading.Thread(target=writer), threading.Thread(target=reader), threading.Thread(target=reader)]
+        if partial:
+            threads.append(threading.Thread(target=pages))
         for th in threads:
             th.start()
         for th in threads:
             th.join(300)
         assert not errors, repr(errors[0])
         assert vol.direct_writes > 50 and blocks.store.recycled > 0  # the paths under test were taken
+        if not partial:
+            vol._read_next = -10
+            for off in range(0, nblocks * BLOCK_SIZE, 1 << 20):
+                got = vol.read(off, 1 << 20)
+                i = off // BLOCK_SIZE
+                assert got == fill(i, last[i]) + fill(i + 1, last[i + 1]), i
+        model = bytearray(b"".join(fill(i, 200) for i in range(nblocks)))
+        for off in range(0, len(model), 1 << 20):
+            vol.write(off, model[off:off + (1 << 20)])  # whole blocks over whatever was journaled
+        vol.write(3 * BLOCK_SIZE + 8192, b"\xee" * 4096)  # and a page over one, journaled
+        model[3 * BLOCK_SIZE + 8192:3 * BLOCK_SIZE + 12288] = b"\xee" * 4096
+        with vol.quiesced():
+            pass  # merged and published
         vol._read_next = -10
         for off in range(0, nblocks * BLOCK_SIZE, 1 << 20):
-            got = vol.read(off, 1 << 20)
-            i = off // BLOCK_SIZE
-            assert got == fill(i, last[i]) + fill(i + 1, last[i + 1]), i
+            assert vol.read(off, 1 << 20) == model[off:off + (1 << 20)], off
+        assert bytes(blocks.read_block(vid, 3, key)) == bytes(model[3 * BLOCK_SIZE:4 * BLOCK_SIZE])
         vol.close()
         pool.shutdown()
