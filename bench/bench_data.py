@@ -66,26 +66,38 @@ def cli(*args: str) -> dict[str, Any]:
 def cpu_seconds(pid: int | None) -> float:
     """User + system CPU seconds of a process so far (0 without one): the server's own
     cost, which the other processes' load disturbs far less than wall time."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int | None) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far. The system part is shown apart: on
+    this VM it swings with the machine's state (fresh page-cache pages cost a host fault
+    each while the host holds the free memory back: bench/README.md, section U), the user
+    part does not."""
     if pid is None:
-        return 0.0
+        return 0.0, 0.0
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def transfer(endpoint: str, image: Path, size_mib: int, threads: int, encrypted: bool,
              pid: int | None = None) -> dict[str, Any]:
     extra = ["--encrypted"] if encrypted else []
     blocks = size_mib * MIB // BLOCK
-    c0, t0 = cpu_seconds(pid), time.perf_counter()
+    s0, t0 = cpu_split(pid), time.perf_counter()
+    c0 = sum(s0)
     up = cli("upload", str(image), "--endpoint-url", endpoint, "--account", ACCOUNT, "--threads", str(threads), *extra)
     t_up = time.perf_counter() - t0
-    c1 = cpu_seconds(pid)
+    s1 = cpu_split(pid)
+    c1 = sum(s1)
     out = image.with_suffix(".out")
     t0 = time.perf_counter()
     down = cli("download", up["SnapshotId"], str(out), "--endpoint-url", endpoint, "--account", ACCOUNT,
                "--threads", str(threads))
     t_down = time.perf_counter() - t0
-    c2 = cpu_seconds(pid)
+    s2 = cpu_split(pid)
+    c2 = sum(s2)
     same = _same_prefix(image, out)
     out.unlink()
     return {
@@ -97,6 +109,8 @@ def transfer(endpoint: str, image: Path, size_mib: int, threads: int, encrypted:
         # the server's CPU per block (the CLI's start-up and listing included: a few ms)
         "upload_cpu_ms": (c1 - c0) * 1000 / blocks if pid else None,
         "download_cpu_ms": (c2 - c1) * 1000 / blocks if pid else None,
+        "upload_sys_ms": (s1[1] - s0[1]) * 1000 / blocks if pid else None,
+        "download_sys_ms": (s2[1] - s1[1]) * 1000 / blocks if pid else None,
         "checksum_match": up["Checksum"] == down["Checksum"],
         "bytes_match": same,
     }
@@ -250,10 +264,12 @@ def raw_put_rounds(sides: dict[str, Any], rounds: int, blocks: int, conns: int,
                 SnapshotId=snap, BlockIndex=i, BlockData=data, DataLength=BLOCK, Checksum=checksum,
                 ChecksumAlgorithm="SHA256"), account=ACCOUNT), 1)[0] for i in range(blocks)]
             proc = getattr(sides[name], "proc", None)
-            c0 = cpu_seconds(proc.pid if proc is not None else None)
+            u0, s0 = cpu_split(proc.pid if proc is not None else None)
             out[name].append(blocks * BLOCK / MIB / replay(url, reqs, None, conns))
             if cpu_ms is not None and proc is not None:  # the server's CPU per block (/proc)
-                cpu_ms.setdefault(name, []).append((cpu_seconds(proc.pid) - c0) * 1000 / blocks)
+                u1, s1 = cpu_split(proc.pid)
+                cpu_ms.setdefault(name, []).append((u1 + s1 - u0 - s0) * 1000 / blocks)
+                cpu_ms.setdefault(name + " sys", []).append((s1 - s0) * 1000 / blocks)
     return out
 
 
@@ -368,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
             raw_cpu: dict[str, list[float]] = {}
             raw = raw_put_rounds(sides, args.raw_rounds, args.raw_blocks, args.threads, raw_cpu)
             results["raw_put"] = {name: {"median": statistics.median(v), "rounds": [round(x, 1) for x in v],
-                                         "cpu_ms": statistics.median(raw_cpu[name]) if raw_cpu.get(name) else None}
+                                         "cpu_ms": statistics.median(raw_cpu[name]) if raw_cpu.get(name) else None,
+                                         "sys_ms": (statistics.median(raw_cpu[name + " sys"])
+                                                    if raw_cpu.get(name + " sys") else None)}
                                   for name, v in raw.items()}
 
         # Interleaved rounds (ebscrypt, moto, null, then reversed, ...): drift hits all alike.
@@ -387,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, got in runs.items():
             ok = [g for g in got if "error" not in g]
             results[name] = dict(ok[-1]) if ok else got[-1]
-            for fig in ("upload_mibps", "download_mibps", "upload_cpu_ms", "download_cpu_ms"):
+            for fig in ("upload_mibps", "download_mibps", "upload_cpu_ms", "download_cpu_ms",
+                        "upload_sys_ms", "download_sys_ms"):
                 if ok and all(g.get(fig) is not None for g in ok):
                     results[name][fig] = statistics.median(g[fig] for g in ok)
                     results[name][fig + "_rounds"] = [round(g[fig], 1) for g in ok]
@@ -453,6 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     print("  server CPU ms per block (median), upload / download: " + ", ".join(
         f"{name} {fmt(side.get('upload_cpu_ms'), '.2f')} / {fmt(side.get('download_cpu_ms'), '.2f')}"
         for name, side in (("ebscrypt", e), ("before", b), ("moto", m), ("null", n)) if side))
+    print("  of which system CPU, upload / download: " + ", ".join(
+        f"{name} {fmt(side.get('upload_sys_ms'), '.2f')} / {fmt(side.get('download_sys_ms'), '.2f')}"
+        for name, side in (("ebscrypt", e), ("before", b), ("moto", m), ("null", n)) if side)
+        + "; rounds up: " + ", ".join(f"{name} {side.get('upload_cpu_ms_rounds')}"
+                                      for name, side in (("ebscrypt", e), ("before", b), ("moto", m)) if side))
     for name, side in (("moto", m), ("null", n), ("ebscrypt", e)):
         if "error" in side:
             print(f"  {name} failed: {side['error']}")
@@ -465,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
               "ebscrypt/side)")
         for name, fig in raw.items():
             print(f"  {name:10} {fig['median']:8.1f}  {ratio(e_raw, fig['median']):>6}  rounds {fig['rounds']}; "
-                  f"server CPU {fmt(fig.get('cpu_ms'), '.2f')} ms per block")
+                  f"server CPU {fmt(fig.get('cpu_ms'), '.2f')} ms per block (system {fmt(fig.get('sys_ms'), '.2f')})")
     for mem in results.get("memory", []):
         print(f"  memory: {mem['gib']} GiB uploaded ({mem['blocks']} blocks, {mem['mibps']} MiB/s): server RSS "
               f"{mem['rss_before_mib']} MiB before, {mem['rss_mib']} MiB after, peak {mem['hwm_mib']} MiB")

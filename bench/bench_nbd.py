@@ -18,7 +18,7 @@ cache (``--span-mib 512``) measures the block engine instead: a random miss read
 authenticates the sectors it covers, a sequential one whole blocks; each eviction seals
 and stores a block. ``--before DIR`` runs a second server from another checkout (e.g.
 ``git archive 0650d1b``) beside this one, interleaved: after/before ratios of one run.
-Each ebscrypt target's server CPU time per I/O (from /proc) is shown too: it is much
+Each target's server CPU time per I/O (from /proc; nbdkit's too) is shown: it is much
 less disturbed by other load on the machine than the rates.
 
 ``--merge`` measures instead what a full write journal costs the I/O while it is merged:
@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         targets["nbdkit-file"] = f"nbd://127.0.0.1:{kit_port}/"
         time.sleep(0.5)
         pids = {tag: srv.proc.pid for tag, srv in servers.items()}
+        pids["nbdkit"], owner["nbdkit-file"] = kit.pid, "nbdkit"  # (its CPU per I/O too: the floor)
         rss_before = {tag: rss_mib(pid) for tag, pid in pids.items()}
         for name, uri in targets.items():  # fill the span so reads read data
             fill(uri, args.span_mib)

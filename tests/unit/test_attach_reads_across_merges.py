@@ -111,11 +111,11 @@ def test_reads_outside_the_lock_race_a_rotation_and_the_merge_of_the_frozen_jour
         held: list[Any] = []
         real_read_parts = vol._read_parts
 
-        def paused_read_parts(parts: Any, out: bytearray, k: Any) -> None:
+        def paused_read_parts(parts: Any, out: bytearray, k: Any, **options: Any) -> None:
             held.extend(f for part in parts if part[5] is not None for f, _e in part[5].parts)
             planned.set()
             assert go.wait(60)
-            real_read_parts(parts, out, k)
+            real_read_parts(parts, out, k, **options)
 
         vol._read_parts = paused_read_parts  # type: ignore[method-assign]
         want = bytes(model[BLOCK_SIZE:BLOCK_SIZE + 3 * PAGE])
@@ -163,7 +163,8 @@ def test_reads_outside_the_lock_race_a_rotation_and_the_merge_of_the_frozen_jour
 
         vol._load_one = paused_load_one  # type: ignore[method-assign]
         journal.overlay_since = spy_since  # type: ignore[method-assign]
-        vol._read_next, vol._adjacent = 6, True  # (next to the last read: sequential, whole blocks claimed)
+        # (next to the last read, a run shorter than the cache: sequential, whole blocks claimed)
+        vol._read_next, vol._adjacent, vol._run_start, vol._run_end = 6, True, 6, 6
         got2: list[bytes | bytearray] = []
         loader = threading.Thread(target=lambda: got2.append(vol.read(6 * BLOCK_SIZE, BLOCK_SIZE)))
         loader.start()
@@ -227,7 +228,7 @@ def test_a_claimed_load_failing_on_an_altered_record_lets_every_waiting_reader_g
         except BaseException as exc:
             errors.append(exc)
 
-    vol._read_next, vol._adjacent = 7, True  # sequential: the whole block claimed
+    vol._read_next, vol._adjacent, vol._run_start, vol._run_end = 7, True, 7, 7  # sequential: the whole block claimed
     first = threading.Thread(target=read_block_7)
     first.start()
     assert loading.wait(30)
@@ -240,7 +241,7 @@ def test_a_claimed_load_failing_on_an_altered_record_lets_every_waiting_reader_g
         f.seek(ext.pos + 40)
         f.write(bytes([byte ^ 1]))
     with vol._lock:
-        vol._read_next, vol._adjacent = 7, True
+        vol._read_next, vol._adjacent, vol._run_start, vol._run_end = 7, True, 7, 7
     second = threading.Thread(target=read_block_7)  # waits for the first one's claim
     second.start()
     _wait_for(lambda: 7 in vol._loading)

@@ -8,12 +8,14 @@ import os
 import random
 import struct
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from ebscrypt.engines.attach.volume_io import OpenVolume, VolumeClosed, _spans
+from ebscrypt.engines.blocks import engine as engine_mod
 from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, DataKey
 from ebscrypt.engines.blocks.engine import BlockEngine
 from ebscrypt.engines.blocks.store import LocalDirStore
@@ -324,6 +326,7 @@ class _CountingStore:
         self.inner = inner
         self.whole = 0
         self.ranged = 0
+        self.advised: list[str] = []
 
     def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
         return getattr(self.inner, name)
@@ -337,6 +340,15 @@ class _CountingStore:
         out = self.inner.read_ranges(key, ranges)
         self.ranged += sum(len(b) for b in out)
         return out
+
+    def advise(self, key: str) -> None:
+        self.advised.append(key)
+        self.inner.advise(key)
+
+    def read_range_into(self, key: str, offset: int, dest: memoryview, *, keep: bool = True) -> int:
+        got = self.inner.read_range_into(key, offset, dest, keep=keep)
+        self.ranged += got
+        return got
 
 
 @pytest.mark.parametrize("encrypted", [True, False])
@@ -377,8 +389,10 @@ def test_random_misses_read_only_their_sectors_sequential_reads_load_blocks(bloc
     for offset in range(0, 16 * BLOCK_SIZE, 64 * 1024 + 4096):
         assert vol.read(offset, 4096) == model[offset:offset + 4096]
     # Sequential reads: whole blocks loaded (and read ahead).
+    # (blocks 8..11, none cached; passes never stream here: test_a_sequential_pass_longer_than_the_cache_streams)
+    vol._stream_run = 10 ** 9
     whole = counting.whole
-    for offset in range(0, 4 * BLOCK_SIZE, 1 << 20):
+    for offset in range(8 * BLOCK_SIZE, 12 * BLOCK_SIZE, 1 << 20):
         assert vol.read(offset, 1 << 20) == model[offset:offset + (1 << 20)]
     assert counting.whole > whole
     vol.close()
@@ -406,16 +420,97 @@ def test_a_tampered_sector_fails_the_read_not_wrong_bytes(blocks) -> None:
     vol.close()
 
 
-def test_loads_outside_the_lock_never_read_back_stale_bytes(blocks) -> None:
-    """Sequential readers (their blocks and read-ahead loaded outside the volume's lock)
-    beside a writer rewriting whole blocks, through a cache small enough to evict: every
-    block a read returns is one whole version of it, never older than the last write
+@pytest.mark.parametrize("encrypted", [True, False], ids=["encrypted", "plain"])
+def test_a_sequential_pass_longer_than_the_cache_streams(blocks, tmp_path: Path, encrypted: bool) -> None:
+    """R-ATTACH-3: a sequential pass longer than the cache reads its blocks' sectors
+    straight into the answer (no whole-block loads, nothing inserted: the cache keeps
+    what it held, a dirty block included), and reads back the model — stored, dirty,
+    written-behind and journaled blocks alike; a tampered sector of a streamed block
+    fails the read (BlockIntegrityError), never other bytes."""
+    from ebscrypt.engines.blocks.crypto import sector_span
+    from ebscrypt.engines.blocks.errors import BlockIntegrityError
+
+    key = DataKey("dk-test", os.urandom(32)) if encrypted else None
+    vid = "vol-00000000000000041"
+    nblocks = 24
+    rng = random.Random(11)
+    model = bytearray(rng.randbytes(nblocks * BLOCK_SIZE))
+    writer = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1", cache_blocks=64)
+    writer.write(0, model)
+    writer.close()
+    counting = _CountingStore(blocks.store)
+    blocks.store = counting
+    pool = ThreadPoolExecutor(2)
+    vol = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1", cache_blocks=4, flusher=pool,
+                     journal_path=tmp_path / "journal" / f"{vid}.jnl")
+
+    def write(offset: int, data: bytes) -> None:
+        vol.write(offset, data)
+        model[offset:offset + len(data)] = data
+
+    for i in (5, 6, 17):  # small writes to blocks not cached: journal records
+        write(i * BLOCK_SIZE + 20_000, os.urandom(5000))
+    # Block 15 loaded into the cache first (a sequential read of it): its whole-block write
+    # is then a cached dirty block; the others are not cached, so their whole-block writes
+    # are staged straight from the request (_write_direct, branch nbdw5): unpublished
+    # objects a stream reads like a write-behind's.
+    vol._read_next = vol._run_start = vol._run_end = 15  # (a short pass of its own: loaded whole)
+    assert vol.read(15 * BLOCK_SIZE, BLOCK_SIZE) == model[15 * BLOCK_SIZE:16 * BLOCK_SIZE]
+    assert 15 in vol._cache
+    deadline = time.monotonic() + 30
+    while vol._loading and time.monotonic() < deadline:  # (its read-ahead's loads, inserted when done)
+        time.sleep(0.01)
+    for i in (10, 12, 13, 14, 15):
+        write(i * BLOCK_SIZE, bytes([i]) * BLOCK_SIZE)
+    assert vol.direct_writes == 4 and {10, 12, 13, 14} <= set(vol._unpublished)
+    write(15 * BLOCK_SIZE + 7, b"d" * 300)  # a cached block patched in place
+    assert 15 in vol._dirty and vol._journal is not None and vol._journal.has(5)
+    whole, ranged, held = counting.whole, counting.ranged, set(vol._cache)
+    vol._read_next = 1000  # (a new run begins at 0)
+    for offset in range(0, nblocks * BLOCK_SIZE, 1 << 20):
+        assert vol.read(offset, 1 << 20) == model[offset:offset + (1 << 20)]
+    # The first cache's worth of the run (and its read-ahead) loaded whole, the rest streamed.
+    assert counting.whole - whole <= 8 * (BLOCK_SIZE + 40_000)
+    assert counting.ranged - ranged >= (nblocks - 8 - 3) * BLOCK_SIZE
+    assert all(i < 8 or i in held for i in vol._cache)  # nothing streamed was inserted
+    # The stream's read-ahead: the kernel asked to read the objects of the blocks ahead.
+    stored = {r.object_key for r in blocks.list_block_refs(vid)} | {s.ref.object_key for s in vol._unpublished.values()}
+    assert len(counting.advised) >= 8 and set(counting.advised) <= stored
+    vol.flush()
+    vol.close()
+    pool.shutdown()
+    blocks.store = counting.inner
+
+    ref = blocks.block_ref(vid, 20)
+    path = blocks.store.root / ref.object_key
+    raw = bytearray(path.read_bytes())
+    at, _n = sector_span(encrypted, 14, 3 * 16384, 1)  # block 20's fourth sector in its object
+    raw[at + 5] ^= 1
+    path.write_bytes(raw)
+    vol = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1", cache_blocks=4)
+    offset = 0
+    with pytest.raises(BlockIntegrityError):
+        while offset < nblocks * BLOCK_SIZE:
+            assert vol.read(offset, 1 << 20) == model[offset:offset + (1 << 20)]
+            offset += 1 << 20
+    assert offset == 20 * BLOCK_SIZE and vol._stream_run < 20  # the read of blocks 20-21, streamed, failed
+    vol.close()
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["loading", "streaming"])
+def test_loads_outside_the_lock_never_read_back_stale_bytes(blocks, streaming: bool) -> None:
+    """Sequential readers (their blocks and read-ahead loaded outside the volume's lock,
+    or, in runs longer than the cache, streamed: their sectors read outside it) beside a
+    writer rewriting whole blocks, through a cache small enough to evict: every block a
+    read returns is one whole version of it, never older than the last write
     acknowledged before the read began (a load that raced a write is dropped)."""
     key = DataKey("dk-test", os.urandom(32))
     nblocks = 48
     pool = ThreadPoolExecutor(4)
     vol = OpenVolume(blocks, "vol-0000000000000000b", 1, key, account="1", instance_id="i-1", cache_blocks=8,
                      flusher=pool)
+    if not streaming:
+        vol._stream_run = 10 ** 9  # (every sequential run loads whole blocks)
     acked = [0] * nblocks
     for i in range(nblocks):
         vol.write(i * BLOCK_SIZE, bytes([1]) * BLOCK_SIZE)
@@ -503,11 +598,13 @@ def test_try_read_serves_known_small_misses_from_the_page_cache(blocks, monkeypa
         vol.read(off, 4096)
     vol.close()
 
-def test_evictions_are_staged_and_published_at_flush(blocks) -> None:
+def test_evictions_are_staged_and_published_at_flush(blocks, monkeypatch) -> None:
     """An evicted dirty block is sealed and written but neither durable nor recorded until
     the next flush (NBD requires durability only at FLUSH/FUA); this OpenVolume reads it
     back meanwhile; the flush publishes them all at once (one publication); a block
-    evicted twice before the flush leaves one object (the first is deleted)."""
+    evicted twice before the flush leaves one object (the first is recycled: its file
+    kept for a later staging once RECYCLE_GRACE is over, or deleted at the engine's close)."""
+    monkeypatch.setattr(engine_mod, "RECYCLE_GRACE", 600.0)  # (however slow this machine: not yet recycled)
     key = DataKey("dk-test", os.urandom(32))
     vid = "vol-0000000000000000d"
     vol = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1", cache_blocks=4)
@@ -521,7 +618,9 @@ def test_evictions_are_staged_and_published_at_flush(blocks) -> None:
     assert blocks.list_blocks(vid) == []  # nothing recorded yet
     assert len(vol._unpublished) >= 8 and blocks.unpublished_objects()
     objects = {k for k, _m in blocks.store.keys()}
-    assert objects == blocks.unpublished_objects()  # one object per staged block, no leftovers
+    recycling = blocks.recycling_objects()
+    assert len(recycling) == 1  # block 0's first object
+    assert objects == blocks.unpublished_objects() | recycling  # one object per staged block, no other leftovers
     assert blocks.sweep_orphans(0) == 0  # the live engine's sweep leaves them alone
     for i, data in datas.items():
         assert vol.read(i * BLOCK_SIZE, BLOCK_SIZE) == data

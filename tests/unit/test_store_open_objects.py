@@ -44,6 +44,33 @@ def test_ranged_reads_reuse_one_descriptor_and_the_cache_is_bounded(tmp_path: Pa
     assert _open_fds() <= base
 
 
+def test_a_stream_reads_into_place_and_never_pushes_out_kept_descriptors(tmp_path: Path) -> None:
+    """``read_range_into`` (a sequential reader of an attached volume): the bytes read in
+    place, a short count past the end, ObjectMissing for a deleted object; with
+    ``keep=False`` a descriptor is kept only while the bound has room, so the objects random
+    reads keep open stay open."""
+    store = LocalDirStore(tmp_path, open_objects=4)
+    keys = [new_object_key() for _ in range(8)]
+    for i, key in enumerate(keys):
+        store.put(key, bytes([i]) * 8192)
+    buf = bytearray(6000)
+    assert store.read_range_into(keys[1], 4000, memoryview(buf)) == 4192  # short: the object ends
+    assert buf[:4192] == bytes([1]) * 4192
+    for key in keys[:3]:  # kept (room for 4): one is left
+        store.read_ranges(key, [(0, 1)])
+    kept = dict(store._open._fds)
+    assert len(kept) == 3
+    for i, key in enumerate(keys[3:], 3):  # a stream over five more objects
+        view = memoryview(bytearray(100))
+        assert store.read_range_into(key, 50, view, keep=False) == 100 and bytes(view) == bytes([i]) * 100
+    fds = store._open._fds
+    assert all(k in fds for k in keys[:3]) and len(fds) == 4  # the first streamed one filled the room
+    store.delete(keys[3])
+    with pytest.raises(ObjectMissing):
+        store.read_range_into(keys[3], 0, memoryview(bytearray(1)), keep=False)
+    store.close()
+
+
 def test_a_deleted_or_replaced_object_is_never_read_again(tmp_path: Path) -> None:
     store = LocalDirStore(tmp_path)
     key = new_object_key()

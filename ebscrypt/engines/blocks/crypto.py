@@ -251,6 +251,51 @@ class SectorReader:
         _check_sectors(self._table, first, view)
         return bytes(view[skip:skip + length])
 
+    def aligned(self, offset: int, length: int) -> bool:
+        """Whether [offset, offset+length) is whole sectors: a plain object's sectors are
+        then the bytes asked for (read straight into the caller's buffer, checked there:
+        :meth:`check_in_place`)."""
+        mask = (1 << self.shift) - 1
+        return not (offset & mask or length & mask)
+
+    def check_in_place(self, offset: int, data: memoryview) -> None:
+        """(A plain object) ``data``, the whole sectors from ``offset`` as read, against the
+        checked table: BlockIntegrityError if any differs. The caller drops ``data``
+        on an error (nothing of it is served)."""
+        if self._aead is not None or not self.aligned(offset, len(data)):
+            raise ValueError("whole sectors of a plain object")
+        _check_sectors(self._table, offset >> self.shift, data)
+
+    def open_into(self, raw: bytes | bytearray | memoryview, offset: int, length: int, dest: memoryview) -> None:
+        """:meth:`open` into ``dest`` (``length`` bytes) without a buffer of its own where
+        the range is whole sectors (an encrypted object's are decrypted straight into
+        ``dest``). On BlockIntegrityError ``dest`` may hold unchecked bytes: the caller
+        drops it."""
+        first, last = _sectors(offset, length, self.shift)
+        size, stride = 1 << self.shift, self._stride
+        view = memoryview(raw)
+        if len(view) != (last - first + 1) * stride or len(dest) != length:
+            raise BlockIntegrityError()
+        skip = offset - (first << self.shift)
+        if self._aead is None:
+            _check_sectors(self._table, first, view)
+            dest[:] = view[skip:skip + length]
+            return
+        whole = self.aligned(offset, length)
+        out = dest if whole else memoryview(bytearray((last - first + 1) * size))
+        try:
+            for n, sector in enumerate(range(first, last + 1)):
+                self._aead.decrypt_into(_NONCES[sector], view[n * stride:(n + 1) * stride],
+                                        self._aad + _SECTOR_IDS[sector], out[n * size:(n + 1) * size])
+        except InvalidTag:
+            raise BlockIntegrityError() from None
+        if not whole:
+            dest[:] = out[skip:skip + length]
+
+    @property
+    def plain(self) -> bool:
+        return self._aead is None
+
 
 class BlockCipher:
     """Seals and opens block objects for one data key (or none), reusing its buffers.
@@ -294,12 +339,8 @@ class BlockCipher:
         src = memoryview(data)
         obj[0:HEADER3] = header
         if self._aead is None:
-            at = HEADER3
-            for sector in range(count):
-                obj[at:at + DIGEST] = blake3(src[sector * size:(sector + 1) * size]).digest()
-                at += DIGEST
+            at = self._plain_prefix(src, shift)
             view[at:] = src
-            self._table_digest = hashlib.sha256(view[:at]).digest()
             return view
         assert self.key is not None
         salt = os.urandom(SALT)
@@ -312,6 +353,34 @@ class BlockCipher:
                               aad + _SECTOR_IDS[sector], view[at:at + stride])
             at += stride
         return view
+
+    def _plain_prefix(self, src: memoryview, shift: int) -> int:
+        """Fill a plain object's sector table (after its header, already in the buffer) for
+        ``src``; note its digest; return where the data goes."""
+        obj = self._obj
+        size, at = 1 << shift, HEADER3
+        for sector in range(BLOCK_SIZE >> shift):
+            obj[at:at + DIGEST] = blake3(src[sector * size:(sector + 1) * size]).digest()
+            at += DIGEST
+        self._table_digest = hashlib.sha256(memoryview(obj)[:at]).digest()
+        return at
+
+    def seal_block_parts(self, identity: str, index: int, data: bytes | bytearray | memoryview,
+                         checksum: str) -> tuple[list[memoryview], str]:
+        """:meth:`seal_block` as the pieces of the object to write one after the other
+        (``os.writev``): a plain object's header and sector table, then ``data`` itself —
+        not copied into the object buffer (a 512 KiB copy per block); an encrypted object
+        whole. ``data`` must not change until the pieces are written."""
+        if self._aead is not None:
+            view, sealed = self.seal_block(identity, index, data, checksum)
+            return [view], sealed
+        if len(data) != BLOCK_SIZE:
+            raise ValueError(f"a block is exactly {BLOCK_SIZE} bytes")
+        _check_identity(identity)
+        shift = self.sector_shift
+        self._obj[0:HEADER3] = MAGIC + bytes([VERSION, MODE_PLAIN, shift, 0])
+        at = self._plain_prefix(memoryview(data), shift)
+        return [memoryview(self._obj)[:at], memoryview(data)], plain_entry_checksum(checksum, self._table_digest)
 
     def seal_block(self, identity: str, index: int, data: bytes | bytearray | memoryview,
                    checksum: str) -> tuple[memoryview, str]:

@@ -62,7 +62,7 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -115,6 +115,7 @@ __all__ = [
 
 log = logging.getLogger("ebscrypt.blocks")
 _NOT_KNOWN = object()
+_SMALL_RANGE = 64 * 1024  # open_ref_range_into: below this, an unknown object is read the way of open_ref_range
 
 # The group commit's statements, built once: building a statement (and its cache key)
 # cost SQLAlchemy more than SQLite takes to run it (issue 15, bench/README.md section J).
@@ -128,6 +129,16 @@ _HEAD_ENTRY = select(blk_entries).join(blk_owners, blk_owners.c.head_id == blk_e
 
 # A map over the blocks to seal (``map`` or a thread pool's): write_blocks seals in parallel.
 MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
+
+
+# How long an attached volume's superseded or dropped objects wait before their files are
+# reused (see publish_blocks). Not for safety — the store never reuses a file a read is
+# using, and a read that comes later finds no object and looks the block up again
+# (ObjectMissing, as after a compaction) — but so that such second looks stay rare: a
+# read resolves a block under its volume's lock and reads it moments later. How many may
+# wait: beyond it the oldest are deleted.
+RECYCLE_GRACE = 1.0
+RECYCLE_QUEUE = 8192
 
 
 @dataclass
@@ -284,6 +295,12 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         self._unpublished: set[str] = set()
         self._unpublished_lock = threading.Lock()
         self.publications = 0  # publish_blocks calls that recorded blocks (observability, tests)
+        # Objects of attached volumes nobody reads any more — superseded by a publication in
+        # the volume's own head layer, or staged and never to be published — handed to the
+        # store's ``recycle`` (their files overwritten by later staging: no fresh page-cache
+        # pages) once RECYCLE_GRACE has passed: (due time, key, in the garbage table).
+        self._recycling: deque[tuple[float, str, bool]] = deque()
+        self._recycling_lock = threading.Lock()
         self._periodic_last: dict[str, float] = {}
         self._maint: threading.Thread | None = None
         self._stop = threading.Event()
@@ -299,6 +316,11 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
                 self._pool = None
+        with self._recycling_lock:
+            pending, self._recycling = list(self._recycling), deque()
+        # (garbage rows are deleted by the next process's sweep; objects staged and dropped
+        # are not garbage: deleted now rather than left to the orphan sweep)
+        delete_quietly(self.store, [key for _due, key, garbage in pending if not garbage])
         close_store = getattr(self.store, "close", None)
         if close_store is not None:
             close_store()
@@ -409,6 +431,8 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             except Exception as exc:
                 return exc
 
+        self._recycle_due()  # their files are what this staging writes over
+
         results = list((map_fn or map)(prepare, items))
         staged = [r for r in results if isinstance(r, StagedBlock)]
         failed = [r for r in results if isinstance(r, BaseException)]
@@ -435,12 +459,19 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             # meet one (_plain_checksums, reencrypt). (As _prepare_write: a plain
             # object's entry binds its sector table.)
             item.plain_checksum = LAZY_CHECKSUM
-            sealed, item.checksum = cipher.seal_block(item.object_key, index, data, LAZY_CHECKSUM)
+            write = getattr(self.store, "write_unsynced", None)
+            if write is not None:  # (a plain block's data is written from ``data``, not copied)
+                sealed: Any = None
+                parts, item.checksum = cipher.seal_block_parts(item.object_key, index, data, LAZY_CHECKSUM)
+            else:
+                sealed, item.checksum = cipher.seal_block(item.object_key, index, data, LAZY_CHECKSUM)
             with self._unpublished_lock:
                 self._unpublished.add(item.object_key)
             try:
-                write = getattr(self.store, "write_unsynced", None)
-                (write or self.store.put)(item.object_key, sealed)  # a store without it: durable now
+                if write is not None:
+                    write(item.object_key, parts)
+                else:
+                    self.store.put(item.object_key, sealed)  # a store without it: durable now
             except BaseException:
                 with self._unpublished_lock:
                     self._unpublished.discard(item.object_key)
@@ -463,26 +494,72 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         items = [s.item for s in staged]
         for it in items:
             it.error = None
+        superseded: list[str] = []
         with self.db.begin() as conn:
-            self._record_batch(conn, items)
+            self._record_batch(conn, items, superseded)
             failed = [it.error for it in items if it.error is not None]
             if failed:
                 raise failed[0]  # rolls the transaction back: all or nothing
         with self._unpublished_lock:
             self._unpublished.difference_update(keys)
             self.publications += 1
+        # The objects these entries replaced in the owner's head layer: garbage now, and
+        # only the owner's attached volume could read them (a snapshot freezes the layer
+        # and leaves it to the snapshot; a new head's entries shadow, never supersede,
+        # those of frozen layers; EBS direct reads snapshots). That volume's reads
+        # resolve a block under its lock and read it moments later (a read in progress
+        # keeps its file from reuse; a later one finds no object and looks again): a
+        # short grace is enough before the files are reused. (The sweep deletes the rest.)
+        self._recycle_later(superseded, garbage=True)
 
     def discard_staged(self, staged: Sequence[StagedBlock]) -> None:
-        """Delete staged objects that will never be published (superseded, or failed)."""
+        """Delete staged objects that will never be published (superseded, or failed): their
+        files are recycled after RECYCLE_GRACE, deleted at once by a store that does not
+        recycle."""
         keys = [s.item.object_key for s in staged if s.item.object_key is not None]
-        delete_quietly(self.store, keys)
+        if getattr(self.store, "recycle", None) is None:
+            delete_quietly(self.store, keys)
         with self._unpublished_lock:
             self._unpublished.difference_update(keys)
+        self._recycle_later(keys, garbage=False)
+
+    def _recycle_later(self, keys: list[str], *, garbage: bool) -> None:
+        if not keys or getattr(self.store, "recycle", None) is None:
+            return
+        due = time.monotonic() + RECYCLE_GRACE
+        with self._recycling_lock:
+            self._recycling.extend((due, k, garbage) for k in keys)
+            # Bounded: the oldest are deleted now (past their grace by then, or nearly:
+            # RECYCLE_QUEUE is far more than staging takes in RECYCLE_GRACE)
+            excess = [self._recycling.popleft() for _ in range(len(self._recycling) - RECYCLE_QUEUE)]
+        delete_quietly(self.store, [k for _due, k, _garbage in excess])
+
+    def _recycle_due(self) -> None:
+        """Hand the objects whose grace has passed to the store's ``recycle``."""
+        if not self._recycling:
+            return
+        now = time.monotonic()
+        due: list[str] = []
+        with self._recycling_lock:
+            while self._recycling and self._recycling[0][0] <= now:
+                due.append(self._recycling.popleft()[1])
+        recycle = cast(Any, self.store).recycle
+        for key in due:
+            try:
+                recycle(key)
+            except Exception:  # best effort: garbage is swept, an orphan later
+                log.warning("could not recycle object %s", key)
 
     def unpublished_objects(self) -> set[str]:
         """Object keys staged by this engine and not yet published or discarded."""
         with self._unpublished_lock:
             return set(self._unpublished)
+
+    def recycling_objects(self) -> set[str]:
+        """Object keys waiting for their files to be recycled (superseded or discarded,
+        RECYCLE_GRACE not over): the orphan sweep leaves them to this engine."""
+        with self._recycling_lock:
+            return {key for _due, key, _garbage in self._recycling}
 
     @property
     def group_commits(self) -> int:
@@ -632,24 +709,31 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
                 if it.error is None:
                     it.error = exc
 
-    def _record_batch(self, conn: Connection, batch: list["_PendingWrite"]) -> None:
+    def _record_batch(self, conn: Connection, batch: list["_PendingWrite"],
+                      superseded: list[str] | None = None) -> None:
         """The entries of ``batch`` in ``conn``'s transaction: with the group's statements
         (a savepoint), or, if those fail, one by one (a savepoint each), so that one
-        writer's failure is its own (``it.error``)."""
+        writer's failure is its own (``it.error``). ``superseded``: gets the objects the
+        group's entries replaced (not those of the one-by-one fallback)."""
         group = conn.begin_nested()
         try:
-            self._record_group(conn, batch)
+            replaced: list[str] = []
+            self._record_group(conn, batch, superseded_out=replaced)
             group.commit()
+            if superseded is not None:
+                superseded.extend(replaced)
         except Exception:
             group.rollback()
             for it in batch:
                 it.error = None
             self._record_each(conn, batch)
 
-    def _record_group(self, conn: Connection, batch: list["_PendingWrite"], *, new_only: bool = False) -> None:
+    def _record_group(self, conn: Connection, batch: list["_PendingWrite"], *, new_only: bool = False,
+                      superseded_out: list[str] | None = None) -> None:
         """``new_only`` (:meth:`_enter_writes`): record only entries that replace none; a
         write of a block already recorded (or written earlier in this group) is marked
-        ``deferred`` instead, and left for the record after the flush."""
+        ``deferred`` instead, and left for the record after the flush. ``superseded_out``:
+        gets the objects sent to the garbage table."""
         owners: dict[str, Owner] = {}
         rows: dict[tuple[str, int], _PendingWrite] = {}  # (layer, index) -> the last write of it
         superseded: list[str] = []  # objects of earlier writes of the same block in this group
@@ -694,6 +778,8 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
                 superseded.extend(r.object_key for r in old if r.object_key is not None)
         if superseded:
             self._to_garbage(conn, superseded)
+            if superseded_out is not None:
+                superseded_out.extend(superseded)
         if not rows:
             return
         for (layer, _index), it in rows.items():
@@ -771,7 +857,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
                 return ZERO_BLOCK, ZERO_CHECKSUM, ref
             self._check_ref_key(ref, key)
             try:
-                view, recorded = self._open_view_checked(ref, key)
+                view, recorded = self._open_view_checked(ref, key, once=True)
             except ObjectMissing:
                 if attempt == 0:
                     continue  # dropped and collected between resolve and read: resolve again
@@ -799,12 +885,18 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         next read on this thread)."""
         return self._open_view_checked(ref, key)[0]
 
-    def _open_view_checked(self, ref: BlockRef, key: DataKey | None) -> tuple[memoryview, str]:
+    def _open_view_checked(self, ref: BlockRef, key: DataKey | None, *, once: bool = False) -> tuple[memoryview, str]:
         """:meth:`_open_view`, and the entry's checksum opened (an encrypted entry's block
-        SHA-256, unsealed; a plain entry's checksum as stored)."""
+        SHA-256, unsealed; a plain entry's checksum as stored). ``once``: the object is read
+        around the page cache where the store can (GetSnapshotBlock: read once, not kept)."""
         assert ref.object_key is not None
         buf = self._read_buffer()
-        view = self.store.read_into(ref.object_key, buf) if hasattr(self.store, "read_into") else self.store.get(ref.object_key)
+        if once and hasattr(self.store, "read_into_direct"):
+            view = self.store.read_into_direct(ref.object_key, buf)
+        elif hasattr(self.store, "read_into"):
+            view = self.store.read_into(ref.object_key, buf)
+        else:
+            view = self.store.get(ref.object_key)
         cipher = self._cipher(key)
         # The object must be the one this entry names (its key is bound into the object;
         # older objects are checked against the entry's checksum instead).
@@ -871,6 +963,67 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         if reader.span(offset, length) != span:
             raw = read_ranges(ref.object_key, [reader.span(offset, length)])[0]
         return reader.open(raw, offset, length)
+
+    def open_ref_range_into(self, ref: BlockRef | None, key: DataKey | None, offset: int, dest: memoryview, *,
+                            readers: MutableMapping[str, SectorReader | None] | None = None,
+                            keep: bool = True) -> None:
+        """:meth:`open_ref_range` of ``len(dest)`` bytes into ``dest``, without the copies
+        and fresh buffers: a plain object's whole sectors are read straight into ``dest``
+        and checked there, an encrypted object's read into this thread's buffer and
+        decrypted into ``dest``; an unknown object's header (and table) is read first, and
+        kept in ``readers``. A store without ranged reads into a buffer, or an object of
+        format 1 or 2, goes the way of :meth:`open_ref_range`. On an error (tampering:
+        BlockIntegrityError; ObjectMissing as :meth:`open_ref`) ``dest`` may hold
+        unchecked bytes: the caller drops them. ``keep``: the store keeps the object's
+        descriptor open for later reads (False for a sequential pass)."""
+        length = len(dest)
+        if ref is None or ref.object_key is None:
+            if ref is not None:
+                self._check_ref_key(ref, key)
+            dest[:] = bytes(length)
+            return
+        read_into = getattr(self.store, "read_range_into", None)
+        name = ref.object_key
+        reader = readers.get(name, _NOT_KNOWN) if readers is not None else _NOT_KNOWN
+        if read_into is None or (reader is _NOT_KNOWN and length < _SMALL_RANGE):
+            # (a small read of an unknown object: its header and sectors in one visit, the
+            # few bytes copied once)
+            dest[:] = self.open_ref_range(ref, key, offset, length, readers=readers)
+            return
+        self._check_ref_key(ref, key)
+        if reader is _NOT_KNOWN:
+            reader = self._sector_reader(ref, key, read_into, keep)
+            if readers is not None:
+                readers[name] = reader
+        if not isinstance(reader, SectorReader):  # format 1 or 2: no sectors to check alone
+            dest[:] = self._open_view(ref, key)[offset:offset + length]
+            return
+        at, n = reader.span(offset, length)
+        if reader.plain and reader.aligned(offset, length):
+            if read_into(name, at, dest, keep=keep) != n:
+                raise BlockIntegrityError()  # (truncated)
+            reader.check_in_place(offset, dest)
+            return
+        raw = memoryview(self._read_buffer())[:n]
+        if read_into(name, at, raw, keep=keep) != n:
+            raise BlockIntegrityError()
+        reader.open_into(raw, offset, length, dest)
+
+    def _sector_reader(self, ref: BlockRef, key: DataKey | None, read_into: Callable[..., int],
+                       keep: bool) -> SectorReader | None:
+        """The checked reader of an object (:meth:`BlockCipher.sector_reader`) from its
+        header — and a plain object's table — read alone; None for format 1 or 2."""
+        assert ref.object_key is not None
+        cipher = self._cipher(key)
+        need = cipher.prefix_size
+        for _attempt in (0, 1):  # again if the object's sectors are smaller (a longer table)
+            prefix = bytearray(need)
+            got = read_into(ref.object_key, 0, memoryview(prefix), keep=keep)
+            reader = cipher.sector_reader(ref.object_key, ref.index, memoryview(prefix)[:got], ref.checksum)
+            if not isinstance(reader, int):
+                return reader
+            need = reader
+        raise BlockIntegrityError()  # still short: truncated
 
     def try_open_ref_range(self, ref: BlockRef | None, key: DataKey | None, offset: int, length: int,
                            readers: MutableMapping[str, SectorReader | None]) -> bytes | None:

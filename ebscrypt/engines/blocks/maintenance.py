@@ -51,6 +51,8 @@ class MaintenanceOperations:
 
         def unpublished_objects(self) -> set[str]: ...
 
+        def recycling_objects(self) -> set[str]: ...
+
     def add_periodic(self, name: str, fn: Callable[[], Any], seconds: float) -> None:
         """Run ``fn`` about every ``seconds`` in the engine's maintenance thread (once per
         name; the garbage sweep runs there too). Errors are logged, never fatal."""
@@ -121,10 +123,11 @@ class MaintenanceOperations:
         after it was stored less than ``min_age_seconds`` before, and is not a candidate."""
         cutoff = time.time() - min_age_seconds
         candidates = [(k, m) for k, m in self.store.keys() if m <= cutoff]
-        removed = 0
-        # Objects this process staged and will record at its writer's next flush; read
-        # before the entries (one published in between is then seen referenced).
-        staged = self.unpublished_objects()
+        trim_free = getattr(self.store, "trim_free", None)
+        removed = trim_free() if trim_free is not None else 0  # recycled files an earlier process kept
+        # Objects this process staged and will record at its writer's next flush (or
+        # recycle); read before the entries (one published in between is then seen referenced).
+        staged = self.unpublished_objects() | self.recycling_objects()
         with self.db.read() as conn:
             referenced = {r.object_key for r in conn.execute(select(blk_entries.c.object_key)) if r.object_key}
             garbage = {r.object_key for r in conn.execute(select(blk_garbage.c.object_key))}
