@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import shutil
 import statistics
 import sys
@@ -39,7 +38,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RawCall, replay, sign_requests, start_ebscrypt  # noqa: E402
+from bench.common import RawCall, cpu_seconds, replay, sign_requests, start_ebscrypt  # noqa: E402
 
 ACCOUNT, REGION = "111111111111", "us-east-1"
 KEY_A = "arn:aws:kms:us-east-1:111111111111:key/aaaaaaaa-0000-0000-0000-000000000000"
@@ -113,12 +112,6 @@ KINDS: dict[str, tuple[str, bytes, dict[str, Any], dict[str, Any]]] = {
     "images": ("describe_images", b"<imageId>", {"Owners": ["self"]},
                {"Name": "name", "Values": ["one-percent-*"]}),
 }
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (Linux /proc), seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed(url: str, rc: RawCall, calls: int) -> list[float]:

@@ -32,12 +32,7 @@ if __package__ in (None, ""):
 
 from bench.bench_kms import make_key, raw_create_grant, raw_create_key, raw_pair  # noqa: E402
 from bench.common import RawCall  # noqa: E402
-from bench.common import Ctx, Server, free_port, replay, sign_requests, start_ebscrypt  # noqa: E402
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from bench.common import Ctx, Server, cpu_seconds, free_port, replay, sign_requests, start_ebscrypt  # noqa: E402
 
 
 def _describe_one(ctx: Ctx) -> list[RawCall]:

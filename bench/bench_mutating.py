@@ -27,7 +27,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import bench_ec2, bench_kms  # noqa: E402
-from bench.bench_kms_server import cpu_seconds, start_checkout  # noqa: E402
+from bench.bench_kms_server import start_checkout  # noqa: E402
+from bench.common import cpu_seconds  # noqa: E402
 from bench.common import Ctx, Server, Workload, replay, selected, sign_requests, start_ebscrypt  # noqa: E402
 
 NAMES = ("CreateVolume", "CreateVolume(encrypted)", "CreateSnapshot", "CopySnapshot(same key)",

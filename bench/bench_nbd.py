@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -48,7 +47,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import free_port, make_client, start_ebscrypt  # noqa: E402
+from bench.common import cpu_seconds, free_port, make_client, start_ebscrypt  # noqa: E402
 
 ACCOUNT = "111111111111"
 ZONE = "us-east-1a"
@@ -66,13 +65,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads) from /proc: the server's own cost,
-    far less disturbed by other load on the machine than wall time."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def fio(uri: str, rw: str, bs: str, span_mib: int, seconds: float) -> tuple[float, float]:

@@ -49,6 +49,29 @@ SIDES = ("ebscrypt", "moto")
 # ----------------------------------------------------------------------------- servers
 
 
+def _stat_cpu(stat: Path) -> float:
+    """utime + stime (seconds) of a /proc ``stat`` file."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads) from /proc: the server's own cost,
+    far less disturbed by other load on the machine than wall time."""
+    return _stat_cpu(Path(f"/proc/{pid}/stat"))
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """utime + stime (seconds) of each thread of a process, by thread id."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out[int(tid)] = _stat_cpu(Path(f"/proc/{pid}/task/{tid}/stat"))
+        except OSError:  # a thread that ended meanwhile
+            continue
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,16 +21,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_describe_scale import ACCOUNT, KINDS  # noqa: E402
-from bench.common import RawCall, sign_requests, start_ebscrypt  # noqa: E402
-
-
-def thread_cpu(pid: int) -> dict[int, float]:
-    """utime + stime (seconds) of each thread of a process."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return out
+from bench.common import RawCall, sign_requests, start_ebscrypt, thread_cpu  # noqa: E402
 
 
 def main() -> int:

@@ -9,7 +9,6 @@ rounds interleaved, medians.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -18,19 +17,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RawCall, make_client, replay, sign_requests, start_ebscrypt  # noqa: E402
-
-
-def thread_cpu(pid: int) -> dict[int, float]:
-    """utime + stime (seconds) of each thread of a process."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # a thread that ended meanwhile
-            continue
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return out
+from bench.common import RawCall, make_client, replay, sign_requests, start_ebscrypt, thread_cpu  # noqa: E402
 
 
 def _calls(url: str, call: str, n: int) -> list[tuple[str, str, bytes, dict[str, str]]]:
