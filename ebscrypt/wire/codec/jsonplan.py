@@ -100,10 +100,7 @@ class JsonPlans:
             return fn
 
     def _compile_reader(self, shape: Any) -> Read:
-        steps = [
-            (name, member.serialization.get("name", name), self._read_value(member))
-            for name, member in shape.members.items()
-        ]
+        steps = _member_steps(shape, self._read_value)
         groups = required_groups(self.service, shape)
 
         def read_members(doc: Any) -> dict[str, Any]:
@@ -177,10 +174,7 @@ class JsonPlans:
     # ------------------------------------------------------------------ writers
 
     def _compile_writer(self, shape: Any) -> Write:
-        steps = [
-            (name, member.serialization.get("name", name), self._write_value(member))
-            for name, member in shape.members.items()
-        ]
+        steps = _member_steps(shape, self._write_value)
 
         def write_members(value: Any) -> dict[str, Any]:
             out: dict[str, Any] = {}
@@ -220,6 +214,13 @@ class JsonPlans:
             fmt = shape.serialization.get("timestampFormat", "unixTimestamp")
             return lambda value: V.format_timestamp(value, fmt)
         return lambda value: value
+
+
+def _member_steps(shape: Any, compile_value: Callable[[Any], Read]) -> list[tuple[str, str, Read]]:
+    """(member name, its name in the document, the compiled reader or writer of its value)
+    for each member of a structure: both directions walk the same list."""
+    return [(name, member.serialization.get("name", name), compile_value(member))
+            for name, member in shape.members.items()]
 
 
 def _str(value: Any) -> str:
