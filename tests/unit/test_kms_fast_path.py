@@ -26,7 +26,7 @@ from ebscrypt.engines.kms.audit import read_events
 from ebscrypt.errors import KmsDisabled, KmsNotFound, ServiceError
 from ebscrypt.services import registry
 from ebscrypt.storage.db import Database
-from ebscrypt.storage.tables.kms import kms_keys
+from ebscrypt.storage.tables.kms import kms_key_material, kms_keys
 from tests.helpers import kms_op
 
 A, REGION = "111111111111", "us-east-1"
@@ -85,6 +85,48 @@ def test_a_change_committed_by_another_connection_is_seen(engine: KeyEngine, tmp
             conn.execute(kms_keys.delete().where(kms_keys.c.key_id == key_id))
         with pytest.raises(KmsNotFound):
             _encrypt(engine, key_id)
+    finally:
+        other.dispose()
+
+
+def _pooled_reads(engine: KeyEngine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The key ids whose rows are read through the pool from now on."""
+    seen: list[str] = []
+    original = engine.key_rows.read
+
+    def counting(conn: Any, key_id: str) -> Any:
+        seen.append(key_id)
+        return original(conn, key_id)
+
+    monkeypatch.setattr(engine.key_rows, "read", counting)
+    return seen
+
+
+def test_a_commit_that_leaves_the_key_unchanged_keeps_its_row(
+    engine: KeyEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits of other rows (another key, an EC2 volume) move data_version but leave the
+    key's stored columns as they were: its row is kept without a pooled read; a change of
+    any of its columns, or of its current material, by another connection, is seen."""
+    key_id, other_key = _key(engine), _key(engine)
+    _encrypt(engine, key_id)
+    reads = _pooled_reads(engine, monkeypatch)
+    other = Database(engine.runtime.settings.database_url)
+    try:
+        with other.begin() as conn:
+            conn.execute(update(kms_keys).where(kms_keys.c.key_id == other_key).values(description="x"))
+        _encrypt(engine, key_id)
+        assert reads == []  # revalidated on the probe connection
+        with other.begin() as conn:
+            conn.execute(update(kms_keys).where(kms_keys.c.key_id == key_id).values(description="changed"))
+        meta = kms_op(engine, "DescribeKey", CA, {"KeyId": key_id})["KeyMetadata"]
+        assert meta["Description"] == "changed" and reads == [key_id]
+        with other.begin() as conn:  # a new current material (as a rotation commits it)
+            conn.execute(update(kms_key_material).where(kms_key_material.c.key_id == key_id)
+                         .values(is_current=False))
+        with pytest.raises(ServiceError):  # no current material: the row read again says so
+            _encrypt(engine, key_id)
+        assert reads == [key_id, key_id]
     finally:
         other.dispose()
 
