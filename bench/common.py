@@ -158,12 +158,13 @@ def start_ebscrypt(data_dir: Path, port: int | None = None, extra_args: Sequence
     return Server(name, cmd, port, "/_ebscrypt/health", env=env, workdir=root).start()
 
 
-def start_null(port: int | None = None, get_bytes: int = 0, ebs: bool = False) -> Server:
+def start_null(port: int | None = None, get_bytes: int = 0, ebs: bool = False, canned: bool = False) -> Server:
     """bench/null_server.py: accepts and drops requests (the client + HTTP ceiling);
-    ``ebs``: answers the EBS direct APIs well enough for the upload/download CLI."""
+    ``ebs``: answers the EBS direct APIs well enough for the upload/download CLI;
+    ``canned``: answers AWS operations with the answers set by ``PUT /_null/canned``."""
     port = port or free_port()
     cmd = [sys.executable, str(REPO_ROOT / "bench" / "null_server.py"), "--port", str(port),
-           "--get-bytes", str(get_bytes), *(["--ebs"] if ebs else [])]
+           "--get-bytes", str(get_bytes), *(["--ebs"] if ebs else []), *(["--canned"] if canned else [])]
     return Server("null", cmd, port, "/", workdir=REPO_ROOT).start()
 
 

@@ -10,7 +10,14 @@ is remembered), CompleteSnapshot answers ``completed``, ListSnapshotBlocks lists
 indexes received, and GetSnapshotBlock answers one fixed random 512 KiB block with its
 checksum (so the client verifies and writes real bytes, as against a real server).
 
-    python bench/null_server.py --port 8000 [--get-bytes 524288] [--ebs]
+``--canned``: answers each AWS operation with a canned answer set beforehand by
+``PUT /_null/canned`` (a JSON object: operation name -> {"status", "content_type",
+"body"}; bench/bench_boto3_ceiling.py records them from a real server), so boto3 parses
+a real CreateVolume/CreateKey/... answer and nothing else is done: the ceiling one boto3
+client can reach at all. The operation is the ``X-Amz-Target``'s (JSON protocols) or
+the form body's ``Action`` (EC2 query); one not set is answered ``200 {}``.
+
+    python bench/null_server.py --port 8000 [--get-bytes 524288] [--ebs] [--canned]
 """
 
 from __future__ import annotations
@@ -28,6 +35,35 @@ _BLOCK_DATA = os.urandom(BLOCK)
 _BLOCK_SUM = base64.b64encode(hashlib.sha256(_BLOCK_DATA).digest()).decode()
 _PUT_OR_GET = re.compile(rb"^/snapshots/([^/]+)/blocks/(\d+)")
 _LIST = re.compile(rb"^/snapshots/([^/?]+)/blocks(\?|$)")
+_ACTION = re.compile(rb"(?:^|&)Action=([A-Za-z0-9]+)")
+CANNED_PATH = b"/_null/canned"
+
+
+class _Canned:
+    """Canned answers by operation name (see the module docstring, ``--canned``)."""
+
+    def __init__(self) -> None:
+        self.answers: dict[bytes, bytes] = {}
+
+    def answer(self, method: bytes, target: bytes, headers: dict[bytes, bytes], body: bytes) -> bytes:
+        if method == b"PUT" and target == CANNED_PATH:
+            for op, a in json.loads(body).items():
+                payload = a["body"].encode()
+                self.answers[op.encode()] = (
+                    b"HTTP/1.1 %d OK\r\nContent-Type: %s\r\nx-amzn-RequestId: null\r\nContent-Length: %d\r\n\r\n"
+                    % (a.get("status", 200), a.get("content_type", "application/json").encode(), len(payload))
+                ) + payload
+            return b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
+        amz_target = headers.get(b"x-amz-target")
+        if amz_target is not None:
+            op = amz_target.rpartition(b".")[2]
+        else:
+            m = _ACTION.search(body)
+            op = m.group(1) if m else b""
+        canned = self.answers.get(op)
+        if canned is not None:
+            return canned
+        return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
 
 class _Ebs:
@@ -71,7 +107,7 @@ class _Ebs:
 
 
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, get_bytes: int,
-                 ebs: _Ebs | None = None) -> None:
+                 ebs: _Ebs | _Canned | None = None) -> None:
     get_body = b"\0" * get_bytes
     try:
         while True:
@@ -100,8 +136,8 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, get
         writer.close()
 
 
-async def main_async(port: int, get_bytes: int, ebs: bool = False) -> None:
-    state = _Ebs() if ebs else None
+async def main_async(port: int, get_bytes: int, ebs: bool = False, canned: bool = False) -> None:
+    state: _Ebs | _Canned | None = _Canned() if canned else (_Ebs() if ebs else None)
     server = await asyncio.start_server(lambda r, w: _serve(r, w, get_bytes, state), "127.0.0.1", port,
                                         limit=1 << 20)
     async with server:
@@ -113,9 +149,10 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--get-bytes", type=int, default=0)
     p.add_argument("--ebs", action="store_true", help="answer the EBS direct APIs (upload/download CLI)")
+    p.add_argument("--canned", action="store_true", help="answer AWS operations with canned answers (PUT /_null/canned)")
     args = p.parse_args()
     try:
-        asyncio.run(main_async(args.port, args.get_bytes, args.ebs))
+        asyncio.run(main_async(args.port, args.get_bytes, args.ebs, args.canned))
     except KeyboardInterrupt:
         pass
 
