@@ -68,12 +68,12 @@ class SpaceMonitor:
         self.reserve_bytes = reserve_bytes
         self._full = False
         self._lock = threading.Lock()
+        # root may write into the blocks reserved for it (ext4); others may not.
+        self._is_root = os.geteuid() == 0
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.path)
-        # root may write into the blocks reserved for it (ext4); others may not.
-        blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail
-        return blocks * st.f_frsize
+        return (st.f_bfree if self._is_root else st.f_bavail) * st.f_frsize
 
     def require(self, what: str) -> None:
         """Raise :class:`OutOfSpace` unless ``what`` can still be stored (fail closed)."""

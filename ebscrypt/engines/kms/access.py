@@ -143,13 +143,13 @@ class KeyAccess:
         row = self.rows.get(key_id)  # from memory while the database is unchanged
         if row is None:
             return None
-        now = self.clock.now()
-        if row.state == "PendingDeletion" and utc(row.deletion_date) <= now:
+        # The clock is read only for a row that has a date to pass (most have none).
+        if row.state == "PendingDeletion" and utc(row.deletion_date) <= self.clock.now():
             if self.lifecycle.destroy(key_id):
                 return None
             return self._load_fresh(key_id)
         due = row.next_rotation_date
-        if row.state == "Enabled" and row.rotation_enabled and due is not None and utc(due) <= now:
+        if row.state == "Enabled" and row.rotation_enabled and due is not None and utc(due) <= self.clock.now():
             self.lifecycle.auto_rotate(key_id)
             row = self.rows.get(key_id)
         return row

@@ -23,6 +23,7 @@ from ebscrypt.clock import Clock
 from ebscrypt.context import Caller
 from ebscrypt.errors import ServiceError
 from ebscrypt.ids import uuid4_str
+from ebscrypt.jsonenc import compact_encoder
 from ebscrypt.storage.space import SpaceMonitor, is_out_of_space
 
 AUDIT_RELATIVE = Path("audit") / "kms-audit.jsonl"
@@ -69,6 +70,12 @@ def _camel(name: str) -> str:
     return name[:1].lower() + name[1:]
 
 
+# Member name -> its camelCase (the members of the KMS model and of the via-service calls;
+# bounded all the same: cleared when full).
+_CAMEL: dict[str, str] = {}
+_MAX_CAMEL = 1024
+
+
 def audit_params(request_parameters: Mapping[str, Any]) -> dict[str, Any]:
     """``requestParameters``: the request without secrets or bytes, camelCase as CloudTrail."""
     out: dict[str, Any] = {}
@@ -77,7 +84,12 @@ def audit_params(request_parameters: Mapping[str, Any]) -> dict[str, Any]:
             continue
         if isinstance(v, datetime):
             v = v.isoformat()
-        out[_camel(k)] = v
+        camel = _CAMEL.get(k)
+        if camel is None:
+            if len(_CAMEL) >= _MAX_CAMEL:
+                _CAMEL.clear()
+            camel = _CAMEL[k] = _camel(k)
+        out[camel] = v
     return out
 
 
@@ -189,9 +201,9 @@ def _utc_seconds(time: datetime) -> str:
     return time.isoformat(timespec="seconds")[:19] + "Z"
 
 
-# One encoder for every record: ``json.dumps(..., separators=..., default=...)`` builds a
-# new JSONEncoder per call. Records are trees (no cycle check needed).
-_encode = json.JSONEncoder(separators=(",", ":"), default=str, check_circular=False).encode
+# One encoder for every record, its C encoder made once (ebscrypt/jsonenc.py). Records are
+# trees (no cycle check needed).
+_encode = compact_encoder(default=str)
 # A string as ``_encode`` writes it (ensure_ascii: the encoder's own C function for str).
 _text = encode_basestring_ascii
 

@@ -13,7 +13,6 @@ ciphertext, or the context makes decryption fail with one opaque error.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from typing import Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ebscrypt.jsonenc import compact_encoder
 
 VERSION = 1
 HEADER = 1 + 16 + 16 + 12
@@ -38,9 +39,9 @@ class BlobHeader:
     raw: bytes  # the header bytes (part of the AAD)
 
 
-# What ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
-# builds per call, built once (issue 15: every data-key call encodes its context).
-_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+# What ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` writes,
+# with the encoder built once (issue 15: every data-key call encodes its context).
+_canonical = compact_encoder(sort_keys=True, ensure_ascii=False)
 
 
 def canonical_context(context: Mapping[str, str] | None) -> bytes:

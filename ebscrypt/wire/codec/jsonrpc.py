@@ -16,8 +16,13 @@ from ebscrypt.errors import SerializationError, ServiceError, UnknownOperation, 
 
 from . import jsonshape
 from .base import Codec
-from .jsonplan import ENCODER, Doubt, JsonPlans
+from .jsonplan import Doubt, JsonPlans
+from ebscrypt.jsonenc import compact_encoder
 from ebscrypt.wire.http import HttpRequest, HttpResponse
+
+
+# The response body's encoder, its C encoder made once (ebscrypt/jsonenc.py).
+_encode = compact_encoder()
 
 
 def decode_json_object(body: bytes, error: type[ValidationError] = ValidationError) -> dict[str, Any]:
@@ -67,7 +72,7 @@ class JsonRpcCodec(Codec):
     def serialize(self, operation: Any, result: dict[str, Any], request_id: str) -> HttpResponse:
         shape = operation.output_shape
         doc = self._plans.writer(shape)(result or {}) if shape is not None else {}
-        return HttpResponse(200, self._headers(request_id), ENCODER.encode(doc).encode())
+        return HttpResponse(200, self._headers(request_id), _encode(doc).encode())
 
     def error_response(
         self, code: str, status: int, message: str, error: ServiceError, request_id: str
