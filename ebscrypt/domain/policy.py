@@ -299,6 +299,24 @@ def evaluate(policy: Policy, request: Request) -> Decision:
     return Decision.ALLOW if allowed else Decision.NONE
 
 
+def condition_keys(policy: Policy) -> tuple[str, ...]:
+    """The context keys (lower case) the policy's conditions read."""
+    return tuple(sorted({c.key.lower() for st in policy.statements for c in st.conditions}))
+
+
+def decision_inputs(keys: tuple[str, ...], request: Request) -> tuple[Any, ...]:
+    """All that :func:`evaluate` reads of ``request`` for a policy whose
+    :func:`condition_keys` are ``keys``: the action, the principal, the resource, and each
+    key's values as the conditions see them (strings, ``None`` when absent). Equal inputs
+    give equal decisions, so a decision may be remembered by them."""
+    ctx = {k.lower(): v for k, v in request.context.items()}
+    seen = []
+    for key in keys:
+        values = _lookup(ctx, key)
+        seen.append(None if values is None else tuple(values))
+    return (request.action, request.principal_arn, request.principal_account, request.resource, tuple(seen))
+
+
 def _statement_applies(st: Statement, req: Request, ctx: Mapping[str, Any]) -> bool:
     if st.principals is not None and not _principal_in(st.principals, req):
         return False

@@ -56,6 +56,47 @@ def test_a_policy_with_conditions_is_not_remembered() -> None:
     assert KeyPolicies().traits(text) == (True, False)
 
 
+CONDITIONAL = _policy(
+    {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "kms:*", "Resource": "*",
+     "Condition": {"StringEquals": {"kms:ViaService": "ec2.us-east-1.amazonaws.com", "kms:CallerAccount": A}}},
+    {"Effect": "Deny", "Principal": {"AWS": "*"}, "Action": "kms:Decrypt", "Resource": "*",
+     "Condition": {"ForAnyValue:StringLike": {"kms:EncryptionContextKeys": ["secret*"]},
+                   "Bool": {"aws:ViaAWSService": "true"}}},
+)
+
+
+def test_conditional_decisions_are_remembered_only_by_what_conditions_read() -> None:
+    """A policy with conditions decides by the action, principal, resource and the values
+    of the keys its conditions name: a remembered decision is the evaluated one for every
+    request, and keys it does not read (the encryption context's values) do not split it."""
+    policies = KeyPolicies()
+    contexts = [
+        {"kms:ViaService": "ec2.us-east-1.amazonaws.com", "kms:CallerAccount": A},
+        {"kms:ViaService": "ec2.us-east-1.amazonaws.com", "kms:CallerAccount": B},
+        {"kms:CallerAccount": A},
+        {"kms:ViaService": "ec2.us-east-1.amazonaws.com", "kms:CallerAccount": A,
+         "kms:EncryptionContextKeys": ["secret-1"], "aws:ViaAWSService": True},
+        {"kms:ViaService": "ec2.us-east-1.amazonaws.com", "kms:CallerAccount": A,
+         "kms:EncryptionContextKeys": ["secret-1"], "aws:ViaAWSService": 1},  # 1 is not "true"
+        {"KMS:VIASERVICE": "ec2.us-east-1.amazonaws.com", "kms:calleraccount": A},  # keys in any case
+    ]
+    seen = set()
+    for _round in range(2):
+        for ctx, action in itertools.product(contexts, ["kms:Decrypt", "kms:Encrypt"]):
+            request = policy_rules.Request(action=action, principal_arn=f"arn:aws:iam::{A}:role/r",
+                                           principal_account=A, resource=ARN, context=ctx)
+            expected = policy_rules.evaluate(policies.parse(CONDITIONAL), request)
+            assert policies.conditional_decision(CONDITIONAL, request) is expected, (ctx, action)
+            seen.add(expected)
+    assert seen == set(policy_rules.Decision)
+    keys = policy_rules.condition_keys(policies.parse(CONDITIONAL))
+    one = policy_rules.Request("kms:Decrypt", "p", A, ARN, {**contexts[0], "kms:EncryptionContext:aws:ebs:id": "vol-1"})
+    two = policy_rules.Request("kms:Decrypt", "p", A, ARN, {**contexts[0], "kms:EncryptionContext:aws:ebs:id": "vol-2"})
+    assert policy_rules.decision_inputs(keys, one) == policy_rules.decision_inputs(keys, two)
+    assert policy_rules.decision_inputs(keys, one) != policy_rules.decision_inputs(
+        keys, policy_rules.Request("kms:Decrypt", "p", B, ARN, contexts[0]))
+
+
 @pytest.fixture
 def two_engines(tmp_path: Path) -> Iterator[tuple[KeyEngine, KeyEngine]]:
     """Two key engines on one database: two server processes of a scale-out."""

@@ -179,7 +179,7 @@ class KeyAccess:
                 resource=row.arn,
                 context=self._condition_context(caller, row, via_service, encryption_context, extra),
             )
-            decision = policy_rules.evaluate(self.policies.parse(row.policy), request)
+            decision = self.policies.conditional_decision(row.policy, request)
         else:  # no condition reads the request's context: the decision is remembered
             decision = self.policies.unconditional_decision(row.policy, action, caller.arn, caller.account, row.arn)
         if decision is policy_rules.Decision.ALLOW:

@@ -30,6 +30,12 @@ class KeyPolicies:
         # principal account, resource). A changed policy is another text, so nothing here
         # can go stale; key state and grants are checked afresh by the caller (issue 15).
         self._decisions: dict[tuple[str, str, str, str, str], policy_rules.Decision] = {}
+        # Decisions of policies with conditions, by (text, what evaluation reads of the
+        # request: policy_rules.decision_inputs). The AWS managed key of EBS has conditions
+        # (kms:ViaService, kms:CallerAccount): its four uses per encrypted CreateVolume were
+        # evaluated in full each time (~5% of that call's server CPU, bench/README.md K6).
+        self._conditional: dict[tuple[str, tuple[Any, ...]], policy_rules.Decision] = {}
+        self._condition_keys: dict[str, tuple[str, ...]] = {}
 
     def parse(self, text: str) -> policy_rules.Policy:
         p = self._parsed.get(text)
@@ -66,6 +72,25 @@ class KeyPolicies:
             if len(self._decisions) >= _MAX_DECISIONS:
                 self._decisions.clear()
             self._decisions[key] = decision
+        return decision
+
+    def conditional_decision(self, text: str, request: policy_rules.Request) -> policy_rules.Decision:
+        """The decision of any policy on ``request``, remembered by what evaluation reads
+        of it (:func:`ebscrypt.domain.policy.decision_inputs`); the caller builds the
+        request's condition context as for a full evaluation."""
+        keys = self._condition_keys.get(text)
+        if keys is None:
+            keys = policy_rules.condition_keys(self.parse(text))
+            if len(self._condition_keys) > _MAX_PARSED:
+                self._condition_keys.clear()
+            self._condition_keys[text] = keys
+        key = (text, policy_rules.decision_inputs(keys, request))
+        decision = self._conditional.get(key)
+        if decision is None:
+            decision = policy_rules.evaluate(self.parse(text), request)
+            if len(self._conditional) >= _MAX_DECISIONS:
+                self._conditional.clear()
+            self._conditional[key] = decision
         return decision
 
     def validate(self, text: Any) -> policy_rules.Policy:
