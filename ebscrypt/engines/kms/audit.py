@@ -64,6 +64,8 @@ class AuditEvent:
 
 # The event of the running request, so that key resolution can note resources and aliases.
 CURRENT_EVENT: contextvars.ContextVar[AuditEvent | None] = contextvars.ContextVar("kms_audit_event", default=None)
+# The records of the running request's batch (AuditTrail.batch), None outside one.
+_BATCH: contextvars.ContextVar[list[bytes] | None] = contextvars.ContextVar("kms_audit_batch", default=None)
 
 
 def _camel(name: str) -> str:
@@ -279,8 +281,54 @@ class AuditTrail:
         """
         return AuditedEvent(self, caller, event_name, request_parameters, via_service, request_id)
 
+    def batch(self) -> AuditBatch:
+        """Within the block, the records of events are kept and appended together, in
+        one ``write(2)``, when the block ends (however it ends).
+
+        For one caller request that makes several KMS uses on the caller's behalf before
+        it commits anything (an encrypted CreateVolume: DescribeKey,
+        GenerateDataKeyWithoutPlaintext, CreateGrant, Decrypt). Fail closed as before: the
+        free-space check runs when the block starts, and a batch that cannot be appended
+        raises the same 503 at the block's end — so the block must end before anything
+        its events produced is committed or answered (the EC2 create paths: the plan and
+        data key are used only after :meth:`KeyEngine.key_row_scope` ends). Kill -9 inside
+        the block loses its records, and with them nothing was stored or answered.
+        Nested blocks share the outermost one.
+        """
+        return AuditBatch(self)
+
     def close(self) -> None:
         self.log.close()
+
+
+class AuditBatch:
+    """The context manager of :meth:`AuditTrail.batch`."""
+
+    __slots__ = ("_trail", "_lines", "_token")
+
+    def __init__(self, trail: AuditTrail) -> None:
+        self._trail = trail
+        self._lines: list[bytes] = []
+        self._token: contextvars.Token[list[bytes] | None] | None = None
+
+    def __enter__(self) -> None:
+        if _BATCH.get() is not None:
+            return  # nested: the outermost batch writes
+        self._trail.space.require("the KMS audit records of this request")
+        self._token = _BATCH.set(self._lines)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if self._token is None:
+            return
+        _BATCH.reset(self._token)
+        if not self._lines:
+            return
+        try:
+            self._trail.log.append_line(b"".join(self._lines))
+        except OSError as error:
+            if not is_out_of_space(error):
+                raise
+            raise self._trail.space.error("the KMS audit records of this request", error) from error
 
 
 class AuditedEvent:
@@ -298,7 +346,8 @@ class AuditedEvent:
 
     def __enter__(self) -> AuditEvent:
         caller, event_name, request_parameters, via_service, request_id = self._args
-        self._trail.space.require(f"the KMS audit record of {event_name}")
+        if _BATCH.get() is None:  # a batch checked when it started
+            self._trail.space.require(f"the KMS audit record of {event_name}")
         ev = AuditEvent(
             caller=caller,
             name=event_name,
@@ -324,6 +373,10 @@ class AuditedEvent:
                 ev.error = (exc.code, exc.message)
             elif isinstance(exc, Exception):
                 ev.error = ("KMSInternalException", "internal error")
+        batch = _BATCH.get()
+        if batch is not None:  # written when the batch ends (AuditTrail.batch)
+            batch.append(record_line(ev))
+            return
         try:
             self._trail.log.append_line(record_line(ev))
         except OSError as error:

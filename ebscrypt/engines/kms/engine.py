@@ -23,7 +23,8 @@ The key-state checks are the functions of :mod:`.checks`.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
+from typing import Iterator
 
 from sqlalchemy import select
 
@@ -195,9 +196,14 @@ class KeyEngine:
         grant and resource in one durable commit."""
         return deferring_grants()
 
-    def key_row_scope(self) -> AbstractContextManager[None]:
-        """Key rows read once for one request (:meth:`.access.KeyAccess.key_row_scope`)."""
-        return self.access.key_row_scope()
+    @contextmanager
+    def key_row_scope(self) -> Iterator[None]:
+        """One request's KMS uses on a caller's behalf: key rows read once
+        (:meth:`.access.KeyAccess.key_row_scope`) and their audit records appended together
+        when the block ends (:meth:`.audit.AuditTrail.batch`: end it before using what the
+        uses produced)."""
+        with self.access.key_row_scope(), self.trail.batch():
+            yield
 
     def close(self) -> None:
         self.trail.close()
