@@ -28,6 +28,8 @@ def test_round_trip_and_self_description(plaintext: bytes, ctx: dict) -> None:
     b = blobfmt.seal(KEY_ID, MATERIAL_ID, MATERIAL, plaintext, ctx)
     header = blobfmt.parse_header(b)
     assert header.key_id == KEY_ID and header.material_id == MATERIAL_ID
+    assert blobfmt.material_id_of(b) == MATERIAL_ID
+    assert blobfmt.material_id_of(b[:20]) is None and blobfmt.material_id_of(b"\x09" + b[1:]) is None
     assert open_(b, dict(reversed(list(ctx.items())))) == plaintext  # context order does not matter
 
 

@@ -66,6 +66,14 @@ def parse_header(blob: bytes) -> BlobHeader:
     )
 
 
+def material_id_of(blob: bytes | bytearray) -> str | None:
+    """The backing material id a blob's header names (what ``parse_header`` would read),
+    None when it is not a blob of this format; nothing else is parsed."""
+    if len(blob) < HEADER + TAG or blob[0] != VERSION:
+        return None
+    return blob[17:33].hex()
+
+
 @functools.lru_cache(maxsize=4096)
 def _header_prefix(key_id: str, material_id: str) -> bytes:
     """The header before its nonce (version, key id, material id), per key material."""
