@@ -97,6 +97,7 @@ from ebscrypt.engines.blocks.records import BlockRef, ChangedBlock, Owner, check
 from ebscrypt.engines.blocks.reencrypt import CopyOperations
 from ebscrypt.engines.blocks.store import ObjectMissing, ObjectStore, StagingStore, new_object_key
 from ebscrypt.storage.db import Database
+from ebscrypt.storage.prepared import PreparedRead
 from ebscrypt.storage.tables.blocks import blk_entries, blk_owners
 
 __all__ = [
@@ -126,6 +127,7 @@ _DELETE_ENTRIES = delete(blk_entries).where(
 _INSERT_ENTRY = insert(blk_entries)
 _HEAD_ENTRY = select(blk_entries).join(blk_owners, blk_owners.c.head_id == blk_entries.c.layer_id).where(
     blk_owners.c.owner_id == bindparam("owner_id"), blk_entries.c.block_index == bindparam("index"))
+_HEAD_ENTRY_READ = PreparedRead(_HEAD_ENTRY)  # GetSnapshotBlock's per-block read (storage/prepared.py)
 
 # A map over the blocks to seal (``map`` or a thread pool's): write_blocks seals in parallel.
 MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
@@ -1103,7 +1105,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             with self.db.read() as own:
                 return self.block_ref(owner_id, index, conn=own, head_first=head_first)
         if head_first:
-            head = conn.execute(_HEAD_ENTRY, {"owner_id": owner_id, "index": index}).mappings().first()
+            head = _HEAD_ENTRY_READ.first(conn, {"owner_id": owner_id, "index": index})
             if head is not None:
                 return ref_from_row(head)
         owner = self._get_owner(conn, owner_id)
