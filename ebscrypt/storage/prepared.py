@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from sqlalchemy import Connection, Select
+from sqlalchemy.exc import DBAPIError
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,16 @@ class PreparedRead:
             row = conn.execute(self.stmt, dict(params)).mappings().first()
             return dict(row) if row is not None else None
         driver: Any = conn.connection.driver_connection
-        cur = driver.execute(plan.sql, [params[name] for name in plan.params])
+        values = [params[name] for name in plan.params]
+        dbapi_error = conn.dialect.loaded_dbapi.Error
         try:
-            raw = cur.fetchone()
-        finally:
-            cur.close()
+            cur = driver.execute(plan.sql, values)
+            try:
+                raw = cur.fetchone()
+            finally:
+                cur.close()
+        except dbapi_error as exc:  # wrapped as SQLAlchemy wraps it: callers see one error type
+            raise DBAPIError.instance(plan.sql, values, exc, dbapi_error) from exc
         if raw is None:
             return None
         return {key: (value if proc is None or value is None else proc(value))

@@ -73,3 +73,15 @@ def test_what_it_cannot_reproduce_goes_through_sqlalchemy(db: Database) -> None:
         assert _compile(converted, conn.dialect) is None  # DateTime binds are converted
         assert PreparedRead(expanding).first(conn, {"ids": ["b"]}) == {"id": "b"}
         assert PreparedRead(converted).first(conn, {"t": datetime(2026, 1, 1)}) == {"id": "b"}
+
+
+def test_driver_errors_are_wrapped_as_sqlalchemy_wraps_them(db: Database) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    gone = Table("prepared_gone", MetaData(), Column("id", String, primary_key=True))
+    read = PreparedRead(select(gone).where(gone.c.id == bindparam("id")))
+    with db.read() as conn:
+        with pytest.raises(OperationalError) as err:
+            read.first(conn, {"id": "x"})
+        assert read._plan(conn) is not None  # the fast path raised it
+    assert "no such table" in str(err.value.orig)
