@@ -164,3 +164,43 @@ def test_unsynced_writes_stay_in_the_page_cache(tmp_path: Path) -> None:
     store.sync_objects([key])
     assert _resident_pages(store.root / key) > 1
     assert store.get(key) == data
+
+
+def test_an_aligned_object_is_written_straight_from_its_buffer(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sealed block (BlockCipher seals into a page-aligned buffer) is written with O_DIRECT
+    from that buffer: no copy into the store's own aligned buffer (issue 15, section E6)."""
+    from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, GCM_OBJECT_SIZE, BlockCipher, DataKey
+
+    store = LocalDirStore(tmp_path, drop_written=False, direct_writes=True)
+    cipher = BlockCipher(DataKey("k1", os.urandom(32)))
+    block = os.urandom(BLOCK_SIZE)
+    key = new_object_key()
+    sealed = cipher.seal(key, 3, block)
+    assert len(sealed) == GCM_OBJECT_SIZE
+    assert store_mod._is_aligned(sealed)
+    copies = []
+    real = store_mod._aligned_buffer
+    monkeypatch.setattr(store_mod, "_aligned_buffer", lambda n: copies.append(n) or real(n))
+    store.put(key, sealed)
+    if not store.direct_writes:
+        pytest.skip("this file system refused O_DIRECT")
+    assert copies == []  # written from the cipher's buffer itself
+    assert bytes(cipher.open(key, 3, store.get(key), "")) == block
+    # an unaligned or read-only source still goes through the aligned buffer, and reads back
+    for data in (bytes(sealed), memoryview(bytearray(b"x" + bytes(sealed)))[1:]):
+        assert not store_mod._is_aligned(memoryview(data))
+        other = new_object_key()
+        store.put(other, data)
+        assert store.get(other) == bytes(sealed)
+    assert len(copies) == 2
+
+
+def test_plain_objects_sealed_into_the_aligned_buffer_read_back() -> None:
+    from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, PLAIN_OBJECT_SIZE, BlockCipher, sha256_b64
+
+    cipher = BlockCipher(None)
+    block = os.urandom(BLOCK_SIZE)
+    view, checksum = cipher.seal_block("ab/" + "c" * 32, 0, block, sha256_b64(block))
+    assert len(view) == PLAIN_OBJECT_SIZE
+    assert bytes(BlockCipher(None).open("ab/" + "c" * 32, 0, bytes(view), checksum)) == block

@@ -97,6 +97,7 @@ from ebscrypt.engines.blocks.records import BlockRef, ChangedBlock, Owner, check
 from ebscrypt.engines.blocks.reencrypt import CopyOperations
 from ebscrypt.engines.blocks.store import ObjectMissing, ObjectStore, StagingStore, new_object_key
 from ebscrypt.storage.db import Database
+from ebscrypt.storage.prepared import PreparedRead
 from ebscrypt.storage.tables.blocks import blk_entries, blk_owners
 
 __all__ = [
@@ -126,6 +127,7 @@ _DELETE_ENTRIES = delete(blk_entries).where(
 _INSERT_ENTRY = insert(blk_entries)
 _HEAD_ENTRY = select(blk_entries).join(blk_owners, blk_owners.c.head_id == blk_entries.c.layer_id).where(
     blk_owners.c.owner_id == bindparam("owner_id"), blk_entries.c.block_index == bindparam("index"))
+_HEAD_ENTRY_READ = PreparedRead(_HEAD_ENTRY)  # GetSnapshotBlock's per-block read (storage/prepared.py)
 
 # A map over the blocks to seal (``map`` or a thread pool's): write_blocks seals in parallel.
 MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
@@ -180,36 +182,58 @@ class _GroupStage:
 
     Two stages (flush the objects, then record their entries) run as a pipeline: while
     one group's entries commit, the next group's objects flush.
+
+    Wake-ups are targeted: a caller that cannot lead waits on a gate of its own (a lock
+    it holds until a leader releases it), and a leader that finishes opens the gates of
+    its group's callers and of one more — the oldest still queued, which leads next —
+    instead of waking every waiter to re-check (``Condition.notify_all``). With the CLI's
+    8 writers each group woke up to 7 threads per stage, most of them to sleep again: on
+    this project's VMs a futex wake-up and its context switch cost tens of µs of CPU
+    (issue 15, bench/README.md section E6).
     """
+
+    gate: Callable[[], Any] = threading.Lock  # (tests count the wake-ups through it)
 
     def __init__(self, work: Callable[[list["_PendingWrite"]], None], mark: str, limit: int) -> None:
         self._work = work
         self._mark = mark
         self._limit = limit
         self._queue: list[_PendingWrite] = []
-        self._busy = False
-        self._cv = threading.Condition()
+        self._busy = False  # a leader is running (or has been handed the lead)
+        self._lock = threading.Lock()
+        # The gate of each waiting caller's item (by id): locked while it waits.
+        self._gates: dict[int, Any] = {}
         self.groups = 0
 
     def run_all(self, items: list["_PendingWrite"]) -> None:
         """Queue ``items`` together and return once the stage ran on every one of them
         (the queue is first in, first out: when the last is done, so is every one before)."""
-        with self._cv:
+        with self._lock:
             self._queue.extend(items[:-1])
         self.run(items[-1])
 
     def run(self, item: "_PendingWrite") -> None:
         """Return once a leader (maybe this caller) ran the stage on ``item``."""
-        mark = self._mark
-        with self._cv:
+        with self._lock:
             self._queue.append(item)
+            lead = not self._busy
+            if lead:
+                self._busy = True
+            else:
+                gate = self._gates[id(item)] = self.gate()
+                gate.acquire()
+        if not lead:
+            gate.acquire()  # opened by a leader: our item is done, or we lead next
+            if getattr(item, self._mark):
+                return
+        self._lead(item)
+
+    def _lead(self, item: "_PendingWrite") -> None:
+        """[the leader] Run groups from the head of the queue until ``item`` is done, then
+        hand the lead to the oldest caller still waiting (or give it up)."""
+        mark = self._mark
         while True:
-            with self._cv:
-                while not getattr(item, mark) and self._busy:
-                    self._cv.wait()
-                if getattr(item, mark):
-                    return
-                self._busy = True  # lead: the oldest items (FIFO, ours among them soon)
+            with self._lock:
                 batch = self._queue[: self._limit]
                 del self._queue[: self._limit]
             try:
@@ -220,11 +244,30 @@ class _GroupStage:
                     if it.error is None:
                         it.error = exc
             finally:
-                with self._cv:
+                with self._lock:
                     for it in batch:
                         setattr(it, mark, True)
-                    self._busy = False
-                    self._cv.notify_all()
+                    opened = [g for g in (self._gates.pop(id(it), None) for it in batch if it is not item)
+                              if g is not None]
+                    if getattr(item, mark):
+                        nxt = self._next_leader()
+                        if nxt is None:
+                            self._busy = False
+                        else:
+                            opened.append(nxt)
+                for gate in opened:
+                    gate.release()
+            if getattr(item, mark):
+                return
+
+    def _next_leader(self) -> Any:
+        """[lock held] The gate of the oldest queued item whose caller waits (items queued
+        by ``run_all`` ahead of its last have no gate: their caller waits on the last)."""
+        for it in self._queue:
+            gate = self._gates.pop(id(it), None)
+            if gate is not None:
+                return gate
+        return None
 
 
 def _nearest(rows: Sequence[Any], chain: list[str]) -> dict[int, Any]:
@@ -1062,7 +1105,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             with self.db.read() as own:
                 return self.block_ref(owner_id, index, conn=own, head_first=head_first)
         if head_first:
-            head = conn.execute(_HEAD_ENTRY, {"owner_id": owner_id, "index": index}).mappings().first()
+            head = _HEAD_ENTRY_READ.first(conn, {"owner_id": owner_id, "index": index})
             if head is not None:
                 return ref_from_row(head)
         owner = self._get_owner(conn, owner_id)

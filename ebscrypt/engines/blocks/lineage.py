@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
@@ -24,12 +24,14 @@ from ebscrypt.engines.blocks.errors import BlockError, KeyMismatch, UnrelatedLin
 from ebscrypt.engines.blocks.records import BlockRef, ChangedBlock, Owner, ref_from_row
 from ebscrypt.engines.blocks.store import ObjectStore
 from ebscrypt.storage.db import Database
+from ebscrypt.storage.prepared import PreparedRead
 from ebscrypt.storage.tables.blocks import blk_entries, blk_garbage, blk_layers, blk_owners
 
 # Statements of the share path (CreateSnapshot, same-key copies: issue 15), built once:
 # building one per call cost more CPU than running it.
 _OWNER = select(blk_owners).where(blk_owners.c.owner_id == bindparam("owner_id"))
 _OWNER_LOCKED = _OWNER.with_for_update()
+_OWNER_READ = PreparedRead(_OWNER)  # read per group commit and per block read (storage/prepared.py)
 _ANY_ENTRY = select(blk_entries.c.block_index).where(blk_entries.c.layer_id == bindparam("layer")).limit(1)
 _INSERT_OWNER = insert(blk_owners)
 _INSERT_LAYER = insert(blk_layers)
@@ -287,8 +289,11 @@ class LineageOperations:
     # ---------------------------------------------------------------- owners and layers
 
     def _get_owner(self, conn: Connection, owner_id: str, *, lock: bool = False) -> Owner | None:
-        query = _OWNER_LOCKED if lock and not self.db.is_sqlite else _OWNER
-        row = conn.execute(query, {"owner_id": owner_id}).mappings().first()
+        row: Mapping[Any, Any] | None
+        if lock and not self.db.is_sqlite:
+            row = conn.execute(_OWNER_LOCKED, {"owner_id": owner_id}).mappings().first()
+        else:
+            row = _OWNER_READ.first(conn, {"owner_id": owner_id})
         if row is None:
             return None
         return Owner(row["owner_id"], row["head_id"], row["pin_id"], row["data_key_id"], row["encrypted"])

@@ -10,14 +10,16 @@ from ebscrypt.context import Caller
 from ebscrypt.engines.ec2.ids import check_id
 from ebscrypt.engines.ec2.records import Snapshot
 from ebscrypt.errors import NotFound, UnauthorizedOperation
+from ebscrypt.storage.prepared import PreparedRead
 from ebscrypt.storage.tables.ec2 import ec2_snapshot_permissions, ec2_snapshots
 
 
 _BY_ID = select(ec2_snapshots).where(ec2_snapshots.c.id == bindparam("id"))  # built once (issue 15)
+_BY_ID_READ = PreparedRead(_BY_ID)  # read per EBS direct block: compiled once, on the driver (storage/prepared.py)
 
 
 def snapshot_row(conn: Connection, snapshot_id: str) -> Snapshot | None:
-    row = conn.execute(_BY_ID, {"id": snapshot_id}).mappings().first()
+    row = _BY_ID_READ.first(conn, {"id": snapshot_id})
     return Snapshot.from_row(row) if row else None
 
 

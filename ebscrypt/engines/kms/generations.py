@@ -19,9 +19,12 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
+from ebscrypt.storage.prepared import PreparedRead
 from ebscrypt.storage.tables.kms import kms_keys
 
 _READ = select(kms_keys.c.auth_generation).where(kms_keys.c.key_id == bindparam("key_id"))
+# Read before every reuse of a remembered key (each EBS direct block): on the driver (storage/prepared.py).
+_READ_FAST = PreparedRead(_READ)
 
 
 def bump(conn: Connection, key_id: str) -> None:
@@ -36,10 +39,10 @@ def bump(conn: Connection, key_id: str) -> None:
 
 def read(conn: Connection, key_id: str) -> int | None:
     """The current generation of ``key_id``; None when there is no such key (deleted)."""
-    row = conn.execute(_READ, {"key_id": key_id}).first()
+    row = _READ_FAST.first(conn, {"key_id": key_id})
     if row is None:
         return None
-    return int(row.auth_generation or 0)
+    return int(row["auth_generation"] or 0)
 
 
 def key_id_of(key_ref: str) -> str:

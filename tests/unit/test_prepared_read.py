@@ -1,0 +1,87 @@
+"""storage/prepared.py: a PreparedRead gives what SQLAlchemy's own execution gives (types
+converted by the columns' result processors), inside the caller's transaction, and falls
+back to SQLAlchemy for what it cannot reproduce."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Boolean, Column, DateTime, Integer, MetaData, String, Table, bindparam, insert, select
+
+from ebscrypt.storage.db import Database
+from ebscrypt.storage.prepared import PreparedRead, _compile
+
+meta = MetaData()
+things = Table(
+    "prepared_things", meta,
+    Column("id", String, primary_key=True),
+    Column("n", Integer),
+    Column("flag", Boolean),
+    Column("at", DateTime),
+    Column("note", String, nullable=True),
+)
+BY_ID = select(things).where(things.c.id == bindparam("id"))
+
+
+@pytest.fixture()
+def db(tmp_path: Path) -> Database:
+    database = Database(f"sqlite:///{tmp_path}/m.db")
+    meta.create_all(database.engine)
+    with database.begin() as conn:
+        conn.execute(insert(things), [
+            dict(id="a", n=7, flag=True, at=datetime(2026, 1, 2, 3, 4, 5, 678000), note=None),
+            dict(id="b", n=0, flag=False, at=datetime(2025, 12, 31, 23, 59, 59), note="x"),
+        ])
+    return database
+
+
+def test_rows_match_sqlalchemys_own(db: Database) -> None:
+    read = PreparedRead(BY_ID)
+    with db.read() as conn:
+        assert read._plan(conn) is not None  # the fast path is taken on SQLite
+        for key in ("a", "b"):
+            want = dict(conn.execute(BY_ID, {"id": key}).mappings().first() or {})
+            got = read.first(conn, {"id": key})
+            assert got == want
+            assert got is not None and type(got["flag"]) is bool and type(got["at"]) is datetime
+        assert read.first(conn, {"id": "none"}) is None
+
+
+def test_reads_inside_the_callers_transaction(db: Database) -> None:
+    read = PreparedRead(BY_ID)
+    with db.begin() as conn:
+        conn.execute(insert(things).values(id="c", n=1, flag=True, at=datetime.now(timezone.utc), note=None))
+        row = read.first(conn, {"id": "c"})  # its own uncommitted insert: the same transaction
+        assert row is not None and row["n"] == 1
+    with db.read() as conn:
+        snapshot = read.first(conn, {"id": "c"})
+        with db.begin() as other:  # committed after the read transaction's snapshot began
+            other.execute(things.update().where(things.c.id == "c").values(n=2))
+        assert snapshot is not None and read.first(conn, {"id": "c"}) == snapshot  # one snapshot
+    with db.read() as conn:
+        row = read.first(conn, {"id": "c"})
+        assert row is not None and row["n"] == 2
+
+
+def test_what_it_cannot_reproduce_goes_through_sqlalchemy(db: Database) -> None:
+    expanding = select(things.c.id).where(things.c.id.in_(bindparam("ids", expanding=True)))
+    converted = select(things.c.id).where(things.c.at < bindparam("t", type_=DateTime))
+    with db.read() as conn:
+        assert _compile(expanding, conn.dialect) is None
+        assert _compile(converted, conn.dialect) is None  # DateTime binds are converted
+        assert PreparedRead(expanding).first(conn, {"ids": ["b"]}) == {"id": "b"}
+        assert PreparedRead(converted).first(conn, {"t": datetime(2026, 1, 1)}) == {"id": "b"}
+
+
+def test_driver_errors_are_wrapped_as_sqlalchemy_wraps_them(db: Database) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    gone = Table("prepared_gone", MetaData(), Column("id", String, primary_key=True))
+    read = PreparedRead(select(gone).where(gone.c.id == bindparam("id")))
+    with db.read() as conn:
+        with pytest.raises(OperationalError) as err:
+            read.first(conn, {"id": "x"})
+        assert read._plan(conn) is not None  # the fast path raised it
+    assert "no such table" in str(err.value.orig)
