@@ -188,6 +188,13 @@ class RowsPage(Sequence[View]):
             self._views = self.xml_plan.views(self.rows, self.extra)
         return self._views
 
+    def subset(self, chosen: Sequence[View]) -> "RowsPage":
+        """The page of the items whose views (the objects :meth:`views` returned, e.g.
+        those a Describe's filters passed, in any order) are ``chosen``: still written
+        straight from their rows, and seen as ``chosen`` by anything else."""
+        row_of = {id(v): r for v, r in zip(self.views(), self.rows)}
+        return RowsPage(self.table, self.stored.having([row_of[id(v)] for v in chosen]), self.extra, list(chosen))
+
     @overload
     def __getitem__(self, index: int) -> View: ...
     @overload
