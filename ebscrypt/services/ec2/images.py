@@ -117,7 +117,8 @@ IMAGE_VIEW = ViewTable("Image", {
     "StateReason": "({'Code': s.state_reason_code or '', 'Message': s.state_reason_message or ''} "
                    "if s.state_reason_code or s.state_reason_message else None)",
     "Tags": "tags or None",
-}, env={"creation_date": image_records.creation_date, "mapping_view": mapping_view}, key_field="image_id")
+}, env={"creation_date": image_records.creation_date, "mapping_view": mapping_view}, key_field="image_id",
+   text_forms={"creation_date": image_records.creation_date_of_iso})
 
 # The columns a page rendered from its rows reads (those of the view).
 _IMAGE_FIELDS = IMAGE_VIEW.fields_read(Image)
