@@ -248,6 +248,18 @@ class XmlWriters:
         open_, close = f"<{tag}>", f"</{tag}>"
         if member.serialization.get("flattened") and t == "list":
             return [f"_w{i}(out, v)"]
+        if t == "structure":  # what its writer does, without the call (a member writer each)
+            env[f"_m{i}"] = self.members(member)  # a shape being compiled: its forwarding writer
+            return [f"append({open_!r})", f"_m{i}(out, v)", f"append({close!r})"]
+        if t == "list" and member.member.type_name == "structure":
+            # a plain list of structures (Tags, mappings): its items written here; anything
+            # else (rows, an iterable) by the list's writer
+            item_tag = member.member.serialization.get("name", "member")
+            env[f"_m{i}"] = self.members(member.member)
+            return ["if v.__class__ is list:", f"    append({open_!r})", "    for _item in v:",
+                    "        if _item is not None:", f"            append({'<' + item_tag + '>'!r})",
+                    f"            _m{i}(out, _item)", f"            append({'</' + item_tag + '>'!r})",
+                    f"    append({close!r})", "else:", f"    _w{i}(out, v)"]
         if t == "boolean":
             return [f"append({open_ + 'true' + close!r} if v else {open_ + 'false' + close!r})"]
         if t in ("integer", "long"):
