@@ -339,3 +339,24 @@ def test_a_constant_member_is_written_once_as_its_block_writes_it(db: Database, 
     assert from_rows == codec.serialize(model, {"Snapshots": list(page)}, "rid").body
     if description == "'a <b> & c'":
         assert from_rows.count(b"<description>a &lt;b&gt; &amp; c</description>") == len(page)
+
+
+@pytest.mark.parametrize("stored", ["2026-01-02 03:04:05.678901", "2026-12-31 23:59:59.999999",
+                                    "1000-01-01 00:00:00.000000", "2026-01-02 03:04:05", "0999-01-02 03:04:05.678901"])
+def test_an_image_creation_date_from_its_stored_text_is_what_the_view_writes(stored: str) -> None:
+    """``creation_date(s.created_at)`` on the rows path (a text form): the text sliced from
+    the stored time where it is the plain form, the datetime's formatting otherwise."""
+    from ebscrypt.engines.ec2.image_records import creation_date
+    from ebscrypt.services.ec2.images import IMAGE_VIEW
+
+    keys = tuple(c.name for c in ec2_images.c)
+    plan = IMAGE_VIEW.rows_plan(Image, keys)
+    local = {f"c{keys.index('created_at')}": stored}
+    value = eval(row_locals(Image, keys)[1]["created_at"], dict(ROW_ENV), local)  # noqa: S307 (field-built source)
+    assert eval(plan.members["CreationDate"], dict(plan.env), local) == creation_date(value)  # noqa: S307
+    assert "_text_creation_date" in plan.members["CreationDate"]
+
+
+def test_a_text_form_must_be_of_a_function_the_table_uses() -> None:
+    with pytest.raises(ValueError, match="text forms"):
+        ViewTable("X", {"A": "f(s.start_time)"}, text_forms={"f": str})
