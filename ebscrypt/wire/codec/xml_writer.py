@@ -180,7 +180,7 @@ class XmlWriters:
                     # the list's writer would append them, without the call
                     blocks.append((name, ["if v is None:", "    v = ()", "if not v:",
                                           f"    append({'<' + tag + '>'!r})", f"    append({'</' + tag + '>'!r})",
-                                          "else:", f"    _w{i}(out, v)"]))
+                                          "else:", *("    " + line for line in self._inline(member, tag, i, env))]))
                 else:
                     blocks.append((name, ["if v is None:", "    v = ()", f"_w{i}(out, v)"]))
             else:
