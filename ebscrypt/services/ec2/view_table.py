@@ -133,10 +133,10 @@ class ViewTable:
                 iso_times[member] = texts[bare.attr]
                 members[member] = values[bare.attr]
                 continue
-            time_field = self._time_argument(bare, texts)
-            if time_field is not None:
+            timed = self._time_argument(bare, texts)
+            if timed is not None:
                 # fn(s.<time>) with a text form: from the sliced text, else as written
-                fn = bare.func.id  # type: ignore[attr-defined]
+                fn, time_field = timed
                 members[member] = (f"(_text_{fn}(_t) if (_t := {texts[time_field]}) is not None "
                                    f"else {fn}({values[time_field]}))")
                 continue
@@ -164,16 +164,16 @@ class ViewTable:
         self._plans[(cls, keys)] = plan
         return plan
 
-    def _time_argument(self, node: ast.expr, texts: Mapping[str, str]) -> str | None:
-        """The time field ``t`` of a member ``fn(s.t)`` whose ``fn`` has a text form (and
-        ``t`` an ISO text in these rows), else None."""
+    def _time_argument(self, node: ast.expr, texts: Mapping[str, str]) -> tuple[str, str] | None:
+        """``(fn, t)`` of a member ``fn(s.t)`` whose ``fn`` has a text form (and ``t`` an ISO
+        text in these rows), else None."""
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in self.text_forms
                 and len(node.args) == 1 and not node.keywords):
             return None
         arg = node.args[0]
         if isinstance(arg, ast.Attribute) and isinstance(arg.value, ast.Name) and arg.value.id == "s" \
                 and arg.attr in texts:
-            return arg.attr
+            return node.func.id, arg.attr
         return None
 
     def fields_read(self, cls: type) -> tuple[str, ...]:
