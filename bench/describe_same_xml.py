@@ -53,10 +53,21 @@ try:
                       ("describe_snapshots", {"SnapshotIds": ["snap-00000000000000005", "snap-00000000000000007"]})],
         "volumes": [("describe_volumes", {"MaxResults": 500}),
                     ("describe_volumes", {"Filters": [{"Name": "kms-key-id", "Values": [KEY_B]}]}),
-                    ("describe_volumes", {"Filters": [{"Name": "tag:Name", "Values": ["one-percent"]}]})],
+                    ("describe_volumes", {"Filters": [{"Name": "tag:Name", "Values": ["one-percent"]}]}),
+                    # the listing without MaxResults (one answer), a filter paged, escapes, attachments
+                    ("describe_volumes", {}),
+                    ("describe_volumes", {"MaxResults": 400, "Filters": [{"Name": "encrypted", "Values": ["true"]}]}),
+                    ("describe_volumes", {"Filters": [{"Name": "tag:k&<>", "Values": ["v*"]}]}),
+                    ("describe_volumes", {"Filters": [{"Name": "attachment.status", "Values": ["attached"]}]})],
         "images": [("describe_images", {"Owners": ["self"], "MaxResults": 1000}),
                    ("describe_images", {"Owners": ["self"], "Filters": [{"Name": "name", "Values": ["one-percent-*"]}]}),
-                   ("describe_images", {"Owners": ["self"], "Filters": [{"Name": "tag:Name", "Values": ["one-percent"]}]})],
+                   ("describe_images", {"Owners": ["self"], "Filters": [{"Name": "tag:Name", "Values": ["one-percent"]}]}),
+                   # filtered and paged, without Owners, on the rows the odd members live in
+                   ("describe_images", {"Owners": ["self"], "MaxResults": 7,
+                                        "Filters": [{"Name": "name", "Values": ["one-percent-*"]}]}),
+                   ("describe_images", {"Filters": [{"Name": "image-id", "Values": ["ami-0000000000000000*"]}]}),
+                   ("describe_images", {"Owners": ["self"], "Filters": [{"Name": "tag:k&<>", "Values": ["v*"]}]}),
+                   ("describe_images", {"Filters": [{"Name": "is-public", "Values": ["true"]}]})],
     }
     for kind, cs in calls.items():
         bodies = {}

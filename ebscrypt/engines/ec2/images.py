@@ -34,9 +34,10 @@ Where each operation lives (import it from there: this module re-exports nothing
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import Connection, delete, or_, select
+from sqlalchemy import Connection, Integer, bindparam, delete, or_, select
 
 from ebscrypt.context import Caller, RequestContext
 from ebscrypt.domain import image_states as states
@@ -324,28 +325,57 @@ def _images_query(caller: Caller, ids: list[str], owners: list[str], filters: li
     return query
 
 
+@lru_cache(maxsize=64)
+def _own_page_query(columns: tuple[str, ...], after: bool, limit: bool) -> Any:
+    """:func:`_images_query` of a page of the caller's own images (``Owners=self``, no ids
+    nor filters) of ``columns``, its values bound by name (``account``, ``region``, and
+    ``after`` / ``limit`` when flagged): built once per form (issue 15: building the
+    statement, ~0.3 ms a page, cost more than running it)."""
+    q = select(*(images_t.c[n] for n in columns)).where(images_t.c.region == bindparam("region"),
+                                                         images_t.c.account == bindparam("account"))
+    if after:
+        q = q.where(images_t.c.image_id > bindparam("after"))
+    q = q.order_by(images_t.c.image_id)
+    return q.limit(bindparam("limit", type_=Integer)) if limit else q
+
+
 def image_page(ctx: RequestContext, *, owners: list[str], after: str | None, limit: int | None,
-               fields: Sequence[str]) -> tuple[StoredRows, dict[str, list[dict[str, str]]]] | None:
-    """:func:`describe_images` of a plain page (no ids, executable users or filters) as
-    the rows of the record's ``fields`` (those the caller's view reads, with ``image_id``
-    and ``state``) kept as read (``records.stored_rows``: the service renders them
-    straight to its answer, issue 15), and their tags; None on another database than
-    SQLite or when an image of the page is pending (:func:`describe_images` settles it)."""
+               fields: Sequence[str], filters: list[dict[str, Any]] | None = None,
+               ) -> tuple[StoredRows, dict[str, list[dict[str, str]]]] | None:
+    """:func:`describe_images` without ids or executable users as the rows of the
+    record's ``fields`` (those the caller's view reads, with ``image_id`` and ``state``)
+    kept as read (``records.stored_rows``: the service renders them straight to its
+    answer, issue 15), and their tags; None on another database than SQLite or when an
+    image read is pending (:func:`describe_images` settles it). With ``filters``: only
+    the rows whose images match them (narrowed in SQL, then tested exactly on their
+    records, as :func:`describe_images` tests them)."""
     caller = ctx.caller
     with ctx.runtime.db.read() as conn:
         if conn.dialect.name != "sqlite":
             return None
-        columns = [n for n in images_t.c.keys() if n in {*fields, "image_id", "state"}]
-        found = stored_rows(Image, conn.execute(_images_query(caller, [], owners, None, after, limit, columns)))
+        # filtered: every column (the filters test records)
+        columns = [n for n in images_t.c.keys() if filters or n in {*fields, "image_id", "state"}]
+        if not filters and owners and {caller.account if o == "self" else o for o in owners} == {caller.account}:
+            values: dict[str, Any] = {"account": caller.account, "region": caller.region}
+            values.update({k: v for k, v in (("after", after), ("limit", limit)) if v is not None})
+            query = _own_page_query(tuple(columns), after is not None, limit is not None)
+            found = stored_rows(Image, conn.execute(query, values))
+        else:
+            found = stored_rows(Image, conn.execute(_images_query(caller, [], owners, filters, after, limit, columns)))
         if not isinstance(found, StoredRows):
             return None
         i, state = found.column("image_id"), found.column("state")
         if any(r[state] == states.IMAGE_PENDING for r in found.rows):
             return None
         ids = [r[i] for r in found.rows]
-        # a page with nothing filtered out: every own image in its id range (one tags range)
-        tags = core_tags.page_tags_for(conn, caller.account, ids)
-        return found, {k: v or [] for k, v in tags.items()}
+        if not filters:
+            # a page with nothing filtered out: every own image in its id range (one tags range)
+            tags = core_tags.page_tags_for(conn, caller.account, ids)
+            return found, {k: v or [] for k, v in tags.items()}
+        tags = core_tags.tags_for(conn, caller.account, ids)
+    entries = [(image, tags.get(image.image_id) or [], row) for image, row in zip(found.records(), found.rows)]
+    kept = filter_select(entries, filters, _FILTERS, tag_getter=lambda e: {t["Key"]: t["Value"] for t in e[1]})
+    return found.having([e[2] for e in kept]), {e[0].image_id: e[1] for e in kept}
 
 
 def _visible_images(ctx: RequestContext, ids: list[str], owners: list[str], executable: list[str], *,

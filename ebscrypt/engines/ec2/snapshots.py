@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import Connection, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Connection, Integer, bindparam, delete, insert, or_, select, update
 
 from ebscrypt.context import Caller, RequestContext, Runtime
 from ebscrypt.domain.sharing import check_grantees, check_share
@@ -112,6 +113,20 @@ def _visible_query(caller: Caller, owners: set[str] | None, filters: list[dict[s
     return q
 
 
+@lru_cache(maxsize=64)
+def _own_page_query(columns: tuple[str, ...], after: bool, limit: bool) -> Any:
+    """:func:`_visible_query` of a page of the caller's own snapshots (``OwnerIds=self``, no
+    filters) of ``columns`` (all when empty), its values bound by name (``account``,
+    ``region``, and ``after`` / ``limit`` when flagged): built once per form (issue 15:
+    building the statement, ~0.3 ms, cost a tenth of a page of 1,000)."""
+    selected = select(*(ec2_snapshots.c[n] for n in columns)) if columns else select(ec2_snapshots)
+    q = selected.where(ec2_snapshots.c.region == bindparam("region"), ec2_snapshots.c.account == bindparam("account"))
+    if after:
+        q = q.where(ec2_snapshots.c.id > bindparam("after"))
+    q = q.order_by(ec2_snapshots.c.id)
+    return q.limit(bindparam("limit", type_=Integer)) if limit else q
+
+
 def snapshot_page(ctx: RequestContext, *, owner_ids: list[str] | None = None, after: str | None = None,
                   limit: int | None = None, fields: Sequence[str] = (), filters: list[dict[str, Any]] | None = None,
                   ) -> tuple[StoredRows | list[Snapshot], dict[str, list[dict[str, str]]]]:
@@ -126,8 +141,14 @@ def snapshot_page(ctx: RequestContext, *, owner_ids: list[str] | None = None, af
         columns = None
         if conn.dialect.name == "sqlite" and fields:
             columns = [n for n in ec2_snapshots.c.keys() if n in {*fields, "id", "account"}]
-        found = stored_rows(Snapshot, conn.execute(
-            _visible_query(caller, owners if owner_ids else None, filters, after, limit, columns)))
+        if owner_ids and owners == {caller.account} and not filters:  # OwnerIds=self: the CLI's listing
+            values: dict[str, Any] = {"account": caller.account, "region": caller.region}
+            values.update({k: v for k, v in (("after", after), ("limit", limit)) if v is not None})
+            query = _own_page_query(tuple(columns or ()), after is not None, limit is not None)
+            found = stored_rows(Snapshot, conn.execute(query, values))
+        else:
+            found = stored_rows(Snapshot, conn.execute(
+                _visible_query(caller, owners if owner_ids else None, filters, after, limit, columns)))
         # a page: every own snapshot in its id range (one tags range); filtered: by ids
         read_tags = tags_for if filters else page_tags_for
         if isinstance(found, StoredRows):

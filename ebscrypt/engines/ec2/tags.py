@@ -128,6 +128,15 @@ def tags_in_lists(conn: Connection, account: str, ids: list[str]) -> dict[str, l
     return out
 
 
+# Built once (issue 15: building the statement per page cost more than running it).
+_TAGS_OF_RANGE = (
+    select(ec2_tags.c.resource_id, ec2_tags.c.key, ec2_tags.c.value)
+    .where(ec2_tags.c.account == bindparam("account"), ec2_tags.c.resource_id >= bindparam("first"),
+           ec2_tags.c.resource_id <= bindparam("last"))
+    .order_by(ec2_tags.c.resource_id, ec2_tags.c.key)
+)
+
+
 def page_tags_for(conn: Connection, account: str, ids: list[str]) -> dict[str, list[dict[str, str]]]:
     """``tags_for`` of ``ids`` in the database's order (as a Describe page is read), as one
     range of ``ix_ec2_tags_account_resource`` between the first and the last id instead of
@@ -138,11 +147,7 @@ def page_tags_for(conn: Connection, account: str, ids: list[str]) -> dict[str, l
     if len(ids) < 50:
         return tags_for(conn, account, ids)
     out: dict[str, list[dict[str, str]]] = {i: [] for i in ids}
-    rows = conn.execute(
-        select(ec2_tags.c.resource_id, ec2_tags.c.key, ec2_tags.c.value)
-        .where(ec2_tags.c.account == account, ec2_tags.c.resource_id >= ids[0], ec2_tags.c.resource_id <= ids[-1])
-        .order_by(ec2_tags.c.resource_id, ec2_tags.c.key)
-    ).fetchall()
+    rows = conn.execute(_TAGS_OF_RANGE, {"account": account, "first": ids[0], "last": ids[-1]}).fetchall()
     for resource_id, key, value in rows:
         tags = out.get(resource_id)
         if tags is not None:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Integer, bindparam, delete, insert, select, update
 
 from ebscrypt.context import Caller, RequestContext, Runtime
 from ebscrypt.domain import regions
@@ -212,6 +213,22 @@ def _volumes_query(account: str, region: str, volume_ids: list[str] | None, afte
     return q
 
 
+@lru_cache(maxsize=64)
+def _page_query(columns: tuple[str, ...], after: bool, limit: bool) -> Any:
+    """:func:`_volumes_query` of a page (no ids, no filters) of ``columns`` (all when
+    empty), its values bound by name (``account``, ``region``, and ``after`` / ``limit``
+    when flagged): built once per form (issue 15: building the statement, ~0.3 ms, cost
+    more than running it for a page of 500)."""
+    selected = select(*(ec2_volumes.c[n] for n in columns)) if columns else select(ec2_volumes)
+    q = selected.where(ec2_volumes.c.account == bindparam("account"),
+                       ec2_volumes.c.region == bindparam("region")).order_by(ec2_volumes.c.id)
+    if after:
+        q = q.where(ec2_volumes.c.id > bindparam("after"))
+    if limit:
+        q = q.limit(bindparam("limit", type_=Integer))
+    return q
+
+
 def attachments_of(conn: Connection, volume_ids: list[str]) -> dict[str, list[Attachment]]:
     out: dict[str, list[Attachment]] = {v: [] for v in volume_ids}
     for chunk in range(0, len(volume_ids), 500):
@@ -220,6 +237,13 @@ def attachments_of(conn: Connection, volume_ids: list[str]) -> dict[str, list[At
         for r in rows:
             out[r["volume_id"]].append(Attachment.from_row(r))
     return out
+
+
+# Built once (issue 15: building the statement per page cost more than running it).
+_ATTACHMENTS_OF_RANGE = select(ec2_volume_attachments).join(
+    ec2_volumes, ec2_volumes.c.id == ec2_volume_attachments.c.volume_id).where(
+    ec2_volumes.c.account == bindparam("account"), ec2_volumes.c.region == bindparam("region"),
+    ec2_volumes.c.id >= bindparam("first"), ec2_volumes.c.id <= bindparam("last"))
 
 
 def page_attachments_of(conn: Connection, account: str, region: str,
@@ -233,10 +257,8 @@ def page_attachments_of(conn: Connection, account: str, region: str,
     if len(volume_ids) < 50:
         return attachments_of(conn, volume_ids)
     out: dict[str, list[Attachment]] = {v: [] for v in volume_ids}
-    a = ec2_volume_attachments
-    rows = conn.execute(select(a).join(ec2_volumes, ec2_volumes.c.id == a.c.volume_id).where(
-        ec2_volumes.c.account == account, ec2_volumes.c.region == region,
-        ec2_volumes.c.id >= volume_ids[0], ec2_volumes.c.id <= volume_ids[-1])).mappings().fetchall()
+    rows = conn.execute(_ATTACHMENTS_OF_RANGE, {"account": account, "region": region, "first": volume_ids[0],
+                                                "last": volume_ids[-1]}).mappings().fetchall()
     for r in rows:
         found = out.get(r["volume_id"])
         if found is not None:
@@ -813,24 +835,34 @@ def describe_volumes(ctx: RequestContext, volume_ids: list[str] | None = None, *
 
 
 def volume_page(ctx: RequestContext, *, after: str | None = None, limit: int | None = None,
-                fields: Sequence[str] = (),
+                fields: Sequence[str] = (), filters: list[dict[str, Any]] | None = None,
                 ) -> tuple[StoredRows | list[Volume], dict[str, list[Attachment]], dict[str, list[dict[str, str]]]]:
-    """:func:`describe_volumes` of a plain page (no ids, no filters), with the attachments
-    and the tags of each id: on SQLite the rows of the record's ``fields`` (those the
-    caller's view reads, with ``id``) kept as read (``records.stored_rows``: the service
-    renders them straight to its answer, issue 15), else the records."""
+    """:func:`describe_volumes` without ids, with the attachments and the tags of each id:
+    on SQLite the rows of the record's ``fields`` (those the caller's view reads, with
+    ``id``) kept as read (``records.stored_rows``: the service renders them straight to
+    its answer, issue 15), else the records. ``filters`` narrow the rows in SQL (a superset
+    of the matches: the caller applies them after)."""
     caller = ctx.caller
     with ctx.runtime.db.read() as conn:
         columns = None
         if conn.dialect.name == "sqlite" and fields:
             columns = [n for n in ec2_volumes.c.keys() if n in {*fields, "id"}]
-        found = stored_rows(Volume, conn.execute(_volumes_query(caller.account, caller.region, None, after, limit,
-                                                                None, columns)))
+        if filters:
+            query = _volumes_query(caller.account, caller.region, None, after, limit, filters, columns)
+            found = stored_rows(Volume, conn.execute(query))
+        else:
+            values: dict[str, Any] = {"account": caller.account, "region": caller.region}
+            values.update({k: v for k, v in (("after", after), ("limit", limit)) if v is not None})
+            query = _page_query(tuple(columns or ()), after is not None, limit is not None)
+            found = stored_rows(Volume, conn.execute(query, values))
         if isinstance(found, StoredRows):
             i = found.column("id")
             ids = [r[i] for r in found.rows]
         else:
             ids = [v.id for v in found]
+        if filters:  # scattered ids: read by id (a range would span the account's volumes)
+            return found, attachments_of(conn, ids), tags_for(conn, caller.account, ids)
+        # a page: every volume of the account in its id range
         atts = page_attachments_of(conn, caller.account, caller.region, ids)
         return found, atts, page_tags_for(conn, caller.account, ids)
 

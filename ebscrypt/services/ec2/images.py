@@ -117,7 +117,8 @@ IMAGE_VIEW = ViewTable("Image", {
     "StateReason": "({'Code': s.state_reason_code or '', 'Message': s.state_reason_message or ''} "
                    "if s.state_reason_code or s.state_reason_message else None)",
     "Tags": "tags or None",
-}, env={"creation_date": image_records.creation_date, "mapping_view": mapping_view}, key_field="image_id")
+}, env={"creation_date": image_records.creation_date, "mapping_view": mapping_view}, key_field="image_id",
+   text_forms={"creation_date": image_records.creation_date_of_iso})
 
 # The columns a page rendered from its rows reads (those of the view).
 _IMAGE_FIELDS = IMAGE_VIEW.fields_read(Image)
@@ -138,11 +139,12 @@ def describe_images(ctx: RequestContext, params: dict[str, Any]) -> dict[str, An
     size = page_size(params, low=1, high=1000, ids_param="ImageIds")
     after = page_after(params.get("NextToken")) if not ids else None
     limit = size + 1 if size is not None and not ids and not executable and not params.get("Filters") else None
-    if not ids and not executable and not params.get("Filters"):
-        # A plain page (the CLI's listing): rendered straight from its stored rows where the
-        # database allows and no image is pending (issue 15: no record and no view per item).
+    if not ids and not executable:
+        # A listing, filtered or not (the CLI's pages, Packer's name=prefix*): rendered
+        # straight from its stored rows where the database allows and no image is pending
+        # (issue 15: no view per item; no record either when nothing is filtered).
         found = engine.image_page(ctx, owners=params.get("Owners") or [], after=after, limit=limit,
-                                  fields=_IMAGE_FIELDS)
+                                  fields=_IMAGE_FIELDS, filters=params.get("Filters"))
         if found is not None:
             stored, tags = found
             i = stored.column("image_id")

@@ -154,12 +154,10 @@ def _filtered_page(found: StoredRows, tags: dict[str, list[dict[str, str]]], par
     """DescribeSnapshots with Filters over rows read as stored: the views the filters test
     built from the rows (``SNAPSHOT_VIEW``'s plan: no records), the page of those that
     pass written from their rows."""
-    views = SNAPSHOT_VIEW.page(found, tags).views()
-    row_of = {id(v): r for v, r in zip(views, found.rows)}
-    chunk, token = page(filter_select(views, params.get("Filters"), _FILTERS, _tag_map), params,
+    every = SNAPSHOT_VIEW.page(found, tags)
+    chunk, token = page(filter_select(every.views(), params.get("Filters"), _FILTERS, _tag_map), params,
                         lambda d: d["SnapshotId"], low=5, high=1000, ids_param="SnapshotIds")
-    items = SNAPSHOT_VIEW.page(found.having([row_of[id(v)] for v in chunk]), tags, views=chunk)
-    return {"Snapshots": items, "NextToken": token or None}
+    return {"Snapshots": every.subset(chunk), "NextToken": token or None}
 
 
 def _exports_shown(ctx: RequestContext) -> bool:

@@ -83,16 +83,24 @@ class ViewTable:
     """A view as ``{member name: expression over s and the item's extras}`` (in the
     view's key order); ``extras``: the names of the view's arguments after the record
     (each a page-wide mapping by the record's ``key_field`` in a :class:`RowsPage`);
-    ``env``: the other names the expressions use."""
+    ``env``: the other names the expressions use; ``text_forms``: {name of an ``env``
+    function of one time: the function giving the same string from that time's ISO 8601
+    text} — a member ``fn(s.<time field>)`` of a rows plan is then computed from the text
+    sliced from the stored time (``records.row_iso_texts``), the datetime made only where
+    the stored text is not the plain form."""
 
     def __init__(self, name: str, members: Mapping[str, str], env: Mapping[str, Any] | None = None,
-                 extras: Sequence[str] = ("tags",), key_field: str = "id") -> None:
+                 extras: Sequence[str] = ("tags",), key_field: str = "id",
+                 text_forms: Mapping[str, Callable[[str], Any]] | None = None) -> None:
         self.name = name
         self.members = dict(members)
         self.env = dict(env or {})
+        self.text_forms = dict(text_forms or {})
+        if set(self.text_forms) - set(self.env):
+            raise ValueError(f"text forms of functions not in {name}'s env: {sorted(set(self.text_forms) - set(self.env))}")
         self.extras = tuple(extras)
         self.key_field = key_field
-        for reserved in ("s", *self.extras, "extra", "v", "t", "out", "append", "seen", "value"):
+        for reserved in ("s", *self.extras, "extra", "v", "t", "_t", "_item", "out", "append", "seen", "value"):
             if reserved in self.env:
                 raise ValueError(f"{reserved!r} is reserved in view tables")
         entries = ", ".join(f"{m!r}: {e}" for m, e in self.members.items())
@@ -125,6 +133,13 @@ class ViewTable:
                 iso_times[member] = texts[bare.attr]
                 members[member] = values[bare.attr]
                 continue
+            timed = self._time_argument(bare, texts)
+            if timed is not None:
+                # fn(s.<time>) with a text form: from the sliced text, else as written
+                fn, time_field = timed
+                members[member] = (f"(_text_{fn}(_t) if (_t := {texts[time_field]}) is not None "
+                                   f"else {fn}({values[time_field]}))")
+                continue
             rewrite = _Fields("s", list(values), plain, self.extras)
             tree = rewrite.visit(ast.parse(expression, mode="eval"))
             members[member] = ast.unparse(tree)
@@ -135,7 +150,7 @@ class ViewTable:
         key = plain.get(self.key_field) or f"f_{self.key_field}"
         prelude += [f"{name} = extra[{i}][{key}]" for i, name in enumerate(self.extras) if name in extras]
         conversions = row_env(cls)
-        env = {**conversions, **self.env}
+        env = {**conversions, **self.env, **{f"_text_{n}": f for n, f in self.text_forms.items()}}
         if set(conversions) & set(self.env):
             raise ValueError(f"names of {self.name}'s env clash with the row conversions'")
         entries = ", ".join(f"{m!r}: {e}" for m, e in members.items())  # the table's order
@@ -148,6 +163,18 @@ class ViewTable:
                         iso_times, namespace["views"])
         self._plans[(cls, keys)] = plan
         return plan
+
+    def _time_argument(self, node: ast.expr, texts: Mapping[str, str]) -> tuple[str, str] | None:
+        """``(fn, t)`` of a member ``fn(s.t)`` whose ``fn`` has a text form (and ``t`` an ISO
+        text in these rows), else None."""
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in self.text_forms
+                and len(node.args) == 1 and not node.keywords):
+            return None
+        arg = node.args[0]
+        if isinstance(arg, ast.Attribute) and isinstance(arg.value, ast.Name) and arg.value.id == "s" \
+                and arg.attr in texts:
+            return node.func.id, arg.attr
+        return None
 
     def fields_read(self, cls: type) -> tuple[str, ...]:
         """The fields of ``cls`` this table's expressions read (and its key field), in the
@@ -187,6 +214,13 @@ class RowsPage(Sequence[View]):
         if self._views is None:
             self._views = self.xml_plan.views(self.rows, self.extra)
         return self._views
+
+    def subset(self, chosen: Sequence[View]) -> "RowsPage":
+        """The page of the items whose views (the objects :meth:`views` returned, e.g.
+        those a Describe's filters passed, in any order) are ``chosen``: still written
+        straight from their rows, and seen as ``chosen`` by anything else."""
+        row_of = {id(v): r for v, r in zip(self.views(), self.rows)}
+        return RowsPage(self.table, self.stored.having([row_of[id(v)] for v in chosen]), self.extra, list(chosen))
 
     @overload
     def __getitem__(self, index: int) -> View: ...

@@ -13,7 +13,7 @@ from ebscrypt.engines.ec2.filters import apply_filters as filter_select
 from ebscrypt.services.ec2.request import dry_run_check
 from ebscrypt.services.ec2.paging import encode_token, page, page_after, page_size
 from ebscrypt.engines.ec2.records import Attachment, StoredRows, Volume, aware
-from ebscrypt.services.ec2.view_table import ViewTable
+from ebscrypt.services.ec2.view_table import RowsPage, ViewTable
 from ebscrypt.engines.ec2.tags import tag_specs
 from ebscrypt.errors import InvalidParameterValue, MissingParameter, NotFound
 from ebscrypt.services.registry import operation
@@ -122,21 +122,14 @@ def create_volume(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]
 @operation("ec2", "DescribeVolumes")
 def describe_volumes(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     dry_run_check(params)
+    if not params.get("VolumeIds") and ctx.runtime.settings.auth != "strict":
+        # A listing, filtered or not (no export names to add): paged in SQL, rendered
+        # straight from its rows (issue 15).
+        return _listing(ctx, params)
     if not params.get("Filters") and not params.get("VolumeIds") and params.get("MaxResults"):
         # Page in SQL: one more row than asked tells whether a NextToken is due.
         size = page_size(params, low=5, high=500, clamp=True) or 500
-        after = page_after(params.get("NextToken"))
-        if ctx.runtime.settings.auth != "strict":  # no export names: rendered straight from the rows
-            found, atts, tags = V.volume_page(ctx, after=after, limit=size + 1,
-                                              fields=_VOLUME_FIELDS)
-            if isinstance(found, StoredRows):
-                i = found.column("id")
-                rows, more = found.rows[:size], len(found.rows) > size
-                token = encode_token(rows[-1][i]) if more and rows else None
-                return {"Volumes": VOLUME_VIEW.page(found.having(rows), atts, tags), "NextToken": token}
-            items = [volume_dict(v, atts[v.id], tags[v.id]) for v in found]
-        else:
-            items = describe(ctx, after=after, limit=size + 1)
+        items = describe(ctx, after=page_after(params.get("NextToken")), limit=size + 1)
         chunk, more = items[:size], len(items) > size
         token = encode_token(chunk[-1]["VolumeId"]) if more and chunk else None
     else:
@@ -147,6 +140,36 @@ def describe_volumes(ctx: RequestContext, params: dict[str, Any]) -> dict[str, A
         chunk, token = page(items, params, lambda d: d["VolumeId"], low=5, high=500, ids_param="VolumeIds",
                             clamp=True)
     return {"Volumes": chunk, "NextToken": token or None}
+
+
+def _listing(ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    """DescribeVolumes without VolumeIds: ids after the token's, at most MaxResults (500
+    at most: the API clamps) and ``Filters`` narrowed in SQL; on SQLite the items stay rows
+    written straight to the XML — with Filters, the views the filters test are built from
+    the rows by ``VOLUME_VIEW``'s plan (no records), and the page of those that pass is
+    written from their rows."""
+    filters = params.get("Filters")
+    size = page_size(params, low=5, high=500, clamp=True)
+    # A LIMIT only when nothing is filtered after the query: one more row than asked
+    # tells whether a NextToken is due.
+    limit = size + 1 if size is not None and not filters else None
+    found, atts, tags = V.volume_page(ctx, after=page_after(params.get("NextToken")), limit=limit,
+                                      fields=_VOLUME_FIELDS, filters=filters)
+    if isinstance(found, StoredRows) and not filters:  # no view dict per item either
+        rows = found.rows if size is None else found.rows[:size]
+        more = size is not None and len(found.rows) > size and bool(rows)
+        token = encode_token(rows[-1][found.column("id")]) if more else None
+        return {"Volumes": VOLUME_VIEW.page(found.having(rows), atts, tags), "NextToken": token}
+    every: RowsPage | None = None
+    if isinstance(found, StoredRows):
+        every = VOLUME_VIEW.page(found, atts, tags)
+        items = every.views()
+    else:  # records (PostgreSQL)
+        items = [volume_dict(v, atts[v.id], tags[v.id]) for v in found]
+    items = filter_select(items, filters, _FILTERS, _tag_map)
+    chunk, more = (items, False) if size is None else (items[:size], len(items) > size)
+    token = encode_token(chunk[-1]["VolumeId"]) if more and chunk else None
+    return {"Volumes": every.subset(chunk) if every is not None else chunk, "NextToken": token}
 
 
 @operation("ec2", "DeleteVolume")

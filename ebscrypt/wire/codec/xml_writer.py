@@ -14,6 +14,7 @@ writer any iterable (``None`` items skipped), a map writer a dict.
 
 from __future__ import annotations
 
+import ast
 import threading
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -38,6 +39,17 @@ def _iso8601(value: Any) -> str:
         return "%d-%s-%sT%s:%s:%s.%sZ" % (value.year, _2D[value.month], _2D[value.day], _2D[value.hour],
                                           _2D[value.minute], _2D[value.second], _3D[value.microsecond // 1000])
     return V.format_iso8601(value)
+
+
+def _joined_texts(pieces: list[str | list[str]]) -> list[str | list[str]]:
+    """``pieces`` (texts and blocks of code) with each run of adjacent texts joined."""
+    out: list[str | list[str]] = []
+    for piece in pieces:
+        if isinstance(piece, str) and out and isinstance(out[-1], str):
+            out[-1] = out[-1] + piece
+        else:
+            out.append(piece)
+    return out
 
 
 def _exec(lines: list[str], name: str, env: dict[str, Any]) -> Writer:
@@ -163,7 +175,14 @@ class XmlWriters:
                 fn = self.value(member, tag)
             env[f"_w{i}"] = fn
             if name in always:  # a list AWS sends even when empty
-                blocks.append((name, ["if v is None:", "    v = ()", f"_w{i}(out, v)"]))
+                if member.type_name == "list" and not member.serialization.get("flattened"):
+                    # empty (the common case: a volume's attachments): its two tags, as
+                    # the list's writer would append them, without the call
+                    blocks.append((name, ["if v is None:", "    v = ()", "if not v:",
+                                          f"    append({'<' + tag + '>'!r})", f"    append({'</' + tag + '>'!r})",
+                                          "else:", *("    " + line for line in self._inline(member, tag, i, env))]))
+                else:
+                    blocks.append((name, ["if v is None:", "    v = ()", f"_w{i}(out, v)"]))
             else:
                 blocks.append((name, ["if v is not None:", *("    " + line for line in self._inline(member, tag, i, env))]))
                 if (member.type_name == "timestamp"
@@ -229,6 +248,18 @@ class XmlWriters:
         open_, close = f"<{tag}>", f"</{tag}>"
         if member.serialization.get("flattened") and t == "list":
             return [f"_w{i}(out, v)"]
+        if t == "structure":  # what its writer does, without the call (a member writer each)
+            env[f"_m{i}"] = self.members(member)  # a shape being compiled: its forwarding writer
+            return [f"append({open_!r})", f"_m{i}(out, v)", f"append({close!r})"]
+        if t == "list" and member.member.type_name == "structure":
+            # a plain list of structures (Tags, mappings): its items written here; anything
+            # else (rows, an iterable) by the list's writer
+            item_tag = member.member.serialization.get("name", "member")
+            env[f"_m{i}"] = self.members(member.member)
+            return ["if v.__class__ is list:", f"    append({open_!r})", "    for _item in v:",
+                    "        if _item is not None:", f"            append({'<' + item_tag + '>'!r})",
+                    f"            _m{i}(out, _item)", f"            append({'</' + item_tag + '>'!r})",
+                    f"    append({close!r})", "else:", f"    _w{i}(out, v)"]
         if t == "boolean":
             return [f"append({open_ + 'true' + close!r} if v else {open_ + 'false' + close!r})"]
         if t in ("integer", "long"):
@@ -264,31 +295,53 @@ class XmlWriters:
             if clash:
                 raise ValueError(f"names of the rows plan {plan.key} clash with the writer's: {sorted(clash)}")
             env = {**shape_env, **plan.env}
-            lines = ["def write(out, value):", *head, "    extra = value.extra",
-                     f"    for {plan.unpack} in value.rows:",
-                     *("        " + line for line in plan.prelude),
-                     f"        append({'<' + tag + '>'!r})"]
+            # Per row: the plan's prelude, then pieces of code and constant texts; adjacent
+            # texts are appended as one (the item's tags, the members a constant writes).
+            pieces: list[str | list[str]] = ["<" + tag + ">"]
             iso_tags = self._iso_tags[shape.name]
             for name, block in blocks:
                 expression = plan.members.get(name)
                 text = plan.iso_times.get(name) if name in iso_tags else None
                 if expression is not None and text is not None:  # the text itself, else as usual
                     open_, close = f"<{iso_tags[name]}>", f"</{iso_tags[name]}>"
-                    lines += [f"        t = {text}", "        if t is not None:",
-                              f"            append({open_!r} + t + {close!r})", "        else:",
-                              f"            v = {expression}", *("            " + line for line in block)]
+                    pieces.append([f"t = {text}", "if t is not None:", f"    append({open_!r} + t + {close!r})",
+                                   "else:", f"    v = {expression}", *("    " + line for line in block)])
                     continue
-                if expression is not None:
-                    lines.append(f"        v = {expression}")
-                elif block[0] == "if v is None:":  # a list always sent: written empty
-                    lines.append("        v = None")
+                if expression is None and block[0] != "if v is None:":
+                    continue  # left out, as a view's None is (a list always sent is written empty)
+                constant = self._constant_text(head, block, shape_env, "None" if expression is None else expression)
+                if constant is not None:
+                    pieces.append(constant)
                 else:
-                    continue
-                lines += ["        " + line for line in block]
-            lines.append(f"        append({'</' + tag + '>'!r})")
+                    pieces.append([f"v = {expression}", *block])
+            pieces.append("</" + tag + ">")
+            lines = ["def write(out, value):", *head, "    extra = value.extra",
+                     f"    for {plan.unpack} in value.rows:", *("        " + line for line in plan.prelude)]
+            for piece in _joined_texts(pieces):
+                if isinstance(piece, str):
+                    if piece:
+                        lines.append(f"        append({piece!r})")
+                else:
+                    lines += ["        " + line for line in piece]
             write = _exec(lines, f"<xml rows writer {shape.name} {plan.key}>", env)
             self._rows[cache_key] = write
             return write
+
+    def _constant_text(self, head: list[str], block: list[str], env: dict[str, Any], expression: str) -> str | None:
+        """What ``block`` writes for the value of ``expression`` when that is a literal
+        (``'xen'``, ``None``…): run once, here, by the very block (so the same bytes); None
+        when the value is not a literal, or when a string it writes needs escaping and this
+        instance collects strings (the escaping writers then write it at run time)."""
+        try:
+            value = ast.literal_eval(expression)
+        except (ValueError, SyntaxError):
+            return None
+        write = _exec(["def write(out, v):", *head, *("    " + line for line in block)], "<xml constant>", env)
+        out = Collecting()
+        write(out, value)
+        if self._collect and any(self._escape(s) != s for s in out.seen):
+            return None
+        return "".join(out)
 
     def _flattened(self, item_shape: Any, tag: str) -> Writer:
         item = self.value(item_shape, tag)
