@@ -660,7 +660,10 @@ def _settle_launch(runtime: Runtime, instance_id: str) -> None:
             kms = any("KMS" in m or "kms" in m.lower() for m in messages)
             code, message = KMS_STATE_REASON if kms else ("Server.InternalError",
                                                            "Server.InternalError: Internal error on launch")
+            # In the transaction that terminates the instance: a client that sees it
+            # terminated never sees its failed volumes still there.
             deleted = core_volumes.delete_attachments_of_instance(conn, instance_id)
+            deleted += core_volumes.delete_unattached(conn, [v for v in failed_volumes if v not in deleted])
             conn.execute(update(instances_t).where(instances_t.c.instance_id == instance_id).values(
                 state=it.TERMINATED, state_reason_code=code, state_reason_message=message,
                 state_transition_reason=message, launch_plan="[]", updated_at=now))
@@ -669,13 +672,6 @@ def _settle_launch(runtime: Runtime, instance_id: str) -> None:
                 state=it.RUNNING, launch_plan="[]", updated_at=now))
     if deleted:
         release_volumes(runtime, deleted)
-    if failed_volumes:
-        ctx = job_ctx(runtime, instance.account, instance.region, "RunInstances")
-        for volume_id in failed_volumes:
-            try:
-                core_volumes.delete_volume(ctx, volume_id)
-            except ServiceError:
-                pass  # already gone
 
 
 def _settle_launches_of(runtime: Runtime, volume_id: str) -> None:

@@ -717,6 +717,20 @@ def _delete_rows(conn: Connection, volume_id: str) -> None:
     delete_tags_of(conn, volume_id)
 
 
+def delete_unattached(conn: Connection, volume_ids: list[str]) -> list[str]:
+    """Delete the rows of those of ``volume_ids`` that exist and are not attached (a failed
+    launch's volumes, in the transaction that terminates their instance).
+
+    Returns the ids deleted: call :func:`release_volumes` after commit. [conn]
+    """
+    atts = attachments_of(conn, volume_ids)
+    gone = [vid for vid in volume_ids if not atts[vid]
+            and conn.execute(select(ec2_volumes.c.id).where(ec2_volumes.c.id == vid)).first() is not None]
+    for vid in gone:
+        _delete_rows(conn, vid)
+    return gone
+
+
 def delete_volume(ctx: RequestContext, volume_id: str) -> None:
     """DeleteVolume; VolumeInUse while attached. [no conn]"""
     with ctx.runtime.db.begin() as conn:
