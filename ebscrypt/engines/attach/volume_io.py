@@ -158,6 +158,10 @@ class OpenVolume:
         self._loading: dict[int, object] = {}
         self._readahead = max(1, self._cache_blocks // 8)
         self.direct_writes = 0  # writes staged straight from the request (_write_direct; tests)
+        # Requests its NBD connections received (counted by the NBD server; approximate: no
+        # lock, any change is activity): the attach engine gives the allocator's free
+        # memory back only once every volume has been quiet for a while (heap.IdleTrim).
+        self.activity = 0
         self.closed = False
         # A journal whose durable records fail authentication: every operation raises it
         # (nothing is dropped silently; the journal file is kept as it is).
