@@ -66,7 +66,7 @@ from typing import Any, Iterator
 
 from ebscrypt.engines.attach.journal import (HeldRecords, Journal, JournalIntegrityError, Position,
                                              VolumeJournal, covers)
-from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, ZERO_BLOCK, DataKey
+from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, ZERO_BLOCK, DataKey, is_zero_block
 from ebscrypt.engines.blocks.engine import StagedBlock
 from ebscrypt.engines.blocks.store import ObjectMissing
 
@@ -570,7 +570,7 @@ class OpenVolume:
         jobs: list[tuple[int, bytes | bytearray | memoryview]] = []
         for n, index in enumerate(indexes):
             block = view[n * BLOCK_SIZE:(n + 1) * BLOCK_SIZE]
-            if block[:8] == ZERO_BLOCK[:8] and bytes(block) == ZERO_BLOCK:
+            if is_zero_block(block):
                 return False  # zeros: recorded without an object (the usual path knows when)
             jobs.append((index, block))
         # Every block gets an object, even if a journaled write to it came meanwhile (its mark
