@@ -18,12 +18,11 @@ the same time). A no-op where the C library is not glibc, and with
 What that keeps is the most the server once used at the same time, per arena (glibc
 gives each busy thread an arena of its own: up to 8 per core), holes included: after an
 attached volume's I/O it was 160–300 MiB beyond what the server still holds (its
-per-volume caches; bench/README.md W6). Two bounds (issue 12, "memory stays flat"):
-:func:`reuse_large_buffers` also caps the arenas (``ARENAS``: the server's threads
-allocate their buffers holding the GIL, one at a time, so more arenas buy no
-parallelism, only more memory kept apart), and :class:`IdleTrim` gives the free memory
-back (``malloc_trim``) once the I/O that used it has stopped — never while it goes on,
-where every buffer given back would cost its page faults again.
+per-volume caches; bench/README.md W6). :class:`IdleTrim` gives that free memory back
+(``malloc_trim``) once the I/O that used it has stopped — never while it goes on, where
+every buffer given back would cost its page faults again (issue 12, "memory stays flat").
+(Capping the arenas, ``M_ARENA_MAX`` 2, was measured too: no lower RSS after the NBD
+runs, so not kept.)
 """
 
 from __future__ import annotations
@@ -37,17 +36,12 @@ from typing import Any, Callable, Hashable
 # mallopt parameters (glibc's malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_M_ARENA_MAX = -8
 # Above a block with its object's overhead (a 512 KiB block, a sealed object of ~513 KiB,
 # a read buffer one byte longer than the largest object): these come from the heap.
 MMAP_BYTES = 4 << 20
 # Free memory kept at a heap's top before it is given back (per arena: with the worker
 # threads' arenas, a few tens of MiB at most; bench/README.md J: RSS after 16 GiB).
 TRIM_BYTES = 8 << 20
-# Arenas at most (glibc's default: 8 per core). Two rather than one: the main thread's
-# heap grows by brk, the other by mmap'd heaps; threads that do allocate without the GIL
-# (the C libraries' own small allocations) rarely meet on one lock.
-ARENAS = 2
 
 
 def _libc() -> Any:
@@ -73,8 +67,7 @@ def reuse_large_buffers() -> bool:
     libc = _libc()
     if libc is None:
         return False
-    return (bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_BYTES)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_BYTES))
-            and bool(libc.mallopt(_M_ARENA_MAX, ARENAS)))
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_BYTES)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_BYTES))
 
 
 def give_back() -> bool:
