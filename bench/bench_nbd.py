@@ -27,6 +27,11 @@ random 4 KiB writes over the span, not time-based, ``--merge-mib`` of them (defa
 fio's completion latency — median, p99, p99.9 and max — with the IOPS and server CPU per
 write; rounds interleave the targets as above.
 
+``--profile DIR`` samples the serving process of the ``--profile-target`` targets (default:
+this tree's unencrypted volume) during each of their jobs: py-spy (busy threads, or with ``--gil``
+the thread holding the GIL; collapsed stacks ``DIR/<target>-<job>-<round>.txt``, summarized as bench/profile.py does) and, with
+``--perf``, ``perf record -g`` (kernel time included: ``DIR/….perf``, read with ``perf report``).
+
 This module has no ``WORKLOADS``: ``bench/run.py`` skips it; run it directly. Needs fio
 with the nbd engine (Debian's) and nbdkit; bash ci/install-nbd.sh installs nbdkit.
 """
@@ -95,6 +100,54 @@ def fio_latency(uri: str, span_mib: int, io_mib: int) -> dict[str, float]:
     return {"iops": side["iops"], "p50_ms": ms(pct.get("50.000000", 0)), "p99_ms": ms(pct.get("99.000000", 0)),
             "p99.9_ms": ms(pct.get("99.900000", 0)), "max_ms": ms(clat["max"]),
             "seconds": side["runtime"] / 1000}
+
+
+class Sampler:
+    """py-spy (and perf) recording one process while a job runs (``--profile``)."""
+
+    def __init__(self, out: Path, stem: str, pid: int, seconds: float, perf: bool, gil: bool) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.collapsed = out / f"{stem}.txt"
+        dur = str(int(seconds) + 1)
+        self.procs = [subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", dur, "-r", "200", "-f", "raw",
+                                        "--threads", "--nonblocking", *(["--gil"] if gil else []),
+                                        "-o", str(self.collapsed)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        if perf:
+            self.procs.append(subprocess.Popen(["perf", "record", "-g", "-q", "-p", str(pid), "-o",
+                                                str(out / f"{stem}.perf"), "--", "sleep", dur],
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def finish(self) -> None:
+        for proc in self.procs:
+            proc.wait(120)
+
+
+def print_profiles(out: Path, top: int = 30) -> None:
+    """Busy-sample shares per (target, job), all rounds together (bench/profile.py's summary;
+    thread names dropped so the pool threads add up)."""
+    from bench.profile import summarize
+    groups: dict[str, list[Path]] = {}
+    for f in sorted(out.glob("*.txt")):
+        groups.setdefault(f.stem.rsplit("-", 1)[0], []).append(f)
+    for stem, files in groups.items():
+        merged = out / f"{stem}.all"
+        lines = []
+        for f in files:
+            for line in f.read_text().splitlines():
+                stack, _, count = line.rpartition(" ")
+                frames = stack.split(";")
+                if frames and frames[0].startswith(("thread ", "process ")):
+                    frames = [fr for fr in frames if not fr.startswith(("thread ", "process "))]
+                lines.append(";".join(frames) + " " + count)
+        merged.write_text("\n".join(lines) + "\n")
+        total, incl, self_ = summarize(merged, top)
+        print(f"\n=== profile {stem}: {total} busy samples ({len(files)} rounds) -> {merged}")
+        for name, n in incl:
+            print(f"   {100 * n / max(total, 1):5.1f}%  {name}")
+        print("  self:")
+        for name, n in self_[:15]:
+            print(f"   {100 * n / max(total, 1):5.1f}%  {name}")
 
 
 def setup_volumes(url: str) -> tuple[str, str]:
@@ -167,6 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", action="store_true",
                     help="write latency while the journal is merged (random 4 KiB writes, --merge-mib of them)")
     ap.add_argument("--merge-mib", type=int, default=640)
+    ap.add_argument("--profile", type=Path, default=None, help="sample the servers during the jobs (see above)")
+    ap.add_argument("--profile-target", action="append", default=[], help="targets --profile samples (repeatable)")
+    ap.add_argument("--idle-rss", type=float, default=0.0,
+                    help="also the servers' RSS this many seconds after the last job (memory kept when idle)")
+    ap.add_argument("--gil", action="store_true",
+                    help="with --profile: py-spy samples only the thread holding the GIL (Python's CPU, no waits)")
+    ap.add_argument("--perf", action="store_true", help="with --profile: perf record -g as well")
     ap.add_argument("--loop", default="asyncio", help="the servers' --loop (asyncio: the same for both trees)")
     args = ap.parse_args(argv)
     jobs = [j for j in JOBS if not args.only or any(o in j[0] for o in args.only)]
@@ -202,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         pids = {tag: srv.proc.pid for tag, srv in servers.items()}
         pids["nbdkit"], owner["nbdkit-file"] = kit.pid, "nbdkit"  # (its CPU per I/O too: the floor)
         rss_before = {tag: rss_mib(pid) for tag, pid in pids.items()}
+        rss_idle: dict[str, float] = {}
         for name, uri in targets.items():  # fill the span so reads read data
             fill(uri, args.span_mib)
         if args.merge:
@@ -214,12 +275,21 @@ def main(argv: list[str] | None = None) -> int:
                 for name in order:
                     pid = pids.get(owner.get(name, "-"))
                     c0 = cpu_seconds(pid) if pid else 0.0
+                    sampler = None
+                    if args.profile is not None and pid and name in (args.profile_target or ["unencrypted"]):
+                        stem = f"{name}-{label}-{rnd + 1}".replace(" ", "_")
+                        sampler = Sampler(args.profile, stem, pid, args.seconds, args.perf, args.gil)
                     r = fio(targets[name], rw, bs, args.span_mib, args.seconds)
+                    if sampler is not None:
+                        sampler.finish()
                     results[name][label].append(r)
                     if pid and r[1]:
                         cpu[name][label].append((cpu_seconds(pid) - c0) / (r[1] * args.seconds) * 1e6)
                     log(f"round {rnd + 1} {label:14s} {name:18s} {r[0]:8.1f} MiB/s {r[1]:8.0f} IOPS")
         rss_after = {tag: rss_mib(pid) for tag, pid in pids.items()}
+        if args.idle_rss:
+            time.sleep(args.idle_rss)  # what stays held once the clients are gone
+            rss_idle = {tag: rss_mib(pid) for tag, pid in pids.items()}
     finally:
         kit.terminate()
         kit.wait(10)
@@ -258,7 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         summary[label] = row
     for tag in servers:
         print(f"server {tag or 'after'} RSS: {rss_before[tag]:.0f} MiB before, {rss_after[tag]:.0f} MiB after "
-              f"({args.span_mib} MiB span written per export, cache {args.cache_mib} MiB per volume)")
+              f"({args.span_mib} MiB span written per export, cache {args.cache_mib} MiB per volume)"
+              + (f", {rss_idle[tag]:.0f} MiB {args.idle_rss:.0f} s later" if tag in rss_idle else ""))
+    if args.profile is not None:
+        print_profiles(args.profile)
     if args.json:
         args.json.write_text(json.dumps({"results": summary, "rss_mib": {t: [rss_before[t], rss_after[t]] for t in servers}},
                                         indent=2))

@@ -363,6 +363,7 @@ def _in_flight_size(req: nbd.Request) -> int | None:
 def execute(req: nbd.Request, payload: bytes | bytearray, export: OpenVolume, session: _Session) -> tuple[int, Any]:
     """Serve one request (blocking: disk, crypto): (error, data), data being the bytes read
     for READ, the extents for BLOCK_STATUS."""
+    export.activity += 1  # (heap.IdleTrim: memory is given back only when every export is quiet)
     fua = bool(req.flags & nbd.CMD_FLAG_FUA)
     cmd = req.command
     try:
@@ -646,6 +647,7 @@ def _inline(req: nbd.Request, payload: bytes | bytearray, export: OpenVolume,
             structured: bool) -> tuple[bytes | bytearray, ...] | None:
     """The reply to a READ or WRITE (no FUA) the volume can serve from its cache at once
     (see ``OpenVolume.try_read``), or None: the request goes to a worker thread."""
+    export.activity += 1
     if req.flags & nbd.CMD_FLAG_FUA or not export.check_range(req.offset, req.length):
         return None
     if req.command == nbd.CMD_READ and req.length <= nbd.MAX_PAYLOAD:

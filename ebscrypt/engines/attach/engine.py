@@ -65,6 +65,7 @@ from ebscrypt.engines.ec2.ids import is_well_formed, job_ctx
 from ebscrypt.engines.ec2.records import Snapshot, Volume
 from ebscrypt.engines.ec2.snapshot_access import grantees
 from ebscrypt.errors import ServiceError
+from ebscrypt.heap import IdleTrim
 from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_volume_attachments, ec2_volumes
 from ebscrypt.storage.tables.ec2_images import ec2_instances
 
@@ -75,6 +76,9 @@ log = logging.getLogger("ebscrypt.attach")
 # rewritten per small write (a merge rewrites each block with records once); its index
 # in memory is ~80 bytes a record (~10 MiB at this size), whatever the volume's size.
 JOURNAL_BYTES = 512 << 20
+# Seconds between checks for quiet exports (AttachEngine.trim_when_idle): memory goes back
+# 10–20 s after the last request.
+TRIM_PERIOD = 10.0
 EXPORT_TAG = "ebscrypt:nbd-export"  # DescribeVolumes shows an in-use volume's export name under it (strict auth)
 
 
@@ -95,6 +99,10 @@ class AttachEngine:
         # Evicted blocks wait for the next FLUSH to be published; a volume left idle has
         # them published after a while all the same (volume_io.PUBLISH_AGE).
         runtime.blocks.add_periodic("attach-publish", self.publish_due, 10.0)
+        # Memory the I/O of the open volumes used and freed (payload and block buffers kept
+        # by the C allocator) goes back to the system once they are all quiet (heap.py).
+        self._idle_trim = IdleTrim()
+        runtime.blocks.add_periodic("attach-trim", self.trim_when_idle, TRIM_PERIOD)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -172,6 +180,13 @@ class AttachEngine:
                 ov.publish_due()
             except Exception:
                 log.exception("publishing the staged blocks of %s failed", ov.volume_id)
+
+    def trim_when_idle(self) -> bool:
+        """(Periodic) Give the allocator's free memory back if no export served a request
+        since the last call (and none was opened or closed); True when it did."""
+        with self._lock:
+            opened = list(self._open.values()) + [ov for ov, _n in self._snapshots.values()]
+        return self._idle_trim.tick(tuple(sorted((ov.volume_id, id(ov), ov.activity) for ov in opened)))
 
     def close(self) -> None:
         """Shutdown: flush every open volume, drop every key."""

@@ -122,6 +122,16 @@ MAX_OBJECT_SIZE = max(gcm_object_size(MIN_SECTOR_SHIFT), plain_prefix_size(MIN_S
                       WHOLE_GCM_OBJECT_SIZE)
 ZERO_BLOCK = bytes(BLOCK_SIZE)
 ZERO_CHECKSUM = base64.b64encode(hashlib.sha256(ZERO_BLOCK).digest()).decode()
+
+
+def is_zero_block(data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``data`` is ZERO_BLOCK. A memoryview compared with bytes goes item by item
+    (3.7 ms for 512 KiB of zeros, so for any block that begins with many zeros); bytes
+    and bytearrays compare with memcmp: a view is copied first (~0.05 ms), and only when
+    its first bytes are zeros."""
+    if isinstance(data, memoryview):
+        return len(data) == BLOCK_SIZE and data[:8] == ZERO_BLOCK[:8] and bytes(data) == ZERO_BLOCK
+    return data == ZERO_BLOCK
 # The block checksum of an entry written without it (an attached volume's evicted or
 # merged block, BlockEngine.stage_blocks: hashing every block cost ~18% of its sequential
 # writes): recorded as the empty string — sealed like any checksum when encrypted, and

@@ -80,6 +80,7 @@ from ebscrypt.engines.blocks.crypto import (
     BlockCipher,
     DataKey,
     SectorReader,
+    is_zero_block,
     sector_span,
     sha256_b64,
     split_plain_checksum,
@@ -490,9 +491,14 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         if len(data) != BLOCK_SIZE:
             raise ValueError(f"a block is exactly {BLOCK_SIZE} bytes, got {len(data)}")
         cipher = self._cipher(key)
-        item = _PendingWrite(owner_id, index, key, None, cipher.seal_checksum(index, ZERO_CHECKSUM))
-        item.plain_checksum = ZERO_CHECKSUM
-        if zero_object or data != ZERO_BLOCK:
+        if not zero_object and is_zero_block(data):  # recorded without an object
+            item = _PendingWrite(owner_id, index, key, None, cipher.seal_checksum(index, ZERO_CHECKSUM))
+            item.plain_checksum = ZERO_CHECKSUM
+        else:
+            # (its checksum is the sealed block's, below: sealing the zero block's first
+            # was an AES-GCM call and a random nonce per block for nothing, ~10% of an
+            # encrypted direct write's CPU in its thread, bench/README.md W6)
+            item = _PendingWrite(owner_id, index, key, None, "")
             item.object_key = new_object_key(f"{int(time.time() // 8) % 256:02x}")
             # No SHA-256 of the block here (~18% of an attached volume's sequential writes
             # beyond its cache, bench/README.md H): its entry records it as not computed
