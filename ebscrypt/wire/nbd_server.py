@@ -380,7 +380,9 @@ def execute(req: nbd.Request, payload: bytes | bytearray, export: OpenVolume, se
                 return nbd.EOVERFLOW if req.length else nbd.EINVAL, b""
             if not export.check_range(req.offset, req.length):
                 return nbd.EINVAL, b""
-            return 0, export.read(req.offset, req.length)
+            # (``payload``: a reused answer buffer of the read's size, if the caller has one)
+            reuse = payload if isinstance(payload, bytearray) and len(payload) == req.length and req.length else None
+            return 0, export.read(req.offset, req.length, reuse)
         if cmd == nbd.CMD_WRITE:
             if not export.check_range(req.offset, req.length):
                 return nbd.ENOSPC, b""
@@ -483,7 +485,10 @@ class _ThreadedConnection:
                 return
             self._take(size)  # before reading a payload: memory per connection is bounded
             try:
-                payload = self._recv(req.length, self._spare_buffer(req.length)) if req.command == nbd.CMD_WRITE else bytearray()
+                if req.command == nbd.CMD_WRITE:
+                    payload = self._recv(req.length, self._spare_buffer(req.length))
+                else:  # a READ's answer buffer: a spare one, filled whole by the read (execute)
+                    payload = (self._spare_buffer(req.length) if req.command == nbd.CMD_READ else None) or bytearray()
                 reply = _inline(req, payload, self.export, self.session.structured)
             except BaseException:
                 self._give(size)
@@ -515,13 +520,17 @@ class _ThreadedConnection:
             self._flush_out()
 
     def _serve(self, req: nbd.Request, payload: bytearray, size: int) -> None:
+        data: Any = None
         try:
             error, data = execute(req, payload, self.export, self.session)
             self._send(_reply(req, error, data, self.session.structured))
         except OSError:
             pass  # the client went away: the reading side notices and ends
         finally:
-            self._give(size, payload)
+            # A READ's answer was sent in full (or never will be) once _send returned: its
+            # buffer is reused for a later request of the same size (a sequential reader's
+            # 1 MiB answers: no allocation and zero-filling of each).
+            self._give(size, data if req.command == nbd.CMD_READ and isinstance(data, bytearray) else payload)
 
     def _spare_buffer(self, n: int) -> bytearray | None:
         """A payload buffer of ``n`` bytes given back by a finished write, if any."""
