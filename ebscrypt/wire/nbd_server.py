@@ -68,8 +68,8 @@ IN_FLIGHT_BYTES = 64 * 1024 * 1024  # payload bytes per connection held at once 
 # most SPARE_BUFFERS kept: within the connection's in-flight budget's worth, 8 MiB at 1 MiB).
 SPARE_MIN = 64 * 1024
 SPARE_BUFFERS = 8
-# READ answers of that size are reused too (sent in full first). Buffers larger than this
-# are not kept (a client of 32 MiB requests must not leave 8 x 32 MiB behind per connection).
+# Buffers larger than this are not kept (a client of 32 MiB writes must not leave 8 x 32 MiB
+# behind per connection).
 SPARE_MAX = 4 * 1024 * 1024
 SEND_TIMEOUT = 30  # seconds a reply may wait for the client to read (threaded connections)
 RECV_BUFFER = 256 * 1024  # threaded connections: bytes received at once (many small requests)
@@ -383,9 +383,7 @@ def execute(req: nbd.Request, payload: bytes | bytearray, export: OpenVolume, se
                 return nbd.EOVERFLOW if req.length else nbd.EINVAL, b""
             if not export.check_range(req.offset, req.length):
                 return nbd.EINVAL, b""
-            # (``payload``: a reused answer buffer of the read's size, if the caller has one)
-            reuse = payload if isinstance(payload, bytearray) and len(payload) == req.length and req.length else None
-            return 0, export.read(req.offset, req.length, reuse)
+            return 0, export.read(req.offset, req.length)
         if cmd == nbd.CMD_WRITE:
             if not export.check_range(req.offset, req.length):
                 return nbd.ENOSPC, b""
@@ -488,10 +486,7 @@ class _ThreadedConnection:
                 return
             self._take(size)  # before reading a payload: memory per connection is bounded
             try:
-                if req.command == nbd.CMD_WRITE:
-                    payload = self._recv(req.length, self._spare_buffer(req.length))
-                else:  # a READ's answer buffer: a spare one, filled whole by the read (execute)
-                    payload = (self._spare_buffer(req.length) if req.command == nbd.CMD_READ else None) or bytearray()
+                payload = self._recv(req.length, self._spare_buffer(req.length)) if req.command == nbd.CMD_WRITE else bytearray()
                 reply = _inline(req, payload, self.export, self.session.structured)
             except BaseException:
                 self._give(size)
@@ -523,17 +518,13 @@ class _ThreadedConnection:
             self._flush_out()
 
     def _serve(self, req: nbd.Request, payload: bytearray, size: int) -> None:
-        data: Any = None
         try:
             error, data = execute(req, payload, self.export, self.session)
             self._send(_reply(req, error, data, self.session.structured))
         except OSError:
             pass  # the client went away: the reading side notices and ends
         finally:
-            # A READ's answer was sent in full (or never will be) once _send returned: its
-            # buffer is reused for a later request of the same size (a sequential reader's
-            # 1 MiB answers: no allocation and zero-filling of each).
-            self._give(size, data if req.command == nbd.CMD_READ and isinstance(data, bytearray) else payload)
+            self._give(size, payload)
 
     def _spare_buffer(self, n: int) -> bytearray | None:
         """A payload buffer of ``n`` bytes given back by a finished write, if any."""

@@ -186,33 +186,6 @@ def test_pipelined_requests_are_answered_by_handle(export: tuple[int, str]) -> N
     client.close()
 
 
-def test_reused_answer_buffers_never_carry_an_earlier_reads_bytes(export: tuple[int, str]) -> None:
-    """Large READ answers are sent from buffers a connection reuses (bench/README.md R6):
-    a read of never-written blocks after reads of data, on the same connection, pipelined
-    and one by one, is zeros — every byte of a reused answer is written by its read."""
-    client = connected(export)
-    mib = 1048576
-    pattern = bytes(range(256)) * (mib // 256)
-    client.request(nbd.CMD_WRITE, 40 * mib, mib, pattern, handle=1)
-    client.request(nbd.CMD_FLUSH, 0, 0, handle=2)
-    assert [client.simple_reply()[0] for _ in range(2)] == [0, 0]
-    for rnd in range(3):
-        # data, then holes, then data: each answer's buffer is a spare of the one before
-        offsets = [40 * mib, 300 * mib, 40 * mib, 301 * mib, 302 * mib + 4096]
-        for h, off in enumerate(offsets):
-            client.request(nbd.CMD_READ, off, mib, handle=100 + h)
-        got = {}
-        for _ in offsets:
-            error, handle, data = client.simple_reply(mib)
-            assert error == 0
-            got[handle - 100] = data
-        for h, off in enumerate(offsets):
-            assert got[h] == (pattern if off == 40 * mib else bytes(mib)), (rnd, off)
-        client.request(nbd.CMD_READ, 303 * mib, mib, handle=9)
-        assert client.simple_reply(mib) == (0, 9, bytes(mib))
-    client.close()
-
-
 def test_snapshot_holds_a_write_acknowledged_on_a_connection_still_open(server: Any, aws: Any) -> None:
     """R-ATTACH-4 with the client still connected (qemu-io's exit would flush on disconnect):
     a write acknowledged, never flushed, before CreateSnapshot is in the snapshot."""

@@ -716,36 +716,6 @@ def test_crash_before_publication_loses_only_unflushed_writes(tmp_path: Path) ->
 # ---------------------------------------------------------------- the write journal
 
 
-@pytest.mark.parametrize("encrypted", [True, False])
-def test_a_read_into_a_reused_buffer_writes_every_byte(blocks, encrypted: bool) -> None:
-    """read(offset, length, out): the NBD server's reused answer buffers hold an earlier
-    answer's bytes; whatever a part is — stored, cached, journaled, never written (zeros),
-    streamed — the read writes all of ``out``."""
-    key = DataKey("dk-test", os.urandom(32)) if encrypted else None
-    vol = OpenVolume(blocks, "vol-0000000000000000e", 1, key, account="1", instance_id="i-1", cache_blocks=4,
-                     journal_path=blocks.store.root.parent / "e.jnl")
-    data = os.urandom(6 * BLOCK_SIZE)
-    vol.write(0, data)
-    vol.write(BLOCK_SIZE + 5000, b"J" * 3000)  # a journaled write (block 1 is not cached now, or is)
-    vol.flush()
-    want = bytearray(data)
-    want[BLOCK_SIZE + 5000:BLOCK_SIZE + 8000] = b"J" * 3000
-    want += bytes(4 * BLOCK_SIZE)  # blocks 6..9: never written
-    rnd = random.Random(3)
-    for _ in range(60):
-        length = rnd.choice([4096, 65536, 3 * BLOCK_SIZE // 2, 2 * BLOCK_SIZE])
-        offset = rnd.randrange(0, len(want) - length)
-        out = bytearray(b"\xaa" * length)
-        assert vol.read(offset, length, out) is out
-        assert out == want[offset:offset + length], (offset, length)
-    for offset in range(0, len(want) - 2 * BLOCK_SIZE, BLOCK_SIZE):  # a sequential pass
-        out = bytearray(b"\x55" * 2 * BLOCK_SIZE)
-        assert vol.read(offset, 2 * BLOCK_SIZE, out) == want[offset:offset + 2 * BLOCK_SIZE]
-    with pytest.raises(ValueError):
-        vol.read(0, 4096, bytearray(10))
-    vol.close()
-
-
 def test_journal_extents_with_page_masks_match_a_scan(tmp_path: Path) -> None:
     """Journal.extents skips a block's records when none touches the pages asked for (a
     mask per block with many records): it must return exactly what a scan of all the

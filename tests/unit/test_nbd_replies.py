@@ -50,7 +50,7 @@ def test_a_request_is_parsed_in_place_as_from_its_own_bytes() -> None:
 
 
 def test_spare_buffers_are_bounded_in_count_and_size() -> None:
-    """Buffers a connection keeps for reuse (write payloads, and READ answers once sent):
+    """Buffers a connection keeps for reuse (write payloads):
     at most SPARE_BUFFERS, none larger than SPARE_MAX (memory per connection stays
     bounded whatever request sizes a client uses); a buffer is handed out again only
     for a request of its size."""

@@ -78,7 +78,6 @@ INLINE_MISS_MAX = 64 * 1024  # a miss this small may be served on the NBD connec
 RUN_SLACK = 64  # blocks a read may land ahead of the furthest one and still continue its pass (_note_run)
 STREAM_READERS = 2  # a volume's stream reads being read and checked at once (read)
 _UNKNOWN = object()
-_ZEROS = memoryview(ZERO_BLOCK)  # (a part of a block is at most a block)
 # Read-ahead loads, in tasks of this many blocks (several run at once: SHA-256 and the
 # reads release the GIL), on a pool of their own: never the write-behind pool, whose
 # ``map`` a flush waits on while holding a volume's lock, which a load takes at its end.
@@ -199,14 +198,9 @@ class OpenVolume:
     def check_range(self, offset: int, length: int) -> bool:
         return offset >= 0 and length >= 0 and offset + length <= self.size
 
-    def read(self, offset: int, length: int, out: bytearray | None = None) -> bytes | bytearray:
-        """The bytes [offset, offset+length) (a new buffer: the caller may keep it; or
-        ``out``, ``length`` bytes to fill — every byte of it is written, whatever it held:
-        the NBD server reuses a connection's answer buffers)."""
-        if out is None:
-            out = bytearray(length)
-        elif len(out) != length:
-            raise ValueError(f"an answer buffer of {len(out)} bytes for a read of {length}")
+    def read(self, offset: int, length: int) -> bytes | bytearray:
+        """The bytes [offset, offset+length) (a new buffer: the caller may keep it)."""
+        out = bytearray(length)
         spans = list(_spans(offset, length))
         if not spans:
             return b""
@@ -935,12 +929,10 @@ class OpenVolume:
                         out[pos:pos + n] = memoryview(source)[start:start + n]
                     elif source is _UNKNOWN:
                         raise ObjectMissing(index)
-                    elif source is not None:
+                    elif source is not None:  # (None: zeros, already in out)
                         # (straight into out: no buffer of its own, nothing copied twice)
                         self.blocks.open_ref_range_into(source, key, start, view[pos:pos + n], readers=readers,
                                                         keep=keep)
-                    else:  # never written (or records cover it all): zeros (out may be a reused buffer)
-                        view[pos:pos + n] = _ZEROS[:n]
                     if records is not None:
                         records.overlay(memoryview(out)[pos:pos + n], start)
                 except ObjectMissing:
