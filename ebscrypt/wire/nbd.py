@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 NBDMAGIC = b"NBDMAGIC"
 IHAVEOPT = 0x49484156454F5054
@@ -215,8 +216,10 @@ def export_name_reply(size: int, flags: int, no_zeroes: bool) -> bytes:
     return struct.pack(">QH", size, flags) + (b"" if no_zeroes else bytes(124))
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
+    """One transmission request's header. (A named tuple: built for every request, at
+    tens of thousands a second — a frozen dataclass's construction cost 6x more.)"""
+
     flags: int
     command: int
     handle: int
@@ -240,18 +243,24 @@ def parse_request_from(buf: bytes | bytearray | memoryview, offset: int) -> Requ
     return Request(flags, command, handle, req_offset, length)
 
 
+_SIMPLE = struct.Struct(">IIQ")
+
+
 def simple_reply(handle: int, error: int = 0) -> bytes:
-    return struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, error, handle)
+    return _SIMPLE.pack(SIMPLE_REPLY_MAGIC, error, handle)
 
 
 def structured_header(handle: int, kind: int, length: int, *, done: bool = True) -> bytes:
     return struct.pack(">IHHQI", STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE if done else 0, kind, handle, length)
 
 
+_READ_CHUNK = struct.Struct(">IHHQIQ")  # a structured reply header + an OFFSET_DATA chunk's offset
+
+
 def structured_read_header(handle: int, offset: int, length: int) -> bytes:
     """What precedes ``length`` bytes read at ``offset``: the whole READ as one OFFSET_DATA
-    chunk (so NBD_CMD_FLAG_DF is honoured too)."""
-    return structured_header(handle, REPLY_TYPE_OFFSET_DATA, 8 + length) + struct.pack(">Q", offset)
+    chunk (so NBD_CMD_FLAG_DF is honoured too). (One pack: it is built for every READ.)"""
+    return _READ_CHUNK.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, handle, 8 + length, offset)
 
 
 def structured_error(handle: int, error: int, message: str = "") -> bytes:

@@ -68,6 +68,9 @@ IN_FLIGHT_BYTES = 64 * 1024 * 1024  # payload bytes per connection held at once 
 # most SPARE_BUFFERS kept: within the connection's in-flight budget's worth, 8 MiB at 1 MiB).
 SPARE_MIN = 64 * 1024
 SPARE_BUFFERS = 8
+# Buffers larger than this are not kept (a client of 32 MiB writes must not leave 8 x 32 MiB
+# behind per connection).
+SPARE_MAX = 4 * 1024 * 1024
 SEND_TIMEOUT = 30  # seconds a reply may wait for the client to read (threaded connections)
 RECV_BUFFER = 256 * 1024  # threaded connections: bytes received at once (many small requests)
 COALESCE = 256 * 1024  # threaded connections: replies up to this many bytes go out in one send
@@ -590,7 +593,8 @@ class _ThreadedConnection:
         with self._cond:
             self._requests += 1
             self._bytes += size
-            if payload is not None and len(payload) >= SPARE_MIN and len(self._spare) < SPARE_BUFFERS:
+            if (payload is not None and SPARE_MIN <= len(payload) <= SPARE_MAX
+                    and len(self._spare) < SPARE_BUFFERS):
                 self._spare.append(payload)
             self._cond.notify_all()
 

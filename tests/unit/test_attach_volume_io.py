@@ -582,11 +582,15 @@ def test_try_read_serves_known_small_misses_from_the_page_cache(blocks, monkeypa
     off = 5 * BLOCK_SIZE + 100000
     (blocks.store.root / blocks.block_ref("vol-0000000000000000c", 5).object_key).read_bytes()  # in the page cache
     assert vol.try_read(off, 4096) == data[off:off + 4096]
-    assert vol.try_read(1 * BLOCK_SIZE, 4096) is None  # another object: its header not read yet
     assert len(vol._cache) == 0
-    monkeypatch.setattr(blocks.store, "read_range_cached", lambda *a: None)  # as if the disk had to be read
+    monkeypatch.setattr(blocks.store, "read_range_cached", lambda *a, **k: None)  # as if the disk had to be read
     assert vol.try_read(off, 4096) is None
+    assert vol.try_read(1 * BLOCK_SIZE, 4096) is None  # another object, its header not in the page cache
     monkeypatch.undo()
+    # Another object whose header and sectors are in the page cache: its header is read
+    # and checked right there (no hop to a worker for the first read of each object).
+    (blocks.store.root / blocks.block_ref("vol-0000000000000000c", 1).object_key).read_bytes()
+    assert vol.try_read(1 * BLOCK_SIZE, 4096) == data[BLOCK_SIZE:BLOCK_SIZE + 4096]
     path = blocks.store.root / blocks.block_ref("vol-0000000000000000c", 5).object_key
     raw = bytearray(path.read_bytes())
     raw[24 + 6 * (16384 + 16) + 3] ^= 1  # the sector of `off`
@@ -597,6 +601,38 @@ def test_try_read_serves_known_small_misses_from_the_page_cache(blocks, monkeypa
     with pytest.raises(BlockIntegrityError):
         vol.read(off, 4096)
     vol.close()
+
+@pytest.mark.parametrize("encrypted", [True, False])
+def test_try_read_of_an_object_with_a_tampered_header_fails_never_wrong_bytes(blocks, encrypted: bool) -> None:
+    """The first read of an object on the connection's thread checks the header it reads
+    there (a plain object's sector table against the entry, an encrypted one's salt and
+    header through the sectors' GCM): a tampered header is None there (never bytes),
+    and the blocking read answers BlockIntegrityError."""
+    from ebscrypt.engines.blocks.errors import BlockIntegrityError
+
+    key = DataKey("dk-test", os.urandom(32)) if encrypted else None
+    data = os.urandom(4 * BLOCK_SIZE)
+    vol = OpenVolume(blocks, "vol-0000000000000000d", 1, key, account="1", instance_id="i-1", cache_blocks=4)
+    vol.write(0, data)
+    vol.flush()
+    vol.close()
+    vol = OpenVolume(blocks, "vol-0000000000000000d", 1, key, account="1", instance_id="i-1", cache_blocks=4)
+    assert vol.read(3 * BLOCK_SIZE, 4096) == data[3 * BLOCK_SIZE:3 * BLOCK_SIZE + 4096]  # entries learnt
+    for index in (0, 1):
+        path = blocks.store.root / blocks.block_ref("vol-0000000000000000d", index).object_key
+        raw = bytearray(path.read_bytes())
+        # block 0: its salt (encrypted) or sector table (plain); block 1: the header's mode byte
+        raw[(12 if encrypted else 40) if index == 0 else 5] ^= 1
+        path.write_bytes(raw)
+        assert path.read_bytes() == bytes(raw)  # (in the page cache)
+        assert vol.try_read(index * BLOCK_SIZE + 8192, 4096) is None
+        with pytest.raises(BlockIntegrityError):
+            vol.read(index * BLOCK_SIZE + 8192, 4096)
+    off = 3 * BLOCK_SIZE + 65536  # an intact object (not next to the last read: not sequential)
+    (blocks.store.root / blocks.block_ref("vol-0000000000000000d", 3).object_key).read_bytes()
+    assert vol.try_read(off, 4096) == data[off:off + 4096]
+    vol.close()
+
 
 def test_evictions_are_staged_and_published_at_flush(blocks, monkeypatch) -> None:
     """An evicted dirty block is sealed and written but neither durable nor recorded until
@@ -678,6 +714,59 @@ def test_crash_before_publication_loses_only_unflushed_writes(tmp_path: Path) ->
 
 
 # ---------------------------------------------------------------- the write journal
+
+
+def test_journal_extents_with_page_masks_match_a_scan(tmp_path: Path) -> None:
+    """Journal.extents skips a block's records when none touches the pages asked for (a
+    mask per block with many records): it must return exactly what a scan of all the
+    block's records returns, through appends (of any size and alignment), zeros, a
+    block leaving, marks applied after a replay, and a reset."""
+    from ebscrypt.engines.attach.journal import Journal
+
+    rnd = random.Random(7)
+    j = Journal(tmp_path / "m.jnl", "vol-00000000000000011", None)
+    j.open()
+    written: dict[int, list[tuple[int, int, int]]] = {}  # block -> (seq, offset, length)
+
+    def scan(index: int, start: int, stop: int) -> list[tuple[int, int, int]]:
+        return [r for r in written.get(index, []) if r[1] < stop and r[1] + r[2] > start]
+
+    def check() -> None:
+        for index in range(4):
+            for _ in range(40):
+                start = rnd.randrange(BLOCK_SIZE)
+                stop = min(BLOCK_SIZE, start + rnd.choice([1, 512, 4096, 5000, 70000]))
+                got = [(e.seq, e.offset, e.length) for e in j.extents(index, start, stop)]
+                assert got == scan(index, start, stop)
+            assert [(e.seq, e.offset, e.length) for e in j.extents(index)] == written.get(index, [])
+
+    for step in range(300):
+        index = rnd.randrange(4)
+        offset = rnd.randrange(BLOCK_SIZE - 1)
+        length = min(BLOCK_SIZE - offset, rnd.choice([1, 100, 4096, 12288, 65536]))
+        if step % 7 == 0:
+            j.append_zeros(index, offset, length)
+        else:
+            j.append(index, offset, bytes(length))
+        written.setdefault(index, []).append((j.seq, offset, length))
+        if step % 50 == 49:
+            check()
+        if step == 150:
+            j.leave(2)  # its records stay in the file; the block no longer has any
+            written.pop(2, None)
+            check()
+    j.sync()
+    j.close()
+    replayed = Journal(tmp_path / "m.jnl", "vol-00000000000000011", None)
+    replayed.open()  # (the replay rebuilds every block's records: block 2's come back)
+    j = replayed
+    j.apply_marks({})  # (no marks: every record applies)
+    written = {i: [(e.seq, e.offset, e.length) for e in j._extents[i]] for i in j.blocks()}
+    check()
+    j.reset()
+    written = {}
+    check()
+    j.close()
 
 
 def test_journal_records_replay_and_tampering(tmp_path: Path) -> None:

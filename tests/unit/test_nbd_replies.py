@@ -47,3 +47,33 @@ def test_a_request_is_parsed_in_place_as_from_its_own_bytes() -> None:
     assert nbd.parse_request(raw).offset == 1 << 40 and nbd.parse_request(raw).length == 4096
     with pytest.raises(nbd.ProtocolError):
         nbd.parse_request_from(bytearray(b"\0" * 40), 2)
+
+
+def test_spare_buffers_are_bounded_in_count_and_size() -> None:
+    """Buffers a connection keeps for reuse (write payloads):
+    at most SPARE_BUFFERS, none larger than SPARE_MAX (memory per connection stays
+    bounded whatever request sizes a client uses); a buffer is handed out again only
+    for a request of its size."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ebscrypt.wire.nbd_server import SPARE_BUFFERS, SPARE_MAX, SPARE_MIN, _Session, _ThreadedConnection
+
+    a, b = socket.socketpair()
+    pool = ThreadPoolExecutor(1)
+    conn = _ThreadedConnection(a, None, _Session(), pool, b"")  # type: ignore[arg-type]
+    for _ in range(2):
+        conn._take(0)
+        conn._give(0, bytearray(SPARE_MAX + 4096))  # too large to keep
+    conn._take(0)
+    conn._give(0, bytearray(SPARE_MIN - 1))  # too small to bother
+    assert conn._spare == []
+    for _ in range(SPARE_BUFFERS + 3):
+        conn._take(0)
+        conn._give(0, bytearray(1 << 20))
+    assert len(conn._spare) == SPARE_BUFFERS
+    assert conn._spare_buffer(2 << 20) is None
+    got = conn._spare_buffer(1 << 20)
+    assert got is not None and len(got) == 1 << 20 and len(conn._spare) == SPARE_BUFFERS - 1
+    pool.shutdown()
+    a.close()
+    b.close()

@@ -86,6 +86,12 @@ _REC_MAGIC = b"JR"
 _FIXED = struct.Struct(">4sBB16s")  # magic, version, mode, journal id
 _RUN_MAX = 1 << 20  # records adjacent in the file read with one pread, up to this many bytes
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+# A block with more records than this gets a mask of the 4 KiB pages they touch
+# (Journal._masks): a small read of a page no record touches skips the scan of them
+# all (after a few seconds of random writes a block has tens of records; the scan was
+# the largest single share of a random read's CPU).
+_MASK_MIN = 4
+_PAGE_SHIFT = 12
 
 
 class JournalIntegrityError(BlockIntegrityError):
@@ -121,6 +127,11 @@ class Journal:
         self._end = self._seq = self._synced = 0
         self._unsynced = False
         self._extents: dict[int, list[Extent]] = {}
+        # Pages (bit i: bytes [i << 12, (i+1) << 12)) touched by the records of a block in
+        # _extents, for blocks with more than _MASK_MIN records, built when first asked
+        # (extents): a superset is harmless (the records are scanned), so any change other
+        # than an append drops the block's mask.
+        self._masks: dict[int, int] = {}
         self._records = 0
         self.replayed = 0  # records found at open (a crash left them): rewrite() before appending
         self.recovered = False  # opened from a file a crash left (reset before appending)
@@ -172,6 +183,7 @@ class Journal:
             os.close(saved[0])
         self._retire_reader()  # reads outside the lock still holding the old file keep it
         self._extents.clear()
+        self._masks.clear()
         self._touched.clear()
         self._marks.clear()
         self._records = 0
@@ -287,6 +299,7 @@ class Journal:
         covers every record). Its records stay in the file until the merge; the mark of its
         next store tells replay which of them that store covers."""
         self._extents.pop(index, None)
+        self._masks.pop(index, None)
 
     def mark(self, index: int, covered: int, object_key: str) -> None:
         """Block ``index`` is being stored under ``object_key`` with content that covers its
@@ -311,6 +324,7 @@ class Journal:
         for index, marks in self._marks.items():
             covered = max((c for c, key in marks if key == stored.get(index)), default=0)
             kept = [e for e in self._extents.get(index, []) if e.seq > covered]
+            self._masks.pop(index, None)
             if kept:
                 self._extents[index] = kept
             else:
@@ -349,6 +363,9 @@ class Journal:
         self._records += 1
         self._touched.add(index)
         self._extents.setdefault(index, []).append(Extent(seq, offset, length, pos, kind == ZEROS))
+        mask = self._masks.get(index)
+        if mask is not None:
+            self._masks[index] = mask | _page_mask(offset, offset + length)
 
     def sync(self) -> None:
         """Every record appended so far is durable on return (one fdatasync); a commit
@@ -385,7 +402,19 @@ class Journal:
     def extents(self, index: int, start: int = 0, stop: int = BLOCK_SIZE) -> list[Extent]:
         """(Locked) The records of block ``index`` that touch [start, stop), oldest first: a
         snapshot for :meth:`RecordFile.overlay` outside the volume's lock."""
-        return [e for e in self._extents.get(index, ()) if e.offset < stop and e.offset + e.length > start]
+        found = self._extents.get(index)
+        if not found:
+            return []
+        if len(found) > _MASK_MIN and stop > start:
+            mask = self._masks.get(index)
+            if mask is None:
+                mask = 0
+                for e in found:
+                    mask |= _page_mask(e.offset, e.offset + e.length)
+                self._masks[index] = mask
+            if not mask & _page_mask(start, stop):
+                return []  # no record touches these pages
+        return [e for e in found if e.offset < stop and e.offset + e.length > start]
 
     def records(self) -> "RecordFile":
         """(Locked) The current file's records for a read outside the volume's lock, held
@@ -435,6 +464,7 @@ class Journal:
         if seq < committed or self._later_commit(view, pos, seq + 1):
             raise JournalIntegrityError()  # a record said to be durable is missing or altered
         self._extents = extents
+        self._masks.clear()
         self._marks = marks
         self._touched = set(extents) | set(marks)
         self._records = records
@@ -557,6 +587,12 @@ class RecordFile:
         in the page cache (RWF_NOWAIT), for a caller that must not wait for the disk."""
         return _apply(extents, buf, start, lambda exts, nw: _read_records(self._fd, exts, nw, self._aead, self._prefix),
                       nowait=nowait)
+
+
+def _page_mask(start: int, stop: int) -> int:
+    """The bits of the 4 KiB pages [start, stop) of a block touches (stop > start)."""
+    first, last = start >> _PAGE_SHIFT, (stop - 1) >> _PAGE_SHIFT
+    return ((1 << (last - first + 1)) - 1) << first
 
 
 def covers(extents: list[Extent], start: int, stop: int) -> bool:

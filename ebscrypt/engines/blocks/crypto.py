@@ -562,12 +562,17 @@ def _page_aligned(size: int) -> mmap.mmap:
 
 
 def _check_sectors(table: bytes | memoryview, first: int, data: memoryview) -> None:
-    """Each whole sector in ``data`` (sector ``first`` on) has its digest in ``table``."""
+    """Each whole sector in ``data`` (sector ``first`` on) has its digest in ``table``.
+    (The digests are compared at once: a sequential reader checks 64 sectors a MiB, and
+    the per-sector slicing and comparing in Python showed beside BLAKE3 itself.)"""
     size = BLOCK_SIZE // (len(table) // DIGEST)
-    for n in range(len(data) // size):
-        at = (first + n) * DIGEST
-        if not hmac.compare_digest(blake3(data[n * size:(n + 1) * size]).digest(), table[at:at + DIGEST]):
-            raise BlockIntegrityError()
+    count = len(data) // size
+    if count == 1:
+        digests = blake3(data[:size]).digest()
+    else:
+        digests = b"".join([blake3(data[at:at + size]).digest() for at in range(0, count * size, size)])
+    if not hmac.compare_digest(digests, table[first * DIGEST:(first + count) * DIGEST]):
+        raise BlockIntegrityError()
 
 
 def _header_shift(view: memoryview) -> int:

@@ -1076,22 +1076,57 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
 
     def try_open_ref_range(self, ref: BlockRef | None, key: DataKey | None, offset: int, length: int,
                            readers: MutableMapping[str, SectorReader | None]) -> bytes | None:
-        """:meth:`open_ref_range` if it needs no wait: the object's reader is in
-        ``readers`` and its sectors are in the page cache (a store with
-        ``read_range_cached``); else None (the caller reads the blocking way). Checked
-        the same: tampering raises BlockIntegrityError."""
+        """:meth:`open_ref_range` if it needs no wait: the object's sectors are in the page
+        cache (a store with ``read_range_cached``), and its reader is in ``readers`` or
+        its header (and a plain object's table) is in the page cache too — checked here
+        and kept in ``readers``, so the first read of each object (every block a journal
+        merge rewrote) does not leave the caller's thread either; else None (the caller
+        reads the blocking way). Checked the same: tampering raises BlockIntegrityError."""
         if ref is None or ref.object_key is None:
             if ref is not None:
                 self._check_ref_key(ref, key)
             return bytes(length)
         cached = getattr(self.store, "read_range_cached", None)
-        reader = readers.get(ref.object_key)
-        if cached is None or not isinstance(reader, SectorReader):
+        if cached is None:
             return None
         self._check_ref_key(ref, key)
+        name = ref.object_key
+        reader = readers.get(name, _NOT_KNOWN)
+        if reader is _NOT_KNOWN:
+            reader = self._try_sector_reader(ref, key, cached)
+            if reader is _NOT_KNOWN:
+                return None
+            readers[name] = reader
+        if not isinstance(reader, SectorReader):
+            return None  # format 1 or 2: read whole, the blocking way
         at, n = reader.span(offset, length)
-        raw = cached(ref.object_key, at, n)
+        # (read into this thread's buffer: the answer is a copy, or decrypted elsewhere)
+        raw = cached(name, at, n, into=self._nowait_buffer(n))
         return None if raw is None else reader.open(raw, offset, length)
+
+    def _try_sector_reader(self, ref: BlockRef, key: DataKey | None, cached: Callable[..., Any]) -> Any:
+        """The checked reader of an object (as :meth:`_sector_reader`) from its header
+        — and a plain object's table — if the page cache holds them; else _NOT_KNOWN."""
+        assert ref.object_key is not None
+        cipher = self._cipher(key)
+        need = cipher.prefix_size
+        for _attempt in (0, 1):  # again if the object's sectors are smaller (a longer table)
+            prefix = cached(ref.object_key, 0, need)
+            if prefix is None:
+                return _NOT_KNOWN
+            reader = cipher.sector_reader(ref.object_key, ref.index, prefix, ref.checksum)
+            if not isinstance(reader, int):
+                return reader
+            need = reader
+        return _NOT_KNOWN  # still short (truncated): the blocking read says so
+
+    def _nowait_buffer(self, n: int) -> memoryview:
+        """This thread's buffer for sector reads that must not wait (``try_open_ref_range``):
+        one allocation per thread, not one per read."""
+        buf: bytearray | None = getattr(self._local, "nowait", None)
+        if buf is None or len(buf) < n:
+            buf = self._local.nowait = bytearray(max(n, 128 * 1024))
+        return memoryview(buf)
 
     def _check_ref_key(self, ref: BlockRef, key: DataKey | None) -> None:
         # A wrong key would fail authentication anyway; this only makes misuse obvious.
