@@ -32,12 +32,19 @@ class Clock:
     def __init__(self, shared: SharedOffset | None = None) -> None:
         self._offset = timedelta()
         self._shared = shared
+        # (shared seconds, as a timedelta): rebuilt only when the shared value moves (one
+        # tuple, swapped whole: threads never see a value with another value's delta)
+        self._seen: tuple[float, timedelta] = (0.0, timedelta())
         self._lock = threading.Lock()
 
     def now(self) -> datetime:
         """The current time, timezone-aware UTC."""
         if self._shared is not None:
-            return datetime.now(timezone.utc) + timedelta(seconds=self._shared.get())
+            seconds = self._shared.get()
+            seen = self._seen
+            if seen[0] != seconds:
+                seen = self._seen = (seconds, timedelta(seconds=seconds))
+            return datetime.now(timezone.utc) + seen[1]
         with self._lock:
             return datetime.now(timezone.utc) + self._offset
 
