@@ -255,9 +255,10 @@ def _run_workers(args: argparse.Namespace, settings: Settings, sock: socket.sock
     from ebscrypt.supervisor import Supervisor
 
     # What every worker must share, made once before they fork: the clock offset, the
-    # primary's attach socket name, the NBD export key (the database and the root key
+    # primary's attach socket name, the dev console's cookie key, the NBD export key (the database and the root key
     # were made by the preflight already).
     settings = dataclasses.replace(settings, workers=args.workers, clock_offset=SharedOffset(),
+                                   console_key=secrets.token_bytes(32),
                                    attach_address=f"ebscrypt-attach-{os.getpid()}-{secrets.token_hex(8)}")
     ensure_export_key(settings.data_dir)
     print(f"workers: {args.workers} processes (worker 0 serves NBD and runs the block store's sweeps)")

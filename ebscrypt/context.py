@@ -82,6 +82,7 @@ class Settings:
     worker_index: int = 0
     attach_address: str | None = None
     clock_offset: Any = None
+    console_key: bytes | None = None  # the dev console's cookie key, the same in every worker
 
     @property
     def primary(self) -> bool:

@@ -197,3 +197,26 @@ def test_worker_count_is_bounded(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "ebscrypt", "serve", "--workers", "0", "--data-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--workers must be 1 to 64" in out.stderr
+
+
+def test_a_console_sign_in_holds_in_every_worker(srv: ServerProcess) -> None:
+    """Dev auth's console cookie is signed with one key for all workers: a browser whose
+    connections reach either worker stays signed in."""
+    import http.client
+    import urllib.parse
+
+    def request(method: str, path: str, headers: dict[str, str], body: str | None = None) -> Any:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)  # a new connection each time
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        return response
+
+    signed = request("POST", "/_console/login", {
+        "Content-Type": "application/x-www-form-urlencoded", "Origin": srv.url, "Host": f"127.0.0.1:{srv.port}"},
+        urllib.parse.urlencode({"account": DEFAULT_ACCOUNT}))
+    assert signed.status == 303
+    session = (signed.getheader("set-cookie") or "").split(";", 1)[0]
+    assert len({ready(srv)["worker"] for _ in range(30)}) == 2  # (both workers take connections)
+    assert {request("GET", "/_console/", {"Cookie": session}).status for _ in range(30)} == {200}
