@@ -303,3 +303,36 @@ def test_writers_of_two_processes_on_one_shared_file_all_commit(tmp_path: Path) 
     with db.read() as conn:
         assert conn.execute(text("SELECT n FROM counter")).scalar() == 400
     db.dispose()
+
+
+def test_a_snapshot_of_a_volume_never_attached_asks_the_primary_nothing(tmp_path: Path) -> None:
+    """CreateSnapshot in another worker holds the volume through the primary only when the
+    primary may hold something of it: an attachment, or a journal a crash left."""
+    from datetime import datetime, timezone
+
+    from ebscrypt.storage.tables.ec2 import ec2_volume_attachments
+
+    name = f"ebscrypt-test-{os.getpid()}-{os.urandom(4).hex()}"
+    engine = _FakeAttach()
+    server = remote.AttachServer(engine, name)
+    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
+    try:
+        client = remote.RemoteAttach(tmp_path, name, db)
+        with client.quiesced("vol-00000000000000001"):
+            pass
+        assert engine.calls == []
+        with db.begin() as conn:
+            conn.execute(insert(ec2_volume_attachments).values(
+                volume_id="vol-00000000000000002", instance_id="i-00000000000000002", device="/dev/sdf",
+                state="attached", attach_time=datetime.now(timezone.utc), delete_on_termination=False))
+        with client.quiesced("vol-00000000000000002"):
+            pass
+        (tmp_path / "journal").mkdir()
+        (tmp_path / "journal" / "vol-00000000000000003.jnl").write_bytes(b"")
+        with client.quiesced("vol-00000000000000003"):
+            pass
+        assert [c for c in engine.calls if c[0] == "hold"] == [
+            ("hold", "vol-00000000000000002"), ("hold", "vol-00000000000000003")]
+    finally:
+        server.close()
+        db.dispose()

@@ -25,7 +25,7 @@ def open_engine(runtime: Any) -> Any:
     if not settings.primary and settings.attach_address:
         from ebscrypt.engines.attach.remote import RemoteAttach
 
-        return RemoteAttach(settings.data_dir, settings.attach_address)
+        return RemoteAttach(settings.data_dir, settings.attach_address, runtime.db)
     engine = AttachEngine(runtime, cache_blocks=settings.nbd_cache_mib * 2)  # 512 KiB blocks
     if settings.attach_address:  # the primary of several workers: the others' requests
         from ebscrypt.engines.attach.remote import AttachServer

@@ -118,9 +118,7 @@ class AttachEngine:
         return ov
 
     def journal_path(self, volume_id: str) -> Path:
-        """The volume's write journal (volume_io, journal.py): a local file beside the
-        database, whatever the block store (its records are sealed like the blocks)."""
-        return Path(self.runtime.settings.data_dir) / "journal" / f"{volume_id}.jnl"
+        return journal_path(self.runtime.settings.data_dir, volume_id)
 
     def close_volume(self, volume_id: str) -> None:
         """Flush and forget the volume's key (detach / stop / terminate / delete). Idempotent."""
@@ -326,6 +324,12 @@ class AttachEngine:
             self.close_volume(volume_id)
             return None
         return ov
+
+
+def journal_path(data_dir: Path, volume_id: str) -> Path:
+    """The volume's write journal (volume_io, journal.py): a local file beside the
+    database, whatever the block store (its records are sealed like the blocks)."""
+    return Path(data_dir) / "journal" / f"{volume_id}.jnl"
 
 
 class ExportNames:

@@ -37,11 +37,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from sqlalchemy import bindparam, select
+
 from ebscrypt.errors import ServiceUnavailable
+from ebscrypt.storage.tables.ec2 import ec2_volume_attachments
 
 log = logging.getLogger("ebscrypt.attach")
 
 CONNECT_SECONDS = 15.0
+_ATTACHED = select(ec2_volume_attachments.c.volume_id).where(
+    ec2_volume_attachments.c.volume_id == bindparam("id")).limit(1)
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -118,11 +123,13 @@ class RemoteAttach:
     """A non-primary worker's ``runtime.engines["attach"]``: the export names from the
     shared export key, every open/close/quiesce by the primary (see the module's text)."""
 
-    def __init__(self, data_dir: Path, name: str) -> None:
+    def __init__(self, data_dir: Path, name: str, db: Any = None) -> None:
         from ebscrypt.engines.attach.engine import ExportNames
 
         self._name = name
-        self.names = ExportNames(Path(data_dir) / "nbd-export.key")
+        self._data_dir = Path(data_dir)
+        self._db = db
+        self.names = ExportNames(self._data_dir / "nbd-export.key")
 
     def export_name(self, volume_id: str, instance_id: str, attach_time: Any) -> str:
         return self.names.export_name(volume_id, instance_id, attach_time)
@@ -140,6 +147,9 @@ class RemoteAttach:
 
     @contextmanager
     def quiesced(self, volume_id: str) -> Iterator[None]:
+        if not self._may_be_held(volume_id):  # a CreateSnapshot of a volume never attached: no round trip
+            yield
+            return
         with self._connect() as conn, conn.makefile("rwb", buffering=0) as stream:
             _expect_ok(stream, {"op": "hold", "volume": volume_id})
             try:
@@ -150,6 +160,19 @@ class RemoteAttach:
                     stream.readline()  # the primary let go of the volume
                 except OSError:
                     pass
+
+    def _may_be_held(self, volume_id: str) -> bool:
+        """Whether the primary may hold something of the volume to flush first: an open
+        volume (it is attached) or a journal a crash left. The primary's own ``quiesced``
+        holds only those; a volume attached after this read is no more held than one
+        attached just after the primary's own check."""
+        from ebscrypt.engines.attach.engine import journal_path
+        from ebscrypt.engines.attach.journal import journal_exists
+
+        if self._db is None or journal_exists(journal_path(self._data_dir, volume_id)):
+            return True
+        with self._db.read() as conn:
+            return conn.execute(_ATTACHED, {"id": volume_id}).first() is not None
 
     def publish_due(self) -> None:
         """Nothing staged here: the primary publishes its volumes' blocks."""
