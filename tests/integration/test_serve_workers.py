@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -158,12 +159,27 @@ def test_volume_attached_through_worker_1_is_served_by_worker_0(srv: ServerProce
 
 
 def test_a_killed_worker_is_started_again_and_nothing_acknowledged_is_lost(srv: ServerProcess) -> None:
+    """SIGKILL to worker 1 while it answers CreateVolume calls back to back: every volume
+    it acknowledged is there afterwards, in both workers' view."""
     ec2 = on_worker(srv, "ec2", 1)
-    made = [ec2.create_volume(AvailabilityZone=ZONE, Size=1)["VolumeId"] for _ in range(5)]
     kms = on_worker(srv, "kms", 1)
     key = kms.create_key(Description="acknowledged")["KeyMetadata"]["KeyId"]
     _index, pid = _worker_of(_probe(ec2, "ec2"))
+    made: list[str] = []
+
+    def create_until_it_dies() -> None:
+        try:
+            while len(made) < 5000:
+                made.append(ec2.create_volume(AvailabilityZone=ZONE, Size=1)["VolumeId"])
+        except Exception:  # the worker died mid-call: that one was not acknowledged
+            return
+
+    writer = threading.Thread(target=create_until_it_dies)
+    writer.start()
+    assert _until_true(lambda: len(made) >= 20, 60)
     os.kill(pid, signal.SIGKILL)
+    writer.join(60)
+    assert not writer.is_alive()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # the parent starts worker 1 again
         try:
@@ -176,9 +192,20 @@ def test_a_killed_worker_is_started_again_and_nothing_acknowledged_is_lost(srv: 
     else:
         raise AssertionError("worker 1 was not started again")
     for index in (0, 1):
-        found = on_worker(srv, "ec2", index).describe_volumes(VolumeIds=made)["Volumes"]
-        assert sorted(v["VolumeId"] for v in found) == sorted(made)
+        client = on_worker(srv, "ec2", index)
+        found = [v["VolumeId"] for i in range(0, len(made), 200)
+                 for v in client.describe_volumes(VolumeIds=made[i:i + 200])["Volumes"]]
+        assert sorted(found) == sorted(made)
         assert on_worker(srv, "kms", index).describe_key(KeyId=key)["KeyMetadata"]["Description"] == "acknowledged"
+
+
+def _until_true(check: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def test_sigterm_stops_every_worker(tmp_path: Path) -> None:
