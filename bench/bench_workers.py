@@ -32,7 +32,7 @@ from bench.common import Ctx, RawCall, Server, cpu_seconds, replay, sign_request
 
 Signed = tuple[str, str, bytes, dict[str, str]]
 
-WORKLOADS: dict[str, Callable[[Ctx], list[RawCall]]] = {
+REPLAYS: dict[str, Callable[[Ctx], list[RawCall]]] = {  # not WORKLOADS: run.py would take it
     "KMS pair": raw_pair,  # GenerateDataKey + Decrypt: one iteration is two calls
     "CreateVolume": lambda ctx: [RawCall("ec2", "create_volume", dict(AvailabilityZone="us-east-1a", Size=1))],
 }
@@ -91,7 +91,7 @@ def one_round(server: Server, ctx: Ctx, workload: str, n: int, conns: int, procs
     """(iterations/s of wall time, server CPU ms per iteration). A pair's two requests are
     independent (the Decrypt is of a data key made once), so they are dealt like any."""
     assert server.proc is not None
-    rcs = WORKLOADS[workload](ctx)
+    rcs = REPLAYS[workload](ctx)
     signed = [sign_requests(ctx.endpoint, rc, n) for rc in rcs]
     reqs = [r for group in zip(*signed) for r in group]
     before = tree_cpu_seconds(server.proc.pid)
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in servers:
             make_key(ctxs[s.name])
             one_round(s, ctxs[s.name], "KMS pair", 100, args.clients, args.client_procs)  # warm every worker
-        workloads = [w for w in WORKLOADS if not args.only or any(o in w for o in args.only)]
+        workloads = [w for w in REPLAYS if not args.only or any(o in w for o in args.only)]
         results: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
         for i in range(args.rounds):
             order = servers if i % 2 == 0 else servers[::-1]
