@@ -100,6 +100,22 @@ def one_round(server: Server, ctx: Ctx, workload: str, n: int, conns: int, procs
     return n / spent, used * 1000 / n
 
 
+def wait_workers(url: str, count: int, timeout: float = 120.0) -> None:
+    """Until every worker answers: the server is up when its first worker is, and a
+    round must not run while the others still start (their start-up would be measured)."""
+    import json
+    import urllib.request
+
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only workers {sorted(seen)} of {count} answered")
+        with urllib.request.urlopen(f"{url}/_ebscrypt/ready", timeout=10) as resp:  # a new connection each
+            seen.add(int(json.loads(resp.read()).get("worker", 0)))
+        time.sleep(0.02)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", default="1,2", help="worker counts to compare (comma-separated)")
@@ -118,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             servers.append(start_ebscrypt(tmp / "base", name="before", tree=args.baseline.resolve()))
         for n in (int(x) for x in args.workers.split(",")):
             servers.append(start_ebscrypt(tmp / f"w{n}", extra_args=["--workers", str(n)], name=f"workers={n}"))
+            wait_workers(servers[-1].url, n)
         ctxs = {s.name: Ctx("ebscrypt", s.url) for s in servers}
         for s in servers:
             make_key(ctxs[s.name])
