@@ -478,7 +478,9 @@ class Database:
         # ...and, when other processes write the file too (``shared``), processes queue on
         # this file lock (ProcessWriteLock); taken by the outermost begin() of the thread.
         sqlite_path = _sqlite_file(url) if self.is_sqlite else None
-        self._process_lock = ProcessWriteLock(sqlite_path + "-writer.lock") if sqlite_path else None
+        # (EBSCRYPT_SQLITE_PROCESS_LOCK=0: without it, SQLite's busy handler alone, for comparison)
+        use_lock = sqlite_path and os.environ.get("EBSCRYPT_SQLITE_PROCESS_LOCK", "1") != "0"
+        self._process_lock = ProcessWriteLock(sqlite_path + "-writer.lock") if sqlite_path and use_lock else None
         self._process_depth = 0  # nested begin()s of the thread holding _writer
         if self.is_sqlite:
             self.engine: Engine = create_engine(
