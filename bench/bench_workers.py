@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import shutil
 import statistics
 import sys
@@ -127,8 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client-procs", type=int, default=4)
     p.add_argument("--only", action="append", default=[], help="workload name substring (repeatable)")
     p.add_argument("--baseline", type=Path, help="another checkout (one process) measured beside, same run")
-    p.add_argument("--lock-ab", action="store_true",
-                   help="also --workers 2 without the writers' file lock (EBSCRYPT_SQLITE_PROCESS_LOCK=0)")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench-workers-"))
     servers: list[Server] = []
@@ -138,13 +135,6 @@ def main(argv: list[str] | None = None) -> int:
         for n in (int(x) for x in args.workers.split(",")):
             servers.append(start_ebscrypt(tmp / f"w{n}", extra_args=["--workers", str(n)], name=f"workers={n}"))
             wait_workers(servers[-1].url, n)
-        if args.lock_ab:
-            os.environ["EBSCRYPT_SQLITE_PROCESS_LOCK"] = "0"
-            try:
-                servers.append(start_ebscrypt(tmp / "nolock", extra_args=["--workers", "2"], name="w2-nolock"))
-            finally:
-                del os.environ["EBSCRYPT_SQLITE_PROCESS_LOCK"]
-            wait_workers(servers[-1].url, 2)
         ctxs = {s.name: Ctx("ebscrypt", s.url) for s in servers}
         for s in servers:
             make_key(ctxs[s.name])

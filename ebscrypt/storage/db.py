@@ -386,60 +386,6 @@ class WalGroupSync:
                 self._fd = None
 
 
-class ProcessWriteLock:
-    """The write lock of a SQLite file shared by ``serve --workers N``: an ``flock`` on a
-    file beside it, taken before BEGIN IMMEDIATE by the one thread of each process that
-    holds the in-process writer lock.
-
-    Without it, a writer of one process that meets another process's write transaction
-    waits in SQLite's busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25… ms between tries:
-    with several workers writing at once, most of a call would be that sleep (the in-process
-    lock spares threads of one process the same). Here the wait is the kernel's queue,
-    polled every ``POLL`` seconds at most, and bounded like ``busy_timeout``: past
-    ``timeout`` the transaction goes on to SQLite, which then decides (busy error).
-
-    Opened per process (a descriptor inherited through fork shares its lock with the
-    parent's: no exclusion), so the process id is checked at each use.
-    """
-
-    POLL = 0.0005
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self._pid = 0
-
-    def acquire(self, timeout: float) -> bool:
-        """True once held; False after ``timeout`` seconds (not held)."""
-        import fcntl
-
-        if self._fd is None or self._pid != os.getpid():
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            self._pid = os.getpid()
-        deadline = time.monotonic() + timeout
-        pause = 0.00005
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(pause)
-                pause = min(self.POLL, pause * 2)
-
-    def release(self) -> None:
-        import fcntl
-
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        if self._fd is not None and self._pid == os.getpid():
-            os.close(self._fd)
-        self._fd = None
-
-
 def _sqlite_file(url: str) -> str | None:
     """The database file of a ``sqlite:///path`` URL; None for memory or URI forms."""
     if ":memory:" in url or "mode=memory" in url or not url.startswith("sqlite:///"):
@@ -475,13 +421,6 @@ class Database:
         # sleep. Other processes on the same file still wait through busy_timeout.
         # Reentrant: a nested begin() in one thread behaves as before (SQLite decides).
         self._writer = threading.RLock() if self.is_sqlite else None
-        # ...and, when other processes write the file too (``shared``), processes queue on
-        # this file lock (ProcessWriteLock); taken by the outermost begin() of the thread.
-        sqlite_path = _sqlite_file(url) if self.is_sqlite else None
-        # (EBSCRYPT_SQLITE_PROCESS_LOCK=0: without it, SQLite's busy handler alone, for comparison)
-        use_lock = sqlite_path and os.environ.get("EBSCRYPT_SQLITE_PROCESS_LOCK", "1") != "0"
-        self._process_lock = ProcessWriteLock(sqlite_path + "-writer.lock") if sqlite_path and use_lock else None
-        self._process_depth = 0  # nested begin()s of the thread holding _writer
         if self.is_sqlite:
             self.engine: Engine = create_engine(
                 url,
@@ -530,12 +469,7 @@ class Database:
             # Bounded: a writer that waits on another thread's write (a bug) still gets
             # SQLite's busy_timeout error, as before, instead of hanging.
             queued = self._writer.acquire(timeout=30)
-            across = False
             try:
-                if queued and self.shared and self._process_lock is not None:
-                    self._process_depth += 1
-                    if self._process_depth == 1:
-                        across = self._process_lock.acquire(timeout=30)
                 with self.engine.begin() as conn:
                     driver = conn.connection.driver_connection
                     changes = driver.total_changes  # type: ignore[union-attr]
@@ -544,10 +478,6 @@ class Database:
                     # check) wrote nothing to the WAL: nothing to make durable
                     wrote = driver.total_changes != changes  # type: ignore[union-attr]
             finally:
-                if queued and self.shared and self._process_lock is not None:
-                    self._process_depth -= 1
-                    if across:
-                        self._process_lock.release()
                 if queued:
                     self._writer.release()
             if self.group_sync is not None and wrote:  # committed: durable before the caller goes on
@@ -601,8 +531,6 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-        if self._process_lock is not None:
-            self._process_lock.close()
         if self.group_sync is not None:
             self.group_sync.close()
 

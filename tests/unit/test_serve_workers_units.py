@@ -252,28 +252,10 @@ def test_no_primary_is_a_retryable_error(tmp_path: Path, monkeypatch: pytest.Mon
     assert err.value.status == 503
 
 
-def test_the_process_write_lock_excludes_other_processes_forked_ones_too(tmp_path: Path) -> None:
-    """The flock is reopened in a forked process: an inherited descriptor would share the
-    parent's lock and exclude nothing."""
-    from ebscrypt.storage.db import ProcessWriteLock
-
-    lock = ProcessWriteLock(str(tmp_path / "meta.db-writer.lock"))
-    assert lock.acquire(timeout=1)
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0 if not lock.acquire(timeout=0.2) else 1)  # held by the parent: not taken
-    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
-    lock.release()
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0 if lock.acquire(timeout=5) else 1)  # free now
-    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
-    lock.close()
-
-
 def test_writers_of_two_processes_on_one_shared_file_all_commit(tmp_path: Path) -> None:
     """Two processes, four threads each, incrementing one row: every increment is kept (the
-    write transactions ran one at a time across the processes) and none failed busy."""
+    write transactions ran one at a time across the processes: BEGIN IMMEDIATE, SQLite's
+    busy handler between processes) and none failed busy."""
     from sqlalchemy import text
 
     url = f"sqlite:///{tmp_path / 'meta.db'}"
