@@ -247,3 +247,10 @@ def test_a_console_sign_in_holds_in_every_worker(srv: ServerProcess) -> None:
     session = (signed.getheader("set-cookie") or "").split(";", 1)[0]
     assert len({ready(srv)["worker"] for _ in range(30)}) == 2  # (both workers take connections)
     assert {request("GET", "/_console/", {"Cookie": session}).status for _ in range(30)} == {200}
+
+
+def test_a_killed_parent_leaves_no_worker_behind(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "d", ["--workers", "2"]).start()
+    pids = {r["pid"] for r in (ready(server) for _ in range(30))}
+    server.kill()  # SIGKILL: the parent runs no code; each worker asked for SIGTERM on its death
+    assert _until_true(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), 60), pids
