@@ -318,3 +318,18 @@ def test_a_snapshot_of_a_volume_never_attached_asks_the_primary_nothing(tmp_path
     finally:
         server.close()
         db.dispose()
+
+
+def test_a_hold_never_released_ends_after_its_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(remote, "HOLD_SECONDS", 0.3)
+    name = f"ebscrypt-test-{os.getpid()}-{os.urandom(4).hex()}"
+    engine = _FakeAttach()
+    server = remote.AttachServer(engine, name)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect("\0" + name)
+            sock.sendall(b'{"op": "hold", "volume": "vol-4"}\n')
+            assert sock.recv(100).startswith(b'{"ok": true')
+            assert _until(lambda: ("release", "vol-4") in engine.calls, 10)  # the connection still open
+    finally:
+        server.close()

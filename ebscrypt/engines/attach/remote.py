@@ -45,6 +45,7 @@ from ebscrypt.storage.tables.ec2 import ec2_volume_attachments
 log = logging.getLogger("ebscrypt.attach")
 
 CONNECT_SECONDS = 15.0
+HOLD_SECONDS = 60.0  # the longest the primary waits on one request's connection (a hold's release)
 _ATTACHED = select(ec2_volume_attachments.c.volume_id).where(
     ec2_volume_attachments.c.volume_id == bindparam("id")).limit(1)
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -80,6 +81,7 @@ class AttachServer:
             threading.Thread(target=self._serve, args=(conn,), name="ebscrypt-attach-rpc-conn", daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(HOLD_SECONDS)  # every request is short; a hold is one transaction
         with conn, conn.makefile("rwb", buffering=0) as stream:
             try:
                 request = json.loads(stream.readline() or b"{}")
@@ -98,7 +100,10 @@ class AttachServer:
         elif op == "hold":
             with self.engine.quiesced(volume_id):
                 _send(stream, {"ok": True})
-                stream.readline()  # "release", or EOF: the worker's snapshot is committed (or it died)
+                try:  # "release", or EOF: the worker's snapshot is committed (or it died)
+                    stream.readline()
+                except TimeoutError:  # a worker that hangs does not stall the volume's I/O for good
+                    log.warning("a hold of %s was not released in %.0f s; released", volume_id, HOLD_SECONDS)
             _send(stream, {"ok": True})
         else:
             _send(stream, {"ok": False, "error": f"unknown request {op!r}"})
