@@ -36,6 +36,7 @@ WORKER = "x-ebscrypt-worker"
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     server = ServerProcess(tmp_path_factory.mktemp("workers") / "data", ["--workers", "2"]).start()
+    all_workers_up(server)
     yield server
     server.stop()
 
@@ -79,9 +80,25 @@ def ready(srv: ServerProcess) -> dict[str, Any]:
         return json.loads(resp.read())  # type: ignore[no-any-return]
 
 
+def all_workers_up(srv: ServerProcess, count: int = 2, timeout: float = 120) -> None:
+    """Until every worker answers: the server is up when its first worker is (on a loaded
+    machine the second one may take many seconds more to start)."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < count:
+        assert time.monotonic() < deadline, f"only workers {seen} answered"
+        seen.add(ready(srv)["worker"])
+        time.sleep(0.02)
+
+
 def test_requests_spread_over_both_workers(srv: ServerProcess) -> None:
     assert srv.proc is not None
-    seen = {(r["worker"], r["pid"]) for r in (ready(srv) for _ in range(60))}
+    seen: set[tuple[int, int]] = set()
+    for _ in range(300):  # new connections until both workers answered
+        r = ready(srv)
+        seen.add((r["worker"], r["pid"]))
+        if len({w for w, _ in seen}) == 2:
+            break
     assert {w for w, _ in seen} == {0, 1}, seen
     pids = {pid for _, pid in seen}
     assert len(pids) == 2 and srv.proc.pid not in pids  # two processes, neither the parent
@@ -211,6 +228,7 @@ def _until_true(check: Any, timeout: float) -> bool:
 def test_sigterm_stops_every_worker(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "d", ["--workers", "2"]).start()
     assert server.proc is not None
+    all_workers_up(server)
     pids = {r["pid"] for r in (ready(server) for _ in range(30))}
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(30) == 0
@@ -245,12 +263,13 @@ def test_a_console_sign_in_holds_in_every_worker(srv: ServerProcess) -> None:
         urllib.parse.urlencode({"account": DEFAULT_ACCOUNT}))
     assert signed.status == 303
     session = (signed.getheader("set-cookie") or "").split(";", 1)[0]
-    assert len({ready(srv)["worker"] for _ in range(30)}) == 2  # (both workers take connections)
+    all_workers_up(srv)  # (both workers take connections)
     assert {request("GET", "/_console/", {"Cookie": session}).status for _ in range(30)} == {200}
 
 
 def test_a_killed_parent_leaves_no_worker_behind(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "d", ["--workers", "2"]).start()
+    all_workers_up(server)
     pids = {r["pid"] for r in (ready(server) for _ in range(30))}
     server.kill()  # SIGKILL: the parent runs no code; each worker asked for SIGTERM on its death
     assert _until_true(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), 60), pids
