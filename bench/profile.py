@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--out", type=Path, help="keep the collapsed stacks here")
+    p.add_argument("--server-args", default="", metavar="ARGS",
+                   help="more `ebscrypt serve` options, e.g. '--workers 2' (its workers are sampled too)")
     p.add_argument("--gil", action="store_true",
                    help="sample only the thread holding the GIL: where the server's CPU goes, without waits")
     args = p.parse_args(argv)
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     for wl in wls:
         tmp = Path(tempfile.mkdtemp(prefix="bench-profile-data-"))
-        srv = start_ebscrypt(tmp / "data")
+        srv = start_ebscrypt(tmp / "data", extra_args=args.server_args.split())
         try:
             ctx = Ctx("ebscrypt", srv.url)
             if wl.setup is not None:
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             assert srv.proc is not None
             rec = subprocess.Popen([pyspy, "record", "-p", str(srv.proc.pid), "-d", str(int(args.seconds) + 1),
                                     "-r", str(args.rate), "-f", "raw", "-o", str(collapsed), "--nonblocking",
-                                    *(["--gil"] if args.gil else [])],
+                                    *(["--gil"] if args.gil else []),
+                                    *(["--subprocesses"] if "--workers" in args.server_args else [])],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             rate: list[float] = []
             t = threading.Thread(target=lambda: rate.append(time_raw_round(ctx, wl, args.seconds, 20, args.clients)))

@@ -117,6 +117,10 @@ class Gateway:
         # The threads that run every other handler (ebscrypt/handoff.py: a cheaper hand-off
         # than anyio's); stopped with the runtime (build_app's lifespan).
         self.workers = WorkerThreads()
+        # serve --workers N: each answer names the worker that made it (index/pid), so a
+        # person or a test can see requests spread over the processes.
+        self.worker_header: tuple[tuple[str, str], ...] = (
+            (("x-ebscrypt-worker", f"{settings.worker_index}/{os.getpid()}"),) if settings.workers > 1 else ())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One AWS API request, from the ASGI scope to the two response messages."""
@@ -171,6 +175,8 @@ class Gateway:
         headers = _headers(scope)
         method: str = scope["method"]
         cors = origin.cors_headers(self.origins, headers) if "origin" in headers else ()
+        if self.worker_header:
+            cors = (*cors, *self.worker_header)
         refused = origin.refusal(self.origins, headers)
         if method == "OPTIONS":
             preflight = origin.preflight_headers(self.origins, headers)
@@ -431,8 +437,9 @@ def build_app(settings: Settings) -> App:
         _settle_heap()
         nbd_server = None
         try:
-            if settings.nbd_port:
-                # Attached volumes as block devices, on this same event loop (R-ATTACH-3).
+            if settings.nbd_port and settings.primary:
+                # Attached volumes as block devices, on this same event loop (R-ATTACH-3);
+                # with serve --workers N, in worker 0 alone (engines/attach/remote.py).
                 from ebscrypt.wire import nbd_server as nbd_serving
 
                 nbd_server, bound = await nbd_serving.start(runtime, settings.nbd_host, settings.nbd_port)
@@ -462,7 +469,8 @@ def build_app(settings: Settings) -> App:
             await run_in_threadpool(check)
         except Exception as exc:  # the database is down or unreachable
             return JSONResponse({"status": "unavailable", "cause": type(exc).__name__}, status_code=503)
-        return JSONResponse({"status": "ok"})
+        # Which process answered: with serve --workers N, requests spread over the workers.
+        return JSONResponse({"status": "ok", "pid": os.getpid(), "worker": settings.worker_index})
 
     async def advance_clock(request: Request) -> Response:
         if (refusal := refused(request)) is not None:

@@ -109,6 +109,9 @@ def _add_serve_command(commands: Any) -> None:
     serve.add_argument("--s3-endpoint-url", default=None, metavar="URL",
                        help="the S3 endpoint of --blocks (e.g. a Ceph RADOS Gateway)")
     serve.add_argument("--s3-profile", default=None, help="the AWS profile whose credentials reach --blocks")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help=f"API processes sharing the port, the data dir and the database, 1 to {MAX_WORKERS} "
+                            f"(one Python process uses about one core; worker 0 also serves NBD)")
     serve.add_argument("--job-workers", type=int, default=Settings.job_workers, metavar="N",
                        help=f"threads that run background jobs (copies, volume creation, deletions), "
                             f"1 to {MAX_WORKERS}")
@@ -237,7 +240,36 @@ def _serve(args: argparse.Namespace, _rest: list[str]) -> int:
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _announce(args, auth)
+    if args.workers > 1:
+        return _run_workers(args, settings, sock_or_problem)
     return _run(args, settings, sock_or_problem)
+
+
+def _run_workers(args: argparse.Namespace, settings: Settings, sock: socket.socket) -> int:
+    """``--workers N``: N forked API processes on ``sock``, supervised (ebscrypt/supervisor.py)."""
+    import dataclasses
+    import secrets
+
+    from ebscrypt.clock import SharedOffset
+    from ebscrypt.engines.attach.engine import ensure_export_key
+    from ebscrypt.supervisor import Supervisor
+
+    # What every worker must share, made once before they fork: the clock offset, the
+    # primary's attach socket name, the dev console's cookie key, the NBD export key (the database and the root key
+    # were made by the preflight already).
+    settings = dataclasses.replace(settings, workers=args.workers, clock_offset=SharedOffset(),
+                                   console_key=secrets.token_bytes(32),
+                                   attach_address=f"ebscrypt-attach-{os.getpid()}-{secrets.token_hex(8)}")
+    ensure_export_key(settings.data_dir)
+    print(f"workers: {args.workers} processes (worker 0 serves NBD and runs the block store's sweeps)")
+    sys.stdout.flush()
+    supervisor = Supervisor(args.workers, lambda index: _run(
+        args, dataclasses.replace(settings, worker_index=index), sock, quiet=True))
+    status = supervisor.serve()
+    sock.close()
+    if status == 0:
+        print("ebscrypt stopped")
+    return status
 
 
 def _serve_args_problem(args: argparse.Namespace, auth: str, loopback: bool) -> str | None:
@@ -249,6 +281,8 @@ def _serve_args_problem(args: argparse.Namespace, auth: str, loopback: bool) -> 
         return "--auth strict needs --credentials FILE"
     if not _ACCOUNT_RE.match(args.default_account):
         return f"--default-account must be a 12-digit account id, not {args.default_account!r}"
+    if not 1 <= args.workers <= MAX_WORKERS:
+        return f"--workers must be 1 to {MAX_WORKERS}, not {args.workers}"
     if not 1 <= args.job_workers <= MAX_WORKERS:  # none: queued jobs would never run
         return f"--job-workers must be 1 to {MAX_WORKERS}, not {args.job_workers}"
     if not 0 <= args.block_workers <= MAX_WORKERS:
@@ -325,6 +359,7 @@ def _settings(args: argparse.Namespace, auth: str) -> Settings:
         s3_profile=args.s3_profile,
         job_workers=args.job_workers,
         block_workers=args.block_workers,
+        workers=args.workers,
     )
 
 
@@ -349,8 +384,9 @@ def _announce(args: argparse.Namespace, auth: str) -> None:
     sys.stdout.flush()
 
 
-def _run(args: argparse.Namespace, settings: Settings, sock: socket.socket) -> int:
-    """Serve on ``sock`` until stopped; the exit status."""
+def _run(args: argparse.Namespace, settings: Settings, sock: socket.socket, *, quiet: bool = False) -> int:
+    """Serve on ``sock`` until stopped; the exit status (``quiet``: a worker of several,
+    whose parent says when the server stopped)."""
     import uvicorn
 
     from ebscrypt.app import build_app
@@ -384,7 +420,8 @@ def _run(args: argparse.Namespace, settings: Settings, sock: socket.socket) -> i
     if not server.started:  # the lifespan failed (the reason is printed already)
         print("ebscrypt: did not start", file=sys.stderr)
         return 3
-    print("ebscrypt stopped")
+    if not quiet:
+        print("ebscrypt stopped")
     return 0
 
 

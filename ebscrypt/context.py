@@ -73,6 +73,21 @@ class Settings:
     blocks_url: str | None = None
     s3_endpoint_url: str | None = None
     s3_profile: str | None = None
+    # ``serve --workers N`` (ebscrypt/supervisor.py): this process is worker ``worker_index``
+    # of ``workers`` API processes sharing the port, the data dir and the database. Worker 0
+    # (the primary) owns the host's state: the NBD server and attached volumes' keys, the
+    # block store's sweeps; the others reach its attached volumes at ``attach_address``
+    # (engines/attach/remote.py). ``clock_offset``: the clock offset they share (clock.py).
+    workers: int = 1
+    worker_index: int = 0
+    attach_address: str | None = None
+    clock_offset: Any = None
+    console_key: bytes | None = None  # the dev console's cookie key, the same in every worker
+
+    @property
+    def primary(self) -> bool:
+        """This process owns the host's state (always so with one worker)."""
+        return self.worker_index == 0
 
     @property
     def database_url(self) -> str:

@@ -22,18 +22,21 @@ def build_runtime(settings: Settings, *, start_jobs: bool = True) -> Runtime:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.data_dir, 0o700)
     db = Database(settings.database_url)
+    if settings.workers > 1:  # serve --workers N: sibling processes write the same database
+        db.shared = True
     runtime: Runtime
     # Test knob: a short job lease, so that a killed server's jobs are taken over quickly.
     lease = float(os.environ.get("EBSCRYPT_JOB_LEASE_SECONDS", "0") or 0) or LEASE_SECONDS
     jobs = JobRunner(lambda: runtime, workers=settings.job_workers, lease_seconds=lease)
-    runtime = Runtime(settings=settings, db=db, clock=Clock(), jobs=jobs)
+    runtime = Runtime(settings=settings, db=db, clock=Clock(settings.clock_offset), jobs=jobs)
     runtime.engines["space"] = SpaceMonitor(settings.data_dir)  # before the engines that write
     runtime.engines["kms"] = kms_engine.open_engine(runtime)
     runtime.engines["blocks"] = blocks_engine.open_engine(runtime)
     ebs_engine.schedule_timeouts(runtime)
     runtime.engines["attach"] = attach_engine.open_engine(runtime)  # open volumes: keys in memory
     registry.load_all()  # handlers and the job kinds they register
-    release_stray_block_owners(runtime)  # deletes cut short by a kill, before any job runs
+    if settings.primary:  # deletes cut short by a kill, before any job runs (one worker of several)
+        release_stray_block_owners(runtime)
     if start_jobs:
         jobs.start()
     return runtime

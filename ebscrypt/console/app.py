@@ -66,7 +66,8 @@ class Console:
     @property
     def sessions(self) -> Sessions:
         if self._sessions is None:
-            self._sessions = Sessions(self._gateway().auth)
+            gateway = self._gateway()
+            self._sessions = Sessions(gateway.auth, gateway.settings.console_key)
         return self._sessions
 
     def page(self, request: Request, template: str, status: int = 200, **values: Any) -> HTMLResponse:

@@ -6,7 +6,9 @@ the credentials file. The cookie is ``principal.expiry.mac``: the principal is t
 account (dev) or the access key id (strict); the MAC is HMAC-SHA256 under the access
 key's secret (strict: every server process that reads the same credentials file
 accepts it, and rotating the secret ends the session) or under a per-process random key
-(dev). The cookie never holds a secret; comparisons are constant-time.
+(dev; with ``serve --workers N`` one random key the parent gives every worker, so a
+browser whose connections reach several workers stays signed in). The cookie never holds
+a secret; comparisons are constant-time.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ class Viewer:
 
 
 class Sessions:
-    def __init__(self, auth: Authenticator) -> None:
+    def __init__(self, auth: Authenticator, dev_key: bytes | None = None) -> None:
         self.auth = auth
-        self._dev_key = secrets.token_bytes(32)
+        self._dev_key = dev_key or secrets.token_bytes(32)
 
     def _mac_key(self, principal: str) -> bytes | None:
         if self.auth.mode == "dev":

@@ -16,7 +16,10 @@ runner's keeper thread renews the leases of its jobs and, periodically, recovers
 running jobs whose lease has expired (their runner stopped renewing: killed or hung). On
 SQLite — the embedded default, one process per database — a start also recovers at once
 every running job not owned by a runner of this process, so a restart resumes work
-without waiting for leases to expire.
+without waiting for leases to expire. With ``serve --workers N`` several processes of one
+host share the SQLite file: a runner is then dead when its lease expired or its process
+(the pid in its id, on this host) is gone, so a killed worker's jobs are taken over at the
+next start or keeper pass, and a live sibling's never.
 """
 
 from __future__ import annotations
@@ -256,7 +259,9 @@ class JobRunner:
         """
         runtime = self._runtime_ref()
         expired = or_(jobs.c.lease_expires.is_(None), jobs.c.lease_expires < db_epoch(runtime))
-        if at_start and runtime.db.is_sqlite:
+        if runtime.db.is_sqlite and runtime.db.shared:  # one host's workers: gone processes too
+            expired = or_(expired, jobs.c.runner.in_(self._gone_runners(runtime)))
+        elif at_start and runtime.db.is_sqlite:
             expired = or_(jobs.c.runner.is_(None), jobs.c.runner.not_in(list(_LIVE_RUNNERS.keys())))
         dead = select(jobs).where(jobs.c.state == "running", expired)
         with runtime.db.read() as conn:  # the usual case, none: no write lock taken
@@ -286,6 +291,15 @@ class JobRunner:
         reason = RESTART_REASON if at_start else LEASE_REASON
         for row in to_fail:
             self._fail(row["id"], row["kind"], json.loads(row["payload"]), reason)
+
+    @staticmethod
+    def _gone_runners(runtime: "Runtime") -> list[str]:
+        """Runners of running jobs whose process is gone (a SQLite file shared by this host's
+        workers: every runner is on this host). Never a runner of this process that runs."""
+        with runtime.db.read() as conn:
+            runners = {r for (r,) in conn.execute(
+                select(jobs.c.runner).where(jobs.c.state == "running", jobs.c.runner.is_not(None)).distinct())}
+        return [r for r in runners if r not in _LIVE_RUNNERS and not runner_process_alive(r)]
 
     def _lease_end(self) -> ColumnElement[float]:
         return db_epoch(self._runtime_ref()) + self._lease
@@ -447,6 +461,28 @@ class JobRunner:
             # delete the blocks of the batch in hand) against the new owner's work. Jobs are
             # idempotent; this run goes on to its end and its outcome is dropped (_finish).
             log.warning("job %s: progress not recorded, another runner took the job over", job_id)
+
+
+def runner_process_alive(runner_id: str) -> bool:
+    """Whether the process of a runner id (``host/pid/random``) may still run: True unless it
+    names this host and a pid that is not another live process. This process's pid is not
+    alive as another runner's (that runner was an earlier process's: this pid was reused),
+    and a pid reused by an unrelated process reads as alive: its jobs then wait for their
+    lease to expire — late, never early."""
+    host, _sep, rest = runner_id.partition("/")
+    pid_text = rest.partition("/")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def db_epoch(runtime: "Runtime") -> ColumnElement[float]:

@@ -408,6 +408,11 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        # Other processes write this database too: always so on PostgreSQL; on a SQLite file
+        # when ``serve --workers N`` runs several API processes on it (set by build_runtime).
+        # Whoever assumes that its process alone writes (job recovery at start, the orphan
+        # sweep's age, waiting for a job's in-process event) reads this.
+        self.shared = not self.is_sqlite
         self.global_write_lock = not self.is_sqlite and os.environ.get("EBSCRYPT_PG_GLOBAL_WRITE_LOCK") == "1"
         self.group_sync: WalGroupSync | None = None
         # SQLite: this process's writers queue here before BEGIN IMMEDIATE. Without it,

@@ -44,6 +44,8 @@ def test_options_reach_the_settings(args: list[str], job_workers: int, block_wor
          f"ebscrypt: --block-workers must be 0 to {MAX_WORKERS}, not {MAX_WORKERS + 1}\n"),
         (["--job-workers", "0"], f"ebscrypt: --job-workers must be 1 to {MAX_WORKERS}, not 0\n"),
         (["--job-workers", "-3"], f"ebscrypt: --job-workers must be 1 to {MAX_WORKERS}, not -3\n"),
+        (["--workers", "0"], f"ebscrypt: --workers must be 1 to {MAX_WORKERS}, not 0\n"),
+        (["--workers", str(MAX_WORKERS + 1)], f"ebscrypt: --workers must be 1 to {MAX_WORKERS}, not {MAX_WORKERS + 1}\n"),
         (["--nbd-cache-mib", "0"], "ebscrypt: --nbd-cache-mib must be at least 2, not 0\n"),
         (["--nbd-cache-mib", "-5"], "ebscrypt: --nbd-cache-mib must be at least 2, not -5\n"),
     ],
@@ -62,3 +64,8 @@ def test_a_count_that_is_not_a_number_is_refused(capsys: pytest.CaptureFixture[s
         _parser().parse_args(["serve", "--block-workers", "two"])
     assert info.value.code == 2
     assert "argument --block-workers: invalid int value: 'two'" in capsys.readouterr().err
+
+
+def test_workers_reach_the_settings_and_default_to_one() -> None:
+    assert (_serve_settings().workers, _serve_settings().primary) == (1, True)
+    assert _serve_settings("--workers", "3").workers == 3

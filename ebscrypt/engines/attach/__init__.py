@@ -18,4 +18,17 @@ from ebscrypt.engines.attach.engine import AttachEngine
 
 
 def open_engine(runtime: Any) -> Any:
-    return AttachEngine(runtime, cache_blocks=runtime.settings.nbd_cache_mib * 2)  # 512 KiB blocks
+    """This process's attached volumes: the engine itself, or — in a worker of
+    ``serve --workers N`` other than the primary — the primary's, reached through
+    :class:`~ebscrypt.engines.attach.remote.RemoteAttach`."""
+    settings = runtime.settings
+    if not settings.primary and settings.attach_address:
+        from ebscrypt.engines.attach.remote import RemoteAttach
+
+        return RemoteAttach(settings.data_dir, settings.attach_address, runtime.db)
+    engine = AttachEngine(runtime, cache_blocks=settings.nbd_cache_mib * 2)  # 512 KiB blocks
+    if settings.attach_address:  # the primary of several workers: the others' requests
+        from ebscrypt.engines.attach.remote import AttachServer
+
+        engine.server = AttachServer(engine, settings.attach_address)
+    return engine

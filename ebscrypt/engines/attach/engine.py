@@ -39,7 +39,9 @@ at each open the account must still own the snapshot or be granted createVolumeP
 own KMS permissions, as for a volume it would create from the snapshot).
 
 Everything here is in-process: an attached volume is served by the process that holds
-its key (documented limit of scale-out: NBD clients go to that process).
+its key (documented limit of scale-out: NBD clients go to that process). With
+``serve --workers N`` on one host that is worker 0; the others reach it through
+:mod:`ebscrypt.engines.attach.remote`.
 """
 
 from __future__ import annotations
@@ -88,11 +90,12 @@ class AttachEngine:
     def __init__(self, runtime: Any, *, cache_blocks: int = 64) -> None:
         self.runtime = runtime
         self.cache_blocks = cache_blocks
-        self._export_key = _load_export_key(runtime.settings.data_dir / "nbd-export.key")
+        self.names = ExportNames(runtime.settings.data_dir / "nbd-export.key")
         self._open: dict[str, OpenVolume] = {}
         # (snapshot id, reading account) -> (export, connections): each account's own key use
         self._snapshots: dict[tuple[str, str], tuple[OpenVolume, int]] = {}
         self._lock = threading.Lock()
+        self.server: Any = None  # serve --workers N: the other workers' requests (remote.AttachServer)
         # Dirty blocks (of a flush, or evicted and written behind) are stored concurrently,
         # so they share the block engine's group commits.
         self._flusher = ThreadPoolExecutor(8, thread_name_prefix="ebscrypt-attach-flush")
@@ -123,9 +126,7 @@ class AttachEngine:
         return ov
 
     def journal_path(self, volume_id: str) -> Path:
-        """The volume's write journal (volume_io, journal.py): a local file beside the
-        database, whatever the block store (its records are sealed like the blocks)."""
-        return Path(self.runtime.settings.data_dir) / "journal" / f"{volume_id}.jnl"
+        return journal_path(self.runtime.settings.data_dir, volume_id)
 
     def close_volume(self, volume_id: str) -> None:
         """Flush and forget the volume's key (detach / stop / terminate / delete). Idempotent."""
@@ -190,6 +191,8 @@ class AttachEngine:
 
     def close(self) -> None:
         """Shutdown: flush every open volume, drop every key."""
+        if self.server is not None:
+            self.server.close()
         with self._lock:
             opened = list(self._open.values()) + [ov for ov, _n in self._snapshots.values()]
             self._open.clear()
@@ -205,12 +208,10 @@ class AttachEngine:
 
     def export_name(self, volume_id: str, instance_id: str, attach_time: Any) -> str:
         """``<volume-id>:<secret>``: the export name of this attachment, for its owner only."""
-        return f"{volume_id}:{self._secret(volume_id, instance_id, attach_time)}"
+        return self.names.export_name(volume_id, instance_id, attach_time)
 
     def _secret(self, volume_id: str, instance_id: str, attach_time: Any) -> str:
-        stamp = attach_time.replace(tzinfo=None).isoformat(timespec="microseconds") if attach_time else ""
-        msg = f"ebscrypt-nbd-export-v1|{volume_id}|{instance_id}|{stamp}".encode()
-        return hmac.new(self._export_key, msg, hashlib.sha256).hexdigest()[:32]
+        return self.names.secret(volume_id, instance_id, attach_time)
 
     def export(self, name: str) -> OpenVolume | None:
         """The open volume an NBD client asking for export ``name`` may use, or None (not
@@ -229,11 +230,10 @@ class AttachEngine:
 
     def snapshot_export_name(self, snapshot_id: str, account: str) -> str:
         """``snap-…:<account>:<secret>``: the read-only export of a snapshot for ``account``."""
-        return f"{snapshot_id}:{account}:{self._snapshot_secret(snapshot_id, account)}"
+        return self.names.snapshot_export_name(snapshot_id, account)
 
     def _snapshot_secret(self, snapshot_id: str, account: str) -> str:
-        msg = f"ebscrypt-nbd-snapshot-v1|{snapshot_id}|{account}".encode()
-        return hmac.new(self._export_key, msg, hashlib.sha256).hexdigest()[:32]
+        return self.names.snapshot_secret(snapshot_id, account)
 
     def release(self, export: OpenVolume) -> None:
         """A connection to ``export`` ended: the last one to a snapshot drops its key."""
@@ -297,6 +297,12 @@ class AttachEngine:
         return any(hmac.compare_digest(self._secret(volume_id, r["instance_id"], r["attach_time"]), secret)
                    for r in rows)
 
+    def reopen_attached(self, volume_id: str) -> OpenVolume | None:
+        """The volume, opened here if it is attached to a running instance (its data key
+        decrypted through EBS's grant, audited), or None: for another worker of
+        ``serve --workers`` that attached it (engines/attach/remote.py)."""
+        return self._reopen(volume_id)
+
     def _reopen(self, volume_id: str) -> OpenVolume | None:
         if not is_well_formed(volume_id, "vol"):
             return None
@@ -333,6 +339,41 @@ class AttachEngine:
             self.close_volume(volume_id)
             return None
         return ov
+
+
+def journal_path(data_dir: Path, volume_id: str) -> Path:
+    """The volume's write journal (volume_io, journal.py): a local file beside the
+    database, whatever the block store (its records are sealed like the blocks)."""
+    return Path(data_dir) / "journal" / f"{volume_id}.jnl"
+
+
+class ExportNames:
+    """Export names and their secrets: HMACs under the server's export key (one file in
+    the data dir, shared by every worker of ``serve --workers``)."""
+
+    def __init__(self, path: Path) -> None:
+        self._key = _load_export_key(path)
+
+    def export_name(self, volume_id: str, instance_id: str, attach_time: Any) -> str:
+        return f"{volume_id}:{self.secret(volume_id, instance_id, attach_time)}"
+
+    def secret(self, volume_id: str, instance_id: str, attach_time: Any) -> str:
+        stamp = attach_time.replace(tzinfo=None).isoformat(timespec="microseconds") if attach_time else ""
+        msg = f"ebscrypt-nbd-export-v1|{volume_id}|{instance_id}|{stamp}".encode()
+        return hmac.new(self._key, msg, hashlib.sha256).hexdigest()[:32]
+
+    def snapshot_export_name(self, snapshot_id: str, account: str) -> str:
+        return f"{snapshot_id}:{account}:{self.snapshot_secret(snapshot_id, account)}"
+
+    def snapshot_secret(self, snapshot_id: str, account: str) -> str:
+        msg = f"ebscrypt-nbd-snapshot-v1|{snapshot_id}|{account}".encode()
+        return hmac.new(self._key, msg, hashlib.sha256).hexdigest()[:32]
+
+
+def ensure_export_key(data_dir: Path) -> None:
+    """Make the export key now (``serve --workers``: before the workers start, so they
+    never race to create two different ones)."""
+    _load_export_key(Path(data_dir) / "nbd-export.key")
 
 
 def _load_export_key(path: Any) -> bytes:

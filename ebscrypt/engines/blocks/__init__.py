@@ -55,5 +55,6 @@ def open_engine(runtime: Any) -> BlockEngine:
         processes=processes,
         copy_batch_delay=delay,
     )
-    engine.start_maintenance()
+    if settings.primary:  # serve --workers N: the block store's sweeps run in one process of the host
+        engine.start_maintenance()
     return engine

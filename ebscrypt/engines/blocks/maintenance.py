@@ -83,8 +83,8 @@ class MaintenanceOperations:
 
     def shared_objects(self) -> bool:
         """Other processes may write objects to this store (a shared store, or a database
-        that is not this process's own SQLite file)."""
-        return bool(getattr(self.store, "shared", False)) or not self.db.is_sqlite
+        that is not this process's own: PostgreSQL, or a SQLite file of ``serve --workers``)."""
+        return bool(getattr(self.store, "shared", False)) or self.db.shared
 
     def _maintain(self) -> None:
         while not self._stop.wait(0.5):

@@ -18,5 +18,5 @@ def schedule_timeouts(runtime: Any) -> None:
     """Write sessions past their Timeout go to ``error`` (also those a restart interrupted):
     checked every few seconds in the block engine's maintenance thread."""
     blocks = getattr(runtime, "blocks", None)
-    if blocks is not None:
+    if blocks is not None and runtime.settings.primary:  # serve --workers N: one process reaps
         blocks.add_periodic("ebs-timeouts", lambda: direct.reap_timed_out(runtime), 2.0)

@@ -76,9 +76,9 @@ def create(ctx: RequestContext, resource_id: str, store: Store[R], *, metadata_o
 
 def settled_reader(runtime: Runtime, table: Table, resource_id: str, transitional: str) -> Callable[[], bool] | None:
     """When other processes share the database (the job may run there): a read of whether
-    the resource left its transitional state. None on SQLite (one process: the job's event
-    is enough)."""
-    if runtime.db.is_sqlite:
+    the resource left its transitional state. None when this process alone writes the
+    database (SQLite, one worker: the job's event is enough)."""
+    if not runtime.db.shared:
         return None
 
     def settled() -> bool:
