@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -32,7 +31,8 @@ if __package__ in (None, ""):
 
 from bench.bench_kms import make_key, raw_create_grant, raw_create_key, raw_pair  # noqa: E402
 from bench.common import RawCall  # noqa: E402
-from bench.common import Ctx, Server, cpu_seconds, free_port, replay, sign_requests, start_ebscrypt  # noqa: E402
+from bench.common import (Ctx, Server, cpu_seconds, free_port, print_rate_rounds, replay,  # noqa: E402
+                          sign_requests, start_ebscrypt)
 
 
 def _describe_one(ctx: Ctx) -> list[RawCall]:
@@ -110,12 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                     for s in order:
                         n = args.pairs if wl == "pair" else max(50, args.pairs // 4)
                         results.setdefault((wl, s.name, conns), []).append(one_round(s, ctxs[s.name], n, conns, wl))
-        print(f"{'workload':12} {'server':10} {'conns':>5} {'it/s':>7} {'srv CPU ms/it':>14} {'it per srv CPU-s':>17}")
-        for (wl, name, conns), rounds in results.items():
-            rate = statistics.median(r[0] for r in rounds)
-            cpu = statistics.median(r[1] for r in rounds)
-            print(f"{wl:12} {name:10} {conns:5d} {rate:7.0f} {cpu:14.3f} {1000 / cpu:17.0f}   "
-                  + " ".join(f"{r[0]:.0f}/{r[1]:.2f}" for r in rounds), flush=True)
+        print_rate_rounds(results)
     finally:
         for s in servers:
             s.stop()

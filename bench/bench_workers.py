@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -28,7 +27,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_kms import make_key, raw_pair  # noqa: E402
-from bench.common import Ctx, RawCall, Server, cpu_seconds, replay, sign_requests, start_ebscrypt  # noqa: E402
+from bench.common import (Ctx, RawCall, Server, cpu_seconds, print_rate_rounds, replay,  # noqa: E402
+                          sign_requests, start_ebscrypt)
 
 Signed = tuple[str, str, bytes, dict[str, str]]
 
@@ -150,13 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                         results.setdefault((wl, s.name, conns), []).append(
                             one_round(s, ctxs[s.name], wl, n if conns > 1 else max(50, n // 4), conns,
                                       args.client_procs))
-        print(f"{'workload':12} {'server':10} {'conns':>5} {'it/s':>7} {'srv CPU ms/it':>14} {'it per srv CPU-s':>17}"
-              "   rounds (it/s / CPU ms)")
-        for (wl, name, conns), rounds in results.items():
-            rate = statistics.median(r[0] for r in rounds)
-            cpu = statistics.median(r[1] for r in rounds)
-            print(f"{wl:12} {name:10} {conns:5d} {rate:7.0f} {cpu:14.3f} {1000 / cpu:17.0f}   "
-                  + " ".join(f"{r[0]:.0f}/{r[1]:.2f}" for r in rounds), flush=True)
+        print_rate_rounds(results, "   rounds (it/s / CPU ms)")
     finally:
         for s in servers:
             s.stop()

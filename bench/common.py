@@ -450,6 +450,18 @@ def run_workload(wl: Workload, endpoints: dict[str, str], rounds: int, seconds: 
     return Result(wl.name, out, raw_out, many_out, clients)
 
 
+def print_rate_rounds(results: dict[tuple[str, str, int], list[tuple[float, float]]], note: str = "") -> None:
+    """The table of a server-side rate bench: per (workload, server, connections) the median
+    rate and server CPU ms per iteration of its rounds, then every round's pair."""
+    print(f"{'workload':12} {'server':10} {'conns':>5} {'it/s':>7} {'srv CPU ms/it':>14} {'it per srv CPU-s':>17}"
+          + note)
+    for (wl, name, conns), rounds in results.items():
+        rate = statistics.median(r[0] for r in rounds)
+        cpu = statistics.median(r[1] for r in rounds)
+        print(f"{wl:12} {name:10} {conns:5d} {rate:7.0f} {cpu:14.3f} {1000 / cpu:17.0f}   "
+              + " ".join(f"{r[0]:.0f}/{r[1]:.2f}" for r in rounds), flush=True)
+
+
 def _fmt(v: float | None, spec: str = "10.1f") -> str:
     return format(v, spec) if v is not None else f"{'n/a':>10}"
 
