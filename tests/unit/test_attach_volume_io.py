@@ -1267,17 +1267,19 @@ def test_kill_during_a_merge_replays_both_journals(tmp_path: Path, crash_at: str
     vol.write(0, os.urandom(BLOCK_SIZE) * 1)  # a block stored whole, then journaled over
     vol.flush()
     model[0:BLOCK_SIZE] = vol.read(0, BLOCK_SIZE)
-    gate = threading.Event()
+    gate, reached = threading.Event(), threading.Event()
     real_publish, real_merged = engine.publish_blocks, VolumeJournal.merged
 
     def publish(*a, **kw):
         if threading.current_thread().name.startswith("ebscrypt-merge") and crash_at == "before-publication":
+            reached.set()
             gate.wait(30)
             raise SystemExit("killed")  # this thread dies here: nothing published
         return real_publish(*a, **kw)
 
     def merged(self):
         if crash_at != "before-publication":
+            reached.set()
             gate.wait(30)
             raise SystemExit("killed")
         return real_merged(self)
@@ -1299,6 +1301,10 @@ def test_kill_during_a_merge_replays_both_journals(tmp_path: Path, crash_at: str
         vol.flush()
         frozen = merging_path(vol._journal.path)
         assert frozen.exists()
+        # The crash point is reached before the "new process" starts: the old merge thread
+        # lives on in this process (a real kill would stop it), and one still publishing
+        # while the new one replays would race it (seen once under load: wrong bytes).
+        assert reached.wait(30)
         raw = frozen.read_bytes()
         # the crash: nothing closed; a new process opens the same files
         restarted = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
