@@ -683,7 +683,7 @@ class OpenVolume:
                 journaled = False
                 if start == 0 and end == BLOCK_SIZE:
                     cached = self._cache.get(index)
-                    if cached is not None and index not in self._dirty and cached == ZERO_BLOCK:
+                    if cached is not None and index not in self._dirty and is_zero_block(cached):
                         continue  # cached clean as stored, and zeros already
                     if index not in zeros:
                         self._put(index, bytearray(BLOCK_SIZE))
@@ -1426,7 +1426,7 @@ class OpenVolume:
         if not indexes:
             return
         jobs: list[tuple[int, bytes | bytearray]] = [(i, self._cache[i]) for i in indexes]  # staged under the lock: no copy
-        zeros = [i for i, data in jobs if data == ZERO_BLOCK and i not in self._unpublished]
+        zeros = [i for i, data in jobs if is_zero_block(data) and i not in self._unpublished]
         if zeros:
             refs = self.blocks.block_refs(self.volume_id, zeros)
             jobs = [(i, data) for i, data in jobs if not (i in refs and refs[i] is None and i in zeros)]

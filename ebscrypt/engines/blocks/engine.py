@@ -441,7 +441,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         cipher = self._cipher(key)
         item = _PendingWrite(owner_id, index, key, None, "")
         item.plain_checksum = checksum
-        if data == ZERO_BLOCK:  # an all-zero block is an entry without an object
+        if is_zero_block(data):  # an all-zero block is an entry without an object
             item.checksum = cipher.seal_checksum(index, checksum)
         else:
             # Writes close in time share a directory, so a group commit fsyncs one directory.
