@@ -134,6 +134,54 @@ def test_sequential_writes_beyond_the_cache_recycle_superseded_objects(tmp_path:
     assert not list((tmp_path / "blocks" / FREE_DIR).iterdir())  # the kept files went with the store
 
 
+def test_a_pass_over_written_blocks_recycles_their_files_before_its_flush(tmp_path: Path, monkeypatch) -> None:
+    """A sequential pass over blocks written and flushed before (bench/README.md S7): its
+    direct writes publish in the background every PUBLISH_EARLY_BLOCKS staged blocks, far
+    below the volume's bound, so the objects they supersede are recycled and written over
+    within the same pass, before any flush (with publication only at the bound, the whole
+    pass went to fresh files). Every write still reads back, after the flush and from a
+    new engine on the same files (kill -9: nothing in memory)."""
+    from ebscrypt.engines.attach import volume_io
+
+    monkeypatch.setattr(engine_mod, "RECYCLE_GRACE", 0.0)
+    monkeypatch.setattr(volume_io, "PUBLISH_EARLY_BLOCKS", 4)
+    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
+    store = LocalDirStore(tmp_path / "blocks")
+    engine = BlockEngine(db, store, processes=0, gc_grace_seconds=0)
+    key = DataKey("dk-test", os.urandom(32))
+    vid = "vol-00000000000000036"
+    pool = ThreadPoolExecutor(2)
+    vol = _vol(engine, vid, key, tmp_path, cache_blocks=16, flusher=pool)
+    assert vol._publish_limit == 64  # the pass below (32 blocks) stays under it
+    first = os.urandom(32 * BLOCK_SIZE)
+    for off in range(0, len(first), 2 * BLOCK_SIZE):
+        vol.write(off, first[off:off + 2 * BLOCK_SIZE])
+    vol.flush()
+    assert store.recycled == 0  # nothing superseded yet
+    published = engine.publications
+    second = os.urandom(32 * BLOCK_SIZE)
+    for off in range(0, len(second), 2 * BLOCK_SIZE):
+        vol.write(off, second[off:off + 2 * BLOCK_SIZE])
+        with vol._cond:
+            while vol._publishing:  # (a background publication: let it end, as I/O would go on)
+                vol._cond.wait()
+    assert vol.direct_writes == 32
+    assert engine.publications - published >= 4  # in the background, no flush asked
+    assert store.recycled >= 16  # the first pass's files, reused within this pass
+    assert vol.read(0, len(second)) == second
+    vol.flush()
+    restarted = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
+    fresh = OpenVolume(restarted, vid, 1, key, account="1", instance_id="i-1")
+    assert fresh.read(0, len(second)) == second
+    restarted.close()
+    vol.close()
+    pool.shutdown()
+    engine.sweep()
+    engine.close()
+    named = {r.object_key for r in engine.list_block_refs(vid) if r.object_key}
+    assert {k for k, _m in store.keys()} == named and len(named) == 32
+
+
 def test_concurrent_whole_and_partial_writers_to_the_same_blocks(blocks, tmp_path: Path, monkeypatch) -> None:
     """Writers racing whole-block writes (direct) against partial writes (cache and journal)
     on the same blocks, each block ending with one whole-block write: that write's bytes

@@ -14,7 +14,8 @@ adds a bounded write-back cache of plaintext blocks, held in memory only:
 - an evicted block is sealed and written at once but not made durable nor recorded
   (``BlockEngine.stage_blocks``): NBD asks for durability only at FLUSH/FUA, so the
   staged blocks are published together then (``publish_blocks``: one store flush and
-  one transaction), or earlier when ``_publish_limit`` of them wait or the oldest is
+  one transaction), or earlier when ``_publish_limit`` of them wait (a sequential
+  writer's direct writes: ``PUBLISH_EARLY_BLOCKS``, in the background) or the oldest is
   ``PUBLISH_AGE`` seconds old (``publish_due``, from the attach engine's periodic task).
   Until then this object remembers where they are (``_unpublished``) and reads them
   back from there. A crash before publication loses only unflushed writes; their
@@ -96,6 +97,8 @@ def _read_ahead_pool() -> ThreadPoolExecutor:
 # back dirty pages after a while): it bounds what a crash of an idle volume loses, and
 # keeps staged objects far younger than the orphan sweep's age limit of other processes.
 PUBLISH_AGE = 30.0
+# Staged blocks at which a direct whole-block write starts a background publication (64 MiB).
+PUBLISH_EARLY_BLOCKS = 128
 log = logging.getLogger("ebscrypt.attach")
 
 
@@ -145,6 +148,13 @@ class OpenVolume:
         self._unpublished: dict[int, StagedBlock] = {}
         self._unpublished_since: float | None = None  # time.monotonic() of the oldest
         self._publish_limit = max(8, 4 * self._cache_blocks)
+        # Direct whole-block writes (a sequential writer) start a background publication
+        # sooner, at this many staged blocks: the objects a publication supersedes are
+        # recycled (their files' pages reused) only once it has committed, and a first pass
+        # over a volume written before otherwise wrote ``_publish_limit`` blocks (512 MiB)
+        # into fresh files — new page-cache pages and inodes, the largest cost of that pass
+        # (bench/README.md S7). Operations still wait only beyond twice ``_publish_limit``.
+        self._publish_early = PUBLISH_EARLY_BLOCKS
         self._publishing = 0  # publications in flight outside the lock (at most one)
         self._read_next = -2  # the block after the last read (sequential reads read ahead)
         # The current pass of (roughly) ascending reads: its first block and the block after
@@ -597,7 +607,7 @@ class OpenVolume:
             self.direct_writes += 1
             if fua:
                 self._flush_locked()
-            elif (len(self._unpublished) >= self._publish_limit and not self._publishing
+            elif (len(self._unpublished) >= min(self._publish_early, self._publish_limit) and not self._publishing
                   and not self._draining and self._flusher is not None):
                 if journal is not None:
                     journal.sync()  # the marks of the blocks about to be recorded first
