@@ -443,6 +443,11 @@ class _ThreadedConnection:
         # fresh pages per request. Nothing keeps a payload once its write returned (the
         # cache and the journal copy it; a direct write seals and writes it before).
         self._spare: list[bytearray] = []
+        # After a large write, receive no more than what is asked for: the next request is
+        # likely another large write, whose payload should land in its own buffer, not in
+        # ``_buf`` first (a receive of 256 KiB for a 28-byte header took a quarter of the
+        # next 1 MiB payload, copied again into place: ``_recv``; bench/README.md S7).
+        self._exact = False
 
     def run(self) -> None:
         peer = "?"
@@ -474,6 +479,7 @@ class _ThreadedConnection:
     def _loop(self) -> None:
         while True:
             req = self._next_request()
+            self._exact = req.command == nbd.CMD_WRITE and req.length >= SPARE_MIN
             if req.command == nbd.CMD_READ:
                 # A read the volume answers at once holds nothing but its reply, which waits
                 # in ``_out`` (bounded): no budget taken nor given back (two condition
@@ -546,11 +552,13 @@ class _ThreadedConnection:
         pos = self._buffered(view)
         while pos < n:  # the buffer is used up: the client is waited for
             self._flush_out()
-            direct = n - pos >= RECV_BUFFER // 2
+            direct = n - pos >= RECV_BUFFER // 2 or (self._exact and n >= SPARE_MIN)
             if direct:
                 got = self.sock.recv_into(view[pos:])  # a large payload: straight into place
             else:
-                got = self.sock.recv_into(self._view)
+                # (many small requests come in one receive; after a large write, only what
+                # is missing: the next payload goes straight into place)
+                got = self.sock.recv_into(self._view, n - pos if self._exact else 0)
                 self._start, self._end = 0, got
             if not got:
                 raise EOFError("closed mid-request" if pos else "closed")
