@@ -285,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                     results[name][label].append(r)
                     if pid and r[1]:
                         cpu[name][label].append((cpu_seconds(pid) - c0) / (r[1] * args.seconds) * 1e6)
-                    log(f"round {rnd + 1} {label:14s} {name:18s} {r[0]:8.1f} MiB/s {r[1]:8.0f} IOPS")
+                    round_cpu = f" {cpu[name][label][-1]:8.0f} µs CPU/IO" if pid and r[1] else ""
+                    log(f"round {rnd + 1} {label:14s} {name:18s} {r[0]:8.1f} MiB/s {r[1]:8.0f} IOPS{round_cpu}")
         rss_after = {tag: rss_mib(pid) for tag, pid in pids.items()}
         if args.idle_rss:
             time.sleep(args.idle_rss)  # what stays held once the clients are gone
