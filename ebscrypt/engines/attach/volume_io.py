@@ -417,49 +417,62 @@ class OpenVolume:
     # blocking way (read/write above and below). The result is the same either way.
 
     def try_read(self, offset: int, length: int) -> bytes | bytearray | None:
-        """The bytes [offset, offset+length) if :meth:`try_read_into` serves them at once,
+        """The bytes [offset, offset+length) if they can be served at once (as
+        :meth:`try_read_into`: an answer of its own, made only once the read is served),
         else None (the blocking way: :meth:`read`)."""
-        out = bytearray(length)
-        with memoryview(out) as view:
-            served = self.try_read_into(offset, view)
-        return out if served else None
+        served = self._try_read(offset, length, None)
+        return served if isinstance(served, bytearray) else None  # (one of its own when served)
 
     def try_read_into(self, offset: int, dest: memoryview) -> bool:
         """The bytes [offset, offset+len(dest)) into ``dest`` if nothing has to wait: True;
         False: nothing served (``dest`` may hold unchecked bytes: the caller drops them and
         reads the blocking way). A read of cached blocks is copied from the cache; a small
         random miss is read from its sectors (:meth:`_try_read_sectors`). One lock taken,
-        without waiting; the NBD connection's thread calls it for every READ, its reply's
-        buffer as ``dest`` (no answer of its own, no copy of one)."""
+        without waiting; the NBD connection's thread calls it for every small READ, its
+        reply's buffer as ``dest`` (no answer of its own, no copy of one)."""
+        return self._try_read(offset, len(dest), dest) is not None
+
+    def _try_read(self, offset: int, length: int, dest: memoryview | None) -> bytearray | memoryview | None:
+        """:meth:`try_read_into` (``dest``, returned if served) or :meth:`try_read` (None: a
+        buffer of its own, returned if served; a large one made only once the cache is
+        known to serve it: a sequential reader's misses allocate nothing here)."""
         if not self._lock.acquire(blocking=False):
-            return False
+            return None
         try:
             if self.closed or self._busy():
-                return False
-            length = len(dest)
+                return None
+            owned: bytearray | None = None
+            if dest is None and length <= INLINE_MISS_MAX:
+                owned = bytearray(length)
+                dest = memoryview(owned)
             if length == 0:
-                return True
+                return owned if owned is not None else dest
             cache = self._cache
             first, last = offset // BLOCK_SIZE, (offset + length - 1) // BLOCK_SIZE
             if first == last and first not in cache:
-                return self._try_read_sectors(first, offset - first * BLOCK_SIZE, dest)
+                if dest is None or not self._try_read_sectors(first, offset - first * BLOCK_SIZE, dest):
+                    return None  # (a miss too large to be served here, or one that must wait)
+                return owned if owned is not None else dest
             for index in range(first, last + 1):
                 if index not in cache:
-                    return False
+                    return None
             adjacent = first in (self._read_next, self._read_next - 1)
             if adjacent and (length >= SEQUENTIAL_MIN or self._adjacent):  # sequential (as read): read-ahead due?
                 ahead = range(last + 1, min(last + 1 + self._readahead, self.size // BLOCK_SIZE))
                 if len(ahead) > 1 and ahead[len(ahead) // 2] not in cache:
-                    return False
+                    return None
             self._read_next, self._adjacent = last + 1, adjacent
             self._note_run(first, last)
+            if dest is None:
+                owned = bytearray(length)
+                dest = memoryview(owned)
             pos = 0
             for index, start, end in _spans(offset, length):
                 cache.move_to_end(index)
                 # (a copy, under the lock: the block may change once we let go)
                 dest[pos:pos + end - start] = memoryview(cache[index])[start:end]
                 pos += end - start
-            return True
+            return owned if owned is not None else dest
         finally:
             self._lock.release()
 
