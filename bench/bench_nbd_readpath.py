@@ -1,16 +1,22 @@
-"""The random 4 KiB read path of an attached volume, in process: CPU µs and Python calls
-per read of the NBD connection thread's inline path (``OpenVolume.try_read`` and the
-reply), without fio, the kernel's socket or the load of the machine in between.
+"""The random 4 KiB read path of an attached volume, in process (issue 12, bench/README.md
+section R7): CPU µs and Python calls per read, first of ``OpenVolume.try_read`` alone, then
+of the whole NBD connection thread serving fio.
 
-    python bench/bench_nbd_readpath.py [--span-mib 256] [--reads 20000] [--rounds 3] [--before DIR]
+    python bench/bench_nbd_readpath.py [--span-mib 256] [--reads 20000] [--rounds 3] [--fio-seconds 3]
+                                       [--before DIR] [--floor] [--profile]
 
 A volume (encrypted and plain) is written whole over ``--span-mib`` with 1 MiB writes and
-flushed, its cache emptied (a fresh OpenVolume: every read misses the cache, the span
-being beyond it), then ``--reads`` random 4 KiB reads go through ``try_read`` (the objects
-are in the page cache: just written). Prints, per tree (``--before DIR``: that checkout's
-modules, in a child process each, rounds interleaved), the CPU µs per read (thread CPU
-time), how many Python function calls one read makes (``sys.setprofile``), and with
-``--profile`` the cProfile of one round's top entries.
+flushed, reopened (cache empty, 16 blocks: nearly every read misses it) and its objects
+learnt; then ``--reads`` random 4 KiB reads go through ``try_read`` in a loop (the objects
+are in the page cache: just written): CPU µs per read (thread CPU time) and Python calls
+per read (``sys.setprofile``). Then the volume is exported by an ``NbdServer`` in the same
+process and fio's nbd engine reads it at random (4 KiB, iodepth 16, one connection,
+``--fio-seconds``, two runs): IOPS, the connection thread's CPU µs per read (schedstat),
+the process's, and Python calls per request on the connection thread. ``--floor`` adds a
+run with the volume's read replaced by nothing (the loop, parsing, replies and the
+kernel's socket alone). ``--before DIR``: that checkout measured the same way, in a child
+process of its own (trees one after the other: compare CPU and calls, not IOPS).
+``--profile``: cProfile of ``try_read``'s loop.
 """
 
 from __future__ import annotations
@@ -37,10 +43,13 @@ def _thread_cpu_ns(tid: int) -> int:
     return int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[0])
 
 
-def _serve_fio(vol: Any, seconds: float, span_mib: int) -> dict[str, Any]:
+def _serve_fio(vol: Any, seconds: float, span_mib: int, floor: bool = False) -> dict[str, Any]:
     """The volume exported by an NbdServer in this process, fio's random 4 KiB reads
     against it (iodepth 16, one connection): IOPS, the connection thread's CPU µs per
-    read (schedstat), the process's, and Python calls per request on that thread."""
+    read (schedstat), the process's, and Python calls per request on that thread.
+    ``floor``: the volume's read replaced by nothing (the reply carries whatever its
+    buffer held): what the connection's loop, parsing, replies and the kernel's socket
+    cost alone."""
     import asyncio
     import socket
     import threading
@@ -50,6 +59,10 @@ def _serve_fio(vol: Any, seconds: float, span_mib: int) -> dict[str, Any]:
     class Attach:
         def export(self, name: str) -> Any:
             return vol if name == vol.volume_id else None
+
+    if floor:
+        vol.try_read_into = lambda offset, dest: True
+        vol.try_read = lambda offset, length: bytes(length)
 
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
@@ -74,8 +87,6 @@ def _serve_fio(vol: Any, seconds: float, span_mib: int) -> dict[str, Any]:
     result: dict[str, Any] = {}
     try:
         fio(1.0)  # warm
-        before = {t: 0 for t in conn_threads()}
-        p0 = time.process_time()
         calls = [0]
         result["fio_iops"] = []
         result["conn_us"] = []
@@ -112,7 +123,6 @@ def _serve_fio(vol: Any, seconds: float, span_mib: int) -> dict[str, Any]:
         finally:
             threading.setprofile(None)  # (threads started meanwhile keep it: the connection's)
         result["loop_calls"] = calls[0] / ios
-        del before
     finally:
         asyncio.run_coroutine_threadsafe(server.close(), loop).result()
         loop.call_soon_threadsafe(loop.stop)
@@ -181,6 +191,8 @@ def _child(root: Path, span_mib: int, reads: int, rounds: int, profile: bool,
                     prof = s.getvalue()
                 served_ = _serve_fio(vol, fio_seconds, span_mib) if fio_seconds else {}
                 out[label] = {"us": us, "calls": calls[0] / 1000, "misses": misses, "profile": prof, **served_}
+                if fio_seconds and label == "plain" and os.environ.get("READPATH_FLOOR"):
+                    out["floor"] = _serve_fio(vol, fio_seconds, span_mib, floor=True)
                 vol.close()
         finally:
             blocks.close()
@@ -196,6 +208,7 @@ def main() -> None:
     ap.add_argument("--before", type=Path, default=None)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--fio-seconds", type=float, default=3.0, help="fio against an in-process server (0: not)")
+    ap.add_argument("--floor", action="store_true", help="also the server without the volume's read (see _serve_fio)")
     ap.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
@@ -207,7 +220,7 @@ def main() -> None:
     for name, root in trees:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(root), "--span-mib", str(args.span_mib),
                "--reads", str(args.reads), "--rounds", str(args.rounds), "--fio-seconds", str(args.fio_seconds)] + (["--profile"] if args.profile else [])
-        env = dict(os.environ, PYTHONPATH=str(root))
+        env = dict(os.environ, PYTHONPATH=str(root), READPATH_FLOOR="1" if args.floor else "")
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(root))
         if res.returncode:
             sys.exit(res.stderr)
@@ -215,12 +228,18 @@ def main() -> None:
     print(f"{'tree':8} {'volume':6} {'µs/read (rounds)':30} {'median':>7} {'calls/read':>10} {'not inline':>10}")
     for name, res in results.items():
         for label, r in res.items():
+            if "us" not in r:
+                continue
             rounds = " ".join(f"{u:.1f}" for u in r["us"])
             print(f"{name:8} {label:6} {rounds:30} {statistics.median(r['us']):7.1f} {r['calls']:10.1f} {r['misses']:10}")
     print(f"\n{'tree':8} {'volume':6} {'fio IOPS':>16} {'conn thread µs/read':>22} {'process µs/read':>18} {'calls/request':>14}")
     for name, res in results.items():
         for label, r in res.items():
-            if "fio_iops" in r:
+            if "fio_iops" in r and "us" not in r:  # (the floor: no volume read)
+                iops = "/".join(f"{v:.0f}" for v in r["fio_iops"])
+                conn = "/".join(f"{v:.1f}" for v in r["conn_us"])
+                print(f"{name:8} {'floor':6} {iops:>16} {conn:>22} {'':>18} {r['loop_calls']:14.1f}")
+            elif "fio_iops" in r:
                 iops = "/".join(f"{v:.0f}" for v in r["fio_iops"])
                 conn = "/".join(f"{v:.1f}" for v in r["conn_us"])
                 proc = "/".join(f"{v:.1f}" for v in r["proc_us"])
