@@ -237,10 +237,16 @@ _REQUEST = struct.Struct(">IHHQQI")
 def parse_request_from(buf: bytes | bytearray | memoryview, offset: int) -> Request:
     """The request header at ``offset`` of ``buf`` (REQUEST_SIZE bytes there), unpacked in
     place: a server parses a queue of requests from one receive buffer without copies."""
+    return Request(*unpack_request_from(buf, offset))
+
+
+def unpack_request_from(buf: bytes | bytearray | memoryview, offset: int) -> tuple[int, int, int, int, int]:
+    """:func:`parse_request_from`'s fields (flags, command, handle, offset, length) as a
+    plain tuple: a server's hot path for small READs builds no Request."""
     magic, flags, command, handle, req_offset, length = _REQUEST.unpack_from(buf, offset)
     if magic != REQUEST_MAGIC:
         raise ProtocolError("bad request magic")
-    return Request(flags, command, handle, req_offset, length)
+    return flags, command, handle, req_offset, length
 
 
 _SIMPLE = struct.Struct(">IIQ")
@@ -261,6 +267,21 @@ def structured_read_header(handle: int, offset: int, length: int) -> bytes:
     """What precedes ``length`` bytes read at ``offset``: the whole READ as one OFFSET_DATA
     chunk (so NBD_CMD_FLAG_DF is honoured too). (One pack: it is built for every READ.)"""
     return _READ_CHUNK.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, handle, 8 + length, offset)
+
+
+READ_HEADER_SIZE = _READ_CHUNK.size  # what structured_read_header packs (a simple reply's header: 16)
+SIMPLE_HEADER_SIZE = _SIMPLE.size
+
+
+def pack_read_header_into(buf: bytearray, at: int, handle: int, offset: int, length: int, structured: bool) -> None:
+    """The header of a successful READ's reply (structured: :func:`structured_read_header`;
+    else :func:`simple_reply`) packed into ``buf`` at ``at``, just before the data a
+    server read into place: a reply assembled in one reused buffer."""
+    if structured:
+        _READ_CHUNK.pack_into(buf, at, STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, handle,
+                              8 + length, offset)
+    else:
+        _SIMPLE.pack_into(buf, at, SIMPLE_REPLY_MAGIC, 0, handle)
 
 
 def structured_error(handle: int, error: int, message: str = "") -> bytes:

@@ -75,6 +75,9 @@ SEND_TIMEOUT = 30  # seconds a reply may wait for the client to read (threaded c
 RECV_BUFFER = 256 * 1024  # threaded connections: bytes received at once (many small requests)
 COALESCE = 256 * 1024  # threaded connections: replies up to this many bytes go out in one send
 IOV_BATCH = 512  # buffers one sendmsg gathers (below IOV_MAX, 1024 on Linux)
+# Threaded connections: READs up to this size the volume serves at once have their reply
+# assembled in the connection's output buffer (``_ThreadedConnection._hot_read``).
+HOT_READ_MAX = 64 * 1024
 READ_LIMIT = 2 * 1024 * 1024  # the stream reader's buffer limit (it holds up to twice that)
 
 
@@ -438,6 +441,13 @@ class _ThreadedConnection:
         self._broken = False
         self._out: list[bytes | bytearray] = []
         self._out_bytes = 0
+        # Replies of small READs served on this thread, each assembled in place — its header,
+        # then the data the volume reads straight after it — and sent with the others queued
+        # (``_flush_out``): no answer buffer, reply tuple, list nor join per request.
+        self._obuf = bytearray(COALESCE + nbd.READ_HEADER_SIZE + HOT_READ_MAX)
+        self._oview = memoryview(self._obuf)
+        self._opos = 0
+        self._ohead = nbd.READ_HEADER_SIZE if session.structured else nbd.SIMPLE_HEADER_SIZE
         # Write payload buffers whose request is done, reused for the next payload of the
         # same size (a sequential writer's 1 MiB requests): no allocation, zero-filling and
         # fresh pages per request. Nothing keeps a payload once its write returned (the
@@ -477,8 +487,13 @@ class _ThreadedConnection:
             self.sock.close()
 
     def _loop(self) -> None:
+        hot_read = self._hot_read
         while True:
-            req = self._next_request()
+            fields = self._next_fields()
+            if fields[1] == nbd.CMD_READ and fields[4] <= HOT_READ_MAX and hot_read(*fields):
+                self._exact = False
+                continue
+            req = nbd.Request(*fields)
             self._exact = req.command == nbd.CMD_WRITE and req.length >= SPARE_MIN
             if req.command == nbd.CMD_READ:
                 # A read the volume answers at once holds nothing but its reply, which waits
@@ -508,14 +523,37 @@ class _ThreadedConnection:
                 self._give(size)
                 raise
 
-    def _next_request(self) -> nbd.Request:
-        """The next request header, parsed where it lies in the receive buffer when all of
-        it has arrived (a queue of small requests comes in one recv), else received."""
+    def _next_fields(self) -> tuple[int, int, int, int, int]:
+        """The next request header's fields (:func:`nbd.unpack_request_from`), parsed where
+        it lies in the receive buffer when all of it has arrived (a queue of small requests
+        comes in one recv), else received."""
         if self._end - self._start >= nbd.REQUEST_SIZE:
             at = self._start
             self._start += nbd.REQUEST_SIZE
-            return nbd.parse_request_from(self._buf, at)
-        return nbd.parse_request(bytes(self._recv(nbd.REQUEST_SIZE)))
+            return nbd.unpack_request_from(self._buf, at)
+        return nbd.unpack_request_from(bytes(self._recv(nbd.REQUEST_SIZE)), 0)
+
+    def _hot_read(self, flags: int, _command: int, handle: int, offset: int, length: int) -> bool:
+        """A READ of at most HOT_READ_MAX bytes, served here if the volume answers it at
+        once (``OpenVolume.try_read_into``): its data read straight into the output buffer
+        behind the room for its header, then the header packed. False: nothing queued (the
+        request goes the general way, which answers it — an error included)."""
+        export = self.export
+        export.activity += 1
+        if flags & nbd.CMD_FLAG_FUA or not export.check_range(offset, length):
+            return False
+        at = self._opos
+        if at + self._ohead + length > len(self._obuf):
+            self._flush_out()
+            at = 0
+        data_at = at + self._ohead
+        if not export.try_read_into(offset, self._oview[data_at:data_at + length]):
+            return False  # (what it may have left there is overwritten by the next reply)
+        nbd.pack_read_header_into(self._obuf, at, handle, offset, length, self.session.structured)
+        self._opos = data_at + length
+        if self._opos >= COALESCE:
+            self._flush_out()
+        return True
 
     def _queue(self, reply: tuple[bytes | bytearray, ...]) -> None:
         """A reply served on this thread: sent with the next ones (``_flush_out``)."""
@@ -573,11 +611,13 @@ class _ThreadedConnection:
         return k
 
     def _flush_out(self) -> None:
-        if self._out:
-            parts, self._out, self._out_bytes = self._out, [], 0
-            self._send(parts)
+        if self._out or self._opos:
+            parts: list[bytes | bytearray | memoryview] = [self._oview[:self._opos]] if self._opos else []
+            parts += self._out
+            self._out, self._out_bytes, self._opos = [], 0, 0
+            self._send(parts)  # (returns once all is sent: the output buffer is free again)
 
-    def _send(self, parts: tuple[bytes | bytearray, ...] | list[bytes | bytearray]) -> None:
+    def _send(self, parts: tuple[bytes | bytearray, ...] | list[bytes | bytearray | memoryview]) -> None:
         with self._send_lock:
             if self._broken:
                 return
@@ -607,7 +647,7 @@ class _ThreadedConnection:
             self._cond.notify_all()
 
 
-def _send_all(sock: socket.socket, parts: tuple[bytes | bytearray, ...] | list[bytes | bytearray]) -> None:
+def _send_all(sock: socket.socket, parts: tuple[bytes | bytearray, ...] | list[bytes | bytearray | memoryview]) -> None:
     """Send the parts in order as one gathered write (``sendmsg``: a large read's header
     and payload in one system call and one segment train, neither copied in Python),
     again from where a partial send stopped."""

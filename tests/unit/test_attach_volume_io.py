@@ -1426,3 +1426,51 @@ def test_concurrent_writers_while_journals_are_merged_in_the_background(blocks, 
         block = fresh.read(i * BLOCK_SIZE, BLOCK_SIZE)
         for t in range(4):
             assert block[t * quarter:(t + 1) * quarter] == bytes(models[t][i * quarter:(i + 1) * quarter]), (i, t)
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+def test_hot_reads_are_one_leased_read_checked_and_fall_back_when_they_must_wait(
+        blocks, monkeypatch: pytest.MonkeyPatch, encrypted: bool) -> None:
+    """try_read_into (the NBD connection's hot path): a small random read of a block whose
+    object is known and kept open is served into the caller's buffer through a lease of
+    its descriptor (no registration, no open); if its sectors are not in the page cache
+    (RWF_NOWAIT: EAGAIN) nothing is served; a tampered sector is never served (False),
+    and the blocking read answers BlockIntegrityError."""
+    from ebscrypt.engines.blocks import store as store_mod
+    from ebscrypt.engines.blocks.errors import BlockIntegrityError
+
+    key = DataKey("dk-test", os.urandom(32)) if encrypted else None
+    data = os.urandom(8 * BLOCK_SIZE)
+    vid = "vol-0000000000000000e"
+    vol = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1", cache_blocks=4)
+    vol.write(0, data)
+    vol.flush()
+    vol.close()
+    vol = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1", cache_blocks=4)
+    for index in (1, 3, 5):
+        (blocks.store.root / blocks.block_ref(vid, index).object_key).read_bytes()  # in the page cache
+        assert vol.read(index * BLOCK_SIZE + 300000, 4096) == data[index * BLOCK_SIZE + 300000:][:4096]
+    monkeypatch.setattr(blocks.store, "read_range_cached", None)  # must not be needed: objects kept open
+    dest = memoryview(bytearray(4096 + 1000))
+    for index, start, n in ((1, 8192, 4096), (5, 20000, 5000), (3, 16380, 10), (1, 100000, 4096)):
+        off = index * BLOCK_SIZE + start
+        assert vol.try_read_into(off, dest[:n])
+        assert bytes(dest[:n]) == data[off:off + n]
+    assert len(vol._cache) == 0
+
+    def must_wait(*_args: object) -> int:
+        raise BlockingIOError(11, "not in the page cache")
+    monkeypatch.setattr(store_mod.os, "preadv", must_wait)
+    assert not vol.try_read_into(3 * BLOCK_SIZE + 65536, dest[:4096])
+    monkeypatch.undo()
+    off = 5 * BLOCK_SIZE + 6 * 16384 + 100  # sector 6 of block 5
+    path = blocks.store.root / blocks.block_ref(vid, 5).object_key
+    raw = bytearray(path.read_bytes())
+    raw[(24 + 6 * (16384 + 16) if encrypted else 8 + 32 * 32 + 6 * 16384) + 50] ^= 1
+    path.write_bytes(raw)  # (in place: the kept descriptor reads the tampered bytes)
+    assert not vol.try_read_into(off, dest[:4096])
+    assert vol.try_read_into(5 * BLOCK_SIZE + 200000, dest[:4096])  # the other sectors still serve
+    assert bytes(dest[:4096]) == data[5 * BLOCK_SIZE + 200000:][:4096]
+    with pytest.raises(BlockIntegrityError):
+        vol.read(off, 4096)
+    vol.close()

@@ -87,7 +87,47 @@ def read_sector_range(cipher: BlockCipher, identity: str, index: int, obj: bytes
         raise BlockIntegrityError()
     assert isinstance(reader, SectorReader)
     at, n = reader.span(offset, length)
-    return reader.open(obj[at:at + n], offset, length)
+    try:
+        want = reader.open(obj[at:at + n], offset, length)
+    except BlockIntegrityError:
+        with pytest.raises(BlockIntegrityError):  # the hot path fails alike: never bytes
+            read_into(reader, obj, offset, length)
+        raise
+    assert read_into(reader, obj, offset, length) == want
+    return want
+
+
+def read_into(reader: SectorReader, obj: bytes, offset: int, length: int) -> bytes:
+    """The same range through ``SectorReader.read_into`` (an attached volume's hot reads),
+    once with a buffer too small for it (one is made) and once with room to spare."""
+    results = []
+    for room in (16, 4 * BLOCK_SIZE):
+        dest = memoryview(bytearray(length))
+
+        def read(name: str, at: int, into: memoryview) -> bool:
+            assert name == OBJ
+            part = obj[at:at + len(into)]
+            into[:len(part)] = part
+            return len(part) == len(into)  # (past the end of a truncated object: not read)
+        if not reader.read_into(read, OBJ, offset, dest, memoryview(bytearray(room))):
+            raise BlockIntegrityError()  # (as the engine's blocking read then decides: short)
+        results.append(bytes(dest))
+    assert results[0] == results[1]
+    return results[0]
+
+
+def test_read_into_serves_nothing_when_the_sectors_are_not_read() -> None:
+    """``read_into``'s reader says the sectors could not be read at once (not in the page
+    cache): False, and nothing written to the destination."""
+    data = block(9)
+    for cipher, (obj, checksum) in ((BlockCipher(KEY), (reference_gcm_object(KEY, OBJ, 1, data), "")),
+                                    (BlockCipher(None), reference_plain_object(data))):
+        reader = cipher.sector_reader(OBJ, 1, obj[:cipher.prefix_size], checksum)
+        assert isinstance(reader, SectorReader)
+        dest = memoryview(bytearray(b"u" * 4096))
+        assert not reader.read_into(lambda name, at, into: False, OBJ, 8192, dest, memoryview(bytearray(1 << 17)))
+        assert bytes(dest) == b"u" * 4096
+        assert read_into(reader, obj, 8192, 4096) == data[8192:12288]
 
 
 RANGES = [(0, 4096), (4096, 4096), (SECTOR_SIZE - 512, 1024), (BLOCK_SIZE - 4096, 4096), (0, BLOCK_SIZE),

@@ -98,6 +98,9 @@ class _RecordingExport:
     def try_read(self, offset: int, length: int) -> None:
         return None
 
+    def try_read_into(self, offset: int, out: memoryview) -> bool:
+        return False
+
     def try_write(self, offset: int, data: bytes | bytearray | memoryview) -> bool:
         return False
 
@@ -193,3 +196,89 @@ def test_large_write_payloads_are_received_straight_into_place(monkeypatch) -> N
                    for n, (cmd, _off, data) in enumerate(requests) if cmd == nbd.CMD_WRITE and len(data) >= SPARE_MIN]
     assert len(through_buffer) == len(after_large) and sum(after_large) >= 10
     assert all(k == 0 for (_n, k), after in zip(through_buffer, after_large) if after), through_buffer
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_reads_answered_on_the_connection_thread_and_by_the_pool_reply_exactly(tmp_path, structured: bool) -> None:
+    """A queue of READs on a threaded connection over a real volume: small ones served on
+    the connection's thread (replies assembled in its output buffer: ``_hot_read``), the
+    others (too large, FUA, past the end, sectors not known yet) the general way; every
+    reply is well formed (simple or structured), carries its handle and exactly the
+    volume's bytes, and an error where one is due."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ebscrypt.engines.attach.volume_io import OpenVolume
+    from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, DataKey
+    from ebscrypt.wire.nbd_server import HOT_READ_MAX, _Session, _ThreadedConnection
+    from tests.helpers import local_block_engine
+
+    with local_block_engine(tmp_path) as blocks:
+        data = os.urandom(6 * BLOCK_SIZE)
+        vol = OpenVolume(blocks, "vol-0000000000000000f", 1, DataKey("dk", os.urandom(32)), account="1",
+                         instance_id="i-1", cache_blocks=4)
+        vol.write(0, data)
+        vol.flush()
+        for index in range(6):  # objects known and in the page cache: hot reads
+            (blocks.store.root / blocks.block_ref(vol.volume_id, index).object_key).read_bytes()
+            vol.read(index * BLOCK_SIZE + 400000, 100)
+        rng = random.Random(3)
+        reads = [(rng.randrange(6 * BLOCK_SIZE - 70000), rng.choice([4096, 512, 1, 65536]), 0) for _ in range(300)]
+        reads += [(0, HOT_READ_MAX + 4096, 0), (8192, 4096, nbd.CMD_FLAG_FUA), (vol.size - 100, 4096, 0),
+                  (vol.size + 4096, 4096, 0), (100, 0, 0), (3 * BLOCK_SIZE, 2 * BLOCK_SIZE, 0)]
+        rng.shuffle(reads)
+        requests = b"".join(struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, flags, nbd.CMD_READ, handle, offset, length)
+                            for handle, (offset, length, flags) in enumerate(reads))
+        requests += struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, nbd.CMD_DISC, 0, 0, 0)
+        hot: list[bool] = []
+        serve_hot = vol.try_read_into
+
+        def counted(offset: int, dest: memoryview) -> bool:
+            hot.append(serve_hot(offset, dest))
+            return hot[-1]
+        vol.try_read_into = counted  # type: ignore[method-assign]
+        a, b = socket.socketpair()
+        pool = ThreadPoolExecutor(2)
+        conn = _ThreadedConnection(a, vol, _Session(structured=structured), pool, b"")
+        served = threading.Thread(target=conn.run)
+        served.start()
+        b.sendall(requests)
+        got = bytearray()
+        while True:
+            chunk = b.recv(1 << 20)
+            if not chunk:
+                break
+            got.extend(chunk)
+        served.join(30)
+        pool.shutdown()
+        b.close()
+        vol.close()
+    answers: dict[int, tuple[int, bytes]] = {}
+    pos = 0
+    while pos < len(got):
+        if structured:
+            magic, rflags, kind, handle, n = struct.unpack_from(">IHHQI", got, pos)
+            assert magic == nbd.STRUCTURED_REPLY_MAGIC and rflags == nbd.REPLY_FLAG_DONE
+            body = bytes(got[pos + 20:pos + 20 + n])
+            pos += 20 + n
+            if kind == nbd.REPLY_TYPE_OFFSET_DATA:
+                assert struct.unpack_from(">Q", body)[0] == reads[handle][0]
+                answers[handle] = (0, body[8:])
+            else:
+                assert kind == nbd.REPLY_TYPE_ERROR
+                answers[handle] = (struct.unpack_from(">I", body)[0], b"")
+        else:
+            magic, error, handle = struct.unpack_from(">IIQ", got, pos)
+            assert magic == nbd.SIMPLE_REPLY_MAGIC
+            n = 0 if error else reads[handle][1]
+            answers[handle] = (error, bytes(got[pos + 16:pos + 16 + n]))
+            pos += 16 + n
+    assert sorted(answers) == list(range(len(reads)))
+    assert sum(hot) > 200 and not all(hot)  # most served on the connection's thread, not all
+    for handle, (offset, length, _flags) in enumerate(reads):
+        error, body = answers[handle]
+        if offset + length > 1 << 30:
+            assert error == nbd.EINVAL
+        else:
+            want = data[offset:offset + length]
+            assert error == 0 and body == want + bytes(length - len(want)), (offset, length)

@@ -185,3 +185,33 @@ def test_concurrent_readers_replacers_and_deleters(tmp_path: Path) -> None:
             store.read_ranges(key, [(0, 1)])
     assert _open_fds() - base <= 8
     store.close()
+
+
+def test_hot_reads_lease_kept_descriptors_and_never_read_a_deleted_object(tmp_path: Path) -> None:
+    """``read_hot_into`` (an attached volume's random reads): an object not kept open is
+    read the way of ``read_range_cached`` (and kept); a kept one through a lease of its
+    descriptor; a deleted object is not read (False). A leased descriptor is closed only
+    when its lease is given back, and a deleted object's is never leased again."""
+    store = LocalDirStore(tmp_path)
+    key = new_object_key()
+    data = os.urandom(20000)
+    store.put(key, data)
+    assert store._open.lease(key) is None  # not open yet: nothing opened by a lease
+    assert (tmp_path / key).read_bytes() == data  # (in the page cache: the store may write with O_DIRECT)
+    dest = memoryview(bytearray(4096))
+    assert store.read_hot_into(key, 1000, dest) and bytes(dest) == data[1000:5096]
+    fd = store._open.lease(key)  # kept by that read
+    assert fd is not None
+    store._open.release(key, fd)
+    assert store.read_hot_into(key, 15000, dest) and bytes(dest) == data[15000:19096]
+    assert not store.read_hot_into(key, 18000, dest)  # past the end: short, not served
+    fd = store._open.lease(key)
+    assert fd is not None
+    store.delete(key)  # forget: the lease holds the descriptor, never lent again
+    assert store._open.lease(key) is None
+    assert os.pread(fd, 4, 0) == data[:4]
+    store._open.release(key, fd)
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    assert not store.read_hot_into(key, 0, dest)
+    store.close()

@@ -427,17 +427,42 @@ class OpenVolume:
     # blocking way (read/write above and below). The result is the same either way.
 
     def try_read(self, offset: int, length: int) -> bytes | bytearray | None:
+        """The bytes [offset, offset+length) if they can be served at once (as
+        :meth:`try_read_into`: an answer of its own, made only once the read is served),
+        else None (the blocking way: :meth:`read`)."""
+        served = self._try_read(offset, length, None)
+        return served if isinstance(served, bytearray) else None  # (one of its own when served)
+
+    def try_read_into(self, offset: int, dest: memoryview) -> bool:
+        """The bytes [offset, offset+len(dest)) into ``dest`` if nothing has to wait: True;
+        False: nothing served (``dest`` may hold unchecked bytes: the caller drops them and
+        reads the blocking way). A read of cached blocks is copied from the cache; a small
+        random miss is read from its sectors (:meth:`_try_read_sectors`). One lock taken,
+        without waiting; the NBD connection's thread calls it for every small READ, its
+        reply's buffer as ``dest`` (no answer of its own, no copy of one)."""
+        return self._try_read(offset, len(dest), dest) is not None
+
+    def _try_read(self, offset: int, length: int, dest: memoryview | None) -> bytearray | memoryview | None:
+        """:meth:`try_read_into` (``dest``, returned if served) or :meth:`try_read` (None: a
+        buffer of its own, returned if served; a large one made only once the cache is
+        known to serve it: a sequential reader's misses allocate nothing here)."""
         if not self._lock.acquire(blocking=False):
             return None
         try:
             if self.closed or self._busy():
                 return None
+            owned: bytearray | None = None
+            if dest is None and length <= INLINE_MISS_MAX:
+                owned = bytearray(length)
+                dest = memoryview(owned)
             if length == 0:
-                return b""
+                return owned if owned is not None else dest
             cache = self._cache
             first, last = offset // BLOCK_SIZE, (offset + length - 1) // BLOCK_SIZE
             if first == last and first not in cache:
-                return self._try_read_sectors(first, offset - first * BLOCK_SIZE, length)
+                if dest is None or not self._try_read_sectors(first, offset - first * BLOCK_SIZE, dest):
+                    return None  # (a miss too large to be served here, or one that must wait)
+                return owned if owned is not None else dest
             for index in range(first, last + 1):
                 if index not in cache:
                     return None
@@ -448,60 +473,51 @@ class OpenVolume:
                     return None
             self._read_next, self._adjacent = last + 1, adjacent
             self._note_run(first, last)
-            if first == last:
-                block = cache[first]
-                cache.move_to_end(first)
-                start = offset - first * BLOCK_SIZE
-                with memoryview(block) as view:  # one copy: the block may change once we let go
-                    return bytes(view[start:start + length])
-            out = bytearray(length)
+            if dest is None:
+                owned = bytearray(length)
+                dest = memoryview(owned)
             pos = 0
             for index, start, end in _spans(offset, length):
                 cache.move_to_end(index)
-                with memoryview(cache[index]) as view:
-                    out[pos:pos + end - start] = view[start:end]
+                # (a copy, under the lock: the block may change once we let go)
+                dest[pos:pos + end - start] = memoryview(cache[index])[start:end]
                 pos += end - start
-            return out
+            return owned if owned is not None else dest
         finally:
             self._lock.release()
 
-    def _try_read_sectors(self, index: int, start: int, length: int) -> bytes | bytearray | None:
-        """(try_read, lock held) A small random read of one block the cache lacks, served
-        at once if nothing has to wait: the block's entry and its object's checked header
-        known, its sectors and the journal records over them in the page cache
-        (RWF_NOWAIT); nothing stored is read where records cover the whole range. None:
+    def _try_read_sectors(self, index: int, start: int, dest: memoryview) -> bool:
+        """(try_read_into, lock held) A small random read of one block the cache lacks,
+        served at once if nothing has to wait: the block's entry and its object's checked
+        header known, its sectors and the journal records over them in the page cache
+        (RWF_NOWAIT); nothing stored is read where records cover the whole range. False:
         the blocking way."""
+        length = len(dest)
         if length > INLINE_MISS_MAX or index in self._storing:
-            return None
+            return False
         adjacent = index in (self._read_next, self._read_next - 1)
         if adjacent and (length >= SEQUENTIAL_MIN or self._adjacent):
-            return None  # sequential: whole blocks are loaded (read)
+            return False  # sequential: whole blocks are loaded (read)
         journal = self._journal
         # (both journals' records over the range: the frozen one's, then the active one's)
         found = journal.extents(index, start, start + length) if journal is not None else []
         staged = self._unpublished.get(index)
         ref = staged.ref if staged is not None else self._refs.get(index, _UNKNOWN)
-        data: bytes | bytearray | None
         try:
             if found and covers([e for _j, exts in found for e in exts], start, start + length):
-                data = bytearray(length)  # the records hold every byte asked for
-            elif ref is _UNKNOWN:
-                return None
-            else:
-                data = self.blocks.try_open_ref_range(ref, self._key, start, length, self._readers)
-            if data is not None and found:
-                data = bytearray(data)
-                for j, extents in found:
-                    if not j.overlay(index, data, start, nowait=True, extents=extents):
-                        return None
+                dest[:] = bytes(length)  # the records hold every byte asked for
+            elif ref is _UNKNOWN or not self.blocks.try_open_ref_into(ref, self._key, start, dest, self._readers):
+                return False
+            for j, extents in found:
+                if not j.overlay(index, dest, start, nowait=True, extents=extents):
+                    return False
         except Exception:  # e.g. a tampered sector: the blocking way reads it again and answers the error
-            return None
-        if data is not None:
-            if staged is None and ref is not _UNKNOWN:
-                self._refs.move_to_end(index)
-            self._read_next, self._adjacent = index + 1, adjacent
-            self._note_run(index, index)
-        return data
+            return False
+        if staged is None and ref is not _UNKNOWN:
+            self._refs.move_to_end(index)
+        self._read_next, self._adjacent = index + 1, adjacent
+        self._note_run(index, index)
+        return True
 
     def try_write(self, offset: int, data: bytes | bytearray | memoryview) -> bool:
         """True when applied (as :meth:`write` without FUA would have); False: nothing done."""

@@ -69,6 +69,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass, field
+from typing import Callable
 
 from blake3 import blake3
 from cryptography.exceptions import InvalidTag
@@ -235,11 +236,13 @@ class SectorReader:
         self._aad = aad_prefix
         self._table = table
         self._stride = (1 << shift) + (TAG if aead is not None else 0)
+        self._data_at = GCM_PREFIX if aead is not None else plain_prefix_size(shift)
 
     def span(self, offset: int, length: int) -> tuple[int, int]:
         """(offset, length) in the object of the sectors covering [offset, offset+length)
-        of the block."""
-        return sector_span(self._aead is not None, self.shift, offset, length)
+        of the block (:func:`sector_span`, its constants computed once: one per read)."""
+        first, last = _sectors(offset, length, self.shift)
+        return self._data_at + first * self._stride, (last - first + 1) * self._stride
 
     def open(self, raw: bytes | bytearray | memoryview, offset: int, length: int) -> bytes:
         """The block's bytes [offset, offset+length) from ``raw``, the object bytes
@@ -261,6 +264,41 @@ class SectorReader:
             return bytes(memoryview(out)[skip:skip + length])
         _check_sectors(self._table, first, view)
         return bytes(view[skip:skip + length])
+
+    def read_into(self, read: Callable[[str, int, memoryview], bool], name: str, offset: int, dest: memoryview,
+                  buf: memoryview) -> bool:
+        """The block's bytes [offset, offset+len(dest)) of object ``name`` into ``dest``, in
+        one pass: the covering sectors read by ``read(name, at, into)`` (False: not read
+        — False here, nothing served) into ``buf`` (the caller's reused buffer; a new
+        one if too small), checked — decrypted into ``buf`` after them — and the part
+        asked for copied to ``dest``. The hot path of an attached volume's random small
+        reads (:meth:`open` and :meth:`span` in one call). BlockIntegrityError as
+        :meth:`open`."""
+        length = len(dest)
+        first, last = _sectors(offset, length, self.shift)
+        count, stride = last - first + 1, self._stride
+        n = count * stride
+        plain = (count << self.shift) if self._aead is not None else 0
+        if len(buf) < n + plain:
+            buf = memoryview(bytearray(n + plain))
+        raw = buf[:n]
+        if not read(name, self._data_at + first * stride, raw):
+            return False
+        skip = offset - (first << self.shift)
+        if self._aead is None:
+            _check_sectors(self._table, first, raw)
+            dest[:] = raw[skip:skip + length]
+            return True
+        size = 1 << self.shift
+        out = buf[n:n + plain]
+        try:
+            for k in range(count):
+                self._aead.decrypt_into(_NONCES[first + k], raw[k * stride:(k + 1) * stride],
+                                        self._aad + _SECTOR_IDS[first + k], out[k * size:(k + 1) * size])
+        except InvalidTag:
+            raise BlockIntegrityError() from None
+        dest[:] = out[skip:skip + length]
+        return True
 
     def aligned(self, offset: int, length: int) -> bool:
         """Whether [offset, offset+length) is whole sectors: a plain object's sectors are

@@ -10,6 +10,7 @@ Public surface (``runtime.blocks``)::
     block_refs_between(owner_id, start, stop) -> {index: BlockRef | None}  # a range of them
     open_ref_range(ref, key, offset, length) -> bytes  # part of a resolved entry (its sectors)
     try_open_ref_range(ref, key, offset, length, readers) -> bytes | None  # the same if no wait is needed
+    try_open_ref_into(ref, key, offset, dest, readers) -> bool  # the same into a buffer (hot objects: one preadv)
     open_ref(ref, key) -> bytes                      # a resolved entry's plaintext (ObjectMissing if collected)
     share(src_owner_id, dst_owner_id)                # same data key, O(1), no data moved; idempotent
     reencrypt(src, src_key, dst, dst_key, progress)  # full copy under another key; resumable
@@ -118,6 +119,9 @@ __all__ = [
 log = logging.getLogger("ebscrypt.blocks")
 _NOT_KNOWN = object()
 _SMALL_RANGE = 64 * 1024  # open_ref_range_into: below this, an unknown object is read the way of open_ref_range
+# A thread's buffer for reads that must not wait (_nowait_buffer): the sectors of a small read
+# (up to 64 KiB: five 16 KiB sectors with their tags) and room to decrypt them.
+_HOT_BUFFER = 256 * 1024
 
 # The group commit's statements, built once: building a statement (and its cache key)
 # cost SQLAlchemy more than SQLite takes to run it (issue 15, bench/README.md section J).
@@ -1104,6 +1108,30 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         raw = cached(name, at, n, into=self._nowait_buffer(n))
         return None if raw is None else reader.open(raw, offset, length)
 
+    def try_open_ref_into(self, ref: BlockRef | None, key: DataKey | None, offset: int, dest: memoryview,
+                          readers: MutableMapping[str, SectorReader | None]) -> bool:
+        """:meth:`try_open_ref_range` of ``len(dest)`` bytes into ``dest`` (True: served;
+        False: nothing served, the caller reads the blocking way). The hot case — an
+        object whose checked reader is in ``readers``, its sectors in the page cache — is
+        one lease and ``preadv`` of the sectors into this thread's buffer, then their check
+        (and decryption) into ``dest``: an attached volume's random small reads, once its
+        objects are known. Tampering raises BlockIntegrityError (``dest`` then holds
+        unchecked bytes: the caller drops them)."""
+        name = ref.object_key if ref is not None else None
+        reader = readers.get(name, _NOT_KNOWN) if name is not None else _NOT_KNOWN
+        hot = getattr(self.store, "read_hot_into", None)
+        if ref is None or name is None or not isinstance(reader, SectorReader) or hot is None:
+            # (no object, an unknown one, format 1 or 2, a store without it: the general way)
+            data = self.try_open_ref_range(ref, key, offset, len(dest), readers)
+            if data is None:
+                return False
+            dest[:] = data
+            return True
+        if (key is None) != (ref.data_key_id is None):  # (_check_ref_key, inline: once per read)
+            raise BlockIntegrityError()
+        # (this thread's buffer: the sectors, then room to decrypt them)
+        return reader.read_into(hot, name, offset, dest, self._nowait_buffer(_HOT_BUFFER))
+
     def _try_sector_reader(self, ref: BlockRef, key: DataKey | None, cached: Callable[..., Any]) -> Any:
         """The checked reader of an object (as :meth:`_sector_reader`) from its header
         — and a plain object's table — if the page cache holds them; else _NOT_KNOWN."""
@@ -1123,10 +1151,10 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
     def _nowait_buffer(self, n: int) -> memoryview:
         """This thread's buffer for sector reads that must not wait (``try_open_ref_range``):
         one allocation per thread, not one per read."""
-        buf: bytearray | None = getattr(self._local, "nowait", None)
+        buf: memoryview | None = getattr(self._local, "nowait", None)
         if buf is None or len(buf) < n:
-            buf = self._local.nowait = bytearray(max(n, 128 * 1024))
-        return memoryview(buf)
+            buf = self._local.nowait = memoryview(bytearray(max(n, _HOT_BUFFER)))
+        return buf
 
     def _check_ref_key(self, ref: BlockRef, key: DataKey | None) -> None:
         # A wrong key would fail authentication anyway; this only makes misuse obvious.

@@ -617,6 +617,27 @@ class LocalDirStore:
             self._end_read(key)
         return buf if got == length else None
 
+    def read_hot_into(self, key: str, offset: int, dest: memoryview) -> bool:
+        """:meth:`read_range_cached` of ``len(dest)`` bytes into ``dest`` (True: all read,
+        without waiting for the disk), for the hot path of an attached volume's random
+        reads. An object whose descriptor is kept open costs one lease and one ``preadv``:
+        no name check (it was checked when opened), no path, no read registration. Not
+        registering is sound for this caller only: every byte it serves is checked
+        against the object's verified header (GCM, or the sector table), and a failed
+        check sends the read the blocking way, which resolves the block again — so a
+        recycle racing this read can cost that retry, never another object's bytes.
+        Any other object: :meth:`read_range_cached` (registered, opened, kept)."""
+        nowait = _RWF_NOWAIT
+        fd = self._open.lease(key) if nowait is not None else None
+        if fd is None or nowait is None:
+            return self.read_range_cached(key, offset, len(dest), into=dest) is not None
+        try:
+            return bool(os.preadv(fd, [dest], offset, nowait) == len(dest))
+        except OSError:  # EAGAIN: not all in the page cache
+            return False
+        finally:
+            self._open.release(key, fd)
+
     def close(self) -> None:
         """Close the descriptors kept open for reads, and remove the recycled files kept
         (the engine is closing)."""
@@ -715,6 +736,17 @@ class OpenObjects:
                 else:
                     os.close(old)
             return fd
+
+    def lease(self, key: str) -> int | None:
+        """:meth:`acquire` of a descriptor already kept open, else None (nothing opened):
+        a hot reader's one lock and dictionary lookup. Give it back with :meth:`release`."""
+        with self._mutex:
+            entry = self._fds.get(key)
+            if entry is None:
+                return None
+            entry[1] += 1
+            self._fds.move_to_end(key)
+            return entry[0]
 
     def release(self, key: str, fd: int) -> None:
         with self._mutex:
