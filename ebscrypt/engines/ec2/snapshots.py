@@ -52,6 +52,7 @@ from ebscrypt.errors import (
     UnauthorizedOperation,
 )
 from ebscrypt.storage.db import is_conflict, retry_conflicts
+from ebscrypt.storage.prepared import PreparedWrite
 from ebscrypt.storage.tables.ec2 import ec2_snapshot_permissions, ec2_snapshots
 
 log = logging.getLogger("ebscrypt.ec2.snapshots")
@@ -173,14 +174,14 @@ def permissions_of(conn: Connection, ids: list[str]) -> dict[str, set[str]]:
 
 
 # Built once (issue 15: building the statement per call cost more than running it).
-_INSERT = insert(ec2_snapshots)
+_INSERT = PreparedWrite(insert(ec2_snapshots))  # on the driver where plain (storage/prepared.py)
 _LATEST_OF_VOLUME = select(ec2_snapshots.c.id).where(
     ec2_snapshots.c.volume_id == bindparam("volume_id"), ec2_snapshots.c.account == bindparam("account"),
     ec2_snapshots.c.state != "error").order_by(ec2_snapshots.c.start_time.desc()).limit(1)
 
 
 def _insert(conn: Connection, values: dict[str, Any], tags: list[dict[str, str]] | None) -> Snapshot:
-    conn.execute(_INSERT, values)
+    _INSERT.run(conn, values)
     if tags:
         put_tags(conn, values["account"], values["region"], values["id"], tags)
     return Snapshot.from_row(values)
