@@ -399,6 +399,20 @@ def _group_commit_enabled() -> bool:
     return os.environ.get("EBSCRYPT_SQLITE_GROUP_COMMIT", "1") != "0"
 
 
+class _KeptConnection(threading.local):
+    """SQLite: the connection one thread keeps checked out between its transactions.
+
+    A transaction through SQLAlchemy's pool paid a checkout and a check-in (with their
+    events and the reset on return) every time: ~40% of an empty ``begin()`` (bench/README.md
+    section M7). The thread's connection holds no transaction (no snapshot, no lock)
+    between uses, so each BEGIN sees every commit made before it, by this process or
+    another one on the same file (``serve --workers N``). A transaction opened while the
+    thread's connection is in use (a read inside a write) takes one from the pool."""
+
+    conn: Connection | None = None
+    busy = False
+
+
 class Database:
     """A handle on the metadata store. ``begin()`` yields a connection in a transaction."""
 
@@ -421,6 +435,9 @@ class Database:
         # sleep. Other processes on the same file still wait through busy_timeout.
         # Reentrant: a nested begin() in one thread behaves as before (SQLite decides).
         self._writer = threading.RLock() if self.is_sqlite else None
+        self._kept = _KeptConnection()
+        self._kept_all: list[Connection] = []  # every thread's, closed by dispose()
+        self._kept_lock = threading.Lock()
         if self.is_sqlite:
             self.engine: Engine = create_engine(
                 url,
@@ -470,7 +487,7 @@ class Database:
             # SQLite's busy_timeout error, as before, instead of hanging.
             queued = self._writer.acquire(timeout=30)
             try:
-                with self.engine.begin() as conn:
+                with self._sqlite_connection(read_only=False) as conn, conn.begin():
                     driver = conn.connection.driver_connection
                     changes = driver.total_changes  # type: ignore[union-attr]
                     yield conn
@@ -524,12 +541,50 @@ class Database:
                 with conn.begin():
                     yield conn
             return
-        with self.engine.connect() as conn:
-            conn.execution_options(**{_READ_ONLY: True})  # _sqlite_begin: query_only, deferred BEGIN
-            with conn.begin():
+        with self._sqlite_connection(read_only=True) as conn, conn.begin():  # _sqlite_begin: deferred BEGIN
+            yield conn
+
+    @contextmanager
+    def _sqlite_connection(self, *, read_only: bool) -> Iterator[Connection]:
+        """This thread's kept connection (:class:`_KeptConnection`), or one from the pool
+        when it is in use; marked for ``_sqlite_begin`` as reading (query_only, deferred
+        BEGIN) or writing (BEGIN IMMEDIATE)."""
+        kept = self._kept
+        if kept.busy:  # nested in a transaction of this thread: a second connection
+            with self.engine.connect() as conn:
+                conn.execution_options(**{_READ_ONLY: read_only})
                 yield conn
+            return
+        conn = kept.conn
+        if conn is None or conn.closed:
+            conn = kept.conn = self.engine.connect()
+            with self._kept_lock:
+                self._kept_all.append(conn)
+        if conn.get_execution_options().get(_READ_ONLY, False) != read_only:
+            conn.execution_options(**{_READ_ONLY: read_only})
+        kept.busy = True
+        try:
+            yield conn
+        finally:
+            kept.busy = False
+            if conn.invalidated or conn.in_transaction():
+                # not a clean end (a broken connection, a transaction left open): this
+                # thread's next transaction starts from a fresh connection
+                kept.conn = None
+                self._forget_kept(conn)
+
+    def _forget_kept(self, conn: Connection) -> None:
+        with self._kept_lock:
+            if conn in self._kept_all:
+                self._kept_all.remove(conn)
+        conn.close()
 
     def dispose(self) -> None:
+        with self._kept_lock:
+            kept, self._kept_all = self._kept_all, []
+        for conn in kept:  # the threads' kept connections: back to the pool, then closed with it
+            conn.close()
+        self._kept = _KeptConnection()
         self.engine.dispose()
         if self.group_sync is not None:
             self.group_sync.close()
@@ -609,5 +664,13 @@ def _sqlite_begin(conn: Connection) -> None:
         # Straight to the driver: a deferred BEGIN takes no lock (it cannot fail on one),
         # and SQLAlchemy's statement machinery cost a read ~25 of its ~70 µs (issue 15, T).
         pooled.driver_connection.execute("BEGIN")  # type: ignore[union-attr]
-    else:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        return
+    # Straight to the driver too (SQLAlchemy's statement machinery was ~30% of an empty
+    # write transaction: section M7); a lock wait that times out (another process held the
+    # write lock past busy_timeout) is wrapped as SQLAlchemy wraps it: the same
+    # OperationalError as before.
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    try:
+        pooled.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+    except dbapi_error as exc:
+        raise DBAPIError.instance("BEGIN IMMEDIATE", (), exc, dbapi_error) from exc
