@@ -5,11 +5,12 @@ then ``completed`` or ``error`` with a StateMessage (R-LIFE-1, R-KEY-6).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 from sqlalchemy import Connection, Integer, bindparam, delete, insert, or_, select, update
 
@@ -412,14 +413,27 @@ def copy_snapshot(ctx: RequestContext, source_snapshot_id: str, source_region: s
     """CopySnapshot: prepare, then the create protocol (:mod:`.creation`): a same-key copy
     in one transaction; a re-encryption as a job, waited for briefly (R-LIFE-1). [KMS, no conn]"""
     with creation.deferring_grants(ctx) as grants:  # the grant for EC2 stored with the copy
-        cp = prepare_copy(ctx, source_snapshot_id, source_region, encrypted, kms_key_id)
-        metadata_only = copy_is_cheap(cp) and ctx.runtime.blocks is not None
-        if metadata_only and not cp.plan.problem:
-            cp.failure = source_key_refusal(ctx, cp.source)
+        # Both KMS steps (the plan's DescribeKey/GenerateDataKey, the source key's grant and
+        # Decrypt) in one key-row scope: the key row read once, the audit records appended
+        # in one write — when the scope ends, before the copy is stored (each use is still
+        # authorized, state-checked and audited).
+        with _kms_scope(ctx):
+            cp = prepare_copy(ctx, source_snapshot_id, source_region, encrypted, kms_key_id)
+            metadata_only = copy_is_cheap(cp) and ctx.runtime.blocks is not None
+            if metadata_only and not cp.plan.problem:
+                cp.failure = source_key_refusal(ctx, cp.source)
         return creation.create(ctx, cp.snapshot_id,
                                lambda conn, done: insert_copy(ctx, conn, cp, description, tags, complete=done),
                                metadata_only=metadata_only, table=ec2_snapshots, transitional="pending",
                                wait_seconds=wait_seconds, grants=grants)
+
+
+def _kms_scope(ctx: RequestContext) -> ContextManager[None]:
+    """One request's KMS uses in one key-row scope (:meth:`KeyEngine.key_row_scope`); none
+    when no KMS engine runs (a partial runtime)."""
+    if "kms" not in ctx.runtime.engines:
+        return contextlib.nullcontext()
+    return ctx.runtime.kms.key_row_scope()
 
 
 def finish_copy(runtime: Runtime, payload: dict[str, Any]) -> None:
