@@ -29,12 +29,13 @@ import os
 import random
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, TypeVar, overload
 
 from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, text, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, ResourceClosedError
 from sqlalchemy.pool import QueuePool
 
 from ebscrypt.blocking import may_block
@@ -402,7 +403,7 @@ def _group_commit_enabled() -> bool:
     return os.environ.get("EBSCRYPT_SQLITE_GROUP_COMMIT", "1") != "0"
 
 
-class _KeptConnection(threading.local):
+class _Slot:
     """SQLite: the connection one thread keeps checked out between its transactions.
 
     A transaction through SQLAlchemy's pool paid a checkout and a check-in (with their
@@ -410,10 +411,33 @@ class _KeptConnection(threading.local):
     section M7). The thread's connection holds no transaction (no snapshot, no lock)
     between uses, so each BEGIN sees every commit made before it, by this process or
     another one on the same file (``serve --workers N``). A transaction opened while the
-    thread's connection is in use (a read inside a write) takes one from the pool."""
+    thread's connection is in use (a read inside a write) takes one from the pool. The slot
+    alone holds the connection: when the thread ends (its thread-local storage goes) or
+    the Database is dropped undisposed, the slot goes and gives it back to the pool."""
 
-    conn: Connection | None = None
-    busy = False
+    __slots__ = ("conn", "busy")
+
+    def __init__(self) -> None:
+        self.conn: Connection | None = None
+        self.busy = False
+
+    def __del__(self) -> None:
+        conn = self.conn
+        if conn is not None and not conn.closed:
+            try:
+                conn.close()
+            except Exception:  # pragma: no cover - at interpreter or thread teardown
+                pass
+
+
+class _ThreadSlots(threading.local):
+    slot: _Slot | None = None
+
+
+# Kept connections (all Databases): a BEGIN on one that Database did not announce is a
+# statement run on a connection after its ``with db.read()/begin()`` block ended — an
+# error, as on a pooled connection closed at the block's end (see ``_sqlite_begin``).
+_KEPT: weakref.WeakSet[Connection] = weakref.WeakSet()
 
 
 class Database:
@@ -438,8 +462,9 @@ class Database:
         # sleep. Other processes on the same file still wait through busy_timeout.
         # Reentrant: a nested begin() in one thread behaves as before (SQLite decides).
         self._writer = threading.RLock() if self.is_sqlite else None
-        self._kept = _KeptConnection()
-        self._kept_all: list[Connection] = []  # every thread's, closed by dispose()
+        self._slots = _ThreadSlots()
+        # every live thread's kept connection (held by its slot only), closed by dispose()
+        self._kept_all: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._kept_lock = threading.Lock()
         if self.is_sqlite:
             self.engine: Engine = create_engine(
@@ -549,44 +574,50 @@ class Database:
 
     @contextmanager
     def _sqlite_connection(self, *, read_only: bool) -> Iterator[Connection]:
-        """This thread's kept connection (:class:`_KeptConnection`), or one from the pool
-        when it is in use; marked for ``_sqlite_begin`` as reading (query_only, deferred
-        BEGIN) or writing (BEGIN IMMEDIATE)."""
-        kept = self._kept
-        if kept.busy:  # nested in a transaction of this thread: a second connection
+        """This thread's kept connection (:class:`_Slot`), or one from the pool when it is
+        in use; marked for ``_sqlite_begin`` as reading (query_only, deferred BEGIN) or
+        writing (BEGIN IMMEDIATE)."""
+        slot = self._slots.slot
+        if slot is None:
+            slot = self._slots.slot = _Slot()
+        if slot.busy:  # nested in a transaction of this thread: a second connection
             with self.engine.connect() as conn:
                 conn.connection.info[_NEXT_READ_ONLY] = read_only
                 yield conn
             return
-        conn = kept.conn
-        if conn is None or conn.closed:
-            conn = kept.conn = self.engine.connect()
+        conn = slot.conn
+        if conn is None or conn.closed or conn.in_transaction():
+            if conn is not None:  # closed by dispose, or left in a transaction: not reused
+                self._release(conn)
+            conn = slot.conn = self.engine.connect()
             with self._kept_lock:
-                self._kept_all.append(conn)
+                self._kept_all.add(conn)
+            _KEPT.add(conn)
         conn.connection.info[_NEXT_READ_ONLY] = read_only
-        kept.busy = True
+        slot.busy = True
         try:
             yield conn
         finally:
-            kept.busy = False
+            slot.busy = False
             if conn.invalidated or conn.in_transaction():
                 # not a clean end (a broken connection, a transaction left open): this
                 # thread's next transaction starts from a fresh connection
-                kept.conn = None
-                self._forget_kept(conn)
+                slot.conn = None
+                self._release(conn)
 
-    def _forget_kept(self, conn: Connection) -> None:
+    def _release(self, conn: Connection) -> None:
+        """A kept connection given back (it broke, or dispose)."""
         with self._kept_lock:
-            if conn in self._kept_all:
-                self._kept_all.remove(conn)
-        conn.close()
+            self._kept_all.discard(conn)
+        _KEPT.discard(conn)
+        if not conn.closed:
+            conn.close()
 
     def dispose(self) -> None:
         with self._kept_lock:
-            kept, self._kept_all = self._kept_all, []
+            kept = list(self._kept_all)
         for conn in kept:  # the threads' kept connections: back to the pool, then closed with it
-            conn.close()
-        self._kept = _KeptConnection()
+            self._release(conn)
         self.engine.dispose()
         if self.group_sync is not None:
             self.group_sync.close()
@@ -660,7 +691,13 @@ def _sqlite_begin(conn: Connection) -> None:
     pooled = conn.connection
     # Taken, not read: a BEGIN not announced by Database (engine.begin() in a tool or a
     # test) is a write transaction, as before.
-    read_only = bool(pooled.info.pop(_NEXT_READ_ONLY, False))
+    announced = pooled.info.pop(_NEXT_READ_ONLY, None)
+    if announced is None and conn in _KEPT:
+        # a statement on a thread's kept connection after its block ended (a pooled
+        # connection was closed there, and such a use failed): refused, not run in a
+        # write transaction that would hold the lock until the thread's next one
+        raise ResourceClosedError("This Connection is closed (used after its transaction block ended)")
+    read_only = bool(announced)
     if pooled.info.get(_READ_ONLY, False) != read_only:
         pooled.driver_connection.execute(f"PRAGMA query_only={int(read_only)}")  # type: ignore[union-attr]
         pooled.info[_READ_ONLY] = read_only

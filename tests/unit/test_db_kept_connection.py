@@ -90,7 +90,8 @@ def test_an_error_rolls_back_and_leaves_no_transaction_open(db: Database) -> Non
         with db.begin() as conn:
             conn.exec_driver_sql("INSERT INTO kept (v) VALUES ('lost')")
             raise RuntimeError("the request failed")
-    kept = db._kept.conn  # this thread's connection, between transactions: none open on it
+    slot = db._slots.slot
+    kept = slot.conn if slot is not None else None  # this thread's connection, between transactions: none open on it
     assert kept is not None and not kept.in_transaction()
     assert not kept.connection.driver_connection.in_transaction
     assert _count(db) == 0
@@ -144,17 +145,60 @@ def test_threads_keep_their_own_connections_and_commit_all(db: Database) -> None
 
 def test_dispose_gives_every_kept_connection_back(tmp_path: Path) -> None:
     database = Database(f"sqlite:///{tmp_path}/d.db")
-    done = threading.Event()
+    done, finish = threading.Event(), threading.Event()
 
-    def other_thread() -> None:
+    def other_thread() -> None:  # still alive at dispose
         with database.read() as conn:
             conn.execute(text("SELECT 1"))
         done.set()
+        finish.wait(10)
 
-    threading.Thread(target=other_thread).start()
+    t = threading.Thread(target=other_thread)
+    t.start()
     assert done.wait(10)
     with database.read() as conn:
         conn.execute(text("SELECT 1"))
     assert database.engine.pool.checkedout() == 2
     database.dispose()
     assert database.engine.pool.checkedout() == 0
+    finish.set()
+    t.join()
+
+
+def test_a_thread_that_ends_gives_its_connection_back(db: Database) -> None:
+    def short_lived() -> None:
+        with db.read() as conn:
+            conn.execute(text("SELECT 1"))
+
+    with db.read() as conn:  # this thread's: stays kept
+        conn.execute(text("SELECT 1"))
+    for _ in range(5):
+        t = threading.Thread(target=short_lived)
+        t.start()
+        t.join()
+    assert db.engine.pool.checkedout() == 1  # the five ended threads' went back to the pool
+
+
+def test_an_undisposed_database_gives_its_connections_back_when_dropped(tmp_path: Path) -> None:
+    import gc
+
+    database = Database(f"sqlite:///{tmp_path}/u.db")
+    with database.read() as conn:
+        conn.execute(text("SELECT 1"))
+    pool = database.engine.pool
+    assert pool.checkedout() == 1
+    del database, conn
+    gc.collect()
+    assert pool.checkedout() == 0
+
+
+def test_a_connection_used_after_its_block_is_refused(db: Database) -> None:
+    from sqlalchemy.exc import ResourceClosedError
+
+    with db.read() as conn:
+        pass
+    with pytest.raises(ResourceClosedError):
+        conn.exec_driver_sql("INSERT INTO kept (v) VALUES ('late')")  # no write lock taken and held
+    with db.begin() as conn:  # the thread goes on with a fresh connection
+        conn.exec_driver_sql("INSERT INTO kept (v) VALUES ('on time')")
+    assert _count(db) == 1
