@@ -53,7 +53,7 @@ from ebscrypt.errors import (
     UnauthorizedOperation,
 )
 from ebscrypt.storage.db import is_conflict, retry_conflicts
-from ebscrypt.storage.prepared import PreparedWrite
+from ebscrypt.storage.prepared import PreparedRead, PreparedWrite
 from ebscrypt.storage.tables.ec2 import ec2_snapshot_permissions, ec2_snapshots
 
 log = logging.getLogger("ebscrypt.ec2.snapshots")
@@ -176,9 +176,9 @@ def permissions_of(conn: Connection, ids: list[str]) -> dict[str, set[str]]:
 
 # Built once (issue 15: building the statement per call cost more than running it).
 _INSERT = PreparedWrite(insert(ec2_snapshots))  # on the driver where plain (storage/prepared.py)
-_LATEST_OF_VOLUME = select(ec2_snapshots.c.id).where(
+_LATEST_OF_VOLUME = PreparedRead(select(ec2_snapshots.c.id).where(
     ec2_snapshots.c.volume_id == bindparam("volume_id"), ec2_snapshots.c.account == bindparam("account"),
-    ec2_snapshots.c.state != "error").order_by(ec2_snapshots.c.start_time.desc()).limit(1)
+    ec2_snapshots.c.state != "error").order_by(ec2_snapshots.c.start_time.desc()).limit(1))
 
 
 def _insert(conn: Connection, values: dict[str, Any], tags: list[dict[str, str]] | None) -> Snapshot:
@@ -215,12 +215,12 @@ def create_snapshot_from_volume(ctx: RequestContext, conn: Connection, volume_id
     vol = get_volume(conn, ctx.caller, volume_id)
     if vol.state not in ("available", "in-use"):
         raise IncorrectState(f"The volume '{volume_id}' is in the '{vol.state}' state.")
-    parent = conn.execute(_LATEST_OF_VOLUME, {"volume_id": volume_id, "account": ctx.caller.account}).first()
+    parent = _LATEST_OF_VOLUME.first(conn, {"volume_id": volume_id, "account": ctx.caller.account})
     now = ctx.runtime.clock.now()
     values = _base(new_id("snap"), ctx.caller, now, volume_size=vol.size,
                    encrypted=vol.encrypted, kms_key_arn=vol.kms_key_arn, data_key_id=vol.data_key_id,
                    data_key_blob=vol.data_key_blob, data_key_context=vol.data_key_context,
-                   volume_id=volume_id, parent_id=parent.id if parent else None,
+                   volume_id=volume_id, parent_id=parent["id"] if parent else None,
                    description=description, origin="volume")
     if complete_now and ctx.runtime.blocks is not None:
         try:

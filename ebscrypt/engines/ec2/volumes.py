@@ -158,7 +158,7 @@ def check_zone(zone: str | None, region: str) -> str:
 # The statements of the create path, built once: building one per call (``insert(...)
 # .values(**row)``, a ``select(...).where(...)``) cost more CPU than running it (issue 15);
 # the token read and the insert run on the driver where plain (storage/prepared.py).
-_BY_ID = select(ec2_volumes).where(ec2_volumes.c.id == bindparam("id"))
+_BY_ID = PreparedRead(select(ec2_volumes).where(ec2_volumes.c.id == bindparam("id")))
 _BY_TOKEN = PreparedRead(select(ec2_volumes).where(
     ec2_volumes.c.client_token == bindparam("token"), ec2_volumes.c.account == bindparam("account"),
     ec2_volumes.c.region == bindparam("region")))
@@ -166,7 +166,7 @@ _INSERT = PreparedWrite(insert(ec2_volumes))
 
 
 def _row(conn: Connection, volume_id: str) -> Volume | None:
-    row = conn.execute(_BY_ID, {"id": volume_id}).mappings().first()
+    row = _BY_ID.first(conn, {"id": volume_id})
     return Volume.from_row(row) if row else None
 
 
