@@ -29,12 +29,13 @@ import os
 import random
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, TypeVar, overload
 
 from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, text, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, ResourceClosedError
 from sqlalchemy.pool import QueuePool
 
 from ebscrypt.blocking import may_block
@@ -249,9 +250,12 @@ def conflict_backoff(attempt: int) -> None:
     time.sleep(random.uniform(0, min(0.2, 0.005 * (2 ** attempt))))
 
 
-# Execution option marking a connection of ``Database.read()``, and the key under which a
-# pooled SQLite connection records whether query_only is on (see ``_sqlite_begin``).
+# Keys of a pooled SQLite connection's ``info``: whether query_only is on, and the mode the
+# next BEGIN is for (set by ``Database`` just before it; see ``_sqlite_begin``). A flag in
+# ``info`` rather than an execution option: setting an option on a kept connection at each
+# switch between reading and writing dispatched events (~3% of an encrypted CreateVolume).
 _READ_ONLY = "ebscrypt_read_only"
+_NEXT_READ_ONLY = "ebscrypt_next_read_only"
 
 # SQLite connections kept open between uses: more than the request threads (anyio's
 # default of 40) plus the job and maintenance threads, so a busy server does not reopen
@@ -399,6 +403,43 @@ def _group_commit_enabled() -> bool:
     return os.environ.get("EBSCRYPT_SQLITE_GROUP_COMMIT", "1") != "0"
 
 
+class _Slot:
+    """SQLite: the connection one thread keeps checked out between its transactions.
+
+    A transaction through SQLAlchemy's pool paid a checkout and a check-in (with their
+    events and the reset on return) every time: ~40% of an empty ``begin()`` (bench/README.md
+    section M7). The thread's connection holds no transaction (no snapshot, no lock)
+    between uses, so each BEGIN sees every commit made before it, by this process or
+    another one on the same file (``serve --workers N``). A transaction opened while the
+    thread's connection is in use (a read inside a write) takes one from the pool. The slot
+    alone holds the connection: when the thread ends (its thread-local storage goes) or
+    the Database is dropped undisposed, the slot goes and gives it back to the pool."""
+
+    __slots__ = ("conn", "busy")
+
+    def __init__(self) -> None:
+        self.conn: Connection | None = None
+        self.busy = False
+
+    def __del__(self) -> None:
+        conn = self.conn
+        if conn is not None and not conn.closed:
+            try:
+                conn.close()
+            except Exception:  # pragma: no cover - at interpreter or thread teardown
+                pass
+
+
+class _ThreadSlots(threading.local):
+    slot: _Slot | None = None
+
+
+# Kept connections (all Databases): a BEGIN on one that Database did not announce is a
+# statement run on a connection after its ``with db.read()/begin()`` block ended — an
+# error, as on a pooled connection closed at the block's end (see ``_sqlite_begin``).
+_KEPT: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+
 class Database:
     """A handle on the metadata store. ``begin()`` yields a connection in a transaction."""
 
@@ -421,6 +462,10 @@ class Database:
         # sleep. Other processes on the same file still wait through busy_timeout.
         # Reentrant: a nested begin() in one thread behaves as before (SQLite decides).
         self._writer = threading.RLock() if self.is_sqlite else None
+        self._slots = _ThreadSlots()
+        # every live thread's kept connection (held by its slot only), closed by dispose()
+        self._kept_all: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self._kept_lock = threading.Lock()
         if self.is_sqlite:
             self.engine: Engine = create_engine(
                 url,
@@ -470,7 +515,7 @@ class Database:
             # SQLite's busy_timeout error, as before, instead of hanging.
             queued = self._writer.acquire(timeout=30)
             try:
-                with self.engine.begin() as conn:
+                with self._sqlite_connection(read_only=False) as conn, conn.begin():
                     driver = conn.connection.driver_connection
                     changes = driver.total_changes  # type: ignore[union-attr]
                     yield conn
@@ -524,12 +569,55 @@ class Database:
                 with conn.begin():
                     yield conn
             return
-        with self.engine.connect() as conn:
-            conn.execution_options(**{_READ_ONLY: True})  # _sqlite_begin: query_only, deferred BEGIN
-            with conn.begin():
+        with self._sqlite_connection(read_only=True) as conn, conn.begin():  # _sqlite_begin: deferred BEGIN
+            yield conn
+
+    @contextmanager
+    def _sqlite_connection(self, *, read_only: bool) -> Iterator[Connection]:
+        """This thread's kept connection (:class:`_Slot`), or one from the pool when it is
+        in use; marked for ``_sqlite_begin`` as reading (query_only, deferred BEGIN) or
+        writing (BEGIN IMMEDIATE)."""
+        slot = self._slots.slot
+        if slot is None:
+            slot = self._slots.slot = _Slot()
+        if slot.busy:  # nested in a transaction of this thread: a second connection
+            with self.engine.connect() as conn:
+                conn.connection.info[_NEXT_READ_ONLY] = read_only
                 yield conn
+            return
+        conn = slot.conn
+        if conn is None or conn.closed or conn.in_transaction():
+            if conn is not None:  # closed by dispose, or left in a transaction: not reused
+                self._release(conn)
+            conn = slot.conn = self.engine.connect()
+            with self._kept_lock:
+                self._kept_all.add(conn)
+            _KEPT.add(conn)
+        conn.connection.info[_NEXT_READ_ONLY] = read_only
+        slot.busy = True
+        try:
+            yield conn
+        finally:
+            slot.busy = False
+            if conn.invalidated or conn.in_transaction():
+                # not a clean end (a broken connection, a transaction left open): this
+                # thread's next transaction starts from a fresh connection
+                slot.conn = None
+                self._release(conn)
+
+    def _release(self, conn: Connection) -> None:
+        """A kept connection given back (it broke, or dispose)."""
+        with self._kept_lock:
+            self._kept_all.discard(conn)
+        _KEPT.discard(conn)
+        if not conn.closed:
+            conn.close()
 
     def dispose(self) -> None:
+        with self._kept_lock:
+            kept = list(self._kept_all)
+        for conn in kept:  # the threads' kept connections: back to the pool, then closed with it
+            self._release(conn)
         self.engine.dispose()
         if self.group_sync is not None:
             self.group_sync.close()
@@ -600,8 +688,16 @@ def _sqlite_begin(conn: Connection) -> None:
     # error (a deferred transaction that writes would otherwise fail only under contention,
     # SQLITE_BUSY when upgrading its snapshot). The pooled connection remembers its mode,
     # so the PRAGMA runs only when a connection switches between reading and writing.
-    read_only = bool(conn.get_execution_options().get(_READ_ONLY))
     pooled = conn.connection
+    # Taken, not read: a BEGIN not announced by Database (engine.begin() in a tool or a
+    # test) is a write transaction, as before.
+    announced = pooled.info.pop(_NEXT_READ_ONLY, None)
+    if announced is None and conn in _KEPT:
+        # a statement on a thread's kept connection after its block ended (a pooled
+        # connection was closed there, and such a use failed): refused, not run in a
+        # write transaction that would hold the lock until the thread's next one
+        raise ResourceClosedError("This Connection is closed (used after its transaction block ended)")
+    read_only = bool(announced)
     if pooled.info.get(_READ_ONLY, False) != read_only:
         pooled.driver_connection.execute(f"PRAGMA query_only={int(read_only)}")  # type: ignore[union-attr]
         pooled.info[_READ_ONLY] = read_only
@@ -609,5 +705,13 @@ def _sqlite_begin(conn: Connection) -> None:
         # Straight to the driver: a deferred BEGIN takes no lock (it cannot fail on one),
         # and SQLAlchemy's statement machinery cost a read ~25 of its ~70 µs (issue 15, T).
         pooled.driver_connection.execute("BEGIN")  # type: ignore[union-attr]
-    else:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        return
+    # Straight to the driver too (SQLAlchemy's statement machinery was ~30% of an empty
+    # write transaction: section M7); a lock wait that times out (another process held the
+    # write lock past busy_timeout) is wrapped as SQLAlchemy wraps it: the same
+    # OperationalError as before.
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    try:
+        pooled.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+    except dbapi_error as exc:
+        raise DBAPIError.instance("BEGIN IMMEDIATE", (), exc, dbapi_error) from exc

@@ -18,6 +18,7 @@ by the jobs table. In process (a runtime without job workers), so nothing else c
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -311,3 +312,41 @@ def test_a_plain_volume_is_one_transaction_and_encryption_by_default_still_appli
     for _ in range(2):  # the first notices the change, the next takes the one-transaction path again
         plain, commits, _ = _commits(runtime, lambda: volumes.create_volume(ctx, availability_zone=ZONE, size=1))
         assert not plain.encrypted and commits == 1
+
+
+def test_a_same_key_copys_kms_uses_are_audited_in_one_write_before_it_is_stored(
+        runtime: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CopySnapshot's two KMS steps (the plan's key check, the source key's grant and
+    Decrypt) run in one key-row scope: their records are appended in ONE write, every use
+    still recorded, and the write comes before the copy's commit (audited before used)."""
+    import os
+
+    from ebscrypt.engines.ec2 import snapshots, volumes
+    from ebscrypt.engines.kms import audit as audit_mod
+    from ebscrypt.engines.kms.audit import read_events
+
+    ctx = _ctx(runtime)
+    vol = volumes.create_volume(ctx, availability_zone=ZONE, size=1, encrypted=True)
+    snap = snapshots.create_snapshot(ctx, vol.id, None, [])
+    snapshots.copy_snapshot(ctx, snap.id, REGION)  # the first use may add the service grant
+    order: list[str] = []
+    real_write, real_fsync = os.write, runtime.db.group_sync._fsync
+
+    def write(fd: int, data: Any) -> int:
+        order.append("audit")
+        return real_write(fd, data)
+
+    def fsync() -> None:
+        order.append("commit")
+        real_fsync()
+
+    monkeypatch.setattr(audit_mod.os, "write", write)
+    monkeypatch.setattr(runtime.db.group_sync, "_fsync", fsync)
+    seen = len(list(read_events(runtime.settings.data_dir)))
+    copy = snapshots.copy_snapshot(ctx, snap.id, REGION)
+    assert order == ["audit", "commit"]
+    events = list(read_events(runtime.settings.data_dir))[seen:]
+    names = [e["eventName"] for e in events]
+    assert "Decrypt" in names and "CreateGrant" in names  # the source key checked for the caller
+    assert json.dumps(events).count("errorCode") == 0
+    assert _state(runtime, copy.id) == ("completed", None)

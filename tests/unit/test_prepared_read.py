@@ -70,9 +70,23 @@ def test_what_it_cannot_reproduce_goes_through_sqlalchemy(db: Database) -> None:
     converted = select(things.c.id).where(things.c.at < bindparam("t", type_=DateTime))
     with db.read() as conn:
         assert _compile(expanding, conn.dialect) is None
-        assert _compile(converted, conn.dialect) is None  # DateTime binds are converted
         assert PreparedRead(expanding).first(conn, {"ids": ["b"]}) == {"id": "b"}
-        assert PreparedRead(converted).first(conn, {"t": datetime(2026, 1, 1)}) == {"id": "b"}
+
+
+def test_converted_and_literal_parameters_as_sqlalchemy_binds_them(db: Database) -> None:
+    # a DateTime parameter goes through the column type's bind processor (SQLite's text
+    # form), a literal of the statement is bound with its own value unless given
+    converted = select(things.c.id).where(things.c.at < bindparam("t", type_=DateTime), things.c.note.is_(None))
+    literal = select(things.c.id).where(things.c.n == 0, things.c.flag == bindparam("flag", type_=Boolean))
+    with db.read() as conn:
+        assert _compile(converted, conn.dialect) is not None and _compile(literal, conn.dialect) is not None
+        for at in (datetime(2026, 1, 1), datetime(2026, 1, 2, 3, 4, 5, 678001), datetime(2027, 1, 1)):
+            want = conn.execute(converted, {"t": at}).mappings().first()
+            assert PreparedRead(converted).first(conn, {"t": at}) == (dict(want) if want else None)
+        assert PreparedRead(literal).first(conn, {"flag": False}) == {"id": "b"}
+        assert PreparedRead(literal).first(conn, {"flag": True}) is None
+        assert PreparedRead(literal).exists(conn, {"flag": False})
+        assert not PreparedRead(literal).exists(conn, {"flag": True})
 
 
 def test_driver_errors_are_wrapped_as_sqlalchemy_wraps_them(db: Database) -> None:

@@ -24,7 +24,7 @@ from ebscrypt.engines.blocks.errors import BlockError, KeyMismatch, UnrelatedLin
 from ebscrypt.engines.blocks.records import BlockRef, ChangedBlock, Owner, ref_from_row
 from ebscrypt.engines.blocks.store import ObjectStore
 from ebscrypt.storage.db import Database
-from ebscrypt.storage.prepared import PreparedRead
+from ebscrypt.storage.prepared import PreparedRead, PreparedWrite
 from ebscrypt.storage.tables.blocks import blk_entries, blk_garbage, blk_layers, blk_owners
 
 # Statements of the share path (CreateSnapshot, same-key copies: issue 15), built once:
@@ -32,9 +32,13 @@ from ebscrypt.storage.tables.blocks import blk_entries, blk_garbage, blk_layers,
 _OWNER = select(blk_owners).where(blk_owners.c.owner_id == bindparam("owner_id"))
 _OWNER_LOCKED = _OWNER.with_for_update()
 _OWNER_READ = PreparedRead(_OWNER)  # read per group commit and per block read (storage/prepared.py)
-_ANY_ENTRY = select(blk_entries.c.block_index).where(blk_entries.c.layer_id == bindparam("layer")).limit(1)
-_INSERT_OWNER = insert(blk_owners)
-_INSERT_LAYER = insert(blk_layers)
+# Run on the driver where plain (storage/prepared.py): each was ~60-90 µs of SQLAlchemy
+# execution per share, CopySnapshot's and CreateSnapshot's (bench/README.md section M7).
+_ANY_ENTRY = PreparedRead(select(blk_entries.c.block_index).where(blk_entries.c.layer_id == bindparam("layer")).limit(1))
+_INSERT_OWNER = PreparedWrite(insert(blk_owners))
+_INSERT_LAYER = PreparedWrite(insert(blk_layers))
+_SET_HEAD = PreparedWrite(update(blk_owners).where(blk_owners.c.owner_id == bindparam("o_id"))
+                          .values(head_id=bindparam("head")))
 
 
 def _new_layer_id() -> str:
@@ -93,11 +97,10 @@ class LineageOperations:
 
         An empty head is not frozen: its parent already holds the same content.
         """
-        has_entries = conn.execute(_ANY_ENTRY, {"layer": owner.head_id}).first()
-        if has_entries is None:
+        if not _ANY_ENTRY.exists(conn, {"layer": owner.head_id}):
             return self._layer(conn, owner.head_id)[0]
         new_head = self._new_layer(conn, owner.head_id)
-        conn.execute(update(blk_owners).where(blk_owners.c.owner_id == owner.owner_id).values(head_id=new_head))
+        _SET_HEAD.run(conn, {"o_id": owner.owner_id, "head": new_head})
         return owner.head_id
 
     def changed_blocks(self, first_owner_id: str | None, second_owner_id: str) -> list[ChangedBlock]:
@@ -315,8 +318,8 @@ class LineageOperations:
 
     def _insert_owner(self, conn: Connection, owner: Owner) -> Owner:
         """Record ``owner`` (its head, and pin, layers already exist)."""
-        conn.execute(
-            _INSERT_OWNER,
+        _INSERT_OWNER.run(
+            conn,
             dict(
                 owner_id=owner.owner_id,
                 head_id=owner.head_id,
@@ -341,7 +344,7 @@ class LineageOperations:
 
     def _new_layer(self, conn: Connection, parent: str | None, *, origin: str | None = None) -> str:
         layer = _new_layer_id()
-        conn.execute(_INSERT_LAYER, dict(id=layer, parent_id=parent, origin_id=origin, created_at=self.now()))
+        _INSERT_LAYER.run(conn, dict(id=layer, parent_id=parent, origin_id=origin, created_at=self.now()))
         self._layer_cache[layer] = (parent, origin)
         return layer
 

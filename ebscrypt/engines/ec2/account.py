@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, insert, select, update
 
 from ebscrypt.context import RequestContext
+from ebscrypt.storage.prepared import PreparedRead
 from ebscrypt.storage.tables.ec2 import ec2_account_settings
 
 AWS_EBS_ALIAS = "alias/aws/ebs"
@@ -24,12 +25,13 @@ def alias_arn(account: str, region: str, alias: str = AWS_EBS_ALIAS) -> str:
 
 
 # Built once (read by every create call: building it cost more than running it).
-_SETTINGS = select(ec2_account_settings).where(
-    ec2_account_settings.c.account == bindparam("account"), ec2_account_settings.c.region == bindparam("region"))
+# Run on the driver where plain (storage/prepared.py).
+_SETTINGS = PreparedRead(select(ec2_account_settings).where(
+    ec2_account_settings.c.account == bindparam("account"), ec2_account_settings.c.region == bindparam("region")))
 
 
 def get_settings(conn: Connection, account: str, region: str) -> AccountSettings:
-    row = conn.execute(_SETTINGS, {"account": account, "region": region}).mappings().first()
+    row = _SETTINGS.first(conn, {"account": account, "region": region})
     if row is None:
         return AccountSettings(ebd=False, default_key=None)
     return AccountSettings(ebd=bool(row["ebs_encryption_by_default"]), default_key=row["default_kms_key"])

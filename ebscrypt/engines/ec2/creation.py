@@ -28,10 +28,11 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, TypeVar
 
-from sqlalchemy import Connection, Select, Table, bindparam, select
+from sqlalchemy import Connection, Table, bindparam, select
 
 from ebscrypt.context import RequestContext, Runtime
 from ebscrypt.engines.ec2 import waits
+from ebscrypt.storage.prepared import PreparedRead
 
 if TYPE_CHECKING:
     from ebscrypt.engines.kms.grants import DeferredGrants
@@ -95,8 +96,9 @@ def source_present(conn: Connection, table: Table, source_id: str) -> bool:
     once the new resource holds its reference. (SQLite: one writer at a time already.)"""
     query = _LOCK_SOURCE.get(table.name)
     if query is None:  # built once per table (building it per call cost more than running it)
-        query = _LOCK_SOURCE[table.name] = select(table.c.id).where(table.c.id == bindparam("id")).with_for_update()
-    return conn.execute(query, {"id": source_id}).first() is not None
+        query = _LOCK_SOURCE[table.name] = PreparedRead(
+            select(table.c.id).where(table.c.id == bindparam("id")).with_for_update())
+    return query.exists(conn, {"id": source_id})  # SQLite: on the driver (storage/prepared.py)
 
 
-_LOCK_SOURCE: dict[str, Select[Any]] = {}
+_LOCK_SOURCE: dict[str, PreparedRead] = {}

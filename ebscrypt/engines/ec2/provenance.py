@@ -15,12 +15,13 @@ from sqlalchemy import Connection, delete, insert
 
 from ebscrypt.context import RequestContext
 from ebscrypt.engines.ec2.encryption import EncryptionPlan
+from ebscrypt.storage.prepared import PreparedWrite
 from ebscrypt.storage.tables.provenance import ec2_provenance
 
 
 # Built once: ``insert(...).values(**row)`` per call cost ~0.3 ms of SQLAlchemy statement
 # building and cache-key work, more than running it (issue 15); the row goes as parameters.
-_INSERT = insert(ec2_provenance)
+_INSERT = PreparedWrite(insert(ec2_provenance))  # every create: on the driver (storage/prepared.py)
 
 
 def record(conn: Connection, ctx: RequestContext, resource_id: str, *, plan: EncryptionPlan | None, rule: str | None = None,
@@ -33,7 +34,7 @@ def record(conn: Connection, ctx: RequestContext, resource_id: str, *, plan: Enc
     direct APIs without a parent).
     """
     caller = ctx.caller
-    conn.execute(_INSERT, dict(
+    _INSERT.run(conn, dict(
         resource_id=resource_id, account=caller.account, region=caller.region,
         operation=getattr(ctx, "operation", None) or "unknown",
         rule=rule or (plan.rule if plan else "unknown"),

@@ -5,11 +5,12 @@ then ``completed`` or ``error`` with a StateMessage (R-LIFE-1, R-KEY-6).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 from sqlalchemy import Connection, Integer, bindparam, delete, insert, or_, select, update
 
@@ -52,6 +53,7 @@ from ebscrypt.errors import (
     UnauthorizedOperation,
 )
 from ebscrypt.storage.db import is_conflict, retry_conflicts
+from ebscrypt.storage.prepared import PreparedRead, PreparedWrite
 from ebscrypt.storage.tables.ec2 import ec2_snapshot_permissions, ec2_snapshots
 
 log = logging.getLogger("ebscrypt.ec2.snapshots")
@@ -173,14 +175,14 @@ def permissions_of(conn: Connection, ids: list[str]) -> dict[str, set[str]]:
 
 
 # Built once (issue 15: building the statement per call cost more than running it).
-_INSERT = insert(ec2_snapshots)
-_LATEST_OF_VOLUME = select(ec2_snapshots.c.id).where(
+_INSERT = PreparedWrite(insert(ec2_snapshots))  # on the driver where plain (storage/prepared.py)
+_LATEST_OF_VOLUME = PreparedRead(select(ec2_snapshots.c.id).where(
     ec2_snapshots.c.volume_id == bindparam("volume_id"), ec2_snapshots.c.account == bindparam("account"),
-    ec2_snapshots.c.state != "error").order_by(ec2_snapshots.c.start_time.desc()).limit(1)
+    ec2_snapshots.c.state != "error").order_by(ec2_snapshots.c.start_time.desc()).limit(1))
 
 
 def _insert(conn: Connection, values: dict[str, Any], tags: list[dict[str, str]] | None) -> Snapshot:
-    conn.execute(_INSERT, values)
+    _INSERT.run(conn, values)
     if tags:
         put_tags(conn, values["account"], values["region"], values["id"], tags)
     return Snapshot.from_row(values)
@@ -213,12 +215,12 @@ def create_snapshot_from_volume(ctx: RequestContext, conn: Connection, volume_id
     vol = get_volume(conn, ctx.caller, volume_id)
     if vol.state not in ("available", "in-use"):
         raise IncorrectState(f"The volume '{volume_id}' is in the '{vol.state}' state.")
-    parent = conn.execute(_LATEST_OF_VOLUME, {"volume_id": volume_id, "account": ctx.caller.account}).first()
+    parent = _LATEST_OF_VOLUME.first(conn, {"volume_id": volume_id, "account": ctx.caller.account})
     now = ctx.runtime.clock.now()
     values = _base(new_id("snap"), ctx.caller, now, volume_size=vol.size,
                    encrypted=vol.encrypted, kms_key_arn=vol.kms_key_arn, data_key_id=vol.data_key_id,
                    data_key_blob=vol.data_key_blob, data_key_context=vol.data_key_context,
-                   volume_id=volume_id, parent_id=parent.id if parent else None,
+                   volume_id=volume_id, parent_id=parent["id"] if parent else None,
                    description=description, origin="volume")
     if complete_now and ctx.runtime.blocks is not None:
         try:
@@ -411,14 +413,27 @@ def copy_snapshot(ctx: RequestContext, source_snapshot_id: str, source_region: s
     """CopySnapshot: prepare, then the create protocol (:mod:`.creation`): a same-key copy
     in one transaction; a re-encryption as a job, waited for briefly (R-LIFE-1). [KMS, no conn]"""
     with creation.deferring_grants(ctx) as grants:  # the grant for EC2 stored with the copy
-        cp = prepare_copy(ctx, source_snapshot_id, source_region, encrypted, kms_key_id)
-        metadata_only = copy_is_cheap(cp) and ctx.runtime.blocks is not None
-        if metadata_only and not cp.plan.problem:
-            cp.failure = source_key_refusal(ctx, cp.source)
+        # Both KMS steps (the plan's DescribeKey/GenerateDataKey, the source key's grant and
+        # Decrypt) in one key-row scope: the key row read once, the audit records appended
+        # in one write — when the scope ends, before the copy is stored (each use is still
+        # authorized, state-checked and audited).
+        with _kms_scope(ctx):
+            cp = prepare_copy(ctx, source_snapshot_id, source_region, encrypted, kms_key_id)
+            metadata_only = copy_is_cheap(cp) and ctx.runtime.blocks is not None
+            if metadata_only and not cp.plan.problem:
+                cp.failure = source_key_refusal(ctx, cp.source)
         return creation.create(ctx, cp.snapshot_id,
                                lambda conn, done: insert_copy(ctx, conn, cp, description, tags, complete=done),
                                metadata_only=metadata_only, table=ec2_snapshots, transitional="pending",
                                wait_seconds=wait_seconds, grants=grants)
+
+
+def _kms_scope(ctx: RequestContext) -> ContextManager[None]:
+    """One request's KMS uses in one key-row scope (:meth:`KeyEngine.key_row_scope`); none
+    when no KMS engine runs (a partial runtime)."""
+    if "kms" not in ctx.runtime.engines:
+        return contextlib.nullcontext()
+    return ctx.runtime.kms.key_row_scope()
 
 
 def finish_copy(runtime: Runtime, payload: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from ebscrypt.engines.kms.errors import stop_if_dry_run
 from ebscrypt.engines.kms.metadata import utc
 from ebscrypt.engines.kms.paging import page
 from ebscrypt.errors import KmsAccessDenied, KmsInvalidGrantId, KmsInvalidGrantToken, KmsNotFound, KmsValidation
+from ebscrypt.storage.prepared import PreparedWrite
 from ebscrypt.storage.tables.kms import kms_grants, kms_keys
 
 if TYPE_CHECKING:  # the collaborators, given by the engine (no import cycle)
@@ -95,7 +96,8 @@ def _grant_conditions(
     return extra, ec
 
 
-_INSERT_GRANT = insert(kms_grants)  # built once; the values go as parameters
+# built once; the values go as parameters; on the driver where plain (storage/prepared.py)
+_INSERT_GRANT = PreparedWrite(insert(kms_grants))
 
 
 @dataclass
@@ -117,7 +119,7 @@ class DeferredGrants:
             same = (row["retiring"], row["operations"], row["constraints"], row["issuing_account"],
                     row["for_aws_resource"])
             if _identical_grant(conn, row["key_id"], row["grantee"], row["name"], same) is None:
-                conn.execute(_INSERT_GRANT, row)
+                _INSERT_GRANT.run(conn, row)
         self.rows.clear()
 
 
@@ -250,7 +252,7 @@ class GrantOperations:
         with self.db.begin() as conn:
             if reuse and (g := _identical_grant(conn, row.key_id, grantee, name, same)) is not None:
                 return g.grant_id, g.token  # made meanwhile by another writer
-            conn.execute(_INSERT_GRANT, values)
+            _INSERT_GRANT.run(conn, values)
         if reuse:
             self._remember(known_key, generation, values["grant_id"], values["token"])
         return values["grant_id"], values["token"]

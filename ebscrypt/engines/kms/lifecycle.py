@@ -28,13 +28,14 @@ from ebscrypt.engines.kms.key_rows import KeyRows
 from ebscrypt.engines.kms.materials import KeyMaterials
 from ebscrypt.engines.kms.metadata import utc
 from ebscrypt.storage.db import Database
+from ebscrypt.storage.prepared import PreparedWrite
 from ebscrypt.storage.tables.kms import kms_aliases, kms_grants, kms_key_material, kms_keys, kms_tags
 
 __all__ = ["KeyLifecycle"]
 
 # A statement built once and its values as parameters: building .values(...) per call
 # cost more than running the insert (issue 15).
-_INSERT_KEY = insert(kms_keys)
+_INSERT_KEY = PreparedWrite(insert(kms_keys))  # on the driver where plain (storage/prepared.py)
 
 
 class KeyLifecycle:
@@ -70,8 +71,8 @@ class KeyLifecycle:
             material = os.urandom(32)
         else:
             material, public = asym.generate(key_spec)
-        conn.execute(
-            _INSERT_KEY,
+        _INSERT_KEY.run(
+            conn,
             {
                 "key_id": key_id,
                 "account": account,

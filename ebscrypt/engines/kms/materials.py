@@ -18,12 +18,13 @@ from ebscrypt.engines.kms import blob as blobfmt
 from ebscrypt.engines.kms.keystore import KeyStore, KeyStoreUnavailable
 from ebscrypt.errors import KmsInternal, KmsKeyUnavailable
 from ebscrypt.storage.db import Database
+from ebscrypt.storage.prepared import PreparedWrite
 from ebscrypt.storage.tables.kms import kms_key_material
 
 __all__ = ["KeyMaterials"]
 
 # Statements built once (issue 15: building them per call cost more than running them).
-_INSERT_MATERIAL = insert(kms_key_material)
+_INSERT_MATERIAL = PreparedWrite(insert(kms_key_material))  # on the driver where plain (storage/prepared.py)
 _DEMOTE_MATERIAL = (
     update(kms_key_material).where(kms_key_material.c.key_id == bindparam("k")).values(is_current=False)
 )
@@ -98,8 +99,8 @@ class KeyMaterials:
             raise KmsKeyUnavailable(exc) from None
         if not new_key:
             conn.execute(_DEMOTE_MATERIAL, {"k": key_id})
-        conn.execute(
-            _INSERT_MATERIAL,
+        _INSERT_MATERIAL.run(
+            conn,
             {
                 "key_id": key_id,
                 "material_id": material_id,
