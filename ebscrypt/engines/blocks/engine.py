@@ -3,7 +3,8 @@
 Public surface (``runtime.blocks``)::
 
     DataKey(key_id, plaintext)                       # plaintext only ever in memory
-    write_block(owner_id, index, data, key)          # data: exactly 524288 bytes; durable on return
+    write_block(owner_id, index, data, key, check=None)  # data: exactly 524288 bytes; durable on return;
+                                                     #   check: RecordCheck, run in the recording transaction
     read_block(owner_id, index, key) -> bytes        # zeros when never written
     read_sectors(owner_id, index, offset, length, key) -> bytes  # part of a block: reads and checks only its sectors
     block_refs(owner_id, indexes) -> {index: BlockRef | None}  # several lookups in one read
@@ -66,7 +67,7 @@ from collections import OrderedDict, deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Collection, Iterable, MutableMapping, Sequence, cast
+from typing import Any, Callable, Collection, Hashable, Iterable, MutableMapping, Sequence, cast
 
 from sqlalchemy import Connection, bindparam, delete, insert, select
 
@@ -112,6 +113,7 @@ __all__ = [
     "CopyInProgress",
     "DataKey",
     "KeyMismatch",
+    "RecordCheck",
     "UnrelatedLineage",
 ]
 
@@ -144,6 +146,24 @@ RECYCLE_GRACE = 1.0
 RECYCLE_QUEUE = 8192
 
 
+@dataclass(frozen=True)
+class RecordCheck:
+    """A condition under which a ``write_block``'s entry may be recorded, checked inside
+    the group commit's own write transaction, just before the entry: ``fn(conn)`` raises to
+    refuse the write (its caller gets that exception; nothing is recorded, its object is
+    deleted). The engine knows nothing of what is checked (the EBS direct APIs: the
+    snapshot still ``pending``, its KMS key's authorization unchanged).
+
+    Why in the commit's transaction: a check in a read transaction of its own before the
+    write cost each block a transaction (pool checkout, BEGIN, COMMIT: more than its
+    statements, issue 15), and what it checked could change before the entry was
+    committed; here it holds at the commit. ``scope``: checks with equal scopes give equal
+    outcomes within one transaction, so a group of blocks of one upload runs it once."""
+
+    scope: Hashable
+    fn: Callable[[Connection], None]
+
+
 @dataclass
 class _PendingWrite:
     """One ``write_block`` call in the group-commit queue; the leader fills done/error."""
@@ -162,6 +182,7 @@ class _PendingWrite:
     deferred: bool = False  # it replaces an entry: recorded only once its object is durable
     layer_id: str | None = None  # where its entry was committed (to withdraw it on a failed flush)
     synced: bool = False  # the flush stage ran on it (object and committed entry durable)
+    check: RecordCheck | None = None  # run in the recording transaction, before the entry
 
 
 @dataclass
@@ -287,6 +308,23 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _passes(conn: Connection, item: _PendingWrite, passed: set[Hashable]) -> bool:
+    """[the recording transaction] Whether ``item``'s :class:`RecordCheck` passes (run once
+    per scope: a scope that passed is not run again); a refusal is the item's error. A
+    refused scope is run again for each of its items, so that each caller raises an
+    exception of its own (one instance raised in several threads would share a traceback)."""
+    check = item.check
+    if check is None or check.scope in passed:
+        return True
+    try:
+        check.fn(conn)
+    except Exception as exc:
+        item.error = exc
+        return False
+    passed.add(check.scope)
+    return True
+
+
 class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations extends LineageOperations
     """See the module docstring. Thread-safe; one instance per server process."""
 
@@ -375,12 +413,13 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
     # ---------------------------------------------------------------- writing
 
     def write_block(self, owner_id: str, index: int, data: bytes | bytearray | memoryview, key: DataKey | None,
-                    *, checksum: str | None = None) -> str:
+                    *, checksum: str | None = None, check: RecordCheck | None = None) -> str:
         """Store one block; returns its base64 SHA-256. Durable when it returns.
 
         ``checksum``: the base64 SHA-256 of ``data`` when the caller has just computed it
         from these very bytes (PutSnapshotBlock verifies it against the request's), so the
-        512 KiB are not hashed twice.
+        512 KiB are not hashed twice. ``check``: run in the transaction that records the
+        entry, before it (:class:`RecordCheck`); what it raises is raised here.
 
         Concurrent writers share their flushes (group commit): each stages its object,
         then one of them — the leader — makes every staged object durable with one flush;
@@ -388,6 +427,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         writer's error stays its own), while the next group's objects flush.
         """
         item = self._prepare_write(owner_id, index, data, key, checksum)
+        item.check = check
         if self._one_flush and item.staged is not None:
             self._one_flush_commit(item)
         else:
@@ -786,7 +826,10 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         owners: dict[str, Owner] = {}
         rows: dict[tuple[str, int], _PendingWrite] = {}  # (layer, index) -> the last write of it
         superseded: list[str] = []  # objects of earlier writes of the same block in this group
+        passed: set[Hashable] = set()  # scopes of the checks that passed in this transaction
         for it in batch:
+            if not _passes(conn, it, passed):
+                continue
             owner = owners.get(it.owner_id)
             if owner is None:
                 owner = self._get_owner(conn, it.owner_id, lock=True) or self._create_owner(conn, it.owner_id, None, it.key)
@@ -844,6 +887,8 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         for it in batch:
             savepoint = conn.begin_nested()
             try:
+                if it.check is not None:
+                    it.check.fn(conn)
                 owner = self._get_owner(conn, it.owner_id, lock=True) or self._create_owner(conn, it.owner_id, None, it.key)
                 if owner.pin_id is not None:
                     raise CopyInProgress(f"{it.owner_id} is still being copied into")
