@@ -99,7 +99,7 @@ from ebscrypt.engines.blocks.records import BlockRef, ChangedBlock, Owner, check
 from ebscrypt.engines.blocks.reencrypt import CopyOperations
 from ebscrypt.engines.blocks.store import ObjectMissing, ObjectStore, StagingStore, new_object_key
 from ebscrypt.storage.db import Database
-from ebscrypt.storage.prepared import PreparedRead
+from ebscrypt.storage.prepared import PreparedInsert, PreparedRead
 from ebscrypt.storage.tables.blocks import blk_entries, blk_owners
 
 __all__ = [
@@ -127,7 +127,15 @@ _OLD_ENTRIES = select(blk_entries.c.block_index, blk_entries.c.object_key).where
     blk_entries.c.layer_id == bindparam("layer"), blk_entries.c.block_index.in_(bindparam("indexes", expanding=True)))
 _DELETE_ENTRIES = delete(blk_entries).where(
     blk_entries.c.layer_id == bindparam("layer"), blk_entries.c.block_index.in_(bindparam("indexes", expanding=True)))
-_INSERT_ENTRY = insert(blk_entries)
+# A small group (the EBS direct upload's: 1-8 blocks of one layer) looks up the entries it
+# replaces one primary-key read each and inserts its entries with one executemany, on the
+# driver (storage/prepared.py): SQLAlchemy's expanding IN and multi-row insert were the
+# largest part of the group's own CPU (issue 15, E7's profile). Larger groups (an attached
+# volume's write-back, up to GROUP_MAX) keep the one IN query.
+_OLD_ENTRY_READ = PreparedRead(select(blk_entries.c.object_key).where(
+    blk_entries.c.layer_id == bindparam("layer"), blk_entries.c.block_index == bindparam("index")))
+_INSERT_ENTRIES = PreparedInsert(blk_entries)
+_SMALL_GROUP = 8
 _HEAD_ENTRY = select(blk_entries).join(blk_owners, blk_owners.c.head_id == blk_entries.c.layer_id).where(
     blk_owners.c.owner_id == bindparam("owner_id"), blk_entries.c.block_index == bindparam("index"))
 _HEAD_ENTRY_READ = PreparedRead(_HEAD_ENTRY)  # GetSnapshotBlock's per-block read (storage/prepared.py)
@@ -306,6 +314,18 @@ def _nearest(rows: Sequence[Any], chain: list[str]) -> dict[int, Any]:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _old_entries(conn: Connection, layer: str, indexes: list[int]) -> dict[int, str | None]:
+    """[a write transaction] The entries of ``layer`` at ``indexes``: index -> object key."""
+    if len(indexes) > _SMALL_GROUP:
+        return {r.block_index: r.object_key for r in conn.execute(_OLD_ENTRIES, {"layer": layer, "indexes": indexes})}
+    old: dict[int, str | None] = {}
+    for index in indexes:
+        row = _OLD_ENTRY_READ.first(conn, {"layer": layer, "index": index})
+        if row is not None:
+            old[index] = row["object_key"]
+    return old
 
 
 def _passes(conn: Connection, item: _PendingWrite, passed: set[Hashable]) -> bool:
@@ -860,14 +880,14 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         for layer, index in rows:
             by_layer.setdefault(layer, []).append(index)
         for layer, indexes in by_layer.items():
-            old = conn.execute(_OLD_ENTRIES, {"layer": layer, "indexes": indexes}).all()
+            old = _old_entries(conn, layer, indexes)
             if old and new_only:
-                for r in old:
-                    rows.pop((layer, r.block_index)).deferred = True
+                for index in old:
+                    rows.pop((layer, index)).deferred = True
                 continue
             if old:
-                conn.execute(_DELETE_ENTRIES, {"layer": layer, "indexes": [r.block_index for r in old]})
-                superseded.extend(r.object_key for r in old if r.object_key is not None)
+                conn.execute(_DELETE_ENTRIES, {"layer": layer, "indexes": list(old)})
+                superseded.extend(key for key in old.values() if key is not None)
         if superseded:
             self._to_garbage(conn, superseded)
             if superseded_out is not None:
@@ -876,7 +896,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             return
         for (layer, _index), it in rows.items():
             it.layer_id = layer
-        conn.execute(_INSERT_ENTRY, [
+        _INSERT_ENTRIES.run(conn, [
             dict(layer_id=layer, block_index=index, object_key=it.object_key, checksum=it.checksum,
                  data_key_id=it.key.key_id if it.key is not None else None)
             for (layer, index), it in rows.items()
