@@ -203,8 +203,8 @@ def _seed_from_parent(ctx: Any, parent: Any, snap: Any) -> None:
 
 
 # How many times a PutSnapshotBlock whose checks changed before its entry was recorded
-# (direct.StaleWrite: a KMS generation bumped by an unrelated grant change, say) is written
-# again before the client is told to retry.
+# (direct.StaleWrite: the KMS key's generation bumped by an alias created, or another
+# principal's grant revoked, say) is written again before the client is told to retry.
 _WRITE_ATTEMPTS = 4
 
 
@@ -232,14 +232,13 @@ def put_block(ctx: Any, snapshot_id: str, index: int, data: bytes, *, data_lengt
     fails at the commit, the request reads afresh (``_read_write``) and fails with the
     error a fresh read gives — or, the key's generation having moved for a change that
     took nothing away, writes again."""
-    blocks = _blocks(ctx)
     write = _remembered_write(ctx, snapshot_id, index, data, data_length, checksum, checksum_algorithm)
     for _attempt in range(_WRITE_ATTEMPTS):
         if write is None:
             write = _read_write(ctx, snapshot_id, index, data, data_length, checksum, checksum_algorithm)
         try:
-            blocks.write_block(snapshot_id, index, data, write.key, checksum=write.checksum,  # verified
-                               check=direct.write_check(ctx, write.snap, write.generation))
+            _blocks(ctx).write_block(snapshot_id, index, data, write.key, checksum=write.checksum,  # verified
+                                     check=direct.write_check(ctx, write.snap, write.generation))
             break
         except direct.StaleWrite:
             write = None  # read afresh: refused with its error, or written again
