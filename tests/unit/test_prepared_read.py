@@ -99,3 +99,38 @@ def test_driver_errors_are_wrapped_as_sqlalchemy_wraps_them(db: Database) -> Non
             read.first(conn, {"id": "x"})
         assert read._plan(conn) is not None  # the fast path raised it
     assert "no such table" in str(err.value.orig)
+
+
+def test_prepared_insert_inserts_what_sqlalchemy_inserts(db: Database) -> None:
+    """PreparedWrite.run_many (the block group commit's entries): the same rows as SQLAlchemy's
+    insert, in the caller's transaction (rolled back with it), errors wrapped alike."""
+    from sqlalchemy.exc import IntegrityError
+
+    from sqlalchemy import insert
+
+    from ebscrypt.storage.prepared import PreparedWrite
+
+    plain = Table("prepared_plain", meta, Column("k", String, primary_key=True), Column("n", Integer),
+                  Column("note", String, nullable=True))
+    meta.create_all(db.engine)
+    ins = PreparedWrite(insert(plain))
+    rows = [{"k": "a", "n": 1, "note": None}, {"k": "b", "n": 2, "note": "x"}]
+    with db.begin() as conn:
+        ins.run_many(conn, rows)
+        assert ins._plan(conn, ("k", "n", "note")) is not None  # on the driver
+    with db.read() as conn:
+        assert [dict(r) for r in conn.execute(select(plain).order_by(plain.c.k)).mappings()] == rows
+    with pytest.raises(RuntimeError), db.begin() as conn:
+        ins.run_many(conn, [{"k": "c", "n": 3, "note": None}])
+        raise RuntimeError("rolled back")
+    with pytest.raises(IntegrityError), db.begin() as conn:
+        ins.run_many(conn, [{"k": "a", "n": 9, "note": None}])  # a duplicate key
+    with db.read() as conn:
+        assert [r.k for r in conn.execute(select(plain.c.k).order_by(plain.c.k))] == ["a", "b"]
+    # a column whose values SQLAlchemy converts (DateTime on SQLite): by its bind processor
+    converted = PreparedWrite(insert(things))
+    with db.begin() as conn:
+        converted.run_many(conn, [{"id": "t", "n": 1, "flag": True, "at": datetime(2026, 1, 2, 3, 4, 5), "note": None}])
+        assert converted._plan(conn, ("id", "n", "flag", "at", "note")) is not None
+    with db.read() as conn:
+        assert conn.execute(select(things.c.at).where(things.c.id == "t")).scalar_one() == datetime(2026, 1, 2, 3, 4, 5)

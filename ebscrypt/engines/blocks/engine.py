@@ -3,7 +3,8 @@
 Public surface (``runtime.blocks``)::
 
     DataKey(key_id, plaintext)                       # plaintext only ever in memory
-    write_block(owner_id, index, data, key)          # data: exactly 524288 bytes; durable on return
+    write_block(owner_id, index, data, key, check=None)  # data: exactly 524288 bytes; durable on return;
+                                                     #   check: RecordCheck, run in the recording transaction
     read_block(owner_id, index, key) -> bytes        # zeros when never written
     read_sectors(owner_id, index, offset, length, key) -> bytes  # part of a block: reads and checks only its sectors
     block_refs(owner_id, indexes) -> {index: BlockRef | None}  # several lookups in one read
@@ -67,7 +68,7 @@ from collections import OrderedDict, deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Collection, Iterable, MutableMapping, Sequence, cast
+from typing import Any, Callable, Collection, Hashable, Iterable, MutableMapping, Sequence, cast
 
 from sqlalchemy import Connection, bindparam, delete, insert, select
 
@@ -99,7 +100,7 @@ from ebscrypt.engines.blocks.records import BlockRef, ChangedBlock, Owner, check
 from ebscrypt.engines.blocks.reencrypt import CopyOperations
 from ebscrypt.engines.blocks.store import ObjectMissing, ObjectStore, StagingStore, new_object_key
 from ebscrypt.storage.db import Database
-from ebscrypt.storage.prepared import PreparedRead
+from ebscrypt.storage.prepared import PreparedRead, PreparedWrite
 from ebscrypt.storage.tables.blocks import blk_entries, blk_owners
 
 __all__ = [
@@ -113,6 +114,7 @@ __all__ = [
     "CopyInProgress",
     "DataKey",
     "KeyMismatch",
+    "RecordCheck",
     "UnrelatedLineage",
 ]
 
@@ -129,7 +131,15 @@ _OLD_ENTRIES = select(blk_entries.c.block_index, blk_entries.c.object_key).where
     blk_entries.c.layer_id == bindparam("layer"), blk_entries.c.block_index.in_(bindparam("indexes", expanding=True)))
 _DELETE_ENTRIES = delete(blk_entries).where(
     blk_entries.c.layer_id == bindparam("layer"), blk_entries.c.block_index.in_(bindparam("indexes", expanding=True)))
-_INSERT_ENTRY = insert(blk_entries)
+# A small group (the EBS direct upload's: 1-8 blocks of one layer) looks up the entries it
+# replaces one primary-key read each and inserts its entries with one executemany, on the
+# driver (storage/prepared.py): SQLAlchemy's expanding IN and multi-row insert were the
+# largest part of the group's own CPU (issue 15, E7's profile). Larger groups (an attached
+# volume's write-back, up to GROUP_MAX) keep the one IN query.
+_OLD_ENTRY_READ = PreparedRead(select(blk_entries.c.object_key).where(
+    blk_entries.c.layer_id == bindparam("layer"), blk_entries.c.block_index == bindparam("index")))
+_INSERT_ENTRIES = PreparedWrite(insert(blk_entries))
+_SMALL_GROUP = 8
 _HEAD_ENTRY = select(blk_entries).join(blk_owners, blk_owners.c.head_id == blk_entries.c.layer_id).where(
     blk_owners.c.owner_id == bindparam("owner_id"), blk_entries.c.block_index == bindparam("index"))
 _HEAD_ENTRY_READ = PreparedRead(_HEAD_ENTRY)  # GetSnapshotBlock's per-block read (storage/prepared.py)
@@ -146,6 +156,24 @@ MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 # wait: beyond it the oldest are deleted.
 RECYCLE_GRACE = 1.0
 RECYCLE_QUEUE = 8192
+
+
+@dataclass(frozen=True)
+class RecordCheck:
+    """A condition under which a ``write_block``'s entry may be recorded, checked inside
+    the group commit's own write transaction, just before the entry: ``fn(conn)`` raises to
+    refuse the write (its caller gets that exception; nothing is recorded, its object is
+    deleted). The engine knows nothing of what is checked (the EBS direct APIs: the
+    snapshot still ``pending``, its KMS key's authorization unchanged).
+
+    Why in the commit's transaction: a check in a read transaction of its own before the
+    write cost each block a transaction (pool checkout, BEGIN, COMMIT: more than its
+    statements, issue 15), and what it checked could change before the entry was
+    committed; here it holds at the commit. ``scope``: checks with equal scopes give equal
+    outcomes within one transaction, so a group of blocks of one upload runs it once."""
+
+    scope: Hashable
+    fn: Callable[[Connection], None]
 
 
 @dataclass
@@ -166,6 +194,7 @@ class _PendingWrite:
     deferred: bool = False  # it replaces an entry: recorded only once its object is durable
     layer_id: str | None = None  # where its entry was committed (to withdraw it on a failed flush)
     synced: bool = False  # the flush stage ran on it (object and committed entry durable)
+    check: RecordCheck | None = None  # run in the recording transaction, before the entry
 
 
 @dataclass
@@ -291,6 +320,35 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _old_entries(conn: Connection, layer: str, indexes: list[int]) -> dict[int, str | None]:
+    """[a write transaction] The entries of ``layer`` at ``indexes``: index -> object key."""
+    if len(indexes) > _SMALL_GROUP:
+        return {r.block_index: r.object_key for r in conn.execute(_OLD_ENTRIES, {"layer": layer, "indexes": indexes})}
+    old: dict[int, str | None] = {}
+    for index in indexes:
+        row = _OLD_ENTRY_READ.first(conn, {"layer": layer, "index": index})
+        if row is not None:
+            old[index] = row["object_key"]
+    return old
+
+
+def _passes(conn: Connection, item: _PendingWrite, passed: set[Hashable]) -> bool:
+    """[the recording transaction] Whether ``item``'s :class:`RecordCheck` passes (run once
+    per scope: a scope that passed is not run again); a refusal is the item's error. A
+    refused scope is run again for each of its items, so that each caller raises an
+    exception of its own (one instance raised in several threads would share a traceback)."""
+    check = item.check
+    if check is None or check.scope in passed:
+        return True
+    try:
+        check.fn(conn)
+    except Exception as exc:
+        item.error = exc
+        return False
+    passed.add(check.scope)
+    return True
+
+
 class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations extends LineageOperations
     """See the module docstring. Thread-safe; one instance per server process."""
 
@@ -379,12 +437,13 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
     # ---------------------------------------------------------------- writing
 
     def write_block(self, owner_id: str, index: int, data: bytes | bytearray | memoryview, key: DataKey | None,
-                    *, checksum: str | None = None) -> str:
+                    *, checksum: str | None = None, check: RecordCheck | None = None) -> str:
         """Store one block; returns its base64 SHA-256. Durable when it returns.
 
         ``checksum``: the base64 SHA-256 of ``data`` when the caller has just computed it
         from these very bytes (PutSnapshotBlock verifies it against the request's), so the
-        512 KiB are not hashed twice.
+        512 KiB are not hashed twice. ``check``: run in the transaction that records the
+        entry, before it (:class:`RecordCheck`); what it raises is raised here.
 
         Concurrent writers share their flushes (group commit): each stages its object,
         then one of them — the leader — makes every staged object durable with one flush;
@@ -392,6 +451,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         writer's error stays its own), while the next group's objects flush.
         """
         item = self._prepare_write(owner_id, index, data, key, checksum)
+        item.check = check
         if self._one_flush and item.staged is not None:
             self._one_flush_commit(item)
         else:
@@ -790,7 +850,10 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         owners: dict[str, Owner] = {}
         rows: dict[tuple[str, int], _PendingWrite] = {}  # (layer, index) -> the last write of it
         superseded: list[str] = []  # objects of earlier writes of the same block in this group
+        passed: set[Hashable] = set()  # scopes of the checks that passed in this transaction
         for it in batch:
+            if not _passes(conn, it, passed):
+                continue
             owner = owners.get(it.owner_id)
             if owner is None:
                 owner = self._get_owner(conn, it.owner_id, lock=True) or self._create_owner(conn, it.owner_id, None, it.key)
@@ -821,14 +884,14 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         for layer, index in rows:
             by_layer.setdefault(layer, []).append(index)
         for layer, indexes in by_layer.items():
-            old = conn.execute(_OLD_ENTRIES, {"layer": layer, "indexes": indexes}).all()
+            old = _old_entries(conn, layer, indexes)
             if old and new_only:
-                for r in old:
-                    rows.pop((layer, r.block_index)).deferred = True
+                for index in old:
+                    rows.pop((layer, index)).deferred = True
                 continue
             if old:
-                conn.execute(_DELETE_ENTRIES, {"layer": layer, "indexes": [r.block_index for r in old]})
-                superseded.extend(r.object_key for r in old if r.object_key is not None)
+                conn.execute(_DELETE_ENTRIES, {"layer": layer, "indexes": list(old)})
+                superseded.extend(key for key in old.values() if key is not None)
         if superseded:
             self._to_garbage(conn, superseded)
             if superseded_out is not None:
@@ -837,7 +900,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             return
         for (layer, _index), it in rows.items():
             it.layer_id = layer
-        conn.execute(_INSERT_ENTRY, [
+        _INSERT_ENTRIES.run_many(conn, [
             dict(layer_id=layer, block_index=index, object_key=it.object_key, checksum=it.checksum,
                  data_key_id=it.key.key_id if it.key is not None else None)
             for (layer, index), it in rows.items()
@@ -848,6 +911,8 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
         for it in batch:
             savepoint = conn.begin_nested()
             try:
+                if it.check is not None:
+                    it.check.fn(conn)
                 owner = self._get_owner(conn, it.owner_id, lock=True) or self._create_owner(conn, it.owner_id, None, it.key)
                 if owner.pin_id is not None:
                     raise CopyInProgress(f"{it.owner_id} is still being copied into")

@@ -27,9 +27,9 @@ from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from ebscrypt.context import Caller, RequestContext, Runtime
 from ebscrypt.engines.blocks.crypto import DataKey, sha256_b64
-from ebscrypt.engines.blocks.engine import BlockRef
+from ebscrypt.engines.blocks.engine import BlockRef, RecordCheck
 from ebscrypt.engines.ec2.encryption import data_key_for
-from ebscrypt.engines.ec2.snapshot_access import get_snapshot
+from ebscrypt.engines.ec2.snapshot_access import get_snapshot, snapshot_state
 from ebscrypt.engines.ec2.snapshots import fail_snapshot
 from ebscrypt.errors import EbsAccessDenied, EbsValidation, ServiceError
 from ebscrypt.storage.db import as_utc
@@ -115,6 +115,20 @@ class _KeyCache:
             if generation is not None:
                 self._items[ident] = _CachedKey(now + KEY_CACHE_SECONDS, key, generation)
         return key
+
+    def peek(self, ctx: RequestContext, snap: Any) -> tuple[DataKey | None, int | None] | None:
+        """The caller's remembered data key of ``snap`` and the authorization generation it
+        was authorized at, without reading the current generation: for a use whose
+        generation is checked later, in the transaction that commits it (PutSnapshotBlock:
+        :func:`write_check`). ``(None, None)`` for an unencrypted snapshot (no key); None
+        when nothing usable is remembered (read and authorize through :meth:`get`)."""
+        if not snap.encrypted:
+            return None, None
+        with self._lock:
+            hit = self._items.get((id(ctx.runtime), snap.id, ctx.caller.account, ctx.caller.arn))
+        if hit is None or hit.expires <= ctx.runtime.clock.now().timestamp():
+            return None
+        return hit.key, hit.generation
 
     def drop(self, ctx: RequestContext, snapshot_id: str) -> None:
         """Forget the snapshot's key for every caller."""
@@ -233,24 +247,30 @@ def session_row(conn: Connection, snapshot_id: str) -> Any:
 
 @dataclass(frozen=True)
 class SessionFacts:
-    """What a PutSnapshotBlock needs of its snapshot's write session."""
+    """What a PutSnapshotBlock needs of its snapshot's write session; and the snapshot's
+    record as last read while ``pending`` (``snapshot``: its account, region, size and
+    key never change; its state is checked again where each block is recorded)."""
 
     last_activity: datetime
     timeout_minutes: int
+    snapshot: Any = None
 
 
 class _SessionMemo:
     """The write sessions of snapshots being uploaded, remembered by this process so that a
     PutSnapshotBlock does not read its session row each time (one statement of the four a
-    block cost, issue 15).
+    block cost, issue 15), nor its snapshot (a read transaction per block: the record is
+    remembered with the session, ``SessionFacts.snapshot``).
 
     Sound because of what a session is: it is created by StartSnapshot for a snapshot
     created ``pending``, and deleted only with (or after) the snapshot leaving ``pending``
-    — completed, failed on its Timeout, deleted — which every PutSnapshotBlock reads
-    afresh (``snap.state``, in its own read). Its Timeout never changes, and its last
-    activity only moves on (:func:`touch`, in any process), so the deadline remembered is
-    never later than the real one: a remembered session is used only while that deadline
-    is more than a margin away, and read again after. Forgotten at :func:`end_session`.
+    — completed, failed on its Timeout, deleted — which every PutSnapshotBlock checks
+    afresh in the transaction that records its block (:func:`write_check`): a block is
+    never recorded into a snapshot no longer pending, whatever was remembered. Its Timeout
+    never changes, and its last activity only moves on (:func:`touch`, in any process), so
+    the deadline remembered is never later than the real one: a remembered session is used
+    only while that deadline is more than a margin away, and read again after. Forgotten
+    at :func:`end_session`.
     """
 
     MARGIN = timedelta(seconds=60)
@@ -266,11 +286,12 @@ class _SessionMemo:
             return None
         return facts
 
-    def put(self, runtime: Runtime, snapshot_id: str, row: Any) -> SessionFacts | None:
-        """Remember a session row just read (None: no session, nothing remembered)."""
+    def put(self, runtime: Runtime, snapshot_id: str, row: Any, snapshot: Any = None) -> SessionFacts | None:
+        """Remember a session row (or facts) just read, with the snapshot's record when it
+        was read ``pending`` in the same request (None: no session, nothing remembered)."""
         if row is None:
             return None
-        facts = SessionFacts(as_utc(row.last_activity), int(row.timeout_minutes))
+        facts = SessionFacts(as_utc(row.last_activity), int(row.timeout_minutes), snapshot)
         with self._lock:
             if len(self._items) > 4096:
                 self._items.clear()
@@ -317,6 +338,33 @@ def check_write_session(ctx: RequestContext, snap: Any, session: Any) -> None:
         fail_snapshot(ctx.runtime, snap.id, "The snapshot timed out before it was completed.")
         end_session(ctx.runtime, snap.id)
         raise EbsValidation(f"The snapshot '{snap.id}' timed out.", "WRITE_REQUEST_TIMEOUT")
+
+
+class StaleWrite(Exception):
+    """What a PutSnapshotBlock checked before writing its block — the snapshot ``pending``,
+    its KMS key's authorization generation — was no longer so when the block was to be
+    recorded: nothing was recorded; check afresh (and refuse, or write again)."""
+
+
+def write_check(ctx: RequestContext, snap: Any, generation: int | None) -> RecordCheck:
+    """The condition a PutSnapshotBlock's entry is recorded under, checked in the block
+    engine's recording transaction (:class:`RecordCheck`; :class:`StaleWrite` if it fails):
+    the snapshot still exists, is ``pending`` and its owner's, and — encrypted — its KMS
+    key's authorization generation is still ``generation``, the one the data key in hand
+    was authorized at (any change that can take a use of the key away bumps it:
+    engines/kms/generations.py). Two primary-key reads per group of blocks of one upload
+    (the scope), instead of a read transaction per block before the write."""
+    kms = ctx.runtime.kms
+    snapshot_id, account = snap.id, snap.account
+    arn = snap.kms_key_arn if snap.encrypted else None
+
+    def check(conn: Connection) -> None:
+        if snapshot_state(conn, snapshot_id) != ("pending", account):
+            raise StaleWrite(snapshot_id)
+        if arn is not None and kms.authorization_generation(arn, conn=conn) != generation:
+            raise StaleWrite(snapshot_id)
+
+    return RecordCheck((snapshot_id, account, arn, generation), check)
 
 
 def touch(ctx: RequestContext, snapshot_id: str, session: Any) -> None:

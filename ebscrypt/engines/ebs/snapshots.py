@@ -8,13 +8,14 @@ their bytes live in the block engine under the snapshot id. Errors have EBS's sh
 
 from __future__ import annotations
 
+import hmac
 import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from ebscrypt.domain.outcome import key_implies_encrypted, refuses_unencrypted
-from ebscrypt.engines.blocks.crypto import BLOCK_SIZE
+from ebscrypt.engines.blocks.crypto import BLOCK_SIZE, sha256_b64
 from ebscrypt.engines.blocks.engine import CopyInProgress, UnrelatedLineage
 from ebscrypt.engines.blocks.errors import BlockIntegrityError
 from ebscrypt.engines.ebs import direct
@@ -201,18 +202,98 @@ def _seed_from_parent(ctx: Any, parent: Any, snap: Any) -> None:
 # --------------------------------------------------------------------------- write, complete
 
 
+# How many times a PutSnapshotBlock whose checks changed before its entry was recorded
+# (direct.StaleWrite: the KMS key's generation bumped by an alias created, or another
+# principal's grant revoked, say) is written again before the client is told to retry.
+_WRITE_ATTEMPTS = 4
+
+
+@dataclass(frozen=True)
+class _Write:
+    """What a PutSnapshotBlock writes with: its snapshot, the data key (None: unencrypted)
+    and the authorization generation it holds at, and the block's verified checksum."""
+
+    snap: Any
+    session: Any
+    key: Any
+    generation: int | None
+    checksum: str
+
+
 def put_block(ctx: Any, snapshot_id: str, index: int, data: bytes, *, data_length: int, checksum: str,
               checksum_algorithm: str | None, progress: int | None) -> str:
     """Store one block of a pending snapshot (its write session open, the checksum
-    verified); the block's SHA256 checksum."""
-    # The write session as remembered (direct.sessions: sound while the snapshot, read
-    # afresh below, is pending), else read in the same transaction as the snapshot.
+    verified); the block's SHA256 checksum.
+
+    The snapshot's state and its KMS key's authorization are checked in the transaction
+    that records the block (direct.write_check), not in a read of their own before it:
+    while an upload runs, a block is checked and written from what the upload's earlier
+    blocks read (``_remembered_write``: no transaction before the write), and if the check
+    fails at the commit, the request reads afresh (``_read_write``) and fails with the
+    error a fresh read gives — or, the key's generation having moved for a change that
+    took nothing away, writes again."""
+    write = _remembered_write(ctx, snapshot_id, index, data, data_length, checksum, checksum_algorithm)
+    for _attempt in range(_WRITE_ATTEMPTS):
+        if write is None:
+            write = _read_write(ctx, snapshot_id, index, data, data_length, checksum, checksum_algorithm)
+        try:
+            _blocks(ctx).write_block(snapshot_id, index, data, write.key, checksum=write.checksum,  # verified
+                                     check=direct.write_check(ctx, write.snap, write.generation))
+            break
+        except direct.StaleWrite:
+            write = None  # read afresh: refused with its error, or written again
+        except BlockIntegrityError:
+            raise EbsInternal("The block could not be stored.") from None
+        except CopyInProgress:  # its parent's blocks are still being re-encrypted into it
+            raise EbsThrottled(
+                f"The snapshot '{snapshot_id}' is still being prepared from its parent; retry shortly.",
+                "RESOURCE_LEVEL_THROTTLE",
+            ) from None
+    else:
+        raise EbsThrottled(
+            f"The snapshot '{snapshot_id}' or its KMS key kept changing while the block was written; retry.",
+            "RESOURCE_LEVEL_THROTTLE",
+        )
+    direct.touch(ctx, snapshot_id, write.session)
+    if progress is not None and direct.progress.advanced(ctx, snapshot_id, progress):
+        ec2_snapshots.set_progress(ctx.runtime, snapshot_id, progress)
+    return write.checksum
+
+
+def _remembered_write(ctx: Any, snapshot_id: str, index: int, data: bytes, data_length: int, checksum: str,
+                      checksum_algorithm: str | None) -> _Write | None:
+    """The write from what this process remembers of the upload — its session and snapshot
+    (direct.sessions), the caller's data key (direct.keys.peek) — with no read; None when
+    something is not remembered or the request would fail (``_read_write`` then reads
+    afresh and fails it with the error, in the order, a fresh read gives)."""
+    session = direct.sessions.get(ctx.runtime, snapshot_id, _now(ctx))
+    snap = session.snapshot if session is not None else None
+    caller = ctx.caller
+    if snap is None or snap.account != caller.account or snap.region != caller.region:
+        return None
+    if index >= _max_blocks(snap) or data_length != BLOCK_SIZE or len(data) != BLOCK_SIZE or checksum_algorithm != "SHA256":
+        return None
+    held = direct.keys.peek(ctx, snap)
+    if held is None:
+        return None
+    actual = sha256_b64(data)
+    if not hmac.compare_digest(actual, checksum):
+        return None
+    return _Write(snap, session, held[0], held[1], actual)
+
+
+def _read_write(ctx: Any, snapshot_id: str, index: int, data: bytes, data_length: int, checksum: str,
+                checksum_algorithm: str | None) -> _Write:
+    """The write from a fresh read of the snapshot (and its session when not remembered),
+    checked in AWS's order; the data key authorized afresh if its generation moved."""
     session = direct.sessions.get(ctx.runtime, snapshot_id, _now(ctx))
     found: list[Any] = []
     generation: list[Any] = []
     snap = _snapshot(ctx, snapshot_id, owned=True, session=found if session is None else None, generation=generation)
     if session is None:
-        session = direct.sessions.put(ctx.runtime, snapshot_id, found[0]) if snap.state == "pending" else found[0]
+        session = found[0]
+    if snap.state == "pending":  # the upload's next blocks check and write from these (_remembered_write)
+        session = direct.sessions.put(ctx.runtime, snapshot_id, session, snapshot=snap) or session
     direct.check_write_session(ctx, snap, session)
     if index >= _max_blocks(snap):
         raise EbsValidation(
@@ -228,19 +309,7 @@ def put_block(ctx: Any, snapshot_id: str, index: int, data: bytes, *, data_lengt
         raise EbsValidation("The only supported checksum algorithm is SHA256.", "INVALID_PARAMETER_VALUE")
     actual = direct.verified_block_checksum(data, checksum)
     key = direct.keys.get(ctx, snap, generation=generation[0])
-    try:
-        _blocks(ctx).write_block(snapshot_id, index, data, key, checksum=actual)  # verified just above
-    except BlockIntegrityError:
-        raise EbsInternal("The block could not be stored.") from None
-    except CopyInProgress:  # its parent's blocks are still being re-encrypted into it
-        raise EbsThrottled(
-            f"The snapshot '{snapshot_id}' is still being prepared from its parent; retry shortly.",
-            "RESOURCE_LEVEL_THROTTLE",
-        ) from None
-    direct.touch(ctx, snapshot_id, session)
-    if progress is not None and direct.progress.advanced(ctx, snapshot_id, progress):
-        ec2_snapshots.set_progress(ctx.runtime, snapshot_id, progress)
-    return actual
+    return _Write(snap, session, key, generation[0], actual)
 
 
 def complete_snapshot(ctx: Any, snapshot_id: str, *, changed_blocks_count: int, checksum: str | None,

@@ -18,6 +18,16 @@ _BY_ID = select(ec2_snapshots).where(ec2_snapshots.c.id == bindparam("id"))  # b
 _BY_ID_READ = PreparedRead(_BY_ID)  # read per EBS direct block: compiled once, on the driver (storage/prepared.py)
 
 
+_STATE = select(ec2_snapshots.c.state, ec2_snapshots.c.account).where(ec2_snapshots.c.id == bindparam("id"))
+_STATE_READ = PreparedRead(_STATE)  # checked in each EBS direct upload group's write transaction
+
+
+def snapshot_state(conn: Connection, snapshot_id: str) -> tuple[str, str] | None:
+    """(state, owning account) of a snapshot; None if there is no such snapshot. [conn]"""
+    row = _STATE_READ.first(conn, {"id": snapshot_id})
+    return (str(row["state"]), str(row["account"])) if row else None
+
+
 def snapshot_row(conn: Connection, snapshot_id: str) -> Snapshot | None:
     row = _BY_ID_READ.first(conn, {"id": snapshot_id})
     return Snapshot.from_row(row) if row else None
