@@ -360,3 +360,83 @@ def test_an_image_creation_date_from_its_stored_text_is_what_the_view_writes(sto
 def test_a_text_form_must_be_of_a_function_the_table_uses() -> None:
     with pytest.raises(ValueError, match="text forms"):
         ViewTable("X", {"A": "f(s.start_time)"}, text_forms={"f": str})
+
+
+# ------------------------------------------------ memo members: an image's mappings rendered once
+
+
+def _image_db(path: Path, mappings: list[list[dict[str, Any]]]) -> Database:
+    database = Database(f"sqlite:///{path}")
+    with database.begin() as conn:
+        for i, m in enumerate(mappings):
+            conn.execute(insert(ec2_images).values(
+                image_id=f"ami-{i:017x}", account=ACCOUNT, region=REGION, name=f"img-{i}", description=None,
+                state="available", state_reason_code=None, state_reason_message=None, architecture="x86_64",
+                virtualization_type="hvm", root_device_name="/dev/xvda", root_device_type="ebs", ena_support=True,
+                sriov_net_support=None, boot_mode=None, tpm_support=None, imds_support=None, image_location=None,
+                kernel_id=None, ramdisk_id=None, platform=None, public=False, mappings=json.dumps(m),
+                source_image_id=None, source_region=None, source_instance_id=None, client_token=None,
+                created_at=T0))
+    return database
+
+
+def _listing_xml(database: Database) -> tuple[bytes, bytes]:
+    """(the XML of DescribeImages(Owners=self) from its rows, the XML of its views)."""
+    codec = codec_for("ec2")
+    model = codec.service_model.operation_model("DescribeImages")
+    answer = describe_images(_ctx(database, "DescribeImages"), {"Owners": ["self"], "MaxResults": 1000})
+    assert isinstance(answer["Images"], RowsPage)
+    from_rows = codec.serialize(model, answer, "rid").body
+    return from_rows, codec.serialize(model, dict(answer, Images=list(answer["Images"])), "rid").body
+
+
+def test_memo_mappings_are_the_views_xml_listed_again_and_after_a_change(tmp_path: Path) -> None:
+    """Issue 15: an image's BlockDeviceMappings are rendered once per stored mappings text
+    (the XML writers keep the text): listed twice, the bytes are the views' both times —
+    mappings needing escapes (never kept by the collecting writers: the answer's escape
+    check must see them), two images with the same mappings, NoDevice and VirtualName
+    mappings, an empty list — and a stored text that changes under the same image id is
+    written anew (kept by content, not by id)."""
+    snap = {"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": "snap-1", "VolumeSize": 8, "Encrypted": True}}
+    mappings = [[snap], [snap], [{"DeviceName": "/dev/x&<y>", "Ebs": {"SnapshotId": "snap-2", "VolumeSize": 9}}],
+                [{"DeviceName": "/dev/sdb", "NoDevice": ""}, {"DeviceName": "/dev/sdc", "VirtualName": "ephemeral0"}],
+                [], [{"DeviceName": "/dev/sdd", "Ebs": {"SnapshotId": "snap-3", "KmsKeyId": "not in the view"}}]]
+    database = _image_db(tmp_path / "m.db", mappings)
+    try:
+        first = _listing_xml(database)
+        assert first[0] == first[1]
+        assert b"<deviceName>/dev/x&amp;&lt;y&gt;</deviceName>" in first[0] and b"KmsKeyId" not in first[0]
+        again = _listing_xml(database)
+        assert again == first
+        with database.begin() as conn:
+            conn.exec_driver_sql("update ec2_images set mappings=? where image_id=?", (json.dumps(
+                [{"DeviceName": "/dev/xvdz", "Ebs": {"SnapshotId": "snap-9", "VolumeSize": 1}}]),
+                "ami-00000000000000001"))
+        changed = _listing_xml(database)
+        assert changed[0] == changed[1]
+        assert b"/dev/xvdz" in changed[0] and changed[0].count(b"<snapshotId>snap-1</snapshotId>") == 1
+    finally:
+        database.dispose()
+
+
+def test_memo_texts_are_bounded() -> None:
+    """The kept texts of a memo member start anew past their bound (xml_writer
+    ``MEMO_ENTRIES``): memory stays bounded however many distinct values are listed."""
+    from ebscrypt.wire.codec.xml_writer import Collecting, _MemoMiss
+
+    texts: dict[Any, str] = {}
+    miss = _MemoMiss(lambda out, key: out.append(f"<k>{key}</k>"), texts, True, lambda v: v, 3)
+    out = Collecting()
+    for key in range(7):
+        assert miss(out, key) == f"<k>{key}</k>"
+        assert len(texts) <= 3 and texts[key] == f"<k>{key}</k>"
+
+
+def test_a_memo_member_must_read_one_field_alone() -> None:
+    keys = tuple(c.name for c in ec2_images.c)
+    with pytest.raises(ValueError, match="one field"):
+        ViewTable("X", {"A": "(s.name, s.account)"}, memo=("A",)).rows_plan(Image, keys)
+    with pytest.raises(ValueError, match="one field"):
+        ViewTable("X", {"A": "len(tags or ()) + len(s.name)"}, memo=("A",)).rows_plan(Image, keys)
+    with pytest.raises(ValueError, match="memo of members"):
+        ViewTable("X", {"A": "s.name"}, memo=("B",))

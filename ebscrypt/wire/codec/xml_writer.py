@@ -15,6 +15,7 @@ writer any iterable (``None`` items skipped), a map writer a dict.
 from __future__ import annotations
 
 import ast
+import re
 import threading
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -84,6 +85,11 @@ class RowsPlan(Protocol):
     def iso_times(self) -> Mapping[str, str]:
         """{timestamp member: an expression of its ISO 8601 text (``%Y-%m-%dT%H:%M:%S.mmmZ``,
         UTC), or None to write its value as usual}."""
+    @property
+    def memo(self) -> Mapping[str, tuple[str, Sequence[str]]]:
+        """{member: (the row local its value is a function of, alone; the lines computing
+        the locals its expression needs from that one)}: its text is rendered once per
+        distinct stored value and kept (:meth:`XmlWriters._memo_miss`)."""
 
 
 class Collecting(list[str]):
@@ -126,6 +132,9 @@ class XmlWriters:
         self._blocks: dict[str, tuple[list[str], list[tuple[str, list[str]]], dict[str, Any]]] = {}
         self._iso_tags: dict[str, dict[str, str]] = {}  # per structure: {ISO 8601 member: its tag}
         self._rows: dict[tuple[str, str, str], Writer] = {}
+        # Rendered texts of the plans' memo members, by the stored value they come from
+        # (one dict per member and expression, shared by the plans that write it).
+        self._memos: dict[tuple[Any, ...], dict[Any, str]] = {}
         self._depth = 0
         self._lock = threading.RLock()
 
@@ -301,6 +310,15 @@ class XmlWriters:
             iso_tags = self._iso_tags[shape.name]
             for name, block in blocks:
                 expression = plan.members.get(name)
+                memo = plan.memo.get(name)
+                if expression is not None and memo is not None:
+                    # the text kept for this stored value, else rendered (and kept)
+                    key, fn = self._memo_miss(shape.name, name, head, block, env, expression, memo)
+                    j = len([k for k in env if k.startswith("_memo_texts")])
+                    env[f"_memo_texts{j}"], env[f"_memo_miss{j}"] = fn.texts, fn
+                    pieces.append([f"_f = _memo_texts{j}.get({key})", "if _f is None:",
+                                   f"    _f = _memo_miss{j}(out, {key})", "append(_f)"])
+                    continue
                 text = plan.iso_times.get(name) if name in iso_tags else None
                 if expression is not None and text is not None:  # the text itself, else as usual
                     open_, close = f"<{iso_tags[name]}>", f"</{iso_tags[name]}>"
@@ -326,6 +344,26 @@ class XmlWriters:
             write = _exec(lines, f"<xml rows writer {shape.name} {plan.key}>", env)
             self._rows[cache_key] = write
             return write
+
+    # Texts kept per memo member: past this many distinct values the dict starts anew
+    # (bounded memory: ~0.6 KB a value for an image's mappings, 80 MB at most).
+    MEMO_ENTRIES = 1 << 17
+
+    def _memo_miss(self, shape_name: str, member: str, head: list[str], block: list[str], env: dict[str, Any],
+                   expression: str, memo: tuple[str, Sequence[str]]) -> tuple[str, "_MemoMiss"]:
+        """(the row local keying it, the function rendering a memo member's text for a stored
+        value not seen yet): ``lines`` then ``v = expression`` and the member's very block,
+        into a list of its own, joined; kept unless a string in it needs escaping and this
+        instance collects (then the strings go to the answer's ``seen`` and the text is
+        not kept, so the escape check sees them in every answer that holds it)."""
+        key, lines = memo
+        local = re.compile(rf"\b{re.escape(key)}\b")
+        source = ["def write(out, _key):", *head, *("    " + local.sub("_key", line) for line in lines),
+                  f"    v = {local.sub('_key', expression)}", *("    " + line for line in block)]
+        ident = (shape_name, member, tuple(source[1:]))
+        texts = self._memos.setdefault(ident, {})
+        render = _exec(source, f"<xml memo {shape_name}.{member}>", env)
+        return key, _MemoMiss(render, texts, self._collect, self._escape, self.MEMO_ENTRIES)
 
     def _constant_text(self, head: list[str], block: list[str], env: dict[str, Any], expression: str) -> str | None:
         """What ``block`` writes for the value of ``expression`` when that is a literal
@@ -426,3 +464,29 @@ class XmlWriters:
             text = V.format_float if t != "blob" else V.b64
             return lambda out, v: out.append(f"{open_}{esc(text(v))}{close}")
         return lambda out, v: out.append(f"{open_}{esc(v if isinstance(v, str) else str(v))}{close}")
+
+
+class _MemoMiss:
+    """A memo member's text for a stored value not kept yet (:meth:`XmlWriters._memo_miss`):
+    rendered by ``render`` into a list of its own, kept in ``texts`` (bounded) unless one of
+    its collected strings needs escaping."""
+
+    __slots__ = ("render", "texts", "collect", "escape", "limit")
+
+    def __init__(self, render: Writer, texts: dict[Any, str], collect: bool, escape: Escape, limit: int) -> None:
+        self.render, self.texts, self.collect, self.escape, self.limit = render, texts, collect, escape, limit
+
+    def __call__(self, out: list[str], key: Any) -> str:
+        piece: list[str] = Collecting() if self.collect else []
+        self.render(piece, key)
+        text = "".join(piece)
+        if self.collect:
+            seen = piece.seen  # type: ignore[attr-defined]
+            out.seen.extend(seen)  # type: ignore[attr-defined]
+            if any(self.escape(v) != v for v in seen):
+                return text
+        texts = self.texts
+        if len(texts) >= self.limit:
+            texts.clear()
+        texts[key] = text
+        return text
