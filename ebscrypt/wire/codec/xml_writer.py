@@ -317,7 +317,7 @@ class XmlWriters:
                     j = len([k for k in env if k.startswith("_memo_texts")])
                     env[f"_memo_texts{j}"], env[f"_memo_miss{j}"] = fn.texts, fn
                     pieces.append([f"_f = _memo_texts{j}.get({key})", "if _f is None:",
-                                   f"    _f = _memo_miss{j}(out, {key})", "append(_f)"])
+                                   f"    _memo_miss{j}(out, {key})", "else:", "    append(_f)"])
                     continue
                 text = plan.iso_times.get(name) if name in iso_tags else None
                 if expression is not None and text is not None:  # the text itself, else as usual
@@ -351,11 +351,11 @@ class XmlWriters:
 
     def _memo_miss(self, shape_name: str, member: str, head: list[str], block: list[str], env: dict[str, Any],
                    expression: str, memo: tuple[str, Sequence[str]]) -> tuple[str, "_MemoMiss"]:
-        """(the row local keying it, the function rendering a memo member's text for a stored
-        value not seen yet): ``lines`` then ``v = expression`` and the member's very block,
-        into a list of its own, joined; kept unless a string in it needs escaping and this
-        instance collects (then the strings go to the answer's ``seen`` and the text is
-        not kept, so the escape check sees them in every answer that holds it)."""
+        """(the row local keying it, the function writing a memo member for a stored value
+        not seen yet): ``lines`` then ``v = expression`` and the member's very block, into
+        the answer; the pieces it wrote joined and kept, unless a string in them needs
+        escaping and this instance collects (the strings are in the answer's ``seen``; not
+        kept, so the escape check sees them in every answer that holds the text)."""
         key, lines = memo
         local = re.compile(rf"\b{re.escape(key)}\b")
         source = ["def write(out, _key):", *head, *("    " + local.sub("_key", line) for line in lines),
@@ -468,25 +468,27 @@ class XmlWriters:
 
 class _MemoMiss:
     """A memo member's text for a stored value not kept yet (:meth:`XmlWriters._memo_miss`):
-    rendered by ``render`` into a list of its own, kept in ``texts`` (bounded) unless one of
-    its collected strings needs escaping."""
+    rendered by ``render`` into the answer itself (no list of its own), its pieces joined
+    and kept in ``texts`` (bounded) unless one of the strings it collected needs escaping."""
 
     __slots__ = ("render", "texts", "collect", "escape", "limit")
 
     def __init__(self, render: Writer, texts: dict[Any, str], collect: bool, escape: Escape, limit: int) -> None:
         self.render, self.texts, self.collect, self.escape, self.limit = render, texts, collect, escape, limit
 
-    def __call__(self, out: list[str], key: Any) -> str:
-        piece: list[str] = Collecting() if self.collect else []
-        self.render(piece, key)
-        text = "".join(piece)
+    def __call__(self, out: list[str], key: Any) -> None:
+        start = len(out)
         if self.collect:
-            seen = piece.seen  # type: ignore[attr-defined]
-            out.seen.extend(seen)  # type: ignore[attr-defined]
-            if any(self.escape(v) != v for v in seen):
-                return text
+            seen: list[str] = out.seen  # type: ignore[attr-defined]
+            first = len(seen)
+            self.render(out, key)
+            if len(seen) > first:
+                strings = "".join(seen[first:])  # one scan of them all (issue 15)
+                if self.escape(strings) != strings:
+                    return  # not kept: every answer holding it must collect its strings
+        else:
+            self.render(out, key)
         texts = self.texts
         if len(texts) >= self.limit:
             texts.clear()
-        texts[key] = text
-        return text
+        texts[key] = "".join(out[start:])
