@@ -441,3 +441,41 @@ def test_a_memo_member_must_read_one_field_alone() -> None:
         ViewTable("X", {"A": "len(tags or ()) + len(s.name)"}, memo=("A",)).rows_plan(Image, keys)
     with pytest.raises(ValueError, match="memo of members"):
         ViewTable("X", {"A": "s.name"}, memo=("B",))
+
+
+def test_projected_mappings_are_the_mapping_views_xml(tmp_path: Path) -> None:
+    """The stored mappings written by ``MAPPING_PROJECTION`` (no view per mapping) are the
+    bytes of ``mapping_view``'s: every Ebs member, false and zero values, an empty Ebs,
+    members the view leaves out, several mappings, None members."""
+    ebs_all = {"DeleteOnTermination": False, "Iops": 0, "SnapshotId": "snap-a", "VolumeSize": 1, "VolumeType": "io2",
+               "Throughput": 125, "Encrypted": False, "KmsKeyId": "k", "OutpostArn": "o"}
+    mappings = [[{"DeviceName": "/dev/a", "Ebs": ebs_all}], [{"DeviceName": "/dev/b", "Ebs": {}}],
+                [{"DeviceName": "/dev/c", "Ebs": {"Encrypted": True, "Iops": None}, "Extra": 1}],
+                [{"DeviceName": "/dev/d", "Ebs": None, "VirtualName": None}],
+                [{"DeviceName": "/dev/e", "NoDevice": ""}, {"DeviceName": "/dev/f", "VirtualName": "ephemeral1"},
+                 {"DeviceName": "/dev/g", "Ebs": {"SnapshotId": "snap-g", "VolumeSize": 30}}]]
+    database = _image_db(tmp_path / "p.db", mappings)
+    try:
+        from_rows, from_views = _listing_xml(database)
+        assert from_rows == from_views
+        assert b"<iops>0</iops>" in from_rows and b"<ebs></ebs>" in from_rows and b"KmsKeyId" not in from_rows
+    finally:
+        database.dispose()
+
+
+def test_projections_refuse_what_they_cannot_write() -> None:
+    from ebscrypt.services.ec2.images import IMAGE_VIEW, MAPPING_PROJECTION
+
+    keys = tuple(c.name for c in ec2_images.c)
+    with pytest.raises(ValueError, match="not memo"):
+        ViewTable("X", {"A": "s.mappings"}, projections={"A": ("s.mappings", {})})
+    with pytest.raises(ValueError, match="memo member's field"):
+        ViewTable("X", {"A": "s.mappings"}, memo=("A",), projections={"A": ("s.name", {})}).rows_plan(Image, keys)
+    codec = codec_for("ec2")
+    shape = codec.service_model.operation_model("DescribeImages").output_shape.members["Images"].member
+    writers = codec._xml_collecting  # noqa: SLF001 (the writers a projection compiles into)
+    with pytest.raises(ValueError, match="no members"):
+        writers._projected(shape.members["BlockDeviceMappings"], "BlockDeviceMappings", {"Nope": None}, "x")
+    with pytest.raises(ValueError, match="list of structures"):
+        writers._projected(shape.members["Name"], "Name", MAPPING_PROJECTION, "x")
+    assert IMAGE_VIEW.projections["BlockDeviceMappings"][1] is MAPPING_PROJECTION

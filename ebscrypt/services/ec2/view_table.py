@@ -47,6 +47,9 @@ class RowsPlan:
     # {member: (its key: the row local of the one stored field it reads, the prelude lines
     # its expression needs)}: the XML writers keep such a member's rendered text by key
     memo: Mapping[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    # {memo member: (the expression of the stored list of dicts it is, the members of each
+    # item it keeps)}: written from those dicts, no view per item (xml_writer ``_projected``)
+    projections: Mapping[str, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)
     # ``views(rows, extra)``: the view dicts of the rows, from the same expressions
     views: Callable[[Sequence[Any], Sequence[Mapping[str, Any]]], list[View]] = field(
         default=lambda rows, extra: [], repr=False, compare=False)
@@ -93,11 +96,16 @@ class ViewTable:
     the stored text is not the plain form; ``memo``: members whose value is a function of
     one stored field alone (an image's block device mappings, fixed once the image is
     made): a page from rows computes such a member only for a stored value the XML writers
-    have not rendered yet (:class:`RowsPlan` ``memo``)."""
+    have not rendered yet (:class:`RowsPlan` ``memo``); ``projections``: {memo member: (an
+    expression ``s.<field>`` of a stored list of dicts, the members of each item the
+    member's expression keeps — nested: ``{name: None or the projection of its
+    structure}``)} where the member's expression is that list with each item restricted so
+    (``None`` members left out): the XML writers then write the stored dicts themselves."""
 
     def __init__(self, name: str, members: Mapping[str, str], env: Mapping[str, Any] | None = None,
                  extras: Sequence[str] = ("tags",), key_field: str = "id",
-                 text_forms: Mapping[str, Callable[[str], Any]] | None = None, memo: Sequence[str] = ()) -> None:
+                 text_forms: Mapping[str, Callable[[str], Any]] | None = None, memo: Sequence[str] = (),
+                 projections: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None) -> None:
         self.name = name
         self.members = dict(members)
         self.env = dict(env or {})
@@ -109,6 +117,9 @@ class ViewTable:
         self.memo = tuple(memo)
         if set(self.memo) - set(self.members):
             raise ValueError(f"memo of members not in {name}: {sorted(set(self.memo) - set(self.members))}")
+        self.projections = dict(projections or {})
+        if set(self.projections) - set(self.memo):
+            raise ValueError(f"projections of members not memo in {name}: {sorted(set(self.projections) - set(self.memo))}")
         for reserved in ("s", *self.extras, "extra", "v", "t", "_t", "_item", "out", "append", "seen", "value"):
             if reserved in self.env:
                 raise ValueError(f"{reserved!r} is reserved in view tables")
@@ -132,6 +143,7 @@ class ViewTable:
         members: dict[str, str] = {}
         iso_times: dict[str, str] = {}
         memo: dict[str, tuple[str, tuple[str, ...]]] = {}
+        projections: dict[str, tuple[str, Mapping[str, Any]]] = {}
         used: set[str] = {self.key_field}
         extras: set[str] = set()
         for member, expression in self.members.items():
@@ -155,6 +167,13 @@ class ViewTable:
             members[member] = ast.unparse(tree)
             if member in self.memo:
                 memo[member] = self._memo_entry(member, rewrite, keys, unpack, values, plain)
+                if member in self.projections:
+                    source, projection = self.projections[member]
+                    items = _Fields("s", list(values), plain, self.extras)
+                    tree = items.visit(ast.parse(source, mode="eval"))
+                    if items.used != rewrite.used or items.extras_used:
+                        raise ValueError(f"{self.name}.{member}: a projection reads the memo member's field")
+                    projections[member] = (ast.unparse(tree), projection)
                 continue  # its field computed only where the writers have no text for it
             used |= rewrite.used
             extras |= rewrite.extras_used
@@ -175,7 +194,7 @@ class ViewTable:
                             f"        out.append({{{entries}}})", "    return out"]) + "\n"
         exec(compile(source, f"<views {self.name} from rows>", "exec"), namespace)  # noqa: S102 (table-built)
         plan = RowsPlan(f"{self.name}/{cls.__name__}/{','.join(keys)}", unpack, tuple(prelude), members, env,
-                        iso_times, memo, namespace["views"])
+                        iso_times, memo, projections, namespace["views"])
         self._plans[(cls, keys)] = plan
         return plan
 

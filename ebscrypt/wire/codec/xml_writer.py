@@ -23,6 +23,9 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 from . import values as V
 
 Writer = Callable[[list[str], Any], None]
+# The members of a structure a projection keeps: {member name: None (its value as is) or
+# the projection of that member's own structure}.
+Projection = Mapping[str, "Projection | None"]
 Escape = Callable[[str], str]
 _UTC = timezone.utc
 
@@ -90,6 +93,11 @@ class RowsPlan(Protocol):
         """{member: (the row local its value is a function of, alone; the lines computing
         the locals its expression needs from that one)}: its text is rendered once per
         distinct stored value and kept (:meth:`XmlWriters._memo_miss`)."""
+    @property
+    def projections(self) -> Mapping[str, tuple[str, "Projection"]]:
+        """{memo member, a list of structures: (the expression of the stored list of dicts
+        it is, the members of each item it keeps — nested)}: its items written straight from
+        those dicts (:meth:`XmlWriters._projected`), no view dict made per item."""
 
 
 class Collecting(list[str]):
@@ -313,7 +321,14 @@ class XmlWriters:
                 memo = plan.memo.get(name)
                 if expression is not None and memo is not None:
                     # the text kept for this stored value, else rendered (and kept)
-                    key, fn = self._memo_miss(shape.name, name, head, block, env, expression, memo)
+                    projected = plan.projections.get(name)
+                    if projected is not None:  # the stored dicts written as the member's items
+                        if block[0] != "if v is None:":
+                            raise ValueError(f"{shape.name}.{name}: a projection writes a list AWS always sends")
+                        items = re.sub(rf"\b{re.escape(memo[0])}\b", "_key", projected[0])
+                        block = self._projected(shape.members[name], name, projected[1], items)
+                    key, fn = self._memo_miss(shape.name, name, head, block, env,
+                                              "None" if projected is not None else expression, memo)
                     j = len([k for k in env if k.startswith("_memo_texts")])
                     env[f"_memo_texts{j}"], env[f"_memo_miss{j}"] = fn.texts, fn
                     pieces.append([f"_f = _memo_texts{j}.get({key})", "if _f is None:",
@@ -344,6 +359,47 @@ class XmlWriters:
             write = _exec(lines, f"<xml rows writer {shape.name} {plan.key}>", env)
             self._rows[cache_key] = write
             return write
+
+    def _projected(self, member: Any, name: str, projection: "Projection", items: str) -> list[str]:
+        """The lines writing a list of structures ``member`` (one AWS always sends) from
+        ``items``, an expression of the stored list of dicts: each item's members that
+        ``projection`` keeps, in model order, each by the very block the structure's own
+        writer runs on a view's value (so the same bytes as the view that keeps those
+        members, ``None`` ones left out, would give), without making that view."""
+        if member.type_name != "list" or member.member.type_name != "structure" or member.serialization.get("flattened"):
+            raise ValueError(f"a projection writes a (not flattened) list of structures, not {member.type_name}")
+        tag = member.serialization.get("name", name)
+        item_tag = member.member.serialization.get("name", "member")
+        return ["_l0 = " + items, f"append({'<' + tag + '>'!r})", "if _l0:", "    for _i0 in _l0:",
+                "        if _i0 is not None:", f"            append({'<' + item_tag + '>'!r})",
+                *("            " + line for line in self._projected_members(member.member, projection, "_i0", 0)),
+                f"            append({'</' + item_tag + '>'!r})", f"append({'</' + tag + '>'!r})"]
+
+    def _projected_members(self, shape: Any, projection: "Projection", var: str, depth: int) -> list[str]:
+        """The lines writing the members of the dict ``var`` that ``projection`` keeps."""
+        unknown = set(projection) - set(shape.members)
+        if unknown:
+            raise ValueError(f"{shape.name} has no members {sorted(unknown)}")
+        self.members(shape)  # its blocks
+        blocks = dict(self._blocks[shape.name][1])
+        lines: list[str] = []
+        for name, member in shape.members.items():
+            if name not in projection:
+                continue
+            inner = projection[name]
+            if inner is None:
+                block = blocks[name]
+                if any("_w" in line or "_m" in line for line in block):
+                    raise ValueError(f"{shape.name}.{name}: only scalars written inline are projected as is")
+                lines += [f"v = {var}.get({name!r})", *block]
+                continue
+            if member.type_name != "structure":
+                raise ValueError(f"{shape.name}.{name}: a nested projection needs a structure")
+            nested, tag = f"_s{depth + 1}", member.serialization.get("name", name)
+            lines += [f"{nested} = {var}.get({name!r})", f"if {nested} is not None:", f"    append({'<' + tag + '>'!r})",
+                      *("    " + line for line in self._projected_members(member, inner, nested, depth + 1)),
+                      f"    append({'</' + tag + '>'!r})"]
+        return lines
 
     # Texts kept per memo member: past this many distinct values the dict starts anew
     # (bounded memory: ~0.6 KB a value for an image's mappings, 80 MB at most).
