@@ -269,6 +269,13 @@ def test_a_filtered_volume_listing_from_its_rows_selects_and_writes_what_the_vie
     [{"Name": "is-public", "Values": ["true"]}, {"Name": "state", "Values": ["available"]}],
     [{"Name": "block-device-mapping.delete-on-termination", "Values": ["true"]}],
     [{"Name": "description", "Values": ["a <b>*"]}, {"Name": "platform", "Values": ["windows"]}],
+    # exact in SQL (sql_filters.exact): the rows are the answer, no record tested again
+    [{"Name": "name", "Values": ["img-2", "img-4*"]}],
+    [{"Name": "name", "Values": ["IMG-1*", "img-2*"]}],
+    [{"Name": "tag:Name", "Values": ["n&0", "n&3"]}],
+    [{"Name": "is-public", "Values": ["true", "maybe"]}, {"Name": "name", "Values": ["img-*"]}],
+    [{"Name": "image-id", "Values": ["ami-00000000000000003", "ami-00000000000000008"]}],
+    [{"Name": "state", "Values": ["failed"]}, {"Name": "owner-id", "Values": [ACCOUNT, OTHER]}],
 ])
 @pytest.mark.parametrize("owners", [["self"], []])
 def test_a_filtered_image_listing_from_its_rows_selects_and_writes_what_the_records_do(
@@ -479,3 +486,26 @@ def test_projections_refuse_what_they_cannot_write() -> None:
     with pytest.raises(ValueError, match="list of structures"):
         writers._projected(shape.members["Name"], "Name", MAPPING_PROJECTION, "x")
     assert IMAGE_VIEW.projections["BlockDeviceMappings"][1] is MAPPING_PROJECTION
+
+
+@pytest.mark.parametrize("filters,exact", [
+    ([{"Name": "name", "Values": ["ubuntu/images/*"]}], True),
+    ([{"Name": "name", "Values": ["a", "b*"]}, {"Name": "state", "Values": ["available"]}], True),
+    ([{"Name": "tag:Name", "Values": ["x", "y"]}, {"Name": "is-public", "Values": ["no"]}], True),
+    ([{"Name": "name", "Values": ["a?c"]}], False),  # a wildcard inside
+    ([{"Name": "name", "Values": ["*"]}], False),  # an empty prefix: LIKE
+    ([{"Name": "name", "Values": ["a\U0010ffff*"]}], False),  # no upper bound: LIKE
+    ([{"Name": "tag:Name", "Values": ["x*"]}], False),
+    ([{"Name": "tag-key", "Values": ["Name"]}], False),
+    ([{"Name": "is-public", "Values": ["t*"]}], False),  # a converted column: literals only
+    ([{"Name": "architecture", "Values": ["x86_64"]}], False),  # not a column filter
+    ([{"Name": "name", "Values": []}], False),
+    ([{"Name": "name", "Values": [1]}], False),
+    ([{"Name": "no-such-filter", "Values": ["x"]}], False),  # refused by the Python filters
+])
+def test_exact_narrowings(filters: list[dict[str, Any]], exact: bool) -> None:
+    from ebscrypt.engines.ec2.images import _FILTERS, SQL_FILTER_COLUMNS
+    from ebscrypt.engines.ec2.sql_filters import exact as sql_exact
+
+    assert sql_exact(filters, SQL_FILTER_COLUMNS) is exact
+    assert set(SQL_FILTER_COLUMNS) <= set(_FILTERS)  # an exact narrowing names known filters only

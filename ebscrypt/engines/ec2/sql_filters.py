@@ -177,3 +177,34 @@ def narrowing(filters: list[dict[str, Any]] | None, columns: Mapping[str, tuple[
         terms = [starts_with(column, p) for p in sorted({_prefix(v) or "" for v in values if not _literal(v)})]
         out.append(or_(column.in_(literals), *terms) if literals else or_(*terms))
     return out
+
+
+def exact(filters: list[dict[str, Any]] | None, columns: Mapping[str, tuple[Column[Any], Convert | None]]) -> bool:
+    """Whether :func:`narrow` selects on SQLite exactly the rows ``filters`` select (issue
+    15: then a filtered Describe needs no record built to test them again): every filter
+    is a ``tag:K`` filter or one on a column of ``columns`` (whose getter returns exactly the
+    column's value), with literal values (``IN``, a value the column cannot hold matching
+    nothing, as :mod:`.filters` finds no match for it either) or, on a string column,
+    values each literal or a prefix with one trailing ``*`` that :func:`starts_with` reads
+    as a range. Anything else (``tag-key``, other wildcards, a prefix with no upper bound,
+    values that are not strings, a filter with no values) is tested in Python."""
+    literal = {id(f) for f in filters or [] if _is_literal(f)}
+    for f in filters or []:
+        name = f.get("Name", "")
+        if id(f) in literal and (name in columns or (name.startswith("tag:") and len(name) > 4)):
+            continue
+        values = f.get("Values") or []
+        if name not in columns or columns[name][1] is not None or not values:
+            return False
+        for v in values:
+            if not isinstance(v, str):
+                return False
+            if not _literal(v) and (_prefix(v) is None or prefix_upper(_prefix(v) or "") is None):
+                return False
+    return True
+
+
+def _is_literal(f: dict[str, Any]) -> bool:
+    """A filter :func:`_literal_filters` keeps: values, all literal strings."""
+    values = f.get("Values") or []
+    return bool(values) and all(isinstance(v, str) and _literal(v) for v in values)
