@@ -3,7 +3,7 @@ for a tree's code on rows written by bench_describe_scale.fill; CPU by
 ``time.process_time``, minimum of ``--repeat``; ``--profile`` prints cProfile's top
 functions of the same calls instead.
 
-    python bench/describe_inproc.py KIND N [--tree DIR] [--repeat 30] [--profile] [--data DIR]
+    python bench/describe_inproc.py KIND N [--tree DIR] [--repeat 30] [--profile] [--data DIR] [--cold]
 
 KIND: snapshots, volumes or images; N: rows written (once per --data directory, kept).
 Cases: a page of MaxResults=1000 after the first 5 ids (volumes: clamped to 500), the
@@ -38,12 +38,18 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=30)
     p.add_argument("--profile", action="store_true")
     p.add_argument("--only", help="one case: page, second, tag")
+    p.add_argument("--cold", action="store_true", help="keep no memo texts (xml_writer MEMO_ENTRIES = 0): every "
+                   "call renders as the first listing after a start does")
     args = p.parse_args()
     sys.path.insert(0, str(args.tree))
     here = Path(__file__).resolve().parent.parent
     from ebscrypt.context import Caller, RequestContext
     from ebscrypt.storage.db import Database
     from ebscrypt.wire.codec import codec_for
+    from ebscrypt.wire.codec import xml_writer
+
+    if args.cold and hasattr(xml_writer.XmlWriters, "MEMO_ENTRIES"):
+        xml_writer.XmlWriters.MEMO_ENTRIES = 0  # each text dropped before the next is kept
 
     data = args.data / f"{args.kind}-{args.n}-{args.tree.name}"
     db_path = data / "metadata.db"
@@ -92,7 +98,8 @@ def main() -> int:
             t0 = time.process_time()
             size = call(params)
             best = min(best, time.process_time() - t0)
-        print(f"{args.tree.name:>12} {args.kind:>9} {args.n:>7} {name:>6} {best * 1000:8.2f} ms  {size:>8} bytes")
+        print(f"{args.tree.name:>12} {args.kind:>9} {args.n:>7} {name:>6} {best * 1000:8.2f} ms  {size:>8} bytes"
+              + ("  (cold)" if args.cold else ""))
     db.dispose()
     return 0
 

@@ -123,6 +123,56 @@ def test_created_in_one_worker_read_in_the_other(srv: ServerProcess) -> None:
     ec2_1.get_waiter("volume_available").wait(VolumeIds=[restored], WaiterConfig={"Delay": 1})
 
 
+def _listing(ec2: Any, **params: Any) -> dict[str, dict[str, Any]]:
+    """DescribeImages paged by 5 as the CLI pages (the page rendered from its rows, its
+    mappings from the texts the worker keeps): {image id: image}."""
+    found: dict[str, dict[str, Any]] = {}
+    token = None
+    while True:
+        page = ec2.describe_images(MaxResults=5, **params, **({"NextToken": token} if token else {}))
+        found.update({i["ImageId"]: i for i in page["Images"]})
+        token = page.get("NextToken")
+        if not token:
+            return found
+
+
+def test_an_image_changed_in_one_worker_is_described_so_by_the_other(srv: ServerProcess) -> None:
+    """Issue 15 (Describe at scale): each worker keeps the rendered mappings of the images
+    it lists; a change through one worker — tags, description, launch permissions (public,
+    another account), deregistration — is in the next DescribeImages of the other, its
+    mappings as registered."""
+    ec2_0, ec2_1 = on_worker(srv, "ec2", 0), on_worker(srv, "ec2", 1)
+    vol = ec2_0.create_volume(AvailabilityZone=ZONE, Size=1)["VolumeId"]
+    ec2_0.get_waiter("volume_available").wait(VolumeIds=[vol], WaiterConfig={"Delay": 1})
+    snap = ec2_0.create_snapshot(VolumeId=vol)["SnapshotId"]
+    ec2_0.get_waiter("snapshot_completed").wait(SnapshotIds=[snap], WaiterConfig={"Delay": 1})
+    ids = [ec2_0.register_image(Name=f"workers-img-{i}", RootDeviceName="/dev/xvda", BlockDeviceMappings=[
+        {"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snap, "VolumeSize": 1 + i}}])["ImageId"] for i in range(7)]
+    for ec2 in (ec2_0, ec2_1):  # both workers render (and keep) the mappings
+        listed = _listing(ec2, Owners=["self"])
+        assert [listed[i]["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] for i in ids] == list(range(1, 8))
+    first = ids[3]
+    ec2_0.create_tags(Resources=[first], Tags=[{"Key": "Name", "Value": "changed"}])
+    ec2_0.modify_image_attribute(ImageId=first, Description={"Value": "new words"})
+    ec2_0.modify_image_attribute(ImageId=first, LaunchPermission={"Add": [{"Group": "all"}]})
+    ec2_0.modify_image_attribute(ImageId=ids[4], LaunchPermission={"Add": [{"UserId": "222222222222"}]})
+    ec2_0.deregister_image(ImageId=ids[5])
+    seen = _listing(ec2_1, Owners=["self"])
+    assert seen[first]["Tags"] == [{"Key": "Name", "Value": "changed"}] and seen[first]["Public"] is True
+    assert seen[first]["Description"] == "new words"
+    assert seen[first]["BlockDeviceMappings"][0]["Ebs"] == {"SnapshotId": snap, "VolumeSize": 4,
+                                                             "DeleteOnTermination": True, "VolumeType": "gp2",
+                                                             "Encrypted": False}
+    assert ids[5] not in seen and ids[5] not in _listing(ec2_1, Owners=["self"], Filters=[
+        {"Name": "name", "Values": ["workers-img-*"]}])
+    other = boto3.client("ec2", endpoint_url=srv.url, region_name=DEFAULT_REGION, aws_access_key_id="222222222222",
+                         aws_secret_access_key="dev", config=Config(retries={"max_attempts": 0}))
+    theirs = _listing(other, Filters=[{"Name": "name", "Values": ["workers-img-*"]}])
+    assert set(theirs) == {first, ids[4]}  # public, and shared with that account; nothing else
+    ec2_0.modify_image_attribute(ImageId=first, LaunchPermission={"Remove": [{"Group": "all"}]})
+    assert set(_listing(other, Filters=[{"Name": "name", "Values": ["workers-img-*"]}])) == {ids[4]}
+
+
 def test_blocks_written_through_one_worker_read_through_the_other(srv: ServerProcess) -> None:
     blocks = {0: pattern("w0", 0), 7: pattern("w0", 7)}
     snap = upload_snapshot(on_worker(srv, "ebs", 0), blocks)

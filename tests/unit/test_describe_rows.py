@@ -269,6 +269,13 @@ def test_a_filtered_volume_listing_from_its_rows_selects_and_writes_what_the_vie
     [{"Name": "is-public", "Values": ["true"]}, {"Name": "state", "Values": ["available"]}],
     [{"Name": "block-device-mapping.delete-on-termination", "Values": ["true"]}],
     [{"Name": "description", "Values": ["a <b>*"]}, {"Name": "platform", "Values": ["windows"]}],
+    # exact in SQL (sql_filters.exact): the rows are the answer, no record tested again
+    [{"Name": "name", "Values": ["img-2", "img-4*"]}],
+    [{"Name": "name", "Values": ["IMG-1*", "img-2*"]}],
+    [{"Name": "tag:Name", "Values": ["n&0", "n&3"]}],
+    [{"Name": "is-public", "Values": ["true", "maybe"]}, {"Name": "name", "Values": ["img-*"]}],
+    [{"Name": "image-id", "Values": ["ami-00000000000000003", "ami-00000000000000008"]}],
+    [{"Name": "state", "Values": ["failed"]}, {"Name": "owner-id", "Values": [ACCOUNT, OTHER]}],
 ])
 @pytest.mark.parametrize("owners", [["self"], []])
 def test_a_filtered_image_listing_from_its_rows_selects_and_writes_what_the_records_do(
@@ -360,3 +367,150 @@ def test_an_image_creation_date_from_its_stored_text_is_what_the_view_writes(sto
 def test_a_text_form_must_be_of_a_function_the_table_uses() -> None:
     with pytest.raises(ValueError, match="text forms"):
         ViewTable("X", {"A": "f(s.start_time)"}, text_forms={"f": str})
+
+
+# ------------------------------------------------ memo members: an image's mappings rendered once
+
+
+def _image_db(path: Path, mappings: list[list[dict[str, Any]]]) -> Database:
+    database = Database(f"sqlite:///{path}")
+    with database.begin() as conn:
+        for i, m in enumerate(mappings):
+            conn.execute(insert(ec2_images).values(
+                image_id=f"ami-{i:017x}", account=ACCOUNT, region=REGION, name=f"img-{i}", description=None,
+                state="available", state_reason_code=None, state_reason_message=None, architecture="x86_64",
+                virtualization_type="hvm", root_device_name="/dev/xvda", root_device_type="ebs", ena_support=True,
+                sriov_net_support=None, boot_mode=None, tpm_support=None, imds_support=None, image_location=None,
+                kernel_id=None, ramdisk_id=None, platform=None, public=False, mappings=json.dumps(m),
+                source_image_id=None, source_region=None, source_instance_id=None, client_token=None,
+                created_at=T0))
+    return database
+
+
+def _listing_xml(database: Database) -> tuple[bytes, bytes]:
+    """(the XML of DescribeImages(Owners=self) from its rows, the XML of its views)."""
+    codec = codec_for("ec2")
+    model = codec.service_model.operation_model("DescribeImages")
+    answer = describe_images(_ctx(database, "DescribeImages"), {"Owners": ["self"], "MaxResults": 1000})
+    assert isinstance(answer["Images"], RowsPage)
+    from_rows = codec.serialize(model, answer, "rid").body
+    return from_rows, codec.serialize(model, dict(answer, Images=list(answer["Images"])), "rid").body
+
+
+def test_memo_mappings_are_the_views_xml_listed_again_and_after_a_change(tmp_path: Path) -> None:
+    """Issue 15: an image's BlockDeviceMappings are rendered once per stored mappings text
+    (the XML writers keep the text): listed twice, the bytes are the views' both times —
+    mappings needing escapes (never kept by the collecting writers: the answer's escape
+    check must see them), two images with the same mappings, NoDevice and VirtualName
+    mappings, an empty list — and a stored text that changes under the same image id is
+    written anew (kept by content, not by id)."""
+    snap = {"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": "snap-1", "VolumeSize": 8, "Encrypted": True}}
+    mappings = [[snap], [snap], [{"DeviceName": "/dev/x&<y>", "Ebs": {"SnapshotId": "snap-2", "VolumeSize": 9}}],
+                [{"DeviceName": "/dev/sdb", "NoDevice": ""}, {"DeviceName": "/dev/sdc", "VirtualName": "ephemeral0"}],
+                [], [{"DeviceName": "/dev/sdd", "Ebs": {"SnapshotId": "snap-3", "KmsKeyId": "not in the view"}}]]
+    database = _image_db(tmp_path / "m.db", mappings)
+    try:
+        first = _listing_xml(database)
+        assert first[0] == first[1]
+        assert b"<deviceName>/dev/x&amp;&lt;y&gt;</deviceName>" in first[0] and b"KmsKeyId" not in first[0]
+        for _ in range(3):  # seen, kept, written from the kept texts
+            assert _listing_xml(database) == first
+        memos = codec_for("ec2")._xml_collecting._memos  # noqa: SLF001 (the kept texts)
+        kept = [t for ident, t in memos.items() if ident[:2] == ("Image", "BlockDeviceMappings")]
+        assert any(snap["Ebs"]["SnapshotId"] in text for texts in kept for text in texts.values())
+        with database.begin() as conn:
+            conn.exec_driver_sql("update ec2_images set mappings=? where image_id=?", (json.dumps(
+                [{"DeviceName": "/dev/xvdz", "Ebs": {"SnapshotId": "snap-9", "VolumeSize": 1}}]),
+                "ami-00000000000000001"))
+        changed = _listing_xml(database)
+        assert changed[0] == changed[1]
+        assert b"/dev/xvdz" in changed[0] and changed[0].count(b"<snapshotId>snap-1</snapshotId>") == 1
+    finally:
+        database.dispose()
+
+
+def test_memo_texts_are_bounded() -> None:
+    """The kept texts of a memo member start anew past their bound (xml_writer
+    ``MEMO_ENTRIES``): memory stays bounded however many distinct values are listed."""
+    from ebscrypt.wire.codec.xml_writer import Collecting, _MemoMiss
+
+    texts: dict[Any, str] = {}
+    miss = _MemoMiss(lambda out, key: out.append(f"<k>{key}</k>"), texts, True, lambda v: v, 3)
+    out = Collecting()
+    for key in range(7):
+        miss(out, key)  # the first sighting: written, not kept
+        assert out[-1] == f"<k>{key}</k>" and key not in texts and len(miss.sighted) <= 3
+        miss(out, key)  # the second: kept
+        assert out[-1] == f"<k>{key}</k>"
+        assert len(texts) <= 3 and texts[key] == f"<k>{key}</k>"
+
+
+def test_a_memo_member_must_read_one_field_alone() -> None:
+    keys = tuple(c.name for c in ec2_images.c)
+    with pytest.raises(ValueError, match="one field"):
+        ViewTable("X", {"A": "(s.name, s.account)"}, memo=("A",)).rows_plan(Image, keys)
+    with pytest.raises(ValueError, match="one field"):
+        ViewTable("X", {"A": "len(tags or ()) + len(s.name)"}, memo=("A",)).rows_plan(Image, keys)
+    with pytest.raises(ValueError, match="memo of members"):
+        ViewTable("X", {"A": "s.name"}, memo=("B",))
+
+
+def test_projected_mappings_are_the_mapping_views_xml(tmp_path: Path) -> None:
+    """The stored mappings written by ``MAPPING_PROJECTION`` (no view per mapping) are the
+    bytes of ``mapping_view``'s: every Ebs member, false and zero values, an empty Ebs,
+    members the view leaves out, several mappings, None members."""
+    ebs_all = {"DeleteOnTermination": False, "Iops": 0, "SnapshotId": "snap-a", "VolumeSize": 1, "VolumeType": "io2",
+               "Throughput": 125, "Encrypted": False, "KmsKeyId": "k", "OutpostArn": "o"}
+    mappings = [[{"DeviceName": "/dev/a", "Ebs": ebs_all}], [{"DeviceName": "/dev/b", "Ebs": {}}],
+                [{"DeviceName": "/dev/c", "Ebs": {"Encrypted": True, "Iops": None}, "Extra": 1}],
+                [{"DeviceName": "/dev/d", "Ebs": None, "VirtualName": None}],
+                [{"DeviceName": "/dev/e", "NoDevice": ""}, {"DeviceName": "/dev/f", "VirtualName": "ephemeral1"},
+                 {"DeviceName": "/dev/g", "Ebs": {"SnapshotId": "snap-g", "VolumeSize": 30}}]]
+    database = _image_db(tmp_path / "p.db", mappings)
+    try:
+        from_rows, from_views = _listing_xml(database)
+        assert from_rows == from_views
+        assert b"<iops>0</iops>" in from_rows and b"<ebs></ebs>" in from_rows and b"KmsKeyId" not in from_rows
+    finally:
+        database.dispose()
+
+
+def test_projections_refuse_what_they_cannot_write() -> None:
+    from ebscrypt.services.ec2.images import IMAGE_VIEW, MAPPING_PROJECTION
+
+    keys = tuple(c.name for c in ec2_images.c)
+    with pytest.raises(ValueError, match="not memo"):
+        ViewTable("X", {"A": "s.mappings"}, projections={"A": ("s.mappings", {})})
+    with pytest.raises(ValueError, match="memo member's field"):
+        ViewTable("X", {"A": "s.mappings"}, memo=("A",), projections={"A": ("s.name", {})}).rows_plan(Image, keys)
+    codec = codec_for("ec2")
+    shape = codec.service_model.operation_model("DescribeImages").output_shape.members["Images"].member
+    writers = codec._xml_collecting  # noqa: SLF001 (the writers a projection compiles into)
+    with pytest.raises(ValueError, match="no members"):
+        writers._projected(shape.members["BlockDeviceMappings"], "BlockDeviceMappings", {"Nope": None}, "x")
+    with pytest.raises(ValueError, match="list of structures"):
+        writers._projected(shape.members["Name"], "Name", MAPPING_PROJECTION, "x")
+    assert IMAGE_VIEW.projections["BlockDeviceMappings"][1] is MAPPING_PROJECTION
+
+
+@pytest.mark.parametrize("filters,exact", [
+    ([{"Name": "name", "Values": ["ubuntu/images/*"]}], True),
+    ([{"Name": "name", "Values": ["a", "b*"]}, {"Name": "state", "Values": ["available"]}], True),
+    ([{"Name": "tag:Name", "Values": ["x", "y"]}, {"Name": "is-public", "Values": ["no"]}], True),
+    ([{"Name": "name", "Values": ["a?c"]}], False),  # a wildcard inside
+    ([{"Name": "name", "Values": ["*"]}], False),  # an empty prefix: LIKE
+    ([{"Name": "name", "Values": ["a\U0010ffff*"]}], False),  # no upper bound: LIKE
+    ([{"Name": "tag:Name", "Values": ["x*"]}], False),
+    ([{"Name": "tag-key", "Values": ["Name"]}], False),
+    ([{"Name": "is-public", "Values": ["t*"]}], False),  # a converted column: literals only
+    ([{"Name": "architecture", "Values": ["x86_64"]}], False),  # not a column filter
+    ([{"Name": "name", "Values": []}], False),
+    ([{"Name": "name", "Values": [1]}], False),
+    ([{"Name": "no-such-filter", "Values": ["x"]}], False),  # refused by the Python filters
+])
+def test_exact_narrowings(filters: list[dict[str, Any]], exact: bool) -> None:
+    from ebscrypt.engines.ec2.images import _FILTERS, SQL_FILTER_COLUMNS
+    from ebscrypt.engines.ec2.sql_filters import exact as sql_exact
+
+    assert sql_exact(filters, SQL_FILTER_COLUMNS) is exact
+    assert set(SQL_FILTER_COLUMNS) <= set(_FILTERS)  # an exact narrowing names known filters only

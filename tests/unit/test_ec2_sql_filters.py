@@ -220,3 +220,95 @@ def test_pages_and_tag_filters_read_by_index_not_by_account(tmp_path: Path) -> N
         assert "ix_ec2_tags_key_value" in vol_tag[0] and "(id=?)" in vol_tag[1], vol_tag
     finally:
         database.dispose()
+
+
+# ---------------------------------------------------------------- name=prefix* as a range
+
+
+_NAMES = ["ab", "abc", "abc-1", "abc\U0010ffff", "abc\U0010ffffz", "abd", "abC", "ABC", "ab%c", "ab_c",
+          "x\ud7ffy", "x\ue000", "\u00e9t\u00e9", "\u00e9tz", "", "a", "\U0010ffff", "\U0010ffffa"]
+
+
+@pytest.mark.parametrize("prefix", ["abc", "ab", "a", "ab%", "ab_", "abc\U0010ffff", "\u00e9t", "x\ud7ff",
+                                    "\U0010ffff", "ABC", ""])
+def test_a_prefix_selects_exactly_the_names_starting_with_it(tmp_path: Path, prefix: str) -> None:
+    """Issue 15 (DescribeImages ``name=prefix*``): on SQLite the prefix is a range over the
+    column (an index reads it); it must select exactly the strings that start with the
+    prefix — case-sensitive as EC2's filters are, ``%``/``_`` literal, non-ASCII and the
+    last code points included; prefixes with no upper bound fall back to ``LIKE``."""
+    from sqlalchemy import Column, MetaData, String, Table, select
+
+    from ebscrypt.engines.ec2.sql_filters import starts_with
+
+    if "\ud7ff" in prefix:  # a lone surrogate cannot be stored: test the character before one
+        prefix = prefix.replace("\ud7ff", "\ud7fe")
+    names = [n.replace("\ud7ff", "\ud7fe") for n in _NAMES]
+    table = Table("names", MetaData(), Column("name", String, primary_key=True))
+    database = Database(f"sqlite:///{tmp_path / 'n.db'}")
+    try:
+        table.create(database.engine)
+        with database.begin() as conn:
+            conn.execute(insert(table), [{"name": n} for n in names])
+        with database.read() as conn:
+            got = sorted(r.name for r in conn.execute(select(table.c.name).where(starts_with(table.c.name, prefix))))
+        expected = sorted(n for n in names if n.startswith(prefix))
+        if prefix and prefix[-1] != "\U0010ffff":
+            assert got == expected  # exact: a range
+        else:
+            assert set(expected) <= set(got)  # LIKE: a superset (case-insensitive)
+    finally:
+        database.dispose()
+
+
+def test_prefix_upper_bounds() -> None:
+    from ebscrypt.engines.ec2.sql_filters import prefix_upper
+
+    assert prefix_upper("one-percent-") == "one-percent."
+    assert prefix_upper("ab\u00e9") == "ab\u00ea"
+    assert prefix_upper("a\ud7ff") is None  # the next code point is a surrogate
+    assert prefix_upper("a\U0010ffff") is None  # no code point after it
+    assert prefix_upper("") is None
+
+
+def test_a_name_prefix_is_read_through_the_name_index(tmp_path: Path) -> None:
+    """Issue 15: DescribeImages(Owners=self, name=prefix*) reads the images whose names
+    start with the prefix through the (account, region, name) unique index — O(matches) —
+    not the account's every image through the page index; other databases keep LIKE."""
+    from types import SimpleNamespace
+
+    from sqlalchemy.dialects import postgresql
+
+    from ebscrypt.engines.ec2.images import _images_query
+
+    database = Database(f"sqlite:///{tmp_path / 'i.db'}")
+    caller = SimpleNamespace(account=ACCOUNT, region=REGION)
+    filters = [{"Name": "name", "Values": ["one-percent-*"]}]
+    try:
+        plan = _plans(database, lambda c: c.execute(_images_query(caller, [], ["self"], filters, None, None)).all())
+        assert any("name>? AND name<?" in d for d in plan), plan
+        assert not any("ix_ec2_images_page" in d for d in plan), plan
+    finally:
+        database.dispose()
+    pg = str(_images_query(caller, [], ["self"], filters, None, None).compile(dialect=postgresql.dialect()))
+    assert "LIKE" in pg and ">=" not in pg
+
+
+def test_a_cached_prefix_statement_binds_each_calls_prefix(tmp_path: Path) -> None:
+    """SQLAlchemy caches the compiled statement by its form: each call's prefix must still
+    be the one bound (the range's two values and LIKE's are all parameters)."""
+    from sqlalchemy import Column, MetaData, String, Table, select
+
+    from ebscrypt.engines.ec2.sql_filters import starts_with
+
+    table = Table("names", MetaData(), Column("name", String, primary_key=True))
+    database = Database(f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        table.create(database.engine)
+        with database.begin() as conn:
+            conn.execute(insert(table), [{"name": n} for n in ("abc", "abd", "b1", "b2", "c")])
+        for prefix, expected in (("ab", ["abc", "abd"]), ("b", ["b1", "b2"]), ("abd", ["abd"]), ("d", [])):
+            with database.read() as conn:
+                query = select(table.c.name).where(starts_with(table.c.name, prefix)).order_by(table.c.name)
+                assert [r.name for r in conn.execute(query)] == expected
+    finally:
+        database.dispose()

@@ -47,6 +47,7 @@ from ebscrypt.engines.ec2.filters import select_matching as filter_select
 from ebscrypt.engines.ec2.ids import check_id, is_well_formed, new_id
 from ebscrypt.engines.ec2.records import StoredRows, stored_rows
 from ebscrypt.engines.ec2.sql_filters import as_bool, narrow, owner_column
+from ebscrypt.engines.ec2.sql_filters import exact as sql_exact
 from ebscrypt.engines.ec2.image_records import (
     ACCOUNT_RE,
     Image,
@@ -348,13 +349,16 @@ def image_page(ctx: RequestContext, *, owners: list[str], after: str | None, lim
     answer, issue 15), and their tags; None on another database than SQLite or when an
     image read is pending (:func:`describe_images` settles it). With ``filters``: only
     the rows whose images match them (narrowed in SQL, then tested exactly on their
-    records, as :func:`describe_images` tests them)."""
+    records, as :func:`describe_images` tests them — unless the SQL narrowing is itself
+    exact, ``sql_filters.exact``: then the view's columns only, and no record)."""
     caller = ctx.caller
     with ctx.runtime.db.read() as conn:
         if conn.dialect.name != "sqlite":
             return None
-        # filtered: every column (the filters test records)
-        columns = [n for n in images_t.c.keys() if filters or n in {*fields, "image_id", "state"}]
+        # filtered: every column (the filters test records), unless SQL selects exactly
+        exact = bool(filters) and sql_exact(filters, SQL_FILTER_COLUMNS)
+        every = bool(filters) and not exact
+        columns = [n for n in images_t.c.keys() if every or n in {*fields, "image_id", "state"}]
         if not filters and owners and {caller.account if o == "self" else o for o in owners} == {caller.account}:
             values: dict[str, Any] = {"account": caller.account, "region": caller.region}
             values.update({k: v for k, v in (("after", after), ("limit", limit)) if v is not None})
@@ -373,6 +377,10 @@ def image_page(ctx: RequestContext, *, owners: list[str], after: str | None, lim
             tags = core_tags.page_tags_for(conn, caller.account, ids)
             return found, {k: v or [] for k, v in tags.items()}
         tags = core_tags.tags_for(conn, caller.account, ids)
+    if exact:
+        # the rows are the answer (issue 15: Packer's name=prefix*): no record to test again
+        # (every filter is then a known one: a tag: filter or a SQL_FILTER_COLUMNS name)
+        return found, {image_id: tags.get(image_id) or [] for image_id in ids}
     entries = [(image, tags.get(image.image_id) or [], row) for image, row in zip(found.records(), found.rows)]
     kept = filter_select(entries, filters, _FILTERS, tag_getter=lambda e: {t["Key"]: t["Value"] for t in e[1]})
     return found.having([e[2] for e in kept]), {e[0].image_id: e[1] for e in kept}

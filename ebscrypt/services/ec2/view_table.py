@@ -44,6 +44,12 @@ class RowsPlan:
     members: Mapping[str, str]
     env: Mapping[str, Any] = field(repr=False)
     iso_times: Mapping[str, str] = field(default_factory=dict)
+    # {member: (its key: the row local of the one stored field it reads, the prelude lines
+    # its expression needs)}: the XML writers keep such a member's rendered text by key
+    memo: Mapping[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    # {memo member: (the expression of the stored list of dicts it is, the members of each
+    # item it keeps)}: written from those dicts, no view per item (xml_writer ``_projected``)
+    projections: Mapping[str, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)
     # ``views(rows, extra)``: the view dicts of the rows, from the same expressions
     views: Callable[[Sequence[Any], Sequence[Mapping[str, Any]]], list[View]] = field(
         default=lambda rows, extra: [], repr=False, compare=False)
@@ -87,11 +93,19 @@ class ViewTable:
     function of one time: the function giving the same string from that time's ISO 8601
     text} — a member ``fn(s.<time field>)`` of a rows plan is then computed from the text
     sliced from the stored time (``records.row_iso_texts``), the datetime made only where
-    the stored text is not the plain form."""
+    the stored text is not the plain form; ``memo``: members whose value is a function of
+    one stored field alone (an image's block device mappings, fixed once the image is
+    made): a page from rows computes such a member only for a stored value the XML writers
+    have not rendered yet (:class:`RowsPlan` ``memo``); ``projections``: {memo member: (an
+    expression ``s.<field>`` of a stored list of dicts, the members of each item the
+    member's expression keeps — nested: ``{name: None or the projection of its
+    structure}``)} where the member's expression is that list with each item restricted so
+    (``None`` members left out): the XML writers then write the stored dicts themselves."""
 
     def __init__(self, name: str, members: Mapping[str, str], env: Mapping[str, Any] | None = None,
                  extras: Sequence[str] = ("tags",), key_field: str = "id",
-                 text_forms: Mapping[str, Callable[[str], Any]] | None = None) -> None:
+                 text_forms: Mapping[str, Callable[[str], Any]] | None = None, memo: Sequence[str] = (),
+                 projections: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None) -> None:
         self.name = name
         self.members = dict(members)
         self.env = dict(env or {})
@@ -100,6 +114,12 @@ class ViewTable:
             raise ValueError(f"text forms of functions not in {name}'s env: {sorted(set(self.text_forms) - set(self.env))}")
         self.extras = tuple(extras)
         self.key_field = key_field
+        self.memo = tuple(memo)
+        if set(self.memo) - set(self.members):
+            raise ValueError(f"memo of members not in {name}: {sorted(set(self.memo) - set(self.members))}")
+        self.projections = dict(projections or {})
+        if set(self.projections) - set(self.memo):
+            raise ValueError(f"projections of members not memo in {name}: {sorted(set(self.projections) - set(self.memo))}")
         for reserved in ("s", *self.extras, "extra", "v", "t", "_t", "_item", "out", "append", "seen", "value"):
             if reserved in self.env:
                 raise ValueError(f"{reserved!r} is reserved in view tables")
@@ -122,6 +142,8 @@ class ViewTable:
         plain = {n: v for n, v in values.items() if v.isidentifier()}
         members: dict[str, str] = {}
         iso_times: dict[str, str] = {}
+        memo: dict[str, tuple[str, tuple[str, ...]]] = {}
+        projections: dict[str, tuple[str, Mapping[str, Any]]] = {}
         used: set[str] = {self.key_field}
         extras: set[str] = set()
         for member, expression in self.members.items():
@@ -143,6 +165,16 @@ class ViewTable:
             rewrite = _Fields("s", list(values), plain, self.extras)
             tree = rewrite.visit(ast.parse(expression, mode="eval"))
             members[member] = ast.unparse(tree)
+            if member in self.memo:
+                memo[member] = self._memo_entry(member, rewrite, keys, unpack, values, plain)
+                if member in self.projections:
+                    source, projection = self.projections[member]
+                    items = _Fields("s", list(values), plain, self.extras)
+                    tree = items.visit(ast.parse(source, mode="eval"))
+                    if items.used != rewrite.used or items.extras_used:
+                        raise ValueError(f"{self.name}.{member}: a projection reads the memo member's field")
+                    projections[member] = (ast.unparse(tree), projection)
+                continue  # its field computed only where the writers have no text for it
             used |= rewrite.used
             extras |= rewrite.extras_used
         # Fields in the record's order: one line each, computed once per row.
@@ -155,14 +187,26 @@ class ViewTable:
             raise ValueError(f"names of {self.name}'s env clash with the row conversions'")
         entries = ", ".join(f"{m!r}: {e}" for m, e in members.items())  # the table's order
         namespace = dict(env)
+        # the views compute every member (a memo member's field too)
+        computed = [*prelude, *(line for _, lines in memo.values() for line in lines if line not in prelude)]
         source = "\n".join(["def views(rows, extra):", "    out = []", f"    for {unpack} in rows:",
-                            *("        " + line for line in prelude), f"        out.append({{{entries}}})",
-                            "    return out"]) + "\n"
+                            *("        " + line for line in dict.fromkeys(computed)),
+                            f"        out.append({{{entries}}})", "    return out"]) + "\n"
         exec(compile(source, f"<views {self.name} from rows>", "exec"), namespace)  # noqa: S102 (table-built)
         plan = RowsPlan(f"{self.name}/{cls.__name__}/{','.join(keys)}", unpack, tuple(prelude), members, env,
-                        iso_times, namespace["views"])
+                        iso_times, memo, projections, namespace["views"])
         self._plans[(cls, keys)] = plan
         return plan
+
+    def _memo_entry(self, member: str, rewrite: "_Fields", keys: tuple[str, ...], unpack: str,
+                    values: Mapping[str, str], plain: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
+        """(key, prelude lines) of a memo member (:class:`RowsPlan` ``memo``): it must read
+        one field and nothing else of the item, so the field's stored value determines it."""
+        if len(rewrite.used) != 1 or rewrite.extras_used:
+            raise ValueError(f"{self.name}.{member}: a memo member reads one field of the record and nothing else")
+        (name,) = rewrite.used
+        local = [n.strip() for n in unpack.split(",")][keys.index(name)]  # the stored column's local
+        return local, (() if name in plain else (f"f_{name} = {values[name]}",))
 
     def _time_argument(self, node: ast.expr, texts: Mapping[str, str]) -> tuple[str, str] | None:
         """``(fn, t)`` of a member ``fn(s.t)`` whose ``fn`` has a text form (and ``t`` an ISO

@@ -15,6 +15,7 @@ writer any iterable (``None`` items skipped), a map writer a dict.
 from __future__ import annotations
 
 import ast
+import re
 import threading
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -22,6 +23,9 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 from . import values as V
 
 Writer = Callable[[list[str], Any], None]
+# The members of a structure a projection keeps: {member name: None (its value as is) or
+# the projection of that member's own structure}.
+Projection = Mapping[str, "Projection | None"]
 Escape = Callable[[str], str]
 _UTC = timezone.utc
 
@@ -84,6 +88,16 @@ class RowsPlan(Protocol):
     def iso_times(self) -> Mapping[str, str]:
         """{timestamp member: an expression of its ISO 8601 text (``%Y-%m-%dT%H:%M:%S.mmmZ``,
         UTC), or None to write its value as usual}."""
+    @property
+    def memo(self) -> Mapping[str, tuple[str, Sequence[str]]]:
+        """{member: (the row local its value is a function of, alone; the lines computing
+        the locals its expression needs from that one)}: its text is rendered once per
+        distinct stored value and kept (:meth:`XmlWriters._memo_miss`)."""
+    @property
+    def projections(self) -> Mapping[str, tuple[str, "Projection"]]:
+        """{memo member, a list of structures: (the expression of the stored list of dicts
+        it is, the members of each item it keeps — nested)}: its items written straight from
+        those dicts (:meth:`XmlWriters._projected`), no view dict made per item."""
 
 
 class Collecting(list[str]):
@@ -126,6 +140,9 @@ class XmlWriters:
         self._blocks: dict[str, tuple[list[str], list[tuple[str, list[str]]], dict[str, Any]]] = {}
         self._iso_tags: dict[str, dict[str, str]] = {}  # per structure: {ISO 8601 member: its tag}
         self._rows: dict[tuple[str, str, str], Writer] = {}
+        # Rendered texts of the plans' memo members, by the stored value they come from
+        # (one dict per member and expression, shared by the plans that write it).
+        self._memos: dict[tuple[Any, ...], dict[Any, str]] = {}
         self._depth = 0
         self._lock = threading.RLock()
 
@@ -301,6 +318,22 @@ class XmlWriters:
             iso_tags = self._iso_tags[shape.name]
             for name, block in blocks:
                 expression = plan.members.get(name)
+                memo = plan.memo.get(name)
+                if expression is not None and memo is not None:
+                    # the text kept for this stored value, else rendered (and kept)
+                    projected = plan.projections.get(name)
+                    if projected is not None:  # the stored dicts written as the member's items
+                        if block[0] != "if v is None:":
+                            raise ValueError(f"{shape.name}.{name}: a projection writes a list AWS always sends")
+                        items = re.sub(rf"\b{re.escape(memo[0])}\b", "_key", projected[0])
+                        block = self._projected(shape.members[name], name, projected[1], items)
+                    key, fn = self._memo_miss(shape.name, name, head, block, env,
+                                              "None" if projected is not None else expression, memo)
+                    j = len([k for k in env if k.startswith("_memo_texts")])
+                    env[f"_memo_texts{j}"], env[f"_memo_miss{j}"] = fn.texts, fn
+                    pieces.append([f"_f = _memo_texts{j}.get({key})", "if _f is None:",
+                                   f"    _memo_miss{j}(out, {key})", "else:", "    append(_f)"])
+                    continue
                 text = plan.iso_times.get(name) if name in iso_tags else None
                 if expression is not None and text is not None:  # the text itself, else as usual
                     open_, close = f"<{iso_tags[name]}>", f"</{iso_tags[name]}>"
@@ -326,6 +359,68 @@ class XmlWriters:
             write = _exec(lines, f"<xml rows writer {shape.name} {plan.key}>", env)
             self._rows[cache_key] = write
             return write
+
+    def _projected(self, member: Any, name: str, projection: "Projection", items: str) -> list[str]:
+        """The lines writing a list of structures ``member`` (one AWS always sends) from
+        ``items``, an expression of the stored list of dicts: each item's members that
+        ``projection`` keeps, in model order, each by the very block the structure's own
+        writer runs on a view's value (so the same bytes as the view that keeps those
+        members, ``None`` ones left out, would give), without making that view."""
+        if member.type_name != "list" or member.member.type_name != "structure" or member.serialization.get("flattened"):
+            raise ValueError(f"a projection writes a (not flattened) list of structures, not {member.type_name}")
+        tag = member.serialization.get("name", name)
+        item_tag = member.member.serialization.get("name", "member")
+        return ["_l0 = " + items, f"append({'<' + tag + '>'!r})", "if _l0:", "    for _i0 in _l0:",
+                "        if _i0 is not None:", f"            append({'<' + item_tag + '>'!r})",
+                *("            " + line for line in self._projected_members(member.member, projection, "_i0", 0)),
+                f"            append({'</' + item_tag + '>'!r})", f"append({'</' + tag + '>'!r})"]
+
+    def _projected_members(self, shape: Any, projection: "Projection", var: str, depth: int) -> list[str]:
+        """The lines writing the members of the dict ``var`` that ``projection`` keeps."""
+        unknown = set(projection) - set(shape.members)
+        if unknown:
+            raise ValueError(f"{shape.name} has no members {sorted(unknown)}")
+        self.members(shape)  # its blocks
+        blocks = dict(self._blocks[shape.name][1])
+        lines: list[str] = []
+        for name, member in shape.members.items():
+            if name not in projection:
+                continue
+            inner = projection[name]
+            if inner is None:
+                block = blocks[name]
+                if any("_w" in line or "_m" in line for line in block):
+                    raise ValueError(f"{shape.name}.{name}: only scalars written inline are projected as is")
+                lines += [f"v = {var}.get({name!r})", *block]
+                continue
+            if member.type_name != "structure":
+                raise ValueError(f"{shape.name}.{name}: a nested projection needs a structure")
+            nested, tag = f"_s{depth + 1}", member.serialization.get("name", name)
+            lines += [f"{nested} = {var}.get({name!r})", f"if {nested} is not None:", f"    append({'<' + tag + '>'!r})",
+                      *("    " + line for line in self._projected_members(member, inner, nested, depth + 1)),
+                      f"    append({'</' + tag + '>'!r})"]
+        return lines
+
+    # Texts kept per memo member: past this many distinct values the dict starts anew
+    # (bounded memory: ~0.6 KB a value for an image's mappings, 80 MB at most; the hashes of
+    # values seen once, as many).
+    MEMO_ENTRIES = 1 << 17
+
+    def _memo_miss(self, shape_name: str, member: str, head: list[str], block: list[str], env: dict[str, Any],
+                   expression: str, memo: tuple[str, Sequence[str]]) -> tuple[str, "_MemoMiss"]:
+        """(the row local keying it, the function writing a memo member for a stored value
+        not seen yet): ``lines`` then ``v = expression`` and the member's very block, into
+        the answer; the pieces it wrote joined and kept, unless a string in them needs
+        escaping and this instance collects (the strings are in the answer's ``seen``; not
+        kept, so the escape check sees them in every answer that holds the text)."""
+        key, lines = memo
+        local = re.compile(rf"\b{re.escape(key)}\b")
+        source = ["def write(out, _key):", *head, *("    " + local.sub("_key", line) for line in lines),
+                  f"    v = {local.sub('_key', expression)}", *("    " + line for line in block)]
+        ident = (shape_name, member, tuple(source[1:]))
+        texts = self._memos.setdefault(ident, {})
+        render = _exec(source, f"<xml memo {shape_name}.{member}>", env)
+        return key, _MemoMiss(render, texts, self._collect, self._escape, self.MEMO_ENTRIES)
 
     def _constant_text(self, head: list[str], block: list[str], env: dict[str, Any], expression: str) -> str | None:
         """What ``block`` writes for the value of ``expression`` when that is a literal
@@ -426,3 +521,42 @@ class XmlWriters:
             text = V.format_float if t != "blob" else V.b64
             return lambda out, v: out.append(f"{open_}{esc(text(v))}{close}")
         return lambda out, v: out.append(f"{open_}{esc(v if isinstance(v, str) else str(v))}{close}")
+
+
+class _MemoMiss:
+    """A memo member's text for a stored value not kept yet (:meth:`XmlWriters._memo_miss`):
+    rendered by ``render`` into the answer itself (no list of its own). Kept in ``texts``
+    (bounded) only at the value's second sighting (its hash noted at the first): a listing
+    read once — the first after a start — then allocates no text per item (on this VM fresh
+    memory is dear: ~4 ms more per 1,000 images when every text was kept at first sight),
+    and a listing read again is written from the texts from its third reading on. Not kept
+    either when one of the strings it collected needs escaping."""
+
+    __slots__ = ("render", "texts", "collect", "escape", "limit", "sighted")
+
+    def __init__(self, render: Writer, texts: dict[Any, str], collect: bool, escape: Escape, limit: int) -> None:
+        self.render, self.texts, self.collect, self.escape, self.limit = render, texts, collect, escape, limit
+        self.sighted: set[int] = set()  # hashes of values seen once (a collision only keeps a text early)
+
+    def __call__(self, out: list[str], key: Any) -> None:
+        start = len(out)
+        if self.collect:
+            seen: list[str] = out.seen  # type: ignore[attr-defined]
+            first = len(seen)
+            self.render(out, key)
+            if len(seen) > first:
+                strings = "".join(seen[first:])  # one scan of them all (issue 15)
+                if self.escape(strings) != strings:
+                    return  # not kept: every answer holding it must collect its strings
+        else:
+            self.render(out, key)
+        sighted, h = self.sighted, hash(key)
+        if h not in sighted:
+            if len(sighted) >= self.limit:
+                sighted.clear()
+            sighted.add(h)
+            return
+        texts = self.texts
+        if len(texts) >= self.limit:
+            texts.clear()
+        texts[key] = "".join(out[start:])
