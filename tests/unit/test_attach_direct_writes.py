@@ -134,13 +134,10 @@ def test_sequential_writes_beyond_the_cache_recycle_superseded_objects(tmp_path:
     assert not list((tmp_path / "blocks" / FREE_DIR).iterdir())  # the kept files went with the store
 
 
-def test_a_pass_over_written_blocks_recycles_their_files_before_its_flush(tmp_path: Path, monkeypatch) -> None:
-    """A sequential pass over blocks written and flushed before (bench/README.md S7): its
-    direct writes publish in the background every PUBLISH_EARLY_BLOCKS staged blocks, far
-    below the volume's bound, so the objects they supersede are recycled and written over
-    within the same pass, before any flush (with publication only at the bound, the whole
-    pass went to fresh files). Every write still reads back, after the flush and from a
-    new engine on the same files (kill -9: nothing in memory)."""
+def _early_publishing(tmp_path: Path, monkeypatch, vid: str):
+    """An engine on real files and a volume whose direct writes publish in the background
+    every 4 staged blocks (PUBLISH_EARLY_BLOCKS), superseded objects recycled at once:
+    (db, store, engine, key, pool, volume)."""
     from ebscrypt.engines.attach import volume_io
 
     monkeypatch.setattr(engine_mod, "RECYCLE_GRACE", 0.0)
@@ -149,9 +146,29 @@ def test_a_pass_over_written_blocks_recycles_their_files_before_its_flush(tmp_pa
     store = LocalDirStore(tmp_path / "blocks")
     engine = BlockEngine(db, store, processes=0, gc_grace_seconds=0)
     key = DataKey("dk-test", os.urandom(32))
-    vid = "vol-00000000000000036"
     pool = ThreadPoolExecutor(2)
-    vol = _vol(engine, vid, key, tmp_path, cache_blocks=16, flusher=pool)
+    return db, store, engine, key, pool, _vol(engine, vid, key, tmp_path, cache_blocks=16, flusher=pool)
+
+
+def _write_pass(vol: OpenVolume, data: bytes) -> None:
+    """``data`` written from offset 0 two blocks at a time, each background publication
+    let end before the next write (as I/O would go on while it runs)."""
+    for off in range(0, len(data), 2 * BLOCK_SIZE):
+        vol.write(off, data[off:off + 2 * BLOCK_SIZE])
+        with vol._cond:
+            while vol._publishing:
+                vol._cond.wait()
+
+
+def test_a_pass_over_written_blocks_recycles_their_files_before_its_flush(tmp_path: Path, monkeypatch) -> None:
+    """A sequential pass over blocks written and flushed before (bench/README.md S7): its
+    direct writes publish in the background every PUBLISH_EARLY_BLOCKS staged blocks, far
+    below the volume's bound, so the objects they supersede are recycled and written over
+    within the same pass, before any flush (with publication only at the bound, the whole
+    pass went to fresh files). Every write still reads back, after the flush and from a
+    new engine on the same files (kill -9: nothing in memory)."""
+    vid = "vol-00000000000000036"
+    db, store, engine, key, pool, vol = _early_publishing(tmp_path, monkeypatch, vid)
     assert vol._publish_limit == 64  # the pass below (32 blocks) stays under it
     first = os.urandom(32 * BLOCK_SIZE)
     for off in range(0, len(first), 2 * BLOCK_SIZE):
@@ -160,11 +177,7 @@ def test_a_pass_over_written_blocks_recycles_their_files_before_its_flush(tmp_pa
     assert store.recycled == 0  # nothing superseded yet
     published = engine.publications
     second = os.urandom(32 * BLOCK_SIZE)
-    for off in range(0, len(second), 2 * BLOCK_SIZE):
-        vol.write(off, second[off:off + 2 * BLOCK_SIZE])
-        with vol._cond:
-            while vol._publishing:  # (a background publication: let it end, as I/O would go on)
-                vol._cond.wait()
+    _write_pass(vol, second)
     assert vol.direct_writes == 32
     assert engine.publications - published >= 4  # in the background, no flush asked
     assert store.recycled >= 16  # the first pass's files, reused within this pass
@@ -188,27 +201,14 @@ def test_a_crash_mid_pass_with_early_publications_loses_nothing_flushed(tmp_path
     content or the pass's — the latter for every block a publication recorded — never
     anything else (a recycled file reused while its old entry was still live would show
     here as an integrity error or wrong bytes). Then the volume takes writes again."""
-    from ebscrypt.engines.attach import volume_io
-
-    monkeypatch.setattr(engine_mod, "RECYCLE_GRACE", 0.0)
-    monkeypatch.setattr(volume_io, "PUBLISH_EARLY_BLOCKS", 4)
-    db = Database(f"sqlite:///{tmp_path / 'meta.db'}")
-    store = LocalDirStore(tmp_path / "blocks")
-    engine = BlockEngine(db, store, processes=0, gc_grace_seconds=0)
-    key = DataKey("dk-test", os.urandom(32))
     vid = "vol-00000000000000037"
-    pool = ThreadPoolExecutor(2)
-    vol = _vol(engine, vid, key, tmp_path, cache_blocks=16, flusher=pool)
+    db, store, engine, key, pool, vol = _early_publishing(tmp_path, monkeypatch, vid)
     flushed = os.urandom(32 * BLOCK_SIZE)
     for off in range(0, len(flushed), 2 * BLOCK_SIZE):
         vol.write(off, flushed[off:off + 2 * BLOCK_SIZE])
     vol.flush()
     second = os.urandom(26 * BLOCK_SIZE)  # most of a pass, not flushed: 13 writes of 2 blocks
-    for off in range(0, len(second), 2 * BLOCK_SIZE):
-        vol.write(off, second[off:off + 2 * BLOCK_SIZE])
-        with vol._cond:
-            while vol._publishing:  # (each background publication ends before the next write)
-                vol._cond.wait()
+    _write_pass(vol, second)
     with vol._cond:
         unpublished = set(vol._unpublished)
     recorded = set(range(32)) - unpublished  # published in the background, or never rewritten
