@@ -72,6 +72,16 @@ def error_of(call: Callable[[], Any]) -> tuple[str, str]:
     return err["Code"], err.get("Message", "")
 
 
+def until(check: Callable[[], Any], timeout: float = 30) -> bool:
+    """Whether ``check()`` became true within ``timeout`` seconds (polled every 50 ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def sha(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 

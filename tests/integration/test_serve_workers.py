@@ -27,7 +27,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.conftest import DEFAULT_ACCOUNT, DEFAULT_REGION, ServerProcess
-from tests.helpers import pattern, read_blocks, upload_snapshot
+from tests.helpers import pattern, read_blocks, until, upload_snapshot
 from tests.integration.test_nbd_support import ZONE, launch, need, qemu_io, run, uri
 
 WORKER = "x-ebscrypt-worker"
@@ -243,7 +243,7 @@ def test_a_killed_worker_is_started_again_and_nothing_acknowledged_is_lost(srv: 
 
     writer = threading.Thread(target=create_until_it_dies)
     writer.start()
-    assert _until_true(lambda: len(made) >= 20, 60)
+    assert until(lambda: len(made) >= 20, 60)
     os.kill(pid, signal.SIGKILL)
     writer.join(60)
     assert not writer.is_alive()
@@ -264,15 +264,6 @@ def test_a_killed_worker_is_started_again_and_nothing_acknowledged_is_lost(srv: 
                  for v in client.describe_volumes(VolumeIds=made[i:i + 200])["Volumes"]]
         assert sorted(found) == sorted(made)
         assert on_worker(srv, "kms", index).describe_key(KeyId=key)["KeyMetadata"]["Description"] == "acknowledged"
-
-
-def _until_true(check: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_sigterm_stops_every_worker(tmp_path: Path) -> None:
@@ -322,4 +313,4 @@ def test_a_killed_parent_leaves_no_worker_behind(tmp_path: Path) -> None:
     all_workers_up(server)
     pids = {r["pid"] for r in (ready(server) for _ in range(30))}
     server.kill()  # SIGKILL: the parent runs no code; each worker asked for SIGTERM on its death
-    assert _until_true(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), 60), pids
+    assert until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), 60), pids

@@ -27,6 +27,7 @@ from ebscrypt.engines.jobs import JobRunner, runner_process_alive
 from ebscrypt.errors import ServiceUnavailable
 from ebscrypt.storage.db import Database
 from ebscrypt.storage.schema import jobs
+from tests.helpers import until
 
 HOST = socket.gethostname()
 
@@ -150,29 +151,20 @@ def _started(tmp_path: Path) -> list[tuple[int, int]]:
     return sorted((int(i), int(p)) for i, p in (f.name.split("-") for f in tmp_path.iterdir()))
 
 
-def _until(check: Any, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_supervisor_restarts_a_killed_worker_and_stops_all_on_sigterm(tmp_path: Path) -> None:
     proc = _supervise(tmp_path, "run")
     try:
-        assert _until(lambda: len(_started(tmp_path)) == 2)
+        assert until(lambda: len(_started(tmp_path)) == 2)
         (_, first), _ = _started(tmp_path)
         os.kill(first, signal.SIGKILL)
-        assert _until(lambda: len([s for s in _started(tmp_path) if s[0] == 0]) == 2)  # worker 0 again
+        assert until(lambda: len([s for s in _started(tmp_path) if s[0] == 0]) == 2)  # worker 0 again
         pids = [pid for _, pid in _started(tmp_path) if pid != first]
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
         assert "worker 0" in out and "starting it again" in out
         for pid in pids:
-            assert _until(lambda: not Path(f"/proc/{pid}").exists(), 5), f"worker {pid} left running"
+            assert until(lambda: not Path(f"/proc/{pid}").exists(), 5), f"worker {pid} left running"
     finally:
         proc.kill()
 
@@ -239,7 +231,7 @@ def test_a_hold_ends_when_the_worker_goes_away(tmp_path: Path) -> None:
         sock.sendall(b'{"op": "hold", "volume": "vol-3"}\n')
         assert sock.recv(100).startswith(b'{"ok": true')
         sock.close()  # the worker died mid-snapshot: the volume is let go
-        assert _until(lambda: ("release", "vol-3") in engine.calls, 10)
+        assert until(lambda: ("release", "vol-3") in engine.calls, 10)
     finally:
         server.close()
 
@@ -330,6 +322,6 @@ def test_a_hold_never_released_ends_after_its_bound(tmp_path: Path, monkeypatch:
             sock.connect("\0" + name)
             sock.sendall(b'{"op": "hold", "volume": "vol-4"}\n')
             assert sock.recv(100).startswith(b'{"ok": true')
-            assert _until(lambda: ("release", "vol-4") in engine.calls, 10)  # the connection still open
+            assert until(lambda: ("release", "vol-4") in engine.calls, 10)  # the connection still open
     finally:
         server.close()
