@@ -96,6 +96,26 @@ def test_whole_block_writes_with_partial_ones_match_a_model(blocks, tmp_path: Pa
     assert fresh.read(0, size) == bytes(model)
 
 
+def _read_after_restart(db: Database, tmp_path: Path, vid: str, key: DataKey, length: int) -> bytes:
+    """The volume's first ``length`` bytes as a new engine on the same files reads them
+    (kill -9: nothing of the old engine's memory counts)."""
+    restarted = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
+    try:
+        return bytes(OpenVolume(restarted, vid, 1, key, account="1", instance_id="i-1").read(0, length))
+    finally:
+        restarted.close()
+
+
+def _objects_left(engine: BlockEngine, store: LocalDirStore, vid: str) -> set[str]:
+    """After a sweep and the engine's close: the volume's named objects, asserted to be
+    exactly the objects the store still holds (nothing leaked, nothing missing)."""
+    engine.sweep()
+    engine.close()
+    named = {r.object_key for r in engine.list_block_refs(vid) if r.object_key}
+    assert {k for k, _m in store.keys()} == named
+    return named
+
+
 def test_sequential_writes_beyond_the_cache_recycle_superseded_objects(tmp_path: Path, monkeypatch) -> None:
     """A sequential writer over more than the cache: whole blocks skip the cache (it stays
     empty); the second pass's publication supersedes the first pass's objects, and the
@@ -121,16 +141,10 @@ def test_sequential_writes_beyond_the_cache_recycle_superseded_objects(tmp_path:
     assert store.recycled == 16  # the third pass wrote over the first pass's 16 files
     assert vol.read(0, len(passes[2])) == passes[2]
     # kill -9 here: a new engine on the same files reads every flushed write
-    restarted = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
-    fresh = OpenVolume(restarted, vid, 1, key, account="1", instance_id="i-1")
-    assert fresh.read(0, len(passes[2])) == passes[2]
-    restarted.close()
+    assert _read_after_restart(db, tmp_path, vid, key, len(passes[2])) == passes[2]
     vol.close()
     pool.shutdown()
-    engine.sweep()
-    engine.close()
-    named = {r.object_key for r in engine.list_block_refs(vid) if r.object_key}
-    assert {k for k, _m in store.keys()} == named and len(named) == 16
+    assert len(_objects_left(engine, store, vid)) == 16
     assert not list((tmp_path / "blocks" / FREE_DIR).iterdir())  # the kept files went with the store
 
 
@@ -183,16 +197,10 @@ def test_a_pass_over_written_blocks_recycles_their_files_before_its_flush(tmp_pa
     assert store.recycled >= 16  # the first pass's files, reused within this pass
     assert vol.read(0, len(second)) == second
     vol.flush()
-    restarted = BlockEngine(db, LocalDirStore(tmp_path / "blocks"), processes=0, gc_grace_seconds=0)
-    fresh = OpenVolume(restarted, vid, 1, key, account="1", instance_id="i-1")
-    assert fresh.read(0, len(second)) == second
-    restarted.close()
+    assert _read_after_restart(db, tmp_path, vid, key, len(second)) == second
     vol.close()
     pool.shutdown()
-    engine.sweep()
-    engine.close()
-    named = {r.object_key for r in engine.list_block_refs(vid) if r.object_key}
-    assert {k for k, _m in store.keys()} == named and len(named) == 32
+    assert len(_objects_left(engine, store, vid)) == 32
 
 
 def test_a_crash_mid_pass_with_early_publications_loses_nothing_flushed(tmp_path: Path, monkeypatch) -> None:
