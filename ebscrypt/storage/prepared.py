@@ -64,13 +64,34 @@ def _run(conn: Connection, plan: _Plan, params: Mapping[str, Any]) -> Any:
         raise DBAPIError.instance(plan.sql, values, exc, dbapi_error) from exc
 
 
+class _Plans:
+    """A statement's plans by (dialect name, parameter names): compiled on first use, on
+    SQLite only; None — also cached — means SQLAlchemy's own execution."""
+
+    def __init__(self) -> None:
+        self._by: dict[tuple[str, tuple[str, ...] | None], _Plan | None] = {}
+        self._lock = threading.Lock()
+
+    def get(self, conn: Connection, stmt: Select[Any] | Insert | Update | Delete,
+            names: tuple[str, ...] | None) -> _Plan | None:
+        dialect = conn.dialect
+        key = (dialect.name, names)
+        try:
+            return self._by[key]
+        except KeyError:
+            pass
+        plan = _compile(stmt, dialect, names) if dialect.name == "sqlite" else None
+        with self._lock:
+            self._by[key] = plan
+        return plan
+
+
 class PreparedRead:
     """A ``select`` that returns at most one row, run by :meth:`first`."""
 
     def __init__(self, stmt: Select[Any]) -> None:
         self.stmt = stmt
-        self._plans: dict[str, _Plan | None] = {}  # by dialect name (None: SQLAlchemy's way)
-        self._lock = threading.Lock()
+        self._plans = _Plans()
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> dict[str, Any] | None:
         """The first row as a dict of column key to value, or None. [conn: a transaction]"""
@@ -100,15 +121,7 @@ class PreparedRead:
             cur.close()
 
     def _plan(self, conn: Connection) -> _Plan | None:
-        dialect = conn.dialect
-        try:
-            return self._plans[dialect.name]
-        except KeyError:
-            pass
-        plan = _compile(self.stmt, dialect) if dialect.name == "sqlite" else None
-        with self._lock:
-            self._plans[dialect.name] = plan
-        return plan
+        return self._plans.get(conn, self.stmt, None)
 
 
 class PreparedWrite:
@@ -118,9 +131,7 @@ class PreparedWrite:
 
     def __init__(self, stmt: Insert | Update | Delete) -> None:
         self.stmt = stmt
-        # by (dialect name, parameter names in the caller's order); None: SQLAlchemy's way
-        self._plans: dict[tuple[str, tuple[str, ...]], _Plan | None] = {}
-        self._lock = threading.Lock()
+        self._plans = _Plans()  # one per set of parameter names (the caller's order)
 
     def run(self, conn: Connection, params: Mapping[str, Any]) -> int:
         """Execute it once with ``params``; the number of rows it changed. [conn: a transaction]"""
@@ -151,16 +162,7 @@ class PreparedWrite:
             raise DBAPIError.instance(plan.sql, values, exc, dbapi_error) from exc
 
     def _plan(self, conn: Connection, names: tuple[str, ...]) -> _Plan | None:
-        dialect = conn.dialect
-        key = (dialect.name, names)
-        try:
-            return self._plans[key]
-        except KeyError:
-            pass
-        plan = _compile(self.stmt, dialect, names) if dialect.name == "sqlite" else None
-        with self._lock:
-            self._plans[key] = plan
-        return plan
+        return self._plans.get(conn, self.stmt, names)
 
 
 def _compile(stmt: Select[Any] | Insert | Update | Delete, dialect: Any,
