@@ -198,13 +198,12 @@ def test_large_write_payloads_are_received_straight_into_place(monkeypatch) -> N
     assert all(k == 0 for (_n, k), after in zip(through_buffer, after_large) if after), through_buffer
 
 
-@pytest.mark.parametrize("structured", [False, True])
-def test_reads_answered_on_the_connection_thread_and_by_the_pool_reply_exactly(tmp_path, structured: bool) -> None:
-    """A queue of READs on a threaded connection over a real volume: small ones served on
-    the connection's thread (replies assembled in its output buffer: ``_hot_read``), the
-    others (too large, FUA, past the end, sectors not known yet) the general way; every
-    reply is well formed (simple or structured), carries its handle and exactly the
-    volume's bytes, and an error where one is due."""
+def _serve_reads(tmp_path, structured: bool, mixed: bool) -> tuple[bytes, list[tuple[int, int, int]], list[bool], bytes]:
+    """A queue of READs sent at once to a threaded connection over a real 6-block volume
+    whose objects are known and in the page cache; ``mixed`` adds reads that must go the
+    general way (too large, FUA, past the end, across blocks). Returns the volume's bytes,
+    the reads (offset, length, flags; the handle is the index), what each
+    ``try_read_into`` answered, and every byte the connection sent back."""
     import random
     from concurrent.futures import ThreadPoolExecutor
 
@@ -223,10 +222,20 @@ def test_reads_answered_on_the_connection_thread_and_by_the_pool_reply_exactly(t
             (blocks.store.root / blocks.block_ref(vol.volume_id, index).object_key).read_bytes()
             vol.read(index * BLOCK_SIZE + 400000, 100)
         rng = random.Random(3)
-        reads = [(rng.randrange(6 * BLOCK_SIZE - 70000), rng.choice([4096, 512, 1, 65536]), 0) for _ in range(300)]
-        reads += [(0, HOT_READ_MAX + 4096, 0), (8192, 4096, nbd.CMD_FLAG_FUA), (vol.size - 100, 4096, 0),
-                  (vol.size + 4096, 4096, 0), (100, 0, 0), (3 * BLOCK_SIZE, 2 * BLOCK_SIZE, 0)]
-        rng.shuffle(reads)
+        if mixed:
+            reads = [(rng.randrange(6 * BLOCK_SIZE - 70000), rng.choice([4096, 512, 1, 65536]), 0)
+                     for _ in range(300)]
+            reads += [(0, HOT_READ_MAX + 4096, 0), (8192, 4096, nbd.CMD_FLAG_FUA), (vol.size - 100, 4096, 0),
+                      (vol.size + 4096, 4096, 0), (100, 0, 0), (3 * BLOCK_SIZE, 2 * BLOCK_SIZE, 0)]
+            rng.shuffle(reads)
+        else:  # each inside one block, never the block read last or the next one (that would be
+            # a sequential reader's, loaded whole the blocking way): nothing goes to the pool, so
+            # nothing else holds the volume's lock
+            reads, last = [], 5  # (the warm-up above read block 5 last)
+            for _ in range(300):
+                length = rng.choice([4096, 512, 1, 65536])
+                last = rng.choice([i for i in range(6) if i not in (last, last + 1)])
+                reads.append((last * BLOCK_SIZE + rng.randrange(BLOCK_SIZE - length), length, 0))
         requests = b"".join(struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, flags, nbd.CMD_READ, handle, offset, length)
                             for handle, (offset, length, flags) in enumerate(reads))
         requests += struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, nbd.CMD_DISC, 0, 0, 0)
@@ -253,6 +262,12 @@ def test_reads_answered_on_the_connection_thread_and_by_the_pool_reply_exactly(t
         pool.shutdown()
         b.close()
         vol.close()
+    return data, reads, hot, bytes(got)
+
+
+def _check_replies(data: bytes, reads: list[tuple[int, int, int]], got: bytes, structured: bool) -> None:
+    """Every read answered once, well formed (simple or structured), with its handle and
+    exactly the volume's bytes (zeros past them), or EINVAL past the end."""
     answers: dict[int, tuple[int, bytes]] = {}
     pos = 0
     while pos < len(got):
@@ -274,7 +289,6 @@ def test_reads_answered_on_the_connection_thread_and_by_the_pool_reply_exactly(t
             answers[handle] = (error, bytes(got[pos + 16:pos + 16 + n]))
             pos += 16 + n
     assert sorted(answers) == list(range(len(reads)))
-    assert sum(hot) > 200 and not all(hot)  # most served on the connection's thread, not all
     for handle, (offset, length, _flags) in enumerate(reads):
         error, body = answers[handle]
         if offset + length > 1 << 30:
@@ -282,3 +296,27 @@ def test_reads_answered_on_the_connection_thread_and_by_the_pool_reply_exactly(t
         else:
             want = data[offset:offset + length]
             assert error == 0 and body == want + bytes(length - len(want)), (offset, length)
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_reads_answered_on_the_connection_thread_and_by_the_pool_reply_exactly(tmp_path, structured: bool) -> None:
+    """Small reads served on the connection's thread (replies assembled in its output
+    buffer: ``_hot_read``) mixed with others served the general way (too large, FUA, past
+    the end, across blocks not cached): every reply is well formed, carries its handle and
+    exactly the volume's bytes, and an error where one is due. How many small reads the
+    connection's thread serves depends on when the pool holds the volume's lock (a busy
+    machine moves more to the pool), so only that it serves some is asserted here; the
+    test below pins the hot path's reach where nothing competes."""
+    data, reads, hot, got = _serve_reads(tmp_path, structured, mixed=True)
+    _check_replies(data, reads, got, structured)
+    assert any(hot)
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_small_reads_of_known_objects_all_served_on_the_connection_thread(tmp_path, structured: bool) -> None:
+    """With nothing else holding the volume's lock (every read small and inside one block
+    whose object is open and in the page cache), every READ is served on the connection's
+    thread and replies exactly. Fails if the hot path turns away a read it can serve."""
+    data, reads, hot, got = _serve_reads(tmp_path, structured, mixed=False)
+    _check_replies(data, reads, got, structured)
+    assert len(hot) == len(reads) and all(hot)
