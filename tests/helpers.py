@@ -82,6 +82,18 @@ def until(check: Callable[[], Any], timeout: float = 30) -> bool:
     return False
 
 
+def child_pids(pid: int) -> list[int]:
+    """The process ids of ``pid``'s children (Linux: /proc/PID/task/*/children); a thread
+    that ended since the listing has none."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return out
+
+
 def sha(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 

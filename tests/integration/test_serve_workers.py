@@ -27,7 +27,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.conftest import DEFAULT_ACCOUNT, DEFAULT_REGION, ServerProcess
-from tests.helpers import pattern, read_blocks, until, upload_snapshot
+from tests.helpers import child_pids, pattern, read_blocks, until, upload_snapshot
 from tests.integration.test_nbd_support import ZONE, launch, need, qemu_io, run, uri
 
 WORKER = "x-ebscrypt-worker"
@@ -102,9 +102,7 @@ def test_requests_spread_over_both_workers(srv: ServerProcess) -> None:
     assert {w for w, _ in seen} == {0, 1}, seen
     pids = {pid for _, pid in seen}
     assert len(pids) == 2 and srv.proc.pid not in pids  # two processes, neither the parent
-    children = {int(c) for task in Path(f"/proc/{srv.proc.pid}/task").iterdir()
-                for c in (task / "children").read_text().split()}
-    assert pids <= children
+    assert pids <= set(child_pids(srv.proc.pid))
 
 
 def test_created_in_one_worker_read_in_the_other(srv: ServerProcess) -> None:
