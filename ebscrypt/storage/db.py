@@ -404,16 +404,18 @@ def _group_commit_enabled() -> bool:
 
 
 class _Slot:
-    """SQLite: the connection one thread keeps checked out between its transactions.
+    """SQLite: a connection one thread keeps checked out between its transactions — one
+    for its reads, one for its writes (:class:`_ThreadSlots`).
 
     A transaction through SQLAlchemy's pool paid a checkout and a check-in (with their
     events and the reset on return) every time: ~40% of an empty ``begin()`` (bench/README.md
     section M7). The thread's connection holds no transaction (no snapshot, no lock)
     between uses, so each BEGIN sees every commit made before it, by this process or
     another one on the same file (``serve --workers N``). A transaction opened while the
-    thread's connection is in use (a read inside a write) takes one from the pool. The slot
-    alone holds the connection: when the thread ends (its thread-local storage goes) or
-    the Database is dropped undisposed, the slot goes and gives it back to the pool."""
+    thread's connection of that mode is in use (a read inside a read) takes one from the
+    pool. The slot alone holds the connection: when the thread ends (its thread-local
+    storage goes) or the Database is dropped undisposed, the slot goes and gives it back
+    to the pool."""
 
     __slots__ = ("conn", "busy")
 
@@ -431,7 +433,14 @@ class _Slot:
 
 
 class _ThreadSlots(threading.local):
-    slot: _Slot | None = None
+    """A thread's two kept connections, one per mode. Not one switched between modes:
+    ``PRAGMA query_only`` (as every flag PRAGMA) expires all of the connection's prepared
+    statements, so each switch made SQLite parse and plan every statement of the next
+    transactions again (a one-row select by key: 25 µs, 100 µs after a switch;
+    bench/README.md section M8). A mutating call reads, then writes: two switches a call."""
+
+    read: _Slot | None = None
+    write: _Slot | None = None
 
 
 # Kept connections (all Databases): a BEGIN on one that Database did not announce is a
@@ -574,13 +583,11 @@ class Database:
 
     @contextmanager
     def _sqlite_connection(self, *, read_only: bool) -> Iterator[Connection]:
-        """This thread's kept connection (:class:`_Slot`), or one from the pool when it is
-        in use; marked for ``_sqlite_begin`` as reading (query_only, deferred BEGIN) or
-        writing (BEGIN IMMEDIATE)."""
-        slot = self._slots.slot
-        if slot is None:
-            slot = self._slots.slot = _Slot()
-        if slot.busy:  # nested in a transaction of this thread: a second connection
+        """This thread's kept connection for the mode (:class:`_Slot`), or one from the pool
+        when it is in use; marked for ``_sqlite_begin`` as reading (query_only, deferred
+        BEGIN) or writing (BEGIN IMMEDIATE)."""
+        slot = self._slot(read_only)
+        if slot.busy:  # nested in a transaction of this thread in the same mode: another connection
             with self.engine.connect() as conn:
                 conn.connection.info[_NEXT_READ_ONLY] = read_only
                 yield conn
@@ -604,6 +611,18 @@ class Database:
                 # thread's next transaction starts from a fresh connection
                 slot.conn = None
                 self._release(conn)
+
+    def _slot(self, read_only: bool) -> _Slot:
+        """This thread's slot for reading or for writing (made on first use)."""
+        slots = self._slots
+        slot = slots.read if read_only else slots.write
+        if slot is None:
+            slot = _Slot()
+            if read_only:
+                slots.read = slot
+            else:
+                slots.write = slot
+        return slot
 
     def _release(self, conn: Connection) -> None:
         """A kept connection given back (it broke, or dispose)."""
@@ -687,7 +706,9 @@ def _sqlite_begin(conn: Connection) -> None:
     # Readers also run with query_only: a write slipped into a read path is an immediate
     # error (a deferred transaction that writes would otherwise fail only under contention,
     # SQLITE_BUSY when upgrading its snapshot). The pooled connection remembers its mode,
-    # so the PRAGMA runs only when a connection switches between reading and writing.
+    # so the PRAGMA runs only when a connection switches between reading and writing —
+    # rare: a thread keeps one connection per mode (_ThreadSlots), because the switch
+    # expires every statement the connection had prepared.
     pooled = conn.connection
     # Taken, not read: a BEGIN not announced by Database (engine.begin() in a tool or a
     # test) is a write transaction, as before.

@@ -47,9 +47,13 @@ def test_every_pooled_connection_keeps_the_durability_pragmas(db: Database) -> N
 
 def test_connections_are_reused(db: Database) -> None:
     with db.read() as conn:
-        first = conn.connection.driver_connection
+        reading = conn.connection.driver_connection
     with db.begin() as conn:
-        assert conn.connection.driver_connection is first
+        writing = conn.connection.driver_connection
+    with db.read() as conn:
+        assert conn.connection.driver_connection is reading
+    with db.begin() as conn:
+        assert conn.connection.driver_connection is writing
 
 
 def test_write_in_read_transaction_fails_and_the_connection_writes_again(db: Database) -> None:
@@ -58,7 +62,7 @@ def test_write_in_read_transaction_fails_and_the_connection_writes_again(db: Dat
             _bump(conn)
     with db.read() as conn:
         before = _version(conn)
-    with db.begin() as conn:  # the same pooled connection: query_only was cleared
+    with db.begin() as conn:  # writes after the refused one (SQLite: its writing connection)
         _bump(conn)
     with db.read() as conn:
         assert _version(conn) == before + 1

@@ -1,5 +1,6 @@
-"""storage/db.py, SQLite: each thread keeps one connection checked out between its
-transactions (no pool checkout and check-in per transaction, issue 15 section M7), and
+"""storage/db.py, SQLite: each thread keeps one connection per mode (reading, writing)
+checked out between its transactions (no pool checkout and check-in per transaction, issue
+15 section M7; no ``query_only`` switch expiring its prepared statements, section M8), and
 still sees every commit made before each BEGIN — by another thread, another Database on
 the same file, or another process (``serve --workers N``) — keeps read transactions
 read-only, falls back to the pool for a transaction nested in another, leaves no
@@ -34,17 +35,42 @@ def _count(db: Database) -> int:
         return int(conn.exec_driver_sql("SELECT count(*) FROM kept").scalar() or 0)
 
 
-def test_a_thread_reuses_one_connection_and_checks_out_no_other(db: Database) -> None:
+def test_a_thread_reuses_one_connection_per_mode_and_checks_out_no_other(db: Database) -> None:
     with db.read() as conn:
-        first = conn.connection.driver_connection
+        reading = conn.connection.driver_connection
+    with db.begin() as conn:
+        writing = conn.connection.driver_connection
+    assert writing is not reading
     for _ in range(5):
         with db.begin() as conn:
-            assert conn.connection.driver_connection is first
+            assert conn.connection.driver_connection is writing
             conn.exec_driver_sql("INSERT INTO kept (v) VALUES ('x')")
         with db.read() as conn:
-            assert conn.connection.driver_connection is first
-    assert db.engine.pool.checkedout() == 1  # this thread's, kept
+            assert conn.connection.driver_connection is reading
+    assert db.engine.pool.checkedout() == 2  # this thread's two, kept
     assert _count(db) == 5
+
+
+def test_alternating_reads_and_writes_switch_no_connection_mode(db: Database) -> None:
+    """``PRAGMA query_only`` expires every statement the connection prepared (SQLite's flag
+    PRAGMAs all do): a thread that reads then writes, as every mutating call does, must
+    not switch a connection's mode, or each call parses and plans its statements again."""
+    with db.read() as conn:
+        conn.exec_driver_sql("SELECT count(*) FROM kept").scalar()
+    with db.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO kept (v) VALUES ('warm')")
+    issued: list[str] = []
+    for mode in (db.read, db.begin):
+        with mode() as conn:
+            conn.connection.driver_connection.set_trace_callback(issued.append)
+    for _ in range(3):
+        with db.read() as conn:
+            assert conn.exec_driver_sql("PRAGMA query_only").scalar() == 1
+        with db.begin() as conn:
+            assert conn.exec_driver_sql("PRAGMA query_only").scalar() == 0
+            conn.exec_driver_sql("INSERT INTO kept (v) VALUES ('x')")
+    assert [s for s in issued if s.startswith("PRAGMA query_only=")] == []
+    assert _count(db) == 4
 
 
 def test_each_begin_sees_commits_of_another_process(db: Database, tmp_path: Path) -> None:
@@ -90,8 +116,8 @@ def test_an_error_rolls_back_and_leaves_no_transaction_open(db: Database) -> Non
         with db.begin() as conn:
             conn.exec_driver_sql("INSERT INTO kept (v) VALUES ('lost')")
             raise RuntimeError("the request failed")
-    slot = db._slots.slot
-    kept = slot.conn if slot is not None else None  # this thread's connection, between transactions: none open on it
+    slot = db._slots.write
+    kept = slot.conn if slot is not None else None  # this thread's writing connection, between transactions: none open on it
     assert kept is not None and not kept.in_transaction()
     assert not kept.connection.driver_connection.in_transaction
     assert _count(db) == 0
@@ -158,7 +184,7 @@ def test_dispose_gives_every_kept_connection_back(tmp_path: Path) -> None:
     assert done.wait(10)
     with database.read() as conn:
         conn.execute(text("SELECT 1"))
-    assert database.engine.pool.checkedout() == 2
+    assert database.engine.pool.checkedout() == 3  # the other thread's reading; this one's reading and writing (the schema)
     database.dispose()
     assert database.engine.pool.checkedout() == 0
     finish.set()
@@ -176,7 +202,7 @@ def test_a_thread_that_ends_gives_its_connection_back(db: Database) -> None:
         t = threading.Thread(target=short_lived)
         t.start()
         t.join()
-    assert db.engine.pool.checkedout() == 1  # the five ended threads' went back to the pool
+    assert db.engine.pool.checkedout() == 2  # this thread's two; the five ended threads' went back to the pool
 
 
 def test_an_undisposed_database_gives_its_connections_back_when_dropped(tmp_path: Path) -> None:
@@ -186,7 +212,7 @@ def test_an_undisposed_database_gives_its_connections_back_when_dropped(tmp_path
     with database.read() as conn:
         conn.execute(text("SELECT 1"))
     pool = database.engine.pool
-    assert pool.checkedout() == 1
+    assert pool.checkedout() == 2  # reading, and writing (the schema)
     del database, conn
     gc.collect()
     assert pool.checkedout() == 0
