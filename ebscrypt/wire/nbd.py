@@ -232,6 +232,7 @@ def parse_request(raw: bytes) -> Request:
 
 
 _REQUEST = struct.Struct(">IHHQQI")
+REQUEST_STRUCT = _REQUEST  # (magic, flags, command, handle, offset, length): a server's hot path unpacks it itself
 
 
 def parse_request_from(buf: bytes | bytearray | memoryview, offset: int) -> Request:
