@@ -470,7 +470,8 @@ class OpenVolume:
             if self.closed or self._busy():
                 return 0
             cache, storing, staged, refs = self._cache, self._storing, self._unpublished, self._refs
-            journal = self._journal
+            # (the blocks with journal records, active and frozen journal: fixed while the lock is held)
+            recorded, frozen = self._journal.blocks_with_records() if self._journal is not None else ((), ())
             hot = self.blocks.hot_reads(self._key, self._readers)
             served = 0
             for offset, dest in reads:
@@ -479,7 +480,7 @@ class OpenVolume:
                 # (a miss on the connection's thread as _try_read_sectors serves it, without
                 # its journal lookups — the block has no records — nor its calls)
                 simple = (0 < length <= INLINE_MISS_MAX and start + length <= BLOCK_SIZE and index not in cache
-                          and index not in storing and (journal is None or not journal.has(index)))
+                          and index not in storing and index not in recorded and index not in frozen)
                 if not simple:
                     if self._try_read_locked(offset, length, dest) is None:
                         break
