@@ -262,6 +262,8 @@ def structured_header(handle: int, kind: int, length: int, *, done: bool = True)
 
 
 _READ_CHUNK = struct.Struct(">IHHQIQ")  # a structured reply header + an OFFSET_DATA chunk's offset
+# (pack_read_header_into's two layouts, for a server's hot path packing them itself)
+READ_CHUNK_STRUCT, SIMPLE_STRUCT = _READ_CHUNK, _SIMPLE
 
 
 def structured_read_header(handle: int, offset: int, length: int) -> bytes:

@@ -81,7 +81,7 @@ HOT_READ_MAX = 64 * 1024
 # Threaded connections: READs received together served in one batch at most (their replies
 # fit in the output buffer's room anyway: ``_hot_reads``).
 HOT_BATCH = 64
-_REQUEST = nbd.REQUEST_STRUCT
+_REQUEST, _READ_CHUNK, _SIMPLE = nbd.REQUEST_STRUCT, nbd.READ_CHUNK_STRUCT, nbd.SIMPLE_STRUCT
 READ_LIMIT = 2 * 1024 * 1024  # the stream reader's buffer limit (it holds up to twice that)
 
 
@@ -574,9 +574,14 @@ class _ThreadedConnection:
         if not served:
             return False  # (what it may have left there is overwritten by the next reply)
         self._start += (served - 1) * nbd.REQUEST_SIZE  # (the first was taken already)
-        structured, obuf = self.session.structured, self._obuf
-        for handle, offset, length, at in answers[:served]:
-            nbd.pack_read_header_into(obuf, at, handle, offset, length, structured)
+        obuf = self._obuf
+        if self.session.structured:  # (nbd.pack_read_header_into, inline: one call a read fewer)
+            for handle, offset, length, at in answers[:served]:
+                _READ_CHUNK.pack_into(obuf, at, nbd.STRUCTURED_REPLY_MAGIC, nbd.REPLY_FLAG_DONE,
+                                      nbd.REPLY_TYPE_OFFSET_DATA, handle, 8 + length, offset)
+        else:
+            for handle, _offset, _length, at in answers[:served]:
+                _SIMPLE.pack_into(obuf, at, nbd.SIMPLE_REPLY_MAGIC, 0, handle)
         _handle, _offset, length, at = answers[served - 1]
         self._opos = at + head + length  # (after the last reply served)
         if self._opos >= COALESCE:
