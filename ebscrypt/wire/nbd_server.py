@@ -76,7 +76,7 @@ RECV_BUFFER = 256 * 1024  # threaded connections: bytes received at once (many s
 COALESCE = 256 * 1024  # threaded connections: replies up to this many bytes go out in one send
 IOV_BATCH = 512  # buffers one sendmsg gathers (below IOV_MAX, 1024 on Linux)
 # Threaded connections: READs up to this size the volume serves at once have their reply
-# assembled in the connection's output buffer (``_ThreadedConnection._hot_read``).
+# assembled in the connection's output buffer (``_ThreadedConnection._hot_reads``).
 HOT_READ_MAX = 64 * 1024
 # Threaded connections: READs received together served in one batch at most (their replies
 # fit in the output buffer's room anyway: ``_hot_reads``).

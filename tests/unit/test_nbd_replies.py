@@ -307,7 +307,7 @@ def _check_replies(data: bytes, reads: list[tuple[int, int, int]], got: bytes, s
 @pytest.mark.parametrize("structured", [False, True])
 def test_reads_answered_on_the_connection_thread_and_by_the_pool_reply_exactly(tmp_path, structured: bool) -> None:
     """Small reads served on the connection's thread (replies assembled in its output
-    buffer: ``_hot_read``) mixed with others served the general way (too large, FUA, past
+    buffer: ``_hot_reads``) mixed with others served the general way (too large, FUA, past
     the end, across blocks not cached): every reply is well formed, carries its handle and
     exactly the volume's bytes, and an error where one is due. How many small reads the
     connection's thread serves depends on when the pool holds the volume's lock (a busy
