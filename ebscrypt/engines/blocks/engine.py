@@ -12,6 +12,7 @@ Public surface (``runtime.blocks``)::
     open_ref_range(ref, key, offset, length) -> bytes  # part of a resolved entry (its sectors)
     try_open_ref_range(ref, key, offset, length, readers) -> bytes | None  # the same if no wait is needed
     try_open_ref_into(ref, key, offset, dest, readers) -> bool  # the same into a buffer (hot objects: one preadv)
+    hot_reads(key, readers) -> fn(ref, offset, dest) -> bool    # try_open_ref_into for a batch (set up once)
     open_ref(ref, key) -> bytes                      # a resolved entry's plaintext (ObjectMissing if collected)
     share(src_owner_id, dst_owner_id)                # same data key, O(1), no data moved; idempotent
     reencrypt(src, src_key, dst, dst_key, progress)  # full copy under another key; resumable
