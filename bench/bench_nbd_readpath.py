@@ -62,6 +62,7 @@ def _serve_fio(vol: Any, seconds: float, span_mib: int, floor: bool = False) -> 
 
     if floor:
         vol.try_read_into = lambda offset, dest: True
+        vol.try_read_batch_into = lambda reads: len(reads)  # (a tree with batched hot reads: R8)
         vol.try_read = lambda offset, length: bytes(length)
 
     loop = asyncio.new_event_loop()

@@ -232,6 +232,7 @@ def parse_request(raw: bytes) -> Request:
 
 
 _REQUEST = struct.Struct(">IHHQQI")
+REQUEST_STRUCT = _REQUEST  # (magic, flags, command, handle, offset, length): a server's hot path unpacks it itself
 
 
 def parse_request_from(buf: bytes | bytearray | memoryview, offset: int) -> Request:
@@ -261,6 +262,8 @@ def structured_header(handle: int, kind: int, length: int, *, done: bool = True)
 
 
 _READ_CHUNK = struct.Struct(">IHHQIQ")  # a structured reply header + an OFFSET_DATA chunk's offset
+# (pack_read_header_into's two layouts, for a server's hot path packing them itself)
+READ_CHUNK_STRUCT, SIMPLE_STRUCT = _READ_CHUNK, _SIMPLE
 
 
 def structured_read_header(handle: int, offset: int, length: int) -> bytes:

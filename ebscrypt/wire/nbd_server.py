@@ -76,8 +76,12 @@ RECV_BUFFER = 256 * 1024  # threaded connections: bytes received at once (many s
 COALESCE = 256 * 1024  # threaded connections: replies up to this many bytes go out in one send
 IOV_BATCH = 512  # buffers one sendmsg gathers (below IOV_MAX, 1024 on Linux)
 # Threaded connections: READs up to this size the volume serves at once have their reply
-# assembled in the connection's output buffer (``_ThreadedConnection._hot_read``).
+# assembled in the connection's output buffer (``_ThreadedConnection._hot_reads``).
 HOT_READ_MAX = 64 * 1024
+# Threaded connections: READs received together served in one batch at most (their replies
+# fit in the output buffer's room anyway: ``_hot_reads``).
+HOT_BATCH = 64
+_REQUEST, _READ_CHUNK, _SIMPLE = nbd.REQUEST_STRUCT, nbd.READ_CHUNK_STRUCT, nbd.SIMPLE_STRUCT
 READ_LIMIT = 2 * 1024 * 1024  # the stream reader's buffer limit (it holds up to twice that)
 
 
@@ -487,10 +491,10 @@ class _ThreadedConnection:
             self.sock.close()
 
     def _loop(self) -> None:
-        hot_read = self._hot_read
+        hot_reads = self._hot_reads
         while True:
             fields = self._next_fields()
-            if fields[1] == nbd.CMD_READ and fields[4] <= HOT_READ_MAX and hot_read(*fields):
+            if fields[1] == nbd.CMD_READ and fields[4] <= HOT_READ_MAX and hot_reads(*fields):
                 self._exact = False
                 continue
             req = nbd.Request(*fields)
@@ -533,24 +537,53 @@ class _ThreadedConnection:
             return nbd.unpack_request_from(self._buf, at)
         return nbd.unpack_request_from(bytes(self._recv(nbd.REQUEST_SIZE)), 0)
 
-    def _hot_read(self, flags: int, _command: int, handle: int, offset: int, length: int) -> bool:
-        """A READ of at most HOT_READ_MAX bytes, served here if the volume answers it at
-        once (``OpenVolume.try_read_into``): its data read straight into the output buffer
-        behind the room for its header, then the header packed. False: nothing queued (the
-        request goes the general way, which answers it — an error included)."""
+    def _hot_reads(self, flags: int, _command: int, handle: int, offset: int, length: int) -> bool:
+        """A READ of at most HOT_READ_MAX bytes, and the small READs received right behind
+        it (a client's queue: one receive brings many), served here as far as the volume
+        answers them at once (``OpenVolume.try_read_batch_into``: its lock and checks once
+        for the queue): each one's data read straight into the output buffer behind the
+        room for its header, then the headers packed. False: the first was not served,
+        nothing queued (it goes the general way, which answers it — an error included).
+        Those behind it that were not served stay in the receive buffer, parsed next."""
         export = self.export
-        export.activity += 1
         if flags & nbd.CMD_FLAG_FUA or not export.check_range(offset, length):
+            export.activity += 1
             return False
+        head, oview = self._ohead, self._oview
         at = self._opos
-        if at + self._ohead + length > len(self._obuf):
+        if at + head + length > len(self._obuf):
             self._flush_out()
             at = 0
-        data_at = at + self._ohead
-        if not export.try_read_into(offset, self._oview[data_at:data_at + length]):
+        # (offset, where its data goes) of each read; (handle, offset, length, header at) to answer
+        reads = [(offset, oview[at + head:at + head + length])]
+        answers = [(handle, offset, length, at)]
+        at += head + length
+        buf, start, end, room = self._buf, self._start, self._end, len(self._obuf)
+        size = export.size
+        while end - start >= nbd.REQUEST_SIZE and len(reads) < HOT_BATCH:
+            magic, flags, command, handle, offset, length = _REQUEST.unpack_from(buf, start)
+            if (magic != nbd.REQUEST_MAGIC or command != nbd.CMD_READ or length > HOT_READ_MAX
+                    or flags & nbd.CMD_FLAG_FUA or offset + length > size or at + head + length > room):
+                break  # (parsed again as the next request: a bad magic is refused there)
+            reads.append((offset, oview[at + head:at + head + length]))
+            answers.append((handle, offset, length, at))
+            at += head + length
+            start += nbd.REQUEST_SIZE
+        export.activity += len(reads)
+        served = export.try_read_batch_into(reads)
+        if not served:
             return False  # (what it may have left there is overwritten by the next reply)
-        nbd.pack_read_header_into(self._obuf, at, handle, offset, length, self.session.structured)
-        self._opos = data_at + length
+        self._start += (served - 1) * nbd.REQUEST_SIZE  # (the first was taken already)
+        obuf = self._obuf
+        if self.session.structured:  # (nbd.pack_read_header_into, inline: one call a read fewer)
+            for handle, offset, length, at in answers[:served]:
+                _READ_CHUNK.pack_into(obuf, at, nbd.STRUCTURED_REPLY_MAGIC, nbd.REPLY_FLAG_DONE,
+                                      nbd.REPLY_TYPE_OFFSET_DATA, handle, 8 + length, offset)
+        else:
+            for handle, _offset, _length, at in answers[:served]:
+                _SIMPLE.pack_into(obuf, at, nbd.SIMPLE_REPLY_MAGIC, 0, handle)
+        _handle, _offset, length, at = answers[served - 1]
+        self._opos = at + head + length  # (after the last reply served)
         if self._opos >= COALESCE:
             self._flush_out()
         return True

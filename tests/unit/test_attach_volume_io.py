@@ -1474,3 +1474,68 @@ def test_hot_reads_are_one_leased_read_checked_and_fall_back_when_they_must_wait
     with pytest.raises(BlockIntegrityError):
         vol.read(off, 4096)
     vol.close()
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+def test_batched_hot_reads_serve_a_prefix_exactly_and_stop_at_what_they_cannot_serve(
+        blocks, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encrypted: bool) -> None:
+    """try_read_batch_into (an NBD connection's queue of small READs, the lock taken once):
+    reads of known objects' sectors, of a cached block, of a block with journal records
+    over it and of a block never written are all served in one batch with exactly the
+    volume's bytes; a read whose sectors must wait (RWF_NOWAIT: EAGAIN) or whose sector was
+    tampered with ends the batch there — the reads before it served, it and those after it
+    not (the count says so) — and the blocking read of the tampered one raises
+    BlockIntegrityError: integrity fails closed on the batched path too."""
+    from ebscrypt.engines.blocks import store as store_mod
+    from ebscrypt.engines.blocks.errors import BlockIntegrityError
+
+    key = DataKey("dk-test", os.urandom(32)) if encrypted else None
+    model = bytearray(os.urandom(8 * BLOCK_SIZE)) + bytearray(BLOCK_SIZE)  # block 8: never written
+    vid = "vol-0000000000000000d"
+
+    def opened() -> OpenVolume:
+        return OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1", cache_blocks=4,
+                          journal_path=tmp_path / "journal" / f"{vid}.jnl")
+    vol = opened()
+    vol.write(0, model[:8 * BLOCK_SIZE])
+    vol.flush()
+    vol.close()
+    vol = opened()
+    for index in (0, 2, 4, 6, 1, 3, 5, 7):  # (never the block after the last: none loaded whole)
+        (blocks.store.root / blocks.block_ref(vid, index).object_key).read_bytes()  # in the page cache
+        assert vol.read(index * BLOCK_SIZE + 300000, 4096) == model[index * BLOCK_SIZE + 300000:][:4096]
+    patch = os.urandom(700)
+    vol.write(6 * BLOCK_SIZE + 10000, patch)  # a journal record over block 6 (not cached: journaled)
+    model[6 * BLOCK_SIZE + 10000:6 * BLOCK_SIZE + 10700] = patch
+    assert vol._journal is not None and vol._journal.has(6) and 6 not in vol._cache
+    vol._read_next = vol._run_start = vol._run_end = 2  # (a short pass of its own: loaded whole)
+    assert vol.read(2 * BLOCK_SIZE, BLOCK_SIZE) == model[2 * BLOCK_SIZE:3 * BLOCK_SIZE]
+    assert 2 in vol._cache
+    wanted = [(1, 8192, 4096), (5, 20000, 5000), (2, 70000, 4096), (6, 9000, 4096), (8, 4096, 4096),
+              (3, 16380, 10), (7, 100000, 4096)]
+    buf = memoryview(bytearray(64 * 1024))
+    reads, at = [], 0
+    for index, start, n in wanted:
+        reads.append((index * BLOCK_SIZE + start, buf[at:at + n]))
+        at += n
+    assert vol.try_read_batch_into(reads) == len(reads)
+    for offset, dest in reads:
+        assert bytes(dest) == model[offset:offset + len(dest)], offset
+
+    def must_wait(*_args: object) -> int:
+        raise BlockingIOError(11, "not in the page cache")
+    with monkeypatch.context() as m:
+        m.setattr(store_mod.os, "preadv", must_wait)
+        assert vol.try_read_batch_into(reads[:2]) == 0
+    off = 5 * BLOCK_SIZE + 6 * 16384 + 100  # sector 6 of block 5
+    path = blocks.store.root / blocks.block_ref(vid, 5).object_key
+    raw = bytearray(path.read_bytes())
+    raw[(24 + 6 * (16384 + 16) if encrypted else 8 + 32 * 32 + 6 * 16384) + 50] ^= 1
+    path.write_bytes(raw)  # (in place: the kept descriptor reads the tampered bytes)
+    batch = [reads[0], (off, buf[60000:64096]), reads[-1]]
+    buf[:] = bytes(len(buf))
+    assert vol.try_read_batch_into(batch) == 1  # the tampered read ends the batch, unserved
+    assert bytes(reads[0][1]) == model[reads[0][0]:][:4096]
+    with pytest.raises(BlockIntegrityError):
+        vol.read(off, 4096)
+    vol.close()

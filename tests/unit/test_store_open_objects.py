@@ -215,3 +215,34 @@ def test_hot_reads_lease_kept_descriptors_and_never_read_a_deleted_object(tmp_pa
         os.fstat(fd)
     assert not store.read_hot_into(key, 0, dest)
     store.close()
+
+
+def test_a_hot_read_racing_a_delete_reads_its_descriptor_then_closes_it(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``read_hot_into``'s lease, read and release in one call (``OpenObjects.pread_kept``):
+    an object deleted while its descriptor is being read keeps it open until that read is
+    done (the read gets its bytes), then the descriptor is closed and never lent again."""
+    from ebscrypt.engines.blocks import store as store_mod
+
+    store = LocalDirStore(tmp_path)
+    key = new_object_key()
+    data = os.urandom(20000)
+    store.put(key, data)
+    assert (tmp_path / key).read_bytes() == data
+    dest = memoryview(bytearray(4096))
+    assert store.read_hot_into(key, 0, dest)  # opened and kept
+    fd = store._open.lease(key)
+    assert fd is not None
+    store._open.release(key, fd)
+    real = os.preadv
+
+    def deleted_meanwhile(fd_: int, bufs: list[memoryview], offset: int, *flags: int) -> int:
+        store.delete(key)  # forgotten while this read holds the descriptor
+        return real(fd_, bufs, offset, *flags)
+    monkeypatch.setattr(store_mod.os, "preadv", deleted_meanwhile)
+    assert store.read_hot_into(key, 5000, dest) and bytes(dest) == data[5000:9096]
+    monkeypatch.undo()
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed by the read that held it last
+    assert store._open.lease(key) is None and fd not in store._open._lent
+    store.close()

@@ -65,7 +65,7 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Container
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -91,6 +91,7 @@ _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 # all (after a few seconds of random writes a block has tens of records; the scan was
 # the largest single share of a random read's CPU).
 _MASK_MIN = 4
+_NO_BLOCKS: frozenset[int] = frozenset()  # (VolumeJournal.blocks_with_records without a frozen journal)
 _PAGE_SHIFT = 12
 
 
@@ -278,6 +279,11 @@ class Journal:
     def has(self, index: int) -> bool:
         """Does block ``index`` have records not covered by a later store of it?"""
         return index in self._extents
+
+    def blocks_with_records(self) -> Container[int]:
+        """(Locked) The blocks :meth:`has` says yes for, as they are now: to test ``in``
+        against without a call per block (a batch of reads under the volume's lock)."""
+        return self._extents
 
     def touched(self, index: int) -> bool:
         """Has this journal ever had records of block ``index`` (its stores need marks)?"""
@@ -840,6 +846,13 @@ class VolumeJournal:
 
     def has(self, index: int) -> bool:
         return self.active.has(index) or (self.merging is not None and self.merging.has(index))
+
+    def blocks_with_records(self) -> tuple[Container[int], Container[int]]:
+        """(Locked) :meth:`has` of either journal (active, frozen) as two containers to test
+        ``in`` against: a batch of reads under the volume's lock asks once, not once a read
+        (valid while that lock is held: records, rotations and merges change under it)."""
+        frozen = self.merging.blocks_with_records() if self.merging is not None else _NO_BLOCKS
+        return self.active.blocks_with_records(), frozen
 
     def touched(self, index: int) -> bool:
         return self.active.touched(index) or (self.merging is not None and self.merging.touched(index))

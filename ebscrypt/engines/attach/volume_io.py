@@ -451,40 +451,102 @@ class OpenVolume:
         try:
             if self.closed or self._busy():
                 return None
-            owned: bytearray | None = None
-            if dest is None and length <= INLINE_MISS_MAX:
-                owned = bytearray(length)
-                dest = memoryview(owned)
-            if length == 0:
-                return owned if owned is not None else dest
-            cache = self._cache
-            first, last = offset // BLOCK_SIZE, (offset + length - 1) // BLOCK_SIZE
-            if first == last and first not in cache:
-                if dest is None or not self._try_read_sectors(first, offset - first * BLOCK_SIZE, dest):
-                    return None  # (a miss too large to be served here, or one that must wait)
-                return owned if owned is not None else dest
-            for index in range(first, last + 1):
-                if index not in cache:
-                    return None
-            adjacent = first in (self._read_next, self._read_next - 1)
-            if adjacent and (length >= SEQUENTIAL_MIN or self._adjacent):  # sequential (as read): read-ahead due?
-                ahead = range(last + 1, min(last + 1 + self._readahead, self.size // BLOCK_SIZE))
-                if len(ahead) > 1 and ahead[len(ahead) // 2] not in cache:
-                    return None
-            self._read_next, self._adjacent = last + 1, adjacent
-            self._note_run(first, last)
-            if dest is None:
-                owned = bytearray(length)
-                dest = memoryview(owned)
-            pos = 0
-            for index, start, end in _spans(offset, length):
-                cache.move_to_end(index)
-                # (a copy, under the lock: the block may change once we let go)
-                dest[pos:pos + end - start] = memoryview(cache[index])[start:end]
-                pos += end - start
-            return owned if owned is not None else dest
+            return self._try_read_locked(offset, length, dest)
         finally:
             self._lock.release()
+
+    def try_read_batch_into(self, reads: list[tuple[int, memoryview]]) -> int:
+        """:meth:`try_read_into` of several reads, in order, the lock taken once: how many
+        of them, from the first, were served (their bytes in their ``dest``). The first
+        not served (its ``dest`` may hold unchecked bytes: dropped) ends the batch; it and
+        those after it go the general way. An NBD connection's queue of small READs (one
+        receive brings many): the lock, the volume's state checks and the engine's hot
+        read's set-up once a queue rather than once a read. The usual case — a single
+        block neither cached, journaled nor being written behind, its object known — is
+        planned here inline; any other read goes the way of :meth:`try_read_into`."""
+        if not self._lock.acquire(blocking=False):
+            return 0
+        try:
+            if self.closed or self._busy():
+                return 0
+            cache, storing, staged, refs = self._cache, self._storing, self._unpublished, self._refs
+            # (the blocks with journal records, active and frozen journal: fixed while the lock is held)
+            recorded, frozen = self._journal.blocks_with_records() if self._journal is not None else ((), ())
+            hot = self.blocks.hot_reads(self._key, self._readers)
+            served = 0
+            for offset, dest in reads:
+                index, start = divmod(offset, BLOCK_SIZE)
+                length = len(dest)
+                # (a miss on the connection's thread as _try_read_sectors serves it, without
+                # its journal lookups — the block has no records — nor its calls)
+                simple = (0 < length <= INLINE_MISS_MAX and start + length <= BLOCK_SIZE and index not in cache
+                          and index not in storing and index not in recorded and index not in frozen)
+                if not simple:
+                    if self._try_read_locked(offset, length, dest) is None:
+                        break
+                    served += 1
+                    continue
+                adjacent = index in (self._read_next, self._read_next - 1)
+                if adjacent and (length >= SEQUENTIAL_MIN or self._adjacent):
+                    break  # sequential: whole blocks are loaded (read)
+                stage = staged.get(index)
+                ref = stage.ref if stage is not None else refs.get(index, _UNKNOWN)
+                if ref is _UNKNOWN:
+                    break
+                try:
+                    if not hot(ref, start, dest):
+                        break
+                except Exception:  # e.g. a tampered sector: the blocking way reads it again and answers the error
+                    break
+                if stage is None:
+                    refs.move_to_end(index)
+                self._read_next, self._adjacent = index + 1, adjacent
+                if self._run_start <= index <= self._run_end + RUN_SLACK:  # (_note_run, inline)
+                    if index >= self._run_end:
+                        self._run_end = index + 1
+                else:
+                    self._run_start, self._run_end = index, index + 1
+                    self._advised = 0
+                served += 1
+            return served
+        finally:
+            self._lock.release()
+
+    def _try_read_locked(self, offset: int, length: int, dest: memoryview | None
+                         ) -> bytearray | memoryview | None:
+        """(:meth:`_try_read`, the lock held and the volume neither closed nor busy)"""
+        owned: bytearray | None = None
+        if dest is None and length <= INLINE_MISS_MAX:
+            owned = bytearray(length)
+            dest = memoryview(owned)
+        if length == 0:
+            return owned if owned is not None else dest
+        cache = self._cache
+        first, last = offset // BLOCK_SIZE, (offset + length - 1) // BLOCK_SIZE
+        if first == last and first not in cache:
+            if dest is None or not self._try_read_sectors(first, offset - first * BLOCK_SIZE, dest):
+                return None  # (a miss too large to be served here, or one that must wait)
+            return owned if owned is not None else dest
+        for index in range(first, last + 1):
+            if index not in cache:
+                return None
+        adjacent = first in (self._read_next, self._read_next - 1)
+        if adjacent and (length >= SEQUENTIAL_MIN or self._adjacent):  # sequential (as read): read-ahead due?
+            ahead = range(last + 1, min(last + 1 + self._readahead, self.size // BLOCK_SIZE))
+            if len(ahead) > 1 and ahead[len(ahead) // 2] not in cache:
+                return None
+        self._read_next, self._adjacent = last + 1, adjacent
+        self._note_run(first, last)
+        if dest is None:
+            owned = bytearray(length)
+            dest = memoryview(owned)
+        pos = 0
+        for index, start, end in _spans(offset, length):
+            cache.move_to_end(index)
+            # (a copy, under the lock: the block may change once we let go)
+            dest[pos:pos + end - start] = memoryview(cache[index])[start:end]
+            pos += end - start
+        return owned if owned is not None else dest
 
     def _try_read_sectors(self, index: int, start: int, dest: memoryview) -> bool:
         """(try_read_into, lock held) A small random read of one block the cache lacks,

@@ -12,6 +12,7 @@ Public surface (``runtime.blocks``)::
     open_ref_range(ref, key, offset, length) -> bytes  # part of a resolved entry (its sectors)
     try_open_ref_range(ref, key, offset, length, readers) -> bytes | None  # the same if no wait is needed
     try_open_ref_into(ref, key, offset, dest, readers) -> bool  # the same into a buffer (hot objects: one preadv)
+    hot_reads(key, readers) -> fn(ref, offset, dest) -> bool    # try_open_ref_into for a batch (set up once)
     open_ref(ref, key) -> bytes                      # a resolved entry's plaintext (ObjectMissing if collected)
     share(src_owner_id, dst_owner_id)                # same data key, O(1), no data moved; idempotent
     reencrypt(src, src_key, dst, dst_key, progress)  # full copy under another key; resumable
@@ -1196,6 +1197,27 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             raise BlockIntegrityError()
         # (this thread's buffer: the sectors, then room to decrypt them)
         return reader.read_into(hot, name, offset, dest, self._nowait_buffer(_HOT_BUFFER))
+
+    def hot_reads(self, key: DataKey | None, readers: MutableMapping[str, SectorReader | None]
+                  ) -> Callable[[BlockRef | None, int, memoryview], bool]:
+        """:meth:`try_open_ref_into` for a batch of reads on this thread (an NBD connection's
+        queue of small READs, ``OpenVolume.try_read_batch_into``): the store's hot read and
+        this thread's buffer looked up once for the batch, not once a read. Same checks,
+        same answers: the function returned serves ``(ref, offset, dest)`` as
+        :meth:`try_open_ref_into` would, BlockIntegrityError included."""
+        hot = getattr(self.store, "read_hot_into", None)
+        buf = self._nowait_buffer(_HOT_BUFFER)
+        general = self.try_open_ref_into
+
+        def read(ref: BlockRef | None, offset: int, dest: memoryview) -> bool:
+            name = ref.object_key if ref is not None else None
+            reader = readers.get(name) if name is not None else None
+            if ref is None or name is None or hot is None or not isinstance(reader, SectorReader):
+                return general(ref, key, offset, dest, readers)
+            if (key is None) != (ref.data_key_id is None):  # (_check_ref_key, inline)
+                raise BlockIntegrityError()
+            return reader.read_into(hot, name, offset, dest, buf)
+        return read
 
     def _try_sector_reader(self, ref: BlockRef, key: DataKey | None, cached: Callable[..., Any]) -> Any:
         """The checked reader of an object (as :meth:`_sector_reader`) from its header

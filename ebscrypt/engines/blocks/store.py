@@ -628,15 +628,10 @@ class LocalDirStore:
         recycle racing this read can cost that retry, never another object's bytes.
         Any other object: :meth:`read_range_cached` (registered, opened, kept)."""
         nowait = _RWF_NOWAIT
-        fd = self._open.lease(key) if nowait is not None else None
-        if fd is None or nowait is None:
+        got = self._open.pread_kept(key, dest, offset, nowait) if nowait is not None else None
+        if got is None:
             return self.read_range_cached(key, offset, len(dest), into=dest) is not None
-        try:
-            return bool(os.preadv(fd, [dest], offset, nowait) == len(dest))
-        except OSError:  # EAGAIN: not all in the page cache
-            return False
-        finally:
-            self._open.release(key, fd)
+        return got == len(dest)
 
     def close(self) -> None:
         """Close the descriptors kept open for reads, and remove the recycled files kept
@@ -747,6 +742,35 @@ class OpenObjects:
             entry[1] += 1
             self._fds.move_to_end(key)
             return entry[0]
+
+    def pread_kept(self, key: str, dest: memoryview, offset: int, flags: int) -> int | None:
+        """:meth:`lease`, ``preadv(dest, offset, flags)`` and :meth:`release` in one call (the
+        hot read's: a random 4 KiB read's two Python calls fewer): the bytes read, -1 if the
+        read failed (EAGAIN under RWF_NOWAIT: not all in the page cache), None if the object
+        has no descriptor kept open (nothing read)."""
+        mutex, fds = self._mutex, self._fds
+        with mutex:
+            entry = fds.get(key)
+            if entry is None:
+                return None
+            entry[1] += 1
+            fds.move_to_end(key)
+            fd = entry[0]
+        try:
+            got: int = os.preadv(fd, [dest], offset, flags)
+        except OSError:
+            got = -1
+        with mutex:
+            entry = fds.get(key)
+            if entry is not None and entry[0] == fd:
+                entry[1] -= 1
+                return got
+            lent = self._lent[fd]  # (forgotten meanwhile: the last user closes it)
+            lent[0] -= 1
+            if not lent[0]:
+                del self._lent[fd]
+                os.close(fd)
+        return got
 
     def release(self, key: str, fd: int) -> None:
         with self._mutex:
