@@ -10,12 +10,15 @@ bytes) and sends both together (``writelines``: one ``writev`` on uvloop); whate
 the response (its completion, a close) sends what is held first. A ``100 Continue``
 interim answer is never held: a client may wait for it before sending its body.
 
-On httptools, a small API request (a POST with a Content-Length of at most 64 KiB, no
-``Expect: 100-continue``) is not run as an ASGI task: once its body is in, the gateway
+On httptools, an API request (a GET, PUT or POST with a Content-Length of at most 1 MiB,
+no ``Expect: 100-continue``) is not run as an ASGI task: once its body is in, the gateway
 answers it on the spot (:meth:`ebscrypt.app.Gateway.answer_whole`) and the answer is
 written whole, with no task, ``receive``/``send`` coroutines or message dicts; a handler
 that runs in a worker thread gets its task then. That was ~1/5 of a KMS data-key call's
-CPU (bench/README.md section K). Everything else — other methods, large or chunked bodies,
+CPU (bench/README.md section K). Its body is gathered as the parser hands it over (no
+pause of reading past 64 KiB, which only a running ASGI task would resume; no ``+=`` of
+the parts) and joined once: an EBS direct PutSnapshotBlock's 512 KiB arrive in three reads
+(bench/README.md section E8). Everything else — other methods, larger or chunked bodies,
 100-continue, the console and ``/_ebscrypt/`` routes — goes through uvicorn's ASGI cycle.
 
 ``ebscrypt serve --http auto|httptools|h11`` picks among these classes
@@ -109,9 +112,13 @@ class H11OneWrite(_OneWrite, H11Protocol):
     """uvicorn's h11 protocol, one write per response."""
 
 
-# A body buffered whole before the gateway answers: uvicorn's httptools protocol pauses
-# reading past this much buffered body, which only a running ASGI task resumes.
-WHOLE_BODY_LIMIT = 65536
+# The largest body gathered whole before the gateway answers (without pausing the
+# connection's reading): an EBS direct block (512 KiB) and its framing fit, with room.
+WHOLE_BODY_LIMIT = 1024 * 1024
+
+# The methods of the whole-body path: those the AWS APIs served here send (not HEAD,
+# whose answer has no body, nor anything the gateway refuses: uvicorn's cycle answers those).
+_WHOLE_BODY_METHODS = frozenset(("GET", "PUT", "POST"))
 
 
 class WholeBodyGateway(Protocol):
@@ -133,6 +140,8 @@ def _httptools_class() -> type[asyncio.Protocol] | None:
         answered by the gateway without an ASGI task once their body is in."""
 
         _waiting: tuple[Any, WholeBodyGateway] | None = None
+        # The waiting request's body as the parser handed it over (joined once at its end).
+        _parts: list[bytes]
 
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             gateway = self._whole_body_gateway(cycle, app)
@@ -140,22 +149,35 @@ def _httptools_class() -> type[asyncio.Protocol] | None:
                 super()._start_asgi_task(cycle, app)
             elif cycle.more_body:  # the body is still coming: answer at its end
                 self._waiting = (cycle, gateway)
+                # (a pipelined request's first parts came while the previous one ran)
+                self._parts = [cycle.body] if cycle.body else []
+                cycle.body = b""
             else:  # a pipelined request, read whole while the previous one ran
-                self._answer_whole(cycle, gateway)
+                self._answer_whole(cycle, gateway, bytes(cycle.body))
+
+        def on_body(self, body: bytes) -> None:
+            waiting = self._waiting
+            if waiting is not None and waiting[0] is self.cycle and not self.parser.should_upgrade():
+                # Gathered, not paused: its Content-Length is at most WHOLE_BODY_LIMIT.
+                self._parts.append(body)
+                return
+            super().on_body(body)
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
             waiting = self._waiting
             if waiting is not None and waiting[0] is self.cycle:
                 self._waiting = None
-                self._answer_whole(*waiting)
+                parts, self._parts = self._parts, []
+                # (one part, or none, is not copied: join returns it as it is)
+                self._answer_whole(*waiting, b"".join(parts))
 
         def _whole_body_gateway(self, cycle: Any, app: Any) -> WholeBodyGateway | None:
             """The gateway, when this request takes the whole-body path."""
             scope = cycle.scope
             if (
                 app is not self.app
-                or scope["method"] != "POST"
+                or scope["method"] not in _WHOLE_BODY_METHODS
                 or cycle.waiting_for_100_continue  # the client may wait for it to send the body
                 or self.flow.write_paused  # the client is not reading: answer through the task
             ):
@@ -171,9 +193,9 @@ def _httptools_class() -> type[asyncio.Protocol] | None:
                     return None
             return gateway
 
-        def _answer_whole(self, cycle: Any, gateway: WholeBodyGateway) -> None:
+        def _answer_whole(self, cycle: Any, gateway: WholeBodyGateway, body: bytes) -> None:
             try:
-                answer, extra = gateway.answer_whole(cycle.scope, bytes(cycle.body))
+                answer, extra = gateway.answer_whole(cycle.scope, body)
             except Exception as exc:  # a bug: answered as uvicorn answers an ASGI app's exception
                 self.logger.error("Exception in ASGI application\n", exc_info=exc)
                 cycle.keep_alive = False

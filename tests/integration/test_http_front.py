@@ -215,3 +215,44 @@ def test_worker_thread_answers_small_and_large_arrive_whole(stack_server: Server
             assert small_head.startswith(b"HTTP/1.1 200") and small_body.count(b"<volumeId>") == 5
             assert large_head.startswith(b"HTTP/1.1 200") and len(large_body) > 16384
             assert {v.split(b"</volumeId>")[0].decode() for v in large_body.split(b"<volumeId>")[1:]} == made
+
+
+def test_pipelined_block_puts_are_stored_whole_and_read_back(stack_server: ServerProcess) -> None:
+    """PutSnapshotBlock's 512 KiB bodies (on httptools, gathered whole before the gateway
+    answers: wire/http_server.py) sent back to back in one write — the second's body
+    arrives while the first is answered — and one sent in small pieces: each answered
+    201 once, in order, and each block reads back as written."""
+    import base64
+    import hashlib
+    import os
+
+    ebs = make_client(stack_server.url, "ebs", account="111122223333")
+    snap = ebs.start_snapshot(VolumeSize=1, Encrypted=True)["SnapshotId"]
+    blocks = {i: os.urandom(524288) for i in range(3)}
+
+    def put(index: int) -> bytes:
+        data = blocks[index]
+        digest = base64.b64encode(hashlib.sha256(data).digest())
+        return (b"PUT /snapshots/%s/blocks/%d HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Authorization: AWS4-HMAC-SHA256 Credential=111122223333/20260101/us-east-1/ebs/aws4_request, "
+                b"SignedHeaders=host, Signature=0\r\n"
+                b"x-amz-Data-Length: 524288\r\nx-amz-Checksum: %s\r\nx-amz-Checksum-Algorithm: SHA256\r\n"
+                b"Content-Length: 524288\r\n\r\n" % (snap.encode(), index, digest)) + data
+
+    with socket.create_connection(("127.0.0.1", stack_server.port), timeout=30) as sock:
+        sock.sendall(put(0) + put(1))
+        answers = _read_answers(sock, 2)
+        wire = put(2)
+        for at in range(0, len(wire), 100000):
+            sock.sendall(wire[at:at + 100000])
+        answers += _read_answers(sock, 1)
+        sock.settimeout(0.3)
+        with pytest.raises(socket.timeout):  # each answered once
+            sock.recv(1)
+    assert [head.split(b" ")[1] for head, _ in answers] == [b"201"] * 3, answers
+    ebs.complete_snapshot(SnapshotId=snap, ChangedBlocksCount=3)
+    listed = ebs.list_snapshot_blocks(SnapshotId=snap)["Blocks"]
+    assert [b["BlockIndex"] for b in listed] == [0, 1, 2]
+    for b in listed:
+        got = ebs.get_snapshot_block(SnapshotId=snap, BlockIndex=b["BlockIndex"], BlockToken=b["BlockToken"])
+        assert got["BlockData"].read() == blocks[b["BlockIndex"]]

@@ -134,3 +134,28 @@ def test_ebs_error_status_comes_from_the_model() -> None:
     assert json.loads(resp.body) == {"Message": "The snapshot 'snap-1' does not exist.", "Reason": "SNAPSHOT_NOT_FOUND"}
     resp = codec.serialize_error(ServiceError("busy", code="SomethingElse", status=409), "rid")
     assert resp.status == 409
+
+
+def test_ebs_request_members_parsed_from_a_plan_built_once_per_shape(monkeypatch) -> None:
+    """The rest-json codec reads where each input member travels (label, query, header)
+    from the model once per shape, not per request; the members parse as before: URI
+    labels, headers (case-insensitive), the query, the raw payload."""
+    from ebscrypt.wire.codec import restjson
+
+    codec = restjson.RestJsonCodec(codec_for("ebs").service_model)  # a fresh codec: no plan yet
+    built: list[str] = []
+    real = restjson._input_plan
+    monkeypatch.setattr(restjson, "_input_plan", lambda shape: built.append(shape.name) or real(shape))
+    data = bytes(range(256)) * 2048
+    for index in (3, 4):
+        op, params = codec.parse(HttpRequest(
+            method="PUT", path=f"/snapshots/snap-1/blocks/{index}", query="",
+            headers={"x-amz-data-length": "524288", "x-amz-checksum": "c=", "x-amz-checksum-algorithm": "SHA256",
+                     "x-amz-progress": "50"}, body=data))
+        assert op.name == "PutSnapshotBlock"
+        assert params == {"SnapshotId": "snap-1", "BlockIndex": index, "DataLength": 524288, "Checksum": "c=",
+                          "ChecksumAlgorithm": "SHA256", "Progress": 50, "BlockData": data}
+    op, params = codec.parse(HttpRequest(method="GET", path="/snapshots/snap-1/blocks/7", query="blockToken=tok%3D",
+                                         headers={}, body=b""))
+    assert op.name == "GetSnapshotBlock" and params == {"SnapshotId": "snap-1", "BlockIndex": 7, "BlockToken": "tok="}
+    assert built == ["PutSnapshotBlockRequest", "GetSnapshotBlockRequest"]
