@@ -31,7 +31,7 @@ from ebscrypt.storage.db import Database
 from ebscrypt.storage.tables.ec2 import ec2_snapshots, ec2_tags, ec2_volume_attachments, ec2_volumes
 from ebscrypt.storage.tables.ec2_images import ec2_images
 from ebscrypt.wire.codec import codec_for
-from ebscrypt.wire.codec.xml_writer import _iso8601
+from ebscrypt.wire.codec.xml_writer import Collecting, _iso8601
 
 ID = {"Snapshots": "SnapshotId", "Volumes": "VolumeId", "Images": "ImageId"}
 ACCOUNT, OTHER, REGION = "111111111111", "222222222222", "us-east-1"
@@ -443,6 +443,123 @@ def test_memo_texts_are_bounded() -> None:
         miss(out, key)  # the second: kept
         assert out[-1] == f"<k>{key}</k>"
         assert len(texts) <= 3 and texts[key] == f"<k>{key}</k>"
+
+
+def _hole_miss(write_item: Any, limit: int = 8) -> tuple[Any, list[str]]:
+    """A memo miss with holes over texts like ``[{"id": "a1"}, …]`` whose render writes each
+    item by ``write_item(out, id)`` (collecting its strings), and the list of keys rendered."""
+    from ebscrypt.wire.codec.xml_writer import _MemoMiss, _holes_pattern
+
+    rendered: list[str] = []
+
+    def render(out: Any, key: str) -> None:
+        rendered.append(key)
+        for item in json.loads(key):
+            write_item(out, item["id"])
+
+    holes = ('"id": "', "[a-z0-9]+", '"')
+    miss = _MemoMiss(render, {}, True, lambda v: v.replace("&", "&amp;"), limit, _holes_pattern(holes), {},
+                     holes[0] + "\ue000" + holes[2])
+    return miss, rendered
+
+
+def _written(miss: Any, key: str) -> str:
+    from ebscrypt.wire.codec.xml_writer import Collecting
+
+    out = Collecting()
+    miss(out, key)
+    return "".join(out)
+
+
+def test_memo_holes_fill_a_shape_rendered_once() -> None:
+    """Values alike but for their parts (xml_writer ``_MemoMiss`` holes): the shape's text
+    is rendered at its second sighting, and from then on each value's text is the shape's
+    with the value's own parts — the very text its render writes; other shapes apart."""
+    def item(out: Any, ident: str) -> None:
+        out.seen.append(ident)
+        out.append(f"<i><id>{ident}</id></i>")
+
+    miss, rendered = _hole_miss(item)
+    keys = [json.dumps([{"id": f"x{i}"}, {"dev": "b", "id": f"y{i}"}]) for i in range(5)]
+    for key in keys:
+        ids = [m["id"] for m in json.loads(key)]
+        assert _written(miss, key) == "".join(f"<i><id>{i}</id></i>" for i in ids)
+    assert rendered == [keys[0], keys[1].replace("x1", "\ue000").replace("y1", "\ue000")]  # then filled
+    assert list(miss.templates.values()) == [("<i><id>", "</id></i><i><id>", "</id></i>")]
+    other = json.dumps([{"id": "z1", "dev": "c"}])
+    assert _written(miss, other) == "<i><id>z1</id></i>" and rendered[-1] == other  # a new shape: rendered
+
+
+@pytest.mark.parametrize("write_item", [
+    lambda out, ident: out.append("<i/>"),  # the part left out
+    lambda out, ident: out.append(f"<i>{ident}{ident}</i>"),  # written twice
+    lambda out, ident: (out.seen.append("a&b"), out.append(f"<i>{ident}a&amp;b</i>")),  # a string needing escapes
+])
+def test_memo_holes_keep_no_template_they_cannot_fill(write_item: Any) -> None:
+    miss, rendered = _hole_miss(write_item)
+    keys = [json.dumps([{"id": f"x{i}"}]) for i in range(4)]
+    for key in keys:
+        expected = Collecting()
+        write_item(expected, json.loads(key)[0]["id"])
+        assert _written(miss, key) == "".join(expected)
+    assert list(miss.templates.values()) == [()]
+    assert rendered[0] == keys[0] and rendered[2:] == keys[1:]  # each rendered (and the shape once)
+
+
+def test_memo_holes_leave_values_holding_the_hole_and_are_bounded() -> None:
+    def item(out: Any, ident: str) -> None:
+        out.append(f"<i>{ident}</i>")
+
+    miss, rendered = _hole_miss(item, limit=3)
+    odd = json.dumps([{"id": "x1", "n": "\ue000"}], ensure_ascii=False)
+    for _ in range(3):
+        assert _written(miss, odd) == "<i>x1</i>"
+    assert rendered == [odd] * 3 and not miss.templates
+    for n in range(8):
+        for i in range(2):
+            _written(miss, json.dumps([{"id": f"x{i}", "n": n}]))
+        assert len(miss.templates) <= 3 and len(miss.shapes_sighted) <= 3
+
+
+def test_memo_holes_refuse_what_they_cannot_fill() -> None:
+    from ebscrypt.wire.codec.xml_writer import _holes_pattern
+
+    with pytest.raises(ValueError, match="not memo"):
+        ViewTable("X", {"A": "s.mappings"}, memo_holes={"A": ("a", "b", "c")})
+    with pytest.raises(ValueError, match="no groups"):
+        _holes_pattern(('"id": "', "(x)", '"'))
+
+
+def test_memo_holes_mappings_are_the_views_xml_on_a_first_listing(tmp_path: Path) -> None:
+    """Issue 15: on the first listing after a start, images registered alike have their
+    mappings written from one rendered shape with their own snapshot ids (IMAGE_VIEW
+    ``memo_holes``): the bytes are the views' on every listing — several mappings and ids an
+    image, a snapshot id the view leaves out (another member's), mappings needing escapes,
+    an id of other characters than an id's — and the shapes' templates are kept."""
+    def alike(i: int) -> list[dict[str, Any]]:
+        return [{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": f"snap-{i:08x}", "VolumeSize": 8}},
+                {"DeviceName": "/dev/sdb", "Ebs": {"SnapshotId": f"snap-{i + 100:08x}", "Encrypted": True}}]
+
+    mappings = [*(alike(i) for i in range(6)),
+                *([{"DeviceName": "/dev/sdh", "Extra": {"SnapshotId": f"snap-{i:04x}"},
+                    "Ebs": {"SnapshotId": f"snap-{i + 1:04x}"}}] for i in range(3)),
+                *([{"DeviceName": "/dev/x&<y>", "Ebs": {"SnapshotId": f"snap-{i:04x}"}}] for i in range(3)),
+                *([{"DeviceName": "/dev/sdq", "Ebs": {"SnapshotId": f"snap-Q{i}&"}}] for i in range(3))]
+    database = _image_db(tmp_path / "h.db", mappings)
+    try:
+        for _ in range(3):
+            from_rows, from_views = _listing_xml(database)
+            assert from_rows == from_views
+            assert b"<snapshotId>snap-00000065</snapshotId>" in from_rows
+        templates = codec_for("ec2")._xml_collecting._templates  # noqa: SLF001 (the kept shapes)
+        shape = json.dumps(alike(0)).replace("snap-00000000", "\ue000").replace("snap-00000064", "\ue000")
+        kept = [shapes[shape] for ident, shapes in templates.items()
+                if ident[:2] == ("Image", "BlockDeviceMappings") and shape in shapes]
+        assert kept and all(len(pieces) == 3 for pieces in kept)  # two snapshot ids an image
+        assert any(not pieces for shapes in templates.values() for shape, pieces in shapes.items()
+                   if "/dev/sdh" in shape or "/dev/x&<y>" in shape)
+    finally:
+        database.dispose()
 
 
 def test_a_memo_member_must_read_one_field_alone() -> None:

@@ -374,8 +374,8 @@ def image_page(ctx: RequestContext, *, owners: list[str], after: str | None, lim
         ids = [r[i] for r in found.rows]
         if not filters:
             # a page with nothing filtered out: every own image in its id range (one tags range)
-            tags = core_tags.page_tags_for(conn, caller.account, ids)
-            return found, {k: v or [] for k, v in tags.items()}
+            # (a list for every id, empty when untagged: no copy of the dict with new lists)
+            return found, core_tags.page_tags_for(conn, caller.account, ids)
         tags = core_tags.tags_for(conn, caller.account, ids)
     if exact:
         # the rows are the answer (issue 15: Packer's name=prefix*): no record to test again

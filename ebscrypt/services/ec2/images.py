@@ -74,6 +74,13 @@ MAPPING_PROJECTION: dict[str, Any] = {"DeviceName": None, "VirtualName": None, "
                                       "Ebs": dict.fromkeys(_EBS_MEMBERS)}
 
 
+# A snapshot id as ``json.dumps`` stores it in an image's mappings (xml_writer ``Holes``):
+# the value of a ``SnapshotId`` key — a quote inside a JSON string is always escaped, so
+# ``"SnapshotId": "`` is a key and its value's start — of only the characters an id has
+# (none escaped by JSON or XML).
+MAPPING_SNAPSHOT_IDS = ('"SnapshotId": "', "snap-[0-9a-f]{1,64}", '"')
+
+
 def mapping_view(m: dict[str, Any]) -> dict[str, Any]:
     """A stored block device mapping as the model's ``BlockDeviceMapping`` (the Image view
     and DescribeImageAttribute's ``blockDeviceMapping``): the members of
@@ -129,7 +136,12 @@ IMAGE_VIEW = ViewTable("Image", {
    # the nested writers; issue 15): rendered once per stored mappings text.
    memo=("BlockDeviceMappings",),
    # ...and written from the stored dicts themselves: no view per mapping on a miss either
-   projections={"BlockDeviceMappings": ("s.mappings", MAPPING_PROJECTION)})
+   projections={"BlockDeviceMappings": ("s.mappings", MAPPING_PROJECTION)},
+   # ...and on a first listing, where no text is kept yet, from the text of images
+   # registered alike: the stored mappings (``json.dumps``) differ mostly in their snapshot
+   # ids, which the XML carries as they are (no escapes in JSON or XML); the rest of the
+   # text is rendered once per such shape (issue 15: a cold listing rendered every image's)
+   memo_holes={"BlockDeviceMappings": MAPPING_SNAPSHOT_IDS})
 
 # The columns a page rendered from its rows reads (those of the view).
 _IMAGE_FIELDS = IMAGE_VIEW.fields_read(Image)

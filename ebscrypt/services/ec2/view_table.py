@@ -50,6 +50,9 @@ class RowsPlan:
     # {memo member: (the expression of the stored list of dicts it is, the members of each
     # item it keeps)}: written from those dicts, no view per item (xml_writer ``_projected``)
     projections: Mapping[str, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)
+    # {memo member: a pattern of the parts of its stored value its text carries as they are}:
+    # the XML writers render such a value's text from its shape's (xml_writer ``_MemoMiss``)
+    memo_holes: Mapping[str, tuple[str, str, str]] = field(default_factory=dict)
     # ``views(rows, extra)``: the view dicts of the rows, from the same expressions
     views: Callable[[Sequence[Any], Sequence[Mapping[str, Any]]], list[View]] = field(
         default=lambda rows, extra: [], repr=False, compare=False)
@@ -100,12 +103,15 @@ class ViewTable:
     expression ``s.<field>`` of a stored list of dicts, the members of each item the
     member's expression keeps — nested: ``{name: None or the projection of its
     structure}``)} where the member's expression is that list with each item restricted so
-    (``None`` members left out): the XML writers then write the stored dicts themselves."""
+    (``None`` members left out): the XML writers then write the stored dicts themselves;
+    ``memo_holes``: {memo member: (literal, pattern, literal) of the parts of its stored
+    text that its text carries unchanged (xml_writer ``RowsPlan``)}."""
 
     def __init__(self, name: str, members: Mapping[str, str], env: Mapping[str, Any] | None = None,
                  extras: Sequence[str] = ("tags",), key_field: str = "id",
                  text_forms: Mapping[str, Callable[[str], Any]] | None = None, memo: Sequence[str] = (),
-                 projections: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None) -> None:
+                 projections: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None,
+                 memo_holes: Mapping[str, tuple[str, str, str]] | None = None) -> None:
         self.name = name
         self.members = dict(members)
         self.env = dict(env or {})
@@ -120,6 +126,9 @@ class ViewTable:
         self.projections = dict(projections or {})
         if set(self.projections) - set(self.memo):
             raise ValueError(f"projections of members not memo in {name}: {sorted(set(self.projections) - set(self.memo))}")
+        self.memo_holes = dict(memo_holes or {})
+        if set(self.memo_holes) - set(self.memo):
+            raise ValueError(f"memo holes of members not memo in {name}: {sorted(set(self.memo_holes) - set(self.memo))}")
         for reserved in ("s", *self.extras, "extra", "v", "t", "_t", "_item", "out", "append", "seen", "value"):
             if reserved in self.env:
                 raise ValueError(f"{reserved!r} is reserved in view tables")
@@ -194,7 +203,8 @@ class ViewTable:
                             f"        out.append({{{entries}}})", "    return out"]) + "\n"
         exec(compile(source, f"<views {self.name} from rows>", "exec"), namespace)  # noqa: S102 (table-built)
         plan = RowsPlan(f"{self.name}/{cls.__name__}/{','.join(keys)}", unpack, tuple(prelude), members, env,
-                        iso_times, memo, projections, namespace["views"])
+                        iso_times, memo, projections, {m: self.memo_holes[m] for m in memo if m in self.memo_holes},
+                        namespace["views"])
         self._plans[(cls, keys)] = plan
         return plan
 

@@ -27,6 +27,8 @@ Writer = Callable[[list[str], Any], None]
 # the projection of that member's own structure}.
 Projection = Mapping[str, "Projection | None"]
 Escape = Callable[[str], str]
+# A memo member's holes (RowsPlan ``memo_holes``): (literal before, part pattern, literal after)
+Holes = tuple[str, str, str]
 _UTC = timezone.utc
 
 
@@ -94,6 +96,15 @@ class RowsPlan(Protocol):
         the locals its expression needs from that one)}: its text is rendered once per
         distinct stored value and kept (:meth:`XmlWriters._memo_miss`)."""
     @property
+    def memo_holes(self) -> Mapping[str, "Holes"]:
+        """{memo member: (a literal text, a regular expression without groups, a literal
+        text) over its stored text: the middle's matches between the two are parts of the
+        value the member's text carries as they are (an image's snapshot ids in its
+        mappings' JSON)}: the text of a value not kept yet is then filled
+        in from the text rendered once for its *shape* — the stored text with those parts
+        cut out (:class:`_MemoMiss`). The middle must match only text that the stored form and
+        the XML both carry unchanged (no escapes in either)."""
+    @property
     def projections(self) -> Mapping[str, tuple[str, "Projection"]]:
         """{memo member, a list of structures: (the expression of the stored list of dicts
         it is, the members of each item it keeps — nested)}: its items written straight from
@@ -143,6 +154,8 @@ class XmlWriters:
         # Rendered texts of the plans' memo members, by the stored value they come from
         # (one dict per member and expression, shared by the plans that write it).
         self._memos: dict[tuple[Any, ...], dict[Any, str]] = {}
+        # ...and the texts of their shapes split at the holes (RowsPlan ``memo_holes``)
+        self._templates: dict[tuple[Any, ...], dict[str, tuple[str, ...]]] = {}
         self._depth = 0
         self._lock = threading.RLock()
 
@@ -328,7 +341,8 @@ class XmlWriters:
                         items = re.sub(rf"\b{re.escape(memo[0])}\b", "_key", projected[0])
                         block = self._projected(shape.members[name], name, projected[1], items)
                     key, fn = self._memo_miss(shape.name, name, head, block, env,
-                                              "None" if projected is not None else expression, memo)
+                                              "None" if projected is not None else expression, memo,
+                                              plan.memo_holes.get(name))
                     j = len([k for k in env if k.startswith("_memo_texts")])
                     env[f"_memo_texts{j}"], env[f"_memo_miss{j}"] = fn.texts, fn
                     pieces.append([f"_f = _memo_texts{j}.get({key})", "if _f is None:",
@@ -407,12 +421,14 @@ class XmlWriters:
     MEMO_ENTRIES = 1 << 17
 
     def _memo_miss(self, shape_name: str, member: str, head: list[str], block: list[str], env: dict[str, Any],
-                   expression: str, memo: tuple[str, Sequence[str]]) -> tuple[str, "_MemoMiss"]:
+                   expression: str, memo: tuple[str, Sequence[str]], holes: "Holes | None" = None,
+                   ) -> tuple[str, "_MemoMiss"]:
         """(the row local keying it, the function writing a memo member for a stored value
         not seen yet): ``lines`` then ``v = expression`` and the member's very block, into
         the answer; the pieces it wrote joined and kept, unless a string in them needs
         escaping and this instance collects (the strings are in the answer's ``seen``; not
-        kept, so the escape check sees them in every answer that holds the text)."""
+        kept, so the escape check sees them in every answer that holds the text); ``holes``:
+        the member's ``RowsPlan.memo_holes`` pattern, if any."""
         key, lines = memo
         local = re.compile(rf"\b{re.escape(key)}\b")
         source = ["def write(out, _key):", *head, *("    " + local.sub("_key", line) for line in lines),
@@ -420,7 +436,10 @@ class XmlWriters:
         ident = (shape_name, member, tuple(source[1:]))
         texts = self._memos.setdefault(ident, {})
         render = _exec(source, f"<xml memo {shape_name}.{member}>", env)
-        return key, _MemoMiss(render, texts, self._collect, self._escape, self.MEMO_ENTRIES)
+        templates = self._templates.setdefault((*ident, holes), {}) if holes is not None else None
+        return key, _MemoMiss(render, texts, self._collect, self._escape, self.MEMO_ENTRIES,
+                              _holes_pattern(holes) if holes is not None else None, templates,
+                              holes[0] + HOLE + holes[2] if holes is not None else HOLE)
 
     def _constant_text(self, head: list[str], block: list[str], env: dict[str, Any], expression: str) -> str | None:
         """What ``block`` writes for the value of ``expression`` when that is a literal
@@ -523,6 +542,22 @@ class XmlWriters:
         return lambda out, v: out.append(f"{open_}{esc(v if isinstance(v, str) else str(v))}{close}")
 
 
+# What stands for a hole's part in the text a shape is rendered from (RowsPlan.memo_holes):
+# a private-use character, which a stored ``json.dumps`` text never holds raw (ASCII only)
+# and which neither JSON nor XML escapes; a value holding it takes no template.
+HOLE = "\ue000"
+
+
+def _holes_pattern(holes: Holes) -> "re.Pattern[str]":
+    """``holes`` as one pattern whose only group is the part: splitting a text by it gives
+    [text, part, text, …] without the literals around each part (one scan, found from the
+    literal before: no look-behind at every position)."""
+    before, part, after = holes
+    if re.compile(part).groups:
+        raise ValueError(f"a memo hole's part pattern has no groups: {part!r}")
+    return re.compile(f"{re.escape(before)}({part}){re.escape(after)}")
+
+
 class _MemoMiss:
     """A memo member's text for a stored value not kept yet (:meth:`XmlWriters._memo_miss`):
     rendered by ``render`` into the answer itself (no list of its own). Kept in ``texts``
@@ -530,26 +565,44 @@ class _MemoMiss:
     read once — the first after a start — then allocates no text per item (on this VM fresh
     memory is dear: ~4 ms more per 1,000 images when every text was kept at first sight),
     and a listing read again is written from the texts from its third reading on. Not kept
-    either when one of the strings it collected needs escaping."""
+    either when one of the strings it collected needs escaping.
 
-    __slots__ = ("render", "texts", "collect", "escape", "limit", "sighted")
+    With ``holes`` (RowsPlan ``memo_holes``): values that differ only in the parts the
+    pattern's group matches (images registered alike, each with its own snapshot ids) share
+    one *shape* — the value with each part replaced by ``HOLE`` — whose text is rendered once
+    (at the shape's second sighting), split at the holes and kept in ``templates``; a value
+    of a kept shape is then written as the template's pieces with its own parts between them
+    (issue 15: the first listing after a start decoded and rendered every image's mappings).
+    A shape whose text does not hold exactly one ``HOLE`` per part in order of the stored
+    text (a part the text leaves out, or writes twice), or holds a string needing escapes
+    while this instance collects, is kept as having no template (``()``)."""
 
-    def __init__(self, render: Writer, texts: dict[Any, str], collect: bool, escape: Escape, limit: int) -> None:
+    __slots__ = ("render", "texts", "collect", "escape", "limit", "sighted", "holes", "hole", "templates",
+                 "shapes_sighted")
+
+    def __init__(self, render: Writer, texts: dict[Any, str], collect: bool, escape: Escape, limit: int,
+                 holes: "re.Pattern[str] | None" = None, templates: dict[str, tuple[str, ...]] | None = None,
+                 hole: str = HOLE) -> None:
         self.render, self.texts, self.collect, self.escape, self.limit = render, texts, collect, escape, limit
         self.sighted: set[int] = set()  # hashes of values seen once (a collision only keeps a text early)
+        self.holes = holes
+        self.hole = hole  # HOLE between the literals around a part: what a shape holds for it
+        self.templates: dict[str, tuple[str, ...]] = templates if templates is not None else {}
+        self.shapes_sighted: set[int] = set()
 
     def __call__(self, out: list[str], key: Any) -> None:
         start = len(out)
-        if self.collect:
-            seen: list[str] = out.seen  # type: ignore[attr-defined]
-            first = len(seen)
-            self.render(out, key)
-            if len(seen) > first:
-                strings = "".join(seen[first:])  # one scan of them all (issue 15)
-                if self.escape(strings) != strings:
-                    return  # not kept: every answer holding it must collect its strings
-        else:
-            self.render(out, key)
+        if not (self.holes is not None and key.__class__ is str and self._filled(out, key)):
+            if self.collect:
+                seen: list[str] = out.seen  # type: ignore[attr-defined]
+                first = len(seen)
+                self.render(out, key)
+                if len(seen) > first:
+                    strings = "".join(seen[first:])  # one scan of them all (issue 15)
+                    if self.escape(strings) != strings:
+                        return  # not kept: every answer holding it must collect its strings
+            else:
+                self.render(out, key)
         sighted, h = self.sighted, hash(key)
         if h not in sighted:
             if len(sighted) >= self.limit:
@@ -560,3 +613,42 @@ class _MemoMiss:
         if len(texts) >= self.limit:
             texts.clear()
         texts[key] = "".join(out[start:])
+
+    def _filled(self, out: list[str], key: str) -> bool:
+        """Whether ``key``'s text was written from its shape's template (made here at the
+        shape's second sighting); False: nothing written, ``render`` it."""
+        assert self.holes is not None
+        split = self.holes.split(key)  # [text, part, text, part, …, text]: one scan
+        if len(split) == 1 or HOLE in key:
+            return False
+        shape = self.hole.join(split[::2])
+        pieces = self.templates.get(shape)
+        if pieces is None:
+            h = hash(shape)
+            if h not in self.shapes_sighted:
+                if len(self.shapes_sighted) >= self.limit:
+                    self.shapes_sighted.clear()
+                self.shapes_sighted.add(h)
+                return False
+            pieces = self._template(shape, len(split) // 2)
+        if not pieces:
+            return False
+        split[::2] = pieces  # the template's texts between the value's own parts
+        # (no literal around them: the template's pieces hold what the text makes of those)
+        out.append("".join(split))
+        return True
+
+    def _template(self, shape: str, holes: int) -> tuple[str, ...]:
+        """The text of ``shape`` split at its holes (kept), or ``()`` when it cannot be one."""
+        scratch = Collecting()
+        self.render(scratch, shape)
+        text = "".join(scratch)
+        strings = "".join(scratch.seen)
+        pieces = tuple(text.split(HOLE))
+        if len(pieces) != holes + 1 or (self.collect and self.escape(strings) != strings):
+            pieces = ()
+        if len(self.templates) >= self.limit:
+            self.templates.clear()
+        self.templates[shape] = pieces
+        return pieces
+
