@@ -182,3 +182,35 @@ def test_streams_racing_direct_writes_and_recycling(tmp_path: Path, monkeypatch,
         assert bytes(blocks.read_block(vid, 3, key)) == bytes(model[3 * BLOCK_SIZE:4 * BLOCK_SIZE])
         vol.close()
         pool.shutdown()
+
+
+@pytest.mark.parametrize("background", [True, False], ids=["flusher", "inline"])
+def test_a_write_finding_too_many_staged_and_no_publication_running_starts_one(tmp_path: Path,
+                                                                               background: bool) -> None:
+    """Blocks staged past the bound (2 × the publication limit) with no publication running —
+    reached when writes register while a publication runs, or write-behinds stage blocks —
+    must not leave the next write waiting for a publication nobody starts (a CI run hung
+    here, in the test above): the waiting write starts it, and every block reads back."""
+    key = DataKey("dk-test", os.urandom(32))
+    vid = "vol-00000000000000052"
+    with local_block_engine(tmp_path) as blocks:
+        pool = ThreadPoolExecutor(2) if background else None
+        vol = OpenVolume(blocks, vid, 1, key, account="1", instance_id="i-1", cache_blocks=2, flusher=pool)
+        vol._publish_limit = vol._publish_early = 1000  # (nothing triggers a publication: the state reached)
+        data = os.urandom(10 * BLOCK_SIZE)
+        vol.write(0, data[:8 * BLOCK_SIZE])
+        assert len(vol._unpublished) == 8 and not vol._publishing
+        vol._publish_limit = 2
+        done = threading.Event()
+
+        def write_more() -> None:
+            vol.write(8 * BLOCK_SIZE, data[8 * BLOCK_SIZE:])
+            done.set()
+        writer = threading.Thread(target=write_more, daemon=True)
+        writer.start()
+        assert done.wait(60), "the write waited for a publication nobody started"
+        vol.flush()
+        assert vol.read(0, len(data)) == data
+        vol.close()
+        if pool is not None:
+            pool.shutdown()

@@ -687,13 +687,7 @@ class OpenVolume:
                 self._flush_locked()
             elif (len(self._unpublished) >= min(self._publish_early, self._publish_limit) and not self._publishing
                   and not self._draining and self._flusher is not None):
-                if journal is not None:
-                    journal.sync()  # the marks of the blocks about to be recorded first
-                taken = self._take_unpublished()
-                try:
-                    self._flusher.submit(self._publish_behind, taken)  # (outside the lock: I/O goes on)
-                except RuntimeError as exc:  # the server is shutting down: the close publishes them
-                    self._published(taken, exc)
+                self._start_publish_behind()
             elif len(self._unpublished) >= self._publish_limit and self._flusher is None:
                 self._publish_locked()
             self._cond.notify_all()
@@ -879,6 +873,16 @@ class OpenVolume:
         """Before an operation: wait while too much is being written behind (bounds memory).
         Only here, never mid-operation, so nothing read before a wait is used after it."""
         while self._busy():
+            if (len(self._unpublished) > 2 * self._publish_limit and not self._publishing
+                    and not self._draining):
+                # Staged past the bound while a publication ran (writes registered meanwhile,
+                # or superseded ones left staged): nothing else starts the next one — the
+                # writes that would are the ones waiting here.
+                if self._flusher is not None:
+                    self._start_publish_behind()
+                else:
+                    self._publish_locked()
+                continue
             self._cond.wait()
 
     def _busy(self) -> bool:
@@ -1223,6 +1227,18 @@ class OpenVolume:
         if error is None:
             self._unpublished_since = time.monotonic() if self._unpublished else None
         self._cond.notify_all()
+
+    def _start_publish_behind(self) -> None:
+        """(Locked, a flusher, no publication running) Publish every staged block in the
+        background."""
+        assert self._flusher is not None
+        if self._journal is not None:
+            self._journal.sync()  # the marks of the blocks about to be recorded first
+        taken = self._take_unpublished()
+        try:
+            self._flusher.submit(self._publish_behind, taken)  # (outside the lock: I/O goes on)
+        except RuntimeError as exc:  # the server is shutting down: the close publishes them
+            self._published(taken, exc)
 
     def _publish_behind(self, taken: list[StagedBlock]) -> None:
         """An early publication (too many staged), outside the lock: operations go on."""
