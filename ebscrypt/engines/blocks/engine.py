@@ -1214,8 +1214,7 @@ class BlockEngine(CopyOperations, MaintenanceOperations):  # CopyOperations exte
             reader = readers.get(name) if name is not None else None
             if ref is None or name is None or hot is None or not isinstance(reader, SectorReader):
                 return general(ref, key, offset, dest, readers)
-            if (key is None) != (ref.data_key_id is None):  # (_check_ref_key, inline)
-                raise BlockIntegrityError()
+            self._check_ref_key(ref, key)
             return reader.read_into(hot, name, offset, dest, buf)
         return read
 

@@ -744,32 +744,19 @@ class OpenObjects:
             return entry[0]
 
     def pread_kept(self, key: str, dest: memoryview, offset: int, flags: int) -> int | None:
-        """:meth:`lease`, ``preadv(dest, offset, flags)`` and :meth:`release` in one call (the
-        hot read's: a random 4 KiB read's two Python calls fewer): the bytes read, -1 if the
-        read failed (EAGAIN under RWF_NOWAIT: not all in the page cache), None if the object
-        has no descriptor kept open (nothing read)."""
-        mutex, fds = self._mutex, self._fds
-        with mutex:
-            entry = fds.get(key)
-            if entry is None:
-                return None
-            entry[1] += 1
-            fds.move_to_end(key)
-            fd = entry[0]
+        """``preadv(dest, offset, flags)`` on the object's kept descriptor, leased for the
+        read (:meth:`lease`, :meth:`release`): the bytes read, -1 if the read failed
+        (EAGAIN under RWF_NOWAIT: not all in the page cache), None if the object has no
+        descriptor kept open (nothing read)."""
+        fd = self.lease(key)
+        if fd is None:
+            return None
         try:
             got: int = os.preadv(fd, [dest], offset, flags)
         except OSError:
             got = -1
-        with mutex:
-            entry = fds.get(key)
-            if entry is not None and entry[0] == fd:
-                entry[1] -= 1
-                return got
-            lent = self._lent[fd]  # (forgotten meanwhile: the last user closes it)
-            lent[0] -= 1
-            if not lent[0]:
-                del self._lent[fd]
-                os.close(fd)
+        finally:
+            self.release(key, fd)
         return got
 
     def release(self, key: str, fd: int) -> None:
