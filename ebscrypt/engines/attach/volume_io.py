@@ -501,12 +501,7 @@ class OpenVolume:
                 if stage is None:
                     refs.move_to_end(index)
                 self._read_next, self._adjacent = index + 1, adjacent
-                if self._run_start <= index <= self._run_end + RUN_SLACK:  # (_note_run, inline)
-                    if index >= self._run_end:
-                        self._run_end = index + 1
-                else:
-                    self._run_start, self._run_end = index, index + 1
-                    self._advised = 0
+                self._note_run(index, index)
                 served += 1
             return served
         finally:
